@@ -1,0 +1,105 @@
+"""The Skill Handbook's vocabulary: modes, skills, agents, competence and cost, and the transferable document.
+
+These models are the contract between storage, the router, the learner and the MCP tools; every id is a
+non-empty string of at most 200 characters (it may contain '/', as model names do).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+ID_MAX = 200
+TEXT_MAX = 32_000
+DESCRIPTION_MAX = 4_000
+LIST_MAX = 50
+
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX, strip_whitespace=True)]
+ShortText = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX)]
+ListItem = Annotated[str, StringConstraints(min_length=1, max_length=1_000)]
+
+INFRASTRUCTURE_ERRORS = ("timeout", "rate_limit", "connection", "auth", "server_error")
+ErrorClass = Literal["task", "timeout", "rate_limit", "connection", "auth", "server_error"]
+DEFAULT_MODE = "general"
+FORMAT_NAME = "skillorchestra-handbook"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Mode(_Model):
+    """A coarse stage of work (search, code, answer) with short routing insights for the orchestrator."""
+
+    id: Identifier
+    description: ShortText = ""
+    insights: list[ListItem] = Field(default_factory=list, max_length=LIST_MAX)
+
+
+class Skill(_Model):
+    """A fine-grained, measurable capability; the dotted id's prefix is usually its parent (category)."""
+
+    id: Identifier
+    mode: Identifier = DEFAULT_MODE
+    parent_id: Identifier | None = None
+    description: ShortText = ""
+    indicators: list[ListItem] = Field(default_factory=list, max_length=LIST_MAX)
+    examples: list[ListItem] = Field(default_factory=list, max_length=LIST_MAX)
+
+
+class Agent(_Model):
+    """A backend agent as the router sees it; connection settings live apart (agents.toml)."""
+
+    id: Identifier
+    description: ShortText = ""
+    modes: list[Identifier] = Field(default_factory=list, max_length=LIST_MAX)
+    input_per_mtok: float | None = Field(default=None, ge=0.0)
+    output_per_mtok: float | None = Field(default=None, ge=0.0)
+    enabled: bool = True
+
+
+class Competence(_Model):
+    """Beta(alpha, beta) posterior of an agent's success rate on a skill; Beta(1, 1) means no evidence."""
+
+    agent_id: Identifier
+    skill_id: Identifier
+    alpha: float = Field(default=1.0, gt=0.0)
+    beta: float = Field(default=1.0, gt=0.0)
+
+
+class CostStats(_Model):
+    """Weighted running statistics of an agent's cost per call on a skill (weights = skill demands)."""
+
+    agent_id: Identifier
+    skill_id: Identifier
+    n: float = Field(default=0.0, ge=0.0)
+    mean_cost_usd: float = Field(default=0.0, ge=0.0)
+    m2_cost: float = Field(default=0.0, ge=0.0)
+    mean_prompt_tokens: float = Field(default=0.0, ge=0.0)
+    mean_completion_tokens: float = Field(default=0.0, ge=0.0)
+    mean_latency_s: float = Field(default=0.0, ge=0.0)
+
+
+class SkillDemand(_Model):
+    """How much a step needs one skill; the weights of a step are normalised to sum to 1."""
+
+    skill_id: Identifier
+    weight: float = Field(ge=0.0)
+
+
+class HandbookDocument(_Model):
+    """The whole handbook as one JSON object: the transferable artifact of export and import."""
+
+    format: Literal["skillorchestra-handbook"] = FORMAT_NAME
+    schema_version: int = 1
+    version: int = 0
+    description: ShortText = ""
+    modes: list[Mode] = Field(default_factory=list)
+    skills: list[Skill] = Field(default_factory=list)
+    agents: list[Agent] = Field(default_factory=list)
+    competence: list[Competence] = Field(default_factory=list)
+    cost: list[CostStats] = Field(default_factory=list)
+    selections: dict[str, int] = Field(
+        default_factory=dict, description="orchestrator name -> skill depth chosen for it"
+    )

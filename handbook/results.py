@@ -1,0 +1,117 @@
+"""What the handbook answers: the result models of consult, route, record and the listings.
+
+They are the MCP tools' output schemas too, so field names follow interface.md.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, Literal, TypeVar
+
+from pydantic import BaseModel, Field
+
+from skillorchestra.handbook.models import Agent, ErrorClass, Skill, SkillDemand
+
+T = TypeVar("T")
+
+
+class SkillCard(BaseModel):
+    """A skill with how much the step demands it."""
+
+    skill_id: str
+    mode: str
+    parent_id: str | None = None
+    description: str = ""
+    indicators: list[str] = Field(default_factory=list)
+    examples: list[str] = Field(default_factory=list)
+    weight: float
+
+
+class AgentSkillStat(BaseModel):
+    """An agent's competence on one skill: posterior mean, 90% interval, evidence and expected cost."""
+
+    agent_id: str
+    skill_id: str
+    mean: float
+    ci90: tuple[float, float]
+    n: float = Field(description="observations behind the estimate (fractional: weighted by skill demand)")
+    expected_cost_usd: float | None = Field(description="null when the agent's cost is unknown")
+
+
+class ConsultResult(BaseModel):
+    skills: list[SkillCard]
+    agents: list[AgentSkillStat]
+    insights: list[str]
+    skills_source: str = Field(description="how the skills were found: lexical, semantic, ...")
+    granularity: str = Field(description="the handbook depth used (a stored selection for the orchestrator)")
+    unavailable: dict[str, str] = Field(default_factory=dict, description="agent_id -> why it cannot be routed to")
+    handbook_version: int
+    next_cursor: str | None = None
+
+
+class Candidate(BaseModel):
+    agent_id: str
+    utility: float
+    quality: float = Field(description="sum_s w_s * posterior mean competence")
+    ci90: tuple[float, float]
+    n: float
+    expected_cost_usd: float | None = Field(description="null when unknown (then charged c_ref)")
+    contributions: dict[str, float] = Field(description="skill_id -> w_s * theta(agent, s)")
+
+
+class Exclusion(BaseModel):
+    agent_id: str
+    reason: str
+
+
+class RouteDecision(BaseModel):
+    decision_id: str
+    agent_id: str
+    explored: bool = Field(description="true when Thompson sampling chose other than the best posterior mean")
+    propensity: float = Field(description="probability that this strategy picks this agent (1 for mean)")
+    strategy: Literal["mean", "thompson"]
+    lambda_: float
+    skills: list[SkillDemand] = Field(description="the skill weights used (empty: agent or mode level)")
+    skills_source: str
+    candidates: list[Candidate]
+    excluded: list[Exclusion]
+    c_ref_usd: float | None = Field(description="reference cost that makes lambda dimensionless")
+    session_spend_usd: float | None = None
+    handbook_version: int
+    expires_at: float
+
+
+class CompetenceUpdate(BaseModel):
+    skill_id: str
+    alpha: float
+    beta: float
+    mean: float
+
+
+class OutcomeResult(BaseModel):
+    decision_id: str
+    agent_id: str
+    error_class: ErrorClass
+    reward: float | None
+    cost_usd: float | None
+    updated: list[CompetenceUpdate]
+    duplicate: bool
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = None
+
+
+class AgentPage(Page[Agent]):
+    pass
+
+
+class SkillPage(Page[Skill]):
+    pass
+
+
+class Removed(BaseModel):
+    kind: Literal["agent", "skill"]
+    id: str
+    competence_rows: int
+    cost_rows: int

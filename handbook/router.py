@@ -1,0 +1,99 @@
+"""The skill-aware router: a pure function of arrays.
+
+utility(agent) = sum_s w_s * theta(agent, s) - lambda * expected_cost(agent) / c_ref
+
+`mean` scores the posterior means; `thompson` scores one draw from each posterior and estimates the chosen
+agent's propensity (the probability that a fresh draw picks it) from a fixed number of further draws, which
+is what off-policy evaluation of a new handbook needs. Storage, MCP and litellm stay outside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from skillorchestra.handbook.posterior import Z90
+
+Strategy = Literal["mean", "thompson"]
+PROPENSITY_DRAWS = 256
+
+
+@dataclass(frozen=True)
+class RouteInputs:
+    """Everything the scoring needs, already restricted to the step's demanded columns."""
+
+    mean: np.ndarray  # (A, D) posterior means of the demanded columns
+    var: np.ndarray  # (A, D)
+    alpha: np.ndarray  # (A, D)
+    beta: np.ndarray  # (A, D)
+    weights: np.ndarray  # (D,) summing to 1
+    cost: np.ndarray  # (A,) expected cost per call in USD (unknown already charged c_ref)
+    c_ref: float  # the reference cost that makes lambda dimensionless (0 disables the cost term)
+    eligible: np.ndarray  # (A,) bool
+
+
+@dataclass(frozen=True)
+class RouteScores:
+    chosen: int
+    utility: np.ndarray  # (A,) the scores used to choose (sampled for thompson)
+    mean_utility: np.ndarray  # (A,) utility of the posterior means
+    quality: np.ndarray  # (A,) weighted posterior mean competence
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    contributions: np.ndarray  # (A, D) w_s * theta(agent, s)
+    ranking: np.ndarray  # eligible agents, best first
+    explored: bool
+    propensity: float
+
+
+def cost_penalty(cost: np.ndarray, c_ref: float, lambda_: float) -> np.ndarray:
+    return lambda_ * cost / c_ref if c_ref > 0 else np.zeros_like(cost)
+
+
+def route(inputs: RouteInputs, lambda_: float, strategy: Strategy, rng: np.random.Generator | None) -> RouteScores:
+    """Choose among eligible agents; the caller guarantees at least one is eligible."""
+    eligible = np.flatnonzero(inputs.eligible)
+    if eligible.size == 0:
+        raise ValueError("route() needs at least one eligible agent")
+    w = inputs.weights
+    contributions = inputs.mean * w
+    quality = contributions.sum(axis=1)
+    half = Z90 * np.sqrt(np.maximum(inputs.var @ (w * w), 0.0))
+    penalty = cost_penalty(inputs.cost, inputs.c_ref, lambda_)
+    mean_utility = quality - penalty
+    masked_mean = np.where(inputs.eligible, mean_utility, -np.inf)
+    greedy = int(np.argmax(masked_mean))
+
+    if strategy == "thompson":
+        if rng is None:
+            rng = np.random.default_rng()
+        a = inputs.alpha[eligible]
+        b = inputs.beta[eligible]
+        draws = rng.beta(a, b, size=(PROPENSITY_DRAWS + 1, *a.shape)) @ w - penalty[eligible]
+        winners = np.argmax(draws, axis=1)
+        chosen_local = int(winners[0])
+        chosen = int(eligible[chosen_local])
+        propensity = float(np.mean(winners[1:] == chosen_local))
+        utility = np.full(quality.shape, -np.inf)
+        utility[eligible] = draws[0]
+        order = eligible[np.argsort(-draws[0], kind="stable")]
+        explored = chosen != greedy
+    else:
+        chosen, propensity, explored = greedy, 1.0, False
+        utility = masked_mean
+        order = eligible[np.argsort(-mean_utility[eligible], kind="stable")]
+
+    return RouteScores(
+        chosen=chosen,
+        utility=utility,
+        mean_utility=mean_utility,
+        quality=quality,
+        ci_low=np.clip(quality - half, 0.0, 1.0),
+        ci_high=np.clip(quality + half, 0.0, 1.0),
+        contributions=contributions,
+        ranking=order,
+        explored=explored,
+        propensity=propensity,
+    )

@@ -1,0 +1,595 @@
+"""The Handbook service: consult, route, record and edit, over the store, the arrays and the router.
+
+It owns the in-memory arrays the router scores and keeps them fresh: its own state-changing writes mark them
+stale, and SQLite's data_version tells it when another process (the CLI, another server) committed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from skillorchestra.handbook.arrays import ROOT_SKILL, HandbookArrays, build_arrays
+from skillorchestra.handbook.errors import Conflict, Expired, InvalidInput, NotFound, Unroutable
+from skillorchestra.handbook.matcher import LexicalMatcher
+from skillorchestra.handbook.models import (
+    INFRASTRUCTURE_ERRORS,
+    TEXT_MAX,
+    Agent,
+    ErrorClass,
+    Mode,
+    Skill,
+    SkillDemand,
+)
+from skillorchestra.handbook.posterior import normal_ci90
+from skillorchestra.handbook.results import (
+    AgentPage,
+    AgentSkillStat,
+    Candidate,
+    CompetenceUpdate,
+    ConsultResult,
+    Exclusion,
+    OutcomeResult,
+    Removed,
+    RouteDecision,
+    SkillCard,
+    SkillPage,
+)
+from skillorchestra.handbook.router import RouteInputs, Strategy, route
+from skillorchestra.handbook.store import HandbookStore
+
+DEFAULT_COMPLETION_TOKENS = 256
+INFERRED_SKILLS = 3
+PAGE_LIMIT_MAX = 200
+
+
+@dataclass(frozen=True)
+class HandbookSettings:
+    kappa: float = 2.0  # shrinkage strength toward the parent level, in pseudo-observations
+    forgetting: float | None = None  # gamma in (0, 1): exponential forgetting per update, None = off
+    decision_ttl_s: float = 86_400.0
+    store_step_text: bool = True
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    text: str
+    skills: Sequence[SkillDemand] | None = None
+    mode: str | None = None
+    lambda_: float = 0.1
+    strategy: Strategy = "mean"
+    allowed_agents: Sequence[str] | None = None
+    max_cost_usd: float | None = None
+    session_id: str | None = None
+    budget_usd: float | None = None
+    top_k: int = 5
+    seed: int | None = None
+    unavailable: dict[str, str] | None = None  # agent_id -> reason (open circuit breakers)
+
+
+@dataclass(frozen=True)
+class OutcomeReport:
+    decision_id: str
+    reward: float | None = None
+    success: bool | None = None
+    error_class: ErrorClass = "task"
+    cost_usd: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float | None = None
+
+
+def encode_cursor(offset: int) -> str:
+    return f"o{offset}"
+
+
+def decode_cursor(cursor: str | None) -> int:
+    if cursor is None or cursor == "":
+        return 0
+    if not (cursor.startswith("o") and cursor[1:].isdigit()):
+        raise InvalidInput("cursor", cursor, "a next_cursor value returned by an earlier call")
+    return int(cursor[1:])
+
+
+class Handbook:
+    def __init__(
+        self,
+        store: HandbookStore,
+        settings: HandbookSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        matcher: Any = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings or HandbookSettings()
+        self.clock = clock
+        self.matcher = matcher or LexicalMatcher(store)
+        self._lock = threading.RLock()
+        self._arrays: HandbookArrays | None = None
+        self._arrays_key: tuple[int, int] | None = None
+        self._local_changes = 0
+
+    # -- the cached arrays -------------------------------------------------------------------------------
+
+    def arrays(self) -> HandbookArrays:
+        with self._lock:
+            key = (self.store.data_version(), self._local_changes)
+            if self._arrays is None or key != self._arrays_key:
+                self._arrays = build_arrays(
+                    self.store.modes(),
+                    self.store.skills(),
+                    self.store.agents(),
+                    self.store.competence(),
+                    self.store.costs(),
+                    kappa=self.settings.kappa,
+                )
+                self._arrays_key = key
+            return self._arrays
+
+    def _changed(self) -> None:
+        with self._lock:
+            self._local_changes += 1
+
+    # -- skill demands -----------------------------------------------------------------------------------
+
+    def _check_text(self, text: str) -> None:
+        if not text.strip():
+            raise InvalidInput("text", text, "a non-empty description of the step")
+        if len(text) > TEXT_MAX:
+            raise InvalidInput("text", f"<{len(text)} characters>", f"at most {TEXT_MAX} characters")
+
+    def _check_mode(self, arrays: HandbookArrays, mode: str | None) -> None:
+        if mode is not None and mode not in arrays.mode_index:
+            raise NotFound("mode", mode, arrays.mode_ids)
+
+    def validate_demands(self, arrays: HandbookArrays, demands: Sequence[SkillDemand]) -> list[tuple[str, float]]:
+        """Known skill ids, non-negative weights with a positive sum; returns weights normalised to 1."""
+        merged: dict[str, float] = {}
+        for position, demand in enumerate(demands):
+            if demand.skill_id not in arrays.skill_index:
+                raise NotFound(f"skill (skills[{position}].skill_id)", demand.skill_id, arrays.skill_ids)
+            if not math.isfinite(demand.weight) or demand.weight < 0:
+                raise InvalidInput(f"skills[{position}].weight", demand.weight, "a finite number >= 0")
+            merged[demand.skill_id] = merged.get(demand.skill_id, 0.0) + demand.weight
+        total = sum(merged.values())
+        if total <= 0:
+            raise InvalidInput("skills", [d.model_dump() for d in demands], "weights that sum to a positive number")
+        return [(skill, weight / total) for skill, weight in merged.items() if weight > 0]
+
+    def infer_skills(self, text: str, mode: str | None, top_k: int = INFERRED_SKILLS) -> list[tuple[str, float]]:
+        return self.matcher.match(text, mode, top_k)
+
+    def _demands(
+        self, arrays: HandbookArrays, text: str, skills: Sequence[SkillDemand] | None, mode: str | None
+    ) -> tuple[list[tuple[str, float]], str]:
+        if skills:
+            return self.validate_demands(arrays, skills), "client"
+        return self.infer_skills(text, mode), getattr(self.matcher, "name", "matcher")
+
+    def _columns(
+        self, arrays: HandbookArrays, demands: list[tuple[str, float]], mode: str | None
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        if demands:
+            cols = np.array([arrays.column_of_skill(s) for s, _ in demands])
+            return cols, np.array([w for _, w in demands]), [s for s, _ in demands]
+        if mode is not None:
+            return np.array([arrays.column_of_mode(mode)]), np.ones(1), [f"mode:{mode}"]
+        return np.array([arrays.root_column]), np.ones(1), [ROOT_SKILL]
+
+    # -- cost --------------------------------------------------------------------------------------------
+
+    def _expected_costs(
+        self, arrays: HandbookArrays, text: str, cols: np.ndarray, weights: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Expected cost per agent (recorded, else priced from the text's token estimate) and c_ref."""
+        prompt_tokens = len(text) / 4.0
+        priced = (prompt_tokens * arrays.input_price + DEFAULT_COMPLETION_TOKENS * arrays.output_price) / 1e6
+        recorded = arrays.cost_mean[:, cols] @ weights
+        cost = np.where(np.isnan(recorded), priced, recorded)
+        typical = np.where(np.isnan(arrays.agent_cost), priced, arrays.agent_cost)
+        pool = typical[arrays.enabled & ~np.isnan(typical)]
+        c_ref = float(pool.max()) if pool.size else 0.0
+        known = ~np.isnan(cost)
+        return np.where(known, cost, c_ref), known, c_ref
+
+    # -- consult -----------------------------------------------------------------------------------------
+
+    def consult(
+        self,
+        text: str,
+        mode: str | None = None,
+        top_k: int = 5,
+        orchestrator: str | None = None,
+        cursor: str | None = None,
+        unavailable: dict[str, str] | None = None,
+        page_size: int = 50,
+    ) -> ConsultResult:
+        self._check_text(text)
+        offset = decode_cursor(cursor)
+        arrays = self.arrays()
+        self._check_mode(arrays, mode)
+        demands, source = self.infer_skills(text, mode, top_k), getattr(self.matcher, "name", "matcher")
+        demands, granularity = self._coarsen(arrays, demands, orchestrator)
+        cols, weights, labels = self._columns(arrays, demands, mode)
+        cost, known, _ = self._expected_costs(arrays, text, cols, weights)
+        lo, hi = normal_ci90(arrays.mean, arrays.var)
+        rows: list[AgentSkillStat] = []
+        for col, label in zip(cols, labels, strict=True):
+            order = np.argsort(-arrays.mean[:, col], kind="stable")
+            for i in order:
+                if not arrays.enabled[i]:
+                    continue
+                agent_cost = arrays.cost_mean[i, col]
+                if np.isnan(agent_cost):
+                    agent_cost = cost[i] if known[i] else None
+                rows.append(
+                    AgentSkillStat(
+                        agent_id=arrays.agent_ids[i],
+                        skill_id=label,
+                        mean=float(arrays.mean[i, col]),
+                        ci90=(float(lo[i, col]), float(hi[i, col])),
+                        n=float(arrays.evidence[i, col]),
+                        expected_cost_usd=None if agent_cost is None else float(agent_cost),
+                    )
+                )
+        page = rows[offset : offset + page_size]
+        next_cursor = encode_cursor(offset + page_size) if offset + page_size < len(rows) else None
+        by_id = {s.id: s for s in arrays.skills}
+        cards = [_card(by_id[s], w) for s, w in demands]
+        return ConsultResult(
+            skills=cards,
+            agents=page,
+            insights=self._insights(mode, [by_id[s].mode for s, _ in demands]),
+            skills_source=source,
+            granularity=granularity,
+            unavailable=dict(unavailable or {}),
+            handbook_version=self.store.current_version(),
+            next_cursor=next_cursor,
+        )
+
+    def _coarsen(
+        self, arrays: HandbookArrays, demands: list[tuple[str, float]], orchestrator: str | None
+    ) -> tuple[list[tuple[str, float]], str]:
+        """Map skills to their ancestors at the depth selected for this orchestrator (if one was stored)."""
+        if orchestrator is None:
+            return demands, "full"
+        selections = self.store.document().selections
+        if orchestrator not in selections:
+            return demands, f"full (no selection stored for {orchestrator!r})"
+        depth = selections[orchestrator]
+        if depth <= 0:
+            return [], f"depth 0 for {orchestrator!r} (mode level)"
+        by_id = {s.id: s for s in arrays.skills}
+        merged: dict[str, float] = {}
+        for skill_id, weight in demands:
+            chain = [skill_id]
+            while by_id[chain[-1]].parent_id in by_id and len(chain) < 32:
+                chain.append(by_id[chain[-1]].parent_id)  # type: ignore[arg-type]
+            ancestor = chain[max(len(chain) - depth, 0)]
+            merged[ancestor] = merged.get(ancestor, 0.0) + weight
+        return list(merged.items()), f"depth {depth} for {orchestrator!r}"
+
+    def _insights(self, mode: str | None, skill_modes: list[str]) -> list[str]:
+        wanted = [mode] if mode else list(dict.fromkeys(skill_modes))
+        modes = {m.id: m for m in self.store.modes()}
+        return [f"[{m}] {line}" for m in wanted if m in modes for line in modes[m].insights]
+
+    # -- route -------------------------------------------------------------------------------------------
+
+    def route(self, request: RouteRequest) -> RouteDecision:
+        self._check_text(request.text)
+        if request.lambda_ < 0 or not math.isfinite(request.lambda_):
+            raise InvalidInput("lambda_", request.lambda_, "a finite number >= 0")
+        if request.top_k < 1:
+            raise InvalidInput("top_k", request.top_k, "an integer >= 1")
+        arrays = self.arrays()
+        if not arrays.agent_ids:
+            raise Unroutable("the handbook has no agents: add one with upsert_agent or import a handbook")
+        self._check_mode(arrays, request.mode)
+        if request.allowed_agents is not None:
+            for agent_id in request.allowed_agents:
+                if agent_id not in arrays.agent_index:
+                    raise NotFound("agent (allowed_agents)", agent_id, arrays.agent_ids)
+        demands, source = self._demands(arrays, request.text, request.skills, request.mode)
+        cols, weights, labels = self._columns(arrays, demands, request.mode)
+        cost, known, c_ref = self._expected_costs(arrays, request.text, cols, weights)
+        spend = self.store.session_spend(request.session_id) if request.session_id else None
+        eligible, excluded = self._eligibility(arrays, request, cost, spend)
+        if not eligible.any():
+            reasons = "; ".join(f"{e.agent_id}: {e.reason}" for e in excluded)
+            raise Unroutable(f"no agent satisfies the step's constraints ({reasons})")
+        scores = route(
+            RouteInputs(
+                mean=arrays.mean[:, cols],
+                var=arrays.var[:, cols],
+                alpha=arrays.alpha[:, cols],
+                beta=arrays.beta[:, cols],
+                weights=weights,
+                cost=cost,
+                c_ref=c_ref,
+                eligible=eligible,
+            ),
+            request.lambda_,
+            request.strategy,
+            np.random.default_rng(request.seed),
+        )
+        candidates = [
+            Candidate(
+                agent_id=arrays.agent_ids[i],
+                utility=float(scores.utility[i]),
+                quality=float(scores.quality[i]),
+                ci90=(float(scores.ci_low[i]), float(scores.ci_high[i])),
+                n=float(arrays.evidence[i, cols] @ weights),
+                expected_cost_usd=float(cost[i]) if known[i] else None,
+                contributions={label: float(v) for label, v in zip(labels, scores.contributions[i], strict=True)},
+            )
+            for i in scores.ranking[: request.top_k]
+        ]
+        now = self.clock()
+        decision = RouteDecision(
+            decision_id=uuid.uuid4().hex,
+            agent_id=arrays.agent_ids[scores.chosen],
+            explored=scores.explored,
+            propensity=scores.propensity,
+            strategy=request.strategy,
+            lambda_=request.lambda_,
+            skills=[SkillDemand(skill_id=s, weight=w) for s, w in demands],
+            skills_source=source if demands else ("mode level" if request.mode else "agent level"),
+            candidates=candidates,
+            excluded=excluded,
+            c_ref_usd=c_ref or None,
+            session_spend_usd=spend,
+            handbook_version=self.store.current_version(),
+            expires_at=now + self.settings.decision_ttl_s,
+        )
+        self.store.insert_decision(
+            {
+                "id": decision.decision_id,
+                "version": decision.handbook_version,
+                "created_at": now,
+                "expires_at": decision.expires_at,
+                "session_id": request.session_id,
+                "agent_id": decision.agent_id,
+                "mode": request.mode,
+                "skills": [[s, w] for s, w in demands],
+                "strategy": request.strategy,
+                "lambda": request.lambda_,
+                "propensity": decision.propensity,
+                "explored": int(decision.explored),
+                "expected_cost_usd": float(cost[scores.chosen]) if known[scores.chosen] else None,
+                "text": request.text if self.settings.store_step_text else None,
+                "candidates": [c.model_dump() for c in candidates],
+            }
+        )
+        return decision
+
+    def _eligibility(
+        self, arrays: HandbookArrays, request: RouteRequest, cost: np.ndarray, spend: float | None
+    ) -> tuple[np.ndarray, list[Exclusion]]:
+        allowed = set(request.allowed_agents) if request.allowed_agents is not None else None
+        remaining = None if request.budget_usd is None else request.budget_usd - (spend or 0.0)
+        unavailable = request.unavailable or {}
+        eligible = np.ones(len(arrays.agent_ids), dtype=bool)
+        excluded: list[Exclusion] = []
+        for i, agent_id in enumerate(arrays.agent_ids):
+            reason = None
+            if not arrays.enabled[i]:
+                reason = "disabled"
+            elif allowed is not None and agent_id not in allowed:
+                reason = "not in allowed_agents"
+            elif request.mode and arrays.agent_modes[i] and request.mode not in arrays.agent_modes[i]:
+                reason = f"does not serve mode {request.mode!r}"
+            elif agent_id in unavailable:
+                reason = unavailable[agent_id]
+            elif request.max_cost_usd is not None and cost[i] > request.max_cost_usd:
+                reason = f"expected cost ${cost[i]:.6g} exceeds max_cost_usd ${request.max_cost_usd:.6g}"
+            elif remaining is not None and cost[i] > remaining:
+                reason = f"expected cost ${cost[i]:.6g} exceeds the session's remaining budget ${max(remaining, 0):.6g}"
+            if reason is not None:
+                eligible[i] = False
+                excluded.append(Exclusion(agent_id=agent_id, reason=reason))
+        return eligible, excluded
+
+    # -- record ------------------------------------------------------------------------------------------
+
+    def record(self, report: OutcomeReport) -> OutcomeResult:
+        reward = _reward(report)
+        decision = self.store.decision(report.decision_id)
+        if decision is None:
+            raise NotFound("decision", report.decision_id)
+        payload = {
+            "reward": reward,
+            "error_class": report.error_class,
+            "cost_usd": report.cost_usd,
+            "prompt_tokens": report.prompt_tokens,
+            "completion_tokens": report.completion_tokens,
+            "latency_s": report.latency_s,
+        }
+        earlier = self._earlier_report(decision, payload)
+        if earlier is not None:
+            return earlier
+        if self.clock() > decision["expires_at"]:
+            raise Expired(
+                f"decision {report.decision_id!r} expired at {decision['expires_at']:.0f} (its time to live is "
+                "SKILLORCHESTRA_DECISION_TTL seconds); route the step again"
+            )
+        event = {
+            "decision_id": report.decision_id,
+            "agent_id": decision["agent_id"],
+            "skills": decision["skills"] if isinstance(decision["skills"], list) else _json(decision["skills"]),
+            "gamma": self.settings.forgetting,
+            **payload,
+        }
+        row = {
+            "decision_id": report.decision_id,
+            "created_at": self.clock(),
+            "agent_id": decision["agent_id"],
+            "session_id": decision["session_id"],
+            **payload,
+            "payload": payload,
+        }
+        try:
+            updated = self.store.record_outcome(row, event)
+        except InvalidInput:  # another process reported it between our check and our write
+            earlier = self._earlier_report(decision, payload)
+            if earlier is None:
+                raise
+            return earlier
+        self._changed()
+        return OutcomeResult(
+            decision_id=report.decision_id,
+            agent_id=decision["agent_id"],
+            error_class=report.error_class,
+            reward=reward,
+            cost_usd=report.cost_usd,
+            updated=[_update(c.skill_id, c.alpha, c.beta) for c in updated],
+            duplicate=False,
+        )
+
+    def _earlier_report(self, decision: dict[str, Any], payload: dict[str, Any]) -> OutcomeResult | None:
+        stored = self.store.outcome(decision["id"])
+        if stored is None:
+            return None
+        if _json(stored["payload"]) != _json_roundtrip(payload):
+            raise Conflict(
+                f"decision {decision['id']!r} was already reported with {stored['payload']}; "
+                "a decision takes one outcome"
+            )
+        return OutcomeResult(
+            decision_id=decision["id"],
+            agent_id=decision["agent_id"],
+            error_class=stored["error_class"],
+            reward=stored["reward"],
+            cost_usd=stored["cost_usd"],
+            updated=[_update(u["skill_id"], u["alpha"], u["beta"]) for u in _json(stored["result"])],
+            duplicate=True,
+        )
+
+    # -- edits -------------------------------------------------------------------------------------------
+
+    def upsert_agent(self, agent: Agent) -> Agent:
+        self._edit("upsert_agent", agent.model_dump())
+        return agent
+
+    def upsert_mode(self, mode: Mode) -> Mode:
+        self._edit("upsert_mode", mode.model_dump())
+        return mode
+
+    def upsert_skill(self, skill: Skill) -> Skill:
+        if skill.id == ROOT_SKILL:
+            raise InvalidInput("skill_id", skill.id, f"any id but the reserved {ROOT_SKILL!r}")
+        known = {s.id: s for s in self.store.skills()}
+        if skill.parent_id is not None:
+            if skill.parent_id not in known:
+                raise NotFound("skill (parent_id)", skill.parent_id, known)
+            ancestor: str | None = skill.parent_id
+            while ancestor is not None:  # refuse cycles: the new parent must not descend from this skill
+                if ancestor == skill.id:
+                    raise InvalidInput("parent_id", skill.parent_id, f"a skill that is not {skill.id!r} or below it")
+                ancestor = known[ancestor].parent_id if ancestor in known else None
+        self._edit("upsert_skill", skill.model_dump())
+        return skill
+
+    def delete_agent(self, agent_id: str) -> Removed:
+        if agent_id not in {a.id for a in self.store.agents()}:
+            raise NotFound("agent", agent_id, [a.id for a in self.store.agents()])
+        competence, cost = self._rows_of("agent_id", agent_id)
+        self._edit("delete_agent", {"id": agent_id})
+        return Removed(kind="agent", id=agent_id, competence_rows=competence, cost_rows=cost)
+
+    def delete_skill(self, skill_id: str) -> Removed:
+        skills = self.store.skills()
+        if skill_id not in {s.id for s in skills}:
+            raise NotFound("skill", skill_id, [s.id for s in skills])
+        children = [s.id for s in skills if s.parent_id == skill_id]
+        if children:
+            raise InvalidInput("skill_id", skill_id, f"a skill without children (delete {', '.join(children)} first)")
+        competence, cost = self._rows_of("skill_id", skill_id)
+        self._edit("delete_skill", {"id": skill_id})
+        return Removed(kind="skill", id=skill_id, competence_rows=competence, cost_rows=cost)
+
+    def _rows_of(self, column: str, value: str) -> tuple[int, int]:
+        competence = sum(1 for c in self.store.competence() if getattr(c, column) == value)
+        cost = sum(1 for c in self.store.costs() if getattr(c, column) == value)
+        return competence, cost
+
+    def _edit(self, kind: str, payload: dict[str, Any]) -> None:
+        self.store.apply(kind, payload)
+        self._changed()
+
+    # -- listings ----------------------------------------------------------------------------------------
+
+    def list_agents(self, mode: str | None = None, cursor: str | None = None, limit: int = 50) -> AgentPage:
+        items = [a for a in self.store.agents() if mode is None or not a.modes or mode in a.modes]
+        page, next_cursor = _paginate(items, cursor, limit)
+        return AgentPage(items=page, next_cursor=next_cursor)
+
+    def list_skills(self, mode: str | None = None, cursor: str | None = None, limit: int = 50) -> SkillPage:
+        items = [s for s in self.store.skills() if mode is None or s.mode == mode]
+        page, next_cursor = _paginate(items, cursor, limit)
+        return SkillPage(items=page, next_cursor=next_cursor)
+
+
+def _paginate(items: list[Any], cursor: str | None, limit: int) -> tuple[list[Any], str | None]:
+    if not 1 <= limit <= PAGE_LIMIT_MAX:
+        raise InvalidInput("limit", limit, f"an integer from 1 to {PAGE_LIMIT_MAX}")
+    offset = decode_cursor(cursor)
+    page = items[offset : offset + limit]
+    return page, encode_cursor(offset + limit) if offset + limit < len(items) else None
+
+
+def _reward(report: OutcomeReport) -> float | None:
+    infrastructure = report.error_class in INFRASTRUCTURE_ERRORS
+    given = [name for name in ("reward", "success") if getattr(report, name) is not None]
+    if len(given) > 1:
+        raise InvalidInput("reward/success", (report.reward, report.success), "exactly one of reward or success")
+    if not given:
+        if infrastructure:
+            return None
+        raise InvalidInput(
+            "reward", None, "reward (0..1) or success (bool) for a completed answer (error_class 'task')"
+        )
+    if infrastructure:
+        raise InvalidInput(
+            "reward",
+            report.reward if report.reward is not None else report.success,
+            f"no reward with error_class {report.error_class!r}: infrastructure errors never score the agent",
+        )
+    if report.success is not None:
+        return 1.0 if report.success else 0.0
+    assert report.reward is not None
+    if not (0.0 <= report.reward <= 1.0) or math.isnan(report.reward):
+        raise InvalidInput("reward", report.reward, "a number in [0, 1]")
+    return float(report.reward)
+
+
+def _update(skill_id: str, alpha: float, beta: float) -> CompetenceUpdate:
+    return CompetenceUpdate(skill_id=skill_id, alpha=alpha, beta=beta, mean=alpha / (alpha + beta))
+
+
+def _card(skill: Skill, weight: float) -> SkillCard:
+    return SkillCard(
+        skill_id=skill.id,
+        mode=skill.mode,
+        parent_id=skill.parent_id,
+        description=skill.description,
+        indicators=skill.indicators,
+        examples=skill.examples,
+        weight=weight,
+    )
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _json_roundtrip(value: Any) -> Any:
+    return json.loads(json.dumps(value))

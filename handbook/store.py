@@ -1,0 +1,621 @@
+"""SQLite storage of the handbook: schema, migrations, versions, the event log, decisions and outcomes.
+
+Design:
+- One file, WAL, synchronous=NORMAL. Every write runs in `BEGIN IMMEDIATE` with a busy timeout, because a host
+  may run one stdio server per window while the CLI learns or imports into the same file; a deferred
+  transaction that upgrades to a writer fails at once instead of waiting.
+- A handbook *version* is a snapshot (the export document). Every change after it (skill and agent edits,
+  outcomes) is an *event* appended against the version it applies to and applied to the live tables in the
+  same transaction, by the same functions `rebuild` replays. So live state == snapshot + replay, exactly.
+- The rest of the code asks for things in domain terms; SQL stays in this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from skillorchestra.handbook.arrays import ROOT_SKILL
+from skillorchestra.handbook.errors import InvalidInput, NotFound
+from skillorchestra.handbook.models import (
+    INFRASTRUCTURE_ERRORS,
+    Agent,
+    Competence,
+    CostStats,
+    HandbookDocument,
+    Mode,
+    Skill,
+)
+from skillorchestra.handbook.posterior import forget, fractional_update, weighted_mean_update
+
+BUSY_TIMEOUT_S = 30.0
+migrations = Migrations("skillorchestra")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["versions"].create(
+        {
+            "id": int,
+            "parent_id": int,
+            "created_at": float,
+            "source": str,
+            "summary": str,
+            "metrics": str,
+            "snapshot": str,
+        },
+        pk="id",
+    )
+    db["modes"].create({"id": str, "description": str, "insights": str}, pk="id")
+    db["skills"].create(
+        {
+            "id": str,
+            "mode": str,
+            "parent_id": str,
+            "description": str,
+            "indicators": str,
+            "examples": str,
+        },
+        pk="id",
+    )
+    db["skills"].enable_fts(
+        ["id", "description", "indicators", "examples"],
+        fts_version="FTS5",
+        create_triggers=True,
+        tokenize="porter",
+    )
+    db["agents"].create(
+        {
+            "id": str,
+            "description": str,
+            "modes": str,
+            "input_per_mtok": float,
+            "output_per_mtok": float,
+            "enabled": int,
+        },
+        pk="id",
+    )
+    db["competence"].create(
+        {"agent_id": str, "skill_id": str, "alpha": float, "beta": float}, pk=("agent_id", "skill_id")
+    )
+    db["cost_stats"].create(
+        {
+            "agent_id": str,
+            "skill_id": str,
+            "n": float,
+            "mean_cost_usd": float,
+            "m2_cost": float,
+            "mean_prompt_tokens": float,
+            "mean_completion_tokens": float,
+            "mean_latency_s": float,
+        },
+        pk=("agent_id", "skill_id"),
+    )
+    db.execute(
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, version INTEGER NOT NULL,"
+        " kind TEXT NOT NULL, payload TEXT NOT NULL, created_at REAL NOT NULL)"
+    )
+    db["events"].create_index(["version", "seq"])
+    db["decisions"].create(
+        {
+            "id": str,
+            "version": int,
+            "created_at": float,
+            "expires_at": float,
+            "session_id": str,
+            "agent_id": str,
+            "mode": str,
+            "skills": str,
+            "strategy": str,
+            "lambda": float,
+            "propensity": float,
+            "explored": int,
+            "expected_cost_usd": float,
+            "text": str,
+            "candidates": str,
+        },
+        pk="id",
+    )
+    db["decisions"].create_index(["session_id"])
+    db["outcomes"].create(
+        {
+            "decision_id": str,
+            "created_at": float,
+            "agent_id": str,
+            "session_id": str,
+            "reward": float,
+            "error_class": str,
+            "cost_usd": float,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "latency_s": float,
+            "payload": str,
+            "result": str,
+        },
+        pk="decision_id",
+    )
+    db["outcomes"].create_index(["session_id"])
+
+
+def schema_version() -> int:
+    """The schema version a fully migrated database has (one per migration)."""
+    return len(migrations._migrations)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+class HandbookStore:
+    """The handbook file. Thread-safe: one connection guarded by a lock (sync MCP tools run on threads)."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), timeout=busy_timeout_s, check_same_thread=False, isolation_level=None)
+        self.db = Database(conn)
+        self.lock = threading.RLock()
+        with self.lock:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+            with self.write():
+                migrations.apply(self.db)
+                if self._meta("current_version") is None:
+                    self._insert_version(HandbookDocument(), source="init", summary="empty handbook", parent=None)
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+    # -- transactions ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Database]:
+        """A write transaction that takes the file's write lock up front (waits up to the busy timeout)."""
+        with self.lock:
+            conn = self.db.conn
+            if conn.in_transaction:  # nested: the outer transaction owns commit and rollback
+                yield self.db
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (another process) commits: the cache-invalidation signal."""
+        with self.lock:
+            return int(self.db.conn.execute("PRAGMA data_version").fetchone()[0])
+
+    # -- meta and versions -------------------------------------------------------------------------------
+
+    def _meta(self, key: str) -> str | None:
+        row = self.db.conn.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return None if row is None else row[0]
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.db["meta"].upsert({"key": key, "value": value}, pk="key")
+
+    def current_version(self) -> int:
+        with self.lock:
+            return int(self._meta("current_version") or 0)
+
+    def schema_version(self) -> int:
+        with self.lock:
+            return len(migrations.applied(self.db))
+
+    def versions(self) -> list[dict[str, Any]]:
+        with self.lock:
+            rows = self.db.conn.execute(
+                "SELECT id, parent_id, created_at, source, summary, metrics FROM versions ORDER BY id"
+            ).fetchall()
+        return [
+            {
+                "version": r[0],
+                "parent": r[1],
+                "created_at": r[2],
+                "source": r[3],
+                "summary": r[4],
+                "metrics": json.loads(r[5] or "{}"),
+            }
+            for r in rows
+        ]
+
+    def snapshot(self, version: int) -> HandbookDocument:
+        with self.lock:
+            row = self.db.conn.execute("SELECT snapshot FROM versions WHERE id = ?", [version]).fetchone()
+        if row is None:
+            raise NotFound("version", str(version), [str(v["version"]) for v in self.versions()])
+        return HandbookDocument.model_validate_json(row[0])
+
+    def create_version(
+        self,
+        document: HandbookDocument,
+        *,
+        source: str,
+        summary: str = "",
+        metrics: dict[str, Any] | None = None,
+    ) -> int:
+        """Replace the live handbook by `document` and make it a new version (import, learn, refine)."""
+        check_document(document)
+        with self.write():
+            parent = self.current_version() or None
+            return self._insert_version(document, source=source, summary=summary, parent=parent, metrics=metrics)
+
+    def _insert_version(
+        self,
+        document: HandbookDocument,
+        *,
+        source: str,
+        summary: str,
+        parent: int | None,
+        metrics: dict[str, Any] | None = None,
+    ) -> int:
+        row = self.db.conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM versions").fetchone()
+        version = int(row[0])
+        document = document.model_copy(update={"version": version})
+        self._replace_live_state(document)
+        self.db["versions"].insert(
+            {
+                "id": version,
+                "parent_id": parent,
+                "created_at": time.time(),
+                "source": source,
+                "summary": summary,
+                "metrics": _dumps(metrics or {}),
+                "snapshot": document.model_dump_json(),
+            },
+            pk="id",
+        )
+        self._set_meta("current_version", str(version))
+        return version
+
+    def _replace_live_state(self, document: HandbookDocument) -> None:
+        for table in ("modes", "skills", "agents", "competence", "cost_stats"):
+            self.db.execute(f"DELETE FROM {table}")
+        for mode in document.modes:
+            self._put_mode(mode)
+        for skill in document.skills:
+            self._ensure_mode(skill.mode)
+            self._put_skill(skill)
+        for agent in document.agents:
+            self._put_agent(agent)
+        if document.competence:
+            self.db["competence"].insert_all([c.model_dump() for c in document.competence])
+        if document.cost:
+            self.db["cost_stats"].insert_all([c.model_dump() for c in document.cost])
+
+    # -- reads -------------------------------------------------------------------------------------------
+
+    def modes(self) -> list[Mode]:
+        with self.lock:
+            rows = self.db.conn.execute("SELECT id, description, insights FROM modes ORDER BY id").fetchall()
+        return [Mode(id=r[0], description=r[1] or "", insights=json.loads(r[2] or "[]")) for r in rows]
+
+    def skills(self) -> list[Skill]:
+        with self.lock:
+            rows = self.db.conn.execute(
+                "SELECT id, mode, parent_id, description, indicators, examples FROM skills ORDER BY id"
+            ).fetchall()
+        return [
+            Skill(
+                id=r[0],
+                mode=r[1],
+                parent_id=r[2],
+                description=r[3] or "",
+                indicators=json.loads(r[4] or "[]"),
+                examples=json.loads(r[5] or "[]"),
+            )
+            for r in rows
+        ]
+
+    def agents(self) -> list[Agent]:
+        with self.lock:
+            rows = self.db.conn.execute(
+                "SELECT id, description, modes, input_per_mtok, output_per_mtok, enabled FROM agents ORDER BY id"
+            ).fetchall()
+        return [
+            Agent(
+                id=r[0],
+                description=r[1] or "",
+                modes=json.loads(r[2] or "[]"),
+                input_per_mtok=r[3],
+                output_per_mtok=r[4],
+                enabled=bool(r[5]),
+            )
+            for r in rows
+        ]
+
+    def competence(self) -> list[Competence]:
+        with self.lock:
+            rows = self.db.conn.execute(
+                "SELECT agent_id, skill_id, alpha, beta FROM competence ORDER BY agent_id, skill_id"
+            ).fetchall()
+        return [Competence(agent_id=r[0], skill_id=r[1], alpha=r[2], beta=r[3]) for r in rows]
+
+    def costs(self) -> list[CostStats]:
+        with self.lock:
+            rows = self.db.conn.execute(
+                "SELECT agent_id, skill_id, n, mean_cost_usd, m2_cost, mean_prompt_tokens,"
+                " mean_completion_tokens, mean_latency_s FROM cost_stats ORDER BY agent_id, skill_id"
+            ).fetchall()
+        keys = CostStats.model_fields.keys()
+        return [CostStats(**dict(zip(keys, r, strict=True))) for r in rows]
+
+    def document(self) -> HandbookDocument:
+        """The live handbook as the transferable artifact."""
+        with self.lock:
+            return HandbookDocument(
+                version=self.current_version(),
+                modes=self.modes(),
+                skills=self.skills(),
+                agents=self.agents(),
+                competence=self.competence(),
+                cost=self.costs(),
+                selections=json.loads(self._meta("selections") or "{}"),
+            )
+
+    def search_skills(self, query: str, mode: str | None, limit: int) -> list[tuple[str, float]]:
+        """FTS5 BM25 over skill ids, descriptions, indicators and examples; larger score = better match."""
+        sql = (
+            "SELECT s.id, -bm25(skills_fts) FROM skills_fts JOIN skills s ON s.rowid = skills_fts.rowid"
+            " WHERE skills_fts MATCH ?" + (" AND s.mode = ?" if mode else "") + " ORDER BY bm25(skills_fts) LIMIT ?"
+        )
+        params: list[Any] = [query] + ([mode] if mode else []) + [limit]
+        with self.lock:
+            return [(r[0], float(r[1])) for r in self.db.conn.execute(sql, params).fetchall()]
+
+    # -- events ------------------------------------------------------------------------------------------
+
+    def apply(self, kind: str, payload: dict[str, Any]) -> Any:
+        """Append an event against the live version and apply it, in one transaction."""
+        with self.write():
+            self.db["events"].insert(
+                {
+                    "version": self.current_version(),
+                    "kind": kind,
+                    "payload": _dumps(payload),
+                    "created_at": time.time(),
+                }
+            )
+            return self._apply_event(kind, payload)
+
+    def _apply_event(self, kind: str, payload: dict[str, Any]) -> Any:
+        handler = getattr(self, f"_event_{kind}", None)
+        if handler is None:
+            raise InvalidInput("event.kind", kind, "a known event kind")
+        return handler(payload)
+
+    def _event_upsert_mode(self, payload: dict[str, Any]) -> None:
+        self._put_mode(Mode.model_validate(payload))
+
+    def _event_upsert_skill(self, payload: dict[str, Any]) -> None:
+        skill = Skill.model_validate(payload)
+        self._ensure_mode(skill.mode)
+        self._put_skill(skill)
+
+    def _event_delete_skill(self, payload: dict[str, Any]) -> None:
+        skill_id = payload["id"]
+        for table in ("competence", "cost_stats"):
+            self.db.execute(f"DELETE FROM {table} WHERE skill_id = ?", [skill_id])
+        self.db.execute("DELETE FROM skills WHERE id = ?", [skill_id])
+
+    def _event_upsert_agent(self, payload: dict[str, Any]) -> None:
+        self._put_agent(Agent.model_validate(payload))
+
+    def _event_delete_agent(self, payload: dict[str, Any]) -> None:
+        agent_id = payload["id"]
+        for table in ("competence", "cost_stats"):
+            self.db.execute(f"DELETE FROM {table} WHERE agent_id = ?", [agent_id])
+        self.db.execute("DELETE FROM agents WHERE id = ?", [agent_id])
+
+    def _event_outcome(self, payload: dict[str, Any]) -> list[Competence]:
+        """Fractional Beta updates by skill weight; infrastructure errors only touch cost."""
+        agent_id = payload["agent_id"]
+        if not self._exists("agents", agent_id):
+            return []
+        known = {r[0] for r in self.db.conn.execute("SELECT id FROM skills").fetchall()} | {ROOT_SKILL}
+        demands = [(s, w) for s, w in payload["skills"] if s in known and w > 0] or [(ROOT_SKILL, 1.0)]
+        infrastructure = payload.get("error_class") in INFRASTRUCTURE_ERRORS
+        updated: list[Competence] = []
+        for skill_id, weight in demands:
+            if not infrastructure and payload.get("reward") is not None:
+                updated.append(
+                    self._update_competence(agent_id, skill_id, weight, payload["reward"], payload.get("gamma"))
+                )
+            self._update_cost(agent_id, skill_id, weight, payload, infrastructure)
+        return updated
+
+    def _update_competence(
+        self, agent_id: str, skill_id: str, weight: float, reward: float, gamma: float | None
+    ) -> Competence:
+        row = self.db.conn.execute(
+            "SELECT alpha, beta FROM competence WHERE agent_id = ? AND skill_id = ?", [agent_id, skill_id]
+        ).fetchone()
+        alpha, beta = (1.0, 1.0) if row is None else (row[0], row[1])
+        alpha, beta = forget(alpha, beta, gamma)
+        alpha, beta = fractional_update(alpha, beta, weight, reward)
+        self.db.execute(
+            "INSERT INTO competence (agent_id, skill_id, alpha, beta) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (agent_id, skill_id) DO UPDATE SET alpha = excluded.alpha, beta = excluded.beta",
+            [agent_id, skill_id, alpha, beta],
+        )
+        return Competence(agent_id=agent_id, skill_id=skill_id, alpha=alpha, beta=beta)
+
+    def _update_cost(
+        self, agent_id: str, skill_id: str, weight: float, payload: dict[str, Any], infrastructure: bool
+    ) -> None:
+        cost = payload.get("cost_usd")
+        if cost is None or (infrastructure and cost <= 0):
+            return
+        row = self.db.conn.execute(
+            "SELECT n, mean_cost_usd, m2_cost, mean_prompt_tokens, mean_completion_tokens, mean_latency_s"
+            " FROM cost_stats WHERE agent_id = ? AND skill_id = ?",
+            [agent_id, skill_id],
+        ).fetchone()
+        n, mean, m2, prompt, completion, latency = row or (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        new_n, mean, m2 = weighted_mean_update(n, mean, m2, weight, cost)
+        share = weight / new_n
+
+        def step(current: float, value: float | None) -> float:
+            return current if value is None else current + (value - current) * share
+
+        prompt = step(prompt, payload.get("prompt_tokens"))
+        completion = step(completion, payload.get("completion_tokens"))
+        latency = latency if infrastructure else step(latency, payload.get("latency_s"))
+        self.db.execute(
+            "INSERT INTO cost_stats (agent_id, skill_id, n, mean_cost_usd, m2_cost, mean_prompt_tokens,"
+            " mean_completion_tokens, mean_latency_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (agent_id, skill_id) DO UPDATE SET n = excluded.n,"
+            " mean_cost_usd = excluded.mean_cost_usd, m2_cost = excluded.m2_cost,"
+            " mean_prompt_tokens = excluded.mean_prompt_tokens,"
+            " mean_completion_tokens = excluded.mean_completion_tokens, mean_latency_s = excluded.mean_latency_s",
+            [agent_id, skill_id, new_n, mean, m2, prompt, completion, latency],
+        )
+
+    # -- row helpers -------------------------------------------------------------------------------------
+
+    def _exists(self, table: str, row_id: str) -> bool:
+        return self.db.conn.execute(f"SELECT 1 FROM {table} WHERE id = ?", [row_id]).fetchone() is not None
+
+    def _ensure_mode(self, mode_id: str) -> None:
+        if not self._exists("modes", mode_id):
+            self._put_mode(Mode(id=mode_id))
+
+    def _put_mode(self, mode: Mode) -> None:
+        self.db["modes"].upsert(
+            {"id": mode.id, "description": mode.description, "insights": _dumps(mode.insights)}, pk="id"
+        )
+
+    def _put_skill(self, skill: Skill) -> None:
+        self.db["skills"].upsert(
+            {
+                "id": skill.id,
+                "mode": skill.mode,
+                "parent_id": skill.parent_id,
+                "description": skill.description,
+                "indicators": _dumps(skill.indicators),
+                "examples": _dumps(skill.examples),
+            },
+            pk="id",
+        )
+
+    def _put_agent(self, agent: Agent) -> None:
+        self.db["agents"].upsert(
+            {
+                "id": agent.id,
+                "description": agent.description,
+                "modes": _dumps(agent.modes),
+                "input_per_mtok": agent.input_per_mtok,
+                "output_per_mtok": agent.output_per_mtok,
+                "enabled": int(agent.enabled),
+            },
+            pk="id",
+        )
+
+    # -- decisions and outcomes --------------------------------------------------------------------------
+
+    def insert_decision(self, decision: dict[str, Any]) -> None:
+        with self.write():
+            self.db["decisions"].insert(decision, pk="id")
+
+    def decision(self, decision_id: str) -> dict[str, Any] | None:
+        with self.lock:
+            rows = list(self.db["decisions"].rows_where("id = ?", [decision_id]))
+        return rows[0] if rows else None
+
+    def outcome(self, decision_id: str) -> dict[str, Any] | None:
+        with self.lock:
+            rows = list(self.db["outcomes"].rows_where("decision_id = ?", [decision_id]))
+        return rows[0] if rows else None
+
+    def record_outcome(self, outcome_row: dict[str, Any], event: dict[str, Any]) -> list[Competence]:
+        """Store the outcome and apply its event atomically; a second report of one decision is refused."""
+        with self.write():
+            if self.outcome(outcome_row["decision_id"]) is not None:
+                raise InvalidInput("decision_id", outcome_row["decision_id"], "a decision not yet reported")
+            updated = self.apply("outcome", event)
+            outcome_row = dict(outcome_row, result=_dumps([c.model_dump() for c in updated]))
+            self.db["outcomes"].insert(outcome_row, pk="decision_id")
+            return updated
+
+    def session_spend(self, session_id: str) -> float:
+        with self.lock:
+            row = self.db.conn.execute(
+                "SELECT COALESCE(SUM(cost_usd), 0) FROM outcomes WHERE session_id = ?", [session_id]
+            ).fetchone()
+        return float(row[0])
+
+    def counts(self) -> dict[str, int]:
+        with self.lock:
+            return {
+                table: int(self.db.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+                for table in ("modes", "skills", "agents", "competence", "decisions", "outcomes", "events")
+            }
+
+    # -- rebuild -----------------------------------------------------------------------------------------
+
+    def events(self, version: int) -> list[tuple[str, dict[str, Any]]]:
+        with self.lock:
+            rows = self.db.conn.execute(
+                "SELECT kind, payload FROM events WHERE version = ? ORDER BY seq", [version]
+            ).fetchall()
+        return [(r[0], json.loads(r[1])) for r in rows]
+
+    def rebuild(self) -> HandbookDocument:
+        """Restore the live version's snapshot and replay its events; returns the state it replaced."""
+        with self.write():
+            before = self.document()
+            version = self.current_version()
+            self._replace_live_state(self.snapshot(version))
+            for kind, payload in self.events(version):
+                self._apply_event(kind, payload)
+            return before
+
+
+def check_document(document: HandbookDocument) -> None:
+    """Referential checks the pydantic schema cannot make; raised before anything is written."""
+    skill_ids = [s.id for s in document.skills]
+    agent_ids = [a.id for a in document.agents]
+    for kind, ids in (
+        ("skills", skill_ids),
+        ("agents", agent_ids),
+        ("modes", [m.id for m in document.modes]),
+    ):
+        seen: set[str] = set()
+        for item in ids:
+            if item in seen:
+                raise InvalidInput(f"{kind}[].id", item, "unique ids")
+            seen.add(item)
+    known_skills = set(skill_ids) | {ROOT_SKILL}
+    for skill in document.skills:
+        if skill.id == ROOT_SKILL:
+            raise InvalidInput("skills[].id", skill.id, f"any id but the reserved {ROOT_SKILL!r}")
+        if skill.parent_id is not None and skill.parent_id not in known_skills:
+            raise NotFound("parent skill", skill.parent_id, skill_ids)
+    for field, rows in (("competence", document.competence), ("cost", document.cost)):
+        _check_pairs(field, rows, set(agent_ids), known_skills)
+
+
+def _check_pairs(field: str, rows: Sequence[Competence | CostStats], agents: set[str], skills: set[str]) -> None:
+    for row in rows:
+        if row.agent_id not in agents:
+            raise NotFound(f"agent in {field}", row.agent_id, agents)
+        if row.skill_id not in skills:
+            raise NotFound(f"skill in {field}", row.skill_id, skills)

@@ -1,0 +1,111 @@
+"""The generic outcome data of interface.md: one task a line, each agent's score and cost.
+
+Learning, evaluation and the dataset converters all speak this format, so a user's own logs only need to be
+turned into it once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from skillorchestra.handbook.errors import InvalidInput
+
+ID_MAX = 200
+SUCCESS_THRESHOLD = 0.5
+DEFAULT_COMPLETION_TOKENS = 256
+
+
+class AgentOutcome(BaseModel):
+    """One agent's result on one task; a null score means 'not judged' and is skipped by learn and eval."""
+
+    model_config = ConfigDict(extra="allow")
+
+    score: float | None = Field(default=None, ge=0.0, le=1.0)
+    cost_usd: float | None = Field(default=None, ge=0.0)
+    prompt_tokens: int | None = Field(default=None, ge=0)
+    completion_tokens: int | None = Field(default=None, ge=0)
+    latency_s: float | None = Field(default=None, ge=0.0)
+    output: str | None = None
+
+
+class TraceTask(BaseModel):
+    """A task with every agent's outcome (outcomes may be sparse: a missing agent was not run)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(min_length=1, max_length=ID_MAX)
+    query: str
+    task: str | None = None
+    mode: str | None = None
+    outcomes: dict[str, AgentOutcome]
+
+
+class AgentPrice(BaseModel):
+    """Prices per million tokens from `agents.json`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    input_per_mtok: float = Field(ge=0.0)
+    output_per_mtok: float = Field(ge=0.0)
+    description: str | None = None
+
+
+def estimate_cost_usd(query: str, outcome: AgentOutcome, price: AgentPrice | None) -> float | None:
+    """Cost of one call: `cost_usd` wins, else tokens (given, or len(query)/4 and 256) times the agent's prices."""
+    if outcome.cost_usd is not None:
+        return outcome.cost_usd
+    if price is None:
+        return None
+    prompt = outcome.prompt_tokens if outcome.prompt_tokens is not None else len(query) / 4
+    completion = outcome.completion_tokens if outcome.completion_tokens is not None else DEFAULT_COMPLETION_TOKENS
+    return (prompt * price.input_per_mtok + completion * price.output_per_mtok) / 1e6
+
+
+def read_tasks(path: str | Path) -> list[TraceTask]:
+    """Read a generic JSONL file; a bad line is an error naming the file, line and field."""
+    return list(iter_tasks(path))
+
+
+def iter_tasks(path: str | Path) -> Iterator[TraceTask]:
+    path = Path(path)
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield TraceTask.model_validate_json(line)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first["loc"]) or "line"
+                raise InvalidInput(
+                    f"{path}:{number}", where, f"{first['msg']} (generic outcome JSONL of interface.md)"
+                ) from None
+
+
+def write_tasks(path: str | Path, tasks: Iterable[TraceTask]) -> int:
+    """Write tasks as JSONL; returns how many were written."""
+    count = 0
+    with Path(path).open("w", encoding="utf-8") as handle:
+        for task in tasks:
+            handle.write(task.model_dump_json(exclude_none=True) + "\n")
+            count += 1
+    return count
+
+
+def read_prices(path: str | Path) -> dict[str, AgentPrice]:
+    """Read `agents.json` ({agent_id: {input_per_mtok, output_per_mtok, description?}})."""
+    raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(raw, dict):
+        raise InvalidInput(str(path), "agents", "a JSON object {agent_id: {input_per_mtok, output_per_mtok}}")
+    prices: dict[str, AgentPrice] = {}
+    for agent_id, entry in raw.items():
+        try:
+            prices[agent_id] = AgentPrice.model_validate(entry)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise InvalidInput(str(path), f"{agent_id}.{'.'.join(map(str, first['loc']))}", first["msg"]) from None
+    return prices

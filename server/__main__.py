@@ -1,0 +1,5 @@
+"""`python -m skillorchestra.server` = `skillorchestra-mcp`."""
+
+from skillorchestra.server.cli import serve_main
+
+serve_main()

@@ -1,0 +1,118 @@
+"""The MCP application: `create_server(settings)` builds it (tests use it too), `serve(settings)` runs it.
+
+Design decisions:
+- Errors: domain errors reach the model as ToolError text naming the field and what was expected; an unknown
+  tool name is a protocol error (-32602), as both spec revisions want.
+- Both protocol eras are served by the SDK: the 2025-11-25 handshake and sessionless 2026-07-28.
+- The tool list is static, so `subscriptions=False` (listChanged: false).
+- Start-up is a feature: nothing heavy is imported here; litellm loads on the first delegation only.
+- stdout belongs to the protocol on stdio: logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from mcp import MCPError
+from mcp.server import MCPServer
+from mcp.types import INVALID_PARAMS
+
+from skillorchestra.handbook.service import Handbook
+from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.server.example import seed_example_if_new
+from skillorchestra.server.prompts import register_prompts
+from skillorchestra.server.resources import register_resources
+from skillorchestra.server.settings import ServerSettings
+from skillorchestra.tools import register_tools
+from skillorchestra.tools.common import AppState
+
+log = logging.getLogger("skillorchestra")
+
+INSTRUCTIONS = (
+    "Skill-aware routing for a pool of backend agents. For each step of a task: consult_handbook to see the "
+    "skills it demands and each agent's competence and cost, route_step to choose the agent (utility = "
+    "competence - lambda * cost / c_ref), have that agent do the step, then record_outcome so the handbook "
+    "learns. The 'orchestrate' prompt explains the loop."
+)
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("skillorchestra-mcp")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0.0.0"
+
+
+def open_handbook(settings: ServerSettings) -> Handbook:
+    """Create or migrate the database file, seeding the example handbook into a new one if asked."""
+    store = HandbookStore(settings.db_path)
+    if settings.seed_example:
+        seed_example_if_new(store)
+    return Handbook(store, settings.handbook_settings())
+
+
+def create_server(settings: ServerSettings) -> MCPServer:
+    running: list[AppState] = []  # the live state, for resources (they get no request context)
+
+    @asynccontextmanager
+    async def lifespan(_server: MCPServer) -> AsyncIterator[AppState]:
+        handbook = open_handbook(settings)
+        state = AppState(handbook=handbook)
+        running.append(state)
+        try:
+            yield state
+        finally:
+            running.remove(state)
+            handbook.store.close()
+
+    def current_handbook() -> Handbook:
+        if not running:
+            raise RuntimeError("the server is not running")
+        return running[-1].handbook
+
+    server: MCPServer = MCPServer(
+        "skillorchestra",
+        version=package_version(),
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+        subscriptions=False,
+        log_level=settings.log_level,
+    )
+    register_tools(server)
+    register_resources(server, current_handbook)
+    register_prompts(server)
+    server.middleware.append(_reject_unknown_tools(server))
+    return server
+
+
+def _reject_unknown_tools(server: MCPServer) -> Any:
+    """An unknown tool name is an invalid request (-32602), not a tool result the model should retry."""
+
+    known: set[str] = set()
+
+    async def middleware(ctx: Any, call_next: Any) -> Any:
+        if ctx.method == "tools/call" and isinstance(ctx.params, dict):
+            if not known:  # the tool list is static: read it once
+                known.update(tool.name for tool in await server.list_tools())
+            name = ctx.params.get("name")
+            if name not in known:
+                raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: {name}")
+        return await call_next(ctx)
+
+    return middleware
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Check the configuration and the database before any transport opens, then serve."""
+    open_handbook(settings).store.close()  # creates and migrates the file before we answer anything
+    server = create_server(settings)
+    if settings.transport == "stdio":
+        await server.run_stdio_async()
+        return
+    from skillorchestra.server.http import serve_http  # only HTTP deployments pay for its imports
+
+    await serve_http(server, settings)

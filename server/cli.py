@@ -1,0 +1,135 @@
+"""The command line: `skillorchestra <command>` and `skillorchestra-mcp` (= `skillorchestra serve`).
+
+Errors exit with status 2 and one line on stderr naming the argument or field and what was expected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from skillorchestra.handbook.errors import HandbookError
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class UsageError(Exception):
+    """A bad command line: printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _version() -> str:
+    from skillorchestra.server.app import package_version
+
+    return package_version()
+
+
+def _common(parser: argparse.ArgumentParser, *, db: bool) -> None:
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    # SUPPRESS: a subcommand's default must not overwrite a value given before it on the command line
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS, help="log level (stderr)")
+    if db:
+        parser.add_argument("--db", type=Path, default=argparse.SUPPRESS, help="handbook database (default: "
+                            "SKILLORCHESTRA_DB, else the user data directory)")
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    _common(parser, db=True)
+    parser.add_argument("--transport", choices=("stdio", "sse", "http"), default="stdio")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address for sse/http (loopback by default)")
+    parser.add_argument("--port", type=int, default=8765, help="port for sse/http")
+    parser.add_argument("--allowed-host", action="append", default=[], dest="allowed_hosts",
+                        help="extra Host header value to accept over HTTP (repeatable)")
+    parser.add_argument("--no-example", action="store_true",
+                        help="do not load the shipped example handbook into a new database")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from skillorchestra.server import commands
+
+    parser = Parser(prog="skillorchestra", description="Skill-aware routing of LLM agents, served over MCP.")
+    _common(parser, db=False)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    serve = sub.add_parser("serve", help="run the MCP server")
+    add_serve_arguments(serve)
+    serve.set_defaults(handler=commands.serve)
+
+    handbook = sub.add_parser("handbook", help="the handbook as an artifact")
+    _common(handbook, db=True)
+    hb = handbook.add_subparsers(dest="action", required=True, parser_class=Parser)
+    export = hb.add_parser("export", help="write the live handbook as one JSON document")
+    _common(export, db=True)
+    export.add_argument("file", help="output path, or - for stdout")
+    export.set_defaults(handler=commands.handbook_export)
+    imp = hb.add_parser("import", help="validate a handbook JSON document and make it the live version")
+    _common(imp, db=True)
+    imp.add_argument("file", nargs="?", help="a document written by export (or --example)")
+    imp.add_argument("--example", action="store_true", help="import the example handbook shipped with the package")
+    imp.set_defaults(handler=commands.handbook_import)
+    show = hb.add_parser("show", help="summary of the live handbook")
+    _common(show, db=True)
+    show.set_defaults(handler=commands.handbook_show)
+    rebuild = hb.add_parser("rebuild", help="the version's snapshot plus a replay of its events")
+    _common(rebuild, db=True)
+    rebuild.set_defaults(handler=commands.handbook_rebuild)
+    versions = hb.add_parser("versions", help="list handbook versions")
+    _common(versions, db=True)
+    versions.set_defaults(handler=commands.handbook_versions)
+
+    data = sub.add_parser("data", help="datasets")
+    _common(data, db=False)
+    dsub = data.add_subparsers(dest="action", required=True, parser_class=Parser)
+    convert = dsub.add_parser("convert", help="turn a real dataset into the generic outcome format")
+    _common(convert, db=False)
+    convert.add_argument("--format", required=True, choices=("llmrouter", "routellm"))
+    convert.add_argument("--seed", type=int, default=0, help="seed of the routellm 50/50 split")
+    convert.add_argument("src", type=Path)
+    convert.add_argument("outdir", type=Path)
+    convert.set_defaults(handler=commands.data_convert)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _run(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentParser]) -> int:
+    try:
+        args = build().parse_args(argv)
+        _configure_logging(getattr(args, "log_level", "WARNING"))
+        return int(args.handler(args) or 0)
+    except UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except HandbookError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(_run(argv, build_parser))
+
+
+def build_serve_parser() -> argparse.ArgumentParser:
+    from skillorchestra.server import commands
+
+    parser = Parser(prog="skillorchestra-mcp", description="The SkillOrchestra MCP server (stdio by default).")
+    add_serve_arguments(parser)
+    parser.set_defaults(handler=commands.serve)
+    return parser
+
+
+def serve_main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(_run(argv, build_serve_parser))
+

@@ -1,0 +1,133 @@
+"""What each CLI command does; argument parsing lives in cli.py."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.models import HandbookDocument
+from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.server.settings import ServerSettings, default_db_path
+
+
+def _db(args: argparse.Namespace) -> Path:
+    return getattr(args, "db", None) or default_db_path()
+
+
+def _store(args: argparse.Namespace) -> HandbookStore:
+    return HandbookStore(_db(args))
+
+
+def serve(args: argparse.Namespace) -> int:
+    from skillorchestra.server.app import serve as serve_async
+
+    try:
+        settings = ServerSettings.from_env(
+            db_path=_db(args),
+            transport=args.transport,
+            host=args.host,
+            port=args.port,
+            allowed_hosts=args.allowed_hosts,
+            log_level=getattr(args, "log_level", "WARNING"),
+            seed_example=not args.no_example,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidInput("--" + str(first["loc"][0]).replace("_", "-"), first.get("input"), first["msg"]) from None
+    asyncio.run(serve_async(settings))
+    return 0
+
+
+def read_document(path: Path) -> HandbookDocument:
+    """Parse and validate a handbook document; errors name the JSON path of the bad field."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput("file", str(path), f"a readable handbook JSON file ({exc.strerror})") from None
+    try:
+        return HandbookDocument.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "document"
+        raise InvalidInput(f"{path.name}:{where}", first.get("input", ""), first["msg"]) from None
+
+
+def handbook_import(args: argparse.Namespace) -> int:
+    from skillorchestra.server.example import example_document
+
+    if args.example == bool(args.file):
+        raise InvalidInput("file", args.file, "either a FILE or --example")
+    document = example_document() if args.example else read_document(Path(args.file))
+    store = _store(args)
+    version = store.create_version(document, source="import", summary=f"imported {args.file or 'example'}")
+    print(f"imported version {version}: {len(document.skills)} skills, {len(document.agents)} agents", file=sys.stderr)
+    return 0
+
+
+def handbook_export(args: argparse.Namespace) -> int:
+    text = _store(args).document().model_dump_json(indent=1)
+    if args.file == "-":
+        sys.stdout.write(text + "\n")
+    else:
+        Path(args.file).write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+def handbook_show(args: argparse.Namespace) -> int:
+    store = _store(args)
+    document = store.document()
+    lines = [f"handbook {_db(args)}: version {document.version}, schema {store.schema_version()}"]
+    counts = store.counts()
+    lines.append(", ".join(f"{k} {v}" for k, v in counts.items()))
+    for mode in document.modes:
+        lines.append(f"mode {mode.id}: {mode.description}")
+        for skill in document.skills:
+            if skill.mode == mode.id:
+                indent = "    " if skill.parent_id else "  "
+                lines.append(f"{indent}{skill.id}: {skill.description}")
+    for agent in document.agents:
+        price = f"${agent.input_per_mtok}/${agent.output_per_mtok} per Mtok" if agent.input_per_mtok is not None else ""
+        lines.append(f"agent {agent.id} {'' if agent.enabled else '(disabled) '}{price}")
+    print("\n".join(lines))
+    return 0
+
+
+def handbook_rebuild(args: argparse.Namespace) -> int:
+    store = _store(args)
+    before = store.rebuild()
+    after = store.document()
+    version = store.current_version()
+    events = len(store.events(version))
+    if before == after:
+        print(f"rebuilt version {version} from its snapshot and {events} events: identical to the live state")
+        return 0
+    print(f"rebuilt version {version} from its snapshot and {events} events: the live state differed and was "
+          "replaced by the rebuilt one", file=sys.stderr)
+    return 1
+
+
+def handbook_versions(args: argparse.Namespace) -> int:
+    store = _store(args)
+    current = store.current_version()
+    for v in store.versions():
+        marker = "*" if v["version"] == current else " "
+        print(f"{marker} {v['version']:>4}  parent {v['parent'] or '-':>4}  {v['source']:<8} {v['summary']}"
+              + (f"  {json.dumps(v['metrics'])}" if v["metrics"] else ""))
+    return 0
+
+
+def data_convert(args: argparse.Namespace) -> int:
+    from skillorchestra.handbook.datasets import convert_llmrouter, convert_routellm
+
+    if args.format == "llmrouter":
+        summary = convert_llmrouter(args.src, args.outdir)
+    else:
+        summary = convert_routellm(args.src, args.outdir, seed=args.seed)
+    print(json.dumps(summary, indent=1, default=str))
+    return 0

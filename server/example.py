@@ -1,0 +1,27 @@
+"""The example handbook shipped with the package, so a new server is useful in its first minute."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from skillorchestra.handbook.models import HandbookDocument
+from skillorchestra.handbook.store import HandbookStore
+
+EXAMPLE_NAME = "example_handbook.json"
+
+
+def example_document() -> HandbookDocument:
+    text = resources.files("skillorchestra.handbook").joinpath("data", EXAMPLE_NAME).read_text(encoding="utf-8")
+    return HandbookDocument.model_validate_json(text)
+
+
+def is_pristine(store: HandbookStore) -> bool:
+    """True for a database that holds only the empty initial version and no events."""
+    return store.current_version() == 1 and store.versions()[0]["source"] == "init" and not store.counts()["events"]
+
+
+def seed_example_if_new(store: HandbookStore) -> bool:
+    if not is_pristine(store):
+        return False
+    store.create_version(example_document(), source="import", summary="example handbook (shipped)")
+    return True

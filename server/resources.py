@@ -1,0 +1,114 @@
+"""Read-only views of the handbook as MCP resources (JSON), for hosts that browse rather than call."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from urllib.parse import unquote
+
+import numpy as np
+from collections.abc import Callable
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError
+
+from skillorchestra.handbook.service import Handbook
+from skillorchestra.handbook.store import schema_version
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, indent=2, sort_keys=True)
+
+
+def register_resources(server: MCPServer, current: Callable[[], Handbook]) -> None:
+    """`current` returns the running server's handbook (static resources get no request context in mcp 2.x)."""
+
+    @server.resource("handbook://skills", mime_type="application/json", description="Every skill in the handbook")
+    def skills() -> str:
+        return _json([s.model_dump() for s in current().store.skills()])
+
+    @server.resource("handbook://agents", mime_type="application/json", description="Every agent in the handbook")
+    def agents() -> str:
+        return _json([a.model_dump() for a in current().store.agents()])
+
+    @server.resource(
+        "handbook://skills/{skill_id}",
+        mime_type="application/json",
+        description="One skill and each agent on it",
+    )
+    def skill(skill_id: str) -> str:
+        return _json(skill_card(current(), unquote(skill_id)))
+
+    @server.resource(
+        "handbook://agents/{agent_id}",
+        mime_type="application/json",
+        description="One agent with its competence and cost on every skill",
+    )
+    def agent(agent_id: str) -> str:
+        return _json(agent_card(current(), unquote(agent_id)))
+
+    @server.resource(
+        "handbook://stats",
+        mime_type="application/json",
+        description="Counts, version, and routing shares per agent (watch for collapse onto one agent)",
+    )
+    def stats() -> str:
+        return _json(handbook_stats(current()))
+
+
+def skill_card(handbook: Handbook, skill_id: str) -> dict[str, object]:
+    arrays = handbook.arrays()
+    if skill_id not in arrays.skill_index:
+        raise ResourceNotFoundError(f"unknown skill {skill_id!r}")
+    col = arrays.column_of_skill(skill_id)
+    skill = next(s for s in arrays.skills if s.id == skill_id)
+    return {
+        **skill.model_dump(),
+        "agents": [
+            {
+                "agent_id": agent_id,
+                "mean": float(arrays.mean[i, col]),
+                "n": float(arrays.evidence[i, col]),
+                "mean_cost_usd": None if np.isnan(arrays.cost_mean[i, col]) else float(arrays.cost_mean[i, col]),
+            }
+            for i, agent_id in enumerate(arrays.agent_ids)
+        ],
+    }
+
+
+def agent_card(handbook: Handbook, agent_id: str) -> dict[str, object]:
+    arrays = handbook.arrays()
+    if agent_id not in arrays.agent_index:
+        raise ResourceNotFoundError(f"unknown agent {agent_id!r}")
+    i = arrays.agent_index[agent_id]
+    return {
+        **arrays.agents[i].model_dump(),
+        "overall": {"mean": float(arrays.mean[i, arrays.root_column]), "n": float(arrays.evidence[i, -1])},
+        "skills": [
+            {
+                "skill_id": skill_id,
+                "mean": float(arrays.mean[i, col]),
+                "n": float(arrays.evidence[i, col]),
+                "mean_cost_usd": None if np.isnan(arrays.cost_mean[i, col]) else float(arrays.cost_mean[i, col]),
+            }
+            for skill_id, col in arrays.skill_index.items()
+        ],
+    }
+
+
+def handbook_stats(handbook: Handbook) -> dict[str, object]:
+    store = handbook.store
+    with store.lock:
+        rows = store.db.conn.execute("SELECT agent_id, COUNT(*) FROM decisions GROUP BY agent_id").fetchall()
+    shares = Counter({agent: count for agent, count in rows})
+    total = sum(shares.values())
+    fractions = {agent: count / total for agent, count in shares.items()} if total else {}
+    p = np.array(list(fractions.values()))
+    return {
+        "handbook_version": store.current_version(),
+        "schema_version": schema_version(),
+        "counts": store.counts(),
+        "routing_shares": fractions,
+        "routing_entropy_bits": float(-(p * np.log2(p)).sum()) if p.size else 0.0,
+        "top_agent_share": float(p.max()) if p.size else 0.0,
+    }

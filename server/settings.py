@@ -1,0 +1,69 @@
+"""Server configuration: where the handbook lives and how the server behaves, from flags and environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import BaseModel, Field
+
+from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.service import HandbookSettings
+
+Transport = Literal["stdio", "sse", "http"]
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def default_db_path() -> Path:
+    """`SKILLORCHESTRA_DB`, else the user data directory (interface.md)."""
+    env = os.environ.get("SKILLORCHESTRA_DB")
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_data_dir("skillorchestra", appauthor=False)) / "handbook.db"
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInput(name, raw, "a number of seconds") from None
+    if value <= 0:
+        raise InvalidInput(name, raw, "a positive number of seconds")
+    return value
+
+
+class ServerSettings(BaseModel):
+    db_path: Path = Field(default_factory=default_db_path)
+    transport: Transport = "stdio"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    token: str | None = Field(default=None, repr=False)
+    allowed_hosts: list[str] = Field(default_factory=list)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
+    decision_ttl_s: float = 86_400.0
+    kappa: float = Field(default=2.0, gt=0.0)
+    forgetting: float | None = Field(default=None, gt=0.0, le=1.0)
+    store_step_text: bool = True
+    seed_example: bool = Field(default=False, description="load the shipped example handbook into a new database")
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> ServerSettings:
+        values: dict[str, object] = {
+            "token": os.environ.get("SKILLORCHESTRA_TOKEN") or None,
+            "decision_ttl_s": _env_float("SKILLORCHESTRA_DECISION_TTL", 86_400.0),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    def handbook_settings(self) -> HandbookSettings:
+        return HandbookSettings(
+            kappa=self.kappa,
+            forgetting=self.forgetting,
+            decision_ttl_s=self.decision_ttl_s,
+            store_step_text=self.store_step_text,
+        )

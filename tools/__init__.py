@@ -1,0 +1,12 @@
+"""Thin MCP adapters over the handbook: validate, call, shape the answer."""
+
+from __future__ import annotations
+
+from mcp.server import MCPServer
+
+from skillorchestra.tools import catalog, routing
+
+
+def register_tools(server: MCPServer) -> None:
+    routing.register(server)
+    catalog.register(server)

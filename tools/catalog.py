@@ -1,0 +1,108 @@
+"""Editing and listing the handbook's agents, skills and modes (no connection settings: those come only
+from agents.toml, so a prompt-injected orchestrator cannot redirect an agent's endpoint)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from pydantic import Field
+
+from skillorchestra.handbook.models import DEFAULT_MODE, DESCRIPTION_MAX, ID_MAX, Agent, Mode, Skill
+from skillorchestra.handbook.results import AgentPage, Removed, SkillPage
+from skillorchestra.tools.common import READ_ONLY, app_state, reports_failures, writes
+
+Id = Annotated[str, Field(min_length=1, max_length=ID_MAX)]
+Description = Annotated[str, Field(max_length=DESCRIPTION_MAX)]
+Lines = Annotated[list[Annotated[str, Field(min_length=1, max_length=1000)]], Field(max_length=50)]
+Price = Annotated[float | None, Field(ge=0.0, description="USD per million tokens")]
+Limit = Annotated[int, Field(ge=1, le=200)]
+Cursor = Annotated[str | None, Field(max_length=64)]
+ModeFilter = Annotated[str | None, Field(max_length=ID_MAX)]
+
+
+def register(server: MCPServer) -> None:
+    upsert = writes(destructive=False, idempotent=True)
+    delete = writes(destructive=True, idempotent=False)
+    server.tool(name="upsert_agent", annotations=upsert)(upsert_agent)
+    server.tool(name="upsert_skill", annotations=upsert)(upsert_skill)
+    server.tool(name="upsert_mode", annotations=upsert)(upsert_mode)
+    server.tool(name="delete_agent", annotations=delete)(delete_agent)
+    server.tool(name="delete_skill", annotations=delete)(delete_skill)
+    server.tool(name="list_agents", annotations=READ_ONLY)(list_agents)
+    server.tool(name="list_skills", annotations=READ_ONLY)(list_skills)
+
+
+@reports_failures
+def upsert_agent(
+    agent_id: Id,
+    ctx: Context,
+    description: Description = "",
+    modes: Annotated[list[Id], Field(max_length=50)] | None = None,
+    enabled: bool = True,
+    input_per_mtok: Price = None,
+    output_per_mtok: Price = None,
+) -> Agent:
+    """Add or replace an agent the router may choose (prices in USD per million tokens)."""
+    agent = Agent(
+        id=agent_id,
+        description=description,
+        modes=modes or [],
+        enabled=enabled,
+        input_per_mtok=input_per_mtok,
+        output_per_mtok=output_per_mtok,
+    )
+    return app_state(ctx).handbook.upsert_agent(agent)
+
+
+@reports_failures
+def upsert_skill(
+    skill_id: Id,
+    ctx: Context,
+    description: Description = "",
+    mode: Id = DEFAULT_MODE,
+    parent_id: Annotated[str | None, Field(max_length=ID_MAX)] = None,
+    indicators: Lines | None = None,
+    examples: Lines | None = None,
+) -> Skill:
+    """Add or replace a skill; indicators are cues in a step that signal it, examples are sample steps."""
+    skill = Skill(
+        id=skill_id,
+        mode=mode,
+        parent_id=parent_id,
+        description=description,
+        indicators=indicators or [],
+        examples=examples or [],
+    )
+    return app_state(ctx).handbook.upsert_skill(skill)
+
+
+@reports_failures
+def upsert_mode(mode_id: Id, ctx: Context, description: Description = "", insights: Lines | None = None) -> Mode:
+    """Add or replace a mode (a stage of work) and its routing insights for the orchestrator."""
+    return app_state(ctx).handbook.upsert_mode(Mode(id=mode_id, description=description, insights=insights or []))
+
+
+@reports_failures
+def delete_agent(agent_id: Id, ctx: Context) -> Removed:
+    """Remove an agent and its competence and cost records (past decisions stay in the log)."""
+    return app_state(ctx).handbook.delete_agent(agent_id)
+
+
+@reports_failures
+def delete_skill(skill_id: Id, ctx: Context) -> Removed:
+    """Remove a skill without children, and every agent's competence and cost records on it."""
+    return app_state(ctx).handbook.delete_skill(skill_id)
+
+
+@reports_failures
+def list_agents(ctx: Context, mode: ModeFilter = None, cursor: Cursor = None, limit: Limit = 50) -> AgentPage:
+    """Agents in the handbook, optionally only those serving a mode; paginated by next_cursor."""
+    return app_state(ctx).handbook.list_agents(mode=mode, cursor=cursor, limit=limit)
+
+
+@reports_failures
+def list_skills(ctx: Context, mode: ModeFilter = None, cursor: Cursor = None, limit: Limit = 50) -> SkillPage:
+    """Skills in the handbook, optionally of one mode; paginated by next_cursor."""
+    return app_state(ctx).handbook.list_skills(mode=mode, cursor=cursor, limit=limit)
