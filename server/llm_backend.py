@@ -1,0 +1,295 @@
+"""Call an LLM agent through litellm: one HTTP request, true cost, classified errors, no key in any output.
+
+Why this shape:
+* litellm costs ~4 s to import, so it is imported on the first call (or by ``ensure_litellm()`` in the
+  background), in a worker thread, never on the event loop and never at server start.
+* ``max_retries=0``: the openai SDK would otherwise retry twice on its own; the router owns retries/fallbacks.
+* Prices: the agent's own prices win; else litellm's bundled table; else the cost is unknown (None), never 0.
+  Per-call price kwargs are never passed to litellm because they silently register the price globally.
+* Errors map to the contract's classes. litellm reports a dropped or refused connection as
+  ``InternalServerError`` (500) with ``openai.APIConnectionError``/``httpx`` errors in its cause chain, so the
+  chain is inspected before the status code. Request errors (``BadRequestError`` and its subclasses
+  ``ContextWindowExceededError``, ``ContentPolicyViolationError``, also ``UnprocessableEntityError``) are
+  ``task``: the agent could not do this step, which says something about the agent and the step, not about
+  the infrastructure. ``NotFoundError`` (unknown model or route at ``api_base``) is a configuration fault and
+  counts as ``server_error``; so does any unrecognised exception, so that it never touches competence.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from types import ModuleType
+from typing import Any, Literal
+
+import anyio
+import anyio.to_thread
+from anyio.lowlevel import RunVar
+from pydantic import BaseModel
+
+from skillorchestra.server.agent_config import LlmAgentConnection
+
+log = logging.getLogger(__name__)
+
+ErrorClass = Literal["timeout", "rate_limit", "connection", "auth", "server_error", "task"]
+CostSource = Literal["agent_prices", "litellm_table", "unknown", "no_token_cost"]
+INFRASTRUCTURE_ERRORS: frozenset[str] = frozenset({"timeout", "rate_limit", "connection", "auth", "server_error"})
+
+# Sent when an agent has no key: local OpenAI-compatible servers accept any key but want a non-empty one.
+PLACEHOLDER_API_KEY = "sk-no-key"
+_MESSAGE_LIMIT = 600
+_TIMEOUT_GRACE_S = 0.5  # the outer deadline lets litellm's own, more informative Timeout fire first
+
+_litellm: ModuleType | None = None
+_import_lock = threading.Lock()
+
+
+class BackendResult(BaseModel):
+    """What one call to one agent produced; the same shape for LLM and MCP agents."""
+
+    answer: str = ""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_usd: float | None = None  # None = unknown, never a silent 0
+    cost_source: CostSource = "unknown"
+    latency_s: float = 0.0
+    error_class: ErrorClass | None = None  # None on success
+    error_type: str | None = None  # the exception's class name, for logs and the `tried` list
+    message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error_class is None
+
+    @property
+    def infrastructure_failure(self) -> bool:
+        """True when the failure says nothing about the agent's competence (fallback, breaker)."""
+        return self.error_class in INFRASTRUCTURE_ERRORS
+
+
+def backend_env_defaults() -> dict[str, str]:
+    """Set (setdefault) and return the variables that keep litellm offline and quick (also for children)."""
+    defaults = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1", "LITELLM_LOG": "ERROR"}
+    for name, value in defaults.items():
+        os.environ.setdefault(name, value)
+    return {name: os.environ[name] for name in defaults}
+
+
+def _import_litellm() -> ModuleType:
+    """Runs in a worker thread; the lock makes concurrent first calls import and configure once."""
+    global _litellm
+    with _import_lock:
+        if _litellm is None:
+            backend_env_defaults()
+            module = importlib.import_module("litellm")
+            module.suppress_debug_info = True  # its banners go to stdout, which is the MCP stdio channel
+            for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+            _litellm = module
+        return _litellm
+
+
+async def ensure_litellm() -> ModuleType:
+    """The litellm module, imported off the event loop on first use (call it early to warm up)."""
+    if _litellm is not None:
+        return _litellm
+    return await anyio.to_thread.run_sync(_import_litellm)
+
+
+def scrub(text: str, secrets: Sequence[str | None]) -> str:
+    """Replace every secret value with *** (providers sometimes echo the key in their error)."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _api_key(conn: LlmAgentConnection) -> str | None:
+    return os.environ.get(conn.api_key_env) if conn.api_key_env else None
+
+
+def _cause_chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 12:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _transport_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(timeout, connection) exception classes of the HTTP stacks litellm uses (already imported by it)."""
+    timeouts: list[type] = [TimeoutError]
+    connections: list[type] = [ConnectionError]
+    if (openai := sys.modules.get("openai")) is not None:
+        timeouts.append(openai.APITimeoutError)
+        connections.append(openai.APIConnectionError)
+    if (httpx := sys.modules.get("httpx")) is not None:
+        timeouts.append(httpx.TimeoutException)
+        connections.append(httpx.TransportError)
+    if (aiohttp := sys.modules.get("aiohttp")) is not None:
+        timeouts.append(aiohttp.ServerTimeoutError)
+        connections.append(aiohttp.ClientConnectionError)
+    return tuple(timeouts), tuple(connections)
+
+
+def classify_exception(exc: BaseException, litellm: ModuleType | None = None) -> ErrorClass:
+    """Map a litellm/openai/httpx exception to the contract's error classes (see the module docstring)."""
+    lm = litellm or _litellm
+    if lm is not None:
+        if isinstance(exc, lm.Timeout):
+            return "timeout"
+        if isinstance(exc, lm.RateLimitError):
+            return "rate_limit"
+        if isinstance(exc, lm.AuthenticationError | lm.PermissionDeniedError):
+            return "auth"
+    timeouts, connections = _transport_classes()
+    chain = _cause_chain(exc)
+    if any(isinstance(e, timeouts) for e in chain):
+        return "timeout"
+    if any(isinstance(e, connections) for e in chain):
+        return "connection"
+    if lm is not None:
+        if isinstance(exc, lm.NotFoundError):
+            return "server_error"
+        if isinstance(exc, lm.BadRequestError | lm.UnprocessableEntityError):
+            return "task"
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        if status == 408:
+            return "timeout"
+        if status == 429:
+            return "rate_limit"
+        if status in (401, 403):
+            return "auth"
+        if 400 <= status < 500 and status != 404:
+            return "task"
+    return "server_error"
+
+
+def _price(
+    conn: LlmAgentConnection, litellm: ModuleType, prompt: int, completion: int
+) -> tuple[float | None, CostSource]:
+    if conn.input_per_mtok is not None and conn.output_per_mtok is not None:
+        return (prompt * conn.input_per_mtok + completion * conn.output_per_mtok) / 1e6, "agent_prices"
+    try:
+        p_usd, c_usd = litellm.cost_per_token(model=conn.model, prompt_tokens=prompt, completion_tokens=completion)
+    except Exception:  # ModelNotMappedError and friends: the table does not know this model
+        return None, "unknown"
+    return float(p_usd) + float(c_usd), "litellm_table"
+
+
+def _usage_of(obj: Any) -> tuple[int | None, int | None]:
+    usage = getattr(obj, "usage", None)
+    if usage is None:
+        return None, None
+    return getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
+
+
+async def _stream_answer(
+    response: Any, on_progress: Callable[[int], Awaitable[None]] | None
+) -> tuple[str, int | None, int | None]:
+    parts: list[str] = []
+    prompt = completion = None
+    async for chunk in response:
+        if chunk.choices and (delta := chunk.choices[0].delta) is not None and delta.content:
+            parts.append(delta.content)
+            if on_progress is not None:
+                await on_progress(sum(len(p) for p in parts))
+        p, c = _usage_of(chunk)
+        if p is not None:
+            prompt, completion = p, c
+    return "".join(parts), prompt, completion
+
+
+async def call_llm(
+    conn: LlmAgentConnection,
+    messages: list[dict[str, Any]],
+    *,
+    timeout_s: float | None = None,
+    max_tokens: int | None = None,
+    stream: bool = False,
+    on_progress: Callable[[int], Awaitable[None]] | None = None,
+) -> BackendResult:
+    """One call, no retry. ``timeout_s``/``max_tokens`` default to the agent's settings, capped by them.
+
+    With ``stream=True`` the answer is streamed (usage from the final chunk) and ``on_progress`` gets the
+    number of characters received so far, so a caller can send MCP progress notifications while waiting.
+    Cancellation propagates (only ``Exception`` is caught).
+    """
+    timeout = min(timeout_s, conn.timeout_s) if timeout_s is not None else conn.timeout_s
+    limit = min(max_tokens, conn.max_output_tokens) if max_tokens is not None else conn.max_output_tokens
+    key = _api_key(conn)
+    litellm = await ensure_litellm()  # outside the deadline: the one-off import is not the agent's latency
+    start = time.perf_counter()
+    try:
+        with anyio.fail_after(timeout + _TIMEOUT_GRACE_S):
+            async with agent_limiter(conn.id, conn.concurrency):
+                kwargs: dict[str, Any] = {}
+                if stream:
+                    kwargs = {"stream": True, "stream_options": {"include_usage": True}}
+                response = await litellm.acompletion(
+                    model=conn.model,
+                    api_base=conn.api_base,
+                    api_key=key or PLACEHOLDER_API_KEY,
+                    messages=messages,
+                    timeout=timeout,
+                    max_tokens=limit,
+                    max_retries=0,
+                    **kwargs,
+                )
+                if stream:
+                    answer, prompt, completion = await _stream_answer(response, on_progress)
+                else:
+                    answer = (response.choices[0].message.content or "") if response.choices else ""
+                    prompt, completion = _usage_of(response)
+    except Exception as exc:
+        latency = time.perf_counter() - start
+        error_class = classify_exception(exc)
+        message = str(exc) or type(exc).__name__
+        if isinstance(exc, TimeoutError) and not str(exc):
+            message = f"no answer within {timeout:g} s"
+        if error_class == "auth" and conn.api_key_env and not key:
+            message += f" (environment variable {conn.api_key_env} is not set)"
+        message = scrub(message, [key])[:_MESSAGE_LIMIT]
+        log.warning("agent %s failed (%s) after %.2fs: %s", conn.id, error_class, latency, message)
+        return BackendResult(latency_s=latency, error_class=error_class, error_type=type(exc).__name__, message=message)
+    latency = time.perf_counter() - start
+    cost: float | None = None
+    source: CostSource = "unknown"
+    if prompt is not None and completion is not None:
+        cost, source = _price(conn, litellm, prompt, completion)
+    if cost is None:
+        log.warning("agent %s: cost unknown (no price configured or known for model %s)", conn.id, conn.model)
+    return BackendResult(
+        answer=scrub(answer, [key]),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cost_usd=cost,
+        cost_source=source,
+        latency_s=latency,
+    )
+
+
+# Per-agent concurrency limits; anyio limiters belong to one event loop, hence a RunVar (one dict per loop).
+_limiters: RunVar[dict[str, anyio.CapacityLimiter]] = RunVar("skillorchestra_agent_limiters")
+
+
+def agent_limiter(agent_id: str, concurrency: int) -> anyio.CapacityLimiter:
+    """The limiter that caps in-flight calls to one agent at its configured ``concurrency``."""
+    try:
+        limiters = _limiters.get()
+    except LookupError:
+        limiters = {}
+        _limiters.set(limiters)
+    limiter = limiters.get(agent_id)
+    if limiter is None:
+        limiter = limiters[agent_id] = anyio.CapacityLimiter(concurrency)
+    elif limiter.total_tokens != concurrency:
+        limiter.total_tokens = concurrency  # settings reloaded
+    return limiter

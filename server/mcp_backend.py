@@ -1,0 +1,117 @@
+"""Call one tool of another MCP server as an agent (search, code execution... beside the LLMs of the pool).
+
+Why per-call connections: an SDK ``Client`` must be entered and left in the same task, and a delegation is
+one task, so each call connects, calls and disconnects. Over stdio that spawns the server each time (~1-2 s
+here); point busy tool agents at a streamable HTTP ``url`` instead. The child process gets only the SDK's
+allow-listed environment plus the variables named in ``env_vars``.
+
+Errors: spawn or transport failure -> ``connection``; the deadline (connecting included) or the SDK's request
+timeout -> ``timeout``; a tool result with ``is_error`` -> ``task`` with the tool's message; a JSON-RPC error
+from the server (unknown method, bad parameters) -> ``server_error``. Cost: the agent's ``cost_per_call_usd``
+when configured, else 0.0 with ``cost_source="no_token_cost"`` (a tool call spends no tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import anyio
+from mcp import Client, MCPError, StdioServerParameters
+from mcp.types import CallToolResult, TextContent
+
+from skillorchestra.server.agent_config import McpAgentConnection
+from skillorchestra.server.llm_backend import BackendResult, CostSource, ErrorClass, agent_limiter
+
+log = logging.getLogger(__name__)
+
+_MESSAGE_LIMIT = 600
+_REQUEST_TIMEOUT = -32001  # mcp_types.REQUEST_TIMEOUT
+_CONNECTION_CLOSED = -32000  # mcp_types.CONNECTION_CLOSED
+
+
+def _target(conn: McpAgentConnection) -> StdioServerParameters | str:
+    if conn.url is not None:
+        return conn.url  # a URL string means streamable HTTP to the SDK client
+    env = {name: os.environ[name] for name in conn.env_vars if name in os.environ}
+    return StdioServerParameters(command=conn.command or "", args=list(conn.args), env=env)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """Task groups wrap failures in ExceptionGroups; the leaves say what happened."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def classify_mcp_exception(exc: BaseException) -> ErrorClass:
+    leaves = _leaves(exc)
+    for leaf in leaves:
+        if isinstance(leaf, TimeoutError) or (isinstance(leaf, MCPError) and leaf.code == _REQUEST_TIMEOUT):
+            return "timeout"
+    for leaf in leaves:
+        if isinstance(leaf, MCPError):
+            return "connection" if leaf.code == _CONNECTION_CLOSED else "server_error"
+    return "connection"  # spawn failures (OSError), refused/broken transports, closed streams
+
+
+def _text_of(result: CallToolResult) -> str:
+    texts = [block.text for block in result.content if isinstance(block, TextContent)]
+    if texts:
+        return "\n".join(texts)
+    if result.structured_content is not None:
+        return json.dumps(result.structured_content, ensure_ascii=False)
+    return ""
+
+
+def _describe(exc: BaseException) -> str:
+    leaf = _leaves(exc)[0]
+    return f"{type(leaf).__name__}: {leaf}" if str(leaf) else type(leaf).__name__
+
+
+def _configured_cost(conn: McpAgentConnection) -> tuple[float, CostSource]:
+    if conn.cost_per_call_usd is not None:
+        return conn.cost_per_call_usd, "agent_prices"
+    return 0.0, "no_token_cost"
+
+
+async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float | None = None) -> BackendResult:
+    """Call ``conn.tool`` with the step text in ``conn.text_argument``; raises only on cancellation."""
+    timeout = min(timeout_s, conn.timeout_s) if timeout_s is not None else conn.timeout_s
+    cost, cost_source = _configured_cost(conn)
+    arguments: dict[str, Any] = {**conn.arguments, conn.text_argument: text}
+    start = time.perf_counter()
+    try:
+        with anyio.fail_after(timeout):
+            async with agent_limiter(conn.id, conn.concurrency):
+                async with Client(_target(conn), read_timeout_seconds=timeout) as client:
+                    result = await client.call_tool(conn.tool, arguments)
+    except Exception as exc:
+        latency = time.perf_counter() - start
+        error_class = classify_mcp_exception(exc)
+        message = f"no answer within {timeout:g} s" if error_class == "timeout" else _describe(exc)
+        log.warning("mcp agent %s failed (%s) after %.2fs: %s", conn.id, error_class, latency, message)
+        # Without a configured price nothing was spent; a configured per-call price may or may not apply.
+        return BackendResult(
+            latency_s=latency,
+            error_class=error_class,
+            error_type=type(_leaves(exc)[0]).__name__,
+            message=message[:_MESSAGE_LIMIT],
+            cost_usd=0.0 if conn.cost_per_call_usd is None else None,
+            cost_source="no_token_cost" if conn.cost_per_call_usd is None else "unknown",
+        )
+    latency = time.perf_counter() - start
+    answer = _text_of(result)
+    if result.is_error:
+        return BackendResult(
+            latency_s=latency,
+            error_class="task",
+            error_type="ToolError",
+            message=answer[:_MESSAGE_LIMIT],
+            cost_usd=cost,
+            cost_source=cost_source,
+        )
+    return BackendResult(answer=answer, latency_s=latency, cost_usd=cost, cost_source=cost_source)

@@ -1,0 +1,159 @@
+"""Agent connection settings: one TOML format, errors that name file, agent and field, no secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.server.agent_config import (
+    LlmAgentConnection,
+    McpAgentConnection,
+    load_agent_configs,
+    parse_agent_configs,
+)
+
+GOOD = """
+[agents."openai/gpt-4o-mini"]
+model = "openai/gpt-4o-mini"
+api_key_env = "OPENAI_API_KEY"
+input_per_mtok = 0.15
+output_per_mtok = 0.6
+description = "cheap generalist"
+modes = ["code"]
+
+[agents.local-smol]
+model = "openai/smollm2"
+api_base = "http://127.0.0.1:18081/v1"
+timeout_s = 5
+concurrency = 1
+
+[agents.web-search]
+kind = "mcp"
+command = "python"
+args = ["server.py"]
+env_vars = ["SEARCH_KEY"]
+tool = "search"
+text_argument = "query"
+arguments = { max_results = 3 }
+
+[[agent]]
+id = "meta/llama-2-70b-chat"
+model = "openai/llama"
+api_base = "http://127.0.0.1:9/v1"
+
+[[agent]]
+id = "remote-tool"
+kind = "mcp"
+url = "http://127.0.0.1:9000/mcp"
+tool = "run"
+cost_per_call_usd = 0.002
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agents.toml"
+    path.write_text(text)
+    return path
+
+
+def test_loads_both_forms_with_defaults(tmp_path: Path) -> None:
+    agents = load_agent_configs(write(tmp_path, GOOD))
+    assert list(agents) == [
+        "openai/gpt-4o-mini",
+        "local-smol",
+        "web-search",
+        "meta/llama-2-70b-chat",
+        "remote-tool",
+    ]
+    gpt = agents["openai/gpt-4o-mini"]
+    assert isinstance(gpt, LlmAgentConnection)
+    assert (gpt.kind, gpt.timeout_s, gpt.max_output_tokens, gpt.concurrency) == ("llm", 30.0, 1024, 4)
+    assert gpt.has_prices and gpt.input_per_mtok == 0.15
+    smol = agents["local-smol"]
+    assert isinstance(smol, LlmAgentConnection) and not smol.has_prices and smol.api_key_env is None
+    tool = agents["web-search"]
+    assert isinstance(tool, McpAgentConnection)
+    assert (tool.command, tool.args, tool.text_argument, tool.arguments) == (
+        "python",
+        ("server.py",),
+        "query",
+        {"max_results": 3},
+    )
+    remote = agents["remote-tool"]
+    assert isinstance(remote, McpAgentConnection) and remote.url and remote.cost_per_call_usd == 0.002
+    assert agents["meta/llama-2-70b-chat"].id == "meta/llama-2-70b-chat"
+
+
+def test_public_view_shows_env_name_and_whether_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET123")
+    gpt = load_agent_configs(write(tmp_path, GOOD))["openai/gpt-4o-mini"]
+    view = gpt.public_view()
+    assert view["api_key_env"] == "OPENAI_API_KEY" and view["api_key_set"] is True
+    assert "sk-test-SECRET123" not in repr(view)
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert gpt.public_view()["api_key_set"] is False
+
+
+@pytest.mark.parametrize("field", ["api_key", "token", "API_KEY"])
+def test_rejects_a_key_in_the_file_without_echoing_it(tmp_path: Path, field: str) -> None:
+    path = write(tmp_path, f'[agents.a]\nmodel = "openai/x"\n{field} = "sk-live-SECRET"\n')
+    with pytest.raises(InvalidInput) as err:
+        load_agent_configs(path)
+    text = str(err.value)
+    assert str(path) in text and "agents.a." + field in text and "api_key_env" in text
+    assert "sk-live-SECRET" not in text
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ('[agents.a]\nmodel = "openai/x"\ntimeout_s = -1\n', "agents.a.timeout_s=-1"),
+        ('[agents.a]\nmodel = "openai/x"\nconcurrency = 0\n', "agents.a.concurrency=0"),
+        ("[agents.a]\ndescription = 'no model'\n", "agents.a.model"),
+        ('[agents.a]\nmodel = "m"\napi_base = "ftp://x"\n', "agents.a.api_base"),
+        ('[agents.a]\nmodel = "m"\napi_base = "http://u:p@host/v1"\n', "agents.a.api_base"),
+        ('[agents.a]\nmodel = "m"\napi_key_env = "not a name"\n', "agents.a.api_key_env"),
+        ('[agents.a]\nmodel = "m"\ninput_per_mtok = 1.0\n', "agents.a="),
+        ('[agents.a]\nmodel = "m"\nmodle = "typo"\n', "agents.a.modle"),
+        ('[agents.a]\nkind = "shell"\n', "agents.a.kind"),
+        ('[agents.t]\nkind = "mcp"\ntool = "x"\n', "agents.t="),
+        ('[agents.t]\nkind = "mcp"\ntool = "x"\ncommand = "c"\nurl = "http://h/mcp"\n', "agents.t="),
+        ('[agents."a/b"]\nmodel = "m"\nmax_output_tokens = 0\n', 'agents."a/b".max_output_tokens'),
+        ('[[agent]]\nmodel = "m"\n', "agent[0].id"),
+        ('[[agent]]\nid = "a"\nmodel = "m"\n[agents.a]\nmodel = "m"\n', "agents.a="),
+        ('[agnets.a]\nmodel = "m"\n', "agnets"),
+        ("", "at least one"),
+    ],
+)
+def test_errors_name_file_agent_and_field(tmp_path: Path, body: str, needle: str) -> None:
+    path = write(tmp_path, body)
+    with pytest.raises(InvalidInput) as err:
+        load_agent_configs(path)
+    assert str(path) in str(err.value) and needle in str(err.value), str(err.value)
+
+
+def test_unquoted_dotted_id_gets_a_hint(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match=r'must be quoted: \[agents\."gpt-4\.1"\]'):
+        load_agent_configs(write(tmp_path, '[agents.gpt-4.1]\nmodel = "m"\n'))
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="valid TOML"):
+        load_agent_configs(write(tmp_path, '[agents.meta/llama]\nmodel = "m"\n'))
+    with pytest.raises(InvalidInput, match="readable TOML file"):
+        load_agent_configs(tmp_path / "absent.toml")
+
+
+def test_other_sections_and_dict_parsing(tmp_path: Path) -> None:
+    path = write(tmp_path, '[judge]\nagent = "a"\n[agents.a]\nmodel = "m"\n')
+    assert list(load_agent_configs(path, other_sections={"judge"})) == ["a"]
+    agents = parse_agent_configs({"agents": {"x": {"model": "m"}}}, "inline")
+    assert agents["x"].kind == "llm"
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    gpt = load_agent_configs(write(tmp_path, GOOD))["local-smol"]
+    with pytest.raises(ValueError):
+        gpt.api_base = "http://evil.example/v1"  # type: ignore[misc]

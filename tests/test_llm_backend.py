@@ -1,0 +1,249 @@
+"""call_llm against the fake OpenAI-compatible server: litellm really speaks HTTP to it (no mocks)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from fake_openai import FakeOpenAI
+
+from skillorchestra.server.agent_config import LlmAgentConnection
+from skillorchestra.server.llm_backend import (
+    PLACEHOLDER_API_KEY,
+    BackendResult,
+    call_llm,
+    classify_exception,
+    ensure_litellm,
+)
+
+SECRET = "sk-test-SECRET123"
+
+
+def conn(server: FakeOpenAI, model: str = "openai/m1", **kw: object) -> LlmAgentConnection:
+    return LlmAgentConnection(id=kw.pop("id", model), model=model, api_base=server.api_base, **kw)  # type: ignore[arg-type]
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}]
+
+
+def expected_usage(messages: list[dict[str, str]], answer: str) -> tuple[int, int]:
+    """The fake server's documented usage formula."""
+    return len("".join(m["content"] for m in messages)) // 4 + 1, len(answer.split())
+
+
+@pytest.mark.anyio
+async def test_cost_is_usage_times_agent_prices(fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("M1_KEY", SECRET)
+    agent = conn(fake_openai, api_key_env="M1_KEY", input_per_mtok=2.0, output_per_mtok=10.0)
+    msgs = user("sum 2 and 3 please")
+    r = await call_llm(agent, msgs, timeout_s=10, max_tokens=50)
+    assert r.ok and r.error_class is None and r.answer == "answer[m1]: sum 2 and 3 please"
+    pt, ct = expected_usage(msgs, r.answer)
+    assert (r.prompt_tokens, r.completion_tokens) == (pt, ct)
+    assert r.cost_source == "agent_prices"
+    assert r.cost_usd == pytest.approx((pt * 2.0 + ct * 10.0) / 1e6)
+    assert 0 < r.latency_s < 5
+    (req,) = fake_openai.chat_requests()
+    assert req.headers["authorization"] == f"Bearer {SECRET}"  # the key was really sent...
+    assert req.body["max_tokens"] == 50 and req.model == "m1"
+
+
+@pytest.mark.anyio
+async def test_unknown_price_is_unknown_not_zero(fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="skillorchestra")
+    r = await call_llm(conn(fake_openai, "openai/house-model-7"), user("hi"), timeout_s=10, max_tokens=20)
+    assert r.ok and r.prompt_tokens and r.completion_tokens
+    assert r.cost_usd is None and r.cost_source == "unknown"
+    assert "cost unknown" in caplog.text
+    (req,) = fake_openai.chat_requests()
+    assert req.headers["authorization"] == f"Bearer {PLACEHOLDER_API_KEY}"  # no key configured
+
+
+@pytest.mark.anyio
+async def test_known_model_gets_litellm_table_price(fake_openai: FakeOpenAI) -> None:
+    litellm = await ensure_litellm()
+    msgs = user("a question for a known model")
+    r = await call_llm(conn(fake_openai, "openai/gpt-4o-mini"), msgs, timeout_s=10, max_tokens=20)
+    assert r.ok and r.cost_source == "litellm_table"
+    in_usd, out_usd = litellm.model_cost["gpt-4o-mini"]["input_cost_per_token"], 6e-07
+    assert r.cost_usd == pytest.approx(r.prompt_tokens * in_usd + r.completion_tokens * out_usd)
+    assert r.cost_usd > 0
+
+
+@pytest.mark.anyio
+async def test_timeout_is_classified_and_bounded(fake_openai: FakeOpenAI) -> None:
+    t0 = time.perf_counter()
+    r = await call_llm(conn(fake_openai), user("think hard SLOW:5"), timeout_s=0.5, max_tokens=20)
+    elapsed = time.perf_counter() - t0
+    assert r.error_class == "timeout" and r.infrastructure_failure and not r.ok
+    assert 0.4 < r.latency_s < 1.5 and elapsed < 1.5
+    assert r.cost_usd is None and r.answer == ""
+    assert len(fake_openai.chat_requests()) == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("word", "error_class"),
+    [
+        ("FAIL429", "rate_limit"),
+        ("FAIL500", "server_error"),
+        ("FAIL401", "auth"),
+        ("DROP", "connection"),
+        ("FAIL400", "task"),
+    ],
+)
+async def test_failures_are_classified_with_one_request_each(
+    fake_openai: FakeOpenAI, word: str, error_class: str
+) -> None:
+    r = await call_llm(conn(fake_openai), user(f"please {word}"), timeout_s=5, max_tokens=20)
+    assert r.error_class == error_class and r.message and r.error_type
+    assert r.infrastructure_failure == (error_class != "task")
+    assert len(fake_openai.chat_requests()) == 1  # max_retries=0: the SDK did not retry behind our back
+
+
+@pytest.mark.anyio
+async def test_refused_connection_is_connection() -> None:
+    with FakeOpenAI() as srv:
+        agent = conn(srv)
+    r = await call_llm(agent, user("anyone there?"), timeout_s=5, max_tokens=20)  # server already stopped
+    assert r.error_class == "connection"
+
+
+@pytest.mark.anyio
+async def test_api_key_never_leaks_and_stdout_stays_clean(
+    fake_openai: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)  # everything: ours, litellm's, openai's, httpx's
+    monkeypatch.setenv("LEAKY_KEY", SECRET)
+    agent = conn(fake_openai, api_key_env="LEAKY_KEY")
+    results = [
+        await call_llm(agent, user(word), timeout_s=5, max_tokens=20)
+        for word in ["FAIL401", "FAIL500", "FAIL429", "DROP", "SLOW:0.2", "fine"]
+    ]
+    assert [r.error_class for r in results] == ["auth", "server_error", "rate_limit", "connection", None, None]
+    assert "Incorrect API key provided: ***" in (results[0].message or "")  # the provider echoed the key
+    for r in results:
+        assert SECRET not in r.model_dump_json()
+    assert SECRET not in caplog.text
+    captured = capsys.readouterr()
+    assert captured.out == ""  # litellm's banners would corrupt an MCP stdio stream
+    assert SECRET not in captured.err
+    assert all(r.headers["authorization"] == f"Bearer {SECRET}" for r in fake_openai.chat_requests())
+
+
+@pytest.mark.anyio
+async def test_api_key_echoed_in_an_answer_is_scrubbed(
+    fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LEAKY_KEY", SECRET)
+    r = await call_llm(conn(fake_openai, api_key_env="LEAKY_KEY"), user(f"repeat {SECRET}"), timeout_s=5)
+    assert r.ok and r.answer == "answer[m1]: repeat ***"
+
+
+@pytest.mark.anyio
+async def test_missing_key_variable_is_named_on_auth_error(
+    fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NOT_SET_KEY", raising=False)
+    r = await call_llm(conn(fake_openai, api_key_env="NOT_SET_KEY"), user("FAIL401"), timeout_s=5)
+    assert r.error_class == "auth" and "NOT_SET_KEY is not set" in (r.message or "")
+
+
+@pytest.mark.anyio
+async def test_streaming_reports_progress_and_usage(fake_openai: FakeOpenAI) -> None:
+    seen: list[int] = []
+
+    async def progress(chars: int) -> None:
+        seen.append(chars)
+
+    agent = conn(fake_openai, input_per_mtok=1.0, output_per_mtok=1.0)
+    msgs = user("stream these four words")
+    r = await call_llm(agent, msgs, timeout_s=10, stream=True, on_progress=progress)
+    assert r.ok and r.answer == "answer[m1]: stream these four words"
+    assert (r.prompt_tokens, r.completion_tokens) == expected_usage(msgs, r.answer)
+    assert r.cost_usd == pytest.approx((r.prompt_tokens + r.completion_tokens) / 1e6)
+    assert seen and seen == sorted(seen) and seen[-1] == len(r.answer)
+    assert fake_openai.chat_requests()[0].body["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.anyio
+async def test_agent_settings_cap_the_call(fake_openai: FakeOpenAI) -> None:
+    agent = conn(fake_openai, max_output_tokens=16, timeout_s=0.5)
+    r = await call_llm(agent, user("SLOW:3"), timeout_s=30, max_tokens=4096)
+    assert r.error_class == "timeout" and r.latency_s < 1.5
+    assert fake_openai.chat_requests()[0].body["max_tokens"] == 16
+
+
+@pytest.mark.anyio
+async def test_concurrency_limit_serialises_calls(fake_openai: FakeOpenAI) -> None:
+    agent = conn(fake_openai, id="serial", concurrency=1)
+    results: list[BackendResult] = []
+
+    async def one() -> None:
+        results.append(await call_llm(agent, user("SLOW:0.3"), timeout_s=5))
+
+    await call_llm(agent, user("warm up"), timeout_s=5)
+    t0 = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one)
+        tg.start_soon(one)
+    assert all(r.ok for r in results) and time.perf_counter() - t0 >= 0.55
+
+
+@pytest.mark.anyio
+async def test_classifier_on_litellm_exception_types() -> None:
+    litellm = await ensure_litellm()
+    kw = {"message": "m", "model": "x", "llm_provider": "openai"}
+    assert classify_exception(litellm.ContextWindowExceededError(**kw)) == "task"
+    assert classify_exception(litellm.ContentPolicyViolationError(**kw)) == "task"
+    assert classify_exception(litellm.NotFoundError(**kw)) == "server_error"
+    assert classify_exception(litellm.ServiceUnavailableError(**kw)) == "server_error"
+    assert classify_exception(litellm.PermissionDeniedError(**kw, response=_response(403))) == "auth"
+    assert classify_exception(litellm.Timeout(**kw)) == "timeout"
+    assert classify_exception(TimeoutError()) == "timeout"
+    assert classify_exception(RuntimeError("weird")) == "server_error"
+
+
+def _response(status: int):  # noqa: ANN202 - an httpx.Response, imported lazily like litellm
+    import httpx
+
+    return httpx.Response(status, request=httpx.Request("POST", "http://127.0.0.1/v1/chat/completions"))
+
+
+def test_importing_the_backend_does_not_import_litellm() -> None:
+    code = "import sys, skillorchestra.server.llm_backend; print('litellm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_fake_server_runs_as_a_subprocess() -> None:
+    import json
+    import urllib.request
+
+    script = str(Path(__file__).with_name("fake_openai.py"))
+    proc = subprocess.Popen(
+        [sys.executable, script, "--port", "0", "--behaviour", "bad=WRONG"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.startswith("ready http://127.0.0.1:")
+        api_base = line.split()[1]
+        with urllib.request.urlopen(f"{api_base}/models", timeout=5) as resp:
+            assert "bad" in {m["id"] for m in json.load(resp)["data"]}
+        body = json.dumps({"model": "bad", "messages": [{"role": "user", "content": "2+2?"}]}).encode()
+        req = urllib.request.Request(f"{api_base}/chat/completions", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert json.load(resp)["choices"][0]["message"]["content"] == "wrong[bad]: 42"
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=5) == 0

@@ -1,0 +1,71 @@
+"""A tool of another MCP server as an agent: the tests' own echo server, spawned over stdio."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from skillorchestra.server.agent_config import McpAgentConnection
+from skillorchestra.server.mcp_backend import call_mcp_tool
+
+ECHO = str(Path(__file__).with_name("echo_mcp_server.py"))
+
+
+def tool_agent(tool: str, **kw: object) -> McpAgentConnection:
+    return McpAgentConnection(
+        id=kw.pop("id", f"echo/{tool}"),
+        kind="mcp",
+        command=sys.executable,
+        args=(ECHO,),
+        tool=tool,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.anyio
+async def test_tool_result_is_the_answer_with_no_token_cost() -> None:
+    r = await call_mcp_tool(tool_agent("search"), "sqlite fts5 ranking", timeout_s=20)
+    assert r.ok, r.message
+    assert r.answer == "results for: sqlite fts5 ranking"
+    assert (r.cost_usd, r.cost_source) == (0.0, "no_token_cost")
+    assert r.prompt_tokens is None and 0 < r.latency_s < 20
+
+
+@pytest.mark.anyio
+async def test_argument_name_extra_arguments_and_configured_cost() -> None:
+    agent = tool_agent("search_limited", text_argument="query", arguments={"max_results": 3}, cost_per_call_usd=0.01)
+    r = await call_mcp_tool(agent, "vector search", timeout_s=20)
+    assert r.ok and r.answer == "3 result(s) for: vector search"
+    assert (r.cost_usd, r.cost_source) == (0.01, "agent_prices")
+
+
+@pytest.mark.anyio
+async def test_tool_error_is_a_task_failure_with_its_message() -> None:
+    r = await call_mcp_tool(tool_agent("broken"), "anything", timeout_s=20)
+    assert r.error_class == "task" and not r.infrastructure_failure
+    assert "search backend refused: anything" in (r.message or "")
+
+
+@pytest.mark.anyio
+async def test_slow_tool_times_out_within_the_budget() -> None:
+    t0 = time.perf_counter()
+    r = await call_mcp_tool(tool_agent("slow", timeout_s=2.0), "zzz", timeout_s=60)
+    assert r.error_class == "timeout" and r.infrastructure_failure and "2 s" in (r.message or "")
+    assert time.perf_counter() - t0 < 2.0 + 2.5  # the deadline, plus the SDK's bounded child shutdown
+
+
+@pytest.mark.anyio
+async def test_missing_command_is_a_connection_failure() -> None:
+    agent = McpAgentConnection(id="ghost", kind="mcp", command="/nonexistent/mcp-server", tool="search")
+    r = await call_mcp_tool(agent, "hello", timeout_s=5)
+    assert r.error_class == "connection" and r.message
+
+
+@pytest.mark.anyio
+async def test_unreachable_url_is_a_connection_failure() -> None:
+    agent = McpAgentConnection(id="remote", kind="mcp", url="http://127.0.0.1:9/mcp", tool="search")
+    r = await call_mcp_tool(agent, "hello", timeout_s=5)
+    assert r.error_class == "connection", r.message

@@ -1,0 +1,228 @@
+"""Every tool of the core through the SDK's in-memory client, in both protocol eras."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from mcp import Client, MCPError
+
+from skillorchestra.handbook.store import HandbookStore
+
+pytestmark = pytest.mark.anyio
+
+CORE_TOOLS = {
+    "consult_handbook",
+    "route_step",
+    "record_outcome",
+    "upsert_agent",
+    "upsert_skill",
+    "upsert_mode",
+    "delete_agent",
+    "delete_skill",
+    "list_agents",
+    "list_skills",
+}
+
+
+async def call(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+    result = await client.call_tool(tool, args)
+    assert not result.is_error, result.content[0].text  # type: ignore[union-attr]
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def error_text(client: Client, tool: str, args: dict[str, Any]) -> str:
+    result = await client.call_tool(tool, args)
+    assert result.is_error
+    return result.content[0].text  # type: ignore[union-attr]
+
+
+async def two_agent_handbook(client: Client) -> None:
+    await call(client, "upsert_mode", {"mode_id": "answer", "insights": ["arithmetic repays a strong model"]})
+    await call(client, "upsert_skill", {"skill_id": "math", "mode": "answer", "description": "arithmetic and algebra"})
+    await call(
+        client,
+        "upsert_skill",
+        {
+            "skill_id": "math.equations",
+            "mode": "answer",
+            "parent_id": "math",
+            "description": "solve linear equations for an unknown",
+            "indicators": ["solve for x"],
+        },
+    )
+    await call(client, "upsert_skill", {"skill_id": "code", "mode": "answer", "description": "write python functions"})
+    await call(client, "upsert_agent", {"agent_id": "meta/llama-70b", "input_per_mtok": 0.9, "output_per_mtok": 0.9})
+    await call(client, "upsert_agent", {"agent_id": "tiny", "input_per_mtok": 0.05, "output_per_mtok": 0.05})
+
+
+async def test_tool_list_has_schemas_and_annotations(mcp_client: Client) -> None:
+    tools = {tool.name: tool for tool in (await mcp_client.list_tools()).tools}
+    assert CORE_TOOLS <= set(tools)
+    for tool in tools.values():
+        assert tool.output_schema is not None, tool.name
+        assert tool.description
+    assert tools["consult_handbook"].annotations.read_only_hint is True
+    assert tools["route_step"].annotations.read_only_hint is False
+    assert tools["route_step"].annotations.destructive_hint is False
+    assert tools["record_outcome"].annotations.idempotent_hint is True
+    assert tools["delete_agent"].annotations.destructive_hint is True
+    route_props = tools["route_step"].input_schema["properties"]
+    assert {"text", "skills", "mode", "lambda_", "strategy", "allowed_agents", "max_cost_usd"} <= set(route_props)
+    assert {"session_id", "budget_usd", "top_k"} <= set(route_props)
+    assert tools["route_step"].input_schema["required"] == ["text"]
+
+
+async def test_register_consult_route_record_moves_the_posterior(mcp_client: Client) -> None:
+    await two_agent_handbook(mcp_client)
+    consult = await call(mcp_client, "consult_handbook", {"text": "solve for x: 3x + 4 = 10"})
+    assert consult["skills"][0]["skill_id"] == "math.equations"
+    assert consult["insights"] == ["[answer] arithmetic repays a strong model"]
+    assert {row["agent_id"] for row in consult["agents"]} == {"meta/llama-70b", "tiny"}
+
+    decision = await call(
+        mcp_client,
+        "route_step",
+        {"text": "solve for x: 3x + 4 = 10", "skills": [{"skill_id": "math.equations", "weight": 1.0}], "lambda_": 0},
+    )
+    assert decision["skills"] == [{"skill_id": "math.equations", "weight": 1.0}]
+    assert decision["candidates"][0]["contributions"] == {"math.equations": pytest.approx(0.5)}
+    chosen = decision["agent_id"]
+    outcome = await call(mcp_client, "record_outcome", {"decision_id": decision["decision_id"], "success": True})
+    assert outcome["updated"] == [{"skill_id": "math.equations", "alpha": 2.0, "beta": 1.0, "mean": pytest.approx(2 / 3)}]
+    after = await call(mcp_client, "consult_handbook", {"text": "solve for x: 3x + 4 = 10"})
+    mean = {row["agent_id"]: row["mean"] for row in after["agents"] if row["skill_id"] == "math.equations"}
+    other = next(a for a in mean if a != chosen)
+    assert mean[chosen] > mean[other]
+
+
+async def test_record_outcome_is_idempotent_and_refuses_conflicts(mcp_client: Client) -> None:
+    await two_agent_handbook(mcp_client)
+    decision = await call(mcp_client, "route_step", {"text": "write python code for a parser"})
+    first = await call(mcp_client, "record_outcome", {"decision_id": decision["decision_id"], "reward": 0.25})
+    again = await call(mcp_client, "record_outcome", {"decision_id": decision["decision_id"], "reward": 0.25})
+    assert first["duplicate"] is False and again["duplicate"] is True
+    assert again["updated"] == first["updated"]
+    text = await error_text(mcp_client, "record_outcome", {"decision_id": decision["decision_id"], "reward": 0.75})
+    assert "already reported" in text
+
+
+async def test_infrastructure_errors_never_touch_competence(mcp_client: Client) -> None:
+    await two_agent_handbook(mcp_client)
+    decision = await call(mcp_client, "route_step", {"text": "solve for x", "skills": [{"skill_id": "math", "weight": 1}]})
+    outcome = await call(
+        mcp_client,
+        "record_outcome",
+        {"decision_id": decision["decision_id"], "error_class": "timeout", "cost_usd": 0.002, "latency_s": 30},
+    )
+    assert outcome["updated"] == [] and outcome["reward"] is None
+    text = await error_text(
+        mcp_client, "record_outcome", {"decision_id": decision["decision_id"], "error_class": "timeout", "reward": 1}
+    )
+    assert "infrastructure" in text or "already reported" in text
+
+
+@pytest.mark.parametrize(
+    ("tool", "args", "expected"),
+    [
+        ("route_step", {"text": "x", "lambda_": -0.5}, "lambda_"),
+        ("route_step", {"text": "x", "skills": [{"skill_id": "math.equatoins", "weight": 1}]}, "math.equations"),
+        ("route_step", {"text": "x", "skills": [{"skill_id": "math", "weight": 0}]}, "sum to a positive number"),
+        ("route_step", {"text": "x" * 32_001}, "text"),
+        ("route_step", {"text": "x", "allowed_agents": ["nobody"]}, "unknown agent"),
+        ("route_step", {"text": "x", "mode": "nomode"}, "unknown mode"),
+        ("record_outcome", {"decision_id": "missing", "success": True}, "unknown decision"),
+        ("record_outcome", {"decision_id": "missing", "reward": 1.5}, "reward"),
+        ("upsert_skill", {"skill_id": "child", "parent_id": "nope"}, "unknown skill"),
+        ("upsert_agent", {"agent_id": "a", "input_per_mtok": -1}, "input_per_mtok"),
+        ("delete_agent", {"agent_id": "tinny"}, "closest known: tiny"),
+        ("list_skills", {"cursor": "garbage"}, "cursor"),
+        ("consult_handbook", {"text": "   "}, "text"),
+    ],
+)
+async def test_bad_input_is_a_tool_error_naming_the_field_and_writes_nothing(
+    mcp_client: Client, db_path: Any, tool: str, args: dict[str, Any], expected: str
+) -> None:
+    await two_agent_handbook(mcp_client)
+    before = _snapshot(db_path)
+    text = await error_text(mcp_client, tool, args)
+    assert expected in text
+    assert _snapshot(db_path) == before
+
+
+def _snapshot(db_path: Any) -> tuple[Any, ...]:
+    store = HandbookStore(db_path)
+    try:
+        return store.document().model_dump_json(), store.counts()
+    finally:
+        store.close()
+
+
+async def test_unknown_tool_is_a_protocol_error(mcp_client: Client) -> None:
+    with pytest.raises(MCPError) as caught:
+        await mcp_client.call_tool("no_such_tool", {})
+    assert caught.value.error.code == -32602
+
+
+async def test_lists_paginate(mcp_client: Client) -> None:
+    for i in range(7):
+        await call(mcp_client, "upsert_skill", {"skill_id": f"s{i}", "description": f"skill {i}"})
+    first = await call(mcp_client, "list_skills", {"limit": 3})
+    assert [s["id"] for s in first["items"]] == ["s0", "s1", "s2"]
+    second = await call(mcp_client, "list_skills", {"limit": 3, "cursor": first["next_cursor"]})
+    third = await call(mcp_client, "list_skills", {"limit": 3, "cursor": second["next_cursor"]})
+    assert [s["id"] for s in third["items"]] == ["s6"] and third["next_cursor"] is None
+
+
+async def test_delete_skill_and_agent(mcp_client: Client) -> None:
+    await two_agent_handbook(mcp_client)
+    text = await error_text(mcp_client, "delete_skill", {"skill_id": "math"})
+    assert "math.equations" in text  # children first
+    removed = await call(mcp_client, "delete_skill", {"skill_id": "math.equations"})
+    assert removed == {"kind": "skill", "id": "math.equations", "competence_rows": 0, "cost_rows": 0}
+    removed = await call(mcp_client, "delete_agent", {"agent_id": "tiny"})
+    assert removed["id"] == "tiny"
+    agents = await call(mcp_client, "list_agents", {})
+    assert [a["id"] for a in agents["items"]] == ["meta/llama-70b"]
+
+
+async def test_resources_and_prompt(mcp_client: Client) -> None:
+    await two_agent_handbook(mcp_client)
+    listed = {str(r.uri) for r in (await mcp_client.list_resources()).resources}
+    assert {"handbook://skills", "handbook://agents", "handbook://stats"} <= listed
+    templates = {t.uri_template for t in (await mcp_client.list_resource_templates()).resource_templates}
+    assert {"handbook://skills/{skill_id}", "handbook://agents/{agent_id}"} <= templates
+    agent = await mcp_client.read_resource("handbook://agents/meta%2Fllama-70b")
+    assert '"id": "meta/llama-70b"' in agent.contents[0].text  # type: ignore[union-attr]
+    skill = await mcp_client.read_resource("handbook://skills/math.equations")
+    assert '"parent_id": "math"' in skill.contents[0].text  # type: ignore[union-attr]
+    stats = await mcp_client.read_resource("handbook://stats")
+    assert '"schema_version"' in stats.contents[0].text  # type: ignore[union-attr]
+    prompt = await mcp_client.get_prompt("orchestrate", {"goal": "plan a trip"})
+    text = prompt.messages[0].content.text  # type: ignore[union-attr]
+    assert "plan a trip" in text and "record_outcome" in text and "route_step" in text
+
+
+async def test_budget_and_max_cost_exclude_agents(mcp_client: Client) -> None:
+    await two_agent_handbook(mcp_client)
+    first = await call(mcp_client, "route_step", {"text": "solve for x", "session_id": "s1", "lambda_": 0})
+    await call(mcp_client, "record_outcome", {"decision_id": first["decision_id"], "success": True, "cost_usd": 0.5})
+    decision = await call(
+        mcp_client,
+        "route_step",
+        {"text": "solve for x: 2x = 4", "session_id": "s1", "budget_usd": 0.5001, "max_cost_usd": 1.0},
+    )
+    assert decision["session_spend_usd"] == pytest.approx(0.5)
+    excluded = {e["agent_id"]: e["reason"] for e in decision["excluded"]}
+    assert first["agent_id"] in excluded and "budget" in excluded[first["agent_id"]]
+    text = await error_text(mcp_client, "route_step", {"text": "x", "session_id": "s1", "budget_usd": 0.1})
+    assert "no agent satisfies" in text
+
+
+async def test_thompson_reports_propensity(mcp_client: Client) -> None:
+    await two_agent_handbook(mcp_client)
+    decision = await call(mcp_client, "route_step", {"text": "solve for x", "strategy": "thompson", "seed": 7})
+    assert 0.0 < decision["propensity"] <= 1.0
+    again = await call(mcp_client, "route_step", {"text": "solve for x", "strategy": "thompson", "seed": 7})
+    assert again["agent_id"] == decision["agent_id"]

@@ -1,0 +1,104 @@
+"""End to end over stdio against the installed console script: the host's view of the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mcp import Client, StdioServerParameters
+
+pytestmark = pytest.mark.anyio
+
+SCRIPT = shutil.which("skillorchestra-mcp", path=str(Path(sys.executable).parent))
+
+
+def server_params(db: Path, *args: str) -> StdioServerParameters:
+    assert SCRIPT, "the skillorchestra-mcp console script is not installed next to this interpreter"
+    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1"}
+    return StdioServerParameters(command=SCRIPT, args=["--db", str(db), *args], env=env)
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_console_script_serves_the_example_handbook(tmp_path: Path, mode: str) -> None:
+    async with Client(server_params(tmp_path / "h.db"), mode=mode) as client:
+        tools = {t.name for t in (await client.list_tools()).tools}
+        assert {"consult_handbook", "route_step", "record_outcome"} <= tools
+        decision = await client.call_tool("route_step", {"text": "write a python function that sorts a list"})
+        assert not decision.is_error
+        content = decision.structured_content
+        assert content is not None and content["skills"][0]["skill_id"].startswith("code")
+        outcome = await client.call_tool("record_outcome", {"decision_id": content["decision_id"], "success": True})
+        assert not outcome.is_error and outcome.structured_content["updated"]  # type: ignore[index]
+
+
+def test_stdout_carries_only_protocol_messages(tmp_path: Path) -> None:
+    """Raw JSON-RPC over the pipe: every stdout line must parse as a JSON-RPC message."""
+    assert SCRIPT
+    requests = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "method": "tools/call",
+            "params": {"name": "route_step", "arguments": {"text": "who wrote hamlet", "lambda_": -1}},
+        },
+        {
+            "jsonrpc": "2.0",
+            "id": 4,
+            "method": "tools/call",
+            "params": {"name": "consult_handbook", "arguments": {"text": "who wrote hamlet"}},
+        },
+    ]
+    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")
+    proc = subprocess.Popen(
+        [SCRIPT, "--db", str(tmp_path / "h.db"), "--log-level", "DEBUG"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    messages = []
+    try:
+        proc.stdin.write("".join(json.dumps(r) + "\n" for r in requests))
+        proc.stdin.flush()
+        while len([m for m in messages if "id" in m]) < 4:
+            line = proc.stdout.readline()
+            assert line, "the server closed stdout before answering every request"
+            messages.append(json.loads(line))  # raises on any stray print
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    rest = proc.stdout.read()
+    assert rest.strip() == "", f"unexpected stdout after the answers: {rest[:200]!r}"
+    assert all(m.get("jsonrpc") == "2.0" for m in messages)
+    answered = {m["id"]: m for m in messages if "id" in m}
+    assert set(answered) == {1, 2, 3, 4}
+    assert answered[3]["result"]["isError"] is True
+    assert answered[4]["result"]["structuredContent"]["skills"]
+
+
+def test_cli_errors_exit_2_with_one_line(tmp_path: Path) -> None:
+    cli = shutil.which("skillorchestra", path=str(Path(sys.executable).parent))
+    assert cli
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "skillorchestra-handbook", "skills": [{"id": "a", "parent_id": "zz"}]}))
+    proc = subprocess.run([cli, "handbook", "import", str(bad), "--db", str(tmp_path / "h.db")], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "zz" in proc.stderr
+    proc = subprocess.run([cli, "serve", "--transport", "carrier-pigeon"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--transport" in proc.stderr and proc.stderr.strip().count("\n") == 0
