@@ -85,7 +85,7 @@ def build_arrays(
 ) -> HandbookArrays:
     ordered = _topological(skills)
     skill_ids = [s.id for s in ordered]
-    mode_ids = sorted({m.id for m in modes} | {s.mode for s in ordered})
+    mode_ids = sorted({m.id for m in modes} | {s.mode for s in ordered} | {m for a in agents for m in a.modes})
     agent_list = sorted(agents, key=lambda a: a.id)
     agent_ids = [a.id for a in agent_list]
     a_idx = {a: i for i, a in enumerate(agent_ids)}

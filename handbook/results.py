@@ -115,3 +115,28 @@ class Removed(BaseModel):
     id: str
     competence_rows: int
     cost_rows: int
+
+
+class Attempt(BaseModel):
+    agent_id: str
+    decision_id: str | None = None
+    error_class: str | None = Field(description="null when this agent answered")
+    message: str | None = None
+    latency_s: float = 0.0
+    cost_usd: float | None = None
+
+
+class DelegateResult(BaseModel):
+    decision_id: str = Field(description="report the outcome of this answer with record_outcome(decision_id)")
+    agent_id: str
+    answer: str | None
+    error_class: str | None = Field(default=None, description="'task' when the agent could not do the step")
+    tried: list[Attempt]
+    cost_usd: float | None = Field(description="cost of the answering call; null = unknown (never a silent 0)")
+    cost_source: str
+    total_cost_usd: float | None = Field(description="all tries together; null when any cost is unknown")
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_s: float
+    warnings: list[str] = Field(default_factory=list)
+    decision: RouteDecision

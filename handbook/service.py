@@ -76,6 +76,15 @@ class RouteRequest:
 
 
 @dataclass(frozen=True)
+class DelegateRequest:
+    route: RouteRequest
+    context: str | None = None
+    agent_id: str | None = None
+    max_tokens: int | None = None
+    timeout_s: float = 45.0
+
+
+@dataclass(frozen=True)
 class OutcomeReport:
     decision_id: str
     reward: float | None = None
@@ -421,20 +430,21 @@ class Handbook:
                 f"decision {report.decision_id!r} expired at {decision['expires_at']:.0f} (its time to live is "
                 "SKILLORCHESTRA_DECISION_TTL seconds); route the step again"
             )
+        effective = _with_call_figures(payload, decision)
         event = {
             "decision_id": report.decision_id,
             "agent_id": decision["agent_id"],
-            "skills": decision["skills"] if isinstance(decision["skills"], list) else _json(decision["skills"]),
+            "skills": _json(decision["skills"]),
             "gamma": self.settings.forgetting,
-            **payload,
+            **effective,
         }
         row = {
             "decision_id": report.decision_id,
             "created_at": self.clock(),
             "agent_id": decision["agent_id"],
             "session_id": decision["session_id"],
-            **payload,
-            "payload": payload,
+            **effective,
+            "payload": payload,  # what the client sent: the idempotency key
         }
         try:
             updated = self.store.record_outcome(row, event)
@@ -449,7 +459,7 @@ class Handbook:
             agent_id=decision["agent_id"],
             error_class=report.error_class,
             reward=reward,
-            cost_usd=report.cost_usd,
+            cost_usd=effective["cost_usd"],
             updated=[_update(c.skill_id, c.alpha, c.beta) for c in updated],
             duplicate=False,
         )
@@ -472,6 +482,55 @@ class Handbook:
             updated=[_update(u["skill_id"], u["alpha"], u["beta"]) for u in _json(stored["result"])],
             duplicate=True,
         )
+
+    # -- delegated calls ---------------------------------------------------------------------------------
+
+    def note_call(
+        self,
+        decision_id: str,
+        *,
+        cost_usd: float | None,
+        cost_source: str,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        latency_s: float,
+        error_class: str | None,
+    ) -> None:
+        """What a delegated call cost, recorded at once (the session budget sees it before any report)."""
+        self.store.note_call(
+            decision_id,
+            {
+                "cost_usd": cost_usd,
+                "cost_source": cost_source,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "latency_s": latency_s,
+                "error_class": error_class,
+            },
+        )
+
+    def fallback_decision(self, decision_id: str, agent_id: str) -> str:
+        """A decision for the next candidate after an infrastructure failure: same step, skills and session."""
+        decision = self.store.decision(decision_id)
+        if decision is None:
+            raise NotFound("decision", decision_id)
+        now = self.clock()
+        new_id = uuid.uuid4().hex
+        row = {key: decision[key] for key in ("version", "session_id", "mode", "strategy", "lambda", "text")}
+        row.update(
+            id=new_id,
+            created_at=now,
+            expires_at=now + self.settings.decision_ttl_s,
+            agent_id=agent_id,
+            skills=_json(decision["skills"]),
+            candidates=_json(decision["candidates"]),
+            propensity=None,
+            explored=0,
+            expected_cost_usd=None,
+            parent_decision_id=decision_id,
+        )
+        self.store.insert_decision(row)
+        return new_id
 
     # -- edits -------------------------------------------------------------------------------------------
 
@@ -569,6 +628,15 @@ def _reward(report: OutcomeReport) -> float | None:
     if not (0.0 <= report.reward <= 1.0) or math.isnan(report.reward):
         raise InvalidInput("reward", report.reward, "a number in [0, 1]")
     return float(report.reward)
+
+
+def _with_call_figures(payload: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
+    """A report that leaves cost, tokens or latency out takes what the delegated call recorded."""
+    effective = dict(payload)
+    for key in ("cost_usd", "prompt_tokens", "completion_tokens", "latency_s"):
+        if effective[key] is None and decision.get(f"call_{key}") is not None:
+            effective[key] = decision[f"call_{key}"]
+    return effective
 
 
 def _update(skill_id: str, alpha: float, beta: float) -> CompetenceUpdate:

@@ -147,6 +147,23 @@ def m001_initial(db: Database) -> None:
     db["outcomes"].create_index(["session_id"])
 
 
+@migrations()
+def m002_delegation(db: Database) -> None:
+    """Connection settings of agents (from agents.toml only) and what a delegated call cost, recorded at once."""
+    db["connections"].create({"agent_id": str, "kind": str, "config": str, "loaded_at": float}, pk="agent_id")
+    decisions = db["decisions"]
+    for column, kind in (
+        ("parent_decision_id", str),
+        ("call_cost_usd", float),
+        ("call_cost_source", str),
+        ("call_prompt_tokens", int),
+        ("call_completion_tokens", int),
+        ("call_latency_s", float),
+        ("call_error_class", str),
+    ):
+        decisions.add_column(column, kind)
+
+
 def schema_version() -> int:
     """The schema version a fully migrated database has (one per migration)."""
     return len(migrations._migrations)
@@ -556,11 +573,34 @@ class HandbookStore:
             return updated
 
     def session_spend(self, session_id: str) -> float:
+        """Dollars spent by a session: each decision's reported cost, else the cost its delegated call recorded."""
         with self.lock:
             row = self.db.conn.execute(
-                "SELECT COALESCE(SUM(cost_usd), 0) FROM outcomes WHERE session_id = ?", [session_id]
+                "SELECT COALESCE(SUM(COALESCE(o.cost_usd, d.call_cost_usd, 0)), 0) FROM decisions d"
+                " LEFT JOIN outcomes o ON o.decision_id = d.id WHERE d.session_id = ?",
+                [session_id],
             ).fetchone()
         return float(row[0])
+
+    def note_call(self, decision_id: str, call: dict[str, Any]) -> None:
+        """Record what a delegated call cost and how long it took, as soon as it returns."""
+        with self.write():
+            self.db["decisions"].update(decision_id, {f"call_{k}": v for k, v in call.items()})
+
+    def save_connections(self, connections: dict[str, tuple[str, dict[str, Any]]]) -> None:
+        """Replace the agents' connection settings (agent_id -> (kind, settings)); only the CLI calls this."""
+        with self.write():
+            self.db.execute("DELETE FROM connections")
+            now = time.time()
+            for agent_id, (kind, config) in connections.items():
+                self.db["connections"].insert(
+                    {"agent_id": agent_id, "kind": kind, "config": _dumps(config), "loaded_at": now}, pk="agent_id"
+                )
+
+    def connections(self) -> dict[str, dict[str, Any]]:
+        with self.lock:
+            rows = self.db.conn.execute("SELECT agent_id, config FROM connections ORDER BY agent_id").fetchall()
+        return {r[0]: json.loads(r[1]) for r in rows}
 
     def counts(self) -> dict[str, int]:
         with self.lock:
@@ -587,6 +627,49 @@ class HandbookStore:
             for kind, payload in self.events(version):
                 self._apply_event(kind, payload)
             return before
+
+    # -- retention (used by handbook/retention.py; `skillorchestra handbook prune`) ---------------------
+
+    def fold_events_before(self, cutoff: float, *, summary: str) -> tuple[int | None, int, int]:
+        """Fold the live version's oldest events into a new version's snapshot and move the rest onto it.
+
+        The folded events are the longest prefix of the log (in append order) created before `cutoff`, so the
+        replay order never changes and the live state is unchanged. The old version keeps its snapshot but no
+        longer its events (they live on in the new snapshot). Returns (new version or None, folded, moved).
+        """
+        with self.write():
+            version = self.current_version()
+            rows = self.db.conn.execute(
+                "SELECT kind, payload, created_at FROM events WHERE version = ? ORDER BY seq", [version]
+            ).fetchall()
+            split = next((i for i, row in enumerate(rows) if row[2] >= cutoff), len(rows))
+            if split == 0:
+                return None, 0, len(rows)
+            self._replace_live_state(self.snapshot(version))
+            for kind, payload, _ in rows[:split]:
+                self._apply_event(kind, json.loads(payload))
+            new = self._insert_version(self.document(), source="prune", summary=summary, parent=version)
+            for kind, payload, created_at in rows[split:]:
+                self.db["events"].insert({"version": new, "kind": kind, "payload": payload, "created_at": created_at})
+                self._apply_event(kind, json.loads(payload))
+            self.db.execute("DELETE FROM events WHERE version = ?", [version])
+            return new, split, len(rows) - split
+
+    def delete_decisions_before(self, cutoff: float, now: float) -> tuple[int, int]:
+        """Forget decisions and outcomes older than `cutoff`; returns (decisions, outcomes) deleted.
+
+        A decision still awaiting its report (unexpired, unreported) stays, and so does one whose outcome
+        came after the cutoff, so every kept outcome keeps its decision (idempotent re-reports still work).
+        """
+        with self.write():
+            decisions = self.db.execute(
+                "DELETE FROM decisions WHERE created_at < ?"
+                " AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.decision_id = decisions.id AND o.created_at >= ?)"
+                " AND (expires_at <= ? OR EXISTS (SELECT 1 FROM outcomes o WHERE o.decision_id = decisions.id))",
+                [cutoff, cutoff, now],
+            ).rowcount
+            outcomes = self.db.execute("DELETE FROM outcomes WHERE created_at < ?", [cutoff]).rowcount
+            return int(decisions), int(outcomes)
 
 
 def check_document(document: HandbookDocument) -> None:

@@ -23,6 +23,8 @@ from mcp.types import INVALID_PARAMS
 
 from skillorchestra.handbook.service import Handbook
 from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.server.breaker import CircuitBreaker
+from skillorchestra.server.delegation import Delegator
 from skillorchestra.server.example import seed_example_if_new
 from skillorchestra.server.prompts import register_prompts
 from skillorchestra.server.resources import register_resources
@@ -61,7 +63,12 @@ def create_server(settings: ServerSettings) -> MCPServer:
     @asynccontextmanager
     async def lifespan(_server: MCPServer) -> AsyncIterator[AppState]:
         handbook = open_handbook(settings)
-        state = AppState(handbook=handbook)
+        delegator = Delegator(
+            handbook,
+            breaker=CircuitBreaker(threshold=settings.breaker_threshold, cooldown_s=settings.breaker_cooldown_s),
+            max_fallbacks=settings.max_fallbacks,
+        )
+        state = AppState(handbook=handbook, extras={"delegator": delegator, "unavailable": delegator.unavailable})
         running.append(state)
         try:
             yield state

@@ -37,8 +37,12 @@ def _common(parser: argparse.ArgumentParser, *, db: bool) -> None:
     # SUPPRESS: a subcommand's default must not overwrite a value given before it on the command line
     parser.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS, help="log level (stderr)")
     if db:
-        parser.add_argument("--db", type=Path, default=argparse.SUPPRESS, help="handbook database (default: "
-                            "SKILLORCHESTRA_DB, else the user data directory)")
+        parser.add_argument(
+            "--db",
+            type=Path,
+            default=argparse.SUPPRESS,
+            help="handbook database (default: SKILLORCHESTRA_DB, else the user data directory)",
+        )
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,10 +50,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transport", choices=("stdio", "sse", "http"), default="stdio")
     parser.add_argument("--host", default="127.0.0.1", help="bind address for sse/http (loopback by default)")
     parser.add_argument("--port", type=int, default=8765, help="port for sse/http")
-    parser.add_argument("--allowed-host", action="append", default=[], dest="allowed_hosts",
-                        help="extra Host header value to accept over HTTP (repeatable)")
-    parser.add_argument("--no-example", action="store_true",
-                        help="do not load the shipped example handbook into a new database")
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        dest="allowed_hosts",
+        help="extra Host header value to accept over HTTP (repeatable)",
+    )
+    parser.add_argument(
+        "--no-example", action="store_true", help="do not load the shipped example handbook into a new database"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +94,26 @@ def build_parser() -> argparse.ArgumentParser:
     versions = hb.add_parser("versions", help="list handbook versions")
     _common(versions, db=True)
     versions.set_defaults(handler=commands.handbook_versions)
+    prune = hb.add_parser("prune", help="fold old events into a new snapshot; delete old decisions and outcomes")
+    _common(prune, db=True)
+    prune.add_argument(
+        "--before",
+        required=True,
+        metavar="DATE",
+        help="ISO date or date-time (UTC unless an offset is given), e.g. 2026-01-31",
+    )
+    prune.set_defaults(handler=commands.handbook_prune)
+
+    agents = sub.add_parser("agents", help="agent connection settings (only from files, never from MCP tools)")
+    _common(agents, db=True)
+    asub = agents.add_subparsers(dest="action", required=True, parser_class=Parser)
+    load = asub.add_parser("load", help="load agents.toml: connection settings, and the agents into the handbook")
+    _common(load, db=True)
+    load.add_argument("file", type=Path)
+    load.set_defaults(handler=commands.agents_load)
+    show_agents = asub.add_parser("show", help="the loaded connection settings (no secrets are stored)")
+    _common(show_agents, db=True)
+    show_agents.set_defaults(handler=commands.agents_show)
 
     data = sub.add_parser("data", help="datasets")
     _common(data, db=False)
@@ -95,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("src", type=Path)
     convert.add_argument("outdir", type=Path)
     convert.set_defaults(handler=commands.data_convert)
+
+    from skillorchestra.server import commands_eval
+
+    evaluate = sub.add_parser("eval", help="compare routing policies on recorded outcomes")
+    _common(evaluate, db=True)
+    commands_eval.add_arguments(evaluate)
+    evaluate.set_defaults(handler=commands_eval.run)
     return parser
 
 
@@ -132,4 +169,3 @@ def build_serve_parser() -> argparse.ArgumentParser:
 
 def serve_main(argv: Sequence[str] | None = None) -> None:
     sys.exit(_run(argv, build_serve_parser))
-

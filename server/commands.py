@@ -107,8 +107,11 @@ def handbook_rebuild(args: argparse.Namespace) -> int:
     if before == after:
         print(f"rebuilt version {version} from its snapshot and {events} events: identical to the live state")
         return 0
-    print(f"rebuilt version {version} from its snapshot and {events} events: the live state differed and was "
-          "replaced by the rebuilt one", file=sys.stderr)
+    print(
+        f"rebuilt version {version} from its snapshot and {events} events: the live state differed and was "
+        "replaced by the rebuilt one",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -117,8 +120,18 @@ def handbook_versions(args: argparse.Namespace) -> int:
     current = store.current_version()
     for v in store.versions():
         marker = "*" if v["version"] == current else " "
-        print(f"{marker} {v['version']:>4}  parent {v['parent'] or '-':>4}  {v['source']:<8} {v['summary']}"
-              + (f"  {json.dumps(v['metrics'])}" if v["metrics"] else ""))
+        print(
+            f"{marker} {v['version']:>4}  parent {v['parent'] or '-':>4}  {v['source']:<8} {v['summary']}"
+            + (f"  {json.dumps(v['metrics'])}" if v["metrics"] else "")
+        )
+    return 0
+
+
+def handbook_prune(args: argparse.Namespace) -> int:
+    from skillorchestra.handbook.retention import parse_cutoff, prune
+
+    cutoff = parse_cutoff(args.before)  # before opening the file: a bad date writes nothing
+    print(prune(_store(args), cutoff).summary())
     return 0
 
 
@@ -130,4 +143,37 @@ def data_convert(args: argparse.Namespace) -> int:
     else:
         summary = convert_routellm(args.src, args.outdir, seed=args.seed)
     print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+def agents_load(args: argparse.Namespace) -> int:
+    """Connection settings into the database; each agent is also registered (or updated) in the handbook."""
+    from skillorchestra.handbook.models import Agent
+    from skillorchestra.handbook.service import Handbook
+    from skillorchestra.server.agent_config import LlmAgentConnection, load_agent_configs
+
+    configs = load_agent_configs(args.file)  # validates the whole file before anything is written
+    store = _store(args)
+    handbook = Handbook(store)
+    existing = {a.id: a for a in store.agents()}
+    for agent_id, conn in configs.items():
+        old = existing.get(agent_id)
+        prices = (conn.input_per_mtok, conn.output_per_mtok) if isinstance(conn, LlmAgentConnection) else (None, None)
+        handbook.upsert_agent(
+            Agent(
+                id=agent_id,
+                description=conn.description or (old.description if old else ""),
+                modes=list(conn.modes) or (old.modes if old else []),
+                input_per_mtok=prices[0] if prices[0] is not None else (old.input_per_mtok if old else None),
+                output_per_mtok=prices[1] if prices[1] is not None else (old.output_per_mtok if old else None),
+                enabled=old.enabled if old else True,
+            )
+        )
+    store.save_connections({agent_id: (conn.kind, conn.model_dump(mode="json")) for agent_id, conn in configs.items()})
+    print(f"loaded {len(configs)} agents from {args.file}: {', '.join(configs)}", file=sys.stderr)
+    return 0
+
+
+def agents_show(args: argparse.Namespace) -> int:
+    print(json.dumps(_store(args).connections(), indent=1, sort_keys=True))
     return 0

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from urllib.parse import unquote
 
 import numpy as np
-from collections.abc import Callable
-
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 

@@ -37,6 +37,17 @@ def _env_float(name: str, default: float) -> float:
     return value
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise InvalidInput(name, raw, "1 or 0 (true/false, yes/no, on/off)")
+
+
 class ServerSettings(BaseModel):
     db_path: Path = Field(default_factory=default_db_path)
     transport: Transport = "stdio"
@@ -49,6 +60,11 @@ class ServerSettings(BaseModel):
     kappa: float = Field(default=2.0, gt=0.0)
     forgetting: float | None = Field(default=None, gt=0.0, le=1.0)
     store_step_text: bool = True
+    max_fallbacks: int = Field(
+        default=2, ge=0, le=20, description="next-best agents tried after an infrastructure error"
+    )
+    breaker_threshold: int = Field(default=3, ge=1, description="consecutive infrastructure failures that open it")
+    breaker_cooldown_s: float = Field(default=30.0, ge=0.0, description="seconds before a half-open trial call")
     seed_example: bool = Field(default=False, description="load the shipped example handbook into a new database")
 
     @classmethod
@@ -56,6 +72,8 @@ class ServerSettings(BaseModel):
         values: dict[str, object] = {
             "token": os.environ.get("SKILLORCHESTRA_TOKEN") or None,
             "decision_ttl_s": _env_float("SKILLORCHESTRA_DECISION_TTL", 86_400.0),
+            # retention: SKILLORCHESTRA_STORE_TEXT=0 keeps step texts out of the database (decisions.text NULL)
+            "store_step_text": _env_bool("SKILLORCHESTRA_STORE_TEXT", True),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from mcp.server import MCPServer
 
-from skillorchestra.tools import catalog, routing
+from skillorchestra.tools import catalog, delegation, routing
 
 
 def register_tools(server: MCPServer) -> None:
     routing.register(server)
     catalog.register(server)
+    delegation.register(server)

@@ -1,0 +1,1 @@
+"""Offline evaluation of routing policies on recorded outcomes: the engine of `skillorchestra eval`."""

@@ -1,0 +1,103 @@
+"""Step-level episodes: chains of 3-5 real test tasks from different families, succeeding only when every
+step does. They test the method's premise: needs change from step to step, so routing each step should beat
+choosing one agent for the whole request.
+
+Compared: `step-level` (the handbook routes each step's own text), `query-level` (the handbook chooses one
+agent from the episode's full concatenated text, its cost term the agent's mean expected cost over the steps,
+at the same lambda), `query-level-knn` (kNN on the full text, same lambda) and `best-single`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from skillorchestra.handbook.evaluation.data import OutcomeTable
+from skillorchestra.handbook.evaluation.policies import knn_choose
+from skillorchestra.handbook.evaluation.scorer import HandbookScorer, Scored
+from skillorchestra.handbook.knn import KnnRouter
+from skillorchestra.handbook.router import cost_penalty
+from skillorchestra.handbook.traces import SUCCESS_THRESHOLD
+
+MIN_STEPS, MAX_STEPS = 3, 5
+DEFAULT_EPISODES = 200
+
+
+@dataclass(frozen=True)
+class Episode:
+    steps: list[int]  # row indices into the test table, in order
+
+
+def build_episodes(table: OutcomeTable, n_episodes: int, seed: int) -> list[Episode]:
+    """Seeded episodes; each step from a different family when at least MIN_STEPS families exist."""
+    rng = np.random.default_rng(seed)
+    by_family: dict[str, list[int]] = defaultdict(list)
+    for i, family in enumerate(table.families):
+        by_family[family].append(i)
+    families = sorted(by_family)
+    episodes = []
+    if len(table.tasks) < MIN_STEPS:
+        return episodes
+    for _ in range(n_episodes):
+        length = int(rng.integers(MIN_STEPS, MAX_STEPS + 1))
+        if len(families) >= MIN_STEPS:
+            chosen = rng.choice(len(families), size=min(length, len(families)), replace=False)
+            steps = [int(rng.choice(by_family[families[k]])) for k in chosen]
+        else:  # one or two families (GSM8K): distinct tasks of any family
+            steps = [int(i) for i in rng.choice(len(table.tasks), size=min(length, len(table.tasks)), replace=False)]
+        episodes.append(Episode(steps=steps))
+    return episodes
+
+
+def _outcome(table: OutcomeTable, episodes: list[Episode], picks: list[np.ndarray]) -> dict[str, float]:
+    """Episode accuracy (every step succeeds) and mean cost per episode (sum over its steps)."""
+    successes, costs = [], []
+    for episode, pick in zip(episodes, picks, strict=True):
+        scores = table.scores[episode.steps, pick]
+        successes.append(bool(np.all(np.nan_to_num(scores, nan=0.0) >= SUCCESS_THRESHOLD)))
+        costs.append(float(table.costs[episode.steps, pick].sum()))
+    return {"accuracy": float(np.mean(successes)), "avg_cost": float(np.mean(costs)), "episodes": len(episodes)}
+
+
+def episode_text(table: OutcomeTable, episode: Episode) -> str:
+    return "\n\n".join(f"Step {n}: {table.tasks[i].query}" for n, i in enumerate(episode.steps, start=1))
+
+
+def evaluate_episodes(
+    table: OutcomeTable,
+    episodes: list[Episode],
+    scorer: HandbookScorer,
+    step_scores: Scored,
+    knn: KnnRouter,
+    lambda_: float,
+    c_ref: float,
+    best_single: int,
+) -> dict[str, dict[str, float]]:
+    """The four routings of the module docstring, on the same episodes."""
+    if not episodes:
+        return {}
+    step_picks = step_scores.choose(lambda_, c_ref)
+    texts = [episode_text(table, e) for e in episodes]
+    whole = scorer.score(texts)
+    query_picks = []
+    for n, episode in enumerate(episodes):
+        mean_cost = step_scores.cost[episode.steps].mean(axis=0)  # per-call cost term over the episode's steps
+        utility = whole.quality[n] - cost_penalty(mean_cost, c_ref, lambda_)
+        j = int(np.argmax(np.where(whole.known, utility, -np.inf)))
+        query_picks.append(np.full(len(episode.steps), j))
+    knn_picks = knn_choose(knn, _knn_scored(knn, texts), lambda_)
+    knn_steps = [np.full(len(e.steps), j) for e, j in zip(episodes, knn_picks, strict=True)]
+    return {
+        "step-level": _outcome(table, episodes, [step_picks[e.steps] for e in episodes]),
+        "query-level": _outcome(table, episodes, query_picks),
+        "query-level-knn": _outcome(table, episodes, knn_steps),
+        "best-single": _outcome(table, episodes, [np.full(len(e.steps), best_single) for e in episodes]),
+    }
+
+
+def _knn_scored(knn: KnnRouter, texts: list[str]) -> Scored:
+    quality = knn.predict_quality(texts)
+    cost = np.tile(knn.normalised_cost() * knn.c_ref, (len(texts), 1))
+    return Scored(quality=quality, cost=cost, known=np.ones(quality.shape[1], dtype=bool))

@@ -1,0 +1,88 @@
+"""The policies compared by `skillorchestra eval`, each a function from test tasks to agent column indices.
+
+Names are fixed by interface.md. Every policy sees only what it would see in deployment: train outcomes and
+the test query text; only `oracle` reads the test outcomes (it is the ceiling, not a router).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from skillorchestra.handbook import metrics
+from skillorchestra.handbook.evaluation.data import OutcomeTable
+from skillorchestra.handbook.evaluation.scorer import HandbookScorer, Scored
+from skillorchestra.handbook.knn import KnnRouter
+
+SKILLORCHESTRA = "skillorchestra"
+THOMPSON = "skillorchestra-thompson"
+PAPER_RULE = "paper-rule"
+KNN = "knn"
+BEST_SINGLE = "best-single"
+CHEAPEST = "cheapest"
+RANDOM = "random"
+ORACLE = "oracle"
+SWEPT = (SKILLORCHESTRA, KNN)
+FIXED = (PAPER_RULE, BEST_SINGLE, CHEAPEST, RANDOM, ORACLE)
+
+
+def constant(table: OutcomeTable, column: int) -> np.ndarray:
+    return np.full(len(table.tasks), column, dtype=np.int64)
+
+
+def best_single_column(train_scores: np.ndarray) -> int:
+    """The agent with the highest mean score on train (ties: the earlier agent)."""
+    return metrics.best_single(train_scores)[0]
+
+
+def cheapest_column(agent_costs: dict[str, float], agents: list[str]) -> int:
+    """The agent with the lowest mean cost per call on train (unknown cost counts as the most expensive)."""
+    top = max(agent_costs.values(), default=0.0)
+    return int(np.argmin([agent_costs.get(agent, top) for agent in agents]))
+
+
+def random_choices(table: OutcomeTable, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, len(table.agents), size=len(table.tasks))
+
+
+def oracle_choices(table: OutcomeTable) -> np.ndarray:
+    """The cheapest agent that succeeds on each task (metrics.oracle_choice)."""
+    return metrics.oracle_choice(table.scores, table.costs)
+
+
+def paper_rule_choices(scorer: HandbookScorer, table: OutcomeTable, expected: Scored) -> np.ndarray:
+    """The published reference rule: argmax of sum_s w_s * s/n (raw rate, unseen = 0); cost only breaks exact
+    ties (the cheapest expected cost wins, then the earlier agent)."""
+    weighted, _overall = scorer.raw_rates(table.queries)
+    return tie_break_cheapest(np.where(scorer.known, weighted, -np.inf), expected.cost)
+
+
+def tie_break_cheapest(values: np.ndarray, cost: np.ndarray, tolerance: float = 1e-9) -> np.ndarray:
+    """Per row: among the maxima of `values` (within tolerance), the lowest cost; then the earlier column."""
+    tied = values >= values.max(axis=1, keepdims=True) - tolerance
+    return np.argmin(np.where(tied, cost, np.inf), axis=1)
+
+
+def knn_scored(router: KnnRouter, table: OutcomeTable) -> Scored:
+    """kNN predictions in the same shape as the handbook's, so one sweep serves both."""
+    if router.agents != table.agents:
+        raise ValueError("the kNN router and the table must list the same agents in the same order")
+    quality = router.predict_quality(table.queries)
+    cost = np.tile(router.normalised_cost() * router.c_ref, (len(table.tasks), 1))
+    return Scored(quality=quality, cost=cost, known=np.ones(len(table.agents), dtype=bool))
+
+
+def knn_choose(router: KnnRouter, scored: Scored, lambda_: float) -> np.ndarray:
+    """KnnRouter.choose's rule (ties: cheaper, then earlier) on precomputed predictions."""
+    utility = scored.quality - lambda_ * router.normalised_cost()
+    return tie_break_cheapest(utility, np.tile(router.normalised_cost(), (utility.shape[0], 1)), 1e-12)
+
+
+def switch_lambda(scored: Scored, weak: int, strong: int, c_ref: float) -> np.ndarray:
+    """Per task, the lambda below which the router prefers the strong agent: the lambda sweep taken to its
+    limit (every lambda at once). Higher = sends to strong sooner; used as RouteLLM's 'prefer strong' score."""
+    gain = scored.quality[:, strong] - scored.quality[:, weak]
+    extra = (scored.cost[:, strong] - scored.cost[:, weak]) / (c_ref if c_ref > 0 else 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = gain / extra
+    free = extra <= 0  # the strong agent is not dearer here: it wins whenever it is at least as good
+    return np.where(free, np.where(gain >= 0, np.inf, -np.inf), ratio)

@@ -1,0 +1,378 @@
+"""`skillorchestra eval` end to end: learn on train, pick the operating lambda on a validation split of train,
+replay the unseen test tasks through every policy, and assemble interface.md's JSON.
+
+The learner and the replay evaluator come from handbook/learning (injectable, so tests can pass stand-ins).
+Nothing here reads the test outcomes before choosing: the operating point, best-single and cheapest come from
+train; only the `oracle` row and the metrics read test outcomes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from skillorchestra.handbook import metrics
+from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.evaluation import data as d
+from skillorchestra.handbook.evaluation import policies as p
+from skillorchestra.handbook.evaluation import sweep
+from skillorchestra.handbook.evaluation.episodes import DEFAULT_EPISODES, build_episodes, evaluate_episodes
+from skillorchestra.handbook.evaluation.online import regret_of, replay_online
+from skillorchestra.handbook.evaluation.scorer import CachedLabeller, HandbookScorer, Labeller
+from skillorchestra.handbook.knn import KnnRouter
+from skillorchestra.handbook.models import HandbookDocument
+from skillorchestra.handbook.traces import AgentPrice, TraceTask
+
+log = logging.getLogger("skillorchestra.eval")
+DEFAULT_VAL_FRACTION = 0.2
+DEFAULT_KNN_K = 20
+COLLAPSE_SHARE = 0.6
+
+
+class Learned(Protocol):
+    document: HandbookDocument
+    labeller: Labeller
+    seconds: float
+    llm_calls: int
+    usd: float
+
+
+LearnFn = Callable[[list[TraceTask], Mapping[str, AgentPrice], float, int], Learned]
+ReplayFn = Callable[[HandbookDocument, Labeller, list[TraceTask], Mapping[str, AgentPrice], float, int, float], Any]
+
+
+def default_learn(tasks: list[TraceTask], prices: Mapping[str, AgentPrice], lambda_: float, seed: int) -> Learned:
+    from skillorchestra.handbook.learning.pipeline import learn
+
+    return learn(tasks, dict(prices), lambda_=lambda_, seed=seed)
+
+
+def default_replay(
+    document: HandbookDocument,
+    labeller: Labeller,
+    tasks: list[TraceTask],
+    prices: Mapping[str, AgentPrice],
+    lambda_: float,
+    seed: int,
+    c_ref: float,
+) -> Any:
+    from skillorchestra.handbook.learning.replay import replay
+
+    return replay(document, labeller, tasks, dict(prices), lambda_, strategy="mean", seed=seed, c_ref=c_ref)
+
+
+@dataclass
+class EvalConfig:
+    lambdas: Sequence[float] = sweep.DEFAULT_LAMBDAS
+    seed: int = 0
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    knn_k: int = DEFAULT_KNN_K
+    episodes: int = DEFAULT_EPISODES
+    db_path: Path | None = None  # where the online replay's handbook lives; None = a temporary database
+    learn_fn: LearnFn = field(default=default_learn)
+    replay_fn: ReplayFn = field(default=default_replay)
+
+
+def _check(config: EvalConfig) -> list[float]:
+    lambdas = sorted(dict.fromkeys(float(x) for x in config.lambdas))
+    if not lambdas or any(not math.isfinite(x) or x < 0 for x in lambdas):
+        raise InvalidInput("--lambda", list(config.lambdas), "finite numbers >= 0")
+    if config.seed < 0:
+        raise InvalidInput("--seed", config.seed, "an integer >= 0")
+    return lambdas
+
+
+def _picks(choices: Sequence[Any], agents: list[str]) -> np.ndarray:
+    """Replay's choices (agent ids or column indices) as column indices of the eval's agent order."""
+    column = {agent: j for j, agent in enumerate(agents)}
+    out = np.empty(len(choices), dtype=np.int64)
+    for i, choice in enumerate(choices):
+        if isinstance(choice, str):
+            if choice not in column:
+                raise ValueError(f"replay chose {choice!r}, an agent without train outcomes")
+            out[i] = column[choice]
+        else:
+            out[i] = int(choice)
+    return out
+
+
+def run_eval(
+    train: list[TraceTask], test: list[TraceTask], prices: Mapping[str, AgentPrice], config: EvalConfig | None = None
+) -> dict[str, Any]:
+    """Everything `skillorchestra eval --json` writes (interface.md), plus diagnostics under extra keys."""
+    config = config or EvalConfig()
+    lambdas = _check(config)
+    if not train:
+        raise InvalidInput("--train", 0, "at least one task")
+    kept, dropped = d.drop_seen(train, test)
+    if not kept:
+        raise InvalidInput("--test", len(test), "at least one test task whose query is not in train")
+    agents = d.judged_agents(train)
+    train_scores, train_costs = d.raw_matrices(train, agents, prices)
+    agent_costs = d.mean_costs(train_costs, agents)
+    c_ref = d.reference_cost(agent_costs)
+    unknown_cost = [a for a in agents if a not in agent_costs]
+    table = d.build_table(kept, agents, prices, c_ref)
+    best_col = p.best_single_column(train_scores)
+    cheap_col = p.cheapest_column(agent_costs, agents)
+    log.info(
+        "eval: %d train, %d test (%d dropped as seen), %d agents", len(train), len(table.tasks), dropped, len(agents)
+    )
+
+    operating, selection = _operating_point(train, prices, agents, c_ref, lambdas, config)
+    started = time.perf_counter()
+    learned = config.learn_fn(list(train), prices, operating, config.seed)
+    learn_wall = time.perf_counter() - started
+    labeller = CachedLabeller(learned.labeller)
+    scorer = HandbookScorer(learned.document, labeller, agents, c_ref)
+    expected = scorer.score(table.queries)
+
+    baseline = sweep.Baseline(
+        best_single_accuracy=metrics.accuracy(table.chosen(p.constant(table, best_col))[0]),
+        oracle_accuracy=metrics.accuracy(table.chosen(p.oracle_choices(table))[0]),
+        agent_costs=agent_costs,
+    )
+    rows, curves, agreement = [], {}, []
+    for lam in lambdas:
+        result = config.replay_fn(learned.document, labeller, list(table.tasks), prices, lam, config.seed, c_ref)
+        picks = _picks(result.choices, agents)
+        agreement.append(float(np.mean(picks == expected.choose(lam, c_ref))))
+        rows.append(sweep.row(p.SKILLORCHESTRA, lam, picks, table, baseline))
+        curves.setdefault(p.SKILLORCHESTRA, {})[lam] = picks
+    knn = KnnRouter(config.knn_k).fit(train, prices, c_ref)
+    knn_pred = p.knn_scored(knn, table)
+    for lam in lambdas:
+        picks = p.knn_choose(knn, knn_pred, lam)
+        rows.append(sweep.row(p.KNN, lam, picks, table, baseline))
+        curves.setdefault(p.KNN, {})[lam] = picks
+
+    online, thompson_row = _online(learned.document, labeller, table, operating, c_ref, config, baseline, curves)
+    rows.append(thompson_row)
+    fixed = {
+        p.PAPER_RULE: p.paper_rule_choices(scorer, table, expected),
+        p.BEST_SINGLE: p.constant(table, best_col),
+        p.CHEAPEST: p.constant(table, cheap_col),
+        p.RANDOM: p.random_choices(table, config.seed),
+        p.ORACLE: p.oracle_choices(table),
+    }
+    rows.extend(sweep.row(name, None, picks, table, baseline) for name, picks in fixed.items())
+
+    episodes = build_episodes(table, config.episodes, config.seed)
+    result: dict[str, Any] = {
+        "dataset": {
+            "train": len(train),
+            "test": len(table.tasks),
+            "dropped_seen_in_train": dropped,
+            "agents": agents,
+            "cost_basis": d.cost_basis(list(train) + kept),
+            "c_ref": c_ref,
+            "unknown_cost_agents": unknown_cost,
+            "best_single_agent": agents[best_col],
+            "cheapest_agent": agents[cheap_col],
+            "oracle_best_score_accuracy": metrics.oracle_accuracy(table.scores),
+        },
+        "rows": rows,
+        "operating_point": {"policy": p.SKILLORCHESTRA, "lambda": operating, **selection},
+        "online": online,
+        "episodes": evaluate_episodes(table, episodes, scorer, expected, knn, operating, c_ref, best_col),
+        "episodes_detail": {
+            "lambda": operating,
+            "n_episodes": len(episodes),
+            "rule": "3-5 steps from distinct task families, success = every step scores >= 0.5",
+            "at_lambda_0": evaluate_episodes(table, episodes, scorer, expected, knn, 0.0, c_ref, best_col),
+        },
+        "learning": {
+            "seconds": float(learned.seconds),
+            "llm_calls": int(learned.llm_calls),
+            "usd": float(learned.usd),
+            "wall_seconds": learn_wall,
+            "selection": selection.get("learning"),
+        },
+        "single_agents": _single_agents(table, baseline),
+        "replay_agreement": {"min": min(agreement), "lambdas": lambdas},
+        "diagnostics": _diagnostics(table, rows, curves, operating, agents, agent_costs, cheap_col),
+    }
+    if len(agents) == 2:
+        result["two_agent"] = _two_agent(
+            table, agent_costs, agents, expected, knn_pred, scorer, config.seed, c_ref, rows
+        )
+    return result
+
+
+def _operating_point(
+    train: list[TraceTask],
+    prices: Mapping[str, AgentPrice],
+    agents: list[str],
+    c_ref: float,
+    lambdas: list[float],
+    config: EvalConfig,
+) -> tuple[float, dict[str, Any]]:
+    """Learn on train minus a validation split, replay the split at every lambda, apply the budget rule."""
+    fit, val = d.split_by_query(train, config.val_fraction, config.seed)
+    val_table = d.build_table(val, agents, prices, c_ref)
+    fit_scores, _ = d.raw_matrices(fit, agents, prices)
+    best = p.best_single_column(fit_scores)
+    learned = config.learn_fn(fit, prices, sweep.REFERENCE_LAMBDA, config.seed)
+    labeller = CachedLabeller(learned.labeller)
+    points = []
+    for lam in lambdas:
+        result = config.replay_fn(learned.document, labeller, list(val_table.tasks), prices, lam, config.seed, c_ref)
+        scores, costs = val_table.chosen(_picks(result.choices, agents))
+        points.append((lam, metrics.accuracy(scores), metrics.avg_cost(costs)))
+    best_cost = metrics.avg_cost(val_table.costs[:, best])
+    chosen, rule = sweep.choose_operating_point(points, best_cost, c_ref)
+    return chosen, {
+        "rule": rule,
+        "validation_tasks": len(val_table.tasks),
+        "validation_best_single_cost": best_cost,
+        "validation_points": [{"lambda": lam, "accuracy": acc, "avg_cost": cost} for lam, acc, cost in points],
+        "learning": {"seconds": float(learned.seconds), "llm_calls": int(learned.llm_calls), "usd": float(learned.usd)},
+    }
+
+
+def _online(
+    document: HandbookDocument,
+    labeller: Labeller,
+    table: d.OutcomeTable,
+    lambda_: float,
+    c_ref: float,
+    config: EvalConfig,
+    baseline: sweep.Baseline,
+    curves: dict[str, dict[float, np.ndarray]],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Thompson from a cold and a learned start at the operating lambda, plus the frozen mean policy for scale."""
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="skillorchestra-eval-") as tmp:
+        db_path = config.db_path or Path(tmp) / "eval.db"
+        for start in ("cold", "learned"):  # learned last: a given --db ends with the learned handbook live
+            started = time.perf_counter()
+            run = replay_online(
+                document, labeller, table, start=start, lambda_=lambda_, c_ref=c_ref, seed=config.seed, db_path=db_path
+            )
+            log.info("eval: online thompson (%s start) in %.1f s", start, time.perf_counter() - started)
+            runs.append(run)
+    online = []
+    for run in runs:
+        scores, costs = table.chosen(run.picks)
+        online.append(
+            {
+                "policy": p.THOMPSON,
+                "start": run.start,
+                "lambda": lambda_,
+                "cumulative_regret": run.cumulative_regret,
+                "accuracy": metrics.accuracy(scores),
+                "avg_cost": metrics.avg_cost(costs),
+                "regret_curve": run.regret_curve,
+            }
+        )
+    frozen = curves[p.SKILLORCHESTRA][lambda_]
+    regret, curve = regret_of(frozen, table, lambda_, c_ref)
+    scores, costs = table.chosen(frozen)
+    online.append(
+        {
+            "policy": p.SKILLORCHESTRA,
+            "start": "learned",
+            "lambda": lambda_,
+            "cumulative_regret": regret,
+            "accuracy": metrics.accuracy(scores),
+            "avg_cost": metrics.avg_cost(costs),
+            "regret_curve": curve,
+            "note": "frozen posterior means (no online learning), for scale",
+        }
+    )
+    learned_run = runs[-1]
+    return online, sweep.row(p.THOMPSON, lambda_, learned_run.picks, table, baseline, start="learned")
+
+
+def _single_agents(table: d.OutcomeTable, baseline: sweep.Baseline) -> list[dict[str, Any]]:
+    out = []
+    for j, agent in enumerate(table.agents):
+        scores, costs = table.chosen(p.constant(table, j))
+        out.append({"agent": agent, "accuracy": metrics.accuracy(scores), "avg_cost": metrics.avg_cost(costs)})
+    return out
+
+
+def _two_agent(
+    table: d.OutcomeTable,
+    agent_costs: Mapping[str, float],
+    agents: list[str],
+    expected: Any,
+    knn_pred: Any,
+    scorer: HandbookScorer,
+    seed: int,
+    c_ref: float,
+    rows: list[dict[str, Any]],
+) -> dict[str, dict[str, Any]]:
+    """APGR and CPT(50%) per policy: the lambda sweep taken to its limit (each task's switch lambda); the
+    coarse grid's figures are kept as `grid_*` for the swept policies."""
+    weak, strong = sweep.weak_strong(agent_costs, agents)
+    raw, _ = scorer.raw_rates(table.queries)
+    rng = np.random.default_rng(seed)
+    prefer = {
+        p.SKILLORCHESTRA: p.switch_lambda(expected, weak, strong, c_ref),
+        p.KNN: p.switch_lambda(knn_pred, weak, strong, c_ref),
+        p.PAPER_RULE: raw[:, strong] - raw[:, weak],
+        p.RANDOM: rng.random(len(table.tasks)),
+        p.ORACLE: np.nan_to_num(table.scores[:, strong]) - np.nan_to_num(table.scores[:, weak]),
+    }
+    out = {name: sweep.two_agent_metrics(score, table, weak, strong) for name, score in prefer.items()}
+    for name in (p.SKILLORCHESTRA, p.KNN):
+        points = [(r["agent_share"][agents[strong]], r["accuracy"]) for r in rows if r["policy"] == name]
+        grid = sweep.two_agent_from_points(points, table, weak, strong)
+        out[name] |= {"grid_apgr": grid["apgr"], "grid_cpt50": grid["cpt50"]}
+    return out
+
+
+def _diagnostics(
+    table: d.OutcomeTable,
+    rows: list[dict[str, Any]],
+    curves: dict[str, dict[float, np.ndarray]],
+    operating: float,
+    agents: list[str],
+    agent_costs: Mapping[str, float],
+    cheap_col: int,
+) -> dict[str, Any]:
+    """What the targets need: curve vs kNN, collapse at the operating point, per-family accuracy."""
+    ours = [(r["avg_cost"], r["accuracy"]) for r in rows if r["policy"] == p.SKILLORCHESTRA]
+    theirs = [(r["avg_cost"], r["accuracy"]) for r in rows if r["policy"] == p.KNN]
+    op_row = next(r for r in rows if r["policy"] == p.SKILLORCHESTRA and r["lambda"] == operating)
+    top_agent, top_share = max(op_row["agent_share"].items(), key=lambda item: item[1])
+    families: dict[str, dict[str, Any]] = {}
+    names = np.array(table.families)
+    for family in sorted(set(table.families)):
+        mask = names == family
+        entry: dict[str, Any] = {"n": int(mask.sum())}
+        for policy in (p.SKILLORCHESTRA, p.KNN):
+            picks = curves[policy][operating][mask]
+            scores, costs = (
+                table.scores[mask][np.arange(mask.sum()), picks],
+                table.costs[mask][np.arange(mask.sum()), picks],
+            )
+            counts = np.bincount(picks, minlength=len(agents))
+            entry[policy] = {
+                "accuracy": metrics.accuracy(scores),
+                "avg_cost": metrics.avg_cost(costs),
+                "top_agent": agents[int(np.argmax(counts))],
+                "top_share": float(counts.max() / max(1, counts.sum())),
+            }
+        entry["best_agent"] = agents[metrics.best_single(table.scores[mask])[0]]
+        entry["best_agent_accuracy"] = metrics.best_single(table.scores[mask])[1]
+        families[family] = entry
+    return {
+        "curve_vs_knn": sweep.curve_above(ours, theirs),
+        "collapse": {
+            "top_agent": top_agent,
+            "top_share": top_share,
+            "cheapest_agent": agents[cheap_col],
+            "ok": len(agents) <= 2 or top_share <= COLLAPSE_SHARE or top_agent == agents[cheap_col],
+        },
+        "per_family_at_operating_point": families,
+    }

@@ -1,0 +1,154 @@
+"""The learned handbook as a batch scorer: per task, each agent's weighted posterior-mean quality and
+expected cost, computed as the live router scores a step (handbook/arrays.py, handbook/router.py and the
+service's cost rule: recorded cost per (agent, skill), else price x (len(text)/4, 256) tokens, else c_ref).
+
+The eval needs these numbers beyond single choices: the two-agent curves sweep lambda continuously (each
+task's switch point), the paper rule reads the raw counts, and episodes score concatenated texts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from skillorchestra.handbook.arrays import DEFAULT_KAPPA, ROOT_SKILL, HandbookArrays, build_arrays
+from skillorchestra.handbook.models import HandbookDocument
+from skillorchestra.handbook.router import cost_penalty
+from skillorchestra.handbook.traces import DEFAULT_COMPLETION_TOKENS
+
+Demands = list[tuple[str, float]]
+
+
+class Labeller(Protocol):
+    def weights(self, query: str) -> Demands: ...
+
+
+class CachedLabeller:
+    """Memoises `weights` (the learner's labeller may embed the text) and passes everything else through."""
+
+    def __init__(self, inner: Labeller) -> None:
+        self._inner = inner
+        self._cache: dict[str, Demands] = {}
+
+    def weights(self, query: str) -> Demands:
+        if query not in self._cache:
+            self._cache[query] = list(self._inner.weights(query))
+        return self._cache[query]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Per task and agent (eval agent order): quality, expected cost, and whether the handbook knows the agent."""
+
+    quality: np.ndarray  # (n, A)
+    cost: np.ndarray  # (n, A) expected USD per call
+    known: np.ndarray  # (A,) bool: the agent is in the handbook and enabled
+
+    def utilities(self, lambda_: float, c_ref: float) -> np.ndarray:
+        utility = self.quality - cost_penalty(self.cost, c_ref, lambda_)
+        return np.where(self.known, utility, -np.inf)
+
+    def choose(self, lambda_: float, c_ref: float) -> np.ndarray:
+        """argmax utility; ties go to the earlier agent (sorted ids), as np.argmax does in the router."""
+        return np.argmax(self.utilities(lambda_, c_ref), axis=1)
+
+
+class HandbookScorer:
+    """Scores texts with a handbook document and a labeller, in the eval's agent order."""
+
+    def __init__(
+        self,
+        document: HandbookDocument,
+        labeller: Labeller,
+        agents: Sequence[str],
+        c_ref: float,
+        kappa: float = DEFAULT_KAPPA,
+    ) -> None:
+        self.document = document
+        self.labeller = labeller if isinstance(labeller, CachedLabeller) else CachedLabeller(labeller)
+        self.agents = list(agents)
+        self.c_ref = c_ref
+        self.arrays: HandbookArrays = build_arrays(
+            document.modes, document.skills, document.agents, document.competence, document.cost, kappa=kappa
+        )
+        rows = [self.arrays.agent_index.get(agent, -1) for agent in self.agents]
+        self._rows = np.array(rows, dtype=np.int64)
+        enabled = np.array([r >= 0 and bool(self.arrays.enabled[r]) for r in rows], dtype=bool)
+        self.known = enabled
+
+    def columns(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """The labeller's demands as handbook columns and weights summing to 1 (no known skill: the root)."""
+        demands = [(s, w) for s, w in self.labeller.weights(text) if s in self.arrays.skill_index and w > 0]
+        total = sum(w for _, w in demands)
+        if not demands or total <= 0:
+            return np.array([self.arrays.root_column]), np.ones(1)
+        cols = np.array([self.arrays.column_of_skill(s) for s, _ in demands])
+        return cols, np.array([w / total for _, w in demands])
+
+    def expected_cost(self, text: str, cols: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """(A_handbook,) expected cost per call: recorded per (agent, skill), else priced, else c_ref."""
+        arrays = self.arrays
+        priced = (len(text) / 4.0 * arrays.input_price + DEFAULT_COMPLETION_TOKENS * arrays.output_price) / 1e6
+        recorded = arrays.cost_mean[:, cols] @ weights
+        cost = np.where(np.isnan(recorded), priced, recorded)
+        return np.where(np.isnan(cost), self.c_ref, cost)
+
+    def score(self, texts: Sequence[str]) -> Scored:
+        n, a = len(texts), len(self.agents)
+        quality = np.zeros((n, a))
+        cost = np.full((n, a), self.c_ref)
+        present = self._rows >= 0
+        for i, text in enumerate(texts):
+            cols, weights = self.columns(text)
+            quality[i, present] = (self.arrays.mean[:, cols] @ weights)[self._rows[present]]
+            cost[i, present] = self.expected_cost(text, cols, weights)[self._rows[present]]
+        return Scored(quality=quality, cost=cost, known=self.known)
+
+    def raw_rates(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The published rule's inputs: sum_s w_s * s/n from the raw counts (unseen = 0) and the overall rate."""
+        success, total = self._raw_counts()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate = np.where(total > 0, success / np.maximum(total, 1e-300), 0.0)
+        n, a = len(texts), len(self.agents)
+        weighted = np.zeros((n, a))
+        present = self._rows >= 0
+        for i, text in enumerate(texts):
+            cols, weights = self.columns(text)
+            weighted[i, present] = (rate[:, cols] @ weights)[self._rows[present]]
+        overall = np.zeros(a)
+        overall[present] = rate[self._rows[present], self.arrays.root_column]
+        return weighted, overall
+
+    def _raw_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(A, C) successes and observations without shrinkage, summed over each skill's subtree and mode."""
+        arrays = self.arrays
+        n_skills, n_modes = len(arrays.skill_ids), len(arrays.mode_ids)
+        own_s = np.zeros((len(arrays.agent_ids), n_skills + n_modes + 1))
+        own_f = np.zeros_like(own_s)
+        for row in self.document.competence:
+            i = arrays.agent_index.get(row.agent_id)
+            j = arrays.root_column if row.skill_id == ROOT_SKILL else arrays.skill_index.get(row.skill_id)
+            if i is None or j is None:
+                continue
+            own_s[i, j] += max(row.alpha - 1.0, 0.0)
+            own_f[i, j] += max(row.beta - 1.0, 0.0)
+        success, failure = own_s.copy(), own_f.copy()
+        skills = arrays.skills  # topological: parents before children
+        for k in range(n_skills - 1, -1, -1):
+            parent = arrays.skill_index.get(skills[k].parent_id or "")
+            if parent is not None:
+                success[:, parent] += success[:, k]
+                failure[:, parent] += failure[:, k]
+        for k, skill in enumerate(skills):
+            column = arrays.column_of_mode(skill.mode)
+            success[:, column] += own_s[:, k]
+            failure[:, column] += own_f[:, k]
+        success[:, arrays.root_column] = own_s.sum(axis=1)
+        failure[:, arrays.root_column] = own_f.sum(axis=1)
+        return success, success + failure

@@ -1,0 +1,120 @@
+"""`skillorchestra eval`: compare routing policies on recorded outcomes (interface.md), print the table,
+optionally write the JSON and the plots. It never opens the user's handbook: the online replay works in a
+temporary database unless --db names one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from skillorchestra.handbook.errors import InvalidInput
+
+if TYPE_CHECKING:  # the evaluation stack (numpy, the service) loads only when eval runs, not for every command
+    from skillorchestra.handbook.traces import AgentPrice, TraceTask
+
+log = logging.getLogger("skillorchestra.eval")
+
+
+def _tasks(flag: str, path: Path) -> list[TraceTask]:
+    from skillorchestra.handbook.traces import read_tasks
+
+    if not path.is_file():
+        raise InvalidInput(flag, str(path), "an existing generic outcome JSONL file")
+    return read_tasks(path)
+
+
+def _prices(args: argparse.Namespace, tasks: list[TraceTask]) -> dict[str, AgentPrice]:
+    """--agents, else an agents.json beside the train file (data convert writes one), else none."""
+    from skillorchestra.handbook.evaluation.data import cost_basis
+    from skillorchestra.handbook.traces import read_prices
+
+    path = args.agents
+    if path is None and (args.train.parent / "agents.json").is_file():
+        path = args.train.parent / "agents.json"
+        log.info("eval: prices from %s", path)
+    if path is not None:
+        if not Path(path).is_file():
+            raise InvalidInput("--agents", str(path), "an existing agents.json")
+        return read_prices(path)
+    if cost_basis(tasks) != "cost_usd":
+        raise InvalidInput("--agents", None, "an agents.json with prices (the data does not record cost_usd)")
+    return {}
+
+
+def run(args: argparse.Namespace) -> int:
+    from skillorchestra.handbook.evaluation.report import summary
+    from skillorchestra.handbook.evaluation.runner import EvalConfig, run_eval
+    from skillorchestra.handbook.evaluation.sweep import DEFAULT_LAMBDAS
+
+    train = _tasks("--train", args.train)
+    test = _tasks("--test", args.test)
+    prices = _prices(args, train + test)
+    config = EvalConfig(
+        lambdas=tuple(args.lambdas) if args.lambdas else DEFAULT_LAMBDAS,
+        seed=args.seed,
+        db_path=getattr(args, "db", None),
+    )
+    result = run_eval(train, test, prices, config)
+    to_stdout = args.json is None or str(args.json) != "-"
+    print(summary(result), file=sys.stdout if to_stdout else sys.stderr)
+    if args.json is not None:
+        text = json.dumps(result, indent=1, allow_nan=False, default=_json_default)
+        if str(args.json) == "-":
+            sys.stdout.write(text + "\n")
+        else:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(text + "\n", encoding="utf-8")
+    if args.plot_dir is not None:
+        from skillorchestra.server.plots import write_plots
+
+        for path in write_plots(result, args.plot_dir):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _json_default(value: object) -> object:
+    """numpy scalars and the like, as plain JSON numbers."""
+    if hasattr(value, "item"):
+        return value.item()  # type: ignore[no-any-return]
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train", type=Path, required=True, help="generic outcome JSONL to learn from")
+    parser.add_argument("--test", type=Path, required=True, help="generic outcome JSONL to evaluate on")
+    parser.add_argument("--agents", type=Path, default=None, help="agents.json prices (default: beside --train)")
+    parser.add_argument(
+        "--lambda",
+        type=_lambda,
+        action="append",
+        dest="lambdas",
+        default=None,
+        help="cost trade-off to sweep (repeatable; default 0 0.02 0.05 0.1 0.2 0.3 0.5 1.0)",
+    )
+    parser.add_argument("--seed", type=_seed, default=0, help="seed of splits, random policy, Thompson, episodes")
+    parser.add_argument("--json", type=Path, default=None, help="write the JSON result here (- for stdout)")
+    parser.add_argument("--plot-dir", type=Path, default=None, help="write pareto.png and shares.png here")
+
+
+def _lambda(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value

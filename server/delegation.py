@@ -1,0 +1,243 @@
+"""Delegation: route a step, call the chosen agent (litellm or another MCP server's tool), account for it.
+
+Policy, owned here rather than by litellm (which is called with max_retries=0):
+- one deadline for all tries together (45 s by default: many hosts give up on a request after 60 s);
+- an infrastructure failure (timeout, rate limit, connection, auth, server error) is recorded at once as that
+  decision's outcome (cost, no competence change), feeds the agent's circuit breaker, and the next-best candidate
+  is tried, up to `max_fallbacks`;
+- a completed answer's cost and latency are recorded at once on its decision; competence moves when the client
+  reports the outcome with record_outcome(decision_id).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from pydantic import ValidationError
+
+from skillorchestra.handbook.errors import HandbookError, InvalidInput, NotFound
+from skillorchestra.handbook.results import Attempt, DelegateResult, RouteDecision
+from skillorchestra.handbook.service import DelegateRequest, Handbook, OutcomeReport, RouteRequest
+from skillorchestra.server.agent_config import AgentConnection, LlmAgentConnection, parse_agent
+from skillorchestra.server.breaker import CircuitBreaker
+from skillorchestra.server.llm_backend import BackendResult
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], Awaitable[None]]
+PROGRESS_INTERVAL_S = 1.0
+MIN_TRY_S = 0.5  # below this, another try cannot finish: stop and say so
+
+
+class DelegationFailed(HandbookError):
+    """Every agent tried failed for infrastructure reasons (each failure is recorded)."""
+
+
+Caller = Callable[[AgentConnection, str, list[dict[str, Any]], float, int | None], Awaitable[BackendResult]]
+
+
+async def call_agent(
+    conn: AgentConnection, text: str, messages: list[dict[str, Any]], timeout_s: float, max_tokens: int | None
+) -> BackendResult:
+    """The real backends; imported lazily so start-up never pays for litellm."""
+    if isinstance(conn, LlmAgentConnection):
+        from skillorchestra.server.llm_backend import call_llm
+
+        return await call_llm(conn, messages, timeout_s=timeout_s, max_tokens=max_tokens)
+    from skillorchestra.server.mcp_backend import call_mcp_tool
+
+    return await call_mcp_tool(conn, text, timeout_s=timeout_s)
+
+
+class Delegator:
+    def __init__(
+        self,
+        handbook: Handbook,
+        *,
+        breaker: CircuitBreaker | None = None,
+        max_fallbacks: int = 2,
+        caller: Caller = call_agent,
+    ) -> None:
+        self.handbook = handbook
+        self.breaker = breaker or CircuitBreaker()
+        self.max_fallbacks = max_fallbacks
+        self.caller = caller
+
+    def connections(self) -> dict[str, AgentConnection]:
+        """Connection settings as loaded by `skillorchestra agents load` (re-read: the CLI may reload them)."""
+        loaded: dict[str, AgentConnection] = {}
+        for agent_id, raw in self.handbook.store.connections().items():
+            try:
+                loaded[agent_id] = parse_agent(agent_id, {k: v for k, v in raw.items() if k != "id"}, "database")
+            except (InvalidInput, ValidationError) as exc:  # a row written by an older version: skip, say why
+                log.warning("ignoring stored connection of %s: %s", agent_id, exc)
+        return loaded
+
+    def unavailable(self, connections: dict[str, AgentConnection] | None = None) -> dict[str, str]:
+        """Agents routing must skip: an open circuit breaker (and, for delegation, no connection settings)."""
+        reasons = {
+            agent_id: f"circuit breaker open after {health.get('consecutive_failures')} infrastructure failures"
+            for agent_id, health in self.breaker.snapshot().items()
+            if health.get("state") == "open"
+        }
+        if connections is not None:
+            for agent in self.handbook.store.agents():
+                if agent.id not in connections:
+                    reasons.setdefault(agent.id, "no connection settings (load them with `skillorchestra agents load`)")
+        return reasons
+
+    async def delegate(self, request: DelegateRequest, progress: Progress | None = None) -> DelegateResult:
+        connections = self.connections()
+        if request.timeout_s <= 0:
+            raise InvalidInput("timeout_s", request.timeout_s, "a positive number of seconds")
+        route = request.route
+        if request.agent_id is not None:
+            if request.agent_id not in {a.id for a in self.handbook.store.agents()}:
+                raise NotFound("agent (agent_id)", request.agent_id, [a.id for a in self.handbook.store.agents()])
+            if request.agent_id not in connections:
+                raise InvalidInput("agent_id", request.agent_id, "an agent with connection settings (agents.toml)")
+            route = _replace(route, allowed_agents=[request.agent_id])
+        route = _replace(route, unavailable=self.unavailable(connections))
+        decision = await anyio.to_thread.run_sync(self.handbook.route, route)
+        order = [decision.agent_id] + [c.agent_id for c in decision.candidates if c.agent_id != decision.agent_id]
+        order = order[: 1 + self.max_fallbacks]
+        deadline = time.monotonic() + request.timeout_s
+        messages = _messages(route.text, request.context)
+        tried: list[Attempt] = []
+        for position, agent_id in enumerate(order):
+            remaining = deadline - time.monotonic()
+            if remaining < MIN_TRY_S:
+                tried.append(Attempt(agent_id=agent_id, error_class="timeout", message="delegate's time budget spent"))
+                break
+            if not self.breaker.allow(agent_id):
+                tried.append(Attempt(agent_id=agent_id, error_class="connection", message="circuit breaker open"))
+                continue
+            decision_id = (
+                decision.decision_id
+                if position == 0
+                else await anyio.to_thread.run_sync(self.handbook.fallback_decision, decision.decision_id, agent_id)
+            )
+            result = await self._call(connections[agent_id], route.text, messages, remaining, request, progress)
+            await anyio.to_thread.run_sync(self._account, decision_id, result)
+            tried.append(
+                Attempt(
+                    agent_id=agent_id,
+                    decision_id=decision_id,
+                    error_class=result.error_class,
+                    message=result.message,
+                    latency_s=result.latency_s,
+                    cost_usd=result.cost_usd,
+                )
+            )
+            if result.infrastructure_failure:
+                continue
+            return _answer(decision, decision_id, agent_id, result, tried)
+        summary = "; ".join(f"{t.agent_id}: {t.error_class} ({t.message})" for t in tried)
+        raise DelegationFailed(f"no agent answered; each failure is recorded without touching competence: {summary}")
+
+    async def _call(
+        self,
+        conn: AgentConnection,
+        text: str,
+        messages: list[dict[str, Any]],
+        remaining: float,
+        request: DelegateRequest,
+        progress: Progress | None,
+    ) -> BackendResult:
+        timeout = min(remaining, conn.timeout_s)
+        try:
+            if progress is None:
+                return await self.caller(conn, text, messages, timeout, request.max_tokens)
+            async with anyio.create_task_group() as group:
+                group.start_soon(_tick, progress, conn.id, time.monotonic(), request.timeout_s)
+                result = await self.caller(conn, text, messages, timeout, request.max_tokens)
+                group.cancel_scope.cancel()
+            return result
+        except anyio.get_cancelled_exc_class():
+            self.breaker.release(conn.id)  # the client gave up: not the agent's failure
+            raise
+
+    def _account(self, decision_id: str, result: BackendResult) -> None:
+        """Cost and latency now; an infrastructure failure is the decision's outcome (competence untouched)."""
+        self.handbook.note_call(
+            decision_id,
+            cost_usd=result.cost_usd,
+            cost_source=result.cost_source,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            latency_s=result.latency_s,
+            error_class=result.error_class,
+        )
+        if result.infrastructure_failure:
+            self.breaker.record_failure(_agent_of(self.handbook, decision_id), result.error_class)
+            self.handbook.record(
+                OutcomeReport(
+                    decision_id=decision_id,
+                    error_class=result.error_class,  # type: ignore[arg-type]
+                    cost_usd=result.cost_usd,
+                    latency_s=result.latency_s,
+                )
+            )
+        else:
+            self.breaker.record_success(_agent_of(self.handbook, decision_id))
+
+
+async def _tick(progress: Progress, agent_id: str, start: float, budget: float) -> None:
+    while True:
+        elapsed = time.monotonic() - start
+        await progress(min(elapsed / budget, 0.99), f"waiting for {agent_id} ({elapsed:.0f} s)")
+        await anyio.sleep(PROGRESS_INTERVAL_S)
+
+
+def _agent_of(handbook: Handbook, decision_id: str) -> str:
+    decision = handbook.store.decision(decision_id)
+    assert decision is not None
+    return str(decision["agent_id"])
+
+
+def _messages(text: str, context: str | None) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    if context:
+        messages.append({"role": "system", "content": context})
+    messages.append({"role": "user", "content": text})
+    return messages
+
+
+def _replace(route: RouteRequest, **changes: Any) -> RouteRequest:
+    from dataclasses import replace
+
+    if "allowed_agents" in changes and route.allowed_agents is not None:
+        wanted = set(changes["allowed_agents"])
+        if not wanted & set(route.allowed_agents):
+            raise InvalidInput("agent_id", changes["allowed_agents"][0], "an agent inside allowed_agents")
+    return replace(route, **changes)
+
+
+def _answer(
+    decision: RouteDecision, decision_id: str, agent_id: str, result: BackendResult, tried: list[Attempt]
+) -> DelegateResult:
+    costs = [t.cost_usd for t in tried]
+    warnings = []
+    if result.cost_usd is None:
+        warnings.append(
+            f"cost of {agent_id} unknown: no price in agents.toml or litellm's table; routing charges it c_ref"
+        )
+    return DelegateResult(
+        decision_id=decision_id,
+        agent_id=agent_id,
+        answer=result.answer if result.ok else None,
+        error_class=result.error_class,
+        tried=tried,
+        cost_usd=result.cost_usd,
+        cost_source=result.cost_source,
+        total_cost_usd=None if any(c is None for c in costs) else float(sum(c for c in costs if c is not None)),
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        latency_s=result.latency_s,
+        warnings=warnings,
+        decision=decision,
+    )

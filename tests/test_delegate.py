@@ -1,0 +1,230 @@
+"""The delegate tool end to end: MCP client -> server -> litellm -> a loopback OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_openai import FakeOpenAI
+from mcp import Client
+
+from skillorchestra.handbook.errors import Unroutable
+from skillorchestra.handbook.service import DelegateRequest, Handbook, RouteRequest
+from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.server.app import create_server
+from skillorchestra.server.breaker import CircuitBreaker
+from skillorchestra.server.delegation import DelegationFailed, Delegator
+from skillorchestra.server.settings import ServerSettings
+
+pytestmark = pytest.mark.anyio
+SECRET = "sk-test-SECRET-98765"
+ECHO_SERVER = Path(__file__).with_name("echo_mcp_server.py")
+
+
+def write_agents(path: Path, api_base: str) -> Path:
+    path.write_text(
+        f"""
+[agents.strong]
+model = "openai/strong-model"
+api_base = "{api_base}"
+api_key_env = "SKILLORCHESTRA_TEST_KEY"
+input_per_mtok = 10.0
+output_per_mtok = 30.0
+timeout_s = 1.0
+description = "expensive and careful"
+modes = ["answer"]
+
+[agents.cheap]
+model = "openai/cheap-model"
+api_base = "{api_base}"
+api_key_env = "SKILLORCHESTRA_TEST_KEY"
+input_per_mtok = 0.2
+output_per_mtok = 0.4
+modes = ["answer"]
+
+[agents.unpriced]
+model = "openai/no-price-anywhere"
+api_base = "{api_base}"
+modes = ["answer"]
+
+[agents.search]
+kind = "mcp"
+command = "{sys.executable}"
+args = ["{ECHO_SERVER}"]
+tool = "search"
+modes = ["search"]
+description = "web search tool"
+"""
+    )
+    return path
+
+
+def load_agents(db: Path, toml: Path) -> None:
+    cli = Path(sys.executable).with_name("skillorchestra")
+    subprocess.run([cli, "agents", "load", str(toml), "--db", str(db)], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def configured(tmp_path: Path, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> ServerSettings:
+    monkeypatch.setenv("SKILLORCHESTRA_TEST_KEY", SECRET)
+    db = tmp_path / "h.db"
+    load_agents(db, write_agents(tmp_path / "agents.toml", fake_openai.api_base))
+    return ServerSettings(db_path=db, breaker_threshold=2, breaker_cooldown_s=3600)
+
+
+async def call(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+    result = await client.call_tool(tool, args)
+    assert not result.is_error, result.content[0].text  # type: ignore[union-attr]
+    return result.structured_content  # type: ignore[return-value]
+
+
+async def competence(client: Client, agent_id: str) -> str:
+    return (await client.read_resource(f"handbook://agents/{agent_id}")).contents[0].text  # type: ignore[union-attr]
+
+
+async def test_cost_recorded_equals_usage_times_price(configured: ServerSettings, fake_openai: FakeOpenAI) -> None:
+    async with Client(create_server(configured)) as client:
+        result = await call(client, "delegate", {"text": "name a prime number", "agent_id": "cheap", "session_id": "s"})
+        assert result["answer"] == "answer[cheap-model]: name a prime number"
+        expected = (result["prompt_tokens"] * 0.2 + result["completion_tokens"] * 0.4) / 1e6
+        assert result["cost_usd"] == pytest.approx(expected) and result["cost_source"] == "agent_prices"
+        # recorded at once: the session's spend already counts it, before any outcome report
+        routed = await call(client, "route_step", {"text": "another step", "session_id": "s"})
+        assert routed["session_spend_usd"] == pytest.approx(expected)
+        # the outcome report without a cost takes the call's cost into the cost statistics
+        outcome = await call(client, "record_outcome", {"decision_id": result["decision_id"], "success": True})
+        assert outcome["cost_usd"] == pytest.approx(expected)
+    assert fake_openai.chat_requests("cheap-model")[0].headers["authorization"] == f"Bearer {SECRET}"
+
+
+async def test_unknown_price_is_reported_as_unknown(configured: ServerSettings) -> None:
+    async with Client(create_server(configured)) as client:
+        result = await call(client, "delegate", {"text": "hello", "agent_id": "unpriced"})
+        assert result["cost_usd"] is None and result["cost_source"] == "unknown"
+        assert any("unknown" in w for w in result["warnings"])
+        routed = await call(client, "route_step", {"text": "hello", "allowed_agents": ["unpriced", "strong"]})
+        unpriced = next(c for c in routed["candidates"] if c["agent_id"] == "unpriced")
+        assert unpriced["expected_cost_usd"] is None  # charged c_ref, flagged unknown
+        strong = next(c for c in routed["candidates"] if c["agent_id"] == "strong")
+        assert unpriced["utility"] == pytest.approx(unpriced["quality"] - 0.1)  # c_ref / c_ref
+        assert strong["expected_cost_usd"] == pytest.approx(routed["c_ref_usd"])
+
+
+async def test_timeout_falls_back_and_leaves_competence_unchanged(
+    configured: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.behaviours["strong-model"] = "SLOW:3"
+    async with Client(create_server(configured)) as client:
+        before = json.loads(await competence(client, "strong"))
+        result = await call(
+            client,
+            "delegate",
+            {
+                "text": "prove it",
+                "allowed_agents": ["strong", "cheap"],
+                "lambda_": 0,
+                "agent_id": None,
+                "skills": None,
+                "top_k": 5,
+            },
+        )
+        assert [t["agent_id"] for t in result["tried"]][-1] == result["agent_id"]
+        if result["tried"][0]["agent_id"] == "strong":
+            assert result["tried"][0]["error_class"] == "timeout"
+            assert result["agent_id"] == "cheap"
+        after = json.loads(await competence(client, "strong"))
+        assert after["overall"] == before["overall"]  # the timeout never scored the agent
+        stats = json.loads((await client.read_resource("handbook://stats")).contents[0].text)  # type: ignore[union-attr]
+        assert stats["counts"]["outcomes"] == sum(1 for t in result["tried"] if t["error_class"] == "timeout")
+
+
+async def test_breaker_opens_after_failures_and_routing_skips_the_agent(
+    configured: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.behaviours["strong-model"] = "FAIL500"
+    async with Client(create_server(configured)) as client:
+        for _ in range(2):
+            failed = await client.call_tool("delegate", {"text": "step", "agent_id": "strong"})
+            assert failed.is_error and "server_error" in failed.content[0].text  # type: ignore[union-attr]
+        routed = await call(client, "route_step", {"text": "step", "allowed_agents": ["strong", "cheap"], "lambda_": 0})
+        reasons = {e["agent_id"]: e["reason"] for e in routed["excluded"]}
+        assert "circuit breaker open" in reasons["strong"]
+        consult = await call(client, "consult_handbook", {"text": "step"})
+        assert "strong" in consult["unavailable"]
+
+
+async def test_breaker_recovers_after_cooldown(configured: ServerSettings, fake_openai: FakeOpenAI) -> None:
+    clock = [1000.0]
+    handbook = Handbook(HandbookStore(configured.db_path))
+    delegator = Delegator(handbook, breaker=CircuitBreaker(threshold=1, cooldown_s=30, clock=lambda: clock[0]))
+    request = DelegateRequest(route=RouteRequest(text="x"), agent_id="strong", timeout_s=5)
+    fake_openai.behaviours["strong-model"] = "FAIL500"
+    with pytest.raises(DelegationFailed):
+        await delegator.delegate(request)
+    assert delegator.breaker.state("strong") == "open"
+    assert "circuit breaker open" in delegator.unavailable()["strong"]
+    with pytest.raises(Unroutable, match="circuit breaker open"):
+        await delegator.delegate(request)  # refused without a call
+    assert len(fake_openai.chat_requests("strong-model")) == 1
+    fake_openai.behaviours.clear()
+    clock[0] += 31  # cool-down over: one trial call is allowed, and its success closes the breaker
+    result = await delegator.delegate(request)
+    assert result.answer == "answer[strong-model]: x" and delegator.breaker.state("strong") == "closed"
+    handbook.store.close()
+
+
+async def test_all_agents_failing_is_a_tool_error_and_is_recorded(
+    configured: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.behaviours["strong-model"] = "FAIL429"
+    async with Client(create_server(configured)) as client:
+        result = await client.call_tool("delegate", {"text": "x", "agent_id": "strong"})
+        assert result.is_error
+        text = result.content[0].text  # type: ignore[union-attr]
+        assert "rate_limit" in text and "strong" in text
+        stats = json.loads((await client.read_resource("handbook://stats")).contents[0].text)  # type: ignore[union-attr]
+        assert stats["counts"]["decisions"] == 1 and stats["counts"]["outcomes"] == 1
+        fake_openai.behaviours.clear()
+        ok = await call(client, "delegate", {"text": "x", "agent_id": "strong"})  # closed again after a success
+        assert ok["answer"].startswith("answer[strong-model]")
+
+
+async def test_no_api_key_in_any_output(configured: ServerSettings, fake_openai: FakeOpenAI) -> None:
+    fake_openai.behaviours["strong-model"] = "FAIL401"  # the fake echoes the bearer token in its error
+    async with Client(create_server(configured)) as client:
+        failed = await client.call_tool("delegate", {"text": "x", "agent_id": "strong"})
+        ok = await client.call_tool("delegate", {"text": "x", "agent_id": "cheap"})
+        resources = [
+            (await client.read_resource(uri)).contents[0].text  # type: ignore[union-attr]
+            for uri in ("handbook://agents", "handbook://stats", "handbook://agents/strong")
+        ]
+    everything = json.dumps([failed.model_dump(mode="json"), ok.model_dump(mode="json"), resources])
+    assert SECRET not in everything
+    assert "auth" in failed.content[0].text  # type: ignore[union-attr]
+
+
+async def test_mcp_tool_agent_is_routed_to_and_called(configured: ServerSettings) -> None:
+    async with Client(create_server(configured)) as client:
+        result = await call(client, "delegate", {"text": "latest news on solar panels", "mode": "search"})
+        assert result["agent_id"] == "search"
+        assert result["answer"] == "results for: latest news on solar panels"
+        assert result["cost_usd"] == 0.0 and result["cost_source"] == "no_token_cost"
+
+
+async def test_progress_notifications_while_waiting(configured: ServerSettings, fake_openai: FakeOpenAI) -> None:
+    fake_openai.behaviours["cheap-model"] = "SLOW:1.5"
+    seen: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
+
+    async with Client(create_server(configured), mode="legacy") as client:
+        result = await client.call_tool(
+            "delegate", {"text": "x", "agent_id": "cheap", "timeout_s": 10}, progress_callback=on_progress
+        )
+        assert not result.is_error
+    assert len(seen) >= 1 and all(0 <= p < 1 for p in seen)

@@ -1,0 +1,73 @@
+"""The `delegate` tool: route a step, have the chosen agent do it, and account for the call."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import Field
+
+from skillorchestra.handbook.errors import HandbookError
+from skillorchestra.handbook.results import DelegateResult
+from skillorchestra.handbook.service import DelegateRequest, RouteRequest
+from skillorchestra.tools.common import app_state, writes
+from skillorchestra.tools.routing import Id, Lambda, Mode, OptionalId, Skills, StepText, TopK, Usd
+
+
+def register(server: MCPServer) -> None:
+    server.tool(name="delegate", annotations=writes(destructive=False, idempotent=False, open_world=True))(delegate)
+
+
+async def delegate(
+    text: StepText,
+    ctx: Context,
+    context: Annotated[str | None, Field(max_length=32_000, description="Background the agent needs")] = None,
+    agent_id: Annotated[str | None, Field(max_length=200, description="Skip routing: use this agent")] = None,
+    skills: Skills = None,
+    mode: Mode = None,
+    lambda_: Lambda = 0.1,
+    strategy: Literal["mean", "thompson"] = "mean",
+    allowed_agents: Annotated[list[Id] | None, Field(max_length=500)] = None,
+    max_cost_usd: Usd = None,
+    session_id: OptionalId = None,
+    budget_usd: Usd = None,
+    top_k: TopK = 5,
+    max_tokens: Annotated[int | None, Field(ge=1, le=1_000_000)] = None,
+    timeout_s: Annotated[float, Field(gt=0, le=600, description="Budget for all tries together")] = 45.0,
+) -> DelegateResult:
+    """Route the step (unless agent_id is given), call the agent, return its answer with cost and latency.
+
+    Infrastructure failures fall back to the next-best agent and never count against competence. Report how
+    good the answer was with record_outcome(decision_id, success|reward): that is what the handbook learns from.
+    """
+    delegator = app_state(ctx).extras.get("delegator")
+    if delegator is None:
+        raise ToolError("delegation is not configured on this server")
+
+    async def progress(fraction: float, message: str) -> None:
+        await ctx.report_progress(fraction, 1.0, message)
+
+    request = DelegateRequest(
+        route=RouteRequest(
+            text=text,
+            skills=skills,
+            mode=mode,
+            lambda_=lambda_,
+            strategy=strategy,
+            allowed_agents=allowed_agents,
+            max_cost_usd=max_cost_usd,
+            session_id=session_id,
+            budget_usd=budget_usd,
+            top_k=top_k,
+        ),
+        context=context,
+        agent_id=agent_id,
+        max_tokens=max_tokens,
+        timeout_s=timeout_s,
+    )
+    try:
+        return await delegator.delegate(request, progress)
+    except HandbookError as exc:
+        raise ToolError(str(exc)) from exc
