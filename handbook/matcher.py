@@ -38,6 +38,9 @@ class LexicalMatcher:
     def __init__(self, store: HandbookStore) -> None:
         self.store = store
 
+    def infer(self, text: str, mode: str | None, top_k: int) -> tuple[list[tuple[str, float]], str]:
+        return self.match(text, mode, top_k), self.name
+
     def match(self, text: str, mode: str | None, top_k: int) -> list[tuple[str, float]]:
         terms = query_terms(text)
         if not terms or top_k <= 0:

@@ -173,15 +173,18 @@ class Handbook:
             raise InvalidInput("skills", [d.model_dump() for d in demands], "weights that sum to a positive number")
         return [(skill, weight / total) for skill, weight in merged.items() if weight > 0]
 
-    def infer_skills(self, text: str, mode: str | None, top_k: int = INFERRED_SKILLS) -> list[tuple[str, float]]:
-        return self.matcher.match(text, mode, top_k)
+    def infer_skills(
+        self, text: str, mode: str | None, top_k: int = INFERRED_SKILLS
+    ) -> tuple[list[tuple[str, float]], str]:
+        """Skill weights for a step, and which matcher found them."""
+        return self.matcher.infer(text, mode, top_k)
 
     def _demands(
         self, arrays: HandbookArrays, text: str, skills: Sequence[SkillDemand] | None, mode: str | None
     ) -> tuple[list[tuple[str, float]], str]:
         if skills:
             return self.validate_demands(arrays, skills), "client"
-        return self.infer_skills(text, mode), getattr(self.matcher, "name", "matcher")
+        return self.infer_skills(text, mode)
 
     def _columns(
         self, arrays: HandbookArrays, demands: list[tuple[str, float]], mode: str | None
@@ -225,7 +228,7 @@ class Handbook:
         offset = decode_cursor(cursor)
         arrays = self.arrays()
         self._check_mode(arrays, mode)
-        demands, source = self.infer_skills(text, mode, top_k), getattr(self.matcher, "name", "matcher")
+        demands, source = self.infer_skills(text, mode, top_k)
         demands, granularity = self._coarsen(arrays, demands, orchestrator)
         cols, weights, labels = self._columns(arrays, demands, mode)
         cost, known, _ = self._expected_costs(arrays, text, cols, weights)

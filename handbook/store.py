@@ -164,6 +164,12 @@ def m002_delegation(db: Database) -> None:
         decisions.add_column(column, kind)
 
 
+@migrations()
+def m003_embeddings(db: Database) -> None:
+    """Skill-text embeddings of the semantic matcher, keyed by a hash of model name and text."""
+    db["embeddings"].create({"hash": str, "vector": bytes}, pk="hash")
+
+
 def schema_version() -> int:
     """The schema version a fully migrated database has (one per migration)."""
     return len(migrations._migrations)

@@ -21,6 +21,9 @@ from mcp import MCPError
 from mcp.server import MCPServer
 from mcp.types import INVALID_PARAMS
 
+from skillorchestra.handbook.embedding import locate_minilm_weights
+from skillorchestra.handbook.matcher import LexicalMatcher
+from skillorchestra.handbook.semantic import SemanticMatcher
 from skillorchestra.handbook.service import Handbook
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.breaker import CircuitBreaker
@@ -54,7 +57,15 @@ def open_handbook(settings: ServerSettings) -> Handbook:
     store = HandbookStore(settings.db_path)
     if settings.seed_example:
         seed_example_if_new(store)
-    return Handbook(store, settings.handbook_settings())
+    return Handbook(store, settings.handbook_settings(), matcher=make_matcher(store, settings.matcher))
+
+
+def make_matcher(store: HandbookStore, choice: str) -> LexicalMatcher | SemanticMatcher:
+    """auto: semantic when the MiniLM weights are installed (measured better, bench/matcher_quality.py), else
+    lexical; the model itself loads on the first inference, never at start-up."""
+    if choice == "lexical" or (choice == "auto" and locate_minilm_weights() is None):
+        return LexicalMatcher(store)
+    return SemanticMatcher(store)
 
 
 def create_server(settings: ServerSettings) -> MCPServer:

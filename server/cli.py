@@ -58,6 +58,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="extra Host header value to accept over HTTP (repeatable)",
     )
     parser.add_argument(
+        "--matcher",
+        choices=("auto", "lexical", "semantic"),
+        default=None,
+        help="skill inference (auto: semantic when the MiniLM weights are installed; env SKILLORCHESTRA_MATCHER)",
+    )
+    parser.add_argument(
         "--no-example", action="store_true", help="do not load the shipped example handbook into a new database"
     )
 

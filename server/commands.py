@@ -36,6 +36,7 @@ def serve(args: argparse.Namespace) -> int:
             allowed_hosts=args.allowed_hosts,
             log_level=getattr(args, "log_level", "WARNING"),
             seed_example=not args.no_example,
+            matcher=args.matcher,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -65,6 +65,9 @@ class ServerSettings(BaseModel):
     )
     breaker_threshold: int = Field(default=3, ge=1, description="consecutive infrastructure failures that open it")
     breaker_cooldown_s: float = Field(default=30.0, ge=0.0, description="seconds before a half-open trial call")
+    matcher: Literal["auto", "lexical", "semantic"] = Field(
+        default="auto", description="skill inference: semantic (MiniLM) when its weights are installed, else lexical"
+    )
     seed_example: bool = Field(default=False, description="load the shipped example handbook into a new database")
 
     @classmethod
@@ -72,6 +75,7 @@ class ServerSettings(BaseModel):
         values: dict[str, object] = {
             "token": os.environ.get("SKILLORCHESTRA_TOKEN") or None,
             "decision_ttl_s": _env_float("SKILLORCHESTRA_DECISION_TTL", 86_400.0),
+            "matcher": os.environ.get("SKILLORCHESTRA_MATCHER") or None,
             # retention: SKILLORCHESTRA_STORE_TEXT=0 keeps step texts out of the database (decisions.text NULL)
             "store_step_text": _env_bool("SKILLORCHESTRA_STORE_TEXT", True),
         }

@@ -1,0 +1,109 @@
+"""Semantic skill inference: MiniLM embeddings of the step against each skill's text (description, indicators,
+examples), for steps that paraphrase a skill without sharing its words.
+
+The model loads lazily on first use (start-up stays fast) and is optional: without the weights the lexical
+matcher answers, and the result says so. Skill vectors are cached in the handbook file by text hash, so a restart
+or a second server process does not re-encode them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from skillorchestra.handbook.embedding import (
+    Embedder,
+    SemanticScorer,
+    compose_skill_text,
+    from_blob,
+    load_default_embedder,
+    scores_to_weights,
+    to_blob,
+)
+from skillorchestra.handbook.matcher import LexicalMatcher
+from skillorchestra.handbook.store import HandbookStore
+
+
+class SqliteVectorCache:
+    """The VectorCache protocol over the handbook file's `embeddings` table."""
+
+    def __init__(self, store: HandbookStore) -> None:
+        self.store = store
+
+    def get(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        if not hashes:
+            return {}
+        marks = ",".join("?" for _ in hashes)
+        with self.store.lock:
+            rows = self.store.db.conn.execute(
+                f"SELECT hash, vector FROM embeddings WHERE hash IN ({marks})", list(hashes)
+            ).fetchall()
+        return {h: from_blob(v) for h, v in rows}
+
+    def put(self, vectors: Mapping[str, np.ndarray]) -> None:
+        with self.store.write():
+            self.store.db["embeddings"].upsert_all(
+                [{"hash": h, "vector": to_blob(v)} for h, v in vectors.items()], pk="hash"
+            )
+
+
+class SemanticMatcher:
+    """Infers skill demands by cosine similarity; falls back to the lexical matcher when it has no answer."""
+
+    name = "semantic"
+
+    def __init__(
+        self,
+        store: HandbookStore,
+        *,
+        load: Callable[[], tuple[Embedder | None, str]] = load_default_embedder,
+        fallback: LexicalMatcher | None = None,
+    ) -> None:
+        self.store = store
+        self._load = load
+        self.fallback = fallback or LexicalMatcher(store)
+        self._lock = threading.Lock()
+        self._embedder: Embedder | None = None
+        self._unavailable: str | None = None
+        self._scorers: dict[tuple[str | None, tuple[tuple[str, str], ...]], SemanticScorer] = {}
+
+    def embedder(self) -> Embedder | None:
+        with self._lock:
+            if self._embedder is None and self._unavailable is None:
+                self._embedder, reason = self._load()
+                if self._embedder is None:
+                    self._unavailable = reason
+            return self._embedder
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        return self._unavailable
+
+    def infer(self, text: str, mode: str | None, top_k: int) -> tuple[list[tuple[str, float]], str]:
+        embedder = self.embedder()
+        if embedder is None:
+            weights, _ = self.fallback.infer(text, mode, top_k)
+            return weights, f"lexical (semantic unavailable: {self._unavailable})"
+        weights = scores_to_weights(self._scorer(embedder, mode).score(text), top_k=top_k) if top_k > 0 else []
+        if weights:
+            return weights, "semantic"
+        weights, _ = self.fallback.infer(text, mode, top_k)
+        return weights, "lexical (no semantic match)"
+
+    def _scorer(self, embedder: Embedder, mode: str | None) -> SemanticScorer:
+        texts = {
+            s.id: compose_skill_text(
+                f"{s.id.replace('.', ' ').replace('_', ' ')}: {s.description}", s.indicators, s.examples
+            )
+            for s in self.store.skills()
+            if mode is None or s.mode == mode
+        }
+        key = (mode, tuple(sorted(texts.items())))
+        with self._lock:
+            scorer = self._scorers.get(key)
+            if scorer is None:
+                scorer = SemanticScorer(embedder, texts, cache=SqliteVectorCache(self.store))
+                self._scorers = {key: scorer}  # one live skill set at a time
+            return scorer
