@@ -80,7 +80,7 @@ class ServerSettings(BaseModel):
             "store_step_text": _env_bool("SKILLORCHESTRA_STORE_TEXT", True),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
 
     def handbook_settings(self) -> HandbookSettings:
         return HandbookSettings(
