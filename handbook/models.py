@@ -6,7 +6,7 @@ non-empty string of at most 200 characters (it may contain '/', as model names d
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -102,4 +102,8 @@ class HandbookDocument(_Model):
     cost: list[CostStats] = Field(default_factory=list)
     selections: dict[str, int] = Field(
         default_factory=dict, description="orchestrator name -> skill depth chosen for it"
+    )
+    labeller: dict[str, Any] | None = Field(
+        default=None,
+        description="the learned skill identifier, so deployment infers skill weights exactly as learning did",
     )

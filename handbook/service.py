@@ -184,7 +184,15 @@ class Handbook:
     ) -> tuple[list[tuple[str, float]], str]:
         if skills:
             return self.validate_demands(arrays, skills), "client"
-        return self.infer_skills(text, mode)
+        return self._inferred(arrays, text, mode, INFERRED_SKILLS)
+
+    def _inferred(
+        self, arrays: HandbookArrays, text: str, mode: str | None, top_k: int
+    ) -> tuple[list[tuple[str, float]], str]:
+        inferred, source = self.infer_skills(text, mode, top_k)
+        known = [(s, w) for s, w in inferred if s in arrays.skill_index]  # a labeller may predate later edits
+        total = sum(w for _, w in known)
+        return ([(s, w / total) for s, w in known] if total > 0 else []), source
 
     def _columns(
         self, arrays: HandbookArrays, demands: list[tuple[str, float]], mode: str | None
@@ -228,7 +236,7 @@ class Handbook:
         offset = decode_cursor(cursor)
         arrays = self.arrays()
         self._check_mode(arrays, mode)
-        demands, source = self.infer_skills(text, mode, top_k)
+        demands, source = self._inferred(arrays, text, mode, top_k)
         demands, granularity = self._coarsen(arrays, demands, orchestrator)
         cols, weights, labels = self._columns(arrays, demands, mode)
         cost, known, _ = self._expected_costs(arrays, text, cols, weights)
@@ -273,7 +281,7 @@ class Handbook:
         """Map skills to their ancestors at the depth selected for this orchestrator (if one was stored)."""
         if orchestrator is None:
             return demands, "full"
-        selections = self.store.document().selections
+        selections = self.store.selections()
         if orchestrator not in selections:
             return demands, f"full (no selection stored for {orchestrator!r})"
         depth = selections[orchestrator]

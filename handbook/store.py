@@ -323,6 +323,8 @@ class HandbookStore:
             self.db["competence"].insert_all([c.model_dump() for c in document.competence])
         if document.cost:
             self.db["cost_stats"].insert_all([c.model_dump() for c in document.cost])
+        self._set_meta("selections", _dumps(document.selections))
+        self._set_meta("labeller", _dumps(document.labeller))
 
     # -- reads -------------------------------------------------------------------------------------------
 
@@ -391,8 +393,19 @@ class HandbookStore:
                 agents=self.agents(),
                 competence=self.competence(),
                 cost=self.costs(),
-                selections=json.loads(self._meta("selections") or "{}"),
+                selections=self.selections(),
+                labeller=self.labeller(),
             )
+
+    def selections(self) -> dict[str, int]:
+        """Orchestrator name -> the handbook depth selected for it."""
+        with self.lock:
+            return json.loads(self._meta("selections") or "{}")
+
+    def labeller(self) -> dict[str, Any] | None:
+        """The live version's learned skill identifier (JSON), if it has one."""
+        with self.lock:
+            return json.loads(self._meta("labeller") or "null")
 
     def search_skills(self, query: str, mode: str | None, limit: int) -> list[tuple[str, float]]:
         """FTS5 BM25 over skill ids, descriptions, indicators and examples; larger score = better match."""

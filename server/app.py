@@ -22,6 +22,7 @@ from mcp.server import MCPServer
 from mcp.types import INVALID_PARAMS
 
 from skillorchestra.handbook.embedding import locate_minilm_weights
+from skillorchestra.handbook.inference import HandbookMatcher
 from skillorchestra.handbook.matcher import LexicalMatcher
 from skillorchestra.handbook.semantic import SemanticMatcher
 from skillorchestra.handbook.service import Handbook
@@ -57,7 +58,8 @@ def open_handbook(settings: ServerSettings) -> Handbook:
     store = HandbookStore(settings.db_path)
     if settings.seed_example:
         seed_example_if_new(store)
-    return Handbook(store, settings.handbook_settings(), matcher=make_matcher(store, settings.matcher))
+    matcher = HandbookMatcher(store, make_matcher(store, settings.matcher))
+    return Handbook(store, settings.handbook_settings(), matcher=matcher)
 
 
 def make_matcher(store: HandbookStore, choice: str) -> LexicalMatcher | SemanticMatcher:

@@ -1,0 +1,66 @@
+"""Which skills a step demands: the live handbook's learned labeller when it has one, else the configured matcher.
+
+A learned handbook was profiled with its own skill identifier; routing with another one would meet a different
+distribution of skill weights than the one the posteriors were learned under. So a version that carries a labeller
+is served with it (for the skills it knows), and the lexical or semantic matcher answers otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Protocol
+
+from skillorchestra.handbook.store import HandbookStore
+
+log = logging.getLogger(__name__)
+
+
+class Matcher(Protocol):
+    def infer(self, text: str, mode: str | None, top_k: int) -> tuple[list[tuple[str, float]], str]: ...
+
+
+class HandbookMatcher:
+    """The service's matcher: the version's labeller first, `base` (lexical or semantic) otherwise."""
+
+    def __init__(self, store: HandbookStore, base: Matcher) -> None:
+        self.store = store
+        self.base = base
+        self._lock = threading.Lock()
+        self._version: int | None = None
+        self._labeller: Any = None
+
+    def _live_labeller(self) -> Any:
+        version = self.store.current_version()
+        with self._lock:
+            if version != self._version:
+                self._version, self._labeller = version, None
+                raw = self.store.labeller()
+                if raw is not None:
+                    try:
+                        from skillorchestra.handbook.learning.labeller import SkillLabeller
+
+                        self._labeller = SkillLabeller.from_json(raw)
+                    except (ValueError, KeyError) as exc:
+                        log.warning(
+                            "version %s has an unusable labeller (%s); using the %s matcher",
+                            version,
+                            exc,
+                            type(self.base).__name__,
+                        )
+            return self._labeller
+
+    def infer(self, text: str, mode: str | None, top_k: int) -> tuple[list[tuple[str, float]], str]:
+        labeller = self._live_labeller()
+        if labeller is not None:
+            try:
+                found = labeller.match(text, mode, top_k)
+            except RuntimeError as exc:  # a MiniLM labeller without the weights installed
+                found = []
+                log.warning("learned labeller unavailable: %s", exc)
+            total = sum(w for _, w in found)
+            if total > 0:
+                return [
+                    (s, w / total) for s, w in found
+                ], f"learned ({labeller.kind} labeller of version {self._version})"
+        return self.base.infer(text, mode, top_k)
