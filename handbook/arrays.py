@@ -22,6 +22,27 @@ COST_KAPPA = 1.0  # pseudo-calls pulling a thin (agent, skill) cost toward the a
 
 
 @dataclass
+class Structure:
+    """Who is where: indices and the skill hierarchy as matrices (changes only when skills or agents change)."""
+
+    parent: np.ndarray  # (K,) index of the parent skill, -1 for a top-level skill
+    skill_mode: np.ndarray  # (K,) index of the skill's mode
+    levels: list[np.ndarray]  # skill indices by depth: a parent's level comes before its children's
+    subtree: np.ndarray  # (K, K) subtree[k, j] = 1 when j is k or below it
+    mode_member: np.ndarray  # (K, M)
+
+
+@dataclass
+class RawEvidence:
+    """What was observed, per agent and skill (last column: ROOT_SKILL): the state a recorded outcome patches."""
+
+    success: np.ndarray  # (A, K+1) alpha - 1
+    failure: np.ndarray  # (A, K+1) beta - 1
+    calls: np.ndarray  # (A, K+1) weighted calls with a recorded cost
+    cost_total: np.ndarray  # (A, K+1) calls * mean cost
+
+
+@dataclass
 class HandbookArrays:
     agent_ids: list[str]
     skill_ids: list[str]
@@ -40,6 +61,8 @@ class HandbookArrays:
     enabled: np.ndarray  # (A,) bool
     agent_modes: list[frozenset[str]]
     kappa: float
+    structure: Structure
+    raw: RawEvidence
     agent_index: dict[str, int] = field(default_factory=dict)
     skill_index: dict[str, int] = field(default_factory=dict)
     mode_index: dict[str, int] = field(default_factory=dict)
@@ -53,6 +76,30 @@ class HandbookArrays:
     @property
     def root_column(self) -> int:
         return len(self.skill_ids) + len(self.mode_ids)
+
+    def patched(self, competence: Sequence[Competence], costs: Sequence[CostStats]) -> HandbookArrays | None:
+        """These arrays with a few (agent, skill) rows replaced, as after a recorded outcome; None when a row
+        names an agent or skill these arrays do not know (the caller then rebuilds from the file)."""
+        raw = RawEvidence(
+            *(np.array(m) for m in (self.raw.success, self.raw.failure, self.raw.calls, self.raw.cost_total))
+        )
+        n_skills = len(self.skill_ids)
+        for row in competence:
+            cell = self._cell(row.agent_id, row.skill_id, n_skills)
+            if cell is None:
+                return None
+            raw.success[cell], raw.failure[cell] = max(row.alpha - 1.0, 0.0), max(row.beta - 1.0, 0.0)
+        for cost in costs:
+            cell = self._cell(cost.agent_id, cost.skill_id, n_skills)
+            if cell is None:
+                return None
+            raw.calls[cell], raw.cost_total[cell] = cost.n, cost.n * cost.mean_cost_usd
+        return _derive(self.agents, self.skills, self.mode_ids, self.structure, raw, self.kappa)
+
+    def _cell(self, agent_id: str, skill_id: str, n_skills: int) -> tuple[int, int] | None:
+        i = self.agent_index.get(agent_id)
+        j = n_skills if skill_id == ROOT_SKILL else self.skill_index.get(skill_id)
+        return None if i is None or j is None else (i, j)
 
 
 def _topological(skills: Sequence[Skill]) -> list[Skill]:
@@ -84,59 +131,77 @@ def build_arrays(
     kappa: float = DEFAULT_KAPPA,
 ) -> HandbookArrays:
     ordered = _topological(skills)
-    skill_ids = [s.id for s in ordered]
     mode_ids = sorted({m.id for m in modes} | {s.mode for s in ordered} | {m for a in agents for m in a.modes})
     agent_list = sorted(agents, key=lambda a: a.id)
-    agent_ids = [a.id for a in agent_list]
-    a_idx = {a: i for i, a in enumerate(agent_ids)}
-    s_idx = {s: i for i, s in enumerate(skill_ids)}
-    m_idx = {m: i for i, m in enumerate(mode_ids)}
-    n_agents, n_skills, n_modes = len(agent_ids), len(skill_ids), len(mode_ids)
+    a_idx = {a.id: i for i, a in enumerate(agent_list)}
+    s_idx = {s.id: i for i, s in enumerate(ordered)}
+    n_agents, n_skills = len(agent_list), len(ordered)
+    structure = _structure(ordered, s_idx, {m: i for i, m in enumerate(mode_ids)})
 
-    success = np.zeros((n_agents, n_skills + 1))  # last column: evidence filed under ROOT_SKILL
-    failure = np.zeros((n_agents, n_skills + 1))
+    raw = RawEvidence(*(np.zeros((n_agents, n_skills + 1)) for _ in range(4)))
     for row in competence:
         i = a_idx.get(row.agent_id)
         j = n_skills if row.skill_id == ROOT_SKILL else s_idx.get(row.skill_id)
-        if i is None or j is None:
-            continue
-        success[i, j] = row.alpha - 1.0
-        failure[i, j] = row.beta - 1.0
-    success = np.maximum(success, 0.0)
-    failure = np.maximum(failure, 0.0)
+        if i is not None and j is not None:
+            raw.success[i, j], raw.failure[i, j] = max(row.alpha - 1.0, 0.0), max(row.beta - 1.0, 0.0)
+    for cost in costs:
+        i = a_idx.get(cost.agent_id)
+        j = n_skills if cost.skill_id == ROOT_SKILL else s_idx.get(cost.skill_id)
+        if i is not None and j is not None and cost.n > 0:
+            raw.calls[i, j], raw.cost_total[i, j] = cost.n, cost.n * cost.mean_cost_usd
+    return _derive(agent_list, ordered, mode_ids, structure, raw, kappa)
 
+
+def _structure(ordered: Sequence[Skill], s_idx: dict[str, int], m_idx: dict[str, int]) -> Structure:
+    n_skills, n_modes = len(ordered), len(m_idx)
     parent = np.array([s_idx.get(s.parent_id or "", -1) for s in ordered], dtype=np.int64)
-    skill_mode = np.array([m_idx[s.mode] for s in ordered], dtype=np.int64)
-    # descendant-or-self matrix: subtree[k, j] = 1 when j is k or below it
+    depth = np.zeros(n_skills, dtype=np.int64)
     subtree = np.eye(n_skills)
+    for k in range(n_skills):  # parents come first
+        if parent[k] >= 0:
+            depth[k] = depth[parent[k]] + 1
     for j in range(n_skills - 1, -1, -1):  # children come after parents, so walk backwards
-        p = parent[j]
-        if p >= 0:
-            subtree[p] += subtree[j]
-    subtree = np.minimum(subtree, 1.0)
-    own_s, own_f = success[:, :n_skills], failure[:, :n_skills]
-    sub_s, sub_f = own_s @ subtree.T, own_f @ subtree.T
+        if parent[j] >= 0:
+            subtree[parent[j]] += subtree[j]
+    skill_mode = np.array([m_idx[s.mode] for s in ordered], dtype=np.int64)
     mode_member = np.zeros((n_skills, n_modes))
     if n_skills:
         mode_member[np.arange(n_skills), skill_mode] = 1.0
-    mode_s, mode_f = own_s @ mode_member, own_f @ mode_member
-    all_s, all_f = success.sum(axis=1), failure.sum(axis=1)
+    levels = [np.flatnonzero(depth == d) for d in range(int(depth.max()) + 1)] if n_skills else []
+    return Structure(parent, skill_mode, levels, np.minimum(subtree, 1.0), mode_member)
+
+
+def _derive(
+    agents: Sequence[Agent],
+    skills: Sequence[Skill],
+    mode_ids: list[str],
+    st: Structure,
+    raw: RawEvidence,
+    kappa: float,
+) -> HandbookArrays:
+    """Shrunk posteriors and expected costs from the raw evidence (vectorised by depth level)."""
+    n_agents, n_skills = raw.success.shape[0], len(skills)
+    own_s, own_f = raw.success[:, :n_skills], raw.failure[:, :n_skills]
+    sub_s, sub_f = own_s @ st.subtree.T, own_f @ st.subtree.T
+    mode_s, mode_f = own_s @ st.mode_member, own_f @ st.mode_member
+    all_s, all_f = raw.success.sum(axis=1), raw.failure.sum(axis=1)
 
     pool_mean = (all_s.sum() + 1.0) / (all_s.sum() + all_f.sum() + 2.0)
     mu_agent = (all_s + kappa * pool_mean) / (all_s + all_f + kappa)
     mu_mode = (mode_s + kappa * mu_agent[:, None]) / (mode_s + mode_f + kappa)
     prior_skill = np.empty((n_agents, n_skills))
     mu_skill = np.empty((n_agents, n_skills))
-    for k in range(n_skills):  # topological order: a parent's mean is ready before its children
-        prior_skill[:, k] = mu_mode[:, skill_mode[k]] if parent[k] < 0 else mu_skill[:, parent[k]]
-        mu_skill[:, k] = (sub_s[:, k] + kappa * prior_skill[:, k]) / (sub_s[:, k] + sub_f[:, k] + kappa)
+    for level in st.levels:  # a parent's mean is ready before its children's
+        parents = st.parent[level]
+        prior_skill[:, level] = np.where(
+            parents[None, :] < 0, mu_mode[:, st.skill_mode[level]], mu_skill[:, np.maximum(parents, 0)]
+        )
+        mu_skill[:, level] = (sub_s[:, level] + kappa * prior_skill[:, level]) / (
+            sub_s[:, level] + sub_f[:, level] + kappa
+        )
 
     alpha = np.concatenate(
-        [
-            sub_s + kappa * prior_skill,
-            mode_s + kappa * mu_agent[:, None],
-            (all_s + kappa * pool_mean)[:, None],
-        ],
+        [sub_s + kappa * prior_skill, mode_s + kappa * mu_agent[:, None], (all_s + kappa * pool_mean)[:, None]],
         axis=1,
     )
     beta = np.concatenate(
@@ -149,14 +214,14 @@ def build_arrays(
     )
     mean, var = beta_mean_var(alpha, beta)
     evidence = np.concatenate([sub_s + sub_f, mode_s + mode_f, (all_s + all_f)[:, None]], axis=1)
-
-    cost_mean, agent_cost = _cost_arrays(costs, a_idx, s_idx, n_agents, n_skills, n_modes)
+    cost_mean, agent_cost = _cost_arrays(raw, n_skills, len(mode_ids))
+    agent_list = list(agents)
     return HandbookArrays(
-        agent_ids=agent_ids,
-        skill_ids=skill_ids,
+        agent_ids=[a.id for a in agent_list],
+        skill_ids=[s.id for s in skills],
         mode_ids=mode_ids,
         agents=agent_list,
-        skills=ordered,
+        skills=list(skills),
         alpha=alpha,
         beta=beta,
         mean=mean,
@@ -169,33 +234,21 @@ def build_arrays(
         enabled=np.array([a.enabled for a in agent_list], dtype=bool),
         agent_modes=[frozenset(a.modes) for a in agent_list],
         kappa=kappa,
-        agent_index=a_idx,
-        skill_index=s_idx,
-        mode_index=m_idx,
+        structure=st,
+        raw=raw,
+        agent_index={a.id: i for i, a in enumerate(agent_list)},
+        skill_index={s.id: i for i, s in enumerate(skills)},
+        mode_index={m: i for i, m in enumerate(mode_ids)},
     )
 
 
-def _cost_arrays(
-    costs: Sequence[CostStats],
-    a_idx: dict[str, int],
-    s_idx: dict[str, int],
-    n_agents: int,
-    n_skills: int,
-    n_modes: int,
-) -> tuple[np.ndarray, np.ndarray]:
+def _cost_arrays(raw: RawEvidence, n_skills: int, n_modes: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-(agent, skill) mean cost shrunk toward the agent's mean; modes and root use the agent's mean."""
-    calls = np.zeros((n_agents, n_skills + 1))
-    total = np.zeros((n_agents, n_skills + 1))
-    for row in costs:
-        i = a_idx.get(row.agent_id)
-        j = n_skills if row.skill_id == ROOT_SKILL else s_idx.get(row.skill_id)
-        if i is None or j is None or row.n <= 0:
-            continue
-        calls[i, j] = row.n
-        total[i, j] = row.n * row.mean_cost_usd
-    agent_calls = calls.sum(axis=1)
+    agent_calls = raw.calls.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        agent_cost = np.where(agent_calls > 0, total.sum(axis=1) / agent_calls, np.nan)
-        per_skill = (total[:, :n_skills] + COST_KAPPA * agent_cost[:, None]) / (calls[:, :n_skills] + COST_KAPPA)
+        agent_cost = np.where(agent_calls > 0, raw.cost_total.sum(axis=1) / agent_calls, np.nan)
+        per_skill = (raw.cost_total[:, :n_skills] + COST_KAPPA * agent_cost[:, None]) / (
+            raw.calls[:, :n_skills] + COST_KAPPA
+        )
     cost_mean = np.concatenate([per_skill, np.repeat(agent_cost[:, None], n_modes + 1, axis=1)], axis=1)
     return cost_mean, agent_cost

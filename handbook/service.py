@@ -44,7 +44,7 @@ from skillorchestra.handbook.results import (
     SkillPage,
 )
 from skillorchestra.handbook.router import RouteInputs, Strategy, route
-from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.handbook.store import HandbookStore, OutcomeEffect
 
 DEFAULT_COMPLETION_TOKENS = 256
 INFERRED_SKILLS = 3
@@ -142,6 +142,14 @@ class Handbook:
                 )
                 self._arrays_key = key
             return self._arrays
+
+    def _patch_arrays(self, effect: OutcomeEffect) -> None:
+        """Apply a recorded outcome to the cached arrays in place of rereading the whole handbook."""
+        patched = self._arrays.patched(effect.competence, effect.costs) if self._arrays is not None else None
+        if patched is None:
+            self._changed()
+        else:
+            self._arrays = patched
 
     def _changed(self) -> None:
         with self._lock:
@@ -458,13 +466,15 @@ class Handbook:
             "payload": payload,  # what the client sent: the idempotency key
         }
         try:
-            updated = self.store.record_outcome(row, event)
+            with self._lock:  # the write and the patch of the cached arrays happen in the same order
+                effect = self.store.record_outcome(row, event)
+                self._patch_arrays(effect)
         except InvalidInput:  # another process reported it between our check and our write
             earlier = self._earlier_report(decision, payload)
             if earlier is None:
                 raise
             return earlier
-        self._changed()
+        updated = effect.competence
         return OutcomeResult(
             decision_id=report.decision_id,
             agent_id=decision["agent_id"],

@@ -18,6 +18,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,16 @@ from skillorchestra.handbook.models import (
 from skillorchestra.handbook.posterior import forget, fractional_update, weighted_mean_update
 
 BUSY_TIMEOUT_S = 30.0
+
+
+@dataclass
+class OutcomeEffect:
+    """The competence and cost rows an outcome changed (the service patches its arrays with them)."""
+
+    competence: list[Competence] = field(default_factory=list)
+    costs: list[CostStats] = field(default_factory=list)
+
+
 migrations = Migrations("skillorchestra")
 
 
@@ -422,13 +433,9 @@ class HandbookStore:
     def apply(self, kind: str, payload: dict[str, Any]) -> Any:
         """Append an event against the live version and apply it, in one transaction."""
         with self.write():
-            self.db["events"].insert(
-                {
-                    "version": self.current_version(),
-                    "kind": kind,
-                    "payload": _dumps(payload),
-                    "created_at": time.time(),
-                }
+            self.db.execute(
+                "INSERT INTO events (version, kind, payload, created_at) VALUES (?, ?, ?, ?)",
+                [self.current_version(), kind, _dumps(payload), time.time()],
             )
             return self._apply_event(kind, payload)
 
@@ -461,22 +468,26 @@ class HandbookStore:
             self.db.execute(f"DELETE FROM {table} WHERE agent_id = ?", [agent_id])
         self.db.execute("DELETE FROM agents WHERE id = ?", [agent_id])
 
-    def _event_outcome(self, payload: dict[str, Any]) -> list[Competence]:
+    def _event_outcome(self, payload: dict[str, Any]) -> OutcomeEffect:
         """Fractional Beta updates by skill weight; infrastructure errors only touch cost."""
+        effect = OutcomeEffect()
         agent_id = payload["agent_id"]
         if not self._exists("agents", agent_id):
-            return []
-        known = {r[0] for r in self.db.conn.execute("SELECT id FROM skills").fetchall()} | {ROOT_SKILL}
+            return effect
+        named = [s for s, w in payload["skills"] if w > 0]
+        marks = ",".join("?" for _ in named)
+        known = {r[0] for r in self.db.conn.execute(f"SELECT id FROM skills WHERE id IN ({marks})", named)}
         demands = [(s, w) for s, w in payload["skills"] if s in known and w > 0] or [(ROOT_SKILL, 1.0)]
         infrastructure = payload.get("error_class") in INFRASTRUCTURE_ERRORS
-        updated: list[Competence] = []
         for skill_id, weight in demands:
             if not infrastructure and payload.get("reward") is not None:
-                updated.append(
+                effect.competence.append(
                     self._update_competence(agent_id, skill_id, weight, payload["reward"], payload.get("gamma"))
                 )
-            self._update_cost(agent_id, skill_id, weight, payload, infrastructure)
-        return updated
+            cost = self._update_cost(agent_id, skill_id, weight, payload, infrastructure)
+            if cost is not None:
+                effect.costs.append(cost)
+        return effect
 
     def _update_competence(
         self, agent_id: str, skill_id: str, weight: float, reward: float, gamma: float | None
@@ -496,10 +507,10 @@ class HandbookStore:
 
     def _update_cost(
         self, agent_id: str, skill_id: str, weight: float, payload: dict[str, Any], infrastructure: bool
-    ) -> None:
+    ) -> CostStats | None:
         cost = payload.get("cost_usd")
         if cost is None or (infrastructure and cost <= 0):
-            return
+            return None
         row = self.db.conn.execute(
             "SELECT n, mean_cost_usd, m2_cost, mean_prompt_tokens, mean_completion_tokens, mean_latency_s"
             " FROM cost_stats WHERE agent_id = ? AND skill_id = ?",
@@ -523,6 +534,16 @@ class HandbookStore:
             " mean_prompt_tokens = excluded.mean_prompt_tokens,"
             " mean_completion_tokens = excluded.mean_completion_tokens, mean_latency_s = excluded.mean_latency_s",
             [agent_id, skill_id, new_n, mean, m2, prompt, completion, latency],
+        )
+        return CostStats(
+            agent_id=agent_id,
+            skill_id=skill_id,
+            n=new_n,
+            mean_cost_usd=mean,
+            m2_cost=m2,
+            mean_prompt_tokens=prompt,
+            mean_completion_tokens=completion,
+            mean_latency_s=latency,
         )
 
     # -- row helpers -------------------------------------------------------------------------------------
@@ -569,27 +590,36 @@ class HandbookStore:
 
     def insert_decision(self, decision: dict[str, Any]) -> None:
         with self.write():
-            self.db["decisions"].insert(decision, pk="id")
+            self._insert_row("decisions", decision)
+
+    def _insert_row(self, table: str, row: dict[str, Any]) -> None:
+        """A plain INSERT (the hot path: sqlite-utils' insert re-reads the schema on every call)."""
+        values = [_dumps(v) if isinstance(v, list | dict) else v for v in row.values()]
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        self.db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", values)
+
+    def _row(self, sql: str, params: list[Any]) -> dict[str, Any] | None:
+        with self.lock:
+            cursor = self.db.conn.execute(sql, params)
+            row = cursor.fetchone()
+            return None if row is None else {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
 
     def decision(self, decision_id: str) -> dict[str, Any] | None:
-        with self.lock:
-            rows = list(self.db["decisions"].rows_where("id = ?", [decision_id]))
-        return rows[0] if rows else None
+        return self._row("SELECT * FROM decisions WHERE id = ?", [decision_id])
 
     def outcome(self, decision_id: str) -> dict[str, Any] | None:
-        with self.lock:
-            rows = list(self.db["outcomes"].rows_where("decision_id = ?", [decision_id]))
-        return rows[0] if rows else None
+        return self._row("SELECT * FROM outcomes WHERE decision_id = ?", [decision_id])
 
-    def record_outcome(self, outcome_row: dict[str, Any], event: dict[str, Any]) -> list[Competence]:
+    def record_outcome(self, outcome_row: dict[str, Any], event: dict[str, Any]) -> OutcomeEffect:
         """Store the outcome and apply its event atomically; a second report of one decision is refused."""
         with self.write():
             if self.outcome(outcome_row["decision_id"]) is not None:
                 raise InvalidInput("decision_id", outcome_row["decision_id"], "a decision not yet reported")
-            updated = self.apply("outcome", event)
-            outcome_row = dict(outcome_row, result=_dumps([c.model_dump() for c in updated]))
-            self.db["outcomes"].insert(outcome_row, pk="decision_id")
-            return updated
+            effect: OutcomeEffect = self.apply("outcome", event)
+            result = _dumps([c.model_dump() for c in effect.competence])
+            self._insert_row("outcomes", dict(outcome_row, result=result))
+            return effect
 
     def session_spend(self, session_id: str) -> float:
         """Dollars spent by a session: each decision's reported cost, else the cost its delegated call recorded."""
@@ -711,8 +741,8 @@ def check_document(document: HandbookDocument) -> None:
             raise InvalidInput("skills[].id", skill.id, f"any id but the reserved {ROOT_SKILL!r}")
         if skill.parent_id is not None and skill.parent_id not in known_skills:
             raise NotFound("parent skill", skill.parent_id, skill_ids)
-    for field, rows in (("competence", document.competence), ("cost", document.cost)):
-        _check_pairs(field, rows, set(agent_ids), known_skills)
+    for section, rows in (("competence", document.competence), ("cost", document.cost)):
+        _check_pairs(section, rows, set(agent_ids), known_skills)
 
 
 def _check_pairs(field: str, rows: Sequence[Competence | CostStats], agents: set[str], skills: set[str]) -> None:

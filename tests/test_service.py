@@ -1,0 +1,478 @@
+"""The Handbook service over a real SQLite file: constraints, validation, online learning, writes-nothing."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from skillorchestra.handbook.errors import Conflict, Expired, HandbookError, InvalidInput, NotFound, Unroutable
+from skillorchestra.handbook.models import (
+    TEXT_MAX,
+    Agent,
+    Competence,
+    HandbookDocument,
+    Mode,
+    Skill,
+    SkillDemand,
+)
+from skillorchestra.handbook.service import Handbook, HandbookSettings, OutcomeReport, RouteRequest
+from skillorchestra.handbook.store import HandbookStore
+
+TTL = 60.0
+TEXT = ("write a python function " * 20)[:400]  # 400 characters -> 100 prompt tokens when priced
+
+
+def priced(input_per_mtok: float, output_per_mtok: float) -> float:
+    """The service's estimate without recorded cost: 100 prompt tokens and 256 completion tokens."""
+    return (100 * input_per_mtok + 256 * output_per_mtok) / 1e6
+
+
+CHEAP, MID, PRICEY, SEARCHER = priced(0.1, 0.2), priced(1.0, 2.0), priced(10.0, 30.0), priced(0.5, 0.5)
+
+DOCUMENT = HandbookDocument(
+    modes=[Mode(id="code", insights=["prefer the cheap model for boilerplate"]), Mode(id="search")],
+    skills=[
+        Skill(id="code", mode="code", description="programming"),
+        Skill(id="code.python", mode="code", parent_id="code", description="write python functions and scripts"),
+        Skill(id="code.sql", mode="code", parent_id="code", description="write sql queries against a database"),
+        Skill(id="search.web", mode="search", description="look up current facts on the web"),
+    ],
+    agents=[
+        Agent(id="cheap", input_per_mtok=0.1, output_per_mtok=0.2),
+        Agent(id="mid", modes=["code", "search"], input_per_mtok=1.0, output_per_mtok=2.0),
+        Agent(id="pricey", modes=["code"], input_per_mtok=10.0, output_per_mtok=30.0),
+        Agent(id="searcher", modes=["search"], input_per_mtok=0.5, output_per_mtok=0.5),
+    ],
+    competence=[
+        Competence(agent_id="pricey", skill_id="code.python", alpha=20.0, beta=2.0),
+        Competence(agent_id="mid", skill_id="code.python", alpha=10.0, beta=5.0),
+        Competence(agent_id="cheap", skill_id="code.python", alpha=3.0, beta=6.0),
+        Competence(agent_id="searcher", skill_id="search.web", alpha=8.0, beta=2.0),
+        Competence(agent_id="searcher", skill_id="code.python", alpha=1.0, beta=5.0),
+    ],
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_book(path: Path, clock: Clock, forgetting: float | None = None) -> Handbook:
+    store = HandbookStore(path)
+    store.create_version(DOCUMENT, source="test")
+    return Handbook(store, HandbookSettings(decision_ttl_s=TTL, forgetting=forgetting), clock=clock)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def book(tmp_path: Path, clock: Clock) -> Handbook:
+    return make_book(tmp_path / "h.db", clock)
+
+
+def python(weight: float = 1.0) -> list[SkillDemand]:
+    return [SkillDemand(skill_id="code.python", weight=weight)]
+
+
+def request(**fields: Any) -> RouteRequest:
+    fields.setdefault("text", TEXT)
+    fields.setdefault("skills", python())
+    fields.setdefault("lambda_", 0.0)
+    return RouteRequest(**fields)
+
+
+def dump(store: HandbookStore) -> dict[str, Any]:
+    """Everything the file holds: the document, the counts and every row of every table (FTS shadows included)."""
+    with store.lock:
+        conn = store.db.conn
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        rows = {t: sorted(conn.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables}
+    return {"document": store.document().model_dump(), "counts": store.counts(), "rows": rows}
+
+
+def competence_of(store: HandbookStore, agent: str, skill: str) -> tuple[float, float] | None:
+    for row in store.competence():
+        if (row.agent_id, row.skill_id) == (agent, skill):
+            return row.alpha, row.beta
+    return None
+
+
+def reasons(decision_excluded: list[Any]) -> dict[str, str]:
+    return {e.agent_id: e.reason for e in decision_excluded}
+
+
+# -- routing and constraints ------------------------------------------------------------------------------
+
+
+def test_route_picks_the_most_competent_and_records_the_decision(book: Handbook, clock: Clock) -> None:
+    before = book.store.counts()
+    decision = book.route(request())
+    assert decision.agent_id == "pricey" and decision.explored is False and decision.propensity == 1.0
+    assert [(s.skill_id, s.weight) for s in decision.skills] == [("code.python", 1.0)]
+    assert decision.c_ref_usd == pytest.approx(PRICEY)
+    assert decision.handbook_version == book.store.current_version()
+    assert decision.expires_at == clock.now + TTL
+    costs = {c.agent_id: c.expected_cost_usd for c in decision.candidates}
+    assert costs == pytest.approx({"pricey": PRICEY, "mid": MID, "cheap": CHEAP, "searcher": SEARCHER})
+    assert [c.agent_id for c in decision.candidates][:3] == ["pricey", "mid", "cheap"]
+    assert all(c.ci90[0] <= c.quality <= c.ci90[1] for c in decision.candidates)
+    assert book.store.counts() == {**before, "decisions": before["decisions"] + 1}
+    row = book.store.decision(decision.decision_id)
+    assert row is not None and row["agent_id"] == "pricey" and row["version"] == decision.handbook_version
+
+
+def test_demands_are_normalised_and_reported_per_skill(book: Handbook) -> None:
+    skills = [SkillDemand(skill_id="code.python", weight=3.0), SkillDemand(skill_id="code.sql", weight=1.0)]
+    decision = book.route(request(skills=skills, top_k=2))
+    assert [(s.skill_id, s.weight) for s in decision.skills] == [("code.python", 0.75), ("code.sql", 0.25)]
+    assert len(decision.candidates) == 2
+    for candidate in decision.candidates:
+        assert set(candidate.contributions) == {"code.python", "code.sql"}
+        assert sum(candidate.contributions.values()) == pytest.approx(candidate.quality)
+
+
+def test_lambda_trades_quality_for_cost(book: Handbook) -> None:
+    assert book.route(request(lambda_=0.0)).agent_id == "pricey"
+    decision = book.route(request(lambda_=1000.0))
+    assert decision.agent_id == "cheap"
+    for c in decision.candidates:
+        assert c.utility == pytest.approx(c.quality - 1000.0 * c.expected_cost_usd / PRICEY)
+
+
+def test_allowed_agents(book: Handbook) -> None:
+    decision = book.route(request(allowed_agents=["mid", "cheap"]))
+    assert decision.agent_id == "mid"
+    assert reasons(decision.excluded) == {"pricey": "not in allowed_agents", "searcher": "not in allowed_agents"}
+    assert {c.agent_id for c in decision.candidates} == {"mid", "cheap"}
+
+
+def test_mode_excludes_agents_that_do_not_serve_it(book: Handbook) -> None:
+    decision = book.route(request(mode="search", skills=[SkillDemand(skill_id="search.web", weight=1.0)]))
+    assert reasons(decision.excluded) == {"pricey": "does not serve mode 'search'"}
+    assert decision.agent_id == "searcher"  # agents without modes (cheap) serve every mode
+    assert "cheap" in {c.agent_id for c in decision.candidates}
+
+
+def test_max_cost_per_step(book: Handbook) -> None:
+    decision = book.route(request(max_cost_usd=1e-3))
+    assert decision.agent_id == "mid"
+    assert set(reasons(decision.excluded)) == {"pricey"}
+    assert "max_cost_usd" in reasons(decision.excluded)["pricey"]
+
+
+def test_session_budget_counts_recorded_spend(book: Handbook) -> None:
+    first = book.route(request(session_id="s1", budget_usd=1.0))
+    assert first.agent_id == "pricey" and first.session_spend_usd == 0.0
+    book.record(OutcomeReport(decision_id=first.decision_id, success=True, cost_usd=0.995))
+    second = book.route(request(session_id="s1", budget_usd=1.0))
+    assert second.session_spend_usd == pytest.approx(0.995)
+    assert second.agent_id == "mid"
+    assert "remaining budget" in reasons(second.excluded)["pricey"]
+    # infrastructure failures cost money too
+    book.record(OutcomeReport(decision_id=second.decision_id, error_class="timeout", cost_usd=0.004))
+    third = book.route(request(session_id="s1", budget_usd=1.0))
+    assert third.session_spend_usd == pytest.approx(0.999)
+    assert third.agent_id == "cheap" and set(reasons(third.excluded)) == {"pricey", "mid"}  # 0.001 left
+    # another session has its own budget
+    assert book.route(request(session_id="s2", budget_usd=1.0)).agent_id == "pricey"
+
+
+def test_unavailable_agents_are_excluded_with_their_reason(book: Handbook) -> None:
+    decision = book.route(request(unavailable={"pricey": "circuit open after 3 timeouts"}))
+    assert decision.agent_id == "mid"
+    assert reasons(decision.excluded) == {"pricey": "circuit open after 3 timeouts"}
+
+
+def test_disabled_agents_are_excluded(book: Handbook) -> None:
+    book.upsert_agent(DOCUMENT.agents[2].model_copy(update={"enabled": False}))
+    decision = book.route(request())
+    assert decision.agent_id == "mid" and reasons(decision.excluded) == {"pricey": "disabled"}
+
+
+def test_everything_excluded_is_unroutable_naming_each_reason(book: Handbook) -> None:
+    with pytest.raises(Unroutable) as caught:
+        book.route(request(allowed_agents=["pricey"], max_cost_usd=1e-3))
+    message = str(caught.value)
+    assert "pricey: expected cost" in message and "max_cost_usd" in message
+    for agent in ("cheap", "mid", "searcher"):
+        assert f"{agent}: not in allowed_agents" in message
+
+
+def test_an_empty_handbook_is_unroutable(tmp_path: Path) -> None:
+    with pytest.raises(Unroutable, match="no agents"):
+        Handbook(HandbookStore(tmp_path / "empty.db")).route(request(skills=None))
+
+
+def test_unknown_cost_is_charged_c_ref_and_flagged(book: Handbook) -> None:
+    book.upsert_agent(Agent(id="mystery"))
+    decision = book.route(request(lambda_=0.5, top_k=5))
+    mystery = next(c for c in decision.candidates if c.agent_id == "mystery")
+    assert mystery.expected_cost_usd is None
+    assert mystery.utility == pytest.approx(mystery.quality - 0.5)
+
+
+def test_recorded_cost_replaces_the_price_estimate(book: Handbook) -> None:
+    decision = book.route(request(allowed_agents=["mid"]))
+    book.record(OutcomeReport(decision_id=decision.decision_id, success=True, cost_usd=0.05))
+    again = book.route(request(allowed_agents=["mid"]))
+    assert again.candidates[0].expected_cost_usd == pytest.approx(0.05)
+    assert again.c_ref_usd == pytest.approx(0.05)  # mid's recorded cost is now the pool's most expensive call
+
+
+def test_inferred_demands_come_from_the_text(book: Handbook) -> None:
+    decision = book.route(RouteRequest(text="write sql queries for the database", mode="code", lambda_=0.0))
+    assert decision.skills and decision.skills[0].skill_id == "code.sql"
+    assert decision.skills_source == "lexical"
+    assert sum(s.weight for s in decision.skills) == pytest.approx(1.0)
+
+
+def test_thompson_through_the_service_is_seeded_and_logged(book: Handbook) -> None:
+    runs = [book.route(request(strategy="thompson", seed=seed)) for seed in (7, 7, 8)]
+    assert (runs[0].agent_id, runs[0].propensity) == (runs[1].agent_id, runs[1].propensity)
+    for decision in runs:
+        row = book.store.decision(decision.decision_id)
+        assert row is not None
+        assert row["propensity"] == decision.propensity and bool(row["explored"]) == decision.explored
+        assert 0.0 < decision.propensity <= 1.0
+
+
+def test_consult_reports_skills_agents_and_insights_without_writing(book: Handbook) -> None:
+    before = dump(book.store)
+    result = book.consult("write python functions", mode="code")
+    assert result.skills[0].skill_id == "code.python" and result.skills[0].weight > 0.5
+    assert result.insights == ["[code] prefer the cheap model for boilerplate"]
+    python_rows = [r for r in result.agents if r.skill_id == "code.python"]
+    assert [r.agent_id for r in python_rows][0] == "pricey"
+    assert next(r for r in python_rows if r.agent_id == "pricey").n == 20.0
+    assert all(r.ci90[0] <= r.mean <= r.ci90[1] for r in result.agents)
+    assert dump(book.store) == before
+
+
+# -- recording outcomes -----------------------------------------------------------------------------------
+
+
+def test_outcome_updates_fractionally_by_the_decisions_weights(book: Handbook) -> None:
+    skills = [SkillDemand(skill_id="code.python", weight=3.0), SkillDemand(skill_id="code.sql", weight=1.0)]
+    decision = book.route(request(skills=skills, allowed_agents=["mid"]))
+    result = book.record(OutcomeReport(decision_id=decision.decision_id, reward=0.25))
+    # mid had Beta(10, 5) on python and nothing on sql; dyadic numbers, so exact
+    expected = {"code.python": (10.1875, 5.5625), "code.sql": (1.0625, 1.1875)}
+    assert {u.skill_id: (u.alpha, u.beta) for u in result.updated} == expected
+    assert result.duplicate is False and result.agent_id == "mid" and result.reward == 0.25
+    for skill, (alpha, beta) in expected.items():
+        assert competence_of(book.store, "mid", skill) == (alpha, beta)
+        assert next(u for u in result.updated if u.skill_id == skill).mean == alpha / (alpha + beta)
+    arrays = book.arrays()  # the live arrays move at once
+    assert arrays.evidence[arrays.agent_index["mid"], arrays.column_of_skill("code.sql")] == 0.25
+
+
+@pytest.mark.parametrize(("success", "expected"), [(True, (10.5, 5.0)), (False, (10.0, 5.5))])
+def test_success_is_reward_one_or_zero(book: Handbook, success: bool, expected: tuple[float, float]) -> None:
+    skills = [SkillDemand(skill_id="code.python", weight=1.0), SkillDemand(skill_id="code.sql", weight=1.0)]
+    decision = book.route(request(skills=skills, allowed_agents=["mid"]))
+    book.record(OutcomeReport(decision_id=decision.decision_id, success=success))
+    assert competence_of(book.store, "mid", "code.python") == expected
+
+
+def test_infrastructure_errors_record_cost_but_never_touch_competence(book: Handbook) -> None:
+    skills = [SkillDemand(skill_id="code.python", weight=3.0), SkillDemand(skill_id="code.sql", weight=1.0)]
+    for error_class in ("timeout", "rate_limit", "connection", "auth", "server_error"):
+        competence = book.store.competence()
+        decision = book.route(request(skills=skills, allowed_agents=["mid"], session_id="s"))
+        result = book.record(
+            OutcomeReport(decision_id=decision.decision_id, error_class=error_class, cost_usd=0.002, latency_s=30.0)
+        )
+        assert result.updated == [] and result.reward is None and result.error_class == error_class
+        assert book.store.competence() == competence
+        assert book.store.outcome(decision.decision_id) is not None
+    costs = {c.skill_id: c for c in book.store.costs() if c.agent_id == "mid"}
+    assert costs["code.python"].n == pytest.approx(5 * 0.75) and costs["code.sql"].n == pytest.approx(5 * 0.25)
+    assert costs["code.python"].mean_cost_usd == pytest.approx(0.002)
+    assert costs["code.python"].mean_latency_s == 0.0  # a timeout's latency says nothing about the agent
+    assert book.store.session_spend("s") == pytest.approx(0.01)
+
+
+def test_duplicate_report_returns_the_first_result_and_changes_nothing(book: Handbook, clock: Clock) -> None:
+    decision = book.route(request(allowed_agents=["mid"]))
+    report = OutcomeReport(decision_id=decision.decision_id, reward=0.75, cost_usd=0.01, prompt_tokens=10)
+    first = book.record(report)
+    before = dump(book.store)
+    second = book.record(report)
+    assert second.duplicate is True
+    assert second.model_dump(exclude={"duplicate"}) == first.model_dump(exclude={"duplicate"})
+    clock.now += 10 * TTL  # still a duplicate, not an expiry, after the time to live
+    assert book.record(report).duplicate is True
+    assert dump(book.store) == before
+
+
+def test_forgetting_discounts_old_evidence(tmp_path: Path, clock: Clock) -> None:
+    book = make_book(tmp_path / "f.db", clock, forgetting=0.5)
+    for expected in ((6.5, 3.0), (4.75, 2.0)):  # Beta(10, 5): forget to (5.5, 3), +1 -> (6.5, 3); (3.75, 2) +1
+        decision = book.route(request(allowed_agents=["mid"]))
+        book.record(OutcomeReport(decision_id=decision.decision_id, success=True))
+        assert competence_of(book.store, "mid", "code.python") == expected
+    assert competence_of(book.store, "pricey", "code.python") == (20.0, 2.0)  # only the updated pair forgets
+
+
+@pytest.mark.xfail(
+    reason="bug: a step routed at mode level (no skill matched) is scored on the mode column but its outcome is "
+    "filed under ROOT_SKILL, so the mode column never gains evidence",
+    strict=True,
+)
+def test_a_mode_level_outcome_is_evidence_for_that_mode(book: Handbook) -> None:
+    decision = book.route(RouteRequest(text="zebra marmalade", mode="search", lambda_=0.0, allowed_agents=["mid"]))
+    assert decision.skills == [] and decision.skills_source == "mode level"
+    book.record(OutcomeReport(decision_id=decision.decision_id, success=True))
+    arrays = book.arrays()
+    assert arrays.evidence[arrays.agent_index["mid"], arrays.column_of_mode("search")] == 1.0
+
+
+# -- rejected calls write nothing -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def settled(book: Handbook) -> tuple[Handbook, str, str]:
+    """A handbook with one reported decision and one pending decision."""
+    reported = book.route(request(allowed_agents=["mid"]))
+    book.record(OutcomeReport(decision_id=reported.decision_id, reward=0.5, cost_usd=0.01))
+    pending = book.route(request(allowed_agents=["mid"]))
+    return book, reported.decision_id, pending.decision_id
+
+
+Call = Callable[[Handbook, str, str], Any]
+REJECTED: list[tuple[str, Call, type[HandbookError], str]] = [
+    ("empty text", lambda b, r, p: b.route(request(text="   ")), InvalidInput, "text"),
+    ("oversized text", lambda b, r, p: b.route(request(text="x" * (TEXT_MAX + 1))), InvalidInput, "at most"),
+    ("negative lambda", lambda b, r, p: b.route(request(lambda_=-0.1)), InvalidInput, "lambda_"),
+    ("nan lambda", lambda b, r, p: b.route(request(lambda_=math.nan)), InvalidInput, "lambda_"),
+    ("top_k 0", lambda b, r, p: b.route(request(top_k=0)), InvalidInput, "top_k"),
+    (
+        "unknown skill",
+        lambda b, r, p: b.route(request(skills=[SkillDemand(skill_id="code.pyton", weight=1)])),
+        NotFound,
+        "closest known: code.python",
+    ),
+    ("zero weights", lambda b, r, p: b.route(request(skills=python(0.0))), InvalidInput, "sum to a positive"),
+    ("infinite weight", lambda b, r, p: b.route(request(skills=python(math.inf))), InvalidInput, "finite"),
+    ("unknown mode", lambda b, r, p: b.route(request(mode="cod")), NotFound, "closest known: code"),
+    ("unknown allowed agent", lambda b, r, p: b.route(request(allowed_agents=["pricy"])), NotFound, "pricey"),
+    ("unroutable", lambda b, r, p: b.route(request(allowed_agents=[])), Unroutable, "not in allowed_agents"),
+    ("consult oversized", lambda b, r, p: b.consult("x" * (TEXT_MAX + 1)), InvalidInput, "text"),
+    ("unknown decision", lambda b, r, p: b.record(OutcomeReport(decision_id="nope", reward=1.0)), NotFound, "nope"),
+    ("reward above 1", lambda b, r, p: b.record(OutcomeReport(decision_id=p, reward=1.5)), InvalidInput, "[0, 1]"),
+    ("reward below 0", lambda b, r, p: b.record(OutcomeReport(decision_id=p, reward=-0.1)), InvalidInput, "reward"),
+    ("nan reward", lambda b, r, p: b.record(OutcomeReport(decision_id=p, reward=math.nan)), InvalidInput, "reward"),
+    (
+        "reward and success",
+        lambda b, r, p: b.record(OutcomeReport(decision_id=p, reward=1.0, success=True)),
+        InvalidInput,
+        "exactly one",
+    ),
+    ("no reward", lambda b, r, p: b.record(OutcomeReport(decision_id=p)), InvalidInput, "reward"),
+    (
+        "infra with reward",
+        lambda b, r, p: b.record(OutcomeReport(decision_id=p, reward=0.0, error_class="timeout")),
+        InvalidInput,
+        "infrastructure",
+    ),
+    (
+        "conflicting report",
+        lambda b, r, p: b.record(OutcomeReport(decision_id=r, reward=0.25, cost_usd=0.01)),
+        Conflict,
+        "already reported",
+    ),
+    ("unknown parent", lambda b, r, p: b.upsert_skill(Skill(id="x", parent_id="code.pythn")), NotFound, "code.python"),
+    (
+        "cycle",
+        lambda b, r, p: b.upsert_skill(Skill(id="code", mode="code", parent_id="code.sql")),
+        InvalidInput,
+        "parent_id",
+    ),
+    ("reserved skill id", lambda b, r, p: b.upsert_skill(Skill(id="*")), InvalidInput, "reserved"),
+    ("delete unknown agent", lambda b, r, p: b.delete_agent("mdi"), NotFound, "mid"),
+    ("delete unknown skill", lambda b, r, p: b.delete_skill("code.sq"), NotFound, "code.sql"),
+    ("delete a parent", lambda b, r, p: b.delete_skill("code"), InvalidInput, "without children"),
+    ("bad cursor", lambda b, r, p: b.list_skills(cursor="zz"), InvalidInput, "cursor"),
+    ("bad limit", lambda b, r, p: b.list_agents(limit=0), InvalidInput, "limit"),
+]
+
+
+@pytest.mark.parametrize(("name", "call", "error", "says"), REJECTED, ids=[r[0] for r in REJECTED])
+def test_a_rejected_call_writes_nothing(
+    settled: tuple[Handbook, str, str], name: str, call: Call, error: type[HandbookError], says: str
+) -> None:
+    book, reported, pending = settled
+    before = dump(book.store)
+    with pytest.raises(error) as caught:
+        call(book, reported, pending)
+    assert says in str(caught.value)
+    assert dump(book.store) == before
+
+
+def test_an_expired_decision_is_refused_and_writes_nothing(settled: tuple[Handbook, str, str], clock: Clock) -> None:
+    book, _, pending = settled
+    clock.now += TTL + 1.0
+    before = dump(book.store)
+    with pytest.raises(Expired, match="expired"):
+        book.record(OutcomeReport(decision_id=pending, success=True))
+    assert dump(book.store) == before
+
+
+def test_a_report_just_inside_the_time_to_live_is_accepted(settled: tuple[Handbook, str, str], clock: Clock) -> None:
+    book, _, pending = settled
+    clock.now += TTL
+    assert book.record(OutcomeReport(decision_id=pending, success=True)).duplicate is False
+
+
+UNCHECKED: list[tuple[str, Call]] = [
+    ("negative cost", lambda b, r, p: b.record(OutcomeReport(decision_id=p, success=True, cost_usd=-1.0))),
+    ("nan cost", lambda b, r, p: b.record(OutcomeReport(decision_id=p, success=True, cost_usd=math.nan))),
+    ("infinite cost", lambda b, r, p: b.record(OutcomeReport(decision_id=p, success=True, cost_usd=math.inf))),
+    ("negative tokens", lambda b, r, p: b.record(OutcomeReport(decision_id=p, success=True, prompt_tokens=-5))),
+    ("nan latency", lambda b, r, p: b.record(OutcomeReport(decision_id=p, success=True, latency_s=math.nan))),
+    ("nan max cost", lambda b, r, p: b.route(request(max_cost_usd=math.nan))),
+    ("negative max cost", lambda b, r, p: b.route(request(max_cost_usd=-1.0))),
+    ("negative budget", lambda b, r, p: b.route(request(session_id="s", budget_usd=-1.0))),
+    ("negative seed", lambda b, r, p: b.route(request(strategy="thompson", seed=-1))),
+    ("unknown strategy", lambda b, r, p: b.route(request(strategy="greedy"))),
+]
+
+
+@pytest.mark.xfail(
+    reason="bug: the service does not validate costs, tokens, latency, max_cost_usd, budget_usd, seed or strategy; "
+    "a negative or non-finite cost is stored and then every document()/route() raises a pydantic ValidationError",
+    strict=True,
+)
+@pytest.mark.parametrize(("name", "call"), UNCHECKED, ids=[u[0] for u in UNCHECKED])
+def test_out_of_bounds_numbers_are_rejected_and_write_nothing(
+    settled: tuple[Handbook, str, str], name: str, call: Call
+) -> None:
+    book, reported, pending = settled
+    before = dump(book.store)
+    with pytest.raises(InvalidInput):
+        call(book, reported, pending)
+    assert dump(book.store) == before
+    book.store.document()  # still readable
+
+
+@pytest.mark.xfail(
+    reason="bug: create_version/rebuild through the Handbook's own store object leave its arrays stale "
+    "(PRAGMA data_version only changes for other connections' commits)",
+    strict=True,
+)
+def test_a_new_version_through_the_same_store_reaches_the_arrays(book: Handbook) -> None:
+    assert "pricey" in book.arrays().agent_ids
+    book.store.create_version(HandbookDocument(agents=[Agent(id="solo")]), source="learn")
+    assert book.arrays().agent_ids == ["solo"]
+    assert book.route(request(skills=None)).agent_id == "solo"

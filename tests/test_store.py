@@ -1,0 +1,420 @@
+"""The SQLite store: migrations, versions, import/export, rebuild equality and writers in two processes."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from skillorchestra.handbook.errors import HandbookError, InvalidInput, NotFound
+from skillorchestra.handbook.matcher import LexicalMatcher
+from skillorchestra.handbook.models import (
+    Agent,
+    Competence,
+    CostStats,
+    HandbookDocument,
+    Mode,
+    Skill,
+    SkillDemand,
+)
+from skillorchestra.handbook.service import Handbook, HandbookSettings, OutcomeReport, RouteRequest
+from skillorchestra.handbook.store import HandbookStore, schema_version
+
+DOCUMENT = HandbookDocument(
+    modes=[Mode(id="code", description="write code", insights=["tests first"]), Mode(id="search")],
+    skills=[
+        Skill(id="code", mode="code", description="programming"),
+        Skill(id="code.python", mode="code", parent_id="code", description="python scripts", indicators=["def"]),
+        Skill(id="code.sql", mode="code", parent_id="code", description="sql queries", examples=["SELECT 1"]),
+        Skill(id="search.web", mode="search", description="web search"),
+    ],
+    agents=[
+        Agent(id="meta/llama-70b", description="big", input_per_mtok=0.9, output_per_mtok=0.9),
+        Agent(id="tiny", modes=["code"], input_per_mtok=0.05, output_per_mtok=0.1, enabled=False),
+    ],
+    competence=[
+        Competence(agent_id="meta/llama-70b", skill_id="code.python", alpha=7.5, beta=2.25),
+        Competence(agent_id="tiny", skill_id="*", alpha=2.0, beta=3.0),
+    ],
+    cost=[CostStats(agent_id="tiny", skill_id="code.sql", n=2.5, mean_cost_usd=0.001, m2_cost=1e-7)],
+)
+
+
+def dump(store: HandbookStore) -> dict[str, Any]:
+    with store.lock:
+        conn = store.db.conn
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        rows = {t: sorted(conn.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables}
+    return {"document": store.document().model_dump(), "counts": store.counts(), "rows": rows}
+
+
+def without_version(document: HandbookDocument) -> dict[str, Any]:
+    return document.model_dump(exclude={"version"})
+
+
+# -- schema and versions ------------------------------------------------------------------------------------
+
+
+def test_migrations_are_idempotent_on_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    store = HandbookStore(path)
+    assert store.schema_version() == schema_version() >= 1
+    store.create_version(DOCUMENT, source="import")
+    before = dump(store)
+    store.close()
+    for _ in range(2):
+        again = HandbookStore(path)
+        assert again.schema_version() == schema_version()
+        assert again.db.conn.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone()[0] == schema_version()
+        assert dump(again) == before
+        assert [v["source"] for v in again.versions()] == ["init", "import"]
+        assert again.db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        again.close()
+
+
+def test_a_new_file_holds_the_empty_initial_version(tmp_path: Path) -> None:
+    store = HandbookStore(tmp_path / "sub" / "dir" / "h.db")
+    assert store.current_version() == 1
+    assert without_version(store.document()) == without_version(HandbookDocument())
+    assert store.document().schema_version == 1 and store.document().format == "skillorchestra-handbook"
+
+
+def test_create_version_snapshots_the_document(tmp_path: Path) -> None:
+    store = HandbookStore(tmp_path / "h.db")
+    version = store.create_version(DOCUMENT, source="learn", summary="first", metrics={"accuracy": 0.5})
+    assert version == 2 == store.current_version()
+    assert store.versions()[-1] | {"created_at": 0} == {
+        "version": 2,
+        "parent": 1,
+        "created_at": 0,
+        "source": "learn",
+        "summary": "first",
+        "metrics": {"accuracy": 0.5},
+    }
+    assert store.snapshot(2) == DOCUMENT.model_copy(update={"version": 2})
+    assert store.document() == store.snapshot(2)
+    store.apply("upsert_mode", Mode(id="answer").model_dump())  # live edits do not touch the snapshot
+    assert store.snapshot(2) == DOCUMENT.model_copy(update={"version": 2})
+    assert store.document() != store.snapshot(2)
+    assert store.create_version(DOCUMENT, source="import") == 3 and store.versions()[-1]["parent"] == 2
+    with pytest.raises(NotFound, match="version"):
+        store.snapshot(99)
+
+
+def test_export_import_round_trip_is_equal(tmp_path: Path) -> None:
+    source = HandbookStore(tmp_path / "a.db")
+    source.create_version(DOCUMENT, source="import")
+    book = Handbook(source)
+    decision = book.route(RouteRequest(text="sql", skills=[SkillDemand(skill_id="code.sql", weight=1)]))
+    book.record(OutcomeReport(decision_id=decision.decision_id, reward=0.3, cost_usd=0.002, latency_s=1.5))
+    exported = source.document()
+    text = exported.model_dump_json(indent=1)
+    target = HandbookStore(tmp_path / "b.db")
+    target.create_version(HandbookDocument.model_validate_json(text), source="import")
+    assert without_version(target.document()) == without_version(exported)
+    assert target.document().competence == exported.competence and target.document().cost == exported.cost
+
+
+@pytest.mark.xfail(
+    reason="bug: create_version drops the document's `selections` (and `description`): _replace_live_state never "
+    "writes meta 'selections', so export/import loses the orchestrator depth selections",
+    strict=True,
+)
+def test_round_trip_keeps_selections_and_description(tmp_path: Path) -> None:
+    store = HandbookStore(tmp_path / "h.db")
+    document = DOCUMENT.model_copy(update={"selections": {"qwen2.5-3b": 1}, "description": "learned on QA"})
+    store.create_version(document, source="import")
+    assert store.document().selections == {"qwen2.5-3b": 1}
+    assert store.document().description == "learned on QA"
+
+
+# -- import validation ---------------------------------------------------------------------------------------
+
+
+def doc_with(**changes: Any) -> HandbookDocument:
+    return DOCUMENT.model_copy(update=changes)
+
+
+MALFORMED: list[tuple[str, HandbookDocument, type[HandbookError], str]] = [
+    (
+        "unknown parent",
+        doc_with(skills=[*DOCUMENT.skills, Skill(id="code.rust", mode="code", parent_id="code.systems")]),
+        NotFound,
+        "code.systems",
+    ),
+    (
+        "competence for an unknown agent",
+        doc_with(competence=[*DOCUMENT.competence, Competence(agent_id="ghost", skill_id="code")]),
+        NotFound,
+        "ghost",
+    ),
+    (
+        "competence for an unknown skill",
+        doc_with(competence=[Competence(agent_id="tiny", skill_id="code.pythn")]),
+        NotFound,
+        "closest known: code.python",
+    ),
+    ("cost for an unknown agent", doc_with(cost=[CostStats(agent_id="tin", skill_id="code")]), NotFound, "tiny"),
+    ("duplicate skill ids", doc_with(skills=[*DOCUMENT.skills, DOCUMENT.skills[0]]), InvalidInput, "unique"),
+    ("duplicate agent ids", doc_with(agents=[*DOCUMENT.agents, DOCUMENT.agents[1]]), InvalidInput, "unique"),
+    ("reserved skill id", doc_with(skills=[*DOCUMENT.skills, Skill(id="*")]), InvalidInput, "reserved"),
+]
+
+
+@pytest.mark.parametrize(("name", "document", "error", "says"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_a_malformed_import_is_rejected_before_anything_is_written(
+    tmp_path: Path, name: str, document: HandbookDocument, error: type[HandbookError], says: str
+) -> None:
+    store = HandbookStore(tmp_path / "h.db")
+    store.create_version(DOCUMENT, source="import")
+    store.apply("upsert_mode", Mode(id="answer").model_dump())
+    before = dump(store)
+    with pytest.raises(error) as caught:
+        store.create_version(document, source="import")
+    assert says in str(caught.value)
+    assert dump(store) == before
+
+
+CYCLES = [
+    ("self parent", doc_with(skills=[Skill(id="loop", parent_id="loop")])),
+    ("two-cycle", doc_with(skills=[Skill(id="a", parent_id="b"), Skill(id="b", parent_id="a")])),
+]
+
+
+@pytest.mark.xfail(
+    reason="bug: check_document accepts parent cycles (then arrays read uninitialised memory)", strict=True
+)
+@pytest.mark.parametrize(("name", "document"), CYCLES, ids=[c[0] for c in CYCLES])
+def test_an_import_with_a_parent_cycle_is_rejected(tmp_path: Path, name: str, document: HandbookDocument) -> None:
+    store = HandbookStore(tmp_path / "h.db")
+    before = dump(store)
+    with pytest.raises(InvalidInput, match="parent"):
+        store.create_version(document, source="import")
+    assert dump(store) == before
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"format": "other"}',
+        '{"skills": [{"id": ""}]}',
+        '{"competence": [{"agent_id": "a", "skill_id": "s", "alpha": 0}]}',
+        '{"agents": [{"id": "a", "api_key": "sk-123"}]}',  # connection settings never enter the handbook
+        '{"skills": [',
+    ],
+)
+def test_malformed_json_is_rejected_by_the_schema(text: str) -> None:
+    with pytest.raises(ValidationError):
+        HandbookDocument.model_validate_json(text)
+
+
+# -- transactions and events ---------------------------------------------------------------------------------
+
+
+def test_a_failed_write_rolls_back(tmp_path: Path) -> None:
+    store = HandbookStore(tmp_path / "h.db")
+    before = dump(store)
+    with pytest.raises(RuntimeError), store.write():
+        store.db["modes"].insert({"id": "half", "description": "", "insights": "[]"})
+        raise RuntimeError("boom")
+    assert dump(store) == before
+    with pytest.raises(InvalidInput, match="event.kind"):
+        store.apply("no_such_event", {})  # the event row is inserted first, then rolled back
+    assert dump(store) == before
+
+
+def test_a_second_outcome_for_a_decision_is_refused_by_the_store(tmp_path: Path) -> None:
+    store = HandbookStore(tmp_path / "h.db")
+    store.create_version(DOCUMENT, source="import")
+    book = Handbook(store)
+    decision = book.route(RouteRequest(text="x", skills=[SkillDemand(skill_id="code", weight=1)]))
+    row = {"decision_id": decision.decision_id, "agent_id": decision.agent_id, "reward": 1.0, "payload": {}}
+    event = {"agent_id": decision.agent_id, "skills": [["code", 1.0]], "reward": 1.0}
+    store.record_outcome(row, event)
+    before = dump(store)
+    with pytest.raises(InvalidInput, match="not yet reported"):
+        store.record_outcome(row, event)
+    assert dump(store) == before
+
+
+# -- rebuild -------------------------------------------------------------------------------------------------
+
+
+def busy_history(book: Handbook, rng: random.Random, steps: int) -> None:
+    """Routes and outcomes of every kind, interleaved with edits and deletions."""
+    skills = [s.id for s in book.store.skills()]
+    for step in range(steps):
+        chosen = rng.sample(skills, k=rng.randint(1, min(3, len(skills))))
+        demands = [SkillDemand(skill_id=s, weight=rng.choice([0.5, 1.0, 2.0, 3.0])) for s in chosen]
+        decision = book.route(
+            RouteRequest(
+                text=f"step {step}",
+                skills=demands if step % 7 else None,
+                lambda_=rng.choice([0.0, 0.1, 1.0]),
+                strategy="thompson" if step % 3 == 0 else "mean",
+                seed=step,
+                session_id=f"s{step % 4}",
+            )
+        )
+        kind = step % 5
+        if kind == 0:
+            report = OutcomeReport(decision_id=decision.decision_id, error_class="rate_limit", cost_usd=0.0007)
+        elif kind == 1:
+            report = OutcomeReport(decision_id=decision.decision_id, success=rng.random() < 0.6)
+        else:
+            report = OutcomeReport(
+                decision_id=decision.decision_id,
+                reward=rng.random(),
+                cost_usd=rng.uniform(0.0001, 0.01),
+                prompt_tokens=rng.randint(10, 2000),
+                completion_tokens=rng.randint(1, 500),
+                latency_s=rng.uniform(0.1, 5.0),
+            )
+        if step % 11 != 5:  # some decisions stay unreported
+            book.record(report)
+
+
+def test_rebuild_equals_the_live_state(tmp_path: Path) -> None:
+    store = HandbookStore(tmp_path / "h.db")
+    store.create_version(DOCUMENT, source="import")
+    book = Handbook(store, HandbookSettings(forgetting=0.9))
+    rng = random.Random(5)
+    busy_history(book, rng, 60)
+    book.upsert_skill(Skill(id="code.sql.joins", mode="code", parent_id="code.sql", description="sql joins"))
+    book.upsert_agent(Agent(id="new/agent", modes=["code", "search"], input_per_mtok=3.0, output_per_mtok=15.0))
+    book.upsert_agent(DOCUMENT.agents[1].model_copy(update={"enabled": True, "input_per_mtok": 0.07}))
+    busy_history(book, rng, 60)
+    pending = book.route(RouteRequest(text="late", allowed_agents=["new/agent"]))
+    book.delete_skill("code.sql.joins")
+    book.delete_agent("new/agent")
+    book.record(OutcomeReport(decision_id=pending.decision_id, success=True, cost_usd=0.01))  # its agent is gone
+    book.upsert_agent(Agent(id="new/agent"))  # the same id again starts from scratch
+    book.upsert_mode(Mode(id="search", insights=["prefer fresh sources"]))
+    busy_history(book, rng, 40)
+    assert store.counts()["outcomes"] > 100 and store.counts()["events"] > 100
+
+    live = store.document()
+    replaced = store.rebuild()
+    assert replaced == live
+    assert store.document() == live  # exactly: every float, every row
+    assert store.rebuild() == live  # and rebuilding again changes nothing
+    assert LexicalMatcher(store).match("sql queries", None, 3)[0][0] == "code.sql"  # the FTS index survives
+
+
+def test_rebuild_replays_only_the_current_versions_events(tmp_path: Path) -> None:
+    store = HandbookStore(tmp_path / "h.db")
+    store.create_version(DOCUMENT, source="import")
+    book = Handbook(store)
+    busy_history(book, random.Random(1), 20)
+    store.create_version(DOCUMENT, source="import", summary="reset")
+    busy_history(book, random.Random(2), 20)
+    live = store.document()
+    assert store.rebuild() == live and store.document() == live
+    assert len(store.events(store.current_version())) < store.counts()["events"]
+
+
+def test_rebuild_repairs_a_live_state_that_drifted(tmp_path: Path) -> None:
+    store = HandbookStore(tmp_path / "h.db")
+    store.create_version(DOCUMENT, source="import")
+    busy_history(Handbook(store), random.Random(3), 20)
+    truth = store.document()
+    with store.write():
+        store.db.execute("UPDATE competence SET alpha = alpha + 1")
+    drifted = store.document()
+    assert drifted != truth
+    assert store.rebuild() == drifted
+    assert store.document() == truth
+
+
+# -- several processes ---------------------------------------------------------------------------------------
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from skillorchestra.handbook.models import SkillDemand
+from skillorchestra.handbook.service import Handbook, OutcomeReport, RouteRequest
+from skillorchestra.handbook.store import HandbookStore
+
+path, n, tag, folder = sys.argv[1], int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
+book = Handbook(HandbookStore(path))
+(folder / f"ready-{tag}").touch()
+while not (folder / "go").exists():
+    time.sleep(0.002)
+for i in range(n):
+    decision = book.route(
+        RouteRequest(text="task", skills=[SkillDemand(skill_id="s", weight=1.0)], allowed_agents=["g"], session_id=tag)
+    )
+    book.record(OutcomeReport(decision_id=decision.decision_id, success=i % 2 == 0, cost_usd=0.001))
+"""
+
+OPENER = """
+import sys
+from skillorchestra.handbook.store import HandbookStore
+HandbookStore(sys.argv[1]).close()
+"""
+
+
+def start(script: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_two_processes_write_at_once_and_a_third_sees_their_writes(tmp_path: Path) -> None:
+    n = 60
+    path = tmp_path / "h.db"
+    store = HandbookStore(path)
+    store.create_version(
+        HandbookDocument(skills=[Skill(id="s")], agents=[Agent(id="g")]), source="import", summary="shared"
+    )
+    book = Handbook(store)
+    arrays = book.arrays()
+    column = arrays.column_of_skill("s")
+    assert arrays.evidence[0, column] == 0.0
+
+    writers = [start(WRITER, str(path), str(n), tag, str(tmp_path)) for tag in ("a", "b")]
+    deadline = time.monotonic() + 20
+    while not all((tmp_path / f"ready-{tag}").exists() for tag in ("a", "b")):
+        assert time.monotonic() < deadline and all(w.poll() is None for w in writers), "a writer died at start"
+        time.sleep(0.005)
+    (tmp_path / "go").touch()
+    for writer in writers:
+        _, err = writer.communicate(timeout=30)
+        assert writer.returncode == 0, err
+        assert "locked" not in err
+
+    competence = {(c.agent_id, c.skill_id): c for c in store.competence()}[("g", "s")]
+    assert competence.alpha - 1.0 == n and competence.beta - 1.0 == n  # half successes from each writer
+    assert store.counts()["outcomes"] == 2 * n and store.counts()["decisions"] == 2 * n
+    assert store.session_spend("a") == pytest.approx(n * 0.001) == store.session_spend("b")
+    # this process's Handbook reloads its arrays from data_version, without a restart
+    assert book.arrays().evidence[0, column] == 2 * n
+    # the writers did overlap: their events interleave
+    tags = [
+        row[0]
+        for row in store.db.conn.execute(
+            "SELECT d.session_id FROM events e JOIN decisions d ON d.id = json_extract(e.payload, '$.decision_id')"
+            " WHERE e.kind = 'outcome' ORDER BY e.seq"
+        )
+    ]
+    assert len(tags) == 2 * n
+    assert sum(1 for x, y in zip(tags, tags[1:], strict=False) if x != y) > 1
+    live = store.document()
+    assert store.rebuild() == live and store.document() == live
+
+
+def test_processes_opening_a_new_file_at_once_create_one_initial_version(tmp_path: Path) -> None:
+    path = tmp_path / "fresh.db"
+    openers = [start(OPENER, str(path)) for _ in range(4)]
+    for opener in openers:
+        _, err = opener.communicate(timeout=30)
+        assert opener.returncode == 0, err
+    store = HandbookStore(path)
+    assert [v["source"] for v in store.versions()] == ["init"]
+    assert store.schema_version() == schema_version()
