@@ -4,6 +4,9 @@ Columns are every skill, then every mode, then the root (the agent as a whole). 
 its own evidence (its subtree's, for a category) on top of a prior centred on the level above:
 skill -> parent skill -> ... -> mode -> agent -> pool, each with strength `kappa` pseudo-observations. So an
 unseen skill inherits what the agent showed nearby, and a mean is never exactly 0 or 1.
+
+Going down a column's chain, each level's estimate uses only the evidence of that level that is not in the next
+level down (its siblings' evidence), so one observation counts once, however deep its skill sits.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import numpy as np
 from skillorchestra.handbook.models import Agent, Competence, CostStats, Mode, Skill
 from skillorchestra.handbook.posterior import beta_mean_var
 
-ROOT_SKILL = "*"  # evidence of steps that named no skill: the agent as a whole
+ROOT_SKILL = "*"  # evidence of steps that named no skill and no mode: the agent as a whole
+MODE_PREFIX = "@"  # evidence of steps routed at mode level (no skill matched) is filed under "@<mode>"
 DEFAULT_KAPPA = 2.0
 COST_KAPPA = 1.0  # pseudo-calls pulling a thin (agent, skill) cost toward the agent's mean cost
 
@@ -27,19 +31,20 @@ class Structure:
 
     parent: np.ndarray  # (K,) index of the parent skill, -1 for a top-level skill
     skill_mode: np.ndarray  # (K,) index of the skill's mode
-    levels: list[np.ndarray]  # skill indices by depth: a parent's level comes before its children's
+    chain: np.ndarray  # (K, D+1) chain[k, t] = k's ancestor at depth t, then k itself, then -1
     subtree: np.ndarray  # (K, K) subtree[k, j] = 1 when j is k or below it
     mode_member: np.ndarray  # (K, M)
 
 
 @dataclass
 class RawEvidence:
-    """What was observed, per agent and skill (last column: ROOT_SKILL): the state a recorded outcome patches."""
+    """What was observed per agent and column (skills, then "@mode" rows, then ROOT_SKILL): the state a recorded
+    outcome patches."""
 
-    success: np.ndarray  # (A, K+1) alpha - 1
-    failure: np.ndarray  # (A, K+1) beta - 1
-    calls: np.ndarray  # (A, K+1) weighted calls with a recorded cost
-    cost_total: np.ndarray  # (A, K+1) calls * mean cost
+    success: np.ndarray  # (A, K+M+1) alpha - 1
+    failure: np.ndarray  # (A, K+M+1) beta - 1
+    calls: np.ndarray  # (A, K+M+1) weighted calls with a recorded cost
+    cost_total: np.ndarray  # (A, K+M+1) calls * mean cost
 
 
 @dataclass
@@ -83,23 +88,31 @@ class HandbookArrays:
         raw = RawEvidence(
             *(np.array(m) for m in (self.raw.success, self.raw.failure, self.raw.calls, self.raw.cost_total))
         )
-        n_skills = len(self.skill_ids)
         for row in competence:
-            cell = self._cell(row.agent_id, row.skill_id, n_skills)
+            cell = self._cell(row.agent_id, row.skill_id)
             if cell is None:
                 return None
             raw.success[cell], raw.failure[cell] = max(row.alpha - 1.0, 0.0), max(row.beta - 1.0, 0.0)
         for cost in costs:
-            cell = self._cell(cost.agent_id, cost.skill_id, n_skills)
+            cell = self._cell(cost.agent_id, cost.skill_id)
             if cell is None:
                 return None
             raw.calls[cell], raw.cost_total[cell] = cost.n, cost.n * cost.mean_cost_usd
         return _derive(self.agents, self.skills, self.mode_ids, self.structure, raw, self.kappa)
 
-    def _cell(self, agent_id: str, skill_id: str, n_skills: int) -> tuple[int, int] | None:
+    def _cell(self, agent_id: str, skill_id: str) -> tuple[int, int] | None:
         i = self.agent_index.get(agent_id)
-        j = n_skills if skill_id == ROOT_SKILL else self.skill_index.get(skill_id)
+        j = raw_column(skill_id, self.skill_index, self.mode_index)
         return None if i is None or j is None else (i, j)
+
+
+def raw_column(skill_id: str, skill_index: dict[str, int], mode_index: dict[str, int]) -> int | None:
+    """Where a competence or cost row's evidence goes: its skill, its mode ("@mode"), or the root."""
+    if skill_id == ROOT_SKILL:
+        return len(skill_index) + len(mode_index)
+    if skill_id.startswith(MODE_PREFIX) and skill_id[1:] in mode_index and skill_id not in skill_index:
+        return len(skill_index) + mode_index[skill_id[1:]]
+    return skill_index.get(skill_id)
 
 
 def _topological(skills: Sequence[Skill]) -> list[Skill]:
@@ -135,18 +148,19 @@ def build_arrays(
     agent_list = sorted(agents, key=lambda a: a.id)
     a_idx = {a.id: i for i, a in enumerate(agent_list)}
     s_idx = {s.id: i for i, s in enumerate(ordered)}
-    n_agents, n_skills = len(agent_list), len(ordered)
-    structure = _structure(ordered, s_idx, {m: i for i, m in enumerate(mode_ids)})
+    m_idx = {m: i for i, m in enumerate(mode_ids)}
+    n_agents, n_columns = len(agent_list), len(ordered) + len(mode_ids) + 1
+    structure = _structure(ordered, s_idx, m_idx)
 
-    raw = RawEvidence(*(np.zeros((n_agents, n_skills + 1)) for _ in range(4)))
+    raw = RawEvidence(*(np.zeros((n_agents, n_columns)) for _ in range(4)))
     for row in competence:
         i = a_idx.get(row.agent_id)
-        j = n_skills if row.skill_id == ROOT_SKILL else s_idx.get(row.skill_id)
+        j = raw_column(row.skill_id, s_idx, m_idx)
         if i is not None and j is not None:
             raw.success[i, j], raw.failure[i, j] = max(row.alpha - 1.0, 0.0), max(row.beta - 1.0, 0.0)
     for cost in costs:
         i = a_idx.get(cost.agent_id)
-        j = n_skills if cost.skill_id == ROOT_SKILL else s_idx.get(cost.skill_id)
+        j = raw_column(cost.skill_id, s_idx, m_idx)
         if i is not None and j is not None and cost.n > 0:
             raw.calls[i, j], raw.cost_total[i, j] = cost.n, cost.n * cost.mean_cost_usd
     return _derive(agent_list, ordered, mode_ids, structure, raw, kappa)
@@ -154,21 +168,23 @@ def build_arrays(
 
 def _structure(ordered: Sequence[Skill], s_idx: dict[str, int], m_idx: dict[str, int]) -> Structure:
     n_skills, n_modes = len(ordered), len(m_idx)
+    # a parent placed after its child closes a cycle (the topological order broke it there): treat as top level
     parent = np.array([s_idx.get(s.parent_id or "", -1) for s in ordered], dtype=np.int64)
-    depth = np.zeros(n_skills, dtype=np.int64)
+    parent = np.where(parent < np.arange(n_skills), parent, -1)
+    chains: list[list[int]] = []
+    for k in range(n_skills):  # parents come first, so their chains are ready
+        chains.append([*chains[parent[k]], int(parent[k])] if parent[k] >= 0 else [])
+    depth = max((len(c) for c in chains), default=0)
+    chain_nodes = np.full((n_skills, depth + 1), -1, dtype=np.int64)
     subtree = np.eye(n_skills)
-    for k in range(n_skills):  # parents come first
-        if parent[k] >= 0:
-            depth[k] = depth[parent[k]] + 1
-    for j in range(n_skills - 1, -1, -1):  # children come after parents, so walk backwards
-        if parent[j] >= 0:
-            subtree[parent[j]] += subtree[j]
+    for k, chain in enumerate(chains):
+        chain_nodes[k, : len(chain) + 1] = [*chain, k]
+        subtree[chain, k] = 1.0
     skill_mode = np.array([m_idx[s.mode] for s in ordered], dtype=np.int64)
     mode_member = np.zeros((n_skills, n_modes))
     if n_skills:
         mode_member[np.arange(n_skills), skill_mode] = 1.0
-    levels = [np.flatnonzero(depth == d) for d in range(int(depth.max()) + 1)] if n_skills else []
-    return Structure(parent, skill_mode, levels, np.minimum(subtree, 1.0), mode_member)
+    return Structure(parent, skill_mode, chain_nodes, subtree, mode_member)
 
 
 def _derive(
@@ -179,42 +195,54 @@ def _derive(
     raw: RawEvidence,
     kappa: float,
 ) -> HandbookArrays:
-    """Shrunk posteriors and expected costs from the raw evidence (vectorised by depth level)."""
-    n_agents, n_skills = raw.success.shape[0], len(skills)
+    """Shrunk posteriors and expected costs from the raw evidence (vectorised over skills)."""
+    n_agents, n_skills, n_modes = raw.success.shape[0], len(skills), len(mode_ids)
     own_s, own_f = raw.success[:, :n_skills], raw.failure[:, :n_skills]
     sub_s, sub_f = own_s @ st.subtree.T, own_f @ st.subtree.T
-    mode_s, mode_f = own_s @ st.mode_member, own_f @ st.mode_member
+    sub_n = sub_s + sub_f
+    mode_s = own_s @ st.mode_member + raw.success[:, n_skills : n_skills + n_modes]
+    mode_f = own_f @ st.mode_member + raw.failure[:, n_skills : n_skills + n_modes]
+    mode_n = mode_s + mode_f
     all_s, all_f = raw.success.sum(axis=1), raw.failure.sum(axis=1)
+    all_n = all_s + all_f
+    pool_s, pool_n = all_s.sum(), all_n.sum()
 
-    pool_mean = (all_s.sum() + 1.0) / (all_s.sum() + all_f.sum() + 2.0)
-    mu_agent = (all_s + kappa * pool_mean) / (all_s + all_f + kappa)
-    mu_mode = (mode_s + kappa * mu_agent[:, None]) / (mode_s + mode_f + kappa)
-    prior_skill = np.empty((n_agents, n_skills))
-    mu_skill = np.empty((n_agents, n_skills))
-    for level in st.levels:  # a parent's mean is ready before its children's
-        parents = st.parent[level]
-        prior_skill[:, level] = np.where(
-            parents[None, :] < 0, mu_mode[:, st.skill_mode[level]], mu_skill[:, np.maximum(parents, 0)]
-        )
-        mu_skill[:, level] = (sub_s[:, level] + kappa * prior_skill[:, level]) / (
-            sub_s[:, level] + sub_f[:, level] + kappa
-        )
+    def level(s_level: np.ndarray, n_level: np.ndarray, prior: np.ndarray) -> np.ndarray:
+        """The mean at a level from its evidence (own column's already taken out) and the level above."""
+        return (np.maximum(s_level, 0.0) + kappa * prior) / (np.maximum(n_level, 0.0) + kappa)
+
+    # the pool (every agent) is a population rate: it seeds a new agent at what agents here usually achieve
+    pool = np.full(n_agents, (pool_s + 1.0) / (pool_n + 2.0))
+    root_prior = pool
+    # mode columns: on the agent level without that mode's evidence
+    mode_prior = level(all_s[:, None] - mode_s, all_n[:, None] - mode_n, pool[:, None])
+    # skill columns: down the chain agent -> mode -> ancestors; each level counts only what the next one lacks
+    in_mode_s, in_mode_n = mode_s[:, st.skill_mode], mode_n[:, st.skill_mode]
+    chain = level(all_s[:, None] - in_mode_s, all_n[:, None] - in_mode_n, pool[:, None])
+    top = st.chain[:, 0] if n_skills else np.zeros(0, dtype=np.int64)
+    chain = level(in_mode_s - sub_s[:, top], in_mode_n - sub_n[:, top], chain)
+    for t in range(st.chain.shape[1] - 1):
+        node, below = st.chain[:, t], st.chain[:, t + 1]
+        is_ancestor = below >= 0
+        node, below = np.maximum(node, 0), np.maximum(below, 0)
+        step = level(sub_s[:, node] - sub_s[:, below], sub_n[:, node] - sub_n[:, below], chain)
+        chain = np.where(is_ancestor[None, :], step, chain)
+    skill_prior = chain
 
     alpha = np.concatenate(
-        [sub_s + kappa * prior_skill, mode_s + kappa * mu_agent[:, None], (all_s + kappa * pool_mean)[:, None]],
-        axis=1,
+        [sub_s + kappa * skill_prior, mode_s + kappa * mode_prior, (all_s + kappa * root_prior)[:, None]], axis=1
     )
     beta = np.concatenate(
         [
-            sub_f + kappa * (1.0 - prior_skill),
-            mode_f + kappa * (1.0 - mu_agent[:, None]),
-            (all_f + kappa * (1.0 - pool_mean))[:, None],
+            sub_f + kappa * (1.0 - skill_prior),
+            mode_f + kappa * (1.0 - mode_prior),
+            (all_f + kappa * (1.0 - root_prior))[:, None],
         ],
         axis=1,
     )
     mean, var = beta_mean_var(alpha, beta)
-    evidence = np.concatenate([sub_s + sub_f, mode_s + mode_f, (all_s + all_f)[:, None]], axis=1)
-    cost_mean, agent_cost = _cost_arrays(raw, n_skills, len(mode_ids))
+    evidence = np.concatenate([sub_n, mode_n, all_n[:, None]], axis=1)
+    cost_mean, agent_cost = _cost_arrays(raw, n_skills, n_modes)
     agent_list = list(agents)
     return HandbookArrays(
         agent_ids=[a.id for a in agent_list],

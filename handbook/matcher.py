@@ -11,7 +11,7 @@ import re
 
 from skillorchestra.handbook.store import HandbookStore
 
-_WORD = re.compile(r"[A-Za-z0-9_]+")
+_WORD = re.compile(r"[^\W_]+")  # letters and digits of any script
 _STOPWORDS = frozenset(
     "a an and are as at be by can do does for from has have how i in is it its me my of on or our should "
     "so that the their then there these this to was we what when where which who why will with would you "

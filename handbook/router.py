@@ -75,7 +75,7 @@ def route(inputs: RouteInputs, lambda_: float, strategy: Strategy, rng: np.rando
         winners = np.argmax(draws, axis=1)
         chosen_local = int(winners[0])
         chosen = int(eligible[chosen_local])
-        propensity = float(np.mean(winners[1:] == chosen_local))
+        propensity = float(np.mean(winners == chosen_local))  # includes the choosing draw: never 0
         utility = np.full(quality.shape, -np.inf)
         utility[eligible] = draws[0]
         order = eligible[np.argsort(-draws[0], kind="stable")]

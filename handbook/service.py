@@ -124,13 +124,12 @@ class Handbook:
         self._lock = threading.RLock()
         self._arrays: HandbookArrays | None = None
         self._arrays_key: tuple[int, int] | None = None
-        self._local_changes = 0
 
     # -- the cached arrays -------------------------------------------------------------------------------
 
     def arrays(self) -> HandbookArrays:
         with self._lock:
-            key = (self.store.data_version(), self._local_changes)
+            key = (self.store.data_version(), self.store.generation)
             if self._arrays is None or key != self._arrays_key:
                 self._arrays = build_arrays(
                     self.store.modes(),
@@ -145,15 +144,14 @@ class Handbook:
 
     def _patch_arrays(self, effect: OutcomeEffect) -> None:
         """Apply a recorded outcome to the cached arrays in place of rereading the whole handbook."""
-        patched = self._arrays.patched(effect.competence, effect.costs) if self._arrays is not None else None
-        if patched is None:
-            self._changed()
-        else:
+        current = self._arrays is not None and self._arrays_key == (
+            self.store.data_version(),
+            self.store.generation - 1,
+        )
+        patched = self._arrays.patched(effect.competence, effect.costs) if current and self._arrays else None
+        if patched is not None:
             self._arrays = patched
-
-    def _changed(self) -> None:
-        with self._lock:
-            self._local_changes += 1
+            self._arrays_key = (self.store.data_version(), self.store.generation)
 
     # -- skill demands -----------------------------------------------------------------------------------
 
@@ -318,6 +316,10 @@ class Handbook:
             raise InvalidInput("lambda_", request.lambda_, "a finite number >= 0")
         if request.top_k < 1:
             raise InvalidInput("top_k", request.top_k, "an integer >= 1")
+        if request.strategy not in ("mean", "thompson"):
+            raise InvalidInput("strategy", request.strategy, "'mean' or 'thompson'")
+        for name in ("max_cost_usd", "budget_usd", "seed"):
+            _check_amount(name, getattr(request, name))
         arrays = self.arrays()
         if not arrays.agent_ids:
             raise Unroutable("the handbook has no agents: add one with upsert_agent or import a handbook")
@@ -430,6 +432,8 @@ class Handbook:
 
     def record(self, report: OutcomeReport) -> OutcomeResult:
         reward = _reward(report)
+        for name in ("cost_usd", "prompt_tokens", "completion_tokens", "latency_s"):
+            _check_amount(name, getattr(report, name))
         decision = self.store.decision(report.decision_id)
         if decision is None:
             raise NotFound("decision", report.decision_id)
@@ -454,6 +458,7 @@ class Handbook:
             "decision_id": report.decision_id,
             "agent_id": decision["agent_id"],
             "skills": _json(decision["skills"]),
+            "mode": decision["mode"],
             "gamma": self.settings.forgetting,
             **effective,
         }
@@ -603,7 +608,6 @@ class Handbook:
 
     def _edit(self, kind: str, payload: dict[str, Any]) -> None:
         self.store.apply(kind, payload)
-        self._changed()
 
     # -- listings ----------------------------------------------------------------------------------------
 
@@ -624,6 +628,12 @@ def _paginate(items: list[Any], cursor: str | None, limit: int) -> tuple[list[An
     offset = decode_cursor(cursor)
     page = items[offset : offset + limit]
     return page, encode_cursor(offset + limit) if offset + limit < len(items) else None
+
+
+def _check_amount(name: str, value: float | None) -> None:
+    """Costs, tokens, latencies, budgets and seeds: absent, or a finite number >= 0."""
+    if value is not None and (not math.isfinite(value) or value < 0):
+        raise InvalidInput(name, value, "a finite number >= 0")
 
 
 def _reward(report: OutcomeReport) -> float | None:

@@ -25,7 +25,7 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from skillorchestra.handbook.arrays import ROOT_SKILL
+from skillorchestra.handbook.arrays import MODE_PREFIX, ROOT_SKILL
 from skillorchestra.handbook.errors import InvalidInput, NotFound
 from skillorchestra.handbook.models import (
     INFRASTRUCTURE_ERRORS,
@@ -200,6 +200,7 @@ class HandbookStore:
         conn = sqlite3.connect(str(path), timeout=busy_timeout_s, check_same_thread=False, isolation_level=None)
         self.db = Database(conn)
         self.lock = threading.RLock()
+        self.generation = 0  # bumped by every change of the live state made through this object
         with self.lock:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -334,6 +335,8 @@ class HandbookStore:
             self.db["competence"].insert_all([c.model_dump() for c in document.competence])
         if document.cost:
             self.db["cost_stats"].insert_all([c.model_dump() for c in document.cost])
+        self.generation += 1
+        self._set_meta("description", document.description)
         self._set_meta("selections", _dumps(document.selections))
         self._set_meta("labeller", _dumps(document.labeller))
 
@@ -404,6 +407,7 @@ class HandbookStore:
                 agents=self.agents(),
                 competence=self.competence(),
                 cost=self.costs(),
+                description=self._meta("description") or "",
                 selections=self.selections(),
                 labeller=self.labeller(),
             )
@@ -440,6 +444,7 @@ class HandbookStore:
             return self._apply_event(kind, payload)
 
     def _apply_event(self, kind: str, payload: dict[str, Any]) -> Any:
+        self.generation += 1
         handler = getattr(self, f"_event_{kind}", None)
         if handler is None:
             raise InvalidInput("event.kind", kind, "a known event kind")
@@ -477,7 +482,9 @@ class HandbookStore:
         named = [s for s, w in payload["skills"] if w > 0]
         marks = ",".join("?" for _ in named)
         known = {r[0] for r in self.db.conn.execute(f"SELECT id FROM skills WHERE id IN ({marks})", named)}
-        demands = [(s, w) for s, w in payload["skills"] if s in known and w > 0] or [(ROOT_SKILL, 1.0)]
+        demands = [(s, w) for s, w in payload["skills"] if s in known and w > 0] or [
+            (self._fallback_column(payload), 1.0)
+        ]
         infrastructure = payload.get("error_class") in INFRASTRUCTURE_ERRORS
         for skill_id, weight in demands:
             if not infrastructure and payload.get("reward") is not None:
@@ -488,6 +495,11 @@ class HandbookStore:
             if cost is not None:
                 effect.costs.append(cost)
         return effect
+
+    def _fallback_column(self, payload: dict[str, Any]) -> str:
+        """A step with no (surviving) skill is evidence for its mode when it had one, else for the agent."""
+        mode = payload.get("mode")
+        return f"{MODE_PREFIX}{mode}" if mode and self._exists("modes", mode) else ROOT_SKILL
 
     def _update_competence(
         self, agent_id: str, skill_id: str, weight: float, reward: float, gamma: float | None
@@ -735,12 +747,28 @@ def check_document(document: HandbookDocument) -> None:
             if item in seen:
                 raise InvalidInput(f"{kind}[].id", item, "unique ids")
             seen.add(item)
-    known_skills = set(skill_ids) | {ROOT_SKILL}
+    mode_ids = (
+        {m.id for m in document.modes}
+        | {s.mode for s in document.skills}
+        | {m for a in document.agents for m in a.modes}
+    )
+    known_skills = set(skill_ids) | {ROOT_SKILL} | {f"{MODE_PREFIX}{m}" for m in mode_ids}
+    parents = {s.id: s.parent_id for s in document.skills}
     for skill in document.skills:
-        if skill.id == ROOT_SKILL:
-            raise InvalidInput("skills[].id", skill.id, f"any id but the reserved {ROOT_SKILL!r}")
-        if skill.parent_id is not None and skill.parent_id not in known_skills:
+        if skill.id == ROOT_SKILL or skill.id.startswith(MODE_PREFIX):
+            raise InvalidInput(
+                "skills[].id",
+                skill.id,
+                f"an id that is not {ROOT_SKILL!r} and does not start with {MODE_PREFIX!r} (reserved)",
+            )
+        if skill.parent_id is not None and skill.parent_id not in parents:
             raise NotFound("parent skill", skill.parent_id, skill_ids)
+        seen, cursor = {skill.id}, skill.parent_id
+        while cursor is not None:
+            if cursor in seen:
+                raise InvalidInput(f"skills[{skill.id}].parent_id", skill.parent_id, "a parent chain without a cycle")
+            seen.add(cursor)
+            cursor = parents.get(cursor)
     for section, rows in (("competence", document.competence), ("cost", document.cost)):
         _check_pairs(section, rows, set(agent_ids), known_skills)
 

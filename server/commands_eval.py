@@ -84,6 +84,9 @@ def _json_default(value: object) -> object:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:  # _common's --db help names the user's handbook; eval never defaults to it
+        if action.dest == "db":
+            action.help = "keep the online replay's handbook in this database (default: a temporary one)"
     parser.add_argument("--train", type=Path, required=True, help="generic outcome JSONL to learn from")
     parser.add_argument("--test", type=Path, required=True, help="generic outcome JSONL to evaluate on")
     parser.add_argument("--agents", type=Path, default=None, help="agents.json prices (default: beside --train)")

@@ -12,7 +12,7 @@ from typing import Any
 
 from skillorchestra.handbook.errors import InvalidInput
 
-CURVES = {"skillorchestra": "tab:blue", "knn": "tab:orange"}
+CURVES = {"skillorchestra": ("tab:blue", (3, 4)), "knn": ("tab:orange", (3, -10))}  # colour, lambda label offset
 POINTS = {
     "skillorchestra-thompson": ("tab:cyan", "D"),
     "paper-rule": ("tab:purple", "s"),
@@ -36,18 +36,19 @@ def _pyplot() -> Any:
     return plt
 
 
-def write_plots(result: dict[str, Any], out_dir: Path, title: str = "") -> list[Path]:
-    """Write DIR/pareto.png and DIR/shares.png; returns their paths."""
+def write_plots(result: dict[str, Any], out_dir: Path, label: str = "") -> list[Path]:
+    """Write DIR/pareto.png and DIR/shares.png (titles prefixed by `label`, e.g. the dataset); returns paths."""
     plt = _pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "pareto.png", out_dir / "shares.png"]
-    _pareto(plt, result, paths[0], title)
-    _shares(plt, result, paths[1], title)
+    prefix = f"{label}: " if label else ""
+    _pareto(plt, result, paths[0], prefix)
+    _shares(plt, result, paths[1], prefix)
     return paths
 
 
-def _pareto(plt: Any, result: dict[str, Any], path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+def _pareto(plt: Any, result: dict[str, Any], path: Path, prefix: str) -> None:
+    fig, ax = plt.subplots(figsize=(9.5, 5.5), dpi=110)
     rows = result["rows"]
     operating = result.get("operating_point", {}).get("lambda")
     for agent in result.get("single_agents", []):
@@ -62,13 +63,13 @@ def _pareto(plt: Any, result: dict[str, Any], path: Path, title: str) -> None:
             xytext=(3, -8),
             textcoords="offset points",
         )
-    for policy, color in CURVES.items():
+    for policy, (color, offset) in CURVES.items():
         points = sorted((r["lambda"], r["avg_cost"], r["accuracy"]) for r in rows if r["policy"] == policy)
         if not points:
             continue
         ax.plot([c for _, c, _ in points], [a for _, _, a in points], "-o", color=color, ms=4, label=policy, zorder=3)
         for lam, cost, acc in points:
-            ax.annotate(f"{lam:g}", (cost, acc), fontsize=6, color=color, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(f"{lam:g}", (cost, acc), fontsize=6, color=color, xytext=offset, textcoords="offset points")
     for r in rows:
         if r["policy"] == "skillorchestra" and r["lambda"] == operating:
             ax.scatter(
@@ -90,9 +91,18 @@ def _pareto(plt: Any, result: dict[str, Any], path: Path, title: str) -> None:
     ds = result["dataset"]
     ax.set_xlabel(f"mean cost per task (USD, {ds['cost_basis']})")
     ax.set_ylabel("accuracy (mean score)")
-    ax.set_title(title or f"accuracy vs cost on {ds['test']} test tasks ({len(ds['agents'])} agents)")
+    ax.set_title(f"{prefix}accuracy vs cost on {ds['test']} unseen test tasks ({len(ds['agents'])} agents)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.text(
+        1.01,
+        0.0,
+        "numbers on curves: lambda\ngray: single agents",
+        transform=ax.transAxes,
+        fontsize=7,
+        color="dimgray",
+        va="bottom",
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -108,7 +118,7 @@ def _operating_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return list(chosen.values())
 
 
-def _shares(plt: Any, result: dict[str, Any], path: Path, title: str) -> None:
+def _shares(plt: Any, result: dict[str, Any], path: Path, prefix: str) -> None:
     rows = _operating_rows(result)
     agents = result["dataset"]["agents"]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 2.2), dpi=110)
@@ -125,7 +135,7 @@ def _shares(plt: Any, result: dict[str, Any], path: Path, title: str) -> None:
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of calls")
-    ax.set_title(title or "call shares per agent at each policy's operating point")
+    ax.set_title(f"{prefix}call shares per agent at each policy's operating point")
     ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3)
     fig.tight_layout()
     fig.savefig(path)

@@ -146,10 +146,6 @@ def test_cost_per_skill_is_shrunk_toward_the_agent_mean() -> None:
     assert np.isnan(arr.agent_cost[u]) and np.all(np.isnan(arr.cost_mean[u]))
 
 
-@pytest.mark.xfail(
-    reason="bug: a skill whose parent chain loops (self-parent or a<->b) reads uninitialised np.empty memory",
-    strict=True,
-)
 def test_a_cyclic_parent_chain_does_not_produce_garbage_means() -> None:
     skills = [
         Skill(id="self", mode="m", parent_id="self"),
@@ -167,7 +163,6 @@ DEPTH_BUG = (
 )
 
 
-@pytest.mark.xfail(reason=DEPTH_BUG, strict=True)
 def test_hand_computed_posterior_for_one_agent_and_one_skill() -> None:
     # 3 successes, 1 failure, kappa 2, one agent: pool = (3+1)/(4+2) = 2/3; the agent has no evidence outside
     # the skill, so the skill's prior is the pool: Beta(3 + 2*2/3, 1 + 2*1/3) = Beta(13/3, 5/3), mean 13/18.
@@ -180,7 +175,6 @@ def test_hand_computed_posterior_for_one_agent_and_one_skill() -> None:
     assert np.all(arr.evidence[0] == 4.0)
 
 
-@pytest.mark.xfail(reason=DEPTH_BUG, strict=True)
 def test_the_depth_of_a_skill_does_not_multiply_its_evidence() -> None:
     deep = [
         Skill(id="c", mode="m"),

@@ -120,7 +120,6 @@ def test_scores_to_weights_drops_incidental_matches() -> None:
     assert scores_to_weights([], 5) == []
 
 
-@pytest.mark.xfail(reason="bug: the query word pattern is ASCII-only, so non-ASCII words are split apart", strict=True)
 def test_non_ascii_words_match(tmp_path: Path) -> None:
     book = Handbook(HandbookStore(tmp_path / "h.db"))
     book.upsert_skill(Skill(id="translate.de", mode="answer", description="Übersetzung ins Deutsche"))

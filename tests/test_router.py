@@ -155,11 +155,6 @@ def test_thompson_pays_the_cost_term_too() -> None:
         assert route(data, 10.0, "thompson", np.random.default_rng(seed)).chosen == 1
 
 
-@pytest.mark.xfail(
-    reason="bug: the propensity leaves out the draw that made the choice, so a chosen agent can get propensity 0 "
-    "(an infinite inverse-propensity weight in off-policy evaluation)",
-    strict=True,
-)
 def test_thompson_propensity_of_the_chosen_agent_is_never_zero() -> None:
     data = inputs([[20.0], [12.0]], [[10.0], [18.0]], [1.0])  # the weaker agent wins about 1% of draws
     scores = route(data, 0.0, "thompson", np.random.default_rng(1314))  # a seed where the weaker agent wins

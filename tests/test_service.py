@@ -325,11 +325,6 @@ def test_forgetting_discounts_old_evidence(tmp_path: Path, clock: Clock) -> None
     assert competence_of(book.store, "pricey", "code.python") == (20.0, 2.0)  # only the updated pair forgets
 
 
-@pytest.mark.xfail(
-    reason="bug: a step routed at mode level (no skill matched) is scored on the mode column but its outcome is "
-    "filed under ROOT_SKILL, so the mode column never gains evidence",
-    strict=True,
-)
 def test_a_mode_level_outcome_is_evidence_for_that_mode(book: Handbook) -> None:
     decision = book.route(RouteRequest(text="zebra marmalade", mode="search", lambda_=0.0, allowed_agents=["mid"]))
     assert decision.skills == [] and decision.skills_source == "mode level"
@@ -449,11 +444,6 @@ UNCHECKED: list[tuple[str, Call]] = [
 ]
 
 
-@pytest.mark.xfail(
-    reason="bug: the service does not validate costs, tokens, latency, max_cost_usd, budget_usd, seed or strategy; "
-    "a negative or non-finite cost is stored and then every document()/route() raises a pydantic ValidationError",
-    strict=True,
-)
 @pytest.mark.parametrize(("name", "call"), UNCHECKED, ids=[u[0] for u in UNCHECKED])
 def test_out_of_bounds_numbers_are_rejected_and_write_nothing(
     settled: tuple[Handbook, str, str], name: str, call: Call
@@ -466,11 +456,6 @@ def test_out_of_bounds_numbers_are_rejected_and_write_nothing(
     book.store.document()  # still readable
 
 
-@pytest.mark.xfail(
-    reason="bug: create_version/rebuild through the Handbook's own store object leave its arrays stale "
-    "(PRAGMA data_version only changes for other connections' commits)",
-    strict=True,
-)
 def test_a_new_version_through_the_same_store_reaches_the_arrays(book: Handbook) -> None:
     assert "pricey" in book.arrays().agent_ids
     book.store.create_version(HandbookDocument(agents=[Agent(id="solo")]), source="learn")

@@ -16,7 +16,7 @@ import numpy as np
 
 from skillorchestra.handbook.evaluation.data import OutcomeTable
 from skillorchestra.handbook.evaluation.scorer import Labeller
-from skillorchestra.handbook.models import TEXT_MAX, HandbookDocument
+from skillorchestra.handbook.models import TEXT_MAX, HandbookDocument, SkillDemand
 from skillorchestra.handbook.service import Handbook, OutcomeReport, RouteRequest
 from skillorchestra.handbook.store import HandbookStore
 
@@ -58,7 +58,10 @@ def step_text(query: str) -> str:
 
 
 class LabellerMatcher:
-    """The learner's labeller as the service's skill matcher, so the server infers the demands replay uses."""
+    """The learner's labeller as the service's skill matcher, so the server infers the demands replay uses.
+
+    Steps also carry their demands explicitly (as an MCP client stating `skills` would); the matcher only
+    answers for steps the labeller finds no skill for, and then with none (the agent level), as replay does."""
 
     name = "labeller"
 
@@ -66,10 +69,13 @@ class LabellerMatcher:
         self.labeller, self.known = labeller, known
 
     def match(self, text: str, mode: str | None, top_k: int) -> list[tuple[str, float]]:
-        """All of the labeller's known skills (top_k is ignored so replay and the service agree)."""
+        """All of the labeller's known skills, normalised (top_k is ignored so replay and the service agree)."""
         demands = [(s, w) for s, w in self.labeller.weights(text) if s in self.known and w > 0]
         total = sum(w for _, w in demands)
         return [(s, w / total) for s, w in demands] if total > 0 else []
+
+    def infer(self, text: str, mode: str | None, top_k: int) -> tuple[list[tuple[str, float]], str]:
+        return self.match(text, mode, top_k), self.name
 
 
 def replay_online(
@@ -89,14 +95,18 @@ def replay_online(
     try:
         initial = document if start == "learned" else cold_document(document)
         store.create_version(initial, source="eval", summary=f"eval online replay ({start} start)")
-        service = Handbook(store, matcher=LabellerMatcher(labeller, {skill.id for skill in initial.skills}))
+        matcher = LabellerMatcher(labeller, {skill.id for skill in initial.skills})
+        service = Handbook(store, matcher=matcher)
         column = {agent: j for j, agent in enumerate(table.agents)}
         allowed = [agent.id for agent in initial.agents if agent.id in column and agent.enabled]
         picks = np.zeros(len(table.tasks), dtype=np.int64)
         for t, task in enumerate(table.tasks):
+            text = step_text(task.query)
+            demands = [SkillDemand(skill_id=s, weight=w) for s, w in matcher.match(text, None, 0)]
             decision = service.route(
                 RouteRequest(
-                    text=step_text(task.query),
+                    text=text,
+                    skills=demands or None,
                     lambda_=lambda_,
                     strategy="thompson",
                     allowed_agents=allowed,

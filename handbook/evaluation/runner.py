@@ -104,6 +104,16 @@ def _picks(choices: Sequence[Any], agents: list[str]) -> np.ndarray:
     return out
 
 
+def _replayed(result: Any, table: d.OutcomeTable, agents: list[str]) -> np.ndarray:
+    """Replay's picks, one per table task (replay skips tasks none of the handbook's agents was judged on)."""
+    if len(result.choices) != len(table.tasks):
+        raise ValueError(
+            f"replay returned {len(result.choices)} choices for {len(table.tasks)} tasks: the learned handbook "
+            "lacks agents that the data judged"
+        )
+    return _picks(result.choices, agents)
+
+
 def run_eval(
     train: list[TraceTask], test: list[TraceTask], prices: Mapping[str, AgentPrice], config: EvalConfig | None = None
 ) -> dict[str, Any]:
@@ -143,7 +153,7 @@ def run_eval(
     rows, curves, agreement = [], {}, []
     for lam in lambdas:
         result = config.replay_fn(learned.document, labeller, list(table.tasks), prices, lam, config.seed, c_ref)
-        picks = _picks(result.choices, agents)
+        picks = _replayed(result, table, agents)
         agreement.append(float(np.mean(picks == expected.choose(lam, c_ref))))
         rows.append(sweep.row(p.SKILLORCHESTRA, lam, picks, table, baseline))
         curves.setdefault(p.SKILLORCHESTRA, {})[lam] = picks
@@ -225,7 +235,7 @@ def _operating_point(
     points = []
     for lam in lambdas:
         result = config.replay_fn(learned.document, labeller, list(val_table.tasks), prices, lam, config.seed, c_ref)
-        scores, costs = val_table.chosen(_picks(result.choices, agents))
+        scores, costs = val_table.chosen(_replayed(result, val_table, agents))
         points.append((lam, metrics.accuracy(scores), metrics.avg_cost(costs)))
     best_cost = metrics.avg_cost(val_table.costs[:, best])
     chosen, rule = sweep.choose_operating_point(points, best_cost, c_ref)

@@ -27,16 +27,29 @@ class Labeller(Protocol):
 
 
 class CachedLabeller:
-    """Memoises `weights` (the learner's labeller may embed the text) and passes everything else through."""
+    """Memoises the labeller's weights per (query, mode): the learner's labeller may embed the text, and the
+    eval asks for the same test queries at every lambda. Everything else passes through."""
 
     def __init__(self, inner: Labeller) -> None:
         self._inner = inner
-        self._cache: dict[str, Demands] = {}
+        self._cache: dict[tuple[str, str | None], Demands] = {}
 
-    def weights(self, query: str) -> Demands:
-        if query not in self._cache:
-            self._cache[query] = list(self._inner.weights(query))
-        return self._cache[query]
+    def weights(self, query: str, mode: str | None = None) -> Demands:
+        key = (query, mode)
+        if key not in self._cache:
+            raw = self._inner.weights(query) if mode is None else self._inner.weights(query, mode)  # type: ignore[call-arg]
+            self._cache[key] = list(raw)
+        return self._cache[key]
+
+    def weights_batch(self, queries: Sequence[str], modes: Sequence[str | None] | None = None) -> list[Demands]:
+        """Batch form (replay uses it when present): misses go to the inner batch call when it has one."""
+        modes = list(modes) if modes is not None else [None] * len(queries)
+        missing = list(dict.fromkeys(k for k in zip(queries, modes, strict=True) if k not in self._cache))
+        batch = getattr(self._inner, "weights_batch", None)
+        if missing and batch is not None:
+            for key, row in zip(missing, batch([q for q, _ in missing], [m for _, m in missing]), strict=True):
+                self._cache[key] = list(row)
+        return [self.weights(q, m) for q, m in zip(queries, modes, strict=True)]
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._inner, name)
@@ -82,12 +95,15 @@ class HandbookScorer:
         enabled = np.array([r >= 0 and bool(self.arrays.enabled[r]) for r in rows], dtype=bool)
         self.known = enabled
 
-    def columns(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """The labeller's demands as handbook columns and weights summing to 1 (no known skill: the root)."""
-        demands = [(s, w) for s, w in self.labeller.weights(text) if s in self.arrays.skill_index and w > 0]
+    def columns(self, text: str, mode: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The labeller's demands as handbook columns and weights summing to 1 (none known: the mode or root)."""
+        mode = mode if mode in self.arrays.mode_index else None
+        raw = self.labeller.weights(text, mode)
+        demands = [(s, w) for s, w in raw if s in self.arrays.skill_index and w > 0]
         total = sum(w for _, w in demands)
         if not demands or total <= 0:
-            return np.array([self.arrays.root_column]), np.ones(1)
+            column = self.arrays.root_column if mode is None else self.arrays.column_of_mode(mode)
+            return np.array([column]), np.ones(1)
         cols = np.array([self.arrays.column_of_skill(s) for s, _ in demands])
         return cols, np.array([w / total for _, w in demands])
 
@@ -99,13 +115,17 @@ class HandbookScorer:
         cost = np.where(np.isnan(recorded), priced, recorded)
         return np.where(np.isnan(cost), self.c_ref, cost)
 
-    def score(self, texts: Sequence[str]) -> Scored:
+    def score(self, texts: Sequence[str], modes: Sequence[str | None] | None = None) -> Scored:
+        """Quality and expected cost of every agent for each text (a task's mode, when the handbook knows it)."""
+        modes = list(modes) if modes is not None else [None] * len(texts)
+        modes = [m if m in self.arrays.mode_index else None for m in modes]
+        self.labeller.weights_batch(texts, modes)  # one batched labelling pass; later lookups hit the cache
         n, a = len(texts), len(self.agents)
         quality = np.zeros((n, a))
         cost = np.full((n, a), self.c_ref)
         present = self._rows >= 0
         for i, text in enumerate(texts):
-            cols, weights = self.columns(text)
+            cols, weights = self.columns(text, modes[i])
             quality[i, present] = (self.arrays.mean[:, cols] @ weights)[self._rows[present]]
             cost[i, present] = self.expected_cost(text, cols, weights)[self._rows[present]]
         return Scored(quality=quality, cost=cost, known=self.known)

@@ -1,0 +1,69 @@
+"""The server's own log as training data (`learn --data events`): decisions joined to their reported outcomes.
+
+Each routed step with stored text and a task outcome becomes one agent's outcome on that text; steps with the
+same text (and mode) are one task, so an agent tried twice on it gets its mean reward and mean cost.
+Infrastructure failures carry no reward and are left out, as they never change competence online either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from typing import Any
+
+from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.handbook.traces import AgentOutcome, AgentPrice, TraceTask
+
+
+def _rows(store: HandbookStore) -> list[dict[str, Any]]:
+    columns = set(store.db["decisions"].columns_dict)
+    call_cost = "d.call_cost_usd" if "call_cost_usd" in columns else "NULL"
+    sql = (
+        "SELECT d.id AS id, d.text AS text, d.mode AS mode, d.agent_id AS agent_id, o.reward AS reward,"
+        f" COALESCE(o.cost_usd, {call_cost}) AS cost_usd, o.prompt_tokens AS prompt_tokens,"
+        " o.completion_tokens AS completion_tokens, o.latency_s AS latency_s"
+        " FROM decisions d JOIN outcomes o ON o.decision_id = d.id"
+        " WHERE d.text IS NOT NULL AND d.text != '' AND o.reward IS NOT NULL"
+        " AND COALESCE(o.error_class, 'task') = 'task'"
+        " ORDER BY d.created_at, d.id"
+    )
+    with store.lock:
+        return list(store.db.query(sql))
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def tasks_from_events(store: HandbookStore) -> list[TraceTask]:
+    """One task per distinct (mode, text), in order of first appearance, with each agent's mean outcome."""
+    grouped: dict[tuple[str | None, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for row in _rows(store):
+        grouped[(row["mode"], row["text"])][row["agent_id"]].append(row)
+    tasks: list[TraceTask] = []
+    for (mode, text), by_agent in grouped.items():
+        outcomes = {}
+        for agent, rows in by_agent.items():
+            costs = [float(r["cost_usd"]) for r in rows if r["cost_usd"] is not None]
+            prompt = [float(r["prompt_tokens"]) for r in rows if r["prompt_tokens"] is not None]
+            completion = [float(r["completion_tokens"]) for r in rows if r["completion_tokens"] is not None]
+            latency = [float(r["latency_s"]) for r in rows if r["latency_s"] is not None]
+            outcomes[agent] = AgentOutcome(
+                score=min(max(float(_mean([float(r["reward"]) for r in rows]) or 0.0), 0.0), 1.0),
+                cost_usd=_mean(costs),
+                prompt_tokens=round(_mean(prompt)) if prompt else None,
+                completion_tokens=round(_mean(completion)) if completion else None,
+                latency_s=_mean(latency),
+            )
+        digest = hashlib.sha256(f"{mode}\0{text}".encode()).hexdigest()[:16]
+        tasks.append(TraceTask(id=f"event-{digest}", query=text, mode=mode, outcomes=outcomes))
+    return tasks
+
+
+def prices_from_store(store: HandbookStore) -> dict[str, AgentPrice]:
+    """The handbook's own agent prices, for the tasks' cost estimates where an outcome reported no cost."""
+    return {
+        a.id: AgentPrice(input_per_mtok=a.input_per_mtok, output_per_mtok=a.output_per_mtok, description=a.description)
+        for a in store.agents()
+        if a.input_per_mtok is not None and a.output_per_mtok is not None
+    }

@@ -1,0 +1,335 @@
+"""`learn`: outcome traces in, a Skill Handbook out: offline, no LLM, deterministic for a seed.
+
+split -> features -> discovery (categories from task labels or clusters, leaves where agents differ) ->
+identification (the labeller) -> profiling -> refinement (checked on validation) -> selection of the
+granularity (each candidate replayed on validation through the real router) -> the selected handbook,
+re-profiled on every judged task, with readable skills.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from skillorchestra.handbook.arrays import DEFAULT_KAPPA
+from skillorchestra.handbook.embedding import Embedder
+from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.learning.candidates import Built, Evaluator, Split
+from skillorchestra.handbook.learning.discovery import (
+    Corpus,
+    DiscoveryParams,
+    discover,
+    prototype_table,
+    prototype_vectors,
+)
+from skillorchestra.handbook.learning.features import CachedEmbedder, TfidfSpace
+from skillorchestra.handbook.learning.grouping import utilities
+from skillorchestra.handbook.learning.labeller import SkillLabeller
+from skillorchestra.handbook.learning.naming import describe
+from skillorchestra.handbook.learning.profile import Outcomes
+from skillorchestra.handbook.learning.refine import RefineParams, refine
+from skillorchestra.handbook.learning.replay import document_arrays, task_modes
+from skillorchestra.handbook.learning.selection import CandidateReport, report, select
+from skillorchestra.handbook.learning.taxonomy import DEFAULT_MODE
+from skillorchestra.handbook.models import DESCRIPTION_MAX, Agent, HandbookDocument, Mode
+from skillorchestra.handbook.traces import AgentPrice, TraceTask
+
+Progress = Callable[[float, str], None]
+DEFAULT_TEMPERATURE = 0.05
+
+
+@dataclass(frozen=True)
+class LearnParams:
+    discovery: DiscoveryParams = field(default_factory=DiscoveryParams)
+    refine: RefineParams = field(default_factory=RefineParams)
+    kappa: float = DEFAULT_KAPPA  # must match the server's HandbookSettings.kappa for replay == serving
+    profile_on_all: bool = True  # the selected handbook's evidence: train + validation (True) or train only
+
+
+@dataclass
+class LearnResult:
+    document: HandbookDocument
+    labeller: SkillLabeller
+    candidates: list[CandidateReport]
+    selected: str
+    metrics: dict[str, Any]
+    seconds: float
+    llm_calls: int = 0
+    usd: float = 0.0
+
+
+def split_tasks(tasks: Sequence[TraceTask], val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/validation rows, stratified by task label (an unlabelled task is its own stratum's member)."""
+    rng = np.random.default_rng(seed)
+    strata: dict[str, list[int]] = {}
+    for i, task in enumerate(tasks):
+        strata.setdefault(task.task or "", []).append(i)
+    val: list[int] = []
+    for label in sorted(strata):
+        rows = np.array(strata[label])
+        rows = rows[rng.permutation(rows.size)]
+        val.extend(rows[: int(round(rows.size * val_fraction))].tolist())
+    val_set = set(val)
+    train = [i for i in range(len(tasks)) if i not in val_set]
+    if not train:  # tiny data: keep one task to learn from
+        train, val = val[:1], val[1:]
+    return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)
+
+
+def _check(tasks: Sequence[TraceTask], val_fraction: float, lambda_: float) -> list[TraceTask]:
+    if not (isinstance(lambda_, int | float) and math.isfinite(lambda_) and lambda_ >= 0):
+        raise InvalidInput("lambda", lambda_, "a finite number >= 0")
+    if not (0.0 <= val_fraction < 1.0):
+        raise InvalidInput("val_fraction", val_fraction, "a fraction in [0, 1)")
+    judged = [t for t in tasks if any(o.score is not None for o in t.outcomes.values())]
+    if not judged:
+        raise InvalidInput("tasks", len(tasks), "at least one task with a judged (non-null) score")
+    return judged
+
+
+def _agents(agent_ids: Sequence[str], prices: Mapping[str, AgentPrice]) -> list[Agent]:
+    out = []
+    for agent_id in agent_ids:
+        price = prices.get(agent_id)
+        out.append(
+            Agent(
+                id=agent_id,
+                description=((price.description or "") if price else "")[:DESCRIPTION_MAX],
+                input_per_mtok=price.input_per_mtok if price else None,
+                output_per_mtok=price.output_per_mtok if price else None,
+            )
+        )
+    return out
+
+
+def learn(
+    tasks: Sequence[TraceTask],
+    prices: Mapping[str, AgentPrice],
+    *,
+    val_fraction: float = 0.2,
+    lambda_: float = 0.1,
+    seed: int = 0,
+    embedder: Embedder | None = None,
+    progress: Progress | None = None,
+    params: LearnParams | None = None,
+) -> LearnResult:
+    """Learn, refine and select a handbook from outcome traces (see the module docstring)."""
+    started = time.perf_counter()
+    params = params or LearnParams()
+    timings: dict[str, float] = {}
+    clock = [started]
+
+    def step(fraction: float, message: str, stage: str | None = None) -> None:
+        now = time.perf_counter()
+        if stage:
+            timings[stage] = round(now - clock[0], 3)
+        clock[0] = now
+        if progress is not None:
+            progress(fraction, message)
+
+    tasks = _check(tasks, val_fraction, lambda_)
+    prices = dict(prices)
+    train_rows, val_rows = split_tasks(tasks, val_fraction, seed)
+    train = [tasks[i] for i in train_rows]
+    val = [tasks[i] for i in val_rows]
+    validated_on = "validation split"
+    if not val:
+        val, validated_on = train, "training tasks (no validation split)"
+    agent_ids = sorted({a for t in tasks for a, o in t.outcomes.items() if o.score is not None})
+    out_train = Outcomes.build(train, prices, agent_ids)
+    out_val = Outcomes.build(val, prices, agent_ids)
+    c_ref = out_train.reference_cost()
+    lambdas = sorted({0.0, float(lambda_)})
+    norm = out_train.costs / c_ref if c_ref > 0 else np.zeros_like(out_train.costs)
+
+    step(0.05, "features")
+    queries = [t.query for t in train]
+    space = TfidfSpace.fit(queries)
+    cached: CachedEmbedder | None = None
+    embeddings = None
+    if embedder is not None:
+        cached = embedder if isinstance(embedder, CachedEmbedder) else CachedEmbedder(embedder)
+        embeddings = cached.encode(queries + [t.query for t in val])[: len(train)]
+    corpus = Corpus(
+        queries=queries,
+        labels=[t.task for t in train],
+        modes=[t.mode or DEFAULT_MODE for t in train],
+        outcomes=out_train,
+        utilities=utilities(out_train.scores, norm, lambdas),
+        space=space,
+        rows=space.transform(queries),
+        embeddings=embeddings,
+        seed=seed,
+    )
+
+    step(0.3, "discovering skills", "features")
+    taxonomy, members, proto_modes = discover(corpus, params.discovery)
+    vectors, labeller_space = prototype_vectors(corpus, members, params.discovery.proto_terms)
+    protos = prototype_table(members, proto_modes, vectors, len(train))
+    category_of = {p: c.id for c in taxonomy.categories for p in c.protos}
+    base = SkillLabeller(
+        "tfidf" if cached is None else "minilm",
+        vectors,
+        [category_of[p] for p in range(len(members))],
+        {c.id: c.mode for c in taxonomy.categories},
+        DEFAULT_TEMPERATURE,
+        space=labeller_space,
+        embedder=cached,
+    )
+    modes = [
+        Mode(id=m, description=f"Learned offline from {sum(x == m for x in corpus.modes)} training tasks.")
+        for m in sorted(set(corpus.modes))
+    ]
+    mode_ids = [m.id for m in modes]
+    train_split = Split(
+        [t.id for t in train], queries, task_modes(train, mode_ids), out_train, base.similarities(queries)
+    )
+    val_queries = [t.query for t in val]
+    val_split = Split(
+        [t.id for t in val], val_queries, task_modes(val, mode_ids), out_val, base.similarities(val_queries)
+    )
+    evaluator = Evaluator(
+        base, protos, train_split, val_split, _agents(agent_ids, prices), modes, lambda_, c_ref, params.kappa, seed
+    )
+
+    step(0.45, "building candidate handbooks", "discovery")
+    candidates = [evaluator.evaluate("depth0", 0, taxonomy), evaluator.evaluate("depth1", 1, taxonomy)]
+    if taxonomy.max_depth == 2:
+        candidates.append(evaluator.evaluate("depth2", 2, taxonomy))
+
+    step(0.6, "refining", "candidates")
+    start = candidates[-1]
+    refined, log = refine(start, evaluator, corpus, protos, params.refine)
+    if refined.taxonomy.signature(2) not in {c.taxonomy.signature(c.depth) for c in candidates}:
+        candidates.append(refined)
+
+    step(0.85, "selecting", "refinement")
+    reports = report(
+        [c.name for c in candidates],
+        [c.depth if c.name != "refined" else c.taxonomy.max_depth for c in candidates],
+        [len(c.specs) for c in candidates],
+        [c.val for c in candidates],
+        lambda_,
+        c_ref,
+        seed,
+    )
+    best = select(reports)
+    reports[best].selected = True
+    chosen = candidates[best]
+    depth = reports[best].depth
+
+    document = _final_document(chosen, evaluator, corpus, protos, train_split, val_split, val is not train, params)
+    val_labels = [t.task for t in val]
+    agreement = _label_agreement(chosen, val_split, val_labels)
+    agreement_depth1 = _label_agreement(candidates[1], val_split, val_labels)
+    families = sorted({t.task for t in tasks if t.task})
+    description = (
+        f"Learned offline (no LLM) from {len(tasks)} tasks ({len(train)} train / "
+        f"{len(val) if validated_on == 'validation split' else 0} validation) of {len(agent_ids)} agents"
+        + (
+            f", {len(families)} task families ({', '.join(families[:10])}{', ...' if len(families) > 10 else ''})"
+            if families
+            else ""
+        )
+        + f"; {base.kind} features, seed {seed}. Selected '{chosen.name}' ({len(chosen.specs)} skills, depth {depth}) "
+        f"at lambda {lambda_:g}: validation accuracy {chosen.val.accuracy:.3f}, avg cost ${chosen.val.avg_cost:.3g}."
+    )
+    document = document.model_copy(
+        update={
+            "description": description[:DESCRIPTION_MAX],
+            "selections": {"default": depth},
+            "labeller": chosen.labeller.to_json(),
+        }
+    )
+    step(1.0, "done", "selection")
+    seconds = time.perf_counter() - started
+    metrics: dict[str, Any] = {
+        "n_tasks": len(tasks),
+        "n_train": len(train),
+        "n_val": len(val) if validated_on == "validation split" else 0,
+        "validated_on": validated_on,
+        "agents": agent_ids,
+        "features": base.kind,
+        "embedding_model": cached.model_name if cached is not None else None,
+        "embedded_now": cached.computed if cached is not None else 0,
+        "lambda": lambda_,
+        "seed": seed,
+        "c_ref": c_ref,
+        "kappa": params.kappa,
+        "selected": chosen.name,
+        "depth": depth,
+        "n_skills": len(chosen.specs),
+        "n_categories": len(chosen.taxonomy.categories),
+        "n_prototypes": len(members),
+        "temperature": chosen.labeller.temperature,
+        "val": {
+            "accuracy": chosen.val.accuracy,
+            "avg_cost": chosen.val.avg_cost,
+            "utility": reports[best].utility,
+        },
+        "label_agreement_val": agreement,
+        "label_agreement_val_depth1": agreement_depth1,
+        "refinement": [s.as_dict() for s in log],
+        "evaluations": evaluator.evaluations,
+        "profiled_on": "train+validation" if params.profile_on_all and val is not train else "train",
+        "timings": timings,
+    }
+    labeller = chosen.labeller
+    if cached is not None and cached is not embedder:
+        labeller.use_embedder(embedder)  # serve with the caller's embedder, not this run's growing cache
+    return LearnResult(
+        document=document,
+        labeller=labeller,
+        candidates=reports,
+        selected=chosen.name,
+        metrics=metrics,
+        seconds=seconds,
+    )
+
+
+def _label_agreement(built: Built, split: Split, labels: Sequence[str | None]) -> float | None:
+    """Share of labelled validation tasks whose top skill lies in a category covering the task's label."""
+    if not built.specs or not any(labels):
+        return None
+    weights = built.labeller.weights_matrix(split.sims, split.modes)
+    covers = {s.id: set(s.labels) for s in built.specs}
+    hits = total = 0
+    for row, label in zip(weights, labels, strict=True):
+        if label is None or row.sum() <= 0:
+            continue
+        total += 1
+        hits += label in covers[built.labeller.skill_ids[int(np.argmax(row))]]
+    return hits / total if total else None
+
+
+def _final_document(
+    chosen: Built,
+    evaluator: Evaluator,
+    corpus: Corpus,
+    protos: Any,
+    train: Split,
+    val: Split,
+    has_val: bool,
+    params: LearnParams,
+) -> HandbookDocument:
+    """The selected skill set, profiled on every judged task (or train only) and described for people."""
+    labeller = chosen.labeller
+    weights = evaluator.weights(labeller, train)
+    outcomes = train.outcomes
+    if params.profile_on_all and has_val:
+        weights = np.concatenate([weights, evaluator.weights(labeller, val)])
+        outcomes = Outcomes(
+            outcomes.agent_ids,
+            *(np.concatenate([getattr(train.outcomes, f), getattr(val.outcomes, f)]) for f in _OUTCOME_FIELDS),
+        )
+    bare = evaluator.document(chosen.specs, labeller, weights, outcomes)
+    skills = describe(chosen.specs, chosen.taxonomy, corpus, protos, document_arrays(bare, params.kappa), train.sims)
+    return bare.model_copy(update={"skills": skills})
+
+
+_OUTCOME_FIELDS = ("scores", "costs", "prompt_tokens", "completion_tokens", "latency")

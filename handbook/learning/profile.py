@@ -1,0 +1,136 @@
+"""Profiling: competence (Beta) and cost per (agent, skill) from tasks and their skill weights.
+
+Always recomputed from the tasks, never patched: a refined taxonomy is re-profiled from scratch, so nothing is
+counted twice. Each judged outcome contributes alpha += w * score, beta += w * (1 - score) for every skill
+weight w of its task (weights sum to 1; a task without skills is filed under the root), which is the sum of
+handbook/posterior.py `fractional_update` over the tasks; cost statistics are the weighted moments that
+`weighted_mean_update` accumulates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from skillorchestra.handbook.arrays import ROOT_SKILL
+from skillorchestra.handbook.models import Competence, CostStats
+from skillorchestra.handbook.posterior import fractional_update
+from skillorchestra.handbook.traces import DEFAULT_COMPLETION_TOKENS, AgentPrice, TraceTask, estimate_cost_usd
+
+
+@dataclass
+class Outcomes:
+    """Tasks x agents matrices; NaN where an agent was not run, not judged, or has no known cost."""
+
+    agent_ids: list[str]
+    scores: np.ndarray
+    costs: np.ndarray
+    prompt_tokens: np.ndarray
+    completion_tokens: np.ndarray
+    latency: np.ndarray
+
+    @classmethod
+    def build(
+        cls, tasks: Sequence[TraceTask], prices: Mapping[str, AgentPrice], agents: Sequence[str] | None = None
+    ) -> Outcomes:
+        if agents is None:
+            agents = sorted({a for t in tasks for a, o in t.outcomes.items() if o.score is not None})
+        col = {a: j for j, a in enumerate(agents)}
+        shape = (len(tasks), len(agents))
+        scores, costs = np.full(shape, np.nan), np.full(shape, np.nan)
+        prompt, completion, latency = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
+        for i, task in enumerate(tasks):
+            for agent, outcome in task.outcomes.items():
+                j = col.get(agent)
+                if j is None:
+                    continue
+                if outcome.score is not None:
+                    scores[i, j] = outcome.score
+                cost = estimate_cost_usd(task.query, outcome, prices.get(agent))
+                if cost is not None:
+                    costs[i, j] = cost
+                prompt[i, j] = outcome.prompt_tokens if outcome.prompt_tokens is not None else len(task.query) / 4
+                completion[i, j] = (
+                    outcome.completion_tokens if outcome.completion_tokens is not None else DEFAULT_COMPLETION_TOKENS
+                )
+                if outcome.latency_s is not None:
+                    latency[i, j] = outcome.latency_s
+        return cls(list(agents), scores, costs, prompt, completion, latency)
+
+    def take(self, rows: np.ndarray) -> Outcomes:
+        return Outcomes(
+            self.agent_ids,
+            self.scores[rows],
+            self.costs[rows],
+            self.prompt_tokens[rows],
+            self.completion_tokens[rows],
+            self.latency[rows],
+        )
+
+    def mean_costs(self) -> np.ndarray:
+        """(A,) mean cost per call over tasks with a known cost (NaN when none)."""
+        known = ~np.isnan(self.costs)
+        with np.errstate(invalid="ignore"):
+            return np.where(known.any(axis=0), np.nansum(self.costs, axis=0) / known.sum(axis=0), np.nan)
+
+    def reference_cost(self) -> float:
+        """interface.md's c_ref: the mean cost per call of the most expensive agent (0 when no cost is known)."""
+        means = self.mean_costs()
+        return float(np.nanmax(means)) if np.isfinite(means).any() else 0.0
+
+
+def with_root(weights: np.ndarray) -> np.ndarray:
+    """Append the root column: a task with no skill weight credits the agent as a whole (as the service does)."""
+    root = (weights.sum(axis=1) <= 0).astype(float)[:, None]
+    return np.concatenate([weights, root], axis=1)
+
+
+def profile(
+    weights: np.ndarray, skill_ids: Sequence[str], outcomes: Outcomes
+) -> tuple[list[Competence], list[CostStats]]:
+    """Competence and cost rows for (agent, skill) pairs with evidence; `weights` is (N, S), rows sum to 1 or 0."""
+    w = with_root(weights)
+    columns = [*skill_ids, ROOT_SKILL]
+    judged = ~np.isnan(outcomes.scores)
+    y = np.where(judged, outcomes.scores, 0.0)
+    total = w.T @ judged  # (S+1, A) weighted number of judged outcomes
+    reward = w.T @ y
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_reward = np.where(total > 0, reward / np.maximum(total, 1e-300), 0.0)
+    alpha, beta = fractional_update(np.ones_like(total), np.ones_like(total), total, mean_reward)
+
+    known = ~np.isnan(outcomes.costs)
+    c = np.where(known, outcomes.costs, 0.0)
+    n = w.T @ known
+    safe_n = np.maximum(n, 1e-300)
+    mean = (w.T @ c) / safe_n
+    m2 = np.maximum(w.T @ (c * c) - n * mean * mean, 0.0)
+    prompt = (w.T @ np.where(known, np.nan_to_num(outcomes.prompt_tokens), 0.0)) / safe_n
+    completion = (w.T @ np.where(known, np.nan_to_num(outcomes.completion_tokens), 0.0)) / safe_n
+    has_latency = known & ~np.isnan(outcomes.latency)
+    latency = (w.T @ np.where(has_latency, outcomes.latency, 0.0)) / np.maximum(w.T @ has_latency, 1e-300)
+
+    competence: list[Competence] = []
+    cost: list[CostStats] = []
+    for k, skill in enumerate(columns):
+        for j, agent in enumerate(outcomes.agent_ids):
+            if total[k, j] > 0:
+                competence.append(
+                    Competence(agent_id=agent, skill_id=skill, alpha=float(alpha[k, j]), beta=float(beta[k, j]))
+                )
+            if n[k, j] > 0:
+                cost.append(
+                    CostStats(
+                        agent_id=agent,
+                        skill_id=skill,
+                        n=float(n[k, j]),
+                        mean_cost_usd=float(mean[k, j]),
+                        m2_cost=float(m2[k, j]),
+                        mean_prompt_tokens=float(prompt[k, j]),
+                        mean_completion_tokens=float(completion[k, j]),
+                        mean_latency_s=float(latency[k, j]),
+                    )
+                )
+    return competence, cost

@@ -1,0 +1,214 @@
+"""The replay evaluator: recorded tasks through the real router, scored by the recorded outcomes.
+
+For every task it does what handbook/service.py does for a step (the labeller's demands, build_arrays'
+posteriors, expected cost per (agent, skill) from the cost statistics else the price estimate, c_ref = the
+highest typical cost over enabled agents, unknown cost charged c_ref) and scores the choice with the outcome
+the chosen agent really had. Agents without a judged outcome on a task are not eligible for it, as if the
+request had named `allowed_agents`. The mean strategy is vectorised over tasks with the router's arithmetic
+in the router's order; Thompson sampling calls router.route per task with one seeded generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from skillorchestra.handbook.arrays import DEFAULT_KAPPA, HandbookArrays, build_arrays
+from skillorchestra.handbook.learning.profile import Outcomes
+from skillorchestra.handbook.models import HandbookDocument
+from skillorchestra.handbook.router import RouteInputs, Strategy, route
+from skillorchestra.handbook.traces import DEFAULT_COMPLETION_TOKENS, AgentPrice, TraceTask
+
+
+@dataclass
+class ReplayResult:
+    choices: list[str]  # chosen agent id per kept task
+    scores: np.ndarray  # the chosen agent's recorded score
+    costs: np.ndarray  # the chosen agent's recorded cost (the router's expected cost when none is recorded)
+    accuracy: float
+    avg_cost: float
+    propensities: np.ndarray  # probability the policy picks the chosen agent (1.0 for mean)
+    task_ids: list[str] = field(default_factory=list)  # kept tasks (at least one judged agent), in order
+    dropped: int = 0  # tasks without any judged agent of the handbook
+    expected_costs: np.ndarray = field(default_factory=lambda: np.empty(0))
+    c_ref: float = 0.0  # the reference cost used (the first task's, when it varies per task)
+    demands: list[list[tuple[str, float]]] = field(default_factory=list)
+
+    def utility(self, lambda_: float, c_ref: float) -> float:
+        """interface.md's objective: accuracy - lambda * avg_cost / c_ref."""
+        return self.accuracy - (lambda_ * self.avg_cost / c_ref if c_ref > 0 else 0.0)
+
+
+def document_arrays(document: HandbookDocument, kappa: float = DEFAULT_KAPPA) -> HandbookArrays:
+    return build_arrays(
+        document.modes, document.skills, document.agents, document.competence, document.cost, kappa=kappa
+    )
+
+
+def task_modes(tasks: Sequence[TraceTask], mode_ids: Sequence[str]) -> list[str | None]:
+    """The mode a step of this task names: the task's own when the handbook knows it, else none."""
+    known = set(mode_ids)
+    return [t.mode if t.mode in known else None for t in tasks]
+
+
+def labeller_matrix(
+    labeller: Any, queries: Sequence[str], modes: Sequence[str | None], skill_ids: Sequence[str]
+) -> np.ndarray:
+    """(N, S) weights in `skill_ids` order; skills the handbook does not know are dropped and the rest renormalised."""
+    if hasattr(labeller, "weights_batch"):
+        rows = labeller.weights_batch(list(queries), list(modes))
+    else:
+        rows = [
+            labeller.weights(q) if m is None else labeller.weights(q, m) for q, m in zip(queries, modes, strict=True)
+        ]
+    index = {s: j for j, s in enumerate(skill_ids)}
+    out = np.zeros((len(queries), len(skill_ids)))
+    for i, row in enumerate(rows):
+        for skill, weight in row:
+            j = index.get(skill)
+            if j is not None and weight > 0:
+                out[i, j] += weight
+    totals = out.sum(axis=1, keepdims=True)
+    return np.divide(out, totals, out=np.zeros_like(out), where=totals > 0)
+
+
+def replay(
+    document: HandbookDocument,
+    labeller: Any,
+    tasks: Sequence[TraceTask],
+    prices: Mapping[str, AgentPrice],
+    lambda_: float,
+    strategy: Strategy = "mean",
+    seed: int = 0,
+    c_ref: float | None = None,
+    kappa: float = DEFAULT_KAPPA,
+) -> ReplayResult:
+    """Route each task as the server would with this document and labeller; score with the recorded outcomes.
+
+    `c_ref` overrides the reference cost (so several policies share one scale); None applies the service's rule.
+    """
+    arrays = document_arrays(document, kappa)
+    modes = task_modes(tasks, arrays.mode_ids)
+    queries = [t.query for t in tasks]
+    weights = labeller_matrix(labeller, queries, modes, arrays.skill_ids)
+    outcomes = Outcomes.build(tasks, prices, agents=arrays.agent_ids)
+    return replay_arrays(
+        arrays, weights, queries, modes, outcomes, [t.id for t in tasks], lambda_, strategy, seed, c_ref
+    )
+
+
+def _demand_columns(
+    arrays: HandbookArrays, weights: np.ndarray, modes: Sequence[str | None]
+) -> tuple[np.ndarray, np.ndarray, list[list[tuple[str, float]]]]:
+    """Per task, the demanded columns heaviest first (the matcher's order), padded with zero weights."""
+    n = weights.shape[0]
+    order = [sorted(np.flatnonzero(row > 0), key=lambda j, row=row: (-row[j], arrays.skill_ids[j])) for row in weights]
+    width = max([len(o) for o in order] + [1])
+    cols = np.full((n, width), arrays.root_column, dtype=np.int64)
+    w = np.zeros((n, width))
+    demands: list[list[tuple[str, float]]] = []
+    for i, picked in enumerate(order):
+        if picked:
+            cols[i, : len(picked)] = picked
+            w[i, : len(picked)] = weights[i, picked]
+            demands.append([(arrays.skill_ids[j], float(weights[i, j])) for j in picked])
+        else:
+            mode = modes[i]
+            cols[i, 0] = arrays.column_of_mode(mode) if mode is not None else arrays.root_column
+            w[i, 0] = 1.0
+            demands.append([])
+    return cols, w, demands
+
+
+def replay_arrays(
+    arrays: HandbookArrays,
+    weights: np.ndarray,
+    queries: Sequence[str],
+    modes: Sequence[str | None],
+    outcomes: Outcomes,
+    task_ids: Sequence[str],
+    lambda_: float,
+    strategy: Strategy = "mean",
+    seed: int = 0,
+    c_ref: float | None = None,
+) -> ReplayResult:
+    """The core of `replay` on prepared arrays, weights (N, S in arrays.skill_ids order) and outcome matrices."""
+    if outcomes.agent_ids != arrays.agent_ids:
+        raise ValueError("outcomes must be built in the handbook's agent order")
+    cols, w, demands = _demand_columns(arrays, weights, modes)
+    n, a = len(queries), len(arrays.agent_ids)
+    mean_t, cost_t = arrays.mean.T, arrays.cost_mean.T  # (C, A)
+
+    quality = np.zeros((n, a))
+    recorded = np.zeros((n, a))
+    for k in range(cols.shape[1]):
+        quality = quality + w[:, k, None] * mean_t[cols[:, k]]
+        recorded = recorded + np.where(w[:, k, None] > 0, w[:, k, None] * np.nan_to_num(cost_t[cols[:, k]]), 0.0)
+    recorded[:, np.isnan(arrays.agent_cost)] = np.nan
+
+    prompt = np.array([len(q) / 4.0 for q in queries])[:, None]
+    priced = (prompt * arrays.input_price + DEFAULT_COMPLETION_TOKENS * arrays.output_price) / 1e6
+    cost = np.where(np.isnan(recorded), priced, recorded)
+    typical = np.where(np.isnan(arrays.agent_cost), priced, arrays.agent_cost)
+    pool = arrays.enabled & ~np.isnan(typical)
+    refs = np.where(pool.any(axis=1), np.max(np.where(pool, typical, -np.inf), axis=1), 0.0) if a else np.zeros(n)
+    if c_ref is not None:
+        refs = np.full(n, float(c_ref))
+    known = ~np.isnan(cost)
+    cost = np.where(known, cost, refs[:, None])
+
+    eligible = arrays.enabled[None, :] & ~np.isnan(outcomes.scores)
+    for i, mode in enumerate(modes):
+        if mode is not None:
+            eligible[i] &= np.array([not m or mode in m for m in arrays.agent_modes], dtype=bool)
+    kept = np.flatnonzero(eligible.any(axis=1))
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        penalty = np.where(refs[:, None] > 0, lambda_ * cost / refs[:, None], 0.0)
+    if strategy == "thompson":
+        rng = np.random.default_rng(seed)
+        chosen = np.empty(len(kept), dtype=np.int64)
+        propensity = np.empty(len(kept))
+        for out_i, i in enumerate(kept):
+            demanded = cols[i][w[i] > 0]
+            scores = route(
+                RouteInputs(
+                    mean=arrays.mean[:, demanded],
+                    var=arrays.var[:, demanded],
+                    alpha=arrays.alpha[:, demanded],
+                    beta=arrays.beta[:, demanded],
+                    weights=w[i][w[i] > 0],
+                    cost=cost[i],
+                    c_ref=float(refs[i]),
+                    eligible=eligible[i],
+                ),
+                lambda_,
+                "thompson",
+                rng,
+            )
+            chosen[out_i], propensity[out_i] = scores.chosen, scores.propensity
+    else:
+        utility = np.where(eligible[kept], quality[kept] - penalty[kept], -np.inf)
+        chosen = np.argmax(utility, axis=1) if len(kept) else np.empty(0, dtype=np.int64)
+        propensity = np.ones(len(kept))
+
+    picked_scores = outcomes.scores[kept, chosen]
+    expected = cost[kept, chosen]
+    realised = outcomes.costs[kept, chosen]
+    realised = np.where(np.isnan(realised), expected, realised)
+    return ReplayResult(
+        choices=[arrays.agent_ids[j] for j in chosen],
+        scores=picked_scores,
+        costs=realised,
+        accuracy=float(picked_scores.mean()) if len(kept) else float("nan"),
+        avg_cost=float(realised.mean()) if len(kept) else float("nan"),
+        propensities=propensity,
+        task_ids=[task_ids[i] for i in kept],
+        dropped=n - len(kept),
+        expected_costs=expected,
+        c_ref=float(refs[kept[0]]) if len(kept) else float(c_ref or 0.0),
+        demands=[demands[i] for i in kept],
+    )

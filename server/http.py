@@ -1,0 +1,169 @@
+"""The HTTP transports: streamable HTTP at `/mcp` or legacy SSE at `/sse`, a `/healthz` probe, a static bearer token.
+
+Why this module builds its own Starlette app instead of calling `MCPServer.run("streamable-http")`:
+- `/healthz` must answer without a token while everything else needs one, so the token check wraps the whole
+  app (the SDK's `custom_route`s are never authenticated, and its auth is OAuth resource-server auth, which a
+  static shared secret is not: we answer 401 with a plain `WWW-Authenticate: Bearer`, no metadata URL).
+- The SDK app is mounted, so the outer app's lifespan must enter `session_manager.run()` (streamable HTTP);
+  it also enters the MCP server's lifespan once for all sessions. SSE enters that lifespan per connection.
+- Host headers: the SDK's DNS-rebinding allowlist (loopback, any port) plus `--allowed-host` names; any other
+  Host gets 421 from the SDK. A non-loopback bind without a token is refused before any socket opens.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from mcp.server import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.server.settings import ServerSettings
+
+log = logging.getLogger("skillorchestra.http")
+
+HEALTH_PATH = "/healthz"
+MCP_PATH = "/mcp"
+SSE_PATH = "/sse"
+SSE_MESSAGE_PATH = "/messages/"
+LOOPBACK_ALLOWED_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*")
+LOOPBACK_ALLOWED_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
+WILDCARD_BINDS = ("0.0.0.0", "::", "")
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost may resolve anywhere
+        return False
+
+
+def check_bind(settings: ServerSettings) -> None:
+    """Refuse to expose an unauthenticated server beyond this machine (raised before the socket opens)."""
+    if not is_loopback(settings.host) and not settings.token:
+        raise InvalidInput(
+            "--host",
+            settings.host,
+            "a loopback address (127.0.0.1, localhost, ::1) unless SKILLORCHESTRA_TOKEN is set",
+        )
+
+
+def _host_patterns(host: str) -> list[str]:
+    """`name` accepts `name` and `name:<any port>`; `name:port` accepts exactly that (IPv6 goes in brackets)."""
+    if host.count(":") > 1 and not host.startswith("["):
+        host = f"[{host}]"
+    if host.endswith("]") or ":" not in host:
+        return [host, f"{host}:*"]
+    return [host]
+
+
+def transport_security(settings: ServerSettings) -> TransportSecuritySettings:
+    """The SDK's loopback allowlist plus the configured host names (and a specific bind address)."""
+    extra = list(settings.allowed_hosts)
+    if settings.host not in WILDCARD_BINDS and not is_loopback(settings.host):
+        extra.append(settings.host)
+    hosts = list(LOOPBACK_ALLOWED_HOSTS)
+    origins = list(LOOPBACK_ALLOWED_ORIGINS)
+    for name in extra:
+        for pattern in _host_patterns(name.strip()):
+            if pattern not in hosts:
+                hosts.append(pattern)
+                origins.extend([f"http://{pattern}", f"https://{pattern}"])
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+
+
+class BearerTokenMiddleware:
+    """Every HTTP request but the health probe must carry `Authorization: Bearer <token>` (constant-time check)."""
+
+    def __init__(self, app: ASGIApp, token: str | None, exempt: frozenset[str] = frozenset({HEALTH_PATH})) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+        self.exempt = exempt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.token is None or scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        scheme, _, presented = Headers(scope=scope).get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), self.token):
+            await self.app(scope, receive, send)
+            return
+        reason = "invalid_token" if scheme else "missing_token"
+        response = PlainTextResponse(
+            "401 Unauthorized: send Authorization: Bearer <SKILLORCHESTRA_TOKEN>\n",
+            status_code=401,
+            headers={"WWW-Authenticate": f'Bearer realm="skillorchestra", error="{reason}"'},
+        )
+        await response(scope, receive, send)
+
+
+async def healthz(_request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+def build_http_app(server: MCPServer, settings: ServerSettings) -> ASGIApp:
+    """The ASGI app for `settings.transport` ("http" or "sse"); tests run it in-process too.
+
+    In-process (no uvicorn) the lifespan does not run: for "http" enter `server.session_manager.run()` yourself.
+    """
+    security = transport_security(settings)
+    if settings.transport == "http":
+        inner = server.streamable_http_app(
+            streamable_http_path=MCP_PATH, transport_security=security, host=settings.host
+        )
+        session_manager = server.session_manager
+
+        @asynccontextmanager
+        async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+            async with session_manager.run():  # Mount does not forward lifespan events to the SDK app
+                yield
+
+        app = Starlette(routes=_routes(inner), lifespan=lifespan)
+    elif settings.transport == "sse":  # the SSE transport enters the server's lifespan per connection
+        inner = server.sse_app(
+            sse_path=SSE_PATH, message_path=SSE_MESSAGE_PATH, transport_security=security, host=settings.host
+        )
+        app = Starlette(routes=_routes(inner))
+    else:
+        raise InvalidInput("--transport", settings.transport, "http or sse for an HTTP server")
+    return BearerTokenMiddleware(app, settings.token)
+
+
+def _routes(inner: ASGIApp) -> list[Route | Mount]:
+    return [Route(HEALTH_PATH, healthz, methods=["GET"]), Mount("/", app=inner)]
+
+
+async def serve_http(server: MCPServer, settings: ServerSettings) -> None:
+    """Serve over HTTP with uvicorn; logs go to stderr through the root logger (the CLI configures it)."""
+    check_bind(settings)
+    import uvicorn  # only HTTP deployments pay for it
+
+    app = build_http_app(server, settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # uvicorn's default config sends access logs to stdout
+        log_level=settings.log_level.lower(),
+        access_log=settings.log_level == "DEBUG",
+        lifespan="on",
+    )
+    path = MCP_PATH if settings.transport == "http" else SSE_PATH
+    shown = f"[{settings.host}]" if ":" in settings.host else settings.host
+    auth = " (bearer token required)" if settings.token else ""
+    url = f"http://{shown}:{settings.port}{path}"
+    print(f"skillorchestra: serving {settings.transport} at {url}{auth}", file=sys.stderr)
+    await uvicorn.Server(config).serve()

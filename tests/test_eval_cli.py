@@ -1,0 +1,137 @@
+"""`skillorchestra eval` through the CLI on a small slice of the real LLMRouter data, with the real learner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from skillorchestra.handbook.datasets import convert_llmrouter
+from skillorchestra.handbook.traces import read_tasks, write_tasks
+from skillorchestra.server.cli import main
+
+LLMROUTER = Path(__file__).resolve().parents[2] / "shared" / "data" / "llmrouter"
+PER_FAMILY = 20
+TEST_STRIDE = 8
+SEEN = 4
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+POLICIES = {
+    "skillorchestra",
+    "skillorchestra-thompson",
+    "paper-rule",
+    "knn",
+    "best-single",
+    "cheapest",
+    "random",
+    "oracle",
+}
+ROW_KEYS = {
+    "policy",
+    "lambda",
+    "accuracy",
+    "avg_cost",
+    "agent_share",
+    "entropy_bits",
+    "expensive_share",
+    "oracle_gap_closed",
+}
+
+
+@pytest.fixture(scope="module")
+def sliced(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """PER_FAMILY train tasks per family plus SEEN train twins of test queries; every TEST_STRIDE-th test task."""
+    if not LLMROUTER.is_dir():
+        pytest.skip(f"shared data not found at {LLMROUTER}")
+    root = tmp_path_factory.mktemp("llmrouter")
+    convert_llmrouter(LLMROUTER, root / "full")
+    train, test = read_tasks(root / "full" / "train.jsonl"), read_tasks(root / "full" / "test.jsonl")
+    test_slice = test[::TEST_STRIDE]
+    test_queries = {t.query for t in test_slice}
+    twins = [t for t in train if t.query in test_queries][:SEEN]
+    counts: dict[str, int] = {}
+    train_slice = list(twins)
+    for task in train:
+        if counts.get(task.task or "", 0) < PER_FAMILY and task.query not in test_queries:
+            counts[task.task or ""] = counts.get(task.task or "", 0) + 1
+            train_slice.append(task)
+    out = root / "slice"
+    out.mkdir()
+    write_tasks(out / "train.jsonl", train_slice)
+    write_tasks(out / "test.jsonl", test_slice)
+    (out / "agents.json").write_text((root / "full" / "agents.json").read_text(encoding="utf-8"), encoding="utf-8")
+    return out
+
+
+def run_cli(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    return int(exit_info.value.code or 0)
+
+
+def test_eval_writes_json_table_and_plots(sliced: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, plots = tmp_path / "out.json", tmp_path / "plots"
+    code = run_cli(
+        [
+            "eval",
+            "--train",
+            str(sliced / "train.jsonl"),
+            "--test",
+            str(sliced / "test.jsonl"),
+            "--agents",
+            str(sliced / "agents.json"),
+            "--json",
+            str(out),
+            "--plot-dir",
+            str(plots),
+        ]
+    )
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "best-single" in table and "operating point" in table
+    result = json.loads(out.read_text(encoding="utf-8"))
+    n_test = len(read_tasks(sliced / "test.jsonl"))
+    ds = result["dataset"]
+    assert ds["dropped_seen_in_train"] == SEEN and ds["test"] == n_test - SEEN
+    assert ds["cost_basis"] == "estimated" and len(ds["agents"]) == 9
+    assert {r["policy"] for r in result["rows"]} == POLICIES
+    for row in result["rows"]:
+        assert ROW_KEYS <= set(row)
+        assert set(row["agent_share"]) == set(ds["agents"])
+        assert sum(row["agent_share"].values()) == pytest.approx(1.0)
+    assert sorted({r["lambda"] for r in result["rows"] if r["policy"] == "skillorchestra"}) == [
+        0.0,
+        0.02,
+        0.05,
+        0.1,
+        0.2,
+        0.3,
+        0.5,
+        1.0,
+    ]
+    assert result["operating_point"]["policy"] == "skillorchestra"
+    assert "two_agent" not in result  # nine agents
+    assert {(o["policy"], o["start"]) for o in result["online"]} >= {
+        ("skillorchestra-thompson", "cold"),
+        ("skillorchestra-thompson", "learned"),
+    }
+    assert set(result["episodes"]) >= {"step-level", "query-level", "best-single"}
+    assert set(result["learning"]) >= {"seconds", "llm_calls", "usd"} and result["learning"]["llm_calls"] == 0
+    oracle = next(r for r in result["rows"] if r["policy"] == "oracle")
+    best = next(r for r in result["rows"] if r["policy"] == "best-single")
+    assert oracle["accuracy"] > best["accuracy"] and oracle["oracle_gap_closed"] == pytest.approx(1.0)
+    for name in ("pareto.png", "shares.png"):
+        assert (plots / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_eval_bad_arguments_exit_2(sliced: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(["eval", "--train", str(tmp_path / "missing.jsonl"), "--test", str(sliced / "test.jsonl")]) == 2
+    assert "--train" in capsys.readouterr().err
+    assert (
+        run_cli(
+            ["eval", "--train", str(sliced / "train.jsonl"), "--test", str(sliced / "test.jsonl"), "--lambda", "-1"]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert "--lambda" in err and len(err.splitlines()) == 1

@@ -1,0 +1,322 @@
+"""The HTTP transports end to end: the real `skillorchestra serve` console script on a loopback port, driven by
+the official SDK client over streamable HTTP and SSE, with and without the bearer token.
+
+Each spawn costs ~2 s (mostly `import mcp`), so servers are module-scoped and few; the host-allowlist and
+token-middleware details are also checked in-process through `build_http_app`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client, MCPError
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+
+from skillorchestra.server.app import create_server
+from skillorchestra.server.http import build_http_app, check_bind, transport_security
+from skillorchestra.server.settings import ServerSettings
+
+TOKEN = "s3cret-token-for-tests"
+EXPECTED_TOOLS = {"route_step", "record_outcome", "consult_handbook"}
+STEP = "Write a Python function that parses ISO dates and add unit tests"
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
+}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+def _script(name: str) -> str:
+    """The console script installed next to this interpreter (the venv's bin/)."""
+    return str(Path(sys.executable).parent / name)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env(token: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLORCHESTRA_")}
+    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    env["SKILLORCHESTRA_MATCHER"] = "lexical"  # these tests are about transports; MiniLM would only slow them
+    if token:
+        env["SKILLORCHESTRA_TOKEN"] = token
+    return env
+
+
+@dataclass
+class Running:
+    base: str
+    db: Path
+    stderr: Path
+
+    @property
+    def mcp_url(self) -> str:
+        return f"{self.base}/mcp"
+
+    @property
+    def sse_url(self) -> str:
+        return f"{self.base}/sse"
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], base: str, stderr: Path, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}: {stderr.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.05)
+    raise AssertionError(f"server not healthy after {timeout_s}s: {stderr.read_text()}")
+
+
+def _serve(tmp: Path, transport: str, token: str | None) -> Iterator[Running]:
+    port = _free_port()
+    db, stderr = tmp / "handbook.db", tmp / "stderr.txt"
+    args = [_script("skillorchestra"), "serve", "--transport", transport, "--port", str(port), "--db", str(db)]
+    with stderr.open("wb") as err:
+        proc = subprocess.Popen(args, env=_env(token), stdout=subprocess.DEVNULL, stderr=err)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(proc, base, stderr)
+        yield Running(base=base, db=db, stderr=stderr)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    yield from _serve(tmp_path_factory.mktemp("http"), "http", None)
+
+
+@pytest.fixture(scope="module")
+def http_token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    yield from _serve(tmp_path_factory.mktemp("http_token"), "http", TOKEN)
+
+
+@pytest.fixture(scope="module")
+def sse_token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    yield from _serve(tmp_path_factory.mktemp("sse_token"), "sse", TOKEN)
+
+
+def _http(token: str | None = None, **kwargs: object) -> httpx2.AsyncClient:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=300.0), **kwargs)  # type: ignore[arg-type]
+
+
+async def _route_and_record(client: Client, reward: float = 1.0) -> str:
+    routed = await client.call_tool("route_step", {"text": STEP})
+    assert not routed.is_error, routed.content
+    decision = routed.structured_content
+    assert decision["agent_id"] and decision["decision_id"]
+    recorded = await client.call_tool("record_outcome", {"decision_id": decision["decision_id"], "reward": reward})
+    assert not recorded.is_error, recorded.content
+    assert recorded.structured_content["agent_id"] == decision["agent_id"]
+    assert recorded.structured_content["duplicate"] is False
+    assert recorded.structured_content["updated"]
+    return decision["decision_id"]
+
+
+def _outcome_rows(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0])
+
+
+def _evidence(db: Path) -> float:
+    """Observations in the competence table: each outcome adds its skill weights (summing to 1) to alpha+beta."""
+    with sqlite3.connect(db) as conn:
+        return float(conn.execute("SELECT COALESCE(SUM(alpha + beta - 2), 0) FROM competence").fetchone()[0])
+
+
+# -- streamable HTTP, no token ---------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_streamable_http_tools_route_and_record(http_server: Running, mode: str) -> None:
+    before = _outcome_rows(http_server.db)
+    async with Client(http_server.mcp_url, mode=mode) as client:
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        assert EXPECTED_TOOLS <= names
+        decision_id = await _route_and_record(client)
+    assert _outcome_rows(http_server.db) == before + 1
+    with sqlite3.connect(http_server.db) as conn:
+        assert conn.execute("SELECT 1 FROM outcomes WHERE decision_id = ?", [decision_id]).fetchone()
+
+
+@pytest.mark.anyio
+async def test_health_and_unknown_host(http_server: Running) -> None:
+    async with _http() as http:
+        health = await http.get(f"{http_server.base}/healthz")
+        assert (health.status_code, health.text) == (200, "ok")
+        rebinding = await http.post(
+            http_server.mcp_url, json=INITIALIZE, headers={**MCP_HEADERS, "Host": "evil.example:80"}
+        )
+        assert rebinding.status_code == 421
+        allowed = await http.post(http_server.mcp_url, json=INITIALIZE, headers=MCP_HEADERS)
+        assert allowed.status_code == 200
+
+
+@pytest.mark.anyio
+async def test_concurrent_clients_lose_no_update(http_server: Running) -> None:
+    clients, calls_each = 8, 10
+    outcomes_before, evidence_before = _outcome_rows(http_server.db), _evidence(http_server.db)
+    recorded: list[str] = []
+
+    async def worker(index: int) -> None:
+        async with Client(http_server.mcp_url, mode="legacy" if index % 2 else "auto") as client:
+            for call in range(calls_each):
+                recorded.append(await _route_and_record(client, reward=(index + call) % 2))
+
+    async with anyio.create_task_group() as tg:
+        for index in range(clients):
+            tg.start_soon(worker, index)
+
+    total = clients * calls_each
+    assert len(set(recorded)) == total
+    assert _outcome_rows(http_server.db) - outcomes_before == total
+    assert _evidence(http_server.db) - evidence_before == pytest.approx(total, abs=1e-6)
+    async with Client(http_server.mcp_url) as client:
+        stats = await client.read_resource("handbook://stats")
+    assert f'"outcomes": {_outcome_rows(http_server.db)}' in stats.contents[0].text
+
+
+# -- streamable HTTP with SKILLORCHESTRA_TOKEN -------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_token_required_over_streamable_http(http_token_server: Running) -> None:
+    url = http_token_server.mcp_url
+    async with _http() as anonymous:
+        missing = await anonymous.post(url, json=INITIALIZE, headers=MCP_HEADERS)
+        assert missing.status_code == 401
+        assert missing.headers["www-authenticate"].startswith("Bearer ")
+        assert "resource_metadata" not in missing.headers["www-authenticate"]  # a static token, not OAuth
+        health = await anonymous.get(f"{http_token_server.base}/healthz")
+        assert (health.status_code, health.text) == (200, "ok")
+    async with _http("wrong-" + TOKEN) as wrong:
+        assert (await wrong.post(url, json=INITIALIZE, headers=MCP_HEADERS)).status_code == 401
+        assert (await wrong.get(f"{http_token_server.base}/sse")).status_code == 401
+    for mode in ("auto", "legacy"):
+        async with _http(TOKEN) as http, Client(streamable_http_client(url, http_client=http), mode=mode) as client:
+            assert EXPECTED_TOOLS <= {tool.name for tool in (await client.list_tools()).tools}
+            await _route_and_record(client)
+    assert _outcome_rows(http_token_server.db) == 2
+
+
+@pytest.mark.anyio
+async def test_sdk_client_without_token_cannot_connect(http_token_server: Running) -> None:
+    # the SDK turns the 401 into an MCPError ("Server returned an error response") inside its task groups
+    with pytest.RaisesGroup(MCPError, flatten_subgroups=True):
+        async with _http() as http, Client(streamable_http_client(http_token_server.mcp_url, http_client=http)):
+            pass
+
+
+# -- SSE with SKILLORCHESTRA_TOKEN -------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_sse_with_token(sse_token_server: Running, mode: str) -> None:
+    before = _outcome_rows(sse_token_server.db)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with Client(sse_client(sse_token_server.sse_url, headers=headers), mode=mode) as client:
+        assert EXPECTED_TOOLS <= {tool.name for tool in (await client.list_tools()).tools}
+        await _route_and_record(client, reward=0.0)
+    assert _outcome_rows(sse_token_server.db) == before + 1
+
+
+@pytest.mark.anyio
+async def test_sse_refuses_missing_token(sse_token_server: Running) -> None:
+    async with _http() as http:
+        assert (await http.get(sse_token_server.sse_url)).status_code == 401
+        posted = await http.post(f"{sse_token_server.base}/messages/?session_id=0", json=INITIALIZE)
+        assert posted.status_code == 401
+        assert (await http.get(f"{sse_token_server.base}/healthz")).status_code == 200
+
+
+# -- refusing an unauthenticated public bind ---------------------------------------------------------------
+
+
+def test_public_bind_without_token_exits_2(tmp_path: Path) -> None:
+    args = [_script("skillorchestra"), "serve", "--transport", "http", "--host", "0.0.0.0", "--port", "0"]
+    done = subprocess.run(args + ["--db", str(tmp_path / "h.db")], env=_env(None), capture_output=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "--host" in lines[0], lines
+    assert done.stdout == b""
+
+
+# -- in-process checks of the app builder (no port) ------------------------------------------------------
+
+
+def test_check_bind() -> None:
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        check_bind(ServerSettings(host=host, transport="http"))
+    check_bind(ServerSettings(host="0.0.0.0", transport="http", token=TOKEN))
+    with pytest.raises(Exception, match="--host"):
+        check_bind(ServerSettings(host="0.0.0.0", transport="http"))
+    with pytest.raises(Exception, match="--host"):
+        check_bind(ServerSettings(host="example.com", transport="sse"))
+
+
+def test_allowed_hosts_extend_the_loopback_allowlist() -> None:
+    security = transport_security(
+        ServerSettings(host="10.1.2.3", token=TOKEN, allowed_hosts=["mcp.internal", "gw.example:8443", "fe80::1"])
+    )
+    assert {"127.0.0.1:*", "localhost:*", "[::1]:*"} <= set(security.allowed_hosts)
+    assert {"mcp.internal", "mcp.internal:*", "gw.example:8443", "10.1.2.3:*", "[fe80::1]:*"} <= set(
+        security.allowed_hosts
+    )
+    assert "gw.example:*" not in security.allowed_hosts
+
+
+@pytest.mark.anyio
+async def test_in_process_app_allowed_host_and_token(tmp_path: Path) -> None:
+    settings = ServerSettings(
+        db_path=tmp_path / "h.db",
+        transport="http",
+        token=TOKEN,
+        allowed_hosts=["mcp.internal"],
+        seed_example=True,
+        matcher="lexical",
+    )
+    server = create_server(settings)
+    app = build_http_app(server, settings)
+    transport = httpx2.ASGITransport(app=app)
+    async with server.session_manager.run():
+        async with _http(TOKEN, transport=transport) as http:
+            for host, status in (("mcp.internal:8765", 200), ("127.0.0.1:8765", 200), ("other.example:8765", 421)):
+                response = await http.post("http://x/mcp", json=INITIALIZE, headers={**MCP_HEADERS, "Host": host})
+                assert response.status_code == status, (host, response.text)
+        async with _http("nope", transport=transport) as http:
+            response = await http.post("http://127.0.0.1:8765/mcp", json=INITIALIZE, headers=MCP_HEADERS)
+            assert response.status_code == 401
+            assert (await http.get("http://127.0.0.1:8765/healthz")).text == "ok"
+        async with (
+            _http(TOKEN, transport=transport, base_url="http://127.0.0.1:8765") as http,
+            Client(streamable_http_client("http://127.0.0.1:8765/mcp", http_client=http)) as client,
+        ):
+            await _route_and_record(client)
