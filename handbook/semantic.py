@@ -68,6 +68,7 @@ class SemanticMatcher:
         self._embedder: Embedder | None = None
         self._unavailable: str | None = None
         self._scorers: dict[tuple[str | None, tuple[tuple[str, str], ...]], SemanticScorer] = {}
+        self._by_state: dict[tuple[str | None, int, int], SemanticScorer] = {}
 
     def embedder(self) -> Embedder | None:
         with self._lock:
@@ -93,6 +94,15 @@ class SemanticMatcher:
         return weights, "lexical (no semantic match)"
 
     def _scorer(self, embedder: Embedder, mode: str | None) -> SemanticScorer:
+        state = (mode, self.store.data_version(), self.store.generation)
+        cached = self._by_state.get(state)
+        if cached is not None:
+            return cached
+        scorer = self._build_scorer(embedder, mode)
+        self._by_state = {state: scorer}
+        return scorer
+
+    def _build_scorer(self, embedder: Embedder, mode: str | None) -> SemanticScorer:
         texts = {
             s.id: compose_skill_text(
                 f"{s.id.replace('.', ' ').replace('_', ' ')}: {s.description}", s.indicators, s.examples

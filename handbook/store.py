@@ -486,14 +486,11 @@ class HandbookStore:
             (self._fallback_column(payload), 1.0)
         ]
         infrastructure = payload.get("error_class") in INFRASTRUCTURE_ERRORS
-        for skill_id, weight in demands:
-            if not infrastructure and payload.get("reward") is not None:
-                effect.competence.append(
-                    self._update_competence(agent_id, skill_id, weight, payload["reward"], payload.get("gamma"))
-                )
-            cost = self._update_cost(agent_id, skill_id, weight, payload, infrastructure)
-            if cost is not None:
-                effect.costs.append(cost)
+        if not infrastructure and payload.get("reward") is not None:
+            effect.competence = self._update_competence(agent_id, demands, payload["reward"], payload.get("gamma"))
+        cost = payload.get("cost_usd")
+        if cost is not None and not (infrastructure and cost <= 0):
+            effect.costs = self._update_costs(agent_id, demands, payload, infrastructure)
         return effect
 
     def _fallback_column(self, payload: dict[str, Any]) -> str:
@@ -501,62 +498,79 @@ class HandbookStore:
         mode = payload.get("mode")
         return f"{MODE_PREFIX}{mode}" if mode and self._exists("modes", mode) else ROOT_SKILL
 
+    def _rows_for(self, table: str, columns: str, agent_id: str, skills: list[str]) -> dict[str, tuple[Any, ...]]:
+        marks = ",".join("?" for _ in skills)
+        rows = self.db.conn.execute(
+            f"SELECT skill_id, {columns} FROM {table} WHERE agent_id = ? AND skill_id IN ({marks})",
+            [agent_id, *skills],
+        ).fetchall()
+        return {r[0]: tuple(r[1:]) for r in rows}
+
     def _update_competence(
-        self, agent_id: str, skill_id: str, weight: float, reward: float, gamma: float | None
-    ) -> Competence:
-        row = self.db.conn.execute(
-            "SELECT alpha, beta FROM competence WHERE agent_id = ? AND skill_id = ?", [agent_id, skill_id]
-        ).fetchone()
-        alpha, beta = (1.0, 1.0) if row is None else (row[0], row[1])
-        alpha, beta = forget(alpha, beta, gamma)
-        alpha, beta = fractional_update(alpha, beta, weight, reward)
-        self.db.execute(
+        self, agent_id: str, demands: list[tuple[str, float]], reward: float, gamma: float | None
+    ) -> list[Competence]:
+        """alpha += w * reward, beta += w * (1 - reward) for each demanded skill (after optional forgetting)."""
+        current = self._rows_for("competence", "alpha, beta", agent_id, [s for s, _ in demands])
+        updated = []
+        for skill_id, weight in demands:
+            alpha, beta = current.get(skill_id, (1.0, 1.0))
+            alpha, beta = fractional_update(*forget(alpha, beta, gamma), weight, reward)
+            updated.append(Competence(agent_id=agent_id, skill_id=skill_id, alpha=alpha, beta=beta))
+        self.db.conn.executemany(
             "INSERT INTO competence (agent_id, skill_id, alpha, beta) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (agent_id, skill_id) DO UPDATE SET alpha = excluded.alpha, beta = excluded.beta",
-            [agent_id, skill_id, alpha, beta],
+            [(c.agent_id, c.skill_id, c.alpha, c.beta) for c in updated],
         )
-        return Competence(agent_id=agent_id, skill_id=skill_id, alpha=alpha, beta=beta)
+        return updated
 
-    def _update_cost(
-        self, agent_id: str, skill_id: str, weight: float, payload: dict[str, Any], infrastructure: bool
-    ) -> CostStats | None:
-        cost = payload.get("cost_usd")
-        if cost is None or (infrastructure and cost <= 0):
-            return None
-        row = self.db.conn.execute(
-            "SELECT n, mean_cost_usd, m2_cost, mean_prompt_tokens, mean_completion_tokens, mean_latency_s"
-            " FROM cost_stats WHERE agent_id = ? AND skill_id = ?",
-            [agent_id, skill_id],
-        ).fetchone()
-        n, mean, m2, prompt, completion, latency = row or (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-        new_n, mean, m2 = weighted_mean_update(n, mean, m2, weight, cost)
-        share = weight / new_n
+    def _update_costs(
+        self, agent_id: str, demands: list[tuple[str, float]], payload: dict[str, Any], infrastructure: bool
+    ) -> list[CostStats]:
+        """Weighted running cost statistics; a failed call's latency says nothing about the agent's speed."""
+        columns = "n, mean_cost_usd, m2_cost, mean_prompt_tokens, mean_completion_tokens, mean_latency_s"
+        current = self._rows_for("cost_stats", columns, agent_id, [s for s, _ in demands])
+        updated = []
+        for skill_id, weight in demands:
+            n, mean, m2, prompt, completion, latency = current.get(skill_id, (0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+            new_n, mean, m2 = weighted_mean_update(n, mean, m2, weight, payload["cost_usd"])
+            share = weight / new_n
 
-        def step(current: float, value: float | None) -> float:
-            return current if value is None else current + (value - current) * share
+            def step(value: float, observed: float | None, share: float = share) -> float:
+                return value if observed is None else value + (observed - value) * share
 
-        prompt = step(prompt, payload.get("prompt_tokens"))
-        completion = step(completion, payload.get("completion_tokens"))
-        latency = latency if infrastructure else step(latency, payload.get("latency_s"))
-        self.db.execute(
-            "INSERT INTO cost_stats (agent_id, skill_id, n, mean_cost_usd, m2_cost, mean_prompt_tokens,"
-            " mean_completion_tokens, mean_latency_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            updated.append(
+                CostStats(
+                    agent_id=agent_id,
+                    skill_id=skill_id,
+                    n=new_n,
+                    mean_cost_usd=mean,
+                    m2_cost=m2,
+                    mean_prompt_tokens=step(prompt, payload.get("prompt_tokens")),
+                    mean_completion_tokens=step(completion, payload.get("completion_tokens")),
+                    mean_latency_s=latency if infrastructure else step(latency, payload.get("latency_s")),
+                )
+            )
+        self.db.conn.executemany(
+            f"INSERT INTO cost_stats (agent_id, skill_id, {columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (agent_id, skill_id) DO UPDATE SET n = excluded.n,"
             " mean_cost_usd = excluded.mean_cost_usd, m2_cost = excluded.m2_cost,"
             " mean_prompt_tokens = excluded.mean_prompt_tokens,"
             " mean_completion_tokens = excluded.mean_completion_tokens, mean_latency_s = excluded.mean_latency_s",
-            [agent_id, skill_id, new_n, mean, m2, prompt, completion, latency],
+            [
+                (
+                    c.agent_id,
+                    c.skill_id,
+                    c.n,
+                    c.mean_cost_usd,
+                    c.m2_cost,
+                    c.mean_prompt_tokens,
+                    c.mean_completion_tokens,
+                    c.mean_latency_s,
+                )
+                for c in updated
+            ],
         )
-        return CostStats(
-            agent_id=agent_id,
-            skill_id=skill_id,
-            n=new_n,
-            mean_cost_usd=mean,
-            m2_cost=m2,
-            mean_prompt_tokens=prompt,
-            mean_completion_tokens=completion,
-            mean_latency_s=latency,
-        )
+        return updated
 
     # -- row helpers -------------------------------------------------------------------------------------
 
@@ -731,6 +745,77 @@ class HandbookStore:
             ).rowcount
             outcomes = self.db.execute("DELETE FROM outcomes WHERE created_at < ?", [cutoff]).rowcount
             return int(decisions), int(outcomes)
+
+    # -- promotion and rollback (`skillorchestra handbook promote V` / `rollback`; owner: learn CLI) ------------
+    # A promotion never rewrites history: it adds a NEW version whose parent is the promoted one, so the log
+    # of versions reads as what happened. Events recorded against the replaced live version stay in the log
+    # against it (they are that version's history and can be promoted back with it).
+
+    def state_of(self, version: int) -> HandbookDocument:
+        """Version `version` as it was when last live: its snapshot plus a replay of its own events.
+
+        For the live version this is the live state. Events folded away by `prune` are in a newer snapshot, not
+        here. The replay runs in a scratch in-memory store, so this file is only read.
+        """
+        snapshot = self.snapshot(version)  # NotFound for an unknown version
+        if version == self.current_version():
+            return self.document()
+        events = self.events(version)
+        if not events:
+            return snapshot
+        scratch = HandbookStore(":memory:")
+        try:
+            with scratch.write():
+                scratch._replace_live_state(snapshot)
+                for kind, payload in events:
+                    scratch._apply_event(kind, payload)
+            return scratch.document().model_copy(update={"version": version})
+        finally:
+            scratch.close()
+
+    def version_info(self, version: int) -> dict[str, Any]:
+        """One row of `versions()` (NotFound for an unknown version)."""
+        for row in self.versions():
+            if row["version"] == version:
+                return row
+        raise NotFound("version", str(version), [str(v["version"]) for v in self.versions()])
+
+    def promote(self, version: int, *, with_events: bool = True, summary: str | None = None) -> int:
+        """Make `version` live again as a new version (parent = `version`); returns the new version's number.
+
+        with_events=True (default) restores the version as it was when last live (snapshot + its events), so
+        outcomes recorded while it served are not lost; False restores its snapshot exactly as created.
+        """
+        with self.write():
+            live = self.current_version()
+            info = self.version_info(version)
+            if version == live:
+                raise InvalidInput("version", version, f"a version other than the live one ({live})")
+            document = self.state_of(version) if with_events else self.snapshot(version)
+            metrics = dict(info["metrics"], promoted_from=version, replaced=live, with_events=with_events)
+            text = summary or f"promoted version {version} (replacing {live}): {info['summary']}"
+            return self._insert_version(document, source="promote", summary=text, parent=version, metrics=metrics)
+
+    def rollback_target(self) -> int:
+        """The version `rollback` would promote: the live version's parent, looking through promotions.
+
+        A promoted version stands for the version it restored, so rolling back from it goes to that version's
+        parent (two rollbacks in a row walk two steps back, not back and forth).
+        """
+        with self.lock:
+            info = self.version_info(self.current_version())
+            while info["source"] == "promote" and info["parent"] is not None:
+                info = self.version_info(int(info["parent"]))
+            if info["parent"] is None:
+                raise InvalidInput("version", info["version"], "a live version with a parent to roll back to")
+            return int(info["parent"])
+
+    def rollback(self) -> int:
+        """Promote the live version's parent (see `rollback_target`); returns the new version's number."""
+        with self.write():
+            live = self.current_version()
+            target = self.rollback_target()
+            return self.promote(target, summary=f"rollback from version {live} to version {target}")
 
 
 def check_document(document: HandbookDocument) -> None:

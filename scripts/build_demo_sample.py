@@ -37,7 +37,9 @@ def main(src: Path, out: Path) -> None:
     for task in sample:
         task.__pydantic_extra__.pop("cluster_id", None)  # type: ignore[union-attr]
     write_tasks(out / "demo_tasks.jsonl", sample)
-    prices = {a: {"input_per_mtok": v["input_per_mtok"], "output_per_mtok": v["output_per_mtok"]} for a, v in agents.items()}
+    prices = {
+        a: {"input_per_mtok": v["input_per_mtok"], "output_per_mtok": v["output_per_mtok"]} for a, v in agents.items()
+    }
     (out / "demo_agents.json").write_text(json.dumps(prices, indent=1, sort_keys=True) + "\n")
     print(f"wrote {len(sample)} tasks over {len(by_family)} families")
 

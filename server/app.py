@@ -128,6 +128,10 @@ def _reject_unknown_tools(server: MCPServer) -> Any:
 
 async def serve(settings: ServerSettings) -> None:
     """Check the configuration and the database before any transport opens, then serve."""
+    if settings.transport != "stdio":
+        from skillorchestra.server.http import check_bind
+
+        check_bind(settings)  # a refused bind creates no database file
     open_handbook(settings).store.close()  # creates and migrates the file before we answer anything
     server = create_server(settings)
     if settings.transport == "stdio":

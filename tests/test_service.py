@@ -7,8 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from skillorchestra.handbook.arrays import build_arrays
 from skillorchestra.handbook.errors import Conflict, Expired, HandbookError, InvalidInput, NotFound, Unroutable
 from skillorchestra.handbook.models import (
     TEXT_MAX,
@@ -461,3 +463,31 @@ def test_a_new_version_through_the_same_store_reaches_the_arrays(book: Handbook)
     book.store.create_version(HandbookDocument(agents=[Agent(id="solo")]), source="learn")
     assert book.arrays().agent_ids == ["solo"]
     assert book.route(request(skills=None)).agent_id == "solo"
+
+
+def test_arrays_patched_by_records_equal_arrays_rebuilt_from_the_file(tmp_path: Path, clock: Clock) -> None:
+    book = make_book(tmp_path / "p.db", clock, forgetting=0.9)
+    skills = ["code", "code.python", "code.sql", "search.web"]
+    for step in range(60):
+        demands = [SkillDemand(skill_id=skills[step % 4], weight=1.0), SkillDemand(skill_id="code.sql", weight=0.5)]
+        decision = book.route(
+            request(
+                text="zebra" if step % 5 == 0 else TEXT,
+                skills=None if step % 5 == 0 else demands,
+                mode="search" if step % 5 == 0 else None,
+                strategy="thompson",
+                seed=step,
+            )
+        )
+        if step % 7 == 3:
+            report = OutcomeReport(decision_id=decision.decision_id, error_class="timeout", cost_usd=0.003)
+        else:
+            report = OutcomeReport(decision_id=decision.decision_id, reward=(step % 4) / 3, cost_usd=0.001 * step)
+        book.record(report)
+    cached = book.arrays()
+    fresh = build_arrays(
+        book.store.modes(), book.store.skills(), book.store.agents(), book.store.competence(), book.store.costs()
+    )
+    assert cached.agent_ids == fresh.agent_ids and cached.skill_ids == fresh.skill_ids
+    for name in ("alpha", "beta", "mean", "var", "evidence", "cost_mean", "agent_cost"):
+        assert np.allclose(getattr(cached, name), getattr(fresh, name), rtol=1e-12, atol=0.0, equal_nan=True), name

@@ -44,7 +44,11 @@ def test_stdout_carries_only_protocol_messages(tmp_path: Path) -> None:
             "jsonrpc": "2.0",
             "id": 1,
             "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
         },
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
         {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
@@ -96,8 +100,12 @@ def test_cli_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     assert cli
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"format": "skillorchestra-handbook", "skills": [{"id": "a", "parent_id": "zz"}]}))
-    proc = subprocess.run([cli, "handbook", "import", str(bad), "--db", str(tmp_path / "h.db")], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [cli, "handbook", "import", str(bad), "--db", str(tmp_path / "h.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "zz" in proc.stderr
     proc = subprocess.run([cli, "serve", "--transport", "carrier-pigeon"], capture_output=True, text=True, timeout=60)
