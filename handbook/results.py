@@ -95,6 +95,8 @@ class OutcomeResult(BaseModel):
     cost_usd: float | None
     updated: list[CompetenceUpdate]
     duplicate: bool
+    applied: bool = Field(default=True, description="false when the handbook changed version since the decision")
+    note: str | None = None
 
 
 class Page(BaseModel, Generic[T]):

@@ -472,22 +472,30 @@ class Handbook:
         }
         try:
             with self._lock:  # the write and the patch of the cached arrays happen in the same order
-                effect = self.store.record_outcome(row, event)
-                self._patch_arrays(effect)
+                effect = self.store.record_outcome(row, event, decided_under=decision["version"])
+                if effect is not None:
+                    self._patch_arrays(effect)
         except InvalidInput:  # another process reported it between our check and our write
             earlier = self._earlier_report(decision, payload)
             if earlier is None:
                 raise
             return earlier
-        updated = effect.competence
+        note = None
+        if effect is None:
+            note = (
+                f"decision made under handbook version {decision['version']}, now {self.store.current_version()}: "
+                "the outcome is logged against its version and not applied to the live posteriors"
+            )
         return OutcomeResult(
             decision_id=report.decision_id,
             agent_id=decision["agent_id"],
             error_class=report.error_class,
             reward=reward,
             cost_usd=effective["cost_usd"],
-            updated=[_update(c.skill_id, c.alpha, c.beta) for c in updated],
+            updated=[_update(c.skill_id, c.alpha, c.beta) for c in (effect.competence if effect else [])],
             duplicate=False,
+            applied=effect is not None,
+            note=note,
         )
 
     def _earlier_report(self, decision: dict[str, Any], payload: dict[str, Any]) -> OutcomeResult | None:

@@ -637,11 +637,23 @@ class HandbookStore:
     def outcome(self, decision_id: str) -> dict[str, Any] | None:
         return self._row("SELECT * FROM outcomes WHERE decision_id = ?", [decision_id])
 
-    def record_outcome(self, outcome_row: dict[str, Any], event: dict[str, Any]) -> OutcomeEffect:
-        """Store the outcome and apply its event atomically; a second report of one decision is refused."""
+    def record_outcome(
+        self, outcome_row: dict[str, Any], event: dict[str, Any], *, decided_under: int | None = None
+    ) -> OutcomeEffect | None:
+        """Store the outcome and apply its event atomically; a second report of one decision is refused.
+
+        An outcome of a decision made under another version than the live one is logged against that version
+        and not applied (None): the live posteriors stay equal to their snapshot plus their own events."""
         with self.write():
             if self.outcome(outcome_row["decision_id"]) is not None:
                 raise InvalidInput("decision_id", outcome_row["decision_id"], "a decision not yet reported")
+            if decided_under is not None and decided_under != self.current_version():
+                self.db.execute(
+                    "INSERT INTO events (version, kind, payload, created_at) VALUES (?, ?, ?, ?)",
+                    [decided_under, "outcome", _dumps(event), time.time()],
+                )
+                self._insert_row("outcomes", dict(outcome_row, result="[]"))
+                return None
             effect: OutcomeEffect = self.apply("outcome", event)
             result = _dumps([c.model_dump() for c in effect.competence])
             self._insert_row("outcomes", dict(outcome_row, result=result))
@@ -799,12 +811,12 @@ class HandbookStore:
     def rollback_target(self) -> int:
         """The version `rollback` would promote: the live version's parent, looking through promotions.
 
-        A promoted version stands for the version it restored, so rolling back from it goes to that version's
-        parent (two rollbacks in a row walk two steps back, not back and forth).
+        A promoted version stands for the version it restored (and a pruned one for the version it folded), so
+        rolling back from it goes to that version's parent: two rollbacks in a row walk two steps back.
         """
         with self.lock:
             info = self.version_info(self.current_version())
-            while info["source"] == "promote" and info["parent"] is not None:
+            while info["source"] in ("promote", "prune") and info["parent"] is not None:
                 info = self.version_info(int(info["parent"]))
             if info["parent"] is None:
                 raise InvalidInput("version", info["version"], "a live version with a parent to roll back to")

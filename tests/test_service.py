@@ -491,3 +491,17 @@ def test_arrays_patched_by_records_equal_arrays_rebuilt_from_the_file(tmp_path: 
     assert cached.agent_ids == fresh.agent_ids and cached.skill_ids == fresh.skill_ids
     for name in ("alpha", "beta", "mean", "var", "evidence", "cost_mean", "agent_cost"):
         assert np.allclose(getattr(cached, name), getattr(fresh, name), rtol=1e-12, atol=0.0, equal_nan=True), name
+
+
+def test_an_outcome_of_a_decision_from_an_older_version_is_logged_not_applied(book: Handbook) -> None:
+    decision = book.route(request(allowed_agents=["mid"]))
+    book.store.create_version(book.store.document(), source="learn", summary="a newer handbook")
+    live_before = book.store.document().model_dump()
+    result = book.record(OutcomeReport(decision_id=decision.decision_id, success=True))
+    assert result.applied is False and result.updated == [] and "version" in (result.note or "")
+    assert book.store.document().model_dump() == live_before
+    assert [kind for kind, _ in book.store.events(decision.handbook_version)][-1] == "outcome"
+    again = book.record(OutcomeReport(decision_id=decision.decision_id, success=True))
+    assert again.duplicate is True
+    before = book.store.rebuild()
+    assert before == book.store.document()
