@@ -7,12 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from shared_data import SHARED_DATA
 
 from skillorchestra.handbook.datasets import convert_llmrouter, convert_routellm
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.traces import TraceTask, read_prices, read_tasks
 
-DATA = Path("/work/shared/data")
+DATA = SHARED_DATA
 LLMROUTER, ROUTELLM = DATA / "llmrouter", DATA / "routellm"
 MIXTRAL, GPT4 = "mixtral-8x7b-instruct", "gpt-4-1106-preview"
 

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from shared_data import LLMROUTER
 
 from skillorchestra.handbook.datasets import convert_llmrouter
 from skillorchestra.handbook.traces import read_tasks, write_tasks
 from skillorchestra.server.cli import main
 
-LLMROUTER = Path(__file__).resolve().parents[2] / "shared" / "data" / "llmrouter"
 PER_FAMILY = 20
 TEST_STRIDE = 8
 SEEN = 4

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from learning_data import ALIKE, PRICES, SWAP, WORDS, family, swapped_and_alike, unlabelled_swap
+from shared_data import LLMROUTER
 
 from skillorchestra.handbook.datasets import convert_llmrouter
 from skillorchestra.handbook.errors import InvalidInput
@@ -18,8 +19,6 @@ from skillorchestra.handbook.learning.replay import replay
 from skillorchestra.handbook.learning.taxonomy import Category, Leaf, Taxonomy
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.handbook.traces import AgentOutcome, TraceTask, read_prices, read_tasks
-
-LLMROUTER = Path("/work/shared/data/llmrouter")
 
 
 @pytest.fixture(scope="module")

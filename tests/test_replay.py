@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from learning_data import PRICES, swapped_and_alike
+from shared_data import LLMROUTER
 
 from skillorchestra.handbook.datasets import convert_llmrouter
 from skillorchestra.handbook.learning.pipeline import learn
@@ -15,8 +16,6 @@ from skillorchestra.handbook.models import HandbookDocument
 from skillorchestra.handbook.service import Handbook, RouteRequest
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.handbook.traces import AgentOutcome, TraceTask, read_prices, read_tasks
-
-LLMROUTER = Path("/work/shared/data/llmrouter")
 
 
 @pytest.fixture(scope="module")
