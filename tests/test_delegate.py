@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from fake_openai import FakeOpenAI
-from mcp import Client
+from mcp import Client, MCPError
 
 from skillorchestra.handbook.errors import Unroutable
 from skillorchestra.handbook.service import DelegateRequest, Handbook, RouteRequest
@@ -228,3 +228,18 @@ async def test_progress_notifications_while_waiting(configured: ServerSettings, 
         )
         assert not result.is_error
     assert len(seen) >= 1 and all(0 <= p < 1 for p in seen)
+
+
+async def test_a_cancelled_delegation_is_not_the_agents_failure(
+    configured: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    """The client gives up (its request timeout cancels the handler): nothing counts against the agent."""
+    fake_openai.behaviours["strong-model"] = "SLOW:3"
+    async with Client(create_server(configured), mode="legacy") as client:
+        with pytest.raises(MCPError):
+            await client.call_tool("delegate", {"text": "x", "agent_id": "strong"}, read_timeout_seconds=0.5)
+        stats = json.loads((await client.read_resource("handbook://stats")).contents[0].text)  # type: ignore[union-attr]
+        assert stats["counts"]["outcomes"] == 0  # no failure recorded for a call the client abandoned
+        fake_openai.behaviours.clear()
+        ok = await call(client, "delegate", {"text": "y", "agent_id": "strong"})  # the server and agent still serve
+        assert ok["answer"] == "answer[strong-model]: y"
