@@ -48,6 +48,34 @@ class RawEvidence:
 
 
 @dataclass
+class Sums:
+    """Evidence summed up the hierarchy, per agent: what a patch recomputes for the changed agents only."""
+
+    sub_s: np.ndarray  # (A, K) subtree successes
+    sub_f: np.ndarray
+    mode_s: np.ndarray  # (A, M)
+    mode_f: np.ndarray
+
+    @classmethod
+    def of(cls, raw: RawEvidence, st: Structure, rows: np.ndarray | slice = slice(None)) -> Sums:
+        n_skills, n_modes = st.subtree.shape[0], st.mode_member.shape[1]
+        own_s, own_f = raw.success[rows, :n_skills], raw.failure[rows, :n_skills]
+        return cls(
+            own_s @ st.subtree.T,
+            own_f @ st.subtree.T,
+            own_s @ st.mode_member + raw.success[rows, n_skills : n_skills + n_modes],
+            own_f @ st.mode_member + raw.failure[rows, n_skills : n_skills + n_modes],
+        )
+
+    def with_rows(self, raw: RawEvidence, st: Structure, rows: np.ndarray) -> Sums:
+        fresh = Sums.of(raw, st, rows)
+        copies = [np.array(m) for m in (self.sub_s, self.sub_f, self.mode_s, self.mode_f)]
+        for whole, part in zip(copies, (fresh.sub_s, fresh.sub_f, fresh.mode_s, fresh.mode_f), strict=True):
+            whole[rows] = part
+        return Sums(*copies)
+
+
+@dataclass
 class HandbookArrays:
     agent_ids: list[str]
     skill_ids: list[str]
@@ -68,6 +96,7 @@ class HandbookArrays:
     kappa: float
     structure: Structure
     raw: RawEvidence
+    sums: Sums
     agent_index: dict[str, int] = field(default_factory=dict)
     skill_index: dict[str, int] = field(default_factory=dict)
     mode_index: dict[str, int] = field(default_factory=dict)
@@ -88,17 +117,20 @@ class HandbookArrays:
         raw = RawEvidence(
             *(np.array(m) for m in (self.raw.success, self.raw.failure, self.raw.calls, self.raw.cost_total))
         )
+        changed: set[int] = set()
         for row in competence:
             cell = self._cell(row.agent_id, row.skill_id)
             if cell is None:
                 return None
             raw.success[cell], raw.failure[cell] = max(row.alpha - 1.0, 0.0), max(row.beta - 1.0, 0.0)
+            changed.add(cell[0])
         for cost in costs:
             cell = self._cell(cost.agent_id, cost.skill_id)
             if cell is None:
                 return None
             raw.calls[cell], raw.cost_total[cell] = cost.n, cost.n * cost.mean_cost_usd
-        return _derive(self.agents, self.skills, self.mode_ids, self.structure, raw, self.kappa)
+        sums = self.sums.with_rows(raw, self.structure, np.array(sorted(changed), dtype=np.int64))
+        return _derive(self.agents, self.skills, self.mode_ids, self.structure, raw, self.kappa, sums)
 
     def _cell(self, agent_id: str, skill_id: str) -> tuple[int, int] | None:
         i = self.agent_index.get(agent_id)
@@ -194,14 +226,13 @@ def _derive(
     st: Structure,
     raw: RawEvidence,
     kappa: float,
+    sums: Sums | None = None,
 ) -> HandbookArrays:
     """Shrunk posteriors and expected costs from the raw evidence (vectorised over skills)."""
     n_agents, n_skills, n_modes = raw.success.shape[0], len(skills), len(mode_ids)
-    own_s, own_f = raw.success[:, :n_skills], raw.failure[:, :n_skills]
-    sub_s, sub_f = own_s @ st.subtree.T, own_f @ st.subtree.T
+    sums = sums if sums is not None else Sums.of(raw, st)
+    sub_s, sub_f, mode_s, mode_f = sums.sub_s, sums.sub_f, sums.mode_s, sums.mode_f
     sub_n = sub_s + sub_f
-    mode_s = own_s @ st.mode_member + raw.success[:, n_skills : n_skills + n_modes]
-    mode_f = own_f @ st.mode_member + raw.failure[:, n_skills : n_skills + n_modes]
     mode_n = mode_s + mode_f
     all_s, all_f = raw.success.sum(axis=1), raw.failure.sum(axis=1)
     all_n = all_s + all_f
@@ -264,6 +295,7 @@ def _derive(
         kappa=kappa,
         structure=st,
         raw=raw,
+        sums=sums,
         agent_index={a.id: i for i, a in enumerate(agent_list)},
         skill_index={s.id: i for i, s in enumerate(skills)},
         mode_index={m: i for i, m in enumerate(mode_ids)},

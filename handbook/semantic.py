@@ -25,6 +25,8 @@ from skillorchestra.handbook.embedding import (
 from skillorchestra.handbook.matcher import LexicalMatcher
 from skillorchestra.handbook.store import HandbookStore
 
+CHUNK = 900
+
 
 class SqliteVectorCache:
     """The VectorCache protocol over the handbook file's `embeddings` table."""
@@ -33,14 +35,16 @@ class SqliteVectorCache:
         self.store = store
 
     def get(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
-        if not hashes:
-            return {}
-        marks = ",".join("?" for _ in hashes)
-        with self.store.lock:
-            rows = self.store.db.conn.execute(
-                f"SELECT hash, vector FROM embeddings WHERE hash IN ({marks})", list(hashes)
-            ).fetchall()
-        return {h: from_blob(v) for h, v in rows}
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(hashes), CHUNK):  # SQLite caps the number of bound parameters
+            chunk = list(hashes[start : start + CHUNK])
+            marks = ",".join("?" for _ in chunk)
+            with self.store.lock:
+                rows = self.store.db.conn.execute(
+                    f"SELECT hash, vector FROM embeddings WHERE hash IN ({marks})", chunk
+                ).fetchall()
+            found.update((h, from_blob(v)) for h, v in rows)
+        return found
 
     def put(self, vectors: Mapping[str, np.ndarray]) -> None:
         with self.store.write():
