@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)  ## the MCP server over stdio on the default handbook (user data dir), example handbook preloaded
 	$(BIN)/skillorchestra serve
 
+demo: $(STAMP)  ## the newcomer's tour, offline: learn a handbook from a shipped sample, then route through the server
+	$(BIN)/skillorchestra demo
+
 test: $(STAMP)  ## the whole test suite
 	LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 

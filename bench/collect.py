@@ -58,7 +58,9 @@ def main() -> None:
     names = sys.argv[1:] or list(ORDER)
     parts = [
         INTRO.format(
-            date=datetime.date.today().isoformat(), machine=machine(), cores=os.cpu_count(),
+            date=datetime.date.today().isoformat(),
+            machine=machine(),
+            cores=os.cpu_count(),
             python=platform.python_version(),
         )
     ]

@@ -142,3 +142,14 @@ class DelegateResult(BaseModel):
     latency_s: float
     warnings: list[str] = Field(default_factory=list)
     decision: RouteDecision
+    judge_agent_id: str | None = Field(default=None, description="the configured judge (agents.toml [judge]), if any")
+    judge_score: float | None = Field(default=None, description="the judge's raw score 0..1; null = not judged")
+    judged_reward: float | None = Field(
+        default=None, description="the reward the judge recorded for decision_id (score, or 0/1 by threshold)"
+    )
+    judge_cost_usd: float | None = Field(default=None, description="the judge's own call (in the session's spend)")
+    reported_by: Literal["judge"] | None = Field(
+        default=None,
+        description="'judge': the outcome is recorded, do not call record_outcome (a different report is a "
+        "Conflict); null: report it yourself",
+    )

@@ -34,6 +34,17 @@ otherwise split them into nested tables)::
 
 The list form ``[[agent]]`` with an ``id = "..."`` field is accepted too (same fields); an id defined twice
 is an error. Fields: see ``LlmAgentConnection`` and ``McpAgentConnection``.
+
+An optional judge grades delegated answers so that competence learns without the client reporting
+(server/judge.py); it names one of the file's llm agents. Its settings travel with that agent's stored
+connection (field ``judge``), so reloading the file replaces or removes the judge too::
+
+    [judge]
+    agent = "openai/gpt-4o-mini"          # an llm agent of this file
+    style = "graded"                      # "graded": score 0..1 with partial credit; "binary": 0 or 1
+    threshold = 0.5                       # optional: record success = (score >= threshold) instead of the score
+    timeout_s = 20
+    max_tokens = 32
 """
 
 from __future__ import annotations
@@ -84,6 +95,18 @@ class _AgentBase(BaseModel):
         return self.model_dump(mode="json")
 
 
+class JudgeSettings(BaseModel):
+    """The ``[judge]`` section: which llm agent grades delegated answers, and how."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    agent: AgentId
+    style: Literal["graded", "binary"] = "graded"
+    threshold: float | None = Field(default=None, ge=0, le=1)
+    timeout_s: float = Field(default=20.0, gt=0, le=600)
+    max_tokens: int = Field(default=32, ge=1, le=4096)
+
+
 class LlmAgentConnection(_AgentBase):
     """An LLM reached through ``litellm.acompletion``."""
 
@@ -94,6 +117,7 @@ class LlmAgentConnection(_AgentBase):
     max_output_tokens: int = Field(default=1024, ge=1, le=1_000_000)
     input_per_mtok: float | None = Field(default=None, ge=0)
     output_per_mtok: float | None = Field(default=None, ge=0)
+    judge: JudgeSettings | None = None  # set from the [judge] section only, never in an agent's own table
 
     @field_validator("api_base")
     @classmethod
@@ -213,8 +237,30 @@ def parse_agent_configs(data: Mapping[str, Any], source: str = "<config>") -> di
     for agent_id, raw in entries:
         if agent_id in agents:
             raise InvalidInput(_where(source, agent_id), agent_id, "each agent id defined once")
+        if isinstance(raw, Mapping) and "judge" in raw:
+            raise InvalidInput(_where(source, agent_id, "judge"), "{...}", "a top-level [judge] section instead")
         agents[agent_id] = parse_agent(agent_id, raw, source)
+    if "judge" in data:
+        agents = _with_judge(agents, data["judge"], source)
     return agents
+
+
+def _with_judge(agents: dict[str, AgentConnection], raw: Any, source: str) -> dict[str, AgentConnection]:
+    """Attach the [judge] settings to the llm agent they name (stored with its connection)."""
+    if not isinstance(raw, Mapping):
+        raise InvalidInput(f"{source}: judge", raw, 'a [judge] table naming an llm agent: agent = "<id>"')
+    try:
+        settings = JudgeSettings.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        expected = err["msg"].removeprefix("Value error, ")
+        raise InvalidInput(f"{source}: judge.{field}", err.get("input"), expected) from None
+    target = agents.get(settings.agent)
+    if not isinstance(target, LlmAgentConnection):
+        llm_ids = sorted(a for a, c in agents.items() if isinstance(c, LlmAgentConnection))
+        raise InvalidInput(f"{source}: judge.agent", settings.agent, f"one of the file's llm agents {llm_ids}")
+    return {**agents, settings.agent: target.model_copy(update={"judge": settings})}
 
 
 def load_agent_configs(path: str | Path, *, other_sections: Collection[str] = ()) -> dict[str, AgentConnection]:
@@ -229,9 +275,9 @@ def load_agent_configs(path: str | Path, *, other_sections: Collection[str] = ()
         raise InvalidInput(
             source, "...", f'valid TOML ({exc}); quote ids containing "/" or ".": [agents."meta/llama"]'
         ) from None
-    unknown = sorted(set(data) - {"agents", "agent"} - set(other_sections))
+    unknown = sorted(set(data) - {"agents", "agent", "judge"} - set(other_sections))
     if unknown:
-        expected = "only [agents.<id>] tables or [[agent]] items"
+        expected = "only [agents.<id>] tables, [[agent]] items and an optional [judge] section"
         raise InvalidInput(f"{source}: {unknown[0]}", unknown[0], expected)
     agents = parse_agent_configs(data, source)
     if not agents:

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     versions = hb.add_parser("versions", help="list handbook versions")
     _common(versions, db=True)
     versions.set_defaults(handler=commands.handbook_versions)
+    from skillorchestra.server import commands_learn
+
+    commands_learn.add_handbook_actions(hb, _common)  # diff A B, promote V, rollback
     prune = hb.add_parser("prune", help="fold old events into a new snapshot; delete old decisions and outcomes")
     _common(prune, db=True)
     prune.add_argument(
@@ -146,6 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
     _common(evaluate, db=True)
     commands_eval.add_arguments(evaluate)
     evaluate.set_defaults(handler=commands_eval.run)
+
+    from skillorchestra.server import commands_explore
+
+    explore = sub.add_parser("explore", help="run every agent of a pool on tasks and write outcome traces")
+    _common(explore, db=True)
+    commands_explore.add_arguments(explore)
+    explore.set_defaults(handler=commands_explore.run)
+
+    learn = sub.add_parser("learn", help="learn, refine and select a handbook from outcome traces (a new version)")
+    _common(learn, db=True)
+    commands_learn.add_learn_arguments(learn)
+    learn.set_defaults(handler=commands_learn.learn)
+
+    demo = sub.add_parser("demo", help="the newcomer's tour, offline: learn from a shipped sample, then route")
+    _common(demo, db=True)
+    commands_learn.add_demo_arguments(demo)
+    demo.set_defaults(handler=commands_learn.demo)
     return parser
 
 

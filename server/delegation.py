@@ -6,7 +6,7 @@ Policy, owned here rather than by litellm (which is called with max_retries=0):
   decision's outcome (cost, no competence change), feeds the agent's circuit breaker, and the next-best candidate
   is tried, up to `max_fallbacks`;
 - a completed answer's cost and latency are recorded at once on its decision; competence moves when the client
-  reports the outcome with record_outcome(decision_id).
+  reports the outcome with record_outcome(decision_id), or when the optional judge (server/judge.py) grades it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from skillorchestra.handbook.results import Attempt, DelegateResult, RouteDecisi
 from skillorchestra.handbook.service import DelegateRequest, Handbook, OutcomeReport, RouteRequest
 from skillorchestra.server.agent_config import AgentConnection, LlmAgentConnection, parse_agent
 from skillorchestra.server.breaker import CircuitBreaker
+from skillorchestra.server.judge import find_judge, judge_answer
 from skillorchestra.server.llm_backend import BackendResult
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,21 @@ class Delegator:
             )
             if result.infrastructure_failure:
                 continue
-            return _answer(decision, decision_id, agent_id, result, tried)
+            answer = _answer(decision, decision_id, agent_id, result, tried)
+            judge = find_judge(connections)
+            if judge is None:
+                return answer
+            return await judge_answer(
+                judge,
+                answer,
+                step=route.text,
+                context=request.context,
+                deadline=deadline,
+                handbook=self.handbook,
+                breaker=self.breaker,
+                caller=self.caller,
+                account=self._account,
+            )
         summary = "; ".join(f"{t.agent_id}: {t.error_class} ({t.message})" for t in tried)
         raise DelegationFailed(f"no agent answered; each failure is recorded without touching competence: {summary}")
 

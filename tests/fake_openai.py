@@ -10,8 +10,10 @@ that breaks in production. This server answers ``POST /v1/chat/completions`` (pl
 Faults come from magic words in the last user message, in the model name, or set per model with
 ``behaviours={"model": "FAIL500"}``: ``SLOW:<seconds>``, ``FAIL429``, ``FAIL500``, ``FAIL401`` (echoes the
 bearer token in the error, as careless providers do, to test scrubbing), ``FAIL400`` (context length
-exceeded), ``DROP`` (close without answering), ``WRONG``.
+exceeded), ``DROP`` (close without answering), ``WRONG``, ``JUDGE:<text>`` (a judge's reply ``{"score": <text>}``).
 Every request is recorded (with its headers, authorization included) so tests can count calls.
+``responder=callable(body) -> str | None`` replaces the answer text (faults still apply first; None keeps
+the default answer): a canned or computed reply, e.g. taxonomy JSON for the LLM learner.
 
 Use: ``with FakeOpenAI() as srv: ... srv.api_base ...`` or, from a shell,
 ``python tests/fake_openai.py --port 18080 [--behaviour MODEL=DIRECTIVE ...]``.
@@ -25,11 +27,13 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 _SLOW = re.compile(r"SLOW:(\d+(?:\.\d+)?)")
+_JUDGE = re.compile(r"JUDGE:(\S+)")
 
 
 @dataclass
@@ -136,6 +140,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(401, _error(f"Incorrect API key provided: {token}", "invalid_api_key"))
             return
         answer = f"wrong[{model}]: 42" if "WRONG" in directives else f"answer[{model}]: {last}"
+        if judge := _JUDGE.search(directives):
+            answer = f'{{"score": {judge.group(1)}}}'  # verbatim: JUDGE:oops gives a malformed reply
+        if owner.responder is not None and (custom := owner.responder(body)) is not None:
+            answer = custom
         prompt_tokens = len("".join(_text_of(m.get("content")) for m in messages)) // 4 + 1
         usage = {
             "prompt_tokens": prompt_tokens,
@@ -202,8 +210,14 @@ def _error(message: str, code: str) -> dict[str, Any]:
 class FakeOpenAI:
     """The server object: start()/stop() or a context manager; records every request it received."""
 
-    def __init__(self, port: int = 0, behaviours: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        behaviours: dict[str, str] | None = None,
+        responder: Callable[[dict[str, Any]], str | None] | None = None,
+    ) -> None:
         self.behaviours: dict[str, str] = dict(behaviours or {})
+        self.responder = responder
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()

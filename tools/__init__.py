@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from mcp.server import MCPServer
 
-from skillorchestra.tools import catalog, delegation, routing
+from skillorchestra.tools import catalog, delegation, learning, routing
 
 
 def register_tools(server: MCPServer) -> None:
     routing.register(server)
     catalog.register(server)
     delegation.register(server)
+    learning.register(server)

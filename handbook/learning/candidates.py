@@ -45,6 +45,7 @@ class Built:
     train_weights: np.ndarray  # (N_train, S) in labeller.skill_ids order
     val: ReplayResult
     utility: float
+    panel_utility: float  # mean validation utility over the evaluator's lambda panel (breaks ties of `utility`)
 
 
 class Evaluator:
@@ -60,8 +61,12 @@ class Evaluator:
         c_ref: float,
         kappa: float,
         seed: int,
+        panel: Sequence[float] = (),
     ) -> None:
         self.base, self.protos, self.train, self.val = base, protos, train, val
+        # ties of validation utility at lambda_ go to the mean over lambda_ and these lambdas, so skills that
+        # change nothing at lambda_ but pay at other prices of cost survive
+        self.panel = sorted({float(lambda_), *(float(x) for x in panel)})
         self.agents, self.modes = list(agents), list(modes)
         self.lambda_, self.c_ref, self.kappa, self.seed = lambda_, c_ref, kappa, seed
         rng = np.random.default_rng(seed)
@@ -130,13 +135,23 @@ class Evaluator:
             train_weights=train_w,
             val=result,
             utility=result.utility(self.lambda_, self.c_ref),
+            panel_utility=self.panel_utility(arrays, labeller, result),
         )
 
-    def replay(self, arrays: HandbookArrays, labeller: SkillLabeller, split: Split) -> ReplayResult:
+    def panel_utility(self, arrays: HandbookArrays, labeller: SkillLabeller, at_lambda: ReplayResult) -> float:
+        """Mean validation utility over the panel of lambdas (the replay at lambda_ is reused)."""
+        total = 0.0
+        for lam in self.panel:
+            res = at_lambda if lam == self.lambda_ else self.replay(arrays, labeller, self.val, lam)
+            total += res.utility(lam, self.c_ref)
+        return total / len(self.panel)
+
+    def replay(
+        self, arrays: HandbookArrays, labeller: SkillLabeller, split: Split, lambda_: float | None = None
+    ) -> ReplayResult:
         w = _reorder(self.weights(labeller, split), labeller.skill_ids, arrays.skill_ids)
-        return replay_arrays(
-            arrays, w, split.queries, split.modes, split.outcomes, split.ids, self.lambda_, "mean", self.seed
-        )
+        lam = self.lambda_ if lambda_ is None else lambda_
+        return replay_arrays(arrays, w, split.queries, split.modes, split.outcomes, split.ids, lam, "mean", self.seed)
 
 
 def _reorder(weights: np.ndarray, source: Sequence[str], target: Sequence[str]) -> np.ndarray:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from skillorchestra.handbook.learning.features import Csr, TfidfSpace, distinctive_terms, kmeans, reduce_svd
+from skillorchestra.handbook.learning.gapsplit import GapParams, SupervisedGapParams, gap_group, gap_halves
 from skillorchestra.handbook.learning.grouping import GroupingParams, group
 from skillorchestra.handbook.learning.profile import Outcomes
 from skillorchestra.handbook.learning.taxonomy import Category, Leaf, Prototypes, Taxonomy, slug, unique_id
@@ -27,6 +28,8 @@ class DiscoveryParams:
     proto_terms: int = 120  # TF-IDF fallback: terms kept per prototype (the labeller's vocabulary)
     text_categories: int = 10  # at most this many categories found by clustering unlabelled tasks
     grouping: GroupingParams = field(default_factory=GroupingParams)
+    gap: GapParams | None = field(default_factory=GapParams)  # where one agent leads everywhere, split by gap
+    gap_halves: SupervisedGapParams | None = field(default_factory=SupervisedGapParams)  # then by predicted gap
 
 
 @dataclass
@@ -59,6 +62,34 @@ def _micro_clusters(corpus: Corpus, idx: np.ndarray, params: DiscoveryParams, se
     centres = np.array([x[labels == j].mean(axis=0) for j in range(labels.max() + 1)])
     centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
     return members, centres @ centres.T
+
+
+def _gap_micro_clusters(
+    corpus: Corpus, idx: np.ndarray, params: DiscoveryParams, seed: int
+) -> tuple[list, np.ndarray, list[list[int]]] | None:
+    """Micro-clusters made inside each half of a label split by predicted agent gap (gapsplit.gap_halves)."""
+    if params.gap_halves is None:
+        return None
+    x = corpus.features(idx, params.svd_dims)
+    mask = gap_halves(x, corpus.outcomes.scores[idx], params.gap_halves, seed)
+    if mask is None:
+        return None
+    k = max(2, min(params.max_micro, idx.size // params.micro_size))
+    members: list[np.ndarray] = []
+    centres: list[np.ndarray] = []
+    groups: list[list[int]] = []
+    for h, half in enumerate((mask, ~mask)):
+        rows, xh = idx[half], x[half]
+        kh = max(1, round(k * rows.size / idx.size))
+        labels = kmeans(xh, kh, seed + 31 * h, spherical=True)
+        first = len(members)
+        for j in range(labels.max() + 1):
+            members.append(rows[labels == j])
+            centres.append(xh[labels == j].mean(axis=0))
+        groups.append(list(range(first, len(members))))
+    c = np.array(centres)
+    c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+    return members, c @ c.T, groups
 
 
 def _categories(corpus: Corpus, params: DiscoveryParams) -> list[tuple[str, tuple[str, ...], np.ndarray]]:
@@ -118,12 +149,17 @@ def discover(corpus: Corpus, params: DiscoveryParams) -> tuple[Taxonomy, list[np
     proto_modes: list[str] = []
     categories: list[Category] = []
     for ordinal, ((mode, labels, idx), cat_id) in enumerate(zip(cats, cat_ids, strict=True)):
-        micro, similarity = _micro_clusters(corpus, idx, params, corpus.seed * 104729 + ordinal)
+        seed = corpus.seed * 104729 + ordinal
+        micro, similarity = _micro_clusters(corpus, idx, params, seed)
+        groups = group(micro, corpus.utilities, similarity, params.grouping)
+        if len(groups) == 1 and params.gap is not None:
+            groups = gap_group(micro, corpus.utilities, similarity, params.gap)
+        if len(groups) == 1 and (halves := _gap_micro_clusters(corpus, idx, params, seed)) is not None:
+            micro, similarity, groups = halves
         first = len(members)
         members.extend(micro)
         proto_modes.extend([mode] * len(micro))
         protos = tuple(range(first, len(members)))
-        groups = group(micro, corpus.utilities, similarity, params.grouping)
         leaves: tuple[Leaf, ...] = ()
         if len(groups) > 1:
             rows = [np.concatenate([micro[a] for a in g]) for g in groups]

@@ -35,11 +35,14 @@ from skillorchestra.handbook.learning.profile import Outcomes
 from skillorchestra.handbook.learning.refine import RefineParams, refine
 from skillorchestra.handbook.learning.replay import document_arrays, task_modes
 from skillorchestra.handbook.learning.selection import CandidateReport, report, select
-from skillorchestra.handbook.learning.taxonomy import DEFAULT_MODE
+from skillorchestra.handbook.learning.taxonomy import DEFAULT_MODE, Taxonomy
 from skillorchestra.handbook.models import DESCRIPTION_MAX, Agent, HandbookDocument, Mode
 from skillorchestra.handbook.traces import AgentPrice, TraceTask
 
 Progress = Callable[[float, str], None]
+# Replaces offline discovery (e.g. the LLM learner): (corpus, training tasks, params) -> (taxonomy, prototype
+# members, prototype modes); the labeller, profiling, refinement and selection then run as usual.
+Discoverer = Callable[[Corpus, Sequence[TraceTask], DiscoveryParams], tuple[Taxonomy, list[np.ndarray], list[str]]]
 DEFAULT_TEMPERATURE = 0.05
 
 
@@ -49,6 +52,7 @@ class LearnParams:
     refine: RefineParams = field(default_factory=RefineParams)
     kappa: float = DEFAULT_KAPPA  # must match the server's HandbookSettings.kappa for replay == serving
     profile_on_all: bool = True  # the selected handbook's evidence: train + validation (True) or train only
+    lambda_panel: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2)  # ties at lambda go to mean utility over these too
 
 
 @dataclass
@@ -117,6 +121,7 @@ def learn(
     embedder: Embedder | None = None,
     progress: Progress | None = None,
     params: LearnParams | None = None,
+    discoverer: Discoverer | None = None,
 ) -> LearnResult:
     """Learn, refine and select a handbook from outcome traces (see the module docstring)."""
     started = time.perf_counter()
@@ -168,7 +173,10 @@ def learn(
     )
 
     step(0.3, "discovering skills", "features")
-    taxonomy, members, proto_modes = discover(corpus, params.discovery)
+    if discoverer is None:
+        taxonomy, members, proto_modes = discover(corpus, params.discovery)
+    else:
+        taxonomy, members, proto_modes = discoverer(corpus, train, params.discovery)
     vectors, labeller_space = prototype_vectors(corpus, members, params.discovery.proto_terms)
     protos = prototype_table(members, proto_modes, vectors, len(train))
     category_of = {p: c.id for c in taxonomy.categories for p in c.protos}
@@ -194,7 +202,17 @@ def learn(
         [t.id for t in val], val_queries, task_modes(val, mode_ids), out_val, base.similarities(val_queries)
     )
     evaluator = Evaluator(
-        base, protos, train_split, val_split, _agents(agent_ids, prices), modes, lambda_, c_ref, params.kappa, seed
+        base,
+        protos,
+        train_split,
+        val_split,
+        _agents(agent_ids, prices),
+        modes,
+        lambda_,
+        c_ref,
+        params.kappa,
+        seed,
+        params.lambda_panel,
     )
 
     step(0.45, "building candidate handbooks", "discovery")
@@ -218,7 +236,7 @@ def learn(
         c_ref,
         seed,
     )
-    best = select(reports)
+    best = select(reports, [c.panel_utility for c in candidates])
     reports[best].selected = True
     chosen = candidates[best]
     depth = reports[best].depth

@@ -84,11 +84,18 @@ def report(
     return out
 
 
-def select(reports: Sequence[CandidateReport]) -> int:
-    """The candidate of highest utility; ties go to the one with fewer skills, then to the earlier one."""
+def select(reports: Sequence[CandidateReport], tiebreak: Sequence[float] | None = None) -> int:
+    """The candidate of highest utility; ties go to the higher `tiebreak` (e.g. utility averaged over several
+    lambdas), then to the one with fewer skills, then to the earlier one."""
+    second = [0.0] * len(reports) if tiebreak is None else list(tiebreak)
     best = 0
     for i, r in enumerate(reports):
         top = reports[best]
-        if r.utility > top.utility + 1e-12 or (abs(r.utility - top.utility) <= 1e-12 and r.n_skills < top.n_skills):
+        if r.utility > top.utility + 1e-12:
             best = i
+        elif abs(r.utility - top.utility) <= 1e-12:
+            if second[i] > second[best] + 1e-12 or (
+                abs(second[i] - second[best]) <= 1e-12 and r.n_skills < top.n_skills
+            ):
+                best = i
     return best

@@ -1,0 +1,281 @@
+"""Learning runs shared by `skillorchestra learn` and the `learn_handbook` MCP tool, and the registry of the
+tool's background jobs (hosts time out a request after 60 s, so the tool returns a job id at once).
+
+One learning run: outcome tasks + prices -> `learn()` -> a new live handbook version (source "learn") whose
+summary says what was learned from where, and whose metrics hold the validation figures, every candidate with
+its intervals and the accuracy/cost Pareto front.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.models import Agent, HandbookDocument
+from skillorchestra.handbook.store import HandbookStore
+
+if TYPE_CHECKING:  # numpy and the learning stack load only when something is learned
+    from skillorchestra.handbook.embedding import Embedder
+    from skillorchestra.handbook.learning.pipeline import LearnResult, Progress
+    from skillorchestra.handbook.traces import AgentPrice, TraceTask
+
+log = logging.getLogger("skillorchestra.learn")
+
+MatcherChoice = Literal["auto", "lexical", "semantic"]
+
+
+@dataclass
+class LearnRun:
+    """What a learning run produced and where it went."""
+
+    version: int
+    parent: int | None
+    result: LearnResult
+    metrics: dict[str, Any]
+    summary: str
+
+
+def cost_basis(tasks: Sequence[TraceTask], prices: Mapping[str, AgentPrice]) -> tuple[str, list[str]]:
+    """('cost_usd' | 'estimated' | 'mixed' | 'unknown', agents whose cost is unknown on some judged task)."""
+    recorded = estimated = 0
+    unknown: set[str] = set()
+    for task in tasks:
+        for agent, outcome in task.outcomes.items():
+            if outcome.score is None:
+                continue
+            if outcome.cost_usd is not None:
+                recorded += 1
+            elif agent in prices:
+                estimated += 1
+            else:
+                unknown.add(agent)
+    if not recorded and not estimated:
+        return "unknown", sorted(unknown)
+    basis = "cost_usd" if not estimated else "estimated" if not recorded else "mixed"
+    return basis, sorted(unknown)
+
+
+def make_embedder(choice: MatcherChoice, store: HandbookStore | None) -> tuple[Embedder | None, str]:
+    """The feature space for learning: MiniLM (vectors cached in the database) or TF-IDF; (embedder, why)."""
+    if choice == "lexical":
+        return None, "lexical (TF-IDF) features"
+    from skillorchestra.handbook.embedding import load_default_embedder
+
+    model, reason = load_default_embedder()
+    if model is None:
+        if choice == "semantic":
+            raise InvalidInput("--matcher", choice, f"the MiniLM weights installed ({reason})")
+        return None, f"lexical (TF-IDF) features (MiniLM unavailable: {reason})"
+    from skillorchestra.handbook.learning.features import CachedEmbedder
+
+    if store is None:
+        return CachedEmbedder(model), f"semantic ({model.model_name}) features"
+    from skillorchestra.handbook.semantic import SqliteVectorCache
+
+    return CachedEmbedder(model, SqliteVectorCache(store)), f"semantic ({model.model_name}) features, cached in the db"
+
+
+EMBED_BATCH = 256
+
+
+def warm_embeddings(embedder: Embedder, texts: Sequence[str], progress: Progress | None) -> int:
+    """Embed the texts the cache lacks in batches, reporting progress (the first run's long step); returns
+    how many were embedded. Learning then finds every vector cached."""
+    cache = getattr(embedder, "cache", None)
+    if cache is None:
+        return 0
+    from skillorchestra.handbook.embedding import text_hash
+
+    unique = list(dict.fromkeys(texts))
+    keys = [text_hash(t, embedder.model_name) for t in unique]
+    found: set[str] = set()
+    for start in range(0, len(keys), 1000):  # bounded: SQLite limits the parameters of one query
+        found.update(cache.get(keys[start : start + 1000]))
+    missing = [t for t, k in zip(unique, keys, strict=True) if k not in found]
+    for start in range(0, len(missing), EMBED_BATCH):
+        if progress is not None:
+            progress(0.5 * start / len(missing), f"embedding {start}/{len(missing)} new texts (cached for next time)")
+        embedder.encode(missing[start : start + EMBED_BATCH])
+    return len(missing)
+
+
+def keep_live_agents(document: HandbookDocument, live: Sequence[Agent]) -> HandbookDocument:
+    """Learning from the database's own log: keep each agent's settings (enabled, modes, description, prices)
+    and keep agents that have no outcomes yet (they route on the prior) instead of dropping them."""
+    by_id = {a.id: a for a in live}
+    agents: list[Agent] = []
+    for agent in document.agents:
+        old = by_id.pop(agent.id, None)
+        if old is None:
+            agents.append(agent)
+            continue
+        agents.append(
+            agent.model_copy(
+                update={
+                    "description": agent.description or old.description,
+                    "modes": old.modes,
+                    "enabled": old.enabled,
+                    "input_per_mtok": agent.input_per_mtok if agent.input_per_mtok is not None else old.input_per_mtok,
+                    "output_per_mtok": (
+                        agent.output_per_mtok if agent.output_per_mtok is not None else old.output_per_mtok
+                    ),
+                }
+            )
+        )
+    agents.extend(by_id.values())
+    return document.model_copy(update={"agents": agents})
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy (numpy scalars become plain numbers)."""
+    return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+
+
+def learn_into_store(
+    store: HandbookStore,
+    tasks: Sequence[TraceTask],
+    prices: Mapping[str, AgentPrice],
+    *,
+    data_label: str,
+    price_source: str,
+    val_fraction: float = 0.2,
+    lambda_: float = 0.1,
+    seed: int = 0,
+    embedder: Embedder | None = None,
+    features: str = "lexical (TF-IDF) features",
+    orchestrator: str | None = None,
+    from_events: bool = False,
+    progress: Progress | None = None,
+    learner: Mapping[str, Any] | None = None,
+) -> LearnRun:
+    """Learn from `tasks` and make the result the live version of `store`.
+
+    `learner`: learn_with_llm's settings (model, api_base, api_key_env, prices) for LLM skill discovery.
+    """
+    if embedder is not None and warm_embeddings(embedder, [t.query for t in tasks], progress) and progress:
+        outer = progress
+
+        def progress(fraction: float, message: str) -> None:  # the pipeline's 0..1 after embedding's 0..0.5
+            outer(0.5 + fraction / 2, message)
+
+    options: dict[str, Any] = {
+        "val_fraction": val_fraction,
+        "lambda_": lambda_,
+        "seed": seed,
+        "embedder": embedder,
+        "progress": progress,
+    }
+    if learner is None:
+        from skillorchestra.handbook.learning.pipeline import learn
+
+        result = learn(tasks, prices, **options)
+    else:  # skill discovery by an LLM (server/llm_learner.py); the rest of the pipeline is the same
+        from skillorchestra.server.llm_learner import learn_with_llm
+
+        result = learn_with_llm(tasks, prices, **learner, **options)
+    document = result.document
+    depth = int(result.metrics["depth"])
+    if orchestrator:
+        document = document.model_copy(update={"selections": {**document.selections, orchestrator: depth}})
+    if from_events:
+        document = keep_live_agents(document, store.agents())
+    basis, unknown = cost_basis(tasks, prices)
+    candidates = [c.as_dict() for c in result.candidates]
+    metrics = _plain(
+        {
+            **result.metrics,
+            "data": data_label,
+            "prices": price_source,
+            "cost_basis": basis,
+            "cost_unknown_agents": unknown,
+            "orchestrator": orchestrator,
+            "candidates": candidates,
+            "pareto_front": [c["name"] for c in candidates if c["pareto"]],
+            "seconds": round(result.seconds, 3),
+            "llm_calls": result.llm_calls,
+            "usd": result.metrics.get("usd", result.usd),  # the LLM learner's None = a price was unknown
+        }
+    )
+    metrics["features_used"] = features
+    summary = (
+        f"learned from {data_label}: {metrics['n_tasks']} tasks, {len(metrics['agents'])} agents -> "
+        f"{metrics['n_skills']} skills ('{result.selected}', depth {depth}) at lambda {lambda_:g}, seed {seed}"
+        + (f", selection stored for orchestrator {orchestrator!r}" if orchestrator else "")
+    )
+    parent = store.current_version() or None
+    version = store.create_version(document, source="learn", summary=summary, metrics=metrics)
+    return LearnRun(version=version, parent=parent, result=result, metrics=metrics, summary=summary)
+
+
+# -- background jobs of the MCP tool --------------------------------------------------------------------------
+
+JobState = Literal["running", "done", "failed"]
+
+
+@dataclass
+class Job:
+    id: str
+    started_at: float
+    state: JobState = "running"
+    progress: float = 0.0
+    message: str = "starting"
+    version: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    finished_at: float | None = None
+
+
+class JobRegistry:
+    """Background learning jobs of one server process; one runs at a time (each writes the live version)."""
+
+    def __init__(self, keep: int = 20) -> None:
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+        self._keep = keep
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return list(self._jobs)
+
+    def running(self) -> Job | None:
+        with self._lock:
+            return next((j for j in self._jobs.values() if j.state == "running"), None)
+
+    def start(self, work: Callable[[Callable[[float, str], None]], LearnRun], name: str = "learn") -> Job:
+        """Run `work(progress)` on a daemon thread; the job records its progress, then its version or error."""
+        with self._lock:
+            busy = next((j for j in self._jobs.values() if j.state == "running"), None)
+            if busy is not None:
+                raise InvalidInput("job", busy.id, "no learning job running (poll learn_status until it ends)")
+            job = Job(id=f"{name}-{uuid.uuid4().hex[:12]}", started_at=time.time())
+            self._jobs[job.id] = job
+            finished = [j for j in self._jobs.values() if j.state != "running"]
+            for old in finished[: max(0, len(finished) - self._keep)]:
+                del self._jobs[old.id]
+
+        def progress(fraction: float, message: str) -> None:
+            job.progress, job.message = min(max(float(fraction), 0.0), 0.99), message
+
+        def run() -> None:
+            try:
+                outcome = work(progress)
+            except Exception as exc:  # the job's caller polls for this; nothing else would see it
+                log.exception("learning job %s failed", job.id)
+                job.message, job.state = f"{type(exc).__name__}: {exc}", "failed"
+            else:
+                job.version, job.metrics = outcome.version, outcome.metrics
+                job.progress, job.message, job.state = 1.0, outcome.summary, "done"
+            job.finished_at = time.time()
+
+        threading.Thread(target=run, name=job.id, daemon=True).start()
+        return job

@@ -1,0 +1,223 @@
+"""The optional judge: [judge] in agents.toml, a grading call through litellm to the fake server, the recorded grade."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_openai import FakeOpenAI, RecordedRequest
+from mcp import Client
+
+from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.server.agent_config import JudgeSettings, LlmAgentConnection, load_agent_configs
+from skillorchestra.server.app import create_server
+from skillorchestra.server.cli import main as cli_main
+from skillorchestra.server.judge import parse_verdict, reward_of
+from skillorchestra.server.settings import ServerSettings
+
+STEP = "name a prime number"
+
+
+def agents_toml(api_base: str, judge: str = "") -> str:
+    return f"""
+[agents.cheap]
+model = "openai/cheap-model"
+api_base = "{api_base}"
+input_per_mtok = 0.2
+output_per_mtok = 0.4
+modes = ["answer"]
+
+[agents.grader]
+model = "openai/judge-model"
+api_base = "{api_base}"
+input_per_mtok = 1.0
+output_per_mtok = 2.0
+modes = ["answer"]
+
+[agents.search]
+kind = "mcp"
+url = "http://127.0.0.1:9/mcp"
+tool = "search"
+
+[judge]
+agent = "grader"
+{judge}
+"""
+
+
+def load(tmp_path: Path, toml: str) -> ServerSettings:
+    """Through the real CLI entry point (in-process: `skillorchestra agents load agents.toml --db ...`)."""
+    path = tmp_path / "agents.toml"
+    path.write_text(toml)
+    db = tmp_path / "h.db"
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["agents", "load", str(path), "--db", str(db)])
+    assert exited.value.code == 0
+    return ServerSettings(db_path=db, seed_example=False)
+
+
+async def call(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+    result = await client.call_tool(tool, args)
+    assert not result.is_error, result.content[0].text  # type: ignore[union-attr]
+    return result.structured_content  # type: ignore[return-value]
+
+
+async def card(client: Client, agent_id: str) -> dict[str, Any]:
+    return json.loads((await client.read_resource(f"handbook://agents/{agent_id}")).contents[0].text)  # type: ignore[union-attr]
+
+
+def fake_prompt_tokens(request: RecordedRequest) -> int:
+    """The fake server's usage rule (tests/fake_openai.py): all message text // 4 + 1."""
+    return len("".join(m["content"] for m in request.body["messages"])) // 4 + 1
+
+
+# -- the verdict ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reply", "score"),
+    [
+        ('{"score": 0.8}', 0.8),
+        ('  {"score": 1}\n', 1.0),
+        ('{"score": 0, "reason": "wrong"}', 0.0),
+        ('```json\n{"score": 0.25}\n```', 0.25),
+    ],
+)
+def test_strict_json_verdicts_are_read(reply: str, score: float) -> None:
+    assert parse_verdict(reply) == score
+
+
+@pytest.mark.parametrize(
+    "reply",
+    ['Score: {"score": 0.8}', '{"score": 1.5}', '{"score": -0.1}', '{"score": true}', '{"score": "0.8"}', "[0.8]", ""],
+)
+def test_anything_else_is_a_failure_never_a_guess(reply: str) -> None:
+    with pytest.raises(ValueError):
+        parse_verdict(reply)
+
+
+def test_threshold_turns_the_score_into_success() -> None:
+    assert reward_of(0.7, JudgeSettings(agent="g")) == 0.7
+    assert reward_of(0.7, JudgeSettings(agent="g", threshold=0.5)) == 1.0
+    assert reward_of(0.4, JudgeSettings(agent="g", threshold=0.5)) == 0.0
+
+
+# -- the [judge] section -------------------------------------------------------------------------------------
+
+
+def test_judge_section_travels_with_the_named_llm_agent(tmp_path: Path) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text(agents_toml("http://127.0.0.1:1/v1", 'style = "binary"\nthreshold = 0.5'))
+    agents = load_agent_configs(path)
+    grader = agents["grader"]
+    assert isinstance(grader, LlmAgentConnection) and grader.judge is not None
+    assert (grader.judge.style, grader.judge.threshold, grader.judge.max_tokens) == ("binary", 0.5, 32)
+    assert isinstance(agents["cheap"], LlmAgentConnection) and agents["cheap"].judge is None
+
+
+@pytest.mark.parametrize(
+    ("judge", "needle"),
+    [
+        ('agent = "nobody"', "judge.agent='nobody'"),
+        ('agent = "search"', "one of the file's llm agents ['cheap', 'grader']"),
+        ('agent = "grader"\nstyle = "vibes"', "judge.style='vibes'"),
+        ('agent = "grader"\nthreshold = 2', "judge.threshold=2"),
+        ('agent = "grader"\nmodel = "x"', "judge.model"),
+    ],
+)
+def test_judge_section_errors_name_the_field(tmp_path: Path, judge: str, needle: str) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text(agents_toml("http://127.0.0.1:1/v1").replace('[judge]\nagent = "grader"', f"[judge]\n{judge}"))
+    with pytest.raises(InvalidInput) as err:
+        load_agent_configs(path)
+    assert needle in str(err.value), str(err.value)
+
+
+def test_judge_inside_an_agent_table_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text('[agents.a]\nmodel = "m"\njudge = { agent = "a" }\n')
+    with pytest.raises(InvalidInput, match=r"agents\.a\.judge.*top-level \[judge\]"):
+        load_agent_configs(path)
+
+
+# -- grading through the MCP server ----------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_judge_grades_records_and_is_accounted(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    fake_openai.behaviours["judge-model"] = "JUDGE:0.8"
+    settings = load(tmp_path, agents_toml(fake_openai.api_base))
+    async with Client(create_server(settings)) as client:
+        before, grader_before = await card(client, "cheap"), await card(client, "grader")
+        result = await call(client, "delegate", {"text": STEP, "agent_id": "cheap", "session_id": "s"})
+        assert result["answer"] == f"answer[cheap-model]: {STEP}"
+        assert (result["judge_agent_id"], result["judge_score"], result["judged_reward"]) == ("grader", 0.8, 0.8)
+        assert result["reported_by"] == "judge" and result["warnings"] == []
+
+        (request,) = fake_openai.chat_requests("judge-model")
+        prompt = request.body["messages"][-1]["content"]
+        assert f"<step>\n{STEP}\n</step>" in prompt and f"<answer>\n{result['answer']}\n</answer>" in prompt
+        assert request.body["max_tokens"] == 32
+        expected_judge = (fake_prompt_tokens(request) * 1.0 + len('{"score": 0.8}'.split()) * 2.0) / 1e6
+        assert result["judge_cost_usd"] == pytest.approx(expected_judge)
+
+        # the grade moved the answering agent's competence (one observation), not the judge's
+        after = await card(client, "cheap")
+        assert after["overall"]["n"] == pytest.approx(before["overall"]["n"] + 1)
+        assert after["overall"]["mean"] > before["overall"]["mean"]
+        assert (await card(client, "grader"))["overall"]["n"] == grader_before["overall"]["n"] == 0
+
+        # the judge's call counts in the session's spend, beside the answer's
+        routed = await call(client, "route_step", {"text": "next step", "session_id": "s"})
+        assert routed["session_spend_usd"] == pytest.approx(result["cost_usd"] + expected_judge)
+
+        # a client report afterwards: identical is a duplicate, anything else a conflict
+        same = await call(client, "record_outcome", {"decision_id": result["decision_id"], "reward": 0.8})
+        assert same["duplicate"] is True
+        other = await client.call_tool("record_outcome", {"decision_id": result["decision_id"], "success": False})
+        assert other.is_error and "already reported" in other.content[0].text  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_binary_style_with_threshold_records_success(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    fake_openai.behaviours["judge-model"] = "JUDGE:0.7"
+    settings = load(tmp_path, agents_toml(fake_openai.api_base, 'style = "binary"\nthreshold = 0.5'))
+    async with Client(create_server(settings)) as client:
+        result = await call(client, "delegate", {"text": STEP, "agent_id": "grader"})
+        assert (result["judge_score"], result["judged_reward"], result["reported_by"]) == (0.7, 1.0, "judge")
+        assert any("its own answer" in w for w in result["warnings"])
+        outcome = await call(client, "record_outcome", {"decision_id": result["decision_id"], "success": True})
+        assert outcome["duplicate"] is True and outcome["reward"] == 1.0
+    grading = fake_openai.chat_requests("judge-model")[-1]
+    assert "1 if the answer is correct and complete, else 0" in grading.body["messages"][0]["content"]
+
+
+@pytest.mark.anyio
+async def test_judge_failures_leave_the_decision_to_the_client(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    settings = load(tmp_path, agents_toml(fake_openai.api_base, "timeout_s = 0.6"))
+    async with Client(create_server(settings)) as client:
+        before = await card(client, "grader")
+
+        fake_openai.behaviours["judge-model"] = "JUDGE:oops"  # a malformed reply: the call is paid, nothing recorded
+        malformed = await call(client, "delegate", {"text": STEP, "agent_id": "cheap"})
+        assert malformed["judged_reward"] is None and malformed["reported_by"] is None
+        assert malformed["judge_cost_usd"] > 0
+        assert any("not JSON" in w and "left unreported" in w for w in malformed["warnings"])
+        reported = await call(client, "record_outcome", {"decision_id": malformed["decision_id"], "success": True})
+        assert reported["duplicate"] is False  # the client could still report
+
+        fake_openai.behaviours["judge-model"] = "SLOW:3"  # the judge times out: an infrastructure failure
+        slow = await call(client, "delegate", {"text": STEP, "agent_id": "cheap"})
+        assert slow["answer"] == f"answer[cheap-model]: {STEP}" and slow["judged_reward"] is None
+        assert any("failed (timeout" in w and "left unreported" in w for w in slow["warnings"])
+        assert (await card(client, "grader"))["overall"]["n"] == before["overall"]["n"] == 0  # never scored
+        reported = await call(client, "record_outcome", {"decision_id": slow["decision_id"], "reward": 0.5})
+        assert reported["duplicate"] is False
+
+        calls = len(fake_openai.chat_requests("judge-model"))
+        no_answer = await call(client, "delegate", {"text": "FAIL400 too long", "agent_id": "cheap"})
+        assert no_answer["error_class"] == "task" and no_answer["judged_reward"] is None
+        assert any("not judged: no answer" in w for w in no_answer["warnings"])
+        assert len(fake_openai.chat_requests("judge-model")) == calls  # nothing to grade: no judge call

@@ -1,0 +1,329 @@
+"""`skillorchestra learn` and `handbook diff|promote|rollback`, run in-process on real SQLite files."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_openai import FakeOpenAI
+from learning_data import PRICES, WORDS, swapped_and_alike, unlabelled_swap
+from test_learn_tools import record_swap_traffic
+
+from skillorchestra.handbook.models import HandbookDocument
+from skillorchestra.handbook.service import Handbook, OutcomeReport, RouteRequest
+from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.handbook.traces import TraceTask, write_tasks
+from skillorchestra.server.cli import main
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+def write_data(folder: Path, tasks: list[TraceTask], *, prices: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tasks(folder / "train.jsonl", tasks)
+    if prices:
+        (folder / "agents.json").write_text(
+            json.dumps({a: p.model_dump(exclude_none=True) for a, p in PRICES.items()}), encoding="utf-8"
+        )
+    return folder / "train.jsonl"
+
+
+def canonical(document: HandbookDocument) -> dict[str, object]:
+    """The document without its version number, rows in a fixed order (the store lists them sorted)."""
+    d = document.model_dump(exclude={"version"})
+    for key in ("modes", "skills", "agents", "competence", "cost"):
+        d[key] = sorted(d[key], key=lambda row: json.dumps(row, sort_keys=True))
+    return d
+
+
+@pytest.fixture
+def labelled(tmp_path: Path) -> Path:
+    return write_data(tmp_path / "labelled", swapped_and_alike(seed=0, n=60))
+
+
+def test_learn_prints_skills_candidates_selection_and_writes_a_version(
+    labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "h.db"
+    code, out, err = run(
+        [
+            "learn",
+            "--data",
+            str(labelled),
+            "--db",
+            str(db),
+            "--matcher",
+            "lexical",
+            "--lambda",
+            "0.05",
+            "--orchestrator",
+            "small",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert "learn: [100%] done" in err and "learn:" not in out  # progress on stderr only
+    assert "240 judged tasks (192 train / 48 validation), 3 agents, seed 0, lambda 0.05" in out
+    assert "prices from" in out and "beside the data" in out
+    assert "candidate" in out and "accuracy [95% CI]" in out and "* " in out
+    assert "Selected '" in out and "Pareto front" in out
+    assert "stored for orchestrator 'small'" in out
+    store = HandbookStore(db)
+    try:
+        assert store.current_version() == 2
+        info = store.versions()[-1]
+        assert info["source"] == "learn" and str(labelled) in info["summary"]
+        metrics = info["metrics"]
+        assert metrics["cost_basis"] == "estimated" and metrics["lambda"] == 0.05
+        names = [c["name"] for c in metrics["candidates"]]
+        assert names[:2] == ["depth0", "depth1"] and set(metrics["pareto_front"]) <= set(names)
+        assert all(c["accuracy_ci"][0] <= c["accuracy"] <= c["accuracy_ci"][1] for c in metrics["candidates"])
+        document = store.document()
+        assert store.selections() == {"default": metrics["depth"], "small": metrics["depth"]}
+        assert document.labeller is not None
+        for skill in document.skills:  # every learned skill is printed with its description
+            assert f"    {skill.id}\n" in out or f"      {skill.id}\n" in out
+        assert len(document.skills) == metrics["n_skills"] >= 2
+        # the learned handbook serves: a chemistry step goes to alpha at lambda 0
+        decision = Handbook(store).route(RouteRequest(text="titration of an acid with a catalyst", lambda_=0.0))
+        assert decision.agent_id == "alpha"
+    finally:
+        store.close()
+
+
+def test_learn_is_deterministic_for_a_seed(labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    documents = []
+    for name in ("a", "b"):
+        code, out, _ = run(
+            [
+                "learn",
+                "--data",
+                str(labelled),
+                "--db",
+                str(tmp_path / f"{name}.db"),
+                "--matcher",
+                "lexical",
+                "--seed",
+                "5",
+            ],
+            capsys,
+        )
+        assert code == 0
+        store = HandbookStore(tmp_path / f"{name}.db")
+        documents.append(store.document().model_dump())
+        store.close()
+    assert documents[0] == documents[1]
+
+
+def test_learn_without_prices_or_costs_says_costs_are_unknown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_data(tmp_path / "bare", unlabelled_swap(seed=1, n=60), prices=False)
+    code, out, err = run(["learn", "--data", str(data), "--db", str(tmp_path / "h.db"), "--matcher", "lexical"], capsys)
+    assert code == 0, err
+    assert "costs: unknown" in out and "accuracy alone" in out
+
+
+def test_learn_from_the_event_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "h.db"
+    record_swap_traffic(db, n=80)
+    code, out, err = run(
+        ["learn", "--data", "events", "--db", str(db), "--matcher", "lexical", "--lambda", "0"], capsys
+    )
+    assert code == 0, err
+    assert "Learned a Skill Handbook from the event log of" in out
+    assert "80 judged tasks" in out
+    assert "the database's agents" in out  # prices of the live handbook's agents
+    store = HandbookStore(db)
+    try:
+        assert store.versions()[-1]["source"] == "learn"
+        assert {a.id for a in store.agents()} == {"alpha", "beta", "gamma", "delta"}
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--lambda", "-1"], "--lambda"),
+        (["--lambda", "nan"], "--lambda"),
+        (["--val-fraction", "1"], "--val-fraction"),
+        (["--seed", "x"], "--seed"),
+        (["--orchestrator", ""], "--orchestrator"),
+        (["--agents", "/nonexistent/agents.json"], "--agents"),
+        (["--learner", "openai/x", "--learner-api-base", "ftp://127.0.0.1/v1"], "--learner-api-base"),
+        (["--learner", "openai/x", "--learner-input-per-mtok", "-1"], "--learner-input-per-mtok"),
+        (["--matcher", "bm25"], "--matcher"),
+    ],
+)
+def test_learn_rejects_bad_arguments_in_one_line(
+    extra: list[str], named: str, labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "h.db"
+    code, out, err = run(["learn", "--data", str(labelled), "--db", str(db), *extra], capsys)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and named in err, err
+    assert not db.exists()  # a rejected command creates nothing
+
+
+def test_learn_data_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["learn", "--data", str(tmp_path / "missing.jsonl"), "--db", str(tmp_path / "h.db")], capsys)
+    assert code == 2 and "--data" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(["learn", "--data", "events", "--db", str(tmp_path / "empty.db")], capsys)
+    assert code == 2 and "--data" in err and "record_outcome" in err
+
+
+def canned_taxonomy(body: dict[str, Any]) -> str:
+    """The fake learner model: a fixed two-category taxonomy, every task shown assigned by its words."""
+    last = str(body["messages"][-1]["content"])
+    assignments = {
+        handle: "science.chemistry" if set(text.split()) & set(WORDS["chemistry"]) else "writing.poetry"
+        for handle, text in re.findall(r"^\[(\w+)\] (.*)$", last, re.MULTILINE)
+    }
+    categories = [
+        {
+            "id": "science",
+            "description": "lab science",
+            "skills": [
+                {
+                    "id": "science.chemistry",
+                    "description": "chemistry questions: reactions, acids, molecules",
+                    "indicators": ["acid", "molecule"],
+                }
+            ],
+        },
+        {
+            "id": "writing",
+            "description": "literature",
+            "skills": [
+                {
+                    "id": "writing.poetry",
+                    "description": "poetry questions: forms and meter",
+                    "indicators": ["sonnet", "rhyme"],
+                }
+            ],
+        },
+    ]
+    first = "Skills found so far" not in last
+    return json.dumps({"categories": categories if first else [], "assignments": assignments})
+
+
+def test_learn_with_an_llm_learner(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_data(tmp_path / "d", unlabelled_swap(seed=4, n=60))
+    db = tmp_path / "h.db"
+    with FakeOpenAI(responder=canned_taxonomy) as fake:
+        code, out, err = run(
+            [
+                "learn",
+                "--data",
+                str(data),
+                "--db",
+                str(db),
+                "--matcher",
+                "lexical",
+                "--lambda",
+                "0",
+                "--learner",
+                "openai/fake-learner",
+                "--learner-api-base",
+                fake.api_base,
+                "--learner-input-per-mtok",
+                "1",
+                "--learner-output-per-mtok",
+                "2",
+            ],
+            capsys,
+        )
+        calls = len(fake.chat_requests())
+    assert code == 0, err
+    assert calls >= 1
+    assert f"skills discovered by openai/fake-learner ({calls} LLM calls, $" in out
+    store = HandbookStore(db)
+    try:
+        metrics = store.versions()[-1]["metrics"]
+        assert metrics["llm_calls"] == calls and metrics["usd"] > 0
+        skills = {s.id: s for s in store.skills()}
+        assert metrics["selected"] == "depth1" and set(skills) == {"science", "writing"}  # the LLM's categories
+        assert "chemistry questions" in skills["science"].description  # in its words
+    finally:
+        store.close()
+
+
+def test_diff_promote_rollback(labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "h.db"
+    other = write_data(tmp_path / "other", unlabelled_swap(seed=2, n=60))
+    assert run(["learn", "--data", str(labelled), "--db", str(db), "--matcher", "lexical"], capsys)[0] == 0  # v2
+    assert run(["learn", "--data", str(other), "--db", str(db), "--matcher", "lexical"], capsys)[0] == 0  # v3
+    store = HandbookStore(db)
+    v2, v3 = store.snapshot(2), store.snapshot(3)
+    # an outcome recorded while version 3 is live: an event against version 3
+    handbook = Handbook(store)
+    decision = handbook.route(RouteRequest(text="sonnet rhyme stanza verse", allowed_agents=["gamma"]))
+    handbook.record(OutcomeReport(decision_id=decision.decision_id, reward=1.0))
+    assert len(store.events(3)) == 1
+    live3 = store.document()
+    store.close()
+
+    code, out, err = run(["handbook", "diff", "2", "3", "--db", str(db)], capsys)
+    assert code == 0, err
+    added = sorted({s.id for s in v3.skills} - {s.id for s in v2.skills})
+    removed = sorted({s.id for s in v2.skills} - {s.id for s in v3.skills})
+    assert f"skills: {len(added)} added, {len(removed)} removed" in out
+    assert all(f"  + {s}:" in out for s in added) and all(f"  - {s}:" in out for s in removed)
+    assert "3 (live): learn, 1 events" in out
+    assert "validation accuracy" in out and "selected candidate" in out
+
+    code, out, err = run(["handbook", "rollback", "--db", str(db)], capsys)
+    assert code == 0, err
+    assert "version 4 is live: version 2 restored" in out
+    store = HandbookStore(db)
+    try:
+        info = store.versions()[-1]
+        assert (info["version"], info["parent"], info["source"]) == (4, 2, "promote")
+        assert canonical(store.document()) == canonical(v2)  # version 2's handbook, as it was
+        assert len(store.events(3)) == 1  # version 3's history stays in the log against it
+    finally:
+        store.close()
+
+    code, out, _ = run(["handbook", "promote", "3", "--db", str(db)], capsys)  # undo the rollback
+    assert code == 0 and "version 5 is live: version 3 restored" in out
+    store = HandbookStore(db)
+    assert store.versions()[-1]["parent"] == 3
+    assert store.document().competence == live3.competence  # with the outcome recorded while 3 was live
+    store.close()
+    code, out, _ = run(["handbook", "promote", "3", "--snapshot-only", "--db", str(db)], capsys)
+    assert code == 0
+    store = HandbookStore(db)
+    assert canonical(store.document())["competence"] == canonical(v3)["competence"]
+    store.close()
+
+    code, _, err = run(["handbook", "promote", "6", "--db", str(db)], capsys)  # already live
+    assert code == 2 and "version" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(["handbook", "promote", "99", "--db", str(db)], capsys)
+    assert code == 2 and "unknown version '99'" in err
+    code, _, err = run(["handbook", "diff", "2", "x", "--db", str(db)], capsys)
+    assert code == 2 and "B" in err
+
+
+def test_rollback_walks_back_through_promotions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "h.db"
+    assert run(["handbook", "rollback", "--db", str(db)], capsys)[0] == 2  # the empty initial version has no parent
+    for seed in (1, 2):
+        data = write_data(tmp_path / f"d{seed}", unlabelled_swap(seed=seed, n=30))
+        assert run(["learn", "--data", str(data), "--db", str(db), "--matcher", "lexical"], capsys)[0] == 0
+    assert run(["handbook", "rollback", "--db", str(db)], capsys)[0] == 0  # v4 = v2
+    assert run(["handbook", "rollback", "--db", str(db)], capsys)[0] == 0  # v5 = v1, not v2 again
+    store = HandbookStore(db)
+    try:
+        assert [(v["version"], v["parent"]) for v in store.versions()][-2:] == [(4, 2), (5, 1)]
+        assert store.document().skills == []
+    finally:
+        store.close()

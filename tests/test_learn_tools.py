@@ -1,0 +1,173 @@
+"""learn_handbook / learn_status through the SDK's in-memory client, learning from the server's own event log."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+from learning_data import SWAP, query
+from mcp import Client
+
+from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.models import Agent, Skill
+from skillorchestra.handbook.service import Handbook, OutcomeReport, RouteRequest
+from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.server.app import create_server
+from skillorchestra.server.jobs import JobRegistry
+from skillorchestra.server.settings import ServerSettings
+
+pytestmark = pytest.mark.anyio
+
+
+async def call(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+    result = await client.call_tool(tool, args)
+    assert not result.is_error, result.content[0].text  # type: ignore[union-attr]
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def error_text(client: Client, tool: str, args: dict[str, Any]) -> str:
+    result = await client.call_tool(tool, args)
+    assert result.is_error
+    return result.content[0].text  # type: ignore[union-attr]
+
+
+def settings(tmp_path: Path) -> ServerSettings:
+    return ServerSettings(db_path=tmp_path / "handbook.db", seed_example=False, matcher="lexical")
+
+
+def record_swap_traffic(path: Path, n: int = 120, seed: int = 0) -> None:
+    """A one-skill handbook, then every agent routed and reported on chemistry and poetry steps, where alpha
+    and beta swap strengths (through the service, as the server's tools would: the learning source is the log)."""
+    store = HandbookStore(path)
+    handbook = Handbook(store)
+    try:
+        handbook.upsert_skill(Skill(id="general", description="anything at all"))
+        for agent, price in (("alpha", 1.0), ("beta", 1.1), ("gamma", 0.5)):
+            handbook.upsert_agent(Agent(id=agent, input_per_mtok=price, output_per_mtok=price))
+        handbook.upsert_agent(Agent(id="delta", description="new, never tried", enabled=False))
+        rng = np.random.default_rng(seed)
+        for i in range(n):
+            topic = ("chemistry", "poetry")[i % 2]
+            text = query(rng, topic)
+            for agent, p in SWAP[topic].items():
+                routed = handbook.route(RouteRequest(text=text, allowed_agents=[agent], lambda_=0.0))
+                assert routed.agent_id == agent
+                handbook.record(OutcomeReport(decision_id=routed.decision_id, reward=float(rng.random() < p)))
+    finally:
+        store.close()
+
+
+async def wait_done(client: Client, job_id: str) -> dict[str, Any]:
+    seen: list[float] = []
+    with anyio.fail_after(30):
+        while True:
+            status = await call(client, "learn_status", {"job_id": job_id})
+            seen.append(status["progress"])
+            if status["state"] != "running":
+                assert seen == sorted(seen)  # progress never goes backwards
+                return status
+            await anyio.sleep(0.05)
+
+
+async def test_learn_from_events_in_the_background_then_route_with_it(tmp_path: Path) -> None:
+    record_swap_traffic(tmp_path / "handbook.db")
+    async with Client(create_server(settings(tmp_path))) as client:
+        before = await call(client, "list_skills", {})
+        started = await call(client, "learn_handbook", {"lambda_": 0.0, "seed": 3, "orchestrator": "small"})
+        assert started["state"] == "running" and started["job_id"]
+        assert started["result"] is None
+        status = await wait_done(client, started["job_id"])
+        assert status["state"] == "done", status["message"]
+        assert status["progress"] == 1.0
+        version, metrics = status["result"]["version"], status["result"]["metrics"]
+        assert metrics["n_tasks"] == 120
+        assert metrics["agents"] == ["alpha", "beta", "gamma"]
+        assert metrics["seed"] == 3 and metrics["lambda"] == 0.0
+        assert {c["name"] for c in metrics["candidates"]} >= {"depth0", "depth1"}
+        assert metrics["pareto_front"]
+        assert sum(c["selected"] for c in metrics["candidates"]) == 1
+
+        after = await call(client, "list_skills", {})
+        learned = {s["id"] for s in after["items"]}
+        assert learned and "general" not in learned
+        assert learned != {s["id"] for s in before["items"]}
+
+        store = HandbookStore(tmp_path / "handbook.db")
+        try:
+            assert store.current_version() == version
+            info = store.versions()[-1]
+            assert info["source"] == "learn" and "event log" in info["summary"]
+            assert store.selections()["small"] == metrics["depth"]
+            agents = {a.id: a for a in store.agents()}
+            assert set(agents) == {"alpha", "beta", "gamma", "delta"}  # the untried agent is kept...
+            assert agents["delta"].enabled is False  # ...with its settings
+            assert agents["alpha"].input_per_mtok == 1.0
+        finally:
+            store.close()
+
+        # the learned handbook routes by topic: alpha on chemistry, beta on poetry
+        rng = np.random.default_rng(99)
+        for topic, best in (("chemistry", "alpha"), ("poetry", "beta")):
+            routed = await call(client, "route_step", {"text": query(rng, topic), "lambda_": 0.0})
+            assert routed["handbook_version"] == version
+            assert routed["agent_id"] == best, routed["candidates"]
+
+
+async def test_tool_annotations_and_errors(tmp_path: Path) -> None:
+    async with Client(create_server(settings(tmp_path))) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert tools["learn_status"].annotations.read_only_hint is True
+        assert tools["learn_handbook"].annotations.read_only_hint is False
+        assert tools["learn_handbook"].annotations.destructive_hint is False
+        assert set(tools["learn_handbook"].input_schema["properties"]) >= {"source", "val_fraction", "lambda_", "seed"}
+        assert tools["learn_status"].input_schema["required"] == ["job_id"]
+
+        assert "source" in await error_text(client, "learn_handbook", {})  # nothing recorded yet
+        assert "val_fraction" in await error_text(client, "learn_handbook", {"val_fraction": 1.0})
+        assert "lambda_" in await error_text(client, "learn_handbook", {"lambda_": -1})
+        assert "source" in await error_text(client, "learn_handbook", {"source": "/etc/passwd"})
+        assert "job_id" in await error_text(client, "learn_status", {"job_id": "learn-nope"})
+    store = HandbookStore(tmp_path / "handbook.db")
+    try:
+        assert [v["source"] for v in store.versions()] == ["init"]  # rejected calls wrote nothing
+    finally:
+        store.close()
+
+
+def test_registry_runs_one_job_at_a_time_and_reports_failures() -> None:
+    registry = JobRegistry()
+    release = threading.Event()
+
+    class Run:
+        version, metrics, summary = 7, {"n_tasks": 1}, "learned"
+
+    def slow(progress: Any) -> Any:
+        progress(0.5, "halfway")
+        release.wait(10)
+        return Run()
+
+    job = registry.start(slow)
+    with pytest.raises(InvalidInput, match="job"):
+        registry.start(slow)
+    release.set()
+    for _ in range(200):
+        if job.state != "running":
+            break
+        threading.Event().wait(0.01)
+    assert (job.state, job.version, job.progress, job.message) == ("done", 7, 1.0, "learned")
+
+    def broken(progress: Any) -> Any:
+        raise ValueError("no tasks")
+
+    failed = registry.start(broken)
+    for _ in range(200):
+        if failed.state != "running":
+            break
+        threading.Event().wait(0.01)
+    assert failed.state == "failed" and "no tasks" in failed.message
+    assert set(registry.ids()) == {job.id, failed.id}

@@ -1,0 +1,125 @@
+"""learn_handbook and learn_status: learning from the server's own event log as a background job.
+
+Hosts time out a request after about 60 s and learning can take longer, so learn_handbook checks its input,
+starts a job on a thread and answers at once with the job's id; learn_status reports progress, then the new
+version and its validation metrics. Jobs live in this server process (a restart forgets them, not their results:
+a finished job's version is in the database).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from pydantic import BaseModel, Field
+
+from skillorchestra.handbook.errors import InvalidInput, NotFound
+from skillorchestra.handbook.models import ID_MAX
+from skillorchestra.server.jobs import Job, JobRegistry, MatcherChoice
+from skillorchestra.tools.common import READ_ONLY, AppState, app_state, reports_failures, writes
+
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0, description="share of tasks held out to select the handbook")]
+Lambda = Annotated[
+    float,
+    Field(ge=0.0, le=1000.0, description="cost trade-off of the selection: accuracy - lambda * cost / c_ref"),
+]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="seed of the split, clustering and bootstrap")]
+JobId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class LearnJobResult(BaseModel):
+    version: int = Field(description="the new live handbook version")
+    metrics: dict[str, Any] = Field(description="validation metrics, every candidate with intervals, Pareto front")
+
+
+class LearnJobStatus(BaseModel):
+    job_id: str
+    state: Literal["running", "done", "failed"]
+    progress: float = Field(ge=0.0, le=1.0)
+    message: str = Field(description="the current stage, the summary when done, or the error when failed")
+    result: LearnJobResult | None = None
+
+
+def register(server: MCPServer) -> None:
+    server.tool(name="learn_handbook", annotations=writes(destructive=False, idempotent=False))(learn_handbook)
+    server.tool(name="learn_status", annotations=READ_ONLY)(learn_status)
+
+
+def _jobs(state: AppState) -> JobRegistry:
+    return state.extras.setdefault("jobs", JobRegistry())  # type: ignore[no-any-return]
+
+
+def _status(job: Job) -> LearnJobStatus:
+    result = None
+    if job.state == "done" and job.version is not None:
+        result = LearnJobResult(version=job.version, metrics=job.metrics)
+    return LearnJobStatus(
+        job_id=job.id, state=job.state, progress=round(job.progress, 3), message=job.message, result=result
+    )
+
+
+def _matcher_choice(state: AppState) -> MatcherChoice:
+    """Learn in the feature space the server infers skills with (semantic when it is configured and installed)."""
+    from skillorchestra.handbook.semantic import SemanticMatcher
+
+    base = getattr(state.handbook.matcher, "base", state.handbook.matcher)
+    return "auto" if isinstance(base, SemanticMatcher) else "lexical"
+
+
+@reports_failures
+def learn_handbook(
+    ctx: Context,
+    source: Literal["events"] = "events",
+    val_fraction: Fraction = 0.2,
+    lambda_: Lambda = 0.1,
+    seed: Seed = 0,
+    orchestrator: Annotated[str | None, Field(max_length=ID_MAX, description="store the selection under")] = None,
+) -> LearnJobStatus:
+    """Start learning a new handbook from this server's recorded steps and outcomes; returns a job id at once.
+
+    Poll learn_status(job_id) until state is "done" (the new version is then live) or "failed".
+    """
+    from skillorchestra.handbook.learning.events import prices_from_store, tasks_from_events
+    from skillorchestra.server.jobs import learn_into_store, make_embedder
+
+    state = app_state(ctx)
+    store = state.handbook.store
+    tasks = tasks_from_events(store)
+    if not tasks:
+        raise InvalidInput(
+            "source", source, "an event log with reported outcomes of routed steps (route_step, then record_outcome)"
+        )
+    prices = prices_from_store(store)
+    choice = _matcher_choice(state)
+    label = "the server's event log"
+
+    def work(progress: Any) -> Any:
+        embedder, features = make_embedder(choice, store)
+        return learn_into_store(
+            store,
+            tasks,
+            prices,
+            data_label=label,
+            price_source="the database's agents" if prices else "none",
+            val_fraction=val_fraction,
+            lambda_=lambda_,
+            seed=seed,
+            embedder=embedder,
+            features=features,
+            orchestrator=orchestrator,
+            from_events=True,
+            progress=progress,
+        )
+
+    return _status(_jobs(state).start(work))
+
+
+@reports_failures
+def learn_status(job_id: JobId, ctx: Context) -> LearnJobStatus:
+    """Progress of a learn_handbook job: running (with progress 0..1), done (with the version), or failed."""
+    registry = _jobs(app_state(ctx))
+    job = registry.get(job_id)
+    if job is None:
+        raise NotFound("job_id", job_id, registry.ids())
+    return _status(job)
