@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.server.argtypes import lambda_arg, seed_arg
 
 if TYPE_CHECKING:  # the evaluation stack (numpy, the service) loads only when eval runs, not for every command
     from skillorchestra.handbook.traces import AgentPrice, TraceTask
@@ -92,32 +93,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agents", type=Path, default=None, help="agents.json prices (default: beside --train)")
     parser.add_argument(
         "--lambda",
-        type=_lambda,
+        type=lambda_arg,
         action="append",
         dest="lambdas",
         default=None,
         help="cost trade-off to sweep (repeatable; default 0 0.02 0.05 0.1 0.2 0.3 0.5 1.0)",
     )
-    parser.add_argument("--seed", type=_seed, default=0, help="seed of splits, random policy, Thompson, episodes")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="seed of splits, random policy, Thompson, episodes")
     parser.add_argument("--json", type=Path, default=None, help="write the JSON result here (- for stdout)")
     parser.add_argument("--plot-dir", type=Path, default=None, help="write pareto.png and shares.png here")
-
-
-def _lambda(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (value >= 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -16,8 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skillorchestra.handbook.errors import InvalidInput
-from skillorchestra.handbook.models import ID_MAX, HandbookDocument
+from skillorchestra.handbook.models import HandbookDocument
 from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.server.argtypes import fraction_arg, lambda_arg, name_arg, seed_arg, version_arg
 from skillorchestra.server.settings import default_db_path
 
 if TYPE_CHECKING:
@@ -26,53 +26,6 @@ if TYPE_CHECKING:
 
 MOVE_SHOWN = 0.005  # smaller moves of a posterior mean print as 0.00: not worth a line
 LLM_LEARNER_MODULES = ("skillorchestra.handbook.learning.llm_discovery", "skillorchestra.server.llm_learner")
-
-
-# -- argument types (argparse turns their errors into one line naming the flag) ------------------------------
-
-
-def _number(text: str, *, low: float, high: float | None, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if not math.isfinite(value) or value < low or (high is not None and value >= high):
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-    return value
-
-
-def lambda_arg(text: str) -> float:
-    return _number(text, low=0.0, high=None, what="a finite number >= 0")
-
-
-def fraction_arg(text: str) -> float:
-    return _number(text, low=0.0, high=1.0, what="a fraction in [0, 1)")
-
-
-def seed_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def name_arg(text: str) -> str:
-    if not text.strip() or len(text) > ID_MAX:
-        raise argparse.ArgumentTypeError(f"expected a non-empty name of at most {ID_MAX} characters")
-    return text
-
-
-def version_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a version number (see `handbook versions`), got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a version number >= 1, got {text!r}")
-    return value
 
 
 def add_learn_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,52 @@
+"""argparse types shared by the CLI commands: each error becomes one line naming the flag (exit status 2)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from skillorchestra.handbook.models import ID_MAX
+
+
+def _number(text: str, *, low: float, high: float | None, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not math.isfinite(value) or value < low or (high is not None and value >= high):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def lambda_arg(text: str) -> float:
+    return _number(text, low=0.0, high=None, what="a finite number >= 0")
+
+
+def fraction_arg(text: str) -> float:
+    return _number(text, low=0.0, high=1.0, what="a fraction in [0, 1)")
+
+
+def seed_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def name_arg(text: str) -> str:
+    if not text.strip() or len(text) > ID_MAX:
+        raise argparse.ArgumentTypeError(f"expected a non-empty name of at most {ID_MAX} characters")
+    return text
+
+
+def version_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a version number (see `handbook versions`), got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a version number >= 1, got {text!r}")
+    return value
