@@ -188,7 +188,7 @@ class Handbook:
     def _demands(
         self, arrays: HandbookArrays, text: str, skills: Sequence[SkillDemand] | None, mode: str | None
     ) -> tuple[list[tuple[str, float]], str]:
-        if skills:
+        if skills is not None:  # given, even empty: validated (an empty list has no positive weight)
             return self.validate_demands(arrays, skills), "client"
         return self._inferred(arrays, text, mode, INFERRED_SKILLS)
 

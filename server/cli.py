@@ -15,6 +15,7 @@ for _blas in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse
 import logging
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -182,6 +183,9 @@ def _run(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentParser
         print(str(exc), file=sys.stderr)
         return 2
     except HandbookError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, sqlite3.Error) as exc:  # a path that cannot be read, written or opened as a database
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -176,5 +176,12 @@ def agents_load(args: argparse.Namespace) -> int:
 
 
 def agents_show(args: argparse.Namespace) -> int:
-    print(json.dumps(_store(args).connections(), indent=1, sort_keys=True))
+    """The loaded settings, with whether each key's environment variable is set here (never the key)."""
+    from skillorchestra.server.agent_config import parse_agent
+
+    views = {}
+    for agent_id, raw in _store(args).connections().items():
+        conn = parse_agent(agent_id, {k: v for k, v in raw.items() if k != "id"}, "database")
+        views[agent_id] = conn.public_view()
+    print(json.dumps(views, indent=1, sort_keys=True))
     return 0

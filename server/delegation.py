@@ -92,21 +92,18 @@ class Delegator:
         return reasons
 
     async def delegate(self, request: DelegateRequest, progress: Progress | None = None) -> DelegateResult:
-        connections = self.connections()
         if request.timeout_s <= 0:
             raise InvalidInput("timeout_s", request.timeout_s, "a positive number of seconds")
-        route = request.route
-        if request.agent_id is not None:
-            if request.agent_id not in {a.id for a in self.handbook.store.agents()}:
-                raise NotFound("agent (agent_id)", request.agent_id, [a.id for a in self.handbook.store.agents()])
-            if request.agent_id not in connections:
-                raise InvalidInput("agent_id", request.agent_id, "an agent with connection settings (agents.toml)")
-            route = _replace(route, allowed_agents=[request.agent_id])
-        route = _replace(route, unavailable=self.unavailable(connections))
-        decision = await anyio.to_thread.run_sync(self.handbook.route, route)
+        start = time.monotonic()
+        deadline = start + request.timeout_s
+        # every read of the file happens off the event loop: a CLI import may hold the write lock for a while
+        connections, route = await anyio.to_thread.run_sync(self._prepare, request)
+        shown = route.top_k
+        wide = _replace(route, top_k=max(route.top_k, 1 + self.max_fallbacks))  # fallbacks come from candidates
+        decision = await anyio.to_thread.run_sync(self.handbook.route, wide)
         order = [decision.agent_id] + [c.agent_id for c in decision.candidates if c.agent_id != decision.agent_id]
         order = order[: 1 + self.max_fallbacks]
-        deadline = time.monotonic() + request.timeout_s
+        decision = decision.model_copy(update={"candidates": decision.candidates[:shown]})
         messages = _messages(route.text, request.context)
         tried: list[Attempt] = []
         for position, agent_id in enumerate(order):
@@ -122,7 +119,7 @@ class Delegator:
                 if position == 0
                 else await anyio.to_thread.run_sync(self.handbook.fallback_decision, decision.decision_id, agent_id)
             )
-            result = await self._call(connections[agent_id], route.text, messages, remaining, request, progress)
+            result = await self._call(connections[agent_id], route.text, messages, deadline, request, progress, start)
             await anyio.to_thread.run_sync(self._account, decision_id, result)
             tried.append(
                 Attempt(
@@ -154,21 +151,38 @@ class Delegator:
         summary = "; ".join(f"{t.agent_id}: {t.error_class} ({t.message})" for t in tried)
         raise DelegationFailed(f"no agent answered; each failure is recorded without touching competence: {summary}")
 
+    def _prepare(self, request: DelegateRequest) -> tuple[dict[str, AgentConnection], RouteRequest]:
+        connections = self.connections()
+        route = request.route
+        if request.agent_id is not None:
+            agents = [a.id for a in self.handbook.store.agents()]
+            if request.agent_id not in agents:
+                raise NotFound("agent (agent_id)", request.agent_id, agents)
+            if request.agent_id not in connections:
+                raise InvalidInput("agent_id", request.agent_id, "an agent with connection settings (agents.toml)")
+            route = _replace(route, allowed_agents=[request.agent_id])
+        return connections, _replace(route, unavailable=self.unavailable(connections))
+
     async def _call(
         self,
         conn: AgentConnection,
         text: str,
         messages: list[dict[str, Any]],
-        remaining: float,
+        deadline: float,
         request: DelegateRequest,
         progress: Progress | None,
+        start: float,
     ) -> BackendResult:
-        timeout = min(remaining, conn.timeout_s)
+        if isinstance(conn, LlmAgentConnection):
+            from skillorchestra.server.llm_backend import ensure_litellm
+
+            await ensure_litellm()  # the one-off import is charged to this delegation's budget, not the agent's
+        timeout = max(min(deadline - time.monotonic(), conn.timeout_s), MIN_TRY_S)
         try:
             if progress is None:
                 return await self.caller(conn, text, messages, timeout, request.max_tokens)
             async with anyio.create_task_group() as group:
-                group.start_soon(_tick, progress, conn.id, time.monotonic(), request.timeout_s)
+                group.start_soon(_tick, progress, conn.id, start, request.timeout_s)  # never goes backwards
                 result = await self.caller(conn, text, messages, timeout, request.max_tokens)
                 group.cancel_scope.cancel()
             return result
@@ -235,7 +249,7 @@ def _replace(route: RouteRequest, **changes: Any) -> RouteRequest:
 def _answer(
     decision: RouteDecision, decision_id: str, agent_id: str, result: BackendResult, tried: list[Attempt]
 ) -> DelegateResult:
-    costs = [t.cost_usd for t in tried]
+    costs = [t.cost_usd for t in tried if t.decision_id is not None]  # skipped agents cost nothing
     warnings = []
     if result.cost_usd is None:
         warnings.append(

@@ -32,13 +32,12 @@ import anyio.to_thread
 from anyio.lowlevel import RunVar
 from pydantic import BaseModel
 
+from skillorchestra.handbook.models import INFRASTRUCTURE_ERRORS, ErrorClass
 from skillorchestra.server.agent_config import LlmAgentConnection
 
 log = logging.getLogger(__name__)
 
-ErrorClass = Literal["timeout", "rate_limit", "connection", "auth", "server_error", "task"]
 CostSource = Literal["agent_prices", "litellm_table", "unknown", "no_token_cost"]
-INFRASTRUCTURE_ERRORS: frozenset[str] = frozenset({"timeout", "rate_limit", "connection", "auth", "server_error"})
 
 # Sent when an agent has no key: local OpenAI-compatible servers accept any key but want a non-empty one.
 PLACEHOLDER_API_KEY = "sk-no-key"
@@ -236,7 +235,8 @@ async def call_llm(
                 response = await litellm.acompletion(
                     model=conn.model,
                     api_base=conn.api_base,
-                    api_key=key or PLACEHOLDER_API_KEY,
+                    # a local server may want any key; a hosted provider keeps litellm's own key lookup
+                    api_key=key or (PLACEHOLDER_API_KEY if conn.api_base else None),
                     messages=messages,
                     timeout=timeout,
                     max_tokens=limit,

@@ -82,7 +82,10 @@ def agent_card(handbook: Handbook, agent_id: str) -> dict[str, object]:
     i = arrays.agent_index[agent_id]
     return {
         **arrays.agents[i].model_dump(),
-        "overall": {"mean": float(arrays.mean[i, arrays.root_column]), "n": float(arrays.evidence[i, -1])},
+        "overall": {
+            "mean": float(arrays.mean[i, arrays.root_column]),
+            "n": float(arrays.evidence[i, arrays.root_column]),
+        },
         "skills": [
             {
                 "skill_id": skill_id,

@@ -243,3 +243,14 @@ async def test_a_cancelled_delegation_is_not_the_agents_failure(
         fake_openai.behaviours.clear()
         ok = await call(client, "delegate", {"text": "y", "agent_id": "strong"})  # the server and agent still serve
         assert ok["answer"] == "answer[strong-model]: y"
+
+
+async def test_fallback_is_not_limited_by_top_k(configured: ServerSettings, fake_openai: FakeOpenAI) -> None:
+    fake_openai.behaviours["cheap-model"] = "FAIL500"
+    async with Client(create_server(configured)) as client:
+        result = await call(
+            client, "delegate", {"text": "x", "allowed_agents": ["cheap", "strong"], "lambda_": 1.0, "top_k": 1}
+        )
+        assert [t["agent_id"] for t in result["tried"]] == ["cheap", "strong"]
+        assert result["agent_id"] == "strong" and len(result["decision"]["candidates"]) == 1
+        assert result["total_cost_usd"] is not None or result["tried"][0]["cost_usd"] is None

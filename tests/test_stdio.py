@@ -108,5 +108,12 @@ def test_cli_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "zz" in proc.stderr
+    proc = subprocess.run(
+        [cli, "handbook", "export", str(tmp_path / "no" / "such" / "dir.json"), "--db", str(tmp_path / "h.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "No such file" in proc.stderr
     proc = subprocess.run([cli, "serve", "--transport", "carrier-pigeon"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--transport" in proc.stderr and proc.stderr.strip().count("\n") == 0

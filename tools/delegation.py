@@ -34,6 +34,7 @@ async def delegate(
     session_id: OptionalId = None,
     budget_usd: Usd = None,
     top_k: TopK = 5,
+    seed: Annotated[int | None, Field(ge=0, description="Seed for thompson sampling (reproducible choices)")] = None,
     max_tokens: Annotated[int | None, Field(ge=1, le=1_000_000)] = None,
     timeout_s: Annotated[float, Field(gt=0, le=600, description="Budget for all tries together")] = 45.0,
 ) -> DelegateResult:
@@ -61,6 +62,7 @@ async def delegate(
             session_id=session_id,
             budget_usd=budget_usd,
             top_k=top_k,
+            seed=seed,
         ),
         context=context,
         agent_id=agent_id,

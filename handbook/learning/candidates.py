@@ -114,7 +114,8 @@ class Evaluator:
         )
 
     def weights(self, labeller: SkillLabeller, split: Split) -> np.ndarray:
-        return labeller.weights_matrix(split.sims, split.modes)
+        # prototypes added by refinement are appended: a labeller made before them reads its own first columns
+        return labeller.weights_matrix(split.sims[:, : len(labeller.prototype_skills)], split.modes)
 
     def evaluate(self, name: str, depth: int, taxonomy: Taxonomy, temperature: float | None = None) -> Built:
         specs = taxonomy.skills(depth)

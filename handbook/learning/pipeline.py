@@ -314,7 +314,7 @@ def _label_agreement(built: Built, split: Split, labels: Sequence[str | None]) -
     """Share of labelled validation tasks whose top skill lies in a category covering the task's label."""
     if not built.specs or not any(labels):
         return None
-    weights = built.labeller.weights_matrix(split.sims, split.modes)
+    weights = built.labeller.weights_matrix(split.sims[:, : len(built.labeller.prototype_skills)], split.modes)
     covers = {s.id: set(s.labels) for s in built.specs}
     hits = total = 0
     for row, label in zip(weights, labels, strict=True):

@@ -1,4 +1,5 @@
-"""Refinement: merge siblings that agents treat alike, split skills whose parts agents treat differently.
+"""Refinement: merge siblings that agents treat alike, split skills whose parts agents treat differently, and
+add child skills where routing fails tasks another agent solves (failures.py).
 
 Each proposal is applied to a copy of the taxonomy, re-labelled and re-profiled from the training tasks (so a
 merged skill holds the sum of its parts' evidence and nothing is counted twice), replayed on the validation
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from skillorchestra.handbook.learning import failures as failure_moves
 from skillorchestra.handbook.learning.candidates import Built, Evaluator
 from skillorchestra.handbook.learning.discovery import Corpus, leaf_ids
 from skillorchestra.handbook.learning.grouping import GroupingParams, group
@@ -25,6 +27,8 @@ class RefineParams:
     merge_z: float = 1.96  # siblings merge when no agent's rates differ by this many posterior sds (95%)
     split: GroupingParams = field(default_factory=lambda: GroupingParams(z=1.5, min_n=20))
     min_split_gain: float = 1.0  # validation tasks' worth of utility a split must add
+    # None: no failure-driven child skills
+    failures: failure_moves.FailureParams | None = field(default_factory=failure_moves.FailureParams)
 
 
 @dataclass
@@ -35,9 +39,10 @@ class Step:
     accepted: bool
     utility_before: float
     utility_after: float
+    detail: str = ""  # the evidence behind a failure-driven proposal
 
     def as_dict(self) -> dict[str, object]:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items() if v != ""}
 
 
 def _evidence(built: Built, corpus: Corpus) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -159,6 +164,7 @@ def refine(
 ) -> tuple[Built, list[Step]]:
     """A few rounds of merges then splits, each checked on validation; returns the best handbook and the log."""
     current, log = start, []
+    cache = failure_moves.FeatureCache(evaluator)
     n_val = max(len(current.val.scores), 1)
     for number in range(1, params.rounds + 1):
         changed = False
@@ -175,6 +181,36 @@ def refine(
                 log.append(Step(number, action, target, ok, current.utility, trial.utility))
                 if ok:
                     current, changed = replace(trial, name="refined"), True
+        if params.failures is not None:
+            current, added = _add_failure_skills(current, evaluator, corpus, params.failures, cache, number, log)
+            changed = changed or added
         if not changed:
             break
     return current, log
+
+
+def _add_failure_skills(
+    current: Built,
+    evaluator: Evaluator,
+    corpus: Corpus,
+    params: failure_moves.FailureParams,
+    cache: failure_moves.FeatureCache,
+    number: int,
+    log: list[Step],
+) -> tuple[Built, bool]:
+    """Try each failure-driven child skill; keep it if validation utility does not drop, else roll back."""
+    changed, touched = False, set()
+    for proposal in failure_moves.propose(current, evaluator, corpus, cache, params):
+        if proposal.category in touched or not _still_there(current.taxonomy, {proposal.category, proposal.skill}):
+            continue  # its category changed this round: re-proposed next round from fresh failures
+        taxonomy, child, saved = failure_moves.apply(current, evaluator, corpus, cache, proposal, params)
+        trial = evaluator.evaluate("refined", 2, taxonomy, current.labeller.temperature)
+        ok = trial.utility > current.utility - 1e-12
+        target = f"{child} (from {proposal.skill}, routed to {proposal.better})"
+        log.append(Step(number, "add failure skill", target, ok, current.utility, trial.utility, proposal.detail()))
+        if ok:
+            current, changed = replace(trial, name="refined"), True
+            touched.add(proposal.category)
+        else:
+            failure_moves.restore(evaluator, saved)
+    return current, changed
