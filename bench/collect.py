@@ -53,20 +53,36 @@ def run(name: str) -> str:
     return f"load average {load}; {time.perf_counter() - start:.0f} s\n\n```\n" + "\n".join(lines) + tail + "\n```\n"
 
 
+def sections(text: str) -> dict[str, str]:
+    """The collected file's sections by benchmark name (headings outside code blocks)."""
+    found: dict[str, list[str]] = {}
+    current, fenced = None, False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        if not fenced and line.startswith("## ") and line[3:].strip() in ORDER:
+            current = line[3:].strip()
+            found[current] = []
+        elif current is not None:
+            found[current].append(line)
+    return {name: "\n".join(lines).strip("\n") + "\n" for name, lines in found.items()}
+
+
 def main() -> None:
+    """All benchmarks, or only the named ones (their sections are replaced, the others kept)."""
     out = BENCH.parent / "docs" / "benchmarks.md"
     names = sys.argv[1:] or list(ORDER)
-    parts = [
-        INTRO.format(
-            date=datetime.date.today().isoformat(),
-            machine=machine(),
-            cores=os.cpu_count(),
-            python=platform.python_version(),
-        )
-    ]
+    kept = sections(out.read_text()) if sys.argv[1:] and out.exists() else {}
+    intro = INTRO.format(
+        date=datetime.date.today().isoformat(),
+        machine=machine(),
+        cores=os.cpu_count(),
+        python=platform.python_version(),
+    )
     for name in names:
         print(f"== {name}", flush=True)
-        parts.append(f"## {name}\n\n{run(name)}")
+        kept[name] = run(name)
+    parts = [intro] + [f"## {name}\n\n{kept[name]}" for name in ORDER if name in kept]
     out.write_text("\n".join(parts))
     print(f"wrote {out}")
 

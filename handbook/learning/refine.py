@@ -203,7 +203,23 @@ def _add_failure_skills(
     for proposal in failure_moves.propose(current, evaluator, corpus, cache, params):
         if proposal.category in touched or not _still_there(current.taxonomy, {proposal.category, proposal.skill}):
             continue  # its category changed this round: re-proposed next round from fresh failures
-        taxonomy, child, saved = failure_moves.apply(current, evaluator, corpus, cache, proposal, params)
+        before = failure_moves._save(evaluator)  # noqa: SLF001 - apply() may fail half-way
+        try:
+            taxonomy, child, saved = failure_moves.apply(current, evaluator, corpus, cache, proposal, params)
+        except KeyError as exc:  # its category was renamed by a merge earlier in this round: not applicable now
+            failure_moves.restore(evaluator, before)
+            log.append(
+                Step(
+                    number,
+                    "add failure skill",
+                    proposal.skill,
+                    False,
+                    current.utility,
+                    current.utility,
+                    f"skipped: {exc} is no longer a skill of the base labeller",
+                )
+            )
+            continue
         trial = evaluator.evaluate("refined", 2, taxonomy, current.labeller.temperature)
         ok = trial.utility > current.utility - 1e-12
         target = f"{child} (from {proposal.skill}, routed to {proposal.better})"
