@@ -7,12 +7,19 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.service import HandbookSettings
 
 Transport = Literal["stdio", "sse", "http"]
+ENV_NAMES = {
+    "token": "SKILLORCHESTRA_TOKEN",
+    "decision_ttl_s": "SKILLORCHESTRA_DECISION_TTL",
+    "matcher": "SKILLORCHESTRA_MATCHER",
+    "forgetting": "SKILLORCHESTRA_FORGETTING",
+    "store_step_text": "SKILLORCHESTRA_STORE_TEXT",
+}
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -80,8 +87,17 @@ class ServerSettings(BaseModel):
             # retention: SKILLORCHESTRA_STORE_TEXT=0 keeps step texts out of the database (decisions.text NULL)
             "store_step_text": _env_bool("SKILLORCHESTRA_STORE_TEXT", True),
         }
+        from_environment = {k for k, v in values.items() if v is not None}
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
+        from_environment -= {k for k, v in overrides.items() if v is not None}
+        try:
+            return cls(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = str(first["loc"][0]) if first["loc"] else ""
+            if field in from_environment:  # name the variable the user set, not a flag they never typed
+                raise InvalidInput(ENV_NAMES.get(field, field), first.get("input"), first["msg"]) from None
+            raise
 
     def handbook_settings(self) -> HandbookSettings:
         return HandbookSettings(

@@ -117,3 +117,14 @@ def test_cli_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "No such file" in proc.stderr
     proc = subprocess.run([cli, "serve", "--transport", "carrier-pigeon"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--transport" in proc.stderr and proc.stderr.strip().count("\n") == 0
+
+
+def test_a_bad_environment_variable_is_named_as_such(tmp_path: Path) -> None:
+    cli = shutil.which("skillorchestra", path=str(Path(sys.executable).parent))
+    assert cli
+    env = dict(os.environ, SKILLORCHESTRA_FORGETTING="2")
+    proc = subprocess.run(
+        [cli, "serve", "--db", str(tmp_path / "h.db")], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("error: SKILLORCHESTRA_FORGETTING=")
+    assert not (tmp_path / "h.db").exists()
