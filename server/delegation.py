@@ -25,7 +25,7 @@ from skillorchestra.handbook.service import DelegateRequest, Handbook, OutcomeRe
 from skillorchestra.server.agent_config import AgentConnection, LlmAgentConnection, parse_agent
 from skillorchestra.server.breaker import CircuitBreaker
 from skillorchestra.server.judge import find_judge, judge_answer
-from skillorchestra.server.llm_backend import BackendResult
+from skillorchestra.server.llm_backend import QUEUE_FULL, BackendResult
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +201,11 @@ class Delegator:
             latency_s=result.latency_s,
             error_class=result.error_class,
         )
-        if result.infrastructure_failure:
+        if result.error_type == QUEUE_FULL:  # never reached the agent: not its failure, so no breaker count
+            self.breaker.release(_agent_of(self.handbook, decision_id))
+        elif result.infrastructure_failure:
             self.breaker.record_failure(_agent_of(self.handbook, decision_id), result.error_class)
+        if result.infrastructure_failure:
             self.handbook.record(
                 OutcomeReport(
                     decision_id=decision_id,

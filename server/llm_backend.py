@@ -225,29 +225,31 @@ async def call_llm(
     limit = min(max_tokens, conn.max_output_tokens) if max_tokens is not None else conn.max_output_tokens
     key = _api_key(conn)
     litellm = await ensure_litellm()  # outside the deadline: the one-off import is not the agent's latency
+    limiter = await acquire_slot(conn.id, conn.concurrency, timeout)
+    if limiter is None:
+        return queue_full(conn.id, conn.concurrency, timeout)
     start = time.perf_counter()
     try:
-        with anyio.fail_after(timeout + _TIMEOUT_GRACE_S):
-            async with agent_limiter(conn.id, conn.concurrency):
-                kwargs: dict[str, Any] = {}
-                if stream:
-                    kwargs = {"stream": True, "stream_options": {"include_usage": True}}
-                response = await litellm.acompletion(
-                    model=conn.model,
-                    api_base=conn.api_base,
-                    # a local server may want any key; a hosted provider keeps litellm's own key lookup
-                    api_key=key or (PLACEHOLDER_API_KEY if conn.api_base else None),
-                    messages=messages,
-                    timeout=timeout,
-                    max_tokens=limit,
-                    max_retries=0,
-                    **kwargs,
-                )
-                if stream:
-                    answer, prompt, completion = await _stream_answer(response, on_progress)
-                else:
-                    answer = (response.choices[0].message.content or "") if response.choices else ""
-                    prompt, completion = _usage_of(response)
+        with anyio.fail_after(timeout + _TIMEOUT_GRACE_S), holding_slot(limiter):
+            kwargs: dict[str, Any] = {}
+            if stream:
+                kwargs = {"stream": True, "stream_options": {"include_usage": True}}
+            response = await litellm.acompletion(
+                model=conn.model,
+                api_base=conn.api_base,
+                # a local server may want any key; a hosted provider keeps litellm's own key lookup
+                api_key=key or (PLACEHOLDER_API_KEY if conn.api_base else None),
+                messages=messages,
+                timeout=timeout,
+                max_tokens=limit,
+                max_retries=0,
+                **kwargs,
+            )
+            if stream:
+                answer, prompt, completion = await _stream_answer(response, on_progress)
+            else:
+                answer = (response.choices[0].message.content or "") if response.choices else ""
+                prompt, completion = _usage_of(response)
     except Exception as exc:
         latency = time.perf_counter() - start
         error_class = classify_exception(exc)
@@ -278,6 +280,40 @@ async def call_llm(
 
 # Per-agent concurrency limits; anyio limiters belong to one event loop, hence a RunVar (one dict per loop).
 _limiters: RunVar[dict[str, anyio.CapacityLimiter]] = RunVar("skillorchestra_agent_limiters")
+
+
+QUEUE_FULL = "LocalQueueFull"  # error_type of a call that never started: our own concurrency limit, not the agent
+
+
+async def acquire_slot(agent_id: str, concurrency: int, timeout: float) -> anyio.CapacityLimiter | None:
+    """One of the agent's concurrency slots, or None when none frees up within `timeout`."""
+    limiter = agent_limiter(agent_id, concurrency)
+    with anyio.move_on_after(timeout):
+        await limiter.acquire()
+        return limiter
+    return None
+
+
+def queue_full(agent_id: str, concurrency: int, timeout: float) -> BackendResult:
+    """A call that never reached the agent: all its slots stayed busy (its health and competence are untouched)."""
+    return BackendResult(
+        error_class="rate_limit",
+        error_type=QUEUE_FULL,
+        message=f"all {concurrency} concurrency slots of {agent_id} stayed busy for {timeout:g} s",
+    )
+
+
+class holding_slot:
+    """Release a slot taken by acquire_slot when the call ends, however it ends."""
+
+    def __init__(self, limiter: anyio.CapacityLimiter) -> None:
+        self.limiter = limiter
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.limiter.release()
 
 
 def agent_limiter(agent_id: str, concurrency: int) -> anyio.CapacityLimiter:

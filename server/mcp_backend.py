@@ -24,7 +24,14 @@ from mcp import Client, MCPError, StdioServerParameters
 from mcp.types import CallToolResult, TextContent
 
 from skillorchestra.server.agent_config import McpAgentConnection
-from skillorchestra.server.llm_backend import BackendResult, CostSource, ErrorClass, agent_limiter
+from skillorchestra.server.llm_backend import (
+    BackendResult,
+    CostSource,
+    ErrorClass,
+    holding_slot,
+    acquire_slot,
+    queue_full,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +90,14 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
     timeout = min(timeout_s, conn.timeout_s) if timeout_s is not None else conn.timeout_s
     cost, cost_source = _configured_cost(conn)
     arguments: dict[str, Any] = {**conn.arguments, conn.text_argument: text}
+    limiter = await acquire_slot(conn.id, conn.concurrency, timeout)
+    if limiter is None:
+        return queue_full(conn.id, conn.concurrency, timeout)
     start = time.perf_counter()
     try:
-        with anyio.fail_after(timeout):
-            async with agent_limiter(conn.id, conn.concurrency):
-                async with Client(_target(conn), read_timeout_seconds=timeout) as client:
-                    result = await client.call_tool(conn.tool, arguments)
+        with anyio.fail_after(timeout), holding_slot(limiter):
+            async with Client(_target(conn), read_timeout_seconds=timeout) as client:
+                result = await client.call_tool(conn.tool, arguments)
     except Exception as exc:
         latency = time.perf_counter() - start
         error_class = classify_mcp_exception(exc)

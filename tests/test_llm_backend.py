@@ -247,3 +247,27 @@ def test_fake_server_runs_as_a_subprocess() -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=5) == 0
+
+
+@pytest.mark.anyio
+async def test_waiting_for_a_busy_slot_is_not_the_agents_timeout(fake_openai: FakeOpenAI) -> None:
+    """With concurrency 1, a second call that cannot get the slot in time never reaches the agent."""
+    from skillorchestra.server.llm_backend import QUEUE_FULL
+
+    agent = conn(fake_openai, "openai/one-at-a-time", concurrency=1)
+    results: dict[str, object] = {}
+
+    async def first() -> None:
+        results["first"] = await call_llm(agent, user("SLOW:1.5 hello"), timeout_s=10, max_tokens=5)
+
+    async def second() -> None:
+        await anyio.sleep(0.2)  # the first call holds the only slot by now
+        results["second"] = await call_llm(agent, user("hi"), timeout_s=0.4, max_tokens=5)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(first)
+        group.start_soon(second)
+    assert results["first"].ok  # type: ignore[attr-defined]
+    queued = results["second"]
+    assert queued.error_type == QUEUE_FULL and queued.error_class == "rate_limit"  # type: ignore[attr-defined]
+    assert len(fake_openai.chat_requests("one-at-a-time")) == 1
