@@ -28,8 +28,8 @@ from skillorchestra.server.llm_backend import (
     BackendResult,
     CostSource,
     ErrorClass,
-    holding_slot,
     acquire_slot,
+    holding_slot,
     queue_full,
 )
 
