@@ -16,26 +16,7 @@ from pathlib import Path
 import anyio
 
 from skillorchestra.handbook.errors import InvalidInput
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
+from skillorchestra.server.argtypes import positive_float, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,18 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pool", type=Path, default=None, help="agents.toml (default: the connections loaded in the database)"
     )
     parser.add_argument("--out", type=Path, required=True, help="trace JSONL (appended; finished tasks are skipped)")
-    parser.add_argument("--concurrency", type=_positive_int, default=4, help="tasks in flight (default 4)")
+    parser.add_argument("--concurrency", type=positive_int, default=4, help="tasks in flight (default 4)")
     parser.add_argument(
         "--grader",
         choices=("auto", "exact", "contains", "numeric"),
         default="auto",
         help="for tasks without their own grader (auto: numeric for numeric references, else exact)",
     )
-    parser.add_argument(
-        "--timeout", type=_positive_float, default=None, help="seconds per call (capped by the agent's)"
-    )
-    parser.add_argument("--max-tokens", type=_positive_int, default=None, help="output tokens per call (capped)")
-    parser.add_argument("--limit", type=_positive_int, default=None, help="only the first N tasks")
+    parser.add_argument("--timeout", type=positive_float, default=None, help="seconds per call (capped by the agent's)")
+    parser.add_argument("--max-tokens", type=positive_int, default=None, help="output tokens per call (capped)")
+    parser.add_argument("--limit", type=positive_int, default=None, help="only the first N tasks")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 

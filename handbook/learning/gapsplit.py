@@ -19,6 +19,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from skillorchestra.handbook.learning.grouping import agglomerate
+
 
 def bonferroni_z(alpha: float, tests: int, two_sided: bool = True) -> float:
     """The z a statistic must clear so that `tests` comparisons together err with probability at most alpha."""
@@ -64,38 +66,16 @@ def gap_group(
     members: Sequence[np.ndarray], us: Sequence[np.ndarray], similarity: np.ndarray, params: GapParams
 ) -> list[list[int]]:
     """Agglomerate atoms until every remaining pair of groups differs in some agent pair's gap (Bonferroni z)."""
-    groups: dict[int, list[int]] = {i: [i] for i in range(len(members)) if len(members[i])}
-    rows = {i: np.asarray(members[i]) for i in groups}
-    cache: dict[tuple[int, int], tuple[float, float]] = {}
-    next_id = len(members)
+    atoms = sum(1 for m in members if len(m))
     agents = us[0].shape[1] if us else 0
-    threshold = bonferroni_z(params.alpha, len(us) * agents * (agents - 1) // 2 * len(groups) * (len(groups) - 1) // 2)
+    threshold = bonferroni_z(params.alpha, len(us) * agents * (agents - 1) // 2 * atoms * (atoms - 1) // 2)
 
-    def key(a: int, b: int) -> tuple[float, float]:
-        pair = (min(a, b), max(a, b))
-        if pair not in cache:
-            small = min(rows[a].size, rows[b].size) < params.min_n
-            z = 0.0 if small else gap_z(us, rows[a], rows[b], params.min_n)
-            sim = float(np.mean(similarity[np.ix_(groups[a], groups[b])]))
-            cache[pair] = (-1.0 if small else z, -sim)
-        return cache[pair]
+    def key(groups: dict[int, list[int]], rows: dict[int, np.ndarray], a: int, b: int) -> tuple[float, ...]:
+        small = min(rows[a].size, rows[b].size) < params.min_n
+        z = 0.0 if small else gap_z(us, rows[a], rows[b], params.min_n)
+        return (-1.0 if small else z, -float(np.mean(similarity[np.ix_(groups[a], groups[b])])))
 
-    while len(groups) > 1:
-        ids = sorted(groups)
-        best_pair, best_key = None, None
-        for x in range(len(ids)):
-            for y in range(x + 1, len(ids)):
-                k = key(ids[x], ids[y])
-                if best_key is None or k < best_key:
-                    best_pair, best_key = (ids[x], ids[y]), k
-        assert best_pair is not None and best_key is not None
-        if best_key[0] > threshold:
-            break
-        a, b = best_pair
-        groups[next_id] = groups.pop(a) + groups.pop(b)
-        rows[next_id] = np.concatenate([rows.pop(a), rows.pop(b)])
-        next_id += 1
-    return sorted((sorted(g) for g in groups.values()), key=lambda g: g[0])
+    return agglomerate(members, key, threshold)
 
 
 @dataclass(frozen=True)

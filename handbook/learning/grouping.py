@@ -11,7 +11,7 @@ agents are mediocre but rank the same way is not split.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,24 +60,23 @@ def separation(us: Sequence[np.ndarray], g: np.ndarray, h: np.ndarray, params: G
     return best
 
 
-def group(
-    members: Sequence[np.ndarray], us: Sequence[np.ndarray], similarity: np.ndarray, params: GroupingParams
-) -> list[list[int]]:
-    """Greedy agglomeration of atoms (e.g. micro-clusters) into outcome-distinct groups; lists of atom ids.
+PairKey = Callable[[dict[int, list[int]], dict[int, np.ndarray], int, int], tuple[float, ...]]
 
-    `similarity` (atoms x atoms) breaks ties between pairs of equal separation: the textually closest merge first.
+
+def agglomerate(members: Sequence[np.ndarray], key: PairKey, threshold: float) -> list[list[int]]:
+    """Greedy agglomeration: merge the pair of groups with the smallest key while its first entry is <= threshold.
+
+    `key(groups, rows, a, b)` scores a pair (computed once per pair: merged groups get new ids); lists of atom ids.
     """
     groups: dict[int, list[int]] = {i: [i] for i in range(len(members)) if len(members[i])}
     rows = {i: np.asarray(members[i]) for i in groups}
-    cache: dict[tuple[int, int], tuple[float, float, float]] = {}
+    cache: dict[tuple[int, int], tuple[float, ...]] = {}
     next_id = len(members)
 
-    def key(a: int, b: int) -> tuple[float, float, float]:
+    def scored(a: int, b: int) -> tuple[float, ...]:
         pair = (min(a, b), max(a, b))
         if pair not in cache:
-            conservative, point = separation(us, rows[a], rows[b], params)
-            sim = float(np.mean(similarity[np.ix_(groups[a], groups[b])]))
-            cache[pair] = (conservative, point, -sim)
+            cache[pair] = key(groups, rows, a, b)
         return cache[pair]
 
     while len(groups) > 1:
@@ -85,14 +84,29 @@ def group(
         best_pair, best_key = None, None
         for x in range(len(ids)):
             for y in range(x + 1, len(ids)):
-                k = key(ids[x], ids[y])
+                k = scored(ids[x], ids[y])
                 if best_key is None or k < best_key:
                     best_pair, best_key = (ids[x], ids[y]), k
         assert best_pair is not None and best_key is not None
-        if best_key[0] > 0:
+        if best_key[0] > threshold:
             break
         a, b = best_pair
         groups[next_id] = groups.pop(a) + groups.pop(b)
         rows[next_id] = np.concatenate([rows.pop(a), rows.pop(b)])
         next_id += 1
     return sorted((sorted(g) for g in groups.values()), key=lambda g: g[0])
+
+
+def group(
+    members: Sequence[np.ndarray], us: Sequence[np.ndarray], similarity: np.ndarray, params: GroupingParams
+) -> list[list[int]]:
+    """Greedy agglomeration of atoms (e.g. micro-clusters) into outcome-distinct groups; lists of atom ids.
+
+    `similarity` (atoms x atoms) breaks ties between pairs of equal separation: the textually closest merge first.
+    """
+
+    def key(groups: dict[int, list[int]], rows: dict[int, np.ndarray], a: int, b: int) -> tuple[float, ...]:
+        conservative, point = separation(us, rows[a], rows[b], params)
+        return conservative, point, -float(np.mean(similarity[np.ix_(groups[a], groups[b])]))
+
+    return agglomerate(members, key, threshold=0.0)
