@@ -74,3 +74,23 @@ def test_noisy_failures_without_a_consistently_better_agent_add_nothing() -> Non
     result = learn(one_label(NOISE, NOISE), PRICES, lambda_=0.0, seed=0, params=params())
     assert not added(result)
     assert not [s for s in result.document.skills if s.parent_id]
+
+
+def test_a_failure_driven_child_of_a_category_merged_in_the_same_round() -> None:
+    """Two labels on which the agents behave alike merge; the hidden sub-family they share then becomes a child of
+    the merged category in the same refinement round (the merge renames the category the proposal starts from)."""
+    rng = np.random.default_rng(0)
+    tasks = (
+        family(rng, "travel", 200, MAJOR, "geo", "g")
+        + family(rng, "finance", 60, HIDDEN, "geo", "gf")
+        + family(rng, "travel", 200, MAJOR, "hist", "h")
+        + family(rng, "finance", 60, HIDDEN, "hist", "hf")
+    )
+    tasks = [tasks[i] for i in rng.permutation(len(tasks))]
+    result = learn(tasks, PRICES, lambda_=0.0, seed=0, params=params())
+    actions = [(s["round"], s["action"], s["accepted"]) for s in result.metrics["refinement"]]
+    assert (1, "merge categories", True) in actions and (1, "add failure skill", True) in actions
+    children = [s for s in result.document.skills if s.parent_id == "geo+hist"]
+    assert len(children) == 2
+    money = family(np.random.default_rng(5), "finance", 30, HIDDEN, "geo", "x")
+    assert replay(result.document, result.labeller, money, PRICES, 0.0).choices.count("specialist") >= 27
