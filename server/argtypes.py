@@ -26,14 +26,19 @@ def fraction_arg(text: str) -> float:
     return _number(text, low=0.0, high=1.0, what="a fraction in [0, 1)")
 
 
-def seed_arg(text: str) -> int:
+def _integer(text: str, minimum: int, expected: str, not_a_number: str | None = None) -> int:
+    """An int >= minimum; the messages say what was expected and repeat the value given."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {not_a_number or expected}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def seed_arg(text: str) -> int:
+    return _integer(text, 0, "an integer >= 0")
 
 
 def name_arg(text: str) -> str:
@@ -43,23 +48,11 @@ def name_arg(text: str) -> str:
 
 
 def version_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a version number (see `handbook versions`), got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a version number >= 1, got {text!r}")
-    return value
+    return _integer(text, 1, "a version number >= 1", "a version number (see `handbook versions`)")
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+    return _integer(text, 1, "an integer >= 1")
 
 
 def positive_float(text: str) -> float:
