@@ -12,7 +12,7 @@ level down (its siblings' evidence), so one observation counts once, however dee
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -45,6 +45,17 @@ class RawEvidence:
     failure: np.ndarray  # (A, K+M+1) beta - 1
     calls: np.ndarray  # (A, K+M+1) weighted calls with a recorded cost
     cost_total: np.ndarray  # (A, K+M+1) calls * mean cost
+    prompt_calls: np.ndarray  # (A, K+M+1) weighted calls with recorded prompt tokens
+    prompt_total: np.ndarray  # (A, K+M+1) prompt_calls * mean prompt tokens
+
+    def copy(self) -> RawEvidence:
+        return RawEvidence(*(np.array(getattr(self, f.name)) for f in fields(self)))
+
+    def set_cost(self, cell: tuple[int, int], cost: CostStats) -> None:
+        """A cost row's evidence; prompt tokens count only when recorded (a mean of 0 means none were)."""
+        self.calls[cell], self.cost_total[cell] = cost.n, cost.n * cost.mean_cost_usd
+        prompt_n = cost.n if cost.mean_prompt_tokens > 0 else 0.0
+        self.prompt_calls[cell], self.prompt_total[cell] = prompt_n, prompt_n * cost.mean_prompt_tokens
 
 
 @dataclass
@@ -89,6 +100,7 @@ class HandbookArrays:
     evidence: np.ndarray  # (A, C) observations behind each column (subtree sums)
     cost_mean: np.ndarray  # (A, C) expected cost per call, NaN where the agent has no cost record
     agent_cost: np.ndarray  # (A,) mean recorded cost per call, NaN when none
+    prompt_mean: np.ndarray  # (A, C) mean prompt tokens behind cost_mean, NaN where none were recorded
     input_price: np.ndarray  # (A,) USD per million tokens, NaN when unknown
     output_price: np.ndarray
     enabled: np.ndarray  # (A,) bool
@@ -114,9 +126,7 @@ class HandbookArrays:
     def patched(self, competence: Sequence[Competence], costs: Sequence[CostStats]) -> HandbookArrays | None:
         """These arrays with a few (agent, skill) rows replaced, as after a recorded outcome; None when a row
         names an agent or skill these arrays do not know (the caller then rebuilds from the file)."""
-        raw = RawEvidence(
-            *(np.array(m) for m in (self.raw.success, self.raw.failure, self.raw.calls, self.raw.cost_total))
-        )
+        raw = self.raw.copy()
         changed: set[int] = set()
         for row in competence:
             cell = self._cell(row.agent_id, row.skill_id)
@@ -128,7 +138,7 @@ class HandbookArrays:
             cell = self._cell(cost.agent_id, cost.skill_id)
             if cell is None:
                 return None
-            raw.calls[cell], raw.cost_total[cell] = cost.n, cost.n * cost.mean_cost_usd
+            raw.set_cost(cell, cost)
         sums = self.sums.with_rows(raw, self.structure, np.array(sorted(changed), dtype=np.int64))
         return _derive(self.agents, self.skills, self.mode_ids, self.structure, raw, self.kappa, sums)
 
@@ -184,7 +194,7 @@ def build_arrays(
     n_agents, n_columns = len(agent_list), len(ordered) + len(mode_ids) + 1
     structure = _structure(ordered, s_idx, m_idx)
 
-    raw = RawEvidence(*(np.zeros((n_agents, n_columns)) for _ in range(4)))
+    raw = RawEvidence(*(np.zeros((n_agents, n_columns)) for _ in fields(RawEvidence)))
     for row in competence:
         i = a_idx.get(row.agent_id)
         j = raw_column(row.skill_id, s_idx, m_idx)
@@ -194,7 +204,7 @@ def build_arrays(
         i = a_idx.get(cost.agent_id)
         j = raw_column(cost.skill_id, s_idx, m_idx)
         if i is not None and j is not None and cost.n > 0:
-            raw.calls[i, j], raw.cost_total[i, j] = cost.n, cost.n * cost.mean_cost_usd
+            raw.set_cost((i, j), cost)
     return _derive(agent_list, ordered, mode_ids, structure, raw, kappa)
 
 
@@ -273,7 +283,8 @@ def _derive(
     )
     mean, var = beta_mean_var(alpha, beta)
     evidence = np.concatenate([sub_n, mode_n, all_n[:, None]], axis=1)
-    cost_mean, agent_cost = _cost_arrays(raw, n_skills, n_modes)
+    cost_mean, agent_cost = _shrunk_means(raw.calls, raw.cost_total, n_skills, n_modes)
+    prompt_mean, _ = _shrunk_means(raw.prompt_calls, raw.prompt_total, n_skills, n_modes)
     agent_list = list(agents)
     return HandbookArrays(
         agent_ids=[a.id for a in agent_list],
@@ -288,6 +299,7 @@ def _derive(
         evidence=evidence,
         cost_mean=cost_mean,
         agent_cost=agent_cost,
+        prompt_mean=prompt_mean,
         input_price=np.array([np.nan if a.input_per_mtok is None else a.input_per_mtok for a in agent_list]),
         output_price=np.array([np.nan if a.output_per_mtok is None else a.output_per_mtok for a in agent_list]),
         enabled=np.array([a.enabled for a in agent_list], dtype=bool),
@@ -302,13 +314,11 @@ def _derive(
     )
 
 
-def _cost_arrays(raw: RawEvidence, n_skills: int, n_modes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-(agent, skill) mean cost shrunk toward the agent's mean; modes and root use the agent's mean."""
-    agent_calls = raw.calls.sum(axis=1)
+def _shrunk_means(calls: np.ndarray, totals: np.ndarray, n_skills: int, n_modes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-(agent, skill) means (of cost, or of prompt tokens) shrunk toward the agent's mean, which modes and
+    the root use; NaN for an agent with no record."""
+    agent_calls = calls.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        agent_cost = np.where(agent_calls > 0, raw.cost_total.sum(axis=1) / agent_calls, np.nan)
-        per_skill = (raw.cost_total[:, :n_skills] + COST_KAPPA * agent_cost[:, None]) / (
-            raw.calls[:, :n_skills] + COST_KAPPA
-        )
-    cost_mean = np.concatenate([per_skill, np.repeat(agent_cost[:, None], n_modes + 1, axis=1)], axis=1)
-    return cost_mean, agent_cost
+        agent_mean = np.where(agent_calls > 0, totals.sum(axis=1) / agent_calls, np.nan)
+        per_skill = (totals[:, :n_skills] + COST_KAPPA * agent_mean[:, None]) / (calls[:, :n_skills] + COST_KAPPA)
+    return np.concatenate([per_skill, np.repeat(agent_mean[:, None], n_modes + 1, axis=1)], axis=1), agent_mean

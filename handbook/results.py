@@ -34,7 +34,9 @@ class AgentSkillStat(BaseModel):
     mean: float
     ci90: tuple[float, float]
     n: float = Field(description="observations behind the estimate (fractional: weighted by skill demand)")
-    expected_cost_usd: float | None = Field(description="null when the agent's cost is unknown")
+    expected_cost_usd: float | None = Field(
+        description="expected cost of a call with this text on this skill; null when the agent's cost is unknown"
+    )
 
 
 class ConsultResult(BaseModel):

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from skillorchestra.handbook import costing
 from skillorchestra.handbook.arrays import ROOT_SKILL, HandbookArrays, build_arrays
 from skillorchestra.handbook.errors import Conflict, Expired, InvalidInput, NotFound, Unroutable
 from skillorchestra.handbook.matcher import LexicalMatcher
@@ -46,7 +47,6 @@ from skillorchestra.handbook.results import (
 from skillorchestra.handbook.router import RouteInputs, Strategy, route
 from skillorchestra.handbook.store import HandbookStore, OutcomeEffect
 
-DEFAULT_COMPLETION_TOKENS = 256
 INFERRED_SKILLS = 3
 PAGE_LIMIT_MAX = 200
 
@@ -73,6 +73,7 @@ class RouteRequest:
     top_k: int = 5
     seed: int | None = None
     unavailable: dict[str, str] | None = None  # agent_id -> reason (open circuit breakers)
+    prompt_extra_chars: int = 0  # sent to the agent beside the text (delegate's context): billed, so costed
 
 
 @dataclass(frozen=True)
@@ -213,16 +214,12 @@ class Handbook:
     # -- cost --------------------------------------------------------------------------------------------
 
     def _expected_costs(
-        self, arrays: HandbookArrays, text: str, cols: np.ndarray, weights: np.ndarray
+        self, arrays: HandbookArrays, text: str, cols: np.ndarray, weights: np.ndarray, extra_chars: int = 0
     ) -> tuple[np.ndarray, np.ndarray, float]:
-        """Expected cost per agent (recorded, else priced from the text's token estimate) and c_ref."""
-        prompt_tokens = len(text) / 4.0
-        priced = (prompt_tokens * arrays.input_price + DEFAULT_COMPLETION_TOKENS * arrays.output_price) / 1e6
-        recorded = arrays.cost_mean[:, cols] @ weights
-        cost = np.where(np.isnan(recorded), priced, recorded)
-        typical = np.where(np.isnan(arrays.agent_cost), priced, arrays.agent_cost)
-        pool = typical[arrays.enabled & ~np.isnan(typical)]
-        c_ref = float(pool.max()) if pool.size else 0.0
+        """Expected cost per agent for this text (handbook/costing.py), known-mask, and c_ref."""
+        tokens = costing.prompt_tokens([text]) + extra_chars / costing.CHARS_PER_TOKEN
+        cost = costing.expected_costs(arrays, tokens, cols[None, :], weights[None, :])[0]
+        c_ref = float(costing.reference_costs(arrays, tokens)[0])
         known = ~np.isnan(cost)
         return np.where(known, cost, c_ref), known, c_ref
 
@@ -245,17 +242,16 @@ class Handbook:
         demands, source = self._inferred(arrays, text, mode, top_k)
         demands, granularity = self._coarsen(arrays, demands, orchestrator)
         cols, weights, labels = self._columns(arrays, demands, mode)
-        cost, known, _ = self._expected_costs(arrays, text, cols, weights)
+        tokens = np.repeat(costing.prompt_tokens([text]), len(cols))
+        per_skill_cost = costing.expected_costs(arrays, tokens, cols[:, None], np.ones((len(cols), 1)))
         lo, hi = normal_ci90(arrays.mean, arrays.var)
         rows: list[AgentSkillStat] = []
-        for col, label in zip(cols, labels, strict=True):
+        for k, (col, label) in enumerate(zip(cols, labels, strict=True)):
             order = np.argsort(-arrays.mean[:, col], kind="stable")
             for i in order:
                 if not arrays.enabled[i]:
                     continue
-                agent_cost = arrays.cost_mean[i, col]
-                if np.isnan(agent_cost):
-                    agent_cost = cost[i] if known[i] else None
+                agent_cost = None if np.isnan(per_skill_cost[k, i]) else per_skill_cost[k, i]
                 rows.append(
                     AgentSkillStat(
                         agent_id=arrays.agent_ids[i],
@@ -330,7 +326,7 @@ class Handbook:
                     raise NotFound("agent (allowed_agents)", agent_id, arrays.agent_ids)
         demands, source = self._demands(arrays, request.text, request.skills, request.mode)
         cols, weights, labels = self._columns(arrays, demands, request.mode)
-        cost, known, c_ref = self._expected_costs(arrays, request.text, cols, weights)
+        cost, known, c_ref = self._expected_costs(arrays, request.text, cols, weights, request.prompt_extra_chars)
         spend = self.store.session_spend(request.session_id) if request.session_id else None
         eligible, excluded = self._eligibility(arrays, request, cost, spend)
         if not eligible.any():

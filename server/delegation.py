@@ -99,7 +99,10 @@ class Delegator:
         # every read of the file happens off the event loop: a CLI import may hold the write lock for a while
         connections, route = await anyio.to_thread.run_sync(self._prepare, request)
         shown = route.top_k
-        wide = _replace(route, top_k=max(route.top_k, 1 + self.max_fallbacks))  # fallbacks come from candidates
+        # fallbacks come from the candidates; the context is billed with the text, so it is costed with it
+        wide = _replace(
+            route, top_k=max(route.top_k, 1 + self.max_fallbacks), prompt_extra_chars=len(request.context or "")
+        )
         decision = await anyio.to_thread.run_sync(self.handbook.route, wide)
         order = [decision.agent_id] + [c.agent_id for c in decision.candidates if c.agent_id != decision.agent_id]
         order = order[: 1 + self.max_fallbacks]

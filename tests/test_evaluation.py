@@ -235,14 +235,14 @@ def test_curve_above_compares_their_points_with_our_envelope() -> None:
     assert result["mean_margin"] == pytest.approx(((0.7 - 0.65) + (0.8 - 0.9)) / 2)
 
 
-def test_switch_lambda_is_the_lambda_sweep_in_the_limit() -> None:
+def test_strong_gain_is_the_lambda_sweep_in_the_limit_at_constant_call_costs() -> None:
     rng = np.random.default_rng(1)
     scored = Scored(
-        quality=rng.random((200, 2)), cost=rng.random((200, 2)) + np.array([0.0, 1.0]), known=np.ones(2, dtype=bool)
+        quality=rng.random((200, 2)), cost=np.tile(np.array([0.5, 1.5]), (200, 1)), known=np.ones(2, dtype=bool)
     )
-    switch = p.switch_lambda(scored, weak=0, strong=1, c_ref=2.0)
-    for lam in (0.0, 0.05, 0.3, 1.0):
-        assert np.array_equal(scored.choose(lam, 2.0) == 1, switch > lam)
+    gain = p.strong_gain(scored, weak=0, strong=1)
+    for lam in (0.0, 0.05, 0.3, 1.0):  # strong wins where gain > lam * (1.5 - 0.5) / c_ref
+        assert np.array_equal(scored.choose(lam, 2.0) == 1, gain > lam * 0.5)
 
 
 # -- policies ------------------------------------------------------------------------------------------------

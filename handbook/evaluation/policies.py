@@ -77,12 +77,11 @@ def knn_choose(router: KnnRouter, scored: Scored, lambda_: float) -> np.ndarray:
     return tie_break_cheapest(utility, np.tile(router.normalised_cost(), (utility.shape[0], 1)), 1e-12)
 
 
-def switch_lambda(scored: Scored, weak: int, strong: int, c_ref: float) -> np.ndarray:
-    """Per task, the lambda below which the router prefers the strong agent: the lambda sweep taken to its
-    limit (every lambda at once). Higher = sends to strong sooner; used as RouteLLM's 'prefer strong' score."""
-    gain = scored.quality[:, strong] - scored.quality[:, weak]
-    extra = (scored.cost[:, strong] - scored.cost[:, weak]) / (c_ref if c_ref > 0 else 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = gain / extra
-    free = extra <= 0  # the strong agent is not dearer here: it wins whenever it is at least as good
-    return np.where(free, np.where(gain >= 0, np.inf, -np.inf), ratio)
+def strong_gain(scored: Scored, weak: int, strong: int) -> np.ndarray:
+    """Per task, the quality the router expects to gain from the strong agent: RouteLLM's 'prefer strong' score.
+
+    APGR and CPT count calls, so every strong call costs the same there; with a per-agent constant cost the lambda
+    sweep sends tasks to the strong agent in exactly this order. (The router's own per-text costs still shape
+    the accuracy/cost rows; they would rank a short task first only because it is cheap, which a count of calls
+    does not see.)"""
+    return scored.quality[:, strong] - scored.quality[:, weak]

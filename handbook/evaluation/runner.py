@@ -211,9 +211,7 @@ def run_eval(
         "diagnostics": _diagnostics(table, rows, curves, operating, agents, agent_costs, cheap_col),
     }
     if len(agents) == 2:
-        result["two_agent"] = _two_agent(
-            table, agent_costs, agents, expected, knn_pred, scorer, config.seed, c_ref, rows
-        )
+        result["two_agent"] = _two_agent(table, agent_costs, agents, expected, knn_pred, scorer, config.seed, rows)
     return result
 
 
@@ -318,17 +316,17 @@ def _two_agent(
     knn_pred: Any,
     scorer: HandbookScorer,
     seed: int,
-    c_ref: float,
     rows: list[dict[str, Any]],
 ) -> dict[str, dict[str, Any]]:
-    """APGR and CPT(50%) per policy: the lambda sweep taken to its limit (each task's switch lambda); the
-    coarse grid's figures are kept as `grid_*` for the swept policies."""
+    """APGR and CPT(50%) per policy: tasks ranked by the expected gain from the strong agent (the lambda sweep
+    taken to its limit at a constant cost per call, as RouteLLM counts calls); the coarse grid's figures of the
+    swept policies (their real per-text costs) are kept as `grid_*`."""
     weak, strong = sweep.weak_strong(agent_costs, agents)
     raw, _ = scorer.raw_rates(table.queries)
     rng = np.random.default_rng(seed)
     prefer = {
-        p.SKILLORCHESTRA: p.switch_lambda(expected, weak, strong, c_ref),
-        p.KNN: p.switch_lambda(knn_pred, weak, strong, c_ref),
+        p.SKILLORCHESTRA: p.strong_gain(expected, weak, strong),
+        p.KNN: p.strong_gain(knn_pred, weak, strong),
         p.PAPER_RULE: raw[:, strong] - raw[:, weak],
         p.RANDOM: rng.random(len(table.tasks)),
         p.ORACLE: np.nan_to_num(table.scores[:, strong]) - np.nan_to_num(table.scores[:, weak]),

@@ -1,6 +1,6 @@
 """The learned handbook as a batch scorer: per task, each agent's weighted posterior-mean quality and
 expected cost, computed as the live router scores a step (handbook/arrays.py, handbook/router.py and the
-service's cost rule: recorded cost per (agent, skill), else price x (len(text)/4, 256) tokens, else c_ref).
+shared cost rule of handbook/costing.py, else c_ref).
 
 The eval needs these numbers beyond single choices: the two-agent curves sweep lambda continuously (each
 task's switch point), the paper rule reads the raw counts, and episodes score concatenated texts.
@@ -14,10 +14,10 @@ from typing import Protocol
 
 import numpy as np
 
+from skillorchestra.handbook import costing
 from skillorchestra.handbook.arrays import DEFAULT_KAPPA, ROOT_SKILL, HandbookArrays, build_arrays
 from skillorchestra.handbook.models import HandbookDocument
 from skillorchestra.handbook.router import cost_penalty
-from skillorchestra.handbook.traces import DEFAULT_COMPLETION_TOKENS
 
 Demands = list[tuple[str, float]]
 
@@ -108,11 +108,8 @@ class HandbookScorer:
         return cols, np.array([w / total for _, w in demands])
 
     def expected_cost(self, text: str, cols: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """(A_handbook,) expected cost per call: recorded per (agent, skill), else priced, else c_ref."""
-        arrays = self.arrays
-        priced = (len(text) / 4.0 * arrays.input_price + DEFAULT_COMPLETION_TOKENS * arrays.output_price) / 1e6
-        recorded = arrays.cost_mean[:, cols] @ weights
-        cost = np.where(np.isnan(recorded), priced, recorded)
+        """(A_handbook,) expected cost per call of this text (handbook/costing.py), else c_ref."""
+        cost = costing.expected_costs(self.arrays, costing.prompt_tokens([text]), cols[None, :], weights[None, :])[0]
         return np.where(np.isnan(cost), self.c_ref, cost)
 
     def score(self, texts: Sequence[str], modes: Sequence[str | None] | None = None) -> Scored:

@@ -1,8 +1,8 @@
 """The replay evaluator: recorded tasks through the real router, scored by the recorded outcomes.
 
 For every task it does what handbook/service.py does for a step (the labeller's demands, build_arrays'
-posteriors, expected cost per (agent, skill) from the cost statistics else the price estimate, c_ref = the
-highest typical cost over enabled agents, unknown cost charged c_ref) and scores the choice with the outcome
+posteriors, expected cost from handbook/costing.py, c_ref = the highest typical cost over enabled agents,
+unknown cost charged c_ref) and scores the choice with the outcome
 the chosen agent really had. Agents without a judged outcome on a task are not eligible for it, as if the
 request had named `allowed_agents`. The mean strategy is vectorised over tasks with the router's arithmetic
 in the router's order; Thompson sampling calls router.route per task with one seeded generator.
@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from skillorchestra.handbook import costing
 from skillorchestra.handbook.arrays import DEFAULT_KAPPA, HandbookArrays, build_arrays
 from skillorchestra.handbook.learning.profile import Outcomes
 from skillorchestra.handbook.models import HandbookDocument
 from skillorchestra.handbook.router import RouteInputs, Strategy, route
-from skillorchestra.handbook.traces import DEFAULT_COMPLETION_TOKENS, AgentPrice, TraceTask
+from skillorchestra.handbook.traces import AgentPrice, TraceTask
 
 
 @dataclass
@@ -140,23 +141,13 @@ def replay_arrays(
         raise ValueError("outcomes must be built in the handbook's agent order")
     cols, w, demands = _demand_columns(arrays, weights, modes)
     n, a = len(queries), len(arrays.agent_ids)
-    mean_t, cost_t = arrays.mean.T, arrays.cost_mean.T  # (C, A)
-
+    mean_t = arrays.mean.T  # (C, A)
     quality = np.zeros((n, a))
-    recorded = np.zeros((n, a))
     for k in range(cols.shape[1]):
         quality = quality + w[:, k, None] * mean_t[cols[:, k]]
-        recorded = recorded + np.where(w[:, k, None] > 0, w[:, k, None] * np.nan_to_num(cost_t[cols[:, k]]), 0.0)
-    recorded[:, np.isnan(arrays.agent_cost)] = np.nan
-
-    prompt = np.array([len(q) / 4.0 for q in queries])[:, None]
-    priced = (prompt * arrays.input_price + DEFAULT_COMPLETION_TOKENS * arrays.output_price) / 1e6
-    cost = np.where(np.isnan(recorded), priced, recorded)
-    typical = np.where(np.isnan(arrays.agent_cost), priced, arrays.agent_cost)
-    pool = arrays.enabled & ~np.isnan(typical)
-    refs = np.where(pool.any(axis=1), np.max(np.where(pool, typical, -np.inf), axis=1), 0.0) if a else np.zeros(n)
-    if c_ref is not None:
-        refs = np.full(n, float(c_ref))
+    tokens = costing.prompt_tokens(queries)
+    cost = costing.expected_costs(arrays, tokens, cols, w)
+    refs = np.full(n, float(c_ref)) if c_ref is not None else costing.reference_costs(arrays, tokens)
     known = ~np.isnan(cost)
     cost = np.where(known, cost, refs[:, None])
 

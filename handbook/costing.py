@@ -1,0 +1,64 @@
+"""The expected cost of one call: the single rule the service, the replay evaluator and the eval scorer share.
+
+A recorded mean cost per (agent, skill) is what that agent usually costs on that kind of step, but the step in
+hand may be much longer or shorter than usual, and input tokens are billed per token. So when the agent has an
+input price and its records carry prompt tokens, the recorded mean is moved by the price of the difference
+between this text's tokens and the recorded mean prompt tokens: a long context makes a large model's call dear,
+a one-liner makes it cheap. Without records the cost is the price of (this text's tokens, 256 completion tokens);
+without either it is unknown (the caller charges c_ref and flags it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from skillorchestra.handbook.arrays import HandbookArrays
+from skillorchestra.handbook.traces import DEFAULT_COMPLETION_TOKENS
+
+CHARS_PER_TOKEN = 4.0
+MIN_SHARE_OF_RECORDED = 0.1  # a short text never makes a call look cheaper than a tenth of its recorded mean
+
+
+def prompt_tokens(texts: Sequence[str]) -> np.ndarray:
+    """(n,) token estimates of the texts (4 characters a token, as the data converters estimate them)."""
+    return np.array([len(text) / CHARS_PER_TOKEN for text in texts], dtype=float)
+
+
+def _weighted(table: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(n, A) sum_k w[:, k] * table[:, cols[:, k]]; NaN cells count as 0 where their weight is 0."""
+    out = np.zeros((cols.shape[0], table.shape[0]))
+    rows = table.T
+    for k in range(cols.shape[1]):
+        w = weights[:, k, None]
+        out += np.where(w > 0, w * np.nan_to_num(rows[cols[:, k]]), 0.0)
+    return out
+
+
+def priced_costs(arrays: HandbookArrays, tokens: np.ndarray) -> np.ndarray:
+    """(n, A) price of (tokens, 256 completion tokens); NaN for an agent without prices."""
+    return (tokens[:, None] * arrays.input_price + DEFAULT_COMPLETION_TOKENS * arrays.output_price) / 1e6
+
+
+def expected_costs(arrays: HandbookArrays, tokens: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(n, A) expected USD per call for n steps with `tokens` (n,) prompt tokens demanding columns `cols` (n, k)
+    with `weights` (n, k) summing to 1; NaN where the agent has neither a cost record nor prices."""
+    recorded = _weighted(arrays.cost_mean, cols, weights)
+    recorded[:, np.isnan(arrays.agent_cost)] = np.nan
+    usual_prompt = _weighted(arrays.prompt_mean, cols, weights)
+    usual_prompt[:, np.isnan(arrays.prompt_mean[:, -1])] = np.nan  # the root column is the agent's own mean
+    shift = tokens[:, None] - usual_prompt
+    moved = recorded + np.nan_to_num(shift * arrays.input_price / 1e6)
+    moved = np.maximum(moved, MIN_SHARE_OF_RECORDED * recorded)
+    return np.where(np.isnan(recorded), priced_costs(arrays, tokens), moved)
+
+
+def reference_costs(arrays: HandbookArrays, tokens: np.ndarray) -> np.ndarray:
+    """(n,) c_ref per step: the highest typical cost per call (recorded mean, else priced) over enabled agents;
+    0 when no enabled agent's cost is known."""
+    typical = np.where(np.isnan(arrays.agent_cost)[None, :], priced_costs(arrays, tokens), arrays.agent_cost)
+    pool = arrays.enabled[None, :] & ~np.isnan(typical)
+    if not typical.shape[1]:
+        return np.zeros(len(tokens))
+    return np.where(pool.any(axis=1), np.max(np.where(pool, typical, -np.inf), axis=1), 0.0)
