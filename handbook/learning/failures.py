@@ -9,7 +9,8 @@ fails by construction, and noise would always look like a sub-family): the propo
 agent's success rate there beats the routed agent's with non-overlapping 90% posterior intervals. The child skill
 owns a new prototype (the neighbourhood's centroid, made of the neighbourhood's tasks) and the skill's prototypes
 that lie mostly inside it; the handbook is re-labelled and re-profiled from the tasks, replayed on validation and
-kept only if validation utility does not drop, else the prototype table is restored.
+kept only if validation utility does not drop and rises at lambda or over the lambda panel (refine.better), else
+the prototype table is restored.
 """
 
 from __future__ import annotations

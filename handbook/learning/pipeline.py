@@ -52,7 +52,9 @@ class LearnParams:
     refine: RefineParams = field(default_factory=RefineParams)
     kappa: float = DEFAULT_KAPPA  # must match the server's HandbookSettings.kappa for replay == serving
     profile_on_all: bool = True  # the selected handbook's evidence: train + validation (True) or train only
-    lambda_panel: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2)  # ties at lambda go to mean utility over these too
+    # ties at lambda go to mean validation utility over these too (interface.md's default sweep: route_step takes
+    # a lambda per call, so of two equal handbooks the one that serves the whole sweep better wins)
+    lambda_panel: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 
 
 @dataclass

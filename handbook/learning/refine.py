@@ -3,7 +3,8 @@ add child skills where routing fails tasks another agent solves (failures.py).
 
 Each proposal is applied to a copy of the taxonomy, re-labelled and re-profiled from the training tasks (so a
 merged skill holds the sum of its parts' evidence and nothing is counted twice), replayed on the validation
-split, and kept only if validation utility is not worse (merges) or better by at least one task (splits).
+split, and kept only if validation utility is not worse (merges), better by at least one task (splits), or not
+worse at lambda and better over the lambda panel (failure-driven children).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from skillorchestra.handbook.learning.discovery import Corpus, leaf_ids
 from skillorchestra.handbook.learning.grouping import GroupingParams, group
 from skillorchestra.handbook.learning.taxonomy import Category, Leaf, Prototypes, Taxonomy, unique_id, with_leaves
 from skillorchestra.handbook.models import ID_MAX
+
+EPS = 1e-12
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,21 @@ def _splits(built: Built, corpus: Corpus, protos: Prototypes, params: RefinePara
     return found
 
 
+def not_worse(trial: Built, current: Built) -> bool:
+    """Validation utility at lambda not lower, and where equal, utility over the lambda panel not lower either."""
+    if trial.utility < current.utility - EPS:
+        return False
+    return trial.utility > current.utility + EPS or trial.panel_utility > current.panel_utility - EPS
+
+
+def better(trial: Built, current: Built) -> bool:
+    """Not worse at lambda and strictly better at lambda or over the panel: a change that helps somewhere
+    (accepting equals would let a merge and a failure child undo each other round after round)."""
+    if trial.utility < current.utility - EPS:
+        return False
+    return trial.utility > current.utility + EPS or trial.panel_utility > current.panel_utility + EPS
+
+
 def _still_there(tax: Taxonomy, needed: set[str]) -> bool:
     return needed <= tax.all_ids()
 
@@ -176,8 +194,10 @@ def refine(
                 if not _still_there(current.taxonomy, needed):
                     continue  # an earlier change this round renamed or absorbed it: re-proposed next round
                 trial = evaluator.evaluate("refined", 2, apply(current.taxonomy), current.labeller.temperature)
-                margin = -1e-12 if kind == "merge" else params.min_split_gain / n_val - 1e-12
-                ok = trial.utility > current.utility + margin
+                if kind == "merge":
+                    ok = not_worse(trial, current)
+                else:
+                    ok = trial.utility > current.utility + params.min_split_gain / n_val - 1e-12
                 log.append(Step(number, action, target, ok, current.utility, trial.utility))
                 if ok:
                     current, changed = replace(trial, name="refined"), True
@@ -198,7 +218,7 @@ def _add_failure_skills(
     number: int,
     log: list[Step],
 ) -> tuple[Built, bool]:
-    """Try each failure-driven child skill; keep it if validation utility does not drop, else roll back."""
+    """Try each failure-driven child skill; keep it if it is `better` on validation, else roll back."""
     changed, touched = False, set()
     for proposal in failure_moves.propose(current, evaluator, corpus, cache, params):
         if proposal.category in touched or not _still_there(current.taxonomy, {proposal.category, proposal.skill}):
@@ -221,7 +241,7 @@ def _add_failure_skills(
             )
             continue
         trial = evaluator.evaluate("refined", 2, taxonomy, current.labeller.temperature)
-        ok = trial.utility > current.utility - 1e-12
+        ok = better(trial, current)
         target = f"{child} (from {proposal.skill}, routed to {proposal.better})"
         log.append(Step(number, "add failure skill", target, ok, current.utility, trial.utility, proposal.detail()))
         if ok:
