@@ -94,3 +94,21 @@ def test_a_failure_driven_child_of_a_category_merged_in_the_same_round() -> None
     assert len(children) == 2
     money = family(np.random.default_rng(5), "finance", 30, HIDDEN, "geo", "x")
     assert replay(result.document, result.labeller, money, PRICES, 0.0).choices.count("specialist") >= 27
+
+
+def test_a_change_that_helps_nowhere_is_not_taken_so_merges_and_children_cannot_undo_each_other() -> None:
+    from types import SimpleNamespace
+
+    from skillorchestra.handbook.learning.refine import better, not_worse
+
+    def at(utility: float, panel: float) -> SimpleNamespace:
+        return SimpleNamespace(utility=utility, panel_utility=panel)
+
+    current = at(0.60, 0.50)
+    assert not better(at(0.60, 0.50), current)  # equal everywhere: a failure child is rolled back
+    assert better(at(0.60, 0.51), current)  # pays at other lambdas only
+    assert better(at(0.61, 0.40), current)  # pays at the operating lambda
+    assert not better(at(0.59, 0.90), current)  # never at the operating lambda's expense
+    assert not_worse(at(0.60, 0.50), current)  # a merge that changes nothing simplifies the handbook
+    assert not not_worse(at(0.60, 0.49), current)  # but not one that loses over the panel
+    assert not_worse(at(0.62, 0.10), current)
