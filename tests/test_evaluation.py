@@ -219,6 +219,21 @@ def test_row_metrics_on_a_hand_made_table() -> None:
     assert always_strong["expensive_share"] == 1.0
 
 
+def test_budget_bracket_bisects_the_grid_step_where_validation_cost_crosses_the_budget() -> None:
+    def evaluate(lam: float) -> tuple[float, float]:  # cost falls linearly from 10 at lambda 0 to 0 at lambda 1
+        return 0.8 - 0.2 * lam, 10.0 * (1.0 - lam)
+
+    grid = [(lam, *evaluate(lam)) for lam in (0.0, 0.2, 0.5, 1.0)]
+    found = sweep.budget_bracket(grid, best_single_cost=10.0, evaluate=evaluate, steps=6)  # budget: cost <= 5
+    assert [lam for lam, _, _ in found] == pytest.approx([0.35, 0.425, 0.4625, 0.48125, 0.490625, 0.4953125], abs=1e-6)
+    lam, _ = sweep.choose_operating_point(grid + found, best_single_cost=10.0, c_ref=10.0)
+    assert lam == 0.5  # the budget is met exactly at 0.5: bisection only approaches it from above 0.49
+    found = sweep.budget_bracket(grid, best_single_cost=12.0, evaluate=evaluate, steps=3)  # budget: cost <= 6
+    lam, _ = sweep.choose_operating_point(grid + found, best_single_cost=12.0, c_ref=10.0)
+    assert lam == 0.425 and evaluate(lam)[1] <= 6.0 and evaluate(lam - 0.05)[1] > 6.0
+    assert sweep.budget_bracket(grid, best_single_cost=100.0, evaluate=evaluate) == []  # everything within budget
+
+
 def test_operating_point_rule() -> None:
     points = [(0.0, 0.70, 10.0), (0.1, 0.66, 4.0), (0.2, 0.64, 2.0), (0.5, 0.60, 1.0)]
     assert sweep.choose_operating_point(points, best_single_cost=10.0, c_ref=10.0)[0] == 0.1
@@ -391,9 +406,11 @@ def test_run_eval_schema_and_known_answers(tmp_path: Path) -> None:
     assert by["skillorchestra", 0.0]["agent_share"]["lingo"] == pytest.approx(0.2)  # words only at lambda 0
     assert by["skillorchestra", 1.0]["agent_share"]["lingo"] >= 0.6  # easy moves to the cheap agent
     assert by["skillorchestra", 1.0]["avg_cost"] < by["skillorchestra", 0.0]["avg_cost"]
-    assert [r["lambda"] for r in result["rows"] if r["policy"] == "skillorchestra"] == list(sweep.DEFAULT_LAMBDAS)
+    swept = [r["lambda"] for r in result["rows"] if r["policy"] == "skillorchestra"]
+    assert set(sweep.DEFAULT_LAMBDAS) <= set(swept) and swept == sorted(swept)
     assert result["operating_point"]["policy"] == "skillorchestra"
-    assert result["operating_point"]["lambda"] in sweep.DEFAULT_LAMBDAS
+    assert result["operating_point"]["lambda"] in swept  # a bisected operating point gets its own row
+    assert len(swept) == len(sweep.DEFAULT_LAMBDAS) + (result["operating_point"]["lambda"] not in sweep.DEFAULT_LAMBDAS)
     assert set(result["two_agent"]) >= {"skillorchestra", "knn", "random", "oracle", "paper-rule"}
     assert result["two_agent"]["skillorchestra"]["apgr"] > result["two_agent"]["random"]["apgr"]
     assert {(o["policy"], o["start"]) for o in result["online"]} >= {

@@ -77,6 +77,7 @@ class EvalConfig:
     knn_k: int = DEFAULT_KNN_K
     episodes: int = DEFAULT_EPISODES
     db_path: Path | None = None  # where the online replay's handbook lives; None = a temporary database
+    narrow_budget: bool = True  # bisect the grid step where validation cost crosses the budget (sweep.budget_bracket)
     learn_fn: LearnFn = field(default=default_learn)
     replay_fn: ReplayFn = field(default=default_replay)
 
@@ -138,6 +139,7 @@ def run_eval(
     )
 
     operating, selection = _operating_point(train, prices, agents, c_ref, lambdas, config)
+    lambdas = sorted({*lambdas, operating})  # an operating point found between grid values gets its own rows
     started = time.perf_counter()
     learned = config.learn_fn(list(train), prices, operating, config.seed)
     learn_wall = time.perf_counter() - started
@@ -230,18 +232,25 @@ def _operating_point(
     best = p.best_single_column(fit_scores)
     learned = config.learn_fn(fit, prices, sweep.REFERENCE_LAMBDA, config.seed)
     labeller = CachedLabeller(learned.labeller)
-    points = []
-    for lam in lambdas:
+
+    def evaluate(lam: float) -> tuple[float, float]:
         result = config.replay_fn(learned.document, labeller, list(val_table.tasks), prices, lam, config.seed, c_ref)
         scores, costs = val_table.chosen(_replayed(result, val_table, agents))
-        points.append((lam, metrics.accuracy(scores), metrics.avg_cost(costs)))
+        return metrics.accuracy(scores), metrics.avg_cost(costs)
+
+    points = [(lam, *evaluate(lam)) for lam in lambdas]
     best_cost = metrics.avg_cost(val_table.costs[:, best])
-    chosen, rule = sweep.choose_operating_point(points, best_cost, c_ref)
+    narrowed = sweep.budget_bracket(points, best_cost, evaluate) if config.narrow_budget else []
+    chosen, rule = sweep.choose_operating_point(points + narrowed, best_cost, c_ref)
     return chosen, {
         "rule": rule,
         "validation_tasks": len(val_table.tasks),
         "validation_best_single_cost": best_cost,
-        "validation_points": [{"lambda": lam, "accuracy": acc, "avg_cost": cost} for lam, acc, cost in points],
+        "validation_points": [
+            {"lambda": lam, "accuracy": acc, "avg_cost": cost, "search": search}
+            for search, group in (("grid", points), ("bisection", narrowed))
+            for lam, acc, cost in group
+        ],
         "learning": {"seconds": float(learned.seconds), "llm_calls": int(learned.llm_calls), "usd": float(learned.usd)},
     }
 

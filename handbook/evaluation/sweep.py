@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from skillorchestra.handbook.evaluation.data import OutcomeTable
 DEFAULT_LAMBDAS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 BUDGET_SHARE = 0.5  # operating point: most accurate lambda costing at most this share of best-single
 REFERENCE_LAMBDA = 0.1  # fallback criterion when no lambda meets the budget: max acc - 0.1 * cost / c_ref
+BISECTION_STEPS = 5  # validation replays spent narrowing the grid step where the budget is crossed
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,36 @@ def choose_operating_point(
     scale = c_ref if c_ref > 0 else 1.0
     best = max(points, key=lambda p: (p[1] - REFERENCE_LAMBDA * p[2] / scale, -p[0]))
     return best[0], f"no lambda within {BUDGET_SHARE:.0%} of best-single: max acc - {REFERENCE_LAMBDA} cost/c_ref"
+
+
+def budget_bracket(
+    points: Sequence[tuple[float, float, float]],
+    best_single_cost: float,
+    evaluate: Callable[[float], tuple[float, float]],
+    steps: int = BISECTION_STEPS,
+) -> list[tuple[float, float, float]]:
+    """Validation points between the grid's cheapest-within-budget lambda and the next smaller one, by bisection.
+
+    The default grid is coarse where the budget usually binds (0.05 -> 0.1 can halve the cost): the deployed
+    lambda should be the smallest one that still meets the budget, not the next grid value. `evaluate(lambda)`
+    replays validation and returns (accuracy, avg_cost). Returns the new points only (none when no grid step
+    crosses the budget)."""
+    budget = BUDGET_SHARE * best_single_cost
+    ordered = sorted(points)
+    steps_of_grid = zip(ordered, ordered[1:], strict=False)
+    crossing = [(lo, hi) for (lo, _, lo_cost), (hi, _, hi_cost) in steps_of_grid if lo_cost > budget >= hi_cost]
+    if not crossing:
+        return []
+    lo, hi = crossing[0]  # the smallest lambdas: where accuracy is highest
+    found = []
+    for _ in range(steps):
+        mid = round((lo + hi) / 2.0, 6)
+        if mid in (lo, hi):
+            break
+        acc, cost = evaluate(mid)
+        found.append((mid, acc, cost))
+        lo, hi = (lo, mid) if cost <= budget + 1e-15 else (mid, hi)
+    return found
 
 
 def weak_strong(agent_costs: Mapping[str, float], agents: Sequence[str]) -> tuple[int, int]:
