@@ -13,6 +13,13 @@ def _f(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _lam(value: float | None) -> str:
+    """Grid lambdas with two decimals; a bisected operating lambda with the digits that tell it apart."""
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if round(value, 2) == value else f"{value:.4g}"
+
+
 def _usd(value: Any) -> str:
     return "-" if value is None else f"${value:.3g}"
 
@@ -31,7 +38,7 @@ def rows_table(result: dict[str, Any]) -> str:
         ratio = f"{100 * r['avg_cost'] / best_cost:.0f}%" if best_cost and r["avg_cost"] is not None else "-"
         mark = " *" if r["policy"] == "skillorchestra" and r["lambda"] == operating else ""
         lines.append(
-            f"{r['policy'] + mark:<24} {_f(r['lambda'], 2):>6} {_f(r['accuracy']):>6} {_usd(r['avg_cost']):>10} "
+            f"{r['policy'] + mark:<24} {_lam(r['lambda']):>6} {_f(r['accuracy']):>6} {_usd(r['avg_cost']):>10} "
             f"{ratio:>7} {_f(r['oracle_gap_closed'], 2):>6} {_f(r['entropy_bits'], 2):>6} "
             f"{100 * r['expensive_share']:>4.0f}%  {top} ({share:.0%})"
         )
