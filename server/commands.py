@@ -7,13 +7,17 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from skillorchestra.handbook.errors import InvalidInput
-from skillorchestra.handbook.models import HandbookDocument
+from skillorchestra.handbook.models import Agent, HandbookDocument
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.settings import ServerSettings, default_db_path
+
+if TYPE_CHECKING:
+    from skillorchestra.server.agent_config import LlmAgentConnection, McpAgentConnection
 
 
 def _db(args: argparse.Namespace) -> Path:
@@ -149,30 +153,34 @@ def data_convert(args: argparse.Namespace) -> int:
 
 def agents_load(args: argparse.Namespace) -> int:
     """Connection settings into the database; each agent is also registered (or updated) in the handbook."""
-    from skillorchestra.handbook.models import Agent
     from skillorchestra.handbook.service import Handbook
-    from skillorchestra.server.agent_config import LlmAgentConnection, load_agent_configs
+    from skillorchestra.server.agent_config import load_agent_configs
 
     configs = load_agent_configs(args.file)  # validates the whole file before anything is written
     store = _store(args)
     handbook = Handbook(store)
-    existing = {a.id: a for a in store.agents()}
-    for agent_id, conn in configs.items():
-        old = existing.get(agent_id)
-        prices = (conn.input_per_mtok, conn.output_per_mtok) if isinstance(conn, LlmAgentConnection) else (None, None)
-        handbook.upsert_agent(
-            Agent(
-                id=agent_id,
-                description=conn.description or (old.description if old else ""),
-                modes=list(conn.modes) or (old.modes if old else []),
-                input_per_mtok=prices[0] if prices[0] is not None else (old.input_per_mtok if old else None),
-                output_per_mtok=prices[1] if prices[1] is not None else (old.output_per_mtok if old else None),
-                enabled=old.enabled if old else True,
-            )
-        )
-    store.save_connections({agent_id: (conn.kind, conn.model_dump(mode="json")) for agent_id, conn in configs.items()})
+    with store.write():  # one transaction: agents and their connection settings change together or not at all
+        existing = {a.id: a for a in store.agents()}
+        for agent_id, conn in configs.items():
+            handbook.upsert_agent(_loaded_agent(agent_id, conn, existing.get(agent_id)))
+        store.save_connections({agent_id: (c.kind, c.model_dump(mode="json")) for agent_id, c in configs.items()})
     print(f"loaded {len(configs)} agents from {args.file}: {', '.join(configs)}", file=sys.stderr)
     return 0
+
+
+def _loaded_agent(agent_id: str, conn: LlmAgentConnection | McpAgentConnection, old: Agent | None) -> Agent:
+    """The handbook's agent after loading `conn`: the file's description, modes and prices win, else the old ones."""
+    from skillorchestra.server.agent_config import LlmAgentConnection
+
+    prices = (conn.input_per_mtok, conn.output_per_mtok) if isinstance(conn, LlmAgentConnection) else (None, None)
+    return Agent(
+        id=agent_id,
+        description=conn.description or (old.description if old else ""),
+        modes=list(conn.modes) or (old.modes if old else []),
+        input_per_mtok=prices[0] if prices[0] is not None else (old.input_per_mtok if old else None),
+        output_per_mtok=prices[1] if prices[1] is not None else (old.output_per_mtok if old else None),
+        enabled=old.enabled if old else True,
+    )
 
 
 def agents_show(args: argparse.Namespace) -> int:

@@ -157,3 +157,34 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     gpt = load_agent_configs(write(tmp_path, GOOD))["local-smol"]
     with pytest.raises(ValueError):
         gpt.api_base = "http://evil.example/v1"  # type: ignore[misc]
+
+
+def test_agents_load_is_one_transaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure while storing the connections leaves the handbook's agents as they were (a disk error, injected)."""
+    import sqlite3
+
+    from skillorchestra.handbook.store import HandbookStore
+    from skillorchestra.server.cli import main as cli_main
+
+    db = tmp_path / "h.db"
+    first = tmp_path / "first.toml"
+    first.write_text('[agents."openai/a"]\nmodel = "openai/a"\ninput_per_mtok = 1.0\noutput_per_mtok = 2.0\n')
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["agents", "load", str(first), "--db", str(db)])
+    assert exited.value.code == 0
+    before = {a.id: a for a in HandbookStore(db).agents()}
+    second = tmp_path / "second.toml"
+    second.write_text(
+        '[agents."openai/a"]\nmodel = "openai/a"\ninput_per_mtok = 5.0\noutput_per_mtok = 9.0\n'
+        '[agents."openai/b"]\nmodel = "openai/b"\n'
+    )
+
+    def disk_error(self: HandbookStore, connections: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(HandbookStore, "save_connections", disk_error)
+    with pytest.raises((sqlite3.OperationalError, SystemExit)):
+        cli_main(["agents", "load", str(second), "--db", str(db)])
+    store = HandbookStore(db)
+    assert {a.id: a for a in store.agents()} == before  # neither the new prices nor agent b
+    assert set(store.connections()) == {"openai/a"}
