@@ -45,17 +45,17 @@ class RawEvidence:
     failure: np.ndarray  # (A, K+M+1) beta - 1
     calls: np.ndarray  # (A, K+M+1) weighted calls with a recorded cost
     cost_total: np.ndarray  # (A, K+M+1) calls * mean cost
-    prompt_calls: np.ndarray  # (A, K+M+1) weighted calls with recorded prompt tokens
-    prompt_total: np.ndarray  # (A, K+M+1) prompt_calls * mean prompt tokens
+    prompt_calls: np.ndarray  # (A, K+M+1) weighted calls whose step-token estimate is known
+    prompt_total: np.ndarray  # (A, K+M+1) prompt_calls * mean step tokens (CostStats.mean_step_tokens)
 
     def copy(self) -> RawEvidence:
         return RawEvidence(*(np.array(getattr(self, f.name)) for f in fields(self)))
 
     def set_cost(self, cell: tuple[int, int], cost: CostStats) -> None:
-        """A cost row's evidence; prompt tokens count only when recorded (a mean of 0 means none were)."""
+        """A cost row's evidence; its step tokens count only when known (a mean of 0 means none were)."""
         self.calls[cell], self.cost_total[cell] = cost.n, cost.n * cost.mean_cost_usd
-        prompt_n = cost.n if cost.mean_prompt_tokens > 0 else 0.0
-        self.prompt_calls[cell], self.prompt_total[cell] = prompt_n, prompt_n * cost.mean_prompt_tokens
+        prompt_n = cost.n if cost.mean_step_tokens > 0 else 0.0
+        self.prompt_calls[cell], self.prompt_total[cell] = prompt_n, prompt_n * cost.mean_step_tokens
 
 
 @dataclass
@@ -100,7 +100,7 @@ class HandbookArrays:
     evidence: np.ndarray  # (A, C) observations behind each column (subtree sums)
     cost_mean: np.ndarray  # (A, C) expected cost per call, NaN where the agent has no cost record
     agent_cost: np.ndarray  # (A,) mean recorded cost per call, NaN when none
-    prompt_mean: np.ndarray  # (A, C) mean prompt tokens behind cost_mean, NaN where none were recorded
+    prompt_mean: np.ndarray  # (A, C) mean step tokens (the router's estimate) behind cost_mean, NaN where unknown
     input_price: np.ndarray  # (A,) USD per million tokens, NaN when unknown
     output_price: np.ndarray
     enabled: np.ndarray  # (A,) bool

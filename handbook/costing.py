@@ -2,10 +2,12 @@
 
 A recorded mean cost per (agent, skill) is what that agent usually costs on that kind of step, but the step in
 hand may be much longer or shorter than usual, and input tokens are billed per token. So when the agent has an
-input price and its records carry prompt tokens, the recorded mean is moved by the price of the difference
-between this text's tokens and the recorded mean prompt tokens: a long context makes a large model's call dear,
-a one-liner makes it cheap. Without records the cost is the price of (this text's tokens, 256 completion tokens);
-without either it is unknown (the caller charges c_ref and flags it).
+input price and its records say how long their steps were, the recorded mean is moved by the price of the
+difference between this step's tokens and theirs: a long context makes a large model's call dear, a one-liner
+makes it cheap. Both sides are the router's own estimate (characters / 4 of the text and any context sent), not
+the provider's count, which also holds system prompts and templates and would make every step look short.
+Without records the cost is the price of (this text's tokens, 256 completion tokens); without either it is
+unknown, and `charge_unknown` charges it at least c_ref.
 """
 
 from __future__ import annotations
@@ -46,12 +48,20 @@ def expected_costs(arrays: HandbookArrays, tokens: np.ndarray, cols: np.ndarray,
     with `weights` (n, k) summing to 1; NaN where the agent has neither a cost record nor prices."""
     recorded = _weighted(arrays.cost_mean, cols, weights)
     recorded[:, np.isnan(arrays.agent_cost)] = np.nan
-    usual_prompt = _weighted(arrays.prompt_mean, cols, weights)
+    usual_prompt = _weighted(arrays.prompt_mean, cols, weights)  # tokens of the steps behind `recorded`
     usual_prompt[:, np.isnan(arrays.prompt_mean[:, -1])] = np.nan  # the root column is the agent's own mean
     shift = tokens[:, None] - usual_prompt
     moved = recorded + np.nan_to_num(shift * arrays.input_price / 1e6)
     moved = np.maximum(moved, MIN_SHARE_OF_RECORDED * recorded)
     return np.where(np.isnan(recorded), priced_costs(arrays, tokens), moved)
+
+
+def charge_unknown(cost: np.ndarray, refs: np.ndarray, enabled: np.ndarray) -> np.ndarray:
+    """(n, A) costs with each unknown one charged the step's c_ref, or the dearest known enabled agent's expected
+    cost for that step when a long text makes that higher: an agent of unknown cost never looks cheap."""
+    known = ~np.isnan(cost)
+    dearest = np.max(np.where(known & enabled[None, :], cost, -np.inf), axis=1, initial=-np.inf)
+    return np.where(known, cost, np.maximum(refs, dearest)[:, None])
 
 
 def reference_costs(arrays: HandbookArrays, tokens: np.ndarray) -> np.ndarray:

@@ -79,6 +79,9 @@ class CostStats(_Model):
     mean_prompt_tokens: float = Field(default=0.0, ge=0.0)
     mean_completion_tokens: float = Field(default=0.0, ge=0.0)
     mean_latency_s: float = Field(default=0.0, ge=0.0)
+    # the router's own estimate (characters / 4 of the text and any context sent) of the steps behind mean_cost_usd,
+    # so a new step's length is compared like with like (handbook/costing.py); 0 = unknown
+    mean_step_tokens: float = Field(default=0.0, ge=0.0)
 
 
 class SkillDemand(_Model):

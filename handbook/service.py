@@ -214,14 +214,14 @@ class Handbook:
     # -- cost --------------------------------------------------------------------------------------------
 
     def _expected_costs(
-        self, arrays: HandbookArrays, text: str, cols: np.ndarray, weights: np.ndarray, extra_chars: int = 0
+        self, arrays: HandbookArrays, tokens: float, cols: np.ndarray, weights: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, float]:
-        """Expected cost per agent for this text (handbook/costing.py), known-mask, and c_ref."""
-        tokens = costing.prompt_tokens([text]) + extra_chars / costing.CHARS_PER_TOKEN
-        cost = costing.expected_costs(arrays, tokens, cols[None, :], weights[None, :])[0]
-        c_ref = float(costing.reference_costs(arrays, tokens)[0])
-        known = ~np.isnan(cost)
-        return np.where(known, cost, c_ref), known, c_ref
+        """Expected cost per agent of a step of `tokens` (handbook/costing.py; unknown ones charged), known-mask,
+        and c_ref."""
+        step = np.array([tokens])
+        cost = costing.expected_costs(arrays, step, cols[None, :], weights[None, :])
+        refs = costing.reference_costs(arrays, step)
+        return costing.charge_unknown(cost, refs, arrays.enabled)[0], ~np.isnan(cost[0]), float(refs[0])
 
     # -- consult -----------------------------------------------------------------------------------------
 
@@ -326,7 +326,8 @@ class Handbook:
                     raise NotFound("agent (allowed_agents)", agent_id, arrays.agent_ids)
         demands, source = self._demands(arrays, request.text, request.skills, request.mode)
         cols, weights, labels = self._columns(arrays, demands, request.mode)
-        cost, known, c_ref = self._expected_costs(arrays, request.text, cols, weights, request.prompt_extra_chars)
+        tokens = float(costing.prompt_tokens([request.text])[0]) + request.prompt_extra_chars / costing.CHARS_PER_TOKEN
+        cost, known, c_ref = self._expected_costs(arrays, tokens, cols, weights)
         spend = self.store.session_spend(request.session_id) if request.session_id else None
         eligible, excluded = self._eligibility(arrays, request, cost, spend)
         if not eligible.any():
@@ -393,6 +394,7 @@ class Handbook:
                 "expected_cost_usd": float(cost[scores.chosen]) if known[scores.chosen] else None,
                 "text": request.text if self.settings.store_step_text else None,
                 "candidates": [c.model_dump() for c in candidates],
+                "step_tokens": tokens,
             }
         )
         return decision
@@ -456,6 +458,7 @@ class Handbook:
             "skills": _json(decision["skills"]),
             "mode": decision["mode"],
             "gamma": self.settings.forgetting,
+            "step_tokens": decision.get("step_tokens"),
             **effective,
         }
         row = {
@@ -546,7 +549,8 @@ class Handbook:
             raise NotFound("decision", decision_id)
         now = self.clock()
         new_id = uuid.uuid4().hex
-        row = {key: decision[key] for key in ("version", "session_id", "mode", "strategy", "lambda", "text")}
+        keys = ("version", "session_id", "mode", "strategy", "lambda", "text", "step_tokens")
+        row = {key: decision[key] for key in keys}
         row.update(
             id=new_id,
             created_at=now,

@@ -29,7 +29,7 @@ def cost_of(arrays, text: str) -> np.ndarray:
 
 def test_a_longer_prompt_costs_its_extra_input_tokens_on_top_of_the_recorded_mean() -> None:
     agent = Agent(id="big", input_per_mtok=10.0, output_per_mtok=30.0)
-    record = CostStats(agent_id="big", skill_id="summarise", n=1000.0, mean_cost_usd=0.01, mean_prompt_tokens=200.0)
+    record = CostStats(agent_id="big", skill_id="summarise", n=1000.0, mean_cost_usd=0.01, mean_step_tokens=200.0)
     arrays = arrays_for([agent], [record])
     usual = cost_of(arrays, "x" * 800)[0]  # 200 tokens: exactly the recorded mean prompt
     long = cost_of(arrays, "x" * 40_800)[0]  # 10,200 tokens: 10,000 more input tokens at $10 per million
@@ -39,7 +39,7 @@ def test_a_longer_prompt_costs_its_extra_input_tokens_on_top_of_the_recorded_mea
 
 def test_a_short_prompt_never_makes_a_call_cheaper_than_a_tenth_of_its_recorded_mean() -> None:
     agent = Agent(id="big", input_per_mtok=100.0, output_per_mtok=1.0)
-    record = CostStats(agent_id="big", skill_id="summarise", n=50.0, mean_cost_usd=0.1, mean_prompt_tokens=1000.0)
+    record = CostStats(agent_id="big", skill_id="summarise", n=50.0, mean_cost_usd=0.1, mean_step_tokens=1000.0)
     arrays = arrays_for([agent], [record])
     assert cost_of(arrays, "hi")[0] == pytest.approx(0.1 * costing.MIN_SHARE_OF_RECORDED, rel=0.05)
 
@@ -49,7 +49,7 @@ def test_without_recorded_prompt_tokens_or_prices_the_recorded_mean_stands() -> 
     no_prices = Agent(id="b")
     costs = [
         CostStats(agent_id="a", skill_id="summarise", n=100.0, mean_cost_usd=0.02),  # tokens never recorded
-        CostStats(agent_id="b", skill_id="summarise", n=100.0, mean_cost_usd=0.03, mean_prompt_tokens=50.0),
+        CostStats(agent_id="b", skill_id="summarise", n=100.0, mean_cost_usd=0.03, mean_step_tokens=50.0),
     ]
     arrays = arrays_for([no_tokens, no_prices], costs)
     short, long = cost_of(arrays, "x" * 40), cost_of(arrays, "x" * 40_000)
@@ -90,7 +90,7 @@ def test_a_long_step_goes_to_the_cheap_agent_that_a_short_one_would_not(tmp_path
             Competence(agent_id="small", skill_id="summarise", alpha=75.0, beta=25.0),
         ],
         cost=[
-            CostStats(agent_id=a.id, skill_id="summarise", n=200.0, mean_cost_usd=c, mean_prompt_tokens=500.0)
+            CostStats(agent_id=a.id, skill_id="summarise", n=200.0, mean_cost_usd=c, mean_step_tokens=500.0)
             for a, c in zip(agents, (756 * 15.0 / 1e6, 756 * 0.5 / 1e6), strict=True)
         ],
     )
@@ -108,3 +108,59 @@ def test_a_long_step_goes_to_the_cheap_agent_that_a_short_one_would_not(tmp_path
         RouteRequest(text="x" * 2000, skills=skills, lambda_=0.1, prompt_extra_chars=28_000)  # delegate's context
     )
     assert with_context.agent_id == "small"
+
+
+def test_an_agent_of_unknown_cost_never_looks_cheap_on_a_long_step() -> None:
+    agents = [Agent(id="big", input_per_mtok=10.0, output_per_mtok=10.0), Agent(id="dark")]
+    record = CostStats(agent_id="big", skill_id="summarise", n=500.0, mean_cost_usd=0.01, mean_step_tokens=200.0)
+    arrays = arrays_for(agents, [record])
+    for chars in (800, 32_000):
+        tokens = costing.prompt_tokens(["x" * chars])
+        cost = cost_of(arrays, "x" * chars)
+        charged = dict(
+            zip(
+                arrays.agent_ids,
+                costing.charge_unknown(cost[None, :], costing.reference_costs(arrays, tokens), arrays.enabled)[0],
+                strict=True,
+            )
+        )
+        assert charged["dark"] >= charged["big"]  # charged c_ref, or the dearest known call of this step
+    assert charged["big"] > 0.08  # 7,800 extra tokens at $10 per million on top of $0.01
+
+
+def book_with_one_skill(path: Path) -> Handbook:
+    agent = Agent(id="big", input_per_mtok=10.0, output_per_mtok=10.0)
+    store = HandbookStore(path)
+    store.create_version(HandbookDocument(modes=MODES, skills=SKILLS, agents=[agent]), source="test")
+    return Handbook(store, HandbookSettings())
+
+
+def test_recorded_outcomes_carry_the_routed_steps_length_into_the_cost_rule(tmp_path: Path) -> None:
+    """route -> record (no token counts reported) -> the next, longer step is costed its extra input tokens."""
+    from skillorchestra.handbook.service import OutcomeReport
+
+    book = book_with_one_skill(tmp_path / "h.db")
+    skills = [SkillDemand(skill_id="summarise", weight=1.0)]
+    for _ in range(3):
+        decision = book.route(RouteRequest(text="x" * 4000, skills=skills))  # 1,000 tokens each
+        book.record(OutcomeReport(decision_id=decision.decision_id, success=True, cost_usd=0.02))
+    stats = {c.skill_id: c for c in book.store.costs()}["summarise"]
+    assert stats.mean_step_tokens == pytest.approx(1000.0) and stats.mean_cost_usd == pytest.approx(0.02)
+    long = book.route(RouteRequest(text="x" * 24_000, skills=skills))  # 6,000 tokens: 5,000 more at $10 per million
+    assert long.candidates[0].expected_cost_usd == pytest.approx(0.02 + 0.05, rel=1e-6)
+    consult = book.consult("x" * 24_000)
+    assert consult.agents and all(a.expected_cost_usd == pytest.approx(0.07, rel=1e-6) for a in consult.agents)
+    assert book.store.rebuild() == book.store.document()  # the step lengths are in the event log too
+
+
+def test_a_running_token_mean_starts_at_its_first_observation(tmp_path: Path) -> None:
+    """Reports without token counts must not drag a later count toward 0."""
+    from skillorchestra.handbook.service import OutcomeReport
+
+    book = book_with_one_skill(tmp_path / "h.db")
+    skills = [SkillDemand(skill_id="summarise", weight=1.0)]
+    for tokens in (None, None, None, 400, 800):
+        decision = book.route(RouteRequest(text="summarise this", skills=skills))
+        book.record(OutcomeReport(decision_id=decision.decision_id, success=True, cost_usd=0.01, prompt_tokens=tokens))
+    stats = {c.skill_id: c for c in book.store.costs()}["summarise"]
+    assert 400.0 < stats.mean_prompt_tokens < 800.0

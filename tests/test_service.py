@@ -489,7 +489,8 @@ def test_arrays_patched_by_records_equal_arrays_rebuilt_from_the_file(tmp_path: 
         book.store.modes(), book.store.skills(), book.store.agents(), book.store.competence(), book.store.costs()
     )
     assert cached.agent_ids == fresh.agent_ids and cached.skill_ids == fresh.skill_ids
-    for name in ("alpha", "beta", "mean", "var", "evidence", "cost_mean", "agent_cost"):
+    assert np.isfinite(cached.prompt_mean).any()  # the routed steps' token estimates reached the arrays
+    for name in ("alpha", "beta", "mean", "var", "evidence", "cost_mean", "agent_cost", "prompt_mean"):
         assert np.allclose(getattr(cached, name), getattr(fresh, name), rtol=1e-12, atol=0.0, equal_nan=True), name
 
 

@@ -2,8 +2,8 @@
 expected cost, computed as the live router scores a step (handbook/arrays.py, handbook/router.py and the
 shared cost rule of handbook/costing.py, else c_ref).
 
-The eval needs these numbers beyond single choices: the two-agent curves sweep lambda continuously (each
-task's switch point), the paper rule reads the raw counts, and episodes score concatenated texts.
+The eval needs these numbers beyond single choices: the two-agent curves rank tasks by the expected gain from
+the strong agent, the paper rule reads the raw counts, and episodes score concatenated texts.
 """
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ class HandbookScorer:
 
     def expected_cost(self, text: str, cols: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """(A_handbook,) expected cost per call of this text (handbook/costing.py), else c_ref."""
-        cost = costing.expected_costs(self.arrays, costing.prompt_tokens([text]), cols[None, :], weights[None, :])[0]
-        return np.where(np.isnan(cost), self.c_ref, cost)
+        cost = costing.expected_costs(self.arrays, costing.prompt_tokens([text]), cols[None, :], weights[None, :])
+        return costing.charge_unknown(cost, np.array([self.c_ref]), self.arrays.enabled)[0]
 
     def score(self, texts: Sequence[str], modes: Sequence[str | None] | None = None) -> Scored:
         """Quality and expected cost of every agent for each text (a task's mode, when the handbook knows it)."""

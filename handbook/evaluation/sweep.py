@@ -79,7 +79,8 @@ def budget_bracket(
     evaluate: Callable[[float], tuple[float, float]],
     steps: int = BISECTION_STEPS,
 ) -> list[tuple[float, float, float]]:
-    """Validation points between the grid's cheapest-within-budget lambda and the next smaller one, by bisection.
+    """Validation points inside the smallest-lambda grid step where validation cost crosses the budget (by
+    bisection).
 
     The default grid is coarse where the budget usually binds (0.05 -> 0.1 can halve the cost): the deployed
     lambda should be the smallest one that still meets the budget, not the next grid value. `evaluate(lambda)`

@@ -18,10 +18,11 @@ from skillorchestra.handbook.traces import AgentOutcome, AgentPrice, TraceTask
 def _rows(store: HandbookStore) -> list[dict[str, Any]]:
     columns = set(store.db["decisions"].columns_dict)
     call_cost = "d.call_cost_usd" if "call_cost_usd" in columns else "NULL"
+    step_tokens = "d.step_tokens" if "step_tokens" in columns else "NULL"
     sql = (
         "SELECT d.id AS id, d.text AS text, d.mode AS mode, d.agent_id AS agent_id, o.reward AS reward,"
         f" COALESCE(o.cost_usd, {call_cost}) AS cost_usd, o.prompt_tokens AS prompt_tokens,"
-        " o.completion_tokens AS completion_tokens, o.latency_s AS latency_s"
+        f" o.completion_tokens AS completion_tokens, o.latency_s AS latency_s, {step_tokens} AS step_tokens"
         " FROM decisions d JOIN outcomes o ON o.decision_id = d.id"
         " WHERE d.text IS NOT NULL AND d.text != '' AND o.reward IS NOT NULL"
         " AND COALESCE(o.error_class, 'task') = 'task'"
@@ -48,12 +49,15 @@ def tasks_from_events(store: HandbookStore) -> list[TraceTask]:
             prompt = [float(r["prompt_tokens"]) for r in rows if r["prompt_tokens"] is not None]
             completion = [float(r["completion_tokens"]) for r in rows if r["completion_tokens"] is not None]
             latency = [float(r["latency_s"]) for r in rows if r["latency_s"] is not None]
+            steps = [float(r["step_tokens"]) for r in rows if r["step_tokens"] is not None]
+            extra = {"step_tokens": _mean(steps)} if steps else {}  # with the context a delegate sent
             outcomes[agent] = AgentOutcome(
                 score=min(max(float(_mean([float(r["reward"]) for r in rows]) or 0.0), 0.0), 1.0),
                 cost_usd=_mean(costs),
                 prompt_tokens=round(_mean(prompt)) if prompt else None,
                 completion_tokens=round(_mean(completion)) if completion else None,
                 latency_s=_mean(latency),
+                **extra,
             )
         digest = hashlib.sha256(f"{mode}\0{text}".encode()).hexdigest()[:16]
         tasks.append(TraceTask(id=f"event-{digest}", query=text, mode=mode, outcomes=outcomes))

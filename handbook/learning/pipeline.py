@@ -352,4 +352,4 @@ def _final_document(
     return bare.model_copy(update={"skills": skills})
 
 
-_OUTCOME_FIELDS = ("scores", "costs", "prompt_tokens", "completion_tokens", "latency")
+_OUTCOME_FIELDS = ("scores", "costs", "prompt_tokens", "completion_tokens", "latency", "step_tokens")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from skillorchestra.handbook.arrays import ROOT_SKILL
+from skillorchestra.handbook.costing import CHARS_PER_TOKEN
 from skillorchestra.handbook.models import Competence, CostStats
 from skillorchestra.handbook.posterior import fractional_update
 from skillorchestra.handbook.traces import DEFAULT_COMPLETION_TOKENS, AgentPrice, TraceTask, estimate_cost_usd
@@ -30,6 +31,7 @@ class Outcomes:
     prompt_tokens: np.ndarray
     completion_tokens: np.ndarray
     latency: np.ndarray
+    step_tokens: np.ndarray  # the router's estimate of the step (costing.prompt_tokens), NaN when the text is unknown
 
     @classmethod
     def build(
@@ -41,7 +43,9 @@ class Outcomes:
         shape = (len(tasks), len(agents))
         scores, costs = np.full(shape, np.nan), np.full(shape, np.nan)
         prompt, completion, latency = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
+        steps = np.full(shape, np.nan)
         for i, task in enumerate(tasks):
+            estimate = len(task.query) / CHARS_PER_TOKEN if task.query else np.nan
             for agent, outcome in task.outcomes.items():
                 j = col.get(agent)
                 if j is None:
@@ -57,7 +61,9 @@ class Outcomes:
                 )
                 if outcome.latency_s is not None:
                     latency[i, j] = outcome.latency_s
-        return cls(list(agents), scores, costs, prompt, completion, latency)
+                recorded_step = (outcome.model_extra or {}).get("step_tokens")  # the server's log carries its own
+                steps[i, j] = float(recorded_step) if isinstance(recorded_step, int | float) else estimate
+        return cls(list(agents), scores, costs, prompt, completion, latency, steps)
 
     def take(self, rows: np.ndarray) -> Outcomes:
         return Outcomes(
@@ -67,6 +73,7 @@ class Outcomes:
             self.prompt_tokens[rows],
             self.completion_tokens[rows],
             self.latency[rows],
+            self.step_tokens[rows],
         )
 
     def mean_costs(self) -> np.ndarray:
@@ -109,6 +116,8 @@ def profile(
     m2 = np.maximum(w.T @ (c * c) - n * mean * mean, 0.0)
     prompt = (w.T @ np.where(known, np.nan_to_num(outcomes.prompt_tokens), 0.0)) / safe_n
     completion = (w.T @ np.where(known, np.nan_to_num(outcomes.completion_tokens), 0.0)) / safe_n
+    has_steps = known & ~np.isnan(outcomes.step_tokens)
+    steps = (w.T @ np.where(has_steps, outcomes.step_tokens, 0.0)) / np.maximum(w.T @ has_steps, 1e-300)
     has_latency = known & ~np.isnan(outcomes.latency)
     latency = (w.T @ np.where(has_latency, outcomes.latency, 0.0)) / np.maximum(w.T @ has_latency, 1e-300)
 
@@ -131,6 +140,7 @@ def profile(
                         mean_prompt_tokens=float(prompt[k, j]),
                         mean_completion_tokens=float(completion[k, j]),
                         mean_latency_s=float(latency[k, j]),
+                        mean_step_tokens=float(steps[k, j]),
                     )
                 )
     return competence, cost

@@ -3,8 +3,9 @@ add child skills where routing fails tasks another agent solves (failures.py).
 
 Each proposal is applied to a copy of the taxonomy, re-labelled and re-profiled from the training tasks (so a
 merged skill holds the sum of its parts' evidence and nothing is counted twice), replayed on the validation
-split, and kept only if validation utility is not worse (merges), better by at least one task (splits), or not
-worse at lambda and better over the lambda panel (failure-driven children).
+split, and kept only if validation utility is not worse (merges: nor over the lambda panel where equal at lambda),
+better by at least one task (splits), or not worse at lambda and strictly better at lambda or over the lambda panel
+(failure-driven children).
 """
 
 from __future__ import annotations

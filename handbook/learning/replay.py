@@ -2,7 +2,7 @@
 
 For every task it does what handbook/service.py does for a step (the labeller's demands, build_arrays'
 posteriors, expected cost from handbook/costing.py, c_ref = the highest typical cost over enabled agents,
-unknown cost charged c_ref) and scores the choice with the outcome
+unknown cost charged at least c_ref) and scores the choice with the outcome
 the chosen agent really had. Agents without a judged outcome on a task are not eligible for it, as if the
 request had named `allowed_agents`. The mean strategy is vectorised over tasks with the router's arithmetic
 in the router's order; Thompson sampling calls router.route per task with one seeded generator.
@@ -146,10 +146,8 @@ def replay_arrays(
     for k in range(cols.shape[1]):
         quality = quality + w[:, k, None] * mean_t[cols[:, k]]
     tokens = costing.prompt_tokens(queries)
-    cost = costing.expected_costs(arrays, tokens, cols, w)
     refs = np.full(n, float(c_ref)) if c_ref is not None else costing.reference_costs(arrays, tokens)
-    known = ~np.isnan(cost)
-    cost = np.where(known, cost, refs[:, None])
+    cost = costing.charge_unknown(costing.expected_costs(arrays, tokens, cols, w), refs, arrays.enabled)
 
     eligible = arrays.enabled[None, :] & ~np.isnan(outcomes.scores)
     for i, mode in enumerate(modes):
