@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from skillorchestra.handbook.errors import InvalidInput
-from skillorchestra.server.argtypes import lambda_arg, seed_arg
+from skillorchestra.server.argtypes import lambda_arg, positive_int, seed_arg
 
 if TYPE_CHECKING:  # the evaluation stack (numpy, the service) loads only when eval runs, not for every command
     from skillorchestra.handbook.embedding import Embedder
@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         db_path=getattr(args, "db", None),
         learn_fn=partial(default_learn, embedder=embedder),
+        **({"episodes": args.episodes} if args.episodes is not None else {}),
     )
     result = run_eval(train, test, prices, config)
     to_stdout = args.json is None or str(args.json) != "-"
@@ -129,6 +130,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=seed_arg, default=0, help="seed of splits, random policy, Thompson, episodes")
     parser.add_argument("--json", type=Path, default=None, help="write the JSON result here (- for stdout)")
     parser.add_argument("--plot-dir", type=Path, default=None, help="write pareto.png and shares.png here")
+    parser.add_argument(
+        "--episodes",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="step-level episodes to build from the test tasks (default 200)",
+    )
     parser.add_argument(
         "--matcher",
         choices=("lexical", "semantic", "auto"),
