@@ -53,6 +53,7 @@ def test_a_hidden_sub_family_the_routed_agent_fails_becomes_a_child_skill() -> N
     kept = [s for s in steps if s["accepted"]]
     assert kept and "specialist" in str(kept[0]["target"]) and kept[0]["detail"]
     assert float(kept[0]["utility_after"]) >= float(kept[0]["utility_before"])
+    assert (kept[0]["utility_after"], kept[0]["panel_after"]) != (kept[0]["utility_before"], kept[0]["panel_before"])
     children = [s for s in result.document.skills if s.parent_id == "math"]
     assert len(children) == 2 and all(s.id.startswith("math.") for s in children)
     assert any(s.indicators and s.examples and s.description for s in children)

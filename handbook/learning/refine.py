@@ -44,9 +44,15 @@ class Step:
     utility_before: float
     utility_after: float
     detail: str = ""  # the evidence behind a failure-driven proposal
+    panel_before: float | None = None  # mean utility over the lambda panel: what decides where lambda ties
+    panel_after: float | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items() if v != ""}
+        return {
+            k: (round(v, 6) if isinstance(v, float) else v)
+            for k, v in self.__dict__.items()
+            if v != "" and v is not None
+        }
 
 
 def _evidence(built: Built, corpus: Corpus) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -174,6 +180,10 @@ def better(trial: Built, current: Built) -> bool:
     return trial.utility > current.utility + EPS or trial.panel_utility > current.panel_utility + EPS
 
 
+def _panels(current: Built, trial: Built) -> tuple[float, float]:
+    return current.panel_utility, trial.panel_utility
+
+
 def _still_there(tax: Taxonomy, needed: set[str]) -> bool:
     return needed <= tax.all_ids()
 
@@ -199,7 +209,9 @@ def refine(
                     ok = not_worse(trial, current)
                 else:
                     ok = trial.utility > current.utility + params.min_split_gain / n_val - 1e-12
-                log.append(Step(number, action, target, ok, current.utility, trial.utility))
+                log.append(
+                    Step(number, action, target, ok, current.utility, trial.utility, "", *_panels(current, trial))
+                )
                 if ok:
                     current, changed = replace(trial, name="refined"), True
         if params.failures is not None:
@@ -244,7 +256,10 @@ def _add_failure_skills(
         trial = evaluator.evaluate("refined", 2, taxonomy, current.labeller.temperature)
         ok = better(trial, current)
         target = f"{child} (from {proposal.skill}, routed to {proposal.better})"
-        log.append(Step(number, "add failure skill", target, ok, current.utility, trial.utility, proposal.detail()))
+        before, after = current.utility, trial.utility
+        log.append(
+            Step(number, "add failure skill", target, ok, before, after, proposal.detail(), *_panels(current, trial))
+        )
         if ok:
             current, changed = replace(trial, name="refined"), True
             touched.add(proposal.category)
