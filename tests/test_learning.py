@@ -275,3 +275,19 @@ def test_modes_restrict_skills_and_route_per_mode() -> None:
     chemistry = held_out("chemistry", 22)[0].query
     assert [s for s, _ in result.labeller.weights(chemistry, "code")] == ["same"]  # only the mode's skills
     assert result.labeller.weights(chemistry, "answer")[0][0].startswith("mixed.")
+
+
+def test_refinement_collapses_leaves_that_do_not_pay_on_validation() -> None:
+    """A lenient predicted-gap split cuts the homogeneous family too; validation undoes that cut, not the real one."""
+    from skillorchestra.handbook.learning.discovery import DiscoveryParams
+    from skillorchestra.handbook.learning.gapsplit import SupervisedGapParams
+    from skillorchestra.handbook.learning.pipeline import LearnParams
+
+    lenient = LearnParams(discovery=DiscoveryParams(gap_halves=SupervisedGapParams(alpha=0.05)))
+    result = learn(swapped_and_alike(), PRICES, lambda_=0.05, seed=0, params=lenient)
+    collapses = {s["target"]: s for s in result.metrics["refinement"] if s["action"] == "collapse leaves"}
+    assert collapses["same"]["accepted"] and collapses["same"]["utility_after"] >= collapses["same"]["utility_before"]
+    assert not collapses["mixed"]["accepted"]
+    skills = {s.id: s for s in result.document.skills}
+    assert not [s for s in skills.values() if s.parent_id == "same"]
+    assert len([s for s in skills.values() if s.parent_id == "mixed"]) == 2

@@ -1,15 +1,18 @@
-"""Refinement: merge siblings that agents treat alike, split skills whose parts agents treat differently, and
-add child skills where routing fails tasks another agent solves (failures.py).
+"""Refinement: merge siblings that agents treat alike, drop a category's leaves where they do not pay, split skills
+whose parts agents treat differently, and add child skills where routing fails tasks another agent solves
+(failures.py).
 
 Each proposal is applied to a copy of the taxonomy, re-labelled and re-profiled from the training tasks (so a
 merged skill holds the sum of its parts' evidence and nothing is counted twice), replayed on the validation
-split, and kept only if validation utility is not worse (merges: nor over the lambda panel where equal at lambda),
+split, and kept only if validation utility is not worse (merges and collapses: nor over the lambda panel where equal
+at lambda),
 better by at least one task (splits), or not worse at lambda and strictly better at lambda or over the lambda panel
 (failure-driven children).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -139,6 +142,11 @@ def _merges(built: Built, corpus: Corpus, params: RefineParams) -> list[Proposal
             if d < params.merge_z:
                 apply = lambda t, c=cat.id, a=a, b=b: merge_leaves(t, c, a, b, sizes)  # noqa: E731
                 found.append((d, ("merge leaves", f"{a} + {b}", {cat.id, a, b}, apply)))
+    for cat in tax.categories:  # leaves that do not pay on validation go: the category becomes the skill again
+        if cat.leaves:
+            apply = lambda t, c=cat.id: t.replace_category(c, [with_leaves(t.category(c), [])])  # noqa: E731
+            needed = {cat.id, *(leaf.id for leaf in cat.leaves)}
+            found.append((math.inf, ("collapse leaves", cat.id, needed, apply)))
     cats = [c for c in tax.categories if c.id in ev]
     for i, ca in enumerate(cats):
         for cb in cats[i + 1 :]:
