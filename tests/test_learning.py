@@ -278,13 +278,14 @@ def test_modes_restrict_skills_and_route_per_mode() -> None:
 
 
 def test_refinement_collapses_leaves_that_do_not_pay_on_validation() -> None:
-    """A lenient predicted-gap split cuts the homogeneous family too; validation undoes that cut, not the real one."""
+    """The predicted-gap split at 5% also cuts the homogeneous family here; validation undoes that cut, not the
+    real one."""
     from skillorchestra.handbook.learning.discovery import DiscoveryParams
     from skillorchestra.handbook.learning.gapsplit import SupervisedGapParams
     from skillorchestra.handbook.learning.pipeline import LearnParams
 
-    lenient = LearnParams(discovery=DiscoveryParams(gap_halves=SupervisedGapParams(alpha=0.05)))
-    result = learn(swapped_and_alike(), PRICES, lambda_=0.05, seed=0, params=lenient)
+    at_5_percent = LearnParams(discovery=DiscoveryParams(gap_halves=SupervisedGapParams(alpha=0.05)))
+    result = learn(swapped_and_alike(), PRICES, lambda_=0.05, seed=0, params=at_5_percent)
     collapses = {s["target"]: s for s in result.metrics["refinement"] if s["action"] == "collapse leaves"}
     assert collapses["same"]["accepted"] and collapses["same"]["utility_after"] >= collapses["same"]["utility_before"]
     assert not collapses["mixed"]["accepted"]
