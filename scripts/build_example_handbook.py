@@ -12,6 +12,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+from skillorchestra.handbook.costing import CHARS_PER_TOKEN
 from skillorchestra.handbook.datasets import convert_llmrouter
 from skillorchestra.handbook.models import Agent, Competence, CostStats, HandbookDocument, Mode, Skill
 from skillorchestra.handbook.traces import estimate_cost_usd, read_prices, read_tasks
@@ -122,6 +123,7 @@ def build(src: Path) -> HandbookDocument:
         )
     success: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
     cost: dict[tuple[str, str], list[float]] = defaultdict(list)
+    steps: dict[tuple[str, str], list[float]] = defaultdict(list)  # the router's token estimate of each query
     for task in tasks:
         family = FAMILIES.get(task.task or "")
         if family is None:
@@ -133,6 +135,7 @@ def build(src: Path) -> HandbookDocument:
             success[key][0] += outcome.score
             success[key][1] += 1.0 - outcome.score
             cost[key].append(estimate_cost_usd(task.query, outcome, prices.get(agent_id)) or 0.0)
+            steps[key].append(len(task.query) / CHARS_PER_TOKEN)
     agents = [
         Agent(
             id=a,
@@ -147,7 +150,14 @@ def build(src: Path) -> HandbookDocument:
         Competence(agent_id=a, skill_id=s, alpha=1.0 + v[0], beta=1.0 + v[1]) for (a, s), v in sorted(success.items())
     ]
     costs = [
-        CostStats(agent_id=a, skill_id=s, n=len(v), mean_cost_usd=sum(v) / len(v)) for (a, s), v in sorted(cost.items())
+        CostStats(
+            agent_id=a,
+            skill_id=s,
+            n=len(v),
+            mean_cost_usd=sum(v) / len(v),
+            mean_step_tokens=sum(steps[a, s]) / len(steps[a, s]),
+        )
+        for (a, s), v in sorted(cost.items())
     ]
     mode = Mode(
         id="answer",
