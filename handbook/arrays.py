@@ -23,6 +23,7 @@ ROOT_SKILL = "*"  # evidence of steps that named no skill and no mode: the agent
 MODE_PREFIX = "@"  # evidence of steps routed at mode level (no skill matched) is filed under "@<mode>"
 DEFAULT_KAPPA = 2.0
 COST_KAPPA = 1.0  # pseudo-calls pulling a thin (agent, skill) cost toward the agent's mean cost
+MIN_LENGTH_COVERAGE = 0.5  # share of a cost's calls with a known step length before the cost follows length
 
 
 @dataclass
@@ -52,9 +53,9 @@ class RawEvidence:
         return RawEvidence(*(np.array(getattr(self, f.name)) for f in fields(self)))
 
     def set_cost(self, cell: tuple[int, int], cost: CostStats) -> None:
-        """A cost row's evidence; its step tokens count only when known (a mean of 0 means none were)."""
+        """A cost row's evidence, with the calls whose step length is known (CostStats.n_step_tokens)."""
         self.calls[cell], self.cost_total[cell] = cost.n, cost.n * cost.mean_cost_usd
-        prompt_n = cost.n if cost.mean_step_tokens > 0 else 0.0
+        prompt_n = min(cost.n_step_tokens, cost.n)
         self.prompt_calls[cell], self.prompt_total[cell] = prompt_n, prompt_n * cost.mean_step_tokens
 
 
@@ -285,6 +286,10 @@ def _derive(
     evidence = np.concatenate([sub_n, mode_n, all_n[:, None]], axis=1)
     cost_mean, agent_cost = _shrunk_means(raw.calls, raw.cost_total, n_skills, n_modes)
     prompt_mean, _ = _shrunk_means(raw.prompt_calls, raw.prompt_total, n_skills, n_modes)
+    # a cost moves with the step's length only where most of the calls behind it have a known length (a handbook
+    # upgraded from before step tokens keeps its recorded means until new records outweigh the old ones)
+    covered, _ = _shrunk_means(raw.calls, raw.prompt_calls, n_skills, n_modes)
+    prompt_mean = np.where(covered >= MIN_LENGTH_COVERAGE, prompt_mean, np.nan)
     agent_list = list(agents)
     return HandbookArrays(
         agent_ids=[a.id for a in agent_list],

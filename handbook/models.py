@@ -82,6 +82,7 @@ class CostStats(_Model):
     # the router's own estimate (characters / 4 of the text and any context sent) of the steps behind mean_cost_usd,
     # so a new step's length is compared like with like (handbook/costing.py); 0 = unknown
     mean_step_tokens: float = Field(default=0.0, ge=0.0)
+    n_step_tokens: float = Field(default=0.0, ge=0.0)  # the weighted calls behind mean_step_tokens
 
 
 class SkillDemand(_Model):

@@ -186,6 +186,7 @@ def m004_step_tokens(db: Database) -> None:
     """The router's token estimate of each routed step, and its mean per (agent, skill) beside the cost it explains."""
     db["decisions"].add_column("step_tokens", float)
     db["cost_stats"].add_column("mean_step_tokens", float, not_null_default=0.0)
+    db["cost_stats"].add_column("n_step_tokens", float, not_null_default=0.0)
 
 
 def schema_version() -> int:
@@ -399,7 +400,8 @@ class HandbookStore:
         with self.lock:
             rows = self.db.conn.execute(
                 "SELECT agent_id, skill_id, n, mean_cost_usd, m2_cost, mean_prompt_tokens,"
-                " mean_completion_tokens, mean_latency_s, mean_step_tokens FROM cost_stats ORDER BY agent_id, skill_id"
+                " mean_completion_tokens, mean_latency_s, mean_step_tokens, n_step_tokens FROM cost_stats"
+                " ORDER BY agent_id, skill_id"
             ).fetchall()
         keys = CostStats.model_fields.keys()
         return [CostStats(**dict(zip(keys, r, strict=True))) for r in rows]
@@ -535,22 +537,23 @@ class HandbookStore:
     ) -> list[CostStats]:
         """Weighted running cost statistics; a failed call's latency says nothing about the agent's speed."""
         columns = (
-            "n, mean_cost_usd, m2_cost, mean_prompt_tokens, mean_completion_tokens, mean_latency_s, mean_step_tokens"
+            "n, mean_cost_usd, m2_cost, mean_prompt_tokens, mean_completion_tokens, mean_latency_s, mean_step_tokens,"
+            " n_step_tokens"
         )
         current = self._rows_for("cost_stats", columns, agent_id, [s for s, _ in demands])
         updated = []
         for skill_id, weight in demands:
-            n, mean, m2, prompt, completion, latency, step_tokens = current.get(skill_id, (0.0,) * 7)
+            n, mean, m2, prompt, completion, latency, step_mean, step_n = current.get(skill_id, (0.0,) * 8)
             new_n, mean, m2 = weighted_mean_update(n, mean, m2, weight, payload["cost_usd"])
             share = weight / new_n
 
             def step(value: float, observed: float | None, share: float = share) -> float:
-                """A running mean of what was observed; 0 means none yet, so the first observation is taken whole
-                (calls reported without it must not pull it toward 0)."""
-                if observed is None:
-                    return value
-                return observed if value == 0.0 else value + (observed - value) * share
+                return value if observed is None else value + (observed - value) * share
 
+            observed_step = payload.get("step_tokens")  # outcomes logged before m004 carry none: no change
+            if observed_step is not None:
+                step_n = step_n + weight
+                step_mean = step_mean + (observed_step - step_mean) * weight / step_n
             updated.append(
                 CostStats(
                     agent_id=agent_id,
@@ -561,16 +564,17 @@ class HandbookStore:
                     mean_prompt_tokens=step(prompt, payload.get("prompt_tokens")),
                     mean_completion_tokens=step(completion, payload.get("completion_tokens")),
                     mean_latency_s=latency if infrastructure else step(latency, payload.get("latency_s")),
-                    mean_step_tokens=step(step_tokens, payload.get("step_tokens")),
+                    mean_step_tokens=step_mean,
+                    n_step_tokens=step_n,
                 )
             )
         self.db.conn.executemany(
-            f"INSERT INTO cost_stats (agent_id, skill_id, {columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            f"INSERT INTO cost_stats (agent_id, skill_id, {columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (agent_id, skill_id) DO UPDATE SET n = excluded.n,"
             " mean_cost_usd = excluded.mean_cost_usd, m2_cost = excluded.m2_cost,"
             " mean_prompt_tokens = excluded.mean_prompt_tokens,"
             " mean_completion_tokens = excluded.mean_completion_tokens, mean_latency_s = excluded.mean_latency_s,"
-            " mean_step_tokens = excluded.mean_step_tokens",
+            " mean_step_tokens = excluded.mean_step_tokens, n_step_tokens = excluded.n_step_tokens",
             [
                 (
                     c.agent_id,
@@ -582,6 +586,7 @@ class HandbookStore:
                     c.mean_completion_tokens,
                     c.mean_latency_s,
                     c.mean_step_tokens,
+                    c.n_step_tokens,
                 )
                 for c in updated
             ],

@@ -156,6 +156,7 @@ def build(src: Path) -> HandbookDocument:
             n=len(v),
             mean_cost_usd=sum(v) / len(v),
             mean_step_tokens=sum(steps[a, s]) / len(steps[a, s]),
+            n_step_tokens=len(steps[a, s]),
         )
         for (a, s), v in sorted(cost.items())
     ]

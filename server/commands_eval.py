@@ -17,6 +17,7 @@ from skillorchestra.server.argtypes import lambda_arg, positive_int, seed_arg
 
 if TYPE_CHECKING:  # the evaluation stack (numpy, the service) loads only when eval runs, not for every command
     from skillorchestra.handbook.embedding import Embedder
+    from skillorchestra.handbook.store import HandbookStore
     from skillorchestra.handbook.traces import AgentPrice, TraceTask
 
 log = logging.getLogger("skillorchestra.eval")
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     train = _tasks("--train", args.train)
     test = _tasks("--test", args.test)
     prices = _prices(args, train + test)
-    embedder = _embedder(args, train + test)
+    embedder, cache = _embedder(args, train + test)
     config = EvalConfig(
         lambdas=tuple(args.lambdas) if args.lambdas else DEFAULT_LAMBDAS,
         seed=args.seed,
@@ -64,7 +65,11 @@ def run(args: argparse.Namespace) -> int:
         learn_fn=partial(default_learn, embedder=embedder),
         **({"episodes": args.episodes} if args.episodes is not None else {}),
     )
-    result = run_eval(train, test, prices, config)
+    try:
+        result = run_eval(train, test, prices, config)
+    finally:
+        if cache is not None:
+            cache.close()
     to_stdout = args.json is None or str(args.json) != "-"
     print(summary(result), file=sys.stdout if to_stdout else sys.stderr)
     if args.json is not None:
@@ -82,23 +87,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _embedder(args: argparse.Namespace, tasks: list[TraceTask]) -> Embedder | None:
-    """--matcher's features for the learner: MiniLM vectors (cached in --db when given) or None for TF-IDF."""
+def _embedder(args: argparse.Namespace, tasks: list[TraceTask]) -> tuple[Embedder | None, HandbookStore | None]:
+    """--matcher's features for the learner: MiniLM vectors or None for TF-IDF; and the --db store that caches the
+    vectors (opened only for MiniLM; the caller closes it)."""
     from skillorchestra.server.jobs import make_embedder, warm_embeddings
 
     store = None
-    if getattr(args, "db", None) is not None:
+    if args.matcher != "lexical" and getattr(args, "db", None) is not None:
         from skillorchestra.handbook.store import HandbookStore
 
         store = HandbookStore(args.db)
     embedder, features = make_embedder(args.matcher, store)
     log.info("eval: %s", features)
-    if embedder is not None:
-        queries = list(dict.fromkeys(task.query for task in tasks))
-        embedded = warm_embeddings(embedder, queries, _progress)
-        if embedded:
-            print(f"\rembedded {embedded} new queries{' ' * 40}", file=sys.stderr)
-    return embedder
+    if embedder is None:
+        if store is not None:
+            store.close()
+        return None, None
+    queries = list(dict.fromkeys(task.query for task in tasks))
+    embedded = warm_embeddings(embedder, queries, _progress)
+    if embedded:
+        print(f"\rembedded {embedded} new queries{' ' * 40}", file=sys.stderr)
+    return embedder, store
 
 
 def _progress(fraction: float, message: str) -> None:

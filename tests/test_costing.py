@@ -29,7 +29,9 @@ def cost_of(arrays, text: str) -> np.ndarray:
 
 def test_a_longer_prompt_costs_its_extra_input_tokens_on_top_of_the_recorded_mean() -> None:
     agent = Agent(id="big", input_per_mtok=10.0, output_per_mtok=30.0)
-    record = CostStats(agent_id="big", skill_id="summarise", n=1000.0, mean_cost_usd=0.01, mean_step_tokens=200.0)
+    record = CostStats(
+        agent_id="big", skill_id="summarise", n=1000.0, mean_cost_usd=0.01, mean_step_tokens=200.0, n_step_tokens=1000.0
+    )
     arrays = arrays_for([agent], [record])
     usual = cost_of(arrays, "x" * 800)[0]  # 200 tokens: exactly the recorded mean prompt
     long = cost_of(arrays, "x" * 40_800)[0]  # 10,200 tokens: 10,000 more input tokens at $10 per million
@@ -39,7 +41,9 @@ def test_a_longer_prompt_costs_its_extra_input_tokens_on_top_of_the_recorded_mea
 
 def test_a_short_prompt_never_makes_a_call_cheaper_than_a_tenth_of_its_recorded_mean() -> None:
     agent = Agent(id="big", input_per_mtok=100.0, output_per_mtok=1.0)
-    record = CostStats(agent_id="big", skill_id="summarise", n=50.0, mean_cost_usd=0.1, mean_step_tokens=1000.0)
+    record = CostStats(
+        agent_id="big", skill_id="summarise", n=50.0, mean_cost_usd=0.1, mean_step_tokens=1000.0, n_step_tokens=50.0
+    )
     arrays = arrays_for([agent], [record])
     assert cost_of(arrays, "hi")[0] == pytest.approx(0.1 * costing.MIN_SHARE_OF_RECORDED, rel=0.05)
 
@@ -49,7 +53,9 @@ def test_without_recorded_prompt_tokens_or_prices_the_recorded_mean_stands() -> 
     no_prices = Agent(id="b")
     costs = [
         CostStats(agent_id="a", skill_id="summarise", n=100.0, mean_cost_usd=0.02),  # tokens never recorded
-        CostStats(agent_id="b", skill_id="summarise", n=100.0, mean_cost_usd=0.03, mean_step_tokens=50.0),
+        CostStats(
+            agent_id="b", skill_id="summarise", n=100.0, mean_cost_usd=0.03, mean_step_tokens=50.0, n_step_tokens=100.0
+        ),
     ]
     arrays = arrays_for([no_tokens, no_prices], costs)
     short, long = cost_of(arrays, "x" * 40), cost_of(arrays, "x" * 40_000)
@@ -90,7 +96,14 @@ def test_a_long_step_goes_to_the_cheap_agent_that_a_short_one_would_not(tmp_path
             Competence(agent_id="small", skill_id="summarise", alpha=75.0, beta=25.0),
         ],
         cost=[
-            CostStats(agent_id=a.id, skill_id="summarise", n=200.0, mean_cost_usd=c, mean_step_tokens=500.0)
+            CostStats(
+                agent_id=a.id,
+                skill_id="summarise",
+                n=200.0,
+                mean_cost_usd=c,
+                mean_step_tokens=500.0,
+                n_step_tokens=200.0,
+            )
             for a, c in zip(agents, (756 * 15.0 / 1e6, 756 * 0.5 / 1e6), strict=True)
         ],
     )
@@ -112,7 +125,9 @@ def test_a_long_step_goes_to_the_cheap_agent_that_a_short_one_would_not(tmp_path
 
 def test_an_agent_of_unknown_cost_never_looks_cheap_on_a_long_step() -> None:
     agents = [Agent(id="big", input_per_mtok=10.0, output_per_mtok=10.0), Agent(id="dark")]
-    record = CostStats(agent_id="big", skill_id="summarise", n=500.0, mean_cost_usd=0.01, mean_step_tokens=200.0)
+    record = CostStats(
+        agent_id="big", skill_id="summarise", n=500.0, mean_cost_usd=0.01, mean_step_tokens=200.0, n_step_tokens=500.0
+    )
     arrays = arrays_for(agents, [record])
     for chars in (800, 32_000):
         tokens = costing.prompt_tokens(["x" * chars])
@@ -153,14 +168,29 @@ def test_recorded_outcomes_carry_the_routed_steps_length_into_the_cost_rule(tmp_
     assert book.store.rebuild() == book.store.document()  # the step lengths are in the event log too
 
 
-def test_a_running_token_mean_starts_at_its_first_observation(tmp_path: Path) -> None:
-    """Reports without token counts must not drag a later count toward 0."""
+def test_step_lengths_are_averaged_over_the_calls_that_have_one(tmp_path: Path) -> None:
+    """Outcomes of decisions without a step length (logged before it was kept) change neither its mean nor count."""
     from skillorchestra.handbook.service import OutcomeReport
 
     book = book_with_one_skill(tmp_path / "h.db")
     skills = [SkillDemand(skill_id="summarise", weight=1.0)]
-    for tokens in (None, None, None, 400, 800):
-        decision = book.route(RouteRequest(text="summarise this", skills=skills))
-        book.record(OutcomeReport(decision_id=decision.decision_id, success=True, cost_usd=0.01, prompt_tokens=tokens))
+    for chars, known in ((4000, True), (400, False), (12_000, True)):
+        decision = book.route(RouteRequest(text="x" * chars, skills=skills))
+        if not known:  # as a decision routed before migration m004
+            book.store.db.execute("UPDATE decisions SET step_tokens = NULL WHERE id = ?", [decision.decision_id])
+            book.store.db.conn.commit()
+        book.record(OutcomeReport(decision_id=decision.decision_id, success=True, cost_usd=0.01))
     stats = {c.skill_id: c for c in book.store.costs()}["summarise"]
-    assert 400.0 < stats.mean_prompt_tokens < 800.0
+    assert stats.n == 3.0 and stats.n_step_tokens == 2.0
+    assert stats.mean_step_tokens == pytest.approx((1000 + 3000) / 2)
+    assert book.store.rebuild() == book.store.document()
+
+
+def test_a_cost_follows_length_only_where_most_of_its_calls_have_a_known_length() -> None:
+    """An upgraded handbook (old records, no lengths) is not repriced by its first few new records."""
+    agent = Agent(id="big", input_per_mtok=10.0, output_per_mtok=10.0)
+    old = CostStats(agent_id="big", skill_id="summarise", n=200.0, mean_cost_usd=0.02, mean_step_tokens=12_000.0)
+    thin = arrays_for([agent], [old.model_copy(update={"n_step_tokens": 1.0})])
+    assert cost_of(thin, "x" * 400)[0] == pytest.approx(0.02, rel=0.01)  # 1 call of 200: the recorded mean stands
+    full = arrays_for([agent], [old.model_copy(update={"n_step_tokens": 150.0})])
+    assert cost_of(full, "x" * 400)[0] < 0.01  # 100 tokens against a usual 12,000

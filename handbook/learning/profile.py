@@ -117,7 +117,8 @@ def profile(
     prompt = (w.T @ np.where(known, np.nan_to_num(outcomes.prompt_tokens), 0.0)) / safe_n
     completion = (w.T @ np.where(known, np.nan_to_num(outcomes.completion_tokens), 0.0)) / safe_n
     has_steps = known & ~np.isnan(outcomes.step_tokens)
-    steps = (w.T @ np.where(has_steps, outcomes.step_tokens, 0.0)) / np.maximum(w.T @ has_steps, 1e-300)
+    step_n = w.T @ has_steps
+    steps = (w.T @ np.where(has_steps, outcomes.step_tokens, 0.0)) / np.maximum(step_n, 1e-300)
     has_latency = known & ~np.isnan(outcomes.latency)
     latency = (w.T @ np.where(has_latency, outcomes.latency, 0.0)) / np.maximum(w.T @ has_latency, 1e-300)
 
@@ -141,6 +142,7 @@ def profile(
                         mean_completion_tokens=float(completion[k, j]),
                         mean_latency_s=float(latency[k, j]),
                         mean_step_tokens=float(steps[k, j]),
+                        n_step_tokens=float(step_n[k, j]),
                     )
                 )
     return competence, cost
