@@ -27,6 +27,7 @@ import numpy as np
 from common import BENCH_DIR, child_env, fmt, machine_line, step_texts, summary, synthetic_document, timed, verdict
 from mcp import Client, StdioServerParameters
 
+from skillorchestra.handbook import costing
 from skillorchestra.handbook.embedding import load_default_embedder, locate_minilm_weights
 from skillorchestra.handbook.matcher import LexicalMatcher
 from skillorchestra.handbook.models import SkillDemand
@@ -51,7 +52,12 @@ def router_figures(handbook: Handbook) -> None:
     for demanded in demand_sets:
         cols = np.array([arrays.column_of_skill(s) for s in demanded])
         weights = np.array([0.5, 0.3, 0.2])
-        cost, _, c_ref = handbook._expected_costs(arrays, "x" * 400, cols, weights)
+        step = costing.prompt_tokens(["x" * 400])  # the router's inputs exactly as the service assembles them
+        refs = costing.reference_costs(arrays, step)
+        cost = costing.charge_unknown(
+            costing.expected_costs(arrays, step, cols[None], weights[None]), refs, arrays.enabled
+        )
+        cost, c_ref = cost[0], float(refs[0])
         inputs_list.append(
             RouteInputs(
                 mean=arrays.mean[:, cols],
