@@ -542,8 +542,9 @@ class Handbook:
             },
         )
 
-    def fallback_decision(self, decision_id: str, agent_id: str) -> str:
-        """A decision for the next candidate after an infrastructure failure: same step, skills and session."""
+    def fallback_decision(self, decision_id: str, agent_id: str, role: str = "fallback") -> str:
+        """A decision for the next candidate after an infrastructure failure (or, with role "judge", for the call
+        that grades the answer): same step, skills and session."""
         decision = self.store.decision(decision_id)
         if decision is None:
             raise NotFound("decision", decision_id)
@@ -562,6 +563,7 @@ class Handbook:
             explored=0,
             expected_cost_usd=None,
             parent_decision_id=decision_id,
+            role=role,
         )
         self.store.insert_decision(row)
         return new_id

@@ -183,8 +183,10 @@ def m003_embeddings(db: Database) -> None:
 
 @migrations()
 def m004_step_tokens(db: Database) -> None:
-    """The router's token estimate of each routed step, and its mean per (agent, skill) beside the cost it explains."""
+    """The router's token estimate of each routed step, and its mean per (agent, skill) beside the cost it explains;
+    and each decision's role (NULL: a routed step; "fallback": the next candidate; "judge": a grading call)."""
     db["decisions"].add_column("step_tokens", float)
+    db["decisions"].add_column("role", str)
     db["cost_stats"].add_column("mean_step_tokens", float, not_null_default=0.0)
     db["cost_stats"].add_column("n_step_tokens", float, not_null_default=0.0)
 

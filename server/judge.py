@@ -135,7 +135,9 @@ async def judge_answer(
     elif not breaker.allow(conn.id):
         warnings.append(f"not judged: the judge {conn.id}'s circuit breaker is open; {unreported}")
     else:
-        judge_decision = await anyio.to_thread.run_sync(handbook.fallback_decision, answer.decision_id, conn.id)
+        judge_decision = await anyio.to_thread.run_sync(
+            handbook.fallback_decision, answer.decision_id, conn.id, "judge"
+        )
         messages = judge_messages(step, context, answer.answer, settings.style)
         try:
             result = await caller(conn, step, messages, min(remaining, settings.timeout_s), settings.max_tokens)

@@ -101,7 +101,9 @@ def agent_card(handbook: Handbook, agent_id: str) -> dict[str, object]:
 def handbook_stats(handbook: Handbook) -> dict[str, object]:
     store = handbook.store
     with store.lock:
-        rows = store.db.conn.execute("SELECT agent_id, COUNT(*) FROM decisions GROUP BY agent_id").fetchall()
+        rows = store.db.conn.execute(  # a judge's grading call is not a routing of the step
+            "SELECT agent_id, COUNT(*) FROM decisions WHERE role IS NOT 'judge' GROUP BY agent_id"
+        ).fetchall()
     shares = Counter({agent: count for agent, count in rows})
     total = sum(shares.values())
     fractions = {agent: count / total for agent, count in shares.items()} if total else {}

@@ -169,9 +169,11 @@ async def test_judge_grades_records_and_is_accounted(tmp_path: Path, fake_openai
         assert after["overall"]["mean"] > before["overall"]["mean"]
         assert (await card(client, "grader"))["overall"]["n"] == grader_before["overall"]["n"] == 0
 
-        # the judge's call counts in the session's spend, beside the answer's
+        # the judge's call counts in the session's spend, beside the answer's, but not as a routing
         routed = await call(client, "route_step", {"text": "next step", "session_id": "s"})
         assert routed["session_spend_usd"] == pytest.approx(result["cost_usd"] + expected_judge)
+        stats = json.loads((await client.read_resource("handbook://stats")).contents[0].text)  # type: ignore[union-attr]
+        assert "grader" not in stats["routing_shares"] and stats["routing_shares"]["cheap"] > 0
 
         # a client report afterwards: identical is a duplicate, anything else a conflict
         same = await call(client, "record_outcome", {"decision_id": result["decision_id"], "reward": 0.8})

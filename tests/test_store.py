@@ -339,11 +339,16 @@ from skillorchestra.handbook.service import Handbook, OutcomeReport, RouteReques
 from skillorchestra.handbook.store import HandbookStore
 
 path, n, tag, folder = sys.argv[1], int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
+other = "b" if tag == "a" else "a"
 book = Handbook(HandbookStore(path))
 (folder / f"ready-{tag}").touch()
 while not (folder / "go").exists():
     time.sleep(0.002)
 for i in range(n):
+    if i == n // 2:  # halfway, wait for the other writer's first half: their writes must interleave
+        (folder / f"half-{tag}").touch()
+        while not (folder / f"half-{other}").exists():
+            time.sleep(0.002)
     decision = book.route(
         RouteRequest(text="task", skills=[SkillDemand(skill_id="s", weight=1.0)], allowed_agents=["g"], session_id=tag)
     )
@@ -392,7 +397,7 @@ def test_two_processes_write_at_once_and_a_third_sees_their_writes(tmp_path: Pat
     assert store.session_spend("a") == pytest.approx(n * 0.001) == store.session_spend("b")
     # this process's Handbook reloads its arrays from data_version, without a restart
     assert book.arrays().evidence[0, column] == 2 * n
-    # the writers did overlap: their events interleave
+    # the writers did overlap (the halfway handshake guarantees it, whatever the scheduler does): events interleave
     tags = [
         row[0]
         for row in store.db.conn.execute(
