@@ -29,13 +29,16 @@ def prompt_tokens(texts: Sequence[str]) -> np.ndarray:
 
 
 def _weighted(table: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """(n, A) sum_k w[:, k] * table[:, cols[:, k]]; NaN cells count as 0 where their weight is 0."""
+    """(n, A) sum_k w[:, k] * table[:, cols[:, k]]; NaN where a cell with a positive weight is NaN."""
     out = np.zeros((cols.shape[0], table.shape[0]))
+    missing = np.zeros(out.shape, dtype=bool)
     rows = table.T
     for k in range(cols.shape[1]):
         w = weights[:, k, None]
-        out += np.where(w > 0, w * np.nan_to_num(rows[cols[:, k]]), 0.0)
-    return out
+        values = rows[cols[:, k]]
+        out += np.where(w > 0, w * np.nan_to_num(values), 0.0)
+        missing |= (w > 0) & np.isnan(values)
+    return np.where(missing, np.nan, out)
 
 
 def priced_costs(arrays: HandbookArrays, tokens: np.ndarray) -> np.ndarray:
@@ -46,10 +49,8 @@ def priced_costs(arrays: HandbookArrays, tokens: np.ndarray) -> np.ndarray:
 def expected_costs(arrays: HandbookArrays, tokens: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """(n, A) expected USD per call for n steps with `tokens` (n,) prompt tokens demanding columns `cols` (n, k)
     with `weights` (n, k) summing to 1; NaN where the agent has neither a cost record nor prices."""
-    recorded = _weighted(arrays.cost_mean, cols, weights)
-    recorded[:, np.isnan(arrays.agent_cost)] = np.nan
-    usual_prompt = _weighted(arrays.prompt_mean, cols, weights)  # tokens of the steps behind `recorded`
-    usual_prompt[:, np.isnan(arrays.prompt_mean[:, -1])] = np.nan  # the root column is the agent's own mean
+    recorded = _weighted(arrays.cost_mean, cols, weights)  # NaN: the agent has no cost record at all
+    usual_prompt = _weighted(arrays.prompt_mean, cols, weights)  # NaN: some demanded cost has too few known lengths
     shift = tokens[:, None] - usual_prompt
     moved = recorded + np.nan_to_num(shift * arrays.input_price / 1e6)
     moved = np.maximum(moved, MIN_SHARE_OF_RECORDED * recorded)

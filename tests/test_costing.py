@@ -194,3 +194,28 @@ def test_a_cost_follows_length_only_where_most_of_its_calls_have_a_known_length(
     assert cost_of(thin, "x" * 400)[0] == pytest.approx(0.02, rel=0.01)  # 1 call of 200: the recorded mean stands
     full = arrays_for([agent], [old.model_copy(update={"n_step_tokens": 150.0})])
     assert cost_of(full, "x" * 400)[0] < 0.01  # 100 tokens against a usual 12,000
+
+
+def test_a_skill_whose_calls_have_no_known_length_keeps_its_recorded_mean_beside_one_that_has() -> None:
+    agent = Agent(id="big", input_per_mtok=10.0, output_per_mtok=10.0)
+    skills = [*SKILLS, Skill(id="translate", mode="general", description="translate a text")]
+    costs = [
+        CostStats(
+            agent_id="big",
+            skill_id="summarise",
+            n=300.0,
+            mean_cost_usd=0.02,
+            mean_step_tokens=500.0,
+            n_step_tokens=300.0,
+        ),
+        CostStats(
+            agent_id="big", skill_id="translate", n=100.0, mean_cost_usd=0.05
+        ),  # recorded before lengths were kept
+    ]
+    arrays = build_arrays(MODES, skills, [agent], [], costs)
+    step = costing.prompt_tokens(["x" * 8000])  # 2,000 tokens
+    one = np.ones((1, 1))
+    translate = costing.expected_costs(arrays, step, np.array([[arrays.column_of_skill("translate")]]), one)[0, 0]
+    summarise = costing.expected_costs(arrays, step, np.array([[arrays.column_of_skill("summarise")]]), one)[0, 0]
+    assert translate == pytest.approx(0.05, rel=0.01)  # not repriced from another skill's lengths
+    assert summarise == pytest.approx(0.02 + 1500 * 10.0 / 1e6, rel=0.01)
