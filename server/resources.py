@@ -68,11 +68,17 @@ def skill_card(handbook: Handbook, skill_id: str) -> dict[str, object]:
                 "agent_id": agent_id,
                 "mean": float(arrays.mean[i, col]),
                 "n": float(arrays.evidence[i, col]),
-                "mean_cost_usd": None if np.isnan(arrays.cost_mean[i, col]) else float(arrays.cost_mean[i, col]),
+                "mean_cost_usd": _number(arrays.cost_mean[i, col]),
+                "usual_step_tokens": _number(arrays.prompt_mean[i, col]),  # the cost moves with a step's length
             }
             for i, agent_id in enumerate(arrays.agent_ids)
         ],
     }
+
+
+def _number(value: float) -> float | None:
+    """A JSON number, or null where the handbook has none (NaN)."""
+    return None if np.isnan(value) else float(value)
 
 
 def agent_card(handbook: Handbook, agent_id: str) -> dict[str, object]:
@@ -91,7 +97,8 @@ def agent_card(handbook: Handbook, agent_id: str) -> dict[str, object]:
                 "skill_id": skill_id,
                 "mean": float(arrays.mean[i, col]),
                 "n": float(arrays.evidence[i, col]),
-                "mean_cost_usd": None if np.isnan(arrays.cost_mean[i, col]) else float(arrays.cost_mean[i, col]),
+                "mean_cost_usd": _number(arrays.cost_mean[i, col]),
+                "usual_step_tokens": _number(arrays.prompt_mean[i, col]),
             }
             for skill_id, col in arrays.skill_index.items()
         ],

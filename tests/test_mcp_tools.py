@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -197,8 +198,14 @@ async def test_resources_and_prompt(mcp_client: Client) -> None:
     assert {"handbook://skills", "handbook://agents", "handbook://stats"} <= listed
     templates = {t.uri_template for t in (await mcp_client.list_resource_templates()).resource_templates}
     assert {"handbook://skills/{skill_id}", "handbook://agents/{agent_id}"} <= templates
+    routed = await call(mcp_client, "route_step", {"text": "x" * 800, "allowed_agents": ["meta/llama-70b"]})
+    await call(mcp_client, "record_outcome", {"decision_id": routed["decision_id"], "success": True, "cost_usd": 0.01})
     agent = await mcp_client.read_resource("handbook://agents/meta%2Fllama-70b")
-    assert '"id": "meta/llama-70b"' in agent.contents[0].text  # type: ignore[union-attr]
+    card = json.loads(agent.contents[0].text)  # type: ignore[union-attr]
+    assert card["id"] == "meta/llama-70b"
+    demanded = {d["skill_id"] for d in routed["skills"]}
+    lengths = [s["usual_step_tokens"] for s in card["skills"] if s["skill_id"] in demanded]
+    assert lengths and all(n == pytest.approx(200.0) for n in lengths)  # 800 characters, the router's estimate
     skill = await mcp_client.read_resource("handbook://skills/math.equations")
     assert '"parent_id": "math"' in skill.contents[0].text  # type: ignore[union-attr]
     stats = await mcp_client.read_resource("handbook://stats")
