@@ -207,9 +207,11 @@ def test_the_servers_log_becomes_tasks_and_learns(tmp_path: Path) -> None:
             Agent(id=agent_id, input_per_mtok=price.input_per_mtok, output_per_mtok=price.output_per_mtok)
         )
     tasks = swapped_and_alike(seed=5, n=30)
+    context = {tasks[0].query: 4000}  # one step delegated with 4,000 characters of context: billed, so costed
     for task in tasks:
         for agent_id, outcome in task.outcomes.items():
-            decision = service.route(RouteRequest(text=task.query, allowed_agents=[agent_id]))
+            extra = context.get(task.query, 0)
+            decision = service.route(RouteRequest(text=task.query, allowed_agents=[agent_id], prompt_extra_chars=extra))
             service.record(OutcomeReport(decision_id=decision.decision_id, reward=outcome.score, cost_usd=0.001))
     timeout = service.route(RouteRequest(text="an infrastructure failure only", allowed_agents=["alpha"]))
     service.record(OutcomeReport(decision_id=timeout.decision_id, error_class="timeout"))
@@ -223,8 +225,11 @@ def test_the_servers_log_becomes_tasks_and_learns(tmp_path: Path) -> None:
         got = by_query[task.query].outcomes
         assert {a: o.score for a, o in got.items()} == {a: o.score for a, o in task.outcomes.items()}
         assert all(o.cost_usd == pytest.approx(0.001) for o in got.values())
+        length = (len(task.query) + context.get(task.query, 0)) / 4  # the router's estimate, context included
+        assert all((o.model_extra or {})["step_tokens"] == pytest.approx(length) for o in got.values())
     result = learn(found, PRICES, lambda_=0.05, seed=0)
     assert result.document.skills and result.metrics["n_tasks"] == len(tasks)
+    assert all(c.n_step_tokens == pytest.approx(c.n) and c.mean_step_tokens > 0 for c in result.document.cost)
 
 
 # -- the embedding path and modes -------------------------------------------------------------------------
