@@ -119,22 +119,36 @@ def _layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) 
     return centred / np.sqrt(var + eps) * gamma + beta
 
 
-def _erf(x: np.ndarray) -> np.ndarray:
-    """erf to 1.5e-7 (Abramowitz & Stegun 7.1.26): numpy has no erf and BERT's GELU is the erf form."""
-    sign = np.sign(x)
-    a = np.abs(x)
-    t = 1.0 / (1.0 + 0.3275911 * a)
-    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    return sign * (1.0 - poly * np.exp(-a * a))
-
-
 def _gelu(x: np.ndarray) -> np.ndarray:
-    return 0.5 * x * (1.0 + _erf(x * np.float32(0.7071067811865476)))
+    """BERT's erf GELU, 0.5 * x * (1 + erf(x / sqrt 2)) = 0.5 * (x + |x| * erf(|x| / sqrt 2)), with erf to 1.5e-7
+    (Abramowitz & Stegun 7.1.26: numpy has no erf). In place on a few float32 buffers: on long batches this was a
+    third of the forward pass when every step allocated a new array."""
+    ax = np.abs(x)
+    a = ax * np.float32(0.7071067811865476)
+    t = a * np.float32(0.3275911)
+    t += np.float32(1.0)
+    np.reciprocal(t, out=t)
+    poly = t * np.float32(1.061405429)
+    for coefficient in (-1.453152027, 1.421413741, -0.284496736, 0.254829592):
+        poly += np.float32(coefficient)
+        poly *= t
+    np.multiply(a, a, out=a)
+    np.negative(a, out=a)
+    np.exp(a, out=a)
+    poly *= a  # poly * exp(-a^2) = 1 - erf(a)
+    np.subtract(np.float32(1.0), poly, out=poly)
+    poly *= ax
+    poly += x
+    poly *= np.float32(0.5)
+    return poly
 
 
 def _softmax_last(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
+    """Softmax over the last axis, in place (x is a fresh score array)."""
+    x -= x.max(-1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(-1, keepdims=True)
+    return x
 
 
 @dataclass(frozen=True)
