@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TextIO, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -16,6 +17,7 @@ from skillorchestra.handbook.errors import InvalidInput
 
 ID_MAX = 200
 SUCCESS_THRESHOLD = 0.5
+ModelT = TypeVar("ModelT", bound=BaseModel)
 DEFAULT_COMPLETION_TOKENS = 256
 
 
@@ -71,19 +73,23 @@ def read_tasks(path: str | Path) -> list[TraceTask]:
 
 
 def iter_tasks(path: str | Path) -> Iterator[TraceTask]:
-    path = Path(path)
-    with path.open(encoding="utf-8") as handle:
+    for _, task in validated_lines(Path(path).open(encoding="utf-8"), path, TraceTask, "generic outcome JSONL"):
+        yield task
+
+
+def validated_lines(handle: TextIO, path: str | Path, model: type[ModelT], what: str) -> Iterator[tuple[int, ModelT]]:
+    """(line number, model) for each non-blank JSONL line of an open file (closed at the end); a bad line is an
+    InvalidInput naming the file, the line, the first field at fault and `what` of interface.md was expected."""
+    with handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                yield TraceTask.model_validate_json(line)
+                yield number, model.model_validate_json(line)
             except ValidationError as exc:
                 first = exc.errors()[0]
                 where = ".".join(str(part) for part in first["loc"]) or "line"
-                raise InvalidInput(
-                    f"{path}:{number}", where, f"{first['msg']} (generic outcome JSONL of interface.md)"
-                ) from None
+                raise InvalidInput(f"{path}:{number}", where, f"{first['msg']} ({what} of interface.md)") from None
 
 
 def write_tasks(path: str | Path, tasks: Iterable[TraceTask]) -> int:

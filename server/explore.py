@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.models import ID_MAX, TEXT_MAX
+from skillorchestra.handbook.traces import validated_lines
 from skillorchestra.server.agent_config import AgentConnection
 from skillorchestra.server.llm_backend import INFRASTRUCTURE_ERRORS, BackendResult
 
@@ -67,22 +68,11 @@ def read_explore_tasks(path: str | Path) -> list[ExploreTask]:
         handle = Path(path).open(encoding="utf-8")
     except OSError as exc:
         raise InvalidInput("--tasks", str(path), f"a readable tasks JSONL file ({exc.strerror or exc})") from None
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                task = ExploreTask.model_validate_json(line)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"]) or "line"
-                raise InvalidInput(
-                    f"{path}:{number}", where, f"{first['msg']} (explore tasks of interface.md)"
-                ) from None
-            if task.id in seen:
-                raise InvalidInput(f"{path}:{number}", task.id, "each task id once")
-            seen.add(task.id)
-            tasks.append(task)
+    for number, task in validated_lines(handle, path, ExploreTask, "explore tasks"):
+        if task.id in seen:
+            raise InvalidInput(f"{path}:{number}", task.id, "each task id once")
+        seen.add(task.id)
+        tasks.append(task)
     if not tasks:
         raise InvalidInput("--tasks", str(path), "at least one task")
     return tasks
