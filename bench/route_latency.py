@@ -31,7 +31,7 @@ from skillorchestra.handbook import costing
 from skillorchestra.handbook.embedding import load_default_embedder, locate_minilm_weights
 from skillorchestra.handbook.matcher import LexicalMatcher
 from skillorchestra.handbook.models import SkillDemand
-from skillorchestra.handbook.router import RouteInputs, route
+from skillorchestra.handbook.router import route
 from skillorchestra.handbook.semantic import SemanticMatcher
 from skillorchestra.handbook.service import Handbook, RouteRequest
 from skillorchestra.handbook.store import HandbookStore
@@ -52,24 +52,9 @@ def router_figures(handbook: Handbook) -> None:
     for demanded in demand_sets:
         cols = np.array([arrays.column_of_skill(s) for s in demanded])
         weights = np.array([0.5, 0.3, 0.2])
-        step = costing.prompt_tokens(["x" * 400])  # the router's inputs exactly as the service assembles them
-        refs = costing.reference_costs(arrays, step)
-        cost = costing.charge_unknown(
-            costing.expected_costs(arrays, step, cols[None], weights[None]), refs, arrays.enabled
-        )
-        cost, c_ref = cost[0], float(refs[0])
-        inputs_list.append(
-            RouteInputs(
-                mean=arrays.mean[:, cols],
-                var=arrays.var[:, cols],
-                alpha=arrays.alpha[:, cols],
-                beta=arrays.beta[:, cols],
-                weights=weights,
-                cost=cost,
-                c_ref=c_ref,
-                eligible=arrays.enabled.copy(),
-            )
-        )
+        tokens = float(costing.prompt_tokens(["x" * 400])[0])  # the service's own cost rule for a 400-character step
+        cost, _, c_ref = costing.step_costs(arrays, tokens, cols, weights)
+        inputs_list.append(arrays.route_inputs(cols, weights, cost, c_ref, arrays.enabled.copy()))
     counter = iter(range(10**9))
 
     def one(strategy: str) -> None:

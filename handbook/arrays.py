@@ -18,6 +18,7 @@ import numpy as np
 
 from skillorchestra.handbook.models import Agent, Competence, CostStats, Mode, Skill
 from skillorchestra.handbook.posterior import beta_mean_var
+from skillorchestra.handbook.router import RouteInputs
 
 ROOT_SKILL = "*"  # evidence of steps that named no skill and no mode: the agent as a whole
 MODE_PREFIX = "@"  # evidence of steps routed at mode level (no skill matched) is filed under "@<mode>"
@@ -123,6 +124,21 @@ class HandbookArrays:
     @property
     def root_column(self) -> int:
         return len(self.skill_ids) + len(self.mode_ids)
+
+    def route_inputs(
+        self, cols: np.ndarray, weights: np.ndarray, cost: np.ndarray, c_ref: float, eligible: np.ndarray
+    ) -> RouteInputs:
+        """What the router scores for a step demanding columns `cols` with `weights` (summing to 1)."""
+        return RouteInputs(
+            mean=self.mean[:, cols],
+            var=self.var[:, cols],
+            alpha=self.alpha[:, cols],
+            beta=self.beta[:, cols],
+            weights=weights,
+            cost=cost,
+            c_ref=c_ref,
+            eligible=eligible,
+        )
 
     def patched(self, competence: Sequence[Competence], costs: Sequence[CostStats]) -> HandbookArrays | None:
         """These arrays with a few (agent, skill) rows replaced, as after a recorded outcome; None when a row

@@ -65,6 +65,16 @@ def charge_unknown(cost: np.ndarray, refs: np.ndarray, enabled: np.ndarray) -> n
     return np.where(known, cost, np.maximum(refs, dearest)[:, None])
 
 
+def step_costs(
+    arrays: HandbookArrays, tokens: float, cols: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """One step of `tokens`: (A,) expected cost per agent with unknown ones charged, (A,) which were known, c_ref."""
+    step = np.array([tokens])
+    cost = expected_costs(arrays, step, cols[None, :], weights[None, :])
+    refs = reference_costs(arrays, step)
+    return charge_unknown(cost, refs, arrays.enabled)[0], ~np.isnan(cost[0]), float(refs[0])
+
+
 def reference_costs(arrays: HandbookArrays, tokens: np.ndarray) -> np.ndarray:
     """(n,) c_ref per step: the highest typical cost per call (recorded mean, else priced) over enabled agents;
     0 when no enabled agent's cost is known."""

@@ -44,7 +44,7 @@ from skillorchestra.handbook.results import (
     SkillCard,
     SkillPage,
 )
-from skillorchestra.handbook.router import RouteInputs, Strategy, route
+from skillorchestra.handbook.router import Strategy, route
 from skillorchestra.handbook.store import HandbookStore, OutcomeEffect
 
 INFERRED_SKILLS = 3
@@ -213,16 +213,6 @@ class Handbook:
 
     # -- cost --------------------------------------------------------------------------------------------
 
-    def _expected_costs(
-        self, arrays: HandbookArrays, tokens: float, cols: np.ndarray, weights: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, float]:
-        """Expected cost per agent of a step of `tokens` (handbook/costing.py; unknown ones charged), known-mask,
-        and c_ref."""
-        step = np.array([tokens])
-        cost = costing.expected_costs(arrays, step, cols[None, :], weights[None, :])
-        refs = costing.reference_costs(arrays, step)
-        return costing.charge_unknown(cost, refs, arrays.enabled)[0], ~np.isnan(cost[0]), float(refs[0])
-
     # -- consult -----------------------------------------------------------------------------------------
 
     def consult(
@@ -327,23 +317,14 @@ class Handbook:
         demands, source = self._demands(arrays, request.text, request.skills, request.mode)
         cols, weights, labels = self._columns(arrays, demands, request.mode)
         tokens = float(costing.prompt_tokens([request.text])[0]) + request.prompt_extra_chars / costing.CHARS_PER_TOKEN
-        cost, known, c_ref = self._expected_costs(arrays, tokens, cols, weights)
+        cost, known, c_ref = costing.step_costs(arrays, tokens, cols, weights)
         spend = self.store.session_spend(request.session_id) if request.session_id else None
         eligible, excluded = self._eligibility(arrays, request, cost, spend)
         if not eligible.any():
             reasons = "; ".join(f"{e.agent_id}: {e.reason}" for e in excluded)
             raise Unroutable(f"no agent satisfies the step's constraints ({reasons})")
         scores = route(
-            RouteInputs(
-                mean=arrays.mean[:, cols],
-                var=arrays.var[:, cols],
-                alpha=arrays.alpha[:, cols],
-                beta=arrays.beta[:, cols],
-                weights=weights,
-                cost=cost,
-                c_ref=c_ref,
-                eligible=eligible,
-            ),
+            arrays.route_inputs(cols, weights, cost, c_ref, eligible),
             request.lambda_,
             request.strategy,
             np.random.default_rng(request.seed),

@@ -20,7 +20,7 @@ from skillorchestra.handbook import costing
 from skillorchestra.handbook.arrays import DEFAULT_KAPPA, HandbookArrays, build_arrays
 from skillorchestra.handbook.learning.profile import Outcomes
 from skillorchestra.handbook.models import HandbookDocument
-from skillorchestra.handbook.router import RouteInputs, Strategy, route
+from skillorchestra.handbook.router import Strategy, route
 from skillorchestra.handbook.traces import AgentPrice, TraceTask
 
 
@@ -162,18 +162,9 @@ def replay_arrays(
         chosen = np.empty(len(kept), dtype=np.int64)
         propensity = np.empty(len(kept))
         for out_i, i in enumerate(kept):
-            demanded = cols[i][w[i] > 0]
+            used = w[i] > 0
             scores = route(
-                RouteInputs(
-                    mean=arrays.mean[:, demanded],
-                    var=arrays.var[:, demanded],
-                    alpha=arrays.alpha[:, demanded],
-                    beta=arrays.beta[:, demanded],
-                    weights=w[i][w[i] > 0],
-                    cost=cost[i],
-                    c_ref=float(refs[i]),
-                    eligible=eligible[i],
-                ),
+                arrays.route_inputs(cols[i][used], w[i][used], cost[i], float(refs[i]), eligible[i]),
                 lambda_,
                 "thompson",
                 rng,
