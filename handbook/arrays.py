@@ -143,26 +143,43 @@ class HandbookArrays:
     def patched(self, competence: Sequence[Competence], costs: Sequence[CostStats]) -> HandbookArrays | None:
         """These arrays with a few (agent, skill) rows replaced, as after a recorded outcome; None when a row
         names an agent or skill these arrays do not know (the caller then rebuilds from the file)."""
-        raw = self.raw.copy()
-        changed: set[int] = set()
-        for row in competence:
-            cell = self._cell(row.agent_id, row.skill_id)
-            if cell is None:
-                return None
-            raw.success[cell], raw.failure[cell] = max(row.alpha - 1.0, 0.0), max(row.beta - 1.0, 0.0)
-            changed.add(cell[0])
-        for cost in costs:
-            cell = self._cell(cost.agent_id, cost.skill_id)
-            if cell is None:
-                return None
-            raw.set_cost(cell, cost)
-        sums = self.sums.with_rows(raw, self.structure, np.array(sorted(changed), dtype=np.int64))
-        return _derive(self.agents, self.skills, self.mode_ids, self.structure, raw, self.kappa, sums)
+        patch = Patch(self)
+        return patch.derived() if patch.add(competence, costs) else None
 
     def _cell(self, agent_id: str, skill_id: str) -> tuple[int, int] | None:
         i = self.agent_index.get(agent_id)
         j = raw_column(skill_id, self.skill_index, self.mode_index)
         return None if i is None or j is None else (i, j)
+
+
+class Patch:
+    """Recorded outcomes applied to a private copy of the arrays' raw evidence, derived into new arrays once,
+    when they are read: a burst of records costs one derivation, and memory stays that of one copy."""
+
+    def __init__(self, base: HandbookArrays) -> None:
+        self.base = base
+        self.raw = base.raw.copy()
+        self.rows: set[int] = set()
+
+    def add(self, competence: Sequence[Competence], costs: Sequence[CostStats]) -> bool:
+        """Apply one outcome's rows; False (and nothing trustworthy left) when a row names an unknown cell."""
+        for row in competence:
+            cell = self.base._cell(row.agent_id, row.skill_id)
+            if cell is None:
+                return False
+            self.raw.success[cell], self.raw.failure[cell] = max(row.alpha - 1.0, 0.0), max(row.beta - 1.0, 0.0)
+            self.rows.add(cell[0])
+        for cost in costs:
+            cell = self.base._cell(cost.agent_id, cost.skill_id)
+            if cell is None:
+                return False
+            self.raw.set_cost(cell, cost)
+        return True
+
+    def derived(self) -> HandbookArrays:
+        base = self.base
+        sums = base.sums.with_rows(self.raw, base.structure, np.array(sorted(self.rows), dtype=np.int64))
+        return _derive(base.agents, base.skills, base.mode_ids, base.structure, self.raw, base.kappa, sums)
 
 
 def raw_column(skill_id: str, skill_index: dict[str, int], mode_index: dict[str, int]) -> int | None:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from skillorchestra.handbook import costing
-from skillorchestra.handbook.arrays import ROOT_SKILL, HandbookArrays, build_arrays
+from skillorchestra.handbook.arrays import ROOT_SKILL, HandbookArrays, Patch, build_arrays
 from skillorchestra.handbook.errors import Conflict, Expired, InvalidInput, NotFound, Unroutable
 from skillorchestra.handbook.matcher import LexicalMatcher
 from skillorchestra.handbook.models import (
@@ -125,12 +125,19 @@ class Handbook:
         self._lock = threading.RLock()
         self._arrays: HandbookArrays | None = None
         self._arrays_key: tuple[int, int] | None = None
+        # outcomes recorded since the arrays were derived, applied to a copy of their raw evidence: derived on
+        # the next read, so a burst of records derives the posteriors once instead of once per record
+        self._pending: Patch | None = None
+        self._pending_key: tuple[int, int] | None = None
 
     # -- the cached arrays -------------------------------------------------------------------------------
 
     def arrays(self) -> HandbookArrays:
         with self._lock:
             key = (self.store.data_version(), self.store.generation)
+            if self._pending is not None and key == self._pending_key:
+                self._arrays, self._arrays_key = self._pending.derived(), key
+            self._pending = None
             if self._arrays is None or key != self._arrays_key:
                 self._arrays = build_arrays(
                     self.store.modes(),
@@ -144,15 +151,18 @@ class Handbook:
             return self._arrays
 
     def _patch_arrays(self, effect: OutcomeEffect) -> None:
-        """Apply a recorded outcome to the cached arrays in place of rereading the whole handbook."""
-        current = self._arrays is not None and self._arrays_key == (
-            self.store.data_version(),
-            self.store.generation - 1,
-        )
-        patched = self._arrays.patched(effect.competence, effect.costs) if current and self._arrays else None
-        if patched is not None:
-            self._arrays = patched
-            self._arrays_key = (self.store.data_version(), self.store.generation)
+        """Apply a recorded outcome to the cached arrays' evidence in place of rereading the whole handbook.
+
+        Valid only when nothing else changed the file since the arrays (or the last queued outcome) were
+        current; otherwise the patch is dropped and the next read rebuilds from the file."""
+        last = self._pending_key if self._pending is not None else self._arrays_key
+        before = (self.store.data_version(), self.store.generation - 1)
+        if self._arrays is not None and last == before:
+            self._pending = self._pending or Patch(self._arrays)
+            if self._pending.add(effect.competence, effect.costs):
+                self._pending_key = (before[0], before[1] + 1)
+                return
+        self._pending, self._arrays_key = None, None
 
     # -- skill demands -----------------------------------------------------------------------------------
 

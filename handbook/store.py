@@ -448,11 +448,14 @@ class HandbookStore:
     def apply(self, kind: str, payload: dict[str, Any]) -> Any:
         """Append an event against the live version and apply it, in one transaction."""
         with self.write():
-            self.db.execute(
-                "INSERT INTO events (version, kind, payload, created_at) VALUES (?, ?, ?, ?)",
-                [self.current_version(), kind, _dumps(payload), time.time()],
-            )
+            self._log_event(self.current_version(), kind, payload)
             return self._apply_event(kind, payload)
+
+    def _log_event(self, version: int, kind: str, payload: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT INTO events (version, kind, payload, created_at) VALUES (?, ?, ?, ?)",
+            [version, kind, _dumps(payload), time.time()],
+        )
 
     def _apply_event(self, kind: str, payload: dict[str, Any]) -> Any:
         self.generation += 1
@@ -668,16 +671,16 @@ class HandbookStore:
         An outcome of a decision made under another version than the live one is logged against that version
         and not applied (None): the live posteriors stay equal to their snapshot plus their own events."""
         with self.write():
-            if self.outcome(outcome_row["decision_id"]) is not None:
+            reported = self.db.execute("SELECT 1 FROM outcomes WHERE decision_id = ?", [outcome_row["decision_id"]])
+            if reported.fetchone() is not None:
                 raise InvalidInput("decision_id", outcome_row["decision_id"], "a decision not yet reported")
-            if decided_under is not None and decided_under != self.current_version():
-                self.db.execute(
-                    "INSERT INTO events (version, kind, payload, created_at) VALUES (?, ?, ?, ?)",
-                    [decided_under, "outcome", _dumps(event), time.time()],
-                )
+            live = self.current_version()
+            if decided_under is not None and decided_under != live:
+                self._log_event(decided_under, "outcome", event)
                 self._insert_row("outcomes", dict(outcome_row, result="[]"))
                 return None
-            effect: OutcomeEffect = self.apply("outcome", event)
+            self._log_event(live, "outcome", event)
+            effect: OutcomeEffect = self._apply_event("outcome", event)
             result = _dumps([c.model_dump() for c in effect.competence])
             self._insert_row("outcomes", dict(outcome_row, result=result))
             return effect

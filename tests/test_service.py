@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from skillorchestra.handbook.arrays import build_arrays
+from skillorchestra.handbook.arrays import HandbookArrays, build_arrays
 from skillorchestra.handbook.errors import Conflict, Expired, HandbookError, InvalidInput, NotFound, Unroutable
 from skillorchestra.handbook.models import (
     TEXT_MAX,
@@ -492,6 +492,44 @@ def test_arrays_patched_by_records_equal_arrays_rebuilt_from_the_file(tmp_path: 
     assert np.isfinite(cached.prompt_mean).any()  # the routed steps' token estimates reached the arrays
     for name in ("alpha", "beta", "mean", "var", "evidence", "cost_mean", "agent_cost", "prompt_mean"):
         assert np.allclose(getattr(cached, name), getattr(fresh, name), rtol=1e-12, atol=0.0, equal_nan=True), name
+
+
+def _rebuilt(book: Handbook) -> HandbookArrays:
+    store = book.store
+    return build_arrays(store.modes(), store.skills(), store.agents(), store.competence(), store.costs())
+
+
+def _same_posteriors(cached: HandbookArrays, fresh: HandbookArrays) -> None:
+    for name in ("alpha", "beta", "mean", "var", "evidence", "cost_mean", "agent_cost", "prompt_mean"):
+        assert np.allclose(getattr(cached, name), getattr(fresh, name), rtol=1e-12, atol=0.0, equal_nan=True), name
+
+
+def test_a_burst_of_records_reaches_the_arrays_on_the_next_read(tmp_path: Path, clock: Clock) -> None:
+    book = make_book(tmp_path / "burst.db", clock)
+    skills = ["code", "code.python", "code.sql", "search.web"]
+    decisions = [
+        book.route(request(skills=[SkillDemand(skill_id=skills[i % 4], weight=1.0)], strategy="thompson", seed=i))
+        for i in range(24)
+    ]
+    before = book.arrays()
+    for i, decision in enumerate(decisions):  # no read in between: the patches queue up
+        book.record(OutcomeReport(decision_id=decision.decision_id, reward=(i % 3) / 2, cost_usd=0.002 * (i + 1)))
+    after = book.arrays()
+    assert not np.allclose(after.alpha, before.alpha)  # the records moved the posteriors
+    _same_posteriors(after, _rebuilt(book))
+
+
+def test_records_queued_while_another_process_writes_are_dropped_for_a_rebuild(tmp_path: Path, clock: Clock) -> None:
+    book = make_book(tmp_path / "two.db", clock)
+    other = Handbook(HandbookStore(tmp_path / "two.db"), HandbookSettings(decision_ttl_s=TTL), clock=clock)
+    mine = [book.route(request()) for _ in range(3)]
+    theirs = other.route(request(skills=[SkillDemand(skill_id="code.sql", weight=1.0)]))
+    book.arrays()
+    book.record(OutcomeReport(decision_id=mine[0].decision_id, success=True, cost_usd=0.01))
+    other.record(OutcomeReport(decision_id=theirs.decision_id, success=False, cost_usd=0.02))
+    book.record(OutcomeReport(decision_id=mine[1].decision_id, success=True, cost_usd=0.01))
+    _same_posteriors(book.arrays(), _rebuilt(book))  # includes the other process's outcome
+    other.store.close()
 
 
 def test_an_outcome_of_a_decision_from_an_older_version_is_logged_not_applied(book: Handbook) -> None:
