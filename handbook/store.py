@@ -697,8 +697,13 @@ class HandbookStore:
 
     def note_call(self, decision_id: str, call: dict[str, Any]) -> None:
         """Record what a delegated call cost and how long it took, as soon as it returns."""
+        columns = {f"call_{k}": v for k, v in call.items()}
+        assignments = ", ".join(f"{column} = ?" for column in columns)  # column names are ours, never input
         with self.write():
-            self.db["decisions"].update(decision_id, {f"call_{k}": v for k, v in call.items()})
+            sql = f"UPDATE decisions SET {assignments} WHERE id = ?"
+            updated = self.db.execute(sql, [*columns.values(), decision_id])
+            if updated.rowcount == 0:
+                raise NotFound("decision", decision_id)
 
     def save_connections(self, connections: dict[str, tuple[str, dict[str, Any]]]) -> None:
         """Replace the agents' connection settings (agent_id -> (kind, settings)); only the CLI calls this."""

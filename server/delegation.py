@@ -96,14 +96,10 @@ class Delegator:
             raise InvalidInput("timeout_s", request.timeout_s, "a positive number of seconds")
         start = time.monotonic()
         deadline = start + request.timeout_s
-        # every read of the file happens off the event loop: a CLI import may hold the write lock for a while
-        connections, route = await anyio.to_thread.run_sync(self._prepare, request)
+        # every read of the file happens off the event loop (a CLI import may hold the write lock for a while),
+        # in one trip to a worker thread: on a busy 2-core host each trip can cost a scheduling slice
+        connections, route, decision = await anyio.to_thread.run_sync(self._prepare_and_route, request)
         shown = route.top_k
-        # fallbacks come from the candidates; the context is billed with the text, so it is costed with it
-        wide = _replace(
-            route, top_k=max(route.top_k, 1 + self.max_fallbacks), prompt_extra_chars=len(request.context or "")
-        )
-        decision = await anyio.to_thread.run_sync(self.handbook.route, wide)
         order = [decision.agent_id] + [c.agent_id for c in decision.candidates if c.agent_id != decision.agent_id]
         order = order[: 1 + self.max_fallbacks]
         decision = decision.model_copy(update={"candidates": decision.candidates[:shown]})
@@ -153,6 +149,16 @@ class Delegator:
             )
         summary = "; ".join(f"{t.agent_id}: {t.error_class} ({t.message})" for t in tried)
         raise DelegationFailed(f"no agent answered; each failure is recorded without touching competence: {summary}")
+
+    def _prepare_and_route(
+        self, request: DelegateRequest
+    ) -> tuple[dict[str, AgentConnection], RouteRequest, RouteDecision]:
+        connections, route = self._prepare(request)
+        # fallbacks come from the candidates; the context is billed with the text, so it is costed with it
+        wide = _replace(
+            route, top_k=max(route.top_k, 1 + self.max_fallbacks), prompt_extra_chars=len(request.context or "")
+        )
+        return connections, route, self.handbook.route(wide)
 
     def _prepare(self, request: DelegateRequest) -> tuple[dict[str, AgentConnection], RouteRequest]:
         connections = self.connections()

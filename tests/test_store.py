@@ -240,6 +240,19 @@ def test_a_second_outcome_for_a_decision_is_refused_by_the_store(tmp_path: Path)
     assert dump(store) == before
 
 
+def test_a_delegated_call_is_noted_on_its_decision_and_an_unknown_one_is_refused(tmp_path: Path) -> None:
+    store = HandbookStore(tmp_path / "h.db")
+    store.create_version(DOCUMENT, source="import")
+    decision = Handbook(store).route(RouteRequest(text="x", skills=[SkillDemand(skill_id="code", weight=1)]))
+    store.note_call(decision.decision_id, {"cost_usd": 0.25, "latency_s": 1.5, "error_class": None})
+    row = store.decision(decision.decision_id)
+    assert row is not None and (row["call_cost_usd"], row["call_latency_s"]) == (0.25, 1.5)
+    before = dump(store)
+    with pytest.raises(NotFound, match="no-such-decision"):
+        store.note_call("no-such-decision", {"cost_usd": 0.25})
+    assert dump(store) == before
+
+
 # -- rebuild -------------------------------------------------------------------------------------------------
 
 
