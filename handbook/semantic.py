@@ -3,12 +3,14 @@ examples), for steps that paraphrase a skill without sharing its words.
 
 The model loads lazily on first use (start-up stays fast) and is optional: without the weights the lexical
 matcher answers, and the result says so. Skill vectors are cached in the handbook file by text hash, so a restart
-or a second server process does not re-encode them.
+or a second server process does not re-encode them. The vectors of recent steps are kept in memory: an
+orchestrator usually consults, routes and delegates the same step text, and the model is the slow part.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -26,6 +28,7 @@ from skillorchestra.handbook.matcher import LexicalMatcher
 from skillorchestra.handbook.store import HandbookStore
 
 CHUNK = 900
+STEP_VECTORS_KEPT = 256  # recent step texts whose vectors are kept (384 floats each: ~0.4 MB)
 
 
 class SqliteVectorCache:
@@ -73,6 +76,7 @@ class SemanticMatcher:
         self._unavailable: str | None = None
         self._scorers: dict[tuple[str | None, tuple[tuple[str, str], ...]], SemanticScorer] = {}
         self._by_state: dict[tuple[str | None, int, int], SemanticScorer] = {}
+        self._step_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def embedder(self) -> Embedder | None:
         with self._lock:
@@ -91,11 +95,26 @@ class SemanticMatcher:
         if embedder is None:
             weights, _ = self.fallback.infer(text, mode, top_k)
             return weights, f"lexical (semantic unavailable: {self._unavailable})"
-        weights = scores_to_weights(self._scorer(embedder, mode).score(text), top_k=top_k) if top_k > 0 else []
+        scorer = self._scorer(embedder, mode)
+        weights = scores_to_weights(scorer.score_vector(self._step_vector(embedder, text)), top_k) if top_k > 0 else []
         if weights:
             return weights, "semantic"
         weights, _ = self.fallback.infer(text, mode, top_k)
         return weights, "lexical (no semantic match)"
+
+    def _step_vector(self, embedder: Embedder, text: str) -> np.ndarray:
+        """The step's vector; a text seen recently is not encoded again (a vector depends on the text only)."""
+        with self._lock:
+            vector = self._step_vectors.get(text)
+            if vector is not None:
+                self._step_vectors.move_to_end(text)
+                return vector
+        vector = embedder.encode([text])[0]  # outside the lock: concurrent steps encode in parallel
+        with self._lock:
+            self._step_vectors[text] = vector
+            while len(self._step_vectors) > STEP_VECTORS_KEPT:
+                self._step_vectors.popitem(last=False)
+        return vector
 
     def _scorer(self, embedder: Embedder, mode: str | None) -> SemanticScorer:
         state = (mode, self.store.data_version(), self.store.generation)

