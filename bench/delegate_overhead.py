@@ -55,6 +55,11 @@ TEXTS = [
 ]
 
 
+def step_text(n: int) -> str:
+    """A different text on every call, so no arm profits from the semantic matcher's cache of recent steps."""
+    return f"{TEXTS[n % len(TEXTS)]} (request {n})"
+
+
 def write_agents(path: Path, api_base: str) -> None:
     path.write_text(
         f"""
@@ -106,7 +111,7 @@ async def main() -> int:
         step = iter(range(10**9))
 
         async def direct() -> None:
-            text = TEXTS[next(step) % len(TEXTS)]
+            text = step_text(next(step))
             response = await litellm.acompletion(
                 model="openai/fast-model",
                 api_base=fake.api_base,
@@ -120,7 +125,7 @@ async def main() -> int:
 
         def delegate(client: Client, **extra: Any) -> Callable[[], Awaitable[None]]:
             async def call() -> None:
-                result = await client.call_tool("delegate", {"text": TEXTS[next(step) % len(TEXTS)], **extra})
+                result = await client.call_tool("delegate", {"text": step_text(next(step)), **extra})
                 assert not result.is_error, result.content
                 assert result.structured_content and result.structured_content["answer"]
 
@@ -131,7 +136,7 @@ async def main() -> int:
         delegator = Delegator(handbook)
 
         async def in_process() -> None:
-            route = RouteRequest(text=TEXTS[next(step) % len(TEXTS)], allowed_agents=["fast", "careful"])
+            route = RouteRequest(text=step_text(next(step)), allowed_agents=["fast", "careful"])
             assert (await delegator.delegate(DelegateRequest(route=route))).answer
 
         async with Client(create_server(default)) as client, Client(create_server(lexical)) as lex_client:
