@@ -253,6 +253,28 @@ def test_a_delegated_call_is_noted_on_its_decision_and_an_unknown_one_is_refused
     assert dump(store) == before
 
 
+def test_the_skill_index_stays_one_compact_segment_as_skills_change(tmp_path: Path) -> None:
+    store = HandbookStore(tmp_path / "h.db")
+    store.create_version(DOCUMENT, source="import")
+    book = Handbook(store)
+
+    def segments() -> int:
+        return int(store.db.conn.execute("SELECT COUNT(*) FROM skills_fts_data").fetchone()[0])
+
+    compact = segments()
+    for i in range(12):
+        book.upsert_skill(Skill(id=f"code.lang{i}", mode="code", parent_id="code", description=f"language {i} code"))
+    book.delete_skill("code.lang3")
+    assert segments() == compact  # without merging, every write through the FTS triggers adds a segment
+    fresh = HandbookStore(tmp_path / "fresh.db")
+    fresh.create_version(store.document(), source="import")
+    for query in ('"language" OR "code"', '"programming"', '"lang7"'):
+        ours, theirs = (
+            sorted((i, round(score, 9)) for i, score in s.search_skills(query, None, 20)) for s in (store, fresh)
+        )
+        assert ours == theirs and ours  # same matches and scores (ties may come in another order)
+
+
 # -- rebuild -------------------------------------------------------------------------------------------------
 
 
