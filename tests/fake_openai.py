@@ -293,11 +293,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--behaviour", action="append", default=[], metavar="MODEL=DIRECTIVE")
     args = parser.parse_args(argv)
     behaviours = dict(b.split("=", 1) for b in args.behaviour)
-    server = FakeOpenAI(args.port, behaviours).start()
-    print(f"ready {server.api_base}", flush=True)
     done = threading.Event()
+    # before "ready": a caller may terminate us as soon as it reads that line, and must see a clean exit
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
+    server = FakeOpenAI(args.port, behaviours).start()
+    print(f"ready {server.api_base}", flush=True)
     done.wait()
     server.stop()
 

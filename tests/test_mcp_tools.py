@@ -64,6 +64,7 @@ async def test_tool_list_has_schemas_and_annotations(mcp_client: Client) -> None
     for tool in tools.values():
         assert tool.output_schema is not None, tool.name
         assert tool.description
+        assert tool.input_schema["additionalProperties"] is False, tool.name  # a misspelt argument is refused
     assert tools["consult_handbook"].annotations.read_only_hint is True
     assert tools["route_step"].annotations.read_only_hint is False
     assert tools["route_step"].annotations.destructive_hint is False
@@ -144,6 +145,9 @@ async def test_infrastructure_errors_never_touch_competence(mcp_client: Client) 
         ("delete_agent", {"agent_id": "tinny"}, "closest known: tiny"),
         ("list_skills", {"cursor": "garbage"}, "cursor"),
         ("consult_handbook", {"text": "   "}, "text"),
+        ("record_outcome", {"decision_id": "missing", "success": True, "costusd": 0.1}, "costusd"),
+        ("upsert_agent", {"agent_id": "new", "api_base": "http://elsewhere"}, "api_base"),
+        ("route_step", {"text": "x", "lamda": 0.5}, "Extra inputs are not permitted"),
     ],
 )
 async def test_bad_input_is_a_tool_error_naming_the_field_and_writes_nothing(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from mcp.server import MCPServer
 
 from skillorchestra.tools import catalog, delegation, learning, routing
+from skillorchestra.tools.common import forbid_unknown_arguments
 
 
 def register_tools(server: MCPServer) -> None:
@@ -12,3 +13,4 @@ def register_tools(server: MCPServer) -> None:
     catalog.register(server)
     delegation.register(server)
     learning.register(server)
+    forbid_unknown_arguments(server)

@@ -12,9 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
+from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
+from pydantic import ConfigDict
 
 from skillorchestra.handbook.errors import HandbookError
 from skillorchestra.handbook.service import Handbook
@@ -62,3 +64,16 @@ def reports_failures(fn: Callable[P, R]) -> Callable[P, R]:
             raise ToolError(str(exc)) from exc
 
     return wrapper
+
+
+def forbid_unknown_arguments(server: MCPServer) -> None:
+    """An argument a tool does not take is refused, naming it, instead of being dropped: a misspelt `cost_usd`
+    would otherwise lose the cost while the call reports success. Clients see `additionalProperties: false`.
+
+    The SDK builds each tool's argument model with pydantic's default (extra inputs ignored) and offers no
+    option, so the models are tightened here, once, after registration (tests/test_mcp_tools.py proves it)."""
+    for tool in server._tool_manager.list_tools():
+        loose = tool.fn_metadata.arg_model
+        strict = type(loose.__name__, (loose,), {"model_config": ConfigDict(extra="forbid")})
+        tool.fn_metadata.arg_model = strict
+        tool.parameters = {**tool.parameters, "additionalProperties": False}
