@@ -105,22 +105,36 @@ def create_server(settings: ServerSettings) -> MCPServer:
     register_tools(server)
     register_resources(server, current_handbook)
     register_prompts(server)
-    server.middleware.append(_reject_unknown_tools(server))
+    server.middleware.append(_reject_invalid_requests(server))
     return server
 
 
-def _reject_unknown_tools(server: MCPServer) -> Any:
-    """An unknown tool name is an invalid request (-32602), not a tool result the model should retry."""
+def _reject_invalid_requests(server: MCPServer) -> Any:
+    """Requests the SDK would answer with a generic error are invalid params (-32602) that say what is wrong:
+    an unknown tool name (not a tool result the model should retry), and a prompt without a required argument
+    (the SDK reports "Internal server error" and logs a traceback)."""
 
-    known: set[str] = set()
+    tools: set[str] = set()
+    prompt_arguments: dict[str, list[str]] = {}
 
     async def middleware(ctx: Any, call_next: Any) -> Any:
         if ctx.method == "tools/call" and isinstance(ctx.params, dict):
-            if not known:  # the tool list is static: read it once
-                known.update(tool.name for tool in await server.list_tools())
+            if not tools:  # the tool list is static: read it once
+                tools.update(tool.name for tool in await server.list_tools())
             name = ctx.params.get("name")
-            if name not in known:
+            if name not in tools:
                 raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: {name}")
+        if ctx.method == "prompts/get" and isinstance(ctx.params, dict):
+            if not prompt_arguments:
+                for prompt in await server.list_prompts():
+                    prompt_arguments[prompt.name] = [a.name for a in prompt.arguments or [] if a.required]
+            given = ctx.params.get("arguments") or {}
+            missing = [a for a in prompt_arguments.get(ctx.params.get("name"), []) if a not in given]
+            if missing:
+                raise MCPError(
+                    code=INVALID_PARAMS,
+                    message=f"prompt {ctx.params.get('name')} needs the argument(s): {', '.join(missing)}",
+                )
         return await call_next(ctx)
 
     return middleware

@@ -174,6 +174,12 @@ async def test_unknown_tool_is_a_protocol_error(mcp_client: Client) -> None:
     assert caught.value.error.code == -32602
 
 
+async def test_a_prompt_without_its_required_argument_is_invalid_params_naming_it(mcp_client: Client) -> None:
+    with pytest.raises(MCPError) as caught:
+        await mcp_client.get_prompt("orchestrate", {})
+    assert caught.value.error.code == -32602 and "goal" in caught.value.error.message
+
+
 async def test_lists_paginate(mcp_client: Client) -> None:
     for i in range(7):
         await call(mcp_client, "upsert_skill", {"skill_id": f"s{i}", "description": f"skill {i}"})
