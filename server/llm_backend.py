@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -108,6 +109,10 @@ def scrub(text: str, secrets: Sequence[str | None]) -> str:
     return text
 
 
+# what the OpenAI client (wrapped by litellm as an InternalServerError) says when it finds no key to send
+_MISSING_KEY = re.compile(r"missing credentials|api_key client option must be set", re.IGNORECASE)
+
+
 def _api_key(conn: LlmAgentConnection) -> str | None:
     return os.environ.get(conn.api_key_env) if conn.api_key_env else None
 
@@ -168,6 +173,8 @@ def classify_exception(exc: BaseException, litellm: ModuleType | None = None) ->
             return "auth"
         if 400 <= status < 500 and status != 404:
             return "task"
+    if any(_MISSING_KEY.search(str(e)) for e in chain):  # the client refused to send a request without a key
+        return "auth"
     return "server_error"
 
 
@@ -224,6 +231,10 @@ async def call_llm(
     timeout = min(timeout_s, conn.timeout_s) if timeout_s is not None else conn.timeout_s
     limit = min(max_tokens, conn.max_output_tokens) if max_tokens is not None else conn.max_output_tokens
     key = _api_key(conn)
+    if conn.api_key_env and not key:  # a named key that is not there: say so without calling the provider
+        message = f"environment variable {conn.api_key_env} is not set (api_key_env of agent {conn.id})"
+        log.warning("agent %s failed (auth): %s", conn.id, message)
+        return BackendResult(latency_s=0.0, error_class="auth", error_type="MissingApiKey", message=message)
     litellm = await ensure_litellm()  # outside the deadline: the one-off import is not the agent's latency
     limiter = await acquire_slot(conn.id, conn.concurrency, timeout)
     if limiter is None:
@@ -256,8 +267,6 @@ async def call_llm(
         message = str(exc) or type(exc).__name__
         if isinstance(exc, TimeoutError) and not str(exc):
             message = f"no answer within {timeout:g} s"
-        if error_class == "auth" and conn.api_key_env and not key:
-            message += f" (environment variable {conn.api_key_env} is not set)"
         message = scrub(message, [key])[:_MESSAGE_LIMIT]
         log.warning("agent %s failed (%s) after %.2fs: %s", conn.id, error_class, latency, message)
         return BackendResult(latency_s=latency, error_class=error_class, error_type=type(exc).__name__, message=message)

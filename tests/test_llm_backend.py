@@ -154,8 +154,9 @@ async def test_missing_key_variable_is_named_on_auth_error(
     fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("NOT_SET_KEY", raising=False)
-    r = await call_llm(conn(fake_openai, api_key_env="NOT_SET_KEY"), user("FAIL401"), timeout_s=5)
+    r = await call_llm(conn(fake_openai, api_key_env="NOT_SET_KEY"), user("hello"), timeout_s=5)
     assert r.error_class == "auth" and "NOT_SET_KEY is not set" in (r.message or "")
+    assert fake_openai.chat_requests() == []  # refused before any request: the provider never saw a keyless call
 
 
 @pytest.mark.anyio
@@ -211,6 +212,9 @@ async def test_classifier_on_litellm_exception_types() -> None:
     assert classify_exception(litellm.Timeout(**kw)) == "timeout"
     assert classify_exception(TimeoutError()) == "timeout"
     assert classify_exception(RuntimeError("weird")) == "server_error"
+    # what litellm raises when the OpenAI client finds no key at all (no api_key_env, no provider variable)
+    missing = "OpenAIException - Missing credentials. Please pass an `api_key`, or set the `OPENAI_API_KEY` variable."
+    assert classify_exception(litellm.InternalServerError(**{**kw, "message": missing})) == "auth"
 
 
 def _response(status: int):  # noqa: ANN202 - an httpx.Response, imported lazily like litellm
