@@ -94,11 +94,16 @@ class Delegator:
     async def delegate(self, request: DelegateRequest, progress: Progress | None = None) -> DelegateResult:
         if request.timeout_s <= 0:
             raise InvalidInput("timeout_s", request.timeout_s, "a positive number of seconds")
-        start = time.monotonic()
-        deadline = start + request.timeout_s
         # every read of the file happens off the event loop (a CLI import may hold the write lock for a while),
         # in one trip to a worker thread: on a busy 2-core host each trip can cost a scheduling slice
         connections, route, decision = await anyio.to_thread.run_sync(self._prepare_and_route, request)
+        if any(isinstance(conn, LlmAgentConnection) for conn in connections.values()):
+            from skillorchestra.server.llm_backend import ensure_litellm
+
+            # the one-off import (seconds) is the server's start-up, not this step's: the budget starts after it
+            await ensure_litellm()
+        start = time.monotonic()
+        deadline = start + request.timeout_s
         shown = route.top_k
         order = [decision.agent_id] + [c.agent_id for c in decision.candidates if c.agent_id != decision.agent_id]
         order = order[: 1 + self.max_fallbacks]
@@ -182,10 +187,6 @@ class Delegator:
         progress: Progress | None,
         start: float,
     ) -> BackendResult:
-        if isinstance(conn, LlmAgentConnection):
-            from skillorchestra.server.llm_backend import ensure_litellm
-
-            await ensure_litellm()  # the one-off import is charged to this delegation's budget, not the agent's
         timeout = max(min(deadline - time.monotonic(), conn.timeout_s), MIN_TRY_S)
         try:
             if progress is None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from fake_openai import FakeOpenAI
-from mcp import Client, MCPError
+from mcp import Client, MCPError, StdioServerParameters
 
 from skillorchestra.handbook.errors import Unroutable
 from skillorchestra.handbook.service import DelegateRequest, Handbook, RouteRequest
@@ -254,3 +254,19 @@ async def test_fallback_is_not_limited_by_top_k(configured: ServerSettings, fake
         assert [t["agent_id"] for t in result["tried"]] == ["cheap", "strong"]
         assert result["agent_id"] == "strong" and len(result["decision"]["candidates"]) == 1
         assert result["total_cost_usd"] is not None or result["tried"][0]["cost_usd"] is None
+
+
+async def test_the_first_delegate_of_a_fresh_server_is_not_charged_for_importing_litellm(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """A new server process imports litellm on its first delegation (seconds here): that must not eat the step's
+    budget, or a 0.8 s answer within a 2 s budget is cut off at the 0.5 s minimum try."""
+    db = tmp_path / "h.db"
+    load_agents(db, write_agents(tmp_path / "agents.toml", fake_openai.api_base))
+    script = Path(sys.executable).with_name("skillorchestra-mcp")
+    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1", "SKILLORCHESTRA_TEST_KEY": SECRET}
+    async with Client(StdioServerParameters(command=str(script), args=["--db", str(db)], env=env)) as client:
+        step = {"text": "SLOW:0.8 name a prime number", "agent_id": "cheap", "timeout_s": 2}
+        result = await call(client, "delegate", step)
+    assert result["answer"] == "answer[cheap-model]: SLOW:0.8 name a prime number"
+    assert [attempt["error_class"] for attempt in result["tried"]] == [None]
