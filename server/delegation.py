@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 from pydantic import ValidationError
 
-from skillorchestra.handbook.errors import HandbookError, InvalidInput, NotFound
+from skillorchestra.handbook.errors import HandbookError, InvalidInput, NotFound, Unroutable
 from skillorchestra.handbook.results import Attempt, DelegateResult, RouteDecision
 from skillorchestra.handbook.service import DelegateRequest, Handbook, OutcomeReport, RouteRequest
 from skillorchestra.server.agent_config import AgentConnection, LlmAgentConnection, parse_agent
@@ -175,7 +175,11 @@ class Delegator:
             if request.agent_id not in connections:
                 raise InvalidInput("agent_id", request.agent_id, "an agent with connection settings (agents.toml)")
             route = _replace(route, allowed_agents=[request.agent_id])
-        return connections, _replace(route, unavailable=self.unavailable(connections))
+        unavailable = self.unavailable(connections)
+        if request.agent_id is not None and request.agent_id in unavailable:
+            # the named agent is the only candidate: say why it cannot take the step, not why the others were left out
+            raise Unroutable(f"agent {request.agent_id} is unavailable: {unavailable[request.agent_id]}")
+        return connections, _replace(route, unavailable=unavailable)
 
     async def _call(
         self,

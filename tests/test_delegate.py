@@ -155,6 +155,11 @@ async def test_breaker_opens_after_failures_and_routing_skips_the_agent(
         assert "circuit breaker open" in reasons["strong"]
         consult = await call(client, "consult_handbook", {"text": "step"})
         assert "strong" in consult["unavailable"]
+        named = await client.call_tool("delegate", {"text": "step", "agent_id": "strong"})
+        said = named.content[0].text  # type: ignore[union-attr]
+        assert named.is_error and "agent strong is unavailable: circuit breaker open" in said
+        assert "allowed_agents" not in said  # the caller never passed allowed_agents
+        assert len(fake_openai.chat_requests("strong-model")) == 2  # no call to an agent whose breaker is open
 
 
 async def test_breaker_recovers_after_cooldown(configured: ServerSettings, fake_openai: FakeOpenAI) -> None:
