@@ -234,7 +234,14 @@ async def call_llm(
     if conn.api_key_env and not key:  # a named key that is not there: say so without calling the provider
         message = f"environment variable {conn.api_key_env} is not set (api_key_env of agent {conn.id})"
         log.warning("agent %s failed (auth): %s", conn.id, message)
-        return BackendResult(latency_s=0.0, error_class="auth", error_type="MissingApiKey", message=message)
+        return BackendResult(
+            latency_s=0.0,
+            error_class="auth",
+            error_type="MissingApiKey",
+            message=message,
+            cost_usd=0.0,
+            cost_source="no_token_cost",
+        )
     litellm = await ensure_litellm()  # outside the deadline: the one-off import is not the agent's latency
     limiter = await acquire_slot(conn.id, conn.concurrency, timeout)
     if limiter is None:
@@ -269,7 +276,15 @@ async def call_llm(
             message = f"no answer within {timeout:g} s"
         message = scrub(message, [key])[:_MESSAGE_LIMIT]
         log.warning("agent %s failed (%s) after %.2fs: %s", conn.id, error_class, latency, message)
-        return BackendResult(latency_s=latency, error_class=error_class, error_type=type(exc).__name__, message=message)
+        cost, source = failed_call_cost(error_class)
+        return BackendResult(
+            latency_s=latency,
+            error_class=error_class,
+            error_type=type(exc).__name__,
+            message=message,
+            cost_usd=cost,
+            cost_source=source,
+        )
     latency = time.perf_counter() - start
     cost: float | None = None
     source: CostSource = "unknown"
@@ -309,7 +324,18 @@ def queue_full(agent_id: str, concurrency: int, timeout: float) -> BackendResult
         error_class="rate_limit",
         error_type=QUEUE_FULL,
         message=f"all {concurrency} concurrency slots of {agent_id} stayed busy for {timeout:g} s",
+        cost_usd=0.0,
+        cost_source="no_token_cost",
     )
+
+
+def failed_call_cost(error_class: ErrorClass) -> tuple[float | None, CostSource]:
+    """What a failed call cost: nothing when no completion came back (no connection, no key, or an error
+    response: rate limit, provider error, a request it refused; providers bill completions, not errors);
+    unknown after a timeout, when the provider may have generated (and billed) an answer we stopped waiting for."""
+    if error_class in ("connection", "auth", "rate_limit", "server_error", "task"):
+        return 0.0, "no_token_cost"
+    return None, "unknown"
 
 
 class holding_slot:

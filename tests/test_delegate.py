@@ -136,6 +136,8 @@ async def test_timeout_falls_back_and_leaves_competence_unchanged(
         if result["tried"][0]["agent_id"] == "strong":
             assert result["tried"][0]["error_class"] == "timeout"
             assert result["agent_id"] == "cheap"
+            # the provider may have billed the answer we stopped waiting for: the total is honestly unknown
+            assert result["tried"][0]["cost_usd"] is None and result["total_cost_usd"] is None
         after = json.loads(await competence(client, "strong"))
         assert after["overall"] == before["overall"]  # the timeout never scored the agent
         stats = json.loads((await client.read_resource("handbook://stats")).contents[0].text)  # type: ignore[union-attr]
@@ -258,7 +260,8 @@ async def test_fallback_is_not_limited_by_top_k(configured: ServerSettings, fake
         )
         assert [t["agent_id"] for t in result["tried"]] == ["cheap", "strong"]
         assert result["agent_id"] == "strong" and len(result["decision"]["candidates"]) == 1
-        assert result["total_cost_usd"] is not None or result["tried"][0]["cost_usd"] is None
+        assert result["tried"][0]["cost_usd"] == 0.0  # a provider's error response bills no tokens
+        assert result["total_cost_usd"] == pytest.approx(result["cost_usd"]) and result["cost_usd"] > 0
 
 
 async def test_the_first_delegate_of_a_fresh_server_is_not_charged_for_importing_litellm(
