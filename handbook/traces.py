@@ -14,6 +14,7 @@ from typing import TextIO, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.models import INFRASTRUCTURE_ERRORS
 
 ID_MAX = 200
 SUCCESS_THRESHOLD = 0.5
@@ -54,6 +55,12 @@ class AgentPrice(BaseModel):
     input_per_mtok: float = Field(ge=0.0)
     output_per_mtok: float = Field(ge=0.0)
     description: str | None = None
+
+
+def infrastructure_failure(outcome: AgentOutcome) -> bool:
+    """An outage (explore writes its error_class): no answer, so it says nothing of the agent's quality or of what
+    its answers cost, and learning leaves it out of both."""
+    return (outcome.model_extra or {}).get("error_class") in INFRASTRUCTURE_ERRORS
 
 
 def estimate_cost_usd(query: str, outcome: AgentOutcome, price: AgentPrice | None) -> float | None:

@@ -81,7 +81,7 @@ def test_explore_grades_each_agent_and_never_scores_an_outage(
         assert score[tid] == {"good": 1.0, "bad": 0.0, "down": None, "tiny": 0.0}
     assert set(score["u1"].values()) == {None}  # no reference: not judged, whoever answered
     down = traces["n1"].outcomes["down"].model_dump()
-    assert down["error_class"] == "server_error" and down["cost_usd"] is None and down["score"] is None
+    assert down["error_class"] == "server_error" and down["cost_usd"] == 0.0 and down["score"] is None  # no completion
     assert traces["n1"].outcomes["tiny"].model_dump()["error_class"] == "task"  # the agent's failure: scored 0
     good = traces["n1"].outcomes["good"]
     assert good.output == "answer[good]: What is 10 + 7? Reply 17"

@@ -297,3 +297,24 @@ def test_refinement_collapses_leaves_that_do_not_pay_on_validation() -> None:
     skills = {s.id: s for s in result.document.skills}
     assert not [s for s in skills.values() if s.parent_id == "same"]
     assert len([s for s in skills.values() if s.parent_id == "mixed"]) == 2
+
+
+def test_an_outage_in_the_traces_costs_nothing_and_describes_nothing() -> None:
+    """explore records an outage with cost 0 and no score: it must not pull the agent's cost or latency down."""
+    tasks = [
+        TraceTask(
+            id=f"t{i}",
+            query="add two numbers",
+            outcomes={
+                "a": AgentOutcome(score=1.0, cost_usd=0.002, latency_s=1.0),
+                "b": AgentOutcome(score=None, cost_usd=0.0, latency_s=0.01, error_class="server_error")
+                if i == 0
+                else AgentOutcome(score=0.0, cost_usd=0.004, latency_s=2.0),
+            },
+        )
+        for i in range(4)
+    ]
+    outcomes = Outcomes.build(tasks, {})
+    b = outcomes.agent_ids.index("b")
+    assert np.isnan(outcomes.costs[0, b]) and np.isnan(outcomes.latency[0, b])
+    assert outcomes.mean_costs()[b] == pytest.approx(0.004)  # the three answered calls only

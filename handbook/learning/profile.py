@@ -18,7 +18,13 @@ from skillorchestra.handbook.arrays import ROOT_SKILL
 from skillorchestra.handbook.costing import CHARS_PER_TOKEN
 from skillorchestra.handbook.models import Competence, CostStats
 from skillorchestra.handbook.posterior import fractional_update
-from skillorchestra.handbook.traces import DEFAULT_COMPLETION_TOKENS, AgentPrice, TraceTask, estimate_cost_usd
+from skillorchestra.handbook.traces import (
+    DEFAULT_COMPLETION_TOKENS,
+    AgentPrice,
+    TraceTask,
+    estimate_cost_usd,
+    infrastructure_failure,
+)
 
 
 @dataclass
@@ -52,6 +58,8 @@ class Outcomes:
                     continue
                 if outcome.score is not None:
                     scores[i, j] = outcome.score
+                if infrastructure_failure(outcome):
+                    continue  # an outage: neither its (zero) cost nor its latency describes the agent's answers
                 cost = estimate_cost_usd(task.query, outcome, prices.get(agent))
                 if cost is not None:
                     costs[i, j] = cost
