@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic_core import PydanticCustomError
 
 ID_MAX = 200
 TEXT_MAX = 32_000
@@ -23,6 +24,7 @@ INFRASTRUCTURE_ERRORS = ("timeout", "rate_limit", "connection", "auth", "server_
 ErrorClass = Literal["task", "timeout", "rate_limit", "connection", "auth", "server_error"]
 DEFAULT_MODE = "general"
 FORMAT_NAME = "skillorchestra-handbook"
+SCHEMA_VERSION = 1  # the one document layout this version reads and writes
 
 
 class _Model(BaseModel):
@@ -96,7 +98,7 @@ class HandbookDocument(_Model):
     """The whole handbook as one JSON object: the transferable artifact of export and import."""
 
     format: Literal["skillorchestra-handbook"] = FORMAT_NAME
-    schema_version: int = 1
+    schema_version: int = SCHEMA_VERSION
     version: int = 0
     description: ShortText = ""
     modes: list[Mode] = Field(default_factory=list)
@@ -111,3 +113,16 @@ class HandbookDocument(_Model):
         default=None,
         description="the learned skill identifier, so deployment infers skill weights exactly as learning did",
     )
+
+    @field_validator("schema_version")
+    @classmethod
+    def _readable(cls, value: int) -> int:
+        """A document of another layout would be misread field by field: refuse it as a whole."""
+        if value != SCHEMA_VERSION:
+            raise PydanticCustomError(
+                "schema_version",
+                "{supported} (this version of skillorchestra reads schema_version {supported} only; the document"
+                " has {got})",
+                {"supported": SCHEMA_VERSION, "got": value},
+            )
+        return value

@@ -562,6 +562,14 @@ class Handbook:
     # -- edits -------------------------------------------------------------------------------------------
 
     def upsert_agent(self, agent: Agent) -> Agent:
+        """An agent may only name modes the handbook has: a misspelt mode would hide it from that mode's steps."""
+        known = sorted(m.id for m in self.store.modes())
+        unknown = [m for m in agent.modes if m not in known]
+        if unknown:
+            listed = ", ".join(known) if known else "none yet"
+            raise InvalidInput(
+                "modes", unknown, f"modes the handbook has ({listed}); add a new mode with upsert_mode first"
+            )
         self._edit("upsert_agent", agent.model_dump())
         return agent
 
@@ -581,6 +589,17 @@ class Handbook:
                 if ancestor == skill.id:
                     raise InvalidInput("parent_id", skill.parent_id, f"a skill that is not {skill.id!r} or below it")
                 ancestor = known[ancestor].parent_id if ancestor in known else None
+            parent_mode = known[skill.parent_id].mode
+            if skill.mode != parent_mode:  # a skill refines its parent, so it belongs to the same stage of work
+                raise InvalidInput("mode", skill.mode, f"{parent_mode!r}, the mode of its parent {skill.parent_id!r}")
+        children = sorted(s.id for s in known.values() if s.parent_id == skill.id and s.mode != skill.mode)
+        if children:  # moving a parent to another mode would leave its children behind in the old one
+            raise InvalidInput(
+                "mode",
+                skill.mode,
+                f"{known[children[0]].mode!r}, the mode of its children {', '.join(children)} (upsert them without"
+                " parent_id first, or delete them)",
+            )
         self._edit("upsert_skill", skill.model_dump())
         return skill
 

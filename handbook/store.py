@@ -883,13 +883,18 @@ def check_document(document: HandbookDocument) -> None:
             if item in seen:
                 raise InvalidInput(f"{kind}[].id", item, "unique ids")
             seen.add(item)
-    mode_ids = (
-        {m.id for m in document.modes}
-        | {s.mode for s in document.skills}
-        | {m for a in document.agents for m in a.modes}
-    )
+    mode_ids = {m.id for m in document.modes} | {s.mode for s in document.skills}  # a skill's mode is created
+    for agent in document.agents:
+        unknown = [m for m in agent.modes if m not in mode_ids]
+        if unknown:
+            raise InvalidInput(
+                f"agents[{agent.id}].modes",
+                unknown,
+                f"modes the document has ({', '.join(sorted(mode_ids)) or 'none'})",
+            )
     known_skills = set(skill_ids) | {ROOT_SKILL} | {f"{MODE_PREFIX}{m}" for m in mode_ids}
     parents = {s.id: s.parent_id for s in document.skills}
+    mode_of = {s.id: s.mode for s in document.skills}
     for skill in document.skills:
         if skill.id == ROOT_SKILL or skill.id.startswith(MODE_PREFIX):
             raise InvalidInput(
@@ -899,6 +904,12 @@ def check_document(document: HandbookDocument) -> None:
             )
         if skill.parent_id is not None and skill.parent_id not in parents:
             raise NotFound("parent skill", skill.parent_id, skill_ids)
+        if skill.parent_id is not None and skill.mode != mode_of[skill.parent_id]:
+            raise InvalidInput(
+                f"skills[{skill.id}].mode",
+                skill.mode,
+                f"{mode_of[skill.parent_id]!r}, the mode of its parent skill {skill.parent_id!r}",
+            )
         seen, cursor = {skill.id}, skill.parent_id
         while cursor is not None:
             if cursor in seen:

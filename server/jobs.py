@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from skillorchestra.handbook.errors import InvalidInput
-from skillorchestra.handbook.models import Agent, HandbookDocument
+from skillorchestra.handbook.models import Agent, HandbookDocument, Mode
 from skillorchestra.handbook.store import HandbookStore
 
 if TYPE_CHECKING:  # numpy and the learning stack load only when something is learned
@@ -106,9 +106,12 @@ def warm_embeddings(embedder: Embedder, texts: Sequence[str], progress: Progress
     return len(missing)
 
 
-def keep_live_agents(document: HandbookDocument, live: Sequence[Agent]) -> HandbookDocument:
+def keep_live_agents(
+    document: HandbookDocument, live: Sequence[Agent], live_modes: Sequence[Mode] = ()
+) -> HandbookDocument:
     """Learning from the database's own log: keep each agent's settings (enabled, modes, description, prices)
-    and keep agents that have no outcomes yet (they route on the prior) instead of dropping them."""
+    and keep agents that have no outcomes yet (they route on the prior) instead of dropping them. The live modes
+    those agents serve stay too (an agent may only name modes the handbook has), when the learned ones lack them."""
     by_id = {a.id: a for a in live}
     agents: list[Agent] = []
     for agent in document.agents:
@@ -130,7 +133,10 @@ def keep_live_agents(document: HandbookDocument, live: Sequence[Agent]) -> Handb
             )
         )
     agents.extend(by_id.values())
-    return document.model_copy(update={"agents": agents})
+    learned = {m.id for m in document.modes} | {s.mode for s in document.skills}
+    served = {m for a in agents for m in a.modes}
+    kept = [m for m in live_modes if m.id in served and m.id not in learned]
+    return document.model_copy(update={"agents": agents, "modes": [*document.modes, *kept]})
 
 
 def _plain(value: Any) -> Any:
@@ -185,7 +191,7 @@ def learn_into_store(
     if orchestrator:
         document = document.model_copy(update={"selections": {**document.selections, orchestrator: depth}})
     if from_events:
-        document = keep_live_agents(document, store.agents())
+        document = keep_live_agents(document, store.agents(), store.modes())
     basis, unknown = cost_basis(tasks, prices)
     candidates = [c.as_dict() for c in result.candidates]
     metrics = _plain(

@@ -1,0 +1,234 @@
+"""Consistency rules of the handbook (QA review): a skill shares its parent's mode, an agent names only modes the
+handbook has, a document of another schema_version is refused, commands on an existing handbook never create
+one, and the routing entropy of a single agent is 0.0. Every refusal names the field and writes nothing."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+from test_store import DOCUMENT, dump
+
+from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.models import Agent, HandbookDocument, Mode, Skill
+from skillorchestra.handbook.service import Handbook, OutcomeReport, RouteRequest
+from skillorchestra.handbook.store import HandbookStore, check_document
+from skillorchestra.server.cli import main
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+@pytest.fixture
+def book(tmp_path: Path) -> Handbook:
+    store = HandbookStore(tmp_path / "h.db")
+    store.create_version(DOCUMENT, source="import")  # modes code, search; code -> code.python, code.sql
+    return Handbook(store)
+
+
+def files_of(path: Path) -> list[Path]:
+    """The database and any WAL or shared-memory file SQLite made beside it."""
+    return sorted(path.parent.glob(path.name + "*"))
+
+
+# -- 1. a skill's mode is its parent's mode -------------------------------------------------------------------
+
+
+def test_a_child_in_another_mode_than_its_parent_is_refused_and_writes_nothing(book: Handbook) -> None:
+    before = dump(book.store)
+    with pytest.raises(InvalidInput) as refused:
+        book.upsert_skill(Skill(id="code.rust", mode="other", parent_id="code", description="rust"))
+    assert refused.value.field == "mode" and refused.value.value == "other"
+    assert "'code', the mode of its parent 'code'" in str(refused.value)
+    assert dump(book.store) == before  # in particular no mode "other" was created
+
+
+def test_moving_a_parent_to_another_mode_is_refused_naming_its_children(book: Handbook) -> None:
+    before = dump(book.store)
+    with pytest.raises(InvalidInput) as refused:
+        book.upsert_skill(Skill(id="code", mode="search", description="programming"))
+    assert refused.value.field == "mode"
+    assert "code.python, code.sql" in str(refused.value) and "'code'" in str(refused.value)
+    assert dump(book.store) == before
+
+
+def test_a_child_in_its_parents_mode_and_a_new_top_level_mode_are_accepted(book: Handbook) -> None:
+    book.upsert_skill(Skill(id="code.rust", mode="code", parent_id="code", description="rust"))
+    book.upsert_skill(Skill(id="code.python", mode="code", parent_id="code", description="python, edited"))
+    # a skill without a parent may still open a new mode (the product and its users rely on it)
+    book.upsert_skill(Skill(id="poetry", mode="verse", description="write poems"))
+    assert {s.id: s.mode for s in book.store.skills()}["code.rust"] == "code"
+    assert "verse" in {m.id for m in book.store.modes()}
+
+
+def test_an_import_whose_child_sits_in_another_mode_is_refused(
+    tmp_path: Path, book: Handbook, capsys: pytest.CaptureFixture[str]
+) -> None:
+    skills = [s.model_copy(update={"mode": "nomode"}) if s.id == "code" else s for s in DOCUMENT.skills]
+    with pytest.raises(
+        InvalidInput, match=r"skills\[code\.python\]\.mode='code': expected 'nomode'.*parent skill 'code'"
+    ):
+        check_document(DOCUMENT.model_copy(update={"skills": skills}))
+    path = tmp_path / "moved.json"
+    path.write_text(DOCUMENT.model_copy(update={"skills": skills}).model_dump_json())
+    before = dump(book.store)
+    book.store.close()
+    code, _, err = run(["handbook", "import", str(path), "--db", str(tmp_path / "h.db")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "code.python" in err and "'code'" in err
+    store = HandbookStore(tmp_path / "h.db")
+    assert dump(store) == before
+
+
+# -- 2. an agent names only modes the handbook has -----------------------------------------------------------
+
+
+def test_an_agent_with_an_unknown_mode_is_refused_listing_the_known_modes(book: Handbook) -> None:
+    before = dump(book.store)
+    with pytest.raises(InvalidInput) as refused:
+        book.upsert_agent(Agent(id="ghost", modes=["code", "ghostmode"]))
+    assert refused.value.field == "modes" and refused.value.value == ["ghostmode"]
+    assert "(code, search)" in str(refused.value)
+    assert dump(book.store) == before
+    assert book.upsert_agent(Agent(id="coder", modes=["code"])).modes == ["code"]
+
+
+@pytest.mark.anyio
+async def test_upsert_agent_tool_names_modes_and_writes_nothing(mcp_client: Client, db_path: Path) -> None:
+    await mcp_client.call_tool("upsert_mode", {"mode_id": "answer"})
+    store = HandbookStore(db_path)
+    before = dump(store)
+    result = await mcp_client.call_tool("upsert_agent", {"agent_id": "a", "modes": ["ghostmode"]})
+    assert result.is_error
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert "modes=['ghostmode']" in text and "(answer)" in text
+    assert dump(store) == before
+    store.close()
+
+
+def test_an_import_whose_agent_names_an_unknown_mode_is_refused(book: Handbook) -> None:
+    agents = [*DOCUMENT.agents, Agent(id="ghost", modes=["ghostmode"])]
+    before = dump(book.store)
+    with pytest.raises(InvalidInput) as refused:
+        book.store.create_version(DOCUMENT.model_copy(update={"agents": agents}), source="import")
+    assert refused.value.field == "agents[ghost].modes" and "code, search" in str(refused.value)
+    assert dump(book.store) == before
+
+
+def test_agents_load_adds_the_modes_its_file_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    toml = tmp_path / "agents.toml"
+    toml.write_text(
+        '[agents.cheap]\nmodel = "openai/cheap"\napi_base = "http://127.0.0.1:9/v1"\nmodes = ["answer"]\n'
+        '[agents.web]\nkind = "mcp"\nurl = "http://127.0.0.1:9/mcp"\ntool = "search"\nmodes = ["search", "answer"]\n'
+    )
+    code, _, err = run(["agents", "load", str(toml), "--db", str(tmp_path / "h.db")], capsys)
+    assert code == 0 and "added modes the handbook did not have: answer, search" in err
+    store = HandbookStore(tmp_path / "h.db")
+    assert [m.id for m in store.modes()] == ["answer", "search"]
+    assert {a.id: a.modes for a in store.agents()} == {"cheap": ["answer"], "web": ["search", "answer"]}
+
+
+def test_learning_from_events_keeps_the_live_modes_its_agents_serve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = HandbookStore(tmp_path / "h.db")
+    book = Handbook(store)
+    book.upsert_mode(Mode(id="search", insights=["prefer alpha"]))
+    book.upsert_skill(Skill(id="general", description="anything at all"))
+    for agent in ("alpha", "beta"):
+        book.upsert_agent(Agent(id=agent, modes=["search"], input_per_mtok=1.0, output_per_mtok=1.0))
+    for i in range(24):  # routed without a mode: the learned handbook's only mode is the default one ("answer")
+        for agent, good in (("alpha", i % 2 == 0), ("beta", i % 2 == 1)):
+            topic = ("chemistry reactions", "poetry rhymes")[i % 2]
+            routed = book.route(RouteRequest(text=f"{topic} question {i}", allowed_agents=[agent], lambda_=0.0))
+            book.record(OutcomeReport(decision_id=routed.decision_id, success=good))
+    store.close()
+    code, _, err = run(["learn", "--data", "events", "--db", str(tmp_path / "h.db"), "--matcher", "lexical"], capsys)
+    assert code == 0, err
+    store = HandbookStore(tmp_path / "h.db")
+    document = store.document()
+    assert store.versions()[-1]["source"] == "learn"
+    assert {a.id: a.modes for a in document.agents} == {"alpha": ["search"], "beta": ["search"]}
+    assert [m.id for m in document.modes] == ["answer", "search"]
+    assert Mode(id="search", insights=["prefer alpha"]) in document.modes
+
+
+# -- 3. schema_version -----------------------------------------------------------------------------------------
+
+
+def test_an_import_of_another_schema_version_is_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "future.json"
+    path.write_text(json.dumps({**json.loads(DOCUMENT.model_dump_json()), "schema_version": 99}))
+    fresh = tmp_path / "fresh.db"
+    code, _, err = run(["handbook", "import", str(path), "--db", str(fresh)], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "schema_version=99" in err and "reads schema_version 1 only; the document has 99" in err
+    assert files_of(fresh) == []
+    existing = HandbookStore(tmp_path / "h.db")
+    existing.create_version(DOCUMENT, source="import")
+    before = dump(existing)
+    existing.close()
+    assert run(["handbook", "import", str(path), "--db", str(tmp_path / "h.db")], capsys)[0] == 2
+    assert dump(HandbookStore(tmp_path / "h.db")) == before
+    # the same document at schema_version 1 reads: the version alone was refused
+    assert HandbookDocument.model_validate({**json.loads(path.read_text()), "schema_version": 1}).skills
+
+
+# -- 4. commands on an existing handbook never create one ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["handbook", "show"],
+        ["handbook", "versions"],
+        ["handbook", "diff", "1", "2"],
+        ["handbook", "export", "-"],
+        ["handbook", "rebuild"],
+        ["handbook", "promote", "1"],
+        ["handbook", "rollback"],
+        ["handbook", "prune", "--before", "2026-01-01"],
+        ["agents", "show"],
+    ],
+)
+def test_a_command_on_a_missing_handbook_exits_2_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    db = tmp_path / "brandnew.db"
+    code, out, err = run([*argv, "--db", str(db)], capsys)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith(f"error: no handbook at {db} (")
+    assert files_of(db) == []
+
+
+def test_commands_that_make_a_handbook_still_create_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "made.db"
+    assert run(["handbook", "import", "--example", "--db", str(db)], capsys)[0] == 0
+    code, out, _ = run(["handbook", "versions", "--db", str(db)], capsys)
+    assert code == 0 and "import" in out
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0] == 2
+
+
+# -- 5. routing entropy ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_routing_entropy_of_a_single_agent_is_zero_not_minus_zero(mcp_client: Client) -> None:
+    await mcp_client.call_tool("upsert_agent", {"agent_id": "only", "input_per_mtok": 1.0, "output_per_mtok": 1.0})
+    routed = await mcp_client.call_tool("route_step", {"text": "add two numbers"})
+    assert not routed.is_error
+    text: Any = (await mcp_client.read_resource("handbook://stats")).contents[0].text  # type: ignore[union-attr]
+    stats = json.loads(text)
+    assert stats["routing_shares"] == {"only": 1.0}
+    assert stats["routing_entropy_bits"] == 0.0 and math.copysign(1.0, stats["routing_entropy_bits"]) == 1.0
