@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from skillorchestra.handbook.errors import InvalidInput
-from skillorchestra.handbook.models import Agent, HandbookDocument
+from skillorchestra.handbook.errors import HandbookError, InvalidInput
+from skillorchestra.handbook.models import Agent, HandbookDocument, Mode
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.settings import ServerSettings, default_db_path
 
 if TYPE_CHECKING:
+    from skillorchestra.handbook.service import Handbook
     from skillorchestra.server.agent_config import LlmAgentConnection, McpAgentConnection
 
 
@@ -25,7 +26,23 @@ def _db(args: argparse.Namespace) -> Path:
 
 
 def _store(args: argparse.Namespace) -> HandbookStore:
+    """Open the handbook, creating it if it is new: for the commands that make one (import, agents load)."""
     return HandbookStore(_db(args))
+
+
+class NoHandbook(HandbookError):
+    """A command that reads or changes an existing handbook was pointed at a file that does not exist."""
+
+
+def existing_store(args: argparse.Namespace) -> HandbookStore:
+    """Open a handbook that must already exist: a mistyped --db must not leave a new empty database behind."""
+    path = Path(_db(args))
+    if not path.is_file():
+        raise NoHandbook(
+            f"no handbook at {path} (create one with `skillorchestra handbook import FILE`, `learn` or `serve`, "
+            "or name an existing file with --db)"
+        )
+    return HandbookStore(path)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -76,7 +93,7 @@ def handbook_import(args: argparse.Namespace) -> int:
 
 
 def handbook_export(args: argparse.Namespace) -> int:
-    text = _store(args).document().model_dump_json(indent=1)
+    text = existing_store(args).document().model_dump_json(indent=1)
     if args.file == "-":
         sys.stdout.write(text + "\n")
     else:
@@ -85,7 +102,7 @@ def handbook_export(args: argparse.Namespace) -> int:
 
 
 def handbook_show(args: argparse.Namespace) -> int:
-    store = _store(args)
+    store = existing_store(args)
     document = store.document()
     lines = [f"handbook {_db(args)}: version {document.version}, schema {store.schema_version()}"]
     counts = store.counts()
@@ -104,7 +121,7 @@ def handbook_show(args: argparse.Namespace) -> int:
 
 
 def handbook_rebuild(args: argparse.Namespace) -> int:
-    store = _store(args)
+    store = existing_store(args)
     before = store.rebuild()
     after = store.document()
     version = store.current_version()
@@ -121,7 +138,7 @@ def handbook_rebuild(args: argparse.Namespace) -> int:
 
 
 def handbook_versions(args: argparse.Namespace) -> int:
-    store = _store(args)
+    store = existing_store(args)
     current = store.current_version()
     for v in store.versions():
         marker = "*" if v["version"] == current else " "
@@ -136,7 +153,7 @@ def handbook_prune(args: argparse.Namespace) -> int:
     from skillorchestra.handbook.retention import parse_cutoff, prune
 
     cutoff = parse_cutoff(args.before)  # before opening the file: a bad date writes nothing
-    print(prune(_store(args), cutoff).summary())
+    print(prune(existing_store(args), cutoff).summary())
     return 0
 
 
@@ -161,11 +178,23 @@ def agents_load(args: argparse.Namespace) -> int:
     handbook = Handbook(store)
     with store.write():  # one transaction: agents and their connection settings change together or not at all
         existing = {a.id: a for a in store.agents()}
+        added = _add_missing_modes(handbook, [m for conn in configs.values() for m in conn.modes])
         for agent_id, conn in configs.items():
             handbook.upsert_agent(_loaded_agent(agent_id, conn, existing.get(agent_id)))
         store.save_connections({agent_id: (c.kind, c.model_dump(mode="json")) for agent_id, c in configs.items()})
     print(f"loaded {len(configs)} agents from {args.file}: {', '.join(configs)}", file=sys.stderr)
+    if added:
+        print(f"added modes the handbook did not have: {', '.join(added)}", file=sys.stderr)
     return 0
+
+
+def _add_missing_modes(handbook: Handbook, modes: list[str]) -> list[str]:
+    """The modes an agents file names that the handbook lacks, added (an agent may only name existing modes)."""
+    known = {m.id for m in handbook.store.modes()}
+    added = [m for m in dict.fromkeys(modes) if m not in known]
+    for mode in added:
+        handbook.upsert_mode(Mode(id=mode))
+    return added
 
 
 def _loaded_agent(agent_id: str, conn: LlmAgentConnection | McpAgentConnection, old: Agent | None) -> Agent:
@@ -188,7 +217,7 @@ def agents_show(args: argparse.Namespace) -> int:
     from skillorchestra.server.agent_config import parse_agent
 
     views = {}
-    for agent_id, raw in _store(args).connections().items():
+    for agent_id, raw in existing_store(args).connections().items():
         conn = parse_agent(agent_id, {k: v for k, v in raw.items() if k != "id"}, "database")
         views[agent_id] = conn.public_view()
     print(json.dumps(views, indent=1, sort_keys=True))

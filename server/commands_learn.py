@@ -18,6 +18,7 @@ from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.models import HandbookDocument
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.argtypes import fraction_arg, lambda_arg, name_arg, seed_arg, version_arg
+from skillorchestra.server.commands import existing_store
 from skillorchestra.server.settings import default_db_path
 
 if TYPE_CHECKING:
@@ -346,7 +347,7 @@ def _cost_line(m: dict[str, Any]) -> str:
 
 
 def handbook_diff(args: argparse.Namespace) -> int:
-    store = HandbookStore(_db(args))
+    store = existing_store(args)
     try:
         info = {v: store.version_info(v) for v in (args.a, args.b)}
         docs = {v: store.state_of(v) for v in (args.a, args.b)}
@@ -453,7 +454,7 @@ def _metric_lines(a: int, b: int, ma: dict[str, Any], mb: dict[str, Any]) -> lis
 
 
 def handbook_promote(args: argparse.Namespace) -> int:
-    store = HandbookStore(_db(args))
+    store = existing_store(args)
     try:
         live = store.current_version()
         version = store.promote(args.version, with_events=not args.snapshot_only)
@@ -464,7 +465,7 @@ def handbook_promote(args: argparse.Namespace) -> int:
 
 
 def handbook_rollback(args: argparse.Namespace) -> int:
-    store = HandbookStore(_db(args))
+    store = existing_store(args)
     try:
         live = store.current_version()
         target = store.rollback_target()
