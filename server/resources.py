@@ -11,6 +11,7 @@ import numpy as np
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 
+from skillorchestra.handbook.metrics import entropy_bits
 from skillorchestra.handbook.service import Handbook
 from skillorchestra.handbook.store import schema_version
 
@@ -120,6 +121,6 @@ def handbook_stats(handbook: Handbook) -> dict[str, object]:
         "schema_version": schema_version(),
         "counts": store.counts(),
         "routing_shares": fractions,
-        "routing_entropy_bits": float(-(p * np.log2(p)).sum()) if p.size else 0.0,
+        "routing_entropy_bits": entropy_bits(fractions),  # 0.0, never -0.0, for a single agent
         "top_agent_share": float(p.max()) if p.size else 0.0,
     }
