@@ -284,6 +284,14 @@ def candidate_lines(candidates: Sequence[dict[str, Any]], costs_known: bool) -> 
     ]
 
 
+def _embedding_text(m: dict[str, Any]) -> str:
+    """The first run with MiniLM features embeds every query first: minutes, so it is shown apart."""
+    embedded = m.get("embedded_queries") or 0
+    if not embedded:
+        return ""
+    return f" (+ {m.get('embedding_seconds', 0):.0f} s embedding {embedded} new queries, now cached in the db)"
+
+
 def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
     m = run.metrics
     document = store.snapshot(run.version)
@@ -295,7 +303,7 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
     lines = [
         f"Learned a Skill Handbook from {m['data']}",
         f"  {m['n_tasks']} judged tasks ({split}), {len(m['agents'])} agents, seed {m['seed']}, lambda {m['lambda']:g}",
-        f"  {m['features_used']}; {_learner_text(m)}; {m['seconds']:.1f} s",
+        f"  {m['features_used']}; {_learner_text(m)}; {m['seconds']:.1f} s{_embedding_text(m)}",
         "  " + _cost_line(m),
         "",
         f"Skills ({m['n_skills']}):",

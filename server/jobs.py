@@ -165,7 +165,10 @@ def learn_into_store(
 
     `learner`: learn_with_llm's settings (model, api_base, api_key_env, prices) for LLM skill discovery.
     """
-    if embedder is not None and warm_embeddings(embedder, [t.query for t in tasks], progress) and progress:
+    embedding_started = time.perf_counter()
+    embedded = warm_embeddings(embedder, [t.query for t in tasks], progress) if embedder is not None else 0
+    embedding_seconds = time.perf_counter() - embedding_started
+    if embedded and progress:
         outer = progress
 
         def progress(fraction: float, message: str) -> None:  # the pipeline's 0..1 after embedding's 0..0.5
@@ -205,6 +208,8 @@ def learn_into_store(
             "candidates": candidates,
             "pareto_front": [c["name"] for c in candidates if c["pareto"]],
             "seconds": round(result.seconds, 3),
+            "embedded_queries": embedded,  # queries the cache lacked, embedded before learning (first run only)
+            "embedding_seconds": round(embedding_seconds, 3),
             "llm_calls": result.llm_calls,
             "usd": result.metrics.get("usd", result.usd),  # the LLM learner's None = a price was unknown
         }

@@ -327,3 +327,36 @@ def test_rollback_walks_back_through_promotions(tmp_path: Path, capsys: pytest.C
         assert store.document().skills == []
     finally:
         store.close()
+
+
+def test_learning_reports_the_first_runs_embedding_apart_and_the_second_run_finds_it_cached(tmp_path: Path) -> None:
+    """With MiniLM features the first run embeds every query (minutes on LLMRouter): the summary says so."""
+    import numpy as np
+
+    from skillorchestra.handbook.learning.features import CachedEmbedder
+    from skillorchestra.handbook.semantic import SqliteVectorCache
+    from skillorchestra.server.commands_learn import render_learned
+    from skillorchestra.server.jobs import learn_into_store
+
+    vocabulary = sorted({word for words in WORDS.values() for word in words})
+
+    class Words:  # a deterministic stand-in for MiniLM: one dimension per vocabulary word, one for the rest
+        model_name, dim = "test/words", len(vocabulary) + 1
+
+        def encode(self, texts: list[str]) -> np.ndarray:
+            out = np.zeros((len(texts), self.dim), dtype=np.float32)
+            for row, text in enumerate(texts):
+                for word in text.split():
+                    out[row, vocabulary.index(word) if word in vocabulary else -1] += 1.0
+            return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+    tasks = swapped_and_alike(seed=0, n=60)
+    store = HandbookStore(tmp_path / "h.db")
+    embedder = CachedEmbedder(Words(), SqliteVectorCache(store))
+    first = learn_into_store(store, tasks, PRICES, data_label="x", price_source="file", embedder=embedder)
+    queries = len({t.query for t in tasks})
+    assert first.metrics["embedded_queries"] == queries
+    assert f"embedding {queries} new queries, now cached in the db" in render_learned(first, store, tmp_path / "h.db")
+    second = learn_into_store(store, tasks, PRICES, data_label="x", price_source="file", embedder=embedder)
+    assert second.metrics["embedded_queries"] == 0
+    assert "embedding" not in render_learned(second, store, tmp_path / "h.db")
