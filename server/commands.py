@@ -185,7 +185,27 @@ def agents_load(args: argparse.Namespace) -> int:
     print(f"loaded {len(configs)} agents from {args.file}: {', '.join(configs)}", file=sys.stderr)
     if added:
         print(f"added modes the handbook did not have: {', '.join(added)}", file=sys.stderr)
+    for note in _pool_notes(store, set(configs)):
+        print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+def _pool_notes(store: HandbookStore, connected: set[str]) -> list[str]:
+    """What a user loading agents should know about the handbook around them (both surprised a reviewer)."""
+    notes = []
+    others = sorted(a.id for a in store.agents() if a.id not in connected)
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        notes.append(
+            f"{len(others)} agents in the handbook have no connection settings ({shown}): delegate never calls "
+            "them, route_step may still recommend them; remove them with the delete_agent tool if unwanted"
+        )
+    if not store.skills():
+        notes.append(
+            "the handbook has no skills yet, so routing sees each agent's overall record only: "
+            "`skillorchestra handbook import --example` adds the shipped example, `learn` builds skills from traces"
+        )
+    return notes
 
 
 def _add_missing_modes(handbook: Handbook, modes: list[str]) -> list[str]:

@@ -232,3 +232,19 @@ async def test_the_routing_entropy_of_a_single_agent_is_zero_not_minus_zero(mcp_
     stats = json.loads(text)
     assert stats["routing_shares"] == {"only": 1.0}
     assert stats["routing_entropy_bits"] == 0.0 and math.copysign(1.0, stats["routing_entropy_bits"]) == 1.0
+
+
+def test_agents_load_says_which_agents_delegate_cannot_call_and_that_there_are_no_skills(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    toml = tmp_path / "agents.toml"
+    toml.write_text('[agents.cheap]\nmodel = "openai/cheap"\napi_base = "http://127.0.0.1:9/v1"\n')
+    db = tmp_path / "new.db"
+    code, _, err = run(["agents", "load", str(toml), "--db", str(db)], capsys)
+    assert code == 0 and "no connection settings" not in err
+    assert "the handbook has no skills yet" in err and "handbook import --example" in err
+    example = tmp_path / "example.db"
+    assert run(["handbook", "import", "--example", "--db", str(example)], capsys)[0] == 0
+    code, _, err = run(["agents", "load", str(toml), "--db", str(example)], capsys)
+    assert code == 0 and "9 agents in the handbook have no connection settings" in err and "and 4 more" in err
+    assert "no skills yet" not in err
