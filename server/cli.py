@@ -185,7 +185,12 @@ def _run(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentParser
     except HandbookError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (OSError, sqlite3.Error) as exc:  # a path that cannot be read, written or opened as a database
+    except sqlite3.DatabaseError as exc:  # e.g. --db names a file that is not SQLite
+        db = getattr(locals().get("args"), "db", None)
+        where = f"--db {db}: " if db is not None else ""
+        print(f"error: {where}not a usable handbook database ({exc})", file=sys.stderr)
+        return 2
+    except (OSError, sqlite3.Error) as exc:  # a path that cannot be read, written or opened
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -160,6 +160,8 @@ def handbook_prune(args: argparse.Namespace) -> int:
 def data_convert(args: argparse.Namespace) -> int:
     from skillorchestra.handbook.datasets import convert_llmrouter, convert_routellm
 
+    if Path(args.outdir).exists() and not Path(args.outdir).is_dir():
+        raise InvalidInput("OUTDIR", str(args.outdir), "a folder to write train.jsonl, test.jsonl and agents.json in")
     if args.format == "llmrouter":
         summary = convert_llmrouter(args.src, args.outdir)
     else:

@@ -248,3 +248,15 @@ def test_agents_load_says_which_agents_delegate_cannot_call_and_that_there_are_n
     code, _, err = run(["agents", "load", str(toml), "--db", str(example)], capsys)
     assert code == 0 and "9 agents in the handbook have no connection settings" in err and "and 4 more" in err
     assert "no skills yet" not in err
+
+
+def test_cli_path_errors_name_the_argument(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a_file = tmp_path / "afile"
+    a_file.write_text("not a folder")
+    source = tmp_path / "src"
+    source.mkdir()
+    code, _, err = run(["data", "convert", "--format", "llmrouter", str(source), str(a_file)], capsys)
+    assert code == 2 and "OUTDIR" in err and "a folder" in err
+    assert a_file.read_text() == "not a folder"
+    code, _, err = run(["handbook", "show", "--db", str(a_file)], capsys)
+    assert code == 2 and f"--db {a_file}: not a usable handbook database" in err
