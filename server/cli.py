@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.set_defaults(handler=commands.handbook_rebuild)
     versions = hb.add_parser("versions", help="list handbook versions")
     _common(versions, db=True)
+    versions.add_argument("--metrics", action="store_true", help="print each version's full metrics as JSON")
     versions.set_defaults(handler=commands.handbook_versions)
     from skillorchestra.server import commands_learn
 

@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -142,11 +142,28 @@ def handbook_versions(args: argparse.Namespace) -> int:
     current = store.current_version()
     for v in store.versions():
         marker = "*" if v["version"] == current else " "
+        metrics = v["metrics"] or {}
+        shown = json.dumps(metrics) if getattr(args, "metrics", False) else _metrics_digest(metrics)
         print(
             f"{marker} {v['version']:>4}  parent {v['parent'] or '-':>4}  {v['source']:<8} {v['summary']}"
-            + (f"  {json.dumps(v['metrics'])}" if v["metrics"] else "")
+            + (f"  {shown}" if shown else "")
         )
     return 0
+
+
+def _metrics_digest(metrics: dict[str, Any]) -> str:
+    """A learned version's headline figures on its line (the full metrics, several KB, with --metrics)."""
+    parts = []
+    if "selected" in metrics:
+        parts.append(f"{metrics.get('n_skills')} skills ('{metrics['selected']}', depth {metrics.get('depth')})")
+    if "lambda" in metrics:
+        parts.append(f"lambda {metrics['lambda']:g}")
+    val = metrics.get("val") or {}
+    if "accuracy" in val:
+        parts.append(f"validation accuracy {val['accuracy']:.3f}, utility {val.get('utility', float('nan')):.3f}")
+    if not parts and metrics:
+        parts.append(f"{len(metrics)} metrics (--metrics shows them)")
+    return "; ".join(parts)
 
 
 def handbook_prune(args: argparse.Namespace) -> int:

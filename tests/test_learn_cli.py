@@ -92,6 +92,13 @@ def test_learn_prints_skills_candidates_selection_and_writes_a_version(
         for skill in document.skills:  # every learned skill is printed with its description
             assert f"    {skill.id}\n" in out or f"      {skill.id}\n" in out
         assert len(document.skills) == metrics["n_skills"] >= 2
+        code, listed, _ = run(["handbook", "versions", "--db", str(db)], capsys)
+        line = listed.splitlines()[-1]
+        assert code == 0 and line.startswith("*    2") and f"{metrics['n_skills']} skills" in line
+        assert "lambda 0.05; validation accuracy" in line and len(line) < 400  # the digest, not kilobytes of JSON
+        code, full, _ = run(["handbook", "versions", "--metrics", "--db", str(db)], capsys)
+        last = full.splitlines()[-1]
+        assert json.loads(last[last.index('  {"') + 2 :])["candidates"] == metrics["candidates"]
         # the learned handbook serves: a chemistry step goes to alpha at lambda 0
         decision = Handbook(store).route(RouteRequest(text="titration of an acid with a catalyst", lambda_=0.0))
         assert decision.agent_id == "alpha"
