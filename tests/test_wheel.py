@@ -33,7 +33,9 @@ def test_wheel_installs_into_a_fresh_venv_and_imports(tmp_path: Path) -> None:
     code = (
         "import sys; sys.path.append(sys.argv[1]);"
         "import skillorchestra.handbook.service, skillorchestra.tools, skillorchestra.server.app as app;"
-        "print(app.__file__)"
+        "from skillorchestra.server.example import example_document;"
+        "print(app.__file__, len(example_document().skills))"
     )
     out = subprocess.run([python, "-c", code, deps], check=True, capture_output=True, text=True, timeout=120)
     assert str(env_dir) in out.stdout
+    assert int(out.stdout.split()[-1]) > 0  # the shipped example handbook is read from the installed package
