@@ -227,7 +227,11 @@ def parse_agent_configs(data: Mapping[str, Any], source: str = "<config>") -> di
     entries += list(tables.items())
     items = data.get("agent", [])
     if not isinstance(items, list):
-        raise InvalidInput(f"{source}: agent", items, "a list of tables [[agent]] with an id field")
+        raise InvalidInput(
+            f"{source}: agent",
+            items,
+            "tables [agents.<id>] (note the s: [agent.x] is not a form this file takes) or a list [[agent]] with id",
+        )
     for i, item in enumerate(items):
         agent_id = item.get("id") if isinstance(item, Mapping) else None
         if not isinstance(agent_id, str) or not agent_id:

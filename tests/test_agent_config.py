@@ -124,6 +124,7 @@ def test_rejects_a_key_in_the_file_without_echoing_it(tmp_path: Path, field: str
         ('[[agent]]\nmodel = "m"\n', "agent[0].id"),
         ('[[agent]]\nid = "a"\nmodel = "m"\n[agents.a]\nmodel = "m"\n', "agents.a="),
         ('[agnets.a]\nmodel = "m"\n', "agnets"),
+        ('[agent.x]\nmodel = "m"\n', "tables [agents.<id>] (note the s"),
         ("", "at least one"),
     ],
 )
