@@ -65,6 +65,7 @@ async def test_tool_list_has_schemas_and_annotations(mcp_client: Client) -> None
         assert tool.output_schema is not None, tool.name
         assert tool.description
         assert tool.input_schema["additionalProperties"] is False, tool.name  # a misspelt argument is refused
+        assert "$ref" not in json.dumps([tool.input_schema, tool.output_schema]), tool.name  # self-contained
     assert tools["consult_handbook"].annotations.read_only_hint is True
     assert tools["route_step"].annotations.read_only_hint is False
     assert tools["route_step"].annotations.destructive_hint is False
@@ -247,3 +248,20 @@ async def test_thompson_reports_propensity(mcp_client: Client) -> None:
     assert 0.0 < decision["propensity"] <= 1.0
     again = await call(mcp_client, "route_step", {"text": "solve for x", "strategy": "thompson", "seed": 7})
     assert again["agent_id"] == decision["agent_id"]
+
+
+def test_inlined_definitions_keep_the_schema_and_leave_a_recursive_one_alone() -> None:
+    from pydantic import BaseModel
+
+    from skillorchestra.handbook.results import RouteDecision
+    from skillorchestra.tools.common import inline_definitions
+
+    schema = RouteDecision.model_json_schema()
+    inlined = inline_definitions(schema)
+    assert "$defs" not in inlined and inlined["properties"]["candidates"]["items"] == schema["$defs"]["Candidate"]
+
+    class Tree(BaseModel):
+        children: list[Tree]
+
+    recursive = Tree.model_json_schema()
+    assert inline_definitions(recursive) == recursive

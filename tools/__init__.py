@@ -5,7 +5,7 @@ from __future__ import annotations
 from mcp.server import MCPServer
 
 from skillorchestra.tools import catalog, delegation, learning, routing
-from skillorchestra.tools.common import forbid_unknown_arguments
+from skillorchestra.tools.common import forbid_unknown_arguments, self_contained_schemas
 
 
 def register_tools(server: MCPServer) -> None:
@@ -14,3 +14,4 @@ def register_tools(server: MCPServer) -> None:
     delegation.register(server)
     learning.register(server)
     forbid_unknown_arguments(server)
+    self_contained_schemas(server)

@@ -66,6 +66,36 @@ def reports_failures(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def inline_definitions(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with every `$ref` to its own `$defs` replaced by the definition (none of ours is recursive).
+
+    Clients differ in how they resolve references (some MCP hosts reject `$ref` in tool schemas), and the Python
+    SDK client, which validates every structured result, spends ~0.3 ms of a ~0.7 ms validation of a route_step
+    result on resolving them. A recursive schema is returned unchanged."""
+    definitions = schema.get("$defs", {})
+
+    def expand(node: Any, seen: tuple[str, ...]) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                name = ref.removeprefix("#/$defs/")
+                if name in seen or name not in definitions:
+                    raise RecursionError(name)
+                siblings = {k: expand(v, seen) for k, v in node.items() if k != "$ref"}
+                return {**expand(definitions[name], (*seen, name)), **siblings}
+            return {k: expand(v, seen) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [expand(item, seen) for item in node]
+        return node
+
+    if not definitions:
+        return schema
+    try:
+        return expand(schema, ())
+    except RecursionError:
+        return schema
+
+
 def forbid_unknown_arguments(server: MCPServer) -> None:
     """An argument a tool does not take is refused, naming it, instead of being dropped: a misspelt `cost_usd`
     would otherwise lose the cost while the call reports success. Clients see `additionalProperties: false`.
@@ -77,3 +107,11 @@ def forbid_unknown_arguments(server: MCPServer) -> None:
         strict = type(loose.__name__, (loose,), {"model_config": ConfigDict(extra="forbid")})
         tool.fn_metadata.arg_model = strict
         tool.parameters = {**tool.parameters, "additionalProperties": False}
+
+
+def self_contained_schemas(server: MCPServer) -> None:
+    """Every tool's input and output schema without `$ref` (see inline_definitions)."""
+    for tool in server._tool_manager.list_tools():
+        tool.parameters = inline_definitions(tool.parameters)
+        if tool.fn_metadata.output_schema is not None:
+            tool.fn_metadata.output_schema = inline_definitions(tool.fn_metadata.output_schema)
