@@ -16,7 +16,7 @@ from skillorchestra.handbook.arrays import HandbookArrays
 from skillorchestra.handbook.learning.labeller import SkillLabeller, calibrate_temperature
 from skillorchestra.handbook.learning.profile import Outcomes, profile
 from skillorchestra.handbook.learning.replay import ReplayResult, document_arrays, replay_arrays
-from skillorchestra.handbook.learning.taxonomy import Prototypes, SkillSpec, Taxonomy
+from skillorchestra.handbook.learning.taxonomy import Prototypes, SkillSpec, Taxonomy, ownership_problems
 from skillorchestra.handbook.models import Agent, HandbookDocument, Mode, Skill
 
 CALIBRATION_ROWS = 1500
@@ -81,6 +81,8 @@ class Evaluator:
         skill_modes = {s.id: s.mode for s in labelled}
         if not labelled:
             return self.base.with_skills([], {}, temperature or self.base.temperature)
+        if problems := ownership_problems(specs, len(self.protos.members)):
+            raise ValueError("skill set does not own the prototypes: " + "; ".join(problems))
         proto_skills = [owner[p] for p in range(len(self.protos.members))]
         labeller = self.base.with_skills(proto_skills, skill_modes, temperature or self.base.temperature)
         if temperature is None:
@@ -118,6 +120,8 @@ class Evaluator:
         return labeller.weights_matrix(split.sims[:, : len(labeller.prototype_skills)], split.modes)
 
     def evaluate(self, name: str, depth: int, taxonomy: Taxonomy, temperature: float | None = None) -> Built:
+        if depth > 0 and taxonomy.categories:
+            taxonomy.check(len(self.protos.members))  # a broken refinement move fails here, naming what it broke
         specs = taxonomy.skills(depth)
         labeller = self.labeller(specs, temperature)
         train_w = self.weights(labeller, self.train)

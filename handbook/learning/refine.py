@@ -95,7 +95,9 @@ def merge_leaves(tax: Taxonomy, cat_id: str, a: str, b: str, sizes: dict[str, in
 def merge_categories(tax: Taxonomy, a: str, b: str, sizes: dict[str, int]) -> Taxonomy:
     ca, cb = tax.category(a), tax.category(b)
     big, small = (ca, cb) if sizes.get(a, 0) >= sizes.get(b, 0) else (cb, ca)
-    taken = tax.all_ids() - {ca.id, cb.id} - {leaf.id for leaf in ca.leaves + cb.leaves}
+    # the old category ids stay taken: "big+small" cut to ID_MAX // 2 is big's own id when that id is long, and
+    # reusing b's id would make `.without([b])` drop the merged category (and stale proposals naming a or b apply)
+    taken = tax.all_ids() - {leaf.id for leaf in ca.leaves + cb.leaves}
     new_id = unique_id(f"{big.id}+{small.id}"[: ID_MAX // 2], taken)
     leaves: list[Leaf] = []
     if big.leaves or small.leaves:
@@ -111,8 +113,13 @@ def merge_categories(tax: Taxonomy, a: str, b: str, sizes: dict[str, int]) -> Ta
 def split_skill(
     tax: Taxonomy, cat_id: str, leaf_id: str | None, groups: list[list[int]], protos: Prototypes, corpus: Corpus
 ) -> Taxonomy:
-    """Replace a leaf (or a category without leaves) by one leaf per group of prototypes."""
+    """Replace a leaf (or a category without leaves) by one leaf per group of prototypes.
+
+    Owned prototypes no group names (grouping skips prototypes left without training tasks, e.g. by a
+    failure-driven child) go with the group of their most similar prototype: dropped, no skill would own them."""
     cat = tax.category(cat_id)
+    owned = next((x.protos for x in cat.leaves if x.id == leaf_id), cat.protos) if leaf_id else cat.protos
+    groups = _cover(groups, owned, protos.vectors)
     taken = tax.all_ids() - ({leaf_id} if leaf_id else set())
     rows = [np.concatenate([protos.members[p] for p in g]) for g in groups]
     ids = leaf_ids(corpus, cat_id, rows, taken)
@@ -120,6 +127,18 @@ def split_skill(
     leaves = [x for x in cat.leaves if x.id != leaf_id]
     position = next((k for k, x in enumerate(cat.leaves) if x.id == leaf_id), len(leaves))
     return tax.replace_category(cat_id, [with_leaves(cat, leaves[:position] + new + leaves[position:])])
+
+
+def _cover(groups: list[list[int]], owned: tuple[int, ...], vectors: np.ndarray) -> list[list[int]]:
+    """`groups` with every owned prototype they miss added to the group holding its most similar prototype."""
+    named = {p for g in groups for p in g}
+    if stale := sorted(named - set(owned)):
+        raise ValueError(f"split groups name prototypes {stale} the skill does not own")
+    out, v = [list(g) for g in groups], vectors.astype(np.float64)
+    for p in (p for p in owned if p not in named):
+        sims = [float(np.max(v[g] @ v[p])) for g in out]
+        out[int(np.argmax(sims))].append(p)
+    return [sorted(g) for g in out]
 
 
 Proposal = tuple[str, str, set[str], Callable[[Taxonomy], Taxonomy]]  # action, target, ids it needs, apply

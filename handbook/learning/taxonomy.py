@@ -92,6 +92,49 @@ class Taxonomy:
     def signature(self, depth: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
         return tuple(sorted((s.id, s.protos) for s in self.skills(depth)))
 
+    def problems(self, n_prototypes: int) -> list[str]:
+        """The broken invariants, readably: unique ids, a category with leaves owns exactly their prototypes, and
+        each of the `n_prototypes` prototypes is owned by exactly one skill."""
+        out: list[str] = []
+        ids = [c.id for c in self.categories] + [leaf.id for c in self.categories for leaf in c.leaves]
+        if dupes := sorted({i for i in ids if ids.count(i) > 1}):
+            out.append(f"ids used twice: {dupes}")
+        for cat in self.categories:
+            if not cat.leaves:
+                continue
+            union = {p for leaf in cat.leaves for p in leaf.protos}
+            if missing := sorted(set(cat.protos) - union):
+                out.append(f"category {cat.id} owns prototypes {missing} that none of its leaves owns")
+            if extra := sorted(union - set(cat.protos)):
+                out.append(f"leaves of category {cat.id} own prototypes {extra} the category does not")
+        out.extend(ownership_problems(self.skills(2), n_prototypes))
+        return out
+
+    def check(self, n_prototypes: int) -> None:
+        """Raise ValueError naming every broken invariant (a bug in whatever built this taxonomy)."""
+        if found := self.problems(n_prototypes):
+            raise ValueError("broken taxonomy: " + "; ".join(found))
+
+
+def ownership_problems(specs: Iterable[SkillSpec], n_prototypes: int) -> list[str]:
+    """Prototypes owned by no skill, by several, or out of range (a labeller needs exactly one owner for each)."""
+    count = np.zeros(n_prototypes, dtype=np.int64)
+    outside: set[int] = set()
+    for spec in specs:
+        for p in spec.protos:
+            if 0 <= p < n_prototypes:
+                count[p] += 1
+            else:
+                outside.add(p)
+    out = []
+    if orphans := np.flatnonzero(count == 0).tolist():
+        out.append(f"prototypes {orphans} are owned by no skill")
+    if shared := np.flatnonzero(count > 1).tolist():
+        out.append(f"prototypes {shared} are owned by several skills")
+    if outside:
+        out.append(f"prototypes {sorted(outside)} do not exist (there are {n_prototypes})")
+    return out
+
 
 def with_leaves(cat: Category, leaves: Sequence[Leaf]) -> Category:
     """A category whose leaves are `leaves` (one leaf or none means the category is itself the skill)."""
