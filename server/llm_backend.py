@@ -247,6 +247,7 @@ async def call_llm(
     if limiter is None:
         return queue_full(conn.id, conn.concurrency, timeout)
     start = time.perf_counter()
+    answering = False  # once the provider starts answering, a failure may still be billed
     try:
         with anyio.fail_after(timeout + _TIMEOUT_GRACE_S), holding_slot(limiter):
             kwargs: dict[str, Any] = {}
@@ -263,6 +264,7 @@ async def call_llm(
                 max_retries=0,
                 **kwargs,
             )
+            answering = True
             if stream:
                 answer, prompt, completion = await _stream_answer(response, on_progress)
             else:
@@ -276,7 +278,8 @@ async def call_llm(
             message = f"no answer within {timeout:g} s"
         message = scrub(message, [key])[:_MESSAGE_LIMIT]
         log.warning("agent %s failed (%s) after %.2fs: %s", conn.id, error_class, latency, message)
-        cost, source = failed_call_cost(error_class)
+        # a stream cut off mid-answer was generated, so probably billed: its cost is unknown, not 0
+        cost, source = (None, "unknown") if answering else failed_call_cost(error_class)
         return BackendResult(
             latency_s=latency,
             error_class=error_class,

@@ -177,6 +177,20 @@ async def test_streaming_reports_progress_and_usage(fake_openai: FakeOpenAI) -> 
 
 
 @pytest.mark.anyio
+async def test_a_call_cut_off_mid_answer_has_an_unknown_cost_not_zero(fake_openai: FakeOpenAI) -> None:
+    """The provider had started generating (and billing) when the stream broke: 0 would undercount budgets."""
+
+    async def broken(chars: int) -> None:
+        raise ConnectionResetError("the client went away mid-stream")
+
+    agent = conn(fake_openai, input_per_mtok=1.0, output_per_mtok=1.0)
+    r = await call_llm(agent, user("stream these four words"), timeout_s=10, stream=True, on_progress=broken)
+    assert r.error_class == "connection" and r.cost_usd is None and r.cost_source == "unknown"
+    refused = await call_llm(agent, user("FAIL500"), timeout_s=10, stream=True)
+    assert refused.error_class == "server_error" and refused.cost_usd == 0.0  # an error response: nothing billed
+
+
+@pytest.mark.anyio
 async def test_agent_settings_cap_the_call(fake_openai: FakeOpenAI) -> None:
     agent = conn(fake_openai, max_output_tokens=16, timeout_s=0.5)
     r = await call_llm(agent, user("SLOW:3"), timeout_s=30, max_tokens=4096)
