@@ -158,9 +158,16 @@ class Handbook:
         last = self._pending_key if self._pending is not None else self._arrays_key
         before = (self.store.data_version(), self.store.generation - 1)
         if self._arrays is not None and last == before:
+            after = (before[0], before[1] + 1)
+            if not effect.competence and not effect.costs:  # e.g. an outage that cost nothing: no cell changed
+                if self._pending is None:
+                    self._arrays_key = after
+                else:
+                    self._pending_key = after
+                return
             self._pending = self._pending or Patch(self._arrays)
             if self._pending.add(effect.competence, effect.costs):
-                self._pending_key = (before[0], before[1] + 1)
+                self._pending_key = after
                 return
         self._pending, self._arrays_key = None, None
 

@@ -519,6 +519,19 @@ def test_a_burst_of_records_reaches_the_arrays_on_the_next_read(tmp_path: Path, 
     _same_posteriors(after, _rebuilt(book))
 
 
+def test_an_outcome_that_changes_no_cell_keeps_the_cached_arrays(tmp_path: Path, clock: Clock) -> None:
+    book = make_book(tmp_path / "same.db", clock)
+    decision = book.route(request())
+    cached = book.arrays()
+    book.record(OutcomeReport(decision_id=decision.decision_id, error_class="connection", cost_usd=0.0))
+    assert book.arrays() is cached  # an outage that cost nothing changes no posterior: nothing to re-derive
+    _same_posteriors(cached, _rebuilt(book))
+    later = book.route(request())
+    book.record(OutcomeReport(decision_id=later.decision_id, success=True, cost_usd=0.01))
+    assert book.arrays() is not cached  # a real outcome still reaches the arrays
+    _same_posteriors(book.arrays(), _rebuilt(book))
+
+
 def test_records_queued_while_another_process_writes_are_dropped_for_a_rebuild(tmp_path: Path, clock: Clock) -> None:
     book = make_book(tmp_path / "two.db", clock)
     other = Handbook(HandbookStore(tmp_path / "two.db"), HandbookSettings(decision_ttl_s=TTL), clock=clock)
