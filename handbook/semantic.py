@@ -96,7 +96,9 @@ class SemanticMatcher:
             weights, _ = self.fallback.infer(text, mode, top_k)
             return weights, f"lexical (semantic unavailable: {self._unavailable})"
         scorer = self._scorer(embedder, mode)
-        weights = scores_to_weights(scorer.score_vector(self._step_vector(embedder, text)), top_k) if top_k > 0 else []
+        weights = []
+        if top_k > 0 and scorer.skill_ids:  # no skill in this mode: nothing to compare the step with
+            weights = scores_to_weights(scorer.score_vector(self._step_vector(embedder, text)), top_k)
         if weights:
             return weights, "semantic"
         weights, _ = self.fallback.infer(text, mode, top_k)
