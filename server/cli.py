@@ -186,6 +186,9 @@ def _run(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentParser
     except HandbookError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except sqlite3.OperationalError as exc:  # e.g. "database is locked": the file is fine, the moment is not
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except sqlite3.DatabaseError as exc:  # e.g. --db names a file that is not SQLite
         db = getattr(locals().get("args"), "db", None)
         where = f"--db {db}: " if db is not None else ""
