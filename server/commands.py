@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from skillorchestra.handbook.errors import HandbookError, InvalidInput
 from skillorchestra.handbook.models import Agent, HandbookDocument, Mode
-from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.handbook.store import HandbookStore, check_document
 from skillorchestra.server.settings import ServerSettings, default_db_path
 
 if TYPE_CHECKING:
@@ -86,6 +86,7 @@ def handbook_import(args: argparse.Namespace) -> int:
     if args.example == bool(args.file):
         raise InvalidInput("file", args.file, "either a FILE or --example")
     document = example_document() if args.example else read_document(Path(args.file))
+    check_document(document)  # before the file is opened: a refused import creates no database either
     store = _store(args)
     version = store.create_version(document, source="import", summary=f"imported {args.file or 'example'}")
     print(f"imported version {version}: {len(document.skills)} skills, {len(document.agents)} agents", file=sys.stderr)

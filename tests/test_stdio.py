@@ -108,6 +108,9 @@ def test_cli_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "zz" in proc.stderr
+    assert not (tmp_path / "h.db").exists()  # a refused import creates no database
+    imported = [cli, "handbook", "import", "--example", "--db", str(tmp_path / "h.db")]
+    subprocess.run(imported, check=True, capture_output=True, timeout=60)
     proc = subprocess.run(
         [cli, "handbook", "export", str(tmp_path / "no" / "such" / "dir.json"), "--db", str(tmp_path / "h.db")],
         capture_output=True,
