@@ -72,22 +72,35 @@ def make_matcher(store: HandbookStore, choice: str) -> LexicalMatcher | Semantic
 
 def create_server(settings: ServerSettings) -> MCPServer:
     running: list[AppState] = []  # the live state, for resources (they get no request context)
+    holders = [0]
 
     @asynccontextmanager
     async def lifespan(_server: MCPServer) -> AsyncIterator[AppState]:
-        handbook = open_handbook(settings)
-        delegator = Delegator(
-            handbook,
-            breaker=CircuitBreaker(threshold=settings.breaker_threshold, cooldown_s=settings.breaker_cooldown_s),
-            max_fallbacks=settings.max_fallbacks,
-        )
-        state = AppState(handbook=handbook, extras={"delegator": delegator, "unavailable": delegator.unavailable})
-        running.append(state)
+        """One state for the whole server, however many times the transport enters the lifespan.
+
+        The SSE transport enters it once per connection: a state per connection meant a matcher (MiniLM, ~10 MB)
+        that was never freed, and a circuit breaker and learning jobs that other connections could not see. The
+        HTTP app holds one reference for its lifetime (server/http.py), so a job outlives the connection that
+        started it; the state closes when the last holder leaves."""
+        if not running:
+            handbook = open_handbook(settings)
+            delegator = Delegator(
+                handbook,
+                breaker=CircuitBreaker(threshold=settings.breaker_threshold, cooldown_s=settings.breaker_cooldown_s),
+                max_fallbacks=settings.max_fallbacks,
+            )
+            running.append(
+                AppState(handbook=handbook, extras={"delegator": delegator, "unavailable": delegator.unavailable})
+            )
+        state = running[-1]
+        holders[0] += 1
         try:
             yield state
         finally:
-            running.remove(state)
-            handbook.store.close()
+            holders[0] -= 1
+            if holders[0] == 0:
+                running.remove(state)
+                state.handbook.store.close()
 
     def current_handbook() -> Handbook:
         if not running:
@@ -102,6 +115,7 @@ def create_server(settings: ServerSettings) -> MCPServer:
         subscriptions=False,
         log_level=settings.log_level,
     )
+    server.shared_state = lifespan  # type: ignore[attr-defined]  # for transports that enter it per connection
     register_tools(server)
     register_resources(server, current_handbook)
     register_prompts(server)

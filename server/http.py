@@ -136,7 +136,18 @@ def build_http_app(server: MCPServer, settings: ServerSettings) -> ASGIApp:
         inner = server.sse_app(
             sse_path=SSE_PATH, message_path=SSE_MESSAGE_PATH, transport_security=security, host=settings.host
         )
-        app = Starlette(routes=_routes(inner))
+        shared_state = getattr(server, "shared_state", None)
+
+        @asynccontextmanager
+        async def hold(_app: Starlette) -> AsyncIterator[None]:
+            """Keep the one server state open between connections (learning jobs outlive their connection)."""
+            if shared_state is None:
+                yield
+                return
+            async with shared_state(server):
+                yield
+
+        app = Starlette(routes=_routes(inner), lifespan=hold)
     else:
         raise InvalidInput("--transport", settings.transport, "http or sse for an HTTP server")
     return BearerTokenMiddleware(app, settings.token)

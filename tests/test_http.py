@@ -320,3 +320,30 @@ async def test_in_process_app_allowed_host_and_token(tmp_path: Path) -> None:
             Client(streamable_http_client("http://127.0.0.1:8765/mcp", http_client=http)) as client,
         ):
             await _route_and_record(client)
+
+
+@pytest.mark.anyio
+async def test_sse_connections_share_one_server_state(tmp_path: Path) -> None:
+    """SSE enters the server's lifespan per connection: a learning job started on one connection must be visible
+    from the next (a client that reconnects), and the server must not build a new state per connection."""
+    from test_learn_tools import record_swap_traffic
+
+    record_swap_traffic(tmp_path / "handbook.db")
+    running = _serve(tmp_path, "sse", None)
+    server = next(running)
+    try:
+        async with Client(sse_client(server.sse_url)) as first:
+            started = await first.call_tool("learn_handbook", {"lambda_": 0.0, "seed": 0})
+            assert not started.is_error, started.content
+            job_id = started.structured_content["job_id"]  # type: ignore[index]
+        async with Client(sse_client(server.sse_url)) as second:
+            with anyio.fail_after(60):
+                while True:
+                    status = await second.call_tool("learn_status", {"job_id": job_id})
+                    assert not status.is_error, status.content  # before: "unknown job_id" on a new connection
+                    if status.structured_content["state"] != "running":  # type: ignore[index]
+                        break
+                    await anyio.sleep(0.1)
+        assert status.structured_content["state"] == "done", status.content  # type: ignore[index]
+    finally:
+        running.close()
