@@ -834,7 +834,9 @@ class HandbookStore:
                 return row
         raise NotFound("version", str(version), [str(v["version"]) for v in self.versions()])
 
-    def promote(self, version: int, *, with_events: bool = True, summary: str | None = None) -> int:
+    def promote(
+        self, version: int, *, with_events: bool = True, summary: str | None = None, rollback: bool = False
+    ) -> int:
         """Make `version` live again as a new version (parent = `version`); returns the new version's number.
 
         with_events=True (default) restores the version as it was when last live (snapshot + its events), so
@@ -847,29 +849,48 @@ class HandbookStore:
                 raise InvalidInput("version", version, f"a version other than the live one ({live})")
             document = self.state_of(version) if with_events else self.snapshot(version)
             metrics = dict(info["metrics"], promoted_from=version, replaced=live, with_events=with_events)
+            metrics["rollback"] = rollback  # a rollback walks on back; an explicit promote is undone instead
             text = summary or f"promoted version {version} (replacing {live}): {info['summary']}"
             return self._insert_version(document, source="promote", summary=text, parent=version, metrics=metrics)
 
     def rollback_target(self) -> int:
-        """The version `rollback` would promote: the live version's parent, looking through promotions.
+        """The version `rollback` would promote: undo the last change.
 
-        A promoted version stands for the version it restored (and a pruned one for the version it folded), so
-        rolling back from it goes to that version's parent: two rollbacks in a row walk two steps back.
-        """
+        After an explicit `promote`, that is the version the promotion replaced. Otherwise it is the live version's
+        parent, looking through promotions made by rollbacks (and prunes): a rolled-back version stands for the
+        version it restored, so two rollbacks in a row walk two steps back. The empty initial handbook is never a
+        target (routing on it fails): `promote 1` empties the live handbook on purpose."""
         with self.lock:
             info = self.version_info(self.current_version())
-            while info["source"] in ("promote", "prune") and info["parent"] is not None:
-                info = self.version_info(int(info["parent"]))
-            if info["parent"] is None:
+            target: int | None
+            if info["source"] == "promote" and not _made_by_rollback(info):
+                target = info["metrics"].get("replaced")
+            else:
+                while info["source"] in ("promote", "prune") and info["parent"] is not None:
+                    info = self.version_info(int(info["parent"]))
+                target = info["parent"]
+            if target is None:
                 raise InvalidInput("version", info["version"], "a live version with a parent to roll back to")
-            return int(info["parent"])
+            if self.version_info(int(target))["source"] == "init":
+                raise InvalidInput(
+                    "version",
+                    int(target),
+                    "a version other than the empty initial handbook to roll back to (to empty the live handbook on"
+                    f" purpose: `handbook promote {target}`)",
+                )
+            return int(target)
 
     def rollback(self) -> int:
         """Promote the live version's parent (see `rollback_target`); returns the new version's number."""
         with self.write():
             live = self.current_version()
             target = self.rollback_target()
-            return self.promote(target, summary=f"rollback from version {live} to version {target}")
+            return self.promote(target, summary=f"rollback from version {live} to version {target}", rollback=True)
+
+
+def _made_by_rollback(info: dict[str, Any]) -> bool:
+    """Versions promoted by `rollback` say so in their metrics (older ones only in their summary)."""
+    return bool(info["metrics"].get("rollback")) or str(info["summary"]).startswith("rollback from")
 
 
 def check_document(document: HandbookDocument) -> None:

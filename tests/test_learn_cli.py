@@ -320,18 +320,24 @@ def test_diff_promote_rollback(labelled: Path, tmp_path: Path, capsys: pytest.Ca
     assert code == 2 and "B" in err
 
 
-def test_rollback_walks_back_through_promotions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rollback_walks_back_through_rollbacks_and_undoes_a_promote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     db = tmp_path / "h.db"
-    assert run(["handbook", "rollback", "--db", str(db)], capsys)[0] == 2  # the empty initial version has no parent
-    for seed in (1, 2):
+    assert run(["handbook", "import", "--example", "--db", str(db)], capsys)[0] == 0  # v2
+    code, _, err = run(["handbook", "rollback", "--db", str(db)], capsys)
+    assert code == 2 and "empty initial handbook" in err and "promote 1" in err  # never onto the empty v1
+    for seed in (1, 2):  # v3, v4
         data = write_data(tmp_path / f"d{seed}", unlabelled_swap(seed=seed, n=30))
         assert run(["learn", "--data", str(data), "--db", str(db), "--matcher", "lexical"], capsys)[0] == 0
-    assert run(["handbook", "rollback", "--db", str(db)], capsys)[0] == 0  # v4 = v2
-    assert run(["handbook", "rollback", "--db", str(db)], capsys)[0] == 0  # v5 = v1, not v2 again
+    assert run(["handbook", "rollback", "--db", str(db)], capsys)[0] == 0  # v5 = v3
+    assert run(["handbook", "rollback", "--db", str(db)], capsys)[0] == 0  # v6 = v2: walks on, not v3 again
+    assert run(["handbook", "promote", "4", "--db", str(db)], capsys)[0] == 0  # v7 = v4
+    assert run(["handbook", "rollback", "--db", str(db)], capsys)[0] == 0  # v8 = v6 (= v2): undoes the promote
     store = HandbookStore(db)
     try:
-        assert [(v["version"], v["parent"]) for v in store.versions()][-2:] == [(4, 2), (5, 1)]
-        assert store.document().skills == []
+        assert [(v["version"], v["parent"]) for v in store.versions()][-4:] == [(5, 3), (6, 2), (7, 4), (8, 6)]
+        assert {s.id for s in store.document().skills} == {s.id for s in store.snapshot(2).skills}
     finally:
         store.close()
 
