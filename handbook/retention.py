@@ -35,7 +35,10 @@ class PruneResult:
                 f"version {self.new_version} (from {self.old_version}): folded {self.folded_events} events before "
                 f"{when} into its snapshot, moved {self.moved_events} newer events"
             )
-        return f"{head}; deleted {self.deleted_decisions} decisions and {self.deleted_outcomes} outcomes"
+        deleted = f"deleted {self.deleted_decisions} decisions and {self.deleted_outcomes} outcomes"
+        if self.deleted_outcomes:  # the posteriors keep their evidence; the step texts behind it are gone
+            deleted += " (`learn --data events` and learn_handbook learn from these: they no longer see them)"
+        return f"{head}; {deleted}"
 
 
 def parse_cutoff(text: str, field: str = "--before") -> float:

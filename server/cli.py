@@ -56,7 +56,13 @@ def _common(parser: argparse.ArgumentParser, *, db: bool) -> None:
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     _common(parser, db=True)
-    parser.add_argument("--transport", choices=("stdio", "sse", "http"), default="stdio")
+    parser.add_argument(
+        "--transport",
+        type=lambda value: "http" if value == "streamable-http" else value,  # the SDK's name for it
+        choices=("stdio", "sse", "http"),
+        default="stdio",
+        help="stdio, sse, or http (streamable HTTP; 'streamable-http' is accepted too)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="bind address for sse/http (loopback by default)")
     parser.add_argument("--port", type=int, default=8765, help="port for sse/http")
     parser.add_argument(

@@ -260,3 +260,10 @@ def test_cli_path_errors_name_the_argument(tmp_path: Path, capsys: pytest.Captur
     assert a_file.read_text() == "not a folder"
     code, _, err = run(["handbook", "show", "--db", str(a_file)], capsys)
     assert code == 2 and f"--db {a_file}: not a usable handbook database" in err
+
+
+def test_serve_accepts_the_sdks_name_for_streamable_http() -> None:
+    from skillorchestra.server.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "--transport", "streamable-http"]).transport == "http"
+    assert build_parser().parse_args(["serve", "--transport", "sse"]).transport == "sse"

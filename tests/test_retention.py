@@ -143,6 +143,7 @@ def test_cli_prune(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert "folded 6 events" in out and "deleted 6 decisions and 6 outcomes" in out
+    assert "learn --data events" in out  # what the deleted rows meant for learning from the log
     with pytest.raises(SystemExit) as done:
         main(["handbook", "prune", "--before", "soon", "--db", str(tmp_path / "handbook.db")])
     assert done.value.code == 2
