@@ -66,6 +66,12 @@ def run(args: argparse.Namespace) -> int:
             logger.setLevel(logging.ERROR)
     try:
         return _run(args)
+    except KeyboardInterrupt:  # every finished task is already a complete line of --out
+        print(
+            f"explore: interrupted; the finished tasks are in {args.out}: run the same command again to resume",
+            file=sys.stderr,
+        )
+        raise
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)

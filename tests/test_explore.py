@@ -153,3 +153,27 @@ def test_explore_bad_input_exits_2_with_one_line(
     assert run_cli(["explore", "--tasks", tasks, "--out", out, "--db", str(db)]) == 2
     assert "--pool" in capsys.readouterr().err
     assert not Path(out).exists() and not fake_openai.chat_requests()
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    import signal
+    import subprocess
+    import time
+
+    for model in ("good", "bad", "down", "tiny"):
+        fake_openai.behaviours[model] = "SLOW:30"  # every call hangs until the interrupt
+    cli = Path(sys.executable).with_name("skillorchestra")
+    out = tmp_path / "traces.jsonl"
+    args = [str(cli), "explore", "--tasks", str(tasks_file(tmp_path)), "--pool", str(pool_file(tmp_path, fake_openai))]
+    proc = subprocess.Popen([*args, "--out", str(out), "--no-progress"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not fake_openai.chat_requests() and time.monotonic() < deadline:  # explore is calling agents now
+            time.sleep(0.05)
+        assert fake_openai.chat_requests(), "explore never called an agent"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert f"interrupted; the finished tasks are in {out}: run the same command again to resume" in err
