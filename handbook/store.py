@@ -297,12 +297,16 @@ class HandbookStore:
         source: str,
         summary: str = "",
         metrics: dict[str, Any] | None = None,
+        live: bool = True,
     ) -> int:
-        """Replace the live handbook by `document` and make it a new version (import, learn, refine)."""
+        """Replace the live handbook by `document` and make it a new version (import, learn, refine); with
+        live=False the version is only stored (its parent is still the live one), for `promote` to make live."""
         check_document(document)
         with self.write():
             parent = self.current_version() or None
-            return self._insert_version(document, source=source, summary=summary, parent=parent, metrics=metrics)
+            return self._insert_version(
+                document, source=source, summary=summary, parent=parent, metrics=metrics, live=live
+            )
 
     def _insert_version(
         self,
@@ -312,11 +316,13 @@ class HandbookStore:
         summary: str,
         parent: int | None,
         metrics: dict[str, Any] | None = None,
+        live: bool = True,
     ) -> int:
         row = self.db.conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM versions").fetchone()
         version = int(row[0])
         document = document.model_copy(update={"version": version})
-        self._replace_live_state(document)
+        if live:
+            self._replace_live_state(document)
         self.db["versions"].insert(
             {
                 "id": version,
@@ -329,7 +335,8 @@ class HandbookStore:
             },
             pk="id",
         )
-        self._set_meta("current_version", str(version))
+        if live:
+            self._set_meta("current_version", str(version))
         return version
 
     def _replace_live_state(self, document: HandbookDocument) -> None:

@@ -320,10 +320,19 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
         lines.append(
             f"Depth {m['depth']} stored for orchestrator {m['orchestrator']!r} (consult_handbook orchestrator=)."
         )
-    lines.append(
-        f"Wrote version {run.version} (parent {run.parent or '-'}) to {db}; it is live now. "
-        f"Undo: skillorchestra handbook rollback --db {db}"
-    )
+    if m.get("went_live", True):
+        lines.append(
+            f"Wrote version {run.version} (parent {run.parent or '-'}) to {db}; it is live now. "
+            f"Undo: skillorchestra handbook rollback --db {db}"
+        )
+    else:
+        lines.append(
+            f"Wrote version {run.version} to {db} but did NOT make it live: only {m['comparable_validation_tasks']} "
+            "validation tasks have outcomes of two or more agents, too few to show that its skills route better "
+            "than the live handbook's (a log of routed steps has one agent per step; route some steps to several "
+            "agents with allowed_agents, or learn from traces that run every agent). "
+            f"To use it anyway: skillorchestra handbook promote {run.version} --db {db}"
+        )
     return "\n".join(lines)
 
 

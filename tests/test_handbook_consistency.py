@@ -145,7 +145,7 @@ def test_learning_from_events_keeps_the_live_modes_its_agents_serve(
     book.upsert_skill(Skill(id="general", description="anything at all"))
     for agent in ("alpha", "beta"):
         book.upsert_agent(Agent(id=agent, modes=["search"], input_per_mtok=1.0, output_per_mtok=1.0))
-    for i in range(24):  # routed without a mode: the learned handbook's only mode is the default one ("answer")
+    for i in range(60):  # routed without a mode: the learned handbook's only mode is the default one ("answer")
         for agent, good in (("alpha", i % 2 == 0), ("beta", i % 2 == 1)):
             topic = ("chemistry reactions", "poetry rhymes")[i % 2]
             routed = book.route(RouteRequest(text=f"{topic} question {i}", allowed_agents=[agent], lambda_=0.0))

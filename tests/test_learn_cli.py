@@ -373,3 +373,31 @@ def test_learning_reports_the_first_runs_embedding_apart_and_the_second_run_find
     second = learn_into_store(store, tasks, PRICES, data_label="x", price_source="file", embedder=embedder)
     assert second.metrics["embedded_queries"] == 0
     assert "embedding" not in render_learned(second, store, tmp_path / "h.db")
+
+
+def test_learning_from_a_log_of_single_routed_steps_does_not_replace_the_live_handbook(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One agent per step gives validation nothing to compare: the learned version is stored, not made live."""
+    db = tmp_path / "h.db"
+    assert run(["handbook", "import", "--example", "--db", str(db)], capsys)[0] == 0
+    store = HandbookStore(db)
+    handbook = Handbook(store)
+    texts = ["add 17 and 25", "write a python function to sort a list", "who wrote hamlet", "translate hello"]
+    for i in range(100):
+        routed = handbook.route(RouteRequest(text=f"{texts[i % 4]} (case {i})", lambda_=0.1))
+        handbook.record(OutcomeReport(decision_id=routed.decision_id, success=i % 3 != 0))
+    live_before = canonical(store.document())
+    store.close()
+    code, out, err = run(["learn", "--data", "events", "--db", str(db), "--matcher", "lexical"], capsys)
+    assert code == 0, err
+    assert "did NOT make it live: only 0 validation tasks have outcomes of two or more agents" in out
+    assert "skillorchestra handbook promote 3" in out
+    store = HandbookStore(db)
+    try:
+        assert store.current_version() == 2 and canonical(store.document()) == live_before  # untouched
+        info = store.versions()[-1]
+        assert info["version"] == 3 and info["metrics"]["went_live"] is False and "not live" in info["summary"]
+    finally:
+        store.close()
+    assert run(["handbook", "promote", "3", "--db", str(db)], capsys)[0] == 0  # the user can still choose it

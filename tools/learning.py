@@ -78,7 +78,9 @@ def learn_handbook(
 ) -> LearnJobStatus:
     """Start learning a new handbook from this server's recorded steps and outcomes; returns a job id at once.
 
-    Poll learn_status(job_id) until state is "done" (the new version is then live) or "failed".
+    Poll learn_status(job_id) until state is "done" or "failed". The new version goes live only when validation
+    can compare agents (result.metrics.went_live): a log of steps routed to one agent each cannot show that the new
+    skills route better, so that version is stored and the live handbook kept (`handbook promote` can use it).
     """
     from skillorchestra.handbook.learning.events import prices_from_store, tasks_from_events
     from skillorchestra.server.jobs import learn_into_store, make_embedder
