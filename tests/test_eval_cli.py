@@ -91,6 +91,8 @@ def test_eval_writes_json_table_and_plots(sliced: Path, tmp_path: Path, capsys: 
     table = capsys.readouterr().out
     assert "best-single" in table and "operating point" in table
     result = json.loads(out.read_text(encoding="utf-8"))
+    best_score = result["dataset"]["oracle_best_score_accuracy"]  # the oracle row's rule, and the mean best score
+    assert "oracle: per task the cheapest agent scoring >= 0.5" in table and f"{best_score:.3f}" in table
     n_test = len(read_tasks(sliced / "test.jsonl"))
     ds = result["dataset"]
     assert ds["dropped_seen_in_train"] == SEEN and ds["test"] == n_test - SEEN

@@ -55,6 +55,11 @@ def summary(result: dict[str, Any]) -> str:
     ]
     op = result.get("operating_point", {})
     lines.append(f"operating point (* above): lambda {op.get('lambda')} ({op.get('rule', 'chosen on validation')})")
+    if "oracle_best_score_accuracy" in ds:
+        lines.append(
+            "oracle: per task the cheapest agent scoring >= 0.5 (else the best-scoring one); with graded scores the "
+            f"mean best score over agents is {_f(ds['oracle_best_score_accuracy'])}"
+        )
     if "two_agent" in result:
         lines.append(
             "two-agent (RouteLLM): "
