@@ -870,12 +870,15 @@ class HandbookStore:
         with self.lock:
             info = self.version_info(self.current_version())
             target: int | None
-            if info["source"] == "promote" and not _made_by_rollback(info):
-                target = info["metrics"].get("replaced")
-            else:
-                while info["source"] in ("promote", "prune") and info["parent"] is not None:
-                    info = self.version_info(int(info["parent"]))
+            while True:
+                if info["source"] == "promote" and not _made_by_rollback(info):
+                    target = info["metrics"].get("replaced")  # undo the promotion
+                    break
+                if info["source"] in ("promote", "prune") and info["parent"] is not None:
+                    info = self.version_info(int(info["parent"]))  # it stands for the version it restored or folded
+                    continue
                 target = info["parent"]
+                break
             if target is None:
                 raise InvalidInput("version", info["version"], "a live version with a parent to roll back to")
             if self.version_info(int(target))["source"] == "init":

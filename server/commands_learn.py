@@ -321,10 +321,10 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
             f"Depth {m['depth']} stored for orchestrator {m['orchestrator']!r} (consult_handbook orchestrator=)."
         )
     if m.get("went_live", True):
-        lines.append(
-            f"Wrote version {run.version} (parent {run.parent or '-'}) to {db}; it is live now. "
-            f"Undo: skillorchestra handbook rollback --db {db}"
-        )
+        undo = f" Undo: skillorchestra handbook rollback --db {db}"
+        if run.parent is None or store.version_info(run.parent)["source"] == "init":
+            undo = ""  # nothing before it but the empty initial handbook, which rollback never restores
+        lines.append(f"Wrote version {run.version} (parent {run.parent or '-'}) to {db}; it is live now.{undo}")
     else:
         lines.append(
             f"Wrote version {run.version} to {db} but did NOT make it live: only {m['comparable_validation_tasks']} "

@@ -1,9 +1,10 @@
 """Learning runs shared by `skillorchestra learn` and the `learn_handbook` MCP tool, and the registry of the
 tool's background jobs (hosts time out a request after 60 s, so the tool returns a job id at once).
 
-One learning run: outcome tasks + prices -> `learn()` -> a new live handbook version (source "learn") whose
-summary says what was learned from where, and whose metrics hold the validation figures, every candidate with
-its intervals and the accuracy/cost Pareto front.
+One learning run: outcome tasks + prices -> `learn()` -> a new handbook version (source "learn"), live unless its
+validation could not compare agents (see MIN_COMPARABLE_TASKS), whose summary says what was learned from where,
+and whose metrics hold the validation figures, every candidate with its intervals and the accuracy/cost Pareto
+front.
 """
 
 from __future__ import annotations

@@ -401,3 +401,39 @@ def test_learning_from_a_log_of_single_routed_steps_does_not_replace_the_live_ha
     finally:
         store.close()
     assert run(["handbook", "promote", "3", "--db", str(db)], capsys)[0] == 0  # the user can still choose it
+
+
+def test_rollback_undoes_an_explicit_promote_behind_a_prune_or_a_rollback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "h.db"
+    assert run(["handbook", "import", "--example", "--db", str(db)], capsys)[0] == 0  # v2
+    for seed in (1, 2, 3):  # v3, v4, v5
+        data = write_data(tmp_path / f"d{seed}", unlabelled_swap(seed=seed, n=30))
+        assert run(["learn", "--data", str(data), "--db", str(db), "--matcher", "lexical"], capsys)[0] == 0
+    assert run(["handbook", "promote", "3", "--db", str(db)], capsys)[0] == 0  # v6 = v3, replacing v5
+    store = HandbookStore(db)
+    handbook = Handbook(store)
+    decision = handbook.route(RouteRequest(text="sonnet rhyme", allowed_agents=["gamma"]))
+    handbook.record(OutcomeReport(decision_id=decision.decision_id, reward=1.0))
+    store.close()
+    assert run(["handbook", "prune", "--before", "2100-01-01", "--db", str(db)], capsys)[0] == 0  # v7 folds v6
+    assert run(["handbook", "rollback", "--db", str(db)], capsys)[0] == 0  # v8: undoes the promote -> v5
+    assert run(["handbook", "rollback", "--db", str(db)], capsys)[0] == 0  # v9: walks on from v5 -> v4
+    store = HandbookStore(db)
+    try:
+        rows = [(v["version"], v["source"], v["parent"]) for v in store.versions()][6:]
+        assert rows == [(7, "prune", 6), (8, "promote", 5), (9, "promote", 4)]
+        assert canonical(store.document()) == canonical(store.state_of(4))
+    finally:
+        store.close()
+
+
+def test_learning_into_a_new_database_offers_no_undo_onto_the_empty_handbook(
+    labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "new.db"
+    code, out, _ = run(["learn", "--data", str(labelled), "--db", str(db), "--matcher", "lexical"], capsys)
+    assert code == 0 and "it is live now." in out and "Undo:" not in out
+    code, out, _ = run(["learn", "--data", str(labelled), "--db", str(db), "--matcher", "lexical"], capsys)
+    assert code == 0 and "Undo: skillorchestra handbook rollback" in out

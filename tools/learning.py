@@ -29,7 +29,7 @@ JobId = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class LearnJobResult(BaseModel):
-    version: int = Field(description="the new live handbook version")
+    version: int = Field(description="the learned handbook version (live when metrics.went_live is true)")
     metrics: dict[str, Any] = Field(description="validation metrics, every candidate with intervals, Pareto front")
 
 
