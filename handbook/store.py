@@ -857,6 +857,7 @@ class HandbookStore:
             document = self.state_of(version) if with_events else self.snapshot(version)
             metrics = dict(info["metrics"], promoted_from=version, replaced=live, with_events=with_events)
             metrics["rollback"] = rollback  # a rollback walks on back; an explicit promote is undone instead
+            metrics.pop("went_live", None)  # a learned version stored without going live: live now
             text = summary or f"promoted version {version} (replacing {live}): {info['summary']}"
             return self._insert_version(document, source="promote", summary=text, parent=version, metrics=metrics)
 

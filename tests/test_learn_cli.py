@@ -401,6 +401,9 @@ def test_learning_from_a_log_of_single_routed_steps_does_not_replace_the_live_ha
     finally:
         store.close()
     assert run(["handbook", "promote", "3", "--db", str(db)], capsys)[0] == 0  # the user can still choose it
+    store = HandbookStore(db)
+    assert store.current_version() == 4 and "went_live" not in store.versions()[-1]["metrics"]
+    store.close()
 
 
 def test_rollback_undoes_an_explicit_promote_behind_a_prune_or_a_rollback(
