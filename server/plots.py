@@ -12,6 +12,7 @@ from typing import Any
 
 from skillorchestra.handbook.errors import InvalidInput
 
+LABEL_BOX_PX = (28.0, 10.0)  # a lambda label is left out when its point is this close (x, y pixels) to a labelled one
 CURVES = {"skillorchestra": ("tab:blue", (3, 4)), "knn": ("tab:orange", (3, -10))}  # colour, lambda label offset
 POINTS = {
     "skillorchestra-thompson": ("tab:cyan", "D"),
@@ -47,6 +48,40 @@ def write_plots(result: dict[str, Any], out_dir: Path, label: str = "") -> list[
     return paths
 
 
+def _lambda_labels(ax: Any, labels: list[tuple[str, float, float, str, tuple[int, int]]]) -> None:
+    """Label curve points with their lambda, skipping a label whose point sits within a label's width of one already
+    labelled (cheap lambdas crowd into one corner, where overlapping digits read as nonsense)."""
+    ax.autoscale_view()
+    kept: list[tuple[float, float]] = []
+    for text, cost, acc, color, offset in labels:
+        x, y = ax.transData.transform((cost, acc))
+        if any(abs(x - kx) < LABEL_BOX_PX[0] and abs(y - ky) < LABEL_BOX_PX[1] for kx, ky in kept):
+            continue
+        kept.append((x, y))
+        ax.annotate(text, (cost, acc), fontsize=6, color=color, xytext=offset, textcoords="offset points")
+
+
+def _agent_labels(ax: Any, agents: list[dict[str, Any]]) -> None:
+    """Name each single agent beside its point: below right, clear of a best-single or cheapest marker on the same
+    point, or below left near the right edge, where the name would run under the legend."""
+    to_axes = ax.transAxes.inverted()
+    for agent in agents:
+        if agent["accuracy"] is None or agent["avg_cost"] is None:
+            continue
+        point = (agent["avg_cost"], agent["accuracy"])
+        right_edge = to_axes.transform(ax.transData.transform(point))[0] > 0.7
+        ax.annotate(
+            agent["agent"],
+            point,
+            fontsize=6,
+            color="dimgray",
+            xytext=(-6, -10) if right_edge else (6, -10),
+            ha="right" if right_edge else "left",
+            textcoords="offset points",
+            zorder=6,
+        )
+
+
 def _pareto(plt: Any, result: dict[str, Any], path: Path, prefix: str) -> None:
     fig, ax = plt.subplots(figsize=(9.5, 5.5), dpi=110)
     rows = result["rows"]
@@ -55,21 +90,13 @@ def _pareto(plt: Any, result: dict[str, Any], path: Path, prefix: str) -> None:
         if agent["accuracy"] is None or agent["avg_cost"] is None:
             continue
         ax.scatter(agent["avg_cost"], agent["accuracy"], color="lightgray", edgecolor="gray", s=30, zorder=2)
-        ax.annotate(
-            agent["agent"],
-            (agent["avg_cost"], agent["accuracy"]),
-            fontsize=6,
-            color="dimgray",
-            xytext=(3, -8),
-            textcoords="offset points",
-        )
+    labels: list[tuple[str, float, float, str, tuple[int, int]]] = []
     for policy, (color, offset) in CURVES.items():
         points = sorted((r["lambda"], r["avg_cost"], r["accuracy"]) for r in rows if r["policy"] == policy)
         if not points:
             continue
         ax.plot([c for _, c, _ in points], [a for _, _, a in points], "-o", color=color, ms=4, label=policy, zorder=3)
-        for lam, cost, acc in points:
-            ax.annotate(f"{lam:g}", (cost, acc), fontsize=6, color=color, xytext=offset, textcoords="offset points")
+        labels += [(f"{lam:g}", cost, acc, color, offset) for lam, cost, acc in points]
     for r in rows:
         if r["policy"] == "skillorchestra" and r["lambda"] == operating:
             ax.scatter(
@@ -88,6 +115,8 @@ def _pareto(plt: Any, result: dict[str, Any], path: Path, prefix: str) -> None:
     costs = [r["avg_cost"] for r in rows if r["avg_cost"]]
     if costs and min(costs) > 0 and max(costs) / min(costs) > 20:
         ax.set_xscale("log")
+    _lambda_labels(ax, labels)
+    _agent_labels(ax, result.get("single_agents", []))
     ds = result["dataset"]
     ax.set_xlabel(f"mean cost per task (USD, {ds['cost_basis']})")
     ax.set_ylabel("accuracy (mean score)")
