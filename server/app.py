@@ -84,11 +84,12 @@ def create_server(settings: ServerSettings) -> MCPServer:
         started it; the state closes when the last holder leaves."""
         if not running:
             handbook = open_handbook(settings)
-            delegator = Delegator(
-                handbook,
-                breaker=CircuitBreaker(threshold=settings.breaker_threshold, cooldown_s=settings.breaker_cooldown_s),
-                max_fallbacks=settings.max_fallbacks,
-            )
+            try:
+                breaker = CircuitBreaker(threshold=settings.breaker_threshold, cooldown_s=settings.breaker_cooldown_s)
+                delegator = Delegator(handbook, breaker=breaker, max_fallbacks=settings.max_fallbacks)
+            except BaseException:
+                handbook.store.close()
+                raise
             running.append(
                 AppState(handbook=handbook, extras={"delegator": delegator, "unavailable": delegator.unavailable})
             )
