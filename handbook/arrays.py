@@ -140,12 +140,6 @@ class HandbookArrays:
             eligible=eligible,
         )
 
-    def patched(self, competence: Sequence[Competence], costs: Sequence[CostStats]) -> HandbookArrays | None:
-        """These arrays with a few (agent, skill) rows replaced, as after a recorded outcome; None when a row
-        names an agent or skill these arrays do not know (the caller then rebuilds from the file)."""
-        patch = Patch(self)
-        return patch.derived() if patch.add(competence, costs) else None
-
     def _cell(self, agent_id: str, skill_id: str) -> tuple[int, int] | None:
         i = self.agent_index.get(agent_id)
         j = raw_column(skill_id, self.skill_index, self.mode_index)

@@ -156,20 +156,19 @@ class Handbook:
         Valid only when nothing else changed the file since the arrays (or the last queued outcome) were
         current; otherwise the patch is dropped and the next read rebuilds from the file."""
         last = self._pending_key if self._pending is not None else self._arrays_key
-        before = (self.store.data_version(), self.store.generation - 1)
-        if self._arrays is not None and last == before:
-            after = (before[0], before[1] + 1)
-            if not effect.competence and not effect.costs:  # e.g. an outage that cost nothing: no cell changed
-                if self._pending is None:
-                    self._arrays_key = after
-                else:
-                    self._pending_key = after
-                return
+        data_version, generation = self.store.data_version(), self.store.generation
+        if self._arrays is None or last != (data_version, generation - 1):
+            self._pending, self._arrays_key = None, None
+            return
+        if effect.competence or effect.costs:  # an outage that cost nothing changes no cell
             self._pending = self._pending or Patch(self._arrays)
-            if self._pending.add(effect.competence, effect.costs):
-                self._pending_key = after
+            if not self._pending.add(effect.competence, effect.costs):
+                self._pending, self._arrays_key = None, None
                 return
-        self._pending, self._arrays_key = None, None
+        if self._pending is None:
+            self._arrays_key = (data_version, generation)
+        else:
+            self._pending_key = (data_version, generation)
 
     # -- skill demands -----------------------------------------------------------------------------------
 
