@@ -234,14 +234,7 @@ async def call_llm(
     if conn.api_key_env and not key:  # a named key that is not there: say so without calling the provider
         message = f"environment variable {conn.api_key_env} is not set (api_key_env of agent {conn.id})"
         log.warning("agent %s failed (auth): %s", conn.id, message)
-        return BackendResult(
-            latency_s=0.0,
-            error_class="auth",
-            error_type="MissingApiKey",
-            message=message,
-            cost_usd=0.0,
-            cost_source="no_token_cost",
-        )
+        return failed_call("auth", "MissingApiKey", message)
     litellm = await ensure_litellm()  # outside the deadline: the one-off import is not the agent's latency
     limiter = await acquire_slot(conn.id, conn.concurrency, timeout)
     if limiter is None:
@@ -279,15 +272,7 @@ async def call_llm(
         message = scrub(message, [key])[:_MESSAGE_LIMIT]
         log.warning("agent %s failed (%s) after %.2fs: %s", conn.id, error_class, latency, message)
         # a stream cut off mid-answer was generated, so probably billed: its cost is unknown, not 0
-        cost, source = (None, "unknown") if answering else failed_call_cost(error_class)
-        return BackendResult(
-            latency_s=latency,
-            error_class=error_class,
-            error_type=type(exc).__name__,
-            message=message,
-            cost_usd=cost,
-            cost_source=source,
-        )
+        return failed_call(error_class, type(exc).__name__, message, latency, answering=answering)
     latency = time.perf_counter() - start
     cost: float | None = None
     source: CostSource = "unknown"
@@ -323,12 +308,23 @@ async def acquire_slot(agent_id: str, concurrency: int, timeout: float) -> anyio
 
 def queue_full(agent_id: str, concurrency: int, timeout: float) -> BackendResult:
     """A call that never reached the agent: all its slots stayed busy (its health and competence are untouched)."""
+    return failed_call(
+        "rate_limit", QUEUE_FULL, f"all {concurrency} concurrency slots of {agent_id} stayed busy for {timeout:g} s"
+    )
+
+
+def failed_call(
+    error_class: ErrorClass, error_type: str, message: str, latency_s: float = 0.0, *, answering: bool = False
+) -> BackendResult:
+    """A call that produced no answer, with what it cost (see failed_call_cost; unknown once answering began)."""
+    cost, source = (None, "unknown") if answering else failed_call_cost(error_class)
     return BackendResult(
-        error_class="rate_limit",
-        error_type=QUEUE_FULL,
-        message=f"all {concurrency} concurrency slots of {agent_id} stayed busy for {timeout:g} s",
-        cost_usd=0.0,
-        cost_source="no_token_cost",
+        latency_s=latency_s,
+        error_class=error_class,
+        error_type=error_type,
+        message=message,
+        cost_usd=cost,
+        cost_source=source,
     )
 
 
