@@ -222,8 +222,8 @@ def learn_into_store(
         + (f", selection stored for orchestrator {orchestrator!r}" if orchestrator else "")
     )
     comparable = comparable_validation_tasks(tasks, val_fraction, seed)
-    live_document = store.document()
-    went_live = comparable >= MIN_COMPARABLE_TASKS or not (live_document.skills or live_document.competence)
+    live = store.counts()  # row counts: whether the live handbook has anything a blind replacement would lose
+    went_live = comparable >= MIN_COMPARABLE_TASKS or not (live["skills"] or live["competence"])
     metrics["comparable_validation_tasks"] = comparable
     metrics["went_live"] = went_live
     if not went_live:
