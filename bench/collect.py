@@ -25,6 +25,7 @@ ORDER = (
     "embed_speed",
     "learn_cost",
     "eval_tables",
+    "eval_seeds",
 )
 INTRO = """# Benchmarks
 

@@ -81,7 +81,7 @@ def summary(result: dict[str, Any]) -> str:
     learning = result.get("learning", {})
     lines.append(
         f"learning: {_f(learning.get('seconds'), 1)} s, {learning.get('llm_calls')} LLM calls, "
-        f"{_usd(learning.get('usd'))}"
+        f"{_usd(learning.get('usd'))}, {learning.get('skills', '?')} skills learned"
     )
     diag = result.get("diagnostics", {})
     if diag:

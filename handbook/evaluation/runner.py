@@ -215,6 +215,7 @@ def run_eval(
             "usd": float(learned.usd),
             "wall_seconds": learn_wall,
             "features": getattr(learned, "metrics", {}).get("features"),
+            "skills": len(learned.document.skills),
             "selection": selection.get("learning"),
         },
         "single_agents": _single_agents(table, baseline),
