@@ -191,13 +191,46 @@ def m004_step_tokens(db: Database) -> None:
     db["cost_stats"].add_column("n_step_tokens", float, not_null_default=0.0)
 
 
+@migrations()
+def m005_lean_outcome_writes(db: Database) -> None:
+    """Fewer b-trees written per recorded outcome: each is one more WAL page per commit and per checkpoint.
+
+    competence and cost_stats become WITHOUT ROWID tables clustered on (agent_id, skill_id) (no separate key index
+    to look up and keep), events number rows without AUTOINCREMENT (whose sqlite_sequence row was rewritten by every
+    event; a new event still gets a seq above every existing one), and outcomes.session_id loses an index no query
+    reads (session_spend filters decisions). Not outcomes: its ~500-byte rows split a WITHOUT ROWID b-tree keyed by
+    random decision ids so often that it wrote more pages, not fewer. Rows, columns and their order are unchanged."""
+    db.execute("DROP INDEX IF EXISTS idx_outcomes_session_id")
+    for table in ("competence", "cost_stats"):
+        (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", [table]).fetchone()
+        _copy_table(db, table, sql.replace(f'CREATE TABLE "{table}"', 'CREATE TABLE "_new"', 1) + " WITHOUT ROWID")
+    _copy_table(
+        db,
+        "events",
+        "CREATE TABLE _new (seq INTEGER PRIMARY KEY, version INTEGER NOT NULL, kind TEXT NOT NULL,"
+        " payload TEXT NOT NULL, created_at REAL NOT NULL)",
+    )
+    db["events"].create_index(["version", "seq"])
+
+
+def _copy_table(db: Database, table: str, create_new: str) -> None:
+    """Replace `table` by the table `create_new` makes (named _new, same columns in the same order), rows kept."""
+    db.execute(create_new)
+    db.execute(f'INSERT INTO _new SELECT * FROM "{table}"')
+    db.execute(f'DROP TABLE "{table}"')
+    db.execute(f'ALTER TABLE _new RENAME TO "{table}"')
+
+
 def schema_version() -> int:
     """The schema version a fully migrated database has (one per migration)."""
     return len(migrations._migrations)
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # json.dumps with options builds one per call
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return _ENCODER.encode(value)
 
 
 class HandbookStore:

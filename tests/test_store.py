@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from sqlite_utils import Database
 
 from skillorchestra.handbook.errors import HandbookError, InvalidInput, NotFound
 from skillorchestra.handbook.matcher import LexicalMatcher
@@ -24,7 +26,7 @@ from skillorchestra.handbook.models import (
     SkillDemand,
 )
 from skillorchestra.handbook.service import Handbook, HandbookSettings, OutcomeReport, RouteRequest
-from skillorchestra.handbook.store import HandbookStore, schema_version
+from skillorchestra.handbook.store import HandbookStore, migrations, schema_version
 
 DOCUMENT = HandbookDocument(
     modes=[Mode(id="code", description="write code", insights=["tests first"]), Mode(id="search")],
@@ -370,6 +372,90 @@ def test_rebuild_repairs_a_live_state_that_drifted(tmp_path: Path) -> None:
     assert drifted != truth
     assert store.rebuild() == drifted
     assert store.document() == truth
+
+
+# -- migration of the record path (m005) ---------------------------------------------------------------------
+
+OLD_SCHEMA = "m005_lean_outcome_writes"  # the first migration an old-schema file lacks
+KEPT = ("_sqlite_migrations", "sqlite_sequence")  # tables whose rows the migration itself changes
+
+
+def data_rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table but the migration bookkeeping, in a stable order."""
+    with sqlite3.connect(path) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return {t: sorted(conn.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables if t not in KEPT}
+
+
+def old_schema_copy(source: Path, target: Path) -> None:
+    """`source` (a current file) written into a file made by the migrations before m005, as an old release left it."""
+    old = Database(target)
+    migrations.apply(old, stop_before=OLD_SCHEMA)
+    conn = old.conn
+    conn.execute("ATTACH DATABASE ? AS src", [str(source)])
+    tables = [r[0] for r in conn.execute("SELECT name FROM src.sqlite_master WHERE type = 'table'")]
+    with conn:
+        for table in tables:
+            if table not in KEPT and not table.startswith("skills_fts"):  # the skills triggers fill the FTS index
+                conn.execute(f'INSERT INTO main."{table}" SELECT * FROM src."{table}"')
+    conn.execute("DETACH DATABASE src")
+    old.close()
+
+
+def test_an_old_schema_file_migrates_and_keeps_its_data(tmp_path: Path) -> None:
+    current = tmp_path / "current.db"
+    store = HandbookStore(current)
+    store.create_version(DOCUMENT, source="import")
+    book = Handbook(store, HandbookSettings(forgetting=0.9))
+    busy_history(book, random.Random(7), 40)
+    book.upsert_skill(Skill(id="code.sql.joins", mode="code", parent_id="code.sql", description="sql joins"))
+    busy_history(book, random.Random(8), 20)
+    live = store.document()
+    store.close()
+    path = tmp_path / "old.db"
+    old_schema_copy(current, path)
+    with sqlite3.connect(path) as conn:  # it is the old schema: what m005 replaces is there
+        schema = dict(conn.execute("SELECT name, sql FROM sqlite_master"))
+        (last_seq,) = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    assert "idx_outcomes_session_id" in schema and "AUTOINCREMENT" in schema["events"]
+    assert not schema["competence"].endswith("WITHOUT ROWID")
+    before = data_rows(path)
+    assert len(before["outcomes"]) > 40 and len(before["events"]) > 40 and last_seq == max(before["events"])[0]
+
+    migrated = HandbookStore(path)
+    assert migrated.schema_version() == schema_version()
+    assert data_rows(path) == before  # every row of every table, every column in its place
+    schema = dict(migrated.db.conn.execute("SELECT name, sql FROM sqlite_master"))
+    assert "idx_outcomes_session_id" not in schema and "AUTOINCREMENT" not in schema["events"]
+    assert schema["competence"].endswith("WITHOUT ROWID") and schema["cost_stats"].endswith("WITHOUT ROWID")
+    assert migrated.document() == live
+    assert migrated.rebuild() == live and migrated.document() == live  # the event log replays as before
+    assert LexicalMatcher(migrated).match("sql queries", None, 3)[0][0] == "code.sql"
+    book = Handbook(migrated)
+    busy_history(book, random.Random(9), 10)  # and it keeps recording: new events after the old ones
+    seqs = [r[0] for r in migrated.db.conn.execute("SELECT seq FROM events ORDER BY seq")]
+    assert seqs[: len(before["events"])] == sorted(r[0] for r in before["events"]) and seqs[-1] > last_seq
+    assert migrated.rebuild() == migrated.document()
+    migrated.close()
+
+
+def test_recording_an_outcome_writes_few_wal_pages(tmp_path: Path) -> None:
+    """Each b-tree an outcome touches is one more WAL page per commit (and per checkpoint, which fsyncs)."""
+    path = tmp_path / "h.db"
+    store = HandbookStore(path)
+    store.create_version(DOCUMENT, source="import")
+    book = Handbook(store)
+    demands = [SkillDemand(skill_id="code.sql", weight=1.0)]
+    decisions = [
+        book.route(RouteRequest(text="sql", skills=demands, session_id=f"s{i}")).decision_id for i in range(50)
+    ]
+    store.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    for decision_id in decisions:
+        book.record(OutcomeReport(decision_id=decision_id, success=True, cost_usd=0.001))
+    frames = (Path(f"{path}-wal").stat().st_size - 32) / (4096 + 24)
+    # events + its index, outcomes + its key index, competence, cost_stats, and now and then page 1 as the file
+    # grows (the old schema also wrote sqlite_sequence and an index on outcomes.session_id: 8 a record)
+    assert 6 <= frames / len(decisions) < 7
 
 
 # -- several processes ---------------------------------------------------------------------------------------
