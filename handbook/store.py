@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -203,7 +204,8 @@ def m005_lean_outcome_writes(db: Database) -> None:
     db.execute("DROP INDEX IF EXISTS idx_outcomes_session_id")
     for table in ("competence", "cost_stats"):
         (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", [table]).fetchone()
-        _copy_table(db, table, sql.replace(f'CREATE TABLE "{table}"', 'CREATE TABLE "_new"', 1) + " WITHOUT ROWID")
+        # the same definition under the new name, whatever quoting the name had
+        _copy_table(db, table, re.sub(r"^CREATE TABLE\s+\S+", 'CREATE TABLE "_new"', sql, count=1) + " WITHOUT ROWID")
     _copy_table(
         db,
         "events",
