@@ -18,7 +18,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,6 +278,42 @@ class HandbookStore:
                 raise
             else:
                 conn.execute("COMMIT")
+
+    def try_write(self, work: Callable[[], None]) -> bool:
+        """Run `work` in a write transaction only if nothing has to be waited for; False means nothing was written.
+
+        For callers on an event loop, which must never block: the store's lock is taken only if free, the file's
+        write lock only with a zero busy timeout (another process or a CLI holding it gives False at once), and
+        this commit runs without WAL auto-checkpoint, whose two fsyncs are left to the next ordinary commit."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            conn = self.db.conn
+            if conn.in_transaction:
+                return False
+            (busy_ms,) = conn.execute("PRAGMA busy_timeout").fetchone()
+            (checkpoint_pages,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+            conn.execute("PRAGMA busy_timeout=0")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    work()  # store.write() inside nests in this transaction
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                return False  # another connection holds the file's write lock
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+                conn.execute(f"PRAGMA wal_autocheckpoint={int(checkpoint_pages)}")
+            return True
+        finally:
+            self.lock.release()
 
     def data_version(self) -> int:
         """Changes whenever another connection (another process) commits: the cache-invalidation signal."""

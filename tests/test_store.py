@@ -228,6 +228,28 @@ def test_a_failed_write_rolls_back(tmp_path: Path) -> None:
     assert dump(store) == before
 
 
+def test_try_write_never_waits_and_writes_nothing_when_it_cannot_start(tmp_path: Path) -> None:
+    store = HandbookStore(tmp_path / "h.db")
+    conn = store.db.conn
+    settings = [conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("busy_timeout", "wal_autocheckpoint")]
+
+    def add(mode_id: str) -> Any:
+        return lambda: store.db["modes"].insert({"id": mode_id, "description": "", "insights": "[]"})
+
+    cli = sqlite3.connect(store.path, isolation_level=None)
+    cli.execute("BEGIN IMMEDIATE")  # another process holds the file's write lock
+    before = dump(store)
+    assert store.try_write(add("blocked")) is False  # at once: the busy timeout (30 s) is not waited out
+    cli.execute("COMMIT")
+    assert dump(store) == before
+    assert store.try_write(add("written")) is True
+    assert "written" in {m.id for m in store.modes()}
+    with pytest.raises(sqlite3.IntegrityError):  # an error of the work itself is the caller's, and rolls back
+        store.try_write(add("written"))
+    assert [conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("busy_timeout", "wal_autocheckpoint")] == settings
+    cli.close()
+
+
 def test_a_second_outcome_for_a_decision_is_refused_by_the_store(tmp_path: Path) -> None:
     store = HandbookStore(tmp_path / "h.db")
     store.create_version(DOCUMENT, source="import")
