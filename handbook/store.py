@@ -205,7 +205,7 @@ def m005_lean_outcome_writes(db: Database) -> None:
     for table in ("competence", "cost_stats"):
         (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", [table]).fetchone()
         # the same definition under the new name, whatever quoting the name had
-        _copy_table(db, table, re.sub(r"^CREATE TABLE\s+\S+", 'CREATE TABLE "_new"', sql, count=1) + " WITHOUT ROWID")
+        _copy_table(db, table, TABLE_NAME.sub('CREATE TABLE "_new"', sql, count=1) + " WITHOUT ROWID")
     _copy_table(
         db,
         "events",
@@ -213,6 +213,10 @@ def m005_lean_outcome_writes(db: Database) -> None:
         " payload TEXT NOT NULL, created_at REAL NOT NULL)",
     )
     db["events"].create_index(["version", "seq"])
+
+
+# the name in a CREATE TABLE statement, in any of SQLite's quotings
+TABLE_NAME = re.compile(r'^CREATE TABLE\s+("(?:[^"]|"")*"|\[[^\]]*\]|`[^`]*`|\w+)')
 
 
 def _copy_table(db: Database, table: str, create_new: str) -> None:
@@ -251,9 +255,12 @@ class HandbookStore:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
             with self.write():
+                upgrading = bool(migrations.pending(self.db)) and self.db["meta"].exists()
                 migrations.apply(self.db)
                 if self._meta("current_version") is None:
                     self._insert_version(HandbookDocument(), source="init", summary="empty handbook", parent=None)
+            if upgrading:  # a migration may have copied whole tables: give the WAL's space back at once
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         with self.lock:
@@ -305,7 +312,7 @@ class HandbookStore:
                         conn.execute("ROLLBACK")
                     raise
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
+                if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                     raise
                 return False  # another connection holds the file's write lock
             finally:

@@ -6,6 +6,7 @@ import random
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -239,7 +240,11 @@ def test_try_write_never_waits_and_writes_nothing_when_it_cannot_start(tmp_path:
     cli = sqlite3.connect(store.path, isolation_level=None)
     cli.execute("BEGIN IMMEDIATE")  # another process holds the file's write lock
     before = dump(store)
-    assert store.try_write(add("blocked")) is False  # at once: the busy timeout (30 s) is not waited out
+    answers: list[bool] = []
+    attempt = threading.Thread(target=lambda: answers.append(store.try_write(add("blocked"))))
+    attempt.start()
+    attempt.join(timeout=10)  # the store's busy timeout is 30 s: waiting it out would leave the thread running
+    assert answers == [False]
     cli.execute("COMMIT")
     assert dump(store) == before
     assert store.try_write(add("written")) is True
@@ -446,6 +451,7 @@ def test_an_old_schema_file_migrates_and_keeps_its_data(tmp_path: Path) -> None:
 
     migrated = HandbookStore(path)
     assert migrated.schema_version() == schema_version()
+    assert Path(f"{path}-wal").stat().st_size == 0  # the copied tables' pages are checkpointed and the WAL emptied
     assert data_rows(path) == before  # every row of every table, every column in its place
     schema = dict(migrated.db.conn.execute("SELECT name, sql FROM sqlite_master"))
     assert "idx_outcomes_session_id" not in schema and "AUTOINCREMENT" not in schema["events"]
