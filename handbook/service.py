@@ -441,10 +441,10 @@ class Handbook:
             "completion_tokens": report.completion_tokens,
             "latency_s": report.latency_s,
         }
-        earlier = self._earlier_report(decision, payload)
-        if earlier is not None:
-            return earlier
         if self.clock() > decision["expires_at"]:
+            earlier = self._earlier_report(decision, payload)  # a repeated report stays idempotent after expiry
+            if earlier is not None:
+                return earlier
             raise Expired(
                 f"decision {report.decision_id!r} expired at {decision['expires_at']:.0f} (its time to live is "
                 "SKILLORCHESTRA_DECISION_TTL seconds); route the step again"
@@ -472,7 +472,7 @@ class Handbook:
                 effect = self.store.record_outcome(row, event, decided_under=decision["version"])
                 if effect is not None:
                     self._patch_arrays(effect)
-        except InvalidInput:  # another process reported it between our check and our write
+        except InvalidInput:  # already reported (the store checks inside the write): a repeat, or a conflict
             earlier = self._earlier_report(decision, payload)
             if earlier is None:
                 raise
