@@ -15,6 +15,10 @@ ID_MAX = 200
 TEXT_MAX = 32_000
 DESCRIPTION_MAX = 4_000
 LIST_MAX = 50
+# upper bounds of amounts clients report: far above any real call, and finite, so one typo cannot swamp c_ref
+MAX_USD = 1e6  # a call's cost, a budget, a price per million tokens
+MAX_TOKENS = 2**53  # also within SQLite's INTEGER
+MAX_SECONDS = 1e6
 
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX, strip_whitespace=True)]
 ShortText = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX)]
@@ -28,7 +32,8 @@ SCHEMA_VERSION = 1  # the one document layout this version reads and writes
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # an infinite price or count would poison every later route (inf / inf is NaN), so no model takes one
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Mode(_Model):

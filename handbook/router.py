@@ -49,7 +49,15 @@ class RouteScores:
 
 
 def cost_penalty(cost: np.ndarray, c_ref: float, lambda_: float) -> np.ndarray:
-    return lambda_ * cost / c_ref if c_ref > 0 else np.zeros_like(cost)
+    if c_ref <= 0:
+        return np.zeros_like(cost)
+    with np.errstate(invalid="ignore"):  # inf / inf is NaN, which route() ranks last
+        return lambda_ * cost / c_ref
+
+
+def _nan_last(utility: np.ndarray) -> np.ndarray:
+    """NaN utilities (an unusable cost, e.g. inf / inf) rank below every number: np.argmax would pick them first."""
+    return np.where(np.isnan(utility), -np.inf, utility)
 
 
 def route(inputs: RouteInputs, lambda_: float, strategy: Strategy, rng: np.random.Generator | None) -> RouteScores:
@@ -62,7 +70,7 @@ def route(inputs: RouteInputs, lambda_: float, strategy: Strategy, rng: np.rando
     quality = contributions.sum(axis=1)
     half = Z90 * np.sqrt(np.maximum(inputs.var @ (w * w), 0.0))
     penalty = cost_penalty(inputs.cost, inputs.c_ref, lambda_)
-    mean_utility = quality - penalty
+    mean_utility = _nan_last(quality - penalty)
     masked_mean = np.where(inputs.eligible, mean_utility, -np.inf)
     greedy = int(np.argmax(masked_mean))
 
@@ -71,7 +79,7 @@ def route(inputs: RouteInputs, lambda_: float, strategy: Strategy, rng: np.rando
             rng = np.random.default_rng()
         a = inputs.alpha[eligible]
         b = inputs.beta[eligible]
-        draws = rng.beta(a, b, size=(PROPENSITY_DRAWS + 1, *a.shape)) @ w - penalty[eligible]
+        draws = _nan_last(rng.beta(a, b, size=(PROPENSITY_DRAWS + 1, *a.shape)) @ w - penalty[eligible])
         winners = np.argmax(draws, axis=1)
         chosen_local = int(winners[0])
         chosen = int(eligible[chosen_local])

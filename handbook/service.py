@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 import uuid
@@ -104,9 +105,12 @@ def encode_cursor(offset: int) -> str:
 def decode_cursor(cursor: str | None) -> int:
     if cursor is None or cursor == "":
         return 0
-    if not (cursor.startswith("o") and cursor[1:].isdigit()):
+    if re.fullmatch(r"o[0-9]{1,9}", cursor) is None:
         raise InvalidInput("cursor", cursor, "a next_cursor value returned by an earlier call")
     return int(cursor[1:])
+
+
+KEY_CURSOR = "k"  # list cursors hold the last id served: adding or deleting items between pages skips or repeats none
 
 
 class Handbook:
@@ -639,22 +643,36 @@ class Handbook:
     # -- listings ----------------------------------------------------------------------------------------
 
     def list_agents(self, mode: str | None = None, cursor: str | None = None, limit: int = 50) -> AgentPage:
+        self._known_mode(mode)
         items = [a for a in self.store.agents() if mode is None or not a.modes or mode in a.modes]
         page, next_cursor = _paginate(items, cursor, limit)
         return AgentPage(items=page, next_cursor=next_cursor)
 
     def list_skills(self, mode: str | None = None, cursor: str | None = None, limit: int = 50) -> SkillPage:
+        self._known_mode(mode)
         items = [s for s in self.store.skills() if mode is None or s.mode == mode]
         page, next_cursor = _paginate(items, cursor, limit)
         return SkillPage(items=page, next_cursor=next_cursor)
 
+    def _known_mode(self, mode: str | None) -> None:
+        """A filter by a mode the handbook lacks is a typo, not an empty answer."""
+        if mode is not None:
+            known = [m.id for m in self.store.modes()]
+            if mode not in known:
+                raise NotFound("mode", mode, known)
+
 
 def _paginate(items: list[Any], cursor: str | None, limit: int) -> tuple[list[Any], str | None]:
+    """A page of `items` (sorted by id) after the id the cursor holds."""
     if not 1 <= limit <= PAGE_LIMIT_MAX:
         raise InvalidInput("limit", limit, f"an integer from 1 to {PAGE_LIMIT_MAX}")
-    offset = decode_cursor(cursor)
-    page = items[offset : offset + limit]
-    return page, encode_cursor(offset + limit) if offset + limit < len(items) else None
+    if cursor:
+        if not cursor.startswith(KEY_CURSOR) or len(cursor) == 1:
+            raise InvalidInput("cursor", cursor, "a next_cursor value returned by an earlier call")
+        after = cursor[1:]
+        items = [item for item in items if item.id > after]
+    page = items[:limit]
+    return page, KEY_CURSOR + page[-1].id if len(items) > limit else None
 
 
 def _check_amount(name: str, value: float | None) -> None:

@@ -149,6 +149,22 @@ async def test_infrastructure_errors_never_touch_competence(mcp_client: Client) 
         ("record_outcome", {"decision_id": "missing", "success": True, "costusd": 0.1}, "costusd"),
         ("upsert_agent", {"agent_id": "new", "api_base": "http://elsewhere"}, "api_base"),
         ("route_step", {"text": "x", "lamda": 0.5}, "Extra inputs are not permitted"),
+        # a huge price swamped c_ref (an infinite one, sent as raw JSON, is refused by the models: test_models.py)
+        ("upsert_agent", {"agent_id": "big", "output_per_mtok": 1e300}, "output_per_mtok"),
+        ("record_outcome", {"decision_id": "missing", "success": True, "cost_usd": 1e308}, "cost_usd"),
+        ("record_outcome", {"decision_id": "missing", "success": True, "prompt_tokens": 10**20}, "prompt_tokens"),
+        ("record_outcome", {"decision_id": "missing", "success": True, "latency_s": 1e12}, "latency_s"),
+        # blank ids were a traceback; " x " means "x" for every tool alike
+        ("upsert_agent", {"agent_id": "   "}, "agent_id"),
+        ("upsert_agent", {"agent_id": "a", "modes": ["  "]}, "modes"),
+        ("upsert_skill", {"skill_id": "s", "parent_id": " "}, "parent_id"),
+        ("upsert_mode", {"mode_id": " "}, "mode_id"),
+        ("upsert_mode", {"mode_id": "m", "insights": ["  "]}, "insights"),
+        ("route_step", {"text": "x", "session_id": ""}, "session_id"),
+        ("list_skills", {"cursor": "o\u00b2"}, "cursor"),
+        ("list_agents", {"cursor": "o\u0663"}, "cursor"),
+        ("list_agents", {"mode": "nomode"}, "unknown mode"),
+        ("list_skills", {"mode": "nomode"}, "unknown mode"),
     ],
 )
 async def test_bad_input_is_a_tool_error_naming_the_field_and_writes_nothing(
@@ -189,6 +205,20 @@ async def test_lists_paginate(mcp_client: Client) -> None:
     second = await call(mcp_client, "list_skills", {"limit": 3, "cursor": first["next_cursor"]})
     third = await call(mcp_client, "list_skills", {"limit": 3, "cursor": second["next_cursor"]})
     assert [s["id"] for s in third["items"]] == ["s6"] and third["next_cursor"] is None
+
+
+async def test_list_cursors_neither_skip_nor_repeat_when_items_change_between_pages(mcp_client: Client) -> None:
+    for i in range(6):
+        await call(mcp_client, "upsert_agent", {"agent_id": f"agent-{i}"})
+    first = await call(mcp_client, "list_agents", {"limit": 3})
+    assert [a["id"] for a in first["items"]] == ["agent-0", "agent-1", "agent-2"]
+    await call(mcp_client, "upsert_agent", {"agent_id": "agent-00"})  # sorts into the page already served
+    await call(mcp_client, "delete_agent", {"agent_id": "agent-1"})
+    rest = await call(mcp_client, "list_agents", {"limit": 3, "cursor": first["next_cursor"]})
+    assert [a["id"] for a in rest["items"]] == ["agent-3", "agent-4", "agent-5"] and rest["next_cursor"] is None
+    spaced = await call(mcp_client, "upsert_agent", {"agent_id": " agent-9 "})
+    assert spaced["id"] == "agent-9"
+    assert (await call(mcp_client, "delete_agent", {"agent_id": " agent-9 "}))["id"] == "agent-9"
 
 
 async def test_delete_skill_and_agent(mcp_client: Client) -> None:

@@ -92,6 +92,15 @@ def test_an_ineligible_agent_is_never_chosen_or_ranked() -> None:
         assert sampled.chosen != 0 and 0 not in sampled.ranking
 
 
+def test_an_unusable_cost_ranks_its_agent_last_instead_of_first() -> None:
+    """inf / inf is NaN, and np.argmax picks a NaN first: an infinite cost once won every route."""
+    data = inputs([[9.0], [5.0]], [[1.0], [5.0]], [1.0], cost=[np.inf, 0.001], c_ref=np.inf)
+    scores = route(data, 0.1, "mean", None)
+    assert scores.chosen == 1 and list(scores.ranking) == [1, 0]
+    for seed in range(20):
+        assert route(data, 0.1, "thompson", np.random.default_rng(seed)).chosen == 1
+
+
 def test_no_eligible_agent_is_an_error() -> None:
     with pytest.raises(ValueError, match="eligible"):
         route(three_agents(eligible=[False, False, False]), 0.1, "mean", None)

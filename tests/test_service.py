@@ -84,7 +84,8 @@ def book(tmp_path: Path, clock: Clock) -> Handbook:
 
 
 def python(weight: float = 1.0) -> list[SkillDemand]:
-    return [SkillDemand(skill_id="code.python", weight=weight)]
+    # built without validation: SkillDemand itself refuses an infinite weight, and the service must too
+    return [SkillDemand.model_construct(skill_id="code.python", weight=weight)]
 
 
 def request(**fields: Any) -> RouteRequest:

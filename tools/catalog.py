@@ -7,18 +7,19 @@ from typing import Annotated
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
-from skillorchestra.handbook.models import DEFAULT_MODE, DESCRIPTION_MAX, ID_MAX, Agent, Mode, Skill
+from skillorchestra.handbook.models import DEFAULT_MODE, DESCRIPTION_MAX, ID_MAX, MAX_USD, Agent, Mode, Skill
 from skillorchestra.handbook.results import AgentPage, Removed, SkillPage
-from skillorchestra.tools.common import READ_ONLY, app_state, reports_failures, writes
+from skillorchestra.tools.common import READ_ONLY, Id, OptionalId, app_state, reports_failures, writes
 
-Id = Annotated[str, Field(min_length=1, max_length=ID_MAX)]
 Description = Annotated[str, Field(max_length=DESCRIPTION_MAX)]
-Lines = Annotated[list[Annotated[str, Field(min_length=1, max_length=1000)]], Field(max_length=50)]
-Price = Annotated[float | None, Field(ge=0.0, description="USD per million tokens")]
+Lines = Annotated[
+    list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]], Field(max_length=50)
+]
+Price = Annotated[float | None, Field(ge=0.0, le=MAX_USD, allow_inf_nan=False, description="USD per million tokens")]
 Limit = Annotated[int, Field(ge=1, le=200)]
-Cursor = Annotated[str | None, Field(max_length=64)]
+Cursor = Annotated[str | None, Field(max_length=ID_MAX + 1)]  # 'k' and the last id served
 ModeFilter = Annotated[str | None, Field(max_length=ID_MAX)]
 
 
@@ -62,7 +63,7 @@ def upsert_skill(
     ctx: Context,
     description: Description = "",
     mode: Id = DEFAULT_MODE,
-    parent_id: Annotated[str | None, Field(max_length=ID_MAX)] = None,
+    parent_id: OptionalId = None,
     indicators: Lines | None = None,
     examples: Lines | None = None,
 ) -> Skill:

@@ -10,16 +10,21 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import ConfigDict
+from pydantic import ConfigDict, StringConstraints, ValidationError
 
-from skillorchestra.handbook.errors import HandbookError
+from skillorchestra.handbook.errors import HandbookError, InvalidInput
+from skillorchestra.handbook.models import ID_MAX
 from skillorchestra.handbook.service import Handbook
+
+# An id argument, stripped as the handbook strips it: "  " is refused as empty, " x " means "x" for every tool alike
+Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=ID_MAX)]
+OptionalId = Annotated[str | None, StringConstraints(strip_whitespace=True, min_length=1, max_length=ID_MAX)]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -62,6 +67,10 @@ def reports_failures(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except HandbookError as exc:
             raise ToolError(str(exc)) from exc
+        except ValidationError as exc:  # a value the arguments' types let through but a handbook model refuses
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or exc.title
+            raise ToolError(str(InvalidInput(where, first.get("input"), first["msg"]))) from exc
 
     return wrapper
 

@@ -12,8 +12,8 @@ from pydantic import Field
 from skillorchestra.handbook.errors import HandbookError
 from skillorchestra.handbook.results import DelegateResult
 from skillorchestra.handbook.service import DelegateRequest, RouteRequest
-from skillorchestra.tools.common import app_state, writes
-from skillorchestra.tools.routing import Id, Lambda, Mode, OptionalId, Skills, StepText, TopK, Usd
+from skillorchestra.tools.common import Id, OptionalId, app_state, writes
+from skillorchestra.tools.routing import Lambda, Mode, Skills, StepText, TopK, Usd
 
 
 def register(server: MCPServer) -> None:

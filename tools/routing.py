@@ -8,14 +8,12 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from pydantic import Field
 
-from skillorchestra.handbook.models import ID_MAX, TEXT_MAX, ErrorClass, SkillDemand
+from skillorchestra.handbook.models import ID_MAX, MAX_SECONDS, MAX_TOKENS, MAX_USD, TEXT_MAX, ErrorClass, SkillDemand
 from skillorchestra.handbook.results import ConsultResult, OutcomeResult, RouteDecision
 from skillorchestra.handbook.service import OutcomeReport, RouteRequest
-from skillorchestra.tools.common import READ_ONLY, app_state, reports_failures, writes
+from skillorchestra.tools.common import READ_ONLY, Id, OptionalId, app_state, reports_failures, writes
 
 StepText = Annotated[str, Field(min_length=1, max_length=TEXT_MAX, description="What this step must achieve")]
-Id = Annotated[str, Field(min_length=1, max_length=ID_MAX)]
-OptionalId = Annotated[str | None, Field(default=None, max_length=ID_MAX)]
 Mode = Annotated[str | None, Field(max_length=ID_MAX, description="Restrict to one mode (stage) of work")]
 TopK = Annotated[int, Field(ge=1, le=50, description="How many skills / candidates to return")]
 Lambda = Annotated[
@@ -33,8 +31,8 @@ Skills = Annotated[
         description="Skill demands [{skill_id, weight}]; omitted = inferred from the text",
     ),
 ]
-Usd = Annotated[float | None, Field(ge=0.0, description="US dollars")]
-Tokens = Annotated[int | None, Field(ge=0)]
+Usd = Annotated[float | None, Field(ge=0.0, le=MAX_USD, allow_inf_nan=False, description="US dollars")]
+Tokens = Annotated[int | None, Field(ge=0, le=MAX_TOKENS)]
 
 
 def register(server: MCPServer) -> None:
@@ -115,7 +113,7 @@ def record_outcome(
     cost_usd: Usd = None,
     prompt_tokens: Tokens = None,
     completion_tokens: Tokens = None,
-    latency_s: Annotated[float | None, Field(ge=0.0)] = None,
+    latency_s: Annotated[float | None, Field(ge=0.0, le=MAX_SECONDS, allow_inf_nan=False)] = None,
     error_class: ErrorClass = "task",
 ) -> OutcomeResult:
     """Report how a routed step went; the agent's competence on the step's skills moves at once.

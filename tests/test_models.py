@@ -1,0 +1,26 @@
+"""The handbook's models refuse values that would poison routing, wherever they come from (tools, import, CLI)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from pydantic import ValidationError
+
+from skillorchestra.handbook.models import Agent, Competence, HandbookDocument, SkillDemand
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_no_model_takes_an_infinite_or_nan_number(value: float) -> None:
+    with pytest.raises(ValidationError, match="input_per_mtok"):
+        Agent(id="a", input_per_mtok=value)
+    with pytest.raises(ValidationError, match="alpha"):
+        Competence(agent_id="a", skill_id="s", alpha=value)
+    with pytest.raises(ValidationError, match="weight"):
+        SkillDemand(skill_id="s", weight=value)
+
+
+def test_an_imported_document_with_an_infinite_price_is_refused() -> None:
+    text = '{"schema_version": 1, "agents": [{"id": "a", "input_per_mtok": Infinity}]}'
+    with pytest.raises(ValidationError, match="input_per_mtok"):
+        HandbookDocument.model_validate_json(text)
