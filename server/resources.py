@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
-from urllib.parse import unquote
 
 import numpy as np
 from mcp.server import MCPServer
@@ -37,7 +36,7 @@ def register_resources(server: MCPServer, current: Callable[[], Handbook]) -> No
         description="One skill and each agent on it",
     )
     def skill(skill_id: str) -> str:
-        return _json(skill_card(current(), unquote(skill_id)))
+        return _json(skill_card(current(), skill_id))
 
     @server.resource(
         "handbook://agents/{agent_id}",
@@ -45,7 +44,7 @@ def register_resources(server: MCPServer, current: Callable[[], Handbook]) -> No
         description="One agent with its competence and cost on every skill",
     )
     def agent(agent_id: str) -> str:
-        return _json(agent_card(current(), unquote(agent_id)))
+        return _json(agent_card(current(), agent_id))  # the SDK has already percent-decoded the id
 
     @server.resource(
         "handbook://stats",

@@ -247,6 +247,9 @@ async def test_resources_and_prompt(mcp_client: Client) -> None:
     demanded = {d["skill_id"] for d in routed["skills"]}
     lengths = [s["usual_step_tokens"] for s in card["skills"] if s["skill_id"] in demanded]
     assert lengths and all(n == pytest.approx(200.0) for n in lengths)  # 800 characters, the router's estimate
+    await call(mcp_client, "upsert_agent", {"agent_id": "a%41b"})  # decoded once: a '%' in an id survives
+    percent = await mcp_client.read_resource("handbook://agents/a%2541b")
+    assert json.loads(percent.contents[0].text)["id"] == "a%41b"  # type: ignore[union-attr]
     skill = await mcp_client.read_resource("handbook://skills/math.equations")
     assert '"parent_id": "math"' in skill.contents[0].text  # type: ignore[union-attr]
     stats = await mcp_client.read_resource("handbook://stats")
