@@ -24,6 +24,7 @@ from mcp.types import INVALID_PARAMS
 from skillorchestra.handbook.embedding import locate_minilm_weights
 from skillorchestra.handbook.inference import HandbookMatcher
 from skillorchestra.handbook.matcher import LexicalMatcher
+from skillorchestra.handbook.models import TEXT_MAX
 from skillorchestra.handbook.semantic import SemanticMatcher
 from skillorchestra.handbook.service import Handbook
 from skillorchestra.handbook.store import HandbookStore
@@ -126,11 +127,12 @@ def create_server(settings: ServerSettings) -> MCPServer:
 
 def _reject_invalid_requests(server: MCPServer) -> Any:
     """Requests the SDK would answer with a generic error are invalid params (-32602) that say what is wrong:
-    an unknown tool name (not a tool result the model should retry), and a prompt without a required argument
-    (the SDK reports "Internal server error" and logs a traceback)."""
+    an unknown tool name (not a tool result the model should retry), and a prompts/get of an unknown prompt, without
+    a required argument, with an argument the prompt does not take or with an over-long value (the SDK reports
+    "Internal server error" and logs a traceback)."""
 
     tools: set[str] = set()
-    prompt_arguments: dict[str, list[str]] = {}
+    prompts: dict[str, tuple[list[str], set[str]]] = {}  # name -> (required arguments, all arguments)
 
     async def middleware(ctx: Any, call_next: Any) -> Any:
         if ctx.method == "tools/call" and isinstance(ctx.params, dict):
@@ -140,19 +142,34 @@ def _reject_invalid_requests(server: MCPServer) -> Any:
             if name not in tools:
                 raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: {name}")
         if ctx.method == "prompts/get" and isinstance(ctx.params, dict):
-            if not prompt_arguments:
+            if not prompts:
                 for prompt in await server.list_prompts():
-                    prompt_arguments[prompt.name] = [a.name for a in prompt.arguments or [] if a.required]
-            given = ctx.params.get("arguments") or {}
-            missing = [a for a in prompt_arguments.get(ctx.params.get("name"), []) if a not in given]
-            if missing:
-                raise MCPError(
-                    code=INVALID_PARAMS,
-                    message=f"prompt {ctx.params.get('name')} needs the argument(s): {', '.join(missing)}",
-                )
+                    arguments = prompt.arguments or []
+                    prompts[prompt.name] = ([a.name for a in arguments if a.required], {a.name for a in arguments})
+            _check_prompt_request(ctx.params, prompts)
         return await call_next(ctx)
 
     return middleware
+
+
+def _check_prompt_request(params: dict[str, Any], prompts: dict[str, tuple[list[str], set[str]]]) -> None:
+    name = params.get("name")
+    if name not in prompts:
+        raise MCPError(code=INVALID_PARAMS, message=f"Unknown prompt: {name} (known: {', '.join(sorted(prompts))})")
+    required, accepted = prompts[name]
+    given = params.get("arguments") or {}
+    problems = []
+    missing = [a for a in required if a not in given]
+    if missing:
+        problems.append(f"needs the argument(s): {', '.join(missing)}")
+    extra = sorted(set(given) - accepted)
+    if extra:
+        problems.append(f"takes no argument(s) {', '.join(extra)} (it takes: {', '.join(sorted(accepted))})")
+    long = sorted(k for k, v in given.items() if isinstance(v, str) and len(v) > TEXT_MAX)
+    if long:
+        problems.append(f"argument(s) {', '.join(long)} longer than {TEXT_MAX:,} characters")
+    if problems:
+        raise MCPError(code=INVALID_PARAMS, message=f"prompt {name} " + "; ".join(problems))
 
 
 async def serve(settings: ServerSettings) -> None:

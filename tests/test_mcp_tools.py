@@ -197,6 +197,22 @@ async def test_a_prompt_without_its_required_argument_is_invalid_params_naming_i
     assert caught.value.error.code == -32602 and "goal" in caught.value.error.message
 
 
+@pytest.mark.parametrize(
+    ("name", "arguments", "says"),
+    [
+        ("nope", {}, "Unknown prompt: nope"),
+        ("orchestrate", {"goal": "g", "budget": "1"}, "takes no argument(s) budget"),
+        ("orchestrate", {"goal": "g" * 32_001}, "goal longer than 32,000 characters"),
+    ],
+)
+async def test_a_bad_prompt_request_is_invalid_params_saying_what_is_wrong(
+    mcp_client: Client, name: str, arguments: dict[str, str], says: str
+) -> None:
+    with pytest.raises(MCPError) as caught:
+        await mcp_client.get_prompt(name, arguments)
+    assert caught.value.error.code == -32602 and says in caught.value.error.message
+
+
 async def test_lists_paginate(mcp_client: Client) -> None:
     for i in range(7):
         await call(mcp_client, "upsert_skill", {"skill_id": f"s{i}", "description": f"skill {i}"})
