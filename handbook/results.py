@@ -83,10 +83,15 @@ class RouteDecision(BaseModel):
 
 
 class CompetenceUpdate(BaseModel):
+    """The skill's own evidence for this agent after the outcome: Beta(alpha, beta) counts and their mean.
+
+    Routing shrinks this toward the parent skill, the mode and the agent's overall record (kappa pseudo-counts),
+    so with little evidence the competence route_step and consult_handbook show moves less than `mean` does."""
+
     skill_id: str
-    alpha: float
-    beta: float
-    mean: float
+    alpha: float = Field(description="successes + 1 on this skill (fractional: weighted by the step's demand)")
+    beta: float = Field(description="failures + 1 on this skill")
+    mean: float = Field(description="alpha / (alpha + beta), before shrinkage toward the parent, mode and agent")
 
 
 class OutcomeResult(BaseModel):
