@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +92,7 @@ def handbook_import(args: argparse.Namespace) -> int:
     store = _store(args)
     version = store.create_version(document, source="import", summary=f"imported {args.file or 'example'}")
     print(f"imported version {version}: {len(document.skills)} skills, {len(document.agents)} agents", file=sys.stderr)
+    warn_unconnected(store)
     return 0
 
 
@@ -222,10 +225,43 @@ def _pool_notes(store: HandbookStore, connected: set[str]) -> list[str]:
         )
     if not store.skills():
         notes.append(
-            "the handbook has no skills yet, so routing sees each agent's overall record only: "
-            "`skillorchestra handbook import --example` adds the shipped example, `learn` builds skills from traces"
+            "the handbook has no skills yet, so routing sees each agent's overall record only: `learn` builds "
+            "skills from traces and `skillorchestra handbook import --example` brings the shipped example; both "
+            "replace the handbook's agents with their own, so run this `agents load` again after them"
         )
     return notes
+
+
+def unconnected_loaded_agents(store: HandbookStore) -> list[str]:
+    """Agents whose connection settings `agents load` stored but the live handbook no longer has (an import or a
+    learned version brings its own agents): delegate cannot call them until they are loaded again."""
+    live = {a.id for a in store.agents()}
+    return sorted(agent_id for agent_id in store.connections() if agent_id not in live)
+
+
+def warn_unconnected(store: HandbookStore) -> None:
+    missing = unconnected_loaded_agents(store)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        print(
+            f"note: the live handbook no longer has {len(missing)} agent(s) with connection settings ({shown}): "
+            "delegate cannot call them; run `skillorchestra agents load FILE` again to add them",
+            file=sys.stderr,
+        )
+
+
+@contextlib.contextmanager
+def removed_if_refused(path: Path) -> Iterator[None]:
+    """A command that creates the database file `path` removes it again when it fails: refused, it writes nothing.
+    (Close the store inside the block.)"""
+    existed = path.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                leftover.unlink(missing_ok=True)
+        raise
 
 
 def _add_missing_modes(handbook: Handbook, modes: list[str]) -> list[str]:

@@ -18,7 +18,7 @@ from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.models import HandbookDocument
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.argtypes import fraction_arg, lambda_arg, name_arg, seed_arg, version_arg
-from skillorchestra.server.commands import existing_store
+from skillorchestra.server.commands import existing_store, removed_if_refused, warn_unconnected
 from skillorchestra.server.settings import default_db_path
 
 if TYPE_CHECKING:
@@ -169,47 +169,57 @@ def _prices(
 
 
 def learn(args: argparse.Namespace) -> int:
-    from skillorchestra.handbook.learning.events import tasks_from_events
-    from skillorchestra.server.jobs import learn_into_store, make_embedder
-
     learner = _learner(args)
     if args.agents is not None and not args.agents.is_file():
         raise InvalidInput("--agents", str(args.agents), "an existing agents.json")
     tasks, data_path = _read_data(args.data)  # a bad file fails before the database is opened
-    store = HandbookStore(_db(args))
-    try:
-        if data_path is None:
-            tasks = tasks_from_events(store)
-            if not tasks:
-                raise InvalidInput(
-                    "--data",
-                    "events",
-                    "a database with reported outcomes of routed steps (route_step + record_outcome, step text kept)",
-                )
-        prices, price_source = _prices(args, data_path, store)
-        embedder, features = make_embedder(args.matcher, store)
-        label = str(data_path) if data_path is not None else f"the event log of {_db(args)}"
-        _progress(0.0, f"{len(tasks)} tasks from {label}; {features}")
-        run = learn_into_store(
-            store,
-            tasks,
-            prices,
-            data_label=label,
-            price_source=price_source,
-            val_fraction=args.val_fraction,
-            lambda_=args.lambda_,
-            seed=args.seed,
-            embedder=embedder,
-            features=features,
-            orchestrator=args.orchestrator,
-            from_events=data_path is None,
-            progress=_progress,
-            learner=learner,
-        )
-        print(render_learned(run, store, _db(args)))
-    finally:
-        store.close()
+    db = Path(_db(args))
+    with removed_if_refused(db):  # a refused learn leaves no new database behind
+        # learning from the event log needs a handbook that has one: a misspelt --db is not a new empty handbook
+        store = existing_store(args) if data_path is None else HandbookStore(db)
+        try:
+            _learn_into(args, store, tasks, data_path, learner)
+        finally:
+            store.close()
     return 0
+
+
+def _learn_into(
+    args: argparse.Namespace, store: HandbookStore, tasks: list[Any], data_path: Path | None, learner: Any
+) -> None:
+    from skillorchestra.handbook.learning.events import tasks_from_events
+    from skillorchestra.server.jobs import learn_into_store, make_embedder
+
+    if data_path is None:
+        tasks = tasks_from_events(store)
+        if not tasks:
+            raise InvalidInput(
+                "--data",
+                "events",
+                "a database with reported outcomes of routed steps (route_step + record_outcome, step text kept)",
+            )
+    prices, price_source = _prices(args, data_path, store)
+    embedder, features = make_embedder(args.matcher, store)
+    label = str(data_path) if data_path is not None else f"the event log of {_db(args)}"
+    _progress(0.0, f"{len(tasks)} tasks from {label}; {features}")
+    run = learn_into_store(
+        store,
+        tasks,
+        prices,
+        data_label=label,
+        price_source=price_source,
+        val_fraction=args.val_fraction,
+        lambda_=args.lambda_,
+        seed=args.seed,
+        embedder=embedder,
+        features=features,
+        orchestrator=args.orchestrator,
+        from_events=data_path is None,
+        progress=_progress,
+        learner=learner,
+    )
+    print(render_learned(run, store, _db(args)))
+    warn_unconnected(store)
 
 
 def _progress(fraction: float, message: str) -> None:

@@ -172,6 +172,11 @@ class Delegator:
         if request.agent_id is not None:
             agents = self.handbook.arrays().agent_ids
             if request.agent_id not in agents:
+                if request.agent_id in connections:  # loaded, then an import or a learned version replaced the agents
+                    raise Unroutable(
+                        f"agent {request.agent_id} has connection settings but is not in the live handbook (a later "
+                        "import or learn brought its own agents): run `skillorchestra agents load FILE` again"
+                    )
                 raise NotFound("agent (agent_id)", request.agent_id, agents)
             if request.agent_id not in connections:
                 raise InvalidInput("agent_id", request.agent_id, "an agent with connection settings (agents.toml)")

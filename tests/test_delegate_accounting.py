@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
+from skillorchestra.handbook.errors import Unroutable
 from skillorchestra.handbook.models import Agent
 from skillorchestra.handbook.service import DelegateRequest, Handbook, RouteRequest
 from skillorchestra.handbook.store import HandbookStore
@@ -151,3 +152,14 @@ async def test_a_failed_call_is_accounted_on_a_worker_as_before(handbook: Handbo
         await delegator.delegate(DelegateRequest(route=RouteRequest(text="add two numbers")))
     assert handbook.store.counts()["outcomes"] == 1  # the failure became the decision's outcome
     assert delegator.breaker.snapshot()["solo"]["consecutive_failures"] == 1
+
+
+async def test_a_loaded_agent_the_live_handbook_lost_is_named_with_the_way_back(handbook: Handbook) -> None:
+    handbook.store.save_connections(  # `agents load` stored ghost; the live handbook (an import, a learn) lacks it
+        {
+            "solo": ("llm", {"model": "openai/solo", "api_base": "http://127.0.0.1:9/v1"}),
+            "ghost": ("llm", {"model": "openai/ghost", "api_base": "http://127.0.0.1:9/v1"}),
+        }
+    )
+    with pytest.raises(Unroutable, match="agents load"):
+        await Delegator(handbook).delegate(DelegateRequest(route=RouteRequest(text="x"), agent_id="ghost"))

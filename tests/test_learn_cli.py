@@ -184,8 +184,19 @@ def test_learn_rejects_bad_arguments_in_one_line(
 def test_learn_data_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(["learn", "--data", str(tmp_path / "missing.jsonl"), "--db", str(tmp_path / "h.db")], capsys)
     assert code == 2 and "--data" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(["learn", "--data", "events", "--db", str(tmp_path / "typo.db")], capsys)
+    assert code == 2 and "no handbook at" in err and not (tmp_path / "typo.db").exists()  # not a new empty handbook
+    HandbookStore(tmp_path / "empty.db").close()
     code, _, err = run(["learn", "--data", "events", "--db", str(tmp_path / "empty.db")], capsys)
     assert code == 2 and "--data" in err and "record_outcome" in err
+
+
+def test_a_refused_learn_leaves_no_new_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    unjudged = tmp_path / "unjudged.jsonl"
+    unjudged.write_text('{"id": "t", "query": "q", "outcomes": {"a": {"score": null}}}\n', encoding="utf-8")
+    code, _, err = run(["learn", "--data", str(unjudged), "--db", str(tmp_path / "new.db")], capsys)
+    assert code == 2 and "judged" in err
+    assert list(tmp_path.iterdir()) == [unjudged]  # no database, no -wal or -shm file
 
 
 def canned_taxonomy(body: dict[str, Any]) -> str:
