@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 
+from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.models import HandbookDocument
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.handbook.traces import SUCCESS_THRESHOLD, AgentPrice, TraceTask, estimate_cost_usd
@@ -255,7 +256,25 @@ def print_totals(n: int, ours: Tally, theirs: Tally, strongest: str) -> None:
     )
 
 
+def _refuse_a_used_handbook(db: Path) -> None:
+    """The demo makes its learned handbook live and routes 12 steps: never over a handbook someone uses."""
+    store = HandbookStore(db)
+    try:
+        counts = store.counts()
+    finally:
+        store.close()
+    if counts["skills"] or counts["agents"] or counts["decisions"]:
+        raise InvalidInput(
+            "--db",
+            str(db),
+            f"a new or empty database for the demo's handbook (this one holds {counts['skills']} skills, "
+            f"{counts['agents']} agents and {counts['decisions']} decisions, which the demo would replace)",
+        )
+
+
 def run_demo(db: Path | None, seed: int = 0, lambda_: float = 0.1) -> int:
+    if db is not None and db.exists():
+        _refuse_a_used_handbook(db)
     tasks, prices = load_sample()
     learning_tasks, steps = hold_out(tasks, seed)
     strongest, strongest_score = best_single(learning_tasks)

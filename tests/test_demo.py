@@ -57,3 +57,12 @@ def test_demo_rejects_a_bad_argument(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "--lambda" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.db").exists()
+
+
+def test_demo_refuses_a_database_that_holds_a_handbook(tmp_path: Path) -> None:
+    db = tmp_path / "mine.db"
+    assert subprocess.run([str(SCRIPT), "handbook", "import", "--example", "--db", str(db)], check=False).returncode == 0
+    before = db.read_bytes()
+    done = run_demo("--db", str(db))
+    assert done.returncode == 2 and "--db" in done.stderr and "20 skills, 9 agents" in done.stderr
+    assert db.read_bytes() == before
