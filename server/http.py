@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -176,5 +177,23 @@ async def serve_http(server: MCPServer, settings: ServerSettings) -> None:
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host
     auth = " (bearer token required)" if settings.token else ""
     url = f"http://{shown}:{settings.port}{path}"
+    sock = _bind(settings)  # before saying "serving": a port in use is the user's error, named as such
     print(f"skillorchestra: serving {settings.transport} at {url}{auth}", file=sys.stderr)
-    await uvicorn.Server(config).serve()
+    await uvicorn.Server(config).serve(sockets=[sock])
+
+
+def _bind(settings: ServerSettings) -> socket.socket:
+    """The listening socket, bound as uvicorn would bind it; a failure names the flag to change."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)[0]
+    except OSError as exc:
+        raise InvalidInput("--host", settings.host, f"an address this machine can bind ({exc.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise InvalidInput("--port", settings.port, f"a port free on {settings.host} ({exc.strerror})") from None
+    sock.set_inheritable(True)
+    return sock

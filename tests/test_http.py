@@ -269,6 +269,18 @@ def test_public_bind_without_token_exits_2(tmp_path: Path) -> None:
     assert done.stdout == b""
 
 
+def test_a_port_in_use_exits_2_naming_the_port_and_never_says_serving(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = [_script("skillorchestra"), "serve", "--transport", "http", "--port", str(port)]
+        done = subprocess.run(args + ["--db", str(tmp_path / "h.db")], env=_env(None), capture_output=True, timeout=60)
+    err = done.stderr.decode()
+    assert done.returncode == 2 and f"--port={port}" in err and "a port free on 127.0.0.1" in err, err
+    assert "serving" not in err and "Traceback" not in err
+
+
 # -- in-process checks of the app builder (no port) ------------------------------------------------------
 
 
