@@ -99,7 +99,11 @@ def _run(args: argparse.Namespace) -> int:
     print(json.dumps(summary.as_dict(), sort_keys=True))
     if summary.errors:
         failed = sum(summary.errors.values())
-        print(f"explore: {failed} calls failed ({', '.join(summary.errors)}); their scores are null", file=sys.stderr)
+        print(
+            f"explore: {failed} calls failed ({', '.join(summary.errors)}); an infrastructure failure's score is null. "
+            f"A rerun skips every task already in {args.out}: remove a task's line from it to run that task again",
+            file=sys.stderr,
+        )
     if summary.unpriced_agents:
         unpriced = ", ".join(sorted(summary.unpriced_agents))
         print(f"explore: cost unknown for {unpriced} (no price in the pool file or litellm's table)", file=sys.stderr)

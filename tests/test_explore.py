@@ -74,6 +74,7 @@ def test_explore_grades_each_agent_and_never_scores_an_outage(
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
     assert "4/4" in captured.err  # the progress bar
+    assert "8 calls failed" in captured.err and "remove a task's line from it to run that task again" in captured.err
     traces = {t.id: t for t in read_tasks(out)}  # the generic format of interface.md
     assert sorted(traces) == ["c1", "n1", "n2", "u1"]
     score = {tid: {a: o.score for a, o in t.outcomes.items()} for tid, t in traces.items()}
