@@ -11,7 +11,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.models import INFRASTRUCTURE_ERRORS
@@ -45,6 +46,22 @@ class TraceTask(BaseModel):
     task: str | None = None
     mode: str | None = None
     outcomes: dict[str, AgentOutcome]
+
+    @field_validator("outcomes")
+    @classmethod
+    def _agent_ids(cls, outcomes: dict[str, AgentOutcome]) -> dict[str, AgentOutcome]:
+        """The keys become handbook agent ids, so they obey the id rule here, where the error can name the line (ids
+        are stored stripped, so ' a' would silently merge with 'a')."""
+        for key in outcomes:
+            if not key.strip() or len(key) > ID_MAX or key != key.strip():
+                shown = repr(key) if len(key) <= 40 else f"{key[:40]!r}... ({len(key)} characters)"
+                raise PydanticCustomError(
+                    "agent_id",
+                    "outcome keys (agent ids) that are non-empty strings of at most {max} characters without "
+                    "leading or trailing spaces, got {key}",
+                    {"max": ID_MAX, "key": shown},
+                )
+        return outcomes
 
 
 class AgentPrice(BaseModel):

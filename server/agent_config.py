@@ -64,6 +64,8 @@ from skillorchestra.handbook.errors import InvalidInput
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Field names that would put a secret in the file; each gets a pointed error instead of "unknown field".
 _SECRET_FIELDS = frozenset({"api_key", "key", "token", "api_token", "bearer_token", "secret", "password"})
+# Fields holding environment variable names: a wrong value there is often the key itself, so errors mask it.
+_ENV_NAME_FIELDS = frozenset({"api_key_env", "env_vars"})
 
 AgentId = Annotated[str, Field(min_length=1, max_length=200)]
 EnvName = Annotated[str, Field(min_length=1, max_length=200, pattern=_ENV_NAME.pattern)]
@@ -213,6 +215,10 @@ def parse_agent(agent_id: str, raw: Mapping[str, Any], source: str = "<config>")
             expected = "no such field (known: " + ", ".join(sorted(model_cls.model_fields)) + ")"
         elif err["type"] == "missing":
             value, expected = None, "a value (required)"
+        if err["loc"] and err["loc"][0] in _ENV_NAME_FIELDS:  # a pasted key instead of a name: never echo it
+            value = "***"
+            if err["type"] in ("string_pattern_mismatch", "string_too_long", "string_too_short"):
+                expected = "the NAME of an environment variable (letters, digits, _; no leading digit), not its value"
         if len(exc.errors()) > 1:
             expected += f" (and {len(exc.errors()) - 1} more problem(s))"
         raise InvalidInput(_where(source, agent_id, field), value, expected) from None

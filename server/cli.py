@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from skillorchestra.handbook.errors import HandbookError
+from skillorchestra.server.argtypes import seed_arg
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -134,7 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     asub = agents.add_subparsers(dest="action", required=True, parser_class=Parser)
     load = asub.add_parser("load", help="load agents.toml: connection settings, and the agents into the handbook")
     _common(load, db=True)
-    load.add_argument("file", type=Path)
+    load.add_argument(
+        "file",
+        type=Path,
+        metavar="FILE",
+        help="agents.toml: [agents.<id>] tables (model, api_base, api_key_env = the NAME of the key's variable, "
+        "or an MCP command/url)",
+    )
     load.set_defaults(handler=commands.agents_load)
     show_agents = asub.add_parser("show", help="the loaded connection settings (no secrets are stored)")
     _common(show_agents, db=True)
@@ -145,10 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="action", required=True, parser_class=Parser)
     convert = dsub.add_parser("convert", help="turn a real dataset into the generic outcome format")
     _common(convert, db=False)
-    convert.add_argument("--format", required=True, choices=("llmrouter", "routellm"))
-    convert.add_argument("--seed", type=int, default=0, help="seed of the routellm 50/50 split")
-    convert.add_argument("src", type=Path)
-    convert.add_argument("outdir", type=Path)
+    convert.add_argument(
+        "--format", required=True, choices=("llmrouter", "routellm"), help="the layout of SRC: which dataset it is"
+    )
+    convert.add_argument("--seed", type=seed_arg, default=0, help="seed of the routellm 50/50 split (>= 0)")
+    convert.add_argument(
+        "src",
+        type=Path,
+        metavar="SRC",
+        help="the dataset's folder (llmrouter: its score and query files; routellm: mmlu/ and gsm8k files)",
+    )
+    convert.add_argument(
+        "outdir",
+        type=Path,
+        metavar="OUTDIR",
+        help="folder to write train.jsonl, test.jsonl and agents.json in (routellm: one subfolder per dataset)",
+    )
     convert.set_defaults(handler=commands.data_convert)
 
     from skillorchestra.server import commands_eval
@@ -183,6 +202,28 @@ def _configure_logging(level: str) -> None:
 
 def _run(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentParser]) -> int:
     try:
+        try:
+            return _dispatch(argv, build)
+        finally:
+            sys.stdout.flush()  # a reader that went away (`| head -1`) shows here, not at interpreter exit
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout closed it early (`| head`): stop quietly, as a tool killed by SIGPIPE does (exit 141).
+    Python ignores SIGPIPE, so this is the recipe of its `signal` docs: point stdout at devnull so the flush at exit
+    does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor behind stdout (an embedding or a test capture)
+        pass
+    return 128 + 13  # 128 + SIGPIPE
+
+
+def _dispatch(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentParser]) -> int:
+    try:
         args = build().parse_args(argv)
         _configure_logging(getattr(args, "log_level", "WARNING"))
         return int(args.handler(args) or 0)
@@ -200,6 +241,8 @@ def _run(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentParser
         where = f"--db {db}: " if db is not None else ""
         print(f"error: {where}not a usable handbook database ({exc})", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        raise  # stdout's reader went away: _run exits quietly
     except (OSError, sqlite3.Error) as exc:  # a path that cannot be read, written or opened
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -29,6 +30,49 @@ def _tasks(flag: str, path: Path) -> list[TraceTask]:
     if not path.is_file():
         raise InvalidInput(flag, str(path), "an existing generic outcome JSONL file")
     return read_tasks(path)
+
+
+def _check_judged(args: argparse.Namespace, train: list[TraceTask], test: list[TraceTask]) -> None:
+    """Refuse before learning when no test task can be scored: every row compares the agents of train on the
+    unseen test tasks that at least one of them was judged on."""
+    from skillorchestra.handbook.evaluation.data import drop_seen
+
+    agents = {agent for task in train for agent, outcome in task.outcomes.items() if outcome.score is not None}
+    if not agents:
+        raise InvalidInput("--train", str(args.train), "at least one task with a judged (non-null) score")
+    unseen, _ = drop_seen(train, test)
+    if not any(o.score is not None and a in agents for task in unseen for a, o in task.outcomes.items()):
+        raise InvalidInput(
+            "--test",
+            str(args.test),
+            "at least one judged test task (a non-null score, a query not in --train) for an agent of --train",
+        )
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--json and --plot-dir must be writable before the (long) run starts, so a bad path fails at once and the
+    run writes nothing."""
+    if args.json is not None and str(args.json) != "-":
+        if args.json.is_dir():
+            raise InvalidInput("--json", str(args.json), "a file path (this is a directory), or - for stdout")
+        if args.json.exists() and not os.access(args.json, os.W_OK):
+            raise InvalidInput("--json", str(args.json), "a writable file path")
+        _creatable("--json", args.json.parent, args.json)
+    if args.plot_dir is not None:
+        if args.plot_dir.exists() and not args.plot_dir.is_dir():
+            raise InvalidInput("--plot-dir", str(args.plot_dir), "a directory (this is an existing file)")
+        _creatable("--plot-dir", args.plot_dir, args.plot_dir)
+
+
+def _creatable(flag: str, folder: Path, given: Path) -> None:
+    """`folder` exists as a writable directory, or can be made: its nearest existing ancestor is one."""
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InvalidInput(flag, str(given), f"a path whose folders can be created ({existing} is not a directory)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidInput(flag, str(given), f"a path in a writable folder ({existing} is not writable)")
 
 
 def _prices(args: argparse.Namespace, tasks: list[TraceTask]) -> dict[str, AgentPrice]:
@@ -54,8 +98,10 @@ def run(args: argparse.Namespace) -> int:
     from skillorchestra.handbook.evaluation.runner import EvalConfig, default_learn, run_eval
     from skillorchestra.handbook.evaluation.sweep import DEFAULT_LAMBDAS
 
+    _check_outputs(args)
     train = _tasks("--train", args.train)
     test = _tasks("--test", args.test)
+    _check_judged(args, train, test)
     prices = _prices(args, train + test)
     embedder, cache = _embedder(args, train + test)
     config = EvalConfig(

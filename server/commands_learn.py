@@ -97,20 +97,28 @@ def add_handbook_actions(hb: Any, common: Any) -> None:
     """`handbook diff A B`, `promote V`, `rollback` (hb: the handbook subparsers; common: cli._common)."""
     diff = hb.add_parser("diff", help="what changed between two versions (skills, agents, competence, metrics)")
     common(diff, db=True)
-    diff.add_argument("a", type=version_arg, metavar="A")
-    diff.add_argument("b", type=version_arg, metavar="B")
+    diff.add_argument(
+        "a", type=version_arg, metavar="A", help="the version to compare from (a number from `handbook versions`)"
+    )
+    diff.add_argument("b", type=version_arg, metavar="B", help="the version to compare to")
     diff.add_argument("--top", type=seed_arg, default=10, help="competence changes to list (default 10)")
     diff.set_defaults(handler=handbook_diff)
     promote = hb.add_parser("promote", help="make version V live again (as a new version whose parent is V)")
     common(promote, db=True)
-    promote.add_argument("version", type=version_arg, metavar="V")
+    promote.add_argument(
+        "version", type=version_arg, metavar="V", help="the version to make live again (from `handbook versions`)"
+    )
     promote.add_argument(
         "--snapshot-only",
         action="store_true",
         help="restore V's snapshot as created, without the outcomes recorded while V was live",
     )
     promote.set_defaults(handler=handbook_promote)
-    rollback = hb.add_parser("rollback", help="promote the live version's parent")
+    undo = (
+        "undo the last change: after `promote`, make the version it replaced live again; otherwise the live "
+        "version's parent (as a new version; nothing is deleted)"
+    )
+    rollback = hb.add_parser("rollback", help=undo, description=undo)
     common(rollback, db=True)
     rollback.set_defaults(handler=handbook_rollback)
 
@@ -128,7 +136,7 @@ def _learner(args: argparse.Namespace) -> dict[str, Any] | None:
         return None
     if any(importlib.util.find_spec(m) is None for m in LLM_LEARNER_MODULES):
         raise InvalidInput("--learner", args.learner, "nothing: the LLM learner is not available in this build")
-    from skillorchestra.server.llm_learner import learner_connection
+    from skillorchestra.server.llm_learner import learner_connection, require_api_key
 
     settings = {
         "model": args.learner,
@@ -137,7 +145,8 @@ def _learner(args: argparse.Namespace) -> dict[str, Any] | None:
         "input_per_mtok": args.learner_input_per_mtok,
         "output_per_mtok": args.learner_output_per_mtok,
     }
-    learner_connection(**settings)  # validates like an agent's connection; raises naming the --learner* flag
+    conn = learner_connection(**settings)  # validates like an agent's connection; raises naming the --learner* flag
+    require_api_key(conn)  # an unset key variable fails here, not after dozens of refused calls
     return settings
 
 

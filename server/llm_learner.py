@@ -69,7 +69,22 @@ def learner_connection(
     except ValidationError as exc:
         err = exc.errors()[0]
         where = "--learner" + ("-" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "")
-        raise InvalidInput(where, err.get("input"), err["msg"].removeprefix("Value error, ")) from None
+        value, expected = err.get("input"), err["msg"].removeprefix("Value error, ")
+        if err["loc"] and err["loc"][0] == "api_key_env":  # often the key itself, pasted: never echo it
+            value, expected = "***", "the NAME of an environment variable (letters, digits, _), not its value"
+        raise InvalidInput(where, value, expected) from None
+
+
+def require_api_key(conn: LlmAgentConnection) -> None:
+    """Fail before the first call when the named key variable is unset: otherwise every discovery batch would
+    fail on auth in turn (dozens of calls and retries) before the run gives up."""
+    if conn.api_key_env and not os.environ.get(conn.api_key_env):
+        raise InvalidInput(
+            "--learner-api-key-env",
+            conn.api_key_env,
+            "the name of a set environment variable (it is unset or empty here: export it, or leave the flag out "
+            "for a server that needs no key)",
+        )
 
 
 def _litellm() -> ModuleType:
@@ -163,7 +178,9 @@ def learn_with_llm(
         timeout_s=timeout_s,
         max_output_tokens=max_output_tokens,
     )
-    complete = complete or make_complete(conn, json_mode=json_mode)
+    if complete is None:
+        require_api_key(conn)
+        complete = make_complete(conn, json_mode=json_mode)
     descriptions = {a: p.description or "" for a, p in prices.items()}
     discoverer = LlmDiscoverer(complete, discovery, descriptions)
     result = learn(tasks, prices, discoverer=discoverer, **learn_kwargs)

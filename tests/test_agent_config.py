@@ -107,6 +107,24 @@ def test_rejects_a_key_in_the_file_without_echoing_it(tmp_path: Path, field: str
 
 
 @pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('[agents.a]\nmodel = "openai/x"\napi_key_env = "sk-live-SECRET"\n', "agents.a.api_key_env"),
+        ('[agents.a]\nmodel = "openai/x"\napi_key_env = "sk-live-SECRET' + "x" * 200 + '"\n', "agents.a.api_key_env"),
+        ('[agents.m]\nkind = "mcp"\ncommand = "c"\ntool = "t"\nenv_vars = ["OK", "sk-live-SECRET"]\n', "env_vars.1"),
+    ],
+)
+def test_a_key_pasted_where_a_variable_name_goes_is_not_echoed(tmp_path: Path, body: str, field: str) -> None:
+    """api_key_env and env_vars take variable NAMES; a value there is usually the key itself, so it is masked."""
+    path = write(tmp_path, body)
+    with pytest.raises(InvalidInput) as err:
+        load_agent_configs(path)
+    text = str(err.value)
+    assert field in text and "'***'" in text and "NAME of an environment variable" in text, text
+    assert "SECRET" not in text
+
+
+@pytest.mark.parametrize(
     ("body", "needle"),
     [
         ('[agents.a]\nmodel = "openai/x"\ntimeout_s = -1\n', "agents.a.timeout_s=-1"),
@@ -189,3 +207,12 @@ def test_agents_load_is_one_transaction(tmp_path: Path, monkeypatch: pytest.Monk
     store = HandbookStore(db)
     assert {a.id: a for a in store.agents()} == before  # neither the new prices nor agent b
     assert set(store.connections()) == {"openai/a"}
+
+
+def test_agents_load_help_names_the_file(capsys: pytest.CaptureFixture[str]) -> None:
+    from skillorchestra.server.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["agents", "load", "-h"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert exited.value.code == 0 and "FILE agents.toml" in out and "the NAME of the key's variable" in out

@@ -163,3 +163,52 @@ def test_routellm_missing_gsm8k_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="gsm8k_responses.csv"):
         convert_routellm(tmp_path / "src", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from skillorchestra.server.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+def test_data_convert_refuses_a_negative_seed_like_every_other_seed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_routellm(tmp_path / "src")
+    code, _, err = run_cli(
+        ["data", "convert", "--format", "routellm", "--seed", "-1", str(tmp_path / "src"), str(tmp_path / "out")],
+        capsys,
+    )
+    assert code == 2 and "--seed" in err and "expected an integer >= 0" in err and not (tmp_path / "out").exists()
+    code, _, err = run_cli(
+        ["data", "convert", "--format", "routellm", "--seed", "0", str(tmp_path / "src"), str(tmp_path / "out")], capsys
+    )
+    assert code == 0 and (tmp_path / "out" / "mmlu" / "train.jsonl").is_file(), err
+
+
+def test_data_convert_help_says_what_each_argument_is(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["data", "convert", "-h"], capsys)
+    assert code == 0 and "SRC OUTDIR" in out
+    for text in ("the dataset's folder", "train.jsonl, test.jsonl and agents.json", "the layout of SRC"):
+        assert text in " ".join(out.split()), out
+
+
+@pytest.mark.parametrize(
+    ("key", "shown"),
+    [("", "got ''"), (" ", "got ' '"), (" alpha", "got ' alpha'"), ("m" * 201, "(201 characters)")],
+)
+def test_outcome_keys_are_agent_ids(tmp_path: Path, key: str, shown: str) -> None:
+    """An outcome key becomes an agent id: empty, over 200 characters or space-padded is refused at its line."""
+    good = {"id": "t1", "query": "q1", "outcomes": {"alpha": {"score": 1.0}}}
+    bad = {"id": "t2", "query": "q2", "outcomes": {"alpha": {"score": 1.0}, key: {"score": 0.0}}}
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n", encoding="utf-8")
+    with pytest.raises(InvalidInput) as info:
+        read_tasks(path)
+    text = str(info.value)
+    assert text.startswith(f"{path}:2=") and "outcome keys (agent ids)" in text and shown in text, text
+    path.write_text(json.dumps({**bad, "outcomes": {"m" * 200: {"score": 0.0}, "meta/llama": {}}}) + "\n")
+    assert list(read_tasks(path)[0].outcomes) == ["m" * 200, "meta/llama"]  # 200 characters and '/' are fine

@@ -61,7 +61,8 @@ def test_demo_rejects_a_bad_argument(tmp_path: Path) -> None:
 
 def test_demo_refuses_a_database_that_holds_a_handbook(tmp_path: Path) -> None:
     db = tmp_path / "mine.db"
-    assert subprocess.run([str(SCRIPT), "handbook", "import", "--example", "--db", str(db)], check=False).returncode == 0
+    imported = subprocess.run([str(SCRIPT), "handbook", "import", "--example", "--db", str(db)], check=False)
+    assert imported.returncode == 0
     before = db.read_bytes()
     done = run_demo("--db", str(db))
     assert done.returncode == 2 and "--db" in done.stderr and "20 skills, 9 agents" in done.stderr

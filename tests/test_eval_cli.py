@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -161,3 +163,102 @@ def test_eval_learns_with_minilm_features_cached_in_the_db(
     store = HandbookStore(db)  # every query's vector is kept for the next run
     assert store.db["embeddings"].count >= len(queries)
     store.close()
+
+
+def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    """Two priced agents, a strong costly one and a weak cheap one: enough for a full eval in about a second."""
+    train = [
+        {"id": f"r{i}", "query": f"train question {i}", "outcomes": {"a": {"score": 1.0}, "b": {"score": i % 2}}}
+        for i in range(20)
+    ]
+    test = [
+        {"id": f"s{i}", "query": f"test question {i}", "outcomes": {"a": {"score": 1.0}, "b": {"score": 0.0}}}
+        for i in range(8)
+    ]
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", train)
+    write_jsonl(folder / "test.jsonl", test)
+    prices = {
+        "a": {"input_per_mtok": 10.0, "output_per_mtok": 30.0},
+        "b": {"input_per_mtok": 0.5, "output_per_mtok": 1},
+    }
+    (folder / "agents.json").write_text(json.dumps(prices), encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "outcomes",
+    [
+        {"a": {"score": None}, "b": {"score": None}},  # nothing judged
+        {"c": {"score": 1.0}},  # judged, but only for an agent absent from train
+    ],
+)
+def test_eval_refuses_a_test_file_with_nothing_to_score(
+    tiny: Path, tmp_path: Path, outcomes: dict[str, object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    test = write_jsonl(tmp_path / "unjudged.jsonl", [{"id": "u", "query": "fresh", "outcomes": outcomes}])
+    out = tmp_path / "out.json"
+    code = run_cli(["eval", "--train", str(tiny / "train.jsonl"), "--test", str(test), "--json", str(out)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and not out.exists()
+    assert captured.err.startswith("error: --test=") and "judged test task" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("flag", "path", "expected"),
+    [
+        ("--plot-dir", "a-file", "a directory"),
+        ("--plot-dir", "a-file/plots", "folders can be created"),
+        ("--json", "a-folder", "a file path"),
+        ("--json", "a-file/sub/out.json", "folders can be created"),
+    ],
+)
+def test_eval_checks_its_outputs_before_running(
+    tiny: Path, tmp_path: Path, flag: str, path: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad --json or --plot-dir fails at once, naming the flag, and the run writes nothing (not even the JSON)."""
+    (tmp_path / "a-file").write_text("x", encoding="utf-8")
+    (tmp_path / "a-folder").mkdir()
+    args = ["eval", "--train", str(tiny / "train.jsonl"), "--test", str(tiny / "test.jsonl"), "--lambda", "0.1"]
+    if flag == "--plot-dir":
+        args += ["--json", str(tmp_path / "result.json")]
+    code = run_cli([*args, flag, str(tmp_path / path)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "", captured.err
+    assert captured.err.startswith(f"error: {flag}=") and expected in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "a-folder", "tiny"]
+
+
+def test_eval_rejects_an_empty_agent_id_naming_the_line(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [json.loads(line) for line in (tiny / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows[2]["outcomes"] = {"": {"score": 1.0}, "a": {"score": 0.0}}
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    code = run_cli(["eval", "--train", str(train), "--test", str(tiny / "test.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{train}:3=" in err and "outcome keys (agent ids)" in err and "got ''" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_eval_into_a_closed_pipe_stops_quietly(tiny: Path) -> None:
+    """`skillorchestra eval ... | head -1`: the reader goes away; the run ends like a tool killed by SIGPIPE."""
+    cli = Path(sys.executable).with_name("skillorchestra")
+    args = [str(cli), "eval", "--train", str(tiny / "train.jsonl"), "--test", str(tiny / "test.jsonl")]
+    proc = subprocess.Popen(
+        [*args, "--lambda", "0.1", "--episodes", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the child writes anything: its first write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Broken pipe" not in err and "Traceback" not in err and "error" not in err

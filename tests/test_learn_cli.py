@@ -199,6 +199,19 @@ def test_a_refused_learn_leaves_no_new_database(tmp_path: Path, capsys: pytest.C
     assert list(tmp_path.iterdir()) == [unjudged]  # no database, no -wal or -shm file
 
 
+@pytest.mark.parametrize("key", ["", "x" * 201])
+def test_learn_refuses_an_outcome_key_that_is_no_agent_id(
+    key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data.jsonl"
+    rows = [{"id": f"t{i}", "query": f"q{i}", "outcomes": {"a": {"score": 1.0}, "b": {"score": 0.0}}} for i in range(3)]
+    rows[1]["outcomes"] = {key: {"score": 1.0}}
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    code, _, err = run(["learn", "--data", str(data), "--db", str(tmp_path / "new.db")], capsys)
+    assert code == 2 and err.startswith(f"error: {data}:2=") and "outcome keys (agent ids)" in err, err
+    assert len(err.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == [data]
+
+
 def canned_taxonomy(body: dict[str, Any]) -> str:
     """The fake learner model: a fixed two-category taxonomy, every task shown assigned by its words."""
     last = str(body["messages"][-1]["content"])
@@ -273,6 +286,35 @@ def test_learn_with_an_llm_learner(tmp_path: Path, capsys: pytest.CaptureFixture
         assert "chemistry questions" in skills["science"].description  # in its words
     finally:
         store.close()
+
+
+def test_an_unset_learner_key_variable_fails_before_any_call(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SKILLORCHESTRA_TEST_NOPE_VAR", raising=False)
+    data = write_data(tmp_path / "d", unlabelled_swap(seed=4, n=60))
+    db = tmp_path / "h.db"
+    with FakeOpenAI(responder=canned_taxonomy) as fake:
+        argv = ["learn", "--data", str(data), "--db", str(db), "--learner", "openai/fake-learner"]
+        argv += ["--learner-api-base", fake.api_base, "--learner-api-key-env", "SKILLORCHESTRA_TEST_NOPE_VAR"]
+        code, out, err = run(argv, capsys)
+        calls = len(fake.chat_requests())
+    assert code == 2 and out == "" and calls == 0
+    assert err.startswith("error: --learner-api-key-env='SKILLORCHESTRA_TEST_NOPE_VAR': expected") and "set" in err
+    assert len(err.strip().splitlines()) == 1 and not db.exists()
+
+
+def test_handbook_action_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """rollback undoes the last change (after a promote: back to what it replaced), and every positional says what
+    it is."""
+    code, out, _ = run(["handbook", "rollback", "-h"], capsys)
+    text = " ".join(out.split())
+    assert code == 0 and "undo the last change" in text and "the version it replaced" in text
+    code, out, _ = run(["handbook", "-h"], capsys)
+    assert "undo the last change" in " ".join(out.split()) and "promote the live version's parent" not in out
+    for argv, needle in ((["diff", "-h"], "the version to compare to"), (["promote", "-h"], "to make live again")):
+        code, out, _ = run(["handbook", *argv], capsys)
+        assert code == 0 and needle in " ".join(out.split()), out
 
 
 def test_diff_promote_rollback(labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,6 +12,7 @@ import pytest
 from fake_openai import FakeOpenAI
 from learning_data import PRICES, SWAP, WORDS, family, unlabelled_swap
 
+from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.learning.llm_discovery import (
     LearnerFailed,
     LlmDiscoveryParams,
@@ -146,6 +147,21 @@ def test_refused_credentials_stop_at_once_without_leaking_the_key(
     with pytest.raises(LearnerFailed) as info:
         learn_with_llm(unlabelled_swap(n=30), PRICES, "openai/locked", server.api_base, "LEARNER_KEY")
     assert len(server.chat_requests()) == 1 and "SECRET" not in str(info.value)
+
+
+def test_an_unset_key_variable_fails_before_any_call(server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A named key that is not there would make every batch fail on auth in turn; it is refused up front."""
+    monkeypatch.delenv("LEARNER_KEY_UNSET", raising=False)
+    server.responder = TaxonomyBot()
+    with pytest.raises(
+        InvalidInput, match="--learner-api-key-env='LEARNER_KEY_UNSET': expected the name of a set environment"
+    ):
+        learn_with_llm(unlabelled_swap(n=30), PRICES, "openai/learner", server.api_base, "LEARNER_KEY_UNSET")
+    assert server.chat_requests() == []
+    with pytest.raises(InvalidInput) as info:  # a key pasted where its variable's name goes is not echoed
+        learn_with_llm(unlabelled_swap(n=30), PRICES, "openai/learner", server.api_base, "sk-learner-SECRET-42")
+    assert "--learner-api-key-env='***'" in str(info.value) and "SECRET" not in str(info.value)
+    assert server.chat_requests() == []
 
 
 def test_reply_parsing() -> None:
