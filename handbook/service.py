@@ -6,6 +6,7 @@ stale, and SQLite's data_version tells it when another process (the CLI, another
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -98,16 +99,28 @@ class OutcomeReport:
     latency_s: float | None = None
 
 
-def encode_cursor(offset: int) -> str:
-    return f"o{offset}"
+def encode_cursor(offset: int, query: str) -> str:
+    """An offset into one answer: `query` digests what the rows depend on, so another question's cursor is refused."""
+    return f"o{offset}.{query}"
 
 
-def decode_cursor(cursor: str | None) -> int:
+def decode_cursor(cursor: str | None, query: str) -> int:
     if cursor is None or cursor == "":
         return 0
-    if re.fullmatch(r"o[0-9]{1,9}", cursor) is None:
+    found = re.fullmatch(r"o([0-9]{1,9})\.([0-9a-f]{12})", cursor)
+    if found is None:
         raise InvalidInput("cursor", cursor, "a next_cursor value returned by an earlier call")
-    return int(cursor[1:])
+    if found.group(2) != query:
+        raise InvalidInput(
+            "cursor",
+            cursor,
+            "a next_cursor of a call with the same text, mode, top_k and orchestrator, on the same handbook version",
+        )
+    return int(found.group(1))
+
+
+def _query_digest(*parts: object) -> str:
+    return hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=6).hexdigest()
 
 
 KEY_CURSOR = "k"  # list cursors hold the last id served: adding or deleting items between pages skips or repeats none
@@ -246,7 +259,8 @@ class Handbook:
         page_size: int = 50,
     ) -> ConsultResult:
         self._check_text(text)
-        offset = decode_cursor(cursor)
+        query = _query_digest(text, mode, top_k, orchestrator, self.store.current_version())
+        offset = decode_cursor(cursor, query)
         arrays = self.arrays()
         self._check_mode(arrays, mode)
         demands, source = self._inferred(arrays, text, mode, top_k)
@@ -273,7 +287,7 @@ class Handbook:
                     )
                 )
         page = rows[offset : offset + page_size]
-        next_cursor = encode_cursor(offset + page_size) if offset + page_size < len(rows) else None
+        next_cursor = encode_cursor(offset + page_size, query) if offset + page_size < len(rows) else None
         by_id = {s.id: s for s in arrays.skills}
         cards = [_card(by_id[s], w) for s, w in demands]
         return ConsultResult(

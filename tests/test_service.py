@@ -558,3 +558,24 @@ def test_an_outcome_of_a_decision_from_an_older_version_is_logged_not_applied(bo
     assert again.duplicate is True
     before = book.store.rebuild()
     assert before == book.store.document()
+
+
+def test_consult_pages_cover_every_row_once_and_a_cursor_serves_only_its_own_question(tmp_path: Path) -> None:
+    book = Handbook(HandbookStore(tmp_path / "pages.db"))
+    book.upsert_skill(Skill(id="sql", description="write sql queries"))
+    for i in range(60):
+        book.upsert_agent(Agent(id=f"agent-{i:02d}"))
+    first = book.consult("write a sql query", top_k=1)
+    assert len(first.agents) == 50 and first.next_cursor is not None
+    second = book.consult("write a sql query", top_k=1, cursor=first.next_cursor)
+    served = [(r.agent_id, r.skill_id) for r in first.agents + second.agents]
+    assert len(served) == len(set(served)) == 60 and second.next_cursor is None
+    for other in (
+        lambda: book.consult("plan a trip", top_k=1, cursor=first.next_cursor),  # another question
+        lambda: book.consult("write a sql query", top_k=2, cursor=first.next_cursor),  # other rows
+    ):
+        with pytest.raises(InvalidInput, match="same text, mode, top_k"):
+            other()
+    book.store.create_version(book.store.document(), source="import")  # another handbook: offsets mean nothing
+    with pytest.raises(InvalidInput, match="same handbook version"):
+        book.consult("write a sql query", top_k=1, cursor=first.next_cursor)
