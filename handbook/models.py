@@ -61,8 +61,8 @@ class Agent(_Model):
     id: Identifier
     description: ShortText = ""
     modes: list[Identifier] = Field(default_factory=list, max_length=LIST_MAX)
-    input_per_mtok: float | None = Field(default=None, ge=0.0)
-    output_per_mtok: float | None = Field(default=None, ge=0.0)
+    input_per_mtok: float | None = Field(default=None, ge=0.0, le=MAX_USD)
+    output_per_mtok: float | None = Field(default=None, ge=0.0, le=MAX_USD)
     enabled: bool = True
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import sqlite3
 import threading
@@ -213,6 +214,37 @@ def m005_lean_outcome_writes(db: Database) -> None:
         " payload TEXT NOT NULL, created_at REAL NOT NULL)",
     )
     db["events"].create_index(["version", "seq"])
+
+
+@migrations()
+def m006_finite_numbers(db: Database) -> None:
+    """Non-finite numbers out of the live state and the event log: the models refuse them now, and earlier
+    releases stored them (an `upsert_agent` price of 1e999 or Infinity; TOML's inf in `agents load`). A price
+    becomes unknown (charged c_ref and flagged, as interface.md says), and evidence rows that are not numbers are
+    dropped: they could only come from such input, and the cell goes back to its prior."""
+    huge = "abs({0}) > 1.7976931348623157e308"  # only +-inf exceeds the largest double (NaN is stored as NULL)
+    for column in ("input_per_mtok", "output_per_mtok"):
+        db.execute(f"UPDATE agents SET {column} = NULL WHERE {huge.format(column)}")
+    db.execute(f"DELETE FROM competence WHERE {huge.format('alpha')} OR {huge.format('beta')}")
+    numbers = ("n", "mean_cost_usd", "m2_cost", "mean_prompt_tokens", "mean_completion_tokens", "mean_latency_s")
+    db.execute(f"DELETE FROM cost_stats WHERE {' OR '.join(huge.format(c) for c in numbers)}")
+    rows = db.execute(
+        "SELECT seq, payload FROM events WHERE payload LIKE '%Infinity%' OR payload LIKE '%NaN%'"
+    ).fetchall()
+    for seq, payload in rows:
+        cleaned = _finite(json.loads(payload))
+        db.execute("UPDATE events SET payload = ? WHERE seq = ?", [_dumps(cleaned), seq])
+
+
+def _finite(value: Any) -> Any:
+    """`value` (parsed JSON) with every infinite or NaN number replaced by null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 # the name in a CREATE TABLE statement, in any of SQLite's quotings

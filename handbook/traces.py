@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from skillorchestra.handbook.errors import InvalidInput
-from skillorchestra.handbook.models import INFRASTRUCTURE_ERRORS
+from skillorchestra.handbook.models import INFRASTRUCTURE_ERRORS, MAX_USD
 
 ID_MAX = 200
 SUCCESS_THRESHOLD = 0.5
@@ -26,7 +26,7 @@ DEFAULT_COMPLETION_TOKENS = 256
 class AgentOutcome(BaseModel):
     """One agent's result on one task; a null score means 'not judged' and is skipped by learn and eval."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     score: float | None = Field(default=None, ge=0.0, le=1.0)
     cost_usd: float | None = Field(default=None, ge=0.0)
@@ -67,10 +67,10 @@ class TraceTask(BaseModel):
 class AgentPrice(BaseModel):
     """Prices per million tokens from `agents.json`."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    input_per_mtok: float = Field(ge=0.0)
-    output_per_mtok: float = Field(ge=0.0)
+    input_per_mtok: float = Field(ge=0.0, le=MAX_USD)
+    output_per_mtok: float = Field(ge=0.0, le=MAX_USD)
     description: str | None = None
 
 

@@ -60,6 +60,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.models import MAX_USD
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Field names that would put a secret in the file; each gets a pointed error instead of "unknown field".
@@ -84,7 +85,7 @@ def _check_url(value: str | None) -> str | None:
 
 
 class _AgentBase(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # TOML has inf and nan
 
     id: AgentId
     description: str = Field(default="", max_length=2000)
@@ -117,8 +118,8 @@ class LlmAgentConnection(_AgentBase):
     api_base: str | None = None
     api_key_env: EnvName | None = None
     max_output_tokens: int = Field(default=1024, ge=1, le=1_000_000)
-    input_per_mtok: float | None = Field(default=None, ge=0)
-    output_per_mtok: float | None = Field(default=None, ge=0)
+    input_per_mtok: float | None = Field(default=None, ge=0, le=MAX_USD)
+    output_per_mtok: float | None = Field(default=None, ge=0, le=MAX_USD)
     judge: JudgeSettings | None = None  # set from the [judge] section only, never in an agent's own table
 
     @field_validator("api_base")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import sqlite3
 import subprocess
@@ -465,6 +466,28 @@ def test_an_old_schema_file_migrates_and_keeps_its_data(tmp_path: Path) -> None:
     assert seqs[: len(before["events"])] == sorted(r[0] for r in before["events"]) and seqs[-1] > last_seq
     assert migrated.rebuild() == migrated.document()
     migrated.close()
+
+
+def test_an_infinite_price_an_earlier_release_stored_becomes_unknown(tmp_path: Path) -> None:
+    """Earlier releases accepted a price of 1e999 (or TOML's inf); the models refuse it now, so m006 cleans the
+    live state and the event log, or the file could not be read, rebuilt or pruned again."""
+    path = tmp_path / "h.db"
+    store = HandbookStore(path)
+    store.create_version(DOCUMENT, source="import")
+    Handbook(store).upsert_agent(Agent(id="weird", input_per_mtok=1.0, output_per_mtok=2.0))
+    store.close()
+    with sqlite3.connect(path) as conn:  # what the old release wrote for upsert_agent {"input_per_mtok": 1e999}
+        conn.execute("UPDATE agents SET input_per_mtok = 9e999 WHERE id = 'weird'")
+        (seq, payload) = conn.execute("SELECT seq, payload FROM events WHERE kind = 'upsert_agent'").fetchone()
+        conn.execute("UPDATE events SET payload = ? WHERE seq = ?", [payload.replace("1.0", "Infinity"), seq])
+        conn.execute("INSERT OR REPLACE INTO competence VALUES ('weird', 'code', 9e999, 1.0)")  # an old import's
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm006_finite_numbers'")
+    store = HandbookStore(path)
+    weird = {a.id: a for a in store.agents()}["weird"]
+    assert weird.input_per_mtok is None and weird.output_per_mtok == 2.0  # unknown: charged c_ref and flagged
+    assert all(math.isfinite(c.alpha) for c in store.competence())
+    assert store.rebuild() == store.document()  # the event log replays
+    store.close()
 
 
 def test_recording_an_outcome_writes_few_wal_pages(tmp_path: Path) -> None:
