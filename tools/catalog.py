@@ -11,7 +11,7 @@ from pydantic import Field, StringConstraints
 
 from skillorchestra.handbook.models import DEFAULT_MODE, DESCRIPTION_MAX, ID_MAX, MAX_USD, Agent, Mode, Skill
 from skillorchestra.handbook.results import AgentPage, Removed, SkillPage
-from skillorchestra.tools.common import READ_ONLY, Id, OptionalId, app_state, reports_failures, writes
+from skillorchestra.tools.common import READ_ONLY, Id, OptionalId, app_state, from_arguments, reports_failures, writes
 
 Description = Annotated[str, Field(max_length=DESCRIPTION_MAX)]
 Lines = Annotated[
@@ -46,7 +46,8 @@ def upsert_agent(
     output_per_mtok: Price = None,
 ) -> Agent:
     """Add or replace an agent the router may choose (prices in USD per million tokens)."""
-    agent = Agent(
+    agent = from_arguments(
+        Agent,
         id=agent_id,
         description=description,
         modes=modes or [],
@@ -68,7 +69,8 @@ def upsert_skill(
     examples: Lines | None = None,
 ) -> Skill:
     """Add or replace a skill; indicators are cues in a step that signal it, examples are sample steps."""
-    skill = Skill(
+    skill = from_arguments(
+        Skill,
         id=skill_id,
         mode=mode,
         parent_id=parent_id,
@@ -82,7 +84,8 @@ def upsert_skill(
 @reports_failures
 def upsert_mode(mode_id: Id, ctx: Context, description: Description = "", insights: Lines | None = None) -> Mode:
     """Add or replace a mode (a stage of work) and its routing insights for the orchestrator."""
-    return app_state(ctx).handbook.upsert_mode(Mode(id=mode_id, description=description, insights=insights or []))
+    mode = from_arguments(Mode, id=mode_id, description=description, insights=insights or [])
+    return app_state(ctx).handbook.upsert_mode(mode)
 
 
 @reports_failures

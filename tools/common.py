@@ -16,7 +16,7 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import ConfigDict, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from skillorchestra.handbook.errors import HandbookError, InvalidInput
 from skillorchestra.handbook.models import ID_MAX
@@ -28,6 +28,7 @@ OptionalId = Annotated[str | None, StringConstraints(strip_whitespace=True, min_
 
 P = ParamSpec("P")
 R = TypeVar("R")
+M = TypeVar("M", bound=BaseModel)
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
@@ -67,12 +68,19 @@ def reports_failures(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except HandbookError as exc:
             raise ToolError(str(exc)) from exc
-        except ValidationError as exc:  # a value the arguments' types let through but a handbook model refuses
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or exc.title
-            raise ToolError(str(InvalidInput(where, first.get("input"), first["msg"]))) from exc
 
     return wrapper
+
+
+def from_arguments(model: type[M], **arguments: Any) -> M:
+    """A handbook model built from a tool's arguments; a value the argument types let through but the model
+    refuses is the caller's error, named by field (a model built from stored data that fails is not)."""
+    try:
+        return model(**arguments)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or exc.title
+        raise ToolError(str(InvalidInput(where, first.get("input"), first["msg"]))) from None
 
 
 def inline_definitions(schema: dict[str, Any]) -> dict[str, Any]:
