@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -174,15 +175,21 @@ def _check_prompt_request(params: dict[str, Any], prompts: dict[str, tuple[list[
 
 async def serve(settings: ServerSettings) -> None:
     """Check the configuration and the database before any transport opens, then serve."""
+    sockets: list[socket.socket] = []
     if settings.transport != "stdio":
-        from skillorchestra.server.http import check_bind
+        from skillorchestra.server.http import bind_sockets, check_bind  # only HTTP deployments pay for its imports
 
-        check_bind(settings)  # a refused bind creates no database file
-    open_handbook(settings).store.close()  # creates and migrates the file before we answer anything
-    server = create_server(settings)
-    if settings.transport == "stdio":
-        await server.run_stdio_async()
-        return
-    from skillorchestra.server.http import serve_http  # only HTTP deployments pay for its imports
+        check_bind(settings)  # a refused bind creates no database file,
+        sockets = bind_sockets(settings)  # nor does a port in use
+    try:
+        open_handbook(settings).store.close()  # creates and migrates the file before we answer anything
+        server = create_server(settings)
+        if settings.transport == "stdio":
+            await server.run_stdio_async()
+            return
+        from skillorchestra.server.http import serve_http
 
-    await serve_http(server, settings)
+        await serve_http(server, settings, sockets)
+    finally:
+        for sock in sockets:
+            sock.close()

@@ -158,9 +158,9 @@ def _routes(inner: ASGIApp) -> list[Route | Mount]:
     return [Route(HEALTH_PATH, healthz, methods=["GET"]), Mount("/", app=inner)]
 
 
-async def serve_http(server: MCPServer, settings: ServerSettings) -> None:
-    """Serve over HTTP with uvicorn; logs go to stderr through the root logger (the CLI configures it)."""
-    check_bind(settings)
+async def serve_http(server: MCPServer, settings: ServerSettings, sockets: list[socket.socket]) -> None:
+    """Serve over HTTP with uvicorn on `sockets` (from bind_sockets); logs go to stderr through the root logger
+    (the CLI configures it)."""
     import uvicorn  # only HTTP deployments pay for it
 
     app = build_http_app(server, settings)
@@ -177,23 +177,31 @@ async def serve_http(server: MCPServer, settings: ServerSettings) -> None:
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host
     auth = " (bearer token required)" if settings.token else ""
     url = f"http://{shown}:{settings.port}{path}"
-    sock = _bind(settings)  # before saying "serving": a port in use is the user's error, named as such
     print(f"skillorchestra: serving {settings.transport} at {url}{auth}", file=sys.stderr)
-    await uvicorn.Server(config).serve(sockets=[sock])
+    await uvicorn.Server(config).serve(sockets=sockets)
 
 
-def _bind(settings: ServerSettings) -> socket.socket:
-    """The listening socket, bound as uvicorn would bind it; a failure names the flag to change."""
+def bind_sockets(settings: ServerSettings) -> list[socket.socket]:
+    """The listening sockets, one per address the host resolves to (as asyncio binds a host name), bound before
+    the server says it serves: a port in use is the user's error, named by its flag."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)[0]
+        found = socket.getaddrinfo(
+            settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_ADDRCONFIG
+        )
     except OSError as exc:
         raise InvalidInput("--host", settings.host, f"an address this machine can bind ({exc.strerror})") from None
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        raise InvalidInput("--port", settings.port, f"a port free on {settings.host} ({exc.strerror})") from None
-    sock.set_inheritable(True)
-    return sock
+    sockets: list[socket.socket] = []
+    for family, kind, proto, _, address in dict.fromkeys((f, k, p, "", a) for f, k, p, _, a in found):
+        sock = socket.socket(family, kind, proto)
+        sockets.append(sock)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # an IPv6 socket must not also claim the IPv4 port bound beside it
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+        except OSError as exc:
+            for opened in sockets:
+                opened.close()
+            raise InvalidInput("--port", settings.port, f"a port free on {settings.host} ({exc.strerror})") from None
+        sock.set_inheritable(True)
+    return sockets

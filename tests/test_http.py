@@ -279,6 +279,7 @@ def test_a_port_in_use_exits_2_naming_the_port_and_never_says_serving(tmp_path: 
     err = done.stderr.decode()
     assert done.returncode == 2 and f"--port={port}" in err and "a port free on 127.0.0.1" in err, err
     assert "serving" not in err and "Traceback" not in err
+    assert not (tmp_path / "h.db").exists()  # refused before the database is created
 
 
 # -- in-process checks of the app builder (no port) ------------------------------------------------------
