@@ -183,19 +183,27 @@ def learn(args: argparse.Namespace) -> int:
         raise InvalidInput("--agents", str(args.agents), "an existing agents.json")
     tasks, data_path = _read_data(args.data)  # a bad file fails before the database is opened
     db = Path(_db(args))
-    with removed_if_refused(db):  # a refused learn leaves no new database behind
-        # learning from the event log needs a handbook that has one: a misspelt --db is not a new empty handbook
-        store = existing_store(args) if data_path is None else HandbookStore(db)
+    # learning from the event log needs a handbook that has one: a misspelt --db is not a new empty handbook
+    store = existing_store(args) if data_path is None else None
+    with removed_if_refused(db):  # a refused learn leaves no new database behind (a learned one is kept)
+        store = store or HandbookStore(db)
         try:
-            _learn_into(args, store, tasks, data_path, learner)
-        finally:
+            run = _learn_into(args, store, tasks, data_path, learner)
+        except BaseException:
             store.close()
+            raise
+    try:
+        print(render_learned(run, store, _db(args)))
+        warn_unconnected(store)
+    finally:
+        store.close()
     return 0
 
 
 def _learn_into(
     args: argparse.Namespace, store: HandbookStore, tasks: list[Any], data_path: Path | None, learner: Any
-) -> None:
+) -> Any:
+    """Learn into `store` and return the run (the caller renders it once the new version is safely kept)."""
     from skillorchestra.handbook.learning.events import tasks_from_events
     from skillorchestra.server.jobs import learn_into_store, make_embedder
 
@@ -227,8 +235,7 @@ def _learn_into(
         progress=_progress,
         learner=learner,
     )
-    print(render_learned(run, store, _db(args)))
-    warn_unconnected(store)
+    return run
 
 
 def _progress(fraction: float, message: str) -> None:
