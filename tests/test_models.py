@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.models import Agent, Competence, HandbookDocument, SkillDemand
+from skillorchestra.handbook.traces import read_prices, read_tasks
 
 
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
@@ -24,3 +27,14 @@ def test_an_imported_document_with_an_infinite_price_is_refused() -> None:
     text = '{"schema_version": 1, "agents": [{"id": "a", "input_per_mtok": Infinity}]}'
     with pytest.raises(ValidationError, match="input_per_mtok"):
         HandbookDocument.model_validate_json(text)
+
+
+def test_trace_outcomes_and_prices_refuse_infinity_naming_the_line(tmp_path: Path) -> None:
+    traces = tmp_path / "t.jsonl"
+    traces.write_text('{"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "cost_usd": Infinity}}}\n')
+    with pytest.raises(InvalidInput, match="t.jsonl:1"):
+        read_tasks(traces)
+    prices = tmp_path / "agents.json"
+    prices.write_text('{"a": {"input_per_mtok": Infinity, "output_per_mtok": 1}}')
+    with pytest.raises(InvalidInput, match="input_per_mtok"):
+        read_prices(prices)
