@@ -15,6 +15,7 @@ ID_MAX = 200
 TEXT_MAX = 32_000
 DESCRIPTION_MAX = 4_000
 LIST_MAX = 50
+ITEM_MAX = 1_000  # an indicator, example or insight
 # upper bounds of amounts clients report: far above any real call, and finite, so one typo cannot swamp c_ref
 MAX_USD = 1e6  # a call's cost, a budget, a price per million tokens
 MAX_TOKENS = 2**53  # also within SQLite's INTEGER
@@ -22,7 +23,7 @@ MAX_SECONDS = 1e6
 
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX, strip_whitespace=True)]
 ShortText = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX)]
-ListItem = Annotated[str, StringConstraints(min_length=1, max_length=1_000)]
+ListItem = Annotated[str, StringConstraints(min_length=1, max_length=ITEM_MAX)]
 
 INFRASTRUCTURE_ERRORS = ("timeout", "rate_limit", "connection", "auth", "server_error")
 ErrorClass = Literal["task", "timeout", "rate_limit", "connection", "auth", "server_error"]

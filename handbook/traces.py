@@ -15,9 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from skillorchestra.handbook.errors import InvalidInput
-from skillorchestra.handbook.models import INFRASTRUCTURE_ERRORS, MAX_USD
+from skillorchestra.handbook.models import ID_MAX, INFRASTRUCTURE_ERRORS, MAX_USD
 
-ID_MAX = 200
 SUCCESS_THRESHOLD = 0.5
 ModelT = TypeVar("ModelT", bound=BaseModel)
 DEFAULT_COMPLETION_TOKENS = 256

@@ -9,16 +9,28 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from pydantic import Field, StringConstraints
 
-from skillorchestra.handbook.models import DEFAULT_MODE, DESCRIPTION_MAX, ID_MAX, MAX_USD, Agent, Mode, Skill
+from skillorchestra.handbook.models import (
+    DEFAULT_MODE,
+    DESCRIPTION_MAX,
+    ID_MAX,
+    ITEM_MAX,
+    LIST_MAX,
+    MAX_USD,
+    Agent,
+    Mode,
+    Skill,
+)
 from skillorchestra.handbook.results import AgentPage, Removed, SkillPage
+from skillorchestra.handbook.service import PAGE_LIMIT_MAX
 from skillorchestra.tools.common import READ_ONLY, Id, OptionalId, app_state, from_arguments, reports_failures, writes
 
 Description = Annotated[str, Field(max_length=DESCRIPTION_MAX)]
 Lines = Annotated[
-    list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]], Field(max_length=50)
+    list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=ITEM_MAX)]],
+    Field(max_length=LIST_MAX),
 ]
 Price = Annotated[float | None, Field(ge=0.0, le=MAX_USD, allow_inf_nan=False, description="USD per million tokens")]
-Limit = Annotated[int, Field(ge=1, le=200)]
+Limit = Annotated[int, Field(ge=1, le=PAGE_LIMIT_MAX)]
 Cursor = Annotated[str | None, Field(max_length=ID_MAX + 1)]  # 'k' and the last id served
 ModeFilter = Annotated[str | None, Field(max_length=ID_MAX)]
 
@@ -40,7 +52,7 @@ def upsert_agent(
     agent_id: Id,
     ctx: Context,
     description: Description = "",
-    modes: Annotated[list[Id], Field(max_length=50)] | None = None,
+    modes: Annotated[list[Id], Field(max_length=LIST_MAX)] | None = None,
     enabled: bool = True,
     input_per_mtok: Price = None,
     output_per_mtok: Price = None,

@@ -10,21 +10,21 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from skillorchestra.handbook.errors import HandbookError, InvalidInput
-from skillorchestra.handbook.models import ID_MAX
+from skillorchestra.handbook.models import Identifier
 from skillorchestra.handbook.service import Handbook
 
 # An id argument, stripped as the handbook strips it: "  " is refused as empty, " x " means "x" for every tool alike
-Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=ID_MAX)]
-OptionalId = Annotated[str | None, StringConstraints(strip_whitespace=True, min_length=1, max_length=ID_MAX)]
+Id = Identifier
+OptionalId = Identifier | None
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -80,7 +80,7 @@ def from_arguments(model: type[M], **arguments: Any) -> M:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or exc.title
-        raise ToolError(str(InvalidInput(where, first.get("input"), first["msg"]))) from None
+        raise InvalidInput(where, first.get("input"), first["msg"]) from None  # reports_failures makes it a ToolError
 
 
 def inline_definitions(schema: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from skillorchestra.handbook.errors import HandbookError
+from skillorchestra.handbook.models import ID_MAX, TEXT_MAX
 from skillorchestra.handbook.results import DelegateResult
 from skillorchestra.handbook.service import DelegateRequest, RouteRequest
 from skillorchestra.tools.common import Id, OptionalId, app_state, writes
@@ -23,8 +24,8 @@ def register(server: MCPServer) -> None:
 async def delegate(
     text: StepText,
     ctx: Context,
-    context: Annotated[str | None, Field(max_length=32_000, description="Background the agent needs")] = None,
-    agent_id: Annotated[str | None, Field(max_length=200, description="Skip routing: use this agent")] = None,
+    context: Annotated[str | None, Field(max_length=TEXT_MAX, description="Background the agent needs")] = None,
+    agent_id: Annotated[str | None, Field(max_length=ID_MAX, description="Skip routing: use this agent")] = None,
     skills: Skills = None,
     mode: Mode = None,
     lambda_: Lambda = 0.1,
