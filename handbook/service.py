@@ -259,7 +259,8 @@ class Handbook:
         page_size: int = 50,
     ) -> ConsultResult:
         self._check_text(text)
-        query = _query_digest(text, mode, top_k, orchestrator, self.store.current_version())
+        version = self.store.current_version()
+        query = _query_digest(text, mode, top_k, orchestrator, version)
         offset = decode_cursor(cursor, query)
         arrays = self.arrays()
         self._check_mode(arrays, mode)
@@ -297,7 +298,7 @@ class Handbook:
             skills_source=source,
             granularity=granularity,
             unavailable=dict(unavailable or {}),
-            handbook_version=self.store.current_version(),
+            handbook_version=version,
             next_cursor=next_cursor,
         )
 

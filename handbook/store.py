@@ -285,7 +285,9 @@ class HandbookStore:
         with self.lock:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+            self._busy_ms = int(busy_timeout_s * 1000)
+            conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+            (self._checkpoint_pages,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
             with self.write():
                 upgrading = bool(migrations.pending(self.db)) and self.db["meta"].exists()
                 migrations.apply(self.db)
@@ -316,7 +318,12 @@ class HandbookStore:
                     conn.execute("ROLLBACK")
                 raise
             else:
-                conn.execute("COMMIT")
+                try:
+                    conn.execute("COMMIT")
+                except BaseException:  # e.g. busy: never leave the connection inside a transaction
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
 
     def try_write(self, work: Callable[[], None]) -> bool:
         """Run `work` in a write transaction only if nothing has to be waited for; False means nothing was written.
@@ -330,26 +337,18 @@ class HandbookStore:
             conn = self.db.conn
             if conn.in_transaction:
                 return False
-            (busy_ms,) = conn.execute("PRAGMA busy_timeout").fetchone()
-            (checkpoint_pages,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
             conn.execute("PRAGMA busy_timeout=0")
             conn.execute("PRAGMA wal_autocheckpoint=0")
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    work()  # store.write() inside nests in this transaction
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+                with self.write():
+                    work()
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                     raise
                 return False  # another connection holds the file's write lock
             finally:
-                conn.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
-                conn.execute(f"PRAGMA wal_autocheckpoint={int(checkpoint_pages)}")
+                conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+                conn.execute(f"PRAGMA wal_autocheckpoint={self._checkpoint_pages}")
             return True
         finally:
             self.lock.release()
