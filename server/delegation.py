@@ -125,7 +125,7 @@ class Delegator:
             )
             result = await self._call(connections[agent_id], route.text, messages, deadline, request, progress, start)
             if not self._account_now(decision_id, agent_id, result):
-                await anyio.to_thread.run_sync(self._account, decision_id, result)
+                await anyio.to_thread.run_sync(self._account, decision_id, agent_id, result)
             tried.append(
                 Attempt(
                     agent_id=agent_id,
@@ -221,7 +221,7 @@ class Delegator:
         own locks."""
         if not result.ok or not self.handbook.store.try_write(lambda: self._note(decision_id, result)):
             return False
-        self.breaker.record_success(agent_id)
+        self._settle_breaker(agent_id, result)
         return True
 
     def _note(self, decision_id: str, result: BackendResult) -> None:
@@ -235,13 +235,10 @@ class Delegator:
             error_class=result.error_class,
         )
 
-    def _account(self, decision_id: str, result: BackendResult) -> None:
+    def _account(self, decision_id: str, agent_id: str, result: BackendResult) -> None:
         """Cost and latency now; an infrastructure failure is the decision's outcome (competence untouched)."""
         self._note(decision_id, result)
-        if result.error_type == QUEUE_FULL:  # never reached the agent: not its failure, so no breaker count
-            self.breaker.release(_agent_of(self.handbook, decision_id))
-        elif result.infrastructure_failure:
-            self.breaker.record_failure(_agent_of(self.handbook, decision_id), result.error_class)
+        self._settle_breaker(agent_id, result)
         if result.infrastructure_failure:
             self.handbook.record(
                 OutcomeReport(
@@ -251,8 +248,14 @@ class Delegator:
                     latency_s=result.latency_s,
                 )
             )
+
+    def _settle_breaker(self, agent_id: str, result: BackendResult) -> None:
+        if result.error_type == QUEUE_FULL:  # never reached the agent: not its failure, so no breaker count
+            self.breaker.release(agent_id)
+        elif result.infrastructure_failure:
+            self.breaker.record_failure(agent_id, result.error_class)
         else:
-            self.breaker.record_success(_agent_of(self.handbook, decision_id))
+            self.breaker.record_success(agent_id)
 
 
 async def _tick(progress: Progress, agent_id: str, start: float, budget: float) -> None:
@@ -260,12 +263,6 @@ async def _tick(progress: Progress, agent_id: str, start: float, budget: float) 
         elapsed = time.monotonic() - start
         await progress(min(elapsed / budget, 0.99), f"waiting for {agent_id} ({elapsed:.0f} s)")
         await anyio.sleep(PROGRESS_INTERVAL_S)
-
-
-def _agent_of(handbook: Handbook, decision_id: str) -> str:
-    decision = handbook.store.decision(decision_id)
-    assert decision is not None
-    return str(decision["agent_id"])
 
 
 def _messages(text: str, context: str | None) -> list[dict[str, Any]]:
