@@ -11,7 +11,6 @@ Design decisions:
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -35,6 +34,7 @@ from skillorchestra.server.example import seed_example_if_new
 from skillorchestra.server.prompts import register_prompts
 from skillorchestra.server.resources import register_resources
 from skillorchestra.server.settings import ServerSettings
+from skillorchestra.server.version import package_version
 from skillorchestra.tools import register_tools
 from skillorchestra.tools.common import AppState
 
@@ -46,13 +46,6 @@ INSTRUCTIONS = (
     "competence - lambda * cost / c_ref), have that agent do the step, then record_outcome so the handbook "
     "learns. The 'orchestrate' prompt explains the loop."
 )
-
-
-def package_version() -> str:
-    try:
-        return importlib.metadata.version("skillorchestra-mcp")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "0.0.0"
 
 
 def open_handbook(settings: ServerSettings) -> Handbook:

@@ -37,7 +37,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def _version() -> str:
-    from skillorchestra.server.app import package_version
+    from skillorchestra.server.version import package_version  # not server.app: that imports the MCP SDK
 
     return package_version()
 

@@ -1,0 +1,12 @@
+"""The installed package's version, apart from the MCP app so the CLI can print it without importing the SDK."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("skillorchestra-mcp")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0.0.0"
