@@ -111,7 +111,6 @@ def create_server(settings: ServerSettings) -> MCPServer:
         subscriptions=False,
         log_level=settings.log_level,
     )
-    server.shared_state = lifespan  # type: ignore[attr-defined]  # for transports that enter it per connection
     register_tools(server)
     register_resources(server, current_handbook)
     register_prompts(server)

@@ -218,7 +218,7 @@ def _pool_notes(store: HandbookStore, connected: set[str]) -> list[str]:
     notes = []
     others = sorted(a.id for a in store.agents() if a.id not in connected)
     if others:
-        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        shown = _first_five(others)
         notes.append(
             f"{len(others)} agents in the handbook have no connection settings ({shown}): delegate never calls "
             "them, route_step may still recommend them; remove them with the delete_agent tool if unwanted"
@@ -232,6 +232,10 @@ def _pool_notes(store: HandbookStore, connected: set[str]) -> list[str]:
     return notes
 
 
+def _first_five(ids: list[str]) -> str:
+    return ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+
+
 def unconnected_loaded_agents(store: HandbookStore) -> list[str]:
     """Agents whose connection settings `agents load` stored but the live handbook no longer has (an import or a
     learned version brings its own agents): delegate cannot call them until they are loaded again."""
@@ -242,7 +246,7 @@ def unconnected_loaded_agents(store: HandbookStore) -> list[str]:
 def warn_unconnected(store: HandbookStore) -> None:
     missing = unconnected_loaded_agents(store)
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        shown = _first_five(missing)
         print(
             f"note: the live handbook no longer has {len(missing)} agent(s) with connection settings ({shown}): "
             "delegate cannot call them; run `skillorchestra agents load FILE` again to add them",

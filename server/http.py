@@ -137,15 +137,12 @@ def build_http_app(server: MCPServer, settings: ServerSettings) -> ASGIApp:
         inner = server.sse_app(
             sse_path=SSE_PATH, message_path=SSE_MESSAGE_PATH, transport_security=security, host=settings.host
         )
-        shared_state = getattr(server, "shared_state", None)
 
         @asynccontextmanager
         async def hold(_app: Starlette) -> AsyncIterator[None]:
-            """Keep the one server state open between connections (learning jobs outlive their connection)."""
-            if shared_state is None:
-                yield
-                return
-            async with shared_state(server):
+            """Keep the one server state open between connections (learning jobs outlive their connection): the
+            server's lifespan is reference-counted (server/app.py), so this holder keeps it from closing."""
+            async with server.settings.lifespan(server):
                 yield
 
         app = Starlette(routes=_routes(inner), lifespan=hold)
@@ -191,7 +188,7 @@ def bind_sockets(settings: ServerSettings) -> list[socket.socket]:
     except OSError as exc:
         raise InvalidInput("--host", settings.host, f"an address this machine can bind ({exc.strerror})") from None
     sockets: list[socket.socket] = []
-    for family, kind, proto, _, address in dict.fromkeys((f, k, p, "", a) for f, k, p, _, a in found):
+    for family, kind, proto, address in dict.fromkeys((f, k, p, a) for f, k, p, _, a in found):
         sock = socket.socket(family, kind, proto)
         sockets.append(sock)
         try:
