@@ -22,7 +22,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from eval_tables import DEFAULT_DATA, convert, machine
+from eval_tables import DEFAULT_DATA, beats_knn, convert, fmt, machine
 
 from skillorchestra.handbook.evaluation.runner import EvalConfig, run_eval
 from skillorchestra.handbook.traces import read_prices, read_tasks
@@ -37,11 +37,10 @@ def _row(rows: list[dict[str, Any]], policy: str, lambda_: float | None = None) 
 def two_agent_line(seed: int, result: dict[str, Any]) -> tuple[str, bool, bool]:
     two = result["two_agent"]
     ours, knn, rnd = two["skillorchestra"], two["knn"], two["random"]
-    apgr_win = ours["apgr"] > knn["apgr"]
-    cpt_win = ours["cpt50"] < knn["cpt50"]
+    apgr_win, cpt_win = beats_knn(two, "apgr"), beats_knn(two, "cpt50")
     line = (
-        f"seed {seed}: APGR ours {ours['apgr']:.3f} knn {knn['apgr']:.3f} random {rnd['apgr']:.3f} "
-        f"({'win' if apgr_win else 'loss'});  CPT(50%) ours {ours['cpt50']:.3f} knn {knn['cpt50']:.3f} "
+        f"seed {seed}: APGR ours {fmt(ours['apgr'])} knn {fmt(knn['apgr'])} random {fmt(rnd['apgr'])} "
+        f"({'win' if apgr_win else 'loss'});  CPT(50%) ours {fmt(ours['cpt50'])} knn {fmt(knn['cpt50'])} "
         f"({'win' if cpt_win else 'loss'});  learned skills {result['learning']['skills']}"
     )
     return line, apgr_win, cpt_win

@@ -77,18 +77,26 @@ def targets(name: str, result: dict[str, Any]) -> list[str]:
         )
     else:
         two = result["two_agent"]
-        for metric, better in (("apgr", max), ("cpt50", min)):
+        for metric in ("apgr", "cpt50"):
             ours_v, knn_v = two["skillorchestra"][metric], two["knn"][metric]
-            ok = ours_v is not None and knn_v is not None and better(ours_v, knn_v) == ours_v and ours_v != knn_v
+            ok = beats_knn(two, metric)
             note = f" (issue's kNN APGR {KNN_APGR_REFERENCE[name]})" if metric == "apgr" else ""
             lines.append(
-                f"target {metric} better than kNN: ours {_fmt(ours_v)} vs kNN {_fmt(knn_v)}{note} -> "
+                f"target {metric} better than kNN: ours {fmt(ours_v)} vs kNN {fmt(knn_v)}{note} -> "
                 f"{'PASS' if ok else 'MISS'}"
             )
     return lines
 
 
-def _fmt(value: float | None) -> str:
+def beats_knn(two_agent: dict[str, Any], metric: str) -> bool:
+    """Whether skillorchestra's APGR is higher (CPT(50%) lower) than kNN's; False when either is undefined."""
+    ours, knn = two_agent["skillorchestra"][metric], two_agent["knn"][metric]
+    if ours is None or knn is None:
+        return False
+    return ours > knn if metric == "apgr" else ours < knn
+
+
+def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
