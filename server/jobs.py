@@ -221,10 +221,9 @@ def learn_into_store(
         f"{metrics['n_skills']} skills ('{result.selected}', depth {depth}) at lambda {lambda_:g}, seed {seed}"
         + (f", selection stored for orchestrator {orchestrator!r}" if orchestrator else "")
     )
-    comparable = comparable_validation_tasks(tasks, val_fraction, seed)
+    comparable = int(result.metrics["comparable_validation_tasks"])  # on the learner's own validation split
     live = store.counts()  # row counts: whether the live handbook has anything a blind replacement would lose
     went_live = comparable >= MIN_COMPARABLE_TASKS or not (live["skills"] or live["competence"])
-    metrics["comparable_validation_tasks"] = comparable
     metrics["went_live"] = went_live
     if not went_live:
         summary += f" (stored, not live: {comparable} validation tasks compare agents)"
@@ -237,15 +236,6 @@ def learn_into_store(
 # agent without an outcome). A log of routed steps has one agent per step: with fewer comparable tasks than this,
 # the learner's choice of skills is unvalidated, so it must not silently replace a live handbook that has skills.
 MIN_COMPARABLE_TASKS = 10
-
-
-def comparable_validation_tasks(tasks: Sequence[TraceTask], val_fraction: float, seed: int) -> int:
-    """Validation tasks (the learner's own split) with a judged outcome from at least two agents."""
-    from skillorchestra.handbook.learning.pipeline import split_tasks
-
-    _, val_rows = split_tasks(tasks, val_fraction, seed)
-    rows = val_rows if len(val_rows) else range(len(tasks))  # no split: the learner validates on the training tasks
-    return sum(1 for i in rows if sum(o.score is not None for o in tasks[int(i)].outcomes.values()) >= 2)
 
 
 # -- background jobs of the MCP tool --------------------------------------------------------------------------

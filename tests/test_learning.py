@@ -318,3 +318,22 @@ def test_an_outage_in_the_traces_costs_nothing_and_describes_nothing() -> None:
     b = outcomes.agent_ids.index("b")
     assert np.isnan(outcomes.costs[0, b]) and np.isnan(outcomes.latency[0, b])
     assert outcomes.mean_costs()[b] == pytest.approx(0.004)  # the three answered calls only
+
+
+def test_comparable_validation_tasks_are_counted_on_the_learners_own_split() -> None:
+    """The gate that keeps an unvalidated handbook from going live reads this count: it must be the split the
+    learner validated on, which leaves out tasks nobody judged (the count once re-split every task)."""
+    rng = np.random.default_rng(3)
+    judged = family(rng, "chemistry", 40, {"alpha": 0.8, "beta": 0.3}, "chem", "j")
+    one_agent = family(rng, "poetry", 40, {"alpha": 0.8}, "poem", "o")
+    unjudged = [
+        TraceTask(id=f"u-{i}", query=t.query, task=t.task, outcomes={"alpha": AgentOutcome(score=None)})
+        for i, t in enumerate(judged[:30])
+    ]
+    tasks = judged + one_agent + unjudged
+    result = learn(tasks, PRICES, seed=0)
+    learned_on = [t for t in tasks if any(o.score is not None for o in t.outcomes.values())]
+    _, val = split_tasks(learned_on, 0.2, 0)
+    expected = sum(1 for i in val if len(learned_on[int(i)].outcomes) == 2)
+    assert result.metrics["comparable_validation_tasks"] == expected > 0
+    assert result.metrics["n_val"] == len(val)

@@ -273,6 +273,9 @@ def learn(
         "n_train": len(train),
         "n_val": len(val) if validated_on == "validation split" else 0,
         "validated_on": validated_on,
+        # validation can tell handbooks apart only where it saw two or more agents (the replay never credits an
+        # agent without an outcome): how many such tasks the selection had
+        "comparable_validation_tasks": sum(1 for t in val if sum(o.score is not None for o in t.outcomes.values()) > 1),
         "agents": agent_ids,
         "features": base.kind,
         "embedding_model": cached.model_name if cached is not None else None,
