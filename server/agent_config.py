@@ -60,7 +60,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from skillorchestra.handbook.errors import InvalidInput
-from skillorchestra.handbook.models import MAX_USD
+from skillorchestra.handbook.models import LIST_MAX, MAX_USD, Identifier
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Field names that would put a secret in the file; each gets a pointed error instead of "unknown field".
@@ -89,7 +89,7 @@ class _AgentBase(BaseModel):
 
     id: AgentId
     description: str = Field(default="", max_length=2000)
-    modes: tuple[str, ...] = ()
+    modes: tuple[Identifier, ...] = Field(default=(), max_length=LIST_MAX)  # checked here, before any file opens
     timeout_s: float = Field(default=30.0, gt=0, le=3600)
     concurrency: int = Field(default=4, ge=1, le=1024)
 

@@ -136,6 +136,7 @@ def test_a_key_pasted_where_a_variable_name_goes_is_not_echoed(tmp_path: Path, b
         ('[agents.a]\nmodel = "m"\ninput_per_mtok = 1.0\n', "agents.a="),
         ('[agents.a]\nmodel = "m"\nmodle = "typo"\n', "agents.a.modle"),
         ('[agents.a]\nmodel = "m"\ninput_per_mtok = inf\n', "agents.a.input_per_mtok"),  # TOML has inf and nan
+        ('[agents.a]\nmodel = "m"\nmodes = ["' + "m" * 201 + '"]\n', "agents.a.modes"),  # was a traceback
         ('[agents.a]\nmodel = "m"\noutput_per_mtok = nan\n', "agents.a.output_per_mtok"),
         ('[agents.a]\nmodel = "m"\noutput_per_mtok = 1e300\n', "agents.a.output_per_mtok"),
         ('[agents.a]\nkind = "shell"\n', "agents.a.kind"),
