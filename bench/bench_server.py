@@ -18,6 +18,7 @@ from skillorchestra.handbook.results import RouteDecision
 from skillorchestra.handbook.service import RouteRequest
 from skillorchestra.server.app import create_server, open_handbook
 from skillorchestra.server.settings import ServerSettings
+from skillorchestra.tools.common import self_contained_schemas
 
 
 class Echo(BaseModel):
@@ -41,6 +42,7 @@ def main() -> None:
         """Return a stored route_step result without routing (benchmark payload floor)."""
         return stored
 
+    self_contained_schemas(server)  # as create_server does for the product's tools: no `$ref` left to resolve
     server.run()
 
 

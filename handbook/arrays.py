@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from skillorchestra.handbook.models import Agent, Competence, CostStats, Mode, Skill
+from skillorchestra.handbook.models import Agent, Competence, CostStats, LengthEffect, Mode, Skill
 from skillorchestra.handbook.posterior import beta_mean_var
 from skillorchestra.handbook.router import RouteInputs
 
@@ -107,6 +107,8 @@ class HandbookArrays:
     output_price: np.ndarray
     enabled: np.ndarray  # (A,) bool
     agent_modes: list[frozenset[str]]
+    length_slope: np.ndarray  # (A,) learned change of success per unit of ln(characters) (0 = none; handbook/length.py)
+    length_center: float  # ln(characters) the slopes are centred on
     kappa: float
     structure: Structure
     raw: RawEvidence
@@ -126,9 +128,16 @@ class HandbookArrays:
         return len(self.skill_ids) + len(self.mode_ids)
 
     def route_inputs(
-        self, cols: np.ndarray, weights: np.ndarray, cost: np.ndarray, c_ref: float, eligible: np.ndarray
+        self,
+        cols: np.ndarray,
+        weights: np.ndarray,
+        cost: np.ndarray,
+        c_ref: float,
+        eligible: np.ndarray,
+        shift: np.ndarray | None = None,
     ) -> RouteInputs:
-        """What the router scores for a step demanding columns `cols` with `weights` (summing to 1)."""
+        """What the router scores for a step demanding columns `cols` with `weights` (summing to 1), with the
+        step's length shift when the handbook learned one."""
         return RouteInputs(
             mean=self.mean[:, cols],
             var=self.var[:, cols],
@@ -138,7 +147,12 @@ class HandbookArrays:
             cost=cost,
             c_ref=c_ref,
             eligible=eligible,
+            shift=shift,
         )
+
+    @property
+    def has_length_effect(self) -> bool:
+        return bool(np.any(self.length_slope != 0.0))
 
     def _cell(self, agent_id: str, skill_id: str) -> tuple[int, int] | None:
         i = self.agent_index.get(agent_id)
@@ -173,7 +187,8 @@ class Patch:
     def derived(self) -> HandbookArrays:
         base = self.base
         sums = base.sums.with_rows(self.raw, base.structure, np.array(sorted(self.rows), dtype=np.int64))
-        return _derive(base.agents, base.skills, base.mode_ids, base.structure, self.raw, base.kappa, sums)
+        length = (base.length_slope, base.length_center)
+        return _derive(base.agents, base.skills, base.mode_ids, base.structure, self.raw, base.kappa, length, sums)
 
 
 def raw_column(skill_id: str, skill_index: dict[str, int], mode_index: dict[str, int]) -> int | None:
@@ -212,6 +227,7 @@ def build_arrays(
     competence: Sequence[Competence],
     costs: Sequence[CostStats],
     kappa: float = DEFAULT_KAPPA,
+    length_effect: LengthEffect | None = None,
 ) -> HandbookArrays:
     ordered = _topological(skills)
     mode_ids = sorted({m.id for m in modes} | {s.mode for s in ordered} | {m for a in agents for m in a.modes})
@@ -233,7 +249,9 @@ def build_arrays(
         j = raw_column(cost.skill_id, s_idx, m_idx)
         if i is not None and j is not None and cost.n > 0:
             raw.set_cost((i, j), cost)
-    return _derive(agent_list, ordered, mode_ids, structure, raw, kappa)
+    slopes = length_effect.slopes if length_effect is not None else {}
+    length = (np.array([slopes.get(a.id, 0.0) for a in agent_list]), length_effect.center if length_effect else 0.0)
+    return _derive(agent_list, ordered, mode_ids, structure, raw, kappa, length)
 
 
 def _structure(ordered: Sequence[Skill], s_idx: dict[str, int], m_idx: dict[str, int]) -> Structure:
@@ -264,6 +282,7 @@ def _derive(
     st: Structure,
     raw: RawEvidence,
     kappa: float,
+    length: tuple[np.ndarray, float],
     sums: Sums | None = None,
 ) -> HandbookArrays:
     """Shrunk posteriors and expected costs from the raw evidence (vectorised over skills)."""
@@ -336,6 +355,8 @@ def _derive(
         output_price=np.array([np.nan if a.output_per_mtok is None else a.output_per_mtok for a in agent_list]),
         enabled=np.array([a.enabled for a in agent_list], dtype=bool),
         agent_modes=[frozenset(a.modes) for a in agent_list],
+        length_slope=length[0],
+        length_center=length[1],
         kappa=kappa,
         structure=st,
         raw=raw,

@@ -20,6 +20,8 @@ ITEM_MAX = 1_000  # an indicator, example or insight
 MAX_USD = 1e6  # a call's cost, a budget, a price per million tokens
 MAX_TOKENS = 2**53  # also within SQLite's INTEGER
 MAX_SECONDS = 1e6
+MAX_LENGTH_SLOPE = 1.0  # a success rate cannot move by more than 1 per unit of ln(characters)
+MAX_LN_CHARS = 20.0  # ln of far more characters than any step holds
 
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX, strip_whitespace=True)]
 ShortText = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX)]
@@ -100,6 +102,32 @@ class SkillDemand(_Model):
     weight: float = Field(ge=0.0)
 
 
+class LengthEffect(_Model):
+    """How an agent's chance of success moves with the length of the step, where the learner found that it does.
+
+    quality(agent, step) = skill-weighted competence + slopes[agent] * (ln(characters of the step) - center).
+    A long word problem defeats a small model far more often than a large one, and a skill that holds short and
+    long problems alike cannot say so. Learned offline (ridge on the handbook's own residuals) and kept only when
+    it routes the validation split better; an agent absent from `slopes` does not move."""
+
+    center: float = Field(ge=0.0, le=MAX_LN_CHARS, description="ln(characters) of the typical training step")
+    slopes: dict[Identifier, float] = Field(
+        default_factory=dict, description="agent_id -> change of success rate per unit of ln(characters)"
+    )
+
+    @field_validator("slopes")
+    @classmethod
+    def _bounded(cls, value: dict[str, float]) -> dict[str, float]:
+        for agent_id, slope in value.items():
+            if abs(slope) > MAX_LENGTH_SLOPE:
+                raise PydanticCustomError(
+                    "slope_range",
+                    "slopes[{agent}] = {slope} (expected a number in [-{limit}, {limit}])",
+                    {"agent": agent_id, "slope": slope, "limit": MAX_LENGTH_SLOPE},
+                )
+        return value
+
+
 class HandbookDocument(_Model):
     """The whole handbook as one JSON object: the transferable artifact of export and import."""
 
@@ -118,6 +146,9 @@ class HandbookDocument(_Model):
     labeller: dict[str, Any] | None = Field(
         default=None,
         description="the learned skill identifier, so deployment infers skill weights exactly as learning did",
+    )
+    length_effect: LengthEffect | None = Field(
+        default=None, description="how success moves with the step's length per agent (learned; null = not at all)"
     )
 
     @field_validator("schema_version")

@@ -53,11 +53,14 @@ class ConsultResult(BaseModel):
 class Candidate(BaseModel):
     agent_id: str
     utility: float
-    quality: float = Field(description="sum_s w_s * posterior mean competence")
+    quality: float = Field(description="sum_s w_s * posterior mean competence, plus length_shift (kept in [0, 1])")
     ci90: tuple[float, float]
     n: float
     expected_cost_usd: float | None = Field(description="null when unknown (then charged c_ref)")
     contributions: dict[str, float] = Field(description="skill_id -> w_s * theta(agent, s)")
+    length_shift: float = Field(
+        default=0.0, description="competence added for this step's length by the learned length effect (0 without one)"
+    )
 
 
 class Exclusion(BaseModel):

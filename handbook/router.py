@@ -1,6 +1,6 @@
 """The skill-aware router: a pure function of arrays.
 
-utility(agent) = sum_s w_s * theta(agent, s) - lambda * expected_cost(agent) / c_ref
+utility(agent) = sum_s w_s * theta(agent, s) [+ the step's length shift] - lambda * expected_cost(agent) / c_ref
 
 `mean` scores the posterior means; `thompson` scores one draw from each posterior and estimates the chosen
 agent's propensity (the probability that a fresh draw picks it) from a fixed number of further draws, which
@@ -32,6 +32,12 @@ class RouteInputs:
     cost: np.ndarray  # (A,) expected cost per call in USD (unknown already charged c_ref)
     c_ref: float  # the reference cost that makes lambda dimensionless (0 disables the cost term)
     eligible: np.ndarray  # (A,) bool
+    shift: np.ndarray | None = None  # (A,) the learned length effect for this step (handbook/length.py), or none
+
+
+def shifted(quality: np.ndarray, shift: np.ndarray | None) -> np.ndarray:
+    """Competence moved by the step's length shift, still a probability."""
+    return quality if shift is None else np.clip(quality + shift, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,7 @@ def route(inputs: RouteInputs, lambda_: float, strategy: Strategy, rng: np.rando
         raise ValueError("route() needs at least one eligible agent")
     w = inputs.weights
     contributions = inputs.mean * w
-    quality = contributions.sum(axis=1)
+    quality = shifted(contributions.sum(axis=1), inputs.shift)
     half = Z90 * np.sqrt(np.maximum(inputs.var @ (w * w), 0.0))
     penalty = cost_penalty(inputs.cost, inputs.c_ref, lambda_)
     mean_utility = _nan_last(quality - penalty)
@@ -79,7 +85,9 @@ def route(inputs: RouteInputs, lambda_: float, strategy: Strategy, rng: np.rando
             rng = np.random.default_rng()
         a = inputs.alpha[eligible]
         b = inputs.beta[eligible]
-        draws = _nan_last(rng.beta(a, b, size=(PROPENSITY_DRAWS + 1, *a.shape)) @ w - penalty[eligible])
+        shift = None if inputs.shift is None else inputs.shift[eligible]
+        sampled = shifted(rng.beta(a, b, size=(PROPENSITY_DRAWS + 1, *a.shape)) @ w, shift)
+        draws = _nan_last(sampled - penalty[eligible])
         winners = np.argmax(draws, axis=1)
         chosen_local = int(winners[0])
         chosen = int(eligible[chosen_local])

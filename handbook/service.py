@@ -22,6 +22,7 @@ import numpy as np
 from skillorchestra.handbook import costing
 from skillorchestra.handbook.arrays import ROOT_SKILL, HandbookArrays, Patch, build_arrays
 from skillorchestra.handbook.errors import Conflict, Expired, InvalidInput, NotFound, Unroutable
+from skillorchestra.handbook.length import length_shifts
 from skillorchestra.handbook.matcher import LexicalMatcher
 from skillorchestra.handbook.models import (
     INFRASTRUCTURE_ERRORS,
@@ -163,6 +164,7 @@ class Handbook:
                     self.store.competence(),
                     self.store.costs(),
                     kappa=self.settings.kappa,
+                    length_effect=self.store.length_effect(),
                 )
                 self._arrays_key = key
             return self._arrays
@@ -358,8 +360,10 @@ class Handbook:
         if not eligible.any():
             reasons = "; ".join(f"{e.agent_id}: {e.reason}" for e in excluded)
             raise Unroutable(f"no agent satisfies the step's constraints ({reasons})")
+        shifts = length_shifts(arrays, [request.text])
+        shift = None if shifts is None else shifts[0]
         scores = route(
-            arrays.route_inputs(cols, weights, cost, c_ref, eligible),
+            arrays.route_inputs(cols, weights, cost, c_ref, eligible, shift),
             request.lambda_,
             request.strategy,
             # only thompson draws; seeding a generator from OS entropy costs ~15 us per mean route
@@ -374,6 +378,7 @@ class Handbook:
                 n=float(arrays.evidence[i, cols] @ weights),
                 expected_cost_usd=float(cost[i]) if known[i] else None,
                 contributions={label: float(v) for label, v in zip(labels, scores.contributions[i], strict=True)},
+                length_shift=0.0 if shift is None else float(shift[i]),
             )
             for i in scores.ranking[: request.top_k]
         ]

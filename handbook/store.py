@@ -35,6 +35,7 @@ from skillorchestra.handbook.models import (
     Competence,
     CostStats,
     HandbookDocument,
+    LengthEffect,
     Mode,
     Skill,
 )
@@ -467,6 +468,8 @@ class HandbookStore:
         self._set_meta("description", document.description)
         self._set_meta("selections", _dumps(document.selections))
         self._set_meta("labeller", _dumps(document.labeller))
+        effect = document.length_effect
+        self._set_meta("length_effect", _dumps(effect.model_dump() if effect is not None else None))
 
     # -- reads -------------------------------------------------------------------------------------------
 
@@ -539,6 +542,7 @@ class HandbookStore:
                 description=self._meta("description") or "",
                 selections=self.selections(),
                 labeller=self.labeller(),
+                length_effect=self.length_effect(),
             )
 
     def selections(self) -> dict[str, int]:
@@ -550,6 +554,12 @@ class HandbookStore:
         """The live version's learned skill identifier (JSON), if it has one."""
         with self.lock:
             return json.loads(self._meta("labeller") or "null")
+
+    def length_effect(self) -> LengthEffect | None:
+        """The live version's learned length effect (handbook/length.py), if it has one."""
+        with self.lock:
+            raw = json.loads(self._meta("length_effect") or "null")
+            return None if raw is None else LengthEffect.model_validate(raw)
 
     def search_skills(self, query: str, mode: str | None, limit: int) -> list[tuple[str, float]]:
         """FTS5 BM25 over skill ids, descriptions, indicators and examples; larger score = better match."""
@@ -604,6 +614,10 @@ class HandbookStore:
         for table in ("competence", "cost_stats"):
             self.db.execute(f"DELETE FROM {table} WHERE agent_id = ?", [agent_id])
         self.db.execute("DELETE FROM agents WHERE id = ?", [agent_id])
+        effect = self.length_effect()
+        if effect is not None and agent_id in effect.slopes:  # what was learned of it goes with its evidence
+            slopes = {a: s for a, s in effect.slopes.items() if a != agent_id}
+            self._set_meta("length_effect", _dumps(effect.model_copy(update={"slopes": slopes}).model_dump()))
 
     def _event_outcome(self, payload: dict[str, Any]) -> OutcomeEffect:
         """Fractional Beta updates by skill weight; infrastructure errors only touch cost."""
@@ -1062,6 +1076,10 @@ def check_document(document: HandbookDocument) -> None:
             cursor = parents.get(cursor)
     for section, rows in (("competence", document.competence), ("cost", document.cost)):
         _check_pairs(section, rows, set(agent_ids), known_skills)
+    if document.length_effect is not None:
+        for agent_id in document.length_effect.slopes:
+            if agent_id not in agent_ids:
+                raise NotFound("agent in length_effect.slopes", agent_id, agent_ids)
 
 
 def _check_pairs(field: str, rows: Sequence[Competence | CostStats], agents: set[str], skills: set[str]) -> None:

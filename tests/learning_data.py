@@ -72,3 +72,35 @@ def unlabelled_swap(seed: int = 0, n: int = 150) -> list[TraceTask]:
         rng, "poetry", n, SWAP["poetry"], None, "poem"
     )
     return [tasks[i] for i in rng.permutation(len(tasks))]
+
+
+LENGTH_PRICES = {
+    "small": AgentPrice(input_per_mtok=0.1, output_per_mtok=0.1, description="cheap, loses its way in long problems"),
+    "large": AgentPrice(input_per_mtok=10.0, output_per_mtok=10.0, description="dear, steady at any length"),
+}
+
+
+def small_success(characters: int) -> float:
+    """The small agent's success rate: 0.95 on a one-liner, falling with ln(length) to 0.1 on long problems."""
+    return float(np.clip(0.95 - 0.4 * np.log(characters / 60.0), 0.1, 0.95))
+
+
+def length_query(rng: np.random.Generator, sentences: int) -> str:
+    head = query(rng, "finance")
+    body = [" ".join(rng.choice(WORDS["finance"] + FILLER, size=8)) + "." for _ in range(sentences)]
+    return " ".join([head, *body])
+
+
+def length_dependent(seed: int = 0, n: int = 400) -> list[TraceTask]:
+    """One family, one vocabulary, lengths from one line to ~40 sentences: only the length tells the small
+    agent's failures apart (large succeeds 85% of the time whatever the length)."""
+    rng = np.random.default_rng(seed)
+    tasks = []
+    for i in range(n):
+        text = length_query(rng, int(rng.integers(0, 40)))
+        outcomes = {
+            "small": AgentOutcome(score=float(rng.random() < small_success(len(text)))),
+            "large": AgentOutcome(score=float(rng.random() < 0.85)),
+        }
+        tasks.append(TraceTask(id=f"len-{i}", query=text, task="finance", outcomes=outcomes))
+    return tasks

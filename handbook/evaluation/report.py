@@ -82,6 +82,7 @@ def summary(result: dict[str, Any]) -> str:
     lines.append(
         f"learning: {_f(learning.get('seconds'), 1)} s, {learning.get('llm_calls')} LLM calls, "
         f"{_usd(learning.get('usd'))}, {learning.get('skills', '?')} skills learned"
+        + (", with a length effect" if learning.get("length_effect") else "")
     )
     diag = result.get("diagnostics", {})
     if diag:

@@ -216,6 +216,7 @@ def run_eval(
             "wall_seconds": learn_wall,
             "features": getattr(learned, "metrics", {}).get("features"),
             "skills": len(learned.document.skills),
+            "length_effect": learned.document.length_effect is not None,
             "selection": selection.get("learning"),
         },
         "single_agents": _single_agents(table, baseline),

@@ -1,6 +1,6 @@
 """The learned handbook as a batch scorer: per task, each agent's weighted posterior-mean quality and
-expected cost, computed as the live router scores a step (handbook/arrays.py, handbook/router.py and the
-shared cost rule of handbook/costing.py, else c_ref).
+expected cost, computed as the live router scores a step (handbook/arrays.py, handbook/router.py, the learned
+length shift of handbook/length.py and the shared cost rule of handbook/costing.py, else c_ref).
 
 The eval needs these numbers beyond single choices: the two-agent curves rank tasks by the expected gain from
 the strong agent, the paper rule reads the raw counts, and episodes score concatenated texts.
@@ -15,9 +15,11 @@ from typing import Protocol
 import numpy as np
 
 from skillorchestra.handbook import costing
-from skillorchestra.handbook.arrays import DEFAULT_KAPPA, ROOT_SKILL, HandbookArrays, build_arrays
+from skillorchestra.handbook.arrays import DEFAULT_KAPPA, ROOT_SKILL, HandbookArrays
+from skillorchestra.handbook.learning.replay import document_arrays
+from skillorchestra.handbook.length import length_shifts
 from skillorchestra.handbook.models import HandbookDocument
-from skillorchestra.handbook.router import cost_penalty
+from skillorchestra.handbook.router import cost_penalty, shifted
 
 Demands = list[tuple[str, float]]
 
@@ -87,9 +89,7 @@ class HandbookScorer:
         self.labeller = labeller if isinstance(labeller, CachedLabeller) else CachedLabeller(labeller)
         self.agents = list(agents)
         self.c_ref = c_ref
-        self.arrays: HandbookArrays = build_arrays(
-            document.modes, document.skills, document.agents, document.competence, document.cost, kappa=kappa
-        )
+        self.arrays: HandbookArrays = document_arrays(document, kappa)
         rows = [self.arrays.agent_index.get(agent, -1) for agent in self.agents]
         self._rows = np.array(rows, dtype=np.int64)
         enabled = np.array([r >= 0 and bool(self.arrays.enabled[r]) for r in rows], dtype=bool)
@@ -121,9 +121,11 @@ class HandbookScorer:
         quality = np.zeros((n, a))
         cost = np.full((n, a), self.c_ref)
         present = self._rows >= 0
+        shifts = length_shifts(self.arrays, texts)
         for i, text in enumerate(texts):
             cols, weights = self.columns(text, modes[i])
-            quality[i, present] = (self.arrays.mean[:, cols] @ weights)[self._rows[present]]
+            own = shifted(self.arrays.mean[:, cols] @ weights, None if shifts is None else shifts[i])
+            quality[i, present] = own[self._rows[present]]
             cost[i, present] = self.expected_cost(text, cols, weights)[self._rows[present]]
         return Scored(quality=quality, cost=cost, known=self.known)
 

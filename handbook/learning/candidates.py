@@ -14,10 +14,11 @@ import numpy as np
 
 from skillorchestra.handbook.arrays import HandbookArrays
 from skillorchestra.handbook.learning.labeller import SkillLabeller, calibrate_temperature
+from skillorchestra.handbook.learning.length_fit import fit_length_effect
 from skillorchestra.handbook.learning.profile import Outcomes, profile
-from skillorchestra.handbook.learning.replay import ReplayResult, document_arrays, replay_arrays
+from skillorchestra.handbook.learning.replay import ReplayResult, document_arrays, replay_arrays, skill_quality
 from skillorchestra.handbook.learning.taxonomy import Prototypes, SkillSpec, Taxonomy, ownership_problems
-from skillorchestra.handbook.models import Agent, HandbookDocument, Mode, Skill
+from skillorchestra.handbook.models import Agent, HandbookDocument, LengthEffect, Mode, Skill
 
 CALIBRATION_ROWS = 1500
 
@@ -31,6 +32,25 @@ class Split:
     modes: list[str | None]
     outcomes: Outcomes
     sims: np.ndarray  # (N, P)
+
+    def take(self, rows: np.ndarray) -> Split:
+        return Split(
+            [self.ids[i] for i in rows],
+            [self.queries[i] for i in rows],
+            [self.modes[i] for i in rows],
+            self.outcomes.take(rows),
+            self.sims[rows],
+        )
+
+    @classmethod
+    def joined(cls, parts: Sequence[Split]) -> Split:
+        return cls(
+            [x for p in parts for x in p.ids],
+            [x for p in parts for x in p.queries],
+            [x for p in parts for x in p.modes],
+            Outcomes.joined([p.outcomes for p in parts]),
+            np.concatenate([p.sims for p in parts]),
+        )
 
 
 @dataclass
@@ -143,13 +163,28 @@ class Evaluator:
             panel_utility=self.panel_utility(arrays, labeller, result),
         )
 
-    def panel_utility(self, arrays: HandbookArrays, labeller: SkillLabeller, at_lambda: ReplayResult) -> float:
-        """Mean validation utility over the panel of lambdas (the replay at lambda_ is reused)."""
+    def panel_utility(
+        self, arrays: HandbookArrays, labeller: SkillLabeller, at_lambda: ReplayResult, split: Split | None = None
+    ) -> float:
+        """Mean utility on `split` (validation by default) over the panel of lambdas (the replay at lambda_,
+        `at_lambda`, is reused)."""
+        split = self.val if split is None else split
         total = 0.0
         for lam in self.panel:
-            res = at_lambda if lam == self.lambda_ else self.replay(arrays, labeller, self.val, lam)
+            res = at_lambda if lam == self.lambda_ else self.replay(arrays, labeller, split, lam)
             total += res.utility(lam, self.c_ref)
         return total / len(self.panel)
+
+    def length_effect(
+        self, arrays: HandbookArrays, labeller: SkillLabeller, splits: Sequence[Split], ridge: float
+    ) -> LengthEffect:
+        """The length effect of handbook `arrays` (profiled with `labeller`) fitted on the tasks of `splits`."""
+        weights = np.concatenate(
+            [_reorder(self.weights(labeller, s), labeller.skill_ids, arrays.skill_ids) for s in splits]
+        )
+        quality = skill_quality(arrays, weights, [m for s in splits for m in s.modes])
+        scores = np.concatenate([s.outcomes.scores for s in splits])
+        return fit_length_effect(quality, scores, [q for s in splits for q in s.queries], arrays.agent_ids, ridge)
 
     def replay(
         self, arrays: HandbookArrays, labeller: SkillLabeller, split: Split, lambda_: float | None = None

@@ -30,6 +30,8 @@ from skillorchestra.handbook.learning.discovery import (
 from skillorchestra.handbook.learning.features import CachedEmbedder, TfidfSpace
 from skillorchestra.handbook.learning.grouping import utilities
 from skillorchestra.handbook.learning.labeller import SkillLabeller
+from skillorchestra.handbook.learning.length_fit import DEFAULT_RIDGE
+from skillorchestra.handbook.learning.length_trial import length_trial
 from skillorchestra.handbook.learning.naming import describe
 from skillorchestra.handbook.learning.profile import Outcomes
 from skillorchestra.handbook.learning.refine import RefineParams, refine
@@ -55,6 +57,8 @@ class LearnParams:
     # ties at lambda go to mean validation utility over these too (interface.md's default sweep: route_step takes
     # a lambda per call, so of two equal handbooks the one that serves the whole sweep better wins)
     lambda_panel: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+    # ridge of the per-agent length slopes (length_fit.py); None: never learn a length effect
+    length_ridge: float | None = DEFAULT_RIDGE
 
 
 @dataclass
@@ -242,8 +246,20 @@ def learn(
     reports[best].selected = True
     chosen = candidates[best]
     depth = reports[best].depth
+    trial = None
+    if params.length_ridge is not None:
+        every = Split.joined([train_split, val_split]) if val is not train else train_split
+        trial = length_trial(chosen, evaluator, every, params.length_ridge)
+    length_report = trial.as_dict() if trial is not None else None
 
     document = _final_document(chosen, evaluator, corpus, protos, train_split, val_split, val is not train, params)
+    if length_report is not None and length_report["kept"]:
+        splits = [train_split, val_split] if params.profile_on_all else [train_split]
+        effect = evaluator.length_effect(
+            document_arrays(document, params.kappa), chosen.labeller, splits, float(params.length_ridge or 0.0)
+        )
+        document = document.model_copy(update={"length_effect": effect})
+        length_report["slopes"] = effect.slopes
     val_labels = [t.task for t in val]
     agreement = _label_agreement(chosen, val_split, val_labels)
     agreement_depth1 = _label_agreement(candidates[1], val_split, val_labels)
@@ -295,6 +311,7 @@ def learn(
             "avg_cost": chosen.val.avg_cost,
             "utility": reports[best].utility,
         },
+        "length_effect": length_report,
         "label_agreement_val": agreement,
         "label_agreement_val_depth1": agreement_depth1,
         "refinement": [s.as_dict() for s in log],
@@ -346,13 +363,7 @@ def _final_document(
     outcomes = train.outcomes
     if params.profile_on_all and has_val:
         weights = np.concatenate([weights, evaluator.weights(labeller, val)])
-        outcomes = Outcomes(
-            outcomes.agent_ids,
-            *(np.concatenate([getattr(train.outcomes, f), getattr(val.outcomes, f)]) for f in _OUTCOME_FIELDS),
-        )
+        outcomes = Outcomes.joined([train.outcomes, val.outcomes])
     bare = evaluator.document(chosen.specs, labeller, weights, outcomes)
     skills = describe(chosen.specs, chosen.taxonomy, corpus, protos, document_arrays(bare, params.kappa), train.sims)
     return bare.model_copy(update={"skills": skills})
-
-
-_OUTCOME_FIELDS = ("scores", "costs", "prompt_tokens", "completion_tokens", "latency", "step_tokens")

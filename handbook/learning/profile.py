@@ -84,6 +84,14 @@ class Outcomes:
             self.step_tokens[rows],
         )
 
+    @classmethod
+    def joined(cls, parts: Sequence[Outcomes]) -> Outcomes:
+        """The tasks of `parts` one after the other (the same agents in the same order)."""
+        return cls(
+            parts[0].agent_ids,
+            *(np.concatenate([getattr(p, name) for p in parts]) for name in _MATRICES),
+        )
+
     def mean_costs(self) -> np.ndarray:
         """(A,) mean cost per call over tasks with a known cost (NaN when none)."""
         known = ~np.isnan(self.costs)
@@ -94,6 +102,9 @@ class Outcomes:
         """interface.md's c_ref: the mean cost per call of the most expensive agent (0 when no cost is known)."""
         means = self.mean_costs()
         return float(np.nanmax(means)) if np.isfinite(means).any() else 0.0
+
+
+_MATRICES = ("scores", "costs", "prompt_tokens", "completion_tokens", "latency", "step_tokens")
 
 
 def with_root(weights: np.ndarray) -> np.ndarray:

@@ -1,8 +1,8 @@
 """The replay evaluator: recorded tasks through the real router, scored by the recorded outcomes.
 
 For every task it does what handbook/service.py does for a step (the labeller's demands, build_arrays'
-posteriors, expected cost from handbook/costing.py, c_ref = the highest typical cost over enabled agents,
-unknown cost charged at least c_ref) and scores the choice with the outcome
+posteriors, the length shift of handbook/length.py, expected cost from handbook/costing.py, c_ref = the highest
+typical cost over enabled agents, unknown cost charged at least c_ref) and scores the choice with the outcome
 the chosen agent really had. Agents without a judged outcome on a task are not eligible for it, as if the
 request had named `allowed_agents`. The mean strategy is vectorised over tasks with the router's arithmetic
 in the router's order; Thompson sampling calls router.route per task with one seeded generator.
@@ -19,8 +19,9 @@ import numpy as np
 from skillorchestra.handbook import costing
 from skillorchestra.handbook.arrays import DEFAULT_KAPPA, HandbookArrays, build_arrays
 from skillorchestra.handbook.learning.profile import Outcomes
+from skillorchestra.handbook.length import length_shifts
 from skillorchestra.handbook.models import HandbookDocument
-from skillorchestra.handbook.router import Strategy, route
+from skillorchestra.handbook.router import Strategy, route, shifted
 from skillorchestra.handbook.traces import AgentPrice, TraceTask
 
 
@@ -45,7 +46,13 @@ class ReplayResult:
 
 def document_arrays(document: HandbookDocument, kappa: float = DEFAULT_KAPPA) -> HandbookArrays:
     return build_arrays(
-        document.modes, document.skills, document.agents, document.competence, document.cost, kappa=kappa
+        document.modes,
+        document.skills,
+        document.agents,
+        document.competence,
+        document.cost,
+        kappa=kappa,
+        length_effect=document.length_effect,
     )
 
 
@@ -124,6 +131,22 @@ def _demand_columns(
     return cols, w, demands
 
 
+def _weighted_means(arrays: HandbookArrays, cols: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """(N, A) sum_k w_k * posterior mean of the demanded columns, summed in the router's order."""
+    mean_t = arrays.mean.T  # (C, A)
+    quality = np.zeros((cols.shape[0], len(arrays.agent_ids)))
+    for k in range(cols.shape[1]):
+        quality = quality + w[:, k, None] * mean_t[cols[:, k]]
+    return quality
+
+
+def skill_quality(arrays: HandbookArrays, weights: np.ndarray, modes: Sequence[str | None]) -> np.ndarray:
+    """(N, A) each agent's skill-weighted competence for tasks with `weights` (N, S in arrays.skill_ids order),
+    before any length shift: what the length effect is fitted against."""
+    cols, w, _ = _demand_columns(arrays, weights, modes)
+    return _weighted_means(arrays, cols, w)
+
+
 def replay_arrays(
     arrays: HandbookArrays,
     weights: np.ndarray,
@@ -140,11 +163,9 @@ def replay_arrays(
     if outcomes.agent_ids != arrays.agent_ids:
         raise ValueError("outcomes must be built in the handbook's agent order")
     cols, w, demands = _demand_columns(arrays, weights, modes)
-    n, a = len(queries), len(arrays.agent_ids)
-    mean_t = arrays.mean.T  # (C, A)
-    quality = np.zeros((n, a))
-    for k in range(cols.shape[1]):
-        quality = quality + w[:, k, None] * mean_t[cols[:, k]]
+    n = len(queries)
+    shifts = length_shifts(arrays, queries)
+    quality = shifted(_weighted_means(arrays, cols, w), shifts)
     tokens = costing.prompt_tokens(queries)
     refs = np.full(n, float(c_ref)) if c_ref is not None else costing.reference_costs(arrays, tokens)
     cost = costing.charge_unknown(costing.expected_costs(arrays, tokens, cols, w), refs, arrays.enabled)
@@ -164,7 +185,14 @@ def replay_arrays(
         for out_i, i in enumerate(kept):
             used = w[i] > 0
             scores = route(
-                arrays.route_inputs(cols[i][used], w[i][used], cost[i], float(refs[i]), eligible[i]),
+                arrays.route_inputs(
+                    cols[i][used],
+                    w[i][used],
+                    cost[i],
+                    float(refs[i]),
+                    eligible[i],
+                    None if shifts is None else shifts[i],
+                ),
                 lambda_,
                 "thompson",
                 rng,

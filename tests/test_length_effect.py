@@ -1,0 +1,199 @@
+"""The learned length effect: fitted on residuals, kept only where cross-validation says it routes better,
+carried by the document and the store, and applied alike by the router, the service and the replay."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from learning_data import LENGTH_PRICES, PRICES, length_dependent, length_query, swapped_and_alike
+from pydantic import ValidationError
+from test_store import DOCUMENT, dump
+
+from skillorchestra.handbook.errors import NotFound
+from skillorchestra.handbook.learning.length_fit import fit_length_effect
+from skillorchestra.handbook.learning.pipeline import LearnParams, learn
+from skillorchestra.handbook.learning.replay import replay
+from skillorchestra.handbook.models import HandbookDocument, LengthEffect
+from skillorchestra.handbook.router import RouteInputs, route
+from skillorchestra.handbook.service import Handbook, RouteRequest
+from skillorchestra.handbook.store import HandbookStore
+
+
+@pytest.fixture(scope="module")
+def learned():
+    return learn(length_dependent(), LENGTH_PRICES, lambda_=0.1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def texts() -> tuple[str, str]:
+    rng = np.random.default_rng(9)
+    return length_query(rng, 0), length_query(rng, 38)  # a one-liner and a ~40-sentence problem
+
+
+def service(document: HandbookDocument, matcher: object, path: Path) -> Handbook:
+    store = HandbookStore(path)
+    store.create_version(document, source="learn")
+    return Handbook(store, matcher=matcher)
+
+
+# -- learning ---------------------------------------------------------------------------------------------------
+
+
+def test_the_learner_keeps_a_slope_for_the_agent_that_fails_long_problems(learned) -> None:
+    report = learned.metrics["length_effect"]
+    assert report["kept"] and report["folds"] == 5
+    assert report["cv_panel_utility"]["with"] > report["cv_panel_utility"]["without"]
+    effect = learned.document.length_effect
+    assert effect is not None and effect.slopes == report["slopes"]
+    assert effect.slopes["small"] < -0.1  # the data: -0.4 per unit of ln(characters) until the 0.1 floor
+    assert abs(effect.slopes["large"]) < 0.05  # the data: no length dependence at all
+    lengths = np.log([len(t.query) for t in length_dependent()])
+    assert effect.center == pytest.approx(lengths.mean())  # every task fitted the final slopes (train + validation)
+
+
+def test_routing_sends_the_long_problem_to_the_steady_agent_and_the_one_liner_to_the_cheap_one(
+    learned, texts: tuple[str, str], tmp_path: Path
+) -> None:
+    short, long = texts
+    with_effect = service(learned.document, learned.labeller, tmp_path / "with.db")
+    plain = learned.document.model_copy(update={"length_effect": None})
+    without = service(plain, learned.labeller, tmp_path / "without.db")
+    pick = lambda book, text: book.route(RouteRequest(text=text, lambda_=0.5)).agent_id  # noqa: E731
+    assert (pick(with_effect, short), pick(with_effect, long)) == ("small", "large")
+    # without it the price decides: the long problem's tokens make the large agent dear, so it goes to small
+    assert (pick(without, short), pick(without, long)) == ("large", "small")
+
+
+def test_a_candidate_reports_its_length_shift_and_its_quality_includes_it(
+    learned, texts: tuple[str, str], tmp_path: Path
+) -> None:
+    effect = learned.document.length_effect
+    book = service(learned.document, learned.labeller, tmp_path / "h.db")
+    for text in texts:
+        decision = book.route(RouteRequest(text=text, lambda_=0.1))
+        for candidate in decision.candidates:
+            expected = effect.slopes[candidate.agent_id] * (math.log(len(text)) - effect.center)
+            assert candidate.length_shift == pytest.approx(expected)
+            raw = sum(candidate.contributions.values())
+            assert candidate.quality == pytest.approx(min(max(raw + expected, 0.0), 1.0))
+
+
+def test_replay_routes_exactly_as_the_service_with_a_length_effect(learned, tmp_path: Path) -> None:
+    tasks = length_dependent(seed=5, n=40)
+    book = service(learned.document, learned.labeller, tmp_path / "h.db")
+    splits = []
+    for lambda_ in (0.1, 0.5):
+        result = replay(learned.document, learned.labeller, tasks, LENGTH_PRICES, lambda_)
+        assert result.choices == [book.route(RouteRequest(text=t.query, lambda_=lambda_)).agent_id for t in tasks]
+        splits.append(len(set(result.choices)))
+    assert splits == [1, 2]  # at lambda 0.5 the length really splits the tasks
+
+
+def test_where_length_does_not_matter_no_effect_is_kept() -> None:
+    result = learn(swapped_and_alike(n=80), PRICES, lambda_=0.1, seed=0)
+    assert result.metrics["length_effect"]["kept"] is False
+    assert result.document.length_effect is None
+
+
+def test_length_ridge_none_learns_no_length_effect() -> None:
+    result = learn(length_dependent(n=200), LENGTH_PRICES, lambda_=0.1, seed=0, params=LearnParams(length_ridge=None))
+    assert result.metrics["length_effect"] is None and result.document.length_effect is None
+
+
+def test_the_fit_is_a_ridge_slope_of_the_residuals_on_centred_log_length() -> None:
+    queries = ["a" * 10, "a" * 100, "a" * 1000, "a" * 100]
+    quality = np.full((4, 2), 0.5)
+    scores = np.array([[1.0, 0.5], [0.5, np.nan], [0.0, 0.5], [0.5, 0.5]])
+    effect = fit_length_effect(quality, scores, queries, ["x", "y"], ridge=0.0)
+    x = np.log([10, 100, 1000, 100])
+    assert effect.center == pytest.approx(x.mean())
+    xc = x - x.mean()
+    r = scores[:, 0] - 0.5
+    assert effect.slopes["x"] == pytest.approx((r * xc).sum() / (xc * xc).sum())
+    assert effect.slopes["y"] == pytest.approx(0.0)  # residuals of zero; the unjudged row is left out
+    shrunk = fit_length_effect(quality, scores, queries, ["x", "y"], ridge=10.0)
+    assert abs(shrunk.slopes["x"]) < abs(effect.slopes["x"])
+
+
+# -- the router -------------------------------------------------------------------------------------------------
+
+
+def test_the_router_adds_the_shift_inside_zero_and_one_for_both_strategies() -> None:
+    inputs = dict(
+        mean=np.array([[0.8], [0.6]]),
+        var=np.full((2, 1), 0.001),
+        alpha=np.array([[80.0], [60.0]]),
+        beta=np.array([[20.0], [40.0]]),
+        weights=np.ones(1),
+        cost=np.zeros(2),
+        c_ref=1.0,
+        eligible=np.ones(2, dtype=bool),
+    )
+    plain = route(RouteInputs(**inputs), 0.0, "mean", None)
+    moved = route(RouteInputs(**inputs, shift=np.array([-0.5, 0.9])), 0.0, "mean", None)
+    assert plain.chosen == 0 and moved.chosen == 1
+    assert moved.quality.tolist() == pytest.approx([0.3, 1.0])  # 0.6 + 0.9 is clipped to a probability
+    sampled = route(RouteInputs(**inputs, shift=np.array([-0.5, 0.3])), 0.0, "thompson", np.random.default_rng(0))
+    assert sampled.chosen == 1 and sampled.propensity == pytest.approx(1.0)
+
+
+# -- the document and the store ------------------------------------------------------------------------------------
+
+
+EFFECT = LengthEffect(center=5.0, slopes={"meta/llama-70b": -0.1, "tiny": 0.05})
+
+
+def test_the_length_effect_survives_export_import_and_versions(tmp_path: Path) -> None:
+    store = HandbookStore(tmp_path / "h.db")
+    document = DOCUMENT.model_copy(update={"length_effect": EFFECT})
+    version = store.create_version(document, source="import")
+    assert store.document().length_effect == EFFECT
+    exported = HandbookDocument.model_validate_json(store.document().model_dump_json())
+    assert exported.length_effect == EFFECT
+    assert store.snapshot(version).length_effect == EFFECT
+    store.create_version(DOCUMENT, source="import")
+    assert store.document().length_effect is None
+    store.rollback()
+    assert store.document().length_effect == EFFECT
+    store.rebuild()
+    assert store.document().length_effect == EFFECT
+
+
+def test_a_slope_for_an_agent_the_document_lacks_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    store = HandbookStore(tmp_path / "h.db")
+    store.create_version(DOCUMENT, source="import")
+    before = dump(store)
+    bad = DOCUMENT.model_copy(update={"length_effect": LengthEffect(center=5.0, slopes={"ghost": 0.1})})
+    with pytest.raises(NotFound) as refused:
+        store.create_version(bad, source="import")
+    assert "length_effect.slopes" in str(refused.value) and "ghost" in str(refused.value)
+    assert dump(store) == before
+
+
+def test_deleting_an_agent_deletes_its_slope_so_the_export_imports_again(tmp_path: Path) -> None:
+    book = Handbook(HandbookStore(tmp_path / "h.db"))
+    book.store.create_version(DOCUMENT.model_copy(update={"length_effect": EFFECT}), source="import")
+    book.delete_agent("tiny")
+    assert book.store.document().length_effect.slopes == {"meta/llama-70b": -0.1}
+    book.store.rebuild()  # the event replays the same way
+    assert book.store.document().length_effect.slopes == {"meta/llama-70b": -0.1}
+    HandbookStore(tmp_path / "again.db").create_version(book.store.document(), source="import")
+    assert book.arrays().length_slope.tolist() == [-0.1]
+
+
+@pytest.mark.parametrize(
+    ("update", "field"),
+    [
+        ({"slopes": {"gpt": 1.5}}, "slopes[gpt]"),
+        ({"slopes": {"gpt": float("nan")}}, "slopes.gpt"),
+        ({"center": -1.0}, "center"),
+        ({"center": float("inf")}, "center"),
+    ],
+)
+def test_out_of_range_effects_are_refused_naming_the_field(update: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        LengthEffect.model_validate({"center": 5.0, "slopes": {}, **update})
+    assert field in str(refused.value)
