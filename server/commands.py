@@ -117,9 +117,11 @@ def handbook_show(args: argparse.Namespace) -> int:
             if skill.mode == mode.id:
                 indent = "    " if skill.parent_id else "  "
                 lines.append(f"{indent}{skill.id}: {skill.description}")
+    slopes = document.length_effect.slopes if document.length_effect is not None else {}
     for agent in document.agents:
         price = f"${agent.input_per_mtok}/${agent.output_per_mtok} per Mtok" if agent.input_per_mtok is not None else ""
-        lines.append(f"agent {agent.id} {'' if agent.enabled else '(disabled) '}{price}")
+        slope = f" length slope {slopes[agent.id]:+.3f} per ln(characters)" if agent.id in slopes else ""
+        lines.append(f"agent {agent.id} {'' if agent.enabled else '(disabled) '}{price}{slope}")
     print("\n".join(lines))
     return 0
 

@@ -92,6 +92,12 @@ def agent_card(handbook: Handbook, agent_id: str) -> dict[str, object]:
             "mean": float(arrays.mean[i, arrays.root_column]),
             "n": float(arrays.evidence[i, arrays.root_column]),
         },
+        # the learned length effect (handbook/length.py): competence + slope * (ln(characters) - center)
+        "length_effect": (
+            {"slope": float(arrays.length_slope[i]), "center": arrays.length_center}
+            if arrays.has_length_effect
+            else None
+        ),
         "skills": [
             {
                 "skill_id": skill_id,

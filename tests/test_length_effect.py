@@ -3,12 +3,14 @@ carried by the document and the store, and applied alike by the router, the serv
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 from learning_data import LENGTH_PRICES, PRICES, length_dependent, length_query, swapped_and_alike
+from mcp import Client
 from pydantic import ValidationError
 from test_store import DOCUMENT, dump
 
@@ -20,6 +22,9 @@ from skillorchestra.handbook.models import HandbookDocument, LengthEffect
 from skillorchestra.handbook.router import RouteInputs, route
 from skillorchestra.handbook.service import Handbook, RouteRequest
 from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.server.app import create_server
+from skillorchestra.server.cli import main
+from skillorchestra.server.settings import ServerSettings
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +202,30 @@ def test_out_of_range_effects_are_refused_naming_the_field(update: dict, field: 
     with pytest.raises(ValidationError) as refused:
         LengthEffect.model_validate({"center": 5.0, "slopes": {}, **update})
     assert field in str(refused.value)
+
+
+# -- over MCP and the CLI ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_route_step_and_the_agent_card_show_the_length_effect(
+    learned, texts: tuple[str, str], db_path: Path
+) -> None:
+    HandbookStore(db_path).create_version(learned.document, source="learn")
+    async with Client(create_server(ServerSettings(db_path=db_path, seed_example=False))) as client:
+        routed = (await client.call_tool("route_step", {"text": texts[1], "lambda_": 0.5})).structured_content
+        card = json.loads((await client.read_resource("handbook://agents/small")).contents[0].text)  # type: ignore[union-attr]
+    assert routed["agent_id"] == "large"
+    small = next(c for c in routed["candidates"] if c["agent_id"] == "small")
+    assert small["length_shift"] < -0.1  # a long problem: the small agent's competence falls
+    effect = learned.document.length_effect
+    assert card["length_effect"] == {"slope": effect.slopes["small"], "center": effect.center}
+
+
+def test_handbook_show_prints_each_agents_slope(learned, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    HandbookStore(tmp_path / "h.db").create_version(learned.document, source="learn")
+    with pytest.raises(SystemExit) as exited:
+        main(["handbook", "show", "--db", str(tmp_path / "h.db")])
+    out = capsys.readouterr().out
+    slope = learned.document.length_effect.slopes["small"]
+    assert exited.value.code in (0, None) and f"agent small $0.1/$0.1 per Mtok length slope {slope:+.3f}" in out
