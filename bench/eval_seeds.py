@@ -34,6 +34,15 @@ def _row(rows: list[dict[str, Any]], policy: str, lambda_: float | None = None) 
     return next(r for r in rows if r["policy"] == policy and (lambda_ is None or r["lambda"] == lambda_))
 
 
+def _length(result: dict[str, Any]) -> str:
+    """Whether the learner kept a length effect: for the test (and for the operating point's validation run)."""
+    learning = result["learning"]
+    if not learning.get("length_effect") and not (learning.get("selection") or {}).get("length_effect"):
+        return ""
+    selection = "yes" if (learning.get("selection") or {}).get("length_effect") else "no"
+    return f"; length effect {'yes' if learning.get('length_effect') else 'no'} (operating-point run: {selection})"
+
+
 def two_agent_line(seed: int, result: dict[str, Any]) -> tuple[str, bool, bool]:
     two = result["two_agent"]
     ours, knn, rnd = two["skillorchestra"], two["knn"], two["random"]
@@ -41,7 +50,7 @@ def two_agent_line(seed: int, result: dict[str, Any]) -> tuple[str, bool, bool]:
     line = (
         f"seed {seed}: APGR ours {fmt(ours['apgr'])} knn {fmt(knn['apgr'])} random {fmt(rnd['apgr'])} "
         f"({'win' if apgr_win else 'loss'});  CPT(50%) ours {fmt(ours['cpt50'])} knn {fmt(knn['cpt50'])} "
-        f"({'win' if cpt_win else 'loss'});  learned skills {result['learning']['skills']}"
+        f"({'win' if cpt_win else 'loss'});  learned skills {result['learning']['skills']}{_length(result)}"
     )
     return line, apgr_win, cpt_win
 
@@ -55,6 +64,7 @@ def llmrouter_line(seed: int, result: dict[str, Any]) -> tuple[str, float, float
     line = (
         f"seed {seed}: operating lambda {op:.4g}: ours {ours['accuracy']:.3f} at {share:.0%} of best-single's cost; "
         f"knn {knn['accuracy']:.3f} at {knn['avg_cost'] / best:.0%}; top agent {max(ours['agent_share'].values()):.0%}"
+        f"{_length(result)}"
     )
     return line, ours["accuracy"], share
 

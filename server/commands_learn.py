@@ -318,6 +318,22 @@ def _embedding_text(m: dict[str, Any]) -> str:
     return f" (+ {m.get('embedding_seconds', 0):.0f} s embedding {embedded} new queries, now cached in the db)"
 
 
+def length_lines(trial: dict[str, Any] | None) -> list[str]:
+    """What the length trial decided (handbook/learning/length_trial.py), with the slopes when kept."""
+    if trial is None:
+        return []
+    panel = trial["cv_panel_utility"]
+    verdict = "kept" if trial["kept"] else "not kept"
+    lines = [
+        f"Length effect {verdict}: {trial['folds']}-fold cross-validated utility over the lambda sweep "
+        f"{panel['with']:.4f} with it, {panel['without']:.4f} without."
+    ]
+    if trial["kept"]:
+        slopes = ", ".join(f"{agent} {slope:+.3f}" for agent, slope in sorted(trial["slopes"].items()))
+        lines.append(f"  success per unit of ln(characters): {slopes}")
+    return lines
+
+
 def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
     m = run.metrics
     document = store.snapshot(run.version)
@@ -341,6 +357,7 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
         "",
         f"Selected '{m['selected']}' (depth {m['depth']}, {m['n_skills']} skills): the highest utility"
         f" (ties: fewer skills). Accuracy/cost Pareto front: {', '.join(m['pareto_front'])}.",
+        *length_lines(m.get("length_effect")),
     ]
     if m.get("orchestrator"):
         lines.append(

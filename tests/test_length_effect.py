@@ -22,6 +22,7 @@ from skillorchestra.handbook.models import HandbookDocument, LengthEffect
 from skillorchestra.handbook.router import RouteInputs, route
 from skillorchestra.handbook.service import Handbook, RouteRequest
 from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.handbook.traces import write_tasks
 from skillorchestra.server.app import create_server
 from skillorchestra.server.cli import main
 from skillorchestra.server.settings import ServerSettings
@@ -229,3 +230,21 @@ def test_handbook_show_prints_each_agents_slope(learned, tmp_path: Path, capsys:
     out = capsys.readouterr().out
     slope = learned.document.length_effect.slopes["small"]
     assert exited.value.code in (0, None) and f"agent small $0.1/$0.1 per Mtok length slope {slope:+.3f}" in out
+
+
+def test_learn_says_whether_it_kept_a_length_effect_and_the_handbook_routes_with_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_tasks(folder / "train.jsonl", length_dependent())
+    prices = {agent: price.model_dump(exclude_none=True) for agent, price in LENGTH_PRICES.items()}
+    (folder / "agents.json").write_text(json.dumps(prices), encoding="utf-8")
+    db = tmp_path / "h.db"
+    with pytest.raises(SystemExit) as exited:
+        main(["learn", "--data", str(folder / "train.jsonl"), "--db", str(db), "--matcher", "lexical"])
+    out, err = capsys.readouterr()
+    assert exited.value.code in (0, None), err
+    assert "Length effect kept: 5-fold cross-validated utility over the lambda sweep" in out
+    slopes = HandbookStore(db).document().length_effect.slopes
+    assert f"small {slopes['small']:+.3f}" in out and slopes["small"] < -0.1

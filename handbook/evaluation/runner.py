@@ -262,7 +262,12 @@ def _operating_point(
             for search, group in (("grid", points), ("bisection", narrowed))
             for lam, acc, cost in group
         ],
-        "learning": {"seconds": float(learned.seconds), "llm_calls": int(learned.llm_calls), "usd": float(learned.usd)},
+        "learning": {
+            "seconds": float(learned.seconds),
+            "llm_calls": int(learned.llm_calls),
+            "usd": float(learned.usd),
+            "length_effect": learned.document.length_effect is not None,
+        },
     }
 
 
