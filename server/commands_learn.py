@@ -474,8 +474,24 @@ def diff_lines(
     for delta, (agent, skill) in moves:
         (m0, n0), (m1, n1) = c_old[(agent, skill)], c_new[(agent, skill)]
         lines.append(f"  {agent} on {skill}: {m0:.2f} (n {n0:.0f}) -> {m1:.2f} (n {n1:.0f})  {delta:+.2f}")
+    lines += _length_diff(old, new)
     lines += _metric_lines(a, b, info[a]["metrics"], info[b]["metrics"])
     return lines
+
+
+def _length_diff(old: HandbookDocument, new: HandbookDocument) -> list[str]:
+    """The learned length slopes of both versions, agent by agent, when either has any."""
+    before = old.length_effect.slopes if old.length_effect is not None else {}
+    after = new.length_effect.slopes if new.length_effect is not None else {}
+    if before == after:
+        return [] if not before else ["length effect: unchanged"]
+
+    def shown(slopes: dict[str, float], agent: str) -> str:
+        return f"{slopes[agent]:+.3f}" if agent in slopes else "none"
+
+    return ["length effect (success per unit of ln(characters)):"] + [
+        f"  {agent}: {shown(before, agent)} -> {shown(after, agent)}" for agent in sorted(set(before) | set(after))
+    ]
 
 
 _METRICS = (

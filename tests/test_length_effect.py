@@ -248,3 +248,17 @@ def test_learn_says_whether_it_kept_a_length_effect_and_the_handbook_routes_with
     assert "Length effect kept: 5-fold cross-validated utility over the lambda sweep" in out
     slopes = HandbookStore(db).document().length_effect.slopes
     assert f"small {slopes['small']:+.3f}" in out and slopes["small"] < -0.1
+
+
+def test_handbook_diff_shows_the_slopes_a_version_gained(learned, tmp_path: Path, capsys) -> None:
+    db = tmp_path / "h.db"
+    store = HandbookStore(db)
+    plain = store.create_version(learned.document.model_copy(update={"length_effect": None}), source="import")
+    with_effect = store.create_version(learned.document, source="learn")
+    store.close()
+    with pytest.raises(SystemExit):
+        main(["handbook", "diff", str(plain), str(with_effect), "--db", str(db)])
+    out = capsys.readouterr().out
+    slopes = learned.document.length_effect.slopes
+    assert "length effect (success per unit of ln(characters)):" in out
+    assert f"  small: none -> {slopes['small']:+.3f}" in out and f"  large: none -> {slopes['large']:+.3f}" in out

@@ -246,20 +246,16 @@ def learn(
     reports[best].selected = True
     chosen = candidates[best]
     depth = reports[best].depth
-    trial = None
-    if params.length_ridge is not None:
-        every = Split.joined([train_split, val_split]) if val is not train else train_split
-        trial = length_trial(chosen, evaluator, every, params.length_ridge)
-    length_report = trial.as_dict() if trial is not None else None
 
     document = _final_document(chosen, evaluator, corpus, protos, train_split, val_split, val is not train, params)
-    if length_report is not None and length_report["kept"]:
-        splits = [train_split, val_split] if params.profile_on_all else [train_split]
-        effect = evaluator.length_effect(
-            document_arrays(document, params.kappa), chosen.labeller, splits, float(params.length_ridge or 0.0)
+    length_report = None
+    if params.length_ridge is not None:
+        has_val = val is not train
+        profiled = [train_split, val_split] if params.profile_on_all and has_val else [train_split]
+        every = Split.joined([train_split, val_split]) if has_val else train_split
+        document, length_report = _add_length_effect(
+            document, chosen, evaluator, every, profiled, params.length_ridge, params.kappa
         )
-        document = document.model_copy(update={"length_effect": effect})
-        length_report["slopes"] = effect.slopes
     val_labels = [t.task for t in val]
     agreement = _label_agreement(chosen, val_split, val_labels)
     agreement_depth1 = _label_agreement(candidates[1], val_split, val_labels)
@@ -330,6 +326,24 @@ def learn(
         metrics=metrics,
         seconds=seconds,
     )
+
+
+def _add_length_effect(
+    document: HandbookDocument,
+    chosen: Built,
+    evaluator: Evaluator,
+    every: Split,
+    profiled: list[Split],
+    ridge: float,
+    kappa: float,
+) -> tuple[HandbookDocument, dict[str, Any] | None]:
+    """Cross-validate a length effect for the selected skill set on every task; when it routes better, fit it to
+    the final handbook on the tasks that handbook was profiled on. Returns the document and the trial's report."""
+    trial = length_trial(chosen, evaluator, every, ridge)
+    if trial is None or not trial.kept:
+        return document, None if trial is None else trial.as_dict()
+    effect = evaluator.length_effect(document_arrays(document, kappa), chosen.labeller, profiled, ridge)
+    return document.model_copy(update={"length_effect": effect}), {**trial.as_dict(), "slopes": effect.slopes}
 
 
 def _label_agreement(built: Built, split: Split, labels: Sequence[str | None]) -> float | None:
