@@ -12,7 +12,7 @@ level down (its siblings' evidence), so one observation counts once, however dee
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -108,7 +108,7 @@ class HandbookArrays:
     enabled: np.ndarray  # (A,) bool
     agent_modes: list[frozenset[str]]
     length_slope: np.ndarray  # (A,) learned change of success per unit of ln(characters) (0 = none; handbook/length.py)
-    length_center: float  # ln(characters) the slopes are centred on
+    length_range: tuple[float, float, float]  # (low, center, high) ln(characters) of the steps the slopes came from
     kappa: float
     structure: Structure
     raw: RawEvidence
@@ -154,6 +154,11 @@ class HandbookArrays:
     def has_length_effect(self) -> bool:
         return bool(np.any(self.length_slope != 0.0))
 
+    def with_length_effect(self, effect: LengthEffect | None) -> HandbookArrays:
+        """The same posteriors (shared, not copied) scoring with `effect` instead."""
+        slope, length_range = _length_fields(self.agent_ids, effect)
+        return replace(self, length_slope=slope, length_range=length_range)
+
     def _cell(self, agent_id: str, skill_id: str) -> tuple[int, int] | None:
         i = self.agent_index.get(agent_id)
         j = raw_column(skill_id, self.skill_index, self.mode_index)
@@ -187,7 +192,7 @@ class Patch:
     def derived(self) -> HandbookArrays:
         base = self.base
         sums = base.sums.with_rows(self.raw, base.structure, np.array(sorted(self.rows), dtype=np.int64))
-        length = (base.length_slope, base.length_center)
+        length = (base.length_slope, base.length_range)
         return _derive(base.agents, base.skills, base.mode_ids, base.structure, self.raw, base.kappa, length, sums)
 
 
@@ -249,9 +254,18 @@ def build_arrays(
         j = raw_column(cost.skill_id, s_idx, m_idx)
         if i is not None and j is not None and cost.n > 0:
             raw.set_cost((i, j), cost)
-    slopes = length_effect.slopes if length_effect is not None else {}
-    length = (np.array([slopes.get(a.id, 0.0) for a in agent_list]), length_effect.center if length_effect else 0.0)
+    length = _length_fields([a.id for a in agent_list], length_effect)
     return _derive(agent_list, ordered, mode_ids, structure, raw, kappa, length)
+
+
+def _length_fields(
+    agent_ids: Sequence[str], effect: LengthEffect | None
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """(A,) slopes in agent order (0 for an agent the effect does not name) and (low, center, high)."""
+    if effect is None:
+        return np.zeros(len(agent_ids)), (0.0, 0.0, 0.0)
+    slope = np.array([effect.slopes.get(agent_id, 0.0) for agent_id in agent_ids])
+    return slope, (effect.low, effect.center, effect.high)
 
 
 def _structure(ordered: Sequence[Skill], s_idx: dict[str, int], m_idx: dict[str, int]) -> Structure:
@@ -282,7 +296,7 @@ def _derive(
     st: Structure,
     raw: RawEvidence,
     kappa: float,
-    length: tuple[np.ndarray, float],
+    length: tuple[np.ndarray, tuple[float, float, float]],
     sums: Sums | None = None,
 ) -> HandbookArrays:
     """Shrunk posteriors and expected costs from the raw evidence (vectorised over skills)."""
@@ -356,7 +370,7 @@ def _derive(
         enabled=np.array([a.enabled for a in agent_list], dtype=bool),
         agent_modes=[frozenset(a.modes) for a in agent_list],
         length_slope=length[0],
-        length_center=length[1],
+        length_range=length[1],
         kappa=kappa,
         structure=st,
         raw=raw,

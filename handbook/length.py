@@ -2,10 +2,11 @@
 
 Skills say what a step is about; they do not say how long or involved it is, and a small model's success falls
 faster with the length of a problem than a large model's does. When the learner found that on its traces (and
-that it routes its validation split better), the handbook carries a slope per agent (models.LengthEffect) and
-every scorer of a step (the service, the replay evaluator, the eval) adds slope * (ln(characters) - center) to
-the agent's skill-weighted competence through this one rule. The step's own text counts, not context sent
-beside it: the slopes were fitted on task texts.
+cross-validation showed that it routes better), the handbook carries a slope per agent (models.LengthEffect) and
+every scorer of a step (the service's route and consult, the replay evaluator, the eval) adds
+slope * (ln(characters) - center) to the agent's skill-weighted competence through this one rule, with the length
+held within the range the slopes were fitted on. The step's own text counts, not context sent beside it: the
+slopes were fitted on task texts.
 """
 
 from __future__ import annotations
@@ -27,4 +28,5 @@ def length_shifts(arrays: HandbookArrays, texts: Sequence[str]) -> np.ndarray | 
     then scores exactly as before)."""
     if not arrays.has_length_effect:
         return None
-    return (ln_chars(texts) - arrays.length_center)[:, None] * arrays.length_slope[None, :]
+    low, center, high = arrays.length_range
+    return (np.clip(ln_chars(texts), low, high) - center)[:, None] * arrays.length_slope[None, :]

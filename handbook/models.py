@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 ID_MAX = 200
@@ -105,15 +105,28 @@ class SkillDemand(_Model):
 class LengthEffect(_Model):
     """How an agent's chance of success moves with the length of the step, where the learner found that it does.
 
-    quality(agent, step) = skill-weighted competence + slopes[agent] * (ln(characters of the step) - center).
-    A long word problem defeats a small model far more often than a large one, and a skill that holds short and
-    long problems alike cannot say so. Learned offline (ridge on the handbook's own residuals) and kept only when
-    it routes the validation split better; an agent absent from `slopes` does not move."""
+    quality(agent, step) = skill-weighted competence + slopes[agent] * (x - center), x = ln(characters of the
+    step) kept within [low, high], the range the slopes were fitted on (a line is not extrapolated). A long word
+    problem defeats a small model far more often than a large one, and a skill that holds short and long problems
+    alike cannot say so. Learned offline (ridge on the handbook's own residuals) and kept only when
+    cross-validation shows it routes better; an agent absent from `slopes` does not move."""
 
     center: float = Field(ge=0.0, le=MAX_LN_CHARS, description="ln(characters) of the typical training step")
+    low: float = Field(ge=0.0, le=MAX_LN_CHARS, description="the shortest training step's ln(characters)")
+    high: float = Field(ge=0.0, le=MAX_LN_CHARS, description="the longest training step's ln(characters)")
     slopes: dict[Identifier, float] = Field(
         default_factory=dict, description="agent_id -> change of success rate per unit of ln(characters)"
     )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LengthEffect:
+        if not self.low <= self.center <= self.high:
+            raise PydanticCustomError(
+                "length_range",
+                "low <= center <= high (got low {low}, center {center}, high {high})",
+                {"low": self.low, "center": self.center, "high": self.high},
+            )
+        return self
 
     @field_validator("slopes")
     @classmethod
@@ -148,7 +161,9 @@ class HandbookDocument(_Model):
         description="the learned skill identifier, so deployment infers skill weights exactly as learning did",
     )
     length_effect: LengthEffect | None = Field(
-        default=None, description="how success moves with the step's length per agent (learned; null = not at all)"
+        default=None,
+        description="how success moves with the step's length per agent (learned; absent = not at all)",
+        exclude_if=lambda value: value is None,  # a handbook without one exports as before and older readers take it
     )
 
     @field_validator("schema_version")

@@ -37,6 +37,11 @@ class AgentSkillStat(BaseModel):
     expected_cost_usd: float | None = Field(
         description="expected cost of a call with this text on this skill; null when the agent's cost is unknown"
     )
+    length_shift: float = Field(
+        default=0.0,
+        description="competence the learned length effect adds for this text's length (0 without one); agents are "
+        "ranked by mean + length_shift, as route_step scores them",
+    )
 
 
 class ConsultResult(BaseModel):

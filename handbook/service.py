@@ -47,7 +47,7 @@ from skillorchestra.handbook.results import (
     SkillCard,
     SkillPage,
 )
-from skillorchestra.handbook.router import Strategy, route
+from skillorchestra.handbook.router import Strategy, route, shifted
 from skillorchestra.handbook.store import HandbookStore, OutcomeEffect
 
 INFERRED_SKILLS = 3
@@ -272,9 +272,12 @@ class Handbook:
         tokens = np.repeat(costing.prompt_tokens([text]), len(cols))
         per_skill_cost = costing.expected_costs(arrays, tokens, cols[:, None], np.ones((len(cols), 1)))
         lo, hi = normal_ci90(arrays.mean, arrays.var)
+        shifts = length_shifts(arrays, [text])
+        shift = np.zeros(len(arrays.agent_ids)) if shifts is None else shifts[0]
         rows: list[AgentSkillStat] = []
         for k, (col, label) in enumerate(zip(cols, labels, strict=True)):
-            order = np.argsort(-arrays.mean[:, col], kind="stable")
+            # ranked as route_step scores competence: with this step's length shift
+            order = np.argsort(-shifted(arrays.mean[:, col], shift), kind="stable")
             for i in order:
                 if not arrays.enabled[i]:
                     continue
@@ -287,6 +290,7 @@ class Handbook:
                         ci90=(float(lo[i, col]), float(hi[i, col])),
                         n=float(arrays.evidence[i, col]),
                         expected_cost_usd=None if agent_cost is None else float(agent_cost),
+                        length_shift=float(shift[i]),
                     )
                 )
         page = rows[offset : offset + page_size]

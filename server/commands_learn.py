@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skillorchestra.handbook.errors import InvalidInput
-from skillorchestra.handbook.models import HandbookDocument
+from skillorchestra.handbook.models import HandbookDocument, LengthEffect
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.argtypes import fraction_arg, lambda_arg, name_arg, seed_arg, version_arg
 from skillorchestra.server.commands import existing_store, removed_if_refused, warn_unconnected
@@ -481,17 +481,21 @@ def diff_lines(
 
 def _length_diff(old: HandbookDocument, new: HandbookDocument) -> list[str]:
     """The learned length slopes of both versions, agent by agent, when either has any."""
+    if old.length_effect == new.length_effect:
+        return [] if old.length_effect is None else ["length effect: unchanged"]
     before = old.length_effect.slopes if old.length_effect is not None else {}
     after = new.length_effect.slopes if new.length_effect is not None else {}
-    if before == after:
-        return [] if not before else ["length effect: unchanged"]
 
     def shown(slopes: dict[str, float], agent: str) -> str:
         return f"{slopes[agent]:+.3f}" if agent in slopes else "none"
 
-    return ["length effect (success per unit of ln(characters)):"] + [
-        f"  {agent}: {shown(before, agent)} -> {shown(after, agent)}" for agent in sorted(set(before) | set(after))
-    ]
+    def fitted(effect: LengthEffect | None) -> str:
+        return "none" if effect is None else f"{effect.low:.2f}..{effect.high:.2f} around {effect.center:.2f}"
+
+    return [
+        "length effect (success per unit of ln(characters), fitted on ln(characters) "
+        f"{fitted(old.length_effect)} -> {fitted(new.length_effect)}):"
+    ] + [f"  {agent}: {shown(before, agent)} -> {shown(after, agent)}" for agent in sorted(set(before) | set(after))]
 
 
 _METRICS = (

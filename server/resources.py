@@ -92,9 +92,10 @@ def agent_card(handbook: Handbook, agent_id: str) -> dict[str, object]:
             "mean": float(arrays.mean[i, arrays.root_column]),
             "n": float(arrays.evidence[i, arrays.root_column]),
         },
-        # the learned length effect (handbook/length.py): competence + slope * (ln(characters) - center)
+        # the learned length effect (handbook/length.py): competence + slope * (ln(characters) - center), the
+        # length held within [low, high]; range_ln_chars is (low, center, high)
         "length_effect": (
-            {"slope": float(arrays.length_slope[i]), "center": arrays.length_center}
+            {"slope": float(arrays.length_slope[i]), "range_ln_chars": list(arrays.length_range)}
             if arrays.has_length_effect
             else None
         ),

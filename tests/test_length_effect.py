@@ -14,7 +14,8 @@ from mcp import Client
 from pydantic import ValidationError
 from test_store import DOCUMENT, dump
 
-from skillorchestra.handbook.errors import NotFound
+from skillorchestra.handbook.errors import InvalidInput, NotFound
+from skillorchestra.handbook.evaluation.online import cold_document
 from skillorchestra.handbook.learning.length_fit import fit_length_effect
 from skillorchestra.handbook.learning.pipeline import LearnParams, learn
 from skillorchestra.handbook.learning.replay import replay
@@ -81,7 +82,8 @@ def test_a_candidate_reports_its_length_shift_and_its_quality_includes_it(
     for text in texts:
         decision = book.route(RouteRequest(text=text, lambda_=0.1))
         for candidate in decision.candidates:
-            expected = effect.slopes[candidate.agent_id] * (math.log(len(text)) - effect.center)
+            x = min(max(math.log(len(text)), effect.low), effect.high)
+            expected = effect.slopes[candidate.agent_id] * (x - effect.center)
             assert candidate.length_shift == pytest.approx(expected)
             raw = sum(candidate.contributions.values())
             assert candidate.quality == pytest.approx(min(max(raw + expected, 0.0), 1.0))
@@ -149,7 +151,7 @@ def test_the_router_adds_the_shift_inside_zero_and_one_for_both_strategies() -> 
 # -- the document and the store ------------------------------------------------------------------------------------
 
 
-EFFECT = LengthEffect(center=5.0, slopes={"meta/llama-70b": -0.1, "tiny": 0.05})
+EFFECT = LengthEffect(center=5.0, low=2.0, high=8.0, slopes={"meta/llama-70b": -0.1, "tiny": 0.05})
 
 
 def test_the_length_effect_survives_export_import_and_versions(tmp_path: Path) -> None:
@@ -172,7 +174,7 @@ def test_a_slope_for_an_agent_the_document_lacks_is_refused_and_nothing_is_writt
     store = HandbookStore(tmp_path / "h.db")
     store.create_version(DOCUMENT, source="import")
     before = dump(store)
-    bad = DOCUMENT.model_copy(update={"length_effect": LengthEffect(center=5.0, slopes={"ghost": 0.1})})
+    bad = DOCUMENT.model_copy(update={"length_effect": EFFECT.model_copy(update={"slopes": {"ghost": 0.1}})})
     with pytest.raises(NotFound) as refused:
         store.create_version(bad, source="import")
     assert "length_effect.slopes" in str(refused.value) and "ghost" in str(refused.value)
@@ -197,11 +199,13 @@ def test_deleting_an_agent_deletes_its_slope_so_the_export_imports_again(tmp_pat
         ({"slopes": {"gpt": float("nan")}}, "slopes.gpt"),
         ({"center": -1.0}, "center"),
         ({"center": float("inf")}, "center"),
+        ({"low": 6.0}, "low <= center <= high"),
+        ({"high": 4.0}, "low <= center <= high"),
     ],
 )
 def test_out_of_range_effects_are_refused_naming_the_field(update: dict, field: str) -> None:
     with pytest.raises(ValidationError) as refused:
-        LengthEffect.model_validate({"center": 5.0, "slopes": {}, **update})
+        LengthEffect.model_validate({"center": 5.0, "low": 1.0, "high": 9.0, "slopes": {}, **update})
     assert field in str(refused.value)
 
 
@@ -220,7 +224,10 @@ async def test_route_step_and_the_agent_card_show_the_length_effect(
     small = next(c for c in routed["candidates"] if c["agent_id"] == "small")
     assert small["length_shift"] < -0.1  # a long problem: the small agent's competence falls
     effect = learned.document.length_effect
-    assert card["length_effect"] == {"slope": effect.slopes["small"], "center": effect.center}
+    assert card["length_effect"] == {
+        "slope": effect.slopes["small"],
+        "range_ln_chars": [effect.low, effect.center, effect.high],
+    }
 
 
 def test_handbook_show_prints_each_agents_slope(learned, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -260,5 +267,51 @@ def test_handbook_diff_shows_the_slopes_a_version_gained(learned, tmp_path: Path
         main(["handbook", "diff", str(plain), str(with_effect), "--db", str(db)])
     out = capsys.readouterr().out
     slopes = learned.document.length_effect.slopes
-    assert "length effect (success per unit of ln(characters)):" in out
+    effect = learned.document.length_effect
+    fitted = f"{effect.low:.2f}..{effect.high:.2f} around {effect.center:.2f}"
+    assert f"length effect (success per unit of ln(characters), fitted on ln(characters) none -> {fitted}):" in out
     assert f"  small: none -> {slopes['small']:+.3f}" in out and f"  large: none -> {slopes['large']:+.3f}" in out
+
+
+def test_a_step_longer_than_any_training_task_is_scored_at_the_longest_trained_length(learned, tmp_path) -> None:
+    effect = learned.document.length_effect
+    book = service(learned.document, learned.labeller, tmp_path / "h.db")
+    longest = math.exp(effect.high)
+    for characters in (int(longest) + 10, 30_000):
+        decision = book.route(RouteRequest(text="invoice ledger " + "x" * (characters - 15), lambda_=0.1))
+        shifts = {c.agent_id: c.length_shift for c in decision.candidates}
+        assert shifts["small"] == pytest.approx(effect.slopes["small"] * (effect.high - effect.center))
+    short = book.route(RouteRequest(text="tax", lambda_=0.1))  # shorter than any training task: held at `low`
+    shifts = {c.agent_id: c.length_shift for c in short.candidates}
+    assert shifts["small"] == pytest.approx(effect.slopes["small"] * (effect.low - effect.center))
+
+
+def test_consult_ranks_agents_with_the_steps_length_shift_as_route_step_does(
+    learned, texts: tuple[str, str], tmp_path: Path
+) -> None:
+    book = service(learned.document, learned.labeller, tmp_path / "h.db")
+    for text in texts:
+        consulted = book.consult(text)
+        routed = book.route(RouteRequest(text=text, lambda_=0.0))
+        shift = {c.agent_id: c.length_shift for c in routed.candidates}
+        rows = [row for row in consulted.agents if row.skill_id == consulted.agents[0].skill_id]
+        assert all(row.length_shift == pytest.approx(shift[row.agent_id]) for row in rows)
+        ranked = [min(max(row.mean + row.length_shift, 0.0), 1.0) for row in rows]
+        assert ranked == sorted(ranked, reverse=True)
+    assert consulted.agents[0].agent_id == "large"  # the long problem: large first, as the router would pick
+
+
+def test_a_handbook_without_a_length_effect_exports_without_the_key() -> None:
+    assert "length_effect" not in json.loads(DOCUMENT.model_dump_json())  # older readers still import it
+    assert json.loads(DOCUMENT.model_copy(update={"length_effect": EFFECT}).model_dump_json())["length_effect"]
+
+
+def test_the_online_evals_cold_start_knows_nothing_of_the_learned_slopes(learned) -> None:
+    assert cold_document(learned.document).length_effect is None
+
+
+@pytest.mark.parametrize("ridge", [0.0, -1.0, float("nan")])
+def test_a_ridge_that_is_not_positive_is_refused(ridge: float) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        LearnParams(length_ridge=ridge)
+    assert refused.value.field == "length_ridge"

@@ -81,7 +81,8 @@ def route_step(
     top_k: TopK = 5,
     seed: Annotated[int | None, Field(ge=0, description="Seed for thompson sampling (reproducible choices)")] = None,
 ) -> RouteDecision:
-    """Choose the agent for one step: argmax of sum_s w_s * competence - lambda * cost / c_ref.
+    """Choose the agent for one step: argmax of sum_s w_s * competence (+ the learned length shift, when the
+    handbook has one) - lambda * cost / c_ref.
 
     Records the decision; report how the step went with record_outcome(decision_id, ...).
     """

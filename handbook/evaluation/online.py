@@ -30,8 +30,9 @@ class OnlineRun:
 
 
 def cold_document(document: HandbookDocument) -> HandbookDocument:
-    """The learned taxonomy and agents with no evidence at all: competence and cost statistics emptied."""
-    return document.model_copy(update={"competence": [], "cost": []})
+    """The learned taxonomy and agents with no evidence at all: competence, cost statistics and the length effect
+    (fitted on the same training outcomes) emptied."""
+    return document.model_copy(update={"competence": [], "cost": [], "length_effect": None})
 
 
 def utilities(table: OutcomeTable, lambda_: float, c_ref: float) -> np.ndarray:

@@ -4,17 +4,15 @@ Per agent, the slope of its residual success (recorded score minus the handbook'
 the centred ln(characters) of the task, by ridge regression through the origin: slope = sum(r x) / (sum(x^2) +
 ridge). Fitting residuals, not raw scores, credits length only with what the skills did not already explain, and
 the ridge keeps an agent with few or evenly long tasks at (nearly) no slope. The learner keeps the effect only
-when it routes the validation split better (pipeline.py).
+when cross-validation shows it routes better (length_trial.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 import numpy as np
 
-from skillorchestra.handbook.arrays import HandbookArrays
 from skillorchestra.handbook.length import ln_chars
 from skillorchestra.handbook.models import MAX_LENGTH_SLOPE, LengthEffect
 
@@ -27,6 +25,7 @@ def fit_length_effect(
     """Slopes of `scores` (N, A; NaN = not judged) minus `quality` (N, A) on the centred ln length of `queries`."""
     x = ln_chars(queries)
     center = float(x.mean()) if x.size else 0.0
+    low, high = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
     x = x - center
     slopes: dict[str, float] = {}
     for j, agent_id in enumerate(agent_ids):
@@ -34,10 +33,4 @@ def fit_length_effect(
         residual, xs = scores[judged, j] - quality[judged, j], x[judged]
         slope = float((residual * xs).sum() / ((xs * xs).sum() + ridge))
         slopes[agent_id] = float(np.clip(slope, -MAX_LENGTH_SLOPE, MAX_LENGTH_SLOPE))
-    return LengthEffect(center=center, slopes=slopes)
-
-
-def with_length_effect(arrays: HandbookArrays, effect: LengthEffect) -> HandbookArrays:
-    """The same arrays scoring with `effect` (the posteriors are shared, not copied)."""
-    slope = np.array([effect.slopes.get(a, 0.0) for a in arrays.agent_ids])
-    return replace(arrays, length_slope=slope, length_center=effect.center)
+    return LengthEffect(center=center, low=low, high=high, slopes=slopes)

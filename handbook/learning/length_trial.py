@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from skillorchestra.handbook.learning.candidates import Built, Evaluator, Split
-from skillorchestra.handbook.learning.length_fit import with_length_effect
 from skillorchestra.handbook.learning.replay import document_arrays
 
 DEFAULT_FOLDS = 5
@@ -59,7 +58,7 @@ def length_trial(
         document = evaluator.document(chosen.specs, chosen.labeller, weights, fit_on.outcomes)
         plain = document_arrays(document, evaluator.kappa)
         effect = evaluator.length_effect(plain, chosen.labeller, [fit_on], ridge)
-        for column, arrays in enumerate((plain, with_length_effect(plain, effect))):
+        for column, arrays in enumerate((plain, plain.with_length_effect(effect))):
             result = evaluator.replay(arrays, chosen.labeller, check)
             share = len(result.scores)  # tasks with a judged agent: the same with and without the effect
             if not share:

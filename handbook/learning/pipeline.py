@@ -57,8 +57,13 @@ class LearnParams:
     # ties at lambda go to mean validation utility over these too (interface.md's default sweep: route_step takes
     # a lambda per call, so of two equal handbooks the one that serves the whole sweep better wins)
     lambda_panel: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
-    # ridge of the per-agent length slopes (length_fit.py); None: never learn a length effect
+    # ridge of the per-agent length slopes (length_fit.py), > 0; None: never learn a length effect
     length_ridge: float | None = DEFAULT_RIDGE
+
+    def __post_init__(self) -> None:
+        ridge = self.length_ridge
+        if ridge is not None and not (math.isfinite(ridge) and ridge > 0):
+            raise InvalidInput("length_ridge", ridge, "a finite number > 0, or None for no length effect")
 
 
 @dataclass
@@ -247,11 +252,11 @@ def learn(
     chosen = candidates[best]
     depth = reports[best].depth
 
-    document = _final_document(chosen, evaluator, corpus, protos, train_split, val_split, val is not train, params)
+    has_val = val is not train
+    profiled = [train_split, val_split] if params.profile_on_all and has_val else [train_split]
+    document = _final_document(chosen, evaluator, corpus, protos, profiled, params.kappa)
     length_report = None
     if params.length_ridge is not None:
-        has_val = val is not train
-        profiled = [train_split, val_split] if params.profile_on_all and has_val else [train_split]
         every = Split.joined([train_split, val_split]) if has_val else train_split
         document, length_report = _add_length_effect(
             document, chosen, evaluator, every, profiled, params.length_ridge, params.kappa
@@ -312,7 +317,7 @@ def learn(
         "label_agreement_val_depth1": agreement_depth1,
         "refinement": [s.as_dict() for s in log],
         "evaluations": evaluator.evaluations,
-        "profiled_on": "train+validation" if params.profile_on_all and val is not train else "train",
+        "profiled_on": "train+validation" if len(profiled) == 2 else "train",
         "timings": timings,
     }
     labeller = chosen.labeller
@@ -362,22 +367,13 @@ def _label_agreement(built: Built, split: Split, labels: Sequence[str | None]) -
 
 
 def _final_document(
-    chosen: Built,
-    evaluator: Evaluator,
-    corpus: Corpus,
-    protos: Any,
-    train: Split,
-    val: Split,
-    has_val: bool,
-    params: LearnParams,
+    chosen: Built, evaluator: Evaluator, corpus: Corpus, protos: Any, profiled: list[Split], kappa: float
 ) -> HandbookDocument:
-    """The selected skill set, profiled on every judged task (or train only) and described for people."""
+    """The selected skill set, profiled on the tasks of `profiled` (train, then validation unless excluded) and
+    described for people."""
     labeller = chosen.labeller
-    weights = evaluator.weights(labeller, train)
-    outcomes = train.outcomes
-    if params.profile_on_all and has_val:
-        weights = np.concatenate([weights, evaluator.weights(labeller, val)])
-        outcomes = Outcomes.joined([train.outcomes, val.outcomes])
+    weights = np.concatenate([evaluator.weights(labeller, split) for split in profiled])
+    outcomes = Outcomes.joined([split.outcomes for split in profiled])
     bare = evaluator.document(chosen.specs, labeller, weights, outcomes)
-    skills = describe(chosen.specs, chosen.taxonomy, corpus, protos, document_arrays(bare, params.kappa), train.sims)
+    skills = describe(chosen.specs, chosen.taxonomy, corpus, protos, document_arrays(bare, kappa), profiled[0].sims)
     return bare.model_copy(update={"skills": skills})
