@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import platformdirs
 from pydantic import BaseModel, Field, ValidationError
 
 from skillorchestra.handbook.errors import InvalidInput
@@ -28,6 +27,8 @@ def default_db_path() -> Path:
     env = os.environ.get("SKILLORCHESTRA_DB")
     if env:
         return Path(env).expanduser()
+    import platformdirs  # only when no --db or SKILLORCHESTRA_DB names the file: not on every start
+
     return Path(platformdirs.user_data_dir("skillorchestra", appauthor=False)) / "handbook.db"
 
 

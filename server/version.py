@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 
 
+@functools.cache  # asked twice per start (the CLI's --version text, the MCP server's version): one lookup
 def package_version() -> str:
     try:
         return importlib.metadata.version("skillorchestra-mcp")
