@@ -219,6 +219,7 @@ def learn_into_store(
     summary = (
         f"learned from {data_label}: {metrics['n_tasks']} tasks, {len(metrics['agents'])} agents -> "
         f"{metrics['n_skills']} skills ('{result.selected}', depth {depth}) at lambda {lambda_:g}, seed {seed}"
+        + (", with a length effect" if document.length_effect is not None else "")
         + (f", selection stored for orchestrator {orchestrator!r}" if orchestrator else "")
     )
     comparable = int(result.metrics["comparable_validation_tasks"])  # on the learner's own validation split
