@@ -19,8 +19,9 @@ from skillorchestra.handbook.arrays import HandbookArrays
 
 
 def ln_chars(texts: Sequence[str]) -> np.ndarray:
-    """(n,) ln of each text's length in characters (an empty text counts as one character)."""
-    return np.log(np.maximum(np.array([len(text) for text in texts], dtype=float), 1.0))
+    """(n,) ln of each text's length in characters without surrounding whitespace (padding is not a longer
+    problem); an empty text counts as one character."""
+    return np.log(np.maximum(np.array([len(text.strip()) for text in texts], dtype=float), 1.0))
 
 
 def length_shifts(arrays: HandbookArrays, texts: Sequence[str]) -> np.ndarray | None:

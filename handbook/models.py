@@ -128,6 +128,23 @@ class LengthEffect(_Model):
             )
         return self
 
+    @field_validator("slopes", mode="before")
+    @classmethod
+    def _distinct(cls, value: Any) -> Any:
+        """Ids are stripped: " a" beside "a" would silently overwrite one slope with the other."""
+        if isinstance(value, dict):
+            seen: dict[str, str] = {}
+            for key in value:
+                stripped = key.strip() if isinstance(key, str) else key
+                if stripped in seen:
+                    raise PydanticCustomError(
+                        "duplicate_agent",
+                        "each agent once ({first!r} and {second!r} name the same agent)",
+                        {"first": seen[stripped], "second": key},
+                    )
+                seen[stripped] = key
+        return value
+
     @field_validator("slopes")
     @classmethod
     def _bounded(cls, value: dict[str, float]) -> dict[str, float]:

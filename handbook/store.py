@@ -468,8 +468,7 @@ class HandbookStore:
         self._set_meta("description", document.description)
         self._set_meta("selections", _dumps(document.selections))
         self._set_meta("labeller", _dumps(document.labeller))
-        effect = document.length_effect
-        self._set_meta("length_effect", _dumps(effect.model_dump() if effect is not None else None))
+        self._put_length_effect(document.length_effect, document.version)
 
     # -- reads -------------------------------------------------------------------------------------------
 
@@ -556,10 +555,23 @@ class HandbookStore:
             return json.loads(self._meta("labeller") or "null")
 
     def length_effect(self) -> LengthEffect | None:
-        """The live version's learned length effect (handbook/length.py), if it has one."""
+        """The live version's learned length effect (handbook/length.py), if it has one.
+
+        The row names the version it was written for: a release from before length effects replaces the live
+        state (import, learn, rollback) without knowing the row, and must not leave a stale effect routing the
+        version it made live."""
         with self.lock:
             raw = json.loads(self._meta("length_effect") or "null")
-            return None if raw is None else LengthEffect.model_validate(raw)
+            if not isinstance(raw, dict) or raw.get("version") != self.current_version() or raw["effect"] is None:
+                return None
+            return LengthEffect.model_validate(raw["effect"])
+
+    def _put_length_effect(self, effect: LengthEffect | None, version: int) -> None:
+        """An effect that names no agent (all deleted) is no effect: the export then has no key for it."""
+        kept = effect if effect is not None and effect.slopes else None
+        self._set_meta(
+            "length_effect", _dumps({"version": version, "effect": kept.model_dump() if kept is not None else None})
+        )
 
     def search_skills(self, query: str, mode: str | None, limit: int) -> list[tuple[str, float]]:
         """FTS5 BM25 over skill ids, descriptions, indicators and examples; larger score = better match."""
@@ -617,7 +629,7 @@ class HandbookStore:
         effect = self.length_effect()
         if effect is not None and agent_id in effect.slopes:  # what was learned of it goes with its evidence
             slopes = {a: s for a, s in effect.slopes.items() if a != agent_id}
-            self._set_meta("length_effect", _dumps(effect.model_copy(update={"slopes": slopes}).model_dump()))
+            self._put_length_effect(effect.model_copy(update={"slopes": slopes}), self.current_version())
 
     def _event_outcome(self, payload: dict[str, Any]) -> OutcomeEffect:
         """Fractional Beta updates by skill weight; infrastructure errors only touch cost."""
@@ -950,6 +962,7 @@ class HandbookStore:
         scratch = HandbookStore(":memory:")
         try:
             with scratch.write():
+                scratch._set_meta("current_version", str(version))  # the scratch's live state is this version's
                 scratch._replace_live_state(snapshot)
                 for kind, payload in events:
                     scratch._apply_event(kind, payload)

@@ -315,3 +315,50 @@ def test_a_ridge_that_is_not_positive_is_refused(ridge: float) -> None:
     with pytest.raises(InvalidInput) as refused:
         LearnParams(length_ridge=ridge)
     assert refused.value.field == "length_ridge"
+
+
+def test_a_live_state_replaced_by_an_older_release_does_not_keep_a_stale_effect(tmp_path: Path) -> None:
+    """An older release makes another version live without knowing the effect's row (its rollback, import or
+    learn): the row names the version it was written for, so it no longer applies."""
+    store = HandbookStore(tmp_path / "h.db")
+    store.create_version(DOCUMENT.model_copy(update={"length_effect": EFFECT}), source="learn")
+    plain = store.create_version(DOCUMENT, source="import", live=False)
+    assert store.document().length_effect == EFFECT
+    with store.write():  # what an older release's promotion of `plain` writes: the tables and current_version
+        store._set_meta("current_version", str(plain))
+    assert store.document().length_effect is None
+    assert Handbook(store).arrays().has_length_effect is False
+
+
+def test_an_earlier_versions_state_keeps_its_effect_and_the_events_on_it(tmp_path: Path) -> None:
+    book = Handbook(HandbookStore(tmp_path / "h.db"))
+    first = book.store.create_version(DOCUMENT.model_copy(update={"length_effect": EFFECT}), source="import")
+    book.delete_agent("tiny")  # an event on version `first`
+    book.store.create_version(DOCUMENT, source="import")
+    assert book.store.state_of(first).length_effect.slopes == {"meta/llama-70b": -0.1}
+
+
+def test_an_effect_left_without_agents_is_no_effect(tmp_path: Path) -> None:
+    book = Handbook(HandbookStore(tmp_path / "h.db"))
+    only_tiny = EFFECT.model_copy(update={"slopes": {"tiny": 0.05}})
+    book.store.create_version(DOCUMENT.model_copy(update={"length_effect": only_tiny}), source="import")
+    book.delete_agent("tiny")
+    assert book.store.document().length_effect is None
+    assert "length_effect" not in json.loads(book.store.document().model_dump_json())
+    empty = DOCUMENT.model_copy(update={"length_effect": EFFECT.model_copy(update={"slopes": {}})})
+    book.store.create_version(empty, source="import")
+    assert book.store.document().length_effect is None
+
+
+def test_two_ids_for_the_same_agent_are_refused() -> None:
+    with pytest.raises(ValidationError) as refused:
+        LengthEffect.model_validate({"center": 5.0, "low": 1.0, "high": 9.0, "slopes": {" a ": 0.1, "a": -0.2}})
+    assert "name the same agent" in str(refused.value)
+
+
+def test_surrounding_whitespace_is_not_a_longer_problem(learned, tmp_path: Path) -> None:
+    book = service(learned.document, learned.labeller, tmp_path / "h.db")
+    text = "invoice ledger tax audit budget"
+    plain = book.route(RouteRequest(text=text, lambda_=0.1)).candidates
+    padded = book.route(RouteRequest(text=" " * 5000 + text + "\n" * 50, lambda_=0.1)).candidates
+    assert {c.agent_id: c.length_shift for c in plain} == {c.agent_id: c.length_shift for c in padded}

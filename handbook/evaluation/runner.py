@@ -216,7 +216,7 @@ def run_eval(
             "wall_seconds": learn_wall,
             "features": getattr(learned, "metrics", {}).get("features"),
             "skills": len(learned.document.skills),
-            "length_effect": learned.document.length_effect is not None,
+            "length_effect": _length_effect(learned.document),
             "selection": selection.get("learning"),
         },
         "single_agents": _single_agents(table, baseline),
@@ -226,6 +226,11 @@ def run_eval(
     if len(agents) == 2:
         result["two_agent"] = _two_agent(table, agent_costs, agents, expected, knn_pred, scorer, config.seed, rows)
     return result
+
+
+def _length_effect(document: HandbookDocument) -> dict[str, Any] | None:
+    """The learned length effect (center, range and slopes per agent), null when the learner did not keep one."""
+    return document.length_effect.model_dump() if document.length_effect is not None else None
 
 
 def _operating_point(
@@ -266,7 +271,7 @@ def _operating_point(
             "seconds": float(learned.seconds),
             "llm_calls": int(learned.llm_calls),
             "usd": float(learned.usd),
-            "length_effect": learned.document.length_effect is not None,
+            "length_effect": _length_effect(learned.document),
         },
     }
 
