@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-from skillorchestra.handbook.models import Agent, Competence, CostStats, LengthEffect, Mode, Skill
+from skillorchestra.handbook.models import Agent, Competence, CostStats, HandbookDocument, LengthEffect, Mode, Skill
 from skillorchestra.handbook.posterior import beta_mean_var
 from skillorchestra.handbook.router import RouteInputs
 
@@ -256,6 +256,19 @@ def build_arrays(
             raw.set_cost((i, j), cost)
     length = _length_fields([a.id for a in agent_list], length_effect)
     return _derive(agent_list, ordered, mode_ids, structure, raw, kappa, length)
+
+
+def document_arrays(document: HandbookDocument, kappa: float = DEFAULT_KAPPA) -> HandbookArrays:
+    """The arrays of a whole handbook document (learning, replay and the eval score documents, not stores)."""
+    return build_arrays(
+        document.modes,
+        document.skills,
+        document.agents,
+        document.competence,
+        document.cost,
+        kappa=kappa,
+        length_effect=document.length_effect,
+    )
 
 
 def _length_fields(

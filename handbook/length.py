@@ -4,8 +4,9 @@ Skills say what a step is about; they do not say how long or involved it is, and
 faster with the length of a problem than a large model's does. When the learner found that on its traces (and
 cross-validation showed that it routes better), the handbook carries a slope per agent (models.LengthEffect) and
 every scorer of a step (the service's route and consult, the replay evaluator, the eval) adds
-slope * (ln(characters) - center) to the agent's skill-weighted competence through this one rule, with the length
-held within the range the slopes were fitted on. The step's own text counts, not context sent beside it: the
+slope * (ln(characters) - center) to the agent's competence (skill-weighted; consult adds it to each skill's)
+through this one rule, with the length held within the range the slopes were fitted on and surrounding whitespace
+not counted. The step's own text counts, not context sent beside it: the
 slopes were fitted on task texts.
 """
 
@@ -31,3 +32,9 @@ def length_shifts(arrays: HandbookArrays, texts: Sequence[str]) -> np.ndarray | 
         return None
     low, center, high = arrays.length_range
     return (np.clip(ln_chars(texts), low, high) - center)[:, None] * arrays.length_slope[None, :]
+
+
+def step_shift(arrays: HandbookArrays, text: str) -> np.ndarray | None:
+    """(A,) the shift of one step, or None when the handbook has no length effect."""
+    shifts = length_shifts(arrays, [text])
+    return None if shifts is None else shifts[0]

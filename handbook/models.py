@@ -106,10 +106,11 @@ class LengthEffect(_Model):
     """How an agent's chance of success moves with the length of the step, where the learner found that it does.
 
     quality(agent, step) = skill-weighted competence + slopes[agent] * (x - center), x = ln(characters of the
-    step) kept within [low, high], the range the slopes were fitted on (a line is not extrapolated). A long word
-    problem defeats a small model far more often than a large one, and a skill that holds short and long problems
-    alike cannot say so. Learned offline (ridge on the handbook's own residuals) and kept only when
-    cross-validation shows it routes better; an agent absent from `slopes` does not move."""
+    step without surrounding whitespace) kept within [low, high], the range the slopes were fitted on (a line is
+    not extrapolated). A long word problem defeats a small model far more often than a large one, and a skill
+    that holds short and long problems alike cannot say so. Learned offline (ridge on the handbook's own
+    residuals) and kept only when cross-validation shows it routes better; an agent absent from `slopes` does not
+    move."""
 
     center: float = Field(ge=0.0, le=MAX_LN_CHARS, description="ln(characters) of the typical training step")
     low: float = Field(ge=0.0, le=MAX_LN_CHARS, description="the shortest training step's ln(characters)")

@@ -40,7 +40,7 @@ class AgentSkillStat(BaseModel):
     length_shift: float = Field(
         default=0.0,
         description="competence the learned length effect adds for this text's length (0 without one); agents are "
-        "ranked by mean + length_shift, as route_step scores them",
+        "ranked by mean + length_shift kept in [0, 1], as route_step scores them",
     )
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from skillorchestra.handbook import costing
 from skillorchestra.handbook.arrays import ROOT_SKILL, HandbookArrays, Patch, build_arrays
 from skillorchestra.handbook.errors import Conflict, Expired, InvalidInput, NotFound, Unroutable
-from skillorchestra.handbook.length import length_shifts
+from skillorchestra.handbook.length import step_shift
 from skillorchestra.handbook.matcher import LexicalMatcher
 from skillorchestra.handbook.models import (
     INFRASTRUCTURE_ERRORS,
@@ -272,8 +272,7 @@ class Handbook:
         tokens = np.repeat(costing.prompt_tokens([text]), len(cols))
         per_skill_cost = costing.expected_costs(arrays, tokens, cols[:, None], np.ones((len(cols), 1)))
         lo, hi = normal_ci90(arrays.mean, arrays.var)
-        shifts = length_shifts(arrays, [text])
-        shift = np.zeros(len(arrays.agent_ids)) if shifts is None else shifts[0]
+        shift = step_shift(arrays, text)
         rows: list[AgentSkillStat] = []
         for k, (col, label) in enumerate(zip(cols, labels, strict=True)):
             # ranked as route_step scores competence: with this step's length shift
@@ -290,7 +289,7 @@ class Handbook:
                         ci90=(float(lo[i, col]), float(hi[i, col])),
                         n=float(arrays.evidence[i, col]),
                         expected_cost_usd=None if agent_cost is None else float(agent_cost),
-                        length_shift=float(shift[i]),
+                        length_shift=0.0 if shift is None else float(shift[i]),
                     )
                 )
         page = rows[offset : offset + page_size]
@@ -364,8 +363,7 @@ class Handbook:
         if not eligible.any():
             reasons = "; ".join(f"{e.agent_id}: {e.reason}" for e in excluded)
             raise Unroutable(f"no agent satisfies the step's constraints ({reasons})")
-        shifts = length_shifts(arrays, [request.text])
-        shift = None if shifts is None else shifts[0]
+        shift = step_shift(arrays, request.text)
         scores = route(
             arrays.route_inputs(cols, weights, cost, c_ref, eligible, shift),
             request.lambda_,

@@ -430,7 +430,7 @@ class HandbookStore:
     ) -> int:
         row = self.db.conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM versions").fetchone()
         version = int(row[0])
-        document = document.model_copy(update={"version": version})
+        document = document.model_copy(update={"version": version, "length_effect": _effective(document.length_effect)})
         if live:
             self._replace_live_state(document)
         self.db["versions"].insert(
@@ -559,7 +559,8 @@ class HandbookStore:
 
         The row names the version it was written for: a release from before length effects replaces the live
         state (import, learn, rollback) without knowing the row, and must not leave a stale effect routing the
-        version it made live."""
+        version it made live. (Such a release cannot read a version that carries an effect at all: its models
+        refuse the unknown key, so it fails rather than drops the effect when it rolls back to or diffs one.)"""
         with self.lock:
             raw = json.loads(self._meta("length_effect") or "null")
             if not isinstance(raw, dict) or raw.get("version") != self.current_version() or raw["effect"] is None:
@@ -567,8 +568,7 @@ class HandbookStore:
             return LengthEffect.model_validate(raw["effect"])
 
     def _put_length_effect(self, effect: LengthEffect | None, version: int) -> None:
-        """An effect that names no agent (all deleted) is no effect: the export then has no key for it."""
-        kept = effect if effect is not None and effect.slopes else None
+        kept = _effective(effect)
         self._set_meta(
             "length_effect", _dumps({"version": version, "effect": kept.model_dump() if kept is not None else None})
         )
@@ -1033,6 +1033,12 @@ class HandbookStore:
             live = self.current_version()
             target = self.rollback_target()
             return self.promote(target, summary=f"rollback from version {live} to version {target}", rollback=True)
+
+
+def _effective(effect: LengthEffect | None) -> LengthEffect | None:
+    """An effect that moves no agent (no slopes left after deletions, or all 0) is no effect, so versions, the live
+    state and exports say "none" alike (and an export without the key imports into older releases)."""
+    return effect if effect is not None and any(slope != 0.0 for slope in effect.slopes.values()) else None
 
 
 def _made_by_rollback(info: dict[str, Any]) -> bool:

@@ -16,10 +16,12 @@ from test_store import DOCUMENT, dump
 
 from skillorchestra.handbook.errors import InvalidInput, NotFound
 from skillorchestra.handbook.evaluation.online import cold_document
+from skillorchestra.handbook.evaluation.runner import EvalConfig, run_eval
+from skillorchestra.handbook.evaluation.scorer import HandbookScorer
 from skillorchestra.handbook.learning.length_fit import fit_length_effect
 from skillorchestra.handbook.learning.pipeline import LearnParams, learn
 from skillorchestra.handbook.learning.replay import replay
-from skillorchestra.handbook.models import HandbookDocument, LengthEffect
+from skillorchestra.handbook.models import Agent, Competence, HandbookDocument, LengthEffect, Mode, Skill
 from skillorchestra.handbook.router import RouteInputs, route
 from skillorchestra.handbook.service import Handbook, RouteRequest
 from skillorchestra.handbook.store import HandbookStore
@@ -286,19 +288,61 @@ def test_a_step_longer_than_any_training_task_is_scored_at_the_longest_trained_l
     assert shifts["small"] == pytest.approx(effect.slopes["small"] * (effect.low - effect.center))
 
 
-def test_consult_ranks_agents_with_the_steps_length_shift_as_route_step_does(
-    learned, texts: tuple[str, str], tmp_path: Path
-) -> None:
-    book = service(learned.document, learned.labeller, tmp_path / "h.db")
-    for text in texts:
-        consulted = book.consult(text)
+FLIP = HandbookDocument(
+    modes=[Mode(id="general")],
+    skills=[Skill(id="maths", mode="general", description="word problems: invoice ledger tax")],
+    agents=[Agent(id="small"), Agent(id="large")],
+    competence=[
+        Competence(agent_id="small", skill_id="maths", alpha=8.0, beta=2.0),  # 0.8 on the problems it was shown
+        Competence(agent_id="large", skill_id="maths", alpha=7.0, beta=3.0),
+    ],
+    length_effect=LengthEffect(
+        center=math.log(100), low=math.log(10), high=math.log(10_000), slopes={"small": -0.2, "large": 0.0}
+    ),
+)
+
+
+def test_consult_ranks_agents_with_the_steps_length_shift_as_route_step_does(tmp_path: Path) -> None:
+    """small leads on the skill, but a 5,000-character problem costs it 0.2 * ln(50) = 0.78: large comes first."""
+    book = Handbook(HandbookStore(tmp_path / "h.db"))
+    book.store.create_version(FLIP, source="import")
+    long, short = "invoice ledger tax " + "x" * 4981, "invoice ledger tax"
+    for text, first in ((long, "large"), (short, "small")):
+        rows = book.consult(text).agents
         routed = book.route(RouteRequest(text=text, lambda_=0.0))
+        assert [row.agent_id for row in rows] == [c.agent_id for c in routed.candidates]
+        assert rows[0].agent_id == first == routed.agent_id
         shift = {c.agent_id: c.length_shift for c in routed.candidates}
-        rows = [row for row in consulted.agents if row.skill_id == consulted.agents[0].skill_id]
         assert all(row.length_shift == pytest.approx(shift[row.agent_id]) for row in rows)
-        ranked = [min(max(row.mean + row.length_shift, 0.0), 1.0) for row in rows]
-        assert ranked == sorted(ranked, reverse=True)
-    assert consulted.agents[0].agent_id == "large"  # the long problem: large first, as the router would pick
+    assert {row.agent_id: row.length_shift for row in book.consult(long).agents}["small"] == pytest.approx(
+        -0.2 * math.log(50)
+    )
+    plain = Handbook(HandbookStore(tmp_path / "plain.db"))
+    plain.store.create_version(FLIP.model_copy(update={"length_effect": None}), source="import")
+    assert plain.consult(long).agents[0].agent_id == "small"  # without the effect the skill's mean decides
+
+
+def test_the_eval_scorer_scores_a_step_exactly_as_route_step(learned, tmp_path: Path) -> None:
+    texts = [t.query for t in length_dependent(seed=4, n=30)]
+    scored = HandbookScorer(learned.document, learned.labeller, ["large", "small"], c_ref=1.0).score(texts)
+    book = service(learned.document, learned.labeller, tmp_path / "h.db")
+    for i, text in enumerate(texts):
+        quality = {c.agent_id: c.quality for c in book.route(RouteRequest(text=text, lambda_=0.1)).candidates}
+        assert scored.quality[i].tolist() == pytest.approx([quality["large"], quality["small"]], abs=1e-12)
+    assert scored.quality[:, 1].std() > 0.05  # the small agent's quality really moves with the length
+
+
+def test_the_eval_json_carries_the_learned_effect() -> None:
+    train, test = length_dependent(n=300), length_dependent(seed=3, n=100)
+
+    def without_length(tasks, prices, lambda_, seed):  # the eval's learner with the length effect switched off
+        return learn(tasks, dict(prices), lambda_=lambda_, seed=seed, params=LearnParams(length_ridge=None))
+
+    with_effect = run_eval(train, test, LENGTH_PRICES, EvalConfig(episodes=0))
+    without = run_eval(train, test, LENGTH_PRICES, EvalConfig(episodes=0, learn_fn=without_length))
+    for learning in (with_effect["learning"], with_effect["learning"]["selection"]):
+        assert learning["length_effect"]["slopes"]["small"] < -0.05
+    assert without["learning"]["length_effect"] is None and without["learning"]["selection"]["length_effect"] is None
 
 
 def test_a_handbook_without_a_length_effect_exports_without_the_key() -> None:

@@ -120,7 +120,7 @@ def forbid_unknown_arguments(server: MCPServer) -> None:
     The SDK builds each tool's argument model with pydantic's default (extra inputs ignored) and offers no
     option, so the models are tightened here, once, after registration (tests/test_mcp_tools.py proves it).
     Each strict model builds its validator on the tool's first call (defer_build), not at start-up: the list of
-    tools only needs the schema, and building all of them delayed the first tools/list answer by ~5 ms."""
+    tools only needs the schema, and building all of them delayed the first tools/list answer by a few ms."""
     for tool in server._tool_manager.list_tools():
         loose = tool.fn_metadata.arg_model
         strict = type(loose.__name__, (loose,), {"model_config": ConfigDict(extra="forbid", defer_build=True)})

@@ -15,8 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from skillorchestra.handbook import costing
-from skillorchestra.handbook.arrays import DEFAULT_KAPPA, ROOT_SKILL, HandbookArrays
-from skillorchestra.handbook.learning.replay import document_arrays
+from skillorchestra.handbook.arrays import DEFAULT_KAPPA, ROOT_SKILL, HandbookArrays, document_arrays
 from skillorchestra.handbook.length import length_shifts
 from skillorchestra.handbook.models import HandbookDocument
 from skillorchestra.handbook.router import cost_penalty, shifted

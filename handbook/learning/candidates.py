@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from skillorchestra.handbook.arrays import HandbookArrays
+from skillorchestra.handbook.arrays import HandbookArrays, document_arrays
 from skillorchestra.handbook.learning.labeller import SkillLabeller, calibrate_temperature
 from skillorchestra.handbook.learning.length_fit import fit_length_effect
 from skillorchestra.handbook.learning.profile import Outcomes, profile
-from skillorchestra.handbook.learning.replay import ReplayResult, document_arrays, replay_arrays, skill_quality
+from skillorchestra.handbook.learning.replay import ReplayResult, replay_arrays, skill_quality
 from skillorchestra.handbook.learning.taxonomy import Prototypes, SkillSpec, Taxonomy, ownership_problems
 from skillorchestra.handbook.models import Agent, HandbookDocument, LengthEffect, Mode, Skill
 
@@ -175,10 +175,10 @@ class Evaluator:
             total += res.utility(lam, self.c_ref)
         return total / len(self.panel)
 
-    def length_effect(
+    def fit_length_effect(
         self, arrays: HandbookArrays, labeller: SkillLabeller, splits: Sequence[Split], ridge: float
     ) -> LengthEffect:
-        """The length effect of handbook `arrays` (profiled with `labeller`) fitted on the tasks of `splits`."""
+        """Fit the length effect of handbook `arrays` (profiled with `labeller`) on the tasks of `splits`."""
         weights = np.concatenate(
             [_reorder(self.weights(labeller, s), labeller.skill_ids, arrays.skill_ids) for s in splits]
         )

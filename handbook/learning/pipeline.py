@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from skillorchestra.handbook.arrays import DEFAULT_KAPPA
+from skillorchestra.handbook.arrays import DEFAULT_KAPPA, document_arrays
 from skillorchestra.handbook.embedding import Embedder
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.learning.candidates import Built, Evaluator, Split
@@ -35,7 +35,7 @@ from skillorchestra.handbook.learning.length_trial import length_trial
 from skillorchestra.handbook.learning.naming import describe
 from skillorchestra.handbook.learning.profile import Outcomes
 from skillorchestra.handbook.learning.refine import RefineParams, refine
-from skillorchestra.handbook.learning.replay import document_arrays, task_modes
+from skillorchestra.handbook.learning.replay import task_modes
 from skillorchestra.handbook.learning.selection import CandidateReport, report, select
 from skillorchestra.handbook.learning.taxonomy import DEFAULT_MODE, Taxonomy
 from skillorchestra.handbook.models import DESCRIPTION_MAX, Agent, HandbookDocument, Mode
@@ -347,7 +347,7 @@ def _add_length_effect(
     trial = length_trial(chosen, evaluator, every, ridge)
     if trial is None or not trial.kept:
         return document, None if trial is None else trial.as_dict()
-    effect = evaluator.length_effect(document_arrays(document, kappa), chosen.labeller, profiled, ridge)
+    effect = evaluator.fit_length_effect(document_arrays(document, kappa), chosen.labeller, profiled, ridge)
     return document.model_copy(update={"length_effect": effect}), {**trial.as_dict(), "slopes": effect.slopes}
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from skillorchestra.handbook import costing
-from skillorchestra.handbook.arrays import DEFAULT_KAPPA, HandbookArrays, build_arrays
+from skillorchestra.handbook.arrays import DEFAULT_KAPPA, HandbookArrays, document_arrays
 from skillorchestra.handbook.learning.profile import Outcomes
 from skillorchestra.handbook.length import length_shifts
 from skillorchestra.handbook.models import HandbookDocument
@@ -42,18 +42,6 @@ class ReplayResult:
     def utility(self, lambda_: float, c_ref: float) -> float:
         """interface.md's objective: accuracy - lambda * avg_cost / c_ref."""
         return self.accuracy - (lambda_ * self.avg_cost / c_ref if c_ref > 0 else 0.0)
-
-
-def document_arrays(document: HandbookDocument, kappa: float = DEFAULT_KAPPA) -> HandbookArrays:
-    return build_arrays(
-        document.modes,
-        document.skills,
-        document.agents,
-        document.competence,
-        document.cost,
-        kappa=kappa,
-        length_effect=document.length_effect,
-    )
 
 
 def task_modes(tasks: Sequence[TraceTask], mode_ids: Sequence[str]) -> list[str | None]:
