@@ -6,8 +6,7 @@ cross-validation showed that it routes better), the handbook carries a slope per
 every scorer of a step (the service's route and consult, the replay evaluator, the eval) adds
 slope * (ln(characters) - center) to the agent's competence (skill-weighted; consult adds it to each skill's)
 through this one rule, with the length held within the range the slopes were fitted on and surrounding whitespace
-not counted. The step's own text counts, not context sent beside it: the
-slopes were fitted on task texts.
+not counted. The step's own text counts, not context sent beside it: the slopes were fitted on task texts.
 """
 
 from __future__ import annotations
