@@ -74,15 +74,7 @@ class Outcomes:
         return cls(list(agents), scores, costs, prompt, completion, latency, steps)
 
     def take(self, rows: np.ndarray) -> Outcomes:
-        return Outcomes(
-            self.agent_ids,
-            self.scores[rows],
-            self.costs[rows],
-            self.prompt_tokens[rows],
-            self.completion_tokens[rows],
-            self.latency[rows],
-            self.step_tokens[rows],
-        )
+        return Outcomes(self.agent_ids, *(getattr(self, name)[rows] for name in _MATRICES))
 
     @classmethod
     def joined(cls, parts: Sequence[Outcomes]) -> Outcomes:
