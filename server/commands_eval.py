@@ -35,18 +35,14 @@ def _tasks(flag: str, path: Path) -> list[TraceTask]:
 def _check_judged(args: argparse.Namespace, train: list[TraceTask], test: list[TraceTask]) -> None:
     """Refuse before learning when no test task can be scored: every row compares the agents of train on the
     unseen test tasks that at least one of them was judged on."""
-    from skillorchestra.handbook.evaluation.data import drop_seen
+    from skillorchestra.handbook.evaluation.data import SCORABLE_TEST, scorable
 
-    agents = {agent for task in train for agent, outcome in task.outcomes.items() if outcome.score is not None}
-    if not agents:
-        raise InvalidInput("--train", str(args.train), "at least one task with a judged (non-null) score")
-    unseen, _ = drop_seen(train, test)
-    if not any(o.score is not None and a in agents for task in unseen for a, o in task.outcomes.items()):
-        raise InvalidInput(
-            "--test",
-            str(args.test),
-            "at least one judged test task (a non-null score, a query not in --train) for an agent of --train",
-        )
+    try:
+        tasks = scorable(train, test)
+    except InvalidInput:  # train judged nobody
+        raise InvalidInput("--train", str(args.train), "at least one task with a judged (non-null) score") from None
+    if not tasks:
+        raise InvalidInput("--test", str(args.test), SCORABLE_TEST)
 
 
 def _check_outputs(args: argparse.Namespace) -> None:

@@ -442,3 +442,20 @@ def test_run_eval_rejects_bad_lambdas_and_all_seen_tests() -> None:
         run_eval(TRAIN, TEST, PRICES, config(lambdas=(-0.1,)))
     with pytest.raises(InvalidInput, match="test"):
         run_eval(TRAIN, TRAIN[:5], PRICES, config())
+
+
+def test_run_eval_refuses_a_test_set_judged_only_for_agents_train_lacks_before_learning() -> None:
+    """It crashed with a TypeError after learning; the CLI checked it, library callers (bench/) did not."""
+    from skillorchestra.handbook.errors import InvalidInput
+
+    stranger = [t.model_copy(update={"outcomes": {"stranger": AgentOutcome(score=1.0)}}) for t in TEST[:5]]
+    learned: list[int] = []
+
+    def counting_learn(*args: Any) -> Any:
+        learned.append(1)
+        return standin_learn(*args)
+
+    with pytest.raises(InvalidInput) as refused:
+        run_eval(TRAIN, stranger, PRICES, EvalConfig(learn_fn=counting_learn, replay_fn=standin_replay, episodes=30))
+    assert refused.value.field == "--test" and "for an agent of --train" in str(refused.value)
+    assert learned == []

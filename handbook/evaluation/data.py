@@ -105,6 +105,17 @@ def drop_seen(train: Sequence[TraceTask], test: Sequence[TraceTask]) -> tuple[li
     return kept, len(test) - len(kept)
 
 
+SCORABLE_TEST = "at least one judged test task (a non-null score, a query not in --train) for an agent of --train"
+
+
+def scorable(train: Sequence[TraceTask], test: Sequence[TraceTask]) -> list[TraceTask]:
+    """The test tasks every row of the eval compares: unseen in train and judged for at least one agent of train
+    (what build_table keeps of them); InvalidInput when train judged nobody."""
+    agents = set(judged_agents(train))
+    unseen, _ = drop_seen(train, test)
+    return [t for t in unseen if any(o.score is not None and a in agents for a, o in t.outcomes.items())]
+
+
 def split_by_query(tasks: Sequence[TraceTask], fraction: float, seed: int) -> tuple[list[TraceTask], list[TraceTask]]:
     """Seeded (fit, validation) split over distinct queries, so one query never lands on both sides."""
     if not 0.0 < fraction < 1.0 or not math.isfinite(fraction):

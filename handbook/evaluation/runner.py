@@ -140,6 +140,8 @@ def run_eval(
     c_ref = d.reference_cost(agent_costs)
     unknown_cost = [a for a in agents if a not in agent_costs]
     table = d.build_table(kept, agents, prices, c_ref)
+    if not table.tasks:  # before any learning: nothing to compare on
+        raise InvalidInput("--test", len(kept), d.SCORABLE_TEST)
     best_col = p.best_single_column(train_scores)
     cheap_col = p.cheapest_column(agent_costs, agents)
     log.info(
