@@ -78,13 +78,10 @@ def create_server(settings: ServerSettings) -> MCPServer:
         HTTP app holds one reference for its lifetime (server/http.py), so a job outlives the connection that
         started it; the state closes when the last holder leaves."""
         if not running:
-            handbook = open_handbook(settings)
-            try:
-                breaker = CircuitBreaker(threshold=settings.breaker_threshold, cooldown_s=settings.breaker_cooldown_s)
-                delegator = Delegator(handbook, breaker=breaker, max_fallbacks=settings.max_fallbacks)
-            except BaseException:
-                handbook.store.close()
-                raise
+            # settings validated the breaker's figures, so nothing after opening the handbook can fail and leak it
+            breaker = CircuitBreaker(threshold=settings.breaker_threshold, cooldown_s=settings.breaker_cooldown_s)
+            delegator = Delegator(open_handbook(settings), breaker=breaker, max_fallbacks=settings.max_fallbacks)
+            handbook = delegator.handbook
             running.append(
                 AppState(handbook=handbook, extras={"delegator": delegator, "unavailable": delegator.unavailable})
             )
