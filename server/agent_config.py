@@ -216,13 +216,19 @@ def parse_agent(agent_id: str, raw: Mapping[str, Any], source: str = "<config>")
             expected = "no such field (known: " + ", ".join(sorted(model_cls.model_fields)) + ")"
         elif err["type"] == "missing":
             value, expected = None, "a value (required)"
-        if err["loc"] and err["loc"][0] in _ENV_NAME_FIELDS:  # a pasted key instead of a name: never echo it
-            value = "***"
-            if err["type"] in ("string_pattern_mismatch", "string_too_long", "string_too_short"):
-                expected = "the NAME of an environment variable (letters, digits, _; no leading digit), not its value"
+        if err["loc"] and err["loc"][0] in _ENV_NAME_FIELDS:
+            value, expected = masked_env_name_error(err, expected)
         if len(exc.errors()) > 1:
             expected += f" (and {len(exc.errors()) - 1} more problem(s))"
         raise InvalidInput(_where(source, agent_id, field), value, expected) from None
+
+
+def masked_env_name_error(err: Any, expected: str) -> tuple[str, str]:
+    """(value, expected) for a refused environment-variable NAME field: often the key itself was pasted there, so
+    the value is never echoed, and a malformed name is explained."""
+    if err["type"] in ("string_pattern_mismatch", "string_too_long", "string_too_short"):
+        expected = "the NAME of an environment variable (letters, digits, _; no leading digit), not its value"
+    return "***", expected
 
 
 def parse_agent_configs(data: Mapping[str, Any], source: str = "<config>") -> dict[str, AgentConnection]:

@@ -33,7 +33,7 @@ from skillorchestra.handbook.learning.llm_discovery import (
 from skillorchestra.handbook.learning.pipeline import LearnResult, learn
 from skillorchestra.handbook.models import DESCRIPTION_MAX
 from skillorchestra.handbook.traces import AgentPrice, TraceTask
-from skillorchestra.server.agent_config import LlmAgentConnection
+from skillorchestra.server.agent_config import LlmAgentConnection, masked_env_name_error
 from skillorchestra.server.llm_backend import PLACEHOLDER_API_KEY, backend_env_defaults, classify_exception, scrub
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,8 @@ def learner_connection(
         err = exc.errors()[0]
         where = "--learner" + ("-" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "")
         value, expected = err.get("input"), err["msg"].removeprefix("Value error, ")
-        if err["loc"] and err["loc"][0] == "api_key_env":  # often the key itself, pasted: never echo it
-            value, expected = "***", "the NAME of an environment variable (letters, digits, _), not its value"
+        if err["loc"] and err["loc"][0] == "api_key_env":
+            value, expected = masked_env_name_error(err, expected)
         raise InvalidInput(where, value, expected) from None
 
 
