@@ -66,8 +66,6 @@ def _agent_labels(ax: Any, agents: list[dict[str, Any]]) -> None:
     point, or below left near the right edge, where the name would run under the legend."""
     to_axes = ax.transAxes.inverted()
     for agent in agents:
-        if agent["accuracy"] is None or agent["avg_cost"] is None:
-            continue
         point = (agent["avg_cost"], agent["accuracy"])
         right_edge = to_axes.transform(ax.transData.transform(point))[0] > 0.7
         ax.annotate(
@@ -86,9 +84,9 @@ def _pareto(plt: Any, result: dict[str, Any], path: Path, prefix: str) -> None:
     fig, ax = plt.subplots(figsize=(9.5, 5.5), dpi=110)
     rows = result["rows"]
     operating = result.get("operating_point", {}).get("lambda")
-    for agent in result.get("single_agents", []):
-        if agent["accuracy"] is None or agent["avg_cost"] is None:
-            continue
+    # an agent without judged test tasks or a known cost has no point
+    placed = [a for a in result.get("single_agents", []) if a["accuracy"] is not None and a["avg_cost"] is not None]
+    for agent in placed:
         ax.scatter(agent["avg_cost"], agent["accuracy"], color="lightgray", edgecolor="gray", s=30, zorder=2)
     labels: list[tuple[str, float, float, str, tuple[int, int]]] = []
     for policy, (color, offset) in CURVES.items():
@@ -116,7 +114,7 @@ def _pareto(plt: Any, result: dict[str, Any], path: Path, prefix: str) -> None:
     if costs and min(costs) > 0 and max(costs) / min(costs) > 20:
         ax.set_xscale("log")
     _lambda_labels(ax, labels)
-    _agent_labels(ax, result.get("single_agents", []))
+    _agent_labels(ax, placed)
     ds = result["dataset"]
     ax.set_xlabel(f"mean cost per task (USD, {ds['cost_basis']})")
     ax.set_ylabel("accuracy (mean score)")
