@@ -22,16 +22,12 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from eval_tables import DEFAULT_DATA, beats_knn, convert, fmt, machine
+from eval_tables import DEFAULT_DATA, beats_knn, convert, fmt, machine, meets_llmrouter_target, row
 
 from skillorchestra.handbook.evaluation.runner import EvalConfig, run_eval
 from skillorchestra.handbook.traces import read_prices, read_tasks
 
 DATASETS = ("llmrouter", "mmlu", "gsm8k")
-
-
-def _row(rows: list[dict[str, Any]], policy: str, lambda_: float | None = None) -> dict[str, Any]:
-    return next(r for r in rows if r["policy"] == policy and (lambda_ is None or r["lambda"] == lambda_))
 
 
 def _length(result: dict[str, Any]) -> str:
@@ -57,9 +53,9 @@ def two_agent_line(seed: int, result: dict[str, Any]) -> tuple[str, bool, bool]:
 
 def llmrouter_line(seed: int, result: dict[str, Any]) -> tuple[str, float, float]:
     rows = result["rows"]
-    best = _row(rows, "best-single")["avg_cost"]
+    best = row(rows, "best-single")["avg_cost"]
     op = result["operating_point"]["lambda"]
-    ours, knn = _row(rows, "skillorchestra", op), _row(rows, "knn", op)
+    ours, knn = row(rows, "skillorchestra", op), row(rows, "knn", op)
     share = ours["avg_cost"] / best
     line = (
         f"seed {seed}: operating lambda {op:.4g}: ours {ours['accuracy']:.3f} at {share:.0%} of best-single's cost; "
@@ -102,7 +98,7 @@ def main() -> int:
                 print(line)
             print(
                 f"mean: {mean(accs):.3f} at {mean(shares):.0%}; target 0.62 at <= 50% met at "
-                f"{sum(a >= 0.62 and s <= 0.5 for a, s in zip(accs, shares, strict=True))} of {len(accs)} seeds"
+                f"{sum(meets_llmrouter_target(a, s) for a, s in zip(accs, shares, strict=True))} of {len(accs)} seeds"
             )
         else:
             apgr_wins = cpt_wins = 0

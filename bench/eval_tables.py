@@ -44,16 +44,28 @@ def machine() -> str:
     return f"{cores} cores, {cpu}, Python {platform.python_version()}"
 
 
+LLMROUTER_ACCURACY, LLMROUTER_COST_SHARE = 0.62, 0.5  # the issue's LLMRouter target
+
+
+def row(rows: list[dict[str, Any]], policy: str, lambda_: float | None = None) -> dict[str, Any]:
+    """The eval row of `policy` (at `lambda_` when the policy is swept)."""
+    return next(r for r in rows if r["policy"] == policy and (lambda_ is None or r["lambda"] == lambda_))
+
+
+def meets_llmrouter_target(accuracy: float, cost_share: float) -> bool:
+    return accuracy >= LLMROUTER_ACCURACY and cost_share <= LLMROUTER_COST_SHARE
+
+
 def targets(name: str, result: dict[str, Any]) -> list[str]:
     """The issue's targets, each with the measured figure and PASS/MISS."""
     rows = result["rows"]
-    best = next(r for r in rows if r["policy"] == "best-single")
+    best = row(rows, "best-single")
     op = result["operating_point"]["lambda"]
-    ours = next(r for r in rows if r["policy"] == "skillorchestra" and r["lambda"] == op)
+    ours = row(rows, "skillorchestra", op)
     lines = []
     if name == "llmrouter":
         ratio = ours["avg_cost"] / best["avg_cost"]
-        ok = ours["accuracy"] >= 0.62 and ratio <= 0.5
+        ok = meets_llmrouter_target(ours["accuracy"], ratio)
         lines.append(
             f"target acc >= 0.62 at <= 50% of best-single's cost (operating point lambda {op}): "
             f"{ours['accuracy']:.3f} at {ratio:.0%} -> {'PASS' if ok else 'MISS'}"
