@@ -124,8 +124,7 @@ class Delegator:
                 else await anyio.to_thread.run_sync(self.handbook.fallback_decision, decision.decision_id, agent_id)
             )
             result = await self._call(connections[agent_id], route.text, messages, deadline, request, progress, start)
-            if not self._account_now(decision_id, agent_id, result):
-                await anyio.to_thread.run_sync(self._account, decision_id, agent_id, result)
+            await self._settle_call(decision_id, agent_id, result)
             tried.append(
                 Attempt(
                     agent_id=agent_id,
@@ -151,7 +150,7 @@ class Delegator:
                 handbook=self.handbook,
                 breaker=self.breaker,
                 caller=self.caller,
-                account=self._account,
+                account=self._settle_call,
             )
         summary = "; ".join(f"{t.agent_id}: {t.error_class} ({t.message})" for t in tried)
         raise DelegationFailed(f"no agent answered; each failure is recorded without touching competence: {summary}")
@@ -209,6 +208,11 @@ class Delegator:
         except anyio.get_cancelled_exc_class():
             self.breaker.release(conn.id)  # the client gave up: not the agent's failure
             raise
+
+    async def _settle_call(self, decision_id: str, agent_id: str, result: BackendResult) -> None:
+        """Account one backend call (the agent's or the judge's): on the loop when that waits for nothing."""
+        if not self._account_now(decision_id, agent_id, result):
+            await anyio.to_thread.run_sync(self._account, decision_id, agent_id, result)
 
     def _account_now(self, decision_id: str, agent_id: str, result: BackendResult) -> bool:
         """Record an answered call's cost on the event loop when nothing has to wait for it; False otherwise.

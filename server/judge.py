@@ -41,7 +41,7 @@ _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 _REPLY_EXCERPT = 120
 
 Caller = Callable[[AgentConnection, str, list[dict[str, Any]], float, int | None], Awaitable[BackendResult]]
-Account = Callable[[str, str, BackendResult], None]  # (decision_id, agent_id, result)
+Account = Callable[[str, str, BackendResult], Awaitable[None]]  # (decision_id, agent_id, result)
 
 _SYSTEM = (
     "You are a strict grader. You receive one step of a task, optional context, and the answer an assistant "
@@ -144,7 +144,7 @@ async def judge_answer(
         except anyio.get_cancelled_exc_class():
             breaker.release(conn.id)  # the client gave up: not the judge's failure
             raise
-        await anyio.to_thread.run_sync(account, judge_decision, conn.id, result)
+        await account(judge_decision, conn.id, result)
         cost = result.cost_usd
         if result.cost_usd is None:
             warnings.append(f"cost of the judge {conn.id} unknown: no price in agents.toml or litellm's table")
