@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class HandbookError(Exception):
@@ -20,6 +24,14 @@ class InvalidInput(HandbookError):
         if len(shown) > 80:
             shown = shown[:77] + "..."
         super().__init__(f"{field}={shown}: expected {expected}")
+
+
+def first_problem(exc: ValidationError) -> tuple[str, object, str]:
+    """The first error of a pydantic ValidationError as (dotted field path, the value given, what was expected),
+    so every place that turns one into an InvalidInput words it alike (pydantic's "Value error, " prefix dropped)."""
+    err = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in err["loc"])
+    return where, err.get("input"), err["msg"].removeprefix("Value error, ")
 
 
 class NotFound(HandbookError):

@@ -14,7 +14,7 @@ from typing import TextIO, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.errors import InvalidInput, first_problem
 from skillorchestra.handbook.models import ID_MAX, INFRASTRUCTURE_ERRORS, MAX_USD
 
 SUCCESS_THRESHOLD = 0.5
@@ -110,9 +110,9 @@ def validated_lines(handle: TextIO, path: str | Path, model: type[ModelT], what:
             try:
                 yield number, model.model_validate_json(line)
             except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(part) for part in first["loc"]) or "line"
-                raise InvalidInput(f"{path}:{number}", where, f"{first['msg']} ({what} of interface.md)") from None
+                where, _, expected = first_problem(exc)
+                expected = f"{expected} ({what} of interface.md)"
+                raise InvalidInput(f"{path}:{number}", where or "line", expected) from None
 
 
 def write_tasks(path: str | Path, tasks: Iterable[TraceTask]) -> int:
@@ -135,6 +135,6 @@ def read_prices(path: str | Path) -> dict[str, AgentPrice]:
         try:
             prices[agent_id] = AgentPrice.model_validate(entry)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            raise InvalidInput(str(path), f"{agent_id}.{'.'.join(map(str, first['loc']))}", first["msg"]) from None
+            where, _, expected = first_problem(exc)
+            raise InvalidInput(str(path), f"{agent_id}.{where}", expected) from None
     return prices

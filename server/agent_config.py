@@ -59,7 +59,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.errors import InvalidInput, first_problem
 from skillorchestra.handbook.models import LIST_MAX, MAX_USD, Identifier
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -209,9 +209,8 @@ def parse_agent(agent_id: str, raw: Mapping[str, Any], source: str = "<config>")
         return model_cls.model_validate({**raw, "id": agent_id})  # type: ignore[return-value]
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or None
-        value = err.get("input")
-        expected = err["msg"].removeprefix("Value error, ")
+        where, value, expected = first_problem(exc)
+        field = where or None
         if err["type"] == "extra_forbidden":
             expected = "no such field (known: " + ", ".join(sorted(model_cls.model_fields)) + ")"
         elif err["type"] == "missing":
@@ -269,10 +268,8 @@ def _with_judge(agents: dict[str, AgentConnection], raw: Any, source: str) -> di
     try:
         settings = JudgeSettings.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        expected = err["msg"].removeprefix("Value error, ")
-        raise InvalidInput(f"{source}: judge.{field}", err.get("input"), expected) from None
+        field, value, expected = first_problem(exc)
+        raise InvalidInput(f"{source}: judge.{field}", value, expected) from None
     target = agents.get(settings.agent)
     if not isinstance(target, LlmAgentConnection):
         llm_ids = sorted(a for a, c in agents.items() if isinstance(c, LlmAgentConnection))

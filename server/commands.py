@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from skillorchestra.handbook.errors import HandbookError, InvalidInput
+from skillorchestra.handbook.errors import HandbookError, InvalidInput, first_problem
 from skillorchestra.handbook.models import Agent, HandbookDocument, Mode
 from skillorchestra.handbook.store import HandbookStore, check_document
 from skillorchestra.server.settings import ServerSettings, default_db_path
@@ -62,8 +62,8 @@ def serve(args: argparse.Namespace) -> int:
             matcher=args.matcher,
         )
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InvalidInput("--" + str(first["loc"][0]).replace("_", "-"), first.get("input"), first["msg"]) from None
+        where, value, expected = first_problem(exc)
+        raise InvalidInput("--" + where.split(".")[0].replace("_", "-"), value, expected) from None
     asyncio.run(serve_async(settings))
     return 0
 
@@ -77,9 +77,8 @@ def read_document(path: Path) -> HandbookDocument:
     try:
         return HandbookDocument.model_validate_json(text)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "document"
-        raise InvalidInput(f"{path.name}:{where}", first.get("input", ""), first["msg"]) from None
+        where, value, expected = first_problem(exc)
+        raise InvalidInput(f"{path.name}:{where or 'document'}", "" if value is None else value, expected) from None
 
 
 def handbook_import(args: argparse.Namespace) -> int:

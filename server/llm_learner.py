@@ -22,7 +22,7 @@ from typing import Any
 import anyio.to_thread
 from pydantic import ValidationError
 
-from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.errors import InvalidInput, first_problem
 from skillorchestra.handbook.learning.llm_discovery import (
     Complete,
     Completion,
@@ -68,9 +68,10 @@ def learner_connection(
         )
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = "--learner" + ("-" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "")
-        value, expected = err.get("input"), err["msg"].removeprefix("Value error, ")
-        if err["loc"] and err["loc"][0] == "api_key_env":
+        field, value, expected = first_problem(exc)
+        field = field.split(".")[0]
+        where = "--learner" + ("-" + field.replace("_", "-") if field else "")
+        if field == "api_key_env":
             value, expected = masked_env_name_error(err, expected)
         raise InvalidInput(where, value, expected) from None
 

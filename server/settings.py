@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.errors import InvalidInput, first_problem
 from skillorchestra.handbook.service import HandbookSettings
 
 Transport = Literal["stdio", "sse", "http"]
@@ -94,10 +94,10 @@ class ServerSettings(BaseModel):
         try:
             return cls(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
         except ValidationError as exc:
-            first = exc.errors()[0]
-            field = str(first["loc"][0]) if first["loc"] else ""
+            where, value, expected = first_problem(exc)
+            field = where.split(".")[0]
             if field in from_environment:  # name the variable the user set, not a flag they never typed
-                raise InvalidInput(ENV_NAMES.get(field, field), first.get("input"), first["msg"]) from None
+                raise InvalidInput(ENV_NAMES.get(field, field), value, expected) from None
             raise
 
     def handbook_settings(self) -> HandbookSettings:

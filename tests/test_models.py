@@ -6,9 +6,9 @@ import math
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError, field_validator
 
-from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.errors import InvalidInput, first_problem
 from skillorchestra.handbook.models import Agent, Competence, HandbookDocument, SkillDemand
 from skillorchestra.handbook.traces import read_prices, read_tasks
 
@@ -38,3 +38,22 @@ def test_trace_outcomes_and_prices_refuse_infinity_naming_the_line(tmp_path: Pat
     prices.write_text('{"a": {"input_per_mtok": Infinity, "output_per_mtok": 1}}')
     with pytest.raises(InvalidInput, match="input_per_mtok"):
         read_prices(prices)
+
+
+def test_first_problem_names_the_nested_field_its_value_and_what_was_expected() -> None:
+    class Probe(BaseModel):
+        limit: int
+
+        @field_validator("limit")
+        @classmethod
+        def _positive(cls, value: int) -> int:
+            if value <= 0:
+                raise ValueError("a positive number")
+            return value
+
+    class Outer(BaseModel):
+        probes: list[Probe]
+
+    with pytest.raises(ValidationError) as refused:
+        Outer.model_validate({"probes": [{"limit": 3}, {"limit": -2}]})
+    assert first_problem(refused.value) == ("probes.1.limit", -2, "a positive number")

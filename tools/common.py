@@ -18,7 +18,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from skillorchestra.handbook.errors import HandbookError, InvalidInput
+from skillorchestra.handbook.errors import HandbookError, InvalidInput, first_problem
 from skillorchestra.handbook.models import Identifier
 from skillorchestra.handbook.service import Handbook
 
@@ -78,9 +78,8 @@ def from_arguments(model: type[M], **arguments: Any) -> M:
     try:
         return model(**arguments)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or exc.title
-        raise InvalidInput(where, first.get("input"), first["msg"]) from None  # reports_failures makes it a ToolError
+        where, value, expected = first_problem(exc)
+        raise InvalidInput(where or exc.title, value, expected) from None  # reports_failures makes it a ToolError
 
 
 def inline_definitions(schema: dict[str, Any]) -> dict[str, Any]:
