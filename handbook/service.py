@@ -26,6 +26,10 @@ from skillorchestra.handbook.length import step_shift
 from skillorchestra.handbook.matcher import LexicalMatcher
 from skillorchestra.handbook.models import (
     INFRASTRUCTURE_ERRORS,
+    MAX_SECONDS,
+    MAX_SEED,
+    MAX_TOKENS,
+    MAX_USD,
     TEXT_MAX,
     Agent,
     ErrorClass,
@@ -697,10 +701,24 @@ def _paginate(items: list[Any], cursor: str | None, limit: int) -> tuple[list[An
     return page, KEY_CURSOR + page[-1].id if len(items) > limit else None
 
 
+_AMOUNT_LIMITS = {
+    "max_cost_usd": MAX_USD,
+    "budget_usd": MAX_USD,
+    "cost_usd": MAX_USD,
+    "prompt_tokens": MAX_TOKENS,
+    "completion_tokens": MAX_TOKENS,
+    "latency_s": MAX_SECONDS,
+    "seed": MAX_SEED,
+}
+
+
 def _check_amount(name: str, value: float | None) -> None:
-    """Costs, tokens, latencies, budgets and seeds: absent, or a finite number >= 0."""
-    if value is not None and (not math.isfinite(value) or value < 0):
-        raise InvalidInput(name, value, "a finite number >= 0")
+    """Costs, tokens, latencies, budgets and seeds: absent, or a finite number within the bounds the MCP tools
+    declare, so a library caller cannot store what a tool call would have been refused (or crash on a huge int)."""
+    limit = _AMOUNT_LIMITS[name]
+    if value is not None and not (0 <= value <= limit and math.isfinite(value)):
+        shown = f"{limit:g}" if isinstance(limit, float) else str(limit)
+        raise InvalidInput(name, value, f"a finite number in [0, {shown}]")
 
 
 def _reward(report: OutcomeReport) -> float | None:

@@ -154,6 +154,9 @@ async def test_infrastructure_errors_never_touch_competence(mcp_client: Client) 
         ("record_outcome", {"decision_id": "missing", "success": True, "cost_usd": 1e308}, "cost_usd"),
         ("record_outcome", {"decision_id": "missing", "success": True, "prompt_tokens": 10**20}, "prompt_tokens"),
         ("record_outcome", {"decision_id": "missing", "success": True, "latency_s": 1e12}, "latency_s"),
+        # a seed beyond any float was an internal error (OverflowError), not the caller's
+        ("route_step", {"text": "x", "strategy": "thompson", "seed": 10**400}, "seed"),
+        ("delegate", {"text": "x", "seed": 2**32}, "seed"),
         # blank ids were a traceback; " x " means "x" for every tool alike
         ("upsert_agent", {"agent_id": "   "}, "agent_id"),
         ("upsert_agent", {"agent_id": "a", "modes": ["  "]}, "modes"),

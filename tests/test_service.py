@@ -443,6 +443,18 @@ UNCHECKED: list[tuple[str, Call]] = [
     ("negative max cost", lambda b, r, p: b.route(request(max_cost_usd=-1.0))),
     ("negative budget", lambda b, r, p: b.route(request(session_id="s", budget_usd=-1.0))),
     ("negative seed", lambda b, r, p: b.route(request(strategy="thompson", seed=-1))),
+    ("a seed beyond any float", lambda b, r, p: b.route(request(strategy="thompson", seed=10**400))),
+    ("a seed wider than 32 bits", lambda b, r, p: b.route(request(strategy="thompson", seed=2**32))),
+    ("a cost above MAX_USD", lambda b, r, p: b.record(OutcomeReport(decision_id=p, success=True, cost_usd=1e300))),
+    (
+        "tokens above MAX_TOKENS",
+        lambda b, r, p: b.record(OutcomeReport(decision_id=p, success=True, prompt_tokens=2**60)),
+    ),
+    (
+        "a latency above MAX_SECONDS",
+        lambda b, r, p: b.record(OutcomeReport(decision_id=p, success=True, latency_s=1e9)),
+    ),
+    ("a budget above MAX_USD", lambda b, r, p: b.route(request(session_id="s", budget_usd=1e7))),
     ("unknown strategy", lambda b, r, p: b.route(request(strategy="greedy"))),
 ]
 

@@ -10,7 +10,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from skillorchestra.handbook.errors import HandbookError
-from skillorchestra.handbook.models import ID_MAX, TEXT_MAX
+from skillorchestra.handbook.models import ID_MAX, MAX_SEED, TEXT_MAX
 from skillorchestra.handbook.results import DelegateResult
 from skillorchestra.handbook.service import DelegateRequest, RouteRequest
 from skillorchestra.tools.common import Id, OptionalId, app_state, writes
@@ -35,7 +35,9 @@ async def delegate(
     session_id: OptionalId = None,
     budget_usd: Usd = None,
     top_k: TopK = 5,
-    seed: Annotated[int | None, Field(ge=0, description="Seed for thompson sampling (reproducible choices)")] = None,
+    seed: Annotated[
+        int | None, Field(ge=0, le=MAX_SEED, description="Seed for thompson sampling (reproducible choices)")
+    ] = None,
     max_tokens: Annotated[int | None, Field(ge=1, le=1_000_000)] = None,
     timeout_s: Annotated[float, Field(gt=0, le=600, description="Budget for all tries together")] = 45.0,
 ) -> DelegateResult:

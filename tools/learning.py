@@ -15,7 +15,7 @@ from mcp.server.mcpserver import Context
 from pydantic import BaseModel, Field
 
 from skillorchestra.handbook.errors import InvalidInput, NotFound
-from skillorchestra.handbook.models import ID_MAX
+from skillorchestra.handbook.models import ID_MAX, MAX_SEED
 from skillorchestra.server.jobs import Job, JobRegistry, MatcherChoice
 from skillorchestra.tools.common import READ_ONLY, AppState, app_state, reports_failures, writes
 
@@ -24,7 +24,7 @@ Lambda = Annotated[
     float,
     Field(ge=0.0, le=1000.0, description="cost trade-off of the selection: accuracy - lambda * cost / c_ref"),
 ]
-Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="seed of the split, clustering and bootstrap")]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="seed of the split, clustering and bootstrap")]
 JobId = Annotated[str, Field(min_length=1, max_length=64)]
 
 

@@ -8,7 +8,16 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from pydantic import Field
 
-from skillorchestra.handbook.models import ID_MAX, MAX_SECONDS, MAX_TOKENS, MAX_USD, TEXT_MAX, ErrorClass, SkillDemand
+from skillorchestra.handbook.models import (
+    ID_MAX,
+    MAX_SECONDS,
+    MAX_SEED,
+    MAX_TOKENS,
+    MAX_USD,
+    TEXT_MAX,
+    ErrorClass,
+    SkillDemand,
+)
 from skillorchestra.handbook.results import ConsultResult, OutcomeResult, RouteDecision
 from skillorchestra.handbook.service import OutcomeReport, RouteRequest
 from skillorchestra.tools.common import READ_ONLY, Id, OptionalId, app_state, reports_failures, writes
@@ -79,7 +88,9 @@ def route_step(
     session_id: OptionalId = None,
     budget_usd: Usd = None,
     top_k: TopK = 5,
-    seed: Annotated[int | None, Field(ge=0, description="Seed for thompson sampling (reproducible choices)")] = None,
+    seed: Annotated[
+        int | None, Field(ge=0, le=MAX_SEED, description="Seed for thompson sampling (reproducible choices)")
+    ] = None,
 ) -> RouteDecision:
     """Choose the agent for one step: argmax of sum_s w_s * competence (+ the learned length shift, when the
     handbook has one) - lambda * cost / c_ref.
