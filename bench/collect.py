@@ -26,6 +26,7 @@ ORDER = (
     "learn_cost",
     "eval_tables",
     "eval_seeds",
+    "llmrouter_ceiling",
 )
 INTRO = """# Benchmarks
 
