@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from skillorchestra.handbook.errors import InvalidInput
-from skillorchestra.handbook.traces import AgentOutcome, TraceTask, write_tasks
+from skillorchestra.handbook.errors import InvalidInput, not_utf8
+from skillorchestra.handbook.traces import AgentOutcome, TraceTask, load_json, write_tasks
 
 SPLITS = ("train", "test")
 
@@ -55,23 +55,19 @@ def _require_dir(path: Path) -> Path:
     return path
 
 
-def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(str(path), "json", f"valid JSON ({exc})") from None
-
-
 def _load_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
     with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise InvalidInput(f"{path}:{number}", "line", f"a JSON object ({exc})") from None
+        try:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise InvalidInput(f"{path}:{number}", "line", f"a JSON object ({exc})") from None
+        except UnicodeDecodeError:
+            raise not_utf8(path) from None
     return rows
 
 
@@ -164,7 +160,7 @@ def convert_llmrouter(src_dir: Path, out_dir: Path) -> dict[str, Any]:
     tasks: dict[str, list[TraceTask]] = {}
     summary: dict[str, Any] = {"format": "llmrouter", "unjoined": {}, "ambiguous_task": {}}
     for split in SPLITS:
-        rows = _load_json(files[f"scores_{split}.json"])
+        rows = load_json(files[f"scores_{split}.json"], "a JSON list of score rows")
         if not isinstance(rows, list):
             raise InvalidInput(f"scores_{split}.json", "rows", "a JSON list of {question, scores}")
         index, conflicting = _query_index(_load_jsonl(files[f"default_query_{split}.jsonl"]))
@@ -174,7 +170,9 @@ def convert_llmrouter(src_dir: Path, out_dir: Path) -> dict[str, Any]:
         summary["unjoined"][split] = sum(1 for t in tasks[split] if t.query not in index)
         summary["ambiguous_task"][split] = sum(1 for t in tasks[split] if t.query in ambiguous)
     models = sorted({m for rows in tasks.values() for t in rows for m in t.outcomes})
-    agents = _llmrouter_agents(models, _load_json(files["default_llm.json"]), files["default_llm.json"])
+    agents = _llmrouter_agents(
+        models, load_json(files["default_llm.json"], "a JSON object of models"), files["default_llm.json"]
+    )
     train_queries = {t.query for t in tasks["train"]}
     summary |= {
         "agents": models,
@@ -187,6 +185,13 @@ def convert_llmrouter(src_dir: Path, out_dir: Path) -> dict[str, Any]:
 
 def _routellm_rows(path: Path, task: str | None, id_prefix: str) -> list[TraceTask]:
     """Read one RouteLLM CSV: `prompt`, then one True/False column per model (extra columns ignored)."""
+    try:
+        return _routellm_csv(path, task, id_prefix)
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+
+
+def _routellm_csv(path: Path, task: str | None, id_prefix: str) -> list[TraceTask]:
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []

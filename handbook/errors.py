@@ -34,6 +34,11 @@ def first_problem(exc: ValidationError) -> tuple[str, object, str]:
     return where, err.get("input"), err["msg"].removeprefix("Value error, ")
 
 
+def not_utf8(path: object) -> InvalidInput:
+    """A file whose bytes are not UTF-8 text: the user's input, named, instead of a UnicodeDecodeError traceback."""
+    return InvalidInput(str(path), "encoding", "UTF-8 text (the file holds bytes that are not UTF-8)")
+
+
 class NotFound(HandbookError):
     """An id that the handbook does not know; suggests the closest known ids."""
 

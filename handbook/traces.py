@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from skillorchestra.handbook.errors import InvalidInput, first_problem
+from skillorchestra.handbook.errors import InvalidInput, first_problem, not_utf8
 from skillorchestra.handbook.models import ID_MAX, INFRASTRUCTURE_ERRORS, MAX_USD
 
 SUCCESS_THRESHOLD = 0.5
@@ -104,15 +104,18 @@ def validated_lines(handle: TextIO, path: str | Path, model: type[ModelT], what:
     """(line number, model) for each non-blank JSONL line of an open file (closed at the end); a bad line is an
     InvalidInput naming the file, the line, the first field at fault and `what` of interface.md was expected."""
     with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, model.model_validate_json(line)
-            except ValidationError as exc:
-                where, _, expected = first_problem(exc)
-                expected = f"{expected} ({what} of interface.md)"
-                raise InvalidInput(f"{path}:{number}", where or "line", expected) from None
+        try:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield number, model.model_validate_json(line)
+                except ValidationError as exc:
+                    where, _, expected = first_problem(exc)
+                    expected = f"{expected} ({what} of interface.md)"
+                    raise InvalidInput(f"{path}:{number}", where or "line", expected) from None
+        except UnicodeDecodeError:  # decoded a buffer at a time, so no exact line to name
+            raise not_utf8(path) from None
 
 
 def write_tasks(path: str | Path, tasks: Iterable[TraceTask]) -> int:
@@ -125,9 +128,19 @@ def write_tasks(path: str | Path, tasks: Iterable[TraceTask]) -> int:
     return count
 
 
+def load_json(path: str | Path, what: str) -> Any:
+    """A JSON file's value; malformed JSON or bytes that are not UTF-8 are an InvalidInput naming the file."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(str(path), f"line {exc.lineno} column {exc.colno}", f"{what} ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+
+
 def read_prices(path: str | Path) -> dict[str, AgentPrice]:
     """Read `agents.json` ({agent_id: {input_per_mtok, output_per_mtok, description?}})."""
-    raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    raw = load_json(path, "a JSON object {agent_id: {input_per_mtok, output_per_mtok}}")
     if not isinstance(raw, dict):
         raise InvalidInput(str(path), "agents", "a JSON object {agent_id: {input_per_mtok, output_per_mtok}}")
     prices: dict[str, AgentPrice] = {}

@@ -59,7 +59,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from skillorchestra.handbook.errors import InvalidInput, first_problem
+from skillorchestra.handbook.errors import InvalidInput, first_problem, not_utf8
 from skillorchestra.handbook.models import LIST_MAX, MAX_USD, Identifier
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -285,6 +285,8 @@ def load_agent_configs(path: str | Path, *, other_sections: Collection[str] = ()
             data = tomllib.load(f)
     except OSError as exc:
         raise InvalidInput(source, source, f"a readable TOML file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise not_utf8(source) from None
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(
             source, "...", f'valid TOML ({exc}); quote ids containing "/" or ".": [agents."meta/llama"]'

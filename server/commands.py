@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from skillorchestra.handbook.errors import HandbookError, InvalidInput, first_problem
+from skillorchestra.handbook.errors import HandbookError, InvalidInput, first_problem, not_utf8
 from skillorchestra.handbook.models import Agent, HandbookDocument, Mode
 from skillorchestra.handbook.store import HandbookStore, check_document
 from skillorchestra.server.settings import ServerSettings, default_db_path
@@ -74,6 +74,8 @@ def read_document(path: Path) -> HandbookDocument:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InvalidInput("file", str(path), f"a readable handbook JSON file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
     try:
         return HandbookDocument.model_validate_json(text)
     except ValidationError as exc:

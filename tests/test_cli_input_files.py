@@ -1,0 +1,111 @@
+"""Every command that reads a user's file answers a malformed or non-UTF-8 one with exit 2 and one line naming the
+file, never a traceback, and writes nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from skillorchestra.server.cli import main
+
+LATIN1 = "caf\u00e9 cr\u00e8me".encode("latin-1")  # valid Latin-1, invalid UTF-8
+
+
+def _good_tasks(path: Path) -> Path:
+    rows = [
+        {"id": f"t{i}", "query": f"{path.stem} question {i}", "outcomes": {"a": {"score": i % 2}, "b": {"score": 1}}}
+        for i in range(6)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def _good_prices(path: Path) -> Path:
+    path.write_text(
+        json.dumps(
+            {"a": {"input_per_mtok": 0.1, "output_per_mtok": 0.1}, "b": {"input_per_mtok": 1, "output_per_mtok": 1}}
+        )
+    )
+    return path
+
+
+def _broken(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path
+
+
+CASES = {
+    "eval --agents, malformed JSON": lambda d: (
+        ["eval", "--train", str(_good_tasks(d / "train.jsonl")), "--test", str(_good_tasks(d / "test.jsonl"))]
+        + ["--agents", str(_broken(d / "agents.json", b"{bad"))],
+        "agents.json",
+        "line 1 column 2",
+    ),
+    "learn --agents, malformed JSON": lambda d: (
+        ["learn", "--data", str(_good_tasks(d / "train.jsonl")), "--agents", str(_broken(d / "agents.json", b"[1,"))],
+        "agents.json",
+        "a JSON object",
+    ),
+    "learn --agents, not UTF-8": lambda d: (
+        ["learn", "--data", str(_good_tasks(d / "train.jsonl")), "--agents", str(_broken(d / "agents.json", LATIN1))],
+        "agents.json",
+        "UTF-8",
+    ),
+    "learn --data, not UTF-8": lambda d: (
+        ["learn", "--data", str(_broken(d / "train.jsonl", LATIN1)), "--agents", str(_good_prices(d / "p.json"))],
+        "train.jsonl",
+        "UTF-8",
+    ),
+    "eval --train, not UTF-8": lambda d: (
+        ["eval", "--train", str(_broken(d / "train.jsonl", LATIN1)), "--test", str(_good_tasks(d / "test.jsonl"))]
+        + ["--agents", str(_good_prices(d / "p.json"))],
+        "train.jsonl",
+        "UTF-8",
+    ),
+    "agents load, not UTF-8": lambda d: (
+        ["agents", "load", str(_broken(d / "agents.toml", LATIN1))],
+        "agents.toml",
+        "UTF-8",
+    ),
+    "handbook import, not UTF-8": lambda d: (
+        ["handbook", "import", str(_broken(d / "handbook.json", LATIN1))],
+        "handbook.json",
+        "UTF-8",
+    ),
+    "explore --tasks, not UTF-8": lambda d: (
+        ["explore", "--tasks", str(_broken(d / "tasks.jsonl", LATIN1)), "--out", str(d / "out.jsonl")],
+        "tasks.jsonl",
+        "UTF-8",
+    ),
+    "data convert, a query file not UTF-8": lambda d: (
+        ["data", "convert", "--format", "llmrouter", str(_llmrouter_folder(d / "src")), str(d / "out.jsonl")],
+        "default_query_train.jsonl",
+        "UTF-8",
+    ),
+}
+
+
+def _llmrouter_folder(folder: Path) -> Path:
+    folder.mkdir()
+    for name in ("scores_train.json", "scores_test.json", "default_llm.json"):
+        (folder / name).write_text("[]" if name.startswith("scores") else "{}", encoding="utf-8")
+    (folder / "default_query_test.jsonl").write_text("", encoding="utf-8")
+    _broken(folder / "default_query_train.jsonl", LATIN1)
+    return folder
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_bad_input_file_is_one_line_naming_it_and_exit_2(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv, file_name, says = CASES[case](tmp_path)
+    db = tmp_path / "h.db"
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--db", str(db)] if argv[0] != "data" else argv)  # data convert opens no handbook
+    out, err = capsys.readouterr()
+    assert exited.value.code == 2
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert file_name in err and says in err
+    assert not (tmp_path / "out.jsonl").exists() and not db.exists()
