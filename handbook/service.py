@@ -598,6 +598,15 @@ class Handbook:
 
     # -- edits -------------------------------------------------------------------------------------------
 
+    def agent(self, agent_id: str) -> Agent | None:
+        return next((a for a in self.store.agents() if a.id == agent_id), None)
+
+    def skill(self, skill_id: str) -> Skill | None:
+        return next((s for s in self.store.skills() if s.id == skill_id), None)
+
+    def mode(self, mode_id: str) -> Mode | None:
+        return next((m for m in self.store.modes() if m.id == mode_id), None)
+
     def upsert_agent(self, agent: Agent) -> Agent:
         """An agent may only name modes the handbook has: a misspelt mode would hide it from that mode's steps."""
         known = sorted(m.id for m in self.store.modes())
@@ -634,8 +643,8 @@ class Handbook:
             raise InvalidInput(
                 "mode",
                 skill.mode,
-                f"{known[children[0]].mode!r}, the mode of its children {', '.join(children)} (upsert them without"
-                " parent_id first, or delete them)",
+                f"{known[children[0]].mode!r}, the mode of its children {', '.join(children)} (give them"
+                ' parent_id "" first, or delete them)',
             )
         self._edit("upsert_skill", skill.model_dump())
         return skill

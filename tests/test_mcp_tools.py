@@ -188,6 +188,35 @@ def _snapshot(db_path: Any) -> tuple[Any, ...]:
         store.close()
 
 
+async def test_an_upsert_changes_only_the_fields_it_names(mcp_client: Client, db_path: Any) -> None:
+    await two_agent_handbook(mcp_client)
+    await call(mcp_client, "upsert_agent", {"agent_id": "tiny", "description": "small", "modes": ["answer"]})
+    disabled = await call(mcp_client, "upsert_agent", {"agent_id": "tiny", "enabled": False})
+    assert disabled == {
+        "id": "tiny",
+        "description": "small",
+        "modes": ["answer"],
+        "input_per_mtok": 0.05,
+        "output_per_mtok": 0.05,
+        "enabled": False,
+    }
+    skill = await call(mcp_client, "upsert_skill", {"skill_id": "math.equations", "description": "equations"})
+    assert (skill["parent_id"], skill["mode"], skill["indicators"]) == ("math", "answer", ["solve for x"])
+    top = await call(mcp_client, "upsert_skill", {"skill_id": "math.equations", "parent_id": ""})
+    assert top["parent_id"] is None and top["description"] == "equations" and top["mode"] == "answer"
+    mode = await call(mcp_client, "upsert_mode", {"mode_id": "answer", "description": "final answers"})
+    assert mode["insights"] == ["arithmetic repays a strong model"]
+    new = await call(mcp_client, "upsert_skill", {"skill_id": "poetry"})
+    assert (new["mode"], new["parent_id"], new["description"]) == ("general", None, "")
+    cleared = await call(mcp_client, "upsert_agent", {"agent_id": "tiny", "description": "", "modes": []})
+    assert (cleared["description"], cleared["modes"], cleared["input_per_mtok"]) == ("", [], 0.05)
+    before = _snapshot(db_path)
+    assert "modes" in await error_text(mcp_client, "upsert_agent", {"agent_id": "tiny", "modes": ["nomode"]})
+    assert _snapshot(db_path) == before
+    again = await call(mcp_client, "upsert_agent", {"agent_id": "tiny", "enabled": False})  # idempotent
+    assert again == cleared and _snapshot(db_path)[0] == before[0]
+
+
 async def test_unknown_tool_is_a_protocol_error(mcp_client: Client) -> None:
     with pytest.raises(MCPError) as caught:
         await mcp_client.call_tool("no_such_tool", {})

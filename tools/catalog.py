@@ -10,7 +10,6 @@ from mcp.server.mcpserver import Context
 from pydantic import Field, StringConstraints
 
 from skillorchestra.handbook.models import (
-    DEFAULT_MODE,
     DESCRIPTION_MAX,
     ID_MAX,
     ITEM_MAX,
@@ -22,7 +21,7 @@ from skillorchestra.handbook.models import (
 )
 from skillorchestra.handbook.results import AgentPage, Removed, SkillPage
 from skillorchestra.handbook.service import PAGE_LIMIT_MAX
-from skillorchestra.tools.common import READ_ONLY, Id, OptionalId, app_state, from_arguments, reports_failures, writes
+from skillorchestra.tools.common import READ_ONLY, Id, OptionalId, app_state, merged, reports_failures, writes
 
 Description = Annotated[str, Field(max_length=DESCRIPTION_MAX)]
 Lines = Annotated[
@@ -33,6 +32,12 @@ Price = Annotated[float | None, Field(ge=0.0, le=MAX_USD, allow_inf_nan=False, d
 Limit = Annotated[int, Field(ge=1, le=PAGE_LIMIT_MAX)]
 Cursor = Annotated[str | None, Field(max_length=ID_MAX + 1)]  # 'k' and the last id served
 ModeFilter = Annotated[str | None, Field(max_length=ID_MAX)]
+# a skill's parent: an id, "" for none (a top-level skill), or left out to keep the current one
+ParentId = Annotated[
+    str | None,
+    StringConstraints(max_length=ID_MAX),  # not stripped here: " " is a blank id (refused), only "" means none
+    Field(description='the parent skill\'s id; "" makes it a top-level skill'),
+]
 
 
 def register(server: MCPServer) -> None:
@@ -51,53 +56,65 @@ def register(server: MCPServer) -> None:
 def upsert_agent(
     agent_id: Id,
     ctx: Context,
-    description: Description = "",
+    description: Description | None = None,
     modes: Annotated[list[Id], Field(max_length=LIST_MAX)] | None = None,
-    enabled: bool = True,
+    enabled: bool | None = None,
     input_per_mtok: Price = None,
     output_per_mtok: Price = None,
 ) -> Agent:
-    """Add or replace an agent the router may choose (prices in USD per million tokens)."""
-    agent = from_arguments(
+    """Add an agent the router may choose, or change an existing one: only the fields you pass change, the others
+    keep their values (prices in USD per million tokens; `modes` [] = serves every mode)."""
+    handbook = app_state(ctx).handbook
+    agent = merged(
         Agent,
+        handbook.agent(agent_id),
         id=agent_id,
         description=description,
-        modes=modes or [],
+        modes=modes,
         enabled=enabled,
         input_per_mtok=input_per_mtok,
         output_per_mtok=output_per_mtok,
     )
-    return app_state(ctx).handbook.upsert_agent(agent)
+    return handbook.upsert_agent(agent)
 
 
 @reports_failures
 def upsert_skill(
     skill_id: Id,
     ctx: Context,
-    description: Description = "",
-    mode: Id = DEFAULT_MODE,
-    parent_id: OptionalId = None,
+    description: Description | None = None,
+    mode: OptionalId = None,
+    parent_id: ParentId = None,
     indicators: Lines | None = None,
     examples: Lines | None = None,
 ) -> Skill:
-    """Add or replace a skill; indicators are cues in a step that signal it, examples are sample steps."""
-    skill = from_arguments(
+    """Add a skill, or change an existing one: only the fields you pass change. Indicators are cues in a step that
+    signal it, examples are sample steps; parent_id "" makes it a top-level skill; a new skill's mode defaults to
+    'general'."""
+    handbook = app_state(ctx).handbook
+    skill = merged(
         Skill,
+        handbook.skill(skill_id),
         id=skill_id,
         mode=mode,
-        parent_id=parent_id,
+        parent_id=parent_id or None,  # "" is handled below: None would keep the current parent
         description=description,
-        indicators=indicators or [],
-        examples=examples or [],
+        indicators=indicators,
+        examples=examples,
     )
-    return app_state(ctx).handbook.upsert_skill(skill)
+    if parent_id == "":
+        skill = skill.model_copy(update={"parent_id": None})
+    return handbook.upsert_skill(skill)
 
 
 @reports_failures
-def upsert_mode(mode_id: Id, ctx: Context, description: Description = "", insights: Lines | None = None) -> Mode:
-    """Add or replace a mode (a stage of work) and its routing insights for the orchestrator."""
-    mode = from_arguments(Mode, id=mode_id, description=description, insights=insights or [])
-    return app_state(ctx).handbook.upsert_mode(mode)
+def upsert_mode(
+    mode_id: Id, ctx: Context, description: Description | None = None, insights: Lines | None = None
+) -> Mode:
+    """Add a mode (a stage of work) with its routing insights for the orchestrator, or change the fields you pass."""
+    handbook = app_state(ctx).handbook
+    mode = merged(Mode, handbook.mode(mode_id), id=mode_id, description=description, insights=insights)
+    return handbook.upsert_mode(mode)
 
 
 @reports_failures

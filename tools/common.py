@@ -72,6 +72,14 @@ def reports_failures(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def merged(model: type[M], current: M | None, **sent: Any) -> M:
+    """`current` with the arguments the caller gave applied (None = left out, so kept); a new record starts from
+    the model's defaults. An upsert that names one field must not reset the others (disabling an agent would
+    otherwise forget its prices)."""
+    base = current.model_dump() if current is not None else {}
+    return from_arguments(model, **{**base, **{name: value for name, value in sent.items() if value is not None}})
+
+
 def from_arguments(model: type[M], **arguments: Any) -> M:
     """A handbook model built from a tool's arguments; a value the argument types let through but the model
     refuses is the caller's error, named by field (a model built from stored data that fails is not)."""
