@@ -149,6 +149,14 @@ async def test_infrastructure_errors_never_touch_competence(mcp_client: Client) 
         ("record_outcome", {"decision_id": "missing", "success": True, "costusd": 0.1}, "costusd"),
         ("upsert_agent", {"agent_id": "new", "api_base": "http://elsewhere"}, "api_base"),
         ("route_step", {"text": "x", "lamda": 0.5}, "Extra inputs are not permitted"),
+        # values of the wrong JSON type are refused, not coerced into data
+        ("route_step", {"text": "x", "lambda_": "0.5"}, "lambda_"),
+        ("route_step", {"text": "x", "lambda_": True}, "lambda_"),
+        ("route_step", {"text": "x", "top_k": 2.5}, "top_k"),
+        ("record_outcome", {"decision_id": "missing", "success": "yes"}, "success"),
+        ("record_outcome", {"decision_id": "missing", "reward": True}, "reward"),
+        ("upsert_agent", {"agent_id": "tiny", "enabled": "off"}, "enabled"),
+        ("upsert_agent", {"agent_id": "tiny", "input_per_mtok": "3"}, "input_per_mtok"),
         # a huge price swamped c_ref (an infinite one, sent as raw JSON, is refused by the models: test_models.py)
         ("upsert_agent", {"agent_id": "big", "output_per_mtok": 1e300}, "output_per_mtok"),
         ("record_outcome", {"decision_id": "missing", "success": True, "cost_usd": 1e308}, "cost_usd"),
@@ -215,6 +223,22 @@ async def test_an_upsert_changes_only_the_fields_it_names(mcp_client: Client, db
     assert _snapshot(db_path) == before
     again = await call(mcp_client, "upsert_agent", {"agent_id": "tiny", "enabled": False})  # idempotent
     assert again == cleared and _snapshot(db_path)[0] == before[0]
+
+
+async def test_whole_numbers_and_json_encoded_lists_are_still_accepted(mcp_client: Client) -> None:
+    await two_agent_handbook(mcp_client)
+    decision = await call(
+        mcp_client,
+        "route_step",
+        {
+            "text": "solve for x",
+            "lambda_": 1,
+            "top_k": 2.0,
+            "allowed_agents": '["tiny"]',
+            "skills": '[{"skill_id": "math", "weight": 1}]',
+        },
+    )
+    assert decision["agent_id"] == "tiny" and len(decision["candidates"]) == 1
 
 
 async def test_unknown_tool_is_a_protocol_error(mcp_client: Client) -> None:

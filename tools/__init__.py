@@ -5,7 +5,7 @@ from __future__ import annotations
 from mcp.server import MCPServer
 
 from skillorchestra.tools import catalog, delegation, learning, routing
-from skillorchestra.tools.common import forbid_unknown_arguments, self_contained_schemas
+from skillorchestra.tools.common import self_contained_schemas, strict_arguments
 
 
 def register_tools(server: MCPServer) -> None:
@@ -13,5 +13,5 @@ def register_tools(server: MCPServer) -> None:
     catalog.register(server)
     delegation.register(server)
     learning.register(server)
-    forbid_unknown_arguments(server)
+    strict_arguments(server)
     self_contained_schemas(server)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, get_args
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from skillorchestra.handbook.errors import HandbookError, InvalidInput, first_problem
 from skillorchestra.handbook.models import Identifier
@@ -120,9 +120,10 @@ def inline_definitions(schema: dict[str, Any]) -> dict[str, Any]:
         return schema
 
 
-def forbid_unknown_arguments(server: MCPServer) -> None:
+def strict_arguments(server: MCPServer) -> None:
     """An argument a tool does not take is refused, naming it, instead of being dropped: a misspelt `cost_usd`
     would otherwise lose the cost while the call reports success. Clients see `additionalProperties: false`.
+    A value of the wrong JSON type is refused too, rather than coerced (see _whole_floats_as_ints).
 
     The SDK builds each tool's argument model with pydantic's default (extra inputs ignored) and offers no
     option, so the models are tightened here, once, after registration (tests/test_mcp_tools.py proves it).
@@ -130,9 +131,31 @@ def forbid_unknown_arguments(server: MCPServer) -> None:
     tools only needs the schema, and building all of them delayed the first tools/list answer by a few ms."""
     for tool in server._tool_manager.list_tools():
         loose = tool.fn_metadata.arg_model
-        strict = type(loose.__name__, (loose,), {"model_config": ConfigDict(extra="forbid", defer_build=True)})
-        tool.fn_metadata.arg_model = strict
+        namespace = {
+            "model_config": ConfigDict(extra="forbid", defer_build=True, strict=True),
+            "whole_numbers": model_validator(mode="before")(_whole_floats_as_ints),
+        }
+        tool.fn_metadata.arg_model = type(loose.__name__, (loose,), namespace)
         tool.parameters = {**tool.parameters, "additionalProperties": False}
+
+
+def _whole_floats_as_ints(cls: type[BaseModel], data: Any) -> Any:
+    """Strict arguments refuse what pydantic would coerce ("0.5" or true as a number, "yes" as a boolean: a
+    client bug that would otherwise be recorded as data), but 5.0 is the integer 5 in JSON Schema and some
+    clients send it so."""
+    if not isinstance(data, dict):
+        return data
+    whole = {
+        name: int(value)
+        for name, value in data.items()
+        if isinstance(value, float) and value.is_integer() and name in cls.model_fields and _takes_int(cls, name)
+    }
+    return {**data, **whole} if whole else data
+
+
+def _takes_int(cls: type[BaseModel], name: str) -> bool:
+    annotation = cls.model_fields[name].annotation
+    return annotation is int or int in get_args(annotation)
 
 
 def self_contained_schemas(server: MCPServer) -> None:
