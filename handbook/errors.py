@@ -28,10 +28,11 @@ class InvalidInput(HandbookError):
 
 def first_problem(exc: ValidationError) -> tuple[str, object, str]:
     """The first error of a pydantic ValidationError as (dotted field path, the value given, what was expected),
-    so every place that turns one into an InvalidInput words it alike (pydantic's "Value error, " prefix dropped)."""
+    so every place that turns one into an InvalidInput words it alike: pydantic's "Value error, " and "Input
+    should be " are dropped, since the message reads "field=value: expected <what>"."""
     err = exc.errors(include_url=False)[0]
     where = ".".join(str(part) for part in err["loc"])
-    return where, err.get("input"), err["msg"].removeprefix("Value error, ")
+    return where, err.get("input"), err["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
 
 
 def not_utf8(path: object) -> InvalidInput:
