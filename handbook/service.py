@@ -207,16 +207,18 @@ class Handbook:
 
     def validate_demands(self, arrays: HandbookArrays, demands: Sequence[SkillDemand]) -> list[tuple[str, float]]:
         """Known skill ids, non-negative weights with a positive sum; returns weights normalised to 1."""
-        merged: dict[str, float] = {}
         for position, demand in enumerate(demands):
             if demand.skill_id not in arrays.skill_index:
                 raise NotFound(f"skill (skills[{position}].skill_id)", demand.skill_id, arrays.skill_ids)
             if not math.isfinite(demand.weight) or demand.weight < 0:
                 raise InvalidInput(f"skills[{position}].weight", demand.weight, "a finite number >= 0")
-            merged[demand.skill_id] = merged.get(demand.skill_id, 0.0) + demand.weight
-        total = sum(merged.values())
-        if total <= 0:
+        top = max((demand.weight for demand in demands), default=0.0)
+        if top <= 0:
             raise InvalidInput("skills", [d.model_dump() for d in demands], "weights that sum to a positive number")
+        merged: dict[str, float] = {}
+        for demand in demands:  # scaled by the largest first: weights near the float maximum would sum to inf
+            merged[demand.skill_id] = merged.get(demand.skill_id, 0.0) + demand.weight / top
+        total = sum(merged.values())
         return [(skill, weight / total) for skill, weight in merged.items() if weight > 0]
 
     def infer_skills(
@@ -282,7 +284,7 @@ class Handbook:
             # ranked as route_step scores competence: with this step's length shift
             order = np.argsort(-shifted(arrays.mean[:, col], shift), kind="stable")
             for i in order:
-                if not arrays.enabled[i]:
+                if not arrays.enabled[i] or not _serves(arrays.agent_modes[i], mode):  # route_step's rule
                     continue
                 agent_cost = None if np.isnan(per_skill_cost[k, i]) else per_skill_cost[k, i]
                 rows.append(
@@ -441,7 +443,7 @@ class Handbook:
                 reason = "disabled"
             elif allowed is not None and agent_id not in allowed:
                 reason = "not in allowed_agents"
-            elif request.mode and arrays.agent_modes[i] and request.mode not in arrays.agent_modes[i]:
+            elif not _serves(arrays.agent_modes[i], request.mode):
                 reason = f"does not serve mode {request.mode!r}"
             elif agent_id in unavailable:
                 reason = unavailable[agent_id]
@@ -513,6 +515,8 @@ class Handbook:
                 f"decision made under handbook version {decision['version']}, now {self.store.current_version()}: "
                 "the outcome is logged against its version and not applied to the live posteriors"
             )
+        elif not effect.competence and reward is not None and self.agent(decision["agent_id"]) is None:
+            note = f"agent {decision['agent_id']!r} was deleted since the decision: the outcome is logged only"
         return OutcomeResult(
             decision_id=report.decision_id,
             agent_id=decision["agent_id"],
@@ -730,6 +734,11 @@ def _check_amount(name: str, value: float | None) -> None:
         raise InvalidInput(name, value, f"a finite number in [0, {shown}]")
 
 
+def _serves(agent_modes: frozenset[str], mode: str | None) -> bool:
+    """An agent serves a step's mode when it names it, or names no mode at all (it serves every mode)."""
+    return not mode or not agent_modes or mode in agent_modes
+
+
 def _reward(report: OutcomeReport) -> float | None:
     infrastructure = report.error_class in INFRASTRUCTURE_ERRORS
     given = [name for name in ("reward", "success") if getattr(report, name) is not None]
@@ -743,9 +752,9 @@ def _reward(report: OutcomeReport) -> float | None:
         )
     if infrastructure:
         raise InvalidInput(
-            "reward",
-            report.reward if report.reward is not None else report.success,
-            f"no reward with error_class {report.error_class!r}: infrastructure errors never score the agent",
+            given[0],
+            getattr(report, given[0]),
+            f"no {given[0]} with error_class {report.error_class!r}: infrastructure errors never score the agent",
         )
     if report.success is not None:
         return 1.0 if report.success else 0.0

@@ -262,6 +262,14 @@ def test_consult_reports_skills_agents_and_insights_without_writing(book: Handbo
     assert dump(book.store) == before
 
 
+def test_consult_lists_the_agents_route_step_would_consider_for_the_mode(book: Handbook) -> None:
+    """searcher serves only 'search': route_step excludes it from a code step, so consult does not offer it."""
+    consulted = {r.agent_id for r in book.consult("write python functions", mode="code").agents}
+    routed = book.route(request(mode="code"))
+    assert consulted == {c.agent_id for c in routed.candidates} == {"cheap", "mid", "pricey"}
+    assert [e.agent_id for e in routed.excluded] == ["searcher"]
+
+
 # -- recording outcomes -----------------------------------------------------------------------------------
 
 
@@ -278,6 +286,27 @@ def test_outcome_updates_fractionally_by_the_decisions_weights(book: Handbook) -
         assert next(u for u in result.updated if u.skill_id == skill).mean == alpha / (alpha + beta)
     arrays = book.arrays()  # the live arrays move at once
     assert arrays.evidence[arrays.agent_index["mid"], arrays.column_of_skill("code.sql")] == 0.25
+
+
+def test_weights_near_the_float_maximum_are_normalised_like_small_ones(book: Handbook) -> None:
+    def weights(scale: float) -> dict[str, float]:
+        demands = [
+            SkillDemand(skill_id="code.python", weight=3 * scale),
+            SkillDemand(skill_id="code.sql", weight=scale),
+            SkillDemand(skill_id="code.sql", weight=scale),  # the same skill twice adds up
+        ]
+        return {s.skill_id: s.weight for s in book.route(request(skills=demands)).skills}
+
+    expected = pytest.approx({"code.python": 0.6, "code.sql": 0.4})
+    assert weights(5e307) == expected and weights(1.0) == expected
+
+
+def test_an_outcome_for_a_deleted_agent_is_logged_and_says_so(book: Handbook) -> None:
+    decision = book.route(request(allowed_agents=["mid"]))
+    book.delete_agent("mid")
+    result = book.record(OutcomeReport(decision_id=decision.decision_id, success=True))
+    assert result.updated == [] and result.note is not None and "'mid' was deleted" in result.note
+    assert book.store.outcome(decision.decision_id) is not None
 
 
 @pytest.mark.parametrize(("success", "expected"), [(True, (10.5, 5.0)), (False, (10.0, 5.5))])
@@ -383,6 +412,12 @@ REJECTED: list[tuple[str, Call, type[HandbookError], str]] = [
         lambda b, r, p: b.record(OutcomeReport(decision_id=p, reward=0.0, error_class="timeout")),
         InvalidInput,
         "infrastructure",
+    ),
+    (
+        "infra with success",
+        lambda b, r, p: b.record(OutcomeReport(decision_id=p, success=True, error_class="timeout")),
+        InvalidInput,
+        "success=True: expected no success with error_class 'timeout'",
     ),
     (
         "conflicting report",
