@@ -6,7 +6,8 @@ here); point busy tool agents at a streamable HTTP ``url`` instead. The child pr
 allow-listed environment plus the variables named in ``env_vars``.
 
 Errors: spawn or transport failure -> ``connection``; the deadline (connecting included) or the SDK's request
-timeout -> ``timeout``; a tool result with ``is_error`` -> ``task`` with the tool's message; a JSON-RPC error
+timeout -> ``timeout``; a tool result with ``is_error`` -> ``task`` with the tool's message, unless the server does
+not list the tool at all (``server_error``: a misconfigured agent, not a failed task); a JSON-RPC error
 from the server (unknown method, bad parameters) -> ``server_error``. Cost: the agent's ``cost_per_call_usd``
 when configured, else 0.0 with ``cost_source="no_token_cost"`` (a tool call spends no tokens).
 """
@@ -65,6 +66,19 @@ def classify_mcp_exception(exc: BaseException) -> ErrorClass:
     return "connection"  # spawn failures (OSError), refused/broken transports, closed streams
 
 
+async def _has_tool(client: Client, name: str) -> bool:
+    """Whether the server lists the tool (asked only after an error result: many servers answer a call to an
+    unknown tool with an ordinary tool error)."""
+    cursor = None
+    while True:
+        listed = await client.list_tools(cursor=cursor)
+        if any(tool.name == name for tool in listed.tools):
+            return True
+        cursor = listed.next_cursor
+        if not cursor:
+            return False
+
+
 def _text_of(result: CallToolResult) -> str:
     texts = [block.text for block in result.content if isinstance(block, TextContent)]
     if texts:
@@ -98,6 +112,7 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
         with anyio.fail_after(timeout), holding_slot(limiter):
             async with Client(_target(conn), read_timeout_seconds=timeout) as client:
                 result = await client.call_tool(conn.tool, arguments)
+                missing = result.is_error and not await _has_tool(client, conn.tool)
     except Exception as exc:
         latency = time.perf_counter() - start
         error_class = classify_mcp_exception(exc)
@@ -114,6 +129,15 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
         )
     latency = time.perf_counter() - start
     answer = _text_of(result)
+    if missing:  # a configuration error, not the agent failing a task: it must not lower its competence
+        return BackendResult(
+            latency_s=latency,
+            error_class="server_error",
+            error_type="UnknownTool",
+            message=f"the MCP server has no tool {conn.tool!r} (fix `tool` in agents.toml): {answer}"[:_MESSAGE_LIMIT],
+            cost_usd=0.0 if conn.cost_per_call_usd is None else None,
+            cost_source="no_token_cost" if conn.cost_per_call_usd is None else "unknown",
+        )
     if result.is_error:
         return BackendResult(
             latency_s=latency,

@@ -50,6 +50,13 @@ async def test_tool_error_is_a_task_failure_with_its_message() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_tool_the_server_does_not_have_is_a_server_error_not_a_task_failure() -> None:
+    r = await call_mcp_tool(tool_agent("serach"), "anything", timeout_s=20)
+    assert r.error_class == "server_error" and r.infrastructure_failure
+    assert "no tool 'serach'" in (r.message or "") and r.cost_usd == 0.0
+
+
+@pytest.mark.anyio
 async def test_slow_tool_times_out_within_the_budget() -> None:
     t0 = time.perf_counter()
     r = await call_mcp_tool(tool_agent("slow", timeout_s=2.0), "zzz", timeout_s=60)
