@@ -176,6 +176,11 @@ async def test_infrastructure_errors_never_touch_competence(mcp_client: Client) 
         ("list_agents", {"cursor": "o\u0663"}, "cursor"),
         ("list_agents", {"mode": "nomode"}, "unknown mode"),
         ("list_skills", {"mode": "nomode"}, "unknown mode"),
+        # an empty id is refused by the schema, naming the argument
+        ("route_step", {"text": "x", "mode": ""}, "mode"),
+        ("consult_handbook", {"text": "x", "mode": " "}, "mode"),
+        ("list_agents", {"mode": ""}, "mode"),
+        ("delegate", {"text": "x", "agent_id": ""}, "agent_id"),
     ],
 )
 async def test_bad_input_is_a_tool_error_naming_the_field_and_writes_nothing(

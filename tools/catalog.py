@@ -31,7 +31,7 @@ Lines = Annotated[
 Price = Annotated[float | None, Field(ge=0.0, le=MAX_USD, allow_inf_nan=False, description="USD per million tokens")]
 Limit = Annotated[int, Field(ge=1, le=PAGE_LIMIT_MAX)]
 Cursor = Annotated[str | None, Field(max_length=ID_MAX + 1)]  # 'k' and the last id served
-ModeFilter = Annotated[str | None, Field(max_length=ID_MAX)]
+ModeFilter = OptionalId
 # a skill's parent: an id, "" for none (a top-level skill), or left out to keep the current one
 ParentId = Annotated[
     str | None,

@@ -10,7 +10,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from skillorchestra.handbook.errors import HandbookError
-from skillorchestra.handbook.models import ID_MAX, MAX_SEED, TEXT_MAX
+from skillorchestra.handbook.models import MAX_SEED, TEXT_MAX
 from skillorchestra.handbook.results import DelegateResult
 from skillorchestra.handbook.service import DelegateRequest, RouteRequest
 from skillorchestra.tools.common import Id, OptionalId, app_state, writes
@@ -25,7 +25,7 @@ async def delegate(
     text: StepText,
     ctx: Context,
     context: Annotated[str | None, Field(max_length=TEXT_MAX, description="Background the agent needs")] = None,
-    agent_id: Annotated[str | None, Field(max_length=ID_MAX, description="Skip routing: use this agent")] = None,
+    agent_id: Annotated[OptionalId, Field(description="Skip routing: use this agent")] = None,
     skills: Skills = None,
     mode: Mode = None,
     lambda_: Lambda = 0.1,

@@ -9,7 +9,6 @@ from mcp.server.mcpserver import Context
 from pydantic import Field
 
 from skillorchestra.handbook.models import (
-    ID_MAX,
     MAX_SECONDS,
     MAX_SEED,
     MAX_TOKENS,
@@ -23,7 +22,7 @@ from skillorchestra.handbook.service import OutcomeReport, RouteRequest
 from skillorchestra.tools.common import READ_ONLY, Id, OptionalId, app_state, reports_failures, writes
 
 StepText = Annotated[str, Field(min_length=1, max_length=TEXT_MAX, description="What this step must achieve")]
-Mode = Annotated[str | None, Field(max_length=ID_MAX, description="Restrict to one mode (stage) of work")]
+Mode = Annotated[OptionalId, Field(description="Restrict to one mode (stage) of work")]
 TopK = Annotated[int, Field(ge=1, le=50, description="How many skills / candidates to return")]
 Lambda = Annotated[
     float,
