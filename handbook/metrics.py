@@ -70,7 +70,7 @@ def oracle_gap_closed(acc: float, best_single: float, oracle: float) -> float | 
 
 def best_single(scores: np.ndarray) -> tuple[int, float]:
     """Index and mean score of the agent with the highest mean score (ties: the lowest index)."""
-    means = _column_means(scores)
+    means = column_means(scores)
     index = int(np.argmax(np.where(np.isnan(means), -np.inf, means)))
     return index, float(means[index])
 
@@ -167,7 +167,8 @@ def cpt(
     return None
 
 
-def _column_means(scores: np.ndarray) -> np.ndarray:
+def column_means(scores: np.ndarray) -> np.ndarray:
+    """Each agent's mean over the tasks it was judged on (NaN where none)."""
     scores = np.asarray(scores, dtype=float)
     judged = (~np.isnan(scores)).sum(axis=0)
     totals = np.nansum(scores, axis=0)

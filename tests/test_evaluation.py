@@ -21,7 +21,7 @@ from skillorchestra.handbook.evaluation import policies as p
 from skillorchestra.handbook.evaluation import sweep
 from skillorchestra.handbook.evaluation.episodes import Episode, build_episodes, evaluate_episodes
 from skillorchestra.handbook.evaluation.online import regret_of, replay_online
-from skillorchestra.handbook.evaluation.runner import EvalConfig, run_eval
+from skillorchestra.handbook.evaluation.runner import EvalConfig, default_replay, run_eval
 from skillorchestra.handbook.evaluation.scorer import HandbookScorer, Scored
 from skillorchestra.handbook.knn import KnnRouter, TfidfIndex
 from skillorchestra.handbook.models import Agent, Competence, CostStats, HandbookDocument, Mode, Skill
@@ -98,7 +98,7 @@ def standin_replay(document, labeller, tasks, prices, lambda_, seed, c_ref) -> R
 
 
 def config(**overrides: Any) -> EvalConfig:
-    return EvalConfig(learn_fn=standin_learn, replay_fn=standin_replay, episodes=30, **overrides)
+    return EvalConfig(**{"learn_fn": standin_learn, "replay_fn": standin_replay, "episodes": 30, **overrides})
 
 
 # -- hand-made data -----------------------------------------------------------------------------------------
@@ -425,6 +425,44 @@ def test_run_eval_schema_and_known_answers(tmp_path: Path) -> None:
     store = HandbookStore(tmp_path / "eval.db")  # --db given: the online replay lives there
     assert store.versions()[-1]["source"] == "eval"
     store.close()
+
+
+def test_on_sparse_test_data_every_policy_picks_among_the_agents_judged_on_the_task(tmp_path: Path) -> None:
+    """mathpro was not run on the test's 5 words tasks: a policy routing there must take lingo (replay's rule), so
+    every row is scored on all 25 tasks and none pays for a pick without a score."""
+    sparse = [
+        t.model_copy(update={"outcomes": {"lingo": t.outcomes["lingo"]}}) if t.task == "words" else t for t in TEST
+    ]
+    result = run_eval(TRAIN, sparse, PRICES, config(db_path=tmp_path / "eval.db", replay_fn=default_replay))
+    by = {(r["policy"], r["lambda"]): r for r in result["rows"]}
+    best = by["best-single", None]  # mathpro where it ran, else the next best on train
+    assert best["accuracy"] == 1.0 and best["agent_share"]["lingo"] == pytest.approx(5 / 25)
+    assert best["avg_cost"] == pytest.approx((20 * COST["mathpro"] + 5 * COST["lingo"]) / 25)
+    for row in result["rows"]:
+        assert row["agent_share"].get("lingo", 0.0) >= 5 / 25 - 1e-9, row["policy"]
+    assert result["replay_agreement"]["min"] == 1.0
+
+
+def test_policy_choices_keep_to_the_judged_agents_and_random_stays_uniform() -> None:
+    n = 30_000
+    scores = np.ones((n, 3))
+    scores[::2, 0] = np.nan  # agent 0 not run on half the tasks
+    scores[::3, 2] = np.nan
+    table = d.OutcomeTable(
+        [TraceTask(id=str(i), query=f"q{i}", outcomes={}) for i in range(n)], ["a", "b", "c"], scores, np.ones((n, 3))
+    )
+    picks = p.random_choices(table, seed=0)
+    assert table.judged[np.arange(n), picks].all()
+    both_missing = ~table.judged[:, 0] & ~table.judged[:, 2]
+    assert (picks[both_missing] == 1).all()
+    only_a_missing = ~table.judged[:, 0] & table.judged[:, 2]
+    assert np.bincount(picks[only_a_missing], minlength=3)[1:] / only_a_missing.sum() == pytest.approx(
+        [0.5, 0.5], abs=0.02
+    )
+    assert (
+        p.best_single_choices(table, np.array([[0.9, 0.5, 0.7]])) == np.where(table.judged[:, 0], 0, 2 - both_missing)
+    ).all()
+    assert (p.cheapest_choices(table, {"a": 3.0, "b": 2.0, "c": 1.0}) == np.where(table.judged[:, 2], 2, 1)).all()
 
 
 def test_run_eval_is_deterministic_for_a_seed() -> None:

@@ -36,6 +36,12 @@ class OutcomeTable:
     def families(self) -> list[str]:
         return [task.task or "(none)" for task in self.tasks]
 
+    @property
+    def judged(self) -> np.ndarray:
+        """(n, A) which agents were judged on each task: the only ones a policy may pick there (replay's rule,
+        as if each request named them in allowed_agents), so every policy is scored on every task."""
+        return ~np.isnan(self.scores)
+
     def chosen(self, picks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores and costs of the agent picked (by column index) on each task."""
         rows = np.arange(len(self.tasks))

@@ -99,9 +99,10 @@ def replay_online(
         matcher = LabellerMatcher(labeller, {skill.id for skill in initial.skills})
         service = Handbook(store, matcher=matcher)
         column = {agent: j for j, agent in enumerate(table.agents)}
-        allowed = [agent.id for agent in initial.agents if agent.id in column and agent.enabled]
+        routable = [agent.id for agent in initial.agents if agent.id in column and agent.enabled]
         picks = np.zeros(len(table.tasks), dtype=np.int64)
         for t, task in enumerate(table.tasks):
+            allowed = [a for a in routable if table.judged[t, column[a]]] or routable  # the eval's one rule
             text = step_text(task.query)
             demands = [SkillDemand(skill_id=s, weight=w) for s, w in matcher.match(text, None, 0)]
             decision = service.route(

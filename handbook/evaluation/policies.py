@@ -1,7 +1,9 @@
 """The policies compared by `skillorchestra eval`, each a function from test tasks to agent column indices.
 
 Names are fixed by interface.md. Every policy sees only what it would see in deployment: train outcomes and
-the test query text; only `oracle` reads the test outcomes (it is the ceiling, not a router).
+the test query text; only `oracle` reads the test outcomes (it is the ceiling, not a router). On data where not
+every agent was judged on every task, each policy picks among the agents judged on the task (OutcomeTable.judged),
+as the replay of `skillorchestra` does: so all are scored on the same tasks, and none pays for an unscored pick.
 """
 
 from __future__ import annotations
@@ -26,7 +28,25 @@ FIXED = (PAPER_RULE, BEST_SINGLE, CHEAPEST, RANDOM, ORACLE)
 
 
 def constant(table: OutcomeTable, column: int) -> np.ndarray:
+    """One agent everywhere (a single agent's point on the plane; where it was not judged its score is unknown)."""
     return np.full(len(table.tasks), column, dtype=np.int64)
+
+
+def ranked(table: OutcomeTable, preference: np.ndarray) -> np.ndarray:
+    """Per task, the judged agent ranked first by `preference` (higher first; ties: the earlier agent)."""
+    return np.argmax(np.where(table.judged, preference[None, :], -np.inf), axis=1)
+
+
+def best_single_choices(table: OutcomeTable, train_scores: np.ndarray) -> np.ndarray:
+    """The agent best on train, or where it was not judged the next best on train (dense data: one agent)."""
+    means = metrics.column_means(train_scores)
+    return ranked(table, np.where(np.isnan(means), -np.inf, means))
+
+
+def cheapest_choices(table: OutcomeTable, agent_costs: dict[str, float]) -> np.ndarray:
+    """The agent cheapest on train (unknown cost counts as the most expensive), else the next cheapest judged."""
+    top = max(agent_costs.values(), default=0.0)
+    return ranked(table, -np.array([agent_costs.get(agent, top) for agent in table.agents]))
 
 
 def best_single_column(train_scores: np.ndarray) -> int:
@@ -41,7 +61,13 @@ def cheapest_column(agent_costs: dict[str, float], agents: list[str]) -> int:
 
 
 def random_choices(table: OutcomeTable, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, len(table.agents), size=len(table.tasks))
+    """Uniform over the judged agents of each task: a draw over all agents, and a draw among the judged ones where
+    the first fell on an agent that was not (uniform overall; on dense data the first draw alone)."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(table.agents), size=len(table.tasks))
+    for i in np.flatnonzero(~table.judged[np.arange(len(picks)), picks]):
+        picks[i] = rng.choice(np.flatnonzero(table.judged[i]))
+    return picks
 
 
 def oracle_choices(table: OutcomeTable) -> np.ndarray:
@@ -53,7 +79,7 @@ def paper_rule_choices(scorer: HandbookScorer, table: OutcomeTable, expected: Sc
     """The published reference rule: argmax of sum_s w_s * s/n (raw rate, unseen = 0); cost only breaks exact
     ties (the cheapest expected cost wins, then the earlier agent)."""
     weighted, _overall = scorer.raw_rates(table.queries)
-    return tie_break_cheapest(np.where(scorer.known, weighted, -np.inf), expected.cost)
+    return tie_break_cheapest(np.where(scorer.known & table.judged, weighted, -np.inf), expected.cost)
 
 
 def tie_break_cheapest(values: np.ndarray, cost: np.ndarray, tolerance: float = 1e-9) -> np.ndarray:
@@ -71,9 +97,11 @@ def knn_scored(router: KnnRouter, table: OutcomeTable) -> Scored:
     return Scored(quality=quality, cost=cost, known=np.ones(len(table.agents), dtype=bool))
 
 
-def knn_choose(router: KnnRouter, scored: Scored, lambda_: float) -> np.ndarray:
-    """KnnRouter.choose's rule (ties: cheaper, then earlier) on precomputed predictions."""
+def knn_choose(router: KnnRouter, scored: Scored, lambda_: float, judged: np.ndarray | None = None) -> np.ndarray:
+    """KnnRouter.choose's rule (ties: cheaper, then earlier) on precomputed predictions, among `judged` agents."""
     utility = scored.quality - lambda_ * router.normalised_cost()
+    if judged is not None:
+        utility = np.where(judged, utility, -np.inf)
     return tie_break_cheapest(utility, np.tile(router.normalised_cost(), (utility.shape[0], 1)), 1e-12)
 
 

@@ -157,8 +157,9 @@ def run_eval(
     scorer = HandbookScorer(learned.document, labeller, agents, c_ref)
     expected = scorer.score(table.queries)
 
+    best_single = p.best_single_choices(table, train_scores)
     baseline = sweep.Baseline(
-        best_single_accuracy=metrics.accuracy(table.chosen(p.constant(table, best_col))[0]),
+        best_single_accuracy=metrics.accuracy(table.chosen(best_single)[0]),
         oracle_accuracy=metrics.accuracy(table.chosen(p.oracle_choices(table))[0]),
         agent_costs=agent_costs,
     )
@@ -166,13 +167,13 @@ def run_eval(
     for lam in lambdas:
         result = config.replay_fn(learned.document, labeller, list(table.tasks), prices, lam, config.seed, c_ref)
         picks = _replayed(result, table, agents)
-        agreement.append(float(np.mean(picks == expected.choose(lam, c_ref))))
+        agreement.append(float(np.mean(picks == expected.choose(lam, c_ref, table.judged))))
         rows.append(sweep.row(p.SKILLORCHESTRA, lam, picks, table, baseline))
         curves.setdefault(p.SKILLORCHESTRA, {})[lam] = picks
     knn = KnnRouter(config.knn_k).fit(train, prices, c_ref)
     knn_pred = p.knn_scored(knn, table)
     for lam in lambdas:
-        picks = p.knn_choose(knn, knn_pred, lam)
+        picks = p.knn_choose(knn, knn_pred, lam, table.judged)
         rows.append(sweep.row(p.KNN, lam, picks, table, baseline))
         curves.setdefault(p.KNN, {})[lam] = picks
 
@@ -180,8 +181,8 @@ def run_eval(
     rows.append(thompson_row)
     fixed = {
         p.PAPER_RULE: p.paper_rule_choices(scorer, table, expected),
-        p.BEST_SINGLE: p.constant(table, best_col),
-        p.CHEAPEST: p.constant(table, cheap_col),
+        p.BEST_SINGLE: best_single,
+        p.CHEAPEST: p.cheapest_choices(table, agent_costs),
         p.RANDOM: p.random_choices(table, config.seed),
         p.ORACLE: p.oracle_choices(table),
     }

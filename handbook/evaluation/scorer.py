@@ -68,9 +68,11 @@ class Scored:
         utility = self.quality - cost_penalty(self.cost, c_ref, lambda_)
         return np.where(self.known, utility, -np.inf)
 
-    def choose(self, lambda_: float, c_ref: float) -> np.ndarray:
-        """argmax utility; ties go to the earlier agent (sorted ids), as np.argmax does in the router."""
-        return np.argmax(self.utilities(lambda_, c_ref), axis=1)
+    def choose(self, lambda_: float, c_ref: float, judged: np.ndarray | None = None) -> np.ndarray:
+        """argmax utility (among `judged` agents, when given); ties go to the earlier agent (sorted ids), as
+        np.argmax does in the router."""
+        utility = self.utilities(lambda_, c_ref)
+        return np.argmax(utility if judged is None else np.where(judged, utility, -np.inf), axis=1)
 
 
 class HandbookScorer:
