@@ -42,6 +42,9 @@ from skillorchestra.handbook.models import (
 from skillorchestra.handbook.posterior import forget, fractional_update, weighted_mean_update
 
 BUSY_TIMEOUT_S = 30.0
+# Keys of a version's metrics that record how it went live (promote adds the first four to the metrics it copies
+# from the version it restores; learn sets went_live), not figures a learning run measured.
+BOOKKEEPING_METRICS = frozenset({"promoted_from", "replaced", "with_events", "rollback", "went_live"})
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, Protocol, TextIO, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
@@ -96,8 +96,28 @@ def read_tasks(path: str | Path) -> list[TraceTask]:
 
 
 def iter_tasks(path: str | Path) -> Iterator[TraceTask]:
-    for _, task in validated_lines(Path(path).open(encoding="utf-8"), path, TraceTask, "generic outcome JSONL"):
+    lines = validated_lines(Path(path).open(encoding="utf-8"), path, TraceTask, "generic outcome JSONL")
+    for _, task in unique_ids(lines, path):
         yield task
+
+
+class _HasId(Protocol):
+    id: str
+
+
+IdT = TypeVar("IdT", bound=_HasId)
+
+
+def unique_ids(lines: Iterable[tuple[int, IdT]], path: str | Path) -> Iterator[tuple[int, IdT]]:
+    """The rule of every task file (outcomes, explore tasks): each id once. A repeated id would count one task twice
+    in learning and evaluation, and a resumed explore skips a task by its id; the error names the file, the line
+    and the id, and where it was first."""
+    first: dict[str, int] = {}
+    for number, item in lines:
+        if item.id in first:
+            raise InvalidInput(f"{path}:{number}", item.id, f"each task id once (first on line {first[item.id]})")
+        first[item.id] = number
+        yield number, item
 
 
 def validated_lines(handle: TextIO, path: str | Path, model: type[ModelT], what: str) -> Iterator[tuple[int, ModelT]]:

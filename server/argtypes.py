@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 from skillorchestra.handbook.models import ID_MAX
 
@@ -63,3 +64,12 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
+
+
+def db_arg(text: str) -> Path:
+    """--db: a database file, new or existing; a directory is refused here, where the message can name the flag
+    (SQLite itself only says "unable to open database file")."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a database file path, got {text!r}, which is a directory")
+    return path

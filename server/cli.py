@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from skillorchestra.handbook.errors import HandbookError
-from skillorchestra.server.argtypes import seed_arg
+from skillorchestra.server.argtypes import db_arg, seed_arg
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -49,7 +49,7 @@ def _common(parser: argparse.ArgumentParser, *, db: bool) -> None:
     if db:
         parser.add_argument(
             "--db",
-            type=Path,
+            type=db_arg,
             default=argparse.SUPPRESS,
             help="handbook database (default: SKILLORCHESTRA_DB, else the user data directory)",
         )

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from skillorchestra.handbook.errors import HandbookError, InvalidInput, first_problem, not_utf8
 from skillorchestra.handbook.models import Agent, HandbookDocument, Mode
-from skillorchestra.handbook.store import HandbookStore, check_document
+from skillorchestra.handbook.store import BOOKKEEPING_METRICS, HandbookStore, check_document
 from skillorchestra.server.settings import ServerSettings, default_db_path
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def handbook_import(args: argparse.Namespace) -> int:
     check_document(document)  # before the file is opened: a refused import creates no database either
     store = _store(args)
     version = store.create_version(document, source="import", summary=f"imported {args.file or 'example'}")
-    print(f"imported version {version}: {len(document.skills)} skills, {len(document.agents)} agents", file=sys.stderr)
+    print(f"imported version {version}: {len(document.skills)} skills, {len(document.agents)} agents")
     warn_unconnected(store)
     return 0
 
@@ -102,7 +102,12 @@ def handbook_export(args: argparse.Namespace) -> int:
     if args.file == "-":
         sys.stdout.write(text + "\n")
     else:
-        Path(args.file).write_text(text + "\n", encoding="utf-8")
+        try:
+            Path(args.file).write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:  # a directory, a missing folder, no permission: name the argument
+            raise InvalidInput(
+                "file", args.file, f"a writable file path, or - for stdout ({exc.strerror or exc})"
+            ) from None
     return 0
 
 
@@ -159,7 +164,8 @@ def handbook_versions(args: argparse.Namespace) -> int:
 
 
 def _metrics_digest(metrics: dict[str, Any]) -> str:
-    """A learned version's headline figures on its line (the full metrics, several KB, with --metrics)."""
+    """A learned version's headline figures on its line (the full metrics, several KB, with --metrics). A promotion's
+    bookkeeping is no learning metric (the summary already says what was promoted), so it is not counted as one."""
     parts = []
     if "selected" in metrics:
         parts.append(f"{metrics.get('n_skills')} skills ('{metrics['selected']}', depth {metrics.get('depth')})")
@@ -168,8 +174,9 @@ def _metrics_digest(metrics: dict[str, Any]) -> str:
     val = metrics.get("val") or {}
     if "accuracy" in val:
         parts.append(f"validation accuracy {val['accuracy']:.3f}, utility {val.get('utility', float('nan')):.3f}")
-    if not parts and metrics:
-        parts.append(f"{len(metrics)} metrics (--metrics shows them)")
+    learned = [key for key in metrics if key not in BOOKKEEPING_METRICS]
+    if not parts and learned:
+        parts.append(f"{len(learned)} metrics (--metrics shows them)")
     return "; ".join(parts)
 
 
@@ -208,9 +215,9 @@ def agents_load(args: argparse.Namespace) -> int:
         for agent_id, conn in configs.items():
             handbook.upsert_agent(_loaded_agent(agent_id, conn, existing.get(agent_id)))
         store.save_connections({agent_id: (c.kind, c.model_dump(mode="json")) for agent_id, c in configs.items()})
-    print(f"loaded {len(configs)} agents from {args.file}: {', '.join(configs)}", file=sys.stderr)
+    print(f"loaded {len(configs)} agents from {args.file}: {', '.join(configs)}")  # the result: stdout; notes: stderr
     if added:
-        print(f"added modes the handbook did not have: {', '.join(added)}", file=sys.stderr)
+        print(f"added modes the handbook did not have: {', '.join(added)}")
     for note in _pool_notes(store, set(configs)):
         print(f"note: {note}", file=sys.stderr)
     return 0

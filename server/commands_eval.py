@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -48,27 +47,12 @@ def _check_judged(args: argparse.Namespace, train: list[TraceTask], test: list[T
 def _check_outputs(args: argparse.Namespace) -> None:
     """--json and --plot-dir must be writable before the (long) run starts, so a bad path fails at once and the
     run writes nothing."""
+    from skillorchestra.server.outputs import check_output_dir, check_output_file
+
     if args.json is not None and str(args.json) != "-":
-        if args.json.is_dir():
-            raise InvalidInput("--json", str(args.json), "a file path (this is a directory), or - for stdout")
-        if args.json.exists() and not os.access(args.json, os.W_OK):
-            raise InvalidInput("--json", str(args.json), "a writable file path")
-        _creatable("--json", args.json.parent, args.json)
+        check_output_file("--json", args.json)
     if args.plot_dir is not None:
-        if args.plot_dir.exists() and not args.plot_dir.is_dir():
-            raise InvalidInput("--plot-dir", str(args.plot_dir), "a directory (this is an existing file)")
-        _creatable("--plot-dir", args.plot_dir, args.plot_dir)
-
-
-def _creatable(flag: str, folder: Path, given: Path) -> None:
-    """`folder` exists as a writable directory, or can be made: its nearest existing ancestor is one."""
-    existing = folder.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InvalidInput(flag, str(given), f"a path whose folders can be created ({existing} is not a directory)")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InvalidInput(flag, str(given), f"a path in a writable folder ({existing} is not writable)")
+        check_output_dir("--plot-dir", args.plot_dir)
 
 
 def _prices(args: argparse.Namespace, tasks: list[TraceTask]) -> dict[str, AgentPrice]:

@@ -79,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from skillorchestra.server.explore import explore, read_explore_tasks
+    from skillorchestra.server.outputs import check_output_file
 
+    check_output_file("--out", args.out)  # before any agent is called: a bad path must not waste a paid run
     tasks = read_explore_tasks(args.tasks)
     if args.limit is not None:
         tasks = tasks[: args.limit]

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.models import ID_MAX, TEXT_MAX
-from skillorchestra.handbook.traces import validated_lines
+from skillorchestra.handbook.traces import unique_ids, validated_lines
 from skillorchestra.server.agent_config import AgentConnection
 from skillorchestra.server.llm_backend import INFRASTRUCTURE_ERRORS, BackendResult
 
@@ -62,17 +62,11 @@ class ExploreTask(BaseModel):
 
 def read_explore_tasks(path: str | Path) -> list[ExploreTask]:
     """Tasks of a JSONL file; a bad line or a repeated id is an error naming the file, line and field."""
-    tasks: list[ExploreTask] = []
-    seen: set[str] = set()
     try:
         handle = Path(path).open(encoding="utf-8")
     except OSError as exc:
         raise InvalidInput("--tasks", str(path), f"a readable tasks JSONL file ({exc.strerror or exc})") from None
-    for number, task in validated_lines(handle, path, ExploreTask, "explore tasks"):
-        if task.id in seen:
-            raise InvalidInput(f"{path}:{number}", task.id, "each task id once")
-        seen.add(task.id)
-        tasks.append(task)
+    tasks = [task for _, task in unique_ids(validated_lines(handle, path, ExploreTask, "explore tasks"), path)]
     if not tasks:
         raise InvalidInput("--tasks", str(path), "at least one task")
     return tasks

@@ -31,6 +31,14 @@ def _good_prices(path: Path) -> Path:
     return path
 
 
+def _repeated_id(path: Path) -> Path:
+    """Good tasks t0..t5, then t1 again on line 7: one task would count twice."""
+    _good_tasks(path)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"id": "t1", "query": "again", "outcomes": {"a": {"score": 1}}}) + "\n")
+    return path
+
+
 def _broken(path: Path, content: bytes) -> Path:
     path.write_bytes(content)
     return path
@@ -63,6 +71,17 @@ CASES = {
         + ["--agents", str(_good_prices(d / "p.json"))],
         "train.jsonl",
         "UTF-8",
+    ),
+    "learn --data, a repeated task id": lambda d: (
+        ["learn", "--data", str(_repeated_id(d / "train.jsonl")), "--agents", str(_good_prices(d / "p.json"))],
+        "train.jsonl:7='t1'",
+        "expected each task id once (first on line 2)",
+    ),
+    "eval --test, a repeated task id": lambda d: (
+        ["eval", "--train", str(_good_tasks(d / "train.jsonl")), "--test", str(_repeated_id(d / "test.jsonl"))]
+        + ["--agents", str(_good_prices(d / "p.json"))],
+        "test.jsonl:7='t1'",
+        "expected each task id once (first on line 2)",
     ),
     "agents load, not UTF-8": lambda d: (
         ["agents", "load", str(_broken(d / "agents.toml", LATIN1))],

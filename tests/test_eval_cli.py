@@ -66,6 +66,9 @@ def sliced(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+NEEDS_PROC = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+
+
 def run_cli(args: list[str]) -> int:
     with pytest.raises(SystemExit) as exit_info:
         main(args)
@@ -219,6 +222,11 @@ def test_eval_refuses_a_test_file_with_nothing_to_score(
         ("--plot-dir", "a-file/plots", "folders can be created"),
         ("--json", "a-folder", "a file path"),
         ("--json", "a-file/sub/out.json", "folders can be created"),
+        ("--json", "a-file/out.json", "folders can be created"),
+        # where nothing can be created, even by root (whom os.access always allows): refused before the run
+        pytest.param("--json", "/proc/x.json", "a file path in a writable folder", marks=NEEDS_PROC),
+        pytest.param("--json", "/proc/new/x.json", "a path in a writable folder (/proc: ", marks=NEEDS_PROC),
+        pytest.param("--plot-dir", "/proc/plots", "a path in a writable folder (/proc: ", marks=NEEDS_PROC),
     ],
 )
 def test_eval_checks_its_outputs_before_running(
@@ -236,6 +244,22 @@ def test_eval_checks_its_outputs_before_running(
     assert captured.err.startswith(f"error: {flag}=") and expected in captured.err
     assert len(captured.err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "a-folder", "tiny"]
+
+
+def test_eval_creates_missing_output_folders_and_leaves_no_probe(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Valid outputs are unchanged by the early check: missing folders are made, an existing JSON is replaced."""
+    existing = tmp_path / "old.json"
+    existing.write_text("old", encoding="utf-8")
+    args = ["eval", "--train", str(tiny / "train.jsonl"), "--test", str(tiny / "test.jsonl"), "--lambda", "0.1"]
+    for out in (tmp_path / "new" / "deeper" / "r.json", existing):
+        code = run_cli([*args, "--episodes", "3", "--json", str(out), "--plot-dir", str(tmp_path / "p" / "q")])
+        assert code == 0, capsys.readouterr().err
+        assert json.loads(out.read_text(encoding="utf-8"))["rows"]
+    assert sorted(p.name for p in (tmp_path / "p" / "q").iterdir()) == ["pareto.png", "shares.png"]
+    probes = [p for p in tmp_path.rglob("*") if p.name.startswith(".skillorchestra-probe-")]
+    assert probes == [] and sorted(p.name for p in tmp_path.iterdir()) == ["new", "old.json", "p", "tiny"]
 
 
 def test_eval_rejects_an_empty_agent_id_naming_the_line(

@@ -156,6 +156,33 @@ def test_explore_bad_input_exits_2_with_one_line(
     assert not Path(out).exists() and not fake_openai.chat_requests()
 
 
+@pytest.mark.parametrize(
+    ("out", "expected"),
+    [
+        ("a-folder", "a file path (this is a directory)"),
+        ("a-file/o.jsonl", "a path whose folders can be created"),
+        pytest.param(
+            "/proc/e.jsonl",
+            "a file path in a writable folder",
+            marks=pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc"),
+        ),
+    ],
+)
+def test_explore_refuses_an_unwritable_out_before_calling_any_agent(
+    tmp_path: Path, fake_openai: FakeOpenAI, out: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pool, tasks = str(pool_file(tmp_path, fake_openai)), str(tasks_file(tmp_path))
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "a-file").write_text("x", encoding="utf-8")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert run_cli(["explore", "--tasks", tasks, "--pool", pool, "--out", str(tmp_path / out), "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and err.startswith(f"error: --out='{tmp_path / out}': expected {expected}"), err
+    assert len(err.splitlines()) == 1 and not fake_openai.chat_requests()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and list((tmp_path / "a-folder").iterdir()) == []
+
+
 def test_ctrl_c_says_how_to_resume(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
     import signal
     import subprocess

@@ -129,8 +129,8 @@ def test_agents_load_adds_the_modes_its_file_names(tmp_path: Path, capsys: pytes
         '[agents.cheap]\nmodel = "openai/cheap"\napi_base = "http://127.0.0.1:9/v1"\nmodes = ["answer"]\n'
         '[agents.web]\nkind = "mcp"\nurl = "http://127.0.0.1:9/mcp"\ntool = "search"\nmodes = ["search", "answer"]\n'
     )
-    code, _, err = run(["agents", "load", str(toml), "--db", str(tmp_path / "h.db")], capsys)
-    assert code == 0 and "added modes the handbook did not have: answer, search" in err
+    code, out, _ = run(["agents", "load", str(toml), "--db", str(tmp_path / "h.db")], capsys)
+    assert code == 0 and "added modes the handbook did not have: answer, search" in out
     store = HandbookStore(tmp_path / "h.db")
     assert [m.id for m in store.modes()] == ["answer", "search"]
     assert {a.id: a.modes for a in store.agents()} == {"cheap": ["answer"], "web": ["search", "answer"]}

@@ -1,0 +1,65 @@
+"""Checks that a command's output path can be written, made before the command's (long) work starts.
+
+Why by trying rather than os.access: as root os.access says yes to everything, even to /proc, where nothing can be
+created; only an attempt tells. Each attempt is undone (a probe file or folder is removed at once), so a refused
+command leaves nothing behind and an accepted one finds the path as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from skillorchestra.handbook.errors import InvalidInput
+
+PROBE_PREFIX = ".skillorchestra-probe-"
+
+
+def check_output_file(flag: str, path: Path) -> None:
+    """`path` can be written as a file (appended to if it exists); missing folders above it can be created."""
+    if path.is_dir():
+        raise InvalidInput(flag, str(path), "a file path (this is a directory)")
+    if path.exists():
+        if stat.S_ISREG(path.stat().st_mode):  # never open a pipe or device early: its reader would see the end
+
+            def open_for_append() -> None:
+                path.open("a").close()  # appending nothing changes neither the content nor the time stamps
+
+            _attempt(flag, path, "a writable file", open_for_append)
+        return
+    if not path.parent.is_dir():
+        check_output_dir(flag, path.parent, given=path)
+        return
+
+    def create_and_remove() -> None:
+        path.open("x").close()
+        path.unlink()
+
+    _attempt(flag, path, "a file path in a writable folder", create_and_remove)
+
+
+def check_output_dir(flag: str, folder: Path, *, given: Path | None = None) -> None:
+    """`folder` is a directory files can be created in, or can be made: its nearest existing ancestor takes one."""
+    shown = given if given is not None else folder
+    if given is None and folder.exists() and not folder.is_dir():
+        raise InvalidInput(flag, str(shown), "a directory (this is an existing file)")
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InvalidInput(flag, str(shown), f"a path whose folders can be created ({existing} is not a directory)")
+
+    def make_and_remove() -> None:
+        os.rmdir(tempfile.mkdtemp(prefix=PROBE_PREFIX, dir=existing))
+
+    _attempt(flag, shown, "a path in a writable folder", make_and_remove, where=f"{existing}: ")
+
+
+def _attempt(flag: str, path: Path, expected: str, probe: Callable[[], None], *, where: str = "") -> None:
+    try:
+        probe()
+    except OSError as exc:
+        raise InvalidInput(flag, str(path), f"{expected} ({where}{exc.strerror or exc})") from None

@@ -1,0 +1,99 @@
+"""What the CLI says and where (a QA pass): a path that cannot be written is one line naming its argument; a
+command's success summary is on stdout, its notes on stderr; `handbook versions` counts only learning metrics."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from skillorchestra.handbook.models import HandbookDocument, Mode
+from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.server.cli import main
+
+CLI = Path(sys.executable).with_name("skillorchestra")
+AGENTS_TOML = '[agents.cheap]\nmodel = "openai/cheap"\napi_base = "http://127.0.0.1:9/v1"\nmodes = ["answer"]\n'
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+def test_export_to_a_folder_names_the_file_argument(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "h.db"
+    assert run(["handbook", "import", "--example", "--db", str(db)], capsys)[0] == 0
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    code, out, err = run(["handbook", "export", str(folder), "--db", str(db)], capsys)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith(f"error: file='{folder}': expected a writable file path, or - for stdout (Is a directory")
+    missing = tmp_path / "no" / "such" / "h.json"
+    code, _, err = run(["handbook", "export", str(missing), "--db", str(db)], capsys)
+    assert code == 2 and err.startswith(f"error: file='{missing}': expected a writable file path")
+    assert list(folder.iterdir()) == [] and not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("argv", [["serve"], ["handbook", "import", "--example"], ["learn", "--data", "events"]])
+def test_a_db_that_is_a_directory_is_refused_naming_db(
+    tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run([*argv, "--db", str(tmp_path)], capsys)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert "argument --db: expected a database file path" in err and "which is a directory" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_mcp_entry_point_refuses_a_db_directory_too(tmp_path: Path) -> None:
+    """`skillorchestra-mcp --db DIR` (what an MCP client starts) says which argument is wrong, then exits."""
+    done = subprocess.run(
+        [str(CLI.with_name("skillorchestra-mcp")), "--db", str(tmp_path)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and "argument --db" in done.stderr and "which is a directory" in done.stderr
+
+
+def test_success_summaries_are_on_stdout_and_notes_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, toml = tmp_path / "h.db", tmp_path / "agents.toml"
+    toml.write_text(AGENTS_TOML, encoding="utf-8")
+    code, out, err = run(["agents", "load", str(toml), "--db", str(db)], capsys)
+    assert code == 0
+    assert out == f"loaded 1 agents from {toml}: cheap\nadded modes the handbook did not have: answer\n"
+    assert err.startswith("note: the handbook has no skills yet")
+    code, out, err = run(["handbook", "import", "--example", "--db", str(db)], capsys)
+    assert code == 0 and out == "imported version 2: 20 skills, 9 agents\n"
+    assert err.startswith("note: the live handbook no longer has 1 agent(s) with connection settings (cheap)")
+    for argv in (["handbook", "promote", "1"], ["handbook", "rollback"], ["handbook", "versions"]):
+        code, out, err = run([*argv, "--db", str(db)], capsys)
+        assert code == 0 and out and err == "", argv
+
+
+def test_versions_count_learning_metrics_not_a_promotions_bookkeeping(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "h.db"
+    store = HandbookStore(db)
+    document = HandbookDocument(modes=[Mode(id="answer")])
+    store.create_version(document, source="import", summary="plain")  # v2: no metrics
+    store.create_version(document, source="import", summary="measured", metrics={"custom": 0.5, "other": 1})  # v3
+    store.promote(2)  # v4: bookkeeping only
+    store.rollback()  # v5: back to v3, its two metrics plus bookkeeping
+    store.close()
+    code, out, _ = run(["handbook", "versions", "--db", str(db)], capsys)
+    lines = {int(line[1:].split()[0]): line for line in out.splitlines()}
+    assert code == 0 and sorted(lines) == [1, 2, 3, 4, 5]
+    assert lines[4].endswith("promoted version 2 (replacing 3): plain")  # the summary says what was promoted
+    assert lines[5].endswith("rollback from version 4 to version 3  2 metrics (--metrics shows them)")
+    assert lines[3].endswith("measured  2 metrics (--metrics shows them)")
+    code, out, _ = run(["handbook", "versions", "--metrics", "--db", str(db)], capsys)  # the full record on demand
+    assert '"promoted_from": 2, "replaced": 3' in out.splitlines()[3]
