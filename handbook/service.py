@@ -13,15 +13,16 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from pydantic import ValidationError
 
 from skillorchestra.handbook import costing
 from skillorchestra.handbook.arrays import ROOT_SKILL, HandbookArrays, Patch, build_arrays
-from skillorchestra.handbook.errors import Conflict, Expired, InvalidInput, NotFound, Unroutable
+from skillorchestra.handbook.errors import Conflict, Expired, InvalidInput, NotFound, Unroutable, first_problem
 from skillorchestra.handbook.length import step_shift
 from skillorchestra.handbook.matcher import LexicalMatcher
 from skillorchestra.handbook.models import (
@@ -55,6 +56,7 @@ from skillorchestra.handbook.router import Strategy, route, shifted
 from skillorchestra.handbook.store import HandbookStore, OutcomeEffect
 
 INFERRED_SKILLS = 3
+EditedT = TypeVar("EditedT", Agent, Skill, Mode)
 PAGE_LIMIT_MAX = 200
 
 
@@ -603,13 +605,34 @@ class Handbook:
     # -- edits -------------------------------------------------------------------------------------------
 
     def agent(self, agent_id: str) -> Agent | None:
+        """The stored agent with this id (None if there is none)."""
         return next((a for a in self.store.agents() if a.id == agent_id), None)
 
     def skill(self, skill_id: str) -> Skill | None:
+        """The stored skill with this id (None if there is none)."""
         return next((s for s in self.store.skills() if s.id == skill_id), None)
 
     def mode(self, mode_id: str) -> Mode | None:
+        """The stored mode with this id (None if there is none)."""
         return next((m for m in self.store.modes() if m.id == mode_id), None)
+
+    # An edit names only what it changes: read, merged and written in one transaction, so two clients editing
+    # different fields of one agent at once both land (a read outside it would let the later write undo the other).
+
+    def edit_agent(self, agent_id: str, changes: Mapping[str, Any]) -> Agent:
+        """Add the agent, or change the fields in `changes` of the stored one (the others keep their values)."""
+        with self.store.write():
+            return self.upsert_agent(_merged(Agent, self.agent(agent_id), {**changes, "id": agent_id}))
+
+    def edit_skill(self, skill_id: str, changes: Mapping[str, Any]) -> Skill:
+        """Add the skill, or change the fields in `changes` (parent_id None: top-level) of the stored one."""
+        with self.store.write():
+            return self.upsert_skill(_merged(Skill, self.skill(skill_id), {**changes, "id": skill_id}))
+
+    def edit_mode(self, mode_id: str, changes: Mapping[str, Any]) -> Mode:
+        """Add the mode, or change the fields in `changes` of the stored one."""
+        with self.store.write():
+            return self.upsert_mode(_merged(Mode, self.mode(mode_id), {**changes, "id": mode_id}))
 
     def upsert_agent(self, agent: Agent) -> Agent:
         """An agent may only name modes the handbook has: a misspelt mode would hide it from that mode's steps."""
@@ -732,6 +755,17 @@ def _check_amount(name: str, value: float | None) -> None:
     if value is not None and not (0 <= value <= limit and math.isfinite(value)):
         shown = f"{limit:g}" if isinstance(limit, float) else str(limit)
         raise InvalidInput(name, value, f"a finite number in [0, {shown}]")
+
+
+def _merged(model: type[EditedT], current: EditedT | None, changes: Mapping[str, Any]) -> EditedT:
+    """`current` with `changes` applied (a new record starts from the model's defaults); a value the model refuses
+    is the caller's error, named by field."""
+    base = current.model_dump() if current is not None else {}
+    try:
+        return model(**{**base, **changes})
+    except ValidationError as exc:
+        where, value, expected = first_problem(exc)
+        raise InvalidInput(where or model.__name__, value, expected) from None
 
 
 def _serves(agent_modes: frozenset[str], mode: str | None) -> bool:

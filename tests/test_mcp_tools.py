@@ -157,6 +157,8 @@ async def test_infrastructure_errors_never_touch_competence(mcp_client: Client) 
         ("record_outcome", {"decision_id": "missing", "reward": True}, "reward"),
         ("upsert_agent", {"agent_id": "tiny", "enabled": "off"}, "enabled"),
         ("upsert_agent", {"agent_id": "tiny", "input_per_mtok": "3"}, "input_per_mtok"),
+        ("route_step", {"text": "x", "skills": [{"skill_id": "math", "weight": True}]}, "weight"),
+        ("route_step", {"text": "x", "skills": [{"skill_id": "math", "weight": "0.5"}]}, "weight"),
         # a huge price swamped c_ref (an infinite one, sent as raw JSON, is refused by the models: test_models.py)
         ("upsert_agent", {"agent_id": "big", "output_per_mtok": 1e300}, "output_per_mtok"),
         ("record_outcome", {"decision_id": "missing", "success": True, "cost_usd": 1e308}, "cost_usd"),
@@ -228,6 +230,31 @@ async def test_an_upsert_changes_only_the_fields_it_names(mcp_client: Client, db
     assert _snapshot(db_path) == before
     again = await call(mcp_client, "upsert_agent", {"agent_id": "tiny", "enabled": False})  # idempotent
     assert again == cleared and _snapshot(db_path)[0] == before[0]
+
+
+async def test_concurrent_upserts_of_different_fields_all_land(mcp_client: Client) -> None:
+    """Sync tools run on worker threads: each edit reads, merges and writes in one transaction, or one would undo
+    the other."""
+    import anyio
+
+    agents = [f"a{i}" for i in range(20)]
+    for agent in agents:
+        await call(mcp_client, "upsert_agent", {"agent_id": agent})
+    edits = [{"enabled": False}, {"input_per_mtok": 7.0}, {"description": "d"}]
+    async with anyio.create_task_group() as group:
+        for agent in agents:
+            for edit in edits:
+                group.start_soon(call, mcp_client, "upsert_agent", {"agent_id": agent, **edit})
+    listed = (await call(mcp_client, "list_agents", {"limit": 50}))["items"]
+    assert [(a["enabled"], a["input_per_mtok"], a["description"]) for a in listed] == [(False, 7.0, "d")] * 20
+
+
+async def test_text_that_looks_like_json_is_kept_as_text(mcp_client: Client) -> None:
+    """Only list and object arguments are decoded from a JSON string; a description stays what was written."""
+    for text in ('["fast", "cheap"]', '{"tier": "fast"}', "null", "3"):
+        agent = await call(mcp_client, "upsert_agent", {"agent_id": "a", "description": text})
+        skill = await call(mcp_client, "upsert_skill", {"skill_id": "s", "description": text})
+        assert agent["description"] == skill["description"] == text
 
 
 async def test_whole_numbers_and_json_encoded_lists_are_still_accepted(mcp_client: Client) -> None:

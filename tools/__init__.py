@@ -13,5 +13,5 @@ def register_tools(server: MCPServer) -> None:
     catalog.register(server)
     delegation.register(server)
     learning.register(server)
-    strict_arguments(server)
     self_contained_schemas(server)
+    strict_arguments(server)  # reads the inlined schemas

@@ -21,7 +21,7 @@ from skillorchestra.handbook.models import (
 )
 from skillorchestra.handbook.results import AgentPage, Removed, SkillPage
 from skillorchestra.handbook.service import PAGE_LIMIT_MAX
-from skillorchestra.tools.common import READ_ONLY, Id, OptionalId, app_state, merged, reports_failures, writes
+from skillorchestra.tools.common import READ_ONLY, Id, OptionalId, app_state, given, reports_failures, writes
 
 Description = Annotated[str, Field(max_length=DESCRIPTION_MAX)]
 Lines = Annotated[
@@ -63,19 +63,15 @@ def upsert_agent(
     output_per_mtok: Price = None,
 ) -> Agent:
     """Add an agent the router may choose, or change an existing one: only the fields you pass change, the others
-    keep their values (prices in USD per million tokens; `modes` [] = serves every mode)."""
-    handbook = app_state(ctx).handbook
-    agent = merged(
-        Agent,
-        handbook.agent(agent_id),
-        id=agent_id,
+    keep their values (null = left out). Prices in USD per million tokens; `modes` [] = serves every mode."""
+    changes = given(
         description=description,
         modes=modes,
         enabled=enabled,
         input_per_mtok=input_per_mtok,
         output_per_mtok=output_per_mtok,
     )
-    return handbook.upsert_agent(agent)
+    return app_state(ctx).handbook.edit_agent(agent_id, changes)
 
 
 @reports_failures
@@ -88,23 +84,13 @@ def upsert_skill(
     indicators: Lines | None = None,
     examples: Lines | None = None,
 ) -> Skill:
-    """Add a skill, or change an existing one: only the fields you pass change. Indicators are cues in a step that
-    signal it, examples are sample steps; parent_id "" makes it a top-level skill; a new skill's mode defaults to
-    'general'."""
-    handbook = app_state(ctx).handbook
-    skill = merged(
-        Skill,
-        handbook.skill(skill_id),
-        id=skill_id,
-        mode=mode,
-        parent_id=parent_id or None,  # "" is handled below: None would keep the current parent
-        description=description,
-        indicators=indicators,
-        examples=examples,
-    )
+    """Add a skill, or change an existing one: only the fields you pass change (null = left out). Indicators are
+    cues in a step that signal it, examples are sample steps; parent_id "" makes it a top-level skill; a new
+    skill's mode defaults to 'general'."""
+    changes = given(mode=mode, parent_id=parent_id, description=description, indicators=indicators, examples=examples)
     if parent_id == "":
-        skill = skill.model_copy(update={"parent_id": None})
-    return handbook.upsert_skill(skill)
+        changes["parent_id"] = None  # explicitly none, where a left-out parent_id keeps the current one
+    return app_state(ctx).handbook.edit_skill(skill_id, changes)
 
 
 @reports_failures
@@ -112,9 +98,7 @@ def upsert_mode(
     mode_id: Id, ctx: Context, description: Description | None = None, insights: Lines | None = None
 ) -> Mode:
     """Add a mode (a stage of work) with its routing insights for the orchestrator, or change the fields you pass."""
-    handbook = app_state(ctx).handbook
-    mode = merged(Mode, handbook.mode(mode_id), id=mode_id, description=description, insights=insights)
-    return handbook.upsert_mode(mode)
+    return app_state(ctx).handbook.edit_mode(mode_id, given(description=description, insights=insights))
 
 
 @reports_failures

@@ -8,17 +8,19 @@ client only as the SDK's generic "Error executing tool" (the traceback goes to t
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar, get_args
+from typing import Any, ParamSpec, TypeVar
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from mcp.types import ToolAnnotations
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from skillorchestra.handbook.errors import HandbookError, InvalidInput, first_problem
+from skillorchestra.handbook.errors import HandbookError
 from skillorchestra.handbook.models import Identifier
 from skillorchestra.handbook.service import Handbook
 
@@ -28,7 +30,6 @@ OptionalId = Identifier | None
 
 P = ParamSpec("P")
 R = TypeVar("R")
-M = TypeVar("M", bound=BaseModel)
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
@@ -72,22 +73,9 @@ def reports_failures(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def merged(model: type[M], current: M | None, **sent: Any) -> M:
-    """`current` with the arguments the caller gave applied (None = left out, so kept); a new record starts from
-    the model's defaults. An upsert that names one field must not reset the others (disabling an agent would
-    otherwise forget its prices)."""
-    base = current.model_dump() if current is not None else {}
-    return from_arguments(model, **{**base, **{name: value for name, value in sent.items() if value is not None}})
-
-
-def from_arguments(model: type[M], **arguments: Any) -> M:
-    """A handbook model built from a tool's arguments; a value the argument types let through but the model
-    refuses is the caller's error, named by field (a model built from stored data that fails is not)."""
-    try:
-        return model(**arguments)
-    except ValidationError as exc:
-        where, value, expected = first_problem(exc)
-        raise InvalidInput(where or exc.title, value, expected) from None  # reports_failures makes it a ToolError
+def given(**arguments: Any) -> dict[str, Any]:
+    """The arguments a call gave (None = left out): what an upsert changes, the other fields keep their values."""
+    return {name: value for name, value in arguments.items() if value is not None}
 
 
 def inline_definitions(schema: dict[str, Any]) -> dict[str, Any]:
@@ -121,41 +109,76 @@ def inline_definitions(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def strict_arguments(server: MCPServer) -> None:
-    """An argument a tool does not take is refused, naming it, instead of being dropped: a misspelt `cost_usd`
-    would otherwise lose the cost while the call reports success. Clients see `additionalProperties: false`.
-    A value of the wrong JSON type is refused too, rather than coerced (see _whole_floats_as_ints).
+    """Arguments are taken as sent, and a mistaken one is refused, naming it:
+    - an argument a tool does not take (a misspelt `cost_usd` would otherwise lose the cost while the call reports
+      success; clients see `additionalProperties: false`);
+    - a value of the wrong JSON type ("0.5" or true as a number, "yes" as a boolean: a client bug that would
+      otherwise be recorded as data), except a whole float for an integer, which JSON Schema counts as one;
+    - a JSON-encoded string is decoded only for an argument that takes a list or an object (Claude Desktop sends
+      lists so); the SDK decodes it for any argument not typed plain `str`, so a description of '["a"]' was refused
+      and one of "null" became null.
 
-    The SDK builds each tool's argument model with pydantic's default (extra inputs ignored) and offers no
-    option, so the models are tightened here, once, after registration (tests/test_mcp_tools.py proves it).
-    Each strict model builds its validator on the tool's first call (defer_build), not at start-up: the list of
-    tools only needs the schema, and building all of them delayed the first tools/list answer by a few ms."""
+    The SDK builds each tool's argument model with pydantic's defaults and offers no option, so the models are
+    tightened here, once, after registration and after the schemas are inlined (tests/test_mcp_tools.py proves
+    it). Each strict model builds its validator on the tool's first call (defer_build), not at start-up: the list
+    of tools only needs the schema, and building all of them delayed the first tools/list answer by a few ms."""
     for tool in server._tool_manager.list_tools():
+        properties = tool.parameters.get("properties", {})
         loose = tool.fn_metadata.arg_model
         namespace = {
             "model_config": ConfigDict(extra="forbid", defer_build=True, strict=True),
-            "whole_numbers": model_validator(mode="before")(_whole_floats_as_ints),
+            "whole_numbers": model_validator(mode="before")(_whole_floats_as(_typed(properties, {"integer"}))),
         }
-        tool.fn_metadata.arg_model = type(loose.__name__, (loose,), namespace)
+        tool.fn_metadata = _DecodesListsAndObjects(
+            arg_model=type(loose.__name__, (loose,), namespace),
+            output_schema=tool.fn_metadata.output_schema,
+            output_model=tool.fn_metadata.output_model,
+            wrap_output=tool.fn_metadata.wrap_output,
+            structured=_typed(properties, {"array", "object"}),
+        )
         tool.parameters = {**tool.parameters, "additionalProperties": False}
 
 
-def _whole_floats_as_ints(cls: type[BaseModel], data: Any) -> Any:
-    """Strict arguments refuse what pydantic would coerce ("0.5" or true as a number, "yes" as a boolean: a
-    client bug that would otherwise be recorded as data), but 5.0 is the integer 5 in JSON Schema and some
-    clients send it so."""
-    if not isinstance(data, dict):
-        return data
-    whole = {
-        name: int(value)
-        for name, value in data.items()
-        if isinstance(value, float) and value.is_integer() and name in cls.model_fields and _takes_int(cls, name)
-    }
-    return {**data, **whole} if whole else data
+def _typed(properties: dict[str, Any], json_types: set[str]) -> frozenset[str]:
+    """The arguments whose schema admits one of `json_types` (alone or in an anyOf, as optional ones are)."""
+
+    def admits(schema: dict[str, Any]) -> bool:
+        return schema.get("type") in json_types or any(admits(option) for option in schema.get("anyOf", []))
+
+    return frozenset(name for name, schema in properties.items() if admits(schema))
 
 
-def _takes_int(cls: type[BaseModel], name: str) -> bool:
-    annotation = cls.model_fields[name].annotation
-    return annotation is int or int in get_args(annotation)
+def _whole_floats_as(integers: frozenset[str]) -> Callable[[type[BaseModel], Any], Any]:
+    def whole_numbers(cls: type[BaseModel], data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        whole = {
+            name: int(value)
+            for name, value in data.items()
+            if name in integers and isinstance(value, float) and value.is_integer()
+        }
+        return {**data, **whole} if whole else data
+
+    return whole_numbers
+
+
+class _DecodesListsAndObjects(FuncMetadata):
+    """FuncMetadata whose JSON pre-parsing touches only the arguments that take a list or an object."""
+
+    structured: frozenset[str] = frozenset()
+
+    def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
+        return {name: _decoded(value) if name in self.structured else value for name, value in data.items()}
+
+
+def _decoded(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = json.loads(value)
+    except (ValueError, RecursionError):
+        return value
+    return parsed if isinstance(parsed, list | dict) else value
 
 
 def self_contained_schemas(server: MCPServer) -> None:

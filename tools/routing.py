@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from skillorchestra.handbook.models import (
     MAX_SECONDS,
@@ -32,8 +32,17 @@ Lambda = Annotated[
         description="Cost trade-off: give up lambda of quality to avoid one call of the pool's most expensive agent",
     ),
 ]
+
+
+class StrictDemand(SkillDemand):
+    """A demand as a client sends it: strict like every top-level argument (see common.strict_arguments), so
+    "0.5" or true is refused as a weight, not coerced."""
+
+    model_config = ConfigDict(strict=True, title="SkillDemand")
+
+
 Skills = Annotated[
-    list[SkillDemand] | None,
+    list[StrictDemand] | None,
     Field(
         max_length=50,
         description="Skill demands [{skill_id, weight}]; omitted = inferred from the text",
