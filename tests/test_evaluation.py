@@ -350,7 +350,7 @@ def test_step_level_episodes_beat_query_level_on_swapped_strengths() -> None:
     learned = standin_learn(TRAIN, PRICES, 0.1, 0)
     scorer = HandbookScorer(learned.document, learned.labeller, table.agents, c_ref=0.01)
     knn = KnnRouter(5).fit(TRAIN, PRICES, 0.01)
-    out = evaluate_episodes(table, episodes, scorer, scorer.score(table.queries), knn, 0.0, 0.01, best_single=1)
+    out = evaluate_episodes(table, episodes, scorer, scorer.score(table.queries), knn, 0.0, 0.01, np.array([0.0, 1.0]))
     assert out["step-level"]["accuracy"] == 1.0  # each step to the agent that solves its family
     assert out["best-single"]["accuracy"] == 0.0  # mathpro fails every words step
     assert out["query-level"]["accuracy"] == 0.0  # one agent cannot solve both math and words
@@ -441,6 +441,10 @@ def test_on_sparse_test_data_every_policy_picks_among_the_agents_judged_on_the_t
     for row in result["rows"]:
         assert row["agent_share"].get("lingo", 0.0) >= 5 / 25 - 1e-9, row["policy"]
     assert result["replay_agreement"]["min"] == 1.0
+    # every episode holds a words step (three families, one step each): one agent for all of it must be lingo
+    assert result["episodes"]["best-single"]["avg_cost"] == pytest.approx(3 * COST["lingo"])
+    assert result["episodes"]["query-level"]["avg_cost"] == pytest.approx(3 * COST["lingo"])
+    assert result["episodes"]["step-level"]["accuracy"] == 1.0
 
 
 def test_policy_choices_keep_to_the_judged_agents_and_random_stays_uniform() -> None:

@@ -73,28 +73,41 @@ def evaluate_episodes(
     knn: KnnRouter,
     lambda_: float,
     c_ref: float,
-    best_single: int,
+    train_means: np.ndarray,
 ) -> dict[str, dict[str, float]]:
-    """The four routings of the module docstring, on the same episodes."""
+    """The four routings of the module docstring, on the same episodes. As in the eval's rows, a step goes only to
+    an agent judged on it, and one agent for a whole episode only to one judged on all its steps (if there is one);
+    best-single is the agent best on train (`train_means`) among those."""
     if not episodes:
         return {}
-    step_picks = step_scores.choose(lambda_, c_ref)
+    step_picks = step_scores.choose(lambda_, c_ref, table.judged)
     texts = [episode_text(table, e) for e in episodes]
     whole = scorer.score(texts)
+    eligible = np.array([_judged_throughout(table, e) for e in episodes])
     query_picks = []
     for n, episode in enumerate(episodes):
         mean_cost = step_scores.cost[episode.steps].mean(axis=0)  # per-call cost term over the episode's steps
         utility = whole.quality[n] - cost_penalty(mean_cost, c_ref, lambda_)
-        j = int(np.argmax(np.where(whole.known, utility, -np.inf)))
+        j = int(np.argmax(np.where(whole.known & eligible[n], utility, -np.inf)))
         query_picks.append(np.full(len(episode.steps), j))
-    knn_picks = knn_choose(knn, _knn_scored(knn, texts), lambda_)
-    knn_steps = [np.full(len(e.steps), j) for e, j in zip(episodes, knn_picks, strict=True)]
+    knn_picks = knn_choose(knn, _knn_scored(knn, texts), lambda_, eligible)
+    best = np.argmax(np.where(eligible, np.nan_to_num(train_means, nan=-np.inf)[None, :], -np.inf), axis=1)
     return {
         "step-level": _outcome(table, episodes, [step_picks[e.steps] for e in episodes]),
         "query-level": _outcome(table, episodes, query_picks),
-        "query-level-knn": _outcome(table, episodes, knn_steps),
-        "best-single": _outcome(table, episodes, [np.full(len(e.steps), best_single) for e in episodes]),
+        "query-level-knn": _outcome(table, episodes, _whole_episode(episodes, knn_picks)),
+        "best-single": _outcome(table, episodes, _whole_episode(episodes, best)),
     }
+
+
+def _judged_throughout(table: OutcomeTable, episode: Episode) -> np.ndarray:
+    """The agents judged on every step of the episode; all agents when none is (its unjudged steps then fail)."""
+    judged = table.judged[episode.steps].all(axis=0)
+    return judged if judged.any() else np.ones_like(judged)
+
+
+def _whole_episode(episodes: list[Episode], picks: np.ndarray) -> list[np.ndarray]:
+    return [np.full(len(e.steps), j) for e, j in zip(episodes, picks, strict=True)]
 
 
 def _knn_scored(knn: KnnRouter, texts: list[str]) -> Scored:

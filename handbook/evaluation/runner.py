@@ -158,6 +158,7 @@ def run_eval(
     expected = scorer.score(table.queries)
 
     best_single = p.best_single_choices(table, train_scores)
+    train_means = metrics.column_means(train_scores)
     baseline = sweep.Baseline(
         best_single_accuracy=metrics.accuracy(table.chosen(best_single)[0]),
         oracle_accuracy=metrics.accuracy(table.chosen(p.oracle_choices(table))[0]),
@@ -205,12 +206,12 @@ def run_eval(
         "rows": rows,
         "operating_point": {"policy": p.SKILLORCHESTRA, "lambda": operating, **selection},
         "online": online,
-        "episodes": evaluate_episodes(table, episodes, scorer, expected, knn, operating, c_ref, best_col),
+        "episodes": evaluate_episodes(table, episodes, scorer, expected, knn, operating, c_ref, train_means),
         "episodes_detail": {
             "lambda": operating,
             "n_episodes": len(episodes),
             "rule": "3-5 steps from distinct task families, success = every step scores >= 0.5",
-            "at_lambda_0": evaluate_episodes(table, episodes, scorer, expected, knn, 0.0, c_ref, best_col),
+            "at_lambda_0": evaluate_episodes(table, episodes, scorer, expected, knn, 0.0, c_ref, train_means),
         },
         "learning": {
             "seconds": float(learned.seconds),
@@ -248,7 +249,6 @@ def _operating_point(
     fit, val = d.split_by_query(train, config.val_fraction, config.seed)
     val_table = d.build_table(val, agents, prices, c_ref)
     fit_scores, _ = d.raw_matrices(fit, agents, prices)
-    best = p.best_single_column(fit_scores)
     learned = config.learn_fn(fit, prices, sweep.REFERENCE_LAMBDA, config.seed)
     labeller = CachedLabeller(learned.labeller)
 
@@ -258,7 +258,7 @@ def _operating_point(
         return metrics.accuracy(scores), metrics.avg_cost(costs)
 
     points = [(lam, *evaluate(lam)) for lam in lambdas]
-    best_cost = metrics.avg_cost(val_table.costs[:, best])
+    best_cost = metrics.avg_cost(val_table.chosen(p.best_single_choices(val_table, fit_scores))[1])
     narrowed = sweep.budget_bracket(points, best_cost, evaluate) if config.narrow_budget else []
     chosen, rule = sweep.choose_operating_point(points + narrowed, best_cost, c_ref)
     return chosen, {
