@@ -27,7 +27,7 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.errors import InvalidInput, not_utf8
 from skillorchestra.handbook.models import ID_MAX, TEXT_MAX
 from skillorchestra.handbook.traces import unique_ids, validated_lines
 from skillorchestra.server.agent_config import AgentConnection
@@ -117,17 +117,18 @@ def grade(answer: str, reference: str, grader: Grader) -> float:
 
 
 def done_ids(out: Path) -> set[str]:
-    """Task ids already in the output; a final line cut short by a kill is removed from the file."""
+    """Task ids already in the output; a final line cut short by a kill is removed from the file, once the complete
+    lines have been checked (a file explore did not write is refused untouched)."""
     if not out.is_file():
         return set()
     data = out.read_bytes()
     end = data.rfind(b"\n") + 1
-    if end < len(data):  # a partial last line: truncate it, its task runs again
-        with out.open("r+b") as handle:
-            handle.truncate(end)
-        data = data[:end]
+    try:
+        text = data[:end].decode("utf-8")
+    except UnicodeDecodeError:
+        raise not_utf8(out) from None
     ids: set[str] = set()
-    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -136,6 +137,9 @@ def done_ids(out: Path) -> set[str]:
             raise InvalidInput(
                 f"{out}:{number}", line[:60], "a trace line written by explore (JSON with an id)"
             ) from None
+    if end < len(data):  # a partial last line: truncate it, its task runs again
+        with out.open("r+b") as handle:
+            handle.truncate(end)
     return ids
 
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from fake_openai import FakeOpenAI
 
+from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.traces import read_tasks
 from skillorchestra.server.agent_config import McpAgentConnection
 from skillorchestra.server.cli import main
-from skillorchestra.server.explore import ExploreTask, explore, grade, last_number, resolve_grader
+from skillorchestra.server.explore import ExploreTask, done_ids, explore, grade, last_number, resolve_grader
 
 ECHO = str(Path(__file__).with_name("echo_mcp_server.py"))
 
@@ -181,6 +182,27 @@ def test_explore_refuses_an_unwritable_out_before_calling_any_agent(
     assert captured.out == "" and err.startswith(f"error: --out='{tmp_path / out}': expected {expected}"), err
     assert len(err.splitlines()) == 1 and not fake_openai.chat_requests()
     assert sorted(p.name for p in tmp_path.iterdir()) == before and list((tmp_path / "a-folder").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b'\xff\xfe{"id": "x"}\n{"id": "y', "UTF-8"),
+        (b'not json\n{"id": "y', "a trace line written by explore"),
+    ],
+)
+def test_an_out_file_explore_did_not_write_is_refused_untouched(tmp_path: Path, content: bytes, says: str) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(content)
+    with pytest.raises(InvalidInput, match=says):
+        done_ids(out)
+    assert out.read_bytes() == content  # the partial last line was not cut off a file that is refused
+
+
+def test_a_partial_last_line_is_cut_and_its_task_runs_again(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b'{"id": "x"}\n{"id": "y", "que')
+    assert done_ids(out) == {"x"} and out.read_bytes() == b'{"id": "x"}\n'
 
 
 def test_ctrl_c_says_how_to_resume(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
