@@ -66,17 +66,21 @@ def classify_mcp_exception(exc: BaseException) -> ErrorClass:
     return "connection"  # spawn failures (OSError), refused/broken transports, closed streams
 
 
-async def _has_tool(client: Client, name: str) -> bool:
-    """Whether the server lists the tool (asked only after an error result: many servers answer a call to an
-    unknown tool with an ordinary tool error)."""
+async def _lacks_tool(client: Client, name: str) -> bool:
+    """Whether the server does not list the tool (asked only after an error result: many servers answer a call to
+    an unknown tool with an ordinary tool error). If the listing itself fails, the error stays the task's."""
     cursor = None
-    while True:
-        listed = await client.list_tools(cursor=cursor)
-        if any(tool.name == name for tool in listed.tools):
-            return True
-        cursor = listed.next_cursor
-        if not cursor:
-            return False
+    try:
+        while True:
+            listed = await client.list_tools(cursor=cursor)
+            if any(tool.name == name for tool in listed.tools):
+                return False
+            cursor = listed.next_cursor
+            if not cursor:
+                return True
+    except Exception:  # a server that cannot list its tools says nothing about this call
+        log.debug("listing the tools of the server behind %s failed", name, exc_info=True)
+        return False
 
 
 def _text_of(result: CallToolResult) -> str:
@@ -112,7 +116,7 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
         with anyio.fail_after(timeout), holding_slot(limiter):
             async with Client(_target(conn), read_timeout_seconds=timeout) as client:
                 result = await client.call_tool(conn.tool, arguments)
-                missing = result.is_error and not await _has_tool(client, conn.tool)
+                missing = result.is_error and await _lacks_tool(client, conn.tool)
     except Exception as exc:
         latency = time.perf_counter() - start
         error_class = classify_mcp_exception(exc)
@@ -135,8 +139,8 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
             error_class="server_error",
             error_type="UnknownTool",
             message=f"the MCP server has no tool {conn.tool!r} (fix `tool` in agents.toml): {answer}"[:_MESSAGE_LIMIT],
-            cost_usd=0.0 if conn.cost_per_call_usd is None else None,
-            cost_source="no_token_cost" if conn.cost_per_call_usd is None else "unknown",
+            cost_usd=0.0,  # nothing ran
+            cost_source="no_token_cost",
         )
     if result.is_error:
         return BackendResult(
