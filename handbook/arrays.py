@@ -11,7 +11,7 @@ level down (its siblings' evidence), so one observation counts once, however dee
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
@@ -194,6 +194,12 @@ class Patch:
         sums = base.sums.with_rows(self.raw, base.structure, np.array(sorted(self.rows), dtype=np.int64))
         length = (base.length_slope, base.length_range)
         return _derive(base.agents, base.skills, base.mode_ids, base.structure, self.raw, base.kappa, length, sums)
+
+
+def serves(agent_modes: Collection[str], mode: str | None) -> bool:
+    """An agent serves a step's mode when it names it, or names no mode at all (then it serves every mode): the one
+    rule of route_step, consult_handbook, list_agents and replay."""
+    return not mode or not agent_modes or mode in agent_modes
 
 
 def raw_column(skill_id: str, skill_index: dict[str, int], mode_index: dict[str, int]) -> int | None:

@@ -110,7 +110,13 @@ class OutcomeResult(BaseModel):
     cost_usd: float | None
     updated: list[CompetenceUpdate]
     duplicate: bool
-    applied: bool = Field(default=True, description="false when the handbook changed version since the decision")
+    applied: bool = Field(
+        default=True,
+        description=(
+            "false when nothing was applied to the live posteriors: the handbook changed version since the decision,"
+            " or its agent was deleted (see note)"
+        ),
+    )
     note: str | None = None
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from skillorchestra.handbook import costing
-from skillorchestra.handbook.arrays import ROOT_SKILL, HandbookArrays, Patch, build_arrays
+from skillorchestra.handbook.arrays import ROOT_SKILL, HandbookArrays, Patch, build_arrays, serves
 from skillorchestra.handbook.errors import Conflict, Expired, InvalidInput, NotFound, Unroutable, first_problem
 from skillorchestra.handbook.length import step_shift
 from skillorchestra.handbook.matcher import LexicalMatcher
@@ -286,7 +286,7 @@ class Handbook:
             # ranked as route_step scores competence: with this step's length shift
             order = np.argsort(-shifted(arrays.mean[:, col], shift), kind="stable")
             for i in order:
-                if not arrays.enabled[i] or not _serves(arrays.agent_modes[i], mode):  # route_step's rule
+                if not arrays.enabled[i] or not serves(arrays.agent_modes[i], mode):  # route_step's rule
                     continue
                 agent_cost = None if np.isnan(per_skill_cost[k, i]) else per_skill_cost[k, i]
                 rows.append(
@@ -445,7 +445,7 @@ class Handbook:
                 reason = "disabled"
             elif allowed is not None and agent_id not in allowed:
                 reason = "not in allowed_agents"
-            elif not _serves(arrays.agent_modes[i], request.mode):
+            elif not serves(arrays.agent_modes[i], request.mode):
                 reason = f"does not serve mode {request.mode!r}"
             elif agent_id in unavailable:
                 reason = unavailable[agent_id]
@@ -527,7 +527,7 @@ class Handbook:
             cost_usd=effective["cost_usd"],
             updated=[_update(c.skill_id, c.alpha, c.beta) for c in (effect.competence if effect else [])],
             duplicate=False,
-            applied=effect is not None,
+            applied=effect is not None and note is None,
             note=note,
         )
 
@@ -677,7 +677,7 @@ class Handbook:
         return skill
 
     def delete_agent(self, agent_id: str) -> Removed:
-        if agent_id not in {a.id for a in self.store.agents()}:
+        if self.agent(agent_id) is None:
             raise NotFound("agent", agent_id, [a.id for a in self.store.agents()])
         competence, cost = self._rows_of("agent_id", agent_id)
         self._edit("delete_agent", {"id": agent_id})
@@ -706,7 +706,7 @@ class Handbook:
 
     def list_agents(self, mode: str | None = None, cursor: str | None = None, limit: int = 50) -> AgentPage:
         self._known_mode(mode)
-        items = [a for a in self.store.agents() if mode is None or not a.modes or mode in a.modes]
+        items = [a for a in self.store.agents() if serves(a.modes, mode)]
         page, next_cursor = _paginate(items, cursor, limit)
         return AgentPage(items=page, next_cursor=next_cursor)
 
@@ -766,11 +766,6 @@ def _merged(model: type[EditedT], current: EditedT | None, changes: Mapping[str,
     except ValidationError as exc:
         where, value, expected = first_problem(exc)
         raise InvalidInput(where or model.__name__, value, expected) from None
-
-
-def _serves(agent_modes: frozenset[str], mode: str | None) -> bool:
-    """An agent serves a step's mode when it names it, or names no mode at all (it serves every mode)."""
-    return not mode or not agent_modes or mode in agent_modes
 
 
 def _reward(report: OutcomeReport) -> float | None:

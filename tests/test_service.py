@@ -306,6 +306,7 @@ def test_an_outcome_for_a_deleted_agent_is_logged_and_says_so(book: Handbook) ->
     book.delete_agent("mid")
     result = book.record(OutcomeReport(decision_id=decision.decision_id, success=True))
     assert result.updated == [] and result.note is not None and "'mid' was deleted" in result.note
+    assert result.applied is False
     assert book.store.outcome(decision.decision_id) is not None
 
 

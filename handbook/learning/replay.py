@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from skillorchestra.handbook import costing
-from skillorchestra.handbook.arrays import DEFAULT_KAPPA, HandbookArrays, document_arrays
+from skillorchestra.handbook.arrays import DEFAULT_KAPPA, HandbookArrays, document_arrays, serves
 from skillorchestra.handbook.learning.profile import Outcomes
 from skillorchestra.handbook.length import length_shifts
 from skillorchestra.handbook.models import HandbookDocument
@@ -169,7 +169,7 @@ def replay_arrays(
     eligible = arrays.enabled[None, :] & ~np.isnan(outcomes.scores)
     for i, mode in enumerate(modes):
         if mode is not None:
-            eligible[i] &= np.array([not m or mode in m for m in arrays.agent_modes], dtype=bool)
+            eligible[i] &= np.array([serves(m, mode) for m in arrays.agent_modes], dtype=bool)
     kept = np.flatnonzero(eligible.any(axis=1))
 
     with np.errstate(invalid="ignore", divide="ignore"):
