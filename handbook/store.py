@@ -280,6 +280,8 @@ class HandbookStore:
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = Path(path)
+        if self.path.is_dir():  # wherever the path came from (--db, SKILLORCHESTRA_DB, a caller): SQLite only says
+            raise InvalidInput("db", str(path), "a database file path (this is a directory)")  # it cannot open it
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), timeout=busy_timeout_s, check_same_thread=False, isolation_level=None)

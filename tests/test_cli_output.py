@@ -48,6 +48,18 @@ def test_a_db_that_is_a_directory_is_refused_naming_db(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_database_path_from_the_environment_that_is_a_directory_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SKILLORCHESTRA_DB", str(tmp_path))
+    code, out, err = run(["handbook", "import", "--example"], capsys)
+    assert (
+        code == 2
+        and out == ""
+        and err.strip() == f"error: db='{tmp_path}': expected a database file path (this is a directory)"
+    )
+
+
 def test_the_mcp_entry_point_refuses_a_db_directory_too(tmp_path: Path) -> None:
     """`skillorchestra-mcp --db DIR` (what an MCP client starts) says which argument is wrong, then exits."""
     done = subprocess.run(
