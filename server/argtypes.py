@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from skillorchestra.handbook.models import ID_MAX
+from skillorchestra.handbook.models import ID_MAX, MAX_SEED
 
 
 def _number(text: str, *, low: float, high: float | None, what: str) -> float:
@@ -39,7 +39,10 @@ def _integer(text: str, minimum: int, expected: str, not_a_number: str | None = 
 
 
 def seed_arg(text: str) -> int:
-    return _integer(text, 0, "an integer >= 0")
+    value = _integer(text, 0, "an integer >= 0")
+    if value > MAX_SEED:  # the tools' bound: one seed range everywhere
+        raise argparse.ArgumentTypeError(f"expected an integer <= {MAX_SEED}, got {text!r}")
+    return value
 
 
 def name_arg(text: str) -> str:

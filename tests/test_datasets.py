@@ -184,6 +184,11 @@ def test_data_convert_refuses_a_negative_seed_like_every_other_seed(
     )
     assert code == 2 and "--seed" in err and "expected an integer >= 0" in err and not (tmp_path / "out").exists()
     code, _, err = run_cli(
+        ["data", "convert", "--format", "routellm", "--seed", str(2**32), str(tmp_path / "src"), str(tmp_path / "out")],
+        capsys,
+    )
+    assert code == 2 and "expected an integer <= 4294967295" in err and not (tmp_path / "out").exists()
+    code, _, err = run_cli(
         ["data", "convert", "--format", "routellm", "--seed", "0", str(tmp_path / "src"), str(tmp_path / "out")], capsys
     )
     assert code == 0 and (tmp_path / "out" / "mmlu" / "train.jsonl").is_file(), err

@@ -477,6 +477,11 @@ def test_run_eval_is_deterministic_for_a_seed() -> None:
     assert random_rows != [r for r in other["rows"] if r["policy"] == "random"]
 
 
+def test_any_eval_seed_gives_the_online_replay_seeds_route_step_takes(tmp_path: Path) -> None:
+    result = run_eval(TRAIN, TEST, PRICES, config(seed=4_000_000_000, db_path=tmp_path / "eval.db"))
+    assert {row["policy"] for row in result["rows"]} >= {"skillorchestra-thompson"}
+
+
 def test_run_eval_rejects_bad_lambdas_and_all_seen_tests() -> None:
     from skillorchestra.handbook.errors import InvalidInput
 

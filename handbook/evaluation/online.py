@@ -16,7 +16,7 @@ import numpy as np
 
 from skillorchestra.handbook.evaluation.data import OutcomeTable
 from skillorchestra.handbook.evaluation.scorer import Labeller
-from skillorchestra.handbook.models import TEXT_MAX, HandbookDocument, SkillDemand
+from skillorchestra.handbook.models import MAX_SEED, TEXT_MAX, HandbookDocument, SkillDemand
 from skillorchestra.handbook.service import Handbook, OutcomeReport, RouteRequest
 from skillorchestra.handbook.store import HandbookStore
 
@@ -112,7 +112,7 @@ def replay_online(
                     lambda_=lambda_,
                     strategy="thompson",
                     allowed_agents=allowed,
-                    seed=seed * 1_000_003 + t,
+                    seed=(seed * 1_000_003 + t) % (MAX_SEED + 1),  # a seed route_step takes, for any eval seed
                 )
             )
             j = column[decision.agent_id]
