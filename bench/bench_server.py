@@ -18,7 +18,7 @@ from skillorchestra.handbook.results import RouteDecision
 from skillorchestra.handbook.service import RouteRequest
 from skillorchestra.server.app import create_server, open_handbook
 from skillorchestra.server.settings import ServerSettings
-from skillorchestra.tools.common import self_contained_schemas
+from skillorchestra.tools.schemas import self_contained_schemas
 
 
 class Echo(BaseModel):

@@ -391,7 +391,7 @@ def test_inlined_definitions_keep_the_schema_and_leave_a_recursive_one_alone() -
     from pydantic import BaseModel
 
     from skillorchestra.handbook.results import RouteDecision
-    from skillorchestra.tools.common import inline_definitions
+    from skillorchestra.tools.schemas import inline_definitions
 
     schema = RouteDecision.model_json_schema()
     inlined = inline_definitions(schema)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from mcp.server import MCPServer
 
 from skillorchestra.tools import catalog, delegation, learning, routing
-from skillorchestra.tools.common import self_contained_schemas, strict_arguments
+from skillorchestra.tools.schemas import self_contained_schemas, strict_arguments
 
 
 def register_tools(server: MCPServer) -> None:

@@ -35,7 +35,7 @@ Lambda = Annotated[
 
 
 class StrictDemand(SkillDemand):
-    """A demand as a client sends it: strict like every top-level argument (see common.strict_arguments), so
+    """A demand as a client sends it: strict like every top-level argument (see schemas.strict_arguments), so
     "0.5" or true is refused as a weight, not coerced."""
 
     model_config = ConfigDict(strict=True, title="SkillDemand")
