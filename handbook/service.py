@@ -362,11 +362,21 @@ class Handbook:
             for agent_id in request.allowed_agents:
                 if agent_id not in arrays.agent_index:
                     raise NotFound("agent (allowed_agents)", agent_id, arrays.agent_ids)
+        if request.session_id is not None and request.budget_usd is not None:
+            # the session's spend is read and this decision's reservation written in one transaction: parallel
+            # steps of a session each see the others' reservations, so together they cannot overspend the budget
+            # (arrays() was read first: it takes the handbook's lock, which record() holds before the file's)
+            with self.store.write():
+                return self._decide(request, arrays)
+        return self._decide(request, arrays)
+
+    def _decide(self, request: RouteRequest, arrays: HandbookArrays) -> RouteDecision:
+        """Score the eligible agents for the step, choose, and record the decision."""
         demands, source = self._demands(arrays, request.text, request.skills, request.mode)
         cols, weights, labels = self._columns(arrays, demands, request.mode)
         tokens = float(costing.prompt_tokens([request.text])[0]) + request.prompt_extra_chars / costing.CHARS_PER_TOKEN
         cost, known, c_ref = costing.step_costs(arrays, tokens, cols, weights)
-        spend = self.store.session_spend(request.session_id) if request.session_id else None
+        spend = self.store.session_spend(request.session_id, self.clock()) if request.session_id else None
         eligible, excluded = self._eligibility(arrays, request, cost, spend)
         if not eligible.any():
             reasons = "; ".join(f"{e.agent_id}: {e.reason}" for e in excluded)

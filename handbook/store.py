@@ -843,13 +843,18 @@ class HandbookStore:
             self._insert_row("outcomes", dict(outcome_row, result=result))
             return effect
 
-    def session_spend(self, session_id: str) -> float:
-        """Dollars spent by a session: each decision's reported cost, else the cost its delegated call recorded."""
+    def session_spend(self, session_id: str, now: float | None = None) -> float:
+        """Dollars a session has spent or committed, per decision: its reported cost, else the cost its delegated
+        call recorded, else its expected cost. So a step routed but not yet reported holds its share of the budget
+        (steps routed in parallel cannot all spend the same dollars), and a cost nobody knows is not taken as $0;
+        only a decision that expired with neither a call nor a report gives its share back."""
         with self.lock:
             row = self.db.conn.execute(
-                "SELECT COALESCE(SUM(COALESCE(o.cost_usd, d.call_cost_usd, 0)), 0) FROM decisions d"
-                " LEFT JOIN outcomes o ON o.decision_id = d.id WHERE d.session_id = ?",
-                [session_id],
+                "SELECT COALESCE(SUM(COALESCE(o.cost_usd, d.call_cost_usd, CASE"
+                " WHEN o.decision_id IS NULL AND d.call_latency_s IS NULL AND d.expires_at <= ? THEN 0"
+                " ELSE d.expected_cost_usd END, 0)), 0)"
+                " FROM decisions d LEFT JOIN outcomes o ON o.decision_id = d.id WHERE d.session_id = ?",
+                [time.time() if now is None else now, session_id],
             ).fetchone()
         return float(row[0])
 

@@ -191,6 +191,38 @@ def test_session_budget_counts_recorded_spend(book: Handbook) -> None:
     assert book.route(request(session_id="s2", budget_usd=1.0)).agent_id == "pricey"
 
 
+def test_steps_routed_but_not_reported_hold_their_share_of_the_budget(book: Handbook, clock: Clock) -> None:
+    pricey = book.route(request(allowed_agents=["pricey"])).candidates[0].expected_cost_usd
+    assert pricey is not None
+    budget = 1.5 * pricey
+    first = book.route(request(session_id="s", budget_usd=budget, allowed_agents=["pricey"]))
+    with pytest.raises(Unroutable, match="remaining budget"):  # the first step's expected cost is committed
+        book.route(request(session_id="s", budget_usd=budget, allowed_agents=["pricey"]))
+    book.record(OutcomeReport(decision_id=first.decision_id, success=True))  # no cost reported: still not $0
+    assert book.store.session_spend("s", clock()) == pytest.approx(pricey)
+    clock.now += TTL + 1  # a step that expired unreported and uncalled gives its share back
+    other = book.route(request(session_id="t", budget_usd=budget, allowed_agents=["pricey"]))
+    clock.now += TTL + 1
+    assert book.store.session_spend("t", clock()) == 0.0 and other.agent_id == "pricey"
+
+
+def test_parallel_steps_of_one_session_cannot_overspend_its_budget(book: Handbook) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    pricey = book.route(request(allowed_agents=["pricey"])).candidates[0].expected_cost_usd
+    budget = 1.5 * pricey
+
+    def step(_: int) -> str:
+        try:
+            return book.route(request(session_id="par", budget_usd=budget, allowed_agents=["pricey"])).agent_id
+        except Unroutable:
+            return "refused"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(step, range(8)))
+    assert sorted(outcomes) == ["pricey"] + ["refused"] * 7
+
+
 def test_unavailable_agents_are_excluded_with_their_reason(book: Handbook) -> None:
     decision = book.route(request(unavailable={"pricey": "circuit open after 3 timeouts"}))
     assert decision.agent_id == "mid"
