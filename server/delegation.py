@@ -79,11 +79,13 @@ class Delegator:
         return loaded
 
     def unavailable(self, connections: dict[str, AgentConnection] | None = None) -> dict[str, str]:
-        """Agents routing must skip: an open circuit breaker (and, for delegation, no connection settings)."""
+        """Agents routing must skip: a circuit breaker that would refuse the call (open, or half-open with its one
+        trial call already in flight), and, for delegation, no connection settings."""
         reasons = {
-            agent_id: f"circuit breaker open after {health.get('consecutive_failures')} infrastructure failures"
+            agent_id: f"circuit breaker {health.get('state')} after {health.get('consecutive_failures')} "
+            "infrastructure failures" + (" (its trial call is in flight)" if health.get("state") == "half_open" else "")
             for agent_id, health in self.breaker.snapshot().items()
-            if health.get("state") == "open"
+            if not self.breaker.would_allow(agent_id)
         }
         if connections is not None:
             for agent_id in self.handbook.arrays().agent_ids:  # cached, re-derived when the file changes
@@ -117,6 +119,8 @@ class Delegator:
                 break
             if not self.breaker.allow(agent_id):
                 tried.append(Attempt(agent_id=agent_id, error_class="connection", message="circuit breaker open"))
+                if position == 0:  # the breaker turned between routing and calling: close the decision, uncalled
+                    await anyio.to_thread.run_sync(self._uncalled, decision.decision_id)
                 continue
             decision_id = (
                 decision.decision_id
@@ -173,8 +177,9 @@ class Delegator:
             if request.agent_id not in agents:
                 if request.agent_id in connections:  # loaded, then an import or a learned version replaced the agents
                     raise Unroutable(
-                        f"agent {request.agent_id} has connection settings but is not in the live handbook (a later "
-                        "import or learn brought its own agents): run `skillorchestra agents load FILE` again"
+                        f"agent {request.agent_id} has connection settings but is not in the live handbook (it was "
+                        "deleted, or a later import or learn brought its own agents): run `skillorchestra agents load"
+                        " FILE` again to add it back"
                     )
                 raise NotFound("agent (agent_id)", request.agent_id, agents)
             if request.agent_id not in connections:
@@ -252,6 +257,10 @@ class Delegator:
                     latency_s=result.latency_s,
                 )
             )
+
+    def _uncalled(self, decision_id: str) -> None:
+        """A routed agent the breaker refused: no call, no cost, no change to competence, and no budget held."""
+        self.handbook.record(OutcomeReport(decision_id=decision_id, error_class="connection", cost_usd=0.0))
 
     def _settle_breaker(self, agent_id: str, result: BackendResult) -> None:
         if result.error_type == QUEUE_FULL:  # never reached the agent: not its failure, so no breaker count

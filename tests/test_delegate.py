@@ -184,6 +184,53 @@ async def test_breaker_recovers_after_cooldown(configured: ServerSettings, fake_
     handbook.store.close()
 
 
+async def test_a_half_open_agent_whose_trial_is_in_flight_is_routed_around(configured: ServerSettings) -> None:
+    clock = [1000.0]
+    handbook = Handbook(HandbookStore(configured.db_path))
+    delegator = Delegator(handbook, breaker=CircuitBreaker(threshold=1, cooldown_s=30, clock=lambda: clock[0]))
+    delegator.breaker.record_failure("strong", "server_error")
+    clock[0] += 31
+    assert "strong" not in delegator.unavailable()  # half-open: the next call may be its trial
+    assert delegator.breaker.allow("strong")  # a call takes the trial
+    assert "trial call is in flight" in delegator.unavailable()["strong"]
+    handbook.store.close()
+
+
+class _TurnsBetweenRouteAndCall(CircuitBreaker):
+    """A breaker that lets routing choose an agent, then refuses the first call (another call opened it meanwhile)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: list[str] = []
+
+    def would_allow(self, agent_id: str) -> bool:
+        return True
+
+    def allow(self, agent_id: str) -> bool:
+        if not self.refused:
+            self.refused.append(agent_id)
+            return False
+        return True
+
+
+async def test_a_routed_agent_the_breaker_refuses_closes_its_decision_uncalled(
+    configured: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    handbook = Handbook(HandbookStore(configured.db_path))
+    breaker = _TurnsBetweenRouteAndCall()
+    delegator = Delegator(handbook, breaker=breaker)
+    route = RouteRequest(text="x", allowed_agents=["strong", "cheap"], lambda_=0.0, session_id="s", budget_usd=1.0)
+    result = await delegator.delegate(DelegateRequest(route=route, timeout_s=5))
+    refused = breaker.refused[0]
+    assert result.tried[0].agent_id == refused and result.agent_id != refused
+    assert len(fake_openai.chat_requests()) == 1  # only the fallback was called
+    rows = handbook.store.db.conn.execute("SELECT id FROM decisions WHERE agent_id = ?", [refused]).fetchall()
+    outcome = handbook.store.outcome(rows[0][0])
+    assert len(rows) == 1 and outcome is not None
+    assert outcome["error_class"] == "connection" and outcome["cost_usd"] == 0.0  # closed: no budget held
+    handbook.store.close()
+
+
 async def test_all_agents_failing_is_a_tool_error_and_is_recorded(
     configured: ServerSettings, fake_openai: FakeOpenAI
 ) -> None:
