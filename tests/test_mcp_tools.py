@@ -402,3 +402,26 @@ def test_inlined_definitions_keep_the_schema_and_leave_a_recursive_one_alone() -
 
     recursive = Tree.model_json_schema()
     assert inline_definitions(recursive) == recursive
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_a_handbook_file_locked_past_the_busy_timeout_is_a_tool_error_saying_so(is_async: bool) -> None:
+    import sqlite3
+
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from skillorchestra.tools.common import reports_failures
+
+    def locked() -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    async def locked_async() -> None:
+        locked()
+
+    def broken() -> None:
+        raise sqlite3.OperationalError("no such table: agents")
+
+    with pytest.raises(ToolError, match="the handbook file is busy"):
+        await reports_failures(locked_async)() if is_async else reports_failures(locked)()
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):  # a bug is not the caller's to fix
+        reports_failures(broken)()

@@ -7,8 +7,11 @@ client only as the SDK's generic "Error executing tool" (the traceback goes to t
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import inspect
+import sqlite3
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
@@ -56,17 +59,50 @@ def app_state(ctx: Context) -> AppState:
     return ctx.request_context.lifespan_context
 
 
+BUSY = (
+    "the handbook file is busy: another process has held its write lock longer than the busy timeout (30 s; a long"
+    " import or learn?); nothing was written, try again"
+)
+
+
+def tool_error(exc: Exception) -> ToolError | None:
+    """The ToolError the model reads for an anticipated failure (None for a bug, which the SDK reports without
+    its text): the handbook's own errors, and a file locked by another process for longer than SQLite waits."""
+    if isinstance(exc, HandbookError):
+        return ToolError(str(exc))
+    if isinstance(exc, sqlite3.OperationalError) and str(exc).startswith(("database is locked", "database is busy")):
+        return ToolError(BUSY)
+    return None
+
+
 def reports_failures(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn the handbook's anticipated errors into ToolError so the model reads what to fix."""
+    """Turn anticipated errors into ToolError (see tool_error) so the model reads what to fix; sync or async."""
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def awaiting(*args: P.args, **kwargs: P.kwargs) -> Any:
+            with _as_tool_errors():
+                return await fn(*args, **kwargs)
+
+        return awaiting  # type: ignore[return-value]
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
+        with _as_tool_errors():
             return fn(*args, **kwargs)
-        except HandbookError as exc:
-            raise ToolError(str(exc)) from exc
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _as_tool_errors() -> Iterator[None]:
+    try:
+        yield
+    except (HandbookError, sqlite3.OperationalError) as exc:
+        error = tool_error(exc)
+        if error is None:
+            raise  # a bug stays a bug: the SDK reports it without its text
+        raise error from exc
 
 
 def given(**arguments: Any) -> dict[str, Any]:

@@ -9,11 +9,10 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
-from skillorchestra.handbook.errors import HandbookError
 from skillorchestra.handbook.models import MAX_SEED, TEXT_MAX
 from skillorchestra.handbook.results import DelegateResult
 from skillorchestra.handbook.service import DelegateRequest, RouteRequest
-from skillorchestra.tools.common import Id, OptionalId, app_state, writes
+from skillorchestra.tools.common import Id, OptionalId, app_state, reports_failures, writes
 from skillorchestra.tools.routing import Lambda, Mode, Skills, StepText, TopK, Usd
 
 
@@ -21,6 +20,7 @@ def register(server: MCPServer) -> None:
     server.tool(name="delegate", annotations=writes(destructive=False, idempotent=False, open_world=True))(delegate)
 
 
+@reports_failures
 async def delegate(
     text: StepText,
     ctx: Context,
@@ -72,7 +72,4 @@ async def delegate(
         max_tokens=max_tokens,
         timeout_s=timeout_s,
     )
-    try:
-        return await delegator.delegate(request, progress)
-    except HandbookError as exc:
-        raise ToolError(str(exc)) from exc
+    return await delegator.delegate(request, progress)
