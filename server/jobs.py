@@ -107,19 +107,36 @@ def warm_embeddings(embedder: Embedder, texts: Sequence[str], progress: Progress
     return len(missing)
 
 
+def _without_agents(document: HandbookDocument, gone: set[str]) -> HandbookDocument:
+    effect = document.length_effect
+    if effect is not None:
+        slopes = {a: s for a, s in effect.slopes.items() if a not in gone}
+        effect = effect.model_copy(update={"slopes": slopes}) if slopes else None
+    return document.model_copy(
+        update={
+            "agents": [a for a in document.agents if a.id not in gone],
+            "competence": [c for c in document.competence if c.agent_id not in gone],
+            "cost": [c for c in document.cost if c.agent_id not in gone],
+            "length_effect": effect,
+        }
+    )
+
+
 def keep_live_agents(
     document: HandbookDocument, live: Sequence[Agent], live_modes: Sequence[Mode] = ()
 ) -> HandbookDocument:
     """Learning from the database's own log: keep each agent's settings (enabled, modes, description, prices)
-    and keep agents that have no outcomes yet (they route on the prior) instead of dropping them. The live modes
-    those agents serve stay too (an agent may only name modes the handbook has), when the learned ones lack them."""
+    and keep agents that have no outcomes yet (they route on the prior) instead of dropping them. An agent the log
+    holds but the live handbook no longer does was deleted (or replaced by an import) since: it does not come back,
+    nor do its competence, cost and length slope. The live modes the agents serve stay too (an agent may only name
+    modes the handbook has), when the learned ones lack them."""
     by_id = {a.id: a for a in live}
+    gone = {a.id for a in document.agents} - set(by_id)
+    if gone:
+        document = _without_agents(document, gone)
     agents: list[Agent] = []
     for agent in document.agents:
-        old = by_id.pop(agent.id, None)
-        if old is None:
-            agents.append(agent)
-            continue
+        old = by_id.pop(agent.id)
         agents.append(
             agent.model_copy(
                 update={

@@ -161,6 +161,31 @@ def test_learning_from_events_keeps_the_live_modes_its_agents_serve(
     assert Mode(id="search", insights=["prefer alpha"]) in document.modes
 
 
+def test_learning_from_events_does_not_bring_back_a_deleted_agent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = HandbookStore(tmp_path / "h.db")
+    book = Handbook(store)
+    book.upsert_skill(Skill(id="general", description="anything at all"))
+    for agent in ("alpha", "beta", "gamma"):
+        book.upsert_agent(Agent(id=agent, input_per_mtok=1.0, output_per_mtok=1.0))
+    for i in range(60):  # every step judged for every agent: validation compares them, so the result goes live
+        for agent, good in (("alpha", i % 2 == 0), ("beta", True), ("gamma", i % 2 == 1)):
+            topic = ("chemistry reactions", "poetry rhymes")[i % 2]
+            routed = book.route(RouteRequest(text=f"{topic} question {i}", allowed_agents=[agent], lambda_=0.0))
+            book.record(OutcomeReport(decision_id=routed.decision_id, success=good))
+    book.delete_agent("beta")  # the best agent in the log, deleted on purpose
+    store.close()
+    code, _, err = run(["learn", "--data", "events", "--db", str(tmp_path / "h.db"), "--matcher", "lexical"], capsys)
+    assert code == 0, err
+    store = HandbookStore(tmp_path / "h.db")
+    document = store.document()
+    assert store.versions()[-1]["source"] == "learn"
+    assert [a.id for a in document.agents] == ["alpha", "gamma"]
+    assert {c.agent_id for c in [*document.competence, *document.cost]} <= {"alpha", "gamma"}
+    assert Handbook(store).route(RouteRequest(text="poetry rhymes question 7", lambda_=0.0)).agent_id != "beta"
+
+
 # -- 3. schema_version -----------------------------------------------------------------------------------------
 
 
