@@ -1109,6 +1109,26 @@ def check_document(document: HandbookDocument) -> None:
         for agent_id in document.length_effect.slopes:
             if agent_id not in agent_ids:
                 raise NotFound("agent in length_effect.slopes", agent_id, agent_ids)
+    if document.labeller is not None:
+        _check_labeller(document.labeller, set(skill_ids))
+
+
+def _check_labeller(raw: dict[str, Any], skill_ids: set[str]) -> None:
+    """A learned labeller must load, name only the document's skills and (TF-IDF: no model needed) answer a step:
+    a damaged one would make the server fall back to the lexical matcher and route differently, with a warning
+    only in its log."""
+    from skillorchestra.handbook.learning.labeller import SkillLabeller  # numpy: only for a document that has one
+
+    try:
+        labeller = SkillLabeller.from_json(raw)
+        if labeller.kind == "tfidf":
+            labeller.match("a step to route", None, 1)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        shown = f"{raw.get('kind')!r} labeller"
+        raise InvalidInput("labeller", shown, f"a labeller written by skillorchestra learn ({exc})") from None
+    unknown = sorted(set(labeller.skill_ids) - skill_ids)
+    if unknown:
+        raise InvalidInput("labeller.skills", unknown, "skills the document has")
 
 
 def _check_pairs(field: str, rows: Sequence[Competence | CostStats], agents: set[str], skills: set[str]) -> None:

@@ -600,3 +600,35 @@ def test_processes_opening_a_new_file_at_once_create_one_initial_version(tmp_pat
     store = HandbookStore(path)
     assert [v["source"] for v in store.versions()] == ["init"]
     assert store.schema_version() == schema_version()
+
+
+@pytest.fixture(scope="module")
+def learned_document() -> HandbookDocument:
+    from learning_data import PRICES, swapped_and_alike
+
+    from skillorchestra.handbook.learning.pipeline import learn
+
+    return learn(swapped_and_alike(), PRICES, lambda_=0.1, seed=0).document
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        (lambda raw: {**raw, "format": "other"}, "not a labeller"),
+        (lambda raw: {**raw, "dim": 5}, "labeller"),
+        (lambda raw: {**raw, "idf": raw["idf"][: len(raw["idf"]) // 2]}, "labeller"),
+        (lambda raw: {k: v for k, v in raw.items() if k != "prototypes"}, "prototypes"),
+        (lambda raw: {**raw, "skills": [*raw["skills"], {"id": "ghost", "mode": "answer"}]}, "ghost"),
+    ],
+)
+def test_an_import_whose_labeller_is_damaged_is_refused_before_anything_is_written(
+    tmp_path: Path, learned_document: HandbookDocument, damage: Any, says: str
+) -> None:
+    assert learned_document.labeller is not None and learned_document.labeller["kind"] == "tfidf"
+    store = HandbookStore(tmp_path / "h.db")
+    store.create_version(learned_document, source="import")  # intact: accepted
+    before = dump(store)
+    broken = learned_document.model_copy(update={"labeller": damage(learned_document.labeller)})
+    with pytest.raises(InvalidInput, match=says):
+        store.create_version(broken, source="import")
+    assert dump(store) == before
