@@ -23,9 +23,11 @@ DEFAULT_COMPLETION_TOKENS = 256
 
 
 class AgentOutcome(BaseModel):
-    """One agent's result on one task; a null score means 'not judged' and is skipped by learn and eval."""
+    """One agent's result on one task; a null score means 'not judged' and is skipped by learn and eval. Strict, as
+    the MCP tools are: "1" or true is not a score (a log written with the wrong types is refused, not guessed at);
+    other keys are kept (explore writes error_class, error and cost_source beside these)."""
 
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
 
     score: float | None = Field(default=None, ge=0.0, le=1.0)
     cost_usd: float | None = Field(default=None, ge=0.0)
@@ -41,7 +43,7 @@ class TraceTask(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     id: str = Field(min_length=1, max_length=ID_MAX)
-    query: str
+    query: str = Field(min_length=1)
     task: str | None = None
     mode: str | None = None
     outcomes: dict[str, AgentOutcome]

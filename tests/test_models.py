@@ -64,3 +64,28 @@ def test_first_problem_names_the_nested_field_its_value_and_what_was_expected() 
         "many",
         "a valid integer, unable to parse string as an integer",
     )
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ('{"id": "t", "query": "q", "outcomes": {"a": {"score": "1"}}}', "outcomes.a.score"),
+        ('{"id": "t", "query": "q", "outcomes": {"a": {"score": true}}}', "outcomes.a.score"),
+        ('{"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "cost_usd": "0.1"}}}', "outcomes.a.cost_usd"),
+        ('{"id": "t", "query": "", "outcomes": {"a": {"score": 1}}}', "query"),
+    ],
+)
+def test_trace_values_of_the_wrong_type_are_refused_naming_the_field(tmp_path: Path, line: str, says: str) -> None:
+    traces = tmp_path / "t.jsonl"
+    traces.write_text(line + "\n")
+    with pytest.raises(InvalidInput, match=f"t.jsonl:1='{says}'"):
+        read_tasks(traces)
+
+
+def test_whole_numbers_and_extra_keys_are_still_read(tmp_path: Path) -> None:
+    traces = tmp_path / "t.jsonl"
+    traces.write_text(
+        '{"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "cost_usd": 0, "error_class": "task"}}}\n'
+    )
+    (task,) = read_tasks(traces)
+    assert task.outcomes["a"].score == 1.0 and task.outcomes["a"].cost_usd == 0.0
