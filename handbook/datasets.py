@@ -57,7 +57,7 @@ def _require_dir(path: Path) -> Path:
 
 def _load_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:
         try:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
@@ -192,7 +192,7 @@ def _routellm_rows(path: Path, task: str | None, id_prefix: str) -> list[TraceTa
 
 
 def _routellm_csv(path: Path, task: str | None, id_prefix: str) -> list[TraceTask]:
-    with path.open(encoding="utf-8", newline="") as handle:
+    with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         missing = [c for c in ("prompt", *ROUTELLM_AGENTS) if c not in header]

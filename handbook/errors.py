@@ -32,6 +32,8 @@ def first_problem(exc: ValidationError) -> tuple[str, object, str]:
     should be " are dropped, since the message reads "field=value: expected <what>"."""
     err = exc.errors(include_url=False)[0]
     where = ".".join(str(part) for part in err["loc"])
+    if err["type"] == "missing":  # pydantic's input is then the whole object around the field
+        return where, None, "a value (the field is required)"
     return where, err.get("input"), err["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
 
 

@@ -635,9 +635,14 @@ class Handbook:
             return self.upsert_agent(_merged(Agent, self.agent(agent_id), {**changes, "id": agent_id}))
 
     def edit_skill(self, skill_id: str, changes: Mapping[str, Any]) -> Skill:
-        """Add the skill, or change the fields in `changes` (parent_id None: top-level) of the stored one."""
+        """Add the skill, or change the fields in `changes` (parent_id None: top-level) of the stored one. A new
+        skill given a parent and no mode takes its parent's mode (a child must be in it)."""
         with self.store.write():
-            return self.upsert_skill(_merged(Skill, self.skill(skill_id), {**changes, "id": skill_id}))
+            current = self.skill(skill_id)
+            parent = self.skill(changes["parent_id"]) if changes.get("parent_id") else None
+            if current is None and parent is not None and "mode" not in changes:
+                changes = {**changes, "mode": parent.mode}
+            return self.upsert_skill(_merged(Skill, current, {**changes, "id": skill_id}))
 
     def edit_mode(self, mode_id: str, changes: Mapping[str, Any]) -> Mode:
         """Add the mode, or change the fields in `changes` of the stored one."""

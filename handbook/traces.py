@@ -98,7 +98,7 @@ def read_tasks(path: str | Path) -> list[TraceTask]:
 
 
 def iter_tasks(path: str | Path) -> Iterator[TraceTask]:
-    lines = validated_lines(Path(path).open(encoding="utf-8"), path, TraceTask, "generic outcome JSONL")
+    lines = validated_lines(Path(path).open(encoding="utf-8-sig"), path, TraceTask, "generic outcome JSONL")
     for _, task in unique_ids(lines, path):
         yield task
 
@@ -153,7 +153,7 @@ def write_tasks(path: str | Path, tasks: Iterable[TraceTask]) -> int:
 def load_json(path: str | Path, what: str) -> Any:
     """A JSON file's value; malformed JSON or bytes that are not UTF-8 are an InvalidInput naming the file."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise InvalidInput(str(path), f"line {exc.lineno} column {exc.colno}", f"{what} ({exc.msg})") from None
     except UnicodeDecodeError:

@@ -71,7 +71,7 @@ def serve(args: argparse.Namespace) -> int:
 def read_document(path: Path) -> HandbookDocument:
     """Parse and validate a handbook document; errors name the JSON path of the bad field."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise InvalidInput("file", str(path), f"a readable handbook JSON file ({exc.strerror})") from None
     except UnicodeDecodeError:
@@ -125,7 +125,8 @@ def handbook_show(args: argparse.Namespace) -> int:
                 lines.append(f"{indent}{skill.id}: {skill.description}")
     slopes = document.length_effect.slopes if document.length_effect is not None else {}
     for agent in document.agents:
-        price = f"${agent.input_per_mtok}/${agent.output_per_mtok} per Mtok" if agent.input_per_mtok is not None else ""
+        prices = [agent.input_per_mtok, agent.output_per_mtok]
+        price = "$" + "/$".join("?" if p is None else f"{p:g}" for p in prices) + " per Mtok" if any(prices) else ""
         slope = f" length slope {slopes[agent.id]:+.3f} per ln(characters)" if agent.id in slopes else ""
         lines.append(f"agent {agent.id} {'' if agent.enabled else '(disabled) '}{price}{slope}")
     print("\n".join(lines))

@@ -63,7 +63,7 @@ class ExploreTask(BaseModel):
 def read_explore_tasks(path: str | Path) -> list[ExploreTask]:
     """Tasks of a JSONL file; a bad line or a repeated id is an error naming the file, line and field."""
     try:
-        handle = Path(path).open(encoding="utf-8")
+        handle = Path(path).open(encoding="utf-8-sig")
     except OSError as exc:
         raise InvalidInput("--tasks", str(path), f"a readable tasks JSONL file ({exc.strerror or exc})") from None
     tasks = [task for _, task in unique_ids(validated_lines(handle, path, ExploreTask, "explore tasks"), path)]

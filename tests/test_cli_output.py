@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from skillorchestra.handbook.models import HandbookDocument, Mode
+from skillorchestra.handbook.models import Agent, HandbookDocument, Mode
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.cli import main
 
@@ -109,3 +109,11 @@ def test_versions_count_learning_metrics_not_a_promotions_bookkeeping(
     assert lines[3].endswith("measured  2 metrics (--metrics shows them)")
     code, out, _ = run(["handbook", "versions", "--metrics", "--db", str(db)], capsys)  # the full record on demand
     assert '"promoted_from": 2, "replaced": 3' in out.splitlines()[3]
+
+
+def test_handbook_show_prints_an_unknown_price_as_unknown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = HandbookStore(tmp_path / "h.db")
+    store.create_version(HandbookDocument(agents=[Agent(id="half", input_per_mtok=2.0)]), source="import")
+    store.close()
+    code, out, _ = run(["handbook", "show", "--db", str(tmp_path / "h.db")], capsys)
+    assert code == 0 and "$2/$? per Mtok" in out and "None" not in out

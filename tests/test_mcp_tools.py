@@ -223,6 +223,8 @@ async def test_an_upsert_changes_only_the_fields_it_names(mcp_client: Client, db
     assert mode["insights"] == ["arithmetic repays a strong model"]
     new = await call(mcp_client, "upsert_skill", {"skill_id": "poetry"})
     assert (new["mode"], new["parent_id"], new["description"]) == ("general", None, "")
+    child = await call(mcp_client, "upsert_skill", {"skill_id": "math.fractions", "parent_id": "math"})
+    assert (child["mode"], child["parent_id"]) == ("answer", "math")  # a new child takes its parent's mode
     cleared = await call(mcp_client, "upsert_agent", {"agent_id": "tiny", "description": "", "modes": []})
     assert (cleared["description"], cleared["modes"], cleared["input_per_mtok"]) == ("", [], 0.05)
     before = _snapshot(db_path)

@@ -64,6 +64,9 @@ def test_first_problem_names_the_nested_field_its_value_and_what_was_expected() 
         "many",
         "a valid integer, unable to parse string as an integer",
     )
+    with pytest.raises(ValidationError) as refused:
+        Outer.model_validate({"probes": [{}]})
+    assert first_problem(refused.value) == ("probes.0.limit", None, "a value (the field is required)")
 
 
 @pytest.mark.parametrize(
@@ -89,3 +92,12 @@ def test_whole_numbers_and_extra_keys_are_still_read(tmp_path: Path) -> None:
     )
     (task,) = read_tasks(traces)
     assert task.outcomes["a"].score == 1.0 and task.outcomes["a"].cost_usd == 0.0
+
+
+def test_a_byte_order_mark_is_read_as_the_start_of_utf8_text(tmp_path: Path) -> None:
+    """Windows editors save UTF-8 with a BOM; it is no JSON error at line 1 column 1."""
+    traces, prices = tmp_path / "t.jsonl", tmp_path / "agents.json"
+    traces.write_bytes(b'\xef\xbb\xbf{"id": "t", "query": "q", "outcomes": {"a": {"score": 1}}}\n')
+    prices.write_bytes(b'\xef\xbb\xbf{"a": {"input_per_mtok": 1, "output_per_mtok": 2}}')
+    assert [t.id for t in read_tasks(traces)] == ["t"]
+    assert read_prices(prices)["a"].output_per_mtok == 2.0
