@@ -362,21 +362,25 @@ class Handbook:
             for agent_id in request.allowed_agents:
                 if agent_id not in arrays.agent_index:
                     raise NotFound("agent (allowed_agents)", agent_id, arrays.agent_ids)
-        if request.session_id is not None and request.budget_usd is not None:
-            # the session's spend is read and this decision's reservation written in one transaction: parallel
-            # steps of a session each see the others' reservations, so together they cannot overspend the budget
-            # (arrays() was read first: it takes the handbook's lock, which record() holds before the file's)
-            with self.store.write():
-                return self._decide(request, arrays)
-        return self._decide(request, arrays)
-
-    def _decide(self, request: RouteRequest, arrays: HandbookArrays) -> RouteDecision:
-        """Score the eligible agents for the step, choose, and record the decision."""
         demands, source = self._demands(arrays, request.text, request.skills, request.mode)
         cols, weights, labels = self._columns(arrays, demands, request.mode)
         tokens = float(costing.prompt_tokens([request.text])[0]) + request.prompt_extra_chars / costing.CHARS_PER_TOKEN
         cost, known, c_ref = costing.step_costs(arrays, tokens, cols, weights)
-        spend = self.store.session_spend(request.session_id, self.clock()) if request.session_id else None
+        step = _Step(demands, source, cols, weights, labels, tokens, cost, known, c_ref)
+        if request.session_id is not None and request.budget_usd is not None:
+            # the session's spend is read and this decision's reservation written in one transaction: parallel
+            # steps of a session each see the others' reservations, so together they cannot overspend the budget.
+            # Everything that takes another lock (arrays() the handbook's, the matchers their own before the
+            # file's) ran above: inside, only the file is read and written.
+            with self.store.write():
+                return self._decide(request, arrays, step)
+        return self._decide(request, arrays, step)
+
+    def _decide(self, request: RouteRequest, arrays: HandbookArrays, step: _Step) -> RouteDecision:
+        """Choose among the eligible agents for the step, and record the decision."""
+        demands, source, cols, weights, labels = step.demands, step.source, step.cols, step.weights, step.labels
+        tokens, cost, known, c_ref = step.tokens, step.cost, step.known, step.c_ref
+        spend = self.store.session_spend(request.session_id, self.clock(), c_ref) if request.session_id else None
         eligible, excluded = self._eligibility(arrays, request, cost, spend)
         if not eligible.any():
             reasons = "; ".join(f"{e.agent_id}: {e.reason}" for e in excluded)
@@ -770,6 +774,22 @@ def _check_amount(name: str, value: float | None) -> None:
     if value is not None and not (0 <= value <= limit and math.isfinite(value)):
         shown = f"{limit:g}" if isinstance(limit, float) else str(limit)
         raise InvalidInput(name, value, f"a finite number in [0, {shown}]")
+
+
+@dataclass(frozen=True)
+class _Step:
+    """A step's skill demands and every agent's expected cost (unknown ones charged c_ref), worked out before any
+    write lock is taken."""
+
+    demands: list[tuple[str, float]]
+    source: str
+    cols: np.ndarray
+    weights: np.ndarray
+    labels: list[str]
+    tokens: float
+    cost: np.ndarray
+    known: np.ndarray
+    c_ref: float
 
 
 def _merged(model: type[EditedT], current: EditedT | None, changes: Mapping[str, Any]) -> EditedT:

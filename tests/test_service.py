@@ -223,6 +223,70 @@ def test_parallel_steps_of_one_session_cannot_overspend_its_budget(book: Handboo
     assert sorted(outcomes) == ["pricey"] + ["refused"] * 7
 
 
+def test_an_agent_of_unknown_cost_holds_c_ref_of_the_budget_while_its_steps_run(tmp_path: Path, clock: Clock) -> None:
+    """Routing charges an unknown cost c_ref, so the budget holds c_ref for it, not $0."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = HandbookStore(tmp_path / "u.db")
+    store.create_version(DOCUMENT.model_copy(update={"agents": [*DOCUMENT.agents, Agent(id="mystery")]}), source="t")
+    book = Handbook(store, HandbookSettings(decision_ttl_s=TTL), clock=clock)
+    c_ref = book.route(request(allowed_agents=["mystery"])).c_ref_usd
+    assert c_ref is not None
+
+    def step(_: int) -> bool:
+        try:
+            book.route(request(session_id="u", budget_usd=1.5 * c_ref, allowed_agents=["mystery"]))
+            return True
+        except Unroutable:
+            return False
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(step, range(8))) == 1
+
+
+def test_a_budgeted_route_never_waits_on_a_matcher_while_it_holds_the_file(tmp_path: Path) -> None:
+    """The matchers take their own lock and then the file's; a budgeted route takes the file's for its spend and
+    decision. Inferring the skills inside that transaction deadlocked against a plain route building its scorer."""
+    import threading
+    import time
+
+    from skillorchestra.handbook.inference import HandbookMatcher
+    from skillorchestra.handbook.semantic import SemanticMatcher
+
+    entered = threading.Event()
+
+    class SlowEmbedder:
+        model_name, dim = "slow", 8
+
+        def encode(self, texts: list[str]) -> np.ndarray:
+            entered.set()
+            time.sleep(0.3)  # a MiniLM encode of the skill texts takes as long, or longer
+            vectors = np.ones((len(texts), 8), dtype=np.float32)
+            return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    store = HandbookStore(tmp_path / "h.db")
+    store.create_version(DOCUMENT, source="test")
+    matcher = HandbookMatcher(store, SemanticMatcher(store, load=lambda: (SlowEmbedder(), "")))
+    book = Handbook(store, HandbookSettings(), matcher=matcher)
+    routed: dict[str, str] = {}
+    plain = threading.Thread(
+        target=lambda: routed.update(plain=book.route(RouteRequest(text=TEXT)).agent_id), daemon=True
+    )
+    plain.start()
+    entered.wait(5)
+    budgeted = threading.Thread(
+        target=lambda: routed.update(
+            budgeted=book.route(RouteRequest(text=TEXT, session_id="s", budget_usd=1.0)).agent_id
+        ),
+        daemon=True,
+    )
+    budgeted.start()
+    plain.join(10)
+    budgeted.join(10)
+    assert not plain.is_alive() and not budgeted.is_alive(), "deadlocked"
+    assert set(routed) == {"plain", "budgeted"}
+
+
 def test_unavailable_agents_are_excluded_with_their_reason(book: Handbook) -> None:
     decision = book.route(request(unavailable={"pricey": "circuit open after 3 timeouts"}))
     assert decision.agent_id == "mid"
