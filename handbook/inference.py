@@ -55,7 +55,7 @@ class HandbookMatcher:
         if labeller is not None:
             try:
                 found = labeller.match(text, mode, top_k)
-            except RuntimeError as exc:  # a MiniLM labeller without the weights installed
+            except (RuntimeError, ValueError) as exc:  # a MiniLM labeller without the weights, or one they don't fit
                 found = []
                 log.warning("learned labeller unavailable: %s", exc)
             total = sum(w for _, w in found)

@@ -42,6 +42,7 @@ from skillorchestra.handbook.models import (
 from skillorchestra.handbook.posterior import forget, fractional_update, weighted_mean_update
 
 BUSY_TIMEOUT_S = 30.0
+MINILM_DIM = 384  # all-MiniLM-L6-v2's vectors: the width of a MiniLM labeller's prototypes
 # Keys of a version's metrics that record how it went live (promote adds the first four to the metrics it copies
 # from the version it restores; learn sets went_live), not figures a learning run measured.
 BOOKKEEPING_METRICS = frozenset({"promoted_from", "replaced", "with_events", "rollback", "went_live"})
@@ -843,18 +844,19 @@ class HandbookStore:
             self._insert_row("outcomes", dict(outcome_row, result=result))
             return effect
 
-    def session_spend(self, session_id: str, now: float | None = None) -> float:
+    def session_spend(self, session_id: str, now: float | None = None, unknown_cost: float = 0.0) -> float:
         """Dollars a session has spent or committed, per decision: its reported cost, else the cost its delegated
-        call recorded, else its expected cost. So a step routed but not yet reported holds its share of the budget
-        (steps routed in parallel cannot all spend the same dollars), and a cost nobody knows is not taken as $0;
-        only a decision that expired with neither a call nor a report gives its share back."""
+        call recorded, else its expected cost (`unknown_cost`, the c_ref routing charges, where that is unknown).
+        So a step routed but not yet reported holds its share of the budget (steps routed in parallel cannot all
+        spend the same dollars), and a cost nobody knows is not taken as $0; only a decision that expired with
+        neither a call nor a report gives its share back."""
         with self.lock:
             row = self.db.conn.execute(
                 "SELECT COALESCE(SUM(COALESCE(o.cost_usd, d.call_cost_usd, CASE"
                 " WHEN o.decision_id IS NULL AND d.call_latency_s IS NULL AND d.expires_at <= ? THEN 0"
-                " ELSE d.expected_cost_usd END, 0)), 0)"
+                " ELSE COALESCE(d.expected_cost_usd, ?) END)), 0)"
                 " FROM decisions d LEFT JOIN outcomes o ON o.decision_id = d.id WHERE d.session_id = ?",
-                [time.time() if now is None else now, session_id],
+                [time.time() if now is None else now, unknown_cost, session_id],
             ).fetchone()
         return float(row[0])
 
@@ -1117,12 +1119,15 @@ def _check_labeller(raw: dict[str, Any], skill_ids: set[str]) -> None:
     """A learned labeller must load, name only the document's skills and (TF-IDF: no model needed) answer a step:
     a damaged one would make the server fall back to the lexical matcher and route differently, with a warning
     only in its log."""
-    from skillorchestra.handbook.learning.labeller import SkillLabeller  # numpy: only for a document that has one
+    from skillorchestra.handbook.embedding import MODEL_NAME  # numpy: only for a document that has a labeller
+    from skillorchestra.handbook.learning.labeller import SkillLabeller
 
     try:
         labeller = SkillLabeller.from_json(raw)
         if labeller.kind == "tfidf":
             labeller.match("a step to route", None, 1)
+        elif labeller.model_name == MODEL_NAME and labeller.prototypes.shape[1] != MINILM_DIM:  # no model loaded
+            raise ValueError(f"prototypes of width {labeller.prototypes.shape[1]}, not MiniLM's {MINILM_DIM}")
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         shown = f"{raw.get('kind')!r} labeller"
         raise InvalidInput("labeller", shown, f"a labeller written by skillorchestra learn ({exc})") from None

@@ -36,6 +36,12 @@ class AgentOutcome(BaseModel):
     latency_s: float | None = Field(default=None, ge=0.0)
     output: str | None = None
 
+    @field_validator("prompt_tokens", "completion_tokens", mode="before")
+    @classmethod
+    def _whole(cls, value: Any) -> Any:
+        """12.0 tokens is 12 (pandas writes integer columns with gaps so); strict mode alone would refuse it."""
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
 
 class TraceTask(BaseModel):
     """A task with every agent's outcome (outcomes may be sparse: a missing agent was not run)."""

@@ -88,10 +88,12 @@ def test_trace_values_of_the_wrong_type_are_refused_naming_the_field(tmp_path: P
 def test_whole_numbers_and_extra_keys_are_still_read(tmp_path: Path) -> None:
     traces = tmp_path / "t.jsonl"
     traces.write_text(
-        '{"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "cost_usd": 0, "error_class": "task"}}}\n'
+        '{"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "cost_usd": 0, "prompt_tokens": 12.0, '
+        '"error_class": "task"}}}\n'
     )
     (task,) = read_tasks(traces)
     assert task.outcomes["a"].score == 1.0 and task.outcomes["a"].cost_usd == 0.0
+    assert task.outcomes["a"].prompt_tokens == 12
 
 
 def test_a_byte_order_mark_is_read_as_the_start_of_utf8_text(tmp_path: Path) -> None:

@@ -619,6 +619,13 @@ def learned_document() -> HandbookDocument:
         (lambda raw: {**raw, "idf": raw["idf"][: len(raw["idf"]) // 2]}, "labeller"),
         (lambda raw: {k: v for k, v in raw.items() if k != "prototypes"}, "prototypes"),
         (lambda raw: {**raw, "skills": [*raw["skills"], {"id": "ghost", "mode": "answer"}]}, "ghost"),
+        (
+            lambda raw: (
+                {k: v for k, v in raw.items() if k not in ("terms", "idf")}
+                | {"kind": "minilm", "model_name": "sentence-transformers/all-MiniLM-L6-v2"}
+            ),
+            "not MiniLM",
+        ),
     ],
 )
 def test_an_import_whose_labeller_is_damaged_is_refused_before_anything_is_written(

@@ -86,7 +86,7 @@ def upsert_skill(
 ) -> Skill:
     """Add a skill, or change an existing one: only the fields you pass change (null = left out). Indicators are
     cues in a step that signal it, examples are sample steps; parent_id "" makes it a top-level skill; a new
-    skill's mode defaults to 'general'."""
+    skill's mode defaults to its parent's, else 'general'."""
     changes = given(mode=mode, parent_id=parent_id, description=description, indicators=indicators, examples=examples)
     if parent_id == "":
         changes["parent_id"] = None  # explicitly none, where a left-out parent_id keeps the current one
