@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,23 @@ def test_agents_load_adds_the_modes_its_file_names(tmp_path: Path, capsys: pytes
     assert {a.id: a.modes for a in store.agents()} == {"cheap": ["answer"], "web": ["search", "answer"]}
 
 
+def _log_outcomes(book: Handbook, success: dict[str, Callable[[int], bool]]) -> None:
+    """60 steps routed to each agent and reported, chemistry and poetry questions in turn."""
+    for i in range(60):
+        for agent, good in success.items():
+            topic = ("chemistry reactions", "poetry rhymes")[i % 2]
+            routed = book.route(RouteRequest(text=f"{topic} question {i}", allowed_agents=[agent], lambda_=0.0))
+            book.record(OutcomeReport(decision_id=routed.decision_id, success=good(i)))
+
+
+def _learned_from_events(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> HandbookStore:
+    code, _, err = run(["learn", "--data", "events", "--db", str(tmp_path / "h.db"), "--matcher", "lexical"], capsys)
+    assert code == 0, err
+    store = HandbookStore(tmp_path / "h.db")
+    assert store.versions()[-1]["source"] == "learn"
+    return store
+
+
 def test_learning_from_events_keeps_the_live_modes_its_agents_serve(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -145,17 +163,11 @@ def test_learning_from_events_keeps_the_live_modes_its_agents_serve(
     book.upsert_skill(Skill(id="general", description="anything at all"))
     for agent in ("alpha", "beta"):
         book.upsert_agent(Agent(id=agent, modes=["search"], input_per_mtok=1.0, output_per_mtok=1.0))
-    for i in range(60):  # routed without a mode: the learned handbook's only mode is the default one ("answer")
-        for agent, good in (("alpha", i % 2 == 0), ("beta", i % 2 == 1)):
-            topic = ("chemistry reactions", "poetry rhymes")[i % 2]
-            routed = book.route(RouteRequest(text=f"{topic} question {i}", allowed_agents=[agent], lambda_=0.0))
-            book.record(OutcomeReport(decision_id=routed.decision_id, success=good))
+    # routed without a mode: the learned handbook's only mode is the default one ("answer")
+    _log_outcomes(book, {"alpha": lambda i: i % 2 == 0, "beta": lambda i: i % 2 == 1})
     store.close()
-    code, _, err = run(["learn", "--data", "events", "--db", str(tmp_path / "h.db"), "--matcher", "lexical"], capsys)
-    assert code == 0, err
-    store = HandbookStore(tmp_path / "h.db")
+    store = _learned_from_events(tmp_path, capsys)
     document = store.document()
-    assert store.versions()[-1]["source"] == "learn"
     assert {a.id: a.modes for a in document.agents} == {"alpha": ["search"], "beta": ["search"]}
     assert [m.id for m in document.modes] == ["answer", "search"]
     assert Mode(id="search", insights=["prefer alpha"]) in document.modes
@@ -169,18 +181,12 @@ def test_learning_from_events_does_not_bring_back_a_deleted_agent(
     book.upsert_skill(Skill(id="general", description="anything at all"))
     for agent in ("alpha", "beta", "gamma"):
         book.upsert_agent(Agent(id=agent, input_per_mtok=1.0, output_per_mtok=1.0))
-    for i in range(60):  # every step judged for every agent: validation compares them, so the result goes live
-        for agent, good in (("alpha", i % 2 == 0), ("beta", True), ("gamma", i % 2 == 1)):
-            topic = ("chemistry reactions", "poetry rhymes")[i % 2]
-            routed = book.route(RouteRequest(text=f"{topic} question {i}", allowed_agents=[agent], lambda_=0.0))
-            book.record(OutcomeReport(decision_id=routed.decision_id, success=good))
+    # every step judged for every agent: validation compares them, so the result goes live
+    _log_outcomes(book, {"alpha": lambda i: i % 2 == 0, "beta": lambda i: True, "gamma": lambda i: i % 2 == 1})
     book.delete_agent("beta")  # the best agent in the log, deleted on purpose
     store.close()
-    code, _, err = run(["learn", "--data", "events", "--db", str(tmp_path / "h.db"), "--matcher", "lexical"], capsys)
-    assert code == 0, err
-    store = HandbookStore(tmp_path / "h.db")
+    store = _learned_from_events(tmp_path, capsys)
     document = store.document()
-    assert store.versions()[-1]["source"] == "learn"
     assert [a.id for a in document.agents] == ["alpha", "gamma"]
     assert {c.agent_id for c in [*document.competence, *document.cost]} <= {"alpha", "gamma"}
     assert Handbook(store).route(RouteRequest(text="poetry rhymes question 7", lambda_=0.0)).agent_id != "beta"
