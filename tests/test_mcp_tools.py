@@ -183,6 +183,7 @@ async def test_infrastructure_errors_never_touch_competence(mcp_client: Client) 
         ("consult_handbook", {"text": "x", "mode": " "}, "mode"),
         ("list_agents", {"mode": ""}, "mode"),
         ("delegate", {"text": "x", "agent_id": ""}, "agent_id"),
+        ("learn_handbook", {"orchestrator": " "}, "orchestrator"),
     ],
 )
 async def test_bad_input_is_a_tool_error_naming_the_field_and_writes_nothing(

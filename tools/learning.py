@@ -15,9 +15,9 @@ from mcp.server.mcpserver import Context
 from pydantic import BaseModel, Field
 
 from skillorchestra.handbook.errors import InvalidInput, NotFound
-from skillorchestra.handbook.models import ID_MAX, MAX_SEED
+from skillorchestra.handbook.models import MAX_SEED
 from skillorchestra.server.jobs import Job, JobRegistry, MatcherChoice
-from skillorchestra.tools.common import READ_ONLY, AppState, app_state, reports_failures, writes
+from skillorchestra.tools.common import READ_ONLY, AppState, OptionalId, app_state, reports_failures, writes
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0, description="share of tasks held out to select the handbook")]
 Lambda = Annotated[
@@ -74,7 +74,7 @@ def learn_handbook(
     val_fraction: Fraction = 0.2,
     lambda_: Lambda = 0.1,
     seed: Seed = 0,
-    orchestrator: Annotated[str | None, Field(max_length=ID_MAX, description="store the selection under")] = None,
+    orchestrator: Annotated[OptionalId, Field(description="store the selection under")] = None,
 ) -> LearnJobStatus:
     """Start learning a new handbook from this server's recorded steps and outcomes; returns a job id at once.
 
