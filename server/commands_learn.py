@@ -205,6 +205,7 @@ def _learn_into(
 ) -> Any:
     """Learn into `store` and return the run (the caller renders it once the new version is safely kept)."""
     from skillorchestra.handbook.learning.events import tasks_from_events
+    from skillorchestra.handbook.learning.pipeline import learnable
     from skillorchestra.server.jobs import learn_into_store, make_embedder
 
     if data_path is None:
@@ -215,6 +216,7 @@ def _learn_into(
                 "events",
                 "a database with reported outcomes of routed steps (route_step + record_outcome, step text kept)",
             )
+    learnable(tasks, args.val_fraction, args.lambda_)  # refused on one line, before the first progress line
     prices, price_source = _prices(args, data_path, store)
     embedder, features = make_embedder(args.matcher, store)
     label = str(data_path) if data_path is not None else f"the event log of {_db(args)}"

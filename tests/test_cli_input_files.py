@@ -39,6 +39,11 @@ def _repeated_id(path: Path) -> Path:
     return path
 
 
+def _unjudged(path: Path) -> Path:
+    path.write_text(json.dumps({"id": "t", "query": "q", "outcomes": {"a": {"score": None}}}) + "\n", encoding="utf-8")
+    return path
+
+
 def _broken(path: Path, content: bytes) -> Path:
     path.write_bytes(content)
     return path
@@ -76,6 +81,11 @@ CASES = {
         ["learn", "--data", str(_repeated_id(d / "train.jsonl")), "--agents", str(_good_prices(d / "p.json"))],
         "train.jsonl:7='t1'",
         "expected each task id once (first on line 2)",
+    ),
+    "learn --data, nothing judged": lambda d: (
+        ["learn", "--data", str(_unjudged(d / "train.jsonl")), "--matcher", "lexical"],
+        "tasks=1",
+        "a judged (non-null) score",
     ),
     "eval --test, a repeated task id": lambda d: (
         ["eval", "--train", str(_good_tasks(d / "train.jsonl")), "--test", str(_repeated_id(d / "test.jsonl"))]

@@ -96,7 +96,8 @@ def split_tasks(tasks: Sequence[TraceTask], val_fraction: float, seed: int) -> t
     return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)
 
 
-def _check(tasks: Sequence[TraceTask], val_fraction: float, lambda_: float) -> list[TraceTask]:
+def learnable(tasks: Sequence[TraceTask], val_fraction: float, lambda_: float) -> list[TraceTask]:
+    """The judged tasks, once the settings are checked: InvalidInput before any work (and any progress line)."""
     if not (isinstance(lambda_, int | float) and math.isfinite(lambda_) and lambda_ >= 0):
         raise InvalidInput("lambda", lambda_, "a finite number >= 0")
     if not (0.0 <= val_fraction < 1.0):
@@ -148,7 +149,7 @@ def learn(
         if progress is not None:
             progress(fraction, message)
 
-    tasks = _check(tasks, val_fraction, lambda_)
+    tasks = learnable(tasks, val_fraction, lambda_)
     prices = dict(prices)
     train_rows, val_rows = split_tasks(tasks, val_fraction, seed)
     train = [tasks[i] for i in train_rows]
