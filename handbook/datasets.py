@@ -107,7 +107,9 @@ def _llmrouter_task(split: str, number: int, row: Any, tasks_by_query: dict[str,
         raise InvalidInput(where, "scores", "a non-empty object {model: score in [0,1]}")
     outcomes = {}
     for model, score in scores.items():
-        if score is not None and not (isinstance(score, int | float) and 0.0 <= score <= 1.0):
+        # true is no score (read_tasks refuses it too), though bool is an int subclass
+        is_number = isinstance(score, int | float) and not isinstance(score, bool)
+        if score is not None and not (is_number and 0.0 <= score <= 1.0):
             raise InvalidInput(f"{where}.scores", model, "a score in [0,1] or null")
         outcomes[model] = AgentOutcome(score=None if score is None else float(score))
     extra = {"cluster_id": row["cluster_id"]} if row.get("cluster_id") is not None else {}

@@ -124,6 +124,22 @@ def test_llmrouter_missing_file_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("score", [True, "1", 1.5, -0.1])
+def test_llmrouter_scores_that_are_not_numbers_in_0_1_are_refused_and_nothing_is_written(
+    tmp_path: Path, score: object
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for split in ("train", "test"):
+        rows = [{"question": f"q {split}", "scores": {"m": score if split == "train" else 1.0}}]
+        (src / f"scores_{split}.json").write_text(json.dumps(rows), encoding="utf-8")
+        (src / f"default_query_{split}.jsonl").write_text("", encoding="utf-8")
+    (src / "default_llm.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(InvalidInput, match="a score in \\[0,1\\] or null"):
+        convert_llmrouter(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_source_folder_is_invalid_input(tmp_path: Path) -> None:
     for convert in (convert_llmrouter, convert_routellm):
         with pytest.raises(InvalidInput, match="nowhere"):
