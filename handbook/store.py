@@ -45,6 +45,8 @@ BUSY_TIMEOUT_S = 30.0
 MINILM_DIM = 384  # all-MiniLM-L6-v2's vectors: the width of a MiniLM labeller's prototypes
 # Keys of a version's metrics that record how it went live (promote adds the first four to the metrics it copies
 # from the version it restores; learn sets went_live), not figures a learning run measured.
+# how a learned version's summary says it was stored without going live; promoting it drops the remark
+NOT_LIVE_MARK = " (stored, not live:"
 BOOKKEEPING_METRICS = frozenset({"promoted_from", "replaced", "with_events", "rollback", "went_live"})
 
 
@@ -1006,7 +1008,8 @@ class HandbookStore:
             metrics = dict(info["metrics"], promoted_from=version, replaced=live, with_events=with_events)
             metrics["rollback"] = rollback  # a rollback walks on back; an explicit promote is undone instead
             metrics.pop("went_live", None)  # a learned version stored without going live: live now
-            text = summary or f"promoted version {version} (replacing {live}): {info['summary']}"
+            was = str(info["summary"]).split(NOT_LIVE_MARK)[0]  # live now, whatever it was when stored
+            text = summary or f"promoted version {version} (replacing {live}): {was}"
             return self._insert_version(document, source="promote", summary=text, parent=version, metrics=metrics)
 
     def rollback_target(self) -> int:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.models import Agent, HandbookDocument, Mode
-from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.handbook.store import NOT_LIVE_MARK, HandbookStore
 
 if TYPE_CHECKING:  # numpy and the learning stack load only when something is learned
     from skillorchestra.handbook.embedding import Embedder
@@ -244,7 +244,7 @@ def learn_into_store(
     went_live = comparable >= MIN_COMPARABLE_TASKS or not (live["skills"] or live["competence"])
     metrics["went_live"] = went_live
     if not went_live:
-        summary += f" (stored, not live: {comparable} validation tasks compare agents)"
+        summary += f"{NOT_LIVE_MARK} {comparable} validation tasks compare agents)"
     parent = store.current_version() or None
     version = store.create_version(document, source="learn", summary=summary, metrics=metrics, live=went_live)
     return LearnRun(version=version, parent=parent, result=result, metrics=metrics, summary=summary)

@@ -455,7 +455,9 @@ def test_learning_from_a_log_of_single_routed_steps_does_not_replace_the_live_ha
         store.close()
     assert run(["handbook", "promote", "3", "--db", str(db)], capsys)[0] == 0  # the user can still choose it
     store = HandbookStore(db)
-    assert store.current_version() == 4 and "went_live" not in store.versions()[-1]["metrics"]
+    promoted = store.versions()[-1]
+    assert store.current_version() == 4 and "went_live" not in promoted["metrics"]
+    assert promoted["summary"].startswith("promoted version 3") and "not live" not in promoted["summary"]
     store.close()
 
 
