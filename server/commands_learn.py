@@ -204,18 +204,14 @@ def _learn_into(
     args: argparse.Namespace, store: HandbookStore, tasks: list[Any], data_path: Path | None, learner: Any
 ) -> Any:
     """Learn into `store` and return the run (the caller renders it once the new version is safely kept)."""
-    from skillorchestra.handbook.learning.events import tasks_from_events
+    from skillorchestra.handbook.learning.events import NO_EVENTS, tasks_from_events
     from skillorchestra.handbook.learning.pipeline import learnable
     from skillorchestra.server.jobs import learn_into_store, make_embedder
 
     if data_path is None:
         tasks = tasks_from_events(store)
         if not tasks:
-            raise InvalidInput(
-                "--data",
-                "events",
-                "a database with reported outcomes of routed steps (route_step + record_outcome, step text kept)",
-            )
+            raise InvalidInput("--data", "events", f"a database with {NO_EVENTS}")
     learnable(tasks, args.val_fraction, args.lambda_)  # refused on one line, before the first progress line
     prices, price_source = _prices(args, data_path, store)
     embedder, features = make_embedder(args.matcher, store)

@@ -127,7 +127,8 @@ async def test_tool_annotations_and_errors(tmp_path: Path) -> None:
         assert set(tools["learn_handbook"].input_schema["properties"]) >= {"source", "val_fraction", "lambda_", "seed"}
         assert tools["learn_status"].input_schema["required"] == ["job_id"]
 
-        assert "source" in await error_text(client, "learn_handbook", {})  # nothing recorded yet
+        nothing = await error_text(client, "learn_handbook", {})  # nothing recorded yet
+        assert "source" in nothing and "SKILLORCHESTRA_STORE_TEXT=0" in nothing  # says what a log must hold
         assert "val_fraction" in await error_text(client, "learn_handbook", {"val_fraction": 1.0})
         assert "lambda_" in await error_text(client, "learn_handbook", {"lambda_": -1})
         assert "source" in await error_text(client, "learn_handbook", {"source": "/etc/passwd"})

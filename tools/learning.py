@@ -82,16 +82,14 @@ def learn_handbook(
     can compare agents (result.metrics.went_live): a log of steps routed to one agent each cannot show that the new
     skills route better, so that version is stored and the live handbook kept (`handbook promote` can use it).
     """
-    from skillorchestra.handbook.learning.events import prices_from_store, tasks_from_events
+    from skillorchestra.handbook.learning.events import NO_EVENTS, prices_from_store, tasks_from_events
     from skillorchestra.server.jobs import learn_into_store, make_embedder
 
     state = app_state(ctx)
     store = state.handbook.store
     tasks = tasks_from_events(store)
     if not tasks:
-        raise InvalidInput(
-            "source", source, "an event log with reported outcomes of routed steps (route_step, then record_outcome)"
-        )
+        raise InvalidInput("source", source, f"an event log with {NO_EVENTS}")
     prices = prices_from_store(store)
     choice = _matcher_choice(state)
     label = "the server's event log"

@@ -36,6 +36,13 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+# what learning from a database's own log needs, said alike by the CLI and the learn_handbook tool
+NO_EVENTS = (
+    "reported outcomes of routed steps whose text was kept (route_step, then record_outcome; a server run with"
+    " SKILLORCHESTRA_STORE_TEXT=0 keeps no step text to learn from)"
+)
+
+
 def tasks_from_events(store: HandbookStore) -> list[TraceTask]:
     """One task per distinct (mode, text), in order of first appearance, with each agent's mean outcome."""
     grouped: dict[tuple[str | None, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
