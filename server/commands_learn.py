@@ -354,7 +354,8 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
         *candidate_lines(m["candidates"], m["cost_basis"] != "unknown"),
         "",
         f"Selected '{m['selected']}' (depth {m['depth']}, {m['n_skills']} skills): the highest utility"
-        f" (ties: fewer skills). Accuracy/cost Pareto front: {', '.join(m['pareto_front'])}.",
+        f" (ties: the higher utility over the lambda sweep, then fewer skills). Accuracy/cost Pareto front:"
+        f" {', '.join(m['pareto_front'])}.",
         *length_lines(m.get("length_effect")),
     ]
     if m.get("orchestrator"):
