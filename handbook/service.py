@@ -6,6 +6,7 @@ stale, and SQLite's data_version tells it when another process (the CLI, another
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -366,84 +367,76 @@ class Handbook:
         cols, weights, labels = self._columns(arrays, demands, request.mode)
         tokens = float(costing.prompt_tokens([request.text])[0]) + request.prompt_extra_chars / costing.CHARS_PER_TOKEN
         cost, known, c_ref = costing.step_costs(arrays, tokens, cols, weights)
-        step = _Step(demands, source, cols, weights, labels, tokens, cost, known, c_ref)
-        if request.session_id is not None and request.budget_usd is not None:
-            # the session's spend is read and this decision's reservation written in one transaction: parallel
-            # steps of a session each see the others' reservations, so together they cannot overspend the budget.
-            # Everything that takes another lock (arrays() the handbook's, the matchers their own before the
-            # file's) ran above: inside, only the file is read and written.
-            with self.store.write():
-                return self._decide(request, arrays, step)
-        return self._decide(request, arrays, step)
-
-    def _decide(self, request: RouteRequest, arrays: HandbookArrays, step: _Step) -> RouteDecision:
-        """Choose among the eligible agents for the step, and record the decision."""
-        demands, source, cols, weights, labels = step.demands, step.source, step.cols, step.weights, step.labels
-        tokens, cost, known, c_ref = step.tokens, step.cost, step.known, step.c_ref
-        spend = self.store.session_spend(request.session_id, self.clock(), c_ref) if request.session_id else None
-        eligible, excluded = self._eligibility(arrays, request, cost, spend)
-        if not eligible.any():
-            reasons = "; ".join(f"{e.agent_id}: {e.reason}" for e in excluded)
-            raise Unroutable(f"no agent satisfies the step's constraints ({reasons})")
-        shift = step_shift(arrays, request.text)
-        scores = route(
-            arrays.route_inputs(cols, weights, cost, c_ref, eligible, shift),
-            request.lambda_,
-            request.strategy,
-            # only thompson draws; seeding a generator from OS entropy costs ~15 us per mean route
-            np.random.default_rng(request.seed) if request.strategy == "thompson" else None,
-        )
-        candidates = [
-            Candidate(
-                agent_id=arrays.agent_ids[i],
-                utility=float(scores.utility[i]),
-                quality=float(scores.quality[i]),
-                ci90=(float(scores.ci_low[i]), float(scores.ci_high[i])),
-                n=float(arrays.evidence[i, cols] @ weights),
-                expected_cost_usd=float(cost[i]) if known[i] else None,
-                contributions={label: float(v) for label, v in zip(labels, scores.contributions[i], strict=True)},
-                length_shift=0.0 if shift is None else float(shift[i]),
+        budgeted = request.session_id is not None and request.budget_usd is not None
+        # A budgeted step reads the session's spend and writes its decision (its reservation) in one transaction:
+        # parallel steps of a session each see the others' reservations, so together they cannot overspend the
+        # budget. Everything that takes another lock (arrays() the handbook's, the matchers their own before the
+        # file's) ran above: inside, only the file is read and written.
+        with self.store.write() if budgeted else contextlib.nullcontext():
+            spend = self.store.session_spend(request.session_id, self.clock(), c_ref) if request.session_id else None
+            eligible, excluded = self._eligibility(arrays, request, cost, spend)
+            if not eligible.any():
+                reasons = "; ".join(f"{e.agent_id}: {e.reason}" for e in excluded)
+                raise Unroutable(f"no agent satisfies the step's constraints ({reasons})")
+            shift = step_shift(arrays, request.text)
+            scores = route(
+                arrays.route_inputs(cols, weights, cost, c_ref, eligible, shift),
+                request.lambda_,
+                request.strategy,
+                # only thompson draws; seeding a generator from OS entropy costs ~15 us per mean route
+                np.random.default_rng(request.seed) if request.strategy == "thompson" else None,
             )
-            for i in scores.ranking[: request.top_k]
-        ]
-        now = self.clock()
-        decision = RouteDecision(
-            decision_id=uuid.uuid4().hex,
-            agent_id=arrays.agent_ids[scores.chosen],
-            explored=scores.explored,
-            propensity=scores.propensity,
-            strategy=request.strategy,
-            lambda_=request.lambda_,
-            skills=[SkillDemand(skill_id=s, weight=w) for s, w in demands],
-            skills_source=source if demands else ("mode level" if request.mode else "agent level"),
-            candidates=candidates,
-            excluded=excluded,
-            c_ref_usd=c_ref or None,
-            session_spend_usd=spend,
-            handbook_version=self.store.current_version(),
-            expires_at=now + self.settings.decision_ttl_s,
-        )
-        self.store.insert_decision(
-            {
-                "id": decision.decision_id,
-                "version": decision.handbook_version,
-                "created_at": now,
-                "expires_at": decision.expires_at,
-                "session_id": request.session_id,
-                "agent_id": decision.agent_id,
-                "mode": request.mode,
-                "skills": [[s, w] for s, w in demands],
-                "strategy": request.strategy,
-                "lambda": request.lambda_,
-                "propensity": decision.propensity,
-                "explored": int(decision.explored),
-                "expected_cost_usd": float(cost[scores.chosen]) if known[scores.chosen] else None,
-                "text": request.text if self.settings.store_step_text else None,
-                "candidates": [c.model_dump() for c in candidates],
-                "step_tokens": tokens,
-            }
-        )
-        return decision
+            candidates = [
+                Candidate(
+                    agent_id=arrays.agent_ids[i],
+                    utility=float(scores.utility[i]),
+                    quality=float(scores.quality[i]),
+                    ci90=(float(scores.ci_low[i]), float(scores.ci_high[i])),
+                    n=float(arrays.evidence[i, cols] @ weights),
+                    expected_cost_usd=float(cost[i]) if known[i] else None,
+                    contributions={label: float(v) for label, v in zip(labels, scores.contributions[i], strict=True)},
+                    length_shift=0.0 if shift is None else float(shift[i]),
+                )
+                for i in scores.ranking[: request.top_k]
+            ]
+            now = self.clock()
+            decision = RouteDecision(
+                decision_id=uuid.uuid4().hex,
+                agent_id=arrays.agent_ids[scores.chosen],
+                explored=scores.explored,
+                propensity=scores.propensity,
+                strategy=request.strategy,
+                lambda_=request.lambda_,
+                skills=[SkillDemand(skill_id=s, weight=w) for s, w in demands],
+                skills_source=source if demands else ("mode level" if request.mode else "agent level"),
+                candidates=candidates,
+                excluded=excluded,
+                c_ref_usd=c_ref or None,
+                session_spend_usd=spend,
+                handbook_version=self.store.current_version(),
+                expires_at=now + self.settings.decision_ttl_s,
+            )
+            self.store.insert_decision(
+                {
+                    "id": decision.decision_id,
+                    "version": decision.handbook_version,
+                    "created_at": now,
+                    "expires_at": decision.expires_at,
+                    "session_id": request.session_id,
+                    "agent_id": decision.agent_id,
+                    "mode": request.mode,
+                    "skills": [[s, w] for s, w in demands],
+                    "strategy": request.strategy,
+                    "lambda": request.lambda_,
+                    "propensity": decision.propensity,
+                    "explored": int(decision.explored),
+                    "expected_cost_usd": float(cost[scores.chosen]) if known[scores.chosen] else None,
+                    "text": request.text if self.settings.store_step_text else None,
+                    "candidates": [c.model_dump() for c in candidates],
+                    "step_tokens": tokens,
+                }
+            )
+            return decision
 
     def _eligibility(
         self, arrays: HandbookArrays, request: RouteRequest, cost: np.ndarray, spend: float | None
@@ -774,22 +767,6 @@ def _check_amount(name: str, value: float | None) -> None:
     if value is not None and not (0 <= value <= limit and math.isfinite(value)):
         shown = f"{limit:g}" if isinstance(limit, float) else str(limit)
         raise InvalidInput(name, value, f"a finite number in [0, {shown}]")
-
-
-@dataclass(frozen=True)
-class _Step:
-    """A step's skill demands and every agent's expected cost (unknown ones charged c_ref), worked out before any
-    write lock is taken."""
-
-    demands: list[tuple[str, float]]
-    source: str
-    cols: np.ndarray
-    weights: np.ndarray
-    labels: list[str]
-    tokens: float
-    cost: np.ndarray
-    known: np.ndarray
-    c_ref: float
 
 
 def _merged(model: type[EditedT], current: EditedT | None, changes: Mapping[str, Any]) -> EditedT:
