@@ -1,4 +1,5 @@
-"""SQLite storage of the handbook: schema, migrations, versions, the event log, decisions and outcomes.
+"""SQLite storage of the handbook: versions, the event log, decisions and outcomes (the schema and its
+migrations: handbook/schema.py; a document's referential checks: handbook/document_checks.py).
 
 Design:
 - One file, WAL, synchronous=NORMAL. Every write runs in `BEGIN IMMEDIATE` with a busy timeout, because a host
@@ -14,20 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
 
 from skillorchestra.handbook.arrays import MODE_PREFIX, ROOT_SKILL
+from skillorchestra.handbook.document_checks import check_document
 from skillorchestra.handbook.errors import InvalidInput, NotFound
 from skillorchestra.handbook.models import (
     INFRASTRUCTURE_ERRORS,
@@ -40,13 +39,13 @@ from skillorchestra.handbook.models import (
     Skill,
 )
 from skillorchestra.handbook.posterior import forget, fractional_update, weighted_mean_update
+from skillorchestra.handbook.schema import dumps, migrations
 
 BUSY_TIMEOUT_S = 30.0
-MINILM_DIM = 384  # all-MiniLM-L6-v2's vectors: the width of a MiniLM labeller's prototypes
-# Keys of a version's metrics that record how it went live (promote adds the first four to the metrics it copies
-# from the version it restores; learn sets went_live), not figures a learning run measured.
 # how a learned version's summary says it was stored without going live; promoting it drops the remark
 NOT_LIVE_MARK = " (stored, not live:"
+# Keys of a version's metrics that record how it went live (promote adds the first four to the metrics it copies
+# from the version it restores; learn sets went_live), not figures a learning run measured.
 BOOKKEEPING_METRICS = frozenset({"promoted_from", "replaced", "with_events", "rollback", "went_live"})
 
 
@@ -56,226 +55,6 @@ class OutcomeEffect:
 
     competence: list[Competence] = field(default_factory=list)
     costs: list[CostStats] = field(default_factory=list)
-
-
-migrations = Migrations("skillorchestra")
-
-
-@migrations()
-def m001_initial(db: Database) -> None:
-    db["meta"].create({"key": str, "value": str}, pk="key")
-    db["versions"].create(
-        {
-            "id": int,
-            "parent_id": int,
-            "created_at": float,
-            "source": str,
-            "summary": str,
-            "metrics": str,
-            "snapshot": str,
-        },
-        pk="id",
-    )
-    db["modes"].create({"id": str, "description": str, "insights": str}, pk="id")
-    db["skills"].create(
-        {
-            "id": str,
-            "mode": str,
-            "parent_id": str,
-            "description": str,
-            "indicators": str,
-            "examples": str,
-        },
-        pk="id",
-    )
-    db["skills"].enable_fts(
-        ["id", "description", "indicators", "examples"],
-        fts_version="FTS5",
-        create_triggers=True,
-        tokenize="porter",
-    )
-    db["agents"].create(
-        {
-            "id": str,
-            "description": str,
-            "modes": str,
-            "input_per_mtok": float,
-            "output_per_mtok": float,
-            "enabled": int,
-        },
-        pk="id",
-    )
-    db["competence"].create(
-        {"agent_id": str, "skill_id": str, "alpha": float, "beta": float}, pk=("agent_id", "skill_id")
-    )
-    db["cost_stats"].create(
-        {
-            "agent_id": str,
-            "skill_id": str,
-            "n": float,
-            "mean_cost_usd": float,
-            "m2_cost": float,
-            "mean_prompt_tokens": float,
-            "mean_completion_tokens": float,
-            "mean_latency_s": float,
-        },
-        pk=("agent_id", "skill_id"),
-    )
-    db.execute(
-        "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, version INTEGER NOT NULL,"
-        " kind TEXT NOT NULL, payload TEXT NOT NULL, created_at REAL NOT NULL)"
-    )
-    db["events"].create_index(["version", "seq"])
-    db["decisions"].create(
-        {
-            "id": str,
-            "version": int,
-            "created_at": float,
-            "expires_at": float,
-            "session_id": str,
-            "agent_id": str,
-            "mode": str,
-            "skills": str,
-            "strategy": str,
-            "lambda": float,
-            "propensity": float,
-            "explored": int,
-            "expected_cost_usd": float,
-            "text": str,
-            "candidates": str,
-        },
-        pk="id",
-    )
-    db["decisions"].create_index(["session_id"])
-    db["outcomes"].create(
-        {
-            "decision_id": str,
-            "created_at": float,
-            "agent_id": str,
-            "session_id": str,
-            "reward": float,
-            "error_class": str,
-            "cost_usd": float,
-            "prompt_tokens": int,
-            "completion_tokens": int,
-            "latency_s": float,
-            "payload": str,
-            "result": str,
-        },
-        pk="decision_id",
-    )
-    db["outcomes"].create_index(["session_id"])
-
-
-@migrations()
-def m002_delegation(db: Database) -> None:
-    """Connection settings of agents (from agents.toml only) and what a delegated call cost, recorded at once."""
-    db["connections"].create({"agent_id": str, "kind": str, "config": str, "loaded_at": float}, pk="agent_id")
-    decisions = db["decisions"]
-    for column, kind in (
-        ("parent_decision_id", str),
-        ("call_cost_usd", float),
-        ("call_cost_source", str),
-        ("call_prompt_tokens", int),
-        ("call_completion_tokens", int),
-        ("call_latency_s", float),
-        ("call_error_class", str),
-    ):
-        decisions.add_column(column, kind)
-
-
-@migrations()
-def m003_embeddings(db: Database) -> None:
-    """Skill-text embeddings of the semantic matcher, keyed by a hash of model name and text."""
-    db["embeddings"].create({"hash": str, "vector": bytes}, pk="hash")
-
-
-@migrations()
-def m004_step_tokens(db: Database) -> None:
-    """The router's token estimate of each routed step, and its mean per (agent, skill) beside the cost it explains;
-    and each decision's role (NULL: a routed step; "fallback": the next candidate; "judge": a grading call)."""
-    db["decisions"].add_column("step_tokens", float)
-    db["decisions"].add_column("role", str)
-    db["cost_stats"].add_column("mean_step_tokens", float, not_null_default=0.0)
-    db["cost_stats"].add_column("n_step_tokens", float, not_null_default=0.0)
-
-
-@migrations()
-def m005_lean_outcome_writes(db: Database) -> None:
-    """Fewer b-trees written per recorded outcome: each is one more WAL page per commit and per checkpoint.
-
-    competence and cost_stats become WITHOUT ROWID tables clustered on (agent_id, skill_id) (no separate key index
-    to look up and keep), events number rows without AUTOINCREMENT (whose sqlite_sequence row was rewritten by every
-    event; a new event still gets a seq above every existing one), and outcomes.session_id loses an index no query
-    reads (session_spend filters decisions). Not outcomes: its ~500-byte rows split a WITHOUT ROWID b-tree keyed by
-    random decision ids so often that it wrote more pages, not fewer. Rows, columns and their order are unchanged."""
-    db.execute("DROP INDEX IF EXISTS idx_outcomes_session_id")
-    for table in ("competence", "cost_stats"):
-        (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", [table]).fetchone()
-        # the same definition under the new name, whatever quoting the name had
-        _copy_table(db, table, TABLE_NAME.sub('CREATE TABLE "_new"', sql, count=1) + " WITHOUT ROWID")
-    _copy_table(
-        db,
-        "events",
-        "CREATE TABLE _new (seq INTEGER PRIMARY KEY, version INTEGER NOT NULL, kind TEXT NOT NULL,"
-        " payload TEXT NOT NULL, created_at REAL NOT NULL)",
-    )
-    db["events"].create_index(["version", "seq"])
-
-
-@migrations()
-def m006_finite_numbers(db: Database) -> None:
-    """Non-finite numbers out of the live state and the event log: the models refuse them now, and earlier
-    releases stored them (an `upsert_agent` price of 1e999 or Infinity; TOML's inf in `agents load`). A price
-    becomes unknown (charged c_ref and flagged, as interface.md says), and evidence rows that are not numbers are
-    dropped: they could only come from such input, and the cell goes back to its prior."""
-    huge = "abs({0}) > 1.7976931348623157e308"  # only +-inf exceeds the largest double (NaN is stored as NULL)
-    for column in ("input_per_mtok", "output_per_mtok"):
-        db.execute(f"UPDATE agents SET {column} = NULL WHERE {huge.format(column)}")
-    db.execute(f"DELETE FROM competence WHERE {huge.format('alpha')} OR {huge.format('beta')}")
-    numbers = ("n", "mean_cost_usd", "m2_cost", "mean_prompt_tokens", "mean_completion_tokens", "mean_latency_s")
-    db.execute(f"DELETE FROM cost_stats WHERE {' OR '.join(huge.format(c) for c in numbers)}")
-    rows = db.execute(
-        "SELECT seq, payload FROM events WHERE payload LIKE '%Infinity%' OR payload LIKE '%NaN%'"
-    ).fetchall()
-    for seq, payload in rows:
-        cleaned = _finite(json.loads(payload))
-        db.execute("UPDATE events SET payload = ? WHERE seq = ?", [_dumps(cleaned), seq])
-
-
-def _finite(value: Any) -> Any:
-    """`value` (parsed JSON) with every infinite or NaN number replaced by null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-# the name in a CREATE TABLE statement, in any of SQLite's quotings
-TABLE_NAME = re.compile(r'^CREATE TABLE\s+("(?:[^"]|"")*"|\[[^\]]*\]|`[^`]*`|\w+)')
-
-
-def _copy_table(db: Database, table: str, create_new: str) -> None:
-    """Replace `table` by the table `create_new` makes (named _new, same columns in the same order), rows kept."""
-    db.execute(create_new)
-    db.execute(f'INSERT INTO _new SELECT * FROM "{table}"')
-    db.execute(f'DROP TABLE "{table}"')
-    db.execute(f'ALTER TABLE _new RENAME TO "{table}"')
-
-
-def schema_version() -> int:
-    """The schema version a fully migrated database has (one per migration)."""
-    return len(migrations._migrations)
-
-
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # json.dumps with options builds one per call
-
-
-def _dumps(value: Any) -> str:
-    return _ENCODER.encode(value)
 
 
 class HandbookStore:
@@ -448,7 +227,7 @@ class HandbookStore:
                 "created_at": time.time(),
                 "source": source,
                 "summary": summary,
-                "metrics": _dumps(metrics or {}),
+                "metrics": dumps(metrics or {}),
                 "snapshot": document.model_dump_json(),
             },
             pk="id",
@@ -474,8 +253,8 @@ class HandbookStore:
         self._compact_skill_index()
         self.generation += 1
         self._set_meta("description", document.description)
-        self._set_meta("selections", _dumps(document.selections))
-        self._set_meta("labeller", _dumps(document.labeller))
+        self._set_meta("selections", dumps(document.selections))
+        self._set_meta("labeller", dumps(document.labeller))
         self._put_length_effect(document.length_effect, document.version)
 
     # -- reads -------------------------------------------------------------------------------------------
@@ -578,7 +357,7 @@ class HandbookStore:
     def _put_length_effect(self, effect: LengthEffect | None, version: int) -> None:
         kept = _effective(effect)
         self._set_meta(
-            "length_effect", _dumps({"version": version, "effect": kept.model_dump() if kept is not None else None})
+            "length_effect", dumps({"version": version, "effect": kept.model_dump() if kept is not None else None})
         )
 
     def search_skills(self, query: str, mode: str | None, limit: int) -> list[tuple[str, float]]:
@@ -602,7 +381,7 @@ class HandbookStore:
     def _log_event(self, version: int, kind: str, payload: dict[str, Any]) -> None:
         self.db.execute(
             "INSERT INTO events (version, kind, payload, created_at) VALUES (?, ?, ?, ?)",
-            [version, kind, _dumps(payload), time.time()],
+            [version, kind, dumps(payload), time.time()],
         )
 
     def _apply_event(self, kind: str, payload: dict[str, Any]) -> Any:
@@ -761,7 +540,7 @@ class HandbookStore:
 
     def _put_mode(self, mode: Mode) -> None:
         self.db["modes"].upsert(
-            {"id": mode.id, "description": mode.description, "insights": _dumps(mode.insights)}, pk="id"
+            {"id": mode.id, "description": mode.description, "insights": dumps(mode.insights)}, pk="id"
         )
 
     def _compact_skill_index(self) -> None:
@@ -780,8 +559,8 @@ class HandbookStore:
                 "mode": skill.mode,
                 "parent_id": skill.parent_id,
                 "description": skill.description,
-                "indicators": _dumps(skill.indicators),
-                "examples": _dumps(skill.examples),
+                "indicators": dumps(skill.indicators),
+                "examples": dumps(skill.examples),
             },
             pk="id",
         )
@@ -791,7 +570,7 @@ class HandbookStore:
             {
                 "id": agent.id,
                 "description": agent.description,
-                "modes": _dumps(agent.modes),
+                "modes": dumps(agent.modes),
                 "input_per_mtok": agent.input_per_mtok,
                 "output_per_mtok": agent.output_per_mtok,
                 "enabled": int(agent.enabled),
@@ -807,7 +586,7 @@ class HandbookStore:
 
     def _insert_row(self, table: str, row: dict[str, Any]) -> None:
         """A plain INSERT (the hot path: sqlite-utils' insert re-reads the schema on every call)."""
-        values = [_dumps(v) if isinstance(v, list | dict) else v for v in row.values()]
+        values = [dumps(v) if isinstance(v, list | dict) else v for v in row.values()]
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         self.db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", values)
@@ -842,7 +621,7 @@ class HandbookStore:
                 return None
             self._log_event(live, "outcome", event)
             effect: OutcomeEffect = self._apply_event("outcome", event)
-            result = _dumps([c.model_dump() for c in effect.competence])
+            result = dumps([c.model_dump() for c in effect.competence])
             self._insert_row("outcomes", dict(outcome_row, result=result))
             return effect
 
@@ -879,7 +658,7 @@ class HandbookStore:
             now = time.time()
             for agent_id, (kind, config) in connections.items():
                 self.db["connections"].insert(
-                    {"agent_id": agent_id, "kind": kind, "config": _dumps(config), "loaded_at": now}, pk="agent_id"
+                    {"agent_id": agent_id, "kind": kind, "config": dumps(config), "loaded_at": now}, pk="agent_id"
                 )
 
     def connections(self) -> dict[str, dict[str, Any]]:
@@ -1059,89 +838,3 @@ def _effective(effect: LengthEffect | None) -> LengthEffect | None:
 def _made_by_rollback(info: dict[str, Any]) -> bool:
     """Versions promoted by `rollback` say so in their metrics (older ones only in their summary)."""
     return bool(info["metrics"].get("rollback")) or str(info["summary"]).startswith("rollback from")
-
-
-def check_document(document: HandbookDocument) -> None:
-    """Referential checks the pydantic schema cannot make; raised before anything is written."""
-    skill_ids = [s.id for s in document.skills]
-    agent_ids = [a.id for a in document.agents]
-    for kind, ids in (
-        ("skills", skill_ids),
-        ("agents", agent_ids),
-        ("modes", [m.id for m in document.modes]),
-    ):
-        seen: set[str] = set()
-        for item in ids:
-            if item in seen:
-                raise InvalidInput(f"{kind}[].id", item, "unique ids")
-            seen.add(item)
-    mode_ids = {m.id for m in document.modes} | {s.mode for s in document.skills}  # a skill's mode is created
-    for agent in document.agents:
-        unknown = [m for m in agent.modes if m not in mode_ids]
-        if unknown:
-            raise InvalidInput(
-                f"agents[{agent.id}].modes",
-                unknown,
-                f"modes the document has ({', '.join(sorted(mode_ids)) or 'none'})",
-            )
-    known_skills = set(skill_ids) | {ROOT_SKILL} | {f"{MODE_PREFIX}{m}" for m in mode_ids}
-    parents = {s.id: s.parent_id for s in document.skills}
-    mode_of = {s.id: s.mode for s in document.skills}
-    for skill in document.skills:
-        if skill.id == ROOT_SKILL or skill.id.startswith(MODE_PREFIX):
-            raise InvalidInput(
-                "skills[].id",
-                skill.id,
-                f"an id that is not {ROOT_SKILL!r} and does not start with {MODE_PREFIX!r} (reserved)",
-            )
-        if skill.parent_id is not None and skill.parent_id not in parents:
-            raise NotFound("parent skill", skill.parent_id, skill_ids)
-        if skill.parent_id is not None and skill.mode != mode_of[skill.parent_id]:
-            raise InvalidInput(
-                f"skills[{skill.id}].mode",
-                skill.mode,
-                f"{mode_of[skill.parent_id]!r}, the mode of its parent skill {skill.parent_id!r}",
-            )
-        seen, cursor = {skill.id}, skill.parent_id
-        while cursor is not None:
-            if cursor in seen:
-                raise InvalidInput(f"skills[{skill.id}].parent_id", skill.parent_id, "a parent chain without a cycle")
-            seen.add(cursor)
-            cursor = parents.get(cursor)
-    for section, rows in (("competence", document.competence), ("cost", document.cost)):
-        _check_pairs(section, rows, set(agent_ids), known_skills)
-    if document.length_effect is not None:
-        for agent_id in document.length_effect.slopes:
-            if agent_id not in agent_ids:
-                raise NotFound("agent in length_effect.slopes", agent_id, agent_ids)
-    if document.labeller is not None:
-        _check_labeller(document.labeller, set(skill_ids))
-
-
-def _check_labeller(raw: dict[str, Any], skill_ids: set[str]) -> None:
-    """A learned labeller must load, name only the document's skills and (TF-IDF: no model needed) answer a step:
-    a damaged one would make the server fall back to the lexical matcher and route differently, with a warning
-    only in its log."""
-    from skillorchestra.handbook.embedding import MODEL_NAME  # numpy: only for a document that has a labeller
-    from skillorchestra.handbook.learning.labeller import SkillLabeller
-
-    try:
-        labeller = SkillLabeller.from_json(raw)
-        if labeller.kind == "tfidf":
-            labeller.match("a step to route", None, 1)
-        elif labeller.model_name == MODEL_NAME and labeller.prototypes.shape[1] != MINILM_DIM:  # no model loaded
-            raise ValueError(f"prototypes of width {labeller.prototypes.shape[1]}, not MiniLM's {MINILM_DIM}")
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
-        shown = f"{raw.get('kind')!r} labeller"
-        raise InvalidInput("labeller", shown, f"a labeller written by skillorchestra learn ({exc})") from None
-    unknown = sorted(set(labeller.skill_ids) - skill_ids)
-    if unknown:
-        raise InvalidInput("labeller.skills", unknown, "skills the document has")
-
-
-def _check_pairs(field: str, rows: Sequence[Competence | CostStats], agents: set[str], skills: set[str]) -> None:
-    for row in rows:
-        if row.agent_id not in agents:
-            raise NotFound(f"agent in {field}", row.agent_id, agents)
-        if row.skill_id not in skills:
-            raise NotFound(f"skill in {field}", row.skill_id, skills)

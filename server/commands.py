@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from skillorchestra.handbook.document_checks import check_document
 from skillorchestra.handbook.errors import HandbookError, InvalidInput, first_problem, not_utf8
 from skillorchestra.handbook.models import Agent, HandbookDocument, Mode
-from skillorchestra.handbook.store import BOOKKEEPING_METRICS, HandbookStore, check_document
+from skillorchestra.handbook.store import BOOKKEEPING_METRICS, HandbookStore
 from skillorchestra.server.settings import ServerSettings, default_db_path
 
 if TYPE_CHECKING:

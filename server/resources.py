@@ -11,8 +11,8 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 
 from skillorchestra.handbook.metrics import entropy_bits
+from skillorchestra.handbook.schema import schema_version
 from skillorchestra.handbook.service import Handbook
-from skillorchestra.handbook.store import schema_version
 
 
 def _json(value: object) -> str:

@@ -15,10 +15,11 @@ import pytest
 from mcp import Client
 from test_store import DOCUMENT, dump
 
+from skillorchestra.handbook.document_checks import check_document
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.models import Agent, HandbookDocument, Mode, Skill
 from skillorchestra.handbook.service import Handbook, OutcomeReport, RouteRequest
-from skillorchestra.handbook.store import HandbookStore, check_document
+from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.cli import main
 
 

@@ -27,8 +27,9 @@ from skillorchestra.handbook.models import (
     Skill,
     SkillDemand,
 )
+from skillorchestra.handbook.schema import migrations, schema_version
 from skillorchestra.handbook.service import Handbook, HandbookSettings, OutcomeReport, RouteRequest
-from skillorchestra.handbook.store import HandbookStore, migrations, schema_version
+from skillorchestra.handbook.store import HandbookStore
 
 DOCUMENT = HandbookDocument(
     modes=[Mode(id="code", description="write code", insights=["tests first"]), Mode(id="search")],

@@ -1,0 +1,100 @@
+"""Referential checks of a handbook document that its pydantic schema cannot make (unique ids, known modes and
+parents, no parent cycles, evidence rows naming known agents and skills, a labeller that works), run before a
+document is written: an import or a learned version either fits whole or is refused naming the field."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from skillorchestra.handbook.arrays import MODE_PREFIX, ROOT_SKILL
+from skillorchestra.handbook.errors import InvalidInput, NotFound
+from skillorchestra.handbook.models import Competence, CostStats, HandbookDocument
+
+MINILM_DIM = 384  # all-MiniLM-L6-v2's vectors: the width of a MiniLM labeller's prototypes
+
+
+def check_document(document: HandbookDocument) -> None:
+    """Referential checks the pydantic schema cannot make; raised before anything is written."""
+    skill_ids = [s.id for s in document.skills]
+    agent_ids = [a.id for a in document.agents]
+    for kind, ids in (
+        ("skills", skill_ids),
+        ("agents", agent_ids),
+        ("modes", [m.id for m in document.modes]),
+    ):
+        seen: set[str] = set()
+        for item in ids:
+            if item in seen:
+                raise InvalidInput(f"{kind}[].id", item, "unique ids")
+            seen.add(item)
+    mode_ids = {m.id for m in document.modes} | {s.mode for s in document.skills}  # a skill's mode is created
+    for agent in document.agents:
+        unknown = [m for m in agent.modes if m not in mode_ids]
+        if unknown:
+            raise InvalidInput(
+                f"agents[{agent.id}].modes",
+                unknown,
+                f"modes the document has ({', '.join(sorted(mode_ids)) or 'none'})",
+            )
+    known_skills = set(skill_ids) | {ROOT_SKILL} | {f"{MODE_PREFIX}{m}" for m in mode_ids}
+    parents = {s.id: s.parent_id for s in document.skills}
+    mode_of = {s.id: s.mode for s in document.skills}
+    for skill in document.skills:
+        if skill.id == ROOT_SKILL or skill.id.startswith(MODE_PREFIX):
+            raise InvalidInput(
+                "skills[].id",
+                skill.id,
+                f"an id that is not {ROOT_SKILL!r} and does not start with {MODE_PREFIX!r} (reserved)",
+            )
+        if skill.parent_id is not None and skill.parent_id not in parents:
+            raise NotFound("parent skill", skill.parent_id, skill_ids)
+        if skill.parent_id is not None and skill.mode != mode_of[skill.parent_id]:
+            raise InvalidInput(
+                f"skills[{skill.id}].mode",
+                skill.mode,
+                f"{mode_of[skill.parent_id]!r}, the mode of its parent skill {skill.parent_id!r}",
+            )
+        seen, cursor = {skill.id}, skill.parent_id
+        while cursor is not None:
+            if cursor in seen:
+                raise InvalidInput(f"skills[{skill.id}].parent_id", skill.parent_id, "a parent chain without a cycle")
+            seen.add(cursor)
+            cursor = parents.get(cursor)
+    for section, rows in (("competence", document.competence), ("cost", document.cost)):
+        _check_pairs(section, rows, set(agent_ids), known_skills)
+    if document.length_effect is not None:
+        for agent_id in document.length_effect.slopes:
+            if agent_id not in agent_ids:
+                raise NotFound("agent in length_effect.slopes", agent_id, agent_ids)
+    if document.labeller is not None:
+        _check_labeller(document.labeller, set(skill_ids))
+
+
+def _check_labeller(raw: dict[str, Any], skill_ids: set[str]) -> None:
+    """A learned labeller must load, name only the document's skills and (TF-IDF: no model needed) answer a step:
+    a damaged one would make the server fall back to the lexical matcher and route differently, with a warning
+    only in its log."""
+    from skillorchestra.handbook.embedding import MODEL_NAME  # numpy: only for a document that has a labeller
+    from skillorchestra.handbook.learning.labeller import SkillLabeller
+
+    try:
+        labeller = SkillLabeller.from_json(raw)
+        if labeller.kind == "tfidf":
+            labeller.match("a step to route", None, 1)
+        elif labeller.model_name == MODEL_NAME and labeller.prototypes.shape[1] != MINILM_DIM:  # no model loaded
+            raise ValueError(f"prototypes of width {labeller.prototypes.shape[1]}, not MiniLM's {MINILM_DIM}")
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        shown = f"{raw.get('kind')!r} labeller"
+        raise InvalidInput("labeller", shown, f"a labeller written by skillorchestra learn ({exc})") from None
+    unknown = sorted(set(labeller.skill_ids) - skill_ids)
+    if unknown:
+        raise InvalidInput("labeller.skills", unknown, "skills the document has")
+
+
+def _check_pairs(field: str, rows: Sequence[Competence | CostStats], agents: set[str], skills: set[str]) -> None:
+    for row in rows:
+        if row.agent_id not in agents:
+            raise NotFound(f"agent in {field}", row.agent_id, agents)
+        if row.skill_id not in skills:
+            raise NotFound(f"skill in {field}", row.skill_id, skills)

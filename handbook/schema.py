@@ -1,0 +1,233 @@
+"""The store's SQLite schema: its migrations (sqlite-utils `Migrations`, applied in order when a file is opened)
+and the canonical JSON the store writes, which the migrations that rewrite stored JSON must write alike."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("skillorchestra")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["versions"].create(
+        {
+            "id": int,
+            "parent_id": int,
+            "created_at": float,
+            "source": str,
+            "summary": str,
+            "metrics": str,
+            "snapshot": str,
+        },
+        pk="id",
+    )
+    db["modes"].create({"id": str, "description": str, "insights": str}, pk="id")
+    db["skills"].create(
+        {
+            "id": str,
+            "mode": str,
+            "parent_id": str,
+            "description": str,
+            "indicators": str,
+            "examples": str,
+        },
+        pk="id",
+    )
+    db["skills"].enable_fts(
+        ["id", "description", "indicators", "examples"],
+        fts_version="FTS5",
+        create_triggers=True,
+        tokenize="porter",
+    )
+    db["agents"].create(
+        {
+            "id": str,
+            "description": str,
+            "modes": str,
+            "input_per_mtok": float,
+            "output_per_mtok": float,
+            "enabled": int,
+        },
+        pk="id",
+    )
+    db["competence"].create(
+        {"agent_id": str, "skill_id": str, "alpha": float, "beta": float}, pk=("agent_id", "skill_id")
+    )
+    db["cost_stats"].create(
+        {
+            "agent_id": str,
+            "skill_id": str,
+            "n": float,
+            "mean_cost_usd": float,
+            "m2_cost": float,
+            "mean_prompt_tokens": float,
+            "mean_completion_tokens": float,
+            "mean_latency_s": float,
+        },
+        pk=("agent_id", "skill_id"),
+    )
+    db.execute(
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, version INTEGER NOT NULL,"
+        " kind TEXT NOT NULL, payload TEXT NOT NULL, created_at REAL NOT NULL)"
+    )
+    db["events"].create_index(["version", "seq"])
+    db["decisions"].create(
+        {
+            "id": str,
+            "version": int,
+            "created_at": float,
+            "expires_at": float,
+            "session_id": str,
+            "agent_id": str,
+            "mode": str,
+            "skills": str,
+            "strategy": str,
+            "lambda": float,
+            "propensity": float,
+            "explored": int,
+            "expected_cost_usd": float,
+            "text": str,
+            "candidates": str,
+        },
+        pk="id",
+    )
+    db["decisions"].create_index(["session_id"])
+    db["outcomes"].create(
+        {
+            "decision_id": str,
+            "created_at": float,
+            "agent_id": str,
+            "session_id": str,
+            "reward": float,
+            "error_class": str,
+            "cost_usd": float,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "latency_s": float,
+            "payload": str,
+            "result": str,
+        },
+        pk="decision_id",
+    )
+    db["outcomes"].create_index(["session_id"])
+
+
+@migrations()
+def m002_delegation(db: Database) -> None:
+    """Connection settings of agents (from agents.toml only) and what a delegated call cost, recorded at once."""
+    db["connections"].create({"agent_id": str, "kind": str, "config": str, "loaded_at": float}, pk="agent_id")
+    decisions = db["decisions"]
+    for column, kind in (
+        ("parent_decision_id", str),
+        ("call_cost_usd", float),
+        ("call_cost_source", str),
+        ("call_prompt_tokens", int),
+        ("call_completion_tokens", int),
+        ("call_latency_s", float),
+        ("call_error_class", str),
+    ):
+        decisions.add_column(column, kind)
+
+
+@migrations()
+def m003_embeddings(db: Database) -> None:
+    """Skill-text embeddings of the semantic matcher, keyed by a hash of model name and text."""
+    db["embeddings"].create({"hash": str, "vector": bytes}, pk="hash")
+
+
+@migrations()
+def m004_step_tokens(db: Database) -> None:
+    """The router's token estimate of each routed step, and its mean per (agent, skill) beside the cost it explains;
+    and each decision's role (NULL: a routed step; "fallback": the next candidate; "judge": a grading call)."""
+    db["decisions"].add_column("step_tokens", float)
+    db["decisions"].add_column("role", str)
+    db["cost_stats"].add_column("mean_step_tokens", float, not_null_default=0.0)
+    db["cost_stats"].add_column("n_step_tokens", float, not_null_default=0.0)
+
+
+@migrations()
+def m005_lean_outcome_writes(db: Database) -> None:
+    """Fewer b-trees written per recorded outcome: each is one more WAL page per commit and per checkpoint.
+
+    competence and cost_stats become WITHOUT ROWID tables clustered on (agent_id, skill_id) (no separate key index
+    to look up and keep), events number rows without AUTOINCREMENT (whose sqlite_sequence row was rewritten by every
+    event; a new event still gets a seq above every existing one), and outcomes.session_id loses an index no query
+    reads (session_spend filters decisions). Not outcomes: its ~500-byte rows split a WITHOUT ROWID b-tree keyed by
+    random decision ids so often that it wrote more pages, not fewer. Rows, columns and their order are unchanged."""
+    db.execute("DROP INDEX IF EXISTS idx_outcomes_session_id")
+    for table in ("competence", "cost_stats"):
+        (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", [table]).fetchone()
+        # the same definition under the new name, whatever quoting the name had
+        _copy_table(db, table, TABLE_NAME.sub('CREATE TABLE "_new"', sql, count=1) + " WITHOUT ROWID")
+    _copy_table(
+        db,
+        "events",
+        "CREATE TABLE _new (seq INTEGER PRIMARY KEY, version INTEGER NOT NULL, kind TEXT NOT NULL,"
+        " payload TEXT NOT NULL, created_at REAL NOT NULL)",
+    )
+    db["events"].create_index(["version", "seq"])
+
+
+@migrations()
+def m006_finite_numbers(db: Database) -> None:
+    """Non-finite numbers out of the live state and the event log: the models refuse them now, and earlier
+    releases stored them (an `upsert_agent` price of 1e999 or Infinity; TOML's inf in `agents load`). A price
+    becomes unknown (charged c_ref and flagged, as interface.md says), and evidence rows that are not numbers are
+    dropped: they could only come from such input, and the cell goes back to its prior."""
+    huge = "abs({0}) > 1.7976931348623157e308"  # only +-inf exceeds the largest double (NaN is stored as NULL)
+    for column in ("input_per_mtok", "output_per_mtok"):
+        db.execute(f"UPDATE agents SET {column} = NULL WHERE {huge.format(column)}")
+    db.execute(f"DELETE FROM competence WHERE {huge.format('alpha')} OR {huge.format('beta')}")
+    numbers = ("n", "mean_cost_usd", "m2_cost", "mean_prompt_tokens", "mean_completion_tokens", "mean_latency_s")
+    db.execute(f"DELETE FROM cost_stats WHERE {' OR '.join(huge.format(c) for c in numbers)}")
+    rows = db.execute(
+        "SELECT seq, payload FROM events WHERE payload LIKE '%Infinity%' OR payload LIKE '%NaN%'"
+    ).fetchall()
+    for seq, payload in rows:
+        cleaned = _finite(json.loads(payload))
+        db.execute("UPDATE events SET payload = ? WHERE seq = ?", [dumps(cleaned), seq])
+
+
+def _finite(value: Any) -> Any:
+    """`value` (parsed JSON) with every infinite or NaN number replaced by null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+# the name in a CREATE TABLE statement, in any of SQLite's quotings
+TABLE_NAME = re.compile(r'^CREATE TABLE\s+("(?:[^"]|"")*"|\[[^\]]*\]|`[^`]*`|\w+)')
+
+
+def _copy_table(db: Database, table: str, create_new: str) -> None:
+    """Replace `table` by the table `create_new` makes (named _new, same columns in the same order), rows kept."""
+    db.execute(create_new)
+    db.execute(f'INSERT INTO _new SELECT * FROM "{table}"')
+    db.execute(f'DROP TABLE "{table}"')
+    db.execute(f'ALTER TABLE _new RENAME TO "{table}"')
+
+
+def schema_version() -> int:
+    """The schema version a fully migrated database has (one per migration)."""
+    return len(migrations._migrations)
+
+
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # json.dumps with options builds one per call
+
+
+def dumps(value: Any) -> str:
+    """JSON with sorted keys and no spaces: equal values are stored as equal text (the idempotency checks and
+    the document comparisons rely on it)."""
+    return _ENCODER.encode(value)
