@@ -7,10 +7,8 @@ stale, and SQLite's data_version tells it when another process (the CLI, another
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
-import re
 import threading
 import time
 import uuid
@@ -39,6 +37,7 @@ from skillorchestra.handbook.models import (
     Skill,
     SkillDemand,
 )
+from skillorchestra.handbook.paging import decode_offset_cursor, encode_offset_cursor, page_by_id, query_digest
 from skillorchestra.handbook.posterior import normal_ci90
 from skillorchestra.handbook.results import (
     AgentPage,
@@ -58,7 +57,6 @@ from skillorchestra.handbook.store import HandbookStore, OutcomeEffect
 
 INFERRED_SKILLS = 3
 EditedT = TypeVar("EditedT", Agent, Skill, Mode)
-PAGE_LIMIT_MAX = 200
 
 
 @dataclass(frozen=True)
@@ -105,33 +103,6 @@ class OutcomeReport:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     latency_s: float | None = None
-
-
-def encode_cursor(offset: int, query: str) -> str:
-    """An offset into one answer: `query` digests what the rows depend on, so another question's cursor is refused."""
-    return f"o{offset}.{query}"
-
-
-def decode_cursor(cursor: str | None, query: str) -> int:
-    if cursor is None or cursor == "":
-        return 0
-    found = re.fullmatch(r"o([0-9]{1,9})\.([0-9a-f]{12})", cursor)
-    if found is None:
-        raise InvalidInput("cursor", cursor, "a next_cursor value returned by an earlier call")
-    if found.group(2) != query:
-        raise InvalidInput(
-            "cursor",
-            cursor,
-            "a next_cursor of a call with the same text, mode, top_k and orchestrator, on the same handbook version",
-        )
-    return int(found.group(1))
-
-
-def _query_digest(*parts: object) -> str:
-    return hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=6).hexdigest()
-
-
-KEY_CURSOR = "k"  # list cursors hold the last id served: adding or deleting items between pages skips or repeats none
 
 
 class Handbook:
@@ -271,8 +242,8 @@ class Handbook:
     ) -> ConsultResult:
         self._check_text(text)
         version = self.store.current_version()
-        query = _query_digest(text, mode, top_k, orchestrator, version)
-        offset = decode_cursor(cursor, query)
+        query = query_digest(text, mode, top_k, orchestrator, version)
+        offset = decode_offset_cursor(cursor, query)
         arrays = self.arrays()
         self._check_mode(arrays, mode)
         demands, source = self._inferred(arrays, text, mode, top_k)
@@ -302,7 +273,7 @@ class Handbook:
                     )
                 )
         page = rows[offset : offset + page_size]
-        next_cursor = encode_cursor(offset + page_size, query) if offset + page_size < len(rows) else None
+        next_cursor = encode_offset_cursor(offset + page_size, query) if offset + page_size < len(rows) else None
         by_id = {s.id: s for s in arrays.skills}
         cards = [_card(by_id[s], w) for s, w in demands]
         return ConsultResult(
@@ -719,13 +690,13 @@ class Handbook:
     def list_agents(self, mode: str | None = None, cursor: str | None = None, limit: int = 50) -> AgentPage:
         self._known_mode(mode)
         items = [a for a in self.store.agents() if serves(a.modes, mode)]
-        page, next_cursor = _paginate(items, cursor, limit)
+        page, next_cursor = page_by_id(items, cursor, limit)
         return AgentPage(items=page, next_cursor=next_cursor)
 
     def list_skills(self, mode: str | None = None, cursor: str | None = None, limit: int = 50) -> SkillPage:
         self._known_mode(mode)
         items = [s for s in self.store.skills() if mode is None or s.mode == mode]
-        page, next_cursor = _paginate(items, cursor, limit)
+        page, next_cursor = page_by_id(items, cursor, limit)
         return SkillPage(items=page, next_cursor=next_cursor)
 
     def _known_mode(self, mode: str | None) -> None:
@@ -734,19 +705,6 @@ class Handbook:
             known = [m.id for m in self.store.modes()]
             if mode not in known:
                 raise NotFound("mode", mode, known)
-
-
-def _paginate(items: list[Any], cursor: str | None, limit: int) -> tuple[list[Any], str | None]:
-    """A page of `items` (sorted by id) after the id the cursor holds."""
-    if not 1 <= limit <= PAGE_LIMIT_MAX:
-        raise InvalidInput("limit", limit, f"an integer from 1 to {PAGE_LIMIT_MAX}")
-    if cursor:
-        if not cursor.startswith(KEY_CURSOR) or len(cursor) == 1:
-            raise InvalidInput("cursor", cursor, "a next_cursor value returned by an earlier call")
-        after = cursor[1:]
-        items = [item for item in items if item.id > after]
-    page = items[:limit]
-    return page, KEY_CURSOR + page[-1].id if len(items) > limit else None
 
 
 _AMOUNT_LIMITS = {

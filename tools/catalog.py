@@ -19,8 +19,8 @@ from skillorchestra.handbook.models import (
     Mode,
     Skill,
 )
+from skillorchestra.handbook.paging import PAGE_LIMIT_MAX
 from skillorchestra.handbook.results import AgentPage, Removed, SkillPage
-from skillorchestra.handbook.service import PAGE_LIMIT_MAX
 from skillorchestra.tools.common import READ_ONLY, Id, OptionalId, app_state, given, reports_failures, writes
 
 Description = Annotated[str, Field(max_length=DESCRIPTION_MAX)]

@@ -1,0 +1,55 @@
+"""Pagination of tool answers, by two kinds of cursor.
+
+- Offset cursors page one computed answer (consult_handbook's rows); the cursor carries a digest of what the rows
+  depend on, so a cursor of another question or another handbook version is refused rather than misread.
+- Key cursors page a list sorted by id (list_agents, list_skills); they hold the last id served, so items added or
+  deleted between pages are neither skipped nor repeated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from skillorchestra.handbook.errors import InvalidInput
+
+PAGE_LIMIT_MAX = 200
+KEY_CURSOR = "k"
+
+
+def encode_offset_cursor(offset: int, query: str) -> str:
+    """An offset into one answer: `query` digests what the rows depend on, so another question's cursor is refused."""
+    return f"o{offset}.{query}"
+
+
+def decode_offset_cursor(cursor: str | None, query: str) -> int:
+    if cursor is None or cursor == "":
+        return 0
+    found = re.fullmatch(r"o([0-9]{1,9})\.([0-9a-f]{12})", cursor)
+    if found is None:
+        raise InvalidInput("cursor", cursor, "a next_cursor value returned by an earlier call")
+    if found.group(2) != query:
+        raise InvalidInput(
+            "cursor",
+            cursor,
+            "a next_cursor of a call with the same text, mode, top_k and orchestrator, on the same handbook version",
+        )
+    return int(found.group(1))
+
+
+def query_digest(*parts: object) -> str:
+    return hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=6).hexdigest()
+
+
+def page_by_id(items: list[Any], cursor: str | None, limit: int) -> tuple[list[Any], str | None]:
+    """A page of `items` (sorted by id) after the id the cursor holds."""
+    if not 1 <= limit <= PAGE_LIMIT_MAX:
+        raise InvalidInput("limit", limit, f"an integer from 1 to {PAGE_LIMIT_MAX}")
+    if cursor:
+        if not cursor.startswith(KEY_CURSOR) or len(cursor) == 1:
+            raise InvalidInput("cursor", cursor, "a next_cursor value returned by an earlier call")
+        after = cursor[1:]
+        items = [item for item in items if item.id > after]
+    page = items[:limit]
+    return page, KEY_CURSOR + page[-1].id if len(items) > limit else None
