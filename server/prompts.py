@@ -1,4 +1,5 @@
-"""The `orchestrate` prompt: teaches an orchestrator model the loop consult -> route -> delegate -> record."""
+"""The `orchestrate` prompt: teaches an orchestrator model the loop consult -> route or delegate -> record, with
+one decision per step (delegate routes by itself: routing first as well would make two)."""
 
 from __future__ import annotations
 
@@ -14,16 +15,22 @@ Work step by step. For every step:
 1. Decide the next concrete step (one sub-task an agent can do: a lookup, a calculation, a piece of code...).
 2. consult_handbook(text=<the step>) to see which skills it demands and how each agent does on them
    (posterior mean, 90% interval, evidence n, expected cost). Read the mode insights.
-3. route_step(text=<the step>, skills=[{{"skill_id": ..., "weight": ...}}] if you know them better than the
-   inferred ones, lambda_=<0 for best quality, 0.1 by default, higher to save money>, session_id=<one id for
-   this task>, budget_usd=<if there is a budget>). It returns decision_id and agent_id, with the candidates
-   and why.
-4. Have the chosen agent do the step: delegate(text=..., agent_id=...) when the server is configured with
-   backends; otherwise run the step with that agent yourself.
-5. record_outcome(decision_id=..., success=true|false or reward=0..1, cost_usd=..., latency_s=...) as soon as
-   you can judge the step. If the agent failed for infrastructure reasons (timeout, rate limit, connection),
-   report error_class instead of a reward: those never count against its competence.
-Never skip step 5: the handbook learns from every report, and that is what keeps routing honest.
+3. Run the step once, through ONE of these (each makes the step's one decision; never both for one step):
+   - delegate(text=<the step>, context=<what the agent needs to know>, session_id=<one id for this task>,
+     budget_usd=<if there is a budget>, lambda_=<0 for best quality, 0.1 by default, higher to save money>,
+     skills=[{{"skill_id": ..., "weight": ...}}] if you know them better than the inferred ones) when the server
+     has backends: it routes the step, calls the chosen agent (falling back on failure) and returns the answer,
+     its cost and decision_id. If it answers that no agent has connection settings, use route_step instead.
+   - route_step(text=<the step>, the same skills/lambda_/session_id/budget_usd) when you run steps yourself:
+     it returns decision_id and agent_id, with the candidates and why; then have that agent do the step.
+4. Judge the answer: did it achieve the step?
+5. record_outcome(decision_id=<from step 3>, success=true|false or reward=0..1) as soon as you can judge it, once
+   per step; after route_step add cost_usd and latency_s if you know them (delegate has recorded its own). If
+   delegate's result says reported_by="judge", the outcome is already recorded: skip this step. If the agent
+   failed for infrastructure reasons (timeout, rate limit, connection), report error_class instead of a reward:
+   those never count against its competence.
+Never skip step 5 (unless the judge reported): the handbook learns from every report, and that is what keeps
+routing honest.
 Stop when the goal is reached; summarise the answer, the agents used and the total cost.
 """
 

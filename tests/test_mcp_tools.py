@@ -364,6 +364,8 @@ async def test_resources_and_prompt(mcp_client: Client) -> None:
     prompt = await mcp_client.get_prompt("orchestrate", {"goal": "plan a trip"})
     text = prompt.messages[0].content.text  # type: ignore[union-attr]
     assert "plan a trip" in text and "record_outcome" in text and "route_step" in text
+    # delegate routes by itself: a loop that routed first and then delegated would make two decisions per step
+    assert "never both for one step" in text and "route_step(" in text.split("delegate(", 1)[1]
 
 
 async def test_budget_and_max_cost_exclude_agents(mcp_client: Client) -> None:
