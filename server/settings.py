@@ -32,6 +32,10 @@ def default_db_path() -> Path:
     return Path(platformdirs.user_data_dir("skillorchestra", appauthor=False)) / "handbook.db"
 
 
+MAX_ENV_SECONDS = 1e9
+_SECONDS = f"a positive number of seconds, at most {MAX_ENV_SECONDS:.0e} (about 31 years)"
+
+
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -39,9 +43,9 @@ def _env_float(name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise InvalidInput(name, raw, "a number of seconds") from None
-    if value <= 0:
-        raise InvalidInput(name, raw, "a positive number of seconds")
+        raise InvalidInput(name, raw, _SECONDS) from None
+    if not 0 < value <= MAX_ENV_SECONDS:  # also refuses inf and NaN, which would be stored as a decision's expiry
+        raise InvalidInput(name, raw, _SECONDS)
     return value
 
 

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 from mcp import Client, StdioServerParameters
 
+from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.server.settings import ServerSettings
+
 pytestmark = pytest.mark.anyio
 
 SCRIPT = shutil.which("skillorchestra-mcp", path=str(Path(sys.executable).parent))
@@ -131,3 +134,19 @@ def test_a_bad_environment_variable_is_named_as_such(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2 and proc.stderr.startswith("error: SKILLORCHESTRA_FORGETTING=")
     assert not (tmp_path / "h.db").exists()
+
+
+@pytest.mark.parametrize("raw", ["inf", "nan", "1e309", "-1", "0", "soon"])
+def test_a_decision_ttl_that_is_not_a_finite_positive_number_is_refused_at_start(
+    raw: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An infinite TTL used to start the server and then break every route_step (an expiry of inf or null)."""
+    monkeypatch.setenv("SKILLORCHESTRA_DECISION_TTL", raw)
+    with pytest.raises(InvalidInput, match="SKILLORCHESTRA_DECISION_TTL") as refused:
+        ServerSettings.from_env(db_path=tmp_path / "h.db")
+    assert "at most 1e+09" in str(refused.value)
+
+
+def test_a_long_finite_decision_ttl_is_taken(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SKILLORCHESTRA_DECISION_TTL", "31536000")
+    assert ServerSettings.from_env(db_path=tmp_path / "h.db").decision_ttl_s == 31_536_000.0
