@@ -56,6 +56,7 @@ def register_resources(server: MCPServer, current: Callable[[], Handbook]) -> No
 
 
 def skill_card(handbook: Handbook, skill_id: str) -> dict[str, object]:
+    skill_id = skill_id.strip()  # as the tools take ids: stored ids never start or end with white space
     arrays = handbook.arrays()
     if skill_id not in arrays.skill_index:
         raise ResourceNotFoundError(f"unknown skill {skill_id!r}")
@@ -82,6 +83,7 @@ def _number(value: float) -> float | None:
 
 
 def agent_card(handbook: Handbook, agent_id: str) -> dict[str, object]:
+    agent_id = agent_id.strip()  # as the tools take ids
     arrays = handbook.arrays()
     if agent_id not in arrays.agent_index:
         raise ResourceNotFoundError(f"unknown agent {agent_id!r}")

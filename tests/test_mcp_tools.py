@@ -357,6 +357,8 @@ async def test_resources_and_prompt(mcp_client: Client) -> None:
     await call(mcp_client, "upsert_agent", {"agent_id": "a%41b"})  # decoded once: a '%' in an id survives
     percent = await mcp_client.read_resource("handbook://agents/a%2541b")
     assert json.loads(percent.contents[0].text)["id"] == "a%41b"  # type: ignore[union-attr]
+    padded = await mcp_client.read_resource("handbook://agents/%20a%2541b%0A")  # ids are stripped, as tools do
+    assert json.loads(padded.contents[0].text)["id"] == "a%41b"  # type: ignore[union-attr]
     skill = await mcp_client.read_resource("handbook://skills/math.equations")
     assert '"parent_id": "math"' in skill.contents[0].text  # type: ignore[union-attr]
     stats = await mcp_client.read_resource("handbook://stats")
