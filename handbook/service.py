@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from skillorchestra.handbook import costing
-from skillorchestra.handbook.arrays import ROOT_SKILL, HandbookArrays, Patch, build_arrays, serves
+from skillorchestra.handbook.arrays import MODE_PREFIX, ROOT_SKILL, HandbookArrays, Patch, build_arrays, serves
 from skillorchestra.handbook.errors import Conflict, Expired, InvalidInput, NotFound, Unroutable, first_problem
 from skillorchestra.handbook.length import step_shift
 from skillorchestra.handbook.matcher import LexicalMatcher
@@ -82,6 +82,7 @@ class RouteRequest:
     seed: int | None = None
     unavailable: dict[str, str] | None = None  # agent_id -> reason (open circuit breakers)
     prompt_extra_chars: int = 0  # sent to the agent beside the text (delegate's context): billed, so costed
+    named_agent: str | None = None  # delegate(agent_id=...): refusals are worded around it, not the others
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,7 @@ class Handbook:
             order = np.argsort(-shifted(arrays.mean[:, col], shift), kind="stable")
             for i in order:
                 if not arrays.enabled[i] or not serves(arrays.agent_modes[i], mode):  # route_step's rule
-                    continue
+                    continue  # listed in `unavailable` below, so "no agents" and "none usable" read apart
                 agent_cost = None if np.isnan(per_skill_cost[k, i]) else per_skill_cost[k, i]
                 rows.append(
                     AgentSkillStat(
@@ -282,7 +283,7 @@ class Handbook:
             insights=self._insights(mode, [by_id[s].mode for s, _ in demands]),
             skills_source=source,
             granularity=granularity,
-            unavailable=dict(unavailable or {}),
+            unavailable={**_unusable(arrays, mode), **(unavailable or {})},
             handbook_version=version,
             next_cursor=next_cursor,
         )
@@ -345,8 +346,11 @@ class Handbook:
         # file's) ran above: inside, only the file is read and written.
         with self.store.write() if budgeted else contextlib.nullcontext():
             spend = self.store.session_spend(request.session_id, self.clock(), c_ref) if request.session_id else None
-            eligible, excluded = self._eligibility(arrays, request, cost, spend)
+            eligible, excluded = self._eligibility(arrays, request, cost, known, spend)
             if not eligible.any():
+                named = next((e.reason for e in excluded if e.agent_id == request.named_agent), None)
+                if named is not None:  # the caller asked for one agent: why it cannot take the step, not the others
+                    raise Unroutable(f"agent {request.named_agent} is unavailable: {named}")
                 reasons = "; ".join(f"{e.agent_id}: {e.reason}" for e in excluded)
                 raise Unroutable(f"no agent satisfies the step's constraints ({reasons})")
             shift = step_shift(arrays, request.text)
@@ -410,27 +414,31 @@ class Handbook:
             return decision
 
     def _eligibility(
-        self, arrays: HandbookArrays, request: RouteRequest, cost: np.ndarray, spend: float | None
+        self, arrays: HandbookArrays, request: RouteRequest, cost: np.ndarray, known: np.ndarray, spend: float | None
     ) -> tuple[np.ndarray, list[Exclusion]]:
         allowed = set(request.allowed_agents) if request.allowed_agents is not None else None
         remaining = None if request.budget_usd is None else request.budget_usd - (spend or 0.0)
         unavailable = request.unavailable or {}
         eligible = np.ones(len(arrays.agent_ids), dtype=bool)
         excluded: list[Exclusion] = []
+        unusable = _unusable(arrays, request.mode)
+
+        def reason_against(i: int, agent_id: str) -> str | None:
+            if agent_id in unusable:
+                return unusable[agent_id]
+            if allowed is not None and agent_id not in allowed:
+                return "not in allowed_agents"
+            if agent_id in unavailable:
+                return unavailable[agent_id]
+            if request.max_cost_usd is not None and cost[i] > request.max_cost_usd:
+                return f"{_charged(cost[i], known[i])} exceeds max_cost_usd ${request.max_cost_usd:.6g}"
+            if remaining is not None and cost[i] > remaining:
+                left = max(remaining, 0)
+                return f"{_charged(cost[i], known[i])} exceeds the session's remaining budget ${left:.6g}"
+            return None
+
         for i, agent_id in enumerate(arrays.agent_ids):
-            reason = None
-            if not arrays.enabled[i]:
-                reason = "disabled"
-            elif allowed is not None and agent_id not in allowed:
-                reason = "not in allowed_agents"
-            elif not serves(arrays.agent_modes[i], request.mode):
-                reason = f"does not serve mode {request.mode!r}"
-            elif agent_id in unavailable:
-                reason = unavailable[agent_id]
-            elif request.max_cost_usd is not None and cost[i] > request.max_cost_usd:
-                reason = f"expected cost ${cost[i]:.6g} exceeds max_cost_usd ${request.max_cost_usd:.6g}"
-            elif remaining is not None and cost[i] > remaining:
-                reason = f"expected cost ${cost[i]:.6g} exceeds the session's remaining budget ${max(remaining, 0):.6g}"
+            reason = reason_against(i, agent_id)
             if reason is not None:
                 eligible[i] = False
                 excluded.append(Exclusion(agent_id=agent_id, reason=reason))
@@ -489,7 +497,7 @@ class Handbook:
             if earlier is None:
                 raise
             return earlier
-        note = None
+        note, applied = None, effect is not None
         if effect is None:
             note = (
                 f"decision made under handbook version {decision['version']}, now {self.store.current_version()}: "
@@ -497,6 +505,9 @@ class Handbook:
             )
         elif not effect.competence and reward is not None and self.agent(decision["agent_id"]) is None:
             note = f"agent {decision['agent_id']!r} was deleted since the decision: the outcome is logged only"
+            applied = False
+        elif effect.competence:
+            note = _deleted_skills_note(_json(decision["skills"]), self.arrays().skill_index, effect)
         return OutcomeResult(
             decision_id=report.decision_id,
             agent_id=decision["agent_id"],
@@ -505,7 +516,7 @@ class Handbook:
             cost_usd=effective["cost_usd"],
             updated=[_update(c.skill_id, c.alpha, c.beta) for c in (effect.competence if effect else [])],
             duplicate=False,
-            applied=effect is not None and note is None,
+            applied=applied,
             note=note,
         )
 
@@ -770,6 +781,37 @@ def _with_call_figures(payload: dict[str, Any], decision: dict[str, Any]) -> dic
         if effective[key] is None and decision.get(f"call_{key}") is not None:
             effective[key] = decision[f"call_{key}"]
     return effective
+
+
+def _deleted_skills_note(demanded: list[list[Any]], known: Mapping[str, int], effect: OutcomeEffect) -> str | None:
+    """Skills of the decision deleted since: their share of the outcome went nowhere (or, when none of its skills
+    is left, all of it went to the mode or the agent's overall record); say so rather than look fully applied."""
+    gone = [(skill, weight) for skill, weight in demanded if weight > 0 and skill not in known]
+    if not gone:
+        return None
+    names = ", ".join(repr(skill) for skill, _ in gone)
+    if len(gone) == len([w for _, w in demanded if w > 0]):
+        column = effect.competence[0].skill_id
+        where = "the agent's overall record" if column == ROOT_SKILL else f"mode {column.removeprefix(MODE_PREFIX)!r}"
+        return f"the decision's skills ({names}) were deleted since: the outcome went to {where} instead"
+    share = sum(weight for _, weight in gone) / sum(weight for _, weight in demanded if weight > 0)
+    return f"skills deleted since the decision ({names}): their share ({share:.2f}) of the outcome was not applied"
+
+
+def _charged(cost: float, known: bool) -> str:
+    """What a step is charged: its expected cost, or c_ref for an agent whose cost is unknown (interface.md)."""
+    return f"expected cost ${cost:.6g}" if known else f"cost unknown, charged c_ref ${cost:.6g},"
+
+
+def _unusable(arrays: HandbookArrays, mode: str | None) -> dict[str, str]:
+    """Agents route_step never picks for a step of `mode`, and why (consult shows them as unavailable)."""
+    reasons = {}
+    for i, agent_id in enumerate(arrays.agent_ids):
+        if not arrays.enabled[i]:
+            reasons[agent_id] = "disabled"
+        elif not serves(arrays.agent_modes[i], mode):
+            reasons[agent_id] = f"does not serve mode {mode!r}"
+    return reasons
 
 
 def _update(skill_id: str, alpha: float, beta: float) -> CompetenceUpdate:

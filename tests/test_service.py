@@ -319,6 +319,9 @@ def test_unknown_cost_is_charged_c_ref_and_flagged(book: Handbook) -> None:
     mystery = next(c for c in decision.candidates if c.agent_id == "mystery")
     assert mystery.expected_cost_usd is None
     assert mystery.utility == pytest.approx(mystery.quality - 0.5)
+    capped = book.route(request(max_cost_usd=CHEAP * 2, allowed_agents=["cheap", "mystery"]))
+    reason = {e.agent_id: e.reason for e in capped.excluded}["mystery"]
+    assert reason == f"cost unknown, charged c_ref ${decision.c_ref_usd:.6g}, exceeds max_cost_usd ${CHEAP * 2:.6g}"
 
 
 def test_recorded_cost_replaces_the_price_estimate(book: Handbook) -> None:
@@ -366,7 +369,35 @@ def test_consult_lists_the_agents_route_step_would_consider_for_the_mode(book: H
     assert [e.agent_id for e in routed.excluded] == ["searcher"]
 
 
+def test_consult_says_why_an_agent_is_not_offered(book: Handbook) -> None:
+    """With every agent out of the running, consult used to answer no agents and no reason at all."""
+    book.edit_agent("cheap", {"enabled": False})
+    result = book.consult("write python functions", mode="code")
+    assert result.unavailable == {"cheap": "disabled", "searcher": "does not serve mode 'code'"}
+    assert {r.agent_id for r in result.agents} == {"mid", "pricey"}
+
+
 # -- recording outcomes -----------------------------------------------------------------------------------
+
+
+def test_an_outcome_says_which_of_its_skills_were_deleted_since_the_decision(book: Handbook) -> None:
+    """Deleting a demanded skill between route and report used to drop its share silently (applied, no note)."""
+    skills = [SkillDemand(skill_id="code.python", weight=3.0), SkillDemand(skill_id="code.sql", weight=1.0)]
+    partly = book.route(request(skills=skills, allowed_agents=["mid"]))
+    sql = [SkillDemand(skill_id="code.sql", weight=1.0)]
+    wholly = book.route(request(skills=sql, allowed_agents=["mid"], mode="code"))
+    book.delete_skill("code.sql")
+    result = book.record(OutcomeReport(decision_id=partly.decision_id, success=True))
+    assert [u.skill_id for u in result.updated] == ["code.python"] and result.applied
+    assert result.note == (
+        "skills deleted since the decision ('code.sql'): their share (0.25) of the outcome was not applied"
+    )
+    result = book.record(OutcomeReport(decision_id=wholly.decision_id, success=True))
+    assert (
+        result.note == "the decision's skills ('code.sql') were deleted since: the outcome went to mode 'code' instead"
+    )
+    untouched = book.route(request(allowed_agents=["mid"]))
+    assert book.record(OutcomeReport(decision_id=untouched.decision_id, success=True)).note is None
 
 
 def test_outcome_updates_fractionally_by_the_decisions_weights(book: Handbook) -> None:
