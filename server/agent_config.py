@@ -19,7 +19,7 @@ otherwise split them into nested tables)::
     model = "openai/smollm2"              # any OpenAI-compatible server (vLLM, SGLang, llama.cpp, Ollama)
     api_base = "http://127.0.0.1:18081/v1"
     timeout_s = 20
-    max_output_tokens = 256
+    max_output_tokens = 256               # caps each call's max_tokens (default 1024; lowered with a warning)
     concurrency = 1
 
     [agents.web-search]
@@ -117,6 +117,8 @@ class LlmAgentConnection(_AgentBase):
     model: str = Field(min_length=1, max_length=300)
     api_base: str | None = None
     api_key_env: EnvName | None = None
+    # caps the max_tokens of every call, so one request cannot run up a budget; a larger request is lowered and the
+    # delegate result warns (server/llm_backend.py)
     max_output_tokens: int = Field(default=1024, ge=1, le=1_000_000)
     input_per_mtok: float | None = Field(default=None, ge=0, le=MAX_USD)
     output_per_mtok: float | None = Field(default=None, ge=0, le=MAX_USD)

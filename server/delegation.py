@@ -6,12 +6,17 @@ Policy, owned here rather than by litellm (which is called with max_retries=0):
   decision's outcome (cost, no competence change), feeds the agent's circuit breaker, and the next-best candidate
   is tried, up to `max_fallbacks`;
 - a completed answer's cost and latency are recorded at once on its decision; competence moves when the client
-  reports the outcome with record_outcome(decision_id), or when the optional judge (server/judge.py) grades it.
+  reports the outcome with record_outcome(decision_id), or when the optional judge (server/judge.py) grades it;
+- an llm agent's call is priced with the live handbook agent's prices when it has them (upsert_agent may have
+  changed them since `agents load`), so delegation bills what routing expects; else the connection's prices;
+- a time budget too short for one try (timeout_s below MIN_TRY_S) calls nobody and closes the routed decision
+  uncalled, so it holds no session budget until it expires.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,6 +24,7 @@ from typing import Any
 import anyio
 from pydantic import ValidationError
 
+from skillorchestra.handbook.arrays import HandbookArrays
 from skillorchestra.handbook.errors import HandbookError, InvalidInput, NotFound, Unroutable
 from skillorchestra.handbook.results import Attempt, DelegateResult, RouteDecision
 from skillorchestra.handbook.service import DelegateRequest, Handbook, OutcomeReport, RouteRequest
@@ -109,12 +115,19 @@ class Delegator:
         shown = route.top_k
         order = [decision.agent_id] + [c.agent_id for c in decision.candidates if c.agent_id != decision.agent_id]
         order = order[: 1 + self.max_fallbacks]
+        routed_costs = {c.agent_id: c.expected_cost_usd for c in decision.candidates}
         decision = decision.model_copy(update={"candidates": decision.candidates[:shown]})
         messages = _messages(route.text, request.context)
         tried: list[Attempt] = []
         for position, agent_id in enumerate(order):
             remaining = deadline - time.monotonic()
             if remaining < MIN_TRY_S:
+                if position == 0:  # nobody can be called: close the routed decision so it holds no budget
+                    await anyio.to_thread.run_sync(self._uncalled, decision.decision_id)
+                    raise DelegationFailed(
+                        f"no call was made: timeout_s {request.timeout_s:g} is below the {MIN_TRY_S:g} s minimum a "
+                        "try needs"
+                    )
                 tried.append(Attempt(agent_id=agent_id, error_class="timeout", message="delegate's time budget spent"))
                 break
             if not self.breaker.allow(agent_id):
@@ -141,7 +154,7 @@ class Delegator:
             )
             if result.infrastructure_failure:
                 continue
-            answer = _answer(decision, decision_id, agent_id, result, tried)
+            answer = _answer(decision, decision_id, agent_id, result, tried, routed_costs.get(agent_id))
             judge = find_judge(connections)
             if judge is None:
                 return answer
@@ -155,6 +168,8 @@ class Delegator:
                 breaker=self.breaker,
                 caller=self.caller,
                 account=self._settle_call,
+                session_id=route.session_id,
+                budget_usd=route.budget_usd,
             )
         summary = "; ".join(f"{t.agent_id}: {t.error_class} ({t.message})" for t in tried)
         raise DelegationFailed(f"no agent answered; each failure is recorded without touching competence: {summary}")
@@ -163,6 +178,7 @@ class Delegator:
         self, request: DelegateRequest
     ) -> tuple[dict[str, AgentConnection], RouteRequest, RouteDecision]:
         connections, route = self._prepare(request)
+        connections = with_live_prices(connections, self.handbook.arrays())
         # fallbacks come from the candidates; the context is billed with the text, so it is costed with it
         wide = _replace(
             route, top_k=max(route.top_k, 1 + self.max_fallbacks), prompt_extra_chars=len(request.context or "")
@@ -184,7 +200,7 @@ class Delegator:
                 raise NotFound("agent (agent_id)", request.agent_id, agents)
             if request.agent_id not in connections:
                 raise InvalidInput("agent_id", request.agent_id, "an agent with connection settings (agents.toml)")
-            route = _replace(route, allowed_agents=[request.agent_id])
+            route = _replace(route, allowed_agents=[request.agent_id], named_agent=request.agent_id)
         unavailable = self.unavailable(connections)
         if request.agent_id is not None and request.agent_id in unavailable:
             # the named agent is the only candidate: say why it cannot take the step, not why the others were left out
@@ -271,6 +287,20 @@ class Delegator:
             self.breaker.record_success(agent_id)
 
 
+def with_live_prices(connections: dict[str, AgentConnection], arrays: HandbookArrays) -> dict[str, AgentConnection]:
+    """The llm connections priced with the live handbook agent's input/output prices where it has both: those are
+    the prices routing charges (upsert_agent changes them; `agents load` sets them from the file)."""
+    priced: dict[str, AgentConnection] = {}
+    for agent_id, conn in connections.items():
+        i = arrays.agent_index.get(agent_id)
+        if isinstance(conn, LlmAgentConnection) and i is not None:
+            prices = float(arrays.input_price[i]), float(arrays.output_price[i])
+            if not any(math.isnan(p) for p in prices) and prices != (conn.input_per_mtok, conn.output_per_mtok):
+                conn = conn.model_copy(update={"input_per_mtok": prices[0], "output_per_mtok": prices[1]})
+        priced[agent_id] = conn
+    return priced
+
+
 async def _tick(progress: Progress, agent_id: str, start: float, budget: float) -> None:
     while True:
         elapsed = time.monotonic() - start
@@ -297,14 +327,25 @@ def _replace(route: RouteRequest, **changes: Any) -> RouteRequest:
 
 
 def _answer(
-    decision: RouteDecision, decision_id: str, agent_id: str, result: BackendResult, tried: list[Attempt]
+    decision: RouteDecision,
+    decision_id: str,
+    agent_id: str,
+    result: BackendResult,
+    tried: list[Attempt],
+    routed_cost: float | None,
 ) -> DelegateResult:
+    """The delegate result; `routed_cost` is what routing expected this agent to cost (None: unknown to it)."""
     costs = [t.cost_usd for t in tried if t.decision_id is not None]  # skipped agents cost nothing
-    warnings = []
+    warnings = list(result.warnings)
+    if result.ok and not result.answer.strip():
+        warnings.append(f"empty answer: {agent_id} returned no text")
     if result.cost_usd is None:
-        warnings.append(
-            f"cost of {agent_id} unknown: no price in agents.toml or litellm's table; routing charges it c_ref"
+        routing = (
+            "routing charges it c_ref (the pool's reference cost) until it has a price or recorded costs"
+            if routed_cost is None
+            else f"routing expects ${routed_cost:.6g} a call from its recorded costs"
         )
+        warnings.append(f"cost of {agent_id} unknown: {result.unknown_cost_reason()}; {routing}")
     return DelegateResult(
         decision_id=decision_id,
         agent_id=agent_id,

@@ -15,6 +15,9 @@ Why: competence only learns from reported outcomes, and many clients never repor
 * A judge failure (no answer, budget spent, breaker open, infrastructure error, malformed reply) leaves the
   judged decision unreported, so the client can still report it, and says so in ``warnings``.
 * The judge shares the delegate call's deadline: many hosts give up on a request after 60 s.
+* It also respects the session's budget: when the delegate call has one (session_id and budget_usd), the judge's
+  expected cost (estimated prompt tokens, max_tokens completion tokens; unknown = c_ref, as routing charges it)
+  must fit in what the session has left, or the answer is not judged.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from skillorchestra.handbook.results import DelegateResult
 from skillorchestra.handbook.service import Handbook, OutcomeReport
 from skillorchestra.server.agent_config import AgentConnection, JudgeSettings, LlmAgentConnection
 from skillorchestra.server.breaker import CircuitBreaker
-from skillorchestra.server.llm_backend import BackendResult
+from skillorchestra.server.llm_backend import BackendResult, expected_call_cost
 
 MIN_JUDGE_S = 0.5  # below this a judge call cannot finish: skip it and say so
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
@@ -106,6 +109,31 @@ def reward_of(score: float, settings: JudgeSettings) -> float:
     return 1.0 if score >= settings.threshold else 0.0
 
 
+async def _over_budget(
+    handbook: Handbook,
+    conn: LlmAgentConnection,
+    settings: JudgeSettings,
+    answer: DelegateResult,
+    step: str,
+    context: str | None,
+    session_id: str,
+    budget_usd: float,
+) -> str | None:
+    """Why the judge's call would not fit in the session's remaining budget, or None when it fits."""
+    messages = judge_messages(step, context, answer.answer or "", settings.style)
+    c_ref = answer.decision.c_ref_usd or 0.0
+    expected = expected_call_cost(conn, messages, settings.max_tokens)
+    charged = c_ref if expected is None else expected  # an unknown cost is charged c_ref, as routing does
+    spend = await anyio.to_thread.run_sync(handbook.store.session_spend, session_id, handbook.clock(), c_ref)
+    remaining = budget_usd - spend
+    if charged <= remaining:
+        return None
+    what = "cost unknown, charged c_ref" if expected is None else "expected cost"
+    return (
+        f"the judge {conn.id}'s {what} ${charged:.6g} exceeds the session's remaining budget ${max(remaining, 0):.6g}"
+    )
+
+
 async def judge_answer(
     judge: tuple[LlmAgentConnection, JudgeSettings],
     answer: DelegateResult,
@@ -117,6 +145,8 @@ async def judge_answer(
     breaker: CircuitBreaker,
     caller: Caller,
     account: Account,
+    session_id: str | None = None,
+    budget_usd: float | None = None,
 ) -> JudgedDelegateResult:
     """Grade ``answer`` with the judge and record the grade for its decision; failures become warnings."""
     conn, settings = judge
@@ -132,7 +162,13 @@ async def judge_answer(
         warnings.append(f"not judged: no answer (error_class {answer.error_class}); {unreported}")
     elif remaining < MIN_JUDGE_S:
         warnings.append(f"not judged: the delegate call's time budget is spent; {unreported}")
-    elif not breaker.allow(conn.id):
+    elif (
+        session_id is not None
+        and budget_usd is not None
+        and (over := await _over_budget(handbook, conn, settings, answer, step, context, session_id, budget_usd))
+    ):
+        warnings.append(f"not judged: {over}; {unreported}")
+    elif not breaker.allow(conn.id):  # last: it takes a half-open breaker's one trial call
         warnings.append(f"not judged: the judge {conn.id}'s circuit breaker is open; {unreported}")
     else:
         judge_decision = await anyio.to_thread.run_sync(
@@ -147,7 +183,7 @@ async def judge_answer(
         await account(judge_decision, conn.id, result)
         cost = result.cost_usd
         if result.cost_usd is None:
-            warnings.append(f"cost of the judge {conn.id} unknown: no price in agents.toml or litellm's table")
+            warnings.append(f"cost of the judge {conn.id} unknown: {result.unknown_cost_reason()}")
         if not result.ok:
             warnings.append(f"judge {conn.id} failed ({result.error_class}: {result.message}); {unreported}")
         else:

@@ -4,8 +4,13 @@ Why this shape:
 * litellm costs ~4 s to import, so it is imported on the first call (or by ``ensure_litellm()`` in the
   background), in a worker thread, never on the event loop and never at server start.
 * ``max_retries=0``: the openai SDK would otherwise retry twice on its own; the router owns retries/fallbacks.
-* Prices: the agent's own prices win; else litellm's bundled table; else the cost is unknown (None), never 0.
-  Per-call price kwargs are never passed to litellm because they silently register the price globally.
+* Prices: the agent's own prices win (the delegator puts the live handbook agent's prices on the connection,
+  the ones routing uses); else litellm's bundled table; else the cost is unknown (None), never 0. Per-call price
+  kwargs are never passed to litellm because they silently register the price globally.
+* Usage: litellm fills a missing ``usage`` with zeros, so a non-empty request that reports 0 prompt tokens has no
+  usage report. Its tokens are then estimated as routing estimates them (characters / 4, handbook/costing.py) and
+  priced, with ``cost_source="estimated"`` and a warning: an unknown usage is never billed $0.
+* A completion with no choices is a ``server_error`` (the next candidate is tried; competence is untouched).
 * Errors map to the contract's classes. litellm reports a dropped or refused connection as
   ``InternalServerError`` (500) with ``openai.APIConnectionError``/``httpx`` errors in its cause chain, so the
   chain is inspected before the status code. Request errors (``BadRequestError`` and its subclasses
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 import re
 import sys
@@ -31,14 +37,16 @@ from typing import Any, Literal
 import anyio
 import anyio.to_thread
 from anyio.lowlevel import RunVar
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from skillorchestra.handbook.costing import prompt_tokens as estimated_tokens
 from skillorchestra.handbook.models import INFRASTRUCTURE_ERRORS, ErrorClass
 from skillorchestra.server.agent_config import LlmAgentConnection
 
 log = logging.getLogger(__name__)
 
-CostSource = Literal["agent_prices", "litellm_table", "unknown", "no_token_cost"]
+# "estimated": the backend reported no token usage, so the price was applied to characters / 4
+CostSource = Literal["agent_prices", "litellm_table", "estimated", "unknown", "no_token_cost"]
 
 # Sent when an agent has no key: local OpenAI-compatible servers accept any key but want a non-empty one.
 PLACEHOLDER_API_KEY = "sk-no-key"
@@ -61,10 +69,19 @@ class BackendResult(BaseModel):
     error_class: ErrorClass | None = None  # None on success
     error_type: str | None = None  # the exception's class name, for logs and the `tried` list
     message: str | None = None
+    warnings: list[str] = Field(default_factory=list)  # for the delegate result: estimated cost, lowered max_tokens
 
     @property
     def ok(self) -> bool:
         return self.error_class is None
+
+    def unknown_cost_reason(self) -> str:
+        """Why ``cost_usd`` is None, for a warning: the wording must match what happened to this call."""
+        if self.error_class == "timeout":
+            return "the call timed out, and the provider may have generated (and billed) an answer nobody waited for"
+        if self.error_class is not None:
+            return "the call failed after the backend began answering"
+        return "no price in the handbook (upsert_agent), agents.toml or litellm's table"
 
     @property
     def infrastructure_failure(self) -> bool:
@@ -190,6 +207,64 @@ def _price(
     return float(p_usd) + float(c_usd), "litellm_table"
 
 
+def _message_text(messages: Sequence[dict[str, Any]]) -> str:
+    parts: list[str] = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):  # content parts: {"type": "text", "text": ...}
+            parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "".join(parts)
+
+
+def usage_reported(messages: Sequence[dict[str, Any]], prompt: int | None, completion: int | None) -> bool:
+    """False when the backend sent no usage: litellm reports a missing one as zeros, and a non-empty request
+    never costs 0 prompt tokens."""
+    if prompt is None or completion is None:
+        return False
+    return prompt > 0 or not _message_text(messages)
+
+
+def estimate_tokens(messages: Sequence[dict[str, Any]], answer: str) -> tuple[int, int]:
+    """(prompt, completion) tokens by routing's rule (characters / 4, handbook/costing.py), rounded up."""
+    prompt, completion = estimated_tokens([_message_text(messages), answer])
+    return math.ceil(prompt), math.ceil(completion)
+
+
+def _call_cost(
+    conn: LlmAgentConnection,
+    litellm: ModuleType,
+    messages: Sequence[dict[str, Any]],
+    answer: str,
+    prompt: int | None,
+    completion: int | None,
+) -> tuple[float | None, CostSource, list[str]]:
+    """The call's cost from reported usage, else from estimated tokens (with a warning), never $0 for unknown."""
+    if usage_reported(messages, prompt, completion):
+        cost, source = _price(conn, litellm, prompt or 0, completion or 0)
+        return cost, source, []
+    est_prompt, est_completion = estimate_tokens(messages, answer)
+    cost, source = _price(conn, litellm, est_prompt, est_completion)
+    warning = f"the backend of {conn.id} reported no token usage: " + (
+        f"cost estimated from ~{est_prompt} prompt and ~{est_completion} completion tokens (characters / 4, as "
+        "routing estimates them)"
+        if cost is not None
+        else "cost unknown"
+    )
+    return cost, "estimated" if cost is not None else source, [warning]
+
+
+def expected_call_cost(conn: LlmAgentConnection, messages: Sequence[dict[str, Any]], max_tokens: int) -> float | None:
+    """What a call is expected to cost at most: estimated prompt tokens and ``max_tokens`` completion tokens (capped
+    by the agent's max_output_tokens); None when no price is known. litellm's table is read only once imported."""
+    prompt, _ = estimate_tokens(messages, "")
+    completion = min(max_tokens, conn.max_output_tokens)
+    if conn.has_prices:
+        return (prompt * conn.input_per_mtok + completion * conn.output_per_mtok) / 1e6  # type: ignore[operator]
+    return None if _litellm is None else _price(conn, _litellm, prompt, completion)[0]
+
+
 def _usage_of(obj: Any) -> tuple[int | None, int | None]:
     usage = getattr(obj, "usage", None)
     if usage is None:
@@ -230,6 +305,12 @@ async def call_llm(
     """
     timeout = min(timeout_s, conn.timeout_s) if timeout_s is not None else conn.timeout_s
     limit = min(max_tokens, conn.max_output_tokens) if max_tokens is not None else conn.max_output_tokens
+    warnings: list[str] = []
+    if max_tokens is not None and max_tokens > limit:  # the cap protects budgets; say so rather than cut silently
+        warnings.append(
+            f"max_tokens {max_tokens} lowered to {limit}: the max_output_tokens setting of agent {conn.id} "
+            "(agents.toml; default 1024)"
+        )
     key = _api_key(conn)
     if conn.api_key_env and not key:  # a named key that is not there: say so without calling the provider
         message = f"environment variable {conn.api_key_env} is not set (api_key_env of agent {conn.id})"
@@ -258,11 +339,13 @@ async def call_llm(
                 **kwargs,
             )
             answering = True
+            no_choices = False
             if stream:
                 answer, prompt, completion = await _stream_answer(response, on_progress)
             else:
                 answer = (response.choices[0].message.content or "") if response.choices else ""
                 prompt, completion = _usage_of(response)
+                no_choices = not response.choices
     except Exception as exc:
         latency = time.perf_counter() - start
         error_class = classify_exception(exc)
@@ -274,19 +357,29 @@ async def call_llm(
         # a stream cut off mid-answer was generated, so probably billed: its cost is unknown, not 0
         return failed_call(error_class, type(exc).__name__, message, latency, answering=answering)
     latency = time.perf_counter() - start
-    cost: float | None = None
-    source: CostSource = "unknown"
-    if prompt is not None and completion is not None:
-        cost, source = _price(conn, litellm, prompt, completion)
+    reported = usage_reported(messages, prompt, completion)
+    cost, source, cost_warnings = _call_cost(conn, litellm, messages, answer, prompt, completion)
     if cost is None:
         log.warning("agent %s: cost unknown (no price configured or known for model %s)", conn.id, conn.model)
+    if no_choices:  # a 200 without an answer: the provider's fault, not the agent failing the step
+        message = "the backend answered with no choices (an empty completion)"
+        log.warning("agent %s failed (server_error) after %.2fs: %s", conn.id, latency, message)
+        return BackendResult(
+            latency_s=latency,
+            error_class="server_error",
+            error_type="EmptyChoices",
+            message=message,
+            cost_usd=cost,
+            cost_source=source,
+        )
     return BackendResult(
         answer=scrub(answer, [key]),
-        prompt_tokens=prompt,
-        completion_tokens=completion,
+        prompt_tokens=prompt if reported else None,  # None: the backend did not say (the cost is estimated)
+        completion_tokens=completion if reported else None,
         cost_usd=cost,
         cost_source=source,
         latency_s=latency,
+        warnings=warnings + cost_warnings,
     )
 
 

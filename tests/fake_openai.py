@@ -10,7 +10,9 @@ that breaks in production. This server answers ``POST /v1/chat/completions`` (pl
 Faults come from magic words in the last user message, in the model name, or set per model with
 ``behaviours={"model": "FAIL500"}``: ``SLOW:<seconds>``, ``FAIL429``, ``FAIL500``, ``FAIL401`` (echoes the
 bearer token in the error, as careless providers do, to test scrubbing), ``FAIL400`` (context length
-exceeded), ``DROP`` (close without answering), ``WRONG``, ``JUDGE:<text>`` (a judge's reply ``{"score": <text>}``).
+exceeded), ``DROP`` (close without answering), ``WRONG``, ``JUDGE:<text>`` (a judge's reply ``{"score": <text>}``),
+``NOUSAGE`` (no ``usage`` in the reply, nor a usage chunk when streaming), ``EMPTYCHOICES`` (``"choices": []``),
+``NULLCONTENT`` (the message's content is null).
 Every request is recorded (with its headers, authorization included) so tests can count calls.
 ``responder=callable(body) -> str | None`` replaces the answer text (faults still apply first; None keeps
 the default answer): a canned or computed reply, e.g. taxonomy JSON for the LLM learner.
@@ -152,25 +154,22 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            self._stream(model, answer, usage if include_usage else None)
+            self._stream(model, answer, usage if include_usage and "NOUSAGE" not in directives else None)
         else:
-            self._send_json(
-                200,
-                {
-                    "id": f"chatcmpl-fake-{owner.request_count()}",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": answer},
-                            "finish_reason": "stop",
-                        }
-                    ],
-                    "usage": usage,
-                },
-            )
+            choice = {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}
+            if "NULLCONTENT" in directives:
+                choice["message"]["content"] = None
+            reply: dict[str, Any] = {
+                "id": f"chatcmpl-fake-{owner.request_count()}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [] if "EMPTYCHOICES" in directives else [choice],
+                "usage": usage,
+            }
+            if "NOUSAGE" in directives:
+                del reply["usage"]
+            self._send_json(200, reply)
 
     def _stream(self, model: str, answer: str, usage: dict[str, int] | None) -> None:
         """SSE, one word per chunk; the body ends when the connection closes (no length, no chunking)."""

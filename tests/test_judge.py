@@ -223,3 +223,34 @@ async def test_judge_failures_leave_the_decision_to_the_client(tmp_path: Path, f
         assert no_answer["error_class"] == "task" and no_answer["judged_reward"] is None
         assert any("not judged: no answer" in w for w in no_answer["warnings"])
         assert len(fake_openai.chat_requests("judge-model")) == calls  # nothing to grade: no judge call
+
+
+@pytest.mark.anyio
+async def test_the_judge_is_skipped_when_it_would_overspend_the_session(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.behaviours["judge-model"] = "JUDGE:0.8"
+    dear_judge = agents_toml(fake_openai.api_base).replace("input_per_mtok = 1.0", "input_per_mtok = 5.0")
+    settings = load(tmp_path, dear_judge)
+    budget = 1.2e-4  # fits the answer (routing expects ~1.03e-4 for cheap), not the judge's ~6e-4 on top
+    async with Client(create_server(settings)) as client:
+        step = {"text": STEP, "agent_id": "cheap", "session_id": "b", "budget_usd": budget}
+        result = await call(client, "delegate", step)
+        assert result["answer"] == f"answer[cheap-model]: {STEP}" and result["judged_reward"] is None
+        assert any("not judged" in w and "remaining budget" in w for w in result["warnings"])
+        assert fake_openai.chat_requests("judge-model") == []
+        routed = await call(client, "route_step", {"text": "next", "session_id": "b"})
+        assert routed["session_spend_usd"] <= budget
+        # with room in the budget the judge grades as before
+        roomy = await call(client, "delegate", {**step, "session_id": "r", "budget_usd": 1.0})
+        assert roomy["judged_reward"] == 0.8 and len(fake_openai.chat_requests("judge-model")) == 1
+
+
+@pytest.mark.anyio
+async def test_a_timed_out_judge_says_why_its_cost_is_unknown(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    fake_openai.behaviours["judge-model"] = "SLOW:3"
+    settings = load(tmp_path, agents_toml(fake_openai.api_base, "timeout_s = 0.6"))  # the judge has prices
+    async with Client(create_server(settings)) as client:
+        result = await call(client, "delegate", {"text": STEP, "agent_id": "cheap"})
+    (warning,) = [w for w in result["warnings"] if w.startswith("cost of the judge")]
+    assert "timed out" in warning and "no price" not in warning

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import subprocess
 import sys
 import time
@@ -289,3 +290,25 @@ async def test_waiting_for_a_busy_slot_is_not_the_agents_timeout(fake_openai: Fa
     queued = results["second"]
     assert queued.error_type == QUEUE_FULL and queued.error_class == "rate_limit"  # type: ignore[attr-defined]
     assert len(fake_openai.chat_requests("one-at-a-time")) == 1
+
+
+@pytest.mark.anyio
+async def test_a_reply_without_usage_is_priced_from_estimated_tokens_never_zero(fake_openai: FakeOpenAI) -> None:
+    """litellm turns a missing usage into 0/0 tokens: priced as such, an expensive call would look free."""
+    msgs = user("NOUSAGE explain this")
+    answer = "answer[m1]: NOUSAGE explain this"
+    chars = len("".join(m["content"] for m in msgs))
+    priced = await call_llm(conn(fake_openai, input_per_mtok=2.0, output_per_mtok=10.0), msgs, timeout_s=10)
+    assert priced.ok and priced.answer == answer
+    assert priced.cost_source == "estimated" and (priced.prompt_tokens, priced.completion_tokens) == (None, None)
+    assert priced.cost_usd == pytest.approx((math.ceil(chars / 4) * 2.0 + math.ceil(len(answer) / 4) * 10.0) / 1e6)
+    assert any("reported no token usage" in w for w in priced.warnings)
+    unpriced = await call_llm(conn(fake_openai, "openai/house-model-7"), msgs, timeout_s=10)
+    assert unpriced.ok and unpriced.cost_usd is None and unpriced.cost_source == "unknown"  # unknown, not $0
+
+
+@pytest.mark.anyio
+async def test_a_reply_with_no_choices_is_a_server_error(fake_openai: FakeOpenAI) -> None:
+    r = await call_llm(conn(fake_openai, input_per_mtok=1.0, output_per_mtok=1.0), user("EMPTYCHOICES"), timeout_s=10)
+    assert r.error_class == "server_error" and r.infrastructure_failure and r.error_type == "EmptyChoices"
+    assert r.answer == "" and r.cost_usd is not None and r.cost_usd > 0  # the provider reported (and billed) a prompt

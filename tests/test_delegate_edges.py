@@ -1,0 +1,205 @@
+"""delegate at its edges: replies without usage or choices, prices changed after `agents load`, lowered max_tokens,
+a named agent that is refused, and a time budget too short for any try (MCP client -> server -> litellm -> fake)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_openai import FakeOpenAI
+from mcp import Client
+
+from skillorchestra.handbook.service import DelegateRequest, Handbook, RouteRequest
+from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.server.agent_config import AgentConnection
+from skillorchestra.server.app import create_server
+from skillorchestra.server.delegation import DelegationFailed, Delegator
+from skillorchestra.server.llm_backend import BackendResult
+from skillorchestra.server.settings import ServerSettings
+
+pytestmark = pytest.mark.anyio
+
+
+def agents_toml(api_base: str) -> str:
+    return f"""
+[agents.strong]
+model = "openai/strong-model"
+api_base = "{api_base}"
+input_per_mtok = 10.0
+output_per_mtok = 30.0
+modes = ["answer"]
+
+[agents.cheap]
+model = "openai/cheap-model"
+api_base = "{api_base}"
+input_per_mtok = 0.2
+output_per_mtok = 0.4
+modes = ["answer"]
+
+[agents.unpriced]
+model = "openai/no-price-anywhere"
+api_base = "{api_base}"
+modes = ["answer"]
+"""
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fake_openai: FakeOpenAI) -> ServerSettings:
+    toml = tmp_path / "agents.toml"
+    toml.write_text(agents_toml(fake_openai.api_base))
+    db = tmp_path / "h.db"
+    cli = Path(sys.executable).with_name("skillorchestra")
+    subprocess.run([cli, "agents", "load", str(toml), "--db", str(db)], check=True, capture_output=True, timeout=60)
+    return ServerSettings(db_path=db, seed_example=False)
+
+
+async def call(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+    result = await client.call_tool(tool, args)
+    assert not result.is_error, result.content[0].text  # type: ignore[union-attr]
+    return result.structured_content  # type: ignore[return-value]
+
+
+async def refused(client: Client, tool: str, args: dict[str, Any]) -> str:
+    result = await client.call_tool(tool, args)
+    assert result.is_error
+    return result.content[0].text  # type: ignore[union-attr]
+
+
+async def overall_n(client: Client, agent_id: str) -> float:
+    card = json.loads((await client.read_resource(f"handbook://agents/{agent_id}")).contents[0].text)  # type: ignore[union-attr]
+    return card["overall"]["n"]
+
+
+def mean_cost(db: Path, agent_id: str) -> float | None:
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT mean_cost_usd FROM cost_stats WHERE agent_id = ?", [agent_id]).fetchone()
+    return None if row is None else row[0]
+
+
+async def test_a_reply_without_usage_is_billed_its_estimated_cost_everywhere(
+    settings: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    """litellm reports a missing usage as 0 tokens: that call must not be free for the session or the cost stats."""
+    text = "NOUSAGE explain the proof in detail"
+    async with Client(create_server(settings)) as client:
+        result = await call(client, "delegate", {"text": text, "agent_id": "strong", "session_id": "s"})
+        answer = f"answer[strong-model]: {text}"
+        assert result["answer"] == answer
+        expected = (math.ceil(len(text) / 4) * 10.0 + math.ceil(len(answer) / 4) * 30.0) / 1e6
+        assert result["cost_usd"] == pytest.approx(expected) and result["cost_source"] == "estimated"
+        assert result["prompt_tokens"] is None and result["completion_tokens"] is None  # the backend did not say
+        assert any("reported no token usage" in w for w in result["warnings"])
+        routed = await call(client, "route_step", {"text": "next", "session_id": "s"})
+        assert routed["session_spend_usd"] == pytest.approx(expected)
+        outcome = await call(client, "record_outcome", {"decision_id": result["decision_id"], "success": True})
+        assert outcome["cost_usd"] == pytest.approx(expected)
+    assert mean_cost(settings.db_path, "strong") == pytest.approx(expected)
+
+
+async def test_a_reply_with_no_choices_falls_back_without_touching_competence(
+    settings: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.behaviours["cheap-model"] = "EMPTYCHOICES"
+    async with Client(create_server(settings)) as client:
+        before = await overall_n(client, "cheap")
+        result = await call(client, "delegate", {"text": "x", "allowed_agents": ["cheap", "strong"], "lambda_": 1.0})
+        assert [(t["agent_id"], t["error_class"]) for t in result["tried"]] == [
+            ("cheap", "server_error"),
+            ("strong", None),
+        ]
+        assert "no choices" in result["tried"][0]["message"]
+        assert result["agent_id"] == "strong" and result["answer"] == "answer[strong-model]: x"
+        assert await overall_n(client, "cheap") == before  # an infrastructure failure never scores the agent
+
+
+async def test_a_null_content_is_an_empty_answer_with_a_warning(
+    settings: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.behaviours["cheap-model"] = "NULLCONTENT"
+    async with Client(create_server(settings)) as client:
+        result = await call(client, "delegate", {"text": "x", "agent_id": "cheap"})
+    assert result["answer"] == "" and result["error_class"] is None
+    assert any(w.startswith("empty answer") for w in result["warnings"])
+
+
+async def test_prices_set_with_upsert_agent_price_the_delegated_call(
+    settings: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    """Routing charges the handbook agent's prices; delegation must bill the same ones, not the file's."""
+    async with Client(create_server(settings)) as client:
+        await call(client, "upsert_agent", {"agent_id": "cheap", "input_per_mtok": 100.0, "output_per_mtok": 200.0})
+        await call(client, "upsert_agent", {"agent_id": "unpriced", "input_per_mtok": 1.0, "output_per_mtok": 2.0})
+        cheap = await call(client, "delegate", {"text": "hello", "agent_id": "cheap"})
+        assert cheap["cost_usd"] == pytest.approx(
+            (cheap["prompt_tokens"] * 100.0 + cheap["completion_tokens"] * 200.0) / 1e6
+        )
+        unpriced = await call(client, "delegate", {"text": "hello", "agent_id": "unpriced"})
+        assert unpriced["cost_source"] == "agent_prices" and unpriced["warnings"] == []
+        assert unpriced["cost_usd"] == pytest.approx(
+            (unpriced["prompt_tokens"] * 1.0 + unpriced["completion_tokens"] * 2.0) / 1e6
+        )
+
+
+async def test_an_unknown_cost_warning_says_what_routing_really_charges(settings: ServerSettings) -> None:
+    async with Client(create_server(settings)) as client:
+        first = await call(client, "delegate", {"text": "hello", "agent_id": "unpriced"})
+        assert first["cost_usd"] is None
+        assert any("no price in the handbook" in w and "charges it c_ref" in w for w in first["warnings"])
+        # a reported cost gives routing a recorded cost for the agent: it no longer charges c_ref
+        await call(client, "record_outcome", {"decision_id": first["decision_id"], "success": True, "cost_usd": 0.002})
+        second = await call(client, "delegate", {"text": "hello", "agent_id": "unpriced"})
+    (warning,) = [w for w in second["warnings"] if "unknown" in w]
+    assert "routing expects $0.002 a call from its recorded costs" in warning and "c_ref" not in warning
+
+
+async def test_a_max_tokens_above_the_agents_cap_is_lowered_with_a_warning(
+    settings: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    async with Client(create_server(settings)) as client:
+        lowered = await call(client, "delegate", {"text": "hi", "agent_id": "cheap", "max_tokens": 4000})
+        within = await call(client, "delegate", {"text": "hi", "agent_id": "cheap", "max_tokens": 100})
+    assert [r.body["max_tokens"] for r in fake_openai.chat_requests("cheap-model")] == [1024, 100]
+    assert any("max_tokens 4000 lowered to 1024" in w and "max_output_tokens" in w for w in lowered["warnings"])
+    assert within["warnings"] == []
+
+
+async def test_a_refused_named_agent_is_the_one_the_error_is_about(settings: ServerSettings) -> None:
+    async with Client(create_server(settings)) as client:
+        await call(client, "upsert_agent", {"agent_id": "strong", "enabled": False})
+        disabled = await refused(client, "delegate", {"text": "x", "agent_id": "strong"})
+        assert "agent strong is unavailable: disabled" in disabled
+        await call(client, "upsert_agent", {"agent_id": "strong", "enabled": True})
+        step = {"text": "x", "agent_id": "strong", "session_id": "b", "budget_usd": 1e-6}
+        over = await refused(client, "delegate", step)
+        assert "agent strong is unavailable: expected cost" in over and "remaining budget" in over
+        for said in (disabled, over):  # the caller passed no allowed_agents, and asked about no other agent
+            assert "allowed_agents" not in said and "cheap" not in said
+
+
+async def test_a_time_budget_below_one_try_calls_nobody_and_holds_no_budget(settings: ServerSettings) -> None:
+    calls: list[str] = []
+
+    async def caller(conn: AgentConnection, *_: Any) -> BackendResult:
+        calls.append(conn.id)
+        return BackendResult(answer="42", prompt_tokens=1, completion_tokens=1, cost_usd=0.0)
+
+    handbook = Handbook(HandbookStore(settings.db_path))
+    try:
+        route = RouteRequest(text="x", session_id="s", budget_usd=1.0)
+        with pytest.raises(DelegationFailed, match=r"no call was made: timeout_s 0\.3 is below the 0\.5 s minimum"):
+            await Delegator(handbook, caller=caller).delegate(
+                DelegateRequest(route=route, agent_id="strong", timeout_s=0.3)
+            )
+        assert calls == []
+        (decision_id,) = [r[0] for r in handbook.store.db.conn.execute("SELECT id FROM decisions").fetchall()]
+        outcome = handbook.store.outcome(decision_id)
+        assert outcome is not None and outcome["cost_usd"] == 0.0  # closed uncalled, competence untouched
+        assert handbook.store.session_spend("s") == 0.0  # it holds none of the session's budget
+    finally:
+        handbook.store.close()
