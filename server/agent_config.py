@@ -152,6 +152,9 @@ class McpAgentConnection(_AgentBase):
     kind: Literal["mcp"]
     command: str | None = Field(default=None, min_length=1)
     args: tuple[str, ...] = ()
+    # the stdio server's working directory: relative command/args paths resolve against it. `agents load` makes it
+    # absolute, defaulting to the agents.toml's directory, so a host starting our server from / still finds them.
+    cwd: str | None = Field(default=None, min_length=1)
     env_vars: tuple[EnvName, ...] = ()
     url: str | None = None
     tool: str = Field(min_length=1, max_length=200)
@@ -168,8 +171,8 @@ class McpAgentConnection(_AgentBase):
     def _one_transport(self) -> McpAgentConnection:
         if (self.command is None) == (self.url is None):
             raise ValueError("exactly one of command (stdio) or url (streamable HTTP)")
-        if self.url is not None and (self.args or self.env_vars):
-            raise ValueError("args and env_vars only with command (stdio)")
+        if self.url is not None and (self.args or self.env_vars or self.cwd):
+            raise ValueError("args, env_vars and cwd only with command (stdio)")
         if self.text_argument in self.arguments:
             raise ValueError(f"arguments without {self.text_argument!r}, which receives the step text")
         return self
@@ -300,4 +303,17 @@ def load_agent_configs(path: str | Path, *, other_sections: Collection[str] = ()
     agents = parse_agent_configs(data, source)
     if not agents:
         raise InvalidInput(source, "no agents", "at least one [agents.<id>] table")
-    return agents
+    return anchored(agents, Path(path).resolve().parent)
+
+
+def anchored(agents: dict[str, AgentConnection], base: Path) -> dict[str, AgentConnection]:
+    """Stdio MCP agents with an absolute working directory: `cwd` taken relative to `base` (the file's directory),
+    which is also the default. The server runs wherever its host starts it, not where `agents load` ran."""
+    return {
+        agent_id: (
+            conn.model_copy(update={"cwd": str(base / conn.cwd if conn.cwd else base)})
+            if isinstance(conn, McpAgentConnection) and conn.command is not None
+            else conn
+        )
+        for agent_id, conn in agents.items()
+    }

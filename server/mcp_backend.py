@@ -45,7 +45,7 @@ def _target(conn: McpAgentConnection) -> StdioServerParameters | str:
     if conn.url is not None:
         return conn.url  # a URL string means streamable HTTP to the SDK client
     env = {name: os.environ[name] for name in conn.env_vars if name in os.environ}
-    return StdioServerParameters(command=conn.command or "", args=list(conn.args), env=env)
+    return StdioServerParameters(command=conn.command or "", args=list(conn.args), env=env, cwd=conn.cwd)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from skillorchestra.server.agent_config import McpAgentConnection
+from skillorchestra.server.agent_config import McpAgentConnection, load_agent_configs
 from skillorchestra.server.mcp_backend import call_mcp_tool
 
 ECHO = str(Path(__file__).with_name("echo_mcp_server.py"))
@@ -76,3 +78,24 @@ async def test_unreachable_url_is_a_connection_failure() -> None:
     agent = McpAgentConnection(id="remote", kind="mcp", url="http://127.0.0.1:9/mcp", tool="search")
     r = await call_mcp_tool(agent, "hello", timeout_s=5)
     assert r.error_class == "connection", r.message
+
+
+@pytest.mark.anyio
+async def test_relative_paths_in_agents_toml_resolve_against_its_directory(tmp_path: Path) -> None:
+    """A host starts our server from anywhere (often /): the README's `args = ["my_search_server.py"]` used to
+    resolve against that directory and fail as a closed connection."""
+    (tmp_path / "tools").mkdir()
+    shutil.copy(ECHO, tmp_path / "tools" / "search_server.py")
+    toml = tmp_path / "agents.toml"
+    toml.write_text(
+        f'[agents.web]\nkind = "mcp"\ncommand = {json.dumps(sys.executable)}\nargs = ["tools/search_server.py"]\n'
+        'tool = "search"\n\n[agents.pinned]\nkind = "mcp"\ncommand = "x"\ncwd = "tools"\ntool = "search"\n',
+        encoding="utf-8",
+    )
+    agents = load_agent_configs(toml)
+    assert agents["pinned"].cwd == str(tmp_path.resolve() / "tools")  # type: ignore[union-attr]
+    web = agents["web"]
+    assert isinstance(web, McpAgentConnection) and web.cwd == str(tmp_path.resolve())
+    assert Path.cwd() != tmp_path
+    r = await call_mcp_tool(web, "find cats", timeout_s=20)
+    assert r.ok and r.answer == "results for: find cats", r.message
