@@ -507,7 +507,7 @@ class Handbook:
             note = f"agent {decision['agent_id']!r} was deleted since the decision: the outcome is logged only"
             applied = False
         elif effect.competence:
-            note = _deleted_skills_note(_json(decision["skills"]), self.arrays().skill_index, effect)
+            note = _deleted_skills_note(_json(decision["skills"]), effect)
         return OutcomeResult(
             decision_id=report.decision_id,
             agent_id=decision["agent_id"],
@@ -783,10 +783,10 @@ def _with_call_figures(payload: dict[str, Any], decision: dict[str, Any]) -> dic
     return effective
 
 
-def _deleted_skills_note(demanded: list[list[Any]], known: Mapping[str, int], effect: OutcomeEffect) -> str | None:
+def _deleted_skills_note(demanded: list[list[Any]], effect: OutcomeEffect) -> str | None:
     """Skills of the decision deleted since: their share of the outcome went nowhere (or, when none of its skills
     is left, all of it went to the mode or the agent's overall record); say so rather than look fully applied."""
-    gone = [(skill, weight) for skill, weight in demanded if weight > 0 and skill not in known]
+    gone = [(skill, weight) for skill, weight in demanded if weight > 0 and skill in effect.deleted_skills]
     if not gone:
         return None
     names = ", ".join(repr(skill) for skill, _ in gone)

@@ -55,6 +55,7 @@ class OutcomeEffect:
 
     competence: list[Competence] = field(default_factory=list)
     costs: list[CostStats] = field(default_factory=list)
+    deleted_skills: list[str] = field(default_factory=list)  # demanded by the decision, gone since: not updated
 
 
 class HandbookStore:
@@ -430,6 +431,7 @@ class HandbookStore:
         demands = [(s, w) for s, w in payload["skills"] if s in known and w > 0] or [
             (self._fallback_column(payload), 1.0)
         ]
+        effect.deleted_skills = [s for s in named if s not in known]
         infrastructure = payload.get("error_class") in INFRASTRUCTURE_ERRORS
         if not infrastructure and payload.get("reward") is not None:
             effect.competence = self._update_competence(agent_id, demands, payload["reward"], payload.get("gamma"))
