@@ -52,11 +52,14 @@ def _check_outputs(args: argparse.Namespace) -> None:
     if args.json is not None and str(args.json) != "-":
         check_output_file("--json", args.json)
     if args.plot_dir is not None:
+        from skillorchestra.server.plots import require_matplotlib
+
+        require_matplotlib(args.plot_dir)
         check_output_dir("--plot-dir", args.plot_dir)
 
 
-def _prices(args: argparse.Namespace, tasks: list[TraceTask]) -> dict[str, AgentPrice]:
-    """--agents, else an agents.json beside the train file (data convert writes one), else none."""
+def _prices(args: argparse.Namespace, tasks: list[TraceTask]) -> tuple[dict[str, AgentPrice], Path | None]:
+    """--agents, else an agents.json beside the train file (data convert writes one), else none; and its path."""
     from skillorchestra.handbook.evaluation.data import cost_basis
     from skillorchestra.handbook.traces import read_prices
 
@@ -67,10 +70,20 @@ def _prices(args: argparse.Namespace, tasks: list[TraceTask]) -> dict[str, Agent
     if path is not None:
         if not Path(path).is_file():
             raise InvalidInput("--agents", str(path), "an existing agents.json")
-        return read_prices(path)
+        return read_prices(path), path
     if cost_basis(tasks) != "cost_usd":
         raise InvalidInput("--agents", None, "an agents.json with prices (the data does not record cost_usd)")
-    return {}
+    return {}, None
+
+
+def _check_costs(train: list[TraceTask], prices: dict[str, AgentPrice], path: Path | None) -> None:
+    """Refuse before embedding or learning when no judged agent of train has a known cost (run_eval checks it
+    too, for library callers): here the message can name the agents.json that priced none of them."""
+    from skillorchestra.handbook.evaluation.data import judged_agents, mean_costs, raw_matrices, require_a_known_cost
+
+    agents = judged_agents(train)
+    _, costs = raw_matrices(train, agents, prices)
+    require_a_known_cost(agents, mean_costs(costs, agents), None if path is None else str(path))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     train = _tasks("--train", args.train)
     test = _tasks("--test", args.test)
     _check_judged(args, train, test)
-    prices = _prices(args, train + test)
+    prices, prices_path = _prices(args, train + test)
+    _check_costs(train, prices, prices_path)
     embedder, cache = _embedder(args, train + test)
     config = EvalConfig(
         lambdas=tuple(args.lambdas) if args.lambdas else DEFAULT_LAMBDAS,

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from shared_data import LLMROUTER
@@ -286,3 +287,136 @@ def test_eval_into_a_closed_pipe_stops_quietly(tiny: Path) -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err
     assert "Broken pipe" not in err and "Traceback" not in err and "error" not in err
+
+
+# -- unknown costs, matplotlib, and the pictures ---------------------------------------------------------------
+
+
+def test_eval_refuses_prices_for_none_of_the_judged_agents(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """c_ref was 0: every cost $0, lambda did nothing, and nothing said so."""
+    prices = tmp_path / "agents.json"
+    prices.write_text(json.dumps({"zzz": {"input_per_mtok": 1, "output_per_mtok": 1}}), encoding="utf-8")
+    out = tmp_path / "out.json"
+    args = ["eval", "--train", str(tiny / "train.jsonl"), "--test", str(tiny / "test.jsonl"), "--agents", str(prices)]
+    code = run_cli([*args, "--json", str(out)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and not out.exists()
+    assert captured.err.startswith(f"error: --agents='{prices}': expected a price") and "none for a, b" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_eval_names_the_agents_charged_c_ref_for_an_unknown_cost(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prices = tmp_path / "agents.json"
+    prices.write_text(json.dumps({"b": {"input_per_mtok": 0.5, "output_per_mtok": 1}}), encoding="utf-8")
+    args = ["eval", "--train", str(tiny / "train.jsonl"), "--test", str(tiny / "test.jsonl"), "--agents", str(prices)]
+    assert run_cli([*args, "--lambda", "0.1", "--episodes", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("unknown cost (no price in --agents, no cost_usd in the data): a charged c_ref $")
+
+
+def test_eval_without_matplotlib_refuses_plot_dir_before_any_work(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It failed after the whole run (the JSON written, the table printed) quoting 'matplotlib' as the directory."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    out, plots = tmp_path / "out.json", tmp_path / "plots"
+    args = ["eval", "--train", str(tiny / "train.jsonl"), "--test", str(tiny / "test.jsonl"), "--lambda", "0.1"]
+    code = run_cli([*args, "--json", str(out), "--plot-dir", str(plots)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and not out.exists() and not plots.exists()
+    assert captured.err.startswith(f"error: --plot-dir='{plots}': expected matplotlib")
+    assert "pip install 'skillorchestra-mcp[plot]'" in captured.err and len(captured.err.strip().splitlines()) == 1
+
+
+def plane(agents: list[str], costs: dict[str, float], operating: float = 0.115625) -> dict[str, object]:
+    """A hand-made eval result for the pictures: one swept curve, Thompson beside the operating point."""
+
+    def row(policy: str, lam: float | None, cost: float, acc: float) -> dict[str, object]:
+        share = {a: 1.0 / len(agents) for a in agents}
+        return {"policy": policy, "lambda": lam, "accuracy": acc, "avg_cost": cost, "agent_share": share}
+
+    rows = [
+        row("skillorchestra", lam, c, a)
+        for lam, c, a in ((0.0, 8e-3, 0.80), (operating, 4e-3, 0.76), (1.0, 2e-4, 0.68))
+    ]
+    rows += [row("skillorchestra-thompson", operating, 4.3e-3, 0.757), row("oracle", None, 2e-3, 0.85)]
+    return {
+        "dataset": {"test": 40, "agents": agents, "cost_basis": "estimated"},
+        "rows": rows,
+        "operating_point": {"lambda": operating},
+        "single_agents": [
+            {"agent": a, "accuracy": 0.7, "avg_cost": cost, "n": 31 if a == agents[-1] else 40, "of": 40}
+            for a, cost in costs.items()
+        ],
+    }
+
+
+@pytest.fixture
+def plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
+def test_pareto_reads_in_dollars_labels_the_operating_point_clear_and_counts_agents(plt: Any) -> None:
+    from skillorchestra.server.plots import OPERATING_LABEL_OFFSET, dollars, pareto_figure
+
+    assert [dollars(x) for x in (5e-05, 0.00015, 0.001, 0.0020000000000000005, 0.01)] == [
+        "$0.00005",
+        "$0.00015",
+        "$0.001",
+        "$0.002",
+        "$0.01",
+    ]
+    fig = pareto_figure(plt, plane(["gpt-4"], {"gpt-4": 8e-3}))
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert ax.get_title() == "accuracy vs cost on 40 unseen test tasks (1 agent)"
+    assert ax.get_xscale() == "log"  # costs span 40x: two decades showed only 10^-3 and 10^-2
+    minor = {t.get_text() for t in ax.get_xticklabels(minor=True)} - {""}
+    assert {"$0.0005", "$0.002", "$0.005"} <= minor and "$0.001" in {t.get_text() for t in ax.get_xticklabels()}
+    label = next(t for t in ax.texts if t.get_text() == "0.115625")
+    assert label.get_fontweight() == "bold" and label.xyann == OPERATING_LABEL_OFFSET
+    box = label.get_window_extent(fig.canvas.get_renderer())
+    thompson = ax.transData.transform((4.3e-3, 0.757))
+    star = ax.transData.transform((4e-3, 0.76))
+    for x, y in (thompson, star):  # the label's box stays clear of both markers' centres and their radius
+        assert box.x1 < x - 3 and box.y0 > y + 3
+    plt.close(fig)
+
+
+def test_pareto_names_a_partly_judged_agent_with_its_coverage(plt: Any) -> None:
+    from skillorchestra.server.plots import pareto_figure
+
+    fig = pareto_figure(plt, plane(["a", "c"], {"a": 3e-4, "c": 5e-3}))
+    assert {"a", "c (31/40 tasks)"} <= {t.get_text() for t in fig.axes[0].texts}
+    assert fig.axes[0].get_title() == "accuracy vs cost on 40 unseen test tasks (2 agents)"
+    plt.close(fig)
+
+
+def test_shares_title_fits_and_the_legend_sits_readable_under_the_axes(plt: Any) -> None:
+    """The llmrouter title ran past the right edge; the legend was 6 pt and far below the axes."""
+    from skillorchestra.server.plots import shares_figure
+
+    agents = ["codegemma-7b", "gemma-2-9b-it", "llama-3.1-8b-instruct", "llama-3.1-nemotron-51b-instruct"]
+    agents += ["llama-3.3-nemotron-super-49b-v1", "llama3-chatqa-1.5-70b", "llama3-chatqa-1.5-8b", "qwen2.5-7b"]
+    fig = shares_figure(plt, plane(agents, {}), "llmrouter: ")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    title = fig._suptitle
+    assert title is not None and title.get_text().startswith("llmrouter: call shares per agent")
+    extent = title.get_window_extent(renderer)
+    assert extent.x0 >= 0 and extent.x1 <= fig.bbox.width
+    (legend,) = fig.legends
+    assert min(t.get_fontsize() for t in legend.get_texts()) >= 8
+    under_axes = fig.axes[0].get_tightbbox(renderer).y0  # the x label's bottom
+    gap = under_axes - legend.get_window_extent(renderer).y1
+    assert 0 <= gap < 20, gap
+    plt.close(fig)

@@ -506,3 +506,114 @@ def test_run_eval_refuses_a_test_set_judged_only_for_agents_train_lacks_before_l
         run_eval(TRAIN, stranger, PRICES, EvalConfig(learn_fn=counting_learn, replay_fn=standin_replay, episodes=30))
     assert refused.value.field == "--test" and "for an agent of --train" in str(refused.value)
     assert learned == []
+
+
+# -- unknown costs, sparse data and the readable report --------------------------------------------------------
+
+
+def without_costs(tasks: list[TraceTask]) -> list[TraceTask]:
+    return [
+        t.model_copy(update={"outcomes": {a: AgentOutcome(score=o.score) for a, o in t.outcomes.items()}})
+        for t in tasks
+    ]
+
+
+def test_run_eval_refuses_a_pool_where_no_judged_agent_has_a_known_cost_before_learning() -> None:
+    """c_ref was 0, every cost $0 and lambda did nothing, silently; a cost_usd in the data counts as known."""
+    from skillorchestra.handbook.errors import InvalidInput
+
+    learned: list[int] = []
+
+    def counting_learn(*args: Any) -> Any:
+        learned.append(1)
+        return standin_learn(*args)
+
+    unpriced = {"stranger": AgentPrice(input_per_mtok=1, output_per_mtok=1)}  # prices nobody of the data
+    with pytest.raises(InvalidInput) as refused:
+        run_eval(without_costs(TRAIN), without_costs(TEST), unpriced, config(learn_fn=counting_learn))
+    assert refused.value.field == "--agents" and "none for lingo, mathpro" in str(refused.value)
+    assert learned == []
+    result = run_eval(TRAIN, TEST, {}, config(lambdas=(0.1,)))  # no prices, but the data records cost_usd
+    assert result["dataset"]["c_ref"] == pytest.approx(COST["mathpro"])
+
+
+MYSTERY = [t.model_copy(update={"outcomes": {**t.outcomes, "mystery": AgentOutcome(score=1.0)}}) for t in TRAIN]
+
+
+def test_an_agent_of_unknown_cost_counts_as_expensive_and_the_summary_names_it() -> None:
+    """mystery has neither a price nor a recorded cost: it is charged c_ref (mathpro's cost) like the dearest agent,
+    so calls to it count in expensive_share (they were left out) and the printed summary says so."""
+    from skillorchestra.handbook.evaluation.report import summary
+
+    test = [t.model_copy(update={"outcomes": {**t.outcomes, "mystery": AgentOutcome(score=1.0)}}) for t in TEST]
+    result = run_eval(MYSTERY, test, PRICES, config(lambdas=(0.0, 1.0)))
+    ds = result["dataset"]
+    assert ds["unknown_cost_agents"] == ["mystery"] and ds["best_single_agent"] == "mystery"
+    by = {(r["policy"], r["lambda"]): r for r in result["rows"]}
+    assert by["best-single", None]["agent_share"]["mystery"] == 1.0
+    assert by["best-single", None]["expensive_share"] == 1.0
+    assert by["best-single", None]["avg_cost"] == pytest.approx(COST["mathpro"])  # charged c_ref
+    for row in result["rows"]:
+        share = row["agent_share"]
+        assert row["expensive_share"] == pytest.approx(share["mathpro"] + share["mystery"]), row["policy"]
+    text = summary(result)
+    assert "unknown cost (no price in --agents, no cost_usd in the data): mystery charged c_ref $0.01 per call" in text
+    assert "unknown cost" not in summary(run_eval(TRAIN, TEST, PRICES, config(lambdas=(0.1,))))
+
+
+def test_single_agents_on_sparse_data_carry_their_coverage(tmp_path: Path) -> None:
+    """mathpro was not run on the 5 test words tasks: its point is its accuracy and cost on the 20 it was judged on
+    (it looked better than every router, oracle included), and the JSON says so with n of `of`."""
+    from skillorchestra.server.plots import agent_label
+
+    sparse = [
+        t.model_copy(update={"outcomes": {"lingo": t.outcomes["lingo"]}}) if t.task == "words" else t for t in TEST
+    ]
+    result = run_eval(TRAIN, sparse, PRICES, config(lambdas=(0.1,)))
+    single = {a["agent"]: a for a in result["single_agents"]}
+    assert (single["mathpro"]["n"], single["mathpro"]["of"]) == (20, 25)
+    assert single["mathpro"]["accuracy"] == 1.0 and single["mathpro"]["avg_cost"] == pytest.approx(COST["mathpro"])
+    assert (single["lingo"]["n"], single["lingo"]["of"]) == (25, 25)
+    assert single["lingo"]["avg_cost"] == pytest.approx(COST["lingo"])
+    assert agent_label(single["mathpro"]) == "mathpro (20/25 tasks)" and agent_label(single["lingo"]) == "lingo"
+
+
+def test_test_tasks_judged_for_no_agent_are_counted_and_printed() -> None:
+    from skillorchestra.handbook.evaluation.report import summary
+
+    unjudged = [
+        t.model_copy(update={"id": f"u{i}", "query": f"nobody judged this {i}", "outcomes": {"lingo": AgentOutcome()}})
+        for i, t in enumerate(TEST[:4])
+    ]
+    result = run_eval(TRAIN, TEST + unjudged, PRICES, config(lambdas=(0.1,)))
+    ds = result["dataset"]
+    assert (ds["test"], ds["dropped_seen_in_train"], ds["dropped_unjudged"]) == (len(TEST) - 3, 3, 4)
+    assert "(3 dropped as seen in train, 4 as judged for no agent)" in summary(result)
+
+
+def test_the_episode_rule_says_how_the_episodes_were_drawn() -> None:
+    """On one family (GSM8K) the steps are any distinct tasks: the rule said 'from distinct task families'."""
+    math_only = [t for t in TRAIN if t.task == "math"]
+    result = run_eval(math_only, [t for t in TEST if t.task == "math"], PRICES, config(lambdas=(0.1,)))
+    rule = result["episodes_detail"]["rule"]
+    assert "families" not in rule.split("(")[0] and "one task family" in rule and "3-5 distinct tasks" in rule
+    three = run_eval(TRAIN, TEST, PRICES, config(lambdas=(0.1,)))["episodes_detail"]["rule"]
+    assert three.startswith("3 steps, each from a different task family")  # three families: three steps each
+
+
+def test_the_table_keeps_its_columns_for_any_lambda() -> None:
+    """0.09375 (a bisected operating point) pushed every later column of its line one place right."""
+    from skillorchestra.handbook.evaluation.report import rows_table
+
+    shares = {"a": 1.0}
+    rows = [
+        {"policy": "skillorchestra", "lambda": lam, "accuracy": 0.5, "avg_cost": 0.001, "agent_share": shares}
+        | {"oracle_gap_closed": 0.1, "entropy_bits": 0.0, "expensive_share": 1.0}
+        for lam in (0.0, 0.09375, 0.0078125, 0.115625, 123456.0, None)
+    ]
+    lines = rows_table({"rows": rows, "operating_point": {"lambda": 0.09375}}).splitlines()
+    acc_at = lines[0].index("   acc") + len("   acc")
+    assert all(line[acc_at - 5 : acc_at] == "0.500" for line in lines[2:]), "\n".join(lines)
+    lambda_at = lines[0].index("lambda") + len("lambda")  # at most 4 significant digits, right-aligned under it
+    shown = [line[lambda_at - 7 : lambda_at] for line in lines[2:]]
+    assert shown == ["   0.00", "0.09375", "0.00781", " 0.1156", "1.2e+05", "      -"]

@@ -94,6 +94,23 @@ def reference_cost(agent_costs: Mapping[str, float]) -> float:
     return max(agent_costs.values(), default=0.0)
 
 
+def charged_costs(agent_costs: Mapping[str, float], agents: Sequence[str], c_ref: float) -> dict[str, float]:
+    """The mean cost per call each agent is charged: its known cost, else c_ref (as build_table charges it)."""
+    return {agent: agent_costs.get(agent, c_ref) for agent in agents}
+
+
+def require_a_known_cost(agents: Sequence[str], agent_costs: Mapping[str, float], shown: object = None) -> None:
+    """Refuse a pool where no judged agent has a price or a recorded cost: c_ref would be 0, every cost $0 and lambda
+    would change nothing, so every row would silently compare accuracy alone. `shown` is the --agents value."""
+    if not any(agent in agent_costs for agent in agents):
+        raise InvalidInput(
+            "--agents",
+            shown,
+            f"a price (or a cost_usd in the data) for at least one judged agent; none for {', '.join(agents)}, "
+            "so every cost would be $0 and lambda would change nothing",
+        )
+
+
 def build_table(
     tasks: Sequence[TraceTask], agents: Sequence[str], prices: Mapping[str, AgentPrice], c_ref: float
 ) -> OutcomeTable:

@@ -1,6 +1,6 @@
-"""Step-level episodes: chains of 3-5 real test tasks from different families, succeeding only when every
-step does. They test the method's premise: needs change from step to step, so routing each step should beat
-choosing one agent for the whole request.
+"""Step-level episodes: chains of 3-5 real test tasks (from different families where there are three or more),
+succeeding only when every step does. They test the method's premise: needs change from step to step, so routing
+each step should beat choosing one agent for the whole request.
 
 Compared: `step-level` (the handbook routes each step's own text), `query-level` (the handbook chooses one
 agent from the episode's full concatenated text, its cost term the agent's mean expected cost over the steps,
@@ -49,6 +49,18 @@ def build_episodes(table: OutcomeTable, n_episodes: int, seed: int) -> list[Epis
             steps = [int(i) for i in rng.choice(len(table.tasks), size=min(length, len(table.tasks)), replace=False)]
         episodes.append(Episode(steps=steps))
     return episodes
+
+
+def episode_rule(table: OutcomeTable) -> str:
+    """How build_episodes drew the episodes on this table, in words (the JSON's episodes_detail.rule): steps from
+    distinct families only when there are at least MIN_STEPS families, and never more steps than families then."""
+    families = len(set(table.families))
+    if families >= MIN_STEPS:
+        longest = min(MAX_STEPS, families)
+        steps = f"{MIN_STEPS}-{longest}" if longest > MIN_STEPS else f"{MIN_STEPS}"
+        return f"{steps} steps, each from a different task family"
+    kind = "one task family" if families == 1 else f"{families} task families"
+    return f"{MIN_STEPS}-{MAX_STEPS} distinct tasks drawn from all test tasks ({kind}: fewer than {MIN_STEPS})"
 
 
 def _outcome(table: OutcomeTable, episodes: list[Episode], picks: list[np.ndarray]) -> dict[str, float]:

@@ -13,11 +13,21 @@ def _f(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+LAMBDA_WIDTH = 7  # the table's lambda column
+
+
 def _lam(value: float | None) -> str:
-    """Grid lambdas with two decimals; a bisected operating lambda with the digits that tell it apart."""
+    """Grid lambdas with two decimals; a bisected operating lambda with the digits that tell it apart, at most 4
+    significant ones and never wider than the column (0.09375 fits; 0.0078125 shows as 0.00781)."""
     if value is None:
         return "-"
-    return f"{value:.2f}" if round(value, 2) == value else f"{value:.4g}"
+    if round(value, 2) == value and len(f"{value:.2f}") <= LAMBDA_WIDTH:
+        return f"{value:.2f}"
+    for digits in (4, 3, 2, 1):
+        text = f"{value:.{digits}g}"
+        if len(text) <= LAMBDA_WIDTH:
+            return text
+    return text
 
 
 def _usd(value: Any) -> str:
@@ -30,7 +40,8 @@ def rows_table(result: dict[str, Any]) -> str:
     best = next((r for r in rows if r["policy"] == "best-single"), None)
     best_cost = best["avg_cost"] if best else None
     operating = result.get("operating_point", {}).get("lambda")
-    header = f"{'policy':<24} {'lambda':>6} {'acc':>6} {'avg_cost':>10} {'%best$':>7} {'gap':>6} {'H bits':>6} "
+    w = LAMBDA_WIDTH
+    header = f"{'policy':<24} {'lambda':>{w}} {'acc':>6} {'avg_cost':>10} {'%best$':>7} {'gap':>6} {'H bits':>6} "
     header += f"{'exp%':>5}  top agent (share)"
     lines = [header, "-" * len(header)]
     for r in rows:
@@ -38,7 +49,7 @@ def rows_table(result: dict[str, Any]) -> str:
         ratio = f"{100 * r['avg_cost'] / best_cost:.0f}%" if best_cost and r["avg_cost"] is not None else "-"
         mark = " *" if r["policy"] == "skillorchestra" and r["lambda"] == operating else ""
         lines.append(
-            f"{r['policy'] + mark:<24} {_lam(r['lambda']):>6} {_f(r['accuracy']):>6} {_usd(r['avg_cost']):>10} "
+            f"{r['policy'] + mark:<24} {_lam(r['lambda']):>{w}} {_f(r['accuracy']):>6} {_usd(r['avg_cost']):>10} "
             f"{ratio:>7} {_f(r['oracle_gap_closed'], 2):>6} {_f(r['entropy_bits'], 2):>6} "
             f"{100 * r['expensive_share']:>4.0f}%  {top} ({share:.0%})"
         )
@@ -48,11 +59,21 @@ def rows_table(result: dict[str, Any]) -> str:
 def summary(result: dict[str, Any]) -> str:
     """The table plus the dataset line, the operating point, two-agent, online, episodes and learning."""
     ds = result["dataset"]
+    dropped = f"{ds['dropped_seen_in_train']} dropped as seen in train"
+    if "dropped_unjudged" in ds:
+        dropped += f", {ds['dropped_unjudged']} as judged for no agent"
     lines = [
-        f"dataset: {ds['train']} train, {ds['test']} test ({ds['dropped_seen_in_train']} dropped as seen in train), "
-        f"{len(ds['agents'])} agents, cost basis {ds['cost_basis']}, c_ref {_usd(ds.get('c_ref'))}",
-        rows_table(result),
+        f"dataset: {ds['train']} train, {ds['test']} test ({dropped}), "
+        f"{len(ds['agents'])} agent{'' if len(ds['agents']) == 1 else 's'}, cost basis {ds['cost_basis']}, "
+        f"c_ref {_usd(ds.get('c_ref'))}",
     ]
+    unknown = ds.get("unknown_cost_agents") or []
+    if unknown:
+        lines.append(
+            f"unknown cost (no price in --agents, no cost_usd in the data): {', '.join(unknown)} charged c_ref "
+            f"{_usd(ds.get('c_ref'))} per call"
+        )
+    lines.append(rows_table(result))
     op = result.get("operating_point", {})
     lines.append(f"operating point (* above): lambda {op.get('lambda')} ({op.get('rule', 'chosen on validation')})")
     if "oracle_best_score_accuracy" in ds:

@@ -25,7 +25,12 @@ from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.evaluation import data as d
 from skillorchestra.handbook.evaluation import policies as p
 from skillorchestra.handbook.evaluation import sweep
-from skillorchestra.handbook.evaluation.episodes import DEFAULT_EPISODES, build_episodes, evaluate_episodes
+from skillorchestra.handbook.evaluation.episodes import (
+    DEFAULT_EPISODES,
+    build_episodes,
+    episode_rule,
+    evaluate_episodes,
+)
 from skillorchestra.handbook.evaluation.online import regret_of, replay_online
 from skillorchestra.handbook.evaluation.scorer import CachedLabeller, HandbookScorer, Labeller
 from skillorchestra.handbook.knn import KnnRouter
@@ -137,6 +142,7 @@ def run_eval(
     agents = d.judged_agents(train)
     train_scores, train_costs = d.raw_matrices(train, agents, prices)
     agent_costs = d.mean_costs(train_costs, agents)
+    d.require_a_known_cost(agents, agent_costs)
     c_ref = d.reference_cost(agent_costs)
     unknown_cost = [a for a in agents if a not in agent_costs]
     table = d.build_table(kept, agents, prices, c_ref)
@@ -162,7 +168,7 @@ def run_eval(
     baseline = sweep.Baseline(
         best_single_accuracy=metrics.accuracy(table.chosen(best_single)[0]),
         oracle_accuracy=metrics.accuracy(table.chosen(p.oracle_choices(table))[0]),
-        agent_costs=agent_costs,
+        agent_costs=d.charged_costs(agent_costs, agents, c_ref),  # an unknown cost is charged c_ref: it counts
     )
     rows, curves, agreement = [], {}, []
     for lam in lambdas:
@@ -195,6 +201,7 @@ def run_eval(
             "train": len(train),
             "test": len(table.tasks),
             "dropped_seen_in_train": dropped,
+            "dropped_unjudged": len(kept) - len(table.tasks),
             "agents": agents,
             "cost_basis": d.cost_basis(list(train) + kept),
             "c_ref": c_ref,
@@ -210,7 +217,7 @@ def run_eval(
         "episodes_detail": {
             "lambda": operating,
             "n_episodes": len(episodes),
-            "rule": "3-5 steps from distinct task families, success = every step scores >= 0.5",
+            "rule": f"{episode_rule(table)}, success = every step scores >= 0.5",
             "at_lambda_0": evaluate_episodes(table, episodes, scorer, expected, knn, 0.0, c_ref, train_means),
         },
         "learning": {
@@ -223,7 +230,7 @@ def run_eval(
             "length_effect": _length_effect(learned.document),
             "selection": selection.get("learning"),
         },
-        "single_agents": _single_agents(table, baseline),
+        "single_agents": _single_agents(table),
         "replay_agreement": {"min": min(agreement), "lambdas": lambdas},
         "diagnostics": _diagnostics(table, rows, curves, operating, agents, agent_costs, cheap_col),
     }
@@ -333,11 +340,22 @@ def _online(
     return online, sweep.row(p.THOMPSON, lambda_, learned_run.picks, table, baseline, start="learned")
 
 
-def _single_agents(table: d.OutcomeTable, baseline: sweep.Baseline) -> list[dict[str, Any]]:
+def _single_agents(table: d.OutcomeTable) -> list[dict[str, Any]]:
+    """Each agent alone on the test tasks it was judged on (`n` of `of`): on sparse data an agent's accuracy and cost
+    cover only those tasks, so its point is not comparable with the rows (all `of` tasks) unless n == of."""
     out = []
     for j, agent in enumerate(table.agents):
-        scores, costs = table.chosen(p.constant(table, j))
-        out.append({"agent": agent, "accuracy": metrics.accuracy(scores), "avg_cost": metrics.avg_cost(costs)})
+        judged = table.judged[:, j]
+        scores, costs = table.scores[judged, j], table.costs[judged, j]
+        out.append(
+            {
+                "agent": agent,
+                "accuracy": metrics.accuracy(scores) if judged.any() else None,
+                "avg_cost": metrics.avg_cost(costs) if judged.any() else None,
+                "n": int(judged.sum()),
+                "of": len(table.tasks),
+            }
+        )
     return out
 
 
