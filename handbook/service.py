@@ -92,6 +92,7 @@ class DelegateRequest:
     agent_id: str | None = None
     max_tokens: int | None = None
     timeout_s: float = 45.0
+    decision_id: str | None = None  # carry out this route_step decision instead of routing again
 
 
 @dataclass(frozen=True)

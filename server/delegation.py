@@ -10,13 +10,18 @@ Policy, owned here rather than by litellm (which is called with max_retries=0):
 - an llm agent's call is priced with the live handbook agent's prices when it has them (upsert_agent may have
   changed them since `agents load`), so delegation bills what routing expects; else the connection's prices;
 - a time budget too short for one try (timeout_s below MIN_TRY_S) calls nobody and closes the routed decision
-  uncalled, so it holds no session budget until it expires.
+  uncalled, so it holds no session budget until it expires;
+- with `decision_id`, a route_step decision is carried out instead of routing again (one decision per step):
+  its agent first, then its stored candidates as fallbacks. A decision unknown, expired, reported or already
+  called (or claimed by a delegate still running on this server) is refused before anything is written.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,7 +31,8 @@ from pydantic import ValidationError
 
 from skillorchestra.handbook.arrays import HandbookArrays
 from skillorchestra.handbook.errors import HandbookError, InvalidInput, NotFound, Unroutable
-from skillorchestra.handbook.results import Attempt, DelegateResult, RouteDecision
+from skillorchestra.handbook.models import SkillDemand
+from skillorchestra.handbook.results import Attempt, Candidate, DelegateResult, RouteDecision
 from skillorchestra.handbook.service import DelegateRequest, Handbook, OutcomeReport, RouteRequest
 from skillorchestra.server.agent_config import AgentConnection, LlmAgentConnection, parse_agent
 from skillorchestra.server.breaker import CircuitBreaker
@@ -73,6 +79,8 @@ class Delegator:
         self.breaker = breaker or CircuitBreaker()
         self.max_fallbacks = max_fallbacks
         self.caller = caller
+        self._claimed: set[str] = set()  # route_step decisions a running delegate is carrying out
+        self._claims = threading.Lock()
 
     def connections(self) -> dict[str, AgentConnection]:
         """Connection settings as loaded by `skillorchestra agents load` (re-read: the CLI may reload them)."""
@@ -104,7 +112,25 @@ class Delegator:
             raise InvalidInput("timeout_s", request.timeout_s, "a positive number of seconds")
         # every read of the file happens off the event loop (a CLI import may hold the write lock for a while),
         # in one trip to a worker thread: on a busy 2-core host each trip can cost a scheduling slice
-        connections, route, decision = await anyio.to_thread.run_sync(self._prepare_and_route, request)
+        if request.decision_id is None:
+            prepared = await anyio.to_thread.run_sync(self._prepare_and_route, request)
+            return await self._carry_out(request, *prepared, progress)
+        prepared = await anyio.to_thread.run_sync(self._prepare_decided, request)
+        try:
+            return await self._carry_out(request, *prepared, progress)
+        finally:
+            with self._claims:  # from here its call_* columns (or its outcome) say it was carried out
+                self._claimed.discard(request.decision_id)
+
+    async def _carry_out(
+        self,
+        request: DelegateRequest,
+        connections: dict[str, AgentConnection],
+        route: RouteRequest,
+        decision: RouteDecision,
+        progress: Progress | None,
+    ) -> DelegateResult:
+        """Call the decision's agent, then its candidates in order after infrastructure failures."""
         if any(isinstance(conn, LlmAgentConnection) for conn in connections.values()):
             from skillorchestra.server.llm_backend import ensure_litellm
 
@@ -130,6 +156,12 @@ class Delegator:
                     )
                 tried.append(Attempt(agent_id=agent_id, error_class="timeout", message="delegate's time budget spent"))
                 break
+            if agent_id not in connections:  # only a stored decision's candidates can lack them (routing skips them)
+                message = "no connection settings (load them with `skillorchestra agents load`)"
+                tried.append(Attempt(agent_id=agent_id, error_class="connection", message=message))
+                if position == 0:
+                    await anyio.to_thread.run_sync(self._uncalled, decision.decision_id)
+                continue
             if not self.breaker.allow(agent_id):
                 tried.append(Attempt(agent_id=agent_id, error_class="connection", message="circuit breaker open"))
                 if position == 0:  # the breaker turned between routing and calling: close the decision, uncalled
@@ -184,6 +216,50 @@ class Delegator:
             route, top_k=max(route.top_k, 1 + self.max_fallbacks), prompt_extra_chars=len(request.context or "")
         )
         return connections, route, self.handbook.route(wide)
+
+    def _prepare_decided(
+        self, request: DelegateRequest
+    ) -> tuple[dict[str, AgentConnection], RouteRequest, RouteDecision]:
+        """The stored route_step decision `request.decision_id`, checked and claimed; refusals write nothing."""
+        decision_id = request.decision_id
+        assert decision_id is not None
+        if request.agent_id is not None:
+            raise InvalidInput(
+                "agent_id", request.agent_id, f"no agent_id with decision_id: decision {decision_id} already fixed it"
+            )
+        if request.timeout_s < MIN_TRY_S:  # refused before the decision is touched: it stays usable
+            raise InvalidInput("timeout_s", request.timeout_s, f"at least {MIN_TRY_S:g} s (the time one try needs)")
+        store = self.handbook.store
+        row = store.decision(decision_id)
+        wanted = "an unexpired route_step decision that was neither reported nor carried out yet"
+        if row is None:
+            raise InvalidInput("decision_id", decision_id, f"{wanted} (no decision has this id)")
+        if row.get("role") is not None:
+            raise InvalidInput("decision_id", decision_id, f"{wanted} (this is a {row['role']} decision of delegate)")
+        if store.outcome(decision_id) is not None:
+            raise InvalidInput("decision_id", decision_id, f"{wanted} (it was already reported)")
+        if row.get("call_latency_s") is not None or row.get("call_error_class") is not None:
+            raise InvalidInput("decision_id", decision_id, f"{wanted} (delegate already called its agent)")
+        if self.handbook.clock() > row["expires_at"]:
+            raise InvalidInput("decision_id", decision_id, f"{wanted} (it expired at {row['expires_at']:.0f})")
+        text = request.route.text
+        if row.get("text") is not None and row["text"] != text:
+            raise InvalidInput("text", text, f"the text decision {decision_id} was routed for")
+        decision = _stored_decision(row)
+        connections = with_live_prices(self.connections(), self.handbook.arrays())
+        with self._claims:
+            if decision_id in self._claimed:
+                raise InvalidInput("decision_id", decision_id, f"{wanted} (another delegate is carrying it out)")
+            self._claimed.add(decision_id)
+        route = RouteRequest(
+            text=text,
+            mode=row.get("mode"),
+            lambda_=decision.lambda_,
+            strategy=decision.strategy,
+            session_id=row.get("session_id"),
+            top_k=max(len(decision.candidates), 1),
+        )
+        return connections, route, decision
 
     def _prepare(self, request: DelegateRequest) -> tuple[dict[str, AgentConnection], RouteRequest]:
         connections = self.connections()
@@ -306,6 +382,31 @@ async def _tick(progress: Progress, agent_id: str, start: float, budget: float) 
         elapsed = time.monotonic() - start
         await progress(min(elapsed / budget, 0.99), f"waiting for {agent_id} ({elapsed:.0f} s)")
         await anyio.sleep(PROGRESS_INTERVAL_S)
+
+
+def _stored_decision(row: dict[str, Any]) -> RouteDecision:
+    """A decision as route_step returned it, rebuilt from its row (exclusions and spend are not stored)."""
+
+    def loaded(value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    skills = [SkillDemand(skill_id=s, weight=w) for s, w in loaded(row["skills"]) or []]
+    candidates = [Candidate.model_validate(c) for c in loaded(row["candidates"]) or []]
+    return RouteDecision(
+        decision_id=row["id"],
+        agent_id=row["agent_id"],
+        explored=bool(row["explored"]),
+        propensity=row["propensity"] if row["propensity"] is not None else 1.0,
+        strategy=row["strategy"],
+        lambda_=row["lambda"],
+        skills=skills,
+        skills_source=f"decision {row['id']} (route_step)",
+        candidates=candidates,
+        excluded=[],
+        c_ref_usd=None,
+        handbook_version=row["version"],
+        expires_at=row["expires_at"],
+    )
 
 
 def _messages(text: str, context: str | None) -> list[dict[str, Any]]:

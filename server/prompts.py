@@ -22,7 +22,8 @@ Work step by step. For every step:
      has backends: it routes the step, calls the chosen agent (falling back on failure) and returns the answer,
      its cost and decision_id. If it answers that no agent has connection settings, use route_step instead.
    - route_step(text=<the step>, the same skills/lambda_/session_id/budget_usd) when you run steps yourself:
-     it returns decision_id and agent_id, with the candidates and why; then have that agent do the step.
+     it returns decision_id and agent_id, with the candidates and why; then run the step with that agent
+     yourself, or have the server call it with delegate(text=<the step>, decision_id=<from route_step>).
 4. Judge the answer: did it achieve the step?
 5. record_outcome(decision_id=<from step 3>, success=true|false or reward=0..1) as soon as you can judge it, once
    per step; after route_step add cost_usd and latency_s if you know them (delegate has recorded its own). If

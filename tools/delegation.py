@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated, Literal
 
 from mcp.server import MCPServer
@@ -40,15 +41,35 @@ async def delegate(
     ] = None,
     max_tokens: Annotated[int | None, Field(ge=1, le=1_000_000)] = None,
     timeout_s: Annotated[float, Field(gt=0, le=600, description="Budget for all tries together")] = 45.0,
+    decision_id: Annotated[
+        OptionalId,
+        Field(description="carry out this route_step decision instead of routing again (one decision per step)"),
+    ] = None,
 ) -> DelegateResult:
     """Route the step (unless agent_id is given), call the agent, return its answer with cost and latency.
 
     Infrastructure failures fall back to the next-best agent and never count against competence. Report how
     good the answer was with record_outcome(decision_id, success|reward): that is what the handbook learns from.
+    With decision_id (from route_step), that decision is carried out: no second decision for the same step.
     """
     delegator = app_state(ctx).extras.get("delegator")
     if delegator is None:
         raise ToolError("delegation is not configured on this server")
+    if decision_id is not None:
+        _refuse_routing(
+            decision_id,
+            agent_id=agent_id,
+            skills=skills,
+            mode=mode,
+            lambda_=lambda_,
+            strategy=strategy,
+            allowed_agents=allowed_agents,
+            max_cost_usd=max_cost_usd,
+            session_id=session_id,
+            budget_usd=budget_usd,
+            top_k=top_k,
+            seed=seed,
+        )
 
     async def progress(fraction: float, message: str) -> None:
         await ctx.report_progress(fraction, 1.0, message)
@@ -71,5 +92,20 @@ async def delegate(
         agent_id=agent_id,
         max_tokens=max_tokens,
         timeout_s=timeout_s,
+        decision_id=decision_id,
     )
     return await delegator.delegate(request, progress)
+
+
+def _refuse_routing(decision_id: str, **routing: object) -> None:
+    """A decision already fixed the agent and everything routing chose by: a routing argument sent with it
+    (anything but its default) would contradict it, so it is refused before anything is written."""
+    for name, value in routing.items():
+        if value != _DEFAULTS[name]:
+            raise ToolError(
+                f"{name}={value!r}: expected no {name} with decision_id: decision {decision_id} already fixed it "
+                "(route_step chose the agent; delegate only carries it out)"
+            )
+
+
+_DEFAULTS = {name: p.default for name, p in inspect.signature(delegate).parameters.items()}

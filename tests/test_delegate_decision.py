@@ -1,0 +1,180 @@
+"""delegate(decision_id=...): carry out a route_step decision instead of routing the step a second time."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from fake_openai import FakeOpenAI
+from mcp import Client
+
+from skillorchestra.server.app import create_server
+from skillorchestra.server.settings import ServerSettings
+
+pytestmark = pytest.mark.anyio
+STEP = "name a prime number"
+
+
+def agents_toml(api_base: str) -> str:
+    return f"""
+[agents.strong]
+model = "openai/strong-model"
+api_base = "{api_base}"
+input_per_mtok = 10.0
+output_per_mtok = 30.0
+modes = ["answer"]
+
+[agents.cheap]
+model = "openai/cheap-model"
+api_base = "{api_base}"
+input_per_mtok = 0.2
+output_per_mtok = 0.4
+modes = ["answer"]
+"""
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fake_openai: FakeOpenAI) -> ServerSettings:
+    toml = tmp_path / "agents.toml"
+    toml.write_text(agents_toml(fake_openai.api_base))
+    db = tmp_path / "h.db"
+    cli = Path(sys.executable).with_name("skillorchestra")
+    subprocess.run([cli, "agents", "load", str(toml), "--db", str(db)], check=True, capture_output=True, timeout=60)
+    return ServerSettings(db_path=db, seed_example=False)
+
+
+async def call(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+    result = await client.call_tool(tool, args)
+    assert not result.is_error, result.content[0].text  # type: ignore[union-attr]
+    return result.structured_content  # type: ignore[return-value]
+
+
+async def refused(client: Client, tool: str, args: dict[str, Any]) -> str:
+    result = await client.call_tool(tool, args)
+    assert result.is_error
+    return result.content[0].text  # type: ignore[union-attr]
+
+
+def dump(db: Path) -> dict[str, list[Any]]:
+    """Every row of every table (read through a second connection: the server keeps its own open)."""
+    with sqlite3.connect(db) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return {t: sorted(conn.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables}
+
+
+def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def route(client: Client, text: str = STEP) -> dict[str, Any]:
+    return await call(client, "route_step", {"text": text, "lambda_": 0, "session_id": "s", "budget_usd": 5.0})
+
+
+async def test_route_step_then_delegate_makes_one_decision_and_one_outcome(
+    settings: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    async with Client(create_server(settings)) as client:
+        routed = await route(client)
+        result = await call(client, "delegate", {"text": STEP, "decision_id": routed["decision_id"]})
+        assert result["decision_id"] == routed["decision_id"] and result["agent_id"] == routed["agent_id"]
+        assert result["answer"] == f"answer[{routed['agent_id']}-model]: {STEP}"
+        assert [c["agent_id"] for c in result["decision"]["candidates"]] == [
+            c["agent_id"] for c in routed["candidates"]
+        ]
+        outcome = await call(client, "record_outcome", {"decision_id": result["decision_id"], "success": True})
+        assert outcome["cost_usd"] == pytest.approx(result["cost_usd"])  # the call's cost went on that decision
+        # the session's spend is this one call, not a second reservation for the same step
+        again = await route(client, "another step")
+        assert again["session_spend_usd"] == pytest.approx(result["cost_usd"])
+    assert len(fake_openai.chat_requests()) == 1
+    decisions = rows(settings.db_path, "SELECT id, session_id FROM decisions")
+    assert sorted(decisions) == sorted([(routed["decision_id"], "s"), (again["decision_id"], "s")])
+    assert rows(settings.db_path, "SELECT decision_id FROM outcomes") == [(routed["decision_id"],)]
+
+
+async def test_a_failing_agent_falls_back_to_the_decisions_stored_candidates(
+    settings: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    async with Client(create_server(settings)) as client:
+        routed = await route(client)
+        first, second = (c["agent_id"] for c in routed["candidates"][:2])
+        fake_openai.behaviours[f"{first}-model"] = "FAIL500"
+        result = await call(client, "delegate", {"text": STEP, "decision_id": routed["decision_id"]})
+    assert [(t["agent_id"], t["error_class"]) for t in result["tried"]] == [(first, "server_error"), (second, None)]
+    assert result["agent_id"] == second and result["answer"] == f"answer[{second}-model]: {STEP}"
+    assert result["tried"][0]["decision_id"] == routed["decision_id"]
+    # the fallback is a decision of its own, made from the routed one; the failure is the routed one's outcome
+    made = rows(settings.db_path, "SELECT id, agent_id, parent_decision_id, role FROM decisions WHERE role IS NOT NULL")
+    assert made == [(result["decision_id"], second, routed["decision_id"], "fallback")]
+    outcomes = rows(settings.db_path, "SELECT decision_id, error_class FROM outcomes")
+    assert outcomes == [(routed["decision_id"], "server_error")]
+
+
+async def test_refusals_name_the_problem_and_write_nothing(settings: ServerSettings, fake_openai: FakeOpenAI) -> None:
+    async with Client(create_server(settings)) as client:
+        open_one = (await route(client))["decision_id"]
+        reported = (await route(client))["decision_id"]
+        await call(client, "record_outcome", {"decision_id": reported, "success": True})
+        called = (await route(client))["decision_id"]
+        await call(client, "delegate", {"text": STEP, "decision_id": called})
+        requests = len(fake_openai.chat_requests())
+        cases = [
+            ({"decision_id": "no-such-decision"}, ["decision_id='no-such-decision'", "no decision has this id"]),
+            ({"decision_id": reported}, ["decision_id=", "already reported"]),
+            ({"decision_id": called}, ["decision_id=", "already called its agent"]),
+            ({"decision_id": open_one, "agent_id": "cheap"}, ["agent_id='cheap'", f"decision {open_one} already"]),
+            ({"decision_id": open_one, "lambda_": 0.5}, ["lambda_=0.5", f"decision {open_one} already fixed it"]),
+            ({"decision_id": open_one, "session_id": "t"}, ["session_id='t'", "already fixed it"]),
+            ({"decision_id": open_one, "text": "another step"}, ["text='another step'", "routed for"]),
+        ]
+        for args, expected in cases:
+            before = dump(settings.db_path)
+            message = await refused(client, "delegate", {"text": STEP, **args})
+            for part in expected:
+                assert part in message, (args, message)
+            assert dump(settings.db_path) == before, args
+        assert len(fake_openai.chat_requests()) == requests
+        # the decision the refusals named stays usable: one call, on that very decision
+        result = await call(client, "delegate", {"text": STEP, "decision_id": open_one, "context": "be brief"})
+        assert result["decision_id"] == open_one
+
+
+async def test_an_expired_decision_is_refused_and_writes_nothing(tmp_path: Path, settings: ServerSettings) -> None:
+    short = settings.model_copy(update={"decision_ttl_s": 0.05})
+    async with Client(create_server(short)) as client:
+        decision_id = (await route(client))["decision_id"]
+        await anyio.sleep(0.2)
+        before = dump(settings.db_path)
+        message = await refused(client, "delegate", {"text": STEP, "decision_id": decision_id})
+        assert f"decision_id={decision_id!r}" in message and "expired" in message
+        assert dump(settings.db_path) == before
+
+
+async def test_the_judge_grades_the_carried_out_decision(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    toml = tmp_path / "judged.toml"
+    grader = agents_toml(fake_openai.api_base).split("[agents.cheap]")[1]
+    toml.write_text(
+        f'[agents.cheap]{grader}\n[agents.grader]\nmodel = "openai/judge-model"\n'
+        f'api_base = "{fake_openai.api_base}"\n[judge]\nagent = "grader"\n'
+    )
+    db = tmp_path / "judged.db"
+    cli = Path(sys.executable).with_name("skillorchestra")
+    subprocess.run([cli, "agents", "load", str(toml), "--db", str(db)], check=True, capture_output=True, timeout=60)
+    fake_openai.behaviours["judge-model"] = "JUDGE:0.8"
+    async with Client(create_server(ServerSettings(db_path=db, seed_example=False))) as client:
+        routed = await call(client, "route_step", {"text": STEP, "allowed_agents": ["cheap"]})
+        result = await call(client, "delegate", {"text": STEP, "decision_id": routed["decision_id"]})
+    assert (result["decision_id"], result["reported_by"], result["judged_reward"]) == (
+        routed["decision_id"],
+        "judge",
+        0.8,
+    )
+    outcomes = rows(db, "SELECT decision_id, reward FROM outcomes")
+    assert outcomes == [(routed["decision_id"], 0.8)]
+    assert rows(db, "SELECT role FROM decisions WHERE parent_decision_id IS NOT NULL") == [("judge",)]
