@@ -196,6 +196,13 @@ def m006_finite_numbers(db: Database) -> None:
         db.execute("UPDATE events SET payload = ? WHERE seq = ?", [dumps(cleaned), seq])
 
 
+@migrations()
+def m007_decision_budget(db: Database) -> None:
+    """The session budget a step was routed under: delegate(decision_id=...) carries the decision out later, and its
+    judge must not overspend that budget either."""
+    db["decisions"].add_column("budget_usd", float)
+
+
 def _finite(value: Any) -> Any:
     """`value` (parsed JSON) with every infinite or NaN number replaced by null."""
     if isinstance(value, float) and not math.isfinite(value):

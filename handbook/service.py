@@ -399,6 +399,7 @@ class Handbook:
                     "created_at": now,
                     "expires_at": decision.expires_at,
                     "session_id": request.session_id,
+                    "budget_usd": request.budget_usd,
                     "agent_id": decision.agent_id,
                     "mode": request.mode,
                     "skills": [[s, w] for s, w in demands],

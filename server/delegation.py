@@ -257,6 +257,7 @@ class Delegator:
             lambda_=decision.lambda_,
             strategy=decision.strategy,
             session_id=row.get("session_id"),
+            budget_usd=row.get("budget_usd"),  # the judge keeps within the budget the step was routed under
             top_k=max(len(decision.candidates), 1),
         )
         return connections, route, decision

@@ -247,6 +247,27 @@ async def test_the_judge_is_skipped_when_it_would_overspend_the_session(
 
 
 @pytest.mark.anyio
+async def test_the_judge_keeps_within_the_budget_a_carried_out_decision_was_routed_under(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """delegate(decision_id=...) refuses budget arguments (the decision fixed them), so the budget comes from the
+    decision: before it was stored, the judge of a carried-out step never saw one."""
+    fake_openai.behaviours["judge-model"] = "JUDGE:0.8"
+    dear_judge = agents_toml(fake_openai.api_base).replace("input_per_mtok = 1.0", "input_per_mtok = 5.0")
+    settings = load(tmp_path, dear_judge)
+    async with Client(create_server(settings)) as client:
+        routed = await call(
+            client,
+            "route_step",
+            {"text": STEP, "allowed_agents": ["cheap"], "session_id": "b", "budget_usd": 1.2e-4},
+        )
+        result = await call(client, "delegate", {"text": STEP, "decision_id": routed["decision_id"]})
+        assert result["decision_id"] == routed["decision_id"] and result["judged_reward"] is None
+        assert any("not judged" in w and "remaining budget" in w for w in result["warnings"])
+        assert fake_openai.chat_requests("judge-model") == []
+
+
+@pytest.mark.anyio
 async def test_a_timed_out_judge_says_why_its_cost_is_unknown(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
     fake_openai.behaviours["judge-model"] = "SLOW:3"
     settings = load(tmp_path, agents_toml(fake_openai.api_base, "timeout_s = 0.6"))  # the judge has prices

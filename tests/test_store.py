@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -409,11 +410,25 @@ OLD_SCHEMA = "m005_lean_outcome_writes"  # the first migration an old-schema fil
 KEPT = ("_sqlite_migrations", "sqlite_sequence")  # tables whose rows the migration itself changes
 
 
-def data_rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table but the migration bookkeeping, in a stable order."""
+def columns_of(conn: sqlite3.Connection, table: str, schema: str = "main") -> list[str]:
+    return [r[1] for r in conn.execute(f'PRAGMA {schema}.table_info("{table}")')]
+
+
+def data_rows(path: Path, like: Path | None = None) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table but the migration bookkeeping, in a stable order; with `like`, only the columns that
+    file's tables have (later migrations add columns, whose values an older file cannot have had)."""
     with sqlite3.connect(path) as conn:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-        return {t: sorted(conn.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables if t not in KEPT}
+        if like is not None:
+            with sqlite3.connect(like) as old:
+                wanted = {t: columns_of(old, t) for t in tables}
+        rows = {}
+        for t in tables:
+            if t in KEPT:
+                continue
+            columns = ", ".join(f'"{c}"' for c in wanted[t]) if like is not None else "*"
+            rows[t] = sorted(conn.execute(f'SELECT {columns} FROM "{t}"').fetchall(), key=repr)
+        return rows
 
 
 def old_schema_copy(source: Path, target: Path) -> None:
@@ -426,7 +441,8 @@ def old_schema_copy(source: Path, target: Path) -> None:
     with conn:
         for table in tables:
             if table not in KEPT and not table.startswith("skills_fts"):  # the skills triggers fill the FTS index
-                conn.execute(f'INSERT INTO main."{table}" SELECT * FROM src."{table}"')
+                columns = ", ".join(f'"{c}"' for c in columns_of(conn, table))  # the old table's: later ones add some
+                conn.execute(f'INSERT INTO main."{table}" SELECT {columns} FROM src."{table}"')
     conn.execute("DETACH DATABASE src")
     old.close()
 
@@ -449,12 +465,13 @@ def test_an_old_schema_file_migrates_and_keeps_its_data(tmp_path: Path) -> None:
     assert "idx_outcomes_session_id" in schema and "AUTOINCREMENT" in schema["events"]
     assert not schema["competence"].endswith("WITHOUT ROWID")
     before = data_rows(path)
+    shutil.copy(path, tmp_path / "old-schema.db")  # its columns, to compare the migrated rows with
     assert len(before["outcomes"]) > 40 and len(before["events"]) > 40 and last_seq == max(before["events"])[0]
 
     migrated = HandbookStore(path)
     assert migrated.schema_version() == schema_version()
     assert Path(f"{path}-wal").stat().st_size == 0  # the copied tables' pages are checkpointed and the WAL emptied
-    assert data_rows(path) == before  # every row of every table, every column in its place
+    assert data_rows(path, like=tmp_path / "old-schema.db") == before  # every row of every table, every old column
     schema = dict(migrated.db.conn.execute("SELECT name, sql FROM sqlite_master"))
     assert "idx_outcomes_session_id" not in schema and "AUTOINCREMENT" not in schema["events"]
     assert schema["competence"].endswith("WITHOUT ROWID") and schema["cost_stats"].endswith("WITHOUT ROWID")
