@@ -29,6 +29,7 @@ from typing import Any
 import anyio
 from pydantic import ValidationError
 
+from skillorchestra.handbook import costing
 from skillorchestra.handbook.arrays import HandbookArrays
 from skillorchestra.handbook.errors import HandbookError, InvalidInput, NotFound, Unroutable
 from skillorchestra.handbook.models import SkillDemand
@@ -108,8 +109,8 @@ class Delegator:
         return reasons
 
     async def delegate(self, request: DelegateRequest, progress: Progress | None = None) -> DelegateResult:
-        if request.timeout_s <= 0:
-            raise InvalidInput("timeout_s", request.timeout_s, "a positive number of seconds")
+        if not request.timeout_s >= MIN_TRY_S:  # refused before anything is written: no try could fit
+            raise InvalidInput("timeout_s", request.timeout_s, f"at least {MIN_TRY_S:g} s (the time one try needs)")
         # every read of the file happens off the event loop (a CLI import may hold the write lock for a while),
         # in one trip to a worker thread: on a busy 2-core host each trip can cost a scheduling slice
         if request.decision_id is None:
@@ -147,13 +148,7 @@ class Delegator:
         tried: list[Attempt] = []
         for position, agent_id in enumerate(order):
             remaining = deadline - time.monotonic()
-            if remaining < MIN_TRY_S:
-                if position == 0:  # nobody can be called: close the routed decision so it holds no budget
-                    await anyio.to_thread.run_sync(self._uncalled, decision.decision_id)
-                    raise DelegationFailed(
-                        f"no call was made: timeout_s {request.timeout_s:g} is below the {MIN_TRY_S:g} s minimum a "
-                        "try needs"
-                    )
+            if remaining < MIN_TRY_S:  # never the first try: timeout_s >= MIN_TRY_S and the clock starts here
                 tried.append(Attempt(agent_id=agent_id, error_class="timeout", message="delegate's time budget spent"))
                 break
             if agent_id not in connections:  # only a stored decision's candidates can lack them (routing skips them)
@@ -227,11 +222,23 @@ class Delegator:
             raise InvalidInput(
                 "agent_id", request.agent_id, f"no agent_id with decision_id: decision {decision_id} already fixed it"
             )
-        if request.timeout_s < MIN_TRY_S:  # refused before the decision is touched: it stays usable
-            raise InvalidInput("timeout_s", request.timeout_s, f"at least {MIN_TRY_S:g} s (the time one try needs)")
+        with self._claims:  # claimed before the checks, so two delegates cannot both pass them and both call
+            if decision_id in self._claimed:
+                raise InvalidInput("decision_id", decision_id, f"{_CARRIED_OUT} (another delegate is carrying it out)")
+            self._claimed.add(decision_id)
+        try:
+            return self._checked_decision(request, decision_id)
+        except BaseException:
+            with self._claims:
+                self._claimed.discard(decision_id)
+            raise
+
+    def _checked_decision(
+        self, request: DelegateRequest, decision_id: str
+    ) -> tuple[dict[str, AgentConnection], RouteRequest, RouteDecision]:
         store = self.handbook.store
         row = store.decision(decision_id)
-        wanted = "an unexpired route_step decision that was neither reported nor carried out yet"
+        wanted = _CARRIED_OUT
         if row is None:
             raise InvalidInput("decision_id", decision_id, f"{wanted} (no decision has this id)")
         if row.get("role") is not None:
@@ -245,12 +252,10 @@ class Delegator:
         text = request.route.text
         if row.get("text") is not None and row["text"] != text:
             raise InvalidInput("text", text, f"the text decision {decision_id} was routed for")
-        decision = _stored_decision(row)
-        connections = with_live_prices(self.connections(), self.handbook.arrays())
-        with self._claims:
-            if decision_id in self._claimed:
-                raise InvalidInput("decision_id", decision_id, f"{wanted} (another delegate is carrying it out)")
-            self._claimed.add(decision_id)
+        arrays = self.handbook.arrays()
+        c_ref = float(costing.reference_costs(arrays, costing.prompt_tokens([text]))[0])  # what routing charges now
+        decision = _stored_decision(row, c_ref)
+        connections = with_live_prices(self.connections(), arrays)
         route = RouteRequest(
             text=text,
             mode=row.get("mode"),
@@ -352,7 +357,8 @@ class Delegator:
             )
 
     def _uncalled(self, decision_id: str) -> None:
-        """A routed agent the breaker refused: no call, no cost, no change to competence, and no budget held."""
+        """A routed agent that was not called (its breaker refused it, or it has no connection settings): no cost,
+        no change to competence, and no budget held. The decision counts as reported from then on."""
         self.handbook.record(OutcomeReport(decision_id=decision_id, error_class="connection", cost_usd=0.0))
 
     def _settle_breaker(self, agent_id: str, result: BackendResult) -> None:
@@ -385,7 +391,10 @@ async def _tick(progress: Progress, agent_id: str, start: float, budget: float) 
         await anyio.sleep(PROGRESS_INTERVAL_S)
 
 
-def _stored_decision(row: dict[str, Any]) -> RouteDecision:
+_CARRIED_OUT = "an unexpired route_step decision that was neither reported nor carried out yet"
+
+
+def _stored_decision(row: dict[str, Any], c_ref: float) -> RouteDecision:
     """A decision as route_step returned it, rebuilt from its row (exclusions and spend are not stored)."""
 
     def loaded(value: Any) -> Any:
@@ -404,7 +413,7 @@ def _stored_decision(row: dict[str, Any]) -> RouteDecision:
         skills_source=f"decision {row['id']} (route_step)",
         candidates=candidates,
         excluded=[],
-        c_ref_usd=None,
+        c_ref_usd=c_ref or None,
         handbook_version=row["version"],
         expires_at=row["expires_at"],
     )

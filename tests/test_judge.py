@@ -268,6 +268,26 @@ async def test_the_judge_keeps_within_the_budget_a_carried_out_decision_was_rout
 
 
 @pytest.mark.anyio
+async def test_an_unpriced_judge_of_a_carried_out_decision_is_charged_c_ref(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """A stored decision has no c_ref: it is recomputed, or an unpriced judge would be charged $0 and always fit."""
+    fake_openai.behaviours["judge-model"] = "JUDGE:0.8"
+    unpriced_judge = agents_toml(fake_openai.api_base).replace("input_per_mtok = 1.0\noutput_per_mtok = 2.0\n", "")
+    assert "input_per_mtok = 1.0" not in unpriced_judge
+    settings = load(tmp_path, unpriced_judge)
+    async with Client(create_server(settings)) as client:
+        probe = await call(client, "route_step", {"text": STEP, "allowed_agents": ["cheap"]})
+        expected = probe["candidates"][0]["expected_cost_usd"]  # also c_ref: cheap is the only priced agent
+        assert probe["c_ref_usd"] == pytest.approx(expected)
+        step = {"text": STEP, "allowed_agents": ["cheap"], "session_id": "b", "budget_usd": expected}
+        routed = await call(client, "route_step", step)  # after the call less than c_ref is left for the judge
+        result = await call(client, "delegate", {"text": STEP, "decision_id": routed["decision_id"]})
+        assert any("not judged" in w and "charged c_ref" in w for w in result["warnings"]), result["warnings"]
+        assert fake_openai.chat_requests("judge-model") == []
+
+
+@pytest.mark.anyio
 async def test_a_timed_out_judge_says_why_its_cost_is_unknown(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
     fake_openai.behaviours["judge-model"] = "SLOW:3"
     settings = load(tmp_path, agents_toml(fake_openai.api_base, "timeout_s = 0.6"))  # the judge has prices
