@@ -72,7 +72,7 @@ def _prices(args: argparse.Namespace, tasks: list[TraceTask]) -> tuple[dict[str,
             raise InvalidInput("--agents", str(path), "an existing agents.json")
         return read_prices(path), path
     if cost_basis(tasks) != "cost_usd":
-        raise InvalidInput("--agents", None, "an agents.json with prices (the data does not record cost_usd)")
+        raise InvalidInput("--agents", "(not given)", "an agents.json with prices (the data does not record cost_usd)")
     return {}, None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -305,6 +306,15 @@ def test_eval_refuses_prices_for_none_of_the_judged_agents(
     assert code == 2 and captured.out == "" and not out.exists()
     assert captured.err.startswith(f"error: --agents='{prices}': expected a price") and "none for a, b" in captured.err
     assert len(captured.err.strip().splitlines()) == 1
+    bare = tmp_path / "bare"  # no agents.json beside the data, no --agents, and no cost_usd in the data
+    bare.mkdir()
+    for name in ("train.jsonl", "test.jsonl"):
+        shutil.copy(tiny / name, bare / name)
+    code = run_cli(["eval", "--train", str(bare / "train.jsonl"), "--test", str(bare / "test.jsonl")])
+    assert capsys.readouterr().err == (
+        "error: --agents='(not given)': expected an agents.json with prices (the data does not record cost_usd)\n"
+    )
+    assert code == 2
 
 
 def test_eval_names_the_agents_charged_c_ref_for_an_unknown_cost(

@@ -105,7 +105,7 @@ def require_a_known_cost(agents: Sequence[str], agent_costs: Mapping[str, float]
     if not any(agent in agent_costs for agent in agents):
         raise InvalidInput(
             "--agents",
-            shown,
+            "(not given)" if shown is None else shown,
             f"a price (or a cost_usd in the data) for at least one judged agent; none for {', '.join(agents)}, "
             "so every cost would be $0 and lambda would change nothing",
         )
