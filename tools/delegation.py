@@ -55,39 +55,26 @@ async def delegate(
     delegator = app_state(ctx).extras.get("delegator")
     if delegator is None:
         raise ToolError("delegation is not configured on this server")
+    routing = {
+        "skills": skills,
+        "mode": mode,
+        "lambda_": lambda_,
+        "strategy": strategy,
+        "allowed_agents": allowed_agents,
+        "max_cost_usd": max_cost_usd,
+        "session_id": session_id,
+        "budget_usd": budget_usd,
+        "top_k": top_k,
+        "seed": seed,
+    }
     if decision_id is not None:
-        _refuse_routing(
-            decision_id,
-            agent_id=agent_id,
-            skills=skills,
-            mode=mode,
-            lambda_=lambda_,
-            strategy=strategy,
-            allowed_agents=allowed_agents,
-            max_cost_usd=max_cost_usd,
-            session_id=session_id,
-            budget_usd=budget_usd,
-            top_k=top_k,
-            seed=seed,
-        )
+        _refuse_routing(decision_id, agent_id=agent_id, **routing)
 
     async def progress(fraction: float, message: str) -> None:
         await ctx.report_progress(fraction, 1.0, message)
 
     request = DelegateRequest(
-        route=RouteRequest(
-            text=text,
-            skills=skills,
-            mode=mode,
-            lambda_=lambda_,
-            strategy=strategy,
-            allowed_agents=allowed_agents,
-            max_cost_usd=max_cost_usd,
-            session_id=session_id,
-            budget_usd=budget_usd,
-            top_k=top_k,
-            seed=seed,
-        ),
+        route=RouteRequest(text=text, **routing),  # type: ignore[arg-type]
         context=context,
         agent_id=agent_id,
         max_tokens=max_tokens,
