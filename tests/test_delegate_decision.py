@@ -12,6 +12,7 @@ import anyio
 import pytest
 from fake_openai import FakeOpenAI
 from mcp import Client
+from mcp_calls import call, loaded, refused
 
 from skillorchestra.server.app import create_server
 from skillorchestra.server.settings import ServerSettings
@@ -40,24 +41,7 @@ modes = ["answer"]
 
 @pytest.fixture
 def settings(tmp_path: Path, fake_openai: FakeOpenAI) -> ServerSettings:
-    toml = tmp_path / "agents.toml"
-    toml.write_text(agents_toml(fake_openai.api_base))
-    db = tmp_path / "h.db"
-    cli = Path(sys.executable).with_name("skillorchestra")
-    subprocess.run([cli, "agents", "load", str(toml), "--db", str(db)], check=True, capture_output=True, timeout=60)
-    return ServerSettings(db_path=db, seed_example=False)
-
-
-async def call(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
-    result = await client.call_tool(tool, args)
-    assert not result.is_error, result.content[0].text  # type: ignore[union-attr]
-    return result.structured_content  # type: ignore[return-value]
-
-
-async def refused(client: Client, tool: str, args: dict[str, Any]) -> str:
-    result = await client.call_tool(tool, args)
-    assert result.is_error
-    return result.content[0].text  # type: ignore[union-attr]
+    return loaded(tmp_path, agents_toml(fake_openai.api_base))
 
 
 def dump(db: Path) -> dict[str, list[Any]]:

@@ -1,0 +1,35 @@
+"""Helpers the delegation tests share: a handbook with agents loaded by the real CLI, and tool calls that assert
+they succeeded (or were refused)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from mcp import Client
+
+from skillorchestra.server.settings import ServerSettings
+
+
+def loaded(tmp_path: Path, toml_text: str) -> ServerSettings:
+    """A fresh handbook with the agents of `toml_text`, loaded by `skillorchestra agents load` in a subprocess."""
+    toml = tmp_path / "agents.toml"
+    toml.write_text(toml_text)
+    db = tmp_path / "h.db"
+    cli = Path(sys.executable).with_name("skillorchestra")
+    subprocess.run([cli, "agents", "load", str(toml), "--db", str(db)], check=True, capture_output=True, timeout=60)
+    return ServerSettings(db_path=db, seed_example=False)
+
+
+async def call(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+    result = await client.call_tool(tool, args)
+    assert not result.is_error, result.content[0].text  # type: ignore[union-attr]
+    return result.structured_content  # type: ignore[return-value]
+
+
+async def refused(client: Client, tool: str, args: dict[str, Any]) -> str:
+    result = await client.call_tool(tool, args)
+    assert result.is_error
+    return result.content[0].text  # type: ignore[union-attr]
