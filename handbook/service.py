@@ -567,13 +567,42 @@ class Handbook:
             },
         )
 
-    def fallback_decision(self, decision_id: str, agent_id: str, role: str = "fallback") -> str:
+    def fallback_decision(
+        self,
+        decision_id: str,
+        agent_id: str,
+        role: str = "fallback",
+        *,
+        expected_cost: float | None = None,
+        budget_usd: float | None = None,
+        c_ref: float = 0.0,
+    ) -> str:
         """A decision for the next candidate after an infrastructure failure (or, with role "judge", for the call
-        that grades the answer): same step, skills and session."""
+        that grades the answer): same step, skills and session. With `budget_usd`, the session's spend is read and
+        the decision written in one transaction, as route_step does, so parallel steps' calls cannot together pass
+        the budget: a call whose `expected_cost` (unknown: c_ref) does not fit is refused (Unroutable)."""
+        with self.store.write():
+            return self._fallback_decision(decision_id, agent_id, role, expected_cost, budget_usd, c_ref)
+
+    def _fallback_decision(
+        self,
+        decision_id: str,
+        agent_id: str,
+        role: str,
+        expected_cost: float | None,
+        budget_usd: float | None,
+        c_ref: float,
+    ) -> str:
         decision = self.store.decision(decision_id)
         if decision is None:
             raise NotFound("decision", decision_id)
         now = self.clock()
+        if budget_usd is not None and decision["session_id"] is not None:
+            left = budget_usd - self.store.session_spend(decision["session_id"], now, c_ref)
+            charged = c_ref if expected_cost is None else expected_cost
+            if charged > left:
+                what = "expected cost" if expected_cost is not None else "cost unknown, charged c_ref"
+                raise Unroutable(f"{what} ${charged:.6g} exceeds the session's remaining budget ${max(left, 0):.6g}")
         new_id = uuid.uuid4().hex
         keys = ("version", "session_id", "mode", "strategy", "lambda", "text", "step_tokens")
         row = {key: decision[key] for key in keys}
@@ -586,7 +615,7 @@ class Handbook:
             candidates=_json(decision["candidates"]),
             propensity=None,
             explored=0,
-            expected_cost_usd=None,
+            expected_cost_usd=expected_cost,
             parent_decision_id=decision_id,
             role=role,
         )

@@ -22,6 +22,7 @@ Why: competence only learns from reported outcomes, and many clients never repor
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -32,7 +33,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from skillorchestra.handbook.errors import HandbookError
+from skillorchestra.handbook.errors import HandbookError, Unroutable
 from skillorchestra.handbook.results import DelegateResult
 from skillorchestra.handbook.service import Handbook, OutcomeReport
 from skillorchestra.server.agent_config import AgentConnection, JudgeSettings, LlmAgentConnection
@@ -112,17 +113,12 @@ def reward_of(score: float, settings: JudgeSettings) -> float:
 async def _over_budget(
     handbook: Handbook,
     conn: LlmAgentConnection,
-    settings: JudgeSettings,
-    answer: DelegateResult,
-    step: str,
-    context: str | None,
+    expected: float | None,
+    c_ref: float,
     session_id: str,
     budget_usd: float,
 ) -> str | None:
     """Why the judge's call would not fit in the session's remaining budget, or None when it fits."""
-    messages = judge_messages(step, context, answer.answer or "", settings.style)
-    c_ref = answer.decision.c_ref_usd or 0.0
-    expected = expected_call_cost(conn, messages, settings.max_tokens)
     charged = c_ref if expected is None else expected  # an unknown cost is charged c_ref, as routing does
     spend = await anyio.to_thread.run_sync(handbook.store.session_spend, session_id, handbook.clock(), c_ref)
     remaining = budget_usd - spend
@@ -156,48 +152,60 @@ async def judge_answer(
     cost: float | None = None
     unreported = f"decision {answer.decision_id} is left unreported: report it with record_outcome"
     remaining = deadline - time.monotonic()
+    budgeted = session_id is not None and budget_usd is not None
+    c_ref = answer.decision.c_ref_usd or 0.0
+    messages = judge_messages(step, context, answer.answer or "", settings.style)
+    expected = expected_call_cost(conn, messages, settings.max_tokens)
     if conn.id == answer.agent_id:
         warnings.append(f"the judge {conn.id} graded its own answer (self-grading is biased)")
     if answer.answer is None or answer.error_class is not None:
         warnings.append(f"not judged: no answer (error_class {answer.error_class}); {unreported}")
     elif remaining < MIN_JUDGE_S:
         warnings.append(f"not judged: the delegate call's time budget is spent; {unreported}")
-    elif (
-        session_id is not None
-        and budget_usd is not None
-        and (over := await _over_budget(handbook, conn, settings, answer, step, context, session_id, budget_usd))
-    ):
+    elif budgeted and (over := await _over_budget(handbook, conn, expected, c_ref, session_id, budget_usd)):  # type: ignore[arg-type]
         warnings.append(f"not judged: {over}; {unreported}")
     elif not breaker.allow(conn.id):  # last: it takes a half-open breaker's one trial call
         warnings.append(f"not judged: the judge {conn.id}'s circuit breaker is open; {unreported}")
     else:
-        judge_decision = await anyio.to_thread.run_sync(
-            handbook.fallback_decision, answer.decision_id, conn.id, "judge"
+        reserve = functools.partial(
+            handbook.fallback_decision,
+            answer.decision_id,
+            conn.id,
+            "judge",
+            expected_cost=expected,
+            budget_usd=budget_usd if budgeted else None,
+            c_ref=c_ref,
         )
-        messages = judge_messages(step, context, answer.answer, settings.style)
-        try:
-            result = await caller(conn, step, messages, min(remaining, settings.timeout_s), settings.max_tokens)
-        except anyio.get_cancelled_exc_class():
-            breaker.release(conn.id)  # the client gave up: not the judge's failure
-            raise
-        await account(judge_decision, conn.id, result)
-        cost = result.cost_usd
-        if result.cost_usd is None:
-            warnings.append(f"cost of the judge {conn.id} unknown: {result.unknown_cost_reason()}")
-        if not result.ok:
-            warnings.append(f"judge {conn.id} failed ({result.error_class}: {result.message}); {unreported}")
-        else:
+        try:  # the spend is read again and the judge's share held in one transaction, as route_step does
+            judge_decision: str | None = await anyio.to_thread.run_sync(reserve)
+        except Unroutable as over:  # a parallel step of the session spent it since the check above
+            breaker.release(conn.id)
+            judge_decision = None
+            warnings.append(f"not judged: the judge {conn.id}'s {over}; {unreported}")
+        if judge_decision is not None:
             try:
-                score = parse_verdict(result.answer)
-            except ValueError as exc:
-                excerpt = result.answer.strip()[:_REPLY_EXCERPT]
-                warnings.append(f"judge {conn.id} replied {excerpt!r}: {exc}; {unreported}")
+                result = await caller(conn, step, messages, min(remaining, settings.timeout_s), settings.max_tokens)
+            except anyio.get_cancelled_exc_class():
+                breaker.release(conn.id)  # the client gave up: not the judge's failure
+                raise
+            await account(judge_decision, conn.id, result)
+            cost = result.cost_usd
+            if result.cost_usd is None:
+                warnings.append(f"cost of the judge {conn.id} unknown: {result.unknown_cost_reason()}")
+            if not result.ok:
+                warnings.append(f"judge {conn.id} failed ({result.error_class}: {result.message}); {unreported}")
             else:
-                report = OutcomeReport(decision_id=answer.decision_id, reward=reward_of(score, settings))
                 try:
-                    reward = (await anyio.to_thread.run_sync(handbook.record, report)).reward
-                except HandbookError as exc:  # e.g. the decision expired meanwhile
-                    warnings.append(f"the judge's grade was not recorded ({exc}); {unreported}")
+                    score = parse_verdict(result.answer)
+                except ValueError as exc:
+                    excerpt = result.answer.strip()[:_REPLY_EXCERPT]
+                    warnings.append(f"judge {conn.id} replied {excerpt!r}: {exc}; {unreported}")
+                else:
+                    report = OutcomeReport(decision_id=answer.decision_id, reward=reward_of(score, settings))
+                    try:
+                        reward = (await anyio.to_thread.run_sync(handbook.record, report)).reward
+                    except HandbookError as exc:  # e.g. the decision expired meanwhile
+                        warnings.append(f"the judge's grade was not recorded ({exc}); {unreported}")
     return JudgedDelegateResult.model_validate(
         {
             **answer.model_dump(),

@@ -223,6 +223,19 @@ def test_parallel_steps_of_one_session_cannot_overspend_its_budget(book: Handboo
     assert sorted(outcomes) == ["pricey"] + ["refused"] * 7
 
 
+def test_a_budgeted_judge_decision_is_checked_and_written_in_one_transaction(book: Handbook) -> None:
+    """The judge's share of a session budget is held like a routed step's: refused whole when it does not fit."""
+    decision = book.route(request(allowed_agents=["mid"], session_id="j", budget_usd=1.5 * MID))
+    before = dump(book.store)
+    with pytest.raises(Unroutable, match="expected cost .* exceeds the session's remaining budget"):
+        book.fallback_decision(decision.decision_id, "pricey", "judge", expected_cost=MID, budget_usd=1.5 * MID)
+    assert dump(book.store) == before
+    with pytest.raises(Unroutable, match="cost unknown, charged c_ref"):
+        book.fallback_decision(decision.decision_id, "pricey", "judge", budget_usd=1.5 * MID, c_ref=PRICEY)
+    book.fallback_decision(decision.decision_id, "pricey", "judge", expected_cost=0.4 * MID, budget_usd=1.5 * MID)
+    assert book.store.session_spend("j", book.clock()) == pytest.approx(1.4 * MID)  # held until its cost is known
+
+
 def test_an_agent_of_unknown_cost_holds_c_ref_of_the_budget_while_its_steps_run(tmp_path: Path, clock: Clock) -> None:
     """Routing charges an unknown cost c_ref, so the budget holds c_ref for it, not $0."""
     from concurrent.futures import ThreadPoolExecutor
