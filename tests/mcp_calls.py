@@ -13,6 +13,25 @@ from mcp import Client
 from skillorchestra.server.settings import ServerSettings
 
 
+def priced_pair(api_base: str) -> str:
+    """agents.toml for two priced agents of the fake OpenAI server: a dear strong one and a cheap one."""
+    return f"""
+[agents.strong]
+model = "openai/strong-model"
+api_base = "{api_base}"
+input_per_mtok = 10.0
+output_per_mtok = 30.0
+modes = ["answer"]
+
+[agents.cheap]
+model = "openai/cheap-model"
+api_base = "{api_base}"
+input_per_mtok = 0.2
+output_per_mtok = 0.4
+modes = ["answer"]
+"""
+
+
 def loaded(tmp_path: Path, toml_text: str) -> ServerSettings:
     """A fresh handbook with the agents of `toml_text`, loaded by `skillorchestra agents load` in a subprocess."""
     toml = tmp_path / "agents.toml"

@@ -12,7 +12,7 @@ import anyio
 import pytest
 from fake_openai import FakeOpenAI
 from mcp import Client
-from mcp_calls import call, loaded, refused
+from mcp_calls import call, loaded, priced_pair, refused
 
 from skillorchestra.server.app import create_server
 from skillorchestra.server.settings import ServerSettings
@@ -21,27 +21,9 @@ pytestmark = pytest.mark.anyio
 STEP = "name a prime number"
 
 
-def agents_toml(api_base: str) -> str:
-    return f"""
-[agents.strong]
-model = "openai/strong-model"
-api_base = "{api_base}"
-input_per_mtok = 10.0
-output_per_mtok = 30.0
-modes = ["answer"]
-
-[agents.cheap]
-model = "openai/cheap-model"
-api_base = "{api_base}"
-input_per_mtok = 0.2
-output_per_mtok = 0.4
-modes = ["answer"]
-"""
-
-
 @pytest.fixture
 def settings(tmp_path: Path, fake_openai: FakeOpenAI) -> ServerSettings:
-    return loaded(tmp_path, agents_toml(fake_openai.api_base))
+    return loaded(tmp_path, priced_pair(fake_openai.api_base))
 
 
 def dump(db: Path) -> dict[str, list[Any]]:
@@ -142,7 +124,7 @@ async def test_an_expired_decision_is_refused_and_writes_nothing(tmp_path: Path,
 
 async def test_the_judge_grades_the_carried_out_decision(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
     toml = tmp_path / "judged.toml"
-    grader = agents_toml(fake_openai.api_base).split("[agents.cheap]")[1]
+    grader = priced_pair(fake_openai.api_base).split("[agents.cheap]")[1]
     toml.write_text(
         f'[agents.cheap]{grader}\n[agents.grader]\nmodel = "openai/judge-model"\n'
         f'api_base = "{fake_openai.api_base}"\n[judge]\nagent = "grader"\n'

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fake_openai import FakeOpenAI
 from mcp import Client
-from mcp_calls import call, loaded, refused
+from mcp_calls import call, loaded, priced_pair, refused
 
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.service import DelegateRequest, Handbook, RouteRequest
@@ -27,26 +27,15 @@ pytestmark = pytest.mark.anyio
 
 
 def agents_toml(api_base: str) -> str:
-    return f"""
-[agents.strong]
-model = "openai/strong-model"
-api_base = "{api_base}"
-input_per_mtok = 10.0
-output_per_mtok = 30.0
-modes = ["answer"]
-
-[agents.cheap]
-model = "openai/cheap-model"
-api_base = "{api_base}"
-input_per_mtok = 0.2
-output_per_mtok = 0.4
-modes = ["answer"]
-
+    return (
+        priced_pair(api_base)
+        + f"""
 [agents.unpriced]
 model = "openai/no-price-anywhere"
 api_base = "{api_base}"
 modes = ["answer"]
 """
+    )
 
 
 @pytest.fixture
