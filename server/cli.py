@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     from skillorchestra.server import commands
 
     parser = Parser(prog="skillorchestra", description="Skill-aware routing of LLM agents, served over MCP.")
-    _common(parser, db=False)
+    _common(parser, db=True)  # `skillorchestra --db X handbook show` as well as `... handbook show --db X`
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     serve = sub.add_parser("serve", help="run the MCP server")
@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="datasets")
     _common(data, db=False)
+    data.set_defaults(uses_db=False)  # a --db given before `data` is refused, not silently ignored
     dsub = data.add_subparsers(dest="action", required=True, parser_class=Parser)
     convert = dsub.add_parser("convert", help="turn a real dataset into the generic outcome format")
     _common(convert, db=False)
@@ -225,6 +226,8 @@ def _stdout_closed() -> int:
 def _dispatch(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentParser]) -> int:
     try:
         args = build().parse_args(argv)
+        if not getattr(args, "uses_db", True) and getattr(args, "db", None) is not None:
+            raise UsageError(f"skillorchestra {args.command}: argument --db: this command does not use a handbook")
         _configure_logging(getattr(args, "log_level", "WARNING"))
         return int(args.handler(args) or 0)
     except UsageError as exc:

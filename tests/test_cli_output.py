@@ -117,3 +117,14 @@ def test_handbook_show_prints_an_unknown_price_as_unknown(tmp_path: Path, capsys
     store.close()
     code, out, _ = run(["handbook", "show", "--db", str(tmp_path / "h.db")], capsys)
     assert code == 0 and "$2/$? per Mtok" in out and "None" not in out
+
+
+def test_global_options_go_before_the_command_as_well(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`skillorchestra --db X handbook show` is how most CLIs take a global option; argparse said "invalid choice"."""
+    db = tmp_path / "h.db"
+    assert run(["--db", str(db), "handbook", "import", "--example"], capsys)[0] == 0
+    code, out, _ = run(["--db", str(db), "--log-level", "ERROR", "handbook", "show"], capsys)
+    assert code == 0 and "agents" in out
+    assert run(["handbook", "show", "--db", str(db)], capsys)[1] == out  # the same handbook either way
+    code, out, err = run(["--db", str(db), "data", "convert", "--format", "llmrouter", str(tmp_path), "o"], capsys)
+    assert code == 2 and out == "" and "argument --db: this command does not use a handbook" in err
