@@ -26,6 +26,7 @@ from skillorchestra.handbook.length import step_shift
 from skillorchestra.handbook.matcher import LexicalMatcher
 from skillorchestra.handbook.models import (
     INFRASTRUCTURE_ERRORS,
+    MAX_LAMBDA,
     MAX_SECONDS,
     MAX_SEED,
     MAX_TOKENS,
@@ -320,8 +321,8 @@ class Handbook:
 
     def route(self, request: RouteRequest) -> RouteDecision:
         self._check_text(request.text)
-        if request.lambda_ < 0 or not math.isfinite(request.lambda_):
-            raise InvalidInput("lambda_", request.lambda_, "a finite number >= 0")
+        if not 0 <= request.lambda_ <= MAX_LAMBDA:  # NaN fails this too
+            raise InvalidInput("lambda_", request.lambda_, f"a number in [0, {MAX_LAMBDA:g}]")
         if request.top_k < 1:
             raise InvalidInput("top_k", request.top_k, "an integer >= 1")
         if request.strategy not in ("mean", "thompson"):

@@ -6,21 +6,27 @@ import argparse
 import math
 from pathlib import Path
 
-from skillorchestra.handbook.models import ID_MAX, MAX_SEED
+from skillorchestra.handbook.models import ID_MAX, MAX_LAMBDA, MAX_SEED, MAX_USD
 
 
-def _number(text: str, *, low: float, high: float | None, what: str) -> float:
+def _number(text: str, *, low: float, high: float, what: str, high_included: bool = False) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if not math.isfinite(value) or value < low or (high is not None and value >= high):
+    if not math.isfinite(value) or value < low or value > high or (value == high and not high_included):
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return value
 
 
 def lambda_arg(text: str) -> float:
-    return _number(text, low=0.0, high=None, what="a finite number >= 0")
+    """The MCP tools' bound too: one lambda range everywhere."""
+    return _number(text, low=0.0, high=MAX_LAMBDA, high_included=True, what=f"a number in [0, {MAX_LAMBDA:g}]")
+
+
+def price_arg(text: str) -> float:
+    """USD per million tokens, bounded like every amount of the handbook's models."""
+    return _number(text, low=0.0, high=MAX_USD, high_included=True, what=f"a price in USD in [0, {MAX_USD:g}]")
 
 
 def fraction_arg(text: str) -> float:

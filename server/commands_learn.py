@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.models import HandbookDocument, LengthEffect
 from skillorchestra.handbook.store import HandbookStore
-from skillorchestra.server.argtypes import fraction_arg, lambda_arg, name_arg, seed_arg, version_arg
+from skillorchestra.server.argtypes import fraction_arg, lambda_arg, name_arg, price_arg, seed_arg, version_arg
 from skillorchestra.server.commands import existing_store, removed_if_refused, warn_unconnected
 from skillorchestra.server.settings import default_db_path
 
@@ -65,9 +65,9 @@ def add_learn_arguments(parser: argparse.ArgumentParser) -> None:
         "--learner-api-key-env", metavar="VAR", default=None, help="environment variable holding the learner's key"
     )
     parser.add_argument(
-        "--learner-input-per-mtok", type=lambda_arg, default=None, metavar="USD", help="learner price (else litellm's)"
+        "--learner-input-per-mtok", type=price_arg, default=None, metavar="USD", help="learner price (else litellm's)"
     )
-    parser.add_argument("--learner-output-per-mtok", type=lambda_arg, default=None, metavar="USD")
+    parser.add_argument("--learner-output-per-mtok", type=price_arg, default=None, metavar="USD")
     parser.add_argument(
         "--matcher",
         choices=("auto", "lexical", "semantic"),

@@ -162,12 +162,14 @@ def test_learn_from_the_event_log(tmp_path: Path, capsys: pytest.CaptureFixture[
     [
         (["--lambda", "-1"], "--lambda"),
         (["--lambda", "nan"], "--lambda"),
+        (["--lambda", "1000.5"], "--lambda"),  # the MCP tools' bound
         (["--val-fraction", "1"], "--val-fraction"),
         (["--seed", "x"], "--seed"),
         (["--orchestrator", ""], "--orchestrator"),
         (["--agents", "/nonexistent/agents.json"], "--agents"),
         (["--learner", "openai/x", "--learner-api-base", "ftp://127.0.0.1/v1"], "--learner-api-base"),
         (["--learner", "openai/x", "--learner-input-per-mtok", "-1"], "--learner-input-per-mtok"),
+        (["--learner", "openai/x", "--learner-output-per-mtok", "2e6"], "--learner-output-per-mtok"),
         (["--matcher", "bm25"], "--matcher"),
     ],
 )

@@ -145,6 +145,12 @@ def test_demands_are_normalised_and_reported_per_skill(book: Handbook) -> None:
         assert sum(candidate.contributions.values()) == pytest.approx(candidate.quality)
 
 
+@pytest.mark.parametrize("lambda_", [-0.1, 1000.5, float("nan")])
+def test_lambda_outside_the_tools_range_is_refused(book: Handbook, lambda_: float) -> None:
+    with pytest.raises(InvalidInput, match=r"lambda_.*a number in \[0, 1000\]"):
+        book.route(request(lambda_=lambda_))
+
+
 def test_lambda_trades_quality_for_cost(book: Handbook) -> None:
     assert book.route(request(lambda_=0.0)).agent_id == "pricey"
     decision = book.route(request(lambda_=1000.0))

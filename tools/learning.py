@@ -15,14 +15,14 @@ from mcp.server.mcpserver import Context
 from pydantic import BaseModel, Field
 
 from skillorchestra.handbook.errors import InvalidInput, NotFound
-from skillorchestra.handbook.models import MAX_SEED
+from skillorchestra.handbook.models import MAX_LAMBDA, MAX_SEED
 from skillorchestra.server.jobs import Job, JobRegistry, MatcherChoice
 from skillorchestra.tools.common import READ_ONLY, AppState, OptionalId, app_state, reports_failures, writes
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0, description="share of tasks held out to select the handbook")]
 Lambda = Annotated[
     float,
-    Field(ge=0.0, le=1000.0, description="cost trade-off of the selection: accuracy - lambda * cost / c_ref"),
+    Field(ge=0.0, le=MAX_LAMBDA, description="cost trade-off of the selection: accuracy - lambda * cost / c_ref"),
 ]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="seed of the split, clustering and bootstrap")]
 JobId = Annotated[str, Field(min_length=1, max_length=64)]

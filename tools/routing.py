@@ -9,6 +9,7 @@ from mcp.server.mcpserver import Context
 from pydantic import ConfigDict, Field
 
 from skillorchestra.handbook.models import (
+    MAX_LAMBDA,
     MAX_SECONDS,
     MAX_SEED,
     MAX_TOKENS,
@@ -28,7 +29,7 @@ Lambda = Annotated[
     float,
     Field(
         ge=0.0,
-        le=1000.0,
+        le=MAX_LAMBDA,
         description="Cost trade-off: give up lambda of quality to avoid one call of the pool's most expensive agent",
     ),
 ]
