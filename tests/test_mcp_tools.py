@@ -143,6 +143,7 @@ async def test_infrastructure_errors_never_touch_competence(mcp_client: Client) 
         ("record_outcome", {"decision_id": "missing", "reward": 1.5}, "reward"),
         ("upsert_skill", {"skill_id": "child", "parent_id": "nope"}, "unknown skill"),
         ("upsert_agent", {"agent_id": "a", "input_per_mtok": -1}, "input_per_mtok"),
+        ("upsert_agent", {"agent_id": "tiny", "clear_prices": True, "output_per_mtok": 1.0}, "clear_prices"),
         ("delete_agent", {"agent_id": "tinny"}, "closest known: tiny"),
         ("list_skills", {"cursor": "garbage"}, "cursor"),
         ("consult_handbook", {"text": "   "}, "text"),
@@ -326,6 +327,18 @@ async def test_list_cursors_neither_skip_nor_repeat_when_items_change_between_pa
     spaced = await call(mcp_client, "upsert_agent", {"agent_id": " agent-9 "})
     assert spaced["id"] == "agent-9"
     assert (await call(mcp_client, "delete_agent", {"agent_id": " agent-9 "}))["id"] == "agent-9"
+
+
+async def test_an_agents_prices_can_be_cleared(mcp_client: Client) -> None:
+    """null leaves a price as it is, so clearing a wrong one takes its own argument; routing then charges c_ref."""
+    await two_agent_handbook(mcp_client)
+    kept = await call(mcp_client, "upsert_agent", {"agent_id": "tiny", "description": "small", "input_per_mtok": None})
+    assert (kept["input_per_mtok"], kept["output_per_mtok"]) == (0.05, 0.05)
+    cleared = await call(mcp_client, "upsert_agent", {"agent_id": "tiny", "clear_prices": True})
+    assert (cleared["input_per_mtok"], cleared["output_per_mtok"], cleared["description"]) == (None, None, "small")
+    routed = await call(mcp_client, "route_step", {"text": "solve for x", "lambda_": 0.0, "top_k": 2})
+    costs = {c["agent_id"]: c["expected_cost_usd"] for c in routed["candidates"]}
+    assert costs["tiny"] is None and costs["meta/llama-70b"] > 0  # unknown now, not $0.05 per million
 
 
 async def test_delete_skill_and_agent(mcp_client: Client) -> None:

@@ -9,6 +9,7 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from pydantic import Field, StringConstraints
 
+from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.models import (
     DESCRIPTION_MAX,
     ID_MAX,
@@ -61,9 +62,12 @@ def upsert_agent(
     enabled: bool | None = None,
     input_per_mtok: Price = None,
     output_per_mtok: Price = None,
+    clear_prices: bool = False,
 ) -> Agent:
     """Add an agent the router may choose, or change an existing one: only the fields you pass change, the others
-    keep their values (null = left out). Prices in USD per million tokens; `modes` [] = serves every mode."""
+    keep their values (null = left out). Prices in USD per million tokens; `modes` [] = serves every mode.
+    clear_prices: forget both prices (a wrong price is worse than none: an agent of unknown cost is charged the
+    pool's reference cost until its calls are recorded)."""
     changes = given(
         description=description,
         modes=modes,
@@ -71,6 +75,10 @@ def upsert_agent(
         input_per_mtok=input_per_mtok,
         output_per_mtok=output_per_mtok,
     )
+    if clear_prices:
+        if input_per_mtok is not None or output_per_mtok is not None:
+            raise InvalidInput("clear_prices", True, "no input_per_mtok or output_per_mtok in the same call")
+        changes.update(input_per_mtok=None, output_per_mtok=None)
     return app_state(ctx).handbook.edit_agent(agent_id, changes)
 
 
