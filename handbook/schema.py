@@ -203,6 +203,13 @@ def m007_decision_budget(db: Database) -> None:
     db["decisions"].add_column("budget_usd", float)
 
 
+@migrations()
+def m008_decision_claim(db: Database) -> None:
+    """When a delegate started carrying out a route_step decision: the claim lives in the file, so two servers
+    sharing it (two hosts, each starting its own) cannot both call an agent for one decision."""
+    db["decisions"].add_column("claimed_at", float)
+
+
 def _finite(value: Any) -> Any:
     """`value` (parsed JSON) with every infinite or NaN number replaced by null."""
     if isinstance(value, float) and not math.isfinite(value):

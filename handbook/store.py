@@ -605,6 +605,28 @@ class HandbookStore:
     def outcome(self, decision_id: str) -> dict[str, Any] | None:
         return self._row("SELECT * FROM outcomes WHERE decision_id = ?", [decision_id])
 
+    def claim_decision(
+        self, decision_id: str, check: Callable[[dict[str, Any] | None], None], now: float
+    ) -> dict[str, Any]:
+        """The decision's row, checked by `check` (which raises to refuse: nothing is written then) and marked
+        claimed at `now` in the same write transaction, so of two delegates carrying out one decision, in this
+        process or another sharing the file, the second sees the first's claim."""
+        with self.write():
+            row = self.decision(decision_id)
+            check(row)
+            assert row is not None  # `check` refuses an unknown decision
+            self.db.execute("UPDATE decisions SET claimed_at = ? WHERE id = ?", [now, decision_id])
+        return {**row, "claimed_at": now}
+
+    def release_claim(self, decision_id: str) -> None:
+        """Give a claim back when carrying the decision out stopped before its agent was called or skipped."""
+        with self.write():
+            self.db.execute(
+                "UPDATE decisions SET claimed_at = NULL WHERE id = ? AND call_latency_s IS NULL"
+                " AND call_error_class IS NULL AND NOT EXISTS (SELECT 1 FROM outcomes WHERE decision_id = ?)",
+                [decision_id, decision_id],
+            )
+
     def record_outcome(
         self, outcome_row: dict[str, Any], event: dict[str, Any], *, decided_under: int | None = None
     ) -> OutcomeEffect | None:

@@ -12,16 +12,17 @@ Policy, owned here rather than by litellm (which is called with max_retries=0):
 - a time budget too short for one try (timeout_s below MIN_TRY_S) calls nobody and closes the routed decision
   uncalled, so it holds no session budget until it expires;
 - with `decision_id`, a route_step decision is carried out instead of routing again (one decision per step):
-  its agent first, then its stored candidates as fallbacks. A decision unknown, expired, reported or already
-  called (or claimed by a delegate still running on this server) is refused before anything is written.
+  its agent first, then its stored candidates as fallbacks. A decision unknown, expired, reported, already
+  called or claimed by a delegate still running (on any server sharing the file: the claim is a column of the
+  decision) is refused before anything is written.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,6 +36,7 @@ from skillorchestra.handbook.errors import HandbookError, InvalidInput, NotFound
 from skillorchestra.handbook.models import SkillDemand
 from skillorchestra.handbook.results import Attempt, Candidate, DelegateResult, RouteDecision
 from skillorchestra.handbook.service import DelegateRequest, Handbook, OutcomeReport, RouteRequest
+from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.agent_config import AgentConnection, LlmAgentConnection, parse_agent
 from skillorchestra.server.breaker import CircuitBreaker
 from skillorchestra.server.judge import find_judge, judge_answer
@@ -80,8 +82,6 @@ class Delegator:
         self.breaker = breaker or CircuitBreaker()
         self.max_fallbacks = max_fallbacks
         self.caller = caller
-        self._claimed: set[str] = set()  # route_step decisions a running delegate is carrying out
-        self._claims = threading.Lock()
 
     def connections(self) -> dict[str, AgentConnection]:
         """Connection settings as loaded by `skillorchestra agents load` (re-read: the CLI may reload them)."""
@@ -119,9 +119,10 @@ class Delegator:
         prepared = await anyio.to_thread.run_sync(self._prepare_decided, request)
         try:
             return await self._carry_out(request, *prepared, progress)
-        finally:
-            with self._claims:  # from here its call_* columns (or its outcome) say it was carried out
-                self._claimed.discard(request.decision_id)
+        except BaseException:  # stopped before its agent was called or skipped (no-op after): claim given back
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.handbook.store.release_claim, request.decision_id)
+            raise
 
     async def _carry_out(
         self,
@@ -222,36 +223,22 @@ class Delegator:
             raise InvalidInput(
                 "agent_id", request.agent_id, f"no agent_id with decision_id: decision {decision_id} already fixed it"
             )
-        with self._claims:  # claimed before the checks, so two delegates cannot both pass them and both call
-            if decision_id in self._claimed:
-                raise InvalidInput("decision_id", decision_id, f"{_CARRIED_OUT} (another delegate is carrying it out)")
-            self._claimed.add(decision_id)
+        now = self.handbook.clock()
+        text = request.route.text
+        store = self.handbook.store
+        refuse = functools.partial(_refuse_unclaimable, store, decision_id, text, now)
+        row = store.claim_decision(decision_id, refuse, now)
         try:
-            return self._checked_decision(request, decision_id)
+            return self._decided(request, row)
         except BaseException:
-            with self._claims:
-                self._claimed.discard(decision_id)
+            store.release_claim(decision_id)
             raise
 
-    def _checked_decision(
-        self, request: DelegateRequest, decision_id: str
+    def _decided(
+        self, request: DelegateRequest, row: dict[str, Any]
     ) -> tuple[dict[str, AgentConnection], RouteRequest, RouteDecision]:
-        store = self.handbook.store
-        row = store.decision(decision_id)
-        wanted = _CARRIED_OUT
-        if row is None:
-            raise InvalidInput("decision_id", decision_id, f"{wanted} (no decision has this id)")
-        if row.get("role") is not None:
-            raise InvalidInput("decision_id", decision_id, f"{wanted} (this is a {row['role']} decision of delegate)")
-        if store.outcome(decision_id) is not None:
-            raise InvalidInput("decision_id", decision_id, f"{wanted} (it was already reported)")
-        if row.get("call_latency_s") is not None or row.get("call_error_class") is not None:
-            raise InvalidInput("decision_id", decision_id, f"{wanted} (delegate already called its agent)")
-        if self.handbook.clock() > row["expires_at"]:
-            raise InvalidInput("decision_id", decision_id, f"{wanted} (it expired at {row['expires_at']:.0f})")
+        """The claimed decision `row` as _carry_out takes it: connections, the step's request, the decision."""
         text = request.route.text
-        if row.get("text") is not None and row["text"] != text:
-            raise InvalidInput("text", text, f"the text decision {decision_id} was routed for")
         arrays = self.handbook.arrays()
         c_ref = float(costing.reference_costs(arrays, costing.prompt_tokens([text]))[0])  # what routing charges now
         decision = _stored_decision(row, c_ref)
@@ -392,6 +379,33 @@ async def _tick(progress: Progress, agent_id: str, start: float, budget: float) 
 
 
 _CARRIED_OUT = "an unexpired route_step decision that was neither reported nor carried out yet"
+
+
+def _refuse_unclaimable(
+    store: HandbookStore, decision_id: str, text: str, now: float, row: dict[str, Any] | None
+) -> None:
+    """Refuse carrying out decision `row` unless it is an unexpired route_step decision for `text` that nobody
+    reported, called or claimed (run inside the claim's write transaction)."""
+    wanted = _CARRIED_OUT
+    if row is None:
+        raise InvalidInput("decision_id", decision_id, f"{wanted} (no decision has this id)")
+    if row.get("role") is not None:
+        raise InvalidInput("decision_id", decision_id, f"{wanted} (this is a {row['role']} decision of delegate)")
+    if store.outcome(decision_id) is not None:
+        raise InvalidInput("decision_id", decision_id, f"{wanted} (it was already reported)")
+    if row.get("call_latency_s") is not None or row.get("call_error_class") is not None:
+        raise InvalidInput("decision_id", decision_id, f"{wanted} (delegate already called its agent)")
+    if row.get("claimed_at") is not None:
+        raise InvalidInput(
+            "decision_id",
+            decision_id,
+            f"{wanted} (a delegate started carrying it out at {row['claimed_at']:.0f} and has not called its agent"
+            " yet, or its server stopped)",
+        )
+    if now > row["expires_at"]:
+        raise InvalidInput("decision_id", decision_id, f"{wanted} (it expired at {row['expires_at']:.0f})")
+    if row.get("text") is not None and row["text"] != text:
+        raise InvalidInput("text", text, f"the text decision {decision_id} was routed for")
 
 
 def _stored_decision(row: dict[str, Any], c_ref: float) -> RouteDecision:

@@ -144,3 +144,26 @@ async def test_the_judge_grades_the_carried_out_decision(tmp_path: Path, fake_op
     outcomes = rows(db, "SELECT decision_id, reward FROM outcomes")
     assert outcomes == [(routed["decision_id"], 0.8)]
     assert rows(db, "SELECT role FROM decisions WHERE parent_decision_id IS NOT NULL") == [("judge",)]
+
+
+async def test_two_servers_on_one_file_cannot_both_carry_out_a_decision(
+    settings: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    """Two hosts each start a server on the default handbook: the claim is in the file, not in one process."""
+    fake_openai.behaviours = {m: "SLOW:1.5" for m in ("cheap-model", "pricey-model")}
+    async with Client(create_server(settings)) as first, Client(create_server(settings)) as second:
+        routed = await route(first)
+        results: list[dict[str, Any]] = []
+
+        async def carry_out() -> None:
+            results.append(await call(first, "delegate", {"text": STEP, "decision_id": routed["decision_id"]}))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(carry_out)
+            with anyio.fail_after(30):
+                while rows(settings.db_path, "SELECT claimed_at FROM decisions") == [(None,)]:
+                    await anyio.sleep(0.02)
+            message = await refused(second, "delegate", {"text": STEP, "decision_id": routed["decision_id"]})
+            assert "a delegate started carrying it out" in message
+        assert [r["decision_id"] for r in results] == [routed["decision_id"]]
+    assert len(fake_openai.chat_requests()) == 1

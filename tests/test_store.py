@@ -285,6 +285,34 @@ def test_a_delegated_call_is_noted_on_its_decision_and_an_unknown_one_is_refused
     assert dump(store) == before
 
 
+def test_a_decision_claim_is_checked_and_written_at_once_and_given_back_only_if_nothing_was_called(
+    tmp_path: Path,
+) -> None:
+    store = HandbookStore(tmp_path / "h.db")
+    store.create_version(DOCUMENT, source="import")
+    decision = Handbook(store).route(RouteRequest(text="x", skills=[SkillDemand(skill_id="code", weight=1)]))
+    before = dump(store)
+
+    def refuse(row: dict[str, Any] | None) -> None:
+        raise InvalidInput("decision_id", decision.decision_id, "a decision nobody claimed")
+
+    with pytest.raises(InvalidInput):
+        store.claim_decision(decision.decision_id, refuse, now=5.0)
+    assert dump(store) == before  # a refused claim writes nothing
+    seen: list[Any] = []
+    row = store.claim_decision(decision.decision_id, seen.append, now=5.0)
+    other = HandbookStore(tmp_path / "h.db")  # another process's connection sees the claim
+    assert row["claimed_at"] == 5.0 and seen[0]["claimed_at"] is None
+    assert (other.decision(decision.decision_id) or {})["claimed_at"] == 5.0
+    store.release_claim(decision.decision_id)
+    assert (other.decision(decision.decision_id) or {})["claimed_at"] is None
+    store.claim_decision(decision.decision_id, seen.append, now=6.0)
+    store.note_call(decision.decision_id, {"cost_usd": 0.25, "latency_s": 1.5, "error_class": None})
+    store.release_claim(decision.decision_id)  # the agent was called: the claim stays
+    assert (other.decision(decision.decision_id) or {})["claimed_at"] == 6.0
+    other.close()
+
+
 def test_a_new_version_writes_the_skill_index_compactly_and_many_edits_keep_it_sound(tmp_path: Path) -> None:
     def segments(store: HandbookStore) -> int:
         return int(store.db.conn.execute("SELECT COUNT(*) FROM skills_fts_data").fetchone()[0])
