@@ -210,6 +210,14 @@ def m008_decision_claim(db: Database) -> None:
     db["decisions"].add_column("claimed_at", float)
 
 
+@migrations()
+def m009_decision_context(db: Database) -> None:
+    """What route_step returned besides the candidates (the agents it left out and why, the session's spend
+    before the step), so delegate(decision_id=...) returns the decision as it was made."""
+    db["decisions"].add_column("excluded", str)
+    db["decisions"].add_column("session_spend_usd", float)
+
+
 def _finite(value: Any) -> Any:
     """`value` (parsed JSON) with every infinite or NaN number replaced by null."""
     if isinstance(value, float) and not math.isfinite(value):

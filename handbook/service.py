@@ -411,6 +411,8 @@ class Handbook:
                     "expected_cost_usd": float(cost[scores.chosen]) if known[scores.chosen] else None,
                     "text": request.text if self.settings.store_step_text else None,
                     "candidates": [c.model_dump() for c in candidates],
+                    "excluded": [e.model_dump() for e in excluded],
+                    "session_spend_usd": spend,
                     "step_tokens": tokens,
                 }
             )

@@ -34,7 +34,7 @@ from skillorchestra.handbook import costing
 from skillorchestra.handbook.arrays import HandbookArrays
 from skillorchestra.handbook.errors import HandbookError, InvalidInput, NotFound, Unroutable
 from skillorchestra.handbook.models import SkillDemand
-from skillorchestra.handbook.results import Attempt, Candidate, DelegateResult, RouteDecision
+from skillorchestra.handbook.results import Attempt, Candidate, DelegateResult, Exclusion, RouteDecision
 from skillorchestra.handbook.service import DelegateRequest, Handbook, OutcomeReport, RouteRequest
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.agent_config import AgentConnection, LlmAgentConnection, parse_agent
@@ -409,7 +409,7 @@ def _refuse_unclaimable(
 
 
 def _stored_decision(row: dict[str, Any], c_ref: float) -> RouteDecision:
-    """A decision as route_step returned it, rebuilt from its row (exclusions and spend are not stored)."""
+    """A decision as route_step returned it, rebuilt from its row (c_ref as routing would charge it now)."""
 
     def loaded(value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
@@ -426,8 +426,9 @@ def _stored_decision(row: dict[str, Any], c_ref: float) -> RouteDecision:
         skills=skills,
         skills_source=f"decision {row['id']} (route_step)",
         candidates=candidates,
-        excluded=[],
+        excluded=[Exclusion.model_validate(e) for e in loaded(row.get("excluded")) or []],  # [] before m009
         c_ref_usd=c_ref or None,
+        session_spend_usd=row.get("session_spend_usd"),
         handbook_version=row["version"],
         expires_at=row["expires_at"],
     )

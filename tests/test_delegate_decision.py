@@ -167,3 +167,15 @@ async def test_two_servers_on_one_file_cannot_both_carry_out_a_decision(
             assert "a delegate started carrying it out" in message
         assert [r["decision_id"] for r in results] == [routed["decision_id"]]
     assert len(fake_openai.chat_requests()) == 1
+
+
+async def test_the_carried_out_decision_is_returned_as_route_step_made_it(settings: ServerSettings) -> None:
+    async with Client(create_server(settings)) as client:
+        await call(client, "route_step", {"text": "an earlier step", "session_id": "s", "budget_usd": 5.0})
+        routed = await call(
+            client, "route_step", {"text": STEP, "session_id": "s", "budget_usd": 5.0, "allowed_agents": ["cheap"]}
+        )
+        result = await call(client, "delegate", {"text": STEP, "decision_id": routed["decision_id"]})
+    assert routed["excluded"] and routed["session_spend_usd"] > 0  # the earlier step holds its expected cost
+    assert result["decision"]["excluded"] == routed["excluded"]
+    assert result["decision"]["session_spend_usd"] == routed["session_spend_usd"]
