@@ -9,6 +9,7 @@ orchestrator usually consults, routes and delegates the same step text, and the 
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -76,7 +77,7 @@ class SemanticMatcher:
         self._unavailable: str | None = None
         self._scorers: dict[tuple[str | None, tuple[tuple[str, str], ...]], SemanticScorer] = {}
         self._by_state: dict[tuple[str | None, int, int], SemanticScorer] = {}
-        self._step_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._step_vectors: OrderedDict[bytes, np.ndarray] = OrderedDict()  # text digest -> vector
 
     def embedder(self) -> Embedder | None:
         with self._lock:
@@ -105,15 +106,17 @@ class SemanticMatcher:
         return weights, "lexical (no semantic match)"
 
     def _step_vector(self, embedder: Embedder, text: str) -> np.ndarray:
-        """The step's vector; a text seen recently is not encoded again (a vector depends on the text only)."""
+        """The step's vector; a text seen recently is not encoded again (a vector depends on the text only).
+        Kept by the text's digest: 256 steps of up to 32,000 characters would hold 8 MB of keys."""
+        key = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
         with self._lock:
-            vector = self._step_vectors.get(text)
+            vector = self._step_vectors.get(key)
             if vector is not None:
-                self._step_vectors.move_to_end(text)
+                self._step_vectors.move_to_end(key)
                 return vector
         vector = embedder.encode([text])[0]  # outside the lock: concurrent steps encode in parallel
         with self._lock:
-            self._step_vectors[text] = vector
+            self._step_vectors[key] = vector
             while len(self._step_vectors) > STEP_VECTORS_KEPT:
                 self._step_vectors.popitem(last=False)
         return vector
