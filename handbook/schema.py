@@ -218,6 +218,13 @@ def m009_decision_context(db: Database) -> None:
     db["decisions"].add_column("session_spend_usd", float)
 
 
+@migrations()
+def m010_decision_agent_deleted(db: Database) -> None:
+    """When the decision's agent was deleted while the decision was open: an agent added again under the same id
+    is another agent, and the old decision's outcome must not move its competence."""
+    db["decisions"].add_column("agent_deleted_at", float)
+
+
 def _finite(value: Any) -> Any:
     """`value` (parsed JSON) with every infinite or NaN number replaced by null."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -508,8 +508,11 @@ class Handbook:
                 f"decision made under handbook version {decision['version']}, now {self.store.current_version()}: "
                 "the outcome is logged against its version and not applied to the live posteriors"
             )
-        elif not effect.competence and reward is not None and self.agent(decision["agent_id"]) is None:
-            note = f"agent {decision['agent_id']!r} was deleted since the decision: the outcome is logged only"
+        elif effect.agent_deleted or (
+            not effect.competence and reward is not None and self.agent(decision["agent_id"]) is None
+        ):
+            again = " (an agent added since under that id is another agent)" if effect.agent_deleted else ""
+            note = f"agent {decision['agent_id']!r} was deleted since the decision{again}: the outcome is logged only"
             applied = False
         elif effect.competence:
             note = _deleted_skills_note(_json(decision["skills"]), effect)

@@ -56,6 +56,7 @@ class OutcomeEffect:
     competence: list[Competence] = field(default_factory=list)
     costs: list[CostStats] = field(default_factory=list)
     deleted_skills: list[str] = field(default_factory=list)  # demanded by the decision, gone since: not updated
+    agent_deleted: bool = False  # the decision's agent was deleted since (perhaps added again): nothing applied
 
 
 class HandbookStore:
@@ -377,7 +378,17 @@ class HandbookStore:
         """Append an event against the live version and apply it, in one transaction."""
         with self.write():
             self._log_event(self.current_version(), kind, payload)
+            if kind == "delete_agent":  # here, not in the event: a rebuild's replay must not mark later decisions
+                self._mark_agent_deleted(payload["id"])
             return self._apply_event(kind, payload)
+
+    def _mark_agent_deleted(self, agent_id: str) -> None:
+        """The agent's open decisions: their outcomes will be stored but not applied (see record_outcome)."""
+        self.db.execute(
+            "UPDATE decisions SET agent_deleted_at = ? WHERE agent_id = ? AND agent_deleted_at IS NULL"
+            " AND NOT EXISTS (SELECT 1 FROM outcomes WHERE decision_id = decisions.id)",
+            [time.time(), agent_id],
+        )
 
     def _log_event(self, version: int, kind: str, payload: dict[str, Any]) -> None:
         self.db.execute(
@@ -633,16 +644,25 @@ class HandbookStore:
         """Store the outcome and apply its event atomically; a second report of one decision is refused.
 
         An outcome of a decision made under another version than the live one is logged against that version
-        and not applied (None): the live posteriors stay equal to their snapshot plus their own events."""
+        and not applied (None): the live posteriors stay equal to their snapshot plus their own events. One whose
+        agent was deleted while it was open is stored and not applied (an agent added again is another agent)."""
         with self.write():
-            reported = self.db.execute("SELECT 1 FROM outcomes WHERE decision_id = ?", [outcome_row["decision_id"]])
-            if reported.fetchone() is not None:
-                raise InvalidInput("decision_id", outcome_row["decision_id"], "a decision not yet reported")
+            decision_id = outcome_row["decision_id"]
+            reported, agent_deleted = self.db.execute(  # one trip: this is the hot path of record_outcome
+                "SELECT EXISTS (SELECT 1 FROM outcomes WHERE decision_id = ?),"
+                " (SELECT agent_deleted_at FROM decisions WHERE id = ?) IS NOT NULL",
+                [decision_id, decision_id],
+            ).fetchone()
+            if reported:
+                raise InvalidInput("decision_id", decision_id, "a decision not yet reported")
             live = self.current_version()
             if decided_under is not None and decided_under != live:
                 self._log_event(decided_under, "outcome", event)
                 self._insert_row("outcomes", dict(outcome_row, result="[]"))
                 return None
+            if agent_deleted:  # no event: it changes nothing, now or on a rebuild
+                self._insert_row("outcomes", dict(outcome_row, result="[]"))
+                return OutcomeEffect(agent_deleted=True)
             self._log_event(live, "outcome", event)
             effect: OutcomeEffect = self._apply_event("outcome", event)
             result = dumps([c.model_dump() for c in effect.competence])

@@ -399,6 +399,23 @@ def test_consult_says_why_an_agent_is_not_offered(book: Handbook) -> None:
 # -- recording outcomes -----------------------------------------------------------------------------------
 
 
+def test_an_outcome_of_a_deleted_agent_does_not_credit_an_agent_added_again_under_its_id(book: Handbook) -> None:
+    """Delete an agent to reset it, add it back: a step routed to the old one must not move the new one."""
+    stale = book.route(request(allowed_agents=["mid"]))
+    book.delete_agent("mid")
+    book.upsert_agent(Agent(id="mid", modes=["code", "search"], input_per_mtok=1.0, output_per_mtok=2.0))
+    fresh = book.route(request(allowed_agents=["mid"]))
+    before = book.store.competence()
+    result = book.record(OutcomeReport(decision_id=stale.decision_id, success=True, cost_usd=0.5))
+    assert not result.applied and result.updated == [] and "was deleted since the decision" in (result.note or "")
+    assert book.store.competence() == before
+    assert book.record(OutcomeReport(decision_id=stale.decision_id, success=True, cost_usd=0.5)).duplicate
+    assert book.record(OutcomeReport(decision_id=fresh.decision_id, success=True)).applied  # the new one's own
+    live = book.store.document()
+    book.store.rebuild()
+    assert book.store.document() == live  # the stale outcome left no event to replay onto the new agent
+
+
 def test_an_outcome_says_which_of_its_skills_were_deleted_since_the_decision(book: Handbook) -> None:
     """Deleting a demanded skill between route and report used to drop its share silently (applied, no note)."""
     skills = [SkillDemand(skill_id="code.python", weight=3.0), SkillDemand(skill_id="code.sql", weight=1.0)]
