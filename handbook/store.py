@@ -743,7 +743,8 @@ class HandbookStore:
 
         The folded events are the longest prefix of the log (in append order) created before `cutoff`, so the
         replay order never changes and the live state is unchanged. The old version keeps its snapshot but no
-        longer its events (they live on in the new snapshot). Returns (new version or None, folded, moved).
+        longer its events (they live on in the new snapshot). Decisions awaiting their report move onto the new
+        version, so a prune beside a running server loses no outcome. Returns (new version or None, folded, moved).
         """
         with self.write():
             version = self.current_version()
@@ -761,6 +762,12 @@ class HandbookStore:
                 self.db["events"].insert({"version": new, "kind": kind, "payload": payload, "created_at": created_at})
                 self._apply_event(kind, json.loads(payload))
             self.db.execute("DELETE FROM events WHERE version = ?", [version])
+            # the state they were decided under is the new version's: their outcomes must still be applied
+            self.db.execute(
+                "UPDATE decisions SET version = ? WHERE version = ?"
+                " AND NOT EXISTS (SELECT 1 FROM outcomes WHERE decision_id = decisions.id)",
+                [new, version],
+            )
             return new, split, len(rows) - split
 
     def delete_decisions_before(self, cutoff: float, now: float) -> tuple[int, int]:

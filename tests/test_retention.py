@@ -96,8 +96,10 @@ def test_prune_folds_old_events_and_keeps_the_live_state(tmp_path: Path) -> None
     assert not decisions & set(old_ids) and not outcomes & set(old_ids)
     assert set(new_ids) <= decisions and set(new_ids) <= outcomes
     assert pending_old in decisions  # still awaiting its report: kept, and it can still be reported
-    handbook.record(OutcomeReport(decision_id=pending_old, success=True))
+    recorded = handbook.record(OutcomeReport(decision_id=pending_old, success=True))
+    assert recorded.applied and recorded.updated and recorded.note is None  # applied, as it would have been
     after = _state(store.document())
+    assert after != live
     store.rebuild()
     assert _state(store.document()) == after
 
