@@ -68,7 +68,7 @@ _SECRET_FIELDS = frozenset({"api_key", "key", "token", "api_token", "bearer_toke
 # Fields holding environment variable names: a wrong value there is often the key itself, so errors mask it.
 _ENV_NAME_FIELDS = frozenset({"api_key_env", "env_vars"})
 
-AgentId = Annotated[str, Field(min_length=1, max_length=200)]
+AgentId = Identifier  # stripped as the handbook strips ids: [agents." m1 "] is the handbook's agent m1
 EnvName = Annotated[str, Field(min_length=1, max_length=200, pattern=_ENV_NAME.pattern)]
 
 
@@ -255,9 +255,10 @@ def parse_agent_configs(data: Mapping[str, Any], source: str = "<config>") -> di
             raise InvalidInput(f"{source}: agent[{i}].id", agent_id, "a non-empty string id")
         entries.append((agent_id, {k: v for k, v in item.items() if k != "id"}))
     agents: dict[str, AgentConnection] = {}
-    for agent_id, raw in entries:
+    for given_id, raw in entries:
+        agent_id = given_id.strip() or given_id  # a blank id is refused by parse_agent, naming it
         if agent_id in agents:
-            raise InvalidInput(_where(source, agent_id), agent_id, "each agent id defined once")
+            raise InvalidInput(_where(source, given_id), given_id, "each agent id defined once")
         if isinstance(raw, Mapping) and "judge" in raw:
             raise InvalidInput(_where(source, agent_id, "judge"), "{...}", "a top-level [judge] section instead")
         agents[agent_id] = parse_agent(agent_id, raw, source)

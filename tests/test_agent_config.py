@@ -220,3 +220,15 @@ def test_agents_load_help_names_the_file(capsys: pytest.CaptureFixture[str]) -> 
         main(["agents", "load", "-h"])
     out = " ".join(capsys.readouterr().out.split())
     assert exited.value.code == 0 and "FILE agents.toml" in out and "the NAME of the key's variable" in out
+
+
+def test_an_id_with_surrounding_spaces_is_the_handbooks_stripped_id(tmp_path: Path) -> None:
+    """The handbook strips ids; a connection kept as ' m1 ' could never be found for agent m1 (QA)."""
+    spaced = '[agents." m1 "]\nmodel = "openai/m1"\n[[agent]]\nid = "m2 "\nmodel = "openai/m2"\n'
+    agents = load_agent_configs(write(tmp_path, spaced))
+    assert list(agents) == ["m1", "m2"] and agents["m1"].id == "m1"
+    twice = '[agents.m1]\nmodel = "openai/m1"\n[agents." m1"]\nmodel = "openai/m1"\n'
+    with pytest.raises(InvalidInput, match="each agent id defined once"):
+        load_agent_configs(write(tmp_path, twice))
+    with pytest.raises(InvalidInput, match="agents.toml"):
+        load_agent_configs(write(tmp_path, '[agents."  "]\nmodel = "openai/x"\n'))
