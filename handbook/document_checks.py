@@ -93,8 +93,13 @@ def _check_labeller(raw: dict[str, Any], skill_ids: set[str]) -> None:
 
 
 def _check_pairs(field: str, rows: Sequence[Competence | CostStats], agents: set[str], skills: set[str]) -> None:
+    seen: set[tuple[str, str]] = set()
     for row in rows:
         if row.agent_id not in agents:
             raise NotFound(f"agent in {field}", row.agent_id, agents)
         if row.skill_id not in skills:
             raise NotFound(f"skill in {field}", row.skill_id, skills)
+        pair = (row.agent_id, row.skill_id)
+        if pair in seen:  # the store's key: SQLite would refuse it as if the database were broken
+            raise InvalidInput(f"{field}[{row.agent_id}, {row.skill_id}]", "a second row", "one row per (agent, skill)")
+        seen.add(pair)

@@ -78,10 +78,22 @@ def read_document(path: Path) -> HandbookDocument:
     except UnicodeDecodeError:
         raise not_utf8(path) from None
     try:
-        return HandbookDocument.model_validate_json(text)
+        document = HandbookDocument.model_validate_json(text)
     except ValidationError as exc:
         where, value, expected = first_problem(exc)
         raise InvalidInput(f"{path.name}:{where or 'document'}", "" if value is None else value, expected) from None
+    missing = [key for key in DOCUMENT_KEYS if key not in document.model_fields_set]
+    if (
+        missing
+    ):  # the model's defaults would make {"format": ...} an empty handbook, and importing it empty the live one
+        raise InvalidInput(
+            f"{path.name}:{missing[0]}", "(missing)", f"the keys of an exported handbook ({', '.join(DOCUMENT_KEYS)})"
+        )
+    return document
+
+
+# interface.md: a handbook document has at least these keys
+DOCUMENT_KEYS = ("format", "schema_version", "version", "modes", "skills", "agents", "competence", "cost")
 
 
 def handbook_import(args: argparse.Namespace) -> int:

@@ -138,3 +138,22 @@ def test_a_bad_input_file_is_one_line_naming_it_and_exit_2(
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert file_name in err and says in err
     assert not (tmp_path / "out.jsonl").exists() and not db.exists()
+
+
+def test_an_import_lacking_a_documents_keys_is_refused_naming_the_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """{"format": ...} alone validated as an empty handbook and emptied the live one (QA)."""
+    db = tmp_path / "h.db"
+    with pytest.raises(SystemExit):
+        main(["handbook", "import", "--example", "--db", str(db)])
+    capsys.readouterr()
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"format": "skillorchestra-handbook", "schema_version": 1, "version": 3}))
+    with pytest.raises(SystemExit) as exited:
+        main(["handbook", "import", str(partial), "--db", str(db)])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.startswith("error: partial.json:modes=") and "competence, cost" in err
+    with pytest.raises(SystemExit):
+        main(["handbook", "show", "--db", str(db)])
+    assert "skills 20, agents 9" in capsys.readouterr().out  # the live handbook is the example still

@@ -170,6 +170,13 @@ MALFORMED: list[tuple[str, HandbookDocument, type[HandbookError], str]] = [
     ("duplicate skill ids", doc_with(skills=[*DOCUMENT.skills, DOCUMENT.skills[0]]), InvalidInput, "unique"),
     ("duplicate agent ids", doc_with(agents=[*DOCUMENT.agents, DOCUMENT.agents[1]]), InvalidInput, "unique"),
     ("reserved skill id", doc_with(skills=[*DOCUMENT.skills, Skill(id="*")]), InvalidInput, "reserved"),
+    (  # refused by SQLite's key before, worded as a broken database
+        "duplicate competence row",
+        doc_with(competence=[*DOCUMENT.competence, DOCUMENT.competence[0]]),
+        InvalidInput,
+        "one row per (agent, skill)",
+    ),
+    ("duplicate cost row", doc_with(cost=[*DOCUMENT.cost, *DOCUMENT.cost]), InvalidInput, "one row per (agent, skill)"),
 ]
 
 
