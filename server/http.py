@@ -79,7 +79,7 @@ def transport_security(settings: ServerSettings) -> TransportSecuritySettings:
     hosts = list(LOOPBACK_ALLOWED_HOSTS)
     origins = list(LOOPBACK_ALLOWED_ORIGINS)
     for name in extra:
-        for pattern in _host_patterns(name.strip()):
+        for pattern in _host_patterns(name.strip().lower()):  # LowercaseHost lowers what clients send
             if pattern not in hosts:
                 hosts.append(pattern)
                 origins.extend([f"http://{pattern}", f"https://{pattern}"])
@@ -148,7 +148,23 @@ def build_http_app(server: MCPServer, settings: ServerSettings) -> ASGIApp:
         app = Starlette(routes=_routes(inner), lifespan=hold)
     else:
         raise InvalidInput("--transport", settings.transport, "http or sse for an HTTP server")
-    return BearerTokenMiddleware(app, settings.token)
+    return LowercaseHost(BearerTokenMiddleware(app, settings.token))
+
+
+class LowercaseHost:
+    """Host and Origin name hosts case-insensitively (RFC 9110), the SDK's allowlist compares exactly: lower them
+    so `--allowed-host mcp.example.com` accepts `Host: MCP.Example.com` from a proxy that keeps the case."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            lowered = [
+                (name, value.lower() if name in (b"host", b"origin") else value) for name, value in scope["headers"]
+            ]
+            scope = {**scope, "headers": lowered}
+        await self.app(scope, receive, send)
 
 
 def _routes(inner: ASGIApp) -> list[Route | Mount]:
@@ -173,7 +189,8 @@ async def serve_http(server: MCPServer, settings: ServerSettings, sockets: list[
     path = MCP_PATH if settings.transport == "http" else SSE_PATH
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host
     auth = " (bearer token required)" if settings.token else ""
-    url = f"http://{shown}:{settings.port}{path}"
+    port = sockets[0].getsockname()[1] if sockets else settings.port  # --port 0: the port the system chose
+    url = f"http://{shown}:{port}{path}"
     print(f"skillorchestra: serving {settings.transport} at {url}{auth}", file=sys.stderr)
     await uvicorn.Server(config).serve(sockets=sockets)
 

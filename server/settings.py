@@ -85,7 +85,8 @@ class ServerSettings(BaseModel):
     @classmethod
     def from_env(cls, **overrides: object) -> ServerSettings:
         values: dict[str, object] = {
-            "token": os.environ.get("SKILLORCHESTRA_TOKEN") or None,
+            # a secret file's trailing newline made every client's token wrong; blank is no token (loopback only)
+            "token": os.environ.get("SKILLORCHESTRA_TOKEN", "").strip() or None,
             "decision_ttl_s": _env_float("SKILLORCHESTRA_DECISION_TTL", 86_400.0),
             "matcher": os.environ.get("SKILLORCHESTRA_MATCHER") or None,
             "forgetting": os.environ.get("SKILLORCHESTRA_FORGETTING") or None,

@@ -128,3 +128,13 @@ def test_global_options_go_before_the_command_as_well(tmp_path: Path, capsys: py
     assert run(["handbook", "show", "--db", str(db)], capsys)[1] == out  # the same handbook either way
     code, out, err = run(["--db", str(db), "data", "convert", "--format", "llmrouter", str(tmp_path), "o"], capsys)
     assert code == 2 and out == "" and "argument --db: this command does not use a handbook" in err
+
+
+def test_a_db_path_with_a_tilde_means_the_home_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hosts pass arguments without a shell: `--db ~/h.db` made a folder named `~` (SKILLORCHESTRA_DB expanded it)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert run(["handbook", "import", "--example", "--db", "~/h.db"], capsys)[0] == 0
+    assert (tmp_path / "home" / "h.db").exists() and not (tmp_path / "~").exists()

@@ -285,6 +285,30 @@ def test_a_port_in_use_exits_2_naming_the_port_and_never_says_serving(tmp_path: 
 # -- in-process checks of the app builder (no port) ------------------------------------------------------
 
 
+def test_port_0_announces_the_port_the_system_chose(tmp_path: Path) -> None:
+    args = [_script("skillorchestra"), "serve", "--transport", "http", "--port", "0", "--db", str(tmp_path / "h.db")]
+    proc = subprocess.Popen(args, env=_env(None), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # the first line it writes says where it serves
+        assert line.startswith("skillorchestra: serving http at http://127.0.0.1:"), line
+        port = int(line.rsplit(":", 1)[1].split("/", 1)[0])
+        assert port != 0
+        _wait_healthy(proc, f"http://127.0.0.1:{port}", tmp_path / "unused")
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_a_token_from_a_secret_file_loses_its_newline_and_a_blank_one_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKILLORCHESTRA_TOKEN", TOKEN + "\n")
+    assert ServerSettings.from_env().token == TOKEN  # a client sending TOKEN was refused with a 401
+    monkeypatch.setenv("SKILLORCHESTRA_TOKEN", "   ")
+    assert ServerSettings.from_env().token is None  # so a public bind is refused, not guarded by an unusable token
+    with pytest.raises(Exception, match="--host"):
+        check_bind(ServerSettings.from_env(host="0.0.0.0", transport="http"))
+
+
 def test_check_bind() -> None:
     for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
         check_bind(ServerSettings(host=host, transport="http"))
@@ -321,7 +345,12 @@ async def test_in_process_app_allowed_host_and_token(tmp_path: Path) -> None:
     transport = httpx2.ASGITransport(app=app)
     async with server.session_manager.run():
         async with _http(TOKEN, transport=transport) as http:
-            for host, status in (("mcp.internal:8765", 200), ("127.0.0.1:8765", 200), ("other.example:8765", 421)):
+            for host, status in (
+                ("mcp.internal:8765", 200),
+                ("MCP.Internal:8765", 200),  # host names are case-insensitive; some proxies keep the client's case
+                ("127.0.0.1:8765", 200),
+                ("other.example:8765", 421),
+            ):
                 response = await http.post("http://x/mcp", json=INITIALIZE, headers={**MCP_HEADERS, "Host": host})
                 assert response.status_code == status, (host, response.text)
         async with _http("nope", transport=transport) as http:
