@@ -139,7 +139,10 @@ def handbook_show(args: argparse.Namespace) -> int:
     slopes = document.length_effect.slopes if document.length_effect is not None else {}
     for agent in document.agents:
         prices = [agent.input_per_mtok, agent.output_per_mtok]
-        price = "$" + "/$".join("?" if p is None else f"{p:g}" for p in prices) + " per Mtok" if any(prices) else ""
+        known = any(p is not None for p in prices)  # a free local model's $0 is a price; no price is "unknown"
+        price = (
+            "$" + "/$".join("?" if p is None else f"{p:g}" for p in prices) + " per Mtok" if known else "price unknown"
+        )
         slope = f" length slope {slopes[agent.id]:+.3f} per ln(characters)" if agent.id in slopes else ""
         lines.append(f"agent {agent.id} {'' if agent.enabled else '(disabled) '}{price}{slope}")
     print("\n".join(lines))

@@ -113,10 +113,16 @@ def test_versions_count_learning_metrics_not_a_promotions_bookkeeping(
 
 def test_handbook_show_prints_an_unknown_price_as_unknown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = HandbookStore(tmp_path / "h.db")
-    store.create_version(HandbookDocument(agents=[Agent(id="half", input_per_mtok=2.0)]), source="import")
+    agents = [
+        Agent(id="half", input_per_mtok=2.0),
+        Agent(id="free", input_per_mtok=0.0, output_per_mtok=0.0),
+        Agent(id="unpriced"),
+    ]
+    store.create_version(HandbookDocument(agents=agents), source="import")
     store.close()
     code, out, _ = run(["handbook", "show", "--db", str(tmp_path / "h.db")], capsys)
-    assert code == 0 and "$2/$? per Mtok" in out and "None" not in out
+    assert code == 0 and "agent half $2/$? per Mtok" in out and "None" not in out
+    assert "agent free $0/$0 per Mtok" in out and "agent unpriced price unknown" in out  # a $0 price looked unknown
 
 
 def test_global_options_go_before_the_command_as_well(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
