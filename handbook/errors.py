@@ -4,6 +4,7 @@ message to the model unchanged (as a ToolError) and the CLI can print it as one 
 from __future__ import annotations
 
 import difflib
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -62,3 +63,8 @@ class Expired(HandbookError):
 
 class Unroutable(HandbookError):
     """No agent satisfies the step's constraints."""
+
+
+def utc_text(moment: float) -> str:
+    """An epoch time as messages show it: the ISO UTC time a reader can place (2026-11-23T10:15:49Z)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))

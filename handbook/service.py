@@ -7,6 +7,7 @@ stale, and SQLite's data_version tells it when another process (the CLI, another
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import math
 import threading
@@ -21,10 +22,19 @@ from pydantic import ValidationError
 
 from skillorchestra.handbook import costing
 from skillorchestra.handbook.arrays import MODE_PREFIX, ROOT_SKILL, HandbookArrays, Patch, build_arrays, serves
-from skillorchestra.handbook.errors import Conflict, Expired, InvalidInput, NotFound, Unroutable, first_problem
+from skillorchestra.handbook.errors import (
+    Conflict,
+    Expired,
+    InvalidInput,
+    NotFound,
+    Unroutable,
+    first_problem,
+    utc_text,
+)
 from skillorchestra.handbook.length import step_shift
 from skillorchestra.handbook.matcher import LexicalMatcher
 from skillorchestra.handbook.models import (
+    DEFAULT_MODE,
     INFRASTRUCTURE_ERRORS,
     MAX_LAMBDA,
     MAX_SECONDS,
@@ -471,7 +481,7 @@ class Handbook:
             if earlier is not None:
                 return earlier
             raise Expired(
-                f"decision {report.decision_id!r} expired at {decision['expires_at']:.0f} (its time to live is "
+                f"decision {report.decision_id!r} expired at {utc_text(decision['expires_at'])} (its time to live is "
                 "SKILLORCHESTRA_DECISION_TTL seconds); route the step again"
             )
         effective = _with_call_figures(payload, decision)
@@ -652,8 +662,12 @@ class Handbook:
 
     def edit_skill(self, skill_id: str, changes: Mapping[str, Any]) -> Skill:
         """Add the skill, or change the fields in `changes` (parent_id None: top-level) of the stored one. A new
-        skill given a parent and no mode takes its parent's mode (a child must be in it)."""
+        skill given a parent and no mode takes its parent's mode (a child must be in it), else the default mode,
+        which the handbook adds if it lacks it; a mode given must be one the handbook has (a misspelt one would
+        be created, and hide the skill from that mode's steps and agents)."""
         with self.store.write():
+            if changes.get("mode") not in (None, DEFAULT_MODE):
+                self._known_mode_for("mode", [changes["mode"]])
             current = self.skill(skill_id)
             parent = self.skill(changes["parent_id"]) if changes.get("parent_id") else None
             if current is None and parent is not None and "mode" not in changes:
@@ -667,15 +681,24 @@ class Handbook:
 
     def upsert_agent(self, agent: Agent) -> Agent:
         """An agent may only name modes the handbook has: a misspelt mode would hide it from that mode's steps."""
-        known = sorted(m.id for m in self.store.modes())
-        unknown = [m for m in agent.modes if m not in known]
-        if unknown:
-            listed = ", ".join(known) if known else "none yet"
-            raise InvalidInput(
-                "modes", unknown, f"modes the handbook has ({listed}); add a new mode with upsert_mode first"
-            )
+        self._known_mode_for("modes", agent.modes)
         self._edit("upsert_agent", agent.model_dump())
         return agent
+
+    def _known_mode_for(self, field: str, modes: Sequence[str]) -> None:
+        """Refuse `modes` (the value of `field`) unless the handbook has each: naming the known ones and the
+        closest, and how to add a new one."""
+        known = sorted(m.id for m in self.store.modes())
+        unknown = [m for m in modes if m not in known]
+        if unknown:
+            listed = ", ".join(known) if known else "none yet"
+            close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6)
+            hint = f"; closest known: {close[0]}" if close else ""
+            raise InvalidInput(
+                field,
+                unknown if field == "modes" else unknown[0],
+                f"modes the handbook has ({listed}){hint}; add a new mode with upsert_mode first",
+            )
 
     def upsert_mode(self, mode: Mode) -> Mode:
         self._edit("upsert_mode", mode.model_dump())
@@ -731,6 +754,13 @@ class Handbook:
         return competence, cost
 
     def _edit(self, kind: str, payload: dict[str, Any]) -> None:
+        """Append the edit, unless it would leave the entity as it is stored: an unchanged upsert (a host
+        re-asserting its agents at every start) would grow the event log and bump the file's data_version,
+        making every other server sharing the file reload."""
+        stored = {"upsert_agent": self.agent, "upsert_skill": self.skill, "upsert_mode": self.mode}.get(kind)
+        current = stored(payload["id"]) if stored is not None else None
+        if current is not None and current.model_dump() == payload:
+            return
         self.store.apply(kind, payload)
 
     # -- listings ----------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from skillorchestra.handbook import costing
 from skillorchestra.handbook.arrays import HandbookArrays
-from skillorchestra.handbook.errors import HandbookError, InvalidInput, NotFound, Unroutable
+from skillorchestra.handbook.errors import HandbookError, InvalidInput, NotFound, Unroutable, utc_text
 from skillorchestra.handbook.models import SkillDemand
 from skillorchestra.handbook.results import Attempt, Candidate, DelegateResult, Exclusion, RouteDecision
 from skillorchestra.handbook.service import DelegateRequest, Handbook, OutcomeReport, RouteRequest
@@ -399,11 +399,11 @@ def _refuse_unclaimable(
         raise InvalidInput(
             "decision_id",
             decision_id,
-            f"{wanted} (a delegate started carrying it out at {row['claimed_at']:.0f} and has not called its agent"
-            " yet, or its server stopped)",
+            f"{wanted} (a delegate started carrying it out at {utc_text(row['claimed_at'])} and has not called"
+            " its agent yet, or its server stopped)",
         )
     if now > row["expires_at"]:
-        raise InvalidInput("decision_id", decision_id, f"{wanted} (it expired at {row['expires_at']:.0f})")
+        raise InvalidInput("decision_id", decision_id, f"{wanted} (it expired at {utc_text(row['expires_at'])})")
     if row.get("text") is not None and row["text"] != text:
         raise InvalidInput("text", text, f"the text decision {decision_id} was routed for")
 

@@ -149,7 +149,7 @@ async def test_infrastructure_errors_never_touch_competence(mcp_client: Client) 
         ("consult_handbook", {"text": "   "}, "text"),
         ("record_outcome", {"decision_id": "missing", "success": True, "costusd": 0.1}, "costusd"),
         ("upsert_agent", {"agent_id": "new", "api_base": "http://elsewhere"}, "api_base"),
-        ("route_step", {"text": "x", "lamda": 0.5}, "Extra inputs are not permitted"),
+        ("route_step", {"text": "x", "lamda": 0.5}, "lamda: not an argument of route_step (did you mean lambda_?)"),
         # values of the wrong JSON type are refused, not coerced into data
         ("route_step", {"text": "x", "lambda_": "0.5"}, "lambda_"),
         ("route_step", {"text": "x", "lambda_": True}, "lambda_"),

@@ -1,18 +1,22 @@
-"""What clients see and send: every tool's schemas self-contained, and its arguments taken strictly as sent.
+"""What clients see and send: every tool's schemas self-contained, its arguments taken strictly as sent, and a
+mistaken argument refused in words the calling model can act on.
 
-Both are applied once, after the tools are registered (tools.register_tools), to every tool alike: the SDK builds
-the schemas and argument models from the functions' signatures and offers no option for either.
+All are applied once, after the tools are registered (tools.register_tools), to every tool alike: the SDK builds
+the schemas and argument models from the functions' signatures and offers no option for any of them.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from skillorchestra.handbook.errors import InvalidInput
 
 
 def inline_definitions(schema: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +62,8 @@ def strict_arguments(server: MCPServer) -> None:
     The SDK builds each tool's argument model with pydantic's defaults and offers no option, so the models are
     tightened here, once, after registration and after the schemas are inlined (tests/test_mcp_tools.py proves
     it). Each strict model builds its validator on the tool's first call (defer_build), not at start-up: the list
-    of tools only needs the schema, and building all of them delayed the first tools/list answer by a few ms."""
+    of tools only needs the schema, and building all of them delayed the first tools/list answer by a few ms.
+    A refusal is worded by `argument_problems` (tests/test_tool_errors.py)."""
     for tool in server._tool_manager.list_tools():
         properties = tool.parameters.get("properties", {})
         loose = tool.fn_metadata.arg_model
@@ -66,12 +71,14 @@ def strict_arguments(server: MCPServer) -> None:
             "model_config": ConfigDict(extra="forbid", defer_build=True, strict=True),
             "whole_numbers": model_validator(mode="before")(_whole_floats_as(_typed(properties, {"integer"}))),
         }
-        tool.fn_metadata = _DecodesListsAndObjects(
+        tool.fn_metadata = _StrictArguments(
             arg_model=type(loose.__name__, (loose,), namespace),
             output_schema=tool.fn_metadata.output_schema,
             output_model=tool.fn_metadata.output_model,
             wrap_output=tool.fn_metadata.wrap_output,
             structured=_typed(properties, {"array", "object"}),
+            tool_name=tool.name,
+            input_schema=tool.parameters,
         )
         tool.parameters = {**tool.parameters, "additionalProperties": False}
 
@@ -102,13 +109,88 @@ def _whole_floats_as(integers: frozenset[str]) -> Callable[[type[BaseModel], Any
     return whole_numbers
 
 
-class _DecodesListsAndObjects(FuncMetadata):
-    """FuncMetadata whose JSON pre-parsing touches only the arguments that take a list or an object."""
+class _StrictArguments(FuncMetadata):
+    """FuncMetadata whose JSON pre-parsing touches only the arguments that take a list or an object, and whose
+    refusals read as `argument_problems` words them."""
 
     structured: frozenset[str] = frozenset()
+    tool_name: str = ""
+    input_schema: dict[str, Any] = {}
 
     def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
         return {name: _decoded(value) if name in self.structured else value for name, value in data.items()}
+
+    def validate_arguments(self, arguments_to_validate: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return super().validate_arguments(arguments_to_validate)
+        except ValidationError as exc:
+            worded = _WordedValidationError.from_exception_data(exc.title, [])
+            worded.text = argument_problems(exc, self.tool_name, self.input_schema)
+            raise worded from exc
+
+
+class _WordedValidationError(ValidationError):
+    """A refusal of a tool's arguments in our words. The SDK's tool runner reports a ValidationError from argument
+    validation as a ToolError reading "Error executing tool <name>: " + str(error) (any other exception there is
+    a crash, its text withheld), so the rewording travels as the text of a ValidationError; pydantic's own error
+    is its __cause__, for the server's log."""
+
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+_PYDANTIC_SUBJECTS = ("Input should be ", "String should have ", "List should have ", "Dictionary should have ")
+
+
+def argument_problems(exc: ValidationError, tool: str, input_schema: dict[str, Any]) -> str:
+    """Each problem of a tool's arguments on a line, for the model that must fix the call (pydantic's text names
+    its own model, error-type tags and a documentation URL): an argument or field the tool does not take, with
+    the closest name it does take and all of them; a required one left out; otherwise worded as the handbook's
+    InvalidInput is (errors.first_problem: "field=value: expected what")."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = error["loc"]
+        where = ".".join(str(part) for part in loc) or "arguments"
+        owner = tool if len(loc) <= 1 else ".".join(str(part) for part in loc[:-1])
+        if error["type"] == "extra_forbidden":
+            names = _names_at(input_schema, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            kind = "an argument of" if len(loc) <= 1 else "a field of"
+            takes = f"; it takes: {', '.join(names)}" if names else ""
+            lines.append(f"{where}: not {kind} {owner}{hint}{takes}")
+        elif error["type"] == "missing":
+            kind = "argument of" if len(loc) <= 1 else "field of"
+            lines.append(f"{where}: a required {kind} {owner}, not given")
+        else:
+            expected = error["msg"].removeprefix("Value error, ")
+            for prefix in _PYDANTIC_SUBJECTS:  # "String should have at least 1 character" -> "at least 1 character"
+                expected = expected.removeprefix(prefix)
+            lines.append(str(InvalidInput(where, error.get("input"), expected)))
+    return "\n".join(lines)
+
+
+def _names_at(schema: dict[str, Any], path: Sequence[int | str]) -> list[str]:
+    """The property names of the object at `path` in an (inlined) input schema: list indexes step into `items`,
+    names into `properties`, through any `anyOf`; a part that is neither (pydantic's union tags) is skipped."""
+    node = schema
+    for part in path:
+        node = _child(node, part)
+    for option in (node, *node.get("anyOf", [])):
+        if "properties" in option:
+            return list(option["properties"])
+    return []
+
+
+def _child(node: dict[str, Any], part: int | str) -> dict[str, Any]:
+    for option in (node, *node.get("anyOf", [])):
+        if isinstance(part, int) and isinstance(option.get("items"), dict):
+            return option["items"]
+        if isinstance(part, str) and part in option.get("properties", {}):
+            return option["properties"][part]
+    return node  # a union tag: the same value, seen as one of its types
 
 
 def _decoded(value: Any) -> Any:
