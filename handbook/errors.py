@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import difflib
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -29,13 +29,34 @@ class InvalidInput(HandbookError):
 
 def first_problem(exc: ValidationError) -> tuple[str, object, str]:
     """The first error of a pydantic ValidationError as (dotted field path, the value given, what was expected),
-    so every place that turns one into an InvalidInput words it alike: pydantic's "Value error, " and "Input
-    should be " are dropped, since the message reads "field=value: expected <what>"."""
+    so every place that turns one into an InvalidInput words it alike (see `expectation`)."""
     err = exc.errors(include_url=False)[0]
     where = ".".join(str(part) for part in err["loc"])
     if err["type"] == "missing":  # pydantic's input is then the whole object around the field
         return where, None, "a value (the field is required)"
-    return where, err.get("input"), err["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
+    return where, err.get("input"), expectation(err)
+
+
+# pydantic's subjects, dropped: the message reads "field=value: expected <what>"
+_PYDANTIC_SUBJECTS = (
+    "Value error, ",
+    "Input should be ",
+    "String should have ",
+    "List should have ",
+    "Dictionary should have ",
+)
+
+
+def expectation(error: Mapping[str, Any]) -> str:
+    """What a pydantic error (one item of ValidationError.errors()) expected, worded to follow "expected"."""
+    kind, message = error["type"], str(error["msg"])
+    if kind == "extra_forbidden":
+        return "no field of this name (misspelt, or not one this takes)"
+    if kind == "json_invalid":
+        return f"valid JSON ({message.removeprefix('Invalid JSON: ')})"
+    for prefix in _PYDANTIC_SUBJECTS:  # "String should have at least 1 character" -> "at least 1 character"
+        message = message.removeprefix(prefix)
+    return message
 
 
 def not_utf8(path: object) -> InvalidInput:

@@ -157,3 +157,22 @@ def test_an_import_lacking_a_documents_keys_is_refused_naming_the_first(
     with pytest.raises(SystemExit):
         main(["handbook", "show", "--db", str(db)])
     assert "skills 20, agents 9" in capsys.readouterr().out  # the live handbook is the example still
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "says"),
+    [
+        ("empty.jsonl", '{"id": "1", "query": "", "outcomes": {"a": {"score": 1}}}\n', "expected at least 1 character"),
+        ("broken.jsonl", '{"id": "1", x}\n', "expected valid JSON (key must be a string"),
+    ],
+)
+def test_a_trace_files_problem_is_worded_without_pydantics_subjects(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, text: str, says: str
+) -> None:
+    """pydantic's "String should have ..." and "Invalid JSON: ..." read as "expected String should have ..." (QA)."""
+    data = tmp_path / name
+    data.write_text(text)
+    with pytest.raises(SystemExit) as exited:
+        main(["learn", "--data", str(data), "--db", str(tmp_path / "h.db")])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and says in err and "should" not in err and "Invalid JSON" not in err, err

@@ -16,7 +16,7 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.errors import InvalidInput, expectation
 
 
 def inline_definitions(schema: dict[str, Any]) -> dict[str, Any]:
@@ -141,9 +141,6 @@ class _WordedValidationError(ValidationError):
         return self.text
 
 
-_PYDANTIC_SUBJECTS = ("Input should be ", "String should have ", "List should have ", "Dictionary should have ")
-
-
 def argument_problems(exc: ValidationError, tool: str, input_schema: dict[str, Any]) -> str:
     """Each problem of a tool's arguments on a line, for the model that must fix the call (pydantic's text names
     its own model, error-type tags and a documentation URL): an argument or field the tool does not take, with
@@ -165,10 +162,7 @@ def argument_problems(exc: ValidationError, tool: str, input_schema: dict[str, A
             kind = "argument of" if len(loc) <= 1 else "field of"
             lines.append(f"{where}: a required {kind} {owner}, not given")
         else:
-            expected = error["msg"].removeprefix("Value error, ")
-            for prefix in _PYDANTIC_SUBJECTS:  # "String should have at least 1 character" -> "at least 1 character"
-                expected = expected.removeprefix(prefix)
-            lines.append(str(InvalidInput(where, error.get("input"), expected)))
+            lines.append(str(InvalidInput(where, error.get("input"), expectation(error))))
     return "\n".join(lines)
 
 
