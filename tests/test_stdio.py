@@ -102,7 +102,9 @@ def test_cli_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     cli = shutil.which("skillorchestra", path=str(Path(sys.executable).parent))
     assert cli
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"format": "skillorchestra-handbook", "skills": [{"id": "a", "parent_id": "zz"}]}))
+    document = {"format": "skillorchestra-handbook", "schema_version": 1, "version": 0, "modes": [], "agents": []}
+    document.update(skills=[{"id": "a", "parent_id": "zz"}], competence=[], cost=[])
+    bad.write_text(json.dumps(document))
     proc = subprocess.run(
         [cli, "handbook", "import", str(bad), "--db", str(tmp_path / "h.db")],
         capture_output=True,
