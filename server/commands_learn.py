@@ -347,6 +347,7 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
         "  " + _cost_line(m),
         "",
         f"Skills ({m['n_skills']}):",
+        *([f"  {m['discovery_note']}"] if m.get("discovery_note") else []),
         *skill_lines(document),
         "",
         f"Candidate handbooks replayed through the router on the {m['validated_on']} "
@@ -369,10 +370,7 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
         lines.append(f"Wrote version {run.version} (parent {run.parent or '-'}) to {db}; it is live now.{undo}")
     else:
         lines.append(
-            f"Wrote version {run.version} to {db} but did NOT make it live: only {m['comparable_validation_tasks']} "
-            "validation tasks have outcomes of two or more agents, too few to show that its skills route better "
-            "than the live handbook's (a log of routed steps has one agent per step; route some steps to several "
-            "agents with allowed_agents, or learn from traces that run every agent). "
+            f"Wrote version {run.version} to {db} but did NOT make it live: {m['not_live_reason']}. "
             f"To use it anyway: skillorchestra handbook promote {run.version} --db {db}"
         )
     return "\n".join(lines)
@@ -390,7 +388,14 @@ def _cost_line(m: dict[str, Any]) -> str:
     basis = m["cost_basis"]
     unknown = m["cost_unknown_agents"]
     if basis == "unknown":
-        return "costs: unknown (no cost_usd in the data and no prices): candidates compared on accuracy alone"
+        if m["prices"] == "none":
+            why = "no cost_usd in the data and no prices"
+        else:  # prices were given, for other agents than the data's
+            from skillorchestra.server.jobs import named
+
+            agents = named(m["agents"])
+            why = f"no cost_usd in the data, and the prices from {m['prices']} cover none of its agents ({agents})"
+        return f"costs: unknown ({why}): candidates compared on accuracy alone"
     text = {
         "cost_usd": "costs: as recorded (cost_usd)",
         "estimated": f"costs: list price x tokens, prices from {m['prices']}",

@@ -1,8 +1,9 @@
 """Learning runs shared by `skillorchestra learn` and the `learn_handbook` MCP tool, and the registry of the
 tool's background jobs (hosts time out a request after 60 s, so the tool returns a job id at once).
 
-One learning run: outcome tasks + prices -> `learn()` -> a new handbook version (source "learn"), live unless its
-validation could not compare agents (see MIN_COMPARABLE_TASKS), whose summary says what was learned from where,
+One learning run: outcome tasks + prices -> `learn()` -> a new handbook version (source "learn"), live unless
+replacing the live handbook could lose what it knows (not_live_reasons: validation could not compare agents, or
+agents with live evidence would go back on the prior), whose summary says what was learned from where,
 and whose metrics hold the validation figures, every candidate with its intervals and the accuracy/cost Pareto
 front.
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from skillorchestra.handbook.errors import InvalidInput
-from skillorchestra.handbook.models import Agent, HandbookDocument, Mode
+from skillorchestra.handbook.models import Agent, Competence, HandbookDocument, Mode
 from skillorchestra.handbook.store import NOT_LIVE_MARK, HandbookStore
 
 if TYPE_CHECKING:  # numpy and the learning stack load only when something is learned
@@ -129,7 +130,8 @@ def keep_live_agents(
     and keep agents that have no outcomes yet (they route on the prior) instead of dropping them. An agent the log
     holds but the live handbook no longer does was deleted (or replaced by an import) since: it does not come back,
     nor do its competence, cost and length slope. The live modes the agents serve stay too (an agent may only name
-    modes the handbook has), when the learned ones lack them."""
+    modes the handbook has), when the learned ones lack them. A kept agent that has evidence in the live handbook
+    loses it here: agents_back_on_prior finds those, and such a version is not made live by itself."""
     by_id = {a.id: a for a in live}
     gone = {a.id for a in document.agents} - set(by_id)
     if gone:
@@ -179,7 +181,8 @@ def learn_into_store(
     progress: Progress | None = None,
     learner: Mapping[str, Any] | None = None,
 ) -> LearnRun:
-    """Learn from `tasks` and make the result the live version of `store`.
+    """Learn from `tasks` into a new version of `store`, made live unless not_live_reasons gives a reason (then
+    stored only; metrics went_live and not_live_reason, and the summary, say why and how to promote it).
 
     `learner`: learn_with_llm's settings (model, api_base, api_key_env, prices) for LLM skill discovery.
     """
@@ -239,14 +242,28 @@ def learn_into_store(
         + (", with a length effect" if document.length_effect is not None else "")
         + (f", selection stored for orchestrator {orchestrator!r}" if orchestrator else "")
     )
-    comparable = int(result.metrics["comparable_validation_tasks"])  # on the learner's own validation split
-    live = store.counts()  # row counts: whether the live handbook has anything a blind replacement would lose
-    went_live = comparable >= MIN_COMPARABLE_TASKS or not (live["skills"] or live["competence"])
-    metrics["went_live"] = went_live
-    if not went_live:
-        summary += f"{NOT_LIVE_MARK} {comparable} validation tasks compare agents)"
-    parent = store.current_version() or None
-    version = store.create_version(document, source="learn", summary=summary, metrics=metrics, live=went_live)
+    note = result.metrics.get("discovery_note")
+    if note:
+        summary += f" ({note})"
+    with store.write():  # the gate reads the live state this version would replace, and its number, at once
+        back = agents_back_on_prior(document, metrics["agents"], store.competence())
+        reasons = not_live_reasons(
+            int(result.metrics["comparable_validation_tasks"]),  # on the learner's own validation split
+            str(result.metrics["validated_on"]),
+            back,
+            store.counts(),
+        )
+        went_live = not reasons
+        metrics["went_live"] = went_live
+        metrics["agents_back_on_prior"] = back
+        metrics["not_live_reason"] = "; ".join(reasons) if reasons else None
+        parent = store.current_version() or None
+        if not went_live:
+            number = max(v["version"] for v in store.versions()) + 1  # what create_version assigns, in this write
+            summary += (
+                f"{NOT_LIVE_MARK} {metrics['not_live_reason']}; to use it: skillorchestra handbook promote {number})"
+            )
+        version = store.create_version(document, source="learn", summary=summary, metrics=metrics, live=went_live)
     return LearnRun(version=version, parent=parent, result=result, metrics=metrics, summary=summary)
 
 
@@ -254,6 +271,54 @@ def learn_into_store(
 # agent without an outcome). A log of routed steps has one agent per step: with fewer comparable tasks than this,
 # the learner's choice of skills is unvalidated, so it must not silently replace a live handbook that has skills.
 MIN_COMPARABLE_TASKS = 10
+PRIOR_MASS = 2.0  # alpha + beta of Beta(1, 1): a competence row with more holds evidence
+AGENTS_NAMED = 3  # agents named in a one-line reason, the rest counted
+
+
+def named(ids: Sequence[str], limit: int = AGENTS_NAMED) -> str:
+    """'a, b, c and 4 more': a few ids for one line."""
+    shown = ", ".join(ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def agents_back_on_prior(
+    document: HandbookDocument, learned: Sequence[str], live_competence: Sequence[Competence]
+) -> list[str]:
+    """Agents the new version keeps without any outcome in the learning data although the live handbook holds
+    competence evidence for them: the new version would route them on the prior, throwing that evidence away
+    (learning from the event log keeps every live agent, the log usually covers a few)."""
+    evidence = {c.agent_id for c in live_competence if c.alpha + c.beta > PRIOR_MASS + 1e-9}
+    outcomes = set(learned)
+    return sorted(a.id for a in document.agents if a.id not in outcomes and a.id in evidence)
+
+
+def not_live_reasons(
+    comparable: int, validated_on: str, back_on_prior: Sequence[str], live: Mapping[str, int]
+) -> list[str]:
+    """Why a learned version must not replace the live handbook by itself (empty: it may).
+
+    It may when validation compared agents on enough held-out tasks, or when the live handbook is empty (nothing
+    to lose), and only if no agent with live evidence would be put back on the prior."""
+    reasons: list[str] = []
+    if comparable < MIN_COMPARABLE_TASKS and (live["skills"] or live["competence"]):
+        if validated_on != "validation split":
+            reasons.append(
+                "it was validated on its own training tasks (no validation split), which cannot show that its skills "
+                "route better than the live handbook's (hold out a validation share of enough tasks)"
+            )
+        else:
+            reasons.append(
+                f"only {comparable} validation tasks have outcomes of two or more agents (at least "
+                f"{MIN_COMPARABLE_TASKS} are needed to show that its skills route better than the live handbook's; "
+                "a log of routed steps has one agent per step: route some steps to several agents with "
+                "allowed_agents, or learn from traces that run every agent)"
+            )
+    if back_on_prior:
+        reasons.append(
+            f"it would put {len(back_on_prior)} agents that have evidence in the live handbook back on the prior "
+            f"({named(back_on_prior)}), as the learning data has no outcomes of theirs"
+        )
+    return reasons
 
 
 # -- background jobs of the MCP tool --------------------------------------------------------------------------

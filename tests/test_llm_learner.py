@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,8 @@ from skillorchestra.handbook.learning.llm_discovery import (
     plan_batches,
 )
 from skillorchestra.handbook.learning.replay import replay
+from skillorchestra.handbook.traces import write_tasks
+from skillorchestra.server.cli import main
 from skillorchestra.server.llm_learner import learn_with_llm
 
 TASK_LINE = re.compile(r"^\[(t\d+)\] (.*)$", re.M)
@@ -190,3 +193,74 @@ def test_batches_keep_llmrouter_sized_data_under_50_calls() -> None:
     assert len(set(handles)) == len(handles) and len({r for b in batches for r in b.rows}) == len(handles)
     assert params.max_calls <= 50
     assert plan_batches(modes, scores, 0, params)[0].rows == batches[0].rows  # seeded
+
+
+def test_a_reply_that_copies_the_prompts_example_shape_is_refused_and_nothing_is_written(
+    server: FakeOpenAI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The fake server echoes the prompt (as small local models often do): the JSON in it is the example shape,
+    whose placeholders (category_id, 'a short quote of a task above', ...) must never become the taxonomy."""
+    with pytest.raises(LearnerFailed, match="no usable taxonomy"):
+        learn_with_llm(unlabelled_swap(n=60), PRICES, "openai/echo", api_base=server.api_base, lambda_=0.05)
+    first, second = server.chat_requests("echo")[:2]
+    assert "category_id" in first.body["messages"][1]["content"]  # the prompt carries the example shape...
+    feedback = second.body["messages"][-1]["content"]  # ...which the echo repeats, and is told so
+    assert "repeats the placeholders of the example shape" in feedback and "'category_id'" in feedback
+    data = tmp_path / "data" / "train.jsonl"
+    data.parent.mkdir()
+    write_tasks(data, unlabelled_swap(n=60))
+    db = tmp_path / "llm.db"
+    argv = ["learn", "--data", str(data), "--db", str(db), "--matcher", "lexical", "--learner", "openai/echo"]
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--learner-api-base", server.api_base])
+    out, err = capsys.readouterr()
+    assert exited.value.code == 2 and out == "" and "no usable taxonomy" in err
+    assert not db.exists()  # nothing written
+
+
+def test_placeholders_are_refused_field_by_field() -> None:
+    reply = json.loads(json.dumps({"categories": TAXONOMY, "assignments": {"t1": "chem.reactions"}}))
+    assert parse_reply(json.dumps(reply)).categories[0].id == "chem"  # a real taxonomy passes
+    reply["categories"][1]["skills"][0]["examples"] = ["A short quote of a task above."]
+    with pytest.raises(ReplyError, match="example 'A short quote of a task above.'"):
+        parse_reply(json.dumps(reply))
+    reply = {"categories": [{"id": "chem", "skills": [{"id": "chem.skill_name"}]}], "assignments": {}}
+    with pytest.raises(ReplyError, match="id 'chem.skill_name'"):
+        parse_reply(json.dumps(reply))
+
+
+def dropping(bot: TaxonomyBot, keep: Callable[[list[str], bool], list[str]]) -> Callable[[dict[str, Any]], str]:
+    """The bot's reply with only the handles `keep(handles, retry)` assigned."""
+
+    def respond(body: dict[str, Any]) -> str:
+        reply = json.loads(bot(body).removeprefix("```json\n").removesuffix("\n```"))
+        retry = body["messages"][-1]["content"].startswith("That reply could not be used")
+        handles = keep(list(reply["assignments"]), retry)
+        reply["assignments"] = {h: reply["assignments"][h] for h in handles}
+        return json.dumps(reply)
+
+    return respond
+
+
+def test_a_reply_that_leaves_tasks_unassigned_is_sent_back(server: FakeOpenAI) -> None:
+    """The prompt says to assign every task: a reply missing one is sent back naming it, and the full reply used."""
+    server.responder = dropping(TaxonomyBot(), lambda handles, retry: handles if retry else handles[:-1])
+    result = learn_with_llm(unlabelled_swap(n=60), PRICES, "openai/learner", api_base=server.api_base, lambda_=0.05)
+    learner = result.metrics["learner"]
+    requests = server.chat_requests("learner")
+    assert learner["batches_failed"] == 0 and learner["rejected_replies"] == learner["batches"] > 0
+    assert len(requests) == 2 * learner["batches"]
+    handles = TASK_LINE.findall(requests[0].body["messages"][1]["content"])
+    feedback = requests[1].body["messages"][-1]["content"]
+    assert f"1 of the {len(handles)} tasks without a skill ({handles[-1][0]})" in feedback
+    assert learner["tasks_labelled"] == sum(
+        len(TASK_LINE.findall(r.body["messages"][1]["content"])) for r in requests[::2]
+    )
+    assert {"chem", "writing"} <= {s.id for s in result.document.skills}
+
+
+def test_a_reply_that_labels_too_few_tasks_is_never_used(server: FakeOpenAI) -> None:
+    """Under min_coverage of a batch even after the retries, the batch fails: one labelled task is no taxonomy."""
+    server.responder = dropping(TaxonomyBot(), lambda handles, retry: handles[:1])
+    with pytest.raises(LearnerFailed, match="no usable taxonomy.*tasks without a skill"):
+        learn_with_llm(unlabelled_swap(n=60), PRICES, "openai/learner", api_base=server.api_base)

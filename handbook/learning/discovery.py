@@ -169,6 +169,22 @@ def discover(corpus: Corpus, params: DiscoveryParams) -> tuple[Taxonomy, list[np
     return Taxonomy(tuple(categories)), members, proto_modes
 
 
+def few_tasks_note(corpus: Corpus, params: DiscoveryParams) -> str | None:
+    """Why discovery could propose no skill: no task labels, and too few training tasks in every mode to cut into
+    two micro-clusters (`_categories` and `_micro_clusters` then see one group). None when that is not the case."""
+    if any(corpus.labels):
+        return None
+    needed = 2 * params.micro_size
+    per_mode = [corpus.modes.count(m) for m in set(corpus.modes)]
+    if not per_mode or max(per_mode) >= needed:
+        return None
+    return (
+        f"{len(corpus.queries)} training tasks without task labels: discovery needs about {needed} in a mode "
+        f"(two clusters of about {params.micro_size}) to split them into skills; add a `task` label to the traces, "
+        "or more data"
+    )
+
+
 def prototype_vectors(
     corpus: Corpus, members: Sequence[np.ndarray], n_terms: int
 ) -> tuple[np.ndarray, TfidfSpace | None]:

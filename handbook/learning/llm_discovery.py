@@ -71,7 +71,9 @@ class LlmDiscoveryParams:
     output_chars: int = 160
     micro_size: int = 15  # LLM-labelled tasks per prototype, roughly
     heldout_fraction: float = 0.2  # of each skill's labelled tasks, kept out of the prototypes (agreement)
-    min_coverage: float = 0.8  # share of a batch's tasks a reply must assign
+    # a reply that leaves a task of its batch unassigned is sent back; when the retries run out, the best reply
+    # is still used if it assigns at least this share of the batch (else the batch fails)
+    min_coverage: float = 0.8
 
 
 # ------------------------------------------------------------------------------------------- reply models
@@ -159,12 +161,40 @@ def parse_reply(text: str) -> TaxonomyReply:
     except json.JSONDecodeError as exc:
         raise ReplyError(f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     try:
-        return TaxonomyReply.model_validate(raw)
+        reply = TaxonomyReply.model_validate(raw)
     except ValidationError as exc:
         problems = [
             f"{'.'.join(str(p) for p in e['loc']) or 'object'}: {e['msg']}" for e in exc.errors(include_url=False)[:5]
         ]
         raise ReplyError("the JSON does not have the required shape: " + "; ".join(problems)) from None
+    echoed = template_echoes(reply)
+    if echoed:  # a model that copies the example shape (small local models, or a server echoing the prompt)
+        raise ReplyError(
+            f"it repeats the placeholders of the example shape ({', '.join(echoed[:4])}); write the real "
+            "categories and skills of the tasks shown, with your own ids, descriptions, indicators and examples"
+        )
+    return reply
+
+
+def _words(text: str) -> str:
+    return " ".join(re.sub(r"[^\w]+", " ", str(text).lower()).split())
+
+
+def template_echoes(reply: TaxonomyReply) -> list[str]:
+    """The fields of a reply that repeat REPLY_SHAPE's placeholders instead of describing tasks."""
+    ids, texts = _TEMPLATE
+    fields: list[tuple[str, str, bool]] = []  # (kind, value, is an id)
+    for cat in reply.categories:
+        fields += [("id", cat.id, True), ("description", cat.description, False)]
+        for skill in cat.skills:
+            fields += [("id", skill.id, True), ("description", skill.description, False)]
+            fields += [("indicator", item, False) for item in skill.indicators]
+            fields += [("example", item, False) for item in skill.examples]
+    return [
+        f"{kind} {_flat(value, 60)!r}"
+        for kind, value, is_id in fields
+        if (any(part in ids for part in _key(value).split(".")) if is_id else any(t in _words(value) for t in texts))
+    ]
 
 
 # --------------------------------------------------------------------------------------------- the registry
@@ -257,8 +287,11 @@ class _Registry:
                 "use the ids of skills listed under categories"
             )
         missing = [h for h in handles if h not in assigned]
-        if len(assigned) < params.min_coverage * len(handles):
-            problems.append(f"tasks without a skill: {', '.join(missing[:12])}; assign every task handle")
+        if missing:  # the prompt's rule; the best reply is still used after the retries if it covers min_coverage
+            problems.append(
+                f"{len(missing)} of the {len(handles)} tasks without a skill ({', '.join(missing[:12])}"
+                f"{', ...' if len(missing) > 12 else ''}); assign every task handle to exactly one skill id"
+            )
         return _Staged(new_cats, new_skills, aliases, assigned, problems)
 
     def apply(self, staged: _Staged, mode: str) -> None:
@@ -289,6 +322,21 @@ REPLY_SHAPE = (
     'which agents cope with it", "indicators": ["a word, format or feature visible in the task text"], '
     '"examples": ["a short quote of a task above"]}]}], "assignments": {"t1": "category_id.skill_name"}}'
 )
+
+
+def _template_parts() -> tuple[frozenset[str], tuple[str, ...]]:
+    """REPLY_SHAPE's placeholder ids (each part of them) and texts, normalised, to recognise a copied example."""
+    shape = json.loads(REPLY_SHAPE)
+    cat = shape["categories"][0]
+    skill = cat["skills"][0]
+    ids = frozenset(part for raw in (cat["id"], skill["id"]) for part in _key(raw).split("."))
+    texts = tuple(
+        _words(t) for t in (cat["description"], skill["description"], *skill["indicators"], *skill["examples"])
+    )
+    return ids, texts
+
+
+_TEMPLATE = _template_parts()
 
 
 def _code(i: int) -> str:
@@ -545,7 +593,11 @@ class LlmDiscoverer:
                 {"role": "assistant", "content": result.text[:4000]},
                 {"role": "user", "content": feedback(problem)},
             ]
-        if best is not None and best.assignments and (self.registry.in_mode(batch.mode) or best.skills):
+        if (
+            best is not None
+            and len(best.assignments) >= p.min_coverage * len(batch.handles)
+            and (self.registry.in_mode(batch.mode) or best.skills)
+        ):
             self._apply(best, batch)  # lenient: the usable part of the best reply
             return True
         return False

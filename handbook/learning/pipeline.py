@@ -24,6 +24,7 @@ from skillorchestra.handbook.learning.discovery import (
     Corpus,
     DiscoveryParams,
     discover,
+    few_tasks_note,
     prototype_table,
     prototype_vectors,
 )
@@ -266,6 +267,7 @@ def learn(
     agreement = _label_agreement(chosen, val_split, val_labels)
     agreement_depth1 = _label_agreement(candidates[1], val_split, val_labels)
     families = sorted({t.task for t in tasks if t.task})
+    unsplit = discoverer is None and taxonomy.max_depth < 2 and len(chosen.specs) <= len(mode_ids)
     description = (
         f"Learned offline (no LLM) from {len(tasks)} tasks ({len(train)} train / "
         f"{len(val) if validated_on == 'validation split' else 0} validation) of {len(agent_ids)} agents"
@@ -292,8 +294,13 @@ def learn(
         "n_val": len(val) if validated_on == "validation split" else 0,
         "validated_on": validated_on,
         # validation can tell handbooks apart only where it saw two or more agents (the replay never credits an
-        # agent without an outcome): how many such tasks the selection had
-        "comparable_validation_tasks": sum(1 for t in val if sum(o.score is not None for o in t.outcomes.values()) > 1),
+        # agent without an outcome): how many such tasks the selection had. Without a validation split the
+        # selection saw its own training tasks, which validate nothing: 0
+        "comparable_validation_tasks": (
+            sum(1 for t in val if sum(o.score is not None for o in t.outcomes.values()) > 1) if has_val else 0
+        ),
+        # why the handbook has no skill that splits a mode, when discovery had too few unlabelled tasks (else None)
+        "discovery_note": few_tasks_note(corpus, params.discovery) if unsplit else None,
         "agents": agent_ids,
         "features": base.kind,
         "embedding_model": cached.model_name if cached is not None else None,

@@ -1,0 +1,242 @@
+"""When a learned version may replace the live handbook by itself, and what learn says when it may not (or when it
+learned no skills, or its prices fit none of the data's agents). Real SQLite files, the CLI in-process, the MCP
+tools through the SDK's in-memory client."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mcp import Client
+from test_learn_cli import canonical, run, write_data
+from test_learn_tools import call, wait_done
+
+from skillorchestra.handbook.learning.discovery import DiscoveryParams
+from skillorchestra.handbook.learning.pipeline import learn
+from skillorchestra.handbook.service import Handbook, OutcomeReport, RouteRequest
+from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.handbook.traces import AgentOutcome, TraceTask
+from skillorchestra.server.app import create_server
+from skillorchestra.server.example import example_document, seed_example_if_new
+from skillorchestra.server.settings import ServerSettings
+
+TWO = ("gemma-2-9b-it", "llama-3.1-nemotron-51b-instruct")  # two of the example handbook's nine agents
+
+
+def seeded(db: Path) -> None:
+    store = HandbookStore(db)
+    try:
+        assert seed_example_if_new(store)
+    finally:
+        store.close()
+
+
+def route_two_agents(db: Path, n: int = 60) -> None:
+    """Every text routed to both of TWO (one succeeds, the other fails): validation can compare them."""
+    store = HandbookStore(db)
+    handbook = Handbook(store)
+    try:
+        for i in range(n):
+            text = (
+                f"Solve for x: {i}x + 7 = {i * 3 + 7}." if i % 2 else f"Who wrote the novel number {i} of the series?"
+            )
+            for agent, ok in ((TWO[0], i % 2 == 0), (TWO[1], i % 2 == 1)):
+                routed = handbook.route(RouteRequest(text=text, allowed_agents=[agent]))
+                handbook.record(OutcomeReport(decision_id=routed.decision_id, success=ok))
+    finally:
+        store.close()
+
+
+def others_with_evidence() -> list[str]:
+    return sorted({a.id for a in example_document().agents} - set(TWO))
+
+
+def test_learning_from_a_log_of_two_agents_keeps_the_live_evidence_of_the_other_seven(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The log routed 2 of the example's 9 agents: the learned version would keep the other 7 on the prior, so it
+    is stored, not made live, although its validation compared agents on enough tasks."""
+    db = tmp_path / "h.db"
+    seeded(db)
+    route_two_agents(db)
+    store = HandbookStore(db)
+    live_before = canonical(store.document())
+    store.close()
+    code, out, err = run(["learn", "--data", "events", "--db", str(db), "--matcher", "lexical"], capsys)
+    assert code == 0, err
+    back = others_with_evidence()
+    assert len(back) == 7
+    assert (
+        "did NOT make it live: it would put 7 agents that have evidence in the live handbook back on the prior" in out
+    )
+    assert f"({back[0]}, {back[1]}, {back[2]} and 4 more)" in out
+    assert f"skillorchestra handbook promote 3 --db {db}" in out
+    store = HandbookStore(db)
+    try:
+        assert store.current_version() == 2 and canonical(store.document()) == live_before
+        info = store.versions()[-1]
+        metrics = info["metrics"]
+        assert metrics["comparable_validation_tasks"] >= 10  # validation alone would have let it go live
+        assert metrics["went_live"] is False and metrics["agents_back_on_prior"] == back
+        assert "7 agents that have evidence in the live handbook" in metrics["not_live_reason"]
+        assert "not live" in info["summary"] and "skillorchestra handbook promote 3" in info["summary"]
+        assert {a.id for a in store.snapshot(3).agents} == set(back) | set(TWO)  # kept, on the prior
+    finally:
+        store.close()
+
+
+def test_learning_a_file_of_own_traces_over_the_seeded_example_still_goes_live(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first use: the user's traces replace the example's agents entirely, so no agent is kept on the prior."""
+    from learning_data import swapped_and_alike
+
+    db = tmp_path / "h.db"
+    seeded(db)
+    data = write_data(tmp_path / "own", swapped_and_alike(seed=0, n=60))
+    code, out, err = run(["learn", "--data", str(data), "--db", str(db), "--matcher", "lexical"], capsys)
+    assert code == 0, err
+    assert "it is live now." in out
+    store = HandbookStore(db)
+    try:
+        assert store.current_version() == 3
+        metrics = store.versions()[-1]["metrics"]
+        assert metrics["went_live"] is True and metrics["agents_back_on_prior"] == []
+        assert metrics["not_live_reason"] is None
+        assert {a.id for a in store.agents()} == {"alpha", "beta", "gamma"}
+    finally:
+        store.close()
+
+
+@pytest.mark.anyio
+async def test_learn_handbook_says_why_its_version_did_not_go_live(tmp_path: Path) -> None:
+    db = tmp_path / "handbook.db"
+    seeded(db)
+    route_two_agents(db)
+    settings = ServerSettings(db_path=db, seed_example=False, matcher="lexical")
+    async with Client(create_server(settings)) as client:
+        started = await call(client, "learn_handbook", {})
+        status = await wait_done(client, started["job_id"])
+        assert status["state"] == "done", status["message"]
+        metrics = status["result"]["metrics"]
+        assert metrics["went_live"] is False
+        assert metrics["agents_back_on_prior"] == others_with_evidence()
+        assert "back on the prior" in metrics["not_live_reason"]
+        assert "not live" in status["message"] and "skillorchestra handbook promote 3" in status["message"]
+        routed = await call(client, "route_step", {"text": "Solve for x: 2x + 7 = 13."})
+        assert routed["handbook_version"] == 2  # the example still serves
+
+
+def ten_tasks(tmp_path: Path) -> Path:
+    path = tmp_path / "ten.jsonl"
+    lines = [
+        json.dumps(
+            {"id": str(i), "query": f"task number {i}", "outcomes": {"a": {"score": i % 2}, "b": {"score": 1 - i % 2}}}
+        )
+        for i in range(10)
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_training_tasks_are_not_validation_tasks() -> None:
+    tasks = [
+        TraceTask(
+            id=str(i),
+            query=f"task number {i}",
+            outcomes={"a": AgentOutcome(score=i % 2), "b": AgentOutcome(score=1 - i % 2)},
+        )
+        for i in range(12)
+    ]
+    result = learn(tasks, {}, val_fraction=0.0, seed=0)
+    assert result.metrics["validated_on"] == "training tasks (no validation split)"
+    assert result.metrics["comparable_validation_tasks"] == 0
+
+
+def test_no_validation_split_does_not_replace_a_handbook_with_skills(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = ten_tasks(tmp_path)
+    db = tmp_path / "vf.db"
+    seeded(db)
+    args = ["learn", "--data", str(data), "--matcher", "lexical", "--val-fraction", "0"]
+    code, out, err = run([*args, "--db", str(db)], capsys)
+    assert code == 0, err
+    assert "did NOT make it live: it was validated on its own training tasks (no validation split)" in out
+    store = HandbookStore(db)
+    try:
+        assert store.current_version() == 2 and len(store.skills()) == 20
+    finally:
+        store.close()
+    empty = tmp_path / "empty.db"  # nothing to lose: it goes live, as before
+    code, out, err = run([*args, "--db", str(empty)], capsys)
+    assert code == 0 and "it is live now." in out, err
+
+
+def unlabelled_pair(tmp_path: Path, n: int) -> Path:
+    """Two obvious task kinds, each solved by one agent, without task labels."""
+    path = tmp_path / f"sep{n}.jsonl"
+    lines = []
+    for i in range(n):
+        maths = i < n // 2
+        query = f"compute the integral of x^2 from 0 to {i}" if maths else f"write a python function number {i}"
+        outcomes = {
+            "gemma": {"score": float(maths), "cost_usd": 0.001},
+            "qwen": {"score": float(not maths), "cost_usd": 0.0005},
+        }
+        lines.append(json.dumps({"id": str(i), "query": query, "outcomes": outcomes}))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_learn_says_why_too_few_unlabelled_tasks_give_no_skills(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    micro = DiscoveryParams().micro_size
+    data = unlabelled_pair(tmp_path, 30)
+    code, out, err = run(["learn", "--data", str(data), "--db", str(tmp_path / "s.db"), "--matcher", "lexical"], capsys)
+    assert code == 0, err
+    note = (
+        f"24 training tasks without task labels: discovery needs about {2 * micro} in a mode (two clusters of about "
+        f"{micro}) to split them into skills; add a `task` label to the traces, or more data"
+    )
+    assert "Skills (0):\n  " + note in out
+    store = HandbookStore(tmp_path / "s.db")
+    try:
+        info = store.versions()[-1]
+        assert info["metrics"]["discovery_note"] == note and note in info["summary"]
+    finally:
+        store.close()
+    labelled = tmp_path / "labelled.jsonl"  # with labels the same tasks give skills, and no note
+    rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
+    for row in rows:
+        row["task"] = "maths" if "integral" in row["query"] else "code"
+    labelled.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    code, out, err = run(
+        ["learn", "--data", str(labelled), "--db", str(tmp_path / "l.db"), "--matcher", "lexical"], capsys
+    )
+    assert code == 0, err
+    assert "without task labels" not in out and "Skills (0):" not in out
+
+
+def test_a_price_file_for_other_agents_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = unlabelled_pair(tmp_path, 20)
+    rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
+    for row in rows:
+        for outcome in row["outcomes"].values():
+            del outcome["cost_usd"]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    prices = tmp_path / "prices_other.json"
+    prices.write_text(json.dumps({"zzz": {"input_per_mtok": 1, "output_per_mtok": 1}}), encoding="utf-8")
+    db = str(tmp_path / "p.db")
+    code, out, err = run(
+        ["learn", "--data", str(data), "--agents", str(prices), "--db", db, "--matcher", "lexical"], capsys
+    )
+    assert code == 0, err
+    assert (
+        f"costs: unknown (no cost_usd in the data, and the prices from {prices} cover none of its agents "
+        "(gemma, qwen)): candidates compared on accuracy alone"
+    ) in out
+    code, out, err = run(["learn", "--data", str(data), "--db", str(tmp_path / "q.db"), "--matcher", "lexical"], capsys)
+    assert code == 0 and "costs: unknown (no cost_usd in the data and no prices)" in out, err
