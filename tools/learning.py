@@ -78,9 +78,10 @@ def learn_handbook(
 ) -> LearnJobStatus:
     """Start learning a new handbook from this server's recorded steps and outcomes; returns a job id at once.
 
-    Poll learn_status(job_id) until state is "done" or "failed". The new version goes live only when validation
-    can compare agents (result.metrics.went_live): a log of steps routed to one agent each cannot show that the new
-    skills route better, so that version is stored and the live handbook kept (`handbook promote` can use it).
+    Poll learn_status(job_id) until state is "done" or "failed". The new version goes live (result.metrics.went_live)
+    only when validation can compare agents and no agent with evidence in the live handbook would go back on the
+    prior: a log of steps routed to one agent each cannot show that the new skills route better. Otherwise it is
+    stored, the live handbook kept, and metrics.not_live_reason says why (`handbook promote` can use it).
     """
     from skillorchestra.handbook.learning.events import NO_EVENTS, prices_from_store, tasks_from_events
     from skillorchestra.server.jobs import learn_into_store, make_embedder
