@@ -248,6 +248,13 @@ def _copy_table(db: Database, table: str, create_new: str) -> None:
     db.execute(f'ALTER TABLE _new RENAME TO "{table}"')
 
 
+def unknown_migrations(db: Database) -> list[str]:
+    """The migrations of this set the file records as applied that this build does not have: a newer
+    skillorchestra wrote it (read only)."""
+    known = {migration.name for migration in migrations._migrations}
+    return [migration.name for migration in migrations.applied(db) if migration.name not in known]
+
+
 def schema_version() -> int:
     """The schema version a fully migrated database has (one per migration)."""
     return len(migrations._migrations)

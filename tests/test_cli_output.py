@@ -3,6 +3,7 @@ command's success summary is on stdout, its notes on stderr; `handbook versions`
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +145,61 @@ def test_a_db_path_with_a_tilde_means_the_home_directory(
     monkeypatch.chdir(tmp_path)
     assert run(["handbook", "import", "--example", "--db", "~/h.db"], capsys)[0] == 0
     assert (tmp_path / "home" / "h.db").exists() and not (tmp_path / "~").exists()
+
+
+def serve_mcp(db: Path) -> subprocess.CompletedProcess[str]:
+    """`skillorchestra-mcp --db DB` as an MCP client starts it (stdin closed: it must refuse before serving)."""
+    return subprocess.run(
+        [str(CLI.with_name("skillorchestra-mcp")), "--db", str(db)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_handbook_a_newer_skillorchestra_wrote_is_refused_by_the_cli_and_the_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its schema may mean what this build would misread or break: both entry points refuse it, writing nothing."""
+    db = tmp_path / "h.db"
+    HandbookStore(db).close()
+    conn = sqlite3.connect(db)
+    with conn:  # what a newer build leaves: a migration of our set that this one does not know
+        conn.execute(
+            "INSERT INTO _sqlite_migrations (migration_set, name, applied_at)"
+            " VALUES ('skillorchestra', 'm099_future', '2027-01-01')"
+        )
+    conn.close()
+    before = db.read_bytes()
+    newer = "written by a newer skillorchestra: migrations m099_future unknown here; upgrade skillorchestra)"
+    code, out, err = run(["handbook", "show", "--db", str(db)], capsys)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith("error: db=") and err.rstrip().endswith(newer)
+    done = serve_mcp(db)
+    assert done.returncode == 2 and done.stdout == "" and len(done.stderr.splitlines()) == 1
+    assert done.stderr.startswith("error: db=") and done.stderr.rstrip().endswith(newer)
+    assert db.read_bytes() == before and not db.with_name("h.db-wal").exists()  # nothing checkpointed, or left to
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_db_where_no_file_can_be_created_names_db_and_the_path(capsys: pytest.CaptureFixture[str]) -> None:
+    """A read-only file system or directory, simulated by /proc (no file can be created there, not even by root,
+    which permission bits would not stop): SQLite said only "unable to open database file", naming nothing."""
+    db = Path("/proc/skillorchestra-h.db")
+    expected = f"error: db='{db}': expected a database file this process can create, open and write"
+    code, out, err = run(["handbook", "import", "--example", "--db", str(db)], capsys)
+    assert code == 2 and out == "" and err == f"{expected} (unable to open database file)\n"
+    done = serve_mcp(db)
+    assert done.returncode == 2 and done.stdout == "" and done.stderr == f"{expected} (unable to open database file)\n"
+
+
+def test_a_db_whose_folder_is_a_file_names_db_and_the_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The folder of the path cannot be made (a file is in its place): mkdir said "File exists", naming no flag."""
+    (tmp_path / "f").write_text("not a folder", encoding="utf-8")
+    db = tmp_path / "f" / "h.db"
+    code, out, err = run(["handbook", "import", "--example", "--db", str(db)], capsys)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith("error: db=") and err.endswith(f"({tmp_path / 'f'} is not a directory)\n")
+    assert (tmp_path / "f").read_text(encoding="utf-8") == "not a folder"

@@ -1,0 +1,197 @@
+"""The store's write lock against another connection's (a CLI import, another server): a write waiting for the
+file's lock must not hold the process's connection lock, or every read of the process (other clients' consults,
+lists, resources) queues behind it for up to the busy timeout. Also: a wait past the busy timeout raises what it
+did before and writes nothing; nested writes and try_write behave as before; a file a newer skillorchestra wrote
+is refused before anything is written."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.models import HandbookDocument, Mode
+from skillorchestra.handbook.store import HandbookStore
+
+DOCUMENT = HandbookDocument(modes=[Mode(id="code"), Mode(id="search")])
+GUARD_S = 30.0  # how long a test waits for an event before failing: never reached when the code is right
+Hold = Callable[[], sqlite3.Connection]  # the `hold` fixture: takes the file's write lock in another connection
+LATE = Mode(id="late", description="written after the other process let go").model_dump(mode="json")
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "h.db"
+    store = HandbookStore(path)
+    store.create_version(DOCUMENT, source="test")
+    store.close()
+    return path
+
+
+@pytest.fixture
+def hold(db: Path) -> Iterator[Callable[[], sqlite3.Connection]]:
+    """Another connection to the file taking its write lock, as a CLI import or another server's write does (after
+    the test opened its store: opening migrates, in a write transaction)."""
+    conns: list[sqlite3.Connection] = []
+
+    def take() -> sqlite3.Connection:
+        conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+        conns.append(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        return conn
+
+    yield take
+    for conn in conns:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.close()
+
+
+def modes_on_disk(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [r[0] for r in conn.execute("SELECT id FROM modes ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def lock_is_free(store: HandbookStore) -> bool:
+    """Whether another thread could take the store's lock now (the calling thread may hold an RLock re-entrantly)."""
+    got: list[bool] = []
+
+    def probe() -> None:
+        took = store.lock.acquire(blocking=False)
+        if took:
+            store.lock.release()
+        got.append(took)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    return got == [True]
+
+
+def test_reads_go_on_while_a_write_waits_for_another_connections_lock(db: Path, hold: Hold) -> None:
+    store = HandbookStore(db, busy_timeout_s=120.0)  # the writer cannot give up during the test on its own
+    holder = hold()
+    attempted, write_done, read_done = threading.Event(), threading.Event(), threading.Event()
+    results: dict[str, Any] = {}
+
+    def trace(sql: str) -> None:  # the writer thread's BEGIN IMMEDIATE has started: it now waits on `holder`
+        if sql == "BEGIN IMMEDIATE" and threading.current_thread() is writer:
+            attempted.set()
+
+    def write() -> None:
+        try:
+            store.apply("upsert_mode", LATE)
+            results["write"] = "written"
+        except Exception as exc:  # reported to the test below
+            results["write"] = exc
+        finally:
+            write_done.set()
+
+    def read() -> None:
+        results["read"] = (store.counts()["modes"], store.decision("no-such-id"), store.document().modes)
+        results["writer still waiting"] = not write_done.is_set()
+        read_done.set()
+
+    writer, reader = threading.Thread(target=write), threading.Thread(target=read)
+    store.db.conn.set_trace_callback(trace)
+    try:
+        writer.start()
+        assert attempted.wait(GUARD_S)
+        reader.start()
+        # the old store held its connection lock while SQLite's busy handler waited: the read queued behind it
+        assert read_done.wait(GUARD_S), "a read of the same store waited for the blocked write"
+        assert results["writer still waiting"] and not write_done.is_set()
+        count, decision, modes = results["read"]
+        assert count == 2 and decision is None and [m.id for m in modes] == ["code", "search"]
+    finally:
+        holder.execute("ROLLBACK")  # the other process lets go: the waiting write goes through
+        assert write_done.wait(GUARD_S)
+        writer.join()
+        reader.join()
+        store.db.conn.set_trace_callback(None)
+    assert results["write"] == "written"
+    assert modes_on_disk(db) == ["code", "late", "search"]
+    assert store.modes()[1].description == LATE["description"] and lock_is_free(store)
+    store.close()
+
+
+def test_a_wait_past_the_busy_timeout_raises_and_writes_nothing(db: Path, hold: Hold) -> None:
+    store = HandbookStore(db, busy_timeout_s=0.05)
+    holder = hold()
+    ran: list[str] = []
+    with pytest.raises(sqlite3.OperationalError, match="^database is locked$"):
+        with store.write():
+            ran.append("body")
+    with pytest.raises(sqlite3.OperationalError, match="^database is locked$"):
+        store.apply("upsert_mode", LATE)
+    assert ran == [] and lock_is_free(store) and not store.db.conn.in_transaction
+    holder.execute("ROLLBACK")
+    assert modes_on_disk(db) == ["code", "search"]
+    store.apply("upsert_mode", LATE)  # the store is usable again once the other connection let go
+    assert modes_on_disk(db) == ["code", "late", "search"]
+    store.close()
+
+
+def test_a_nested_write_belongs_to_the_outer_transaction(db: Path) -> None:
+    store = HandbookStore(db)
+    with pytest.raises(RuntimeError, match="after the inner write"):
+        with store.write():
+            store.apply("upsert_mode", LATE)  # a nested write: commits nothing of its own
+            raise RuntimeError("after the inner write")
+    assert modes_on_disk(db) == ["code", "search"] and lock_is_free(store)
+    with store.write():
+        store.apply("upsert_mode", LATE)
+    assert modes_on_disk(db) == ["code", "late", "search"]
+    store.close()
+
+
+def test_try_write_never_waits_and_keeps_the_busy_timeout(db: Path, hold: Hold) -> None:
+    store = HandbookStore(db, busy_timeout_s=120.0)  # a try_write that waited would hang the test, not pass it
+    holder = hold()
+    ran: list[str] = []
+    assert store.try_write(lambda: ran.append("work")) is False
+    assert ran == [] and lock_is_free(store)
+    holder.execute("ROLLBACK")
+    assert store.try_write(lambda: store.apply("upsert_mode", LATE)) is True
+    assert modes_on_disk(db) == ["code", "late", "search"]
+    assert store.db.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 120_000
+    store.close()
+
+
+def add_applied_migration(db: Path, migration_set: str, name: str) -> None:
+    """What a newer build leaves in the file: a migration of our set recorded as applied."""
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(
+            "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES (?, ?, '2027-01-01')",
+            [migration_set, name],
+        )
+    conn.close()
+
+
+def test_a_file_a_newer_skillorchestra_wrote_is_refused_before_anything_is_written(db: Path) -> None:
+    add_applied_migration(db, "skillorchestra", "m099_future")
+    before = db.read_bytes()
+    with pytest.raises(InvalidInput) as refused:
+        HandbookStore(db)
+    assert refused.value.field == "db" and refused.value.value == str(db)
+    assert refused.value.expected == (
+        "a handbook this version can use (it was written by a newer skillorchestra: migrations m099_future unknown"
+        " here; upgrade skillorchestra)"
+    )
+    assert db.read_bytes() == before
+
+
+def test_migrations_of_another_set_in_the_file_are_not_ours_to_refuse(db: Path) -> None:
+    add_applied_migration(db, "another-tool", "m099_future")
+    store = HandbookStore(db)
+    assert [m.id for m in store.modes()] == ["code", "search"]
+    store.close()
