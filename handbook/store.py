@@ -47,8 +47,11 @@ BUSY_DELAYS_S = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.
 # how a learned version's summary says it was stored without going live; promoting it drops the remark
 NOT_LIVE_MARK = " (stored, not live:"
 # Keys of a version's metrics that record how it went live (promote adds the first four to the metrics it copies
-# from the version it restores; learn sets went_live), not figures a learning run measured.
-BOOKKEEPING_METRICS = frozenset({"promoted_from", "replaced", "with_events", "rollback", "went_live"})
+# from the version it restores; learn sets the others), not figures a learning run measured.
+BOOKKEEPING_METRICS = frozenset(
+    {"promoted_from", "replaced", "with_events", "rollback", "went_live", "not_live_reason", "agents_back_on_prior"}
+)
+NOT_LIVE_METRICS = ("went_live", "not_live_reason", "agents_back_on_prior")  # of a learned version stored only
 
 
 # SQLite's primary result codes that mean the file cannot be opened or written where it is (a read-only file
@@ -933,7 +936,8 @@ class HandbookStore:
             document = self.state_of(version) if with_events else self.snapshot(version)
             metrics = dict(info["metrics"], promoted_from=version, replaced=live, with_events=with_events)
             metrics["rollback"] = rollback  # a rollback walks on back; an explicit promote is undone instead
-            metrics.pop("went_live", None)  # a learned version stored without going live: live now
+            for key in NOT_LIVE_METRICS:  # a learned version stored without going live: live now
+                metrics.pop(key, None)
             was = str(info["summary"]).split(NOT_LIVE_MARK)[0]  # live now, whatever it was when stored
             text = summary or f"promoted version {version} (replacing {live}): {was}"
             return self._insert_version(document, source="promote", summary=text, parent=version, metrics=metrics)

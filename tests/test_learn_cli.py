@@ -459,6 +459,7 @@ def test_learning_from_a_log_of_single_routed_steps_does_not_replace_the_live_ha
     store = HandbookStore(db)
     promoted = store.versions()[-1]
     assert store.current_version() == 4 and "went_live" not in promoted["metrics"]
+    assert "not_live_reason" not in promoted["metrics"] and "agents_back_on_prior" not in promoted["metrics"]
     assert promoted["summary"].startswith("promoted version 3") and "not live" not in promoted["summary"]
     store.close()
 
