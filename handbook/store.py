@@ -747,14 +747,15 @@ class HandbookStore:
         agent was deleted while it was open is stored and not applied (an agent added again is another agent)."""
         with self.write():
             decision_id = outcome_row["decision_id"]
-            reported, agent_deleted = self.db.execute(  # one trip: this is the hot path of record_outcome
+            reported, agent_deleted, current = self.db.execute(  # one trip: this is record_outcome's hot path
                 "SELECT EXISTS (SELECT 1 FROM outcomes WHERE decision_id = ?),"
-                " (SELECT agent_deleted_at FROM decisions WHERE id = ?) IS NOT NULL",
+                " (SELECT agent_deleted_at FROM decisions WHERE id = ?) IS NOT NULL,"
+                " (SELECT value FROM meta WHERE key = 'current_version')",
                 [decision_id, decision_id],
             ).fetchone()
             if reported:
                 raise InvalidInput("decision_id", decision_id, "a decision not yet reported")
-            live = self.current_version()
+            live = int(current or 0)  # as current_version() reads it
             if decided_under is not None and decided_under != live:
                 self._log_event(decided_under, "outcome", event)
                 self._insert_row("outcomes", dict(outcome_row, result="[]"))
