@@ -63,14 +63,7 @@ def test_a_database_path_from_the_environment_that_is_a_directory_is_refused(
 
 def test_the_mcp_entry_point_refuses_a_db_directory_too(tmp_path: Path) -> None:
     """`skillorchestra-mcp --db DIR` (what an MCP client starts) says which argument is wrong, then exits."""
-    done = subprocess.run(
-        [str(CLI.with_name("skillorchestra-mcp")), "--db", str(tmp_path)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = serve_mcp(tmp_path)
     assert done.returncode == 2 and "argument --db" in done.stderr and "which is a directory" in done.stderr
 
 

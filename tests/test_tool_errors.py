@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from fake_openai import FakeOpenAI
 from mcp import Client
-from mcp_calls import loaded, priced_pair
+from mcp_calls import call, loaded, priced_pair
+from mcp_calls import refused as tool_error
 
 from skillorchestra.server.app import create_server
 
@@ -23,18 +24,9 @@ PAST = 1_000_000_000.0  # 2001-09-09T01:46:40Z
 LATER = 1_795_436_949.0  # the epoch seconds of the QA report's expired decision
 
 
-async def call(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
-    result = await client.call_tool(tool, args)
-    assert not result.is_error, result.content[0].text  # type: ignore[union-attr]
-    assert result.structured_content is not None
-    return result.structured_content
-
-
 async def refused(client: Client, tool: str, args: dict[str, Any]) -> str:
     """The text of a refusal, which must be a tool result (is_error), never a protocol error."""
-    result = await client.call_tool(tool, args)
-    assert result.is_error
-    text = result.content[0].text  # type: ignore[union-attr]
+    text = await tool_error(client, tool, args)
     prefix = f"Error executing tool {tool}: "
     assert text.startswith(prefix), text
     return text.removeprefix(prefix)
