@@ -67,11 +67,13 @@ def not_utf8(path: object) -> InvalidInput:
 class NotFound(HandbookError):
     """An id that the handbook does not know; suggests the closest known ids."""
 
-    def __init__(self, kind: str, value: str, known: Iterable[str] = ()) -> None:
+    def __init__(self, kind: str, value: str, known: Iterable[str] = (), *, hint: str | None = None) -> None:
+        """`hint` replaces the closest known ids where those say nothing (numbers: name the range instead)."""
         self.kind, self.value = kind, value
-        close = difflib.get_close_matches(value, list(known), n=3, cutoff=0.4)
-        hint = f"; closest known: {', '.join(close)}" if close else ""
-        super().__init__(f"unknown {kind} {value!r}{hint}")
+        if hint is None:
+            close = difflib.get_close_matches(value, list(known), n=3, cutoff=0.4)
+            hint = f"closest known: {', '.join(close)}" if close else ""
+        super().__init__(f"unknown {kind} {value!r}" + (f"; {hint}" if hint else ""))
 
 
 class Conflict(HandbookError):

@@ -285,8 +285,13 @@ class HandbookStore:
         with self.lock:
             row = self.db.conn.execute("SELECT snapshot FROM versions WHERE id = ?", [version]).fetchone()
         if row is None:
-            raise NotFound("version", str(version), [str(v["version"]) for v in self.versions()])
+            raise self._unknown_version(version)
         return HandbookDocument.model_validate_json(row[0])
+
+    def _unknown_version(self, version: int) -> NotFound:
+        numbers = [v["version"] for v in self.versions()]
+        listed = f"this handbook has versions {min(numbers)} to {max(numbers)}" if numbers else "it has none yet"
+        return NotFound("version", str(version), hint=f"{listed} (`skillorchestra handbook versions` lists them)")
 
     def create_version(
         self,
@@ -919,7 +924,7 @@ class HandbookStore:
         for row in self.versions():
             if row["version"] == version:
                 return row
-        raise NotFound("version", str(version), [str(v["version"]) for v in self.versions()])
+        raise self._unknown_version(version)
 
     def promote(
         self, version: int, *, with_events: bool = True, summary: str | None = None, rollback: bool = False

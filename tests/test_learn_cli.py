@@ -370,7 +370,7 @@ def test_diff_promote_rollback(labelled: Path, tmp_path: Path, capsys: pytest.Ca
     code, _, err = run(["handbook", "promote", "6", "--db", str(db)], capsys)  # already live
     assert code == 2 and "version" in err and len(err.strip().splitlines()) == 1
     code, _, err = run(["handbook", "promote", "99", "--db", str(db)], capsys)
-    assert code == 2 and "unknown version '99'" in err
+    assert code == 2 and "unknown version '99'; this handbook has versions 1 to" in err
     code, _, err = run(["handbook", "diff", "2", "x", "--db", str(db)], capsys)
     assert code == 2 and "B" in err
 
