@@ -71,6 +71,7 @@ def test_learn_prints_skills_candidates_selection_and_writes_a_version(
     )
     assert code == 0, err
     assert "learn: [100%] done" in err and "learn:" not in out  # progress on stderr only
+    assert "refining: round 1 of at most 3 (0 changes tried, 0 kept)" in err  # refinement can take seconds
     assert "240 judged tasks (192 train / 48 validation), 3 agents, seed 0, lambda 0.05" in out
     assert "prices from" in out and "beside the data" in out
     assert "candidate" in out and "accuracy [95% CI]" in out and "* " in out

@@ -35,7 +35,7 @@ from skillorchestra.handbook.learning.length_fit import DEFAULT_RIDGE
 from skillorchestra.handbook.learning.length_trial import length_trial
 from skillorchestra.handbook.learning.naming import describe
 from skillorchestra.handbook.learning.profile import Outcomes
-from skillorchestra.handbook.learning.refine import RefineParams, refine
+from skillorchestra.handbook.learning.refine import RefineParams, Step, refine
 from skillorchestra.handbook.learning.replay import task_modes
 from skillorchestra.handbook.learning.selection import CandidateReport, report, select
 from skillorchestra.handbook.learning.taxonomy import DEFAULT_MODE, Taxonomy
@@ -235,7 +235,14 @@ def learn(
 
     step(0.6, "refining", "candidates")
     start = candidates[-1]
-    refined, log = refine(start, evaluator, corpus, protos, params.refine)
+    rounds = params.refine.rounds
+
+    def refining(number: int, done: list[Step]) -> None:
+        kept = sum(s.accepted for s in done)
+        fraction = 0.6 + 0.25 * (number - 1) / rounds
+        step(fraction, f"refining: round {number} of at most {rounds} ({len(done)} changes tried, {kept} kept)")
+
+    refined, log = refine(start, evaluator, corpus, protos, params.refine, on_round=refining)
     if refined.taxonomy.signature(2) not in {c.taxonomy.signature(c.depth) for c in candidates}:
         candidates.append(refined)
 

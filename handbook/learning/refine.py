@@ -216,13 +216,21 @@ def _still_there(tax: Taxonomy, needed: set[str]) -> bool:
 
 
 def refine(
-    start: Built, evaluator: Evaluator, corpus: Corpus, protos: Prototypes, params: RefineParams
+    start: Built,
+    evaluator: Evaluator,
+    corpus: Corpus,
+    protos: Prototypes,
+    params: RefineParams,
+    on_round: Callable[[int, list[Step]], None] | None = None,
 ) -> tuple[Built, list[Step]]:
-    """A few rounds of merges then splits, each checked on validation; returns the best handbook and the log."""
+    """A few rounds of merges then splits, each checked on validation; returns the best handbook and the log.
+    `on_round(number, log so far)` at the start of each round: on large data a round takes seconds."""
     current, log = start, []
     cache = failure_moves.FeatureCache(evaluator)
     n_val = max(len(current.val.scores), 1)
     for number in range(1, params.rounds + 1):
+        if on_round is not None:
+            on_round(number, log)
         changed = False
         for kind in ("merge", "split"):
             proposals = (
