@@ -143,10 +143,15 @@ def learn(
     clock = [started]
 
     def step(fraction: float, message: str, stage: str | None = None) -> None:
+        """A new stage begins (`stage`, if given, names the one that ends: its time goes into the metrics)."""
         now = time.perf_counter()
         if stage:
             timings[stage] = round(now - clock[0], 3)
         clock[0] = now
+        say(fraction, message)
+
+    def say(fraction: float, message: str) -> None:
+        """Progress within a stage: the stage's clock runs on."""
         if progress is not None:
             progress(fraction, message)
 
@@ -240,7 +245,7 @@ def learn(
     def refining(number: int, done: list[Step]) -> None:
         kept = sum(s.accepted for s in done)
         fraction = 0.6 + 0.25 * (number - 1) / rounds
-        step(fraction, f"refining: round {number} of at most {rounds} ({len(done)} changes tried, {kept} kept)")
+        say(fraction, f"refining: round {number} of at most {rounds} ({len(done)} changes tried, {kept} kept)")
 
     refined, log = refine(start, evaluator, corpus, protos, params.refine, on_round=refining)
     if refined.taxonomy.signature(2) not in {c.taxonomy.signature(c.depth) for c in candidates}:
