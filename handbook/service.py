@@ -503,9 +503,13 @@ class Handbook:
             "payload": payload,  # what the client sent: the idempotency key
         }
         try:
-            with self._lock:  # the write and the patch of the cached arrays happen in the same order
-                effect = self.store.record_outcome(row, event, decided_under=decision["version"])
-                if effect is not None:
+            # Written without holding self._lock: the write may wait for another process's lock (a CLI import),
+            # and every consult and route of this server reads the arrays under self._lock. The patch checks
+            # that this write was the only change since the arrays it patches, else it is dropped and the next
+            # read rebuilds, so writes and patches need not be ordered by a lock.
+            effect = self.store.record_outcome(row, event, decided_under=decision["version"])
+            if effect is not None:
+                with self._lock:
                     self._patch_arrays(effect)
         except InvalidInput:  # already reported (the store checks inside the write): a repeat, or a conflict
             earlier = self._earlier_report(decision, payload)

@@ -195,3 +195,54 @@ def test_migrations_of_another_set_in_the_file_are_not_ours_to_refuse(db: Path) 
     store = HandbookStore(db)
     assert [m.id for m in store.modes()] == ["code", "search"]
     store.close()
+
+
+def test_a_consult_goes_on_while_a_record_waits_for_another_connections_lock(db: Path, hold: Hold) -> None:
+    """The service level of the test above: a record_outcome behind a CLI import held the handbook's own lock,
+    which every consult and route_step takes to read the routing arrays (found by the final review)."""
+    from skillorchestra.handbook.models import Agent
+    from skillorchestra.handbook.service import Handbook, OutcomeReport, RouteRequest
+
+    store = HandbookStore(db, busy_timeout_s=120.0)
+    book = Handbook(store)
+    book.upsert_agent(Agent(id="a1"))
+    book.upsert_agent(Agent(id="a2"))
+    decision = book.route(RouteRequest(text="write a parser"))
+    book.consult("warm the routing arrays")
+    evidence_before = float(book.arrays().evidence.sum())
+    holder = hold()
+    attempted, recorded, consulted = threading.Event(), threading.Event(), threading.Event()
+    results: dict[str, Any] = {}
+
+    def trace(sql: str) -> None:
+        if sql == "BEGIN IMMEDIATE" and threading.current_thread() is recorder:
+            attempted.set()
+
+    def record() -> None:
+        try:
+            results["record"] = book.record(OutcomeReport(decision_id=decision.decision_id, success=True))
+        finally:
+            recorded.set()
+
+    def consult() -> None:
+        results["consult"] = book.consult("another client's step")
+        results["recorder still waiting"] = not recorded.is_set()
+        consulted.set()
+
+    recorder, consulter = threading.Thread(target=record), threading.Thread(target=consult)
+    store.db.conn.set_trace_callback(trace)
+    try:
+        recorder.start()
+        assert attempted.wait(GUARD_S)
+        consulter.start()
+        assert consulted.wait(GUARD_S), "a consult waited for the blocked record"
+        assert results["recorder still waiting"] and results["consult"].agents
+    finally:
+        holder.execute("ROLLBACK")
+        assert recorded.wait(GUARD_S)
+        recorder.join()
+        consulter.join()
+        store.db.conn.set_trace_callback(None)
+    assert results["record"].applied and results["record"].updated
+    assert float(book.arrays().evidence.sum()) > evidence_before  # the next read sees it: patched or rebuilt
+    store.close()
