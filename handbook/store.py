@@ -761,7 +761,7 @@ class HandbookStore:
             if reported:
                 raise InvalidInput("decision_id", decision_id, "a decision not yet reported")
             live = int(current or 0)  # as current_version() reads it
-            if decided_under is not None and decided_under != live:
+            if decided_under is not None and decided_under != live and not self._pruned_since(decided_under, live):
                 self._log_event(decided_under, "outcome", event)
                 self._insert_row("outcomes", dict(outcome_row, result="[]"))
                 return None
@@ -773,6 +773,16 @@ class HandbookStore:
             result = dumps([c.model_dump() for c in effect.competence])
             self._insert_row("outcomes", dict(outcome_row, result=result))
             return effect
+
+    def _pruned_since(self, version: int, live: int) -> bool:
+        """Whether `live` was made from `version` by prunes alone (each leaves the live state as it was): a
+        decision routed under `version` and reported after a prune (or while one ran) is applied as usual."""
+        while live != version:
+            row = self.db.conn.execute("SELECT source, parent_id FROM versions WHERE id = ?", [live]).fetchone()
+            if row is None or row[0] != "prune" or row[1] is None:
+                return False
+            live = int(row[1])
+        return True
 
     def session_spend(self, session_id: str, now: float | None = None, unknown_cost: float = 0.0) -> float:
         """Dollars a session has spent or committed, per decision: its reported cost, else the cost its delegated

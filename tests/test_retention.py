@@ -179,3 +179,26 @@ def test_store_text_env_rejects_garbage(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("SKILLORCHESTRA_STORE_TEXT", "maybe")
     with pytest.raises(InvalidInput, match="SKILLORCHESTRA_STORE_TEXT"):
         ServerSettings.from_env()
+
+
+def test_an_outcome_decided_before_prunes_is_applied_even_if_it_read_the_old_version(tmp_path: Path) -> None:
+    """A record that read its decision's version just before a prune committed (the prune ran beside the server)
+    compares it with the live version after: prunes leave the state as it was, so it is applied; a version made
+    any other way (an import) still is not (found by the final review)."""
+    store, handbook = _seeded(tmp_path)
+    _steps(handbook, random.Random(5), 3)
+    old = store.current_version()
+    raced = handbook.route(RouteRequest(text=STEPS[2])).decision_id
+    for _ in range(2):  # a chain of prunes
+        _steps(handbook, random.Random(6), 1)
+        assert prune(store, _cutoff_now()).new_version is not None
+    with store.write():  # where the race left it: read under the old version before the prune moved it
+        store.db.execute("UPDATE decisions SET version = ? WHERE id = ?", [old, raced])
+    recorded = handbook.record(OutcomeReport(decision_id=raced, success=True))
+    assert recorded.applied and recorded.updated and recorded.note is None
+    live = _state(store.document())
+    store.rebuild()
+    assert _state(store.document()) == live
+    stale = handbook.route(RouteRequest(text=STEPS[3])).decision_id
+    store.create_version(store.document(), source="import", summary="another handbook")
+    assert not handbook.record(OutcomeReport(decision_id=stale, success=True)).applied
