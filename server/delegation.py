@@ -395,6 +395,9 @@ def _refuse_unclaimable(
         raise InvalidInput("decision_id", decision_id, f"{wanted} (it was already reported)")
     if row.get("call_latency_s") is not None or row.get("call_error_class") is not None:
         raise InvalidInput("decision_id", decision_id, f"{wanted} (delegate already called its agent)")
+    if now > row["expires_at"]:
+        expired = f"it expired at {utc_text(row['expires_at'])}: route the step again"
+        raise InvalidInput("decision_id", decision_id, f"{wanted} ({expired})")
     if row.get("claimed_at") is not None:
         raise InvalidInput(
             "decision_id",
@@ -402,8 +405,6 @@ def _refuse_unclaimable(
             f"{wanted} (a delegate started carrying it out at {utc_text(row['claimed_at'])} and has not called"
             " its agent yet, or its server stopped)",
         )
-    if now > row["expires_at"]:
-        raise InvalidInput("decision_id", decision_id, f"{wanted} (it expired at {utc_text(row['expires_at'])})")
     if row.get("text") is not None and row["text"] != text:
         raise InvalidInput("text", text, f"the text decision {decision_id} was routed for")
 

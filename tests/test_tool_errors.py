@@ -251,9 +251,10 @@ async def test_delegate_names_claim_and_expiry_times_as_utc_times(tmp_path: Path
         assert f"a delegate started carrying it out at {iso(LATER)} and has not called" in claimed, claimed
         assert iso(LATER) == "2026-11-23T12:29:09Z"
         with sqlite3.connect(db) as conn:
-            conn.execute("UPDATE decisions SET claimed_at = NULL, expires_at = ? WHERE id = ?", [PAST, decision_id])
+            # still claimed (its server died mid-call) and expired since: the remedy is a new route_step
+            conn.execute("UPDATE decisions SET expires_at = ? WHERE id = ?", [PAST, decision_id])
         before = file_state(db)
         expired = await refused(client, "delegate", {"text": "name a prime", "decision_id": decision_id})
-        assert expired.endswith("(it expired at 2001-09-09T01:46:40Z)"), expired
+        assert expired.endswith("(it expired at 2001-09-09T01:46:40Z: route the step again)"), expired
         assert file_state(db) == before
     assert fake_openai.chat_requests() == []
