@@ -118,6 +118,12 @@ async def test_a_misspelt_argument_is_answered_with_the_name_meant(
         ("route_step", {"text": "x", "skills": [{"skill_id": "m", "weight": "1"}]}, "skills.0.weight='1': expected"),
         ("route_step", {"text": "x", "skills": [{"skill_id": "m"}]}, "skills.0.weight: a required field of skills.0"),
         ("record_outcome", {"success": True}, "decision_id: a required argument of record_outcome, not given"),
+        # pydantic named its model class ("instance of StrictDemand")
+        (
+            "route_step",
+            {"text": "x", "skills": [["m", 1]]},
+            "skills.0=['m', 1]: expected an object with skill_id, weight",
+        ),
     ],
 )
 async def test_a_bad_value_reads_as_the_handbooks_own_errors_do(

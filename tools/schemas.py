@@ -161,6 +161,10 @@ def argument_problems(exc: ValidationError, tool: str, input_schema: dict[str, A
         elif error["type"] == "missing":
             kind = "argument of" if len(loc) <= 1 else "field of"
             lines.append(f"{where}: a required {kind} {owner}, not given")
+        elif error["type"] in ("model_type", "dict_type", "model_attributes_type"):  # pydantic names its class
+            fields = _names_at(input_schema, loc)
+            shape = f"an object with {', '.join(fields)}" if fields else "an object"
+            lines.append(str(InvalidInput(where, error.get("input"), shape)))
         else:
             lines.append(str(InvalidInput(where, error.get("input"), expectation(error))))
     return "\n".join(lines)
