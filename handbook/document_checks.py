@@ -9,7 +9,7 @@ from typing import Any
 
 from skillorchestra.handbook.arrays import MODE_PREFIX, ROOT_SKILL
 from skillorchestra.handbook.errors import InvalidInput, NotFound
-from skillorchestra.handbook.models import Competence, CostStats, HandbookDocument
+from skillorchestra.handbook.models import UNADDRESSABLE_IDS, Competence, CostStats, HandbookDocument
 
 MINILM_DIM = 384  # all-MiniLM-L6-v2's vectors: the width of a MiniLM labeller's prototypes
 
@@ -27,6 +27,8 @@ def check_document(document: HandbookDocument) -> None:
         for item in ids:
             if item in seen:
                 raise InvalidInput(f"{kind}[].id", item, "unique ids")
+            if item in UNADDRESSABLE_IDS:
+                raise InvalidInput(f"{kind}[].id", item, "an id other than '.' or '..' (no resource URI can name it)")
             seen.add(item)
     mode_ids = {m.id for m in document.modes} | {s.mode for s in document.skills}  # a skill's mode is created
     for agent in document.agents:

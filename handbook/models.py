@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 ID_MAX = 200
@@ -26,6 +34,18 @@ MAX_LENGTH_SLOPE = 1.0  # a success rate cannot move by more than 1 per unit of 
 MAX_LN_CHARS = 20.0  # ln of far more characters than any step holds
 
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX, strip_whitespace=True)]
+UNADDRESSABLE_IDS = (".", "..")  # a resource URI (handbook://agents/{id}) cannot name them: dot path segments
+
+
+def addressable(value: str) -> str:
+    """Refuse '.' and '..' where a new id enters (tools, agents.toml, import): such an entity could be written but
+    never read as a resource. Not part of Identifier, so a file that already holds one still opens."""
+    if value in UNADDRESSABLE_IDS:
+        raise ValueError("an id other than '.' or '..' (a resource URI cannot name it, so it could never be read)")
+    return value
+
+
+NewId = Annotated[Identifier, AfterValidator(addressable)]
 ShortText = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX)]
 ListItem = Annotated[str, StringConstraints(min_length=1, max_length=ITEM_MAX)]
 

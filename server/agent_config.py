@@ -60,7 +60,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from skillorchestra.handbook.errors import InvalidInput, first_problem, not_utf8
-from skillorchestra.handbook.models import LIST_MAX, MAX_USD, Identifier
+from skillorchestra.handbook.models import LIST_MAX, MAX_USD, Identifier, NewId
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Field names that would put a secret in the file; each gets a pointed error instead of "unknown field".
@@ -68,7 +68,7 @@ _SECRET_FIELDS = frozenset({"api_key", "key", "token", "api_token", "bearer_toke
 # Fields holding environment variable names: a wrong value there is often the key itself, so errors mask it.
 _ENV_NAME_FIELDS = frozenset({"api_key_env", "env_vars"})
 
-AgentId = Identifier  # stripped as the handbook strips ids: [agents." m1 "] is the handbook's agent m1
+AgentId = NewId  # stripped as the handbook strips ids: [agents." m1 "] is the handbook's agent m1
 EnvName = Annotated[str, Field(min_length=1, max_length=200, pattern=_ENV_NAME.pattern)]
 
 

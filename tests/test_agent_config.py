@@ -232,3 +232,9 @@ def test_an_id_with_surrounding_spaces_is_the_handbooks_stripped_id(tmp_path: Pa
         load_agent_configs(write(tmp_path, twice))
     with pytest.raises(InvalidInput, match="agents.toml"):
         load_agent_configs(write(tmp_path, '[agents."  "]\nmodel = "openai/x"\n'))
+
+
+def test_a_dot_id_is_refused_as_the_tools_refuse_it(tmp_path: Path) -> None:
+    """`agents load` took [agents.".."], which MCP could then neither read, edit nor delete (final review)."""
+    with pytest.raises(InvalidInput, match=r"other than '\.' or '\.\.'"):
+        load_agent_configs(write(tmp_path, '[agents.".."]\nmodel = "openai/x"\n'))

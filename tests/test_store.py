@@ -177,6 +177,7 @@ MALFORMED: list[tuple[str, HandbookDocument, type[HandbookError], str]] = [
         "one row per (agent, skill)",
     ),
     ("duplicate cost row", doc_with(cost=[*DOCUMENT.cost, *DOCUMENT.cost]), InvalidInput, "one row per (agent, skill)"),
+    ("dot agent id", doc_with(agents=[*DOCUMENT.agents, Agent(id="..")]), InvalidInput, "other than '.' or '..'"),
 ]
 
 

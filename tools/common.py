@@ -13,28 +13,18 @@ import inspect
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import AfterValidator
 
 from skillorchestra.handbook.errors import HandbookError
-from skillorchestra.handbook.models import Identifier
+from skillorchestra.handbook.models import NewId
 from skillorchestra.handbook.service import Handbook
 
-
-def _addressable(value: str) -> str:
-    """Refuse the ids '.' and '..': a resource URI (handbook://agents/{agent_id}) cannot hold them, as a path
-    segment they are dot segments, so the entity could be written but never read as a resource."""
-    if value in (".", ".."):
-        raise ValueError("an id other than '.' or '..' (a resource URI cannot name it, so it could never be read)")
-    return value
-
-
 # An id argument, stripped as the handbook strips it: "  " is refused as empty, " x " means "x" for every tool alike
-Id = Annotated[Identifier, AfterValidator(_addressable)]
+Id = NewId
 OptionalId = Id | None
 
 P = ParamSpec("P")
