@@ -212,6 +212,8 @@ def bind_sockets(settings: ServerSettings) -> list[socket.socket]:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:  # an IPv6 socket must not also claim the IPv4 port bound beside it
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if settings.port == 0 and len(sockets) > 1:  # one port for every address, the one the system chose
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
             sock.bind(address)
         except OSError as exc:
             for opened in sockets:

@@ -300,6 +300,22 @@ def test_port_0_announces_the_port_the_system_chose(tmp_path: Path) -> None:
         proc.wait(timeout=10)
 
 
+def test_port_0_binds_every_address_of_the_host_to_one_port() -> None:
+    """A host name with an IPv4 and an IPv6 address got two random ports, and only one was announced."""
+    from types import SimpleNamespace
+
+    from skillorchestra.server.http import bind_sockets
+
+    sockets = bind_sockets(SimpleNamespace(host=None, port=0))  # type: ignore[arg-type]  # None: every family
+    try:
+        if len(sockets) < 2:
+            pytest.skip("this machine binds one address family only")
+        assert len({sock.getsockname()[1] for sock in sockets}) == 1
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def test_a_token_from_a_secret_file_loses_its_newline_and_a_blank_one_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SKILLORCHESTRA_TOKEN", TOKEN + "\n")
     assert ServerSettings.from_env().token == TOKEN  # a client sending TOKEN was refused with a 401
