@@ -286,10 +286,11 @@ def agents_back_on_prior(
 ) -> list[str]:
     """Agents the new version keeps without any outcome in the learning data although the live handbook holds
     competence evidence for them: the new version would route them on the prior, throwing that evidence away
-    (learning from the event log keeps every live agent, the log usually covers a few)."""
+    (learning from the event log keeps every live agent, the log usually covers a few). A disabled agent takes no
+    steps, so the log never gets its outcomes: it does not hold the version back (enabled again, it starts over)."""
     evidence = {c.agent_id for c in live_competence if c.alpha + c.beta > PRIOR_MASS + 1e-9}
     outcomes = set(learned)
-    return sorted(a.id for a in document.agents if a.id not in outcomes and a.id in evidence)
+    return sorted(a.id for a in document.agents if a.enabled and a.id not in outcomes and a.id in evidence)
 
 
 def not_live_reasons(

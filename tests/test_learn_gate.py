@@ -240,3 +240,16 @@ def test_a_price_file_for_other_agents_is_named(tmp_path: Path, capsys: pytest.C
     ) in out
     code, out, err = run(["learn", "--data", str(data), "--db", str(tmp_path / "q.db"), "--matcher", "lexical"], capsys)
     assert code == 0 and "costs: unknown (no cost_usd in the data and no prices)" in out, err
+
+
+def test_a_disabled_agent_with_evidence_does_not_hold_a_learned_version_back() -> None:
+    """A retired (disabled) agent takes no steps, so no log ever holds its outcomes: it blocked every learned
+    version from going live (final review)."""
+    from skillorchestra.handbook.models import Agent, Competence, HandbookDocument
+    from skillorchestra.server.jobs import agents_back_on_prior
+
+    evidence = [Competence(agent_id="old", skill_id="*", alpha=9.0, beta=3.0)]
+    retired = HandbookDocument(agents=[Agent(id="a1"), Agent(id="old", enabled=False)])
+    assert agents_back_on_prior(retired, ["a1"], evidence) == []
+    serving = HandbookDocument(agents=[Agent(id="a1"), Agent(id="old")])
+    assert agents_back_on_prior(serving, ["a1"], evidence) == ["old"]
