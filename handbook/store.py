@@ -68,6 +68,11 @@ def _cannot_open(path: str | Path, exc: OSError | sqlite3.Error) -> InvalidInput
     return InvalidInput("db", str(path), f"a database file this process can create, open and write ({reason})")
 
 
+# SQL conditions on a row of `decisions`: no outcome reported for it; delegate noted no call of its agent
+UNREPORTED = "NOT EXISTS (SELECT 1 FROM outcomes WHERE outcomes.decision_id = decisions.id)"
+UNCALLED = "call_latency_s IS NULL AND call_error_class IS NULL"
+
+
 @dataclass
 class OutcomeEffect:
     """The competence and cost rows an outcome changed (the service patches its arrays with them)."""
@@ -490,7 +495,7 @@ class HandbookStore:
         """The agent's open decisions: their outcomes will be stored but not applied (see record_outcome)."""
         self.db.execute(
             "UPDATE decisions SET agent_deleted_at = ? WHERE agent_id = ? AND agent_deleted_at IS NULL"
-            " AND NOT EXISTS (SELECT 1 FROM outcomes WHERE decision_id = decisions.id)",
+            f" AND {UNREPORTED}",
             [time.time(), agent_id],
         )
 
@@ -737,9 +742,8 @@ class HandbookStore:
         """Give a claim back when carrying the decision out stopped before its agent was called or skipped."""
         with self.write():
             self.db.execute(
-                "UPDATE decisions SET claimed_at = NULL WHERE id = ? AND call_latency_s IS NULL"
-                " AND call_error_class IS NULL AND NOT EXISTS (SELECT 1 FROM outcomes WHERE decision_id = ?)",
-                [decision_id, decision_id],
+                f"UPDATE decisions SET claimed_at = NULL WHERE id = ? AND {UNCALLED} AND {UNREPORTED}",
+                [decision_id],
             )
 
     def record_outcome(
@@ -879,8 +883,7 @@ class HandbookStore:
             self.db.execute("DELETE FROM events WHERE version = ?", [version])
             # the state they were decided under is the new version's: their outcomes must still be applied
             self.db.execute(
-                "UPDATE decisions SET version = ? WHERE version = ?"
-                " AND NOT EXISTS (SELECT 1 FROM outcomes WHERE decision_id = decisions.id)",
+                f"UPDATE decisions SET version = ? WHERE version = ? AND {UNREPORTED}",
                 [new, version],
             )
             return new, split, len(rows) - split
