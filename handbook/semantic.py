@@ -51,10 +51,11 @@ class SqliteVectorCache:
         return found
 
     def put(self, vectors: Mapping[str, np.ndarray]) -> None:
-        with self.store.write():
-            self.store.db["embeddings"].upsert_all(
-                [{"hash": h, "vector": to_blob(v)} for h, v in vectors.items()], pk="hash"
-            )
+        """Best effort, never waiting: the matcher calls this holding its own lock, and another process holding
+        the file's write lock (a CLI import) must not stall every semantic inference. Vectors not stored now are
+        encoded again by the next process that needs them."""
+        rows = [{"hash": h, "vector": to_blob(v)} for h, v in vectors.items()]
+        self.store.try_write(lambda: self.store.db["embeddings"].upsert_all(rows, pk="hash"), wait_for_threads=True)
 
 
 class SemanticMatcher:

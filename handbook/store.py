@@ -217,13 +217,14 @@ class HandbookStore:
                     conn.execute("ROLLBACK")
                 raise
 
-    def try_write(self, work: Callable[[], None]) -> bool:
+    def try_write(self, work: Callable[[], None], *, wait_for_threads: bool = False) -> bool:
         """Run `work` in a write transaction only if nothing has to be waited for; False means nothing was written.
 
         For callers on an event loop, which must never block: the store's lock is taken only if free, the file's
         write lock only with a zero busy timeout (another process or a CLI holding it gives False at once), and
-        this commit runs without WAL auto-checkpoint, whose two fsyncs are left to the next ordinary commit."""
-        if not self.lock.acquire(blocking=False):
+        this commit runs without WAL auto-checkpoint, whose two fsyncs are left to the next ordinary commit.
+        `wait_for_threads`: wait for the store's lock (other threads hold it briefly), never for another process."""
+        if not self.lock.acquire(blocking=wait_for_threads):
             return False
         try:
             conn = self.db.conn

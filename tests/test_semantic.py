@@ -112,3 +112,22 @@ def test_a_step_routed_again_is_not_encoded_again_and_scores_against_the_current
         matcher.infer(other, None, 3)
     matcher.infer(step, None, 3)  # pushed out by more recent steps: encoded again
     assert embedder.encoded.count(step) == 2
+
+
+@needs_weights
+def test_skill_vectors_are_not_cached_rather_than_wait_for_another_process(store: HandbookStore) -> None:
+    """The matcher holds its lock while it builds the scorer: a cache write waiting for a CLI import's lock would
+    stall every semantic inference of the server (final review). The vectors are encoded again next time."""
+    import sqlite3
+
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the file's write lock for as long as it likes
+    try:
+        weights, source = SemanticMatcher(store, load=lambda: (EMBEDDER, "")).infer("integrate sin x", None, 3)
+        assert source == "semantic" and weights
+        assert store.db["embeddings"].count == 0
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    SemanticMatcher(store, load=lambda: (EMBEDDER, "")).infer("integrate sin x", None, 3)
+    assert store.db["embeddings"].count == len(SKILLS)  # cached once the file is free
