@@ -304,12 +304,13 @@ class HandbookStore:
         document: HandbookDocument,
         *,
         source: str,
-        summary: str = "",
+        summary: str | Callable[[int], str] = "",
         metrics: dict[str, Any] | None = None,
         live: bool = True,
     ) -> int:
         """Replace the live handbook by `document` and make it a new version (import, learn, refine); with
-        live=False the version is only stored (its parent is still the live one), for `promote` to make live."""
+        live=False the version is only stored (its parent is still the live one), for `promote` to make live.
+        `summary` may be a function of the new version's number (a summary that names it)."""
         check_document(document)
         with self.write():
             parent = self.current_version() or None
@@ -322,13 +323,14 @@ class HandbookStore:
         document: HandbookDocument,
         *,
         source: str,
-        summary: str,
+        summary: str | Callable[[int], str],
         parent: int | None,
         metrics: dict[str, Any] | None = None,
         live: bool = True,
     ) -> int:
         row = self.db.conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM versions").fetchone()
         version = int(row[0])
+        summary = summary(version) if callable(summary) else summary
         document = document.model_copy(update={"version": version, "length_effect": _effective(document.length_effect)})
         if live:
             self._replace_live_state(document)

@@ -258,13 +258,17 @@ def learn_into_store(
         metrics["agents_back_on_prior"] = back
         metrics["not_live_reason"] = "; ".join(reasons) if reasons else None
         parent = store.current_version() or None
-        if not went_live:
-            number = max(v["version"] for v in store.versions()) + 1  # what create_version assigns, in this write
-            summary += (
-                f"{NOT_LIVE_MARK} {metrics['not_live_reason']}; to use it: skillorchestra handbook promote {number})"
-            )
-        version = store.create_version(document, source="learn", summary=summary, metrics=metrics, live=went_live)
-    return LearnRun(version=version, parent=parent, result=result, metrics=metrics, summary=summary)
+
+        def stored_summary(number: int) -> str:
+            if went_live:
+                return summary
+            promote = f"to use it: skillorchestra handbook promote {number}"
+            return f"{summary}{NOT_LIVE_MARK} {metrics['not_live_reason']}; {promote})"
+
+        version = store.create_version(
+            document, source="learn", summary=stored_summary, metrics=metrics, live=went_live
+        )
+    return LearnRun(version=version, parent=parent, result=result, metrics=metrics, summary=stored_summary(version))
 
 
 # Validation compares two handbooks only on tasks where it saw two or more agents (the replay never credits an
