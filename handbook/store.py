@@ -115,7 +115,7 @@ class HandbookStore:
 
     def _open(self, conn: sqlite3.Connection) -> None:
         """Set the connection up and migrate the file, refusing one a newer skillorchestra wrote before writing."""
-        conn.execute("PRAGMA journal_mode=WAL")
+        self._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(self._busy_pragma)
         (self._checkpoint_pages,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
@@ -187,6 +187,22 @@ class HandbookStore:
             if now >= deadline:
                 raise busy
             time.sleep(min(next(delays, BUSY_DELAYS_S[-1]), deadline - now))
+
+    def _retry_busy(self, statement: Callable[[], object]) -> None:
+        """Run `statement` again, with SQLite's backoff, while it meets a lock until the busy timeout is spent.
+        For switching a new file to WAL: several processes creating one file at once got "database is locked"
+        there, as SQLite answers busy at once, without its busy handler, where waiting could deadlock."""
+        deadline = time.monotonic() + self._busy_s
+        delays = iter(BUSY_DELAYS_S)
+        while True:
+            try:
+                statement()
+                return
+            except sqlite3.OperationalError as exc:
+                busy = exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+                if not busy or time.monotonic() >= deadline:
+                    raise
+            time.sleep(next(delays, BUSY_DELAYS_S[-1]))
 
     def _begin_immediate(self) -> sqlite3.OperationalError | None:
         """One attempt at BEGIN IMMEDIATE (self.lock held, no transaction open): None if it began, the error if
