@@ -13,6 +13,18 @@ from mcp import Client
 from skillorchestra.server.settings import ServerSettings
 
 
+def cheap_agent(api_base: str) -> str:
+    """agents.toml's table of the fake OpenAI server's cheap agent (cheap-model, $0.2/$0.4 per Mtok)."""
+    return f"""
+[agents.cheap]
+model = "openai/cheap-model"
+api_base = "{api_base}"
+input_per_mtok = 0.2
+output_per_mtok = 0.4
+modes = ["answer"]
+"""
+
+
 def priced_pair(api_base: str) -> str:
     """agents.toml for two priced agents of the fake OpenAI server: a dear strong one and a cheap one."""
     return f"""
@@ -22,14 +34,7 @@ api_base = "{api_base}"
 input_per_mtok = 10.0
 output_per_mtok = 30.0
 modes = ["answer"]
-
-[agents.cheap]
-model = "openai/cheap-model"
-api_base = "{api_base}"
-input_per_mtok = 0.2
-output_per_mtok = 0.4
-modes = ["answer"]
-"""
+{cheap_agent(api_base)}"""
 
 
 def loaded(tmp_path: Path, toml_text: str) -> ServerSettings:

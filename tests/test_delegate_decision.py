@@ -12,7 +12,7 @@ import anyio
 import pytest
 from fake_openai import FakeOpenAI
 from mcp import Client
-from mcp_calls import call, loaded, priced_pair, refused
+from mcp_calls import call, cheap_agent, loaded, priced_pair, refused
 
 from skillorchestra.server.app import create_server
 from skillorchestra.server.settings import ServerSettings
@@ -124,9 +124,8 @@ async def test_an_expired_decision_is_refused_and_writes_nothing(tmp_path: Path,
 
 async def test_the_judge_grades_the_carried_out_decision(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
     toml = tmp_path / "judged.toml"
-    grader = priced_pair(fake_openai.api_base).split("[agents.cheap]")[1]
     toml.write_text(
-        f'[agents.cheap]{grader}\n[agents.grader]\nmodel = "openai/judge-model"\n'
+        f'{cheap_agent(fake_openai.api_base)}\n[agents.grader]\nmodel = "openai/judge-model"\n'
         f'api_base = "{fake_openai.api_base}"\n[judge]\nagent = "grader"\n'
     )
     db = tmp_path / "judged.db"

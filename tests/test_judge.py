@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fake_openai import FakeOpenAI, RecordedRequest
 from mcp import Client
+from mcp_calls import cheap_agent
 
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.server.agent_config import JudgeSettings, LlmAgentConnection, load_agent_configs
@@ -21,14 +22,7 @@ STEP = "name a prime number"
 
 
 def agents_toml(api_base: str, judge: str = "") -> str:
-    return f"""
-[agents.cheap]
-model = "openai/cheap-model"
-api_base = "{api_base}"
-input_per_mtok = 0.2
-output_per_mtok = 0.4
-modes = ["answer"]
-
+    return f"""{cheap_agent(api_base)}
 [agents.grader]
 model = "openai/judge-model"
 api_base = "{api_base}"
@@ -45,6 +39,12 @@ tool = "search"
 agent = "grader"
 {judge}
 """
+
+
+def dear_judge(tmp_path: Path, fake_openai: FakeOpenAI) -> ServerSettings:
+    """A judge grading 0.8 at $5/$2 per Mtok: dear enough not to fit a tight session budget after the answer."""
+    fake_openai.behaviours["judge-model"] = "JUDGE:0.8"
+    return load(tmp_path, agents_toml(fake_openai.api_base).replace("input_per_mtok = 1.0", "input_per_mtok = 5.0"))
 
 
 def load(tmp_path: Path, toml: str) -> ServerSettings:
@@ -229,9 +229,7 @@ async def test_judge_failures_leave_the_decision_to_the_client(tmp_path: Path, f
 async def test_the_judge_is_skipped_when_it_would_overspend_the_session(
     tmp_path: Path, fake_openai: FakeOpenAI
 ) -> None:
-    fake_openai.behaviours["judge-model"] = "JUDGE:0.8"
-    dear_judge = agents_toml(fake_openai.api_base).replace("input_per_mtok = 1.0", "input_per_mtok = 5.0")
-    settings = load(tmp_path, dear_judge)
+    settings = dear_judge(tmp_path, fake_openai)
     budget = 1.2e-4  # fits the answer (routing expects ~1.03e-4 for cheap), not the judge's ~6e-4 on top
     async with Client(create_server(settings)) as client:
         step = {"text": STEP, "agent_id": "cheap", "session_id": "b", "budget_usd": budget}
@@ -252,9 +250,7 @@ async def test_the_judge_keeps_within_the_budget_a_carried_out_decision_was_rout
 ) -> None:
     """delegate(decision_id=...) refuses budget arguments (the decision fixed them), so the budget comes from the
     decision: before it was stored, the judge of a carried-out step never saw one."""
-    fake_openai.behaviours["judge-model"] = "JUDGE:0.8"
-    dear_judge = agents_toml(fake_openai.api_base).replace("input_per_mtok = 1.0", "input_per_mtok = 5.0")
-    settings = load(tmp_path, dear_judge)
+    settings = dear_judge(tmp_path, fake_openai)
     async with Client(create_server(settings)) as client:
         routed = await call(
             client,
