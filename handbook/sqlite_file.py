@@ -1,0 +1,227 @@
+"""One SQLite file shared by threads and processes: the connection, its lock and its write transactions.
+
+Why this is its own module: a host may run one stdio server per window while the CLI learns or imports into the
+same file, and sync MCP tools run on worker threads. So every write takes the file's write lock up front
+(`BEGIN IMMEDIATE`; a deferred transaction that upgrades to a writer fails at once instead of waiting), waits for
+another process's lock with this process's lock released (so reads go on meanwhile), and commits or rolls back as
+one unit. What the file holds is the subclass's business (handbook/store.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from skillorchestra.handbook.errors import InvalidInput
+
+BUSY_TIMEOUT_S = 30.0
+# the sleeps between attempts at a write lock another connection holds: SQLite's busy handler's, then its last
+BUSY_DELAYS_S = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.05, 0.05, 0.1)
+
+# SQLite's primary result codes that mean the file cannot be opened or written where it is (a read-only file
+# system or directory, a path SQLite cannot create): said with the path, unlike "database is locked"
+_OPEN_FAILURES = frozenset({sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM})
+
+
+def _cannot_open(path: str | Path, exc: OSError | sqlite3.Error) -> InvalidInput:
+    """SQLite says only "unable to open database file" (and mkdir only the folder): name the path and `db`."""
+    if isinstance(exc, FileExistsError):  # mkdir met a file where a folder of the path should be
+        reason = f"{exc.filename} is not a directory"
+    else:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return InvalidInput("db", str(path), f"a database file this process can create, open and write ({reason})")
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """Another connection holds the lock this statement needs ("database is locked"), as opposed to a real error."""
+    return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+class SqliteFile:
+    """A SQLite file in WAL mode behind one connection guarded by a lock (sync MCP tools run on threads)."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+        self.path = Path(path)
+        if self.path.is_dir():  # wherever the path came from (--db, SKILLORCHESTRA_DB, a caller): SQLite only says
+            raise InvalidInput("db", str(path), "a database file path (this is a directory)")  # it cannot open it
+        self._busy_s = busy_timeout_s
+        self._busy_pragma = f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}"
+        self.lock = threading.RLock()
+        try:
+            if str(path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), timeout=busy_timeout_s, check_same_thread=False, isolation_level=None)
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise _cannot_open(path, exc) from None
+        self.db = Database(conn)
+        try:
+            with self.lock:
+                self._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute(self._busy_pragma)
+                (self._checkpoint_pages,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+                self._prepare(conn)
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if exc.sqlite_errorcode & 0xFF in _OPEN_FAILURES:
+                raise _cannot_open(path, exc) from None
+            raise  # "database is locked" stays what it is: the file is fine, the moment is not
+        except BaseException:
+            conn.close()
+            raise
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """Bring a newly opened file to the schema its user expects (self.lock held); nothing by default."""
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+    # -- transactions ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Database]:
+        """A write transaction that takes the file's write lock up front (waits up to the busy timeout).
+
+        The wait for another connection's write lock happens with `self.lock` released (see _lock_for_write):
+        SQLite's own busy handler would sleep while holding it, and every read of this process (other clients'
+        consults, lists, resources) would queue behind one write waiting on a CLI's import."""
+        began = self._lock_for_write()
+        try:
+            if not began:  # nested: the outer transaction owns commit and rollback
+                yield self.db
+                return
+            with self._transaction():
+                yield self.db
+        finally:
+            self.lock.release()
+
+    def _lock_for_write(self) -> bool:
+        """Return holding `self.lock` and the file's write lock: True if this call began the transaction, False
+        if this thread is already inside one. While another connection holds the write lock, sleep with the
+        lock released, backing off as SQLite's busy handler does, until the busy timeout is spent; then raise
+        the OperationalError ("database is locked") the last attempt got."""
+        deadline = None
+        delays = iter(BUSY_DELAYS_S)
+        while True:
+            self.lock.acquire()
+            try:
+                conn = self.db.conn
+                if conn.in_transaction:  # only this thread can be inside one while it holds the lock
+                    return False
+                with self._without_busy_wait():
+                    busy = self._begin_immediate()
+            except BaseException:
+                self.lock.release()
+                raise
+            if busy is None:
+                return True
+            self.lock.release()
+            now = time.monotonic()
+            deadline = now + self._busy_s if deadline is None else deadline
+            if now >= deadline:
+                raise busy
+            time.sleep(min(next(delays, BUSY_DELAYS_S[-1]), deadline - now))
+
+    def _retry_busy(self, statement: Callable[[], object]) -> None:
+        """Run `statement` again, with SQLite's backoff, while it meets a lock until the busy timeout is spent.
+        For switching a new file to WAL: several processes creating one file at once got "database is locked"
+        there, as SQLite answers busy at once, without its busy handler, where waiting could deadlock."""
+        deadline = time.monotonic() + self._busy_s
+        delays = iter(BUSY_DELAYS_S)
+        while True:
+            try:
+                statement()
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(next(delays, BUSY_DELAYS_S[-1]))
+
+    def _begin_immediate(self) -> sqlite3.OperationalError | None:
+        """One attempt at BEGIN IMMEDIATE (self.lock held, no transaction open): None if it began, the error if
+        another connection holds the file's write lock (how long SQLite waited is the connection's busy timeout)."""
+        try:
+            self.db.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            return exc
+        return None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """The body of a transaction BEGIN IMMEDIATE opened: commit it, or roll it back on any error."""
+        conn = self.db.conn
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:  # SQLite may have rolled back already (e.g. on corruption): keep the cause
+                conn.execute("ROLLBACK")
+            raise
+        else:
+            try:
+                conn.execute("COMMIT")
+            except BaseException:  # e.g. busy: never leave the connection inside a transaction
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    @contextlib.contextmanager
+    def _without_busy_wait(self) -> Iterator[None]:
+        """SQLite answers "database is locked" at once instead of sleeping in its busy handler (self.lock held)."""
+        conn = self.db.conn
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            yield
+        finally:
+            conn.execute(self._busy_pragma)
+
+    @contextlib.contextmanager
+    def _without_autocheckpoint(self) -> Iterator[None]:
+        """Commits leave the WAL checkpoint (two fsyncs) to the next ordinary commit (self.lock held)."""
+        conn = self.db.conn
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        try:
+            yield
+        finally:
+            conn.execute(f"PRAGMA wal_autocheckpoint={self._checkpoint_pages}")
+
+    def try_write(self, work: Callable[[], None], *, wait_for_threads: bool = False) -> bool:
+        """Run `work` in a write transaction only if nothing has to be waited for; False means nothing was written.
+
+        For callers on an event loop, which must never block: the store's lock is taken only if free, the file's
+        write lock only with a zero busy timeout (another process or a CLI holding it gives False at once), and
+        this commit runs without WAL auto-checkpoint, whose two fsyncs are left to the next ordinary commit.
+        `wait_for_threads`: wait for the store's lock (other threads hold it briefly), never for another process."""
+        if not self.lock.acquire(blocking=wait_for_threads):
+            return False
+        try:
+            conn = self.db.conn
+            if conn.in_transaction:
+                return False
+            # for the whole transaction: its COMMIT must not wait either
+            with self._without_busy_wait(), self._without_autocheckpoint():
+                try:
+                    if self._begin_immediate() is not None:
+                        return False  # another connection holds the file's write lock
+                    with self._transaction():
+                        work()
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc):
+                        raise
+                    return False
+            return True
+        finally:
+            self.lock.release()
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (another process) commits: the cache-invalidation signal."""
+        with self.lock:
+            return int(self.db.conn.execute("PRAGMA data_version").fetchone()[0])
