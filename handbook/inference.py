@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 class Matcher(Protocol):
     def infer(self, text: str, mode: str | None, top_k: int) -> tuple[list[tuple[str, float]], str]: ...
 
+    def warm_up(self) -> str:
+        """Load what the first inference would wait for; says what is ready."""
+        ...
+
 
 class HandbookMatcher:
     """The service's matcher: the version's labeller first, `base` (lexical or semantic) otherwise."""
@@ -49,6 +53,19 @@ class HandbookMatcher:
                             type(self.base).__name__,
                         )
             return self._labeller
+
+    def warm_up(self) -> str:
+        """The live version's labeller (and its MiniLM, if it uses one), then the base matcher."""
+        labeller = self._live_labeller()
+        ready = self.base.warm_up()
+        if labeller is None:
+            return ready
+        if labeller.kind != "tfidf":
+            try:
+                labeller.embedder()
+            except RuntimeError as exc:
+                log.warning("learned labeller unavailable: %s", exc)
+        return f"{labeller.kind} labeller of version {self._version}; otherwise {ready}"
 
     def infer(self, text: str, mode: str | None, top_k: int) -> tuple[list[tuple[str, float]], str]:
         labeller = self._live_labeller()

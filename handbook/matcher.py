@@ -41,6 +41,10 @@ class LexicalMatcher:
     def infer(self, text: str, mode: str | None, top_k: int) -> tuple[list[tuple[str, float]], str]:
         return self.match(text, mode, top_k), self.name
 
+    def warm_up(self) -> str:
+        """Nothing to load: FTS5 answers from the file."""
+        return self.name
+
     def match(self, text: str, mode: str | None, top_k: int) -> list[tuple[str, float]]:
         terms = query_terms(text)
         if not terms or top_k <= 0:

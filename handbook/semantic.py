@@ -88,6 +88,14 @@ class SemanticMatcher:
                     self._unavailable = reason
             return self._embedder
 
+    def warm_up(self) -> str:
+        """Load the model and the live skills' vectors now, so the first step does not wait for them (~1-2 s)."""
+        embedder = self.embedder()
+        if embedder is None:
+            return f"lexical (semantic unavailable: {self._unavailable})"
+        scorer = self._scorer(embedder, None)
+        return f"semantic, {len(scorer.skill_ids)} skill vectors ({scorer.computed} encoded)"
+
     @property
     def unavailable_reason(self) -> str | None:
         return self._unavailable

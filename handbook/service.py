@@ -208,6 +208,13 @@ class Handbook:
         total = sum(merged.values())
         return [(skill, weight / total) for skill, weight in merged.items() if weight > 0]
 
+    def warm_up(self) -> str:
+        """Derive the routing arrays and load the skill matcher now (a server just started), not on the first step;
+        says what is ready."""
+        self.arrays()
+        warm = getattr(self.matcher, "warm_up", None)  # a caller's own matcher may have nothing to load
+        return warm() if callable(warm) else type(self.matcher).__name__
+
     def infer_skills(
         self, text: str, mode: str | None, top_k: int = INFERRED_SKILLS
     ) -> tuple[list[tuple[str, float]], str]:

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import AsyncIterator
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -65,7 +68,9 @@ def make_matcher(store: HandbookStore, choice: str) -> LexicalMatcher | Semantic
     return SemanticMatcher(store)
 
 
-def create_server(settings: ServerSettings) -> MCPServer:
+def create_server(settings: ServerSettings, *, warm_up: bool = False) -> MCPServer:
+    """The app; `warm_up` loads the skill matcher in the background once the first tools/list is answered (the
+    served process does; tests that never route leave it off)."""
     running: list[AppState] = []  # the live state, for resources (they get no request context)
     holders = [0]
 
@@ -112,7 +117,43 @@ def create_server(settings: ServerSettings) -> MCPServer:
     register_resources(server, current_handbook)
     register_prompts(server)
     server.middleware.append(_reject_invalid_requests(server))
+    if warm_up:
+        server.middleware.append(_warm_up_after_first_listing(lambda: running[-1] if running else None))
     return server
+
+
+def _warm_up_after_first_listing(current_state: Callable[[], AppState | None]) -> Any:
+    """Once the first tools/list is answered, load the skill matcher on a background thread.
+
+    With MiniLM, the model and the skill vectors take 1-2 s, which the first route_step would otherwise wait for;
+    loading them before that answer would slow the host's start-up instead. A step routed meanwhile waits for the
+    model as it would have anyway."""
+    started = threading.Event()
+
+    async def middleware(ctx: Any, call_next: Any) -> Any:
+        result = await call_next(ctx)
+        if ctx.method == "tools/list" and not started.is_set():
+            state = current_state()
+            if state is not None:
+                started.set()
+                threading.Thread(
+                    target=_warm_up, args=(state.handbook,), name="skillorchestra-warm-up", daemon=True
+                ).start()
+        return result
+
+    return middleware
+
+
+def _warm_up(handbook: Handbook) -> None:
+    began = time.perf_counter()
+    try:
+        ready = handbook.warm_up()
+    except sqlite3.ProgrammingError:  # the server closed the handbook meanwhile: nothing left to warm up
+        log.debug("warm-up stopped: the handbook was closed")
+    except Exception:  # a warm-up must never take the server down: the first step will try again and say why
+        log.warning("warm-up of the skill matcher failed", exc_info=True)
+    else:
+        log.info("skill matcher ready in %.2f s: %s", time.perf_counter() - began, ready)
 
 
 def _reject_invalid_requests(server: MCPServer) -> Any:
@@ -172,7 +213,7 @@ async def serve(settings: ServerSettings) -> None:
         sockets = bind_sockets(settings)  # nor does a port in use
     try:
         open_handbook(settings).store.close()  # creates and migrates the file before we answer anything
-        server = create_server(settings)
+        server = create_server(settings, warm_up=True)
         if settings.transport == "stdio":
             await server.run_stdio_async()
             return

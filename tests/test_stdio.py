@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
+from skillorchestra.handbook.embedding import locate_minilm_weights
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.server.settings import ServerSettings
 
@@ -37,6 +40,29 @@ async def test_console_script_serves_the_example_handbook(tmp_path: Path, mode: 
         assert content is not None and content["skills"][0]["skill_id"].startswith("code")
         outcome = await client.call_tool("record_outcome", {"decision_id": content["decision_id"], "success": True})
         assert not outcome.is_error and outcome.structured_content["updated"]  # type: ignore[index]
+
+
+async def test_the_skill_matcher_is_loaded_once_tools_are_listed_not_by_the_first_step(tmp_path: Path) -> None:
+    """The served process loads MiniLM and the skill vectors in the background after the first tools/list: no tool
+    is called here, so only that warm-up can write the example's skill vectors into the file."""
+    if locate_minilm_weights() is None:
+        pytest.skip("the MiniLM weights are not installed (`make embeddings`)")
+    db = tmp_path / "h.db"
+
+    def counts() -> tuple[int, int]:
+        with sqlite3.connect(db) as conn:  # a reader beside the server (WAL)
+            return tuple(
+                conn.execute("SELECT (SELECT COUNT(*) FROM embeddings), (SELECT COUNT(*) FROM skills)").fetchone()
+            )
+
+    async with Client(server_params(db)) as client:
+        await client.list_tools()
+        with anyio.fail_after(120):  # a guard against a hang, not a speed check
+            while (seen := counts())[0] < seen[1]:
+                await anyio.sleep(0.05)
+        assert seen[1] > 0 and seen[0] == seen[1]
+        decision = await client.call_tool("route_step", {"text": "write a python function that sorts a list"})
+        assert decision.structured_content is not None and decision.structured_content["skills_source"] == "semantic"
 
 
 def test_stdout_carries_only_protocol_messages(tmp_path: Path) -> None:
