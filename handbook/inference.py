@@ -45,6 +45,7 @@ class HandbookMatcher:
                         from skillorchestra.handbook.learning.labeller import SkillLabeller
 
                         self._labeller = SkillLabeller.from_json(raw)
+                        self._share_embedder(self._labeller)
                     except (ValueError, KeyError) as exc:
                         log.warning(
                             "version %s has an unusable labeller (%s); using the %s matcher",
@@ -53,6 +54,15 @@ class HandbookMatcher:
                             type(self.base).__name__,
                         )
             return self._labeller
+
+    def _share_embedder(self, labeller: Any) -> None:
+        """A MiniLM labeller encodes with the semantic matcher's model instead of loading its own copy (~90 MB)."""
+        if labeller.kind == "tfidf":
+            return
+        loaded = getattr(self.base, "embedder", None)  # the lexical matcher has none
+        embedder = loaded() if callable(loaded) else None
+        if embedder is not None and embedder.model_name == labeller.model_name:
+            labeller.use_embedder(embedder)
 
     def warm_up(self) -> str:
         """The live version's labeller (and its MiniLM, if it uses one), then the base matcher."""

@@ -131,3 +131,34 @@ def test_skill_vectors_are_not_cached_rather_than_wait_for_another_process(store
         other.close()
     SemanticMatcher(store, load=lambda: (EMBEDDER, "")).infer("integrate sin x", None, 3)
     assert store.db["embeddings"].count == len(SKILLS)  # cached once the file is free
+
+
+@needs_weights
+def test_a_minilm_labeller_encodes_with_the_semantic_matchers_model_not_a_second_copy(store: HandbookStore) -> None:
+    from skillorchestra.handbook.inference import HandbookMatcher
+    from skillorchestra.handbook.learning.labeller import SkillLabeller
+
+    assert EMBEDDER is not None
+    labeller = SkillLabeller(
+        "minilm",
+        EMBEDDER.encode([s.description for s in SKILLS]),
+        [s.id for s in SKILLS],
+        {s.id: s.mode for s in SKILLS},
+        0.1,
+        model_name=EMBEDDER.model_name,
+    )
+    store.create_version(store.document().model_copy(update={"labeller": labeller.to_json()}), source="import")
+    encoded: list[int] = []
+
+    class Counting:
+        model_name, dim = EMBEDDER.model_name, EMBEDDER.dim
+
+        def encode(self, texts: list[str]) -> object:
+            encoded.append(len(texts))
+            return EMBEDDER.encode(texts)  # type: ignore[union-attr]
+
+    matcher = HandbookMatcher(store, SemanticMatcher(store, load=lambda: (Counting(), "")))
+    weights, source = matcher.infer("what is the area under x squared between 0 and 3", None, 3)
+    assert source.startswith("learned (minilm labeller")
+    assert max(weights, key=lambda w: w[1])[0] == "math.calculus"
+    assert encoded == [1]  # the step, by the one model the server loaded (a labeller's own copy is not counted)
