@@ -665,6 +665,8 @@ class Handbook:
 
     # An edit names only what it changes: read, merged and written in one transaction, so two clients editing
     # different fields of one agent at once both land (a read outside it would let the later write undo the other).
+    # Every edit's checks (a parent that exists, no children left behind, no cycle) run in its write transaction
+    # too: checked outside it, a child added while its parent was deleted outlived the parent.
 
     def edit_agent(self, agent_id: str, changes: Mapping[str, Any]) -> Agent:
         """Add the agent, or change the fields in `changes` of the stored one (the others keep their values)."""
@@ -692,8 +694,9 @@ class Handbook:
 
     def upsert_agent(self, agent: Agent) -> Agent:
         """An agent may only name modes the handbook has: a misspelt mode would hide it from that mode's steps."""
-        self._known_mode_for("modes", agent.modes)
-        self._edit("upsert_agent", agent.model_dump())
+        with self.store.write():
+            self._known_mode_for("modes", agent.modes)
+            self._edit("upsert_agent", agent.model_dump())
         return agent
 
     def _known_mode_for(self, field: str, modes: Sequence[str]) -> None:
@@ -712,13 +715,21 @@ class Handbook:
             )
 
     def upsert_mode(self, mode: Mode) -> Mode:
-        self._edit("upsert_mode", mode.model_dump())
+        with self.store.write():
+            self._edit("upsert_mode", mode.model_dump())
         return mode
 
     def upsert_skill(self, skill: Skill) -> Skill:
         if skill.id == ROOT_SKILL:
             raise InvalidInput("skill_id", skill.id, f"any id but the reserved {ROOT_SKILL!r}")
-        known = {s.id: s for s in self.store.skills()}
+        with self.store.write():
+            self._check_skill_placement(skill, {s.id: s for s in self.store.skills()})
+            self._edit("upsert_skill", skill.model_dump())
+        return skill
+
+    @staticmethod
+    def _check_skill_placement(skill: Skill, known: Mapping[str, Skill]) -> None:
+        """A skill's parent exists, is not the skill or below it, and shares its mode, as its children do."""
         if skill.parent_id is not None:
             if skill.parent_id not in known:
                 raise NotFound("skill (parent_id)", skill.parent_id, known)
@@ -738,25 +749,27 @@ class Handbook:
                 f"{known[children[0]].mode!r}, the mode of its children {', '.join(children)} (give them"
                 ' parent_id "" first, or delete them)',
             )
-        self._edit("upsert_skill", skill.model_dump())
-        return skill
 
     def delete_agent(self, agent_id: str) -> Removed:
-        if self.agent(agent_id) is None:
-            raise NotFound("agent", agent_id, [a.id for a in self.store.agents()])
-        competence, cost = self._rows_of("agent_id", agent_id)
-        self._edit("delete_agent", {"id": agent_id})
+        with self.store.write():
+            if self.agent(agent_id) is None:
+                raise NotFound("agent", agent_id, [a.id for a in self.store.agents()])
+            competence, cost = self._rows_of("agent_id", agent_id)
+            self._edit("delete_agent", {"id": agent_id})
         return Removed(kind="agent", id=agent_id, competence_rows=competence, cost_rows=cost)
 
     def delete_skill(self, skill_id: str) -> Removed:
-        skills = self.store.skills()
-        if skill_id not in {s.id for s in skills}:
-            raise NotFound("skill", skill_id, [s.id for s in skills])
-        children = [s.id for s in skills if s.parent_id == skill_id]
-        if children:
-            raise InvalidInput("skill_id", skill_id, f"a skill without children (delete {', '.join(children)} first)")
-        competence, cost = self._rows_of("skill_id", skill_id)
-        self._edit("delete_skill", {"id": skill_id})
+        with self.store.write():
+            skills = self.store.skills()
+            if skill_id not in {s.id for s in skills}:
+                raise NotFound("skill", skill_id, [s.id for s in skills])
+            children = [s.id for s in skills if s.parent_id == skill_id]
+            if children:
+                raise InvalidInput(
+                    "skill_id", skill_id, f"a skill without children (delete {', '.join(children)} first)"
+                )
+            competence, cost = self._rows_of("skill_id", skill_id)
+            self._edit("delete_skill", {"id": skill_id})
         return Removed(kind="skill", id=skill_id, competence_rows=competence, cost_rows=cost)
 
     def _rows_of(self, column: str, value: str) -> tuple[int, int]:

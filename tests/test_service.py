@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -790,3 +791,36 @@ def test_consult_pages_cover_every_row_once_and_a_cursor_serves_only_its_own_que
     book.store.create_version(book.store.document(), source="import")  # another handbook: offsets mean nothing
     with pytest.raises(InvalidInput, match="same handbook version"):
         book.consult("write a sql query", top_k=1, cursor=first.next_cursor)
+
+
+def test_a_child_added_while_its_parent_is_deleted_never_leaves_an_orphan(book: Handbook) -> None:
+    """The parent and children checks run in the edit's own write transaction: checked outside it, a child
+    added while its parent was deleted outlived the parent, and the export no longer imported (found by a soak)."""
+    import threading
+
+    from skillorchestra.handbook.document_checks import check_document
+
+    for round_ in range(60):
+        parent = f"code.p{round_}"
+        book.edit_skill(parent, {"mode": "code", "description": "parent"})
+        start = threading.Barrier(2)
+
+        def add_child(parent: str = parent, start: threading.Barrier = start) -> None:
+            start.wait()
+            with contextlib.suppress(HandbookError):
+                book.edit_skill(f"{parent}.c", {"parent_id": parent, "description": "child"})
+
+        def delete_parent(parent: str = parent, start: threading.Barrier = start) -> None:
+            start.wait()
+            with contextlib.suppress(HandbookError):
+                book.delete_skill(parent)
+
+        threads = [threading.Thread(target=add_child), threading.Thread(target=delete_parent)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        skills = {s.id: s for s in book.store.skills()}
+        orphans = [s.id for s in skills.values() if s.parent_id is not None and s.parent_id not in skills]
+        assert not orphans, f"round {round_}"
+    check_document(book.store.document())  # the export still imports
