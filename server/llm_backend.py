@@ -323,7 +323,12 @@ async def call_llm(
     start = time.perf_counter()
     answering = False  # once the provider starts answering, a failure may still be billed
     try:
-        with anyio.fail_after(timeout + _TIMEOUT_GRACE_S), holding_slot(limiter):
+        # litellm keys its cached clients by their timeout, so it always gets the agent's own: a call's time left as
+        # its timeout made a client, an HTTP session and a connection per call, and it never closed evicted ones.
+        # A shorter limit is this deadline's, which lets litellm's own, more informative Timeout fire first when
+        # the two are the same.
+        deadline_s = timeout + _TIMEOUT_GRACE_S if timeout >= conn.timeout_s else timeout
+        with anyio.fail_after(deadline_s), holding_slot(limiter):
             kwargs: dict[str, Any] = {}
             if stream:
                 kwargs = {"stream": True, "stream_options": {"include_usage": True}}
@@ -333,7 +338,7 @@ async def call_llm(
                 # a local server may want any key; a hosted provider keeps litellm's own key lookup
                 api_key=key or (PLACEHOLDER_API_KEY if conn.api_base else None),
                 messages=messages,
-                timeout=timeout,
+                timeout=conn.timeout_s,
                 max_tokens=limit,
                 max_retries=0,
                 **kwargs,

@@ -46,6 +46,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]  # names lower-cased (HTTP names are case-insensitive): headers["authorization"]
     body: dict[str, Any] = field(default_factory=dict)
+    peer: tuple[str, int] | None = None  # the client's address: one per connection (keep-alive reuses it)
 
     @property
     def model(self) -> str | None:
@@ -109,7 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw or b"{}")
         except json.JSONDecodeError:
             body = {}
-        owner._record(RecordedRequest("POST", self.path, _headers(self), body))
+        owner._record(RecordedRequest("POST", self.path, _headers(self), body, tuple(self.client_address)))
         if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
             return

@@ -101,6 +101,18 @@ async def test_cost_recorded_equals_usage_times_price(configured: ServerSettings
     assert fake_openai.chat_requests("cheap-model")[0].headers["authorization"] == f"Bearer {SECRET}"
 
 
+async def test_calls_with_different_time_limits_share_one_provider_client(
+    configured: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    """litellm keys its cached clients by their timeout: each call's own time left (a delegate's timeout_s below the
+    agent's) made a client, an HTTP session and a connection per call, and the evicted ones were never closed."""
+    async with Client(create_server(configured)) as client:
+        for i in range(6):
+            await call(client, "delegate", {"text": f"step {i}", "agent_id": "cheap", "timeout_s": 10 - i * 0.37})
+    peers = {r.peer for r in fake_openai.chat_requests("cheap-model")}
+    assert len(fake_openai.chat_requests("cheap-model")) == 6 and len(peers) == 1
+
+
 async def test_unknown_price_is_reported_as_unknown(configured: ServerSettings) -> None:
     async with Client(create_server(configured)) as client:
         result = await call(client, "delegate", {"text": "hello", "agent_id": "unpriced"})
