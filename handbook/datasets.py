@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from skillorchestra.handbook.atomic_file import write_text_atomic
 from skillorchestra.handbook.errors import InvalidInput, not_utf8
 from skillorchestra.handbook.traces import AgentOutcome, TraceTask, load_json, write_tasks
 
@@ -72,7 +73,7 @@ def _load_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _write_agents(path: Path, agents: dict[str, dict[str, Any]]) -> None:
-    path.write_text(json.dumps(agents, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(agents, indent=2, sort_keys=True) + "\n")
 
 
 def _write_split(out_dir: Path, tasks: dict[str, list[TraceTask]], agents: dict[str, dict[str, Any]]) -> None:

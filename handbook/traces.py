@@ -14,6 +14,7 @@ from typing import Any, Protocol, TextIO, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
+from skillorchestra.handbook.atomic_file import atomic_writer
 from skillorchestra.handbook.errors import InvalidInput, first_problem, not_utf8
 from skillorchestra.handbook.models import ID_MAX, INFRASTRUCTURE_ERRORS, MAX_USD
 
@@ -147,9 +148,9 @@ def validated_lines(handle: TextIO, path: str | Path, model: type[ModelT], what:
 
 
 def write_tasks(path: str | Path, tasks: Iterable[TraceTask]) -> int:
-    """Write tasks as JSONL; returns how many were written."""
+    """Write tasks as JSONL; returns how many were written. All or nothing: a failed write leaves an old file whole."""
     count = 0
-    with Path(path).open("w", encoding="utf-8") as handle:
+    with atomic_writer(path) as handle:
         for task in tasks:
             handle.write(task.model_dump_json(exclude_none=True) + "\n")
             count += 1

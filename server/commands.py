@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from skillorchestra.handbook.atomic_file import write_text_atomic
 from skillorchestra.handbook.document_checks import check_document
 from skillorchestra.handbook.errors import HandbookError, InvalidInput, first_problem, not_utf8
 from skillorchestra.handbook.models import Agent, HandbookDocument, Mode
@@ -116,7 +117,7 @@ def handbook_export(args: argparse.Namespace) -> int:
         sys.stdout.write(text + "\n")
     else:
         try:
-            Path(args.file).write_text(text + "\n", encoding="utf-8")
+            write_text_atomic(args.file, text + "\n")  # a failed export leaves the previous one whole
         except OSError as exc:  # a directory, a missing folder, no permission: name the argument
             raise InvalidInput(
                 "file", args.file, f"a writable file path, or - for stdout ({exc.strerror or exc})"

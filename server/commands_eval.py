@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from skillorchestra.handbook.atomic_file import write_text_atomic
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.server.argtypes import lambda_arg, positive_int, seed_arg
 
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(text + "\n")
         else:
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(text + "\n", encoding="utf-8")
+            write_text_atomic(args.json, text + "\n")  # a failed write leaves a previous report whole
     if args.plot_dir is not None:
         from skillorchestra.server.plots import write_plots
 

@@ -39,6 +39,26 @@ def test_export_to_a_folder_names_the_file_argument(tmp_path: Path, capsys: pyte
     assert list(folder.iterdir()) == [] and not (tmp_path / "no").exists()
 
 
+def test_export_over_an_old_export_replaces_it_keeps_its_mode_and_leaves_nothing_else(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exports are written beside the target and renamed over it: the result is the same file, only newer."""
+    db, folder = tmp_path / "h.db", tmp_path / "backups"
+    folder.mkdir()
+    backup = folder / "nightly.json"
+    backup.write_text('{"old": true}\n', encoding="utf-8")
+    backup.chmod(0o600)
+    assert run(["handbook", "import", "--example", "--db", str(db)], capsys)[0] == 0
+    assert run(["handbook", "export", str(backup), "--db", str(db)], capsys) == (0, "", "")
+    exported = HandbookDocument.model_validate_json(backup.read_text(encoding="utf-8"))
+    store = HandbookStore(db)
+    try:
+        assert exported == store.document() and (backup.stat().st_mode & 0o777) == 0o600
+    finally:
+        store.close()
+    assert [p.name for p in folder.iterdir()] == ["nightly.json"]
+
+
 @pytest.mark.parametrize("argv", [["serve"], ["handbook", "import", "--example"], ["learn", "--data", "events"]])
 def test_a_db_that_is_a_directory_is_refused_naming_db(
     tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
