@@ -25,8 +25,11 @@ BUSY_TIMEOUT_S = 30.0
 BUSY_DELAYS_S = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.05, 0.05, 0.1)
 
 # SQLite's primary result codes that mean the file cannot be opened or written where it is (a read-only file
-# system or directory, a path SQLite cannot create): said with the path, unlike "database is locked"
-_OPEN_FAILURES = frozenset({sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM})
+# system, directory or file, a path SQLite cannot create, a full disk, an I/O error): said with the path, unlike
+# "database is locked"
+_OPEN_FAILURES = frozenset(
+    {sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL}
+)
 
 
 def _cannot_open(path: str | Path, exc: OSError | sqlite3.Error) -> InvalidInput:
@@ -36,6 +39,27 @@ def _cannot_open(path: str | Path, exc: OSError | sqlite3.Error) -> InvalidInput
     else:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return InvalidInput("db", str(path), f"a database file this process can create, open and write ({reason})")
+
+
+# What to tell someone whose handbook file failed under a tool or a command (nothing was written: the transaction
+# rolled back), by SQLite's primary result code
+_FILE_TROUBLE = {
+    sqlite3.SQLITE_FULL: "the disk holding the handbook file is full: nothing was written; free some space",
+    sqlite3.SQLITE_IOERR: "the handbook file could not be read or written (disk I/O error): nothing was written",
+    sqlite3.SQLITE_READONLY: "the handbook file is read-only for this process: nothing was written",
+    sqlite3.SQLITE_CORRUPT: (
+        "the handbook file is damaged ({error}): `skillorchestra handbook rebuild` repairs a damaged skill index; "
+        "otherwise restore an export (`skillorchestra handbook import FILE` into a new --db) or move the file away "
+        "to start a new one"
+    ),
+}
+
+
+def file_trouble(exc: sqlite3.Error) -> str | None:
+    """What went wrong with the file itself (full disk, I/O error, read-only, damaged), said for a person, or None
+    for any other error (a bug, or a lock another process holds)."""
+    text = _FILE_TROUBLE.get(getattr(exc, "sqlite_errorcode", 0) & 0xFF)
+    return None if text is None else text.format(error=exc)
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -50,6 +74,8 @@ class SqliteFile:
         self.path = Path(path)
         if self.path.is_dir():  # wherever the path came from (--db, SKILLORCHESTRA_DB, a caller): SQLite only says
             raise InvalidInput("db", str(path), "a database file path (this is a directory)")  # it cannot open it
+        if self.path.exists() and not self.path.is_file():  # /dev/null "worked" and left /dev/null-journal behind
+            raise InvalidInput("db", str(path), "a database file path (this is not a regular file)")
         self._busy_s = busy_timeout_s
         self._busy_pragma = f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}"
         self.lock = threading.RLock()
@@ -66,6 +92,7 @@ class SqliteFile:
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute(self._busy_pragma)
                 (self._checkpoint_pages,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+                self._check_writable(conn)
                 self._prepare(conn)
         except sqlite3.OperationalError as exc:
             conn.close()
@@ -75,6 +102,18 @@ class SqliteFile:
         except BaseException:
             conn.close()
             raise
+
+    def _check_writable(self, conn: sqlite3.Connection) -> None:
+        """Try a write, undone at once: SQLite opens a file it may not write (a read-only file, an immutable one)
+        read-only without a word, and every write tool would fail later with "attempt to write a readonly
+        database" instead of the server refusing the file at start."""
+        self._lock_for_write()  # a new transaction: nothing else is open on this connection yet
+        try:
+            conn.execute("CREATE TABLE writable_probe (x)")
+        finally:
+            if conn.in_transaction:  # not a commit: other processes sharing the file see no change to reload for
+                conn.execute("ROLLBACK")
+            self.lock.release()
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         """Bring a newly opened file to the schema its user expects (self.lock held); nothing by default."""

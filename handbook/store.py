@@ -683,8 +683,12 @@ class HandbookStore(SqliteFile):
         return [(r[0], json.loads(r[1])) for r in rows]
 
     def rebuild(self) -> HandbookDocument:
-        """Restore the live version's snapshot and replay its events; returns the state it replaced."""
+        """Restore the live version's snapshot and replay its events; returns the state it replaced.
+
+        The skill index is rebuilt from the skills first: it is derived data, and when it is what was damaged,
+        clearing the skills (whose triggers update it) failed before it could be rebuilt."""
         with self.write():
+            self._compact_skill_index()
             before = self.document()
             version = self.current_version()
             self._replace_live_state(self.snapshot(version))

@@ -30,6 +30,7 @@ from skillorchestra.handbook.matcher import LexicalMatcher
 from skillorchestra.handbook.models import TEXT_MAX
 from skillorchestra.handbook.semantic import SemanticMatcher
 from skillorchestra.handbook.service import Handbook
+from skillorchestra.handbook.sqlite_file import file_trouble
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.breaker import CircuitBreaker
 from skillorchestra.server.delegation import Delegator
@@ -150,8 +151,12 @@ def _warm_up(handbook: Handbook) -> None:
         ready = handbook.warm_up()
     except sqlite3.ProgrammingError:  # the server closed the handbook meanwhile: nothing left to warm up
         log.debug("warm-up stopped: the handbook was closed")
-    except Exception:  # a warm-up must never take the server down: the first step will try again and say why
-        log.warning("warm-up of the skill matcher failed", exc_info=True)
+    except Exception as exc:  # a warm-up must never take the server down: the first step will try again and say why
+        trouble = file_trouble(exc) if isinstance(exc, sqlite3.Error) else None
+        if trouble is not None:  # the tools will say it to the model too: one line here, not a traceback
+            log.warning("warm-up of the skill matcher failed: %s (%s)", trouble, handbook.store.path)
+        else:
+            log.warning("warm-up of the skill matcher failed", exc_info=True)
     else:
         log.info("skill matcher ready in %.2f s: %s", time.perf_counter() - began, ready)
 

@@ -82,4 +82,6 @@ def db_arg(text: str) -> Path:
     path = Path(text).expanduser()
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"expected a database file path, got {text!r}, which is a directory")
+    if path.exists() and not path.is_file():
+        raise argparse.ArgumentTypeError(f"expected a database file path, got {text!r}, which is not a regular file")
     return path

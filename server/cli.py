@@ -236,13 +236,18 @@ def _dispatch(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentP
     except HandbookError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except sqlite3.OperationalError as exc:  # e.g. "database is locked": the file is fine, the moment is not
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except sqlite3.DatabaseError as exc:  # e.g. --db names a file that is not SQLite
+    except sqlite3.DatabaseError as exc:
         db = getattr(locals().get("args"), "db", None)
         where = f"--db {db}: " if db is not None else ""
-        print(f"error: {where}not a usable handbook database ({exc})", file=sys.stderr)
+        from skillorchestra.handbook.sqlite_file import file_trouble  # loaded with the store already, if it ran
+
+        trouble = file_trouble(exc)  # a full disk, an I/O error, a read-only or damaged file: what to do
+        if trouble is not None:
+            print(f"error: {where}{trouble}", file=sys.stderr)
+        elif isinstance(exc, sqlite3.OperationalError):  # e.g. "database is locked": the file is fine, the moment
+            print(f"error: {exc}", file=sys.stderr)  # is not
+        else:  # e.g. --db names a file that is not SQLite
+            print(f"error: {where}not a usable handbook database ({exc})", file=sys.stderr)
         return 2
     except BrokenPipeError:
         raise  # stdout's reader went away: _run exits quietly

@@ -22,6 +22,7 @@ from mcp.types import ToolAnnotations
 from skillorchestra.handbook.errors import HandbookError
 from skillorchestra.handbook.models import NewId
 from skillorchestra.handbook.service import Handbook
+from skillorchestra.handbook.sqlite_file import file_trouble
 
 # An id argument, stripped as the handbook strips it: "  " is refused as empty, " x " means "x" for every tool alike
 Id = NewId
@@ -67,12 +68,15 @@ BUSY = (
 
 def tool_error(exc: Exception) -> ToolError | None:
     """The ToolError the model reads for an anticipated failure (None for a bug, which the SDK reports without
-    its text): the handbook's own errors, and a file locked by another process for longer than SQLite waits."""
+    its text): the handbook's own errors, a file locked by another process for longer than SQLite waits, and a
+    file that failed itself (full disk, I/O error, read-only, damaged), which the person running the server must
+    hear of."""
     if isinstance(exc, HandbookError):
         return ToolError(str(exc))
     if isinstance(exc, sqlite3.OperationalError) and str(exc).startswith(("database is locked", "database is busy")):
         return ToolError(BUSY)
-    return None
+    trouble = file_trouble(exc) if isinstance(exc, sqlite3.Error) else None
+    return None if trouble is None else ToolError(trouble)
 
 
 def reports_failures(fn: Callable[P, R]) -> Callable[P, R]:
@@ -98,7 +102,7 @@ def reports_failures(fn: Callable[P, R]) -> Callable[P, R]:
 def _as_tool_errors() -> Iterator[None]:
     try:
         yield
-    except (HandbookError, sqlite3.OperationalError) as exc:
+    except (HandbookError, sqlite3.DatabaseError) as exc:
         error = tool_error(exc)
         if error is None:
             raise  # a bug stays a bug: the SDK reports it without its text

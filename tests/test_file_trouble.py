@@ -1,0 +1,165 @@
+"""A handbook file that fails itself (read-only, not a file, full disk, damaged): refused at start naming the file,
+or told to the model and the operator with what to do, and nothing half-written (found by a crash-safety QA pass)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mcp import Client, StdioServerParameters
+
+from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.models import Agent, HandbookDocument, Mode, Skill
+from skillorchestra.handbook.service import Handbook, OutcomeReport, RouteRequest
+from skillorchestra.handbook.sqlite_file import SqliteFile
+from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.server.example import seed_example_if_new
+from skillorchestra.tools.common import tool_error
+
+BIN = Path(sys.executable).parent
+DOCUMENT = HandbookDocument(
+    modes=[Mode(id="answer")],
+    skills=[Skill(id="math", mode="answer", description="arithmetic and algebra word problems")],
+    agents=[Agent(id="a", input_per_mtok=1.0, output_per_mtok=2.0), Agent(id="b", input_per_mtok=0.1)],
+)
+
+
+def cli(*args: str, fsize: int | None = None) -> subprocess.CompletedProcess[str]:
+    def limit() -> None:  # a full disk, as a file-size limit makes it without root: writes get EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        if fsize is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, resource.RLIM_INFINITY))
+
+    return subprocess.run(
+        [str(BIN / "skillorchestra"), *args], capture_output=True, text=True, timeout=120, preexec_fn=limit
+    )
+
+
+def table_contents(db: Path) -> dict[str, list[tuple[object, ...]]]:
+    with sqlite3.connect(db) as conn:
+        tables = ("decisions", "outcomes", "events", "competence", "cost_stats")
+        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in tables}
+
+
+@pytest.fixture
+def read_only_file(tmp_path: Path) -> Iterator[Path]:
+    """A handbook file this process may read but not write (root ignores file modes: an immutable file instead)."""
+    db = tmp_path / "h.db"
+    HandbookStore(db).close()
+    if os.geteuid() != 0:
+        db.chmod(0o444)
+        yield db
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(db)], capture_output=True).returncode != 0:
+        pytest.skip("running as root where chattr +i is unavailable: no way to make a file read-only here")
+    try:
+        yield db
+    finally:
+        subprocess.run([chattr, "-i", str(db)], check=True)
+
+
+def test_a_file_this_process_cannot_write_is_refused_at_open(read_only_file: Path) -> None:
+    """SQLite opens it read-only without a word: the server started, and every write tool failed later."""
+    with pytest.raises(InvalidInput, match="create, open and write .attempt to write a readonly database"):
+        HandbookStore(read_only_file)
+    done = cli("--db", str(read_only_file), "handbook", "show")
+    assert done.returncode == 2 and f"db='{read_only_file}'" in done.stderr
+
+
+def test_opening_a_file_leaves_nothing_for_other_processes_to_reload(tmp_path: Path) -> None:
+    """The write that proves the file writable is rolled back: a CLI `handbook show` must not make every server
+    sharing the file re-read it."""
+    db = tmp_path / "h.db"
+    HandbookStore(db).close()
+    with sqlite3.connect(db) as other:
+        before = other.execute("PRAGMA data_version").fetchone()
+        HandbookStore(db).close()
+        assert other.execute("PRAGMA data_version").fetchone() == before
+
+
+def test_a_device_is_not_taken_for_a_handbook_file() -> None:
+    with pytest.raises(InvalidInput, match="not a regular file"):
+        SqliteFile("/dev/null")
+    done = cli("--db", "/dev/null", "handbook", "show")
+    assert done.returncode == 2 and "'/dev/null', which is not a regular file" in done.stderr
+
+
+def test_a_full_disk_is_told_to_the_model_and_nothing_is_written(tmp_path: Path) -> None:
+    store = HandbookStore(tmp_path / "h.db")
+    store.create_version(DOCUMENT, source="test")
+    book = Handbook(store)
+    decision = book.route(RouteRequest(text="what is 12 * 7"))
+    before = table_contents(store.path)
+    (pages,) = store.db.conn.execute("PRAGMA page_count").fetchone()
+    store.db.conn.execute(f"PRAGMA max_page_count = {pages}")  # the file may not grow: the disk is full
+    with pytest.raises(sqlite3.OperationalError) as full:
+        book.route(RouteRequest(text="a long step " * 2000))  # its text needs new pages
+    error = tool_error(full.value)
+    assert error is not None and "disk holding the handbook file is full: nothing was written" in str(error)
+    assert table_contents(store.path) == before
+    store.db.conn.execute("PRAGMA max_page_count = 1073741823")  # space freed: the server goes on
+    assert book.record(OutcomeReport(decision_id=decision.decision_id, success=True)).updated
+    store.close()
+
+
+def test_a_full_disk_at_start_names_the_file(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    done = cli("--db", str(db), "handbook", "import", "--example", fsize=50_000)
+    assert done.returncode == 2
+    assert f"db='{db}': expected a database file this process can create, open and write" in done.stderr
+
+
+def damage_table(db: Path, table: str) -> None:
+    """Zero the table's first page, as a bad disk or a torn copy would (the file closed and checkpointed)."""
+    with sqlite3.connect(db) as conn:
+        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", [table]).fetchone()
+    with db.open("r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\0" * page_size)
+
+
+@pytest.mark.anyio
+async def test_a_damaged_file_is_said_to_be_damaged_to_the_model_and_by_the_cli(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    store = HandbookStore(db)
+    store.create_version(DOCUMENT, source="test")
+    store.close()
+    damage_table(db, "agents")
+    params = StdioServerParameters(
+        command=str(BIN / "skillorchestra-mcp"), args=["--db", str(db)], env={"SKILLORCHESTRA_MATCHER": "lexical"}
+    )
+    async with Client(params) as client:
+        result = await client.call_tool("route_step", {"text": "what is 12 * 7"})
+    assert result.is_error
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert "the handbook file is damaged (database disk image is malformed)" in text and "handbook import" in text
+    done = cli("--db", str(db), "handbook", "show")
+    assert done.returncode == 2 and f"--db {db}: the handbook file is damaged" in done.stderr
+
+
+def test_rebuild_repairs_a_damaged_skill_index(tmp_path: Path) -> None:
+    """The skill index is derived from the skills; clearing the skills fired its triggers, which failed on the
+    damaged index before it could be rebuilt."""
+    db = tmp_path / "h.db"
+    store = HandbookStore(db)
+    seed_example_if_new(store)
+    found = store.search_skills('"python"', None, 3)
+    store.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE skills_fts_data SET block = x'0102030405' WHERE id > 10")
+    store = HandbookStore(db)
+    with pytest.raises(sqlite3.DatabaseError):
+        store.search_skills('"python"', None, 3)
+    store.rebuild()
+    assert store.search_skills('"python"', None, 3) == found
+    store.close()
