@@ -29,7 +29,7 @@ def atomic_writer(path: str | os.PathLike[str], *, encoding: str = "utf-8") -> I
     - A new file gets the default permissions (0666 less the umask), as `open` would give it.
     - An existing file keeps its permission bits (a 0600 backup stays 0600); its owner becomes the writing user.
     - A symbolic link keeps pointing at its file: the file it names is replaced, not the link.
-    - A pipe, a device or /dev/stdout is no file to replace: it is written directly.
+    - A pipe, a device, /dev/stdout or a file with several hard links is written directly (in place).
     - A folder that refuses new files while the existing target is writable: written in place (the old behaviour),
       as there is nowhere to put the temporary file.
     Missing folders are not created; OSErrors (no such folder, a directory, no permission) reach the caller.
@@ -38,7 +38,8 @@ def atomic_writer(path: str | os.PathLike[str], *, encoding: str = "utf-8") -> I
     existing = _stat(target)
     if existing is not None and stat.S_ISDIR(existing.st_mode):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
-    if existing is not None and not stat.S_ISREG(existing.st_mode):
+    if existing is not None and (not stat.S_ISREG(existing.st_mode) or existing.st_nlink > 1):
+        # a pipe or device is no file to replace; a hard-linked file's other names must see the new content too
         with target.open("w", encoding=encoding) as handle:
             yield handle
         return
@@ -88,7 +89,8 @@ def _stat(path: Path) -> os.stat_result | None:
 def _create_temporary(real: Path) -> tuple[int, str]:
     """A new hidden file beside `real`, created with mode 0666 so the umask decides, as it would for `open`."""
     while True:
-        name = str(real.with_name(f".{real.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"))
+        # the name is cut so a target name near the file system's limit (255 bytes) still leaves room for ours
+        name = str(real.with_name(f".{real.name[:200]}.{secrets.token_hex(6)}{TEMP_SUFFIX}"))
         try:
             return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), name
         except FileExistsError:

@@ -67,7 +67,8 @@ class HandbookMatcher:
     def warm_up(self) -> str:
         """The live version's labeller (and its MiniLM, if it uses one), then the base matcher."""
         labeller = self._live_labeller()
-        ready = self.base.warm_up()
+        warm = getattr(self.base, "warm_up", None)  # a caller's own base matcher may have nothing to load
+        ready = warm() if callable(warm) else type(self.base).__name__
         if labeller is None:
             return ready
         if labeller.kind != "tfidf":

@@ -48,9 +48,9 @@ _FILE_TROUBLE = {
     sqlite3.SQLITE_IOERR: "the handbook file could not be read or written (disk I/O error): nothing was written",
     sqlite3.SQLITE_READONLY: "the handbook file is read-only for this process: nothing was written",
     sqlite3.SQLITE_CORRUPT: (
-        "the handbook file is damaged ({error}): `skillorchestra handbook rebuild` repairs a damaged skill index; "
-        "otherwise restore an export (`skillorchestra handbook import FILE` into a new --db) or move the file away "
-        "to start a new one"
+        "the handbook file is damaged ({error}): restore an export (`skillorchestra handbook import FILE` into a "
+        "new --db) or move the file away to start a new one (if only its skill index is damaged, `skillorchestra "
+        "handbook rebuild` repairs it)"
     ),
 }
 
@@ -79,6 +79,8 @@ class SqliteFile:
         self._busy_s = busy_timeout_s
         self._busy_pragma = f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}"
         self.lock = threading.RLock()
+        self.closed = False
+        self.writable = True  # False: the file opened read-only (see _can_write)
         try:
             if str(path) != ":memory:":
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +94,7 @@ class SqliteFile:
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute(self._busy_pragma)
                 (self._checkpoint_pages,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
-                self._check_writable(conn)
+                self.writable = self._can_write(conn)
                 self._prepare(conn)
         except sqlite3.OperationalError as exc:
             conn.close()
@@ -103,23 +105,29 @@ class SqliteFile:
             conn.close()
             raise
 
-    def _check_writable(self, conn: sqlite3.Connection) -> None:
-        """Try a write, undone at once: SQLite opens a file it may not write (a read-only file, an immutable one)
-        read-only without a word, and every write tool would fail later with "attempt to write a readonly
-        database" instead of the server refusing the file at start."""
+    def _can_write(self, conn: sqlite3.Connection) -> bool:
+        """Try a write, undone at once. SQLite opens a file it may not write (a read-only file, an immutable one)
+        read-only without a word: reading it is fine (export, show), but a server on it would fail every write
+        tool later, so the server refuses it at start (see `writable`)."""
         self._lock_for_write()  # a new transaction: nothing else is open on this connection yet
         try:
             conn.execute("CREATE TABLE writable_probe (x)")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_READONLY:
+                raise
+            return False
         finally:
             if conn.in_transaction:  # not a commit: other processes sharing the file see no change to reload for
                 conn.execute("ROLLBACK")
             self.lock.release()
+        return True
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         """Bring a newly opened file to the schema its user expects (self.lock held); nothing by default."""
 
     def close(self) -> None:
         with self.lock:
+            self.closed = True
             self.db.close()
 
     # -- transactions ------------------------------------------------------------------------------------

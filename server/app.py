@@ -25,6 +25,7 @@ from mcp.server import MCPServer
 from mcp.types import INVALID_PARAMS
 
 from skillorchestra.handbook.embedding import locate_minilm_weights
+from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.inference import HandbookMatcher
 from skillorchestra.handbook.matcher import LexicalMatcher
 from skillorchestra.handbook.models import TEXT_MAX
@@ -149,11 +150,11 @@ def _warm_up(handbook: Handbook) -> None:
     began = time.perf_counter()
     try:
         ready = handbook.warm_up()
-    except sqlite3.ProgrammingError:  # the server closed the handbook meanwhile: nothing left to warm up
-        log.debug("warm-up stopped: the handbook was closed")
     except Exception as exc:  # a warm-up must never take the server down: the first step will try again and say why
         trouble = file_trouble(exc) if isinstance(exc, sqlite3.Error) else None
-        if trouble is not None:  # the tools will say it to the model too: one line here, not a traceback
+        if isinstance(exc, sqlite3.ProgrammingError) and handbook.store.closed:
+            log.debug("warm-up stopped: the handbook was closed")  # the server stopped meanwhile
+        elif trouble is not None:  # the tools will say it to the model too: one line here, not a traceback
             log.warning("warm-up of the skill matcher failed: %s (%s)", trouble, handbook.store.path)
         else:
             log.warning("warm-up of the skill matcher failed", exc_info=True)
@@ -217,7 +218,10 @@ async def serve(settings: ServerSettings) -> None:
         check_bind(settings)  # a refused bind creates no database file,
         sockets = bind_sockets(settings)  # nor does a port in use
     try:
-        open_handbook(settings).store.close()  # creates and migrates the file before we answer anything
+        store = open_handbook(settings).store  # creates and migrates the file before we answer anything
+        store.close()
+        if not store.writable:  # every write tool would fail: routing records its decisions
+            raise InvalidInput("db", str(settings.db_path), "a handbook file this process can write (it is read-only)")
         server = create_server(settings, warm_up=True)
         if settings.transport == "stdio":
             await server.run_stdio_async()

@@ -221,3 +221,17 @@ def test_a_failure_inside_the_block_keeps_the_old_content(tmp_path: Path) -> Non
         handle.write("half of the new")
         raise KeyboardInterrupt
     assert snapshot(tmp_path) == {"report.json": b"old\n"}
+
+
+def test_a_hard_linked_file_is_written_in_place_so_every_name_sees_it(tmp_path: Path) -> None:
+    first, second = tmp_path / "h1.json", tmp_path / "h2.json"
+    first.write_text("old")
+    os.link(first, second)
+    write_text_atomic(first, "new")
+    assert second.read_text() == "new" and os.stat(first).st_ino == os.stat(second).st_ino
+
+
+def test_a_name_near_the_file_systems_limit_still_gets_a_temporary_file(tmp_path: Path) -> None:
+    target = tmp_path / ("e" * 250 + ".json")
+    write_text_atomic(target, "whole")
+    assert target.read_text() == "whole" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]

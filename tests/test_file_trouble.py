@@ -3,6 +3,7 @@ or told to the model and the operator with what to do, and nothing half-written 
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -53,7 +54,9 @@ def table_contents(db: Path) -> dict[str, list[tuple[object, ...]]]:
 def read_only_file(tmp_path: Path) -> Iterator[Path]:
     """A handbook file this process may read but not write (root ignores file modes: an immutable file instead)."""
     db = tmp_path / "h.db"
-    HandbookStore(db).close()
+    store = HandbookStore(db)
+    seed_example_if_new(store)
+    store.close()
     if os.geteuid() != 0:
         db.chmod(0o444)
         yield db
@@ -67,12 +70,24 @@ def read_only_file(tmp_path: Path) -> Iterator[Path]:
         subprocess.run([chattr, "-i", str(db)], check=True)
 
 
-def test_a_file_this_process_cannot_write_is_refused_at_open(read_only_file: Path) -> None:
-    """SQLite opens it read-only without a word: the server started, and every write tool failed later."""
-    with pytest.raises(InvalidInput, match="create, open and write .attempt to write a readonly database"):
-        HandbookStore(read_only_file)
-    done = cli("--db", str(read_only_file), "handbook", "show")
-    assert done.returncode == 2 and f"db='{read_only_file}'" in done.stderr
+def test_a_file_this_process_cannot_write_is_read_but_not_served(read_only_file: Path) -> None:
+    """SQLite opens it read-only without a word: the server started, and every write tool failed later. Reading
+    it (show, export of a read-only backup) still works; writing says the file is read-only."""
+    store = HandbookStore(read_only_file)
+    assert not store.writable and store.versions()
+    store.close()
+    assert cli("--db", str(read_only_file), "handbook", "show").returncode == 0
+    done = cli("--db", str(read_only_file), "handbook", "import", "--example")
+    assert done.returncode == 2 and f"--db {read_only_file}: the handbook file is read-only" in done.stderr
+    served = subprocess.run(
+        [str(BIN / "skillorchestra-mcp"), "--db", str(read_only_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert served.returncode == 2 and served.stdout == ""
+    assert f"db='{read_only_file}': expected a handbook file this process can write (it is read-only)" in served.stderr
 
 
 def test_opening_a_file_leaves_nothing_for_other_processes_to_reload(tmp_path: Path) -> None:
@@ -163,3 +178,39 @@ def test_rebuild_repairs_a_damaged_skill_index(tmp_path: Path) -> None:
     store.rebuild()
     assert store.search_skills('"python"', None, 3) == found
     store.close()
+
+
+def test_the_operator_reads_of_a_damaged_file_on_stderr_at_the_default_log_level(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    store = HandbookStore(db)
+    store.create_version(DOCUMENT, source="test")
+    store.close()
+    damage_table(db, "agents")
+    messages = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "route_step", "arguments": {"text": "x"}},
+        },
+    ]
+    served = subprocess.run(
+        [str(BIN / "skillorchestra-mcp"), "--db", str(db), "--matcher", "lexical"],
+        input="".join(json.dumps(m) + "\n" for m in messages),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert served.returncode == 0  # the model's side of it: test_a_damaged_file_is_said_to_be_damaged...
+    assert "WARNING skillorchestra: the handbook file is damaged (database disk image is malformed)" in served.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from skillorchestra.handbook.errors import HandbookError
 from skillorchestra.handbook.models import NewId
 from skillorchestra.handbook.service import Handbook
 from skillorchestra.handbook.sqlite_file import file_trouble
+
+log = logging.getLogger("skillorchestra")
 
 # An id argument, stripped as the handbook strips it: "  " is refused as empty, " x " means "x" for every tool alike
 Id = NewId
@@ -76,7 +79,10 @@ def tool_error(exc: Exception) -> ToolError | None:
     if isinstance(exc, sqlite3.OperationalError) and str(exc).startswith(("database is locked", "database is busy")):
         return ToolError(BUSY)
     trouble = file_trouble(exc) if isinstance(exc, sqlite3.Error) else None
-    return None if trouble is None else ToolError(trouble)
+    if trouble is None:
+        return None
+    log.warning("%s", trouble)  # for the person running the server: the model alone would know otherwise
+    return ToolError(trouble)
 
 
 def reports_failures(fn: Callable[P, R]) -> Callable[P, R]:
