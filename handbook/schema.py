@@ -225,6 +225,31 @@ def m010_decision_agent_deleted(db: Database) -> None:
     db["decisions"].add_column("agent_deleted_at", float)
 
 
+@migrations()
+def m011_backfill_older_files(db: Database) -> None:
+    """What files from older releases lack, found by an upgrade QA pass:
+    - open decisions whose agent was deleted after they were routed, before m010 marked such decisions: the event
+      log's delete_agent events say so, and an agent added again under that id must not take their outcomes;
+    - the live description and selections in meta, which the first releases kept only in the version snapshot
+      (their export lost the description, and their first rebuild reported a difference)."""
+    db.execute(
+        "UPDATE decisions SET agent_deleted_at = (SELECT MIN(e.created_at) FROM events e WHERE e.kind = 'delete_agent'"
+        " AND json_extract(e.payload, '$.id') = decisions.agent_id AND e.created_at >= decisions.created_at)"
+        " WHERE agent_deleted_at IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.decision_id = decisions.id)"
+    )
+    live = db.execute("SELECT value FROM meta WHERE key = 'current_version'").fetchone()
+    row = db.execute("SELECT snapshot FROM versions WHERE id = ?", [int(live[0])]).fetchone() if live else None
+    if row is None:  # a new file: its first version writes both
+        return
+    snapshot = json.loads(row[0])
+    for key, value in (
+        ("description", snapshot.get("description") or ""),
+        ("selections", dumps(snapshot.get("selections") or {})),
+    ):
+        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", [key, value])
+
+
 def _finite(value: Any) -> Any:
     """`value` (parsed JSON) with every infinite or NaN number replaced by null."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -544,6 +544,44 @@ def test_an_infinite_price_an_earlier_release_stored_becomes_unknown(tmp_path: P
     store.close()
 
 
+def as_written_before_m011(path: Path, sql: str) -> None:
+    """Make the file what an older release left: `sql` undoes what it lacked, and m011 is not applied yet."""
+    with sqlite3.connect(path) as conn:
+        conn.execute(sql)
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm011_backfill_older_files'")
+
+
+def test_an_open_decision_of_an_agent_an_older_release_deleted_is_not_credited_to_its_namesake(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "h.db"
+    store = HandbookStore(path)
+    store.create_version(DOCUMENT, source="import")
+    book = Handbook(store)
+    decision = book.route(RouteRequest(text="python", allowed_agents=["meta/llama-70b"])).decision_id
+    book.delete_agent("meta/llama-70b")
+    book.upsert_agent(Agent(id="meta/llama-70b", description="another model under the old id"))
+    store.close()
+    as_written_before_m011(path, "UPDATE decisions SET agent_deleted_at = NULL")  # releases before m010 marked none
+    store = HandbookStore(path)
+    before = store.competence()
+    result = Handbook(store).record(OutcomeReport(decision_id=decision, success=True))
+    assert not result.applied and store.competence() == before
+    store.close()
+
+
+def test_the_live_description_an_early_release_kept_only_in_its_snapshot_is_restored(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    store = HandbookStore(path)
+    store.create_version(DOCUMENT.model_copy(update={"description": "our team's handbook"}), source="import")
+    store.close()
+    as_written_before_m011(path, "DELETE FROM meta WHERE key IN ('description', 'selections')")
+    store = HandbookStore(path)
+    assert store.document().description == "our team's handbook"
+    assert store.rebuild() == store.document()  # the first rebuild after the upgrade finds nothing to replace
+    store.close()
+
+
 def test_recording_an_outcome_writes_few_wal_pages(tmp_path: Path) -> None:
     """Each b-tree an outcome touches is one more WAL page per commit (and per checkpoint, which fsyncs)."""
     path = tmp_path / "h.db"
@@ -693,3 +731,23 @@ def test_an_import_whose_labeller_is_damaged_is_refused_before_anything_is_writt
     with pytest.raises(InvalidInput, match=says):
         store.create_version(broken, source="import")
     assert dump(store) == before
+
+
+def test_a_skill_deleted_from_a_learned_handbook_leaves_its_labeller_and_the_export_importable(
+    tmp_path: Path, learned_document: HandbookDocument
+) -> None:
+    """The labeller kept naming the deleted skill, and `handbook import` refused the export (an upgrade QA pass)."""
+    from skillorchestra.handbook.document_checks import check_document
+
+    store = HandbookStore(tmp_path / "h.db")
+    store.create_version(learned_document, source="import")
+    labelled = {s["id"] for s in learned_document.labeller["skills"]}  # type: ignore[index]
+    parents = {s.parent_id for s in learned_document.skills}
+    leaf = sorted(labelled - parents)[0]
+    Handbook(store).delete_skill(leaf)
+    exported = store.document()
+    assert leaf not in {s["id"] for s in exported.labeller["skills"]}  # type: ignore[index]
+    assert leaf not in exported.labeller["prototype_skills"]  # type: ignore[index]
+    check_document(exported)  # what `handbook import` runs first
+    assert store.rebuild() == exported  # the event replays to the same labeller
+    store.close()
