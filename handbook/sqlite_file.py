@@ -221,24 +221,22 @@ class SqliteFile:
                 raise
 
     @contextlib.contextmanager
-    def _without_busy_wait(self) -> Iterator[None]:
-        """SQLite answers "database is locked" at once instead of sleeping in its busy handler (self.lock held)."""
+    def _pragma_for_now(self, setting: str, restored: str) -> Iterator[None]:
+        """`PRAGMA setting` for the block, then `PRAGMA restored` (self.lock held)."""
         conn = self.db.conn
-        conn.execute("PRAGMA busy_timeout=0")
+        conn.execute(f"PRAGMA {setting}")
         try:
             yield
         finally:
-            conn.execute(self._busy_pragma)
+            conn.execute(f"PRAGMA {restored}")
 
-    @contextlib.contextmanager
-    def _without_autocheckpoint(self) -> Iterator[None]:
-        """Commits leave the WAL checkpoint (two fsyncs) to the next ordinary commit (self.lock held)."""
-        conn = self.db.conn
-        conn.execute("PRAGMA wal_autocheckpoint=0")
-        try:
-            yield
-        finally:
-            conn.execute(f"PRAGMA wal_autocheckpoint={self._checkpoint_pages}")
+    def _without_busy_wait(self) -> contextlib.AbstractContextManager[None]:
+        """SQLite answers "database is locked" at once instead of sleeping in its busy handler."""
+        return self._pragma_for_now("busy_timeout=0", self._busy_pragma.removeprefix("PRAGMA "))
+
+    def _without_autocheckpoint(self) -> contextlib.AbstractContextManager[None]:
+        """Commits leave the WAL checkpoint (two fsyncs) to the next ordinary commit."""
+        return self._pragma_for_now("wal_autocheckpoint=0", f"wal_autocheckpoint={self._checkpoint_pages}")
 
     def try_write(self, work: Callable[[], None], *, wait_for_threads: bool = False) -> bool:
         """Run `work` in a write transaction only if nothing has to be waited for; False means nothing was written.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from mcp import Client, StdioServerParameters
+from raw_jsonrpc import OPENING, tool_call
 
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.models import Agent, HandbookDocument, Mode, Skill
@@ -186,25 +187,7 @@ def test_the_operator_reads_of_a_damaged_file_on_stderr_at_the_default_log_level
     store.create_version(DOCUMENT, source="test")
     store.close()
     damage_table(db, "agents")
-    messages = [
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"},
-            },
-        },
-        {"jsonrpc": "2.0", "method": "notifications/initialized"},
-        {
-            "jsonrpc": "2.0",
-            "id": 2,
-            "method": "tools/call",
-            "params": {"name": "route_step", "arguments": {"text": "x"}},
-        },
-    ]
+    messages = [*OPENING, tool_call(2, "route_step", {"text": "x"})]
     served = subprocess.run(
         [str(BIN / "skillorchestra-mcp"), "--db", str(db), "--matcher", "lexical"],
         input="".join(json.dumps(m) + "\n" for m in messages),

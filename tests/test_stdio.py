@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 from mcp import Client, StdioServerParameters
+from raw_jsonrpc import OPENING, tool_call
 
 from skillorchestra.handbook.embedding import locate_minilm_weights
 from skillorchestra.handbook.errors import InvalidInput
@@ -69,30 +70,10 @@ def test_stdout_carries_only_protocol_messages(tmp_path: Path) -> None:
     """Raw JSON-RPC over the pipe: every stdout line must parse as a JSON-RPC message."""
     assert SCRIPT
     requests = [
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"},
-            },
-        },
-        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        *OPENING,
         {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
-        {
-            "jsonrpc": "2.0",
-            "id": 3,
-            "method": "tools/call",
-            "params": {"name": "route_step", "arguments": {"text": "who wrote hamlet", "lambda_": -1}},
-        },
-        {
-            "jsonrpc": "2.0",
-            "id": 4,
-            "method": "tools/call",
-            "params": {"name": "consult_handbook", "arguments": {"text": "who wrote hamlet"}},
-        },
+        tool_call(3, "route_step", {"text": "who wrote hamlet", "lambda_": -1}),
+        tool_call(4, "consult_handbook", {"text": "who wrote hamlet"}),
     ]
     env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")
     proc = subprocess.Popen(
