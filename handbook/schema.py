@@ -232,12 +232,19 @@ def m011_backfill_older_files(db: Database) -> None:
       log's delete_agent events say so, and an agent added again under that id must not take their outcomes;
     - the live description and selections in meta, which the first releases kept only in the version snapshot
       (their export lost the description, and their first rebuild reported a difference)."""
+    # the deletions first, indexed: a subquery over the whole log per open decision is quadratic on a large file
     db.execute(
-        "UPDATE decisions SET agent_deleted_at = (SELECT MIN(e.created_at) FROM events e WHERE e.kind = 'delete_agent'"
-        " AND json_extract(e.payload, '$.id') = decisions.agent_id AND e.created_at >= decisions.created_at)"
-        " WHERE agent_deleted_at IS NULL"
+        "CREATE TEMP TABLE deleted_agents AS SELECT json_extract(payload, '$.id') AS agent_id, created_at"
+        " FROM events WHERE kind = 'delete_agent'"
+    )
+    db.execute("CREATE INDEX temp.deleted_agents_by_id ON deleted_agents (agent_id, created_at)")
+    db.execute(
+        "UPDATE decisions SET agent_deleted_at = (SELECT MIN(d.created_at) FROM temp.deleted_agents d"
+        " WHERE d.agent_id = decisions.agent_id AND d.created_at >= decisions.created_at)"
+        " WHERE agent_deleted_at IS NULL AND agent_id IN (SELECT agent_id FROM temp.deleted_agents)"
         " AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.decision_id = decisions.id)"
     )
+    db.execute("DROP TABLE temp.deleted_agents")
     live = db.execute("SELECT value FROM meta WHERE key = 'current_version'").fetchone()
     row = db.execute("SELECT snapshot FROM versions WHERE id = ?", [int(live[0])]).fetchone() if live else None
     if row is None:  # a new file: its first version writes both
