@@ -90,7 +90,8 @@ def _create_temporary(real: Path) -> tuple[int, str]:
     """A new hidden file beside `real`, created with mode 0666 so the umask decides, as it would for `open`."""
     while True:
         # the name is cut so a target name near the file system's limit (255 bytes) still leaves room for ours
-        name = str(real.with_name(f".{real.name[:200]}.{secrets.token_hex(6)}{TEMP_SUFFIX}"))
+        short = os.fsencode(real.name)[:200].decode("utf-8", "ignore")  # bytes count, not characters
+        name = str(real.with_name(f".{short}.{secrets.token_hex(6)}{TEMP_SUFFIX}"))
         try:
             return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), name
         except FileExistsError:

@@ -362,11 +362,6 @@ class HandbookStore(SqliteFile):
         for table in ("competence", "cost_stats"):
             self.db.execute(f"DELETE FROM {table} WHERE skill_id = ?", [skill_id])
         self.db.execute("DELETE FROM skills WHERE id = ?", [skill_id])
-        raw = self.labeller()
-        if raw is not None and any(s.get("id") == skill_id for s in raw.get("skills", [])):
-            from skillorchestra.handbook.learning.labeller import SkillLabeller  # numpy: loaded only when needed
-
-            self._set_meta("labeller", dumps(SkillLabeller.from_json(raw).without_skill(skill_id).to_json()))
 
     def _event_upsert_agent(self, payload: dict[str, Any]) -> None:
         self._put_agent(Agent.model_validate(payload))

@@ -169,23 +169,6 @@ class SkillLabeller:
             embedder=self._embedder,
         )
 
-    def without_skill(self, skill_id: str) -> SkillLabeller:
-        """The labeller once `skill_id` is deleted from the handbook: its prototypes go with it (an export naming a
-        skill the document lacks is refused at import)."""
-        keep = [i for i, skill in enumerate(self.prototype_skills) if skill != skill_id]
-        return SkillLabeller(
-            self.kind,
-            self.prototypes[keep],
-            [self.prototype_skills[i] for i in keep],
-            {s: mode for s, mode in self.skill_modes.items() if s != skill_id},
-            self.temperature,
-            top_k=self.top_k,
-            min_ratio=self.min_ratio,
-            space=self.space,
-            model_name=self.model_name,
-            embedder=self._embedder,
-        )
-
     def use_embedder(self, embedder: Embedder | None) -> None:
         """Serve with this embedder (same model) from now on; None loads the default MiniLM when first needed."""
         self._embedder = embedder
