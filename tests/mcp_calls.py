@@ -13,28 +13,26 @@ from mcp import Client
 from skillorchestra.server.settings import ServerSettings
 
 
-def cheap_agent(api_base: str) -> str:
-    """agents.toml's table of the fake OpenAI server's cheap agent (cheap-model, $0.2/$0.4 per Mtok)."""
+def priced_agent(agent_id: str, model: str, api_base: str, input_per_mtok: float, output_per_mtok: float) -> str:
+    """agents.toml's table of one priced agent of the fake OpenAI server, serving the answer mode."""
     return f"""
-[agents.cheap]
-model = "openai/cheap-model"
+[agents.{agent_id}]
+model = "openai/{model}"
 api_base = "{api_base}"
-input_per_mtok = 0.2
-output_per_mtok = 0.4
+input_per_mtok = {input_per_mtok}
+output_per_mtok = {output_per_mtok}
 modes = ["answer"]
 """
 
 
+def cheap_agent(api_base: str) -> str:
+    """The fake OpenAI server's cheap agent (cheap-model, $0.2/$0.4 per Mtok)."""
+    return priced_agent("cheap", "cheap-model", api_base, 0.2, 0.4)
+
+
 def priced_pair(api_base: str) -> str:
-    """agents.toml for two priced agents of the fake OpenAI server: a dear strong one and a cheap one."""
-    return f"""
-[agents.strong]
-model = "openai/strong-model"
-api_base = "{api_base}"
-input_per_mtok = 10.0
-output_per_mtok = 30.0
-modes = ["answer"]
-{cheap_agent(api_base)}"""
+    """Two priced agents of the fake OpenAI server: a dear strong one and a cheap one."""
+    return priced_agent("strong", "strong-model", api_base, 10.0, 30.0) + cheap_agent(api_base)
 
 
 def loaded(tmp_path: Path, toml_text: str) -> ServerSettings:

@@ -76,48 +76,67 @@ def lock_is_free(store: HandbookStore) -> bool:
     return got == [True]
 
 
-def test_reads_go_on_while_a_write_waits_for_another_connections_lock(db: Path, hold: Hold) -> None:
-    store = HandbookStore(db, busy_timeout_s=120.0)  # the writer cannot give up during the test on its own
-    holder = hold()
-    attempted, write_done, read_done = threading.Event(), threading.Event(), threading.Event()
+def read_while_write_waits(
+    store: HandbookStore, holder: sqlite3.Connection, write: Callable[[], Any], read: Callable[[], Any], what: str
+) -> tuple[Any, Any, bool]:
+    """Run `write` on a thread until its BEGIN IMMEDIATE waits on `holder` (another process's lock), then `read` on
+    another thread, which must finish meanwhile. Then the holder lets go. Returns the write's result (or exception),
+    the read's result, and whether the write was still waiting when the read finished."""
+    attempted, written, read_done = threading.Event(), threading.Event(), threading.Event()
     results: dict[str, Any] = {}
 
     def trace(sql: str) -> None:  # the writer thread's BEGIN IMMEDIATE has started: it now waits on `holder`
         if sql == "BEGIN IMMEDIATE" and threading.current_thread() is writer:
             attempted.set()
 
-    def write() -> None:
+    def run_write() -> None:
         try:
-            store.apply("upsert_mode", LATE)
-            results["write"] = "written"
-        except Exception as exc:  # reported to the test below
+            results["write"] = write()
+        except Exception as exc:  # reported to the caller
             results["write"] = exc
         finally:
-            write_done.set()
+            written.set()
 
-    def read() -> None:
-        results["read"] = (store.counts()["modes"], store.decision("no-such-id"), store.document().modes)
-        results["writer still waiting"] = not write_done.is_set()
+    def run_read() -> None:
+        results["read"] = read()
+        results["waiting"] = not written.is_set()
         read_done.set()
 
-    writer, reader = threading.Thread(target=write), threading.Thread(target=read)
+    writer, reader = threading.Thread(target=run_write), threading.Thread(target=run_read)
     store.db.conn.set_trace_callback(trace)
     try:
         writer.start()
         assert attempted.wait(GUARD_S)
         reader.start()
-        # the old store held its connection lock while SQLite's busy handler waited: the read queued behind it
-        assert read_done.wait(GUARD_S), "a read of the same store waited for the blocked write"
-        assert results["writer still waiting"] and not write_done.is_set()
-        count, decision, modes = results["read"]
-        assert count == 2 and decision is None and [m.id for m in modes] == ["code", "search"]
+        assert read_done.wait(GUARD_S), f"{what} waited for the blocked write"
+        waiting = results["waiting"] and not written.is_set()
     finally:
         holder.execute("ROLLBACK")  # the other process lets go: the waiting write goes through
-        assert write_done.wait(GUARD_S)
+        assert written.wait(GUARD_S)
         writer.join()
         reader.join()
         store.db.conn.set_trace_callback(None)
-    assert results["write"] == "written"
+    return results["write"], results["read"], waiting
+
+
+def test_reads_go_on_while_a_write_waits_for_another_connections_lock(db: Path, hold: Hold) -> None:
+    store = HandbookStore(db, busy_timeout_s=120.0)  # the writer cannot give up during the test on its own
+
+    def write() -> str:
+        store.apply("upsert_mode", LATE)
+        return "written"
+
+    # the old store held its connection lock while SQLite's busy handler waited: the read queued behind it
+    written, (count, decision, modes), waiting = read_while_write_waits(
+        store,
+        hold(),
+        write,
+        lambda: (store.counts()["modes"], store.decision("no-such-id"), store.document().modes),
+        "a read of the same store",
+    )
+    assert waiting
+    assert count == 2 and decision is None and [m.id for m in modes] == ["code", "search"]
+    assert written == "written"
     assert modes_on_disk(db) == ["code", "late", "search"]
     assert store.modes()[1].description == LATE["description"] and lock_is_free(store)
     store.close()
@@ -210,39 +229,14 @@ def test_a_consult_goes_on_while_a_record_waits_for_another_connections_lock(db:
     decision = book.route(RouteRequest(text="write a parser"))
     book.consult("warm the routing arrays")
     evidence_before = float(book.arrays().evidence.sum())
-    holder = hold()
-    attempted, recorded, consulted = threading.Event(), threading.Event(), threading.Event()
-    results: dict[str, Any] = {}
-
-    def trace(sql: str) -> None:
-        if sql == "BEGIN IMMEDIATE" and threading.current_thread() is recorder:
-            attempted.set()
-
-    def record() -> None:
-        try:
-            results["record"] = book.record(OutcomeReport(decision_id=decision.decision_id, success=True))
-        finally:
-            recorded.set()
-
-    def consult() -> None:
-        results["consult"] = book.consult("another client's step")
-        results["recorder still waiting"] = not recorded.is_set()
-        consulted.set()
-
-    recorder, consulter = threading.Thread(target=record), threading.Thread(target=consult)
-    store.db.conn.set_trace_callback(trace)
-    try:
-        recorder.start()
-        assert attempted.wait(GUARD_S)
-        consulter.start()
-        assert consulted.wait(GUARD_S), "a consult waited for the blocked record"
-        assert results["recorder still waiting"] and results["consult"].agents
-    finally:
-        holder.execute("ROLLBACK")
-        assert recorded.wait(GUARD_S)
-        recorder.join()
-        consulter.join()
-        store.db.conn.set_trace_callback(None)
-    assert results["record"].applied and results["record"].updated
+    record, consult, waiting = read_while_write_waits(
+        store,
+        hold(),
+        lambda: book.record(OutcomeReport(decision_id=decision.decision_id, success=True)),
+        lambda: book.consult("another client's step"),
+        "a consult",
+    )
+    assert waiting and consult.agents
+    assert record.applied and record.updated
     assert float(book.arrays().evidence.sum()) > evidence_before  # the next read sees it: patched or rebuilt
     store.close()
