@@ -55,9 +55,9 @@ _FILE_TROUBLE = {
 }
 
 
-def file_trouble(exc: sqlite3.Error) -> str | None:
+def file_trouble(exc: BaseException) -> str | None:
     """What went wrong with the file itself (full disk, I/O error, read-only, damaged), said for a person, or None
-    for any other error (a bug, or a lock another process holds)."""
+    for any other error (not SQLite's, a bug, or a lock another process holds)."""
     text = _FILE_TROUBLE.get(getattr(exc, "sqlite_errorcode", 0) & 0xFF)
     return None if text is None else text.format(error=exc)
 

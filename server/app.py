@@ -151,7 +151,7 @@ def _warm_up(handbook: Handbook) -> None:
     try:
         ready = handbook.warm_up()
     except Exception as exc:  # a warm-up must never take the server down: the first step will try again and say why
-        trouble = file_trouble(exc) if isinstance(exc, sqlite3.Error) else None
+        trouble = file_trouble(exc)
         if isinstance(exc, sqlite3.ProgrammingError) and handbook.store.closed:
             log.debug("warm-up stopped: the handbook was closed")  # the server stopped meanwhile
         elif trouble is not None:  # the tools will say it to the model too: one line here, not a traceback

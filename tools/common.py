@@ -78,7 +78,7 @@ def tool_error(exc: Exception) -> ToolError | None:
         return ToolError(str(exc))
     if isinstance(exc, sqlite3.OperationalError) and str(exc).startswith(("database is locked", "database is busy")):
         return ToolError(BUSY)
-    trouble = file_trouble(exc) if isinstance(exc, sqlite3.Error) else None
+    trouble = file_trouble(exc)
     if trouble is None:
         return None
     log.warning("%s", trouble)  # for the person running the server: the model alone would know otherwise
