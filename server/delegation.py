@@ -141,7 +141,9 @@ class Delegator:
         start = time.monotonic()
         deadline = start + request.timeout_s
         shown = route.top_k
-        order = [decision.agent_id] + [c.agent_id for c in decision.candidates if c.agent_id != decision.agent_id]
+        # a stored decision's candidates may include agents the server cannot call: they are no fallbacks
+        fallbacks = [c.agent_id for c in decision.candidates if c.agent_id != decision.agent_id]
+        order = [decision.agent_id] + [agent_id for agent_id in fallbacks if agent_id in connections]
         order = order[: 1 + self.max_fallbacks]
         routed_costs = {c.agent_id: c.expected_cost_usd for c in decision.candidates}
         decision = decision.model_copy(update={"candidates": decision.candidates[:shown]})
@@ -152,12 +154,6 @@ class Delegator:
             if remaining < MIN_TRY_S:  # never the first try: timeout_s >= MIN_TRY_S and the clock starts here
                 tried.append(Attempt(agent_id=agent_id, error_class="timeout", message="delegate's time budget spent"))
                 break
-            if agent_id not in connections:  # only a stored decision's candidates can lack them (routing skips them)
-                message = "no connection settings (load them with `skillorchestra agents load`)"
-                tried.append(Attempt(agent_id=agent_id, error_class="connection", message=message))
-                if position == 0:
-                    await anyio.to_thread.run_sync(self._uncalled, decision.decision_id)
-                continue
             if not self.breaker.allow(agent_id):
                 tried.append(Attempt(agent_id=agent_id, error_class="connection", message="circuit breaker open"))
                 if position == 0:  # the breaker turned between routing and calling: close the decision, uncalled
@@ -243,6 +239,8 @@ class Delegator:
         c_ref = float(costing.reference_costs(arrays, costing.prompt_tokens([text]))[0])  # what routing charges now
         decision = _stored_decision(row, c_ref)
         connections = with_live_prices(self.connections(), arrays)
+        if decision.agent_id not in connections:
+            raise _not_callable(decision, connections)
         route = RouteRequest(
             text=text,
             mode=row.get("mode"),
@@ -344,7 +342,7 @@ class Delegator:
             )
 
     def _uncalled(self, decision_id: str) -> None:
-        """A routed agent that was not called (its breaker refused it, or it has no connection settings): no cost,
+        """A routed agent that was not called (its breaker refused it between routing and calling): no cost,
         no change to competence, and no budget held. The decision counts as reported from then on."""
         self.handbook.record(OutcomeReport(decision_id=decision_id, error_class="connection", cost_usd=0.0))
 
@@ -407,6 +405,19 @@ def _refuse_unclaimable(
         )
     if row.get("text") is not None and row["text"] != text:
         raise InvalidInput("text", text, f"the text decision {decision_id} was routed for")
+
+
+def _not_callable(decision: RouteDecision, connections: dict[str, AgentConnection]) -> InvalidInput:
+    """route_step chose an agent without connection settings: refused before anything is written, so the decision
+    stays open for the model to run the step itself and report it."""
+    callable_ids = ", ".join(sorted(connections)) or "none: load them with `skillorchestra agents load`"
+    return InvalidInput(
+        "decision_id",
+        decision.decision_id,
+        f"a decision whose agent the server can call; route_step chose {decision.agent_id}, which has no connection "
+        "settings. Run the step yourself and report it with record_outcome(decision_id), or call delegate(text) "
+        f"without decision_id: it routes only among the agents it can call ({callable_ids})",
+    )
 
 
 def _stored_decision(row: dict[str, Any], c_ref: float) -> RouteDecision:

@@ -178,3 +178,38 @@ async def test_the_carried_out_decision_is_returned_as_route_step_made_it(settin
     assert routed["excluded"] and routed["session_spend_usd"] > 0  # the earlier step holds its expected cost
     assert result["decision"]["excluded"] == routed["excluded"]
     assert result["decision"]["session_spend_usd"] == routed["session_spend_usd"]
+
+
+async def test_a_decision_for_an_agent_the_server_cannot_call_is_refused_and_stays_open(
+    settings: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    """route_step may choose an agent without connection settings (the handbook knows more agents than the server
+    can call): delegate(decision_id) then writes nothing and names the way on, and the model can still report."""
+    async with Client(create_server(settings)) as client:
+        await call(client, "upsert_agent", {"agent_id": "ghost", "description": "known from traces only"})
+        routed = await call(client, "route_step", {"text": STEP, "allowed_agents": ["ghost"]})
+        assert routed["agent_id"] == "ghost"
+        before = dump(settings.db_path)
+        message = await refused(client, "delegate", {"text": STEP, "decision_id": routed["decision_id"]})
+        assert f"decision_id={routed['decision_id']!r}" in message
+        assert "ghost, which has no connection settings" in message
+        assert "record_outcome" in message and "(cheap, strong)" in message
+        assert dump(settings.db_path) == before
+        outcome = await call(client, "record_outcome", {"decision_id": routed["decision_id"], "success": True})
+        assert outcome["agent_id"] == "ghost" and not outcome["duplicate"]
+    assert fake_openai.chat_requests() == []
+
+
+async def test_fallbacks_skip_stored_candidates_the_server_cannot_call(
+    settings: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    async with Client(create_server(settings)) as client:
+        # a dear agent without connection settings, ranked last at lambda 1: a candidate, never a fallback
+        await call(client, "upsert_agent", {"agent_id": "ghost", "input_per_mtok": 900.0, "output_per_mtok": 900.0})
+        routed = await call(client, "route_step", {"text": STEP, "lambda_": 1.0, "top_k": 3})
+        assert [c["agent_id"] for c in routed["candidates"]][-1] == "ghost"
+        for model in ("cheap-model", "strong-model"):
+            fake_openai.behaviours[model] = "FAIL500"
+        message = await refused(client, "delegate", {"text": STEP, "decision_id": routed["decision_id"]})
+    assert "no agent answered" in message and "ghost" not in message
+    assert len(fake_openai.chat_requests()) == 2
