@@ -1,17 +1,32 @@
 """What the handbook answers: the result models of consult, route, record and the listings.
 
-They are the MCP tools' output schemas too, so field names follow interface.md.
+They are the MCP tools' output schemas too, so field names follow interface.md. Estimates go out with four
+significant digits (`Figure`): the model reads every digit as tokens, and the 17 of a float's repr carry nothing an
+estimate has (0.00010480000000000001 -> 0.0001048). Only the JSON is rounded: the service keeps full precision.
 """
 
 from __future__ import annotations
 
-from typing import Generic, Literal, TypeVar
+from collections import defaultdict
+from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PlainSerializer
 
-from skillorchestra.handbook.models import Agent, ErrorClass, Skill, SkillDemand
+from skillorchestra.handbook.models import Agent, ErrorClass, Skill
 
 T = TypeVar("T")
+
+
+def four_significant(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
+Figure = Annotated[float, PlainSerializer(four_significant, when_used="json")]
+
+
+class UsedSkill(BaseModel):
+    skill_id: str
+    weight: Figure
 
 
 class SkillCard(BaseModel):
@@ -23,7 +38,7 @@ class SkillCard(BaseModel):
     description: str = ""
     indicators: list[str] = Field(default_factory=list)
     examples: list[str] = Field(default_factory=list)
-    weight: float
+    weight: Figure
 
 
 class AgentSkillStat(BaseModel):
@@ -31,13 +46,13 @@ class AgentSkillStat(BaseModel):
 
     agent_id: str
     skill_id: str
-    mean: float
-    ci90: tuple[float, float]
-    n: float = Field(description="observations behind the estimate (fractional: weighted by skill demand)")
-    expected_cost_usd: float | None = Field(
+    mean: Figure
+    ci90: tuple[Figure, Figure]
+    n: Figure = Field(description="observations behind the estimate (fractional: weighted by skill demand)")
+    expected_cost_usd: Figure | None = Field(
         description="expected cost of a call with this text on this skill; null when the agent's cost is unknown"
     )
-    length_shift: float = Field(
+    length_shift: Figure = Field(
         default=0.0,
         description="competence the learned length effect adds for this text's length (0 without one); agents are "
         "ranked by mean + length_shift kept in [0, 1], as route_step scores them",
@@ -57,13 +72,13 @@ class ConsultResult(BaseModel):
 
 class Candidate(BaseModel):
     agent_id: str
-    utility: float
-    quality: float = Field(description="sum_s w_s * posterior mean competence, plus length_shift (kept in [0, 1])")
-    ci90: tuple[float, float]
-    n: float
-    expected_cost_usd: float | None = Field(description="null when unknown (then charged c_ref)")
-    contributions: dict[str, float] = Field(description="skill_id -> w_s * theta(agent, s)")
-    length_shift: float = Field(
+    utility: Figure
+    quality: Figure = Field(description="sum_s w_s * posterior mean competence, plus length_shift (kept in [0, 1])")
+    ci90: tuple[Figure, Figure]
+    n: Figure
+    expected_cost_usd: Figure | None = Field(description="null when unknown (then charged c_ref)")
+    contributions: dict[str, Figure] = Field(description="skill_id -> w_s * theta(agent, s)")
+    length_shift: Figure = Field(
         default=0.0, description="competence added for this step's length by the learned length effect (0 without one)"
     )
 
@@ -77,17 +92,17 @@ class RouteDecision(BaseModel):
     decision_id: str
     agent_id: str
     explored: bool = Field(description="true when Thompson sampling chose other than the best posterior mean")
-    propensity: float = Field(description="probability that this strategy picks this agent (1 for mean)")
+    propensity: Figure = Field(description="probability that this strategy picks this agent (1 for mean)")
     strategy: Literal["mean", "thompson"]
     lambda_: float
-    skills: list[SkillDemand] = Field(description="the skill weights used (empty: agent or mode level)")
+    skills: list[UsedSkill] = Field(description="the skill weights used (empty: agent or mode level)")
     skills_source: str
     candidates: list[Candidate]
     excluded: list[Exclusion]
-    c_ref_usd: float | None = Field(description="reference cost that makes lambda dimensionless")
-    session_spend_usd: float | None = None
+    c_ref_usd: Figure | None = Field(description="reference cost that makes lambda dimensionless")
+    session_spend_usd: Figure | None = None
     handbook_version: int
-    expires_at: float
+    expires_at: float = Field(description="Unix time after which record_outcome refuses this decision")
 
 
 class CompetenceUpdate(BaseModel):
@@ -97,9 +112,9 @@ class CompetenceUpdate(BaseModel):
     so with little evidence the competence route_step and consult_handbook show moves less than `mean` does."""
 
     skill_id: str
-    alpha: float = Field(description="successes + 1 on this skill (fractional: weighted by the step's demand)")
-    beta: float = Field(description="failures + 1 on this skill")
-    mean: float = Field(description="alpha / (alpha + beta), before shrinkage toward the parent, mode and agent")
+    alpha: Figure = Field(description="successes + 1 on this skill (fractional: weighted by the step's demand)")
+    beta: Figure = Field(description="failures + 1 on this skill")
+    mean: Figure = Field(description="alpha / (alpha + beta), before shrinkage toward the parent, mode and agent")
 
 
 class OutcomeResult(BaseModel):
@@ -107,7 +122,7 @@ class OutcomeResult(BaseModel):
     agent_id: str
     error_class: ErrorClass
     reward: float | None
-    cost_usd: float | None
+    cost_usd: Figure | None
     updated: list[CompetenceUpdate]
     duplicate: bool
     applied: bool = Field(
@@ -145,8 +160,49 @@ class Attempt(BaseModel):
     decision_id: str | None = None
     error_class: str | None = Field(description="null when this agent answered")
     message: str | None = None
-    latency_s: float = 0.0
-    cost_usd: float | None = None
+    latency_s: Figure = 0.0
+    cost_usd: Figure | None = None
+
+
+class RankedAgent(BaseModel):
+    """A candidate as delegate shows it; route_step shows the full breakdown (interval, evidence, contributions)."""
+
+    agent_id: str
+    utility: Figure
+    quality: Figure
+    expected_cost_usd: Figure | None
+
+
+class Routing(BaseModel):
+    """How delegate routed the step. Its decision ids are the result's `decision_id` and `tried`: after a fallback
+    the answering agent's decision is not the routed one."""
+
+    strategy: Literal["mean", "thompson"]
+    lambda_: float
+    skills: list[UsedSkill] = Field(description="the skill weights used (empty: agent or mode level)")
+    skills_source: str
+    candidates: list[RankedAgent]
+    excluded: dict[str, list[str]] = Field(description="why -> the agents left out for that reason")
+    c_ref_usd: Figure | None = Field(description="reference cost that makes lambda dimensionless")
+    session_spend_usd: Figure | None = None
+    handbook_version: int
+
+    @classmethod
+    def of(cls, decision: RouteDecision) -> Routing:
+        excluded: dict[str, list[str]] = defaultdict(list)
+        for exclusion in decision.excluded:  # one reason (no connection settings...) often covers many agents
+            excluded[exclusion.reason].append(exclusion.agent_id)
+        return cls(
+            strategy=decision.strategy,
+            lambda_=decision.lambda_,
+            skills=decision.skills,
+            skills_source=decision.skills_source,
+            candidates=[RankedAgent.model_validate(c, from_attributes=True) for c in decision.candidates],
+            excluded=dict(excluded),
+            c_ref_usd=decision.c_ref_usd,
+            session_spend_usd=decision.session_spend_usd,
+            handbook_version=decision.handbook_version,
+        )
 
 
 class DelegateResult(BaseModel):
@@ -155,20 +211,20 @@ class DelegateResult(BaseModel):
     answer: str | None
     error_class: str | None = Field(default=None, description="'task' when the agent could not do the step")
     tried: list[Attempt]
-    cost_usd: float | None = Field(description="cost of the answering call; null = unknown (never a silent 0)")
+    cost_usd: Figure | None = Field(description="cost of the answering call; null = unknown (never a silent 0)")
     cost_source: str
-    total_cost_usd: float | None = Field(description="all tries together; null when any cost is unknown")
+    total_cost_usd: Figure | None = Field(description="all tries together; null when any cost is unknown")
     prompt_tokens: int | None
     completion_tokens: int | None
-    latency_s: float
+    latency_s: Figure
     warnings: list[str] = Field(default_factory=list)
-    decision: RouteDecision
+    routing: Routing
     judge_agent_id: str | None = Field(default=None, description="the configured judge (agents.toml [judge]), if any")
-    judge_score: float | None = Field(default=None, description="the judge's raw score 0..1; null = not judged")
+    judge_score: Figure | None = Field(default=None, description="the judge's raw score 0..1; null = not judged")
     judged_reward: float | None = Field(
         default=None, description="the reward the judge recorded for decision_id (score, or 0/1 by threshold)"
     )
-    judge_cost_usd: float | None = Field(default=None, description="the judge's own call (in the session's spend)")
+    judge_cost_usd: Figure | None = Field(default=None, description="the judge's own call (in the session's spend)")
     reported_by: Literal["judge"] | None = Field(
         default=None,
         description="'judge': the outcome is recorded, do not call record_outcome (a different report is a "

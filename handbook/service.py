@@ -62,6 +62,7 @@ from skillorchestra.handbook.results import (
     RouteDecision,
     SkillCard,
     SkillPage,
+    UsedSkill,
 )
 from skillorchestra.handbook.router import Strategy, route, shifted
 from skillorchestra.handbook.store import HandbookStore, OutcomeEffect
@@ -401,7 +402,7 @@ class Handbook:
                 propensity=scores.propensity,
                 strategy=request.strategy,
                 lambda_=request.lambda_,
-                skills=[SkillDemand(skill_id=s, weight=w) for s, w in demands],
+                skills=[UsedSkill(skill_id=s, weight=w) for s, w in demands],
                 skills_source=source if demands else ("mode level" if request.mode else "agent level"),
                 candidates=candidates,
                 excluded=excluded,

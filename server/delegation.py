@@ -33,8 +33,15 @@ from pydantic import ValidationError
 from skillorchestra.handbook import costing
 from skillorchestra.handbook.arrays import HandbookArrays
 from skillorchestra.handbook.errors import HandbookError, InvalidInput, NotFound, Unroutable, utc_text
-from skillorchestra.handbook.models import SkillDemand
-from skillorchestra.handbook.results import Attempt, Candidate, DelegateResult, Exclusion, RouteDecision
+from skillorchestra.handbook.results import (
+    Attempt,
+    Candidate,
+    DelegateResult,
+    Exclusion,
+    RouteDecision,
+    Routing,
+    UsedSkill,
+)
 from skillorchestra.handbook.service import DelegateRequest, Handbook, OutcomeReport, RouteRequest
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.agent_config import AgentConnection, LlmAgentConnection, parse_agent
@@ -426,7 +433,7 @@ def _stored_decision(row: dict[str, Any], c_ref: float) -> RouteDecision:
     def loaded(value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
 
-    skills = [SkillDemand(skill_id=s, weight=w) for s, w in loaded(row["skills"]) or []]
+    skills = [UsedSkill(skill_id=s, weight=w) for s, w in loaded(row["skills"]) or []]
     candidates = [Candidate.model_validate(c) for c in loaded(row["candidates"]) or []]
     return RouteDecision(
         decision_id=row["id"],
@@ -497,5 +504,5 @@ def _answer(
         completion_tokens=result.completion_tokens,
         latency_s=result.latency_s,
         warnings=warnings,
-        decision=decision,
+        routing=Routing.of(decision),
     )

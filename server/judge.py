@@ -153,7 +153,7 @@ async def judge_answer(
     unreported = f"decision {answer.decision_id} is left unreported: report it with record_outcome"
     remaining = deadline - time.monotonic()
     budgeted = session_id is not None and budget_usd is not None
-    c_ref = answer.decision.c_ref_usd or 0.0
+    c_ref = answer.routing.c_ref_usd or 0.0
     messages = judge_messages(step, context, answer.answer or "", settings.style)
     expected = expected_call_cost(conn, messages, settings.max_tokens)
     if conn.id == answer.agent_id:

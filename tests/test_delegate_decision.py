@@ -50,7 +50,7 @@ async def test_route_step_then_delegate_makes_one_decision_and_one_outcome(
         result = await call(client, "delegate", {"text": STEP, "decision_id": routed["decision_id"]})
         assert result["decision_id"] == routed["decision_id"] and result["agent_id"] == routed["agent_id"]
         assert result["answer"] == f"answer[{routed['agent_id']}-model]: {STEP}"
-        assert [c["agent_id"] for c in result["decision"]["candidates"]] == [
+        assert [c["agent_id"] for c in result["routing"]["candidates"]] == [
             c["agent_id"] for c in routed["candidates"]
         ]
         outcome = await call(client, "record_outcome", {"decision_id": result["decision_id"], "success": True})
@@ -176,8 +176,11 @@ async def test_the_carried_out_decision_is_returned_as_route_step_made_it(settin
         )
         result = await call(client, "delegate", {"text": STEP, "decision_id": routed["decision_id"]})
     assert routed["excluded"] and routed["session_spend_usd"] > 0  # the earlier step holds its expected cost
-    assert result["decision"]["excluded"] == routed["excluded"]
-    assert result["decision"]["session_spend_usd"] == routed["session_spend_usd"]
+    grouped: dict[str, list[str]] = {}
+    for exclusion in routed["excluded"]:
+        grouped.setdefault(exclusion["reason"], []).append(exclusion["agent_id"])
+    assert result["routing"]["excluded"] == grouped
+    assert result["routing"]["session_spend_usd"] == routed["session_spend_usd"]
 
 
 async def test_a_decision_for_an_agent_the_server_cannot_call_is_refused_and_stays_open(
