@@ -475,7 +475,7 @@ class Handbook:
             _check_amount(name, getattr(report, name))
         decision = self.store.decision(report.decision_id)
         if decision is None:
-            raise NotFound("decision", report.decision_id)
+            raise NotFound("decision", report.decision_id, hint="decision ids come from route_step or delegate")
         payload = {
             "reward": reward,
             "error_class": report.error_class,
@@ -867,11 +867,20 @@ def _reward(report: OutcomeReport) -> float | None:
 
 
 def _with_call_figures(payload: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
-    """A report that leaves cost, tokens or latency out takes what the delegated call recorded."""
+    """A report that leaves cost, tokens or latency out takes what the delegated call recorded. One that sends
+    another value is refused: the measured call is what was paid, and a model's guess would overwrite it (a model
+    reading the rounded figures of delegate's result may send them back: four significant digits match)."""
     effective = dict(payload)
     for key in ("cost_usd", "prompt_tokens", "completion_tokens", "latency_s"):
-        if effective[key] is None and decision.get(f"call_{key}") is not None:
-            effective[key] = decision[f"call_{key}"]
+        measured = decision.get(f"call_{key}")
+        if measured is None:
+            continue
+        sent = effective[key]
+        if sent is not None and not math.isclose(sent, measured, rel_tol=1e-3, abs_tol=1e-12):
+            raise InvalidInput(
+                key, sent, f"left out: delegate measured this decision's call ({key}={measured:.6g}) and records it"
+            )
+        effective[key] = measured
     return effective
 
 

@@ -50,9 +50,7 @@ async def test_route_step_then_delegate_makes_one_decision_and_one_outcome(
         result = await call(client, "delegate", {"text": STEP, "decision_id": routed["decision_id"]})
         assert result["decision_id"] == routed["decision_id"] and result["agent_id"] == routed["agent_id"]
         assert result["answer"] == f"answer[{routed['agent_id']}-model]: {STEP}"
-        assert [c["agent_id"] for c in result["routing"]["candidates"]] == [
-            c["agent_id"] for c in routed["candidates"]
-        ]
+        assert [c["agent_id"] for c in result["routing"]["candidates"]] == [c["agent_id"] for c in routed["candidates"]]
         outcome = await call(client, "record_outcome", {"decision_id": result["decision_id"], "success": True})
         assert outcome["cost_usd"] == pytest.approx(result["cost_usd"])  # the call's cost went on that decision
         # the session's spend is this one call, not a second reservation for the same step
@@ -216,3 +214,31 @@ async def test_fallbacks_skip_stored_candidates_the_server_cannot_call(
         message = await refused(client, "delegate", {"text": STEP, "decision_id": routed["decision_id"]})
     assert "no agent answered" in message and "ghost" not in message
     assert len(fake_openai.chat_requests()) == 2
+
+
+async def test_a_report_after_delegate_cannot_overwrite_the_measured_call(
+    settings: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    """delegate measured what its call cost; a model's own figure is refused (nothing written), and the rounded
+    figure delegate showed the model counts as the same one."""
+    async with Client(create_server(settings)) as client:
+        result = await call(client, "delegate", {"text": STEP, "agent_id": "strong"})
+        decision_id = result["decision_id"]
+        before = dump(settings.db_path)
+        message = await refused(
+            client, "record_outcome", {"decision_id": decision_id, "success": True, "cost_usd": 0.5}
+        )
+        assert "cost_usd=0.5" in message and "delegate measured" in message
+        message = await refused(
+            client, "record_outcome", {"decision_id": decision_id, "success": True, "prompt_tokens": 1}
+        )
+        assert "prompt_tokens=1" in message
+        assert dump(settings.db_path) == before
+        sent = {"decision_id": decision_id, "success": True, "cost_usd": result["cost_usd"]}  # as shown: 4 digits
+        outcome = await call(client, "record_outcome", sent)
+    [(stored_cost, call_cost)] = rows(
+        settings.db_path,
+        f"SELECT o.cost_usd, d.call_cost_usd FROM outcomes o JOIN decisions d ON d.id = o.decision_id "
+        f"WHERE o.decision_id = '{decision_id}'",
+    )
+    assert stored_cost == call_cost and outcome["cost_usd"] == result["cost_usd"]
