@@ -67,13 +67,25 @@ def not_utf8(path: object) -> InvalidInput:
 class NotFound(HandbookError):
     """An id that the handbook does not know; suggests the closest known ids."""
 
-    def __init__(self, kind: str, value: str, known: Iterable[str] = (), *, hint: str | None = None) -> None:
+    def __init__(self, kind: str, value: str, known: Iterable[str] | None = None, *, hint: str | None = None) -> None:
         """`hint` replaces the closest known ids where those say nothing (numbers: name the range instead)."""
         self.kind, self.value = kind, value
-        if hint is None:
-            close = difflib.get_close_matches(value, list(known), n=3, cutoff=0.4)
-            hint = f"closest known: {', '.join(close)}" if close else ""
+        if hint is None and known is not None:
+            hint = _known_hint(value, list(known))
         super().__init__(f"unknown {kind} {value!r}" + (f"; {hint}" if hint else ""))
+
+
+def _known_hint(value: str, known: list[str], listed: int = 10) -> str:
+    """The closest known ids; with none close, all of them when few (a model guessing "math" for a mode should
+    read the modes there are), else how many there are."""
+    close = difflib.get_close_matches(value, known, n=3, cutoff=0.4)
+    if close:
+        return f"closest known: {', '.join(close)}"
+    if not known:
+        return "none is known yet"
+    if len(known) <= listed:
+        return f"known: {', '.join(sorted(known))}"
+    return f"none of the {len(known)} known is close"
 
 
 class Conflict(HandbookError):

@@ -371,8 +371,7 @@ class Handbook:
                 named = next((e.reason for e in excluded if e.agent_id == request.named_agent), None)
                 if named is not None:  # the caller asked for one agent: why it cannot take the step, not the others
                     raise Unroutable(f"agent {request.named_agent} is unavailable: {named}")
-                reasons = "; ".join(f"{e.agent_id}: {e.reason}" for e in excluded)
-                raise Unroutable(f"no agent satisfies the step's constraints ({reasons})")
+                raise Unroutable(_why_no_agent(excluded, budgeted))
             shift = step_shift(arrays, request.text)
             scores = route(
                 arrays.route_inputs(cols, weights, cost, c_ref, eligible, shift),
@@ -623,7 +622,7 @@ class Handbook:
     ) -> str:
         decision = self.store.decision(decision_id)
         if decision is None:
-            raise NotFound("decision", decision_id)
+            raise NotFound("decision", decision_id, hint="decision ids come from route_step or delegate")
         now = self.clock()
         if budget_usd is not None and decision["session_id"] is not None:
             left = budget_usd - self.store.session_spend(decision["session_id"], now, c_ref)
@@ -897,6 +896,22 @@ def _deleted_skills_note(demanded: list[list[Any]], effect: OutcomeEffect) -> st
         return f"the decision's skills ({names}) were deleted since: the outcome went to {where} instead"
     share = sum(weight for _, weight in gone) / sum(weight for _, weight in demanded if weight > 0)
     return f"skills deleted since the decision ({names}): their share ({share:.2f}) of the outcome was not applied"
+
+
+def _why_no_agent(excluded: list[Exclusion], budgeted: bool, shown: int = 6) -> str:
+    """Why no agent could take the step, a reason once for all the agents it covers and at most `shown` of them:
+    the message grows with the pool otherwise (1 KB at 11 agents when a budget ran out)."""
+    groups: dict[str, list[str]] = {}
+    for exclusion in excluded:
+        groups.setdefault(exclusion.reason, []).append(exclusion.agent_id)
+    parts = [
+        f"{', '.join(ids[:shown])}{f' and {len(ids) - shown} more' if len(ids) > shown else ''}: {reason}"
+        for reason, ids in list(groups.items())[:shown]
+    ]
+    if len(groups) > shown:
+        parts.append(f"{len(groups) - shown} more reasons")
+    advice = "; raise budget_usd or stop the session" if budgeted and any("budget" in r for r in groups) else ""
+    return f"no agent satisfies the step's constraints ({'; '.join(parts)}){advice}"
 
 
 def _charged(cost: float, known: bool) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from skillorchestra.handbook.arrays import MODE_PREFIX, ROOT_SKILL
-from skillorchestra.handbook.document_checks import check_document
+from skillorchestra.handbook.document_checks import check_document, check_entering
 from skillorchestra.handbook.errors import InvalidInput, NotFound
 from skillorchestra.handbook.models import (
     INFRASTRUCTURE_ERRORS,
@@ -145,7 +145,7 @@ class HandbookStore(SqliteFile):
         """Replace the live handbook by `document` and make it a new version (import, learn, refine); with
         live=False the version is only stored (its parent is still the live one), for `promote` to make live.
         `summary` may be a function of the new version's number (a summary that names it)."""
-        check_document(document)
+        check_document(document, live=self.document())  # what the live state holds is not refused again
         with self.write():
             parent = self.current_version() or None
             return self._insert_version(
@@ -321,12 +321,23 @@ class HandbookStore(SqliteFile):
     # -- events ------------------------------------------------------------------------------------------
 
     def apply(self, kind: str, payload: dict[str, Any]) -> Any:
-        """Append an event against the live version and apply it, in one transaction."""
+        """Append an event against the live version and apply it, in one transaction. An edit is checked here
+        (not in the replay, which must read an older file's events) for what it would add (check_entering)."""
         with self.write():
+            if kind in _EDITED:
+                self._check_edit(kind, payload)
             self._log_event(self.current_version(), kind, payload)
             if kind == "delete_agent":  # here, not in the event: a rebuild's replay must not mark later decisions
                 self._mark_agent_deleted(payload["id"])
             return self._apply_event(kind, payload)
+
+    def _check_edit(self, kind: str, payload: dict[str, Any]) -> None:
+        """Every edit (tools, agents.toml, the service) ends here: refuse a new id, mode or text that could not be
+        addressed or shown safely, naming the field as the tools do (skill_id, description, indicators[0])."""
+        model, stored_of = _EDITED[kind]
+        entity = model.model_validate(payload)
+        stored = next((item for item in stored_of(self) if item.id == entity.id), None)
+        check_entering(entity, stored, id_field=f"{kind.removeprefix('upsert_')}_id")
 
     def _mark_agent_deleted(self, agent_id: str) -> None:
         """The agent's open decisions: their outcomes will be stored but not applied (see record_outcome)."""
@@ -649,7 +660,7 @@ class HandbookStore(SqliteFile):
             sql = f"UPDATE decisions SET {assignments} WHERE id = ?"
             updated = self.db.execute(sql, [*columns.values(), decision_id])
             if updated.rowcount == 0:
-                raise NotFound("decision", decision_id)
+                raise NotFound("decision", decision_id, hint="decision ids come from route_step or delegate")
 
     def save_connections(self, connections: dict[str, tuple[str, dict[str, Any]]]) -> None:
         """Replace the agents' connection settings (agent_id -> (kind, settings)); only the CLI calls this."""
@@ -838,6 +849,14 @@ class HandbookStore(SqliteFile):
             live = self.current_version()
             target = self.rollback_target()
             return self.promote(target, summary=f"rollback from version {live} to version {target}", rollback=True)
+
+
+# the edit events that add or change an entity: its model and how the store reads the ones it holds
+_EDITED: dict[str, tuple[type[Mode] | type[Skill] | type[Agent], Callable[[HandbookStore], list[Any]]]] = {
+    "upsert_mode": (Mode, HandbookStore.modes),
+    "upsert_skill": (Skill, HandbookStore.skills),
+    "upsert_agent": (Agent, HandbookStore.agents),
+}
 
 
 def _effective(effect: LengthEffect | None) -> LengthEffect | None:

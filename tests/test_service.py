@@ -198,6 +198,21 @@ def test_session_budget_counts_recorded_spend(book: Handbook) -> None:
     assert book.route(request(session_id="s2", budget_usd=1.0)).agent_id == "pricey"
 
 
+def test_a_spent_budget_says_what_to_do_and_names_each_reason_once(book: Handbook) -> None:
+    first = book.route(request(session_id="s1", budget_usd=0.01))
+    book.record(OutcomeReport(decision_id=first.decision_id, success=True, cost_usd=0.01))
+    with pytest.raises(Unroutable) as refused:
+        book.route(request(session_id="s1", budget_usd=0.01))
+    message = str(refused.value)
+    assert message.endswith("raise budget_usd or stop the session")
+    assert all(message.count(f"{agent}:") + message.count(f"{agent},") == 1 for agent in ("cheap", "mid", "pricey"))
+
+
+def test_an_unknown_mode_lists_the_modes_there_are(book: Handbook) -> None:
+    with pytest.raises(NotFound, match=r"unknown mode 'xyz'; known: code, search$"):
+        book.route(request(mode="xyz", skills=None))
+
+
 def test_steps_routed_but_not_reported_hold_their_share_of_the_budget(book: Handbook, clock: Clock) -> None:
     pricey = book.route(request(allowed_agents=["pricey"])).candidates[0].expected_cost_usd
     assert pricey is not None
@@ -324,8 +339,7 @@ def test_everything_excluded_is_unroutable_naming_each_reason(book: Handbook) ->
         book.route(request(allowed_agents=["pricey"], max_cost_usd=1e-3))
     message = str(caught.value)
     assert "pricey: expected cost" in message and "max_cost_usd" in message
-    for agent in ("cheap", "mid", "searcher"):
-        assert f"{agent}: not in allowed_agents" in message
+    assert "cheap, mid, searcher: not in allowed_agents" in message  # a shared reason is said once
 
 
 def test_an_empty_handbook_is_unroutable(tmp_path: Path) -> None:
