@@ -34,8 +34,17 @@ class Structure:
     parent: np.ndarray  # (K,) index of the parent skill, -1 for a top-level skill
     skill_mode: np.ndarray  # (K,) index of the skill's mode
     chain: np.ndarray  # (K, D+1) chain[k, t] = k's ancestor at depth t, then k itself, then -1
-    subtree: np.ndarray  # (K, K) subtree[k, j] = 1 when j is k or below it
     mode_member: np.ndarray  # (K, M)
+
+    def subtree_sums(self, own: np.ndarray) -> np.ndarray:
+        """(R, K) each skill's own evidence plus everything below it: every skill's column added to each node of
+        its chain. A (K, K) membership matrix did this as one product, but it grows with the square of the skills
+        (3.3 GB at 20,000); this is K x depth additions."""
+        total = np.zeros_like(own)
+        for nodes in self.chain.T:
+            present = nodes >= 0
+            np.add.at(total.T, nodes[present], own.T[present])
+        return total
 
 
 @dataclass
@@ -71,11 +80,11 @@ class Sums:
 
     @classmethod
     def of(cls, raw: RawEvidence, st: Structure, rows: np.ndarray | slice = slice(None)) -> Sums:
-        n_skills, n_modes = st.subtree.shape[0], st.mode_member.shape[1]
+        n_skills, n_modes = st.mode_member.shape
         own_s, own_f = raw.success[rows, :n_skills], raw.failure[rows, :n_skills]
         return cls(
-            own_s @ st.subtree.T,
-            own_f @ st.subtree.T,
+            st.subtree_sums(own_s),
+            st.subtree_sums(own_f),
             own_s @ st.mode_member + raw.success[rows, n_skills : n_skills + n_modes],
             own_f @ st.mode_member + raw.failure[rows, n_skills : n_skills + n_modes],
         )
@@ -297,15 +306,13 @@ def _structure(ordered: Sequence[Skill], s_idx: dict[str, int], m_idx: dict[str,
         chains.append([*chains[parent[k]], int(parent[k])] if parent[k] >= 0 else [])
     depth = max((len(c) for c in chains), default=0)
     chain_nodes = np.full((n_skills, depth + 1), -1, dtype=np.int64)
-    subtree = np.eye(n_skills)
     for k, chain in enumerate(chains):
         chain_nodes[k, : len(chain) + 1] = [*chain, k]
-        subtree[chain, k] = 1.0
     skill_mode = np.array([m_idx[s.mode] for s in ordered], dtype=np.int64)
     mode_member = np.zeros((n_skills, n_modes))
     if n_skills:
         mode_member[np.arange(n_skills), skill_mode] = 1.0
-    return Structure(parent, skill_mode, chain_nodes, subtree, mode_member)
+    return Structure(parent, skill_mode, chain_nodes, mode_member)
 
 
 def _derive(
