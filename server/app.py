@@ -45,11 +45,13 @@ from skillorchestra.tools.common import AppState
 
 log = logging.getLogger("skillorchestra")
 
+# Hosts that show instructions but not prompts leave the model only this: it must name delegate, the one way to have
+# an agent called (no longer than before: every session pays for it).
 INSTRUCTIONS = (
-    "Skill-aware routing for a pool of backend agents. For each step of a task: consult_handbook to see the "
-    "skills it demands and each agent's competence and cost, route_step to choose the agent (utility = "
-    "competence - lambda * cost / c_ref), have that agent do the step, then record_outcome so the handbook "
-    "learns. The 'orchestrate' prompt explains the loop."
+    "Skill-aware routing for a pool of agents. Per step: delegate when the server has backends (it routes, calls, "
+    "falls back, records cost); route_step when you run the step yourself. Then record_outcome(decision_id) unless "
+    "delegate's judge reported. consult_handbook is optional (to see or pick skills): both infer them. Prompt "
+    "'orchestrate' has the loop."
 )
 
 

@@ -1,4 +1,4 @@
-"""The `orchestrate` prompt: teaches an orchestrator model the loop consult -> route or delegate -> record, with
+"""The `orchestrate` prompt: teaches an orchestrator model the loop (consult) -> delegate or route -> record, with
 one decision per step (delegate routes by itself: routing first as well would make two)."""
 
 from __future__ import annotations
@@ -13,17 +13,19 @@ are kept in a Skill Handbook (the skillorchestra MCP server). Goal:
 
 Work step by step. For every step:
 1. Decide the next concrete step (one sub-task an agent can do: a lookup, a calculation, a piece of code...).
-2. consult_handbook(text=<the step>) to see which skills it demands and how each agent does on them
-   (posterior mean, 90% interval, evidence n, expected cost). Read the mode insights.
+2. Optional: consult_handbook(text=<the step>) to see or choose the skills yourself (which skills it demands,
+   each agent's competence and cost on them, the mode insights). route_step and delegate infer skills anyway.
 3. Run the step once, through ONE of these (each makes the step's one decision; never both for one step):
    - delegate(text=<the step>, context=<what the agent needs to know>, session_id=<one id for this task>,
      budget_usd=<if there is a budget>, lambda_=<0 for best quality, 0.1 by default, higher to save money>,
      skills=[{{"skill_id": ..., "weight": ...}}] if you know them better than the inferred ones) when the server
-     has backends: it routes the step, calls the chosen agent (falling back on failure) and returns the answer,
-     its cost and decision_id. If it answers that no agent has connection settings, use route_step instead.
+     has backends: it routes the step among the agents it can call, calls the chosen one (falling back on
+     failure) and returns the answer, its cost and decision_id. If it answers that no agent has connection
+     settings, use route_step instead.
    - route_step(text=<the step>, the same skills/lambda_/session_id/budget_usd) when you run steps yourself:
      it returns decision_id and agent_id, with the candidates and why; then run the step with that agent
-     yourself, or have the server call it with delegate(text=<the step>, decision_id=<from route_step>).
+     yourself. delegate(text=<the step>, decision_id=<from route_step>) carries it out only when that agent is
+     one the server can call: to have the server call an agent, call delegate directly instead.
 4. Judge the answer: did it achieve the step?
 5. record_outcome(decision_id=<from step 3>, success=true|false or reward=0..1) as soon as you can judge it, once
    per step; after route_step add cost_usd and latency_s if you know them (delegate has recorded its own). If

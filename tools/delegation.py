@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Annotated, Literal
+from typing import Annotated
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
@@ -13,8 +13,19 @@ from pydantic import Field
 from skillorchestra.handbook.models import MAX_SEED, TEXT_MAX
 from skillorchestra.handbook.results import DelegateResult
 from skillorchestra.handbook.service import DelegateRequest, RouteRequest
-from skillorchestra.tools.common import Id, OptionalId, app_state, reports_failures, writes
-from skillorchestra.tools.routing import Lambda, Mode, Skills, StepText, TopK, Usd
+from skillorchestra.tools.common import OptionalId, app_state, reports_failures, writes
+from skillorchestra.tools.routing import (
+    AllowedAgents,
+    Budget,
+    Lambda,
+    MaxCost,
+    Mode,
+    SessionId,
+    Skills,
+    StepText,
+    Strategy,
+    TopK,
+)
 
 
 def register(server: MCPServer) -> None:
@@ -30,20 +41,27 @@ async def delegate(
     skills: Skills = None,
     mode: Mode = None,
     lambda_: Lambda = 0.1,
-    strategy: Literal["mean", "thompson"] = "mean",
-    allowed_agents: Annotated[list[Id] | None, Field(max_length=500)] = None,
-    max_cost_usd: Usd = None,
-    session_id: OptionalId = None,
-    budget_usd: Usd = None,
-    top_k: TopK = 5,
+    strategy: Strategy = "mean",
+    allowed_agents: AllowedAgents = None,
+    max_cost_usd: MaxCost = None,
+    session_id: SessionId = None,
+    budget_usd: Budget = None,
+    top_k: Annotated[
+        TopK, Field(description="How many ranked candidates the result lists (fallbacks are not limited by it)")
+    ] = 5,
     seed: Annotated[
         int | None, Field(ge=0, le=MAX_SEED, description="Seed for thompson sampling (reproducible choices)")
     ] = None,
-    max_tokens: Annotated[int | None, Field(ge=1, le=1_000_000)] = None,
-    timeout_s: Annotated[float, Field(gt=0, le=600, description="Budget for all tries together")] = 45.0,
+    max_tokens: Annotated[
+        int | None,
+        Field(ge=1, le=1_000_000, description="Most tokens the agent may answer with (default: the agent's setting)"),
+    ] = None,
+    timeout_s: Annotated[
+        float, Field(gt=0, le=600, description="Seconds for the whole call, fallbacks included")
+    ] = 45.0,
     decision_id: Annotated[
         OptionalId,
-        Field(description="carry out this route_step decision instead of routing again (one decision per step)"),
+        Field(description="Carry out this route_step decision (its agent must be one the server can call)"),
     ] = None,
 ) -> DelegateResult:
     """Route the step (unless agent_id is given), call the agent, return its answer with cost and latency.

@@ -22,7 +22,11 @@ from skillorchestra.tools.common import READ_ONLY, AppState, OptionalId, app_sta
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0, description="share of tasks held out to select the handbook")]
 Lambda = Annotated[
     float,
-    Field(ge=0.0, le=MAX_LAMBDA, description="cost trade-off of the selection: accuracy - lambda * cost / c_ref"),
+    Field(
+        ge=0.0,
+        le=MAX_LAMBDA,
+        description="cost trade-off of the selection: accuracy - lambda * cost / c_ref (0 = accuracy only)",
+    ),
 ]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="seed of the split, clustering and bootstrap")]
 JobId = Annotated[str, Field(min_length=1, max_length=64)]
@@ -74,7 +78,10 @@ def learn_handbook(
     val_fraction: Fraction = 0.2,
     lambda_: Lambda = 0.1,
     seed: Seed = 0,
-    orchestrator: Annotated[OptionalId, Field(description="store the selection under")] = None,
+    orchestrator: Annotated[
+        OptionalId,
+        Field(description="store the selected granularity under this name (consult_handbook's orchestrator)"),
+    ] = None,
 ) -> LearnJobStatus:
     """Start learning a new handbook from this server's recorded steps and outcomes; returns a job id at once.
 

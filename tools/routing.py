@@ -24,22 +24,37 @@ from skillorchestra.tools.common import READ_ONLY, Id, OptionalId, app_state, re
 
 StepText = Annotated[str, Field(min_length=1, max_length=TEXT_MAX, description="What this step must achieve")]
 Mode = Annotated[OptionalId, Field(description="Restrict to one mode (stage) of work")]
-TopK = Annotated[int, Field(ge=1, le=50, description="How many skills / candidates to return")]
+# consult_handbook's top_k limits the skills it infers (service.consult); route_step's and delegate's the candidates
+# their result lists (delegate's fallbacks are not limited by it: server/delegation.py routes wider)
+SkillsShown = Annotated[
+    int, Field(ge=1, le=50, description="At most this many inferred skills (agents are listed for each)")
+]
+TopK = Annotated[int, Field(ge=1, le=50, description="How many ranked candidates the result lists")]
 Lambda = Annotated[
     float,
     Field(
         ge=0.0,
         le=MAX_LAMBDA,
-        description="Cost trade-off: give up lambda of quality to avoid one call of the pool's most expensive agent",
+        description="Cost aversion: 0 = quality only, 0.1 default, ~1 = strongly cost-averse (lambda of quality is "
+        "worth one call of the priciest agent)",
     ),
 ]
+Strategy = Annotated[
+    Literal["mean", "thompson"],
+    Field(description='"mean" = best expected utility; "thompson" = explores, logs a propensity'),
+]
+AllowedAgents = Annotated[list[Id] | None, Field(max_length=500, description="Choose only among these agents")]
+SessionId = Annotated[OptionalId, Field(description="One id for all steps of a task: their spend counts to budget_usd")]
 
 
+# A demand as a client sends it: strict like every top-level argument (see schemas.strict_arguments), so "0.5" or
+# true is refused as a weight, not coerced. The description (not a docstring) is what the calling model reads.
 class StrictDemand(SkillDemand):
-    """A demand as a client sends it: strict like every top-level argument (see schemas.strict_arguments), so
-    "0.5" or true is refused as a weight, not coerced."""
-
-    model_config = ConfigDict(strict=True, title="SkillDemand")
+    model_config = ConfigDict(
+        strict=True,
+        title="SkillDemand",
+        json_schema_extra={"description": "{skill_id, weight}; weights are normalised to sum to 1"},
+    )
 
 
 Skills = Annotated[
@@ -49,7 +64,11 @@ Skills = Annotated[
         description="Skill demands [{skill_id, weight}]; omitted = inferred from the text",
     ),
 ]
-Usd = Annotated[float | None, Field(ge=0.0, le=MAX_USD, allow_inf_nan=False, description="US dollars")]
+Usd = Annotated[float | None, Field(ge=0.0, le=MAX_USD, allow_inf_nan=False)]
+MaxCost = Annotated[Usd, Field(description="US dollars: cap on this step's expected cost; pricier agents are skipped")]
+Budget = Annotated[
+    Usd, Field(description="US dollars: total spend cap of the session (with session_id), not of a step")
+]
 Tokens = Annotated[int | None, Field(ge=0, le=MAX_TOKENS)]
 
 
@@ -64,8 +83,10 @@ def consult_handbook(
     text: StepText,
     ctx: Context,
     mode: Mode = None,
-    top_k: TopK = 5,
-    orchestrator: OptionalId = None,
+    top_k: SkillsShown = 5,
+    orchestrator: Annotated[
+        OptionalId, Field(description="Your name: skills at the granularity learned for you")
+    ] = None,
     cursor: Annotated[str | None, Field(max_length=64)] = None,
 ) -> ConsultResult:
     """Which skills does this step demand, and how good and costly is each agent at them?
@@ -91,11 +112,11 @@ def route_step(
     skills: Skills = None,
     mode: Mode = None,
     lambda_: Lambda = 0.1,
-    strategy: Literal["mean", "thompson"] = "mean",
-    allowed_agents: Annotated[list[Id] | None, Field(max_length=500)] = None,
-    max_cost_usd: Usd = None,
-    session_id: OptionalId = None,
-    budget_usd: Usd = None,
+    strategy: Strategy = "mean",
+    allowed_agents: AllowedAgents = None,
+    max_cost_usd: MaxCost = None,
+    session_id: SessionId = None,
+    budget_usd: Budget = None,
     top_k: TopK = 5,
     seed: Annotated[
         int | None, Field(ge=0, le=MAX_SEED, description="Seed for thompson sampling (reproducible choices)")
@@ -131,7 +152,10 @@ def record_outcome(
     ctx: Context,
     reward: Annotated[float | None, Field(ge=0.0, le=1.0, description="Graded outcome in [0, 1]")] = None,
     success: Annotated[bool | None, Field(description="Pass/fail outcome (instead of reward)")] = None,
-    cost_usd: Usd = None,
+    cost_usd: Annotated[
+        Usd,
+        Field(description="US dollars the call cost; leave out after delegate: delegate recorded the measured cost"),
+    ] = None,
     prompt_tokens: Tokens = None,
     completion_tokens: Tokens = None,
     latency_s: Annotated[float | None, Field(ge=0.0, le=MAX_SECONDS, allow_inf_nan=False)] = None,

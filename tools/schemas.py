@@ -8,6 +8,7 @@ the schemas and argument models from the functions' signatures and offers no opt
 from __future__ import annotations
 
 import difflib
+import inspect
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -201,9 +202,44 @@ def _decoded(value: Any) -> Any:
     return parsed if isinstance(parsed, list | dict) else value
 
 
+# Keywords whose value maps names (of properties, definitions...) to schemas or lists: a name is never a keyword.
+_NAMED = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependentRequired"})
+# Keywords whose value is data (an instance, not a schema): left as it is.
+_DATA = frozenset({"default", "const", "enum", "examples", "example"})
+
+
+def lean_schema(schema: Any) -> Any:
+    """The schema without what only costs the calling model tokens: pydantic's `title` keywords ("Agent Id" for
+    agent_id: 278 of them, ~5k characters of every tools/list) and `"default": null` (an annotation: an argument
+    left out of `required` is optional already, and null stays admitted by its anyOf). A property or definition
+    NAMED title or default is kept, and so is data (a default, const, enum or example value).
+
+    The `anyOf: [X, {"type": "null"}]` of an optional argument is kept as it is: `"type": [X, "null"]` is shorter,
+    but Gemini's function declarations refuse a list of types (400 "Proto field is not repeating"), and dropping
+    the null branch would stop admitting null, which the upserts take as "left out"."""
+    if isinstance(schema, list):
+        return [lean_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    lean: dict[str, Any] = {}
+    for key, value in schema.items():
+        if (key == "title" and isinstance(value, str)) or (key == "default" and value is None):
+            continue
+        if key in _NAMED and isinstance(value, dict):
+            lean[key] = {name: lean_schema(item) for name, item in value.items()}
+        elif key in _DATA:
+            lean[key] = value
+        else:
+            lean[key] = lean_schema(value)
+    return lean
+
+
 def self_contained_schemas(server: MCPServer) -> None:
-    """Every tool's input and output schema without `$ref` (see inline_definitions)."""
+    """Every tool's input and output schema without `$ref` (see inline_definitions) and lean (see lean_schema),
+    and its description without the docstring's indentation (the SDK sends the docstring as written)."""
     for tool in server._tool_manager.list_tools():
-        tool.parameters = inline_definitions(tool.parameters)
+        tool.parameters = lean_schema(inline_definitions(tool.parameters))
         if tool.fn_metadata.output_schema is not None:
-            tool.fn_metadata.output_schema = inline_definitions(tool.fn_metadata.output_schema)
+            tool.fn_metadata.output_schema = lean_schema(inline_definitions(tool.fn_metadata.output_schema))
+        if tool.description:
+            tool.description = inspect.cleandoc(tool.description)
