@@ -260,10 +260,13 @@ class Handbook:
         cursor: str | None = None,
         unavailable: dict[str, str] | None = None,
         page_size: int = 50,
+        agents_per_skill: int | None = None,
     ) -> ConsultResult:
+        """The step's skills and, for each, its agents by competence: at most `agents_per_skill` of them (None:
+        all), since every row costs the reading model tokens (11 agents x 4 skills were 70% of a task's)."""
         self._check_text(text)
         version = self.store.current_version()
-        query = query_digest(text, mode, top_k, orchestrator, version)
+        query = query_digest(text, mode, top_k, orchestrator, version, agents_per_skill)
         offset = decode_offset_cursor(cursor, query)
         arrays = self.arrays()
         self._check_mode(arrays, mode)
@@ -278,9 +281,10 @@ class Handbook:
         for k, (col, label) in enumerate(zip(cols, labels, strict=True)):
             # ranked as route_step scores competence: with this step's length shift
             order = np.argsort(-shifted(arrays.mean[:, col], shift), kind="stable")
-            for i in order:
-                if not arrays.enabled[i] or not serves(arrays.agent_modes[i], mode):  # route_step's rule
-                    continue  # listed in `unavailable` below, so "no agents" and "none usable" read apart
+            # route_step's rule; the agents it leaves out are listed in `unavailable`, so "none" and "none usable"
+            # read apart
+            usable = [i for i in order if arrays.enabled[i] and serves(arrays.agent_modes[i], mode)]
+            for i in usable[:agents_per_skill]:
                 agent_cost = None if np.isnan(per_skill_cost[k, i]) else per_skill_cost[k, i]
                 rows.append(
                     AgentSkillStat(

@@ -403,6 +403,15 @@ def test_consult_lists_the_agents_route_step_would_consider_for_the_mode(book: H
     assert [e.agent_id for e in routed.excluded] == ["searcher"]
 
 
+def test_consult_shows_the_most_competent_agents_per_skill_up_to_agents_per_skill(book: Handbook) -> None:
+    everyone = book.consult("write python functions", mode="code")
+    for skill in {r.skill_id for r in everyone.agents}:
+        ranked = [r.agent_id for r in everyone.agents if r.skill_id == skill]
+        shown = book.consult("write python functions", mode="code", agents_per_skill=2).agents
+        assert [r.agent_id for r in shown if r.skill_id == skill] == ranked[:2] and len(ranked) == 3
+    assert book.consult("write python functions", mode="code", agents_per_skill=1).unavailable == everyone.unavailable
+
+
 def test_consult_says_why_an_agent_is_not_offered(book: Handbook) -> None:
     """With every agent out of the running, consult used to answer no agents and no reason at all."""
     book.edit_agent("cheap", {"enabled": False})

@@ -88,6 +88,9 @@ def consult_handbook(
         OptionalId, Field(description="Your name: skills at the granularity learned for you")
     ] = None,
     cursor: Annotated[str | None, Field(max_length=64)] = None,
+    agents_per_skill: Annotated[
+        int, Field(ge=1, le=500, description="At most this many agents per skill, the most competent first")
+    ] = 5,
 ) -> ConsultResult:
     """Which skills does this step demand, and how good and costly is each agent at them?
 
@@ -99,6 +102,7 @@ def consult_handbook(
         text,
         mode=mode,
         top_k=top_k,
+        agents_per_skill=agents_per_skill,
         orchestrator=orchestrator,
         cursor=cursor,
         unavailable=state.unavailable_agents(),
