@@ -130,6 +130,21 @@ class SqliteFile:
             self.closed = True
             self.db.close()
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A read-only connection of its own for a scan (counting every decision): WAL lets it read while this
+        connection writes, where holding `lock` stalled every route and record for the scan (1.9 s at 340,000
+        decisions)."""
+        if str(self.path) == ":memory:":  # nothing else can open it: the one connection, under its lock
+            with self.lock:
+                yield self.db.conn
+            return
+        conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=self._busy_s)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
     # -- transactions ------------------------------------------------------------------------------------
 
     @contextlib.contextmanager

@@ -678,11 +678,17 @@ class HandbookStore(SqliteFile):
         return {r[0]: json.loads(r[1]) for r in rows}
 
     def counts(self) -> dict[str, int]:
-        with self.lock:
+        with self.reading() as conn:
             return {
-                table: int(self.db.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+                table: int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
                 for table in ("modes", "skills", "agents", "competence", "decisions", "outcomes", "events")
             }
+
+    def routing_counts(self) -> dict[str, int]:
+        """Decisions per agent, a judge's grading calls left out (they are not routings of a step)."""
+        with self.reading() as conn:
+            rows = conn.execute("SELECT agent_id, COUNT(*) FROM decisions WHERE role IS NOT 'judge' GROUP BY agent_id")
+            return {agent_id: int(count) for agent_id, count in rows}
 
     # -- rebuild -----------------------------------------------------------------------------------------
 

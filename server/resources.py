@@ -1,4 +1,8 @@
-"""Read-only views of the handbook as MCP resources (JSON), for hosts that browse rather than call."""
+"""Read-only views of the handbook as MCP resources (JSON), for hosts that browse rather than call.
+
+Compact JSON, and the listings say only what a reader needs to choose (a skill's indicators and examples are on its
+own page; an agent's page lists the skills it has evidence on): a host may put a whole resource into the model's
+context, and at 20,000 skills the skills listing was 5 MB."""
 
 from __future__ import annotations
 
@@ -16,15 +20,22 @@ from skillorchestra.handbook.service import Handbook
 
 
 def _json(value: object) -> str:
-    return json.dumps(value, indent=2, sort_keys=True)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+LISTED_SKILL_FIELDS = {"id", "mode", "parent_id", "description"}
 
 
 def register_resources(server: MCPServer, current: Callable[[], Handbook]) -> None:
     """`current` returns the running server's handbook (static resources get no request context in mcp 2.x)."""
 
-    @server.resource("handbook://skills", mime_type="application/json", description="Every skill in the handbook")
+    @server.resource(
+        "handbook://skills",
+        mime_type="application/json",
+        description="Every skill: id, mode, parent and description (the rest: handbook://skills/{skill_id})",
+    )
     def skills() -> str:
-        return _json([s.model_dump() for s in current().store.skills()])
+        return _json([s.model_dump(include=LISTED_SKILL_FIELDS) for s in current().store.skills()])
 
     @server.resource("handbook://agents", mime_type="application/json", description="Every agent in the handbook")
     def agents() -> str:
@@ -41,7 +52,7 @@ def register_resources(server: MCPServer, current: Callable[[], Handbook]) -> No
     @server.resource(
         "handbook://agents/{agent_id}",
         mime_type="application/json",
-        description="One agent with its competence and cost on every skill",
+        description="One agent: overall competence and, per skill it has evidence on, competence and cost",
     )
     def agent(agent_id: str) -> str:
         return _json(agent_card(current(), agent_id))  # the SDK has already percent-decoded the id
@@ -110,17 +121,15 @@ def agent_card(handbook: Handbook, agent_id: str) -> dict[str, object]:
                 "usual_step_tokens": _number(arrays.prompt_mean[i, col]),
             }
             for skill_id, col in arrays.skill_index.items()
+            if arrays.evidence[i, col] > 0  # elsewhere it shows only what it inherits from the level above
         ],
+        "skills_without_evidence": int(np.sum(arrays.evidence[i, : len(arrays.skill_ids)] <= 0)),
     }
 
 
 def handbook_stats(handbook: Handbook) -> dict[str, object]:
     store = handbook.store
-    with store.lock:
-        rows = store.db.conn.execute(  # a judge's grading call is not a routing of the step
-            "SELECT agent_id, COUNT(*) FROM decisions WHERE role IS NOT 'judge' GROUP BY agent_id"
-        ).fetchall()
-    shares = Counter({agent: count for agent, count in rows})
+    shares = Counter(store.routing_counts())
     total = sum(shares.values())
     fractions = {agent: count / total for agent, count in shares.items()} if total else {}
     p = np.array(list(fractions.values()))

@@ -372,10 +372,16 @@ async def test_resources_and_prompt(mcp_client: Client) -> None:
     assert json.loads(percent.contents[0].text)["id"] == "a%41b"  # type: ignore[union-attr]
     padded = await mcp_client.read_resource("handbook://agents/%20a%2541b%0A")  # ids are stripped, as tools do
     assert json.loads(padded.contents[0].text)["id"] == "a%41b"  # type: ignore[union-attr]
+    listed_skills = await mcp_client.read_resource("handbook://skills")
+    listing = json.loads(listed_skills.contents[0].text)  # type: ignore[union-attr]
+    assert all(set(entry) == {"id", "mode", "parent_id", "description"} for entry in listing)  # the rest: per skill
+    # the agent's page lists the skills it has evidence on and counts the others
+    assert {s["skill_id"] for s in card["skills"]} >= demanded and all(s["n"] > 0 for s in card["skills"])
+    assert len(card["skills"]) + card["skills_without_evidence"] == len(listing) > len(card["skills"])
     skill = await mcp_client.read_resource("handbook://skills/math.equations")
-    assert '"parent_id": "math"' in skill.contents[0].text  # type: ignore[union-attr]
+    assert json.loads(skill.contents[0].text)["parent_id"] == "math"  # type: ignore[union-attr]
     stats = await mcp_client.read_resource("handbook://stats")
-    assert '"schema_version"' in stats.contents[0].text  # type: ignore[union-attr]
+    assert "schema_version" in json.loads(stats.contents[0].text)  # type: ignore[union-attr]
     prompt = await mcp_client.get_prompt("orchestrate", {"goal": "plan a trip"})
     text = prompt.messages[0].content.text  # type: ignore[union-attr]
     assert "plan a trip" in text and "record_outcome" in text and "route_step" in text
