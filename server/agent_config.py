@@ -67,6 +67,8 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_FIELDS = frozenset({"api_key", "key", "token", "api_token", "bearer_token", "secret", "password"})
 # Fields holding environment variable names: a wrong value there is often the key itself, so errors mask it.
 _ENV_NAME_FIELDS = frozenset({"api_key_env", "env_vars"})
+# URL fields: a refused URL may carry credentials (user:password@, ?api-key=), so errors show it redacted.
+_URL_FIELDS = frozenset({"api_base", "url"})
 
 AgentId = NewId  # stripped as the handbook strips ids: [agents." m1 "] is the handbook's agent m1
 EnvName = Annotated[str, Field(min_length=1, max_length=200, pattern=_ENV_NAME.pattern)]
@@ -82,6 +84,33 @@ def _check_url(value: str | None) -> str | None:
     if parts.username or parts.password:
         raise ValueError("a URL without user:password@ (put credentials in an environment variable)")
     return value
+
+
+def _check_api_base(value: str | None) -> str | None:
+    """_check_url, and no query string or fragment: a key there leaks into every error message that quotes the
+    URL, and litellm appends its path (/chat/completions) after the query anyway, so the request would be wrong."""
+    value = _check_url(value)
+    if value is not None and (urlsplit(value).query or urlsplit(value).fragment):
+        raise ValueError(
+            "a URL without ?query or #fragment: a key in a query string leaks into error messages, and litellm "
+            "appends its path after the query anyway (put the key in an environment variable named by api_key_env)"
+        )
+    return value
+
+
+def redacted_url(value: object) -> object:
+    """A refused URL as an error may show it: user:password@, ?query and #fragment replaced by ***."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return "***"
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"***@{host}" if "@" in parts.netloc else host
+    return parts._replace(
+        netloc=netloc, query="***" if parts.query else "", fragment="***" if parts.fragment else ""
+    ).geturl()
 
 
 class _AgentBase(BaseModel):
@@ -127,7 +156,7 @@ class LlmAgentConnection(_AgentBase):
     @field_validator("api_base")
     @classmethod
     def _api_base_url(cls, value: str | None) -> str | None:
-        return _check_url(value)
+        return _check_api_base(value)
 
     @model_validator(mode="after")
     def _prices_together(self) -> LlmAgentConnection:
@@ -222,6 +251,8 @@ def parse_agent(agent_id: str, raw: Mapping[str, Any], source: str = "<config>")
             value, expected = None, "a value (required)"
         if err["loc"] and err["loc"][0] in _ENV_NAME_FIELDS:
             value, expected = masked_env_name_error(err, expected)
+        if err["loc"] and err["loc"][0] in _URL_FIELDS:
+            value = redacted_url(value)
         if len(exc.errors()) > 1:
             expected += f" (and {len(exc.errors()) - 1} more problem(s))"
         raise InvalidInput(_where(source, agent_id, field), value, expected) from None

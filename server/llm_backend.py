@@ -18,6 +18,9 @@ Why this shape:
   ``task``: the agent could not do this step, which says something about the agent and the step, not about
   the infrastructure. ``NotFoundError`` (unknown model or route at ``api_base``) is a configuration fault and
   counts as ``server_error``; so does any unrecognised exception, so that it never touches competence.
+* Keys: providers echo the key they got (``Incorrect API key provided: sk-...``). Each call masks the agent's key,
+  the keys litellm would look up itself when the agent names none (``litellm_keys``), and the environment's
+  secrets (server/masking.py) in its answer, its error message and its log line.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from pydantic import BaseModel, Field
 from skillorchestra.handbook.costing import prompt_tokens as estimated_tokens
 from skillorchestra.handbook.models import INFRASTRUCTURE_ERRORS, ErrorClass
 from skillorchestra.server.agent_config import LlmAgentConnection
+from skillorchestra.server.masking import scrub, secrets_to_mask
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +111,10 @@ def _import_litellm() -> ModuleType:
             module.suppress_debug_info = True  # its banners go to stdout, which is the MCP stdio channel
             for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
                 logging.getLogger(name).setLevel(logging.CRITICAL)
+            try:  # its first provider lookup imports more (~6 ms): here, off the event loop, not in a call's masking
+                module.get_llm_provider(model="openai/gpt-4o-mini")
+            except Exception:
+                log.debug("warming litellm's provider lookup failed", exc_info=True)
             _litellm = module
         return _litellm
 
@@ -118,12 +126,41 @@ async def ensure_litellm() -> ModuleType:
     return await anyio.to_thread.run_sync(_import_litellm)
 
 
-def scrub(text: str, secrets: Sequence[str | None]) -> str:
-    """Replace every secret value with *** (providers sometimes echo the key in their error)."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
+def litellm_keys(conn: LlmAgentConnection, litellm: ModuleType) -> list[str]:
+    """The keys litellm itself would send for this agent when it is given none: the provider's dynamic key, the
+    provider's standard variable (e.g. OPENAI_API_KEY, via its model-info class) and litellm's module-level keys
+    (``litellm.api_key``, ``litellm.openai_key``, ...). Tens of microseconds; a failed lookup finds nothing."""
+    found: list[str] = []
+    try:
+        model, provider, dynamic_key, _ = litellm.get_llm_provider(model=conn.model, api_base=conn.api_base)
+        found.append(dynamic_key)
+        info = litellm.utils.ProviderConfigManager.get_provider_model_info(
+            model=model, provider=litellm.LlmProviders(provider)
+        )
+        if info is not None:
+            found.append(info.get_api_key())
+    except Exception:  # an unknown provider or model: the environment net still applies
+        log.debug("no provider key lookup for %s", conn.model, exc_info=True)
+    found.extend(getattr(litellm, name, None) for name in _module_key_names(litellm))
+    return [k for k in found if isinstance(k, str)]
+
+
+_key_names: tuple[str, ...] | None = None
+
+
+def _module_key_names(litellm: ModuleType) -> tuple[str, ...]:
+    """litellm's module-level key settings (api_key, openai_key, anthropic_key, ...), listed once: scanning its
+    ~1600 module attributes per call would cost most of a millisecond."""
+    global _key_names
+    if _key_names is None:
+        _key_names = tuple(name for name in vars(litellm) if name.endswith("_key"))
+    return _key_names
+
+
+def call_secrets(conn: LlmAgentConnection, key: str | None, litellm: ModuleType) -> tuple[str, ...]:
+    """Everything to mask in one call's answer, error and log line: the agent's key, the keys litellm would look up
+    itself, and the environment's secrets (server/masking.py). Computed once per call."""
+    return secrets_to_mask([key, *litellm_keys(conn, litellm)])
 
 
 # what the OpenAI client (wrapped by litellm as an InternalServerError) says when it finds no key to send
@@ -317,6 +354,7 @@ async def call_llm(
         log.warning("agent %s failed (auth): %s", conn.id, message)
         return failed_call("auth", "MissingApiKey", message)
     litellm = await ensure_litellm()  # outside the deadline: the one-off import is not the agent's latency
+    secrets = call_secrets(conn, key, litellm)
     limiter = await acquire_slot(conn.id, conn.concurrency, timeout)
     if limiter is None:
         return queue_full(conn.id, conn.concurrency, timeout)
@@ -357,7 +395,7 @@ async def call_llm(
         message = str(exc) or type(exc).__name__
         if isinstance(exc, TimeoutError) and not str(exc):
             message = f"no answer within {timeout:g} s"
-        message = scrub(message, [key])[:_MESSAGE_LIMIT]
+        message = scrub(message, secrets)[:_MESSAGE_LIMIT]
         log.warning("agent %s failed (%s) after %.2fs: %s", conn.id, error_class, latency, message)
         # a stream cut off mid-answer was generated, so probably billed: its cost is unknown, not 0
         return failed_call(error_class, type(exc).__name__, message, latency, answering=answering)
@@ -378,7 +416,7 @@ async def call_llm(
             cost_source=source,
         )
     return BackendResult(
-        answer=scrub(answer, [key]),
+        answer=scrub(answer, secrets),
         prompt_tokens=prompt if reported else None,  # None: the backend did not say (the cost is estimated)
         completion_tokens=completion if reported else None,
         cost_usd=cost,

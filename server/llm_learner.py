@@ -34,7 +34,8 @@ from skillorchestra.handbook.learning.pipeline import LearnResult, learn
 from skillorchestra.handbook.models import DESCRIPTION_MAX
 from skillorchestra.handbook.traces import AgentPrice, TraceTask
 from skillorchestra.server.agent_config import LlmAgentConnection, masked_env_name_error
-from skillorchestra.server.llm_backend import PLACEHOLDER_API_KEY, backend_env_defaults, classify_exception, scrub
+from skillorchestra.server.llm_backend import PLACEHOLDER_API_KEY, backend_env_defaults, classify_exception
+from skillorchestra.server.masking import scrub, secrets_to_mask
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ def make_complete(conn: LlmAgentConnection, *, temperature: float = 0.0, json_mo
     """A `complete(messages) -> Completion` over litellm: one request, no hidden retries, the key never shown."""
     litellm = _litellm()
     key = os.environ.get(conn.api_key_env) if conn.api_key_env else None
+    secrets = secrets_to_mask([key])  # its key and the environment's, as the backends mask them
     extra: dict[str, Any] = {"response_format": {"type": "json_object"}} if json_mode else {}
 
     def complete(messages: list[dict[str, str]]) -> Completion:
@@ -131,7 +133,7 @@ def make_complete(conn: LlmAgentConnection, *, temperature: float = 0.0, json_mo
             )
         except Exception as exc:
             error_class = classify_exception(exc, litellm)
-            message = scrub(str(exc) or type(exc).__name__, [key])[:_MESSAGE_LIMIT]
+            message = scrub(str(exc) or type(exc).__name__, secrets)[:_MESSAGE_LIMIT]
             if error_class == "auth" and conn.api_key_env and not key:
                 message += f" (environment variable {conn.api_key_env} is not set)"
             log.warning("learner %s failed (%s): %s", conn.model, error_class, message)
@@ -142,7 +144,7 @@ def make_complete(conn: LlmAgentConnection, *, temperature: float = 0.0, json_mo
         usage = getattr(response, "usage", None)
         prompt = getattr(usage, "prompt_tokens", None)
         completion = getattr(usage, "completion_tokens", None)
-        return Completion(scrub(text, [key]), prompt, completion, _cost(conn, litellm, prompt, completion))
+        return Completion(scrub(text, secrets), prompt, completion, _cost(conn, litellm, prompt, completion))
 
     return complete
 

@@ -5,6 +5,10 @@ one task, so each call connects, calls and disconnects. Over stdio that spawns t
 here); point busy tool agents at a streamable HTTP ``url`` instead. The child process gets only the SDK's
 allow-listed environment plus the variables named in ``env_vars``.
 
+Secrets: a tool server may echo the key we passed it (in a result, an error, its own log). The values of
+``env_vars`` and the environment's secrets (server/masking.py) are masked in the answer, the error message, our log
+line, and the child's stderr, which is relayed line by line through a pipe instead of inherited.
+
 Errors: spawn or transport failure -> ``connection``; the deadline (connecting included) or the SDK's request
 timeout -> ``timeout``; a tool result with ``is_error`` -> ``task`` with the tool's message, unless the server does
 not list the tool at all (``server_error``: a misconfigured agent, not a failed task); a JSON-RPC error
@@ -17,11 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+import threading
 import time
 from typing import Any
 
 import anyio
 from mcp import Client, MCPError, StdioServerParameters
+from mcp.client.stdio import stdio_client
 from mcp.types import CallToolResult, TextContent
 
 from skillorchestra.server.agent_config import McpAgentConnection
@@ -33,6 +40,7 @@ from skillorchestra.server.llm_backend import (
     holding_slot,
     queue_full,
 )
+from skillorchestra.server.masking import scrub, secrets_to_mask
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +49,41 @@ _REQUEST_TIMEOUT = -32001  # mcp_types.REQUEST_TIMEOUT
 _CONNECTION_CLOSED = -32000  # mcp_types.CONNECTION_CLOSED
 
 
-def _target(conn: McpAgentConnection) -> StdioServerParameters | str:
-    if conn.url is not None:
-        return conn.url  # a URL string means streamable HTTP to the SDK client
-    env = {name: os.environ[name] for name in conn.env_vars if name in os.environ}
-    return StdioServerParameters(command=conn.command or "", args=list(conn.args), env=env, cwd=conn.cwd)
+def _child_env(conn: McpAgentConnection) -> dict[str, str]:
+    return {name: os.environ[name] for name in conn.env_vars if name in os.environ}
+
+
+def _target(conn: McpAgentConnection, relay: StderrRelay | None) -> Any:
+    """What the SDK client connects to: a URL string (streamable HTTP) or a stdio transport writing to `relay`."""
+    if conn.url is not None or relay is None:
+        return conn.url
+    params = StdioServerParameters(command=conn.command or "", args=list(conn.args), env=_child_env(conn), cwd=conn.cwd)
+    return stdio_client(params, errlog=relay.writer)
+
+
+class StderrRelay:
+    """A pipe for a stdio child's stderr, copied line by line to ours with the secrets masked (a tool server
+    logging its own failure would otherwise print the key we gave it). ``close()`` once the child is gone: the
+    copying thread then ends at the pipe's end."""
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        read_fd, write_fd = os.pipe()
+        self.writer = os.fdopen(write_fd, "w", encoding="utf-8")
+        reader = os.fdopen(read_fd, encoding="utf-8", errors="replace")
+        threading.Thread(target=self._copy, args=(reader, secrets), name="mcp-agent-stderr", daemon=True).start()
+
+    @staticmethod
+    def _copy(reader: Any, secrets: tuple[str, ...]) -> None:
+        with reader:
+            for line in reader:
+                try:
+                    sys.stderr.write(scrub(line, secrets))
+                    sys.stderr.flush()
+                except (OSError, ValueError):  # our stderr is closed: drain the pipe so the child never blocks
+                    pass
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -111,16 +149,20 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
     limiter = await acquire_slot(conn.id, conn.concurrency, timeout)
     if limiter is None:
         return queue_full(conn.id, conn.concurrency, timeout)
+    secrets = secrets_to_mask(_child_env(conn).values())  # once per call: env_vars values and the environment's
+    relay: StderrRelay | None = None
     start = time.perf_counter()
     try:
         with anyio.fail_after(timeout), holding_slot(limiter):
-            async with Client(_target(conn), read_timeout_seconds=timeout) as client:
+            relay = StderrRelay(secrets) if conn.url is None else None
+            async with Client(_target(conn, relay), read_timeout_seconds=timeout) as client:
                 result = await client.call_tool(conn.tool, arguments)
                 missing = result.is_error and await _lacks_tool(client, conn.tool)
     except Exception as exc:
         latency = time.perf_counter() - start
         error_class = classify_mcp_exception(exc)
         message = f"no answer within {timeout:g} s" if error_class == "timeout" else _describe(exc)
+        message = scrub(message, secrets)
         log.warning("mcp agent %s failed (%s) after %.2fs: %s", conn.id, error_class, latency, message)
         # Without a configured price nothing was spent; a configured per-call price may or may not apply.
         return BackendResult(
@@ -131,8 +173,11 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
             cost_usd=0.0 if conn.cost_per_call_usd is None else None,
             cost_source="no_token_cost" if conn.cost_per_call_usd is None else "unknown",
         )
+    finally:
+        if relay is not None:
+            relay.close()
     latency = time.perf_counter() - start
-    answer = _text_of(result)
+    answer = scrub(_text_of(result), secrets)
     if missing:  # a configuration error, not the agent failing a task: it must not lower its competence
         return BackendResult(
             latency_s=latency,

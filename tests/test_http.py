@@ -7,6 +7,7 @@ token-middleware details are also checked in-process through `build_http_app`.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -200,7 +201,7 @@ async def test_concurrent_clients_lose_no_update(http_server: Running) -> None:
     assert _evidence(http_server.db) - evidence_before == pytest.approx(total, abs=1e-6)
     async with Client(http_server.mcp_url) as client:
         stats = await client.read_resource("handbook://stats")
-    assert f'"outcomes": {_outcome_rows(http_server.db)}' in stats.contents[0].text
+    assert json.loads(stats.contents[0].text)["counts"]["outcomes"] == _outcome_rows(http_server.db)
 
 
 # -- streamable HTTP with SKILLORCHESTRA_TOKEN -------------------------------------------------------------

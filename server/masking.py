@@ -1,0 +1,55 @@
+"""Which strings are secrets, and masking them in text that leaves the server (tool results, errors, logs).
+
+Why a rule by name as well as the keys we pass: a backend echoes whatever key it received, and we do not always
+know which one that was (litellm looks up a provider's key itself when an agent names none; a tool server reads
+its own variables). So besides the keys a backend names, the values of every environment variable whose name says
+it holds a secret are masked too: cheap (one pass over the environment per call) and it cannot miss a key that
+came from the environment under a conventional name.
+
+Values found by name must be at least ``MIN_NAMED_LENGTH`` characters, so that a short value (``TOKEN=1``) does not
+mangle ordinary text; keys a backend names explicitly are masked from ``MIN_EXPLICIT_LENGTH`` characters.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+MASK = "***"
+MIN_EXPLICIT_LENGTH = 4
+MIN_NAMED_LENGTH = 8
+
+# OPENAI_API_KEY, AWS_SECRET_ACCESS_KEY, WATSONX_APIKEY, HF_TOKEN, CLIENT_SECRET, DB_PASSWORD (suffixes), and the
+# words TOKEN/SECRET/PASSWORD/CREDENTIALS anywhere (AWS_BEARER_TOKEN_BEDROCK, VERTEXAI_CREDENTIALS)
+_SECRET_NAME = re.compile(
+    r"(?:_KEY|APIKEY|_TOKEN|_SECRET|_PASSWORD)$|(?:^|_)(?:TOKEN|SECRET|PASSWORD|CREDENTIALS)(?:_|$)",
+    re.IGNORECASE,
+)
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an environment variable's name says its value is a secret."""
+    return _SECRET_NAME.search(name) is not None
+
+
+def environment_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Values (of at least MIN_NAMED_LENGTH characters) of the variables whose names mark them as secrets."""
+    env = os.environ if environ is None else environ
+    return [value for name, value in env.items() if len(value) >= MIN_NAMED_LENGTH and is_secret_name(name)]
+
+
+def secrets_to_mask(explicit: Iterable[str | None] = (), environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The explicit keys plus the environment's secrets: distinct, longest first (a key containing another is
+    masked whole). Compute it once per call and pass it to ``scrub``."""
+    found = {s for s in explicit if s and len(s) >= MIN_EXPLICIT_LENGTH}
+    found.update(environment_secrets(environ))
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def scrub(text: str, secrets: Sequence[str | None]) -> str:
+    """Replace every secret value with *** (providers and tools sometimes echo a key in an error or an answer)."""
+    for secret in secrets:
+        if secret and len(secret) >= MIN_EXPLICIT_LENGTH and secret in text:
+            text = text.replace(secret, MASK)
+    return text
