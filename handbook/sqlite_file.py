@@ -130,6 +130,20 @@ class SqliteFile:
             self.closed = True
             self.db.close()
 
+    def free_bytes(self) -> int:
+        """Space of pages that deletions freed: SQLite keeps them in the file for reuse (see `vacuum`)."""
+        with self.lock:
+            (free,) = self.db.conn.execute("PRAGMA freelist_count").fetchone()
+            (page,) = self.db.conn.execute("PRAGMA page_size").fetchone()
+        return int(free) * int(page)
+
+    def vacuum(self) -> None:
+        """Rewrite the file without its free pages and give them back to the file system. It holds the write lock
+        for the whole rewrite (other writers wait, up to the busy timeout) and needs as much free disk again."""
+        with self.lock:
+            self._retry_busy(lambda: self.db.conn.execute("VACUUM"))
+            self.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the rewritten pages move from the WAL
+
     @contextlib.contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
         """A read-only connection of its own for a scan (counting every decision): WAL lets it read while this

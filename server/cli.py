@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DATE",
         help="ISO date or date-time (UTC unless an offset is given), e.g. 2026-01-31",
     )
+    prune.add_argument(
+        "--vacuum",
+        action="store_true",
+        help="then give the freed space back to the disk (rewrites the file: needs its size free again)",
+    )
     prune.set_defaults(handler=commands.handbook_prune)
 
     agents = sub.add_parser("agents", help="agent connection settings (only from files, never from MCP tools)")

@@ -202,7 +202,7 @@ def handbook_prune(args: argparse.Namespace) -> int:
     from skillorchestra.handbook.retention import parse_cutoff, prune
 
     cutoff = parse_cutoff(args.before)  # before opening the file: a bad date writes nothing
-    print(prune(existing_store(args), cutoff).summary())
+    print(prune(existing_store(args), cutoff, vacuum=args.vacuum).summary())
     return 0
 
 

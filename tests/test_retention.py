@@ -156,6 +156,32 @@ def test_cli_prune(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert conn.execute("SELECT source FROM versions ORDER BY id DESC LIMIT 1").fetchone()[0] == "prune"
 
 
+def test_cli_prune_vacuum_gives_the_freed_pages_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store, handbook = _seeded(tmp_path)
+    _steps(handbook, random.Random(6), 300)
+    live = _state(store.document())
+    store.close()
+    db = tmp_path / "handbook.db"
+    tomorrow = datetime.fromtimestamp(time.time() + 86_400, UTC).date().isoformat()
+    with pytest.raises(SystemExit) as done:
+        main(["handbook", "prune", "--before", tomorrow, "--db", str(db)])
+    assert done.value.code == 0
+    assert "MB of free pages stay in the file for reuse (--vacuum gives them back)" in capsys.readouterr().out
+    with sqlite3.connect(db) as conn:
+        free_before = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size_before = db.stat().st_size
+    with pytest.raises(SystemExit) as done:
+        main(["handbook", "prune", "--before", tomorrow, "--db", str(db), "--vacuum"])
+    assert done.value.code == 0 and "vacuumed: the file shrank by" in capsys.readouterr().out
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA freelist_count").fetchone()[0] == 0 < free_before
+    assert db.stat().st_size < size_before
+    reopened = HandbookStore(db)
+    assert _state(reopened.document()) == live  # nothing but free space went
+    reopened.close()
+
+
 # -- SKILLORCHESTRA_STORE_TEXT -----------------------------------------------------------------------------
 
 
