@@ -4,32 +4,49 @@ document is written: an import or a learned version either fits whole or is refu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from skillorchestra.handbook.arrays import MODE_PREFIX, ROOT_SKILL
 from skillorchestra.handbook.errors import InvalidInput, NotFound
-from skillorchestra.handbook.models import UNADDRESSABLE_IDS, Competence, CostStats, HandbookDocument
+from skillorchestra.handbook.models import (
+    Agent,
+    Competence,
+    CostStats,
+    HandbookDocument,
+    Mode,
+    Skill,
+    addressable,
+    control_characters,
+    plain_text,
+)
 
 MINILM_DIM = 384  # all-MiniLM-L6-v2's vectors: the width of a MiniLM labeller's prototypes
 
 
-def check_document(document: HandbookDocument) -> None:
-    """Referential checks the pydantic schema cannot make; raised before anything is written."""
+def check_document(document: HandbookDocument, live: HandbookDocument | None = None, *, texts: bool = True) -> None:
+    """Referential checks the pydantic schema cannot make; raised before anything is written. `live` is the
+    handbook the document replaces: ids and texts it already holds are not refused by the rules for new ones
+    (check_entering), so a learned version keeping the live agents passes on a file older than those rules.
+    texts=False leaves texts unchecked: a learned version's examples are task texts, which may hold a CR."""
     skill_ids = [s.id for s in document.skills]
     agent_ids = [a.id for a in document.agents]
-    for kind, ids in (
-        ("skills", skill_ids),
-        ("agents", agent_ids),
-        ("modes", [m.id for m in document.modes]),
-    ):
+    entities: tuple[tuple[str, Sequence[Mode | Skill | Agent], Sequence[Mode | Skill | Agent]], ...] = (
+        ("skills", document.skills, live.skills if live else []),
+        ("agents", document.agents, live.agents if live else []),
+        ("modes", document.modes, live.modes if live else []),
+    )
+    for kind, items, held in entities:
+        stored = {item.id: item for item in held}
         seen: set[str] = set()
-        for item in ids:
-            if item in seen:
-                raise InvalidInput(f"{kind}[].id", item, "unique ids")
-            if item in UNADDRESSABLE_IDS:
-                raise InvalidInput(f"{kind}[].id", item, "an id other than '.' or '..' (no resource URI can name it)")
-            seen.add(item)
+        for item in items:
+            if item.id in seen:
+                raise InvalidInput(f"{kind}[].id", item.id, "unique ids")
+            seen.add(item.id)
+            where = f"{kind}[{_label(item.id)}]."
+            check_entering(item, stored.get(item.id), where, id_field=f"{kind}[].id", texts=texts)
+    if texts and document.description != (live.description if live else ""):
+        _check(plain_text, "description", document.description)
     mode_ids = {m.id for m in document.modes} | {s.mode for s in document.skills}  # a skill's mode is created
     for agent in document.agents:
         unknown = [m for m in agent.modes if m not in mode_ids]
@@ -71,6 +88,46 @@ def check_document(document: HandbookDocument) -> None:
                 raise NotFound("agent in length_effect.slopes", agent_id, agent_ids)
     if document.labeller is not None:
         _check_labeller(document.labeller, set(skill_ids))
+
+
+def check_entering(
+    entity: Mode | Skill | Agent,
+    stored: Mode | Skill | Agent | None,
+    where: str = "",
+    *,
+    id_field: str = "id",
+    texts: bool = True,
+) -> None:
+    """Refuse what a write would add to the handbook that cannot be addressed or shown safely (models.addressable,
+    models.plain_text): a new entity's id, a skill's new mode (storing the skill creates it), and texts other
+    than those `stored` (the entity as the file holds it) already has. What the file holds passes, so a handbook
+    written before these rules still opens, and its entities stay editable. Fields are named `where` + field."""
+    if stored is None:
+        _check(addressable, id_field, entity.id)
+    if isinstance(entity, Skill) and (stored is None or entity.mode != getattr(stored, "mode", None)):
+        _check(addressable, f"{where}mode", entity.mode)
+    if not texts:
+        return
+    if stored is None or entity.description != stored.description:
+        _check(plain_text, f"{where}description", entity.description)
+    for name in ("insights", "indicators", "examples"):
+        items: list[str] = getattr(entity, name, [])
+        held = set(getattr(stored, name, []))
+        for index, item in enumerate(items):
+            if item not in held:
+                _check(plain_text, f"{where}{name}[{index}]", item)
+
+
+def _check(rule: Callable[[str], str], field: str, value: str) -> None:
+    try:
+        rule(value)
+    except ValueError as exc:
+        raise InvalidInput(field, value, str(exc)) from None
+
+
+def _label(entity_id: str) -> str:
+    """An id as a field name shows it: quoted and escaped when it holds control characters (an older file's)."""
+    return repr(entity_id) if control_characters(entity_id) else entity_id
 
 
 def _check_labeller(raw: dict[str, Any], skill_ids: set[str]) -> None:

@@ -6,6 +6,7 @@ non-empty string of at most 200 characters (it may contain '/', as model names d
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -37,11 +38,35 @@ Identifier = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX, s
 UNADDRESSABLE_IDS = (".", "..")  # a resource URI (handbook://agents/{id}) cannot name them: dot path segments
 
 
+TEXT_CONTROLS = "\n\t"  # the control characters a description, indicator, example or insight may hold
+
+
+def control_characters(value: str, allowed: str = "") -> list[str]:
+    """The control characters (Unicode category Cc: NUL, ESC, BEL, CR, DEL, C1...) of `value` not in `allowed`."""
+    return [c for c in value if unicodedata.category(c) == "Cc" and c not in allowed]
+
+
 def addressable(value: str) -> str:
-    """Refuse '.' and '..' where a new id enters (tools, agents.toml, import): such an entity could be written but
-    never read as a resource. Not part of Identifier, so a file that already holds one still opens."""
-    if value in UNADDRESSABLE_IDS:
-        raise ValueError("an id other than '.' or '..' (a resource URI cannot name it, so it could never be read)")
+    """Refuse, where a new id enters (tools, agents.toml, import), an id that could be written but never read as a
+    resource ('.' or '..', also as a segment between slashes: a resource URI handbook://skills/{id} cannot name it)
+    or shown safely (a control character: `handbook show` prints ids to a terminal, which would act on an escape).
+    Not part of Identifier, so a file that already holds one still opens."""
+    if any(segment in UNADDRESSABLE_IDS for segment in value.split("/")):
+        raise ValueError(
+            "an id other than '.' or '..', without either as a segment between slashes (a resource URI cannot name"
+            " it, so it could never be read)"
+        )
+    if found := control_characters(value):
+        raise ValueError(f"an id without control characters (it holds {found[0]!r})")
+    return value
+
+
+def plain_text(value: str) -> str:
+    """Refuse, where a text enters the handbook, a control character other than newline and tab: a description is
+    printed to terminals and logs, where ESC or CR would act or overwrite. Not part of ShortText/ListItem, so a
+    file that already holds one still opens (see document_checks.check_entering)."""
+    if found := control_characters(value, TEXT_CONTROLS):
+        raise ValueError(f"text without control characters other than newline and tab (it holds {found[0]!r})")
     return value
 
 

@@ -14,7 +14,6 @@ for _blas in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_blas, "1")
 
 import argparse
-import logging
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from typing import NoReturn
 
 from skillorchestra.handbook.errors import HandbookError
 from skillorchestra.server.argtypes import db_arg, seed_arg
+from skillorchestra.server.log_format import configure_logging
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(level)  # one line per record: untrusted text in a message cannot forge one (log_format.py)
 
 
 def _run(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentParser]) -> int:

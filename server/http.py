@@ -41,6 +41,7 @@ SSE_MESSAGE_PATH = "/messages/"
 LOOPBACK_ALLOWED_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*")
 LOOPBACK_ALLOWED_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
 WILDCARD_BINDS = ("0.0.0.0", "::", "")
+MIN_TOKEN_CHARS = 16  # a non-loopback bind's token: long enough that guessing it over the network is hopeless
 
 
 def is_loopback(host: str) -> bool:
@@ -53,12 +54,22 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(settings: ServerSettings) -> None:
-    """Refuse to expose an unauthenticated server beyond this machine (raised before the socket opens)."""
-    if not is_loopback(settings.host) and not settings.token:
+    """Refuse to expose an unauthenticated server beyond this machine (raised before the socket opens), or one
+    guarded by a token short enough to guess: anyone who can reach the port may try tokens."""
+    if is_loopback(settings.host):
+        return
+    if not settings.token:
         raise InvalidInput(
             "--host",
             settings.host,
             "a loopback address (127.0.0.1, localhost, ::1) unless SKILLORCHESTRA_TOKEN is set",
+        )
+    if len(settings.token) < MIN_TOKEN_CHARS:
+        raise InvalidInput(  # the length only: the token itself never reaches a terminal or a log
+            "SKILLORCHESTRA_TOKEN",
+            f"{len(settings.token)} characters",
+            f"at least {MIN_TOKEN_CHARS} characters to bind the non-loopback address {settings.host} (a random"
+            " one: python -c 'import secrets; print(secrets.token_urlsafe(32))'), or a loopback --host",
         )
 
 

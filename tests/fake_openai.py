@@ -12,7 +12,8 @@ Faults come from magic words in the last user message, in the model name, or set
 bearer token in the error, as careless providers do, to test scrubbing), ``FAIL400`` (context length
 exceeded), ``DROP`` (close without answering), ``WRONG``, ``JUDGE:<text>`` (a judge's reply ``{"score": <text>}``),
 ``NOUSAGE`` (no ``usage`` in the reply, nor a usage chunk when streaming), ``EMPTYCHOICES`` (``"choices": []``),
-``NULLCONTENT`` (the message's content is null).
+``NULLCONTENT`` (the message's content is null). ``error_message=`` replaces FAIL500's error text (a hostile
+provider's, for the log tests).
 Every request is recorded (with its headers, authorization included) so tests can count calls.
 ``responder=callable(body) -> str | None`` replaces the answer text (faults still apply first; None keeps
 the default answer): a canned or computed reply, e.g. taxonomy JSON for the LLM learner.
@@ -132,7 +133,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(429, _error("Rate limit reached, retry later", "rate_limit_exceeded"))
             return
         if "FAIL500" in directives:
-            self._send_json(500, _error("The server had an error processing your request", "server_error"))
+            message = owner.error_message or "The server had an error processing your request"
+            self._send_json(500, _error(message, "server_error"))
             return
         if "FAIL400" in directives:
             msg = "This model's maximum context length is 8 tokens; your messages resulted in 9 tokens."
@@ -215,9 +217,11 @@ class FakeOpenAI:
         port: int = 0,
         behaviours: dict[str, str] | None = None,
         responder: Callable[[dict[str, Any]], str | None] | None = None,
+        error_message: str | None = None,
     ) -> None:
         self.behaviours: dict[str, str] = dict(behaviours or {})
         self.responder = responder
+        self.error_message = error_message
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
