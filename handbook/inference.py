@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Collection
 from typing import Any, Protocol
 
 from skillorchestra.handbook.store import HandbookStore
@@ -33,12 +34,13 @@ class HandbookMatcher:
         self._lock = threading.Lock()
         self._version: int | None = None
         self._labeller: Any = None
+        self._learned_parents: dict[str, str | None] = {}
 
     def _live_labeller(self) -> Any:
         version = self.store.current_version()
         with self._lock:
             if version != self._version:
-                self._version, self._labeller = version, None
+                self._version, self._labeller, self._learned_parents = version, None, {}
                 raw = self.store.labeller()
                 if raw is not None:
                     try:
@@ -46,6 +48,7 @@ class HandbookMatcher:
 
                         self._labeller = SkillLabeller.from_json(raw)
                         self._share_embedder(self._labeller)
+                        self._learned_parents = self.store.snapshot_skill_parents(version)
                     except (ValueError, KeyError) as exc:
                         log.warning(
                             "version %s has an unusable labeller (%s); using the %s matcher",
@@ -63,6 +66,20 @@ class HandbookMatcher:
         embedder = loaded() if callable(loaded) else None
         if embedder is not None and embedder.model_name == labeller.model_name:
             labeller.use_embedder(embedder)
+
+    def nearest_live(self, skill_id: str, live: Collection[str]) -> str | None:
+        """The skill, or its closest ancestor in `live`, as the labeller's version placed it: a skill deleted since
+        the version was learned hands its share of a step to its parent instead of to the step's other skills
+        (None: no ancestor is left; that share then goes to the others)."""
+        self._live_labeller()  # the parents of the live version
+        for _ in range(64):  # a tree is shallow; a damaged one must not loop
+            if skill_id in live:
+                return skill_id
+            parent = self._learned_parents.get(skill_id)
+            if parent is None:
+                return None
+            skill_id = parent
+        return None
 
     def warm_up(self) -> str:
         """The live version's labeller (and its MiniLM, if it uses one), then the base matcher."""

@@ -42,14 +42,27 @@ def query_digest(*parts: object) -> str:
     return hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=6).hexdigest()
 
 
-def page_by_id(items: list[Any], cursor: str | None, limit: int) -> tuple[list[Any], str | None]:
-    """A page of `items` (sorted by id) after the id the cursor holds."""
+def key_after(cursor: str | None, limit: int) -> str | None:
+    """The id a key cursor holds (None: the first page), the limit checked first; the store pages from it in SQL."""
     if not 1 <= limit <= PAGE_LIMIT_MAX:
         raise InvalidInput("limit", limit, f"an integer from 1 to {PAGE_LIMIT_MAX}")
-    if cursor:
-        if not cursor.startswith(KEY_CURSOR) or len(cursor) == 1:
-            raise InvalidInput("cursor", cursor, "a next_cursor value returned by an earlier call")
-        after = cursor[1:]
-        items = [item for item in items if item.id > after]
+    if not cursor:
+        return None
+    if not cursor.startswith(KEY_CURSOR) or len(cursor) == 1 or not _utf8(cursor):
+        raise InvalidInput("cursor", cursor, "a next_cursor value returned by an earlier call")
+    return cursor[1:]
+
+
+def key_page(items: list[Any], limit: int) -> tuple[list[Any], str | None]:
+    """A page of the items (sorted by id) after a cursor's id, given up to limit + 1 of them, and the next cursor."""
     page = items[:limit]
     return page, KEY_CURSOR + page[-1].id if len(items) > limit else None
+
+
+def _utf8(text: str) -> bool:
+    """No cursor this module wrote holds a lone surrogate (ids are UTF-8 text in SQLite, which cannot take one)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

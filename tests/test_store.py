@@ -30,7 +30,7 @@ from skillorchestra.handbook.models import (
 )
 from skillorchestra.handbook.schema import migrations, schema_version
 from skillorchestra.handbook.service import Handbook, HandbookSettings, OutcomeReport, RouteRequest
-from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.handbook.store import CompetenceRow, CostRow, HandbookStore
 
 DOCUMENT = HandbookDocument(
     modes=[Mode(id="code", description="write code", insights=["tests first"]), Mode(id="search")],
@@ -415,6 +415,57 @@ def test_rebuild_equals_the_live_state(tmp_path: Path) -> None:
     assert LexicalMatcher(store).match("sql queries", None, 3)[0][0] == "code.sql"  # the FTS index survives
 
 
+def test_evidence_rows_are_the_stored_rows_the_models_validate(tmp_path: Path) -> None:
+    """The arrays read plain rows (a model per row took seconds at 356,000): the same fields, values and order."""
+    store = HandbookStore(tmp_path / "h.db")
+    store.create_version(DOCUMENT, source="import")
+    busy_history(Handbook(store), random.Random(3), 40)
+    competence, costs = store.evidence_rows()
+    assert CompetenceRow._fields == tuple(Competence.model_fields)
+    assert CostRow._fields == tuple(CostStats.model_fields)
+    with store.lock:
+        raw_competence = store.db.conn.execute("SELECT * FROM competence ORDER BY agent_id, skill_id").fetchall()
+        raw_costs = store.db.conn.execute(
+            f"SELECT {', '.join(CostRow._fields)} FROM cost_stats ORDER BY agent_id, skill_id"
+        ).fetchall()
+    assert [tuple(r) for r in competence] == raw_competence and [tuple(r) for r in costs] == raw_costs
+    assert len(costs) > 3 and any(r.n_step_tokens > 0 for r in costs)  # a history with every kind of row
+    assert [Competence(**r._asdict()) for r in competence] == store.competence()
+    assert [CostStats(**r._asdict()) for r in costs] == store.costs()
+
+
+def test_lookups_by_id_and_row_counts_agree_with_the_whole_tables(tmp_path: Path) -> None:
+    """Edits, deletions and their checks read one row by id (the whole table took seconds at 20,000 skills)."""
+    store = HandbookStore(tmp_path / "h.db")
+    store.create_version(DOCUMENT, source="import")
+    book = Handbook(store)
+    book.upsert_skill(Skill(id="code.sql.joins", mode="code", parent_id="code.sql", description="joins"))
+    busy_history(book, random.Random(4), 40)
+    for skill in store.skills():
+        assert store.skill(skill.id) == skill
+        assert store.skill_children(skill.id) == [s for s in store.skills() if s.parent_id == skill.id]
+    for agent in store.agents():
+        assert store.agent(agent.id) == agent
+    for mode in store.modes():
+        assert store.mode(mode.id) == mode
+    assert store.skill_ids() == [s.id for s in store.skills()]
+    assert [s.id for s in store.skill_children("code")] == ["code.python", "code.sql"]
+    for missing in ("nope", "", " code", "\ud800"):  # a lone surrogate cannot be bound: found nowhere, no crash
+        assert store.skill(missing) is None and store.agent(missing) is None and store.mode(missing) is None
+        assert store.skill_children(missing) == [] and store.evidence_counts("skill_id", missing) == (0, 0)
+    competence, costs = store.competence(), store.costs()
+    keys = {("agent_id", r.agent_id) for r in competence} | {("skill_id", r.skill_id) for r in [*competence, *costs]}
+    assert ("skill_id", "*") in keys and len(keys) > 6
+    for column, value in keys:
+        expected = (
+            sum(getattr(r, column) == value for r in competence),
+            sum(getattr(r, column) == value for r in costs),
+        )
+        assert store.evidence_counts(column, value) == expected
+    with pytest.raises(ValueError):
+        store.evidence_counts("alpha", "1")
+
+
 def test_rebuild_replays_only_the_current_versions_events(tmp_path: Path) -> None:
     store = HandbookStore(tmp_path / "h.db")
     store.create_version(DOCUMENT, source="import")
@@ -740,11 +791,47 @@ def test_an_import_whose_labeller_is_damaged_is_refused_before_anything_is_writt
     assert dump(store) == before
 
 
+def test_a_step_the_labeller_gives_a_deleted_skill_goes_to_its_parent(
+    tmp_path: Path, learned_document: HandbookDocument
+) -> None:
+    """The learned labeller keeps naming a skill deleted since; its share of a step went to the step's other
+    skills (all of it, when it was the only one: 200 chemistry queries went to sports and cooking). The skill's
+    parent, as the labeller's version placed it, takes it instead."""
+    from learning_data import swapped_and_alike
+
+    from skillorchestra.handbook.inference import HandbookMatcher
+    from skillorchestra.handbook.learning.labeller import SkillLabeller
+    from skillorchestra.handbook.matcher import LexicalMatcher
+
+    store = HandbookStore(tmp_path / "h.db")
+    store.create_version(learned_document, source="import")
+    handbook = Handbook(store, matcher=HandbookMatcher(store, LexicalMatcher(store)))
+    labeller = SkillLabeller.from_json(learned_document.labeller)  # type: ignore[arg-type]
+    parent_of = {s.id: s.parent_id for s in learned_document.skills}
+    children = {p for p in parent_of.values() if p}
+    step = next(  # a step the labeller gives mostly to a leaf that has a parent
+        task.query
+        for task in swapped_and_alike()
+        if (top := labeller.weights(task.query)[0])[0] not in children and parent_of[top[0]] and top[1] > 0.5
+    )
+    leaf = labeller.weights(step)[0][0]
+    before = dict((d.skill_id, d.weight) for d in handbook.route(RouteRequest(text=step)).skills)
+    assert before[leaf] > 0.5
+    handbook.delete_skill(leaf)
+    after = dict((d.skill_id, d.weight) for d in handbook.route(RouteRequest(text=step)).skills)
+    parent = parent_of[leaf]
+    assert leaf not in after and after[parent] == pytest.approx(before.get(parent, 0.0) + before[leaf])
+    assert {s: w for s, w in after.items() if s != parent} == {
+        s: pytest.approx(w) for s, w in before.items() if s not in (leaf, parent)
+    }
+    store.close()
+
+
 def test_the_export_of_a_learned_handbook_after_a_delete_skill_imports(
     tmp_path: Path, learned_document: HandbookDocument
 ) -> None:
-    """The labeller still names the deleted skill (routing drops its share of a step, as before the delete) and
-    `handbook import` refused the export (an upgrade QA pass)."""
+    """The labeller still names the deleted skill (its parent takes its share of a step) and `handbook import`
+    refused the export (an upgrade QA pass)."""
     from skillorchestra.handbook.document_checks import check_document
 
     store = HandbookStore(tmp_path / "h.db")
