@@ -23,8 +23,8 @@ run:  ## the MCP server over stdio on the default handbook (user data dir), exam
 demo: $(STAMP)  ## the newcomer's tour, offline: learn a handbook from a shipped sample, then route through the server
 	$(BIN)/skillorchestra demo
 
-test: $(STAMP)  ## the whole test suite
-	LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+test: $(STAMP)  ## the whole test suite, one worker per core (a test file stays on one worker)
+	LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n auto --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -16,14 +16,17 @@ class HandbookError(Exception):
     """Base of every error the handbook raises on purpose."""
 
 
+SHOWN_MAX = 240  # characters of a refused value an error repeats
+
+
 class InvalidInput(HandbookError):
     """A field's value is out of bounds or malformed; nothing was written."""
 
     def __init__(self, field: str, value: object, expected: str) -> None:
         self.field, self.value, self.expected = field, value, expected
         shown = repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
+        if len(shown) > SHOWN_MAX:  # a 32,000-character step text is not repeated back; a file path is kept whole
+            shown = shown[: SHOWN_MAX - 3] + "..."
         super().__init__(f"{field}={shown}: expected {expected}")
 
 
