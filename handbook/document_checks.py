@@ -28,7 +28,9 @@ def check_document(document: HandbookDocument, live: HandbookDocument | None = N
     """Referential checks the pydantic schema cannot make; raised before anything is written. `live` is the
     handbook the document replaces: ids and texts it already holds are not refused by the rules for new ones
     (check_entering), so a learned version keeping the live agents passes on a file older than those rules.
-    texts=False leaves texts unchecked: a learned version's examples are task texts, which may hold a CR."""
+    texts=False leaves texts unchecked, for a learned version (its examples are task texts: one real training query
+    holds U+0085) and an import (the export of a file older than the text rules must import back); texts are
+    checked where a client edits them, and printed inert (`handbook show`)."""
     skill_ids = [s.id for s in document.skills]
     agent_ids = [a.id for a in document.agents]
     entities: tuple[tuple[str, Sequence[Mode | Skill | Agent], Sequence[Mode | Skill | Agent]], ...] = (

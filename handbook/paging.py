@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.sqlite_file import bindable
 
 PAGE_LIMIT_MAX = 200
 KEY_CURSOR = "k"
@@ -48,7 +49,7 @@ def key_after(cursor: str | None, limit: int) -> str | None:
         raise InvalidInput("limit", limit, f"an integer from 1 to {PAGE_LIMIT_MAX}")
     if not cursor:
         return None
-    if not cursor.startswith(KEY_CURSOR) or len(cursor) == 1 or not _utf8(cursor):
+    if not cursor.startswith(KEY_CURSOR) or len(cursor) == 1 or not bindable(cursor):
         raise InvalidInput("cursor", cursor, "a next_cursor value returned by an earlier call")
     return cursor[1:]
 
@@ -57,12 +58,3 @@ def key_page(items: list[Any], limit: int) -> tuple[list[Any], str | None]:
     """A page of the items (sorted by id) after a cursor's id, given up to limit + 1 of them, and the next cursor."""
     page = items[:limit]
     return page, KEY_CURSOR + page[-1].id if len(items) > limit else None
-
-
-def _utf8(text: str) -> bool:
-    """No cursor this module wrote holds a lone surrogate (ids are UTF-8 text in SQLite, which cannot take one)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

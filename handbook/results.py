@@ -68,6 +68,9 @@ class ConsultResult(BaseModel):
     unavailable: dict[str, str] = Field(default_factory=dict, description="agent_id -> why it cannot be routed to")
     handbook_version: int
     next_cursor: str | None = None
+    agents_not_shown: int = Field(
+        default=0, description="(agent, skill) rows left out by agents_per_skill: raise it to see them"
+    )
 
 
 class Candidate(BaseModel):

@@ -28,6 +28,7 @@ class PruneResult:
     deleted_outcomes: int
     free_bytes: int = 0  # left in the file for reuse: `vacuum` gives it back
     vacuumed_bytes: int | None = None  # what the file shrank by (None: not vacuumed)
+    vacuum_pending: bool = False  # vacuumed, but a reader kept the pages in the WAL until a later checkpoint
 
     def summary(self) -> str:
         when = datetime.fromtimestamp(self.cutoff, UTC).isoformat(timespec="seconds")
@@ -41,7 +42,9 @@ class PruneResult:
         deleted = f"deleted {self.deleted_decisions} decisions and {self.deleted_outcomes} outcomes"
         if self.deleted_outcomes:  # the posteriors keep their evidence; the step texts behind it are gone
             deleted += " (`learn --data events` and learn_handbook learn from these: they no longer see them)"
-        if self.vacuumed_bytes is not None:
+        if self.vacuum_pending:
+            space = "vacuumed, but another connection was reading: the space returns at its next checkpoint"
+        elif self.vacuumed_bytes is not None:
             space = f"vacuumed: the file shrank by {_megabytes(self.vacuumed_bytes)}"
         else:
             space = f"{_megabytes(self.free_bytes)} of free pages stay in the file for reuse (--vacuum gives them back)"
@@ -72,10 +75,10 @@ def prune(store: HandbookStore, cutoff: float, *, now: float | None = None, vacu
         old_version = store.current_version()
         new_version, folded, moved = store.fold_events_before(cutoff, summary=f"pruned: events before {when} folded")
         decisions, outcomes = store.delete_decisions_before(cutoff, now)
-    free, vacuumed = store.free_bytes(), None
+    free, vacuumed, pending = store.free_bytes(), None, False
     if vacuum:
         size = _file_bytes(store.path)
-        store.vacuum()
+        pending = not store.vacuum()
         free, vacuumed = store.free_bytes(), size - _file_bytes(store.path)
     return PruneResult(
         cutoff=cutoff,
@@ -87,6 +90,7 @@ def prune(store: HandbookStore, cutoff: float, *, now: float | None = None, vacu
         deleted_outcomes=outcomes,
         free_bytes=free,
         vacuumed_bytes=vacuumed,
+        vacuum_pending=pending,
     )
 
 

@@ -301,12 +301,14 @@ class Handbook:
         lo, hi = normal_ci90(arrays.mean, arrays.var)
         shift = step_shift(arrays, text)
         rows: list[AgentSkillStat] = []
+        not_shown = 0
         for k, (col, label) in enumerate(zip(cols, labels, strict=True)):
             # ranked as route_step scores competence: with this step's length shift
             order = np.argsort(-shifted(arrays.mean[:, col], shift), kind="stable")
             # route_step's rule; the agents it leaves out are listed in `unavailable`, so "none" and "none usable"
             # read apart
             usable = [i for i in order if arrays.enabled[i] and serves(arrays.agent_modes[i], mode)]
+            not_shown += len(usable) - len(usable[:agents_per_skill])
             for i in usable[:agents_per_skill]:
                 agent_cost = None if np.isnan(per_skill_cost[k, i]) else per_skill_cost[k, i]
                 rows.append(
@@ -333,6 +335,7 @@ class Handbook:
             unavailable={**_unusable(arrays, mode), **(unavailable or {})},
             handbook_version=version,
             next_cursor=next_cursor,
+            agents_not_shown=not_shown,
         )
 
     def _coarsen(
@@ -838,12 +841,12 @@ class Handbook:
 def _collector_paused() -> Iterator[None]:
     """Hold off the cyclic garbage collector (it frees no reference cycles here, only walks the new rows); left as
     found if something else had paused it."""
-    paused = gc.isenabled()
+    was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        if paused:
+        if was_enabled:
             gc.enable()
 
 

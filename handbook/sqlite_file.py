@@ -62,6 +62,16 @@ def file_trouble(exc: BaseException) -> str | None:
     return None if text is None else text.format(error=exc)
 
 
+def bindable(text: str) -> bool:
+    """Whether SQLite can take `text` as a parameter: a lone surrogate (JSON allows "\\ud800") is not UTF-8. No
+    stored id holds one, so a lookup of one finds nothing, and no cursor we wrote holds one."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     """Another connection holds the lock this statement needs ("database is locked"), as opposed to a real error."""
     return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
@@ -137,18 +147,23 @@ class SqliteFile:
             (page,) = self.db.conn.execute("PRAGMA page_size").fetchone()
         return int(free) * int(page)
 
-    def vacuum(self) -> None:
+    def vacuum(self) -> bool:
         """Rewrite the file without its free pages and give them back to the file system. It holds the write lock
-        for the whole rewrite (other writers wait, up to the busy timeout) and needs as much free disk again."""
+        for the whole rewrite (other writers wait, up to the busy timeout) and needs as much free disk again.
+        False: another connection was reading, so the rewritten pages stay in the WAL until a later checkpoint."""
         with self.lock:
             self._retry_busy(lambda: self.db.conn.execute("VACUUM"))
-            self.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the rewritten pages move from the WAL
+            with self._without_busy_wait():  # a reader would hold it for the whole busy timeout
+                (busy, _, _) = self.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return not busy
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
         """A read-only connection of its own for a scan (counting every decision): WAL lets it read while this
         connection writes, where holding `lock` stalled every route and record for the scan (1.9 s at 340,000
         decisions)."""
+        if self.closed:  # as the store's own connection refuses, once closed
+            raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
         if str(self.path) == ":memory:":  # nothing else can open it: the one connection, under its lock
             with self.lock:
                 yield self.db.conn

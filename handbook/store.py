@@ -35,7 +35,7 @@ from skillorchestra.handbook.models import (
 )
 from skillorchestra.handbook.posterior import forget, fractional_update, weighted_mean_update
 from skillorchestra.handbook.schema import dumps, migrations, unknown_migrations
-from skillorchestra.handbook.sqlite_file import BUSY_TIMEOUT_S, SqliteFile
+from skillorchestra.handbook.sqlite_file import BUSY_TIMEOUT_S, SqliteFile, bindable
 
 # how a learned version's summary says it was stored without going live; promoting it drops the remark
 NOT_LIVE_MARK = " (stored, not live:"
@@ -193,7 +193,7 @@ class HandbookStore(SqliteFile):
         `summary` may be a function of the new version's number (a summary that names it)."""
         with self.lock:  # ids the live state holds are not refused again (its entities only: no evidence rows)
             held = HandbookDocument(modes=self.modes(), skills=self.skills(), agents=self.agents())
-        check_document(document, live=held, texts=False)  # `handbook import` checks an import's texts first
+        check_document(document, live=held, texts=False)  # texts: see check_document
         with self.write():
             parent = self.current_version() or None
             return self._insert_version(
@@ -265,7 +265,7 @@ class HandbookStore(SqliteFile):
 
     def skill(self, skill_id: str) -> Skill | None:
         """The stored skill with this id, None if there is none (an edit reads one skill, not the table)."""
-        if not _bindable(skill_id):
+        if not bindable(skill_id):
             return None
         found = self._skills("WHERE id = ?", [skill_id])
         return found[0] if found else None
@@ -276,7 +276,7 @@ class HandbookStore(SqliteFile):
 
     def skill_children(self, skill_id: str) -> list[Skill]:
         """The skills whose parent is `skill_id`, by id."""
-        return self._skills("WHERE parent_id = ? ORDER BY id", [skill_id]) if _bindable(skill_id) else []
+        return self._skills("WHERE parent_id = ? ORDER BY id", [skill_id]) if bindable(skill_id) else []
 
     def skills_page(self, after: str | None, mode: str | None, limit: int) -> list[Skill]:
         """At most `limit` skills (of `mode`, if given) with an id above `after`, by id (a list page, in SQL)."""
@@ -303,7 +303,7 @@ class HandbookStore(SqliteFile):
 
     def agent(self, agent_id: str) -> Agent | None:
         """The stored agent with this id, None if there is none."""
-        if not _bindable(agent_id):
+        if not bindable(agent_id):
             return None
         found = self._agents("WHERE id = ?", [agent_id])
         return found[0] if found else None
@@ -330,7 +330,7 @@ class HandbookStore(SqliteFile):
 
     def mode(self, mode_id: str) -> Mode | None:
         """The stored mode with this id, None if there is none."""
-        if not _bindable(mode_id):
+        if not bindable(mode_id):
             return None
         with self.lock:
             r = self.db.conn.execute("SELECT id, description, insights FROM modes WHERE id = ?", [mode_id]).fetchone()
@@ -354,7 +354,7 @@ class HandbookStore(SqliteFile):
         """How many competence and cost rows an agent (column "agent_id") or a skill ("skill_id") has."""
         if column not in ("agent_id", "skill_id"):
             raise ValueError(f"not an evidence key: {column!r}")
-        if not _bindable(value):
+        if not bindable(value):
             return 0, 0
         with self.lock:
             row = self.db.conn.execute(
@@ -964,16 +964,6 @@ _EDITED: dict[str, tuple[type[Mode] | type[Skill] | type[Agent], Callable[[Handb
     "upsert_skill": (Skill, HandbookStore.skill),
     "upsert_agent": (Agent, HandbookStore.agent),
 }
-
-
-def _bindable(text: str) -> bool:
-    """Whether SQLite can take `text` as a parameter: a lone surrogate (JSON allows "\\ud800") is not UTF-8, and
-    no stored id holds one, so a lookup of it finds nothing, as the comparison in Python did."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _page_conditions(after: str | None, filters: list[tuple[str, Any]]) -> tuple[str, list[Any]]:

@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument(
         "--vacuum",
         action="store_true",
-        help="then give the freed space back to the disk (rewrites the file: needs its size free again)",
+        help="then give the freed space back to the disk: rewrites the file (needs its size free again) holding the"
+        " write lock throughout, so stop servers on the file first",
     )
     prune.set_defaults(handler=commands.handbook_prune)
 

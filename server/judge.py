@@ -107,7 +107,7 @@ def inert(text: str) -> str:
 
 def _names_a_tag(after: str) -> bool:
     folded = unicodedata.normalize("NFKC", after).casefold()
-    kept = "".join(c for c in folded if not c.isspace() and unicodedata.category(c) != "Cf").lstrip("/")
+    kept = "".join(c for c in folded if not c.isspace() and unicodedata.category(c) not in ("Cf", "Mn")).lstrip("/")
     return kept.startswith(_FENCE_TAGS)
 
 

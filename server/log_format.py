@@ -5,7 +5,7 @@ logs it, an id or a step). A newline in it forges a record the operator cannot t
 skillorchestra: ..."), and terminal escapes (OSC sets the window title, CSI recolours or clears the screen) act on
 the operator's terminal. The formatter escapes every control character of the formatted record (Unicode category
 Cc, plus the line and paragraph separators) as \\n, \\r, \\t or \\xNN, so it covers our loggers and every library's
-alike. A traceback stays several lines (that is how it reads), with its other control characters escaped.
+alike. A traceback stays several lines (that is how it reads), indented, with its other control characters escaped.
 """
 
 from __future__ import annotations
@@ -34,10 +34,16 @@ class OneLineFormatter(logging.Formatter):
         return one_line(super().formatMessage(record))
 
     def formatException(self, ei: Any) -> str:
-        return super().formatException(ei).translate(KEEP_NEWLINES)
+        return _indented(super().formatException(ei).translate(KEEP_NEWLINES))
 
     def formatStack(self, stack_info: str) -> str:
-        return super().formatStack(stack_info).translate(KEEP_NEWLINES)
+        return _indented(super().formatStack(stack_info).translate(KEEP_NEWLINES))
+
+
+def _indented(text: str) -> str:
+    """Every line of a traceback indented: an exception's message may hold newlines (a provider's error text), and
+    a line of it must not start where a record starts, at column 0 ("2026-... CRITICAL skillorchestra: ...")."""
+    return "\n".join("  " + line for line in text.split("\n"))
 
 
 def configure_logging(level: str) -> None:

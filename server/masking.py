@@ -39,6 +39,19 @@ def environment_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
     return [value for name, value in env.items() if len(value) >= MIN_NAMED_LENGTH and is_secret_name(name)]
 
 
+def passed_secrets(names: Iterable[str], environ: Mapping[str, str] | None = None) -> list[str]:
+    """Of the variables handed to a tool server (its env_vars), the values that may be secrets: a secret's name,
+    or a value shaped like a token (16+ characters, no space, no '/'). env_vars also carries plain settings
+    (WORKSPACE_DIR=/home/me/project, NODE_ENV=production), which masking would cut out of every answer."""
+    env = os.environ if environ is None else environ
+    values = [(name, env[name]) for name in names if name in env]
+    return [value for name, value in values if is_secret_name(name) or _token_shaped(value)]
+
+
+def _token_shaped(value: str) -> bool:
+    return len(value) >= 16 and "/" not in value and not any(c.isspace() for c in value)
+
+
 def secrets_to_mask(explicit: Iterable[str | None] = (), environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """The explicit keys plus the environment's secrets: distinct, longest first (a key containing another is
     masked whole). Compute it once per call and pass it to ``scrub``."""

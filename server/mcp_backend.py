@@ -40,7 +40,8 @@ from skillorchestra.server.llm_backend import (
     holding_slot,
     queue_full,
 )
-from skillorchestra.server.masking import scrub, secrets_to_mask
+from skillorchestra.server.log_format import one_line
+from skillorchestra.server.masking import passed_secrets, scrub, secrets_to_mask
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,10 @@ def _child_env(conn: McpAgentConnection) -> dict[str, str]:
 
 def _target(conn: McpAgentConnection, relay: StderrRelay | None) -> Any:
     """What the SDK client connects to: a URL string (streamable HTTP) or a stdio transport writing to `relay`."""
-    if conn.url is not None or relay is None:
+    if conn.url is not None:
         return conn.url
+    if relay is None:
+        raise ValueError(f"agent {conn.id}: a stdio tool server needs a stderr relay")
     params = StdioServerParameters(command=conn.command or "", args=list(conn.args), env=_child_env(conn), cwd=conn.cwd)
     return stdio_client(params, errlog=relay.writer)
 
@@ -77,7 +80,7 @@ class StderrRelay:
         with reader:
             for line in reader:
                 try:
-                    sys.stderr.write(scrub(line, secrets))
+                    sys.stderr.write(one_line(scrub(line.rstrip("\n"), secrets)) + "\n")  # as our log records are
                     sys.stderr.flush()
                 except (OSError, ValueError):  # our stderr is closed: drain the pipe so the child never blocks
                     pass
@@ -149,7 +152,7 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
     limiter = await acquire_slot(conn.id, conn.concurrency, timeout)
     if limiter is None:
         return queue_full(conn.id, conn.concurrency, timeout)
-    secrets = secrets_to_mask(_child_env(conn).values())  # once per call: env_vars values and the environment's
+    secrets = secrets_to_mask(passed_secrets(conn.env_vars))  # once per call: env_vars and the environment's
     relay: StderrRelay | None = None
     start = time.perf_counter()
     try:

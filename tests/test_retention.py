@@ -182,6 +182,21 @@ def test_cli_prune_vacuum_gives_the_freed_pages_back(tmp_path: Path, capsys: pyt
     reopened.close()
 
 
+def test_a_vacuum_beside_a_reader_says_the_space_comes_back_later(tmp_path: Path) -> None:
+    store, handbook = _seeded(tmp_path)
+    _steps(handbook, random.Random(7), 100)
+    reader = sqlite3.connect(tmp_path / "handbook.db", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM decisions").fetchone()  # a server's read, in the middle of it
+    try:
+        result = prune(store, time.time() + 1, vacuum=True)
+    finally:
+        reader.execute("ROLLBACK")
+        reader.close()
+    assert result.vacuum_pending and "the space returns at its next checkpoint" in result.summary()
+    store.close()
+
+
 # -- SKILLORCHESTRA_STORE_TEXT -----------------------------------------------------------------------------
 
 

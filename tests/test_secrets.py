@@ -23,7 +23,7 @@ from skillorchestra.server.agent_config import LlmAgentConnection, McpAgentConne
 from skillorchestra.server.app import create_server
 from skillorchestra.server.cli import main as cli_main
 from skillorchestra.server.llm_backend import call_llm, ensure_litellm, litellm_keys
-from skillorchestra.server.masking import environment_secrets, is_secret_name, scrub, secrets_to_mask
+from skillorchestra.server.masking import environment_secrets, is_secret_name, passed_secrets, scrub, secrets_to_mask
 from skillorchestra.server.mcp_backend import call_mcp_tool
 from skillorchestra.server.settings import ServerSettings
 
@@ -93,6 +93,23 @@ async def relayed_stderr(capfd: pytest.CaptureFixture[str], marker: str, wait_s:
 )
 def test_secret_names(name: str, secret: bool) -> None:
     assert is_secret_name(name) is secret
+
+
+def test_only_env_vars_that_may_be_secrets_are_masked_in_a_tool_agents_text() -> None:
+    """env_vars also hands a tool server plain settings: masking those cut paths and words out of every answer."""
+    env = {
+        "WORKSPACE_DIR": "/home/me/project",
+        "NODE_ENV": "production",
+        "DEBUG": "true",
+        "TOOL_AUTH_VALUE": TOOL_KEY,
+        "GITHUB_PAT": "ghp_0123456789abcdefABCDEF",
+        "DB_PASSWORD": "hunter2-but-longer",
+        "UNPASSED_KEY": "never-handed-to-the-tool",
+    }
+    passed = passed_secrets(["WORKSPACE_DIR", "NODE_ENV", "DEBUG", "TOOL_AUTH_VALUE", "GITHUB_PAT", "DB_PASSWORD"], env)
+    assert sorted(passed) == sorted([TOOL_KEY, "ghp_0123456789abcdefABCDEF", "hunter2-but-longer"])
+    text = scrub("listed /home/me/project/README.md in production mode, debug true", secrets_to_mask(passed, {}))
+    assert text == "listed /home/me/project/README.md in production mode, debug true"
 
 
 def test_environment_net_skips_short_values_and_masks_the_longest_key_first() -> None:

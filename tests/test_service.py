@@ -410,7 +410,9 @@ def test_consult_shows_the_most_competent_agents_per_skill_up_to_agents_per_skil
         ranked = [r.agent_id for r in everyone.agents if r.skill_id == skill]
         shown = book.consult("write python functions", mode="code", agents_per_skill=2).agents
         assert [r.agent_id for r in shown if r.skill_id == skill] == ranked[:2] and len(ranked) == 3
-    assert book.consult("write python functions", mode="code", agents_per_skill=1).unavailable == everyone.unavailable
+    one = book.consult("write python functions", mode="code", agents_per_skill=1)
+    assert one.unavailable == everyone.unavailable and everyone.agents_not_shown == 0
+    assert one.agents_not_shown == len(everyone.agents) - len(one.agents) > 0  # the model is told some are left out
 
 
 def test_consult_says_why_an_agent_is_not_offered(book: Handbook) -> None:

@@ -152,7 +152,9 @@ def test_a_traceback_stays_readable_with_its_control_characters_escaped() -> Non
         log.propagate = True
     lines = stream.getvalue().splitlines()
     assert lines[0].endswith("ERROR skillorchestra.test_untrusted_text: failed on 'x'\\nnext")
-    assert lines[1] == "Traceback (most recent call last):" and lines[-1] == "ValueError: bad \\x1b[2J value"
+    # indented: a line of an exception's message cannot pass for a record of its own
+    assert lines[1] == "  Traceback (most recent call last):" and lines[-1] == "  ValueError: bad \\x1b[2J value"
+    assert all(line.startswith("  ") for line in lines[1:])
     assert "\x1b" not in stream.getvalue()
 
 
@@ -183,6 +185,7 @@ def test_no_graded_text_can_close_or_open_a_fence() -> None:
         ("<\u200b/answer>", "&lt;\u200b/answer>"),  # an invisible format character between
         ("\uff1c\uff0f\uff41nswer\uff1e", "&lt;\uff0f\uff41nswer\uff1e"),  # fullwidth forms
         ("\ufe64/step>", "&lt;/step>"),  # the small form of '<'
+        ("<\u0338/answer>", "&lt;\u0338/answer>"),  # a combining mark between
         ("if a < b and x<y: return [i for i in xs if i<3]", "if a < b and x<y: return [i for i in xs if i<3]"),
         ("<div>code</div>", "<div>code</div>"),
     ],
@@ -300,6 +303,9 @@ async def test_an_older_file_holding_such_ids_opens_serves_and_stays_editable(
         assert "description='new \\x1b': expected text" in changed
         cleaned = await call(client, "upsert_agent", {"agent_id": "agent", "description": "clean"})
         assert cleaned["description"] == "clean"
+        # an old entity the rules for new ids refuse stays reachable by the tools: to delete it, say
+        assert (await call(client, "delete_skill", {"skill_id": "a/../b"}))["id"] == "a/../b"
+        assert "expected an id other than" in await refused(client, "upsert_skill", {"skill_id": "x/../y"})
 
 
 def test_an_older_file_exports_but_its_export_is_refused_as_an_import(
@@ -322,10 +328,7 @@ def test_an_older_file_exports_but_its_export_is_refused_as_an_import(
 @pytest.mark.parametrize(
     ("document", "says"),
     [
-        (HandbookDocument(skills=[Skill(id="s", description="x\x1b")]), "skills[s].description='x\\x1b'"),
-        (HandbookDocument(modes=[Mode(id="m", insights=["ok", "\r"])]), "modes[m].insights[1]='\\r'"),
         (HandbookDocument(skills=[Skill(id="s", mode="m\x1b")]), "skills[s].mode='m\\x1b'"),
-        (HandbookDocument(description="\x00"), "description='\\x00'"),
         (HandbookDocument(agents=[Agent(id="x/../y")]), "agents[].id='x/../y'"),
     ],
 )
@@ -342,8 +345,24 @@ def test_an_import_is_refused_naming_the_entity_and_field(
     assert not db.exists()
 
 
+def test_an_import_takes_texts_an_older_export_holds_and_show_prints_them_inert(tmp_path: Path) -> None:
+    """Texts are checked where a client edits them, not in an operator's file: the export of a file written before
+    the text rules must import back (the way to restore a damaged file). The terminal is kept safe where the texts
+    are printed."""
+    document = HandbookDocument(
+        description="\x00", modes=[Mode(id="m", insights=["ok", "\r"])], skills=[Skill(id="s", description="x\x1b[2J")]
+    )
+    path, db = tmp_path / "doc.json", tmp_path / "h.db"
+    path.write_text(document.model_dump_json())
+    cli = str(BIN / "skillorchestra")
+    done = subprocess.run([cli, "handbook", "import", str(path), "--db", str(db)], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    shown = subprocess.run([cli, "handbook", "show", "--db", str(db)], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "s: x\\x1b[2J" in shown.stdout and "\x1b" not in shown.stdout
+
+
 def test_a_learned_version_may_hold_task_texts_but_no_new_unaddressable_id(tmp_path: Path) -> None:
-    """Learned examples are task texts (a real one holds U+0085): only `handbook import` checks texts."""
+    """Learned examples are task texts (a real one holds U+0085): texts are checked where clients edit them."""
     store = HandbookStore(tmp_path / "h.db")
     try:
         learned = HandbookDocument(skills=[Skill(id="s", examples=["line one\r\nline two\x85"])])

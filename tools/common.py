@@ -26,14 +26,16 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel
 
 from skillorchestra.handbook.errors import HandbookError
-from skillorchestra.handbook.models import NewId
+from skillorchestra.handbook.models import Identifier
 from skillorchestra.handbook.service import Handbook
 from skillorchestra.handbook.sqlite_file import file_trouble
 
 log = logging.getLogger("skillorchestra")
 
-# An id argument, stripped as the handbook strips it: "  " is refused as empty, " x " means "x" for every tool alike
-Id = NewId
+# An id argument, stripped as the handbook strips it: "  " is refused as empty, " x " means "x" for every tool alike.
+# Not NewId: an argument may name an entity an older file holds under an id the rules for new ids refuse, and it
+# must stay reachable (to delete it, say); a new id is refused where every edit goes (HandbookStore.apply).
+Id = Identifier
 OptionalId = Id | None
 
 P = ParamSpec("P")

@@ -72,6 +72,9 @@ Budget = Annotated[
 Tokens = Annotated[int | None, Field(ge=0, le=MAX_TOKENS)]
 
 
+MEASURED_BY_DELEGATE = "Leave out after delegate: it recorded the call's own figure (another is refused)"
+
+
 def register(server: MCPServer) -> None:
     server.tool(name="consult_handbook", annotations=READ_ONLY)(consult_handbook)
     server.tool(name="route_step", annotations=writes(destructive=False, idempotent=False))(route_step)
@@ -160,9 +163,11 @@ def record_outcome(
         Usd,
         Field(description="US dollars the call cost; leave out after delegate: delegate recorded the measured cost"),
     ] = None,
-    prompt_tokens: Tokens = None,
-    completion_tokens: Tokens = None,
-    latency_s: Annotated[float | None, Field(ge=0.0, le=MAX_SECONDS, allow_inf_nan=False)] = None,
+    prompt_tokens: Annotated[Tokens, Field(description=MEASURED_BY_DELEGATE)] = None,
+    completion_tokens: Annotated[Tokens, Field(description=MEASURED_BY_DELEGATE)] = None,
+    latency_s: Annotated[
+        float | None, Field(ge=0.0, le=MAX_SECONDS, allow_inf_nan=False, description=MEASURED_BY_DELEGATE)
+    ] = None,
     error_class: ErrorClass = "task",
 ) -> OutcomeResult:
     """Report how a routed step went; the agent's competence on the step's skills moves at once.
