@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from skillorchestra.handbook.arrays import MODE_PREFIX, ROOT_SKILL
 from skillorchestra.handbook.document_checks import check_document, check_entering
@@ -76,6 +76,8 @@ class CostRow(NamedTuple):
     mean_step_tokens: float
     n_step_tokens: float
 
+
+T = TypeVar("T")
 
 COMPETENCE_SQL = "SELECT agent_id, skill_id, alpha, beta FROM competence ORDER BY agent_id, skill_id"
 COST_SQL = f"SELECT {', '.join(CostRow._fields)} FROM cost_stats ORDER BY agent_id, skill_id"
@@ -265,10 +267,7 @@ class HandbookStore(SqliteFile):
 
     def skill(self, skill_id: str) -> Skill | None:
         """The stored skill with this id, None if there is none (an edit reads one skill, not the table)."""
-        if not bindable(skill_id):
-            return None
-        found = self._skills("WHERE id = ?", [skill_id])
-        return found[0] if found else None
+        return _by_id(self._skills, skill_id)
 
     def skill_ids(self) -> list[str]:
         with self.lock:
@@ -303,10 +302,7 @@ class HandbookStore(SqliteFile):
 
     def agent(self, agent_id: str) -> Agent | None:
         """The stored agent with this id, None if there is none."""
-        if not bindable(agent_id):
-            return None
-        found = self._agents("WHERE id = ?", [agent_id])
-        return found[0] if found else None
+        return _by_id(self._agents, agent_id)
 
     def agents_page(self, after: str | None, mode: str | None, limit: int) -> list[Agent]:
         """At most `limit` agents (serving `mode`, if given: arrays.serves) with an id above `after`, by id."""
@@ -978,6 +974,12 @@ def _effective(effect: LengthEffect | None) -> LengthEffect | None:
     """An effect that moves no agent (no slopes left after deletions, or all 0) is no effect, so versions, the live
     state and exports say "none" alike (and an export without the key imports into older releases)."""
     return effect if effect is not None and any(slope != 0.0 for slope in effect.slopes.values()) else None
+
+
+def _by_id(read: Callable[[str, list[Any]], list[T]], entity_id: str) -> T | None:
+    """The one row `read` finds under this id (a lookup of an id SQLite cannot bind finds none)."""
+    found = read("WHERE id = ?", [entity_id]) if bindable(entity_id) else []
+    return found[0] if found else None
 
 
 def _made_by_rollback(info: dict[str, Any]) -> bool:
