@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from urllib.parse import urlsplit
 
 MASK = "***"
 MIN_EXPLICIT_LENGTH = 4
@@ -34,9 +35,21 @@ def is_secret_name(name: str) -> bool:
 
 
 def environment_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
-    """Values (of at least MIN_NAMED_LENGTH characters) of the variables whose names mark them as secrets."""
+    """Values (of at least MIN_NAMED_LENGTH characters) of the variables whose names mark them as secrets, and the
+    password of every URL-valued variable (DATABASE_URL=postgres://app:PASSWORD@db/app)."""
     env = os.environ if environ is None else environ
-    return [value for name, value in env.items() if len(value) >= MIN_NAMED_LENGTH and is_secret_name(name)]
+    named = [value for name, value in env.items() if len(value) >= MIN_NAMED_LENGTH and is_secret_name(name)]
+    return named + [password for value in env.values() if (password := url_password(value))]
+
+
+def url_password(value: str) -> str | None:
+    """The password in a URL's user:password@ part, if the value is such a URL."""
+    if "://" not in value or "@" not in value:
+        return None
+    try:
+        return urlsplit(value.strip()).password or None
+    except ValueError:
+        return None
 
 
 def passed_secrets(names: Iterable[str], environ: Mapping[str, str] | None = None) -> list[str]:
@@ -45,7 +58,8 @@ def passed_secrets(names: Iterable[str], environ: Mapping[str, str] | None = Non
     (WORKSPACE_DIR=/home/me/project, NODE_ENV=production), which masking would cut out of every answer."""
     env = os.environ if environ is None else environ
     values = [(name, env[name]) for name in names if name in env]
-    return [value for name, value in values if is_secret_name(name) or _token_shaped(value)]
+    passwords = [password for _, value in values if (password := url_password(value))]
+    return [value for name, value in values if is_secret_name(name) or _token_shaped(value)] + passwords
 
 
 def _token_shaped(value: str) -> bool:

@@ -66,21 +66,25 @@ def _target(conn: McpAgentConnection, relay: StderrRelay | None) -> Any:
 
 class StderrRelay:
     """A pipe for a stdio child's stderr, copied line by line to ours with the secrets masked (a tool server
-    logging its own failure would otherwise print the key we gave it). ``close()`` once the child is gone: the
-    copying thread then ends at the pipe's end."""
+    logging its own failure would otherwise print the key we gave it), each line marked as the agent's: a child
+    may echo a step's text, whose newline would otherwise start a line that reads as one of our records.
+    ``close()`` once the child is gone: the copying thread then ends at the pipe's end."""
 
-    def __init__(self, secrets: tuple[str, ...]) -> None:
+    def __init__(self, agent_id: str, secrets: tuple[str, ...]) -> None:
         read_fd, write_fd = os.pipe()
         self.writer = os.fdopen(write_fd, "w", encoding="utf-8")
         reader = os.fdopen(read_fd, encoding="utf-8", errors="replace")
-        threading.Thread(target=self._copy, args=(reader, secrets), name="mcp-agent-stderr", daemon=True).start()
+        prefix = f"[mcp agent {one_line(agent_id)} stderr] "
+        threading.Thread(
+            target=self._copy, args=(reader, prefix, secrets), name="mcp-agent-stderr", daemon=True
+        ).start()
 
     @staticmethod
-    def _copy(reader: Any, secrets: tuple[str, ...]) -> None:
+    def _copy(reader: Any, prefix: str, secrets: tuple[str, ...]) -> None:
         with reader:
             for line in reader:
                 try:
-                    sys.stderr.write(one_line(scrub(line.rstrip("\n"), secrets)) + "\n")  # as our log records are
+                    sys.stderr.write(prefix + one_line(scrub(line.rstrip("\n"), secrets)) + "\n")
                     sys.stderr.flush()
                 except (OSError, ValueError):  # our stderr is closed: drain the pipe so the child never blocks
                     pass
@@ -157,7 +161,7 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
     start = time.perf_counter()
     try:
         with anyio.fail_after(timeout), holding_slot(limiter):
-            relay = StderrRelay(secrets) if conn.url is None else None
+            relay = StderrRelay(conn.id, secrets) if conn.url is None else None
             async with Client(_target(conn, relay), read_timeout_seconds=timeout) as client:
                 result = await client.call_tool(conn.tool, arguments)
                 missing = result.is_error and await _lacks_tool(client, conn.tool)

@@ -105,9 +105,12 @@ def test_only_env_vars_that_may_be_secrets_are_masked_in_a_tool_agents_text() ->
         "GITHUB_PAT": "ghp_0123456789abcdefABCDEF",
         "DB_PASSWORD": "hunter2-but-longer",
         "UNPASSED_KEY": "never-handed-to-the-tool",
+        "DATABASE_URL": "postgres://app:LEAKCHECKpw@db.internal/app",
     }
-    passed = passed_secrets(["WORKSPACE_DIR", "NODE_ENV", "DEBUG", "TOOL_AUTH_VALUE", "GITHUB_PAT", "DB_PASSWORD"], env)
-    assert sorted(passed) == sorted([TOOL_KEY, "ghp_0123456789abcdefABCDEF", "hunter2-but-longer"])
+    names = ["WORKSPACE_DIR", "NODE_ENV", "DEBUG", "TOOL_AUTH_VALUE", "GITHUB_PAT", "DB_PASSWORD", "DATABASE_URL"]
+    passed = passed_secrets(names, env)
+    assert sorted(passed) == sorted([TOOL_KEY, "ghp_0123456789abcdefABCDEF", "hunter2-but-longer", "LEAKCHECKpw"])
+    assert scrub(env["DATABASE_URL"], secrets_to_mask(passed, {})) == "postgres://app:***@db.internal/app"
     text = scrub("listed /home/me/project/README.md in production mode, debug true", secrets_to_mask(passed, {}))
     assert text == "listed /home/me/project/README.md in production mode, debug true"
 
@@ -204,6 +207,9 @@ async def test_mcp_tool_agent_never_shows_its_env_value(
     assert TOOL_KEY not in r.model_dump_json()
     err = await relayed_stderr(capfd, marker)
     assert marker in err and TOOL_KEY not in err
+    # every relayed line says whose it is: a step text's newline cannot pass for one of our records
+    relayed = [line for line in err.splitlines() if marker in line]
+    assert relayed and all(line.startswith(f"[mcp agent secret-echo/{tool} stderr] ") for line in relayed), err
     assert TOOL_KEY not in caplog.text
 
 

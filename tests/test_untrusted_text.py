@@ -186,6 +186,7 @@ def test_no_graded_text_can_close_or_open_a_fence() -> None:
         ("\uff1c\uff0f\uff41nswer\uff1e", "&lt;\uff0f\uff41nswer\uff1e"),  # fullwidth forms
         ("\ufe64/step>", "&lt;/step>"),  # the small form of '<'
         ("<\u0338/answer>", "&lt;\u0338/answer>"),  # a combining mark between
+        ("</answe\u0155>", "&lt;/answe\u0155>"),  # an accented letter (NFKC would keep it one letter)
         ("if a < b and x<y: return [i for i in xs if i<3]", "if a < b and x<y: return [i for i in xs if i<3]"),
         ("<div>code</div>", "<div>code</div>"),
     ],
