@@ -16,9 +16,9 @@ from pydantic import ValidationError
 from skillorchestra.handbook.atomic_file import write_text_atomic
 from skillorchestra.handbook.document_checks import check_document
 from skillorchestra.handbook.errors import HandbookError, InvalidInput, first_problem, not_utf8
+from skillorchestra.handbook.inert_text import one_line
 from skillorchestra.handbook.models import Agent, HandbookDocument, Mode
 from skillorchestra.handbook.store import BOOKKEEPING_METRICS, HandbookStore
-from skillorchestra.server.log_format import one_line
 from skillorchestra.server.settings import ServerSettings, default_db_path
 
 if TYPE_CHECKING:

@@ -12,19 +12,11 @@ from __future__ import annotations
 
 import logging
 import sys
-import unicodedata
 from typing import Any
 
+from skillorchestra.handbook.inert_text import KEEP_NEWLINES, one_line
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-_BREAKING = [chr(code) for code in range(0x110) if unicodedata.category(chr(code)) == "Cc"] + ["\u2028", "\u2029"]
-ONE_LINE = str.maketrans({c: _NAMED.get(c, f"\\x{ord(c):02x}") for c in _BREAKING})
-KEEP_NEWLINES = str.maketrans({c: _NAMED.get(c, f"\\x{ord(c):02x}") for c in _BREAKING if c != "\n"})
-
-
-def one_line(text: str) -> str:
-    """`text` with its control characters written as escapes: one line, inert on a terminal."""
-    return text.translate(ONE_LINE)
 
 
 class OneLineFormatter(logging.Formatter):

@@ -31,6 +31,7 @@ from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.types import CallToolResult, TextContent
 
+from skillorchestra.handbook.inert_text import one_line
 from skillorchestra.server.agent_config import McpAgentConnection
 from skillorchestra.server.llm_backend import (
     BackendResult,
@@ -40,7 +41,6 @@ from skillorchestra.server.llm_backend import (
     holding_slot,
     queue_full,
 )
-from skillorchestra.server.log_format import one_line
 from skillorchestra.server.masking import passed_secrets, scrub, secrets_to_mask
 
 log = logging.getLogger(__name__)

@@ -75,6 +75,9 @@ async def test_a_backend_error_cannot_forge_a_log_line_or_drive_the_terminal(tmp
                 result = await client.call_tool("delegate", {"text": "hi", "agent_id": "hostile"})
         assert provider.chat_requests("hostile-model")  # the failure came from the provider
     assert result.is_error or (result.structured_content or {}).get("error_class") == "server_error"
+    shown = result.content[0].text  # type: ignore[union-attr]  # the error the model's host may print as well
+    _assert_inert(shown)
+    assert "\n" not in shown and "pwned-title\\x07" in shown
     stderr = err_path.read_text()
     _assert_inert(stderr)
     (line,) = [line for line in stderr.splitlines() if "FORGED LINE" in line]

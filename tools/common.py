@@ -26,6 +26,7 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel
 
 from skillorchestra.handbook.errors import HandbookError
+from skillorchestra.handbook.inert_text import one_line
 from skillorchestra.handbook.models import Identifier
 from skillorchestra.handbook.service import Handbook
 from skillorchestra.handbook.sqlite_file import file_trouble
@@ -81,8 +82,8 @@ def tool_error(exc: Exception) -> ToolError | None:
     its text): the handbook's own errors, a file locked by another process for longer than SQLite waits, and a
     file that failed itself (full disk, I/O error, read-only, damaged), which the person running the server must
     hear of."""
-    if isinstance(exc, HandbookError):
-        return ToolError(str(exc))
+    if isinstance(exc, HandbookError):  # inert: it may quote a backend's error text, and hosts print it
+        return ToolError(one_line(str(exc)))
     if isinstance(exc, sqlite3.OperationalError) and str(exc).startswith(("database is locked", "database is busy")):
         return ToolError(BUSY)
     trouble = file_trouble(exc)
