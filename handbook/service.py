@@ -908,9 +908,18 @@ def _reward(report: OutcomeReport) -> float | None:
 
 def _with_call_figures(payload: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
     """A report that leaves cost, tokens or latency out takes what the delegated call recorded. One that sends
-    another value is refused: the measured call is what was paid, and a model's guess would overwrite it (a model
-    reading the rounded figures of delegate's result may send them back: four significant digits match)."""
+    another value, or an infrastructure error for a call that answered, is refused: the measured call is what was
+    paid, and a model's guess would overwrite it (a model reading the rounded figures of delegate's result may send
+    them back: four significant digits match)."""
     effective = dict(payload)
+    answered = decision.get("call_latency_s") is not None and decision.get("call_error_class") is None
+    if answered and payload["error_class"] in INFRASTRUCTURE_ERRORS:
+        raise InvalidInput(
+            "error_class",
+            payload["error_class"],
+            "'task' (or left out): delegate's call to this decision's agent answered, so grade the answer with "
+            "reward or success (an infrastructure error would log an answered call as a failed one)",
+        )
     for key in ("cost_usd", "prompt_tokens", "completion_tokens", "latency_s"):
         measured = decision.get(f"call_{key}")
         if measured is None:

@@ -242,3 +242,20 @@ async def test_a_report_after_delegate_cannot_overwrite_the_measured_call(
         f"WHERE o.decision_id = '{decision_id}'",
     )
     assert stored_cost == call_cost and outcome["cost_usd"] == result["cost_usd"]
+
+
+async def test_a_call_that_answered_is_not_reported_as_an_infrastructure_error(
+    settings: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    """delegate got an answer: a later report of 'timeout' would log that answered call as a failed one (and keep
+    it out of the agent's record), so it is refused and nothing is written; grading the answer is accepted."""
+    async with Client(create_server(settings)) as client:
+        result = await call(client, "delegate", {"text": STEP, "agent_id": "strong"})
+        before = dump(settings.db_path)
+        message = await refused(
+            client, "record_outcome", {"decision_id": result["decision_id"], "error_class": "timeout"}
+        )
+        assert "error_class" in message and "answered" in message
+        assert dump(settings.db_path) == before
+        outcome = await call(client, "record_outcome", {"decision_id": result["decision_id"], "success": False})
+    assert outcome["error_class"] == "task" and outcome["reward"] == 0.0
