@@ -3,17 +3,27 @@
 Untrusted text (a backend's error body, a step, an id from an older file) is quoted in logs, in `handbook show` and
 in the errors the model's host displays. A newline in it forges a line that reads as ours, and terminal escapes (OSC
 sets the window title, CSI recolours or clears the screen) act on whatever prints it. So every control character
-(Unicode category Cc, plus the line and paragraph separators) is written as \\n, \\r, \\t or \\xNN.
+(Unicode category Cc, plus the line and paragraph separators and the bidi controls, which reorder a line) is written
+as \\n, \\r, \\t, \\xNN or \\uNNNN.
 """
 
 from __future__ import annotations
 
 import unicodedata
 
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-_BREAKING = [chr(code) for code in range(0x110) if unicodedata.category(chr(code)) == "Cc"] + ["\u2028", "\u2029"]
-ONE_LINE = str.maketrans({c: _NAMED.get(c, f"\\x{ord(c):02x}") for c in _BREAKING})
-KEEP_NEWLINES = str.maketrans({c: _NAMED.get(c, f"\\x{ord(c):02x}") for c in _BREAKING if c != "\n"})
+from skillorchestra.handbook.models import BIDI_CONTROLS
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_BREAKING = [chr(code) for code in range(0x110) if unicodedata.category(chr(code)) == "Cc"]
+_BREAKING += ["\u2028", "\u2029", *BIDI_CONTROLS]
+
+
+def _escape(c: str) -> str:
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+ONE_LINE = str.maketrans({c: _escape(c) for c in _BREAKING})
+KEEP_NEWLINES = str.maketrans({c: _escape(c) for c in _BREAKING if c != "\n"})
 
 
 def one_line(text: str) -> str:

@@ -41,15 +41,25 @@ UNADDRESSABLE_IDS = (".", "..")  # a resource URI (handbook://agents/{id}) canno
 TEXT_CONTROLS = "\n\t"  # the control characters a description, indicator, example or insight may hold
 
 
+BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"  # embeddings, overrides, isolates
+
+
 def control_characters(value: str, allowed: str = "") -> list[str]:
     """The control characters (Unicode category Cc: NUL, ESC, BEL, CR, DEL, C1...) of `value` not in `allowed`."""
     return [c for c in value if unicodedata.category(c) == "Cc" and c not in allowed]
 
 
+def invisible_characters(value: str) -> list[str]:
+    """The format characters of `value` (Unicode category Cf: bidi overrides, zero-width spaces and joiners...):
+    in an id they make two ids that print alike, or one that prints reversed ('Trojan source')."""
+    return [c for c in value if unicodedata.category(c) == "Cf"]
+
+
 def addressable(value: str) -> str:
     """Refuse, where a new id enters (tools, agents.toml, import), an id that could be written but never read as a
     resource ('.' or '..', also as a segment between slashes: a resource URI handbook://skills/{id} cannot name it)
-    or shown safely (a control character: `handbook show` prints ids to a terminal, which would act on an escape).
+    or shown safely (a control character: `handbook show` prints ids to a terminal, which would act on an escape;
+    an invisible format character: two ids would print alike).
     Not part of Identifier, so a file that already holds one still opens."""
     if any(segment in UNADDRESSABLE_IDS for segment in value.split("/")):
         raise ValueError(
@@ -58,15 +68,22 @@ def addressable(value: str) -> str:
         )
     if found := control_characters(value):
         raise ValueError(f"an id without control characters (it holds {found[0]!r})")
+    if found := invisible_characters(value):
+        raise ValueError(f"an id without invisible format characters (it holds {found[0]!r})")
     return value
 
 
 def plain_text(value: str) -> str:
-    """Refuse, where a text enters the handbook, a control character other than newline and tab: a description is
-    printed to terminals and logs, where ESC or CR would act or overwrite. Not part of ShortText/ListItem, so a
-    file that already holds one still opens (see document_checks.check_entering)."""
+    """Refuse, where a text enters the handbook, a control character other than newline and tab, or a bidi control:
+    a description is printed to terminals and logs, where ESC or CR would act or overwrite and RLO reorder. Not part
+    of ShortText/ListItem, so a file that already holds one still opens (see document_checks.check_entering)."""
     if found := control_characters(value, TEXT_CONTROLS):
         raise ValueError(f"text without control characters other than newline and tab (it holds {found[0]!r})")
+    if found := [c for c in value if c in BIDI_CONTROLS]:
+        raise ValueError(
+            f"text without bidirectional embedding, override or isolate characters (it holds {found[0]!r}: it"
+            " makes a line print in another order than it reads)"
+        )
     return value
 
 

@@ -27,6 +27,7 @@ from mcp_calls import call, cheap_agent, loaded, refused
 
 from skillorchestra.handbook import store as store_module
 from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.inert_text import one_line
 from skillorchestra.handbook.models import Agent, HandbookDocument, Mode, Skill
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.agent_config import load_agent_configs
@@ -236,6 +237,13 @@ async def test_the_judge_reads_a_hostile_answer_inside_its_fence(tmp_path: Path,
         ("upsert_skill", {"skill_id": "s", "examples": ["over\rwrite"]}, "examples[0]='over\\rwrite': expected text"),
         ("upsert_mode", {"mode_id": "m", "insights": ["\x07"]}, "insights[0]='\\x07': expected text"),
         ("upsert_agent", {"agent_id": "a", "description": "\x9b31m"}, "description='\\x9b31m': expected text"),
+        ("upsert_agent", {"agent_id": "admin\u202e"}, "agent_id='admin\\u202e': expected an id without invisible"),
+        ("upsert_skill", {"skill_id": "ma\u200bth"}, "skill_id='ma\\u200bth': expected an id without invisible"),
+        (
+            "upsert_skill",
+            {"skill_id": "s", "description": "cost \u202e0.1$"},
+            "description='cost \\u202e0.1$': expected text without bidirectional",
+        ),
     ],
 )
 async def test_control_characters_and_dot_segments_are_refused_naming_the_field(
@@ -412,3 +420,10 @@ def test_a_public_bind_with_a_short_token_exits_2_before_serving(tmp_path: Path)
     assert "SKILLORCHESTRA_TOKEN='11 characters': expected at least 16" in done.stderr
     assert "tiny-secret" not in done.stderr and "serving" not in done.stderr
     assert not (tmp_path / "h.db").exists()
+
+
+def test_bidi_controls_are_written_as_escapes_where_untrusted_text_is_shown() -> None:
+    """An RLO in a backend's error would print the rest of our line reversed (a cost of '$1.0' shown as '0.1$')."""
+    shown = one_line("error from agent \u202ekcatta\u202c then \u2066isolated\u2069\u2028")
+    assert shown == "error from agent \\u202ekcatta\\u202c then \\u2066isolated\\u2069\\u2028"
+    assert one_line("plain RTL text: שלום") == "plain RTL text: שלום"  # letters are not controls
