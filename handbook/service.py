@@ -75,6 +75,7 @@ from skillorchestra.handbook.router import Strategy, route, shifted
 from skillorchestra.handbook.store import HandbookStore, OutcomeEffect
 
 INFERRED_SKILLS = 3
+TEXT_FIELDS = frozenset({"description", "indicators", "examples", "insights"})  # no derived number reads them
 EditedT = TypeVar("EditedT", Agent, Skill, Mode)
 
 
@@ -176,8 +177,10 @@ class Handbook:
                 length_effect=self.store.length_effect(),
             )
 
-    def _patch_arrays(self, effect: OutcomeEffect) -> None:
-        """Apply a recorded outcome to the cached arrays' evidence in place of rereading the whole handbook.
+    def _patch_arrays(self, effect: OutcomeEffect | None) -> None:
+        """Apply a recorded outcome to the cached arrays' evidence in place of rereading the whole handbook; with
+        no effect, carry the arrays over a write that changed no number (an edit of texts only: re-deriving took
+        3.5 s at 200 agents x 2,000 skills for a new description).
 
         Valid only when nothing else changed the file since the arrays (or the last queued outcome) were
         current; otherwise the patch is dropped and the next read rebuilds from the file."""
@@ -186,7 +189,7 @@ class Handbook:
         if self._arrays is None or last != (data_version, generation - 1):
             self._pending, self._arrays_key = None, None
             return
-        if effect.competence or effect.costs:  # an outage that cost nothing changes no cell
+        if effect is not None and (effect.competence or effect.costs):  # an outage that cost nothing changes none
             self._pending = self._pending or Patch(self._arrays)
             if not self._pending.add(effect.competence, effect.costs):
                 self._pending, self._arrays_key = None, None
@@ -808,12 +811,20 @@ class Handbook:
     def _edit(self, kind: str, payload: dict[str, Any]) -> None:
         """Append the edit, unless it would leave the entity as it is stored: an unchanged upsert (a host
         re-asserting its agents at every start) would grow the event log and bump the file's data_version,
-        making every other server sharing the file reload."""
+        making every other server sharing the file reload. An edit of texts alone keeps the derived arrays (the
+        matchers read texts from the store)."""
         stored = {"upsert_agent": self.agent, "upsert_skill": self.skill, "upsert_mode": self.mode}.get(kind)
         current = stored(payload["id"]) if stored is not None else None
-        if current is not None and current.model_dump() == payload:
+        if current is None:
+            self.store.apply(kind, payload)
+            return
+        stored_fields = current.model_dump()
+        if stored_fields == payload:
             return
         self.store.apply(kind, payload)
+        if all(stored_fields[k] == v for k, v in payload.items() if k not in TEXT_FIELDS):
+            with self._lock:
+                self._patch_arrays(None)
 
     # -- listings ----------------------------------------------------------------------------------------
 
