@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -78,6 +78,8 @@ class CostRow(NamedTuple):
 
 
 T = TypeVar("T")
+Event = tuple[str, dict[str, Any]]  # (kind, payload) of the event log
+MAX_SEQ = 2**63 - 1  # above every event's seq (SQLite's largest integer)
 
 COMPETENCE_SQL = "SELECT agent_id, skill_id, alpha, beta FROM competence ORDER BY agent_id, skill_id"
 COST_SQL = f"SELECT {', '.join(CostRow._fields)} FROM cost_stats ORDER BY agent_id, skill_id"
@@ -789,12 +791,24 @@ class HandbookStore(SqliteFile):
 
     # -- rebuild -----------------------------------------------------------------------------------------
 
-    def events(self, version: int) -> list[tuple[str, dict[str, Any]]]:
+    def events(self, version: int) -> list[Event]:
         with self.lock:
-            rows = self.db.conn.execute(
-                "SELECT kind, payload FROM events WHERE version = ? ORDER BY seq", [version]
-            ).fetchall()
-        return [(r[0], json.loads(r[1])) for r in rows]
+            return list(self._streamed_events(version))
+
+    def event_count(self, version: int) -> int:
+        with self.lock:
+            return int(self.db.conn.execute("SELECT COUNT(*) FROM events WHERE version = ?", [version]).fetchone()[0])
+
+    def _streamed_events(self, version: int, from_seq: int = 0, to_seq: int | None = None) -> Iterator[Event]:
+        """The version's events in append order, read one row at a time (callers hold `self.lock`): a replay
+        holding the whole log as parsed dicts took 870 MB at 340,000 events. Applying them as they come is safe:
+        an event writes the live tables, never `events`, which the open statement reads."""
+        cursor = self.db.conn.execute(
+            "SELECT kind, payload FROM events WHERE version = ? AND seq >= ? AND seq < ? ORDER BY seq",
+            [version, from_seq, MAX_SEQ if to_seq is None else to_seq],
+        )
+        for kind, payload in cursor:
+            yield kind, json.loads(payload)
 
     def rebuild(self) -> HandbookDocument:
         """Restore the live version's snapshot and replay its events; returns the state it replaced.
@@ -806,7 +820,7 @@ class HandbookStore(SqliteFile):
             before = self.document()
             version = self.current_version()
             self._replace_live_state(self.snapshot(version))
-            for kind, payload in self.events(version):
+            for kind, payload in self._streamed_events(version):
                 self._apply_event(kind, payload)
             return before
 
@@ -822,26 +836,34 @@ class HandbookStore(SqliteFile):
         """
         with self.write():
             version = self.current_version()
-            rows = self.db.conn.execute(
-                "SELECT kind, payload, created_at FROM events WHERE version = ? ORDER BY seq", [version]
-            ).fetchall()
-            split = next((i for i, row in enumerate(rows) if row[2] >= cutoff), len(rows))
+            conn = self.db.conn
+            first_kept = conn.execute(  # the first event at or after the cutoff: it and all after it stay
+                "SELECT MIN(seq) FROM events WHERE version = ? AND created_at >= ?", [version, cutoff]
+            ).fetchone()[0]
+            first_kept = MAX_SEQ if first_kept is None else int(first_kept)
+            split, total = conn.execute(
+                "SELECT COALESCE(SUM(seq < ?), 0), COUNT(*) FROM events WHERE version = ?", [first_kept, version]
+            ).fetchone()
             if split == 0:
-                return None, 0, len(rows)
+                return None, 0, int(total)
             self._replace_live_state(self.snapshot(version))
-            for kind, payload, _ in rows[:split]:
-                self._apply_event(kind, json.loads(payload))
+            for kind, payload in self._streamed_events(version, to_seq=first_kept):
+                self._apply_event(kind, payload)
             new = self._insert_version(self.document(), source="prune", summary=summary, parent=version)
-            for kind, payload, created_at in rows[split:]:
-                self.db["events"].insert({"version": new, "kind": kind, "payload": payload, "created_at": created_at})
-                self._apply_event(kind, json.loads(payload))
+            conn.execute(  # the kept events move onto the new version, in their order
+                "INSERT INTO events (version, kind, payload, created_at) SELECT ?, kind, payload, created_at"
+                " FROM events WHERE version = ? AND seq >= ? ORDER BY seq",
+                [new, version, first_kept],
+            )
+            for kind, payload in self._streamed_events(new):
+                self._apply_event(kind, payload)
             self.db.execute("DELETE FROM events WHERE version = ?", [version])
             # the state they were decided under is the new version's: their outcomes must still be applied
             self.db.execute(
                 f"UPDATE decisions SET version = ? WHERE version = ? AND {UNREPORTED}",
                 [new, version],
             )
-            return new, split, len(rows) - split
+            return new, int(split), int(total) - int(split)
 
     def delete_decisions_before(self, cutoff: float, now: float) -> tuple[int, int]:
         """Forget decisions and outcomes older than `cutoff`; returns (decisions, outcomes) deleted.
@@ -873,15 +895,14 @@ class HandbookStore(SqliteFile):
         snapshot = self.snapshot(version)  # NotFound for an unknown version
         if version == self.current_version():
             return self.document()
-        events = self.events(version)
-        if not events:
+        if not self.event_count(version):
             return snapshot
         scratch = HandbookStore(":memory:")
         try:
-            with scratch.write():
+            with self.lock, scratch.write():
                 scratch._set_meta("current_version", str(version))  # the scratch's live state is this version's
                 scratch._replace_live_state(snapshot)
-                for kind, payload in events:
+                for kind, payload in self._streamed_events(version):
                     scratch._apply_event(kind, payload)
             return scratch.document().model_copy(update={"version": version})
         finally:

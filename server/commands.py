@@ -158,7 +158,7 @@ def handbook_rebuild(args: argparse.Namespace) -> int:
     before = store.rebuild()
     after = store.document()
     version = store.current_version()
-    events = len(store.events(version))
+    events = store.event_count(version)
     if before == after:
         print(f"rebuilt version {version} from its snapshot and {events} events: identical to the live state")
         return 0

@@ -415,7 +415,7 @@ def handbook_diff(args: argparse.Namespace) -> int:
     try:
         info = {v: store.version_info(v) for v in (args.a, args.b)}
         docs = {v: store.state_of(v) for v in (args.a, args.b)}
-        events = {v: len(store.events(v)) for v in (args.a, args.b)}
+        events = {v: store.event_count(v) for v in (args.a, args.b)}
         live = store.current_version()
     finally:
         store.close()
