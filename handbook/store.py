@@ -34,7 +34,7 @@ from skillorchestra.handbook.models import (
     Skill,
 )
 from skillorchestra.handbook.posterior import forget, fractional_update, weighted_mean_update
-from skillorchestra.handbook.schema import dumps, migrations, unknown_migrations
+from skillorchestra.handbook.schema import dumps, migrations, pack_snapshot, unknown_migrations, unpack_snapshot
 from skillorchestra.handbook.sqlite_file import BUSY_TIMEOUT_S, SqliteFile, bindable
 
 # how a learned version's summary says it was stored without going live; promoting it drops the remark
@@ -166,17 +166,15 @@ class HandbookStore(SqliteFile):
             row = self.db.conn.execute("SELECT snapshot FROM versions WHERE id = ?", [version]).fetchone()
         if row is None:
             raise self._unknown_version(version)
-        return HandbookDocument.model_validate_json(row[0])
+        return HandbookDocument.model_validate_json(unpack_snapshot(row[0]))
 
     def snapshot_skill_parents(self, version: int) -> dict[str, str | None]:
-        """skill id -> parent id as the version's snapshot placed them (read in SQL: the snapshot may be MBs)."""
+        """skill id -> parent id as the version's snapshot placed them (parsed as plain JSON: validating the whole
+        snapshot, MBs of competence rows, as a HandbookDocument would take seconds)."""
         with self.lock:
-            rows = self.db.conn.execute(
-                "SELECT json_extract(skill.value, '$.id'), json_extract(skill.value, '$.parent_id') "
-                "FROM versions, json_each(versions.snapshot, '$.skills') AS skill WHERE versions.id = ?",
-                [version],
-            ).fetchall()
-        return {skill_id: parent_id for skill_id, parent_id in rows}
+            row = self.db.conn.execute("SELECT snapshot FROM versions WHERE id = ?", [version]).fetchone()
+        skills = json.loads(unpack_snapshot(row[0])).get("skills", []) if row is not None else []
+        return {skill["id"]: skill.get("parent_id") for skill in skills}
 
     def _unknown_version(self, version: int) -> NotFound:
         numbers = [v["version"] for v in self.versions()]
@@ -228,7 +226,7 @@ class HandbookStore(SqliteFile):
                 "source": source,
                 "summary": summary,
                 "metrics": dumps(metrics or {}),
-                "snapshot": document.model_dump_json(),
+                "snapshot": pack_snapshot(document.model_dump_json()),
             },
             pk="id",
         )

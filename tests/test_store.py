@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -631,6 +632,30 @@ def test_the_live_description_an_early_release_kept_only_in_its_snapshot_is_rest
     assert store.document().description == "our team's handbook"
     assert store.rebuild() == store.document()  # the first rebuild after the upgrade finds nothing to replace
     store.close()
+
+
+def test_snapshots_are_stored_compressed_and_an_older_files_text_snapshots_are_compressed_on_open(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "h.db"
+    store = HandbookStore(path)
+    live = store.create_version(DOCUMENT, source="import")
+    expected = store.snapshot(live)
+    store.close()
+    with sqlite3.connect(path) as conn:  # as a release before m012 left it: the snapshots as JSON text
+        for version, blob in conn.execute("SELECT id, snapshot FROM versions").fetchall():
+            conn.execute("UPDATE versions SET snapshot = ? WHERE id = ?", [zlib.decompress(blob).decode(), version])
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm012_compressed_snapshots'")
+        text_size = conn.execute("SELECT length(snapshot) FROM versions WHERE id = ?", [live]).fetchone()[0]
+    store = HandbookStore(path)
+    assert store.snapshot(live) == expected
+    assert store.snapshot_skill_parents(live) == {s.id: s.parent_id for s in DOCUMENT.skills}
+    assert store.rebuild() == store.document()
+    store.close()
+    with sqlite3.connect(path) as conn:
+        kinds = {r[0] for r in conn.execute("SELECT typeof(snapshot) FROM versions")}
+        packed_size = conn.execute("SELECT length(snapshot) FROM versions WHERE id = ?", [live]).fetchone()[0]
+    assert kinds == {"blob"} and packed_size < text_size / 2
 
 
 def test_recording_an_outcome_writes_few_wal_pages(tmp_path: Path) -> None:
