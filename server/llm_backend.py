@@ -107,10 +107,17 @@ def _import_litellm() -> ModuleType:
     with _import_lock:
         if _litellm is None:
             backend_env_defaults()
+            # litellm's own handler writes records below WARNING to stdout (the stdio transport's channel) and
+            # skips our one-line formatter; with LITELLM_LOG=DEBUG and --log-level DEBUG its import alone wrote
+            # four records there. Quiet before the import; after it, its records go to the root handler instead.
+            litellm_logs = [logging.getLogger(name) for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")]
+            for litellm_log in litellm_logs:
+                litellm_log.setLevel(logging.CRITICAL)
             module = importlib.import_module("litellm")
             module.suppress_debug_info = True  # its banners go to stdout, which is the MCP stdio channel
-            for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
-                logging.getLogger(name).setLevel(logging.CRITICAL)
+            for litellm_log in litellm_logs:
+                litellm_log.handlers.clear()
+                litellm_log.propagate = True
             try:  # its first provider lookup imports more (~6 ms): here, off the event loop, not in a call's masking
                 module.get_llm_provider(model="openai/gpt-4o-mini")
             except Exception:

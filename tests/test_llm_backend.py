@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import subprocess
 import sys
 import time
@@ -243,6 +244,30 @@ def test_importing_the_backend_does_not_import_litellm() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_litellm_records_reach_our_one_line_stderr_log_never_stdout() -> None:
+    """litellm's own handler writes records below WARNING to stdout (the stdio transport's channel) and formats
+    them its way; after our import its loggers hand their records to the root handler instead."""
+    code = (
+        "import logging\n"
+        "from skillorchestra.server.log_format import configure_logging\n"
+        "from skillorchestra.server.llm_backend import _import_litellm\n"
+        "configure_logging('DEBUG')\n"
+        "_import_litellm()\n"
+        "log = logging.getLogger('LiteLLM')\n"
+        "log.critical('provider said: line one\\nCRITICAL forged')\n"
+        "log.setLevel(logging.DEBUG)  # as litellm's own verbose switch does\n"
+        "log.debug('a debug record')\n"
+    )
+    env = {**os.environ, "LITELLM_LOG": "DEBUG"}  # a user's setting: its handler then passes debug records on
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == ""
+    lines = out.stderr.splitlines()
+    assert not [line for line in lines if line.startswith("CRITICAL forged")]  # no forged line of its format
+    ours = [line.split(" ", 2)[2] for line in lines if "provider said" in line or "a debug record" in line]
+    assert ours == ["CRITICAL LiteLLM: provider said: line one\\nCRITICAL forged", "DEBUG LiteLLM: a debug record"]
 
 
 def test_fake_server_runs_as_a_subprocess() -> None:
