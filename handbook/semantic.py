@@ -79,6 +79,10 @@ class SemanticMatcher:
         self._scorers: dict[tuple[str | None, tuple[tuple[str, str], ...]], SemanticScorer] = {}
         self._by_state: dict[tuple[str | None, int, int], SemanticScorer] = {}
         self._step_vectors: OrderedDict[bytes, np.ndarray] = OrderedDict()  # text digest -> vector
+        # while a background warm-up loads the model (4 s on a new file: the skill vectors are encoded too), steps
+        # take the lexical matcher instead of waiting: a host's first route_step would otherwise stall
+        self._warming = threading.Event()
+        self._warmed = threading.Event()
 
     def embedder(self) -> Embedder | None:
         with self._lock:
@@ -89,18 +93,26 @@ class SemanticMatcher:
             return self._embedder
 
     def warm_up(self) -> str:
-        """Load the model and the live skills' vectors now, so the first step does not wait for them (~1-2 s)."""
-        embedder = self.embedder()
-        if embedder is None:
-            return f"lexical (semantic unavailable: {self._unavailable})"
-        scorer = self._scorer(embedder, None)
-        return f"semantic, {len(scorer.skill_ids)} skill vectors ({scorer.computed} encoded)"
+        """Load the model and the live skills' vectors now, so no step waits for them; steps inferred meanwhile
+        take the lexical matcher (see infer)."""
+        self._warming.set()
+        try:
+            embedder = self.embedder()
+            if embedder is None:
+                return f"lexical (semantic unavailable: {self._unavailable})"
+            scorer = self._scorer(embedder, None)
+            return f"semantic, {len(scorer.skill_ids)} skill vectors ({scorer.computed} encoded)"
+        finally:
+            self._warmed.set()  # failed too: the next step loads it itself, and says why if it cannot
 
     @property
     def unavailable_reason(self) -> str | None:
         return self._unavailable
 
     def infer(self, text: str, mode: str | None, top_k: int) -> tuple[list[tuple[str, float]], str]:
+        if self._warming.is_set() and not self._warmed.is_set():
+            weights, _ = self.fallback.infer(text, mode, top_k)
+            return weights, "lexical (semantic model still loading)"
         embedder = self.embedder()
         if embedder is None:
             weights, _ = self.fallback.infer(text, mode, top_k)

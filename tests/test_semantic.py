@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +163,26 @@ def test_a_minilm_labeller_encodes_with_the_semantic_matchers_model_not_a_second
     assert source.startswith("learned (minilm labeller")
     assert max(weights, key=lambda w: w[1])[0] == "math.calculus"
     assert encoded == [1]  # the step, by the one model the server loaded (a labeller's own copy is not counted)
+
+
+def test_steps_take_the_lexical_matcher_while_a_warm_up_loads_the_model(store: HandbookStore) -> None:
+    """A host's first route_step came 4 s after its tools/list on a new file, waiting for the warm-up's load."""
+    loading, release = threading.Event(), threading.Event()
+
+    def slow_load() -> tuple[HashBag, str]:
+        loading.set()
+        assert release.wait(30)
+        return HashBag(), ""
+
+    matcher = SemanticMatcher(store, load=slow_load)
+    warm_up = threading.Thread(target=matcher.warm_up)
+    warm_up.start()
+    try:
+        assert loading.wait(30)
+        weights, source = matcher.infer("querying relational databases with joins", None, 3)
+        assert source == "lexical (semantic model still loading)"
+        assert weights == matcher.fallback.infer("querying relational databases with joins", None, 3)[0]
+    finally:
+        release.set()
+        warm_up.join(30)
+    assert matcher.infer("querying relational databases with joins", None, 3)[1] == "semantic"
