@@ -314,14 +314,17 @@ def _with_judge(agents: dict[str, AgentConnection], raw: Any, source: str) -> di
     return {**agents, settings.agent: target.model_copy(update={"judge": settings})}
 
 
-def load_agent_configs(path: str | Path, *, other_sections: Collection[str] = ()) -> dict[str, AgentConnection]:
-    """Read and validate a TOML file; unknown top-level keys are errors unless named in ``other_sections``."""
+def load_agent_configs(
+    path: str | Path, *, other_sections: Collection[str] = (), argument: str = "file"
+) -> dict[str, AgentConnection]:
+    """Read and validate a TOML file; unknown top-level keys are errors unless named in ``other_sections``.
+    `argument`: the command-line argument that named the file, which an unreadable file's error names."""
     source = str(path)
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except OSError as exc:
-        raise InvalidInput(source, source, f"a readable TOML file ({exc.strerror or exc})") from None
+        raise InvalidInput(argument, source, f"a readable TOML file ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
         raise not_utf8(source) from None
     except tomllib.TOMLDecodeError as exc:

@@ -42,7 +42,7 @@ def _pool(args: argparse.Namespace) -> dict:
     from skillorchestra.server.agent_config import load_agent_configs, parse_agent
 
     if args.pool is not None:
-        return load_agent_configs(args.pool)
+        return load_agent_configs(args.pool, argument="--pool")
     from skillorchestra.handbook.store import HandbookStore
     from skillorchestra.server.settings import default_db_path
 

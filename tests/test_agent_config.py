@@ -165,8 +165,10 @@ def test_unquoted_dotted_id_gets_a_hint(tmp_path: Path) -> None:
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="valid TOML"):
         load_agent_configs(write(tmp_path, '[agents.meta/llama]\nmodel = "m"\n'))
-    with pytest.raises(InvalidInput, match="readable TOML file"):
-        load_agent_configs(tmp_path / "absent.toml")
+    with pytest.raises(InvalidInput, match=r"^file='.*absent\.toml': expected a readable TOML file"):
+        load_agent_configs(tmp_path / "absent.toml")  # the argument named, then the path (not the path twice)
+    with pytest.raises(InvalidInput, match=r"^--pool='.*absent\.toml': expected a readable TOML file"):
+        load_agent_configs(tmp_path / "absent.toml", argument="--pool")
 
 
 def test_other_sections_and_dict_parsing(tmp_path: Path) -> None:
