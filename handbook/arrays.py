@@ -170,6 +170,11 @@ class HandbookArrays:
         slope, length_range = _length_fields(self.agent_ids, effect)
         return replace(self, length_slope=slope, length_range=length_range)
 
+    def competence(self, agent_id: str, skill_ids: Sequence[str]) -> list[float | None]:
+        """The shrunk posterior means of one agent on `skill_ids` (skills, "@mode" or the root)."""
+        cells = [self._cell(agent_id, s) for s in skill_ids]
+        return [None if cell is None else float(self.mean[cell]) for cell in cells]
+
     def _cell(self, agent_id: str, skill_id: str) -> tuple[int, int] | None:
         i = self.agent_index.get(agent_id)
         j = raw_column(skill_id, self.skill_index, self.mode_index)
@@ -199,6 +204,22 @@ class Patch:
                 return False
             self.raw.set_cost(cell, cost)
         return True
+
+    def competence(self, agent_id: str, skill_ids: Sequence[str]) -> list[float | None]:
+        """The shrunk posterior means of one agent on `skill_ids` (skills, "@mode" or the root) with the outcomes
+        applied so far: what the next derivation gives that agent, computed for its row alone (an agent's row
+        depends on its own evidence and the pool's rate only), so a record need not derive every agent."""
+        row = self.base.agent_index.get(agent_id)
+        if row is None:
+            return [None] * len(skill_ids)
+        rows = np.array([row])
+        st, raw = self.base.structure, self.raw
+        pool = np.full(1, _pool_rate(raw))
+        sums = Sums.of(raw, st, rows)
+        alpha, beta = _posteriors(st, raw.success[rows], raw.failure[rows], sums, pool, self.base.kappa)
+        mean, _ = beta_mean_var(alpha, beta)
+        columns = [raw_column(s, self.base.skill_index, self.base.mode_index) for s in skill_ids]
+        return [None if j is None else float(mean[0, j]) for j in columns]
 
     def derived(self) -> HandbookArrays:
         base = self.base
@@ -328,48 +349,12 @@ def _derive(
     sums: Sums | None = None,
 ) -> HandbookArrays:
     """Shrunk posteriors and expected costs from the raw evidence (vectorised over skills)."""
-    n_agents, n_skills, n_modes = raw.success.shape[0], len(skills), len(mode_ids)
+    n_skills, n_modes = len(skills), len(mode_ids)
     sums = sums if sums is not None else Sums.of(raw, st)
-    sub_s, sub_f, mode_s, mode_f = sums.sub_s, sums.sub_f, sums.mode_s, sums.mode_f
-    sub_n = sub_s + sub_f
-    mode_n = mode_s + mode_f
-    all_s, all_f = raw.success.sum(axis=1), raw.failure.sum(axis=1)
-    all_n = all_s + all_f
-    pool_s, pool_n = all_s.sum(), all_n.sum()
-
-    def level(s_level: np.ndarray, n_level: np.ndarray, prior: np.ndarray) -> np.ndarray:
-        """The mean at a level from its evidence (own column's already taken out) and the level above."""
-        return (np.maximum(s_level, 0.0) + kappa * prior) / (np.maximum(n_level, 0.0) + kappa)
-
-    # the pool (every agent) is a population rate: it seeds a new agent at what agents here usually achieve
-    pool = np.full(n_agents, (pool_s + 1.0) / (pool_n + 2.0))
-    root_prior = pool
-    # mode columns: on the agent level without that mode's evidence
-    mode_prior = level(all_s[:, None] - mode_s, all_n[:, None] - mode_n, pool[:, None])
-    # skill columns: down the chain agent -> mode -> ancestors; each level counts only what the next one lacks
-    in_mode_s, in_mode_n = mode_s[:, st.skill_mode], mode_n[:, st.skill_mode]
-    chain = level(all_s[:, None] - in_mode_s, all_n[:, None] - in_mode_n, pool[:, None])
-    top = st.chain[:, 0] if n_skills else np.zeros(0, dtype=np.int64)
-    chain = level(in_mode_s - sub_s[:, top], in_mode_n - sub_n[:, top], chain)
-    for t in range(st.chain.shape[1] - 1):
-        node, below = st.chain[:, t], st.chain[:, t + 1]
-        is_ancestor = below >= 0
-        node, below = np.maximum(node, 0), np.maximum(below, 0)
-        step = level(sub_s[:, node] - sub_s[:, below], sub_n[:, node] - sub_n[:, below], chain)
-        chain = np.where(is_ancestor[None, :], step, chain)
-    skill_prior = chain
-
-    alpha = np.concatenate(
-        [sub_s + kappa * skill_prior, mode_s + kappa * mode_prior, (all_s + kappa * root_prior)[:, None]], axis=1
-    )
-    beta = np.concatenate(
-        [
-            sub_f + kappa * (1.0 - skill_prior),
-            mode_f + kappa * (1.0 - mode_prior),
-            (all_f + kappa * (1.0 - root_prior))[:, None],
-        ],
-        axis=1,
-    )
+    pool = np.full(raw.success.shape[0], _pool_rate(raw))
+    alpha, beta = _posteriors(st, raw.success, raw.failure, sums, pool, kappa)
+    sub_n, mode_n = sums.sub_s + sums.sub_f, sums.mode_s + sums.mode_f
+    all_n = raw.success.sum(axis=1) + raw.failure.sum(axis=1)
     mean, var = beta_mean_var(alpha, beta)
     evidence = np.concatenate([sub_n, mode_n, all_n[:, None]], axis=1)
     cost_mean, agent_cost = _shrunk_means(raw.calls, raw.cost_total, n_skills, n_modes)
@@ -407,6 +392,60 @@ def _derive(
         skill_index={s.id: i for i, s in enumerate(skills)},
         mode_index={m: i for i, m in enumerate(mode_ids)},
     )
+
+
+def _pool_rate(raw: RawEvidence) -> np.floating:
+    """The pool (every agent) as a population rate: it seeds a new agent at what agents here usually achieve.
+    Summed per agent first, as it always was: another order rounds differently, and the eval tables are pinned."""
+    all_s, all_f = raw.success.sum(axis=1), raw.failure.sum(axis=1)
+    return (all_s.sum() + 1.0) / ((all_s + all_f).sum() + 2.0)
+
+
+def _posteriors(
+    st: Structure, success: np.ndarray, failure: np.ndarray, sums: Sums, pool: np.ndarray, kappa: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(alpha, beta) over every column of the rows given (raw success/failure (R, C), their sums, the pool rate
+    per row): each agent's row depends on its own evidence and the pool only, so one agent's can be computed alone
+    (Patch.competence)."""
+    n_skills = st.mode_member.shape[0]
+    sub_s, sub_f, mode_s, mode_f = sums.sub_s, sums.sub_f, sums.mode_s, sums.mode_f
+    sub_n = sub_s + sub_f
+    mode_n = mode_s + mode_f
+    all_s, all_f = success.sum(axis=1), failure.sum(axis=1)
+    all_n = all_s + all_f
+
+    def level(s_level: np.ndarray, n_level: np.ndarray, prior: np.ndarray) -> np.ndarray:
+        """The mean at a level from its evidence (own column's already taken out) and the level above."""
+        return (np.maximum(s_level, 0.0) + kappa * prior) / (np.maximum(n_level, 0.0) + kappa)
+
+    root_prior = pool
+    # mode columns: on the agent level without that mode's evidence
+    mode_prior = level(all_s[:, None] - mode_s, all_n[:, None] - mode_n, pool[:, None])
+    # skill columns: down the chain agent -> mode -> ancestors; each level counts only what the next one lacks
+    in_mode_s, in_mode_n = mode_s[:, st.skill_mode], mode_n[:, st.skill_mode]
+    chain = level(all_s[:, None] - in_mode_s, all_n[:, None] - in_mode_n, pool[:, None])
+    top = st.chain[:, 0] if n_skills else np.zeros(0, dtype=np.int64)
+    chain = level(in_mode_s - sub_s[:, top], in_mode_n - sub_n[:, top], chain)
+    for t in range(st.chain.shape[1] - 1):
+        node, below = st.chain[:, t], st.chain[:, t + 1]
+        is_ancestor = below >= 0
+        node, below = np.maximum(node, 0), np.maximum(below, 0)
+        step = level(sub_s[:, node] - sub_s[:, below], sub_n[:, node] - sub_n[:, below], chain)
+        chain = np.where(is_ancestor[None, :], step, chain)
+    skill_prior = chain
+
+    alpha = np.concatenate(
+        [sub_s + kappa * skill_prior, mode_s + kappa * mode_prior, (all_s + kappa * root_prior)[:, None]], axis=1
+    )
+    beta = np.concatenate(
+        [
+            sub_f + kappa * (1.0 - skill_prior),
+            mode_f + kappa * (1.0 - mode_prior),
+            (all_f + kappa * (1.0 - root_prior))[:, None],
+        ],
+        axis=1,
+    )
+    return alpha, beta
 
 
 def _shrunk_means(calls: np.ndarray, totals: np.ndarray, n_skills: int, n_modes: int) -> tuple[np.ndarray, np.ndarray]:

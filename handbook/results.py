@@ -109,15 +109,18 @@ class RouteDecision(BaseModel):
 
 
 class CompetenceUpdate(BaseModel):
-    """The skill's own evidence for this agent after the outcome: Beta(alpha, beta) counts and their mean.
-
-    Routing shrinks this toward the parent skill, the mode and the agent's overall record (kappa pseudo-counts),
-    so with little evidence the competence route_step and consult_handbook show moves less than `mean` does."""
+    """The skill's own evidence for this agent after the outcome (Beta(alpha, beta) counts and their mean), and the
+    competence routing now uses. Routing shrinks the counts toward the parent skill, the mode and the agent's
+    overall record (kappa pseudo-counts), so with little evidence `competence` moves less than `mean` does."""
 
     skill_id: str
     alpha: Figure = Field(description="successes + 1 on this skill (fractional: weighted by the step's demand)")
     beta: Figure = Field(description="failures + 1 on this skill")
     mean: Figure = Field(description="alpha / (alpha + beta), before shrinkage toward the parent, mode and agent")
+    competence: Figure | None = Field(
+        default=None,
+        description="the shrunk posterior mean route_step and consult_handbook now use for this agent and skill",
+    )
 
 
 class OutcomeResult(BaseModel):

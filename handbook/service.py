@@ -141,6 +141,7 @@ class Handbook:
         self.clock = clock
         self.matcher = matcher or LexicalMatcher(store)
         self._lock = threading.RLock()
+        self._record_lock = threading.Lock()  # a record's write and its patch of the arrays, in turn (see record)
         self._arrays: HandbookArrays | None = None
         self._arrays_key: tuple[int, int] | None = None
         # outcomes recorded since the arrays were derived, applied to a copy of their raw evidence: derived on
@@ -176,6 +177,16 @@ class Handbook:
                 kappa=self.settings.kappa,
                 length_effect=self.store.length_effect(),
             )
+
+    def _competence_now(self, agent_id: str, skill_ids: list[str]) -> list[float | None]:
+        """The competence routing will use for these cells, outcomes queued in the patch included (the patch
+        computes the agent's row alone; without one the arrays are current, or derived now if another process
+        wrote meanwhile, which the next route would have done)."""
+        if not skill_ids:
+            return []
+        if self._pending is not None:
+            return self._pending.competence(agent_id, skill_ids)
+        return self.arrays().competence(agent_id, skill_ids)
 
     def _patch_arrays(self, effect: OutcomeEffect | None) -> None:
         """Apply a recorded outcome to the cached arrays' evidence in place of rereading the whole handbook; with
@@ -545,12 +556,18 @@ class Handbook:
         try:
             # Written without holding self._lock: the write may wait for another process's lock (a CLI import),
             # and every consult and route of this server reads the arrays under self._lock. The patch checks
-            # that this write was the only change since the arrays it patches, else it is dropped and the next
-            # read rebuilds, so writes and patches need not be ordered by a lock.
-            effect = self.store.record_outcome(row, event, decided_under=decision["version"])
-            if effect is not None:
-                with self._lock:
-                    self._patch_arrays(effect)
+            # that this write was the only change since the arrays it patches, else it is dropped and the arrays
+            # are derived again. Records of this process write and patch in turn (self._record_lock, which no
+            # read takes): two records writing before either patched dropped the patch, and the derivation that
+            # reports the competence took 75 ms a record with 8 concurrent clients.
+            competence: list[float | None] = []
+            with self._record_lock:
+                effect = self.store.record_outcome(row, event, decided_under=decision["version"])
+                if effect is not None:
+                    with self._lock:
+                        self._patch_arrays(effect)
+                        skill_ids = [c.skill_id for c in effect.competence]
+                        competence = self._competence_now(decision["agent_id"], skill_ids)
         except InvalidInput:  # already reported (the store checks inside the write): a repeat, or a conflict
             earlier = self._earlier_report(decision, payload)
             if earlier is None:
@@ -576,7 +593,10 @@ class Handbook:
             error_class=report.error_class,
             reward=reward,
             cost_usd=effective["cost_usd"],
-            updated=[_update(c.skill_id, c.alpha, c.beta) for c in (effect.competence if effect else [])],
+            updated=[
+                _update(c.skill_id, c.alpha, c.beta, shrunk)
+                for c, shrunk in zip(effect.competence if effect else [], competence, strict=True)
+            ],
             duplicate=False,
             applied=applied,
             note=note,
@@ -591,13 +611,19 @@ class Handbook:
                 f"decision {decision['id']!r} was already reported with {stored['payload']}; "
                 "a decision takes one outcome"
             )
+        rows = _json(stored["result"])
+        with self._lock:  # the competence as routing uses it now (the first report's, unless more came since)
+            competence = self._competence_now(decision["agent_id"], [u["skill_id"] for u in rows])
         return OutcomeResult(
             decision_id=decision["id"],
             agent_id=decision["agent_id"],
             error_class=stored["error_class"],
             reward=stored["reward"],
             cost_usd=stored["cost_usd"],
-            updated=[_update(u["skill_id"], u["alpha"], u["beta"]) for u in _json(stored["result"])],
+            updated=[
+                _update(row["skill_id"], row["alpha"], row["beta"], shrunk)
+                for row, shrunk in zip(rows, competence, strict=True)
+            ],
             duplicate=True,
         )
 
@@ -991,8 +1017,10 @@ def _unusable(arrays: HandbookArrays, mode: str | None) -> dict[str, str]:
     return reasons
 
 
-def _update(skill_id: str, alpha: float, beta: float) -> CompetenceUpdate:
-    return CompetenceUpdate(skill_id=skill_id, alpha=alpha, beta=beta, mean=alpha / (alpha + beta))
+def _update(skill_id: str, alpha: float, beta: float, competence: float | None = None) -> CompetenceUpdate:
+    return CompetenceUpdate(
+        skill_id=skill_id, alpha=alpha, beta=beta, mean=alpha / (alpha + beta), competence=competence
+    )
 
 
 def _card(skill: Skill, weight: float) -> SkillCard:

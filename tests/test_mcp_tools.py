@@ -93,13 +93,19 @@ async def test_register_consult_route_record_moves_the_posterior(mcp_client: Cli
     assert decision["candidates"][0]["contributions"] == {"math.equations": pytest.approx(0.5)}
     chosen = decision["agent_id"]
     outcome = await call(mcp_client, "record_outcome", {"decision_id": decision["decision_id"], "success": True})
-    assert outcome["updated"] == [
-        {"skill_id": "math.equations", "alpha": 2.0, "beta": 1.0, "mean": pytest.approx(2 / 3, rel=1e-3)}
-    ]
+    [update] = outcome["updated"]
+    assert update == {
+        "skill_id": "math.equations",
+        "alpha": 2.0,
+        "beta": 1.0,
+        "mean": pytest.approx(2 / 3, rel=1e-3),
+        "competence": update["competence"],
+    }
     after = await call(mcp_client, "consult_handbook", {"text": "solve for x: 3x + 4 = 10"})
     mean = {row["agent_id"]: row["mean"] for row in after["agents"] if row["skill_id"] == "math.equations"}
     other = next(a for a in mean if a != chosen)
     assert mean[chosen] > mean[other]
+    assert update["competence"] == mean[chosen]  # what consult shows next, to the same four digits
 
 
 async def test_record_outcome_is_idempotent_and_refuses_conflicts(mcp_client: Client) -> None:

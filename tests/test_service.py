@@ -792,6 +792,31 @@ def test_an_edit_of_texts_alone_keeps_the_cached_arrays(tmp_path: Path, clock: C
     _same_posteriors(book.arrays(), _rebuilt(book))
 
 
+def test_a_report_returns_the_competence_routing_now_uses(tmp_path: Path, clock: Clock) -> None:
+    """updated[].mean is the skill's own count (0.6 after one success); `competence` is the shrunk mean that
+    route_step scores next: exactly the derived arrays' cell, in a burst of queued outcomes and after another
+    process's write alike."""
+    book = make_book(tmp_path / "shrunk.db", clock)
+    other = Handbook(HandbookStore(tmp_path / "shrunk.db"), HandbookSettings(decision_ttl_s=TTL), clock=clock)
+    book.arrays()
+    steps = [[SkillDemand(skill_id="code.sql", weight=0.7), SkillDemand(skill_id="code.python", weight=0.3)]] * 3
+    steps.append([SkillDemand(skill_id="search.web", weight=1.0)])
+    for i, skills in enumerate(steps * 2):
+        decision = book.route(request(skills=skills, allowed_agents=["cheap", "mid"][i % 2 :][:1]))
+        if i == 5:  # another process writes: the queued patch is dropped, the arrays are derived again
+            theirs = other.route(request(skills=skills))
+            other.record(OutcomeReport(decision_id=theirs.decision_id, success=True))
+        result = book.record(OutcomeReport(decision_id=decision.decision_id, reward=(i % 3) / 2))
+        arrays = book.arrays()
+        assert result.updated, i
+        for update in result.updated:
+            cell = arrays._cell(result.agent_id, update.skill_id)
+            assert cell is not None and update.competence == pytest.approx(arrays.mean[cell], rel=1e-12, abs=0)
+    again = book.record(OutcomeReport(decision_id=decision.decision_id, reward=(i % 3) / 2))
+    assert again.duplicate and again.updated == result.updated  # nothing recorded since: the same competence
+    other.store.close()
+
+
 def test_records_queued_while_another_process_writes_are_dropped_for_a_rebuild(tmp_path: Path, clock: Clock) -> None:
     book = make_book(tmp_path / "two.db", clock)
     other = Handbook(HandbookStore(tmp_path / "two.db"), HandbookSettings(decision_ttl_s=TTL), clock=clock)
