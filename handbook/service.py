@@ -184,7 +184,8 @@ class Handbook:
         wrote meanwhile, which the next route would have done)."""
         if not skill_ids:
             return []
-        if self._pending is not None:
+        current = (self.store.data_version(), self.store.generation)
+        if self._pending is not None and self._pending_key == current:
             return self._pending.competence(agent_id, skill_ids)
         return self.arrays().competence(agent_id, skill_ids)
 
