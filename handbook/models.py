@@ -49,10 +49,14 @@ def control_characters(value: str, allowed: str = "") -> list[str]:
     return [c for c in value if unicodedata.category(c) == "Cc" and c not in allowed]
 
 
+# bidi controls and marks, zero-width space, word joiner, byte-order mark, soft hyphen: in an id they make two ids
+# that print alike, or one that prints reversed ('Trojan source'). Not ZWNJ/ZWJ, which Persian words and emoji need.
+INVISIBLE_IN_IDS = BIDI_CONTROLS + "\u200e\u200f\u061c\u200b\u2060\ufeff\u00ad"
+
+
 def invisible_characters(value: str) -> list[str]:
-    """The format characters of `value` (Unicode category Cf: bidi overrides, zero-width spaces and joiners...):
-    in an id they make two ids that print alike, or one that prints reversed ('Trojan source')."""
-    return [c for c in value if unicodedata.category(c) == "Cf"]
+    """The characters of `value` an id must not hold although they print as nothing (INVISIBLE_IN_IDS)."""
+    return [c for c in value if c in INVISIBLE_IN_IDS]
 
 
 def addressable(value: str) -> str:

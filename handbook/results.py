@@ -119,7 +119,10 @@ class CompetenceUpdate(BaseModel):
     mean: Figure = Field(description="alpha / (alpha + beta), before shrinkage toward the parent, mode and agent")
     competence: Figure | None = Field(
         default=None,
-        description="the shrunk posterior mean route_step and consult_handbook now use for this agent and skill",
+        description=(
+            "the shrunk posterior mean route_step and consult_handbook now use for this agent and skill (null when"
+            " another process changed the handbook meanwhile: consult_handbook shows it)"
+        ),
     )
 
 

@@ -115,9 +115,12 @@ def _import_litellm() -> ModuleType:
                 litellm_log.setLevel(logging.CRITICAL)
             module = importlib.import_module("litellm")
             module.suppress_debug_info = True  # its banners go to stdout, which is the MCP stdio channel
+            secret_filter = getattr(getattr(module, "_logging", None), "_secret_filter", None)  # was on its handler
             for litellm_log in litellm_logs:
                 litellm_log.handlers.clear()
                 litellm_log.propagate = True
+                if secret_filter is not None:
+                    litellm_log.addFilter(secret_filter)
             try:  # its first provider lookup imports more (~6 ms): here, off the event loop, not in a call's masking
                 module.get_llm_provider(model="openai/gpt-4o-mini")
             except Exception:

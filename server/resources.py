@@ -72,7 +72,8 @@ def skill_card(handbook: Handbook, skill_id: str) -> dict[str, object]:
     if skill_id not in arrays.skill_index:
         raise ResourceNotFoundError(f"unknown skill {skill_id!r}")
     col = arrays.column_of_skill(skill_id)
-    skill = next(s for s in arrays.skills if s.id == skill_id)
+    # the texts as stored now: the arrays' copy outlives an edit of texts alone (Handbook._edit)
+    skill = handbook.store.skill(skill_id) or arrays.skills[arrays.skill_index[skill_id]]
     return {
         **skill.model_dump(),
         "agents": [
@@ -99,8 +100,9 @@ def agent_card(handbook: Handbook, agent_id: str) -> dict[str, object]:
     if agent_id not in arrays.agent_index:
         raise ResourceNotFoundError(f"unknown agent {agent_id!r}")
     i = arrays.agent_index[agent_id]
+    agent = handbook.store.agent(agent_id) or arrays.agents[i]  # its texts as stored now (Handbook._edit)
     return {
-        **arrays.agents[i].model_dump(),
+        **agent.model_dump(),
         "overall": {
             "mean": float(arrays.mean[i, arrays.root_column]),
             "n": float(arrays.evidence[i, arrays.root_column]),

@@ -263,7 +263,13 @@ async def test_newlines_tabs_and_slashed_ids_are_still_taken(mcp_client: Client)
         mcp_client, "upsert_skill", {"skill_id": "meta/llama-2", "description": description, "examples": ["a\tb\nc"]}
     )
     assert skill["description"] == description and skill["examples"] == ["a\tb\nc"]
-    for agent_id in ("a..b/c", ".../x", "a/.b"):
+    for agent_id in (
+        "a..b/c",
+        ".../x",
+        "a/.b",
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",
+        "team-\U0001f468\u200d\U0001f469",
+    ):
         assert (await call(mcp_client, "upsert_agent", {"agent_id": agent_id}))["id"] == agent_id
     read = await mcp_client.read_resource("handbook://skills/meta%2Fllama-2")
     assert json.loads(read.contents[0].text)["description"] == description  # type: ignore[union-attr]
