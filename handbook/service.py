@@ -188,16 +188,17 @@ class Handbook:
                 length_effect=self.store.length_effect(),
             )
 
-    def _competence_now(self, agent_id: str, skill_ids: list[str]) -> list[float | None]:
+    def _competence_now(self, agent_id: str, skill_ids: list[str], derive: bool = False) -> list[float | None]:
         """The competence routing will use for these cells, outcomes queued in the patch included (the patch
-        computes the agent's row alone). None when the arrays are not current (another process wrote since):
-        deriving them here made every record of two servers sharing a file re-derive the whole handbook."""
+        computes the agent's row alone). When the arrays are not current (another process wrote since): None,
+        unless `derive` (a repeated report: rare); deriving at every record made every record of two servers
+        sharing a file re-derive the whole handbook."""
         current = (self.store.data_version(), self.store.generation)
         if self._pending is not None and self._numbers_unchanged(self._pending_key, current):
             return self._pending.competence(agent_id, skill_ids)
         if self._pending is None and self._arrays is not None and self._numbers_unchanged(self._arrays_key, current):
             return self._arrays.competence(agent_id, skill_ids)
-        return [None] * len(skill_ids)
+        return self.arrays().competence(agent_id, skill_ids) if derive else [None] * len(skill_ids)
 
     def _patch_arrays(self, effect: OutcomeEffect) -> None:
         """Apply a recorded outcome to the cached arrays' evidence in place of rereading the whole handbook.
@@ -637,7 +638,7 @@ class Handbook:
             )
         rows = _json(stored["result"])
         with self._lock:  # the competence as routing uses it now (the first report's, unless more came since)
-            competence = self._competence_now(decision["agent_id"], [u["skill_id"] for u in rows])
+            competence = self._competence_now(decision["agent_id"], [u["skill_id"] for u in rows], derive=True)
         return OutcomeResult(
             decision_id=decision["id"],
             agent_id=decision["agent_id"],
