@@ -18,7 +18,7 @@ import importlib.metadata
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -112,36 +112,11 @@ def compose_skill_text(description: str, indicators: Sequence[str] = (), example
 # ------------------------------------------------------------------------------------------ numpy MiniLM
 
 
-# OpenBLAS's sgemm takes the token rows of a product in blocks of four; a count of 4k+3 goes through two slower edge
-# kernels and costs more than 4k+4 (the six layers' 24 products, 23 vs 24 rows: 13.6 vs 10.4 ms; 4k+1 and 4k+2 rows
-# gain nothing from padding). _dense adds one zero row for the product only in that case.
-_GEMM_BLOCK = 4
-
-
-def _dense(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """x @ weight + bias for x of shape (rows, in); rows are independent, so a zero row changes no other row."""
-    rows = x.shape[0]
-    if rows % _GEMM_BLOCK == _GEMM_BLOCK - 1:
-        xp = np.zeros((rows + 1, x.shape[1]), dtype=np.float32)
-        xp[:rows] = x
-        y = (xp @ weight)[:rows]  # a view of the leading rows: still C-contiguous
-    else:
-        y = x @ weight
-    y += bias
-    return y
-
-
 def _layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:
-    """Layer norm over the last axis, in place on x (always a fresh array here): the same operations in the same
-    order as the out-of-place form, without four temporaries per call."""
-    x -= x.mean(-1, keepdims=True)
-    var = (x * x).mean(-1, keepdims=True)
-    var += np.float32(eps)
-    np.sqrt(var, out=var)
-    x /= var
-    x *= gamma
-    x += beta
-    return x
+    mean = x.mean(-1, keepdims=True)
+    centred = x - mean
+    var = (centred * centred).mean(-1, keepdims=True)
+    return centred / np.sqrt(var + eps) * gamma + beta
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
@@ -194,25 +169,6 @@ class _Layer:
     ln2_b: np.ndarray
 
 
-def _in_one_block(layers: list[_Layer]) -> list[_Layer]:
-    """The layers' arrays copied into one contiguous 42 MB block. Every encode streams all of them (more than the
-    L3 cache holds); numpy asks the kernel for huge pages on an allocation this large, which the separate 0.6-2.4 MB
-    matrices were each too small for: ~2% less CPU per encode (fewer TLB misses), same values."""
-    names = [f.name for f in fields(_Layer)]
-    block = np.empty(sum(getattr(layer, n).size for layer in layers for n in names), dtype=np.float32)
-    packed, offset = [], 0
-    for layer in layers:
-        views = {}
-        for name in names:
-            src = getattr(layer, name)
-            view = block[offset : offset + src.size].reshape(src.shape)
-            view[...] = src
-            views[name] = view
-            offset += src.size
-        packed.append(_Layer(**views))
-    return packed
-
-
 class NumpyMiniLM:
     """all-MiniLM-L6-v2 (BERT encoder + mean pooling + L2 norm) in float32 numpy.
 
@@ -248,8 +204,7 @@ class NumpyMiniLM:
         self.type_emb = w["embeddings.token_type_embeddings.weight"]
         self.emb_ln_g = w["embeddings.LayerNorm.weight"]
         self.emb_ln_b = w["embeddings.LayerNorm.bias"]
-        layers = [self._layer(w, f"encoder.layer.{i}") for i in range(int(cfg["num_hidden_layers"]))]
-        self.layers = _in_one_block(layers)
+        self.layers = [self._layer(w, f"encoder.layer.{i}") for i in range(int(cfg["num_hidden_layers"]))]
 
         self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
         # tokenizer.json ships padding=Fixed(128) and truncation=128; we pad per batch ourselves and
@@ -337,34 +292,22 @@ class NumpyMiniLM:
         head_dim = hidden // heads
         scale = np.float32(1.0 / np.sqrt(head_dim))
 
-        x = self.word_emb[ids]  # fancy indexing copies: a fresh array to add into
-        x += self.pos_emb[:seq]
-        x += self.type_emb[types]
+        x = self.word_emb[ids] + self.pos_emb[:seq][None] + self.type_emb[types]
         # Work on (batch*seq, hidden) so each dense layer is one large GEMM, not `batch` small ones.
-        x = _layer_norm(x.reshape(batch * seq, hidden), self.emb_ln_g, self.emb_ln_b, self.eps)
-        padded = not bool(mask.all())  # a single text (the routing case) has no padding: no bias, no masked pooling
-        attn_bias = ((mask - 1.0) * np.float32(1e9))[:, None, None, :] if padded else None  # padded keys: -1e9
+        x = _layer_norm(x, self.emb_ln_g, self.emb_ln_b, self.eps).reshape(batch * seq, hidden)
+        attn_bias = ((mask - 1.0) * np.float32(1e9))[:, None, None, :]  # padded keys get -1e9
 
         for lyr in self.layers:
-            qkv = _dense(x, lyr.qkv_w, lyr.qkv_b).reshape(batch, seq, 3, heads, head_dim).transpose(2, 0, 3, 1, 4)
+            qkv = (x @ lyr.qkv_w + lyr.qkv_b).reshape(batch, seq, 3, heads, head_dim).transpose(2, 0, 3, 1, 4)
             q, k, v = qkv[0], qkv[1], qkv[2]  # each (batch, heads, seq, head_dim)
-            scores = q @ k.transpose(0, 1, 3, 2)
-            scores *= scale
-            if attn_bias is not None:
-                scores += attn_bias
-            ctx = (_softmax_last(scores) @ v).transpose(0, 2, 1, 3).reshape(batch * seq, hidden)
-            h = _dense(ctx, lyr.attn_out_w, lyr.attn_out_b)
-            h += x
-            x = _layer_norm(h, lyr.ln1_g, lyr.ln1_b, self.eps)
-            h = _dense(_gelu(_dense(x, lyr.ffn_in_w, lyr.ffn_in_b)), lyr.ffn_out_w, lyr.ffn_out_b)
-            h += x
-            x = _layer_norm(h, lyr.ln2_g, lyr.ln2_b, self.eps)
+            probs = _softmax_last((q @ k.transpose(0, 1, 3, 2)) * scale + attn_bias)
+            ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(batch * seq, hidden)
+            x = _layer_norm(ctx @ lyr.attn_out_w + lyr.attn_out_b + x, lyr.ln1_g, lyr.ln1_b, self.eps)
+            ffn = _gelu(x @ lyr.ffn_in_w + lyr.ffn_in_b)
+            x = _layer_norm(ffn @ lyr.ffn_out_w + lyr.ffn_out_b + x, lyr.ln2_g, lyr.ln2_b, self.eps)
 
         tokens = x.reshape(batch, seq, hidden)
-        if padded:
-            pooled = (tokens * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1.0)
-        else:
-            pooled = tokens.sum(1) / np.float32(seq)
+        pooled = (tokens * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1.0)
         norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), np.float32(1e-12))
         return (pooled / norms).astype(np.float32, copy=False)
 
