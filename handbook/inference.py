@@ -82,10 +82,10 @@ class HandbookMatcher:
         return None
 
     def warm_up(self) -> str:
-        """The live version's labeller (and its MiniLM, if it uses one), then the base matcher."""
-        labeller = self._live_labeller()
+        """The base matcher (MiniLM, when semantic), then the live version's labeller, which shares its model."""
         warm = getattr(self.base, "warm_up", None)  # a caller's own base matcher may have nothing to load
         ready = warm() if callable(warm) else type(self.base).__name__
+        labeller = self._live_labeller()
         if labeller is None:
             return ready
         if labeller.kind != "tfidf":
@@ -96,6 +96,9 @@ class HandbookMatcher:
         return f"{labeller.kind} labeller of version {self._version}; otherwise {ready}"
 
     def infer(self, text: str, mode: str | None, top_k: int) -> tuple[list[tuple[str, float]], str]:
+        loading = getattr(self.base, "loading", None)
+        if callable(loading) and loading():  # a MiniLM labeller would wait for the model: the base answers lexically
+            return self.base.infer(text, mode, top_k)
         labeller = self._live_labeller()
         if labeller is not None:
             try:

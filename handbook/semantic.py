@@ -105,12 +105,16 @@ class SemanticMatcher:
         finally:
             self._warmed.set()  # failed too: the next step loads it itself, and says why if it cannot
 
+    def loading(self) -> bool:
+        """A warm-up is loading the model: steps meanwhile take the lexical matcher instead of waiting."""
+        return self._warming.is_set() and not self._warmed.is_set()
+
     @property
     def unavailable_reason(self) -> str | None:
         return self._unavailable
 
     def infer(self, text: str, mode: str | None, top_k: int) -> tuple[list[tuple[str, float]], str]:
-        if self._warming.is_set() and not self._warmed.is_set():
+        if self.loading():
             weights, _ = self.fallback.infer(text, mode, top_k)
             return weights, "lexical (semantic model still loading)"
         embedder = self.embedder()

@@ -186,3 +186,41 @@ def test_steps_take_the_lexical_matcher_while_a_warm_up_loads_the_model(store: H
         release.set()
         warm_up.join(30)
     assert matcher.infer("querying relational databases with joins", None, 3)[1] == "semantic"
+
+
+@needs_weights
+def test_a_version_with_a_minilm_labeller_does_not_wait_for_the_warm_up_either(store: HandbookStore) -> None:
+    """The labeller needs the model the warm-up is loading: its steps took the lock the load held (the reviewer's
+    finding); now they take the lexical matcher until the model is in."""
+    from skillorchestra.handbook.inference import HandbookMatcher
+    from skillorchestra.handbook.learning.labeller import SkillLabeller
+
+    assert EMBEDDER is not None
+    labeller = SkillLabeller(
+        "minilm",
+        EMBEDDER.encode([s.description for s in SKILLS]),
+        [s.id for s in SKILLS],
+        {s.id: s.mode for s in SKILLS},
+        0.1,
+        model_name=EMBEDDER.model_name,
+    )
+    store.create_version(store.document().model_copy(update={"labeller": labeller.to_json()}), source="import")
+    loading, release = threading.Event(), threading.Event()
+
+    def slow_load() -> tuple[object, str]:
+        loading.set()
+        assert release.wait(30)
+        return EMBEDDER, ""
+
+    matcher = HandbookMatcher(store, SemanticMatcher(store, load=slow_load))  # type: ignore[arg-type]
+    warm_up = threading.Thread(target=matcher.warm_up)
+    warm_up.start()
+    step = "what is the area under x squared between 0 and 3"
+    try:
+        assert loading.wait(30)
+        assert matcher.infer(step, None, 3)[1] == "lexical (semantic model still loading)"
+    finally:
+        release.set()
+        warm_up.join(60)
+    weights, source = matcher.infer(step, None, 3)
+    assert source.startswith("learned (minilm labeller") and max(weights, key=lambda w: w[1])[0] == "math.calculus"
