@@ -134,9 +134,8 @@ def test_skill_vectors_are_not_cached_rather_than_wait_for_another_process(store
     assert store.db["embeddings"].count == len(SKILLS)  # cached once the file is free
 
 
-@needs_weights
-def test_a_minilm_labeller_encodes_with_the_semantic_matchers_model_not_a_second_copy(store: HandbookStore) -> None:
-    from skillorchestra.handbook.inference import HandbookMatcher
+def with_minilm_labeller(store: HandbookStore) -> None:
+    """A new live version whose learned labeller is MiniLM's, one prototype per skill (its description)."""
     from skillorchestra.handbook.learning.labeller import SkillLabeller
 
     assert EMBEDDER is not None
@@ -149,6 +148,13 @@ def test_a_minilm_labeller_encodes_with_the_semantic_matchers_model_not_a_second
         model_name=EMBEDDER.model_name,
     )
     store.create_version(store.document().model_copy(update={"labeller": labeller.to_json()}), source="import")
+
+
+@needs_weights
+def test_a_minilm_labeller_encodes_with_the_semantic_matchers_model_not_a_second_copy(store: HandbookStore) -> None:
+    from skillorchestra.handbook.inference import HandbookMatcher
+
+    with_minilm_labeller(store)
     encoded: list[int] = []
 
     class Counting:
@@ -193,18 +199,8 @@ def test_a_version_with_a_minilm_labeller_does_not_wait_for_the_warm_up_either(s
     """The labeller needs the model the warm-up is loading: its steps took the lock the load held (the reviewer's
     finding); now they take the lexical matcher until the model is in."""
     from skillorchestra.handbook.inference import HandbookMatcher
-    from skillorchestra.handbook.learning.labeller import SkillLabeller
 
-    assert EMBEDDER is not None
-    labeller = SkillLabeller(
-        "minilm",
-        EMBEDDER.encode([s.description for s in SKILLS]),
-        [s.id for s in SKILLS],
-        {s.id: s.mode for s in SKILLS},
-        0.1,
-        model_name=EMBEDDER.model_name,
-    )
-    store.create_version(store.document().model_copy(update={"labeller": labeller.to_json()}), source="import")
+    with_minilm_labeller(store)
     loading, release = threading.Event(), threading.Event()
 
     def slow_load() -> tuple[object, str]:
