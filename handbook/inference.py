@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
 from skillorchestra.handbook.store import HandbookStore
@@ -112,3 +112,21 @@ class HandbookMatcher:
                     (s, w / total) for s, w in found
                 ], f"learned ({labeller.kind} labeller of version {self._version})"
         return self.base.infer(text, mode, top_k)
+
+
+def live_demands(
+    matcher: Matcher, text: str, mode: str | None, top_k: int, live: Mapping[str, int] | Collection[str]
+) -> tuple[list[tuple[str, float]], str]:
+    """The step's skill weights among the `live` skills, and which matcher found them: a skill a learned labeller
+    names that was deleted since hands its weight to its nearest live ancestor (or to the step's other skills);
+    the rest are renormalised to sum to 1 (empty: nothing matched). The one rule of route_step and of the
+    learner's trial of the live handbook (server/jobs.py)."""
+    inferred, source = matcher.infer(text, mode, top_k)
+    nearest_live = getattr(matcher, "nearest_live", None)  # a learned labeller's matcher knows its tree
+    known: dict[str, float] = {}
+    for skill_id, weight in inferred:
+        kept = skill_id if skill_id in live else (nearest_live(skill_id, live) if callable(nearest_live) else None)
+        if kept is not None:
+            known[kept] = known.get(kept, 0.0) + weight
+    total = sum(known.values())
+    return ([(s, w / total) for s, w in known.items()] if total > 0 else []), source

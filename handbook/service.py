@@ -32,6 +32,7 @@ from skillorchestra.handbook.errors import (
     first_problem,
     utc_text,
 )
+from skillorchestra.handbook.inference import live_demands
 from skillorchestra.handbook.length import step_shift
 from skillorchestra.handbook.matcher import LexicalMatcher
 from skillorchestra.handbook.models import (
@@ -271,18 +272,7 @@ class Handbook:
     def _inferred(
         self, arrays: HandbookArrays, text: str, mode: str | None, top_k: int
     ) -> tuple[list[tuple[str, float]], str]:
-        inferred, source = self.infer_skills(text, mode, top_k)
-        known: dict[str, float] = {}
-        for skill_id, weight in inferred:  # a labeller may name a skill deleted since: its live ancestor takes it
-            live = skill_id if skill_id in arrays.skill_index else self._live_ancestor(skill_id, arrays)
-            if live is not None:
-                known[live] = known.get(live, 0.0) + weight
-        total = sum(known.values())
-        return ([(s, w / total) for s, w in known.items()] if total > 0 else []), source
-
-    def _live_ancestor(self, skill_id: str, arrays: HandbookArrays) -> str | None:
-        nearest_live = getattr(self.matcher, "nearest_live", None)  # a learned labeller's matcher knows its tree
-        return nearest_live(skill_id, arrays.skill_index) if callable(nearest_live) else None
+        return live_demands(self.matcher, text, mode, top_k, arrays.skill_index)
 
     def _columns(
         self, arrays: HandbookArrays, demands: list[tuple[str, float]], mode: str | None

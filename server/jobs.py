@@ -2,8 +2,9 @@
 tool's background jobs (hosts time out a request after 60 s, so the tool returns a job id at once).
 
 One learning run: outcome tasks + prices -> `learn()` -> a new handbook version (source "learn"), live unless
-replacing the live handbook could lose what it knows (not_live_reasons: validation could not compare agents, or
-agents with live evidence would go back on the prior), whose summary says what was learned from where,
+replacing the live handbook could lose what it knows (not_live_reasons: validation could not compare agents,
+agents with live evidence would go back on the prior, or the live handbook's skills route the validation tasks
+better: try_live_skills), whose summary says what was learned from where,
 and whose metrics hold the validation figures, every candidate with its intervals and the accuracy/cost Pareto
 front.
 """
@@ -25,6 +26,7 @@ from skillorchestra.handbook.store import NOT_LIVE_MARK, HandbookStore
 
 if TYPE_CHECKING:  # numpy and the learning stack load only when something is learned
     from skillorchestra.handbook.embedding import Embedder
+    from skillorchestra.handbook.learning.live_trial import LiveTrial
     from skillorchestra.handbook.learning.pipeline import LearnResult, Progress
     from skillorchestra.handbook.traces import AgentPrice, TraceTask
 
@@ -245,14 +247,16 @@ def learn_into_store(
     note = result.metrics.get("discovery_note")
     if note:
         summary += f" ({note})"
+    comparable = int(result.metrics["comparable_validation_tasks"])  # on the learner's own validation split
+    trial = None
+    if comparable >= MIN_COMPARABLE_TASKS:  # fewer: validation can tell no two handbooks apart, and says so below
+        if progress:
+            progress(1.0, "comparing with the live handbook's skills on the validation tasks")
+        trial = try_live_skills(store, result, prices, embedder)
+    metrics["live_trial"] = None if trial is None else trial.as_dict()
     with store.write():  # the gate reads the live state this version would replace, and its number, at once
         back = agents_back_on_prior(document, metrics["agents"], store.competence())
-        reasons = not_live_reasons(
-            int(result.metrics["comparable_validation_tasks"]),  # on the learner's own validation split
-            str(result.metrics["validated_on"]),
-            back,
-            store.counts(),
-        )
+        reasons = not_live_reasons(comparable, str(result.metrics["validated_on"]), back, store.counts(), trial)
         went_live = not reasons
         metrics["went_live"] = went_live
         metrics["agents_back_on_prior"] = back
@@ -297,13 +301,61 @@ def agents_back_on_prior(
     return sorted(a.id for a in document.agents if a.enabled and a.id not in outcomes and a.id in evidence)
 
 
+def try_live_skills(
+    store: HandbookStore, result: LearnResult, prices: Mapping[str, AgentPrice], embedder: Embedder | None
+) -> LiveTrial | None:
+    """The live handbook's skills as a candidate (learning/live_trial.py), matched to the steps as a server with
+    the learner's matcher choice would match them: the live version's learned labeller when it has one, else the
+    semantic matcher on the learner's embedder (its vectors are cached by now), else the lexical one. None when
+    the live handbook has no skills (the learned candidates include one without skills)."""
+    from skillorchestra.handbook.inference import HandbookMatcher, live_demands
+    from skillorchestra.handbook.learning.live_trial import live_trial
+    from skillorchestra.handbook.matcher import LexicalMatcher
+    from skillorchestra.handbook.semantic import SemanticMatcher
+    from skillorchestra.handbook.service import INFERRED_SKILLS
+
+    skills = store.skills()
+    if not skills:
+        return None
+    base: LexicalMatcher | SemanticMatcher = LexicalMatcher(store)
+    if embedder is not None:
+        base = SemanticMatcher(store, load=lambda: (embedder, ""), fallback=base)
+    matcher = HandbookMatcher(store, base)
+    live = {s.id for s in skills}
+
+    def match(text: str, mode: str | None) -> tuple[list[tuple[str, float]], str]:
+        return live_demands(matcher, text, mode, INFERRED_SKILLS, live)
+
+    metrics = result.metrics
+    return live_trial(
+        store.modes(),
+        skills,
+        result.document.agents,
+        match,
+        result.train,
+        result.val,
+        prices,
+        lambda_=float(metrics["lambda"]),
+        c_ref=float(metrics["c_ref"]),
+        learned_utility=float(metrics["val"]["utility"]),
+        kappa=float(metrics["kappa"]),
+        seed=int(metrics["seed"]),
+        live_version=store.current_version() or None,
+    )
+
+
 def not_live_reasons(
-    comparable: int, validated_on: str, back_on_prior: Sequence[str], live: Mapping[str, int]
+    comparable: int,
+    validated_on: str,
+    back_on_prior: Sequence[str],
+    live: Mapping[str, int],
+    trial: LiveTrial | None = None,
 ) -> list[str]:
     """Why a learned version must not replace the live handbook by itself (empty: it may).
 
     It may when validation compared agents on enough held-out tasks, or when the live handbook is empty (nothing
-    to lose), and only if no agent with live evidence would be put back on the prior."""
+    to lose), and only if no agent with live evidence would be put back on the prior and the live handbook's
+    skills, given the same training tasks, do not route the validation tasks better (`trial`)."""
     reasons: list[str] = []
     if comparable < MIN_COMPARABLE_TASKS and (live["skills"] or live["competence"]):
         if validated_on != "validation split":
@@ -323,6 +375,8 @@ def not_live_reasons(
             f"it would put {len(back_on_prior)} agents that have evidence in the live handbook back on the prior "
             f"({named(back_on_prior)}), as the learning data has no outcomes of theirs"
         )
+    if trial is not None and trial.live_wins:
+        reasons.append(trial.reason())
     return reasons
 
 

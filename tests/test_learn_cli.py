@@ -384,7 +384,7 @@ def test_rollback_walks_back_through_rollbacks_and_undoes_a_promote(
     code, _, err = run(["handbook", "rollback", "--db", str(db)], capsys)
     assert code == 2 and "empty initial handbook" in err and "promote 1" in err  # never onto the empty v1
     for seed in (1, 2):  # v3, v4
-        data = write_data(tmp_path / f"d{seed}", unlabelled_swap(seed=seed, n=30))
+        data = write_data(tmp_path / f"d{seed}", unlabelled_swap(seed=seed, n=150))
         assert run(["learn", "--data", str(data), "--db", str(db), "--matcher", "lexical"], capsys)[0] == 0
     assert run(["handbook", "rollback", "--db", str(db)], capsys)[0] == 0  # v5 = v3
     assert run(["handbook", "rollback", "--db", str(db)], capsys)[0] == 0  # v6 = v2: walks on, not v3 again
@@ -471,7 +471,7 @@ def test_rollback_undoes_an_explicit_promote_behind_a_prune_or_a_rollback(
     db = tmp_path / "h.db"
     assert run(["handbook", "import", "--example", "--db", str(db)], capsys)[0] == 0  # v2
     for seed in (1, 2, 3):  # v3, v4, v5
-        data = write_data(tmp_path / f"d{seed}", unlabelled_swap(seed=seed, n=30))
+        data = write_data(tmp_path / f"d{seed}", unlabelled_swap(seed=seed, n=150))
         assert run(["learn", "--data", str(data), "--db", str(db), "--matcher", "lexical"], capsys)[0] == 0
     assert run(["handbook", "promote", "3", "--db", str(db)], capsys)[0] == 0  # v6 = v3, replacing v5
     store = HandbookStore(db)

@@ -253,3 +253,114 @@ def test_a_disabled_agent_with_evidence_does_not_hold_a_learned_version_back() -
     assert agents_back_on_prior(retired, ["a1"], evidence) == []
     serving = HandbookDocument(agents=[Agent(id="a1"), Agent(id="old")])
     assert agents_back_on_prior(serving, ["a1"], evidence) == ["old"]
+
+
+# -- the live handbook's skills as a candidate (handbook/learning/live_trial.py) ------------------------------
+
+
+def test_a_learned_version_that_routes_worse_than_the_live_skills_is_stored_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """60 unlabelled tasks are too few for discovery to split them, so the learned version has no skills, while the
+    example's skills tell the chemistry steps (alpha's) from the poetry ones (beta's): profiled on the same training
+    tasks, they route the validation tasks better, and the live handbook stays."""
+    from learning_data import unlabelled_swap
+
+    db = tmp_path / "h.db"
+    seeded(db)
+    store = HandbookStore(db)
+    live_before = canonical(store.document())
+    n_skills = len(store.skills())
+    store.close()
+    data = write_data(tmp_path / "few", unlabelled_swap(seed=1, n=30))
+    code, out, err = run(["learn", "--data", str(data), "--db", str(db), "--matcher", "lexical"], capsys)
+    assert code == 0, err
+    assert f"did NOT make it live: the live handbook's {n_skills} skills route the 12 validation tasks better" in out
+    assert f"skillorchestra handbook promote 3 --db {db}" in out
+    store = HandbookStore(db)
+    try:
+        assert store.current_version() == 2 and canonical(store.document()) == live_before
+        metrics = store.versions()[-1]["metrics"]
+        trial = metrics["live_trial"]
+        assert metrics["went_live"] is False and metrics["n_skills"] <= 1
+        assert trial["live_wins"] is True and trial["live_version"] == 2 and trial["skills"] == n_skills
+        assert trial["matched_by"] == "lexical" and trial["tasks"] == metrics["n_val"] == 12
+        assert trial["learned_utility"] == metrics["val"]["utility"] < trial["utility"]
+        assert trial["accuracy"] > metrics["val"]["accuracy"]
+    finally:
+        store.close()
+    assert run(["handbook", "promote", "3", "--db", str(db)], capsys)[0] == 0  # the user may still choose it
+
+
+def test_a_learned_version_that_routes_as_well_as_the_live_skills_goes_live(tmp_path: Path) -> None:
+    """With enough tasks the learner finds the two families itself: the trial runs, the learned version wins."""
+    from learning_data import PRICES, unlabelled_swap
+
+    from skillorchestra.server.jobs import learn_into_store
+
+    store = HandbookStore(tmp_path / "h.db")
+    try:
+        seed_example_if_new(store)
+        run_ = learn_into_store(store, unlabelled_swap(seed=1, n=150), PRICES, data_label="x", price_source="file")
+        trial = run_.metrics["live_trial"]
+        assert run_.metrics["went_live"] is True and store.current_version() == run_.version == 3
+        assert trial["live_wins"] is False and trial["tasks"] == run_.metrics["n_val"] == 60
+        assert trial["learned_utility"] == run_.metrics["val"]["utility"] >= trial["utility"]
+        # the next run's trial matches steps with the live version's own learned labeller
+        again = learn_into_store(store, unlabelled_swap(seed=2, n=150), PRICES, data_label="y", price_source="file")
+        assert again.metrics["live_trial"]["matched_by"] == "learned (tfidf labeller of version 3)"
+        assert again.metrics["live_trial"]["skills"] == run_.metrics["n_skills"]
+    finally:
+        store.close()
+
+
+def test_no_trial_without_live_skills_or_without_enough_comparable_tasks(tmp_path: Path) -> None:
+    from learning_data import PRICES, unlabelled_swap
+
+    from skillorchestra.server.jobs import learn_into_store
+
+    store = HandbookStore(tmp_path / "empty.db")
+    try:
+        run_ = learn_into_store(store, unlabelled_swap(seed=1, n=150), PRICES, data_label="x", price_source="file")
+        assert run_.metrics["live_trial"] is None and run_.metrics["went_live"] is True  # nothing live to compare
+    finally:
+        store.close()
+    store = HandbookStore(tmp_path / "example.db")
+    try:
+        seed_example_if_new(store)
+        run_ = learn_into_store(store, unlabelled_swap(seed=1, n=20), PRICES, data_label="x", price_source="file")
+        assert run_.metrics["comparable_validation_tasks"] < 10 and run_.metrics["live_trial"] is None
+        assert "validation tasks have outcomes of two or more agents" in run_.metrics["not_live_reason"]
+    finally:
+        store.close()
+
+
+def test_the_trial_scores_the_live_skills_as_the_router_would_route_with_them() -> None:
+    """Unit level: skills that tell the families apart route the validation tasks near the best agent per family;
+    a matcher that finds nothing leaves every step to the agent-level competence, and a worse utility."""
+    from learning_data import PRICES, WORDS, unlabelled_swap
+
+    from skillorchestra.handbook.learning.live_trial import live_trial
+    from skillorchestra.handbook.models import Agent, Mode, Skill
+
+    tasks = unlabelled_swap(seed=3, n=100)
+    train, val = tasks[:150], tasks[150:]
+    modes = [Mode(id="general")]
+    skills = [Skill(id="chemistry", mode="general"), Skill(id="poetry", mode="general")]
+    agents = [Agent(id=a) for a in sorted(PRICES)]
+
+    def by_words(text: str, mode: str | None) -> tuple[list[tuple[str, float]], str]:
+        words = set(text.split())
+        return [(s, 1.0) for s in ("chemistry", "poetry") if words & set(WORDS[s])][:1], "words"
+
+    def blind(text: str, mode: str | None) -> tuple[list[tuple[str, float]], str]:
+        return [], "none found"
+
+    common = {"lambda_": 0.1, "c_ref": 1e-4, "learned_utility": 0.5}
+    good = live_trial(modes, skills, agents, by_words, train, val, PRICES, **common)  # type: ignore[arg-type]
+    bare = live_trial(modes, skills, agents, blind, train, val, PRICES, **common)  # type: ignore[arg-type]
+    assert good.tasks == bare.tasks == 50 and good.matched_by == "words" and bare.matched_by == "none found"
+    oracle = sum(max(o.score for o in t.outcomes.values() if o.score is not None) for t in val) / len(val)
+    assert good.accuracy >= 0.8 and good.accuracy <= oracle
+    assert good.utility > bare.utility and good.live_wins and not bare.live_wins
+    assert good.utility == pytest.approx(good.accuracy - 0.1 * good.avg_cost / 1e-4)

@@ -77,6 +77,10 @@ class LearnResult:
     seconds: float
     llm_calls: int = 0
     usd: float = 0.0
+    # the split the candidates were profiled on and compared on (validation is `train` when there was no split):
+    # a trial of the live handbook's skills (learning/live_trial.py) must see the same tasks
+    train: list[TraceTask] = field(default_factory=list)
+    val: list[TraceTask] = field(default_factory=list)
 
 
 def split_tasks(tasks: Sequence[TraceTask], val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -350,6 +354,8 @@ def learn(
         selected=chosen.name,
         metrics=metrics,
         seconds=seconds,
+        train=train,
+        val=val,
     )
 
 

@@ -1,0 +1,129 @@
+"""The live handbook as one more candidate: does the learned version route held-out tasks at least as well?
+
+The learner picks the best of its own candidates on validation, but none of them is the handbook already live.
+Comparing with the live posteriors would favour the live handbook, which has usually seen those very outcomes (most
+of all when learning from its own event log). So the trial keeps what the live handbook *is* (its skills and the
+way steps are matched to them) and gives it what the candidates had: profiled on the learner's training tasks,
+replayed on its validation tasks through the real router, at the same lambda and reference cost.
+
+A learned version whose validation utility falls below the live skills' is not made live by itself (server/jobs.py).
+Ties go to the learned version: it was chosen on these tasks among its own candidates, and it knows every agent of
+the data.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from skillorchestra.handbook.arrays import DEFAULT_KAPPA, document_arrays
+from skillorchestra.handbook.learning.profile import Outcomes, profile
+from skillorchestra.handbook.learning.replay import labeller_matrix, replay_arrays, task_modes
+from skillorchestra.handbook.models import Agent, HandbookDocument, Mode, Skill
+from skillorchestra.handbook.traces import AgentPrice, TraceTask
+
+# (step text, its mode or None) -> (skill weights among the live skills, which matcher found them)
+StepMatcher = Callable[[str, str | None], tuple[list[tuple[str, float]], str]]
+TIE = 1e-12  # utilities closer than this are equal
+
+
+@dataclass(frozen=True)
+class LiveTrial:
+    live_version: int | None
+    skills: int  # the live handbook's skills
+    tasks: int  # validation tasks replayed (with at least one judged agent)
+    matched_by: str  # the matcher that found most of the steps' skills ("lexical", "semantic", "learned (...)")
+    accuracy: float
+    avg_cost: float
+    utility: float  # the live skills' validation utility at the learner's lambda
+    learned_utility: float  # the learned version's, on the same tasks
+    lambda_: float
+
+    @property
+    def live_wins(self) -> bool:
+        return self.utility > self.learned_utility + TIE
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "live_version": self.live_version,
+            "skills": self.skills,
+            "tasks": self.tasks,
+            "matched_by": self.matched_by,
+            "accuracy": self.accuracy,
+            "avg_cost": self.avg_cost,
+            "utility": self.utility,
+            "learned_utility": self.learned_utility,
+            "lambda": self.lambda_,
+            "live_wins": self.live_wins,
+        }
+
+    def reason(self) -> str:
+        """Why the learned version stays stored only (for not_live_reason)."""
+        return (
+            f"the live handbook's {self.skills} skills route the {self.tasks} validation tasks better: profiled on "
+            f"the same training tasks they reach utility {self.utility:.4f} (accuracy {self.accuracy:.3f}, "
+            f"avg cost ${self.avg_cost:.3g}) against the learned version's {self.learned_utility:.4f} at "
+            f"lambda {self.lambda_:g}"
+        )
+
+
+class _Labeller:
+    """labeller_matrix's interface over a step matcher, counting which matcher answered."""
+
+    def __init__(self, match: StepMatcher) -> None:
+        self.match = match
+        self.sources: Counter[str] = Counter()
+
+    def weights(self, query: str, mode: str | None = None) -> list[tuple[str, float]]:
+        found, source = self.match(query, mode)
+        self.sources[source] += 1
+        return found
+
+
+def live_trial(
+    modes: Sequence[Mode],
+    skills: Sequence[Skill],
+    agents: Sequence[Agent],
+    match: StepMatcher,
+    train: Sequence[TraceTask],
+    val: Sequence[TraceTask],
+    prices: Mapping[str, AgentPrice],
+    *,
+    lambda_: float,
+    c_ref: float,
+    learned_utility: float,
+    kappa: float = DEFAULT_KAPPA,
+    seed: int = 0,
+    live_version: int | None = None,
+) -> LiveTrial:
+    """Profile the live `skills` (matched to steps by `match`) on `train` for `agents`, replay `val`, and compare
+    with the learned version's validation utility (both normalised by the learner's `c_ref`)."""
+    agent_ids = sorted(a.id for a in agents)
+    mode_ids = [m.id for m in modes]
+    labeller = _Labeller(match)
+    skill_ids = [s.id for s in skills]
+    train_weights = labeller_matrix(labeller, [t.query for t in train], task_modes(train, mode_ids), skill_ids)
+    competence, cost = profile(train_weights, skill_ids, Outcomes.build(train, prices, agent_ids))
+    document = HandbookDocument(
+        modes=list(modes), skills=list(skills), agents=list(agents), competence=competence, cost=cost
+    )
+    arrays = document_arrays(document, kappa)
+    queries, val_modes = [t.query for t in val], task_modes(val, mode_ids)
+    val_weights = labeller_matrix(labeller, queries, val_modes, arrays.skill_ids)
+    outcomes = Outcomes.build(val, prices, agents=arrays.agent_ids)
+    result = replay_arrays(
+        arrays, val_weights, queries, val_modes, outcomes, [t.id for t in val], lambda_, "mean", seed
+    )
+    return LiveTrial(
+        live_version=live_version,
+        skills=len(skills),
+        tasks=len(result.task_ids),
+        matched_by=labeller.sources.most_common(1)[0][0] if labeller.sources else "none",
+        accuracy=result.accuracy,
+        avg_cost=result.avg_cost,
+        utility=result.utility(lambda_, c_ref),
+        learned_utility=learned_utility,
+        lambda_=lambda_,
+    )
