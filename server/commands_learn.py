@@ -332,6 +332,17 @@ def length_lines(trial: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def live_trial_lines(trial: dict[str, Any] | None) -> list[str]:
+    """The comparison with the live handbook's skills (none when nothing live has skills, or too few tasks)."""
+    if not trial:
+        return []
+    return [
+        f"The live handbook's {trial['skills']} skills (version {trial['live_version']}), profiled on the same "
+        f"training tasks and matched by {trial['matched_by']}: validation utility {trial['utility']:.4f} "
+        f"(accuracy {trial['accuracy']:.3f}) against the selected one's {trial['learned_utility']:.4f}."
+    ]
+
+
 def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
     m = run.metrics
     document = store.snapshot(run.version)
@@ -358,6 +369,7 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
         f" (ties: the higher utility over the lambda sweep, then fewer skills). Accuracy/cost Pareto front:"
         f" {', '.join(m['pareto_front'])}.",
         *length_lines(m.get("length_effect")),
+        *live_trial_lines(m.get("live_trial")),
     ]
     if m.get("orchestrator"):
         lines.append(

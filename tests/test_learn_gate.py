@@ -364,3 +364,22 @@ def test_the_trial_scores_the_live_skills_as_the_router_would_route_with_them() 
     assert good.accuracy >= 0.8 and good.accuracy <= oracle
     assert good.utility > bare.utility and good.live_wins and not bare.live_wins
     assert good.utility == pytest.approx(good.accuracy - 0.1 * good.avg_cost / 1e-4)
+
+
+def test_learn_prints_the_live_trial_beside_the_candidates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from learning_data import unlabelled_swap
+
+    db = tmp_path / "h.db"
+    seeded(db)
+    data = write_data(tmp_path / "many", unlabelled_swap(seed=1, n=150))
+    code, out, err = run(["learn", "--data", str(data), "--db", str(db), "--matcher", "lexical"], capsys)
+    assert code == 0, err
+    store = HandbookStore(db)
+    try:
+        trial = store.versions()[-1]["metrics"]["live_trial"]
+    finally:
+        store.close()
+    line = next(x for x in out.splitlines() if x.startswith("The live handbook's"))
+    assert f"{trial['skills']} skills (version 2), profiled on the same training tasks and matched by lexical" in line
+    assert f"validation utility {trial['utility']:.4f}" in line and f"{trial['learned_utility']:.4f}." in line
+    assert "it is live now." in out
