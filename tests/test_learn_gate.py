@@ -364,6 +364,13 @@ def test_the_trial_scores_the_live_skills_as_the_router_would_route_with_them() 
     assert good.accuracy >= 0.8 and good.accuracy <= oracle
     assert good.utility > bare.utility and good.live_wins and not bare.live_wins
     assert good.utility == pytest.approx(good.accuracy - 0.1 * good.avg_cost / 1e-4)
+    # skills no step demands change nothing (the trial leaves them out of its matrices), parents of demanded ones do
+    unused = [Skill(id=f"unused{i}", mode="general") for i in range(50)]
+    wider = live_trial(modes, [*skills, *unused], agents, by_words, train, val, PRICES, **common)  # type: ignore[arg-type]
+    assert (wider.utility, wider.accuracy, wider.skills) == (good.utility, good.accuracy, 52)
+    science = [Skill(id="science", mode="general"), Skill(id="chemistry", mode="general", parent_id="science")]
+    nested = live_trial(modes, [*science, skills[1]], agents, by_words, train, val, PRICES, **common)  # type: ignore[arg-type]
+    assert nested.skills == 3 and nested.tasks == 50 and nested.accuracy >= 0.8
 
 
 def test_learn_prints_the_live_trial_beside_the_candidates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -70,16 +70,37 @@ class LiveTrial:
 
 
 class _Labeller:
-    """labeller_matrix's interface over a step matcher, counting which matcher answered."""
+    """labeller_matrix's interface over a step matcher: each step matched once, counting which matcher answered."""
 
     def __init__(self, match: StepMatcher) -> None:
         self.match = match
         self.sources: Counter[str] = Counter()
+        self._found: dict[tuple[str, str | None], list[tuple[str, float]]] = {}
 
     def weights(self, query: str, mode: str | None = None) -> list[tuple[str, float]]:
-        found, source = self.match(query, mode)
-        self.sources[source] += 1
+        key = (query, mode)
+        found = self._found.get(key)
+        if found is None:
+            found, source = self.match(query, mode)
+            self._found[key] = found
+            self.sources[source] += 1
         return found
+
+    def matched(self) -> set[str]:
+        return {skill_id for found in self._found.values() for skill_id, weight in found if weight > 0}
+
+
+def _matched_with_ancestors(skills: Sequence[Skill], matched: set[str]) -> list[Skill]:
+    """The skills some step demanded, and their ancestors (their posteriors shrink toward them). The others hold
+    no evidence in the trial and route none of its steps, and a live handbook of thousands of skills would make the
+    (tasks x skills) weight matrices the trial's largest cost."""
+    by_id = {s.id: s for s in skills}
+    kept: set[str] = set()
+    for skill_id in matched:
+        while skill_id in by_id and skill_id not in kept:
+            kept.add(skill_id)
+            skill_id = by_id[skill_id].parent_id or ""
+    return [s for s in skills if s.id in kept]
 
 
 def live_trial(
@@ -103,14 +124,18 @@ def live_trial(
     agent_ids = sorted(a.id for a in agents)
     mode_ids = [m.id for m in modes]
     labeller = _Labeller(match)
-    skill_ids = [s.id for s in skills]
-    train_weights = labeller_matrix(labeller, [t.query for t in train], task_modes(train, mode_ids), skill_ids)
+    train_queries, train_modes = [t.query for t in train], task_modes(train, mode_ids)
+    queries, val_modes = [t.query for t in val], task_modes(val, mode_ids)
+    for query, mode in zip([*train_queries, *queries], [*train_modes, *val_modes], strict=True):
+        labeller.weights(query, mode)
+    demanded = _matched_with_ancestors(skills, labeller.matched())
+    skill_ids = [s.id for s in demanded]
+    train_weights = labeller_matrix(labeller, train_queries, train_modes, skill_ids)
     competence, cost = profile(train_weights, skill_ids, Outcomes.build(train, prices, agent_ids))
     document = HandbookDocument(
-        modes=list(modes), skills=list(skills), agents=list(agents), competence=competence, cost=cost
+        modes=list(modes), skills=demanded, agents=list(agents), competence=competence, cost=cost
     )
     arrays = document_arrays(document, kappa)
-    queries, val_modes = [t.query for t in val], task_modes(val, mode_ids)
     val_weights = labeller_matrix(labeller, queries, val_modes, arrays.skill_ids)
     outcomes = Outcomes.build(val, prices, agents=arrays.agent_ids)
     result = replay_arrays(
