@@ -100,6 +100,7 @@ class SqliteFile:
         self.db = Database(conn)
         try:
             with self.lock:
+                self._refuse_foreign(conn)  # before WAL mode, which another program's file would keep
                 self._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute(self._busy_pragma)
@@ -114,6 +115,9 @@ class SqliteFile:
         except BaseException:
             conn.close()
             raise
+
+    def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
+        """Raise when the file is another program's database (subclasses know what theirs looks like)."""
 
     def _can_write(self, conn: sqlite3.Connection) -> bool:
         """Try a write, undone at once. SQLite opens a file it may not write (a read-only file, an immutable one)

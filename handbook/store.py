@@ -109,6 +109,32 @@ class HandbookStore(SqliteFile):
         self.generation = 0  # bumped by every change of the live state made through this object
         super().__init__(path, busy_timeout_s=busy_timeout_s)
 
+    def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
+        """A SQLite file with tables but no handbook migrations is another program's: a command run on it by
+        mistake (even `handbook versions`) would add thirty tables to it."""
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+                " ORDER BY name"
+            )
+        ]
+        if not tables:
+            return  # a new (or empty) file becomes a handbook
+        if "_sqlite_migrations" in tables:
+            ours = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM _sqlite_migrations WHERE migration_set = ?)", [migrations.name]
+            ).fetchone()[0]
+            if ours:
+                return
+        shown = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if len(tables) > 5 else "")
+        raise InvalidInput(
+            "db",
+            str(self.path),
+            f"a skillorchestra handbook or a new file (this SQLite database is another program's: it holds the "
+            f"tables {shown}; nothing was written to it)",
+        )
+
     def _prepare(self, conn: sqlite3.Connection) -> None:
         """Migrate the file, refusing one a newer skillorchestra wrote before reading or writing anything."""
         with self.write():

@@ -197,3 +197,37 @@ def test_the_operator_reads_of_a_damaged_file_on_stderr_at_the_default_log_level
     )
     assert served.returncode == 0  # the model's side of it: test_a_damaged_file_is_said_to_be_damaged...
     assert "WARNING skillorchestra: the handbook file is damaged (database disk image is malformed)" in served.stderr
+
+
+def _foreign(path: Path, migration_set: str | None = None) -> Path:
+    """Another program's SQLite file: a table of its own, perhaps sqlite-utils migrations of another set."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO customers (name) VALUES ('Ada')")
+        if migration_set is not None:
+            conn.execute("CREATE TABLE _sqlite_migrations (id INTEGER PRIMARY KEY, migration_set TEXT, name TEXT)")
+            conn.execute("INSERT INTO _sqlite_migrations (migration_set, name) VALUES (?, 'm001')", [migration_set])
+    return path
+
+
+def _tables_and_mode(path: Path) -> tuple[list[str], str]:
+    with sqlite3.connect(path) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master ORDER BY name")]
+        return tables, conn.execute("PRAGMA journal_mode").fetchone()[0]
+
+
+@pytest.mark.parametrize("migration_set", [None, "someone-elses-app"])
+def test_another_programs_sqlite_file_is_refused_and_left_as_it_was(tmp_path: Path, migration_set: str | None) -> None:
+    path = _foreign(tmp_path / "crm.db", migration_set)
+    before = _tables_and_mode(path)
+    result = cli("handbook", "versions", "--db", str(path))  # a read-only command used to add 30 tables to it
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"error: db='{path}': expected a skillorchestra handbook or a new file" in result.stderr
+    assert "another program's: it holds the tables " in result.stderr and "customers" in result.stderr
+    with pytest.raises(InvalidInput, match="nothing was written to it"):
+        HandbookStore(path)
+    assert _tables_and_mode(path) == before and before[1] == "delete"  # not even switched to WAL
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()  # an empty SQLite file (0 bytes) still becomes a handbook
+    HandbookStore(empty).close()
+    assert "meta" in _tables_and_mode(empty)[0]
