@@ -4,6 +4,7 @@ message to the model unchanged (as a ToolError) and the CLI can print it as one 
 from __future__ import annotations
 
 import difflib
+import math
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,9 @@ def expectation(error: Mapping[str, Any]) -> str:
         return f"valid JSON ({message.removeprefix('Invalid JSON: ')})"
     for prefix in _PYDANTIC_SUBJECTS:  # "String should have at least 1 character" -> "at least 1 character"
         message = message.removeprefix(prefix)
+    given = error.get("input")
+    if isinstance(given, float) and not math.isfinite(given) and "finite" not in message:
+        return f"a finite number, {message}"  # NaN fails "<= 1000" too, and the bound alone misleads
     return message
 
 

@@ -59,6 +59,15 @@ def invisible_characters(value: str) -> list[str]:
     return [c for c in value if c in INVISIBLE_IN_IDS]
 
 
+def visible(text: str) -> bool:
+    """Whether `text` holds a character that prints: spaces, control and zero-width format characters alone (a
+    step of NULs, or of zero-width spaces) describe nothing."""
+    return any(not c.isspace() and unicodedata.category(c) not in _UNPRINTED for c in text)
+
+
+_UNPRINTED = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+
+
 def addressable(value: str) -> str:
     """Refuse, where a new id enters (tools, agents.toml, import), an id that could be written but never read as a
     resource ('.' or '..', also as a segment between slashes: a resource URI handbook://skills/{id} cannot name it)
@@ -74,6 +83,11 @@ def addressable(value: str) -> str:
         raise ValueError(f"an id without control characters (it holds {found[0]!r})")
     if found := invisible_characters(value):
         raise ValueError(f"an id without invisible format characters (it holds {found[0]!r})")
+    if not unicodedata.is_normalized("NFC", value):
+        raise ValueError(
+            "an id in Unicode NFC form (it holds a decomposed character, such as e followed by a combining accent, "
+            f"so it prints like the id {unicodedata.normalize('NFC', value)!r} but is another one)"
+        )
     return value
 
 

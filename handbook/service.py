@@ -49,6 +49,7 @@ from skillorchestra.handbook.models import (
     Mode,
     Skill,
     SkillDemand,
+    visible,
 )
 from skillorchestra.handbook.paging import (
     decode_offset_cursor,
@@ -224,7 +225,7 @@ class Handbook:
     # -- skill demands -----------------------------------------------------------------------------------
 
     def _check_text(self, text: str) -> None:
-        if not text.strip():
+        if not visible(text):  # spaces, NULs or zero-width characters alone describe no step
             raise InvalidInput("text", text, "a non-empty description of the step")
         if len(text) > TEXT_MAX:
             raise InvalidInput("text", f"<{len(text)} characters>", f"at most {TEXT_MAX} characters")

@@ -373,7 +373,8 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
     ]
     if m.get("orchestrator"):
         lines.append(
-            f"Depth {m['depth']} stored for orchestrator {m['orchestrator']!r} (consult_handbook orchestrator=)."
+            f"Depth {m['depth']} stored for orchestrator {m['orchestrator']!r}: consult_handbook with "
+            f"orchestrator={m['orchestrator']!r} reads the handbook at that depth."
         )
     if m.get("went_live", True):
         undo = f" Undo: skillorchestra handbook rollback --db {db}"

@@ -84,9 +84,17 @@ class ServerSettings(BaseModel):
 
     @classmethod
     def from_env(cls, **overrides: object) -> ServerSettings:
+        raw_token = os.environ.get("SKILLORCHESTRA_TOKEN", "")
+        if raw_token and not raw_token.strip():  # spaces alone (an empty secret file): a mistake, not "no token"
+            raise InvalidInput(
+                "SKILLORCHESTRA_TOKEN",
+                raw_token,
+                "a token (the variable holds only whitespace, which would serve without one; unset it, or leave it "
+                "empty, to serve loopback without a token)",
+            )
         values: dict[str, object] = {
-            # a secret file's trailing newline made every client's token wrong; blank is no token (loopback only)
-            "token": os.environ.get("SKILLORCHESTRA_TOKEN", "").strip() or None,
+            # a secret file's trailing newline made every client's token wrong; empty is no token (loopback only)
+            "token": raw_token.strip() or None,
             "decision_ttl_s": _env_float("SKILLORCHESTRA_DECISION_TTL", 86_400.0),
             "matcher": os.environ.get("SKILLORCHESTRA_MATCHER") or None,
             "forgetting": os.environ.get("SKILLORCHESTRA_FORGETTING") or None,

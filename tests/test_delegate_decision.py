@@ -95,6 +95,10 @@ async def test_refusals_name_the_problem_and_write_nothing(settings: ServerSetti
             ({"decision_id": open_one, "agent_id": "cheap"}, ["agent_id='cheap'", f"decision {open_one} already"]),
             ({"decision_id": open_one, "lambda_": 0.5}, ["lambda_=0.5", f"decision {open_one} already fixed it"]),
             ({"decision_id": open_one, "session_id": "t"}, ["session_id='t'", "already fixed it"]),
+            (  # shown as the JSON the client sent (QA: it read skills=[StrictDemand(skill_id='code', weight=1.0)])
+                {"decision_id": open_one, "skills": [{"skill_id": "code", "weight": 1.0}]},
+                ['skills=[{"skill_id": "code", "weight": 1.0}]: expected no skills with decision_id'],
+            ),
             ({"decision_id": open_one, "text": "another step"}, ["text='another step'", "routed for"]),
         ]
         for args, expected in cases:

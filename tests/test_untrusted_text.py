@@ -239,6 +239,11 @@ async def test_the_judge_reads_a_hostile_answer_inside_its_fence(tmp_path: Path,
         ("upsert_agent", {"agent_id": "a", "description": "\x9b31m"}, "description='\\x9b31m': expected text"),
         ("upsert_agent", {"agent_id": "admin\u202e"}, "agent_id='admin\\u202e': expected an id without invisible"),
         ("upsert_skill", {"skill_id": "ma\u200bth"}, "skill_id='ma\\u200bth': expected an id without invisible"),
+        # e + combining acute (NFD) prints as the precomposed 'café' another agent may hold: QA made two such agents
+        ("upsert_agent", {"agent_id": "cafe\u0301"}, "expected an id in Unicode NFC form"),
+        ("upsert_skill", {"skill_id": "cafe\u0301.menu"}, "so it prints like the id 'café.menu' but is another"),
+        ("route_step", {"text": "\u200b\u200b"}, "text='\\u200b\\u200b': expected a non-empty description"),
+        ("route_step", {"text": "\x00 \ufeff"}, "expected a non-empty description of the step"),
         (
             "upsert_skill",
             {"skill_id": "s", "description": "cost \u202e0.1$"},
@@ -277,7 +282,8 @@ async def test_newlines_tabs_and_slashed_ids_are_still_taken(mcp_client: Client)
 
 def _rows(db: Path) -> list[Any]:
     with sqlite3.connect(db) as conn:
-        return [conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in ("modes", "skills", "agents")]
+        tables = ("modes", "skills", "agents", "decisions", "events")
+        return [conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in tables]
 
 
 OLD_ID, OLD_TEXT = "old\x1b[31m", "said \x1b[2J once"
@@ -433,3 +439,33 @@ def test_bidi_controls_are_written_as_escapes_where_untrusted_text_is_shown() ->
     shown = one_line("error from agent \u202ekcatta\u202c then \u2066isolated\u2069\u2028")
     assert shown == "error from agent \\u202ekcatta\\u202c then \\u2066isolated\\u2069\\u2028"
     assert one_line("plain RTL text: שלום") == "plain RTL text: שלום"  # letters are not controls
+
+
+def test_a_non_finite_number_is_told_as_such_not_as_a_bound_it_broke() -> None:
+    """QA: lambda_=NaN read "expected less than or equal to 1000", which NaN is not told by."""
+    from pydantic import BaseModel, Field, ValidationError
+
+    from skillorchestra.handbook.errors import first_problem
+
+    class Bounded(BaseModel):
+        lambda_: float = Field(ge=0, le=1000)
+
+    for given in (float("nan"), float("inf")):
+        with pytest.raises(ValidationError) as caught:
+            Bounded(lambda_=given)
+        assert first_problem(caught.value)[2].startswith("a finite number, ")
+    with pytest.raises(ValidationError) as caught:
+        Bounded(lambda_=1001.0)
+    assert first_problem(caught.value)[2] == "less than or equal to 1000"
+
+
+def test_a_token_of_spaces_alone_is_refused_not_taken_for_no_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA: SKILLORCHESTRA_TOKEN of 20 spaces served loopback with no auth, and a public bind said 'unless
+    SKILLORCHESTRA_TOKEN is set' although it was."""
+    monkeypatch.setenv("SKILLORCHESTRA_TOKEN", " " * 20)
+    with pytest.raises(InvalidInput, match="SKILLORCHESTRA_TOKEN=.*expected a token .*only whitespace"):
+        ServerSettings.from_env()
+    monkeypatch.setenv("SKILLORCHESTRA_TOKEN", "")
+    assert ServerSettings.from_env().token is None  # empty: no token, as unset
+    monkeypatch.setenv("SKILLORCHESTRA_TOKEN", "  s3cret-token-of-some-length\n")
+    assert ServerSettings.from_env().token == "s3cret-token-of-some-length"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import json
 from typing import Annotated
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
+from pydantic_core import to_jsonable_python
 
 from skillorchestra.handbook.models import MAX_SEED, TEXT_MAX
 from skillorchestra.handbook.results import DelegateResult
@@ -107,8 +109,11 @@ def _refuse_routing(decision_id: str, **routing: object) -> None:
     (anything but its default) would contradict it, so it is refused before anything is written."""
     for name, value in routing.items():
         if value != _DEFAULTS[name]:
+            # as every refusal shows a value; a list of demands as the JSON the client sent, not as our models' repr
+            scalar = value is None or isinstance(value, str | int | float)
+            shown = repr(value) if scalar else json.dumps(to_jsonable_python(value), ensure_ascii=False)
             raise ToolError(
-                f"{name}={value!r}: expected no {name} with decision_id: decision {decision_id} already fixed it "
+                f"{name}={shown}: expected no {name} with decision_id: decision {decision_id} already fixed it "
                 "(route_step chose the agent; delegate only carries it out)"
             )
 
