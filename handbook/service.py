@@ -579,7 +579,9 @@ class Handbook:
             competence: list[float | None] = []
             with self._record_lock:
                 effect = self.store.record_outcome(row, event, decided_under=decision["version"])
-                if effect is not None:
+                # an outcome of a deleted agent writes no event (nor a generation): "patching" it would have
+                # declared arrays from before the deletion current, and routed the deleted agent again (QA)
+                if effect is not None and not effect.agent_deleted:
                     with self._lock:
                         self._patch_arrays(effect)
                         skill_ids = [c.skill_id for c in effect.competence]
@@ -598,8 +600,7 @@ class Handbook:
         elif effect.agent_deleted or (
             not effect.competence and reward is not None and self.agent(decision["agent_id"]) is None
         ):
-            again = " (an agent added since under that id is another agent)" if effect.agent_deleted else ""
-            note = f"agent {decision['agent_id']!r} was deleted since the decision{again}: the outcome is logged only"
+            note = _deleted_agent_note(decision["agent_id"], again=effect.agent_deleted)
             applied = False
         elif effect.competence:
             note = _deleted_skills_note(_json(decision["skills"]), effect)
@@ -628,6 +629,19 @@ class Handbook:
                 "a decision takes one outcome"
             )
         rows = _json(stored["result"])
+        # marked on decisions still open when their agent was deleted: the first report came after, logged only
+        if decision.get("agent_deleted_at") is not None:  # and says so again (QA: the repeat said "applied")
+            return OutcomeResult(
+                decision_id=decision["id"],
+                agent_id=decision["agent_id"],
+                error_class=stored["error_class"],
+                reward=stored["reward"],
+                cost_usd=stored["cost_usd"],
+                updated=[],
+                duplicate=True,
+                applied=False,
+                note=_deleted_agent_note(decision["agent_id"], again=True),
+            )
         with self._lock:  # the competence as routing uses it now (the first report's, unless more came since)
             competence = self._competence_now(decision["agent_id"], [u["skill_id"] for u in rows], derive=True)
         return OutcomeResult(
@@ -984,6 +998,11 @@ def _with_call_figures(payload: dict[str, Any], decision: dict[str, Any]) -> dic
             )
         effective[key] = measured
     return effective
+
+
+def _deleted_agent_note(agent_id: str, *, again: bool) -> str:
+    also = " (an agent added since under that id is another agent)" if again else ""
+    return f"agent {agent_id!r} was deleted since the decision{also}: the outcome is logged only"
 
 
 def _deleted_skills_note(demanded: list[list[Any]], effect: OutcomeEffect) -> str | None:

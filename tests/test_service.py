@@ -496,10 +496,19 @@ def test_weights_near_the_float_maximum_are_normalised_like_small_ones(book: Han
 def test_an_outcome_for_a_deleted_agent_is_logged_and_says_so(book: Handbook) -> None:
     decision = book.route(request(allowed_agents=["mid"]))
     book.delete_agent("mid")
-    result = book.record(OutcomeReport(decision_id=decision.decision_id, success=True))
+    report = OutcomeReport(decision_id=decision.decision_id, success=True)
+    result = book.record(report)
     assert result.updated == [] and result.note is not None and "'mid' was deleted" in result.note
     assert result.applied is False
     assert book.store.outcome(decision.decision_id) is not None
+    again = book.record(report)  # its repeat says the same (QA: it said applied, with no note)
+    assert again.duplicate is True and (again.applied, again.note, again.updated) == (False, result.note, [])
+    # and the deleted agent stays deleted for routing (QA: the record declared the arrays from before the deletion
+    # current, and route_step and delegate took 'mid' again until the server restarted)
+    assert "mid" not in book.arrays().agent_ids
+    with pytest.raises(NotFound, match="mid"):
+        book.route(request(allowed_agents=["mid"]))
+    assert all(book.route(request()).agent_id != "mid" for _ in range(3))
 
 
 @pytest.mark.parametrize(("success", "expected"), [(True, (10.5, 5.0)), (False, (10.0, 5.5))])
