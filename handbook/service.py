@@ -401,6 +401,12 @@ class Handbook:
             raise InvalidInput("strategy", request.strategy, "'mean' or 'thompson'")
         for name in ("max_cost_usd", "budget_usd", "seed"):
             _check_amount(name, getattr(request, name))
+        if request.budget_usd is not None and request.session_id is None:  # it read as a cap of this step alone
+            raise InvalidInput(
+                "budget_usd",
+                request.budget_usd,
+                "a session_id beside it (a budget caps a session's total spend; max_cost_usd caps one step)",
+            )
         arrays = self.arrays()
         if not arrays.agent_ids:
             raise Unroutable("the handbook has no agents: add one with upsert_agent or import a handbook")
@@ -506,6 +512,12 @@ class Handbook:
                 return "not in allowed_agents"
             if agent_id in unavailable:
                 return unavailable[agent_id]
+            capped = request.max_cost_usd is not None or remaining is not None
+            if capped and not known[i] and cost[i] <= 0:  # c_ref is 0 when no enabled agent's cost is known
+                return (
+                    "cost unknown and no agent's cost is known to charge instead, so no cap can count this step "
+                    "(give the agent input_per_mtok/output_per_mtok, or report cost_usd for its steps)"
+                )
             if request.max_cost_usd is not None and cost[i] > request.max_cost_usd:
                 return f"{_charged(cost[i], known[i])} exceeds max_cost_usd ${request.max_cost_usd:.6g}"
             if remaining is not None and cost[i] > remaining:

@@ -230,18 +230,61 @@ def agents_load(args: argparse.Namespace) -> int:
     configs = load_agent_configs(args.file)  # validates the whole file before anything is written
     store = _store(args)
     handbook = Handbook(store)
+    existing = {a.id: a for a in store.agents()}
+    agents = {agent_id: _loaded_agent(agent_id, conn, existing.get(agent_id)) for agent_id, conn in configs.items()}
+    agents, priced = _priced_from_table(agents, configs)  # before the transaction: litellm takes seconds to import
     with store.write():  # one transaction: agents and their connection settings change together or not at all
-        existing = {a.id: a for a in store.agents()}
         added = _add_missing_modes(handbook, [m for conn in configs.values() for m in conn.modes])
-        for agent_id, conn in configs.items():
-            handbook.upsert_agent(_loaded_agent(agent_id, conn, existing.get(agent_id)))
+        for agent in agents.values():
+            handbook.upsert_agent(agent)
         store.save_connections({agent_id: (c.kind, c.model_dump(mode="json")) for agent_id, c in configs.items()})
     print(f"loaded {len(configs)} agents from {args.file}: {', '.join(configs)}")  # the result: stdout; notes: stderr
     if added:
         print(f"added modes the handbook did not have: {', '.join(added)}")
+    for note in priced:
+        print(f"note: {note}", file=sys.stderr)
     for note in _pool_notes(store, set(configs)):
         print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+def _priced_from_table(
+    agents: dict[str, Agent], configs: dict[str, LlmAgentConnection | McpAgentConnection]
+) -> tuple[dict[str, Agent], list[str]]:
+    """LLM agents the file (and the handbook) leave unpriced, priced from litellm's table where it knows the model,
+    and a note for each: routing and session budgets then count the cost delegate bills (it charged such an agent
+    $0, and parallel steps overspent a budget 900 times). litellm is imported only when some agent needs it."""
+    from skillorchestra.server.agent_config import LlmAgentConnection
+
+    unpriced = [
+        agent_id
+        for agent_id, conn in configs.items()
+        if isinstance(conn, LlmAgentConnection)
+        and agents[agent_id].input_per_mtok is None
+        and agents[agent_id].output_per_mtok is None
+    ]
+    if not unpriced:
+        return agents, []
+    from skillorchestra.server.llm_backend import table_prices
+
+    notes = []
+    for agent_id in unpriced:
+        model = configs[agent_id].model  # type: ignore[union-attr]
+        prices = table_prices(model)
+        if prices is None:
+            notes.append(
+                f"{agent_id}: no price in the file and litellm's table does not know {model!r}: routing charges it "
+                "the pool's reference cost until its cost is recorded (set input_per_mtok and output_per_mtok)"
+            )
+            continue
+        agents[agent_id] = agents[agent_id].model_copy(
+            update={"input_per_mtok": prices[0], "output_per_mtok": prices[1]}
+        )
+        notes.append(
+            f"{agent_id}: priced from litellm's table for {model!r}: ${prices[0]:.6g} input, ${prices[1]:.6g} output "
+            "per million tokens (set input_per_mtok and output_per_mtok in the file to override)"
+        )
+    return agents, notes
 
 
 def _pool_notes(store: HandbookStore, connected: set[str]) -> list[str]:

@@ -242,6 +242,19 @@ def classify_exception(exc: BaseException, litellm: ModuleType | None = None) ->
     return "server_error"
 
 
+def table_prices(model: str) -> tuple[float, float] | None:
+    """USD per million input and output tokens of `model` in litellm's price table, or None when the table does not
+    know it: `agents load` gives these to an agent its file does not price, so routing and budgets count the cost
+    delegate will bill (priced per 1,000 tokens: the first tier of a model priced in tiers)."""
+    litellm = _import_litellm()
+    try:
+        p_usd, c_usd = litellm.cost_per_token(model=model, prompt_tokens=1000, completion_tokens=1000)
+    except Exception:  # ModelNotMappedError and friends
+        return None
+    prices = (float(p_usd) * 1000, float(c_usd) * 1000)
+    return prices if all(math.isfinite(p) and p >= 0 for p in prices) and any(p > 0 for p in prices) else None
+
+
 def _price(
     conn: LlmAgentConnection, litellm: ModuleType, prompt: int, completion: int
 ) -> tuple[float | None, CostSource]:

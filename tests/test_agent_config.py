@@ -240,3 +240,36 @@ def test_a_dot_id_is_refused_as_the_tools_refuse_it(tmp_path: Path) -> None:
     """`agents load` took [agents.".."], which MCP could then neither read, edit nor delete (final review)."""
     with pytest.raises(InvalidInput, match=r"other than '\.' or '\.\.'"):
         load_agent_configs(write(tmp_path, '[agents.".."]\nmodel = "openai/x"\n'))
+
+
+def test_agents_load_prices_an_unpriced_model_from_litellms_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """QA: agents priced only by litellm's table were billed by delegate but charged $0 by routing, so parallel steps
+    overspent a session budget 900 times. The handbook now holds the table's prices (the file's win)."""
+    from skillorchestra.handbook.service import Handbook, RouteRequest
+    from skillorchestra.handbook.store import HandbookStore
+    from skillorchestra.server.cli import main as cli_main
+
+    db = tmp_path / "h.db"
+    toml = write(
+        tmp_path,
+        '[agents.mini]\nmodel = "openai/gpt-4o-mini"\n'
+        '[agents.own]\nmodel = "openai/gpt-4o"\ninput_per_mtok = 1.0\noutput_per_mtok = 3.0\n'
+        '[agents.house]\nmodel = "openai/house-model-7"\n',
+    )
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["agents", "load", str(toml), "--db", str(db)])
+    err = capsys.readouterr().err
+    assert exited.value.code == 0
+    assert "mini: priced from litellm's table for 'openai/gpt-4o-mini': $0.15 input, $0.6 output" in err
+    assert "house: no price in the file and litellm's table does not know 'openai/house-model-7'" in err
+    assert "own:" not in err
+    store = HandbookStore(db)
+    try:
+        prices = {a.id: (a.input_per_mtok, a.output_per_mtok) for a in store.agents()}
+        assert prices == {"mini": (0.15, 0.6), "own": (1.0, 3.0), "house": (None, None)}
+        routed = Handbook(store).route(RouteRequest(text="Summarise this paragraph.", allowed_agents=["mini"]))
+        assert routed.candidates[0].expected_cost_usd is not None and routed.candidates[0].expected_cost_usd > 0
+    finally:
+        store.close()

@@ -1050,3 +1050,28 @@ def test_a_skills_placement_is_checked_along_its_ancestors_by_id(book: Handbook)
     assert "closest known: code.sql" in str(caught.value)
     book.upsert_skill(Skill(id="code.sql.joins", mode="code", parent_id="code.python"))  # a move is fine
     assert book.skill("code.sql.joins") == Skill(id="code.sql.joins", mode="code", parent_id="code.python")
+
+
+def test_a_cap_cannot_count_a_step_whose_cost_nobody_knows(tmp_path: Path) -> None:
+    """No agent has a price or a recorded cost: c_ref is 0, so an unknown cost was charged $0 and a session budget
+    or max_cost_usd let every step through (QA: three steps 'spent' $0 of a $1e-7 budget)."""
+    store = HandbookStore(tmp_path / "unpriced.db")
+    unpriced = [Agent(id="u1"), Agent(id="u2")]
+    store.create_version(DOCUMENT.model_copy(update={"agents": unpriced, "competence": []}), source="test")
+    book = Handbook(store)
+    assert book.route(request(lambda_=0.1)).candidates[0].expected_cost_usd is None  # uncapped: routed
+    for caps in ({"session_id": "s", "budget_usd": 1e-7}, {"max_cost_usd": 1e-7}):
+        before = store.counts()
+        with pytest.raises(Unroutable, match="u1, u2: cost unknown and no agent's cost is known to charge instead"):
+            book.route(request(**caps))
+        assert store.counts() == before
+    book.upsert_agent(Agent(id="u2", input_per_mtok=1.0, output_per_mtok=2.0))  # one known cost: u1 is charged it
+    decision = book.route(request(session_id="s", budget_usd=1.0))
+    assert decision.agent_id in {"u1", "u2"}
+
+
+def test_a_budget_without_a_session_is_refused_not_taken_as_a_cap_of_the_step(book: Handbook) -> None:
+    before = book.store.counts()
+    with pytest.raises(InvalidInput, match=r"budget_usd=0.5: expected a session_id beside it"):
+        book.route(request(budget_usd=0.5))
+    assert book.store.counts() == before
