@@ -31,6 +31,7 @@ MAX_TOKENS = 2**53  # also within SQLite's INTEGER
 MAX_SECONDS = 1e6
 MAX_LAMBDA = 1000.0  # cost weighs 1000 quality units per c_ref: beyond this, every policy is 'cheapest'
 MAX_SEED = 2**32 - 1  # what every seeded generator here (random, numpy) takes as one word
+MIN_TRY_S = 0.5  # delegate's least time budget: below it, no try of an agent can finish
 MAX_LENGTH_SLOPE = 1.0  # a success rate cannot move by more than 1 per unit of ln(characters)
 MAX_LN_CHARS = 20.0  # ln of far more characters than any step holds
 

@@ -9,8 +9,8 @@ Policy, owned here rather than by litellm (which is called with max_retries=0):
   reports the outcome with record_outcome(decision_id), or when the optional judge (server/judge.py) grades it;
 - an llm agent's call is priced with the live handbook agent's prices when it has them (upsert_agent may have
   changed them since `agents load`), so delegation bills what routing expects; else the connection's prices;
-- a time budget too short for one try (timeout_s below MIN_TRY_S) calls nobody and closes the routed decision
-  uncalled, so it holds no session budget until it expires;
+- timeout_s below MIN_TRY_S is refused; the first try always runs, and a fallback starts only while MIN_TRY_S of
+  the time budget is left;
 - with `decision_id`, a route_step decision is carried out instead of routing again (one decision per step):
   its agent first, then its stored candidates as fallbacks. A decision unknown, expired, reported, already
   called or claimed by a delegate still running (on any server sharing the file: the claim is a column of the
@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from skillorchestra.handbook import costing
 from skillorchestra.handbook.arrays import HandbookArrays
 from skillorchestra.handbook.errors import HandbookError, InvalidInput, NotFound, Unroutable, utc_text
+from skillorchestra.handbook.models import MIN_TRY_S
 from skillorchestra.handbook.results import (
     Attempt,
     Candidate,
@@ -53,7 +54,6 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], Awaitable[None]]
 PROGRESS_INTERVAL_S = 1.0
-MIN_TRY_S = 0.5  # below this, another try cannot finish: stop and say so
 
 
 class DelegationFailed(HandbookError):
@@ -150,15 +150,15 @@ class Delegator:
         shown = route.top_k
         # a stored decision's candidates may include agents the server cannot call: they are no fallbacks
         fallbacks = [c.agent_id for c in decision.candidates if c.agent_id != decision.agent_id]
-        order = [decision.agent_id] + [agent_id for agent_id in fallbacks if agent_id in connections]
-        order = order[: 1 + self.max_fallbacks]
+        callable_order = [decision.agent_id] + [agent_id for agent_id in fallbacks if agent_id in connections]
+        order = callable_order[: 1 + self.max_fallbacks]
         routed_costs = {c.agent_id: c.expected_cost_usd for c in decision.candidates}
         decision = decision.model_copy(update={"candidates": decision.candidates[:shown]})
         messages = _messages(route.text, request.context)
         tried: list[Attempt] = []
         for position, agent_id in enumerate(order):
             remaining = deadline - time.monotonic()
-            if remaining < MIN_TRY_S:  # never the first try: timeout_s >= MIN_TRY_S and the clock starts here
+            if position > 0 and remaining < MIN_TRY_S:  # the first try always runs (QA: 0.5 s called nobody)
                 tried.append(Attempt(agent_id=agent_id, error_class="timeout", message="delegate's time budget spent"))
                 break
             if not self.breaker.allow(agent_id):
@@ -203,6 +203,12 @@ class Delegator:
                 budget_usd=route.budget_usd,
             )
         summary = "; ".join(f"{t.agent_id}: {t.error_class} ({t.message})" for t in tried)
+        untried = len(callable_order) - len(order)
+        if untried > 0 and len(tried) == len(order):  # QA: the cap stopped it without a word
+            summary += (
+                f"; {untried} more candidate(s) not tried: this server tries at most {self.max_fallbacks} fallbacks "
+                "a step (narrow allowed_agents, or delegate again)"
+            )
         raise DelegationFailed(f"no agent answered; each failure is recorded without touching competence: {summary}")
 
     def _prepare_and_route(
@@ -248,6 +254,14 @@ class Delegator:
         connections = with_live_prices(self.connections(), arrays)
         if decision.agent_id not in connections:
             raise _not_callable(decision, connections)
+        if not _routable(arrays, decision.agent_id):  # QA: delegate called an agent disabled since route_step
+            gone = "deleted" if decision.agent_id not in arrays.agent_index else "disabled"
+            raise Unroutable(
+                f"agent {decision.agent_id} was {gone} after route_step chose it for decision "
+                f"{decision.decision_id}: route the step again"
+            )
+        usable = [c for c in decision.candidates if _routable(arrays, c.agent_id)]  # fallbacks too
+        decision = decision.model_copy(update={"candidates": usable})
         route = RouteRequest(
             text=text,
             mode=row.get("mode"),
@@ -412,6 +426,12 @@ def _refuse_unclaimable(
         )
     if row.get("text") is not None and row["text"] != text:
         raise InvalidInput("text", text, f"the text decision {decision_id} was routed for")
+
+
+def _routable(arrays: HandbookArrays, agent_id: str) -> bool:
+    """The agent is in the live handbook and enabled (a stored decision may predate its deletion or disabling)."""
+    i = arrays.agent_index.get(agent_id)
+    return i is not None and bool(arrays.enabled[i])
 
 
 def _not_callable(decision: RouteDecision, connections: dict[str, AgentConnection]) -> InvalidInput:

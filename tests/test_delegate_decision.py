@@ -280,3 +280,64 @@ async def test_a_retry_of_a_report_an_older_release_accepted_stays_a_duplicate(
             first = await call(client, "record_outcome", report)
         again = await call(client, "record_outcome", report)
     assert first["duplicate"] is False and again["duplicate"] is True
+
+
+@pytest.mark.parametrize("change", ["disable", "delete"])
+async def test_an_agent_disabled_or_deleted_after_routing_is_not_called(
+    settings: ServerSettings, fake_openai: FakeOpenAI, change: str
+) -> None:
+    """QA: delegate(decision_id) called an agent disabled (or deleted) since route_step chose it, and fell back to
+    one too; both are refused now, and nothing is written or called."""
+    async with Client(create_server(settings)) as client:
+        routed = await route(client)
+        chosen, other = (c["agent_id"] for c in routed["candidates"][:2])
+        if change == "disable":
+            await call(client, "upsert_agent", {"agent_id": chosen, "enabled": False})
+        else:
+            await call(client, "delete_agent", {"agent_id": chosen})
+        before = dump(settings.db_path)
+        message = await refused(client, "delegate", {"text": STEP, "decision_id": routed["decision_id"]})
+        gone = "disabled" if change == "disable" else "deleted"
+        assert f"agent {chosen} was {gone} after route_step chose it" in message and "route the step again" in message
+        assert dump(settings.db_path) == before and fake_openai.chat_requests() == []
+        again = await route(client)  # routed again, the other agent takes it
+        assert again["agent_id"] == other
+
+
+async def test_a_stored_decision_falls_back_only_to_agents_still_enabled(
+    settings: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    async with Client(create_server(settings)) as client:
+        routed = await route(client)
+        chosen, fallback = (c["agent_id"] for c in routed["candidates"][:2])
+        await call(client, "upsert_agent", {"agent_id": fallback, "enabled": False})
+        fake_openai.behaviours[f"{chosen}-model"] = "FAIL500"
+        failed = await refused(client, "delegate", {"text": STEP, "decision_id": routed["decision_id"]})
+        assert f"{chosen}: server_error" in failed and f"{fallback}:" not in failed
+    assert [r.model for r in fake_openai.chat_requests()] == [f"{chosen}-model"]
+
+
+async def test_the_least_time_budget_calls_the_agent(settings: ServerSettings, fake_openai: FakeOpenAI) -> None:
+    """QA: timeout_s=0.5 was accepted but called nobody (the first try needed 0.5 s left, a hair more than was)."""
+    async with Client(create_server(settings)) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert tools["delegate"].input_schema["properties"]["timeout_s"]["minimum"] == 0.5
+        result = await call(client, "delegate", {"text": STEP, "agent_id": "cheap", "timeout_s": 0.5})
+        assert result["answer"] == f"answer[cheap-model]: {STEP}"
+        message = await refused(client, "delegate", {"text": STEP, "agent_id": "cheap", "timeout_s": 0.4})
+        assert "timeout_s" in message and "0.5" in message
+    assert len(fake_openai.chat_requests()) == 1
+
+
+async def test_a_failure_says_when_the_fallback_cap_left_candidates_untried(
+    settings: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    """QA: with more failing candidates than fallbacks, 'no agent answered' did not say a cap had stopped it."""
+    capped = settings.model_copy(update={"max_fallbacks": 0})
+    async with Client(create_server(capped)) as client:
+        routed = await route(client)
+        chosen = routed["agent_id"]
+        fake_openai.behaviours[f"{chosen}-model"] = "FAIL500"
+        failed = await refused(client, "delegate", {"text": STEP, "decision_id": routed["decision_id"]})
+    assert f"{chosen}: server_error" in failed
+    assert "1 more candidate(s) not tried: this server tries at most 0 fallbacks a step" in failed
