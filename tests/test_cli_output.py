@@ -95,7 +95,9 @@ def test_success_summaries_are_on_stdout_and_notes_on_stderr(
     code, out, err = run(["agents", "load", str(toml), "--db", str(db)], capsys)
     assert code == 0
     assert out == f"loaded 1 agents from {toml}: cheap\nadded modes the handbook did not have: answer\n"
-    assert err.startswith("note: the handbook has no skills yet")
+    notes = err.splitlines()
+    assert notes[0].startswith("note: cheap: no price in the file and litellm's table does not know 'openai/cheap'")
+    assert notes[1].startswith("note: the handbook has no skills yet") and len(notes) == 2
     code, out, err = run(["handbook", "import", "--example", "--db", str(db)], capsys)
     assert code == 0 and out == "imported version 2: 20 skills, 9 agents\n"
     assert err.startswith("note: the live handbook no longer has 1 agent(s) with connection settings (cheap)")
