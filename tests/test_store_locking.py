@@ -268,3 +268,32 @@ def test_a_consult_goes_on_while_a_record_waits_for_another_connections_lock(db:
     assert record.applied and record.updated
     assert float(book.arrays().evidence.sum()) > evidence_before  # the next read sees it: patched or rebuilt
     store.close()
+
+
+def test_servers_started_at_once_on_a_new_file_seed_the_example_once(tmp_path: Path) -> None:
+    """QA: servers started together each saw a pristine file and seeded it (versions 2, 3 and 4 all examples)."""
+    import threading
+
+    from skillorchestra.server.example import seed_example_if_new
+
+    db = tmp_path / "new.db"
+    HandbookStore(db).close()
+    stores = [HandbookStore(db) for _ in range(4)]
+    start = threading.Barrier(len(stores))
+    seeded: list[bool] = []
+
+    def seed(store: HandbookStore) -> None:
+        start.wait()
+        seeded.append(seed_example_if_new(store))
+
+    threads = [threading.Thread(target=seed, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert sorted(seeded) == [False, False, False, True]
+        assert [v["version"] for v in stores[0].versions()] == [1, 2]
+    finally:
+        for store in stores:
+            store.close()
