@@ -5,6 +5,7 @@ temporary database unless --db names one."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -87,11 +88,39 @@ def _check_costs(train: list[TraceTask], prices: dict[str, AgentPrice], path: Pa
     require_a_known_cost(agents, mean_costs(costs, agents), None if path is None else str(path))
 
 
+def _check_db(path: Path | None) -> None:
+    """--db must be eval's own database (new, or written by an earlier eval): its online replay makes versions and
+    logs outcomes there, so a user's handbook given by mistake would be replaced and its log filled (QA: a learned
+    20-skill handbook became eval's 5-skill replay, and `learn --data events` then learned from the replay)."""
+    if path is None or not path.is_file():
+        return
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            has_versions = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'versions'")
+            if has_versions.fetchone() is None:
+                return  # not a handbook: opening it refuses another program's file, and says so
+            rows = conn.execute("SELECT id, source FROM versions WHERE source NOT IN ('init', 'eval') ORDER BY id")
+            theirs = rows.fetchall()
+    except sqlite3.Error:
+        return  # not a usable SQLite file: opening it says so
+    if theirs:
+        sources = ", ".join(sorted({source for _, source in theirs}))
+        raise InvalidInput(
+            "--db",
+            str(path),
+            f"a database of eval's own (a new file, or one an earlier eval wrote): this one holds a handbook "
+            f"({len(theirs)} versions from {sources}), which eval's online replay would replace; name another file",
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from skillorchestra.handbook.evaluation.report import summary
     from skillorchestra.handbook.evaluation.runner import EvalConfig, default_learn, run_eval
     from skillorchestra.handbook.evaluation.sweep import DEFAULT_LAMBDAS
 
+    _check_db(getattr(args, "db", None))
     _check_outputs(args)
     train = _tasks("--train", args.train)
     test = _tasks("--test", args.test)

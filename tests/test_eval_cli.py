@@ -430,3 +430,30 @@ def test_shares_title_fits_and_the_legend_sits_readable_under_the_axes(plt: Any)
     gap = under_axes - legend.get_window_extent(renderer).y1
     assert 0 <= gap < 20, gap
     plt.close(fig)
+
+
+def test_eval_refuses_a_users_handbook_as_its_db(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: `eval --db` on the user's handbook replaced its live version with eval's replay and filled its log."""
+    from skillorchestra.handbook.models import HandbookDocument
+    from skillorchestra.server.commands_eval import _check_db
+    from skillorchestra.server.example import seed_example_if_new
+
+    users = tmp_path / "handbook.db"
+    store = HandbookStore(users)
+    seed_example_if_new(store)
+    before = (store.versions(), store.counts())
+    store.close()
+    data = write_jsonl(tmp_path / "t.jsonl", [{"id": "1", "query": "q", "outcomes": {"a": {"score": 1}}}])
+    code = run_cli(["eval", "--train", str(data), "--test", str(data), "--db", str(users)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--db='{users}': expected a database of eval's own" in err
+    assert "(1 versions from import), which eval's online replay would replace" in err
+    store = HandbookStore(users)
+    assert (store.versions(), store.counts()) == before
+    store.close()
+    own = tmp_path / "eval.db"  # a new file, and one an earlier eval wrote, are eval's
+    _check_db(own)
+    store = HandbookStore(own)
+    store.create_version(HandbookDocument(), source="eval", summary="eval online replay (cold start)")
+    store.close()
+    _check_db(own)
