@@ -38,7 +38,7 @@ class SkillCard(BaseModel):
     description: str = ""
     indicators: list[str] = Field(default_factory=list)
     examples: list[str] = Field(default_factory=list)
-    weight: Figure
+    weight: Figure = Field(description="the share of the step route_step gives this skill (0: a near match it omits)")
 
 
 class AgentSkillStat(BaseModel):

@@ -309,6 +309,11 @@ class Handbook:
         arrays = self.arrays()
         self._check_mode(arrays, mode)
         demands, source = self._inferred(arrays, text, mode, top_k)
+        # each card's weight is the one route_step would give its skill (QA: consult's five skills renormalised
+        # read apart from route_step's three): the skills beyond route_step's are shown at weight 0
+        routed = dict(self._inferred(arrays, text, mode, INFERRED_SKILLS)[0]) if top_k != INFERRED_SKILLS else None
+        if routed is not None:
+            demands = [(s, routed.get(s, 0.0)) for s, _ in demands]
         demands, granularity = self._coarsen(arrays, demands, orchestrator)
         cols, weights, labels = self._columns(arrays, demands, mode)
         tokens = np.repeat(costing.prompt_tokens([text]), len(cols))

@@ -1075,3 +1075,22 @@ def test_a_budget_without_a_session_is_refused_not_taken_as_a_cap_of_the_step(bo
     with pytest.raises(InvalidInput, match=r"budget_usd=0.5: expected a session_id beside it"):
         book.route(request(budget_usd=0.5))
     assert book.store.counts() == before
+
+
+def test_consult_shows_the_skill_weights_route_step_uses(tmp_path: Path) -> None:
+    """QA: consult (5 skills, renormalised) and route_step (3) gave the same step different weights, and consult
+    named a skill route_step dropped. Cards now carry route_step's weights; skills beyond its three show 0."""
+    from skillorchestra.server.example import seed_example_if_new
+
+    store = HandbookStore(tmp_path / "example.db")
+    seed_example_if_new(store)
+    book = Handbook(store)
+    text = "Which novel did the chemist write? Solve the equation and explain the reaction's history and geography."
+    consulted = book.consult(text, top_k=5)
+    routed = book.route(RouteRequest(text=text))
+    route_weights = {s.skill_id: s.weight for s in routed.skills}
+    assert len(consulted.skills) > len(route_weights) == 3  # the step matches more than route_step's three
+    card_weights = {c.skill_id: c.weight for c in consulted.skills}
+    assert {s: w for s, w in card_weights.items() if w > 0} == pytest.approx(route_weights)
+    assert [c.weight for c in consulted.skills[3:]] == [0.0] * (len(consulted.skills) - 3)
+    assert {c.skill_id for c in book.consult(text, top_k=3).skills} == set(route_weights)
