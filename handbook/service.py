@@ -584,7 +584,7 @@ class Handbook:
             "agent_id": decision["agent_id"],
             "session_id": decision["session_id"],
             **effective,
-            "payload": payload,  # what the client sent: the idempotency key
+            "payload": _idempotency_key(payload, decision),  # what the client sent, call figures echoed left out
         }
         try:
             # Written without holding self._lock: the write may wait for another process's lock (a CLI import),
@@ -640,7 +640,7 @@ class Handbook:
         stored = self.store.outcome(decision["id"])
         if stored is None:
             return None
-        if _json(stored["payload"]) != _json_roundtrip(payload):
+        if _idempotency_key(_json(stored["payload"]), decision) != _json_roundtrip(_idempotency_key(payload, decision)):
             raise Conflict(
                 f"decision {decision['id']!r} was already reported with {stored['payload']}; "
                 "a decision takes one outcome"
@@ -1015,6 +1015,18 @@ def _with_call_figures(payload: dict[str, Any], decision: dict[str, Any]) -> dic
             )
         effective[key] = measured
     return effective
+
+
+def _idempotency_key(payload: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
+    """The report as the idempotency key compares it: a cost, token count or latency that repeats what delegate
+    measured (as _with_call_figures accepts it) counts as left out, so the report that echoed delegate's cost and
+    the plain one are the same report (QA: the plain repeat was refused as a conflict)."""
+    key = dict(payload)
+    for name in ("cost_usd", "prompt_tokens", "completion_tokens", "latency_s"):
+        measured, sent = decision.get(f"call_{name}"), key.get(name)
+        if measured is not None and sent is not None and math.isclose(sent, measured, rel_tol=1e-3, abs_tol=1e-12):
+            key[name] = None
+    return key
 
 
 def _deleted_agent_note(agent_id: str, *, again: bool) -> str:

@@ -341,3 +341,21 @@ async def test_a_failure_says_when_the_fallback_cap_left_candidates_untried(
         failed = await refused(client, "delegate", {"text": STEP, "decision_id": routed["decision_id"]})
     assert f"{chosen}: server_error" in failed
     assert "1 more candidate(s) not tried: this server tries at most 0 fallbacks a step" in failed
+
+
+@pytest.mark.parametrize("first_echoes_cost", [True, False])
+async def test_a_report_echoing_delegates_cost_and_a_plain_one_are_the_same_report(
+    settings: ServerSettings, first_echoes_cost: bool
+) -> None:
+    """QA: {success, cost_usd: delegate's own} was accepted, and the plain {success} repeat refused as a conflict."""
+    async with Client(create_server(settings)) as client:
+        result = await call(client, "delegate", {"text": STEP, "agent_id": "cheap"})
+        echoed = {"decision_id": result["decision_id"], "success": True, "cost_usd": result["cost_usd"]}
+        plain = {"decision_id": result["decision_id"], "success": True}
+        first, second = (echoed, plain) if first_echoes_cost else (plain, echoed)
+        assert (await call(client, "record_outcome", first))["duplicate"] is False
+        repeat = await call(client, "record_outcome", second)
+        assert repeat["duplicate"] is True and repeat["cost_usd"] == pytest.approx(result["cost_usd"])
+        other = await refused(client, "record_outcome", {**plain, "success": False})
+        assert "already reported" in other
+    assert rows(settings.db_path, "SELECT COUNT(*) FROM outcomes") == [(1,)]
