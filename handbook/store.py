@@ -983,11 +983,18 @@ class HandbookStore(SqliteFile):
             if target is None:
                 raise InvalidInput("version", info["version"], "a live version with a parent to roll back to")
             if self.version_info(int(target))["source"] == "init":
+                live = self.version_info(self.current_version())
+                pruned = (  # QA: `rollback` right after `prune` read as if rollback were broken
+                    f"; the live version {live['version']} is a prune, which left the live state as it was, so there"
+                    " is nothing of it to undo"
+                    if live["source"] == "prune"
+                    else ""
+                )
                 raise InvalidInput(
                     "version",
                     int(target),
                     "a version other than the empty initial handbook to roll back to (to empty the live handbook on"
-                    f" purpose: `handbook promote {target}`)",
+                    f" purpose: `handbook promote {target}`){pruned}",
                 )
             return int(target)
 

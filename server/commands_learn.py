@@ -576,6 +576,9 @@ def handbook_rollback(args: argparse.Namespace) -> int:
 def _promoted_line(store: HandbookStore, version: int, origin: int, live: int, snapshot_only: bool) -> str:
     document = store.document()
     what = "its snapshot as created" if snapshot_only else "its snapshot plus the outcomes recorded while it was live"
+    folded = [v["version"] for v in store.versions() if v["source"] == "prune" and v["parent"] == origin]
+    if folded and not snapshot_only:  # QA: prune had moved those outcomes into its own version's snapshot
+        what += f", except those `prune` folded into version {folded[-1]} (promote {folded[-1]} to have them back)"
     return (
         f"version {version} is live: version {origin} restored ({what}); {len(document.skills)} skills, "
         f"{len(document.agents)} agents. Version {live} and its events stay in the log (promote {live} to go back)."

@@ -360,13 +360,13 @@ def not_live_reasons(
     if comparable < MIN_COMPARABLE_TASKS and (live["skills"] or live["competence"]):
         if validated_on != "validation split":
             reasons.append(
-                "it was validated on its own training tasks (no validation split), which cannot show that its skills "
-                "route better than the live handbook's (hold out a validation share of enough tasks)"
+                "it was validated on its own training tasks (no validation split), which cannot show that it routes "
+                "better than the live handbook (hold out a validation share of enough tasks)"
             )
         else:
             reasons.append(
                 f"only {comparable} validation tasks have outcomes of two or more agents (at least "
-                f"{MIN_COMPARABLE_TASKS} are needed to show that its skills route better than the live handbook's; "
+                f"{MIN_COMPARABLE_TASKS} are needed to show that it routes better than the live handbook; "
                 "a log of routed steps has one agent per step: route some steps to several agents with "
                 "allowed_agents, or learn from traces that run every agent)"
             )

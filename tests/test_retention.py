@@ -243,3 +243,29 @@ def test_an_outcome_decided_before_prunes_is_applied_even_if_it_read_the_old_ver
     stale = handbook.route(RouteRequest(text=STEPS[3])).decision_id
     store.create_version(store.document(), source="import", summary="another handbook")
     assert not handbook.record(OutcomeReport(decision_id=stale, success=True)).applied
+
+
+def test_after_a_prune_promote_and_rollback_say_what_prune_did(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """QA: `promote` of the pruned version said its outcomes came back (prune had folded them into its own version),
+    and `rollback` right after a prune refused as if rollback were broken."""
+    store, handbook = _seeded(tmp_path)
+    pruned_version = store.current_version()
+    _steps(handbook, random.Random(5), 6)
+    store.close()
+    db = str(tmp_path / "handbook.db")
+    tomorrow = datetime.fromtimestamp(time.time() + 86_400, UTC).date().isoformat()
+    with pytest.raises(SystemExit):
+        main(["handbook", "prune", "--before", tomorrow, "--db", db])
+    prune_version = pruned_version + 1
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["handbook", "rollback", "--db", db])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and f"the live version {prune_version} is a prune, which left the live state" in err
+    with pytest.raises(SystemExit) as done:
+        main(["handbook", "promote", str(pruned_version), "--db", db])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    assert f"except those `prune` folded into version {prune_version} (promote {prune_version} to have them back)" in out
