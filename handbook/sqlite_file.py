@@ -72,6 +72,20 @@ def bindable(text: str) -> bool:
     return True
 
 
+def busy_text(exc: BaseException, path: object) -> str | None:
+    """What "database is locked" means here, naming the file, or None for any other error: every write waits
+    BUSY_TIMEOUT_S for another process's lock before it gives up (QA: the bare SQLite message named nothing)."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)  # absent on an error raised by Python code, not by SQLite
+    if not (_is_busy(exc) if code is not None else str(exc).startswith("database is locked")):
+        return None
+    return (
+        f"the handbook {path} stayed locked by another process (a server, or a command such as learn, import or "
+        f"prune, writing to it) for {BUSY_TIMEOUT_S:g} s; nothing was written: retry when it has finished"
+    )
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     """Another connection holds the lock this statement needs ("database is locked"), as opposed to a real error."""
     return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)

@@ -251,7 +251,9 @@ def _dispatch(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentP
         if trouble is not None:
             print(f"error: {where}{trouble}", file=sys.stderr)
         elif isinstance(exc, sqlite3.OperationalError):  # e.g. "database is locked": the file is fine, the moment
-            print(f"error: {exc}", file=sys.stderr)  # is not
+            from skillorchestra.handbook.sqlite_file import busy_text  # is not
+
+            print(f"error: {busy_text(exc, db or _default_db()) or exc}", file=sys.stderr)
         else:  # e.g. --db names a file that is not SQLite
             print(f"error: {where}not a usable handbook database ({exc})", file=sys.stderr)
         return 2
@@ -262,6 +264,12 @@ def _dispatch(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentP
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _default_db() -> str:
+    from skillorchestra.server.settings import default_db_path
+
+    return str(default_db_path())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -437,7 +437,10 @@ class JobRegistry:
                 outcome = work(progress)
             except Exception as exc:  # the job's caller polls for this; nothing else would see it
                 log.exception("learning job %s failed", job.id)
-                job.message, job.state = f"{type(exc).__name__}: {exc}", "failed"
+                from skillorchestra.handbook.sqlite_file import busy_text
+
+                busy = busy_text(exc, "file")
+                job.message, job.state = busy or f"{type(exc).__name__}: {exc}", "failed"
             else:
                 job.version, job.metrics = outcome.version, outcome.metrics
                 job.progress, job.message, job.state = 1.0, outcome.summary, "done"

@@ -16,6 +16,7 @@ import pytest
 
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.models import HandbookDocument, Mode
+from skillorchestra.handbook.sqlite_file import busy_text
 from skillorchestra.handbook.store import HandbookStore
 
 DOCUMENT = HandbookDocument(modes=[Mode(id="code"), Mode(id="search")])
@@ -177,8 +178,11 @@ def test_a_wait_past_the_busy_timeout_raises_and_writes_nothing(db: Path, hold: 
     with pytest.raises(sqlite3.OperationalError, match="^database is locked$"):
         with store.write():
             ran.append("body")
-    with pytest.raises(sqlite3.OperationalError, match="^database is locked$"):
+    with pytest.raises(sqlite3.OperationalError, match="^database is locked$") as caught:
         store.apply("upsert_mode", LATE)
+    told = busy_text(caught.value, db)  # what the CLI and a failed learning job say (QA: the bare message)
+    assert told is not None and str(db) in told and "locked by another process" in told
+    assert "nothing was written" in told and busy_text(sqlite3.OperationalError("no such table: x"), db) is None
     assert ran == [] and lock_is_free(store) and not store.db.conn.in_transaction
     holder.execute("ROLLBACK")
     assert modes_on_disk(db) == ["code", "search"]
