@@ -171,7 +171,15 @@ class Delegator:
                 if position == 0
                 else await anyio.to_thread.run_sync(self.handbook.fallback_decision, decision.decision_id, agent_id)
             )
-            result = await self._call(connections[agent_id], route.text, messages, deadline, request, progress, start)
+            called = time.monotonic()
+            try:
+                result = await self._call(
+                    connections[agent_id], route.text, messages, deadline, request, progress, start
+                )
+            except BaseException:  # the client cancelled the request (or the server stops) while the agent worked
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._cancelled, decision_id, agent_id, time.monotonic() - called)
+                raise
             await self._settle_call(decision_id, agent_id, result)
             tried.append(
                 Attempt(
@@ -361,6 +369,21 @@ class Delegator:
                     latency_s=result.latency_s,
                 )
             )
+
+    def _cancelled(self, decision_id: str, agent_id: str, latency_s: float) -> None:
+        """A call cut off by its request's cancellation: recorded as called, cost unknown (the agent may have charged
+        for it), so the decision keeps its expected cost in the session's spend and is never called again; not the
+        agent's failure, so its breaker and competence stay as they were (QA: nothing recorded the call)."""
+        self.breaker.release(agent_id)
+        self.handbook.note_call(
+            decision_id,
+            cost_usd=None,
+            cost_source="unknown",
+            prompt_tokens=None,
+            completion_tokens=None,
+            latency_s=latency_s,
+            error_class="cancelled",
+        )
 
     def _uncalled(self, decision_id: str) -> None:
         """A routed agent that was not called (its breaker refused it between routing and calling): no cost,

@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from fake_openai import FakeOpenAI
 from mcp import Client
@@ -172,3 +173,32 @@ async def test_a_time_budget_below_one_try_is_refused_before_anything_is_written
         assert calls == [] and handbook.store.counts() == before  # no decision, no outcome, no budget held
     finally:
         handbook.store.close()
+
+
+@pytest.mark.anyio
+async def test_a_call_the_client_gave_up_on_is_recorded_as_called_with_unknown_cost(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """QA: a delegate whose client timed out left a decision with no trace of the call (the agent had been called),
+    which nobody could report or release. The call is recorded: cost unknown, so the session keeps the step's
+    expected cost, and the decision can never be delegated again; the agent's record is untouched."""
+    from mcp import MCPError
+
+    from skillorchestra.server.llm_backend import ensure_litellm
+
+    await ensure_litellm()  # imported and set up first: the client gives up while the agent works, not before
+    settings = loaded(tmp_path, priced_pair(fake_openai.api_base))
+    async with Client(create_server(settings)) as client:
+        step = {"text": "SLOW:3 name a prime", "agent_id": "cheap", "session_id": "s", "budget_usd": 1.0}
+        with pytest.raises(MCPError):
+            await client.call_tool("delegate", step, read_timeout_seconds=0.8)
+        await anyio.sleep(0.5)  # the server's cancelled task records the call (shielded) after the client gave up
+        with sqlite3.connect(settings.db_path) as conn:
+            rows = conn.execute(
+                "SELECT agent_id, call_error_class, call_cost_usd, call_latency_s, expected_cost_usd FROM decisions"
+            ).fetchall()
+            outcomes = conn.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0]
+        assert len(rows) == 1 and rows[0][:3] == ("cheap", "cancelled", None) and rows[0][3] is not None
+        assert outcomes == 0  # neither a failure of the agent nor a success
+        spend = await call(client, "route_step", {"text": "another", "session_id": "s", "budget_usd": 1.0})
+        assert spend["session_spend_usd"] == pytest.approx(rows[0][4], rel=1e-3)  # its expected cost stays held
