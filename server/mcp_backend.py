@@ -171,14 +171,16 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
         message = f"no answer within {timeout:g} s" if error_class == "timeout" else _describe(exc)
         message = scrub(message, secrets)
         log.warning("mcp agent %s failed (%s) after %.2fs: %s", conn.id, error_class, latency, message)
-        # Without a configured price nothing was spent; a configured per-call price may or may not apply.
+        # Without a configured price nothing was spent, nor when the server was never reached (a connection
+        # failure: no tool ran); after a timeout or a server error a configured per-call price may or may not apply.
+        free = conn.cost_per_call_usd is None or error_class == "connection"
         return BackendResult(
             latency_s=latency,
             error_class=error_class,
             error_type=type(_leaves(exc)[0]).__name__,
             message=message[:_MESSAGE_LIMIT],
-            cost_usd=0.0 if conn.cost_per_call_usd is None else None,
-            cost_source="no_token_cost" if conn.cost_per_call_usd is None else "unknown",
+            cost_usd=0.0 if free else None,
+            cost_source="no_token_cost" if free else "unknown",
         )
     finally:
         if relay is not None:

@@ -93,14 +93,22 @@ def _wait_healthy(proc: subprocess.Popen[bytes], base: str, stderr: Path, timeou
 
 
 def _serve(tmp: Path, transport: str, token: str | None) -> Iterator[Running]:
-    port = _free_port()
     db, stderr = tmp / "handbook.db", tmp / "stderr.txt"
-    args = [_script("skillorchestra"), "serve", "--transport", transport, "--port", str(port), "--db", str(db)]
-    with stderr.open("wb") as err:
-        proc = subprocess.Popen(args, env=_env(token), stdout=subprocess.DEVNULL, stderr=err)
-    base = f"http://127.0.0.1:{port}"
+    for attempt in range(3):  # a port found free can be taken by another test's server before ours binds it
+        port = _free_port()
+        args = [_script("skillorchestra"), "serve", "--transport", transport, "--port", str(port), "--db", str(db)]
+        with stderr.open("wb") as err:
+            proc = subprocess.Popen(args, env=_env(token), stdout=subprocess.DEVNULL, stderr=err)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            _wait_healthy(proc, base, stderr)
+            break
+        except AssertionError:
+            proc.kill()
+            proc.wait(timeout=10)
+            if attempt == 2 or "Address already in use" not in stderr.read_text():
+                raise
     try:
-        _wait_healthy(proc, base, stderr)
         yield Running(base=base, db=db, stderr=stderr)
     finally:
         proc.kill()

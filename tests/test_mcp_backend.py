@@ -71,6 +71,10 @@ async def test_missing_command_is_a_connection_failure() -> None:
     agent = McpAgentConnection(id="ghost", kind="mcp", command="/nonexistent/mcp-server", tool="search")
     r = await call_mcp_tool(agent, "hello", timeout_s=5)
     assert r.error_class == "connection" and r.message
+    # no tool ran, so a configured per-call price does not apply (QA: it was recorded as unknown cost)
+    priced = agent.model_copy(update={"cost_per_call_usd": 0.01})
+    r = await call_mcp_tool(priced, "hello", timeout_s=5)
+    assert (r.error_class, r.cost_usd, r.cost_source) == ("connection", 0.0, "no_token_cost")
 
 
 @pytest.mark.anyio
