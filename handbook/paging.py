@@ -34,7 +34,8 @@ def decode_offset_cursor(cursor: str | None, query: str) -> int:
         raise InvalidInput(
             "cursor",
             cursor,
-            "a next_cursor of a call with the same text, mode, top_k and orchestrator, on the same handbook version",
+            "a next_cursor of a call with the same text, mode, top_k and orchestrator, on the same handbook state "
+            "(an edit or a reported outcome since that call reorders the rows: call again without cursor)",
         )
     return int(found.group(1))
 

@@ -304,7 +304,9 @@ class Handbook:
         all), since every row costs the reading model tokens (11 agents x 4 skills were 70% of a task's)."""
         self._check_text(text)
         version = self.store.current_version()
-        query = query_digest(text, mode, top_k, orchestrator, version, agents_per_skill)
+        # the rows' order follows competence, which an outcome or an edit changes: a cursor of another state would
+        # skip and repeat rows (QA), so the state is part of what a cursor must match
+        query = query_digest(text, mode, top_k, orchestrator, version, agents_per_skill, self.store.change_stamp())
         offset = decode_offset_cursor(cursor, query)
         arrays = self.arrays()
         self._check_mode(arrays, mode)

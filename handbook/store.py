@@ -819,6 +819,12 @@ class HandbookStore(SqliteFile):
         with self.lock:
             return list(self._streamed_events(version))
 
+    def change_stamp(self) -> int:
+        """The newest event's number: it grows with every edit and applied outcome (of any version), so a paged
+        answer can tell that the handbook changed between its pages (rowid lookup: O(1))."""
+        with self.lock:
+            return int(self.db.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+
     def event_count(self, version: int) -> int:
         with self.lock:
             return int(self.db.conn.execute("SELECT COUNT(*) FROM events WHERE version = ?", [version]).fetchone()[0])

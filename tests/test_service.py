@@ -907,8 +907,20 @@ def test_consult_pages_cover_every_row_once_and_a_cursor_serves_only_its_own_que
     ):
         with pytest.raises(InvalidInput, match="same text, mode, top_k"):
             other()
+    # an outcome reorders the rows (QA: a page-1 cursor after an edit skipped 9 rows and repeated 4): refused
+    routed = book.route(RouteRequest(text="write a sql query", allowed_agents=["agent-07"]))
+    book.record(OutcomeReport(decision_id=routed.decision_id, success=True))
+    with pytest.raises(InvalidInput, match="same handbook state .an edit or a reported outcome since that call"):
+        book.consult("write a sql query", top_k=1, cursor=first.next_cursor)
+    first = book.consult("write a sql query", top_k=1)  # paging again from the start serves every row once
+    second = book.consult("write a sql query", top_k=1, cursor=first.next_cursor)
+    assert len({(r.agent_id, r.skill_id) for r in first.agents + second.agents}) == 60
+    book.upsert_agent(Agent(id="agent-60"))  # an edit
+    with pytest.raises(InvalidInput, match="same handbook state"):
+        book.consult("write a sql query", top_k=1, cursor=first.next_cursor)
+    first = book.consult("write a sql query", top_k=1)
     book.store.create_version(book.store.document(), source="import")  # another handbook: offsets mean nothing
-    with pytest.raises(InvalidInput, match="same handbook version"):
+    with pytest.raises(InvalidInput, match="same handbook state"):
         book.consult("write a sql query", top_k=1, cursor=first.next_cursor)
 
 
