@@ -17,6 +17,9 @@ from skillorchestra.handbook.sqlite_file import bindable
 
 PAGE_LIMIT_MAX = 200
 KEY_CURSOR = "k"
+# a page stops early past this much JSON: a tool result carries it twice (text and structured content), and the SSE
+# client refuses an event over 1 MiB (QA: 100 agents of 4,000-character descriptions closed the connection)
+PAGE_BYTES_MAX = 256 * 1024
 
 
 def encode_offset_cursor(offset: int, query: str) -> str:
@@ -56,6 +59,13 @@ def key_after(cursor: str | None, limit: int) -> str | None:
 
 
 def key_page(items: list[Any], limit: int) -> tuple[list[Any], str | None]:
-    """A page of the items (sorted by id) after a cursor's id, given up to limit + 1 of them, and the next cursor."""
-    page = items[:limit]
-    return page, KEY_CURSOR + page[-1].id if len(items) > limit else None
+    """A page of the items (sorted by id) after a cursor's id, given up to limit + 1 of them, and the next cursor;
+    the page ends early (never empty) once its JSON passes PAGE_BYTES_MAX."""
+    page: list[Any] = []
+    size = 0
+    for item in items[:limit]:
+        size += len(item.model_dump_json())
+        if page and size > PAGE_BYTES_MAX:
+            break
+        page.append(item)
+    return page, KEY_CURSOR + page[-1].id if len(items) > len(page) else None

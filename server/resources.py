@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from mcp.server import MCPServer
@@ -24,6 +25,15 @@ def _json(value: object) -> str:
 
 
 LISTED_SKILL_FIELDS = {"id", "mode", "parent_id", "description"}
+LISTED_DESCRIPTION = 200  # characters of a description the listing resources show
+
+
+def _listed(fields: dict[str, Any]) -> dict[str, Any]:
+    """A listing's row: a long description cut (with an ellipsis), the whole of it in the item's own resource."""
+    text = fields.get("description") or ""
+    if len(text) > LISTED_DESCRIPTION:
+        fields["description"] = text[: LISTED_DESCRIPTION - 1] + "…"
+    return fields
 
 
 def register_resources(server: MCPServer, current: Callable[[], Handbook]) -> None:
@@ -32,14 +42,21 @@ def register_resources(server: MCPServer, current: Callable[[], Handbook]) -> No
     @server.resource(
         "handbook://skills",
         mime_type="application/json",
-        description="Every skill: id, mode, parent and description (the rest: handbook://skills/{skill_id})",
+        description=(
+            "Every skill: id, mode, parent and description (cut to 200 characters; the rest: "
+            "handbook://skills/{skill_id})"
+        ),
     )
     def skills() -> str:
-        return _json([s.model_dump(include=LISTED_SKILL_FIELDS) for s in current().store.skills()])
+        return _json([_listed(s.model_dump(include=LISTED_SKILL_FIELDS)) for s in current().store.skills()])
 
-    @server.resource("handbook://agents", mime_type="application/json", description="Every agent in the handbook")
-    def agents() -> str:
-        return _json([a.model_dump() for a in current().store.agents()])
+    @server.resource(
+        "handbook://agents",
+        mime_type="application/json",
+        description="Every agent, its description cut to 200 characters (the rest: handbook://agents/{agent_id})",
+    )
+    def agents() -> str:  # whole descriptions of hundreds of agents passed the SSE client's 1 MiB event cap (QA)
+        return _json([_listed(a.model_dump()) for a in current().store.agents()])
 
     @server.resource(
         "handbook://skills/{skill_id}",

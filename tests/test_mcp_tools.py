@@ -457,3 +457,28 @@ async def test_a_handbook_file_locked_past_the_busy_timeout_is_a_tool_error_sayi
         await reports_failures(locked_async)() if is_async else reports_failures(locked)()
     with pytest.raises(sqlite3.OperationalError, match="no such table"):  # a bug is not the caller's to fix
         reports_failures(broken)()
+
+
+async def test_long_listings_stay_under_the_sse_clients_event_cap(mcp_client: Client) -> None:
+    """QA: list_agents at its maximum limit, and handbook://agents, sent over 1 MiB (the text and the structured
+    copy), which the SSE client refuses, closing the connection. Pages now stop at 256 KiB of JSON (never empty) and
+    the listing resources cut descriptions to 200 characters."""
+    from skillorchestra.handbook.paging import PAGE_BYTES_MAX
+
+    for i in range(150):
+        await call(mcp_client, "upsert_agent", {"agent_id": f"verbose-{i:03d}", "description": f"{i} " + "w" * 3990})
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await call(mcp_client, "list_agents", {"limit": 200, **({"cursor": cursor} if cursor else {})})
+        assert len(json.dumps(page["items"])) <= PAGE_BYTES_MAX + 4100 and page["items"]
+        seen += [a["id"] for a in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 150 and len(seen) > len(page["items"])  # every agent once, over pages
+    listing = json.loads((await mcp_client.read_resource("handbook://agents")).contents[0].text)  # type: ignore[union-attr]
+    assert len(listing) == 150 and all(len(a["description"]) <= 200 for a in listing)
+    assert listing[0]["description"].endswith("…")
+    whole = json.loads((await mcp_client.read_resource("handbook://agents/verbose-000")).contents[0].text)  # type: ignore[union-attr]
+    assert len(whole["description"]) == 3992
