@@ -68,8 +68,8 @@ def check_document(document: HandbookDocument, live: HandbookDocument | None = N
                 skill.id,
                 f"an id that is not {ROOT_SKILL!r} and does not start with {MODE_PREFIX!r} (reserved)",
             )
-        if skill.parent_id is not None and skill.parent_id not in parents:
-            raise NotFound("parent skill", skill.parent_id, skill_ids)
+        if skill.parent_id is not None and skill.parent_id not in parents:  # naming the skill that names it (QA)
+            raise NotFound(f"parent skill (skills[{skill.id}].parent_id)", skill.parent_id, skill_ids)
         if skill.parent_id is not None and skill.mode != mode_of[skill.parent_id]:
             raise InvalidInput(
                 f"skills[{skill.id}].mode",
@@ -156,11 +156,11 @@ def _check_labeller(raw: dict[str, Any], skill_ids: set[str]) -> None:
 
 def _check_pairs(field: str, rows: Sequence[Competence | CostStats], agents: set[str], skills: set[str]) -> None:
     seen: set[tuple[str, str]] = set()
-    for row in rows:
+    for position, row in enumerate(rows):  # the row's place in the file, as a reader finds it (QA)
         if row.agent_id not in agents:
-            raise NotFound(f"agent in {field}", row.agent_id, agents)
+            raise NotFound(f"agent ({field}[{position}].agent_id)", row.agent_id, agents)
         if row.skill_id not in skills:
-            raise NotFound(f"skill in {field}", row.skill_id, skills)
+            raise NotFound(f"skill ({field}[{position}].skill_id)", row.skill_id, skills)
         pair = (row.agent_id, row.skill_id)
         if pair in seen:  # the store's key: SQLite would refuse it as if the database were broken
             raise InvalidInput(f"{field}[{row.agent_id}, {row.skill_id}]", "a second row", "one row per (agent, skill)")

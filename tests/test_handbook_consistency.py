@@ -304,3 +304,20 @@ def test_serve_accepts_the_sdks_name_for_streamable_http() -> None:
 
     assert build_parser().parse_args(["serve", "--transport", "streamable-http"]).transport == "http"
     assert build_parser().parse_args(["serve", "--transport", "sse"]).transport == "sse"
+
+
+def test_an_import_names_the_row_that_points_at_an_unknown_id() -> None:
+    """QA: "unknown agent in competence 'ghost'" named no row, and "unknown parent skill 'nope'" no child."""
+    from skillorchestra.handbook.errors import NotFound
+    from skillorchestra.handbook.models import Competence
+
+    rows = [Competence(agent_id=a.id, skill_id="code.python", alpha=2.0, beta=1.0) for a in DOCUMENT.agents]
+    ghost = [*rows, Competence(agent_id="ghost", skill_id="code.python", alpha=2.0, beta=1.0)]
+    with pytest.raises(NotFound, match=rf"unknown agent \(competence\[{len(rows)}\]\.agent_id\) 'ghost'"):
+        check_document(DOCUMENT.model_copy(update={"competence": ghost}))
+    lost = [*rows[:1], Competence(agent_id=rows[0].agent_id, skill_id="code.rust", alpha=2.0, beta=1.0)]
+    with pytest.raises(NotFound, match=r"unknown skill \(competence\[1\]\.skill_id\) 'code.rust'"):
+        check_document(DOCUMENT.model_copy(update={"competence": lost}))
+    orphan = [*DOCUMENT.skills, Skill(id="code.go", mode="code", parent_id="nope")]
+    with pytest.raises(NotFound, match=r"unknown parent skill \(skills\[code\.go\]\.parent_id\) 'nope'"):
+        check_document(DOCUMENT.model_copy(update={"skills": orphan}))
