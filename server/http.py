@@ -27,7 +27,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.server.settings import ServerSettings
@@ -145,8 +145,10 @@ def build_http_app(server: MCPServer, settings: ServerSettings) -> ASGIApp:
 
         app = Starlette(routes=_routes(inner), lifespan=lifespan)
     elif settings.transport == "sse":  # the SSE transport enters the server's lifespan per connection
-        inner = server.sse_app(
-            sse_path=SSE_PATH, message_path=SSE_MESSAGE_PATH, transport_security=security, host=settings.host
+        inner = RefusedQuietly(
+            server.sse_app(
+                sse_path=SSE_PATH, message_path=SSE_MESSAGE_PATH, transport_security=security, host=settings.host
+            )
         )
 
         @asynccontextmanager
@@ -160,6 +162,32 @@ def build_http_app(server: MCPServer, settings: ServerSettings) -> ASGIApp:
     else:
         raise InvalidInput("--transport", settings.transport, "http or sse for an HTTP server")
     return LowercaseHost(BearerTokenMiddleware(app, settings.token))
+
+
+class RefusedQuietly:
+    """The SDK's SSE endpoint answers a request from a foreign Host or Origin (421, 403) and then raises ValueError,
+    which uvicorn logged as an ERROR with a traceback per request (QA; streamable HTTP logs one warning). The answer
+    has gone out by then: one warning line says it all."""
+
+    REFUSED = "Request validation failed"
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answered = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal answered
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except ValueError as exc:
+            if not answered or str(exc) != self.REFUSED:
+                raise
+            log.warning("refused a request to %s (its Host or Origin is not allowed)", scope.get("path"))
 
 
 class LowercaseHost:

@@ -8,6 +8,7 @@ token-middleware details are also checked in-process through `build_http_app`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sqlite3
@@ -411,3 +412,19 @@ async def test_sse_connections_share_one_server_state(tmp_path: Path) -> None:
         assert status.structured_content["state"] == "done", status.content  # type: ignore[index]
     finally:
         running.close()
+
+
+@pytest.mark.anyio
+async def test_a_refused_sse_host_is_one_warning_not_an_error_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: each SSE request with a foreign Host got its 421 and left an ERROR traceback in the server's log (the
+    SDK raises after answering); now one warning line, as streamable HTTP logs."""
+    settings = ServerSettings(db_path=tmp_path / "h.db", transport="sse", seed_example=True, matcher="lexical")
+    app = build_http_app(create_server(settings), settings)
+    transport = httpx2.ASGITransport(app=app)
+    with caplog.at_level(logging.WARNING):
+        async with httpx2.AsyncClient(transport=transport) as http:
+            response = await http.get("http://x/sse", headers={"Host": "evil.example:8765"})
+    assert response.status_code == 421
+    assert [r.levelname for r in caplog.records if "refused a request to /sse" in r.getMessage()] == ["WARNING"]
