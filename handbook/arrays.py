@@ -116,6 +116,7 @@ class HandbookArrays:
     prompt_mean: np.ndarray  # (A, C) mean step tokens (the router's estimate) behind cost_mean, NaN where unknown
     input_price: np.ndarray  # (A,) USD per million tokens, NaN when unknown
     output_price: np.ndarray
+    call_price: np.ndarray  # (A,) USD per call on top of the token prices (MCP tool agents), NaN when unknown
     enabled: np.ndarray  # (A,) bool
     agent_modes: list[frozenset[str]]
     length_slope: np.ndarray  # (A,) learned change of success per unit of ln(characters) (0 = none; handbook/length.py)
@@ -380,6 +381,7 @@ def _derive(
         prompt_mean=prompt_mean,
         input_price=np.array([np.nan if a.input_per_mtok is None else a.input_per_mtok for a in agent_list]),
         output_price=np.array([np.nan if a.output_per_mtok is None else a.output_per_mtok for a in agent_list]),
+        call_price=np.array([np.nan if a.cost_per_call_usd is None else a.cost_per_call_usd for a in agent_list]),
         enabled=np.array([a.enabled for a in agent_list], dtype=bool),
         agent_modes=[frozenset(a.modes) for a in agent_list],
         length_slope=length[0],

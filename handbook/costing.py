@@ -53,8 +53,14 @@ def _weighted(table: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> np.nd
 
 
 def priced_costs(arrays: HandbookArrays, tokens: np.ndarray) -> np.ndarray:
-    """(n, A) price of (tokens, 256 completion tokens); NaN for an agent without prices."""
-    return (tokens[:, None] * arrays.input_price + DEFAULT_COMPLETION_TOKENS * arrays.output_price) / 1e6
+    """(n, A) price of (tokens, 256 completion tokens) plus the agent's price per call; NaN for an agent with
+    neither (an MCP tool agent has a price per call and no token prices)."""
+    by_tokens = (tokens[:, None] * arrays.input_price + DEFAULT_COMPLETION_TOKENS * arrays.output_price) / 1e6
+    if not np.any(~np.isnan(arrays.call_price)):
+        return by_tokens  # no agent priced per call: the arithmetic of every handbook before per-call prices
+    per_call = np.broadcast_to(arrays.call_price, by_tokens.shape)
+    unknown = np.isnan(by_tokens) & np.isnan(per_call)
+    return np.where(unknown, np.nan, np.nan_to_num(by_tokens) + np.nan_to_num(per_call))
 
 
 def expected_costs(arrays: HandbookArrays, tokens: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -150,6 +150,9 @@ class Agent(_Model):
     input_per_mtok: float | None = Field(default=None, ge=0.0, le=MAX_USD)
     output_per_mtok: float | None = Field(default=None, ge=0.0, le=MAX_USD)
     enabled: bool = True
+    # a price per call on top of any token prices: an MCP tool agent's (agents.toml cost_per_call_usd), so routing
+    # and budgets count what delegate bills for it
+    cost_per_call_usd: float | None = Field(default=None, ge=0.0, le=MAX_USD)
 
 
 class Competence(_Model):

@@ -271,6 +271,13 @@ def m012_compressed_snapshots(db: Database) -> None:
         db.execute("UPDATE versions SET snapshot = ? WHERE id = ?", [pack_snapshot(text), version])
 
 
+@migrations()
+def m013_agent_call_price(db: Database) -> None:
+    """A price per call for agents billed by the call (MCP tool agents): routing charged them c_ref and a session
+    budget missed what delegate billed. Unknown (NULL) for every agent of an older file."""
+    db["agents"].add_column("cost_per_call_usd", float)
+
+
 def pack_snapshot(document_json: str) -> bytes:
     """A version's snapshot as stored: its JSON, zlib-compressed. Level 1 costs about what writing the JSON does
     (77 ms at 50 x 200, for 4.2x); level 6 gains 4.7x for twice that."""

@@ -84,7 +84,7 @@ MAX_SEQ = 2**63 - 1  # above every event's seq (SQLite's largest integer)
 COMPETENCE_SQL = "SELECT agent_id, skill_id, alpha, beta FROM competence ORDER BY agent_id, skill_id"
 COST_SQL = f"SELECT {', '.join(CostRow._fields)} FROM cost_stats ORDER BY agent_id, skill_id"
 SKILL_SQL = "SELECT id, mode, parent_id, description, indicators, examples FROM skills"
-AGENT_SQL = "SELECT id, description, modes, input_per_mtok, output_per_mtok, enabled FROM agents"
+AGENT_SQL = "SELECT id, description, modes, input_per_mtok, output_per_mtok, enabled, cost_per_call_usd FROM agents"
 # an agent serves a mode when it names it or names none (arrays.serves, in SQL); CASE, as OR may not short-circuit
 SERVES_SQL = (
     "CASE WHEN COALESCE(modes, '') IN ('', '[]') THEN 1"
@@ -346,6 +346,7 @@ class HandbookStore(SqliteFile):
                 input_per_mtok=r[3],
                 output_per_mtok=r[4],
                 enabled=bool(r[5]),
+                cost_per_call_usd=r[6],
             )
             for r in rows
         ]
@@ -667,6 +668,7 @@ class HandbookStore(SqliteFile):
                 "input_per_mtok": agent.input_per_mtok,
                 "output_per_mtok": agent.output_per_mtok,
                 "enabled": int(agent.enabled),
+                "cost_per_call_usd": agent.cost_per_call_usd,
             },
             pk="id",
         )

@@ -356,6 +356,7 @@ def _loaded_agent(agent_id: str, conn: LlmAgentConnection | McpAgentConnection, 
     from skillorchestra.server.agent_config import LlmAgentConnection
 
     prices = (conn.input_per_mtok, conn.output_per_mtok) if isinstance(conn, LlmAgentConnection) else (None, None)
+    per_call = None if isinstance(conn, LlmAgentConnection) else conn.cost_per_call_usd
     return Agent(
         id=agent_id,
         description=conn.description or (old.description if old else ""),
@@ -363,6 +364,7 @@ def _loaded_agent(agent_id: str, conn: LlmAgentConnection | McpAgentConnection, 
         input_per_mtok=prices[0] if prices[0] is not None else (old.input_per_mtok if old else None),
         output_per_mtok=prices[1] if prices[1] is not None else (old.output_per_mtok if old else None),
         enabled=old.enabled if old else True,
+        cost_per_call_usd=per_call if per_call is not None else (old.cost_per_call_usd if old else None),
     )
 
 

@@ -400,8 +400,9 @@ class Delegator:
 
 
 def with_live_prices(connections: dict[str, AgentConnection], arrays: HandbookArrays) -> dict[str, AgentConnection]:
-    """The llm connections priced with the live handbook agent's input/output prices where it has both: those are
-    the prices routing charges (upsert_agent changes them; `agents load` sets them from the file)."""
+    """The connections priced as the live handbook agent is, where it has the prices: an llm connection's input and
+    output prices (both), an MCP tool's price per call. Those are the prices routing charges (upsert_agent changes
+    them; `agents load` sets them from the file)."""
     priced: dict[str, AgentConnection] = {}
     for agent_id, conn in connections.items():
         i = arrays.agent_index.get(agent_id)
@@ -409,6 +410,9 @@ def with_live_prices(connections: dict[str, AgentConnection], arrays: HandbookAr
             prices = float(arrays.input_price[i]), float(arrays.output_price[i])
             if not any(math.isnan(p) for p in prices) and prices != (conn.input_per_mtok, conn.output_per_mtok):
                 conn = conn.model_copy(update={"input_per_mtok": prices[0], "output_per_mtok": prices[1]})
+        elif i is not None and not math.isnan(per_call := float(arrays.call_price[i])):
+            if per_call != conn.cost_per_call_usd:
+                conn = conn.model_copy(update={"cost_per_call_usd": per_call})
         priced[agent_id] = conn
     return priced
 

@@ -273,3 +273,22 @@ def test_agents_load_prices_an_unpriced_model_from_litellms_table(
         assert routed.candidates[0].expected_cost_usd is not None and routed.candidates[0].expected_cost_usd > 0
     finally:
         store.close()
+
+
+def test_agents_load_gives_an_mcp_agents_price_per_call_to_the_handbook(tmp_path: Path) -> None:
+    from skillorchestra.handbook.store import HandbookStore
+    from skillorchestra.server.cli import main as cli_main
+
+    db = tmp_path / "h.db"
+    toml = write(
+        tmp_path,
+        '[agents.search]\nkind = "mcp"\ncommand = "search-server"\ntool = "search"\ncost_per_call_usd = 0.003\n',
+    )
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["agents", "load", str(toml), "--db", str(db)])
+    assert exited.value.code == 0
+    store = HandbookStore(db)
+    try:
+        assert [(a.id, a.cost_per_call_usd, a.input_per_mtok) for a in store.agents()] == [("search", 0.003, None)]
+    finally:
+        store.close()

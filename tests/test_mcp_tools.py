@@ -222,7 +222,13 @@ async def test_an_upsert_changes_only_the_fields_it_names(mcp_client: Client, db
         "input_per_mtok": 0.05,
         "output_per_mtok": 0.05,
         "enabled": False,
+        "cost_per_call_usd": None,
     }
+    priced = await call(mcp_client, "upsert_agent", {"agent_id": "tiny", "cost_per_call_usd": 0.002})
+    assert (priced["cost_per_call_usd"], priced["input_per_mtok"]) == (0.002, 0.05)
+    cleared = await call(mcp_client, "upsert_agent", {"agent_id": "tiny", "clear_prices": True})
+    assert (cleared["cost_per_call_usd"], cleared["input_per_mtok"], cleared["output_per_mtok"]) == (None,) * 3
+    await call(mcp_client, "upsert_agent", {"agent_id": "tiny", "input_per_mtok": 0.05, "output_per_mtok": 0.05})
     skill = await call(mcp_client, "upsert_skill", {"skill_id": "math.equations", "description": "equations"})
     assert (skill["parent_id"], skill["mode"], skill["indicators"]) == ("math", "answer", ["solve for x"])
     top = await call(mcp_client, "upsert_skill", {"skill_id": "math.equations", "parent_id": ""})

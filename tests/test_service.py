@@ -1106,3 +1106,25 @@ def test_consult_shows_the_skill_weights_route_step_uses(tmp_path: Path) -> None
     assert {s: w for s, w in card_weights.items() if w > 0} == pytest.approx(route_weights)
     assert [c.weight for c in consulted.skills[3:]] == [0.0] * (len(consulted.skills) - 3)
     assert {c.skill_id for c in book.consult(text, top_k=3).skills} == set(route_weights)
+
+
+def test_an_agent_billed_by_the_call_is_charged_its_price_per_call(tmp_path: Path) -> None:
+    """QA: an MCP tool agent's cost_per_call_usd was invisible to routing (charged c_ref), so a step with a $0.001
+    budget ran a $0.002 call. The handbook holds the price per call now; token prices add to it."""
+    store = HandbookStore(tmp_path / "tools.db")
+    agents = [
+        Agent(id="tool", cost_per_call_usd=0.002),
+        Agent(id="llm", input_per_mtok=1.0, output_per_mtok=2.0, cost_per_call_usd=0.0001),
+    ]
+    store.create_version(DOCUMENT.model_copy(update={"agents": agents, "competence": []}), source="test")
+    book = Handbook(store)
+    routed = book.route(request(text="x" * 400, lambda_=0.0))
+    costs = {c.agent_id: c.expected_cost_usd for c in routed.candidates}
+    assert costs["tool"] == pytest.approx(0.002)
+    assert costs["llm"] == pytest.approx((100 * 1.0 + 256 * 2.0) / 1e6 + 0.0001)  # 400 characters: 100 tokens
+    with pytest.raises(Unroutable, match="tool: expected cost \\$0.002 exceeds the session's remaining budget"):
+        book.route(request(session_id="s", budget_usd=0.001, allowed_agents=["tool"]))
+    assert {a.id: a.cost_per_call_usd for a in HandbookStore(tmp_path / "tools.db").document().agents} == {
+        "tool": 0.002,
+        "llm": 0.0001,
+    }

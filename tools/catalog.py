@@ -30,6 +30,9 @@ Lines = Annotated[
     Field(max_length=LIST_MAX),
 ]
 Price = Annotated[float | None, Field(ge=0.0, le=MAX_USD, allow_inf_nan=False, description="USD per million tokens")]
+CallPrice = Annotated[
+    float | None, Field(ge=0.0, le=MAX_USD, allow_inf_nan=False, description="USD per call (billed by the call)")
+]
 Limit = Annotated[int, Field(ge=1, le=PAGE_LIMIT_MAX)]
 Cursor = Annotated[str | None, Field(max_length=ID_MAX + 1)]  # 'k' and the last id served
 ModeFilter = OptionalId
@@ -62,23 +65,27 @@ def upsert_agent(
     enabled: bool | None = None,
     input_per_mtok: Price = None,
     output_per_mtok: Price = None,
+    cost_per_call_usd: CallPrice = None,
     clear_prices: bool = False,
 ) -> Agent:
     """Add an agent the router may choose, or change an existing one: only the fields you pass change, the others
-    keep their values (null = left out). Prices in USD per million tokens; `modes` [] = serves every mode.
-    clear_prices: forget both prices (a wrong price is worse than none: an agent of unknown cost is charged the
-    pool's reference cost until its calls are recorded)."""
+    keep their values (null = left out). Prices in USD per million tokens, or per call (a tool billed by the
+    call); `modes` [] = serves every mode. clear_prices: forget all prices (a wrong price is worse than none: an
+    agent of unknown cost is charged the pool's reference cost until its calls are recorded)."""
     changes = given(
         description=description,
         modes=modes,
         enabled=enabled,
         input_per_mtok=input_per_mtok,
         output_per_mtok=output_per_mtok,
+        cost_per_call_usd=cost_per_call_usd,
     )
     if clear_prices:
-        if input_per_mtok is not None or output_per_mtok is not None:
-            raise InvalidInput("clear_prices", True, "no input_per_mtok or output_per_mtok in the same call")
-        changes.update(input_per_mtok=None, output_per_mtok=None)
+        if input_per_mtok is not None or output_per_mtok is not None or cost_per_call_usd is not None:
+            raise InvalidInput(
+                "clear_prices", True, "no input_per_mtok, output_per_mtok or cost_per_call_usd in the same call"
+            )
+        changes.update(input_per_mtok=None, output_per_mtok=None, cost_per_call_usd=None)
     return app_state(ctx).handbook.edit_agent(agent_id, changes)
 
 
