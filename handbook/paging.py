@@ -17,8 +17,8 @@ from skillorchestra.handbook.sqlite_file import bindable
 
 PAGE_LIMIT_MAX = 200
 KEY_CURSOR = "k"
-# a page stops early past this much JSON: a tool result carries it twice (text and structured content), and the SSE
-# client refuses an event over 1 MiB (QA: 100 agents of 4,000-character descriptions closed the connection)
+# a page stops early past this many bytes of JSON: a tool result carries it twice (text and structured content),
+# and the SSE client refuses an event over 1 MiB (QA: 100 agents of 4,000-character descriptions closed it)
 PAGE_BYTES_MAX = 256 * 1024
 
 
@@ -64,7 +64,7 @@ def key_page(items: list[Any], limit: int) -> tuple[list[Any], str | None]:
     page: list[Any] = []
     size = 0
     for item in items[:limit]:
-        size += len(item.model_dump_json())
+        size += len(item.model_dump_json().encode())  # bytes: CJK text is 3 a character, an emoji 4
         if page and size > PAGE_BYTES_MAX:
             break
         page.append(item)

@@ -711,6 +711,15 @@ class HandbookStore(SqliteFile):
             self.db.execute("UPDATE decisions SET claimed_at = ? WHERE id = ?", [now, decision_id])
         return {**row, "claimed_at": now}
 
+    def withdraw_decision(self, decision_id: str, now: float) -> None:
+        """Close an uncalled, unreported decision that can no longer be carried out (its agent was disabled or
+        deleted since): it expires now, so it holds none of its session's budget (session_spend)."""
+        with self.write():
+            self.db.execute(
+                f"UPDATE decisions SET expires_at = MIN(expires_at, ?) WHERE id = ? AND {UNCALLED} AND {UNREPORTED}",
+                [now, decision_id],
+            )
+
     def release_claim(self, decision_id: str) -> None:
         """Give a claim back when carrying the decision out stopped before its agent was called or skipped."""
         with self.write():

@@ -103,15 +103,23 @@ def _check_db(path: Path | None) -> None:
                 return  # not a handbook: opening it refuses another program's file, and says so
             rows = conn.execute("SELECT id, source FROM versions WHERE source NOT IN ('init', 'eval') ORDER BY id")
             theirs = rows.fetchall()
+            # a handbook built by edits stays on the initial version: its events and loaded agents tell it apart
+            edits = conn.execute(
+                "SELECT COUNT(*) FROM events WHERE version NOT IN (SELECT id FROM versions WHERE source = 'eval')"
+            ).fetchone()[0]
+            has_connections = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'connections'").fetchone()
+            loaded = conn.execute("SELECT COUNT(*) FROM connections").fetchone()[0] if has_connections else 0
     except sqlite3.Error:
         return  # not a usable SQLite file: opening it says so
-    if theirs:
-        sources = ", ".join(sorted({source for _, source in theirs}))
+    if theirs or edits or loaded:
+        held = [f"{len(theirs)} versions from {', '.join(sorted({source for _, source in theirs}))}"] if theirs else []
+        held += [f"{edits} edits or outcomes"] if edits else []
+        held += [f"{loaded} loaded agents"] if loaded else []
         raise InvalidInput(
             "--db",
             str(path),
             f"a database of eval's own (a new file, or one an earlier eval wrote): this one holds a handbook "
-            f"({len(theirs)} versions from {sources}), which eval's online replay would replace; name another file",
+            f"({'; '.join(held)}), which eval's online replay would replace; name another file",
         )
 
 

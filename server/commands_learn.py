@@ -337,7 +337,8 @@ def live_trial_lines(trial: dict[str, Any] | None) -> list[str]:
     if not trial:
         return []
     return [
-        f"The live handbook's {trial['skills']} skills (version {trial['live_version']}), profiled on the same "
+        f"The live handbook's {trial['skills']} skills (version {trial['live_version']}; "
+        f"{trial.get('matched_skills', trial['skills'])} match these tasks), profiled on the same "
         f"training tasks and matched by {trial['matched_by']}: validation utility {trial['utility']:.4f} "
         f"(accuracy {trial['accuracy']:.3f}) against the selected one's {trial['learned_utility']:.4f}."
     ]

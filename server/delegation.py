@@ -56,6 +56,9 @@ Progress = Callable[[float, str], Awaitable[None]]
 PROGRESS_INTERVAL_S = 1.0
 
 
+TIME_SPENT = "delegate's time budget spent"
+
+
 class DelegationFailed(HandbookError):
     """Every agent tried failed for infrastructure reasons (each failure is recorded)."""
 
@@ -159,7 +162,7 @@ class Delegator:
         for position, agent_id in enumerate(order):
             remaining = deadline - time.monotonic()
             if position > 0 and remaining < MIN_TRY_S:  # the first try always runs (QA: 0.5 s called nobody)
-                tried.append(Attempt(agent_id=agent_id, error_class="timeout", message="delegate's time budget spent"))
+                tried.append(Attempt(agent_id=agent_id, error_class="timeout", message=TIME_SPENT))
                 break
             if not self.breaker.allow(agent_id):
                 tried.append(Attempt(agent_id=agent_id, error_class="connection", message="circuit breaker open"))
@@ -212,7 +215,8 @@ class Delegator:
             )
         summary = "; ".join(f"{t.agent_id}: {t.error_class} ({t.message})" for t in tried)
         untried = len(callable_order) - len(order)
-        if untried > 0 and len(tried) == len(order):  # QA: the cap stopped it without a word
+        out_of_time = any(t.message == TIME_SPENT for t in tried)
+        if untried > 0 and len(tried) == len(order) and not out_of_time:  # QA: the cap stopped it without a word
             summary += (
                 f"; {untried} more candidate(s) not tried: this server tries at most {self.max_fallbacks} fallbacks "
                 "a step (narrow allowed_agents, or delegate again)"
@@ -264,9 +268,11 @@ class Delegator:
             raise _not_callable(decision, connections)
         if not _routable(arrays, decision.agent_id):  # QA: delegate called an agent disabled since route_step
             gone = "deleted" if decision.agent_id not in arrays.agent_index else "disabled"
+            # it can never be carried out: closed now, or it held its session's budget until it expired
+            self.handbook.store.withdraw_decision(decision.decision_id, self.handbook.clock())
             raise Unroutable(
                 f"agent {decision.agent_id} was {gone} after route_step chose it for decision "
-                f"{decision.decision_id}: route the step again"
+                f"{decision.decision_id}: the decision is closed (it holds no budget); route the step again"
             )
         usable = [c for c in decision.candidates if _routable(arrays, c.agent_id)]  # fallbacks too
         decision = decision.model_copy(update={"candidates": usable})
@@ -373,17 +379,20 @@ class Delegator:
     def _cancelled(self, decision_id: str, agent_id: str, latency_s: float) -> None:
         """A call cut off by its request's cancellation: recorded as called, cost unknown (the agent may have charged
         for it), so the decision keeps its expected cost in the session's spend and is never called again; not the
-        agent's failure, so its breaker and competence stay as they were (QA: nothing recorded the call)."""
-        self.breaker.release(agent_id)
-        self.handbook.note_call(
-            decision_id,
-            cost_usd=None,
-            cost_source="unknown",
-            prompt_tokens=None,
-            completion_tokens=None,
-            latency_s=latency_s,
-            error_class="cancelled",
-        )
+        agent's failure, so its breaker (_call gave back a half-open trial) and competence stay as they were (QA:
+        nothing recorded the call). A failed write is logged: it must not replace the cancellation."""
+        try:
+            self.handbook.note_call(
+                decision_id,
+                cost_usd=None,
+                cost_source="unknown",
+                prompt_tokens=None,
+                completion_tokens=None,
+                latency_s=latency_s,
+                error_class="cancelled",
+            )
+        except Exception:
+            log.exception("could not record the cancelled call of agent %s on decision %s", agent_id, decision_id)
 
     def _uncalled(self, decision_id: str) -> None:
         """A routed agent that was not called (its breaker refused it between routing and calling): no cost,

@@ -250,6 +250,7 @@ def learn_into_store(
         summary += f" ({note})"
     comparable = int(result.metrics["comparable_validation_tasks"])  # on the learner's own validation split
     trial = None
+    trialled = (store.current_version(), store.change_stamp())  # the live state the trial compares against
     if comparable >= MIN_COMPARABLE_TASKS:  # fewer: validation can tell no two handbooks apart, and says so below
         if progress:
             progress(1.0, "comparing with the live handbook's skills on the validation tasks")
@@ -258,6 +259,11 @@ def learn_into_store(
     with store.write():  # the gate reads the live state this version would replace, and its number, at once
         back = agents_back_on_prior(document, metrics["agents"], store.competence())
         reasons = not_live_reasons(comparable, str(result.metrics["validated_on"]), back, store.counts(), trial)
+        if trial is not None and (store.current_version(), store.change_stamp()) != trialled:  # (review)
+            reasons.append(
+                "the live handbook changed while it was compared with the live skills (an edit, a promote or another "
+                "learning run), so the comparison no longer holds (learn again)"
+            )
         went_live = not reasons
         metrics["went_live"] = went_live
         metrics["agents_back_on_prior"] = back

@@ -148,6 +148,8 @@ async def _warm_first_call(module: ModuleType) -> None:
     """A process's first acompletion builds its HTTP client stack: 0.6-0.7 s here, against 15 ms after. A call to a
     closed loopback port does that work and is refused at once, so a first delegated step's time budget is the
     agent's (QA: timeout_s=1 failed the first call to a backend answering in 10 ms, and fed the breaker)."""
+    if _proxied(WARM_UP_BASE):  # the warm-up would go to the proxy (review): the first call pays its set-up then
+        return
     started = time.perf_counter()
     try:
         with anyio.fail_after(5):
@@ -281,6 +283,15 @@ def table_prices(model: str) -> tuple[float, float] | None:
         return None
     prices = (float(p_usd) * 1000, float(c_usd) * 1000)
     return prices if all(math.isfinite(p) and p >= 0 for p in prices) and any(p > 0 for p in prices) else None
+
+
+def _proxied(url: str) -> bool:
+    """Whether the environment sends requests for `url` through a proxy (HTTP_PROXY and friends, less NO_PROXY)."""
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    scheme, host = urlsplit(url).scheme, urlsplit(url).hostname or ""
+    return scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host)
 
 
 def _price(

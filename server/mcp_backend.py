@@ -159,10 +159,12 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
     secrets = secrets_to_mask(passed_secrets(conn.env_vars))  # once per call: env_vars and the environment's
     relay: StderrRelay | None = None
     start = time.perf_counter()
+    sent = False  # whether tools/call went out: before it, no tool ran and nothing can be billed
     try:
         with anyio.fail_after(timeout), holding_slot(limiter):
             relay = StderrRelay(conn.id, secrets) if conn.url is None else None
             async with Client(_target(conn, relay), read_timeout_seconds=timeout) as client:
+                sent = True
                 result = await client.call_tool(conn.tool, arguments)
                 missing = result.is_error and await _lacks_tool(client, conn.tool)
     except Exception as exc:
@@ -171,9 +173,9 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
         message = f"no answer within {timeout:g} s" if error_class == "timeout" else _describe(exc)
         message = scrub(message, secrets)
         log.warning("mcp agent %s failed (%s) after %.2fs: %s", conn.id, error_class, latency, message)
-        # Without a configured price nothing was spent, nor when the server was never reached (a connection
-        # failure: no tool ran); after a timeout or a server error a configured per-call price may or may not apply.
-        free = conn.cost_per_call_usd is None or error_class == "connection"
+        # Without a configured price nothing was spent, nor when the call never went out (the server could not be
+        # started or reached: no tool ran); once it went out, a configured per-call price may or may not apply.
+        free = conn.cost_per_call_usd is None or not sent
         return BackendResult(
             latency_s=latency,
             error_class=error_class,

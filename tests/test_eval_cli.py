@@ -434,6 +434,7 @@ def test_shares_title_fits_and_the_legend_sits_readable_under_the_axes(plt: Any)
 
 def test_eval_refuses_a_users_handbook_as_its_db(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """QA: `eval --db` on the user's handbook replaced its live version with eval's replay and filled its log."""
+    from skillorchestra.handbook.errors import InvalidInput
     from skillorchestra.handbook.models import HandbookDocument
     from skillorchestra.server.commands_eval import _check_db
     from skillorchestra.server.example import seed_example_if_new
@@ -451,6 +452,12 @@ def test_eval_refuses_a_users_handbook_as_its_db(tmp_path: Path, capsys: pytest.
     store = HandbookStore(users)
     assert (store.versions(), store.counts()) == before
     store.close()
+    edited = tmp_path / "edited.db"  # built by edits alone, it stays on the initial version (review)
+    store = HandbookStore(edited)
+    store.apply("upsert_agent", {"id": "mine"})
+    store.close()
+    with pytest.raises(InvalidInput, match="1 edits or outcomes"):
+        _check_db(edited)
     own = tmp_path / "eval.db"  # a new file, and one an earlier eval wrote, are eval's
     _check_db(own)
     store = HandbookStore(own)

@@ -258,6 +258,14 @@ def test_a_disabled_agent_with_evidence_does_not_hold_a_learned_version_back() -
 # -- the live handbook's skills as a candidate (handbook/learning/live_trial.py) ------------------------------
 
 
+def store_matched(db: Path) -> int:
+    store = HandbookStore(db)
+    try:
+        return int(store.versions()[-1]["metrics"]["live_trial"]["matched_skills"])
+    finally:
+        store.close()
+
+
 def test_a_learned_version_that_routes_worse_than_the_live_skills_is_stored_only(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -275,7 +283,8 @@ def test_a_learned_version_that_routes_worse_than_the_live_skills_is_stored_only
     data = write_data(tmp_path / "few", unlabelled_swap(seed=1, n=30))
     code, out, err = run(["learn", "--data", str(data), "--db", str(db), "--matcher", "lexical"], capsys)
     assert code == 0, err
-    assert f"did NOT make it live: the live handbook's {n_skills} skills route the 12 validation tasks better" in out
+    said = "did NOT make it live: the live handbook's skills ({} of its {} match these tasks) route the 12 validation"
+    assert said.format(store_matched(db), n_skills) in out
     assert f"skillorchestra handbook promote 3 --db {db}" in out
     store = HandbookStore(db)
     try:
@@ -387,6 +396,32 @@ def test_learn_prints_the_live_trial_beside_the_candidates(tmp_path: Path, capsy
     finally:
         store.close()
     line = next(x for x in out.splitlines() if x.startswith("The live handbook's"))
-    assert f"{trial['skills']} skills (version 2), profiled on the same training tasks and matched by lexical" in line
+    assert f"{trial['skills']} skills (version 2; {trial['matched_skills']} match these tasks), profiled on" in line
+    assert 0 < trial["matched_skills"] <= trial["skills"] and "matched by lexical" in line
     assert f"validation utility {trial['utility']:.4f}" in line and f"{trial['learned_utility']:.4f}." in line
     assert "it is live now." in out
+
+
+def test_a_live_handbook_changed_during_the_trial_keeps_the_learned_version_stored_only(tmp_path: Path) -> None:
+    """Review: the trial read the live skills before the gate's write transaction; an edit, promote or another learn
+    in between left the new version going live against a handbook it was never compared with."""
+    from learning_data import PRICES, unlabelled_swap
+
+    from skillorchestra.handbook.models import Skill
+    from skillorchestra.server.jobs import learn_into_store
+
+    store = HandbookStore(tmp_path / "h.db")
+    try:
+        seed_example_if_new(store)
+
+        def progress(fraction: float, message: str) -> None:
+            if message.startswith("comparing with the live handbook"):  # the trial is about to read the live skills
+                store.apply("upsert_skill", Skill(id="late.edit", mode="general").model_dump())
+
+        run_ = learn_into_store(
+            store, unlabelled_swap(seed=1, n=150), PRICES, data_label="x", price_source="file", progress=progress
+        )
+        assert run_.metrics["went_live"] is False and store.current_version() == 2
+        assert "the live handbook changed while it was compared with the live skills" in run_.metrics["not_live_reason"]
+    finally:
+        store.close()

@@ -337,3 +337,16 @@ async def test_a_reply_with_no_choices_is_a_server_error(fake_openai: FakeOpenAI
     r = await call_llm(conn(fake_openai, input_per_mtok=1.0, output_per_mtok=1.0), user("EMPTYCHOICES"), timeout_s=10)
     assert r.error_class == "server_error" and r.infrastructure_failure and r.error_type == "EmptyChoices"
     assert r.answer == "" and r.cost_usd is not None and r.cost_usd > 0  # the provider reported (and billed) a prompt
+
+
+def test_the_first_call_warm_up_is_skipped_behind_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review: with HTTP_PROXY set, the warm-up's refused call to 127.0.0.1:9 went to the proxy instead."""
+    from skillorchestra.server.llm_backend import WARM_UP_BASE, _proxied
+
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert not _proxied(WARM_UP_BASE)
+    monkeypatch.setenv("http_proxy", "http://proxy.example:3128")
+    assert _proxied(WARM_UP_BASE)
+    monkeypatch.setenv("no_proxy", "localhost,127.0.0.1")
+    assert not _proxied(WARM_UP_BASE)

@@ -488,3 +488,15 @@ async def test_long_listings_stay_under_the_sse_clients_event_cap(mcp_client: Cl
     assert listing[0]["description"].endswith("…")
     whole = json.loads((await mcp_client.read_resource("handbook://agents/verbose-000")).contents[0].text)  # type: ignore[union-attr]
     assert len(whole["description"]) == 3992
+
+
+def test_a_page_counts_bytes_not_characters() -> None:
+    """Review: CJK or emoji descriptions are 3-4 bytes a character, so a page capped by characters still passed
+    the SSE client's 1 MiB."""
+    from skillorchestra.handbook.models import Agent
+    from skillorchestra.handbook.paging import PAGE_BYTES_MAX, key_page
+
+    agents = [Agent(id=f"a{i:03d}", description="中" * 4000) for i in range(101)]
+    page, cursor = key_page(agents, 100)
+    assert cursor == "k" + page[-1].id and 0 < len(page) < 100
+    assert sum(len(a.model_dump_json().encode()) for a in page) <= PAGE_BYTES_MAX

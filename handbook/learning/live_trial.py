@@ -8,7 +8,8 @@ replayed on its validation tasks through the real router, at the same lambda and
 
 A learned version whose validation utility falls below the live skills' is not made live by itself (server/jobs.py).
 Ties go to the learned version: it was chosen on these tasks among its own candidates, and it knows every agent of
-the data.
+the data. Neither side is quite unbiased: the learned one is the best of its candidates on these tasks, and a live
+labeller learned earlier from the same data may have seen them; the trial guards against a clear loss, not a close one.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ TIE = 1e-12  # utilities closer than this are equal
 class LiveTrial:
     live_version: int | None
     skills: int  # the live handbook's skills
+    matched_skills: int  # of them, those some training or validation step demanded (with their ancestors)
     tasks: int  # validation tasks replayed (with at least one judged agent)
     matched_by: str  # the matcher that found most of the steps' skills ("lexical", "semantic", "learned (...)")
     accuracy: float
@@ -49,6 +51,7 @@ class LiveTrial:
         return {
             "live_version": self.live_version,
             "skills": self.skills,
+            "matched_skills": self.matched_skills,
             "tasks": self.tasks,
             "matched_by": self.matched_by,
             "accuracy": self.accuracy,
@@ -62,7 +65,8 @@ class LiveTrial:
     def reason(self) -> str:
         """Why the learned version stays stored only (for not_live_reason)."""
         return (
-            f"the live handbook's {self.skills} skills route the {self.tasks} validation tasks better: profiled on "
+            f"the live handbook's skills ({self.matched_skills} of its {self.skills} match these tasks) route the "
+            f"{self.tasks} validation tasks better: profiled on "
             f"the same training tasks they reach utility {self.utility:.4f} (accuracy {self.accuracy:.3f}, "
             f"avg cost ${self.avg_cost:.3g}) against the learned version's {self.learned_utility:.4f} at "
             f"lambda {self.lambda_:g}"
@@ -144,6 +148,7 @@ def live_trial(
     return LiveTrial(
         live_version=live_version,
         skills=len(skills),
+        matched_skills=len(demanded),
         tasks=len(result.task_ids),
         matched_by=labeller.sources.most_common(1)[0][0] if labeller.sources else "none",
         accuracy=result.accuracy,
