@@ -23,9 +23,11 @@ def is_pristine(store: HandbookStore) -> bool:
 def seed_example_if_new(store: HandbookStore) -> bool:
     """Seed the example into a new database; the check and the seed are one transaction, so servers started at
     once on a new file seed it once (QA: two or three example versions, one replacing the other)."""
+    if not is_pristine(store):  # every start but the first: no need to build the example (cold start)
+        return False
     document = example_document()
     with store.write():
-        if not is_pristine(store):
+        if not is_pristine(store):  # another server seeded it meanwhile
             return False
         store.create_version(document, source="import", summary="example handbook (shipped)")
     return True
