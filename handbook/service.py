@@ -648,33 +648,25 @@ class Handbook:
                 "a decision takes one outcome"
             )
         rows = _json(stored["result"])
+        repeat: dict[str, Any] = {
+            "decision_id": decision["id"],
+            "agent_id": decision["agent_id"],
+            "error_class": stored["error_class"],
+            "reward": stored["reward"],
+            "cost_usd": stored["cost_usd"],
+            "duplicate": True,
+        }
         # marked on decisions still open when their agent was deleted: the first report came after, logged only
         if decision.get("agent_deleted_at") is not None:  # and says so again (QA: the repeat said "applied")
-            return OutcomeResult(
-                decision_id=decision["id"],
-                agent_id=decision["agent_id"],
-                error_class=stored["error_class"],
-                reward=stored["reward"],
-                cost_usd=stored["cost_usd"],
-                updated=[],
-                duplicate=True,
-                applied=False,
-                note=_deleted_agent_note(decision["agent_id"], again=True),
-            )
+            note = _deleted_agent_note(decision["agent_id"], again=True)
+            return OutcomeResult(**repeat, updated=[], applied=False, note=note)
         with self._lock:  # the competence as routing uses it now (the first report's, unless more came since)
             competence = self._competence_now(decision["agent_id"], [u["skill_id"] for u in rows], derive=True)
-        return OutcomeResult(
-            decision_id=decision["id"],
-            agent_id=decision["agent_id"],
-            error_class=stored["error_class"],
-            reward=stored["reward"],
-            cost_usd=stored["cost_usd"],
-            updated=[
-                _update(row["skill_id"], row["alpha"], row["beta"], shrunk)
-                for row, shrunk in zip(rows, competence, strict=True)
-            ],
-            duplicate=True,
-        )
+        updated = [
+            _update(row["skill_id"], row["alpha"], row["beta"], shrunk)
+            for row, shrunk in zip(rows, competence, strict=True)
+        ]
+        return OutcomeResult(**repeat, updated=updated)
 
     # -- delegated calls ---------------------------------------------------------------------------------
 

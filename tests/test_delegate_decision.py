@@ -42,6 +42,13 @@ async def route(client: Client, text: str = STEP) -> dict[str, Any]:
     return await call(client, "route_step", {"text": text, "lambda_": 0, "session_id": "s", "budget_usd": 5.0})
 
 
+async def route_two(client: Client) -> tuple[dict[str, Any], str, str]:
+    """A routed decision and its first two candidates (the chosen agent, then its first fallback)."""
+    routed = await route(client)
+    first, second = (c["agent_id"] for c in routed["candidates"][:2])
+    return routed, first, second
+
+
 async def test_route_step_then_delegate_makes_one_decision_and_one_outcome(
     settings: ServerSettings, fake_openai: FakeOpenAI
 ) -> None:
@@ -66,8 +73,7 @@ async def test_a_failing_agent_falls_back_to_the_decisions_stored_candidates(
     settings: ServerSettings, fake_openai: FakeOpenAI
 ) -> None:
     async with Client(create_server(settings)) as client:
-        routed = await route(client)
-        first, second = (c["agent_id"] for c in routed["candidates"][:2])
+        routed, first, second = await route_two(client)
         fake_openai.behaviours[f"{first}-model"] = "FAIL500"
         result = await call(client, "delegate", {"text": STEP, "decision_id": routed["decision_id"]})
     assert [(t["agent_id"], t["error_class"]) for t in result["tried"]] == [(first, "server_error"), (second, None)]
@@ -289,8 +295,7 @@ async def test_an_agent_disabled_or_deleted_after_routing_is_not_called(
     """QA: delegate(decision_id) called an agent disabled (or deleted) since route_step chose it, and fell back to
     one too; both are refused now, and nothing is written or called."""
     async with Client(create_server(settings)) as client:
-        routed = await route(client)
-        chosen, other = (c["agent_id"] for c in routed["candidates"][:2])
+        routed, chosen, other = await route_two(client)
         if change == "disable":
             await call(client, "upsert_agent", {"agent_id": chosen, "enabled": False})
         else:
@@ -312,8 +317,7 @@ async def test_a_stored_decision_falls_back_only_to_agents_still_enabled(
     settings: ServerSettings, fake_openai: FakeOpenAI
 ) -> None:
     async with Client(create_server(settings)) as client:
-        routed = await route(client)
-        chosen, fallback = (c["agent_id"] for c in routed["candidates"][:2])
+        routed, chosen, fallback = await route_two(client)
         await call(client, "upsert_agent", {"agent_id": fallback, "enabled": False})
         fake_openai.behaviours[f"{chosen}-model"] = "FAIL500"
         failed = await refused(client, "delegate", {"text": STEP, "decision_id": routed["decision_id"]})
