@@ -273,16 +273,37 @@ def classify_exception(exc: BaseException, litellm: ModuleType | None = None) ->
 
 
 def table_prices(model: str) -> tuple[float, float] | None:
-    """USD per million input and output tokens of `model` in litellm's price table, or None when the table does not
-    know it: `agents load` gives these to an agent its file does not price, so routing and budgets count the cost
-    delegate will bill (priced per 1,000 tokens: the first tier of a model priced in tiers)."""
-    litellm = _import_litellm()
+    """USD per million input and output tokens of `model` in litellm's bundled price table (the one the server
+    reads: LITELLM_LOCAL_MODEL_COST_MAP), or None when it does not list the model, with or without its provider
+    prefix: `agents load` gives these to an agent its file does not price, so routing and budgets count the cost
+    delegate will bill. Read as JSON (30 ms): importing litellm for it took 4 s a load."""
+    table = _bundled_price_table()
+    names = [model, model.split("/", 1)[1]] if "/" in model else [model]
+    for name in names:
+        entry = table.get(name)
+        if not isinstance(entry, dict):
+            continue
+        prices = (entry.get("input_cost_per_token"), entry.get("output_cost_per_token"))
+        if all(isinstance(p, int | float) and math.isfinite(p) and p >= 0 for p in prices) and any(prices):
+            return float(prices[0]) * 1e6, float(prices[1]) * 1e6  # type: ignore[arg-type]
+    return None
+
+
+def _bundled_price_table() -> dict[str, Any]:
+    """litellm's model_prices_and_context_window_backup.json, found without importing litellm ({} if absent)."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or spec.origin is None:
+        return {}
+    path = os.path.join(os.path.dirname(spec.origin), "model_prices_and_context_window_backup.json")
     try:
-        p_usd, c_usd = litellm.cost_per_token(model=model, prompt_tokens=1000, completion_tokens=1000)
-    except Exception:  # ModelNotMappedError and friends
-        return None
-    prices = (float(p_usd) * 1000, float(c_usd) * 1000)
-    return prices if all(math.isfinite(p) and p >= 0 for p in prices) and any(p > 0 for p in prices) else None
+        with open(path, encoding="utf-8") as handle:
+            table = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return table if isinstance(table, dict) else {}
 
 
 def _proxied(url: str) -> bool:
