@@ -122,6 +122,15 @@ def live_demands(
     the rest are renormalised to sum to 1 (empty: nothing matched). The one rule of route_step and of the
     learner's trial of the live handbook (server/jobs.py)."""
     inferred, source = matcher.infer(text, mode, top_k)
+    return on_live(matcher, inferred, live), source
+
+
+def on_live(
+    matcher: Matcher, inferred: list[tuple[str, float]], live: Mapping[str, int] | Collection[str]
+) -> list[tuple[str, float]]:
+    """`inferred` (a matcher's weights) among the live skills, renormalised (see live_demands). Every matcher here
+    keeps its best matches in order and renormalises them, so the first k of a top-n answer, passed here, are its
+    top-k answer: consult_handbook infers once for its cards and route_step's weights."""
     nearest_live = getattr(matcher, "nearest_live", None)  # a learned labeller's matcher knows its tree
     known: dict[str, float] = {}
     for skill_id, weight in inferred:
@@ -129,4 +138,4 @@ def live_demands(
         if kept is not None:
             known[kept] = known.get(kept, 0.0) + weight
     total = sum(known.values())
-    return ([(s, w / total) for s, w in known.items()] if total > 0 else []), source
+    return [(s, w / total) for s, w in known.items()] if total > 0 else []

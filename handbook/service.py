@@ -32,7 +32,7 @@ from skillorchestra.handbook.errors import (
     first_problem,
     utc_text,
 )
-from skillorchestra.handbook.inference import live_demands
+from skillorchestra.handbook.inference import live_demands, on_live
 from skillorchestra.handbook.length import step_shift
 from skillorchestra.handbook.matcher import LexicalMatcher
 from skillorchestra.handbook.models import (
@@ -310,12 +310,11 @@ class Handbook:
         offset = decode_offset_cursor(cursor, query)
         arrays = self.arrays()
         self._check_mode(arrays, mode)
-        demands, source = self._inferred(arrays, text, mode, top_k)
-        # each card's weight is the one route_step would give its skill (QA: consult's five skills renormalised
-        # read apart from route_step's three): the skills beyond route_step's are shown at weight 0
-        routed = dict(self._inferred(arrays, text, mode, INFERRED_SKILLS)[0]) if top_k != INFERRED_SKILLS else None
-        if routed is not None:
-            demands = [(s, routed.get(s, 0.0)) for s, _ in demands]
+        # one inference for both: each card's weight is the one route_step would give its skill (QA: consult's five
+        # skills renormalised read apart from route_step's three), and the skills beyond route_step's show 0
+        inferred, source = self.matcher.infer(text, mode, max(top_k, INFERRED_SKILLS))
+        routed = dict(on_live(self.matcher, inferred[:INFERRED_SKILLS], arrays.skill_index))
+        demands = [(s, routed.get(s, 0.0)) for s, _ in on_live(self.matcher, inferred[:top_k], arrays.skill_index)]
         demands, granularity = self._coarsen(arrays, demands, orchestrator)
         cols, weights, labels = self._columns(arrays, demands, mode)
         tokens = np.repeat(costing.prompt_tokens([text]), len(cols))

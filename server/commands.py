@@ -232,7 +232,7 @@ def agents_load(args: argparse.Namespace) -> int:
     handbook = Handbook(store)
     existing = {a.id: a for a in store.agents()}
     agents = {agent_id: _loaded_agent(agent_id, conn, existing.get(agent_id)) for agent_id, conn in configs.items()}
-    agents, priced = _priced_from_table(agents, configs)  # before the transaction: litellm takes seconds to import
+    agents, priced = _priced_from_table(agents, configs)  # before the transaction: it reads a file
     with store.write():  # one transaction: agents and their connection settings change together or not at all
         added = _add_missing_modes(handbook, [m for conn in configs.values() for m in conn.modes])
         for agent in agents.values():
@@ -253,7 +253,7 @@ def _priced_from_table(
 ) -> tuple[dict[str, Agent], list[str]]:
     """LLM agents the file (and the handbook) leave unpriced, priced from litellm's table where it knows the model,
     and a note for each: routing and session budgets then count the cost delegate bills (it charged such an agent
-    $0, and parallel steps overspent a budget 900 times). litellm is imported only when some agent needs it."""
+    $0, and parallel steps overspent a budget 900 times). The table is litellm's bundled file, read as JSON."""
     from skillorchestra.server.agent_config import LlmAgentConnection
 
     unpriced = [

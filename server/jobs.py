@@ -254,7 +254,7 @@ def learn_into_store(
     if comparable >= MIN_COMPARABLE_TASKS:  # fewer: validation can tell no two handbooks apart, and says so below
         if progress:
             progress(1.0, "comparing with the live handbook's skills on the validation tasks")
-        trial = try_live_skills(store, result, prices, embedder)
+        trial = try_live_skills(store, result, prices, embedder, trialled[0])
     metrics["live_trial"] = None if trial is None else trial.as_dict()
     with store.write():  # the gate reads the live state this version would replace, and its number, at once
         back = agents_back_on_prior(document, metrics["agents"], store.competence())
@@ -309,11 +309,16 @@ def agents_back_on_prior(
 
 
 def try_live_skills(
-    store: HandbookStore, result: LearnResult, prices: Mapping[str, AgentPrice], embedder: Embedder | None
+    store: HandbookStore,
+    result: LearnResult,
+    prices: Mapping[str, AgentPrice],
+    embedder: Embedder | None,
+    version: int,
 ) -> LiveTrial | None:
     """The live handbook's skills as a candidate (learning/live_trial.py), matched to the steps as a server with
     the learner's matcher choice would match them: the live version's learned labeller when it has one, else the
-    semantic matcher on the learner's embedder (its vectors are cached by now), else the lexical one. None when
+    semantic matcher on the learner's embedder (its vectors are cached by now), else the lexical one; `version` is
+    the live version it stands for. None when
     the live handbook has no skills (the learned candidates include one without skills)."""
     from skillorchestra.handbook.inference import HandbookMatcher, live_demands
     from skillorchestra.handbook.learning.live_trial import live_trial
@@ -347,7 +352,7 @@ def try_live_skills(
         learned_utility=float(metrics["val"]["utility"]),
         kappa=float(metrics["kappa"]),
         seed=int(metrics["seed"]),
-        live_version=store.current_version() or None,
+        live_version=version or None,
     )
 
 

@@ -25,6 +25,7 @@ Why this shape:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import math
@@ -289,8 +290,10 @@ def table_prices(model: str) -> tuple[float, float] | None:
     return None
 
 
+@functools.cache
 def _bundled_price_table() -> dict[str, Any]:
-    """litellm's model_prices_and_context_window_backup.json, found without importing litellm ({} if absent)."""
+    """litellm's model_prices_and_context_window_backup.json, found without importing litellm ({} if absent);
+    read once a process (agents load looks up every unpriced agent)."""
     import importlib.util
     import json
 

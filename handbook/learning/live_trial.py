@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from skillorchestra.handbook.arrays import DEFAULT_KAPPA, document_arrays
@@ -48,19 +48,10 @@ class LiveTrial:
         return self.utility > self.learned_utility + TIE
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "live_version": self.live_version,
-            "skills": self.skills,
-            "matched_skills": self.matched_skills,
-            "tasks": self.tasks,
-            "matched_by": self.matched_by,
-            "accuracy": self.accuracy,
-            "avg_cost": self.avg_cost,
-            "utility": self.utility,
-            "learned_utility": self.learned_utility,
-            "lambda": self.lambda_,
-            "live_wins": self.live_wins,
-        }
+        """The version's metrics.live_trial: the fields (lambda_ as "lambda") and the verdict."""
+        fields = asdict(self)
+        fields["lambda"] = fields.pop("lambda_")
+        return {**fields, "live_wins": self.live_wins}
 
     def reason(self) -> str:
         """Why the learned version stays stored only (for not_live_reason)."""
