@@ -48,7 +48,7 @@ from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.agent_config import AgentConnection, LlmAgentConnection, parse_agent
 from skillorchestra.server.breaker import CircuitBreaker
 from skillorchestra.server.judge import find_judge, judge_answer
-from skillorchestra.server.llm_backend import QUEUE_FULL, BackendResult
+from skillorchestra.server.llm_backend import QUEUE_FULL, SLOT_WAIT, BackendResult, SlotWait
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,12 @@ class Delegator:
         # in one trip to a worker thread: on a busy 2-core host each trip can cost a scheduling slice
         if request.decision_id is None:
             prepared = await anyio.to_thread.run_sync(self._prepare_and_route, request)
-            return await self._carry_out(request, *prepared, progress)
+            try:
+                return await self._carry_out(request, *prepared, progress)
+            except BaseException:  # stopped before its agent was called (no-op after): the client never saw the
+                with anyio.CancelScope(shield=True):  # decision, so it would hold budget until it expired
+                    await anyio.to_thread.run_sync(self._withdraw, prepared[2].decision_id)
+                raise
         prepared = await anyio.to_thread.run_sync(self._prepare_decided, request)
         try:
             return await self._carry_out(request, *prepared, progress)
@@ -175,13 +180,19 @@ class Delegator:
                 else await anyio.to_thread.run_sync(self.handbook.fallback_decision, decision.decision_id, agent_id)
             )
             called = time.monotonic()
+            slot = SlotWait()
             try:
                 result = await self._call(
-                    connections[agent_id], route.text, messages, deadline, request, progress, start
+                    connections[agent_id], route.text, messages, deadline, request, progress, start, slot
                 )
-            except BaseException:  # the client cancelled the request (or the server stops) while the agent worked
+            except BaseException:  # the client cancelled the request (or the server stops)
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self._cancelled, decision_id, agent_id, time.monotonic() - called)
+                    if not slot.waiting:  # while the agent worked
+                        await anyio.to_thread.run_sync(
+                            self._cancelled, decision_id, agent_id, time.monotonic() - called
+                        )
+                    elif position > 0:  # before a fallback reached its agent: its decision is nobody's to report
+                        await anyio.to_thread.run_sync(self._withdraw, decision_id)
                 raise
             await self._settle_call(decision_id, agent_id, result)
             tried.append(
@@ -318,8 +329,10 @@ class Delegator:
         request: DelegateRequest,
         progress: Progress | None,
         start: float,
+        slot: SlotWait,
     ) -> BackendResult:
         timeout = max(min(deadline - time.monotonic(), conn.timeout_s), MIN_TRY_S)
+        reset = SLOT_WAIT.set(slot)
         try:
             if progress is None:
                 return await self.caller(conn, text, messages, timeout, request.max_tokens)
@@ -331,6 +344,8 @@ class Delegator:
         except anyio.get_cancelled_exc_class():
             self.breaker.release(conn.id)  # the client gave up: not the agent's failure
             raise
+        finally:
+            SLOT_WAIT.reset(reset)
 
     async def _settle_call(self, decision_id: str, agent_id: str, result: BackendResult) -> None:
         """Account one backend call (the agent's or the judge's): on the loop when that waits for nothing."""
@@ -393,6 +408,14 @@ class Delegator:
             )
         except Exception:
             log.exception("could not record the cancelled call of agent %s on decision %s", agent_id, decision_id)
+
+    def _withdraw(self, decision_id: str) -> None:
+        """Close a decision whose agent was never reached, so it holds no budget (a no-op once called or reported).
+        A failed write is logged: it must not replace the cancellation."""
+        try:
+            self.handbook.store.withdraw_decision(decision_id, self.handbook.clock())
+        except Exception:
+            log.exception("could not close decision %s after its delegation stopped", decision_id)
 
     def _uncalled(self, decision_id: str) -> None:
         """A routed agent that was not called (its breaker refused it between routing and calling): no cost,

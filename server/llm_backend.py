@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from types import ModuleType
 from typing import Any, Literal
 
@@ -519,11 +520,28 @@ _limiters: RunVar[dict[str, anyio.CapacityLimiter]] = RunVar("skillorchestra_age
 QUEUE_FULL = "LocalQueueFull"  # error_type of a call that never started: our own concurrency limit, not the agent
 
 
+class SlotWait:
+    """Whether a call is still waiting for its agent's concurrency slot: a call cancelled then never reached the
+    agent, so it cost nothing and its decision can be given back (server/delegation.py)."""
+
+    def __init__(self) -> None:
+        self.waiting = False
+
+
+# set by the caller around one call; a context variable, so the backends' signatures stay those of a plain call
+SLOT_WAIT: ContextVar[SlotWait | None] = ContextVar("skillorchestra_slot_wait", default=None)
+
+
 async def acquire_slot(agent_id: str, concurrency: int, timeout: float) -> anyio.CapacityLimiter | None:
     """One of the agent's concurrency slots, or None when none frees up within `timeout`."""
     limiter = agent_limiter(agent_id, concurrency)
+    wait = SLOT_WAIT.get()
+    if wait is not None:
+        wait.waiting = True
     with anyio.move_on_after(timeout):
         await limiter.acquire()
+        if wait is not None:
+            wait.waiting = False
         return limiter
     return None
 

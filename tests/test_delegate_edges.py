@@ -202,3 +202,35 @@ async def test_a_call_the_client_gave_up_on_is_recorded_as_called_with_unknown_c
         assert outcomes == 0  # neither a failure of the agent nor a success
         spend = await call(client, "route_step", {"text": "another", "session_id": "s", "budget_usd": 1.0})
         assert spend["session_spend_usd"] == pytest.approx(rows[0][4], rel=1e-3)  # its expected cost stays held
+
+
+async def test_a_delegation_cancelled_while_waiting_for_a_slot_holds_no_budget(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """A delegate cancelled while its agent's one concurrency slot was busy never reached the agent: its decision
+    is closed at once (the client never saw its id, so nobody could report it) rather than holding the session's
+    budget until it expired, and nothing is recorded as a call."""
+    from skillorchestra.server.llm_backend import ensure_litellm
+
+    await ensure_litellm()
+    settings = loaded(tmp_path, priced_pair(fake_openai.api_base).replace("modes", "concurrency = 1\nmodes", 1))
+    handbook = Handbook(HandbookStore(settings.db_path))
+    delegator = Delegator(handbook)
+
+    def step(text: str, session_id: str) -> DelegateRequest:
+        route = RouteRequest(text=text, session_id=session_id, budget_usd=1.0)
+        return DelegateRequest(route=route, agent_id="strong", timeout_s=10)
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(delegator.delegate, step("SLOW:1.5 hold the slot", "first"))
+            await anyio.sleep(0.3)
+            with anyio.move_on_after(0.4):  # the second waits for the slot, then its client gives up
+                await delegator.delegate(step("queued", "second"))
+                pytest.fail("the slot was free")
+        rows = dict(handbook.store.db.execute("SELECT session_id, call_latency_s FROM decisions").fetchall())
+        assert rows["first"] is not None and rows["second"] is None  # the waiting one was never called
+        assert handbook.store.session_spend("second") == 0.0  # its share of the budget was given back at once
+        assert handbook.store.session_spend("first") > 0.0
+    finally:
+        handbook.store.close()
