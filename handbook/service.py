@@ -152,6 +152,8 @@ class Handbook:
         # the next read, so a burst of records derives the posteriors once instead of once per record
         self._pending: Patch | None = None
         self._pending_key: tuple[int, int] | None = None
+        # the file's data_version at the last arrays() read: whether another process committed since
+        self._read_data_version: int | None = None
 
     # -- the cached arrays -------------------------------------------------------------------------------
 
@@ -163,7 +165,7 @@ class Handbook:
             self._pending = None
             if self._arrays is None or not self._numbers_unchanged(self._arrays_key, key):
                 self._arrays = self._derive()
-            self._arrays_key = key
+            self._arrays_key, self._read_data_version = key, key[0]
             return self._arrays
 
     def _numbers_unchanged(self, since: tuple[int, int] | None, now: tuple[int, int]) -> bool:
@@ -192,15 +194,19 @@ class Handbook:
 
     def _competence_now(self, agent_id: str, skill_ids: list[str], derive: bool = False) -> list[float | None]:
         """The competence routing will use for these cells, outcomes queued in the patch included (the patch
-        computes the agent's row alone). When the arrays are not current (another process wrote since): None,
-        unless `derive` (a repeated report: rare); deriving at every record made every record of two servers
-        sharing a file re-derive the whole handbook."""
+        computes the agent's row alone). When the arrays are not current: derived again after this process's own
+        edits (the next read would derive them anyway; QA: an unrelated upsert_mode made it null), else (another
+        process wrote since) None unless `derive` (a repeated report: rare): deriving at every record made every
+        record of two servers sharing a file re-derive the whole handbook."""
         current = (self.store.data_version(), self.store.generation)
         if self._pending is not None and self._numbers_unchanged(self._pending_key, current):
             return self._pending.competence(agent_id, skill_ids)
         if self._pending is None and self._arrays is not None and self._numbers_unchanged(self._arrays_key, current):
             return self._arrays.competence(agent_id, skill_ids)
-        return self.arrays().competence(agent_id, skill_ids) if derive else [None] * len(skill_ids)
+        own_edits_only = self._read_data_version == current[0]
+        if derive or own_edits_only:
+            return self.arrays().competence(agent_id, skill_ids)
+        return [None] * len(skill_ids)
 
     def _patch_arrays(self, effect: OutcomeEffect) -> None:
         """Apply a recorded outcome to the cached arrays' evidence in place of rereading the whole handbook.

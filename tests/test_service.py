@@ -836,6 +836,21 @@ def test_a_report_returns_the_competence_routing_now_uses(tmp_path: Path, clock:
     other.store.close()
 
 
+def test_a_report_after_this_process_edited_the_handbook_still_returns_the_competence(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """QA: an edit of this server between route_step and record_outcome (even an unrelated mode) made the report's
+    competence null, which the README keeps for another process's write: the arrays are derived again instead."""
+    book = make_book(tmp_path / "own.db", clock)
+    book.arrays()
+    decision = book.route(request(skills=[SkillDemand(skill_id="code.sql", weight=1.0)], allowed_agents=["cheap"]))
+    book.edit_agent("mid", {"input_per_mtok": 9.0})  # an edit that changes numbers: the cached arrays are stale
+    result = book.record(OutcomeReport(decision_id=decision.decision_id, success=True))
+    fresh = _rebuilt(book)
+    cell = fresh._cell("cheap", "code.sql")
+    assert cell is not None and result.updated[0].competence == pytest.approx(fresh.mean[cell], rel=1e-12, abs=0)
+
+
 def test_edits_of_texts_beside_reads_of_the_arrays_never_deadlock(tmp_path: Path, clock: Clock) -> None:
     """An edit runs holding the store's lock; a read holds the handbook's lock and then takes the store's. The
     edit of texts alone once took the handbook's lock inside its transaction: one upsert_skill beside one
