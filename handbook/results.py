@@ -75,7 +75,10 @@ class ConsultResult(BaseModel):
 
 class Candidate(BaseModel):
     agent_id: str
-    utility: Figure
+    utility: Figure = Field(
+        description="quality - lambda * cost / c_ref, which ranks the candidates; with thompson, quality is this "
+        "call's posterior draw instead of the mean"
+    )
     quality: Figure = Field(description="sum_s w_s * posterior mean competence, plus length_shift (kept in [0, 1])")
     ci90: tuple[Figure, Figure]
     n: Figure

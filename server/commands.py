@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from skillorchestra.handbook.store import BOOKKEEPING_METRICS, HandbookStore
 from skillorchestra.server.settings import ServerSettings, default_db_path
 
 if TYPE_CHECKING:
+    from skillorchestra.handbook.arrays import HandbookArrays
     from skillorchestra.handbook.service import Handbook
     from skillorchestra.server.agent_config import LlmAgentConnection, McpAgentConnection
 
@@ -129,8 +131,11 @@ def handbook_export(args: argparse.Namespace) -> int:
 
 
 def handbook_show(args: argparse.Namespace) -> int:
+    from skillorchestra.handbook.arrays import document_arrays  # numpy: only the commands that score load it
+
     store = existing_store(args)
     document = store.document()
+    arrays = document_arrays(document)  # the numbers routing uses (QA: show printed prices alone)
     lines = [f"handbook {_db(args)}: version {document.version}, schema {store.schema_version()}"]
     counts = store.counts()
     lines.append(", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -139,18 +144,44 @@ def handbook_show(args: argparse.Namespace) -> int:
         for skill in document.skills:
             if skill.mode == mode.id:
                 indent = "    " if skill.parent_id else "  "
-                lines.append(f"{indent}{skill.id}: {skill.description}")
-    slopes = document.length_effect.slopes if document.length_effect is not None else {}
-    for agent in document.agents:
-        prices = [agent.input_per_mtok, agent.output_per_mtok]
-        known = any(p is not None for p in prices)  # a free local model's $0 is a price; no price is "unknown"
-        price = (
-            "$" + "/$".join("?" if p is None else f"{p:g}" for p in prices) + " per Mtok" if known else "price unknown"
-        )
-        slope = f" length slope {slopes[agent.id]:+.3f} per ln(characters)" if agent.id in slopes else ""
-        lines.append(f"agent {agent.id} {'' if agent.enabled else '(disabled) '}{price}{slope}")
+                lines.append(f"{indent}{skill.id}: {skill.description}{_best_on(arrays, skill.id)}")
+    for i, agent in enumerate(document.agents):
+        lines.append(_agent_line(arrays, i, agent))
     print("\n".join(one_line(line) for line in lines))  # a file's texts may hold escapes: inert on a terminal
     return 0
+
+
+def _best_on(arrays: HandbookArrays, skill_id: str) -> str:
+    """The enabled agent routing rates highest on a skill, with the evidence behind it (none: nothing shown)."""
+    import numpy as np
+
+    col = arrays.column_of_skill(skill_id)
+    seen = arrays.enabled & (arrays.evidence[:, col] > 0)
+    if not seen.any():
+        return ""
+    best = int(np.argmax(np.where(seen, arrays.mean[:, col], -np.inf)))
+    return f" (best: {arrays.agent_ids[best]} {arrays.mean[best, col]:.2f}, n {arrays.evidence[best, col]:g})"
+
+
+def _agent_line(arrays: HandbookArrays, i: int, agent: Agent) -> str:
+    """Prices as set (a free local model's $0 is a price; none is "unknown"), then what routing has measured."""
+    import numpy as np
+
+    prices = [agent.input_per_mtok, agent.output_per_mtok]
+    parts = []
+    if any(p is not None for p in prices):
+        parts.append("$" + "/$".join("?" if p is None else f"{p:g}" for p in prices) + " per Mtok")
+    if agent.cost_per_call_usd is not None:  # QA: an MCP tool priced per call read "price unknown"
+        parts.append(f"${agent.cost_per_call_usd:g} per call")
+    price = " + ".join(parts) or "price unknown"
+    root = arrays.root_column
+    measured = f"; competence {arrays.mean[i, root]:.2f} overall (n {arrays.evidence[i, root]:g})"
+    if not math.isnan(arrays.agent_cost[i]):
+        cost = np.format_float_positional(arrays.agent_cost[i], precision=3, fractional=False)  # no e-05
+        measured += f", ${cost} per call recorded"
+    slopes = arrays.length_slope
+    slope = f", length slope {slopes[i]:+.3f} per ln(characters)" if slopes[i] != 0.0 else ""
+    return f"agent {agent.id} {'' if agent.enabled else '(disabled) '}{price}{measured}{slope}"
 
 
 def handbook_rebuild(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from skillorchestra.handbook.models import Agent, HandbookDocument, Mode
+from skillorchestra.handbook.models import Agent, Competence, CostStats, HandbookDocument, Mode, Skill
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.cli import main
 
@@ -139,6 +139,31 @@ def test_handbook_show_prints_an_unknown_price_as_unknown(tmp_path: Path, capsys
     code, out, _ = run(["handbook", "show", "--db", str(tmp_path / "h.db")], capsys)
     assert code == 0 and "agent half $2/$? per Mtok" in out and "None" not in out
     assert "agent free $0/$0 per Mtok" in out and "agent unpriced price unknown" in out  # a $0 price looked unknown
+
+
+def test_handbook_show_prints_per_call_prices_and_what_routing_measured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """QA: an MCP tool priced per call read "price unknown", and no competence or evidence was shown."""
+    store = HandbookStore(tmp_path / "h.db")
+    document = HandbookDocument(
+        modes=[Mode(id="answer")],
+        skills=[Skill(id="sql", mode="answer", description="writes SQL")],
+        agents=[Agent(id="search", cost_per_call_usd=0.01), Agent(id="coder", input_per_mtok=1.0, output_per_mtok=2.0)],
+        competence=[Competence(agent_id="coder", skill_id="sql", alpha=4.0, beta=1.0)],
+        cost=[CostStats(agent_id="coder", skill_id="sql", n=3, mean_cost_usd=0.00004)],
+    )
+    store.create_version(document, source="import")
+    store.close()
+    code, out, _ = run(["handbook", "show", "--db", str(tmp_path / "h.db")], capsys)
+    lines = out.splitlines()
+    assert code == 0 and "  sql: writes SQL (best: coder 0." in out and ", n 3)" in out
+    search = next(line for line in lines if line.startswith("agent search"))
+    assert search.startswith("agent search $0.01 per call; competence 0.") and "(n 0)" in search
+    coder = next(line for line in lines if line.startswith("agent coder"))
+    assert coder.startswith("agent coder $1/$2 per Mtok; competence 0.") and coder.endswith(
+        "(n 3), $0.00004 per call recorded"
+    )
 
 
 def test_global_options_go_before_the_command_as_well(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

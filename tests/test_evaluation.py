@@ -260,6 +260,14 @@ def test_strong_gain_is_the_lambda_sweep_in_the_limit_at_constant_call_costs() -
         assert np.array_equal(scored.choose(lam, 2.0) == 1, gain > lam * 0.5)
 
 
+def test_the_eval_scorer_breaks_ties_as_the_router_does() -> None:
+    """Equal utilities go to the cheaper agent, then to the earlier one."""
+    quality = np.array([[0.5, 0.5, 0.4], [0.5, 0.5, 0.5], [0.2, 0.3, 0.3]])
+    cost = np.array([[0.9, 0.1, 0.0], [0.2, 0.2, 0.2], [0.0, 0.5, 0.4]])
+    scored = Scored(quality=quality, cost=cost, known=np.ones(3, dtype=bool))
+    assert scored.choose(0.0, 1.0).tolist() == [1, 0, 2]
+
+
 # -- policies ------------------------------------------------------------------------------------------------
 
 

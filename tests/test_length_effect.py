@@ -238,7 +238,9 @@ def test_handbook_show_prints_each_agents_slope(learned, tmp_path: Path, capsys:
         main(["handbook", "show", "--db", str(tmp_path / "h.db")])
     out = capsys.readouterr().out
     slope = learned.document.length_effect.slopes["small"]
-    assert exited.value.code in (0, None) and f"agent small $0.1/$0.1 per Mtok length slope {slope:+.3f}" in out
+    small = next(line for line in out.splitlines() if line.startswith("agent small "))
+    assert exited.value.code in (0, None) and small.startswith("agent small $0.1/$0.1 per Mtok; competence ")
+    assert small.endswith(f", length slope {slope:+.3f} per ln(characters)")
 
 
 def test_learn_says_whether_it_kept_a_length_effect_and_the_handbook_routes_with_it(

@@ -403,12 +403,13 @@ async def test_resources_and_prompt(mcp_client: Client) -> None:
 
 async def test_budget_and_max_cost_exclude_agents(mcp_client: Client) -> None:
     await two_agent_handbook(mcp_client)
-    first = await call(mcp_client, "route_step", {"text": "solve for x", "session_id": "s1", "lambda_": 0})
+    step = {"text": "solve for x", "session_id": "s1", "allowed_agents": ["tiny"]}
+    first = await call(mcp_client, "route_step", step)
     await call(mcp_client, "record_outcome", {"decision_id": first["decision_id"], "success": True, "cost_usd": 0.5})
-    decision = await call(
+    decision = await call(  # $0.0003 left: the other agent's $0.00023 fits, tiny's recorded $0.5 does not
         mcp_client,
         "route_step",
-        {"text": "solve for x: 2x = 4", "session_id": "s1", "budget_usd": 0.5001, "max_cost_usd": 1.0},
+        {"text": "solve for x: 2x = 4", "session_id": "s1", "budget_usd": 0.5003, "max_cost_usd": 1.0},
     )
     assert decision["session_spend_usd"] == pytest.approx(0.5)
     excluded = {e["agent_id"]: e["reason"] for e in decision["excluded"]}

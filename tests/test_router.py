@@ -169,3 +169,16 @@ def test_thompson_propensity_of_the_chosen_agent_is_never_zero() -> None:
     scores = route(data, 0.0, "thompson", np.random.default_rng(1314))  # a seed where the weaker agent wins
     assert scores.chosen == 1
     assert scores.propensity > 0.0
+
+
+def test_equal_utilities_go_to_the_cheaper_agent() -> None:
+    """QA: at lambda 0 a fresh pool (equal posteriors) sent every step to the alphabetically first agent, 600x
+    dearer than another of the same expected quality; a tie now goes to the cheaper one, in the ranking too."""
+    fresh = inputs([[1.0]] * 3, [[1.0]] * 3, [1.0], cost=[0.6, 0.001, 0.6], c_ref=0.6)
+    scores = route(fresh, 0.0, "mean", None)
+    assert scores.chosen == 1 and list(scores.ranking) == [1, 0, 2]
+    without_cheap = inputs(
+        [[1.0]] * 3, [[1.0]] * 3, [1.0], cost=[0.6, 0.001, 0.6], c_ref=0.6, eligible=[True, False, True]
+    )
+    only_dear = route(without_cheap, 0.0, "mean", None)
+    assert only_dear.chosen == 0 and list(only_dear.ranking) == [0, 2]  # equal costs: the earlier agent

@@ -69,10 +69,15 @@ class Scored:
         return np.where(self.known, utility, -np.inf)
 
     def choose(self, lambda_: float, c_ref: float, judged: np.ndarray | None = None) -> np.ndarray:
-        """argmax utility (among `judged` agents, when given); ties go to the earlier agent (sorted ids), as
-        np.argmax does in the router."""
+        """argmax utility (among `judged` agents, when given); as in the router, ties go to the cheaper agent,
+        then to the earlier one (sorted ids)."""
         utility = self.utilities(lambda_, c_ref)
-        return np.argmax(utility if judged is None else np.where(judged, utility, -np.inf), axis=1)
+        if judged is not None:
+            utility = np.where(judged, utility, -np.inf)
+        tied = utility == utility.max(axis=1, keepdims=True)
+        cheapest = np.argmin(np.where(tied, np.nan_to_num(self.cost, nan=np.inf), np.inf), axis=1)
+        first = np.argmax(tied, axis=1)  # where every tied cost is unknown (inf), as np.argmax chose before
+        return np.where(tied[np.arange(len(tied)), cheapest], cheapest, first)
 
 
 class HandbookScorer:
