@@ -179,6 +179,21 @@ class CostStats(_Model):
     # so a new step's length is compared like with like (handbook/costing.py); 0 = unknown
     mean_step_tokens: float = Field(default=0.0, ge=0.0)
     n_step_tokens: float = Field(default=0.0, ge=0.0)  # the weighted calls behind mean_step_tokens
+    # the weighted calls that reported each figure: a call that did not leaves its mean alone (QA: a call without
+    # a latency, then one of 10 s, read 5 s). A document written before these counts existed gets n.
+    n_prompt_tokens: float = Field(default=None, ge=0.0, validate_default=False)  # type: ignore[assignment]
+    n_completion_tokens: float = Field(default=None, ge=0.0, validate_default=False)  # type: ignore[assignment]
+    n_latency_s: float = Field(default=None, ge=0.0, validate_default=False)  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _counts_of_older_documents(self) -> CostStats:
+        for name in MEASURED_COUNTS:
+            if getattr(self, name) is None:
+                setattr(self, name, self.n)
+        return self
+
+
+MEASURED_COUNTS = ("n_prompt_tokens", "n_completion_tokens", "n_latency_s")
 
 
 class SkillDemand(_Model):

@@ -278,6 +278,15 @@ def m013_agent_call_price(db: Database) -> None:
     db["agents"].add_column("cost_per_call_usd", float)
 
 
+@migrations()
+def m014_measured_counts(db: Database) -> None:
+    """The calls behind each mean of cost_stats that only some calls report (tokens, latency): a call that did not
+    report one counted as 0 in it. Older rows keep their means, counted as n calls, as they were computed."""
+    for column in ("n_prompt_tokens", "n_completion_tokens", "n_latency_s"):
+        db["cost_stats"].add_column(column, float, not_null_default=0.0)
+        db.execute(f"UPDATE cost_stats SET {column} = n")
+
+
 def pack_snapshot(document_json: str) -> bytes:
     """A version's snapshot as stored: its JSON, zlib-compressed. Level 1 costs about what writing the JSON does
     (77 ms at 50 x 200, for 4.2x); level 6 gains 4.7x for twice that."""

@@ -75,6 +75,9 @@ class CostRow(NamedTuple):
     mean_latency_s: float
     mean_step_tokens: float
     n_step_tokens: float
+    n_prompt_tokens: float
+    n_completion_tokens: float
+    n_latency_s: float
 
 
 T = TypeVar("T")
@@ -565,61 +568,33 @@ class HandbookStore(SqliteFile):
     def _update_costs(
         self, agent_id: str, demands: list[tuple[str, float]], payload: dict[str, Any], infrastructure: bool
     ) -> list[CostStats]:
-        """Weighted running cost statistics; a failed call's latency says nothing about the agent's speed."""
-        columns = (
-            "n, mean_cost_usd, m2_cost, mean_prompt_tokens, mean_completion_tokens, mean_latency_s, mean_step_tokens,"
-            " n_step_tokens"
-        )
+        """Weighted running cost statistics; a failed call's latency says nothing about the agent's speed, and a
+        figure the call did not report leaves its mean alone."""
+        names = [f for f in CostRow._fields if f not in ("agent_id", "skill_id")]
+        columns = ", ".join(names)
         current = self._rows_for("cost_stats", columns, agent_id, [s for s, _ in demands])
+        latency = None if infrastructure else payload.get("latency_s")
         updated = []
         for skill_id, weight in demands:
-            n, mean, m2, prompt, completion, latency, step_mean, step_n = current.get(skill_id, (0.0,) * 8)
-            new_n, mean, m2 = weighted_mean_update(n, mean, m2, weight, payload["cost_usd"])
-            share = weight / new_n
-
-            def step(value: float, observed: float | None, share: float = share) -> float:
-                return value if observed is None else value + (observed - value) * share
-
-            observed_step = payload.get("step_tokens")  # outcomes logged before m004 carry none: no change
-            if observed_step is not None:
-                step_n = step_n + weight
-                step_mean = step_mean + (observed_step - step_mean) * weight / step_n
-            updated.append(
-                CostStats(
-                    agent_id=agent_id,
-                    skill_id=skill_id,
-                    n=new_n,
-                    mean_cost_usd=mean,
-                    m2_cost=m2,
-                    mean_prompt_tokens=step(prompt, payload.get("prompt_tokens")),
-                    mean_completion_tokens=step(completion, payload.get("completion_tokens")),
-                    mean_latency_s=latency if infrastructure else step(latency, payload.get("latency_s")),
-                    mean_step_tokens=step_mean,
-                    n_step_tokens=step_n,
-                )
+            row = dict(zip(names, current.get(skill_id, (0.0,) * len(names)), strict=True))
+            row["n"], row["mean_cost_usd"], row["m2_cost"] = weighted_mean_update(
+                row["n"], row["mean_cost_usd"], row["m2_cost"], weight, payload["cost_usd"]
             )
+            for mean, count, observed in (  # (outcomes logged before m004 carry no step tokens)
+                ("mean_prompt_tokens", "n_prompt_tokens", payload.get("prompt_tokens")),
+                ("mean_completion_tokens", "n_completion_tokens", payload.get("completion_tokens")),
+                ("mean_latency_s", "n_latency_s", latency),
+                ("mean_step_tokens", "n_step_tokens", payload.get("step_tokens")),
+            ):
+                if observed is not None:
+                    row[count] += weight
+                    row[mean] += (observed - row[mean]) * weight / row[count]
+            updated.append(CostStats(agent_id=agent_id, skill_id=skill_id, **row))
         self.db.conn.executemany(
-            f"INSERT INTO cost_stats (agent_id, skill_id, {columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (agent_id, skill_id) DO UPDATE SET n = excluded.n,"
-            " mean_cost_usd = excluded.mean_cost_usd, m2_cost = excluded.m2_cost,"
-            " mean_prompt_tokens = excluded.mean_prompt_tokens,"
-            " mean_completion_tokens = excluded.mean_completion_tokens, mean_latency_s = excluded.mean_latency_s,"
-            " mean_step_tokens = excluded.mean_step_tokens, n_step_tokens = excluded.n_step_tokens",
-            [
-                (
-                    c.agent_id,
-                    c.skill_id,
-                    c.n,
-                    c.mean_cost_usd,
-                    c.m2_cost,
-                    c.mean_prompt_tokens,
-                    c.mean_completion_tokens,
-                    c.mean_latency_s,
-                    c.mean_step_tokens,
-                    c.n_step_tokens,
-                )
-                for c in updated
-            ],
+            f"INSERT INTO cost_stats (agent_id, skill_id, {columns}) VALUES ({', '.join('?' * (len(names) + 2))})"
+            " ON CONFLICT (agent_id, skill_id) DO UPDATE SET "
+            + ", ".join(f"{name} = excluded.{name}" for name in names),
+            [(c.agent_id, c.skill_id, *(getattr(c, name) for name in names)) for c in updated],
         )
         return updated
 

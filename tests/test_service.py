@@ -537,6 +537,26 @@ def test_infrastructure_errors_record_cost_but_never_touch_competence(book: Hand
     assert book.store.session_spend("s") == pytest.approx(0.01)
 
 
+def test_a_figure_a_call_did_not_report_is_not_a_zero_in_its_mean(book: Handbook) -> None:
+    """QA: a call that reported no latency nor tokens, then one of 10 s and 100 prompt tokens, read 5 s and 50
+    tokens; a billed timeout's latency (left out) still halved the next success's."""
+    skills = [SkillDemand(skill_id="code.python", weight=1.0)]
+    reports = [
+        {"success": True, "cost_usd": 0.001},
+        {"success": True, "cost_usd": 0.001, "latency_s": 10.0, "prompt_tokens": 100},
+        {"error_class": "timeout", "cost_usd": 0.001, "latency_s": 30.0},
+        {"success": True, "cost_usd": 0.001, "latency_s": 4.0, "prompt_tokens": 200},
+    ]
+    for report in reports:
+        decision = book.route(request(skills=skills, allowed_agents=["mid"]))
+        book.record(OutcomeReport(decision_id=decision.decision_id, **report))
+    (stats,) = [c for c in book.store.costs() if (c.agent_id, c.skill_id) == ("mid", "code.python")]
+    assert (stats.n, stats.n_latency_s, stats.n_prompt_tokens, stats.n_completion_tokens) == (4.0, 2.0, 2.0, 0.0)
+    assert stats.mean_latency_s == pytest.approx(7.0) and stats.mean_prompt_tokens == pytest.approx(150.0)
+    assert stats.mean_completion_tokens == 0.0  # none reported: its count says so
+    assert book.store.rebuild() == book.store.document()  # the event log replays to the same figures
+
+
 def test_duplicate_report_returns_the_first_result_and_changes_nothing(book: Handbook, clock: Clock) -> None:
     decision = book.route(request(allowed_agents=["mid"]))
     report = OutcomeReport(decision_id=decision.decision_id, reward=0.75, cost_usd=0.01, prompt_tokens=10)

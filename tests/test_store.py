@@ -21,6 +21,7 @@ from sqlite_utils import Database
 from skillorchestra.handbook.errors import HandbookError, InvalidInput, NotFound
 from skillorchestra.handbook.matcher import LexicalMatcher
 from skillorchestra.handbook.models import (
+    MEASURED_COUNTS,
     Agent,
     Competence,
     CostStats,
@@ -563,8 +564,12 @@ def test_an_old_schema_file_migrates_and_keeps_its_data(tmp_path: Path) -> None:
     schema = dict(migrated.db.conn.execute("SELECT name, sql FROM sqlite_master"))
     assert "idx_outcomes_session_id" not in schema and "AUTOINCREMENT" not in schema["events"]
     assert schema["competence"].endswith("WITHOUT ROWID") and schema["cost_stats"].endswith("WITHOUT ROWID")
-    assert migrated.document() == live
-    assert migrated.rebuild() == live and migrated.document() == live  # the event log replays as before
+    # m014's counts of the calls that reported tokens and latency: every call, as older releases counted them
+    counted_as_before = [c.model_copy(update=dict.fromkeys(MEASURED_COUNTS, c.n)) for c in live.cost]
+    migrated_state = live.model_copy(update={"cost": counted_as_before})
+    assert migrated.document() == migrated_state
+    # the event log replays as before, and to the counts: rebuild recovers them
+    assert migrated.rebuild() == migrated_state and migrated.document() == live
     assert LexicalMatcher(migrated).match("sql queries", None, 3)[0][0] == "code.sql"
     book = Handbook(migrated)
     busy_history(book, random.Random(9), 10)  # and it keeps recording: new events after the old ones

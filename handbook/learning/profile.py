@@ -125,13 +125,10 @@ def profile(
     safe_n = np.maximum(n, 1e-300)
     mean = (w.T @ c) / safe_n
     m2 = np.maximum(w.T @ (c * c) - n * mean * mean, 0.0)
-    prompt = (w.T @ np.where(known, np.nan_to_num(outcomes.prompt_tokens), 0.0)) / safe_n
-    completion = (w.T @ np.where(known, np.nan_to_num(outcomes.completion_tokens), 0.0)) / safe_n
-    has_steps = known & ~np.isnan(outcomes.step_tokens)
-    step_n = w.T @ has_steps
-    steps = (w.T @ np.where(has_steps, outcomes.step_tokens, 0.0)) / np.maximum(step_n, 1e-300)
-    has_latency = known & ~np.isnan(outcomes.latency)
-    latency = (w.T @ np.where(has_latency, outcomes.latency, 0.0)) / np.maximum(w.T @ has_latency, 1e-300)
+    (prompt, prompt_n), (completion, completion_n), (steps, step_n), (latency, latency_n) = (
+        _measured_mean(w, known, figure)
+        for figure in (outcomes.prompt_tokens, outcomes.completion_tokens, outcomes.step_tokens, outcomes.latency)
+    )
 
     competence: list[Competence] = []
     cost: list[CostStats] = []
@@ -154,6 +151,17 @@ def profile(
                         mean_latency_s=float(latency[k, j]),
                         mean_step_tokens=float(steps[k, j]),
                         n_step_tokens=float(step_n[k, j]),
+                        n_prompt_tokens=float(prompt_n[k, j]),
+                        n_completion_tokens=float(completion_n[k, j]),
+                        n_latency_s=float(latency_n[k, j]),
                     )
                 )
     return competence, cost
+
+
+def _measured_mean(w: np.ndarray, known: np.ndarray, figure: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(skills, agents) weighted mean of a figure over the calls that reported it (NaN: not reported), and the
+    weighted count of those calls: a call without the figure is not a 0 in its mean."""
+    has = known & ~np.isnan(figure)
+    count = w.T @ has
+    return (w.T @ np.where(has, figure, 0.0)) / np.maximum(count, 1e-300), count
