@@ -6,12 +6,13 @@ turned into it once.
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, TextIO, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from skillorchestra.handbook.atomic_file import atomic_writer
@@ -21,6 +22,32 @@ from skillorchestra.handbook.models import ID_MAX, INFRASTRUCTURE_ERRORS, MAX_US
 SUCCESS_THRESHOLD = 0.5
 ModelT = TypeVar("ModelT", bound=BaseModel)
 DEFAULT_COMPLETION_TOKENS = 256
+
+
+def refuse_misspelt(data: Any, fields: Iterable[str], known: Iterable[str] = ()) -> Any:
+    """A before-validator for the formats that keep unknown keys: a key that is not `known` but looks like one of
+    `fields` (or of its first word: "inptu" for input_per_mtok) is refused, naming both, since keeping it meant
+    that "scroe" silently read as no score and "cost_usdd" as an estimated cost (QA)."""
+    if not isinstance(data, dict):
+        return data
+    fields = list(fields)
+    words = {field.split("_")[0]: field for field in fields if "_" in field}
+    for key in data:
+        if not isinstance(key, str) or key in fields or key in known:
+            continue
+        close = difflib.get_close_matches(key, fields, n=1, cutoff=0.8)
+        close = close or [words[w] for w in difflib.get_close_matches(key, list(words), n=1, cutoff=0.8)]
+        if close:
+            raise PydanticCustomError(
+                "misspelt_field",
+                "{expected}, not {key} (misspelt? an unknown key would be ignored)",
+                {"expected": repr(close[0]), "key": repr(key)},
+            )
+    return data
+
+
+# what explore and the server's log write beside an outcome's fields
+WRITTEN_BESIDE = frozenset({"error_class", "error", "cost_source", "step_tokens"})
 
 
 class AgentOutcome(BaseModel):
@@ -36,6 +63,11 @@ class AgentOutcome(BaseModel):
     completion_tokens: int | None = Field(default=None, ge=0)
     latency_s: float | None = Field(default=None, ge=0.0)
     output: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_misspelt_keys(cls, data: Any) -> Any:
+        return refuse_misspelt(data, cls.model_fields, known=WRITTEN_BESIDE)
 
     @field_validator("prompt_tokens", "completion_tokens", mode="before")
     @classmethod
@@ -54,6 +86,11 @@ class TraceTask(BaseModel):
     task: str | None = None
     mode: str | None = None
     outcomes: dict[str, AgentOutcome]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_misspelt_keys(cls, data: Any) -> Any:
+        return refuse_misspelt(data, ("id", "query", "outcomes"))  # "model" beside "mode" is someone's own key
 
     @field_validator("outcomes")
     @classmethod
@@ -75,11 +112,16 @@ class TraceTask(BaseModel):
 class AgentPrice(BaseModel):
     """Prices per million tokens from `agents.json`."""
 
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)  # "1" is not a price
 
     input_per_mtok: float = Field(ge=0.0, le=MAX_USD)
     output_per_mtok: float = Field(ge=0.0, le=MAX_USD)
     description: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_misspelt_keys(cls, data: Any) -> Any:
+        return refuse_misspelt(data, cls.model_fields)
 
 
 def infrastructure_failure(outcome: AgentOutcome) -> bool:
@@ -178,5 +220,5 @@ def read_prices(path: str | Path) -> dict[str, AgentPrice]:
             prices[agent_id] = AgentPrice.model_validate(entry)
         except ValidationError as exc:
             where, _, expected = first_problem(exc)
-            raise InvalidInput(str(path), f"{agent_id}.{where}", expected) from None
+            raise InvalidInput(str(path), f"{agent_id}.{where}" if where else agent_id, expected) from None
     return prices

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from skillorchestra.handbook.errors import InvalidInput, not_utf8
 from skillorchestra.handbook.models import ID_MAX, TEXT_MAX
-from skillorchestra.handbook.traces import unique_ids, validated_lines
+from skillorchestra.handbook.traces import refuse_misspelt, unique_ids, validated_lines
 from skillorchestra.server.agent_config import AgentConnection
 from skillorchestra.server.llm_backend import INFRASTRUCTURE_ERRORS, BackendResult
 
@@ -51,6 +51,11 @@ class ExploreTask(BaseModel):
     grader: Grader | None = None
     task: str | None = None
     mode: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_misspelt_keys(cls, data: Any) -> Any:
+        return refuse_misspelt(data, ("id", "query", "reference", "grader"))  # QA: "refrence" graded nothing
 
     @field_validator("reference", mode="before")
     @classmethod

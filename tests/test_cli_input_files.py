@@ -44,6 +44,19 @@ def _unjudged(path: Path) -> Path:
     return path
 
 
+def _misspelt(path: Path) -> Path:
+    """QA: "scroe" dropped the agent from the scoring and "cost_usdd" became an estimate, silently (exit 0)."""
+    _good_tasks(path)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"id": "t9", "query": "q", "outcomes": {"a": {"cost_usd": 0.01, "scroe": 1.0}}}) + "\n")
+    return path
+
+
+def _misspelt_price(path: Path) -> Path:
+    path.write_text(json.dumps({"a": {"input_per_mtok": 0.1, "output_per_mtok": 0.1, "inptu": 1}, "b": {}}))
+    return path
+
+
 def _broken(path: Path, content: bytes) -> Path:
     path.write_bytes(content)
     return path
@@ -92,6 +105,17 @@ CASES = {
         + ["--agents", str(_good_prices(d / "p.json"))],
         "test.jsonl:7='t1'",
         "expected each task id once (first on line 2)",
+    ),
+    "eval --test, a misspelt outcome key": lambda d: (
+        ["eval", "--train", str(_good_tasks(d / "train.jsonl")), "--test", str(_misspelt(d / "test.jsonl"))]
+        + ["--agents", str(_good_prices(d / "p.json"))],
+        "test.jsonl:7='outcomes.a'",
+        "expected 'score', not 'scroe' (misspelt? an unknown key would be ignored)",
+    ),
+    "learn --agents, a misspelt price key": lambda d: (
+        ["learn", "--data", str(_good_tasks(d / "train.jsonl")), "--agents", str(_misspelt_price(d / "p.json"))],
+        "p.json='a'",
+        "expected 'input_per_mtok', not 'inptu'",
     ),
     "agents load, not UTF-8": lambda d: (
         ["agents", "load", str(_broken(d / "agents.toml", LATIN1))],

@@ -151,6 +151,9 @@ def test_explore_bad_input_exits_2_with_one_line(
     assert run_cli(["explore", "--tasks", str(bad), "--pool", pool, "--out", out]) == 2
     err = capsys.readouterr().err.strip()
     assert "bad.jsonl:2" in err and "each task id once" in err and len(err.splitlines()) == 1
+    typo = tasks_file(tmp_path, [{"id": "a", "query": "1+2", "refrence": "3"}], "typo.jsonl")  # QA: paid, graded none
+    assert run_cli(["explore", "--tasks", str(typo), "--pool", pool, "--out", out]) == 2
+    assert "typo.jsonl:1" in (err := capsys.readouterr().err) and "expected 'reference', not 'refrence'" in err
     db = tmp_path / "empty.db"
     assert run_cli(["explore", "--tasks", tasks, "--out", out, "--db", str(db)]) == 2
     assert "--pool" in capsys.readouterr().err
