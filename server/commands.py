@@ -82,7 +82,7 @@ def read_document(path: Path) -> HandbookDocument:
     except UnicodeDecodeError:
         raise not_utf8(path) from None
     try:
-        document = HandbookDocument.model_validate_json(text)
+        document = HandbookDocument.model_validate_json(text, strict=True)  # "8" is not a count (QA)
     except ValidationError as exc:
         where, value, expected = first_problem(exc)
         raise InvalidInput(f"{path.name}:{where or 'document'}", "" if value is None else value, expected) from None
@@ -93,6 +93,11 @@ def read_document(path: Path) -> HandbookDocument:
         raise InvalidInput(
             f"{path.name}:{missing[0]}", "(missing)", f"the keys of an exported handbook ({', '.join(DOCUMENT_KEYS)})"
         )
+    for i, row in enumerate(document.competence):  # the model's prior (1, 1) would stand in for a missing count
+        lacking = [key for key in ("alpha", "beta") if key not in row.model_fields_set]
+        if lacking:
+            where = f"{path.name}:competence.{i}.{lacking[0]}"  # worded as first_problem words a path
+            raise InvalidInput(where, "(missing)", "a number > 0 (a row needs both alpha and beta)")
     return document
 
 

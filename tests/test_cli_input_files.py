@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -181,6 +182,34 @@ def test_an_import_lacking_a_documents_keys_is_refused_naming_the_first(
     with pytest.raises(SystemExit):
         main(["handbook", "show", "--db", str(db)])
     assert "skills 20, agents 9" in capsys.readouterr().out  # the live handbook is the example still
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda row: row.pop("beta"), "competence.3.beta='(missing)': expected a number > 0 (a row needs both"),
+        (lambda row: row.update(alpha="8"), "competence.3.alpha='8': expected a valid number"),
+    ],
+)
+def test_an_imported_competence_row_needs_both_counts_as_numbers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: Any, says: str
+) -> None:
+    """QA: a row without beta imported as beta 1 (the prior), and "8" as 8: the agent read 0.91 where 0.8 was meant."""
+    db, exported = tmp_path / "h.db", tmp_path / "e.json"
+    with pytest.raises(SystemExit):
+        main(["handbook", "import", "--example", "--db", str(db)])
+    with pytest.raises(SystemExit):
+        main(["handbook", "export", str(exported), "--db", str(db)])
+    document = json.loads(exported.read_text())
+    change(document["competence"][3])
+    exported.write_text(json.dumps(document))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["handbook", "import", str(exported), "--db", str(db)])
+    assert exited.value.code == 2 and says in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["handbook", "versions", "--db", str(db)])
+    assert "version 3" not in capsys.readouterr().out  # nothing was imported
 
 
 @pytest.mark.parametrize(
