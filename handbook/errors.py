@@ -78,11 +78,11 @@ class NotFound(HandbookError):
         """`hint` replaces the closest known ids where those say nothing (numbers: name the range instead)."""
         self.kind, self.value = kind, value
         if hint is None and known is not None:
-            hint = _known_hint(value, list(known))
+            hint = known_hint(value, list(known))
         super().__init__(f"unknown {kind} {value!r}" + (f"; {hint}" if hint else ""))
 
 
-def _known_hint(value: str, known: list[str], listed: int = 10) -> str:
+def known_hint(value: str, known: list[str], listed: int = 10) -> str:
     """The closest known ids; with none close, all of them when few (a model guessing "math" for a mode should
     read the modes there are), else how many there are."""
     close = difflib.get_close_matches(value, known, n=3, cutoff=0.4)

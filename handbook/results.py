@@ -47,7 +47,9 @@ class AgentSkillStat(BaseModel):
     agent_id: str
     skill_id: str
     mean: Figure
-    ci90: tuple[Figure, Figure]
+    ci90: tuple[Figure, Figure] = Field(
+        description="approximate 90% interval: mean -+ 1.645 posterior standard deviations, clipped to [0, 1]"
+    )
     n: Figure = Field(description="observations behind the estimate (fractional: weighted by skill demand)")
     expected_cost_usd: Figure | None = Field(
         description="expected cost of a call with this text on this skill; null when the agent's cost is unknown"
@@ -80,7 +82,9 @@ class Candidate(BaseModel):
         "call's posterior draw instead of the mean"
     )
     quality: Figure = Field(description="sum_s w_s * posterior mean competence, plus length_shift (kept in [0, 1])")
-    ci90: tuple[Figure, Figure]
+    ci90: tuple[Figure, Figure] = Field(
+        description="approximate 90% interval: mean -+ 1.645 posterior standard deviations, clipped to [0, 1]"
+    )
     n: Figure
     expected_cost_usd: Figure | None = Field(description="null when unknown (then charged c_ref)")
     contributions: dict[str, Figure] = Field(description="skill_id -> w_s * theta(agent, s)")

@@ -520,8 +520,12 @@ class Handbook:
         def reason_against(i: int, agent_id: str) -> str | None:
             if agent_id in unusable:
                 return unusable[agent_id]
-            if allowed is not None and agent_id not in allowed:
-                return "not in allowed_agents"
+            if allowed is not None and agent_id not in allowed:  # QA: delegate(agent_id=X) never sent allowed_agents
+                return (
+                    f"not the agent_id named ({request.named_agent})"
+                    if request.named_agent
+                    else "not in allowed_agents"
+                )
             if agent_id in unavailable:
                 return unavailable[agent_id]
             capped = request.max_cost_usd is not None or remaining is not None

@@ -31,7 +31,22 @@ class UsageError(Exception):
     """A bad command line: printed as one line, exit status 2."""
 
 
+class _DescribedCommands(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Subcommands whose own --help starts with what they do: their one-line help (QA: it went straight to the
+    options)."""
+
+    def add_parser(self, name: str, **kwargs: object) -> argparse.ArgumentParser:
+        text = kwargs.get("help")
+        if isinstance(text, str) and "description" not in kwargs:
+            kwargs["description"] = text[:1].upper() + text[1:] + "."
+        return super().add_parser(name, **kwargs)  # type: ignore[arg-type]
+
+
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.register("action", "parsers", _DescribedCommands)
+
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
 
@@ -45,7 +60,9 @@ def _version() -> str:
 def _common(parser: argparse.ArgumentParser, *, db: bool) -> None:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     # SUPPRESS: a subcommand's default must not overwrite a value given before it on the command line
-    parser.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS, help="log level (stderr)")
+    parser.add_argument(
+        "--log-level", type=str.upper, choices=LOG_LEVELS, default=argparse.SUPPRESS, help="log level (stderr)"
+    )
     if db:
         parser.add_argument(
             "--db",
@@ -64,8 +81,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default="stdio",
         help="stdio, sse, or http (streamable HTTP; 'streamable-http' is accepted too)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="bind address for sse/http (loopback by default)")
-    parser.add_argument("--port", type=int, default=8765, help="port for sse/http")
+    # None: not given (a stdio server refuses them), the settings' defaults 127.0.0.1 and 8765 otherwise
+    parser.add_argument("--host", default=None, help="bind address for sse/http (loopback by default)")
+    parser.add_argument("--port", type=int, default=None, help="port for sse/http (default 8765)")
     parser.add_argument(
         "--allowed-host",
         action="append",

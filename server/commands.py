@@ -55,6 +55,12 @@ def existing_store(args: argparse.Namespace) -> HandbookStore:
 def serve(args: argparse.Namespace) -> int:
     from skillorchestra.server.app import serve as serve_async
 
+    if args.transport == "stdio":  # QA: `serve --port 8765` served stdio, with no word of it
+        given = [(flag, value) for flag, value in (("--host", args.host), ("--port", args.port)) if value is not None]
+        given += [("--allowed-host", host) for host in args.allowed_hosts]
+        if given:
+            flag, value = given[0]
+            raise InvalidInput(flag, value, "--transport http or sse with it (a stdio server listens on no port)")
     try:
         settings = ServerSettings.from_env(
             db_path=_db(args),

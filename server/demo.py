@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 
+from skillorchestra.handbook.arrays import ROOT_SKILL
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.models import HandbookDocument
 from skillorchestra.handbook.store import HandbookStore
@@ -215,7 +216,8 @@ async def tour(db: Path, steps: list[Step], prices: dict[str, AgentPrice], stron
             if updated:
                 top = max(updated, key=lambda u: (weights.get(u["skill_id"], 0.0), u["skill_id"]))
                 n_seen = top["alpha"] + top["beta"] - 2
-                learned = f"; recorded: {agent} on {top['skill_id']} now {top['mean']:.2f} (n {n_seen:.0f})"
+                on = "its overall record" if top["skill_id"] == ROOT_SKILL else top["skill_id"]  # QA: showed "*"
+                learned = f"; recorded: {agent} on {on} now {top['mean']:.2f} (n {n_seen:.0f})"
             print(f"   result:  {verdict}, {usd(cost)}{learned}")
             print(f"            (always-{strongest}: {strong_verdict}, {usd(strong_cost)})")
             ours.add(agent, score, cost)

@@ -38,8 +38,9 @@ HEALTH_PATH = "/healthz"
 MCP_PATH = "/mcp"
 SSE_PATH = "/sse"
 SSE_MESSAGE_PATH = "/messages/"
-LOOPBACK_ALLOWED_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*")
-LOOPBACK_ALLOWED_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
+# with and without a port: a client of a server on port 80 sends none (QA: `Host: 127.0.0.1` got 421)
+LOOPBACK_ALLOWED_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]")
+LOOPBACK_ALLOWED_ORIGINS = tuple(f"http://{host}" for host in LOOPBACK_ALLOWED_HOSTS)
 WILDCARD_BINDS = ("0.0.0.0", "::", "")
 MIN_TOKEN_CHARS = 16  # a non-loopback bind's token: long enough that guessing it over the network is hopeless
 

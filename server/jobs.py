@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import threading
 import time
 import uuid
@@ -273,7 +274,8 @@ def learn_into_store(
         def stored_summary(number: int) -> str:
             if went_live:
                 return summary
-            promote = f"to use it: skillorchestra handbook promote {number}"
+            # the file named: run elsewhere, the bare command promoted in the default handbook (QA)
+            promote = f"to use it: skillorchestra handbook promote {number} --db {shlex.quote(str(store.path))}"
             return f"{summary}{NOT_LIVE_MARK} {metrics['not_live_reason']}; {promote})"
 
         version = store.create_version(

@@ -243,3 +243,26 @@ def test_a_db_whose_folder_is_a_file_names_db_and_the_path(tmp_path: Path, capsy
     assert code == 2 and out == "" and len(err.splitlines()) == 1
     assert err.startswith("error: db=") and err.endswith(f"({tmp_path / 'f'} is not a directory)\n")
     assert (tmp_path / "f").read_text(encoding="utf-8") == "not a folder"
+
+
+@pytest.mark.parametrize("flags", [["--port", "8765"], ["--host", "0.0.0.0"], ["--allowed-host", "example.com"]])
+def test_a_network_flag_without_a_network_transport_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
+    """QA: `serve --port 8765` served stdio, silently: no HTTP server and no word why."""
+    code, out, err = run(["serve", *flags, "--db", str(tmp_path / "h.db")], capsys)
+    shown = flags[1] if flags[0] == "--port" else repr(flags[1])
+    assert code == 2 and out == "" and f"{flags[0]}={shown}: expected --transport http or sse with it" in err
+    assert not (tmp_path / "h.db").exists()
+
+
+def test_subcommands_say_what_they_do_and_log_levels_take_any_case(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """QA: a subcommand's own --help went straight to its options; `--log-level debug` was refused."""
+    code, out, _ = run(["eval", "--help"], capsys)
+    assert code == 0 and "\nCompare routing policies on recorded outcomes.\n" in out
+    code, out, _ = run(["handbook", "prune", "--help"], capsys)
+    assert code == 0 and "\nFold old events into a new snapshot" in out
+    db = tmp_path / "h.db"
+    assert run(["handbook", "import", "--example", "--db", str(db), "--log-level", "debug"], capsys)[0] == 0

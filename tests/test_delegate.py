@@ -90,6 +90,8 @@ async def test_cost_recorded_equals_usage_times_price(configured: ServerSettings
     async with Client(create_server(configured)) as client:
         result = await call(client, "delegate", {"text": "name a prime number", "agent_id": "cheap", "session_id": "s"})
         assert result["answer"] == "answer[cheap-model]: name a prime number"
+        # QA: the others read "not in allowed_agents", an argument the caller never sent
+        assert set(result["routing"]["excluded"]) == {"not the agent_id named (cheap)"}
         expected = (result["prompt_tokens"] * 0.2 + result["completion_tokens"] * 0.4) / 1e6
         assert result["cost_usd"] == pytest.approx(expected) and result["cost_source"] == "agent_prices"
         # recorded at once: the session's spend already counts it, before any outcome report

@@ -372,7 +372,10 @@ async def test_in_process_app_allowed_host_and_token(tmp_path: Path) -> None:
                 ("mcp.internal:8765", 200),
                 ("MCP.Internal:8765", 200),  # host names are case-insensitive; some proxies keep the client's case
                 ("127.0.0.1:8765", 200),
+                ("127.0.0.1", 200),  # QA: no port (a server on port 80) got 421
+                ("localhost", 200),
                 ("other.example:8765", 421),
+                ("other.example", 421),
             ):
                 response = await http.post("http://x/mcp", json=INITIALIZE, headers={**MCP_HEADERS, "Host": host})
                 assert response.status_code == status, (host, response.text)

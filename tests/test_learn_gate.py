@@ -123,7 +123,8 @@ async def test_learn_handbook_says_why_its_version_did_not_go_live(tmp_path: Pat
         assert metrics["went_live"] is False
         assert metrics["agents_back_on_prior"] == others_with_evidence()
         assert "back on the prior" in metrics["not_live_reason"]
-        assert "not live" in status["message"] and "skillorchestra handbook promote 3" in status["message"]
+        # the file named: the bare command would promote in the default handbook (QA)
+        assert "not live" in status["message"] and f"skillorchestra handbook promote 3 --db {db}" in status["message"]
         routed = await call(client, "route_step", {"text": "Solve for x: 2x + 7 = 13."})
         assert routed["handbook_version"] == 2  # the example still serves
 

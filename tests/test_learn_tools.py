@@ -132,7 +132,8 @@ async def test_tool_annotations_and_errors(tmp_path: Path) -> None:
         assert "val_fraction" in await error_text(client, "learn_handbook", {"val_fraction": 1.0})
         assert "lambda_" in await error_text(client, "learn_handbook", {"lambda_": -1})
         assert "source" in await error_text(client, "learn_handbook", {"source": "/etc/passwd"})
-        assert "job_id" in await error_text(client, "learn_status", {"job_id": "learn-nope"})
+        unknown = await error_text(client, "learn_status", {"job_id": "learn-nope"})
+        assert "job_id" in unknown and "jobs live in the server process that started them" in unknown  # QA
     store = HandbookStore(tmp_path / "handbook.db")
     try:
         assert [v["source"] for v in store.versions()] == ["init"]  # rejected calls wrote nothing

@@ -14,7 +14,7 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from pydantic import BaseModel, Field
 
-from skillorchestra.handbook.errors import InvalidInput, NotFound
+from skillorchestra.handbook.errors import InvalidInput, NotFound, known_hint
 from skillorchestra.handbook.models import MAX_LAMBDA, MAX_SEED
 from skillorchestra.server.jobs import Job, JobRegistry, MatcherChoice
 from skillorchestra.tools.common import READ_ONLY, AppState, OptionalId, app_state, reports_failures, writes
@@ -129,6 +129,13 @@ def learn_status(job_id: JobId, ctx: Context) -> LearnJobStatus:
     """Progress of a learn_handbook job: running (with progress 0..1), done (with the version), or failed."""
     registry = _jobs(app_state(ctx))
     job = registry.get(job_id)
-    if job is None:
-        raise NotFound("job_id", job_id, registry.ids())
+    if job is None:  # QA: a job of another server, or of this one before a restart, read as never started
+        known = known_hint(job_id, registry.ids())
+        raise NotFound("job_id", job_id, hint=f"{known}; {JOBS_ARE_PER_PROCESS}")
     return _status(job)
+
+
+JOBS_ARE_PER_PROCESS = (
+    "jobs live in the server process that started them: one started by another server on this file, or by this one "
+    "before it restarted, is not known here (a finished one is a version in `skillorchestra handbook versions`)"
+)

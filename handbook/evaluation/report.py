@@ -95,8 +95,9 @@ def summary(result: dict[str, Any]) -> str:
         )
     episodes = result.get("episodes", {})
     if episodes:
+        rule = result.get("episodes_detail", {}).get("rule", "all steps must succeed")  # QA: said 3-5 for 3
         lines.append(
-            "episodes (3-5 steps, all must succeed): "
+            f"episodes ({rule}): "
             + "; ".join(f"{name} {_f(v['accuracy'])} at {_usd(v['avg_cost'])}" for name, v in episodes.items())
         )
     learning = result.get("learning", {})
