@@ -81,6 +81,11 @@ class HandbookMatcher:
             skill_id = parent
         return None
 
+    def begin_warm_up(self) -> None:
+        begin = getattr(self.base, "begin_warm_up", None)
+        if callable(begin):
+            begin()
+
     def warm_up(self) -> str:
         """The base matcher (MiniLM, when semantic), then the live version's labeller, which shares its model."""
         warm = getattr(self.base, "warm_up", None)  # a caller's own base matcher may have nothing to load

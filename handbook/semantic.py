@@ -92,10 +92,14 @@ class SemanticMatcher:
                     self._unavailable = reason
             return self._embedder
 
+    def begin_warm_up(self) -> None:
+        """From now until warm_up ends, steps take the lexical matcher (set before warm_up's thread starts)."""
+        self._warming.set()
+
     def warm_up(self) -> str:
         """Load the model and the live skills' vectors now, so no step waits for them; steps inferred meanwhile
         take the lexical matcher (see infer)."""
-        self._warming.set()
+        self.begin_warm_up()
         try:
             embedder = self.embedder()
             if embedder is None:

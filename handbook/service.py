@@ -256,6 +256,13 @@ class Handbook:
         total = sum(merged.values())
         return [(skill, weight / total) for skill, weight in merged.items() if weight > 0]
 
+    def begin_warm_up(self) -> None:
+        """Mark the matcher as loading before warm_up runs on another thread: a step arriving first must not start
+        loading the model itself (it waited 4 s) nor see it loaded for consult and not for route_step (QA)."""
+        begin = getattr(self.matcher, "begin_warm_up", None)
+        if callable(begin):
+            begin()
+
     def warm_up(self) -> str:
         """Derive the routing arrays and load the skill matcher now (a server just started), not on the first step;
         says what is ready."""
@@ -474,7 +481,7 @@ class Handbook:
                 strategy=request.strategy,
                 lambda_=request.lambda_,
                 skills=[UsedSkill(skill_id=s, weight=w) for s, w in demands],
-                skills_source=source if demands else ("mode level" if request.mode else "agent level"),
+                skills_source=source if demands else _level(request.mode, source),
                 candidates=candidates,
                 excluded=excluded,
                 c_ref_usd=c_ref or None,
@@ -1108,3 +1115,10 @@ def _json(value: Any) -> Any:
 
 def _json_roundtrip(value: Any) -> Any:
     return json.loads(json.dumps(value))
+
+
+def _level(mode: str | None, source: str) -> str:
+    """The skills_source of a step no skill was found for, keeping why the matcher found none ("agent level
+    (semantic model still loading)"; QA: it read "agent level" while the README promised the loading note)."""
+    level = "mode level" if mode else "agent level"
+    return f"{level} {source[source.index('(') :]}" if "(" in source else level

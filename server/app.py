@@ -127,25 +127,36 @@ def create_server(settings: ServerSettings, *, warm_up: bool = False) -> MCPServ
 
 
 def _warm_up_after_first_listing(current_state: Callable[[], AppState | None]) -> Any:
-    """Once the first tools/list is answered, load the skill matcher on a background thread.
+    """Once the first tools/list is answered (or before the first other request, from a client that lists
+    nothing: QA), load the skill matcher on a background thread.
 
-    With MiniLM, the model and the skill vectors take 1-2 s, which the first route_step would otherwise wait for;
-    loading them before that answer would slow the host's start-up instead. A step routed meanwhile waits for the
-    model as it would have anyway."""
+    With MiniLM, the model and the skill vectors take 1-4 s, which the first route_step would otherwise wait for;
+    loading them before the listing's answer would slow the host's start-up instead. Steps meanwhile take the
+    lexical matcher and say so."""
     started = threading.Event()
 
+    def start() -> None:
+        state = current_state()
+        if state is not None and not started.is_set():
+            started.set()
+            state.handbook.begin_warm_up()  # before the thread runs: the next step must already see it loading
+            threading.Thread(
+                target=_warm_up, args=(state.handbook,), name="skillorchestra-warm-up", daemon=True
+            ).start()
+
     async def middleware(ctx: Any, call_next: Any) -> Any:
+        if not started.is_set() and ctx.method in STEP_METHODS:
+            start()
         result = await call_next(ctx)
-        if ctx.method == "tools/list" and not started.is_set():
-            state = current_state()
-            if state is not None:
-                started.set()
-                threading.Thread(
-                    target=_warm_up, args=(state.handbook,), name="skillorchestra-warm-up", daemon=True
-                ).start()
+        if ctx.method == "tools/list":
+            start()
         return result
 
     return middleware
+
+
+# requests that may infer a step's skills (tools, a prompt or resource read that the model acts on next)
+STEP_METHODS = frozenset({"tools/call", "resources/read", "prompts/get"})
 
 
 def _warm_up(handbook: Handbook) -> None:

@@ -6,6 +6,7 @@ import hashlib
 import threading
 from pathlib import Path
 
+import anyio
 import numpy as np
 import pytest
 
@@ -220,3 +221,41 @@ def test_a_version_with_a_minilm_labeller_does_not_wait_for_the_warm_up_either(s
         warm_up.join(60)
     weights, source = matcher.infer(step, None, 3)
     assert source.startswith("learned (minilm labeller") and max(weights, key=lambda w: w[1])[0] == "math.calculus"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("first", ["tools/call", "resources/read"])
+async def test_a_client_that_never_lists_tools_still_starts_the_warm_up_before_its_first_step(
+    store: HandbookStore, first: str
+) -> None:
+    """QA: without a tools/list the first route_step loaded the model itself (4 s); and a step arriving before the
+    warm-up thread marked the model loading found it loaded for consult and not for route_step right after."""
+    from types import SimpleNamespace
+
+    from skillorchestra.server.app import _warm_up_after_first_listing
+
+    loading, release = threading.Event(), threading.Event()
+
+    def slow_load() -> tuple[HashBag, str]:
+        loading.set()
+        assert release.wait(30)
+        return HashBag(), ""
+
+    handbook = Handbook(store, matcher=SemanticMatcher(store, load=slow_load))
+    middleware = _warm_up_after_first_listing(lambda: SimpleNamespace(handbook=handbook))
+    seen: list[str] = []
+
+    async def step(_: object) -> None:  # the request, as the server handles it after the middleware
+        seen.append(handbook.infer_skills("querying relational databases with joins", None, 3)[1])
+
+    try:
+        await middleware(SimpleNamespace(method=first), step)
+        await middleware(SimpleNamespace(method="tools/call"), step)
+        assert seen == ["lexical (semantic model still loading)"] * 2  # no step waits, from the very first
+    finally:
+        release.set()
+    for _ in range(300):
+        if handbook.infer_skills("querying relational databases with joins", None, 3)[1] == "semantic":
+            break
+        await anyio.sleep(0.05)
+    assert handbook.infer_skills("querying relational databases with joins", None, 3)[1] == "semantic"

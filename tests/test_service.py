@@ -1163,3 +1163,13 @@ def test_an_agent_billed_by_the_call_is_charged_its_price_per_call(tmp_path: Pat
         "tool": 0.002,
         "llm": 0.0001,
     }
+
+
+def test_a_step_without_skills_keeps_why_the_matcher_found_none() -> None:
+    """QA: while the model loaded, a step lexical inference found nothing for read "agent level" alone, where the
+    README promises the loading note."""
+    from skillorchestra.handbook.service import _level
+
+    assert _level(None, "lexical (semantic model still loading)") == "agent level (semantic model still loading)"
+    assert _level("code", "lexical (no semantic match)") == "mode level (no semantic match)"
+    assert (_level(None, "lexical"), _level("code", "semantic")) == ("agent level", "mode level")
