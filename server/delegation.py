@@ -420,7 +420,8 @@ class Delegator:
     def _uncalled(self, decision_id: str) -> None:
         """A routed agent that was not called (its breaker refused it between routing and calling): no cost,
         no change to competence, and no budget held. The decision counts as reported from then on."""
-        self.handbook.record(OutcomeReport(decision_id=decision_id, error_class="connection", cost_usd=0.0))
+        report = OutcomeReport(decision_id=decision_id, error_class="connection", cost_usd=0.0)
+        self.handbook.record(report, by_delegate=True)  # its own claim (it called nobody) must not refuse it
 
     def _settle_breaker(self, agent_id: str, result: BackendResult) -> None:
         if result.error_type == QUEUE_FULL:  # never reached the agent: not its failure, so no breaker count

@@ -367,3 +367,25 @@ async def test_a_report_echoing_delegates_cost_and_a_plain_one_are_the_same_repo
         other = await refused(client, "record_outcome", {**plain, "success": False})
         assert "already reported" in other
     assert rows(settings.db_path, "SELECT COUNT(*) FROM outcomes") == [(1,)]
+
+
+async def test_a_report_while_delegate_carries_the_decision_out_waits_for_its_measured_cost(
+    settings: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    """QA: a record_outcome sent while delegate(decision_id) was still calling the agent was applied without the
+    cost delegate measured a moment later (the outcome's cost null, the cost statistics one call short)."""
+    text = "SLOW:1 name a prime number"
+    async with Client(create_server(settings)) as client:
+        routed = await route(client, text)
+        done: dict[str, Any] = {}
+
+        async def carry_out() -> None:
+            done.update(await call(client, "delegate", {"text": text, "decision_id": routed["decision_id"]}))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(carry_out)
+            await anyio.sleep(0.4)  # the agent is answering (1 s)
+            early = await refused(client, "record_outcome", {"decision_id": routed["decision_id"], "success": True})
+        assert "is being carried out by delegate" in early and "report it after delegate returns" in early
+        outcome = await call(client, "record_outcome", {"decision_id": routed["decision_id"], "success": True})
+        assert done["cost_usd"] > 0 and outcome["cost_usd"] == pytest.approx(done["cost_usd"])
