@@ -12,6 +12,8 @@ Design decisions:
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 import sqlite3
 import threading
@@ -237,6 +239,7 @@ async def serve(settings: ServerSettings) -> None:
             raise InvalidInput("db", str(settings.db_path), "a handbook file this process can write (it is read-only)")
         server = create_server(settings, warm_up=True)
         if settings.transport == "stdio":
+            _exit_on_interrupt()
             await server.run_stdio_async()
             return
         from skillorchestra.server.http import serve_http
@@ -245,3 +248,16 @@ async def serve(settings: ServerSettings) -> None:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _exit_on_interrupt() -> None:
+    """Ctrl-C ends a stdio server at once, as SIGTERM does (QA: it stopped serving and stayed, until stdin closed:
+    the SDK reads stdin on a thread no cancellation interrupts, and asyncio's shutdown waits for it). Committed
+    writes are in the file already (SQLite's WAL); one in flight is rolled back when the file next opens."""
+
+    def interrupted(signum: int, frame: object) -> None:
+        os.write(2, b"interrupted: the server stops\n")
+        os._exit(128 + signal.SIGINT)
+
+    if threading.current_thread() is threading.main_thread():  # only there can a handler be set (an embedding)
+        signal.signal(signal.SIGINT, interrupted)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -166,3 +167,29 @@ def test_a_decision_ttl_that_is_not_a_finite_positive_number_is_refused_at_start
 def test_a_long_finite_decision_ttl_is_taken(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SKILLORCHESTRA_DECISION_TTL", "31536000")
     assert ServerSettings.from_env(db_path=tmp_path / "h.db").decision_ttl_s == 31_536_000.0
+
+
+def test_ctrl_c_stops_a_stdio_server(tmp_path: Path) -> None:
+    """QA: after SIGINT a stdio server stopped answering but stayed until its stdin closed (Ctrl-C in a terminal did
+    nothing); it exits as on SIGTERM, having answered what it had, with status 130."""
+    assert SCRIPT
+    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")
+    proc = subprocess.Popen(
+        [SCRIPT, "--db", str(tmp_path / "h.db")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    try:
+        proc.stdin.write("".join(json.dumps(r) + "\n" for r in OPENING))
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["id"] == 1  # serving
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130  # with stdin still open
+    finally:
+        proc.kill()
+        proc.stdin.close()
+    assert "interrupted: the server stops" in proc.stderr.read()
