@@ -24,7 +24,7 @@ from mcp.server import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -134,6 +134,7 @@ def build_http_app(server: MCPServer, settings: ServerSettings) -> ASGIApp:
     """
     security = transport_security(settings)
     if settings.transport == "http":
+        _one_line_for_disconnects()
         inner = server.streamable_http_app(
             streamable_http_path=MCP_PATH, transport_security=security, host=settings.host
         )
@@ -168,7 +169,11 @@ def build_http_app(server: MCPServer, settings: ServerSettings) -> ASGIApp:
 class RefusedQuietly:
     """The SDK's SSE endpoint answers a request from a foreign Host or Origin (421, 403) and then raises ValueError,
     which uvicorn logged as an ERROR with a traceback per request (QA; streamable HTTP logs one warning). The answer
-    has gone out by then: one warning line says it all."""
+    has gone out by then: one warning line says it all.
+
+    When an SSE stream ends while its client is still connected (the server stops), the SDK then sends an empty
+    Response as well: a second response on a request already answered, which uvicorn refused with an ERROR and a
+    traceback (QA). It is dropped."""
 
     REFUSED = "Request validation failed"
 
@@ -176,11 +181,20 @@ class RefusedQuietly:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        answered = False
+        answered = dropping = complete = False
 
         async def send_tracked(message: Message) -> None:
-            nonlocal answered
-            answered = answered or message["type"] == "http.response.start"
+            nonlocal answered, dropping, complete
+            if message["type"] == "http.response.start":
+                dropping = answered
+                answered = True
+            if dropping and message["type"].startswith("http.response."):
+                log.debug("dropped a second response to %s (its SSE stream had answered)", scope.get("path"))
+                if not complete:  # the stream was cut mid-response: end it, as uvicorn expects
+                    complete = True
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            complete = complete or (message["type"] == "http.response.body" and not message.get("more_body"))
             await send(message)
 
         try:
@@ -189,6 +203,25 @@ class RefusedQuietly:
             if not answered or str(exc) != self.REFUSED:
                 raise
             log.warning("refused a request to %s (its Host or Origin is not allowed)", scope.get("path"))
+
+
+class DisconnectInOneLine(logging.Filter):
+    """The SDK logs a client that disconnected before its POST body arrived whole as an ERROR with a traceback,
+    one per dropped request (QA: 40 drops, 40 tracebacks): it is the client's doing, so one warning line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ClientDisconnect):
+            record.msg, record.args = "a client disconnected before its request arrived whole", ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _one_line_for_disconnects() -> None:
+    sdk_log = logging.getLogger("mcp.server.streamable_http")
+    if not any(isinstance(f, DisconnectInOneLine) for f in sdk_log.filters):
+        sdk_log.addFilter(DisconnectInOneLine())
 
 
 class LowercaseHost:

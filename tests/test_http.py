@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx2
@@ -431,3 +432,66 @@ async def test_a_refused_sse_host_is_one_warning_not_an_error_traceback(
             response = await http.get("http://x/sse", headers={"Host": "evil.example:8765"})
     assert response.status_code == 421
     assert [r.levelname for r in caplog.records if "refused a request to /sse" in r.getMessage()] == ["WARNING"]
+
+
+@pytest.mark.anyio
+async def test_a_second_response_after_an_sse_stream_is_dropped_and_the_stream_ended() -> None:
+    """QA: an SSE stream cut by the server's shutdown, then the SDK's closing empty Response, made uvicorn log an
+    ERROR traceback ("Expected ASGI message 'http.response.body'"): the second response is dropped, and the cut
+    stream ended as uvicorn expects."""
+    from skillorchestra.server.http import RefusedQuietly
+
+    async def sdk_sse(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"event: endpoint\n\n", "more_body": True})
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # the stream was cut here
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await RefusedQuietly(sdk_sse)({"type": "http", "path": "/sse"}, None, send)  # type: ignore[arg-type]
+    assert [(m["type"], m.get("more_body")) for m in sent] == [
+        ("http.response.start", None),
+        ("http.response.body", True),
+        ("http.response.body", False),
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_client_gone_before_its_body_arrived_is_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: every streamable HTTP client that dropped a POST halfway left an ERROR and a ClientDisconnect traceback."""
+    settings = ServerSettings(db_path=tmp_path / "h.db", transport="http", seed_example=True, matcher="lexical")
+    server = create_server(settings)
+    app = build_http_app(server, settings)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/mcp",
+        "raw_path": b"/mcp",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in {**MCP_HEADERS, "Host": "127.0.0.1:8765"}.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8765),
+    }
+    parts = [{"type": "http.request", "body": b'{"jsonrpc": "2.0", ', "more_body": True}, {"type": "http.disconnect"}]
+
+    async def receive() -> dict[str, Any]:
+        return parts.pop(0) if parts else {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        pass
+
+    with caplog.at_level(logging.WARNING):
+        async with server.session_manager.run():
+            await app(scope, receive, send)
+    said = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records if r.name.startswith("mcp.")]
+    assert said == [("WARNING", "a client disconnected before its request arrived whole", None)], said
