@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.evaluation.report import cost_basis_text
 
 OPERATING_LABEL_OFFSET = (-9, 8)  # points: above left of the star, where the curves rarely run
 MINOR_LABEL_DECADES = 3.0  # a log cost axis labels its 2x and 5x ticks when the costs span at most this many decades
@@ -199,7 +200,7 @@ def pareto_figure(plt: Any, result: dict[str, Any], prefix: str = "") -> Any:
         _operating_label(ax, op_row)
     _agent_labels(ax, placed)
     ds = result["dataset"]
-    ax.set_xlabel(f"mean cost per task (USD, {ds['cost_basis']})")
+    ax.set_xlabel(f"mean cost per task (USD, {cost_basis_text(ds)})")
     ax.set_ylabel("accuracy (mean score)")
     n_agents = len(ds["agents"])
     ax.set_title(

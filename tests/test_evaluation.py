@@ -21,6 +21,7 @@ from skillorchestra.handbook.evaluation import policies as p
 from skillorchestra.handbook.evaluation import sweep
 from skillorchestra.handbook.evaluation.episodes import Episode, build_episodes, evaluate_episodes
 from skillorchestra.handbook.evaluation.online import regret_of, replay_online
+from skillorchestra.handbook.evaluation.report import cost_basis_text
 from skillorchestra.handbook.evaluation.runner import EvalConfig, default_replay, run_eval
 from skillorchestra.handbook.evaluation.scorer import HandbookScorer, Scored
 from skillorchestra.handbook.knn import KnnRouter, TfidfIndex
@@ -167,6 +168,14 @@ def test_table_costs_and_basis() -> None:
     assert d.cost_basis(TRAIN) == "cost_usd"
     unpriced = [t.model_copy(update={"outcomes": {"a": AgentOutcome(score=1.0)}}) for t in TRAIN[:2]]
     assert d.cost_basis(unpriced) == "estimated"
+    assert d.recorded_cost_share(TRAIN) == 1.0 and d.recorded_cost_share(unpriced) == 0.0
+    mixed = d.recorded_cost_share(TRAIN[:2] + unpriced)  # QA: "estimated" alone hid that most costs were recorded
+    judged = sum(o.score is not None for t in TRAIN[:2] for o in t.outcomes.values())
+    assert mixed == pytest.approx(judged / (judged + 2))
+    assert (
+        cost_basis_text({"cost_basis": "estimated", "recorded_cost_share": 0.3}) == "estimated (30% of costs recorded)"
+    )
+    assert cost_basis_text({"cost_basis": "estimated", "recorded_cost_share": 0.0}) == "estimated"
     table = d.build_table(unpriced, ["a", "b"], {"a": AgentPrice(input_per_mtok=4, output_per_mtok=1)}, c_ref=9.0)
     expected = (len(unpriced[0].query) / 4 * 4 + 256 * 1) / 1e6
     assert table.costs[0, 0] == pytest.approx(expected)

@@ -58,8 +58,14 @@ def judged_agents(tasks: Sequence[TraceTask]) -> list[str]:
 
 def cost_basis(tasks: Sequence[TraceTask]) -> str:
     """'cost_usd' when every judged outcome carries a recorded cost, else 'estimated'."""
+    return "cost_usd" if recorded_cost_share(tasks) == 1.0 else "estimated"
+
+
+def recorded_cost_share(tasks: Sequence[TraceTask]) -> float:
+    """The share of judged outcomes whose cost was recorded (cost_usd), not estimated from prices: 'estimated'
+    alone hid a mix (QA: every test outcome of one agent carried its cost)."""
     judged = [o for t in tasks for o in t.outcomes.values() if o.score is not None]
-    return "cost_usd" if judged and all(o.cost_usd is not None for o in judged) else "estimated"
+    return sum(o.cost_usd is not None for o in judged) / len(judged) if judged else 0.0
 
 
 def raw_matrices(

@@ -64,7 +64,7 @@ def summary(result: dict[str, Any]) -> str:
         dropped += f", {ds['dropped_unjudged']} as judged for no agent"
     lines = [
         f"dataset: {ds['train']} train, {ds['test']} test ({dropped}), "
-        f"{len(ds['agents'])} agent{'' if len(ds['agents']) == 1 else 's'}, cost basis {ds['cost_basis']}, "
+        f"{len(ds['agents'])} agent{'' if len(ds['agents']) == 1 else 's'}, cost basis {cost_basis_text(ds)}, "
         f"c_ref {_usd(ds.get('c_ref'))}",
     ]
     unknown = ds.get("unknown_cost_agents") or []
@@ -131,3 +131,11 @@ def family_table(result: dict[str, Any]) -> str:
             f"{knn['top_agent']} ({knn['top_share']:.0%}) / {e['best_agent']}"
         )
     return "\n".join(lines)
+
+
+def cost_basis_text(ds: dict[str, Any]) -> str:
+    """'estimated', with the share of costs that were recorded when some were."""
+    share = ds.get("recorded_cost_share") or 0.0
+    if ds["cost_basis"] != "estimated" or share <= 0:
+        return str(ds["cost_basis"])
+    return f"estimated ({share:.0%} of costs recorded)"

@@ -204,6 +204,7 @@ def run_eval(
             "dropped_unjudged": len(kept) - len(table.tasks),
             "agents": agents,
             "cost_basis": d.cost_basis(list(train) + kept),
+            "recorded_cost_share": d.recorded_cost_share(list(train) + kept),
             "c_ref": c_ref,
             "unknown_cost_agents": unknown_cost,
             "best_single_agent": agents[best_col],
