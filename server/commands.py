@@ -276,6 +276,7 @@ def agents_load(args: argparse.Namespace) -> int:
     agents = {agent_id: _loaded_agent(agent_id, conn, existing.get(agent_id)) for agent_id, conn in configs.items()}
     agents, priced = _priced_from_table(agents, configs)  # before the transaction: it reads a file
     with store.write():  # one transaction: agents and their connection settings change together or not at all
+        replaced = sorted(set(store.connections()) - set(configs))
         added = _add_missing_modes(handbook, [m for conn in configs.values() for m in conn.modes])
         for agent in agents.values():
             handbook.upsert_agent(agent)
@@ -283,6 +284,12 @@ def agents_load(args: argparse.Namespace) -> int:
     print(f"loaded {len(configs)} agents from {args.file}: {', '.join(configs)}")  # the result: stdout; notes: stderr
     if added:
         print(f"added modes the handbook did not have: {', '.join(added)}")
+    if replaced:  # QA: a second file silently took the first one's agents out of delegation
+        print(
+            f"note: this file replaces the loaded settings: {_first_five(replaced)} (loaded before, not in it) "
+            "can no longer be delegated to; load one file with every agent",
+            file=sys.stderr,
+        )
     for note in priced:
         print(f"note: {note}", file=sys.stderr)
     for note in _pool_notes(store, set(configs)):

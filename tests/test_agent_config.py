@@ -292,3 +292,24 @@ def test_agents_load_gives_an_mcp_agents_price_per_call_to_the_handbook(tmp_path
         assert [(a.id, a.cost_per_call_usd, a.input_per_mtok) for a in store.agents()] == [("search", 0.003, None)]
     finally:
         store.close()
+
+
+def test_a_second_load_names_the_agents_it_takes_out_of_delegation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """QA: loading pool.toml after badpool.toml silently dropped badpool's connection settings."""
+    from skillorchestra.handbook.store import HandbookStore
+    from skillorchestra.server.cli import main as cli_main
+
+    db = tmp_path / "h.db"
+    for name, ids in (("first", ["a", "b"]), ("second", ["b", "c"])):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(
+            "".join(f'[agents.{i}]\nmodel = "openai/{i}"\ninput_per_mtok = 1.0\noutput_per_mtok = 1.0\n' for i in ids)
+        )
+        with pytest.raises(SystemExit) as exited:
+            cli_main(["agents", "load", str(path), "--db", str(db)])
+        assert exited.value.code == 0
+    err = capsys.readouterr().err
+    assert err.count("this file replaces the loaded settings") == 1 and "settings: a (loaded before, not in it)" in err
+    assert set(HandbookStore(db).connections()) == {"b", "c"}
