@@ -230,3 +230,15 @@ def test_ctrl_c_says_how_to_resume(tmp_path: Path, fake_openai: FakeOpenAI) -> N
         proc.kill()
     assert proc.returncode == 130
     assert f"interrupted; the finished tasks are in {out}: run the same command again to resume" in err
+
+
+def test_explore_exits_1_when_every_call_failed(
+    tmp_path: Path, fake_openai: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """QA: a pool nobody in could answer exited 0, like a good run."""
+    pool = tmp_path / "down.toml"
+    pool.write_text(f'[agents.down]\nmodel = "openai/down"\napi_base = "{fake_openai.api_base}"\n', encoding="utf-8")
+    fake_openai.behaviours["down"] = "FAIL500"
+    tasks = str(tasks_file(tmp_path, TASKS[:2]))
+    assert run_cli(["explore", "--tasks", tasks, "--pool", str(pool), "--out", str(tmp_path / "o.jsonl")]) == 1
+    assert json.loads(capsys.readouterr().out)["errors"] == {"server_error": 2}
