@@ -58,6 +58,11 @@ def _misspelt_price(path: Path) -> Path:
     return path
 
 
+def _eval(d: Path, train: Path, test: Path) -> list[str]:
+    """eval's arguments for these files, priced by good prices."""
+    return ["eval", "--train", str(train), "--test", str(test), "--agents", str(_good_prices(d / "p.json"))]
+
+
 def _broken(path: Path, content: bytes) -> Path:
     path.write_bytes(content)
     return path
@@ -86,8 +91,7 @@ CASES = {
         "UTF-8",
     ),
     "eval --train, not UTF-8": lambda d: (
-        ["eval", "--train", str(_broken(d / "train.jsonl", LATIN1)), "--test", str(_good_tasks(d / "test.jsonl"))]
-        + ["--agents", str(_good_prices(d / "p.json"))],
+        _eval(d, _broken(d / "train.jsonl", LATIN1), _good_tasks(d / "test.jsonl")),
         "train.jsonl",
         "UTF-8",
     ),
@@ -102,14 +106,12 @@ CASES = {
         "a judged (non-null) score",
     ),
     "eval --test, a repeated task id": lambda d: (
-        ["eval", "--train", str(_good_tasks(d / "train.jsonl")), "--test", str(_repeated_id(d / "test.jsonl"))]
-        + ["--agents", str(_good_prices(d / "p.json"))],
+        _eval(d, _good_tasks(d / "train.jsonl"), _repeated_id(d / "test.jsonl")),
         "test.jsonl:7='t1'",
         "expected each task id once (first on line 2)",
     ),
     "eval --test, a misspelt outcome key": lambda d: (
-        ["eval", "--train", str(_good_tasks(d / "train.jsonl")), "--test", str(_misspelt(d / "test.jsonl"))]
-        + ["--agents", str(_good_prices(d / "p.json"))],
+        _eval(d, _good_tasks(d / "train.jsonl"), _misspelt(d / "test.jsonl")),
         "test.jsonl:7='outcomes.a'",
         "expected 'score', not 'scroe' (misspelt? an unknown key would be ignored)",
     ),
