@@ -229,7 +229,9 @@ class DelegateResult(BaseModel):
     tried: list[Attempt]
     cost_usd: Figure | None = Field(description="cost of the answering call; null = unknown (never a silent 0)")
     cost_source: str
-    total_cost_usd: Figure | None = Field(description="all tries together; null when any cost is unknown")
+    total_cost_usd: Figure | None = Field(
+        description="all tries and the judge's call together; null when any cost is unknown"
+    )
     prompt_tokens: int | None
     completion_tokens: int | None
     latency_s: Figure

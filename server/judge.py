@@ -239,6 +239,8 @@ async def judge_answer(
             "judge_score": score,
             "judged_reward": reward,
             "judge_cost_usd": cost,
+            # everything this delegate spent (QA: the judge's call was left out of the total)
+            "total_cost_usd": None if answer.total_cost_usd is None or cost is None else answer.total_cost_usd + cost,
             "reported_by": "judge" if reward is not None else None,
         }
     )

@@ -162,6 +162,7 @@ async def test_judge_grades_records_and_is_accounted(tmp_path: Path, fake_openai
         assert request.body["max_tokens"] == 32
         expected_judge = (fake_prompt_tokens(request) * 1.0 + len('{"score": 0.8}'.split()) * 2.0) / 1e6
         assert result["judge_cost_usd"] == pytest.approx(expected_judge)
+        assert result["total_cost_usd"] == pytest.approx(result["cost_usd"] + expected_judge)  # QA: judge left out
 
         # the grade moved the answering agent's competence (one observation), not the judge's
         after = await card(client, "cheap")
