@@ -265,10 +265,12 @@ class Handbook:
 
     def warm_up(self) -> str:
         """Derive the routing arrays and load the skill matcher now (a server just started), not on the first step;
-        says what is ready."""
-        self.arrays()
+        says what is ready. The matcher first: its warm-up always ends its loading mark, even when it fails, where
+        a failed derivation before it left every later step "still loading" (review)."""
         warm = getattr(self.matcher, "warm_up", None)  # a caller's own matcher may have nothing to load
-        return warm() if callable(warm) else type(self.matcher).__name__
+        ready = warm() if callable(warm) else type(self.matcher).__name__
+        self.arrays()
+        return ready
 
     def infer_skills(
         self, text: str, mode: str | None, top_k: int = INFERRED_SKILLS

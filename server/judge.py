@@ -175,6 +175,7 @@ async def judge_answer(
     score: float | None = None
     reward: float | None = None
     cost: float | None = None
+    total = answer.total_cost_usd  # the judge's call adds to it, when there is one
     unreported = f"decision {answer.decision_id} is left unreported: report it with record_outcome"
     remaining = deadline - time.monotonic()
     budgeted = session_id is not None and budget_usd is not None
@@ -215,6 +216,7 @@ async def judge_answer(
                 raise
             await account(judge_decision, conn.id, result)
             cost = result.cost_usd
+            total = None if total is None or cost is None else total + cost
             if result.cost_usd is None:
                 warnings.append(f"cost of the judge {conn.id} unknown: {result.unknown_cost_reason()}")
             if not result.ok:
@@ -239,8 +241,7 @@ async def judge_answer(
             "judge_score": score,
             "judged_reward": reward,
             "judge_cost_usd": cost,
-            # everything this delegate spent (QA: the judge's call was left out of the total)
-            "total_cost_usd": None if answer.total_cost_usd is None or cost is None else answer.total_cost_usd + cost,
+            "total_cost_usd": total,  # everything this delegate spent (QA: the judge's call was left out)
             "reported_by": "judge" if reward is not None else None,
         }
     )

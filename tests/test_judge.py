@@ -238,6 +238,7 @@ async def test_the_judge_is_skipped_when_it_would_overspend_the_session(
         assert result["answer"] == f"answer[cheap-model]: {STEP}" and result["judged_reward"] is None
         assert any("not judged" in w and "remaining budget" in w for w in result["warnings"])
         assert fake_openai.chat_requests("judge-model") == []
+        assert result["total_cost_usd"] == pytest.approx(result["cost_usd"]) and result["judge_cost_usd"] is None
         routed = await call(client, "route_step", {"text": "next", "session_id": "b"})
         assert routed["session_spend_usd"] <= budget
         # with room in the budget the judge grades as before

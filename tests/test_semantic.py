@@ -259,3 +259,24 @@ async def test_a_client_that_never_lists_tools_still_starts_the_warm_up_before_i
             break
         await anyio.sleep(0.05)
     assert handbook.infer_skills("querying relational databases with joins", None, 3)[1] == "semantic"
+
+
+def test_a_warm_up_that_fails_does_not_leave_steps_on_the_lexical_matcher(store: HandbookStore) -> None:
+    """Review: the loading mark is set before the warm-up runs; a derivation failing before the matcher's warm-up
+    left every later step "still loading" for the life of the server."""
+    import sqlite3
+
+    class FirstReadFails(Handbook):
+        failed = False
+
+        def arrays(self):  # type: ignore[no-untyped-def]
+            if not self.failed:
+                self.failed = True
+                raise sqlite3.OperationalError("disk I/O error")
+            return super().arrays()
+
+    handbook = FirstReadFails(store, matcher=SemanticMatcher(store, load=lambda: (HashBag(), "")))
+    handbook.begin_warm_up()
+    with pytest.raises(sqlite3.OperationalError):
+        handbook.warm_up()
+    assert handbook.infer_skills("querying relational databases with joins", None, 3)[1] == "semantic"
