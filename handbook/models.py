@@ -32,6 +32,10 @@ MAX_SECONDS = 1e6
 MAX_LAMBDA = 1000.0  # cost weighs 1000 quality units per c_ref: beyond this, every policy is 'cheapest'
 MAX_SEED = 2**32 - 1  # what every seeded generator here (random, numpy) takes as one word
 MIN_TRY_S = 0.5  # delegate's least time budget: below it, no try of an agent can finish
+MAX_DELEGATE_S = 600.0  # delegate's largest time budget (fallbacks and the judge included)
+# a delegate's claim older than this cannot be in flight (its budget, litellm's one-off import and slack): its server
+# stopped, and record_outcome takes reports of the decision again
+CLAIM_IN_FLIGHT_S = MAX_DELEGATE_S + 300.0
 MAX_LENGTH_SLOPE = 1.0  # a success rate cannot move by more than 1 per unit of ln(characters)
 MAX_LN_CHARS = 20.0  # ln of far more characters than any step holds
 

@@ -72,6 +72,18 @@ def best_first(utility: np.ndarray, cost: np.ndarray) -> np.ndarray:
     return np.lexsort((np.nan_to_num(cost, nan=np.inf), -utility))
 
 
+def argbest(utility: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """The first of best_first along the last axis, for many rows at once (the replay, the eval's scorer and
+    episodes, Thompson's draws): the highest utility, ties to the cheaper agent, then the earlier one. NaN
+    utilities lose; `cost` broadcasts against `utility`."""
+    utility = np.where(np.isnan(utility), -np.inf, utility)
+    tied = utility == utility.max(axis=-1, keepdims=True)
+    costs = np.broadcast_to(np.nan_to_num(cost, nan=np.inf), utility.shape)
+    cheapest = np.argmin(np.where(tied, costs, np.inf), axis=-1)
+    cheapest_tied = np.take_along_axis(tied, np.expand_dims(cheapest, -1), axis=-1).squeeze(-1)
+    return np.where(cheapest_tied, cheapest, np.argmax(tied, axis=-1))  # every tied cost unknown: the earlier
+
+
 def route(inputs: RouteInputs, lambda_: float, strategy: Strategy, rng: np.random.Generator | None) -> RouteScores:
     """Choose among eligible agents; the caller guarantees at least one is eligible."""
     eligible = np.flatnonzero(inputs.eligible)
@@ -94,7 +106,7 @@ def route(inputs: RouteInputs, lambda_: float, strategy: Strategy, rng: np.rando
         shift = None if inputs.shift is None else inputs.shift[eligible]
         sampled = shifted(rng.beta(a, b, size=(PROPENSITY_DRAWS + 1, *a.shape)) @ w, shift)
         draws = _nan_last(sampled - penalty[eligible])
-        winners = np.argmax(draws, axis=1)
+        winners = argbest(draws, inputs.cost[eligible])  # ties (draws clipped by a length shift): as best_first
         chosen_local = int(winners[0])
         chosen = int(eligible[chosen_local])
         propensity = float(np.mean(winners == chosen_local))  # includes the choosing draw: never 0

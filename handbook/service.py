@@ -561,7 +561,7 @@ class Handbook:
 
     def record(self, report: OutcomeReport, *, by_delegate: bool = False) -> OutcomeResult:
         """Apply a step's outcome. `by_delegate`: delegate's own report of the decision it is carrying out, which a
-        client's report must wait for (see _refuse_in_flight)."""
+        client's report must wait for (see HandbookStore.record_outcome)."""
         reward = _reward(report)
         for name in ("cost_usd", "prompt_tokens", "completion_tokens", "latency_s"):
             _check_amount(name, getattr(report, name))
@@ -584,8 +584,6 @@ class Handbook:
                 f"decision {report.decision_id!r} expired at {utc_text(decision['expires_at'])} (its time to live is "
                 "SKILLORCHESTRA_DECISION_TTL seconds); route the step again"
             )
-        if not by_delegate:
-            _refuse_in_flight(decision)
         try:
             effective = _with_call_figures(payload, decision)
         except InvalidInput:  # a retry of a report accepted before this rule (or these figures) stays idempotent
@@ -619,7 +617,9 @@ class Handbook:
             # reports the competence took 75 ms a record with 8 concurrent clients.
             competence: list[float | None] = []
             with self._record_lock:
-                effect = self.store.record_outcome(row, event, decided_under=decision["version"])
+                effect = self.store.record_outcome(
+                    row, event, decided_under=decision["version"], by_delegate=by_delegate
+                )
                 # an outcome of a deleted agent writes no event (nor a generation): "patching" it would have
                 # declared arrays from before the deletion current, and routed the deleted agent again (QA)
                 if effect is not None and not effect.agent_deleted:
@@ -1121,19 +1121,6 @@ def _json(value: Any) -> Any:
 
 def _json_roundtrip(value: Any) -> Any:
     return json.loads(json.dumps(value))
-
-
-def _refuse_in_flight(decision: dict[str, Any]) -> None:
-    """A report of a decision delegate(decision_id) is carrying out (claimed, its agent not answered yet) is refused:
-    applied first, it left out the cost delegate measured a moment later, from the outcome and the cost statistics
-    (QA). Nothing was reported yet, so no earlier report can be returned instead."""
-    in_flight = decision.get("claimed_at") is not None and decision.get("call_latency_s") is None
-    if in_flight and decision.get("call_error_class") is None:
-        raise Conflict(
-            f"decision {decision['id']!r} is being carried out by delegate (since {utc_text(decision['claimed_at'])}"
-            "): report it after delegate returns, which records the call's measured cost first (if that server "
-            f"stopped, the decision expires at {utc_text(decision['expires_at'])}: route the step again)"
-        )
 
 
 def _level(mode: str | None, source: str) -> str:

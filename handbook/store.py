@@ -22,8 +22,9 @@ from typing import Any, NamedTuple, TypeVar
 
 from skillorchestra.handbook.arrays import MODE_PREFIX, ROOT_SKILL
 from skillorchestra.handbook.document_checks import check_document, check_entering
-from skillorchestra.handbook.errors import InvalidInput, NotFound
+from skillorchestra.handbook.errors import Conflict, InvalidInput, NotFound, utc_text
 from skillorchestra.handbook.models import (
+    CLAIM_IN_FLIGHT_S,
     INFRASTRUCTURE_ERRORS,
     Agent,
     Competence,
@@ -704,23 +705,39 @@ class HandbookStore(SqliteFile):
             )
 
     def record_outcome(
-        self, outcome_row: dict[str, Any], event: dict[str, Any], *, decided_under: int | None = None
+        self,
+        outcome_row: dict[str, Any],
+        event: dict[str, Any],
+        *,
+        decided_under: int | None = None,
+        by_delegate: bool = False,
     ) -> OutcomeEffect | None:
         """Store the outcome and apply its event atomically; a second report of one decision is refused.
 
         An outcome of a decision made under another version than the live one is logged against that version
         and not applied (None): the live posteriors stay equal to their snapshot plus their own events. One whose
-        agent was deleted while it was open is stored and not applied (an agent added again is another agent)."""
+        agent was deleted while it was open is stored and not applied (an agent added again is another agent).
+        A report of a decision delegate(decision_id) is still carrying out (claimed, no call noted, for at most
+        CLAIM_IN_FLIGHT_S) is refused unless it is `by_delegate`: applied first, it left out the cost delegate
+        measured a moment later (QA). Checked in this transaction, where no claim can land unseen (review)."""
         with self.write():
             decision_id = outcome_row["decision_id"]
-            reported, agent_deleted, current = self.db.execute(  # one trip: this is record_outcome's hot path
+            reported, agent_deleted, current, claimed_at = self.db.execute(  # one trip: record_outcome's hot path
                 "SELECT EXISTS (SELECT 1 FROM outcomes WHERE decision_id = ?),"
                 " (SELECT agent_deleted_at FROM decisions WHERE id = ?) IS NOT NULL,"
-                " (SELECT value FROM meta WHERE key = 'current_version')",
-                [decision_id, decision_id],
+                " (SELECT value FROM meta WHERE key = 'current_version'),"
+                f" (SELECT claimed_at FROM decisions WHERE id = ? AND {UNCALLED})",
+                [decision_id, decision_id, decision_id],
             ).fetchone()
             if reported:
                 raise InvalidInput("decision_id", decision_id, "a decision not yet reported")
+            in_flight = claimed_at is not None and outcome_row["created_at"] - claimed_at < CLAIM_IN_FLIGHT_S
+            if in_flight and not by_delegate:
+                raise Conflict(
+                    f"decision {decision_id!r} is being carried out by delegate (since {utc_text(claimed_at)}): "
+                    "report it after delegate returns, which records the call's measured cost first (if that "
+                    f"server stopped, reports are taken again from {utc_text(claimed_at + CLAIM_IN_FLIGHT_S)})"
+                )
             live = int(current or 0)  # as current_version() reads it
             if decided_under is not None and decided_under != live and not self._pruned_since(decided_under, live):
                 self._log_event(decided_under, "outcome", event)

@@ -374,7 +374,7 @@ async def test_a_report_while_delegate_carries_the_decision_out_waits_for_its_me
 ) -> None:
     """QA: a record_outcome sent while delegate(decision_id) was still calling the agent was applied without the
     cost delegate measured a moment later (the outcome's cost null, the cost statistics one call short)."""
-    text = "SLOW:1 name a prime number"
+    text = "SLOW:3 name a prime number"
     async with Client(create_server(settings)) as client:
         routed = await route(client, text)
         done: dict[str, Any] = {}
@@ -384,7 +384,9 @@ async def test_a_report_while_delegate_carries_the_decision_out_waits_for_its_me
 
         async with anyio.create_task_group() as group:
             group.start_soon(carry_out)
-            await anyio.sleep(0.4)  # the agent is answering (1 s)
+            claimed = f"SELECT claimed_at FROM decisions WHERE id = '{routed['decision_id']}'"
+            while rows(settings.db_path, claimed) == [(None,)]:  # until delegate holds it; its agent takes 3 s
+                await anyio.sleep(0.02)
             early = await refused(client, "record_outcome", {"decision_id": routed["decision_id"], "success": True})
         assert "is being carried out by delegate" in early and "report it after delegate returns" in early
         outcome = await call(client, "record_outcome", {"decision_id": routed["decision_id"], "success": True})

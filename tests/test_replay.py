@@ -92,3 +92,28 @@ def test_thompson_replay_is_seeded_and_logs_propensities() -> None:
     greedy = replay(learned.document, learned.labeller, tasks[:50], PRICES, 0.05)
     assert np.all(greedy.propensities == 1.0)
     assert np.mean(np.array(a.choices) == np.array(greedy.choices)) > 0.5
+
+
+def test_replay_breaks_ties_as_route_step_does(tmp_path: Path) -> None:
+    """Review: route_step sent a fresh pool's tie at lambda 0 to the cheaper agent, the learner's replay (which
+    picks operating points and what goes live) to the earlier one."""
+    from skillorchestra.handbook.models import Agent, Mode
+    from skillorchestra.handbook.traces import AgentPrice
+
+    prices = {"a-dear": AgentPrice(input_per_mtok=60.0, output_per_mtok=60.0)}
+    prices["b-cheap"] = AgentPrice(input_per_mtok=0.1, output_per_mtok=0.1)
+    agents = [Agent(id=agent_id, **price.model_dump(exclude={"description"})) for agent_id, price in prices.items()]
+    document = HandbookDocument(modes=[Mode(id="answer")], agents=agents)
+
+    class NoSkills:  # the labeller of replay and the matcher of route_step alike
+        def weights(self, query: str, mode: str | None = None) -> list[tuple[str, float]]:
+            return []
+
+        def infer(self, text: str, mode: str | None, top_k: int) -> tuple[list[tuple[str, float]], str]:
+            return [], "none"
+
+    book = service_for(document, NoSkills(), tmp_path / "h.db")
+    routed = book.route(RouteRequest(text="what is 2+2", lambda_=0.0))
+    outcomes = {agent_id: AgentOutcome(score=1.0) for agent_id in prices}
+    replayed = replay(document, NoSkills(), [TraceTask(id="t", query="what is 2+2", outcomes=outcomes)], prices, 0.0)
+    assert routed.agent_id == "b-cheap" and replayed.choices == ["b-cheap"]

@@ -182,3 +182,13 @@ def test_equal_utilities_go_to_the_cheaper_agent() -> None:
     )
     only_dear = route(without_cheap, 0.0, "mean", None)
     assert only_dear.chosen == 0 and list(only_dear.ranking) == [0, 2]  # equal costs: the earlier agent
+
+
+def test_thompson_ties_go_to_the_cheaper_agent_as_the_ranking_says() -> None:
+    """Review: draws clipped to 1.0 by a length shift tied; Thompson chose the dearer agent, ranked the cheaper first
+    and reported an exploration of propensity 1."""
+    tied = inputs([[9.0], [9.0]], [[1.0], [1.0]], [1.0], cost=[0.6, 0.001], c_ref=0.6)
+    long_step = RouteInputs(**{**tied.__dict__, "shift": np.array([0.5, 0.5])})  # both draws clip to 1.0
+    scores = route(long_step, 0.0, "thompson", np.random.default_rng(0))
+    assert scores.chosen == 1 and list(scores.ranking) == [1, 0]
+    assert not scores.explored and scores.propensity == 1.0

@@ -1173,3 +1173,30 @@ def test_a_step_without_skills_keeps_why_the_matcher_found_none() -> None:
     assert _level(None, "lexical (semantic model still loading)") == "agent level (semantic model still loading)"
     assert _level("code", "lexical (no semantic match)") == "mode level (no semantic match)"
     assert (_level(None, "lexical"), _level("code", "semantic")) == ("agent level", "mode level")
+
+
+def test_a_report_waits_while_delegate_carries_its_decision_out(tmp_path: Path, clock: Clock) -> None:
+    """QA: a report sent while delegate(decision_id) called the agent was applied without the cost delegate measured a
+    moment later. It is refused in the outcome's own transaction (review: a claim landing between a read and the
+    write went unseen), delegate's own report is not, a repeat after delegate's report is a duplicate (review), and
+    a claim too old to be in flight (its server stopped) no longer blocks reports."""
+    from skillorchestra.handbook.errors import Conflict
+    from skillorchestra.handbook.models import CLAIM_IN_FLIGHT_S
+
+    store = HandbookStore(tmp_path / "claim.db")
+    store.create_version(DOCUMENT, source="test")
+    book = Handbook(store, HandbookSettings(decision_ttl_s=2 * CLAIM_IN_FLIGHT_S), clock=clock)
+    carried, uncalled = (book.route(request(skills=python(), allowed_agents=["mid"])) for _ in range(2))
+    for decision in (carried, uncalled):
+        store.claim_decision(decision.decision_id, lambda row: None, clock.now)
+    counts = store.counts()
+    with pytest.raises(Conflict, match="is being carried out by delegate"):
+        book.record(OutcomeReport(decision_id=carried.decision_id, success=True))
+    assert store.counts() == counts  # nothing written
+    closed = OutcomeReport(decision_id=uncalled.decision_id, error_class="connection", cost_usd=0.0)
+    book.record(closed, by_delegate=True)  # delegate closing a decision whose agent it could not call
+    assert book.record(closed).duplicate  # the client's repeat of it
+    with pytest.raises(Conflict, match="already reported"):
+        book.record(OutcomeReport(decision_id=uncalled.decision_id, success=True))
+    clock.now += CLAIM_IN_FLIGHT_S + 1  # the delegate's server stopped mid-call
+    assert book.record(OutcomeReport(decision_id=carried.decision_id, success=True)).reward == 1.0

@@ -12,7 +12,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 from pydantic_core import to_jsonable_python
 
-from skillorchestra.handbook.models import MAX_SEED, MIN_TRY_S, TEXT_MAX
+from skillorchestra.handbook.models import MAX_DELEGATE_S, MAX_SEED, MIN_TRY_S, TEXT_MAX
 from skillorchestra.handbook.results import DelegateResult
 from skillorchestra.handbook.service import DelegateRequest, RouteRequest
 from skillorchestra.tools.common import OptionalId, app_state, reports_failures, writes
@@ -59,7 +59,7 @@ async def delegate(
         Field(ge=1, le=1_000_000, description="Most tokens the agent may answer with (default: the agent's setting)"),
     ] = None,
     timeout_s: Annotated[
-        float, Field(ge=MIN_TRY_S, le=600, description="Seconds for the whole call, fallbacks included")
+        float, Field(ge=MIN_TRY_S, le=MAX_DELEGATE_S, description="Seconds for the whole call, fallbacks included")
     ] = 45.0,
     decision_id: Annotated[
         OptionalId,

@@ -18,7 +18,7 @@ from skillorchestra.handbook.evaluation.data import OutcomeTable
 from skillorchestra.handbook.evaluation.policies import knn_choose
 from skillorchestra.handbook.evaluation.scorer import HandbookScorer, Scored
 from skillorchestra.handbook.knn import KnnRouter
-from skillorchestra.handbook.router import cost_penalty
+from skillorchestra.handbook.router import argbest, cost_penalty
 from skillorchestra.handbook.traces import SUCCESS_THRESHOLD
 
 MIN_STEPS, MAX_STEPS = 3, 5
@@ -100,7 +100,7 @@ def evaluate_episodes(
     for n, episode in enumerate(episodes):
         mean_cost = step_scores.cost[episode.steps].mean(axis=0)  # per-call cost term over the episode's steps
         utility = whole.quality[n] - cost_penalty(mean_cost, c_ref, lambda_)
-        j = int(np.argmax(np.where(whole.known & eligible[n], utility, -np.inf)))
+        j = int(argbest(np.where(whole.known & eligible[n], utility, -np.inf), mean_cost))
         query_picks.append(np.full(len(episode.steps), j))
     knn_picks = knn_choose(knn, _knn_scored(knn, texts), lambda_, eligible)
     best = np.argmax(np.where(eligible, np.nan_to_num(train_means, nan=-np.inf)[None, :], -np.inf), axis=1)

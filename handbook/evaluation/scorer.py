@@ -18,7 +18,7 @@ from skillorchestra.handbook import costing
 from skillorchestra.handbook.arrays import DEFAULT_KAPPA, ROOT_SKILL, HandbookArrays, document_arrays
 from skillorchestra.handbook.length import length_shifts
 from skillorchestra.handbook.models import HandbookDocument
-from skillorchestra.handbook.router import cost_penalty, shifted
+from skillorchestra.handbook.router import argbest, cost_penalty, shifted
 
 Demands = list[tuple[str, float]]
 
@@ -72,12 +72,7 @@ class Scored:
         """argmax utility (among `judged` agents, when given); as in the router, ties go to the cheaper agent,
         then to the earlier one (sorted ids)."""
         utility = self.utilities(lambda_, c_ref)
-        if judged is not None:
-            utility = np.where(judged, utility, -np.inf)
-        tied = utility == utility.max(axis=1, keepdims=True)
-        cheapest = np.argmin(np.where(tied, np.nan_to_num(self.cost, nan=np.inf), np.inf), axis=1)
-        first = np.argmax(tied, axis=1)  # where every tied cost is unknown (inf), as np.argmax chose before
-        return np.where(tied[np.arange(len(tied)), cheapest], cheapest, first)
+        return argbest(utility if judged is None else np.where(judged, utility, -np.inf), self.cost)
 
 
 class HandbookScorer:

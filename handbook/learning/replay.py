@@ -21,7 +21,7 @@ from skillorchestra.handbook.arrays import DEFAULT_KAPPA, HandbookArrays, docume
 from skillorchestra.handbook.learning.profile import Outcomes
 from skillorchestra.handbook.length import length_shifts
 from skillorchestra.handbook.models import HandbookDocument
-from skillorchestra.handbook.router import Strategy, route, shifted
+from skillorchestra.handbook.router import Strategy, argbest, route, shifted
 from skillorchestra.handbook.traces import AgentPrice, TraceTask
 
 
@@ -196,7 +196,7 @@ def replay_arrays(
             chosen[out_i], propensity[out_i] = scores.chosen, scores.propensity
     else:
         utility = np.where(eligible[kept], quality[kept] - penalty[kept], -np.inf)
-        chosen = np.argmax(utility, axis=1) if len(kept) else np.empty(0, dtype=np.int64)
+        chosen = argbest(utility, cost[kept]) if len(kept) else np.empty(0, dtype=np.int64)  # route_step's rule
         propensity = np.ones(len(kept))
 
     picked_scores = outcomes.scores[kept, chosen]
