@@ -25,17 +25,19 @@ DEFAULT_COMPLETION_TOKENS = 256
 
 
 def refuse_misspelt(data: Any, fields: Iterable[str], known: Iterable[str] = ()) -> Any:
-    """A before-validator for the formats that keep unknown keys: a key that is not `known` but looks like one of
-    `fields` (or of its first word: "inptu" for input_per_mtok) is refused, naming both, since keeping it meant
-    that "scroe" silently read as no score and "cost_usdd" as an estimated cost (QA)."""
+    """A before-validator for the formats that keep unknown keys: a key that is not `known` but looks like a field
+    the object lacks (or like that field's first word misspelt: "inptu" for input_per_mtok) is refused, naming both,
+    since keeping it meant that "scroe" silently read as no score and "cost_usdd" as an estimated cost (QA). A key
+    beside the field it resembles ("qid" beside "id"), or a field's first word itself ("prompt" holding the prompt's
+    text), is someone's own key and kept (review)."""
     if not isinstance(data, dict):
         return data
-    fields = list(fields)
-    words = {field.split("_")[0]: field for field in fields if "_" in field}
+    missing = [field for field in fields if field not in data]
+    words = {field.split("_")[0]: field for field in missing if "_" in field}
     for key in data:
-        if not isinstance(key, str) or key in fields or key in known:
+        if not isinstance(key, str) or key in known or key in fields or key in words:
             continue
-        close = difflib.get_close_matches(key, fields, n=1, cutoff=0.8)
+        close = difflib.get_close_matches(key, missing, n=1, cutoff=0.8)
         close = close or [words[w] for w in difflib.get_close_matches(key, list(words), n=1, cutoff=0.8)]
         if close:
             raise PydanticCustomError(

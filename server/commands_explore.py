@@ -16,6 +16,7 @@ from pathlib import Path
 import anyio
 
 from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.models import INFRASTRUCTURE_ERRORS
 from skillorchestra.server.argtypes import positive_float, positive_int
 
 
@@ -109,5 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     if summary.unpriced_agents:
         unpriced = ", ".join(sorted(summary.unpriced_agents))
         print(f"explore: cost unknown for {unpriced} (no price in the pool file or litellm's table)", file=sys.stderr)
-    # QA: a run whose every call failed (a pool that cannot be reached) exited 0 like a good one
-    return 1 if summary.calls and sum(summary.errors.values()) >= summary.calls else 0
+    # QA: a run in which no agent could be reached exited 0 like a good one (an agent's refusal of a task is an
+    # answer, scored: review)
+    outages = sum(n for error_class, n in summary.errors.items() if error_class in INFRASTRUCTURE_ERRORS)
+    return 1 if summary.calls and outages >= summary.calls else 0

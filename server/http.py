@@ -171,6 +171,8 @@ class RefusedQuietly:
     which uvicorn logged as an ERROR with a traceback per request (QA; streamable HTTP logs one warning). The answer
     has gone out by then: one warning line says it all.
 
+    A client gone before its message POST arrived whole is one warning line too.
+
     When an SSE stream ends while its client is still connected (the server stops), the SDK then sends an empty
     Response as well: a second response on a request already answered, which uvicorn refused with an ERROR and a
     traceback (QA). It is dropped."""
@@ -203,6 +205,8 @@ class RefusedQuietly:
             if not answered or str(exc) != self.REFUSED:
                 raise
             log.warning("refused a request to %s (its Host or Origin is not allowed)", scope.get("path"))
+        except ClientDisconnect:  # a message POST cut off (review: as on streamable HTTP, one line, no traceback)
+            log.warning("a client disconnected before its request arrived whole")
 
 
 class DisconnectInOneLine(logging.Filter):

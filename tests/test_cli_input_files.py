@@ -54,7 +54,7 @@ def _misspelt(path: Path) -> Path:
 
 
 def _misspelt_price(path: Path) -> Path:
-    path.write_text(json.dumps({"a": {"input_per_mtok": 0.1, "output_per_mtok": 0.1, "inptu": 1}, "b": {}}))
+    path.write_text(json.dumps({"a": {"inptu": 0.1, "output_per_mtok": 0.1}, "b": {}}))
     return path
 
 
@@ -231,3 +231,27 @@ def test_a_trace_files_problem_is_worded_without_pydantics_subjects(
         main(["learn", "--data", str(data), "--db", str(tmp_path / "h.db")])
     err = capsys.readouterr().err
     assert exited.value.code == 2 and says in err and "should" not in err and "Invalid JSON" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("line", "refused"),
+    [
+        ({"id": "t", "qid": "7", "idx": 3, "query": "q", "outcomes": {}}, None),  # beside the field they resemble
+        ({"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "prompt": "the text", "completion": "x"}}}, None),
+        ({"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "scores": [1, 0]}}}, None),
+        ({"id": "t", "query": "q", "outcomes": {"a": {"scroe": 1}}}, "'score', not 'scroe'"),
+        ({"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "latency_ms": 20}}}, "'latency_s', not 'latency_ms'"),
+        ({"id": "t", "querry": "q", "outcomes": {}}, "'query', not 'querry'"),
+    ],
+)
+def test_only_keys_that_look_like_a_missing_field_are_refused(line: dict[str, Any], refused: str | None) -> None:
+    """Review: "qid" beside "id", or a "prompt" holding the prompt's text, were refused as misspellings."""
+    from pydantic import ValidationError
+
+    from skillorchestra.handbook.traces import TraceTask
+
+    if refused is None:
+        TraceTask.model_validate(line)
+    else:
+        with pytest.raises(ValidationError, match=refused):
+            TraceTask.model_validate(line)

@@ -176,6 +176,12 @@ def test_table_costs_and_basis() -> None:
         cost_basis_text({"cost_basis": "estimated", "recorded_cost_share": 0.3}) == "estimated (30% of costs recorded)"
     )
     assert cost_basis_text({"cost_basis": "estimated", "recorded_cost_share": 0.0}) == "estimated"
+    assert cost_basis_text({"cost_basis": "estimated", "recorded_cost_share": 0.997}).endswith(
+        "(over 99% of costs recorded)"
+    )
+    assert cost_basis_text({"cost_basis": "estimated", "recorded_cost_share": 0.004}).endswith(
+        "(under 1% of costs recorded)"
+    )
     table = d.build_table(unpriced, ["a", "b"], {"a": AgentPrice(input_per_mtok=4, output_per_mtok=1)}, c_ref=9.0)
     expected = (len(unpriced[0].query) / 4 * 4 + 256 * 1) / 1e6
     assert table.costs[0, 0] == pytest.approx(expected)

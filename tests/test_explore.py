@@ -242,3 +242,6 @@ def test_explore_exits_1_when_every_call_failed(
     tasks = str(tasks_file(tmp_path, TASKS[:2]))
     assert run_cli(["explore", "--tasks", tasks, "--pool", str(pool), "--out", str(tmp_path / "o.jsonl")]) == 1
     assert json.loads(capsys.readouterr().out)["errors"] == {"server_error": 2}
+    fake_openai.behaviours["down"] = "FAIL400"  # an agent refusing the task answered: scored 0, not an outage
+    again = ["explore", "--tasks", tasks, "--pool", str(pool), "--out", str(tmp_path / "refused.jsonl")]
+    assert run_cli(again) == 0

@@ -495,3 +495,19 @@ async def test_a_client_gone_before_its_body_arrived_is_one_warning(
             await app(scope, receive, send)
     said = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records if r.name.startswith("mcp.")]
     assert said == [("WARNING", "a client disconnected before its request arrived whole", None)], said
+
+
+@pytest.mark.anyio
+async def test_an_sse_message_post_cut_off_is_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Review: the SSE transport's message POST, dropped halfway, still left a ClientDisconnect traceback."""
+    from starlette.requests import ClientDisconnect
+
+    from skillorchestra.server.http import RefusedQuietly
+
+    async def sdk_messages(scope: Any, receive: Any, send: Any) -> None:
+        raise ClientDisconnect()  # what the SDK's handler raises reading a body whose client left
+
+    with caplog.at_level(logging.WARNING):
+        await RefusedQuietly(sdk_messages)({"type": "http", "path": "/messages/"}, None, None)  # type: ignore[arg-type]
+    said = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records]
+    assert said == [("WARNING", "a client disconnected before its request arrived whole", None)]

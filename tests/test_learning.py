@@ -337,3 +337,18 @@ def test_comparable_validation_tasks_are_counted_on_the_learners_own_split() -> 
     expected = sum(1 for i in val if len(learned_on[int(i)].outcomes) == 2)
     assert result.metrics["comparable_validation_tasks"] == expected > 0
     assert result.metrics["n_val"] == len(val)
+
+
+def test_a_learned_cost_row_counts_the_calls_that_reported_each_figure() -> None:
+    """Review: the learner filled unreported tokens with estimates and counted them as reported; the live store
+    leaves a mean alone for a call without the figure, and so does the profile now."""
+    from skillorchestra.handbook.traces import AgentPrice
+
+    tasks = [
+        TraceTask(id="a", query="q1", outcomes={"x": AgentOutcome(score=1.0, cost_usd=0.01, prompt_tokens=100)}),
+        TraceTask(id="b", query="q2", outcomes={"x": AgentOutcome(score=0.0, cost_usd=0.01, latency_s=2.0)}),
+    ]
+    outcomes = Outcomes.build(tasks, {"x": AgentPrice(input_per_mtok=1.0, output_per_mtok=1.0)})
+    (row,) = [c for c in profile(np.ones((2, 1)), ["s"], outcomes)[1] if c.skill_id == "s"]
+    assert (row.n, row.n_prompt_tokens, row.n_completion_tokens, row.n_latency_s) == (2.0, 1.0, 0.0, 1.0)
+    assert (row.mean_prompt_tokens, row.mean_completion_tokens, row.mean_latency_s) == (100.0, 0.0, 2.0)

@@ -138,4 +138,5 @@ def cost_basis_text(ds: dict[str, Any]) -> str:
     share = ds.get("recorded_cost_share") or 0.0
     if ds["cost_basis"] != "estimated" or share <= 0:
         return str(ds["cost_basis"])
-    return f"estimated ({share:.0%} of costs recorded)"
+    shown = "over 99%" if share > 0.99 else "under 1%" if share < 0.01 else f"{share:.0%}"  # never "100%" or "0%"
+    return f"estimated ({shown} of costs recorded)"

@@ -19,7 +19,6 @@ from skillorchestra.handbook.costing import CHARS_PER_TOKEN
 from skillorchestra.handbook.models import Competence, CostStats
 from skillorchestra.handbook.posterior import fractional_update
 from skillorchestra.handbook.traces import (
-    DEFAULT_COMPLETION_TOKENS,
     AgentPrice,
     TraceTask,
     estimate_cost_usd,
@@ -63,10 +62,12 @@ class Outcomes:
                 cost = estimate_cost_usd(task.query, outcome, prices.get(agent))
                 if cost is not None:
                     costs[i, j] = cost
-                prompt[i, j] = outcome.prompt_tokens if outcome.prompt_tokens is not None else len(task.query) / 4
-                completion[i, j] = (
-                    outcome.completion_tokens if outcome.completion_tokens is not None else DEFAULT_COMPLETION_TOKENS
-                )
+                # the figures reported, NaN where not: the cost statistics count the calls behind each mean, and an
+                # estimate is not a report (review: learned rows counted every call)
+                if outcome.prompt_tokens is not None:
+                    prompt[i, j] = outcome.prompt_tokens
+                if outcome.completion_tokens is not None:
+                    completion[i, j] = outcome.completion_tokens
                 if outcome.latency_s is not None:
                     latency[i, j] = outcome.latency_s
                 recorded_step = (outcome.model_extra or {}).get("step_tokens")  # the server's log carries its own
