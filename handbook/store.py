@@ -87,6 +87,14 @@ MAX_SEQ = 2**63 - 1  # above every event's seq (SQLite's largest integer)
 
 COMPETENCE_SQL = "SELECT agent_id, skill_id, alpha, beta FROM competence ORDER BY agent_id, skill_id"
 COST_SQL = f"SELECT {', '.join(CostRow._fields)} FROM cost_stats ORDER BY agent_id, skill_id"
+# a cost row's numbers, as an outcome updates them (built once: record_outcome is the hot path)
+_COST_NUMBERS = CostRow._fields[2:]
+_COST_COLUMNS = ", ".join(_COST_NUMBERS)
+_NO_COSTS = (0.0,) * len(_COST_NUMBERS)
+_COST_UPSERT = (
+    f"INSERT INTO cost_stats (agent_id, skill_id, {_COST_COLUMNS}) VALUES ({', '.join('?' * len(CostRow._fields))})"
+    " ON CONFLICT (agent_id, skill_id) DO UPDATE SET " + ", ".join(f"{n} = excluded.{n}" for n in _COST_NUMBERS)
+)
 SKILL_SQL = "SELECT id, mode, parent_id, description, indicators, examples FROM skills"
 AGENT_SQL = "SELECT id, description, modes, input_per_mtok, output_per_mtok, enabled, cost_per_call_usd FROM agents"
 # an agent serves a mode when it names it or names none (arrays.serves, in SQL); CASE, as OR may not short-circuit
@@ -571,31 +579,26 @@ class HandbookStore(SqliteFile):
     ) -> list[CostStats]:
         """Weighted running cost statistics; a failed call's latency says nothing about the agent's speed, and a
         figure the call did not report leaves its mean alone."""
-        names = [f for f in CostRow._fields if f not in ("agent_id", "skill_id")]
-        columns = ", ".join(names)
-        current = self._rows_for("cost_stats", columns, agent_id, [s for s, _ in demands])
-        latency = None if infrastructure else payload.get("latency_s")
+        current = self._rows_for("cost_stats", _COST_COLUMNS, agent_id, [s for s, _ in demands])
+        measured = (  # (outcomes logged before m004 carry no step tokens)
+            ("mean_prompt_tokens", "n_prompt_tokens", payload.get("prompt_tokens")),
+            ("mean_completion_tokens", "n_completion_tokens", payload.get("completion_tokens")),
+            ("mean_latency_s", "n_latency_s", None if infrastructure else payload.get("latency_s")),
+            ("mean_step_tokens", "n_step_tokens", payload.get("step_tokens")),
+        )
+        reported = [(mean, count, value) for mean, count, value in measured if value is not None]
         updated = []
         for skill_id, weight in demands:
-            row = dict(zip(names, current.get(skill_id, (0.0,) * len(names)), strict=True))
+            row = dict(zip(_COST_NUMBERS, current.get(skill_id, _NO_COSTS), strict=True))
             row["n"], row["mean_cost_usd"], row["m2_cost"] = weighted_mean_update(
                 row["n"], row["mean_cost_usd"], row["m2_cost"], weight, payload["cost_usd"]
             )
-            for mean, count, observed in (  # (outcomes logged before m004 carry no step tokens)
-                ("mean_prompt_tokens", "n_prompt_tokens", payload.get("prompt_tokens")),
-                ("mean_completion_tokens", "n_completion_tokens", payload.get("completion_tokens")),
-                ("mean_latency_s", "n_latency_s", latency),
-                ("mean_step_tokens", "n_step_tokens", payload.get("step_tokens")),
-            ):
-                if observed is not None:
-                    row[count] += weight
-                    row[mean] += (observed - row[mean]) * weight / row[count]
+            for mean, count, value in reported:
+                row[count] += weight
+                row[mean] += (value - row[mean]) * weight / row[count]
             updated.append(CostStats(agent_id=agent_id, skill_id=skill_id, **row))
         self.db.conn.executemany(
-            f"INSERT INTO cost_stats (agent_id, skill_id, {columns}) VALUES ({', '.join('?' * (len(names) + 2))})"
-            " ON CONFLICT (agent_id, skill_id) DO UPDATE SET "
-            + ", ".join(f"{name} = excluded.{name}" for name in names),
-            [(c.agent_id, c.skill_id, *(getattr(c, name) for name in names)) for c in updated],
+            _COST_UPSERT, [(c.agent_id, c.skill_id, *(getattr(c, name) for name in _COST_NUMBERS)) for c in updated]
         )
         return updated
 
