@@ -105,6 +105,9 @@ class RouteRequest:
     unavailable: dict[str, str] | None = None  # agent_id -> reason (open circuit breakers)
     prompt_extra_chars: int = 0  # sent to the agent beside the text (delegate's context): billed, so costed
     named_agent: str | None = None  # delegate(agent_id=...): refusals are worded around it, not the others
+    # delegate's own routing: the decision is written claimed, so a server killed mid-call leaves a decision nobody
+    # can carry out again (QA: a new server called the agent a second time) and reports wait as for any claim
+    claimed: bool = False
 
 
 @dataclass(frozen=True)
@@ -512,6 +515,7 @@ class Handbook:
                     "excluded": [e.model_dump() for e in excluded],
                     "session_spend_usd": spend,
                     "step_tokens": tokens,
+                    "claimed_at": now if request.claimed else None,
                 }
             )
             return decision
@@ -767,6 +771,7 @@ class Handbook:
             expected_cost_usd=expected_cost,
             parent_decision_id=decision_id,
             role=role,
+            claimed_at=now,  # delegate carries it out now, as its own routed decision (see RouteRequest.claimed)
         )
         self.store.insert_decision(row)
         return new_id

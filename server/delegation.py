@@ -174,11 +174,24 @@ class Delegator:
                 if position == 0:  # the breaker turned between routing and calling: close the decision, uncalled
                     await anyio.to_thread.run_sync(self._uncalled, decision.decision_id)
                 continue
-            decision_id = (
-                decision.decision_id
-                if position == 0
-                else await anyio.to_thread.run_sync(self.handbook.fallback_decision, decision.decision_id, agent_id)
-            )
+            if position == 0:
+                decision_id = decision.decision_id
+            else:
+                try:  # held against the session's budget as route_step holds a step (QA: parallel fallbacks overspent)
+                    decision_id = await anyio.to_thread.run_sync(
+                        functools.partial(
+                            self.handbook.fallback_decision,
+                            decision.decision_id,
+                            agent_id,
+                            expected_cost=routed_costs.get(agent_id),
+                            budget_usd=route.budget_usd,
+                            c_ref=decision.c_ref_usd or 0.0,
+                        )
+                    )
+                except Unroutable as over:
+                    self.breaker.release(agent_id)
+                    tried.append(Attempt(agent_id=agent_id, error_class="budget", message=f"not called: {over}"))
+                    continue
             called = time.monotonic()
             slot = SlotWait()
             try:
@@ -241,7 +254,10 @@ class Delegator:
         connections = with_live_prices(connections, self.handbook.arrays())
         # fallbacks come from the candidates; the context is billed with the text, so it is costed with it
         wide = _replace(
-            route, top_k=max(route.top_k, 1 + self.max_fallbacks), prompt_extra_chars=len(request.context or "")
+            route,
+            top_k=max(route.top_k, 1 + self.max_fallbacks),
+            prompt_extra_chars=len(request.context or ""),
+            claimed=True,  # carried out at once: never again, even after this server is killed mid-call
         )
         return connections, route, self.handbook.route(wide)
 
@@ -481,8 +497,8 @@ def _refuse_unclaimable(
         raise InvalidInput(
             "decision_id",
             decision_id,
-            f"{wanted} (a delegate started carrying it out at {utc_text(row['claimed_at'])} and has not called"
-            " its agent yet, or its server stopped)",
+            f"{wanted} (a delegate has been carrying it out since {utc_text(row['claimed_at'])}, or its server"
+            " stopped while it did)",
         )
     if row.get("text") is not None and row["text"] != text:
         raise InvalidInput("text", text, f"the text decision {decision_id} was routed for")

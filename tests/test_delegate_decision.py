@@ -171,7 +171,7 @@ async def test_two_servers_on_one_file_cannot_both_carry_out_a_decision(
                 while rows(settings.db_path, "SELECT claimed_at FROM decisions") == [(None,)]:
                     await anyio.sleep(0.02)
             message = await refused(second, "delegate", {"text": STEP, "decision_id": routed["decision_id"]})
-            assert "a delegate started carrying it out" in message
+            assert "a delegate has been carrying it out since" in message
         assert [r["decision_id"] for r in results] == [routed["decision_id"]]
     assert len(fake_openai.chat_requests()) == 1
 

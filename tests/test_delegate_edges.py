@@ -13,7 +13,7 @@ import anyio
 import pytest
 from fake_openai import FakeOpenAI
 from mcp import Client
-from mcp_calls import call, loaded, priced_pair, refused
+from mcp_calls import call, loaded, priced_agent, priced_pair, refused
 
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.service import DelegateRequest, Handbook, RouteRequest
@@ -232,5 +232,70 @@ async def test_a_delegation_cancelled_while_waiting_for_a_slot_holds_no_budget(
         assert rows["first"] is not None and rows["second"] is None  # the waiting one was never called
         assert handbook.store.session_spend("second") == 0.0  # its share of the budget was given back at once
         assert handbook.store.session_spend("first") > 0.0
+    finally:
+        handbook.store.close()
+
+
+async def test_parallel_fallbacks_keep_within_the_session_budget(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    """QA: two steps of a session routed to a failing cheap agent both fell back to a dear one, and both calls were
+    billed past budget_usd: a fallback was written without the session's budget. It is now held as route_step holds
+    a step, so of two fallbacks only one fits."""
+    from skillorchestra.server.delegation import DelegationFailed
+    from skillorchestra.server.llm_backend import ensure_litellm
+
+    await ensure_litellm()
+    toml = priced_agent("broken", "broken-model", fake_openai.api_base, 0.2, 0.4) + priced_pair(fake_openai.api_base)
+    settings = loaded(tmp_path, toml)
+    fake_openai.behaviours["broken-model"] = "FAIL500"
+    handbook = Handbook(HandbookStore(settings.db_path))
+    delegator = Delegator(handbook)
+    text = "name a prime number"
+    dear = handbook.route(RouteRequest(text=text, allowed_agents=["strong"], session_id="probe"))
+    budget = 1.5 * float(dear.candidates[0].expected_cost_usd or 0)  # one strong call fits, two do not
+    results: list[object] = []
+
+    async def step() -> None:
+        route = RouteRequest(text=text, allowed_agents=["broken", "strong"], session_id="s", budget_usd=budget)
+        try:
+            results.append(await delegator.delegate(DelegateRequest(route=route, timeout_s=10)))
+        except DelegationFailed as failed:
+            results.append(failed)
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(step)
+            group.start_soon(step)
+        answered = [r for r in results if not isinstance(r, Exception)]
+        refused = [str(r) for r in results if isinstance(r, Exception)]
+        assert len(answered) == 1 and answered[0].agent_id == "strong"  # type: ignore[attr-defined]
+        assert len(refused) == 1 and "strong: budget (not called: expected cost" in refused[0]
+        assert handbook.store.session_spend("s") <= budget
+    finally:
+        handbook.store.close()
+
+
+async def test_a_delegates_own_decision_is_claimed_from_the_start(settings: ServerSettings) -> None:
+    """QA: a stdio server killed while delegate's agent answered left the decision unclaimed and uncalled: a new
+    server carried it out again (the agent called twice, billed twice) and a report could be applied mid-call. It
+    is written claimed, as its fallbacks are, so neither can happen."""
+    calls: list[str] = []
+    seen: dict[str, object] = {}
+
+    async def caller(conn: AgentConnection, *_: Any) -> BackendResult:
+        calls.append(conn.id)
+        row = handbook.store.db.execute("SELECT id, claimed_at, role FROM decisions ORDER BY created_at").fetchall()
+        seen[conn.id] = row[-1]
+        if conn.id == "cheap":
+            return BackendResult(error_class="server_error", error_type="APIError", message="boom", cost_usd=0.0)
+        return BackendResult(answer="42", prompt_tokens=1, completion_tokens=1, cost_usd=0.0)
+
+    handbook = Handbook(HandbookStore(settings.db_path))
+    try:
+        route = RouteRequest(text="x", allowed_agents=["cheap", "strong"], lambda_=1.0)
+        await Delegator(handbook, caller=caller).delegate(DelegateRequest(route=route))
+        assert calls == ["cheap", "strong"]
+        routed, fallback = seen["cheap"], seen["strong"]
+        assert routed[1] is not None and routed[2] is None  # claimed while its agent was called
+        assert fallback[1] is not None and fallback[2] == "fallback"
     finally:
         handbook.store.close()
