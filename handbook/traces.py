@@ -24,6 +24,17 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 DEFAULT_COMPLETION_TOKENS = 256
 
 
+# other names users give a field (QA: "reward" or "cost" read as no score and an estimated cost, silently)
+SYNONYMS = {
+    "score": ("reward", "success", "correct", "accuracy"),
+    "cost_usd": ("cost", "usd", "price", "cost_dollars"),
+    "prompt_tokens": ("input_tokens",),
+    "completion_tokens": ("output_tokens",),
+    "latency_s": ("latency", "seconds", "duration_s"),
+    "reference": ("answer", "expected", "gold", "ground_truth", "target"),
+}
+
+
 def refuse_misspelt(data: Any, fields: Iterable[str], known: Iterable[str] = ()) -> Any:
     """A before-validator for the formats that keep unknown keys: a key that is not `known` but looks like a field
     the object lacks (or like that field's first word misspelt: "inptu" for input_per_mtok) is refused, naming both,
@@ -34,15 +45,22 @@ def refuse_misspelt(data: Any, fields: Iterable[str], known: Iterable[str] = ())
         return data
     missing = [field for field in fields if field not in data]
     words = {field.split("_")[0]: field for field in missing if "_" in field}
+    other_names = {name: field for field in missing for name in SYNONYMS.get(field, ())}
     for key in data:
-        if not isinstance(key, str) or key in known or key in fields or key in words:
+        if not isinstance(key, str) or key in known or key in fields:
             continue
-        close = difflib.get_close_matches(key, missing, n=1, cutoff=0.8)
+        lowered = key.lower()  # "SCORE", "COST_USD" (QA)
+        if key in words and lowered not in other_names:
+            continue
+        close = [field for field in missing if field == lowered] or (
+            [other_names[lowered]] if lowered in other_names else []
+        )
+        close = close or difflib.get_close_matches(key, missing, n=1, cutoff=0.8)
         close = close or [words[w] for w in difflib.get_close_matches(key, list(words), n=1, cutoff=0.8)]
         if close:
             raise PydanticCustomError(
                 "misspelt_field",
-                "{expected}, not {key} (misspelt? an unknown key would be ignored)",
+                "{expected}, not {key} (misspelt, or another name for it? an unknown key would be ignored)",
                 {"expected": repr(close[0]), "key": repr(key)},
             )
     return data

@@ -113,7 +113,7 @@ CASES = {
     "eval --test, a misspelt outcome key": lambda d: (
         _eval(d, _good_tasks(d / "train.jsonl"), _misspelt(d / "test.jsonl")),
         "test.jsonl:7='outcomes.a'",
-        "expected 'score', not 'scroe' (misspelt? an unknown key would be ignored)",
+        "expected 'score', not 'scroe' (misspelt, or another name for it? an unknown key would be ignored)",
     ),
     "learn --agents, a misspelt price key": lambda d: (
         ["learn", "--data", str(_good_tasks(d / "train.jsonl")), "--agents", str(_misspelt_price(d / "p.json"))],
@@ -242,6 +242,10 @@ def test_a_trace_files_problem_is_worded_without_pydantics_subjects(
         ({"id": "t", "query": "q", "outcomes": {"a": {"scroe": 1}}}, "'score', not 'scroe'"),
         ({"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "latency_ms": 20}}}, "'latency_s', not 'latency_ms'"),
         ({"id": "t", "querry": "q", "outcomes": {}}, "'query', not 'querry'"),
+        ({"id": "t", "query": "q", "outcomes": {"a": {"reward": 1}}}, "'score', not 'reward'"),  # QA: read as no score
+        ({"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "cost": 0.05}}}, "'cost_usd', not 'cost'"),
+        ({"id": "t", "query": "q", "outcomes": {"a": {"SCORE": 1}}}, "'score', not 'SCORE'"),
+        ({"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "input_tokens": 9}}}, "'prompt_tokens', not"),
     ],
 )
 def test_only_keys_that_look_like_a_missing_field_are_refused(line: dict[str, Any], refused: str | None) -> None:
