@@ -206,7 +206,8 @@ class Handbook:
             return self._pending.competence(agent_id, skill_ids)
         if self._pending is None and self._arrays is not None and self._numbers_unchanged(self._arrays_key, current):
             return self._arrays.competence(agent_id, skill_ids)
-        own_edits_only = self._read_data_version == current[0]
+        # never read in this process (its first report: QA), or read since no other process wrote
+        own_edits_only = self._read_data_version in (None, current[0])
         if derive or own_edits_only:
             return self.arrays().competence(agent_id, skill_ids)
         return [None] * len(skill_ids)

@@ -321,8 +321,8 @@ def load_agent_configs(
     `argument`: the command-line argument that named the file, which an unreadable file's error names."""
     source = str(path)
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        with open(path, encoding="utf-8-sig") as f:  # a BOM (Windows editors) is no TOML error (QA)
+            data = tomllib.loads(f.read())
     except OSError as exc:
         raise InvalidInput(argument, source, f"a readable TOML file ({exc.strerror or exc})") from None
     except UnicodeDecodeError:

@@ -91,6 +91,8 @@ def read_document(path: Path) -> HandbookDocument:
         document = HandbookDocument.model_validate_json(text, strict=True)  # "8" is not a count (QA)
     except ValidationError as exc:
         where, value, expected = first_problem(exc)
+        if exc.errors(include_url=False)[0]["type"] == "extra_forbidden":  # a field that has no place here: its
+            value = "(its value not shown)"  # value says nothing, and may be a key (QA: api_key='sk-...' echoed)
         raise InvalidInput(f"{path.name}:{where or 'document'}", "" if value is None else value, expected) from None
     missing = [key for key in DOCUMENT_KEYS if key not in document.model_fields_set]
     if (

@@ -313,3 +313,10 @@ def test_a_second_load_names_the_agents_it_takes_out_of_delegation(
     err = capsys.readouterr().err
     assert err.count("this file replaces the loaded settings") == 1 and "settings: a (loaded before, not in it)" in err
     assert set(HandbookStore(db).connections()) == {"b", "c"}
+
+
+def test_an_agents_file_saved_with_a_bom_loads(tmp_path: Path) -> None:
+    """QA: Windows editors' byte order mark read as a TOML error at line 1, column 1."""
+    path = tmp_path / "agents.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    assert load_agent_configs(path) == load_agent_configs(write(tmp_path, GOOD))

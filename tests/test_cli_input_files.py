@@ -259,3 +259,22 @@ def test_only_keys_that_look_like_a_missing_field_are_refused(line: dict[str, An
     else:
         with pytest.raises(ValidationError, match=refused):
             TraceTask.model_validate(line)
+
+
+def test_an_imported_field_that_has_no_place_is_named_without_its_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """QA: an agent's api_key pasted into an import document was echoed in the error (agents.toml masks it)."""
+    db, exported = tmp_path / "h.db", tmp_path / "e.json"
+    with pytest.raises(SystemExit):
+        main(["handbook", "import", "--example", "--db", str(db)])
+    with pytest.raises(SystemExit):
+        main(["handbook", "export", str(exported), "--db", str(db)])
+    document = json.loads(exported.read_text())
+    document["agents"][0]["api_key"] = "sk-proj-SECRETSECRET1234567890"
+    exported.write_text(json.dumps(document))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["handbook", "import", str(exported), "--db", str(db)])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "agents.0.api_key='(its value not shown)'" in err and "SECRET" not in err

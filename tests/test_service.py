@@ -1200,3 +1200,14 @@ def test_a_report_waits_while_delegate_carries_its_decision_out(tmp_path: Path, 
         book.record(OutcomeReport(decision_id=uncalled.decision_id, success=True))
     clock.now += CLAIM_IN_FLIGHT_S + 1  # the delegate's server stopped mid-call
     assert book.record(OutcomeReport(decision_id=carried.decision_id, success=True)).reward == 1.0
+
+
+def test_a_servers_first_report_returns_the_competence(tmp_path: Path, clock: Clock) -> None:
+    """QA: a server whose first act was a report (of a step another server routed) answered competence null,
+    which the README keeps for another process's write meanwhile: it had never read the arrays."""
+    first = make_book(tmp_path / "first.db", clock)
+    decision = first.route(request(skills=python(), allowed_agents=["mid"]))
+    second = Handbook(HandbookStore(tmp_path / "first.db"), HandbookSettings(decision_ttl_s=TTL), clock=clock)
+    result = second.record(OutcomeReport(decision_id=decision.decision_id, success=True))
+    assert result.updated and all(update.competence is not None for update in result.updated)
+    second.store.close()
