@@ -4,6 +4,7 @@ document is written: an import or a learned version either fits whole or is refu
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,7 +50,14 @@ def check_document(document: HandbookDocument, live: HandbookDocument | None = N
             check_entering(item, stored.get(item.id), where, id_field=f"{kind}[].id", texts=texts)
     if texts and document.description != (live.description if live else ""):
         _check(plain_text, "description", document.description)
-    mode_ids = {m.id for m in document.modes} | {s.mode for s in document.skills}  # a skill's mode is created
+    listed = {m.id for m in document.modes}
+    for skill in document.skills:  # a skill's mode is created, unless it reads as a typo of a listed one (QA)
+        close = difflib.get_close_matches(skill.mode, sorted(listed), n=1, cutoff=0.8) if listed else []
+        if skill.mode not in listed and close:
+            raise InvalidInput(
+                f"skills[{_label(skill.id)}].mode", skill.mode, f"{close[0]!r}, a mode the document lists (misspelt?)"
+            )
+    mode_ids = listed | {s.mode for s in document.skills}
     for agent in document.agents:
         unknown = [m for m in agent.modes if m not in mode_ids]
         if unknown:

@@ -278,3 +278,22 @@ def test_an_imported_field_that_has_no_place_is_named_without_its_value(
         main(["handbook", "import", str(exported), "--db", str(db)])
     err = capsys.readouterr().err
     assert exited.value.code == 2 and "agents.0.api_key='(its value not shown)'" in err and "SECRET" not in err
+
+
+def test_an_imported_skill_whose_mode_reads_as_a_typo_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """QA: a skill of mode "answr" imported and created a second mode beside "answer", saying nothing."""
+    db, exported = tmp_path / "h.db", tmp_path / "e.json"
+    with pytest.raises(SystemExit):
+        main(["handbook", "import", "--example", "--db", str(db)])
+    with pytest.raises(SystemExit):
+        main(["handbook", "export", str(exported), "--db", str(db)])
+    document = json.loads(exported.read_text())
+    document["skills"][0]["mode"] = "answr"
+    exported.write_text(json.dumps(document))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["handbook", "import", str(exported), "--db", str(db)])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "mode='answr': expected 'answer', a mode the document lists" in err
