@@ -708,7 +708,9 @@ class Handbook:
         latency_s: float,
         error_class: str | None,
     ) -> None:
-        """What a delegated call cost, recorded at once (the session budget sees it before any report)."""
+        """What a delegated call cost, recorded at once (the session budget sees it before any report). The decision
+        waits for its outcome a full time to live from now: the client learns its id only when delegate returns (QA:
+        with a TTL shorter than the call, delegate handed back a decision that had already expired)."""
         self.store.note_call(
             decision_id,
             {
@@ -719,6 +721,7 @@ class Handbook:
                 "latency_s": latency_s,
                 "error_class": error_class,
             },
+            waits_until=self.clock() + self.settings.decision_ttl_s,
         )
 
     def fallback_decision(

@@ -781,13 +781,18 @@ class HandbookStore(SqliteFile):
             ).fetchone()
         return float(row[0])
 
-    def note_call(self, decision_id: str, call: dict[str, Any]) -> None:
-        """Record what a delegated call cost and how long it took, as soon as it returns."""
+    def note_call(self, decision_id: str, call: dict[str, Any], waits_until: float | None = None) -> None:
+        """Record what a delegated call cost and how long it took, as soon as it returns; `waits_until`: the decision
+        expires no earlier (an unreported one: its outcome is still to come)."""
         columns = {f"call_{k}": v for k, v in call.items()}
         assignments = ", ".join(f"{column} = ?" for column in columns)  # column names are ours, never input
+        values: list[Any] = list(columns.values())
+        if waits_until is not None:
+            assignments += f", expires_at = CASE WHEN {UNREPORTED} THEN MAX(expires_at, ?) ELSE expires_at END"
+            values.append(waits_until)
         with self.write():
             sql = f"UPDATE decisions SET {assignments} WHERE id = ?"
-            updated = self.db.execute(sql, [*columns.values(), decision_id])
+            updated = self.db.execute(sql, [*values, decision_id])
             if updated.rowcount == 0:
                 raise NotFound("decision", decision_id, hint="decision ids come from route_step or delegate")
 

@@ -1211,3 +1211,17 @@ def test_a_servers_first_report_returns_the_competence(tmp_path: Path, clock: Cl
     result = second.record(OutcomeReport(decision_id=decision.decision_id, success=True))
     assert result.updated and all(update.competence is not None for update in result.updated)
     second.store.close()
+
+
+def test_a_delegated_decision_waits_a_full_ttl_after_its_call(tmp_path: Path, clock: Clock) -> None:
+    """QA: with a time to live shorter than the agent's answer, delegate handed back a decision that had expired: the
+    client learns its id only when delegate returns, so the wait for its outcome starts there."""
+    store = HandbookStore(tmp_path / "ttl.db")
+    store.create_version(DOCUMENT, source="test")
+    book = Handbook(store, HandbookSettings(decision_ttl_s=3.0), clock=clock)
+    decision = book.route(request(skills=python(), allowed_agents=["mid"]))
+    clock.now += 6.0  # the agent took 6 s
+    figures = {"cost_source": "agent_prices", "prompt_tokens": 1, "completion_tokens": 1, "error_class": None}
+    book.note_call(decision.decision_id, cost_usd=0.001, latency_s=6.0, **figures)
+    clock.now += 1.0
+    assert book.record(OutcomeReport(decision_id=decision.decision_id, success=True)).reward == 1.0
