@@ -186,6 +186,22 @@ def test_an_import_lacking_a_documents_keys_is_refused_naming_the_first(
     assert "skills 20, agents 9" in capsys.readouterr().out  # the live handbook is the example still
 
 
+def _import_changed(tmp_path: Path, capsys: pytest.CaptureFixture[str], change: Any) -> tuple[int, str, Path]:
+    """The example handbook exported, changed by `change(document)`, and imported back: (exit status, stderr, db)."""
+    db, exported = tmp_path / "h.db", tmp_path / "e.json"
+    with pytest.raises(SystemExit):
+        main(["handbook", "import", "--example", "--db", str(db)])
+    with pytest.raises(SystemExit):
+        main(["handbook", "export", str(exported), "--db", str(db)])
+    document = json.loads(exported.read_text())
+    change(document)
+    exported.write_text(json.dumps(document))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["handbook", "import", str(exported), "--db", str(db)])
+    return int(exited.value.code or 0), capsys.readouterr().err, db
+
+
 @pytest.mark.parametrize(
     ("change", "says"),
     [
@@ -197,18 +213,8 @@ def test_an_imported_competence_row_needs_both_counts_as_numbers(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], change: Any, says: str
 ) -> None:
     """QA: a row without beta imported as beta 1 (the prior), and "8" as 8: the agent read 0.91 where 0.8 was meant."""
-    db, exported = tmp_path / "h.db", tmp_path / "e.json"
-    with pytest.raises(SystemExit):
-        main(["handbook", "import", "--example", "--db", str(db)])
-    with pytest.raises(SystemExit):
-        main(["handbook", "export", str(exported), "--db", str(db)])
-    document = json.loads(exported.read_text())
-    change(document["competence"][3])
-    exported.write_text(json.dumps(document))
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exited:
-        main(["handbook", "import", str(exported), "--db", str(db)])
-    assert exited.value.code == 2 and says in capsys.readouterr().err
+    code, err, db = _import_changed(tmp_path, capsys, lambda document: change(document["competence"][3]))
+    assert code == 2 and says in err
     with pytest.raises(SystemExit):
         main(["handbook", "versions", "--db", str(db)])
     assert "version 3" not in capsys.readouterr().out  # nothing was imported
@@ -265,35 +271,21 @@ def test_an_imported_field_that_has_no_place_is_named_without_its_value(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """QA: an agent's api_key pasted into an import document was echoed in the error (agents.toml masks it)."""
-    db, exported = tmp_path / "h.db", tmp_path / "e.json"
-    with pytest.raises(SystemExit):
-        main(["handbook", "import", "--example", "--db", str(db)])
-    with pytest.raises(SystemExit):
-        main(["handbook", "export", str(exported), "--db", str(db)])
-    document = json.loads(exported.read_text())
-    document["agents"][0]["api_key"] = "sk-proj-SECRETSECRET1234567890"
-    exported.write_text(json.dumps(document))
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exited:
-        main(["handbook", "import", str(exported), "--db", str(db)])
-    err = capsys.readouterr().err
-    assert exited.value.code == 2 and "agents.0.api_key='(its value not shown)'" in err and "SECRET" not in err
+
+    def paste_key(document: dict[str, Any]) -> None:
+        document["agents"][0]["api_key"] = "sk-proj-SECRETSECRET1234567890"
+
+    code, err, _ = _import_changed(tmp_path, capsys, paste_key)
+    assert code == 2 and "agents.0.api_key='(its value not shown)'" in err and "SECRET" not in err
 
 
 def test_an_imported_skill_whose_mode_reads_as_a_typo_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """QA: a skill of mode "answr" imported and created a second mode beside "answer", saying nothing."""
-    db, exported = tmp_path / "h.db", tmp_path / "e.json"
-    with pytest.raises(SystemExit):
-        main(["handbook", "import", "--example", "--db", str(db)])
-    with pytest.raises(SystemExit):
-        main(["handbook", "export", str(exported), "--db", str(db)])
-    document = json.loads(exported.read_text())
-    document["skills"][0]["mode"] = "answr"
-    exported.write_text(json.dumps(document))
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exited:
-        main(["handbook", "import", str(exported), "--db", str(db)])
-    err = capsys.readouterr().err
-    assert exited.value.code == 2 and "mode='answr': expected 'answer', a mode the document lists" in err
+
+    def misspell(document: dict[str, Any]) -> None:
+        document["skills"][0]["mode"] = "answr"
+
+    code, err, _ = _import_changed(tmp_path, capsys, misspell)
+    assert code == 2 and "mode='answr': expected 'answer', a mode the document lists" in err
