@@ -193,7 +193,10 @@ class Delegator:
                     tried.append(Attempt(agent_id=agent_id, error_class="budget", message=f"not called: {over}"))
                     continue
             called = time.monotonic()
-            slot = SlotWait()
+            # with fallbacks left, a busy agent's slot is waited for only its share of the time left (QA: the wait
+            # for one busy agent spent the whole step, and an idle fallback was never tried)
+            left = len(order) - position - 1
+            slot = SlotWait(max(remaining / (left + 1), MIN_TRY_S) if left else None)
             try:
                 result = await self._call(
                     connections[agent_id], route.text, messages, deadline, request, progress, start, slot

@@ -522,10 +522,12 @@ QUEUE_FULL = "LocalQueueFull"  # error_type of a call that never started: our ow
 
 class SlotWait:
     """Whether a call is still waiting for its agent's concurrency slot: a call cancelled then never reached the
-    agent, so it cost nothing and its decision can be given back (server/delegation.py)."""
+    agent, so it cost nothing and its decision can be given back (server/delegation.py). `longest`: the most time
+    the wait may take, so a busy agent leaves its fallbacks time (None: the call's own timeout)."""
 
-    def __init__(self) -> None:
+    def __init__(self, longest: float | None = None) -> None:
         self.waiting = False
+        self.longest = longest
 
 
 # set by the caller around one call; a context variable, so the backends' signatures stay those of a plain call
@@ -538,6 +540,8 @@ async def acquire_slot(agent_id: str, concurrency: int, timeout: float) -> anyio
     wait = SLOT_WAIT.get()
     if wait is not None:
         wait.waiting = True
+        if wait.longest is not None and wait.longest < timeout:
+            timeout = wait.longest
     with anyio.move_on_after(timeout):
         await limiter.acquire()
         if wait is not None:

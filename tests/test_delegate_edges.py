@@ -299,3 +299,28 @@ async def test_a_delegates_own_decision_is_claimed_from_the_start(settings: Serv
         assert fallback[1] is not None and fallback[2] == "fallback"
     finally:
         handbook.store.close()
+
+
+async def test_a_busy_agent_leaves_its_fallbacks_time(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    """QA: the wait for a busy agent's one concurrency slot spent the step's whole time, so the idle fallback was
+    never tried ("delegate's time budget spent"); the wait now takes only its share of the time left."""
+    from skillorchestra.server.llm_backend import ensure_litellm
+
+    await ensure_litellm()
+    busy_cheap = priced_agent("strong", "strong-model", fake_openai.api_base, 10.0, 30.0) + priced_agent(
+        "cheap", "cheap-model", fake_openai.api_base, 0.2, 0.4
+    ).replace("modes", "concurrency = 1\nmodes")
+    settings = loaded(tmp_path, busy_cheap)
+    handbook = Handbook(HandbookStore(settings.db_path))
+    delegator = Delegator(handbook)
+    route = RouteRequest(text="name a prime", allowed_agents=["strong", "cheap"], lambda_=0.0)  # a tie: cheap first
+    try:
+        async with anyio.create_task_group() as group:
+            hold = DelegateRequest(route=RouteRequest(text="SLOW:6 hold the slot"), agent_id="cheap", timeout_s=10)
+            group.start_soon(delegator.delegate, hold)
+            await anyio.sleep(0.3)
+            result = await delegator.delegate(DelegateRequest(route=route, timeout_s=4))
+        assert [(t.agent_id, t.error_class) for t in result.tried] == [("cheap", "rate_limit"), ("strong", None)]
+        assert result.answer == "answer[strong-model]: name a prime"
+    finally:
+        handbook.store.close()
