@@ -130,18 +130,29 @@ class TraceTask(BaseModel):
 
 
 class AgentPrice(BaseModel):
-    """Prices per million tokens from `agents.json`."""
+    """An agent's prices from `agents.json`: per million tokens (both), per call (a tool billed by the call, as
+    agents.toml's and the handbook's cost_per_call_usd: QA), or both."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)  # "1" is not a price
 
-    input_per_mtok: float = Field(ge=0.0, le=MAX_USD)
-    output_per_mtok: float = Field(ge=0.0, le=MAX_USD)
+    input_per_mtok: float | None = Field(default=None, ge=0.0, le=MAX_USD)
+    output_per_mtok: float | None = Field(default=None, ge=0.0, le=MAX_USD)
+    cost_per_call_usd: float | None = Field(default=None, ge=0.0, le=MAX_USD)
     description: str | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _no_misspelt_keys(cls, data: Any) -> Any:
         return refuse_misspelt(data, cls.model_fields)
+
+    @model_validator(mode="after")
+    def _priced(self) -> AgentPrice:
+        tokens = (self.input_per_mtok is None, self.output_per_mtok is None)
+        if tokens == (True, True) and self.cost_per_call_usd is None:
+            raise ValueError("input_per_mtok and output_per_mtok, or cost_per_call_usd (no price given)")
+        if tokens in ((True, False), (False, True)):
+            raise ValueError("input_per_mtok and output_per_mtok set together (or neither)")
+        return self
 
 
 def infrastructure_failure(outcome: AgentOutcome) -> bool:
@@ -151,14 +162,18 @@ def infrastructure_failure(outcome: AgentOutcome) -> bool:
 
 
 def estimate_cost_usd(query: str, outcome: AgentOutcome, price: AgentPrice | None) -> float | None:
-    """Cost of one call: `cost_usd` wins, else tokens (given, or len(query)/4 and 256) times the agent's prices."""
+    """Cost of one call: `cost_usd` wins, else tokens (given, or len(query)/4 and 256) times the agent's token
+    prices, plus its price per call."""
     if outcome.cost_usd is not None:
         return outcome.cost_usd
     if price is None:
         return None
+    per_call = price.cost_per_call_usd or 0.0
+    if price.input_per_mtok is None or price.output_per_mtok is None:  # priced by the call alone
+        return per_call
     prompt = outcome.prompt_tokens if outcome.prompt_tokens is not None else len(query) / 4
     completion = outcome.completion_tokens if outcome.completion_tokens is not None else DEFAULT_COMPLETION_TOKENS
-    return (prompt * price.input_per_mtok + completion * price.output_per_mtok) / 1e6
+    return (prompt * price.input_per_mtok + completion * price.output_per_mtok) / 1e6 + per_call
 
 
 def read_tasks(path: str | Path) -> list[TraceTask]:

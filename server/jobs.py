@@ -152,7 +152,9 @@ def keep_live_agents(
                     "output_per_mtok": (
                         agent.output_per_mtok if agent.output_per_mtok is not None else old.output_per_mtok
                     ),
-                    "cost_per_call_usd": old.cost_per_call_usd,  # learning knows token prices only
+                    "cost_per_call_usd": (  # agents.json may price by the call
+                        agent.cost_per_call_usd if agent.cost_per_call_usd is not None else old.cost_per_call_usd
+                    ),
                 }
             )
         )

@@ -352,3 +352,23 @@ def test_a_learned_cost_row_counts_the_calls_that_reported_each_figure() -> None
     (row,) = [c for c in profile(np.ones((2, 1)), ["s"], outcomes)[1] if c.skill_id == "s"]
     assert (row.n, row.n_prompt_tokens, row.n_completion_tokens, row.n_latency_s) == (2.0, 1.0, 0.0, 1.0)
     assert (row.mean_prompt_tokens, row.mean_completion_tokens, row.mean_latency_s) == (100.0, 0.0, 2.0)
+
+
+def test_agents_json_may_price_an_agent_by_the_call() -> None:
+    """QA: agents.json could not say cost_per_call_usd (refused alone; dropped beside token prices), so a tool agent
+    was learned at $0 a call. It is priced per call, per token, or both, and learning carries it."""
+    from pydantic import ValidationError
+
+    from skillorchestra.handbook.learning.pipeline import _agents
+    from skillorchestra.handbook.traces import AgentPrice, estimate_cost_usd
+
+    tool = AgentPrice.model_validate({"cost_per_call_usd": 0.002})
+    both = AgentPrice.model_validate({"input_per_mtok": 1.0, "output_per_mtok": 2.0, "cost_per_call_usd": 0.002})
+    outcome = AgentOutcome(score=1.0, prompt_tokens=1000, completion_tokens=500)
+    assert estimate_cost_usd("q", outcome, tool) == 0.002
+    assert estimate_cost_usd("q", outcome, both) == pytest.approx(0.001 + 0.001 + 0.002)
+    assert [a.cost_per_call_usd for a in _agents(["tool", "none"], {"tool": tool})] == [0.002, None]
+    with pytest.raises(ValidationError, match="cost_per_call_usd"):
+        AgentPrice.model_validate({"description": "no price"})
+    with pytest.raises(ValidationError, match="set together"):
+        AgentPrice.model_validate({"input_per_mtok": 1.0, "cost_per_call_usd": 0.1})

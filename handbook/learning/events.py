@@ -74,7 +74,12 @@ def tasks_from_events(store: HandbookStore) -> list[TraceTask]:
 def prices_from_store(store: HandbookStore) -> dict[str, AgentPrice]:
     """The handbook's own agent prices, for the tasks' cost estimates where an outcome reported no cost."""
     return {
-        a.id: AgentPrice(input_per_mtok=a.input_per_mtok, output_per_mtok=a.output_per_mtok, description=a.description)
+        a.id: AgentPrice(
+            input_per_mtok=a.input_per_mtok,
+            output_per_mtok=a.output_per_mtok,
+            cost_per_call_usd=a.cost_per_call_usd,
+            description=a.description,
+        )
         for a in store.agents()
-        if a.input_per_mtok is not None and a.output_per_mtok is not None
+        if (a.input_per_mtok is not None and a.output_per_mtok is not None) or a.cost_per_call_usd is not None
     }

@@ -123,6 +123,7 @@ def _agents(agent_ids: Sequence[str], prices: Mapping[str, AgentPrice]) -> list[
                 description=((price.description or "") if price else "")[:DESCRIPTION_MAX],
                 input_per_mtok=price.input_per_mtok if price else None,
                 output_per_mtok=price.output_per_mtok if price else None,
+                cost_per_call_usd=price.cost_per_call_usd if price else None,
             )
         )
     return out
