@@ -41,6 +41,15 @@ def first_problem(exc: ValidationError) -> tuple[str, object, str]:
     return where, err.get("input"), expectation(err)
 
 
+# what a file's author calls the types pydantic names after Python's
+_PLAIN_KINDS = {
+    "tuple_type": "a list (an array: [...])",
+    "list_type": "a list (an array: [...])",
+    "dict_type": "an object ({...})",
+    "model_type": "an object ({...})",
+    "model_attributes_type": "an object ({...})",
+}
+
 # pydantic's subjects, dropped: the message reads "field=value: expected <what>"
 _PYDANTIC_SUBJECTS = (
     "Value error, ",
@@ -58,6 +67,8 @@ def expectation(error: Mapping[str, Any]) -> str:
         return "no field of this name (misspelt, or not one this takes)"
     if kind == "json_invalid":
         return f"valid JSON ({message.removeprefix('Invalid JSON: ')})"
+    if kind in _PLAIN_KINDS:  # pydantic's words for Python types, which a user writing TOML or JSON never sees (QA)
+        return _PLAIN_KINDS[kind]
     for prefix in _PYDANTIC_SUBJECTS:  # "String should have at least 1 character" -> "at least 1 character"
         message = message.removeprefix(prefix)
     given = error.get("input")

@@ -320,3 +320,9 @@ def test_an_agents_file_saved_with_a_bom_loads(tmp_path: Path) -> None:
     path = tmp_path / "agents.toml"
     path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
     assert load_agent_configs(path) == load_agent_configs(write(tmp_path, GOOD))
+
+
+def test_a_type_error_is_worded_in_the_files_terms(tmp_path: Path) -> None:
+    """QA: `modes = "answer"` read "expected a valid tuple", a Python word a TOML author never sees."""
+    with pytest.raises(InvalidInput, match=r"agents\.a\.modes='answer': expected a list \(an array: \[\.\.\.\]\)"):
+        load_agent_configs(write(tmp_path, '[agents.a]\nmodel = "openai/a"\nmodes = "answer"\n'))
