@@ -96,7 +96,8 @@ def route(inputs: RouteInputs, lambda_: float, strategy: Strategy, rng: np.rando
     penalty = cost_penalty(inputs.cost, inputs.c_ref, lambda_)
     mean_utility = _nan_last(quality - penalty)
     masked_mean = np.where(inputs.eligible, mean_utility, -np.inf)
-    greedy = int(eligible[best_first(mean_utility[eligible], inputs.cost[eligible])[0]])
+    by_mean = eligible[best_first(mean_utility[eligible], inputs.cost[eligible])]  # the mean strategy's ranking
+    greedy = int(by_mean[0])
 
     if strategy == "thompson":
         if rng is None:
@@ -117,7 +118,7 @@ def route(inputs: RouteInputs, lambda_: float, strategy: Strategy, rng: np.rando
     else:
         chosen, propensity, explored = greedy, 1.0, False
         utility = masked_mean
-        order = eligible[best_first(mean_utility[eligible], inputs.cost[eligible])]
+        order = by_mean
 
     return RouteScores(
         chosen=chosen,

@@ -158,8 +158,8 @@ def handbook_show(args: argparse.Namespace) -> int:
             if skill.mode == mode.id:
                 indent = "    " if skill.parent_id else "  "
                 lines.append(f"{indent}{skill.id}: {skill.description}{_best_on(arrays, skill.id)}")
-    for i, agent in enumerate(document.agents):
-        lines.append(_agent_line(arrays, i, agent))
+    for agent in document.agents:
+        lines.append(_agent_line(arrays, arrays.agent_index[agent.id], agent))  # the arrays order agents by id
     print("\n".join(one_line(line) for line in lines))  # a file's texts may hold escapes: inert on a terminal
     return 0
 
