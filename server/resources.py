@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
+from mcp.server.mcpserver.resources.templates import ResourceSecurity
 
 from skillorchestra.handbook.metrics import entropy_bits
 from skillorchestra.handbook.schema import schema_version
@@ -26,6 +27,9 @@ def _json(value: object) -> str:
 
 LISTED_SKILL_FIELDS = {"id", "mode", "parent_id", "description"}
 LISTED_DESCRIPTION = 200  # characters of a description the listing resources show
+# An id is a key looked up in the handbook, never a file path: the SDK's default policy refused ids a user may well
+# choose ("/models/qwen2.5-7b", a vLLM model path; "x:tiny", read as a drive letter) as "Unknown resource" (QA)
+OPAQUE_IDS = ResourceSecurity(exempt_params={"skill_id", "agent_id"})
 
 
 def _listed(fields: dict[str, Any]) -> dict[str, Any]:
@@ -62,6 +66,7 @@ def register_resources(server: MCPServer, current: Callable[[], Handbook]) -> No
         "handbook://skills/{skill_id}",
         mime_type="application/json",
         description="One skill and each agent on it",
+        security=OPAQUE_IDS,
     )
     def skill(skill_id: str) -> str:
         return _json(skill_card(current(), skill_id))
@@ -70,6 +75,7 @@ def register_resources(server: MCPServer, current: Callable[[], Handbook]) -> No
         "handbook://agents/{agent_id}",
         mime_type="application/json",
         description="One agent: overall competence and, per skill it has evidence on, competence and cost",
+        security=OPAQUE_IDS,
     )
     def agent(agent_id: str) -> str:
         return _json(agent_card(current(), agent_id))  # the SDK has already percent-decoded the id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from mcp import Client, MCPError
@@ -399,6 +400,20 @@ async def test_resources_and_prompt(mcp_client: Client) -> None:
     assert "plan a trip" in text and "record_outcome" in text and "route_step" in text
     # delegate routes by itself: a loop that routed first and then delegated would make two decisions per step
     assert "never both for one step" in text and "route_step(" in text.split("delegate(", 1)[1]
+
+
+async def test_ids_shaped_like_paths_are_readable_as_resources(mcp_client: Client) -> None:
+    """Ids are keys, not paths: the SDK's default policy refused a vLLM model path and a drive-letter shape (QA)."""
+    for agent_id in ("/models/qwen2.5-7b", "x:tiny", "C:\\models\\q"):
+        await call(mcp_client, "upsert_agent", {"agent_id": agent_id})
+        page = await mcp_client.read_resource(f"handbook://agents/{quote(agent_id, safe='')}")
+        assert json.loads(page.contents[0].text)["id"] == agent_id  # type: ignore[union-attr]
+    await call(mcp_client, "upsert_mode", {"mode_id": "answer"})
+    await call(mcp_client, "upsert_skill", {"skill_id": "/abs/skill", "mode": "answer", "description": "d"})
+    page = await mcp_client.read_resource("handbook://skills/%2Fabs%2Fskill")
+    assert json.loads(page.contents[0].text)["id"] == "/abs/skill"  # type: ignore[union-attr]
+    with pytest.raises(MCPError, match="unknown agent '/not/there'"):  # not "Unknown resource"
+        await mcp_client.read_resource("handbook://agents/%2Fnot%2Fthere")
 
 
 async def test_budget_and_max_cost_exclude_agents(mcp_client: Client) -> None:
