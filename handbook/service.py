@@ -370,7 +370,7 @@ class Handbook:
             skills=cards,
             agents=page,
             insights=self._insights(mode, [shown[s].mode for s, _ in demands]),
-            skills_source=source,
+            skills_source=source if demands else _level(mode, source),  # as route_step words it (QA)
             granularity=granularity,
             unavailable={**_unusable(arrays, mode), **(unavailable or {})},
             handbook_version=version,

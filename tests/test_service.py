@@ -582,6 +582,9 @@ def test_forgetting_discounts_old_evidence(tmp_path: Path, clock: Clock) -> None
 def test_a_mode_level_outcome_is_evidence_for_that_mode(book: Handbook) -> None:
     decision = book.route(RouteRequest(text="zebra marmalade", mode="search", lambda_=0.0, allowed_agents=["mid"]))
     assert decision.skills == [] and decision.skills_source == "mode level"
+    consulted = book.consult("zebra marmalade", mode="search")  # consult words it as route_step does (QA)
+    assert consulted.skills == [] and consulted.skills_source == "mode level"
+    assert book.consult("zebra marmalade").skills_source == "agent level"
     book.record(OutcomeReport(decision_id=decision.decision_id, success=True))
     arrays = book.arrays()
     assert arrays.evidence[arrays.agent_index["mid"], arrays.column_of_mode("search")] == 1.0
