@@ -87,6 +87,10 @@ def test_total_evidence_equals_the_judged_outcomes() -> None:
     assert evidence == pytest.approx(judged, rel=1e-9)
     successes = sum(o.score for t in tasks for o in t.outcomes.values() if o.score is not None)
     assert sum(c.alpha - 1.0 for c in result.document.competence) == pytest.approx(successes, rel=1e-9)
+    # the mode says how many tasks its evidence came from: train and validation alike (QA: it counted train alone)
+    assert result.metrics["n_val"] > 0
+    (mode,) = result.document.modes
+    assert mode.description == f"Learned offline from {len(tasks)} tasks."
 
 
 def test_merging_two_skills_sums_their_evidence() -> None:

@@ -212,8 +212,14 @@ def learn(
         space=labeller_space,
         embedder=cached,
     )
+    # the count of the tasks whose outcomes become the mode's evidence (QA: it counted the training split alone
+    # beside competence rows profiled on train + validation)
+    profiled_tasks = train + val if params.profile_on_all and val is not train else train
     modes = [
-        Mode(id=m, description=f"Learned offline from {sum(x == m for x in corpus.modes)} training tasks.")
+        Mode(
+            id=m,
+            description=f"Learned offline from {sum((t.mode or DEFAULT_MODE) == m for t in profiled_tasks)} tasks.",
+        )
         for m in sorted(set(corpus.modes))
     ]
     mode_ids = [m.id for m in modes]
