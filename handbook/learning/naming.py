@@ -1,7 +1,7 @@
 """Readable skills: descriptions, indicators and examples a person can judge.
 
 Indicators are the skill's most distinctive terms against its siblings; examples are the training queries
-closest to its prototypes; the description says what the tasks look like and how the agents differ on them
+closest to its prototypes, one per prototype, the largest first; the description says what the tasks look like and how the agents differ on them
 (from the profiled posteriors), because a skill only exists to explain a difference between agents.
 """
 
@@ -61,7 +61,7 @@ def describe(
             siblings = [s for s in specs if s.parent == spec.parent and s.id != spec.id]
             other_ids = [p for s in siblings for p in s.protos]
         indicators = distinctive_terms(corpus.space, corpus.rows, rows, _rows(protos, other_ids), top=6)
-        examples = _examples(corpus, rows, own, train_sims)
+        examples = _examples(protos, own, corpus, train_sims)
         col = arrays.column_of_skill(spec.id)
         n = int(round(float(arrays.evidence[:, col].max()))) if arrays.agent_ids else 0
         cues = ", ".join(f"'{t}'" for t in indicators[:4]) or "no distinctive wording"
@@ -99,16 +99,35 @@ def describe(
     return out
 
 
-def _examples(corpus: Corpus, rows: np.ndarray, protos: Sequence[int], sims: np.ndarray, k: int = 3) -> list[str]:
-    """The k member queries most similar to the skill's prototypes (distinct after shortening)."""
-    if rows.size == 0 or not protos:
-        return []
-    closeness = np.nan_to_num(sims[np.ix_(rows, list(protos))], nan=-1.0).max(axis=1)
+def _examples(protos: Prototypes, own: Sequence[int], corpus: Corpus, sims: np.ndarray, k: int = 3) -> list[str]:
+    """Up to k member queries that show what the skill holds: the query closest to each of its prototypes in turn,
+    the largest prototype first, skipping one that reads as a copy of a query already picked (the same words
+    with other numbers). QA: taking the k closest queries of the whole skill showed three copies of one tight
+    prototype's template ("... in French? (case 231)", "(case 287)") on a skill whose cues said 'dollars'."""
+    by_size = sorted(own, key=lambda p: -protos.members[p].size)  # stable: ties keep the skill's order
+    queues = []
+    for p in by_size:
+        rows = protos.members[p]
+        closeness = np.nan_to_num(sims[rows, p], nan=-1.0)
+        queues.append(list(rows[np.argsort(-closeness, kind="stable")]))
     picked: list[str] = []
-    for i in rows[np.argsort(-closeness, kind="stable")]:
-        text = short(corpus.queries[int(i)])
-        if text and text not in picked:
-            picked.append(text)
-        if len(picked) == k:
-            break
+    seen: set[str] = set()
+    while len(picked) < k and any(queues):
+        for queue in queues:
+            while queue:
+                text = short(corpus.queries[int(queue.pop(0))])
+                if text and _shape(text) not in seen:
+                    picked.append(text)
+                    seen.add(_shape(text))
+                    break
+            if len(picked) == k:
+                break
     return picked
+
+
+_DIGITS = re.compile(r"\d+")
+
+
+def _shape(text: str) -> str:
+    """A query with its numbers blanked: templated copies ("case 231", "case 287") read as one."""
+    return _DIGITS.sub("#", text.casefold())
