@@ -290,6 +290,30 @@ async def test_whole_numbers_and_json_encoded_lists_are_still_accepted(mcp_clien
     assert decision["agent_id"] == "tiny" and len(decision["candidates"]) == 1
 
 
+async def test_null_for_an_optional_argument_means_left_out(mcp_client: Client, db_path: Any) -> None:
+    """Some clients send every optional argument, null where the user gave none (QA: route_step's lambda_=null and
+    upsert_agent's clear_prices=null were refused); a required argument stays required."""
+    await two_agent_handbook(mcp_client)
+    nulls = {"lambda_": None, "strategy": None, "top_k": None, "mode": None, "max_cost_usd": None, "seed": None}
+    decision = await call(mcp_client, "route_step", {"text": "solve for x", **nulls})
+    assert len(decision["candidates"]) == 2 and decision["propensity"] == 1.0  # defaults: top_k 5, mean
+    assert decision["candidates"][0]["utility"] == pytest.approx(await _utility_at_default_lambda(mcp_client))
+    kept = await call(mcp_client, "upsert_agent", {"agent_id": "tiny", "clear_prices": None, "enabled": None})
+    assert kept["input_per_mtok"] == 0.05 and kept["enabled"] is True
+    consulted = await call(
+        mcp_client, "consult_handbook", {"text": "solve for x", "top_k": None, "agents_per_skill": None}
+    )
+    assert consulted["skills"]
+    before = _snapshot(db_path)
+    assert "text" in await error_text(mcp_client, "route_step", {"text": None})
+    assert _snapshot(db_path) == before
+
+
+async def _utility_at_default_lambda(client: Client) -> float:
+    """The best candidate's utility with lambda_ left out: what a null lambda_ must give."""
+    return (await call(client, "route_step", {"text": "solve for x"}))["candidates"][0]["utility"]
+
+
 async def test_unknown_tool_is_a_protocol_error(mcp_client: Client) -> None:
     with pytest.raises(MCPError) as caught:
         await mcp_client.call_tool("no_such_tool", {})

@@ -78,6 +78,7 @@ def strict_arguments(server: MCPServer) -> None:
             output_model=tool.fn_metadata.output_model,
             wrap_output=tool.fn_metadata.wrap_output,
             structured=_typed(properties, {"array", "object"}),
+            defaulted=_defaulted(tool.parameters),
             tool_name=tool.name,
             input_schema=tool.parameters,
         )
@@ -91,6 +92,15 @@ def _typed(properties: dict[str, Any], json_types: set[str]) -> frozenset[str]:
         return schema.get("type") in json_types or any(admits(option) for option in schema.get("anyOf", []))
 
     return frozenset(name for name, schema in properties.items() if admits(schema))
+
+
+def _defaulted(schema: dict[str, Any]) -> frozenset[str]:
+    """The optional arguments whose schema does not admit null: a null sent for one of them means "left out" (its
+    default), since some clients send every optional argument, null where the user gave none (QA: route_step's
+    lambda_=null, upsert_agent's clear_prices=null were refused)."""
+    required = set(schema.get("required", []))
+    properties = schema.get("properties", {})
+    return frozenset(name for name in properties if name not in required) - _typed(properties, {"null"})
 
 
 def _whole_floats_as(integers: frozenset[str]) -> Callable[[type[BaseModel], Any], Any]:
@@ -115,11 +125,16 @@ class _StrictArguments(FuncMetadata):
     refusals read as `argument_problems` words them."""
 
     structured: frozenset[str] = frozenset()
+    defaulted: frozenset[str] = frozenset()
     tool_name: str = ""
     input_schema: dict[str, Any] = {}
 
     def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
-        return {name: _decoded(value) if name in self.structured else value for name, value in data.items()}
+        return {
+            name: _decoded(value) if name in self.structured else value
+            for name, value in data.items()
+            if not (value is None and name in self.defaulted)
+        }
 
     def validate_arguments(self, arguments_to_validate: dict[str, Any]) -> dict[str, Any]:
         try:
