@@ -177,16 +177,23 @@ def _warm_up(handbook: Handbook) -> None:
         log.info("skill matcher ready in %.2f s: %s", time.perf_counter() - began, ready)
 
 
+UNPAGED_LISTS = frozenset({"tools/list", "resources/list", "resources/templates/list", "prompts/list"})
+
+
 def _reject_invalid_requests(server: MCPServer) -> Any:
-    """Requests the SDK would answer with a generic error are invalid params (-32602) that say what is wrong:
-    an unknown tool name (not a tool result the model should retry), and a prompts/get of an unknown prompt, without
-    a required argument, with an argument the prompt does not take or with an over-long value (the SDK reports
-    "Internal server error" and logs a traceback)."""
+    """Requests the SDK would answer with a generic error, or not refuse, are invalid params (-32602) that say what
+    is wrong: a cursor on a list this server never pages (the SDK answered the whole list, as if the cursor were
+    valid; QA), an unknown tool name (not a tool result the model should retry), and a prompts/get of an unknown
+    prompt, without a required argument (or with a blank one), with an argument the prompt does not take or with an
+    over-long value (the SDK reports "Internal server error" and logs a traceback)."""
 
     tools: set[str] = set()
     prompts: dict[str, tuple[list[str], set[str]]] = {}  # name -> (required arguments, all arguments)
 
     async def middleware(ctx: Any, call_next: Any) -> Any:
+        if ctx.method in UNPAGED_LISTS and isinstance(ctx.params, dict) and ctx.params.get("cursor") is not None:
+            # every item comes on the first page (no nextCursor is ever sent): any cursor is one we never gave
+            raise MCPError(code=INVALID_PARAMS, message=f"{ctx.method}: invalid cursor (this list has one page)")
         if ctx.method == "tools/call" and isinstance(ctx.params, dict):
             if not tools:  # the tool list is static: read it once
                 tools.update(tool.name for tool in await server.list_tools())
@@ -211,9 +218,9 @@ def _check_prompt_request(params: dict[str, Any], prompts: dict[str, tuple[list[
     required, accepted = prompts[name]
     given = params.get("arguments") or {}
     problems = []
-    missing = [a for a in required if a not in given]
+    missing = [a for a in required if not (isinstance(given.get(a), str) and given[a].strip())]  # blank: missing
     if missing:
-        problems.append(f"needs the argument(s): {', '.join(missing)}")
+        problems.append(f"needs the argument(s): {', '.join(missing)} (non-empty text)")
     extra = sorted(set(given) - accepted)
     if extra:
         problems.append(f"takes no argument(s) {', '.join(extra)} (it takes: {', '.join(sorted(accepted))})")

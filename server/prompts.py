@@ -3,7 +3,10 @@ one decision per step (delegate routes by itself: routing first as well would ma
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from mcp.server import MCPServer
+from pydantic import Field
 
 ORCHESTRATE = """\
 You are orchestrating a multi-step task with a pool of backend agents whose competence and cost per skill
@@ -40,5 +43,7 @@ Stop when the goal is reached; summarise the answer, the agents used and the tot
 
 def register_prompts(server: MCPServer) -> None:
     @server.prompt(name="orchestrate", description="Run a task step by step with the Skill Handbook's routing loop")
-    def orchestrate(goal: str) -> str:
-        return ORCHESTRATE.format(goal=goal.strip() or "(no goal given)")
+    def orchestrate(
+        goal: Annotated[str, Field(description="The task to carry out, in your own words (what done looks like)")],
+    ) -> str:
+        return ORCHESTRATE.format(goal=goal.strip())  # a blank goal is refused before this (app._check_prompt_request)

@@ -320,6 +320,22 @@ async def test_unknown_tool_is_a_protocol_error(mcp_client: Client) -> None:
     assert caught.value.error.code == -32602
 
 
+async def test_a_cursor_on_a_list_that_has_one_page_is_invalid_params(mcp_client: Client) -> None:
+    """No list here is paged (no nextCursor is sent), so a cursor is one the server never gave: the spec wants
+    -32602, and the SDK answered the whole list (QA)."""
+    assert (await mcp_client.list_tools()).next_cursor is None
+    for listing in (mcp_client.list_tools, mcp_client.list_resources, mcp_client.list_prompts):
+        with pytest.raises(MCPError) as caught:
+            await listing(cursor="bogus")
+        assert caught.value.error.code == -32602 and "invalid cursor" in caught.value.error.message
+
+
+async def test_the_prompts_argument_is_described(mcp_client: Client) -> None:
+    (prompt,) = (await mcp_client.list_prompts()).prompts
+    (goal,) = prompt.arguments or []
+    assert goal.name == "goal" and goal.required and "task" in (goal.description or "")
+
+
 async def test_a_prompt_without_its_required_argument_is_invalid_params_naming_it(mcp_client: Client) -> None:
     with pytest.raises(MCPError) as caught:
         await mcp_client.get_prompt("orchestrate", {})
@@ -332,6 +348,7 @@ async def test_a_prompt_without_its_required_argument_is_invalid_params_naming_i
         ("nope", {}, "Unknown prompt: nope"),
         ("orchestrate", {"goal": "g", "budget": "1"}, "takes no argument(s) budget"),
         ("orchestrate", {"goal": "g" * 32_001}, "goal longer than 32,000 characters"),
+        ("orchestrate", {"goal": "  "}, "needs the argument(s): goal (non-empty text)"),  # QA: an empty Goal section
     ],
 )
 async def test_a_bad_prompt_request_is_invalid_params_saying_what_is_wrong(
