@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, TextIO, TypeVar
@@ -20,6 +21,7 @@ from skillorchestra.handbook.errors import InvalidInput, first_problem, not_utf8
 from skillorchestra.handbook.models import ID_MAX, INFRASTRUCTURE_ERRORS, MAX_USD
 
 SUCCESS_THRESHOLD = 0.5
+SHOWN_VALUE = 60  # characters of a refused value an error about a line repeats
 ModelT = TypeVar("ModelT", bound=BaseModel)
 DEFAULT_COMPLETION_TOKENS = 256
 
@@ -214,14 +216,30 @@ def validated_lines(handle: TextIO, path: str | Path, model: type[ModelT], what:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
-                try:
-                    yield number, model.model_validate_json(line)
+                try:  # without its line break: a line cut inside a string read "at line 2 column 0" (QA)
+                    yield number, model.model_validate_json(line.rstrip("\r\n"))
                 except ValidationError as exc:
-                    where, _, expected = first_problem(exc)
-                    expected = f"{expected} ({what} of interface.md)"
+                    where, given, expected = first_problem(exc)
+                    expected = f"{_in_the_line(expected)}{_not(given, expected)} ({what} of interface.md)"
                     raise InvalidInput(f"{path}:{number}", where or "line", expected) from None
         except UnicodeDecodeError:  # decoded a buffer at a time, so no exact line to name
             raise not_utf8(path) from None
+
+
+def _in_the_line(expected: str) -> str:
+    """A JSON error's position within the one line parsed: its column (the file's line is already named)."""
+    return re.sub(r" at line 1 column (\d+)", r" at column \1", expected)
+
+
+def _not(given: object, expected: str) -> str:
+    """ ", not <value>" for a scalar the line gave, short enough to show and not already in the message (QA: a
+    score of 1.7 read only "expected less than or equal to 1")."""
+    if not isinstance(given, bool | int | float | str):
+        return ""
+    shown = json.dumps(given, ensure_ascii=False)  # as the file writes it: true, NaN, "1"
+    if len(shown) > SHOWN_VALUE or expected.startswith("valid JSON") or repr(given) in expected:
+        return ""
+    return f", not {shown}"
 
 
 def write_tasks(path: str | Path, tasks: Iterable[TraceTask]) -> int:

@@ -70,19 +70,26 @@ def test_first_problem_names_the_nested_field_its_value_and_what_was_expected() 
 
 
 @pytest.mark.parametrize(
-    ("line", "says"),
+    ("line", "says", "value"),
     [
-        ('{"id": "t", "query": "q", "outcomes": {"a": {"score": "1"}}}', "outcomes.a.score"),
-        ('{"id": "t", "query": "q", "outcomes": {"a": {"score": true}}}', "outcomes.a.score"),
-        ('{"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "cost_usd": "0.1"}}}', "outcomes.a.cost_usd"),
-        ('{"id": "t", "query": "", "outcomes": {"a": {"score": 1}}}', "query"),
+        ('{"id": "t", "query": "q", "outcomes": {"a": {"score": "1"}}}', "outcomes.a.score", 'not "1"'),
+        ('{"id": "t", "query": "q", "outcomes": {"a": {"score": true}}}', "outcomes.a.score", "not true"),
+        ('{"id": "t", "query": "q", "outcomes": {"a": {"score": 1.7}}}', "outcomes.a.score", "to 1, not 1.7"),
+        ('{"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "cost_usd": "0.1"}}}', "outcomes.a.cost_usd", ""),
+        ('{"id": "t", "query": "", "outcomes": {"a": {"score": 1}}}', "query", 'not ""'),
+        ('{"id": "t", "query": "q", "outcomes": {"a": {"score": 1', "line", "an object at column 55"),  # cut off
     ],
 )
-def test_trace_values_of_the_wrong_type_are_refused_naming_the_field(tmp_path: Path, line: str, says: str) -> None:
+def test_trace_values_of_the_wrong_type_are_refused_naming_the_field_and_the_value(
+    tmp_path: Path, line: str, says: str, value: str
+) -> None:
+    """The error names the line, the field and the value given, as the file writes it (QA: a score of 1.7 read
+    only "expected less than or equal to 1"; a line cut inside a string read "at line 2 column 0")."""
     traces = tmp_path / "t.jsonl"
     traces.write_text(line + "\n")
-    with pytest.raises(InvalidInput, match=f"t.jsonl:1='{says}'"):
+    with pytest.raises(InvalidInput, match=f"t.jsonl:1='{says}'") as refused:
         read_tasks(traces)
+    assert value in str(refused.value)
 
 
 def test_whole_numbers_and_extra_keys_are_still_read(tmp_path: Path) -> None:
