@@ -86,7 +86,7 @@ def _host_patterns(host: str) -> list[str]:
 def transport_security(settings: ServerSettings) -> TransportSecuritySettings:
     """The SDK's loopback allowlist plus the configured host names (and a specific bind address)."""
     extra = list(settings.allowed_hosts)
-    if settings.host not in WILDCARD_BINDS and not is_loopback(settings.host):
+    if settings.host not in WILDCARD_BINDS:  # 127.0.0.2 too: loopback, yet not in the SDK's list (QA: 421 always)
         extra.append(settings.host)
     hosts = list(LOOPBACK_ALLOWED_HOSTS)
     origins = list(LOOPBACK_ALLOWED_ORIGINS)
@@ -253,9 +253,12 @@ async def serve_http(server: MCPServer, settings: ServerSettings, sockets: list[
     (the CLI configures it)."""
     import uvicorn  # only HTTP deployments pay for it
 
+    from skillorchestra.server.http_deadline import HeadersDeadline
+
     app = build_http_app(server, settings)
     config = uvicorn.Config(
         app,
+        http=HeadersDeadline,
         host=settings.host,
         port=settings.port,
         log_config=None,  # uvicorn's default config sends access logs to stdout

@@ -352,6 +352,8 @@ def test_allowed_hosts_extend_the_loopback_allowlist() -> None:
         security.allowed_hosts
     )
     assert "gw.example:*" not in security.allowed_hosts
+    # a loopback address other than the SDK's three answers its own URL (QA: every request to 127.0.0.2 got 421)
+    assert "127.0.0.2:*" in transport_security(ServerSettings(host="127.0.0.2")).allowed_hosts
 
 
 @pytest.mark.anyio
