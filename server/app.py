@@ -246,8 +246,10 @@ async def serve(settings: ServerSettings) -> None:
             raise InvalidInput("db", str(settings.db_path), "a handbook file this process can write (it is read-only)")
         server = create_server(settings, warm_up=True)
         if settings.transport == "stdio":
+            from skillorchestra.server.stdio_transport import serve_stdio
+
             _exit_on_interrupt()
-            await server.run_stdio_async()
+            await serve_stdio(server)
             return
         from skillorchestra.server.http import serve_http
 

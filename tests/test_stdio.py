@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import anyio
@@ -111,6 +113,53 @@ def test_stdout_carries_only_protocol_messages(tmp_path: Path) -> None:
     assert set(answered) == {1, 2, 3, 4}
     assert answered[3]["result"]["isError"] is True
     assert answered[4]["result"]["structuredContent"]["skills"]
+
+
+def test_every_line_gets_an_answer_even_one_the_sdk_cannot_parse(tmp_path: Path) -> None:
+    """QA: a lone surrogate escape (JavaScript's JSON.stringify of a cut emoji), a line that is not JSON and a
+    batch were dropped without a word, and the client waited for its timeout. The first is served with the half
+    character replaced; the others get their JSON-RPC error, with the request's id where it has one."""
+    assert SCRIPT
+    lines = [
+        *(json.dumps(r) for r in OPENING),
+        '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"route_step","arguments":'
+        '{"text":"summarise this \\ud83d"}}}',
+        "not json",
+        '[{"jsonrpc":"2.0","id":4,"method":"ping"}]',
+        '{"jsonrpc":"2.0","id":5,"method":7}',
+        json.dumps({"jsonrpc": "2.0", "id": 6, "method": "ping"}),
+    ]
+    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", SKILLORCHESTRA_MATCHER="lexical")
+    proc = subprocess.Popen(
+        [SCRIPT, "--db", str(tmp_path / "h.db")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    answers = []
+    stdout_lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [stdout_lines.put(line) for line in proc.stdout], daemon=True).start()
+    try:
+        proc.stdin.write("".join(line + "\n" for line in lines))
+        proc.stdin.flush()
+        while len(answers) < 6:  # initialize, the route, the parse error, two invalid requests, the ping
+            try:
+                answers.append(json.loads(stdout_lines.get(timeout=60)))
+            except queue.Empty:
+                pytest.fail(f"a line went unanswered; answers so far: {answers}")
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    by_id = {m.get("id"): m for m in answers if m.get("id") is not None}
+    assert by_id[2]["result"]["structuredContent"]["agent_id"]  # routed: the half emoji read as U+FFFD
+    assert by_id[5]["error"]["code"] == -32600 and "result" in by_id[6]
+    unnamed = sorted(m["error"]["code"] for m in answers if m.get("id") is None)
+    assert unnamed == [-32700, -32600]  # not JSON; a batch (no id to answer to)
+    warned = proc.stderr.read()
+    assert "is not JSON" in warned and "a batch" in warned
 
 
 def test_cli_errors_exit_2_with_one_line(tmp_path: Path) -> None:

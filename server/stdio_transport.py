@@ -1,0 +1,110 @@
+"""The stdio transport, with an answer for every line a client sends.
+
+The SDK's stdio reader drops a line it cannot parse as a JSON-RPC message without a word (logged at debug), so the
+client waits for an answer until its own timeout. Two kinds of line met that end (QA):
+- a request holding a lone surrogate escape (`"\\ud83d"`), which is what JavaScript's JSON.stringify writes for an
+  emoji cut in half: valid JSON by the standard, refused by pydantic's parser. Such strings are read with the
+  half character replaced by U+FFFD, and the request is served;
+- a line that is not JSON, or JSON that is not one JSON-RPC message (a batch, which MCP removed): answered with
+  the JSON-RPC error for it (-32700 parse error, -32600 invalid request, with the request's id when it has one),
+  and a warning on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+import anyio
+from anyio.abc import ObjectSendStream
+from mcp.server import MCPServer
+from mcp.server.stdio import stdio_server
+from mcp.shared.message import SessionMessage
+from mcp_types import INVALID_REQUEST, PARSE_ERROR, ErrorData, JSONRPCError, jsonrpc_message_adapter
+from pydantic import ValidationError
+
+log = logging.getLogger("skillorchestra.stdio")
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+async def serve_stdio(server: MCPServer) -> None:
+    """As MCPServer.run_stdio_async, with the lines the SDK would drop answered or repaired (`screen_lines`)."""
+    lowlevel = server._lowlevel_server
+    async with stdio_server() as (read_stream, write_stream):
+        screened_send, screened = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+        async with anyio.create_task_group() as group:
+            group.start_soon(screen_lines, read_stream, screened_send, write_stream)
+            await lowlevel.run(screened, write_stream, lowlevel.create_initialization_options())
+            group.cancel_scope.cancel()
+
+
+async def screen_lines(
+    source: Any,
+    sink: ObjectSendStream[SessionMessage | Exception],
+    replies: Any,
+) -> None:
+    """Pass the SDK's parsed messages on; a line it failed to parse becomes the message it meant (lone surrogates
+    replaced) or a JSON-RPC error sent straight back. `source` and `replies` are the SDK's stdio streams."""
+    async with sink:
+        async for item in source:
+            if isinstance(item, ValidationError):
+                handled = answer_unparsed(item)
+                if isinstance(handled, JSONRPCError):
+                    await replies.send(SessionMessage(handled))
+                    continue
+                item = handled
+            await sink.send(item)
+
+
+def answer_unparsed(error: ValidationError) -> SessionMessage | JSONRPCError:
+    """The message a line meant, or the JSON-RPC error that answers it."""
+    errors = error.errors(include_url=False)
+    first = errors[0]
+    given = _whole_message(errors)
+    if first["type"] == "json_invalid":
+        try:
+            given = json.loads(given) if isinstance(given, str) else None
+        except ValueError:
+            log.warning("a line on stdin is not JSON: answered with a parse error (-32700)")
+            return JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=PARSE_ERROR, message="Parse error"))
+        try:  # JSON by the standard, refused for a lone surrogate: read with it replaced
+            return SessionMessage(jsonrpc_message_adapter.validate_python(_replaced(given), by_name=False))
+        except ValidationError:
+            pass
+    if isinstance(given, list):
+        why = "a batch (MCP takes one JSON-RPC message per line)"
+    else:
+        why = "not a JSON-RPC 2.0 request, notification or response"
+    log.warning("a line on stdin is %s: answered with an invalid request error (-32600)", why)
+    return JSONRPCError(
+        jsonrpc="2.0", id=_request_id(given), error=ErrorData(code=INVALID_REQUEST, message=f"Invalid Request: {why}")
+    )
+
+
+def _whole_message(errors: list[Any]) -> Any:
+    """The line's value as parsed: the input of an error about the whole message (its type, or a field it lacks),
+    not of one about a field's value (a method of 7)."""
+    for found in errors:
+        if len(found["loc"]) <= 1 or (found["type"] == "missing" and len(found["loc"]) == 2):
+            return found.get("input")
+    return None
+
+
+def _request_id(message: Any) -> int | str | None:
+    """The id of a request the answer is for, when it has a usable one (else null, as JSON-RPC says)."""
+    found = message.get("id") if isinstance(message, dict) else None
+    return found if isinstance(found, str) or (isinstance(found, int) and not isinstance(found, bool)) else None
+
+
+def _replaced(value: Any) -> Any:
+    """`value` with each lone surrogate in its strings (keys too) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_replaced(item) for item in value]
+    if isinstance(value, dict):
+        return {_replaced(key): _replaced(item) for key, item in value.items()}
+    return value
