@@ -194,6 +194,8 @@ def _reject_invalid_requests(server: MCPServer) -> Any:
         if ctx.method in UNPAGED_LISTS and isinstance(ctx.params, dict) and ctx.params.get("cursor") is not None:
             # every item comes on the first page (no nextCursor is ever sent): any cursor is one we never gave
             raise MCPError(code=INVALID_PARAMS, message=f"{ctx.method}: invalid cursor (this list has one page)")
+        if ctx.method in ("tools/call", "prompts/get") and isinstance(ctx.params, dict):
+            _check_name_and_arguments(ctx.method, ctx.params)
         if ctx.method == "tools/call" and isinstance(ctx.params, dict):
             if not tools:  # the tool list is static: read it once
                 tools.update(tool.name for tool in await server.list_tools())
@@ -209,6 +211,15 @@ def _reject_invalid_requests(server: MCPServer) -> Any:
         return await call_next(ctx)
 
     return middleware
+
+
+def _check_name_and_arguments(method: str, params: dict[str, Any]) -> None:
+    """A name that is not a string, or arguments that are not an object, are invalid params (QA: a list as the
+    name answered "unhashable type: 'list'", error code 0, with a traceback in the log)."""
+    if not isinstance(params.get("name"), str):
+        raise MCPError(code=INVALID_PARAMS, message=f"{method}: name must be a string, the tool's or prompt's name")
+    if params.get("arguments") is not None and not isinstance(params["arguments"], dict):
+        raise MCPError(code=INVALID_PARAMS, message=f"{method}: arguments must be an object of name: value")
 
 
 def _check_prompt_request(params: dict[str, Any], prompts: dict[str, tuple[list[str], set[str]]]) -> None:

@@ -128,6 +128,11 @@ def test_every_line_gets_an_answer_even_one_the_sdk_cannot_parse(tmp_path: Path)
         '[{"jsonrpc":"2.0","id":4,"method":"ping"}]',
         '{"jsonrpc":"2.0","id":5,"method":7}',
         json.dumps({"jsonrpc": "2.0", "id": 6, "method": "ping"}),
+        # QA: a list as the name answered "unhashable type: 'list'" with error code 0 and a logged traceback
+        json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": ["route_step"]}}),
+        json.dumps(
+            {"jsonrpc": "2.0", "id": 8, "method": "prompts/get", "params": {"name": "orchestrate", "arguments": "g"}}
+        ),
     ]
     env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", SKILLORCHESTRA_MATCHER="lexical")
     proc = subprocess.Popen(
@@ -145,7 +150,7 @@ def test_every_line_gets_an_answer_even_one_the_sdk_cannot_parse(tmp_path: Path)
     try:
         proc.stdin.write("".join(line + "\n" for line in lines))
         proc.stdin.flush()
-        while len(answers) < 6:  # initialize, the route, the parse error, two invalid requests, the ping
+        while len(answers) < 8:  # initialize, the route, the parse error, two invalid requests, ping, two bad params
             try:
                 answers.append(json.loads(stdout_lines.get(timeout=60)))
             except queue.Empty:
@@ -156,6 +161,8 @@ def test_every_line_gets_an_answer_even_one_the_sdk_cannot_parse(tmp_path: Path)
     by_id = {m.get("id"): m for m in answers if m.get("id") is not None}
     assert by_id[2]["result"]["structuredContent"]["agent_id"]  # routed: the half emoji read as U+FFFD
     assert by_id[5]["error"]["code"] == -32600 and "result" in by_id[6]
+    assert "name must be a string" in by_id[7]["error"]["message"] and by_id[7]["error"]["code"] == -32602
+    assert "arguments must be an object" in by_id[8]["error"]["message"] and by_id[8]["error"]["code"] == -32602
     unnamed = sorted(m["error"]["code"] for m in answers if m.get("id") is None)
     assert unnamed == [-32700, -32600]  # not JSON; a batch (no id to answer to)
     warned = proc.stderr.read()
