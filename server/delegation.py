@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], Awaitable[None]]
 PROGRESS_INTERVAL_S = 1.0
+ANSWER_CHARS_PER_TOKEN = 16  # an answer cap per max_tokens token: 3-4 characters a token is usual
+ANSWER_FLOOR_CHARS = 100_000  # the least cap (a tool agent's answer, a small max_tokens)
 
 
 TIME_SPENT = "delegate's time budget spent"
@@ -354,12 +356,13 @@ class Delegator:
         reset = SLOT_WAIT.set(slot)
         try:
             if progress is None:
-                return await self.caller(conn, text, messages, timeout, request.max_tokens)
-            async with anyio.create_task_group() as group:
-                group.start_soon(_tick, progress, conn.id, start, request.timeout_s)  # never goes backwards
                 result = await self.caller(conn, text, messages, timeout, request.max_tokens)
-                group.cancel_scope.cancel()
-            return result
+            else:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(_tick, progress, conn.id, start, request.timeout_s)  # never goes backwards
+                    result = await self.caller(conn, text, messages, timeout, request.max_tokens)
+                    group.cancel_scope.cancel()
+            return _within_answer_cap(result, conn, request.max_tokens)
         except anyio.get_cancelled_exc_class():
             self.breaker.release(conn.id)  # the client gave up: not the agent's failure
             raise
@@ -558,6 +561,25 @@ def _messages(text: str, context: str | None) -> list[dict[str, Any]]:
         messages.append({"role": "system", "content": context})
     messages.append({"role": "user", "content": text})
     return messages
+
+
+def answer_cap(conn: AgentConnection, max_tokens: int | None) -> int:
+    """The most characters of an answer delegate passes on: generous for what max_tokens allows (no tokenizer
+    writes 16 characters a token on average), and ANSWER_FLOOR_CHARS for a tool agent, which has no max_tokens."""
+    tokens = max_tokens or (conn.max_output_tokens if isinstance(conn, LlmAgentConnection) else 0)
+    return max(ANSWER_FLOOR_CHARS, ANSWER_CHARS_PER_TOKEN * tokens)
+
+
+def _within_answer_cap(result: BackendResult, conn: AgentConnection, max_tokens: int | None) -> BackendResult:
+    """The answer cut to `answer_cap`, with a warning (QA: a backend ignoring max_tokens 16 sent 20 MB, passed on
+    whole as text and structured content, and to the judge). The call's cost stays what it was."""
+    cap = answer_cap(conn, max_tokens)
+    if len(result.answer) <= cap:
+        return result
+    warning = (
+        f"answer of {conn.id} cut at {cap:,} characters of {len(result.answer):,}: far more than its max_tokens allow"
+    )
+    return result.model_copy(update={"answer": result.answer[:cap], "warnings": [*result.warnings, warning]})
 
 
 def _replace(route: RouteRequest, **changes: Any) -> RouteRequest:

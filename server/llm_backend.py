@@ -51,6 +51,7 @@ from skillorchestra.server.masking import scrub, secrets_to_mask
 
 log = logging.getLogger(__name__)
 
+PLAUSIBLE_TOKENS = 10_000_000  # per call and figure: beyond any model's context or output, so a backend's error
 # "estimated": the backend reported no token usage, so the price was applied to characters / 4
 CostSource = Literal["agent_prices", "litellm_table", "estimated", "unknown", "no_token_cost"]
 
@@ -350,6 +351,13 @@ def usage_reported(messages: Sequence[dict[str, Any]], prompt: int | None, compl
     return prompt > 0 or not _message_text(messages)
 
 
+def usage_believed(prompt: int | None, completion: int | None) -> bool:
+    """False for a report no model could make: more tokens in one call than any takes or writes, or fewer than
+    none. QA: a backend reporting 1e18 tokens was billed $3e12, which became every agent's reference cost and made
+    lambda meaningless."""
+    return all(n is None or 0 <= n <= PLAUSIBLE_TOKENS for n in (prompt, completion))
+
+
 def estimate_tokens(messages: Sequence[dict[str, Any]], answer: str) -> tuple[int, int]:
     """(prompt, completion) tokens by routing's rule (characters / 4, handbook/costing.py), rounded up."""
     prompt, completion = estimated_tokens([_message_text(messages), answer])
@@ -365,18 +373,29 @@ def _call_cost(
     completion: int | None,
 ) -> tuple[float | None, CostSource, list[str]]:
     """The call's cost from reported usage, else from estimated tokens (with a warning), never $0 for unknown."""
-    if usage_reported(messages, prompt, completion):
+    believed = usage_believed(prompt, completion)
+    if usage_reported(messages, prompt, completion) and believed:
         cost, source = _price(conn, litellm, prompt or 0, completion or 0)
         return cost, source, []
     est_prompt, est_completion = estimate_tokens(messages, answer)
     cost, source = _price(conn, litellm, est_prompt, est_completion)
-    warning = f"the backend of {conn.id} reported no token usage: " + (
+    what = (
+        "reported no token usage"
+        if believed
+        else f"reported {_count(prompt)} prompt and {_count(completion)} completion tokens, more than any model takes"
+        f" or writes in one call ({PLAUSIBLE_TOKENS:,}): not believed"
+    )
+    warning = f"the backend of {conn.id} {what}: " + (
         f"cost estimated from ~{est_prompt} prompt and ~{est_completion} completion tokens (characters / 4, as "
         "routing estimates them)"
         if cost is not None
         else "cost unknown"
     )
     return cost, "estimated" if cost is not None else source, [warning]
+
+
+def _count(tokens: int | None) -> str:
+    return "no" if tokens is None else f"{tokens:,}"
 
 
 def expected_call_cost(conn: LlmAgentConnection, messages: Sequence[dict[str, Any]], max_tokens: int) -> float | None:
@@ -487,7 +506,7 @@ async def call_llm(
         # a stream cut off mid-answer was generated, so probably billed: its cost is unknown, not 0
         return failed_call(error_class, type(exc).__name__, message, latency, answering=answering)
     latency = time.perf_counter() - start
-    reported = usage_reported(messages, prompt, completion)
+    reported = usage_reported(messages, prompt, completion) and usage_believed(prompt, completion)
     cost, source, cost_warnings = _call_cost(conn, litellm, messages, answer, prompt, completion)
     if cost is None:
         log.warning("agent %s: cost unknown (no price configured or known for model %s)", conn.id, conn.model)

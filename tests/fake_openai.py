@@ -12,7 +12,8 @@ Faults come from magic words in the last user message, in the model name, or set
 bearer token in the error, as careless providers do, to test scrubbing), ``FAIL400`` (context length
 exceeded), ``DROP`` (close without answering), ``WRONG``, ``JUDGE:<text>`` (a judge's reply ``{"score": <text>}``),
 ``NOUSAGE`` (no ``usage`` in the reply, nor a usage chunk when streaming), ``EMPTYCHOICES`` (``"choices": []``),
-``NULLCONTENT`` (the message's content is null). ``error_message=`` replaces FAIL500's error text (a hostile
+``NULLCONTENT`` (the message's content is null), ``HUGEUSAGE`` (a usage of 10**18 prompt tokens, as a broken
+backend reports). ``error_message=`` replaces FAIL500's error text (a hostile
 provider's, for the log tests).
 Every request is recorded (with its headers, authorization included) so tests can count calls.
 ``responder=callable(body) -> str | None`` replaces the answer text (faults still apply first; None keeps
@@ -155,6 +156,8 @@ class _Handler(BaseHTTPRequestHandler):
             "completion_tokens": len(answer.split()),
             "total_tokens": prompt_tokens + len(answer.split()),
         }
+        if "HUGEUSAGE" in directives:
+            usage = {**usage, "prompt_tokens": 10**18, "total_tokens": 10**18 + usage["completion_tokens"]}
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             self._stream(model, answer, usage if include_usage and "NOUSAGE" not in directives else None)

@@ -18,9 +18,9 @@ from mcp_calls import call, loaded, priced_agent, priced_pair, refused
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.service import DelegateRequest, Handbook, RouteRequest
 from skillorchestra.handbook.store import HandbookStore
-from skillorchestra.server.agent_config import AgentConnection
+from skillorchestra.server.agent_config import AgentConnection, parse_agent
 from skillorchestra.server.app import create_server
-from skillorchestra.server.delegation import Delegator
+from skillorchestra.server.delegation import ANSWER_FLOOR_CHARS, Delegator, answer_cap
 from skillorchestra.server.llm_backend import BackendResult
 from skillorchestra.server.settings import ServerSettings
 
@@ -73,6 +73,19 @@ async def test_a_reply_without_usage_is_billed_its_estimated_cost_everywhere(
         outcome = await call(client, "record_outcome", {"decision_id": result["decision_id"], "success": True})
         assert outcome["cost_usd"] == pytest.approx(expected)
     assert mean_cost(settings.db_path, "strong") == pytest.approx(expected)
+
+
+async def test_an_answer_far_beyond_max_tokens_is_cut_with_a_warning(
+    settings: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    """QA: a backend ignoring max_tokens 16 sent 20 MB, passed on whole as text and structured content."""
+    fake_openai.responder = lambda body: "word " * 60_000  # 300,000 characters
+    async with Client(create_server(settings)) as client:
+        result = await call(client, "delegate", {"text": "x", "agent_id": "strong", "max_tokens": 16})
+    cap = answer_cap(parse_agent("strong", {"model": "m"}), 16)
+    assert cap == ANSWER_FLOOR_CHARS and len(result["answer"]) == cap
+    assert any(f"cut at {cap:,} characters of 300,000" in w for w in result["warnings"])
+    assert result["cost_usd"] is not None and result["completion_tokens"] == 60_000  # billed as the backend said
 
 
 async def test_a_reply_with_no_choices_falls_back_without_touching_competence(

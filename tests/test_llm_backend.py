@@ -333,6 +333,18 @@ async def test_a_reply_without_usage_is_priced_from_estimated_tokens_never_zero(
 
 
 @pytest.mark.anyio
+async def test_a_usage_no_model_could_have_is_not_believed(fake_openai: FakeOpenAI) -> None:
+    """QA: a backend reporting 1e18 prompt tokens was billed $3e12, which became every agent's reference cost."""
+    msgs = user("HUGEUSAGE explain this")
+    answer = "answer[m1]: HUGEUSAGE explain this"
+    chars = len("".join(m["content"] for m in msgs))
+    priced = await call_llm(conn(fake_openai, input_per_mtok=2.0, output_per_mtok=10.0), msgs, timeout_s=10)
+    assert priced.ok and priced.cost_source == "estimated" and priced.prompt_tokens is None
+    assert priced.cost_usd == pytest.approx((math.ceil(chars / 4) * 2.0 + math.ceil(len(answer) / 4) * 10.0) / 1e6)
+    assert any("1,000,000,000,000,000,000 prompt" in w and "not believed" in w for w in priced.warnings)
+
+
+@pytest.mark.anyio
 async def test_a_reply_with_no_choices_is_a_server_error(fake_openai: FakeOpenAI) -> None:
     r = await call_llm(conn(fake_openai, input_per_mtok=1.0, output_per_mtok=1.0), user("EMPTYCHOICES"), timeout_s=10)
     assert r.error_class == "server_error" and r.infrastructure_failure and r.error_type == "EmptyChoices"
