@@ -6,6 +6,7 @@ skillorchestra: ..."), and terminal escapes (OSC sets the window title, CSI reco
 the operator's terminal. The formatter escapes every control character of the formatted record (Unicode category
 Cc, plus the line and paragraph separators) as \\n, \\r, \\t or \\xNN, so it covers our loggers and every library's
 alike. A traceback stays several lines (that is how it reads), indented, with its other control characters escaped.
+Secrets are masked in the formatted record, whichever library wrote it.
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ import sys
 from typing import Any
 
 from skillorchestra.handbook.inert_text import KEEP_NEWLINES, one_line
+from skillorchestra.server.masking import log_secrets, scrub
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class OneLineFormatter(logging.Formatter):
-    """A Formatter whose record is one line (message, logger name and all); see the module's docstring."""
+    """A Formatter whose record is one line (message, logger name and all), with every secret masked (a library's
+    record may quote a key: server/masking.log_secrets); see the module's docstring."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record), log_secrets())
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         return one_line(super().formatMessage(record))

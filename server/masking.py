@@ -66,12 +66,24 @@ def _token_shaped(value: str) -> bool:
     return len(value) >= 16 and "/" not in value and not any(c.isspace() for c in value)
 
 
+_HANDED_OUT: set[str] = set()  # every explicit key a backend call was given in this process (log_secrets)
+
+
 def secrets_to_mask(explicit: Iterable[str | None] = (), environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """The explicit keys plus the environment's secrets: distinct, longest first (a key containing another is
-    masked whole). Compute it once per call and pass it to ``scrub``."""
+    masked whole). Compute it once per call and pass it to ``scrub``. The explicit keys are remembered for
+    `log_secrets`: a library may log what a backend sent, where the call's own scrub never sees it."""
     found = {s for s in explicit if s and len(s) >= MIN_EXPLICIT_LENGTH}
+    _HANDED_OUT.update(found)
     found.update(environment_secrets(environ))
     return tuple(sorted(found, key=len, reverse=True))
+
+
+def log_secrets() -> tuple[str, ...]:
+    """What every log line is scrubbed of (server/log_format.py): the keys handed to backends so far and the
+    environment's secrets. QA: a tool server printed its key on stdout, and the SDK's client logged the line,
+    whole, in a traceback."""
+    return secrets_to_mask(tuple(_HANDED_OUT))
 
 
 def scrub(text: str, secrets: Sequence[str | None]) -> str:

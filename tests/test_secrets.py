@@ -7,6 +7,7 @@ tool agent is a real stdio server (tests/secret_echo_mcp_server.py) that echoes 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
@@ -23,6 +24,7 @@ from skillorchestra.server.agent_config import LlmAgentConnection, McpAgentConne
 from skillorchestra.server.app import create_server
 from skillorchestra.server.cli import main as cli_main
 from skillorchestra.server.llm_backend import call_llm, ensure_litellm, litellm_keys
+from skillorchestra.server.log_format import LOG_FORMAT, OneLineFormatter
 from skillorchestra.server.masking import environment_secrets, is_secret_name, passed_secrets, scrub, secrets_to_mask
 from skillorchestra.server.mcp_backend import call_mcp_tool
 from skillorchestra.server.settings import ServerSettings
@@ -260,3 +262,27 @@ def test_agents_load_refuses_a_key_in_api_base_without_echoing_it(
     assert exited.value.code == 2 and "agents.urlkey.api_base" in err and why in err
     assert "sk-LEAKCHECK-URL" not in err + str(refused.value)
     assert not db.exists() or HandbookStore(db).connections() == {}
+
+
+def test_every_log_line_is_scrubbed_whichever_library_wrote_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA: a tool server printed its key on stdout and the SDK's client logged the line, whole, in a traceback;
+    our own scrub covers answers and errors, the formatter covers every record (message and traceback)."""
+    monkeypatch.setenv("SEARCH_API_KEY", "sk-search-SECRET-0123456789abcdef")
+    handed = "house-key-handed-to-a-backend-42"  # a key under no secret-looking name, given to one call
+    secrets_to_mask([handed])
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(OneLineFormatter(LOG_FORMAT))
+    log = logging.getLogger("mcp.client.stdio.test")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        raise ValueError("input_value='sk-search-SECRET-0123456789abcdef'")
+    except ValueError:
+        log.exception("Failed to parse JSONRPC message from server: %s", handed)
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+    written = stream.getvalue()
+    assert "Failed to parse JSONRPC message" in written and "***" in written
+    assert "sk-search-SECRET" not in written and handed not in written
