@@ -52,7 +52,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -61,10 +61,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from skillorchestra.handbook.errors import InvalidInput, first_problem, not_utf8
 from skillorchestra.handbook.models import LIST_MAX, MAX_USD, Identifier, NewId
+from skillorchestra.server.masking import MASK
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Field names that would put a secret in the file; each gets a pointed error instead of "unknown field".
-_SECRET_FIELDS = frozenset({"api_key", "key", "token", "api_token", "bearer_token", "secret", "password"})
+# Words that make a field name a secret's (by word: max_output_tokens is not one): apikey, openai_api_key, api-keys,
+# authorization, bearer... QA: all but the first few were refused as unknown fields, their value printed whole.
+_SECRET_WORDS = frozenset(
+    {
+        "key",
+        "keys",
+        "apikey",
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "auth",
+        "authorization",
+        "bearer",
+        "credential",
+        "credentials",
+    }
+)
 # Fields holding environment variable names: a wrong value there is often the key itself, so errors mask it.
 _ENV_NAME_FIELDS = frozenset({"api_key_env", "env_vars"})
 # URL fields: a refused URL may carry credentials (user:password@, ?api-key=), so errors show it redacted.
@@ -206,6 +224,30 @@ class McpAgentConnection(_AgentBase):
             raise ValueError(f"arguments without {self.text_argument!r}, which receives the step text")
         return self
 
+    def public_view(self) -> dict[str, Any]:
+        """With the value of a secret-named command-line option masked: `--api-key X`, `--token=X` (QA: `agents
+        show` printed a key passed in args). The command still gets it; env_vars is the better place."""
+        view = super().public_view()
+        view["args"] = masked_args(self.args)
+        return view
+
+
+def masked_args(args: Sequence[str]) -> list[str]:
+    """`args` with the value of each secret-named option (`--api-key X`, `--token=X`) replaced by ***."""
+    shown: list[str] = []
+    hide_next = False
+    for arg in args:
+        option, equals, _ = arg.partition("=")
+        secret_option = arg.startswith("-") and is_secret_field(option.lstrip("-"))
+        if hide_next:
+            shown.append(MASK)
+        elif secret_option and equals:
+            shown.append(f"{option}={MASK}")
+        else:
+            shown.append(arg)
+        hide_next = secret_option and not equals
+    return shown
+
 
 AgentConnection = LlmAgentConnection | McpAgentConnection
 
@@ -216,16 +258,32 @@ def _where(source: str, agent_id: str, field: str | None = None) -> str:
     return f"{source}: {ref}" + (f".{field}" if field else "")
 
 
+def is_secret_field(name: object) -> bool:
+    """Whether a settings key names a secret (api_key, apiKey, "api-key", authorization, ...), not a variable
+    holding one (api_key_env, env_vars)."""
+    if not isinstance(name, str):
+        return False
+    words = re.split(r"[_\-\s.]+", re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower())
+    return name.lower() not in _ENV_NAME_FIELDS and any(word in _SECRET_WORDS for word in words)
+
+
 def parse_agent(agent_id: str, raw: Mapping[str, Any], source: str = "<config>") -> AgentConnection:
     """Validate one agent's table; errors name the source, the agent and the field."""
     if not isinstance(raw, Mapping):
         raise InvalidInput(_where(source, agent_id), raw, "a table of agent settings")
     for name in raw:
-        if name.lower() in _SECRET_FIELDS:
+        if is_secret_field(name):
             raise InvalidInput(
                 _where(source, agent_id, name),
                 "***",
                 "no secret in the file: put the key in an environment variable and name it with api_key_env",
+            )
+    for name in raw.get("arguments", {}) if isinstance(raw.get("arguments"), Mapping) else ():
+        if is_secret_field(name):  # sent to the tool with every call, and stored in the handbook (QA)
+            raise InvalidInput(
+                _where(source, agent_id, f"arguments.{name}"),
+                "***",
+                "no secret in the file: pass it to the tool server in an environment variable named in env_vars",
             )
     kind = raw.get("kind", "llm")
     model_cls: type[_AgentBase]
@@ -302,6 +360,11 @@ def _with_judge(agents: dict[str, AgentConnection], raw: Any, source: str) -> di
     """Attach the [judge] settings to the llm agent they name (stored with its connection)."""
     if not isinstance(raw, Mapping):
         raise InvalidInput(f"{source}: judge", raw, 'a [judge] table naming an llm agent: agent = "<id>"')
+    for name in raw:
+        if is_secret_field(name):  # the judge calls with its agent's key (QA: this one was printed whole)
+            raise InvalidInput(
+                f"{source}: judge.{name}", "***", "no secret in the file: the judge uses its agent's key"
+            )
     try:
         settings = JudgeSettings.model_validate(raw)
     except ValidationError as exc:

@@ -286,3 +286,40 @@ def test_every_log_line_is_scrubbed_whichever_library_wrote_it(monkeypatch: pyte
     written = stream.getvalue()
     assert "Failed to parse JSONRPC message" in written and "***" in written
     assert "sk-search-SECRET" not in written and handed not in written
+
+
+@pytest.mark.parametrize(
+    ("toml", "field"),
+    [
+        ('[agents.a]\nmodel = "openai/x"\napikey = "{key}"\n', "agents.a.apikey"),
+        ('[agents.a]\nmodel = "openai/x"\nopenai_api_key = "{key}"\n', "agents.a.openai_api_key"),
+        ('[agents.a]\nmodel = "openai/x"\n"api-key" = "{key}"\n', "agents.a.api-key"),
+        ('[agents.a]\nmodel = "openai/x"\nauthorization = "Bearer {key}"\n', "agents.a.authorization"),
+        ('[agents.a]\nmodel = "openai/x"\napiKey = "{key}"\n', "agents.a.apiKey"),
+        ('[agents.a]\nmodel = "openai/x"\n[judge]\nagent = "a"\napi_key = "{key}"\n', "judge.api_key"),
+        (
+            '[agents.t]\nkind = "mcp"\ncommand = "srv"\ntool = "search"\narguments = {{ api_key = "{key}" }}\n',
+            "agents.t.arguments.api_key",
+        ),
+    ],
+)
+def test_a_key_under_any_secret_name_is_refused_without_echoing_it(tmp_path: Path, toml: str, field: str) -> None:
+    """QA: api_key was refused and masked, but apikey, openai_api_key, authorization, a [judge] key and a key in
+    an MCP agent's arguments were refused as unknown fields with the key printed, or stored and shown."""
+    key = "sk-literal-LEAKME-1234567890abcdef"
+    path = tmp_path / "agents.toml"
+    path.write_text(toml.format(key=key))
+    with pytest.raises(InvalidInput) as refused:
+        load_agent_configs(path)
+    assert f"{field}='***'" in str(refused.value) and "no secret in the file" in str(refused.value)
+    assert key not in str(refused.value)
+
+
+def test_agents_show_masks_a_key_given_as_a_command_line_option(tmp_path: Path) -> None:
+    path = tmp_path / "agents.toml"
+    path.write_text(
+        '[agents.t]\nkind = "mcp"\ncommand = "srv"\ntool = "search"\n'
+        'args = ["--api-key", "sk-1234567890abcdef", "--token=sk-abcdef1234567890", "--port", "80"]\n'
+    )
+    view = load_agent_configs(path)["t"].public_view()
+    assert view["args"] == ["--api-key", "***", "--token=***", "--port", "80"]
