@@ -10,6 +10,7 @@ one unit. What the file holds is the subclass's business (handbook/store.py).
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -91,6 +92,19 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
+def _create_private(path: Path) -> None:
+    """A new database file readable by its owner alone (0600; its folder 0700 when created here), before SQLite
+    opens it: SQLite gives the -wal and -shm files the database's mode. The file holds step texts, decisions and
+    agents' connection settings; under the usual umask it was world-readable (QA)."""
+    if path.exists():
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:  # another process created it meanwhile: theirs stands
+        pass
+
+
 class SqliteFile:
     """A SQLite file in WAL mode behind one connection guarded by a lock (sync MCP tools run on threads)."""
 
@@ -107,7 +121,7 @@ class SqliteFile:
         self.writable = True  # False: the file opened read-only (see _can_write)
         try:
             if str(path) != ":memory:":
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                _create_private(self.path)
             conn = sqlite3.connect(str(path), timeout=busy_timeout_s, check_same_thread=False, isolation_level=None)
         except (OSError, sqlite3.OperationalError) as exc:
             raise _cannot_open(path, exc) from None

@@ -44,7 +44,7 @@ class NoHandbook(HandbookError):
 def existing_store(args: argparse.Namespace) -> HandbookStore:
     """Open a handbook that must already exist: a mistyped --db must not leave a new empty database behind."""
     path = Path(_db(args))
-    if not path.is_file():
+    if not path.is_file() or path.stat().st_size == 0:  # an empty file is none (QA: show made one inside it)
         raise NoHandbook(
             f"no handbook at {path} (create one with `skillorchestra handbook import FILE`, `learn` or `serve`, "
             "or name an existing file with --db)"

@@ -230,9 +230,9 @@ def test_a_db_where_no_file_can_be_created_names_db_and_the_path(capsys: pytest.
     db = Path("/proc/skillorchestra-h.db")
     expected = f"error: db='{db}': expected a database file this process can create, open and write"
     code, out, err = run(["handbook", "import", "--example", "--db", str(db)], capsys)
-    assert code == 2 and out == "" and err == f"{expected} (unable to open database file)\n"
+    assert code == 2 and out == "" and err == f"{expected} (No such file or directory)\n"  # from creating it
     done = serve_mcp(db)
-    assert done.returncode == 2 and done.stdout == "" and done.stderr == f"{expected} (unable to open database file)\n"
+    assert done.returncode == 2 and done.stdout == "" and done.stderr == f"{expected} (No such file or directory)\n"
 
 
 def test_a_db_whose_folder_is_a_file_names_db_and_the_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -231,3 +231,35 @@ def test_another_programs_sqlite_file_is_refused_and_left_as_it_was(tmp_path: Pa
     sqlite3.connect(empty).close()  # an empty SQLite file (0 bytes) still becomes a handbook
     HandbookStore(empty).close()
     assert "meta" in _tables_and_mode(empty)[0]
+
+
+def test_a_new_handbook_file_and_its_folder_are_its_owners_alone(tmp_path: Path) -> None:
+    """The file holds step texts, decisions and connection settings: it was world-readable under umask 022 (QA)."""
+    old_umask = os.umask(0o022)
+    try:
+        store = HandbookStore(tmp_path / "data" / "handbook.db")
+        store.apply("upsert_mode", {"id": "answer"})  # a write: the WAL file exists while the store is open
+        wal = tmp_path / "data" / "handbook.db-wal"
+        modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "data").iterdir()}
+        store.close()
+    finally:
+        os.umask(old_umask)
+    assert wal.name in modes and set(modes.values()) == {0o600}, modes
+    assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700
+    existing = tmp_path / "shared.db"
+    existing.touch(mode=0o640)  # a file the user made: its mode is theirs
+    HandbookStore(existing).close()
+    assert existing.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_command_that_reads_a_handbook_refuses_an_empty_file(tmp_path: Path) -> None:
+    """An empty file is a valid empty SQLite database: `handbook show` made a handbook inside it (QA)."""
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    shown = subprocess.run(
+        [str(Path(sys.executable).parent / "skillorchestra"), "handbook", "show", "--db", str(empty)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True"),
+    )
+    assert shown.returncode == 2 and "no handbook at" in shown.stderr and empty.stat().st_size == 0
