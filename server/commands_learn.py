@@ -324,8 +324,8 @@ def length_lines(trial: dict[str, Any] | None) -> list[str]:
     verdict = "kept" if trial["kept"] else "not kept"
     lines = [
         f"Length effect {verdict}: {trial['folds']}-fold cross-validated utility over the lambda sweep "
-        f"{panel['with']:.4f} with it, {panel['without']:.4f} without."
-    ]
+        f"{panel['with']:.4f} with it, {panel['without']:.4f} without ({panel['with'] - panel['without']:+.2g})."
+    ]  # the difference itself: at four decimals a near tie read as two equal figures and a verdict (QA)
     if trial["kept"]:
         slopes = ", ".join(f"{agent} {slope:+.3f}" for agent, slope in sorted(trial["slopes"].items()))
         lines.append(f"  success per unit of ln(characters): {slopes}")

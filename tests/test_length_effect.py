@@ -257,6 +257,9 @@ def test_learn_says_whether_it_kept_a_length_effect_and_the_handbook_routes_with
     out, err = capsys.readouterr()
     assert exited.value.code in (0, None), err
     assert "Length effect kept: 5-fold cross-validated utility over the lambda sweep" in out
+    trial = HandbookStore(db).versions()[-1]["metrics"]["length_effect"]["cv_panel_utility"]
+    gain = trial["with"] - trial["without"]
+    assert f"without ({gain:+.2g})." in out and gain > 0  # the difference, not two figures that may read equal
     slopes = HandbookStore(db).document().length_effect.slopes
     assert f"small {slopes['small']:+.3f}" in out and slopes["small"] < -0.1
 
