@@ -363,7 +363,11 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
         *skill_lines(document),
         "",
         f"Candidate handbooks replayed through the router on the {m['validated_on']} "
-        f"(utility = accuracy - {m['lambda']:g} x cost / c_ref):",
+        + (  # with no cost known the cost term is 0 (QA: the formula was printed below "accuracy alone")
+            f"(utility = accuracy - {m['lambda']:g} x cost / c_ref):"
+            if m["cost_basis"] != "unknown"
+            else "(utility = accuracy: no cost is known):"
+        ),
         *candidate_lines(m["candidates"], m["cost_basis"] != "unknown"),
         "",
         f"Selected '{m['selected']}' (depth {m['depth']}, {m['n_skills']} skills): the highest utility"

@@ -138,6 +138,7 @@ def test_learn_without_prices_or_costs_says_costs_are_unknown(
     code, out, err = run(["learn", "--data", str(data), "--db", str(tmp_path / "h.db"), "--matcher", "lexical"], capsys)
     assert code == 0, err
     assert "costs: unknown" in out and "accuracy alone" in out
+    assert "(utility = accuracy: no cost is known)" in out and "x cost / c_ref" not in out  # QA: both were printed
 
 
 def test_learn_from_the_event_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
