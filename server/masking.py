@@ -12,10 +12,11 @@ mangle ordinary text; keys a backend names explicitly are masked from ``MIN_EXPL
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 MASK = "***"
 MIN_EXPLICIT_LENGTH = 4
@@ -76,7 +77,15 @@ def secrets_to_mask(explicit: Iterable[str | None] = (), environ: Mapping[str, s
     found = {s for s in explicit if s and len(s) >= MIN_EXPLICIT_LENGTH}
     _HANDED_OUT.update(found)
     found.update(environment_secrets(environ))
+    found.update(variant for secret in list(found) for variant in encoded(secret))
     return tuple(sorted(found, key=len, reverse=True))
+
+
+def encoded(secret: str) -> set[str]:
+    """The forms a backend may echo a key in besides its own: URL-encoded (in a query string or a form) and base64
+    (a Basic header). QA: an echo of either passed through unmasked."""
+    forms = {quote(secret, safe=""), quote_plus(secret), base64.b64encode(secret.encode()).decode()}
+    return {form.rstrip("=") for form in forms} - {secret}  # base64 padding depends on what follows the key
 
 
 def log_secrets() -> tuple[str, ...]:

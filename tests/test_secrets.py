@@ -7,11 +7,13 @@ tool agent is a real stdio server (tests/secret_echo_mcp_server.py) that echoes 
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
 import sys
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import anyio
 import pytest
@@ -121,7 +123,8 @@ def test_environment_net_skips_short_values_and_masks_the_longest_key_first() ->
     env = {"A_TOKEN": "1234567", "B_KEY": "abcdefgh", "C_KEY": "abcdefgh-longer", "HOME": "/home/someone-long"}
     assert sorted(environment_secrets(env)) == ["abcdefgh", "abcdefgh-longer"]  # TOKEN=1234567 is too short
     secrets = secrets_to_mask(["xyz9"], env)
-    assert secrets == ("abcdefgh-longer", "abcdefgh", "xyz9")
+    plain = [s for s in secrets if s in {"abcdefgh-longer", "abcdefgh", "xyz9"}]  # the rest: their encoded forms
+    assert plain == ["abcdefgh-longer", "abcdefgh", "xyz9"] and len(secrets) == 6
     assert scrub("k=abcdefgh-longer j=abcdefgh i=xyz9 t=1234567", secrets) == "k=*** j=*** i=*** t=1234567"
 
 
@@ -323,3 +326,12 @@ def test_agents_show_masks_a_key_given_as_a_command_line_option(tmp_path: Path) 
     )
     view = load_agent_configs(path)["t"].public_view()
     assert view["args"] == ["--api-key", "***", "--token=***", "--port", "80"]
+
+
+def test_a_key_echoed_url_encoded_or_in_base64_is_masked_too() -> None:
+    """QA: a backend returning the key URL-encoded or base64-encoded passed it through unmasked."""
+    key = "sk-qa-ENC+/=gggggggggggggg7777"
+    echoed = f"url={quote(key, safe='')} form={quote_plus(key)} basic={base64.b64encode(key.encode()).decode()}"
+    assert scrub(f"{echoed} plain={key}", secrets_to_mask([key], environ={})) == (
+        "url=*** form=*** basic=*** plain=***"
+    )
