@@ -118,7 +118,8 @@ class BearerTokenMiddleware:
         response = PlainTextResponse(
             "401 Unauthorized: send Authorization: Bearer <SKILLORCHESTRA_TOKEN>\n",
             status_code=401,
-            headers={"WWW-Authenticate": f'Bearer realm="skillorchestra", error="{reason}"'},
+            # closed after: a refused client's unread body must not hold the connection (server/http_deadline.py)
+            headers={"WWW-Authenticate": f'Bearer realm="skillorchestra", error="{reason}"', "Connection": "close"},
         )
         await response(scope, receive, send)
 

@@ -4,8 +4,9 @@ uvicorn times out an idle kept-alive connection but not one whose request header
 bearer token is checked only once they have: anyone who could reach the port held connections open for as long as
 they liked, a few hundred of them at a time ran the server out of file descriptors and it stopped answering (QA).
 This protocol closes a connection whose request line and headers are not complete within `timeout_s` of its
-opening, or of the end of its previous response. A request's body and the response (an SSE stream, a long
-delegate) are not limited: by then the token has been checked.
+opening, or of the end of its previous response, and one still sending a body after it was answered (a refused
+token is answered before its body is read). A request's body and the response of a request the app is handling (an
+SSE stream, a long delegate) are not limited: by then the token has been checked.
 """
 
 from __future__ import annotations
@@ -33,13 +34,25 @@ class HeadersDeadline(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:  # the request line and headers are in (or the connection failed)
-            self._disarm()
+        self._follow()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # may already have begun a pipelined next request
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-            self._arm()  # kept alive: the next request's head gets the same time
+        self._follow()
+
+    def _follow(self) -> None:
+        """The deadline runs while the connection waits on the client with no request in the app's hands: for its
+        next request head, or for the rest of a body nobody will read (answered early, as a refused token is: the
+        review found a trickled body held the connection forever). It keeps running across the bytes of one head,
+        and stops while the app handles a request."""
+        if self.transport.is_closing():
+            self._disarm()
+            return
+        waiting = self.conn.their_state is h11.IDLE or self.conn.our_state in (h11.DONE, h11.MUST_CLOSE)
+        if not waiting:
+            self._disarm()
+        elif self._deadline is None:
+            self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

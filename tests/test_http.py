@@ -225,6 +225,7 @@ async def test_token_required_over_streamable_http(http_token_server: Running) -
         assert missing.status_code == 401
         assert missing.headers["www-authenticate"].startswith("Bearer ")
         assert "resource_metadata" not in missing.headers["www-authenticate"]  # a static token, not OAuth
+        assert missing.headers["connection"] == "close"  # its unread body cannot hold the connection (review)
         health = await anonymous.get(f"{http_token_server.base}/healthz")
         assert (health.status_code, health.text) == (200, "ok")
     async with _http("wrong-" + TOKEN) as wrong:
