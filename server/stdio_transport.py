@@ -7,7 +7,7 @@ client waits for an answer until its own timeout. Two kinds of line met that end
   half character replaced by U+FFFD, and the request is served;
 - a line that is not JSON, or JSON that is not one JSON-RPC message (a batch, which MCP removed): answered with
   the JSON-RPC error for it (-32700 parse error, -32600 invalid request, with the request's id when it has one),
-  and a warning on stderr.
+  and a warning on stderr. A blank line is dropped, as the SDK drops it.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import re
 from typing import Any
 
 import anyio
-from anyio.abc import ObjectSendStream
 from mcp.server import MCPServer
 from mcp.server.stdio import stdio_server
+from mcp.shared._context_streams import create_context_streams
 from mcp.shared.message import SessionMessage
 from mcp_types import INVALID_REQUEST, PARSE_ERROR, ErrorData, JSONRPCError, jsonrpc_message_adapter
 from pydantic import ValidationError
@@ -28,30 +28,34 @@ from pydantic import ValidationError
 log = logging.getLogger("skillorchestra.stdio")
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}")  # what JSON text holding one looks like
 
 
 async def serve_stdio(server: MCPServer) -> None:
     """As MCPServer.run_stdio_async, with the lines the SDK would drop answered or repaired (`screen_lines`)."""
     lowlevel = server._lowlevel_server
     async with stdio_server() as (read_stream, write_stream):
-        screened_send, screened = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+        screened_send, screened = create_context_streams[SessionMessage | Exception](0)  # as the SDK's own
         async with anyio.create_task_group() as group:
             group.start_soon(screen_lines, read_stream, screened_send, write_stream)
             await lowlevel.run(screened, write_stream, lowlevel.create_initialization_options())
             group.cancel_scope.cancel()
 
 
-async def screen_lines(
-    source: Any,
-    sink: ObjectSendStream[SessionMessage | Exception],
-    replies: Any,
-) -> None:
+async def screen_lines(source: Any, sink: Any, replies: Any) -> None:
     """Pass the SDK's parsed messages on; a line it failed to parse becomes the message it meant (lone surrogates
-    replaced) or a JSON-RPC error sent straight back. `source` and `replies` are the SDK's stdio streams."""
+    replaced), a JSON-RPC error sent straight back, or nothing (a blank line). `source`, `sink` and `replies` are
+    the SDK's kind of stream. No line can end the server: whatever goes wrong with one is answered as a parse error."""
     async with sink:
         async for item in source:
             if isinstance(item, ValidationError):
-                handled = answer_unparsed(item)
+                try:
+                    handled = answer_unparsed(item)
+                except Exception:  # never expected; one line must not take the server down (review)
+                    log.exception("a line on stdin could not be screened: answered with a parse error")
+                    handled = _parse_error()
+                if handled is None:
+                    continue
                 if isinstance(handled, JSONRPCError):
                     await replies.send(SessionMessage(handled))
                     continue
@@ -59,21 +63,20 @@ async def screen_lines(
             await sink.send(item)
 
 
-def answer_unparsed(error: ValidationError) -> SessionMessage | JSONRPCError:
-    """The message a line meant, or the JSON-RPC error that answers it."""
+def answer_unparsed(error: ValidationError) -> SessionMessage | JSONRPCError | None:
+    """The message a line meant, the JSON-RPC error that answers it, or None for a blank line (the SDK's own
+    reader drops those; a client may write one between messages)."""
     errors = error.errors(include_url=False)
     first = errors[0]
-    given = _whole_message(errors)
     if first["type"] == "json_invalid":
-        try:
-            given = json.loads(given) if isinstance(given, str) else None
-        except ValueError:
-            log.warning("a line on stdin is not JSON: answered with a parse error (-32700)")
-            return JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=PARSE_ERROR, message="Parse error"))
-        try:  # JSON by the standard, refused for a lone surrogate: read with it replaced
-            return SessionMessage(jsonrpc_message_adapter.validate_python(_replaced(given), by_name=False))
-        except ValidationError:
-            pass
+        raw = first.get("input")
+        if not isinstance(raw, str) or not raw.strip():
+            return None
+        if _SURROGATE_ESCAPE.search(raw) and (repaired := _without_lone_surrogates(raw)) is not None:
+            return repaired
+        log.warning("a line on stdin is not JSON: answered with a parse error (-32700)")
+        return _parse_error()
+    given = _whole_message(errors)
     if isinstance(given, list):
         why = "a batch (MCP takes one JSON-RPC message per line)"
     else:
@@ -82,6 +85,20 @@ def answer_unparsed(error: ValidationError) -> SessionMessage | JSONRPCError:
     return JSONRPCError(
         jsonrpc="2.0", id=_request_id(given), error=ErrorData(code=INVALID_REQUEST, message=f"Invalid Request: {why}")
     )
+
+
+def _parse_error() -> JSONRPCError:
+    return JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=PARSE_ERROR, message="Parse error"))
+
+
+def _without_lone_surrogates(raw: str) -> SessionMessage | None:
+    """The message of a line refused for a lone surrogate escape, each replaced by U+FFFD, or None when that is not
+    what was wrong. Parsed again by the SDK's own parser, so its limits (nesting depth) still hold."""
+    try:
+        cleaned = json.dumps(_replaced(json.loads(raw)), ensure_ascii=False)
+        return SessionMessage(jsonrpc_message_adapter.validate_json(cleaned, by_name=False))
+    except (ValueError, RecursionError, ValidationError):
+        return None
 
 
 def _whole_message(errors: list[Any]) -> Any:
@@ -94,8 +111,12 @@ def _whole_message(errors: list[Any]) -> Any:
 
 
 def _request_id(message: Any) -> int | str | None:
-    """The id of a request the answer is for, when it has a usable one (else null, as JSON-RPC says)."""
-    found = message.get("id") if isinstance(message, dict) else None
+    """The id of the request the answer is for: only a message with a method is one (a malformed response from
+    the client carries the id of a request of the client's, which an answer would seem to settle; review). A
+    method of the wrong type is still a request, answered by its id."""
+    if not isinstance(message, dict) or "method" not in message:
+        return None
+    found = message.get("id")
     return found if isinstance(found, str) or (isinstance(found, int) and not isinstance(found, bool)) else None
 
 

@@ -133,6 +133,9 @@ def test_every_line_gets_an_answer_even_one_the_sdk_cannot_parse(tmp_path: Path)
         json.dumps(
             {"jsonrpc": "2.0", "id": 8, "method": "prompts/get", "params": {"name": "orchestrate", "arguments": "g"}}
         ),
+        "",  # a blank line: no answer (review: it was answered -32700)
+        "[" * 5000,  # review: nesting past the parser's limit ended the server
+        '{"id": 9, "result": 7}',  # a malformed response of the client's: answered, but not as its request 9's answer
     ]
     env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", SKILLORCHESTRA_MATCHER="lexical")
     proc = subprocess.Popen(
@@ -150,7 +153,7 @@ def test_every_line_gets_an_answer_even_one_the_sdk_cannot_parse(tmp_path: Path)
     try:
         proc.stdin.write("".join(line + "\n" for line in lines))
         proc.stdin.flush()
-        while len(answers) < 8:  # initialize, the route, the parse error, two invalid requests, ping, two bad params
+        while len(answers) < 10:  # initialize, route, 2 parse errors, 3 invalid requests, ping, 2 bad params
             try:
                 answers.append(json.loads(stdout_lines.get(timeout=60)))
             except queue.Empty:
@@ -164,7 +167,8 @@ def test_every_line_gets_an_answer_even_one_the_sdk_cannot_parse(tmp_path: Path)
     assert "name must be a string" in by_id[7]["error"]["message"] and by_id[7]["error"]["code"] == -32602
     assert "arguments must be an object" in by_id[8]["error"]["message"] and by_id[8]["error"]["code"] == -32602
     unnamed = sorted(m["error"]["code"] for m in answers if m.get("id") is None)
-    assert unnamed == [-32700, -32600]  # not JSON; a batch (no id to answer to)
+    assert unnamed == [-32700, -32700, -32600, -32600]  # not JSON, too deep; a batch, a response (no request id)
+    assert 9 not in by_id
     warned = proc.stderr.read()
     assert "is not JSON" in warned and "a batch" in warned
 
