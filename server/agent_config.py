@@ -83,6 +83,24 @@ _SECRET_WORDS = frozenset(
         "credentials",
     }
 )
+_SECRET_ENDINGS = (
+    "api_key",
+    "apikey",
+    "access_key",
+    "secret_key",
+    "private_key",
+    "access_token",
+    "auth_token",
+    "api_token",
+    "bearer_token",
+    "refresh_token",
+    "client_secret",
+    "secret",
+    "password",
+    "passwd",
+    "credentials",
+)
+_SECRET_ARGUMENTS = frozenset({"key", "token", "auth", "authorization", "bearer", "credential", *_SECRET_ENDINGS})
 # Fields holding environment variable names: a wrong value there is often the key itself, so errors mask it.
 _ENV_NAME_FIELDS = frozenset({"api_key_env", "env_vars"})
 # URL fields: a refused URL may carry credentials (user:password@, ?api-key=), so errors show it redacted.
@@ -233,19 +251,29 @@ class McpAgentConnection(_AgentBase):
 
 
 def masked_args(args: Sequence[str]) -> list[str]:
-    """`args` with the value of each secret-named option (`--api-key X`, `--token=X`) replaced by ***."""
+    """`args` with the secrets a command line usually carries replaced by ***: the value of a secret-named option
+    (`--api-key X`, `--token=X`), of a NAME=value pair (`-e OPENAI_API_KEY=X`), of an Authorization header
+    (`--header "Authorization: Bearer X"`), and a URL's credentials and query (`https://h/mcp?api_key=X`)."""
     shown: list[str] = []
     hide_next = False
     for arg in args:
-        option, equals, _ = arg.partition("=")
-        secret_option = arg.startswith("-") and is_secret_field(option.lstrip("-"))
-        if hide_next:
+        if hide_next and not arg.startswith("-"):
             shown.append(MASK)
-        elif secret_option and equals:
-            shown.append(f"{option}={MASK}")
+            hide_next = False
+            continue
+        name, equals, _ = arg.partition("=")
+        option = arg.startswith("-")
+        secret = is_secret_field(name.lstrip("-")) and not name.lstrip("-").lower().startswith("no-")
+        header, colon, _ = arg.partition(":")
+        if colon and header.strip().lower() in ("authorization", "proxy-authorization", "x-api-key"):
+            shown.append(f"{header}: {MASK}")
+        elif "://" in arg:
+            shown.append(str(redacted_url(arg)))
+        elif secret and equals:
+            shown.append(f"{name}={MASK}")
         else:
             shown.append(arg)
-        hide_next = secret_option and not equals
+        hide_next = option and secret and not equals
     return shown
 
 
@@ -258,13 +286,28 @@ def _where(source: str, agent_id: str, field: str | None = None) -> str:
     return f"{source}: {ref}" + (f".{field}" if field else "")
 
 
+def _words(name: str) -> list[str]:
+    """apiKey, "api-key", API_KEY -> ["api", "key"]."""
+    return [w for w in re.split(r"[_\-\s.]+", re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()) if w]
+
+
 def is_secret_field(name: object) -> bool:
-    """Whether a settings key names a secret (api_key, apiKey, "api-key", authorization, ...), not a variable
-    holding one (api_key_env, env_vars)."""
+    """Whether a key of an agent's table names a secret (api_key, apiKey, "api-key", authorization, ...), not a
+    variable holding one (api_key_env, env_vars). Broad, by any word: a table takes known settings only, so this
+    decides how a refusal reads (the value masked), never whether it is refused."""
     if not isinstance(name, str):
         return False
-    words = re.split(r"[_\-\s.]+", re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower())
-    return name.lower() not in _ENV_NAME_FIELDS and any(word in _SECRET_WORDS for word in words)
+    return name.lower() not in _ENV_NAME_FIELDS and any(word in _SECRET_WORDS for word in _words(name))
+
+
+def is_secret_argument(name: object) -> bool:
+    """Whether an MCP tool argument's name is a secret's: the whole name (key, token, api_key, authorization,
+    client_secret...) or its end (openai_api_key, github_access_token). Narrower than is_secret_field, since a
+    tool's own arguments may be sort_key, public_key, max_token or auth_mode (review)."""
+    if not isinstance(name, str):
+        return False
+    snake = "_".join(_words(name))
+    return snake in _SECRET_ARGUMENTS or any(snake.endswith(f"_{end}") for end in _SECRET_ENDINGS)
 
 
 def parse_agent(agent_id: str, raw: Mapping[str, Any], source: str = "<config>") -> AgentConnection:
@@ -279,7 +322,7 @@ def parse_agent(agent_id: str, raw: Mapping[str, Any], source: str = "<config>")
                 "no secret in the file: put the key in an environment variable and name it with api_key_env",
             )
     for name in raw.get("arguments", {}) if isinstance(raw.get("arguments"), Mapping) else ():
-        if is_secret_field(name):  # sent to the tool with every call, and stored in the handbook (QA)
+        if is_secret_argument(name):  # sent to the tool with every call, and stored in the handbook (QA)
             raise InvalidInput(
                 _where(source, agent_id, f"arguments.{name}"),
                 "***",

@@ -47,7 +47,7 @@ from pydantic import BaseModel, Field
 from skillorchestra.handbook.costing import prompt_tokens as estimated_tokens
 from skillorchestra.handbook.models import INFRASTRUCTURE_ERRORS, ErrorClass
 from skillorchestra.server.agent_config import LlmAgentConnection
-from skillorchestra.server.masking import scrub, secrets_to_mask
+from skillorchestra.server.masking import remember_keys, scrub, secrets_to_mask
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,9 @@ def _module_key_names(litellm: ModuleType) -> tuple[str, ...]:
 def call_secrets(conn: LlmAgentConnection, key: str | None, litellm: ModuleType) -> tuple[str, ...]:
     """Everything to mask in one call's answer, error and log line: the agent's key, the keys litellm would look up
     itself, and the environment's secrets (server/masking.py). Computed once per call."""
-    return secrets_to_mask([key, *litellm_keys(conn, litellm)])
+    keys = [key if key != PLACEHOLDER_API_KEY else None, *litellm_keys(conn, litellm)]
+    remember_keys(keys)
+    return secrets_to_mask(keys)
 
 
 # what the OpenAI client (wrapped by litellm as an InternalServerError) says when it finds no key to send

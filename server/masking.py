@@ -67,15 +67,20 @@ def _token_shaped(value: str) -> bool:
     return len(value) >= 16 and "/" not in value and not any(c.isspace() for c in value)
 
 
-_HANDED_OUT: set[str] = set()  # every explicit key a backend call was given in this process (log_secrets)
+_HANDED_OUT: set[str] = set()  # the keys backend calls were given in this process (remember_keys, log_secrets)
+
+
+def remember_keys(keys: Iterable[str | None]) -> None:
+    """Keys a backend call is given, masked in every log line from now on (`log_secrets`): a library may log what a
+    backend sent, where the call's own scrub never sees it. Real keys only (review: remembering every value a call
+    masked, such as a token-shaped model name, would mangle later log lines)."""
+    _HANDED_OUT.update(k for k in keys if k and len(k) >= MIN_NAMED_LENGTH)
 
 
 def secrets_to_mask(explicit: Iterable[str | None] = (), environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """The explicit keys plus the environment's secrets: distinct, longest first (a key containing another is
-    masked whole). Compute it once per call and pass it to ``scrub``. The explicit keys are remembered for
-    `log_secrets`: a library may log what a backend sent, where the call's own scrub never sees it."""
+    masked whole). Compute it once per call and pass it to ``scrub``."""
     found = {s for s in explicit if s and len(s) >= MIN_EXPLICIT_LENGTH}
-    _HANDED_OUT.update(found)
     found.update(environment_secrets(environ))
     found.update(variant for secret in list(found) for variant in encoded(secret))
     return tuple(sorted(found, key=len, reverse=True))
@@ -83,9 +88,17 @@ def secrets_to_mask(explicit: Iterable[str | None] = (), environ: Mapping[str, s
 
 def encoded(secret: str) -> set[str]:
     """The forms a backend may echo a key in besides its own: URL-encoded (in a query string or a form) and base64
-    (a Basic header). QA: an echo of either passed through unmasked."""
-    forms = {quote(secret, safe=""), quote_plus(secret), base64.b64encode(secret.encode()).decode()}
-    return {form.rstrip("=") for form in forms} - {secret}  # base64 padding depends on what follows the key
+    (a Basic header, "user:<key>"). Base64 encodes three bytes at a time, so the key's characters depend on where it
+    starts: for each of the three alignments, the part of its encoding that depends on the key alone (review: only
+    a key at the start of the encoded text was found). QA: an echo of either form passed through unmasked."""
+    forms = {quote(secret, safe=""), quote_plus(secret)}
+    raw = secret.encode()
+    for shift in range(3):
+        text = base64.b64encode(b"\0" * shift + raw).decode()
+        core = text[4 if shift else 0 : (shift + len(raw)) // 3 * 4]  # whole groups of the key's bytes only
+        if len(core) >= MIN_NAMED_LENGTH:
+            forms.add(core)
+    return forms - {secret}
 
 
 def log_secrets() -> tuple[str, ...]:

@@ -27,7 +27,14 @@ from skillorchestra.server.app import create_server
 from skillorchestra.server.cli import main as cli_main
 from skillorchestra.server.llm_backend import call_llm, ensure_litellm, litellm_keys
 from skillorchestra.server.log_format import LOG_FORMAT, OneLineFormatter
-from skillorchestra.server.masking import environment_secrets, is_secret_name, passed_secrets, scrub, secrets_to_mask
+from skillorchestra.server.masking import (
+    environment_secrets,
+    is_secret_name,
+    passed_secrets,
+    remember_keys,
+    scrub,
+    secrets_to_mask,
+)
 from skillorchestra.server.mcp_backend import call_mcp_tool
 from skillorchestra.server.settings import ServerSettings
 
@@ -124,7 +131,7 @@ def test_environment_net_skips_short_values_and_masks_the_longest_key_first() ->
     assert sorted(environment_secrets(env)) == ["abcdefgh", "abcdefgh-longer"]  # TOKEN=1234567 is too short
     secrets = secrets_to_mask(["xyz9"], env)
     plain = [s for s in secrets if s in {"abcdefgh-longer", "abcdefgh", "xyz9"}]  # the rest: their encoded forms
-    assert plain == ["abcdefgh-longer", "abcdefgh", "xyz9"] and len(secrets) == 6
+    assert plain == ["abcdefgh-longer", "abcdefgh", "xyz9"]
     assert scrub("k=abcdefgh-longer j=abcdefgh i=xyz9 t=1234567", secrets) == "k=*** j=*** i=*** t=1234567"
 
 
@@ -272,7 +279,7 @@ def test_every_log_line_is_scrubbed_whichever_library_wrote_it(monkeypatch: pyte
     our own scrub covers answers and errors, the formatter covers every record (message and traceback)."""
     monkeypatch.setenv("SEARCH_API_KEY", "sk-search-SECRET-0123456789abcdef")
     handed = "house-key-handed-to-a-backend-42"  # a key under no secret-looking name, given to one call
-    secrets_to_mask([handed])
+    remember_keys([handed])
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(OneLineFormatter(LOG_FORMAT))
@@ -318,20 +325,47 @@ def test_a_key_under_any_secret_name_is_refused_without_echoing_it(tmp_path: Pat
     assert key not in str(refused.value)
 
 
-def test_agents_show_masks_a_key_given_as_a_command_line_option(tmp_path: Path) -> None:
+def test_a_tools_own_arguments_named_like_keys_are_kept(tmp_path: Path) -> None:
+    """Only a secret's name is refused in `arguments` (review: sort_key, public_key, max_token were refused too)."""
     path = tmp_path / "agents.toml"
     path.write_text(
         '[agents.t]\nkind = "mcp"\ncommand = "srv"\ntool = "search"\n'
-        'args = ["--api-key", "sk-1234567890abcdef", "--token=sk-abcdef1234567890", "--port", "80"]\n'
+        'arguments = { sort_key = "date", public_key = "pk", max_token = 5, auth_mode = "none", key_points = 3 }\n'
     )
+    assert set(load_agent_configs(path)["t"].arguments) == {
+        "sort_key",
+        "public_key",
+        "max_token",
+        "auth_mode",
+        "key_points",
+    }
+
+
+def test_agents_show_masks_the_keys_a_command_line_usually_carries(tmp_path: Path) -> None:
+    path = tmp_path / "agents.toml"
+    args = [
+        *("--api-key", "sk-1234567890abcdef", "--token=sk-abcdef1234567890", "--no-auth", "server.py"),
+        *("-e", "OPENAI_API_KEY=sk-env-1234567890", "--header", "Authorization: Bearer sk-hdr-1234567890"),
+        *("https://tools.example/mcp?api_key=sk-url-1234567890", "--port", "80"),
+    ]
+    path.write_text(f'[agents.t]\nkind = "mcp"\ncommand = "srv"\ntool = "search"\nargs = {json.dumps(args)}\n')
     view = load_agent_configs(path)["t"].public_view()
-    assert view["args"] == ["--api-key", "***", "--token=***", "--port", "80"]
+    assert view["args"] == [
+        *("--api-key", "***", "--token=***", "--no-auth", "server.py"),
+        *("-e", "OPENAI_API_KEY=***", "--header", "Authorization: ***"),
+        *("https://tools.example/mcp?***", "--port", "80"),
+    ]
 
 
-def test_a_key_echoed_url_encoded_or_in_base64_is_masked_too() -> None:
-    """QA: a backend returning the key URL-encoded or base64-encoded passed it through unmasked."""
-    key = "sk-qa-ENC+/=gggggggggggggg7777"
-    echoed = f"url={quote(key, safe='')} form={quote_plus(key)} basic={base64.b64encode(key.encode()).decode()}"
-    assert scrub(f"{echoed} plain={key}", secrets_to_mask([key], environ={})) == (
-        "url=*** form=*** basic=*** plain=***"
+@pytest.mark.parametrize("key", ["sk-qa-ENC+/=gggggggggggggg7777", "sk-qa-0123456789abcdef", "sk-qa-0123456789abcdefg"])
+def test_a_key_echoed_url_encoded_or_in_base64_is_masked_too(key: str) -> None:
+    """QA: a backend returning the key URL-encoded or base64-encoded passed it through unmasked; review: in base64
+    it was found only at the start of the encoded text, not in a Basic header's "user:<key>"."""
+    secrets = secrets_to_mask([key], environ={})
+    assert (
+        scrub(f"url={quote(key, safe='')} form={quote_plus(key)} plain={key}", secrets) == "url=*** form=*** plain=***"
     )
+    for prefix, suffix in (("", ""), ("user:", ""), ("u:", ""), ("", ":"), ("x", ":pw")):
+        basic = base64.b64encode(f"{prefix}{key}{suffix}".encode()).decode()
+        shown = scrub(f"Authorization: Basic {basic}", secrets)
+        assert "***" in shown and basic not in shown, (prefix, suffix)
