@@ -34,8 +34,13 @@ from skillorchestra.handbook.learning.pipeline import LearnResult, learn
 from skillorchestra.handbook.models import DESCRIPTION_MAX
 from skillorchestra.handbook.traces import AgentPrice, TraceTask
 from skillorchestra.server.agent_config import LlmAgentConnection, masked_env_name_error
-from skillorchestra.server.llm_backend import PLACEHOLDER_API_KEY, backend_env_defaults, classify_exception
-from skillorchestra.server.masking import scrub, secrets_to_mask
+from skillorchestra.server.llm_backend import (
+    PLACEHOLDER_API_KEY,
+    backend_env_defaults,
+    classify_exception,
+    usage_believed,
+)
+from skillorchestra.server.masking import remember_keys, scrub, secrets_to_mask
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +119,7 @@ def make_complete(conn: LlmAgentConnection, *, temperature: float = 0.0, json_mo
     """A `complete(messages) -> Completion` over litellm: one request, no hidden retries, the key never shown."""
     litellm = _litellm()
     key = os.environ.get(conn.api_key_env) if conn.api_key_env else None
+    remember_keys([key])
     secrets = secrets_to_mask([key])  # its key and the environment's, as the backends mask them
     extra: dict[str, Any] = {"response_format": {"type": "json_object"}} if json_mode else {}
 
@@ -144,6 +150,11 @@ def make_complete(conn: LlmAgentConnection, *, temperature: float = 0.0, json_mo
         usage = getattr(response, "usage", None)
         prompt = getattr(usage, "prompt_tokens", None)
         completion = getattr(usage, "completion_tokens", None)
+        if not usage_believed(messages, prompt, completion):  # as delegate's calls: never priced (review)
+            log.warning(
+                "learner %s reported %s prompt and %s completion tokens: not believed", conn.model, prompt, completion
+            )
+            prompt = completion = None  # the call's cost is then unknown
         return Completion(scrub(text, secrets), prompt, completion, _cost(conn, litellm, prompt, completion))
 
     return complete

@@ -17,10 +17,13 @@ from fake_openai import FakeOpenAI
 from skillorchestra.server.agent_config import LlmAgentConnection
 from skillorchestra.server.llm_backend import (
     PLACEHOLDER_API_KEY,
+    PLAUSIBLE_TOKENS,
+    TEMPLATE_TOKENS,
     BackendResult,
     call_llm,
     classify_exception,
     ensure_litellm,
+    usage_believed,
 )
 
 SECRET = "sk-test-SECRET123"
@@ -342,6 +345,16 @@ async def test_a_usage_no_model_could_have_is_not_believed(fake_openai: FakeOpen
     assert priced.ok and priced.cost_source == "estimated" and priced.prompt_tokens is None
     assert priced.cost_usd == pytest.approx((math.ceil(chars / 4) * 2.0 + math.ceil(len(answer) / 4) * 10.0) / 1e6)
     assert any("1,000,000,000,000,000,000 prompt" in w and "not believed" in w for w in priced.warnings)
+
+
+def test_a_prompt_of_more_tokens_than_its_text_has_bytes_is_not_believed() -> None:
+    """A tokenizer never makes more tokens than bytes; a chat template adds at most TEMPLATE_TOKENS (review: 5M
+    prompt tokens for a 20-character prompt were believed)."""
+    msgs = user("summarise the news")  # 26 bytes with the system message
+    assert usage_believed(msgs, 30, 5) and usage_believed(msgs, 26 + TEMPLATE_TOKENS, 5)
+    assert not usage_believed(msgs, 5_000_000, 5) and not usage_believed(msgs, 27 + TEMPLATE_TOKENS, 5)
+    assert not usage_believed(msgs, 30, PLAUSIBLE_TOKENS + 1) and not usage_believed(msgs, -1, 5)
+    assert usage_believed(msgs, None, None)  # no report: nothing to disbelieve
 
 
 @pytest.mark.anyio

@@ -142,6 +142,17 @@ def test_unknown_price_is_null_and_bad_json_forever_fails_within_the_budget(serv
     assert result.metrics["tokens"]["prompt"] > 0
 
 
+def test_a_usage_no_model_could_have_leaves_the_learners_cost_unknown(server: FakeOpenAI) -> None:
+    """As delegate's calls: a report of 1e18 prompt tokens is not priced (review: it was billed $3e12)."""
+    server.responder = TaxonomyBot()
+    server.behaviours["huge"] = "HUGEUSAGE"
+    result = learn_with_llm(
+        unlabelled_swap(n=60), PRICES, "openai/huge", api_base=server.api_base, input_per_mtok=3.0, output_per_mtok=15.0
+    )
+    assert result.llm_calls > 0 and result.metrics["usd"] is None
+    assert result.metrics["learner"]["unpriced_calls"] == result.llm_calls
+
+
 def test_refused_credentials_stop_at_once_without_leaking_the_key(
     server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
