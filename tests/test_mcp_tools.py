@@ -294,9 +294,14 @@ async def test_null_for_an_optional_argument_means_left_out(mcp_client: Client, 
     """Some clients send every optional argument, null where the user gave none (QA: route_step's lambda_=null and
     upsert_agent's clear_prices=null were refused); a required argument stays required."""
     await two_agent_handbook(mcp_client)
+    for n in range(4):  # six agents: top_k's default (5) shows
+        await call(
+            mcp_client, "upsert_agent", {"agent_id": f"extra-{n}", "input_per_mtok": 1.0, "output_per_mtok": 1.0}
+        )
     nulls = {"lambda_": None, "strategy": None, "top_k": None, "mode": None, "max_cost_usd": None, "seed": None}
     decision = await call(mcp_client, "route_step", {"text": "solve for x", **nulls})
-    assert len(decision["candidates"]) == 2 and decision["propensity"] == 1.0  # defaults: top_k 5, mean
+    assert len(decision["candidates"]) == 5  # top_k's default
+    assert decision["propensity"] == 1.0 and decision["explored"] is False  # mean (thompson would explore six)
     assert decision["candidates"][0]["utility"] == pytest.approx(await _utility_at_default_lambda(mcp_client))
     kept = await call(mcp_client, "upsert_agent", {"agent_id": "tiny", "clear_prices": None, "enabled": None})
     assert kept["input_per_mtok"] == 0.05 and kept["enabled"] is True
