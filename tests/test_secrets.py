@@ -8,7 +8,6 @@ tool agent is a real stdio server (tests/secret_echo_mcp_server.py) that echoes 
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import sys
@@ -18,6 +17,7 @@ from urllib.parse import quote, quote_plus
 import anyio
 import pytest
 from fake_openai import FakeOpenAI
+from log_capture import formatted_log
 from mcp import Client
 
 from skillorchestra.handbook.errors import InvalidInput
@@ -26,7 +26,6 @@ from skillorchestra.server.agent_config import LlmAgentConnection, McpAgentConne
 from skillorchestra.server.app import create_server
 from skillorchestra.server.cli import main as cli_main
 from skillorchestra.server.llm_backend import call_llm, ensure_litellm, litellm_keys
-from skillorchestra.server.log_format import LOG_FORMAT, OneLineFormatter
 from skillorchestra.server.masking import (
     environment_secrets,
     is_secret_name,
@@ -280,19 +279,11 @@ def test_every_log_line_is_scrubbed_whichever_library_wrote_it(monkeypatch: pyte
     monkeypatch.setenv("SEARCH_API_KEY", "sk-search-SECRET-0123456789abcdef")
     handed = "house-key-handed-to-a-backend-42"  # a key under no secret-looking name, given to one call
     remember_keys([handed])
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(OneLineFormatter(LOG_FORMAT))
-    log = logging.getLogger("mcp.client.stdio.test")
-    log.addHandler(handler)
-    log.propagate = False
-    try:
-        raise ValueError("input_value='sk-search-SECRET-0123456789abcdef'")
-    except ValueError:
-        log.exception("Failed to parse JSONRPC message from server: %s", handed)
-    finally:
-        log.removeHandler(handler)
-        log.propagate = True
+    with formatted_log("mcp.client.stdio.test") as stream:
+        try:
+            raise ValueError("input_value='sk-search-SECRET-0123456789abcdef'")
+        except ValueError:
+            logging.getLogger("mcp.client.stdio.test").exception("Failed to parse JSONRPC message: %s", handed)
     written = stream.getvalue()
     assert "Failed to parse JSONRPC message" in written and "***" in written
     assert "sk-search-SECRET" not in written and handed not in written

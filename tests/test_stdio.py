@@ -115,6 +115,21 @@ def test_stdout_carries_only_protocol_messages(tmp_path: Path) -> None:
     assert answered[4]["result"]["structuredContent"]["skills"]
 
 
+def _raw_server(db: Path, **env: str) -> subprocess.Popen[str]:
+    """The console script over pipes, for tests that write JSON-RPC lines by hand and read stdout and stderr."""
+    assert SCRIPT
+    proc = subprocess.Popen(
+        [SCRIPT, "--db", str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", **env),
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    return proc
+
+
 def test_every_line_gets_an_answer_even_one_the_sdk_cannot_parse(tmp_path: Path) -> None:
     """QA: a lone surrogate escape (JavaScript's JSON.stringify of a cut emoji), a line that is not JSON and a
     batch were dropped without a word, and the client waited for its timeout. The first is served with the half
@@ -137,16 +152,7 @@ def test_every_line_gets_an_answer_even_one_the_sdk_cannot_parse(tmp_path: Path)
         "[" * 5000,  # review: nesting past the parser's limit ended the server
         '{"id": 9, "result": 7}',  # a malformed response of the client's: answered, but not as its request 9's answer
     ]
-    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", SKILLORCHESTRA_MATCHER="lexical")
-    proc = subprocess.Popen(
-        [SCRIPT, "--db", str(tmp_path / "h.db")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc = _raw_server(tmp_path / "h.db", SKILLORCHESTRA_MATCHER="lexical")
     answers = []
     stdout_lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [stdout_lines.put(line) for line in proc.stdout], daemon=True).start()
@@ -232,17 +238,7 @@ def test_a_long_finite_decision_ttl_is_taken(monkeypatch: pytest.MonkeyPatch, tm
 def test_ctrl_c_stops_a_stdio_server(tmp_path: Path) -> None:
     """QA: after SIGINT a stdio server stopped answering but stayed until its stdin closed (Ctrl-C in a terminal did
     nothing); it exits as on SIGTERM, having answered what it had, with status 130."""
-    assert SCRIPT
-    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")
-    proc = subprocess.Popen(
-        [SCRIPT, "--db", str(tmp_path / "h.db")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc = _raw_server(tmp_path / "h.db")
     try:
         proc.stdin.write("".join(json.dumps(r) + "\n" for r in OPENING))
         proc.stdin.flush()

@@ -5,7 +5,6 @@ serves), and a non-loopback bind needs a token long enough not to be guessed."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 from fake_openai import FakeOpenAI
+from log_capture import formatted_log
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp_calls import call, cheap_agent, loaded, refused
@@ -34,7 +34,6 @@ from skillorchestra.server.agent_config import load_agent_configs
 from skillorchestra.server.app import create_server
 from skillorchestra.server.http import check_bind
 from skillorchestra.server.judge import inert, judge_messages
-from skillorchestra.server.log_format import LOG_FORMAT, OneLineFormatter
 from skillorchestra.server.settings import ServerSettings
 
 BIN = Path(sys.executable).parent
@@ -141,19 +140,11 @@ def _wait_for(done: Any, err_path: Path, proc: subprocess.Popen[bytes] | None = 
 
 
 def test_a_traceback_stays_readable_with_its_control_characters_escaped() -> None:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(OneLineFormatter(LOG_FORMAT))
-    log = logging.getLogger("skillorchestra.test_untrusted_text")
-    log.addHandler(handler)
-    log.propagate = False
-    try:
-        raise ValueError("bad \x1b[2J value")
-    except ValueError:
-        log.exception("failed on %r\nnext", "x")
-    finally:
-        log.removeHandler(handler)
-        log.propagate = True
+    with formatted_log("skillorchestra.test_untrusted_text") as stream:
+        try:
+            raise ValueError("bad \x1b[2J value")
+        except ValueError:
+            logging.getLogger("skillorchestra.test_untrusted_text").exception("failed on %r\nnext", "x")
     lines = stream.getvalue().splitlines()
     assert lines[0].endswith("ERROR skillorchestra.test_untrusted_text: failed on 'x'\\nnext")
     # indented: a line of an exception's message cannot pass for a record of its own
