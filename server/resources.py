@@ -2,7 +2,9 @@
 
 Compact JSON, and the listings say only what a reader needs to choose (a skill's indicators and examples are on its
 own page; an agent's page lists the skills it has evidence on): a host may put a whole resource into the model's
-context, and at 20,000 skills the skills listing was 5 MB."""
+context, and at 20,000 skills the skills listing was 5 MB. Each resource's rows stop at RESOURCE_BYTES_MAX, most
+telling first on a page (the most evidence), and it says how many were not shown and where they are (the paged
+list tools), since a resource read takes no cursor."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from mcp.server.mcpserver.resources.templates import ResourceSecurity
 
 from skillorchestra.handbook.metrics import entropy_bits
+from skillorchestra.handbook.paging import PAGE_BYTES_MAX
 from skillorchestra.handbook.schema import schema_version
 from skillorchestra.handbook.service import Handbook
 
@@ -27,6 +30,7 @@ def _json(value: object) -> str:
 
 LISTED_SKILL_FIELDS = {"id", "mode", "parent_id", "description"}
 LISTED_DESCRIPTION = 200  # characters of a description the listing resources show
+RESOURCE_BYTES_MAX = PAGE_BYTES_MAX  # of a resource's rows, as of a tool's page: the SSE client refuses 1 MiB
 # An id is a key looked up in the handbook, never a file path: the SDK's default policy refused ids a user may well
 # choose ("/models/qwen2.5-7b", a vLLM model path; "x:tiny", read as a drive letter) as "Unknown resource" (QA)
 OPAQUE_IDS = ResourceSecurity(exempt_params={"skill_id", "agent_id"})
@@ -52,7 +56,8 @@ def register_resources(server: MCPServer, current: Callable[[], Handbook]) -> No
         ),
     )
     def skills() -> str:
-        return _json([_listed(s.model_dump(include=LISTED_SKILL_FIELDS)) for s in current().store.skills()])
+        rows = [_listed(s.model_dump(include=LISTED_SKILL_FIELDS)) for s in current().store.skills()]
+        return _json(_listing("skills", rows, "list_skills (paged) or handbook://skills/{skill_id}"))
 
     @server.resource(
         "handbook://agents",
@@ -60,7 +65,8 @@ def register_resources(server: MCPServer, current: Callable[[], Handbook]) -> No
         description="Every agent, its description cut to 200 characters (the rest: handbook://agents/{agent_id})",
     )
     def agents() -> str:  # whole descriptions of hundreds of agents passed the SSE client's 1 MiB event cap (QA)
-        return _json([_listed(a.model_dump()) for a in current().store.agents()])
+        rows = [_listed(a.model_dump()) for a in current().store.agents()]
+        return _json(_listing("agents", rows, "list_agents (paged) or handbook://agents/{agent_id}"))
 
     @server.resource(
         "handbook://skills/{skill_id}",
@@ -89,6 +95,23 @@ def register_resources(server: MCPServer, current: Callable[[], Handbook]) -> No
         return _json(handbook_stats(current()))
 
 
+def _within_bytes(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The first rows whose JSON fits RESOURCE_BYTES_MAX, and how many did not (QA: at 12,000 skills the skills
+    listing was 1.6 MB, which the SSE client refused, closing the connection; an agent's page was 250 KB)."""
+    size = 0
+    for shown, row in enumerate(rows):
+        size += len(_json(row).encode()) + 1
+        if size > RESOURCE_BYTES_MAX:
+            return rows[:shown], len(rows) - shown
+    return rows, 0
+
+
+def _listing(key: str, rows: list[dict[str, Any]], rest: str) -> dict[str, Any]:
+    """A listing resource: the rows that fit, how many did not, and where they are."""
+    shown, not_shown = _within_bytes(rows)
+    return {key: shown, "not_shown": not_shown, **({"rest": rest} if not_shown else {})}
+
+
 def skill_card(handbook: Handbook, skill_id: str) -> dict[str, object]:
     skill_id = skill_id.strip()  # as the tools take ids: stored ids never start or end with white space
     arrays = handbook.arrays()
@@ -97,19 +120,19 @@ def skill_card(handbook: Handbook, skill_id: str) -> dict[str, object]:
     col = arrays.column_of_skill(skill_id)
     # the texts as stored now: the arrays' copy outlives an edit of texts alone (Handbook._edit)
     skill = handbook.store.skill(skill_id) or arrays.skills[arrays.skill_index[skill_id]]
-    return {
-        **skill.model_dump(),
-        "agents": [
-            {
-                "agent_id": agent_id,
-                "mean": float(arrays.mean[i, col]),
-                "n": float(arrays.evidence[i, col]),
-                "mean_cost_usd": _number(arrays.cost_mean[i, col]),
-                "usual_step_tokens": _number(arrays.prompt_mean[i, col]),  # the cost moves with a step's length
-            }
-            for i, agent_id in enumerate(arrays.agent_ids)
-        ],
-    }
+    rows = [
+        {
+            "agent_id": agent_id,
+            "mean": float(arrays.mean[i, col]),
+            "n": float(arrays.evidence[i, col]),
+            "mean_cost_usd": _number(arrays.cost_mean[i, col]),
+            "usual_step_tokens": _number(arrays.prompt_mean[i, col]),  # the cost moves with a step's length
+        }
+        for i, agent_id in enumerate(arrays.agent_ids)
+    ]
+    rows.sort(key=lambda row: -row["n"])  # stable: agents with the most evidence first, then by id
+    shown, not_shown = _within_bytes(rows)
+    return {**skill.model_dump(), "agents": shown, "agents_not_shown": not_shown}
 
 
 def _number(value: float) -> float | None:
@@ -124,6 +147,19 @@ def agent_card(handbook: Handbook, agent_id: str) -> dict[str, object]:
         raise ResourceNotFoundError(f"unknown agent {agent_id!r}")
     i = arrays.agent_index[agent_id]
     agent = handbook.store.agent(agent_id) or arrays.agents[i]  # its texts as stored now (Handbook._edit)
+    rows = [
+        {
+            "skill_id": skill_id,
+            "mean": float(arrays.mean[i, col]),
+            "n": float(arrays.evidence[i, col]),
+            "mean_cost_usd": _number(arrays.cost_mean[i, col]),
+            "usual_step_tokens": _number(arrays.prompt_mean[i, col]),
+        }
+        for skill_id, col in arrays.skill_index.items()
+        if arrays.evidence[i, col] > 0  # elsewhere it shows only what it inherits from the level above
+    ]
+    rows.sort(key=lambda row: -row["n"])  # stable: the skills it has most evidence on first
+    shown, not_shown = _within_bytes(rows)
     return {
         **agent.model_dump(),
         "overall": {
@@ -137,17 +173,8 @@ def agent_card(handbook: Handbook, agent_id: str) -> dict[str, object]:
             if arrays.has_length_effect
             else None
         ),
-        "skills": [
-            {
-                "skill_id": skill_id,
-                "mean": float(arrays.mean[i, col]),
-                "n": float(arrays.evidence[i, col]),
-                "mean_cost_usd": _number(arrays.cost_mean[i, col]),
-                "usual_step_tokens": _number(arrays.prompt_mean[i, col]),
-            }
-            for skill_id, col in arrays.skill_index.items()
-            if arrays.evidence[i, col] > 0  # elsewhere it shows only what it inherits from the level above
-        ],
+        "skills": shown,
+        "skills_not_shown": not_shown,  # with evidence, past the page's size: the skills with least evidence
         "skills_without_evidence": int(np.sum(arrays.evidence[i, : len(arrays.skill_ids)] <= 0)),
     }
 

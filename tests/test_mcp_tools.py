@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -10,6 +11,8 @@ import pytest
 from mcp import Client, MCPError
 
 from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.server.app import create_server
+from skillorchestra.server.settings import ServerSettings
 
 pytestmark = pytest.mark.anyio
 
@@ -432,7 +435,9 @@ async def test_resources_and_prompt(mcp_client: Client) -> None:
     padded = await mcp_client.read_resource("handbook://agents/%20a%2541b%0A")  # ids are stripped, as tools do
     assert json.loads(padded.contents[0].text)["id"] == "a%41b"  # type: ignore[union-attr]
     listed_skills = await mcp_client.read_resource("handbook://skills")
-    listing = json.loads(listed_skills.contents[0].text)  # type: ignore[union-attr]
+    listed = json.loads(listed_skills.contents[0].text)  # type: ignore[union-attr]
+    listing = listed["skills"]
+    assert listed["not_shown"] == 0 and "rest" not in listed
     assert all(set(entry) == {"id", "mode", "parent_id", "description"} for entry in listing)  # the rest: per skill
     # the agent's page lists the skills it has evidence on and counts the others
     assert {s["skill_id"] for s in card["skills"]} >= demanded and all(s["n"] > 0 for s in card["skills"])
@@ -545,11 +550,45 @@ async def test_long_listings_stay_under_the_sse_clients_event_cap(mcp_client: Cl
         if cursor is None:
             break
     assert len(seen) == len(set(seen)) == 150 and len(seen) > len(page["items"])  # every agent once, over pages
-    listing = json.loads((await mcp_client.read_resource("handbook://agents")).contents[0].text)  # type: ignore[union-attr]
+    listing = json.loads((await mcp_client.read_resource("handbook://agents")).contents[0].text)["agents"]  # type: ignore[union-attr]
     assert len(listing) == 150 and all(len(a["description"]) <= 200 for a in listing)
     assert listing[0]["description"].endswith("…")
     whole = json.loads((await mcp_client.read_resource("handbook://agents/verbose-000")).contents[0].text)  # type: ignore[union-attr]
     assert len(whole["description"]) == 3992
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_resources_of_a_large_handbook_stay_within_a_page_and_say_what_they_left_out(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """QA: at 12,000 skills handbook://skills was 1.6 MB (the SSE client refused it and closed the connection) and an
+    agent with evidence on 1,500 skills had a 250 KB page. Rows stop at RESOURCE_BYTES_MAX; the page of an agent or
+    a skill shows the rows with most evidence first; each says how many it left out and where they are."""
+    from skillorchestra.handbook.models import Agent, Competence, HandbookDocument, Mode, Skill
+    from skillorchestra.server.resources import RESOURCE_BYTES_MAX
+
+    n_skills = 4000
+    skills = [Skill(id=f"s{k:05d}", mode="answer", description=f"skill {k} " + "d" * 150) for k in range(n_skills)]
+    competence = [Competence(agent_id="a", skill_id=s.id, alpha=1.0 + k, beta=2.0) for k, s in enumerate(skills)]
+    document = HandbookDocument(
+        modes=[Mode(id="answer")], skills=skills, agents=[Agent(id="a"), Agent(id="b")], competence=competence
+    )
+    store = HandbookStore(tmp_path / "big.db")
+    store.create_version(document, source="import", summary="large")
+    store.close()
+    async with Client(create_server(ServerSettings(db_path=tmp_path / "big.db"))) as client:
+        listed = json.loads((await client.read_resource("handbook://skills")).contents[0].text)  # type: ignore[union-attr]
+        page = json.loads((await client.read_resource("handbook://agents/a")).contents[0].text)  # type: ignore[union-attr]
+    compact = {"separators": (",", ":"), "ensure_ascii": False}  # as the resources write JSON
+    assert len(json.dumps(listed["skills"], **compact).encode()) <= RESOURCE_BYTES_MAX  # type: ignore[arg-type]
+    assert listed["not_shown"] > 0 and len(listed["skills"]) + listed["not_shown"] == n_skills
+    assert "list_skills" in listed["rest"] and listed["skills"][0]["id"] == "s00000"
+    shown = page["skills"]
+    assert len(json.dumps(shown, **compact).encode()) <= RESOURCE_BYTES_MAX and page["skills_not_shown"] > 0  # type: ignore[arg-type]
+    assert len(shown) + page["skills_not_shown"] == n_skills and page["skills_without_evidence"] == 0
+    assert shown[0]["skill_id"] == f"s{n_skills - 1:05d}"  # the most evidence first
+    assert [row["n"] for row in shown] == sorted((row["n"] for row in shown), reverse=True)
 
 
 def test_a_page_counts_bytes_not_characters() -> None:
