@@ -287,6 +287,17 @@ def m014_measured_counts(db: Database) -> None:
         db.execute(f"UPDATE cost_stats SET {column} = n")
 
 
+@migrations()
+def m015_pruned_session_spend(db: Database) -> None:
+    """What `handbook prune` deleted of each session's spend, so its budget still counts it (QA: a session pruned
+    mid-way could spend its budget again). A decision whose cost nobody knew is counted, to be charged as its
+    session's readers charge an unknown cost."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS pruned_session_spend (session_id TEXT PRIMARY KEY, spent_usd REAL NOT NULL,"
+        " unknown_costs INTEGER NOT NULL)"
+    )
+
+
 def pack_snapshot(document_json: str) -> bytes:
     """A version's snapshot as stored: its JSON, zlib-compressed. Level 1 costs about what writing the JSON does
     (77 ms at 50 x 200, for 4.2x); level 6 gains 4.7x for twice that."""

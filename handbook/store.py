@@ -114,6 +114,15 @@ class OutcomeEffect:
     agent_deleted: bool = False  # the decision's agent was deleted since (perhaps added again): nothing applied
 
 
+# what a decision has spent or holds of its session's budget (session_spend): its reported cost, else its delegated
+# call's, else (expired with neither a call nor a report) nothing, else its expected cost; NULL when that is unknown
+# too (the reader charges its own figure). One parameter: now.
+_KNOWN_SPEND = (
+    "COALESCE(o.cost_usd, d.call_cost_usd, CASE WHEN o.decision_id IS NULL AND d.call_latency_s IS NULL"
+    " AND d.expires_at <= ? THEN 0 ELSE d.expected_cost_usd END)"
+)
+
+
 class HandbookStore(SqliteFile):
     """The handbook file (see SqliteFile for its connection, lock and write transactions)."""
 
@@ -771,15 +780,18 @@ class HandbookStore(SqliteFile):
         So a step routed but not yet reported holds its share of the budget (steps routed in parallel cannot all
         spend the same dollars), and a cost nobody knows is not taken as $0; only a decision that expired with
         neither a call nor a report gives its share back."""
+        now = time.time() if now is None else now
         with self.lock:
             row = self.db.conn.execute(
-                "SELECT COALESCE(SUM(COALESCE(o.cost_usd, d.call_cost_usd, CASE"
-                " WHEN o.decision_id IS NULL AND d.call_latency_s IS NULL AND d.expires_at <= ? THEN 0"
-                " ELSE COALESCE(d.expected_cost_usd, ?) END)), 0)"
-                " FROM decisions d LEFT JOIN outcomes o ON o.decision_id = d.id WHERE d.session_id = ?",
-                [time.time() if now is None else now, unknown_cost, session_id],
+                f"SELECT COALESCE(SUM(COALESCE({_KNOWN_SPEND}, ?)), 0) FROM decisions d"
+                " LEFT JOIN outcomes o ON o.decision_id = d.id WHERE d.session_id = ?",
+                [now, unknown_cost, session_id],
             ).fetchone()
-        return float(row[0])
+            pruned = self.db.conn.execute(  # what prune deleted of it (m015)
+                "SELECT spent_usd + unknown_costs * ? FROM pruned_session_spend WHERE session_id = ?",
+                [unknown_cost, session_id],
+            ).fetchone()
+        return float(row[0]) + (float(pruned[0]) if pruned else 0.0)
 
     def note_call(self, decision_id: str, call: dict[str, Any], waits_until: float | None = None) -> None:
         """Record what a delegated call cost and how long it took, as soon as it returns; `waits_until`: the decision
@@ -912,12 +924,24 @@ class HandbookStore(SqliteFile):
         A decision still awaiting its report (unexpired, unreported) stays, and so does one whose outcome
         came after the cutoff, so every kept outcome keeps its decision (idempotent re-reports still work).
         """
+        old_enough = (
+            "SELECT id FROM decisions WHERE created_at < ?"
+            " AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.decision_id = decisions.id AND o.created_at >= ?)"
+            " AND (expires_at <= ? OR EXISTS (SELECT 1 FROM outcomes o WHERE o.decision_id = decisions.id))"
+        )
         with self.write():
+            # their sessions keep what they spent (QA: a session pruned mid-way could spend its budget again)
+            self.db.execute(
+                f"INSERT INTO pruned_session_spend (session_id, spent_usd, unknown_costs)"
+                f" SELECT d.session_id, COALESCE(SUM({_KNOWN_SPEND}), 0), SUM({_KNOWN_SPEND} IS NULL)"
+                f" FROM decisions d LEFT JOIN outcomes o ON o.decision_id = d.id"
+                f" WHERE d.session_id IS NOT NULL AND d.id IN ({old_enough}) GROUP BY d.session_id"
+                " ON CONFLICT (session_id) DO UPDATE SET spent_usd = spent_usd + excluded.spent_usd,"
+                " unknown_costs = unknown_costs + excluded.unknown_costs",
+                [now, now, cutoff, cutoff, now],  # the spend (twice), then which decisions
+            )
             decisions = self.db.execute(
-                "DELETE FROM decisions WHERE created_at < ?"
-                " AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.decision_id = decisions.id AND o.created_at >= ?)"
-                " AND (expires_at <= ? OR EXISTS (SELECT 1 FROM outcomes o WHERE o.decision_id = decisions.id))",
-                [cutoff, cutoff, now],
+                f"DELETE FROM decisions WHERE id IN ({old_enough})", [cutoff, cutoff, now]
             ).rowcount
             outcomes = self.db.execute("DELETE FROM outcomes WHERE created_at < ?", [cutoff]).rowcount
             return int(decisions), int(outcomes)

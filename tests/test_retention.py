@@ -115,6 +115,32 @@ def test_a_kept_outcome_stays_idempotent_after_prune(tmp_path: Path) -> None:
     assert again.duplicate is True and again.updated == first.updated
 
 
+def test_a_pruned_session_keeps_what_it_spent(tmp_path: Path) -> None:
+    """QA: prune deleted a live session's reported decisions, and the session could spend its budget again. Its
+    reported costs, a cost nobody knew (charged as the reader charges it) and an expired, uncalled step (nothing)
+    are kept apart from the rows; a step still awaiting its report stays as a row."""
+    store, handbook = _seeded(tmp_path)
+    session = {"session_id": "s", "allowed_agents": ["gemma-2-9b-it"]}
+    reported = handbook.route(RouteRequest(text=STEPS[0], **session))  # type: ignore[arg-type]
+    handbook.record(OutcomeReport(decision_id=reported.decision_id, success=True, cost_usd=0.25))
+    unknown = handbook.route(RouteRequest(text=STEPS[1], **session))  # type: ignore[arg-type]
+    with store.write():  # a decision of an agent whose cost nobody knew, reported without one
+        store.db.execute("UPDATE decisions SET expected_cost_usd = NULL WHERE id = ?", [unknown.decision_id])
+    handbook.record(OutcomeReport(decision_id=unknown.decision_id, success=True))
+    other = handbook.route(RouteRequest(text=STEPS[2], session_id="other"))
+    handbook.record(OutcomeReport(decision_id=other.decision_id, success=True, cost_usd=0.5))
+    cutoff = _cutoff_now()
+    waiting = handbook.route(RouteRequest(text=STEPS[3], **session))  # type: ignore[arg-type]
+    before = (store.session_spend("s", unknown_cost=2.0), store.session_spend("other", unknown_cost=2.0))
+    result = prune(store, cutoff)
+    assert result.deleted_decisions == 3 and waiting.decision_id in _ids(store, "decisions", "id")
+    after = (store.session_spend("s", unknown_cost=2.0), store.session_spend("other", unknown_cost=2.0))
+    assert after == pytest.approx(before) and after[1] == pytest.approx(0.5)
+    assert store.session_spend("s", unknown_cost=3.0) - after[0] == pytest.approx(1.0)  # the unknown one at 3, not 2
+    prune(store, _cutoff_now())  # a second prune adds to what the first kept
+    assert store.session_spend("other", unknown_cost=2.0) == pytest.approx(0.5)
+
+
 def test_prune_without_old_events_changes_nothing(tmp_path: Path) -> None:
     store, handbook = _seeded(tmp_path)
     cutoff = _cutoff_now()

@@ -513,7 +513,7 @@ def data_rows(path: Path, like: Path | None = None) -> dict[str, list[tuple[Any,
                 wanted = {t: columns_of(old, t) for t in tables}
         rows = {}
         for t in tables:
-            if t in KEPT:
+            if t in KEPT or (like is not None and not wanted[t]):  # a table the older file did not have
                 continue
             columns = ", ".join(f'"{c}"' for c in wanted[t]) if like is not None else "*"
             rows[t] = sorted(conn.execute(f'SELECT {columns} FROM "{t}"').fetchall(), key=repr)
@@ -529,8 +529,9 @@ def old_schema_copy(source: Path, target: Path) -> None:
     tables = [r[0] for r in conn.execute("SELECT name FROM src.sqlite_master WHERE type = 'table'")]
     with conn:
         for table in tables:
-            if table not in KEPT and not table.startswith("skills_fts"):  # the skills triggers fill the FTS index
-                columns = ", ".join(f'"{c}"' for c in columns_of(conn, table))  # the old table's: later ones add some
+            old_columns = columns_of(conn, table)  # the old table's: later ones add some (or whole tables: none)
+            if table not in KEPT and not table.startswith("skills_fts") and old_columns:  # triggers fill the FTS
+                columns = ", ".join(f'"{c}"' for c in old_columns)
                 conn.execute(f'INSERT INTO main."{table}" SELECT {columns} FROM src."{table}"')
     conn.execute("DETACH DATABASE src")
     old.close()
