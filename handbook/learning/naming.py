@@ -1,8 +1,9 @@
 """Readable skills: descriptions, indicators and examples a person can judge.
 
 Indicators are the skill's most distinctive terms against its siblings; examples are the training queries
-closest to its prototypes, one per prototype, the largest first; the description says what the tasks look like and how the agents differ on them
-(from the profiled posteriors), because a skill only exists to explain a difference between agents.
+closest to its prototypes, one per prototype, the largest first; the description says what the tasks look like
+and how the agents differ on them (from the profiled posteriors), because a skill only exists to explain a
+difference between agents.
 """
 
 from __future__ import annotations
