@@ -91,13 +91,16 @@ def _parse_error() -> JSONRPCError:
     return JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=PARSE_ERROR, message="Parse error"))
 
 
-def _without_lone_surrogates(raw: str) -> SessionMessage | None:
-    """The message of a line refused for a lone surrogate escape, each replaced by U+FFFD, or None when that is not
-    what was wrong. Parsed again by the SDK's own parser, so its limits (nesting depth) still hold."""
+def _without_lone_surrogates(raw: str) -> SessionMessage | JSONRPCError | None:
+    """The message of a line refused for a lone surrogate escape, each replaced by U+FFFD; the answer to it when it
+    is then JSON but no JSON-RPC message (a -32600 with its id: review); None when it is no JSON at all. Parsed again
+    by the SDK's own parser, so its limits (nesting depth) still hold."""
     try:
         cleaned = json.dumps(_replaced(json.loads(raw)), ensure_ascii=False)
         return SessionMessage(jsonrpc_message_adapter.validate_json(cleaned, by_name=False))
-    except (ValueError, RecursionError, ValidationError):
+    except ValidationError as error:  # before ValueError, which it is
+        return None if error.errors(include_url=False)[0]["type"] == "json_invalid" else answer_unparsed(error)
+    except (ValueError, RecursionError):
         return None
 
 

@@ -151,6 +151,7 @@ def test_every_line_gets_an_answer_even_one_the_sdk_cannot_parse(tmp_path: Path)
         "",  # a blank line: no answer (review: it was answered -32700)
         "[" * 5000,  # review: nesting past the parser's limit ended the server
         '{"id": 9, "result": 7}',  # a malformed response of the client's: answered, but not as its request 9's answer
+        '{"jsonrpc":"2.0","id":10,"method":"tools/call","params":["\\ud83d"]}',  # a half emoji and a bad shape
     ]
     proc = _raw_server(tmp_path / "h.db", SKILLORCHESTRA_MATCHER="lexical")
     answers = []
@@ -159,7 +160,7 @@ def test_every_line_gets_an_answer_even_one_the_sdk_cannot_parse(tmp_path: Path)
     try:
         proc.stdin.write("".join(line + "\n" for line in lines))
         proc.stdin.flush()
-        while len(answers) < 10:  # initialize, route, 2 parse errors, 3 invalid requests, ping, 2 bad params
+        while len(answers) < 11:  # initialize, route, 2 parse errors, 4 invalid requests, ping, 2 bad params
             try:
                 answers.append(json.loads(stdout_lines.get(timeout=60)))
             except queue.Empty:
@@ -174,7 +175,7 @@ def test_every_line_gets_an_answer_even_one_the_sdk_cannot_parse(tmp_path: Path)
     assert "arguments must be an object" in by_id[8]["error"]["message"] and by_id[8]["error"]["code"] == -32602
     unnamed = sorted(m["error"]["code"] for m in answers if m.get("id") is None)
     assert unnamed == [-32700, -32700, -32600, -32600]  # not JSON, too deep; a batch, a response (no request id)
-    assert 9 not in by_id
+    assert 9 not in by_id and by_id[10]["error"]["code"] == -32600  # review: it was -32700 with no id
     warned = proc.stderr.read()
     assert "is not JSON" in warned and "a batch" in warned
 
