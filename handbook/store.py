@@ -781,17 +781,14 @@ class HandbookStore(SqliteFile):
         spend the same dollars), and a cost nobody knows is not taken as $0; only a decision that expired with
         neither a call nor a report gives its share back."""
         now = time.time() if now is None else now
-        with self.lock:
+        with self.lock:  # one statement: a prune committing between two reads would count its rows twice (review)
             row = self.db.conn.execute(
-                f"SELECT COALESCE(SUM(COALESCE({_KNOWN_SPEND}, ?)), 0) FROM decisions d"
-                " LEFT JOIN outcomes o ON o.decision_id = d.id WHERE d.session_id = ?",
-                [now, unknown_cost, session_id],
+                f"SELECT (SELECT COALESCE(SUM(COALESCE({_KNOWN_SPEND}, ?)), 0) FROM decisions d"
+                " LEFT JOIN outcomes o ON o.decision_id = d.id WHERE d.session_id = ?)"
+                " + COALESCE((SELECT spent_usd + unknown_costs * ? FROM pruned_session_spend WHERE session_id = ?), 0)",
+                [now, unknown_cost, session_id, unknown_cost, session_id],  # what prune deleted of it: m015
             ).fetchone()
-            pruned = self.db.conn.execute(  # what prune deleted of it (m015)
-                "SELECT spent_usd + unknown_costs * ? FROM pruned_session_spend WHERE session_id = ?",
-                [unknown_cost, session_id],
-            ).fetchone()
-        return float(row[0]) + (float(pruned[0]) if pruned else 0.0)
+        return float(row[0])
 
     def note_call(self, decision_id: str, call: dict[str, Any], waits_until: float | None = None) -> None:
         """Record what a delegated call cost and how long it took, as soon as it returns; `waits_until`: the decision
