@@ -52,7 +52,6 @@ from skillorchestra.server.masking import remember_keys, scrub, secrets_to_mask
 log = logging.getLogger(__name__)
 
 PLAUSIBLE_TOKENS = 10_000_000  # per call and figure: beyond any model's context or output, so a backend's error
-TEMPLATE_TOKENS = 10_000  # what a chat template and a provider's own instructions may add to a prompt's tokens
 # "estimated": the backend reported no token usage, so the price was applied to characters / 4
 CostSource = Literal["agent_prices", "litellm_table", "estimated", "unknown", "no_token_cost"]
 
@@ -354,14 +353,13 @@ def usage_reported(messages: Sequence[dict[str, Any]], prompt: int | None, compl
     return prompt > 0 or not _message_text(messages)
 
 
-def usage_believed(messages: Sequence[dict[str, Any]], prompt: int | None, completion: int | None) -> bool:
-    """False for a report no model could make: more tokens in one call than any takes or writes, fewer than none, or
-    a prompt of more tokens than its text has bytes, give or take a chat template (a tokenizer never makes more).
+def usage_believed(prompt: int | None, completion: int | None) -> bool:
+    """False for a report no model could make: more tokens in one call than any takes or writes, or fewer than none.
     QA: a backend reporting 1e18 tokens was billed $3e12, which became every agent's reference cost and made
-    lambda meaningless; the learner's calls are checked alike (server/llm_learner.py)."""
-    if not all(n is None or 0 <= n <= PLAUSIBLE_TOKENS for n in (prompt, completion)):
-        return False
-    return prompt is None or prompt <= len(_message_text(messages).encode()) + TEMPLATE_TOKENS
+    lambda meaningless; the learner's calls are checked alike (server/llm_learner.py). Not bounded by the text we
+    sent: an agent behind an OpenAI-compatible endpoint may add retrieved context or its own long prompt, and its
+    honest usage must be billed (review)."""
+    return all(n is None or 0 <= n <= PLAUSIBLE_TOKENS for n in (prompt, completion))
 
 
 def estimate_tokens(messages: Sequence[dict[str, Any]], answer: str) -> tuple[int, int]:
@@ -380,7 +378,7 @@ def _call_cost(
 ) -> tuple[float | None, CostSource, list[str], bool]:
     """The call's cost from reported usage, else from estimated tokens (with a warning), never $0 for unknown; and
     whether the reported usage was taken (else the result shows no token counts)."""
-    believed = usage_believed(messages, prompt, completion)
+    believed = usage_believed(prompt, completion)
     if usage_reported(messages, prompt, completion) and believed:
         cost, source = _price(conn, litellm, prompt or 0, completion or 0)
         return cost, source, [], True
@@ -389,8 +387,8 @@ def _call_cost(
     what = (
         "reported no token usage"
         if believed
-        else f"reported {_count(prompt)} prompt and {_count(completion)} completion tokens, more than the request"
-        f" held or any model writes in one call ({PLAUSIBLE_TOKENS:,}): not believed"
+        else f"reported {_count(prompt)} prompt and {_count(completion)} completion tokens, more than any model takes"
+        f" or writes in one call ({PLAUSIBLE_TOKENS:,}): not believed"
     )
     warning = f"the backend of {conn.id} {what}: " + (
         f"cost estimated from ~{est_prompt} prompt and ~{est_completion} completion tokens (characters / 4, as "

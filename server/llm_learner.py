@@ -150,7 +150,7 @@ def make_complete(conn: LlmAgentConnection, *, temperature: float = 0.0, json_mo
         usage = getattr(response, "usage", None)
         prompt = getattr(usage, "prompt_tokens", None)
         completion = getattr(usage, "completion_tokens", None)
-        if not usage_believed(messages, prompt, completion):  # as delegate's calls: never priced (review)
+        if not usage_believed(prompt, completion):  # as delegate's calls: never priced (review)
             log.warning(
                 "learner %s reported %s prompt and %s completion tokens: not believed", conn.model, prompt, completion
             )
