@@ -84,6 +84,14 @@ _SECRET_WORDS = frozenset(
     }
 )
 _SECRET_ENDINGS = (
+    "api_keys",
+    "session_token",
+    "id_token",
+    "passphrase",
+    "ssh_key",
+    "signing_key",
+    "encryption_key",
+    "cookie",
     "api_key",
     "apikey",
     "access_key",
@@ -247,34 +255,47 @@ class McpAgentConnection(_AgentBase):
         show` printed a key passed in args). The command still gets it; env_vars is the better place."""
         view = super().public_view()
         view["args"] = masked_args(self.args)
+        view["url"] = None if self.url is None else redacted_url(self.url)  # a query may carry a key (review)
         return view
 
 
 def masked_args(args: Sequence[str]) -> list[str]:
     """`args` with the secrets a command line usually carries replaced by ***: the value of a secret-named option
-    (`--api-key X`, `--token=X`), of a NAME=value pair (`-e OPENAI_API_KEY=X`), of an Authorization header
-    (`--header "Authorization: Bearer X"`), and a URL's credentials and query (`https://h/mcp?api_key=X`)."""
+    (`--api-key X`, `--token=X`) or NAME=value pair (`-e OPENAI_API_KEY=X`), and within any argument a URL's
+    credentials and query, a secret header's value (`Authorization: Bearer X`, `api-key: X`, JSON headers too) and a
+    connection string's password."""
     shown: list[str] = []
     hide_next = False
     for arg in args:
-        if hide_next and not arg.startswith("-"):
+        if hide_next and not _LONG_OPTION.fullmatch(arg):  # a key may start with "-"; "--verbose" is no value
             shown.append(MASK)
             hide_next = False
             continue
         name, equals, _ = arg.partition("=")
-        option = arg.startswith("-")
-        secret = is_secret_field(name.lstrip("-")) and not name.lstrip("-").lower().startswith("no-")
-        header, colon, _ = arg.partition(":")
-        if colon and header.strip().lower() in ("authorization", "proxy-authorization", "x-api-key"):
-            shown.append(f"{header}: {MASK}")
-        elif "://" in arg:
-            shown.append(str(redacted_url(arg)))
-        elif secret and equals:
-            shown.append(f"{name}={MASK}")
-        else:
-            shown.append(arg)
-        hide_next = option and secret and not equals
+        bare = name.lstrip("-")
+        named = _OPTION_NAME.fullmatch(name) is not None  # "--api-key", "OPENAI_API_KEY"; not a URL's "...?api_key"
+        secret = named and is_secret_field(bare) and not bare.lower().startswith("no-")
+        shown.append(f"{name}={MASK}" if secret and equals else _masked_within(arg))
+        hide_next = arg.startswith("-") and secret and not equals
     return shown
+
+
+_LONG_OPTION = re.compile(r"--[A-Za-z][\w-]*")
+_OPTION_NAME = re.compile(r"-{0,2}[A-Za-z_][\w.-]*")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"',;]+")
+_HEADER = re.compile(r"(?i)\b(authorization|proxy-authorization|cookie|x-[\w-]*key|api-key|[\w-]*-token)\s*:\s*\S.*")
+_JSON_PAIR = re.compile(r'"([^"]+)"\s*:\s*"[^"]*"')
+_CONNECTION_PASSWORD = re.compile(r"(?i)\b(password|pwd)=[^;\s]*")
+
+
+def _masked_within(arg: str) -> str:
+    """One argument with the secrets inside it masked (see masked_args)."""
+    arg = _URL.sub(lambda found: str(redacted_url(found.group(0))), arg)
+    arg = _HEADER.sub(lambda found: f"{found.group(1)}: {MASK}", arg)
+    arg = _JSON_PAIR.sub(
+        lambda found: f'"{found.group(1)}": "{MASK}"' if is_secret_field(found.group(1)) else found.group(0), arg
+    )
+    return _CONNECTION_PASSWORD.sub(lambda found: f"{found.group(1)}={MASK}", arg)
 
 
 AgentConnection = LlmAgentConnection | McpAgentConnection
@@ -310,6 +331,19 @@ def is_secret_argument(name: object) -> bool:
     return snake in _SECRET_ARGUMENTS or any(snake.endswith(f"_{end}") for end in _SECRET_ENDINGS)
 
 
+def _secret_argument(arguments: object) -> str | None:
+    """The dotted path of the first secret-named key in a tool's fixed arguments, nested tables included
+    ({auth = {token = ...}}: review), or None."""
+    if not isinstance(arguments, Mapping):
+        return None
+    for name, value in arguments.items():
+        if is_secret_argument(name):
+            return str(name)
+        if (inner := _secret_argument(value)) is not None:
+            return f"{name}.{inner}"
+    return None
+
+
 def parse_agent(agent_id: str, raw: Mapping[str, Any], source: str = "<config>") -> AgentConnection:
     """Validate one agent's table; errors name the source, the agent and the field."""
     if not isinstance(raw, Mapping):
@@ -321,13 +355,12 @@ def parse_agent(agent_id: str, raw: Mapping[str, Any], source: str = "<config>")
                 "***",
                 "no secret in the file: put the key in an environment variable and name it with api_key_env",
             )
-    for name in raw.get("arguments", {}) if isinstance(raw.get("arguments"), Mapping) else ():
-        if is_secret_argument(name):  # sent to the tool with every call, and stored in the handbook (QA)
-            raise InvalidInput(
-                _where(source, agent_id, f"arguments.{name}"),
-                "***",
-                "no secret in the file: pass it to the tool server in an environment variable named in env_vars",
-            )
+    if (path := _secret_argument(raw.get("arguments"))) is not None:  # sent with every call, stored: QA
+        raise InvalidInput(
+            _where(source, agent_id, f"arguments.{path}"),
+            "***",
+            "no secret in the file: pass it to the tool server in an environment variable named in env_vars",
+        )
     kind = raw.get("kind", "llm")
     model_cls: type[_AgentBase]
     if kind == "llm":

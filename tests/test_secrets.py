@@ -338,6 +338,11 @@ def test_agents_show_masks_the_keys_a_command_line_usually_carries(tmp_path: Pat
         *("--api-key", "sk-1234567890abcdef", "--token=sk-abcdef1234567890", "--no-auth", "server.py"),
         *("-e", "OPENAI_API_KEY=sk-env-1234567890", "--header", "Authorization: Bearer sk-hdr-1234567890"),
         *("https://tools.example/mcp?api_key=sk-url-1234567890", "--port", "80"),
+        # review: a URL after NAME=, a header after --header=, other header names, JSON headers, a key starting
+        # with "-", a connection string's password
+        *("-e", "DATABASE_URL=postgres://app:pw-1234567890@db/app", "--header=Authorization: Bearer sk-2"),
+        *("-H", "X-Goog-Api-Key: goog-1234567890", '{"api-key": "azure-1234567890", "accept": "json"}'),
+        *("--api-key", "-Xk3abcdEFGH1234", "Server=db;Password=hunter2-long;", "--token", "--verbose"),
     ]
     path.write_text(f'[agents.t]\nkind = "mcp"\ncommand = "srv"\ntool = "search"\nargs = {json.dumps(args)}\n')
     view = load_agent_configs(path)["t"].public_view()
@@ -345,7 +350,22 @@ def test_agents_show_masks_the_keys_a_command_line_usually_carries(tmp_path: Pat
         *("--api-key", "***", "--token=***", "--no-auth", "server.py"),
         *("-e", "OPENAI_API_KEY=***", "--header", "Authorization: ***"),
         *("https://tools.example/mcp?***", "--port", "80"),
+        *("-e", "DATABASE_URL=postgres://***@db/app", "--header=Authorization: ***"),
+        *("-H", "X-Goog-Api-Key: ***", '{"api-key": "***", "accept": "json"}'),
+        *("--api-key", "***", "Server=db;Password=***;", "--token", "--verbose"),
     ]
+
+
+def test_agents_show_masks_an_mcp_urls_query_and_a_nested_secret_argument_is_refused(tmp_path: Path) -> None:
+    """Review: an MCP agent's own url was shown with its ?api_key=, and {auth = {token = ...}} passed."""
+    path = tmp_path / "agents.toml"
+    path.write_text('[agents.t]\nkind = "mcp"\nurl = "https://tools.example/mcp?api_key=sk-1234567890"\ntool = "s"\n')
+    assert load_agent_configs(path)["t"].public_view()["url"] == "https://tools.example/mcp?***"
+    path.write_text(
+        '[agents.t]\nkind = "mcp"\ncommand = "srv"\ntool = "s"\narguments = { auth = { token = "sk-123456789" } }\n'
+    )
+    with pytest.raises(InvalidInput, match=r"agents\.t\.arguments\.auth='\*\*\*'"):
+        load_agent_configs(path)
 
 
 @pytest.mark.parametrize("key", ["sk-qa-ENC+/=gggggggggggggg7777", "sk-qa-0123456789abcdef", "sk-qa-0123456789abcdefg"])
