@@ -20,6 +20,7 @@ from mcp.server.mcpserver.resources.templates import ResourceSecurity
 
 from skillorchestra.handbook.metrics import entropy_bits
 from skillorchestra.handbook.paging import PAGE_BYTES_MAX
+from skillorchestra.handbook.results import four_significant
 from skillorchestra.handbook.schema import schema_version
 from skillorchestra.handbook.service import Handbook
 
@@ -123,8 +124,8 @@ def skill_card(handbook: Handbook, skill_id: str) -> dict[str, object]:
     rows = [
         {
             "agent_id": agent_id,
-            "mean": float(arrays.mean[i, col]),
-            "n": float(arrays.evidence[i, col]),
+            "mean": _number(arrays.mean[i, col]),
+            "n": _number(arrays.evidence[i, col]),
             "mean_cost_usd": _number(arrays.cost_mean[i, col]),
             "usual_step_tokens": _number(arrays.prompt_mean[i, col]),  # the cost moves with a step's length
         }
@@ -136,8 +137,9 @@ def skill_card(handbook: Handbook, skill_id: str) -> dict[str, object]:
 
 
 def _number(value: float) -> float | None:
-    """A JSON number, or null where the handbook has none (NaN)."""
-    return None if np.isnan(value) else float(value)
+    """A JSON number of four significant digits (as tool results carry estimates: QA), or null where the handbook
+    has none (NaN)."""
+    return None if np.isnan(value) else four_significant(float(value))
 
 
 def agent_card(handbook: Handbook, agent_id: str) -> dict[str, object]:
@@ -150,8 +152,8 @@ def agent_card(handbook: Handbook, agent_id: str) -> dict[str, object]:
     rows = [
         {
             "skill_id": skill_id,
-            "mean": float(arrays.mean[i, col]),
-            "n": float(arrays.evidence[i, col]),
+            "mean": _number(arrays.mean[i, col]),
+            "n": _number(arrays.evidence[i, col]),
             "mean_cost_usd": _number(arrays.cost_mean[i, col]),
             "usual_step_tokens": _number(arrays.prompt_mean[i, col]),
         }
@@ -163,13 +165,13 @@ def agent_card(handbook: Handbook, agent_id: str) -> dict[str, object]:
     return {
         **agent.model_dump(),
         "overall": {
-            "mean": float(arrays.mean[i, arrays.root_column]),
-            "n": float(arrays.evidence[i, arrays.root_column]),
+            "mean": _number(arrays.mean[i, arrays.root_column]),
+            "n": _number(arrays.evidence[i, arrays.root_column]),
         },
         # the learned length effect (handbook/length.py): competence + slope * (ln(characters) - center), the
         # length held within [low, high]; range_ln_chars is (low, center, high)
         "length_effect": (
-            {"slope": float(arrays.length_slope[i]), "range_ln_chars": list(arrays.length_range)}
+            {"slope": _number(arrays.length_slope[i]), "range_ln_chars": [_number(x) for x in arrays.length_range]}
             if arrays.has_length_effect
             else None
         ),
@@ -189,7 +191,7 @@ def handbook_stats(handbook: Handbook) -> dict[str, object]:
         "handbook_version": store.current_version(),
         "schema_version": schema_version(),
         "counts": store.counts(),
-        "routing_shares": fractions,
-        "routing_entropy_bits": entropy_bits(fractions),  # 0.0, never -0.0, for a single agent
-        "top_agent_share": float(p.max()) if p.size else 0.0,
+        "routing_shares": {agent: four_significant(share) for agent, share in fractions.items()},
+        "routing_entropy_bits": four_significant(entropy_bits(fractions)),  # 0.0, never -0.0, for a single agent
+        "top_agent_share": four_significant(float(p.max())) if p.size else 0.0,
     }
