@@ -133,7 +133,8 @@ def skill_card(handbook: Handbook, skill_id: str) -> dict[str, object]:
     ]
     rows.sort(key=lambda row: -row["n"])  # stable: agents with the most evidence first, then by id
     shown, not_shown = _within_bytes(rows)
-    return {**skill.model_dump(), "agents": shown, "agents_not_shown": not_shown}
+    rest = {"rest": "handbook://agents/{agent_id}, each agent's own page"} if not_shown else {}
+    return {**skill.model_dump(), "agents": shown, "agents_not_shown": not_shown, **rest}
 
 
 def _number(value: float) -> float | None:
@@ -177,6 +178,7 @@ def agent_card(handbook: Handbook, agent_id: str) -> dict[str, object]:
         ),
         "skills": shown,
         "skills_not_shown": not_shown,  # with evidence, past the page's size: the skills with least evidence
+        **({"rest": "handbook://skills/{skill_id}, each skill's own page"} if not_shown else {}),
         "skills_without_evidence": int(np.sum(arrays.evidence[i, : len(arrays.skill_ids)] <= 0)),
     }
 

@@ -571,6 +571,7 @@ async def test_resources_of_a_large_handbook_stay_within_a_page_and_say_what_the
     n_skills = 4000
     skills = [Skill(id=f"s{k:05d}", mode="answer", description=f"skill {k} " + "d" * 150) for k in range(n_skills)]
     competence = [Competence(agent_id="a", skill_id=s.id, alpha=1.0 + k, beta=2.0) for k, s in enumerate(skills)]
+    competence.append(Competence(agent_id="b", skill_id="s00007", alpha=60.0, beta=42.0))  # more than a's 8 there
     document = HandbookDocument(
         modes=[Mode(id="answer")], skills=skills, agents=[Agent(id="a"), Agent(id="b")], competence=competence
     )
@@ -580,6 +581,7 @@ async def test_resources_of_a_large_handbook_stay_within_a_page_and_say_what_the
     async with Client(create_server(ServerSettings(db_path=tmp_path / "big.db"))) as client:
         listed = json.loads((await client.read_resource("handbook://skills")).contents[0].text)  # type: ignore[union-attr]
         page = json.loads((await client.read_resource("handbook://agents/a")).contents[0].text)  # type: ignore[union-attr]
+        skill = json.loads((await client.read_resource("handbook://skills/s00007")).contents[0].text)  # type: ignore[union-attr]
     compact = {"separators": (",", ":"), "ensure_ascii": False}  # as the resources write JSON
     assert len(json.dumps(listed["skills"], **compact).encode()) <= RESOURCE_BYTES_MAX  # type: ignore[arg-type]
     assert listed["not_shown"] > 0 and len(listed["skills"]) + listed["not_shown"] == n_skills
@@ -589,6 +591,9 @@ async def test_resources_of_a_large_handbook_stay_within_a_page_and_say_what_the
     assert len(shown) + page["skills_not_shown"] == n_skills and page["skills_without_evidence"] == 0
     assert shown[0]["skill_id"] == f"s{n_skills - 1:05d}"  # the most evidence first
     assert [row["n"] for row in shown] == sorted((row["n"] for row in shown), reverse=True)
+    assert "handbook://skills/" in page["rest"] and "rest" not in skill  # a page says where the rest is
+    assert [row["agent_id"] for row in skill["agents"]] == ["b", "a"] and skill["agents_not_shown"] == 0
+    assert skill["agents"][0]["n"] > skill["agents"][1]["n"]  # the agent with most evidence first, not by id
 
 
 def test_a_page_counts_bytes_not_characters() -> None:

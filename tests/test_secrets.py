@@ -378,5 +378,5 @@ def test_a_key_echoed_url_encoded_or_in_base64_is_masked_too(key: str) -> None:
     )
     for prefix, suffix in (("", ""), ("user:", ""), ("u:", ""), ("", ":"), ("x", ":pw")):
         basic = base64.b64encode(f"{prefix}{key}{suffix}".encode()).decode()
-        shown = scrub(f"Authorization: Basic {basic}", secrets)
-        assert "***" in shown and basic not in shown, (prefix, suffix)
+        left = scrub(basic, secrets).replace("***", "")
+        assert len(left) <= 12 < len(basic) - 16, (prefix, suffix, left)  # only the edges mixing in other bytes
