@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from skillorchestra.handbook.errors import InvalidInput
@@ -58,14 +59,22 @@ def key_after(cursor: str | None, limit: int) -> str | None:
     return cursor[1:]
 
 
+def leading_within(sizes: Iterable[int], budget: int = PAGE_BYTES_MAX) -> int:
+    """How many leading items fit in `budget` bytes, given their sizes in bytes (CJK text is 3 a character, an
+    emoji 4); `sizes` is read lazily, up to the first item that does not fit. The tools' pages and the resources
+    (server/resources.py) stop their rows by it."""
+    total = fitting = 0
+    for size in sizes:
+        total += size
+        if total > budget:
+            break
+        fitting += 1
+    return fitting
+
+
 def key_page(items: list[Any], limit: int) -> tuple[list[Any], str | None]:
     """A page of the items (sorted by id) after a cursor's id, given up to limit + 1 of them, and the next cursor;
     the page ends early (never empty) once its JSON passes PAGE_BYTES_MAX."""
-    page: list[Any] = []
-    size = 0
-    for item in items[:limit]:
-        size += len(item.model_dump_json().encode())  # bytes: CJK text is 3 a character, an emoji 4
-        if page and size > PAGE_BYTES_MAX:
-            break
-        page.append(item)
+    first = items[:limit]
+    page = first[: max(leading_within(len(item.model_dump_json().encode()) for item in first), 1)]
     return page, KEY_CURSOR + page[-1].id if len(items) > len(page) else None

@@ -19,7 +19,7 @@ from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from mcp.server.mcpserver.resources.templates import ResourceSecurity
 
 from skillorchestra.handbook.metrics import entropy_bits
-from skillorchestra.handbook.paging import PAGE_BYTES_MAX
+from skillorchestra.handbook.paging import PAGE_BYTES_MAX, leading_within
 from skillorchestra.handbook.results import four_significant
 from skillorchestra.handbook.schema import schema_version
 from skillorchestra.handbook.service import Handbook
@@ -99,12 +99,8 @@ def register_resources(server: MCPServer, current: Callable[[], Handbook]) -> No
 def _within_bytes(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     """The first rows whose JSON fits RESOURCE_BYTES_MAX, and how many did not (QA: at 12,000 skills the skills
     listing was 1.6 MB, which the SSE client refused, closing the connection; an agent's page was 250 KB)."""
-    size = 0
-    for shown, row in enumerate(rows):
-        size += len(_json(row).encode()) + 1
-        if size > RESOURCE_BYTES_MAX:
-            return rows[:shown], len(rows) - shown
-    return rows, 0
+    shown = leading_within((len(_json(row).encode()) + 1 for row in rows), RESOURCE_BYTES_MAX)  # + its comma
+    return rows[:shown], len(rows) - shown
 
 
 def _listing(key: str, rows: list[dict[str, Any]], rest: str) -> dict[str, Any]:
