@@ -260,6 +260,9 @@ async def test_parallel_fallbacks_keep_within_the_session_budget(tmp_path: Path,
     toml = priced_agent("broken", "broken-model", fake_openai.api_base, 0.2, 0.4) + priced_pair(fake_openai.api_base)
     settings = loaded(tmp_path, toml)
     fake_openai.behaviours["broken-model"] = "FAIL500"
+    # the two strong calls overlap: a call that has finished holds its actual cost, below the expected cost held while
+    # it runs, so without this a slow host could write the second fallback after the first call and fit both (CI did)
+    fake_openai.behaviours["strong-model"] = "SLOW:1"
     handbook = Handbook(HandbookStore(settings.db_path))
     delegator = Delegator(handbook)
     text = "name a prime number"
