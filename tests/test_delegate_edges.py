@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,31 @@ modes = ["answer"]
 @pytest.fixture
 def settings(tmp_path: Path, fake_openai: FakeOpenAI) -> ServerSettings:
     return loaded(tmp_path, agents_toml(fake_openai.api_base))
+
+
+def hold_answers(fake_openai: FakeOpenAI, model: str) -> threading.Event:
+    """`model`'s calls wait (in the fake server) until the returned event is set: a test decides when they end."""
+    release = threading.Event()
+
+    def respond(body: dict[str, Any]) -> None:
+        if body.get("model") == model:
+            release.wait(30)
+        return None  # the default answer
+
+    fake_openai.responder = respond
+    return release
+
+
+async def until_called(fake_openai: FakeOpenAI, model: str) -> None:
+    """Until `model`'s first call reached the fake server (so its agent's concurrency slot is taken)."""
+    with anyio.fail_after(30):
+        while not fake_openai.chat_requests(model):
+            await anyio.sleep(0.02)
+
+
+def db_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql).fetchall()
 
 
 async def overall_n(client: Client, agent_id: str) -> float:
@@ -195,22 +221,28 @@ async def test_a_call_the_client_gave_up_on_is_recorded_as_called_with_unknown_c
     """QA: a delegate whose client timed out left a decision with no trace of the call (the agent had been called),
     which nobody could report or release. The call is recorded: cost unknown, so the session keeps the step's
     expected cost, and the decision can never be delegated again; the agent's record is untouched."""
-    from mcp import MCPError
-
     from skillorchestra.server.llm_backend import ensure_litellm
 
-    await ensure_litellm()  # imported and set up first: the client gives up while the agent works, not before
+    await ensure_litellm()
     settings = loaded(tmp_path, priced_pair(fake_openai.api_base))
     async with Client(create_server(settings)) as client:
-        step = {"text": "SLOW:3 name a prime", "agent_id": "cheap", "session_id": "s", "budget_usd": 1.0}
-        with pytest.raises(MCPError):
-            await client.call_tool("delegate", step, read_timeout_seconds=0.8)
-        await anyio.sleep(0.5)  # the server's cancelled task records the call (shielded) after the client gave up
-        with sqlite3.connect(settings.db_path) as conn:
-            rows = conn.execute(
-                "SELECT agent_id, call_error_class, call_cost_usd, call_latency_s, expected_cost_usd FROM decisions"
-            ).fetchall()
-            outcomes = conn.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0]
+        # the agent answers only when the fake server stops: the client gives up once the agent is at work (a fixed
+        # read timeout could fire before a loaded host had even routed the step, and test another path)
+        step = {"text": "SLOW:60 name a prime", "agent_id": "cheap", "session_id": "s", "budget_usd": 1.0}
+        async with anyio.create_task_group() as group:
+
+            async def give_up_once_the_agent_works() -> None:
+                await until_called(fake_openai, "cheap-model")
+                group.cancel_scope.cancel()  # the client stops waiting (it tells the server, as its timeout does)
+
+            group.start_soon(give_up_once_the_agent_works)
+            await client.call_tool("delegate", step)
+            pytest.fail("the agent answered")
+        query = "SELECT agent_id, call_error_class, call_cost_usd, call_latency_s, expected_cost_usd FROM decisions"
+        with anyio.fail_after(30):  # the server's cancelled task records the call (shielded) after the client gave up
+            while (rows := db_rows(settings.db_path, query)) and rows[0][1] is None:
+                await anyio.sleep(0.02)
+        outcomes = db_rows(settings.db_path, "SELECT COUNT(*) FROM outcomes")[0][0]
         assert len(rows) == 1 and rows[0][:3] == ("cheap", "cancelled", None) and rows[0][3] is not None
         assert outcomes == 0  # neither a failure of the agent nor a success
         spend = await call(client, "route_step", {"text": "another", "session_id": "s", "budget_usd": 1.0})
@@ -234,18 +266,21 @@ async def test_a_delegation_cancelled_while_waiting_for_a_slot_holds_no_budget(
         route = RouteRequest(text=text, session_id=session_id, budget_usd=1.0)
         return DelegateRequest(route=route, agent_id="strong", timeout_s=10)
 
+    release = hold_answers(fake_openai, "strong-model")  # the first holds the slot until the second gave up
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(delegator.delegate, step("SLOW:1.5 hold the slot", "first"))
-            await anyio.sleep(0.3)
+            group.start_soon(delegator.delegate, step("hold the slot", "first"))
+            await until_called(fake_openai, "strong-model")
             with anyio.move_on_after(0.4):  # the second waits for the slot, then its client gives up
                 await delegator.delegate(step("queued", "second"))
                 pytest.fail("the slot was free")
+            release.set()
         rows = dict(handbook.store.db.execute("SELECT session_id, call_latency_s FROM decisions").fetchall())
         assert rows["first"] is not None and rows["second"] is None  # the waiting one was never called
         assert handbook.store.session_spend("second") == 0.0  # its share of the budget was given back at once
         assert handbook.store.session_spend("first") > 0.0
     finally:
+        release.set()  # a failed assertion must not leave the fake server holding an answer
         handbook.store.close()
 
 
@@ -260,9 +295,11 @@ async def test_parallel_fallbacks_keep_within_the_session_budget(tmp_path: Path,
     toml = priced_agent("broken", "broken-model", fake_openai.api_base, 0.2, 0.4) + priced_pair(fake_openai.api_base)
     settings = loaded(tmp_path, toml)
     fake_openai.behaviours["broken-model"] = "FAIL500"
-    # the two strong calls overlap: a call that has finished holds its actual cost, below the expected cost held while
-    # it runs, so without this a slow host could write the second fallback after the first call and fit both (CI did)
-    fake_openai.behaviours["strong-model"] = "SLOW:1"
+    # the strong call answers only once the other step has settled: a call that has finished holds its actual cost,
+    # below the expected cost held while it runs, so a slow host could write the second fallback after the first call
+    # and fit both (CI did, and SLOW:1 still left that window to a stall of a second). Were both to fit, both calls
+    # would wait here until delegate's timeout_s and fail the test.
+    release = hold_answers(fake_openai, "strong-model")
     handbook = Handbook(HandbookStore(settings.db_path))
     delegator = Delegator(handbook)
     text = "name a prime number"
@@ -276,6 +313,7 @@ async def test_parallel_fallbacks_keep_within_the_session_budget(tmp_path: Path,
             results.append(await delegator.delegate(DelegateRequest(route=route, timeout_s=10)))
         except DelegationFailed as failed:
             results.append(failed)
+        release.set()  # one step settled: a strong call still held may answer
 
     try:
         async with anyio.create_task_group() as group:
@@ -287,6 +325,7 @@ async def test_parallel_fallbacks_keep_within_the_session_budget(tmp_path: Path,
         assert len(refused) == 1 and "strong: budget (not called: expected cost" in refused[0]
         assert handbook.store.session_spend("s") <= budget
     finally:
+        release.set()  # a failed assertion must not leave the fake server holding an answer
         handbook.store.close()
 
 
@@ -330,13 +369,16 @@ async def test_a_busy_agent_leaves_its_fallbacks_time(tmp_path: Path, fake_opena
     handbook = Handbook(HandbookStore(settings.db_path))
     delegator = Delegator(handbook)
     route = RouteRequest(text="name a prime", allowed_agents=["strong", "cheap"], lambda_=0.0)  # a tie: cheap first
+    release = hold_answers(fake_openai, "cheap-model")  # cheap's one slot stays busy until the step is done
     try:
         async with anyio.create_task_group() as group:
-            hold = DelegateRequest(route=RouteRequest(text="SLOW:6 hold the slot"), agent_id="cheap", timeout_s=10)
+            hold = DelegateRequest(route=RouteRequest(text="hold the slot"), agent_id="cheap", timeout_s=10)
             group.start_soon(delegator.delegate, hold)
-            await anyio.sleep(0.3)
+            await until_called(fake_openai, "cheap-model")
             result = await delegator.delegate(DelegateRequest(route=route, timeout_s=4))
+            release.set()
         assert [(t.agent_id, t.error_class) for t in result.tried] == [("cheap", "rate_limit"), ("strong", None)]
         assert result.answer == "answer[strong-model]: name a prime"
     finally:
+        release.set()  # a failed assertion must not leave the fake server holding an answer
         handbook.store.close()

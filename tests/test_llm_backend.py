@@ -83,10 +83,11 @@ async def test_known_model_gets_litellm_table_price(fake_openai: FakeOpenAI) -> 
 @pytest.mark.anyio
 async def test_timeout_is_classified_and_bounded(fake_openai: FakeOpenAI) -> None:
     t0 = time.perf_counter()
-    r = await call_llm(conn(fake_openai), user("think hard SLOW:5"), timeout_s=0.5, max_tokens=20)
+    r = await call_llm(conn(fake_openai), user("think hard SLOW:60"), timeout_s=0.5, max_tokens=20)
     elapsed = time.perf_counter() - t0
     assert r.error_class == "timeout" and r.infrastructure_failure and not r.ok
-    assert 0.4 < r.latency_s < 1.5 and elapsed < 1.5
+    # bounded by timeout_s, not by the answer (60 s): the margin absorbs a loaded host's stall of a few seconds
+    assert 0.4 < r.latency_s < 5 and elapsed < 5
     assert r.cost_usd is None and r.answer == ""
     assert len(fake_openai.chat_requests()) == 1
 
@@ -197,8 +198,8 @@ async def test_a_call_cut_off_mid_answer_has_an_unknown_cost_not_zero(fake_opena
 @pytest.mark.anyio
 async def test_agent_settings_cap_the_call(fake_openai: FakeOpenAI) -> None:
     agent = conn(fake_openai, max_output_tokens=16, timeout_s=0.5)
-    r = await call_llm(agent, user("SLOW:3"), timeout_s=30, max_tokens=4096)
-    assert r.error_class == "timeout" and r.latency_s < 1.5
+    r = await call_llm(agent, user("SLOW:60"), timeout_s=30, max_tokens=4096)
+    assert r.error_class == "timeout" and r.latency_s < 5  # the agent's 0.5 s, not the call's 30 s
     assert fake_openai.chat_requests()[0].body["max_tokens"] == 16
 
 

@@ -61,9 +61,11 @@ async def test_a_tool_the_server_does_not_have_is_a_server_error_not_a_task_fail
 @pytest.mark.anyio
 async def test_slow_tool_times_out_within_the_budget() -> None:
     t0 = time.perf_counter()
-    r = await call_mcp_tool(tool_agent("slow", timeout_s=2.0), "zzz", timeout_s=60)
+    r = await call_mcp_tool(tool_agent("slow", timeout_s=2.0, arguments={"seconds": 60}), "zzz", timeout_s=60)
     assert r.error_class == "timeout" and r.infrastructure_failure and "2 s" in (r.message or "")
-    assert time.perf_counter() - t0 < 2.0 + 2.5  # the deadline, plus the SDK's bounded child shutdown
+    # the deadline plus the SDK's bounded child shutdown (2 s, then terminate), never the tool's 60 s: the margin is
+    # a loaded host's (the tool's 5 s default against a 4.5 s bound told the two apart by half a second)
+    assert time.perf_counter() - t0 < 20
 
 
 @pytest.mark.anyio
