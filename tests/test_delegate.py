@@ -34,7 +34,7 @@ api_base = "{api_base}"
 api_key_env = "SKILLORCHESTRA_TEST_KEY"
 input_per_mtok = 10.0
 output_per_mtok = 30.0
-timeout_s = 1.0
+timeout_s = 2.0
 description = "expensive and careful"
 modes = ["answer"]
 
@@ -131,7 +131,7 @@ async def test_unknown_price_is_reported_as_unknown(configured: ServerSettings) 
 async def test_timeout_falls_back_and_leaves_competence_unchanged(
     configured: ServerSettings, fake_openai: FakeOpenAI
 ) -> None:
-    fake_openai.behaviours["strong-model"] = "SLOW:3"
+    fake_openai.behaviours["strong-model"] = "SLOW:60"  # past any timeout: told apart by far
     async with Client(create_server(configured)) as client:
         before = json.loads(await competence(client, "strong"))
         result = await call(
@@ -302,7 +302,7 @@ async def test_a_cancelled_delegation_is_not_the_agents_failure(
     configured: ServerSettings, fake_openai: FakeOpenAI
 ) -> None:
     """The client gives up (its request timeout cancels the handler): nothing counts against the agent."""
-    fake_openai.behaviours["strong-model"] = "SLOW:3"
+    fake_openai.behaviours["strong-model"] = "SLOW:60"  # past any timeout: told apart by far
     async with Client(create_server(configured), mode="legacy") as client:
         with pytest.raises(MCPError):
             await client.call_tool("delegate", {"text": "x", "agent_id": "strong"}, read_timeout_seconds=0.5)
