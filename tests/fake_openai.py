@@ -18,6 +18,8 @@ provider's, for the log tests).
 Every request is recorded (with its headers, authorization included) so tests can count calls.
 ``responder=callable(body) -> str | None`` replaces the answer text (faults still apply first; None keeps
 the default answer): a canned or computed reply, e.g. taxonomy JSON for the LLM learner.
+``hold(model)`` keeps that model's answers back until the event it returns is set (or the server stops): a test
+decides when a call ends instead of betting on a SLOW window against a loaded host's stalls.
 
 Use: ``with FakeOpenAI() as srv: ... srv.api_base ...`` or, from a shell,
 ``python tests/fake_openai.py --port 18080 [--behaviour MODEL=DIRECTIVE ...]``.
@@ -127,6 +129,8 @@ class _Handler(BaseHTTPRequestHandler):
         slow = _SLOW.search(directives)
         if slow and owner._stopping.wait(float(slow.group(1))):
             return  # shutting down: abandon the request
+        if not owner._wait_if_held(model):
+            return
         if "DROP" in directives:
             self.close_connection = True
             return  # no status line at all: the client sees the connection closed
@@ -228,6 +232,7 @@ class FakeOpenAI:
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._held: dict[str, threading.Event] = {}
         self._port = port
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -246,6 +251,19 @@ class FakeOpenAI:
     def api_base(self) -> str:
         """What litellm's ``api_base`` wants."""
         return f"{self.url}/v1"
+
+    def hold(self, model: str) -> threading.Event:
+        """`model`'s answers wait until the returned event is set, or the server stops."""
+        release = self._held[model] = threading.Event()
+        return release
+
+    def _wait_if_held(self, model: str) -> bool:
+        """False when the server stopped while the answer was held back."""
+        release = self._held.get(model)
+        while release is not None and not release.wait(0.05):
+            if self._stopping.is_set():
+                return False
+        return True
 
     def start(self) -> FakeOpenAI:
         self._stopping.clear()

@@ -157,7 +157,7 @@ async def test_two_servers_on_one_file_cannot_both_carry_out_a_decision(
     settings: ServerSettings, fake_openai: FakeOpenAI
 ) -> None:
     """Two hosts each start a server on the default handbook: the claim is in the file, not in one process."""
-    fake_openai.behaviours = {m: "SLOW:1.5" for m in ("cheap-model", "pricey-model")}
+    held = [fake_openai.hold(m) for m in ("cheap-model", "pricey-model")]  # answered once the second was refused
     async with Client(create_server(settings)) as first, Client(create_server(settings)) as second:
         routed = await route(first)
         results: list[dict[str, Any]] = []
@@ -171,6 +171,8 @@ async def test_two_servers_on_one_file_cannot_both_carry_out_a_decision(
                 while rows(settings.db_path, "SELECT claimed_at FROM decisions") == [(None,)]:
                     await anyio.sleep(0.02)
             message = await refused(second, "delegate", {"text": STEP, "decision_id": routed["decision_id"]})
+            for release in held:
+                release.set()
             assert "a delegate has been carrying it out since" in message
         assert [r["decision_id"] for r in results] == [routed["decision_id"]]
     assert len(fake_openai.chat_requests()) == 1
@@ -381,7 +383,8 @@ async def test_a_report_while_delegate_carries_the_decision_out_waits_for_its_me
 ) -> None:
     """QA: a record_outcome sent while delegate(decision_id) was still calling the agent was applied without the
     cost delegate measured a moment later (the outcome's cost null, the cost statistics one call short)."""
-    text = "SLOW:3 name a prime number"
+    text = "name a prime number"
+    held = [fake_openai.hold(m) for m in ("cheap-model", "pricey-model")]  # the agent answers after the early report
     async with Client(create_server(settings)) as client:
         routed = await route(client, text)
         done: dict[str, Any] = {}
@@ -392,9 +395,12 @@ async def test_a_report_while_delegate_carries_the_decision_out_waits_for_its_me
         async with anyio.create_task_group() as group:
             group.start_soon(carry_out)
             claimed = f"SELECT claimed_at FROM decisions WHERE id = '{routed['decision_id']}'"
-            while rows(settings.db_path, claimed) == [(None,)]:  # until delegate holds it; its agent takes 3 s
-                await anyio.sleep(0.02)
+            with anyio.fail_after(30):
+                while rows(settings.db_path, claimed) == [(None,)]:  # until delegate holds it
+                    await anyio.sleep(0.02)
             early = await refused(client, "record_outcome", {"decision_id": routed["decision_id"], "success": True})
+            for release in held:
+                release.set()
         assert "is being carried out by delegate" in early and "report it after delegate returns" in early
         outcome = await call(client, "record_outcome", {"decision_id": routed["decision_id"], "success": True})
         assert done["cost_usd"] > 0 and outcome["cost_usd"] == pytest.approx(done["cost_usd"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -43,19 +42,6 @@ modes = ["answer"]
 @pytest.fixture
 def settings(tmp_path: Path, fake_openai: FakeOpenAI) -> ServerSettings:
     return loaded(tmp_path, agents_toml(fake_openai.api_base))
-
-
-def hold_answers(fake_openai: FakeOpenAI, model: str) -> threading.Event:
-    """`model`'s calls wait (in the fake server) until the returned event is set: a test decides when they end."""
-    release = threading.Event()
-
-    def respond(body: dict[str, Any]) -> None:
-        if body.get("model") == model:
-            release.wait(30)
-        return None  # the default answer
-
-    fake_openai.responder = respond
-    return release
 
 
 async def until_called(fake_openai: FakeOpenAI, model: str) -> None:
@@ -266,7 +252,7 @@ async def test_a_delegation_cancelled_while_waiting_for_a_slot_holds_no_budget(
         route = RouteRequest(text=text, session_id=session_id, budget_usd=1.0)
         return DelegateRequest(route=route, agent_id="strong", timeout_s=10)
 
-    release = hold_answers(fake_openai, "strong-model")  # the first holds the slot until the second gave up
+    release = fake_openai.hold("strong-model")  # the first holds the slot until the second gave up
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(delegator.delegate, step("hold the slot", "first"))
@@ -280,7 +266,6 @@ async def test_a_delegation_cancelled_while_waiting_for_a_slot_holds_no_budget(
         assert handbook.store.session_spend("second") == 0.0  # its share of the budget was given back at once
         assert handbook.store.session_spend("first") > 0.0
     finally:
-        release.set()  # a failed assertion must not leave the fake server holding an answer
         handbook.store.close()
 
 
@@ -299,7 +284,7 @@ async def test_parallel_fallbacks_keep_within_the_session_budget(tmp_path: Path,
     # below the expected cost held while it runs, so a slow host could write the second fallback after the first call
     # and fit both (CI did, and SLOW:1 still left that window to a stall of a second). Were both to fit, both calls
     # would wait here until delegate's timeout_s and fail the test.
-    release = hold_answers(fake_openai, "strong-model")
+    release = fake_openai.hold("strong-model")
     handbook = Handbook(HandbookStore(settings.db_path))
     delegator = Delegator(handbook)
     text = "name a prime number"
@@ -325,7 +310,6 @@ async def test_parallel_fallbacks_keep_within_the_session_budget(tmp_path: Path,
         assert len(refused) == 1 and "strong: budget (not called: expected cost" in refused[0]
         assert handbook.store.session_spend("s") <= budget
     finally:
-        release.set()  # a failed assertion must not leave the fake server holding an answer
         handbook.store.close()
 
 
@@ -369,7 +353,7 @@ async def test_a_busy_agent_leaves_its_fallbacks_time(tmp_path: Path, fake_opena
     handbook = Handbook(HandbookStore(settings.db_path))
     delegator = Delegator(handbook)
     route = RouteRequest(text="name a prime", allowed_agents=["strong", "cheap"], lambda_=0.0)  # a tie: cheap first
-    release = hold_answers(fake_openai, "cheap-model")  # cheap's one slot stays busy until the step is done
+    release = fake_openai.hold("cheap-model")  # cheap's one slot stays busy until the step is done
     try:
         async with anyio.create_task_group() as group:
             hold = DelegateRequest(route=RouteRequest(text="hold the slot"), agent_id="cheap", timeout_s=10)
@@ -380,5 +364,4 @@ async def test_a_busy_agent_leaves_its_fallbacks_time(tmp_path: Path, fake_opena
         assert [(t.agent_id, t.error_class) for t in result.tried] == [("cheap", "rate_limit"), ("strong", None)]
         assert result.answer == "answer[strong-model]: name a prime"
     finally:
-        release.set()  # a failed assertion must not leave the fake server holding an answer
         handbook.store.close()
