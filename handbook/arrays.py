@@ -64,6 +64,10 @@ class RawEvidence:
     def copy(self) -> RawEvidence:
         return RawEvidence(*(np.array(getattr(self, f.name)) for f in fields(self)))
 
+    def set_competence(self, cell: tuple[int, int], row: Competence) -> None:
+        """A competence row's evidence: its counts above the Beta(1, 1) prior."""
+        self.success[cell], self.failure[cell] = max(row.alpha - 1.0, 0.0), max(row.beta - 1.0, 0.0)
+
     def set_cost(self, cell: tuple[int, int], cost: CostStats) -> None:
         """A cost row's evidence, with the calls whose step length is known (CostStats.n_step_tokens)."""
         self.calls[cell], self.cost_total[cell] = cost.n, cost.n * cost.mean_cost_usd
@@ -197,7 +201,7 @@ class Patch:
             cell = self.base._cell(row.agent_id, row.skill_id)
             if cell is None:
                 return False
-            self.raw.success[cell], self.raw.failure[cell] = max(row.alpha - 1.0, 0.0), max(row.beta - 1.0, 0.0)
+            self.raw.set_competence(cell, row)
             self.rows.add(cell[0])
         for cost in costs:
             cell = self.base._cell(cost.agent_id, cost.skill_id)
@@ -287,7 +291,7 @@ def build_arrays(
         i = a_idx.get(row.agent_id)
         j = raw_column(row.skill_id, s_idx, m_idx)
         if i is not None and j is not None:
-            raw.success[i, j], raw.failure[i, j] = max(row.alpha - 1.0, 0.0), max(row.beta - 1.0, 0.0)
+            raw.set_competence((i, j), row)
     for cost in costs:
         i = a_idx.get(cost.agent_id)
         j = raw_column(cost.skill_id, s_idx, m_idx)

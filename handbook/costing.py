@@ -17,9 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from skillorchestra.handbook.arrays import HandbookArrays
-from skillorchestra.handbook.traces import DEFAULT_COMPLETION_TOKENS
+from skillorchestra.handbook.traces import CHARS_PER_TOKEN, DEFAULT_COMPLETION_TOKENS
 
-CHARS_PER_TOKEN = 4.0
 MIN_SHARE_OF_RECORDED = 0.1  # a short text never makes a call look cheaper than a tenth of its recorded mean
 
 

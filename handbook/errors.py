@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -91,6 +91,12 @@ class NotFound(HandbookError):
         if hint is None and known is not None:
             hint = known_hint(value, list(known))
         super().__init__(f"unknown {kind} {value!r}" + (f"; {hint}" if hint else ""))
+
+
+def named(ids: Sequence[str], limit: int) -> str:
+    """'a, b, c and 4 more': at most `limit` ids, the rest counted, so a message stays one line."""
+    shown = ", ".join(ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
 def known_hint(value: str, known: list[str], listed: int = 10) -> str:

@@ -7,7 +7,7 @@ non-empty string of at most 200 characters (it may contain '/', as model names d
 from __future__ import annotations
 
 import unicodedata
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -114,8 +114,9 @@ NewId = Annotated[Identifier, AfterValidator(addressable)]
 ShortText = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX)]
 ListItem = Annotated[str, StringConstraints(min_length=1, max_length=ITEM_MAX)]
 
-INFRASTRUCTURE_ERRORS = ("timeout", "rate_limit", "connection", "auth", "server_error")
-ErrorClass = Literal["task", "timeout", "rate_limit", "connection", "auth", "server_error"]
+InfrastructureError = Literal["timeout", "rate_limit", "connection", "auth", "server_error"]
+INFRASTRUCTURE_ERRORS: tuple[str, ...] = get_args(InfrastructureError)
+ErrorClass = Literal["task", InfrastructureError]  # the same JSON schema enum as the six names written out
 DEFAULT_MODE = "general"
 FORMAT_NAME = "skillorchestra-handbook"
 SCHEMA_VERSION = 1  # the one document layout this version reads and writes

@@ -76,7 +76,7 @@ def argbest(utility: np.ndarray, cost: np.ndarray) -> np.ndarray:
     """The first of best_first along the last axis, for many rows at once (the replay, the eval's scorer and
     episodes, Thompson's draws): the highest utility, ties to the cheaper agent, then the earlier one. NaN
     utilities lose; `cost` broadcasts against `utility`."""
-    utility = np.where(np.isnan(utility), -np.inf, utility)
+    utility = _nan_last(utility)
     tied = utility == utility.max(axis=-1, keepdims=True)
     costs = np.broadcast_to(np.nan_to_num(cost, nan=np.inf), utility.shape)
     cheapest = np.argmin(np.where(tied, costs, np.inf), axis=-1)

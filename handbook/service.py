@@ -22,7 +22,15 @@ import numpy as np
 from pydantic import ValidationError
 
 from skillorchestra.handbook import costing
-from skillorchestra.handbook.arrays import MODE_PREFIX, ROOT_SKILL, HandbookArrays, Patch, build_arrays, serves
+from skillorchestra.handbook.arrays import (
+    DEFAULT_KAPPA,
+    MODE_PREFIX,
+    ROOT_SKILL,
+    HandbookArrays,
+    Patch,
+    build_arrays,
+    serves,
+)
 from skillorchestra.handbook.errors import (
     Conflict,
     Expired,
@@ -30,6 +38,7 @@ from skillorchestra.handbook.errors import (
     NotFound,
     Unroutable,
     first_problem,
+    named,
     utc_text,
 )
 from skillorchestra.handbook.inference import live_demands, on_live
@@ -83,7 +92,7 @@ EditedT = TypeVar("EditedT", Agent, Skill, Mode)
 
 @dataclass(frozen=True)
 class HandbookSettings:
-    kappa: float = 2.0  # shrinkage strength toward the parent level, in pseudo-observations
+    kappa: float = DEFAULT_KAPPA  # shrinkage strength toward the parent level, in pseudo-observations
     forgetting: float | None = None  # gamma in (0, 1): exponential forgetting per update, None = off
     decision_ttl_s: float = 86_400.0
     store_step_text: bool = True
@@ -303,8 +312,6 @@ class Handbook:
         if mode is not None:
             return np.array([arrays.column_of_mode(mode)]), np.ones(1), [f"mode:{mode}"]
         return np.array([arrays.root_column]), np.ones(1), [ROOT_SKILL]
-
-    # -- cost --------------------------------------------------------------------------------------------
 
     # -- consult -----------------------------------------------------------------------------------------
 
@@ -568,7 +575,7 @@ class Handbook:
         """Apply a step's outcome. `by_delegate`: delegate's own report of the decision it is carrying out, which a
         client's report must wait for (see HandbookStore.record_outcome)."""
         reward = _reward(report)
-        for name in ("cost_usd", "prompt_tokens", "completion_tokens", "latency_s"):
+        for name in CALL_FIGURES:
             _check_amount(name, getattr(report, name))
         decision = self.store.decision(report.decision_id)
         if decision is None:
@@ -1010,9 +1017,12 @@ def _reward(report: OutcomeReport) -> float | None:
     if report.success is not None:
         return 1.0 if report.success else 0.0
     assert report.reward is not None
-    if not (0.0 <= report.reward <= 1.0) or math.isnan(report.reward):
+    if not 0.0 <= report.reward <= 1.0:  # NaN fails it too
         raise InvalidInput("reward", report.reward, "a number in [0, 1]")
     return float(report.reward)
+
+
+CALL_FIGURES = ("cost_usd", "prompt_tokens", "completion_tokens", "latency_s")  # a report's figures of the call
 
 
 def _with_call_figures(payload: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
@@ -1029,12 +1039,12 @@ def _with_call_figures(payload: dict[str, Any], decision: dict[str, Any]) -> dic
             "'task' (or left out): delegate's call to this decision's agent answered, so grade the answer with "
             "reward or success (an infrastructure error would log an answered call as a failed one)",
         )
-    for key in ("cost_usd", "prompt_tokens", "completion_tokens", "latency_s"):
+    for key in CALL_FIGURES:
         measured = decision.get(f"call_{key}")
         if measured is None:
             continue
         sent = effective[key]
-        if sent is not None and not math.isclose(sent, measured, rel_tol=1e-3, abs_tol=1e-12):
+        if sent is not None and not _echoes(sent, measured):
             raise InvalidInput(
                 key, sent, f"left out: delegate measured this decision's call ({key}={measured:.6g}) and records it"
             )
@@ -1047,11 +1057,17 @@ def _idempotency_key(payload: dict[str, Any], decision: dict[str, Any]) -> dict[
     measured (as _with_call_figures accepts it) counts as left out, so the report that echoed delegate's cost and
     the plain one are the same report (QA: the plain repeat was refused as a conflict)."""
     key = dict(payload)
-    for name in ("cost_usd", "prompt_tokens", "completion_tokens", "latency_s"):
+    for name in CALL_FIGURES:
         measured, sent = decision.get(f"call_{name}"), key.get(name)
-        if measured is not None and sent is not None and math.isclose(sent, measured, rel_tol=1e-3, abs_tol=1e-12):
+        if measured is not None and sent is not None and _echoes(sent, measured):
             key[name] = None
     return key
+
+
+def _echoes(sent: float, measured: float) -> bool:
+    """A reported figure that repeats a measured one: a model reading delegate's four significant digits sends
+    them back, and that is the same figure, not a conflicting one."""
+    return math.isclose(sent, measured, rel_tol=1e-3, abs_tol=1e-12)
 
 
 def _deleted_agent_note(agent_id: str, *, again: bool) -> str:
@@ -1080,10 +1096,7 @@ def _why_no_agent(excluded: list[Exclusion], budgeted: bool, shown: int = 6) -> 
     groups: dict[str, list[str]] = {}
     for exclusion in excluded:
         groups.setdefault(exclusion.reason, []).append(exclusion.agent_id)
-    parts = [
-        f"{', '.join(ids[:shown])}{f' and {len(ids) - shown} more' if len(ids) > shown else ''}: {reason}"
-        for reason, ids in list(groups.items())[:shown]
-    ]
+    parts = [f"{named(ids, shown)}: {reason}" for reason, ids in list(groups.items())[:shown]]
     if len(groups) > shown:
         parts.append(f"{len(groups) - shown} more reasons")
     advice = "; raise budget_usd or stop the session" if budgeted and any("budget" in r for r in groups) else ""

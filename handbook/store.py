@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from skillorchestra.handbook.arrays import MODE_PREFIX, ROOT_SKILL
 from skillorchestra.handbook.document_checks import check_document, check_entering
-from skillorchestra.handbook.errors import Conflict, InvalidInput, NotFound, utc_text
+from skillorchestra.handbook.errors import Conflict, InvalidInput, NotFound, named, utc_text
 from skillorchestra.handbook.models import (
     CLAIM_IN_FLIGHT_S,
     INFRASTRUCTURE_ERRORS,
@@ -42,10 +42,8 @@ from skillorchestra.handbook.sqlite_file import BUSY_TIMEOUT_S, SqliteFile, bind
 NOT_LIVE_MARK = " (stored, not live:"
 # Keys of a version's metrics that record how it went live (promote adds the first four to the metrics it copies
 # from the version it restores; learn sets the others), not figures a learning run measured.
-BOOKKEEPING_METRICS = frozenset(
-    {"promoted_from", "replaced", "with_events", "rollback", "went_live", "not_live_reason", "agents_back_on_prior"}
-)
 NOT_LIVE_METRICS = ("went_live", "not_live_reason", "agents_back_on_prior")  # of a learned version stored only
+BOOKKEEPING_METRICS = frozenset({"promoted_from", "replaced", "with_events", "rollback", *NOT_LIVE_METRICS})
 
 
 # SQL conditions on a row of `decisions`: no outcome reported for it; delegate noted no call of its agent
@@ -148,7 +146,7 @@ class HandbookStore(SqliteFile):
             ).fetchone()[0]
             if ours:
                 return
-        shown = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if len(tables) > 5 else "")
+        shown = named(tables, 5)
         raise InvalidInput(
             "db",
             str(self.path),
@@ -305,8 +303,11 @@ class HandbookStore(SqliteFile):
     # -- reads -------------------------------------------------------------------------------------------
 
     def modes(self) -> list[Mode]:
+        return self._modes("ORDER BY id", [])
+
+    def _modes(self, condition: str, params: list[Any]) -> list[Mode]:
         with self.lock:
-            rows = self.db.conn.execute("SELECT id, description, insights FROM modes ORDER BY id").fetchall()
+            rows = self.db.conn.execute(f"SELECT id, description, insights FROM modes {condition}", params).fetchall()
         return [Mode(id=r[0], description=r[1] or "", insights=json.loads(r[2] or "[]")) for r in rows]
 
     def skills(self) -> list[Skill]:
@@ -374,11 +375,7 @@ class HandbookStore(SqliteFile):
 
     def mode(self, mode_id: str) -> Mode | None:
         """The stored mode with this id, None if there is none."""
-        if not bindable(mode_id):
-            return None
-        with self.lock:
-            r = self.db.conn.execute("SELECT id, description, insights FROM modes WHERE id = ?", [mode_id]).fetchone()
-        return None if r is None else Mode(id=r[0], description=r[1] or "", insights=json.loads(r[2] or "[]"))
+        return _by_id(self._modes, mode_id)
 
     def competence(self) -> list[Competence]:
         return [Competence(**row._asdict()) for row in self.evidence_rows()[0]]
@@ -773,6 +770,21 @@ class HandbookStore(SqliteFile):
                 return False
             live = int(row[1])
         return True
+
+    def reported_steps(self) -> list[dict[str, Any]]:
+        """Every graded report of a step whose text was kept, oldest first, with the call's figures (the cost
+        delegate measured where the report gave none): what learning from the event log reads."""
+        sql = (
+            "SELECT d.id AS id, d.text AS text, d.mode AS mode, d.agent_id AS agent_id, o.reward AS reward,"
+            " COALESCE(o.cost_usd, d.call_cost_usd) AS cost_usd, o.prompt_tokens AS prompt_tokens,"
+            " o.completion_tokens AS completion_tokens, o.latency_s AS latency_s, d.step_tokens AS step_tokens"
+            " FROM decisions d JOIN outcomes o ON o.decision_id = d.id"
+            " WHERE d.text IS NOT NULL AND d.text != '' AND o.reward IS NOT NULL"
+            " AND COALESCE(o.error_class, 'task') = 'task'"
+            " ORDER BY d.created_at, d.id"
+        )
+        with self.lock:
+            return list(self.db.query(sql))
 
     def session_spend(self, session_id: str, now: float | None = None, unknown_cost: float = 0.0) -> float:
         """Dollars a session has spent or committed, per decision: its reported cost, else the cost its delegated

@@ -24,6 +24,7 @@ SUCCESS_THRESHOLD = 0.5
 SHOWN_VALUE = 60  # characters of a refused value an error about a line repeats
 ModelT = TypeVar("ModelT", bound=BaseModel)
 DEFAULT_COMPLETION_TOKENS = 256
+CHARS_PER_TOKEN = 4.0  # the token estimate of a text whose count nobody reported (costing uses it too)
 
 
 # other names users give a field (QA: "reward" or "cost" read as no score and an estimated cost, silently)
@@ -173,7 +174,7 @@ def estimate_cost_usd(query: str, outcome: AgentOutcome, price: AgentPrice | Non
     per_call = price.cost_per_call_usd or 0.0
     if price.input_per_mtok is None or price.output_per_mtok is None:  # priced by the call alone
         return per_call
-    prompt = outcome.prompt_tokens if outcome.prompt_tokens is not None else len(query) / 4
+    prompt = outcome.prompt_tokens if outcome.prompt_tokens is not None else len(query) / CHARS_PER_TOKEN
     completion = outcome.completion_tokens if outcome.completion_tokens is not None else DEFAULT_COMPLETION_TOKENS
     return (prompt * price.input_per_mtok + completion * price.output_per_mtok) / 1e6 + per_call
 

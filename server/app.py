@@ -93,9 +93,7 @@ def create_server(settings: ServerSettings, *, warm_up: bool = False) -> MCPServ
             breaker = CircuitBreaker(threshold=settings.breaker_threshold, cooldown_s=settings.breaker_cooldown_s)
             delegator = Delegator(open_handbook(settings), breaker=breaker, max_fallbacks=settings.max_fallbacks)
             handbook = delegator.handbook
-            running.append(
-                AppState(handbook=handbook, extras={"delegator": delegator, "unavailable": delegator.unavailable})
-            )
+            running.append(AppState(handbook=handbook, delegator=delegator))
         state = running[-1]
         holders[0] += 1
         try:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from skillorchestra.handbook.atomic_file import write_text_atomic
 from skillorchestra.handbook.document_checks import check_document
-from skillorchestra.handbook.errors import HandbookError, InvalidInput, first_problem, not_utf8
+from skillorchestra.handbook.errors import HandbookError, InvalidInput, first_problem, named, not_utf8
 from skillorchestra.handbook.inert_text import one_line
 from skillorchestra.handbook.models import Agent, HandbookDocument, Mode
 from skillorchestra.handbook.store import BOOKKEEPING_METRICS, HandbookStore
@@ -28,13 +28,14 @@ if TYPE_CHECKING:
     from skillorchestra.server.agent_config import LlmAgentConnection, McpAgentConnection
 
 
-def _db(args: argparse.Namespace) -> Path:
+def db_path(args: argparse.Namespace) -> Path:
+    """The handbook a command works on: --db, else SKILLORCHESTRA_DB, else the user data directory."""
     return getattr(args, "db", None) or default_db_path()
 
 
 def _store(args: argparse.Namespace) -> HandbookStore:
     """Open the handbook, creating it if it is new: for the commands that make one (import, agents load)."""
-    return HandbookStore(_db(args))
+    return HandbookStore(db_path(args))
 
 
 class NoHandbook(HandbookError):
@@ -43,7 +44,7 @@ class NoHandbook(HandbookError):
 
 def existing_store(args: argparse.Namespace) -> HandbookStore:
     """Open a handbook that must already exist: a mistyped --db must not leave a new empty database behind."""
-    path = Path(_db(args))
+    path = Path(db_path(args))
     if not path.is_file() or path.stat().st_size == 0:  # an empty file is none (QA: show made one inside it)
         raise NoHandbook(
             f"no handbook at {path} (create one with `skillorchestra handbook import FILE`, `learn` or `serve`, "
@@ -63,7 +64,7 @@ def serve(args: argparse.Namespace) -> int:
             raise InvalidInput(flag, value, "--transport http or sse with it (a stdio server listens on no port)")
     try:
         settings = ServerSettings.from_env(
-            db_path=_db(args),
+            db_path=db_path(args),
             transport=args.transport,
             host=args.host,
             port=args.port,
@@ -149,7 +150,7 @@ def handbook_show(args: argparse.Namespace) -> int:
     store = existing_store(args)
     document = store.document()
     arrays = document_arrays(document)  # the numbers routing uses (QA: show printed prices alone)
-    lines = [f"handbook {_db(args)}: version {document.version}, schema {store.schema_version()}"]
+    lines = [f"handbook {db_path(args)}: version {document.version}, schema {store.schema_version()}"]
     counts = store.counts()
     lines.append(", ".join(f"{k} {v}" for k, v in counts.items()))
     for mode in document.modes:
@@ -288,7 +289,7 @@ def agents_load(args: argparse.Namespace) -> int:
         print(f"added modes the handbook did not have: {', '.join(added)}")
     if replaced:  # QA: a second file silently took the first one's agents out of delegation
         print(
-            f"note: this file replaces the loaded settings: {_first_five(replaced)} (loaded before, not in it) "
+            f"note: this file replaces the loaded settings: {named(replaced, 5)} (loaded before, not in it) "
             "can no longer be delegated to; load one file with every agent",
             file=sys.stderr,
         )
@@ -343,7 +344,7 @@ def _pool_notes(store: HandbookStore, connected: set[str]) -> list[str]:
     notes = []
     others = sorted(a.id for a in store.agents() if a.id not in connected)
     if others:
-        shown = _first_five(others)
+        shown = named(others, 5)
         notes.append(
             f"{len(others)} agents in the handbook have no connection settings ({shown}): delegate never calls "
             "them, route_step may still recommend them; remove them with the delete_agent tool if unwanted"
@@ -357,10 +358,6 @@ def _pool_notes(store: HandbookStore, connected: set[str]) -> list[str]:
     return notes
 
 
-def _first_five(ids: list[str]) -> str:
-    return ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
-
-
 def unconnected_loaded_agents(store: HandbookStore) -> list[str]:
     """Agents whose connection settings `agents load` stored but the live handbook no longer has (an import or a
     learned version brings its own agents): delegate cannot call them until they are loaded again."""
@@ -371,7 +368,7 @@ def unconnected_loaded_agents(store: HandbookStore) -> list[str]:
 def warn_unconnected(store: HandbookStore) -> None:
     missing = unconnected_loaded_agents(store)
     if missing:
-        shown = _first_five(missing)
+        shown = named(missing, 5)
         print(
             f"note: the live handbook no longer has {len(missing)} agent(s) with connection settings ({shown}): "
             "delegate cannot call them; run `skillorchestra agents load FILE` again to add them",

@@ -45,9 +45,9 @@ def _pool(args: argparse.Namespace) -> dict:
     if args.pool is not None:
         return load_agent_configs(args.pool, argument="--pool")
     from skillorchestra.handbook.store import HandbookStore
-    from skillorchestra.server.settings import default_db_path
+    from skillorchestra.server.commands import db_path
 
-    db = getattr(args, "db", None) or default_db_path()
+    db = db_path(args)
     if not Path(db).is_file():
         raise InvalidInput(
             "--pool", None, "an agents.toml file (or connections loaded with `skillorchestra agents load`)"

@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.errors import InvalidInput, named
 from skillorchestra.handbook.models import HandbookDocument, LengthEffect
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.argtypes import fraction_arg, lambda_arg, name_arg, price_arg, seed_arg, version_arg
-from skillorchestra.server.commands import existing_store, removed_if_refused, warn_unconnected
-from skillorchestra.server.settings import default_db_path
+from skillorchestra.server.commands import db_path, existing_store, removed_if_refused, warn_unconnected
 
 if TYPE_CHECKING:
     from skillorchestra.handbook.traces import AgentPrice, TraceTask
@@ -126,10 +125,6 @@ def add_handbook_actions(hb: Any, common: Any) -> None:
 # -- learn ----------------------------------------------------------------------------------------------------
 
 
-def _db(args: argparse.Namespace) -> Path:
-    return getattr(args, "db", None) or default_db_path()
-
-
 def _learner(args: argparse.Namespace) -> dict[str, Any] | None:
     """learn_with_llm's settings from --learner*, validated (errors name the flag), or None to learn offline."""
     if args.learner is None:
@@ -182,7 +177,7 @@ def learn(args: argparse.Namespace) -> int:
     if args.agents is not None and not args.agents.is_file():
         raise InvalidInput("--agents", str(args.agents), "an existing agents.json")
     tasks, data_path = _read_data(args.data)  # a bad file fails before the database is opened
-    db = Path(_db(args))
+    db = Path(db_path(args))
     # learning from the event log needs a handbook that has one: a misspelt --db is not a new empty handbook
     store = existing_store(args) if data_path is None else None
     with removed_if_refused(db):  # a refused learn leaves no new database behind (a learned one is kept)
@@ -193,7 +188,7 @@ def learn(args: argparse.Namespace) -> int:
             store.close()
             raise
     try:
-        print(render_learned(run, store, _db(args)))
+        print(render_learned(run, store, db_path(args)))
         warn_unconnected(store)
     finally:
         store.close()
@@ -215,7 +210,7 @@ def _learn_into(
     learnable(tasks, args.val_fraction, args.lambda_)  # refused on one line, before the first progress line
     prices, price_source = _prices(args, data_path, store)
     embedder, features = make_embedder(args.matcher, store)
-    label = str(data_path) if data_path is not None else f"the event log of {_db(args)}"
+    label = str(data_path) if data_path is not None else f"the event log of {db_path(args)}"
     _progress(0.0, f"{len(tasks)} tasks from {label}; {features}")
     run = learn_into_store(
         store,
@@ -409,9 +404,9 @@ def _cost_line(m: dict[str, Any]) -> str:
         if m["prices"] == "none":
             why = "no cost_usd in the data and no prices"
         else:  # prices were given, for other agents than the data's
-            from skillorchestra.server.jobs import named
+            from skillorchestra.server.jobs import AGENTS_NAMED
 
-            agents = named(m["agents"])
+            agents = named(m["agents"], AGENTS_NAMED)
             why = f"no cost_usd in the data, and the prices from {m['prices']} cover none of its agents ({agents})"
         return f"costs: unknown ({why}): candidates compared on accuracy alone"
     text = {

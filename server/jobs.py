@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.errors import InvalidInput, named
 from skillorchestra.handbook.models import Agent, Competence, HandbookDocument, Mode
 from skillorchestra.handbook.store import NOT_LIVE_MARK, HandbookStore
 
@@ -294,12 +294,6 @@ PRIOR_MASS = 2.0  # alpha + beta of Beta(1, 1): a competence row with more holds
 AGENTS_NAMED = 3  # agents named in a one-line reason, the rest counted
 
 
-def named(ids: Sequence[str], limit: int = AGENTS_NAMED) -> str:
-    """'a, b, c and 4 more': a few ids for one line."""
-    shown = ", ".join(ids[:limit])
-    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
-
-
 def agents_back_on_prior(
     document: HandbookDocument, learned: Sequence[str], live_competence: Sequence[Competence]
 ) -> list[str]:
@@ -389,7 +383,7 @@ def not_live_reasons(
     if back_on_prior:
         reasons.append(
             f"it would put {len(back_on_prior)} agents that have evidence in the live handbook back on the prior "
-            f"({named(back_on_prior)}), as the learning data has no outcomes of theirs"
+            f"({named(back_on_prior, AGENTS_NAMED)}), as the learning data has no outcomes of theirs"
         )
     if trial is not None and trial.live_wins:
         reasons.append(trial.reason())
@@ -428,10 +422,6 @@ class JobRegistry:
     def ids(self) -> list[str]:
         with self._lock:
             return list(self._jobs)
-
-    def running(self) -> Job | None:
-        with self._lock:
-            return next((j for j in self._jobs.values() if j.state == "running"), None)
 
     def start(self, work: Callable[[Callable[[float, str], None]], LearnRun], name: str = "learn") -> Job:
         """Run `work(progress)` on a daemon thread; the job records its progress, then its version or error."""

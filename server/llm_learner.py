@@ -10,7 +10,6 @@ Cost: the learner's configured prices, else litellm's table, else unknown (None,
 
 from __future__ import annotations
 
-import functools
 import importlib
 import logging
 import os
@@ -19,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
-import anyio.to_thread
 from pydantic import ValidationError
 
 from skillorchestra.handbook.errors import InvalidInput, first_problem
@@ -199,11 +197,6 @@ def learn_with_llm(
     discoverer = LlmDiscoverer(complete, discovery, descriptions)
     result = learn(tasks, prices, discoverer=discoverer, **learn_kwargs)
     return finish(result, discoverer, conn)
-
-
-async def learn_with_llm_async(*args: Any, **kwargs: Any) -> LearnResult:
-    """The same, off the event loop (for the MCP `learn_handbook` job): runs in a worker thread."""
-    return await anyio.to_thread.run_sync(functools.partial(learn_with_llm, *args, **kwargs))
 
 
 def finish(result: LearnResult, discoverer: LlmDiscoverer, conn: LlmAgentConnection) -> LearnResult:

@@ -19,7 +19,6 @@ ENV_NAMES = {
     "forgetting": "SKILLORCHESTRA_FORGETTING",
     "store_step_text": "SKILLORCHESTRA_STORE_TEXT",
 }
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def default_db_path() -> Path:

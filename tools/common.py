@@ -18,7 +18,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
@@ -29,6 +29,10 @@ from skillorchestra.handbook.errors import HandbookError
 from skillorchestra.handbook.inert_text import one_line
 from skillorchestra.handbook.models import Identifier
 from skillorchestra.handbook.service import Handbook
+from skillorchestra.server.jobs import JobRegistry
+
+if TYPE_CHECKING:
+    from skillorchestra.server.delegation import Delegator
 from skillorchestra.handbook.sqlite_file import file_trouble
 
 log = logging.getLogger("skillorchestra")
@@ -56,15 +60,16 @@ def writes(*, destructive: bool, idempotent: bool, open_world: bool = False) -> 
 
 @dataclass
 class AppState:
-    """What the server's lifespan yields to every tool: the handbook, and the delegation layer when configured."""
+    """What the server's lifespan yields to every tool, one per server (server/app.py): the handbook, the
+    delegation layer over it, and the learning jobs every connection sees."""
 
     handbook: Handbook
-    extras: dict[str, Any] = field(default_factory=dict)
+    delegator: Delegator
+    jobs: JobRegistry = field(default_factory=JobRegistry)
 
     def unavailable_agents(self) -> dict[str, str]:
         """Agents the router must skip now (for example an open circuit breaker), with the reason."""
-        provider = self.extras.get("unavailable")
-        return provider() if callable(provider) else {}
+        return self.delegator.unavailable()
 
 
 def app_state(ctx: Context) -> AppState:

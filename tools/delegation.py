@@ -72,9 +72,7 @@ async def delegate(
     good the answer was with record_outcome(decision_id, success|reward): that is what the handbook learns from.
     With decision_id (from route_step), that decision is carried out: no second decision for the same step.
     """
-    delegator = app_state(ctx).extras.get("delegator")
-    if delegator is None:
-        raise ToolError("delegation is not configured on this server")
+    delegator = app_state(ctx).delegator
     routing = {
         "skills": skills,
         "mode": mode,

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from skillorchestra.handbook.errors import InvalidInput, NotFound, known_hint
 from skillorchestra.handbook.models import MAX_LAMBDA, MAX_SEED
-from skillorchestra.server.jobs import Job, JobRegistry, MatcherChoice
+from skillorchestra.server.jobs import Job, MatcherChoice
 from skillorchestra.tools.common import READ_ONLY, AppState, OptionalId, app_state, reports_failures, writes
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0, description="share of tasks held out to select the handbook")]
@@ -48,10 +48,6 @@ class LearnJobStatus(BaseModel):
 def register(server: MCPServer) -> None:
     server.tool(name="learn_handbook", annotations=writes(destructive=False, idempotent=False))(learn_handbook)
     server.tool(name="learn_status", annotations=READ_ONLY)(learn_status)
-
-
-def _jobs(state: AppState) -> JobRegistry:
-    return state.extras.setdefault("jobs", JobRegistry())  # type: ignore[no-any-return]
 
 
 def _status(job: Job) -> LearnJobStatus:
@@ -121,13 +117,13 @@ def learn_handbook(
             progress=progress,
         )
 
-    return _status(_jobs(state).start(work))
+    return _status(state.jobs.start(work))
 
 
 @reports_failures
 def learn_status(job_id: JobId, ctx: Context) -> LearnJobStatus:
     """Progress of a learn_handbook job: running (with progress 0..1), done (with the version), or failed."""
-    registry = _jobs(app_state(ctx))
+    registry = app_state(ctx).jobs
     job = registry.get(job_id)
     if job is None:  # QA: a job of another server, or of this one before a restart, read as never started
         known = known_hint(job_id, registry.ids())

@@ -233,7 +233,7 @@ def run_eval(
         },
         "single_agents": _single_agents(table),
         "replay_agreement": {"min": min(agreement), "lambdas": lambdas},
-        "diagnostics": _diagnostics(table, rows, curves, operating, agents, agent_costs, cheap_col),
+        "diagnostics": _diagnostics(table, rows, curves, operating, agents, cheap_col),
     }
     if len(agents) == 2:
         result["two_agent"] = _two_agent(table, agent_costs, agents, expected, knn_pred, scorer, config.seed, rows)
@@ -397,7 +397,6 @@ def _diagnostics(
     curves: dict[str, dict[float, np.ndarray]],
     operating: float,
     agents: list[str],
-    agent_costs: Mapping[str, float],
     cheap_col: int,
 ) -> dict[str, Any]:
     """What the targets need: curve vs kNN, collapse at the operating point, per-family accuracy."""

@@ -15,23 +15,6 @@ from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.handbook.traces import AgentOutcome, AgentPrice, TraceTask
 
 
-def _rows(store: HandbookStore) -> list[dict[str, Any]]:
-    columns = set(store.db["decisions"].columns_dict)
-    call_cost = "d.call_cost_usd" if "call_cost_usd" in columns else "NULL"
-    step_tokens = "d.step_tokens" if "step_tokens" in columns else "NULL"
-    sql = (
-        "SELECT d.id AS id, d.text AS text, d.mode AS mode, d.agent_id AS agent_id, o.reward AS reward,"
-        f" COALESCE(o.cost_usd, {call_cost}) AS cost_usd, o.prompt_tokens AS prompt_tokens,"
-        f" o.completion_tokens AS completion_tokens, o.latency_s AS latency_s, {step_tokens} AS step_tokens"
-        " FROM decisions d JOIN outcomes o ON o.decision_id = d.id"
-        " WHERE d.text IS NOT NULL AND d.text != '' AND o.reward IS NOT NULL"
-        " AND COALESCE(o.error_class, 'task') = 'task'"
-        " ORDER BY d.created_at, d.id"
-    )
-    with store.lock:
-        return list(store.db.query(sql))
-
-
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -46,7 +29,7 @@ NO_EVENTS = (
 def tasks_from_events(store: HandbookStore) -> list[TraceTask]:
     """One task per distinct (mode, text), in order of first appearance, with each agent's mean outcome."""
     grouped: dict[tuple[str | None, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
-    for row in _rows(store):
+    for row in store.reported_steps():
         grouped[(row["mode"], row["text"])][row["agent_id"]].append(row)
     tasks: list[TraceTask] = []
     for (mode, text), by_agent in grouped.items():

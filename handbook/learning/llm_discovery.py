@@ -243,7 +243,7 @@ class _Registry:
     def in_mode(self, mode: str) -> list[_CategoryEntry]:
         return [c for c in self.categories.values() if c.mode == mode]
 
-    def stage(self, reply: TaxonomyReply, mode: str, handles: Sequence[str], params: LlmDiscoveryParams) -> _Staged:
+    def stage(self, reply: TaxonomyReply, mode: str, handles: Sequence[str]) -> _Staged:
         cat_keys = dict(self.category_keys.get(mode, {}))
         aliases = dict(self.aliases.get(mode, {}))
         taken = set(self.taken)
@@ -578,7 +578,7 @@ class LlmDiscoverer:
                     messages, tail, best = opening(), [], None
                 continue
             try:
-                staged = self.registry.stage(parse_reply(result.text), batch.mode, batch.handles, p)
+                staged = self.registry.stage(parse_reply(result.text), batch.mode, batch.handles)
                 problem = "; ".join(staged.problems)
             except ReplyError as exc:
                 staged, problem = None, str(exc)
