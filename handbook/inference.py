@@ -18,11 +18,24 @@ log = logging.getLogger(__name__)
 
 
 class Matcher(Protocol):
+    """Infers a step's skills. One with something to load (MiniLM) also has `begin_warm_up()` and `warm_up() -> str`;
+    a caller's own matcher may have neither (see warm_up_matcher)."""
+
     def infer(self, text: str, mode: str | None, top_k: int) -> tuple[list[tuple[str, float]], str]: ...
 
-    def warm_up(self) -> str:
-        """Load what the first inference would wait for; says what is ready."""
-        ...
+
+def begin_matcher_warm_up(matcher: object) -> None:
+    """Mark the matcher as loading before its warm-up runs on another thread, if it loads anything."""
+    begin = getattr(matcher, "begin_warm_up", None)
+    if callable(begin):
+        begin()
+
+
+def warm_up_matcher(matcher: object) -> str:
+    """Load what the matcher's first inference would wait for; says what is ready (its class name when it has
+    nothing to load)."""
+    warm = getattr(matcher, "warm_up", None)
+    return warm() if callable(warm) else type(matcher).__name__
 
 
 class HandbookMatcher:
@@ -82,14 +95,11 @@ class HandbookMatcher:
         return None
 
     def begin_warm_up(self) -> None:
-        begin = getattr(self.base, "begin_warm_up", None)
-        if callable(begin):
-            begin()
+        begin_matcher_warm_up(self.base)
 
     def warm_up(self) -> str:
         """The base matcher (MiniLM, when semantic), then the live version's labeller, which shares its model."""
-        warm = getattr(self.base, "warm_up", None)  # a caller's own base matcher may have nothing to load
-        ready = warm() if callable(warm) else type(self.base).__name__
+        ready = warm_up_matcher(self.base)
         labeller = self._live_labeller()
         if labeller is None:
             return ready

@@ -41,7 +41,7 @@ from skillorchestra.handbook.errors import (
     named,
     utc_text,
 )
-from skillorchestra.handbook.inference import live_demands, on_live
+from skillorchestra.handbook.inference import Matcher, begin_matcher_warm_up, live_demands, on_live, warm_up_matcher
 from skillorchestra.handbook.length import step_shift
 from skillorchestra.handbook.matcher import LexicalMatcher
 from skillorchestra.handbook.models import (
@@ -148,7 +148,7 @@ class Handbook:
         settings: HandbookSettings | None = None,
         *,
         clock: Callable[[], float] = time.time,
-        matcher: Any = None,
+        matcher: Matcher | None = None,
     ) -> None:
         self.store = store
         self.settings = settings or HandbookSettings()
@@ -272,16 +272,13 @@ class Handbook:
     def begin_warm_up(self) -> None:
         """Mark the matcher as loading before warm_up runs on another thread: a step arriving first must not start
         loading the model itself (it waited 4 s) nor see it loaded for consult and not for route_step (QA)."""
-        begin = getattr(self.matcher, "begin_warm_up", None)
-        if callable(begin):
-            begin()
+        begin_matcher_warm_up(self.matcher)
 
     def warm_up(self) -> str:
         """Derive the routing arrays and load the skill matcher now (a server just started), not on the first step;
         says what is ready. The matcher first: its warm-up always ends its loading mark, even when it fails, where
         a failed derivation before it left every later step "still loading" (review)."""
-        warm = getattr(self.matcher, "warm_up", None)  # a caller's own matcher may have nothing to load
-        ready = warm() if callable(warm) else type(self.matcher).__name__
+        ready = warm_up_matcher(self.matcher)
         self.arrays()
         return ready
 

@@ -212,6 +212,11 @@ class LlmAgentConnection(_AgentBase):
     def has_prices(self) -> bool:
         return self.input_per_mtok is not None and self.output_per_mtok is not None
 
+    def token_cost(self, prompt: float, completion: float) -> float:
+        """USD for these tokens at the agent's own prices (callers check has_prices)."""
+        assert self.input_per_mtok is not None and self.output_per_mtok is not None
+        return (prompt * self.input_per_mtok + completion * self.output_per_mtok) / 1e6
+
     def public_view(self) -> dict[str, Any]:
         """Adds whether the key's variable is set, which is what a user debugging a 401 wants to know."""
         view = super().public_view()

@@ -322,11 +322,12 @@ def _proxied(url: str) -> bool:
     return scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host)
 
 
-def _price(
+def call_price(
     conn: LlmAgentConnection, litellm: ModuleType, prompt: int, completion: int
 ) -> tuple[float | None, CostSource]:
-    if conn.input_per_mtok is not None and conn.output_per_mtok is not None:
-        return (prompt * conn.input_per_mtok + completion * conn.output_per_mtok) / 1e6, "agent_prices"
+    """What these tokens cost: the agent's own prices, else litellm's table, else unknown (never 0)."""
+    if conn.has_prices:
+        return conn.token_cost(prompt, completion), "agent_prices"
     try:
         p_usd, c_usd = litellm.cost_per_token(model=conn.model, prompt_tokens=prompt, completion_tokens=completion)
     except Exception:  # ModelNotMappedError and friends: the table does not know this model
@@ -380,10 +381,10 @@ def _call_cost(
     whether the reported usage was taken (else the result shows no token counts)."""
     believed = usage_believed(prompt, completion)
     if usage_reported(messages, prompt, completion) and believed:
-        cost, source = _price(conn, litellm, prompt or 0, completion or 0)
+        cost, source = call_price(conn, litellm, prompt or 0, completion or 0)
         return cost, source, [], True
     est_prompt, est_completion = estimate_tokens(messages, answer)
-    cost, source = _price(conn, litellm, est_prompt, est_completion)
+    cost, source = call_price(conn, litellm, est_prompt, est_completion)
     what = (
         "reported no token usage"
         if believed
@@ -409,8 +410,8 @@ def expected_call_cost(conn: LlmAgentConnection, messages: Sequence[dict[str, An
     prompt, _ = estimate_tokens(messages, "")
     completion = min(max_tokens, conn.max_output_tokens)
     if conn.has_prices:
-        return (prompt * conn.input_per_mtok + completion * conn.output_per_mtok) / 1e6  # type: ignore[operator]
-    return None if _litellm is None else _price(conn, _litellm, prompt, completion)[0]
+        return conn.token_cost(prompt, completion)
+    return None if _litellm is None else call_price(conn, _litellm, prompt, completion)[0]
 
 
 def _usage_of(obj: Any) -> tuple[int | None, int | None]:

@@ -35,6 +35,7 @@ from skillorchestra.server.agent_config import LlmAgentConnection, masked_env_na
 from skillorchestra.server.llm_backend import (
     PLACEHOLDER_API_KEY,
     backend_env_defaults,
+    call_price,
     classify_exception,
     usage_believed,
 )
@@ -102,15 +103,7 @@ def _litellm() -> ModuleType:
 
 
 def _cost(conn: LlmAgentConnection, litellm: ModuleType, prompt: int | None, completion: int | None) -> float | None:
-    if prompt is None or completion is None:
-        return None
-    if conn.input_per_mtok is not None and conn.output_per_mtok is not None:
-        return (prompt * conn.input_per_mtok + completion * conn.output_per_mtok) / 1e6
-    try:
-        p_usd, c_usd = litellm.cost_per_token(model=conn.model, prompt_tokens=prompt, completion_tokens=completion)
-    except Exception:  # the table does not know this model (a local server, say): unknown, never 0
-        return None
-    return float(p_usd) + float(c_usd)
+    return None if prompt is None or completion is None else call_price(conn, litellm, prompt, completion)[0]
 
 
 def make_complete(conn: LlmAgentConnection, *, temperature: float = 0.0, json_mode: bool = False) -> Complete:
