@@ -33,7 +33,7 @@ from skillorchestra.server.jobs import JobRegistry
 
 if TYPE_CHECKING:
     from skillorchestra.server.delegation import Delegator
-from skillorchestra.handbook.sqlite_file import file_trouble
+from skillorchestra.handbook.sqlite_file import BUSY_TIMEOUT_S, file_trouble
 
 log = logging.getLogger("skillorchestra")
 
@@ -77,8 +77,8 @@ def app_state(ctx: Context) -> AppState:
 
 
 BUSY = (
-    "the handbook file is busy: another process has held its write lock longer than the busy timeout (30 s; a long"
-    " import or learn?); nothing was written, try again"
+    "the handbook file is busy: another process has held its write lock longer than the busy timeout "
+    f"({BUSY_TIMEOUT_S:g} s; a long import or learn?); nothing was written, try again"
 )
 
 
