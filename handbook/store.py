@@ -35,7 +35,14 @@ from skillorchestra.handbook.models import (
     Skill,
 )
 from skillorchestra.handbook.posterior import forget, fractional_update, weighted_mean_update
-from skillorchestra.handbook.schema import dumps, migrations, pack_snapshot, unknown_migrations, unpack_snapshot
+from skillorchestra.handbook.schema import (
+    dumps,
+    migrations,
+    pack_snapshot,
+    schema_version,
+    unknown_migrations,
+    unpack_snapshot,
+)
 from skillorchestra.handbook.sqlite_file import BUSY_TIMEOUT_S, SqliteFile, bindable
 
 # how a learned version's summary says it was stored without going live; promoting it drops the remark
@@ -163,7 +170,8 @@ class HandbookStore(SqliteFile):
                     "db",
                     str(self.path),
                     "a handbook this version can use (it was written by a newer skillorchestra: migrations "
-                    f"{', '.join(unknown)} unknown here; upgrade skillorchestra)",
+                    f"{', '.join(unknown)} unknown here, which reads schema {schema_version()} at most "
+                    "(see --version); upgrade skillorchestra)",
                 )
             upgrading = bool(migrations.pending(self.db)) and self.db["meta"].exists()
             migrations.apply(self.db)

@@ -52,9 +52,12 @@ class Parser(argparse.ArgumentParser):
 
 
 def _version() -> str:
+    """The release and the handbook schema it reads: two installs that print one release number can still be told
+    apart when one refuses a file the other wrote (schema numbers grow with every migration)."""
+    from skillorchestra.handbook.schema import schema_version
     from skillorchestra.server.version import package_version  # not server.app: that imports the MCP SDK
 
-    return package_version()
+    return f"{package_version()} (handbook schema {schema_version()})"
 
 
 def _common(parser: argparse.ArgumentParser, *, db: bool) -> None:

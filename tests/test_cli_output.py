@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from skillorchestra.handbook.models import Agent, Competence, CostStats, HandbookDocument, Mode, Skill
+from skillorchestra.handbook.schema import schema_version
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.cli import main
+from skillorchestra.server.version import package_version
 
 CLI = Path(sys.executable).with_name("skillorchestra")
 AGENTS_TOML = '[agents.cheap]\nmodel = "openai/cheap"\napi_base = "http://127.0.0.1:9/v1"\nmodes = ["answer"]\n'
@@ -23,6 +25,15 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
         main(argv)
     out, err = capsys.readouterr()
     return int(exited.value.code or 0), out, err
+
+
+def test_version_names_the_handbook_schema_it_reads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two installs printing one release number could not be told apart when one refused the other's file."""
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0 and out.strip() == f"skillorchestra {package_version()} (handbook schema {schema_version()})"
+    db = tmp_path / "h.db"
+    assert run(["handbook", "import", "--example", "--db", str(db)], capsys)[0] == 0
+    assert HandbookStore(db).schema_version() == schema_version()  # the number a file this release wrote carries
 
 
 def test_export_to_a_folder_names_the_file_argument(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -213,7 +224,10 @@ def test_a_handbook_a_newer_skillorchestra_wrote_is_refused_by_the_cli_and_the_s
         )
     conn.close()
     before = db.read_bytes()
-    newer = "written by a newer skillorchestra: migrations m099_future unknown here; upgrade skillorchestra)"
+    newer = (
+        "written by a newer skillorchestra: migrations m099_future unknown here, which reads schema "
+        f"{schema_version()} at most (see --version); upgrade skillorchestra)"
+    )
     code, out, err = run(["handbook", "show", "--db", str(db)], capsys)
     assert code == 2 and out == "" and len(err.splitlines()) == 1
     assert err.startswith("error: db=") and err.rstrip().endswith(newer)
