@@ -16,6 +16,7 @@ import pytest
 
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.models import HandbookDocument, Mode
+from skillorchestra.handbook.schema import schema_version
 from skillorchestra.handbook.sqlite_file import busy_text
 from skillorchestra.handbook.store import HandbookStore
 
@@ -236,7 +237,7 @@ def test_a_file_a_newer_skillorchestra_wrote_is_refused_before_anything_is_writt
     assert refused.value.field == "db" and refused.value.value == str(db)
     assert refused.value.expected == (
         "a handbook this version can use (it was written by a newer skillorchestra: migrations m099_future unknown"
-        " here; upgrade skillorchestra)"
+        f" here, which reads schema {schema_version()} at most (see --version); upgrade skillorchestra)"
     )
     assert db.read_bytes() == before
 
