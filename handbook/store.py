@@ -169,9 +169,9 @@ class HandbookStore(SqliteFile):
                 raise InvalidInput(
                     "db",
                     str(self.path),
-                    "a handbook this version can use (it was written by a newer skillorchestra: migrations "
-                    f"{', '.join(unknown)} unknown here, which reads schema {schema_version()} at most "
-                    "(see --version); upgrade skillorchestra)",
+                    "a handbook this version can use (it was written by a newer skillorchestra: handbook schema "
+                    f"{len(migrations.applied(self.db))}, migrations {', '.join(unknown)} unknown to this release, "
+                    f"which reads schema {schema_version()} at most (see --version); upgrade skillorchestra)",
                 )
             upgrading = bool(migrations.pending(self.db)) and self.db["meta"].exists()
             migrations.apply(self.db)

@@ -127,9 +127,8 @@ class _Handler(BaseHTTPRequestHandler):
         last = _last_user(messages)
         directives = f"{owner.behaviours.get(model, '')} {model} {last}"
         slow = _SLOW.search(directives)
-        if slow and owner._stopping.wait(float(slow.group(1))):
-            return  # shutting down: abandon the request
-        if not owner._wait_if_held(model):
+        if (slow and owner._stopping.wait(float(slow.group(1)))) or not owner._wait_if_held(model):
+            self.close_connection = True  # shutting down: abandon the request, and the client sees it at once
             return
         if "DROP" in directives:
             self.close_connection = True

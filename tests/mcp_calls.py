@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
+from fake_openai import FakeOpenAI
 from mcp import Client
 
 from skillorchestra.server.settings import ServerSettings
@@ -55,3 +57,10 @@ async def refused(client: Client, tool: str, args: dict[str, Any]) -> str:
     result = await client.call_tool(tool, args)
     assert result.is_error
     return result.content[0].text  # type: ignore[union-attr]
+
+
+async def until_called(fake_openai: FakeOpenAI, model: str) -> None:
+    """Until `model`'s first call reached the fake server (its agent is at work, its concurrency slot taken)."""
+    with anyio.fail_after(30):
+        while not fake_openai.chat_requests(model):
+            await anyio.sleep(0.02)

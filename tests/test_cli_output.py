@@ -225,8 +225,8 @@ def test_a_handbook_a_newer_skillorchestra_wrote_is_refused_by_the_cli_and_the_s
     conn.close()
     before = db.read_bytes()
     newer = (
-        "written by a newer skillorchestra: migrations m099_future unknown here, which reads schema "
-        f"{schema_version()} at most (see --version); upgrade skillorchestra)"
+        f"written by a newer skillorchestra: handbook schema {schema_version() + 1}, migrations m099_future unknown to "
+        f"this release, which reads schema {schema_version()} at most (see --version); upgrade skillorchestra)"
     )
     code, out, err = run(["handbook", "show", "--db", str(db)], capsys)
     assert code == 2 and out == "" and len(err.splitlines()) == 1

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from fake_openai import FakeOpenAI
-from mcp import Client, MCPError, StdioServerParameters
+from mcp import Client, StdioServerParameters
+from mcp_calls import until_called
 
 from skillorchestra.handbook.errors import Unroutable
 from skillorchestra.handbook.service import DelegateRequest, Handbook, RouteRequest
@@ -298,17 +301,37 @@ async def test_progress_notifications_while_waiting(configured: ServerSettings, 
     assert len(seen) >= 1 and all(0 <= p < 1 for p in seen)
 
 
+def call_errors(db: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT call_error_class FROM decisions").fetchall()
+
+
 async def test_a_cancelled_delegation_is_not_the_agents_failure(
     configured: ServerSettings, fake_openai: FakeOpenAI
 ) -> None:
-    """The client gives up (its request timeout cancels the handler): nothing counts against the agent."""
-    fake_openai.behaviours["strong-model"] = "SLOW:60"  # past any timeout: told apart by far
+    """The client gives up once the agent is at work (the SDK tells the server, which cancels the handler): nothing
+    counts against the agent."""
+    from skillorchestra.server.llm_backend import ensure_litellm
+
+    await ensure_litellm()  # imported first: the client gives up while the agent works, not during the import
+    release = fake_openai.hold("strong-model")
     async with Client(create_server(configured), mode="legacy") as client:
-        with pytest.raises(MCPError):
-            await client.call_tool("delegate", {"text": "x", "agent_id": "strong"}, read_timeout_seconds=0.5)
+        async with anyio.create_task_group() as group:
+
+            async def give_up_once_the_agent_works() -> None:
+                await until_called(fake_openai, "strong-model")
+                group.cancel_scope.cancel()
+
+            group.start_soon(give_up_once_the_agent_works)
+            await client.call_tool("delegate", {"text": "x", "agent_id": "strong"})
+            pytest.fail("the agent answered")
+        with anyio.fail_after(30):  # the server's cancelled handler records the call (shielded) after the client left
+            while (called := call_errors(configured.db_path)) == [(None,)]:
+                await anyio.sleep(0.02)
+        assert called == [("cancelled",)]
         stats = json.loads((await client.read_resource("handbook://stats")).contents[0].text)  # type: ignore[union-attr]
         assert stats["counts"]["outcomes"] == 0  # no failure recorded for a call the client abandoned
-        fake_openai.behaviours.clear()
+        release.set()
         ok = await call(client, "delegate", {"text": "y", "agent_id": "strong"})  # the server and agent still serve
         assert ok["answer"] == "answer[strong-model]: y"
 

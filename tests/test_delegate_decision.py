@@ -157,7 +157,7 @@ async def test_two_servers_on_one_file_cannot_both_carry_out_a_decision(
     settings: ServerSettings, fake_openai: FakeOpenAI
 ) -> None:
     """Two hosts each start a server on the default handbook: the claim is in the file, not in one process."""
-    held = [fake_openai.hold(m) for m in ("cheap-model", "pricey-model")]  # answered once the second was refused
+    held = [fake_openai.hold(m) for m in ("cheap-model", "strong-model")]  # answered once the second was refused
     async with Client(create_server(settings)) as first, Client(create_server(settings)) as second:
         routed = await route(first)
         results: list[dict[str, Any]] = []
@@ -384,7 +384,7 @@ async def test_a_report_while_delegate_carries_the_decision_out_waits_for_its_me
     """QA: a record_outcome sent while delegate(decision_id) was still calling the agent was applied without the
     cost delegate measured a moment later (the outcome's cost null, the cost statistics one call short)."""
     text = "name a prime number"
-    held = [fake_openai.hold(m) for m in ("cheap-model", "pricey-model")]  # the agent answers after the early report
+    held = [fake_openai.hold(m) for m in ("cheap-model", "strong-model")]  # the agent answers after the early report
     async with Client(create_server(settings)) as client:
         routed = await route(client, text)
         done: dict[str, Any] = {}

@@ -13,7 +13,7 @@ import anyio
 import pytest
 from fake_openai import FakeOpenAI
 from mcp import Client
-from mcp_calls import call, loaded, priced_agent, priced_pair, refused
+from mcp_calls import call, loaded, priced_agent, priced_pair, refused, until_called
 
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.service import DelegateRequest, Handbook, RouteRequest
@@ -42,13 +42,6 @@ modes = ["answer"]
 @pytest.fixture
 def settings(tmp_path: Path, fake_openai: FakeOpenAI) -> ServerSettings:
     return loaded(tmp_path, agents_toml(fake_openai.api_base))
-
-
-async def until_called(fake_openai: FakeOpenAI, model: str) -> None:
-    """Until `model`'s first call reached the fake server (so its agent's concurrency slot is taken)."""
-    with anyio.fail_after(30):
-        while not fake_openai.chat_requests(model):
-            await anyio.sleep(0.02)
 
 
 def db_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:

@@ -288,7 +288,7 @@ async def test_an_unpriced_judge_of_a_carried_out_decision_is_charged_c_ref(
 
 @pytest.mark.anyio
 async def test_a_timed_out_judge_says_why_its_cost_is_unknown(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
-    fake_openai.behaviours["judge-model"] = "SLOW:3"
+    fake_openai.behaviours["judge-model"] = "SLOW:60"  # past its timeout by far
     settings = load(tmp_path, agents_toml(fake_openai.api_base, "timeout_s = 0.6"))  # the judge has prices
     async with Client(create_server(settings)) as client:
         result = await call(client, "delegate", {"text": STEP, "agent_id": "cheap"})

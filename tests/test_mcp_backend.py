@@ -65,7 +65,7 @@ async def test_slow_tool_times_out_within_the_budget() -> None:
     assert r.error_class == "timeout" and r.infrastructure_failure and "2 s" in (r.message or "")
     # the deadline plus the SDK's bounded child shutdown (2 s, then terminate), never the tool's 60 s: the margin is
     # a loaded host's (the tool's 5 s default against a 4.5 s bound told the two apart by half a second)
-    assert time.perf_counter() - t0 < 20
+    assert time.perf_counter() - t0 < 10
 
 
 @pytest.mark.anyio

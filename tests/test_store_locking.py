@@ -236,8 +236,9 @@ def test_a_file_a_newer_skillorchestra_wrote_is_refused_before_anything_is_writt
         HandbookStore(db)
     assert refused.value.field == "db" and refused.value.value == str(db)
     assert refused.value.expected == (
-        "a handbook this version can use (it was written by a newer skillorchestra: migrations m099_future unknown"
-        f" here, which reads schema {schema_version()} at most (see --version); upgrade skillorchestra)"
+        f"a handbook this version can use (it was written by a newer skillorchestra: handbook schema "
+        f"{schema_version() + 1}, migrations m099_future unknown to this release, which reads schema "
+        f"{schema_version()} at most (see --version); upgrade skillorchestra)"
     )
     assert db.read_bytes() == before
 
