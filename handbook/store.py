@@ -170,7 +170,7 @@ class HandbookStore(SqliteFile):
                     "db",
                     str(self.path),
                     "a handbook this version can use (it was written by a newer skillorchestra: handbook schema "
-                    f"{len(migrations.applied(self.db))}, migrations {', '.join(unknown)} unknown to this release, "
+                    f"{self.schema_version()}, migrations {', '.join(unknown)} unknown to this release, "
                     f"which reads schema {schema_version()} at most (see --version); upgrade skillorchestra)",
                 )
             upgrading = bool(migrations.pending(self.db)) and self.db["meta"].exists()

@@ -3,6 +3,7 @@ they succeeded (or were refused)."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,9 @@ async def until_called(fake_openai: FakeOpenAI, model: str) -> None:
     with anyio.fail_after(30):
         while not fake_openai.chat_requests(model):
             await anyio.sleep(0.02)
+
+
+def db_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of the handbook file as another process sees them (the server's own connection is not used)."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql).fetchall()

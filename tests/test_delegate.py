@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import anyio
 import pytest
 from fake_openai import FakeOpenAI
 from mcp import Client, StdioServerParameters
-from mcp_calls import until_called
+from mcp_calls import db_rows, until_called
 
 from skillorchestra.handbook.errors import Unroutable
 from skillorchestra.handbook.service import DelegateRequest, Handbook, RouteRequest
@@ -301,11 +300,6 @@ async def test_progress_notifications_while_waiting(configured: ServerSettings, 
     assert len(seen) >= 1 and all(0 <= p < 1 for p in seen)
 
 
-def call_errors(db: Path) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT call_error_class FROM decisions").fetchall()
-
-
 async def test_a_cancelled_delegation_is_not_the_agents_failure(
     configured: ServerSettings, fake_openai: FakeOpenAI
 ) -> None:
@@ -326,7 +320,7 @@ async def test_a_cancelled_delegation_is_not_the_agents_failure(
             await client.call_tool("delegate", {"text": "x", "agent_id": "strong"})
             pytest.fail("the agent answered")
         with anyio.fail_after(30):  # the server's cancelled handler records the call (shielded) after the client left
-            while (called := call_errors(configured.db_path)) == [(None,)]:
+            while (called := db_rows(configured.db_path, "SELECT call_error_class FROM decisions")) == [(None,)]:
                 await anyio.sleep(0.02)
         assert called == [("cancelled",)]
         stats = json.loads((await client.read_resource("handbook://stats")).contents[0].text)  # type: ignore[union-attr]

@@ -13,7 +13,7 @@ import anyio
 import pytest
 from fake_openai import FakeOpenAI
 from mcp import Client
-from mcp_calls import call, loaded, priced_agent, priced_pair, refused, until_called
+from mcp_calls import call, db_rows, loaded, priced_agent, priced_pair, refused, until_called
 
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.service import DelegateRequest, Handbook, RouteRequest
@@ -42,11 +42,6 @@ modes = ["answer"]
 @pytest.fixture
 def settings(tmp_path: Path, fake_openai: FakeOpenAI) -> ServerSettings:
     return loaded(tmp_path, agents_toml(fake_openai.api_base))
-
-
-def db_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql).fetchall()
 
 
 async def overall_n(client: Client, agent_id: str) -> float:
