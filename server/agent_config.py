@@ -102,7 +102,6 @@ _SECRET_ENDINGS = (
     "api_token",
     "bearer_token",
     "refresh_token",
-    "client_secret",
     "secret",
     "password",
     "passwd",

@@ -13,6 +13,7 @@ mangle ordinary text; keys a backend names explicitly are masked from ``MIN_EXPL
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -86,7 +87,8 @@ def secrets_to_mask(explicit: Iterable[str | None] = (), environ: Mapping[str, s
     return tuple(sorted(found, key=len, reverse=True))
 
 
-def encoded(secret: str) -> set[str]:
+@functools.lru_cache(maxsize=256)  # every log line asks again for the same few keys
+def encoded(secret: str) -> frozenset[str]:
     """The forms a backend may echo a key in besides its own: URL-encoded (in a query string or a form) and base64
     (a Basic header, "user:<key>"). Base64 encodes three bytes at a time, so the key's characters depend on where it
     starts: for each of the three alignments, the part of its encoding that depends on the key alone (review: only
@@ -98,7 +100,7 @@ def encoded(secret: str) -> set[str]:
         core = text[4 if shift else 0 : (shift + len(raw)) // 3 * 4]  # whole groups of the key's bytes only
         if len(core) >= MIN_NAMED_LENGTH:
             forms.add(core)
-    return forms - {secret}
+    return frozenset(forms - {secret})
 
 
 def log_secrets() -> tuple[str, ...]:

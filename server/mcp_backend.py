@@ -41,7 +41,7 @@ from skillorchestra.server.llm_backend import (
     holding_slot,
     queue_full,
 )
-from skillorchestra.server.masking import is_secret_name, passed_secrets, remember_keys, scrub, secrets_to_mask
+from skillorchestra.server.masking import passed_secrets, scrub, secrets_to_mask
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,6 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
     limiter = await acquire_slot(conn.id, conn.concurrency, timeout)
     if limiter is None:
         return queue_full(conn.id, conn.concurrency, timeout)
-    remember_keys(os.environ.get(name) for name in conn.env_vars if is_secret_name(name))  # for every log line
     secrets = secrets_to_mask(passed_secrets(conn.env_vars))  # once per call: env_vars and the environment's
     relay: StderrRelay | None = None
     start = time.perf_counter()

@@ -18,6 +18,7 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from mcp.server.mcpserver.resources.templates import ResourceSecurity
 
+from skillorchestra.handbook.arrays import HandbookArrays
 from skillorchestra.handbook.metrics import entropy_bits
 from skillorchestra.handbook.paging import PAGE_BYTES_MAX, leading_within
 from skillorchestra.handbook.results import four_significant
@@ -103,10 +104,20 @@ def _within_bytes(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int
     return rows[:shown], len(rows) - shown
 
 
-def _listing(key: str, rows: list[dict[str, Any]], rest: str) -> dict[str, Any]:
-    """A listing resource: the rows that fit, how many did not, and where they are."""
+def _listing(key: str, rows: list[dict[str, Any]], rest: str, count_key: str = "not_shown") -> dict[str, Any]:
+    """A resource's rows under `key`: those that fit, how many did not (`count_key`), and where they are."""
     shown, not_shown = _within_bytes(rows)
-    return {key: shown, "not_shown": not_shown, **({"rest": rest} if not_shown else {})}
+    return {key: shown, count_key: not_shown, **({"rest": rest} if not_shown else {})}
+
+
+def _figures(arrays: HandbookArrays, i: int, col: int) -> dict[str, float | None]:
+    """One agent's numbers under one skill, as an agent's and a skill's page show them."""
+    return {
+        "mean": _number(arrays.mean[i, col]),
+        "n": _number(arrays.evidence[i, col]),
+        "mean_cost_usd": _number(arrays.cost_mean[i, col]),
+        "usual_step_tokens": _number(arrays.prompt_mean[i, col]),  # the cost moves with a step's length
+    }
 
 
 def skill_card(handbook: Handbook, skill_id: str) -> dict[str, object]:
@@ -117,20 +128,10 @@ def skill_card(handbook: Handbook, skill_id: str) -> dict[str, object]:
     col = arrays.column_of_skill(skill_id)
     # the texts as stored now: the arrays' copy outlives an edit of texts alone (Handbook._edit)
     skill = handbook.store.skill(skill_id) or arrays.skills[arrays.skill_index[skill_id]]
-    rows = [
-        {
-            "agent_id": agent_id,
-            "mean": _number(arrays.mean[i, col]),
-            "n": _number(arrays.evidence[i, col]),
-            "mean_cost_usd": _number(arrays.cost_mean[i, col]),
-            "usual_step_tokens": _number(arrays.prompt_mean[i, col]),  # the cost moves with a step's length
-        }
-        for i, agent_id in enumerate(arrays.agent_ids)
-    ]
+    rows = [{"agent_id": agent_id, **_figures(arrays, i, col)} for i, agent_id in enumerate(arrays.agent_ids)]
     rows.sort(key=lambda row: -row["n"])  # stable: agents with the most evidence first, then by id
-    shown, not_shown = _within_bytes(rows)
-    rest = {"rest": "handbook://agents/{agent_id}, each agent's own page"} if not_shown else {}
-    return {**skill.model_dump(), "agents": shown, "agents_not_shown": not_shown, **rest}
+    rest = "handbook://agents/{agent_id}, each agent's own page"
+    return {**skill.model_dump(), **_listing("agents", rows, rest, "agents_not_shown")}
 
 
 def _number(value: float) -> float | None:
@@ -147,18 +148,13 @@ def agent_card(handbook: Handbook, agent_id: str) -> dict[str, object]:
     i = arrays.agent_index[agent_id]
     agent = handbook.store.agent(agent_id) or arrays.agents[i]  # its texts as stored now (Handbook._edit)
     rows = [
-        {
-            "skill_id": skill_id,
-            "mean": _number(arrays.mean[i, col]),
-            "n": _number(arrays.evidence[i, col]),
-            "mean_cost_usd": _number(arrays.cost_mean[i, col]),
-            "usual_step_tokens": _number(arrays.prompt_mean[i, col]),
-        }
+        {"skill_id": skill_id, **_figures(arrays, i, col)}
         for skill_id, col in arrays.skill_index.items()
         if arrays.evidence[i, col] > 0  # elsewhere it shows only what it inherits from the level above
     ]
     rows.sort(key=lambda row: -row["n"])  # stable: the skills it has most evidence on first
-    shown, not_shown = _within_bytes(rows)
+    # with evidence, past the page's size: the skills with least evidence
+    skills = _listing("skills", rows, "handbook://skills/{skill_id}, each skill's own page", "skills_not_shown")
     return {
         **agent.model_dump(),
         "overall": {
@@ -172,9 +168,7 @@ def agent_card(handbook: Handbook, agent_id: str) -> dict[str, object]:
             if arrays.has_length_effect
             else None
         ),
-        "skills": shown,
-        "skills_not_shown": not_shown,  # with evidence, past the page's size: the skills with least evidence
-        **({"rest": "handbook://skills/{skill_id}, each skill's own page"} if not_shown else {}),
+        **skills,
         "skills_without_evidence": int(np.sum(arrays.evidence[i, : len(arrays.skill_ids)] <= 0)),
     }
 
