@@ -162,8 +162,8 @@ class _AgentBase(BaseModel):
     id: AgentId
     description: str = Field(default="", max_length=2000)
     modes: tuple[Identifier, ...] = Field(default=(), max_length=LIST_MAX)  # checked here, before any file opens
-    timeout_s: float = Field(default=30.0, gt=0, le=3600)
-    concurrency: int = Field(default=4, ge=1, le=1024)
+    timeout_s: float = Field(default=30.0, gt=0, le=3600, strict=True)
+    concurrency: int = Field(default=4, ge=1, le=1024, strict=True)
 
     def public_view(self) -> dict[str, Any]:
         """Everything, for display: there is no secret in these settings, only environment variable names."""
@@ -177,9 +177,9 @@ class JudgeSettings(BaseModel):
 
     agent: AgentId
     style: Literal["graded", "binary"] = "graded"
-    threshold: float | None = Field(default=None, ge=0, le=1)
-    timeout_s: float = Field(default=20.0, gt=0, le=600)
-    max_tokens: int = Field(default=32, ge=1, le=4096)
+    threshold: float | None = Field(default=None, ge=0, le=1, strict=True)
+    timeout_s: float = Field(default=20.0, gt=0, le=600, strict=True)
+    max_tokens: int = Field(default=32, ge=1, le=4096, strict=True)
 
 
 class LlmAgentConnection(_AgentBase):
@@ -191,9 +191,9 @@ class LlmAgentConnection(_AgentBase):
     api_key_env: EnvName | None = None
     # caps the max_tokens of every call, so one request cannot run up a budget; a larger request is lowered and the
     # delegate result warns (server/llm_backend.py)
-    max_output_tokens: int = Field(default=1024, ge=1, le=1_000_000)
-    input_per_mtok: float | None = Field(default=None, ge=0, le=MAX_USD)
-    output_per_mtok: float | None = Field(default=None, ge=0, le=MAX_USD)
+    max_output_tokens: int = Field(default=1024, ge=1, le=1_000_000, strict=True)
+    input_per_mtok: float | None = Field(default=None, ge=0, le=MAX_USD, strict=True)
+    output_per_mtok: float | None = Field(default=None, ge=0, le=MAX_USD, strict=True)
     judge: JudgeSettings | None = None  # set from the [judge] section only, never in an agent's own table
 
     @field_validator("api_base")
@@ -237,7 +237,7 @@ class McpAgentConnection(_AgentBase):
     tool: str = Field(min_length=1, max_length=200)
     text_argument: str = Field(default="text", min_length=1, max_length=200)
     arguments: dict[str, Any] = Field(default_factory=dict)
-    cost_per_call_usd: float | None = Field(default=None, ge=0)
+    cost_per_call_usd: float | None = Field(default=None, ge=0, strict=True)
 
     @field_validator("url")
     @classmethod

@@ -326,3 +326,33 @@ def test_a_type_error_is_worded_in_the_files_terms(tmp_path: Path) -> None:
     """QA: `modes = "answer"` read "expected a valid tuple", a Python word a TOML author never sees."""
     with pytest.raises(InvalidInput, match=r"agents\.a\.modes='answer': expected a list \(an array: \[\.\.\.\]\)"):
         load_agent_configs(write(tmp_path, '[agents.a]\nmodel = "openai/a"\nmodes = "answer"\n'))
+
+
+@pytest.mark.parametrize(
+    ("setting", "needle"),
+    [
+        ("timeout_s = true", r"agents\.a\.timeout_s=True: expected a valid number"),
+        ('concurrency = "4"', r"agents\.a\.concurrency='4': expected a valid integer"),
+        ("concurrency = 2.5", r"agents\.a\.concurrency=2\.5: expected a valid integer"),
+        ("max_output_tokens = true", r"agents\.a\.max_output_tokens=True: expected a valid integer"),
+        ('input_per_mtok = "0.5"\noutput_per_mtok = 1', r"agents\.a\.input_per_mtok='0\.5': expected a valid number"),
+    ],
+)
+def test_a_number_is_a_toml_number(tmp_path: Path, setting: str, needle: str) -> None:
+    """A quoted number or a boolean is a typo in the file, not a setting: `timeout_s = true` had run with 1 s and
+    `max_output_tokens = true` had capped every answer at one token."""
+    with pytest.raises(InvalidInput, match=needle):
+        load_agent_configs(write(tmp_path, f'[agents.a]\nmodel = "openai/a"\n{setting}\n'))
+
+
+def test_an_integer_is_a_number_of_seconds_and_dollars(tmp_path: Path) -> None:
+    body = '[agents.a]\nmodel = "openai/a"\ntimeout_s = 5\ninput_per_mtok = 1\noutput_per_mtok = 2\n'
+    conn = load_agent_configs(write(tmp_path, body))["a"]
+    assert isinstance(conn, LlmAgentConnection)
+    assert (conn.timeout_s, conn.input_per_mtok, conn.output_per_mtok) == (5.0, 1.0, 2.0)
+
+
+def test_the_judges_numbers_are_toml_numbers(tmp_path: Path) -> None:
+    body = '[agents.a]\nmodel = "openai/a"\n\n[judge]\nagent = "a"\nmax_tokens = "32"\n'
+    with pytest.raises(InvalidInput, match=r"judge\.max_tokens='32': expected a valid integer"):
+        load_agent_configs(write(tmp_path, body))
