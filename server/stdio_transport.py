@@ -2,9 +2,9 @@
 
 The SDK's stdio reader drops a line it cannot parse as a JSON-RPC message without a word (logged at debug), so the
 client waits for an answer until its own timeout. Two kinds of line met that end (QA):
-- a request holding a lone surrogate escape (`"\\ud83d"`), which is what JavaScript's JSON.stringify writes for an
-  emoji cut in half: valid JSON by the standard, refused by pydantic's parser. Such strings are read with the
-  half character replaced by U+FFFD, and the request is served;
+- a request holding a lone surrogate escape (`"\\ud83d"` or `"\\ude80"`), which is what JavaScript's JSON.stringify
+  writes for an emoji cut in half: valid JSON by the standard, refused by pydantic's parser. Such strings are read
+  with the half character replaced by U+FFFD, and the request is served;
 - a line that is not JSON, or JSON that is not one JSON-RPC message (a batch, which MCP removed): answered with
   the JSON-RPC error for it (-32700 parse error, -32600 invalid request, with the request's id when it has one),
   and a warning on stderr. A blank line is dropped, as the SDK drops it.
@@ -28,7 +28,7 @@ from pydantic import ValidationError
 log = logging.getLogger("skillorchestra.stdio")
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}")  # what JSON text holding one looks like
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # either half: JSON text holding one (QA)
 
 
 async def serve_stdio(server: MCPServer) -> None:

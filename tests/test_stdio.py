@@ -152,6 +152,9 @@ def test_every_line_gets_an_answer_even_one_the_sdk_cannot_parse(tmp_path: Path)
         "[" * 5000,  # review: nesting past the parser's limit ended the server
         '{"id": 9, "result": 7}',  # a malformed response of the client's: answered, but not as its request 9's answer
         '{"jsonrpc":"2.0","id":10,"method":"tools/call","params":["\\ud83d"]}',  # a half emoji and a bad shape
+        # QA: the low half (JS's "🚀x".slice(1)) was answered -32700 without the request's id
+        '{"jsonrpc":"2.0","id":11,"method":"tools/call","params":{"name":"route_step","arguments":'
+        '{"text":"\\ude80 summarise this"}}}',
     ]
     proc = _raw_server(tmp_path / "h.db", SKILLORCHESTRA_MATCHER="lexical")
     answers = []
@@ -160,7 +163,7 @@ def test_every_line_gets_an_answer_even_one_the_sdk_cannot_parse(tmp_path: Path)
     try:
         proc.stdin.write("".join(line + "\n" for line in lines))
         proc.stdin.flush()
-        while len(answers) < 11:  # initialize, route, 2 parse errors, 4 invalid requests, ping, 2 bad params
+        while len(answers) < 12:  # initialize, 2 routes, 2 parse errors, 4 invalid requests, ping, 2 bad params
             try:
                 answers.append(json.loads(stdout_lines.get(timeout=60)))
             except queue.Empty:
@@ -170,6 +173,7 @@ def test_every_line_gets_an_answer_even_one_the_sdk_cannot_parse(tmp_path: Path)
         proc.wait(timeout=30)
     by_id = {m.get("id"): m for m in answers if m.get("id") is not None}
     assert by_id[2]["result"]["structuredContent"]["agent_id"]  # routed: the half emoji read as U+FFFD
+    assert by_id[11]["result"]["structuredContent"]["agent_id"]  # and its other half
     assert by_id[5]["error"]["code"] == -32600 and "result" in by_id[6]
     assert "name must be a string" in by_id[7]["error"]["message"] and by_id[7]["error"]["code"] == -32602
     assert "arguments must be an object" in by_id[8]["error"]["message"] and by_id[8]["error"]["code"] == -32602
