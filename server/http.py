@@ -99,15 +99,15 @@ def transport_security(settings: ServerSettings) -> TransportSecuritySettings:
 
 
 class BearerTokenMiddleware:
-    """Every HTTP request but the health probe must carry `Authorization: Bearer <token>` (constant-time check)."""
+    """Every HTTP request but the health probe (GET or HEAD /healthz) must carry `Authorization: Bearer <token>`
+    (constant-time check). QA: a POST to /healthz had skipped the check by its path alone."""
 
-    def __init__(self, app: ASGIApp, token: str | None, exempt: frozenset[str] = frozenset({HEALTH_PATH})) -> None:
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
         self.token = token.encode() if token else None
-        self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.token is None or scope["type"] != "http" or scope["path"] in self.exempt:
+        if self.token is None or scope["type"] != "http" or _is_health_probe(scope):
             await self.app(scope, receive, send)
             return
         scheme, _, presented = Headers(scope=scope).get("authorization", "").partition(" ")
@@ -124,7 +124,19 @@ class BearerTokenMiddleware:
         await response(scope, receive, send)
 
 
-async def healthz(_request: Request) -> Response:
+HEALTH_METHODS = ("GET", "HEAD")
+
+
+def _is_health_probe(scope: Scope) -> bool:
+    return scope["path"] == HEALTH_PATH and scope["method"] in HEALTH_METHODS
+
+
+async def healthz(request: Request) -> Response:
+    """`ok` to a probe; any other method on the path is 405 (it fell through to the MCP app's 404)."""
+    if request.method not in HEALTH_METHODS:
+        return PlainTextResponse(
+            "405 Method Not Allowed\n", status_code=405, headers={"Allow": ", ".join(HEALTH_METHODS)}
+        )
     return PlainTextResponse("ok")
 
 
@@ -246,7 +258,8 @@ class LowercaseHost:
 
 
 def _routes(inner: ASGIApp) -> list[Route | Mount]:
-    return [Route(HEALTH_PATH, healthz, methods=["GET"]), Mount("/", app=inner)]
+    every_method = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]  # a function route takes GET alone
+    return [Route(HEALTH_PATH, healthz, methods=every_method), Mount("/", app=inner)]
 
 
 async def serve_http(server: MCPServer, settings: ServerSettings, sockets: list[socket.socket]) -> None:
