@@ -368,3 +368,34 @@ def test_the_first_call_warm_up_is_skipped_behind_a_proxy(monkeypatch: pytest.Mo
     assert _proxied(WARM_UP_BASE)
     monkeypatch.setenv("no_proxy", "localhost,127.0.0.1")
     assert not _proxied(WARM_UP_BASE)
+
+
+@pytest.mark.anyio
+async def test_calls_arriving_during_the_first_calls_warm_up_wait_for_it(
+    fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: only the first caller waited for the warm-up; three other first delegations started their clocks at once,
+    paid the client's set-up inside timeout_s=0.5 and timed out. The warm-up is pointed at the fake server, held
+    there, so the interleaving is forced, not timed."""
+    from mcp_calls import until_called
+
+    from skillorchestra.server import llm_backend
+
+    monkeypatch.setattr(llm_backend, "_first_call_warmed", False)
+    monkeypatch.setattr(llm_backend, "WARM_UP_BASE", fake_openai.api_base)
+    release = fake_openai.hold("warm-up")
+    returned: list[str] = []
+
+    async def first_call(name: str) -> None:
+        await llm_backend.ensure_litellm()
+        returned.append(name)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(first_call, "warming")
+        await until_called(fake_openai, "warm-up")
+        tasks.start_soon(first_call, "arrived during the warm-up")
+        await anyio.sleep(0.2)  # ample for a caller that does not wait: it returns at once
+        assert returned == []
+        release.set()
+    assert sorted(returned) == ["arrived during the warm-up", "warming"]
+    assert llm_backend._first_call_warmed and llm_backend._warming is None
