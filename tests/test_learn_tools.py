@@ -85,6 +85,8 @@ async def test_learn_from_events_in_the_background_then_route_with_it(tmp_path: 
         status = await wait_done(client, started["job_id"])
         assert status["state"] == "done", status["message"]
         assert status["progress"] == 1.0
+        padded = await call(client, "learn_status", {"job_id": f" {started['job_id']} "})  # as every id (QA)
+        assert padded == status
         version, metrics = status["result"]["version"], status["result"]["metrics"]
         assert metrics["n_tasks"] == 120
         assert metrics["agents"] == ["alpha", "beta", "gamma"]

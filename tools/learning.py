@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from skillorchestra.handbook.errors import InvalidInput, NotFound, known_hint
 from skillorchestra.handbook.models import MAX_LAMBDA, MAX_SEED
@@ -29,7 +29,7 @@ Lambda = Annotated[
     ),
 ]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="seed of the split, clustering and bootstrap")]
-JobId = Annotated[str, Field(min_length=1, max_length=64)]
+JobId = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]  # as every id (QA)
 
 
 class LearnJobResult(BaseModel):
