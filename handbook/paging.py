@@ -38,8 +38,9 @@ def decode_offset_cursor(cursor: str | None, query: str) -> int:
         raise InvalidInput(
             "cursor",
             cursor,
-            "a next_cursor of a call with the same text, mode, top_k and orchestrator, on the same handbook state "
-            "(an edit or a reported outcome since that call reorders the rows: call again without cursor)",
+            "a next_cursor of a call with the same text, mode, top_k, agents_per_skill and orchestrator, on the same "
+            "handbook state and skills (an edit or a reported outcome since that call reorders the rows, and the "
+            "skills inferred change once the semantic model has loaded: call again without cursor)",
         )
     return int(found.group(1))
 

@@ -39,6 +39,10 @@ class SkillCard(BaseModel):
     indicators: list[str] = Field(default_factory=list)
     examples: list[str] = Field(default_factory=list)
     weight: Figure = Field(description="the share of the step route_step gives this skill (0: a near match it omits)")
+    texts_not_shown: int = Field(
+        default=0,
+        description="indicators and examples left out to keep the answer small; all are at handbook://skills/{id}",
+    )
 
 
 class AgentSkillStat(BaseModel):
@@ -83,7 +87,8 @@ class Candidate(BaseModel):
     )
     quality: Figure = Field(description="sum_s w_s * posterior mean competence, plus length_shift (kept in [0, 1])")
     ci90: tuple[Figure, Figure] = Field(
-        description="approximate 90% interval: mean -+ 1.645 posterior standard deviations, clipped to [0, 1]"
+        description="approximate 90% interval: quality -+ 1.645 * sum_s w_s * posterior sd (the skills' uncertainty "
+        "taken as shared, never narrower than theirs), clipped to [0, 1]"
     )
     n: Figure
     expected_cost_usd: Figure | None = Field(description="null when unknown (then charged c_ref)")

@@ -92,7 +92,10 @@ def route(inputs: RouteInputs, lambda_: float, strategy: Strategy, rng: np.rando
     w = inputs.weights
     contributions = inputs.mean * w
     quality = shifted(contributions.sum(axis=1), inputs.shift)
-    half = Z90 * np.sqrt(np.maximum(inputs.var @ (w * w), 0.0))
+    # sd of sum_s w_s * theta_s taken as if the skills' posteriors moved together (sum_s w_s * sd_s), the widest
+    # it can be: they share their pooled evidence (an agent never observed has the same prior on every skill), so
+    # summing variances as if independent showed such an agent a step interval half as wide as each skill's (QA)
+    half = Z90 * (np.sqrt(np.maximum(inputs.var, 0.0)) @ w)
     penalty = cost_penalty(inputs.cost, inputs.c_ref, lambda_)
     mean_utility = _nan_last(quality - penalty)
     masked_mean = np.where(inputs.eligible, mean_utility, -np.inf)

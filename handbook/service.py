@@ -61,10 +61,12 @@ from skillorchestra.handbook.models import (
     visible,
 )
 from skillorchestra.handbook.paging import (
+    PAGE_BYTES_MAX,
     decode_offset_cursor,
     encode_offset_cursor,
     key_after,
     key_page,
+    leading_within,
     query_digest,
 )
 from skillorchestra.handbook.posterior import normal_ci90
@@ -327,10 +329,7 @@ class Handbook:
         all), since every row costs the reading model tokens (11 agents x 4 skills were 70% of a task's)."""
         self._check_text(text)
         version = self.store.current_version()
-        # the rows' order follows competence, which an outcome or an edit changes: a cursor of another state would
-        # skip and repeat rows (QA), so the state is part of what a cursor must match
-        query = query_digest(text, mode, top_k, orchestrator, version, agents_per_skill, self.store.change_stamp())
-        offset = decode_offset_cursor(cursor, query)
+        stamp = self.store.change_stamp()
         arrays = self.arrays()
         self._check_mode(arrays, mode)
         # one inference for both: each card's weight is the one route_step would give its skill (QA: consult's five
@@ -339,6 +338,11 @@ class Handbook:
         routed = dict(on_live(self.matcher, inferred[:INFERRED_SKILLS], arrays.skill_index))
         demands = [(s, routed.get(s, 0.0)) for s, _ in on_live(self.matcher, inferred[:top_k], arrays.skill_index)]
         demands, granularity = self._coarsen(arrays, demands, orchestrator)
+        # the rows' order follows competence, which an outcome or an edit changes, and the skills inferred, which
+        # change when the semantic model finishes loading after start: a cursor of another state or of other skills
+        # would skip and repeat rows (QA, both), so they are part of what a cursor must match
+        query = query_digest(text, mode, top_k, orchestrator, version, agents_per_skill, stamp, demands)
+        offset = decode_offset_cursor(cursor, query)
         cols, weights, labels = self._columns(arrays, demands, mode)
         tokens = np.repeat(costing.prompt_tokens([text]), len(cols))
         per_skill_cost = costing.expected_costs(arrays, tokens, cols[:, None], np.ones((len(cols), 1)))
@@ -369,7 +373,7 @@ class Handbook:
         page = rows[offset : offset + page_size]
         next_cursor = encode_offset_cursor(offset + page_size, query) if offset + page_size < len(rows) else None
         shown = self._skill_texts(arrays, [s for s, _ in demands])
-        cards = [_card(shown[s], w) for s, w in demands]
+        cards = [_card(shown[s], w, PAGE_BYTES_MAX // len(demands)) for s, w in demands]
         return ConsultResult(
             skills=cards,
             agents=page,
@@ -1122,15 +1126,24 @@ def _update(skill_id: str, alpha: float, beta: float, competence: float | None =
     )
 
 
-def _card(skill: Skill, weight: float) -> SkillCard:
+def _card(skill: Skill, weight: float, budget: int) -> SkillCard:
+    """The skill for a consult answer, its indicators and examples within `budget` bytes (the leading ones; either
+    list may take what the other leaves of its half). QA: five skills of 50 long examples each made a 1.8 MB answer,
+    which the SSE client refuses (over 1 MiB) and every model pays for in tokens."""
+    room = budget - len(skill.description.encode())
+    indicator_sizes = [len(text.encode()) + 4 for text in skill.indicators]  # its JSON: quotes, comma, space
+    example_sizes = [len(text.encode()) + 4 for text in skill.examples]
+    indicators = leading_within(indicator_sizes, max(room // 2, room - sum(example_sizes)))
+    examples = leading_within(example_sizes, room - sum(indicator_sizes[:indicators]))
     return SkillCard(
         skill_id=skill.id,
         mode=skill.mode,
         parent_id=skill.parent_id,
         description=skill.description,
-        indicators=skill.indicators,
-        examples=skill.examples,
+        indicators=skill.indicators[:indicators],
+        examples=skill.examples[:examples],
         weight=weight,
+        texts_not_shown=len(skill.indicators) - indicators + len(skill.examples) - examples,
     )
 
 

@@ -69,9 +69,28 @@ def test_contributions_and_interval_are_per_skill_and_weighted() -> None:
     scores = route(data, 0.1, "mean", None)
     assert np.allclose(scores.contributions, data.mean * np.array([0.75, 0.25]))
     assert np.allclose(scores.contributions.sum(axis=1), scores.quality)
-    half = Z90 * np.sqrt(data.var @ np.array([0.75**2, 0.25**2]))
+    half = Z90 * np.sqrt(data.var) @ np.array([0.75, 0.25])  # the skills' sds add: their uncertainty is shared
     assert np.allclose(scores.ci_low, scores.quality - half)
     assert np.allclose(scores.ci_high, scores.quality + half)
+
+
+def test_a_steps_interval_is_no_narrower_than_its_skills_when_they_share_a_prior() -> None:
+    """QA: an agent never observed showed [0.0, 0.90] on each skill in consult_handbook but [0.19, 0.66] for a step
+    of four such skills in route_step, as if four independent draws had narrowed it."""
+    prior_mean, prior_var = 0.5, 0.02  # within [0, 1] after the half width: nothing clipped
+    shared = RouteInputs(
+        mean=np.full((1, 4), prior_mean),
+        var=np.full((1, 4), prior_var),
+        alpha=np.ones((1, 4)),
+        beta=np.ones((1, 4)),
+        weights=np.full(4, 0.25),
+        cost=np.zeros(1),
+        c_ref=0.0,
+        eligible=np.ones(1, dtype=bool),
+    )
+    scores = route(shared, 0.0, "mean", None)
+    one_skill = Z90 * np.sqrt(prior_var)
+    assert np.allclose([scores.ci_low[0], scores.ci_high[0]], [prior_mean - one_skill, prior_mean + one_skill])
 
 
 def test_zero_c_ref_disables_the_cost_term() -> None:

@@ -948,7 +948,7 @@ def test_consult_pages_cover_every_row_once_and_a_cursor_serves_only_its_own_que
     # an outcome reorders the rows (QA: a page-1 cursor after an edit skipped 9 rows and repeated 4): refused
     routed = book.route(RouteRequest(text="write a sql query", allowed_agents=["agent-07"]))
     book.record(OutcomeReport(decision_id=routed.decision_id, success=True))
-    with pytest.raises(InvalidInput, match="same handbook state .an edit or a reported outcome since that call"):
+    with pytest.raises(InvalidInput, match="same handbook state and skills .an edit or a reported outcome since"):
         book.consult("write a sql query", top_k=1, cursor=first.next_cursor)
     first = book.consult("write a sql query", top_k=1)  # paging again from the start serves every row once
     second = book.consult("write a sql query", top_k=1, cursor=first.next_cursor)
@@ -960,6 +960,37 @@ def test_consult_pages_cover_every_row_once_and_a_cursor_serves_only_its_own_que
     book.store.create_version(book.store.document(), source="import")  # another handbook: offsets mean nothing
     with pytest.raises(InvalidInput, match="same handbook state"):
         book.consult("write a sql query", top_k=1, cursor=first.next_cursor)
+
+
+class LoadingMatcher:
+    """Infers "sql" until `loaded`, then "plan": as the server's matcher answers lexically while the semantic model
+    loads after start, and semantically once it has."""
+
+    def __init__(self) -> None:
+        self.loaded = False
+
+    def infer(self, text: str, mode: str | None, top_k: int) -> tuple[list[tuple[str, float]], str]:
+        return ([("plan", 1.0)], "semantic") if self.loaded else ([("sql", 1.0)], "lexical (semantic model loading)")
+
+
+def test_a_consult_cursor_is_refused_once_the_matcher_infers_other_skills(tmp_path: Path) -> None:
+    """QA: a page-1 cursor issued while the semantic model loaded was served page 2 of the semantic answer, whose
+    skills differ: 9 rows of it were never served and 9 served were not in it."""
+    matcher = LoadingMatcher()
+    book = Handbook(HandbookStore(tmp_path / "pages.db"), matcher=matcher)
+    for skill_id in ("sql", "plan"):
+        book.upsert_skill(Skill(id=skill_id, description=skill_id))
+    for i in range(60):
+        book.upsert_agent(Agent(id=f"agent-{i:02d}"))
+    first = book.consult("write a sql query", top_k=1)
+    assert {r.skill_id for r in first.agents} == {"sql"} and first.next_cursor is not None
+    matcher.loaded = True
+    with pytest.raises(InvalidInput, match="same handbook state and skills"):
+        book.consult("write a sql query", top_k=1, cursor=first.next_cursor)
+    first = book.consult("write a sql query", top_k=1)
+    second = book.consult("write a sql query", top_k=1, cursor=first.next_cursor)
+    assert {r.skill_id for r in first.agents + second.agents} == {"plan"}
+    assert len({r.agent_id for r in first.agents + second.agents}) == 60
 
 
 def test_a_child_added_while_its_parent_is_deleted_never_leaves_an_orphan(book: Handbook) -> None:
@@ -1228,3 +1259,30 @@ def test_a_delegated_decision_waits_a_full_ttl_after_its_call(tmp_path: Path, cl
     book.note_call(decision.decision_id, cost_usd=0.001, latency_s=6.0, **figures)
     clock.now += 1.0
     assert book.record(OutcomeReport(decision_id=decision.decision_id, success=True)).reward == 1.0
+
+
+def test_a_consult_answer_stays_small_when_its_skills_hold_long_texts(tmp_path: Path) -> None:
+    """QA: five skills with 50 indicators and 50 examples of 1,000 characters each (within their bounds) made a
+    1.8 MB answer, sent twice (text and structured content): over SSE the client refused the event (1 MiB) and
+    closed the session. The cards keep their leading texts within the page budget and count the rest."""
+    book = Handbook(HandbookStore(tmp_path / "big.db"))
+    long_texts = [f"{i:02d} " + "数据" * 498 for i in range(50)]  # 3 bytes a character in UTF-8
+    for k in range(5):
+        book.upsert_skill(Skill(id=f"s{k}", description=f"zorblax {k}", indicators=long_texts, examples=long_texts))
+    book.upsert_skill(Skill(id="short", description="zorblax short", indicators=["one", "two"], examples=["three"]))
+    book.upsert_agent(Agent(id="a"))
+    answer = book.consult("zorblax", top_k=6)
+    assert len(answer.model_dump_json().encode()) < 300 * 1024
+    cards = {card.skill_id: card for card in answer.skills}
+    assert set(cards) == {"s0", "s1", "s2", "s3", "s4", "short"}
+    for k in range(5):
+        card = cards[f"s{k}"]
+        assert card.indicators == long_texts[: len(card.indicators)]  # the leading ones
+        assert card.examples == long_texts[: len(card.examples)]
+        assert len(card.indicators) >= 1 and len(card.examples) >= 1  # each list keeps its half of the budget
+        assert card.texts_not_shown == 100 - len(card.indicators) - len(card.examples) > 0
+    short = cards["short"]
+    assert (short.indicators, short.examples, short.texts_not_shown) == (["one", "two"], ["three"], 0)
+    book.delete_skill("short")
+    alone = book.consult("zorblax", top_k=1).skills[0]  # one card has the whole budget: more of each list
+    assert 0 < alone.texts_not_shown < cards[alone.skill_id].texts_not_shown
