@@ -1024,8 +1024,9 @@ class HandbookStore(SqliteFile):
 
         After an explicit `promote`, that is the version the promotion replaced. Otherwise it is the live version's
         parent, looking through promotions made by rollbacks (and prunes): a rolled-back version stands for the
-        version it restored, so two rollbacks in a row walk two steps back. The empty initial handbook is never a
-        target (routing on it fails): `promote 1` empties the live handbook on purpose."""
+        version it restored, so two rollbacks in a row walk two steps back. The initial handbook is never a target
+        while it holds no agent (routing on it fails): `promote 1` empties the live handbook on purpose. Agents loaded
+        into it (`agents load`, then an `import` or `learn`: QA) make it one like any other."""
         with self.lock:
             info = self.version_info(self.current_version())
             target: int | None
@@ -1040,7 +1041,7 @@ class HandbookStore(SqliteFile):
                 break
             if target is None:
                 raise InvalidInput("version", info["version"], "a live version with a parent to roll back to")
-            if self.version_info(int(target))["source"] == "init":
+            if self.is_empty_initial(int(target)):
                 live = self.version_info(self.current_version())
                 pruned = (  # QA: `rollback` right after `prune` read as if rollback were broken
                     f"; the live version {live['version']} is a prune, which left the live state as it was, so there"
@@ -1055,6 +1056,11 @@ class HandbookStore(SqliteFile):
                     f" purpose: `handbook promote {target}`){pruned}",
                 )
             return int(target)
+
+    def is_empty_initial(self, version: int) -> bool:
+        """Whether `version` is the initial handbook with no agent in it as it was when last live (see
+        rollback_target)."""
+        return self.version_info(version)["source"] == "init" and not self.state_of(version).agents
 
     def rollback(self) -> int:
         """Promote the live version's parent (see `rollback_target`); returns the new version's number."""

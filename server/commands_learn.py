@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from skillorchestra.handbook.errors import InvalidInput, named
+from skillorchestra.handbook.errors import InvalidInput, counted, named
 from skillorchestra.handbook.models import HandbookDocument, LengthEffect
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.argtypes import fraction_arg, lambda_arg, name_arg, price_arg, seed_arg, version_arg
@@ -117,7 +117,7 @@ def add_handbook_actions(hb: Any, common: Any) -> None:
         "undo the last change: after `promote`, make the version it replaced live again; otherwise the live "
         "version's parent (as a new version; nothing is deleted)"
     )
-    rollback = hb.add_parser("rollback", help=undo, description=undo)
+    rollback = hb.add_parser("rollback", help=undo)  # the description: help capitalised, as every command's
     common(rollback, db=True)
     rollback.set_defaults(handler=handbook_rollback)
 
@@ -207,7 +207,8 @@ def _learn_into(
         tasks = tasks_from_events(store)
         if not tasks:
             raise InvalidInput("--data", "events", f"a database with {NO_EVENTS}")
-    learnable(tasks, args.val_fraction, args.lambda_)  # refused on one line, before the first progress line
+    source = ("--data", str(data_path) if data_path is not None else "events")
+    learnable(tasks, args.val_fraction, args.lambda_, source)  # refused on one line, before the first progress line
     prices, price_source = _prices(args, data_path, store)
     embedder, features = make_embedder(args.matcher, store)
     label = str(data_path) if data_path is not None else f"the event log of {db_path(args)}"
@@ -349,7 +350,8 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
     )
     lines = [
         f"Learned a Skill Handbook from {m['data']}",
-        f"  {m['n_tasks']} judged tasks ({split}), {len(m['agents'])} agents, seed {m['seed']}, lambda {m['lambda']:g}",
+        f"  {m['n_tasks']} judged tasks ({split}), {counted(len(m['agents']), 'agent')}, seed {m['seed']}, "
+        f"lambda {m['lambda']:g}",
         f"  {m['features_used']}; {_learner_text(m)}; {m['seconds']:.1f} s{_embedding_text(m)}",
         "  " + _cost_line(m),
         "",
@@ -378,7 +380,7 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
         )
     if m.get("went_live", True):
         undo = f" Undo: skillorchestra handbook rollback --db {db}"
-        if run.parent is None or store.version_info(run.parent)["source"] == "init":
+        if run.parent is None or store.is_empty_initial(run.parent):
             undo = ""  # nothing before it but the empty initial handbook, which rollback never restores
         lines.append(f"Wrote version {run.version} (parent {run.parent or '-'}) to {db}; it is live now.{undo}")
     else:
@@ -580,8 +582,9 @@ def _promoted_line(store: HandbookStore, version: int, origin: int, live: int, s
     if folded and not snapshot_only:  # QA: prune had moved those outcomes into its own version's snapshot
         what += f", except those `prune` folded into version {folded[-1]} (promote {folded[-1]} to have them back)"
     return (
-        f"version {version} is live: version {origin} restored ({what}); {len(document.skills)} skills, "
-        f"{len(document.agents)} agents. Version {live} and its events stay in the log (promote {live} to go back)."
+        f"version {version} is live: version {origin} restored ({what}); {counted(len(document.skills), 'skill')}, "
+        f"{counted(len(document.agents), 'agent')}. Version {live} and its events stay in the log (promote {live} "
+        "to go back)."
     )
 
 

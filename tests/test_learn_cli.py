@@ -70,7 +70,7 @@ def test_learn_prints_skills_candidates_selection_and_writes_a_version(
         capsys,
     )
     assert code == 0, err
-    assert "learn: [100%] done" in err and "learn:" not in out  # progress on stderr only
+    assert "learn: [100%] handbook learned" in err and "learn:" not in out  # progress on stderr only
     assert "refining: round 1 of at most 3 (0 changes tried, 0 kept)" in err  # refinement can take seconds
     assert "240 judged tasks (192 train / 48 validation), 3 agents, seed 0, lambda 0.05" in out
     assert "prices from" in out and "beside the data" in out
@@ -313,7 +313,7 @@ def test_handbook_action_help(capsys: pytest.CaptureFixture[str]) -> None:
     it is."""
     code, out, _ = run(["handbook", "rollback", "-h"], capsys)
     text = " ".join(out.split())
-    assert code == 0 and "undo the last change" in text and "the version it replaced" in text
+    assert code == 0 and "Undo the last change" in text and "the version it replaced" in text
     code, out, _ = run(["handbook", "-h"], capsys)
     assert "undo the last change" in " ".join(out.split()) and "promote the live version's parent" not in out
     for argv, needle in ((["diff", "-h"], "the version to compare to"), (["promote", "-h"], "to make live again")):
@@ -500,3 +500,24 @@ def test_learning_into_a_new_database_offers_no_undo_onto_the_empty_handbook(
     assert code == 0 and "it is live now." in out and "Undo:" not in out
     code, out, _ = run(["learn", "--data", str(labelled), "--db", str(db), "--matcher", "lexical"], capsys)
     assert code == 0 and "Undo: skillorchestra handbook rollback" in out
+
+
+def test_rollback_undoes_an_import_over_agents_loaded_into_the_initial_handbook(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """QA: after `agents load` (version 1) and an accidental import, rollback refused version 1 as "the empty
+    initial handbook" and said `promote 1` would empty it; it holds the agents and what they recorded."""
+    db = tmp_path / "h.db"
+    agents = tmp_path / "agents.toml"
+    agents.write_text('[agents.local]\nmodel = "openai/local"\napi_base = "http://127.0.0.1:9/v1"\n')
+    assert run(["agents", "load", str(agents), "--db", str(db)], capsys)[0] == 0  # version 1
+    assert run(["handbook", "import", "--example", "--db", str(db)], capsys)[0] == 0  # version 2
+    code, out, err = run(["handbook", "rollback", "--db", str(db)], capsys)
+    assert code == 0, err
+    store = HandbookStore(db)
+    try:
+        live = store.document()
+        assert [a.id for a in live.agents] == ["local"] and not live.skills
+        assert store.version_info(store.current_version())["parent"] == 1
+    finally:
+        store.close()
