@@ -76,6 +76,18 @@ def test_first_problem_names_the_nested_field_its_value_and_what_was_expected() 
         ('{"id": "t", "query": "q", "outcomes": {"a": {"score": true}}}', "outcomes.a.score", "not true"),
         ('{"id": "t", "query": "q", "outcomes": {"a": {"score": 1.7}}}', "outcomes.a.score", "to 1, not 1.7"),
         ('{"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "cost_usd": "0.1"}}}', "outcomes.a.cost_usd", ""),
+        # QA: absurd figures wrecked c_ref (one line of 1e23 tokens made it $3e15): the tools' bounds hold here too
+        (
+            '{"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "prompt_tokens": 1e23}}}',
+            "outcomes.a.prompt_tokens",
+            "",
+        ),
+        (
+            '{"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "cost_usd": 1e12}}}',
+            "outcomes.a.cost_usd",
+            "less than or equal to 1000000, not 1000000000000.0",
+        ),
+        ('{"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "latency_s": 1e9}}}', "outcomes.a.latency_s", ""),
         ('{"id": "t", "query": "", "outcomes": {"a": {"score": 1}}}', "query", 'not ""'),
         ('{"id": "t", "query": "q", "outcomes": {"a": {"score": 1', "line", "an object at column 55"),  # cut off
     ],
