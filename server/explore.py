@@ -79,7 +79,8 @@ def read_explore_tasks(path: str | Path) -> list[ExploreTask]:
 
 # ---------------------------------------------------------------------------------------------- grading
 
-_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+")
+# a fraction first (QA: "3/4" was read as its denominator, so "1/4" and "4" scored 1 and "0.75" 0), then a decimal
+_NUMBER = re.compile(r"[-+]?\d+\s*/\s*\d+|[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+")
 _SPACES = re.compile(r"\s+")
 
 
@@ -89,11 +90,15 @@ def normalise(text: str) -> str:
 
 
 def last_number(text: str) -> float | None:
+    """The value of the text's last number: 1,234.5 is 1234.5 and 3/4 is 0.75 (a zero denominator: none)."""
     found = _NUMBER.findall(text)
     if not found:
         return None
+    numerator, slash, denominator = found[-1].replace(",", "").partition("/")
     try:
-        return float(found[-1].replace(",", ""))
+        if slash:
+            return float(numerator) / float(denominator) if float(denominator) else None
+        return float(numerator)
     except ValueError:
         return None
 
@@ -107,7 +112,7 @@ def resolve_grader(reference: str, grader: str | None, default: str = "auto") ->
 
 
 def grade(answer: str, reference: str, grader: Grader) -> float:
-    """1.0 or 0.0. numeric compares the last number of each (relative tolerance 1e-6)."""
+    """1.0 or 0.0. numeric compares the last number of each, a fraction by its value (relative tolerance 1e-6)."""
     if grader == "numeric":
         got, want = last_number(answer), last_number(reference)
         if got is None or want is None:

@@ -133,6 +133,12 @@ def test_graders() -> None:
     assert grade("so x = 1,234.5", "1234.50", "numeric") == 1.0
     assert grade("x = 12, not 13", "12", "numeric") == 0.0  # the LAST number counts
     assert grade("no number", "3", "numeric") == 0.0
+    # a fraction is its value (QA: "3/4" was read as 4, so "1/4" and "4" scored 1 and "0.75" scored 0)
+    assert last_number("x = -3/4") == -0.75 and last_number("3 / 4") == 0.75 and last_number("1/0") is None
+    assert grade("the result is 0.75", "3/4", "numeric") == 1.0 and grade("so 6/8", "3/4", "numeric") == 1.0
+    assert grade("the result is 1/4", "3/4", "numeric") == 0.0 and grade("the result is 4", "3/4", "numeric") == 0.0
+    assert grade("the result is 2", "1/2", "numeric") == 0.0
+    assert resolve_grader("3/4", None) == "numeric"  # auto reads a fraction as a number too
     assert grade("  Paris. ", "paris", "exact") == 1.0 and grade("Paris, France", "paris", "exact") == 0.0
     assert grade("It is PARIS, France", "paris", "contains") == 1.0 and grade("Lyon", "paris", "contains") == 0.0
     assert resolve_grader("42", None) == "numeric" and resolve_grader("-1.5", None) == "numeric"
@@ -156,7 +162,9 @@ def test_explore_bad_input_exits_2_with_one_line(
     assert "typo.jsonl:1" in (err := capsys.readouterr().err) and "expected 'reference', not 'refrence'" in err
     db = tmp_path / "empty.db"
     assert run_cli(["explore", "--tasks", tasks, "--out", out, "--db", str(db)]) == 2
-    assert "--pool" in capsys.readouterr().err
+    err = capsys.readouterr().err  # QA: it read "--pool=None" and did not say the database was not there
+    assert "--pool='left out': expected an agents.toml file, or a database with connections" in err
+    assert f"({db} does not exist)" in err
     assert not Path(out).exists() and not fake_openai.chat_requests()
 
 
