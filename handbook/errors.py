@@ -99,6 +99,11 @@ def named(ids: Sequence[str], limit: int) -> str:
     return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
+def counted(count: int, noun: str) -> str:
+    """'1 agent', '3 agents' (QA: "1 agents", "1 versions"); nouns here take an s."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def known_hint(value: str, known: list[str], listed: int = 10) -> str:
     """The closest known ids; with none close, all of them when few (a model guessing "math" for a mode should
     read the modes there are), else how many there are."""

@@ -457,6 +457,22 @@ def _with_judge(agents: dict[str, AgentConnection], raw: Any, source: str) -> di
     return {**agents, settings.agent: target.model_copy(update={"judge": settings})}
 
 
+_BARE_HEADER = re.compile(r"\[{1,2}[A-Za-z0-9_.\- ]*\]{1,2}")  # a table header of bare keys only
+
+
+def _quoting_hint(text: str, exc: tomllib.TOMLDecodeError) -> str:
+    """The hint to quote an id, when the line TOML refused is a table header holding what a bare key cannot (a "/",
+    as model ids do); other errors get none (QA: an unterminated array was told to quote ids)."""
+    where = re.search(r"at line (\d+)", str(exc))
+    lines = text.splitlines()
+    if where is None or not 1 <= int(where.group(1)) <= len(lines):
+        return ""
+    line = lines[int(where.group(1)) - 1].split("#")[0].strip()
+    if not line.startswith("[") or '"' in line or "'" in line or _BARE_HEADER.fullmatch(line):
+        return ""
+    return '; quote ids containing "/" or ".": [agents."meta/llama"]'
+
+
 def load_agent_configs(
     path: str | Path, *, other_sections: Collection[str] = (), argument: str = "file"
 ) -> dict[str, AgentConnection]:
@@ -465,15 +481,14 @@ def load_agent_configs(
     source = str(path)
     try:
         with open(path, encoding="utf-8-sig") as f:  # a BOM (Windows editors) is no TOML error (QA)
-            data = tomllib.loads(f.read())
+            text = f.read()
+        data = tomllib.loads(text)
     except OSError as exc:
         raise InvalidInput(argument, source, f"a readable TOML file ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
         raise not_utf8(source) from None
     except tomllib.TOMLDecodeError as exc:
-        raise InvalidInput(
-            source, "...", f'valid TOML ({exc}); quote ids containing "/" or ".": [agents."meta/llama"]'
-        ) from None
+        raise InvalidInput(source, "...", f"valid TOML ({exc}){_quoting_hint(text, exc)}") from None
     unknown = sorted(set(data) - {"agents", "agent", "judge"} - set(other_sections))
     if unknown:
         expected = "only [agents.<id>] tables, [[agent]] items and an optional [judge] section"

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from skillorchestra.handbook.atomic_file import write_text_atomic
 from skillorchestra.handbook.document_checks import check_document
-from skillorchestra.handbook.errors import HandbookError, InvalidInput, first_problem, named, not_utf8
+from skillorchestra.handbook.errors import HandbookError, InvalidInput, counted, first_problem, named, not_utf8
 from skillorchestra.handbook.inert_text import one_line
 from skillorchestra.handbook.models import Agent, HandbookDocument, Mode
 from skillorchestra.handbook.store import BOOKKEEPING_METRICS, HandbookStore
@@ -257,12 +257,19 @@ def handbook_prune(args: argparse.Namespace) -> int:
 def data_convert(args: argparse.Namespace) -> int:
     from skillorchestra.handbook.datasets import convert_llmrouter, convert_routellm
 
+    expected = "a folder to write train.jsonl, test.jsonl and agents.json in"
     if Path(args.outdir).exists() and not Path(args.outdir).is_dir():
-        raise InvalidInput("OUTDIR", str(args.outdir), "a folder to write train.jsonl, test.jsonl and agents.json in")
-    if args.format == "llmrouter":
-        summary = convert_llmrouter(args.src, args.outdir)
-    else:
-        summary = convert_routellm(args.src, args.outdir, seed=args.seed)
+        raise InvalidInput("OUTDIR", str(args.outdir), expected)
+    try:
+        if args.format == "llmrouter":
+            summary = convert_llmrouter(args.src, args.outdir)
+        else:
+            summary = convert_routellm(args.src, args.outdir, seed=args.seed)
+    except OSError as exc:  # QA: a folder under a file read "[Errno 20] Not a directory", naming no argument
+        written = Path(str(exc.filename or "")).resolve()
+        if exc.filename is None or not written.is_relative_to(Path(args.outdir).resolve()):
+            raise
+        raise InvalidInput("OUTDIR", str(args.outdir), f"{expected} ({exc.strerror}: {exc.filename})") from None
     print(json.dumps(summary, indent=1, default=str))
     return 0
 
@@ -284,7 +291,8 @@ def agents_load(args: argparse.Namespace) -> int:
         for agent in agents.values():
             handbook.upsert_agent(agent)
         store.save_connections({agent_id: (c.kind, c.model_dump(mode="json")) for agent_id, c in configs.items()})
-    print(f"loaded {len(configs)} agents from {args.file}: {', '.join(configs)}")  # the result: stdout; notes: stderr
+    # the result: stdout; notes: stderr
+    print(f"loaded {counted(len(configs), 'agent')} from {args.file}: {', '.join(configs)}")
     if added:
         print(f"added modes the handbook did not have: {', '.join(added)}")
     if replaced:  # QA: a second file silently took the first one's agents out of delegation

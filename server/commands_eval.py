@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from skillorchestra.handbook.atomic_file import write_text_atomic
-from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.errors import InvalidInput, counted
 from skillorchestra.server.argtypes import lambda_arg, positive_int, seed_arg
 
 if TYPE_CHECKING:  # the evaluation stack (numpy, the service) loads only when eval runs, not for every command
@@ -112,9 +112,10 @@ def _check_db(path: Path | None) -> None:
     except sqlite3.Error:
         return  # not a usable SQLite file: opening it says so
     if theirs or edits or loaded:
-        held = [f"{len(theirs)} versions from {', '.join(sorted({source for _, source in theirs}))}"] if theirs else []
+        sources = ", ".join(sorted({source for _, source in theirs}))
+        held = [f"{counted(len(theirs), 'version')} from {sources}"] if theirs else []
         held += [f"{edits} edits or outcomes"] if edits else []
-        held += [f"{loaded} loaded agents"] if loaded else []
+        held += [f"{counted(loaded, 'loaded agent')}"] if loaded else []
         raise InvalidInput(
             "--db",
             str(path),

@@ -48,13 +48,16 @@ def _pool(args: argparse.Namespace) -> dict:
     from skillorchestra.server.commands import db_path
 
     db = db_path(args)
-    if not Path(db).is_file():
+    if not Path(db).is_file():  # QA: "--pool=None", not saying that the database is not there
         raise InvalidInput(
-            "--pool", None, "an agents.toml file (or connections loaded with `skillorchestra agents load`)"
+            "--pool",
+            "left out",
+            f"an agents.toml file, or a database with connections loaded by `skillorchestra agents load` ({db} "
+            "does not exist)",
         )
     stored = HandbookStore(db).connections()
     if not stored:
-        raise InvalidInput("--pool", None, f"an agents.toml file (no connections are loaded in {db})")
+        raise InvalidInput("--pool", "left out", f"an agents.toml file (no connections are loaded in {db})")
     return {a: parse_agent(a, {k: v for k, v in raw.items() if k != "id"}, str(db)) for a, raw in stored.items()}
 
 

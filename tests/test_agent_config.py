@@ -163,8 +163,13 @@ def test_unquoted_dotted_id_gets_a_hint(tmp_path: Path) -> None:
 
 
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(InvalidInput, match="valid TOML"):
+    with pytest.raises(InvalidInput, match=r'valid TOML .*; quote ids containing "/" or "."'):
         load_agent_configs(write(tmp_path, '[agents.meta/llama]\nmodel = "m"\n'))
+    # other syntax errors are not about quoting (QA: an unterminated array was told to quote ids)
+    for broken in ("x = [\n", '[agents.a]\nmodel = "m"\n[agents.a]\nmodel = "n"\n', '[agents."a"\n'):
+        with pytest.raises(InvalidInput, match="valid TOML") as refused:
+            load_agent_configs(write(tmp_path, broken))
+        assert "quote ids" not in str(refused.value)
     with pytest.raises(InvalidInput, match=r"^file='.*absent\.toml': expected a readable TOML file"):
         load_agent_configs(tmp_path / "absent.toml")  # the argument named, then the path (not the path twice)
     with pytest.raises(InvalidInput, match=r"^--pool='.*absent\.toml': expected a readable TOML file"):

@@ -102,8 +102,8 @@ CASES = {
     ),
     "learn --data, nothing judged": lambda d: (
         ["learn", "--data", str(_unjudged(d / "train.jsonl")), "--matcher", "lexical"],
-        "tasks=1",
-        "a judged (non-null) score",
+        "--data='",  # QA: it read "tasks=1", naming no argument
+        "train.jsonl': expected at least one task with a judged (non-null) score (1 task, none judged)",
     ),
     "eval --test, a repeated task id": lambda d: (
         _eval(d, _good_tasks(d / "train.jsonl"), _repeated_id(d / "test.jsonl")),

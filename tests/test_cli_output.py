@@ -105,7 +105,7 @@ def test_success_summaries_are_on_stdout_and_notes_on_stderr(
     toml.write_text(AGENTS_TOML, encoding="utf-8")
     code, out, err = run(["agents", "load", str(toml), "--db", str(db)], capsys)
     assert code == 0
-    assert out == f"loaded 1 agents from {toml}: cheap\nadded modes the handbook did not have: answer\n"
+    assert out == f"loaded 1 agent from {toml}: cheap\nadded modes the handbook did not have: answer\n"
     notes = err.splitlines()
     assert notes[0].startswith("note: cheap: no price in the file and litellm's table does not know 'openai/cheap'")
     assert notes[1].startswith("note: the handbook has no skills yet") and len(notes) == 2

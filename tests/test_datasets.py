@@ -210,6 +210,17 @@ def test_data_convert_refuses_a_negative_seed_like_every_other_seed(
     assert code == 0 and (tmp_path / "out" / "mmlu" / "train.jsonl").is_file(), err
 
 
+def test_data_convert_names_outdir_when_it_cannot_be_made(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: an OUTDIR under a regular file read "[Errno 20] Not a directory: ...", naming no argument."""
+    write_routellm(tmp_path / "src")
+    (tmp_path / "afile").write_text("")
+    outdir = tmp_path / "afile" / "sub"
+    code, _, err = run_cli(["data", "convert", "--format", "routellm", str(tmp_path / "src"), str(outdir)], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert f"OUTDIR='{outdir}': expected a folder to write train.jsonl, test.jsonl and agents.json in" in err
+    assert "Not a directory" in err
+
+
 def test_data_convert_help_says_what_each_argument_is(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(["data", "convert", "-h"], capsys)
     assert code == 0 and "SRC OUTDIR" in out

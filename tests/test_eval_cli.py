@@ -448,7 +448,7 @@ def test_eval_refuses_a_users_handbook_as_its_db(tmp_path: Path, capsys: pytest.
     code = run_cli(["eval", "--train", str(data), "--test", str(data), "--db", str(users)])
     err = capsys.readouterr().err
     assert code == 2 and f"--db='{users}': expected a database of eval's own" in err
-    assert "(1 versions from import), which eval's online replay would replace" in err
+    assert "(1 version from import), which eval's online replay would replace" in err
     store = HandbookStore(users)
     assert (store.versions(), store.counts()) == before
     store.close()

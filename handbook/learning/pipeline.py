@@ -18,7 +18,7 @@ import numpy as np
 
 from skillorchestra.handbook.arrays import DEFAULT_KAPPA, document_arrays
 from skillorchestra.handbook.embedding import Embedder
-from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.errors import InvalidInput, counted
 from skillorchestra.handbook.learning.candidates import Built, Evaluator, Split
 from skillorchestra.handbook.learning.discovery import (
     Corpus,
@@ -101,15 +101,21 @@ def split_tasks(tasks: Sequence[TraceTask], val_fraction: float, seed: int) -> t
     return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)
 
 
-def learnable(tasks: Sequence[TraceTask], val_fraction: float, lambda_: float) -> list[TraceTask]:
-    """The judged tasks, once the settings are checked: InvalidInput before any work (and any progress line)."""
+def learnable(
+    tasks: Sequence[TraceTask], val_fraction: float, lambda_: float, source: tuple[str, str] | None = None
+) -> list[TraceTask]:
+    """The judged tasks, once the settings are checked: InvalidInput before any work (and any progress line).
+    `source`: the argument and value the tasks came from, which a refusal names (QA: `learn --data` of an empty
+    file read "tasks=0")."""
     if not (isinstance(lambda_, int | float) and math.isfinite(lambda_) and lambda_ >= 0):
         raise InvalidInput("lambda", lambda_, "a finite number >= 0")
     if not (0.0 <= val_fraction < 1.0):
         raise InvalidInput("val_fraction", val_fraction, "a fraction in [0, 1)")
     judged = [t for t in tasks if any(o.score is not None for o in t.outcomes.values())]
     if not judged:
-        raise InvalidInput("tasks", len(tasks), "at least one task with a judged (non-null) score")
+        field, value = source or ("tasks", str(len(tasks)))
+        expected = f"at least one task with a judged (non-null) score ({counted(len(tasks), 'task')}, none judged)"
+        raise InvalidInput(field, value, expected)
     return judged
 
 
@@ -309,7 +315,7 @@ def learn(
             "labeller": chosen.labeller.to_json(),
         }
     )
-    step(1.0, "done", "selection")
+    step(1.0, "handbook learned", "selection")  # not "done": the caller may trial it against the live one next (QA)
     seconds = time.perf_counter() - started
     metrics: dict[str, Any] = {
         "n_tasks": len(tasks),
