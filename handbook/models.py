@@ -29,6 +29,9 @@ ITEM_MAX = 1_000  # an indicator, example or insight
 MAX_USD = 1e6  # a call's cost, a budget, a price per million tokens
 MAX_TOKENS = 2**53  # also within SQLite's INTEGER
 MAX_SECONDS = 1e6
+PLAUSIBLE_TOKENS = 10_000_000  # per call and figure: beyond any model's context or output, so a figure past it is an
+# error (a backend's usage report, a trace line): not believed
+MAX_EVIDENCE = 1e12  # alpha or beta of a competence row: far past any log, far below float overflow in its variance
 MAX_LAMBDA = 1000.0  # cost weighs 1000 quality units per c_ref: beyond this, every policy is 'cheapest'
 MAX_SEED = 2**32 - 1  # what every seeded generator here (random, numpy) takes as one word
 MIN_TRY_S = 0.5  # delegate's least time budget: below it, no try of an agent can finish
@@ -165,8 +168,9 @@ class Competence(_Model):
 
     agent_id: Identifier
     skill_id: Identifier
-    alpha: float = Field(default=1.0, gt=0.0)
-    beta: float = Field(default=1.0, gt=0.0)
+    # bounded: an imported 1e160 overflowed the posterior's variance to NaN, and every route over it failed (QA)
+    alpha: float = Field(default=1.0, gt=0.0, le=MAX_EVIDENCE)
+    beta: float = Field(default=1.0, gt=0.0, le=MAX_EVIDENCE)
 
 
 class CostStats(_Model):

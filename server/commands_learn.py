@@ -203,8 +203,9 @@ def _learn_into(
     from skillorchestra.handbook.learning.pipeline import learnable
     from skillorchestra.server.jobs import learn_into_store, make_embedder
 
+    through = None
     if data_path is None:
-        tasks = tasks_from_events(store)
+        tasks, through = tasks_from_events(store)
         if not tasks:
             raise InvalidInput("--data", "events", f"a database with {NO_EVENTS}")
     source = ("--data", str(data_path) if data_path is not None else "events")
@@ -225,7 +226,7 @@ def _learn_into(
         embedder=embedder,
         features=features,
         orchestrator=args.orchestrator,
-        from_events=data_path is None,
+        events_through=through,
         progress=_progress,
         learner=learner,
     )
@@ -350,7 +351,7 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
     )
     lines = [
         f"Learned a Skill Handbook from {m['data']}",
-        f"  {m['n_tasks']} judged tasks ({split}), {counted(len(m['agents']), 'agent')}, seed {m['seed']}, "
+        f"  {counted(m['n_tasks'], 'judged task')} ({split}), {counted(len(m['agents']), 'agent')}, seed {m['seed']}, "
         f"lambda {m['lambda']:g}",
         f"  {m['features_used']}; {_learner_text(m)}; {m['seconds']:.1f} s{_embedding_text(m)}",
         "  " + _cost_line(m),

@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 
 from skillorchestra.handbook.arrays import ROOT_SKILL
-from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.errors import InvalidInput, counted
 from skillorchestra.handbook.models import HandbookDocument
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.handbook.traces import SUCCESS_THRESHOLD, AgentPrice, TraceTask, estimate_cost_usd
@@ -216,8 +216,11 @@ async def tour(db: Path, steps: list[Step], prices: dict[str, AgentPrice], stron
             if updated:
                 top = max(updated, key=lambda u: (weights.get(u["skill_id"], 0.0), u["skill_id"]))
                 n_seen = top["alpha"] + top["beta"] - 2
-                on = "its overall record" if top["skill_id"] == ROOT_SKILL else top["skill_id"]  # QA: showed "*"
-                learned = f"; recorded: {agent} on {on} now {top['mean']:.2f} (n {n_seen:.0f})"
+                # QA: the root column was called "its overall record" and its raw Beta mean shown (0.67 over one
+                # step) where routing uses 0.55 over 831: the competence routing uses now, and the column's own count
+                on = "steps matching no skill" if top["skill_id"] == ROOT_SKILL else top["skill_id"]
+                now = top["competence"] if top.get("competence") is not None else top["mean"]
+                learned = f"; recorded: {agent} on {on} now {now:.2f} ({counted(round(n_seen), 'outcome')} there)"
             print(f"   result:  {verdict}, {usd(cost)}{learned}")
             print(f"            (always-{strongest}: {strong_verdict}, {usd(strong_cost)})")
             ours.add(agent, score, cost)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from skillorchestra.handbook.errors import InvalidInput, named
+from skillorchestra.handbook.errors import InvalidInput, counted, named
 from skillorchestra.handbook.models import Agent, Competence, HandbookDocument, Mode
 from skillorchestra.handbook.store import NOT_LIVE_MARK, HandbookStore
 
@@ -183,7 +183,7 @@ def learn_into_store(
     embedder: Embedder | None = None,
     features: str = "lexical (TF-IDF) features",
     orchestrator: str | None = None,
-    from_events: bool = False,
+    events_through: int | None = None,
     progress: Progress | None = None,
     learner: Mapping[str, Any] | None = None,
 ) -> LearnRun:
@@ -191,6 +191,8 @@ def learn_into_store(
     stored only; metrics went_live and not_live_reason, and the summary, say why and how to promote it).
 
     `learner`: learn_with_llm's settings (model, api_base, api_key_env, prices) for LLM skill discovery.
+    `events_through`: the tasks are this store's event log, read up to that report (tasks_from_events); reports
+    that came in while learning ran are not in the new version, and its metrics and summary say how many.
     """
     embedding_started = time.perf_counter()
     embedded = warm_embeddings(embedder, [t.query for t in tasks], progress) if embedder is not None else 0
@@ -220,7 +222,7 @@ def learn_into_store(
     depth = int(result.metrics["depth"])
     if orchestrator:
         document = document.model_copy(update={"selections": {**document.selections, orchestrator: depth}})
-    if from_events:
+    if events_through is not None:
         document = keep_live_agents(document, store.agents(), store.modes())
     basis, unknown = cost_basis(tasks, prices)
     candidates = [c.as_dict() for c in result.candidates]
@@ -268,6 +270,14 @@ def learn_into_store(
                 "learning run), so the comparison no longer holds (learn again)"
             )
         went_live = not reasons
+        if events_through is not None:  # QA: 73 failures reported while it learned were silently left out
+            metrics["reported_while_learning"] = store.reported_steps_after(events_through)
+            if metrics["reported_while_learning"]:
+                summary += (
+                    f"; {counted(metrics['reported_while_learning'], 'outcome')} reported while it learned "
+                    f"stay with version {store.current_version()} and are not in this one (the next learning "
+                    "from the event log includes them)"
+                )
         metrics["went_live"] = went_live
         metrics["agents_back_on_prior"] = back
         metrics["not_live_reason"] = "; ".join(reasons) if reasons else None

@@ -207,6 +207,11 @@ def _import_changed(tmp_path: Path, capsys: pytest.CaptureFixture[str], change: 
     [
         (lambda row: row.pop("beta"), "competence.3.beta='(missing)': expected a number > 0 (a row needs both"),
         (lambda row: row.update(alpha="8"), "competence.3.alpha='8': expected a valid number"),
+        # QA: 1e160 imported, then every route over it answered a NaN interval the client refused
+        (
+            lambda row: row.update(alpha=1e160),
+            "competence.3.alpha=1e+160: expected less than or equal to 1000000000000",
+        ),
     ],
 )
 def test_an_imported_competence_row_needs_both_counts_as_numbers(

@@ -35,6 +35,10 @@ def test_demo_runs_the_tour_and_compares_with_the_strongest_agent(tmp_path: Path
     assert out.count("   chosen:  ") == steps
     assert len(re.findall(r"^   result:  (solved|failed), \$\d+\.\d{6}", out, re.MULTILINE)) == steps
     assert "Learned " in out and "0 LLM calls" in out
+    recorded = re.findall(r"; recorded: \S+ on (.+) now \d\.\d\d \(\d+ outcomes? there\)$", out, re.MULTILINE)
+    assert len(recorded) == steps
+    # QA: the root column read "its overall record" with its own raw mean (0.67 over one step, against 0.55 over 831)
+    assert "steps matching no skill" in recorded and "overall record" not in out
     totals = re.search(r"^  skill-aware routing\s+(\d+)/(\d+)\s+([\d.]+)\s+([\d.]+)$", out, re.MULTILINE)
     strongest = re.search(r"^  always (\S+)\s+(\d+)/(\d+)\s+([\d.]+)\s+([\d.]+)$", out, re.MULTILINE)
     assert totals and strongest, out[-1500:]

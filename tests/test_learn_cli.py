@@ -521,3 +521,26 @@ def test_rollback_undoes_an_import_over_agents_loaded_into_the_initial_handbook(
         assert store.version_info(store.current_version())["parent"] == 1
     finally:
         store.close()
+
+
+def test_learn_over_agents_loaded_into_the_initial_handbook_says_how_to_undo_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review: learn's summary left out its Undo line whenever the parent was the initial version, which after
+    `agents load` holds the agents and rollback restores."""
+    db = tmp_path / "h.db"
+    agents = tmp_path / "agents.toml"
+    agents.write_text('[agents.local]\nmodel = "openai/local"\napi_base = "http://127.0.0.1:9/v1"\n')
+    assert run(["agents", "load", str(agents), "--db", str(db)], capsys)[0] == 0  # version 1
+    data = write_data(tmp_path / "d", unlabelled_swap(seed=1, n=150))
+    code, out, err = run(["learn", "--data", str(data), "--db", str(db), "--matcher", "lexical"], capsys)
+    assert code == 0, err
+    assert f"it is live now. Undo: skillorchestra handbook rollback --db {db}" in out
+    deleted = tmp_path / "deleted.db"  # an agent loaded and deleted again leaves the initial version empty
+    assert run(["agents", "load", str(agents), "--db", str(deleted)], capsys)[0] == 0
+    store = HandbookStore(deleted)
+    try:
+        Handbook(store).delete_agent("local")
+        assert store.is_empty_initial(1)
+    finally:
+        store.close()

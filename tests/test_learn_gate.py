@@ -426,3 +426,38 @@ def test_a_live_handbook_changed_during_the_trial_keeps_the_learned_version_stor
         assert "the live handbook changed while it was compared with the live skills" in run_.metrics["not_live_reason"]
     finally:
         store.close()
+
+
+def test_outcomes_reported_while_learning_from_the_log_are_counted_not_silently_left_out(tmp_path: Path) -> None:
+    """QA: 73 failures reported while learn_handbook ran were left out of the new version, which went live saying
+    nothing (the agent's mean stayed 0.567 after 73 failures in a row). They stay with the version they were
+    reported under, as any late report does; the new version says how many it lacks."""
+    from learning_data import PRICES
+
+    from skillorchestra.handbook.learning.events import tasks_from_events
+    from skillorchestra.server.jobs import learn_into_store
+
+    db = tmp_path / "h.db"
+    seeded(db)
+    route_two_agents(db, n=30)
+    store = HandbookStore(db)
+    handbook = Handbook(store)
+    try:
+        tasks, through = tasks_from_events(store)
+        assert store.reported_steps_after(through) == 0
+        late: list[str] = []
+
+        def progress(fraction: float, message: str) -> None:
+            if len(late) < 5:  # the server keeps recording while the job learns
+                routed = handbook.route(RouteRequest(text=f"late step {len(late)}", allowed_agents=[TWO[0]]))
+                handbook.record(OutcomeReport(decision_id=routed.decision_id, success=False))
+                late.append(routed.decision_id)
+
+        run_ = learn_into_store(
+            store, tasks, PRICES, data_label="log", price_source="file", events_through=through, progress=progress
+        )
+        assert len(late) == 5 and run_.metrics["reported_while_learning"] == 5
+        assert "5 outcomes reported while it learned stay with version 2 and are not in this one" in run_.summary
+        assert tasks_from_events(store).through > through  # the next learning from the log reads them
+    finally:
+        store.close()

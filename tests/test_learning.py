@@ -221,7 +221,7 @@ def test_the_servers_log_becomes_tasks_and_learns(tmp_path: Path) -> None:
     service.record(OutcomeReport(decision_id=timeout.decision_id, error_class="timeout"))
     service.route(RouteRequest(text="routed but never reported", allowed_agents=["beta"]))
 
-    found = tasks_from_events(service.store)
+    found = tasks_from_events(service.store).tasks
     assert prices_from_store(service.store) == {a: p.model_copy(update={"description": ""}) for a, p in PRICES.items()}
     assert len(found) == len(tasks)
     by_query = {t.query: t for t in found}

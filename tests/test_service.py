@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import threading
 from collections.abc import Callable
@@ -577,6 +578,22 @@ def test_forgetting_discounts_old_evidence(tmp_path: Path, clock: Clock) -> None
         book.record(OutcomeReport(decision_id=decision.decision_id, success=True))
         assert competence_of(book.store, "mid", "code.python") == expected
     assert competence_of(book.store, "pricey", "code.python") == (20.0, 2.0)  # only the updated pair forgets
+
+
+def test_forgetting_ages_a_skill_by_how_much_the_step_needed_it(tmp_path: Path, clock: Clock) -> None:
+    """QA: every step listing a skill aged all its evidence by gamma, whatever its weight: at gamma 0.95, 60 steps
+    giving a skill 0.02 each cut 17.4 observations to 1.2. Now a weight w ages by gamma ** w."""
+    book = make_book(tmp_path / "f.db", clock, forgetting=0.5)
+    before = {s: competence_of(book.store, "mid", s) or (1.0, 1.0) for s in ("code.python", "code.sql")}
+    skills = [SkillDemand(skill_id="code.python", weight=0.75), SkillDemand(skill_id="code.sql", weight=0.25)]
+    decision = book.route(request(allowed_agents=["mid"], skills=skills))
+    book.record(OutcomeReport(decision_id=decision.decision_id, success=True))
+    for skill_id, weight in (("code.python", 0.75), ("code.sql", 0.25)):
+        alpha, beta = before[skill_id]
+        aged = 0.5**weight
+        expected = (1 + aged * (alpha - 1) + weight, 1 + aged * (beta - 1))
+        assert competence_of(book.store, "mid", skill_id) == pytest.approx(expected)
+    assert book.store.rebuild() == book.store.document()  # the replay ages alike
 
 
 def test_a_mode_level_outcome_is_evidence_for_that_mode(book: Handbook) -> None:
@@ -1286,3 +1303,19 @@ def test_a_consult_answer_stays_small_when_its_skills_hold_long_texts(tmp_path: 
     book.delete_skill("short")
     alone = book.consult("zorblax", top_k=1).skills[0]  # one card has the whole budget: more of each list
     assert 0 < alone.texts_not_shown < cards[alone.skill_id].texts_not_shown
+
+
+def test_a_consult_answer_of_quoted_texts_stays_within_the_sse_clients_limit(tmp_path: Path) -> None:
+    """Review: the card budget counted a quote or a newline as one byte; in the JSON the client receives it takes
+    two (four in the text block, whose JSON is quoted again), and five such skills made a 1.5 MB answer."""
+    from skillorchestra.tools.common import compact_result
+
+    book = Handbook(HandbookStore(tmp_path / "quoted.db"))
+    quoted = ['"' * 999] * 50
+    for k in range(5):
+        book.upsert_skill(Skill(id=f"s{k}", description=f"zorblax {k}", indicators=quoted, examples=quoted))
+    book.upsert_agent(Agent(id="a"))
+    sent = compact_result(book.consult("zorblax", top_k=5))
+    wire = json.dumps({"content": [c.model_dump() for c in sent.content], "structuredContent": sent.structured_content})
+    assert len(wire.encode()) < 1024 * 1024  # the SDK's SSE client refuses a larger event
+    assert all(card["texts_not_shown"] > 0 for card in sent.structured_content["skills"])

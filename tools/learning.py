@@ -92,7 +92,7 @@ def learn_handbook(
 
     state = app_state(ctx)
     store = state.handbook.store
-    tasks = tasks_from_events(store)
+    tasks, through = tasks_from_events(store)
     if not tasks:
         raise InvalidInput("source", source, f"an event log with {NO_EVENTS}")
     prices = prices_from_store(store)
@@ -113,7 +113,7 @@ def learn_handbook(
             embedder=embedder,
             features=features,
             orchestrator=orchestrator,
-            from_events=True,
+            events_through=through,
             progress=progress,
         )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from typing import Any
+from typing import Any, NamedTuple
 
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.handbook.traces import AgentOutcome, AgentPrice, TraceTask
@@ -26,11 +26,18 @@ NO_EVENTS = (
 )
 
 
-def tasks_from_events(store: HandbookStore) -> list[TraceTask]:
+class EventTasks(NamedTuple):
+    tasks: list[TraceTask]
+    through: int  # the last report read: learning compares it with the log's when it is done (reported_steps_after)
+
+
+def tasks_from_events(store: HandbookStore) -> EventTasks:
     """One task per distinct (mode, text), in order of first appearance, with each agent's mean outcome."""
     grouped: dict[tuple[str | None, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    through = 0
     for row in store.reported_steps():
         grouped[(row["mode"], row["text"])][row["agent_id"]].append(row)
+        through = max(through, int(row["report"]))
     tasks: list[TraceTask] = []
     for (mode, text), by_agent in grouped.items():
         outcomes = {}
@@ -51,7 +58,7 @@ def tasks_from_events(store: HandbookStore) -> list[TraceTask]:
             )
         digest = hashlib.sha256(f"{mode}\0{text}".encode()).hexdigest()[:16]
         tasks.append(TraceTask(id=f"event-{digest}", query=text, mode=mode, outcomes=outcomes))
-    return tasks
+    return EventTasks(tasks, through)
 
 
 def prices_from_store(store: HandbookStore) -> dict[str, AgentPrice]:
