@@ -88,7 +88,8 @@ class Candidate(BaseModel):
     quality: Figure = Field(description="sum_s w_s * posterior mean competence, plus length_shift (kept in [0, 1])")
     ci90: tuple[Figure, Figure] = Field(
         description="approximate 90% interval: quality -+ 1.645 * sum_s w_s * posterior sd (the skills' uncertainty "
-        "taken as shared, never narrower than theirs), clipped to [0, 1]"
+        "taken as shared, never narrower than theirs; a conservative bound, as thompson draws each skill apart), "
+        "clipped to [0, 1]"
     )
     n: Figure
     expected_cost_usd: Figure | None = Field(description="null when unknown (then charged c_ref)")

@@ -18,7 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from skillorchestra.handbook.atomic_file import atomic_writer
 from skillorchestra.handbook.errors import InvalidInput, first_problem, not_utf8
-from skillorchestra.handbook.models import ID_MAX, INFRASTRUCTURE_ERRORS, MAX_SECONDS, MAX_TOKENS, MAX_USD
+from skillorchestra.handbook.models import ID_MAX, INFRASTRUCTURE_ERRORS, MAX_SECONDS, MAX_USD, PLAUSIBLE_TOKENS
 
 SUCCESS_THRESHOLD = 0.5
 SHOWN_VALUE = 60  # characters of a refused value an error about a line repeats
@@ -81,10 +81,11 @@ class AgentOutcome(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
 
     score: float | None = Field(default=None, ge=0.0, le=1.0)
-    # the bounds the tools apply (QA: one line of 1e23 prompt tokens made c_ref $3e15, and every lambda routed alike)
+    # bounded (QA: one line of 1e23 prompt tokens made c_ref $3e15, and every lambda routed alike); tokens as
+    # delegate believes a usage report: a call's tokens price its cost, so 2**53 of them still made c_ref $9e8
     cost_usd: float | None = Field(default=None, ge=0.0, le=MAX_USD)
-    prompt_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
-    completion_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    prompt_tokens: int | None = Field(default=None, ge=0, le=PLAUSIBLE_TOKENS)
+    completion_tokens: int | None = Field(default=None, ge=0, le=PLAUSIBLE_TOKENS)
     latency_s: float | None = Field(default=None, ge=0.0, le=MAX_SECONDS)
     output: str | None = None
 

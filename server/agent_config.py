@@ -237,7 +237,7 @@ class McpAgentConnection(_AgentBase):
     tool: str = Field(min_length=1, max_length=200)
     text_argument: str = Field(default="text", min_length=1, max_length=200)
     arguments: dict[str, Any] = Field(default_factory=dict)
-    cost_per_call_usd: float | None = Field(default=None, ge=0, strict=True)
+    cost_per_call_usd: float | None = Field(default=None, ge=0, le=MAX_USD, strict=True)  # as the handbook's agent
 
     @field_validator("url")
     @classmethod

@@ -114,7 +114,7 @@ def _check_db(path: Path | None) -> None:
     if theirs or edits or loaded:
         sources = ", ".join(sorted({source for _, source in theirs}))
         held = [f"{counted(len(theirs), 'version')} from {sources}"] if theirs else []
-        held += [f"{edits} edits or outcomes"] if edits else []
+        held += [f"{counted(edits, 'edit')} or outcomes"] if edits else []
         held += [f"{counted(loaded, 'loaded agent')}"] if loaded else []
         raise InvalidInput(
             "--db",

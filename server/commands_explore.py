@@ -51,13 +51,13 @@ def _pool(args: argparse.Namespace) -> dict:
     if not Path(db).is_file():  # QA: "--pool=None", not saying that the database is not there
         raise InvalidInput(
             "--pool",
-            "left out",
+            "(missing)",
             f"an agents.toml file, or a database with connections loaded by `skillorchestra agents load` ({db} "
             "does not exist)",
         )
     stored = HandbookStore(db).connections()
     if not stored:
-        raise InvalidInput("--pool", "left out", f"an agents.toml file (no connections are loaded in {db})")
+        raise InvalidInput("--pool", "(missing)", f"an agents.toml file (no connections are loaded in {db})")
     return {a: parse_agent(a, {k: v for k, v in raw.items() if k != "id"}, str(db)) for a, raw in stored.items()}
 
 

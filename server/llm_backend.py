@@ -45,13 +45,12 @@ from anyio.lowlevel import RunVar
 from pydantic import BaseModel, Field
 
 from skillorchestra.handbook.costing import prompt_tokens as estimated_tokens
-from skillorchestra.handbook.models import INFRASTRUCTURE_ERRORS, ErrorClass
+from skillorchestra.handbook.models import INFRASTRUCTURE_ERRORS, PLAUSIBLE_TOKENS, ErrorClass
 from skillorchestra.server.agent_config import LlmAgentConnection
 from skillorchestra.server.masking import remember_keys, scrub, secrets_to_mask
 
 log = logging.getLogger(__name__)
 
-PLAUSIBLE_TOKENS = 10_000_000  # per call and figure: beyond any model's context or output, so a backend's error
 # "estimated": the backend reported no token usage, so the price was applied to characters / 4
 CostSource = Literal["agent_prices", "litellm_table", "estimated", "unknown", "no_token_cost"]
 
@@ -141,20 +140,22 @@ async def ensure_litellm() -> ModuleType:
     if _first_call_warmed:
         return module
     if _warming is not None:
-        await _warming.wait()
+        warming = _warming
+        while not warming.is_set():  # polled: the warm-up may run on another event loop (a thread's: review)
+            await anyio.sleep(0.01)
         return module
-    _warming = anyio.Event()
+    _warming = warming = threading.Event()
     try:
         await _warm_first_call(module)
     finally:  # cancelled too: the waiters go on, and their own first call pays the set-up
         _first_call_warmed = True
-        _warming.set()
+        warming.set()
         _warming = None
     return module
 
 
 _first_call_warmed = False
-_warming: anyio.Event | None = None  # set while the first call's set-up runs
+_warming: threading.Event | None = None  # set while the first call's set-up runs
 WARM_UP_BASE = "http://127.0.0.1:9/v1"  # the discard port: nothing listens, so the connection is refused at once
 
 

@@ -456,7 +456,7 @@ def test_eval_refuses_a_users_handbook_as_its_db(tmp_path: Path, capsys: pytest.
     store = HandbookStore(edited)
     store.apply("upsert_agent", {"id": "mine"})
     store.close()
-    with pytest.raises(InvalidInput, match="1 edits or outcomes"):
+    with pytest.raises(InvalidInput, match="1 edit or outcomes"):
         _check_db(edited)
     own = tmp_path / "eval.db"  # a new file, and one an earlier eval wrote, are eval's
     _check_db(own)

@@ -163,7 +163,7 @@ def test_explore_bad_input_exits_2_with_one_line(
     db = tmp_path / "empty.db"
     assert run_cli(["explore", "--tasks", tasks, "--out", out, "--db", str(db)]) == 2
     err = capsys.readouterr().err  # QA: it read "--pool=None" and did not say the database was not there
-    assert "--pool='left out': expected an agents.toml file, or a database with connections" in err
+    assert "--pool='(missing)': expected an agents.toml file, or a database with connections" in err
     assert f"({db} does not exist)" in err
     assert not Path(out).exists() and not fake_openai.chat_requests()
 

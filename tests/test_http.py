@@ -229,11 +229,12 @@ async def test_token_required_over_streamable_http(http_token_server: Running) -
         health = await anonymous.get(f"{http_token_server.base}/healthz")
         assert (health.status_code, health.text) == (200, "ok")
         assert (await anonymous.head(f"{http_token_server.base}/healthz")).status_code == 200
-        for method in ("POST", "PUT", "DELETE", "OPTIONS"):  # QA: only the probe is exempt, not its path
+        for method in ("POST", "PUT", "DELETE", "OPTIONS", "TRACE"):  # QA: only the probe is exempt, not its path
             assert (await anonymous.request(method, f"{http_token_server.base}/healthz")).status_code == 401
     async with _http(TOKEN) as http:
-        posted = await http.post(f"{http_token_server.base}/healthz")
-        assert (posted.status_code, posted.headers.get("allow")) == (405, "GET, HEAD")
+        for method in ("POST", "PROPFIND"):  # review: a method outside a listed set had fallen through to 404
+            answered = await http.request(method, f"{http_token_server.base}/healthz")
+            assert (answered.status_code, answered.headers.get("allow")) == (405, "GET, HEAD")
     async with _http("wrong-" + TOKEN) as wrong:
         assert (await wrong.post(url, json=INITIALIZE, headers=MCP_HEADERS)).status_code == 401
         assert (await wrong.get(f"{http_token_server.base}/sse")).status_code == 401

@@ -78,9 +78,9 @@ def test_first_problem_names_the_nested_field_its_value_and_what_was_expected() 
         ('{"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "cost_usd": "0.1"}}}', "outcomes.a.cost_usd", ""),
         # QA: absurd figures wrecked c_ref (one line of 1e23 tokens made it $3e15): the tools' bounds hold here too
         (
-            '{"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "prompt_tokens": 1e23}}}',
-            "outcomes.a.prompt_tokens",
-            "",
+            '{"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "prompt_tokens": 9007199254740992}}}',
+            "outcomes.a.prompt_tokens",  # review: 2**53 tokens priced a call at $9e8
+            "less than or equal to 10000000",
         ),
         (
             '{"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "cost_usd": 1e12}}}',
@@ -88,6 +88,11 @@ def test_first_problem_names_the_nested_field_its_value_and_what_was_expected() 
             "less than or equal to 1000000, not 1000000000000.0",
         ),
         ('{"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "latency_s": 1e9}}}', "outcomes.a.latency_s", ""),
+        (
+            '{"id": "t", "query": "q", "outcomes": {"a": {"score": 1, "completion_tokens": 10000001}}}',
+            "outcomes.a.completion_tokens",
+            "less than or equal to 10000000",
+        ),
         ('{"id": "t", "query": "", "outcomes": {"a": {"score": 1}}}', "query", 'not ""'),
         ('{"id": "t", "query": "q", "outcomes": {"a": {"score": 1', "line", "an object at column 55"),  # cut off
     ],

@@ -102,7 +102,7 @@ def split_tasks(tasks: Sequence[TraceTask], val_fraction: float, seed: int) -> t
 
 
 def learnable(
-    tasks: Sequence[TraceTask], val_fraction: float, lambda_: float, source: tuple[str, str] | None = None
+    tasks: Sequence[TraceTask], val_fraction: float, lambda_: float, source: tuple[str, object] | None = None
 ) -> list[TraceTask]:
     """The judged tasks, once the settings are checked: InvalidInput before any work (and any progress line).
     `source`: the argument and value the tasks came from, which a refusal names (QA: `learn --data` of an empty
@@ -113,7 +113,7 @@ def learnable(
         raise InvalidInput("val_fraction", val_fraction, "a fraction in [0, 1)")
     judged = [t for t in tasks if any(o.score is not None for o in t.outcomes.values())]
     if not judged:
-        field, value = source or ("tasks", str(len(tasks)))
+        field, value = source or ("tasks", len(tasks))
         expected = f"at least one task with a judged (non-null) score ({counted(len(tasks), 'task')}, none judged)"
         raise InvalidInput(field, value, expected)
     return judged
