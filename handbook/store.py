@@ -801,11 +801,12 @@ class HandbookStore(SqliteFile):
         with self.lock:
             return list(self.db.query(sql))
 
-    def reported_steps_after(self, report: int) -> int:
-        """How many reported_steps rows came in after row number `report` (learning that read up to it lacks them)."""
-        sql = f"SELECT COUNT(*) FROM {_REPORTED_STEPS} AND o.rowid > ?"
+    def reported_steps_after(self, report: int, read_at: float) -> int:
+        """How many reported_steps rows came in after row number `report`, read at `read_at` (learning that read up
+        to it lacks them); the time catches row numbers given out again after a prune emptied the table."""
+        sql = f"SELECT COUNT(*) FROM {_REPORTED_STEPS} AND (o.rowid > ? OR o.created_at > ?)"
         with self.lock:
-            return int(self.db.conn.execute(sql, [report]).fetchone()[0])
+            return int(self.db.conn.execute(sql, [report, read_at]).fetchone()[0])
 
     def session_spend(self, session_id: str, now: float | None = None, unknown_cost: float = 0.0) -> float:
         """Dollars a session has spent or committed, per decision: its reported cost, else the cost its delegated

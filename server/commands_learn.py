@@ -203,9 +203,10 @@ def _learn_into(
     from skillorchestra.handbook.learning.pipeline import learnable
     from skillorchestra.server.jobs import learn_into_store, make_embedder
 
-    through = None
+    read = None
     if data_path is None:
-        tasks, through = tasks_from_events(store)
+        read = tasks_from_events(store)
+        tasks = read.tasks
         if not tasks:
             raise InvalidInput("--data", "events", f"a database with {NO_EVENTS}")
     source = ("--data", str(data_path) if data_path is not None else "events")
@@ -226,7 +227,7 @@ def _learn_into(
         embedder=embedder,
         features=features,
         orchestrator=args.orchestrator,
-        events_through=through,
+        events_read=read,
         progress=_progress,
         learner=learner,
     )
@@ -379,6 +380,10 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
             f"Depth {m['depth']} stored for orchestrator {m['orchestrator']!r}: consult_handbook with "
             f"orchestrator={m['orchestrator']!r} reads the handbook at that depth."
         )
+    if m.get("reported_while_learning"):  # review: the CLI printed no word of them
+        from skillorchestra.server.jobs import reported_while_learning
+
+        lines.append(reported_while_learning(m["reported_while_learning"], m.get("went_live", True)) + ".")
     if m.get("went_live", True):
         undo = f" Undo: skillorchestra handbook rollback --db {db}"
         if run.parent is None or store.is_empty_initial(run.parent):

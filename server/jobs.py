@@ -27,6 +27,7 @@ from skillorchestra.handbook.store import NOT_LIVE_MARK, HandbookStore
 
 if TYPE_CHECKING:  # numpy and the learning stack load only when something is learned
     from skillorchestra.handbook.embedding import Embedder
+    from skillorchestra.handbook.learning.events import EventTasks
     from skillorchestra.handbook.learning.live_trial import LiveTrial
     from skillorchestra.handbook.learning.pipeline import LearnResult, Progress
     from skillorchestra.handbook.traces import AgentPrice, TraceTask
@@ -183,7 +184,7 @@ def learn_into_store(
     embedder: Embedder | None = None,
     features: str = "lexical (TF-IDF) features",
     orchestrator: str | None = None,
-    events_through: int | None = None,
+    events_read: EventTasks | None = None,
     progress: Progress | None = None,
     learner: Mapping[str, Any] | None = None,
 ) -> LearnRun:
@@ -191,8 +192,8 @@ def learn_into_store(
     stored only; metrics went_live and not_live_reason, and the summary, say why and how to promote it).
 
     `learner`: learn_with_llm's settings (model, api_base, api_key_env, prices) for LLM skill discovery.
-    `events_through`: the tasks are this store's event log, read up to that report (tasks_from_events); reports
-    that came in while learning ran are not in the new version, and its metrics and summary say how many.
+    `events_read`: the tasks are this store's event log as tasks_from_events read it; reports that came in while
+    learning ran are not in the new version, and its metrics and summary say how many.
     """
     embedding_started = time.perf_counter()
     embedded = warm_embeddings(embedder, [t.query for t in tasks], progress) if embedder is not None else 0
@@ -222,7 +223,7 @@ def learn_into_store(
     depth = int(result.metrics["depth"])
     if orchestrator:
         document = document.model_copy(update={"selections": {**document.selections, orchestrator: depth}})
-    if events_through is not None:
+    if events_read is not None:
         document = keep_live_agents(document, store.agents(), store.modes())
     basis, unknown = cost_basis(tasks, prices)
     candidates = [c.as_dict() for c in result.candidates]
@@ -270,14 +271,10 @@ def learn_into_store(
                 "learning run), so the comparison no longer holds (learn again)"
             )
         went_live = not reasons
-        if events_through is not None:  # QA: 73 failures reported while it learned were silently left out
-            metrics["reported_while_learning"] = store.reported_steps_after(events_through)
-            if metrics["reported_while_learning"]:
-                summary += (
-                    f"; {counted(metrics['reported_while_learning'], 'outcome')} reported while it learned "
-                    f"stay with version {store.current_version()} and are not in this one (the next learning "
-                    "from the event log includes them)"
-                )
+        if events_read is not None:  # QA: 73 failures reported while it learned were silently left out
+            late = store.reported_steps_after(events_read.through, events_read.read_at)
+            metrics["reported_while_learning"] = late
+            summary += f"; {reported_while_learning(late, went_live)}" if late else ""
         metrics["went_live"] = went_live
         metrics["agents_back_on_prior"] = back
         metrics["not_live_reason"] = "; ".join(reasons) if reasons else None
@@ -294,6 +291,21 @@ def learn_into_store(
             document, source="learn", summary=stored_summary, metrics=metrics, live=went_live
         )
     return LearnRun(version=version, parent=parent, result=result, metrics=metrics, summary=stored_summary(version))
+
+
+def reported_while_learning(late: int, went_live: bool) -> str:
+    """What the summary says of the reports that came in while learning from the log ran ("" for none)."""
+    if not late:
+        return ""
+    if went_live:
+        return (
+            f"{counted(late, 'outcome')} reported while it learned stay with the versions they were reported under,"
+            " not in this one (the next learning from the event log includes them)"
+        )
+    return (
+        f"{counted(late, 'outcome')} reported while it learned are in the live version, not in this one: promoting"
+        " it leaves them out (learn again to include them)"
+    )
 
 
 # Validation compares two handbooks only on tasks where it saw two or more agents (the replay never credits an

@@ -443,8 +443,8 @@ def test_outcomes_reported_while_learning_from_the_log_are_counted_not_silently_
     store = HandbookStore(db)
     handbook = Handbook(store)
     try:
-        tasks, through = tasks_from_events(store)
-        assert store.reported_steps_after(through) == 0
+        read = tasks_from_events(store)
+        assert store.reported_steps_after(read.through, read.read_at) == 0
         late: list[str] = []
 
         def progress(fraction: float, message: str) -> None:
@@ -454,10 +454,50 @@ def test_outcomes_reported_while_learning_from_the_log_are_counted_not_silently_
                 late.append(routed.decision_id)
 
         run_ = learn_into_store(
-            store, tasks, PRICES, data_label="log", price_source="file", events_through=through, progress=progress
+            store, read.tasks, PRICES, data_label="log", price_source="file", events_read=read, progress=progress
         )
         assert len(late) == 5 and run_.metrics["reported_while_learning"] == 5
-        assert "5 outcomes reported while it learned stay with version 2 and are not in this one" in run_.summary
-        assert tasks_from_events(store).through > through  # the next learning from the log reads them
+        assert run_.metrics["went_live"] is False  # too few comparable tasks: the late reports are in the live one
+        assert "5 outcomes reported while it learned are in the live version, not in this one: promoting it" in (
+            run_.summary
+        )
+        assert tasks_from_events(store).through > read.through  # the next learning from the log reads them
+        from skillorchestra.server.commands_learn import render_learned
+
+        printed = render_learned(run_, store, db)  # what `learn --data events` prints (review: it said nothing)
+        assert "\n5 outcomes reported while it learned are in the live version, not in this one" in printed
+    finally:
+        store.close()
+
+
+def test_what_a_learned_version_says_of_the_reports_it_lacks() -> None:
+    from skillorchestra.server.jobs import reported_while_learning
+
+    assert reported_while_learning(0, True) == reported_while_learning(0, False) == ""
+    assert "1 outcome reported while it learned stay with the versions they were reported under, not in this one" in (
+        reported_while_learning(1, True)
+    )
+
+
+def test_reports_after_a_prune_emptied_the_table_still_count(tmp_path: Path) -> None:
+    """Review: outcome rows have no AUTOINCREMENT: once a prune deleted them all, new reports took row numbers from 1
+    again and read as read already; their time tells them apart."""
+    import time
+
+    from skillorchestra.handbook.learning.events import tasks_from_events
+    from skillorchestra.handbook.retention import prune
+
+    db = tmp_path / "h.db"
+    seeded(db)
+    route_two_agents(db, n=10)
+    store = HandbookStore(db)
+    handbook = Handbook(store)
+    try:
+        read = tasks_from_events(store)
+        prune(store, time.time() + 1)  # every outcome row deleted
+        for i in range(3):
+            routed = handbook.route(RouteRequest(text=f"after the prune {i}", allowed_agents=[TWO[0]]))
+            handbook.record(OutcomeReport(decision_id=routed.decision_id, success=True))
+        assert store.reported_steps_after(read.through, read.read_at) == 3
     finally:
         store.close()

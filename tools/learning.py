@@ -92,7 +92,8 @@ def learn_handbook(
 
     state = app_state(ctx)
     store = state.handbook.store
-    tasks, through = tasks_from_events(store)
+    read = tasks_from_events(store)
+    tasks = read.tasks
     if not tasks:
         raise InvalidInput("source", source, f"an event log with {NO_EVENTS}")
     prices = prices_from_store(store)
@@ -113,7 +114,7 @@ def learn_handbook(
             embedder=embedder,
             features=features,
             orchestrator=orchestrator,
-            events_through=through,
+            events_read=read,
             progress=progress,
         )
 

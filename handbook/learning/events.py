@@ -8,6 +8,7 @@ Infrastructure failures carry no reward and are left out, as they never change c
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import defaultdict
 from typing import Any, NamedTuple
 
@@ -27,15 +28,21 @@ NO_EVENTS = (
 
 
 class EventTasks(NamedTuple):
+    """The tasks, and how far the log was read: learning counts the reports that came in after it
+    (HandbookStore.reported_steps_after). A tuple of two is always true: test `.tasks` for none read."""
+
     tasks: list[TraceTask]
-    through: int  # the last report read: learning compares it with the log's when it is done (reported_steps_after)
+    through: int  # the last report's row number read
+    read_at: float  # when: a prune that emptied the table lets SQLite give row numbers out again (review)
 
 
 def tasks_from_events(store: HandbookStore) -> EventTasks:
     """One task per distinct (mode, text), in order of first appearance, with each agent's mean outcome."""
     grouped: dict[tuple[str | None, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     through = 0
-    for row in store.reported_steps():
+    rows = store.reported_steps()
+    read_at = time.time()
+    for row in rows:
         grouped[(row["mode"], row["text"])][row["agent_id"]].append(row)
         through = max(through, int(row["report"]))
     tasks: list[TraceTask] = []
@@ -58,7 +65,7 @@ def tasks_from_events(store: HandbookStore) -> EventTasks:
             )
         digest = hashlib.sha256(f"{mode}\0{text}".encode()).hexdigest()[:16]
         tasks.append(TraceTask(id=f"event-{digest}", query=text, mode=mode, outcomes=outcomes))
-    return EventTasks(tasks, through)
+    return EventTasks(tasks, through, read_at)
 
 
 def prices_from_store(store: HandbookStore) -> dict[str, AgentPrice]:
