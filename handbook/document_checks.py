@@ -11,6 +11,7 @@ from typing import Any
 from skillorchestra.handbook.arrays import MODE_PREFIX, ROOT_SKILL
 from skillorchestra.handbook.errors import InvalidInput, NotFound
 from skillorchestra.handbook.models import (
+    MAX_EVIDENCE,
     Agent,
     Competence,
     CostStats,
@@ -169,6 +170,11 @@ def _check_pairs(field: str, rows: Sequence[Competence | CostStats], agents: set
             raise NotFound(f"agent ({field}[{position}].agent_id)", row.agent_id, agents)
         if row.skill_id not in skills:
             raise NotFound(f"skill ({field}[{position}].skill_id)", row.skill_id, skills)
+        for name in ("alpha", "beta") if isinstance(row, Competence) else ():
+            # QA: an imported 1e160 overflowed the posterior's variance to NaN, and every route over it failed; the
+            # bound is checked where a document enters, so a file holding such a row still opens to be mended
+            if getattr(row, name) > MAX_EVIDENCE:
+                raise InvalidInput(f"{field}[{position}].{name}", getattr(row, name), f"at most {MAX_EVIDENCE:g}")
         pair = (row.agent_id, row.skill_id)
         if pair in seen:  # the store's key: SQLite would refuse it as if the database were broken
             raise InvalidInput(f"{field}[{row.agent_id}, {row.skill_id}]", "a second row", "one row per (agent, skill)")

@@ -31,7 +31,7 @@ MAX_TOKENS = 2**53  # also within SQLite's INTEGER
 MAX_SECONDS = 1e6
 PLAUSIBLE_TOKENS = 10_000_000  # per call and figure: beyond any model's context or output, so a figure past it is an
 # error (a backend's usage report, a trace line): not believed
-MAX_EVIDENCE = 1e12  # alpha or beta of a competence row: far past any log, far below float overflow in its variance
+MAX_EVIDENCE = 1e12  # alpha or beta of an entering competence row: past any log, far below overflow in its variance
 MAX_LAMBDA = 1000.0  # cost weighs 1000 quality units per c_ref: beyond this, every policy is 'cheapest'
 MAX_SEED = 2**32 - 1  # what every seeded generator here (random, numpy) takes as one word
 MIN_TRY_S = 0.5  # delegate's least time budget: below it, no try of an agent can finish
@@ -168,9 +168,8 @@ class Competence(_Model):
 
     agent_id: Identifier
     skill_id: Identifier
-    # bounded: an imported 1e160 overflowed the posterior's variance to NaN, and every route over it failed (QA)
-    alpha: float = Field(default=1.0, gt=0.0, le=MAX_EVIDENCE)
-    beta: float = Field(default=1.0, gt=0.0, le=MAX_EVIDENCE)
+    alpha: float = Field(default=1.0, gt=0.0)  # at most MAX_EVIDENCE where a document enters (document_checks)
+    beta: float = Field(default=1.0, gt=0.0)
 
 
 class CostStats(_Model):
