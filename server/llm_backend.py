@@ -479,7 +479,7 @@ async def call_llm(
         return failed_call("auth", "MissingApiKey", message)
     litellm = await ensure_litellm()  # outside the deadline: the one-off import is not the agent's latency
     secrets = call_secrets(conn, key, litellm)
-    limiter = await acquire_slot(conn.id, conn.concurrency, timeout)
+    limiter, left = await slot_within(conn.id, conn.concurrency, timeout)
     if limiter is None:
         return queue_full(conn.id, conn.concurrency, timeout)
     start = time.perf_counter()
@@ -489,7 +489,7 @@ async def call_llm(
         # its timeout made a client, an HTTP session and a connection per call, and it never closed evicted ones.
         # A shorter limit is this deadline's, which lets litellm's own, more informative Timeout fire first when
         # the two are the same.
-        deadline_s = timeout + _TIMEOUT_GRACE_S if timeout >= conn.timeout_s else timeout
+        deadline_s = left + (_TIMEOUT_GRACE_S if timeout >= conn.timeout_s else 0.0)
         with anyio.fail_after(deadline_s), holding_slot(limiter):
             kwargs: dict[str, Any] = {}
             if stream:
@@ -584,6 +584,14 @@ async def acquire_slot(agent_id: str, concurrency: int, timeout: float) -> anyio
             wait.waiting = False
         return limiter
     return None
+
+
+async def slot_within(agent_id: str, concurrency: int, timeout: float) -> tuple[anyio.CapacityLimiter | None, float]:
+    """A concurrency slot (acquire_slot) and the seconds of `timeout` left for the call once it is held: the wait
+    is part of the call's time (QA: a delegate with timeout_s=6 waited 5.5 s for a slot, then took a fresh 6 s)."""
+    started = time.perf_counter()
+    limiter = await acquire_slot(agent_id, concurrency, timeout)
+    return limiter, timeout - (time.perf_counter() - started)
 
 
 def queue_full(agent_id: str, concurrency: int, timeout: float) -> BackendResult:

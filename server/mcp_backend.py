@@ -37,9 +37,9 @@ from skillorchestra.server.llm_backend import (
     BackendResult,
     CostSource,
     ErrorClass,
-    acquire_slot,
     holding_slot,
     queue_full,
+    slot_within,
 )
 from skillorchestra.server.masking import passed_secrets, scrub, secrets_to_mask
 
@@ -153,7 +153,7 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
     timeout = min(timeout_s, conn.timeout_s) if timeout_s is not None else conn.timeout_s
     cost, cost_source = _configured_cost(conn)
     arguments: dict[str, Any] = {**conn.arguments, conn.text_argument: text}
-    limiter = await acquire_slot(conn.id, conn.concurrency, timeout)
+    limiter, left = await slot_within(conn.id, conn.concurrency, timeout)
     if limiter is None:
         return queue_full(conn.id, conn.concurrency, timeout)
     secrets = secrets_to_mask(passed_secrets(conn.env_vars))  # once per call: env_vars and the environment's
@@ -161,9 +161,9 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
     start = time.perf_counter()
     sent = False  # whether tools/call went out: before it, no tool ran and nothing can be billed
     try:
-        with anyio.fail_after(timeout), holding_slot(limiter):
+        with anyio.fail_after(left), holding_slot(limiter):
             relay = StderrRelay(conn.id, secrets) if conn.url is None else None
-            async with Client(_target(conn, relay), read_timeout_seconds=timeout) as client:
+            async with Client(_target(conn, relay), read_timeout_seconds=max(left, 0.001)) as client:
                 sent = True
                 result = await client.call_tool(conn.tool, arguments)
                 missing = result.is_error and await _lacks_tool(client, conn.tool)

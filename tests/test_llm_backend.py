@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 from fake_openai import FakeOpenAI
+from mcp_calls import until_called
 
 from skillorchestra.server.agent_config import LlmAgentConnection
 from skillorchestra.server.llm_backend import (
@@ -377,8 +378,6 @@ async def test_calls_arriving_during_the_first_calls_warm_up_wait_for_it(
     """QA: only the first caller waited for the warm-up; three other first delegations started their clocks at once,
     paid the client's set-up inside timeout_s=0.5 and timed out. The warm-up is pointed at the fake server, held
     there, so the interleaving is forced, not timed."""
-    from mcp_calls import until_called
-
     from skillorchestra.server import llm_backend
 
     monkeypatch.setattr(llm_backend, "_first_call_warmed", False)
@@ -399,3 +398,25 @@ async def test_calls_arriving_during_the_first_calls_warm_up_wait_for_it(
         release.set()
     assert sorted(returned) == ["arrived during the warm-up", "warming"]
     assert llm_backend._first_call_warmed and llm_backend._warming is None
+
+
+@pytest.mark.anyio
+async def test_the_wait_for_a_busy_slot_counts_against_the_calls_time(fake_openai: FakeOpenAI) -> None:
+    """QA: a call waited 5.5 s of its 6 s for the agent's one slot, then took a fresh 6 s: delegate returned after
+    11.5 s. Here the slot is held 1.5 s of a 2.5 s budget, and the answer needs 1.5 s: only a fresh budget fits it."""
+    await ensure_litellm()
+    agent = conn(fake_openai, model="openai/busy-model", concurrency=1)
+    release = fake_openai.hold("busy-model")
+    results: dict[str, BackendResult] = {}
+
+    async def call(name: str, text: str, timeout_s: float) -> None:
+        results[name] = await call_llm(agent, user(text), timeout_s=timeout_s)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(call, "holder", "first", 30.0)
+        await until_called(fake_openai, "busy-model")  # it holds the slot
+        tasks.start_soon(call, "waiter", "SLOW:1.5 second", 2.5)
+        await anyio.sleep(1.5)  # the waiter's time runs while the slot is busy
+        release.set()
+    assert results["holder"].error_class is None
+    assert results["waiter"].error_class == "timeout", results["waiter"]
