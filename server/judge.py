@@ -37,6 +37,7 @@ import anyio.to_thread
 from skillorchestra.handbook.errors import HandbookError, Unroutable
 from skillorchestra.handbook.results import DelegateResult
 from skillorchestra.handbook.service import Handbook, OutcomeReport
+from skillorchestra.handbook.traces import SUCCESS_THRESHOLD
 from skillorchestra.server.agent_config import AgentConnection, JudgeSettings, LlmAgentConnection
 from skillorchestra.server.breaker import CircuitBreaker
 from skillorchestra.server.llm_backend import BackendResult, expected_call_cost
@@ -129,10 +130,14 @@ def parse_verdict(reply: str) -> float:
 
 
 def reward_of(score: float, settings: JudgeSettings) -> float:
-    """The score itself, or success (1/0) against the configured threshold."""
-    if settings.threshold is None:
+    """The score itself, or success (1/0) against the configured threshold; the binary style is always pass or
+    fail, at 0.5 without a threshold (QA: its judge's 0.3 was recorded as partial credit)."""
+    threshold = settings.threshold
+    if threshold is None and settings.style == "binary":
+        threshold = SUCCESS_THRESHOLD
+    if threshold is None:
         return score
-    return 1.0 if score >= settings.threshold else 0.0
+    return 1.0 if score >= threshold else 0.0
 
 
 async def _over_budget(

@@ -294,3 +294,11 @@ async def test_a_timed_out_judge_says_why_its_cost_is_unknown(tmp_path: Path, fa
         result = await call(client, "delegate", {"text": STEP, "agent_id": "cheap"})
     (warning,) = [w for w in result["warnings"] if w.startswith("cost of the judge")]
     assert "timed out" in warning and "no price" not in warning
+
+
+def test_a_binary_judge_records_pass_or_fail_never_partial_credit() -> None:
+    """QA: style = "binary" without a threshold recorded a reply of 0.3 as reward 0.3."""
+    binary = JudgeSettings(agent="j", style="binary")
+    assert [reward_of(score, binary) for score in (0.0, 0.3, 0.5, 0.7, 1.0)] == [0.0, 0.0, 1.0, 1.0, 1.0]
+    graded = JudgeSettings(agent="j")
+    assert reward_of(0.3, graded) == 0.3 and reward_of(0.3, JudgeSettings(agent="j", threshold=0.25)) == 1.0
