@@ -56,16 +56,33 @@ def url_password(value: str) -> str | None:
 
 def passed_secrets(names: Iterable[str], environ: Mapping[str, str] | None = None) -> list[str]:
     """Of the variables handed to a tool server (its env_vars), the values that may be secrets: a secret's name,
-    or a value shaped like a token (16+ characters, no space, no '/'). env_vars also carries plain settings
-    (WORKSPACE_DIR=/home/me/project, NODE_ENV=production), which masking would cut out of every answer."""
+    or a value shaped like a token (16+ characters, no space; with a '/' only base64-like: see _token_shaped).
+    env_vars also carries plain settings (WORKSPACE_DIR=/home/me/project, NODE_ENV=production), which masking would
+    cut out of every answer."""
     env = os.environ if environ is None else environ
     values = [(name, env[name]) for name in names if name in env]
     passwords = [password for _, value in values if (password := url_password(value))]
     return [value for name, value in values if is_secret_name(name) or _token_shaped(value)] + passwords
 
 
+_BASE64ISH = re.compile(r"[A-Za-z0-9+/=_-]+")
+
+
 def _token_shaped(value: str) -> bool:
-    return len(value) >= 16 and "/" not in value and not any(c.isspace() for c in value)
+    """16+ characters without a space; one holding a '/' only when it reads as base64 rather than a path: no leading
+    '/', '.' or '~', base64's characters only, with digits and both cases (QA: SEARCH_AUTH=Zk9/aB3+xYq2LmN8pQrS,
+    an AWS-style secret, was echoed back in clear)."""
+    if len(value) < 16 or any(c.isspace() for c in value):
+        return False
+    if "/" not in value:
+        return True
+    return (
+        value[0] not in "/.~"
+        and _BASE64ISH.fullmatch(value) is not None
+        and any(c.isdigit() for c in value)
+        and any(c.isupper() for c in value)
+        and any(c.islower() for c in value)
+    )
 
 
 _HANDED_OUT: set[str] = set()  # the keys backend calls were given in this process (remember_keys, log_secrets)

@@ -116,10 +116,15 @@ def test_only_env_vars_that_may_be_secrets_are_masked_in_a_tool_agents_text() ->
         "DB_PASSWORD": "hunter2-but-longer",
         "UNPASSED_KEY": "never-handed-to-the-tool",
         "DATABASE_URL": "postgres://app:LEAKCHECKpw@db.internal/app",
+        "SEARCH_AUTH": "Zk9/aB3+xYq2LmN8pQrS",  # QA: base64 with a '/' was taken for a path and echoed in clear
+        "SRC_DIR": "services/api/handlers",
+        "CONFIG": "./conf/Prod2/settings.yaml",
     }
     names = ["WORKSPACE_DIR", "NODE_ENV", "DEBUG", "TOOL_AUTH_VALUE", "GITHUB_PAT", "DB_PASSWORD", "DATABASE_URL"]
+    names += ["SEARCH_AUTH", "SRC_DIR", "CONFIG"]
     passed = passed_secrets(names, env)
-    assert sorted(passed) == sorted([TOOL_KEY, "ghp_0123456789abcdefABCDEF", "hunter2-but-longer", "LEAKCHECKpw"])
+    expected = [TOOL_KEY, "ghp_0123456789abcdefABCDEF", "hunter2-but-longer", "LEAKCHECKpw", "Zk9/aB3+xYq2LmN8pQrS"]
+    assert sorted(passed) == sorted(expected)
     assert scrub(env["DATABASE_URL"], secrets_to_mask(passed, {})) == "postgres://app:***@db.internal/app"
     text = scrub("listed /home/me/project/README.md in production mode, debug true", secrets_to_mask(passed, {}))
     assert text == "listed /home/me/project/README.md in production mode, debug true"
