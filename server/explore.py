@@ -28,7 +28,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from skillorchestra.handbook.errors import InvalidInput, not_utf8
-from skillorchestra.handbook.models import ID_MAX, TEXT_MAX
+from skillorchestra.handbook.models import ID_MAX, MAX_USD, TEXT_MAX
 from skillorchestra.handbook.traces import refuse_misspelt, unique_ids, validated_lines
 from skillorchestra.server.agent_config import AgentConnection
 from skillorchestra.server.llm_backend import INFRASTRUCTURE_ERRORS, BackendResult
@@ -165,9 +165,11 @@ def outcome(result: BackendResult, reference: str | None, grader: Grader | None)
             entry["score"] = 0.0  # the agent could not do this task: a failure on the task, not of the network
         entry["error_class"] = result.error_class
         entry["error"] = (result.message or "")[:_MESSAGE_MAX]
-    if result.cost_usd is not None:
-        entry["cost_usd"] = result.cost_usd
     entry["cost_source"] = result.cost_source
+    if result.cost_usd is not None and result.cost_usd <= MAX_USD:
+        entry["cost_usd"] = result.cost_usd
+    elif result.cost_usd is not None:  # past the trace reader's bound the whole file would no longer read (review)
+        entry["cost_source"] = "unknown"
     if result.prompt_tokens is not None:
         entry["prompt_tokens"] = result.prompt_tokens
     if result.completion_tokens is not None:

@@ -361,3 +361,11 @@ def test_the_judges_numbers_are_toml_numbers(tmp_path: Path) -> None:
     body = '[agents.a]\nmodel = "openai/a"\n\n[judge]\nagent = "a"\nmax_tokens = "32"\n'
     with pytest.raises(InvalidInput, match=r"judge\.max_tokens='32': expected a valid integer"):
         load_agent_configs(write(tmp_path, body))
+
+
+def test_an_mcp_agents_price_per_call_is_bounded_as_the_handbooks(tmp_path: Path) -> None:
+    """Review: agents.toml took any cost_per_call_usd, while the handbook's agent and the trace reader stop at
+    MAX_USD, so explore could write traces its own reader refused."""
+    body = '[agents.t]\nkind = "mcp"\ncommand = "python"\ntool = "search"\ncost_per_call_usd = 1e7\n'
+    with pytest.raises(InvalidInput, match=r"agents\.t\.cost_per_call_usd=10000000\.0: expected less than or equal"):
+        load_agent_configs(write(tmp_path, body))

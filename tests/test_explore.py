@@ -253,3 +253,20 @@ def test_explore_exits_1_when_every_call_failed(
     fake_openai.behaviours["down"] = "FAIL400"  # an agent refusing the task answered: scored 0, not an outage
     again = ["explore", "--tasks", tasks, "--pool", str(pool), "--out", str(tmp_path / "refused.jsonl")]
     assert run_cli(again) == 0
+
+
+def test_a_cost_past_the_trace_readers_bound_is_written_as_unknown(tmp_path: Path) -> None:
+    """Review: explore wrote whatever cost a backend priced (10M believed tokens at $1e6 per Mtok: $1e7), and the
+    trace reader refuses more than $1e6 a call, so the whole file no longer read."""
+    from skillorchestra.handbook.traces import read_tasks
+    from skillorchestra.server.explore import outcome
+    from skillorchestra.server.llm_backend import BackendResult
+
+    dear = outcome(BackendResult(answer="4", cost_usd=2e7, cost_source="agent_prices"), "4", "exact")
+    fair = outcome(BackendResult(answer="4", cost_usd=0.5, cost_source="agent_prices"), "4", "exact")
+    assert "cost_usd" not in dear and dear["cost_source"] == "unknown" and dear["score"] == 1.0
+    assert (fair["cost_usd"], fair["cost_source"]) == (0.5, "agent_prices")
+    traces = tmp_path / "t.jsonl"
+    traces.write_text(json.dumps({"id": "t", "query": "2+2", "outcomes": {"a": dear, "b": fair}}) + "\n")
+    (task,) = read_tasks(traces)
+    assert task.outcomes["a"].cost_usd is None and task.outcomes["b"].cost_usd == 0.5
