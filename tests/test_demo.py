@@ -39,6 +39,8 @@ def test_demo_runs_the_tour_and_compares_with_the_strongest_agent(tmp_path: Path
     assert len(recorded) == steps
     # QA: the root column read "its overall record" with its own raw mean (0.67 over one step, against 0.55 over 831)
     assert "steps matching no skill" in recorded and "overall record" not in out
+    for shown in re.findall(r"on steps matching no skill now (\d\.\d\d) \(1 outcome there\)", out):
+        assert shown not in ("0.67", "0.33")  # the competence routing uses, not one step's raw Beta mean
     totals = re.search(r"^  skill-aware routing\s+(\d+)/(\d+)\s+([\d.]+)\s+([\d.]+)$", out, re.MULTILINE)
     strongest = re.search(r"^  always (\S+)\s+(\d+)/(\d+)\s+([\d.]+)\s+([\d.]+)$", out, re.MULTILINE)
     assert totals and strongest, out[-1500:]

@@ -594,6 +594,14 @@ def test_forgetting_ages_a_skill_by_how_much_the_step_needed_it(tmp_path: Path, 
         expected = (1 + aged * (alpha - 1) + weight, 1 + aged * (beta - 1))
         assert competence_of(book.store, "mid", skill_id) == pytest.approx(expected)
     assert book.store.rebuild() == book.store.document()  # the replay ages alike
+    # an event logged by an earlier release has no forget_by_weight: it aged by gamma whatever the weight, and a
+    # rebuild must replay it so to equal the state that release left
+    alpha, beta = competence_of(book.store, "mid", "code.sql") or (1.0, 1.0)
+    old_event = {"decision_id": "old", "agent_id": "mid", "skills": [["code.sql", 0.25]], "mode": None}
+    book.store.apply("outcome", {**old_event, "gamma": 0.5, "reward": 1.0, "error_class": "task"})
+    flat = (1 + 0.5 * (alpha - 1) + 0.25, 1 + 0.5 * (beta - 1))
+    assert competence_of(book.store, "mid", "code.sql") == pytest.approx(flat)
+    assert book.store.rebuild() == book.store.document()
 
 
 def test_a_mode_level_outcome_is_evidence_for_that_mode(book: Handbook) -> None:
