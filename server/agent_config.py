@@ -109,7 +109,7 @@ _SECRET_ENDINGS = (
 )
 _SECRET_ARGUMENTS = frozenset({"key", "token", "auth", "authorization", "bearer", "credential", *_SECRET_ENDINGS})
 # Fields holding environment variable names: a wrong value there is often the key itself, so errors mask it.
-_ENV_NAME_FIELDS = frozenset({"api_key_env", "env_vars"})
+_ENV_NAME_FIELDS = frozenset({"api_key_env", "env_vars", "bearer_token_env"})
 # URL fields: a refused URL may carry credentials (user:password@, ?api-key=), so errors show it redacted.
 _URL_FIELDS = frozenset({"api_base", "url"})
 
@@ -234,6 +234,9 @@ class McpAgentConnection(_AgentBase):
     cwd: str | None = Field(default=None, min_length=1)
     env_vars: tuple[EnvName, ...] = ()
     url: str | None = None
+    # the NAME of a variable holding a bearer token the url server requires (sent as Authorization: Bearer ...):
+    # QA, a token-protected server, another skillorchestra among them, could not be a tool agent
+    bearer_token_env: EnvName | None = None
     tool: str = Field(min_length=1, max_length=200)
     text_argument: str = Field(default="text", min_length=1, max_length=200)
     arguments: dict[str, Any] = Field(default_factory=dict)
@@ -250,6 +253,8 @@ class McpAgentConnection(_AgentBase):
             raise ValueError("exactly one of command (stdio) or url (streamable HTTP)")
         if self.url is not None and (self.args or self.env_vars or self.cwd):
             raise ValueError("args, env_vars and cwd only with command (stdio)")
+        if self.url is None and self.bearer_token_env is not None:
+            raise ValueError("bearer_token_env only with url (streamable HTTP); a stdio server takes env_vars")
         if self.text_argument in self.arguments:
             raise ValueError(f"arguments without {self.text_argument!r}, which receives the step text")
         return self

@@ -18,6 +18,7 @@ when configured, else 0.0 with ``cost_source="no_token_cost"`` (a tool call spen
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,8 +28,10 @@ import time
 from typing import Any
 
 import anyio
+import httpx2
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, TextContent
 
 from skillorchestra.handbook.inert_text import one_line
@@ -37,6 +40,7 @@ from skillorchestra.server.llm_backend import (
     BackendResult,
     CostSource,
     ErrorClass,
+    failed_call,
     holding_slot,
     queue_full,
     slot_within,
@@ -54,10 +58,26 @@ def _child_env(conn: McpAgentConnection) -> dict[str, str]:
     return {name: os.environ[name] for name in conn.env_vars if name in os.environ}
 
 
-def _target(conn: McpAgentConnection, relay: StderrRelay | None) -> Any:
-    """What the SDK client connects to: a URL string (streamable HTTP) or a stdio transport writing to `relay`."""
+def _http_client(token: str | None, refused: list[int]) -> httpx2.AsyncClient:
+    """The HTTP client of a url agent: the bearer token, if any, on every request, the SDK's own client's timeouts
+    (30 s, reads 300 s: a response stream stays open), and a note of each 401/403, whose status the SDK drops."""
+
+    async def note(response: httpx2.Response) -> None:
+        if response.status_code in (401, 403):
+            refused.append(response.status_code)
+
+    return httpx2.AsyncClient(
+        headers={"Authorization": f"Bearer {token}"} if token else None,
+        timeout=httpx2.Timeout(30.0, read=300.0),
+        event_hooks={"response": [note]},
+    )
+
+
+def _target(conn: McpAgentConnection, relay: StderrRelay | None, http: httpx2.AsyncClient | None = None) -> Any:
+    """What the SDK client connects to: a URL (streamable HTTP, through `http` when it carries a bearer token) or a
+    stdio transport writing to `relay`."""
     if conn.url is not None:
-        return conn.url
+        return conn.url if http is None else streamable_http_client(conn.url, http_client=http)
     if relay is None:
         raise ValueError(f"agent {conn.id}: a stdio tool server needs a stderr relay")
     params = StdioServerParameters(command=conn.command or "", args=list(conn.args), env=_child_env(conn), cwd=conn.cwd)
@@ -143,7 +163,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _configured_cost(conn: McpAgentConnection) -> tuple[float, CostSource]:
-    if conn.cost_per_call_usd is not None:
+    if conn.cost_per_call_usd:  # a price of 0 is what `agents load` gives an unpriced tool: no token cost
         return conn.cost_per_call_usd, "agent_prices"
     return 0.0, "no_token_cost"
 
@@ -153,17 +173,30 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
     timeout = min(timeout_s, conn.timeout_s) if timeout_s is not None else conn.timeout_s
     cost, cost_source = _configured_cost(conn)
     arguments: dict[str, Any] = {**conn.arguments, conn.text_argument: text}
+    token = os.environ.get(conn.bearer_token_env) if conn.bearer_token_env else None
+    if conn.bearer_token_env and not token:  # said without calling, as an LLM agent's missing key is
+        message = f"environment variable {conn.bearer_token_env} is not set (bearer_token_env of agent {conn.id})"
+        log.warning("mcp agent %s failed (auth): %s", conn.id, message)
+        return failed_call("auth", "MissingToken", message)
     limiter, left = await slot_within(conn.id, conn.concurrency, timeout)
     if limiter is None:
         return queue_full(conn.id, conn.concurrency, timeout)
-    secrets = secrets_to_mask(passed_secrets(conn.env_vars))  # once per call: env_vars and the environment's
+    # once per call: env_vars, the token and the environment's
+    secrets = secrets_to_mask([*passed_secrets(conn.env_vars), *([token] if token else [])])
     relay: StderrRelay | None = None
     start = time.perf_counter()
     sent = False  # whether tools/call went out: before it, no tool ran and nothing can be billed
+    refused: list[int] = []  # HTTP 401/403 answers of a url server
     try:
         with anyio.fail_after(left), holding_slot(limiter):
             relay = StderrRelay(conn.id, secrets) if conn.url is None else None
-            async with Client(_target(conn, relay), read_timeout_seconds=max(left, 0.001)) as client:
+            async with contextlib.AsyncExitStack() as stack:
+                http = None
+                if conn.url is not None:
+                    http = await stack.enter_async_context(_http_client(token, refused))
+                client = await stack.enter_async_context(
+                    Client(_target(conn, relay, http), read_timeout_seconds=max(left, 0.001))
+                )
                 sent = True
                 result = await client.call_tool(conn.tool, arguments)
                 missing = result.is_error and await _lacks_tool(client, conn.tool)
@@ -171,6 +204,10 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
         latency = time.perf_counter() - start
         error_class = classify_mcp_exception(exc)
         message = f"no answer within {timeout:g} s" if error_class == "timeout" else _describe(exc)
+        if refused and error_class != "timeout":  # the SDK words a 401 as "Server returned an error response" (QA)
+            error_class = "auth"
+            held = f"refused the token in {conn.bearer_token_env}" if conn.bearer_token_env else "wants a token"
+            message = f"the server answered HTTP {refused[0]}: it {held} (bearer_token_env in agents.toml; {message})"
         message = scrub(message, secrets)
         log.warning("mcp agent %s failed (%s) after %.2fs: %s", conn.id, error_class, latency, message)
         # Without a configured price nothing was spent, nor when the call never went out (the server could not be

@@ -521,3 +521,33 @@ async def test_an_sse_message_post_cut_off_is_one_warning(tmp_path: Path, caplog
         await RefusedQuietly(sdk_messages)({"type": "http", "path": "/messages/"}, None, None)  # type: ignore[arg-type]
     said = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records]
     assert said == [("WARNING", "a client disconnected before its request arrived whole", None)]
+
+
+@pytest.mark.anyio
+async def test_a_token_protected_server_is_a_tool_agent_with_bearer_token_env(
+    http_token_server: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: a tool agent could not send a token, so a protected MCP server (another skillorchestra among them) could
+    not be one, and its 401 read as a server_error."""
+    from skillorchestra.server.agent_config import McpAgentConnection
+    from skillorchestra.server.mcp_backend import call_mcp_tool
+
+    agent = McpAgentConnection(
+        id="other-router",
+        kind="mcp",
+        url=http_token_server.mcp_url,
+        tool="consult_handbook",
+        bearer_token_env="SKILLORCHESTRA_TEST_BEARER",
+    )
+    monkeypatch.setenv("SKILLORCHESTRA_TEST_BEARER", TOKEN)
+    answered = await call_mcp_tool(agent, STEP, timeout_s=30)
+    assert answered.ok and '"skills"' in answered.answer and TOKEN not in answered.answer
+    monkeypatch.setenv("SKILLORCHESTRA_TEST_BEARER", "wrong-" + TOKEN)
+    refused = await call_mcp_tool(agent, STEP, timeout_s=30)
+    assert refused.error_class == "auth", refused
+    assert "the server answered HTTP 401: it refused the token in SKILLORCHESTRA_TEST_BEARER" in (refused.message or "")
+    assert "wrong-" + TOKEN not in (refused.message or "")
+    monkeypatch.delenv("SKILLORCHESTRA_TEST_BEARER")
+    unset = await call_mcp_tool(agent, STEP, timeout_s=30)
+    assert (unset.error_class, unset.error_type) == ("auth", "MissingToken")
+    assert "SKILLORCHESTRA_TEST_BEARER is not set" in (unset.message or "")
