@@ -706,6 +706,20 @@ class Handbook:
 
     # -- delegated calls ---------------------------------------------------------------------------------
 
+    def note_cancelled(self, decision_id: str, latency_s: float) -> None:
+        """A delegated call (an agent's or a judge's) cut off by its request's cancellation: recorded as called, cost
+        unknown (the agent may have charged for it), so the decision keeps its expected cost in the session's spend
+        and is never called again; not the agent's failure (no outcome)."""
+        self.note_call(
+            decision_id,
+            cost_usd=None,
+            cost_source="unknown",
+            prompt_tokens=None,
+            completion_tokens=None,
+            latency_s=latency_s,
+            error_class="cancelled",
+        )
+
     def note_call(
         self,
         decision_id: str,

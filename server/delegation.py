@@ -47,7 +47,7 @@ from skillorchestra.handbook.service import DelegateRequest, Handbook, OutcomeRe
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.agent_config import AgentConnection, LlmAgentConnection, parse_agent
 from skillorchestra.server.breaker import CircuitBreaker
-from skillorchestra.server.judge import find_judge, judge_answer
+from skillorchestra.server.judge import find_judge, judge_answer, note_cancelled
 from skillorchestra.server.llm_backend import QUEUE_FULL, SLOT_WAIT, BackendResult, SlotWait
 
 log = logging.getLogger(__name__)
@@ -414,22 +414,9 @@ class Delegator:
             )
 
     def _cancelled(self, decision_id: str, agent_id: str, latency_s: float) -> None:
-        """A call cut off by its request's cancellation: recorded as called, cost unknown (the agent may have charged
-        for it), so the decision keeps its expected cost in the session's spend and is never called again; not the
-        agent's failure, so its breaker (_call gave back a half-open trial) and competence stay as they were (QA:
-        nothing recorded the call). A failed write is logged: it must not replace the cancellation."""
-        try:
-            self.handbook.note_call(
-                decision_id,
-                cost_usd=None,
-                cost_source="unknown",
-                prompt_tokens=None,
-                completion_tokens=None,
-                latency_s=latency_s,
-                error_class="cancelled",
-            )
-        except Exception:
-            log.exception("could not record the cancelled call of agent %s on decision %s", agent_id, decision_id)
+        """A call cut off by its request's cancellation (Handbook.note_cancelled); the agent's breaker (_call gave
+        back a half-open trial) and competence stay as they were (QA: nothing recorded the call)."""
+        note_cancelled(self.handbook, decision_id, agent_id, latency_s)
 
     def _withdraw(self, decision_id: str) -> None:
         """Close a decision whose agent was never reached, so it holds no budget (a no-op once called or reported).

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import re
 import time
@@ -41,6 +42,8 @@ from skillorchestra.handbook.traces import SUCCESS_THRESHOLD
 from skillorchestra.server.agent_config import AgentConnection, JudgeSettings, LlmAgentConnection
 from skillorchestra.server.breaker import CircuitBreaker
 from skillorchestra.server.llm_backend import BackendResult, expected_call_cost
+
+log = logging.getLogger(__name__)
 
 MIN_JUDGE_S = 0.5  # below this a judge call cannot finish: skip it and say so
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
@@ -129,6 +132,15 @@ def parse_verdict(reply: str) -> float:
     return float(score)
 
 
+def note_cancelled(handbook: Handbook, decision_id: str, agent_id: str, latency_s: float) -> None:
+    """Record a delegated call (an agent's or this judge's) that its request's cancellation cut off: see
+    Handbook.note_cancelled. A failed write is logged: it must not replace the cancellation."""
+    try:
+        handbook.note_cancelled(decision_id, latency_s)
+    except Exception:
+        log.exception("could not record the cancelled call of agent %s on decision %s", agent_id, decision_id)
+
+
 def reward_of(score: float, settings: JudgeSettings) -> float:
     """The score itself, or success (1/0) against the configured threshold; the binary style is always pass or
     fail, at 0.5 without a threshold (QA: its judge's 0.3 was recorded as partial credit)."""
@@ -214,10 +226,14 @@ async def judge_answer(
             judge_decision = None
             warnings.append(f"not judged: the judge {conn.id}'s {over}; {unreported}")
         if judge_decision is not None:
+            called = time.monotonic()
             try:
                 result = await caller(conn, step, messages, min(remaining, settings.timeout_s), settings.max_tokens)
             except anyio.get_cancelled_exc_class():
                 breaker.release(conn.id)  # the client gave up: not the judge's failure
+                with anyio.CancelScope(shield=True):  # QA: the judge's call stayed unrecorded, its decision claimed
+                    elapsed = time.monotonic() - called
+                    await anyio.to_thread.run_sync(note_cancelled, handbook, judge_decision, conn.id, elapsed)
                 raise
             await account(judge_decision, conn.id, result)
             cost = result.cost_usd

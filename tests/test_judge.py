@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from fake_openai import FakeOpenAI, RecordedRequest
 from mcp import Client
-from mcp_calls import cheap_agent
+from mcp_calls import cheap_agent, db_rows, until_called
 
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.server.agent_config import JudgeSettings, LlmAgentConnection, load_agent_configs
@@ -302,3 +303,32 @@ def test_a_binary_judge_records_pass_or_fail_never_partial_credit() -> None:
     assert [reward_of(score, binary) for score in (0.0, 0.3, 0.5, 0.7, 1.0)] == [0.0, 0.0, 1.0, 1.0, 1.0]
     graded = JudgeSettings(agent="j")
     assert reward_of(0.3, graded) == 0.3 and reward_of(0.3, JudgeSettings(agent="j", threshold=0.25)) == 1.0
+
+
+@pytest.mark.anyio
+async def test_a_judge_call_the_client_abandons_is_recorded_as_cancelled(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """QA: the client gave up while the judge graded; the judge's call reached the provider but its decision stayed
+    claimed and unrecorded for a day. It is recorded as an agent's cancelled call is: called, cost unknown."""
+    from skillorchestra.server.llm_backend import ensure_litellm
+
+    await ensure_litellm()  # the client gives up while the judge works, not during the import
+    settings = load(tmp_path, agents_toml(fake_openai.api_base))
+    release = fake_openai.hold("judge-model")
+    judged = "SELECT call_error_class FROM decisions WHERE agent_id = 'grader'"
+    async with Client(create_server(settings), mode="legacy") as client:
+        async with anyio.create_task_group() as group:
+
+            async def give_up_once_the_judge_works() -> None:
+                await until_called(fake_openai, "judge-model")
+                group.cancel_scope.cancel()
+
+            group.start_soon(give_up_once_the_judge_works)
+            await client.call_tool("delegate", {"text": STEP, "agent_id": "cheap"})
+            pytest.fail("the judge answered")
+        with anyio.fail_after(30):  # recorded by the server's cancelled handler (shielded) after the client left
+            while (called := db_rows(settings.db_path, judged)) == [(None,)]:
+                await anyio.sleep(0.02)
+        assert called == [("cancelled",)]
+        release.set()
