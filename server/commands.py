@@ -413,6 +413,10 @@ def _loaded_agent(agent_id: str, conn: LlmAgentConnection | McpAgentConnection, 
 
     prices = (conn.input_per_mtok, conn.output_per_mtok) if isinstance(conn, LlmAgentConnection) else (None, None)
     per_call = None if isinstance(conn, LlmAgentConnection) else conn.cost_per_call_usd
+    if per_call is None and not isinstance(conn, LlmAgentConnection) and not (old and old.cost_per_call_usd):
+        # an unpriced tool call spends no tokens, and delegate bills it $0: routing charges it so too (QA: it was
+        # charged the dearest agent's cost until a report recorded the $0)
+        per_call = 0.0
     return Agent(
         id=agent_id,
         description=conn.description or (old.description if old else ""),

@@ -299,6 +299,27 @@ def test_agents_load_gives_an_mcp_agents_price_per_call_to_the_handbook(tmp_path
         store.close()
 
 
+def test_an_unpriced_tool_agent_is_routed_at_the_zero_delegate_bills_it(tmp_path: Path) -> None:
+    """QA: delegate bills an unpriced MCP tool call $0 (no tokens), but routing charged it the dearest agent's cost
+    until a report recorded the $0."""
+    from skillorchestra.handbook.service import Handbook, RouteRequest
+    from skillorchestra.handbook.store import HandbookStore
+    from skillorchestra.server.cli import main as cli_main
+
+    db = tmp_path / "h.db"
+    toml = write(tmp_path, '[agents.search]\nkind = "mcp"\ncommand = "search-server"\ntool = "search"\n')
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["agents", "load", str(toml), "--db", str(db)])
+    assert exited.value.code == 0
+    store = HandbookStore(db)
+    try:
+        assert [(a.id, a.cost_per_call_usd) for a in store.agents()] == [("search", 0.0)]
+        routed = Handbook(store).route(RouteRequest(text="find the news"))
+        assert routed.candidates[0].expected_cost_usd == 0.0
+    finally:
+        store.close()
+
+
 def test_a_second_load_names_the_agents_it_takes_out_of_delegation(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -369,3 +390,12 @@ def test_an_mcp_agents_price_per_call_is_bounded_as_the_handbooks(tmp_path: Path
     body = '[agents.t]\nkind = "mcp"\ncommand = "python"\ntool = "search"\ncost_per_call_usd = 1e7\n'
     with pytest.raises(InvalidInput, match=r"agents\.t\.cost_per_call_usd=10000000\.0: expected less than or equal"):
         load_agent_configs(write(tmp_path, body))
+
+
+def test_a_bearer_token_is_named_for_a_url_server_only(tmp_path: Path) -> None:
+    body = '[agents.t]\nkind = "mcp"\nurl = "http://127.0.0.1:9/mcp"\ntool = "s"\nbearer_token_env = "SO_TOKEN"\n'
+    conn = load_agent_configs(write(tmp_path, body))["t"]
+    assert isinstance(conn, McpAgentConnection) and conn.bearer_token_env == "SO_TOKEN"
+    stdio = '[agents.t]\nkind = "mcp"\ncommand = "python"\ntool = "s"\nbearer_token_env = "SO_TOKEN"\n'
+    with pytest.raises(InvalidInput, match="bearer_token_env only with url"):
+        load_agent_configs(write(tmp_path, stdio))
