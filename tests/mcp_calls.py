@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 from fake_openai import FakeOpenAI
 from mcp import Client
 
@@ -65,6 +66,12 @@ async def until_called(fake_openai: FakeOpenAI, model: str) -> None:
     with anyio.fail_after(30):
         while not fake_openai.chat_requests(model):
             await anyio.sleep(0.02)
+
+
+async def give_up_once_called(fake_openai: FakeOpenAI, model: str, group: anyio.abc.TaskGroup) -> None:
+    """Cancel `group` (the client's call in it) once `model` is at work: the client gives up mid-call."""
+    await until_called(fake_openai, model)
+    group.cancel_scope.cancel()
 
 
 def db_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:

@@ -12,7 +12,7 @@ import anyio
 import pytest
 from fake_openai import FakeOpenAI
 from mcp import Client, StdioServerParameters
-from mcp_calls import db_rows, until_called
+from mcp_calls import db_rows, give_up_once_called
 
 from skillorchestra.handbook.errors import Unroutable
 from skillorchestra.handbook.service import DelegateRequest, Handbook, RouteRequest
@@ -311,12 +311,7 @@ async def test_a_cancelled_delegation_is_not_the_agents_failure(
     release = fake_openai.hold("strong-model")
     async with Client(create_server(configured), mode="legacy") as client:
         async with anyio.create_task_group() as group:
-
-            async def give_up_once_the_agent_works() -> None:
-                await until_called(fake_openai, "strong-model")
-                group.cancel_scope.cancel()
-
-            group.start_soon(give_up_once_the_agent_works)
+            group.start_soon(give_up_once_called, fake_openai, "strong-model", group)
             await client.call_tool("delegate", {"text": "x", "agent_id": "strong"})
             pytest.fail("the agent answered")
         with anyio.fail_after(30):  # the server's cancelled handler records the call (shielded) after the client left

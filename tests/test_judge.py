@@ -10,7 +10,7 @@ import anyio
 import pytest
 from fake_openai import FakeOpenAI, RecordedRequest
 from mcp import Client
-from mcp_calls import cheap_agent, db_rows, until_called
+from mcp_calls import cheap_agent, db_rows, give_up_once_called
 
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.server.agent_config import JudgeSettings, LlmAgentConnection, load_agent_configs
@@ -319,12 +319,7 @@ async def test_a_judge_call_the_client_abandons_is_recorded_as_cancelled(
     judged = "SELECT call_error_class FROM decisions WHERE agent_id = 'grader'"
     async with Client(create_server(settings), mode="legacy") as client:
         async with anyio.create_task_group() as group:
-
-            async def give_up_once_the_judge_works() -> None:
-                await until_called(fake_openai, "judge-model")
-                group.cancel_scope.cancel()
-
-            group.start_soon(give_up_once_the_judge_works)
+            group.start_soon(give_up_once_called, fake_openai, "judge-model", group)
             await client.call_tool("delegate", {"text": STEP, "agent_id": "cheap"})
             pytest.fail("the judge answered")
         with anyio.fail_after(30):  # recorded by the server's cancelled handler (shielded) after the client left

@@ -48,6 +48,14 @@ def route_two_agents(db: Path, n: int = 60) -> None:
         store.close()
 
 
+def logged(db: Path, n: int) -> tuple[HandbookStore, Handbook]:
+    """The example handbook with a log of `n` texts routed to both of TWO, open (the caller closes the store)."""
+    seeded(db)
+    route_two_agents(db, n=n)
+    store = HandbookStore(db)
+    return store, Handbook(store)
+
+
 def others_with_evidence() -> list[str]:
     return sorted({a.id for a in example_document().agents} - set(TWO))
 
@@ -438,10 +446,7 @@ def test_outcomes_reported_while_learning_from_the_log_are_counted_not_silently_
     from skillorchestra.server.jobs import learn_into_store
 
     db = tmp_path / "h.db"
-    seeded(db)
-    route_two_agents(db, n=30)
-    store = HandbookStore(db)
-    handbook = Handbook(store)
+    store, handbook = logged(db, n=30)
     try:
         read = tasks_from_events(store)
         assert store.reported_steps_after(read.through, read.read_at) == 0
@@ -487,11 +492,7 @@ def test_reports_after_a_prune_emptied_the_table_still_count(tmp_path: Path) -> 
     from skillorchestra.handbook.learning.events import tasks_from_events
     from skillorchestra.handbook.retention import prune
 
-    db = tmp_path / "h.db"
-    seeded(db)
-    route_two_agents(db, n=10)
-    store = HandbookStore(db)
-    handbook = Handbook(store)
+    store, handbook = logged(tmp_path / "h.db", n=10)
     try:
         read = tasks_from_events(store)
         prune(store, time.time() + 1)  # every outcome row deleted
