@@ -45,7 +45,7 @@ from skillorchestra.server.llm_backend import (
     queue_full,
     slot_within,
 )
-from skillorchestra.server.masking import passed_secrets, scrub, secrets_to_mask
+from skillorchestra.server.masking import passed_secrets, remember_keys, scrub, secrets_to_mask
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def _http_client(token: str | None, refused: list[int]) -> httpx2.AsyncClient:
 
 
 def _target(conn: McpAgentConnection, relay: StderrRelay | None, http: httpx2.AsyncClient | None = None) -> Any:
-    """What the SDK client connects to: a URL (streamable HTTP, through `http` when it carries a bearer token) or a
+    """What the SDK client connects to: a URL (streamable HTTP, through our `http` client: _http_client) or a
     stdio transport writing to `relay`."""
     if conn.url is not None:
         return conn.url if http is None else streamable_http_client(conn.url, http_client=http)
@@ -173,11 +173,15 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
     timeout = min(timeout_s, conn.timeout_s) if timeout_s is not None else conn.timeout_s
     cost, cost_source = _configured_cost(conn)
     arguments: dict[str, Any] = {**conn.arguments, conn.text_argument: text}
-    token = os.environ.get(conn.bearer_token_env) if conn.bearer_token_env else None
-    if conn.bearer_token_env and not token:  # said without calling, as an LLM agent's missing key is
-        message = f"environment variable {conn.bearer_token_env} is not set (bearer_token_env of agent {conn.id})"
+    token = (os.environ.get(conn.bearer_token_env) or "").strip() if conn.bearer_token_env else None
+    if conn.bearer_token_env and (not token or not token.isprintable() or " " in token):
+        # said without calling, as an LLM agent's missing key is; a token read from a file may end in a newline,
+        # which httpx refused in an error that printed the header whole (review): stripped, and else refused
+        what = "is not set" if not token else "holds spaces or control characters inside its token"
+        message = f"environment variable {conn.bearer_token_env} {what} (bearer_token_env of agent {conn.id})"
         log.warning("mcp agent %s failed (auth): %s", conn.id, message)
         return failed_call("auth", "MissingToken", message)
+    remember_keys([token])  # masked in every log line from now on, whatever its variable's name (review)
     limiter, left = await slot_within(conn.id, conn.concurrency, timeout)
     if limiter is None:
         return queue_full(conn.id, conn.concurrency, timeout)
@@ -212,7 +216,7 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
         log.warning("mcp agent %s failed (%s) after %.2fs: %s", conn.id, error_class, latency, message)
         # Without a configured price nothing was spent, nor when the call never went out (the server could not be
         # started or reached: no tool ran); once it went out, a configured per-call price may or may not apply.
-        free = conn.cost_per_call_usd is None or not sent
+        free = not conn.cost_per_call_usd or not sent  # 0: the price `agents load` gives an unpriced tool
         return BackendResult(
             latency_s=latency,
             error_class=error_class,

@@ -539,7 +539,7 @@ async def test_a_token_protected_server_is_a_tool_agent_with_bearer_token_env(
         tool="consult_handbook",
         bearer_token_env="SKILLORCHESTRA_TEST_BEARER",
     )
-    monkeypatch.setenv("SKILLORCHESTRA_TEST_BEARER", TOKEN)
+    monkeypatch.setenv("SKILLORCHESTRA_TEST_BEARER", TOKEN + "\n")  # read from a file: a newline ends it (review)
     answered = await call_mcp_tool(agent, STEP, timeout_s=30)
     assert answered.ok and '"skills"' in answered.answer and TOKEN not in answered.answer
     monkeypatch.setenv("SKILLORCHESTRA_TEST_BEARER", "wrong-" + TOKEN)
@@ -547,6 +547,10 @@ async def test_a_token_protected_server_is_a_tool_agent_with_bearer_token_env(
     assert refused.error_class == "auth", refused
     assert "the server answered HTTP 401: it refused the token in SKILLORCHESTRA_TEST_BEARER" in (refused.message or "")
     assert "wrong-" + TOKEN not in (refused.message or "")
+    monkeypatch.setenv("SKILLORCHESTRA_TEST_BEARER", "two parts")
+    spaced = await call_mcp_tool(agent, STEP, timeout_s=30)
+    assert spaced.error_class == "auth" and "holds spaces or control characters" in (spaced.message or "")
+    assert "two parts" not in (spaced.message or "")
     monkeypatch.delenv("SKILLORCHESTRA_TEST_BEARER")
     unset = await call_mcp_tool(agent, STEP, timeout_s=30)
     assert (unset.error_class, unset.error_type) == ("auth", "MissingToken")

@@ -66,6 +66,11 @@ async def test_slow_tool_times_out_within_the_budget() -> None:
     # the deadline plus the SDK's bounded child shutdown (2 s, then terminate), never the tool's 60 s: the margin is
     # a loaded host's (the tool's 5 s default against a 4.5 s bound told the two apart by half a second)
     assert time.perf_counter() - t0 < 10
+    # review: the $0 price `agents load` gives an unpriced tool made a failed call's cost unknown
+    unpriced = await call_mcp_tool(
+        tool_agent("slow", timeout_s=2.0, arguments={"seconds": 60}, cost_per_call_usd=0.0), "zzz", timeout_s=60
+    )
+    assert (unpriced.error_class, unpriced.cost_usd, unpriced.cost_source) == ("timeout", 0.0, "no_token_cost")
 
 
 @pytest.mark.anyio
