@@ -586,12 +586,19 @@ async def acquire_slot(agent_id: str, concurrency: int, timeout: float) -> anyio
     return None
 
 
+SLOT_LEFT_MIN_S = 0.05  # time left after a slot wait below which the call is not made (queue_full)
+
+
 async def slot_within(agent_id: str, concurrency: int, timeout: float) -> tuple[anyio.CapacityLimiter | None, float]:
     """A concurrency slot (acquire_slot) and the seconds of `timeout` left for the call once it is held: the wait
     is part of the call's time (QA: a delegate with timeout_s=6 waited 5.5 s for a slot, then took a fresh 6 s)."""
     started = time.perf_counter()
     limiter = await acquire_slot(agent_id, concurrency, timeout)
-    return limiter, timeout - (time.perf_counter() - started)
+    left = timeout - (time.perf_counter() - started)
+    if limiter is not None and left < SLOT_LEFT_MIN_S:  # freed at the deadline: no call, as if it never freed
+        limiter.release()  # (review: the call timed out at once and was charged to the agent's breaker)
+        return None, 0.0
+    return limiter, left
 
 
 def queue_full(agent_id: str, concurrency: int, timeout: float) -> BackendResult:
