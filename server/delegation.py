@@ -47,7 +47,7 @@ from skillorchestra.handbook.service import DelegateRequest, Handbook, OutcomeRe
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.agent_config import AgentConnection, LlmAgentConnection, parse_agent
 from skillorchestra.server.breaker import CircuitBreaker
-from skillorchestra.server.judge import find_judge, judge_answer, note_cancelled
+from skillorchestra.server.judge import find_judge, judge_answer, note_cancelled, withdraw
 from skillorchestra.server.llm_backend import QUEUE_FULL, SLOT_WAIT, BackendResult, SlotWait
 
 log = logging.getLogger(__name__)
@@ -419,12 +419,8 @@ class Delegator:
         note_cancelled(self.handbook, decision_id, agent_id, latency_s)
 
     def _withdraw(self, decision_id: str) -> None:
-        """Close a decision whose agent was never reached, so it holds no budget (a no-op once called or reported).
-        A failed write is logged: it must not replace the cancellation."""
-        try:
-            self.handbook.store.withdraw_decision(decision_id, self.handbook.clock())
-        except Exception:
-            log.exception("could not close decision %s after its delegation stopped", decision_id)
+        """Close a decision whose agent was never reached (judge.withdraw)."""
+        withdraw(self.handbook, decision_id)
 
     def _uncalled(self, decision_id: str) -> None:
         """A routed agent that was not called (its breaker refused it between routing and calling): no cost,

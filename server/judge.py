@@ -41,7 +41,7 @@ from skillorchestra.handbook.service import Handbook, OutcomeReport
 from skillorchestra.handbook.traces import SUCCESS_THRESHOLD
 from skillorchestra.server.agent_config import AgentConnection, JudgeSettings, LlmAgentConnection
 from skillorchestra.server.breaker import CircuitBreaker
-from skillorchestra.server.llm_backend import BackendResult, expected_call_cost
+from skillorchestra.server.llm_backend import SLOT_WAIT, BackendResult, SlotWait, expected_call_cost
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,15 @@ def note_cancelled(handbook: Handbook, decision_id: str, agent_id: str, latency_
         log.exception("could not record the cancelled call of agent %s on decision %s", agent_id, decision_id)
 
 
+def withdraw(handbook: Handbook, decision_id: str) -> None:
+    """Close a decision whose agent was never reached, so it holds no budget (a no-op once called or reported).
+    A failed write is logged: it must not replace the cancellation."""
+    try:
+        handbook.store.withdraw_decision(decision_id, handbook.clock())
+    except Exception:
+        log.exception("could not close decision %s after its delegation stopped", decision_id)
+
+
 def reward_of(score: float, settings: JudgeSettings) -> float:
     """The score itself, or success (1/0) against the configured threshold; the binary style is always pass or
     fail, at 0.5 without a threshold (QA: its judge's 0.3 was recorded as partial credit)."""
@@ -227,14 +236,21 @@ async def judge_answer(
             warnings.append(f"not judged: the judge {conn.id}'s {over}; {unreported}")
         if judge_decision is not None:
             called = time.monotonic()
+            slot = SlotWait(None)  # tells a call still waiting for the judge's slot from one at work
+            reset = SLOT_WAIT.set(slot)
             try:
                 result = await caller(conn, step, messages, min(remaining, settings.timeout_s), settings.max_tokens)
             except anyio.get_cancelled_exc_class():
                 breaker.release(conn.id)  # the client gave up: not the judge's failure
                 with anyio.CancelScope(shield=True):  # QA: the judge's call stayed unrecorded, its decision claimed
-                    elapsed = time.monotonic() - called
-                    await anyio.to_thread.run_sync(note_cancelled, handbook, judge_decision, conn.id, elapsed)
+                    if slot.waiting:  # never sent (review): nothing spent, the decision gives its share back
+                        await anyio.to_thread.run_sync(withdraw, handbook, judge_decision)
+                    else:
+                        elapsed = time.monotonic() - called
+                        await anyio.to_thread.run_sync(note_cancelled, handbook, judge_decision, conn.id, elapsed)
                 raise
+            finally:
+                SLOT_WAIT.reset(reset)
             await account(judge_decision, conn.id, result)
             cost = result.cost_usd
             total = None if total is None or cost is None else total + cost

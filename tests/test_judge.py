@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import anyio
 import pytest
 from fake_openai import FakeOpenAI, RecordedRequest
 from mcp import Client
-from mcp_calls import cheap_agent, db_rows, give_up_once_called
+from mcp_calls import cheap_agent, db_rows, give_up_once_called, until_called
 
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.server.agent_config import JudgeSettings, LlmAgentConnection, load_agent_configs
@@ -327,3 +328,41 @@ async def test_a_judge_call_the_client_abandons_is_recorded_as_cancelled(
                 await anyio.sleep(0.02)
         assert called == [("cancelled",)]
         release.set()
+
+
+@pytest.mark.anyio
+async def test_a_judge_call_abandoned_while_waiting_for_its_slot_holds_no_budget(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """Review: a judge call cancelled while it still waited for the judge's only slot was recorded as a call of
+    unknown cost, holding its expected cost in the session's spend for a day; never sent, it is withdrawn."""
+    from skillorchestra.server.llm_backend import ensure_litellm
+
+    await ensure_litellm()
+    toml = agents_toml(fake_openai.api_base).replace(
+        'model = "openai/judge-model"', 'model = "openai/judge-model"\nconcurrency = 1'
+    )
+    settings = load(tmp_path, toml)
+    release = fake_openai.hold("judge-model")
+    graders = "SELECT id, call_error_class, expires_at FROM decisions WHERE agent_id = 'grader' ORDER BY created_at"
+    async with Client(create_server(settings), mode="legacy") as client:
+        async with anyio.create_task_group() as first:
+            first.start_soon(client.call_tool, "delegate", {"text": STEP, "agent_id": "cheap"})
+            await until_called(fake_openai, "judge-model")  # the first judge call holds the judge's one slot
+            with anyio.CancelScope() as second:
+
+                async def give_up_once_its_judge_waits() -> None:
+                    with anyio.fail_after(30):
+                        while len(db_rows(settings.db_path, graders)) < 2:  # its judge decision is written
+                            await anyio.sleep(0.02)
+                    await anyio.sleep(0.2)  # and its call waits for the slot held above
+                    second.cancel()
+
+                first.start_soon(give_up_once_its_judge_waits)
+                await client.call_tool("delegate", {"text": STEP + " again", "agent_id": "cheap"})
+            with anyio.fail_after(30):
+                while db_rows(settings.db_path, graders)[1][2] > time.time() + 60:  # withdrawn: it expires now
+                    await anyio.sleep(0.02)
+            _, waited, _ = db_rows(settings.db_path, graders)[1]
+            assert waited is None  # not recorded as a call: it never reached the judge
+            release.set()
