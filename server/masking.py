@@ -65,7 +65,7 @@ def passed_secrets(names: Iterable[str], environ: Mapping[str, str] | None = Non
     return [value for name, value in values if is_secret_name(name) or _token_shaped(value)] + passwords
 
 
-_BASE64ISH = re.compile(r"[A-Za-z0-9+/=_-]+")
+_BASE64ISH = re.compile(r"[A-Za-z0-9+/]+={0,2}")  # standard base64 (base64url has no '/'): not Qwen/Qwen2-7B-x
 
 
 def _token_shaped(value: str) -> bool:

@@ -119,9 +119,10 @@ def test_only_env_vars_that_may_be_secrets_are_masked_in_a_tool_agents_text() ->
         "SEARCH_AUTH": "Zk9/aB3+xYq2LmN8pQrS",  # QA: base64 with a '/' was taken for a path and echoed in clear
         "SRC_DIR": "services/api/handlers",
         "CONFIG": "./conf/Prod2/settings.yaml",
+        "MODEL": "Qwen/Qwen2-7B-Instruct",  # review: a model id is no secret
     }
     names = ["WORKSPACE_DIR", "NODE_ENV", "DEBUG", "TOOL_AUTH_VALUE", "GITHUB_PAT", "DB_PASSWORD", "DATABASE_URL"]
-    names += ["SEARCH_AUTH", "SRC_DIR", "CONFIG"]
+    names += ["SEARCH_AUTH", "SRC_DIR", "CONFIG", "MODEL"]
     passed = passed_secrets(names, env)
     expected = [TOOL_KEY, "ghp_0123456789abcdefABCDEF", "hunter2-but-longer", "LEAKCHECKpw", "Zk9/aB3+xYq2LmN8pQrS"]
     assert sorted(passed) == sorted(expected)
