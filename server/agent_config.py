@@ -265,6 +265,8 @@ class McpAgentConnection(_AgentBase):
         view = super().public_view()
         view["args"] = masked_args(self.args)
         view["url"] = None if self.url is None else redacted_url(self.url)  # a query may carry a key (review)
+        if self.bearer_token_env:  # what a user debugging an auth failure wants to know, as api_key_set (review)
+            view["bearer_token_set"] = bool(os.environ.get(self.bearer_token_env, "").strip())
         return view
 
 
@@ -357,19 +359,21 @@ def parse_agent(agent_id: str, raw: Mapping[str, Any], source: str = "<config>")
     """Validate one agent's table; errors name the source, the agent and the field."""
     if not isinstance(raw, Mapping):
         raise InvalidInput(_where(source, agent_id), raw, "a table of agent settings")
+    # where the secret goes instead: the field this kind of agent takes (review: a url tool agent was sent to
+    # api_key_env and env_vars, which it cannot use)
+    url_tool = raw.get("kind") == "mcp" and "url" in raw
+    if url_tool:
+        instead = "put the token in an environment variable and name it with bearer_token_env"
+    elif raw.get("kind") == "mcp":
+        instead = "pass it to the tool server in an environment variable named in env_vars"
+    else:
+        instead = "put the key in an environment variable and name it with api_key_env"
     for name in raw:
         if is_secret_field(name):
-            raise InvalidInput(
-                _where(source, agent_id, name),
-                "***",
-                "no secret in the file: put the key in an environment variable and name it with api_key_env",
-            )
+            raise InvalidInput(_where(source, agent_id, name), "***", f"no secret in the file: {instead}")
     if (path := _secret_argument(raw.get("arguments"))) is not None:  # sent with every call, stored: QA
-        raise InvalidInput(
-            _where(source, agent_id, f"arguments.{path}"),
-            "***",
-            "no secret in the file: pass it to the tool server in an environment variable named in env_vars",
-        )
+        tool_way = instead if url_tool else "pass it to the tool server in an environment variable named in env_vars"
+        raise InvalidInput(_where(source, agent_id, f"arguments.{path}"), "***", f"no secret in the file: {tool_way}")
     kind = raw.get("kind", "llm")
     model_cls: type[_AgentBase]
     if kind == "llm":

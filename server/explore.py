@@ -14,6 +14,7 @@ Why this shape:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -32,6 +33,8 @@ from skillorchestra.handbook.models import ID_MAX, MAX_USD, TEXT_MAX
 from skillorchestra.handbook.traces import refuse_misspelt, unique_ids, validated_lines
 from skillorchestra.server.agent_config import AgentConnection
 from skillorchestra.server.llm_backend import INFRASTRUCTURE_ERRORS, BackendResult
+
+log = logging.getLogger("skillorchestra.explore")
 
 Grader = Literal["exact", "contains", "numeric"]
 GRADERS: tuple[str, ...] = ("exact", "contains", "numeric")
@@ -170,6 +173,9 @@ def outcome(result: BackendResult, reference: str | None, grader: Grader | None)
         entry["cost_usd"] = result.cost_usd
     elif result.cost_usd is not None:  # past the trace reader's bound the whole file would no longer read (review)
         entry["cost_source"] = "unknown"
+        log.warning(
+            "a cost of $%g is past $%g a call, which traces do not take: written as unknown", result.cost_usd, MAX_USD
+        )
     if result.prompt_tokens is not None:
         entry["prompt_tokens"] = result.prompt_tokens
     if result.completion_tokens is not None:

@@ -211,6 +211,7 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
         if refused and error_class != "timeout":  # the SDK words a 401 as "Server returned an error response" (QA)
             error_class = "auth"
             held = f"refused the token in {conn.bearer_token_env}" if conn.bearer_token_env else "wants a token"
+            held += " or refused the request" if refused[0] == 403 else ""  # a 403 may be about the Origin too
             message = f"the server answered HTTP {refused[0]}: it {held} (bearer_token_env in agents.toml; {message})"
         message = scrub(message, secrets)
         log.warning("mcp agent %s failed (%s) after %.2fs: %s", conn.id, error_class, latency, message)

@@ -399,3 +399,28 @@ def test_a_bearer_token_is_named_for_a_url_server_only(tmp_path: Path) -> None:
     stdio = '[agents.t]\nkind = "mcp"\ncommand = "python"\ntool = "s"\nbearer_token_env = "SO_TOKEN"\n'
     with pytest.raises(InvalidInput, match="bearer_token_env only with url"):
         load_agent_configs(write(tmp_path, stdio))
+
+
+@pytest.mark.parametrize(
+    ("table", "field"),
+    [
+        ('model = "openai/a"\ntoken = "x"', "api_key_env"),
+        ('kind = "mcp"\ncommand = "python"\ntool = "s"\ntoken = "x"', "env_vars"),
+        ('kind = "mcp"\nurl = "http://127.0.0.1:9/mcp"\ntool = "s"\ntoken = "x"', "bearer_token_env"),
+        ('kind = "mcp"\nurl = "http://127.0.0.1:9/mcp"\ntool = "s"\narguments = { token = "x" }', "bearer_token_env"),
+    ],
+)
+def test_a_secret_in_the_file_is_sent_to_the_field_its_agent_takes(tmp_path: Path, table: str, field: str) -> None:
+    """Review: a url tool agent was told to use api_key_env (an LLM's) or env_vars (a stdio server's)."""
+    with pytest.raises(InvalidInput, match=f"no secret in the file: .* name it with {field}|named in {field}"):
+        load_agent_configs(write(tmp_path, f"[agents.a]\n{table}\n"))
+
+
+def test_agents_show_says_whether_a_bearer_token_is_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    body = '[agents.t]\nkind = "mcp"\nurl = "http://127.0.0.1:9/mcp"\ntool = "s"\nbearer_token_env = "SO_TEST_TOK"\n'
+    conn = load_agent_configs(write(tmp_path, body))["t"]
+    monkeypatch.delenv("SO_TEST_TOK", raising=False)
+    assert conn.public_view()["bearer_token_set"] is False
+    monkeypatch.setenv("SO_TEST_TOK", "abc")
+    view = conn.public_view()
+    assert view["bearer_token_set"] is True and "abc" not in str(view)

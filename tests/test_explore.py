@@ -255,7 +255,9 @@ def test_explore_exits_1_when_every_call_failed(
     assert run_cli(again) == 0
 
 
-def test_a_cost_past_the_trace_readers_bound_is_written_as_unknown(tmp_path: Path) -> None:
+def test_a_cost_past_the_trace_readers_bound_is_written_as_unknown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Review: explore wrote whatever cost a backend priced (10M believed tokens at $1e6 per Mtok: $1e7), and the
     trace reader refuses more than $1e6 a call, so the whole file no longer read."""
     from skillorchestra.handbook.traces import read_tasks
@@ -265,6 +267,7 @@ def test_a_cost_past_the_trace_readers_bound_is_written_as_unknown(tmp_path: Pat
     dear = outcome(BackendResult(answer="4", cost_usd=2e7, cost_source="agent_prices"), "4", "exact")
     fair = outcome(BackendResult(answer="4", cost_usd=0.5, cost_source="agent_prices"), "4", "exact")
     assert "cost_usd" not in dear and dear["cost_source"] == "unknown" and dear["score"] == 1.0
+    assert "a cost of $2e+07 is past $1e+06 a call, which traces do not take: written as unknown" in caplog.text
     assert (fair["cost_usd"], fair["cost_source"]) == (0.5, "agent_prices")
     traces = tmp_path / "t.jsonl"
     traces.write_text(json.dumps({"id": "t", "query": "2+2", "outcomes": {"a": dear, "b": fair}}) + "\n")
