@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from skillorchestra.handbook.models import ID_MAX, MAX_LAMBDA, MAX_SEED, MAX_USD
@@ -65,6 +66,18 @@ def positive_int(text: str) -> int:
     return _integer(text, 1, "an integer >= 1")
 
 
+def count_arg(maximum: int) -> Callable[[str], int]:
+    """An integer in [1, maximum]: a count the command works through (QA: --episodes 1e11 ran until killed)."""
+
+    def count(text: str) -> int:
+        value = _integer(text, 1, f"an integer in [1, {maximum}]")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"expected an integer in [1, {maximum}], got {text!r}")
+        return value
+
+    return count
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -73,6 +86,14 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
+
+
+def path_arg(text: str) -> Path:
+    """A file or folder path: never empty (QA: `--plot-dir ''` wrote into the working folder, as Path('') is '.'),
+    `~` expanded as for --db (hosts pass arguments without a shell)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
+    return Path(text).expanduser()
 
 
 def db_arg(text: str) -> Path:

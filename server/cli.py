@@ -17,11 +17,10 @@ import argparse
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import NoReturn
 
 from skillorchestra.handbook.errors import HandbookError
-from skillorchestra.server.argtypes import db_arg, seed_arg
+from skillorchestra.server.argtypes import db_arg, path_arg, seed_arg
 from skillorchestra.server.log_format import configure_logging
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -164,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(load, db=True)
     load.add_argument(
         "file",
-        type=Path,
+        type=path_arg,
         metavar="FILE",
         help="agents.toml: [agents.<id>] tables (model, api_base, api_key_env = the NAME of the key's variable, "
         "or an MCP command/url)",
@@ -183,16 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--format", required=True, choices=("llmrouter", "routellm"), help="the layout of SRC: which dataset it is"
     )
-    convert.add_argument("--seed", type=seed_arg, default=0, help="seed of the routellm 50/50 split (>= 0)")
+    convert.add_argument(
+        "--seed", type=seed_arg, default=None, help="seed of the routellm 50/50 split (>= 0; default 0; routellm only)"
+    )
     convert.add_argument(
         "src",
-        type=Path,
+        type=path_arg,
         metavar="SRC",
         help="the dataset's folder (llmrouter: its score and query files; routellm: mmlu/ and gsm8k files)",
     )
     convert.add_argument(
         "outdir",
-        type=Path,
+        type=path_arg,
         metavar="OUTDIR",
         help="folder to write train.jsonl, test.jsonl and agents.json in (routellm: one subfolder per dataset)",
     )

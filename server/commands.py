@@ -260,11 +260,13 @@ def data_convert(args: argparse.Namespace) -> int:
     expected = "a folder to write train.jsonl, test.jsonl and agents.json in"
     if Path(args.outdir).exists() and not Path(args.outdir).is_dir():
         raise InvalidInput("OUTDIR", str(args.outdir), expected)
+    if args.format == "llmrouter" and args.seed is not None:  # QA: accepted and ignored, as if it had split anew
+        raise InvalidInput("--seed", args.seed, "no seed with --format llmrouter (its train/test split is its own)")
     try:
         if args.format == "llmrouter":
             summary = convert_llmrouter(args.src, args.outdir)
         else:
-            summary = convert_routellm(args.src, args.outdir, seed=args.seed)
+            summary = convert_routellm(args.src, args.outdir, seed=args.seed if args.seed is not None else 0)
     except OSError as exc:  # QA: a folder under a file read "[Errno 20] Not a directory", naming no argument
         written = Path(str(exc.filename or "")).resolve()
         if exc.filename is None or not written.is_relative_to(Path(args.outdir).resolve()):

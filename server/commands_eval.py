@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from skillorchestra.handbook.atomic_file import write_text_atomic
 from skillorchestra.handbook.errors import InvalidInput, counted
-from skillorchestra.server.argtypes import lambda_arg, positive_int, seed_arg
+from skillorchestra.handbook.evaluation import DEFAULT_EPISODES, MAX_EPISODES
+from skillorchestra.server.argtypes import count_arg, lambda_arg, path_arg, seed_arg
 
 if TYPE_CHECKING:  # the evaluation stack (numpy, the service) loads only when eval runs, not for every command
     from skillorchestra.handbook.embedding import Embedder
@@ -36,14 +37,17 @@ def _tasks(flag: str, path: Path) -> list[TraceTask]:
 def _check_judged(args: argparse.Namespace, train: list[TraceTask], test: list[TraceTask]) -> None:
     """Refuse before learning when no test task can be scored: every row compares the agents of train on the
     unseen test tasks that at least one of them was judged on."""
-    from skillorchestra.handbook.evaluation.data import SCORABLE_TEST, scorable
+    from skillorchestra.handbook.evaluation.data import SCORABLE_TEST, drop_seen, scorable
 
     try:
         tasks = scorable(train, test)
     except InvalidInput:  # train judged nobody
         raise InvalidInput("--train", str(args.train), "at least one task with a judged (non-null) score") from None
-    if not tasks:
-        raise InvalidInput("--test", str(args.test), SCORABLE_TEST)
+    if not tasks:  # says which rule dropped them (QA: a test file that repeats train read as merely unjudged)
+        unseen, seen = drop_seen(train, test)
+        why = f"of its {counted(len(test), 'task')}, {seen} repeat a query of --train"
+        why += f" and {len(unseen)} are judged for no agent of --train" if unseen else ""
+        raise InvalidInput("--test", str(args.test), f"{SCORABLE_TEST}; {why}")
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -204,9 +208,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for action in parser._actions:  # _common's --db help names the user's handbook; eval never defaults to it
         if action.dest == "db":
             action.help = "keep the online replay's handbook in this database (default: a temporary one)"
-    parser.add_argument("--train", type=Path, required=True, help="generic outcome JSONL to learn from")
-    parser.add_argument("--test", type=Path, required=True, help="generic outcome JSONL to evaluate on")
-    parser.add_argument("--agents", type=Path, default=None, help="agents.json prices (default: beside --train)")
+    parser.add_argument("--train", type=path_arg, required=True, help="generic outcome JSONL to learn from")
+    parser.add_argument("--test", type=path_arg, required=True, help="generic outcome JSONL to evaluate on")
+    parser.add_argument("--agents", type=path_arg, default=None, help="agents.json prices (default: beside --train)")
     parser.add_argument(
         "--lambda",
         type=lambda_arg,
@@ -216,14 +220,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cost trade-off to sweep (repeatable; default 0 0.02 0.05 0.1 0.2 0.3 0.5 1.0)",
     )
     parser.add_argument("--seed", type=seed_arg, default=0, help="seed of splits, random policy, Thompson, episodes")
-    parser.add_argument("--json", type=Path, default=None, help="write the JSON result here (- for stdout)")
-    parser.add_argument("--plot-dir", type=Path, default=None, help="write pareto.png and shares.png here")
+    parser.add_argument("--json", type=path_arg, default=None, help="write the JSON result here (- for stdout)")
+    parser.add_argument("--plot-dir", type=path_arg, default=None, help="write pareto.png and shares.png here")
     parser.add_argument(
         "--episodes",
-        type=positive_int,
+        type=count_arg(MAX_EPISODES),
         default=None,
         metavar="N",
-        help="step-level episodes to build from the test tasks (default 200)",
+        help=f"step-level episodes to build from the test tasks (default {DEFAULT_EPISODES}, at most {MAX_EPISODES})",
     )
     parser.add_argument(
         "--matcher",

@@ -17,15 +17,17 @@ import anyio
 
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.models import INFRASTRUCTURE_ERRORS
-from skillorchestra.server.argtypes import positive_float, positive_int
+from skillorchestra.server.argtypes import path_arg, positive_float, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tasks", type=Path, required=True, help='JSONL: {"id", "query", "reference"?, "grader"?}')
+    parser.add_argument("--tasks", type=path_arg, required=True, help='JSONL: {"id", "query", "reference"?, "grader"?}')
     parser.add_argument(
-        "--pool", type=Path, default=None, help="agents.toml (default: the connections loaded in the database)"
+        "--pool", type=path_arg, default=None, help="agents.toml (default: the connections loaded in the database)"
     )
-    parser.add_argument("--out", type=Path, required=True, help="trace JSONL (appended; finished tasks are skipped)")
+    parser.add_argument(
+        "--out", type=path_arg, required=True, help="trace JSONL (appended; finished tasks are skipped)"
+    )
     parser.add_argument("--concurrency", type=positive_int, default=4, help="tasks in flight (default 4)")
     parser.add_argument(
         "--grader",

@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, Any
 from skillorchestra.handbook.errors import InvalidInput, counted, named
 from skillorchestra.handbook.models import HandbookDocument, LengthEffect
 from skillorchestra.handbook.store import HandbookStore
-from skillorchestra.server.argtypes import fraction_arg, lambda_arg, name_arg, price_arg, seed_arg, version_arg
+from skillorchestra.server.argtypes import (
+    fraction_arg,
+    lambda_arg,
+    name_arg,
+    path_arg,
+    price_arg,
+    seed_arg,
+    version_arg,
+)
 from skillorchestra.server.commands import db_path, existing_store, removed_if_refused, warn_unconnected
 
 if TYPE_CHECKING:
@@ -37,7 +45,7 @@ def add_learn_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--agents",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="agents.json",
         help="agents.json prices (default: agents.json beside --data, else the database's agents, else none)",

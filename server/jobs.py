@@ -97,7 +97,7 @@ def warm_embeddings(embedder: Embedder, texts: Sequence[str], progress: Progress
     cache = getattr(embedder, "cache", None)
     if cache is None:
         return 0
-    from skillorchestra.handbook.embedding import text_hash
+    from skillorchestra.handbook.embedding import InMemoryVectorCache, text_hash
 
     unique = list(dict.fromkeys(texts))
     keys = [text_hash(t, embedder.model_name) for t in unique]
@@ -105,9 +105,10 @@ def warm_embeddings(embedder: Embedder, texts: Sequence[str], progress: Progress
     for start in range(0, len(keys), 1000):  # bounded: SQLite limits the parameters of one query
         found.update(cache.get(keys[start : start + 1000]))
     missing = [t for t, k in zip(unique, keys, strict=True) if k not in found]
+    kept = "" if isinstance(cache, InMemoryVectorCache) else " (cached for next time)"  # QA: eval without --db said so
     for start in range(0, len(missing), EMBED_BATCH):
         if progress is not None:
-            progress(0.5 * start / len(missing), f"embedding {start}/{len(missing)} new texts (cached for next time)")
+            progress(0.5 * start / len(missing), f"embedding {start}/{len(missing)} new texts{kept}")
         embedder.encode(missing[start : start + EMBED_BATCH])
     return len(missing)
 

@@ -210,6 +210,18 @@ def test_data_convert_refuses_a_negative_seed_like_every_other_seed(
     assert code == 0 and (tmp_path / "out" / "mmlu" / "train.jsonl").is_file(), err
 
 
+def test_data_convert_refuses_a_seed_for_llmrouter_whose_split_is_its_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """QA: --seed 5 was accepted and ignored, as if the split had been drawn anew."""
+    code, _, err = run_cli(
+        ["data", "convert", "--format", "llmrouter", "--seed", "5", str(tmp_path / "src"), str(tmp_path / "out")],
+        capsys,
+    )
+    assert code == 2 and "--seed=5: expected no seed with --format llmrouter" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_data_convert_names_outdir_when_it_cannot_be_made(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """QA: an OUTDIR under a regular file read "[Errno 20] Not a directory: ...", naming no argument."""
     write_routellm(tmp_path / "src")

@@ -249,3 +249,25 @@ def test_loading_prints_nothing_to_stdout(capfd: pytest.CaptureFixture[str]) -> 
     if emb is not None:
         emb.encode(["quiet please"])
     assert capfd.readouterr().out == ""
+
+
+def test_warm_up_progress_promises_a_cache_only_when_one_persists(tmp_path: Path) -> None:
+    """QA: eval without --db said "cached for next time" while its vectors lived in memory only."""
+    from skillorchestra.handbook.learning.features import CachedEmbedder
+    from skillorchestra.handbook.semantic import SqliteVectorCache
+    from skillorchestra.handbook.store import HandbookStore
+    from skillorchestra.server.jobs import warm_embeddings
+
+    texts = ["add two numbers", "translate a French paragraph"]
+    store = HandbookStore(tmp_path / "h.db")
+    said: dict[str, list[str]] = {}
+    for name, embedder in (
+        ("memory", CachedEmbedder(HashEmbedder())),
+        ("database", CachedEmbedder(HashEmbedder(), SqliteVectorCache(store))),
+    ):
+        messages: list[str] = []
+        assert warm_embeddings(embedder, texts, lambda _f, m, into=messages: into.append(m)) == 2
+        said[name] = messages
+    store.close()
+    assert said["memory"] == ["embedding 0/2 new texts"]
+    assert said["database"] == ["embedding 0/2 new texts (cached for next time)"]

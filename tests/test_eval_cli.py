@@ -217,6 +217,47 @@ def test_eval_refuses_a_test_file_with_nothing_to_score(
     assert len(captured.err.strip().splitlines()) == 1
 
 
+def test_eval_says_when_every_test_task_repeats_a_train_query(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """QA: a test file that repeats train was refused as if merely unjudged."""
+    assert run_cli(["eval", "--train", str(tiny / "train.jsonl"), "--test", str(tiny / "train.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "of its 20 tasks, 20 repeat a query of --train" in err and "judged for no agent" not in err
+
+
+def test_eval_names_agents_judged_only_in_test(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: an agent of the test file alone was left out of every row without a word."""
+    rows = [json.loads(line) for line in (tiny / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+    for row in rows:
+        row["outcomes"]["zz"] = {"score": 1.0}
+    test, out = write_jsonl(tmp_path / "test.jsonl", rows), tmp_path / "out.json"
+    args = ["eval", "--train", str(tiny / "train.jsonl"), "--test", str(test), "--json", str(out)]
+    assert run_cli([*args, "--lambda", "0.1", "--episodes", "3"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[1] == "not compared (judged only in --test, nothing in --train to learn from): zz"
+    dataset = json.loads(out.read_text(encoding="utf-8"))["dataset"]
+    assert dataset["agents"] == ["a", "b"] and dataset["test_only_agents"] == ["zz"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--episodes", "100001", "expected an integer in [1, 100000], got '100001'"),  # QA: 1e11 ran until killed
+        ("--episodes", "0", "expected an integer in [1, 100000], got '0'"),
+        ("--plot-dir", "", "expected a path, got ''"),  # QA: Path('') is '.': the plots went to the working folder
+        ("--json", " ", "expected a path, got ' '"),
+    ],
+)
+def test_eval_refuses_unbounded_counts_and_empty_paths(
+    tiny: Path, tmp_path: Path, flag: str, value: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["eval", "--train", str(tiny / "train.jsonl"), "--test", str(tiny / "test.jsonl"), flag, value]
+    assert run_cli(args) == 2
+    err = capsys.readouterr().err
+    assert flag in err and expected in err
+
+
 @pytest.mark.parametrize(
     ("flag", "path", "expected"),
     [

@@ -19,9 +19,10 @@ import pytest
 from skillorchestra.handbook.evaluation import data as d
 from skillorchestra.handbook.evaluation import policies as p
 from skillorchestra.handbook.evaluation import sweep
-from skillorchestra.handbook.evaluation.episodes import Episode, build_episodes, evaluate_episodes
+from skillorchestra.handbook.evaluation.episodes import Episode, build_episodes, episode_rule, evaluate_episodes
 from skillorchestra.handbook.evaluation.online import regret_of, replay_online
 from skillorchestra.handbook.evaluation.report import cost_basis_text
+from skillorchestra.handbook.evaluation.report import summary as report_summary
 from skillorchestra.handbook.evaluation.runner import EvalConfig, default_replay, run_eval
 from skillorchestra.handbook.evaluation.scorer import HandbookScorer, Scored
 from skillorchestra.handbook.knn import KnnRouter, TfidfIndex
@@ -215,6 +216,41 @@ def test_apgr_of_perfect_constant_and_random_routers() -> None:
     randomised = sweep.two_agent_metrics(rng.random(20_000), table, 0, 1)
     assert randomised["apgr"] == pytest.approx(0.5, abs=0.03)
     assert randomised["cpt50"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_two_agent_metrics_count_only_tasks_both_agents_were_judged_on() -> None:
+    """QA: one unjudged strong score counted as 0 made the oracle's APGR 5.03; the curve is defined where both
+    agents have a score, and says on how many tasks."""
+    weak, strong = [1.0, 0.0, 1.0, 0.0, 1.0], [1.0, 1.0, 0.0, 1.0, float("nan")]
+    sparse = two_agent_table(weak, strong)
+    dense = two_agent_table(weak[:4], strong[:4])
+    for prefer in (np.array([0.9, 0.8, 0.1, 0.7, 0.95]), np.zeros(5)):
+        got = sweep.two_agent_metrics(prefer, sparse, 0, 1)
+        assert got == sweep.two_agent_metrics(prefer[:4], dense, 0, 1) | {"tasks": 4}
+        assert got["apgr"] is not None and 0.0 <= got["apgr"] <= 1.0
+    grid = [(0.0, 0.5), (1.0, 0.75)]
+    assert sweep.two_agent_from_points(grid, sparse, 0, 1)["apgr"] is None  # rows over all tasks: not comparable
+    assert sweep.two_agent_from_points(grid, dense, 0, 1)["apgr"] == pytest.approx(0.5)
+    none_both = two_agent_table([1.0, float("nan")], [float("nan"), 1.0])
+    assert sweep.two_agent_metrics(np.zeros(2), none_both, 0, 1) == {
+        "apgr": None,
+        "cpt50": None,
+        "curve_points": 0,
+        "tasks": 0,
+    }
+
+
+def test_no_episode_from_fewer_than_three_test_tasks_still_names_every_routing() -> None:
+    kept, _ = d.drop_seen(TRAIN, TEST)
+    table = d.build_table(kept[:2], ["lingo", "mathpro"], PRICES, c_ref=0.01)
+    assert build_episodes(table, 40, seed=0) == []
+    learned = standin_learn(TRAIN, PRICES, 0.1, 0)
+    scorer = HandbookScorer(learned.document, learned.labeller, table.agents, c_ref=0.01)
+    knn = KnnRouter(5).fit(TRAIN, PRICES, 0.01)
+    out = evaluate_episodes(table, [], scorer, scorer.score(table.queries), knn, 0.0, 0.01, np.array([0.0, 1.0]))
+    assert set(out) == {"step-level", "query-level", "query-level-knn", "best-single"}
+    assert all(v == {"accuracy": None, "avg_cost": None, "episodes": 0} for v in out.values())
+    assert episode_rule(table).startswith("none: 2 test task(s)")
 
 
 def test_row_metrics_on_a_hand_made_table() -> None:
@@ -434,7 +470,10 @@ def test_run_eval_schema_and_known_answers(tmp_path: Path) -> None:
     assert result["operating_point"]["policy"] == "skillorchestra"
     assert result["operating_point"]["lambda"] in swept  # a bisected operating point gets its own row
     assert len(swept) == len(sweep.DEFAULT_LAMBDAS) + (result["operating_point"]["lambda"] not in sweep.DEFAULT_LAMBDAS)
-    assert set(result["two_agent"]) >= {"skillorchestra", "knn", "random", "oracle", "paper-rule"}
+    assert set(result["two_agent"]) == {r["policy"] for r in result["rows"]}  # QA: three were missing
+    assert result["two_agent"]["best-single"]["apgr"] is None and result["two_agent"]["best-single"]["why"]
+    assert result["two_agent"]["knn"]["tasks"] == result["dataset"]["test"]  # dense: every test task counts
+    assert "best-single APGR" not in report_summary(result)
     assert result["two_agent"]["skillorchestra"]["apgr"] > result["two_agent"]["random"]["apgr"]
     assert {(o["policy"], o["start"]) for o in result["online"]} >= {
         ("skillorchestra-thompson", "cold"),

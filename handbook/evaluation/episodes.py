@@ -22,7 +22,7 @@ from skillorchestra.handbook.router import argbest, cost_penalty
 from skillorchestra.handbook.traces import SUCCESS_THRESHOLD
 
 MIN_STEPS, MAX_STEPS = 3, 5
-DEFAULT_EPISODES = 200
+ROUTINGS = ("step-level", "query-level", "query-level-knn", "best-single")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,8 @@ def episode_rule(table: OutcomeTable) -> str:
         longest = min(MAX_STEPS, families)
         steps = f"{MIN_STEPS}-{longest}" if longest > MIN_STEPS else f"{MIN_STEPS}"
         return f"{steps} steps, each from a different task family"
+    if len(table.tasks) < MIN_STEPS:
+        return f"none: {len(table.tasks)} test task(s), an episode takes {MIN_STEPS}-{MAX_STEPS} distinct ones"
     kind = "one task family" if families == 1 else f"{families} task families"
     return f"{MIN_STEPS}-{MAX_STEPS} distinct tasks drawn from all test tasks ({kind}: fewer than {MIN_STEPS})"
 
@@ -86,12 +88,13 @@ def evaluate_episodes(
     lambda_: float,
     c_ref: float,
     train_means: np.ndarray,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, float | None]]:
     """The four routings of the module docstring, on the same episodes. As in the eval's rows, a step goes only to
     an agent judged on it, and one agent for a whole episode only to one judged on all its steps (if there is one);
-    best-single is the agent best on train (`train_means`) among those."""
+    best-single is the agent best on train (`train_means`) among those. With no episode (under MIN_STEPS test
+    tasks) every routing is still named, its figures null: readers of the contract's keys find them (QA)."""
     if not episodes:
-        return {}
+        return {name: {"accuracy": None, "avg_cost": None, "episodes": 0} for name in ROUTINGS}
     step_picks = step_scores.choose(lambda_, c_ref, table.judged)
     texts = [episode_text(table, e) for e in episodes]
     whole = scorer.score(texts)

@@ -73,6 +73,9 @@ def summary(result: dict[str, Any]) -> str:
             f"unknown cost (no price in --agents, no cost_usd in the data): {', '.join(unknown)} charged c_ref "
             f"{_usd(ds.get('c_ref'))} per call"
         )
+    test_only = ds.get("test_only_agents") or []
+    if test_only:
+        lines.append(f"not compared (judged only in --test, nothing in --train to learn from): {', '.join(test_only)}")
     lines.append(rows_table(result))
     op = result.get("operating_point", {})
     lines.append(f"operating point (* above): lambda {op.get('lambda')} ({op.get('rule', 'chosen on validation')})")
@@ -85,7 +88,9 @@ def summary(result: dict[str, Any]) -> str:
         lines.append(
             "two-agent (RouteLLM): "
             + "; ".join(
-                f"{name} APGR {_f(v['apgr'])} CPT(50%) {_f(v['cpt50'])}" for name, v in result["two_agent"].items()
+                f"{name} APGR {_f(v['apgr'])} CPT(50%) {_f(v['cpt50'])}"
+                for name, v in result["two_agent"].items()
+                if "why" not in v  # a policy with nothing to sweep: named in the JSON only
             )
         )
     for entry in result.get("online", []):
@@ -94,12 +99,14 @@ def summary(result: dict[str, Any]) -> str:
             f"{_f(entry['accuracy'])}, cumulative regret {_f(entry['cumulative_regret'], 1)}"
         )
     episodes = result.get("episodes", {})
-    if episodes:
-        rule = result.get("episodes_detail", {}).get("rule", "all steps must succeed")  # QA: said 3-5 for 3
+    rule = result.get("episodes_detail", {}).get("rule", "all steps must succeed")  # QA: said 3-5 for 3
+    if any(v.get("episodes") for v in episodes.values()):
         lines.append(
             f"episodes ({rule}): "
             + "; ".join(f"{name} {_f(v['accuracy'])} at {_usd(v['avg_cost'])}" for name, v in episodes.items())
         )
+    elif episodes:
+        lines.append(f"episodes: {rule}")
     learning = result.get("learning", {})
     lines.append(
         f"learning: {_f(learning.get('seconds'), 1)} s, {learning.get('llm_calls')} LLM calls, "

@@ -22,15 +22,10 @@ import numpy as np
 from skillorchestra.handbook import metrics
 from skillorchestra.handbook.embedding import Embedder
 from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.evaluation import DEFAULT_EPISODES, sweep
 from skillorchestra.handbook.evaluation import data as d
 from skillorchestra.handbook.evaluation import policies as p
-from skillorchestra.handbook.evaluation import sweep
-from skillorchestra.handbook.evaluation.episodes import (
-    DEFAULT_EPISODES,
-    build_episodes,
-    episode_rule,
-    evaluate_episodes,
-)
+from skillorchestra.handbook.evaluation.episodes import build_episodes, episode_rule, evaluate_episodes
 from skillorchestra.handbook.evaluation.online import regret_of, replay_online
 from skillorchestra.handbook.evaluation.scorer import CachedLabeller, HandbookScorer, Labeller
 from skillorchestra.handbook.knn import KnnRouter
@@ -140,6 +135,8 @@ def run_eval(
     if not kept:
         raise InvalidInput("--test", len(test), "at least one test task whose query is not in train")
     agents = d.judged_agents(train)
+    # QA: an agent of test alone was left out without a word; the summary names them
+    test_only = sorted({a for t in kept for a, o in t.outcomes.items() if o.score is not None} - set(agents))
     train_scores, train_costs = d.raw_matrices(train, agents, prices)
     agent_costs = d.mean_costs(train_costs, agents)
     d.require_a_known_cost(agents, agent_costs)
@@ -203,6 +200,7 @@ def run_eval(
             "dropped_seen_in_train": dropped,
             "dropped_unjudged": len(kept) - len(table.tasks),
             "agents": agents,
+            "test_only_agents": test_only,
             "cost_basis": d.cost_basis(list(train) + kept),
             "recorded_cost_share": d.recorded_cost_share(list(train) + kept),
             "c_ref": c_ref,
@@ -383,12 +381,24 @@ def _two_agent(
         p.RANDOM: rng.random(len(table.tasks)),
         p.ORACLE: np.nan_to_num(table.scores[:, strong]) - np.nan_to_num(table.scores[:, weak]),
     }
-    out = {name: sweep.two_agent_metrics(score, table, weak, strong) for name, score in prefer.items()}
+    out: dict[str, dict[str, Any]] = {
+        name: sweep.two_agent_metrics(score, table, weak, strong) for name, score in prefer.items()
+    }
     for name in (p.SKILLORCHESTRA, p.KNN):
         points = [(r["agent_share"][agents[strong]], r["accuracy"]) for r in rows if r["policy"] == name]
         grid = sweep.two_agent_from_points(points, table, weak, strong)
         out[name] |= {"grid_apgr": grid["apgr"], "grid_cpt50": grid["cpt50"]}
+    for name, why in UNRANKED.items():  # every policy of the rows is named (QA: a lookup by row raised KeyError)
+        out[name] = {"apgr": None, "cpt50": None, "curve_points": 0, "tasks": 0, "why": why}
     return out
+
+
+# the policies of the rows that give no per-task preference for the strong agent, so no threshold to sweep
+UNRANKED = {
+    p.THOMPSON: "online: one pass at the operating point, not a score to threshold",
+    p.BEST_SINGLE: "one agent for every task: an endpoint of the curve, not a router",
+    p.CHEAPEST: "one agent for every task: an endpoint of the curve, not a router",
+}
 
 
 def _diagnostics(

@@ -112,29 +112,41 @@ def weak_strong(agent_costs: Mapping[str, float], agents: Sequence[str]) -> tupl
     return (0, 1) if first <= second else (1, 0)
 
 
+def both_judged(table: OutcomeTable, weak: int, strong: int) -> np.ndarray:
+    """The tasks both agents were judged on: where a two-agent curve is defined (a task missing either score
+    cannot say what routing it to that agent gains; counted as 0, one unjudged strong score gave APGR 5.03: QA)."""
+    return table.judged[:, weak] & table.judged[:, strong]
+
+
 def two_agent_metrics(
     prefer_strong: np.ndarray, table: OutcomeTable, weak: int, strong: int
-) -> dict[str, float | None]:
-    """APGR and CPT(50%) of a router whose per-task 'prefer strong' score is swept as a threshold.
-
-    Unjudged scores count as 0 (RouteLLM's data has none)."""
-    weak_scores = np.nan_to_num(table.scores[:, weak])
-    strong_scores = np.nan_to_num(table.scores[:, strong])
-    fractions, accuracies = metrics.strong_fraction_curve(prefer_strong, weak_scores, strong_scores)
+) -> dict[str, float | int | None]:
+    """APGR and CPT(50%) of a router whose per-task 'prefer strong' score is swept as a threshold, on the tasks
+    both agents were judged on (`tasks`; RouteLLM's data has no other)."""
+    mask = both_judged(table, weak, strong)
+    if not mask.any():
+        return {"apgr": None, "cpt50": None, "curve_points": 0, "tasks": 0}
+    weak_scores, strong_scores = table.scores[mask, weak], table.scores[mask, strong]
+    fractions, accuracies = metrics.strong_fraction_curve(np.asarray(prefer_strong)[mask], weak_scores, strong_scores)
     acc_weak, acc_strong = float(weak_scores.mean()), float(strong_scores.mean())
     return {
         "apgr": metrics.apgr(fractions, accuracies, acc_weak, acc_strong),
         "cpt50": metrics.cpt(fractions, accuracies, acc_weak, acc_strong, 0.5),
         "curve_points": int(fractions.size),
+        "tasks": int(mask.sum()),
     }
 
 
 def two_agent_from_points(
     points: Sequence[tuple[float, float]], table: OutcomeTable, weak: int, strong: int
-) -> dict[str, float | None]:
-    """APGR and CPT(50%) from a few (strong_fraction, accuracy) points (a coarse lambda grid)."""
-    acc_weak = float(np.nan_to_num(table.scores[:, weak]).mean())
-    acc_strong = float(np.nan_to_num(table.scores[:, strong]).mean())
+) -> dict[str, float | int | None]:
+    """APGR and CPT(50%) from a few (strong_fraction, accuracy) points (a coarse lambda grid). The points are rows
+    over every test task, so they are comparable with the agents' own accuracies only when both agents were judged
+    on every task; otherwise null."""
+    if not both_judged(table, weak, strong).all():
+        return {"apgr": None, "cpt50": None, "curve_points": len(points)}
+    acc_weak = float(table.scores[:, weak].mean())
+    acc_strong = float(table.scores[:, strong].mean())
     fractions = np.array([p[0] for p in points], dtype=float)
     accuracies = np.array([p[1] for p in points], dtype=float)
     return {
