@@ -129,6 +129,10 @@ class Unroutable(HandbookError):
     """No agent satisfies the step's constraints."""
 
 
+class FileReplaced(HandbookError):
+    """The handbook file was moved, removed or replaced after this process opened it; nothing was written."""
+
+
 def utc_text(moment: float) -> str:
     """An epoch time as messages show it: the ISO UTC time a reader can place (2026-11-23T10:15:49Z)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))

@@ -11,6 +11,7 @@ import difflib
 import gc
 import json
 import math
+import sqlite3
 import threading
 import time
 import uuid
@@ -630,7 +631,8 @@ class Handbook:
             # read takes): two records writing before either patched dropped the patch, and the derivation that
             # reports the competence took 75 ms a record with 8 concurrent clients.
             competence: list[float | None] = []
-            with self._record_lock:
+            deadline = time.monotonic() + self.store.busy_timeout_s  # one busy timeout from arrival (see below)
+            with self._queued_record(deadline), self.store.waiting_until(deadline):
                 effect = self.store.record_outcome(
                     row, event, decided_under=decision["version"], by_delegate=by_delegate
                 )
@@ -673,6 +675,18 @@ class Handbook:
             applied=applied,
             note=note,
         )
+
+    @contextlib.contextmanager
+    def _queued_record(self, deadline: float) -> Iterator[None]:
+        """Hold the record lock, waiting for this process's other records only until `deadline`: behind a record
+        that waits out another process's write lock, the rest give up with the same "database is locked" at the
+        same busy timeout, not one after another (QA)."""
+        if not self._record_lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            raise sqlite3.OperationalError("database is locked")  # what the store's own wait raises: told as busy
+        try:
+            yield
+        finally:
+            self._record_lock.release()
 
     def _earlier_report(self, decision: dict[str, Any], payload: dict[str, Any]) -> OutcomeResult | None:
         stored = self.store.outcome(decision["id"])

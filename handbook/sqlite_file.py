@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.errors import FileReplaced, InvalidInput
 
 BUSY_TIMEOUT_S = 30.0
 # the sleeps between attempts at a write lock another connection holds: SQLite's busy handler's, then its last
@@ -92,6 +92,17 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, or None (an in-memory database, or no file there)."""
+    if str(path) == ":memory:":
+        return None
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
 def _create_private(path: Path) -> None:
     """A new database file readable by its owner alone (0600; its folder 0700 when created here), before SQLite
     opens it: SQLite gives the -wal and -shm files the database's mode. The file holds step texts, decisions and
@@ -115,6 +126,7 @@ class SqliteFile:
         if self.path.exists() and not self.path.is_file():  # /dev/null "worked" and left /dev/null-journal behind
             raise InvalidInput("db", str(path), "a database file path (this is not a regular file)")
         self._busy_s = busy_timeout_s
+        self._wait_until = threading.local()  # a deadline this thread's writes wait to (see waiting_until)
         self._busy_pragma = f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}"
         self.lock = threading.RLock()
         self.closed = False
@@ -126,6 +138,7 @@ class SqliteFile:
         except (OSError, sqlite3.OperationalError) as exc:
             raise _cannot_open(path, exc) from None
         self.db = Database(conn)
+        self._identity = _identity(self.path)  # the file this connection opened (see _check_same_file)
         try:
             with self.lock:
                 self._refuse_foreign(conn)  # before WAL mode, which another program's file would keep
@@ -150,18 +163,23 @@ class SqliteFile:
     def _can_write(self, conn: sqlite3.Connection) -> bool:
         """Try a write, undone at once. SQLite opens a file it may not write (a read-only file, an immutable one)
         read-only without a word: reading it is fine (export, show), but a server on it would fail every write
-        tool later, so the server refuses it at start (see `writable`)."""
-        self._lock_for_write()  # a new transaction: nothing else is open on this connection yet
-        try:
-            conn.execute("CREATE TABLE writable_probe (x)")
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_READONLY:
-                raise
-            return False
-        finally:
-            if conn.in_transaction:  # not a commit: other processes sharing the file see no change to reload for
-                conn.execute("ROLLBACK")
-            self.lock.release()
+        tool later, so the server refuses it at start (see `writable`). Never waits: another connection holding the
+        write lock is writing the file, so it is taken as writable (QA: the probe waited out a long import, and
+        `handbook show`, which only reads, then failed); a write on a file that is not says so when it comes."""
+        with self.lock:
+            with self._without_busy_wait():
+                busy = self._begin_immediate()  # a new transaction: nothing else is open on this connection yet
+            if busy is not None:
+                return True
+            try:
+                conn.execute("CREATE TABLE writable_probe (x)")
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_READONLY:
+                    raise
+                return False
+            finally:
+                if conn.in_transaction:  # not a commit: other processes sharing the file see no change to reload
+                    conn.execute("ROLLBACK")
         return True
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
@@ -221,16 +239,48 @@ class SqliteFile:
                 yield self.db
                 return
             with self._transaction():
+                self._check_same_file()
                 yield self.db
         finally:
             self.lock.release()
 
+    def _check_same_file(self) -> None:
+        """Refuse to write when the path no longer names the file this connection opened: SQLite would go on
+        writing the old file (moved or deleted: acknowledged writes lost), and its -wal, shared by path with a
+        copy restored in its place, damages that copy (QA). A stat per transaction, about a microsecond."""
+        if self._identity is None or _identity(self.path) == self._identity:
+            return
+        raise FileReplaced(
+            f"the handbook file {self.path} was moved, removed or replaced after this process opened it: nothing "
+            "was written; restart this server or command to use the file now at that path (restore a handbook "
+            "with `skillorchestra handbook import`, or with the file's -wal and -shm files moved along with it)"
+        )
+
+    @property
+    def busy_timeout_s(self) -> float:
+        """How long a write waits for another connection's write lock before it gives up."""
+        return self._busy_s
+
+    @contextlib.contextmanager
+    def waiting_until(self, deadline: float) -> Iterator[None]:
+        """This thread's writes inside wait for another connection's write lock only until `deadline`
+        (time.monotonic()), not a whole busy timeout each: a call that first queued behind this process's own
+        writes keeps one busy timeout from its arrival (QA: the k-th of k records waiting on a CLI's lock gave
+        up after k x 30 s, past the client's own timeout, and was then written all the same)."""
+        outer = getattr(self._wait_until, "deadline", None)
+        self._wait_until.deadline = deadline if outer is None else min(outer, deadline)
+        try:
+            yield
+        finally:
+            self._wait_until.deadline = outer
+
     def _lock_for_write(self) -> bool:
         """Return holding `self.lock` and the file's write lock: True if this call began the transaction, False
         if this thread is already inside one. While another connection holds the write lock, sleep with the
-        lock released, backing off as SQLite's busy handler does, until the busy timeout is spent; then raise
-        the OperationalError ("database is locked") the last attempt got."""
-        deadline = None
+        lock released, backing off as SQLite's busy handler does, until the busy timeout is spent (or this
+        thread's `waiting_until` deadline comes); then raise the OperationalError ("database is locked") the last
+        attempt got."""
+        deadline = getattr(self._wait_until, "deadline", None)
         delays = iter(BUSY_DELAYS_S)
         while True:
             self.lock.acquire()
@@ -333,6 +383,7 @@ class SqliteFile:
                     if self._begin_immediate() is not None:
                         return False  # another connection holds the file's write lock
                     with self._transaction():
+                        self._check_same_file()
                         work()
                 except sqlite3.OperationalError as exc:
                     if not _is_busy(exc):

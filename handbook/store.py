@@ -166,23 +166,32 @@ class HandbookStore(SqliteFile):
         )
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
-        """Migrate the file, refusing one a newer skillorchestra wrote before reading or writing anything."""
+        """Migrate the file, refusing one a newer skillorchestra wrote before reading or writing anything. A file
+        already migrated is only read: opening it (`handbook show`, a server starting) does not wait for another
+        process's write lock (QA: show failed after the busy timeout behind a long import, saying it wrote nothing)."""
+        self._refuse_newer()
+        if not migrations.pending(self.db) and self.db["meta"].exists() and self._meta("current_version") is not None:
+            return
         with self.write():
-            unknown = unknown_migrations(self.db)
-            if unknown:  # its schema may mean something this build would misread or break: no reads, no writes
-                raise InvalidInput(
-                    "db",
-                    str(self.path),
-                    "a handbook this version can use (it was written by a newer skillorchestra: handbook schema "
-                    f"{self.schema_version()}, migrations {', '.join(unknown)} unknown to this release, "
-                    f"which reads schema {schema_version()} at most (see --version); upgrade skillorchestra)",
-                )
+            self._refuse_newer()  # another process may have migrated it meanwhile
             upgrading = bool(migrations.pending(self.db)) and self.db["meta"].exists()
             migrations.apply(self.db)
             if self._meta("current_version") is None:
                 self._insert_version(HandbookDocument(), source="init", summary="empty handbook", parent=None)
         if upgrading:  # a migration may have copied whole tables: give the WAL's space back at once
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _refuse_newer(self) -> None:
+        """A file a newer skillorchestra wrote: its schema may mean something this build would misread or break."""
+        unknown = unknown_migrations(self.db)
+        if unknown:
+            raise InvalidInput(
+                "db",
+                str(self.path),
+                "a handbook this version can use (it was written by a newer skillorchestra: handbook schema "
+                f"{self.schema_version()}, migrations {', '.join(unknown)} unknown to this release, "
+                f"which reads schema {schema_version()} at most (see --version); upgrade skillorchestra)",
+            )
 
     # -- meta and versions -------------------------------------------------------------------------------
 

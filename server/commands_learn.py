@@ -191,6 +191,8 @@ def learn(args: argparse.Namespace) -> int:
     with removed_if_refused(db):  # a refused learn leaves no new database behind (a learned one is kept)
         store = store or HandbookStore(db)
         try:
+            if not store.writable:  # QA: refused only once learned, 23 s later, when the result was to be kept
+                raise InvalidInput("--db", str(db), "a handbook file this process can write (it is read-only)")
             run = _learn_into(args, store, tasks, data_path, learner)
         except BaseException:
             store.close()

@@ -80,6 +80,20 @@ def test_a_file_this_process_cannot_write_is_read_but_not_served(read_only_file:
     assert cli("--db", str(read_only_file), "handbook", "show").returncode == 0
     done = cli("--db", str(read_only_file), "handbook", "import", "--example")
     assert done.returncode == 2 and f"--db {read_only_file}: the handbook file is read-only" in done.stderr
+    traces = read_only_file.parent / "traces.jsonl"
+    traces.write_text(
+        "".join(
+            json.dumps({"id": str(i), "query": f"question {i}", "outcomes": {"a": {"score": i % 2}}}) + "\n"
+            for i in range(8)
+        ),
+        encoding="utf-8",
+    )
+    learned = cli("--db", str(read_only_file), "learn", "--data", str(traces))
+    # refused before learning (QA: 23 s of work, then "nothing was written" as the result was to be kept)
+    assert learned.returncode == 2 and learned.stderr.count("\n") == 1, learned.stderr
+    assert (
+        f"--db='{read_only_file}': expected a handbook file this process can write (it is read-only)" in learned.stderr
+    )
     served = subprocess.run(
         [str(BIN / "skillorchestra-mcp"), "--db", str(read_only_file)],
         capture_output=True,
@@ -263,3 +277,35 @@ def test_a_command_that_reads_a_handbook_refuses_an_empty_file(tmp_path: Path) -
         env=dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True"),
     )
     assert shown.returncode == 2 and "no handbook at" in shown.stderr and empty.stat().st_size == 0
+
+
+def test_a_file_moved_or_replaced_under_an_open_store_is_not_written(tmp_path: Path) -> None:
+    """QA: records acknowledged into a moved or deleted file were lost, and a copy restored over a running
+    server's file was damaged by the -wal the server kept writing. A write checks the path still names its file."""
+    from skillorchestra.handbook.errors import FileReplaced
+
+    db = tmp_path / "h.db"
+    store = HandbookStore(db)
+    store.create_version(DOCUMENT, source="import")
+    book = Handbook(store)
+    decision = book.route(RouteRequest(text="what is 2 + 2?"))
+    moved = tmp_path / "moved.db"
+    db.rename(moved)
+    with pytest.raises(FileReplaced, match="was moved, removed or replaced after this process opened it") as caught:
+        book.record(OutcomeReport(decision_id=decision.decision_id, reward=1))
+    assert str(db) in str(caught.value) and "nothing was written" in str(caught.value)
+    assert tool_error(caught.value) is not None  # the model reads it as a tool error, not an internal error
+    with pytest.raises(FileReplaced):
+        book.route(RouteRequest(text="and 3 + 3?"))  # routing writes its decision: refused as well
+    restored = HandbookStore(db)  # a backup put in its place (here a new handbook)
+    restored.create_version(DOCUMENT, source="import")
+    before = table_contents(db)
+    with pytest.raises(FileReplaced):
+        store.apply("upsert_mode", Mode(id="late").model_dump(mode="json"))
+    assert table_contents(db) == before
+    restored.close()
+    store.close()
+    for path in (db, moved):
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",), path
+    assert table_contents(db) == before  # (what the moved file held in its -wal went with that path: SQLite's rule)

@@ -276,6 +276,77 @@ def test_a_consult_goes_on_while_a_record_waits_for_another_connections_lock(db:
     store.close()
 
 
+def returned_within_guard(work: Callable[[], object]) -> list[BaseException | object]:
+    """Run `work` on a thread; what it returned or raised, once it finished (the guard is never reached when
+    the code is right: a wait the code should not make is the failure)."""
+    got: list[BaseException | object] = []
+
+    def run() -> None:
+        try:
+            got.append(work())
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            got.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(GUARD_S)
+    assert not thread.is_alive(), "it waited past its deadline"
+    return got
+
+
+def test_a_write_waits_for_another_connection_only_until_its_threads_deadline(db: Path, hold: Hold) -> None:
+    """waiting_until: a call that already spent its time queued gives up at once, not after another busy timeout."""
+    import time
+
+    store = HandbookStore(db, busy_timeout_s=120.0)
+    holder = hold()
+
+    def late_write() -> None:
+        with store.waiting_until(time.monotonic() - 1.0):
+            store.apply("upsert_mode", LATE)
+
+    [raised] = returned_within_guard(late_write)
+    assert isinstance(raised, sqlite3.OperationalError) and str(raised) == "database is locked"
+    holder.execute("ROLLBACK")
+    assert modes_on_disk(db) == ["code", "search"]
+    store.apply("upsert_mode", LATE)  # the deadline was the call's own: the next write waits as usual
+    assert modes_on_disk(db) == ["code", "late", "search"]
+    store.close()
+
+
+def test_opening_a_migrated_file_reads_it_without_waiting_for_another_connections_lock(db: Path, hold: Hold) -> None:
+    """QA: `handbook show` (and a server starting) behind a long import waited out the busy timeout in the write
+    probe and the migration check, then failed saying nothing was written, though it only meant to read."""
+    holder = hold()
+    [store] = returned_within_guard(lambda: HandbookStore(db, busy_timeout_s=120.0))
+    assert isinstance(store, HandbookStore) and store.writable
+    assert [v["source"] for v in store.versions()][-1] == "test"
+    holder.execute("ROLLBACK")
+    store.apply("upsert_mode", LATE)
+    assert modes_on_disk(db) == ["code", "late", "search"]
+    store.close()
+
+
+def test_a_record_queued_behind_this_processs_records_gives_up_at_its_own_busy_timeout(db: Path) -> None:
+    """QA: with a CLI holding the file's lock, concurrent record_outcome calls queued on the record lock, each
+    starting its 30 s wait when the one before gave up: the fourth failed after 120 s, past its client's timeout,
+    and was written later all the same. Here the record lock is held by "another record" that never lets go: the
+    queued record must give up busy within its own busy timeout, writing nothing."""
+    from skillorchestra.handbook.models import Agent
+    from skillorchestra.handbook.service import Handbook, OutcomeReport, RouteRequest
+
+    store = HandbookStore(db, busy_timeout_s=0.2)
+    book = Handbook(store)
+    book.upsert_agent(Agent(id="a1"))
+    decision = book.route(RouteRequest(text="write a parser"))
+    with book._record_lock:  # another record of this process, stuck behind another process's lock
+        [raised] = returned_within_guard(lambda: book.record(OutcomeReport(decision_id=decision.decision_id, reward=1)))
+    assert isinstance(raised, sqlite3.OperationalError) and busy_text(raised, db) is not None
+    assert store.outcome(decision.decision_id) is None
+    assert book.record(OutcomeReport(decision_id=decision.decision_id, reward=1)).applied  # and it can be retried
+    store.close()
+
+
 def test_servers_started_at_once_on_a_new_file_seed_the_example_once(tmp_path: Path) -> None:
     """QA: servers started together each saw a pristine file and seeded it (versions 2, 3 and 4 all examples)."""
     import threading
