@@ -547,9 +547,13 @@ def _messages(text: str, context: str | None) -> list[dict[str, Any]]:
 
 
 def answer_cap(conn: AgentConnection, max_tokens: int | None) -> int:
-    """The most characters of an answer delegate passes on: generous for what max_tokens allows (no tokenizer
-    writes 16 characters a token on average), and ANSWER_FLOOR_CHARS for a tool agent, which has no max_tokens."""
-    tokens = max_tokens or (conn.max_output_tokens if isinstance(conn, LlmAgentConnection) else 0)
+    """The most characters of an answer delegate passes on: generous for the max_tokens the call was sent with
+    (no tokenizer writes 16 characters a token on average), and ANSWER_FLOOR_CHARS for a tool agent, which takes
+    no max_tokens. The caller's max_tokens counts only as far as the agent's max_output_tokens, as the call itself
+    was capped (review: max_tokens=1e6 let a 4 MB answer through, to the judge and past the client's 1 MiB event)."""
+    if not isinstance(conn, LlmAgentConnection):
+        return ANSWER_FLOOR_CHARS
+    tokens = min(max_tokens, conn.max_output_tokens) if max_tokens is not None else conn.max_output_tokens
     return max(ANSWER_FLOOR_CHARS, ANSWER_CHARS_PER_TOKEN * tokens)
 
 

@@ -274,8 +274,12 @@ async def serve_http(server: MCPServer, settings: ServerSettings, sockets: list[
     (the CLI configures it)."""
     import uvicorn  # only HTTP deployments pay for it
 
-    from skillorchestra.server.http_deadline import HeadersDeadline
+    from skillorchestra.server.http_deadline import EveryMinuteAtMost, HeadersDeadline, raise_open_files_limit
 
+    raise_open_files_limit()
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, EveryMinuteAtMost) for f in asyncio_log.filters):  # once a process
+        asyncio_log.addFilter(EveryMinuteAtMost())
     app = build_http_app(server, settings)
     config = uvicorn.Config(
         app,

@@ -86,6 +86,11 @@ async def test_an_answer_far_beyond_max_tokens_is_cut_with_a_warning(
     assert cap == ANSWER_FLOOR_CHARS and len(result["answer"]) == cap
     assert any(f"cut at {cap:,} characters of 300,000" in w for w in result["warnings"])
     assert result["cost_usd"] is not None and result["completion_tokens"] == 60_000  # billed as the backend said
+    async with Client(create_server(settings)) as client:  # review: a huge max_tokens lifted the cap
+        lifted = await call(client, "delegate", {"text": "y", "agent_id": "strong", "max_tokens": 1_000_000})
+    assert len(lifted["answer"]) == ANSWER_FLOOR_CHARS  # the call went out capped at max_output_tokens (1024)
+    assert answer_cap(parse_agent("strong", {"model": "m"}), 1_000_000) == ANSWER_FLOOR_CHARS
+    assert answer_cap(parse_agent("strong", {"model": "m", "max_output_tokens": 50_000}), 1_000_000) == 800_000
 
 
 async def test_a_reply_with_no_choices_falls_back_without_touching_competence(

@@ -38,10 +38,10 @@ async def _refuse(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
 
 
 @asynccontextmanager
-async def _serving(app=_echo) -> AsyncIterator[int]:  # type: ignore[no-untyped-def]
+async def _serving(app=_echo, **protocol: object) -> AsyncIterator[int]:  # type: ignore[no-untyped-def]
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    quick = type("QuickDeadline", (HeadersDeadline,), {"timeout_s": QUICK_S})
+    quick = type("QuickDeadline", (HeadersDeadline,), {"timeout_s": QUICK_S, **protocol})
     server = uvicorn.Server(uvicorn.Config(app, http=quick, log_config=None, lifespan="off", timeout_keep_alive=30))
     task = asyncio.create_task(server.serve(sockets=[listener]))
     while not server.started:
@@ -57,8 +57,11 @@ def _read_until_closed(conn: socket.socket) -> bytes:
     """Everything the server sends until it closes the connection (b"" alone: closed without an answer)."""
     conn.settimeout(10)
     received = b""
-    while chunk := conn.recv(4096):
-        received += chunk
+    try:
+        while chunk := conn.recv(4096):
+            received += chunk
+    except ConnectionResetError:  # closed with bytes of ours unread: a reset, closed all the same
+        pass
     return received
 
 
@@ -99,3 +102,65 @@ async def test_a_body_sent_after_an_early_answer_does_not_hold_the_connection(an
             conn.sendall(then)
             answer = await asyncio.to_thread(_read_until_closed, conn)
     assert answer.startswith(b"HTTP/1.1 401") and answer.endswith(b"\r\n\r\nno")  # then closed
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_past_max_waiting_the_connection_waiting_longest_is_closed(anyio_backend: str) -> None:
+    """Security review: connections opened faster than their deadline expires ran the process out of file
+    descriptors. With three allowed to wait, a fourth half-sent head closes the first; the others are served."""
+    async with _serving(timeout_s=60.0, max_waiting=3) as port:
+        conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+        try:
+            for conn in conns:
+                conn.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                await asyncio.sleep(0.05)  # accepted in this order
+            assert await asyncio.to_thread(_read_until_closed, conns[0]) == b""  # long before its 60 s deadline
+            for conn in conns[1:]:  # still open: their heads end and they are answered
+                conn.sendall(b"1\r\nConnection: close\r\n\r\n")
+                answer = await asyncio.to_thread(_read_until_closed, conn)
+                assert answer.startswith(b"HTTP/1.1 200")
+        finally:
+            for conn in conns:
+                conn.close()
+    assert not HeadersDeadline._waiting  # every connection gone, none left counted
+
+
+def test_the_open_files_limit_is_raised_towards_the_hard_one() -> None:
+    """Each connection is a file; a soft limit of 1,024 (the usual default) is what a flood exhausts first."""
+    import resource
+    import subprocess
+    import sys
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"the hard limit here is {hard}: nothing to raise")
+
+    def low() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    code = "from skillorchestra.server.http_deadline import raise_open_files_limit as r; print(*r())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=low, check=True)
+    now_soft, now_hard = map(int, done.stdout.split())
+    expected = 65_536 if hard == resource.RLIM_INFINITY else min(hard, 65_536)
+    assert (now_soft, now_hard) == (expected, hard)
+
+
+def test_a_flood_of_one_log_message_is_let_through_once_a_minute() -> None:
+    """asyncio logs a traceback for every failed accept while out of file descriptors: 37 MB in 20 s."""
+    import logging
+
+    from skillorchestra.server.http_deadline import EveryMinuteAtMost
+
+    now = [0.0]
+    gate = EveryMinuteAtMost(clock=lambda: now[0])
+
+    def passes(message: str) -> bool:
+        return gate.filter(logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None, None))
+
+    flood = "socket.accept() out of system resource\nsocket: <socket.socket fd=9>"
+    assert passes(flood) and not passes(flood) and passes("Task was destroyed but it is pending!")
+    now[0] = 59.0
+    assert not passes(flood)
+    now[0] = 60.5
+    assert passes(flood) and not passes(flood)

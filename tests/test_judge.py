@@ -14,6 +14,7 @@ from mcp import Client
 from mcp_calls import cheap_agent, db_rows, give_up_once_called, until_called
 
 from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.reply_text import unfenced
 from skillorchestra.server.agent_config import JudgeSettings, LlmAgentConnection, load_agent_configs
 from skillorchestra.server.app import create_server
 from skillorchestra.server.cli import main as cli_main
@@ -85,10 +86,21 @@ def fake_prompt_tokens(request: RecordedRequest) -> int:
         ('  {"score": 1}\n', 1.0),
         ('{"score": 0, "reason": "wrong"}', 0.0),
         ('```json\n{"score": 0.25}\n```', 0.25),
+        ('```\n{"score": 0.5}```', 0.5),
+        ('```JSON {"score": 1}\n```  ', 1.0),
     ],
 )
 def test_strict_json_verdicts_are_read(reply: str, score: float) -> None:
     assert parse_verdict(reply) == score
+
+
+def test_a_reply_built_to_make_the_fence_parser_backtrack_is_refused_at_once() -> None:
+    """Review: the fence regex took 7 s on 2 KB of "```" and whitespace, 50 s on 4 KB, on the event loop."""
+    for reply in ("```" + " \n" * 2000 + "x", "```" + " \n" * 400 + "x"):  # over and under the verdict cap
+        with pytest.raises(ValueError):
+            parse_verdict(reply)
+    assert unfenced("```" + " \n" * 200_000 + "x") == "x"  # linear: a regex this long would never return
+    assert unfenced("``````") == "" and unfenced("```") == "" and unfenced("plain") == "plain"
 
 
 @pytest.mark.parametrize(

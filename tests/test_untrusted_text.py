@@ -190,6 +190,26 @@ def test_lookalike_tags_are_inert_and_other_text_is_kept(text: str, expected: st
     assert inert(text) == expected
 
 
+def test_the_ascii_shortcut_reads_tags_as_the_unicode_folding_does() -> None:
+    """Review: folding 64 characters after every '<' took 40 s on an answer of 4M '<'; ASCII text takes a shortcut
+    that must decide exactly as the folding would."""
+    import random
+    import unicodedata
+
+    from skillorchestra.server.judge import _FENCE_TAGS, _LOOKAHEAD, _names_a_tag
+
+    def folded(after: str) -> bool:
+        text = unicodedata.normalize("NFKD", after).casefold()
+        kept = "".join(c for c in text if not c.isspace() and unicodedata.category(c) not in ("Cf", "Mn"))
+        return kept.lstrip("/").startswith(_FENCE_TAGS)
+
+    rng = random.Random(0)
+    pieces = ["/", " ", "\t", "\x1f", "\n", "answer", "ANSWER", "Step", "con", "text", "x", ">", "<", "s t e p"]
+    cases = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))[:_LOOKAHEAD] for _ in range(5_000)]
+    assert sum(folded(c) for c in cases) > 100  # the sample holds tags as well as other text
+    assert all(_names_a_tag(c) == folded(c) for c in cases)
+
+
 @pytest.mark.anyio
 async def test_the_judge_reads_a_hostile_answer_inside_its_fence(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
     """Through the real server and litellm: the answer of the agent arrives at the judge fenced and escaped."""

@@ -32,6 +32,7 @@ from skillorchestra.handbook.learning.features import kmeans
 from skillorchestra.handbook.learning.labeller import SkillLabeller
 from skillorchestra.handbook.learning.taxonomy import Category, Leaf, Taxonomy, slug, unique_id, with_leaves
 from skillorchestra.handbook.models import DESCRIPTION_MAX, ID_MAX, HandbookDocument, Skill
+from skillorchestra.handbook.reply_text import unfenced
 from skillorchestra.handbook.traces import TraceTask
 
 LIST_KEEP = 8  # indicators / examples kept per skill
@@ -145,12 +146,9 @@ class ReplyError(ValueError):
     """A reply that cannot be used as is; the message goes back to the model."""
 
 
-_FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```$")
-
-
 def parse_reply(text: str) -> TaxonomyReply:
     """The JSON object in a reply (code fences and chatter around it tolerated), validated."""
-    body = _FENCE.sub("", text.strip())
+    body = unfenced(text)  # string operations: the regex this replaced was quadratic on long whitespace (review)
     start, end = body.find("{"), body.rfind("}")
     if start < 0:
         raise ReplyError("no JSON object found; reply with one JSON object only")
