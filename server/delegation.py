@@ -56,6 +56,9 @@ Progress = Callable[[float, str], Awaitable[None]]
 PROGRESS_INTERVAL_S = 1.0
 ANSWER_CHARS_PER_TOKEN = 16  # an answer cap per max_tokens token: 3-4 characters a token is usual
 ANSWER_FLOOR_CHARS = 100_000  # the least cap (a tool agent's answer, a small max_tokens)
+# the most an answer may take in the result's JSON: the result carries it twice (text and structured content), and
+# the SDK's client refuses a server-sent event over 1 MiB, so a longer one never reached the caller (review)
+ANSWER_JSON_BYTES_MAX = 400_000
 
 
 TIME_SPENT = "delegate's time budget spent"
@@ -561,12 +564,38 @@ def _within_answer_cap(result: BackendResult, conn: AgentConnection, max_tokens:
     """The answer cut to `answer_cap`, with a warning (QA: a backend ignoring max_tokens 16 sent 20 MB, passed on
     whole as text and structured content, and to the judge). The call's cost stays what it was."""
     cap = answer_cap(conn, max_tokens)
-    if len(result.answer) <= cap:
+    answer = result.answer
+    warning = None
+    if len(answer) > cap:
+        warning = f"answer of {conn.id} cut at {cap:,} characters of {len(answer):,}: far more than max_tokens allow"
+    kept = _within_json_bytes(answer[:cap], ANSWER_JSON_BYTES_MAX)
+    if len(kept) < min(cap, len(answer)):
+        warning = (
+            f"answer of {conn.id} cut at {len(kept):,} characters of {len(answer):,}: a delegate result carries at "
+            f"most {ANSWER_JSON_BYTES_MAX:,} bytes of answer (an MCP client takes at most 1 MiB a message)"
+        )
+    if warning is None:
         return result
-    warning = (
-        f"answer of {conn.id} cut at {cap:,} characters of {len(result.answer):,}: far more than its max_tokens allow"
-    )
-    return result.model_copy(update={"answer": result.answer[:cap], "warnings": [*result.warnings, warning]})
+    return result.model_copy(update={"answer": kept, "warnings": [*result.warnings, warning]})
+
+
+def _json_bytes(text: str) -> int:
+    return len(json.dumps(text, ensure_ascii=False).encode())
+
+
+def _within_json_bytes(text: str, limit: int) -> str:
+    """The longest head of `text` (found by halving) whose JSON string takes at most `limit` bytes."""
+    if len(text) * 6 + 2 <= limit or _json_bytes(text) <= limit:  # 6: the most bytes one character can take
+        return text
+    text = text[:limit]  # a character takes a byte at least: at most 19 halvings of a few milliseconds each
+    low, high = 0, len(text)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _json_bytes(text[:middle]) <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low]
 
 
 def _replace(route: RouteRequest, **changes: Any) -> RouteRequest:

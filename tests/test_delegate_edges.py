@@ -20,7 +20,13 @@ from skillorchestra.handbook.service import DelegateRequest, Handbook, RouteRequ
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.agent_config import AgentConnection, parse_agent
 from skillorchestra.server.app import create_server
-from skillorchestra.server.delegation import ANSWER_FLOOR_CHARS, Delegator, answer_cap
+from skillorchestra.server.delegation import (
+    ANSWER_FLOOR_CHARS,
+    ANSWER_JSON_BYTES_MAX,
+    Delegator,
+    _within_answer_cap,
+    answer_cap,
+)
 from skillorchestra.server.llm_backend import BackendResult
 from skillorchestra.server.settings import ServerSettings
 
@@ -91,6 +97,26 @@ async def test_an_answer_far_beyond_max_tokens_is_cut_with_a_warning(
     assert len(lifted["answer"]) == ANSWER_FLOOR_CHARS  # the call went out capped at max_output_tokens (1024)
     assert answer_cap(parse_agent("strong", {"model": "m"}), 1_000_000) == ANSWER_FLOOR_CHARS
     assert answer_cap(parse_agent("strong", {"model": "m", "max_output_tokens": 50_000}), 1_000_000) == 800_000
+
+
+@pytest.mark.parametrize("unit", ['"', "\u5b57", "a", "\U0001f600"])  # 2, 3, 1 and 4 bytes in the JSON
+def test_an_answer_is_kept_within_what_a_client_takes_in_one_message(unit: str) -> None:
+    """Review: with a large max_output_tokens the cap in characters let through an answer whose result (it carries
+    the answer twice) passed the 1 MiB an SDK client takes in one server-sent event: the call was made, the caller
+    never got it. The answer is cut to ANSWER_JSON_BYTES_MAX bytes of JSON, with a warning, wherever the limit falls."""
+    conn = parse_agent("long", {"model": "m", "max_output_tokens": 100_000})
+    answer = "x" + unit * 500_000
+    kept = _within_answer_cap(BackendResult(answer=answer, cost_usd=0.01), conn, None)
+    size = len(json.dumps(kept.answer, ensure_ascii=False).encode())
+    assert size <= ANSWER_JSON_BYTES_MAX and answer.startswith(kept.answer)
+    assert size + 6 > ANSWER_JSON_BYTES_MAX  # the longest head that fits: one more character would not
+    assert kept.warnings == [
+        f"answer of long cut at {len(kept.answer):,} characters of {len(answer):,}: a delegate result carries at "
+        f"most {ANSWER_JSON_BYTES_MAX:,} bytes of answer (an MCP client takes at most 1 MiB a message)"
+    ]
+    assert kept.cost_usd == 0.01
+    short = BackendResult(answer=unit * 1000)
+    assert _within_answer_cap(short, conn, None) == short
 
 
 async def test_a_reply_with_no_choices_falls_back_without_touching_competence(
