@@ -87,6 +87,14 @@ def busy_text(exc: BaseException, path: object) -> str | None:
     )
 
 
+def is_busy(exc: BaseException) -> bool:
+    """Whether `exc` is a write that gave up waiting for the file's lock (see busy_text)."""
+    return busy_text(exc, "") is not None
+
+
+BUSY_NOT_RECORDED = f"the handbook file stayed locked by another process for {BUSY_TIMEOUT_S:g} s"
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     """Another connection holds the lock this statement needs ("database is locked"), as opposed to a real error."""
     return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
@@ -388,6 +396,8 @@ class SqliteFile:
                 except sqlite3.OperationalError as exc:
                     if not _is_busy(exc):
                         raise
+                    return False
+                except FileReplaced:  # left to an ordinary write, which says so (review: best-effort callers broke)
                     return False
             return True
         finally:

@@ -23,6 +23,7 @@ import functools
 import json
 import logging
 import math
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -44,6 +45,7 @@ from skillorchestra.handbook.results import (
     UsedSkill,
 )
 from skillorchestra.handbook.service import DelegateRequest, Handbook, OutcomeReport, RouteRequest
+from skillorchestra.handbook.sqlite_file import BUSY_NOT_RECORDED, is_busy
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.agent_config import AgentConnection, LlmAgentConnection, parse_agent
 from skillorchestra.server.breaker import CircuitBreaker
@@ -215,7 +217,10 @@ class Delegator:
                     elif position > 0:  # before a fallback reached its agent: its decision is nobody's to report
                         await anyio.to_thread.run_sync(self._withdraw, decision_id)
                 raise
-            await self._settle_call(decision_id, agent_id, result)
+            if note := await self._settle_call(decision_id, agent_id, result):
+                result = result.model_copy(update={"warnings": [*result.warnings, note]})
+                if result.message is not None:
+                    result = result.model_copy(update={"message": f"{result.message}; {note}"})
             tried.append(
                 Attempt(
                     agent_id=agent_id,
@@ -372,10 +377,19 @@ class Delegator:
         finally:
             SLOT_WAIT.reset(reset)
 
-    async def _settle_call(self, decision_id: str, agent_id: str, result: BackendResult) -> None:
-        """Account one backend call (the agent's or the judge's): on the loop when that waits for nothing."""
-        if not self._account_now(decision_id, agent_id, result):
-            await anyio.to_thread.run_sync(self._account, decision_id, agent_id, result)
+    async def _settle_call(self, decision_id: str, agent_id: str, result: BackendResult) -> str | None:
+        """Account one backend call (the agent's or the judge's): on the loop when that waits for nothing. A file
+        another process held past the busy timeout loses this bookkeeping only, and the returned note says so:
+        the call was made and paid, and its answer is the caller's (review: a busy write threw it away)."""
+        try:
+            if not self._account_now(decision_id, agent_id, result):
+                await anyio.to_thread.run_sync(self._account, decision_id, agent_id, result)
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc):
+                raise
+            log.warning("call of %s on decision %s not recorded: %s", agent_id, decision_id, BUSY_NOT_RECORDED)
+            return f"the call of {agent_id} is not in the handbook ({BUSY_NOT_RECORDED}): its cost is not counted"
+        return None
 
     def _account_now(self, decision_id: str, agent_id: str, result: BackendResult) -> bool:
         """Record an answered call's cost on the event loop when nothing has to wait for it; False otherwise.
@@ -403,18 +417,21 @@ class Delegator:
         )
 
     def _account(self, decision_id: str, agent_id: str, result: BackendResult) -> None:
-        """Cost and latency now; an infrastructure failure is the decision's outcome (competence untouched)."""
-        self._note(decision_id, result)
-        self._settle_breaker(agent_id, result)
-        if result.infrastructure_failure:
-            self.handbook.record(
-                OutcomeReport(
-                    decision_id=decision_id,
-                    error_class=result.error_class,  # type: ignore[arg-type]
-                    cost_usd=result.cost_usd,
-                    latency_s=result.latency_s,
+        """Cost and latency now; an infrastructure failure is the decision's outcome (competence untouched). The
+        breaker hears how the call went whether or not the file took the write."""
+        try:
+            self._note(decision_id, result)
+            if result.infrastructure_failure:
+                self.handbook.record(
+                    OutcomeReport(
+                        decision_id=decision_id,
+                        error_class=result.error_class,  # type: ignore[arg-type]
+                        cost_usd=result.cost_usd,
+                        latency_s=result.latency_s,
+                    )
                 )
-            )
+        finally:
+            self._settle_breaker(agent_id, result)
 
     def _cancelled(self, decision_id: str, agent_id: str, latency_s: float) -> None:
         """A call cut off by its request's cancellation (Handbook.note_cancelled); the agent's breaker (_call gave
@@ -429,7 +446,12 @@ class Delegator:
         """A routed agent that was not called (its breaker refused it between routing and calling): no cost,
         no change to competence, and no budget held. The decision counts as reported from then on."""
         report = OutcomeReport(decision_id=decision_id, error_class="connection", cost_usd=0.0)
-        self.handbook.record(report, by_delegate=True)  # its own claim (it called nobody) must not refuse it
+        try:
+            self.handbook.record(report, by_delegate=True)  # its own claim (it called nobody) must not refuse it
+        except sqlite3.OperationalError as exc:  # the fallbacks may still answer: the decision expires unreported
+            if not is_busy(exc):
+                raise
+            log.warning("decision %s left open: %s", decision_id, BUSY_NOT_RECORDED)
 
     def _settle_breaker(self, agent_id: str, result: BackendResult) -> None:
         if result.error_type == QUEUE_FULL:  # never reached the agent: not its failure, so no breaker count

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import re
+import sqlite3
 import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Mapping
@@ -39,6 +40,7 @@ from skillorchestra.handbook.errors import HandbookError, Unroutable
 from skillorchestra.handbook.reply_text import unfenced
 from skillorchestra.handbook.results import DelegateResult
 from skillorchestra.handbook.service import Handbook, OutcomeReport
+from skillorchestra.handbook.sqlite_file import BUSY_NOT_RECORDED, is_busy
 from skillorchestra.handbook.traces import SUCCESS_THRESHOLD
 from skillorchestra.server.agent_config import AgentConnection, JudgeSettings, LlmAgentConnection
 from skillorchestra.server.breaker import CircuitBreaker
@@ -54,7 +56,7 @@ _OPENER = re.compile("[<\ufe64\uff1c]")  # '<' and its compatibility forms (NFKD
 _LOOKAHEAD = 64  # characters after a '<' searched for a tag name: room for padding, far less than any text
 
 Caller = Callable[[AgentConnection, str, list[dict[str, Any]], float, int | None], Awaitable[BackendResult]]
-Account = Callable[[str, str, BackendResult], Awaitable[None]]  # (decision_id, agent_id, result)
+Account = Callable[[str, str, BackendResult], Awaitable[str | None]]  # (decision_id, agent_id, result) -> a note
 
 _SYSTEM = (
     "You are a strict grader. You receive one step of a task, optional context, and the answer an assistant "
@@ -238,6 +240,12 @@ async def judge_answer(
             breaker.release(conn.id)
             judge_decision = None
             warnings.append(f"not judged: the judge {conn.id}'s {over}; {unreported}")
+        except sqlite3.OperationalError as exc:  # the answer is paid for: it is returned, ungraded (review)
+            if not is_busy(exc):
+                raise
+            breaker.release(conn.id)
+            judge_decision = None
+            warnings.append(f"not judged: {BUSY_NOT_RECORDED}; {unreported}")
         if judge_decision is not None:
             called = time.monotonic()
             slot = SlotWait(None)  # tells a call still waiting for the judge's slot from one at work
@@ -255,7 +263,8 @@ async def judge_answer(
                 raise
             finally:
                 SLOT_WAIT.reset(reset)
-            await account(judge_decision, conn.id, result)
+            if note := await account(judge_decision, conn.id, result):
+                warnings.append(note)
             cost = result.cost_usd
             total = None if total is None or cost is None else total + cost
             if result.cost_usd is None:
@@ -274,6 +283,10 @@ async def judge_answer(
                         reward = (await anyio.to_thread.run_sync(handbook.record, report)).reward
                     except HandbookError as exc:  # e.g. the decision expired meanwhile
                         warnings.append(f"the judge's grade was not recorded ({exc}); {unreported}")
+                    except sqlite3.OperationalError as exc:  # the answer and its grade are the caller's (review)
+                        if not is_busy(exc):
+                            raise
+                        warnings.append(f"the judge's grade was not recorded ({BUSY_NOT_RECORDED}); {unreported}")
     return JudgedDelegateResult.model_validate(
         {
             **answer.model_dump(),

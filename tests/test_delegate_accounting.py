@@ -163,3 +163,51 @@ async def test_a_loaded_agent_the_live_handbook_lost_is_named_with_the_way_back(
     )
     with pytest.raises(Unroutable, match="agents load"):
         await Delegator(handbook).delegate(DelegateRequest(route=RouteRequest(text="x"), agent_id="ghost"))
+
+
+@pytest.fixture
+def busy_handbook(tmp_path: Path) -> Iterator[Handbook]:
+    """A handbook whose writes give up after 0.2 s of another connection's lock, with an agent and a judge."""
+    store = HandbookStore(tmp_path / "h.db", busy_timeout_s=0.2)
+    handbook = Handbook(store)
+    handbook.upsert_agent(Agent(id="solo", input_per_mtok=1.0, output_per_mtok=2.0))
+    handbook.upsert_agent(Agent(id="grader", input_per_mtok=1.0, output_per_mtok=2.0))
+    base = {"api_base": "http://127.0.0.1:9/v1"}
+    store.save_connections(
+        {
+            "solo": ("llm", {"model": "openai/solo", **base}),
+            "grader": ("llm", {"model": "openai/grader", **base, "judge": {"agent": "grader"}}),
+        }
+    )
+    yield handbook
+    store.close()
+
+
+async def test_a_paid_answer_is_returned_when_the_file_stays_locked_for_its_bookkeeping(
+    busy_handbook: Handbook,
+) -> None:
+    """Review: a write that gave up on another process's lock after the calls were made threw the delegate away,
+    though the agent and the judge had answered and been paid; a retry paid them again. Now the answer comes back,
+    each unrecorded piece said in a warning."""
+    store = busy_handbook.store
+    other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+
+    async def caller(conn: Any, *_: Any) -> BackendResult:
+        if conn.id == "grader":  # a CLI takes the file between the agent's answer and the judge's bookkeeping
+            other.execute("BEGIN IMMEDIATE")
+            return BackendResult(answer='{"score": 1}', cost_usd=1e-6, cost_source="agent_prices")
+        return ANSWER
+
+    route = RouteRequest(text="add two numbers", allowed_agents=["solo"])
+    try:
+        result = await Delegator(busy_handbook, caller=caller).delegate(DelegateRequest(route=route))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert result.answer == "42" and result.agent_id == "solo" and result.reported_by is None
+    assert result.judge_score == 1.0 and result.judged_reward is None
+    locked = "the handbook file stayed locked by another process for 30 s"
+    assert any(w.startswith("the call of grader is not in the handbook") for w in result.warnings), result.warnings
+    assert any(w.startswith(f"the judge's grade was not recorded ({locked})") for w in result.warnings)
+    assert call_cost(store.path, result.decision_id) == pytest.approx(1.5e-5)  # the agent's call was recorded
+    assert store.outcome(result.decision_id) is None  # left for record_outcome, as the warning says

@@ -297,6 +297,7 @@ def test_a_file_moved_or_replaced_under_an_open_store_is_not_written(tmp_path: P
     assert tool_error(caught.value) is not None  # the model reads it as a tool error, not an internal error
     with pytest.raises(FileReplaced):
         book.route(RouteRequest(text="and 3 + 3?"))  # routing writes its decision: refused as well
+    assert not store.try_write(lambda: None)  # a best-effort write is skipped, never raised (review)
     restored = HandbookStore(db)  # a backup put in its place (here a new handbook)
     restored.create_version(DOCUMENT, source="import")
     before = table_contents(db)
