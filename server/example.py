@@ -22,12 +22,17 @@ def is_pristine(store: HandbookStore) -> bool:
 
 def seed_example_if_new(store: HandbookStore) -> bool:
     """Seed the example into a new database; the check and the seed are one transaction, so servers started at
-    once on a new file seed it once (QA: two or three example versions, one replacing the other)."""
+    once on a new file seed it once (QA: two or three example versions, one replacing the other). Never waits for
+    another process's write lock: that process is filling the new file (a learn or an import, or another server
+    seeding it), so the server starts without the example instead of failing after the busy timeout (review)."""
     if not is_pristine(store):  # every start but the first: no need to build the example (cold start)
         return False
     document = example_document()
-    with store.write():
-        if not is_pristine(store):  # another server seeded it meanwhile
-            return False
-        store.create_version(document, source="import", summary="example handbook (shipped)")
-    return True
+    seeded: list[bool] = []
+
+    def seed() -> None:
+        if is_pristine(store):  # another server may have seeded it meanwhile
+            store.create_version(document, source="import", summary="example handbook (shipped)")
+            seeded.append(True)
+
+    return store.try_write(seed, wait_for_threads=True) and bool(seeded)

@@ -327,6 +327,27 @@ def test_opening_a_migrated_file_reads_it_without_waiting_for_another_connection
     store.close()
 
 
+def test_a_new_file_another_process_is_filling_is_served_without_the_example(tmp_path: Path) -> None:
+    """Review: a server starting on a new file while a learn or an import held its write lock waited the busy
+    timeout to seed the example, then failed to start. It starts without it: that process is filling the file."""
+    from skillorchestra.server.example import seed_example_if_new
+
+    path = tmp_path / "new.db"
+    HandbookStore(path).close()  # created and migrated: pristine
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    store = HandbookStore(path, busy_timeout_s=120.0)
+    try:
+        assert returned_within_guard(lambda: seed_example_if_new(store)) == [False]
+        assert [v["source"] for v in store.versions()] == ["init"]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert seed_example_if_new(store) and [v["source"] for v in store.versions()] == ["init", "import"]
+    assert not seed_example_if_new(store)  # seeded once
+    store.close()
+
+
 def test_a_record_queued_behind_this_processs_records_gives_up_at_its_own_busy_timeout(db: Path) -> None:
     """QA: with a CLI holding the file's lock, concurrent record_outcome calls queued on the record lock, each
     starting its 30 s wait when the one before gave up: the fourth failed after 120 s, past its client's timeout,
