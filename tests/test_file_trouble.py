@@ -211,6 +211,8 @@ def test_the_operator_reads_of_a_damaged_file_on_stderr_at_the_default_log_level
     )
     assert served.returncode == 0  # the model's side of it: test_a_damaged_file_is_said_to_be_damaged...
     assert "WARNING skillorchestra: the handbook file is damaged (database disk image is malformed)" in served.stderr
+    told = [line for line in served.stderr.splitlines() if "damaged" in line and "warm-up" not in line]
+    assert told and all(line.endswith(f"({db})") for line in told), served.stderr  # which of the servers' files
 
 
 def _foreign(path: Path, migration_set: str | None = None) -> Path:

@@ -82,7 +82,7 @@ BUSY = (
 )
 
 
-def tool_error(exc: Exception) -> ToolError | None:
+def tool_error(exc: Exception, path: object = None) -> ToolError | None:
     """The ToolError the model reads for an anticipated failure (None for a bug, which the SDK reports without
     its text): the handbook's own errors, a file locked by another process for longer than SQLite waits, and a
     file that failed itself (full disk, I/O error, read-only, damaged), which the person running the server must
@@ -94,7 +94,9 @@ def tool_error(exc: Exception) -> ToolError | None:
     trouble = file_trouble(exc)
     if trouble is None:
         return None
-    log.warning("%s", trouble)  # for the person running the server: the model alone would know otherwise
+    # for the person running the server, naming the file (QA: one of several servers' files): the model alone would
+    # know otherwise
+    log.warning("%s%s", trouble, f" ({path})" if path is not None else "")
     return ToolError(trouble)
 
 
@@ -104,14 +106,14 @@ def reports_failures(fn: Callable[P, R]) -> Callable[P, R]:
 
         @functools.wraps(fn)
         async def awaiting(*args: P.args, **kwargs: P.kwargs) -> Any:
-            with _as_tool_errors():
+            with _as_tool_errors(kwargs.get("ctx")):
                 return compact_result(await fn(*args, **kwargs))
 
         return awaiting  # type: ignore[return-value]
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        with _as_tool_errors():
+        with _as_tool_errors(kwargs.get("ctx")):
             return compact_result(fn(*args, **kwargs))  # type: ignore[return-value]
 
     return wrapper
@@ -126,12 +128,20 @@ def compact_result(result: Any) -> Any:
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured)
 
 
+def _handbook_path(ctx: object) -> object:
+    """The served handbook's file, for the operator's log line; None where the call carries no context."""
+    try:
+        return app_state(ctx).handbook.store.path  # type: ignore[arg-type]
+    except Exception:  # a tool called without a server context (a unit test): the line names no file
+        return None
+
+
 @contextlib.contextmanager
-def _as_tool_errors() -> Iterator[None]:
+def _as_tool_errors(ctx: object = None) -> Iterator[None]:
     try:
         yield
     except (HandbookError, sqlite3.DatabaseError) as exc:
-        error = tool_error(exc)
+        error = tool_error(exc, _handbook_path(ctx) if ctx is not None else None)
         if error is None:
             raise  # a bug stays a bug: the SDK reports it without its text
         raise error from exc
