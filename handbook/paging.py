@@ -3,7 +3,8 @@
 - Offset cursors page one computed answer (consult_handbook's rows); the cursor carries a digest of what the rows
   depend on, so a cursor of another question or another handbook version is refused rather than misread.
 - Key cursors page a list sorted by id (list_agents, list_skills); they hold the last id served, so items added or
-  deleted between pages are neither skipped nor repeated.
+  deleted between pages are neither skipped nor repeated, and name their list, so one list's cursor is refused by
+  the other (QA: list_agents' cursor given to list_skills skipped every skill sorting before that agent's id).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.sqlite_file import bindable
 
 PAGE_LIMIT_MAX = 200
-KEY_CURSOR = "k"
+KEY_CURSORS = {"agents": "ka.", "skills": "ks."}  # list -> the prefix of its key cursors
 # a page stops early past this many bytes of JSON: a tool result carries it twice (text and structured content),
 # and the SSE client refuses an event over 1 MiB (QA: 100 agents of 4,000-character descriptions closed it)
 PAGE_BYTES_MAX = 256 * 1024
@@ -49,15 +50,17 @@ def query_digest(*parts: object) -> str:
     return hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=6).hexdigest()
 
 
-def key_after(cursor: str | None, limit: int) -> str | None:
-    """The id a key cursor holds (None: the first page), the limit checked first; the store pages from it in SQL."""
+def key_after(cursor: str | None, limit: int, listing: str) -> str | None:
+    """The id a key cursor of `listing` ("agents", "skills") holds (None: the first page), the limit checked first;
+    the store pages from it in SQL."""
     if not 1 <= limit <= PAGE_LIMIT_MAX:
         raise InvalidInput("limit", limit, f"an integer from 1 to {PAGE_LIMIT_MAX}")
     if not cursor:
         return None
-    if not cursor.startswith(KEY_CURSOR) or len(cursor) == 1 or not bindable(cursor):
-        raise InvalidInput("cursor", cursor, "a next_cursor value returned by an earlier call")
-    return cursor[1:]
+    prefix = KEY_CURSORS[listing]
+    if not cursor.startswith(prefix) or len(cursor) == len(prefix) or not bindable(cursor):
+        raise InvalidInput("cursor", cursor, f"a next_cursor value returned by an earlier list_{listing} call")
+    return cursor[len(prefix) :]
 
 
 def leading_within(sizes: Iterable[int], budget: int = PAGE_BYTES_MAX) -> int:
@@ -73,9 +76,9 @@ def leading_within(sizes: Iterable[int], budget: int = PAGE_BYTES_MAX) -> int:
     return fitting
 
 
-def key_page(items: list[Any], limit: int) -> tuple[list[Any], str | None]:
+def key_page(items: list[Any], limit: int, listing: str) -> tuple[list[Any], str | None]:
     """A page of the items (sorted by id) after a cursor's id, given up to limit + 1 of them, and the next cursor;
     the page ends early (never empty) once its JSON passes PAGE_BYTES_MAX."""
     first = items[:limit]
     page = first[: max(leading_within(len(item.model_dump_json().encode()) for item in first), 1)]
-    return page, KEY_CURSOR + page[-1].id if len(items) > len(page) else None
+    return page, KEY_CURSORS[listing] + page[-1].id if len(items) > len(page) else None

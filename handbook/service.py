@@ -965,14 +965,14 @@ class Handbook:
 
     def list_agents(self, mode: str | None = None, cursor: str | None = None, limit: int = 50) -> AgentPage:
         self._known_mode(mode)
-        after = key_after(cursor, limit)
-        page, next_cursor = key_page(self.store.agents_page(after, mode, limit + 1), limit)  # paged in SQL
+        after = key_after(cursor, limit, "agents")
+        page, next_cursor = key_page(self.store.agents_page(after, mode, limit + 1), limit, "agents")  # in SQL
         return AgentPage(items=page, next_cursor=next_cursor)
 
     def list_skills(self, mode: str | None = None, cursor: str | None = None, limit: int = 50) -> SkillPage:
         self._known_mode(mode)
-        after = key_after(cursor, limit)
-        page, next_cursor = key_page(self.store.skills_page(after, mode, limit + 1), limit)  # paged in SQL
+        after = key_after(cursor, limit, "skills")
+        page, next_cursor = key_page(self.store.skills_page(after, mode, limit + 1), limit, "skills")  # in SQL
         return SkillPage(items=page, next_cursor=next_cursor)
 
     def _known_mode(self, mode: str | None) -> None:

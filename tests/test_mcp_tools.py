@@ -375,6 +375,14 @@ async def test_lists_paginate(mcp_client: Client) -> None:
     second = await call(mcp_client, "list_skills", {"limit": 3, "cursor": first["next_cursor"]})
     third = await call(mcp_client, "list_skills", {"limit": 3, "cursor": second["next_cursor"]})
     assert [s["id"] for s in third["items"]] == ["s6"] and third["next_cursor"] is None
+    for i in range(4):
+        await call(mcp_client, "upsert_agent", {"agent_id": f"s{i}"})  # ids that are skills' ids too
+    agents = await call(mcp_client, "list_agents", {"limit": 2})
+    # QA: one list's cursor was taken by the other, which then skipped every item sorting before its id
+    text = await error_text(mcp_client, "list_skills", {"limit": 3, "cursor": agents["next_cursor"]})
+    assert "a next_cursor value returned by an earlier list_skills call" in text
+    text = await error_text(mcp_client, "list_agents", {"limit": 3, "cursor": first["next_cursor"]})
+    assert "a next_cursor value returned by an earlier list_agents call" in text
 
 
 async def test_list_cursors_neither_skip_nor_repeat_when_items_change_between_pages(mcp_client: Client) -> None:
@@ -603,6 +611,6 @@ def test_a_page_counts_bytes_not_characters() -> None:
     from skillorchestra.handbook.paging import PAGE_BYTES_MAX, key_page
 
     agents = [Agent(id=f"a{i:03d}", description="中" * 4000) for i in range(101)]
-    page, cursor = key_page(agents, 100)
-    assert cursor == "k" + page[-1].id and 0 < len(page) < 100
+    page, cursor = key_page(agents, 100, "agents")
+    assert cursor == "ka." + page[-1].id and 0 < len(page) < 100
     assert sum(len(a.model_dump_json().encode()) for a in page) <= PAGE_BYTES_MAX
