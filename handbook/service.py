@@ -676,6 +676,11 @@ class Handbook:
             note=note,
         )
 
+    def withdraw(self, decision_id: str) -> None:
+        """Close a decision nobody will carry out or report (its client gave up before it got the decision): it
+        expires now and holds none of its session's budget. A no-op once the decision was called or reported."""
+        self.store.withdraw_decision(decision_id, self.clock())
+
     @contextlib.contextmanager
     def _queued_record(self, deadline: float) -> Iterator[None]:
         """Hold the record lock, waiting for this process's other records only until `deadline`: behind a record

@@ -614,3 +614,57 @@ def test_a_page_counts_bytes_not_characters() -> None:
     page, cursor = key_page(agents, 100, "agents")
     assert cursor == "ka." + page[-1].id and 0 < len(page) < 100
     assert sum(len(a.model_dump_json().encode()) for a in page) <= PAGE_BYTES_MAX
+
+
+def _a_thread_waits_for_the_files_lock() -> bool:
+    """Whether a thread of this process (the server's worker) is waiting for the file's write lock."""
+    import sys
+
+    for frame in sys._current_frames().values():
+        while frame is not None:
+            if frame.f_code.co_name == "_lock_for_write":
+                return True
+            frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+async def test_a_route_step_its_client_gave_up_on_holds_none_of_the_sessions_budget(
+    mcp_client: Client, db_path: Path
+) -> None:
+    """Protocol QA: a cancelled route_step wrote its decision all the same, and the SDK dropped the answer, so the
+    decision held the session's budget for a day (the next step was refused as over budget) though the client never
+    got its decision_id. The decision is withdrawn."""
+    import sqlite3
+    import time
+
+    import anyio
+
+    await two_agent_handbook(mcp_client)
+    probe = await call(mcp_client, "route_step", {"text": "solve for x", "allowed_agents": ["tiny"]})
+    step = {"text": "solve for x", "session_id": "s9", "allowed_agents": ["tiny"]}
+    step["budget_usd"] = 1.5 * probe["candidates"][0]["expected_cost_usd"]  # room for one step, not two
+    holder = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the file: the decision's write waits
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(call, mcp_client, "route_step", step)
+            with anyio.fail_after(30):
+                while not _a_thread_waits_for_the_files_lock():
+                    await anyio.sleep(0.01)
+            group.cancel_scope.cancel()  # the client gives up while the server routes
+            holder.execute("ROLLBACK")  # then the file is free: the route writes its decision
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+
+    def session_decisions() -> list[tuple[Any, ...]]:
+        with sqlite3.connect(db_path) as conn:
+            return conn.execute("SELECT expires_at FROM decisions WHERE session_id = 's9'").fetchall()
+
+    with anyio.fail_after(30):  # the route finishes its write once the lock is free, then is withdrawn
+        while not (rows := session_decisions()) or rows[0][0] > time.time():
+            await anyio.sleep(0.02)
+    assert len(rows) == 1
+    again = await call(mcp_client, "route_step", step)  # the budget is the session's again
+    assert again["agent_id"] == "tiny" and again["session_spend_usd"] == pytest.approx(0.0)

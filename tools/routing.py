@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from pydantic import ConfigDict, Field
@@ -113,7 +116,7 @@ def consult_handbook(
 
 
 @reports_failures
-def route_step(
+async def route_step(
     text: StepText,
     ctx: Context,
     skills: Skills = None,
@@ -135,22 +138,38 @@ def route_step(
     Records the decision; report how the step went with record_outcome(decision_id, ...).
     """
     state = app_state(ctx)
-    return state.handbook.route(
-        RouteRequest(
-            text=text,
-            skills=skills,
-            mode=mode,
-            lambda_=lambda_,
-            strategy=strategy,
-            allowed_agents=allowed_agents,
-            max_cost_usd=max_cost_usd,
-            session_id=session_id,
-            budget_usd=budget_usd,
-            top_k=top_k,
-            seed=seed,
-            unavailable=state.unavailable_agents(),
-        )
+    request = RouteRequest(
+        text=text,
+        skills=skills,
+        mode=mode,
+        lambda_=lambda_,
+        strategy=strategy,
+        allowed_agents=allowed_agents,
+        max_cost_usd=max_cost_usd,
+        session_id=session_id,
+        budget_usd=budget_usd,
+        top_k=top_k,
+        seed=seed,
+        unavailable=state.unavailable_agents(),
     )
+    made: list[RouteDecision] = []
+
+    def route() -> RouteDecision:
+        made.append(state.handbook.route(request))
+        return made[0]
+
+    try:
+        decision = await anyio.to_thread.run_sync(route)
+        # the thread ran shielded: a cancellation that came meanwhile is raised here, where the decision is known
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        return decision
+    except anyio.get_cancelled_exc_class():
+        # the client gave up, so it never gets this decision_id (the SDK drops the answer): the decision must not
+        # hold its session's budget until it expires (protocol QA: the session's next step was refused)
+        if made:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(state.handbook.withdraw, made[0].decision_id)
+        raise
 
 
 @reports_failures
