@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -61,6 +62,12 @@ def key_after(cursor: str | None, limit: int, listing: str) -> str | None:
     if not cursor.startswith(prefix) or len(cursor) == len(prefix) or not bindable(cursor):
         raise InvalidInput("cursor", cursor, f"a next_cursor value returned by an earlier list_{listing} call")
     return cursor[len(prefix) :]
+
+
+def json_bytes(text: str) -> int:
+    """A string's size in the JSON a client receives: a quote, a backslash or a newline takes two bytes (review:
+    counted as one, quote-heavy examples made a 1.5 MB answer within the card budget)."""
+    return len(json.dumps(text, ensure_ascii=False).encode())
 
 
 def leading_within(sizes: Iterable[int], budget: int = PAGE_BYTES_MAX) -> int:

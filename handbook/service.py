@@ -65,6 +65,7 @@ from skillorchestra.handbook.paging import (
     PAGE_BYTES_MAX,
     decode_offset_cursor,
     encode_offset_cursor,
+    json_bytes,
     key_after,
     key_page,
     leading_within,
@@ -1164,9 +1165,9 @@ def _card(skill: Skill, weight: float, budget: int) -> SkillCard:
     """The skill for a consult answer, its indicators and examples within `budget` bytes (the leading ones; either
     list may take what the other leaves of its half). QA: five skills of 50 long examples each made a 1.8 MB answer,
     which the SSE client refuses (over 1 MiB) and every model pays for in tokens."""
-    room = budget - _json_bytes(skill.description)
-    indicator_sizes = [_json_bytes(text) + 1 for text in skill.indicators]  # and its comma
-    example_sizes = [_json_bytes(text) + 1 for text in skill.examples]
+    room = budget - json_bytes(skill.description)
+    indicator_sizes = [json_bytes(text) + 1 for text in skill.indicators]  # and its comma
+    example_sizes = [json_bytes(text) + 1 for text in skill.examples]
     indicators = leading_within(indicator_sizes, max(room // 2, room - sum(example_sizes)))
     examples = leading_within(example_sizes, room - sum(indicator_sizes[:indicators]))
     return SkillCard(
@@ -1179,12 +1180,6 @@ def _card(skill: Skill, weight: float, budget: int) -> SkillCard:
         weight=weight,
         texts_not_shown=len(skill.indicators) - indicators + len(skill.examples) - examples,
     )
-
-
-def _json_bytes(text: str) -> int:
-    """A string's size in the JSON a client receives: a quote, a backslash or a newline takes two bytes (review:
-    counted as one, quote-heavy examples made a 1.5 MB answer within the card budget)."""
-    return len(json.dumps(text, ensure_ascii=False).encode())
 
 
 def _json(value: Any) -> Any:

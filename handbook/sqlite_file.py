@@ -76,10 +76,7 @@ def bindable(text: str) -> bool:
 def busy_text(exc: BaseException, path: object) -> str | None:
     """What "database is locked" means here, naming the file, or None for any other error: every write waits
     BUSY_TIMEOUT_S for another process's lock before it gives up (QA: the bare SQLite message named nothing)."""
-    if not isinstance(exc, sqlite3.OperationalError):
-        return None
-    code = getattr(exc, "sqlite_errorcode", None)  # absent on an error raised by Python code, not by SQLite
-    if not (_is_busy(exc) if code is not None else str(exc).startswith("database is locked")):
+    if not is_busy(exc):
         return None
     return (
         f"the handbook {path} stayed locked by another process (a server, or a command such as learn, import or "
@@ -88,8 +85,12 @@ def busy_text(exc: BaseException, path: object) -> str | None:
 
 
 def is_busy(exc: BaseException) -> bool:
-    """Whether `exc` is a write that gave up waiting for the file's lock (see busy_text)."""
-    return busy_text(exc, "") is not None
+    """Whether `exc` is a write that gave up waiting for the file's lock: SQLite's busy error, or the one this
+    package raises itself for the same wait (Handbook._queued_record), which has no SQLite error code."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)  # absent on an error raised by Python code, not by SQLite
+    return _is_busy(exc) if code is not None else str(exc).startswith("database is locked")
 
 
 BUSY_NOT_RECORDED = f"the handbook file stayed locked by another process for {BUSY_TIMEOUT_S:g} s"

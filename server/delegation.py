@@ -35,6 +35,7 @@ from skillorchestra.handbook import costing
 from skillorchestra.handbook.arrays import HandbookArrays
 from skillorchestra.handbook.errors import HandbookError, InvalidInput, NotFound, Unroutable, utc_text
 from skillorchestra.handbook.models import MIN_TRY_S
+from skillorchestra.handbook.paging import json_bytes
 from skillorchestra.handbook.results import (
     Attempt,
     Candidate,
@@ -601,19 +602,15 @@ def _within_answer_cap(result: BackendResult, conn: AgentConnection, max_tokens:
     return result.model_copy(update={"answer": kept, "warnings": [*result.warnings, warning]})
 
 
-def _json_bytes(text: str) -> int:
-    return len(json.dumps(text, ensure_ascii=False).encode())
-
-
 def _within_json_bytes(text: str, limit: int) -> str:
     """The longest head of `text` (found by halving) whose JSON string takes at most `limit` bytes."""
-    if len(text) * 6 + 2 <= limit or _json_bytes(text) <= limit:  # 6: the most bytes one character can take
+    if len(text) * 6 + 2 <= limit or json_bytes(text) <= limit:  # 6: the most bytes one character can take
         return text
     text = text[:limit]  # a character takes a byte at least: at most 19 halvings of a few milliseconds each
     low, high = 0, len(text)
     while low < high:
         middle = (low + high + 1) // 2
-        if _json_bytes(text[:middle]) <= limit:
+        if json_bytes(text[:middle]) <= limit:
             low = middle
         else:
             high = middle - 1

@@ -150,7 +150,7 @@ def withdraw(handbook: Handbook, decision_id: str) -> None:
     """Close a decision whose agent was never reached, so it holds no budget (a no-op once called or reported).
     A failed write is logged: it must not replace the cancellation."""
     try:
-        handbook.store.withdraw_decision(decision_id, handbook.clock())
+        handbook.withdraw(decision_id)
     except Exception:
         log.exception("could not close decision %s after its delegation stopped", decision_id)
 

@@ -152,24 +152,16 @@ async def route_step(
         seed=seed,
         unavailable=state.unavailable_agents(),
     )
-    made: list[RouteDecision] = []
-
-    def route() -> RouteDecision:
-        made.append(state.handbook.route(request))
-        return made[0]
-
-    try:
-        decision = await anyio.to_thread.run_sync(route)
-        # the thread ran shielded: a cancellation that came meanwhile is raised here, where the decision is known
+    decision = await anyio.to_thread.run_sync(state.handbook.route, request)
+    try:  # the thread ran shielded: a cancellation that came meanwhile is raised here, where the decision is known
         await anyio.lowlevel.checkpoint_if_cancelled()
-        return decision
     except anyio.get_cancelled_exc_class():
         # the client gave up, so it never gets this decision_id (the SDK drops the answer): the decision must not
         # hold its session's budget until it expires (protocol QA: the session's next step was refused)
-        if made:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(state.handbook.withdraw, made[0].decision_id)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(state.handbook.withdraw, decision.decision_id)
         raise
+    return decision
 
 
 @reports_failures
