@@ -11,7 +11,7 @@ level down (its siblings' evidence), so one observation counts once, however dee
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
@@ -175,6 +175,13 @@ class HandbookArrays:
         slope, length_range = _length_fields(self.agent_ids, effect)
         return replace(self, length_slope=slope, length_range=length_range)
 
+    def step_modes(self, mode: str | None, skill_ids: Iterable[str]) -> frozenset[str]:
+        """The modes a step is of: the one it names, else those of the skills it demands; none when it names
+        neither (then nothing is known of it, and every agent serves it)."""
+        if mode:
+            return frozenset((mode,))
+        return frozenset(self.mode_ids[self.structure.skill_mode[self.skill_index[s]]] for s in skill_ids)
+
     def competence(self, agent_id: str, skill_ids: Sequence[str]) -> list[float | None]:
         """The shrunk posterior means of one agent on `skill_ids` (skills, "@mode" or the root)."""
         cells = [self._cell(agent_id, s) for s in skill_ids]
@@ -210,6 +217,13 @@ class Patch:
             self.raw.set_cost(cell, cost)
         return True
 
+    def step_modes(self, mode: str | None, skill_ids: Iterable[str]) -> frozenset[str]:
+        """The modes a step is of: the one it names, else those of the skills it demands; none when it names
+        neither (then nothing is known of it, and every agent serves it)."""
+        if mode:
+            return frozenset((mode,))
+        return frozenset(self.mode_ids[self.structure.skill_mode[self.skill_index[s]]] for s in skill_ids)
+
     def competence(self, agent_id: str, skill_ids: Sequence[str]) -> list[float | None]:
         """The shrunk posterior means of one agent on `skill_ids` (skills, "@mode" or the root) with the outcomes
         applied so far: what the next derivation gives that agent, computed for its row alone (an agent's row
@@ -234,9 +248,17 @@ class Patch:
 
 
 def serves(agent_modes: Collection[str], mode: str | None) -> bool:
-    """An agent serves a step's mode when it names it, or names no mode at all (then it serves every mode): the one
-    rule of route_step, consult_handbook, list_agents and replay."""
-    return not mode or not agent_modes or mode in agent_modes
+    """An agent serves a mode when it names it, or names no mode at all (then it serves every mode): list_agents'
+    filter, and route_step's rule for a step that names its mode (see serves_step)."""
+    return serves_step(agent_modes, frozenset((mode,)) if mode else frozenset())
+
+
+def serves_step(agent_modes: Collection[str], step_modes: Collection[str]) -> bool:
+    """An agent serves a step when it names no mode, or one of the step's modes (HandbookArrays.step_modes): the one
+    rule of route_step, consult_handbook and replay. A step that names no mode is of its skills' modes (QA: a search
+    tool scoped with modes = ["search"] was sent arithmetic, and a judge its answer steps, since steps rarely name a
+    mode); one of unknown mode may go to any agent."""
+    return not step_modes or not agent_modes or any(m in agent_modes for m in step_modes)
 
 
 def raw_column(skill_id: str, skill_index: dict[str, int], mode_index: dict[str, int]) -> int | None:

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,7 +30,7 @@ from skillorchestra.handbook.arrays import (
     HandbookArrays,
     Patch,
     build_arrays,
-    serves,
+    serves_step,
 )
 from skillorchestra.handbook.errors import (
     Conflict,
@@ -346,6 +346,7 @@ class Handbook:
         query = query_digest(text, mode, top_k, orchestrator, version, agents_per_skill, stamp, demands)
         offset = decode_offset_cursor(cursor, query)
         cols, weights, labels = self._columns(arrays, demands, mode)
+        step_modes = arrays.step_modes(mode, routed)  # route_step's, so `unavailable` reads as its exclusions
         tokens = np.repeat(costing.prompt_tokens([text]), len(cols))
         per_skill_cost = costing.expected_costs(arrays, tokens, cols[:, None], np.ones((len(cols), 1)))
         lo, hi = normal_ci90(arrays.mean, arrays.var)
@@ -357,7 +358,7 @@ class Handbook:
             order = np.argsort(-shifted(arrays.mean[:, col], shift), kind="stable")
             # route_step's rule; the agents it leaves out are listed in `unavailable`, so "none" and "none usable"
             # read apart
-            usable = [i for i in order if arrays.enabled[i] and serves(arrays.agent_modes[i], mode)]
+            usable = [i for i in order if arrays.enabled[i] and serves_step(arrays.agent_modes[i], step_modes)]
             not_shown += len(usable) - len(usable[:agents_per_skill])
             for i in usable[:agents_per_skill]:
                 agent_cost = None if np.isnan(per_skill_cost[k, i]) else per_skill_cost[k, i]
@@ -382,7 +383,7 @@ class Handbook:
             insights=self._insights(mode, [shown[s].mode for s, _ in demands]),
             skills_source=source if demands else _level(mode, source),  # as route_step words it (QA)
             granularity=granularity,
-            unavailable={**_unusable(arrays, mode), **(unavailable or {})},
+            unavailable={**_unusable(arrays, mode, step_modes), **(unavailable or {})},
             handbook_version=version,
             next_cursor=next_cursor,
             agents_not_shown=not_shown,
@@ -461,7 +462,8 @@ class Handbook:
         # file's) ran above: inside, only the file is read and written.
         with self.store.write() if budgeted else contextlib.nullcontext():
             spend = self.store.session_spend(request.session_id, self.clock(), c_ref) if request.session_id else None
-            eligible, excluded = self._eligibility(arrays, request, cost, known, spend)
+            step_modes = arrays.step_modes(request.mode, [s for s, w in demands if w > 0])
+            eligible, excluded = self._eligibility(arrays, request, step_modes, cost, known, spend)
             if not eligible.any():
                 named = next((e.reason for e in excluded if e.agent_id == request.named_agent), None)
                 if named is not None:  # the caller asked for one agent: why it cannot take the step, not the others
@@ -532,14 +534,20 @@ class Handbook:
             return decision
 
     def _eligibility(
-        self, arrays: HandbookArrays, request: RouteRequest, cost: np.ndarray, known: np.ndarray, spend: float | None
+        self,
+        arrays: HandbookArrays,
+        request: RouteRequest,
+        step_modes: frozenset[str],
+        cost: np.ndarray,
+        known: np.ndarray,
+        spend: float | None,
     ) -> tuple[np.ndarray, list[Exclusion]]:
         allowed = set(request.allowed_agents) if request.allowed_agents is not None else None
         remaining = None if request.budget_usd is None else request.budget_usd - (spend or 0.0)
         unavailable = request.unavailable or {}
         eligible = np.ones(len(arrays.agent_ids), dtype=bool)
         excluded: list[Exclusion] = []
-        unusable = _unusable(arrays, request.mode)
+        unusable = _unusable(arrays, request.mode, step_modes)
 
         def reason_against(i: int, agent_id: str) -> str | None:
             if agent_id in unusable:
@@ -1144,15 +1152,25 @@ def _charged(cost: float, known: bool) -> str:
     return f"expected cost ${cost:.6g}" if known else f"cost unknown, charged c_ref ${cost:.6g},"
 
 
-def _unusable(arrays: HandbookArrays, mode: str | None) -> dict[str, str]:
-    """Agents route_step never picks for a step of `mode`, and why (consult shows them as unavailable)."""
+def _unusable(arrays: HandbookArrays, mode: str | None, step_modes: frozenset[str]) -> dict[str, str]:
+    """Agents route_step never picks for a step of `mode` (None: of `step_modes`, its skills' modes), and why
+    (consult shows them as unavailable)."""
     reasons = {}
     for i, agent_id in enumerate(arrays.agent_ids):
         if not arrays.enabled[i]:
             reasons[agent_id] = "disabled"
-        elif not serves(arrays.agent_modes[i], mode):
-            reasons[agent_id] = f"does not serve mode {mode!r}"
+        elif not serves_step(arrays.agent_modes[i], step_modes):
+            reasons[agent_id] = (
+                f"does not serve mode {mode!r}"
+                if mode
+                else f"serves only mode {_quoted(arrays.agent_modes[i])}, and this step's skills are of mode "
+                f"{_quoted(step_modes)} (a step naming its mode is routed in that mode)"
+            )
     return reasons
+
+
+def _quoted(modes: Collection[str]) -> str:
+    return " or ".join(repr(m) for m in sorted(modes))
 
 
 def _update(skill_id: str, alpha: float, beta: float, competence: float | None = None) -> CompetenceUpdate:

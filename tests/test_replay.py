@@ -9,10 +9,12 @@ import pytest
 from learning_data import PRICES, swapped_and_alike
 from shared_data import LLMROUTER
 
+from skillorchestra.handbook.arrays import document_arrays
 from skillorchestra.handbook.datasets import convert_llmrouter
 from skillorchestra.handbook.learning.pipeline import learn
-from skillorchestra.handbook.learning.replay import replay
-from skillorchestra.handbook.models import HandbookDocument
+from skillorchestra.handbook.learning.profile import Outcomes
+from skillorchestra.handbook.learning.replay import replay, replay_arrays
+from skillorchestra.handbook.models import Agent, Competence, HandbookDocument, Mode, Skill
 from skillorchestra.handbook.service import Handbook, RouteRequest
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.handbook.traces import AgentOutcome, TraceTask, read_prices, read_tasks
@@ -117,3 +119,37 @@ def test_replay_breaks_ties_as_route_step_does(tmp_path: Path) -> None:
     outcomes = {agent_id: AgentOutcome(score=1.0) for agent_id in prices}
     replayed = replay(document, NoSkills(), [TraceTask(id="t", query="what is 2+2", outcomes=outcomes)], prices, 0.0)
     assert routed.agent_id == "b-cheap" and replayed.choices == ["b-cheap"]
+
+
+def test_replay_keeps_a_step_naming_no_mode_to_agents_of_its_skills_modes() -> None:
+    """route_step's rule (arrays.serves_step): a task naming no mode is of its skills' modes, so an agent scoped to
+    another mode never takes it, however well it scored there."""
+    document = HandbookDocument(
+        modes=[Mode(id="code"), Mode(id="search")],
+        skills=[Skill(id="code.python", mode="code"), Skill(id="search.web", mode="search")],
+        agents=[Agent(id="coder", modes=["code"]), Agent(id="searcher", modes=["search"]), Agent(id="any")],
+        competence=[  # the handbook ranks the searcher first on both skills, the coder second
+            *(Competence(agent_id="searcher", skill_id=s, alpha=50.0, beta=1.0) for s in ("code.python", "search.web")),
+            *(Competence(agent_id="coder", skill_id=s, alpha=20.0, beta=1.0) for s in ("code.python", "search.web")),
+        ],
+    )
+    arrays = document_arrays(document)
+    tasks = [
+        TraceTask(
+            id=f"t{i}",
+            query="q",
+            outcomes={
+                "coder": AgentOutcome(score=0.0),
+                "searcher": AgentOutcome(score=1.0),
+                "any": AgentOutcome(score=0.0),
+            },
+        )
+        for i in range(3)
+    ]
+    outcomes = Outcomes.build(tasks, {}, arrays.agent_ids)
+    weights = np.zeros((3, len(arrays.skill_ids)))
+    weights[0, arrays.skill_index["code.python"]] = 1.0  # a code step: the searcher is out
+    weights[1, arrays.skill_index["search.web"]] = 1.0  # a search step: the coder is out
+    # task 2 demands no skill: of no known mode, every agent may take it
+    result = replay_arrays(arrays, weights, ["q"] * 3, [None] * 3, outcomes, [t.id for t in tasks], 0.0)
+    assert result.choices == ["coder", "searcher", "searcher"]  # the searcher is out of the code step only

@@ -120,6 +120,13 @@ def reasons(decision_excluded: list[Any]) -> dict[str, str]:
     return {e.agent_id: e.reason for e in decision_excluded}
 
 
+# a step demanding code.python names no mode, so it is of mode 'code': the searcher (modes ["search"]) never takes it
+OFF_MODE = (
+    "serves only mode 'search', and this step's skills are of mode 'code' (a step naming its mode is routed in that "
+    "mode)"
+)
+
+
 # -- routing and constraints ------------------------------------------------------------------------------
 
 
@@ -132,7 +139,8 @@ def test_route_picks_the_most_competent_and_records_the_decision(book: Handbook,
     assert decision.handbook_version == book.store.current_version()
     assert decision.expires_at == clock.now + TTL
     costs = {c.agent_id: c.expected_cost_usd for c in decision.candidates}
-    assert costs == pytest.approx({"pricey": PRICEY, "mid": MID, "cheap": CHEAP, "searcher": SEARCHER})
+    assert costs == pytest.approx({"pricey": PRICEY, "mid": MID, "cheap": CHEAP})
+    assert reasons(decision.excluded) == {"searcher": OFF_MODE}
     assert [c.agent_id for c in decision.candidates][:3] == ["pricey", "mid", "cheap"]
     assert all(c.ci90[0] <= c.quality <= c.ci90[1] for c in decision.candidates)
     assert book.store.counts() == {**before, "decisions": before["decisions"] + 1}
@@ -167,7 +175,7 @@ def test_lambda_trades_quality_for_cost(book: Handbook) -> None:
 def test_allowed_agents(book: Handbook) -> None:
     decision = book.route(request(allowed_agents=["mid", "cheap"]))
     assert decision.agent_id == "mid"
-    assert reasons(decision.excluded) == {"pricey": "not in allowed_agents", "searcher": "not in allowed_agents"}
+    assert reasons(decision.excluded) == {"pricey": "not in allowed_agents", "searcher": OFF_MODE}
     assert {c.agent_id for c in decision.candidates} == {"mid", "cheap"}
 
 
@@ -178,10 +186,31 @@ def test_mode_excludes_agents_that_do_not_serve_it(book: Handbook) -> None:
     assert "cheap" in {c.agent_id for c in decision.candidates}
 
 
+def test_a_step_naming_no_mode_is_of_its_skills_modes(book: Handbook) -> None:
+    """QA: steps rarely name a mode, and then every agent served them: a search tool scoped to ["search"] was sent
+    arithmetic, and a judge its answer steps."""
+    web = book.route(RouteRequest(text="look up the weather", skills=[SkillDemand(skill_id="search.web", weight=1)]))
+    assert web.agent_id == "searcher"
+    assert reasons(web.excluded) == {
+        "pricey": "serves only mode 'code', and this step's skills are of mode 'search' (a step naming its mode is "
+        "routed in that mode)"
+    }
+    mixed = [SkillDemand(skill_id="search.web", weight=0.5), SkillDemand(skill_id="code.python", weight=0.5)]
+    assert book.route(RouteRequest(text="look up and code", skills=mixed)).excluded == []  # either mode serves
+    # a step whose skills are unknown (none inferred) is of no known mode: every agent may take it
+    unknown = book.route(RouteRequest(text="zzqx vvkw"))
+    assert unknown.skills == [] and unknown.excluded == []
+    assert reasons(book.route(request()).excluded) == {"searcher": OFF_MODE}
+    # consult offers what route_step would consider, and names the rest
+    consulted = book.consult("write python functions")
+    assert [s.skill_id for s in consulted.skills][0] == "code.python"
+    assert "searcher" not in {r.agent_id for r in consulted.agents} and consulted.unavailable == {"searcher": OFF_MODE}
+
+
 def test_max_cost_per_step(book: Handbook) -> None:
     decision = book.route(request(max_cost_usd=1e-3))
     assert decision.agent_id == "mid"
-    assert set(reasons(decision.excluded)) == {"pricey"}
+    assert set(reasons(decision.excluded)) == {"pricey", "searcher"}
     assert "max_cost_usd" in reasons(decision.excluded)["pricey"]
 
 
@@ -197,7 +226,7 @@ def test_session_budget_counts_recorded_spend(book: Handbook) -> None:
     book.record(OutcomeReport(decision_id=second.decision_id, error_class="timeout", cost_usd=0.004))
     third = book.route(request(session_id="s1", budget_usd=1.0))
     assert third.session_spend_usd == pytest.approx(0.999)
-    assert third.agent_id == "cheap" and set(reasons(third.excluded)) == {"pricey", "mid"}  # 0.001 left
+    assert third.agent_id == "cheap" and set(reasons(third.excluded)) == {"pricey", "mid", "searcher"}  # 0.001 left
     # another session has its own budget
     assert book.route(request(session_id="s2", budget_usd=1.0)).agent_id == "pricey"
 
@@ -329,13 +358,13 @@ def test_a_budgeted_route_never_waits_on_a_matcher_while_it_holds_the_file(tmp_p
 def test_unavailable_agents_are_excluded_with_their_reason(book: Handbook) -> None:
     decision = book.route(request(unavailable={"pricey": "circuit open after 3 timeouts"}))
     assert decision.agent_id == "mid"
-    assert reasons(decision.excluded) == {"pricey": "circuit open after 3 timeouts"}
+    assert reasons(decision.excluded) == {"pricey": "circuit open after 3 timeouts", "searcher": OFF_MODE}
 
 
 def test_disabled_agents_are_excluded(book: Handbook) -> None:
     book.upsert_agent(DOCUMENT.agents[2].model_copy(update={"enabled": False}))
     decision = book.route(request())
-    assert decision.agent_id == "mid" and reasons(decision.excluded) == {"pricey": "disabled"}
+    assert decision.agent_id == "mid" and reasons(decision.excluded) == {"pricey": "disabled", "searcher": OFF_MODE}
 
 
 def test_everything_excluded_is_unroutable_naming_each_reason(book: Handbook) -> None:
@@ -343,7 +372,8 @@ def test_everything_excluded_is_unroutable_naming_each_reason(book: Handbook) ->
         book.route(request(allowed_agents=["pricey"], max_cost_usd=1e-3))
     message = str(caught.value)
     assert "pricey: expected cost" in message and "max_cost_usd" in message
-    assert "cheap, mid, searcher: not in allowed_agents" in message  # a shared reason is said once
+    assert "cheap, mid: not in allowed_agents" in message  # a shared reason is said once
+    assert f"searcher: {OFF_MODE}" in message
 
 
 def test_an_empty_handbook_is_unroutable(tmp_path: Path) -> None:

@@ -70,8 +70,9 @@ def upsert_agent(
 ) -> Agent:
     """Add an agent the router may choose, or change an existing one: only the fields you pass change, the others
     keep their values (null = left out). Prices in USD per million tokens, or per call (a tool billed by the
-    call); `modes` [] = serves every mode. clear_prices: forget all prices (a wrong price is worse than none: an
-    agent of unknown cost is charged the pool's reference cost until its calls are recorded)."""
+    call); `modes`: the only modes whose steps it takes ([] = every mode). clear_prices: forget all prices (a
+    wrong price is worse than none: an agent of unknown cost is charged the pool's reference cost until its calls
+    are recorded)."""
     changes = given(
         description=description,
         modes=modes,

@@ -26,7 +26,10 @@ from skillorchestra.handbook.service import OutcomeReport, RouteRequest
 from skillorchestra.tools.common import READ_ONLY, Id, OptionalId, app_state, reports_failures, writes
 
 StepText = Annotated[str, Field(min_length=1, max_length=TEXT_MAX, description="What this step must achieve")]
-Mode = Annotated[OptionalId, Field(description="Restrict to one mode (stage) of work")]
+Mode = Annotated[
+    OptionalId,
+    Field(description="Restrict to one mode (stage) of work; left out, the step is of its skills' modes"),
+]
 # consult_handbook's top_k limits the skills it infers (service.consult); route_step's and delegate's the candidates
 # their result lists (delegate's fallbacks are not limited by it: server/delegation.py routes wider)
 SkillsShown = Annotated[

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from skillorchestra.handbook import costing
-from skillorchestra.handbook.arrays import DEFAULT_KAPPA, HandbookArrays, document_arrays, serves
+from skillorchestra.handbook.arrays import DEFAULT_KAPPA, HandbookArrays, document_arrays, serves_step
 from skillorchestra.handbook.learning.profile import Outcomes
 from skillorchestra.handbook.length import length_shifts
 from skillorchestra.handbook.models import HandbookDocument
@@ -167,9 +167,10 @@ def replay_arrays(
     cost = costing.charge_unknown(costing.expected_costs(arrays, tokens, cols, w), refs, arrays.enabled)
 
     eligible = arrays.enabled[None, :] & ~np.isnan(outcomes.scores)
-    for i, mode in enumerate(modes):
-        if mode is not None:
-            eligible[i] &= np.array([serves(m, mode) for m in arrays.agent_modes], dtype=bool)
+    if any(arrays.agent_modes):  # route_step's rule (arrays.serves_step); skipped when no agent names a mode
+        for i, (mode, demanded) in enumerate(zip(modes, demands, strict=True)):
+            step_modes = arrays.step_modes(mode, [s for s, _ in demanded])
+            eligible[i] &= np.array([serves_step(m, step_modes) for m in arrays.agent_modes], dtype=bool)
     kept = np.flatnonzero(eligible.any(axis=1))
 
     with np.errstate(invalid="ignore", divide="ignore"):
