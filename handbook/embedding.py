@@ -426,24 +426,31 @@ class SemanticScorer:
         return [(ids[i], values[i]) for i in order]
 
 
+MIN_COSINE = 0.1  # a best cosine below it is no match (bench/matcher_quality.py's LLMRouter queries: 7% fall
+# below it, and their top skill was their family's for 8%, about chance among 20 skills; off-topic steps such as
+# "Fix the bug: the bar labels overlap" score 0.09)
+
+
 def scores_to_weights(
     scored: Sequence[tuple[str, float]],
     top_k: int = 3,
     min_ratio: float = 0.8,
     temperature: float = 0.05,
+    min_cosine: float = MIN_COSINE,
 ) -> list[tuple[str, float]]:
     """Suggested policy: top_k, keep cosines >= min_ratio * best, softmax(cos / temperature); sums to 1.
 
     Why this shape: MiniLM cosines of a task step against skill texts crowd into a narrow band (the right
     skill ~0.2-0.5, the others ~-0.1-0.1), so normalising raw cosines would give flat weights; a softmax
     with a small temperature turns a 0.05 gap into a factor e. The relative cut drops skills clearly
-    worse than the best before the softmax gives them any mass. Returns [] when nothing scores above 0
-    (no semantic evidence: the caller should fall back to its prior or to lexical matching).
+    worse than the best before the softmax gives them any mass. Returns [] when the best cosine is below
+    `min_cosine` (no semantic evidence: the caller should fall back to its prior or to lexical matching); the
+    softmax would have shown noise as a certain skill (QA: weight 1.0 at cosine 0.086).
     """
     if top_k < 1 or temperature <= 0 or not 0.0 <= min_ratio <= 1.0:
         raise ValueError("need top_k >= 1, temperature > 0 and 0 <= min_ratio <= 1")
     ranked = sorted(scored, key=lambda p: (-p[1], p[0]))[:top_k]
-    if not ranked or ranked[0][1] <= 0.0:
+    if not ranked or ranked[0][1] < min_cosine or ranked[0][1] <= 0.0:
         return []
     best = ranked[0][1]
     kept = [(sid, s) for sid, s in ranked if s >= min_ratio * best]

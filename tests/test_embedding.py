@@ -166,6 +166,8 @@ def test_scores_to_weights_policy() -> None:
     assert sum(weights.values()) == pytest.approx(1.0)
     assert weights["a"] > weights["d"] > weights["b"]
     assert scores_to_weights([("a", -0.1), ("b", -0.2)], top_k=2) == []
+    assert scores_to_weights([("a", 0.099), ("b", 0.05)], top_k=2) == []  # below MIN_COSINE: noise, not a match
+    assert scores_to_weights([("a", 0.1), ("b", 0.05)], top_k=2) == [("a", 1.0)]
     assert scores_to_weights([], top_k=2) == []
     assert [s for s, _ in scores_to_weights(scored, top_k=1)] == ["a"]
     with pytest.raises(ValueError):

@@ -16,6 +16,7 @@ from skillorchestra.handbook.models import Skill
 from skillorchestra.handbook.semantic import SemanticMatcher
 from skillorchestra.handbook.service import Handbook
 from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.server.example import example_document
 
 EMBEDDER, WHY = load_default_embedder()
 needs_weights = pytest.mark.skipif(EMBEDDER is None, reason=f"MiniLM weights not installed: {WHY}")
@@ -49,6 +50,19 @@ def test_paraphrases_without_shared_words_find_their_skill(store: HandbookStore)
         assert source == "semantic"
         assert max(weights, key=lambda w: w[1])[0] == expected, text
         assert sum(w for _, w in weights) == pytest.approx(1.0)
+
+
+@needs_weights
+def test_a_step_far_from_every_skill_is_no_semantic_match(tmp_path: Path) -> None:
+    """QA: the softmax showed noise as a certain skill ("Fix the bug..." -> a maths skill at weight 1.0, cosine
+    0.086): below MIN_COSINE the step falls to the lexical matcher, here to no skill at all."""
+    store = HandbookStore(tmp_path / "example.db")
+    store.create_version(example_document(), source="import")
+    matcher = SemanticMatcher(store, load=lambda: (EMBEDDER, ""))
+    weights, source = matcher.infer("Fix the bug: the bar labels overlap; rotate them 45 degrees", None, 3)
+    assert (weights, source) == ([], "lexical (no semantic match)")
+    weights, source = matcher.infer("Compute 17 * 23 and explain each step.", None, 3)  # in the band: kept
+    assert source == "semantic" and weights[0][0].startswith("math")
 
 
 @needs_weights
