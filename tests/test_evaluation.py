@@ -270,6 +270,35 @@ def test_row_metrics_on_a_hand_made_table() -> None:
     assert always_strong["expensive_share"] == 1.0
 
 
+def test_the_gap_to_the_oracle_is_measured_up_to_the_best_score_on_graded_data(tmp_path: Path) -> None:
+    """Graded scores: the cheap agent scores 0.6 (a success, >= 0.5) on every task, the dear one 1.0 on three of
+    four and 0.0 on the fourth. The thrifty oracle picks the cheap agent everywhere (0.6, below best-single's 0.75);
+    the gap closed is measured against the best score per task (0.9), so falling short of best-single is negative,
+    not "the whole gap closed" as it read against the thrifty oracle."""
+
+    def graded(prefix: str) -> list[TraceTask]:
+        return [
+            TraceTask(
+                id=f"{prefix}{i}",
+                query=f"{prefix} question number {i}",
+                outcomes={
+                    "cheap": AgentOutcome(score=0.6, cost_usd=0.001),
+                    "dear": AgentOutcome(score=0.0 if i % 4 == 3 else 1.0, cost_usd=0.01),
+                },
+            )
+            for i in range(8)
+        ]
+
+    result = run_eval(graded("train"), graded("test"), {}, config(db_path=tmp_path / "eval.db"))
+    by = {(r["policy"], r["lambda"]): r for r in result["rows"]}
+    assert result["dataset"]["oracle_best_score_accuracy"] == pytest.approx(0.9)
+    assert by["best-single", None]["accuracy"] == pytest.approx(0.75)
+    assert by["oracle", None]["accuracy"] == pytest.approx(0.6)
+    assert by["oracle", None]["oracle_gap_closed"] == pytest.approx(-1.0)  # (0.6 - 0.75) / (0.9 - 0.75)
+    assert by["cheapest", None]["oracle_gap_closed"] == pytest.approx(-1.0)
+    assert by["best-single", None]["oracle_gap_closed"] == pytest.approx(0.0)
+
+
 def test_budget_bracket_bisects_the_grid_step_where_validation_cost_crosses_the_budget() -> None:
     def evaluate(lam: float) -> tuple[float, float]:  # cost falls linearly from 10 at lambda 0 to 0 at lambda 1
         return 0.8 - 0.2 * lam, 10.0 * (1.0 - lam)

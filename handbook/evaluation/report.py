@@ -81,8 +81,8 @@ def summary(result: dict[str, Any]) -> str:
     lines.append(f"operating point (* above): lambda {op.get('lambda')} ({op.get('rule', 'chosen on validation')})")
     if "oracle_best_score_accuracy" in ds:
         lines.append(
-            "oracle: per task the cheapest agent scoring >= 0.5 (else the best-scoring one); with graded scores the "
-            f"mean best score over agents is {_f(ds['oracle_best_score_accuracy'])}"
+            "oracle: per task the cheapest agent scoring >= 0.5 (else the best-scoring one); the mean best score "
+            f"over agents is {_f(ds['oracle_best_score_accuracy'])}, the ceiling of `gap` (the same on 0/1 scores)"
         )
     if "two_agent" in result:
         lines.append(
