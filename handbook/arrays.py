@@ -177,10 +177,14 @@ class HandbookArrays:
 
     def step_modes(self, mode: str | None, skill_ids: Iterable[str]) -> frozenset[str]:
         """The modes a step is of: the one it names, else those of the skills it demands; none when it names
-        neither (then nothing is known of it, and every agent serves it)."""
+        neither (then nothing is known of it, and every agent serves it). Skills' modes no enabled agent serves
+        count as none too: a step named no mode, so it is routed rather than refused (a skill added without a
+        mode is in 'general', which agents scoped to 'answer' do not name)."""
         if mode:
             return frozenset((mode,))
-        return frozenset(self.mode_ids[self.structure.skill_mode[self.skill_index[s]]] for s in skill_ids)
+        modes = frozenset(self.mode_ids[self.structure.skill_mode[self.skill_index[s]]] for s in skill_ids)
+        served = any(on and serves_step(m, modes) for on, m in zip(self.enabled, self.agent_modes, strict=True))
+        return modes if served else frozenset()
 
     def competence(self, agent_id: str, skill_ids: Sequence[str]) -> list[float | None]:
         """The shrunk posterior means of one agent on `skill_ids` (skills, "@mode" or the root)."""
@@ -219,10 +223,14 @@ class Patch:
 
     def step_modes(self, mode: str | None, skill_ids: Iterable[str]) -> frozenset[str]:
         """The modes a step is of: the one it names, else those of the skills it demands; none when it names
-        neither (then nothing is known of it, and every agent serves it)."""
+        neither (then nothing is known of it, and every agent serves it). Skills' modes no enabled agent serves
+        count as none too: a step named no mode, so it is routed rather than refused (a skill added without a
+        mode is in 'general', which agents scoped to 'answer' do not name)."""
         if mode:
             return frozenset((mode,))
-        return frozenset(self.mode_ids[self.structure.skill_mode[self.skill_index[s]]] for s in skill_ids)
+        modes = frozenset(self.mode_ids[self.structure.skill_mode[self.skill_index[s]]] for s in skill_ids)
+        served = any(on and serves_step(m, modes) for on, m in zip(self.enabled, self.agent_modes, strict=True))
+        return modes if served else frozenset()
 
     def competence(self, agent_id: str, skill_ids: Sequence[str]) -> list[float | None]:
         """The shrunk posterior means of one agent on `skill_ids` (skills, "@mode" or the root) with the outcomes

@@ -205,6 +205,14 @@ def test_a_step_naming_no_mode_is_of_its_skills_modes(book: Handbook) -> None:
     consulted = book.consult("write python functions")
     assert [s.skill_id for s in consulted.skills][0] == "code.python"
     assert "searcher" not in {r.agent_id for r in consulted.agents} and consulted.unavailable == {"searcher": OFF_MODE}
+    # skills of a mode no enabled agent serves say nothing: the step is routed, not refused (a skill added without
+    # a mode lands in 'general', which agents scoped to their modes do not name)
+    for agent in ("cheap", "mid", "searcher"):
+        book.edit_agent(agent, {"enabled": False})
+    alone = book.route(RouteRequest(text="look up the weather", skills=[SkillDemand(skill_id="search.web", weight=1)]))
+    assert alone.agent_id == "pricey"
+    with pytest.raises(Unroutable, match="pricey: does not serve mode 'search'"):  # a mode named is kept to
+        book.route(request(mode="search", skills=[SkillDemand(skill_id="search.web", weight=1)]))
 
 
 def test_max_cost_per_step(book: Handbook) -> None:
