@@ -24,6 +24,12 @@ def four_significant(value: float) -> float:
 Figure = Annotated[float, PlainSerializer(four_significant, when_used="json")]
 
 
+SKILLS_SOURCE = (
+    "who chose the skills: client (given), semantic, or lexical (and why not semantic); agent or mode level when "
+    "no skill was found"
+)
+
+
 class UsedSkill(BaseModel):
     skill_id: str
     weight: Figure
@@ -69,7 +75,7 @@ class ConsultResult(BaseModel):
     skills: list[SkillCard]
     agents: list[AgentSkillStat]
     insights: list[str]
-    skills_source: str = Field(description="how the skills were found: lexical, semantic, ...")
+    skills_source: str = Field(description=SKILLS_SOURCE)
     granularity: str = Field(description="the handbook depth used (a stored selection for the orchestrator)")
     unavailable: dict[str, str] = Field(default_factory=dict, description="agent_id -> why it cannot be routed to")
     handbook_version: int
@@ -82,8 +88,8 @@ class ConsultResult(BaseModel):
 class Candidate(BaseModel):
     agent_id: str
     utility: Figure = Field(
-        description="quality - lambda * cost / c_ref, which ranks the candidates; with thompson, quality is this "
-        "call's posterior draw instead of the mean"
+        description="quality - lambda * cost / c_ref, which ranks the candidates; with thompson, a posterior draw "
+        "stands in for quality here (the `quality` field still shows the mean)"
     )
     quality: Figure = Field(description="sum_s w_s * posterior mean competence, plus length_shift (kept in [0, 1])")
     ci90: tuple[Figure, Figure] = Field(
@@ -91,11 +97,19 @@ class Candidate(BaseModel):
         "taken as shared, never narrower than theirs; a conservative bound, as thompson draws each skill apart), "
         "clipped to [0, 1]"
     )
-    n: Figure
+    n: Figure = Field(description="outcomes behind quality, weighted as the step's skills are")
     expected_cost_usd: Figure | None = Field(description="null when unknown (then charged c_ref)")
-    contributions: dict[str, Figure] = Field(description="skill_id -> w_s * theta(agent, s)")
+    contributions: dict[str, Figure] = Field(
+        description="skill_id -> w_s * theta(agent, s); '*' is the agent's overall record (a step with no skill), "
+        "'mode:M' its record in mode M"
+    )
     length_shift: Figure = Field(
         default=0.0, description="competence added for this step's length by the learned length effect (0 without one)"
+    )
+    delegable: bool | None = Field(
+        default=None,
+        description="whether delegate can call this agent (it has connection settings); if not, run the step "
+        "yourself, or route with allowed_agents",
     )
 
 
@@ -112,11 +126,13 @@ class RouteDecision(BaseModel):
     strategy: Literal["mean", "thompson"]
     lambda_: float
     skills: list[UsedSkill] = Field(description="the skill weights used (empty: agent or mode level)")
-    skills_source: str
+    skills_source: str = Field(description=SKILLS_SOURCE)
     candidates: list[Candidate]
     excluded: list[Exclusion]
     c_ref_usd: Figure | None = Field(description="reference cost that makes lambda dimensionless")
-    session_spend_usd: Figure | None = None
+    session_spend_usd: Figure | None = Field(
+        default=None, description="USD the session had spent or holds for open decisions, before this step"
+    )
     handbook_version: int
     expires_at: float = Field(description="Unix time after which record_outcome refuses this decision")
 
@@ -202,7 +218,7 @@ class Routing(BaseModel):
     strategy: Literal["mean", "thompson"]
     lambda_: float
     skills: list[UsedSkill] = Field(description="the skill weights used (empty: agent or mode level)")
-    skills_source: str
+    skills_source: str = Field(description=SKILLS_SOURCE)
     candidates: list[RankedAgent]
     excluded: dict[str, list[str]] = Field(description="why -> the agents left out for that reason")
     c_ref_usd: Figure | None = Field(description="reference cost that makes lambda dimensionless")

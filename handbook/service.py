@@ -260,8 +260,17 @@ class Handbook:
     def validate_demands(self, arrays: HandbookArrays, demands: Sequence[SkillDemand]) -> list[tuple[str, float]]:
         """Known skill ids, non-negative weights with a positive sum; returns weights normalised to 1."""
         for position, demand in enumerate(demands):
+            field = f"skills[{position}].skill_id"
+            if demand.skill_id == ROOT_SKILL:  # shown in consult's rows and contributions, so a model tries it
+                raise InvalidInput(
+                    field, demand.skill_id, "a skill id: '*' is an agent's overall record (leave skills out)"
+                )
+            if demand.skill_id not in arrays.skill_index and demand.skill_id in arrays.mode_index:
+                raise InvalidInput(
+                    field, demand.skill_id, f"a skill id: {demand.skill_id!r} is a mode (pass it as mode)"
+                )
             if demand.skill_id not in arrays.skill_index:
-                raise NotFound(f"skill (skills[{position}].skill_id)", demand.skill_id, arrays.skill_ids)
+                raise NotFound(f"skill ({field})", demand.skill_id, arrays.skill_ids)
             if not math.isfinite(demand.weight) or demand.weight < 0:
                 raise InvalidInput(f"skills[{position}].weight", demand.weight, "a finite number >= 0")
         top = max((demand.weight for demand in demands), default=0.0)
@@ -709,7 +718,8 @@ class Handbook:
         if _idempotency_key(_json(stored["payload"]), decision) != _json_roundtrip(_idempotency_key(payload, decision)):
             raise Conflict(
                 f"decision {decision['id']!r} was already reported with {stored['payload']}; "
-                "a decision takes one outcome"
+                "a decision takes one outcome (delegate's result says reported_by 'judge' when the server's judge "
+                "reported it)"
             )
         rows = _json(stored["result"])
         repeat: dict[str, Any] = {

@@ -858,6 +858,11 @@ class HandbookStore(SqliteFile):
                     {"agent_id": agent_id, "kind": kind, "config": dumps(config), "loaded_at": now}, pk="agent_id"
                 )
 
+    def connected_agents(self) -> set[str]:
+        """Agents with connection settings (delegate can call them), without parsing the settings."""
+        with self.lock:
+            return {r[0] for r in self.db.conn.execute("SELECT agent_id FROM connections")}
+
     def connections(self) -> dict[str, dict[str, Any]]:
         with self.lock:
             rows = self.db.conn.execute("SELECT agent_id, config FROM connections ORDER BY agent_id").fetchall()
@@ -887,6 +892,16 @@ class HandbookStore(SqliteFile):
         answer can tell that the handbook changed between its pages (rowid lookup: O(1))."""
         with self.lock:
             return int(self.db.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+
+    def edit_stamp(self) -> int:
+        """The newest edit's event number (outcomes left out): what a learned version was compared with (the live
+        skills, modes, agents) changes with edits, not with outcomes, which a serving handbook records all the
+        time (QA: a learn never went live beside a server). change_stamp, which consult cursors use, counts both."""
+        with self.lock:  # newest first: it stops at the first edit behind the run of outcomes
+            row = self.db.conn.execute(
+                "SELECT seq FROM events WHERE kind != 'outcome' ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+        return int(row[0]) if row else 0
 
     def event_count(self, version: int) -> int:
         with self.lock:

@@ -105,6 +105,15 @@ async def test_cost_recorded_equals_usage_times_price(configured: ServerSettings
     assert fake_openai.chat_requests("cheap-model")[0].headers["authorization"] == f"Bearer {SECRET}"
 
 
+async def test_route_step_says_which_candidates_delegate_can_call(configured: ServerSettings) -> None:
+    """LLM-surface QA: route_step recommended agents without connection settings, and only delegate found out."""
+    async with Client(create_server(configured)) as client:
+        await call(client, "upsert_agent", {"agent_id": "manual", "description": "run by hand"})
+        routed = await call(client, "route_step", {"text": "name a prime number", "top_k": 10})
+    delegable = {c["agent_id"]: c["delegable"] for c in routed["candidates"]}
+    assert delegable == {"strong": True, "cheap": True, "unpriced": True, "search": True, "manual": False}
+
+
 async def test_calls_with_different_time_limits_share_one_provider_client(
     configured: ServerSettings, fake_openai: FakeOpenAI
 ) -> None:

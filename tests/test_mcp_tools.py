@@ -151,6 +151,10 @@ async def test_infrastructure_errors_never_touch_competence(mcp_client: Client) 
         ("route_step", {"text": "x", "mode": "nomode"}, "unknown mode"),
         ("record_outcome", {"decision_id": "missing", "success": True}, "unknown decision"),
         ("record_outcome", {"decision_id": "missing", "reward": 1.5}, "reward"),
+        # what models typically get wrong, told how to put right (LLM-surface QA)
+        ("record_outcome", {"decision_id": "missing", "reward": 7}, "reward=7: expected a fraction in [0, 1]: a grade"),
+        ("route_step", {"text": "x", "skills": [{"skill_id": "*", "weight": 1}]}, "'*' is an agent's overall record"),
+        ("route_step", {"text": "x", "skills": [{"skill_id": "answer", "weight": 1}]}, "'answer' is a mode (pass it"),
         ("upsert_skill", {"skill_id": "child", "parent_id": "nope"}, "unknown skill"),
         ("upsert_agent", {"agent_id": "a", "input_per_mtok": -1}, "input_per_mtok"),
         ("upsert_agent", {"agent_id": "tiny", "clear_prices": True, "output_per_mtok": 1.0}, "clear_prices"),

@@ -69,7 +69,8 @@ async def delegate(
     """Route the step (unless agent_id is given), call the agent, return its answer with cost and latency.
 
     Infrastructure failures fall back to the next-best agent and never count against competence. Report how
-    good the answer was with record_outcome(decision_id, success|reward): that is what the handbook learns from.
+    good the answer was with record_outcome(decision_id, success|reward): that is what the handbook learns from;
+    when the result says reported_by "judge", the server's judge has reported it already.
     With decision_id (from route_step), that decision is carried out: no second decision for the same step.
     """
     delegator = app_state(ctx).delegator

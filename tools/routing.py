@@ -9,7 +9,7 @@ import anyio.lowlevel
 import anyio.to_thread
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
-from pydantic import ConfigDict, Field
+from pydantic import BeforeValidator, ConfigDict, Field
 
 from skillorchestra.handbook.models import (
     MAX_LAMBDA,
@@ -22,7 +22,7 @@ from skillorchestra.handbook.models import (
     SkillDemand,
 )
 from skillorchestra.handbook.results import ConsultResult, OutcomeResult, RouteDecision
-from skillorchestra.handbook.service import OutcomeReport, RouteRequest
+from skillorchestra.handbook.service import Handbook, OutcomeReport, RouteRequest
 from skillorchestra.tools.common import READ_ONLY, Id, OptionalId, app_state, reports_failures, writes
 
 StepText = Annotated[str, Field(min_length=1, max_length=TEXT_MAX, description="What this step must achieve")]
@@ -155,7 +155,7 @@ async def route_step(
         seed=seed,
         unavailable=state.unavailable_agents(),
     )
-    decision = await anyio.to_thread.run_sync(state.handbook.route, request)
+    decision = await anyio.to_thread.run_sync(_route_marking_delegable, state.handbook, request)
     try:  # the thread ran shielded: a cancellation that came meanwhile is raised here, where the decision is known
         await anyio.lowlevel.checkpoint_if_cancelled()
     except anyio.get_cancelled_exc_class():
@@ -167,11 +167,31 @@ async def route_step(
     return decision
 
 
+def _route_marking_delegable(handbook: Handbook, request: RouteRequest) -> RouteDecision:
+    """The decision, each candidate marked with whether delegate can call it (LLM-surface QA: routing recommended
+    agents without connection settings, and only a delegate call found out)."""
+    decision = handbook.route(request)
+    connected = handbook.store.connected_agents()
+    marked = [c.model_copy(update={"delegable": c.agent_id in connected}) for c in decision.candidates]
+    return decision.model_copy(update={"candidates": marked})
+
+
+def _fraction(value: object) -> object:
+    """A reward above 1 is most often a grade on another scale (QA: a model sent 7 for 7/10): say how to convert."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 1:
+        raise ValueError("a fraction in [0, 1]: a grade of 7 out of 10 is 0.7")
+    return value
+
+
 @reports_failures
 def record_outcome(
     decision_id: Id,
     ctx: Context,
-    reward: Annotated[float | None, Field(ge=0.0, le=1.0, description="Graded outcome in [0, 1]")] = None,
+    reward: Annotated[
+        float | None,
+        BeforeValidator(_fraction),
+        Field(ge=0.0, le=1.0, description="Graded outcome in [0, 1] (a grade of 7 out of 10 is 0.7)"),
+    ] = None,
     success: Annotated[bool | None, Field(description="Pass/fail outcome (instead of reward)")] = None,
     cost_usd: Annotated[
         Usd,
@@ -188,7 +208,8 @@ def record_outcome(
 
     error_class 'task' (a completed answer, scored by reward or success) or an infrastructure class
     (timeout, rate_limit, connection, auth, server_error), which never changes competence. Reporting the
-    same payload twice returns the first result with duplicate=true.
+    same payload twice returns the first result with duplicate=true. In `updated`, `competence` is what routing
+    and consult_handbook's `mean` use; `updated[].mean` is the skill's raw alpha / (alpha + beta), unshrunk.
     """
     return app_state(ctx).handbook.record(
         OutcomeReport(
