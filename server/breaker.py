@@ -7,15 +7,25 @@ should be recorded as failures; a wrong answer is a competence matter, not a hea
 
 The clock is injectable (a ``() -> float`` in seconds, default ``time.monotonic``) so tests need no sleeping.
 All methods are thread-safe (one lock), since the MCP server may call from worker threads.
+
+Every change of state is logged once (QA: the operator never saw a provider go dead or come back): WARNING when the
+breaker opens (or opens again after a failed trial), INFO when a trial call is let through and when a success closes
+it. A refused call logs nothing: an open breaker is asked on every step, and a line each would flood the log.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
+
+from skillorchestra.handbook.errors import counted
+
+log = logging.getLogger(__name__)
 
 BreakerState = Literal["closed", "open", "half_open"]
 
@@ -59,7 +69,14 @@ class CircuitBreaker:
             if state == "open" or h is None or h.trial_in_flight:
                 return False
             h.trial_in_flight = True
-            return True
+            failures, last_error = h.failures, h.last_error
+        log.info(
+            "circuit breaker of agent %s half-open: one trial call let through (%s, last %s)",
+            agent_id,
+            counted(failures, "consecutive infrastructure failure"),
+            last_error,
+        )
+        return True
 
     def would_allow(self, agent_id: str) -> bool:
         """Like ``allow`` but without claiming the trial call: for ranking candidates before choosing one."""
@@ -70,18 +87,46 @@ class CircuitBreaker:
 
     def record_success(self, agent_id: str) -> None:
         with self._lock:
-            self._agents.pop(agent_id, None)
+            h = self._agents.pop(agent_id, None)
+        if h is not None and h.opened_at is not None:
+            log.info(
+                "circuit breaker of agent %s closed: a call succeeded after %s",
+                agent_id,
+                counted(h.failures, "infrastructure failure"),
+            )
 
     def record_failure(self, agent_id: str, error: str | None = None) -> BreakerState:
         """Count one infrastructure failure; returns the state after it."""
         with self._lock:
             h = self._agents.setdefault(agent_id, _Health())
+            before = self._state(h)
+            trial = h.trial_in_flight or before == "half_open"
             h.failures += 1
             h.last_error = error
-            if h.trial_in_flight or self._state(h) == "half_open" or h.failures >= self.threshold:
+            opens = trial or h.failures >= self.threshold
+            if opens:
                 h.opened_at = self._clock()
             h.trial_in_flight = False
-            return self._state(h)
+            after, failures = self._state(h), h.failures
+        retry = whole_seconds(self.cooldown_s)
+        if opens and trial:
+            log.warning(
+                "circuit breaker of agent %s opened again: its half-open call failed (%s, last %s); "
+                "tried again in %s s",
+                agent_id,
+                counted(failures, "consecutive infrastructure failure"),
+                error,
+                retry,
+            )
+        elif opens and before == "closed":  # an open breaker's cool-down restarted is no change of state
+            log.warning(
+                "circuit breaker of agent %s opened after %s (last %s); tried again in %s s",
+                agent_id,
+                counted(failures, "consecutive infrastructure failure"),
+                error,
+                retry,
+            )
+        return after
 
     def release(self, agent_id: str) -> None:
         """Give back an unused half-open trial (the call was cancelled or never made); counts nothing."""
@@ -105,3 +150,8 @@ class CircuitBreaker:
                     "last_error": h.last_error,
                 }
             return out
+
+
+def whole_seconds(seconds: float) -> str:
+    """Whole seconds, rounded up: "tried again in 0 s" would read as now while the breaker is still open."""
+    return str(math.ceil(seconds))

@@ -49,7 +49,7 @@ from skillorchestra.handbook.service import DelegateRequest, Handbook, OutcomeRe
 from skillorchestra.handbook.sqlite_file import BUSY_NOT_RECORDED, is_busy
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.agent_config import AgentConnection, LlmAgentConnection, parse_agent
-from skillorchestra.server.breaker import CircuitBreaker
+from skillorchestra.server.breaker import CircuitBreaker, whole_seconds
 from skillorchestra.server.judge import find_judge, judge_answer, note_cancelled, withdraw
 from skillorchestra.server.llm_backend import QUEUE_FULL, SLOT_WAIT, BackendResult, SlotWait
 
@@ -116,7 +116,7 @@ class Delegator:
         trial call already in flight), and, for delegation, no connection settings."""
         reasons = {
             agent_id: f"circuit breaker {health.get('state')} after {health.get('consecutive_failures')} "
-            "infrastructure failures" + (" (its trial call is in flight)" if health.get("state") == "half_open" else "")
+            "infrastructure failures" + _breaker_wait(health)
             for agent_id, health in self.breaker.snapshot().items()
             if not self.breaker.would_allow(agent_id)
         }
@@ -461,6 +461,14 @@ class Delegator:
             self.breaker.record_failure(agent_id, result.error_class)
         else:
             self.breaker.record_success(agent_id)
+
+
+def _breaker_wait(health: dict[str, object]) -> str:
+    """When a refused agent is tried again (QA: the reason never said), by the breaker's own clock."""
+    if health.get("state") == "half_open":
+        return " (its trial call is in flight)"
+    retry = health.get("retry_in_s")
+    return f"; tried again in {whole_seconds(retry)} s" if isinstance(retry, float | int) else ""
 
 
 def with_live_prices(connections: dict[str, AgentConnection], arrays: HandbookArrays) -> dict[str, AgentConnection]:

@@ -13,7 +13,9 @@ Why: competence only learns from reported outcomes, and many clients never repor
   cost counts in the session's spend and budget. That decision never gets a reward (grading is not the step);
   a failed judge call is recorded on it as an infrastructure outcome and feeds the judge's circuit breaker.
 * A judge failure (no answer, budget spent, breaker open, infrastructure error, malformed reply) leaves the
-  judged decision unreported, so the client can still report it, and says so in ``warnings``.
+  judged decision unreported, so the client can still report it, and says so in ``warnings``. A verdict that
+  failed (the call, its reply, or recording the grade) is also logged, one WARNING each (`_no_verdict`): the
+  operator sees no tool result (QA).
 * The judge shares the delegate call's deadline: many hosts give up on a request after 60 s.
 * It also respects the session's budget: when the delegate call has one (session_id and budget_usd), the judge's
   expected cost (estimated prompt tokens, max_tokens completion tokens; unknown = c_ref, as routing charges it)
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 MIN_JUDGE_S = 0.5  # below this a judge call cannot finish: skip it and say so
 VERDICT_CHARS_MAX = 1_000  # {"score": S} takes a dozen: a longer reply is no verdict, and is not parsed at all
 _REPLY_EXCERPT = 120
+_LOG_EXCERPT = 200  # characters of a failed verdict's reply quoted in the operator's log line
+_LOG_REASON_MAX = 300  # the whole reason logged (a provider's error, the reply's excerpt and what is wrong with it)
 _FENCE_TAGS = ("step", "context", "answer")
 _OPENER = re.compile("[<\ufe64\uff1c]")  # '<' and its compatibility forms (NFKD folds both to '<')
 _LOOKAHEAD = 64  # characters after a '<' searched for a tag name: room for padding, far less than any text
@@ -153,6 +157,15 @@ def withdraw(handbook: Handbook, decision_id: str) -> None:
         handbook.withdraw(decision_id)
     except Exception:
         log.exception("could not close decision %s after its delegation stopped", decision_id)
+
+
+def _no_verdict(judge_id: str, decision_id: str, reason: str) -> None:
+    """Log a failed verdict as llm_backend logs a failed agent call: the untrusted text (a reply, a provider's error,
+    a score quoted by parse_verdict) capped in length and passed as an argument, so server/log_format's formatter
+    writes it on one line, its control characters escaped and its secrets masked."""
+    if len(reason) > _LOG_REASON_MAX:
+        reason = reason[:_LOG_REASON_MAX] + "..."
+    log.warning("judge %s gave no verdict on decision %s (left unreported): %s", judge_id, decision_id, reason)
 
 
 def reward_of(score: float, settings: JudgeSettings) -> float:
@@ -271,22 +284,29 @@ async def judge_answer(
                 warnings.append(f"cost of the judge {conn.id} unknown: {result.unknown_cost_reason()}")
             if not result.ok:
                 warnings.append(f"judge {conn.id} failed ({result.error_class}: {result.message}); {unreported}")
+                _no_verdict(conn.id, answer.decision_id, f"its call failed ({result.error_class}: {result.message})")
             else:
                 try:
                     score = parse_verdict(result.answer)
                 except ValueError as exc:
                     excerpt = result.answer.strip()[:_REPLY_EXCERPT]
                     warnings.append(f"judge {conn.id} replied {excerpt!r}: {exc}; {unreported}")
+                    quoted = result.answer.strip()[:_LOG_EXCERPT]  # the cause first: the cap cuts the reply, not why
+                    _no_verdict(conn.id, answer.decision_id, f"{exc}; it replied {quoted!r}")
                 else:
                     report = OutcomeReport(decision_id=answer.decision_id, reward=reward_of(score, settings))
                     try:
                         reward = (await anyio.to_thread.run_sync(handbook.record, report)).reward
                     except HandbookError as exc:  # e.g. the decision expired meanwhile
                         warnings.append(f"the judge's grade was not recorded ({exc}); {unreported}")
+                        _no_verdict(conn.id, answer.decision_id, f"its grade {score:g} was not recorded ({exc})")
                     except sqlite3.OperationalError as exc:  # the answer and its grade are the caller's (review)
                         if not is_busy(exc):
                             raise
                         warnings.append(f"the judge's grade was not recorded ({BUSY_NOT_RECORDED}); {unreported}")
+                        _no_verdict(
+                            conn.id, answer.decision_id, f"its grade {score:g} was not recorded ({BUSY_NOT_RECORDED})"
+                        )
     return JudgedDelegateResult.model_validate(
         {
             **answer.model_dump(),

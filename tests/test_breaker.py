@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import pytest
+from log_capture import formatted_log
 
 from skillorchestra.server.breaker import CircuitBreaker
+
+BREAKER_LOG = "skillorchestra.server.breaker"
 
 
 class FakeClock:
@@ -110,3 +114,54 @@ def test_thread_safe_trial_is_granted_once(clock: FakeClock) -> None:
 def test_rejects_nonsense_settings() -> None:
     with pytest.raises(ValueError):
         CircuitBreaker(threshold=0)
+
+
+def _records(text: str) -> list[str]:
+    """The formatted records without their timestamps ("<date> <time> LEVEL name: message")."""
+    return [line.split(" ", 2)[2] for line in text.splitlines()]
+
+
+def test_each_change_of_state_is_logged_once_and_a_refused_call_not_at_all(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: ~200 delegate steps and the operator's log never said an agent's breaker had opened or closed again."""
+    caplog.set_level(logging.INFO, logger=BREAKER_LOG)
+    b = CircuitBreaker(threshold=3, cooldown_s=30, clock=clock)
+    with formatted_log(BREAKER_LOG) as stream:
+        b.record_failure("mid", "timeout")
+        b.record_failure("mid", "timeout")
+        assert stream.getvalue() == ""  # still closed
+        b.record_failure("mid", "server_error")
+        for _ in range(50):  # refused calls: no line each
+            assert not b.allow("mid")
+        b.record_failure("mid", "server_error")  # a call in flight before it opened: the cool-down restarts
+        clock.now += 30
+        assert b.allow("mid")  # half-open: the trial call
+        assert not b.allow("mid")
+        b.record_failure("mid", "connection")  # the trial failed
+        clock.now += 30
+        assert b.allow("mid")
+        b.record_success("mid")
+        b.record_success("mid")  # already closed: nothing to say
+    assert _records(stream.getvalue()) == [
+        f"WARNING {BREAKER_LOG}: circuit breaker of agent mid opened after 3 consecutive infrastructure failures "
+        "(last server_error); tried again in 30 s",
+        f"INFO {BREAKER_LOG}: circuit breaker of agent mid half-open: one trial call let through "
+        "(4 consecutive infrastructure failures, last server_error)",
+        f"WARNING {BREAKER_LOG}: circuit breaker of agent mid opened again: its half-open call failed "
+        "(5 consecutive infrastructure failures, last connection); tried again in 30 s",
+        f"INFO {BREAKER_LOG}: circuit breaker of agent mid half-open: one trial call let through "
+        "(5 consecutive infrastructure failures, last connection)",
+        f"INFO {BREAKER_LOG}: circuit breaker of agent mid closed: a call succeeded after 5 infrastructure failures",
+    ]
+
+
+def test_a_breaker_without_cooldown_still_says_it_opened(clock: FakeClock) -> None:
+    """With cooldown_s = 0 the breaker is half-open at once; the opening is a change of state all the same."""
+    b = CircuitBreaker(threshold=1, cooldown_s=0, clock=clock)
+    with formatted_log(BREAKER_LOG) as stream:
+        assert b.record_failure("a", "rate_limit") == "half_open"
+    assert _records(stream.getvalue()) == [
+        f"WARNING {BREAKER_LOG}: circuit breaker of agent a opened after 1 consecutive infrastructure failure "
+        "(last rate_limit); tried again in 0 s"
+    ]

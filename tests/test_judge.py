@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import pytest
 from fake_openai import FakeOpenAI, RecordedRequest
+from log_capture import formatted_log
 from mcp import Client
 from mcp_calls import cheap_agent, db_rows, give_up_once_called, until_called
 
@@ -195,7 +196,8 @@ async def test_judge_grades_records_and_is_accounted(tmp_path: Path, fake_openai
         same = await call(client, "record_outcome", {"decision_id": result["decision_id"], "reward": 0.8})
         assert same["duplicate"] is True
         other = await client.call_tool("record_outcome", {"decision_id": result["decision_id"], "success": False})
-        assert other.is_error and "already reported" in other.content[0].text  # type: ignore[union-attr]
+        refusal = other.content[0].text  # type: ignore[union-attr]
+        assert other.is_error and "already reported" in refusal and "reported_by 'judge'" in refusal  # who did
 
 
 @pytest.mark.anyio
@@ -379,3 +381,51 @@ async def test_a_judge_call_abandoned_while_waiting_for_its_slot_holds_no_budget
             _, waited, _ = db_rows(settings.db_path, graders)[1]
             assert waited is None  # not recorded as a call: it never reached the judge
             release.set()
+
+
+@pytest.mark.anyio
+async def test_each_failed_verdict_is_logged_for_the_operator(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    """QA: a failed verdict was only in that tool result's warnings, never in the server's log. One WARNING each,
+    naming the judge, the decision and why, with at most 200 characters of the untrusted reply, on one line."""
+    settings = load(tmp_path, agents_toml(fake_openai.api_base, "timeout_s = 2"))
+    replies = {
+        "not JSON": "JUDGE:oops",
+        "escapes": "JUDGE:\x1b]0;pwned\x07\x1b[2J",  # a reply that would retitle and clear the operator's terminal
+        "too long": "JUDGE:" + "9" * 1_500,
+        "out of range": "JUDGE:1.5",
+        "call failed": "FAIL500",
+    }
+    decisions: dict[str, str] = {}
+    with formatted_log("skillorchestra.server.judge") as stream:
+        async with Client(create_server(settings)) as client:
+            for case, behaviour in replies.items():
+                fake_openai.behaviours["judge-model"] = behaviour
+                result = await call(client, "delegate", {"text": f"{STEP} ({case})", "agent_id": "cheap"})
+                assert result["judged_reward"] is None, case
+                decisions[case] = result["decision_id"]
+            fake_openai.behaviours["judge-model"] = "JUDGE:0.8"
+            graded = await call(client, "delegate", {"text": STEP, "agent_id": "cheap"})
+            assert graded["judged_reward"] == 0.8  # a good verdict logs nothing
+    logged = [line.split(" ", 2)[2] for line in stream.getvalue().splitlines()]
+
+    def no_verdict(case: str, why: str) -> str:
+        return (
+            f"WARNING skillorchestra.server.judge: judge grader gave no verdict on decision {decisions[case]} "
+            f"(left unreported): {why}"
+        )
+
+    expected_json = 'not JSON; expected only {"score": S}'
+    assert logged[0] == no_verdict("not JSON", expected_json + """; it replied '{"score": oops}'""")
+    assert logged[1] == no_verdict(
+        "escapes", expected_json + """; it replied '{"score": \\x1b]0;pwned\\x07\\x1b[2J}'"""
+    )
+    quoted = '{"score": ' + "9" * 190  # 200 characters of the 1,511
+    assert logged[2] == no_verdict(
+        "too long", f"""a reply of 1,511 characters; expected only {{"score": S}}; it replied '{quoted}'"""
+    )
+    assert logged[3] == no_verdict(
+        "out of range", """score 1.5 is not a number in [0, 1]; it replied '{"score": 1.5}'"""
+    )
+    assert logged[4].startswith(no_verdict("call failed", "its call failed (server_error: "))
+    assert len(logged) == 5 and all(len(line) < 500 for line in logged)
+    assert "\x1b" not in stream.getvalue() and "\x07" not in stream.getvalue()
