@@ -153,20 +153,20 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if cache is not None:
             cache.close()
+    # the files first: `eval --json out.json | head` closes stdout after a line, and the run's result was lost
     to_stdout = args.json is None or str(args.json) != "-"
-    print(summary(result), file=sys.stdout if to_stdout else sys.stderr)
-    if args.json is not None:
-        text = json.dumps(result, indent=1, allow_nan=False, default=_json_default)
-        if str(args.json) == "-":
-            sys.stdout.write(text + "\n")
-        else:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(args.json, text + "\n")  # a failed write leaves a previous report whole
+    text = None if args.json is None else json.dumps(result, indent=1, allow_nan=False, default=_json_default)
+    if text is not None and to_stdout:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.json, text + "\n")  # a failed write leaves a previous report whole
     if args.plot_dir is not None:
         from skillorchestra.server.plots import write_plots
 
         for path in write_plots(result, args.plot_dir):
             print(f"wrote {path}", file=sys.stderr)
+    print(summary(result), file=sys.stdout if to_stdout else sys.stderr)
+    if text is not None and not to_stdout:
+        sys.stdout.write(text + "\n")
     return 0
 
 

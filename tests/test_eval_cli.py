@@ -320,18 +320,23 @@ def test_eval_rejects_an_empty_agent_id_naming_the_line(
     assert len(err.strip().splitlines()) == 1
 
 
-def test_eval_into_a_closed_pipe_stops_quietly(tiny: Path) -> None:
-    """`skillorchestra eval ... | head -1`: the reader goes away; the run ends like a tool killed by SIGPIPE."""
+def test_eval_into_a_closed_pipe_stops_quietly(tiny: Path, tmp_path: Path) -> None:
+    """`skillorchestra eval ... | head -1`: the reader goes away; the run ends like a tool killed by SIGPIPE, its
+    --json file written all the same (contract QA: the table went first, and the file was never written)."""
     cli = Path(sys.executable).with_name("skillorchestra")
     args = [str(cli), "eval", "--train", str(tiny / "train.jsonl"), "--test", str(tiny / "test.jsonl")]
+    out = tmp_path / "out.json"
     proc = subprocess.Popen(
-        [*args, "--lambda", "0.1", "--episodes", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*args, "--lambda", "0.1", "--episodes", "3", "--json", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()  # before the child writes anything: its first write meets a closed pipe
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err
     assert "Broken pipe" not in err and "Traceback" not in err and "error" not in err
+    assert json.loads(out.read_text(encoding="utf-8"))["rows"]
 
 
 # -- unknown costs, matplotlib, and the pictures ---------------------------------------------------------------
