@@ -380,8 +380,8 @@ def warn_unconnected(store: HandbookStore) -> None:
     if missing:
         shown = named(missing, 5)
         print(
-            f"note: the live handbook no longer has {len(missing)} agent(s) with connection settings ({shown}): "
-            "delegate cannot call them; run `skillorchestra agents load FILE` again to add them",
+            f"note: the live handbook no longer has {counted(len(missing), 'agent')} with connection settings "
+            f"({shown}): delegate cannot call them; run `skillorchestra agents load FILE` again to add them",
             file=sys.stderr,
         )
 

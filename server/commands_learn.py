@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from skillorchestra.server.jobs import LearnRun
 
 MOVE_SHOWN = 0.005  # smaller moves of a posterior mean print as 0.00: not worth a line
+LEARNER_FLAGS = ("--learner-api-base", "--learner-api-key-env", "--learner-input-per-mtok", "--learner-output-per-mtok")
 LLM_LEARNER_MODULES = ("skillorchestra.handbook.learning.llm_discovery", "skillorchestra.server.llm_learner")
 
 
@@ -136,6 +137,11 @@ def add_handbook_actions(hb: Any, common: Any) -> None:
 def _learner(args: argparse.Namespace) -> dict[str, Any] | None:
     """learn_with_llm's settings from --learner*, validated (errors name the flag), or None to learn offline."""
     if args.learner is None:
+        for flag in LEARNER_FLAGS:  # QA: --learner-api-base alone was accepted and ignored (skills found offline)
+            value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+            if value is not None:
+                expected = f"--learner MODEL too ({flag} needs --learner; without it skills are discovered offline)"
+                raise InvalidInput(flag, value, expected)
         return None
     if any(importlib.util.find_spec(m) is None for m in LLM_LEARNER_MODULES):
         raise InvalidInput("--learner", args.learner, "nothing: the LLM learner is not available in this build")
@@ -224,7 +230,7 @@ def _learn_into(
     prices, price_source = _prices(args, data_path, store)
     embedder, features = make_embedder(args.matcher, store)
     label = str(data_path) if data_path is not None else f"the event log of {db_path(args)}"
-    _progress(0.0, f"{len(tasks)} tasks from {label}; {features}")
+    _progress(0.0, f"{counted(len(tasks), 'task')} from {label}; {features}")
     run = learn_into_store(
         store,
         tasks,
@@ -358,7 +364,7 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
     split = (
         f"{m['n_train']} train / {m['n_val']} validation"
         if m["n_val"]
-        else f"{m['n_train']} tasks, validated on the training tasks (no validation split)"
+        else f"{counted(m['n_train'], 'task')}, validated on the training tasks (no validation split)"
     )
     lines = [
         f"Learned a Skill Handbook from {m['data']}",
@@ -366,6 +372,7 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
         f"lambda {m['lambda']:g}",
         f"  {m['features_used']}; {_learner_text(m)}; {m['seconds']:.1f} s{_embedding_text(m)}",
         "  " + _cost_line(m),
+        *([f"  {left_out}"] if (left_out := _left_out(m)) else []),
         "",
         f"Skills ({m['n_skills']}):",
         *([f"  {m['discovery_note']}"] if m.get("discovery_note") else []),
@@ -385,11 +392,13 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
         *length_lines(m.get("length_effect")),
         *live_trial_lines(m.get("live_trial")),
     ]
-    if m.get("orchestrator"):
-        lines.append(
-            f"Depth {m['depth']} stored for orchestrator {m['orchestrator']!r}: consult_handbook with "
-            f"orchestrator={m['orchestrator']!r} reads the handbook at that depth."
+    if m.get("orchestrator"):  # QA: said so of a version stored only, whose selection consult does not read
+        reads = (
+            f"consult_handbook with orchestrator={m['orchestrator']!r} reads the handbook at that depth"
+            if m.get("went_live", True)
+            else "consult_handbook reads it at that depth once this version is promoted (it is not live)"
         )
+        lines.append(f"Depth {m['depth']} stored for orchestrator {m['orchestrator']!r}: {reads}.")
     if m.get("reported_while_learning"):  # review: the CLI printed no word of them
         from skillorchestra.server.jobs import reported_while_learning
 
@@ -405,6 +414,14 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
             f"To use it anyway: skillorchestra handbook promote {run.version} --db {db}"
         )
     return "\n".join(lines)
+
+
+def _left_out(m: dict[str, Any]) -> str:
+    """The priced agents the data has no outcomes of, which the new version leaves out ("" for none)."""
+    from skillorchestra.server.jobs import priced_without_outcomes
+
+    text = priced_without_outcomes(m.get("priced_without_outcomes") or [], str(m.get("prices")))
+    return text[:1].upper() + text[1:]
 
 
 def _learner_text(m: dict[str, Any]) -> str:

@@ -3,8 +3,8 @@ tool's background jobs (hosts time out a request after 60 s, so the tool returns
 
 One learning run: outcome tasks + prices -> `learn()` -> a new handbook version (source "learn"), live unless
 replacing the live handbook could lose what it knows (not_live_reasons: validation could not compare agents,
-agents with live evidence would go back on the prior, or the live handbook's skills route the validation tasks
-better: try_live_skills), whose summary says what was learned from where,
+agents with live evidence would go back on the prior or be left out, or the live handbook's skills route the
+validation tasks better: try_live_skills), whose summary says what was learned from where,
 and whose metrics hold the validation figures, every candidate with its intervals and the accuracy/cost Pareto
 front.
 """
@@ -246,6 +246,8 @@ def learn_into_store(
         }
     )
     metrics["features_used"] = features
+    # priced agents the data has no outcomes of are not in the new version (the log's keep_live_agents keeps them)
+    metrics["priced_without_outcomes"] = [] if events_read is not None else sorted(set(prices) - set(metrics["agents"]))
     summary = (
         f"learned from {data_label}: {metrics['n_tasks']} tasks, {len(metrics['agents'])} agents -> "
         f"{metrics['n_skills']} skills ('{result.selected}', depth {depth}) at lambda {lambda_:g}, seed {seed}"
@@ -255,18 +257,27 @@ def learn_into_store(
     note = result.metrics.get("discovery_note")
     if note:
         summary += f" ({note})"
+    if metrics["priced_without_outcomes"]:  # QA: left out silently
+        summary += f"; {priced_without_outcomes(metrics['priced_without_outcomes'], price_source)}"
     comparable = int(result.metrics["comparable_validation_tasks"])  # on the learner's own validation split
     trial = None
-    trialled = (store.current_version(), store.change_stamp())  # the live state the trial compares against
+    # the live state the trial compares against: its version and its edits (outcomes a server records meanwhile
+    # change neither the live skills nor the labeller; QA: counting them, no learn beside a server went live)
+    trialled = (store.current_version(), store.edit_stamp())
     if comparable >= MIN_COMPARABLE_TASKS:  # fewer: validation can tell no two handbooks apart, and says so below
         if progress:
             progress(1.0, "comparing with the live handbook's skills on the validation tasks")
         trial = try_live_skills(store, result, prices, embedder, trialled[0])
     metrics["live_trial"] = None if trial is None else trial.as_dict()
     with store.write():  # the gate reads the live state this version would replace, and its number, at once
-        back = agents_back_on_prior(document, metrics["agents"], store.competence())
-        reasons = not_live_reasons(comparable, str(result.metrics["validated_on"]), back, store.counts(), trial)
-        if trial is not None and (store.current_version(), store.change_stamp()) != trialled:  # (review)
+        live_competence = store.competence()
+        back = agents_back_on_prior(document, metrics["agents"], live_competence)
+        # learning from the log keeps every live agent (keep_live_agents): only traces can leave agents out
+        dropped = [] if events_read is not None else agents_dropped(document, store.agents(), live_competence)
+        reasons = not_live_reasons(
+            comparable, str(result.metrics["validated_on"]), back, store.counts(), trial, dropped
+        )
+        if trial is not None and (store.current_version(), store.edit_stamp()) != trialled:  # (review)
             reasons.append(
                 "the live handbook changed while it was compared with the live skills (an edit, a promote or another "
                 "learning run), so the comparison no longer holds (learn again)"
@@ -278,6 +289,7 @@ def learn_into_store(
             summary += f"; {reported_while_learning(late, went_live)}" if late else ""
         metrics["went_live"] = went_live
         metrics["agents_back_on_prior"] = back
+        metrics["agents_dropped"] = dropped
         metrics["not_live_reason"] = "; ".join(reasons) if reasons else None
         parent = store.current_version() or None
 
@@ -292,6 +304,16 @@ def learn_into_store(
             document, source="learn", summary=stored_summary, metrics=metrics, live=went_live
         )
     return LearnRun(version=version, parent=parent, result=result, metrics=metrics, summary=stored_summary(version))
+
+
+def priced_without_outcomes(agents: Sequence[str], price_source: str) -> str:
+    """What the summary and the CLI say of priced agents the data has no outcomes of ("" for none)."""
+    if not agents:
+        return ""
+    return (
+        f"{counted(len(agents), 'agent')} with prices (from {price_source}) but no outcomes in the data left out "
+        f"({named(agents, DROPPED_NAMED)})"
+    )
 
 
 def reported_while_learning(late: int, went_live: bool) -> str:
@@ -315,6 +337,7 @@ def reported_while_learning(late: int, went_live: bool) -> str:
 MIN_COMPARABLE_TASKS = 10
 PRIOR_MASS = 2.0  # alpha + beta of Beta(1, 1): a competence row with more holds evidence
 AGENTS_NAMED = 3  # agents named in a one-line reason, the rest counted
+DROPPED_NAMED = 6  # agents named in the reason a learned version would leave them out, the rest counted
 
 
 def agents_back_on_prior(
@@ -327,6 +350,25 @@ def agents_back_on_prior(
     evidence = {c.agent_id for c in live_competence if c.alpha + c.beta > PRIOR_MASS + 1e-9}
     outcomes = set(learned)
     return sorted(a.id for a in document.agents if a.enabled and a.id not in outcomes and a.id in evidence)
+
+
+def agents_dropped(
+    document: HandbookDocument, live_agents: Sequence[Agent], live_competence: Sequence[Competence]
+) -> list[str]:
+    """Enabled live agents holding competence evidence that the new version leaves out altogether (traces of other
+    agents): making it live would throw that evidence away, as putting them back on the prior would (QA: a trace of
+    3 other agents went live and dropped 9 agents with evidence). A disabled agent does not hold it back, as in
+    agents_back_on_prior. The shipped example's own evidence does not count: learning one's traces in place of the
+    example, whose agents go, is the first use; outcomes recorded on the example since make it evidence."""
+    kept = {a.id for a in document.agents}
+    candidates = {a.id for a in live_agents if a.enabled and a.id not in kept}
+    rows = [c for c in live_competence if c.agent_id in candidates and c.alpha + c.beta > PRIOR_MASS + 1e-9]
+    if not rows:
+        return []
+    from skillorchestra.server.example import example_document
+
+    shipped = {(c.agent_id, c.skill_id, c.alpha, c.beta) for c in example_document().competence}
+    return sorted({c.agent_id for c in rows if (c.agent_id, c.skill_id, c.alpha, c.beta) not in shipped})
 
 
 def try_live_skills(
@@ -383,12 +425,14 @@ def not_live_reasons(
     back_on_prior: Sequence[str],
     live: Mapping[str, int],
     trial: LiveTrial | None = None,
+    dropped: Sequence[str] = (),
 ) -> list[str]:
     """Why a learned version must not replace the live handbook by itself (empty: it may).
 
     It may when validation compared agents on enough held-out tasks, or when the live handbook is empty (nothing
     to lose), and only if no agent with live evidence would be put back on the prior and the live handbook's
-    skills, given the same training tasks, do not route the validation tasks better (`trial`)."""
+    skills, given the same training tasks, do not route the validation tasks better (`trial`), and no agent with
+    live evidence would be left out (`dropped`: agents_dropped)."""
     reasons: list[str] = []
     if comparable < MIN_COMPARABLE_TASKS and (live["skills"] or live["competence"]):
         if validated_on != "validation split":
@@ -407,6 +451,12 @@ def not_live_reasons(
         reasons.append(
             f"it would put {len(back_on_prior)} agents that have evidence in the live handbook back on the prior "
             f"({named(back_on_prior, AGENTS_NAMED)}), as the learning data has no outcomes of theirs"
+        )
+    if dropped:
+        reasons.append(
+            f"it would drop {counted(len(dropped), 'agent')} with evidence in the live handbook "
+            f"({named(dropped, DROPPED_NAMED)}) and their evidence, as the learning data has no outcomes of theirs "
+            "(learn from traces that include them)"
         )
     if trial is not None and trial.live_wins:
         reasons.append(trial.reason())

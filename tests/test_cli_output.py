@@ -111,7 +111,7 @@ def test_success_summaries_are_on_stdout_and_notes_on_stderr(
     assert notes[1].startswith("note: the handbook has no skills yet") and len(notes) == 2
     code, out, err = run(["handbook", "import", "--example", "--db", str(db)], capsys)
     assert code == 0 and out == "imported version 2: 20 skills, 9 agents\n"
-    assert err.startswith("note: the live handbook no longer has 1 agent(s) with connection settings (cheap)")
+    assert err.startswith("note: the live handbook no longer has 1 agent with connection settings (cheap)")
     for argv in (["handbook", "promote", "1"], ["handbook", "rollback"], ["handbook", "versions"]):
         code, out, err = run([*argv, "--db", str(db)], capsys)
         assert code == 0 and out and err == "", argv

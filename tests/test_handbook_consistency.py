@@ -277,7 +277,7 @@ def test_agents_load_says_which_agents_delegate_cannot_call_and_that_there_are_n
     assert "the handbook has no skills yet" in err and "handbook import --example" in err
     assert "run this `agents load` again after them" in err
     code, _, err = run(["handbook", "import", "--example", "--db", str(db)], capsys)  # brings its own 9 agents
-    assert code == 0 and "no longer has 1 agent(s) with connection settings (cheap)" in err
+    assert code == 0 and "no longer has 1 agent with connection settings (cheap)" in err
     assert run(["agents", "load", str(toml), "--db", str(db)], capsys)[0] == 0
     assert "cheap" in {a.id for a in HandbookStore(db).agents()}  # loaded again, as the note says
     example = tmp_path / "example.db"
