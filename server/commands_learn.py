@@ -389,6 +389,7 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
         f"Selected '{m['selected']}' (depth {m['depth']}, {m['n_skills']} skills): the highest utility"
         f" (ties: the higher utility over the lambda sweep, then fewer skills). Accuracy/cost Pareto front:"
         f" {', '.join(m['pareto_front'])}.",
+        *deployed_lines(m),
         *length_lines(m.get("length_effect")),
         *live_trial_lines(m.get("live_trial")),
     ]
@@ -414,6 +415,21 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
             f"To use it anyway: skillorchestra handbook promote {run.version} --db {db}"
         )
     return "\n".join(lines)
+
+
+def deployed_lines(m: dict[str, Any], shown: int = 4) -> list[str]:
+    """Where route_step sends the validation queries (every agent competing, unlike the replay), and the warning
+    when one agent other than the cheapest takes most of them (handbook/learning/deployment.py)."""
+    shares = m.get("deployed_share") or {}
+    if not shares:
+        return []
+    ranked = sorted(shares.items(), key=lambda item: (-item[1], item[0]))
+    text = ", ".join(f"{agent} {share:.0%}" for agent, share in ranked[:shown])
+    more = f", {counted(len(ranked) - shown, 'other')}" if len(ranked) > shown else ""
+    lines = [f"route_step's calls on the {m['validated_on']} queries at lambda {m['lambda']:g}: {text}{more}."]
+    if m.get("collapse_note"):
+        lines.append(f"Warning: {m['collapse_note']}.")
+    return lines
 
 
 def _left_out(m: dict[str, Any]) -> str:

@@ -257,6 +257,8 @@ def learn_into_store(
     note = result.metrics.get("discovery_note")
     if note:
         summary += f" ({note})"
+    if result.metrics.get("collapse_note"):  # what route_step will do, which the validation figures hide
+        summary += f"; warning: {result.metrics['collapse_note']}"
     if metrics["priced_without_outcomes"]:  # QA: left out silently
         summary += f"; {priced_without_outcomes(metrics['priced_without_outcomes'], price_source)}"
     comparable = int(result.metrics["comparable_validation_tasks"])  # on the learner's own validation split
