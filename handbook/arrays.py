@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -175,16 +176,35 @@ class HandbookArrays:
         slope, length_range = _length_fields(self.agent_ids, effect)
         return replace(self, length_slope=slope, length_range=length_range)
 
-    def step_modes(self, mode: str | None, skill_ids: Iterable[str]) -> frozenset[str]:
-        """The modes a step is of: the one it names, else those of the skills it demands; none when it names
-        neither (then nothing is known of it, and every agent serves it). Skills' modes no enabled agent serves
-        count as none too: a step named no mode, so it is routed rather than refused (a skill added without a
-        mode is in 'general', which agents scoped to 'answer' do not name)."""
+    def step_modes(self, mode: str | None, demands: Iterable[tuple[str, float]]) -> frozenset[str]:
+        """The modes a step is of: the one it names; else the mode of the skills carrying most of its weight (all
+        modes tied for it), so a minor skill of another mode does not open the step to that mode's agents; else,
+        no skill matched, the modes the handbook has skills in (a judge or a tool scoped to a mode without skills
+        is not sent whatever the matcher could not place; QA). Modes that no agent names, with no enabled agent
+        unscoped, count as none: the step is then of unknown mode and every agent serves it, so it is routed
+        rather than refused (a skill added without a mode lands in 'general', which scoped agents do not name).
+        An agent naming the modes keeps the rule even when it is disabled or its breaker is open: the step waits
+        for a specialist rather than going to an agent of another mode (review)."""
         if mode:
             return frozenset((mode,))
-        modes = frozenset(self.mode_ids[self.structure.skill_mode[self.skill_index[s]]] for s in skill_ids)
-        served = any(on and serves_step(m, modes) for on, m in zip(self.enabled, self.agent_modes, strict=True))
-        return modes if served else frozenset()
+        weight_of: dict[str, float] = {}
+        for skill_id, weight in demands:
+            if weight > 0:
+                of = self.mode_ids[self.structure.skill_mode[self.skill_index[skill_id]]]
+                weight_of[of] = weight_of.get(of, 0.0) + weight
+        if weight_of:
+            top = max(weight_of.values())
+            modes = frozenset(m for m, w in weight_of.items() if w >= top - 1e-9)
+        else:
+            modes = self.skilled_modes
+        named = any(not modes.isdisjoint(m) for m in self.agent_modes)
+        unscoped = any(on and not m for on, m in zip(self.enabled, self.agent_modes, strict=True))
+        return modes if named or unscoped else frozenset()
+
+    @cached_property
+    def skilled_modes(self) -> frozenset[str]:
+        """The modes that have at least one skill."""
+        return frozenset(self.mode_ids[i] for i in np.unique(self.structure.skill_mode))
 
     def competence(self, agent_id: str, skill_ids: Sequence[str]) -> list[float | None]:
         """The shrunk posterior means of one agent on `skill_ids` (skills, "@mode" or the root)."""
@@ -220,17 +240,6 @@ class Patch:
                 return False
             self.raw.set_cost(cell, cost)
         return True
-
-    def step_modes(self, mode: str | None, skill_ids: Iterable[str]) -> frozenset[str]:
-        """The modes a step is of: the one it names, else those of the skills it demands; none when it names
-        neither (then nothing is known of it, and every agent serves it). Skills' modes no enabled agent serves
-        count as none too: a step named no mode, so it is routed rather than refused (a skill added without a
-        mode is in 'general', which agents scoped to 'answer' do not name)."""
-        if mode:
-            return frozenset((mode,))
-        modes = frozenset(self.mode_ids[self.structure.skill_mode[self.skill_index[s]]] for s in skill_ids)
-        served = any(on and serves_step(m, modes) for on, m in zip(self.enabled, self.agent_modes, strict=True))
-        return modes if served else frozenset()
 
     def competence(self, agent_id: str, skill_ids: Sequence[str]) -> list[float | None]:
         """The shrunk posterior means of one agent on `skill_ids` (skills, "@mode" or the root) with the outcomes

@@ -355,7 +355,7 @@ class Handbook:
         query = query_digest(text, mode, top_k, orchestrator, version, agents_per_skill, stamp, demands)
         offset = decode_offset_cursor(cursor, query)
         cols, weights, labels = self._columns(arrays, demands, mode)
-        step_modes = arrays.step_modes(mode, routed)  # route_step's, so `unavailable` reads as its exclusions
+        step_modes = arrays.step_modes(mode, routed.items())  # route_step's: `unavailable` reads as its exclusions
         tokens = np.repeat(costing.prompt_tokens([text]), len(cols))
         per_skill_cost = costing.expected_costs(arrays, tokens, cols[:, None], np.ones((len(cols), 1)))
         lo, hi = normal_ci90(arrays.mean, arrays.var)
@@ -392,7 +392,7 @@ class Handbook:
             insights=self._insights(mode, [shown[s].mode for s, _ in demands]),
             skills_source=source if demands else _level(mode, source),  # as route_step words it (QA)
             granularity=granularity,
-            unavailable={**_unusable(arrays, mode, step_modes), **(unavailable or {})},
+            unavailable={**_unusable(arrays, mode, step_modes, bool(routed)), **(unavailable or {})},
             handbook_version=version,
             next_cursor=next_cursor,
             agents_not_shown=not_shown,
@@ -471,8 +471,11 @@ class Handbook:
         # file's) ran above: inside, only the file is read and written.
         with self.store.write() if budgeted else contextlib.nullcontext():
             spend = self.store.session_spend(request.session_id, self.clock(), c_ref) if request.session_id else None
-            step_modes = arrays.step_modes(request.mode, [s for s, w in demands if w > 0])
-            eligible, excluded = self._eligibility(arrays, request, step_modes, cost, known, spend)
+            # agents the caller names (agent_id, allowed_agents) are not second-guessed by a mode only inferred
+            named = request.allowed_agents is not None and not request.mode
+            step_modes = frozenset() if named else arrays.step_modes(request.mode, demands)
+            unusable = _unusable(arrays, request.mode, step_modes, any(w > 0 for _, w in demands))
+            eligible, excluded = self._eligibility(arrays, request, unusable, cost, known, spend)
             if not eligible.any():
                 named = next((e.reason for e in excluded if e.agent_id == request.named_agent), None)
                 if named is not None:  # the caller asked for one agent: why it cannot take the step, not the others
@@ -546,7 +549,7 @@ class Handbook:
         self,
         arrays: HandbookArrays,
         request: RouteRequest,
-        step_modes: frozenset[str],
+        unusable: dict[str, str],
         cost: np.ndarray,
         known: np.ndarray,
         spend: float | None,
@@ -556,7 +559,6 @@ class Handbook:
         unavailable = request.unavailable or {}
         eligible = np.ones(len(arrays.agent_ids), dtype=bool)
         excluded: list[Exclusion] = []
-        unusable = _unusable(arrays, request.mode, step_modes)
 
         def reason_against(i: int, agent_id: str) -> str | None:
             if agent_id in unusable:
@@ -1162,10 +1164,13 @@ def _charged(cost: float, known: bool) -> str:
     return f"expected cost ${cost:.6g}" if known else f"cost unknown, charged c_ref ${cost:.6g},"
 
 
-def _unusable(arrays: HandbookArrays, mode: str | None, step_modes: frozenset[str]) -> dict[str, str]:
-    """Agents route_step never picks for a step of `mode` (None: of `step_modes`, its skills' modes), and why
-    (consult shows them as unavailable)."""
+def _unusable(
+    arrays: HandbookArrays, mode: str | None, step_modes: frozenset[str], matched: bool = True
+) -> dict[str, str]:
+    """Agents route_step never picks for a step of `mode` (None: of `step_modes`, HandbookArrays.step_modes: of its
+    skills, or of the handbook's skills when none `matched`), and why (consult shows them as unavailable)."""
     reasons = {}
+    whose = "from its skills" if matched else "no skill matched: the modes of the handbook's skills"
     for i, agent_id in enumerate(arrays.agent_ids):
         if not arrays.enabled[i]:
             reasons[agent_id] = "disabled"
@@ -1173,8 +1178,8 @@ def _unusable(arrays: HandbookArrays, mode: str | None, step_modes: frozenset[st
             reasons[agent_id] = (
                 f"does not serve mode {mode!r}"
                 if mode
-                else f"serves only mode {_quoted(arrays.agent_modes[i])}, and this step's skills are of mode "
-                f"{_quoted(step_modes)} (a step naming its mode is routed in that mode)"
+                else f"serves only mode {_quoted(arrays.agent_modes[i])}, and this step is of mode "
+                f"{_quoted(step_modes)} ({whose}; a step naming its mode is routed in that mode)"
             )
     return reasons
 

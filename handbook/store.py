@@ -859,7 +859,7 @@ class HandbookStore(SqliteFile):
                 )
 
     def connected_agents(self) -> set[str]:
-        """Agents with connection settings (delegate can call them), without parsing the settings."""
+        """Agents with connection settings, without parsing them (delegate skips a row it cannot parse, logged)."""
         with self.lock:
             return {r[0] for r in self.db.conn.execute("SELECT agent_id FROM connections")}
 

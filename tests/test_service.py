@@ -122,8 +122,8 @@ def reasons(decision_excluded: list[Any]) -> dict[str, str]:
 
 # a step demanding code.python names no mode, so it is of mode 'code': the searcher (modes ["search"]) never takes it
 OFF_MODE = (
-    "serves only mode 'search', and this step's skills are of mode 'code' (a step naming its mode is routed in that "
-    "mode)"
+    "serves only mode 'search', and this step is of mode 'code' (from its skills; a step naming its mode is routed in "
+    "that mode)"
 )
 
 
@@ -175,7 +175,7 @@ def test_lambda_trades_quality_for_cost(book: Handbook) -> None:
 def test_allowed_agents(book: Handbook) -> None:
     decision = book.route(request(allowed_agents=["mid", "cheap"]))
     assert decision.agent_id == "mid"
-    assert reasons(decision.excluded) == {"pricey": "not in allowed_agents", "searcher": OFF_MODE}
+    assert reasons(decision.excluded) == {"pricey": "not in allowed_agents", "searcher": "not in allowed_agents"}
     assert {c.agent_id for c in decision.candidates} == {"mid", "cheap"}
 
 
@@ -192,11 +192,13 @@ def test_a_step_naming_no_mode_is_of_its_skills_modes(book: Handbook) -> None:
     web = book.route(RouteRequest(text="look up the weather", skills=[SkillDemand(skill_id="search.web", weight=1)]))
     assert web.agent_id == "searcher"
     assert reasons(web.excluded) == {
-        "pricey": "serves only mode 'code', and this step's skills are of mode 'search' (a step naming its mode is "
-        "routed in that mode)"
+        "pricey": "serves only mode 'code', and this step is of mode 'search' (from its skills; a step naming its "
+        "mode is routed in that mode)"
     }
     mixed = [SkillDemand(skill_id="search.web", weight=0.5), SkillDemand(skill_id="code.python", weight=0.5)]
     assert book.route(RouteRequest(text="look up and code", skills=mixed)).excluded == []  # either mode serves
+    minor = [SkillDemand(skill_id="search.web", weight=0.05), SkillDemand(skill_id="code.python", weight=0.95)]
+    assert reasons(book.route(RouteRequest(text="code, and a look", skills=minor)).excluded) == {"searcher": OFF_MODE}
     # a step whose skills are unknown (none inferred) is of no known mode: every agent may take it
     unknown = book.route(RouteRequest(text="zzqx vvkw"))
     assert unknown.skills == [] and unknown.excluded == []
@@ -205,14 +207,33 @@ def test_a_step_naming_no_mode_is_of_its_skills_modes(book: Handbook) -> None:
     consulted = book.consult("write python functions")
     assert [s.skill_id for s in consulted.skills][0] == "code.python"
     assert "searcher" not in {r.agent_id for r in consulted.agents} and consulted.unavailable == {"searcher": OFF_MODE}
-    # skills of a mode no enabled agent serves say nothing: the step is routed, not refused (a skill added without
-    # a mode lands in 'general', which agents scoped to their modes do not name)
+    # an agent the caller names is not second-guessed by a mode only inferred
+    named = book.route(request(allowed_agents=["searcher"]))
+    assert named.agent_id == "searcher" and named.excluded[0].reason == "not in allowed_agents"
+    # skills of a mode no agent names, with no unscoped agent enabled, say nothing: the step is routed, not refused
+    # (a skill added without a mode lands in 'general', which agents scoped to their modes do not name)
+    book.upsert_skill(Skill(id="chat", description="small talk"))
     for agent in ("cheap", "mid", "searcher"):
         book.edit_agent(agent, {"enabled": False})
-    alone = book.route(RouteRequest(text="look up the weather", skills=[SkillDemand(skill_id="search.web", weight=1)]))
-    assert alone.agent_id == "pricey"
+    chat = [SkillDemand(skill_id="chat", weight=1)]
+    assert book.route(RouteRequest(text="how are you", skills=chat)).agent_id == "pricey"
+    # but a specialist out of service (disabled, or its breaker open) keeps its steps: they wait, not go elsewhere
+    web = [SkillDemand(skill_id="search.web", weight=1)]
+    with pytest.raises(Unroutable, match="pricey: serves only mode 'code', and this step is of mode 'search' \(from"):
+        book.route(RouteRequest(text="look up the weather", skills=web))
     with pytest.raises(Unroutable, match="pricey: does not serve mode 'search'"):  # a mode named is kept to
-        book.route(request(mode="search", skills=[SkillDemand(skill_id="search.web", weight=1)]))
+        book.route(request(mode="search", skills=web))
+    # no skill matched: the step is of the modes the handbook has skills in (a judge or a tool scoped to a mode
+    # without skills is not sent what the matcher could not place)
+    for agent in ("cheap", "mid", "searcher"):
+        book.edit_agent(agent, {"enabled": True})
+    book.delete_skill("search.web")
+    unplaced = book.route(RouteRequest(text="zzqx vvkw"))
+    assert unplaced.skills == [] and reasons(unplaced.excluded) == {
+        "searcher": "serves only mode 'search', and this step is of mode 'code' or 'general' (no skill matched: the "
+        "modes of the handbook's skills; a step naming its mode is routed in that mode)"
+    }
+    assert book.consult("zzqx vvkw").unavailable == reasons(unplaced.excluded)
 
 
 def test_max_cost_per_step(book: Handbook) -> None:
@@ -380,8 +401,7 @@ def test_everything_excluded_is_unroutable_naming_each_reason(book: Handbook) ->
         book.route(request(allowed_agents=["pricey"], max_cost_usd=1e-3))
     message = str(caught.value)
     assert "pricey: expected cost" in message and "max_cost_usd" in message
-    assert "cheap, mid: not in allowed_agents" in message  # a shared reason is said once
-    assert f"searcher: {OFF_MODE}" in message
+    assert "cheap, mid, searcher: not in allowed_agents" in message  # a shared reason is said once
 
 
 def test_an_empty_handbook_is_unroutable(tmp_path: Path) -> None:

@@ -170,8 +170,8 @@ async def route_step(
 def _route_marking_delegable(handbook: Handbook, request: RouteRequest) -> RouteDecision:
     """The decision, each candidate marked with whether delegate can call it (LLM-surface QA: routing recommended
     agents without connection settings, and only a delegate call found out)."""
-    decision = handbook.route(request)
-    connected = handbook.store.connected_agents()
+    connected = handbook.store.connected_agents()  # first: a failed read after the decision's write would leave
+    decision = handbook.route(request)  # the decision, never seen by the client, holding its session's budget
     marked = [c.model_copy(update={"delegable": c.agent_id in connected}) for c in decision.candidates]
     return decision.model_copy(update={"candidates": marked})
 

@@ -169,7 +169,7 @@ def replay_arrays(
     eligible = arrays.enabled[None, :] & ~np.isnan(outcomes.scores)
     if any(arrays.agent_modes):  # route_step's rule (arrays.serves_step); skipped when no agent names a mode
         for i, (mode, demanded) in enumerate(zip(modes, demands, strict=True)):
-            step_modes = arrays.step_modes(mode, [s for s, _ in demanded])
+            step_modes = arrays.step_modes(mode, demanded)
             eligible[i] &= np.array([serves_step(m, step_modes) for m in arrays.agent_modes], dtype=bool)
     kept = np.flatnonzero(eligible.any(axis=1))
 
