@@ -246,6 +246,13 @@ def learn_into_store(
         }
     )
     metrics["features_used"] = features
+    # where route_step will send the steps with the version as stored (learning/deployment.py): the validation
+    # replay lets an agent compete only where it was judged, which hides a dear agent of thin evidence
+    from skillorchestra.handbook.learning.deployment import deployment_report
+
+    metrics["deployed_share"], metrics["collapse_note"] = deployment_report(
+        document, result.labeller, result.val, tasks, prices, lambda_, float(result.metrics["kappa"])
+    )
     # priced agents the data has no outcomes of are not in the new version (the log's keep_live_agents keeps them)
     metrics["priced_without_outcomes"] = [] if events_read is not None else sorted(set(prices) - set(metrics["agents"]))
     summary = (
@@ -257,8 +264,8 @@ def learn_into_store(
     note = result.metrics.get("discovery_note")
     if note:
         summary += f" ({note})"
-    if result.metrics.get("collapse_note"):  # what route_step will do, which the validation figures hide
-        summary += f"; warning: {result.metrics['collapse_note']}"
+    if metrics["collapse_note"]:
+        summary += f"; warning: {metrics['collapse_note']}"
     if metrics["priced_without_outcomes"]:  # QA: left out silently
         summary += f"; {priced_without_outcomes(metrics['priced_without_outcomes'], price_source)}"
     comparable = int(result.metrics["comparable_validation_tasks"])  # on the learner's own validation split
@@ -458,7 +465,7 @@ def not_live_reasons(
         reasons.append(
             f"it would drop {counted(len(dropped), 'agent')} with evidence in the live handbook "
             f"({named(dropped, DROPPED_NAMED)}) and their evidence, as the learning data has no outcomes of theirs "
-            "(learn from traces that include them)"
+            "(learn from traces that include them, or disable them first)"
         )
     if trial is not None and trial.live_wins:
         reasons.append(trial.reason())

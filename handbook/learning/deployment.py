@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from skillorchestra.handbook.errors import counted
 from skillorchestra.handbook.learning.profile import Outcomes
 from skillorchestra.handbook.learning.replay import labeller_matrix, replay_arrays, task_modes
 from skillorchestra.handbook.models import HandbookDocument
-from skillorchestra.handbook.traces import TraceTask
+from skillorchestra.handbook.traces import AgentPrice, TraceTask
 
 COLLAPSE_SHARE = 0.6  # issue #6's bound: no more than 60% of calls to one agent unless it is the cheapest
 THIN_TASKS = 20  # an agent judged on fewer tasks than this has thin evidence
@@ -54,23 +54,45 @@ def judged_counts(tasks: Sequence[TraceTask]) -> dict[str, int]:
     return dict(counts)
 
 
-def collapse_note(shares: dict[str, float], judged: dict[str, int], cheapest: str | None) -> str | None:
+def collapse_note(
+    shares: dict[str, float], judged: dict[str, int], cheapest: str | None, n_tasks: int, lambda_: float
+) -> str | None:
     """A warning when route_step would send more than COLLAPSE_SHARE of the steps to one agent other than the
-    cheapest (`cheapest` None: no cost is known, and then only an agent of thin evidence is worth a word), saying
-    how thin that agent's evidence is; None when the calls spread."""
+    cheapest, on data of more than two agents (with two, one taking most calls is the usual trade-off), or to an
+    agent of thin evidence however many there are; `cheapest` None: no cost is known. None when neither holds."""
     if not shares:
         return None
     agent, share = max(shares.items(), key=lambda item: (item[1], item[0]))
     n = judged.get(agent, 0)
-    if share <= COLLAPSE_SHARE or agent == cheapest or (cheapest is None and n >= THIN_TASKS):
+    thin = n < THIN_TASKS
+    if share <= COLLAPSE_SHARE or agent == cheapest or not (thin or (cheapest is not None and len(judged) > 2)):
         return None
-    thin = f", judged on only {counted(n, 'task')}" if n < THIN_TASKS else ""
-    return (
-        f"route_step would send {share:.0%} of the validation steps to {agent}{thin}"
-        + ("" if cheapest is None else ", not the cheapest agent")
-        + "; the validation figures let each agent compete only where it was judged"
-        + (": give it more outcomes, or disable it" if thin else "")
-    )
+    text = f"route_step would send {share:.0%} of the validation steps to {agent}"
+    text += f", judged on only {counted(n, 'task')}" if thin else ""
+    text += "" if cheapest is None else ", not the cheapest agent"
+    if n < n_tasks:  # else the replay's figures show the same (review: said of agents judged on every task)
+        text += "; the validation figures let each agent compete only where it was judged"
+    return text + (": give it more outcomes, or disable it" if thin else f" (a lambda above {lambda_:g} spreads them)")
+
+
+def deployment_report(
+    document: HandbookDocument,
+    labeller: Any,
+    val: Sequence[TraceTask],
+    tasks: Sequence[TraceTask],
+    prices: Mapping[str, AgentPrice],
+    lambda_: float,
+    kappa: float,
+) -> tuple[dict[str, float], str | None]:
+    """The stored handbook's shares of the validation queries (deployed_shares) and the warning on them
+    (collapse_note), for `document` as it goes into the store (with the live agents' modes and enabled flags
+    when learning from the log: review)."""
+    shares = deployed_shares(document, labeller, val, lambda_, kappa)
+    enabled = {a.id for a in document.agents if a.enabled}
+    agent_ids = sorted({a for t in tasks for a, o in t.outcomes.items() if o.score is not None and a in enabled})
+    cheapest = cheapest_agent(Outcomes.build(tasks, prices, agent_ids)) if agent_ids else None
+    judged = {a: n for a, n in judged_counts(tasks).items() if a in enabled}
+    return shares, collapse_note(shares, judged, cheapest, len(tasks), lambda_)
 
 
 def cheapest_agent(outcomes: Outcomes) -> str | None:

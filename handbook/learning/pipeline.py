@@ -20,7 +20,6 @@ from skillorchestra.handbook.arrays import DEFAULT_KAPPA, document_arrays
 from skillorchestra.handbook.embedding import Embedder
 from skillorchestra.handbook.errors import InvalidInput, counted
 from skillorchestra.handbook.learning.candidates import Built, Evaluator, Split
-from skillorchestra.handbook.learning.deployment import cheapest_agent, collapse_note, deployed_shares, judged_counts
 from skillorchestra.handbook.learning.discovery import (
     Corpus,
     DiscoveryParams,
@@ -316,8 +315,6 @@ def learn(
             "labeller": chosen.labeller.to_json(),
         }
     )
-    deployed = deployed_shares(document, chosen.labeller, val, lambda_, params.kappa)
-    collapse = collapse_note(deployed, judged_counts(tasks), cheapest_agent(Outcomes.build(tasks, prices, agent_ids)))
     step(1.0, "handbook learned", "selection")  # not "done": the caller may trial it against the live one next (QA)
     seconds = time.perf_counter() - started
     metrics: dict[str, Any] = {
@@ -352,10 +349,6 @@ def learn(
             "avg_cost": chosen.val.avg_cost,
             "utility": reports[best].utility,
         },
-        # the validation queries routed as route_step will (every agent competing), and a warning when one agent
-        # other than the cheapest would take most of them (learning/deployment.py)
-        "deployed_share": deployed,
-        "collapse_note": collapse,
         "length_effect": length_report,
         "label_agreement_val": agreement,
         "label_agreement_val_depth1": agreement_depth1,
