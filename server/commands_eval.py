@@ -153,18 +153,21 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if cache is not None:
             cache.close()
-    # the files first: `eval --json out.json | head` closes stdout after a line, and the run's result was lost
+    # the files first: `eval --json out.json | head` closes stdout after a line, and the run's result was lost;
+    # the table all the same when a file cannot be written (the run's figures are not lost with it)
     to_stdout = args.json is None or str(args.json) != "-"
     text = None if args.json is None else json.dumps(result, indent=1, allow_nan=False, default=_json_default)
-    if text is not None and to_stdout:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(args.json, text + "\n")  # a failed write leaves a previous report whole
-    if args.plot_dir is not None:
-        from skillorchestra.server.plots import write_plots
+    try:
+        if text is not None and to_stdout:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(args.json, text + "\n")  # a failed write leaves a previous report whole
+        if args.plot_dir is not None:
+            from skillorchestra.server.plots import write_plots
 
-        for path in write_plots(result, args.plot_dir):
-            print(f"wrote {path}", file=sys.stderr)
-    print(summary(result), file=sys.stdout if to_stdout else sys.stderr)
+            for path in write_plots(result, args.plot_dir):
+                print(f"wrote {path}", file=sys.stderr)
+    finally:
+        print(summary(result), file=sys.stdout if to_stdout else sys.stderr)
     if text is not None and not to_stdout:
         sys.stdout.write(text + "\n")
     return 0

@@ -105,20 +105,21 @@ def test_a_data_convert_that_hits_the_file_size_limit_leaves_the_previous_output
     assert len(read_tasks(out / "train.jsonl")) == 200 and sorted(snapshot(out)) == sorted(before)
 
 
-# Runs the CLI with the file-size limit set only once the evaluation is done (when its summary is printed): the
+# Runs the CLI with the file-size limit set only once the evaluation is done (when run_eval returns): the
 # evaluation's own scratch database needs more room than the --json report, so only the report's write must fail.
 LIMIT_AT_REPORT = """
 import resource, signal, sys
-from skillorchestra.handbook.evaluation import report
+from skillorchestra.handbook.evaluation import runner
 from skillorchestra.server.cli import main
 
-printed = report.summary
+evaluated = runner.run_eval
 
-def summary_then_limit(result):
+def run_then_limit(*args, **kwargs):
+    result = evaluated(*args, **kwargs)
     resource.setrlimit(resource.RLIMIT_FSIZE, (2000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-    return printed(result)
+    return result
 
-report.summary = summary_then_limit
+runner.run_eval = run_then_limit
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 main(sys.argv[1:])
 """
