@@ -9,8 +9,8 @@ The clock is injectable (a ``() -> float`` in seconds, default ``time.monotonic`
 All methods are thread-safe (one lock), since the MCP server may call from worker threads.
 
 Every change of state is logged once (QA: the operator never saw a provider go dead or come back): WARNING when the
-breaker opens (or opens again after a failed trial), INFO when a trial call is let through and when a success closes
-it. A refused call logs nothing: an open breaker is asked on every step, and a line each would flood the log.
+breaker opens (or opens again after a failed trial) and when a success closes it, INFO when a trial call is let
+through. A refused call logs nothing: an open breaker is asked on every step, and a line each would flood the log.
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ class CircuitBreaker:
     def record_success(self, agent_id: str) -> None:
         with self._lock:
             h = self._agents.pop(agent_id, None)
-        if h is not None and h.opened_at is not None:
-            log.info(
+        if h is not None and h.opened_at is not None:  # at the opening's level: the default WARNING log showed an
+            log.warning(  # agent go down and never come back (QA)
                 "circuit breaker of agent %s closed: a call succeeded after %s",
                 agent_id,
                 counted(h.failures, "infrastructure failure"),

@@ -152,7 +152,7 @@ def test_each_change_of_state_is_logged_once_and_a_refused_call_not_at_all(
         "(5 consecutive infrastructure failures, last connection); tried again in 30 s",
         f"INFO {BREAKER_LOG}: circuit breaker of agent mid half-open: one trial call let through "
         "(5 consecutive infrastructure failures, last connection)",
-        f"INFO {BREAKER_LOG}: circuit breaker of agent mid closed: a call succeeded after 5 infrastructure failures",
+        f"WARNING {BREAKER_LOG}: circuit breaker of agent mid closed: a call succeeded after 5 infrastructure failures",
     ]
 
 

@@ -63,7 +63,8 @@ async def test_refusal_says_when_the_agent_is_tried_again_and_the_log_follows_th
         "(last server_error); tried again in 30 s",
         f"INFO {BREAKER_LOG}: circuit breaker of agent strong half-open: one trial call let through "
         "(3 consecutive infrastructure failures, last server_error)",
-        f"INFO {BREAKER_LOG}: circuit breaker of agent strong closed: a call succeeded after 3 infrastructure failures",
+        f"WARNING {BREAKER_LOG}: circuit breaker of agent strong closed: a call succeeded after 3 infrastructure "
+        "failures",
     ]
 
 
