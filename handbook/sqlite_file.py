@@ -39,7 +39,19 @@ def _cannot_open(path: str | Path, exc: OSError | sqlite3.Error) -> InvalidInput
         reason = f"{exc.filename} is not a directory"
     else:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return InvalidInput("db", str(path), f"a database file this process can create, open and write ({reason})")
+    return InvalidInput("db", shown_path(path), f"a database file this process can create, open and write ({reason})")
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as an error names it: a relative one with the folder it is relative to, since a host starts the server
+    in a folder its user never chose (QA: 'rel.db' refused, with no word of where that was)."""
+    path = Path(path)
+    if path.is_absolute():
+        return str(path)
+    try:
+        return f"{path} (in {os.getcwd()})"
+    except OSError:  # the working folder was deleted
+        return f"{path} (relative to a working folder that no longer exists)"
 
 
 # What to tell someone whose handbook file failed under a tool or a command (nothing was written: the transaction
@@ -131,9 +143,9 @@ class SqliteFile:
     def __init__(self, path: str | Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = Path(path)
         if self.path.is_dir():  # wherever the path came from (--db, SKILLORCHESTRA_DB, a caller): SQLite only says
-            raise InvalidInput("db", str(path), "a database file path (this is a directory)")  # it cannot open it
+            raise InvalidInput("db", shown_path(path), "a database file path (this is a directory)")  # cannot open it
         if self.path.exists() and not self.path.is_file():  # /dev/null "worked" and left /dev/null-journal behind
-            raise InvalidInput("db", str(path), "a database file path (this is not a regular file)")
+            raise InvalidInput("db", shown_path(path), "a database file path (this is not a regular file)")
         self._busy_s = busy_timeout_s
         self._wait_until = threading.local()  # a deadline this thread's writes wait to (see waiting_until)
         self._busy_pragma = f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}"

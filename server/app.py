@@ -251,6 +251,7 @@ async def serve(settings: ServerSettings) -> None:
     try:
         store = open_handbook(settings).store  # creates and migrates the file before we answer anything
         store.close()
+        log.info("handbook %s", settings.db_path.absolute())  # which file, wherever the host started us (QA)
         if not store.writable:  # every write tool would fail: routing records its decisions
             raise InvalidInput("db", str(settings.db_path), "a handbook file this process can write (it is read-only)")
         server = create_server(settings, warm_up=True)

@@ -100,6 +100,8 @@ def db_arg(text: str) -> Path:
     """--db: a database file, new or existing; a directory is refused here, where the message can name the flag
     (SQLite itself only says "unable to open database file"). `~` is expanded as for SKILLORCHESTRA_DB: hosts pass
     arguments without a shell, and `~/h.db` made a folder named `~` in the host's working directory."""
+    if not text.strip() or text != text.strip():  # a stray space pasted into a host's JSON made a folder named ' ~'
+        raise argparse.ArgumentTypeError(f"expected a database file path without blanks at its ends, got {text!r}")
     path = Path(text).expanduser()
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"expected a database file path, got {text!r}, which is a directory")

@@ -14,6 +14,7 @@ for _blas in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_blas, "1")
 
 import argparse
+import contextlib
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
@@ -257,6 +258,8 @@ def _dispatch(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentP
         if not getattr(args, "uses_db", True) and getattr(args, "db", None) is not None:
             raise UsageError(f"skillorchestra {args.command}: argument --db: this command does not use a handbook")
         _configure_logging(getattr(args, "log_level", "WARNING"))
+        with contextlib.suppress(AttributeError, ValueError):  # QA: handbook show on a cp1252 console: a traceback
+            sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]  # (stdio serve: its own)
         return int(args.handler(args) or 0)
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
@@ -266,7 +269,7 @@ def _dispatch(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentP
         return 2
     except sqlite3.DatabaseError as exc:
         db = getattr(locals().get("args"), "db", None)
-        where = f"--db {db}: " if db is not None else ""
+        where = f"--db {db}: " if db is not None else f"{_default_db_source()}: "
         from skillorchestra.handbook.sqlite_file import file_trouble  # loaded with the store already, if it ran
 
         trouble = file_trouble(exc)  # a full disk, an I/O error, a read-only or damaged file: what to do
@@ -292,6 +295,16 @@ def _default_db() -> str:
     from skillorchestra.server.settings import default_db_path
 
     return str(default_db_path())
+
+
+def _default_db_source() -> str:
+    """Where the handbook's path came from without --db, for an error about the file: its user never typed it (QA:
+    "the handbook file is damaged ... move the file away" named no file)."""
+    try:
+        path = _default_db()
+    except HandbookError:
+        return "the default handbook"
+    return f"SKILLORCHESTRA_DB={path}" if os.environ.get("SKILLORCHESTRA_DB") else f"the default handbook {path}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -24,6 +24,10 @@ ENV_NAMES = {
 def default_db_path() -> Path:
     """`SKILLORCHESTRA_DB`, else the user data directory (interface.md)."""
     env = os.environ.get("SKILLORCHESTRA_DB")
+    if env is not None and env != "" and (not env.strip() or env != env.strip()):  # QA: "   " made a file of that name
+        from skillorchestra.handbook.errors import InvalidInput
+
+        raise InvalidInput("SKILLORCHESTRA_DB", env, "a database file path without blanks at its ends")
     if env:
         return Path(env).expanduser()
     import platformdirs  # only when no --db or SKILLORCHESTRA_DB names the file: not on every start

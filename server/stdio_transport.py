@@ -34,12 +34,15 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # either hal
 async def serve_stdio(server: MCPServer) -> None:
     """As MCPServer.run_stdio_async, with the lines the SDK would drop answered or repaired (`screen_lines`)."""
     lowlevel = server._lowlevel_server
-    async with stdio_server() as (read_stream, write_stream):
-        screened_send, screened = create_context_streams[SessionMessage | Exception](0)  # as the SDK's own
-        async with anyio.create_task_group() as group:
-            group.start_soon(screen_lines, read_stream, screened_send, write_stream)
-            await lowlevel.run(screened, write_stream, lowlevel.create_initialization_options())
-            group.cancel_scope.cancel()
+    try:
+        async with stdio_server() as (read_stream, write_stream):
+            screened_send, screened = create_context_streams[SessionMessage | Exception](0)  # as the SDK's own
+            async with anyio.create_task_group() as group:
+                group.start_soon(screen_lines, read_stream, screened_send, write_stream)
+                await lowlevel.run(screened, write_stream, lowlevel.create_initialization_options())
+                group.cancel_scope.cancel()
+    except* BrokenPipeError:  # the host stopped reading: nothing more can reach it (QA: a 56-line traceback)
+        log.warning("the client closed the server's stdout: the server stops")
 
 
 async def screen_lines(source: Any, sink: Any, replies: Any) -> None:
