@@ -256,10 +256,7 @@ async def serve(settings: ServerSettings) -> None:
             raise InvalidInput("db", str(settings.db_path), "a handbook file this process can write (it is read-only)")
         server = create_server(settings, warm_up=True)
         if settings.transport == "stdio":
-            from skillorchestra.server.stdio_transport import serve_stdio
-
-            _exit_on_interrupt()
-            await serve_stdio(server)
+            await _serve_stdio_until_stopped(server)
             return
         from skillorchestra.server.http import serve_http
 
@@ -269,14 +266,51 @@ async def serve(settings: ServerSettings) -> None:
             sock.close()
 
 
-def _exit_on_interrupt() -> None:
-    """Ctrl-C ends a stdio server at once, as SIGTERM does (QA: it stopped serving and stayed, until stdin closed:
-    the SDK reads stdin on a thread no cancellation interrupts, and asyncio's shutdown waits for it). Committed
-    writes are in the file already (SQLite's WAL); one in flight is rolled back when the file next opens."""
+STOP_GRACE_S = 5.0  # after SIGTERM or SIGINT, the most the cleanup may take before the process ends anyway
 
-    def interrupted(signum: int, frame: object) -> None:
-        os.write(2, b"interrupted: the server stops\n")
-        os._exit(128 + signal.SIGINT)
 
-    if threading.current_thread() is threading.main_thread():  # only there can a handler be set (an embedding)
-        signal.signal(signal.SIGINT, interrupted)
+async def _serve_stdio_until_stopped(server: MCPServer) -> None:
+    """Serve stdio until stdin closes, or until SIGTERM or SIGINT, which stop it as closing stdin does: calls in
+    flight are cancelled and recorded as such, tool agents' processes are ended, then the process exits (QA: a
+    signal had ended it at once, leaving a tool agent's process running and its call unrecorded). The exit is
+    os._exit, after the cleanup: the SDK reads stdin on a thread no cancellation interrupts, which the
+    interpreter's shutdown would wait for. A second signal, or a cleanup past STOP_GRACE_S, exits at once."""
+    import asyncio
+
+    import anyio
+
+    from skillorchestra.server.stdio_transport import serve_stdio
+
+    stopped: list[int] = []
+    loop = asyncio.get_running_loop()
+    async with anyio.create_task_group() as group:
+
+        def stop(signum: int) -> None:
+            if stopped:  # a second signal: the user means now
+                os._exit(128 + signum)
+            stopped.append(signum)
+            os.write(2, f"{signal.Signals(signum).name}: the server stops\n".encode())
+            watchdog = threading.Timer(STOP_GRACE_S, os._exit, args=(128 + signum,))
+            watchdog.daemon = True
+            watchdog.start()
+            group.cancel_scope.cancel()
+
+        handled = []
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(signum, stop, signum)
+                handled.append(signum)
+            except (ValueError, RuntimeError, NotImplementedError):  # not the main thread (an embedding), Windows
+                pass
+
+        def served() -> None:  # cleaned up: what remains is the SDK's wait for its stdin thread
+            if stopped:
+                os._exit(128 + stopped[0])
+
+        try:
+            await serve_stdio(server, served)
+        finally:
+            for signum in handled:
+                loop.remove_signal_handler(signum)
+    if stopped:
+        os._exit(128 + stopped[0])

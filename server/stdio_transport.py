@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -31,15 +32,21 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # either half: JSON text holding one (QA)
 
 
-async def serve_stdio(server: MCPServer) -> None:
-    """As MCPServer.run_stdio_async, with the lines the SDK would drop answered or repaired (`screen_lines`)."""
+async def serve_stdio(server: MCPServer, served: Callable[[], None] | None = None) -> None:
+    """As MCPServer.run_stdio_async, with the lines the SDK would drop answered or repaired (`screen_lines`).
+    `served` is called once the server has stopped and cleaned up (its lifespan closed), however it stopped: the
+    transport's own exit then waits for the SDK's stdin reader, a thread only a closed stdin ends."""
     lowlevel = server._lowlevel_server
     try:
         async with stdio_server() as (read_stream, write_stream):
             screened_send, screened = create_context_streams[SessionMessage | Exception](0)  # as the SDK's own
             async with anyio.create_task_group() as group:
                 group.start_soon(screen_lines, read_stream, screened_send, write_stream)
-                await lowlevel.run(screened, write_stream, lowlevel.create_initialization_options())
+                try:
+                    await lowlevel.run(screened, write_stream, lowlevel.create_initialization_options())
+                finally:
+                    if served is not None:
+                        served()
                 group.cancel_scope.cancel()
     except* BrokenPipeError:  # the host stopped reading: nothing more can reach it (QA: a 56-line traceback)
         log.warning("the client closed the server's stdout: the server stops")

@@ -253,4 +253,51 @@ def test_ctrl_c_stops_a_stdio_server(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.stdin.close()
-    assert "interrupted: the server stops" in proc.stderr.read()
+    assert "SIGINT: the server stops" in proc.stderr.read()
+
+
+def test_sigterm_mid_call_stops_as_closing_stdin_does(tmp_path: Path) -> None:
+    """Start-up QA: SIGTERM (a host's second step of shutting a server down) ended the process at once: the tool
+    agent's process was left running under PID 1 and its call was never recorded. It is now cancelled and recorded,
+    the tool agent's process ended, and the exit status is 128 + SIGTERM."""
+    db = tmp_path / "h.db"
+    toml = tmp_path / "agents.toml"
+    toml.write_text(
+        f"""
+[agents.sleepy]
+kind = "mcp"
+command = "{sys.executable}"
+args = ["{Path(__file__).with_name("echo_mcp_server.py")}"]
+tool = "slow"
+arguments = {{ seconds = 60 }}
+timeout_s = 120
+"""
+    )
+    cli = Path(sys.executable).with_name("skillorchestra")
+    subprocess.run([cli, "agents", "load", str(toml), "--db", str(db)], check=True, capture_output=True, timeout=60)
+    proc = _raw_server(db)
+    try:
+        proc.stdin.write("".join(json.dumps(r) + "\n" for r in OPENING))
+        proc.stdin.write(json.dumps(tool_call(2, "delegate", {"text": "wait", "agent_id": "sleepy"})) + "\n")
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["id"] == 1
+        err_lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [err_lines.put(line) for line in proc.stderr], daemon=True).start()
+        while "echo_mcp_server starting" not in err_lines.get(timeout=60):  # the tool agent's process is up
+            pass
+        with sqlite3.connect(db) as conn:  # and its call under way: delegate claimed the decision
+            for _ in range(600):
+                if conn.execute("SELECT COUNT(*) FROM decisions WHERE claimed_at IS NOT NULL").fetchone()[0]:
+                    break
+                threading.Event().wait(0.05)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert children, "the tool agent's process"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.stdin.close()
+    for child in children:  # ended with the server, not left to PID 1
+        assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text().lower()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT call_error_class FROM decisions").fetchall() == [("cancelled",)]
