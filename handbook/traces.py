@@ -117,6 +117,14 @@ class TraceTask(BaseModel):
     def _no_misspelt_keys(cls, data: Any) -> Any:
         return refuse_misspelt(data, ("id", "query", "outcomes"))  # "model" beside "mode" is someone's own key
 
+    @field_validator("query")
+    @classmethod
+    def _some_text(cls, query: str) -> str:
+        """A blank query routes as nothing (QA: "   \\n " was learned from, while "" was refused)."""
+        if not query.strip():
+            raise PydanticCustomError("blank_query", "a query with some text, not only blanks")
+        return query
+
     @field_validator("outcomes")
     @classmethod
     def _agent_ids(cls, outcomes: dict[str, AgentOutcome]) -> dict[str, AgentOutcome]:

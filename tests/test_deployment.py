@@ -60,3 +60,7 @@ def test_calls_going_to_the_cheapest_agent_or_spread_are_no_warning() -> None:
     three = collapse_note({"a": 0.9, "b": 0.1}, {"a": 600, "b": 600, "c": 600}, "c", 600, 0.1)
     expected = "route_step would send 90% of the validation steps to a, not the cheapest agent"
     assert three == expected + " (a lambda above 0.1 spreads them)"
+
+
+def test_one_agent_is_no_choice_to_warn_of() -> None:
+    assert collapse_note({"only": 1.0}, {"only": 1}, None, 1, 0.1) is None

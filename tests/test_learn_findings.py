@@ -11,10 +11,11 @@ from learning_data import PRICES, unlabelled_swap
 from test_learn_cli import run, write_data
 from test_learn_gate import TWO, seeded
 
+from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.models import Skill
 from skillorchestra.handbook.service import Handbook, OutcomeReport, RouteRequest
 from skillorchestra.handbook.store import HandbookStore
-from skillorchestra.handbook.traces import AgentOutcome, TraceTask, write_tasks
+from skillorchestra.handbook.traces import AgentOutcome, TraceTask, read_tasks, write_tasks
 from skillorchestra.server.jobs import learn_into_store
 
 # -- 1. outcomes a server records while a learn compares with the live skills ---------------------------------
@@ -233,3 +234,11 @@ def test_the_orchestrator_depth_line_says_when_consult_reads_it(
         "stored for orchestrator 'bot': consult_handbook with orchestrator='bot' reads the handbook at that depth."
         in (out)
     )
+
+
+def test_a_query_of_blanks_only_is_refused_naming_its_line(tmp_path: Path) -> None:
+    """QA: an empty query was refused but one of spaces and a line break was learned from."""
+    data = tmp_path / "blank.jsonl"
+    data.write_text('{"id": "a", "query": "   \\n ", "outcomes": {"x": {"score": 1}}}\n', encoding="utf-8")
+    with pytest.raises(InvalidInput, match=r"blank.jsonl:1='query': expected a query with some text"):
+        read_tasks(data)
