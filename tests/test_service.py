@@ -219,7 +219,7 @@ def test_a_step_naming_no_mode_is_of_its_skills_modes(book: Handbook) -> None:
     assert book.route(RouteRequest(text="how are you", skills=chat)).agent_id == "pricey"
     # but a specialist out of service (disabled, or its breaker open) keeps its steps: they wait, not go elsewhere
     web = [SkillDemand(skill_id="search.web", weight=1)]
-    with pytest.raises(Unroutable, match="pricey: serves only mode 'code', and this step is of mode 'search' \(from"):
+    with pytest.raises(Unroutable, match=r"pricey: serves only mode 'code', and this step is of mode 'search' \(from"):
         book.route(RouteRequest(text="look up the weather", skills=web))
     with pytest.raises(Unroutable, match="pricey: does not serve mode 'search'"):  # a mode named is kept to
         book.route(request(mode="search", skills=web))
