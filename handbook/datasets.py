@@ -101,8 +101,8 @@ def _query_index(rows: Iterable[dict[str, Any]]) -> tuple[dict[str, str | None],
 
 def _llmrouter_task(split: str, number: int, row: Any, tasks_by_query: dict[str, str | None]) -> TraceTask:
     where = f"scores_{split}.json[{number}]"
-    if not isinstance(row, dict) or not isinstance(row.get("question"), str):
-        raise InvalidInput(where, "question", "a row {question: str, scores: {model: 0..1}}")
+    if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
+        raise InvalidInput(where, "question", "a row {question: str (some text), scores: {model: 0..1}}")
     scores = row.get("scores")
     if not isinstance(scores, dict) or not scores:
         raise InvalidInput(where, "scores", "a non-empty object {model: score in [0,1]}")
@@ -208,6 +208,8 @@ def _routellm_csv(path: Path, task: str | None, id_prefix: str) -> list[TraceTas
                 if row[column] not in ROUTELLM_BOOL:
                     raise InvalidInput(f"{path}:{reader.line_num}", column, "True or False")
                 outcomes[agent_id] = AgentOutcome(score=ROUTELLM_BOOL[row[column]])
+            if not (row["prompt"] or "").strip():  # a trace needs a query (review: a traceback, not this line)
+                raise InvalidInput(f"{path}:{reader.line_num}", "prompt", "a prompt with some text")
             tasks.append(TraceTask(id=f"{id_prefix}-{number:05d}", query=row["prompt"], task=task, outcomes=outcomes))
     return tasks
 

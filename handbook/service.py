@@ -471,8 +471,9 @@ class Handbook:
         # file's) ran above: inside, only the file is read and written.
         with self.store.write() if budgeted else contextlib.nullcontext():
             spend = self.store.session_spend(request.session_id, self.clock(), c_ref) if request.session_id else None
-            # agents the caller names (agent_id, allowed_agents) are not second-guessed by a mode only inferred
-            named = request.allowed_agents is not None and not request.mode
+            # an agent the caller names (agent_id, or allowed_agents of one) is not second-guessed by a mode only
+            # inferred; a broader allowed_agents keeps the rule among them (review: it let a search tool take sums)
+            named = request.allowed_agents is not None and len(set(request.allowed_agents)) == 1 and not request.mode
             step_modes = frozenset() if named else arrays.step_modes(request.mode, demands)
             unusable = _unusable(arrays, request.mode, step_modes, any(w > 0 for _, w in demands))
             eligible, excluded = self._eligibility(arrays, request, unusable, cost, known, spend)

@@ -278,6 +278,7 @@ async def _serve_stdio_until_stopped(server: MCPServer) -> None:
     import asyncio
 
     import anyio
+    import anyio.lowlevel
 
     from skillorchestra.server.stdio_transport import serve_stdio
 
@@ -295,22 +296,24 @@ async def _serve_stdio_until_stopped(server: MCPServer) -> None:
             watchdog.start()
             group.cancel_scope.cancel()
 
-        handled = []
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(signum, stop, signum)
-                handled.append(signum)
-            except (ValueError, RuntimeError, NotImplementedError):  # not the main thread (an embedding), Windows
-                pass
+        def received(signum: int, frame: object) -> None:  # runs between bytecodes: hand it to the loop
+            loop.call_soon_threadsafe(stop, signum)
 
         def served() -> None:  # cleaned up: what remains is the SDK's wait for its stdin thread
             if stopped:
                 os._exit(128 + stopped[0])
 
+        previous = {}  # signal.signal, not loop.add_signal_handler: Windows' loops have none (review)
+        if threading.current_thread() is threading.main_thread():  # only there can a handler be set (an embedding)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous[signum] = signal.signal(signum, received)
         try:
+            # a signal that came during start-up, before these handlers, is delivered here (asyncio cancels the
+            # main task), not after the SDK started its stdin thread, which would keep the process until stdin closed
+            await anyio.lowlevel.checkpoint()
             await serve_stdio(server, served)
         finally:
-            for signum in handled:
-                loop.remove_signal_handler(signum)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     if stopped:
         os._exit(128 + stopped[0])

@@ -133,7 +133,9 @@ def handbook_import(args: argparse.Namespace) -> int:
 def handbook_export(args: argparse.Namespace) -> int:
     text = existing_store(args).document().model_dump_json(indent=1)
     if args.file == "-":
-        sys.stdout.write(text + "\n")
+        from skillorchestra.server.outputs import write_stdout_utf8
+
+        write_stdout_utf8(text + "\n")
     else:
         try:
             write_text_atomic(args.file, text + "\n")  # a failed export leaves the previous one whole

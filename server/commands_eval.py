@@ -169,7 +169,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         print(summary(result), file=sys.stdout if to_stdout else sys.stderr)
     if text is not None and not to_stdout:
-        sys.stdout.write(text + "\n")
+        from skillorchestra.server.outputs import write_stdout_utf8
+
+        write_stdout_utf8(text + "\n")
     return 0
 
 

@@ -38,6 +38,7 @@ HEALTH_PATH = "/healthz"
 MCP_PATH = "/mcp"
 SSE_PATH = "/sse"
 SSE_MESSAGE_PATH = "/messages/"
+GRACEFUL_SHUTDOWN_S = 5.0  # after SIGTERM, the most time calls in flight get before they are cancelled
 # with and without a port: a client of a server on port 80 sends none (QA: `Host: 127.0.0.1` got 421)
 LOOPBACK_ALLOWED_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]")
 LOOPBACK_ALLOWED_ORIGINS = tuple(f"http://{host}" for host in LOOPBACK_ALLOWED_HOSTS)
@@ -290,6 +291,9 @@ async def serve_http(server: MCPServer, settings: ServerSettings, sockets: list[
         log_level=settings.log_level.lower(),
         access_log=settings.log_level == "DEBUG",
         lifespan="on",
+        # SIGTERM (docker stop: SIGKILL after 10 s) waited for every call in flight, a tool's up to its timeout, and
+        # the call was then recorded as the agent's timeout: after the grace, the calls are cancelled and recorded so
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     path = MCP_PATH if settings.transport == "http" else SSE_PATH
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host

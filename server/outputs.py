@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -63,3 +64,15 @@ def _attempt(flag: str, path: Path, expected: str, probe: Callable[[], None], *,
         probe()
     except OSError as exc:
         raise InvalidInput(flag, str(path), f"{expected} ({where}{exc.strerror or exc})") from None
+
+
+def write_stdout_utf8(text: str) -> None:
+    """JSON for stdout (`export -`, `eval --json -`) as UTF-8 whatever the console's encoding: the CLI lets a
+    console escape what it cannot show (handbook show), and an escaped JSON text is no longer JSON (review)."""
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # a text-only stdout (an embedding, a test capture)
+        sys.stdout.write(text)
+        return
+    sys.stdout.flush()
+    buffer.write(text.encode("utf-8"))
+    buffer.flush()

@@ -173,6 +173,16 @@ def test_routellm_bad_cell_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_routellm_blank_prompt_is_refused_naming_its_line(tmp_path: Path) -> None:
+    """Review: a prompt of blanks was a pydantic traceback once traces refused blank queries."""
+    write_routellm(tmp_path / "src")
+    gsm = tmp_path / "src" / "gsm8k_responses.csv"
+    gsm.write_text(gsm.read_text().replace("G2,", '"   ",'))
+    with pytest.raises(InvalidInput, match=r"gsm8k_responses.csv:3='prompt': expected a prompt with some text"):
+        convert_routellm(tmp_path / "src", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_routellm_missing_gsm8k_writes_nothing(tmp_path: Path) -> None:
     write_routellm(tmp_path / "src")
     (tmp_path / "src" / "gsm8k_responses.csv").unlink()

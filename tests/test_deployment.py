@@ -64,3 +64,6 @@ def test_calls_going_to_the_cheapest_agent_or_spread_are_no_warning() -> None:
 
 def test_one_agent_is_no_choice_to_warn_of() -> None:
     assert collapse_note({"only": 1.0}, {"only": 1}, None, 1, 0.1) is None
+    # review: one agent judged, another never judged taking every step: that is a choice, and thin
+    note = collapse_note({"newbie": 1.0}, {"mid": 40}, None, 40, 0.1)
+    assert note is not None and "to newbie, judged on only 0 tasks" in note

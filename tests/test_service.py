@@ -175,7 +175,7 @@ def test_lambda_trades_quality_for_cost(book: Handbook) -> None:
 def test_allowed_agents(book: Handbook) -> None:
     decision = book.route(request(allowed_agents=["mid", "cheap"]))
     assert decision.agent_id == "mid"
-    assert reasons(decision.excluded) == {"pricey": "not in allowed_agents", "searcher": "not in allowed_agents"}
+    assert reasons(decision.excluded) == {"pricey": "not in allowed_agents", "searcher": OFF_MODE}
     assert {c.agent_id for c in decision.candidates} == {"mid", "cheap"}
 
 
@@ -210,6 +210,8 @@ def test_a_step_naming_no_mode_is_of_its_skills_modes(book: Handbook) -> None:
     # an agent the caller names is not second-guessed by a mode only inferred
     named = book.route(request(allowed_agents=["searcher"]))
     assert named.agent_id == "searcher" and named.excluded[0].reason == "not in allowed_agents"
+    among = book.route(request(allowed_agents=["searcher", "cheap"]))  # a choice among several keeps the rule
+    assert among.agent_id == "cheap" and reasons(among.excluded)["searcher"] == OFF_MODE
     # skills of a mode no agent names, with no unscoped agent enabled, say nothing: the step is routed, not refused
     # (a skill added without a mode lands in 'general', which agents scoped to their modes do not name)
     book.upsert_skill(Skill(id="chat", description="small talk"))

@@ -116,3 +116,20 @@ def test_a_client_that_stops_reading_stdout_ends_the_server_quietly(tmp_path: Pa
     assert server.wait(timeout=60) == 0
     err = server.stderr.read().decode()
     assert "Traceback" not in err and "the client closed the server's stdout: the server stops" in err
+
+
+def test_json_on_stdout_stays_json_on_a_console_of_another_encoding(tmp_path: Path) -> None:
+    """Review: with the console's escapes, `handbook export -` on cp1252 wrote \\u672c, which is no JSON escape."""
+    db = tmp_path / "h.db"
+    store = HandbookStore(db)
+    store.create_version(HandbookDocument(agents=[Agent(id="qwen", description="本地 😀 café")]), source="test")
+    store.close()
+    done = subprocess.run(
+        [str(BIN / "skillorchestra"), "handbook", "export", "-", "--db", str(db)],
+        capture_output=True,
+        env=ENV | {"PYTHONIOENCODING": "cp1252", "PYTHONUTF8": "0"},
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.decode("utf-8"))["agents"][0]["description"] == "本地 😀 café"

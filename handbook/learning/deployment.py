@@ -62,7 +62,7 @@ def collapse_note(
     agent of thin evidence however many there are; `cheapest` None: no cost is known. None when neither holds."""
     if not shares:
         return None
-    if len(judged) < 2:  # one agent: there is no choice to warn of
+    if len(set(judged) | set(shares)) < 2:  # one agent: there is no choice to warn of
         return None
     agent, share = max(shares.items(), key=lambda item: (item[1], item[0]))
     n = judged.get(agent, 0)
