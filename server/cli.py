@@ -268,8 +268,11 @@ def _dispatch(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentP
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except sqlite3.DatabaseError as exc:
-        db = getattr(locals().get("args"), "db", None)
-        where = f"--db {db}: " if db is not None else f"{_default_db_source()}: "
+        parsed = locals().get("args")
+        db = getattr(parsed, "db", None)
+        # without --db, eval and demo work in a temporary file: only the others' trouble is the default handbook's
+        falls_back = getattr(parsed, "command", "serve") not in ("eval", "demo", "data")  # skillorchestra-mcp: serve
+        where = f"--db {db}: " if db is not None else (f"{_default_db_source()}: " if falls_back else "")
         from skillorchestra.handbook.sqlite_file import file_trouble  # loaded with the store already, if it ran
 
         trouble = file_trouble(exc)  # a full disk, an I/O error, a read-only or damaged file: what to do

@@ -38,6 +38,15 @@ def test_a_damaged_handbook_named_by_the_environment_is_named_in_the_error(tmp_p
     done = run(["handbook", "show"], env=ENV | {"SKILLORCHESTRA_DB": str(notes)})
     assert done.returncode == 2
     assert done.stderr.startswith(f"error: SKILLORCHESTRA_DB={notes}: not a usable handbook database"), done.stderr
+    served = subprocess.run(  # as a host starts it
+        [str(BIN / "skillorchestra-mcp")],
+        capture_output=True,
+        text=True,
+        env=ENV | {"SKILLORCHESTRA_DB": str(notes)},
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert served.returncode == 2 and f"SKILLORCHESTRA_DB={notes}: not a usable" in served.stderr, served.stderr
 
 
 def test_blank_or_padded_database_paths_are_refused_naming_where_they_came_from(tmp_path: Path) -> None:
