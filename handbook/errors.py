@@ -104,12 +104,14 @@ def counted(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
-def known_hint(value: str, known: list[str], listed: int = 10) -> str:
-    """The closest known ids; with none close, all of them when few (a model guessing "math" for a mode should
-    read the modes there are), else how many there are."""
+def known_hint(value: str, known: list[str], listed: int = 10, beside: int = 6) -> str:
+    """The closest known ids, and all of them beside when at most `beside` (QA: "unknown mode 'web'; closest known:
+    answer" hid the 'search' mode it meant); with none close, all of them when few (a model guessing "math" for a
+    mode should read the modes there are), else how many there are."""
     close = difflib.get_close_matches(value, known, n=3, cutoff=0.4)
     if close:
-        return f"closest known: {', '.join(close)}"
+        every = f" (known: {', '.join(sorted(known))})" if len(close) < len(known) <= beside else ""
+        return f"closest known: {', '.join(close)}{every}"
     if not known:
         return "none is known yet"
     if len(known) <= listed:

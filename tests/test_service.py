@@ -275,6 +275,9 @@ def test_a_spent_budget_says_what_to_do_and_names_each_reason_once(book: Handboo
 def test_an_unknown_mode_lists_the_modes_there_are(book: Handbook) -> None:
     with pytest.raises(NotFound, match=r"unknown mode 'xyz'; known: code, search$"):
         book.route(request(mode="xyz", skills=None))
+    # QA: "closest known: answer" for 'web' hid the 'search' it meant: with few, all are named beside
+    with pytest.raises(NotFound, match=r"unknown mode 'searching'; closest known: search \(known: code, search\)$"):
+        book.route(request(mode="searching", skills=None))
 
 
 def test_steps_routed_but_not_reported_hold_their_share_of_the_budget(book: Handbook, clock: Clock) -> None:
