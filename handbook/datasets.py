@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from skillorchestra.handbook.atomic_file import write_text_atomic
-from skillorchestra.handbook.errors import InvalidInput, not_utf8
+from skillorchestra.handbook.errors import InvalidInput, InvalidLine, not_utf8
 from skillorchestra.handbook.traces import AgentOutcome, TraceTask, load_json, write_tasks
 
 SPLITS = ("train", "test")
@@ -66,7 +66,7 @@ def _load_jsonl(path: Path) -> list[dict[str, Any]]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as exc:
-                    raise InvalidInput(f"{path}:{number}", "line", f"a JSON object ({exc})") from None
+                    raise InvalidLine(f"{path}:{number}", None, f"a JSON object ({exc})") from None
         except UnicodeDecodeError:
             raise not_utf8(path) from None
     return rows
@@ -135,7 +135,7 @@ def _llmrouter_agents(models: list[str], catalogue: Any, path: Path) -> dict[str
         try:
             price_in, price_out = float(entry["input_price"]), float(entry["output_price"])
         except (KeyError, TypeError, ValueError):
-            raise InvalidInput(f"{path}:{model}", "input_price/output_price", "two numbers") from None
+            raise InvalidLine(str(path), f"model {model!r}", "two numbers as input_price and output_price") from None
         agents[model] = {"input_per_mtok": price_in, "output_per_mtok": price_out}
         for key, source in (("description", "feature"), ("model", "model"), ("size", "size")):
             if isinstance(entry.get(source), str):
@@ -206,10 +206,10 @@ def _routellm_csv(path: Path, task: str | None, id_prefix: str) -> list[TraceTas
             outcomes = {}
             for column, (agent_id, *_rest) in ROUTELLM_AGENTS.items():
                 if row[column] not in ROUTELLM_BOOL:
-                    raise InvalidInput(f"{path}:{reader.line_num}", column, "True or False")
+                    raise InvalidLine(f"{path}:{reader.line_num}", f"column {column!r}", "True or False")
                 outcomes[agent_id] = AgentOutcome(score=ROUTELLM_BOOL[row[column]])
             if not (row["prompt"] or "").strip():  # a trace needs a query (review: a traceback, not this line)
-                raise InvalidInput(f"{path}:{reader.line_num}", "prompt", "a prompt with some text")
+                raise InvalidLine(f"{path}:{reader.line_num}", "column 'prompt'", "a prompt with some text")
             tasks.append(TraceTask(id=f"{id_prefix}-{number:05d}", query=row["prompt"], task=task, outcomes=outcomes))
     return tasks
 

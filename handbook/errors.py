@@ -31,6 +31,15 @@ class InvalidInput(HandbookError):
         super().__init__(f"{field}={shown}: expected {expected}")
 
 
+class InvalidLine(InvalidInput):
+    """A bad line of an input file, worded as compilers word one: "FILE:LINE: SUBJECT: expected ...". The plain
+    form, "t.jsonl:1='query': expected a value", read as if 'query' were the value given (QA)."""
+
+    def __init__(self, location: str, subject: str | None, expected: str) -> None:
+        super().__init__(location, subject, expected)
+        self.args = (f"{location}: {subject}: expected {expected}" if subject else f"{location}: expected {expected}",)
+
+
 def first_problem(exc: ValidationError) -> tuple[str, object, str]:
     """The first error of a pydantic ValidationError as (dotted field path, the value given, what was expected),
     so every place that turns one into an InvalidInput words it alike (see `expectation`)."""

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from skillorchestra.handbook.atomic_file import atomic_writer
-from skillorchestra.handbook.errors import InvalidInput, first_problem, not_utf8
+from skillorchestra.handbook.errors import InvalidInput, InvalidLine, first_problem, not_utf8
 from skillorchestra.handbook.models import ID_MAX, INFRASTRUCTURE_ERRORS, MAX_SECONDS, MAX_USD, PLAUSIBLE_TOKENS
 
 SUCCESS_THRESHOLD = 0.5
@@ -214,7 +214,8 @@ def unique_ids(lines: Iterable[tuple[int, IdT]], path: str | Path) -> Iterator[t
     first: dict[str, int] = {}
     for number, item in lines:
         if item.id in first:
-            raise InvalidInput(f"{path}:{number}", item.id, f"each task id once (first on line {first[item.id]})")
+            expected = f"each task id once (first on line {first[item.id]})"
+            raise InvalidLine(f"{path}:{number}", f"id {item.id!r}", expected)
         first[item.id] = number
         yield number, item
 
@@ -232,7 +233,7 @@ def validated_lines(handle: TextIO, path: str | Path, model: type[ModelT], what:
                 except ValidationError as exc:
                     where, given, expected = first_problem(exc)
                     expected = f"{_in_the_line(expected)}{_not(given, expected)} ({what} of interface.md)"
-                    raise InvalidInput(f"{path}:{number}", where or "line", expected) from None
+                    raise InvalidLine(f"{path}:{number}", f"field {where!r}" if where else None, expected) from None
         except UnicodeDecodeError:  # decoded a buffer at a time, so no exact line to name
             raise not_utf8(path) from None
 

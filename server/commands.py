@@ -8,6 +8,7 @@ import contextlib
 import json
 import math
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,6 +110,8 @@ def read_document(path: Path) -> HandbookDocument:
             raise InvalidInput(where, "(missing)", "a number > 0 (a row needs both alpha and beta)")
     return document
 
+
+METRICS_INDENT = " " * 6  # `handbook versions --metrics`: deeper than any version line starts
 
 # interface.md: a handbook document has at least these keys
 DOCUMENT_KEYS = ("format", "schema_version", "version", "modes", "skills", "agents", "competence", "cost")
@@ -223,11 +226,13 @@ def handbook_versions(args: argparse.Namespace) -> int:
     for v in store.versions():
         marker = "*" if v["version"] == current else " "
         metrics = v["metrics"] or {}
-        shown = json.dumps(metrics) if getattr(args, "metrics", False) else _metrics_digest(metrics)
+        digest = _metrics_digest(metrics)
         print(
             f"{marker} {v['version']:>4}  parent {v['parent'] or '-':>4}  {v['source']:<8} {v['summary']}"
-            + (f"  {shown}" if shown else "")
+            + (f"  {digest}" if digest else "")
         )
+        if args.metrics and metrics:  # below its line, indented past any version number: readable and parseable
+            print(textwrap.indent(json.dumps(metrics, indent=2), METRICS_INDENT))
     return 0
 
 

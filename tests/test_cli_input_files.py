@@ -97,7 +97,7 @@ CASES = {
     ),
     "learn --data, a repeated task id": lambda d: (
         ["learn", "--data", str(_repeated_id(d / "train.jsonl")), "--agents", str(_good_prices(d / "p.json"))],
-        "train.jsonl:7='t1'",
+        "train.jsonl:7: id 't1'",
         "expected each task id once (first on line 2)",
     ),
     "learn --data, nothing judged": lambda d: (
@@ -107,12 +107,12 @@ CASES = {
     ),
     "eval --test, a repeated task id": lambda d: (
         _eval(d, _good_tasks(d / "train.jsonl"), _repeated_id(d / "test.jsonl")),
-        "test.jsonl:7='t1'",
+        "test.jsonl:7: id 't1'",
         "expected each task id once (first on line 2)",
     ),
     "eval --test, a misspelt outcome key": lambda d: (
         _eval(d, _good_tasks(d / "train.jsonl"), _misspelt(d / "test.jsonl")),
-        "test.jsonl:7='outcomes.a'",
+        "test.jsonl:7: field 'outcomes.a'",
         "expected 'score', not 'scroe' (misspelt, or another name for it? an unknown key would be ignored)",
     ),
     "learn --agents, a misspelt price key": lambda d: (

@@ -3,6 +3,7 @@ command's success summary is on stdout, its notes on stderr; `handbook versions`
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from skillorchestra.handbook.models import Agent, Competence, CostStats, Handboo
 from skillorchestra.handbook.schema import schema_version
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.cli import main
+from skillorchestra.server.commands import METRICS_INDENT
 from skillorchestra.server.version import package_version
 
 CLI = Path(sys.executable).with_name("skillorchestra")
@@ -135,7 +137,21 @@ def test_versions_count_learning_metrics_not_a_promotions_bookkeeping(
     assert lines[5].endswith("rollback from version 4 to version 3  2 metrics (--metrics shows them)")
     assert lines[3].endswith("measured  2 metrics (--metrics shows them)")
     code, out, _ = run(["handbook", "versions", "--metrics", "--db", str(db)], capsys)  # the full record on demand
-    assert '"promoted_from": 2, "replaced": 3' in out.splitlines()[3]
+    blocks = metrics_blocks(out)
+    assert code == 0 and sorted(blocks) == [1, 2, 3, 4, 5]  # each line as without --metrics, its metrics below
+    assert blocks[4] == {"promoted_from": 2, "replaced": 3, "rollback": False, "with_events": True} and blocks[2] == {}
+    assert blocks[3] == {"custom": 0.5, "other": 1}
+
+
+def metrics_blocks(out: str) -> dict[int, dict[str, object]]:
+    """`handbook versions --metrics` read back: each version's number and the JSON indented below its line."""
+    blocks: dict[int, list[str]] = {}
+    for line in out.splitlines():
+        if line.startswith(METRICS_INDENT):
+            blocks[max(blocks)].append(line)
+        else:
+            blocks[int(line[1:].split()[0])] = []
+    return {version: json.loads("\n".join(lines)) if lines else {} for version, lines in blocks.items()}
 
 
 def test_handbook_show_prints_an_unknown_price_as_unknown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -168,8 +168,42 @@ def test_routellm_tiny_folder_round_trip(tmp_path: Path) -> None:
 
 def test_routellm_bad_cell_writes_nothing(tmp_path: Path) -> None:
     write_routellm(tmp_path / "src", mmlu_value="Maybe")
-    with pytest.raises(InvalidInput, match="mmlu_toy.csv:4"):
+    with pytest.raises(
+        InvalidInput, match="mmlu_toy.csv:4: column 'mistralai/Mixtral-8x7B-Instruct-v0.1': expected True"
+    ):
         convert_routellm(tmp_path / "src", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def write_llmrouter(src: Path, query_line: str = '{"query": "q train"}', price: object = 0.2) -> None:
+    """A tiny LLMRouter folder of one task a split and one model, "m"."""
+    src.mkdir()
+    for split in ("train", "test"):
+        rows = [{"question": f"q {split}", "scores": {"m": 1.0}}]
+        (src / f"scores_{split}.json").write_text(json.dumps(rows), encoding="utf-8")
+        (src / f"default_query_{split}.jsonl").write_text(f"\n{query_line}\n", encoding="utf-8")
+    (src / "default_llm.json").write_text(json.dumps({"m": {"input_price": price, "output_price": 0.2}}))
+
+
+def test_llmrouter_tiny_folder_converts(tmp_path: Path) -> None:
+    write_llmrouter(tmp_path / "src")
+    convert_llmrouter(tmp_path / "src", tmp_path / "out")
+    assert json.loads((tmp_path / "out/agents.json").read_text())["m"]["input_per_mtok"] == 0.2
+
+
+@pytest.mark.parametrize(
+    ("query_line", "price", "says"),
+    [
+        ('{"query": ', 0.2, r"default_query_train.jsonl:2: expected a JSON object \("),  # a line, not a field
+        ('{"query": "q"}', "cheap", r"default_llm.json: model 'm': expected two numbers as input_price and output_"),
+    ],
+)
+def test_llmrouter_bad_line_or_price_is_named_and_nothing_is_written(
+    tmp_path: Path, query_line: str, price: object, says: str
+) -> None:
+    write_llmrouter(tmp_path / "src", query_line, price)
+    with pytest.raises(InvalidInput, match=says):
+        convert_llmrouter(tmp_path / "src", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -178,7 +212,7 @@ def test_routellm_blank_prompt_is_refused_naming_its_line(tmp_path: Path) -> Non
     write_routellm(tmp_path / "src")
     gsm = tmp_path / "src" / "gsm8k_responses.csv"
     gsm.write_text(gsm.read_text().replace("G2,", '"   ",'))
-    with pytest.raises(InvalidInput, match=r"gsm8k_responses.csv:3='prompt': expected a prompt with some text"):
+    with pytest.raises(InvalidInput, match=r"gsm8k_responses.csv:3: column 'prompt': expected a prompt with some text"):
         convert_routellm(tmp_path / "src", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -263,6 +297,10 @@ def test_outcome_keys_are_agent_ids(tmp_path: Path, key: str, shown: str) -> Non
     with pytest.raises(InvalidInput) as info:
         read_tasks(path)
     text = str(info.value)
-    assert text.startswith(f"{path}:2=") and "outcome keys (agent ids)" in text and shown in text, text
+    assert (
+        text.startswith(f"{path}:2: field 'outcomes': expected")
+        and "outcome keys (agent ids)" in text
+        and shown in text
+    ), text
     path.write_text(json.dumps({**bad, "outcomes": {"m" * 200: {"score": 0.0}, "meta/llama": {}}}) + "\n")
     assert list(read_tasks(path)[0].outcomes) == ["m" * 200, "meta/llama"]  # 200 characters and '/' are fine

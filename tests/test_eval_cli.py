@@ -316,7 +316,12 @@ def test_eval_rejects_an_empty_agent_id_naming_the_line(
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     code = run_cli(["eval", "--train", str(train), "--test", str(tiny / "test.jsonl")])
     err = capsys.readouterr().err
-    assert code == 2 and f"{train}:3=" in err and "outcome keys (agent ids)" in err and "got ''" in err
+    assert (
+        code == 2
+        and f"{train}:3: field 'outcomes': expected" in err
+        and "outcome keys (agent ids)" in err
+        and "got ''" in err
+    )
     assert len(err.strip().splitlines()) == 1
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fake_openai import FakeOpenAI
 from learning_data import PRICES, WORDS, swapped_and_alike, unlabelled_swap
+from test_cli_output import metrics_blocks
 from test_learn_tools import record_swap_traffic
 
 from skillorchestra.handbook.models import HandbookDocument
@@ -98,8 +99,7 @@ def test_learn_prints_skills_candidates_selection_and_writes_a_version(
         assert code == 0 and line.startswith("*    2") and f"{metrics['n_skills']} skills" in line
         assert "lambda 0.05; validation accuracy" in line and len(line) < 400  # the digest, not kilobytes of JSON
         code, full, _ = run(["handbook", "versions", "--metrics", "--db", str(db)], capsys)
-        last = full.splitlines()[-1]
-        assert json.loads(last[last.index('  {"') + 2 :])["candidates"] == metrics["candidates"]
+        assert metrics_blocks(full)[2]["candidates"] == metrics["candidates"]
         # the learned handbook serves: a chemistry step goes to alpha at lambda 0
         decision = Handbook(store).route(RouteRequest(text="titration of an acid with a catalyst", lambda_=0.0))
         assert decision.agent_id == "alpha"
@@ -212,7 +212,11 @@ def test_learn_refuses_an_outcome_key_that_is_no_agent_id(
     rows[1]["outcomes"] = {key: {"score": 1.0}}
     data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     code, _, err = run(["learn", "--data", str(data), "--db", str(tmp_path / "new.db")], capsys)
-    assert code == 2 and err.startswith(f"error: {data}:2=") and "outcome keys (agent ids)" in err, err
+    assert (
+        code == 2
+        and err.startswith(f"error: {data}:2: field 'outcomes': expected")
+        and "outcome keys (agent ids)" in err
+    ), err
     assert len(err.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == [data]
 
 

@@ -240,5 +240,5 @@ def test_a_query_of_blanks_only_is_refused_naming_its_line(tmp_path: Path) -> No
     """QA: an empty query was refused but one of spaces and a line break was learned from."""
     data = tmp_path / "blank.jsonl"
     data.write_text('{"id": "a", "query": "   \\n ", "outcomes": {"x": {"score": 1}}}\n', encoding="utf-8")
-    with pytest.raises(InvalidInput, match=r"blank.jsonl:1='query': expected a query with some text"):
+    with pytest.raises(InvalidInput, match=r"blank.jsonl:1: field 'query': expected a query with some text"):
         read_tasks(data)

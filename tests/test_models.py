@@ -104,7 +104,8 @@ def test_trace_values_of_the_wrong_type_are_refused_naming_the_field_and_the_val
     only "expected less than or equal to 1"; a line cut inside a string read "at line 2 column 0")."""
     traces = tmp_path / "t.jsonl"
     traces.write_text(line + "\n")
-    with pytest.raises(InvalidInput, match=f"t.jsonl:1='{says}'") as refused:
+    where = "t.jsonl:1: expected" if says == "line" else f"t.jsonl:1: field '{says}': expected"  # a whole line
+    with pytest.raises(InvalidInput, match=where) as refused:
         read_tasks(traces)
     assert value in str(refused.value)
 
