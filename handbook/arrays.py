@@ -187,19 +187,22 @@ class HandbookArrays:
         for a specialist rather than going to an agent of another mode (review)."""
         if mode:
             return frozenset((mode,))
+        modes = self.heaviest_modes(demands) or self.skilled_modes
+        named = any(not modes.isdisjoint(m) for m in self.agent_modes)
+        unscoped = any(on and not m for on, m in zip(self.enabled, self.agent_modes, strict=True))
+        return modes if named or unscoped else frozenset()
+
+    def heaviest_modes(self, demands: Iterable[tuple[str, float]]) -> frozenset[str]:
+        """The mode(s) whose skills carry most of the step's weight (all modes tied for it; none without weight)."""
         weight_of: dict[str, float] = {}
         for skill_id, weight in demands:
             if weight > 0:
                 of = self.mode_ids[self.structure.skill_mode[self.skill_index[skill_id]]]
                 weight_of[of] = weight_of.get(of, 0.0) + weight
-        if weight_of:
-            top = max(weight_of.values())
-            modes = frozenset(m for m, w in weight_of.items() if w >= top - 1e-9)
-        else:
-            modes = self.skilled_modes
-        named = any(not modes.isdisjoint(m) for m in self.agent_modes)
-        unscoped = any(on and not m for on, m in zip(self.enabled, self.agent_modes, strict=True))
-        return modes if named or unscoped else frozenset()
+        if not weight_of:
+            return frozenset()
+        top = max(weight_of.values())
+        return frozenset(m for m, w in weight_of.items() if w >= top - 1e-9)
 
     @cached_property
     def skilled_modes(self) -> frozenset[str]:

@@ -32,6 +32,8 @@ MAX_SECONDS = 1e6
 PLAUSIBLE_TOKENS = 10_000_000  # per call and figure: beyond any model's context or output, so a figure past it is an
 # error (a backend's usage report, a trace line): not believed
 MAX_EVIDENCE = 1e12  # alpha or beta of an entering competence row: past any log, far below overflow in its variance
+MAX_SKILL_DEPTH = 32  # levels of a skill tree a selection may name (a deeper one routes at full depth anyway)
+DEFAULT_SELECTION = "default"  # the selection every learned version stores for orchestrators without their own
 MAX_LAMBDA = 1000.0  # cost weighs 1000 quality units per c_ref: beyond this, every policy is 'cheapest'
 MAX_SEED = 2**32 - 1  # what every seeded generator here (random, numpy) takes as one word
 MIN_TRY_S = 0.5  # delegate's least time budget: below it, no try of an agent can finish
@@ -280,8 +282,8 @@ class HandbookDocument(_Model):
     agents: list[Agent] = Field(default_factory=list)
     competence: list[Competence] = Field(default_factory=list)
     cost: list[CostStats] = Field(default_factory=list)
-    selections: dict[str, int] = Field(
-        default_factory=dict, description="orchestrator name -> skill depth chosen for it"
+    selections: dict[Identifier, Annotated[int, Field(ge=0, le=MAX_SKILL_DEPTH)]] = Field(
+        default_factory=dict, description="orchestrator name -> skill depth chosen for it (0: mode level)"
     )
     labeller: dict[str, Any] | None = Field(
         default=None,

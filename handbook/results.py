@@ -8,7 +8,7 @@ estimate has (0.00010480000000000001 -> 0.0001048). Only the JSON is rounded: th
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field, PlainSerializer
 
@@ -101,7 +101,7 @@ class Candidate(BaseModel):
     expected_cost_usd: Figure | None = Field(description="null when unknown (then charged c_ref)")
     contributions: dict[str, Figure] = Field(
         description="skill_id -> w_s * theta(agent, s); '*' is the agent's overall record (a step with no skill), "
-        "'mode:M' its record in mode M"
+        "'@M' its record in mode M (a step of mode M that no skill matched)"
     )
     length_shift: Figure = Field(
         default=0.0, description="competence added for this step's length by the learned length effect (0 without one)"
@@ -118,6 +118,15 @@ class Exclusion(BaseModel):
     reason: str
 
 
+def _granularity() -> Any:
+    """route_step's and delegate's granularity field (a Field each: pydantic fields are not shared)."""
+    return Field(
+        default=None,
+        description="with orchestrator: the depth its inferred skills were read at (consult_handbook's wording)",
+        exclude_if=lambda value: value is None,  # shown to an orchestrator that named itself, no token else
+    )
+
+
 class RouteDecision(BaseModel):
     decision_id: str
     agent_id: str
@@ -127,6 +136,7 @@ class RouteDecision(BaseModel):
     lambda_: float
     skills: list[UsedSkill] = Field(description="the skill weights used (empty: agent or mode level)")
     skills_source: str = Field(description=SKILLS_SOURCE)
+    granularity: str | None = _granularity()
     candidates: list[Candidate]
     excluded: list[Exclusion]
     c_ref_usd: Figure | None = Field(description="reference cost that makes lambda dimensionless")
@@ -219,6 +229,7 @@ class Routing(BaseModel):
     lambda_: float
     skills: list[UsedSkill] = Field(description="the skill weights used (empty: agent or mode level)")
     skills_source: str = Field(description=SKILLS_SOURCE)
+    granularity: str | None = _granularity()
     candidates: list[RankedAgent]
     excluded: dict[str, list[str]] = Field(description="why -> the agents left out for that reason")
     c_ref_usd: Figure | None = Field(description="reference cost that makes lambda dimensionless")
@@ -235,6 +246,7 @@ class Routing(BaseModel):
             lambda_=decision.lambda_,
             skills=decision.skills,
             skills_source=decision.skills_source,
+            granularity=decision.granularity,
             candidates=[RankedAgent.model_validate(c, from_attributes=True) for c in decision.candidates],
             excluded=dict(excluded),
             c_ref_usd=decision.c_ref_usd,

@@ -39,6 +39,7 @@ from skillorchestra.handbook.errors import (
     NotFound,
     Unroutable,
     first_problem,
+    known_hint,
     named,
     utc_text,
 )
@@ -51,6 +52,7 @@ from skillorchestra.handbook.models import (
     MAX_LAMBDA,
     MAX_SECONDS,
     MAX_SEED,
+    MAX_SKILL_DEPTH,
     MAX_TOKENS,
     MAX_USD,
     TEXT_MAX,
@@ -118,6 +120,7 @@ class RouteRequest:
     unavailable: dict[str, str] | None = None  # agent_id -> reason (open circuit breakers)
     prompt_extra_chars: int = 0  # sent to the agent beside the text (delegate's context): billed, so costed
     named_agent: str | None = None  # delegate(agent_id=...): refusals are worded around it, not the others
+    orchestrator: str | None = None  # inferred skills are read at the depth stored for it, as consult shows them
     # delegate's own routing: the decision is written claimed, so a server killed mid-call leaves a decision nobody
     # can carry out again (QA: a new server called the agent a second time) and reports wait as for any claim
     claimed: bool = False
@@ -320,7 +323,8 @@ class Handbook:
             cols = np.array([arrays.column_of_skill(s) for s, _ in demands])
             return cols, np.array([w for _, w in demands]), [s for s, _ in demands]
         if mode is not None:
-            return np.array([arrays.column_of_mode(mode)]), np.ones(1), [f"mode:{mode}"]
+            # labelled as record_outcome's `updated` and the export name the record: "@<mode>" (review: "mode:M")
+            return np.array([arrays.column_of_mode(mode)]), np.ones(1), [f"{MODE_PREFIX}{mode}"]
         return np.array([arrays.root_column]), np.ones(1), [ROOT_SKILL]
 
     # -- consult -----------------------------------------------------------------------------------------
@@ -348,13 +352,13 @@ class Handbook:
         inferred, source = self.matcher.infer(text, mode, max(top_k, INFERRED_SKILLS))
         routed = dict(on_live(self.matcher, inferred[:INFERRED_SKILLS], arrays.skill_index))
         demands = [(s, routed.get(s, 0.0)) for s, _ in on_live(self.matcher, inferred[:top_k], arrays.skill_index)]
-        demands, granularity = self._coarsen(arrays, demands, orchestrator)
+        demands, level_mode, granularity = self._at_depth(arrays, demands, mode, orchestrator)
         # the rows' order follows competence, which an outcome or an edit changes, and the skills inferred, which
         # change when the semantic model finishes loading after start: a cursor of another state or of other skills
         # would skip and repeat rows (QA, both), so they are part of what a cursor must match
         query = query_digest(text, mode, top_k, orchestrator, version, agents_per_skill, stamp, demands)
         offset = decode_offset_cursor(cursor, query)
-        cols, weights, labels = self._columns(arrays, demands, mode)
+        cols, weights, labels = self._columns(arrays, demands, level_mode)
         step_modes = arrays.step_modes(mode, routed.items())  # route_step's: `unavailable` reads as its exclusions
         tokens = np.repeat(costing.prompt_tokens([text]), len(cols))
         per_skill_cost = costing.expected_costs(arrays, tokens, cols[:, None], np.ones((len(cols), 1)))
@@ -389,8 +393,8 @@ class Handbook:
         return ConsultResult(
             skills=cards,
             agents=page,
-            insights=self._insights(mode, [shown[s].mode for s, _ in demands]),
-            skills_source=source if demands else _level(mode, source),  # as route_step words it (QA)
+            insights=self._insights(level_mode, [shown[s].mode for s, _ in demands]),
+            skills_source=source if demands else _level(level_mode, source),  # as route_step words it (QA)
             granularity=granularity,
             unavailable={**_unusable(arrays, mode, step_modes, bool(routed)), **(unavailable or {})},
             handbook_version=version,
@@ -407,6 +411,29 @@ class Handbook:
             shown[skill_id] = stored if stored is not None else arrays.skills[arrays.skill_index[skill_id]]
         return shown
 
+    def _granular(
+        self, arrays: HandbookArrays, matched: list[tuple[str, float]], request: RouteRequest
+    ) -> tuple[list[tuple[str, float]], str | None, str | None]:
+        """route_step's skills at its orchestrator's depth: only inferred ones (skills the caller names are its own
+        choice), with the mode the step is read in and the granularity's wording (None: no orchestrator named)."""
+        if request.orchestrator is None:
+            return matched, request.mode, None
+        if request.skills is not None:
+            return matched, request.mode, "as given (skills named by the caller are not coarsened)"
+        return self._at_depth(arrays, matched, request.mode, request.orchestrator)
+
+    def _at_depth(
+        self, arrays: HandbookArrays, demands: list[tuple[str, float]], mode: str | None, orchestrator: str | None
+    ) -> tuple[list[tuple[str, float]], str | None, str]:
+        """The step's skills at the depth stored for this orchestrator, the mode the step is then read in, and the
+        granularity's wording. Depth 0 reads the record of the step's mode (the one named, else the one most of its
+        skills' weight is in), not the agents' overall one (QA: it showed '*' rows and no mode insights)."""
+        coarse, granularity = self._coarsen(arrays, demands, orchestrator)
+        if coarse or mode or not demands:
+            return coarse, mode, granularity
+        heaviest = arrays.heaviest_modes(demands)
+        return [], next(iter(heaviest)) if len(heaviest) == 1 else None, granularity
+
     def _coarsen(
         self, arrays: HandbookArrays, demands: list[tuple[str, float]], orchestrator: str | None
     ) -> tuple[list[tuple[str, float]], str]:
@@ -415,7 +442,8 @@ class Handbook:
             return demands, "full"
         selections = self.store.selections()
         if orchestrator not in selections:
-            return demands, f"full (no selection stored for {orchestrator!r})"
+            hint = known_hint(orchestrator, list(selections)) if selections else "the handbook stores none"
+            return demands, f"full (no selection stored for {orchestrator!r}; {hint})"
         depth = selections[orchestrator]
         if depth <= 0:
             return [], f"depth 0 for {orchestrator!r} (mode level)"
@@ -423,7 +451,7 @@ class Handbook:
         merged: dict[str, float] = {}
         for skill_id, weight in demands:
             chain = [skill_id]
-            while by_id[chain[-1]].parent_id in by_id and len(chain) < 32:
+            while by_id[chain[-1]].parent_id in by_id and len(chain) < MAX_SKILL_DEPTH:
                 chain.append(by_id[chain[-1]].parent_id)  # type: ignore[arg-type]
             ancestor = chain[max(len(chain) - depth, 0)]
             merged[ancestor] = merged.get(ancestor, 0.0) + weight
@@ -460,8 +488,9 @@ class Handbook:
             for agent_id in request.allowed_agents:
                 if agent_id not in arrays.agent_index:
                     raise NotFound("agent (allowed_agents)", agent_id, arrays.agent_ids)
-        demands, source = self._demands(arrays, request.text, request.skills, request.mode)
-        cols, weights, labels = self._columns(arrays, demands, request.mode)
+        matched, source = self._demands(arrays, request.text, request.skills, request.mode)
+        demands, level_mode, granularity = self._granular(arrays, matched, request)
+        cols, weights, labels = self._columns(arrays, demands, level_mode)
         tokens = float(costing.prompt_tokens([request.text])[0]) + request.prompt_extra_chars / costing.CHARS_PER_TOKEN
         cost, known, c_ref = costing.step_costs(arrays, tokens, cols, weights)
         budgeted = request.session_id is not None and request.budget_usd is not None
@@ -474,8 +503,9 @@ class Handbook:
             # an agent the caller names (agent_id, or allowed_agents of one) is not second-guessed by a mode only
             # inferred; a broader allowed_agents keeps the rule among them (review: it let a search tool take sums)
             named = request.allowed_agents is not None and len(set(request.allowed_agents)) == 1 and not request.mode
-            step_modes = frozenset() if named else arrays.step_modes(request.mode, demands)
-            unusable = _unusable(arrays, request.mode, step_modes, any(w > 0 for _, w in demands))
+            # the skills matched, not their ancestors, decide the step's modes: coarsening never widens them
+            step_modes = frozenset() if named else arrays.step_modes(request.mode, matched)
+            unusable = _unusable(arrays, request.mode, step_modes, any(w > 0 for _, w in matched))
             eligible, excluded = self._eligibility(arrays, request, unusable, cost, known, spend)
             if not eligible.any():
                 named = next((e.reason for e in excluded if e.agent_id == request.named_agent), None)
@@ -512,7 +542,8 @@ class Handbook:
                 strategy=request.strategy,
                 lambda_=request.lambda_,
                 skills=[UsedSkill(skill_id=s, weight=w) for s, w in demands],
-                skills_source=source if demands else _level(request.mode, source),
+                skills_source=source if demands else _level(level_mode, source),
+                granularity=granularity,
                 candidates=candidates,
                 excluded=excluded,
                 c_ref_usd=c_ref or None,
@@ -529,7 +560,7 @@ class Handbook:
                     "session_id": request.session_id,
                     "budget_usd": request.budget_usd,
                     "agent_id": decision.agent_id,
-                    "mode": request.mode,
+                    "mode": level_mode,  # a step read at mode level files its outcome under that mode's record
                     "skills": [[s, w] for s, w in demands],
                     "strategy": request.strategy,
                     "lambda": request.lambda_,

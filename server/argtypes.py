@@ -53,9 +53,11 @@ def seed_arg(text: str) -> int:
 
 
 def name_arg(text: str) -> str:
-    if not text.strip() or len(text) > ID_MAX:
+    """A name as the MCP tools take one: stripped (QA: learn stored '  Padded  ', which consult, stripping the name
+    it is sent, never found)."""
+    if not text.strip() or len(text.strip()) > ID_MAX:
         raise argparse.ArgumentTypeError(f"expected a non-empty name of at most {ID_MAX} characters")
-    return text
+    return text.strip()
 
 
 def version_arg(text: str) -> int:

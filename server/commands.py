@@ -166,6 +166,9 @@ def handbook_show(args: argparse.Namespace) -> int:
                 lines.append(f"{indent}{skill.id}: {skill.description}{_best_on(arrays, skill.id)}")
     for agent in document.agents:
         lines.append(_agent_line(arrays, arrays.agent_index[agent.id], agent))  # the arrays order agents by id
+    if document.selections:  # what consult_handbook's and route_step's `orchestrator` read
+        chosen = ", ".join(f"{name} {depth}" for name, depth in sorted(document.selections.items()))
+        lines.append(f"depth selected per orchestrator: {chosen}")
     print("\n".join(one_line(line) for line in lines))  # a file's texts may hold escapes: inert on a terminal
     return 0
 

@@ -87,7 +87,8 @@ def add_learn_arguments(parser: argparse.ArgumentParser) -> None:
         type=name_arg,
         default=None,
         metavar="NAME",
-        help="also store the selected depth under this name (consult_handbook's `orchestrator`)",
+        help="also store the selected depth under this name (the `orchestrator` of consult_handbook, route_step and "
+        "delegate); other names' selections are kept",
     )
 
 
@@ -395,11 +396,17 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
     ]
     if m.get("orchestrator"):  # QA: said so of a version stored only, whose selection consult does not read
         reads = (
-            f"consult_handbook with orchestrator={m['orchestrator']!r} reads the handbook at that depth"
+            f"consult_handbook, route_step and delegate with orchestrator={m['orchestrator']!r} read steps at "
+            "that depth"
             if m.get("went_live", True)
-            else "consult_handbook reads it at that depth once this version is promoted (it is not live)"
+            else "the tools read steps at that depth once this version is promoted (it is not live)"
         )
         lines.append(f"Depth {m['depth']} stored for orchestrator {m['orchestrator']!r}: {reads}.")
+    if m.get("selections_kept"):
+        from skillorchestra.server.jobs import selections_kept
+
+        kept = selections_kept(m["selections_kept"])
+        lines.append(f"{kept[0].upper()}{kept[1:]} (`handbook export` then `import` edits them).")
     if m.get("reported_while_learning"):  # review: the CLI printed no word of them
         from skillorchestra.server.jobs import reported_while_learning
 
@@ -543,7 +550,20 @@ def diff_lines(
         (m0, n0), (m1, n1) = c_old[(agent, skill)], c_new[(agent, skill)]
         lines.append(f"  {agent} on {skill}: {m0:.2f} (n {n0:.0f}) -> {m1:.2f} (n {n1:.0f})  {delta:+.2f}")
     lines += _length_diff(old, new)
+    lines += _selections_diff(old.selections, new.selections)
     lines += _metric_lines(a, b, info[a]["metrics"], info[b]["metrics"])
+    return lines
+
+
+def _selections_diff(old: dict[str, int], new: dict[str, int]) -> list[str]:
+    """The orchestrators' depth selections the versions differ by (QA: a dropped one went unmentioned)."""
+    if old == new:
+        return [f"orchestrator depth selections: unchanged ({len(new)})"] if new else []
+    lines = ["orchestrator depth selections:"]
+    for name in sorted(set(old) | set(new)):
+        if old.get(name) != new.get(name):
+            before, after = (f"depth {s[name]}" if name in s else "none" for s in (old, new))
+            lines.append(f"  {name}: {before} -> {after}")
     return lines
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from skillorchestra.handbook.errors import InvalidInput, counted, named
-from skillorchestra.handbook.models import Agent, Competence, HandbookDocument, Mode
+from skillorchestra.handbook.models import DEFAULT_SELECTION, Agent, Competence, HandbookDocument, Mode
 from skillorchestra.handbook.store import NOT_LIVE_MARK, HandbookStore
 
 if TYPE_CHECKING:  # numpy and the learning stack load only when something is learned
@@ -222,8 +222,11 @@ def learn_into_store(
         result = learn_with_llm(tasks, prices, **learner, **options)
     document = result.document
     depth = int(result.metrics["depth"])
-    if orchestrator:
-        document = document.model_copy(update={"selections": {**document.selections, orchestrator: depth}})
+    # the live handbook's selections for other orchestrators are kept, and said so: a learn for one orchestrator
+    # had dropped every other's silently (QA)
+    kept = {name: d for name, d in store.selections().items() if name not in (DEFAULT_SELECTION, orchestrator)}
+    selections = {**kept, **document.selections, **({orchestrator: depth} if orchestrator else {})}
+    document = document.model_copy(update={"selections": selections})
     if events_read is not None:
         document = keep_live_agents(document, store.agents(), store.modes())
     basis, unknown = cost_basis(tasks, prices)
@@ -236,6 +239,7 @@ def learn_into_store(
             "cost_basis": basis,
             "cost_unknown_agents": unknown,
             "orchestrator": orchestrator,
+            "selections_kept": kept,
             "candidates": candidates,
             "pareto_front": [c["name"] for c in candidates if c["pareto"]],
             "seconds": round(result.seconds, 3),
@@ -260,6 +264,7 @@ def learn_into_store(
         f"{metrics['n_skills']} skills ('{result.selected}', depth {depth}) at lambda {lambda_:g}, seed {seed}"
         + (", with a length effect" if document.length_effect is not None else "")
         + (f", selection stored for orchestrator {orchestrator!r}" if orchestrator else "")
+        + (f"; {selections_kept(kept)}" if kept else "")
     )
     note = result.metrics.get("discovery_note")
     if note:
@@ -323,6 +328,12 @@ def priced_without_outcomes(agents: Sequence[str], price_source: str) -> str:
         f"{counted(len(agents), 'agent')} with prices (from {price_source}) but no outcomes in the data left out "
         f"({named(agents, DROPPED_NAMED)})"
     )
+
+
+def selections_kept(kept: Mapping[str, int]) -> str:
+    """The live handbook's depth selections for other orchestrators that a learned version carries on."""
+    shown = ", ".join(f"{name!r} (depth {depth})" for name, depth in sorted(kept.items()))
+    return f"kept the live handbook's depth selections of {counted(len(kept), 'other orchestrator')}: {shown}"
 
 
 def reported_while_learning(late: int, went_live: bool) -> str:

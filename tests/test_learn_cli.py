@@ -77,7 +77,7 @@ def test_learn_prints_skills_candidates_selection_and_writes_a_version(
     assert "prices from" in out and "beside the data" in out
     assert "candidate" in out and "accuracy [95% CI]" in out and "* " in out
     assert "Selected '" in out and "Pareto front" in out
-    assert "stored for orchestrator 'small': consult_handbook with orchestrator='small' reads" in out
+    assert "for orchestrator 'small': consult_handbook, route_step and delegate with orchestrator='small' read" in out
     store = HandbookStore(db)
     try:
         assert store.current_version() == 2

@@ -225,14 +225,14 @@ def test_the_orchestrator_depth_line_says_when_consult_reads_it(
     assert code == 0 and "did NOT make it live" in out, err
     line = next(x for x in out.splitlines() if x.startswith("Depth "))
     assert line.endswith(
-        "stored for orchestrator 'bot': consult_handbook reads it at that depth once this version is promoted "
+        "stored for orchestrator 'bot': the tools read steps at that depth once this version is promoted "
         "(it is not live)."
     )
     code, out, err = run([*args, "--db", str(tmp_path / "new.db")], capsys)
     assert code == 0 and "it is live now." in out, err
     assert (
-        "stored for orchestrator 'bot': consult_handbook with orchestrator='bot' reads the handbook at that depth."
-        in (out)
+        "stored for orchestrator 'bot': consult_handbook, route_step and delegate with orchestrator='bot' read steps "
+        "at that depth." in (out)
     )
 
 

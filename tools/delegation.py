@@ -22,6 +22,7 @@ from skillorchestra.tools.routing import (
     Lambda,
     MaxCost,
     Mode,
+    Orchestrator,
     SessionId,
     Skills,
     StepText,
@@ -65,6 +66,7 @@ async def delegate(
         OptionalId,
         Field(description="Carry out this route_step decision (its agent must be one the server can call)"),
     ] = None,
+    orchestrator: Orchestrator = None,
 ) -> DelegateResult:
     """Route the step (unless agent_id is given), call the agent, return its answer with cost and latency.
 
@@ -85,6 +87,7 @@ async def delegate(
         "budget_usd": budget_usd,
         "top_k": top_k,
         "seed": seed,
+        "orchestrator": orchestrator,
     }
     if decision_id is not None:
         _refuse_routing(decision_id, agent_id=agent_id, **routing)

@@ -76,7 +76,7 @@ def learn_handbook(
     seed: Seed = 0,
     orchestrator: Annotated[
         OptionalId,
-        Field(description="store the selected granularity under this name (consult_handbook's orchestrator)"),
+        Field(description="store the selected depth under this name (what the routing tools take as orchestrator)"),
     ] = None,
 ) -> LearnJobStatus:
     """Start learning a new handbook from this server's recorded steps and outcomes; returns a job id at once.

@@ -51,6 +51,10 @@ Strategy = Annotated[
 ]
 AllowedAgents = Annotated[list[Id] | None, Field(max_length=500, description="Choose only among these agents")]
 SessionId = Annotated[OptionalId, Field(description="One id for all steps of a task: their spend counts to budget_usd")]
+Orchestrator = Annotated[
+    OptionalId,
+    Field(description="Your name: skills inferred at the depth learned for you"),
+]
 
 
 # A demand as a client sends it: strict like every top-level argument (see schemas.strict_arguments), so "0.5" or
@@ -93,9 +97,7 @@ def consult_handbook(
     ctx: Context,
     mode: Mode = None,
     top_k: SkillsShown = 5,
-    orchestrator: Annotated[
-        OptionalId, Field(description="Your name: skills at the granularity learned for you")
-    ] = None,
+    orchestrator: Orchestrator = None,
     cursor: Annotated[str | None, Field(max_length=64)] = None,
     agents_per_skill: Annotated[
         int, Field(ge=1, le=500, description="At most this many agents per skill, the most competent first")
@@ -134,6 +136,7 @@ async def route_step(
     seed: Annotated[
         int | None, Field(ge=0, le=MAX_SEED, description="Seed for thompson sampling (reproducible choices)")
     ] = None,
+    orchestrator: Orchestrator = None,
 ) -> RouteDecision:
     """Choose the agent for one step: argmax of sum_s w_s * competence (+ the learned length shift, when the
     handbook has one) - lambda * cost / c_ref.
@@ -154,6 +157,7 @@ async def route_step(
         top_k=top_k,
         seed=seed,
         unavailable=state.unavailable_agents(),
+        orchestrator=orchestrator,
     )
     decision = await anyio.to_thread.run_sync(_route_marking_delegable, state.handbook, request)
     try:  # the thread ran shielded: a cancellation that came meanwhile is raised here, where the decision is known

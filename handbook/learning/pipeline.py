@@ -39,7 +39,7 @@ from skillorchestra.handbook.learning.refine import RefineParams, Step, refine
 from skillorchestra.handbook.learning.replay import task_modes
 from skillorchestra.handbook.learning.selection import CandidateReport, report, select
 from skillorchestra.handbook.learning.taxonomy import DEFAULT_MODE, Taxonomy
-from skillorchestra.handbook.models import DESCRIPTION_MAX, Agent, HandbookDocument, Mode
+from skillorchestra.handbook.models import DEFAULT_SELECTION, DESCRIPTION_MAX, Agent, HandbookDocument, Mode
 from skillorchestra.handbook.traces import AgentPrice, TraceTask
 
 Progress = Callable[[float, str], None]
@@ -311,7 +311,7 @@ def learn(
     document = document.model_copy(
         update={
             "description": description[:DESCRIPTION_MAX],
-            "selections": {"default": depth},
+            "selections": {DEFAULT_SELECTION: depth},
             "labeller": chosen.labeller.to_json(),
         }
     )

@@ -1,0 +1,156 @@
+"""The depth selected per orchestrator: consult_handbook and route_step read a step at it, learn keeps the others'
+selections, and import, diff and show treat them as part of the handbook (orchestrator-transfer QA)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fake_openai import FakeOpenAI
+from mcp import Client
+from mcp_calls import call, loaded, refused
+from test_learn_cli import labelled, run  # noqa: F401 (a fixture)
+from test_service import DOCUMENT, TTL, Clock, reasons
+
+from skillorchestra.handbook.models import HandbookDocument, SkillDemand
+from skillorchestra.handbook.service import Handbook, HandbookSettings, OutcomeReport, RouteRequest
+from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.server.app import create_server
+
+DEPTHS = {"default": 2, "coarse": 1, "modal": 0}
+PYTHON_STEP = "write python functions and scripts"
+
+
+@pytest.fixture
+def book(tmp_path: Path) -> Handbook:
+    store = HandbookStore(tmp_path / "h.db")
+    store.create_version(DOCUMENT.model_copy(update={"selections": DEPTHS}), source="test")
+    return Handbook(store, HandbookSettings(decision_ttl_s=TTL), clock=Clock())
+
+
+def test_route_step_reads_inferred_skills_at_the_orchestrators_depth_as_consult_shows_them(book: Handbook) -> None:
+    full = book.route(RouteRequest(text=PYTHON_STEP, lambda_=0.0))
+    assert "code.python" in [s.skill_id for s in full.skills] and full.granularity is None
+    assert "granularity" not in full.model_dump(mode="json")  # no token for an orchestrator that did not name itself
+    coarse = book.route(RouteRequest(text=PYTHON_STEP, lambda_=0.0, orchestrator="coarse"))
+    assert [(s.skill_id, s.weight) for s in coarse.skills] == [("code", 1.0)]
+    assert coarse.granularity == "depth 1 for 'coarse'"
+    consulted = book.consult(PYTHON_STEP, orchestrator="coarse")
+    assert [card.skill_id for card in consulted.skills] == ["code"] and consulted.granularity == coarse.granularity
+    named = book.route(RouteRequest(text=PYTHON_STEP, skills=[SkillDemand(skill_id="code.python", weight=1.0)],
+                                    lambda_=0.0, orchestrator="coarse"))  # fmt: skip
+    assert [s.skill_id for s in named.skills] == ["code.python"]  # the caller's own choice is not coarsened
+    assert named.granularity is not None and named.granularity.startswith("as given")
+
+
+def test_depth_zero_reads_the_steps_mode_record_with_its_insights_and_files_the_outcome_there(
+    book: Handbook,
+) -> None:
+    """QA: depth 0, 'mode level', showed the agents' overall records ('*') and none of the mode's insights."""
+    consulted = book.consult(PYTHON_STEP, orchestrator="modal")
+    assert consulted.skills == [] and {row.skill_id for row in consulted.agents} == {"@code"}
+    assert consulted.insights == ["[code] prefer the cheap model for boilerplate"]
+    assert consulted.skills_source.startswith("mode level")
+    decision = book.route(RouteRequest(text=PYTHON_STEP, lambda_=0.0, orchestrator="modal"))
+    assert decision.skills == [] and decision.skills_source.startswith("mode level")
+    assert {label for c in decision.candidates for label in c.contributions} == {"@code"}
+    assert "searcher" in reasons(decision.excluded)  # still a code step: the mode rule reads the skills matched
+    updated = book.record(OutcomeReport(decision_id=decision.decision_id, success=True)).updated
+    assert [u.skill_id for u in updated] == ["@code"]  # the label route_step showed is the record it updates
+
+
+def test_a_mode_level_step_is_labelled_as_record_outcome_names_its_record(book: Handbook) -> None:
+    """Review: route_step said 'mode:search' of the record record_outcome then called '@search'."""
+    decision = book.route(RouteRequest(text="zebra marmalade", mode="search", lambda_=0.0))
+    assert {label for c in decision.candidates for label in c.contributions} == {"@search"}
+    updated = book.record(OutcomeReport(decision_id=decision.decision_id, success=True)).updated
+    assert [u.skill_id for u in updated] == ["@search"]
+
+
+def test_an_orchestrator_without_a_selection_is_told_the_stored_names(book: Handbook) -> None:
+    granularity = book.consult(PYTHON_STEP, orchestrator="Coarse").granularity
+    assert granularity.startswith("full (no selection stored for 'Coarse'; closest known: coarse")
+    decision = book.route(RouteRequest(text=PYTHON_STEP, lambda_=0.0, orchestrator="Coarse"))
+    assert decision.granularity == granularity and "code.python" in [s.skill_id for s in decision.skills]
+
+
+@pytest.mark.parametrize(
+    ("selections", "says"),
+    [
+        ({"x": -1}, "greater than or equal to 0"),
+        ({"x": 33}, "less than or equal to 32"),
+        ({"": 1}, "at least 1 character"),
+        ({"n" * 201: 1}, "at most 200 characters"),
+    ],
+)
+def test_import_refuses_a_selection_consult_could_never_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], selections: dict[str, int], says: str
+) -> None:
+    document = json.loads(DOCUMENT.model_dump_json())
+    path = tmp_path / "doc.json"
+    path.write_text(json.dumps({**document, "selections": selections}), encoding="utf-8")
+    code, _, err = run(["handbook", "import", str(path), "--db", str(tmp_path / "h.db")], capsys)
+    assert code == 2 and "selections" in err and says in err, err
+    assert not (tmp_path / "h.db").exists()
+    with pytest.raises(ValueError):  # the model itself, so every way in refuses it
+        HandbookDocument.model_validate({**document, "selections": selections})
+
+
+def test_a_padded_selection_name_is_stored_as_the_tools_will_send_it(tmp_path: Path) -> None:
+    document = HandbookDocument.model_validate({**json.loads(DOCUMENT.model_dump_json()), "selections": {" a ": 1}})
+    assert document.selections == {"a": 1}
+
+
+def test_learn_keeps_other_orchestrators_selections_and_diff_and_show_list_them(
+    labelled: Path,  # noqa: F811 (the fixture)
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """QA: a learn for one orchestrator dropped every other's selection, and nothing listed selections."""
+    db = tmp_path / "h.db"
+    learn = ["learn", "--data", str(labelled), "--db", str(db), "--matcher", "lexical"]
+    code, _, err = run([*learn, "--orchestrator", "  small  "], capsys)  # stripped, as the tools strip it
+    assert code == 0, err
+    first = HandbookStore(db).selections()
+    assert set(first) == {"default", "small"}
+    code, out, err = run([*learn, "--orchestrator", "big", "--lambda", "0.3"], capsys)
+    assert code == 0, err
+    store = HandbookStore(db)
+    try:
+        assert store.selections()["small"] == first["small"] and set(store.selections()) == {"default", "small", "big"}
+        kept = f"Kept the live handbook's depth selections of 1 other orchestrator: 'small' (depth {first['small']})"
+        assert kept in out
+        assert "kept the live handbook's depth selections" in store.versions()[-1]["summary"]
+        assert store.versions()[-1]["metrics"]["selections_kept"] == {"small": first["small"]}
+    finally:
+        store.close()
+    code, out, _ = run(["handbook", "diff", "2", "3", "--db", str(db)], capsys)
+    assert code == 0 and "orchestrator depth selections:" in out
+    assert f"  big: none -> depth {HandbookStore(db).selections()['big']}" in out and "  small:" not in out
+    code, out, _ = run(["handbook", "show", "--db", str(db)], capsys)
+    assert code == 0 and "depth selected per orchestrator: big " in out and f"small {first['small']}" in out
+
+
+@pytest.mark.anyio
+async def test_route_step_and_delegate_read_the_step_at_the_orchestrators_depth_over_mcp(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    store = HandbookStore(tmp_path / "h.db")
+    store.create_version(DOCUMENT.model_copy(update={"selections": DEPTHS}), source="test")
+    store.close()
+    toml = f'[agents.cheap]\nmodel = "openai/cheap-model"\napi_base = "{fake_openai.api_base}"\n'
+    settings = loaded(tmp_path, toml)  # connection settings for the handbook's agent 'cheap'
+    async with Client(create_server(settings)) as client:
+        routed = await call(client, "route_step", {"text": PYTHON_STEP, "orchestrator": "coarse", "lambda_": 0})
+        assert [s["skill_id"] for s in routed["skills"]] == ["code"] and routed["granularity"] == "depth 1 for 'coarse'"
+        plain = await call(client, "route_step", {"text": PYTHON_STEP})
+        assert "granularity" not in plain  # no orchestrator named: no field
+        args = {"text": PYTHON_STEP, "agent_id": "cheap", "orchestrator": "coarse"}
+        delegated = await call(client, "delegate", args)
+        assert [s["skill_id"] for s in delegated["routing"]["skills"]] == ["code"]
+        assert delegated["routing"]["granularity"] == "depth 1 for 'coarse'"
+        refusal = await refused(client, "delegate", {"text": "x", "decision_id": routed["decision_id"], **args})
+        assert "agent_id" in refusal or "orchestrator" in refusal  # a carried-out decision fixed its routing
+        only = {"text": "x", "decision_id": routed["decision_id"], "orchestrator": "coarse"}
+        assert "expected no orchestrator with decision_id" in await refused(client, "delegate", only)
