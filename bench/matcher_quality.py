@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 from skillorchestra.handbook.datasets import convert_llmrouter
+from skillorchestra.handbook.example import example_document
 from skillorchestra.handbook.matcher import LexicalMatcher
 from skillorchestra.handbook.semantic import SemanticMatcher
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.handbook.traces import read_tasks
-from skillorchestra.server.example import example_document
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "llmrouter"
 FAMILY_TO_SKILL = {  # the example handbook's leaves (scripts/build_example_handbook.py)

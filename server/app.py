@@ -28,6 +28,7 @@ from mcp.types import INVALID_PARAMS
 
 from skillorchestra.handbook.embedding import locate_minilm_weights
 from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.example import seed_example_if_new
 from skillorchestra.handbook.inference import HandbookMatcher
 from skillorchestra.handbook.matcher import LexicalMatcher
 from skillorchestra.handbook.models import TEXT_MAX
@@ -37,7 +38,6 @@ from skillorchestra.handbook.sqlite_file import file_trouble
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.breaker import CircuitBreaker
 from skillorchestra.server.delegation import Delegator
-from skillorchestra.server.example import seed_example_if_new
 from skillorchestra.server.prompts import register_prompts
 from skillorchestra.server.resources import register_resources
 from skillorchestra.server.settings import ServerSettings

@@ -118,7 +118,7 @@ DOCUMENT_KEYS = ("format", "schema_version", "version", "modes", "skills", "agen
 
 
 def handbook_import(args: argparse.Namespace) -> int:
-    from skillorchestra.server.example import example_document
+    from skillorchestra.handbook.example import example_document
 
     if args.example == bool(args.file):
         raise InvalidInput("file", args.file, "either a FILE or --example")

@@ -462,7 +462,7 @@ def _cost_line(m: dict[str, Any]) -> str:
         if m["prices"] == "none":
             why = "no cost_usd in the data and no prices"
         else:  # prices were given, for other agents than the data's
-            from skillorchestra.server.jobs import AGENTS_NAMED
+            from skillorchestra.handbook.learning.gate import AGENTS_NAMED
 
             agents = named(m["agents"], AGENTS_NAMED)
             why = f"no cost_usd in the data, and the prices from {m['prices']} cover none of its agents ({agents})"

@@ -489,9 +489,9 @@ def test_shares_title_fits_and_the_legend_sits_readable_under_the_axes(plt: Any)
 def test_eval_refuses_a_users_handbook_as_its_db(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """QA: `eval --db` on the user's handbook replaced its live version with eval's replay and filled its log."""
     from skillorchestra.handbook.errors import InvalidInput
+    from skillorchestra.handbook.example import seed_example_if_new
     from skillorchestra.handbook.models import HandbookDocument
     from skillorchestra.server.commands_eval import _check_db
-    from skillorchestra.server.example import seed_example_if_new
 
     users = tmp_path / "handbook.db"
     store = HandbookStore(users)

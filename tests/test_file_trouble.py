@@ -19,11 +19,11 @@ from mcp import Client, StdioServerParameters
 from raw_jsonrpc import OPENING, tool_call
 
 from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.example import seed_example_if_new
 from skillorchestra.handbook.models import Agent, HandbookDocument, Mode, Skill
 from skillorchestra.handbook.service import Handbook, OutcomeReport, RouteRequest
 from skillorchestra.handbook.sqlite_file import SqliteFile
 from skillorchestra.handbook.store import HandbookStore
-from skillorchestra.server.example import seed_example_if_new
 from skillorchestra.tools.common import tool_error
 
 BIN = Path(sys.executable).parent

@@ -12,13 +12,13 @@ from mcp import Client
 from test_learn_cli import canonical, run, write_data
 from test_learn_tools import call, wait_done
 
+from skillorchestra.handbook.example import example_document, seed_example_if_new
 from skillorchestra.handbook.learning.discovery import DiscoveryParams
 from skillorchestra.handbook.learning.pipeline import learn
 from skillorchestra.handbook.service import Handbook, OutcomeReport, RouteRequest
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.handbook.traces import AgentOutcome, TraceTask
 from skillorchestra.server.app import create_server
-from skillorchestra.server.example import example_document, seed_example_if_new
 from skillorchestra.server.settings import ServerSettings
 
 TWO = ("gemma-2-9b-it", "llama-3.1-nemotron-51b-instruct")  # two of the example handbook's nine agents
@@ -254,8 +254,8 @@ def test_a_price_file_for_other_agents_is_named(tmp_path: Path, capsys: pytest.C
 def test_a_disabled_agent_with_evidence_does_not_hold_a_learned_version_back() -> None:
     """A retired (disabled) agent takes no steps, so no log ever holds its outcomes: it blocked every learned
     version from going live (final review)."""
+    from skillorchestra.handbook.learning.gate import agents_back_on_prior
     from skillorchestra.handbook.models import Agent, Competence, HandbookDocument
-    from skillorchestra.server.jobs import agents_back_on_prior
 
     evidence = [Competence(agent_id="old", skill_id="*", alpha=9.0, beta=3.0)]
     retired = HandbookDocument(agents=[Agent(id="a1"), Agent(id="old", enabled=False)])

@@ -13,13 +13,13 @@ import pytest
 from mcp import Client
 
 from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.example import example_document
 from skillorchestra.handbook.models import Agent, HandbookDocument
 from skillorchestra.handbook.retention import parse_cutoff, prune
 from skillorchestra.handbook.service import Handbook, OutcomeReport, RouteRequest
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.app import create_server
 from skillorchestra.server.cli import main
-from skillorchestra.server.example import example_document
 from skillorchestra.server.settings import ServerSettings
 
 STEPS = [

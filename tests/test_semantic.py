@@ -12,11 +12,11 @@ import pytest
 
 from skillorchestra.handbook import semantic
 from skillorchestra.handbook.embedding import load_default_embedder
+from skillorchestra.handbook.example import example_document
 from skillorchestra.handbook.models import Skill
 from skillorchestra.handbook.semantic import SemanticMatcher
 from skillorchestra.handbook.service import Handbook
 from skillorchestra.handbook.store import HandbookStore
-from skillorchestra.server.example import example_document
 
 EMBEDDER, WHY = load_default_embedder()
 needs_weights = pytest.mark.skipif(EMBEDDER is None, reason=f"MiniLM weights not installed: {WHY}")

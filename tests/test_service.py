@@ -1251,7 +1251,7 @@ def test_a_budget_without_a_session_is_refused_not_taken_as_a_cap_of_the_step(bo
 def test_consult_shows_the_skill_weights_route_step_uses(tmp_path: Path) -> None:
     """QA: consult (5 skills, renormalised) and route_step (3) gave the same step different weights, and consult
     named a skill route_step dropped. Cards now carry route_step's weights; skills beyond its three show 0."""
-    from skillorchestra.server.example import seed_example_if_new
+    from skillorchestra.handbook.example import seed_example_if_new
 
     store = HandbookStore(tmp_path / "example.db")
     seed_example_if_new(store)

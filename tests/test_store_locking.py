@@ -330,7 +330,7 @@ def test_opening_a_migrated_file_reads_it_without_waiting_for_another_connection
 def test_a_new_file_another_process_is_filling_is_served_without_the_example(tmp_path: Path) -> None:
     """Review: a server starting on a new file while a learn or an import held its write lock waited the busy
     timeout to seed the example, then failed to start. It starts without it: that process is filling the file."""
-    from skillorchestra.server.example import seed_example_if_new
+    from skillorchestra.handbook.example import seed_example_if_new
 
     path = tmp_path / "new.db"
     HandbookStore(path).close()  # created and migrated: pristine
@@ -372,7 +372,7 @@ def test_servers_started_at_once_on_a_new_file_seed_the_example_once(tmp_path: P
     """QA: servers started together each saw a pristine file and seeded it (versions 2, 3 and 4 all examples)."""
     import threading
 
-    from skillorchestra.server.example import seed_example_if_new
+    from skillorchestra.handbook.example import seed_example_if_new
 
     db = tmp_path / "new.db"
     HandbookStore(db).close()

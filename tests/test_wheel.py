@@ -33,7 +33,7 @@ def test_wheel_installs_into_a_fresh_venv_and_imports(tmp_path: Path) -> None:
     code = (
         "import sys; sys.path.append(sys.argv[1]);"
         "import skillorchestra.handbook.service, skillorchestra.tools, skillorchestra.server.app as app;"
-        "from skillorchestra.server.example import example_document;"
+        "from skillorchestra.handbook.example import example_document;"
         "print(app.__file__, len(example_document().skills))"
     )
     out = subprocess.run([python, "-c", code, deps], check=True, capture_output=True, text=True, timeout=120)
