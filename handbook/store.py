@@ -119,13 +119,13 @@ class OutcomeEffect:
     agent_deleted: bool = False  # the decision's agent was deleted since (perhaps added again): nothing applied
 
 
-# what a decision has spent or holds of its session's budget (session_spend): its reported cost, else its delegated
-# call's, else (expired with neither a call nor a report) nothing, else its expected cost; NULL when that is unknown
-# too (the reader charges its own figure). One parameter: now.
 _REPORTED_STEPS = (  # graded reports of steps whose text was kept: learning from the event log reads these
     "decisions d JOIN outcomes o ON o.decision_id = d.id WHERE d.text IS NOT NULL AND d.text != ''"
     " AND o.reward IS NOT NULL AND COALESCE(o.error_class, 'task') = 'task'"
 )
+# what a decision has spent or holds of its session's budget (session_spend): its reported cost, else its delegated
+# call's, else (expired with neither a call nor a report) nothing, else its expected cost; NULL when that is unknown
+# too (the reader charges its own figure). One parameter: now.
 _KNOWN_SPEND = (
     "COALESCE(o.cost_usd, d.call_cost_usd, CASE WHEN o.decision_id IS NULL AND d.call_latency_s IS NULL"
     " AND d.expires_at <= ? THEN 0 ELSE d.expected_cost_usd END)"
