@@ -17,6 +17,7 @@ from skillorchestra.handbook.atomic_file import write_text_atomic
 from skillorchestra.handbook.errors import InvalidInput, counted
 from skillorchestra.handbook.evaluation import DEFAULT_EPISODES, MAX_EPISODES
 from skillorchestra.server.argtypes import count_arg, lambda_arg, path_arg, seed_arg
+from skillorchestra.server.outputs import progress_shown
 
 if TYPE_CHECKING:  # the evaluation stack (numpy, the service) loads only when eval runs, not for every command
     from skillorchestra.handbook.embedding import Embedder
@@ -199,7 +200,8 @@ def _embedder(args: argparse.Namespace, tasks: list[TraceTask]) -> tuple[Embedde
 
 
 def _progress(fraction: float, message: str) -> None:
-    print(f"\r{message}", end="", file=sys.stderr, flush=True)
+    if progress_shown():
+        print(f"\r{message}", end="", file=sys.stderr, flush=True)
 
 
 def _json_default(value: object) -> object:

@@ -27,6 +27,7 @@ from skillorchestra.server.argtypes import (
     version_arg,
 )
 from skillorchestra.server.commands import db_path, existing_store, removed_if_refused, warn_unconnected
+from skillorchestra.server.outputs import progress_shown
 
 if TYPE_CHECKING:
     from skillorchestra.handbook.traces import AgentPrice, TraceTask
@@ -252,7 +253,8 @@ def _learn_into(
 
 
 def _progress(fraction: float, message: str) -> None:
-    print(f"learn: [{fraction * 100:3.0f}%] {message}", file=sys.stderr, flush=True)
+    if progress_shown():
+        print(f"learn: [{fraction * 100:3.0f}%] {message}", file=sys.stderr, flush=True)
 
 
 # -- rendering ------------------------------------------------------------------------------------------------

@@ -49,3 +49,4 @@ def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OneLineFormatter(LOG_FORMAT))
     logging.basicConfig(level=level, handlers=[handler])
+    logging.getLogger().setLevel(level)  # also where a host (or pytest) configured logging first: basicConfig left it

@@ -7,6 +7,7 @@ command leaves nothing behind and an accepted one finds the path as it was.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import sys
@@ -76,3 +77,9 @@ def write_stdout_utf8(text: str) -> None:
     sys.stdout.flush()
     buffer.write(text.encode("utf-8"))
     buffer.flush()
+
+
+def progress_shown() -> bool:
+    """Progress lines on stderr are shown unless --log-level asks for less than warnings (ERROR or CRITICAL): a
+    script that wants stderr for errors alone gets them (QA: learn's progress ignored --log-level)."""
+    return logging.getLogger().getEffectiveLevel() <= logging.WARNING

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -548,3 +549,19 @@ def test_learn_over_agents_loaded_into_the_initial_handbook_says_how_to_undo_it(
         assert store.is_empty_initial(1)
     finally:
         store.close()
+
+
+def test_log_level_error_keeps_learn_and_eval_progress_off_stderr(
+    labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """QA: learn's progress lines ignored --log-level; a script asking for errors alone got pages of them."""
+    root = logging.getLogger()
+    before = root.level
+    try:
+        args = ["learn", "--data", str(labelled), "--db", str(tmp_path / "h.db"), "--matcher", "lexical"]
+        code, out, err = run([*args, "--log-level", "ERROR"], capsys)
+        assert code == 0 and "Selected '" in out and err == "", err
+        code, _, err = run([*args, "--log-level", "INFO"], capsys)
+        assert code == 0 and "learn: [100%] handbook learned" in err
+    finally:
+        root.setLevel(before)
