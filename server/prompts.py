@@ -8,6 +8,8 @@ from typing import Annotated
 from mcp.server import MCPServer
 from pydantic import Field
 
+from skillorchestra.handbook.models import ID_MAX
+
 ORCHESTRATE = """\
 You are orchestrating a multi-step task with a pool of backend agents whose competence and cost per skill
 are kept in a Skill Handbook (the skillorchestra MCP server). Goal:
@@ -40,10 +42,21 @@ routing honest.
 Stop when the goal is reached; summarise the answer, the agents used and the total cost.
 """
 
+# with the prompt's orchestrator argument: the depth a handbook stores for that model reaches every call
+AS_ORCHESTRATOR = """
+Pass orchestrator="{orchestrator}" to consult_handbook, route_step and delegate: they then read each step's skills at
+the depth learned for you (their granularity field says which)."""
+
 
 def register_prompts(server: MCPServer) -> None:
     @server.prompt(name="orchestrate", description="Run a task step by step with the Skill Handbook's routing loop")
     def orchestrate(
         goal: Annotated[str, Field(description="The task to carry out, in your own words (what done looks like)")],
+        orchestrator: Annotated[
+            str | None, Field(description="The orchestrator model's name, when the handbook stores a depth for it")
+        ] = None,
     ) -> str:
-        return ORCHESTRATE.format(goal=goal.strip())  # a blank goal is refused before this (app._check_prompt_request)
+        text = ORCHESTRATE.format(goal=goal.strip())  # a blank goal is refused before this (app._check_prompt_request)
+        if orchestrator and orchestrator.strip():
+            text += AS_ORCHESTRATOR.format(orchestrator=orchestrator.strip()[:ID_MAX])
+        return text

@@ -344,8 +344,10 @@ async def test_a_cursor_on_a_list_that_has_one_page_is_invalid_params(mcp_client
 
 async def test_the_prompts_argument_is_described(mcp_client: Client) -> None:
     (prompt,) = (await mcp_client.list_prompts()).prompts
-    (goal,) = prompt.arguments or []
+    goal, orchestrator = prompt.arguments or []
     assert goal.name == "goal" and goal.required and "task" in (goal.description or "")
+    assert orchestrator.name == "orchestrator" and not orchestrator.required
+    assert "depth" in (orchestrator.description or "")
 
 
 async def test_a_prompt_without_its_required_argument_is_invalid_params_naming_it(mcp_client: Client) -> None:
@@ -463,6 +465,10 @@ async def test_resources_and_prompt(mcp_client: Client) -> None:
     assert "plan a trip" in text and "record_outcome" in text and "route_step" in text
     # delegate routes by itself: a loop that routed first and then delegated would make two decisions per step
     assert "never both for one step" in text and "route_step(" in text.split("delegate(", 1)[1]
+    assert "orchestrator=" not in text  # told only to a model with a name for its learned depth
+    named = await mcp_client.get_prompt("orchestrate", {"goal": "plan a trip", "orchestrator": " qwen2.5-3b "})
+    text = named.messages[0].content.text  # type: ignore[union-attr]
+    assert 'Pass orchestrator="qwen2.5-3b" to consult_handbook, route_step and delegate' in text
 
 
 async def test_ids_shaped_like_paths_are_readable_as_resources(mcp_client: Client) -> None:
