@@ -31,6 +31,8 @@ Work step by step. For every step:
      it returns decision_id and agent_id, with the candidates and why; then run the step with that agent
      yourself. delegate(text=<the step>, decision_id=<from route_step>) carries it out only when that agent is
      one the server can call: to have the server call an agent, call delegate directly instead.
+   While candidates show little evidence (n near 0: a new pool or a new agent), add strategy="thompson":
+   the default "mean" never tries an agent it has no evidence on.
 4. Judge the answer: did it achieve the step?
 5. record_outcome(decision_id=<from step 3>, success=true|false or reward=0..1) as soon as you can judge it, once
    per step; after route_step add cost_usd and latency_s if you know them (delegate has recorded its own). If

@@ -20,8 +20,8 @@ from skillorchestra.tools.schemas import lean_schema, self_contained_schemas, st
 
 pytestmark = pytest.mark.anyio
 
-SURFACE_BOUND = 15_800  # sum over tools of len(name) + len(description) + len(json.dumps(inputSchema)); 15,700 before
-# route_step and delegate took `orchestrator`
+SURFACE_BOUND = 15_900  # sum over tools of len(name) + len(description) + len(json.dumps(inputSchema)); 15,700 before
+# route_step and delegate took `orchestrator`, and strategy and seed say how they explore (session 19)
 NAMED = {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
 DATA = {"default", "const", "enum", "examples"}
 
@@ -159,10 +159,27 @@ async def test_the_per_request_surface_stays_small(mcp_client: Client) -> None:
     assert surface < SURFACE_BOUND, surface
 
 
+async def test_bounds_are_json_schemas_minimum_and_maximum(mcp_client: Client) -> None:
+    """QA: reward's bounds were published as pydantic's own 'ge'/'le' keys, which no JSON Schema client reads."""
+
+    def keys(node: object) -> set[str]:
+        if isinstance(node, dict):
+            return set(node) | {k for value in node.values() for k in keys(value)}
+        return {k for value in node for k in keys(value)} if isinstance(node, list) else set()
+
+    tools = {t.name: t for t in (await mcp_client.list_tools()).tools}
+    for name, tool in tools.items():
+        assert not keys(tool.input_schema) & {"ge", "le", "gt", "lt"}, name
+    reward = tools["record_outcome"].input_schema["properties"]["reward"]["anyOf"][0]
+    assert (reward["minimum"], reward["maximum"]) == (0.0, 1.0)
+
+
 async def test_the_orchestrate_prompt_makes_consult_optional_and_delegate_direct(mcp_client: Client) -> None:
     prompt = await mcp_client.get_prompt("orchestrate", {"goal": "g"})
     text = prompt.messages[0].content.text  # type: ignore[union-attr]
     assert "Optional: consult_handbook(" in text
     assert "to have the server call an agent, call delegate directly" in text
-    for rule in ("never both for one step", "error_class", 'reported_by="judge"', "once\n   per step"):
+    # drift QA: under the default "mean" a cold pool locked onto the first agent tried (the best never tried)
+    rules = ("never both for one step", "error_class", 'reported_by="judge"', "once\n   per step", "thompson")
+    for rule in rules:
         assert rule in text, rule

@@ -12,7 +12,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 from pydantic_core import to_jsonable_python
 
-from skillorchestra.handbook.models import MAX_DELEGATE_S, MAX_SEED, MIN_TRY_S, TEXT_MAX
+from skillorchestra.handbook.models import MAX_DELEGATE_S, MIN_TRY_S, TEXT_MAX
 from skillorchestra.handbook.results import DelegateResult
 from skillorchestra.handbook.service import DelegateRequest, RouteRequest
 from skillorchestra.tools.common import OptionalId, app_state, reports_failures, writes
@@ -23,6 +23,7 @@ from skillorchestra.tools.routing import (
     MaxCost,
     Mode,
     Orchestrator,
+    Seed,
     SessionId,
     Skills,
     StepText,
@@ -52,9 +53,7 @@ async def delegate(
     top_k: Annotated[
         TopK, Field(description="How many ranked candidates the result lists (fallbacks are not limited by it)")
     ] = 5,
-    seed: Annotated[
-        int | None, Field(ge=0, le=MAX_SEED, description="Seed for thompson sampling (reproducible choices)")
-    ] = None,
+    seed: Seed = None,
     max_tokens: Annotated[
         int | None,
         Field(ge=1, le=1_000_000, description="Most tokens the agent may answer with (default: the agent's setting)"),

@@ -47,10 +47,18 @@ Lambda = Annotated[
 ]
 Strategy = Annotated[
     Literal["mean", "thompson"],
-    Field(description='"mean" = best expected utility; "thompson" = explores, logs a propensity'),
+    Field(description='"mean" = best expected utility, never tries agents without evidence; "thompson" explores'),
 ]
 AllowedAgents = Annotated[list[Id] | None, Field(max_length=500, description="Choose only among these agents")]
 SessionId = Annotated[OptionalId, Field(description="One id for all steps of a task: their spend counts to budget_usd")]
+Seed = Annotated[
+    int | None,
+    Field(
+        ge=0,
+        le=MAX_SEED,
+        description="Thompson's seed: it repeats its draw (vary it per step)",
+    ),
+]
 Orchestrator = Annotated[
     OptionalId,
     Field(description="Your name: skills inferred at the depth learned for you"),
@@ -133,9 +141,7 @@ async def route_step(
     session_id: SessionId = None,
     budget_usd: Budget = None,
     top_k: TopK = 5,
-    seed: Annotated[
-        int | None, Field(ge=0, le=MAX_SEED, description="Seed for thompson sampling (reproducible choices)")
-    ] = None,
+    seed: Seed = None,
     orchestrator: Orchestrator = None,
 ) -> RouteDecision:
     """Choose the agent for one step: argmax of sum_s w_s * competence (+ the learned length shift, when the
@@ -192,9 +198,9 @@ def record_outcome(
     decision_id: Id,
     ctx: Context,
     reward: Annotated[
-        float | None,
+        Annotated[float, Field(ge=0.0, le=1.0)] | None,  # bounds on the number: the schema's minimum and maximum
         BeforeValidator(_fraction),
-        Field(ge=0.0, le=1.0, description="Graded outcome in [0, 1] (a grade of 7 out of 10 is 0.7)"),
+        Field(description="Graded outcome in [0, 1] (a grade of 7 out of 10 is 0.7)"),
     ] = None,
     success: Annotated[bool | None, Field(description="Pass/fail outcome (instead of reward)")] = None,
     cost_usd: Annotated[
