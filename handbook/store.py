@@ -887,6 +887,16 @@ class HandbookStore(SqliteFile):
         with self.lock:
             return list(self._streamed_events(version))
 
+    def forgetting_in_log(self) -> float | None:
+        """The forgetting factor (gamma) of the newest outcome the log holds that was aged by one, None when none
+        was: learning from the log weighs every outcome alike, undoing what forgetting let go of (drift QA)."""
+        with self.reading() as conn:
+            row = conn.execute(
+                "SELECT json_extract(payload, '$.gamma') FROM events WHERE kind = 'outcome'"
+                " AND json_extract(payload, '$.gamma') IS NOT NULL ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+        return None if row is None else float(row[0])
+
     def change_stamp(self) -> int:
         """The newest event's number: it grows with every edit and applied outcome (of any version), so a paged
         answer can tell that the handbook changed between its pages (rowid lookup: O(1))."""

@@ -236,13 +236,20 @@ def learn_into_store(
             progress(1.0, "comparing with the live handbook's skills on the validation tasks")
         trial = try_live_skills(store, result, prices, embedder, trialled[0])
     metrics["live_trial"] = None if trial is None else trial.as_dict()
+    metrics["log_forgetting"] = store.forgetting_in_log() if events_read is not None else None
     with store.write():  # the gate reads the live state this version would replace, and its number, at once
         live_competence = store.competence()
         back = agents_back_on_prior(document, metrics["agents"], live_competence)
         # learning from the log keeps every live agent (keep_live_agents): only traces can leave agents out
         dropped = [] if events_read is not None else agents_dropped(document, store.agents(), live_competence)
         reasons = not_live_reasons(
-            comparable, str(result.metrics["validated_on"]), back, store.counts(), trial, dropped
+            comparable,
+            str(result.metrics["validated_on"]),
+            back,
+            store.counts(),
+            trial,
+            dropped,
+            metrics["log_forgetting"],
         )
         if trial is not None and (store.current_version(), store.edit_stamp()) != trialled:  # (review)
             reasons.append(

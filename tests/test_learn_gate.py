@@ -502,3 +502,29 @@ def test_reports_after_a_prune_emptied_the_table_still_count(tmp_path: Path) -> 
         assert store.reported_steps_after(read.through, read.read_at) == 3
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("forgetting", [None, 0.97])
+def test_a_version_learned_from_a_log_recorded_with_forgetting_is_stored_only(
+    tmp_path: Path, forgetting: float | None
+) -> None:
+    """Drift QA: learning from the log weighed every outcome alike, so an agent that had degraded (which the
+    forgetting server had learned) took 63% of the steps again once the learned version went live by itself."""
+    from learning_data import PRICES
+    from test_learn_tools import record_swap_traffic
+
+    from skillorchestra.handbook.learning.events import tasks_from_events
+    from skillorchestra.server.jobs import learn_into_store
+
+    record_swap_traffic(tmp_path / "h.db", forgetting=forgetting)
+    store = HandbookStore(tmp_path / "h.db")
+    try:
+        read = tasks_from_events(store)
+        learned = learn_into_store(store, read.tasks, PRICES, data_label="log", price_source="file", events_read=read)
+        assert learned.metrics["log_forgetting"] == forgetting
+        assert learned.metrics["went_live"] is (forgetting is None), learned.metrics.get("not_live_reason")
+        if forgetting is not None:
+            assert "recorded with forgetting (gamma 0.97)" in learned.metrics["not_live_reason"]
+            assert "promote it if the agents have not changed" in learned.summary
+    finally:
+        store.close()

@@ -15,7 +15,7 @@ from mcp import Client
 
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.models import Agent, Skill
-from skillorchestra.handbook.service import Handbook, OutcomeReport, RouteRequest
+from skillorchestra.handbook.service import Handbook, HandbookSettings, OutcomeReport, RouteRequest
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.app import create_server
 from skillorchestra.server.jobs import JobRegistry
@@ -41,11 +41,12 @@ def settings(tmp_path: Path) -> ServerSettings:
     return ServerSettings(db_path=tmp_path / "handbook.db", seed_example=False, matcher="lexical")
 
 
-def record_swap_traffic(path: Path, n: int = 120, seed: int = 0) -> None:
+def record_swap_traffic(path: Path, n: int = 120, seed: int = 0, forgetting: float | None = None) -> None:
     """A one-skill handbook, then every agent routed and reported on chemistry and poetry steps, where alpha
-    and beta swap strengths (through the service, as the server's tools would: the learning source is the log)."""
+    and beta swap strengths (through the service, as the server's tools would: the learning source is the log),
+    by a server that forgets at `forgetting` (gamma) when given."""
     store = HandbookStore(path)
-    handbook = Handbook(store)
+    handbook = Handbook(store, HandbookSettings(forgetting=forgetting))
     try:
         handbook.upsert_skill(Skill(id="general", description="anything at all"))
         for agent, price in (("alpha", 1.0), ("beta", 1.1), ("gamma", 0.5)):

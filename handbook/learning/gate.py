@@ -114,13 +114,15 @@ def not_live_reasons(
     live: Mapping[str, int],
     trial: LiveTrial | None = None,
     dropped: Sequence[str] = (),
+    log_forgetting: float | None = None,
 ) -> list[str]:
     """Why a learned version must not replace the live handbook by itself (empty: it may).
 
     It may when validation compared agents on enough held-out tasks, or when the live handbook is empty (nothing
     to lose), and only if no agent with live evidence would be put back on the prior and the live handbook's
-    skills, given the same training tasks, do not route the validation tasks better (`trial`), and no agent with
-    live evidence would be left out (`dropped`: agents_dropped)."""
+    skills, given the same training tasks, do not route the validation tasks better (`trial`), no agent with
+    live evidence would be left out (`dropped`: agents_dropped), and the server's log it was learned from was not
+    recorded with forgetting (`log_forgetting`: a server following drifting agents)."""
     reasons: list[str] = []
     if comparable < MIN_COMPARABLE_TASKS and (live["skills"] or live["competence"]):
         if validated_on != "validation split":
@@ -145,6 +147,12 @@ def not_live_reasons(
             f"it would drop {counted(len(dropped), 'agent')} with evidence in the live handbook "
             f"({named(dropped, DROPPED_NAMED)}) and their evidence, as the learning data has no outcomes of theirs "
             "(learn from traces that include them, or disable them first)"
+        )
+    if log_forgetting is not None:
+        reasons.append(
+            f"the log's outcomes were recorded with forgetting (gamma {log_forgetting:g}) and learning weighs them all "
+            "alike, so an agent whose quality changed is judged on its old record again (promote it if the agents "
+            "have not changed)"
         )
     if trial is not None and trial.live_wins:
         reasons.append(trial.reason())
