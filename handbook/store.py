@@ -875,10 +875,14 @@ class HandbookStore(SqliteFile):
                 for table in ("modes", "skills", "agents", "competence", "decisions", "outcomes", "events")
             }
 
-    def routing_counts(self) -> dict[str, int]:
-        """Decisions per agent, a judge's grading calls left out (they are not routings of a step)."""
+    def routing_counts(self, last: int | None = None) -> dict[str, int]:
+        """Decisions per agent, a judge's grading calls left out (they are not routings of a step); with `last`,
+        of the newest that many only (rowid order is insertion order: the table is never vacuumed into another)."""
+        routed = "SELECT agent_id FROM decisions WHERE role IS NOT 'judge'"
+        if last is not None:
+            routed += f" ORDER BY rowid DESC LIMIT {int(last)}"
         with self.reading() as conn:
-            rows = conn.execute("SELECT agent_id, COUNT(*) FROM decisions WHERE role IS NOT 'judge' GROUP BY agent_id")
+            rows = conn.execute(f"SELECT agent_id, COUNT(*) FROM ({routed}) GROUP BY agent_id")
             return {agent_id: int(count) for agent_id, count in rows}
 
     # -- rebuild -----------------------------------------------------------------------------------------

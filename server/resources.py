@@ -91,7 +91,8 @@ def register_resources(server: MCPServer, current: Callable[[], Handbook]) -> No
     @server.resource(
         "handbook://stats",
         mime_type="application/json",
-        description="Counts, version, and routing shares per agent (watch for collapse onto one agent)",
+        description="Counts, version, and routing shares per agent since the first decision and over the newest "
+        "(`recent`): watch for collapse onto one agent",
     )
     def stats() -> str:
         return _json(handbook_stats(current()))
@@ -173,16 +174,27 @@ def agent_card(handbook: Handbook, agent_id: str) -> dict[str, object]:
     }
 
 
+RECENT_DECISIONS = 500  # handbook://stats' recent window: a collapse happening now, which lifetime shares hide
+
+
 def handbook_stats(handbook: Handbook) -> dict[str, object]:
+    """Lifetime routing shares, and the same over the newest decisions (drift QA: lifetime shares read 70/30 while
+    the last 500 steps had all gone to one agent)."""
     store = handbook.store
-    shares = Counter(store.routing_counts())
-    total = sum(shares.values())
-    fractions = {agent: count / total for agent, count in shares.items()} if total else {}
-    p = np.array(list(fractions.values()))
     return {
         "handbook_version": store.current_version(),
         "schema_version": schema_version(),
         "counts": store.counts(),
+        **_shares(store.routing_counts()),
+        "recent": {"decisions": RECENT_DECISIONS, **_shares(store.routing_counts(last=RECENT_DECISIONS))},
+    }
+
+
+def _shares(counts: dict[str, int]) -> dict[str, object]:
+    total = sum(counts.values())
+    fractions = {agent: count / total for agent, count in Counter(counts).items()} if total else {}
+    p = np.array(list(fractions.values()))
+    return {
         "routing_shares": {agent: four_significant(share) for agent, share in fractions.items()},
         "routing_entropy_bits": four_significant(entropy_bits(fractions)),  # 0.0, never -0.0, for a single agent
         "top_agent_share": four_significant(float(p.max())) if p.size else 0.0,

@@ -266,6 +266,25 @@ async def test_the_routing_entropy_of_a_single_agent_is_zero_not_minus_zero(mcp_
     assert stats["routing_entropy_bits"] == 0.0 and math.copysign(1.0, stats["routing_entropy_bits"]) == 1.0
 
 
+def test_stats_show_the_newest_decisions_shares_beside_the_lifetime_ones(tmp_path: Path) -> None:
+    """Drift QA: lifetime shares read 70/30 while the newest 500 steps had all gone to one agent."""
+    from skillorchestra.server.resources import RECENT_DECISIONS, handbook_stats
+
+    store = HandbookStore(tmp_path / "h.db")
+    book = Handbook(store)
+    for agent in ("old", "new"):
+        book.upsert_agent(Agent(id=agent))
+    for agent in ["old"] * 4 + ["new"] * 3:
+        book.route(RouteRequest(text="a step", allowed_agents=[agent]))
+    assert store.routing_counts(last=3) == {"new": 3} and store.routing_counts(last=5) == {"new": 3, "old": 2}
+    stats: Any = handbook_stats(book)
+    assert stats["routing_shares"] == {"old": round(4 / 7, 4), "new": round(3 / 7, 4)}
+    assert stats["recent"]["decisions"] == RECENT_DECISIONS  # fewer made: the recent window holds them all
+    assert stats["recent"]["routing_shares"] == stats["routing_shares"]
+    assert stats["recent"]["top_agent_share"] == stats["top_agent_share"] == round(4 / 7, 4)
+    store.close()
+
+
 def test_agents_load_says_which_agents_delegate_cannot_call_and_that_there_are_no_skills(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
