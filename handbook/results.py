@@ -60,7 +60,10 @@ class AgentSkillStat(BaseModel):
     ci90: tuple[Figure, Figure] = Field(
         description="approximate 90% interval: mean -+ 1.645 posterior standard deviations, clipped to [0, 1]"
     )
-    n: Figure = Field(description="observations behind the estimate (fractional: weighted by skill demand)")
+    n: Figure = Field(
+        description="observations behind the estimate (fractional: weighted by skill demand; aged when the server "
+        "forgets)"
+    )
     expected_cost_usd: Figure | None = Field(
         description="expected cost of a call with this text on this skill; null when the agent's cost is unknown"
     )
@@ -97,7 +100,7 @@ class Candidate(BaseModel):
         "taken as shared, never narrower than theirs; a conservative bound, as thompson draws each skill apart), "
         "clipped to [0, 1]"
     )
-    n: Figure = Field(description="outcomes behind quality, weighted as the step's skills are")
+    n: Figure = Field(description="outcomes behind quality, weighted as the step's skills are (aged when forgetting)")
     expected_cost_usd: Figure | None = Field(description="null when unknown (then charged c_ref)")
     contributions: dict[str, Figure] = Field(
         description="skill_id -> w_s * theta(agent, s); '*' is the agent's overall record (a step with no skill), "

@@ -185,6 +185,7 @@ def handbook_stats(handbook: Handbook) -> dict[str, object]:
         "handbook_version": store.current_version(),
         "schema_version": schema_version(),
         "counts": store.counts(),
+        "forgetting": handbook.settings.forgetting,  # gamma when on: counts of evidence are then aged
         **_shares(store.routing_counts()),
         "recent": {"decisions": RECENT_DECISIONS, **_shares(store.routing_counts(last=RECENT_DECISIONS))},
     }

@@ -18,7 +18,7 @@ from test_store import DOCUMENT, dump
 from skillorchestra.handbook.document_checks import check_document
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.models import Agent, HandbookDocument, Mode, Skill
-from skillorchestra.handbook.service import Handbook, OutcomeReport, RouteRequest
+from skillorchestra.handbook.service import Handbook, HandbookSettings, OutcomeReport, RouteRequest
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.cli import main
 
@@ -282,6 +282,10 @@ def test_stats_show_the_newest_decisions_shares_beside_the_lifetime_ones(tmp_pat
     assert stats["recent"]["decisions"] == RECENT_DECISIONS  # fewer made: the recent window holds them all
     assert stats["recent"]["routing_shares"] == stats["routing_shares"]
     assert stats["recent"]["top_agent_share"] == stats["top_agent_share"] == round(4 / 7, 4)
+    assert (
+        stats["forgetting"] is None
+        and handbook_stats(Handbook(store, HandbookSettings(forgetting=0.9)))["forgetting"] == 0.9
+    )  # drift QA: n is then aged evidence, and nothing said forgetting was on
     store.close()
 
 
