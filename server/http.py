@@ -6,12 +6,17 @@ Why this module builds its own Starlette app instead of calling `MCPServer.run("
   static shared secret is not: we answer 401 with a plain `WWW-Authenticate: Bearer`, no metadata URL).
 - The SDK app is mounted, so the outer app's lifespan must enter `session_manager.run()` (streamable HTTP);
   it also enters the MCP server's lifespan once for all sessions. SSE enters that lifespan per connection.
+- After SIGTERM uvicorn gives calls in flight GRACEFUL_SHUTDOWN_S, then cancels their request tasks without waiting
+  for them, runs the lifespan's shutdown (the handbook closes) and ends the process (it re-raises the signal): a
+  cancelled call had not recorded itself by then, and its decision stayed claimed until it expired. The lifespan
+  now waits for the requests it serves to finish (`RequestsInFlight`) before anything closes.
 - Host headers: the SDK's DNS-rebinding allowlist (loopback, any port) plus `--allowed-host` names; any other
   Host gets 421 from the SDK. A non-loopback bind without a token is refused before any socket opens.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import logging
@@ -20,6 +25,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from mcp.server import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
@@ -39,6 +45,7 @@ MCP_PATH = "/mcp"
 SSE_PATH = "/sse"
 SSE_MESSAGE_PATH = "/messages/"
 GRACEFUL_SHUTDOWN_S = 5.0  # after SIGTERM, the most time calls in flight get before they are cancelled
+CANCELLED_CLEANUP_S = 5.0  # then the most the cancelled calls get to record themselves before the handbook closes
 # with and without a port: a client of a server on port 80 sends none (QA: `Host: 127.0.0.1` got 421)
 LOOPBACK_ALLOWED_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]")
 LOOPBACK_ALLOWED_ORIGINS = tuple(f"http://{host}" for host in LOOPBACK_ALLOWED_HOSTS)
@@ -149,8 +156,8 @@ def build_http_app(server: MCPServer, settings: ServerSettings) -> ASGIApp:
     security = transport_security(settings)
     if settings.transport == "http":
         _one_line_for_disconnects()
-        inner = server.streamable_http_app(
-            streamable_http_path=MCP_PATH, transport_security=security, host=settings.host
+        requests = RequestsInFlight(
+            server.streamable_http_app(streamable_http_path=MCP_PATH, transport_security=security, host=settings.host)
         )
         session_manager = server.session_manager
 
@@ -158,12 +165,16 @@ def build_http_app(server: MCPServer, settings: ServerSettings) -> ASGIApp:
         async def lifespan(_app: Starlette) -> AsyncIterator[None]:
             async with session_manager.run():  # Mount does not forward lifespan events to the SDK app
                 yield
+                # a 2026-07-28 request runs its tool in its own request task, which uvicorn cancels without waiting
+                await requests.finished(CANCELLED_CLEANUP_S)
 
-        app = Starlette(routes=_routes(inner), lifespan=lifespan)
+        app = Starlette(routes=_routes(requests), lifespan=lifespan)
     elif settings.transport == "sse":  # the SSE transport enters the server's lifespan per connection
-        inner = RefusedQuietly(
-            server.sse_app(
-                sse_path=SSE_PATH, message_path=SSE_MESSAGE_PATH, transport_security=security, host=settings.host
+        requests = RequestsInFlight(
+            RefusedQuietly(
+                server.sse_app(
+                    sse_path=SSE_PATH, message_path=SSE_MESSAGE_PATH, transport_security=security, host=settings.host
+                )
             )
         )
 
@@ -173,11 +184,50 @@ def build_http_app(server: MCPServer, settings: ServerSettings) -> ASGIApp:
             server's lifespan is reference-counted (server/app.py), so this holder keeps it from closing."""
             async with server.settings.lifespan(server):
                 yield
+                await requests.finished(CANCELLED_CLEANUP_S)  # a connection's calls run in its request task
 
-        app = Starlette(routes=_routes(inner), lifespan=hold)
+        app = Starlette(routes=_routes(requests), lifespan=hold)
     else:
         raise InvalidInput("--transport", settings.transport, "http or sse for an HTTP server")
     return LowercaseHost(BearerTokenMiddleware(app, settings.token))
+
+
+class RequestsInFlight:
+    """Counts the HTTP requests being served, so the lifespan's shutdown can wait for them.
+
+    On SIGTERM uvicorn cancels the request tasks still running after GRACEFUL_SHUTDOWN_S and starts the lifespan's
+    shutdown at once, without waiting for them: the handbook closed and the process ended before a cancelled
+    delegate had recorded itself as cancelled (shielded, on a worker thread; QA: the decision stayed claimed, and
+    record_outcome refused it, until it expired). Over stdio the same call is recorded."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.running = 0
+        self._idle: anyio.Event | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.running += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.running -= 1
+            if not self.running and self._idle is not None:
+                self._idle.set()
+
+    async def finished(self, timeout_s: float) -> None:
+        """Until no request is being served, or `timeout_s` passed (a cleanup stuck on a busy file must not keep
+        the process: it is logged)."""
+        if self.running:
+            log.info("waiting for %d stopped request(s) to record themselves", self.running)
+        with anyio.move_on_after(timeout_s) as waited:
+            while self.running:
+                self._idle = anyio.Event()
+                await self._idle.wait()
+        if waited.cancelled_caught:
+            log.warning("%d request(s) still running %.0f s after they were stopped", self.running, timeout_s)
 
 
 class RefusedQuietly:
@@ -236,6 +286,19 @@ class DisconnectInOneLine(logging.Filter):
         return True
 
 
+class CancelledInOneLine(logging.Filter):
+    """A request still running after GRACEFUL_SHUTDOWN_S is cancelled by uvicorn, which logs its end as an ERROR with
+    a traceback of some 70 lines (it used to end with the process, unlogged): the stop was ours, so one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, asyncio.CancelledError):
+            record.msg, record.args = "a request stopped by the server's shutdown has ended", ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def _one_line_for_disconnects() -> None:
     sdk_log = logging.getLogger("mcp.server.streamable_http")
     if not any(isinstance(f, DisconnectInOneLine) for f in sdk_log.filters):
@@ -281,6 +344,9 @@ async def serve_http(server: MCPServer, settings: ServerSettings, sockets: list[
     asyncio_log = logging.getLogger("asyncio")
     if not any(isinstance(f, EveryMinuteAtMost) for f in asyncio_log.filters):  # once a process
         asyncio_log.addFilter(EveryMinuteAtMost())
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, CancelledInOneLine) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(CancelledInOneLine())
     app = build_http_app(server, settings)
     config = uvicorn.Config(
         app,

@@ -561,8 +561,8 @@ async def test_a_token_protected_server_is_a_tool_agent_with_bearer_token_env(
 async def test_sigterm_gives_calls_in_flight_a_grace_then_cancels_them(tmp_path: Path) -> None:
     """Review: on SIGTERM uvicorn waited for every call in flight, a tool's up to its timeout (docker stop kills
     after 10 s), and the call was then recorded as the agent's timeout, which it was not. After the grace the call
-    is cancelled and the server exits. (The cancelled call is not recorded as such over HTTP yet: the decision stays
-    claimed until it expires; see the closing note.)"""
+    is cancelled, recorded as cancelled as over stdio (tests/test_http_shutdown.py: it had stayed claimed until it
+    expired), and the server exits."""
     db, stderr = tmp_path / "h.db", tmp_path / "stderr.txt"
     toml = tmp_path / "agents.toml"
     echo = Path(__file__).with_name("echo_mcp_server.py")
@@ -602,5 +602,5 @@ async def test_sigterm_gives_calls_in_flight_a_grace_then_cancels_them(tmp_path:
         proc.kill()
         proc.wait(timeout=10)
     assert "Cancel 1 running task(s), timeout graceful shutdown exceeded" in stderr.read_text()
-    with sqlite3.connect(db) as conn:  # not waited out and blamed on the agent
-        assert conn.execute("SELECT call_error_class FROM decisions").fetchall() == [(None,)]
+    with sqlite3.connect(db) as conn:  # not waited out and blamed on the agent: cancelled
+        assert conn.execute("SELECT call_error_class FROM decisions").fetchall() == [("cancelled",)]
