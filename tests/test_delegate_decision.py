@@ -278,13 +278,13 @@ async def test_a_retry_of_a_report_an_older_release_accepted_stays_a_duplicate(
 ) -> None:
     """A 'timeout' reported for an answered call before the rule above is in the file: its idempotent retry is a
     duplicate, not an error."""
-    from skillorchestra.handbook import service
+    from skillorchestra.handbook import recording
 
     async with Client(create_server(settings)) as client:
         result = await call(client, "delegate", {"text": STEP, "agent_id": "strong"})
         report = {"decision_id": result["decision_id"], "error_class": "timeout"}
         with monkeypatch.context() as older:  # the release before: no such check
-            older.setattr(service, "_with_call_figures", lambda payload, decision: dict(payload))
+            older.setattr(recording, "_with_call_figures", lambda payload, decision: dict(payload))
             first = await call(client, "record_outcome", report)
         again = await call(client, "record_outcome", report)
     assert first["duplicate"] is False and again["duplicate"] is True

@@ -1292,7 +1292,7 @@ def test_an_agent_billed_by_the_call_is_charged_its_price_per_call(tmp_path: Pat
 def test_a_step_without_skills_keeps_why_the_matcher_found_none() -> None:
     """QA: while the model loaded, a step lexical inference found nothing for read "agent level" alone, where the
     README promises the loading note."""
-    from skillorchestra.handbook.service import _level
+    from skillorchestra.handbook.demands import source_at_level as _level
 
     assert _level(None, "lexical (semantic model still loading)") == "agent level (semantic model still loading)"
     assert _level("code", "lexical (no semantic match)") == "mode level (no semantic match)"

@@ -1,0 +1,112 @@
+"""What the server's delegation writes beside route and record: a call's measured figures as soon as it ends, a
+cancelled call, and the decision of a fallback agent (or of the judge's call) within the session's budget.
+
+Only server/delegation.py and server/judge.py call these; they are on the Handbook because they write decisions
+under its settings (time to live) and clock.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from skillorchestra.handbook.errors import NotFound, Unroutable
+from skillorchestra.handbook.handbook_base import HandbookBase, stored_json
+
+
+class DelegatedCallsMixin(HandbookBase):
+    def note_cancelled(self, decision_id: str, latency_s: float) -> None:
+        """A delegated call (an agent's or a judge's) cut off by its request's cancellation: recorded as called, cost
+        unknown (the agent may have charged for it), so the decision keeps its expected cost in the session's spend
+        and is never called again; not the agent's failure (no outcome)."""
+        self.note_call(
+            decision_id,
+            cost_usd=None,
+            cost_source="unknown",
+            prompt_tokens=None,
+            completion_tokens=None,
+            latency_s=latency_s,
+            error_class="cancelled",
+        )
+
+    def note_call(
+        self,
+        decision_id: str,
+        *,
+        cost_usd: float | None,
+        cost_source: str,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        latency_s: float,
+        error_class: str | None,
+    ) -> None:
+        """What a delegated call cost, recorded at once (the session budget sees it before any report). The decision
+        waits for its outcome a full time to live from now: the client learns its id only when delegate returns (QA:
+        with a TTL shorter than the call, delegate handed back a decision that had already expired)."""
+        self.store.note_call(
+            decision_id,
+            {
+                "cost_usd": cost_usd,
+                "cost_source": cost_source,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "latency_s": latency_s,
+                "error_class": error_class,
+            },
+            waits_until=self.clock() + self.settings.decision_ttl_s,
+        )
+
+    def fallback_decision(
+        self,
+        decision_id: str,
+        agent_id: str,
+        role: str = "fallback",
+        *,
+        expected_cost: float | None = None,
+        budget_usd: float | None = None,
+        c_ref: float = 0.0,
+    ) -> str:
+        """A decision for the next candidate after an infrastructure failure (or, with role "judge", for the call
+        that grades the answer): same step, skills and session. With `budget_usd`, the session's spend is read and
+        the decision written in one transaction, as route_step does, so parallel steps' calls cannot together pass
+        the budget: a call whose `expected_cost` (unknown: c_ref) does not fit is refused (Unroutable)."""
+        with self.store.write():
+            return self._fallback_decision(decision_id, agent_id, role, expected_cost, budget_usd, c_ref)
+
+    def _fallback_decision(
+        self,
+        decision_id: str,
+        agent_id: str,
+        role: str,
+        expected_cost: float | None,
+        budget_usd: float | None,
+        c_ref: float,
+    ) -> str:
+        decision = self.store.decision(decision_id)
+        if decision is None:
+            raise NotFound("decision", decision_id, hint="decision ids come from route_step or delegate")
+        now = self.clock()
+        if budget_usd is not None and decision["session_id"] is not None:
+            left = budget_usd - self.store.session_spend(decision["session_id"], now, c_ref)
+            charged = c_ref if expected_cost is None else expected_cost
+            if charged > left:
+                what = "expected cost" if expected_cost is not None else "cost unknown, charged c_ref"
+                raise Unroutable(f"{what} ${charged:.6g} exceeds the session's remaining budget ${max(left, 0):.6g}")
+        new_id = uuid.uuid4().hex
+        keys = ("version", "session_id", "mode", "strategy", "lambda", "text", "step_tokens")
+        row = {key: decision[key] for key in keys}
+        row.update(
+            id=new_id,
+            created_at=now,
+            expires_at=now + self.settings.decision_ttl_s,
+            agent_id=agent_id,
+            skills=stored_json(decision["skills"]),
+            candidates=stored_json(decision["candidates"]),
+            propensity=None,
+            explored=0,
+            expected_cost_usd=expected_cost,
+            parent_decision_id=decision_id,
+            role=role,
+            claimed_at=now,  # delegate carries it out now, as its own routed decision (see RouteRequest.claimed)
+        )
+        self.store.insert_decision(row)
+        return new_id
