@@ -21,7 +21,7 @@ from skillorchestra.handbook.length import step_shift
 from skillorchestra.handbook.models import MAX_LAMBDA
 from skillorchestra.handbook.request_types import RouteRequest, check_amount
 from skillorchestra.handbook.results import Candidate, RouteDecision, UsedSkill
-from skillorchestra.handbook.router import route
+from skillorchestra.handbook.router import route as score_agents  # the method below is route too
 
 
 class RouteMixin(HandbookBase):
@@ -63,18 +63,19 @@ class RouteMixin(HandbookBase):
             spend = self.store.session_spend(request.session_id, self.clock(), c_ref) if request.session_id else None
             # an agent the caller names (agent_id, or allowed_agents of one) is not second-guessed by a mode only
             # inferred; a broader allowed_agents keeps the rule among them (review: it let a search tool take sums)
-            named = request.allowed_agents is not None and len(set(request.allowed_agents)) == 1 and not request.mode
+            allowed = request.allowed_agents
+            one_named = allowed is not None and len(set(allowed)) == 1 and not request.mode
             # the skills matched, not their ancestors, decide the step's modes: coarsening never widens them
-            step_modes = frozenset() if named else arrays.step_modes(request.mode, matched)
+            step_modes = frozenset() if one_named else arrays.step_modes(request.mode, matched)
             unusable_agents = unusable(arrays, request.mode, step_modes, any(w > 0 for _, w in matched))
             eligible, excluded = eligibility(arrays, request, unusable_agents, cost, known, spend)
             if not eligible.any():
-                named = next((e.reason for e in excluded if e.agent_id == request.named_agent), None)
-                if named is not None:  # the caller asked for one agent: why it cannot take the step, not the others
-                    raise Unroutable(f"agent {request.named_agent} is unavailable: {named}")
+                why = next((e.reason for e in excluded if e.agent_id == request.named_agent), None)
+                if why is not None:  # the caller asked for one agent: why it cannot take the step, not the others
+                    raise Unroutable(f"agent {request.named_agent} is unavailable: {why}")
                 raise Unroutable(why_no_agent(excluded, budgeted))
             shift = step_shift(arrays, request.text)
-            scores = route(
+            scores = score_agents(
                 arrays.route_inputs(cols, weights, cost, c_ref, eligible, shift),
                 request.lambda_,
                 request.strategy,
