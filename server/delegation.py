@@ -51,7 +51,7 @@ from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.agent_config import AgentConnection, LlmAgentConnection, parse_agent
 from skillorchestra.server.breaker import CircuitBreaker, whole_seconds
 from skillorchestra.server.judge import find_judge, judge_answer, note_cancelled, withdraw
-from skillorchestra.server.llm_backend import QUEUE_FULL, SLOT_WAIT, BackendResult, SlotWait
+from skillorchestra.server.llm_backend import QUEUE_FULL, QUEUED_TIMEOUT, SLOT_WAIT, BackendResult, SlotWait
 
 log = logging.getLogger(__name__)
 
@@ -455,12 +455,18 @@ class Delegator:
             log.warning("decision %s left open: %s", decision_id, BUSY_NOT_RECORDED)
 
     def _settle_breaker(self, agent_id: str, result: BackendResult) -> None:
-        if result.error_type == QUEUE_FULL:  # never reached the agent: not its failure, so no breaker count
-            self.breaker.release(agent_id)
-        elif result.infrastructure_failure:
-            self.breaker.record_failure(agent_id, result.error_class)
-        else:
-            self.breaker.record_success(agent_id)
+        settle_breaker(self.breaker, agent_id, result)
+
+
+def settle_breaker(breaker: CircuitBreaker, agent_id: str, result: BackendResult) -> None:
+    """What a call tells the agent's circuit breaker: nothing when it was the local queue's (no slot in time, or a
+    timeout after waiting most of the call for one), else a failure or a success of the agent."""
+    if result.error_type in (QUEUE_FULL, QUEUED_TIMEOUT):
+        breaker.release(agent_id)
+    elif result.infrastructure_failure:
+        breaker.record_failure(agent_id, result.error_class)
+    else:
+        breaker.record_success(agent_id)
 
 
 def _breaker_wait(health: dict[str, object]) -> str:

@@ -44,6 +44,7 @@ from skillorchestra.server.llm_backend import (
     holding_slot,
     queue_full,
     slot_within,
+    timeout_message,
 )
 from skillorchestra.server.masking import passed_secrets, remember_keys, scrub, secrets_to_mask
 
@@ -207,7 +208,9 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
     except Exception as exc:
         latency = time.perf_counter() - start
         error_class = classify_mcp_exception(exc)
-        message = f"no answer within {timeout:g} s" if error_class == "timeout" else _describe(exc)
+        message, queued = _describe(exc), None
+        if error_class == "timeout":
+            message, queued = timeout_message(timeout, left, conn.concurrency)
         if refused and error_class != "timeout":  # the SDK words a 401 as "Server returned an error response" (QA)
             error_class = "auth"
             held = f"refused the token in {conn.bearer_token_env}" if conn.bearer_token_env else "wants a token"
@@ -221,7 +224,7 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
         return BackendResult(
             latency_s=latency,
             error_class=error_class,
-            error_type=type(_leaves(exc)[0]).__name__,
+            error_type=queued or type(_leaves(exc)[0]).__name__,
             message=message[:_MESSAGE_LIMIT],
             cost_usd=0.0 if free else None,
             cost_source="no_token_cost" if free else "unknown",

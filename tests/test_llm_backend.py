@@ -322,6 +322,42 @@ async def test_waiting_for_a_busy_slot_is_not_the_agents_timeout(fake_openai: Fa
 
 
 @pytest.mark.anyio
+async def test_a_timeout_after_waiting_most_of_the_call_for_a_slot_is_the_queues_not_the_agents(
+    fake_openai: FakeOpenAI,
+) -> None:
+    """Soak QA: 16 clients on an agent of 4 slots got timeouts after 0.4-1.5 s with the agent, worded "no answer
+    within 4.99999 s", and fed its circuit breaker until it opened against a healthy agent."""
+    from skillorchestra.server.breaker import CircuitBreaker
+    from skillorchestra.server.delegation import settle_breaker
+    from skillorchestra.server.llm_backend import QUEUED_TIMEOUT, SLOT_WAIT, SlotWait, agent_limiter
+
+    agent = conn(fake_openai, "openai/queued", concurrency=1)
+    busy = agent_limiter(agent.id, 1)
+    await busy.acquire()  # another call holds the only slot
+    results: dict[str, object] = {}
+    wait = SlotWait()
+
+    async def waiting() -> None:
+        SLOT_WAIT.set(wait)  # this task's: it says when the call is waiting for the slot (litellm's import first)
+        results["call"] = await call_llm(agent, user("SLOW:30 hello"), timeout_s=2.0, max_tokens=5)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(waiting)
+        with anyio.fail_after(30):
+            while not wait.waiting:
+                await anyio.sleep(0.01)
+        await anyio.sleep(1.2)  # most of its 2 s waiting; then the agent has the rest, and answers in 30 s
+        busy.release()
+    result = results["call"]
+    assert result.error_class == "timeout" and result.error_type == QUEUED_TIMEOUT  # type: ignore[attr-defined]
+    assert "waiting for one of its 1 concurrency slots" in result.message  # type: ignore[attr-defined]
+    assert len(fake_openai.chat_requests("queued")) == 1  # it did reach the agent
+    breaker = CircuitBreaker(threshold=1, cooldown_s=60)
+    settle_breaker(breaker, agent.id, result)  # type: ignore[arg-type]
+    assert breaker.state(agent.id) == "closed"  # one timeout of the agent's own would have opened it
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize(
     ("directive", "warned"),
     [
