@@ -26,6 +26,9 @@ from skillorchestra.server.log_format import configure_logging
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
+# the subparsers of a command (argparse keeps the class private)
+Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
+
 
 class UsageError(Exception):
     """A bad command line: printed as one line, exit status 2."""
@@ -106,19 +109,47 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from skillorchestra.server import commands
-
+    """The `skillorchestra` command line: one subparser per command, added in the order --help lists them."""
     parser = Parser(prog="skillorchestra", description="Skill-aware routing of LLM agents, served over MCP.")
     _common(parser, db=True)  # `skillorchestra --db X handbook show` as well as `... handbook show --db X`
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _add_serve(sub)
+    _add_handbook(sub)
+    _add_agents(sub)
+    _add_data(sub)
+    _add_eval(sub)
+    _add_explore(sub)
+    _add_learn(sub)
+    _add_demo(sub)
+    return parser
+
+
+def _add_serve(sub: Subparsers) -> None:
+    """`serve`: the same arguments as `skillorchestra-mcp`."""
+    from skillorchestra.server import commands
 
     serve = sub.add_parser("serve", help="run the MCP server")
     add_serve_arguments(serve)
     serve.set_defaults(handler=commands.serve)
 
+
+def _add_handbook(sub: Subparsers) -> None:
+    """`handbook <action>`: the handbook as an artifact (its actions in the order --help lists them)."""
+    from skillorchestra.server import commands_learn
+
     handbook = sub.add_parser("handbook", help="the handbook as an artifact")
     _common(handbook, db=True)
     hb = handbook.add_subparsers(dest="action", required=True, parser_class=Parser)
+    _add_handbook_export_import(hb)
+    _add_handbook_inspection(hb)
+    commands_learn.add_handbook_actions(hb, _common)  # diff A B, promote V, rollback
+    _add_handbook_prune(hb)
+
+
+def _add_handbook_export_import(hb: Subparsers) -> None:
+    """`handbook export FILE` and `handbook import [FILE|--example]`: the document in and out."""
+    from skillorchestra.server import commands
+
     export = hb.add_parser("export", help="write the live handbook as one JSON document")
     _common(export, db=True)
     export.add_argument("file", help="output path, or - for stdout")
@@ -128,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("file", nargs="?", help="a document written by export (or --example)")
     imp.add_argument("--example", action="store_true", help="import the example handbook shipped with the package")
     imp.set_defaults(handler=commands.handbook_import)
+
+
+def _add_handbook_inspection(hb: Subparsers) -> None:
+    """`handbook show`, `rebuild` and `versions`: looking at the live handbook and its history."""
+    from skillorchestra.server import commands
+
     show = hb.add_parser("show", help="summary of the live handbook")
     _common(show, db=True)
     show.set_defaults(handler=commands.handbook_show)
@@ -138,9 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(versions, db=True)
     versions.add_argument("--metrics", action="store_true", help="print each version's full metrics as JSON")
     versions.set_defaults(handler=commands.handbook_versions)
-    from skillorchestra.server import commands_learn
 
-    commands_learn.add_handbook_actions(hb, _common)  # diff A B, promote V, rollback
+
+def _add_handbook_prune(hb: Subparsers) -> None:
+    """`handbook prune --before DATE [--vacuum]`: retention."""
+    from skillorchestra.server import commands
+
     prune = hb.add_parser("prune", help="fold old events into a new snapshot; delete old decisions and outcomes")
     _common(prune, db=True)
     prune.add_argument(
@@ -156,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
         " write lock throughout, so stop servers on the file first",
     )
     prune.set_defaults(handler=commands.handbook_prune)
+
+
+def _add_agents(sub: Subparsers) -> None:
+    """`agents load FILE` and `agents show`: connection settings come only from files, never from MCP tools."""
+    from skillorchestra.server import commands
 
     agents = sub.add_parser("agents", help="agent connection settings (only from files, never from MCP tools)")
     _common(agents, db=True)
@@ -173,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     show_agents = asub.add_parser("show", help="the loaded connection settings (no secrets are stored)")
     _common(show_agents, db=True)
     show_agents.set_defaults(handler=commands.agents_show)
+
+
+def _add_data(sub: Subparsers) -> None:
+    """`data convert`: works on files only, so it takes no --db."""
+    from skillorchestra.server import commands
 
     data = sub.add_parser("data", help="datasets")
     _common(data, db=False)
@@ -200,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.set_defaults(handler=commands.data_convert)
 
+
+def _add_eval(sub: Subparsers) -> None:
+    """`eval`: its arguments live with its handler (commands_eval)."""
     from skillorchestra.server import commands_eval
 
     evaluate = sub.add_parser("eval", help="compare routing policies on recorded outcomes")
@@ -207,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands_eval.add_arguments(evaluate)
     evaluate.set_defaults(handler=commands_eval.run)
 
+
+def _add_explore(sub: Subparsers) -> None:
+    """`explore`: its arguments live with its handler (commands_explore)."""
     from skillorchestra.server import commands_explore
 
     explore = sub.add_parser("explore", help="run every agent of a pool on tasks and write outcome traces")
@@ -214,16 +270,25 @@ def build_parser() -> argparse.ArgumentParser:
     commands_explore.add_arguments(explore)
     explore.set_defaults(handler=commands_explore.run)
 
+
+def _add_learn(sub: Subparsers) -> None:
+    """`learn`: its arguments live with its handler (commands_learn)."""
+    from skillorchestra.server import commands_learn
+
     learn = sub.add_parser("learn", help="learn, refine and select a handbook from outcome traces (a new version)")
     _common(learn, db=True)
     commands_learn.add_learn_arguments(learn)
     learn.set_defaults(handler=commands_learn.learn)
 
+
+def _add_demo(sub: Subparsers) -> None:
+    """`demo`: its arguments live with its handler (commands_learn)."""
+    from skillorchestra.server import commands_learn
+
     demo = sub.add_parser("demo", help="the newcomer's tour, offline: learn from a shipped sample, then route")
     _common(demo, db=True)
     commands_learn.add_demo_arguments(demo)
     demo.set_defaults(handler=commands_learn.demo)
-    return parser
 
 
 def _configure_logging(level: str) -> None:

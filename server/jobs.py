@@ -30,12 +30,13 @@ from skillorchestra.handbook.learning.gate import (
     not_live_reasons,
     try_live_skills,
 )
-from skillorchestra.handbook.models import DEFAULT_SELECTION
+from skillorchestra.handbook.models import DEFAULT_SELECTION, HandbookDocument
 from skillorchestra.handbook.store import NOT_LIVE_MARK, HandbookStore
 
 if TYPE_CHECKING:  # numpy and the learning stack load only when something is learned
     from skillorchestra.handbook.embedding import Embedder
     from skillorchestra.handbook.learning.events import EventTasks
+    from skillorchestra.handbook.learning.live_trial import LiveTrial
     from skillorchestra.handbook.learning.pipeline import LearnResult, Progress
     from skillorchestra.handbook.traces import AgentPrice, TraceTask
 
@@ -125,6 +126,20 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
 
 
+@dataclass(frozen=True)
+class _Asked:
+    """What one learn_into_store call was asked to learn from and for, as its later steps read it."""
+
+    tasks: Sequence[TraceTask]
+    prices: Mapping[str, AgentPrice]
+    data_label: str
+    price_source: str
+    lambda_: float
+    seed: int
+    orchestrator: str | None
+    events_read: EventTasks | None
+
+
 def learn_into_store(
     store: HandbookStore,
     tasks: Sequence[TraceTask],
@@ -149,15 +164,8 @@ def learn_into_store(
     `events_read`: the tasks are this store's event log as tasks_from_events read it; reports that came in while
     learning ran are not in the new version, and its metrics and summary say how many.
     """
-    embedding_started = time.perf_counter()
-    embedded = warm_embeddings(embedder, [t.query for t in tasks], progress) if embedder is not None else 0
-    embedding_seconds = time.perf_counter() - embedding_started
-    if embedded and progress:
-        outer = progress
-
-        def progress(fraction: float, message: str) -> None:  # the pipeline's 0..1 after embedding's 0..0.5
-            outer(0.5 + fraction / 2, message)
-
+    asked = _Asked(tasks, prices, data_label, price_source, lambda_, seed, orchestrator, events_read)
+    embedded, embedding_seconds, progress = _embed_first(embedder, tasks, progress)
     options: dict[str, Any] = {
         "val_fraction": val_fraction,
         "lambda_": lambda_,
@@ -165,33 +173,91 @@ def learn_into_store(
         "embedder": embedder,
         "progress": progress,
     }
+    result = _run_learner(tasks, prices, learner, options)
+    document, kept = _shaped_document(store, result, asked)
+    metrics = _learn_metrics(asked, result, document, kept, (embedded, embedding_seconds), features)
+    summary = _learn_summary(asked, result, document, metrics, kept)
+    trial, trialled = _trial_live_skills(store, result, embedder, asked, progress)
+    metrics["live_trial"] = None if trial is None else trial.as_dict()
+    metrics["log_forgetting"] = store.forgetting_in_log() if events_read is not None else None
+    return _store_version(store, document, result, metrics, summary, trial, trialled, asked)
+
+
+def _embed_first(
+    embedder: Embedder | None, tasks: Sequence[TraceTask], progress: Progress | None
+) -> tuple[int, float, Progress | None]:
+    """Embed the queries the cache lacks before learning (the first run's long step). Returns how many, the
+    seconds it took, and the progress the pipeline reports to: its 0..1 after embedding's 0..0.5, if it embedded."""
+    embedding_started = time.perf_counter()
+    embedded = warm_embeddings(embedder, [t.query for t in tasks], progress) if embedder is not None else 0
+    embedding_seconds = time.perf_counter() - embedding_started
+    if not (embedded and progress):
+        return embedded, embedding_seconds, progress
+    outer = progress
+
+    def second_half(fraction: float, message: str) -> None:
+        outer(0.5 + fraction / 2, message)
+
+    return embedded, embedding_seconds, second_half
+
+
+def _run_learner(
+    tasks: Sequence[TraceTask],
+    prices: Mapping[str, AgentPrice],
+    learner: Mapping[str, Any] | None,
+    options: dict[str, Any],
+) -> LearnResult:
+    """The offline learner, or the LLM learner when its settings are given."""
     if learner is None:
         from skillorchestra.handbook.learning.pipeline import learn
 
-        result = learn(tasks, prices, **options)
-    else:  # skill discovery by an LLM (server/llm_learner.py); the rest of the pipeline is the same
-        from skillorchestra.server.llm_learner import learn_with_llm
+        return learn(tasks, prices, **options)
+    # skill discovery by an LLM (server/llm_learner.py); the rest of the pipeline is the same
+    from skillorchestra.server.llm_learner import learn_with_llm
 
-        result = learn_with_llm(tasks, prices, **learner, **options)
+    return learn_with_llm(tasks, prices, **learner, **options)
+
+
+def _shaped_document(
+    store: HandbookStore, result: LearnResult, asked: _Asked
+) -> tuple[HandbookDocument, dict[str, int]]:
+    """The learned document with the live handbook's other selections, and (learning from the log) its agents.
+    Returns the document and the selections kept."""
     document = result.document
     depth = int(result.metrics["depth"])
+    orchestrator = asked.orchestrator
     # the live handbook's selections for other orchestrators are kept, and said so: a learn for one orchestrator
     # had dropped every other's silently (QA)
     kept = {name: d for name, d in store.selections().items() if name not in (DEFAULT_SELECTION, orchestrator)}
     selections = {**kept, **document.selections, **({orchestrator: depth} if orchestrator else {})}
     document = document.model_copy(update={"selections": selections})
-    if events_read is not None:
+    if asked.events_read is not None:
         document = keep_live_agents(document, store.agents(), store.modes())
+    return document, kept
+
+
+def _learn_metrics(
+    asked: _Asked,
+    result: LearnResult,
+    document: HandbookDocument,
+    kept: dict[str, int],
+    embedding: tuple[int, float],
+    features: str,
+) -> dict[str, Any]:
+    """The version's metrics as far as learning goes: the learner's, the data's, and where the version would send
+    the steps. `embedding`: the queries embedded before learning, and the seconds that took."""
+    tasks, prices = asked.tasks, asked.prices
+    embedded, embedding_seconds = embedding
     basis, unknown = cost_basis(tasks, prices)
     candidates = [c.as_dict() for c in result.candidates]
     metrics = _plain(
         {
             **result.metrics,
-            "data": data_label,
-            "prices": price_source,
+            "data": asked.data_label,
+            "prices": asked.price_source,
             "cost_basis": basis,
             "cost_unknown_agents": unknown,
-            "orchestrator": orchestrator,
+            "orchestrator": asked.orchestrator,
             "selections_kept": kept,
             "candidates": candidates,
             "pareto_front": [c["name"] for c in candidates if c["pareto"]],
@@ -208,13 +274,24 @@ def learn_into_store(
     from skillorchestra.handbook.learning.deployment import deployment_report
 
     metrics["deployed_share"], metrics["collapse_note"] = deployment_report(
-        document, result.labeller, result.val, tasks, prices, lambda_, float(result.metrics["kappa"])
+        document, result.labeller, result.val, tasks, prices, asked.lambda_, float(result.metrics["kappa"])
     )
     # priced agents the data has no outcomes of are not in the new version (the log's keep_live_agents keeps them)
-    metrics["priced_without_outcomes"] = [] if events_read is not None else sorted(set(prices) - set(metrics["agents"]))
+    from_log = asked.events_read is not None
+    metrics["priced_without_outcomes"] = [] if from_log else sorted(set(prices) - set(metrics["agents"]))
+    return metrics
+
+
+def _learn_summary(
+    asked: _Asked, result: LearnResult, document: HandbookDocument, metrics: dict[str, Any], kept: dict[str, int]
+) -> str:
+    """The version's summary as far as learning goes (the gate and the late reports may add to it)."""
+    orchestrator = asked.orchestrator
+    depth = int(result.metrics["depth"])
     summary = (
-        f"learned from {data_label}: {metrics['n_tasks']} tasks, {len(metrics['agents'])} agents -> "
-        f"{metrics['n_skills']} skills ('{result.selected}', depth {depth}) at lambda {lambda_:g}, seed {seed}"
+        f"learned from {asked.data_label}: {metrics['n_tasks']} tasks, {len(metrics['agents'])} agents -> "
+        f"{metrics['n_skills']} skills ('{result.selected}', depth {depth}) at lambda {asked.lambda_:g}, "
+        f"seed {asked.seed}"
         + (", with a length effect" if document.length_effect is not None else "")
         + (f", selection stored for orchestrator {orchestrator!r}" if orchestrator else "")
         + (f"; {selections_kept(kept)}" if kept else "")
@@ -225,37 +302,47 @@ def learn_into_store(
     if metrics["collapse_note"]:
         summary += f"; warning: {metrics['collapse_note']}"
     if metrics["priced_without_outcomes"]:  # QA: left out silently
-        summary += f"; {priced_without_outcomes(metrics['priced_without_outcomes'], price_source)}"
-    comparable = int(result.metrics["comparable_validation_tasks"])  # on the learner's own validation split
+        summary += f"; {priced_without_outcomes(metrics['priced_without_outcomes'], asked.price_source)}"
+    return summary
+
+
+def _comparable(result: LearnResult) -> int:
+    """The learner's validation tasks that saw two or more agents (on its own validation split)."""
+    return int(result.metrics["comparable_validation_tasks"])
+
+
+def _trial_live_skills(
+    store: HandbookStore, result: LearnResult, embedder: Embedder | None, asked: _Asked, progress: Progress | None
+) -> tuple[LiveTrial | None, tuple[int, int]]:
+    """The live handbook's skills replayed on the learner's validation tasks, when those can tell handbooks apart.
+    Returns the trial (None: not run) and the live state it compared against."""
     trial = None
     # the live state the trial compares against: its version and its edits (outcomes a server records meanwhile
     # change neither the live skills nor the labeller; QA: counting them, no learn beside a server went live)
     trialled = (store.current_version(), store.edit_stamp())
-    if comparable >= MIN_COMPARABLE_TASKS:  # fewer: validation can tell no two handbooks apart, and says so below
+    # fewer: validation can tell no two handbooks apart (the gate says so)
+    if _comparable(result) >= MIN_COMPARABLE_TASKS:
         if progress:
             progress(1.0, "comparing with the live handbook's skills on the validation tasks")
-        trial = try_live_skills(store, result, prices, embedder, trialled[0])
-    metrics["live_trial"] = None if trial is None else trial.as_dict()
-    metrics["log_forgetting"] = store.forgetting_in_log() if events_read is not None else None
+        trial = try_live_skills(store, result, asked.prices, embedder, trialled[0])
+    return trial, trialled
+
+
+def _store_version(
+    store: HandbookStore,
+    document: HandbookDocument,
+    result: LearnResult,
+    metrics: dict[str, Any],
+    summary: str,
+    trial: LiveTrial | None,
+    trialled: tuple[int, int],
+    asked: _Asked,
+) -> LearnRun:
+    """Store the version, live unless the gate gives a reason; its metrics hold the gate's figures, and its summary
+    (when it is stored only) says why and how to promote it."""
+    events_read = asked.events_read
     with store.write():  # the gate reads the live state this version would replace, and its number, at once
-        live_competence = store.competence()
-        back = agents_back_on_prior(document, metrics["agents"], live_competence)
-        # learning from the log keeps every live agent (keep_live_agents): only traces can leave agents out
-        dropped = [] if events_read is not None else agents_dropped(document, store.agents(), live_competence)
-        reasons = not_live_reasons(
-            comparable,
-            str(result.metrics["validated_on"]),
-            back,
-            store.counts(),
-            trial,
-            dropped,
-            metrics["log_forgetting"],
-        )
-        if trial is not None and (store.current_version(), store.edit_stamp()) != trialled:  # (review)
-            reasons.append(
-                "the live handbook changed while it was compared with the live skills (an edit, a promote or another "
-                "learning run), so the comparison no longer holds (learn again)"
-            )
+        reasons, back, dropped = _gate(store, document, result, metrics, trial, trialled, asked)
         went_live = not reasons
         if events_read is not None:  # QA: 73 failures reported while it learned were silently left out
             late = store.reported_steps_after(events_read.through, events_read.read_at)
@@ -278,6 +365,38 @@ def learn_into_store(
             document, source="learn", summary=stored_summary, metrics=metrics, live=went_live
         )
     return LearnRun(version=version, parent=parent, result=result, metrics=metrics, summary=stored_summary(version))
+
+
+def _gate(
+    store: HandbookStore,
+    document: HandbookDocument,
+    result: LearnResult,
+    metrics: dict[str, Any],
+    trial: LiveTrial | None,
+    trialled: tuple[int, int],
+    asked: _Asked,
+) -> tuple[list[str], list[str], list[str]]:
+    """The go-live gate (handbook/learning/gate.py), inside the store's write transaction: why the version must
+    not go live (none: it goes live), the agents it would put back on their prior, and the live agents it drops."""
+    live_competence = store.competence()
+    back = agents_back_on_prior(document, metrics["agents"], live_competence)
+    # learning from the log keeps every live agent (keep_live_agents): only traces can leave agents out
+    dropped = [] if asked.events_read is not None else agents_dropped(document, store.agents(), live_competence)
+    reasons = not_live_reasons(
+        _comparable(result),
+        str(result.metrics["validated_on"]),
+        back,
+        store.counts(),
+        trial,
+        dropped,
+        metrics["log_forgetting"],
+    )
+    if trial is not None and (store.current_version(), store.edit_stamp()) != trialled:  # (review)
+        reasons.append(
+            "the live handbook changed while it was compared with the live skills (an edit, a promote or another "
+            "learning run), so the comparison no longer holds (learn again)"
+        )
+    return reasons, back, dropped
 
 
 def priced_without_outcomes(agents: Sequence[str], price_source: str) -> str:

@@ -123,12 +123,65 @@ def _replayed(result: Any, table: d.OutcomeTable, agents: list[str]) -> np.ndarr
     return _picks(result.choices, agents)
 
 
+@dataclass
+class _EvalData:
+    """The test tasks as a table, and what the policies may know, all of it from train: the agents, their costs,
+    c_ref, the best single and the cheapest agent."""
+
+    train: list[TraceTask]
+    kept: list[TraceTask]  # the test tasks whose query is not in train
+    dropped: int
+    agents: list[str]
+    test_only: list[str]
+    train_scores: np.ndarray
+    agent_costs: dict[str, float]
+    c_ref: float
+    unknown_cost: list[str]
+    table: d.OutcomeTable
+    best_col: int
+    cheap_col: int
+
+
+@dataclass
+class _Handbook:
+    """The handbook learned on all of train at the operating lambda, and its expected utilities on the test tasks."""
+
+    learned: Learned
+    wall_seconds: float
+    labeller: CachedLabeller
+    scorer: HandbookScorer
+    expected: Any
+
+
+@dataclass
+class _Policies:
+    """Every policy's rows on the test tasks, and what the result's other parts read of them."""
+
+    rows: list[dict[str, Any]]
+    curves: dict[str, dict[float, np.ndarray]]
+    agreement: list[float]
+    online: list[dict[str, Any]]
+    knn: KnnRouter
+    knn_pred: Any
+
+
 def run_eval(
     train: list[TraceTask], test: list[TraceTask], prices: Mapping[str, AgentPrice], config: EvalConfig | None = None
 ) -> dict[str, Any]:
     """Everything `skillorchestra eval --json` writes (interface.md), plus diagnostics under extra keys."""
     config = config or EvalConfig()
     lambdas = _check(config)
+    data = _eval_data(train, test, prices)
+    operating, selection = _operating_point(train, prices, data.agents, data.c_ref, lambdas, config)
+    lambdas = sorted({*lambdas, operating})  # an operating point found between grid values gets its own rows
+    handbook = _learn_handbook(data, prices, operating, config)
+    policies = _policy_rows(handbook, data, prices, lambdas, operating, config)
+    return _result_document(data, handbook, policies, operating, selection, lambdas, config)
+
+
+def _eval_data(train: list[TraceTask], test: list[TraceTask], prices: Mapping[str, AgentPrice]) -> _EvalData:
+    """Check the data and read what the policies may know from train; refuses test data with nothing to compare on
+    before any learning."""
     if not train:
         raise InvalidInput("--train", 0, "at least one task")
     kept, dropped = d.drop_seen(train, test)
@@ -150,71 +203,120 @@ def run_eval(
     log.info(
         "eval: %d train, %d test (%d dropped as seen), %d agents", len(train), len(table.tasks), dropped, len(agents)
     )
+    return _EvalData(
+        train,
+        kept,
+        dropped,
+        agents,
+        test_only,
+        train_scores,
+        agent_costs,
+        c_ref,
+        unknown_cost,
+        table,
+        best_col,
+        cheap_col,
+    )
 
-    operating, selection = _operating_point(train, prices, agents, c_ref, lambdas, config)
-    lambdas = sorted({*lambdas, operating})  # an operating point found between grid values gets its own rows
+
+def _learn_handbook(
+    data: _EvalData, prices: Mapping[str, AgentPrice], operating: float, config: EvalConfig
+) -> _Handbook:
+    """The handbook every handbook policy serves with: learned on all of train at the operating lambda."""
     started = time.perf_counter()
-    learned = config.learn_fn(list(train), prices, operating, config.seed)
+    learned = config.learn_fn(list(data.train), prices, operating, config.seed)
     learn_wall = time.perf_counter() - started
     labeller = CachedLabeller(learned.labeller)
-    scorer = HandbookScorer(learned.document, labeller, agents, c_ref)
-    expected = scorer.score(table.queries)
+    scorer = HandbookScorer(learned.document, labeller, data.agents, data.c_ref)
+    return _Handbook(learned, learn_wall, labeller, scorer, scorer.score(data.table.queries))
 
-    best_single = p.best_single_choices(table, train_scores)
-    train_means = metrics.column_means(train_scores)
+
+def _policy_rows(
+    handbook: _Handbook,
+    data: _EvalData,
+    prices: Mapping[str, AgentPrice],
+    lambdas: list[float],
+    operating: float,
+    config: EvalConfig,
+) -> _Policies:
+    """The rows of every policy, in the order the result lists them: the swept policies at every lambda, Thompson
+    at the operating lambda, then the fixed policies."""
+    table = data.table
+    best_single = p.best_single_choices(table, data.train_scores)
     baseline = sweep.Baseline(
         best_single_accuracy=metrics.accuracy(table.chosen(best_single)[0]),
         # the gap's ceiling is the best score per task: the thrifty oracle row (cheapest agent scoring >= 0.5) is
         # it on 0/1 scores, but on graded ones may score below best-single, and then the cheapest policy "closed
         # the whole gap" (contract QA)
         oracle_accuracy=metrics.oracle_accuracy(table.scores),
-        agent_costs=d.charged_costs(agent_costs, agents, c_ref),  # an unknown cost is charged c_ref: it counts
+        # an unknown cost is charged c_ref: it counts
+        agent_costs=d.charged_costs(data.agent_costs, data.agents, data.c_ref),
     )
-    rows, curves, agreement = [], {}, []
-    for lam in lambdas:
-        result = config.replay_fn(learned.document, labeller, list(table.tasks), prices, lam, config.seed, c_ref)
-        picks = _replayed(result, table, agents)
-        agreement.append(float(np.mean(picks == expected.choose(lam, c_ref, table.judged))))
-        rows.append(sweep.row(p.SKILLORCHESTRA, lam, picks, table, baseline))
-        curves.setdefault(p.SKILLORCHESTRA, {})[lam] = picks
-    knn = KnnRouter(config.knn_k).fit(train, prices, c_ref)
+    rows, ours, agreement = _skillorchestra_rows(handbook, data, prices, lambdas, config, baseline)
+    knn = KnnRouter(config.knn_k).fit(data.train, prices, data.c_ref)
     knn_pred = p.knn_scored(knn, table)
+    theirs: dict[float, np.ndarray] = {}
     for lam in lambdas:
         picks = p.knn_choose(knn, knn_pred, lam, table.judged)
         rows.append(sweep.row(p.KNN, lam, picks, table, baseline))
-        curves.setdefault(p.KNN, {})[lam] = picks
-
-    online, thompson_row = _online(learned.document, labeller, table, operating, c_ref, config, baseline, curves)
+        theirs[lam] = picks
+    curves = {p.SKILLORCHESTRA: ours, p.KNN: theirs}
+    document, labeller = handbook.learned.document, handbook.labeller
+    online, thompson_row = _online(document, labeller, table, operating, data.c_ref, config, baseline, curves)
     rows.append(thompson_row)
     fixed = {
-        p.PAPER_RULE: p.paper_rule_choices(scorer, table, expected),
+        p.PAPER_RULE: p.paper_rule_choices(handbook.scorer, table, handbook.expected),
         p.BEST_SINGLE: best_single,
-        p.CHEAPEST: p.cheapest_choices(table, agent_costs),
+        p.CHEAPEST: p.cheapest_choices(table, data.agent_costs),
         p.RANDOM: p.random_choices(table, config.seed),
         p.ORACLE: p.oracle_choices(table),
     }
     rows.extend(sweep.row(name, None, picks, table, baseline) for name, picks in fixed.items())
+    return _Policies(rows, curves, agreement, online, knn, knn_pred)
 
+
+def _skillorchestra_rows(
+    handbook: _Handbook,
+    data: _EvalData,
+    prices: Mapping[str, AgentPrice],
+    lambdas: list[float],
+    config: EvalConfig,
+    baseline: sweep.Baseline,
+) -> tuple[list[dict[str, Any]], dict[float, np.ndarray], list[float]]:
+    """The handbook replayed on the test tasks at every lambda: its rows, its picks per lambda, and how often the
+    replay agreed with the scorer's choices (a check that the two read the handbook alike)."""
+    table, c_ref = data.table, data.c_ref
+    rows, curve, agreement = [], {}, []
+    for lam in lambdas:
+        result = config.replay_fn(
+            handbook.learned.document, handbook.labeller, list(table.tasks), prices, lam, config.seed, c_ref
+        )
+        picks = _replayed(result, table, data.agents)
+        agreement.append(float(np.mean(picks == handbook.expected.choose(lam, c_ref, table.judged))))
+        rows.append(sweep.row(p.SKILLORCHESTRA, lam, picks, table, baseline))
+        curve[lam] = picks
+    return rows, curve, agreement
+
+
+def _result_document(
+    data: _EvalData,
+    handbook: _Handbook,
+    policies: _Policies,
+    operating: float,
+    selection: dict[str, Any],
+    lambdas: list[float],
+    config: EvalConfig,
+) -> dict[str, Any]:
+    """interface.md's eval JSON, with the diagnostics (and, for two agents, APGR and CPT) under extra keys."""
+    table, agents, c_ref, learned = data.table, data.agents, data.c_ref, handbook.learned
+    scorer, expected, knn = handbook.scorer, handbook.expected, policies.knn
+    train_means = metrics.column_means(data.train_scores)
     episodes = build_episodes(table, config.episodes, config.seed)
     result: dict[str, Any] = {
-        "dataset": {
-            "train": len(train),
-            "test": len(table.tasks),
-            "dropped_seen_in_train": dropped,
-            "dropped_unjudged": len(kept) - len(table.tasks),
-            "agents": agents,
-            "test_only_agents": test_only,
-            "cost_basis": d.cost_basis(list(train) + kept),
-            "recorded_cost_share": d.recorded_cost_share(list(train) + kept),
-            "c_ref": c_ref,
-            "unknown_cost_agents": unknown_cost,
-            "best_single_agent": agents[best_col],
-            "cheapest_agent": agents[cheap_col],
-            "oracle_best_score_accuracy": metrics.oracle_accuracy(table.scores),
-        },
-        "rows": rows,
+        "dataset": _dataset(data),
+        "rows": policies.rows,
         "operating_point": {"policy": p.SKILLORCHESTRA, "lambda": operating, **selection},
-        "online": online,
+        "online": policies.online,
         "episodes": evaluate_episodes(table, episodes, scorer, expected, knn, operating, c_ref, train_means),
         "episodes_detail": {
             "lambda": operating,
@@ -226,19 +328,41 @@ def run_eval(
             "seconds": float(learned.seconds),
             "llm_calls": int(learned.llm_calls),
             "usd": float(learned.usd),
-            "wall_seconds": learn_wall,
+            "wall_seconds": handbook.wall_seconds,
             "features": getattr(learned, "metrics", {}).get("features"),
             "skills": len(learned.document.skills),
             "length_effect": _length_effect(learned.document),
             "selection": selection.get("learning"),
         },
         "single_agents": _single_agents(table),
-        "replay_agreement": {"min": min(agreement), "lambdas": lambdas},
-        "diagnostics": _diagnostics(table, rows, curves, operating, agents, cheap_col),
+        "replay_agreement": {"min": min(policies.agreement), "lambdas": lambdas},
+        "diagnostics": _diagnostics(table, policies.rows, policies.curves, operating, agents, data.cheap_col),
     }
     if len(agents) == 2:
-        result["two_agent"] = _two_agent(table, agent_costs, agents, expected, knn_pred, scorer, config.seed, rows)
+        result["two_agent"] = _two_agent(
+            table, data.agent_costs, agents, expected, policies.knn_pred, scorer, config.seed, policies.rows
+        )
     return result
+
+
+def _dataset(data: _EvalData) -> dict[str, Any]:
+    """The result's `dataset`: what was compared on, and what the policies knew from train."""
+    agents, table = data.agents, data.table
+    return {
+        "train": len(data.train),
+        "test": len(table.tasks),
+        "dropped_seen_in_train": data.dropped,
+        "dropped_unjudged": len(data.kept) - len(table.tasks),
+        "agents": agents,
+        "test_only_agents": data.test_only,
+        "cost_basis": d.cost_basis(list(data.train) + data.kept),
+        "recorded_cost_share": d.recorded_cost_share(list(data.train) + data.kept),
+        "c_ref": data.c_ref,
+        "unknown_cost_agents": data.unknown_cost,
+        "best_single_agent": agents[data.best_col],
+        "cheapest_agent": agents[data.cheap_col],
+        "oracle_best_score_accuracy": metrics.oracle_accuracy(table.scores),
+    }
 
 
 def _length_effect(document: HandbookDocument) -> dict[str, Any] | None:

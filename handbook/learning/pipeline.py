@@ -38,7 +38,7 @@ from skillorchestra.handbook.learning.profile import Outcomes
 from skillorchestra.handbook.learning.refine import RefineParams, Step, refine
 from skillorchestra.handbook.learning.replay import task_modes
 from skillorchestra.handbook.learning.selection import CandidateReport, report, select
-from skillorchestra.handbook.learning.taxonomy import DEFAULT_MODE, Taxonomy
+from skillorchestra.handbook.learning.taxonomy import DEFAULT_MODE, Prototypes, Taxonomy
 from skillorchestra.handbook.models import DEFAULT_SELECTION, DESCRIPTION_MAX, Agent, HandbookDocument, Mode
 from skillorchestra.handbook.traces import AgentPrice, TraceTask
 
@@ -135,6 +135,80 @@ def _agents(agent_ids: Sequence[str], prices: Mapping[str, AgentPrice]) -> list[
     return out
 
 
+class _Stages:
+    """The progress lines of one run, and the seconds each stage took (metrics.timings)."""
+
+    def __init__(self, progress: Progress | None, started: float) -> None:
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        self.clock = started
+
+    def step(self, fraction: float, message: str, stage: str | None = None) -> None:
+        """A new stage begins (`stage`, if given, names the one that ends: its time goes into the metrics)."""
+        now = time.perf_counter()
+        if stage:
+            self.timings[stage] = round(now - self.clock, 3)
+        self.clock = now
+        self.say(fraction, message)
+
+    def say(self, fraction: float, message: str) -> None:
+        """Progress within a stage: the stage's clock runs on."""
+        if self.progress is not None:
+            self.progress(fraction, message)
+
+
+@dataclass
+class _Data:
+    """The judged tasks, split: `val` is `train` itself when there is no validation split (identity is the test)."""
+
+    tasks: list[TraceTask]
+    prices: dict[str, AgentPrice]
+    train: list[TraceTask]
+    val: list[TraceTask]
+    validated_on: str
+    agent_ids: list[str]
+    out_train: Outcomes
+    out_val: Outcomes
+    c_ref: float
+
+    @property
+    def has_val(self) -> bool:
+        return self.val is not self.train
+
+    @property
+    def n_val(self) -> int:
+        """Validation tasks reported: none when the candidates were compared on their own training tasks."""
+        return len(self.val) if self.validated_on == "validation split" else 0
+
+
+@dataclass
+class _Discovered:
+    """Discovery's taxonomy and prototypes, and the labeller over every prototype (one category per prototype)."""
+
+    taxonomy: Taxonomy
+    members: list[np.ndarray]
+    protos: Prototypes
+    base: SkillLabeller
+
+
+@dataclass
+class _Selection:
+    """Every candidate, its report, and which one was selected."""
+
+    candidates: list[Built]
+    reports: list[CandidateReport]
+    best: int
+    log: list[Step]
+
+    @property
+    def chosen(self) -> Built:
+        return self.candidates[self.best]
+
+    @property
+    def depth(self) -> int:
+        return self.reports[self.best].depth
+
+
 def learn(
     tasks: Sequence[TraceTask],
     prices: Mapping[str, AgentPrice],
@@ -150,45 +224,87 @@ def learn(
     """Learn, refine and select a handbook from outcome traces (see the module docstring)."""
     started = time.perf_counter()
     params = params or LearnParams()
-    timings: dict[str, float] = {}
-    clock = [started]
+    stages = _Stages(progress, started)
+    data = _prepare(tasks, prices, val_fraction, lambda_, seed)
 
-    def step(fraction: float, message: str, stage: str | None = None) -> None:
-        """A new stage begins (`stage`, if given, names the one that ends: its time goes into the metrics)."""
-        now = time.perf_counter()
-        if stage:
-            timings[stage] = round(now - clock[0], 3)
-        clock[0] = now
-        say(fraction, message)
+    stages.step(0.05, "features")
+    corpus, cached = _features(data, lambda_, seed, embedder)
 
-    def say(fraction: float, message: str) -> None:
-        """Progress within a stage: the stage's clock runs on."""
-        if progress is not None:
-            progress(fraction, message)
+    stages.step(0.3, "discovering skills", "features")
+    found = _discover(corpus, data.train, params.discovery, discoverer, cached)
+    evaluator = _evaluator(data, corpus, found, params, lambda_, seed)
 
-    tasks = learnable(tasks, val_fraction, lambda_)
-    prices = dict(prices)
-    train_rows, val_rows = split_tasks(tasks, val_fraction, seed)
-    train = [tasks[i] for i in train_rows]
-    val = [tasks[i] for i in val_rows]
+    stages.step(0.45, "building candidate handbooks", "discovery")
+    candidates = _candidates(evaluator, found.taxonomy)
+
+    stages.step(0.6, "refining", "candidates")
+    candidates, log = _refined(candidates, evaluator, corpus, found.protos, params.refine, stages)
+
+    stages.step(0.85, "selecting", "refinement")
+    selection = _select(candidates, log, lambda_, data.c_ref, seed)
+    document, profiled, length_report = _profiled_document(selection.chosen, evaluator, corpus, found, data, params)
+    agreements = _label_agreements(selection, evaluator.val, data.val)
+    # no skill splits a mode: the metrics say why when discovery had too few unlabelled tasks
+    unsplit = (
+        discoverer is None and found.taxonomy.max_depth < 2 and len(selection.chosen.specs) <= len(evaluator.modes)
+    )
+    document = _described(document, data, selection, found.base.kind, lambda_, seed)
+    # not "done": the caller may trial it against the live one next (QA)
+    stages.step(1.0, "handbook learned", "selection")
+    seconds = time.perf_counter() - started
+    metrics = {
+        **_data_metrics(data, corpus, cached, found.base.kind, params, lambda_, seed, unsplit),
+        **_selection_metrics(selection, found, evaluator, length_report, agreements, profiled),
+        "timings": stages.timings,
+    }
+    labeller = selection.chosen.labeller
+    if cached is not None and cached is not embedder:
+        labeller.use_embedder(embedder)  # serve with the caller's embedder, not this run's growing cache
+    return LearnResult(
+        document=document,
+        labeller=labeller,
+        candidates=selection.reports,
+        selected=selection.chosen.name,
+        metrics=metrics,
+        seconds=seconds,
+        train=data.train,
+        val=data.val,
+    )
+
+
+def _prepare(
+    tasks: Sequence[TraceTask], prices: Mapping[str, AgentPrice], val_fraction: float, lambda_: float, seed: int
+) -> _Data:
+    """The judged tasks (the settings checked first), the seeded split, and each side's outcomes."""
+    judged = learnable(tasks, val_fraction, lambda_)
+    priced = dict(prices)
+    train_rows, val_rows = split_tasks(judged, val_fraction, seed)
+    train = [judged[i] for i in train_rows]
+    val = [judged[i] for i in val_rows]
     validated_on = "validation split"
     if not val:
         val, validated_on = train, "training tasks (no validation split)"
-    agent_ids = sorted({a for t in tasks for a, o in t.outcomes.items() if o.score is not None})
-    out_train = Outcomes.build(train, prices, agent_ids)
-    out_val = Outcomes.build(val, prices, agent_ids)
-    c_ref = out_train.reference_cost()
+    agent_ids = sorted({a for t in judged for a, o in t.outcomes.items() if o.score is not None})
+    out_train = Outcomes.build(train, priced, agent_ids)
+    out_val = Outcomes.build(val, priced, agent_ids)
+    return _Data(judged, priced, train, val, validated_on, agent_ids, out_train, out_val, out_train.reference_cost())
+
+
+def _features(
+    data: _Data, lambda_: float, seed: int, embedder: Embedder | None
+) -> tuple[Corpus, CachedEmbedder | None]:
+    """The training queries as discovery reads them: TF-IDF rows, MiniLM vectors when an embedder is given, and
+    each task's utilities at lambda 0 and at `lambda_`. The validation queries are embedded now too (cached)."""
+    train, out_train, c_ref = data.train, data.out_train, data.c_ref
     lambdas = sorted({0.0, float(lambda_)})
     norm = out_train.costs / c_ref if c_ref > 0 else np.zeros_like(out_train.costs)
-
-    step(0.05, "features")
     queries = [t.query for t in train]
     space = TfidfSpace.fit(queries)
     cached: CachedEmbedder | None = None
     embeddings = None
     if embedder is not None:
         cached = embedder if isinstance(embedder, CachedEmbedder) else CachedEmbedder(embedder)
-        embeddings = cached.encode(queries + [t.query for t in val])[: len(train)]
+        embeddings = cached.encode(queries + [t.query for t in data.val])[: len(train)]
     corpus = Corpus(
         queries=queries,
         labels=[t.task for t in train],
@@ -200,13 +316,22 @@ def learn(
         embeddings=embeddings,
         seed=seed,
     )
+    return corpus, cached
 
-    step(0.3, "discovering skills", "features")
+
+def _discover(
+    corpus: Corpus,
+    train: list[TraceTask],
+    params: DiscoveryParams,
+    discoverer: Discoverer | None,
+    cached: CachedEmbedder | None,
+) -> _Discovered:
+    """The taxonomy (offline discovery unless a discoverer replaces it) and the labeller of its prototypes."""
     if discoverer is None:
-        taxonomy, members, proto_modes = discover(corpus, params.discovery)
+        taxonomy, members, proto_modes = discover(corpus, params)
     else:
-        taxonomy, members, proto_modes = discoverer(corpus, train, params.discovery)
-    vectors, labeller_space = prototype_vectors(corpus, members, params.discovery.proto_terms)
+        taxonomy, members, proto_modes = discoverer(corpus, train, params)
+    vectors, labeller_space = prototype_vectors(corpus, members, params.proto_terms)
     protos = prototype_table(members, proto_modes, vectors, len(train))
     category_of = {p: c.id for c in taxonomy.categories for p in c.protos}
     base = SkillLabeller(
@@ -218,9 +343,18 @@ def learn(
         space=labeller_space,
         embedder=cached,
     )
+    return _Discovered(taxonomy, members, protos, base)
+
+
+def _evaluator(
+    data: _Data, corpus: Corpus, found: _Discovered, params: LearnParams, lambda_: float, seed: int
+) -> Evaluator:
+    """What every candidate is profiled and replayed with: the modes, both splits' similarities to the prototypes,
+    the agents and the prices of cost."""
+    train, val = data.train, data.val
     # the count of the tasks whose outcomes become the mode's evidence (QA: it counted the training split alone
     # beside competence rows profiled on train + validation)
-    profiled_tasks = train + val if params.profile_on_all and val is not train else train
+    profiled_tasks = train + val if params.profile_on_all and data.has_val else train
     modes = [
         Mode(
             id=m,
@@ -229,46 +363,66 @@ def learn(
         for m in sorted(set(corpus.modes))
     ]
     mode_ids = [m.id for m in modes]
+    base = found.base
     train_split = Split(
-        [t.id for t in train], queries, task_modes(train, mode_ids), out_train, base.similarities(queries)
+        [t.id for t in train],
+        corpus.queries,
+        task_modes(train, mode_ids),
+        data.out_train,
+        base.similarities(corpus.queries),
     )
     val_queries = [t.query for t in val]
     val_split = Split(
-        [t.id for t in val], val_queries, task_modes(val, mode_ids), out_val, base.similarities(val_queries)
+        [t.id for t in val], val_queries, task_modes(val, mode_ids), data.out_val, base.similarities(val_queries)
     )
-    evaluator = Evaluator(
+    return Evaluator(
         base,
-        protos,
+        found.protos,
         train_split,
         val_split,
-        _agents(agent_ids, prices),
+        _agents(data.agent_ids, data.prices),
         modes,
         lambda_,
-        c_ref,
+        data.c_ref,
         params.kappa,
         seed,
         params.lambda_panel,
     )
 
-    step(0.45, "building candidate handbooks", "discovery")
+
+def _candidates(evaluator: Evaluator, taxonomy: Taxonomy) -> list[Built]:
+    """The taxonomy's skill sets at each depth it has, profiled and replayed."""
     candidates = [evaluator.evaluate("depth0", 0, taxonomy), evaluator.evaluate("depth1", 1, taxonomy)]
     if taxonomy.max_depth == 2:
         candidates.append(evaluator.evaluate("depth2", 2, taxonomy))
+    return candidates
 
-    step(0.6, "refining", "candidates")
-    start = candidates[-1]
-    rounds = params.refine.rounds
+
+def _refined(
+    candidates: list[Built],
+    evaluator: Evaluator,
+    corpus: Corpus,
+    protos: Prototypes,
+    params: RefineParams,
+    stages: _Stages,
+) -> tuple[list[Built], list[Step]]:
+    """Refine the finest candidate. Returns the candidates, the refined one last when it is a skill set none of
+    them has, and the refinement log."""
+    rounds = params.rounds
 
     def refining(number: int, done: list[Step]) -> None:
         kept = sum(s.accepted for s in done)
         fraction = 0.6 + 0.25 * (number - 1) / rounds
-        say(fraction, f"refining: round {number} of at most {rounds} ({len(done)} changes tried, {kept} kept)")
+        stages.say(fraction, f"refining: round {number} of at most {rounds} ({len(done)} changes tried, {kept} kept)")
 
-    refined, log = refine(start, evaluator, corpus, protos, params.refine, on_round=refining)
+    refined, log = refine(candidates[-1], evaluator, corpus, protos, params, on_round=refining)
     if refined.taxonomy.signature(2) not in {c.taxonomy.signature(c.depth) for c in candidates}:
-        candidates.append(refined)
+        return [*candidates, refined], log
+    return candidates, log
 
-    step(0.85, "selecting", "refinement")
+
+def _select(candidates: list[Built], log: list[Step], lambda_: float, c_ref: float, seed: int) -> _Selection:
+    """Report every candidate's validation replay and pick the best (ties: the lambda panel's mean utility)."""
     reports = report(
         [c.name for c in candidates],
         [c.depth if c.name != "refined" else c.taxonomy.max_depth for c in candidates],
@@ -280,96 +434,116 @@ def learn(
     )
     best = select(reports, [c.panel_utility for c in candidates])
     reports[best].selected = True
-    chosen = candidates[best]
-    depth = reports[best].depth
+    return _Selection(candidates, reports, best, log)
 
-    has_val = val is not train
-    profiled = [train_split, val_split] if params.profile_on_all and has_val else [train_split]
-    document = _final_document(chosen, evaluator, corpus, protos, profiled, params.kappa)
+
+def _profiled_document(
+    chosen: Built, evaluator: Evaluator, corpus: Corpus, found: _Discovered, data: _Data, params: LearnParams
+) -> tuple[HandbookDocument, list[Split], dict[str, Any] | None]:
+    """The selected skill set profiled for serving, with its length effect when one routes better. Returns the
+    document, the splits it was profiled on and the length trial's report."""
+    train_split, val_split = evaluator.train, evaluator.val
+    profiled = [train_split, val_split] if params.profile_on_all and data.has_val else [train_split]
+    document = _final_document(chosen, evaluator, corpus, found.protos, profiled, params.kappa)
     length_report = None
     if params.length_ridge is not None:
-        every = Split.joined([train_split, val_split]) if has_val else train_split
+        every = Split.joined([train_split, val_split]) if data.has_val else train_split
         document, length_report = _add_length_effect(
             document, chosen, evaluator, every, profiled, params.length_ridge, params.kappa
         )
-    val_labels = [t.task for t in val]
-    agreement = _label_agreement(chosen, val_split, val_labels)
-    agreement_depth1 = _label_agreement(candidates[1], val_split, val_labels)
-    families = sorted({t.task for t in tasks if t.task})
-    unsplit = discoverer is None and taxonomy.max_depth < 2 and len(chosen.specs) <= len(mode_ids)
+    return document, profiled, length_report
+
+
+def _described(
+    document: HandbookDocument, data: _Data, selection: _Selection, features: str, lambda_: float, seed: int
+) -> HandbookDocument:
+    """The document with its description for people, the selected depth and the labeller that serves it."""
+    chosen, depth = selection.chosen, selection.depth
+    families = sorted({t.task for t in data.tasks if t.task})
     description = (
-        f"Learned offline (no LLM) from {len(tasks)} tasks ({len(train)} train / "
-        f"{len(val) if validated_on == 'validation split' else 0} validation) of {len(agent_ids)} agents"
+        f"Learned offline (no LLM) from {len(data.tasks)} tasks ({len(data.train)} train / "
+        f"{data.n_val} validation) of {len(data.agent_ids)} agents"
         + (
             f", {len(families)} task families ({', '.join(families[:10])}{', ...' if len(families) > 10 else ''})"
             if families
             else ""
         )
-        + f"; {base.kind} features, seed {seed}. Selected '{chosen.name}' ({len(chosen.specs)} skills, depth {depth}) "
+        + f"; {features} features, seed {seed}. Selected '{chosen.name}' ({len(chosen.specs)} skills, depth {depth}) "
         f"at lambda {lambda_:g}: validation accuracy {chosen.val.accuracy:.3f}, avg cost ${chosen.val.avg_cost:.3g}."
     )
-    document = document.model_copy(
+    return document.model_copy(
         update={
             "description": description[:DESCRIPTION_MAX],
             "selections": {DEFAULT_SELECTION: depth},
             "labeller": chosen.labeller.to_json(),
         }
     )
-    step(1.0, "handbook learned", "selection")  # not "done": the caller may trial it against the live one next (QA)
-    seconds = time.perf_counter() - started
-    metrics: dict[str, Any] = {
-        "n_tasks": len(tasks),
-        "n_train": len(train),
-        "n_val": len(val) if validated_on == "validation split" else 0,
-        "validated_on": validated_on,
+
+
+def _data_metrics(
+    data: _Data,
+    corpus: Corpus,
+    cached: CachedEmbedder | None,
+    features: str,
+    params: LearnParams,
+    lambda_: float,
+    seed: int,
+    unsplit: bool,
+) -> dict[str, Any]:
+    """The metrics of what was learned from: the tasks, the split, the features and the settings."""
+    return {
+        "n_tasks": len(data.tasks),
+        "n_train": len(data.train),
+        "n_val": data.n_val,
+        "validated_on": data.validated_on,
         # validation can tell handbooks apart only where it saw two or more agents (the replay never credits an
         # agent without an outcome): how many such tasks the selection had. Without a validation split the
         # selection saw its own training tasks, which validate nothing: 0
         "comparable_validation_tasks": (
-            sum(1 for t in val if sum(o.score is not None for o in t.outcomes.values()) > 1) if has_val else 0
+            sum(1 for t in data.val if sum(o.score is not None for o in t.outcomes.values()) > 1) if data.has_val else 0
         ),
         # why the handbook has no skill that splits a mode, when discovery had too few unlabelled tasks (else None)
         "discovery_note": few_tasks_note(corpus, params.discovery) if unsplit else None,
-        "agents": agent_ids,
-        "features": base.kind,
+        "agents": data.agent_ids,
+        "features": features,
         "embedding_model": cached.model_name if cached is not None else None,
         "embedded_now": cached.computed if cached is not None else 0,
         "lambda": lambda_,
         "seed": seed,
-        "c_ref": c_ref,
+        "c_ref": data.c_ref,
         "kappa": params.kappa,
+    }
+
+
+def _selection_metrics(
+    selection: _Selection,
+    found: _Discovered,
+    evaluator: Evaluator,
+    length_report: dict[str, Any] | None,
+    agreements: tuple[float | None, float | None],
+    profiled: list[Split],
+) -> dict[str, Any]:
+    """The metrics of the selected handbook and of how it was found."""
+    chosen = selection.chosen
+    return {
         "selected": chosen.name,
-        "depth": depth,
+        "depth": selection.depth,
         "n_skills": len(chosen.specs),
         "n_categories": len(chosen.taxonomy.categories),
-        "n_prototypes": len(members),
+        "n_prototypes": len(found.members),
         "temperature": chosen.labeller.temperature,
         "val": {
             "accuracy": chosen.val.accuracy,
             "avg_cost": chosen.val.avg_cost,
-            "utility": reports[best].utility,
+            "utility": selection.reports[selection.best].utility,
         },
         "length_effect": length_report,
-        "label_agreement_val": agreement,
-        "label_agreement_val_depth1": agreement_depth1,
-        "refinement": [s.as_dict() for s in log],
+        "label_agreement_val": agreements[0],
+        "label_agreement_val_depth1": agreements[1],
+        "refinement": [s.as_dict() for s in selection.log],
         "evaluations": evaluator.evaluations,
         "profiled_on": "train+validation" if len(profiled) == 2 else "train",
-        "timings": timings,
     }
-    labeller = chosen.labeller
-    if cached is not None and cached is not embedder:
-        labeller.use_embedder(embedder)  # serve with the caller's embedder, not this run's growing cache
-    return LearnResult(
-        document=document,
-        labeller=labeller,
-        candidates=reports,
-        selected=chosen.name,
-        metrics=metrics,
-        seconds=seconds,
-        train=train,
-        val=val,
-    )
 
 
 def _add_length_effect(
@@ -388,6 +562,17 @@ def _add_length_effect(
         return document, None if trial is None else trial.as_dict()
     effect = evaluator.fit_length_effect(document_arrays(document, kappa), chosen.labeller, profiled, ridge)
     return document.model_copy(update={"length_effect": effect}), {**trial.as_dict(), "slopes": effect.slopes}
+
+
+def _label_agreements(
+    selection: _Selection, split: Split, val: Sequence[TraceTask]
+) -> tuple[float | None, float | None]:
+    """The label agreement on validation of the selected handbook and of the depth-1 candidate."""
+    val_labels = [t.task for t in val]
+    return (
+        _label_agreement(selection.chosen, split, val_labels),
+        _label_agreement(selection.candidates[1], split, val_labels),
+    )
 
 
 def _label_agreement(built: Built, split: Split, labels: Sequence[str | None]) -> float | None:
