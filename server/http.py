@@ -17,6 +17,7 @@ Why this module builds its own Starlette app instead of calling `MCPServer.run("
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import logging
@@ -242,6 +243,9 @@ class RefusedQuietly:
     A client gone before its POST arrived whole is one warning line too (streamable HTTP: the SDK raises it out of a
     2026-07-28 request, in an exception group; soak QA: 128 tracebacks for 1,500 dropped connections).
 
+    A response the SDK leaves unfinished when it returns (a stream the server's shutdown ended: uvicorn logged
+    "ASGI callable returned without completing response" for each) is finished with an empty last body.
+
     When an SSE stream ends while its client is still connected (the server stops), the SDK then sends an empty
     Response as well: a second response on a request already answered, which uvicorn refused with an ERROR and a
     traceback (QA). It is dropped; so is the 500 the SDK sends after a streamable HTTP notification's 202 when the
@@ -271,6 +275,10 @@ class RefusedQuietly:
 
         try:
             await self.app(scope, receive, send_tracked)
+            if answered and not complete:  # a stream the server's shutdown ended (soak QA: an ERROR line each)
+                complete = True
+                with contextlib.suppress(OSError, RuntimeError):  # the client may be gone
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
         except ValueError as exc:
             if not answered or str(exc) != self.REFUSED:
                 raise

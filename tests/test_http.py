@@ -515,6 +515,25 @@ async def test_a_client_gone_before_its_body_arrived_is_one_warning(
     assert said == [("WARNING", "a client disconnected before its request arrived whole", None)], said
 
 
+@pytest.mark.anyio
+async def test_a_response_left_unfinished_is_finished(caplog: pytest.LogCaptureFixture) -> None:
+    """Soak QA: SIGTERM under load logged 8-14 "ASGI callable returned without completing response" ERROR lines: the
+    SDK's streams, ended by the shutdown, return mid-response; the wrapper ends the response instead."""
+    from skillorchestra.server.http import RefusedQuietly
+
+    async def streaming(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"event: message\n\n", "more_body": True})
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await RefusedQuietly(streaming)({"type": "http", "path": "/mcp"}, None, send)  # type: ignore[arg-type]
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False} and len(sent) == 3
+
+
 def test_a_request_racing_its_sessions_close_is_one_warning() -> None:
     """Soak QA: a legacy client that cancelled calls and then closed left, per race, the SDK's ERROR with a
     ClosedResourceError traceback (and a second response, now dropped by RefusedQuietly)."""
