@@ -122,7 +122,9 @@ class RouteMixin(HandbookBase):
                     "session_id": request.session_id,
                     "budget_usd": request.budget_usd,
                     "agent_id": decision.agent_id,
-                    "mode": level_mode,  # a step read at mode level files its outcome under that mode's record
+                    # the mode the caller named only: the log is learning data (learning/events.py groups steps by
+                    # it), and a step read at an orchestrator's depth 0 shows its record in its candidates (review)
+                    "mode": request.mode,
                     "skills": [[s, w] for s, w in demands],
                     "strategy": request.strategy,
                     "lambda": request.lambda_,

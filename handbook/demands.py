@@ -101,10 +101,12 @@ def at_depth(
     granularity's wording. Depth 0 reads the record of the step's mode (the one named, else the one most of its
     skills' weight is in), not the agents' overall one (QA: it showed '*' rows and no mode insights)."""
     coarse, granularity = _coarsen(store, arrays, demands, orchestrator)
-    if coarse or mode or not demands:
+    if coarse or mode or not granularity.startswith("depth 0"):
         return coarse, mode, granularity
     heaviest = arrays.heaviest_modes(demands)
-    return [], next(iter(heaviest)) if len(heaviest) == 1 else None, granularity
+    if len(heaviest) != 1:  # no skill matched, or modes tied: the agents' overall record (review: said "mode level")
+        return [], None, f"{granularity.removesuffix(' (mode level)')} (no single mode found: agent level)"
+    return [], next(iter(heaviest)), granularity
 
 
 def _coarsen(

@@ -64,7 +64,7 @@ class RecordMixin(HandbookBase):
             "decision_id": report.decision_id,
             "agent_id": decision["agent_id"],
             "skills": stored_json(decision["skills"]),
-            "mode": decision["mode"],
+            "mode": read_in_mode(decision),
             "gamma": self.settings.forgetting,
             "forget_by_weight": True,  # gamma ** w per skill (older events forgot by gamma whatever the weight)
             "step_tokens": decision.get("step_tokens"),
@@ -279,3 +279,16 @@ def _update(skill_id: str, alpha: float, beta: float, competence: float | None =
 
 def _json_roundtrip(value: Any) -> Any:
     return json.loads(json.dumps(value))
+
+
+def read_in_mode(decision: dict[str, Any]) -> str | None:
+    """The mode whose record a decision without skills is evidence for: the one the step named, else the one
+    route_step scored it on at an orchestrator's depth 0, as its candidates' contributions label it ("@<mode>"),
+    so the outcome updates the record the route showed while the log keeps only modes a caller named."""
+    if decision["mode"] or stored_json(decision["skills"]):
+        return decision["mode"]
+    for candidate in stored_json(decision["candidates"]) or []:
+        labels = list(candidate.get("contributions") or {})
+        if len(labels) == 1 and labels[0].startswith(MODE_PREFIX):
+            return labels[0].removeprefix(MODE_PREFIX)
+    return None

@@ -180,7 +180,7 @@ class EventLog(LiveState):
         with self.reading() as conn:
             row = conn.execute(
                 "SELECT json_extract(payload, '$.gamma') FROM events WHERE kind = 'outcome'"
-                " AND json_extract(payload, '$.gamma') IS NOT NULL ORDER BY seq DESC LIMIT 1"
+                " AND json_extract(payload, '$.gamma') < 1 ORDER BY seq DESC LIMIT 1"  # 1: forgets nothing
             ).fetchone()
         return None if row is None else float(row[0])
 

@@ -518,7 +518,7 @@ async def call_llm(
         error_class = classify_exception(exc)
         message, queued = str(exc) or type(exc).__name__, None
         if error_class == "timeout":
-            worded, queued = timeout_message(timeout, left, conn.concurrency)
+            worded, queued = timeout_message(timeout, left, latency, conn.concurrency)
             if queued or (isinstance(exc, TimeoutError) and not str(exc)):  # litellm's own words say more otherwise
                 message = worded
         message = scrub(message, secrets)[:_MESSAGE_LIMIT]
@@ -607,18 +607,24 @@ QUEUED_TIMEOUT = "QueuedTimeout"  # error_type of a timeout after most of the ca
 QUEUED_SHARE = 0.5  # a timeout after a slot wait of this share of the call's time or more: the queue's, not the agent's
 
 
-def timeout_message(timeout: float, left: float, concurrency: int) -> tuple[str, str | None]:
-    """A timed-out call's message, and QUEUED_TIMEOUT when the wait for one of the agent's slots took most of its time:
-    the agent then had less time than the call asked for (QA: 16 clients on an agent of 4 slots, answering in 1.5 s,
-    got 35 timeouts after 0.4-1.5 s with it, worded "no answer within 4.99999 s", and its circuit breaker opened)."""
+def timeout_message(timeout: float, left: float, latency: float, concurrency: int) -> tuple[str, str | None]:
+    """A timed-out call's message, and QUEUED_TIMEOUT when the wait for one of the agent's slots took most of its time
+    and the agent then used up the rest: it had less time than the call asked for (QA: 16 clients on an agent of 4
+    slots, answering in 1.5 s, got 35 timeouts after 0.4-1.5 s with it, worded "no answer within 4.99999 s", and its
+    circuit breaker opened). An agent's own quick timeout (a 408 at once) stays its own (review)."""
     waited = timeout - left
-    if waited >= QUEUED_SHARE * timeout:
+    if waited >= QUEUED_SHARE * timeout and latency >= 0.9 * left:
         return (
-            f"no answer within {left:.2g} s, after {waited:.2g} s of the call's {timeout:.3g} s waiting for one of its "
-            f"{concurrency} concurrency slots (the agent's queue, not its health)",
+            f"no answer within {_seconds(left)} s, after {_seconds(waited)} s of the call's {_seconds(timeout)} s "
+            f"waiting for one of its {concurrency} concurrency slots (the agent's queue, not its health)",
             QUEUED_TIMEOUT,
         )
-    return f"no answer within {timeout:.3g} s", None
+    return f"no answer within {_seconds(timeout)} s", None
+
+
+def _seconds(value: float) -> str:
+    """0.47, 5, 300: two decimals at most, no exponent (review: "1e+02 s")."""
+    return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
 def queue_full(agent_id: str, concurrency: int, timeout: float) -> BackendResult:

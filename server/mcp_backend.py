@@ -210,7 +210,7 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
         error_class = classify_mcp_exception(exc)
         message, queued = _describe(exc), None
         if error_class == "timeout":
-            message, queued = timeout_message(timeout, left, conn.concurrency)
+            message, queued = timeout_message(timeout, left, latency, conn.concurrency)
         if refused and error_class != "timeout":  # the SDK words a 401 as "Server returned an error response" (QA)
             error_class = "auth"
             held = f"refused the token in {conn.bearer_token_env}" if conn.bearer_token_env else "wants a token"

@@ -3,6 +3,7 @@ one decision per step (delegate routes by itself: routing first as well would ma
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from mcp.server import MCPServer
@@ -32,7 +33,7 @@ Work step by step. For every step:
      yourself. delegate(text=<the step>, decision_id=<from route_step>) carries it out only when that agent is
      one the server can call: to have the server call an agent, call delegate directly instead.
    While candidates show little evidence (n near 0: a new pool or a new agent), add strategy="thompson":
-   the default "mean" never tries an agent it has no evidence on.
+   the default "mean" does not explore (an untested agent gets a step only while its prior estimate wins).
 4. Judge the answer: did it achieve the step?
 5. record_outcome(decision_id=<from step 3>, success=true|false or reward=0..1) as soon as you can judge it, once
    per step; after route_step add cost_usd and latency_s if you know them (delegate has recorded its own). If
@@ -46,7 +47,7 @@ Stop when the goal is reached; summarise the answer, the agents used and the tot
 
 # with the prompt's orchestrator argument: the depth a handbook stores for that model reaches every call
 AS_ORCHESTRATOR = """
-Pass orchestrator="{orchestrator}" to consult_handbook, route_step and delegate: they then read each step's skills at
+Pass orchestrator={orchestrator} to consult_handbook, route_step and delegate: they then read each step's skills at
 the depth learned for you (their granularity field says which)."""
 
 
@@ -60,5 +61,5 @@ def register_prompts(server: MCPServer) -> None:
     ) -> str:
         text = ORCHESTRATE.format(goal=goal.strip())  # a blank goal is refused before this (app._check_prompt_request)
         if orchestrator and orchestrator.strip():
-            text += AS_ORCHESTRATOR.format(orchestrator=orchestrator.strip()[:ID_MAX])
+            text += AS_ORCHESTRATOR.format(orchestrator=json.dumps(orchestrator.strip()[:ID_MAX], ensure_ascii=False))
         return text

@@ -187,8 +187,13 @@ def handbook_stats(handbook: Handbook) -> dict[str, object]:
         "counts": store.counts(),
         "forgetting": handbook.settings.forgetting,  # gamma when on: counts of evidence are then aged
         **_shares(store.routing_counts()),
-        "recent": {"decisions": RECENT_DECISIONS, **_shares(store.routing_counts(last=RECENT_DECISIONS))},
+        "recent": _recent(store.routing_counts(last=RECENT_DECISIONS)),
     }
+
+
+def _recent(counts: dict[str, int]) -> dict[str, object]:
+    """The newest decisions' shares, and how many they are (at most RECENT_DECISIONS; review: it said 500 of 7)."""
+    return {"decisions": sum(counts.values()), **_shares(counts)}
 
 
 def _shares(counts: dict[str, int]) -> dict[str, object]:

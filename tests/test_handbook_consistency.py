@@ -279,7 +279,7 @@ def test_stats_show_the_newest_decisions_shares_beside_the_lifetime_ones(tmp_pat
     assert store.routing_counts(last=3) == {"new": 3} and store.routing_counts(last=5) == {"new": 3, "old": 2}
     stats: Any = handbook_stats(book)
     assert stats["routing_shares"] == {"old": round(4 / 7, 4), "new": round(3 / 7, 4)}
-    assert stats["recent"]["decisions"] == RECENT_DECISIONS  # fewer made: the recent window holds them all
+    assert stats["recent"]["decisions"] == 7 < RECENT_DECISIONS  # fewer made: the recent window holds them all
     assert stats["recent"]["routing_shares"] == stats["routing_shares"]
     assert stats["recent"]["top_agent_share"] == stats["top_agent_share"] == round(4 / 7, 4)
     assert (

@@ -357,6 +357,18 @@ async def test_a_timeout_after_waiting_most_of_the_call_for_a_slot_is_the_queues
     assert breaker.state(agent.id) == "closed"  # one timeout of the agent's own would have opened it
 
 
+def test_only_a_timeout_that_used_up_the_time_left_after_a_slot_wait_is_the_queues() -> None:
+    """Review: an agent's own quick timeout (a 408 at once) after a slot wait was blamed on the queue, and a 300 s
+    call's message read "1e+02 s"."""
+    from skillorchestra.server.llm_backend import QUEUED_TIMEOUT, timeout_message
+
+    assert timeout_message(2.0, 0.8, 0.8, 4)[1] == QUEUED_TIMEOUT
+    assert timeout_message(2.0, 0.8, 0.01, 4) == ("no answer within 2 s", None)  # answered at once: the agent's
+    assert timeout_message(2.0, 1.5, 1.5, 4)[1] is None  # a short wait: the agent had most of the call
+    message, _ = timeout_message(300.0, 100.0, 100.0, 4)
+    assert message.startswith("no answer within 100 s, after 200 s of the call's 300 s waiting for one of its 4")
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("directive", "warned"),

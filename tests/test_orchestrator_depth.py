@@ -13,6 +13,7 @@ from mcp_calls import call, loaded, refused
 from test_learn_cli import labelled, run  # noqa: F401 (a fixture)
 from test_service import DOCUMENT, TTL, Clock, reasons
 
+from skillorchestra.handbook.learning.events import tasks_from_events
 from skillorchestra.handbook.models import HandbookDocument, SkillDemand
 from skillorchestra.handbook.service import Handbook, HandbookSettings, OutcomeReport, RouteRequest
 from skillorchestra.handbook.store import HandbookStore
@@ -58,6 +59,18 @@ def test_depth_zero_reads_the_steps_mode_record_with_its_insights_and_files_the_
     assert "searcher" in reasons(decision.excluded)  # still a code step: the mode rule reads the skills matched
     updated = book.record(OutcomeReport(decision_id=decision.decision_id, success=True)).updated
     assert [u.skill_id for u in updated] == ["@code"]  # the label route_step showed is the record it updates
+    # the log keeps only modes a caller named: learning from it sees one task, not the text twice (review)
+    plain = book.route(RouteRequest(text=PYTHON_STEP, lambda_=0.0, allowed_agents=["mid"]))
+    book.record(OutcomeReport(decision_id=plain.decision_id, success=False))
+    assert book.store.decision(decision.decision_id)["mode"] is None  # type: ignore[index]
+    assert [(t.mode, t.query) for t in tasks_from_events(book.store).tasks] == [(None, PYTHON_STEP)]
+
+
+def test_depth_zero_without_a_mode_to_read_says_it_reads_the_agents_records(book: Handbook) -> None:
+    """Review: a step no skill matched, at depth 0, routed on '*' while granularity said "mode level"."""
+    decision = book.route(RouteRequest(text="zebra marmalade", lambda_=0.0, orchestrator="modal"))
+    assert decision.granularity == "depth 0 for 'modal' (no single mode found: agent level)"
+    assert {label for c in decision.candidates for label in c.contributions} == {"*"}
 
 
 def test_a_mode_level_step_is_labelled_as_record_outcome_names_its_record(book: Handbook) -> None:

@@ -47,7 +47,7 @@ Lambda = Annotated[
 ]
 Strategy = Annotated[
     Literal["mean", "thompson"],
-    Field(description='"mean" = best expected utility, never tries agents without evidence; "thompson" explores'),
+    Field(description='"mean" = best expected utility, no exploring; "thompson" samples, trying untested agents'),
 ]
 AllowedAgents = Annotated[list[Id] | None, Field(max_length=500, description="Choose only among these agents")]
 SessionId = Annotated[OptionalId, Field(description="One id for all steps of a task: their spend counts to budget_usd")]
