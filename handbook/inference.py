@@ -135,7 +135,7 @@ def live_demands(
     """The step's skill weights among the `live` skills, and which matcher found them: a skill a learned labeller
     names that was deleted since hands its weight to its nearest live ancestor (or to the step's other skills);
     the rest are renormalised to sum to 1 (empty: nothing matched). The one rule of route_step and of the
-    learner's trial of the live handbook (server/jobs.py)."""
+    learner's trial of the live handbook (learning/gate.py try_live_skills)."""
     inferred, source = matcher.infer(text, mode, top_k)
     return on_live(matcher, inferred, live), source
 

@@ -83,8 +83,9 @@ def learn_handbook(
 
     Poll learn_status(job_id) until state is "done" or "failed". The new version goes live (result.metrics.went_live)
     only when validation can compare agents, no agent with evidence in the live handbook would go back on the
-    prior, and the live skills do not route the validation tasks better (metrics.live_trial): a log of steps
-    routed to one agent each cannot show that the new skills route better. Otherwise it is stored, the live
+    prior, the live skills do not route the validation tasks better (metrics.live_trial), and no forgetting aged
+    the log (metrics.log_forgetting): a log of steps routed to one agent each cannot show that the new skills route
+    better. Otherwise it is stored, the live
     handbook kept, and metrics.not_live_reason says why (`handbook promote` can use it).
     """
     from skillorchestra.handbook.learning.events import NO_EVENTS, prices_from_store, tasks_from_events

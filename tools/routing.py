@@ -61,7 +61,7 @@ Seed = Annotated[
 ]
 Orchestrator = Annotated[
     OptionalId,
-    Field(description="Your name: skills inferred at the depth learned for you"),
+    Field(description="Name a depth was learned under: skills inferred at it (else full)"),
 ]
 
 

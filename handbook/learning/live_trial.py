@@ -6,7 +6,7 @@ of all when learning from its own event log). So the trial keeps what the live h
 way steps are matched to them) and gives it what the candidates had: profiled on the learner's training tasks,
 replayed on its validation tasks through the real router, at the same lambda and reference cost.
 
-A learned version whose validation utility falls below the live skills' is not made live by itself (server/jobs.py).
+A learned version whose validation utility falls below the live skills' is not made live by itself (learning/gate.py).
 Ties go to the learned version: it was chosen on these tasks among its own candidates, and it knows every agent of
 the data. Neither side is quite unbiased: the learned one is the best of its candidates on these tasks, and a live
 labeller learned earlier from the same data may have seen them; the trial guards against a clear loss, not a close one.
