@@ -122,13 +122,13 @@ def _coarsen(
     depth = selections[orchestrator]
     if depth <= 0:
         return [], f"depth 0 for {orchestrator!r} (mode level)"
-    by_id = {s.id: s for s in arrays.skills}
+    parent = arrays.structure.parent  # the arrays' own tree (cycles already broken): no map of every skill a step
     merged: dict[str, float] = {}
     for skill_id, weight in demands:
-        chain = [skill_id]
-        while by_id[chain[-1]].parent_id in by_id and len(chain) < MAX_SKILL_DEPTH:
-            chain.append(by_id[chain[-1]].parent_id)  # type: ignore[arg-type]
-        ancestor = chain[max(len(chain) - depth, 0)]
+        chain = [arrays.skill_index[skill_id]]
+        while parent[chain[-1]] >= 0 and len(chain) < MAX_SKILL_DEPTH:
+            chain.append(int(parent[chain[-1]]))
+        ancestor = arrays.skill_ids[chain[max(len(chain) - depth, 0)]]
         merged[ancestor] = merged.get(ancestor, 0.0) + weight
     return list(merged.items()), f"depth {depth} for {orchestrator!r}"
 
