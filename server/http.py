@@ -291,34 +291,39 @@ class RefusedQuietly:
             log.warning("a client disconnected before its request arrived whole")
 
 
-class DisconnectInOneLine(logging.Filter):
+class ExpectedInOneLine(logging.Filter):
+    """A record whose exception is one of EXPECTED (an exception type and what to say of it) becomes one warning
+    line: the event is expected, and its traceback (ERROR, tens of lines each) said nothing more."""
+
+    EXPECTED: tuple[tuple[type[BaseException], str], ...] = ()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        for kind, message in self.EXPECTED:
+            if isinstance(exc, kind):
+                record.msg, record.args = message, ()
+                record.exc_info = record.exc_text = None
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+                break
+        return True
+
+
+class DisconnectInOneLine(ExpectedInOneLine):
     """The SDK logs a client that disconnected before its POST body arrived whole as an ERROR with a traceback,
-    one per dropped request (QA: 40 drops, 40 tracebacks): it is the client's doing, so one warning line."""
+    one per dropped request (QA: 40 drops, 40 tracebacks): it is the client's doing. So is a notification POST
+    racing its session's close (soak QA)."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, ClientDisconnect):
-            _one_warning(record, "a client disconnected before its request arrived whole")
-        elif isinstance(exc, anyio.ClosedResourceError):  # soak QA: a notification POST racing its session's close
-            _one_warning(record, "a request arrived as its session closed (the client had ended it)")
-        return True
+    EXPECTED = (
+        (ClientDisconnect, "a client disconnected before its request arrived whole"),
+        (anyio.ClosedResourceError, "a request arrived as its session closed (the client had ended it)"),
+    )
 
 
-def _one_warning(record: logging.LogRecord, message: str) -> None:
-    record.msg, record.args = message, ()
-    record.exc_info = record.exc_text = None
-    record.levelno, record.levelname = logging.WARNING, "WARNING"
-
-
-class CancelledInOneLine(logging.Filter):
+class CancelledInOneLine(ExpectedInOneLine):
     """A request still running after GRACEFUL_SHUTDOWN_S is cancelled by uvicorn, which logs its end as an ERROR with
-    a traceback of some 70 lines (it used to end with the process, unlogged): the stop was ours, so one line."""
+    a traceback of some 70 lines (it used to end with the process, unlogged): the stop was ours."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, asyncio.CancelledError):
-            _one_warning(record, "a request stopped by the server's shutdown has ended")
-        return True
+    EXPECTED = ((asyncio.CancelledError, "a request stopped by the server's shutdown has ended"),)
 
 
 def _one_line_for_disconnects() -> None:
