@@ -137,6 +137,7 @@ class RouteMixin(HandbookBase):
                     "session_spend_usd": spend,
                     "step_tokens": tokens,
                     "claimed_at": now if request.claimed else None,
+                    "granularity": granularity,
                 }
             )
             return decision

@@ -298,6 +298,13 @@ def m015_pruned_session_spend(db: Database) -> None:
     )
 
 
+@migrations()
+def m016_decision_granularity(db: Database) -> None:
+    """The depth a decision was read at for a named orchestrator (route_step's `granularity`), so delegate carrying
+    it out by decision_id says the same (transfer QA). Older decisions, and steps without an orchestrator: NULL."""
+    db["decisions"].add_column("granularity", str)
+
+
 def pack_snapshot(document_json: str) -> bytes:
     """A version's snapshot as stored: its JSON, zlib-compressed. Level 1 costs about what writing the JSON does
     (77 ms at 50 x 200, for 4.2x); level 6 gains 4.7x for twice that."""

@@ -569,6 +569,7 @@ def _stored_decision(row: dict[str, Any], c_ref: float) -> RouteDecision:
         lambda_=row["lambda"],
         skills=skills,
         skills_source=f"decision {row['id']} (route_step)",
+        granularity=row.get("granularity"),  # None before m016 and for steps without an orchestrator
         candidates=candidates,
         excluded=[Exclusion.model_validate(e) for e in loaded(row.get("excluded")) or []],  # [] before m009
         c_ref_usd=c_ref or None,

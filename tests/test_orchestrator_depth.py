@@ -167,3 +167,11 @@ async def test_route_step_and_delegate_read_the_step_at_the_orchestrators_depth_
         assert "agent_id" in refusal or "orchestrator" in refusal  # a carried-out decision fixed its routing
         only = {"text": "x", "decision_id": routed["decision_id"], "orchestrator": "coarse"}
         assert "expected no orchestrator with decision_id" in await refused(client, "delegate", only)
+        # carrying out a decision read at the orchestrator's depth says the depth it was read at (transfer QA)
+        step = {"text": PYTHON_STEP, "allowed_agents": ["cheap"]}
+        decided = await call(client, "route_step", {**step, "orchestrator": "coarse"})
+        carried = await call(client, "delegate", {"text": PYTHON_STEP, "decision_id": decided["decision_id"]})
+        assert carried["routing"]["granularity"] == "depth 1 for 'coarse'"
+        undecided = await call(client, "route_step", step)
+        carried = await call(client, "delegate", {"text": PYTHON_STEP, "decision_id": undecided["decision_id"]})
+        assert "granularity" not in carried["routing"]
