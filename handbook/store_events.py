@@ -17,9 +17,18 @@ from typing import Any
 
 from skillorchestra.handbook.arrays import MODE_PREFIX, ROOT_SKILL
 from skillorchestra.handbook.document_checks import check_entering
-from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.handbook.errors import InvalidInput, NotFound
 from skillorchestra.handbook.evidence_update import updated_competence, updated_costs
-from skillorchestra.handbook.models import INFRASTRUCTURE_ERRORS, Agent, Competence, CostStats, Mode, Skill
+from skillorchestra.handbook.models import (
+    ID_MAX,
+    INFRASTRUCTURE_ERRORS,
+    MAX_SKILL_DEPTH,
+    Agent,
+    Competence,
+    CostStats,
+    Mode,
+    Skill,
+)
 from skillorchestra.handbook.schema import dumps
 from skillorchestra.handbook.store_live import LiveState
 from skillorchestra.handbook.store_sql import (
@@ -56,6 +65,24 @@ class EventLog(LiveState):
             if kind == "delete_agent":  # here, not in the event: a rebuild's replay must not mark later decisions
                 self._mark_agent_deleted(payload["id"])
             return self._apply_event(kind, payload)
+
+    def select_depth(self, orchestrator: str, depth: int | None) -> int | None:
+        """Store the depth consult_handbook, route_step and delegate read for `orchestrator` (None: drop its
+        selection, so it reads full depth), as an edit of the live version: rebuild, export and promote keep it and
+        the live evidence is untouched (transfer QA: choosing a depth took an export, an edit and an import).
+        Returns the depth it replaces."""
+        name = orchestrator.strip()
+        if not name or len(name) > ID_MAX:
+            raise InvalidInput("orchestrator", orchestrator, f"a non-empty name of at most {ID_MAX} characters")
+        if depth is not None and not 0 <= depth <= MAX_SKILL_DEPTH:
+            raise InvalidInput("depth", depth, f"an integer in [0, {MAX_SKILL_DEPTH}] (0: mode level)")
+        with self.write():
+            stored = self.selections()
+            if depth is None and name not in stored:
+                raise NotFound("orchestrator", name, list(stored), hint=None if stored else "the handbook stores none")
+            if stored.get(name) != depth:  # the same depth again is no edit
+                self.apply("select_depth", {"orchestrator": name, "depth": depth})
+            return stored.get(name)
 
     def _check_edit(self, kind: str, payload: dict[str, Any]) -> None:
         """Every edit (tools, agents.toml, the service) ends here: refuse a new id, mode or text that could not be
@@ -112,6 +139,14 @@ class EventLog(LiveState):
         if effect is not None and agent_id in effect.slopes:  # what was learned of it goes with its evidence
             slopes = {a: s for a, s in effect.slopes.items() if a != agent_id}
             self._put_length_effect(effect.model_copy(update={"slopes": slopes}), self.current_version())
+
+    def _event_select_depth(self, payload: dict[str, Any]) -> None:
+        selections = self.selections()
+        if payload["depth"] is None:
+            selections.pop(payload["orchestrator"], None)
+        else:
+            selections[payload["orchestrator"]] = int(payload["depth"])
+        self._set_meta("selections", dumps(selections))
 
     def _event_outcome(self, payload: dict[str, Any]) -> OutcomeEffect:
         """Fractional Beta updates by skill weight; infrastructure errors only touch cost."""
@@ -224,6 +259,7 @@ _HANDLERS: dict[str, Callable[[EventLog, dict[str, Any]], Any]] = {
     "upsert_agent": EventLog._event_upsert_agent,
     "delete_agent": EventLog._event_delete_agent,
     "outcome": EventLog._event_outcome,
+    "select_depth": EventLog._event_select_depth,
 }
 
 # the edit events that add or change an entity: its model and how the store reads the one stored under an id

@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from skillorchestra.handbook.models import ID_MAX, MAX_LAMBDA, MAX_SEED, MAX_USD
+from skillorchestra.handbook.models import ID_MAX, MAX_LAMBDA, MAX_SEED, MAX_SKILL_DEPTH, MAX_USD
 
 
 def _number(text: str, *, low: float, high: float, what: str, high_included: bool = False) -> float:
@@ -58,6 +58,15 @@ def name_arg(text: str) -> str:
     if not text.strip() or len(text.strip()) > ID_MAX:
         raise argparse.ArgumentTypeError(f"expected a non-empty name of at most {ID_MAX} characters")
     return text.strip()
+
+
+def depth_arg(text: str) -> int:
+    """A skill depth as a selection stores one: 0 (mode level) to MAX_SKILL_DEPTH."""
+    expected = f"a depth in [0, {MAX_SKILL_DEPTH}] (0: mode level, 1: top-level skills)"
+    value = _integer(text, 0, expected)
+    if value > MAX_SKILL_DEPTH:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
 
 
 def version_arg(text: str) -> int:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from skillorchestra.handbook.errors import HandbookError
-from skillorchestra.server.argtypes import db_arg, path_arg, seed_arg
+from skillorchestra.server.argtypes import db_arg, depth_arg, name_arg, path_arg, seed_arg
 from skillorchestra.server.log_format import configure_logging
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -143,6 +143,7 @@ def _add_handbook(sub: Subparsers) -> None:
     _add_handbook_export_import(hb)
     _add_handbook_inspection(hb)
     commands_learn.add_handbook_actions(hb, _common)  # diff A B, promote V, rollback
+    _add_handbook_select(hb)
     _add_handbook_prune(hb)
 
 
@@ -175,6 +176,24 @@ def _add_handbook_inspection(hb: Subparsers) -> None:
     _common(versions, db=True)
     versions.add_argument("--metrics", action="store_true", help="print each version's full metrics as JSON")
     versions.set_defaults(handler=commands.handbook_versions)
+
+
+def _add_handbook_select(hb: Subparsers) -> None:
+    """`handbook select NAME DEPTH|--drop`: the depth an orchestrator's steps are read at, without learning."""
+    from skillorchestra.server import commands
+
+    select = hb.add_parser(
+        "select",
+        help="set the skill depth consult_handbook, route_step and delegate read for an orchestrator (an edit of the"
+        " live version; --drop: back to full depth)",
+    )
+    _common(select, db=True)
+    select.add_argument("orchestrator", type=name_arg, metavar="NAME", help="the name tools are sent as orchestrator")
+    select.add_argument(
+        "depth", type=depth_arg, nargs="?", metavar="DEPTH", help="0 (mode level), 1 (top-level skills), 2, ..."
+    )
+    select.add_argument("--drop", action="store_true", help="remove NAME's selection (its steps read full depth)")
+    select.set_defaults(handler=commands.handbook_select)
 
 
 def _add_handbook_prune(hb: Subparsers) -> None:

@@ -133,6 +133,32 @@ def handbook_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def handbook_select(args: argparse.Namespace) -> int:
+    from skillorchestra.handbook.arrays import document_arrays  # numpy: only the commands that score load it
+
+    if args.drop and args.depth is not None:
+        raise InvalidInput("--drop", args.depth, "either a DEPTH or --drop, not both")
+    if not args.drop and args.depth is None:
+        raise InvalidInput("depth", "(missing)", "a DEPTH, or --drop to remove the selection")
+    store = existing_store(args)
+    try:
+        name = args.orchestrator
+        before = store.select_depth(name, None if args.drop else args.depth)
+        was = "none" if before is None else f"depth {before}"
+        if args.drop:
+            print(f"orchestrator {name!r}: selection dropped (was {was}); its steps read the full skills")
+            return 0
+        chain = document_arrays(store.document()).structure.chain
+        deepest = chain.shape[1] if len(chain) else 0  # a chain row holds a skill's ancestors, then the skill
+        line = f"orchestrator {name!r}: depth {args.depth}{' (mode level)' if args.depth == 0 else ''} (was {was})"
+        if args.depth > deepest:
+            line += f"; no skill is deeper than depth {deepest}, so its steps read the full skills"
+        print(line)
+    finally:
+        store.close()
+    return 0
+
+
 def handbook_export(args: argparse.Namespace) -> int:
     text = existing_store(args).document().model_dump_json(indent=1)
     if args.file == "-":

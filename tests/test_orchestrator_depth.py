@@ -145,6 +145,36 @@ def test_learn_keeps_other_orchestrators_selections_and_diff_and_show_list_them(
     assert code == 0 and "depth selected per orchestrator: big " in out and f"small {first['small']}" in out
 
 
+def test_handbook_select_sets_a_depth_without_learning_as_an_edit_a_serving_handbook_reads(
+    book: Handbook, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = ["--db", str(book.store.path)]
+    code, out, _ = run(["handbook", "select", " new ", "1", *db], capsys)  # stripped as the tools strip names
+    assert code == 0 and out.strip() == "orchestrator 'new': depth 1 (was none)"
+    routed = book.route(RouteRequest(text=PYTHON_STEP, lambda_=0.0, orchestrator="new"))  # another connection's edit
+    assert [s.skill_id for s in routed.skills] == ["code"] and routed.granularity == "depth 1 for 'new'"
+    code, out, _ = run(["handbook", "select", "coarse", "7", *db], capsys)
+    assert code == 0 and "(was depth 1); no skill is deeper than depth 2, so its steps read the full skills" in out
+    events = book.store.event_count(book.store.current_version())
+    assert run(["handbook", "select", "coarse", "7", *db], capsys)[0] == 0  # the same depth again: no edit
+    for refused_argv, message in [
+        (["handbook", "select", "gone", "--drop", *db], "unknown orchestrator 'gone'"),
+        (["handbook", "select", "new", *db], "expected a DEPTH, or --drop"),
+        (["handbook", "select", "new", "1", "--drop", *db], "not both"),
+        (["handbook", "select", "new", "33", *db], "expected a depth in [0, 32]"),
+    ]:
+        code, _, err = run(refused_argv, capsys)
+        assert code != 0 and message in err
+    assert book.store.event_count(book.store.current_version()) == events  # refusals wrote nothing
+    code, out, _ = run(["handbook", "select", "modal", "--drop", *db], capsys)
+    assert code == 0 and "selection dropped (was depth 0)" in out
+    expected = {**DEPTHS, "new": 1, "coarse": 7}
+    expected.pop("modal")
+    assert book.store.selections() == expected and book.store.document().selections == expected
+    book.store.rebuild()  # an edit of the live version: its snapshot plus the replayed events hold it
+    assert book.store.selections() == expected
+
+
 @pytest.mark.anyio
 async def test_route_step_and_delegate_read_the_step_at_the_orchestrators_depth_over_mcp(
     tmp_path: Path, fake_openai: FakeOpenAI
