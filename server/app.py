@@ -37,6 +37,7 @@ from skillorchestra.handbook.service import Handbook
 from skillorchestra.handbook.sqlite_file import file_trouble
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.breaker import CircuitBreaker
+from skillorchestra.server.completions import register_completions
 from skillorchestra.server.delegation import Delegator
 from skillorchestra.server.prompts import register_prompts
 from skillorchestra.server.resources import register_resources
@@ -120,6 +121,7 @@ def create_server(settings: ServerSettings, *, warm_up: bool = False) -> MCPServ
     register_tools(server)
     register_resources(server, current_handbook)
     register_prompts(server)
+    register_completions(server, current_handbook)
     server.middleware.append(_reject_invalid_requests(server))
     if warm_up:
         server.middleware.append(_warm_up_after_first_listing(lambda: running[-1] if running else None))
