@@ -37,6 +37,18 @@ class Structure:
     chain: np.ndarray  # (K, D+1) chain[k, t] = k's ancestor at depth t, then k itself, then -1
     mode_member: np.ndarray  # (K, M)
 
+    @property
+    def levels(self) -> int:
+        """How deep the deepest skill sits (1: top-level skills only; 0: no skills)."""
+        return self.chain.shape[1] if len(self.chain) else 0
+
+    def ancestor_at(self, skill: int, depth: int) -> int:
+        """`skill`'s ancestor at `depth` (1: its top-level skill), or the skill itself when it sits no deeper."""
+        if depth > self.chain.shape[1]:
+            return skill
+        node = int(self.chain[skill, depth - 1])
+        return skill if node < 0 else node
+
     def subtree_sums(self, own: np.ndarray) -> np.ndarray:
         """(R, K) each skill's own evidence plus everything below it: every skill's column added to each node of
         its chain, in one bincount over the (skill, node) pairs. A (K, K) membership matrix did this as one

@@ -14,7 +14,7 @@ import numpy as np
 from skillorchestra.handbook.arrays import MODE_PREFIX, ROOT_SKILL, HandbookArrays
 from skillorchestra.handbook.errors import InvalidInput, NotFound, known_hint
 from skillorchestra.handbook.inference import Matcher, live_demands
-from skillorchestra.handbook.models import MAX_SKILL_DEPTH, TEXT_MAX, SkillDemand, visible
+from skillorchestra.handbook.models import TEXT_MAX, SkillDemand, visible
 from skillorchestra.handbook.request_types import RouteRequest
 from skillorchestra.handbook.store import HandbookStore
 
@@ -122,13 +122,10 @@ def _coarsen(
     depth = selections[orchestrator]
     if depth <= 0:
         return [], f"depth 0 for {orchestrator!r} (mode level)"
-    parent = arrays.structure.parent  # the arrays' own tree (cycles already broken): no map of every skill a step
+    structure = arrays.structure  # the arrays' own tree (cycles already broken): no map of every skill a step
     merged: dict[str, float] = {}
     for skill_id, weight in demands:
-        chain = [arrays.skill_index[skill_id]]
-        while parent[chain[-1]] >= 0 and len(chain) < MAX_SKILL_DEPTH:
-            chain.append(int(parent[chain[-1]]))
-        ancestor = arrays.skill_ids[chain[max(len(chain) - depth, 0)]]
+        ancestor = arrays.skill_ids[structure.ancestor_at(arrays.skill_index[skill_id], depth)]
         merged[ancestor] = merged.get(ancestor, 0.0) + weight
     return list(merged.items()), f"depth {depth} for {orchestrator!r}"
 

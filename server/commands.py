@@ -148,8 +148,7 @@ def handbook_select(args: argparse.Namespace) -> int:
         if args.drop:
             print(f"orchestrator {name!r}: selection dropped (was {was}); its steps read the full skills")
             return 0
-        chain = document_arrays(store.document()).structure.chain
-        deepest = chain.shape[1] if len(chain) else 0  # a chain row holds a skill's ancestors, then the skill
+        deepest = document_arrays(store.document()).structure.levels
         line = f"orchestrator {name!r}: depth {args.depth}{' (mode level)' if args.depth == 0 else ''} (was {was})"
         if args.depth > deepest:
             line += f"; no skill is deeper than depth {deepest}, so its steps read the full skills"

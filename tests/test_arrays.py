@@ -146,6 +146,19 @@ def test_cost_per_skill_is_shrunk_toward_the_agent_mean() -> None:
     assert np.isnan(arr.agent_cost[u]) and np.all(np.isnan(arr.cost_mean[u]))
 
 
+def test_a_skills_ancestor_at_each_depth_and_the_trees_levels() -> None:
+    arr = build(TREE, ["g"])
+    at = {
+        (skill, depth): arr.skill_ids[arr.structure.ancestor_at(arr.skill_index[skill], depth)]
+        for skill in ("cat.b.x", "cat.a", "other")
+        for depth in (1, 2, 3, 32)
+    }
+    assert [at["cat.b.x", d] for d in (1, 2, 3, 32)] == ["cat", "cat.b", "cat.b.x", "cat.b.x"]
+    assert [at["cat.a", d] for d in (1, 2, 3, 32)] == ["cat", "cat.a", "cat.a", "cat.a"]
+    assert [at["other", d] for d in (1, 2, 3, 32)] == ["other"] * 4
+    assert arr.structure.levels == 3 and build([], ["g"]).structure.levels == 0
+
+
 def test_a_cyclic_parent_chain_does_not_produce_garbage_means() -> None:
     skills = [
         Skill(id="self", mode="m", parent_id="self"),
