@@ -127,7 +127,10 @@ def _coarsen(
     for skill_id, weight in demands:
         ancestor = arrays.skill_ids[structure.ancestor_at(arrays.skill_index[skill_id], depth)]
         merged[ancestor] = merged.get(ancestor, 0.0) + weight
-    return list(merged.items()), f"depth {depth} for {orchestrator!r}"
+    wording = f"depth {depth} for {orchestrator!r}"
+    if depth > structure.levels:  # kept from an older tree, or chosen by hand (transfer QA: it said nothing)
+        wording += f" (full: no skill sits deeper than {structure.levels})"
+    return list(merged.items()), wording
 
 
 def source_at_level(mode: str | None, source: str) -> str:

@@ -408,7 +408,7 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
         from skillorchestra.server.jobs import selections_kept
 
         kept = selections_kept(m["selections_kept"])
-        lines.append(f"{kept[0].upper()}{kept[1:]}; `handbook export` then `import` edits them.")
+        lines.append(f"{kept[0].upper()}{kept[1:]}; `handbook select NAME DEPTH` changes one.")
     if m.get("reported_while_learning"):  # review: the CLI printed no word of them
         from skillorchestra.server.jobs import reported_while_learning
 

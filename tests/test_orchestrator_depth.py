@@ -155,6 +155,9 @@ def test_handbook_select_sets_a_depth_without_learning_as_an_edit_a_serving_hand
     assert [s.skill_id for s in routed.skills] == ["code"] and routed.granularity == "depth 1 for 'new'"
     code, out, _ = run(["handbook", "select", "coarse", "7", *db], capsys)
     assert code == 0 and "(was depth 1); no skill is deeper than depth 2, so its steps read the full skills" in out
+    deep = book.route(RouteRequest(text=PYTHON_STEP, lambda_=0.0, orchestrator="coarse"))
+    assert "code.python" in [s.skill_id for s in deep.skills]
+    assert deep.granularity == "depth 7 for 'coarse' (full: no skill sits deeper than 2)"
     events = book.store.event_count(book.store.current_version())
     assert run(["handbook", "select", "coarse", "7", *db], capsys)[0] == 0  # the same depth again: no edit
     for refused_argv, message in [
