@@ -263,8 +263,8 @@ def m012_compressed_snapshots(db: Database) -> None:
     """Version snapshots stored zlib-compressed (pack_snapshot): every learn, promote, rollback and prune stores
     the whole handbook again, 4 MB of JSON at 50 agents x 200 skills and 166 MB at 200 x 2,000; compressed they
     take a fourth (full-precision posteriors) to an eighth (the example handbook). Older files' snapshots are
-    compressed here, one at a time. An older release refuses the file after this (an unknown migration) instead
-    of misreading the blobs."""
+    compressed here, one at a time. A release from m010 on refuses the file after this (an unknown migration)
+    instead of misreading the blobs; earlier ones fail to parse them, writing nothing (upgrade QA)."""
     ids = [row[0] for row in db.execute("SELECT id FROM versions WHERE typeof(snapshot) = 'text'").fetchall()]
     for version in ids:
         (text,) = db.execute("SELECT snapshot FROM versions WHERE id = ?", [version]).fetchone()
@@ -303,6 +303,20 @@ def m016_decision_granularity(db: Database) -> None:
     """The depth a decision was read at for a named orchestrator (route_step's `granularity`), so delegate carrying
     it out by decision_id says the same (transfer QA). Older decisions, and steps without an orchestrator: NULL."""
     db["decisions"].add_column("granularity", str)
+
+
+@migrations()
+def m017_columns_m004_gained_later(db: Database) -> None:
+    """The two columns m004's body gained after releases had applied it (upgrade QA): a file those releases
+    migrated lacked cost_stats.n_step_tokens (every read of the cost statistics failed) or decisions.role
+    (handbook://stats and delegate's fallbacks failed). The release that first applied m004 kept a step-length
+    mean on every call it recorded, so its rows count n calls behind it, as m014 counts the other figures.
+    Released migrations are never edited again: tests/test_migrations_frozen.py holds their bodies."""
+    if "n_step_tokens" not in db["cost_stats"].columns_dict:
+        db["cost_stats"].add_column("n_step_tokens", float, not_null_default=0.0)
+        db.execute("UPDATE cost_stats SET n_step_tokens = n WHERE mean_step_tokens > 0")
+    if "role" not in db["decisions"].columns_dict:
+        db["decisions"].add_column("role", str)
 
 
 def pack_snapshot(document_json: str) -> bytes:
