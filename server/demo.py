@@ -321,7 +321,7 @@ def run_demo(db: Path | None, seed: int = 0, lambda_: float = 0.1) -> int:
             f"   Routing rule: utility = quality - lambda x cost / c_ref, lambda = {lambda_:g} "
             "(c_ref: one call of the most expensive agent).\n"
         )
-        print(f"2. Starting the MCP server: {Path(sys.executable).name} -m skillorchestra.server --db {path}")
+        print(f"2. Starting the MCP server: {sys.executable} -m skillorchestra.server --db {path}")
         anyio.run(tour, path, steps, prices, strongest, lambda_)
         kept = f"The demo's handbook is in {db} (version {run.version}).\n" if db else ""
         print(

@@ -521,6 +521,8 @@ async def call_llm(
             worded, queued = timeout_message(timeout, left, latency, conn.concurrency)
             if queued or (isinstance(exc, TimeoutError) and not str(exc)):  # litellm's own words say more otherwise
                 message = worded
+        if error_class == "connection" and conn.api_base and conn.api_base not in message:
+            message += f" (api_base {conn.api_base})"  # README QA: which server was unreachable went unsaid
         message = scrub(message, secrets)[:_MESSAGE_LIMIT]
         log.warning("agent %s failed (%s) after %.2fs: %s", conn.id, error_class, latency, message)
         # a stream cut off mid-answer was generated, so probably billed: its cost is unknown, not 0

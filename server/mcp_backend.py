@@ -18,6 +18,7 @@ when configured, else 0.0 with ``cost_source="no_token_cost"`` (a tool call spen
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 _MESSAGE_LIMIT = 600
 _REQUEST_TIMEOUT = -32001  # mcp_types.REQUEST_TIMEOUT
 _CONNECTION_CLOSED = -32000  # mcp_types.CONNECTION_CLOSED
+TAIL_LINES = 5  # a stdio child's last stderr lines kept for its failure's message
+TAIL_WAIT_S = 0.5  # how long a failed call waits for a dead child's last stderr lines to be read
+TAIL_CHARS = 300
 
 
 def _child_env(conn: McpAgentConnection) -> dict[str, str]:
@@ -89,29 +93,42 @@ class StderrRelay:
     """A pipe for a stdio child's stderr, copied line by line to ours with the secrets masked (a tool server
     logging its own failure would otherwise print the key we gave it), each line marked as the agent's: a child
     may echo a step's text, whose newline would otherwise start a line that reads as one of our records.
-    ``close()`` once the child is gone: the copying thread then ends at the pipe's end."""
+    It keeps the last lines, so a server that dies says why to the model too (README QA: "Connection closed" alone,
+    with "can't open file ..." only on our stderr). ``close()`` once the child is gone: the copying thread then
+    ends at the pipe's end."""
 
     def __init__(self, agent_id: str, secrets: tuple[str, ...]) -> None:
         read_fd, write_fd = os.pipe()
         self.writer = os.fdopen(write_fd, "w", encoding="utf-8")
         reader = os.fdopen(read_fd, encoding="utf-8", errors="replace")
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         prefix = f"[mcp agent {one_line(agent_id)} stderr] "
-        threading.Thread(
+        self._thread = threading.Thread(
             target=self._copy, args=(reader, prefix, secrets), name="mcp-agent-stderr", daemon=True
-        ).start()
+        )
+        self._thread.start()
 
-    @staticmethod
-    def _copy(reader: Any, prefix: str, secrets: tuple[str, ...]) -> None:
+    def _copy(self, reader: Any, prefix: str, secrets: tuple[str, ...]) -> None:
         with reader:
             for line in reader:
+                shown = one_line(scrub(line.rstrip("\n"), secrets))
+                if shown.strip():
+                    self.tail.append(shown)
                 try:
-                    sys.stderr.write(prefix + one_line(scrub(line.rstrip("\n"), secrets)) + "\n")
+                    sys.stderr.write(prefix + shown + "\n")
                     sys.stderr.flush()
                 except (OSError, ValueError):  # our stderr is closed: drain the pipe so the child never blocks
                     pass
 
     def close(self) -> None:
         self.writer.close()
+
+    def last_words(self, wait_s: float = TAIL_WAIT_S) -> str | None:
+        """The child's last stderr line (masked), once the pipe has ended or `wait_s` has passed: for a child
+        that has exited, what it said before it did (a blocking wait: run it off the event loop)."""
+        self.close()
+        self._thread.join(wait_s)
+        return self.tail[-1][:TAIL_CHARS] if self.tail else None
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -216,6 +233,10 @@ async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float
             held = f"refused the token in {conn.bearer_token_env}" if conn.bearer_token_env else "wants a token"
             held += " or refused the request" if refused[0] == 403 else ""  # a 403 may be about the Origin too
             message = f"the server answered HTTP {refused[0]}: it {held} (bearer_token_env in agents.toml; {message})"
+        if relay is not None and error_class == "connection":  # the server died or never started: say why
+            words = await anyio.to_thread.run_sync(relay.last_words)
+            if words:
+                message += f"; the server's stderr ended: {words}"
         message = scrub(message, secrets)
         log.warning("mcp agent %s failed (%s) after %.2fs: %s", conn.id, error_class, latency, message)
         # Without a configured price nothing was spent, nor when the call never went out (the server could not be

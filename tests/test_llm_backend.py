@@ -119,6 +119,7 @@ async def test_refused_connection_is_connection() -> None:
         agent = conn(srv)
     r = await call_llm(agent, user("anyone there?"), timeout_s=5, max_tokens=20)  # server already stopped
     assert r.error_class == "connection"
+    assert r.message is not None and f"api_base {agent.api_base}" in r.message  # which server it could not reach
 
 
 @pytest.mark.anyio

@@ -85,6 +85,15 @@ async def test_missing_command_is_a_connection_failure() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_server_that_dies_at_start_says_why_in_the_failure(tmp_path: Path) -> None:
+    missing = tmp_path / "my_search_server.py"
+    agent = McpAgentConnection(id="dies", kind="mcp", command=sys.executable, args=(str(missing),), tool="search")
+    r = await call_mcp_tool(agent, "hello", timeout_s=5)
+    assert r.error_class == "connection" and r.message is not None
+    assert "the server's stderr ended:" in r.message and "can't open file" in r.message and str(missing) in r.message
+
+
+@pytest.mark.anyio
 async def test_unreachable_url_is_a_connection_failure() -> None:
     agent = McpAgentConnection(id="remote", kind="mcp", url="http://127.0.0.1:9/mcp", tool="search")
     r = await call_mcp_tool(agent, "hello", timeout_s=5)
