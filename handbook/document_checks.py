@@ -12,6 +12,9 @@ from skillorchestra.handbook.arrays import MODE_PREFIX, ROOT_SKILL
 from skillorchestra.handbook.errors import InvalidInput, NotFound
 from skillorchestra.handbook.models import (
     MAX_EVIDENCE,
+    MAX_SECONDS,
+    MAX_TOKENS,
+    MAX_USD,
     Agent,
     Competence,
     CostStats,
@@ -43,12 +46,12 @@ def check_document(document: HandbookDocument, live: HandbookDocument | None = N
     for kind, items, held in entities:
         stored = {item.id: item for item in held}
         seen: set[str] = set()
-        for item in items:
+        for position, item in enumerate(items):  # the row's place in the file, as a reader finds it (fuzz QA)
             if item.id in seen:
-                raise InvalidInput(f"{kind}[].id", item.id, "unique ids")
+                raise InvalidInput(f"{kind}[{position}].id", item.id, "unique ids")
             seen.add(item.id)
             where = f"{kind}[{_label(item.id)}]."
-            check_entering(item, stored.get(item.id), where, id_field=f"{kind}[].id", texts=texts)
+            check_entering(item, stored.get(item.id), where, id_field=f"{kind}[{position}].id", texts=texts)
     if texts and document.description != (live.description if live else ""):
         _check(plain_text, "description", document.description)
     listed = {m.id for m in document.modes}
@@ -163,6 +166,17 @@ def _check_labeller(raw: dict[str, Any], skill_ids: set[str]) -> None:
         raise InvalidInput("labeller.skills", sorted(labeller.skill_ids)[:5], "skills the document has (it names none)")
 
 
+EVIDENCE_BOUNDS = {"alpha": MAX_EVIDENCE, "beta": MAX_EVIDENCE}
+# a mean of recorded figures is within the bound of one figure; m2 sums squared deviations of up to MAX_EVIDENCE calls
+COST_BOUNDS = {
+    **{name: MAX_EVIDENCE for name in ("n", "n_step_tokens", "n_prompt_tokens", "n_completion_tokens", "n_latency_s")},
+    "mean_cost_usd": MAX_USD,
+    "m2_cost": MAX_EVIDENCE * MAX_USD**2,
+    **{name: float(MAX_TOKENS) for name in ("mean_prompt_tokens", "mean_completion_tokens", "mean_step_tokens")},
+    "mean_latency_s": MAX_SECONDS,
+}
+
+
 def _check_pairs(field: str, rows: Sequence[Competence | CostStats], agents: set[str], skills: set[str]) -> None:
     seen: set[tuple[str, str]] = set()
     for position, row in enumerate(rows):  # the row's place in the file, as a reader finds it (QA)
@@ -170,11 +184,12 @@ def _check_pairs(field: str, rows: Sequence[Competence | CostStats], agents: set
             raise NotFound(f"agent ({field}[{position}].agent_id)", row.agent_id, agents)
         if row.skill_id not in skills:
             raise NotFound(f"skill ({field}[{position}].skill_id)", row.skill_id, skills)
-        for name in ("alpha", "beta") if isinstance(row, Competence) else ():
-            # QA: an imported 1e160 overflowed the posterior's variance to NaN, and every route over it failed; the
-            # bound is checked where a document enters, so a file holding such a row still opens to be mended
-            if getattr(row, name) > MAX_EVIDENCE:
-                raise InvalidInput(f"{field}[{position}].{name}", getattr(row, name), f"at most {MAX_EVIDENCE:g}")
+        # QA: an imported 1e160 overflowed the posterior's variance to NaN, and every route over it failed; a cost of
+        # 1e7 made c_ref so large that lambda no longer counted (fuzz QA). The bounds are those of what a tool may
+        # record, checked where a document enters, so a file holding such a row still opens to be mended
+        for name, bound in (EVIDENCE_BOUNDS if isinstance(row, Competence) else COST_BOUNDS).items():
+            if getattr(row, name) > bound:
+                raise InvalidInput(f"{field}[{position}].{name}", getattr(row, name), f"at most {bound:g}")
         pair = (row.agent_id, row.skill_id)
         if pair in seen:  # the store's key: SQLite would refuse it as if the database were broken
             raise InvalidInput(f"{field}[{row.agent_id}, {row.skill_id}]", "a second row", "one row per (agent, skill)")

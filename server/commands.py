@@ -125,7 +125,11 @@ def handbook_import(args: argparse.Namespace) -> int:
     document = example_document() if args.example else read_document(Path(args.file))
     # before the file is opened: a refused import creates no database either. Texts as the store takes a learned
     # version's (unchecked): the export of a file written before the text rules must import back
-    check_document(document, texts=False)
+    try:
+        check_document(document, texts=False)
+    except HandbookError as exc:  # the file it is in, as its schema errors say (fuzz QA)
+        exc.args = (f"{args.file}: {exc}",) if args.file else exc.args
+        raise
     store = _store(args)
     version = store.create_version(document, source="import", summary=f"imported {args.file or 'example'}")
     print(f"imported version {version}: {len(document.skills)} skills, {len(document.agents)} agents")

@@ -226,6 +226,25 @@ def test_an_imported_competence_row_needs_both_counts_as_numbers(
 
 
 @pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [  # fuzz QA: a cost of 1e7 imported made c_ref so large that lambda no longer counted; the tools' bounds
+        ("mean_cost_usd", 1e7, "cost[0].mean_cost_usd=10000000.0: expected at most 1e+06"),
+        ("mean_prompt_tokens", 1e300, "cost[0].mean_prompt_tokens=1e+300: expected at most 9.0072e+15"),
+        ("m2_cost", 1e308, "cost[0].m2_cost=1e+308: expected at most 1e+24"),
+        ("n", 1e13, "cost[0].n=10000000000000.0: expected at most 1e+12"),
+    ],
+)
+def test_an_imported_cost_row_is_held_to_what_a_tool_may_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], field: str, value: float, says: str
+) -> None:
+    code, err, db = _import_changed(tmp_path, capsys, lambda document: document["cost"][0].update({field: value}))
+    assert code == 2 and says in err and err.startswith(f"error: {tmp_path / 'e.json'}: "), err
+    with pytest.raises(SystemExit):
+        main(["handbook", "versions", "--db", str(db)])
+    assert "version 3" not in capsys.readouterr().out  # nothing was imported
+
+
+@pytest.mark.parametrize(
     ("name", "text", "says"),
     [
         ("empty.jsonl", '{"id": "1", "query": "", "outcomes": {"a": {"score": 1}}}\n', "expected at least 1 character"),

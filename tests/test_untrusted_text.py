@@ -356,7 +356,8 @@ def test_an_older_file_exports_but_its_export_is_refused_as_an_import(
         [cli, "handbook", "import", str(exported), "--db", str(into)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.startswith("error: skills[].id='a/../b': expected an id other than '.' or '..'"), done.stderr
+    assert done.stderr.startswith(f"error: {exported}: skills["), done.stderr  # the file and the row's place
+    assert "].id='a/../b': expected an id other than '.' or '..'" in done.stderr
     assert not into.exists()
 
 
@@ -364,7 +365,7 @@ def test_an_older_file_exports_but_its_export_is_refused_as_an_import(
     ("document", "says"),
     [
         (HandbookDocument(skills=[Skill(id="s", mode="m\x1b")]), "skills[s].mode='m\\x1b'"),
-        (HandbookDocument(agents=[Agent(id="x/../y")]), "agents[].id='x/../y'"),
+        (HandbookDocument(agents=[Agent(id="x/../y")]), "agents[0].id='x/../y'"),
     ],
 )
 def test_an_import_is_refused_naming_the_entity_and_field(
@@ -376,7 +377,7 @@ def test_an_import_is_refused_naming_the_entity_and_field(
     cli = str(BIN / "skillorchestra")
     args = [cli, "handbook", "import", str(path), "--db", str(db)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and done.stderr.startswith(f"error: {says}: expected"), done.stderr
+    assert done.returncode == 2 and done.stderr.startswith(f"error: {path}: {says}: expected"), done.stderr
     assert not db.exists()
 
 
@@ -403,7 +404,7 @@ def test_a_learned_version_may_hold_task_texts_but_no_new_unaddressable_id(tmp_p
         learned = HandbookDocument(skills=[Skill(id="s", examples=["line one\r\nline two\x85"])])
         version = store.create_version(learned, source="learn")
         assert store.skills()[0].examples == ["line one\r\nline two\x85"] and version == 2
-        with pytest.raises(InvalidInput, match=r"agents\[\]\.id='a/\.\./b': expected an id other than"):
+        with pytest.raises(InvalidInput, match=r"agents\[0\]\.id='a/\.\./b': expected an id other than"):
             store.create_version(learned.model_copy(update={"agents": [Agent(id="a/../b")]}), source="learn")
         assert store.current_version() == 2
     finally:
