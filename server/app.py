@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from mcp import MCPError
 from mcp.server import MCPServer
 from mcp.types import INVALID_PARAMS
@@ -47,6 +48,7 @@ from skillorchestra.tools import register_tools
 from skillorchestra.tools.common import AppState
 
 log = logging.getLogger("skillorchestra")
+JOB_STOP_WAIT_S = 2.0  # how long shutdown waits for a learning job to reach its next progress step
 
 # Hosts that show instructions but not prompts leave the model only this: it must name delegate, the one way to have
 # an agent called (no longer than before: every session pays for it).
@@ -103,6 +105,8 @@ def create_server(settings: ServerSettings, *, warm_up: bool = False) -> MCPServ
             holders[0] -= 1
             if holders[0] == 0:
                 running.remove(state)
+                with anyio.CancelScope(shield=True):  # a learning job stops before the file it writes is closed
+                    await anyio.to_thread.run_sync(state.jobs.stop, JOB_STOP_WAIT_S)
                 state.handbook.store.close()
 
     def current_handbook() -> Handbook:

@@ -447,6 +447,13 @@ class Job:
     finished_at: float | None = None
 
 
+class JobStopped(Exception):
+    """Raised by a job's progress callback once the server is stopping: the job ends before it writes anything."""
+
+
+STOPPED = "stopped: the server shut down before the job finished (nothing was stored)"
+
+
 class JobRegistry:
     """Background learning jobs of one server process; one runs at a time (each writes the live version)."""
 
@@ -454,6 +461,16 @@ class JobRegistry:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._keep = keep
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def stop(self, wait_s: float) -> None:
+        """Ask running jobs to end at their next progress step and wait up to `wait_s` for them, before the server
+        closes the handbook (fuzz QA: a job still running then failed on the closed file with a traceback)."""
+        self._stopping.set()
+        deadline = time.monotonic() + wait_s
+        for thread in list(self._threads):
+            thread.join(max(deadline - time.monotonic(), 0.0))
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -476,12 +493,20 @@ class JobRegistry:
                 del self._jobs[old.id]
 
         def progress(fraction: float, message: str) -> None:
+            if self._stopping.is_set():
+                raise JobStopped(STOPPED)
             job.progress, job.message = min(max(float(fraction), 0.0), 0.99), message
 
         def run() -> None:
             try:
                 outcome = work(progress)
-            except Exception as exc:  # the job's caller polls for this; nothing else would see it
+            except Exception as exc:
+                if self._stopping.is_set():  # stopped at a progress step, or the closed file stopped it first
+                    log.info("learning job %s %s", job.id, STOPPED)
+                    job.message, job.state = STOPPED, "failed"
+                    job.finished_at = time.time()
+                    return
+                # the job's caller polls for this; nothing else would see it
                 log.exception("learning job %s failed", job.id)
                 from skillorchestra.handbook.sqlite_file import busy_text
 
@@ -492,5 +517,7 @@ class JobRegistry:
                 job.progress, job.message, job.state = 1.0, outcome.summary, "done"
             job.finished_at = time.time()
 
-        threading.Thread(target=run, name=job.id, daemon=True).start()
+        thread = threading.Thread(target=run, name=job.id, daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
         return job

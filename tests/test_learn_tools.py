@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from skillorchestra.handbook.models import Agent, Skill
 from skillorchestra.handbook.service import Handbook, HandbookSettings, OutcomeReport, RouteRequest
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.app import create_server
-from skillorchestra.server.jobs import JobRegistry
+from skillorchestra.server.jobs import STOPPED, JobRegistry
 from skillorchestra.server.settings import ServerSettings
 
 pytestmark = pytest.mark.anyio
@@ -175,3 +176,54 @@ def test_registry_runs_one_job_at_a_time_and_reports_failures() -> None:
         threading.Event().wait(0.01)
     assert failed.state == "failed" and "no tasks" in failed.message
     assert set(registry.ids()) == {job.id, failed.id}
+
+
+def test_a_stopping_server_ends_a_running_job_at_its_next_step_without_writing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Fuzz QA: a job still running when the server closed the handbook failed on the closed file, logging a
+    traceback at ERROR; shutdown now stops it at its next progress step and waits for it."""
+    registry = JobRegistry()
+    steps: list[int] = []
+
+    def long(progress: Any) -> Any:
+        for step in range(10_000):
+            progress(step / 10_000, "working")
+            steps.append(step)
+            threading.Event().wait(0.001)
+        raise AssertionError("the job ran to its end")
+
+    job = registry.start(long)
+    while not steps:
+        threading.Event().wait(0.001)
+    with caplog.at_level("INFO", logger="skillorchestra.learn"):
+        registry.stop(wait_s=10)
+    assert (job.state, job.message) == ("failed", STOPPED) and job.finished_at is not None
+    assert len(steps) < 10_000 and not [r for r in caplog.records if r.levelname == "ERROR"]
+
+    def closed_file(progress: Any) -> Any:  # a job between progress steps when the file closed under it
+        raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+
+    late = JobRegistry()
+    late.stop(wait_s=0)
+    failed = late.start(closed_file)
+    late.stop(wait_s=10)
+    assert (failed.state, failed.message) == ("failed", STOPPED)
+
+
+async def test_a_client_leaving_during_a_learn_leaves_no_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    record_swap_traffic(tmp_path / "handbook.db")
+    with caplog.at_level("INFO", logger="skillorchestra.learn"):
+        async with Client(create_server(settings(tmp_path))) as client:
+            started = await call(client, "learn_handbook", {"lambda_": 0.0})
+        for thread in threading.enumerate():  # the job's thread, if it outlived the wait for it
+            if thread.name == started["job_id"]:
+                thread.join(30)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
+    store = HandbookStore(tmp_path / "handbook.db")
+    try:
+        assert [v["source"] for v in store.versions()] in (["init"], ["init", "learn"])  # all or nothing
+    finally:
+        store.close()
