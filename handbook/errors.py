@@ -78,8 +78,11 @@ def expectation(error: Mapping[str, Any]) -> str:
         return f"valid JSON ({message.removeprefix('Invalid JSON: ')})"
     if kind in _PLAIN_KINDS:  # pydantic's words for Python types, which a user writing TOML or JSON never sees (QA)
         return _PLAIN_KINDS[kind]
+    if kind == "string_unicode":  # "Input should be a valid string, unable to parse raw data as a unicode string"
+        return "text of valid Unicode (no lone surrogate escapes such as \\ud800)"
     for prefix in _PYDANTIC_SUBJECTS:  # "String should have at least 1 character" -> "at least 1 character"
         message = message.removeprefix(prefix)
+    message = message.replace(" after validation, not ", ", not ")  # "at most 50 items after validation, not 51"
     given = error.get("input")
     if isinstance(given, float) and not math.isfinite(given) and "finite" not in message:
         return f"a finite number, {message}"  # NaN fails "<= 1000" too, and the bound alone misleads

@@ -19,6 +19,7 @@ from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from mcp.server.mcpserver.resources.templates import ResourceSecurity
 
 from skillorchestra.handbook.arrays import HandbookArrays
+from skillorchestra.handbook.errors import known_hint
 from skillorchestra.handbook.metrics import entropy_bits
 from skillorchestra.handbook.paging import PAGE_BYTES_MAX, leading_within
 from skillorchestra.handbook.results import four_significant
@@ -125,7 +126,7 @@ def skill_card(handbook: Handbook, skill_id: str) -> dict[str, object]:
     skill_id = skill_id.strip()  # as the tools take ids: stored ids never start or end with white space
     arrays = handbook.arrays()
     if skill_id not in arrays.skill_index:
-        raise ResourceNotFoundError(f"unknown skill {skill_id!r}")
+        raise ResourceNotFoundError(f"unknown skill {skill_id!r}; {known_hint(skill_id, arrays.skill_ids)}")
     col = arrays.column_of_skill(skill_id)
     # the texts as stored now: the arrays' copy outlives an edit of texts alone (Handbook._edit)
     skill = handbook.store.skill(skill_id) or arrays.skills[arrays.skill_index[skill_id]]
@@ -145,7 +146,7 @@ def agent_card(handbook: Handbook, agent_id: str) -> dict[str, object]:
     agent_id = agent_id.strip()  # as the tools take ids
     arrays = handbook.arrays()
     if agent_id not in arrays.agent_index:
-        raise ResourceNotFoundError(f"unknown agent {agent_id!r}")
+        raise ResourceNotFoundError(f"unknown agent {agent_id!r}; {known_hint(agent_id, arrays.agent_ids)}")
     i = arrays.agent_index[agent_id]
     agent = handbook.store.agent(agent_id) or arrays.agents[i]  # its texts as stored now (Handbook._edit)
     rows = [

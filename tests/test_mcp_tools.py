@@ -483,6 +483,8 @@ async def test_ids_shaped_like_paths_are_readable_as_resources(mcp_client: Clien
     assert json.loads(page.contents[0].text)["id"] == "/abs/skill"  # type: ignore[union-attr]
     with pytest.raises(MCPError, match="unknown agent '/not/there'"):  # not "Unknown resource"
         await mcp_client.read_resource("handbook://agents/%2Fnot%2Fthere")
+    with pytest.raises(MCPError, match="unknown skill '/ABS/skill'; closest known: /abs/skill"):  # as tools hint
+        await mcp_client.read_resource("handbook://skills/%2FABS%2Fskill")
 
 
 async def test_budget_and_max_cost_exclude_agents(mcp_client: Client) -> None:
