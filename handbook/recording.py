@@ -60,11 +60,12 @@ class RecordMixin(HandbookBase):
             if earlier is None:
                 raise
             return earlier
+        demanded = stored_json(decision["skills"])  # parsed once: the event, the mode and the note read it
         event = {
             "decision_id": report.decision_id,
             "agent_id": decision["agent_id"],
-            "skills": stored_json(decision["skills"]),
-            "mode": read_in_mode(decision),
+            "skills": demanded,
+            "mode": read_in_mode(decision, demanded),
             "gamma": self.settings.forgetting,
             "forget_by_weight": True,  # gamma ** w per skill (older events forgot by gamma whatever the weight)
             "step_tokens": decision.get("step_tokens"),
@@ -112,7 +113,7 @@ class RecordMixin(HandbookBase):
             note = _deleted_agent_note(decision["agent_id"], again=effect.agent_deleted)
             applied = False
         elif effect.competence:
-            note = _deleted_skills_note(stored_json(decision["skills"]), effect)
+            note = _deleted_skills_note(demanded, effect)
         return OutcomeResult(
             decision_id=report.decision_id,
             agent_id=decision["agent_id"],
@@ -281,11 +282,12 @@ def _json_roundtrip(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def read_in_mode(decision: dict[str, Any]) -> str | None:
+def read_in_mode(decision: dict[str, Any], skills: list[list[Any]] | None = None) -> str | None:
     """The mode whose record a decision without skills is evidence for: the one the step named, else the one
     route_step scored it on at an orchestrator's depth 0, as its candidates' contributions label it ("@<mode>"),
-    so the outcome updates the record the route showed while the log keeps only modes a caller named."""
-    if decision["mode"] or stored_json(decision["skills"]):
+    so the outcome updates the record the route showed while the log keeps only modes a caller named. `skills`:
+    the decision's skills, when already parsed."""
+    if decision["mode"] or (stored_json(decision["skills"]) if skills is None else skills):
         return decision["mode"]
     for candidate in stored_json(decision["candidates"]) or []:
         labels = list(candidate.get("contributions") or {})

@@ -10,6 +10,7 @@ evidence_update.py; replaying onto a version's snapshot (rebuild, state_of) is i
 from __future__ import annotations
 
 import json
+import operator
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -155,20 +156,40 @@ class EventLog(LiveState):
         if not self._exists("agents", agent_id):
             return effect
         named = [s for s, w in payload["skills"] if w > 0]
-        marks = ",".join("?" for _ in named)
-        known = {r[0] for r in self.db.conn.execute(f"SELECT id FROM skills WHERE id IN ({marks})", named)}
-        demands = [(s, w) for s, w in payload["skills"] if s in known and w > 0] or [
-            (self._fallback_column(payload), 1.0)
-        ]
+        known, competence, costs = self._skill_rows(agent_id, named)
+        demands = [(s, w) for s, w in payload["skills"] if s in known and w > 0]
+        if not demands:  # its rows are read below: the column is not a skill
+            demands, competence, costs = [(self._fallback_column(payload), 1.0)], None, None
         effect.deleted_skills = [s for s in named if s not in known]
         infrastructure = payload.get("error_class") in INFRASTRUCTURE_ERRORS
         if not infrastructure and payload.get("reward") is not None:
             gamma, by_weight = payload.get("gamma"), bool(payload.get("forget_by_weight"))
-            effect.competence = self._update_competence(agent_id, demands, payload["reward"], gamma, by_weight)
+            effect.competence = self._update_competence(
+                agent_id, demands, payload["reward"], gamma, by_weight, competence
+            )
         cost = payload.get("cost_usd")
         if cost is not None and not (infrastructure and cost <= 0):
-            effect.costs = self._update_costs(agent_id, demands, payload, infrastructure)
+            effect.costs = self._update_costs(agent_id, demands, payload, infrastructure, costs)
         return effect
+
+    def _skill_rows(
+        self, agent_id: str, named: list[str]
+    ) -> tuple[set[str], dict[str, tuple[Any, ...]], dict[str, tuple[Any, ...]]]:
+        """Which of the `named` skills exist, and the agent's competence and cost rows of those, in one statement
+        (three statements were a sixth of a record's SQL; the rows are the ones _rows_for reads)."""
+        if not named:
+            return set(), {}, {}
+        marks = ",".join("?" for _ in named)
+        known: set[str] = set()
+        competence: dict[str, tuple[Any, ...]] = {}
+        costs: dict[str, tuple[Any, ...]] = {}
+        for row in self.db.conn.execute(f"{_SKILL_ROWS_SQL} WHERE s.id IN ({marks})", [agent_id, agent_id, *named]):
+            known.add(row[0])
+            if row[1]:  # the agent has a competence row of the skill
+                competence[row[0]] = row[2:4]
+            if row[4]:  # and a cost row
+                costs[row[0]] = row[5:]
+        return known, competence, costs
 
     def _fallback_column(self, payload: dict[str, Any]) -> str:
         """A step with no (surviving) skill is evidence for its mode when it had one, else for the agent."""
@@ -184,23 +205,36 @@ class EventLog(LiveState):
         return {r[0]: tuple(r[1:]) for r in rows}
 
     def _update_competence(
-        self, agent_id: str, demands: list[tuple[str, float]], reward: float, gamma: float | None, by_weight: bool
+        self,
+        agent_id: str,
+        demands: list[tuple[str, float]],
+        reward: float,
+        gamma: float | None,
+        by_weight: bool,
+        current: dict[str, tuple[Any, ...]] | None = None,
     ) -> list[Competence]:
-        """The agent's competence rows of the demanded skills, updated by evidence_update.updated_competence."""
-        current = self._rows_for("competence", "alpha, beta", agent_id, [s for s, _ in demands])
+        """The agent's competence rows of the demanded skills (`current`: as read already, else read here),
+        updated by evidence_update.updated_competence."""
+        if current is None:
+            current = self._rows_for("competence", "alpha, beta", agent_id, [s for s, _ in demands])
         updated = updated_competence(agent_id, demands, current, reward, gamma, by_weight)
         self.db.conn.executemany(COMPETENCE_UPSERT, [(c.agent_id, c.skill_id, c.alpha, c.beta) for c in updated])
         return updated
 
     def _update_costs(
-        self, agent_id: str, demands: list[tuple[str, float]], payload: dict[str, Any], infrastructure: bool
+        self,
+        agent_id: str,
+        demands: list[tuple[str, float]],
+        payload: dict[str, Any],
+        infrastructure: bool,
+        current: dict[str, tuple[Any, ...]] | None = None,
     ) -> list[CostStats]:
-        """The agent's cost rows of the demanded skills, updated by evidence_update.updated_costs."""
-        current = self._rows_for("cost_stats", COST_COLUMNS, agent_id, [s for s, _ in demands])
+        """The agent's cost rows of the demanded skills (`current`: as read already, else read here), updated by
+        evidence_update.updated_costs."""
+        if current is None:
+            current = self._rows_for("cost_stats", COST_COLUMNS, agent_id, [s for s, _ in demands])
         updated = updated_costs(agent_id, demands, current, payload, infrastructure)
-        self.db.conn.executemany(
-            COST_UPSERT, [(c.agent_id, c.skill_id, *(getattr(c, name) for name in COST_NUMBERS)) for c in updated]
-        )
+        self.db.conn.executemany(COST_UPSERT, [_COST_ROW(c) for c in updated])
         return updated
 
     # -- reading the log -----------------------------------------------------------------------------------------
@@ -250,6 +284,17 @@ class EventLog(LiveState):
         for kind, payload in cursor:
             yield kind, json.loads(payload)
 
+
+# a CostStats as COST_UPSERT's parameters
+_COST_ROW = operator.attrgetter("agent_id", "skill_id", *COST_NUMBERS)
+
+# the skills of an outcome that exist, with the agent's competence and cost rows of each (two agent_id parameters)
+_SKILL_ROWS_SQL = (
+    "SELECT s.id, c.skill_id IS NOT NULL, c.alpha, c.beta, k.skill_id IS NOT NULL, "
+    + ", ".join(f"k.{name}" for name in COST_NUMBERS)
+    + " FROM skills s LEFT JOIN competence c ON c.agent_id = ? AND c.skill_id = s.id"
+    " LEFT JOIN cost_stats k ON k.agent_id = ? AND k.skill_id = s.id"
+)
 
 # what applies each kind of event to the live tables (apply, record_outcome and every replay)
 _HANDLERS: dict[str, Callable[[EventLog, dict[str, Any]], Any]] = {
