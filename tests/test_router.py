@@ -183,6 +183,22 @@ def test_thompson_pays_the_cost_term_too() -> None:
         assert route(data, 10.0, "thompson", np.random.default_rng(seed)).chosen == 1
 
 
+def test_thompson_propensity_of_a_rare_choice_is_not_biased_up_by_the_choosing_draw() -> None:
+    """Calibration QA: the share of 257 draws, the choosing one among them, read (1 + X) / 257, which overstates a
+    choice of probability p by (1 - p) / 257. Over the seeds where the weaker agent is chosen, the propensities
+    average to its true probability (the fresh draws do not depend on the choosing one)."""
+    data = inputs([[20.0], [14.0]], [[10.0], [16.0]], [1.0])
+    draws = np.random.default_rng(7).beta(data.alpha, data.beta, size=(400_000, 2, 1)) @ data.weights
+    truth = float(np.mean(draws[:, 1] > draws[:, 0]))
+    reported = [
+        scores.propensity
+        for seed in range(8_000)
+        if (scores := route(data, 0.0, "thompson", np.random.default_rng(seed))).chosen == 1
+    ]
+    standard_error = np.sqrt(truth * (1 - truth) / PROPENSITY_DRAWS / len(reported))
+    assert len(reported) > 100 and abs(np.mean(reported) - truth) < 2.5 * standard_error, (truth, np.mean(reported))
+
+
 def test_thompson_propensity_of_the_chosen_agent_is_never_zero() -> None:
     data = inputs([[20.0], [12.0]], [[10.0], [18.0]], [1.0])  # the weaker agent wins about 1% of draws
     scores = route(data, 0.0, "thompson", np.random.default_rng(1314))  # a seed where the weaker agent wins
