@@ -114,6 +114,8 @@ class RecordMixin(HandbookBase):
             applied = False
         elif effect.competence:
             note = _deleted_skills_note(demanded, effect)
+        if applied and (outlier := _cost_outlier_note(effective["cost_usd"], decision.get("expected_cost_usd"))):
+            note = outlier if note is None else f"{note}; {outlier}"
         return OutcomeResult(
             decision_id=report.decision_id,
             agent_id=decision["agent_id"],
@@ -280,6 +282,22 @@ def _update(skill_id: str, alpha: float, beta: float, competence: float | None =
 
 def _json_roundtrip(value: Any) -> Any:
     return json.loads(json.dumps(value))
+
+
+COST_OUTLIER = 1000.0  # a reported cost this many times the step's expected cost reads as another unit
+
+
+def _cost_outlier_note(cost_usd: float | None, expected: float | None) -> str | None:
+    """Said of a cost far beyond what the step was expected to cost, recorded as given: a unit slip (cents,
+    micro-dollars, tokens) becomes the agent's mean cost, and the reference cost c_ref with it, so lambda then
+    counts for little for every agent (fuzz QA: one report of $1e6 moved c_ref from $0.01 to $178)."""
+    if cost_usd is None or not expected or cost_usd <= COST_OUTLIER * expected:
+        return None
+    return (
+        f"cost_usd {cost_usd:g} is over {COST_OUTLIER:g}x this step's expected cost (${expected:.4g}); it is recorded "
+        "as US dollars: if it was in another unit, routing now weighs every agent's cost for little (c_ref follows "
+        "the largest recorded costs), so tell the operator"
+    )
 
 
 def read_in_mode(decision: dict[str, Any], skills: list[list[Any]] | None = None) -> str | None:

@@ -509,6 +509,25 @@ def test_an_outcome_of_a_deleted_agent_does_not_credit_an_agent_added_again_unde
     assert book.store.document() == live  # the stale outcome left no event to replay onto the new agent
 
 
+def test_a_cost_far_beyond_the_steps_expected_cost_is_recorded_and_said_to_look_like_another_unit(
+    book: Handbook,
+) -> None:
+    """Fuzz QA: one report of $1e6 (a unit slip) became the agent's mean cost and c_ref with it, silently."""
+    routed = book.route(request(allowed_agents=["mid"]))
+    expected = routed.candidates[0].expected_cost_usd
+    assert expected is not None and expected > 0
+    usual = book.record(OutcomeReport(decision_id=routed.decision_id, success=True, cost_usd=expected * 50))
+    assert usual.note is None  # a dear call, not an outlier
+    routed = book.route(request(allowed_agents=["mid"]))
+    expected = routed.candidates[0].expected_cost_usd  # moved by the dear call
+    assert expected is not None
+    slipped = book.record(OutcomeReport(decision_id=routed.decision_id, success=True, cost_usd=expected * 5000))
+    assert slipped.applied and slipped.cost_usd == pytest.approx(expected * 5000)  # recorded as given
+    assert slipped.note is not None and "over 1000x this step's expected cost" in slipped.note
+    again = book.record(OutcomeReport(decision_id=routed.decision_id, success=True, cost_usd=expected * 5000))
+    assert again.duplicate
+
+
 def test_an_outcome_says_which_of_its_skills_were_deleted_since_the_decision(book: Handbook) -> None:
     """Deleting a demanded skill between route and report used to drop its share silently (applied, no note)."""
     skills = [SkillDemand(skill_id="code.python", weight=3.0), SkillDemand(skill_id="code.sql", weight=1.0)]
