@@ -39,6 +39,9 @@ class Structure:
     mode_member: np.ndarray  # (K, M)
     # what chain_sums adds for a skill: (how many nodes its chain has, each skill's bin, the skills), when small
     _chains: dict[int, tuple[int, np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False, compare=False)
+    # node -> the skills below it (itself included) in index order: a wide category's are found once (review: under
+    # a category of over CHAIN_KEPT_MAX skills no skill was kept above, and each record searched the whole tree)
+    _members: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def levels(self) -> int:
@@ -46,7 +49,10 @@ class Structure:
         return self.chain.shape[1] if len(self.chain) else 0
 
     def ancestor_at(self, skill: int, depth: int) -> int:
-        """`skill`'s ancestor at `depth` (1: its top-level skill), or the skill itself when it sits no deeper."""
+        """`skill`'s ancestor at `depth` >= 1 (1: its top-level skill), or the skill itself when it sits no deeper.
+        Depth 0 (mode level) has no skill to name: callers read the mode record instead."""
+        if depth < 1:
+            raise ValueError(f"a skill depth >= 1, not {depth}")
         if depth > self.chain.shape[1]:
             return skill
         node = int(self.chain[skill, depth - 1])
@@ -64,6 +70,12 @@ class Structure:
         sums = np.bincount(cells, weights=own[:, skill].ravel(), minlength=n_rows * n_skills)
         return sums.reshape(n_rows, n_skills)
 
+    def _below(self, node: int) -> np.ndarray:
+        found = self._members.get(node)
+        if found is None:
+            found = self._members[node] = np.flatnonzero((self.chain == node).any(axis=1))
+        return found
+
     def chain_sums(self, success: np.ndarray, failure: np.ndarray, skill: int) -> tuple[int, np.ndarray, np.ndarray]:
         """How many nodes `skill`'s chain has (its ancestors, then itself), and subtree_sums' values at each of them
         for one agent's row of evidence (success, failure: (K,) or longer): the same additions in the same order (a
@@ -72,7 +84,7 @@ class Structure:
         found = self._chains.get(skill)
         if found is None:
             nodes = [int(node) for node in self.chain[skill] if node >= 0]
-            below = [np.flatnonzero((self.chain == node).any(axis=1)) for node in nodes]
+            below = [self._below(node) for node in nodes]
             bins = np.repeat(np.arange(len(nodes)), [len(skills) for skills in below])
             found = len(nodes), bins, np.concatenate(below)
             if len(bins) <= CHAIN_KEPT_MAX:

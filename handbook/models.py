@@ -54,6 +54,16 @@ TEXT_CONTROLS = "\n\t"  # the control characters a description, indicator, examp
 BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"  # embeddings, overrides, isolates
 
 
+def encodable(value: str) -> bool:
+    """Whether `value` is text of valid Unicode: a command-line argument's bytes that are not UTF-8 reach Python as
+    lone surrogates, which no JSON document or pydantic model takes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def control_characters(value: str, allowed: str = "") -> list[str]:
     """The control characters (Unicode category Cc: NUL, ESC, BEL, CR, DEL, C1...) of `value` not in `allowed`."""
     return [c for c in value if unicodedata.category(c) == "Cc" and c not in allowed]

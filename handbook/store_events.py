@@ -29,6 +29,7 @@ from skillorchestra.handbook.models import (
     CostStats,
     Mode,
     Skill,
+    encodable,
 )
 from skillorchestra.handbook.schema import dumps
 from skillorchestra.handbook.store_live import LiveState
@@ -73,8 +74,10 @@ class EventLog(LiveState):
         the live evidence is untouched (transfer QA: choosing a depth took an export, an edit and an import).
         Returns the depth it replaces."""
         name = orchestrator.strip()
-        if not name or len(name) > ID_MAX:
-            raise InvalidInput("orchestrator", orchestrator, f"a non-empty name of at most {ID_MAX} characters")
+        if not name or len(name) > ID_MAX or not encodable(name):  # review: a surrogate broke every read
+            raise InvalidInput(
+                "orchestrator", orchestrator, f"a non-empty name of valid Unicode of at most {ID_MAX} characters"
+            )
         if depth is not None and not 0 <= depth <= MAX_SKILL_DEPTH:
             raise InvalidInput("depth", depth, f"an integer in [0, {MAX_SKILL_DEPTH}] (0: mode level)")
         with self.write():
@@ -262,10 +265,11 @@ class EventLog(LiveState):
     def edit_stamp(self) -> int:
         """The newest edit's event number (outcomes left out): what a learned version was compared with (the live
         skills, modes, agents) changes with edits, not with outcomes, which a serving handbook records all the
-        time (QA: a learn never went live beside a server). change_stamp, which consult cursors use, counts both."""
+        time (QA: a learn never went live beside a server), nor with depth selections, which a learned version
+        takes as they are when it is stored (review). change_stamp, which consult cursors use, counts them all."""
         with self.lock:  # newest first: it stops at the first edit behind the run of outcomes
             row = self.db.conn.execute(
-                "SELECT seq FROM events WHERE kind != 'outcome' ORDER BY seq DESC LIMIT 1"
+                "SELECT seq FROM events WHERE kind NOT IN ('outcome', 'select_depth') ORDER BY seq DESC LIMIT 1"
             ).fetchone()
         return int(row[0]) if row else 0
 

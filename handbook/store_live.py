@@ -11,7 +11,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from skillorchestra.handbook.models import Agent, Competence, CostStats, HandbookDocument, LengthEffect, Mode, Skill
+from skillorchestra.handbook.models import (
+    MAX_SKILL_DEPTH,
+    Agent,
+    Competence,
+    CostStats,
+    HandbookDocument,
+    LengthEffect,
+    Mode,
+    Skill,
+)
 from skillorchestra.handbook.schema import dumps
 from skillorchestra.handbook.sqlite_file import bindable
 from skillorchestra.handbook.store_base import StoreBase
@@ -172,6 +181,19 @@ class LiveState(StoreBase):
                 labeller=self.labeller(),
                 length_effect=self.length_effect(),
             )
+
+    def skill_levels(self) -> int:
+        """How deep the deepest skill sits (1: top-level skills only; 0: no skills), read in SQL: `handbook select`
+        says so without building the routing arrays (review: 1.6 s at 100 agents x 2,000 skills). A skill whose
+        parent is missing is top-level, as the arrays read it; a cycle is cut at MAX_SKILL_DEPTH levels."""
+        with self.lock:
+            row = self.db.conn.execute(
+                "WITH RECURSIVE tree(id, level) AS ("
+                " SELECT id, 1 FROM skills WHERE parent_id IS NULL OR parent_id NOT IN (SELECT id FROM skills)"
+                " UNION ALL SELECT s.id, t.level + 1 FROM skills s JOIN tree t ON s.parent_id = t.id"
+                f" WHERE t.level < {MAX_SKILL_DEPTH}) SELECT COALESCE(MAX(level), 0) FROM tree"
+            ).fetchone()
+        return int(row[0])
 
     def selections(self) -> dict[str, int]:
         """Orchestrator name -> the handbook depth selected for it."""

@@ -186,7 +186,9 @@ def estimate_cost_usd(query: str, outcome: AgentOutcome, price: AgentPrice | Non
         return per_call
     prompt = outcome.prompt_tokens if outcome.prompt_tokens is not None else len(query) / CHARS_PER_TOKEN
     completion = outcome.completion_tokens if outcome.completion_tokens is not None else DEFAULT_COMPLETION_TOKENS
-    return (prompt * price.input_per_mtok + completion * price.output_per_mtok) / 1e6 + per_call
+    # at most what a call may cost: a learned version's rows are held to it when stored (review: 1e7 tokens at the
+    # highest price, plus a per-call price, refused the version)
+    return min((prompt * price.input_per_mtok + completion * price.output_per_mtok) / 1e6 + per_call, MAX_USD)
 
 
 def read_tasks(path: str | Path) -> list[TraceTask]:

@@ -107,7 +107,8 @@ def create_server(settings: ServerSettings, *, warm_up: bool = False) -> MCPServ
                 running.remove(state)
                 with anyio.CancelScope(shield=True):  # a learning job stops before the file it writes is closed
                     await anyio.to_thread.run_sync(state.jobs.stop, JOB_STOP_WAIT_S)
-                state.handbook.store.close()
+                    # off the event loop: a job past its wait may hold the store's lock in a write (review)
+                    await anyio.to_thread.run_sync(state.handbook.store.close)
 
     def current_handbook() -> Handbook:
         if not running:

@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from skillorchestra.handbook.models import ID_MAX, MAX_LAMBDA, MAX_SEED, MAX_SKILL_DEPTH, MAX_USD
+from skillorchestra.handbook.models import ID_MAX, MAX_LAMBDA, MAX_SEED, MAX_SKILL_DEPTH, MAX_USD, encodable
 
 
 def _number(text: str, *, low: float, high: float, what: str, high_included: bool = False) -> float:
@@ -57,6 +57,8 @@ def name_arg(text: str) -> str:
     it is sent, never found)."""
     if not text.strip() or len(text.strip()) > ID_MAX:
         raise argparse.ArgumentTypeError(f"expected a non-empty name of at most {ID_MAX} characters")
+    if not encodable(text):  # bytes that are not UTF-8 reach Python as lone surrogates (review: stored, they broke
+        raise argparse.ArgumentTypeError(f"expected a name of valid UTF-8 text, got {text!r}")  # every read)
     return text.strip()
 
 

@@ -131,19 +131,21 @@ def handbook_import(args: argparse.Namespace) -> int:
         exc.args = (f"{args.file}: {exc}",) if args.file else exc.args
         raise
     store = _store(args)
+    live = store.selections()
     version = store.create_version(document, source="import", summary=f"imported {args.file or 'example'}")
     print(f"imported version {version}: {len(document.skills)} skills, {len(document.agents)} agents")
+    if dropped := {name: depth for name, depth in live.items() if name not in document.selections}:  # (review)
+        shown = ", ".join(f"{name!r} (depth {depth})" for name, depth in sorted(dropped.items()))
+        print(f"the live handbook's depth selections the file lacks were dropped: {shown}; `handbook select` sets one")
     warn_unconnected(store)
     return 0
 
 
 def handbook_select(args: argparse.Namespace) -> int:
-    from skillorchestra.handbook.arrays import document_arrays  # numpy: only the commands that score load it
-
     if args.drop and args.depth is not None:
-        raise InvalidInput("--drop", args.depth, "either a DEPTH or --drop, not both")
+        raise InvalidInput("DEPTH", args.depth, "either a DEPTH or --drop, not both")
     if not args.drop and args.depth is None:
-        raise InvalidInput("depth", "(missing)", "a DEPTH, or --drop to remove the selection")
+        raise InvalidInput("DEPTH", "(missing)", "a DEPTH, or --drop to remove the selection")
     store = existing_store(args)
     try:
         name = args.orchestrator
@@ -152,9 +154,12 @@ def handbook_select(args: argparse.Namespace) -> int:
         if args.drop:
             print(f"orchestrator {name!r}: selection dropped (was {was}); its steps read the full skills")
             return 0
-        deepest = document_arrays(store.document()).structure.levels
-        line = f"orchestrator {name!r}: depth {args.depth}{' (mode level)' if args.depth == 0 else ''} (was {was})"
-        if args.depth > deepest:
+        shown = f"depth {args.depth}{' (mode level)' if args.depth == 0 else ''}"
+        line = f"orchestrator {name!r}: {shown} " + ("(unchanged)" if before == args.depth else f"(was {was})")
+        deepest = store.skill_levels()
+        if not deepest:
+            line += "; the handbook has no skills yet, so its steps read the agents' records"
+        elif args.depth > deepest:
             line += f"; no skill is deeper than depth {deepest}, so its steps read the full skills"
         print(line)
     finally:

@@ -228,12 +228,20 @@ def _shaped_document(
     orchestrator = asked.orchestrator
     # the live handbook's selections for other orchestrators are kept, and said so: a learn for one orchestrator
     # had dropped every other's silently (QA)
-    kept = {name: d for name, d in store.selections().items() if name not in (DEFAULT_SELECTION, orchestrator)}
-    selections = {**kept, **document.selections, **({orchestrator: depth} if orchestrator else {})}
+    selections, kept = _selections(store, document.selections, orchestrator, depth)
     document = document.model_copy(update={"selections": selections})
     if asked.events_read is not None:
         document = keep_live_agents(document, store.agents(), store.modes())
     return document, kept
+
+
+def _selections(
+    store: HandbookStore, learned: Mapping[str, int], orchestrator: str | None, depth: int
+) -> tuple[dict[str, int], dict[str, int]]:
+    """The learned version's selections: the live ones of other orchestrators kept, then the learner's own (its
+    `default`, and `orchestrator`'s depth); and the kept ones."""
+    kept = {name: d for name, d in store.selections().items() if name not in (DEFAULT_SELECTION, orchestrator)}
+    return {**kept, **learned, **({orchestrator: depth} if orchestrator else {})}, kept
 
 
 def _learn_metrics(
@@ -342,6 +350,11 @@ def _store_version(
     (when it is stored only) says why and how to promote it."""
     events_read = asked.events_read
     with store.write():  # the gate reads the live state this version would replace, and its number, at once
+        # the live selections again, as they are now: a `handbook select` made while it learned is kept (review)
+        selections, metrics["selections_kept"] = _selections(
+            store, result.document.selections, asked.orchestrator, int(result.metrics["depth"])
+        )
+        document = document.model_copy(update={"selections": selections})
         reasons, back, dropped = _gate(store, document, result, metrics, trial, trialled, asked)
         went_live = not reasons
         if events_read is not None:  # QA: 73 failures reported while it learned were silently left out

@@ -521,10 +521,11 @@ async def call_llm(
             worded, queued = timeout_message(timeout, left, latency, conn.concurrency)
             if queued or (isinstance(exc, TimeoutError) and not str(exc)):  # litellm's own words say more otherwise
                 message = worded
-        if error_class == "connection" and conn.api_base and conn.api_base not in message:
-            message += f" (api_base {conn.api_base})"  # README QA: which server was unreachable went unsaid
         message = scrub(message, secrets)[:_MESSAGE_LIMIT]
-        log.warning("agent %s failed (%s) after %.2fs: %s", conn.id, error_class, latency, message)
+        # the operator's log names the server it could not reach (README QA); the model's message does not: no tool
+        # shows connection settings to a model a prompt could turn (review)
+        where = f" (api_base {conn.api_base})" if error_class == "connection" and conn.api_base else ""
+        log.warning("agent %s failed (%s) after %.2fs: %s%s", conn.id, error_class, latency, message, where)
         # a stream cut off mid-answer was generated, so probably billed: its cost is unknown, not 0
         return failed_call(error_class, queued or type(exc).__name__, message, latency, answering=answering)
     latency = time.perf_counter() - start

@@ -11,7 +11,15 @@ from shared_data import SHARED_DATA
 
 from skillorchestra.handbook.datasets import convert_llmrouter, convert_routellm
 from skillorchestra.handbook.errors import InvalidInput
-from skillorchestra.handbook.traces import TraceTask, read_prices, read_tasks
+from skillorchestra.handbook.models import MAX_USD, PLAUSIBLE_TOKENS
+from skillorchestra.handbook.traces import (
+    AgentOutcome,
+    AgentPrice,
+    TraceTask,
+    estimate_cost_usd,
+    read_prices,
+    read_tasks,
+)
 
 DATA = SHARED_DATA
 LLMROUTER, ROUTELLM = DATA / "llmrouter", DATA / "routellm"
@@ -304,3 +312,14 @@ def test_outcome_keys_are_agent_ids(tmp_path: Path, key: str, shown: str) -> Non
     ), text
     path.write_text(json.dumps({**bad, "outcomes": {"m" * 200: {"score": 0.0}, "meta/llama": {}}}) + "\n")
     assert list(read_tasks(path)[0].outcomes) == ["m" * 200, "meta/llama"]  # 200 characters and '/' are fine
+
+
+def test_an_estimated_cost_is_held_to_what_one_call_may_cost() -> None:
+    """Review: 1e7 tokens at the highest price per token, plus a per-call price, estimated past MAX_USD, and the
+    learned version holding that mean was refused when stored."""
+    price = AgentPrice(input_per_mtok=MAX_USD, output_per_mtok=MAX_USD, cost_per_call_usd=MAX_USD)
+    outcome = AgentOutcome(score=1.0, prompt_tokens=PLAUSIBLE_TOKENS, completion_tokens=PLAUSIBLE_TOKENS)
+    assert estimate_cost_usd("q", outcome, price) == MAX_USD
+    cheap = AgentPrice(input_per_mtok=1.0, output_per_mtok=2.0, cost_per_call_usd=0.5)
+    small = AgentOutcome(score=1.0, prompt_tokens=1_000_000, completion_tokens=1_000_000)
+    assert estimate_cost_usd("q", small, cheap) == pytest.approx(3.5)

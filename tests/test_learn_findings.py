@@ -56,6 +56,33 @@ def test_outcomes_recorded_during_the_live_trial_do_not_keep_the_learned_version
         store.close()
 
 
+def test_a_depth_selected_during_a_learn_is_kept_and_does_not_keep_the_version_from_going_live(
+    tmp_path: Path,
+) -> None:
+    """Review: a `handbook select` while learn compared with the live skills made the gate refuse the version (the
+    selection changes neither the skills nor the labeller compared), and the version stored lacked it."""
+    db = tmp_path / "h.db"
+    store, other = HandbookStore(db), HandbookStore(db)  # another process selects a depth
+    try:
+        first = learn_into_store(store, unlabelled_swap(seed=1, n=150), PRICES, data_label="x", price_source="file")
+        assert first.metrics["went_live"] is True and first.metrics["n_skills"] > 0
+
+        def progress(fraction: float, message: str) -> None:
+            if message.startswith("comparing with the live handbook"):
+                other.select_depth("planner", 1)
+
+        run_ = learn_into_store(
+            store, unlabelled_swap(seed=2, n=150), PRICES, data_label="y", price_source="file", progress=progress
+        )
+        assert run_.metrics["live_trial"] is not None and other.selections()["planner"] == 1
+        assert run_.metrics["went_live"] is True and run_.metrics["not_live_reason"] is None
+        assert store.selections()["planner"] == 1 and store.snapshot(run_.version).selections["planner"] == 1
+        assert run_.metrics["selections_kept"] == {"planner": 1}
+    finally:
+        other.close()
+        store.close()
+
+
 def test_an_edit_moves_the_edit_stamp_and_an_outcome_only_the_change_stamp(tmp_path: Path) -> None:
     """Consult cursors (change_stamp) must still see outcomes; the learn gate (edit_stamp) must see only edits."""
     db = tmp_path / "h.db"

@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 from fake_openai import FakeOpenAI
+from log_capture import formatted_log
 from mcp_calls import until_called
 
 from skillorchestra.server.agent_config import LlmAgentConnection
@@ -117,9 +118,11 @@ async def test_failures_are_classified_with_one_request_each(
 async def test_refused_connection_is_connection() -> None:
     with FakeOpenAI() as srv:
         agent = conn(srv)
-    r = await call_llm(agent, user("anyone there?"), timeout_s=5, max_tokens=20)  # server already stopped
+    with formatted_log("skillorchestra.server.llm_backend") as logged:
+        r = await call_llm(agent, user("anyone there?"), timeout_s=5, max_tokens=20)  # server already stopped
     assert r.error_class == "connection"
-    assert r.message is not None and f"api_base {agent.api_base}" in r.message  # which server it could not reach
+    assert r.message is not None and str(agent.api_base) not in r.message  # connection settings stay off the model's
+    assert f"(api_base {agent.api_base})" in logged.getvalue()  # the operator's log names it
 
 
 @pytest.mark.anyio

@@ -1,7 +1,7 @@
 """A released migration is never edited: a file that already applied it never runs the new body (upgrade QA: m004
 gained two columns after release, and the files the first release had migrated failed on every cost read until
-m017 added them). A change of schema is a new migration. This test holds each migration's code (its docstring and
-comments left out), so an edit fails here first; a new migration adds its line."""
+m017 added them). A change of schema is a new migration. This test holds each migration's code (its docstring,
+comment lines and blank lines left out), so an edit fails here first; a new migration adds its line."""
 
 from __future__ import annotations
 
@@ -12,23 +12,23 @@ import inspect
 from skillorchestra.handbook import schema
 
 FROZEN = {
-    "m001_initial": "814d58738741f7cd",
-    "m002_delegation": "8bb38e744ded576e",
-    "m003_embeddings": "a7030f2a1ea2a031",
-    "m004_step_tokens": "38c87df22d7c6f56",
-    "m005_lean_outcome_writes": "a4905a83c5cea4f7",
-    "m006_finite_numbers": "22a0c242d2f6c4c6",
-    "m007_decision_budget": "b9476585da141199",
-    "m008_decision_claim": "da029108b283e35e",
-    "m009_decision_context": "956c5672cb408979",
-    "m010_decision_agent_deleted": "2d10c65d906dcf67",
-    "m011_backfill_older_files": "9cbfa55d6777df77",
-    "m012_compressed_snapshots": "46448d6cd3a810b4",
-    "m013_agent_call_price": "70fb00380405778a",
-    "m014_measured_counts": "3e24bccf69548790",
-    "m015_pruned_session_spend": "ff877f42503e9e09",
-    "m016_decision_granularity": "7d9f175eeeae4093",
-    "m017_columns_m004_gained_later": "4a2f24f4206cd3ff",
+    "m001_initial": "0920d0dcef25d339",
+    "m002_delegation": "589860a65ffb8b49",
+    "m003_embeddings": "de201625d8d62374",
+    "m004_step_tokens": "511b6dfd5aac7d6a",
+    "m005_lean_outcome_writes": "3ce39bc0188c3716",
+    "m006_finite_numbers": "f650df8a01b904c6",
+    "m007_decision_budget": "e3fb6cb368f8b77d",
+    "m008_decision_claim": "11c893fb2d951a75",
+    "m009_decision_context": "a11ea335ebc8285e",
+    "m010_decision_agent_deleted": "87510c979fe12014",
+    "m011_backfill_older_files": "acc87af2ee9251a3",
+    "m012_compressed_snapshots": "6d12ea3c186805b7",
+    "m013_agent_call_price": "acf7224c1f740075",
+    "m014_measured_counts": "223a40f9fd867996",
+    "m015_pruned_session_spend": "d3aafe863c31c9a3",
+    "m016_decision_granularity": "b56a844704434d2c",
+    "m017_columns_m004_gained_later": "17ceed97e71b3c43",
 }
 
 
@@ -39,17 +39,21 @@ def _is_migration(node: ast.stmt) -> bool:
     )
 
 
-def code_digest(function: ast.FunctionDef) -> str:
-    """The function's statements (without its docstring) as the parser reads them: comments and layout aside."""
+def code_digest(function: ast.FunctionDef, source: str) -> str:
+    """The text of the function's statements after its docstring, without comment or blank lines, dedented: the
+    same on every Python (review: ast.dump's text changed in 3.13, and unparse's in 3.12)."""
     body = function.body
     if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
         body = body[1:]
-    return hashlib.sha256("\n".join(ast.dump(statement) for statement in body).encode()).hexdigest()[:16]
+    lines = source.splitlines()[body[0].lineno - 1 : function.end_lineno] if body else []
+    code = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    return hashlib.sha256("\n".join(code).encode()).hexdigest()[:16]
 
 
 def test_released_migrations_keep_their_code_and_new_ones_are_listed() -> None:
-    module = ast.parse(inspect.getsource(schema))
-    found = {node.name: code_digest(node) for node in module.body if _is_migration(node)}  # type: ignore[arg-type]
+    source = inspect.getsource(schema)
+    module = ast.parse(source)
+    found = {node.name: code_digest(node, source) for node in module.body if _is_migration(node)}  # type: ignore[arg-type]
     assert list(found) == sorted(found), "migrations run in name order: number a new one after the last"
     edited = sorted(name for name in FROZEN if name in found and found[name] != FROZEN[name])
     assert not edited, f"released migrations edited (add a new migration instead): {edited}"

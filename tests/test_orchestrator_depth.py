@@ -159,12 +159,14 @@ def test_handbook_select_sets_a_depth_without_learning_as_an_edit_a_serving_hand
     assert "code.python" in [s.skill_id for s in deep.skills]
     assert deep.granularity == "depth 7 for 'coarse' (full: no skill sits deeper than 2)"
     events = book.store.event_count(book.store.current_version())
-    assert run(["handbook", "select", "coarse", "7", *db], capsys)[0] == 0  # the same depth again: no edit
+    code, out, _ = run(["handbook", "select", "coarse", "7", *db], capsys)  # the same depth again: no edit
+    assert code == 0 and "depth 7 (unchanged)" in out
     for refused_argv, message in [
         (["handbook", "select", "gone", "--drop", *db], "unknown orchestrator 'gone'"),
         (["handbook", "select", "new", *db], "expected a DEPTH, or --drop"),
         (["handbook", "select", "new", "1", "--drop", *db], "not both"),
         (["handbook", "select", "new", "33", *db], "expected a depth in [0, 32]"),
+        (["handbook", "select", "bad\udcff", "1", *db], "expected a name of valid UTF-8 text"),  # review
     ]:
         code, _, err = run(refused_argv, capsys)
         assert code != 0 and message in err
@@ -176,6 +178,10 @@ def test_handbook_select_sets_a_depth_without_learning_as_an_edit_a_serving_hand
     assert book.store.selections() == expected and book.store.document().selections == expected
     book.store.rebuild()  # an edit of the live version: its snapshot plus the replayed events hold it
     assert book.store.selections() == expected
+    exported = book.store.path.with_name("e.json")
+    exported.write_text(DOCUMENT.model_copy(update={"selections": {"coarse": 1}}).model_dump_json())
+    code, out, _ = run(["handbook", "import", str(exported), *db], capsys)  # an import replaces them: said so
+    assert code == 0 and "selections the file lacks were dropped: 'default' (depth 2), 'new' (depth 1)" in out
 
 
 @pytest.mark.anyio

@@ -117,6 +117,10 @@ def test_a_file_the_first_m004_release_migrated_gets_every_column_a_new_file_has
     with sqlite3.connect(old) as got, sqlite3.connect(current) as fresh:
         for table in ("decisions", "cost_stats", "outcomes", "competence", "agents", "skills", "versions"):
             assert set(columns(got, table)) == set(columns(fresh, table)), table
+        # m017's counts: the first m004 release kept a step-length mean on every call, as a current file counts them
+        counts = "SELECT agent_id, skill_id, n_step_tokens FROM cost_stats ORDER BY agent_id, skill_id"
+        assert got.execute(counts).fetchall() == fresh.execute(counts).fetchall()
+        assert any(row[2] > 0 for row in got.execute(counts))
 
 
 def test_a_file_the_first_m004_release_migrated_still_routes_records_and_exports(upgraded: tuple[Path, Path]) -> None:
