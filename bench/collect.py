@@ -27,6 +27,7 @@ ORDER = (
     "eval_tables",
     "eval_seeds",
     "llmrouter_ceiling",
+    "calibration",
 )
 INTRO = """# Benchmarks
 
