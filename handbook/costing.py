@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from skillorchestra.handbook.arrays import HandbookArrays
+from skillorchestra.handbook.router import nan_to_num  # np.nan_to_num's result, without its overhead
 from skillorchestra.handbook.traces import CHARS_PER_TOKEN, DEFAULT_COMPLETION_TOKENS
 
 MIN_SHARE_OF_RECORDED = 0.1  # a short text never makes a call look cheaper than a tenth of its recorded mean
@@ -44,7 +45,7 @@ def _weighted(table: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> np.nd
         )
     values = table.T[cols]  # (n, k, A)
     positive = weights[:, :, None] > 0
-    terms = np.where(positive, weights[:, :, None] * np.nan_to_num(values), 0.0)
+    terms = np.where(positive, weights[:, :, None] * nan_to_num(values), 0.0)
     out = np.zeros((n, table.shape[0]))
     for j in range(k):
         out += terms[:, j]
@@ -59,7 +60,7 @@ def priced_costs(arrays: HandbookArrays, tokens: np.ndarray) -> np.ndarray:
         return by_tokens  # no agent priced per call: the arithmetic of every handbook before per-call prices
     per_call = np.broadcast_to(arrays.call_price, by_tokens.shape)
     unknown = np.isnan(by_tokens) & np.isnan(per_call)
-    return np.where(unknown, np.nan, np.nan_to_num(by_tokens) + np.nan_to_num(per_call))
+    return np.where(unknown, np.nan, nan_to_num(by_tokens) + nan_to_num(per_call))
 
 
 def expected_costs(arrays: HandbookArrays, tokens: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -68,7 +69,7 @@ def expected_costs(arrays: HandbookArrays, tokens: np.ndarray, cols: np.ndarray,
     recorded = _weighted(arrays.cost_mean, cols, weights)  # NaN: the agent has no cost record at all
     usual_prompt = _weighted(arrays.prompt_mean, cols, weights)  # NaN: some demanded cost has too few known lengths
     shift = tokens[:, None] - usual_prompt
-    moved = recorded + np.nan_to_num(shift * arrays.input_price / 1e6)
+    moved = recorded + nan_to_num(shift * arrays.input_price / 1e6)
     moved = np.maximum(moved, MIN_SHARE_OF_RECORDED * recorded)
     return np.where(np.isnan(recorded), priced_costs(arrays, tokens), moved)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from skillorchestra.handbook.posterior import Z90, beta_mean_var
-from skillorchestra.handbook.router import PROPENSITY_DRAWS, RouteInputs, route
+from skillorchestra.handbook.router import PROPENSITY_DRAWS, RouteInputs, nan_to_num, route
 
 
 def inputs(
@@ -227,3 +227,11 @@ def test_thompson_ties_go_to_the_cheaper_agent_as_the_ranking_says() -> None:
     scores = route(long_step, 0.0, "thompson", np.random.default_rng(0))
     assert scores.chosen == 1 and list(scores.ranking) == [1, 0]
     assert not scores.explored and scores.propensity == 1.0
+
+
+@pytest.mark.parametrize("nan", [0.0, np.inf])
+def test_the_routers_nan_to_num_is_numpys_bit_for_bit(nan: float) -> None:
+    """router.nan_to_num skips np.nan_to_num's per-call overhead (four to six calls a route): same bits."""
+    values = np.array([[np.nan, np.inf, -np.inf, -0.0, 0.0, 1e308, -1e-320, 3.5]])
+    mine, numpys = nan_to_num(values, nan=nan), np.nan_to_num(values, nan=nan)
+    assert mine.dtype == numpys.dtype and mine.tobytes() == numpys.tobytes()
