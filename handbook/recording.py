@@ -23,6 +23,7 @@ from skillorchestra.handbook.models import INFRASTRUCTURE_ERRORS
 from skillorchestra.handbook.request_types import OutcomeReport, check_amount
 from skillorchestra.handbook.results import CompetenceUpdate, OutcomeResult
 from skillorchestra.handbook.store import OutcomeEffect
+from skillorchestra.handbook.store_sql import DecisionRow
 
 CALL_FIGURES = ("cost_usd", "prompt_tokens", "completion_tokens", "latency_s")  # a report's figures of the call
 
@@ -148,7 +149,7 @@ class RecordMixin(HandbookBase):
         finally:
             self._record_lock.release()
 
-    def _earlier_report(self, decision: dict[str, Any], payload: dict[str, Any]) -> OutcomeResult | None:
+    def _earlier_report(self, decision: DecisionRow, payload: dict[str, Any]) -> OutcomeResult | None:
         stored = self.store.outcome(decision["id"])
         if stored is None:
             return None
@@ -209,7 +210,7 @@ def _reward(report: OutcomeReport) -> float | None:
     return float(report.reward)
 
 
-def _with_call_figures(payload: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
+def _with_call_figures(payload: dict[str, Any], decision: DecisionRow) -> dict[str, Any]:
     """A report that leaves cost, tokens or latency out takes what the delegated call recorded. One that sends
     another value, or an infrastructure error for a call that answered, is refused: the measured call is what was
     paid, and a model's guess would overwrite it (a model reading the rounded figures of delegate's result may send
@@ -236,7 +237,7 @@ def _with_call_figures(payload: dict[str, Any], decision: dict[str, Any]) -> dic
     return effective
 
 
-def _idempotency_key(payload: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
+def _idempotency_key(payload: dict[str, Any], decision: DecisionRow) -> dict[str, Any]:
     """The report as the idempotency key compares it: a cost, token count or latency that repeats what delegate
     measured (as _with_call_figures accepts it) counts as left out, so the report that echoed delegate's cost and
     the plain one are the same report (QA: the plain repeat was refused as a conflict)."""
@@ -300,7 +301,7 @@ def _cost_outlier_note(cost_usd: float | None, expected: float | None) -> str | 
     )
 
 
-def read_in_mode(decision: dict[str, Any], skills: list[list[Any]] | None = None) -> str | None:
+def read_in_mode(decision: DecisionRow, skills: list[list[Any]] | None = None) -> str | None:
     """The mode whose record a decision without skills is evidence for: the one the step named, else the one
     route_step scored it on at an orchestrator's depth 0, as its candidates' contributions label it ("@<mode>"),
     so the outcome updates the record the route showed while the log keeps only modes a caller named. `skills`:

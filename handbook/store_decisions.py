@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from skillorchestra.handbook.errors import Conflict, InvalidInput, NotFound, utc_text
 from skillorchestra.handbook.models import CLAIM_IN_FLIGHT_S
 from skillorchestra.handbook.schema import dumps
 from skillorchestra.handbook.store_events import OutcomeEffect
-from skillorchestra.handbook.store_sql import KNOWN_SPEND, REPORTED_STEPS, UNCALLED, UNREPORTED
+from skillorchestra.handbook.store_sql import KNOWN_SPEND, REPORTED_STEPS, UNCALLED, UNREPORTED, DecisionRow
 from skillorchestra.handbook.store_versions import Versions
 
 
@@ -38,15 +38,13 @@ class Decisions(Versions):
             row = cursor.fetchone()
             return None if row is None else {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
 
-    def decision(self, decision_id: str) -> dict[str, Any] | None:
-        return self._row("SELECT * FROM decisions WHERE id = ?", [decision_id])
+    def decision(self, decision_id: str) -> DecisionRow | None:
+        return cast("DecisionRow | None", self._row("SELECT * FROM decisions WHERE id = ?", [decision_id]))
 
     def outcome(self, decision_id: str) -> dict[str, Any] | None:
         return self._row("SELECT * FROM outcomes WHERE decision_id = ?", [decision_id])
 
-    def claim_decision(
-        self, decision_id: str, check: Callable[[dict[str, Any] | None], None], now: float
-    ) -> dict[str, Any]:
+    def claim_decision(self, decision_id: str, check: Callable[[DecisionRow | None], None], now: float) -> DecisionRow:
         """The decision's row, checked by `check` (which raises to refuse: nothing is written then) and marked
         claimed at `now` in the same write transaction, so of two delegates carrying out one decision, in this
         process or another sharing the file, the second sees the first's claim."""

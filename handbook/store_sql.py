@@ -8,9 +8,47 @@ nothing of the store, so any part may.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypedDict, TypeVar
 
 from skillorchestra.handbook.sqlite_file import bindable
+
+# One row of the decisions table as HandbookStore.decision reads it (JSON columns as their text; columns later
+# migrations added are NULL in older rows). Its functional form: `lambda` is a column and a Python keyword.
+DecisionRow = TypedDict(
+    "DecisionRow",
+    {
+        "id": str,
+        "version": int,
+        "created_at": float,
+        "expires_at": float,
+        "session_id": str | None,
+        "agent_id": str,
+        "mode": str | None,  # the mode the caller named (learning reads it as the step's own)
+        "skills": str,  # JSON [[skill_id, weight], ...]
+        "strategy": str,
+        "lambda": float,
+        "propensity": float | None,
+        "explored": int,
+        "expected_cost_usd": float | None,
+        "text": str | None,  # None when the server keeps no step texts
+        "candidates": str,  # JSON, as route_step returned them
+        "parent_decision_id": str | None,  # a fallback's or a judge's routed decision
+        "call_cost_usd": float | None,  # what delegate measured of its call
+        "call_cost_source": str | None,
+        "call_prompt_tokens": int | None,
+        "call_completion_tokens": int | None,
+        "call_latency_s": float | None,
+        "call_error_class": str | None,
+        "step_tokens": float | None,
+        "role": str | None,  # None: a routed step; "fallback" or "judge": delegate's own
+        "budget_usd": float | None,
+        "claimed_at": float | None,  # delegate carrying it out since then
+        "excluded": str | None,  # JSON
+        "session_spend_usd": float | None,
+        "agent_deleted_at": float | None,
+        "granularity": str | None,
+    },
+)
 
 
 class CompetenceRow(NamedTuple):

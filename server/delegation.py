@@ -48,6 +48,7 @@ from skillorchestra.handbook.results import (
 from skillorchestra.handbook.service import DelegateRequest, Handbook, OutcomeReport, RouteRequest
 from skillorchestra.handbook.sqlite_file import BUSY_NOT_RECORDED, is_busy
 from skillorchestra.handbook.store import HandbookStore
+from skillorchestra.handbook.store_sql import DecisionRow
 from skillorchestra.server.agent_config import AgentConnection, LlmAgentConnection, parse_agent
 from skillorchestra.server.breaker import CircuitBreaker, whole_seconds
 from skillorchestra.server.judge import find_judge, judge_answer, note_cancelled, withdraw
@@ -297,7 +298,7 @@ class Delegator:
             raise
 
     def _decided(
-        self, request: DelegateRequest, row: dict[str, Any]
+        self, request: DelegateRequest, row: DecisionRow
     ) -> tuple[dict[str, AgentConnection], RouteRequest, RouteDecision]:
         """The claimed decision `row` as _carry_out takes it: connections, the step's request, the decision."""
         text = request.route.text
@@ -505,9 +506,7 @@ async def _tick(progress: Progress, agent_id: str, start: float, budget: float) 
 _CARRIED_OUT = "an unexpired route_step decision that was neither reported nor carried out yet"
 
 
-def _refuse_unclaimable(
-    store: HandbookStore, decision_id: str, text: str, now: float, row: dict[str, Any] | None
-) -> None:
+def _refuse_unclaimable(store: HandbookStore, decision_id: str, text: str, now: float, row: DecisionRow | None) -> None:
     """Refuse carrying out decision `row` unless it is an unexpired route_step decision for `text` that nobody
     reported, called or claimed (run inside the claim's write transaction)."""
     wanted = _CARRIED_OUT
@@ -552,7 +551,7 @@ def _not_callable(decision: RouteDecision, connections: dict[str, AgentConnectio
     )
 
 
-def _stored_decision(row: dict[str, Any], c_ref: float) -> RouteDecision:
+def _stored_decision(row: DecisionRow, c_ref: float) -> RouteDecision:
     """A decision as route_step returned it, rebuilt from its row (c_ref as routing would charge it now)."""
 
     def loaded(value: Any) -> Any:
