@@ -517,14 +517,12 @@ class JobRegistry:
                 if self._stopping.is_set():  # stopped at a progress step, or the closed file stopped it first
                     log.info("learning job %s %s", job.id, STOPPED)
                     job.message, job.state = STOPPED, "failed"
-                    job.finished_at = time.time()
-                    return
-                # the job's caller polls for this; nothing else would see it
-                log.exception("learning job %s failed", job.id)
-                from skillorchestra.handbook.sqlite_file import busy_text
+                else:  # the job's caller polls for this; nothing else would see it
+                    log.exception("learning job %s failed", job.id)
+                    from skillorchestra.handbook.sqlite_file import busy_text
 
-                busy = busy_text(exc, "file")
-                job.message, job.state = busy or f"{type(exc).__name__}: {exc}", "failed"
+                    busy = busy_text(exc, "file")
+                    job.message, job.state = busy or f"{type(exc).__name__}: {exc}", "failed"
             else:
                 job.version, job.metrics = outcome.version, outcome.metrics
                 job.progress, job.message, job.state = 1.0, outcome.summary, "done"

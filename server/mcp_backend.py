@@ -18,7 +18,6 @@ when configured, else 0.0 with ``cost_source="no_token_cost"`` (a tool call spen
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import logging
@@ -54,7 +53,6 @@ log = logging.getLogger(__name__)
 _MESSAGE_LIMIT = 600
 _REQUEST_TIMEOUT = -32001  # mcp_types.REQUEST_TIMEOUT
 _CONNECTION_CLOSED = -32000  # mcp_types.CONNECTION_CLOSED
-TAIL_LINES = 5  # a stdio child's last stderr lines kept for its failure's message
 TAIL_WAIT_S = 0.5  # how long a failed call waits for a dead child's last stderr lines to be read
 TAIL_CHARS = 300
 
@@ -93,7 +91,7 @@ class StderrRelay:
     """A pipe for a stdio child's stderr, copied line by line to ours with the secrets masked (a tool server
     logging its own failure would otherwise print the key we gave it), each line marked as the agent's: a child
     may echo a step's text, whose newline would otherwise start a line that reads as one of our records.
-    It keeps the last lines, so a server that dies says why to the model too (README QA: "Connection closed" alone,
+    It keeps the last line, so a server that dies says why to the model too (README QA: "Connection closed" alone,
     with "can't open file ..." only on our stderr). ``close()`` once the child is gone: the copying thread then
     ends at the pipe's end."""
 
@@ -101,7 +99,7 @@ class StderrRelay:
         read_fd, write_fd = os.pipe()
         self.writer = os.fdopen(write_fd, "w", encoding="utf-8")
         reader = os.fdopen(read_fd, encoding="utf-8", errors="replace")
-        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.last_line: str | None = None  # the child's last non-blank stderr line, masked
         prefix = f"[mcp agent {one_line(agent_id)} stderr] "
         self._thread = threading.Thread(
             target=self._copy, args=(reader, prefix, secrets), name="mcp-agent-stderr", daemon=True
@@ -113,7 +111,7 @@ class StderrRelay:
             for line in reader:
                 shown = one_line(scrub(line.rstrip("\n"), secrets))
                 if shown.strip():
-                    self.tail.append(shown)
+                    self.last_line = shown
                 try:
                     sys.stderr.write(prefix + shown + "\n")
                     sys.stderr.flush()
@@ -128,7 +126,7 @@ class StderrRelay:
         that has exited, what it said before it did (a blocking wait: run it off the event loop)."""
         self.close()
         self._thread.join(wait_s)
-        return self.tail[-1][:TAIL_CHARS] if self.tail else None
+        return None if self.last_line is None else self.last_line[:TAIL_CHARS]
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
