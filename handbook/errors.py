@@ -40,11 +40,20 @@ class InvalidLine(InvalidInput):
         self.args = (f"{location}: {subject}: expected {expected}" if subject else f"{location}: expected {expected}",)
 
 
+def field_path(loc: Sequence[str | int]) -> str:
+    """A field's place as one wording everywhere: names joined by dots, list positions in brackets
+    (`skills[0].weight`); pydantic's own "skills.0.weight" read beside the handbook's "skills[0].skill_id"."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
+
+
 def first_problem(exc: ValidationError) -> tuple[str, object, str]:
-    """The first error of a pydantic ValidationError as (dotted field path, the value given, what was expected),
+    """The first error of a pydantic ValidationError as (field path, the value given, what was expected),
     so every place that turns one into an InvalidInput words it alike (see `expectation`)."""
     err = exc.errors(include_url=False)[0]
-    where = ".".join(str(part) for part in err["loc"])
+    where = field_path(err["loc"])
     if err["type"] == "missing":  # pydantic's input is then the whole object around the field
         return where, None, "a value (the field is required)"
     return where, err.get("input"), expectation(err)

@@ -17,7 +17,15 @@ from pydantic import ValidationError
 
 from skillorchestra.handbook.atomic_file import write_text_atomic
 from skillorchestra.handbook.document_checks import check_document
-from skillorchestra.handbook.errors import HandbookError, InvalidInput, counted, first_problem, named, not_utf8
+from skillorchestra.handbook.errors import (
+    HandbookError,
+    InvalidInput,
+    counted,
+    field_path,
+    first_problem,
+    named,
+    not_utf8,
+)
 from skillorchestra.handbook.inert_text import one_line
 from skillorchestra.handbook.models import Agent, HandbookDocument, Mode
 from skillorchestra.handbook.store import BOOKKEEPING_METRICS, HandbookStore
@@ -106,7 +114,7 @@ def read_document(path: Path) -> HandbookDocument:
     for i, row in enumerate(document.competence):  # the model's prior (1, 1) would stand in for a missing count
         lacking = [key for key in ("alpha", "beta") if key not in row.model_fields_set]
         if lacking:
-            where = f"{path.name}:competence.{i}.{lacking[0]}"  # worded as first_problem words a path
+            where = f"{path.name}:{field_path(('competence', i, lacking[0]))}"
             raise InvalidInput(where, "(missing)", "a number > 0 (a row needs both alpha and beta)")
     return document
 

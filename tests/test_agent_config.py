@@ -111,7 +111,7 @@ def test_rejects_a_key_in_the_file_without_echoing_it(tmp_path: Path, field: str
     [
         ('[agents.a]\nmodel = "openai/x"\napi_key_env = "sk-live-SECRET"\n', "agents.a.api_key_env"),
         ('[agents.a]\nmodel = "openai/x"\napi_key_env = "sk-live-SECRET' + "x" * 200 + '"\n', "agents.a.api_key_env"),
-        ('[agents.m]\nkind = "mcp"\ncommand = "c"\ntool = "t"\nenv_vars = ["OK", "sk-live-SECRET"]\n', "env_vars.1"),
+        ('[agents.m]\nkind = "mcp"\ncommand = "c"\ntool = "t"\nenv_vars = ["OK", "sk-live-SECRET"]\n', "env_vars[1]"),
     ],
 )
 def test_a_key_pasted_where_a_variable_name_goes_is_not_echoed(tmp_path: Path, body: str, field: str) -> None:

@@ -205,8 +205,8 @@ def _import_changed(tmp_path: Path, capsys: pytest.CaptureFixture[str], change: 
 @pytest.mark.parametrize(
     ("change", "says"),
     [
-        (lambda row: row.pop("beta"), "competence.3.beta='(missing)': expected a number > 0 (a row needs both"),
-        (lambda row: row.update(alpha="8"), "competence.3.alpha='8': expected a valid number"),
+        (lambda row: row.pop("beta"), "competence[3].beta='(missing)': expected a number > 0 (a row needs both"),
+        (lambda row: row.update(alpha="8"), "competence[3].alpha='8': expected a valid number"),
         # QA: 1e160 imported, then every route over it answered a NaN interval the client refused
         (
             lambda row: row.update(alpha=1e160),
@@ -300,7 +300,7 @@ def test_an_imported_field_that_has_no_place_is_named_without_its_value(
         document["agents"][0]["api_key"] = "sk-proj-SECRETSECRET1234567890"
 
     code, err, _ = _import_changed(tmp_path, capsys, paste_key)
-    assert code == 2 and "agents.0.api_key='(its value not shown)'" in err and "SECRET" not in err
+    assert code == 2 and "agents[0].api_key='(its value not shown)'" in err and "SECRET" not in err
 
 
 def test_an_imported_skill_whose_mode_reads_as_a_typo_is_refused(

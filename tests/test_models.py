@@ -56,17 +56,17 @@ def test_first_problem_names_the_nested_field_its_value_and_what_was_expected() 
 
     with pytest.raises(ValidationError) as refused:
         Outer.model_validate({"probes": [{"limit": 3}, {"limit": -2}]})
-    assert first_problem(refused.value) == ("probes.1.limit", -2, "a positive number")
+    assert first_problem(refused.value) == ("probes[1].limit", -2, "a positive number")
     with pytest.raises(ValidationError) as refused:
         Outer.model_validate({"probes": [{"limit": "many"}]})
     assert first_problem(refused.value) == (
-        "probes.0.limit",
+        "probes[0].limit",
         "many",
         "a valid integer, unable to parse string as an integer",
     )
     with pytest.raises(ValidationError) as refused:
         Outer.model_validate({"probes": [{}]})
-    assert first_problem(refused.value) == ("probes.0.limit", None, "a value (the field is required)")
+    assert first_problem(refused.value) == ("probes[0].limit", None, "a value (the field is required)")
 
 
 @pytest.mark.parametrize(

@@ -96,7 +96,7 @@ async def test_every_tool_names_an_argument_it_does_not_take_and_the_ones_it_doe
         (  # a field of a nested object: named by its path, with the fields that object takes
             "route_step",
             {"text": "x", "skills": [{"skill_id": "math", "weight": 1, "wieght": 1}]},
-            "skills.0.wieght: not a field of skills.0 (did you mean weight?); it takes: skill_id, weight",
+            "skills[0].wieght: not a field of skills[0] (did you mean weight?); it takes: skill_id, weight",
         ),
     ],
 )
@@ -113,10 +113,10 @@ async def test_a_misspelt_argument_is_answered_with_the_name_meant(
         ("route_step", {"text": "x", "lambda_": "0.5"}, "lambda_='0.5': expected a valid number"),
         ("route_step", {"text": "x", "strategy": "best"}, "strategy='best': expected 'mean' or 'thompson'"),
         ("route_step", {"text": "x", "top_k": 2.5}, "top_k=2.5: expected a valid integer"),
-        ("upsert_agent", {"agent_id": "a", "modes": ["  "]}, "modes.0='  ': expected at least 1 character"),
+        ("upsert_agent", {"agent_id": "a", "modes": ["  "]}, "modes[0]='  ': expected at least 1 character"),
         ("upsert_agent", {"agent_id": "a", "enabled": "off"}, "enabled='off': expected a valid boolean"),
-        ("route_step", {"text": "x", "skills": [{"skill_id": "m", "weight": "1"}]}, "skills.0.weight='1': expected"),
-        ("route_step", {"text": "x", "skills": [{"skill_id": "m"}]}, "skills.0.weight: a required field of skills.0"),
+        ("route_step", {"text": "x", "skills": [{"skill_id": "m", "weight": "1"}]}, "skills[0].weight='1': expected"),
+        ("route_step", {"text": "x", "skills": [{"skill_id": "m"}]}, "skills[0].weight: a required field of skills[0]"),
         ("record_outcome", {"success": True}, "decision_id: a required argument of record_outcome, not given"),
         # fuzz QA: pydantic's "a valid string, unable to parse raw data as a unicode string" and "after validation"
         ("consult_handbook", {"text": "x", "mode": "a\udc00b"}, "mode='a\\udc00b': expected text of valid Unicode"),
@@ -126,7 +126,7 @@ async def test_a_misspelt_argument_is_answered_with_the_name_meant(
         (
             "route_step",
             {"text": "x", "skills": [["m", 1]]},
-            "skills.0=['m', 1]: expected an object with skill_id, weight",
+            "skills[0]=['m', 1]: expected an object with skill_id, weight",
         ),
     ],
 )

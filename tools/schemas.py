@@ -17,7 +17,7 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from skillorchestra.handbook.errors import InvalidInput, expectation
+from skillorchestra.handbook.errors import InvalidInput, expectation, field_path
 
 
 def inline_definitions(schema: dict[str, Any]) -> dict[str, Any]:
@@ -165,8 +165,8 @@ def argument_problems(exc: ValidationError, tool: str, input_schema: dict[str, A
     lines = []
     for error in exc.errors(include_url=False):
         loc = error["loc"]
-        where = ".".join(str(part) for part in loc) or "arguments"
-        owner = tool if len(loc) <= 1 else ".".join(str(part) for part in loc[:-1])
+        where = field_path(loc) or "arguments"
+        owner = tool if len(loc) <= 1 else field_path(loc[:-1])
         if error["type"] == "extra_forbidden":
             names = _names_at(input_schema, loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from skillorchestra.handbook.errors import HandbookError
+from skillorchestra.handbook.errors import HandbookError, field_path
 from skillorchestra.handbook.learning.discovery import Corpus, DiscoveryParams
 from skillorchestra.handbook.learning.features import kmeans
 from skillorchestra.handbook.learning.labeller import SkillLabeller
@@ -161,9 +161,7 @@ def parse_reply(text: str) -> TaxonomyReply:
     try:
         reply = TaxonomyReply.model_validate(raw)
     except ValidationError as exc:
-        problems = [
-            f"{'.'.join(str(p) for p in e['loc']) or 'object'}: {e['msg']}" for e in exc.errors(include_url=False)[:5]
-        ]
+        problems = [f"{field_path(e['loc']) or 'object'}: {e['msg']}" for e in exc.errors(include_url=False)[:5]]
         raise ReplyError("the JSON does not have the required shape: " + "; ".join(problems)) from None
     echoed = template_echoes(reply)
     if echoed:  # a model that copies the example shape (small local models, or a server echoing the prompt)
