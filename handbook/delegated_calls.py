@@ -8,6 +8,7 @@ under its settings (time to live) and clock.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from skillorchestra.handbook.errors import NotFound, Unroutable
 from skillorchestra.handbook.handbook_base import HandbookBase, stored_json
@@ -93,7 +94,8 @@ class DelegatedCallsMixin(HandbookBase):
                 raise Unroutable(f"{what} ${charged:.6g} exceeds the session's remaining budget ${max(left, 0):.6g}")
         new_id = uuid.uuid4().hex
         keys = ("version", "session_id", "mode", "strategy", "lambda", "text", "step_tokens")
-        row = {key: decision[key] for key in keys}
+        source: dict[str, Any] = dict(decision)
+        row = {key: source[key] for key in keys}
         row.update(
             id=new_id,
             created_at=now,

@@ -7,7 +7,7 @@ non-empty string of at most 200 characters (it may contain '/', as model names d
 from __future__ import annotations
 
 import unicodedata
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -133,7 +133,7 @@ InfrastructureError = Literal["timeout", "rate_limit", "connection", "auth", "se
 INFRASTRUCTURE_ERRORS: tuple[str, ...] = get_args(InfrastructureError)
 ErrorClass = Literal["task", InfrastructureError]  # the same JSON schema enum as the six names written out
 DEFAULT_MODE = "general"
-FORMAT_NAME = "skillorchestra-handbook"
+FORMAT_NAME: Final = "skillorchestra-handbook"
 SCHEMA_VERSION = 1  # the one document layout this version reads and writes
 
 

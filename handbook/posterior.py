@@ -6,6 +6,8 @@ floating-point operations in the same order (rebuild equality depends on it).
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 
 Z90 = 1.6448536269514722  # two-sided 90% normal quantile
@@ -18,7 +20,10 @@ def forget(alpha: float, beta: float, gamma: float | None) -> tuple[float, float
     return 1.0 + gamma * (alpha - 1.0), 1.0 + gamma * (beta - 1.0)
 
 
-def fractional_update(alpha: float, beta: float, weight: float, reward: float) -> tuple[float, float]:
+Evidence = TypeVar("Evidence", float, np.ndarray)  # one cell, or the learner's whole (skill, agent) matrix at once
+
+
+def fractional_update(alpha: Evidence, beta: Evidence, weight: Evidence, reward: Evidence) -> tuple[Evidence, Evidence]:
     """Credit a step's outcome to one skill in proportion to how much the step needed it."""
     return alpha + weight * reward, beta + weight * (1.0 - reward)
 

@@ -14,7 +14,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from skillorchestra.handbook.arrays import MODE_PREFIX, ROOT_SKILL
 from skillorchestra.handbook.errors import Conflict, Expired, InvalidInput, NotFound, utc_text
@@ -225,7 +225,7 @@ def _with_call_figures(payload: dict[str, Any], decision: DecisionRow) -> dict[s
             "reward or success (an infrastructure error would log an answered call as a failed one)",
         )
     for key in CALL_FIGURES:
-        measured = decision.get(f"call_{key}")
+        measured = _call_figure(decision, key)
         if measured is None:
             continue
         sent = effective[key]
@@ -243,10 +243,15 @@ def _idempotency_key(payload: dict[str, Any], decision: DecisionRow) -> dict[str
     the plain one are the same report (QA: the plain repeat was refused as a conflict)."""
     key = dict(payload)
     for name in CALL_FIGURES:
-        measured, sent = decision.get(f"call_{name}"), key.get(name)
+        measured, sent = _call_figure(decision, name), key.get(name)
         if measured is not None and sent is not None and _echoes(sent, measured):
             key[name] = None
     return key
+
+
+def _call_figure(decision: DecisionRow, name: str) -> float | None:
+    """What delegate measured of the decision's call (its `call_<name>` column), None if it did not call."""
+    return cast("float | None", decision.get(f"call_{name}"))
 
 
 def _echoes(sent: float, measured: float) -> bool:

@@ -55,7 +55,9 @@ class SqliteVectorCache:
         the file's write lock (a CLI import) must not stall every semantic inference. Vectors not stored now are
         encoded again by the next process that needs them."""
         rows = [{"hash": h, "vector": to_blob(v)} for h, v in vectors.items()]
-        self.store.try_write(lambda: self.store.db["embeddings"].upsert_all(rows, pk="hash"), wait_for_threads=True)
+        self.store.try_write(
+            lambda: self.store.db.table("embeddings").upsert_all(rows, pk="hash"), wait_for_threads=True
+        )
 
 
 class SemanticMatcher:

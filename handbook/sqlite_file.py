@@ -385,7 +385,7 @@ class SqliteFile:
         """Commits leave the WAL checkpoint (two fsyncs) to the next ordinary commit."""
         return self._pragma_for_now("wal_autocheckpoint=0", f"wal_autocheckpoint={self._checkpoint_pages}")
 
-    def try_write(self, work: Callable[[], None], *, wait_for_threads: bool = False) -> bool:
+    def try_write(self, work: Callable[[], object], *, wait_for_threads: bool = False) -> bool:
         """Run `work` in a write transaction only if nothing has to be waited for; False means nothing was written.
 
         For callers on an event loop, which must never block: the store's lock is taken only if free, the file's

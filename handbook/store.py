@@ -140,7 +140,7 @@ class HandbookStore(Decisions, Retention):
             self.db.execute("DELETE FROM connections")
             now = time.time()
             for agent_id, (kind, config) in connections.items():
-                self.db["connections"].insert(
+                self.db.table("connections").insert(
                     {"agent_id": agent_id, "kind": kind, "config": dumps(config), "loaded_at": now}, pk="agent_id"
                 )
 

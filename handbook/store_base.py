@@ -24,7 +24,7 @@ class StoreBase(SqliteFile):
         return None if row is None else row[0]
 
     def _set_meta(self, key: str, value: str) -> None:
-        self.db["meta"].upsert({"key": key, "value": value}, pk="key")
+        self.db.table("meta").upsert({"key": key, "value": value}, pk="key")
 
     def current_version(self) -> int:
         with self.lock:

@@ -159,6 +159,8 @@ class EventLog(LiveState):
         if not self._exists("agents", agent_id):
             return effect
         named = [s for s, w in payload["skills"] if w > 0]
+        competence: dict[str, tuple[Any, ...]] | None  # None: the rows are read where they are updated
+        costs: dict[str, tuple[Any, ...]] | None
         known, competence, costs = self._skill_rows(agent_id, named)
         demands = [(s, w) for s, w in payload["skills"] if s in known and w > 0]
         if not demands:  # its rows are read below: the column is not a skill

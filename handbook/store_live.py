@@ -51,9 +51,9 @@ class LiveState(StoreBase):
         for agent in document.agents:
             self._put_agent(agent)
         if document.competence:
-            self.db["competence"].insert_all([c.model_dump() for c in document.competence])
+            self.db.table("competence").insert_all([c.model_dump() for c in document.competence])
         if document.cost:
-            self.db["cost_stats"].insert_all([c.model_dump() for c in document.cost])
+            self.db.table("cost_stats").insert_all([c.model_dump() for c in document.cost])
         self._compact_skill_index()
         self.generation += 1
         self._set_meta("description", document.description)
@@ -241,7 +241,7 @@ class LiveState(StoreBase):
             self._put_mode(Mode(id=mode_id))
 
     def _put_mode(self, mode: Mode) -> None:
-        self.db["modes"].upsert(
+        self.db.table("modes").upsert(
             {"id": mode.id, "description": mode.description, "insights": dumps(mode.insights)}, pk="id"
         )
 
@@ -255,7 +255,7 @@ class LiveState(StoreBase):
         self.db.execute("INSERT INTO skills_fts(skills_fts) VALUES ('rebuild')")
 
     def _put_skill(self, skill: Skill) -> None:
-        self.db["skills"].upsert(
+        self.db.table("skills").upsert(
             {
                 "id": skill.id,
                 "mode": skill.mode,
@@ -268,7 +268,7 @@ class LiveState(StoreBase):
         )
 
     def _put_agent(self, agent: Agent) -> None:
-        self.db["agents"].upsert(
+        self.db.table("agents").upsert(
             {
                 "id": agent.id,
                 "description": agent.description,

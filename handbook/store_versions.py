@@ -105,7 +105,7 @@ class Versions(EventLog):
         )
         if live:
             self._replace_live_state(document)
-        self.db["versions"].insert(
+        self.db.table("versions").insert(
             {
                 "id": version,
                 "parent_id": parent,

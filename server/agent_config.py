@@ -387,7 +387,7 @@ def parse_agent(agent_id: str, raw: Mapping[str, Any], source: str = "<config>")
             hint = f'settings, not a table; an id containing "." must be quoted: [agents."{agent_id}.{name}"]'
             raise InvalidInput(_where(source, agent_id, name), "{...}", hint)
     try:
-        return model_cls.model_validate({**raw, "id": agent_id})  # type: ignore[return-value]
+        return model_cls.model_validate({**raw, "id": agent_id})
     except ValidationError as exc:
         err = exc.errors()[0]
         where, value, expected = first_problem(exc)

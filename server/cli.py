@@ -27,14 +27,14 @@ from skillorchestra.server.log_format import configure_logging
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 # the subparsers of a command (argparse keeps the class private)
-Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
+Subparsers = argparse._SubParsersAction
 
 
 class UsageError(Exception):
     """A bad command line: printed as one line, exit status 2."""
 
 
-class _DescribedCommands(argparse._SubParsersAction):  # type: ignore[type-arg]
+class _DescribedCommands(argparse._SubParsersAction):
     """Subcommands whose own --help starts with what they do: their one-line help (QA: it went straight to the
     options)."""
 

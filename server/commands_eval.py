@@ -207,7 +207,7 @@ def _progress(fraction: float, message: str) -> None:
 def _json_default(value: object) -> object:
     """numpy scalars and the like, as plain JSON numbers."""
     if hasattr(value, "item"):
-        return value.item()  # type: ignore[no-any-return]
+        return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 

@@ -45,7 +45,7 @@ HEALTH_PATH = "/healthz"
 MCP_PATH = "/mcp"
 SSE_PATH = "/sse"
 SSE_MESSAGE_PATH = "/messages/"
-GRACEFUL_SHUTDOWN_S = 5.0  # after SIGTERM, the most time calls in flight get before they are cancelled
+GRACEFUL_SHUTDOWN_S = 5  # after SIGTERM, the most time calls in flight get before they are cancelled
 CANCELLED_CLEANUP_S = 5.0  # then the most the cancelled calls get to record themselves before the handbook closes
 # with and without a port: a client of a server on port 80 sends none (QA: `Host: 127.0.0.1` got 421)
 LOOPBACK_ALLOWED_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]")
@@ -183,11 +183,14 @@ def build_http_app(server: MCPServer, settings: ServerSettings) -> ASGIApp:
             )
         )
 
+        server_lifespan = server.settings.lifespan
+        assert server_lifespan is not None, "create_server always gives the server its lifespan"
+
         @asynccontextmanager
         async def hold(_app: Starlette) -> AsyncIterator[None]:
             """Keep the one server state open between connections (learning jobs outlive their connection): the
             server's lifespan is reference-counted (server/app.py), so this holder keeps it from closing."""
-            async with server.settings.lifespan(server):
+            async with server_lifespan(server):
                 yield
                 await requests.finished(CANCELLED_CLEANUP_S)  # a connection's calls run in its request task
 

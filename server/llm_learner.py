@@ -95,7 +95,7 @@ def require_api_key(conn: LlmAgentConnection) -> None:
 
 def _litellm() -> ModuleType:
     backend_env_defaults()
-    module = importlib.import_module("litellm")
+    module: Any = importlib.import_module("litellm")
     module.suppress_debug_info = True  # its banners go to stdout
     for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
         logging.getLogger(name).setLevel(logging.CRITICAL)

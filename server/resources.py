@@ -130,7 +130,9 @@ def skill_card(handbook: Handbook, skill_id: str) -> dict[str, object]:
     col = arrays.column_of_skill(skill_id)
     # the texts as stored now: the arrays' copy outlives an edit of texts alone (Handbook._edit)
     skill = handbook.store.skill(skill_id) or arrays.skills[arrays.skill_index[skill_id]]
-    rows = [{"agent_id": agent_id, **_figures(arrays, i, col)} for i, agent_id in enumerate(arrays.agent_ids)]
+    rows: list[dict[str, Any]] = [
+        {"agent_id": agent_id, **_figures(arrays, i, col)} for i, agent_id in enumerate(arrays.agent_ids)
+    ]
     rows.sort(key=lambda row: -row["n"])  # stable: agents with the most evidence first, then by id
     rest = "handbook://agents/{agent_id}, each agent's own page"
     return {**skill.model_dump(), **_listing("agents", rows, rest, "agents_not_shown")}
@@ -149,7 +151,7 @@ def agent_card(handbook: Handbook, agent_id: str) -> dict[str, object]:
         raise ResourceNotFoundError(f"unknown agent {agent_id!r}; {known_hint(agent_id, arrays.agent_ids)}")
     i = arrays.agent_index[agent_id]
     agent = handbook.store.agent(agent_id) or arrays.agents[i]  # its texts as stored now (Handbook._edit)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"skill_id": skill_id, **_figures(arrays, i, col)}
         for skill_id, col in arrays.skill_index.items()
         if arrays.evidence[i, col] > 0  # elsewhere it shows only what it inherits from the level above

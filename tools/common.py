@@ -18,7 +18,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
@@ -73,7 +73,7 @@ class AppState:
 
 
 def app_state(ctx: Context) -> AppState:
-    return ctx.request_context.lifespan_context
+    return cast("AppState", ctx.request_context.lifespan_context)
 
 
 BUSY = (
@@ -114,7 +114,7 @@ def reports_failures(fn: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         with _as_tool_errors(kwargs.get("ctx")):
-            return compact_result(fn(*args, **kwargs))  # type: ignore[return-value]
+            return compact_result(fn(*args, **kwargs))
 
     return wrapper
 

@@ -124,7 +124,7 @@ def build_table(
     scores, costs = raw_matrices(tasks, agents, prices)
     keep = np.flatnonzero(~np.all(np.isnan(scores), axis=1))
     costs = np.where(np.isnan(costs), c_ref, costs)
-    return OutcomeTable([tasks[i] for i in keep], list(agents), scores[keep], costs[keep])
+    return OutcomeTable([tasks[i] for i in keep.tolist()], list(agents), scores[keep], costs[keep])
 
 
 def drop_seen(train: Sequence[TraceTask], test: Sequence[TraceTask]) -> tuple[list[TraceTask], int]:

@@ -37,7 +37,7 @@ def build_episodes(table: OutcomeTable, n_episodes: int, seed: int) -> list[Epis
     for i, family in enumerate(table.families):
         by_family[family].append(i)
     families = sorted(by_family)
-    episodes = []
+    episodes: list[Episode] = []
     if len(table.tasks) < MIN_STEPS:
         return episodes
     for _ in range(n_episodes):
@@ -65,7 +65,7 @@ def episode_rule(table: OutcomeTable) -> str:
     return f"{MIN_STEPS}-{MAX_STEPS} distinct tasks drawn from all test tasks ({kind}: fewer than {MIN_STEPS})"
 
 
-def _outcome(table: OutcomeTable, episodes: list[Episode], picks: list[np.ndarray]) -> dict[str, float]:
+def _outcome(table: OutcomeTable, episodes: list[Episode], picks: list[np.ndarray]) -> dict[str, float | None]:
     """Episode accuracy (every step succeeds) and mean cost per episode (sum over its steps)."""
     successes, costs = [], []
     for episode, pick in zip(episodes, picks, strict=True):
@@ -117,7 +117,7 @@ def evaluate_episodes(
 
 def _judged_throughout(table: OutcomeTable, episode: Episode) -> np.ndarray:
     """The agents judged on every step of the episode; all agents when none is (its unjudged steps then fail)."""
-    judged = table.judged[episode.steps].all(axis=0)
+    judged = np.asarray(table.judged[episode.steps].all(axis=0))
     return judged if judged.any() else np.ones_like(judged)
 
 

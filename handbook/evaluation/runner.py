@@ -39,11 +39,19 @@ COLLAPSE_SHARE = 0.6
 
 
 class Learned(Protocol):
-    document: HandbookDocument
-    labeller: Labeller
-    seconds: float
-    llm_calls: int
-    usd: float
+    """What the eval reads of a learner's result (read-only, so the offline learner's LearnResult, whose labeller
+    is a SkillLabeller, is one)."""
+
+    @property
+    def document(self) -> HandbookDocument: ...
+    @property
+    def labeller(self) -> Labeller: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def llm_calls(self) -> int: ...
+    @property
+    def usd(self) -> float: ...
 
 
 LearnFn = Callable[[list[TraceTask], Mapping[str, AgentPrice], float, int], Learned]

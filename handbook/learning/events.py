@@ -20,6 +20,10 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _rounded_mean(values: list[float]) -> int | None:
+    return round(sum(values) / len(values)) if values else None
+
+
 # what learning from a database's own log needs, said alike by the CLI and the learn_handbook tool
 NO_EVENTS = (
     "reported outcomes of routed steps whose text was kept (route_step, then record_outcome; a server run with"
@@ -54,12 +58,12 @@ def tasks_from_events(store: HandbookStore) -> EventTasks:
             completion = [float(r["completion_tokens"]) for r in rows if r["completion_tokens"] is not None]
             latency = [float(r["latency_s"]) for r in rows if r["latency_s"] is not None]
             steps = [float(r["step_tokens"]) for r in rows if r["step_tokens"] is not None]
-            extra = {"step_tokens": _mean(steps)} if steps else {}  # with the context a delegate sent
+            extra: dict[str, Any] = {"step_tokens": _mean(steps)} if steps else {}  # with the context a delegate sent
             outcomes[agent] = AgentOutcome(
                 score=min(max(float(_mean([float(r["reward"]) for r in rows]) or 0.0), 0.0), 1.0),
                 cost_usd=_mean(costs),
-                prompt_tokens=round(_mean(prompt)) if prompt else None,
-                completion_tokens=round(_mean(completion)) if completion else None,
+                prompt_tokens=_rounded_mean(prompt),
+                completion_tokens=_rounded_mean(completion),
                 latency_s=_mean(latency),
                 **extra,
             )

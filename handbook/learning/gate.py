@@ -80,9 +80,10 @@ def try_live_skills(
     skills = store.skills()
     if not skills:
         return None
-    base: LexicalMatcher | SemanticMatcher = LexicalMatcher(store)
+    lexical = LexicalMatcher(store)
+    base: LexicalMatcher | SemanticMatcher = lexical
     if embedder is not None:
-        base = SemanticMatcher(store, load=lambda: (embedder, ""), fallback=base)
+        base = SemanticMatcher(store, load=lambda: (embedder, ""), fallback=lexical)
     matcher = HandbookMatcher(store, base)
     live = {s.id for s in skills}
 

@@ -272,11 +272,11 @@ class _Registry:
             h = handle.strip().strip("[]")
             if h not in known_handles:
                 continue
-            skill_id = aliases.get(_key(raw)) or aliases.get(_key(raw).split(".")[-1])
-            if skill_id is None:
+            named = aliases.get(_key(raw)) or aliases.get(_key(raw).split(".")[-1])
+            if named is None:
                 unknown.append(f"{h} -> {raw!r}")
             else:
-                assigned[h] = skill_id
+                assigned[h] = named
         if unknown:
             problems.append(
                 f"assignments name skills that are not defined ({', '.join(unknown[:5])}); "
@@ -609,7 +609,7 @@ class LlmDiscoverer:
     def __call__(
         self, corpus: Corpus, train: Sequence[TraceTask], params: DiscoveryParams
     ) -> tuple[Taxonomy, list[np.ndarray], list[str]]:
-        self.assignment: dict[int, str] = {}
+        self.assignment = {}
         prompter = _Prompter(corpus, train, self.params, self.descriptions)
         for batch in plan_batches(corpus.modes, corpus.outcomes.scores, corpus.seed, self.params):
             self.stats.batches += 1
@@ -657,7 +657,7 @@ class LlmDiscoverer:
             if not leaves:
                 continue
             rows_all = np.concatenate([members[p] for leaf in leaves for p in leaf.protos])
-            labels = tuple(sorted({train[int(r)].task for r in rows_all if train[int(r)].task})) or ("",)
+            labels = tuple(sorted({task for r in rows_all if (task := train[int(r)].task)})) or ("",)
             protos = tuple(p for leaf in leaves for p in leaf.protos)
             categories.append(with_leaves(Category(cat.id, cat.mode, labels, protos), leaves))
         return Taxonomy(tuple(categories)), members, proto_modes

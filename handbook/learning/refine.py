@@ -149,6 +149,7 @@ def _merges(built: Built, corpus: Corpus, params: RefineParams) -> list[Proposal
     ev = _evidence(built, corpus)
     sizes = {k: int(round(float((s + f).max()))) for k, (s, f) in ev.items()}
     found: list[tuple[float, Proposal]] = []
+    apply: Callable[..., Taxonomy]  # each move binds its own ids as defaults: called with the taxonomy alone
     for cat in tax.categories:
         pairs = [
             (distance(ev[a.id], ev[b.id]), a.id, b.id)
@@ -180,7 +181,8 @@ def _splits(built: Built, corpus: Corpus, protos: Prototypes, params: RefinePara
     found: list[Proposal] = []
     sims = protos.vectors.astype(np.float64) @ protos.vectors.T.astype(np.float64)
     for cat in built.taxonomy.categories:
-        for leaf_id, owned in [(x.id, x.protos) for x in cat.leaves] or [(None, cat.protos)]:
+        owners: list[tuple[str | None, tuple[int, ...]]] = [(x.id, x.protos) for x in cat.leaves]
+        for leaf_id, owned in owners or [(None, cat.protos)]:
             if len(owned) < 2:
                 continue
             members = [protos.members[p] for p in owned]
@@ -225,7 +227,7 @@ def refine(
 ) -> tuple[Built, list[Step]]:
     """A few rounds of merges then splits, each checked on validation; returns the best handbook and the log.
     `on_round(number, log so far)` at the start of each round: on large data a round takes seconds."""
-    current, log = start, []
+    current, log = start, list[Step]()
     cache = failure_moves.FeatureCache(evaluator)
     n_val = max(len(current.val.scores), 1)
     for number in range(1, params.rounds + 1):
@@ -271,11 +273,11 @@ def _add_failure_skills(
     for proposal in failure_moves.propose(current, evaluator, corpus, cache, params):
         if proposal.category in touched or not _still_there(current.taxonomy, {proposal.category, proposal.skill}):
             continue  # its category changed this round: re-proposed next round from fresh failures
-        before = failure_moves._save(evaluator)  # noqa: SLF001 - apply() may fail half-way
+        snapshot = failure_moves._save(evaluator)  # noqa: SLF001 - apply() may fail half-way
         try:
             taxonomy, child, saved = failure_moves.apply(current, evaluator, corpus, cache, proposal, params)
         except KeyError as exc:  # its category was renamed by a merge earlier in this round: not applicable now
-            failure_moves.restore(evaluator, before)
+            failure_moves.restore(evaluator, snapshot)
             log.append(
                 Step(
                     number,

@@ -179,7 +179,7 @@ def replay_arrays(
         rng = np.random.default_rng(seed)
         chosen = np.empty(len(kept), dtype=np.int64)
         propensity = np.empty(len(kept))
-        for out_i, i in enumerate(kept):
+        for out_i, i in enumerate(kept.tolist()):
             used = w[i] > 0
             scores = route(
                 arrays.route_inputs(
@@ -211,7 +211,7 @@ def replay_arrays(
         accuracy=float(picked_scores.mean()) if len(kept) else float("nan"),
         avg_cost=float(realised.mean()) if len(kept) else float("nan"),
         propensities=propensity,
-        task_ids=[task_ids[i] for i in kept],
+        task_ids=[task_ids[i] for i in kept.tolist()],
         dropped=n - len(kept),
         expected_costs=expected,
         c_ref=float(refs[kept[0]]) if len(kept) else float(c_ref or 0.0),
