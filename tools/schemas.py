@@ -249,12 +249,48 @@ def lean_schema(schema: Any) -> Any:
     return lean
 
 
+def portable_tuples(schema: Any) -> Any:
+    """The schema with each fixed-length tuple of one item type (pydantic's `tuple[float, float]`: `prefixItems`
+    [S, S], minItems = maxItems = 2) written as `items`: S with the same bounds, which means the same in every
+    JSON Schema dialect.
+
+    `prefixItems` exists only since 2020-12. The TypeScript SDK's client (Claude Desktop, Claude Code, Cursor and
+    most IDE hosts embed it) compiles every output schema with ajv's draft-07 class at tools/list: with the SDK's
+    `strict: false` it ignores the keyword (ci90 went unchecked), and an ajv in strict mode refuses the schema,
+    so the whole listing fails (.ci/ts-client). A tuple of mixed item types, or an open one, is left as it is."""
+    if isinstance(schema, list):
+        return [portable_tuples(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    portable: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _NAMED and isinstance(value, dict):
+            portable[key] = {name: portable_tuples(item) for name, item in value.items()}
+        elif key in _DATA:
+            portable[key] = value
+        else:
+            portable[key] = portable_tuples(value)
+    prefix = portable.get("prefixItems")
+    if (
+        isinstance(prefix, list)
+        and prefix
+        and all(item == prefix[0] for item in prefix)
+        and portable.get("minItems") == portable.get("maxItems") == len(prefix)
+        and portable.get("items", False) is False  # absent, or false: nothing beyond the prefix either way
+    ):
+        portable = {key: value for key, value in portable.items() if key not in ("prefixItems", "items")}
+        portable["items"] = prefix[0]
+    return portable
+
+
 def self_contained_schemas(server: MCPServer) -> None:
-    """Every tool's input and output schema without `$ref` (see inline_definitions) and lean (see lean_schema),
-    and its description without the docstring's indentation (the SDK sends the docstring as written)."""
+    """Every tool's input and output schema without `$ref` (see inline_definitions), lean (see lean_schema) and
+    read alike in every JSON Schema dialect (see portable_tuples), and its description without the docstring's
+    indentation (the SDK sends the docstring as written)."""
     for tool in server._tool_manager.list_tools():
-        tool.parameters = lean_schema(inline_definitions(tool.parameters))
+        tool.parameters = portable_tuples(lean_schema(inline_definitions(tool.parameters)))
         if tool.fn_metadata.output_schema is not None:
-            tool.fn_metadata.output_schema = lean_schema(inline_definitions(tool.fn_metadata.output_schema))
+            output = lean_schema(inline_definitions(tool.fn_metadata.output_schema))
+            tool.fn_metadata.output_schema = portable_tuples(output)
         if tool.description:
             tool.description = inspect.cleandoc(tool.description)
