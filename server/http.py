@@ -3,7 +3,8 @@
 Why this module builds its own Starlette app instead of calling `MCPServer.run("streamable-http")`:
 - `/healthz` must answer without a token while everything else needs one, so the token check wraps the whole
   app (the SDK's `custom_route`s are never authenticated, and its auth is OAuth resource-server auth, which a
-  static shared secret is not: we answer 401 with a plain `WWW-Authenticate: Bearer`, no metadata URL).
+  static shared secret is not: we answer 401 with a plain `WWW-Authenticate: Bearer`, no metadata URL, and
+  OAuth's JSON error body, which hosts' clients know how to show).
 - The SDK app is mounted, so the outer app's lifespan must enter `session_manager.run()` (streamable HTTP);
   it also enters the MCP server's lifespan once for all sessions. SSE enters that lifespan per connection.
 - After SIGTERM uvicorn gives calls in flight GRACEFUL_SHUTDOWN_S, then cancels their request tasks without waiting
@@ -32,7 +33,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -123,14 +124,23 @@ class BearerTokenMiddleware:
         if scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), self.token):
             await self.app(scope, receive, send)
             return
-        reason = "invalid_token" if scheme else "missing_token"
-        response = PlainTextResponse(
-            "401 Unauthorized: send Authorization: Bearer <SKILLORCHESTRA_TOKEN>\n",
-            status_code=401,
-            # closed after: a refused client's unread body must not hold the connection (server/http_deadline.py)
-            headers={"WWW-Authenticate": f'Bearer realm="skillorchestra", error="{reason}"', "Connection": "close"},
-        )
-        await response(scope, receive, send)
+        await _unauthorized(presented=bool(scheme))(scope, receive, send)
+
+
+UNAUTHORIZED_TEXT = "send Authorization: Bearer <SKILLORCHESTRA_TOKEN>, the token the server was started with"
+
+
+def _unauthorized(presented: bool) -> Response:
+    """RFC 6750's answer: an error code only when a token was presented, and the body as OAuth's JSON error, which
+    is what a host's MCP client (the TypeScript SDK) shows: hosts that try OAuth discovery on a 401 had shown
+    "Invalid OAuth error response: SyntaxError ..." around a plain-text body (interop QA)."""
+    challenge = 'Bearer realm="skillorchestra"' + (', error="invalid_token"' if presented else "")
+    return JSONResponse(
+        {"error": "invalid_token", "error_description": UNAUTHORIZED_TEXT},
+        status_code=401,
+        # closed after: a refused client's unread body must not hold the connection (server/http_deadline.py)
+        headers={"WWW-Authenticate": challenge, "Connection": "close"},
+    )
 
 
 HEALTH_METHODS = ("GET", "HEAD")

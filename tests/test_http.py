@@ -30,7 +30,7 @@ from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
 from skillorchestra.server.app import create_server
-from skillorchestra.server.http import build_http_app, check_bind, transport_security
+from skillorchestra.server.http import UNAUTHORIZED_TEXT, build_http_app, check_bind, transport_security
 from skillorchestra.server.settings import ServerSettings
 
 TOKEN = "s3cret-token-for-tests"
@@ -223,7 +223,8 @@ async def test_token_required_over_streamable_http(http_token_server: Running) -
     async with _http() as anonymous:
         missing = await anonymous.post(url, json=INITIALIZE, headers=MCP_HEADERS)
         assert missing.status_code == 401
-        assert missing.headers["www-authenticate"].startswith("Bearer ")
+        assert missing.headers["www-authenticate"] == 'Bearer realm="skillorchestra"'  # RFC 6750: no token, no code
+        assert missing.json() == {"error": "invalid_token", "error_description": UNAUTHORIZED_TEXT}  # as OAuth's
         assert "resource_metadata" not in missing.headers["www-authenticate"]  # a static token, not OAuth
         assert missing.headers["connection"] == "close"  # its unread body cannot hold the connection (review)
         health = await anonymous.get(f"{http_token_server.base}/healthz")
@@ -236,7 +237,9 @@ async def test_token_required_over_streamable_http(http_token_server: Running) -
             answered = await http.request(method, f"{http_token_server.base}/healthz")
             assert (answered.status_code, answered.headers.get("allow")) == (405, "GET, HEAD")
     async with _http("wrong-" + TOKEN) as wrong:
-        assert (await wrong.post(url, json=INITIALIZE, headers=MCP_HEADERS)).status_code == 401
+        refused = await wrong.post(url, json=INITIALIZE, headers=MCP_HEADERS)
+        assert refused.status_code == 401 and 'error="invalid_token"' in refused.headers["www-authenticate"]
+        assert "SKILLORCHESTRA_TOKEN" in refused.json()["error_description"]
         assert (await wrong.get(f"{http_token_server.base}/sse")).status_code == 401
     for mode in ("auto", "legacy"):
         async with _http(TOKEN) as http, Client(streamable_http_client(url, http_client=http), mode=mode) as client:
