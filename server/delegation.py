@@ -26,6 +26,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -73,6 +74,54 @@ class DelegationFailed(HandbookError):
 
 
 Caller = Callable[[AgentConnection, str, list[dict[str, Any]], float, int | None], Awaitable[BackendResult]]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One step's tries as _carry_out makes them: what was asked, whom to call in which order, and one deadline."""
+
+    request: DelegateRequest
+    connections: dict[str, AgentConnection]
+    route: RouteRequest
+    decision: RouteDecision  # its candidates cut to the ones the caller is shown (route.top_k)
+    routed_costs: dict[str, float | None]  # what routing expects each candidate to cost (None: unknown to it)
+    callable_order: list[str]  # the decision's agent, then every candidate with connection settings
+    order: list[str]  # the ones tried: callable_order cut to 1 + max_fallbacks
+    messages: list[dict[str, Any]]
+    progress: Progress | None
+    start: float  # time.monotonic() when the time budget started
+    deadline: float
+
+
+async def _litellm_ready(connections: dict[str, AgentConnection]) -> None:
+    """Import litellm and warm its first call when an llm agent may be called, before the step's time budget
+    starts."""
+    if any(isinstance(conn, LlmAgentConnection) for conn in connections.values()):
+        from skillorchestra.server.llm_backend import ensure_litellm
+
+        await ensure_litellm()
+
+
+def _noted(result: BackendResult, note: str | None) -> BackendResult:
+    """The result with the accounting's note (a call the file did not take) among its warnings and in its message."""
+    if not note:
+        return result
+    result = result.model_copy(update={"warnings": [*result.warnings, note]})
+    if result.message is not None:
+        result = result.model_copy(update={"message": f"{result.message}; {note}"})
+    return result
+
+
+def _attempt(agent_id: str, decision_id: str, result: BackendResult) -> Attempt:
+    """One called agent as the result's `tried` list shows it."""
+    return Attempt(
+        agent_id=agent_id,
+        decision_id=decision_id,
+        error_class=result.error_class,
+        message=result.message,
+        latency_s=result.latency_s,
+        cost_usd=result.cost_usd,
+    )
 
 
 async def call_agent(
@@ -157,110 +206,132 @@ class Delegator:
         progress: Progress | None,
     ) -> DelegateResult:
         """Call the decision's agent, then its candidates in order after infrastructure failures."""
-        if any(isinstance(conn, LlmAgentConnection) for conn in connections.values()):
-            from skillorchestra.server.llm_backend import ensure_litellm
-
-            # the one-off import (seconds) is the server's start-up, not this step's: the budget starts after it
-            await ensure_litellm()
-        start = time.monotonic()
-        deadline = start + request.timeout_s
-        shown = route.top_k
-        # a stored decision's candidates may include agents the server cannot call: they are no fallbacks
-        fallbacks = [c.agent_id for c in decision.candidates if c.agent_id != decision.agent_id]
-        callable_order = [decision.agent_id] + [agent_id for agent_id in fallbacks if agent_id in connections]
-        order = callable_order[: 1 + self.max_fallbacks]
-        routed_costs = {c.agent_id: c.expected_cost_usd for c in decision.candidates}
-        decision = decision.model_copy(update={"candidates": decision.candidates[:shown]})
-        messages = _messages(route.text, request.context)
+        await _litellm_ready(connections)  # the one-off import (seconds) is the server's start-up, not this step's
+        plan = self._plan(request, connections, route, decision, progress)  # the time budget starts here
         tried: list[Attempt] = []
-        for position, agent_id in enumerate(order):
-            remaining = deadline - time.monotonic()
+        for position, agent_id in enumerate(plan.order):
+            remaining = plan.deadline - time.monotonic()
             if position > 0 and remaining < MIN_TRY_S:  # the first try always runs (QA: 0.5 s called nobody)
                 tried.append(Attempt(agent_id=agent_id, error_class="timeout", message=TIME_SPENT))
                 break
-            if not self.breaker.allow(agent_id):
-                tried.append(Attempt(agent_id=agent_id, error_class="connection", message="circuit breaker open"))
-                if position == 0:  # the breaker turned between routing and calling: close the decision, uncalled
-                    await anyio.to_thread.run_sync(self._uncalled, decision.decision_id)
+            decision_id = await self._decision_for(plan, position, agent_id, tried)
+            if decision_id is None:  # skipped: its breaker is open, or the session's budget has no room for it
                 continue
-            if position == 0:
-                decision_id = decision.decision_id
-            else:
-                try:  # held against the session's budget as route_step holds a step (QA: parallel fallbacks overspent)
-                    decision_id = await anyio.to_thread.run_sync(
-                        functools.partial(
-                            self.handbook.fallback_decision,
-                            decision.decision_id,
-                            agent_id,
-                            expected_cost=routed_costs.get(agent_id),
-                            budget_usd=route.budget_usd,
-                            c_ref=decision.c_ref_usd or 0.0,
-                        )
-                    )
-                except Unroutable as over:
-                    self.breaker.release(agent_id)
-                    tried.append(Attempt(agent_id=agent_id, error_class="budget", message=f"not called: {over}"))
-                    continue
-            called = time.monotonic()
-            # with fallbacks left, a busy agent's slot is waited for only its share of the time left (QA: the wait
-            # for one busy agent spent the whole step, and an idle fallback was never tried)
-            left = len(order) - position - 1
-            slot = SlotWait(max(remaining / (left + 1), MIN_TRY_S) if left else None)
-            try:
-                result = await self._call(
-                    connections[agent_id], route.text, messages, deadline, request, progress, start, slot
-                )
-            except BaseException:  # the client cancelled the request (or the server stops)
-                with anyio.CancelScope(shield=True):
-                    if not slot.waiting:  # while the agent worked
-                        await anyio.to_thread.run_sync(
-                            self._cancelled, decision_id, agent_id, time.monotonic() - called
-                        )
-                    elif position > 0:  # before a fallback reached its agent: its decision is nobody's to report
-                        await anyio.to_thread.run_sync(self._withdraw, decision_id)
-                raise
-            if note := await self._settle_call(decision_id, agent_id, result):
-                result = result.model_copy(update={"warnings": [*result.warnings, note]})
-                if result.message is not None:
-                    result = result.model_copy(update={"message": f"{result.message}; {note}"})
-            tried.append(
-                Attempt(
-                    agent_id=agent_id,
-                    decision_id=decision_id,
-                    error_class=result.error_class,
-                    message=result.message,
-                    latency_s=result.latency_s,
-                    cost_usd=result.cost_usd,
+            result = await self._try_agent(plan, position, agent_id, decision_id, remaining)
+            tried.append(_attempt(agent_id, decision_id, result))
+            if not result.infrastructure_failure:
+                answer = _answer(plan.decision, decision_id, agent_id, result, tried, plan.routed_costs.get(agent_id))
+                return await self._judged(plan, answer)
+        raise DelegationFailed(
+            f"no agent answered; each failure is recorded without touching competence: {self._summary(plan, tried)}"
+        )
+
+    def _plan(
+        self,
+        request: DelegateRequest,
+        connections: dict[str, AgentConnection],
+        route: RouteRequest,
+        decision: RouteDecision,
+        progress: Progress | None,
+    ) -> _Plan:
+        """The step's tries: the decision's agent, then its callable candidates up to max_fallbacks, one deadline."""
+        start = time.monotonic()
+        # a stored decision's candidates may include agents the server cannot call: they are no fallbacks
+        fallbacks = [c.agent_id for c in decision.candidates if c.agent_id != decision.agent_id]
+        callable_order = [decision.agent_id] + [agent_id for agent_id in fallbacks if agent_id in connections]
+        return _Plan(
+            request=request,
+            connections=connections,
+            route=route,
+            decision=decision.model_copy(update={"candidates": decision.candidates[: route.top_k]}),
+            routed_costs={c.agent_id: c.expected_cost_usd for c in decision.candidates},
+            callable_order=callable_order,
+            order=callable_order[: 1 + self.max_fallbacks],
+            messages=_messages(route.text, request.context),
+            progress=progress,
+            start=start,
+            deadline=start + request.timeout_s,
+        )
+
+    async def _decision_for(self, plan: _Plan, position: int, agent_id: str, tried: list[Attempt]) -> str | None:
+        """The decision this try is recorded on: the routed one first, then a fallback decision per candidate, held
+        against the session's budget. None, noted in `tried`, when the agent is skipped: its breaker refuses it
+        (the routed decision is then closed, uncalled), or a fallback does not fit in the budget."""
+        if not self.breaker.allow(agent_id):
+            tried.append(Attempt(agent_id=agent_id, error_class="connection", message="circuit breaker open"))
+            if position == 0:  # the breaker turned between routing and calling: close the decision, uncalled
+                await anyio.to_thread.run_sync(self._uncalled, plan.decision.decision_id)
+            return None
+        if position == 0:
+            return plan.decision.decision_id
+        try:  # held against the session's budget as route_step holds a step (QA: parallel fallbacks overspent)
+            return await anyio.to_thread.run_sync(
+                functools.partial(
+                    self.handbook.fallback_decision,
+                    plan.decision.decision_id,
+                    agent_id,
+                    expected_cost=plan.routed_costs.get(agent_id),
+                    budget_usd=plan.route.budget_usd,
+                    c_ref=plan.decision.c_ref_usd or 0.0,
                 )
             )
-            if result.infrastructure_failure:
-                continue
-            answer = _answer(decision, decision_id, agent_id, result, tried, routed_costs.get(agent_id))
-            judge = find_judge(connections)
-            if judge is None:
-                return answer
-            return await judge_answer(
-                judge,
-                answer,
-                step=route.text,
-                context=request.context,
-                deadline=deadline,
-                handbook=self.handbook,
-                breaker=self.breaker,
-                caller=self.caller,
-                account=self._settle_call,
-                session_id=route.session_id,
-                budget_usd=route.budget_usd,
-            )
+        except Unroutable as over:
+            self.breaker.release(agent_id)
+            tried.append(Attempt(agent_id=agent_id, error_class="budget", message=f"not called: {over}"))
+            return None
+
+    async def _try_agent(
+        self, plan: _Plan, position: int, agent_id: str, decision_id: str, remaining: float
+    ) -> BackendResult:
+        """Call one agent and account for the call on `decision_id`. Cancelled (the client gave up, or the server
+        stops), the call is recorded as cut off when it reached the agent, and a fallback's decision is closed when
+        it was still waiting for the agent's concurrency slot."""
+        called = time.monotonic()
+        # with fallbacks left, a busy agent's slot is waited for only its share of the time left (QA: the wait
+        # for one busy agent spent the whole step, and an idle fallback was never tried)
+        left = len(plan.order) - position - 1
+        slot = SlotWait(max(remaining / (left + 1), MIN_TRY_S) if left else None)
+        try:
+            result = await self._call(plan, plan.connections[agent_id], slot)
+        except BaseException:  # the client cancelled the request (or the server stops)
+            with anyio.CancelScope(shield=True):
+                if not slot.waiting:  # while the agent worked
+                    await anyio.to_thread.run_sync(self._cancelled, decision_id, agent_id, time.monotonic() - called)
+                elif position > 0:  # before a fallback reached its agent: its decision is nobody's to report
+                    await anyio.to_thread.run_sync(self._withdraw, decision_id)
+            raise
+        return _noted(result, await self._settle_call(decision_id, agent_id, result))
+
+    async def _judged(self, plan: _Plan, answer: DelegateResult) -> DelegateResult:
+        """The answer, graded by the judge when agents.toml configures one (server/judge.py)."""
+        judge = find_judge(plan.connections)
+        if judge is None:
+            return answer
+        return await judge_answer(
+            judge,
+            answer,
+            step=plan.route.text,
+            context=plan.request.context,
+            deadline=plan.deadline,
+            handbook=self.handbook,
+            breaker=self.breaker,
+            caller=self.caller,
+            account=self._settle_call,
+            session_id=plan.route.session_id,
+            budget_usd=plan.route.budget_usd,
+        )
+
+    def _summary(self, plan: _Plan, tried: list[Attempt]) -> str:
+        """Each try's failure, and the candidates the fallback cap left untried (QA: it stopped without a word)."""
         summary = "; ".join(f"{t.agent_id}: {t.error_class} ({t.message})" for t in tried)
-        untried = len(callable_order) - len(order)
+        untried = len(plan.callable_order) - len(plan.order)
         out_of_time = any(t.message == TIME_SPENT for t in tried)
-        if untried > 0 and len(tried) == len(order) and not out_of_time:  # QA: the cap stopped it without a word
+        if untried > 0 and len(tried) == len(plan.order) and not out_of_time:
             summary += (
                 f"; {untried} more candidate(s) not tried: this server tries at most {self.max_fallbacks} fallbacks "
                 "a step (narrow allowed_agents, or delegate again)"
             )
-        raise DelegationFailed(f"no agent answered; each failure is recorded without touching competence: {summary}")
+        return summary
 
     def _prepare_and_route(
         self, request: DelegateRequest
@@ -351,25 +422,19 @@ class Delegator:
             raise Unroutable(f"agent {request.agent_id} is unavailable: {unavailable[request.agent_id]}")
         return connections, _replace(route, unavailable=unavailable)
 
-    async def _call(
-        self,
-        conn: AgentConnection,
-        text: str,
-        messages: list[dict[str, Any]],
-        deadline: float,
-        request: DelegateRequest,
-        progress: Progress | None,
-        start: float,
-        slot: SlotWait,
-    ) -> BackendResult:
-        timeout = max(min(deadline - time.monotonic(), conn.timeout_s), MIN_TRY_S)
+    async def _call(self, plan: _Plan, conn: AgentConnection, slot: SlotWait) -> BackendResult:
+        """The backend's call within the step's deadline (at least MIN_TRY_S), with progress ticks when the client
+        asked for them, its answer capped (answer_cap); cancelled, the agent's breaker gets its trial back."""
+        request, text, messages = plan.request, plan.route.text, plan.messages
+        timeout = max(min(plan.deadline - time.monotonic(), conn.timeout_s), MIN_TRY_S)
         reset = SLOT_WAIT.set(slot)
         try:
-            if progress is None:
+            if plan.progress is None:
                 result = await self.caller(conn, text, messages, timeout, request.max_tokens)
             else:
                 async with anyio.create_task_group() as group:
-                    group.start_soon(_tick, progress, conn.id, start, request.timeout_s)  # never goes backwards
+                    # never goes backwards
+                    group.start_soon(_tick, plan.progress, conn.id, plan.start, request.timeout_s)
                     result = await self.caller(conn, text, messages, timeout, request.max_tokens)
                     group.cancel_scope.cancel()
             return _within_answer_cap(result, conn, request.max_tokens)
@@ -485,13 +550,14 @@ def with_live_prices(connections: dict[str, AgentConnection], arrays: HandbookAr
     priced: dict[str, AgentConnection] = {}
     for agent_id, conn in connections.items():
         i = arrays.agent_index.get(agent_id)
-        if isinstance(conn, LlmAgentConnection) and i is not None:
+        if i is None:
+            pass
+        elif isinstance(conn, LlmAgentConnection):
             prices = float(arrays.input_price[i]), float(arrays.output_price[i])
             if not any(math.isnan(p) for p in prices) and prices != (conn.input_per_mtok, conn.output_per_mtok):
                 conn = conn.model_copy(update={"input_per_mtok": prices[0], "output_per_mtok": prices[1]})
-        elif i is not None and not math.isnan(per_call := float(arrays.call_price[i])):
-            if per_call != conn.cost_per_call_usd:
-                conn = conn.model_copy(update={"cost_per_call_usd": per_call})
+        elif not math.isnan(per_call := float(arrays.call_price[i])) and per_call != conn.cost_per_call_usd:
+            conn = conn.model_copy(update={"cost_per_call_usd": per_call})
         priced[agent_id] = conn
     return priced
 
@@ -521,11 +587,11 @@ def _refuse_unclaimable(store: HandbookStore, decision_id: str, text: str, now: 
     if now > row["expires_at"]:
         expired = f"it expired at {utc_text(row['expires_at'])}: route the step again"
         raise InvalidInput("decision_id", decision_id, f"{wanted} ({expired})")
-    if row.get("claimed_at") is not None:
+    if (claimed_at := row.get("claimed_at")) is not None:
         raise InvalidInput(
             "decision_id",
             decision_id,
-            f"{wanted} (a delegate has been carrying it out since {utc_text(row['claimed_at'])}, or its server"
+            f"{wanted} (a delegate has been carrying it out since {utc_text(claimed_at)}, or its server"
             " stopped while it did)",
         )
     if row.get("text") is not None and row["text"] != text:

@@ -33,6 +33,7 @@ import sqlite3
 import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -179,18 +180,15 @@ def reward_of(score: float, settings: JudgeSettings) -> float:
     return 1.0 if score >= threshold else 0.0
 
 
-async def _over_budget(
-    handbook: Handbook,
-    conn: LlmAgentConnection,
-    expected: float | None,
-    c_ref: float,
-    session_id: str,
-    budget_usd: float,
-) -> str | None:
-    """Why the judge's call would not fit in the session's remaining budget, or None when it fits."""
+async def _over_budget(handbook: Handbook, conn: LlmAgentConnection, charge: _Charge) -> str | None:
+    """Why the judge's call would not fit in the session's remaining budget, or None when it fits (or the step
+    has no budget)."""
+    if charge.session_id is None or charge.budget_usd is None:
+        return None
+    expected, c_ref = charge.expected, charge.c_ref
     charged = c_ref if expected is None else expected  # an unknown cost is charged c_ref, as routing does
-    spend = await anyio.to_thread.run_sync(handbook.store.session_spend, session_id, handbook.clock(), c_ref)
-    remaining = budget_usd - spend
+    spend = await anyio.to_thread.run_sync(handbook.store.session_spend, charge.session_id, handbook.clock(), c_ref)
+    remaining = charge.budget_usd - spend
     if charged <= remaining:
         return None
     what = "cost unknown, charged c_ref" if expected is None else "expected cost"
@@ -215,107 +213,195 @@ async def judge_answer(
 ) -> JudgedDelegateResult:
     """Grade ``answer`` with the judge and record the grade for its decision; failures become warnings."""
     conn, settings = judge
-    warnings: list[str] = []
+    grader = _Grader(conn, settings, handbook, breaker, caller, account)
+    grading = _Grading(judge_id=conn.id, decision_id=answer.decision_id, total=answer.total_cost_usd)
+    remaining = deadline - time.monotonic()
+    # off the event loop: fencing a long answer is CPU work (review: one of 4 MB held every session for a minute)
+    messages = await anyio.to_thread.run_sync(judge_messages, step, context, answer.answer or "", settings.style)
+    budgeted = session_id is not None and budget_usd is not None
+    charge = _Charge(
+        expected=expected_call_cost(conn, messages, settings.max_tokens),
+        c_ref=answer.routing.c_ref_usd or 0.0,
+        session_id=session_id if budgeted else None,
+        budget_usd=budget_usd if budgeted else None,
+    )
+    if conn.id == answer.agent_id:
+        grading.warnings.append(f"the judge {conn.id} graded its own answer (self-grading is biased)")
+    if (why_not := await _why_not_judged(grader, answer, remaining, charge)) is not None:
+        grading.unreported(f"not judged: {why_not}")
+    elif (judge_decision := await _reserve_judge_decision(grader, grading, charge)) is not None:
+        result = await _call_judge(grader, judge_decision, step, messages, min(remaining, settings.timeout_s))
+        await _account_judge_call(grader, grading, judge_decision, result)
+        await _grade(grader, grading, result)
+    return grading.judged(answer)
+
+
+@dataclass(frozen=True)
+class _Grader:
+    """The judge as one grading uses it: its connection and settings, the handbook its calls are recorded in, its
+    circuit breaker, and the delegator's way of calling an agent and accounting for the call."""
+
+    conn: LlmAgentConnection
+    settings: JudgeSettings
+    handbook: Handbook
+    breaker: CircuitBreaker
+    caller: Caller
+    account: Account
+
+
+@dataclass(frozen=True)
+class _Charge:
+    """What the judge's call is expected to cost (None: unknown, charged c_ref as routing does) and the session's
+    budget it must fit in (budget_usd None: the step has none)."""
+
+    expected: float | None
+    c_ref: float
+    session_id: str | None  # None with budget_usd: only a step with both has a budget to keep
+    budget_usd: float | None
+
+
+@dataclass
+class _Grading:
+    """What grading adds to the delegate result; the steps of judge_answer fill it in."""
+
+    judge_id: str
+    decision_id: str  # the judged decision
+    total: float | None  # everything the delegate spent: the judge's call adds to it, when there is one
+    warnings: list[str] = field(default_factory=list)
     score: float | None = None
     reward: float | None = None
     cost: float | None = None
-    total = answer.total_cost_usd  # the judge's call adds to it, when there is one
-    unreported = f"decision {answer.decision_id} is left unreported: report it with record_outcome"
-    remaining = deadline - time.monotonic()
-    budgeted = session_id is not None and budget_usd is not None
-    c_ref = answer.routing.c_ref_usd or 0.0
-    # off the event loop: fencing a long answer is CPU work (review: one of 4 MB held every session for a minute)
-    messages = await anyio.to_thread.run_sync(judge_messages, step, context, answer.answer or "", settings.style)
-    expected = expected_call_cost(conn, messages, settings.max_tokens)
-    if conn.id == answer.agent_id:
-        warnings.append(f"the judge {conn.id} graded its own answer (self-grading is biased)")
-    if answer.answer is None or answer.error_class is not None:
-        warnings.append(f"not judged: no answer (error_class {answer.error_class}); {unreported}")
-    elif remaining < MIN_JUDGE_S:
-        warnings.append(f"not judged: the delegate call's time budget is spent; {unreported}")
-    elif budgeted and (over := await _over_budget(handbook, conn, expected, c_ref, session_id, budget_usd)):  # type: ignore[arg-type]
-        warnings.append(f"not judged: {over}; {unreported}")
-    elif not breaker.allow(conn.id):  # last: it takes a half-open breaker's one trial call
-        warnings.append(f"not judged: the judge {conn.id}'s circuit breaker is open; {unreported}")
-    else:
-        reserve = functools.partial(
-            handbook.fallback_decision,
-            answer.decision_id,
-            conn.id,
-            "judge",
-            expected_cost=expected,
-            budget_usd=budget_usd if budgeted else None,
-            c_ref=c_ref,
+
+    def unreported(self, why: str) -> None:
+        """Warn that the judge gave no grade, so the client can still report the decision itself."""
+        self.warnings.append(f"{why}; decision {self.decision_id} is left unreported: report it with record_outcome")
+
+    def judged(self, answer: DelegateResult) -> JudgedDelegateResult:
+        """The delegate result with the judge's fields and warnings."""
+        return JudgedDelegateResult.model_validate(
+            {
+                **answer.model_dump(),
+                "warnings": [*answer.warnings, *self.warnings],
+                "judge_agent_id": self.judge_id,
+                "judge_score": self.score,
+                "judged_reward": self.reward,
+                "judge_cost_usd": self.cost,
+                "total_cost_usd": self.total,  # everything this delegate spent (QA: the judge's call was left out)
+                "reported_by": "judge" if self.reward is not None else None,
+            }
         )
-        try:  # the spend is read again and the judge's share held in one transaction, as route_step does
-            judge_decision: str | None = await anyio.to_thread.run_sync(reserve)
-        except Unroutable as over:  # a parallel step of the session spent it since the check above
-            breaker.release(conn.id)
-            judge_decision = None
-            warnings.append(f"not judged: the judge {conn.id}'s {over}; {unreported}")
-        except sqlite3.OperationalError as exc:  # the answer is paid for: it is returned, ungraded (review)
-            if not is_busy(exc):
-                raise
-            breaker.release(conn.id)
-            judge_decision = None
-            warnings.append(f"not judged: {BUSY_NOT_RECORDED}; {unreported}")
-        if judge_decision is not None:
-            called = time.monotonic()
-            slot = SlotWait(None)  # tells a call still waiting for the judge's slot from one at work
-            reset = SLOT_WAIT.set(slot)
-            try:
-                result = await caller(conn, step, messages, min(remaining, settings.timeout_s), settings.max_tokens)
-            except anyio.get_cancelled_exc_class():
-                breaker.release(conn.id)  # the client gave up: not the judge's failure
-                with anyio.CancelScope(shield=True):  # QA: the judge's call stayed unrecorded, its decision claimed
-                    if slot.waiting:  # never sent (review): nothing spent, the decision gives its share back
-                        await anyio.to_thread.run_sync(withdraw, handbook, judge_decision)
-                    else:
-                        elapsed = time.monotonic() - called
-                        await anyio.to_thread.run_sync(note_cancelled, handbook, judge_decision, conn.id, elapsed)
-                raise
-            finally:
-                SLOT_WAIT.reset(reset)
-            if note := await account(judge_decision, conn.id, result):
-                warnings.append(note)
-            cost = result.cost_usd
-            total = None if total is None or cost is None else total + cost
-            if result.cost_usd is None:
-                warnings.append(f"cost of the judge {conn.id} unknown: {result.unknown_cost_reason()}")
-            if not result.ok:
-                warnings.append(f"judge {conn.id} failed ({result.error_class}: {result.message}); {unreported}")
-                _no_verdict(conn.id, answer.decision_id, f"its call failed ({result.error_class}: {result.message})")
-            else:
-                try:
-                    score = parse_verdict(result.answer)
-                except ValueError as exc:
-                    excerpt = result.answer.strip()[:_REPLY_EXCERPT]
-                    warnings.append(f"judge {conn.id} replied {excerpt!r}: {exc}; {unreported}")
-                    quoted = result.answer.strip()[:_LOG_EXCERPT]  # the cause first: the cap cuts the reply, not why
-                    _no_verdict(conn.id, answer.decision_id, f"{exc}; it replied {quoted!r}")
-                else:
-                    report = OutcomeReport(decision_id=answer.decision_id, reward=reward_of(score, settings))
-                    try:
-                        reward = (await anyio.to_thread.run_sync(handbook.record, report)).reward
-                    except HandbookError as exc:  # e.g. the decision expired meanwhile
-                        warnings.append(f"the judge's grade was not recorded ({exc}); {unreported}")
-                        _no_verdict(conn.id, answer.decision_id, f"its grade {score:g} was not recorded ({exc})")
-                    except sqlite3.OperationalError as exc:  # the answer and its grade are the caller's (review)
-                        if not is_busy(exc):
-                            raise
-                        warnings.append(f"the judge's grade was not recorded ({BUSY_NOT_RECORDED}); {unreported}")
-                        _no_verdict(
-                            conn.id, answer.decision_id, f"its grade {score:g} was not recorded ({BUSY_NOT_RECORDED})"
-                        )
-    return JudgedDelegateResult.model_validate(
-        {
-            **answer.model_dump(),
-            "warnings": [*answer.warnings, *warnings],
-            "judge_agent_id": conn.id,
-            "judge_score": score,
-            "judged_reward": reward,
-            "judge_cost_usd": cost,
-            "total_cost_usd": total,  # everything this delegate spent (QA: the judge's call was left out)
-            "reported_by": "judge" if reward is not None else None,
-        }
+
+
+async def _why_not_judged(grader: _Grader, answer: DelegateResult, remaining: float, charge: _Charge) -> str | None:
+    """Why the answer is not to be judged (no answer, time or budget spent, breaker open), or None to judge it.
+    The checks run in this order: the breaker's goes last, as it takes a half-open breaker's one trial call."""
+    conn = grader.conn
+    if answer.answer is None or answer.error_class is not None:
+        return f"no answer (error_class {answer.error_class})"
+    if remaining < MIN_JUDGE_S:
+        return "the delegate call's time budget is spent"
+    if over := await _over_budget(grader.handbook, conn, charge):
+        return over
+    if not grader.breaker.allow(conn.id):
+        return f"the judge {conn.id}'s circuit breaker is open"
+    return None
+
+
+async def _reserve_judge_decision(grader: _Grader, grading: _Grading, charge: _Charge) -> str | None:
+    """The judge call's own decision, its expected cost held against the session's budget; None (with a warning,
+    the breaker's trial given back) when the budget no longer fits it or the file stayed busy."""
+    conn = grader.conn
+    reserve = functools.partial(
+        grader.handbook.fallback_decision,
+        grading.decision_id,
+        conn.id,
+        "judge",
+        expected_cost=charge.expected,
+        budget_usd=charge.budget_usd,
+        c_ref=charge.c_ref,
     )
+    try:  # the spend is read again and the judge's share held in one transaction, as route_step does
+        return await anyio.to_thread.run_sync(reserve)
+    except Unroutable as over:  # a parallel step of the session spent it since the check in _why_not_judged
+        grader.breaker.release(conn.id)
+        grading.unreported(f"not judged: the judge {conn.id}'s {over}")
+    except sqlite3.OperationalError as exc:  # the answer is paid for: it is returned, ungraded (review)
+        if not is_busy(exc):
+            raise
+        grader.breaker.release(conn.id)
+        grading.unreported(f"not judged: {BUSY_NOT_RECORDED}")
+    return None
+
+
+async def _call_judge(
+    grader: _Grader, judge_decision: str, step: str, messages: list[dict[str, Any]], timeout_s: float
+) -> BackendResult:
+    """The judge's call. Cancelled (the client gave up: not the judge's failure), it gives back the breaker's trial
+    and is recorded: as cut off when it reached the judge, or its decision closed when it still waited for a slot."""
+    conn = grader.conn
+    called = time.monotonic()
+    slot = SlotWait(None)  # tells a call still waiting for the judge's slot from one at work
+    reset = SLOT_WAIT.set(slot)
+    try:
+        return await grader.caller(conn, step, messages, timeout_s, grader.settings.max_tokens)
+    except anyio.get_cancelled_exc_class():
+        grader.breaker.release(conn.id)  # the client gave up: not the judge's failure
+        with anyio.CancelScope(shield=True):  # QA: the judge's call stayed unrecorded, its decision claimed
+            if slot.waiting:  # never sent (review): nothing spent, the decision gives its share back
+                await anyio.to_thread.run_sync(withdraw, grader.handbook, judge_decision)
+            else:
+                elapsed = time.monotonic() - called
+                await anyio.to_thread.run_sync(note_cancelled, grader.handbook, judge_decision, conn.id, elapsed)
+        raise
+    finally:
+        SLOT_WAIT.reset(reset)
+
+
+async def _account_judge_call(grader: _Grader, grading: _Grading, judge_decision: str, result: BackendResult) -> None:
+    """Record the judge's call on its decision (cost, latency, breaker) and add its cost to the delegate's total."""
+    conn = grader.conn
+    if note := await grader.account(judge_decision, conn.id, result):
+        grading.warnings.append(note)
+    grading.cost = result.cost_usd
+    grading.total = None if grading.total is None or grading.cost is None else grading.total + grading.cost
+    if result.cost_usd is None:
+        grading.warnings.append(f"cost of the judge {conn.id} unknown: {result.unknown_cost_reason()}")
+
+
+async def _grade(grader: _Grader, grading: _Grading, result: BackendResult) -> None:
+    """Read the verdict in the judge's reply and record it as the judged decision's outcome. A failed call or a
+    malformed reply leaves the decision unreported, with a warning and a log line (_no_verdict)."""
+    judge_id = grader.conn.id
+    if not result.ok:
+        failure = f"({result.error_class}: {result.message})"
+        grading.unreported(f"judge {judge_id} failed {failure}")
+        _no_verdict(judge_id, grading.decision_id, f"its call failed {failure}")
+        return
+    try:
+        score = parse_verdict(result.answer)
+    except ValueError as exc:
+        excerpt = result.answer.strip()[:_REPLY_EXCERPT]
+        grading.unreported(f"judge {judge_id} replied {excerpt!r}: {exc}")
+        quoted = result.answer.strip()[:_LOG_EXCERPT]  # the cause first: the cap cuts the reply, not why
+        _no_verdict(judge_id, grading.decision_id, f"{exc}; it replied {quoted!r}")
+        return
+    grading.score = score
+    grading.reward = await _record_grade(grader, grading, score)
+
+
+async def _record_grade(grader: _Grader, grading: _Grading, score: float) -> float | None:
+    """Record the grade as a client's record_outcome would; the reward recorded, or None (with a warning and a log
+    line) when the handbook refused it (e.g. the decision expired meanwhile) or the file stayed busy."""
+    judge_id, decision_id = grader.conn.id, grading.decision_id
+    report = OutcomeReport(decision_id=decision_id, reward=reward_of(score, grader.settings))
+    try:
+        return (await anyio.to_thread.run_sync(grader.handbook.record, report)).reward
+    except HandbookError as exc:  # e.g. the decision expired meanwhile
+        grading.unreported(f"the judge's grade was not recorded ({exc})")
+        _no_verdict(judge_id, decision_id, f"its grade {score:g} was not recorded ({exc})")
+    except sqlite3.OperationalError as exc:  # the answer and its grade are the caller's (review)
+        if not is_busy(exc):
+            raise
+        grading.unreported(f"the judge's grade was not recorded ({BUSY_NOT_RECORDED})")
+        _no_verdict(judge_id, decision_id, f"its grade {score:g} was not recorded ({BUSY_NOT_RECORDED})")
+    return None

@@ -37,7 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import anyio
 import anyio.to_thread
@@ -115,7 +115,7 @@ def _import_litellm() -> ModuleType:
             litellm_logs = [logging.getLogger(name) for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")]
             for litellm_log in litellm_logs:
                 litellm_log.setLevel(logging.CRITICAL)
-            module = importlib.import_module("litellm")
+            module: Any = importlib.import_module("litellm")
             module.suppress_debug_info = True  # its banners go to stdout, which is the MCP stdio channel
             secret_filter = getattr(getattr(module, "_logging", None), "_secret_filter", None)  # was on its handler
             for litellm_log in litellm_logs:
@@ -185,7 +185,7 @@ def litellm_keys(conn: LlmAgentConnection, litellm: ModuleType) -> list[str]:
     """The keys litellm itself would send for this agent when it is given none: the provider's dynamic key, the
     provider's standard variable (e.g. OPENAI_API_KEY, via its model-info class) and litellm's module-level keys
     (``litellm.api_key``, ``litellm.openai_key``, ...). Tens of microseconds; a failed lookup finds nothing."""
-    found: list[str] = []
+    found: list[object] = []  # what each source holds; only strings are keys
     try:
         model, provider, dynamic_key, _ = litellm.get_llm_provider(model=conn.model, api_base=conn.api_base)
         found.append(dynamic_key)
@@ -465,18 +465,10 @@ async def call_llm(
     Cancellation propagates (only ``Exception`` is caught).
     """
     timeout = min(timeout_s, conn.timeout_s) if timeout_s is not None else conn.timeout_s
-    limit = min(max_tokens, conn.max_output_tokens) if max_tokens is not None else conn.max_output_tokens
-    warnings: list[str] = []
-    if max_tokens is not None and max_tokens > limit:  # the cap protects budgets; say so rather than cut silently
-        warnings.append(
-            f"max_tokens {max_tokens} lowered to {limit}: the max_output_tokens setting of agent {conn.id} "
-            "(agents.toml; default 1024)"
-        )
+    limit, warnings = _max_tokens_sent(conn, max_tokens)
     key = _api_key(conn)
     if conn.api_key_env and not key:  # a named key that is not there: say so without calling the provider
-        message = f"environment variable {conn.api_key_env} is not set (api_key_env of agent {conn.id})"
-        log.warning("agent %s failed (auth): %s", conn.id, message)
-        return failed_call("auth", "MissingApiKey", message)
+        return _missing_key(conn)
     litellm = await ensure_litellm()  # outside the deadline: the one-off import is not the agent's latency
     secrets = call_secrets(conn, key, litellm)
     limiter, left = await slot_within(conn.id, conn.concurrency, timeout)
@@ -485,54 +477,131 @@ async def call_llm(
     start = time.perf_counter()
     answering = False  # once the provider starts answering, a failure may still be billed
     try:
-        # litellm keys its cached clients by their timeout, so it always gets the agent's own: a call's time left as
-        # its timeout made a client, an HTTP session and a connection per call, and it never closed evicted ones.
-        # A shorter limit is this deadline's, which lets litellm's own, more informative Timeout fire first when
-        # the two are the same.
-        deadline_s = left + (_TIMEOUT_GRACE_S if timeout >= conn.timeout_s else 0.0)
-        with anyio.fail_after(deadline_s), holding_slot(limiter):
-            kwargs: dict[str, Any] = {}
-            if stream:
-                kwargs = {"stream": True, "stream_options": {"include_usage": True}}
-            response = await litellm.acompletion(
-                model=conn.model,
-                api_base=conn.api_base,
-                # a local server may want any key; a hosted provider keeps litellm's own key lookup
-                api_key=key or (PLACEHOLDER_API_KEY if conn.api_base else None),
-                messages=messages,
-                timeout=conn.timeout_s,
-                max_tokens=limit,
-                max_retries=0,
-                **kwargs,
-            )
+        with anyio.fail_after(_deadline_s(conn, timeout, left)), holding_slot(limiter):
+            response = await _completion(litellm, conn, key, messages, limit, stream)
             answering = True
-            no_choices = False
-            if stream:
-                answer, prompt, completion = await _stream_answer(response, on_progress)
-            else:
-                answer = (response.choices[0].message.content or "") if response.choices else ""
-                prompt, completion = _usage_of(response)
-                no_choices = not response.choices
+            reply = await _read_reply(response, stream, on_progress)
     except Exception as exc:
         latency = time.perf_counter() - start
-        error_class = classify_exception(exc)
-        message, queued = str(exc) or type(exc).__name__, None
-        if error_class == "timeout":
-            worded, queued = timeout_message(timeout, left, latency, conn.concurrency)
-            if queued or (isinstance(exc, TimeoutError) and not str(exc)):  # litellm's own words say more otherwise
-                message = worded
-        message = scrub(message, secrets)[:_MESSAGE_LIMIT]
-        # the operator's log names the server it could not reach (README QA); the model's message does not: no tool
-        # shows connection settings to a model a prompt could turn (review)
-        where = f" (api_base {conn.api_base})" if error_class == "connection" and conn.api_base else ""
-        log.warning("agent %s failed (%s) after %.2fs: %s%s", conn.id, error_class, latency, message, where)
-        # a stream cut off mid-answer was generated, so probably billed: its cost is unknown, not 0
-        return failed_call(error_class, queued or type(exc).__name__, message, latency, answering=answering)
+        return _failed_llm_call(conn, exc, latency, timeout, left, secrets, answering=answering)
     latency = time.perf_counter() - start
-    cost, source, cost_warnings, reported = _call_cost(conn, litellm, messages, answer, prompt, completion)
+    return _answered(conn, litellm, messages, reply, latency, secrets, warnings)
+
+
+class _Reply(NamedTuple):
+    """What a completed call returned: its text and the usage the backend reported (None: not reported)."""
+
+    answer: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    no_choices: bool  # a 200 without an answer: the provider's fault, not the agent failing the step
+
+
+def _max_tokens_sent(conn: LlmAgentConnection, max_tokens: int | None) -> tuple[int, list[str]]:
+    """The max_tokens sent (the caller's, capped by the agent's max_output_tokens) and a warning when it was lowered:
+    the cap protects budgets, so it is said rather than cut silently."""
+    limit = min(max_tokens, conn.max_output_tokens) if max_tokens is not None else conn.max_output_tokens
+    warnings: list[str] = []
+    if max_tokens is not None and max_tokens > limit:
+        warnings.append(
+            f"max_tokens {max_tokens} lowered to {limit}: the max_output_tokens setting of agent {conn.id} "
+            "(agents.toml; default 1024)"
+        )
+    return limit, warnings
+
+
+def _missing_key(conn: LlmAgentConnection) -> BackendResult:
+    """The failed call of an agent whose api_key_env names an unset variable (the provider is never called)."""
+    message = f"environment variable {conn.api_key_env} is not set (api_key_env of agent {conn.id})"
+    log.warning("agent %s failed (auth): %s", conn.id, message)
+    return failed_call("auth", "MissingApiKey", message)
+
+
+def _deadline_s(conn: LlmAgentConnection, timeout: float, left: float) -> float:
+    """The outer deadline of a call with `left` seconds after its slot wait. litellm keys its cached clients by
+    their timeout, so it always gets the agent's own: a call's time left as its timeout made a client, an HTTP
+    session and a connection per call, and it never closed evicted ones. A shorter limit is this deadline's, which
+    lets litellm's own, more informative Timeout fire first when the two are the same."""
+    return left + (_TIMEOUT_GRACE_S if timeout >= conn.timeout_s else 0.0)
+
+
+async def _completion(
+    litellm: ModuleType,
+    conn: LlmAgentConnection,
+    key: str | None,
+    messages: list[dict[str, Any]],
+    limit: int,
+    stream: bool,
+) -> Any:
+    """The provider's response to one request (a stream of chunks with ``stream``), sent with no retry."""
+    kwargs: dict[str, Any] = {}
+    if stream:
+        kwargs = {"stream": True, "stream_options": {"include_usage": True}}
+    return await litellm.acompletion(
+        model=conn.model,
+        api_base=conn.api_base,
+        # a local server may want any key; a hosted provider keeps litellm's own key lookup
+        api_key=key or (PLACEHOLDER_API_KEY if conn.api_base else None),
+        messages=messages,
+        timeout=conn.timeout_s,
+        max_tokens=limit,
+        max_retries=0,
+        **kwargs,
+    )
+
+
+async def _read_reply(response: Any, stream: bool, on_progress: Callable[[int], Awaitable[None]] | None) -> _Reply:
+    """The answer and reported usage of a response: its first choice, or the streamed chunks joined."""
+    if stream:
+        answer, prompt, completion = await _stream_answer(response, on_progress)
+        return _Reply(answer, prompt, completion, no_choices=False)
+    answer = (response.choices[0].message.content or "") if response.choices else ""
+    prompt, completion = _usage_of(response)
+    return _Reply(answer, prompt, completion, no_choices=not response.choices)
+
+
+def _failed_llm_call(
+    conn: LlmAgentConnection,
+    exc: Exception,
+    latency: float,
+    timeout: float,
+    left: float,
+    secrets: tuple[str, ...],
+    *,
+    answering: bool,
+) -> BackendResult:
+    """A call that raised, classified (classify_exception), its message scrubbed of secrets and logged; a stream cut
+    off mid-answer was generated, so probably billed: its cost is unknown, not 0."""
+    error_class = classify_exception(exc)
+    message, queued = str(exc) or type(exc).__name__, None
+    if error_class == "timeout":
+        worded, queued = timeout_message(timeout, left, latency, conn.concurrency)
+        if queued or (isinstance(exc, TimeoutError) and not str(exc)):  # litellm's own words say more otherwise
+            message = worded
+    message = scrub(message, secrets)[:_MESSAGE_LIMIT]
+    # the operator's log names the server it could not reach (README QA); the model's message does not: no tool
+    # shows connection settings to a model a prompt could turn (review)
+    where = f" (api_base {conn.api_base})" if error_class == "connection" and conn.api_base else ""
+    log.warning("agent %s failed (%s) after %.2fs: %s%s", conn.id, error_class, latency, message, where)
+    return failed_call(error_class, queued or type(exc).__name__, message, latency, answering=answering)
+
+
+def _answered(
+    conn: LlmAgentConnection,
+    litellm: ModuleType,
+    messages: list[dict[str, Any]],
+    reply: _Reply,
+    latency: float,
+    secrets: tuple[str, ...],
+    warnings: list[str],
+) -> BackendResult:
+    """A completed call's result, priced (_call_cost): its answer scrubbed of secrets, or a server_error when the
+    backend sent no choices (an empty completion: the next candidate is tried, competence is untouched)."""
+    prompt, completion = reply.prompt_tokens, reply.completion_tokens
+    cost, source, cost_warnings, reported = _call_cost(conn, litellm, messages, reply.answer, prompt, completion)
     if cost is None:
         log.warning("agent %s: cost unknown (no price configured or known for model %s)", conn.id, conn.model)
-    if no_choices:  # a 200 without an answer: the provider's fault, not the agent failing the step
+    if reply.no_choices:  # a 200 without an answer: the provider's fault, not the agent failing the step
         message = "the backend answered with no choices (an empty completion)"
         log.warning("agent %s failed (server_error) after %.2fs: %s", conn.id, latency, message)
         return BackendResult(
@@ -544,7 +613,7 @@ async def call_llm(
             cost_source=source,
         )
     return BackendResult(
-        answer=scrub(answer, secrets),
+        answer=scrub(reply.answer, secrets),
         prompt_tokens=prompt if reported else None,  # None: the backend did not say (the cost is estimated)
         completion_tokens=completion if reported else None,
         cost_usd=cost,

@@ -25,6 +25,7 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -187,71 +188,129 @@ def _configured_cost(conn: McpAgentConnection) -> tuple[float, CostSource]:
 async def call_mcp_tool(conn: McpAgentConnection, text: str, *, timeout_s: float | None = None) -> BackendResult:
     """Call ``conn.tool`` with the step text in ``conn.text_argument``; raises only on cancellation."""
     timeout = min(timeout_s, conn.timeout_s) if timeout_s is not None else conn.timeout_s
-    cost, cost_source = _configured_cost(conn)
     arguments: dict[str, Any] = {**conn.arguments, conn.text_argument: text}
-    token = (os.environ.get(conn.bearer_token_env) or "").strip() if conn.bearer_token_env else None
-    if conn.bearer_token_env and (not token or not token.isprintable() or " " in token):
-        # said without calling, as an LLM agent's missing key is; a token read from a file may end in a newline,
-        # which httpx refused in an error that printed the header whole (review): stripped, and else refused
-        what = "is not set" if not token else "holds spaces or control characters inside its token"
-        message = f"environment variable {conn.bearer_token_env} {what} (bearer_token_env of agent {conn.id})"
-        log.warning("mcp agent %s failed (auth): %s", conn.id, message)
-        return failed_call("auth", "MissingToken", message)
+    token = _bearer_token(conn)
+    if (unusable := _unusable_token(conn, token)) is not None:
+        return unusable
     remember_keys([token])  # masked in every log line from now on, whatever its variable's name (review)
     limiter, left = await slot_within(conn.id, conn.concurrency, timeout)
     if limiter is None:
         return queue_full(conn.id, conn.concurrency, timeout)
     # once per call: env_vars, the token and the environment's
     secrets = secrets_to_mask([*passed_secrets(conn.env_vars), *([token] if token else [])])
-    relay: StderrRelay | None = None
+    exchange = _Exchange()
     start = time.perf_counter()
-    sent = False  # whether tools/call went out: before it, no tool ran and nothing can be billed
-    refused: list[int] = []  # HTTP 401/403 answers of a url server
     try:
         with anyio.fail_after(left), holding_slot(limiter):
-            relay = StderrRelay(conn.id, secrets) if conn.url is None else None
+            exchange.relay = StderrRelay(conn.id, secrets) if conn.url is None else None
             async with contextlib.AsyncExitStack() as stack:
-                http = None
-                if conn.url is not None:
-                    http = await stack.enter_async_context(_http_client(token, refused))
-                client = await stack.enter_async_context(
-                    Client(_target(conn, relay, http), read_timeout_seconds=max(left, 0.001))
-                )
-                sent = True
+                client = await _connect(stack, conn, exchange, token, left)
+                exchange.sent = True
                 result = await client.call_tool(conn.tool, arguments)
                 missing = result.is_error and await _lacks_tool(client, conn.tool)
     except Exception as exc:
         latency = time.perf_counter() - start
-        error_class = classify_mcp_exception(exc)
-        message, queued = _describe(exc), None
-        if error_class == "timeout":
-            message, queued = timeout_message(timeout, left, latency, conn.concurrency)
-        if refused and error_class != "timeout":  # the SDK words a 401 as "Server returned an error response" (QA)
-            error_class = "auth"
-            held = f"refused the token in {conn.bearer_token_env}" if conn.bearer_token_env else "wants a token"
-            held += " or refused the request" if refused[0] == 403 else ""  # a 403 may be about the Origin too
-            message = f"the server answered HTTP {refused[0]}: it {held} (bearer_token_env in agents.toml; {message})"
-        if relay is not None and error_class == "connection":  # the server died or never started: say why
-            words = await anyio.to_thread.run_sync(relay.last_words)
-            if words:
-                message += f"; the server's stderr ended: {words}"
-        message = scrub(message, secrets)
-        log.warning("mcp agent %s failed (%s) after %.2fs: %s", conn.id, error_class, latency, message)
-        # Without a configured price nothing was spent, nor when the call never went out (the server could not be
-        # started or reached: no tool ran); once it went out, a configured per-call price may or may not apply.
-        free = not conn.cost_per_call_usd or not sent  # 0: the price `agents load` gives an unpriced tool
-        return BackendResult(
-            latency_s=latency,
-            error_class=error_class,
-            error_type=queued or type(_leaves(exc)[0]).__name__,
-            message=message[:_MESSAGE_LIMIT],
-            cost_usd=0.0 if free else None,
-            cost_source="no_token_cost" if free else "unknown",
-        )
+        return await _failed_tool_call(conn, exc, exchange, latency, timeout, left, secrets)
     finally:
-        if relay is not None:
-            relay.close()
-    latency = time.perf_counter() - start
+        if exchange.relay is not None:
+            exchange.relay.close()
+    return _tool_result(conn, result, missing, time.perf_counter() - start, secrets)
+
+
+@dataclass
+class _Exchange:
+    """What a tool call got to before it ended, as its failure is worded and priced."""
+
+    relay: StderrRelay | None = None  # a stdio server's stderr, whose last line says why it died
+    sent: bool = False  # whether tools/call went out: before it, no tool ran and nothing can be billed
+    refused: list[int] = field(default_factory=list)  # HTTP 401/403 answers of a url server
+
+
+def _bearer_token(conn: McpAgentConnection) -> str | None:
+    """The url agent's bearer token from its bearer_token_env, stripped (a token read from a file may end in a
+    newline); None when the agent names no variable."""
+    return (os.environ.get(conn.bearer_token_env) or "").strip() if conn.bearer_token_env else None
+
+
+def _unusable_token(conn: McpAgentConnection, token: str | None) -> BackendResult | None:
+    """The failed call of an agent whose bearer_token_env is unset or holds no usable token, said without calling,
+    as an LLM agent's missing key is; None when the token (or its absence) is fine. httpx refused a token with a
+    newline in an error that printed the header whole (review)."""
+    if not conn.bearer_token_env or (token and token.isprintable() and " " not in token):
+        return None
+    what = "is not set" if not token else "holds spaces or control characters inside its token"
+    message = f"environment variable {conn.bearer_token_env} {what} (bearer_token_env of agent {conn.id})"
+    log.warning("mcp agent %s failed (auth): %s", conn.id, message)
+    return failed_call("auth", "MissingToken", message)
+
+
+async def _connect(
+    stack: contextlib.AsyncExitStack, conn: McpAgentConnection, exchange: _Exchange, token: str | None, left: float
+) -> Client:
+    """An initialized SDK client of the agent's server, entered on `stack` (a url server through our HTTP client,
+    which notes its 401/403 answers in `exchange`), its requests timed out within the `left` seconds."""
+    http = None
+    if conn.url is not None:
+        http = await stack.enter_async_context(_http_client(token, exchange.refused))
+    return await stack.enter_async_context(
+        Client(_target(conn, exchange.relay, http), read_timeout_seconds=max(left, 0.001))
+    )
+
+
+async def _failed_tool_call(
+    conn: McpAgentConnection,
+    exc: Exception,
+    exchange: _Exchange,
+    latency: float,
+    timeout: float,
+    left: float,
+    secrets: tuple[str, ...],
+) -> BackendResult:
+    """A call that raised, classified and worded (with a stdio server's last stderr line when it died), its message
+    scrubbed of secrets and logged, and priced by how far it got."""
+    error_class, message, queued = _worded_failure(conn, exc, exchange.refused, latency, timeout, left)
+    if exchange.relay is not None and error_class == "connection":  # the server died or never started: say why
+        words = await anyio.to_thread.run_sync(exchange.relay.last_words)
+        if words:
+            message += f"; the server's stderr ended: {words}"
+    message = scrub(message, secrets)
+    log.warning("mcp agent %s failed (%s) after %.2fs: %s", conn.id, error_class, latency, message)
+    # Without a configured price nothing was spent, nor when the call never went out (the server could not be
+    # started or reached: no tool ran); once it went out, a configured per-call price may or may not apply.
+    free = not conn.cost_per_call_usd or not exchange.sent  # 0: the price `agents load` gives an unpriced tool
+    return BackendResult(
+        latency_s=latency,
+        error_class=error_class,
+        error_type=queued or type(_leaves(exc)[0]).__name__,
+        message=message[:_MESSAGE_LIMIT],
+        cost_usd=0.0 if free else None,
+        cost_source="no_token_cost" if free else "unknown",
+    )
+
+
+def _worded_failure(
+    conn: McpAgentConnection, exc: Exception, refused: list[int], latency: float, timeout: float, left: float
+) -> tuple[ErrorClass, str, str | None]:
+    """The failure's error class, its message, and QUEUED_TIMEOUT when the agent's queue took most of a timed-out
+    call's time (timeout_message). A url server's 401/403 is `auth`, however the SDK words it."""
+    error_class = classify_mcp_exception(exc)
+    message, queued = _describe(exc), None
+    if error_class == "timeout":
+        message, queued = timeout_message(timeout, left, latency, conn.concurrency)
+    if refused and error_class != "timeout":  # the SDK words a 401 as "Server returned an error response" (QA)
+        error_class = "auth"
+        held = f"refused the token in {conn.bearer_token_env}" if conn.bearer_token_env else "wants a token"
+        held += " or refused the request" if refused[0] == 403 else ""  # a 403 may be about the Origin too
+        message = f"the server answered HTTP {refused[0]}: it {held} (bearer_token_env in agents.toml; {message})"
+    return error_class, message, queued
+
+
+def _tool_result(
+    conn: McpAgentConnection, result: CallToolResult, missing: bool, latency: float, secrets: tuple[str, ...]
+) -> BackendResult:
+    """A completed tools/call as a backend result: the answer, the tool's own error (`task`), or a tool the server
+    does not list (`server_error`: a configuration error, not the agent failing a task, so competence stays)."""
+    cost, cost_source = _configured_cost(conn)
     answer = scrub(_text_of(result), secrets)
     if missing:  # a configuration error, not the agent failing a task: it must not lower its competence
         return BackendResult(
