@@ -26,9 +26,10 @@ demo: $(STAMP)  ## the newcomer's tour, offline: learn a handbook from a shipped
 test: $(STAMP)  ## the whole test suite, one worker per core (a test file stays on one worker)
 	LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n auto --dist loadfile
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff (lint and format) and mypy (the package's type hints)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python scripts/typecheck.py
 
 bench: $(STAMP)  ## run every benchmark and collect the figures into docs/benchmarks.md
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/collect.py

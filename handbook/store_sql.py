@@ -8,7 +8,7 @@ nothing of the store, so any part may.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypedDict, TypeVar
+from typing import Any, Literal, NamedTuple, TypedDict, TypeVar
 
 from skillorchestra.handbook.sqlite_file import bindable
 
@@ -25,7 +25,7 @@ DecisionRow = TypedDict(
         "agent_id": str,
         "mode": str | None,  # the mode the caller named (learning reads it as the step's own)
         "skills": str,  # JSON [[skill_id, weight], ...]
-        "strategy": str,
+        "strategy": Literal["mean", "thompson"],  # the only values route writes
         "lambda": float,
         "propensity": float | None,
         "explored": int,
