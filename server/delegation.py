@@ -279,6 +279,9 @@ class Delegator:
             self.breaker.release(agent_id)
             tried.append(Attempt(agent_id=agent_id, error_class="budget", message=f"not called: {over}"))
             return None
+        except BaseException:  # a busy or replaced file, or the request cancelled: the agent was not called, and a
+            self.breaker.release(agent_id)  # half-open trial kept claimed left it unavailable until a restart
+            raise
 
     async def _try_agent(
         self, plan: _Plan, position: int, agent_id: str, decision_id: str, remaining: float
@@ -563,9 +566,15 @@ def with_live_prices(connections: dict[str, AgentConnection], arrays: HandbookAr
 
 
 async def _tick(progress: Progress, agent_id: str, start: float, budget: float) -> None:
+    """Progress notes while the agent works. One that cannot be sent (the client's stream closed) ends the ticking,
+    never the call: raised in the call's task group it cancelled the paid call and kept its breaker trial claimed."""
     while True:
         elapsed = time.monotonic() - start
-        await progress(min(elapsed / budget, 0.99), f"waiting for {agent_id} ({elapsed:.0f} s)")
+        try:
+            await progress(min(elapsed / budget, 0.99), f"waiting for {agent_id} ({elapsed:.0f} s)")
+        except Exception as exc:
+            log.debug("progress of the call of %s no longer sent: %r", agent_id, exc)
+            return
         await anyio.sleep(PROGRESS_INTERVAL_S)
 
 

@@ -326,10 +326,13 @@ async def _reserve_judge_decision(grader: _Grader, grading: _Grading, charge: _C
         grader.breaker.release(conn.id)
         grading.unreported(f"not judged: the judge {conn.id}'s {over}")
     except sqlite3.OperationalError as exc:  # the answer is paid for: it is returned, ungraded (review)
+        grader.breaker.release(conn.id)
         if not is_busy(exc):
             raise
-        grader.breaker.release(conn.id)
         grading.unreported(f"not judged: {BUSY_NOT_RECORDED}")
+    except BaseException:  # a replaced file, another error, the request cancelled: the judge was not called, and
+        grader.breaker.release(conn.id)  # a half-open trial kept claimed left it unavailable until a restart
+        raise
     return None
 
 
