@@ -220,6 +220,15 @@ class NumpyMiniLM:
     def dim(self) -> int:
         return self._dim
 
+    def unknown_share(self, text: str) -> float:
+        """The share of the text's wordpieces, as the model reads them (truncated, [CLS] and [SEP] left out), that
+        its English vocabulary lacks ([UNK]: emoji, most CJK ideographs); 1.0 for a text of none. Every step of
+        emoji alone is the same vector, so it says nothing about the step (QA: any emoji step got the same skills)."""
+        encoding = self.tokenizer.encode(text)
+        unknown = self.tokenizer.token_to_id("[UNK]")
+        pieces = [i for i, special in zip(encoding.ids, encoding.special_tokens_mask, strict=True) if not special]
+        return sum(i == unknown for i in pieces) / len(pieces) if pieces else 1.0
+
     def _check_pooling(self) -> None:
         """Refuse a model directory whose pooling is not plain mean pooling, rather than embed wrongly."""
         pooling = self.model_dir / "1_Pooling" / "config.json"

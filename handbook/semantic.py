@@ -30,6 +30,13 @@ from skillorchestra.handbook.store import HandbookStore
 
 CHUNK = 900
 STEP_VECTORS_KEPT = 256  # recent step texts whose vectors are kept (384 floats each: ~0.4 MB)
+# a step at least this share of whose wordpieces the model does not know ([UNK]) is not read semantically: its
+# vector is mostly the [UNK] vector, and ranked the same few skills first whatever it said (bench/multilingual.py:
+# every emoji-only step got the same three skills; Chinese steps went mostly to the [UNK] vector's nearest skill)
+MAX_UNKNOWN_SHARE = 0.5
+# full-width ASCII (U+FF01-FF5E, and the ideographic space), as a Chinese or Japanese IME types Latin letters: the
+# model's vocabulary lacks them ([UNK]), so "ｐｙｔｈｏｎ" is read as "python"
+_FULL_WIDTH = {0xFF01 + i: 0x21 + i for i in range(94)} | {0x3000: 0x20}
 
 
 class SqliteVectorCache:
@@ -127,6 +134,12 @@ class SemanticMatcher:
         if embedder is None:
             weights, _ = self.fallback.infer(text, mode, top_k)
             return weights, f"lexical (semantic unavailable: {self._unavailable})"
+        if not text.isascii():  # English steps pay nothing for this: the model knows every ASCII character
+            text = text.translate(_FULL_WIDTH)
+            unknown_share = getattr(embedder, "unknown_share", None)  # a caller's own embedder may not say
+            if callable(unknown_share) and unknown_share(text) >= MAX_UNKNOWN_SHARE:
+                weights, _ = self.fallback.infer(text, mode, top_k)
+                return weights, "lexical (semantic model: most of the step's characters are unknown to it)"
         scorer = self._scorer(embedder, mode)
         weights = []
         if top_k > 0 and scorer.skill_ids:  # no skill in this mode: nothing to compare the step with
