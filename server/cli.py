@@ -22,7 +22,7 @@ from typing import NoReturn
 
 from skillorchestra.handbook.errors import HandbookError
 from skillorchestra.server.argtypes import db_arg, depth_arg, name_arg, path_arg, seed_arg
-from skillorchestra.server.log_format import configure_logging
+from skillorchestra.server.log_format import LOG_FORMATS, LogFormat, configure_logging
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -68,6 +68,13 @@ def _common(parser: argparse.ArgumentParser, *, db: bool) -> None:
     # SUPPRESS: a subcommand's default must not overwrite a value given before it on the command line
     parser.add_argument(
         "--log-level", type=str.upper, choices=LOG_LEVELS, default=argparse.SUPPRESS, help="log level (stderr)"
+    )
+    parser.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=LOG_FORMATS,
+        default=argparse.SUPPRESS,
+        help="log records as text lines or JSON objects, one a line (default: SKILLORCHESTRA_LOG_FORMAT, else text)",
     )
     if db:
         parser.add_argument(
@@ -310,8 +317,16 @@ def _add_demo(sub: Subparsers) -> None:
     demo.set_defaults(handler=commands_learn.demo)
 
 
-def _configure_logging(level: str) -> None:
-    configure_logging(level)  # one line per record: untrusted text in a message cannot forge one (log_format.py)
+def _configure_logging(level: str, log_format: LogFormat | None) -> None:
+    # one line per record: untrusted text in a message cannot forge one (log_format.py)
+    configure_logging(level, log_format or _env_log_format())
+
+
+def _env_log_format() -> LogFormat:
+    raw = os.environ.get("SKILLORCHESTRA_LOG_FORMAT", "").strip().lower()
+    if raw in ("", "text", "json"):
+        return "json" if raw == "json" else "text"
+    raise UsageError(f"SKILLORCHESTRA_LOG_FORMAT={raw!r}: expected text or json")
 
 
 def _run(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentParser]) -> int:
@@ -341,7 +356,7 @@ def _dispatch(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentP
         args = build().parse_args(argv)
         if not getattr(args, "uses_db", True) and getattr(args, "db", None) is not None:
             raise UsageError(f"skillorchestra {args.command}: argument --db: this command does not use a handbook")
-        _configure_logging(getattr(args, "log_level", "WARNING"))
+        _configure_logging(getattr(args, "log_level", "WARNING"), getattr(args, "log_format", None))
         with contextlib.suppress(AttributeError, ValueError):  # QA: handbook show on a cp1252 console: a traceback
             sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]  # (stdio serve: its own)
         return int(args.handler(args) or 0)

@@ -23,7 +23,6 @@ import hmac
 import ipaddress
 import logging
 import socket
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -38,6 +37,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from skillorchestra.handbook.errors import InvalidInput
+from skillorchestra.server.log_format import announce
 from skillorchestra.server.settings import ServerSettings
 
 log = logging.getLogger("skillorchestra.http")
@@ -406,7 +406,7 @@ async def serve_http(server: MCPServer, settings: ServerSettings, sockets: list[
     auth = " (bearer token required)" if settings.token else ""
     port = sockets[0].getsockname()[1] if sockets else settings.port  # --port 0: the port the system chose
     url = f"http://{shown}:{port}{path}"
-    print(f"skillorchestra: serving {settings.transport} at {url}{auth}", file=sys.stderr)
+    announce(f"skillorchestra: serving {settings.transport} at {url}{auth}")
     await uvicorn.Server(config).serve(sockets=sockets)
 
 

@@ -7,13 +7,18 @@ the operator's terminal. The formatter escapes every control character of the fo
 Cc, plus the line and paragraph separators) as \\n, \\r, \\t or \\xNN, so it covers our loggers and every library's
 alike. A traceback stays several lines (that is how it reads), indented, with its other control characters escaped.
 Secrets are masked in the formatted record, whichever library wrote it.
+
+`--log-format json` (or SKILLORCHESTRA_LOG_FORMAT=json) writes each record as one JSON object instead, for log
+shippers (Loki, Elasticsearch, CloudWatch): JSON escapes every control character itself, and the same masking applies.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import sys
-from typing import Any
+from typing import Any, Literal
 
 from skillorchestra.handbook.inert_text import KEEP_NEWLINES, one_line
 from skillorchestra.server.masking import log_secrets, scrub
@@ -44,9 +49,42 @@ def _indented(text: str) -> str:
     return "\n".join("  " + line for line in text.split("\n"))
 
 
-def configure_logging(level: str) -> None:
+class JsonLineFormatter(logging.Formatter):
+    """A record as one JSON object on one line: time (UTC, ISO 8601), level, logger, message, and the traceback or
+    stack when there is one, each masked of secrets as OneLineFormatter masks its line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        secrets = log_secrets()
+        moment = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        entry: dict[str, str] = {
+            "time": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": scrub(record.getMessage(), secrets),
+        }
+        if record.exc_info:
+            entry["exception"] = scrub(self.formatException(record.exc_info), secrets)
+        if record.stack_info:
+            entry["stack"] = scrub(self.formatStack(record.stack_info), secrets)
+        return json.dumps(entry)  # ASCII: no raw control, bidi or line-separator character reaches the terminal
+
+
+def announce(text: str) -> None:
+    """A line the operator sees whatever the log level (the address a server listens on): as written, or as one
+    JSON record when the logs are JSON, so that a log shipper's stream stays all JSON."""
+    if any(isinstance(h.formatter, JsonLineFormatter) for h in logging.getLogger().handlers):
+        record = logging.makeLogRecord({"name": "skillorchestra", "levelname": "INFO", "msg": text})
+        text = JsonLineFormatter().format(record)
+    print(text, file=sys.stderr, flush=True)
+
+
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
+
+
+def configure_logging(level: str, log_format: LogFormat = "text") -> None:
     """The root logger writes one-line records to stderr (stdout is the stdio transport's channel)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLineFormatter(LOG_FORMAT))
+    handler.setFormatter(JsonLineFormatter() if log_format == "json" else OneLineFormatter(LOG_FORMAT))
     logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger().setLevel(level)  # also where a host (or pytest) configured logging first: basicConfig left it
