@@ -28,6 +28,7 @@ ORDER = (
     "eval_seeds",
     "llmrouter_ceiling",
     "calibration",
+    "memory",
 )
 INTRO = """# Benchmarks
 

@@ -43,7 +43,15 @@ class ArraysCache:
             if self._arrays is None or not self._numbers_unchanged(self._arrays_key, key):
                 self._arrays = self._derive()
             self._arrays_key, self._read_data_version = key, key[0]
+            self._forget_texts_only(key[1])
             return self._arrays
+
+    def _forget_texts_only(self, generation: int) -> None:
+        """Drop the noted generations up to `generation`: the arrays are current there, and every later check
+        starts after it (the set grew by one per edit of texts for the life of the process: memory QA). In place:
+        an edit may note a generation meanwhile (note_texts_only takes no lock)."""
+        if self._texts_only:
+            self._texts_only.difference_update([g for g in list(self._texts_only) if g <= generation])
 
     def note_texts_only(self, generation: int) -> None:
         """The store's `generation` came of an edit of texts alone: the arrays derived before it outlive it. Noted
