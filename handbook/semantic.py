@@ -39,6 +39,11 @@ MAX_UNKNOWN_SHARE = 0.5
 _FULL_WIDTH = {0xFF01 + i: 0x21 + i for i in range(94)} | {0x3000: 0x20}
 
 
+def _digest(text: str) -> bytes:
+    """A step text's key in the recent-step caches: 256 steps of up to 32,000 characters would hold 8 MB as keys."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
 class SqliteVectorCache:
     """The VectorCache protocol over the handbook file's `embeddings` table."""
 
@@ -88,6 +93,7 @@ class SemanticMatcher:
         self._scorers: dict[tuple[str | None, tuple[tuple[str, str], ...]], SemanticScorer] = {}
         self._by_state: dict[tuple[str | None, int, int], SemanticScorer] = {}
         self._step_vectors: OrderedDict[bytes, np.ndarray] = OrderedDict()  # text digest -> vector
+        self._unknown_shares: OrderedDict[bytes, float] = OrderedDict()  # text digest -> share of [UNK] pieces
         # while a background warm-up loads the model (4 s on a new file: the skill vectors are encoded too), steps
         # take the lexical matcher instead of waiting: a host's first route_step would otherwise stall
         self._warming = threading.Event()
@@ -136,8 +142,7 @@ class SemanticMatcher:
             return weights, f"lexical (semantic unavailable: {self._unavailable})"
         if not text.isascii():  # English steps pay nothing for this: the model knows every ASCII character
             text = text.translate(_FULL_WIDTH)
-            unknown_share = getattr(embedder, "unknown_share", None)  # a caller's own embedder may not say
-            if callable(unknown_share) and unknown_share(text) >= MAX_UNKNOWN_SHARE:
+            if self._mostly_unknown(embedder, text):
                 weights, _ = self.fallback.infer(text, mode, top_k)
                 return weights, "lexical (semantic model: most of the step's characters are unknown to it)"
         scorer = self._scorer(embedder, mode)
@@ -149,10 +154,27 @@ class SemanticMatcher:
         weights, _ = self.fallback.infer(text, mode, top_k)
         return weights, "lexical (no semantic match)"
 
+    def _mostly_unknown(self, embedder: Embedder, text: str) -> bool:
+        """Whether the model knows too little of the step to read it (MAX_UNKNOWN_SHARE). Kept per recent step as
+        its vector is: tokenizing 32,000 characters again took 12-28 ms of every consult and route (review)."""
+        unknown_share = getattr(embedder, "unknown_share", None)  # a caller's own embedder may not say
+        if not callable(unknown_share):
+            return False
+        key = _digest(text)
+        with self._lock:
+            share = self._unknown_shares.get(key)
+        if share is None:
+            share = float(unknown_share(text))
+            with self._lock:
+                self._unknown_shares[key] = share
+                while len(self._unknown_shares) > STEP_VECTORS_KEPT:
+                    self._unknown_shares.popitem(last=False)
+        return share >= MAX_UNKNOWN_SHARE
+
     def _step_vector(self, embedder: Embedder, text: str) -> np.ndarray:
         """The step's vector; a text seen recently is not encoded again (a vector depends on the text only).
         Kept by the text's digest: 256 steps of up to 32,000 characters would hold 8 MB of keys."""
-        key = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+        key = _digest(text)
         with self._lock:
             vector = self._step_vectors.get(key)
             if vector is not None:

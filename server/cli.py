@@ -22,7 +22,7 @@ from typing import NoReturn
 
 from skillorchestra.handbook.errors import HandbookError
 from skillorchestra.server.argtypes import db_arg, depth_arg, name_arg, path_arg, seed_arg
-from skillorchestra.server.log_format import LOG_FORMATS, LogFormat, configure_logging
+from skillorchestra.server.log_format import LOG_FORMATS, LogFormat, announce, configure_logging
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -323,9 +323,10 @@ def _configure_logging(level: str, log_format: LogFormat | None) -> None:
 
 
 def _env_log_format() -> LogFormat:
-    raw = os.environ.get("SKILLORCHESTRA_LOG_FORMAT", "").strip().lower()
-    if raw in ("", "text", "json"):
-        return "json" if raw == "json" else "text"
+    raw = os.environ.get("SKILLORCHESTRA_LOG_FORMAT", "")
+    given = raw.strip().lower()
+    if given in ("", "text", "json"):
+        return "json" if given == "json" else "text"
     raise UsageError(f"SKILLORCHESTRA_LOG_FORMAT={raw!r}: expected text or json")
 
 
@@ -361,10 +362,10 @@ def _dispatch(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentP
             sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]  # (stdio serve: its own)
         return int(args.handler(args) or 0)
     except UsageError as exc:
-        print(str(exc), file=sys.stderr)
+        announce(str(exc), "ERROR")
         return 2
     except HandbookError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        announce(f"error: {exc}", "ERROR")
         return 2
     except sqlite3.DatabaseError as exc:
         parsed = locals().get("args")
@@ -376,18 +377,18 @@ def _dispatch(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentP
 
         trouble = file_trouble(exc)  # a full disk, an I/O error, a read-only or damaged file: what to do
         if trouble is not None:
-            print(f"error: {where}{trouble}", file=sys.stderr)
+            announce(f"error: {where}{trouble}", "ERROR")
         elif isinstance(exc, sqlite3.OperationalError):  # e.g. "database is locked": the file is fine, the moment
             from skillorchestra.handbook.sqlite_file import busy_text  # is not
 
-            print(f"error: {busy_text(exc, db or _default_db()) or exc}", file=sys.stderr)
+            announce(f"error: {busy_text(exc, db or _default_db()) or exc}", "ERROR")
         else:  # e.g. --db names a file that is not SQLite
-            print(f"error: {where}not a usable handbook database ({exc})", file=sys.stderr)
+            announce(f"error: {where}not a usable handbook database ({exc})", "ERROR")
         return 2
     except BrokenPipeError:
         raise  # stdout's reader went away: _run exits quietly
     except (OSError, sqlite3.Error) as exc:  # a path that cannot be read, written or opened
-        print(f"error: {exc}", file=sys.stderr)
+        announce(f"error: {exc}", "ERROR")
         return 2
     except KeyboardInterrupt:
         return 130

@@ -436,8 +436,7 @@ class Delegator:
                 result = await self.caller(conn, text, messages, timeout, request.max_tokens)
             else:
                 async with anyio.create_task_group() as group:
-                    # never goes backwards
-                    group.start_soon(_tick, plan.progress, conn.id, plan.start, request.timeout_s)
+                    group.start_soon(_tick, plan.progress, conn.id, plan.start, request.timeout_s)  # never backwards
                     result = await self.caller(conn, text, messages, timeout, request.max_tokens)
                     group.cancel_scope.cancel()
             return _within_answer_cap(result, conn, request.max_tokens)

@@ -135,7 +135,7 @@ def _unauthorized(presented: bool) -> Response:
     is what a host's MCP client (the TypeScript SDK) shows: hosts that try OAuth discovery on a 401 had shown
     "Invalid OAuth error response: SyntaxError ..." around a plain-text body (interop QA)."""
     challenge = 'Bearer realm="skillorchestra"' + (', error="invalid_token"' if presented else "")
-    return JSONResponse(
+    return JSONResponse(  # the body's code is for OAuth-minded clients' parsers, which need one (the header has none)
         {"error": "invalid_token", "error_description": UNAUTHORIZED_TEXT},
         status_code=401,
         # closed after: a refused client's unread body must not hold the connection (server/http_deadline.py)

@@ -69,11 +69,12 @@ class JsonLineFormatter(logging.Formatter):
         return json.dumps(entry)  # ASCII: no raw control, bidi or line-separator character reaches the terminal
 
 
-def announce(text: str) -> None:
-    """A line the operator sees whatever the log level (the address a server listens on): as written, or as one
-    JSON record when the logs are JSON, so that a log shipper's stream stays all JSON."""
+def announce(text: str, level: str = "INFO") -> None:
+    """A line the operator sees whatever the log level (the address a server listens on, the error a command
+    stopped on): as written, or as one JSON record when the logs are JSON, so that a log shipper's stream stays all
+    JSON."""
     if any(isinstance(h.formatter, JsonLineFormatter) for h in logging.getLogger().handlers):
-        record = logging.makeLogRecord({"name": "skillorchestra", "levelname": "INFO", "msg": text})
+        record = logging.makeLogRecord({"name": "skillorchestra", "levelname": level, "msg": text})
         text = JsonLineFormatter().format(record)
     print(text, file=sys.stderr, flush=True)
 
@@ -86,5 +87,6 @@ def configure_logging(level: str, log_format: LogFormat = "text") -> None:
     """The root logger writes one-line records to stderr (stdout is the stdio transport's channel)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLineFormatter() if log_format == "json" else OneLineFormatter(LOG_FORMAT))
+    logging.captureWarnings(log_format == "json")  # a library's warning as a record too, not a bare stderr line
     logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger().setLevel(level)  # also where a host (or pytest) configured logging first: basicConfig left it

@@ -79,6 +79,21 @@ def test_serve_logs_json_from_the_flag_and_from_the_environment(tmp_path: Path) 
         assert entries[-1]["message"].startswith("skillorchestra: serving http at http://127.0.0.1:")
 
 
+def test_the_error_a_command_stops_on_is_a_json_record_too(tmp_path: Path) -> None:
+    """Review: `error: ...` lines (a bad --db, a busy file) had stayed plain text in a JSON stream."""
+    (tmp_path / "not.db").write_text("not a database")
+    failed = subprocess.run(
+        [SKILLORCHESTRA, "--log-format", "json", "handbook", "show", "--db", str(tmp_path / "not.db")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert failed.returncode == 2 and failed.stdout == ""
+    entry = json.loads(failed.stderr)
+    assert (entry["level"], entry["logger"]) == ("ERROR", "skillorchestra")
+    assert entry["message"].startswith(f"error: --db {tmp_path / 'not.db'}: not a usable handbook database")
+
+
 def test_text_stays_the_default_and_an_unknown_format_is_refused(tmp_path: Path) -> None:
     lines = _serve_until_announced(tmp_path)
     assert lines[-1].startswith("skillorchestra: serving http at http://127.0.0.1:")
@@ -87,9 +102,9 @@ def test_text_stays_the_default_and_an_unknown_format_is_refused(tmp_path: Path)
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "SKILLORCHESTRA_LOG_FORMAT": "xml"},
+        env={**os.environ, "SKILLORCHESTRA_LOG_FORMAT": "XML"},
     )
     assert refused.returncode == 2
-    assert refused.stderr.strip() == "SKILLORCHESTRA_LOG_FORMAT='xml': expected text or json"
+    assert refused.stderr.strip() == "SKILLORCHESTRA_LOG_FORMAT='XML': expected text or json"
     flag = subprocess.run([SKILLORCHESTRA, "--log-format", "xml", "handbook", "show"], capture_output=True, text=True)
     assert flag.returncode == 2 and "--log-format: invalid choice: 'xml'" in flag.stderr

@@ -70,6 +70,23 @@ def test_nfc_and_nfd_forms_of_a_step_give_the_same_terms() -> None:
     assert query_terms(unicodedata.normalize("NFD", step)) == query_terms(unicodedata.normalize("NFC", step))
 
 
+def test_every_combining_mark_continues_a_word() -> None:
+    """Review: a list of blocks missed 435 marks (Meetei Mayek, Sundanese, ...), whose words were cut apart."""
+    for text, word in (("ꯃꯤꯇꯩ ꯃꯌꯦꯛ", "ꯃꯌꯦꯛ"), ("ᮞᮥᮔ᮪ᮓ ᮘᮞ", "ᮞᮥᮔ᮪ᮓ"), ("нѣкоⷮторый", "нѣкоⷮторый")):
+        assert f'"{word}"' in query_terms(text), text
+
+
+def test_a_step_gives_at_most_twice_max_query_terms() -> None:
+    """Review: each word's compatibility form could re-split into many terms, past the cap the query relies on."""
+    crafted = " ".join(f"ｗ{i}½ｘ¼ｙ¾ｚ{i}" for i in range(3000))
+    assert len(query_terms(crafted)) <= 2 * MAX_QUERY_TERMS
+
+
+def test_a_cjk_run_is_kept_whole_beside_its_parts() -> None:
+    """FTS5 indexes "写一个Python函数" as one token: a handbook written in Chinese holds the run (review)."""
+    assert query_terms("写一个Python函数") == ['"写一个"', '"python"', '"函数"', '"写一个python函数"']
+
+
 _OLD_WORD = re.compile(r"[^\W_]+")
 
 
@@ -161,3 +178,27 @@ def test_full_width_latin_reads_as_its_ascii_form(example_store: HandbookStore) 
     """QA: the model's vocabulary has no full-width letters, so an IME's "ｐｙｔｈｏｎ" was [UNK]."""
     matcher = SemanticMatcher(example_store, load=lambda: (EMBEDDER, ""))
     assert matcher.infer("ｐｙｔｈｏｎ\u3000ｆｕｎｃｔｉｏｎ", None, 3) == matcher.infer("python function", None, 3)
+
+
+class _CountingEmbedder:
+    """The real model, counting how often a step's unknown share is worked out."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner, self.shares_computed = inner, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def unknown_share(self, text: str) -> float:
+        self.shares_computed += 1
+        return self.inner.unknown_share(text)  # type: ignore[attr-defined]
+
+
+@needs_weights
+def test_a_steps_unknown_share_is_worked_out_once(example_store: HandbookStore) -> None:
+    """consult then route on the same step: tokenizing a long step again took 12-28 ms of each call (review)."""
+    counting = _CountingEmbedder(EMBEDDER)
+    matcher = SemanticMatcher(example_store, load=lambda: (counting, ""))  # type: ignore[arg-type]
+    step = "Écris une fonction Python qui trie une liste " * 20
+    assert matcher.infer(step, None, 3) == matcher.infer(step, None, 3)
+    assert counting.shares_computed == 1

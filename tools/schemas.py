@@ -232,21 +232,33 @@ def lean_schema(schema: Any) -> Any:
     The `anyOf: [X, {"type": "null"}]` of an optional argument is kept as it is: `"type": [X, "null"]` is shorter,
     but Gemini's function declarations refuse a list of types (400 "Proto field is not repeating"), and dropping
     the null branch would stop admitting null, which the upserts take as "left out"."""
+    return _each_schema(schema, _lean)
+
+
+def _lean(node: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: value
+        for key, value in node.items()
+        if not ((key == "title" and isinstance(value, str)) or (key == "default" and value is None))
+    }
+
+
+def _each_schema(schema: Any, rewrite: Callable[[dict[str, Any]], dict[str, Any]]) -> Any:
+    """`rewrite` applied to every schema object within `schema`, innermost first; never to a map of names (the
+    keys of `properties`...) nor to data (a default, an enum...)."""
     if isinstance(schema, list):
-        return [lean_schema(item) for item in schema]
+        return [_each_schema(item, rewrite) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    lean: dict[str, Any] = {}
+    walked: dict[str, Any] = {}
     for key, value in schema.items():
-        if (key == "title" and isinstance(value, str)) or (key == "default" and value is None):
-            continue
         if key in _NAMED and isinstance(value, dict):
-            lean[key] = {name: lean_schema(item) for name, item in value.items()}
+            walked[key] = {name: _each_schema(item, rewrite) for name, item in value.items()}
         elif key in _DATA:
-            lean[key] = value
+            walked[key] = value
         else:
-            lean[key] = lean_schema(value)
-    return lean
+            walked[key] = _each_schema(value, rewrite)
+    return rewrite(walked)
 
 
 def portable_tuples(schema: Any) -> Any:
@@ -258,29 +270,21 @@ def portable_tuples(schema: Any) -> Any:
     most IDE hosts embed it) compiles every output schema with ajv's draft-07 class at tools/list: with the SDK's
     `strict: false` it ignores the keyword (ci90 went unchecked), and an ajv in strict mode refuses the schema,
     so the whole listing fails (.ci/ts-client). A tuple of mixed item types, or an open one, is left as it is."""
-    if isinstance(schema, list):
-        return [portable_tuples(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    portable: dict[str, Any] = {}
-    for key, value in schema.items():
-        if key in _NAMED and isinstance(value, dict):
-            portable[key] = {name: portable_tuples(item) for name, item in value.items()}
-        elif key in _DATA:
-            portable[key] = value
-        else:
-            portable[key] = portable_tuples(value)
-    prefix = portable.get("prefixItems")
+    return _each_schema(schema, _portable_tuple)
+
+
+def _portable_tuple(node: dict[str, Any]) -> dict[str, Any]:
+    prefix = node.get("prefixItems")
     if (
         isinstance(prefix, list)
         and prefix
         and all(item == prefix[0] for item in prefix)
-        and portable.get("minItems") == portable.get("maxItems") == len(prefix)
-        and portable.get("items", False) is False  # absent, or false: nothing beyond the prefix either way
+        and node.get("minItems") == node.get("maxItems") == len(prefix)
+        and node.get("items", False) is False  # absent, or false: nothing beyond the prefix either way
     ):
-        portable = {key: value for key, value in portable.items() if key not in ("prefixItems", "items")}
-        portable["items"] = prefix[0]
-    return portable
+        rest = {key: value for key, value in node.items() if key not in ("prefixItems", "items")}
+        return {**rest, "items": prefix[0]}
+    return node
 
 
 def self_contained_schemas(server: MCPServer) -> None:
