@@ -9,6 +9,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,59 @@ async def test_a_fallback_cancelled_before_its_decision_is_written_gives_its_tri
     assert cancelled == [True]
     assert not fake_openai.chat_requests("strong-model")
     assert breaker.state("strong") == "half_open" and breaker.would_allow("strong")
+
+
+class _HeldFallbacks(Handbook):
+    """The handbook, its fallback decisions written only once the test lets them: the write a cancellation meets."""
+
+    def __init__(self, store: HandbookStore) -> None:
+        super().__init__(store)
+        self.writing, self.go_on = threading.Event(), threading.Event()
+
+    def fallback_decision(self, *args: Any, **kwargs: Any) -> str:
+        self.writing.set()
+        self.go_on.wait(GUARD_S)
+        return super().fallback_decision(*args, **kwargs)
+
+
+async def test_a_fallback_cancelled_while_its_decision_is_written_closes_that_decision(
+    settings: ServerSettings, fake_openai: FakeOpenAI
+) -> None:
+    """The client gives up while strong's fallback decision is being written (in a worker thread): the write
+    finishes, its decision comes back, and the cancellation reaches the call in its wait for strong's slot, so the
+    decision, which nobody will call or report, is closed at once (it held the session's budget until it expired,
+    a review feared) and strong's trial is free again."""
+    store = HandbookStore(settings.db_path)
+    handbook = _HeldFallbacks(store)
+    breaker = half_open("strong")
+    delegator = Delegator(handbook, breaker=breaker)
+    fake_openai.behaviours["cheap-model"] = "FAIL500"
+    steps: list[anyio.CancelScope] = []
+    cancelled: list[bool] = []
+
+    async def step() -> None:
+        with anyio.CancelScope() as scope:
+            steps.append(scope)
+            await delegator.delegate(DelegateRequest(route=STEP, timeout_s=60))
+        cancelled.append(scope.cancelled_caught)
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(step)
+            with anyio.fail_after(GUARD_S):
+                await anyio.to_thread.run_sync(handbook.writing.wait)
+            steps[0].cancel()  # delivered once the write is done
+            handbook.go_on.set()
+    finally:
+        store.close()
+    assert cancelled == [True]
+    assert not fake_openai.chat_requests("strong-model")
+    assert breaker.would_allow("strong")
+    [(expires_at, call_error)] = db_rows(
+        settings.db_path, "SELECT expires_at, call_error_class FROM decisions WHERE role = 'fallback'"
+    )
+    assert call_error is None  # strong was never called: no call, not even a cancelled one, is on its decision
+    assert expires_at <= time.time()  # closed: it holds none of the session's budget
 
 
 async def test_a_progress_note_that_cannot_be_sent_does_not_cut_the_call(
