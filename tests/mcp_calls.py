@@ -34,6 +34,18 @@ def cheap_agent(api_base: str) -> str:
     return priced_agent("cheap", "cheap-model", api_base, 0.2, 0.4)
 
 
+def grader_agent(api_base: str) -> str:
+    """The fake OpenAI server's judge-model as agent `grader` ($1/$2 per Mtok), for an agents.toml's [judge]."""
+    return f"""
+[agents.grader]
+model = "openai/judge-model"
+api_base = "{api_base}"
+input_per_mtok = 1.0
+output_per_mtok = 2.0
+modes = ["answer"]
+"""
+
+
 def priced_pair(api_base: str) -> str:
     """Two priced agents of the fake OpenAI server: a dear strong one and a cheap one."""
     return priced_agent("strong", "strong-model", api_base, 10.0, 30.0) + cheap_agent(api_base)

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import pytest
 from fake_openai import FakeOpenAI
-from mcp_calls import cheap_agent, db_rows, loaded, priced_pair, until_called
+from mcp_calls import cheap_agent, db_rows, grader_agent, loaded, priced_pair, until_called
 
 from skillorchestra.handbook.errors import FileReplaced
 from skillorchestra.handbook.service import DelegateRequest, Handbook, RouteRequest
@@ -57,6 +57,16 @@ def half_open(agent_id: str) -> CircuitBreaker:
     clock[0] += COOL_DOWN_S
     assert breaker.state(agent_id) == "half_open" and breaker.would_allow(agent_id)
     return breaker
+
+
+async def _delegate_until_cancelled(
+    delegator: Delegator, steps: list[anyio.CancelScope], cancelled: list[bool]
+) -> None:
+    """The step delegated in a scope the test cancels (`steps`), noting whether the cancellation ended it."""
+    with anyio.CancelScope() as scope:
+        steps.append(scope)
+        await delegator.delegate(DelegateRequest(route=STEP, timeout_s=60))
+    cancelled.append(scope.cancelled_caught)
 
 
 async def test_a_fallback_whose_decision_the_busy_file_refused_gives_its_trial_back(
@@ -113,16 +123,10 @@ async def test_a_fallback_cancelled_before_its_decision_is_written_gives_its_tri
 
     cancelled: list[bool] = []
 
-    async def step() -> None:
-        with anyio.CancelScope() as scope:
-            steps.append(scope)
-            await delegator.delegate(DelegateRequest(route=STEP, timeout_s=60))
-        cancelled.append(scope.cancelled_caught)
-
     steps: list[anyio.CancelScope] = []
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(step)
+            group.start_soon(_delegate_until_cancelled, delegator, steps, cancelled)
             await until_called(fake_openai, "cheap-model")
             holder.execute("BEGIN IMMEDIATE")
             store.db.conn.set_trace_callback(trace)
@@ -167,15 +171,9 @@ async def test_a_fallback_cancelled_while_its_decision_is_written_closes_that_de
     steps: list[anyio.CancelScope] = []
     cancelled: list[bool] = []
 
-    async def step() -> None:
-        with anyio.CancelScope() as scope:
-            steps.append(scope)
-            await delegator.delegate(DelegateRequest(route=STEP, timeout_s=60))
-        cancelled.append(scope.cancelled_caught)
-
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(step)
+            group.start_soon(_delegate_until_cancelled, delegator, steps, cancelled)
             with anyio.fail_after(GUARD_S):
                 await anyio.to_thread.run_sync(handbook.writing.wait)
             steps[0].cancel()  # delivered once the write is done
@@ -239,20 +237,7 @@ async def test_a_progress_note_that_cannot_be_sent_does_not_cut_the_call(
 
 def judged_agents(api_base: str) -> str:
     """cheap answers; grader (the fake server's judge-model) grades."""
-    return (
-        cheap_agent(api_base)
-        + f"""
-[agents.grader]
-model = "openai/judge-model"
-api_base = "{api_base}"
-input_per_mtok = 1.0
-output_per_mtok = 2.0
-modes = ["answer"]
-
-[judge]
-agent = "grader"
-"""
-    )
+    return cheap_agent(api_base) + grader_agent(api_base) + '\n[judge]\nagent = "grader"\n'
 
 
 async def test_a_judge_whose_decision_the_replaced_file_refused_gives_its_trial_back(

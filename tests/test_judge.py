@@ -12,7 +12,7 @@ import pytest
 from fake_openai import FakeOpenAI, RecordedRequest
 from log_capture import formatted_log
 from mcp import Client
-from mcp_calls import cheap_agent, db_rows, give_up_once_called, until_called
+from mcp_calls import cheap_agent, db_rows, give_up_once_called, grader_agent, until_called
 
 from skillorchestra.handbook.errors import InvalidInput
 from skillorchestra.handbook.reply_text import unfenced
@@ -26,14 +26,7 @@ STEP = "name a prime number"
 
 
 def agents_toml(api_base: str, judge: str = "") -> str:
-    return f"""{cheap_agent(api_base)}
-[agents.grader]
-model = "openai/judge-model"
-api_base = "{api_base}"
-input_per_mtok = 1.0
-output_per_mtok = 2.0
-modes = ["answer"]
-
+    return f"""{cheap_agent(api_base)}{grader_agent(api_base)}
 [agents.search]
 kind = "mcp"
 url = "http://127.0.0.1:9/mcp"
