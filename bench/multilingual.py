@@ -5,19 +5,26 @@ letters, emoji only, zero-width characters, RTL text).
 
 Per language it prints how many steps got the English original's top skill ("as English"), a skill of the same
 category ("partly") or nothing / another category ("not at all"), and then one line per odd input with the
-skills_source route_step reports. Run: OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/multilingual.py [-v]
+skills_source route_step reports. Then handbooks written in Chinese and in Japanese (ten skills each, one step
+demanding each skill): how many steps get their skill, and the lexical matcher's time per step for a 200-character
+and a 32,000-character (TEXT_MAX) Chinese step against those ten skills and against 200.
+Run: OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/multilingual.py [-v]
 """
 
 from __future__ import annotations
 
+import random
+import statistics
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from skillorchestra.handbook.example import example_document
 from skillorchestra.handbook.inference import HandbookMatcher
 from skillorchestra.handbook.matcher import LexicalMatcher
-from skillorchestra.handbook.models import Skill
+from skillorchestra.handbook.models import TEXT_MAX, Skill
 from skillorchestra.handbook.request_types import RouteRequest
 from skillorchestra.handbook.semantic import SemanticMatcher
 from skillorchestra.handbook.service import Handbook
@@ -194,6 +201,125 @@ NATIVE: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
 }
 
 
+# handbooks written in Chinese or Japanese, hand-written: (skill id, description, indicators, a step demanding it)
+CJK_BOOKS: dict[str, list[tuple[str, str, list[str], str]]] = {
+    "zh": [
+        (
+            "code.python_functions",
+            "编写Python函数：处理列表、字典和字符串，返回结果",
+            ["写一个函数", "代码实现"],
+            "请写一个函数，把列表中的字符串按长度从短到长排序。",
+        ),
+        (
+            "math.word_problems",
+            "解答需要多步计算的数学应用题",
+            ["一共有多少", "每天", "还剩多少"],
+            "商店每天卖出30个苹果，一周一共卖出多少个苹果？",
+        ),
+        (
+            "math.equations",
+            "解方程和方程组，求未知数的值",
+            ["求解x", "一元二次方程"],
+            "求解方程组：2x + y = 7，x - y = 2。",
+        ),
+        (
+            "translation.en_zh",
+            "把英文翻译成中文，保持原文的语气",
+            ["翻译成中文", "英译中"],
+            "请把这段英文翻译成中文：The weather is nice today.",
+        ),
+        (
+            "writing.summary",
+            "为长篇文章写简短的摘要，概括要点",
+            ["总结", "概括"],
+            "请用三句话概括下面这篇文章的主要内容。",
+        ),
+        ("writing.poetry", "创作诗歌，包括古诗、绝句和现代诗", ["写一首诗", "押韵"], "以春天为题写一首七言绝句。"),
+        (
+            "knowledge.history",
+            "回答关于中国和世界历史的问题，例如朝代、战争和人物",
+            ["哪一年", "哪个朝代"],
+            "唐朝是哪一年建立的？开国皇帝是谁？",
+        ),
+        (
+            "knowledge.geography",
+            "回答地理问题：国家、首都、河流和山脉",
+            ["首都是", "最长的河流"],
+            "世界上最长的河流是哪一条？它流经哪些国家？",
+        ),
+        (
+            "reasoning.logic_puzzles",
+            "解逻辑谜题和推理题，根据线索推出答案",
+            ["谁说了真话", "根据线索"],
+            "甲、乙、丙三人中只有一人说了真话，请根据线索推理出谁是小偷。",
+        ),
+        (
+            "data.sql_queries",
+            "编写SQL查询语句，从数据库表中筛选和统计数据",
+            ["查询", "数据库"],
+            "写一条查询语句，统计订单表中每个客户的订单数量。",
+        ),
+    ],
+    "ja": [
+        (
+            "code.python_functions",
+            "Pythonの関数を書く：リストや文字列を処理する",
+            ["関数を書いて", "コードを実装"],
+            "リストの中の重複を取り除く関数を書いてください。",
+        ),
+        (
+            "math.word_problems",
+            "複数の計算が必要な算数の文章題を解く",
+            ["全部で何個", "合計"],
+            "りんごを1日に3個ずつ食べると、1週間で全部で何個食べますか？",
+        ),
+        (
+            "math.equations",
+            "方程式や連立方程式を解き、未知数の値を求める",
+            ["xを求めよ", "二次方程式"],
+            "連立方程式 x + y = 10, x - y = 4 を解いてください。",
+        ),
+        (
+            "translation.en_ja",
+            "英語の文章を自然な日本語に翻訳する",
+            ["日本語に訳して", "和訳"],
+            "次の英文を日本語に訳してください：I like reading books.",
+        ),
+        (
+            "writing.summary",
+            "長い文章の要点をまとめて短い要約を書く",
+            ["要約して", "まとめて"],
+            "この記事を三行で要約してください。",
+        ),
+        ("writing.haiku", "俳句や短歌などの詩を作る", ["五七五", "季語"], "秋の季語を使って俳句を一句詠んでください。"),
+        (
+            "knowledge.history",
+            "日本史や世界史の出来事、人物、年代についての質問に答える",
+            ["何年", "時代"],
+            "江戸幕府を開いたのは誰で、何年のことですか？",
+        ),
+        (
+            "knowledge.geography",
+            "国、首都、川、山など地理についての質問に答える",
+            ["首都はどこ", "一番高い山"],
+            "オーストラリアの首都はどこですか？",
+        ),
+        (
+            "reasoning.logic_puzzles",
+            "手がかりから答えを推理する論理パズルを解く",
+            ["推理して", "嘘をついている"],
+            "三人のうち一人だけが嘘をついています。手がかりから犯人を推理してください。",
+        ),
+        (
+            "data.sql_queries",
+            "データベースのテーブルからデータを抽出・集計するSQLクエリを書く",
+            ["クエリ", "テーブル"],
+            "注文テーブルから顧客ごとの注文数を集計するクエリを書いてください。",
+        ),
+    ],
+}
+
+
 def category(skill: str | None) -> str | None:
     return None if skill is None else skill.split(".")[0]
 
@@ -256,7 +382,76 @@ def main() -> None:
                     f"  {shown}"
                 )
             native.close()
+        cjk_books(Path(tmp), verbose)
         store.close()
+
+
+def cjk_books(tmp: Path, verbose: bool) -> None:
+    """Each CJK_BOOKS handbook: steps that got their own skill, per matcher; then the lexical time per step."""
+    print("\nhandbooks written in Chinese / Japanese (steps whose top skill is the one they demand)")
+    for lang, rows in CJK_BOOKS.items():
+        native = HandbookStore(tmp / f"cjk-{lang}.db")
+        native_book = Handbook(native)
+        for skill_id, description, indicators, _ in rows:
+            native_book.upsert_skill(Skill(id=skill_id, mode="answer", description=description, indicators=indicators))
+        for name, matcher in (("lexical", LexicalMatcher(native)), ("semantic", SemanticMatcher(native))):
+            found = [(skill_id, step, *matcher.infer(step, None, 3)) for skill_id, _, _, step in rows]
+            hits = sum(bool(w) and w[0][0] == skill_id for skill_id, _, w, _ in found)
+            sources = sorted({src.split(" (")[0] for _, _, _, src in found})
+            print(f"  {lang} {name:<9} {hits}/{len(rows)}  sources: {', '.join(sources)}")
+            for skill_id, step, w, _ in found:
+                if verbose and not (w and w[0][0] == skill_id):
+                    print(f"    {step[:30]!r} wants {skill_id}, got {[(s, round(v, 2)) for s, v in w]}")
+        native.close()
+    print(
+        "\nlexical matcher, median ms per Chinese step: the whole match, and its bigram part (cjk.score);"
+        "\n'steps' = the ten steps above repeated, 'random' = seeded random ideographs of them (~20,000 distinct"
+        " bigrams at 32,000)"
+    )
+    steps = "".join(step for *_, step in CJK_BOOKS["zh"])
+    ideographs = sorted({c for *_, step in CJK_BOOKS["zh"] for c in step if "\u4e00" <= c <= "\u9fff"})
+    rng = random.Random(0)
+    shuffled = "".join(rng.choice(ideographs) for _ in range(TEXT_MAX))
+    for n_skills in (10, 200):
+        big = HandbookStore(tmp / f"cjk-time-{n_skills}.db")
+        big_book = Handbook(big)
+        for i in range(n_skills):
+            skill_id, description, indicators, _ = CJK_BOOKS["zh"][i % 10]
+            other = CJK_BOOKS["zh"][(i * 7 + 3) % 10][1]  # another skill's words: distinct texts per skill
+            big_book.upsert_skill(
+                Skill(
+                    id=f"{skill_id}_{i}",
+                    mode="answer",
+                    description=f"{description}；{other[: 5 + i % 9]}",
+                    indicators=indicators,
+                )
+            )
+        matcher = LexicalMatcher(big)
+        started = time.perf_counter()
+        matcher.match(steps[:200], None, 3)
+        first = (time.perf_counter() - started) * 1000
+        bigram_part = getattr(getattr(matcher, "cjk", None), "score", None)  # None: a tree without it
+        for kind, source in (("steps", steps * (TEXT_MAX // len(steps) + 1)), ("random", shuffled)):
+            for length in (200, TEXT_MAX):
+                text = source[:length]
+                whole = median_ms(lambda text=text, match=matcher.match: match(text, None, 3))
+                part = (
+                    f"{median_ms(lambda text=text, score=bigram_part: score(text, None)):7.3f}"
+                    if bigram_part
+                    else "    -"
+                )
+                print(f"  {n_skills:>3} skills, {kind:<6} {length:>6} characters: {whole:7.3f} ms, bigrams {part} ms")
+        print(f"  {n_skills:>3} skills, first step (index built): {first:.2f} ms")
+        big.close()
+
+
+def median_ms(work: Callable[[], object], runs: int = 21) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        work()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 No API key, no network: the step's words are matched (porter-stemmed) against each skill's id, description,
 indicators and examples. Scores become weights in proportion, keeping only matches within a fraction of the
-best one, so a step that clearly names one skill is not diluted by incidental word overlaps.
+best one, so a step that clearly names one skill is not diluted by incidental word overlaps. A step in Chinese or
+Japanese is also read by character bigrams (handbook/cjk_matcher.py), added to FTS5's scores: FTS5 keeps an unspaced
+CJK run as one token, which a skill matches only by holding the very same run.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import re
 import sys
 import unicodedata
 
+from skillorchestra.handbook.cjk_matcher import CJK_RUN, INVISIBLE, CjkSkillIndex, has_cjk
 from skillorchestra.handbook.store import HandbookStore
 
 _WORD = re.compile(r"[^\W_]+")  # letters and digits of any script
@@ -24,12 +27,9 @@ MAX_QUERY_TERMS = 64
 KEEP_RATIO = 0.35  # a match scoring below this share of the best one is treated as incidental
 
 
-# invisible characters with no meaning inside a word (soft hyphen, zero-width space, word joiner, BOM): pasted
-# text carries them mid-word, and both this split and FTS5's tokenizer would cut the word there
-_INVISIBLE = "\u00ad\u200b\u2060\ufeff"
-# Han ideographs, kana and half-width kana: Chinese and Japanese write no spaces, so a run of them is one FTS5 token
-# (unicode61); split from Latin letters and digits, "写一个Python函数" still finds the skills that name Python
-_CJK = re.compile(r"([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f]+)")
+# a run of ideographs and kana, one FTS5 token (unicode61: Chinese and Japanese write no spaces): split from Latin
+# letters and digits, "写一个Python函数" still finds the skills that name Python (captured: split keeps the parts)
+_CJK = re.compile(f"({CJK_RUN.pattern})")
 
 
 def query_terms(text: str) -> list[str]:
@@ -41,7 +41,7 @@ def query_terms(text: str) -> list[str]:
     if text.isascii():  # English steps: as before, and fast
         words = _WORD.findall(text.lower())
         return [f'"{w}"' for w in list(dict.fromkeys(w for w in words if _content(w)))[:MAX_QUERY_TERMS]]
-    for invisible in _INVISIBLE:  # str.replace when present: translate() took 5 ms on 31,000 characters
+    for invisible in INVISIBLE:  # str.replace when present: translate() took 5 ms on 31,000 characters
         if invisible in text:
             text = text.replace(invisible, "")
     words = _words(unicodedata.normalize("NFC", text).lower())
@@ -99,6 +99,7 @@ class LexicalMatcher:
 
     def __init__(self, store: HandbookStore) -> None:
         self.store = store
+        self.cjk = CjkSkillIndex(store)  # built on the first Chinese or Japanese step, per set of skill texts
 
     def infer(self, text: str, mode: str | None, top_k: int) -> tuple[list[tuple[str, float]], str]:
         return self.match(text, mode, top_k), self.name
@@ -108,11 +109,27 @@ class LexicalMatcher:
         return self.name
 
     def match(self, text: str, mode: str | None, top_k: int) -> list[tuple[str, float]]:
+        if top_k > 0 and has_cjk(text):
+            return self._match_cjk(text, mode, top_k)
         terms = query_terms(text)
         if not terms or top_k <= 0:
             return []
         scored = self.store.search_skills(" OR ".join(terms), mode, max(top_k * 3, top_k))
         return scores_to_weights(scored, top_k)
+
+    def _match_cjk(self, text: str, mode: str | None, top_k: int) -> list[tuple[str, float]]:
+        """FTS5's BM25 (the step's Latin words and whole CJK runs) plus the bigram BM25 of its CJK runs: both sums
+        of idf-weighted terms, so they add (a skill holding a whole run of the step gains twice: strong evidence).
+        No bigram shared with any skill: exactly FTS5's answer, as before."""
+        terms = query_terms(text)
+        scored = self.store.search_skills(" OR ".join(terms), mode, max(top_k * 3, top_k)) if terms else []
+        bigrams = self.cjk.score(text, mode)
+        if not bigrams:
+            return scores_to_weights(scored, top_k)
+        merged = dict(bigrams)
+        for skill, score in scored:
+            merged[skill] = merged.get(skill, 0.0) + max(score, 0.0)
+        return scores_to_weights(list(merged.items()), top_k)
 
 
 def scores_to_weights(scored: list[tuple[str, float]], top_k: int) -> list[tuple[str, float]]:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from skillorchestra.handbook.cjk_matcher import has_cjk
 from skillorchestra.handbook.embedding import (
     Embedder,
     SemanticScorer,
@@ -145,6 +146,10 @@ class SemanticMatcher:
             if self._mostly_unknown(embedder, text):
                 weights, _ = self.fallback.infer(text, mode, top_k)
                 return weights, "lexical (semantic model: most of the step's characters are unknown to it)"
+            if has_cjk(text):  # the English model guesses at kana (Japanese steps: 6 of 10 against 10 by bigrams)
+                weights, _ = self.fallback.infer(text, mode, top_k)
+                if weights:
+                    return weights, "lexical (a Chinese or Japanese step, read by its characters)"
         scorer = self._scorer(embedder, mode)
         weights = []
         if top_k > 0 and scorer.skill_ids:  # no skill in this mode: nothing to compare the step with
