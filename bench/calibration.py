@@ -13,9 +13,12 @@ agent a candidate) and each agent's quality, ci90 and n are read off the decisio
   ("expected"), the coverage of the interval widened by the rate's standard error, and the spread of
   z = (observed - quality) / sqrt(sd^2 + se^2) (1.0 when honest; above 1 the figures are overconfident).
 - --small N,...: the same on handbooks learned from N random train tasks (the method's "tens of tasks" regime).
+- The widening of ci90 the learner measured on its validation split (models.CiInflation, route_step's
+  ci_widened_by): every coverage line is printed for the intervals as served (widened) and as the posteriors state
+  them ("unwidened"), and a `z spread` line sums both up with the factor.
 - --thompson-seeds S: Thompson's reported propensity against the frequency with which S seeds choose each agent.
 
-    python bench/calibration.py [--data ../shared/data] [--seed 0] [--only llmrouter,mmlu,gsm8k] [--small 100,400]
+    python bench/calibration.py [--data ../shared/data] [--seed 0] [--only llmrouter,mmlu,gsm8k] [--small 100,200]
                                 [--thompson-seeds 2000]
 
 A script, not a test: 90 s wall on 2 cores with --small 100,400 --thompson-seeds 1000 (MMLU's 7,000 test
@@ -153,6 +156,41 @@ def coverage_line(label: str, cs: list[dict[str, float]]) -> str:
     )
 
 
+def z_spread(s: Served, y: np.ndarray, min_cell: int) -> tuple[float, float, int]:
+    """The spread and mean of the cells' z (coverage_line's), and how many cells."""
+    cs = cells(s, y, min_cell)
+    z = np.array([(c["rate"] - c["q"]) / math.hypot(c["half"] / Z90, c["se"]) for c in cs])
+    return (float(z.std()), float(z.mean()), len(cs)) if cs else (float("nan"), float("nan"), 0)
+
+
+def widening(
+    document: HandbookDocument,
+    labeller: object,
+    tasks: Sequence[TraceTask],
+    agents: list[str],
+    lam: float,
+    y: np.ndarray,
+    min_cell: int,
+    served_as_is: Served,
+) -> None:
+    """The same handbook served without its learned ci90 widening: its coverage, and the z spread of both."""
+    factor = document.ci_inflation.factor if document.ci_inflation is not None else 1.0
+    plain = (
+        served(document.model_copy(update={"ci_inflation": None}), labeller, tasks, agents, lam)
+        if document.ci_inflation is not None
+        else served_as_is
+    )
+    if not np.array_equal(plain.quality, served_as_is.quality, equal_nan=True):
+        raise AssertionError("the widening moved quality")  # it must only move the interval
+    cs = cells(plain, y, min_cell)
+    print(coverage_line("unwidened", cs))
+    before, after = z_spread(plain, y, min_cell), z_spread(served_as_is, y, min_cell)
+    print(
+        f"  z spread  learned factor x{factor:.2f}: unwidened {before[0]:.2f} (mean {before[1]:+.2f}) -> served "
+        f"{after[0]:.2f} (mean {after[1]:+.2f}) over {after[2]} cells"
+    )
+
+
 def report(name: str, s: Served, y: np.ndarray, baselines: dict[str, np.ndarray], min_cell: int) -> None:
     for label, p in {"handbook": s.quality, **baselines}.items():
         r = reliability(p.ravel(), y.ravel())
@@ -222,19 +260,16 @@ def run(name: str, folder: Path, args: argparse.Namespace) -> None:
         f"{lam:.4f}, {len(learned.document.skills)} skills\n"
     )
     report(name, s, y, baselines, args.min_cell)
+    widening(learned.document, learned.labeller, table.tasks, data.agents, lam, y, args.min_cell, s)
     for size in args.small:
         subset = list(train)
         random.Random(args.seed).shuffle(subset)
         small = default_learn(subset[:size], prices, lam, args.seed)
         rates, _ = d.raw_matrices(subset[:size], data.agents, prices)
         print(f"\n  learned from {size} train tasks ({len(small.document.skills)} skills):")
-        report(
-            name,
-            served(small.document, small.labeller, table.tasks, data.agents, lam),
-            y,
-            {"train rate": np.tile(np.nanmean(rates, axis=0), (len(table.tasks), 1))},
-            args.min_cell,
-        )
+        as_is = served(small.document, small.labeller, table.tasks, data.agents, lam)
+        report(name, as_is, y, {"train rate": np.tile(np.nanmean(rates, axis=0), (len(table.tasks), 1))}, args.min_cell)
+        widening(small.document, small.labeller, table.tasks, data.agents, lam, y, args.min_cell, as_is)
     if args.thompson_seeds:
         print()
         thompson(name, learned.document, learned.labeller, table.tasks, lam, args.thompson_seeds)
@@ -248,7 +283,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default=",".join(DATASETS))
     parser.add_argument("--min-cell", type=int, default=20, help="test tasks per (agent, skill) cell")
-    parser.add_argument("--small", type=lambda v: [int(x) for x in v.split(",") if x], default=[100, 400])
+    parser.add_argument("--small", type=lambda v: [int(x) for x in v.split(",") if x], default=[100, 200])
     parser.add_argument("--thompson-seeds", type=int, default=1000)
     args = parser.parse_args()
     print(f"# calibration of route_step's figures, seed {args.seed}\n{machine_line()}\n")

@@ -17,7 +17,17 @@ from functools import cached_property
 
 import numpy as np
 
-from skillorchestra.handbook.models import Agent, Competence, CostStats, HandbookDocument, LengthEffect, Mode, Skill
+from skillorchestra.handbook.ci_scale import ci_scales
+from skillorchestra.handbook.models import (
+    Agent,
+    CiInflation,
+    Competence,
+    CostStats,
+    HandbookDocument,
+    LengthEffect,
+    Mode,
+    Skill,
+)
 from skillorchestra.handbook.posterior import beta_mean_var
 from skillorchestra.handbook.router import RouteInputs
 
@@ -177,6 +187,13 @@ class HandbookArrays:
     agent_index: dict[str, int] = field(default_factory=dict)
     skill_index: dict[str, int] = field(default_factory=dict)
     mode_index: dict[str, int] = field(default_factory=dict)
+    # the learned widening of ci90 (handbook/ci_scale.py); never read by quality or any routing choice
+    ci_inflation: CiInflation | None = None
+
+    @cached_property
+    def ci_scale(self) -> np.ndarray:
+        """(A,) each agent's ci90 half-width multiplier (1.0 without a learned inflation)."""
+        return ci_scales(self.ci_inflation, self.agent_ids, self.evidence[:, self.root_column])
 
     def column_of_skill(self, skill_id: str) -> int:
         return self.skill_index[skill_id]
@@ -209,6 +226,7 @@ class HandbookArrays:
             c_ref=c_ref,
             eligible=eligible,
             shift=shift,
+            ci_scale=self.ci_scale if self.ci_inflation is not None else None,
         )
 
     @property
@@ -321,7 +339,9 @@ class Patch:
         base = self.base
         sums = base.sums.with_rows(self.raw, base.structure, np.array(sorted(self.rows), dtype=np.int64))
         length = (base.length_slope, base.length_range)
-        return _derive(base.agents, base.skills, base.mode_ids, base.structure, self.raw, base.kappa, length, sums)
+        derived = _derive(base.agents, base.skills, base.mode_ids, base.structure, self.raw, base.kappa, length, sums)
+        derived.ci_inflation = base.ci_inflation  # its scales follow the new evidence (ci_scale is derived anew)
+        return derived
 
 
 def serves(agent_modes: Collection[str], mode: str | None) -> bool:
@@ -375,6 +395,7 @@ def build_arrays(
     costs: Sequence[CostStats],
     kappa: float = DEFAULT_KAPPA,
     length_effect: LengthEffect | None = None,
+    ci_inflation: CiInflation | None = None,
 ) -> HandbookArrays:
     ordered = _topological(skills)
     mode_ids = sorted({m.id for m in modes} | {s.mode for s in ordered} | {m for a in agents for m in a.modes})
@@ -397,7 +418,9 @@ def build_arrays(
         if i is not None and j is not None and cost.n > 0:
             raw.set_cost((i, j), cost)
     length = _length_fields([a.id for a in agent_list], length_effect)
-    return _derive(agent_list, ordered, mode_ids, structure, raw, kappa, length)
+    arrays = _derive(agent_list, ordered, mode_ids, structure, raw, kappa, length)
+    arrays.ci_inflation = ci_inflation
+    return arrays
 
 
 def document_arrays(document: HandbookDocument, kappa: float = DEFAULT_KAPPA) -> HandbookArrays:
@@ -410,6 +433,7 @@ def document_arrays(document: HandbookDocument, kappa: float = DEFAULT_KAPPA) ->
         document.cost,
         kappa=kappa,
         length_effect=document.length_effect,
+        ci_inflation=document.ci_inflation,
     )
 
 

@@ -93,6 +93,7 @@ class ArraysCache:
                 costs,  # type: ignore[arg-type]  # the fields of CostStats
                 kappa=self.kappa,
                 length_effect=self.store.length_effect(),
+                ci_inflation=self.store.ci_inflation(),
             )
 
     def _competence_now(self, agent_id: str, skill_ids: list[str], derive: bool = False) -> list[float | None]:

@@ -62,7 +62,7 @@ class ConsultMixin(HandbookBase):
         step_modes = arrays.step_modes(mode, routed.items())  # route_step's: `unavailable` reads as its exclusions
         tokens = np.repeat(costing.prompt_tokens([text]), len(cols))
         per_skill_cost = costing.expected_costs(arrays, tokens, cols[:, None], np.ones((len(cols), 1)))
-        lo, hi = normal_ci90(arrays.mean, arrays.var)
+        lo, hi = normal_ci90(arrays.mean, arrays.var * arrays.ci_scale[:, None] ** 2)  # route_step's widening
         shift = step_shift(arrays, text)
         rows: list[AgentSkillStat] = []
         not_shown = 0

@@ -88,6 +88,7 @@ class RouteMixin(HandbookBase):
                     utility=float(scores.utility[i]),
                     quality=float(scores.quality[i]),
                     ci90=(float(scores.ci_low[i]), float(scores.ci_high[i])),
+                    ci_widened_by=float(arrays.ci_scale[i]),
                     n=float(arrays.evidence[i, cols] @ weights),
                     expected_cost_usd=float(cost[i]) if known[i] else None,
                     contributions={label: float(v) for label, v in zip(labels, scores.contributions[i], strict=True)},

@@ -43,6 +43,7 @@ MAX_DELEGATE_S = 600.0  # delegate's largest time budget (fallbacks and the judg
 CLAIM_IN_FLIGHT_S = MAX_DELEGATE_S + 300.0
 MAX_LENGTH_SLOPE = 1.0  # a success rate cannot move by more than 1 per unit of ln(characters)
 MAX_LN_CHARS = 20.0  # ln of far more characters than any step holds
+MAX_CI_INFLATION = 10.0  # a learned widening of ci90 beyond this says the handbook knows nothing: 10x is plenty
 
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX, strip_whitespace=True)]
 UNADDRESSABLE_IDS = (".", "..")  # a resource URI (handbook://agents/{id}) cannot name them: dot path segments
@@ -280,6 +281,33 @@ class LengthEffect(_Model):
         return value
 
 
+class CiInflation(_Model):
+    """How much wider route_step's and consult_handbook's ci90 must be than the posteriors say, learned on the
+    validation split (handbook/learning/ci_inflation.py; applied by handbook/ci_scale.py). A young handbook's
+    skills were shaped by the same outcomes that are then counted in them, so its posteriors read surer than
+    they are; `factor` is the spread of the validation misses in units of the stated sd (>= 1: never narrower).
+    It fades as outcomes recorded after learning outnumber `evidence` (what each agent had at learning time).
+    Quality, and so every routing choice, never reads it."""
+
+    factor: float = Field(ge=1.0, le=MAX_CI_INFLATION, description="ci90 half-width multiplier at learning time")
+    evidence: dict[Identifier, float] = Field(
+        default_factory=dict,
+        description="agent_id -> observations behind the agent when learned (the factor fades beyond them)",
+    )
+
+    @field_validator("evidence")
+    @classmethod
+    def _counts(cls, value: dict[str, float]) -> dict[str, float]:
+        for agent_id, n in value.items():
+            if not 0.0 <= n <= MAX_EVIDENCE:
+                raise PydanticCustomError(
+                    "evidence_range",
+                    "evidence[{agent}] = {n} (expected a number in [0, {limit}])",
+                    {"agent": agent_id, "n": n, "limit": MAX_EVIDENCE},
+                )
+        return value
+
+
 class HandbookDocument(_Model):
     """The whole handbook as one JSON object: the transferable artifact of export and import."""
 
@@ -303,6 +331,11 @@ class HandbookDocument(_Model):
         default=None,
         description="how success moves with the step's length per agent (learned; absent = not at all)",
         exclude_if=lambda value: value is None,  # a handbook without one exports as before and older readers take it
+    )
+    ci_inflation: CiInflation | None = Field(
+        default=None,
+        description="how much wider ci90 is than the posteriors say (learned on validation; absent = not wider)",
+        exclude_if=lambda value: value is None,  # as length_effect: without one, exported as before
     )
 
     @field_validator("schema_version")

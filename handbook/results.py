@@ -98,7 +98,13 @@ class Candidate(BaseModel):
     ci90: tuple[Figure, Figure] = Field(
         description="approximate 90% interval: quality -+ 1.645 * sum_s w_s * posterior sd (the skills' uncertainty "
         "taken as shared, never narrower than theirs; a conservative bound, as thompson draws each skill apart), "
-        "clipped to [0, 1]"
+        "clipped to [0, 1]; that sd times ci_widened_by"
+    )
+    ci_widened_by: Figure = Field(
+        default=1.0,
+        description="how much wider ci90 is than the posteriors say (1 = not): a young learned handbook's skills "
+        "were shaped by the outcomes they count, so the learner measured its misses on held-out tasks; it fades "
+        "as recorded outcomes outnumber the learning data. quality and the choice never read it",
     )
     n: Figure = Field(description="outcomes behind quality, weighted as the step's skills are (aged when forgetting)")
     expected_cost_usd: Figure | None = Field(description="null when unknown (then charged c_ref)")

@@ -33,6 +33,7 @@ class RouteInputs:
     c_ref: float  # the reference cost that makes lambda dimensionless (0 disables the cost term)
     eligible: np.ndarray  # (A,) bool
     shift: np.ndarray | None = None  # (A,) the learned length effect for this step (handbook/length.py), or none
+    ci_scale: np.ndarray | None = None  # (A,) ci90 half-width multiplier (handbook/ci_scale.py): the interval only
 
 
 def shifted(quality: np.ndarray, shift: np.ndarray | None) -> np.ndarray:
@@ -105,6 +106,8 @@ def route(inputs: RouteInputs, lambda_: float, strategy: Strategy, rng: np.rando
     # it can be: they share their pooled evidence (an agent never observed has the same prior on every skill), so
     # summing variances as if independent showed such an agent a step interval half as wide as each skill's (QA)
     half = Z90 * (np.sqrt(np.maximum(inputs.var, 0.0)) @ w)
+    if inputs.ci_scale is not None:  # a young handbook's learned overconfidence: wider, never moved
+        half = half * inputs.ci_scale
     penalty = cost_penalty(inputs.cost, inputs.c_ref, lambda_)
     mean_utility = _nan_last(quality - penalty)
     masked_mean = np.where(inputs.eligible, mean_utility, -np.inf)

@@ -143,6 +143,10 @@ class EventLog(LiveState):
         if effect is not None and agent_id in effect.slopes:  # what was learned of it goes with its evidence
             slopes = {a: s for a, s in effect.slopes.items() if a != agent_id}
             self._put_length_effect(effect.model_copy(update={"slopes": slopes}), self.current_version())
+        inflation = self.ci_inflation()
+        if inflation is not None and agent_id in inflation.evidence:  # an agent added back later starts unwidened
+            evidence = {a: n for a, n in inflation.evidence.items() if a != agent_id}
+            self._put_ci_inflation(inflation.model_copy(update={"evidence": evidence}), self.current_version())
 
     def _event_select_depth(self, payload: dict[str, Any]) -> None:
         selections = self.selections()

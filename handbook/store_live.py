@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from skillorchestra.handbook.ci_scale import effective_ci_inflation
 from skillorchestra.handbook.models import (
     MAX_SKILL_DEPTH,
     Agent,
+    CiInflation,
     Competence,
     CostStats,
     HandbookDocument,
@@ -60,6 +62,7 @@ class LiveState(StoreBase):
         self._set_meta("selections", dumps(document.selections))
         self._set_meta("labeller", dumps(document.labeller))
         self._put_length_effect(document.length_effect, document.version)
+        self._put_ci_inflation(document.ci_inflation, document.version)
 
     # -- reads -------------------------------------------------------------------------------------------
 
@@ -180,6 +183,7 @@ class LiveState(StoreBase):
                 selections=self.selections(),
                 labeller=self.labeller(),
                 length_effect=self.length_effect(),
+                ci_inflation=self.ci_inflation(),
             )
 
     def skill_levels(self) -> int:
@@ -222,6 +226,22 @@ class LiveState(StoreBase):
         kept = effective_length_effect(effect)
         self._set_meta(
             "length_effect", dumps({"version": version, "effect": kept.model_dump() if kept is not None else None})
+        )
+
+    def ci_inflation(self) -> CiInflation | None:
+        """The live version's learned widening of ci90 (handbook/ci_scale.py), if it has one. Kept as the length
+        effect is: a meta row naming the version it was written for, so a release that replaces the live state
+        without knowing the row (import, learn, rollback) leaves no stale widening on the version it made live."""
+        with self.lock:
+            raw = json.loads(self._meta("ci_inflation") or "null")
+            if not isinstance(raw, dict) or raw.get("version") != self.current_version() or raw["inflation"] is None:
+                return None
+            return CiInflation.model_validate(raw["inflation"])
+
+    def _put_ci_inflation(self, inflation: CiInflation | None, version: int) -> None:
+        kept = effective_ci_inflation(inflation)
+        self._set_meta(
+            "ci_inflation", dumps({"version": version, "inflation": kept.model_dump() if kept is not None else None})
         )
 
     def search_skills(self, query: str, mode: str | None, limit: int) -> list[tuple[str, float]]:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from skillorchestra.handbook.ci_scale import effective_ci_inflation
 from skillorchestra.handbook.document_checks import check_document
 from skillorchestra.handbook.errors import InvalidInput, NotFound
 from skillorchestra.handbook.models import HandbookDocument
@@ -101,7 +102,11 @@ class Versions(EventLog):
         version = int(row[0])
         summary = summary(version) if callable(summary) else summary
         document = document.model_copy(
-            update={"version": version, "length_effect": effective_length_effect(document.length_effect)}
+            update={
+                "version": version,
+                "length_effect": effective_length_effect(document.length_effect),
+                "ci_inflation": effective_ci_inflation(document.ci_inflation),
+            }
         )
         if live:
             self._replace_live_state(document)

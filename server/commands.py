@@ -208,6 +208,12 @@ def handbook_show(args: argparse.Namespace) -> int:
                 lines.append(f"{indent}{skill.id}: {skill.description}{_best_on(arrays, skill.id)}")
     for agent in document.agents:
         lines.append(_agent_line(arrays, arrays.agent_index[agent.id], agent))  # the arrays order agents by id
+    if document.ci_inflation is not None:  # route_step's ci_widened_by, per agent
+        widened = ", ".join(f"{a} x{arrays.ci_scale[i]:.2f}" for i, a in enumerate(arrays.agent_ids))
+        lines.append(
+            f"ci90 widened (learned x{document.ci_inflation.factor:.2f} on validation, fading with new outcomes):"
+            f" {widened}"
+        )
     if document.selections:  # what consult_handbook's and route_step's `orchestrator` read
         chosen = ", ".join(f"{name} {depth}" for name, depth in sorted(document.selections.items()))
         lines.append(f"depth selected per orchestrator: {chosen}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -349,6 +350,25 @@ def length_lines(trial: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def ci_inflation_lines(measured: dict[str, Any] | None) -> list[str]:
+    """How far the validation outcomes missed the train-profiled estimates (handbook/learning/ci_inflation.py)."""
+    if measured is None:
+        return []
+    ratio = measured["variance_ratio"]
+    seen = (
+        f"misses {math.sqrt(max(ratio, 0.0)):.2f}x the stated sd over {measured['pairs']} task pairs"
+        if ratio is not None
+        else "no (agent, skill) cell held two validation tasks"
+    )
+    if measured["factor"] <= 1.0:
+        return [f"Uncertainty checked on {measured['validation_tasks']} validation tasks ({seen}): ci90 as stated."]
+    return [
+        f"Uncertainty checked on {measured['validation_tasks']} validation tasks ({seen}): route_step and "
+        f"consult_handbook widen ci90 x{measured['factor']:.2f}, fading as recorded outcomes outnumber these "
+        "(quality and routing unchanged)."
+    ]
+
+
 def live_trial_lines(trial: dict[str, Any] | None) -> list[str]:
     """The comparison with the live handbook's skills (none when nothing live has skills, or too few tasks)."""
     if not trial:
@@ -394,6 +414,7 @@ def render_learned(run: LearnRun, store: HandbookStore, db: Path) -> str:
         f" {', '.join(m['pareto_front'])}.",
         *deployed_lines(m),
         *length_lines(m.get("length_effect")),
+        *ci_inflation_lines(m.get("ci_inflation")),
         *live_trial_lines(m.get("live_trial")),
     ]
     if m.get("orchestrator"):  # QA: said so of a version stored only, whose selection consult does not read

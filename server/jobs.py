@@ -301,6 +301,11 @@ def _learn_summary(
         f"{metrics['n_skills']} skills ('{result.selected}', depth {depth}) at lambda {asked.lambda_:g}, "
         f"seed {asked.seed}"
         + (", with a length effect" if document.length_effect is not None else "")
+        + (
+            f", ci90 widened x{document.ci_inflation.factor:.2f} (validation misses)"
+            if document.ci_inflation is not None
+            else ""
+        )
         + (f", selection stored for orchestrator {orchestrator!r}" if orchestrator else "")
         + (f"; {selections_kept(kept)}" if kept else "")
     )

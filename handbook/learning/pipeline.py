@@ -20,6 +20,7 @@ from skillorchestra.handbook.arrays import DEFAULT_KAPPA, document_arrays
 from skillorchestra.handbook.embedding import Embedder
 from skillorchestra.handbook.errors import InvalidInput, counted
 from skillorchestra.handbook.learning.candidates import Built, Evaluator, Split
+from skillorchestra.handbook.learning.ci_inflation import inflation, measure_selected
 from skillorchestra.handbook.learning.discovery import (
     Corpus,
     DiscoveryParams,
@@ -249,12 +250,14 @@ def learn(
         discoverer is None and found.taxonomy.max_depth < 2 and len(selection.chosen.specs) <= len(evaluator.modes)
     )
     document = _described(document, data, selection, found.base.kind, lambda_, seed)
+    document, ci_report = _with_ci_inflation(document, selection.chosen, evaluator, data)
     # not "done": the caller may trial it against the live one next (QA)
     stages.step(1.0, "handbook learned", "selection")
     seconds = time.perf_counter() - started
     metrics = {
         **_data_metrics(data, corpus, cached, found.base.kind, params, lambda_, seed, unsplit),
         **_selection_metrics(selection, found, evaluator, length_report, agreements, profiled),
+        "ci_inflation": ci_report,
         "timings": stages.timings,
     }
     labeller = selection.chosen.labeller
@@ -562,6 +565,18 @@ def _add_length_effect(
         return document, None if trial is None else trial.as_dict()
     effect = evaluator.fit_length_effect(document_arrays(document, kappa), chosen.labeller, profiled, ridge)
     return document.model_copy(update={"length_effect": effect}), {**trial.as_dict(), "slopes": effect.slopes}
+
+
+def _with_ci_inflation(
+    document: HandbookDocument, chosen: Built, evaluator: Evaluator, data: _Data
+) -> tuple[HandbookDocument, dict[str, Any] | None]:
+    """The document with the widening of ci90 its validation misses call for (learning/ci_inflation.py), and the
+    measurement (None without a validation split: training tasks cannot measure their own overfit). Nothing else
+    of the document changes: routing never reads it."""
+    if not data.has_val:
+        return document, None
+    measured = measure_selected(chosen, evaluator)
+    return document.model_copy(update={"ci_inflation": inflation(measured, document.competence)}), measured.as_dict()
 
 
 def _label_agreements(
