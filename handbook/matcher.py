@@ -14,7 +14,7 @@ import re
 import sys
 import unicodedata
 
-from skillorchestra.handbook.cjk_matcher import CJK_RUN, INVISIBLE, CjkSkillIndex, has_cjk
+from skillorchestra.handbook.cjk_matcher import CJK_RUN, INVISIBLE, CjkSkillIndex, cjk_share, has_cjk
 from skillorchestra.handbook.store import HandbookStore
 
 _WORD = re.compile(r"[^\W_]+")  # letters and digits of any script
@@ -126,7 +126,8 @@ class LexicalMatcher:
         bigrams = self.cjk.score(text, mode)
         if not bigrams:
             return scores_to_weights(scored, top_k)
-        merged = dict(bigrams)
+        share = cjk_share(text)  # the bigrams read this much of the step (review: a Chinese name in an English step
+        merged = {skill: score * share for skill, score in bigrams}  # outweighed the English words FTS5 matched)
         for skill, score in scored:
             merged[skill] = merged.get(skill, 0.0) + max(score, 0.0)
         return scores_to_weights(list(merged.items()), top_k)

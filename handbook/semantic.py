@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from skillorchestra.handbook.cjk_matcher import has_cjk
+from skillorchestra.handbook.cjk_matcher import cjk_share, has_cjk
 from skillorchestra.handbook.embedding import (
     Embedder,
     SemanticScorer,
@@ -35,6 +35,7 @@ STEP_VECTORS_KEPT = 256  # recent step texts whose vectors are kept (384 floats 
 # vector is mostly the [UNK] vector, and ranked the same few skills first whatever it said (bench/multilingual.py:
 # every emoji-only step got the same three skills; Chinese steps went mostly to the [UNK] vector's nearest skill)
 MAX_UNKNOWN_SHARE = 0.5
+MIN_CJK_SHARE = 0.3  # of a step's letters in Chinese or Japanese, for its character pairs to be what reads it
 # full-width ASCII (U+FF01-FF5E, and the ideographic space), as a Chinese or Japanese IME types Latin letters: the
 # model's vocabulary lacks them ([UNK]), so "ｐｙｔｈｏｎ" is read as "python"
 _FULL_WIDTH = {0xFF01 + i: 0x21 + i for i in range(94)} | {0x3000: 0x20}
@@ -146,8 +147,8 @@ class SemanticMatcher:
             if self._mostly_unknown(embedder, text):
                 weights, _ = self.fallback.infer(text, mode, top_k)
                 return weights, "lexical (semantic model: most of the step's characters are unknown to it)"
-            if has_cjk(text):  # the English model guesses at kana (Japanese steps: 6 of 10 against 10 by bigrams)
-                weights, _ = self.fallback.infer(text, mode, top_k)
+            if self._read_by_characters(text, mode):  # the English model guesses at kana (Japanese: 6 of 10, against
+                weights, _ = self.fallback.infer(text, mode, top_k)  # 10 of 10 by bigrams)
                 if weights:
                     return weights, "lexical (a Chinese or Japanese step, read by its characters)"
         scorer = self._scorer(embedder, mode)
@@ -158,6 +159,13 @@ class SemanticMatcher:
             return weights, "semantic"
         weights, _ = self.fallback.infer(text, mode, top_k)
         return weights, "lexical (no semantic match)"
+
+    def _read_by_characters(self, text: str, mode: str | None) -> bool:
+        """A step mostly in Chinese or Japanese whose character pairs match a skill: left to the lexical matcher.
+        Not an English step quoting a name in Chinese, nor one whose pairs match nothing (review)."""
+        if not has_cjk(text) or cjk_share(text) < MIN_CJK_SHARE:
+            return False
+        return bool(self.fallback.cjk.score(text, mode))
 
     def _mostly_unknown(self, embedder: Embedder, text: str) -> bool:
         """Whether the model knows too little of the step to read it (MAX_UNKNOWN_SHARE). Kept per recent step as

@@ -169,3 +169,29 @@ def test_the_semantic_matcher_leaves_a_cjk_step_the_bigrams_match_to_the_lexical
     assert source == "lexical (a Chinese or Japanese step, read by its characters)"
     _, unmatched = matcher.infer("ありがとう", None, 3)  # no pair of characters in common: the model reads it
     assert not unmatched.startswith("lexical (a Chinese or Japanese step")
+
+
+@pytest.mark.skipif(EMBEDDER is None, reason=f"MiniLM weights not installed: {WHY}")
+def test_an_english_step_quoting_a_chinese_name_stays_semantic(tmp_path: Path) -> None:
+    """Review: one ideograph had sent any step that FTS5 matched at all to the lexical matcher, saying it was read
+    by its characters, though no pair of them matched."""
+    book = build(tmp_path / "mixed.db", [*ZH_SKILLS, *EN_SKILLS])
+    matcher = SemanticMatcher(book.store, load=lambda: (EMBEDDER, ""))
+    _, source = matcher.infer("Write a SQL query that selects rows where name = '张三' and sorts them", None, 3)
+    assert source == "semantic"
+
+
+def test_a_chinese_word_in_an_english_step_weighs_as_much_of_the_step_as_it_is(tmp_path: Path) -> None:
+    """Review: the pairs of "你好世界" outscored every English word FTS5 matched, and a translation skill took the
+    step; the pairs now count by their share of the step's letters."""
+    book = build(
+        tmp_path / "mixed.db",
+        [
+            *ZH_SKILLS,
+            *EN_SKILLS,  # FTS5's idf is ~0 in a handbook of two skills: this one has ten
+            Skill(id="code.python", mode="code", description="Write Python functions that print text to the console"),
+            Skill(id="translate.zh", mode="code", description="翻译中文句子，例如你好世界、世界你好"),
+        ],
+    )
+    assert match(book, "Write a Python function that prints 你好世界 to the console")[0][0] == "code.python"
+    assert match(book, "把你好世界翻译成英文")[0][0] == "translate.zh"  # a step in Chinese is read by its pairs
