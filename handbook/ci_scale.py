@@ -10,8 +10,10 @@ It fades with the evidence recorded after learning. The excess error sits in the
 observations carrying a shared bias of variance (F^2 - 1) * sd0^2 (sd0^2 ~ q(1 - q) / n0). Once n honest
 observations in all stand behind the estimate that bias is diluted by n0 / n, and the error variance over the stated
 one is 1 + (F^2 - 1) * n0 / n. So an agent's scale is sqrt(1 + (F^2 - 1) * min(1, n0 / n)), n0 and n its
-observations at learning time and now (its whole row; forgetting that shrinks n below n0 keeps the full factor);
-an agent the learner did not see is not widened.
+observations at learning time and now (its whole row, so new outcomes on one skill narrow the agent's interval on
+all); an agent the learner did not see is not widened. With forgetting (SKILLORCHESTRA_FORGETTING) n stays near
+1 / (1 - gamma) and may never pass n0: the factor then stays whole, wider than needed once the learning-time
+evidence has aged out (a known limit: conservative, never narrower).
 """
 
 from __future__ import annotations

@@ -102,9 +102,10 @@ class Candidate(BaseModel):
     )
     ci_widened_by: Figure = Field(
         default=1.0,
-        description="how much wider ci90 is than the posteriors say (1 = not): a young learned handbook's skills "
-        "were shaped by the outcomes they count, so the learner measured its misses on held-out tasks; it fades "
-        "as recorded outcomes outnumber the learning data. quality and the choice never read it",
+        description="how much wider ci90 is than the posteriors say (left out: not widened): a young learned "
+        "handbook's skills were shaped by the outcomes they count, so the learner measured its misses on held-out "
+        "tasks; it fades as recorded outcomes outnumber the learning data. quality and the choice never read it",
+        exclude_if=lambda value: value < 1.00005,  # 1 at four significant digits: ~100 bytes a result saved
     )
     n: Figure = Field(description="outcomes behind quality, weighted as the step's skills are (aged when forgetting)")
     expected_cost_usd: Figure | None = Field(description="null when unknown (then charged c_ref)")

@@ -234,7 +234,7 @@ class LiveState(StoreBase):
         without knowing the row (import, learn, rollback) leaves no stale widening on the version it made live."""
         with self.lock:
             raw = json.loads(self._meta("ci_inflation") or "null")
-            if not isinstance(raw, dict) or raw.get("version") != self.current_version() or raw["inflation"] is None:
+            if not isinstance(raw, dict) or raw.get("version") != self.current_version() or not raw.get("inflation"):
                 return None
             return CiInflation.model_validate(raw["inflation"])
 

@@ -576,7 +576,10 @@ def _with_ci_inflation(
     if not data.has_val:
         return document, None
     measured = measure_selected(chosen, evaluator)
-    return document.model_copy(update={"ci_inflation": inflation(measured, document.competence)}), measured.as_dict()
+    # n0: the train-only profile's evidence, the part the factor was measured on (the deployed document may also
+    # count the validation tasks, which are honest evidence: the fading rule then starts below the full factor)
+    widened = inflation(measured, chosen.document.competence)
+    return document.model_copy(update={"ci_inflation": widened}), measured.as_dict()
 
 
 def _label_agreements(
