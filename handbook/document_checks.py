@@ -100,6 +100,10 @@ def check_document(document: HandbookDocument, live: HandbookDocument | None = N
         for agent_id in document.length_effect.slopes:
             if agent_id not in agent_ids:
                 raise NotFound("agent in length_effect.slopes", agent_id, agent_ids)
+    if document.ci_inflation is not None:  # an agent added later under such a name would start widened (review)
+        for agent_id in document.ci_inflation.evidence:
+            if agent_id not in agent_ids:
+                raise NotFound("agent in ci_inflation.evidence", agent_id, agent_ids)
     if document.labeller is not None:
         _check_labeller(document.labeller, set(skill_ids))
 

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from skillorchestra.handbook.arrays import build_arrays, document_arrays
 from skillorchestra.handbook.ci_scale import ci_scales, effective_ci_inflation
+from skillorchestra.handbook.errors import NotFound
 from skillorchestra.handbook.learning.ci_inflation import Measured, agent_evidence, measure
 from skillorchestra.handbook.learning.pipeline import learn, learnable, split_tasks
 from skillorchestra.handbook.models import (
@@ -336,3 +337,12 @@ def test_learn_says_how_far_validation_missed_and_stores_the_factor(
     factor = stored.versions()[-1]["metrics"]["ci_inflation"]["factor"]
     assert factor > 2.0 and stored.ci_inflation().factor == factor
     assert f"route_step and consult_handbook widen ci90 x{factor:.2f}" in out
+
+
+def test_an_import_whose_widening_names_an_unknown_agent_is_refused(tmp_path: Path) -> None:
+    """An agent added later under that name would start widened, though the learner never saw it (review)."""
+    store = HandbookStore(tmp_path / "h.db")
+    stray = CiInflation(factor=2.0, evidence={"big": 100.0, "ghost": 50.0})
+    with pytest.raises(NotFound, match="ghost"):
+        store.create_version(DOCUMENT.model_copy(update={"ci_inflation": stray}), source="import")
+    assert store.ci_inflation() is None
