@@ -165,12 +165,17 @@ def _without_agents(document: HandbookDocument, gone: set[str]) -> HandbookDocum
     if effect is not None:
         slopes = {a: s for a, s in effect.slopes.items() if a not in gone}
         effect = effect.model_copy(update={"slopes": slopes}) if slopes else None
+    widened = document.ci_inflation
+    if widened is not None:
+        evidence = {a: n for a, n in widened.evidence.items() if a not in gone}
+        widened = widened.model_copy(update={"evidence": evidence}) if evidence else None
     return document.model_copy(
         update={
             "agents": [a for a in document.agents if a.id not in gone],
             "competence": [c for c in document.competence if c.agent_id not in gone],
             "cost": [c for c in document.cost if c.agent_id not in gone],
             "length_effect": effect,
+            "ci_inflation": widened,
         }
     )
 

@@ -578,8 +578,7 @@ def _with_ci_inflation(
     measured = measure_selected(chosen, evaluator)
     # n0: the train-only profile's evidence, the part the factor was measured on (the deployed document may also
     # count the validation tasks, which are honest evidence: the fading rule then starts below the full factor)
-    listed = {agent.id for agent in document.agents}  # an agent the learned document leaves out is not widened
-    widened = inflation(measured, [row for row in chosen.document.competence if row.agent_id in listed])
+    widened = inflation(measured, chosen.document.competence)
     return document.model_copy(update={"ci_inflation": widened}), measured.as_dict()
 
 
