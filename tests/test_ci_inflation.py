@@ -17,6 +17,7 @@ from skillorchestra.handbook.arrays import build_arrays, document_arrays
 from skillorchestra.handbook.ci_scale import ci_scales, effective_ci_inflation
 from skillorchestra.handbook.errors import NotFound
 from skillorchestra.handbook.learning.ci_inflation import Measured, agent_evidence, measure
+from skillorchestra.handbook.learning.gate import keep_live_agents
 from skillorchestra.handbook.learning.pipeline import learn, learnable, split_tasks
 from skillorchestra.handbook.models import (
     Agent,
@@ -346,3 +347,14 @@ def test_an_import_whose_widening_names_an_unknown_agent_is_refused(tmp_path: Pa
     with pytest.raises(NotFound, match="ghost"):
         store.create_version(DOCUMENT.model_copy(update={"ci_inflation": stray}), source="import")
     assert store.ci_inflation() is None
+
+
+def test_learning_from_the_log_drops_a_deleted_agents_widening() -> None:
+    """An agent the log holds but the live handbook no longer does does not come back, nor does its widening (the
+    version was refused for naming it: e82ba7d)."""
+    widened = DOCUMENT.model_copy(update={"ci_inflation": WIDENED})
+    live = [agent for agent in widened.agents if agent.id != "small"]
+    kept = keep_live_agents(widened, live, widened.modes)
+    assert kept.ci_inflation is not None and set(kept.ci_inflation.evidence) == {"big"}
+    alone = keep_live_agents(widened, [], widened.modes)
+    assert alone.ci_inflation is None
