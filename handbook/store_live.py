@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydantic import BaseModel
+
 from skillorchestra.handbook.ci_scale import effective_ci_inflation
 from skillorchestra.handbook.models import (
     MAX_SKILL_DEPTH,
@@ -216,33 +218,33 @@ class LiveState(StoreBase):
         state (import, learn, rollback) without knowing the row, and must not leave a stale effect routing the
         version it made live. (Such a release cannot read a version that carries an effect at all: its models
         refuse the unknown key, so it fails rather than drops the effect when it rolls back to or diffs one.)"""
-        with self.lock:
-            raw = json.loads(self._meta("length_effect") or "null")
-            if not isinstance(raw, dict) or raw.get("version") != self.current_version() or raw["effect"] is None:
-                return None
-            return LengthEffect.model_validate(raw["effect"])
+        raw = self._live_version_meta("length_effect", "effect")
+        return None if raw is None else LengthEffect.model_validate(raw)
 
     def _put_length_effect(self, effect: LengthEffect | None, version: int) -> None:
-        kept = effective_length_effect(effect)
-        self._set_meta(
-            "length_effect", dumps({"version": version, "effect": kept.model_dump() if kept is not None else None})
-        )
+        self._put_version_meta("length_effect", "effect", effective_length_effect(effect), version)
 
     def ci_inflation(self) -> CiInflation | None:
         """The live version's learned widening of ci90 (handbook/ci_scale.py), if it has one. Kept as the length
         effect is: a meta row naming the version it was written for, so a release that replaces the live state
         without knowing the row (import, learn, rollback) leaves no stale widening on the version it made live."""
-        with self.lock:
-            raw = json.loads(self._meta("ci_inflation") or "null")
-            if not isinstance(raw, dict) or raw.get("version") != self.current_version() or not raw.get("inflation"):
-                return None
-            return CiInflation.model_validate(raw["inflation"])
+        raw = self._live_version_meta("ci_inflation", "inflation")
+        return None if raw is None else CiInflation.model_validate(raw)
 
     def _put_ci_inflation(self, inflation: CiInflation | None, version: int) -> None:
-        kept = effective_ci_inflation(inflation)
-        self._set_meta(
-            "ci_inflation", dumps({"version": version, "inflation": kept.model_dump() if kept is not None else None})
-        )
+        self._put_version_meta("ci_inflation", "inflation", effective_ci_inflation(inflation), version)
+
+    def _live_version_meta(self, key: str, field: str) -> dict[str, Any] | None:
+        """A learned part kept in the meta row `key` as {"version": v, field: ...}: its value when v is the live
+        version, else None (a release that replaced the live state without knowing the row left it stale)."""
+        with self.lock:
+            raw = json.loads(self._meta(key) or "null")
+            if not isinstance(raw, dict) or raw.get("version") != self.current_version() or not raw.get(field):
+                return None
+            return dict(raw[field])
+
+    def _put_version_meta(self, key: str, field: str, value: BaseModel | None, version: int) -> None:
+        self._set_meta(key, dumps({"version": version, field: value.model_dump() if value is not None else None}))
 
     def search_skills(self, query: str, mode: str | None, limit: int) -> list[tuple[str, float]]:
         """FTS5 BM25 over skill ids, descriptions, indicators and examples; larger score = better match."""
