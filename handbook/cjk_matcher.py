@@ -59,12 +59,18 @@ def has_cjk(text: str) -> bool:
     return not text.isascii() and CJK_RUN.search(text) is not None
 
 
-def folded(text: str) -> str:
-    """Invisible characters removed, compatibility forms folded, the rest in NFC (a step and the skill texts alike:
-    kana pasted decomposed, as macOS writes them, had lost 40% of a step's score: review)."""
+def without_invisible(text: str) -> str:
+    """The text without INVISIBLE characters (str.replace where present: translate() took 5 ms on 31,000)."""
     for invisible in INVISIBLE:
         if invisible in text:
             text = text.replace(invisible, "")
+    return text
+
+
+def folded(text: str) -> str:
+    """Invisible characters removed, compatibility forms folded, the rest in NFC (a step and the skill texts alike:
+    kana pasted decomposed, as macOS writes them, had lost 40% of a step's score: review)."""
+    text = without_invisible(text)
     if text.isascii():
         return text
     return unicodedata.normalize("NFKC" if _COMPATIBLE.search(text) else "NFC", text)

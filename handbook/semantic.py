@@ -13,6 +13,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 
@@ -44,6 +45,24 @@ _FULL_WIDTH = {0xFF01 + i: 0x21 + i for i in range(94)} | {0x3000: 0x20}
 def _digest(text: str) -> bytes:
     """A step text's key in the recent-step caches: 256 steps of up to 32,000 characters would hold 8 MB as keys."""
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+Kept = TypeVar("Kept")
+
+
+def _recent(cache: OrderedDict[bytes, Kept], key: bytes) -> Kept | None:
+    """A recent step's kept value (then the most recent), or None."""
+    value = cache.get(key)
+    if value is not None:
+        cache.move_to_end(key)
+    return value
+
+
+def _remember(cache: OrderedDict[bytes, Kept], key: bytes, value: Kept) -> None:
+    """Keep a step's value, forgetting the least recent beyond STEP_VECTORS_KEPT."""
+    cache[key] = value
+    while len(cache) > STEP_VECTORS_KEPT:
+        cache.popitem(last=False)
 
 
 class SqliteVectorCache:
@@ -175,13 +194,11 @@ class SemanticMatcher:
             return False
         key = _digest(text)
         with self._lock:
-            share = self._unknown_shares.get(key)
+            share = _recent(self._unknown_shares, key)
         if share is None:
             share = float(unknown_share(text))
             with self._lock:
-                self._unknown_shares[key] = share
-                while len(self._unknown_shares) > STEP_VECTORS_KEPT:
-                    self._unknown_shares.popitem(last=False)
+                _remember(self._unknown_shares, key, share)
         return share >= MAX_UNKNOWN_SHARE
 
     def _step_vector(self, embedder: Embedder, text: str) -> np.ndarray:
@@ -189,15 +206,12 @@ class SemanticMatcher:
         Kept by the text's digest: 256 steps of up to 32,000 characters would hold 8 MB of keys."""
         key = _digest(text)
         with self._lock:
-            vector = self._step_vectors.get(key)
+            vector = _recent(self._step_vectors, key)
             if vector is not None:
-                self._step_vectors.move_to_end(key)
                 return vector
         vector = embedder.encode([text])[0]  # outside the lock: concurrent steps encode in parallel
         with self._lock:
-            self._step_vectors[key] = vector
-            while len(self._step_vectors) > STEP_VECTORS_KEPT:
-                self._step_vectors.popitem(last=False)
+            _remember(self._step_vectors, key, vector)
         return vector
 
     def _scorer(self, embedder: Embedder, mode: str | None) -> SemanticScorer:
