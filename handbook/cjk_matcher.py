@@ -32,7 +32,9 @@ INVISIBLE = "\u00ad\u200b\u2060\ufeff"
 # ideographs (with 々〆〇) and kana (full and half width): a run of them is what unicode61 keeps as one token
 _HAN_RANGES = ((0x3005, 0x3007), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x3134F))
 _KANA_RANGES = ((0x3040, 0x30FF), (0xFF66, 0xFF9F))
-CJK_RUN = re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _HAN_RANGES + _KANA_RANGES) + "]+")
+# captured, so that the lexical matcher's split keeps the runs (findall and search read alike)
+CJK_RUN = re.compile("([" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _HAN_RANGES + _KANA_RANGES) + "]+)")
+WORD = re.compile(r"[^\W_]+")  # letters and digits of any script
 # compatibility forms NFKC folds into the ones a handbook is written in: half-width katakana (an old IME's "ｶﾞ"),
 # the compatibility ideographs (U+F900-FAFF)
 _COMPATIBLE = re.compile("[\uf900-\ufaff\uff66-\uff9f]")
@@ -76,14 +78,11 @@ def folded(text: str) -> str:
     return unicodedata.normalize("NFKC" if _COMPATIBLE.search(text) else "NFC", text)
 
 
-_LETTER_OR_DIGIT = re.compile(r"[^\W_]")
-
-
 def cjk_share(text: str) -> float:
     """The share of the step's letters and digits that are Chinese or Japanese characters: how much of the step the
     bigrams read (an English step quoting a name in Chinese is mostly read by its English words)."""
     cjk = sum(len(run) for run in CJK_RUN.findall(text))
-    return cjk / max(len(_LETTER_OR_DIGIT.findall(text)), 1)
+    return cjk / max(sum(map(len, WORD.findall(text))), 1)
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,9 @@ import re
 import sys
 import unicodedata
 
-from skillorchestra.handbook.cjk_matcher import CJK_RUN, CjkSkillIndex, cjk_share, has_cjk, without_invisible
+from skillorchestra.handbook.cjk_matcher import CJK_RUN, WORD, CjkSkillIndex, cjk_share, has_cjk, without_invisible
 from skillorchestra.handbook.store import HandbookStore
 
-_WORD = re.compile(r"[^\W_]+")  # letters and digits of any script
 _STOPWORDS = frozenset(
     "a an and are as at be by can do does for from has have how i in is it its me my of on or our should "
     "so that the their then there these this to was we what when where which who why will with would you "
@@ -27,11 +26,6 @@ MAX_QUERY_TERMS = 64
 KEEP_RATIO = 0.35  # a match scoring below this share of the best one is treated as incidental
 
 
-# a run of ideographs and kana, one FTS5 token (unicode61: Chinese and Japanese write no spaces): split from Latin
-# letters and digits, "写一个Python函数" still finds the skills that name Python (captured: split keeps the parts)
-_CJK = re.compile(f"({CJK_RUN.pattern})")
-
-
 def query_terms(text: str) -> list[str]:
     """Distinct content words of the text, in order, quoted for FTS5 (no operator injection). Read in NFC, and
     also in NFKC where that differs (full-width "ｐｙｔｈｏｎ" from an IME, the ligature "ﬁ"), since FTS5 folds
@@ -39,7 +33,7 @@ def query_terms(text: str) -> list[str]:
     NFKC forms come beside the text's first MAX_QUERY_TERMS words, at most as many again (review: a crafted step of
     vulgar fractions made 1,558 terms)."""
     if text.isascii():  # English steps: as before, and fast
-        words = _WORD.findall(text.lower())
+        words = WORD.findall(text.lower())
         return [f'"{w}"' for w in list(dict.fromkeys(w for w in words if _content(w)))[:MAX_QUERY_TERMS]]
     words = _words(unicodedata.normalize("NFC", without_invisible(text)).lower())
     own = list(dict.fromkeys(w for w in words if _content(w)))[:MAX_QUERY_TERMS]
@@ -59,24 +53,24 @@ def _content(word: str) -> bool:
 
 def _words(text: str) -> list[str]:
     """Runs of letters and digits. Combining marks continue a word (a decomposed accent the NFC form keeps, the
-    dot of a lowered Turkish İ, Indic vowel signs, Arabic harakat), where `_WORD` alone cut "i̇stanbul" into "i"
+    dot of a lowered Turkish İ, Indic vowel signs, Arabic harakat), where `WORD` alone cut "i̇stanbul" into "i"
     and "stanbul". A CJK run is also split from the letters around it, the whole run kept beside its parts (FTS5
     indexes "写一个Python函数" as one token: a handbook written in Chinese holds it so)."""
     if text.isascii():
-        return _WORD.findall(text)
+        return WORD.findall(text)
     words = _word_with_marks().findall(text)
-    if not _CJK.search(text):
+    if not CJK_RUN.search(text):
         return words
     split: list[str] = []
     for word in words:
-        parts = [part for part in _CJK.split(word) if part]
+        parts = [part for part in CJK_RUN.split(word) if part]
         split += parts if len(parts) == 1 else [*parts, word]
     return split
 
 
 @functools.cache
 def _word_with_marks() -> re.Pattern[str]:
-    """`_WORD` letting every combining mark (Unicode category M, from the running Python's tables) continue a word.
+    """`WORD` letting every combining mark (Unicode category M, from the running Python's tables) continue a word.
     Built on first use (~15 ms): an English-only server never pays for it."""
     marks = [code for code in range(sys.maxunicode + 1) if unicodedata.category(chr(code)).startswith("M")]
     spans: list[tuple[int, int]] = []
@@ -114,16 +108,29 @@ class LexicalMatcher:
         scored = self.store.search_skills(" OR ".join(terms), mode, max(top_k * 3, top_k))
         return scores_to_weights(scored, top_k)
 
+    def read_by_characters(self, text: str, mode: str | None, top_k: int, min_share: float) -> list[tuple[str, float]]:
+        """The step's weights when at least `min_share` of its letters are Chinese or Japanese and a pair of them
+        matches a skill; [] otherwise (the semantic matcher then reads it: an English step quoting a name)."""
+        if top_k <= 0 or not has_cjk(text) or (share := cjk_share(text)) < min_share:
+            return []
+        bigrams = self.cjk.score(text, mode)
+        return self._merged(text, mode, top_k, bigrams, share) if bigrams else []
+
     def _match_cjk(self, text: str, mode: str | None, top_k: int) -> list[tuple[str, float]]:
+        bigrams = self.cjk.score(text, mode)
+        return self._merged(text, mode, top_k, bigrams, cjk_share(text) if bigrams else 0.0)
+
+    def _merged(
+        self, text: str, mode: str | None, top_k: int, bigrams: list[tuple[str, float]], share: float
+    ) -> list[tuple[str, float]]:
         """FTS5's BM25 (the step's Latin words and whole CJK runs) plus the bigram BM25 of its CJK runs: both sums
         of idf-weighted terms, so they add (a skill holding a whole run of the step gains twice: strong evidence).
         No bigram shared with any skill: exactly FTS5's answer, as before."""
         terms = query_terms(text)
         scored = self.store.search_skills(" OR ".join(terms), mode, max(top_k * 3, top_k)) if terms else []
-        bigrams = self.cjk.score(text, mode)
         if not bigrams:
             return scores_to_weights(scored, top_k)
-        share = cjk_share(text)  # the bigrams read this much of the step (review: a Chinese name in an English step
+        # the bigrams count by the share of the step they read (review: a Chinese name in an English step
         merged = {skill: score * share for skill, score in bigrams}  # outweighed the English words FTS5 matched)
         for skill, score in scored:
             merged[skill] = merged.get(skill, 0.0) + max(score, 0.0)

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from skillorchestra.handbook.errors import InvalidInput
-from skillorchestra.handbook.sqlite_file import bindable
+from skillorchestra.handbook.models import encodable
 
 PAGE_LIMIT_MAX = 200
 KEY_CURSORS = {"agents": "ka.", "skills": "ks."}  # list -> the prefix of its key cursors
@@ -59,7 +59,7 @@ def key_after(cursor: str | None, limit: int, listing: str) -> str | None:
     if not cursor:
         return None
     prefix = KEY_CURSORS[listing]
-    if not cursor.startswith(prefix) or len(cursor) == len(prefix) or not bindable(cursor):
+    if not cursor.startswith(prefix) or len(cursor) == len(prefix) or not encodable(cursor):
         raise InvalidInput("cursor", cursor, f"a next_cursor value returned by an earlier list_{listing} call")
     return cursor[len(prefix) :]
 

@@ -17,7 +17,6 @@ from typing import TypeVar
 
 import numpy as np
 
-from skillorchestra.handbook.cjk_matcher import cjk_share, has_cjk
 from skillorchestra.handbook.embedding import (
     Embedder,
     SemanticScorer,
@@ -166,10 +165,10 @@ class SemanticMatcher:
             if self._mostly_unknown(embedder, text):
                 weights, _ = self.fallback.infer(text, mode, top_k)
                 return weights, "lexical (semantic model: most of the step's characters are unknown to it)"
-            if self._read_by_characters(text, mode):  # the English model guesses at kana (Japanese: 6 of 10, against
-                weights, _ = self.fallback.infer(text, mode, top_k)  # 10 of 10 by bigrams)
-                if weights:
-                    return weights, "lexical (a Chinese or Japanese step, read by its characters)"
+            # the English model guesses at kana (Japanese: 6 of 10, against 10 of 10 by character pairs)
+            weights = self.fallback.read_by_characters(text, mode, top_k, MIN_CJK_SHARE)
+            if weights:
+                return weights, "lexical (a Chinese or Japanese step, read by its characters)"
         scorer = self._scorer(embedder, mode)
         weights = []
         if top_k > 0 and scorer.skill_ids:  # no skill in this mode: nothing to compare the step with
@@ -178,13 +177,6 @@ class SemanticMatcher:
             return weights, "semantic"
         weights, _ = self.fallback.infer(text, mode, top_k)
         return weights, "lexical (no semantic match)"
-
-    def _read_by_characters(self, text: str, mode: str | None) -> bool:
-        """A step mostly in Chinese or Japanese whose character pairs match a skill: left to the lexical matcher.
-        Not an English step quoting a name in Chinese, nor one whose pairs match nothing (review)."""
-        if not has_cjk(text) or cjk_share(text) < MIN_CJK_SHARE:
-            return False
-        return bool(self.fallback.cjk.score(text, mode))
 
     def _mostly_unknown(self, embedder: Embedder, text: str) -> bool:
         """Whether the model knows too little of the step to read it (MAX_UNKNOWN_SHARE). Kept per recent step as

@@ -75,16 +75,6 @@ def file_trouble(exc: BaseException) -> str | None:
     return None if text is None else text.format(error=exc)
 
 
-def bindable(text: str) -> bool:
-    """Whether SQLite can take `text` as a parameter: a lone surrogate (JSON allows "\\ud800") is not UTF-8. No
-    stored id holds one, so a lookup of one finds nothing, and no cursor we wrote holds one."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def busy_text(exc: BaseException, path: object) -> str | None:
     """What "database is locked" means here, naming the file, or None for any other error: every write waits
     BUSY_TIMEOUT_S for another process's lock before it gives up (QA: the bare SQLite message named nothing)."""

@@ -24,9 +24,9 @@ from skillorchestra.handbook.models import (
     LengthEffect,
     Mode,
     Skill,
+    encodable,
 )
 from skillorchestra.handbook.schema import dumps
-from skillorchestra.handbook.sqlite_file import bindable
 from skillorchestra.handbook.store_base import StoreBase
 from skillorchestra.handbook.store_sql import (
     AGENT_SQL,
@@ -89,7 +89,7 @@ class LiveState(StoreBase):
 
     def skill_children(self, skill_id: str) -> list[Skill]:
         """The skills whose parent is `skill_id`, by id."""
-        return self._skills("WHERE parent_id = ? ORDER BY id", [skill_id]) if bindable(skill_id) else []
+        return self._skills("WHERE parent_id = ? ORDER BY id", [skill_id]) if encodable(skill_id) else []
 
     def skills_page(self, after: str | None, mode: str | None, limit: int) -> list[Skill]:
         """At most `limit` skills (of `mode`, if given) with an id above `after`, by id (a list page, in SQL)."""
@@ -161,7 +161,7 @@ class LiveState(StoreBase):
         """How many competence and cost rows an agent (column "agent_id") or a skill ("skill_id") has."""
         if column not in ("agent_id", "skill_id"):
             raise ValueError(f"not an evidence key: {column!r}")
-        if not bindable(value):
+        if not encodable(value):
             return 0, 0
         with self.lock:
             row = self.db.conn.execute(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, TypedDict, TypeVar
 
-from skillorchestra.handbook.sqlite_file import bindable
+from skillorchestra.handbook.models import encodable
 
 # One row of the decisions table as HandbookStore.decision reads it (JSON columns as their text; columns later
 # migrations added are NULL in older rows). Its functional form: `lambda` is a column and a Python keyword.
@@ -132,5 +132,5 @@ def page_conditions(after: str | None, filters: list[tuple[str, Any]]) -> tuple[
 
 def by_id(read: Callable[[str, list[Any]], list[T]], entity_id: str) -> T | None:
     """The one row `read` finds under this id (a lookup of an id SQLite cannot bind finds none)."""
-    found = read("WHERE id = ?", [entity_id]) if bindable(entity_id) else []
+    found = read("WHERE id = ?", [entity_id]) if encodable(entity_id) else []
     return found[0] if found else None
