@@ -319,7 +319,7 @@ class Patch:
         if row is None:
             return [None] * len(skill_ids)
         all_s, all_f = self._agent_totals()
-        pool = (all_s.sum() + 1.0) / ((all_s + all_f).sum() + 2.0)  # _pool_rate, of the kept totals
+        pool = _pool_rate_of(all_s, all_f)  # of the kept totals
         columns = [raw_column(s, self.base.skill_index, self.base.mode_index) for s in skill_ids]
         means = _column_means(self.base.structure, self.raw, row, (all_s[row], all_f[row]), pool, self.base.kappa)
         return [None if j is None else means(j) for j in columns]
@@ -339,9 +339,18 @@ class Patch:
         base = self.base
         sums = base.sums.with_rows(self.raw, base.structure, np.array(sorted(self.rows), dtype=np.int64))
         length = (base.length_slope, base.length_range)
-        derived = _derive(base.agents, base.skills, base.mode_ids, base.structure, self.raw, base.kappa, length, sums)
-        derived.ci_inflation = base.ci_inflation  # its scales follow the new evidence (ci_scale is derived anew)
-        return derived
+        # the ci widening's scales follow the new evidence (ci_scale is derived anew)
+        return _derive(
+            base.agents,
+            base.skills,
+            base.mode_ids,
+            base.structure,
+            self.raw,
+            base.kappa,
+            length,
+            sums,
+            ci_inflation=base.ci_inflation,
+        )
 
 
 def serves(agent_modes: Collection[str], mode: str | None) -> bool:
@@ -418,9 +427,7 @@ def build_arrays(
         if i is not None and j is not None and cost.n > 0:
             raw.set_cost((i, j), cost)
     length = _length_fields([a.id for a in agent_list], length_effect)
-    arrays = _derive(agent_list, ordered, mode_ids, structure, raw, kappa, length)
-    arrays.ci_inflation = ci_inflation
-    return arrays
+    return _derive(agent_list, ordered, mode_ids, structure, raw, kappa, length, ci_inflation=ci_inflation)
 
 
 def document_arrays(document: HandbookDocument, kappa: float = DEFAULT_KAPPA) -> HandbookArrays:
@@ -475,6 +482,8 @@ def _derive(
     kappa: float,
     length: tuple[np.ndarray, tuple[float, float, float]],
     sums: Sums | None = None,
+    *,
+    ci_inflation: CiInflation | None = None,
 ) -> HandbookArrays:
     """Shrunk posteriors and expected costs from the raw evidence (vectorised over skills)."""
     n_skills, n_modes = len(skills), len(mode_ids)
@@ -518,6 +527,7 @@ def _derive(
         raw=raw,
         sums=sums,
         agent_index={a.id: i for i, a in enumerate(agent_list)},
+        ci_inflation=ci_inflation,
         skill_index={s.id: i for i, s in enumerate(skills)},
         mode_index={m: i for i, m in enumerate(mode_ids)},
     )
@@ -582,7 +592,11 @@ def _column_means(
 def _pool_rate(raw: RawEvidence) -> np.floating:
     """The pool (every agent) as a population rate: it seeds a new agent at what agents here usually achieve.
     Summed per agent first, as it always was: another order rounds differently, and the eval tables are pinned."""
-    all_s, all_f = raw.success.sum(axis=1), raw.failure.sum(axis=1)
+    return _pool_rate_of(raw.success.sum(axis=1), raw.failure.sum(axis=1))
+
+
+def _pool_rate_of(all_s: np.ndarray, all_f: np.ndarray) -> np.floating:
+    """The pool rate from each agent's total successes and failures."""
     return (all_s.sum() + 1.0) / ((all_s + all_f).sum() + 2.0)
 
 
