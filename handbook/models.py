@@ -7,7 +7,7 @@ non-empty string of at most 200 characters (it may contain '/', as model names d
 from __future__ import annotations
 
 import unicodedata
-from typing import Annotated, Any, Final, Literal, get_args
+from typing import Annotated, Any, Final, Literal, TypeVar, get_args
 
 from pydantic import (
     AfterValidator,
@@ -306,6 +306,18 @@ class CiInflation(_Model):
                     {"agent": agent_id, "n": n, "limit": MAX_EVIDENCE},
                 )
         return value
+
+
+PerAgent = TypeVar("PerAgent", LengthEffect, CiInflation)
+
+
+def without_agents(part: PerAgent | None, field: str, gone: set[str]) -> PerAgent | None:
+    """A learned part keyed by agent (LengthEffect.slopes, CiInflation.evidence) without the entries of `gone`
+    (deleted agents: what was learned of them goes with their evidence); None when no entry is left."""
+    if part is None:
+        return None
+    kept = {agent: value for agent, value in getattr(part, field).items() if agent not in gone}
+    return part.model_copy(update={field: kept}) if kept else None
 
 
 class HandbookDocument(_Model):

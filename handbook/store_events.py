@@ -30,6 +30,7 @@ from skillorchestra.handbook.models import (
     Mode,
     Skill,
     encodable,
+    without_agents,
 )
 from skillorchestra.handbook.schema import dumps
 from skillorchestra.handbook.store_live import LiveState
@@ -141,12 +142,10 @@ class EventLog(LiveState):
         self.db.execute("DELETE FROM agents WHERE id = ?", [agent_id])
         effect = self.length_effect()
         if effect is not None and agent_id in effect.slopes:  # what was learned of it goes with its evidence
-            slopes = {a: s for a, s in effect.slopes.items() if a != agent_id}
-            self._put_length_effect(effect.model_copy(update={"slopes": slopes}), self.current_version())
+            self._put_length_effect(without_agents(effect, "slopes", {agent_id}), self.current_version())
         inflation = self.ci_inflation()
         if inflation is not None and agent_id in inflation.evidence:  # an agent added back later starts unwidened
-            evidence = {a: n for a, n in inflation.evidence.items() if a != agent_id}
-            self._put_ci_inflation(inflation.model_copy(update={"evidence": evidence}), self.current_version())
+            self._put_ci_inflation(without_agents(inflation, "evidence", {agent_id}), self.current_version())
 
     def _event_select_depth(self, payload: dict[str, Any]) -> None:
         selections = self.selections()

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from skillorchestra.handbook.errors import counted, named
-from skillorchestra.handbook.models import Agent, Competence, HandbookDocument, Mode
+from skillorchestra.handbook.models import Agent, Competence, HandbookDocument, Mode, without_agents
 
 if TYPE_CHECKING:
     from skillorchestra.handbook.embedding import Embedder
@@ -161,21 +161,13 @@ def not_live_reasons(
 
 
 def _without_agents(document: HandbookDocument, gone: set[str]) -> HandbookDocument:
-    effect = document.length_effect
-    if effect is not None:
-        slopes = {a: s for a, s in effect.slopes.items() if a not in gone}
-        effect = effect.model_copy(update={"slopes": slopes}) if slopes else None
-    widened = document.ci_inflation
-    if widened is not None:
-        evidence = {a: n for a, n in widened.evidence.items() if a not in gone}
-        widened = widened.model_copy(update={"evidence": evidence}) if evidence else None
     return document.model_copy(
         update={
             "agents": [a for a in document.agents if a.id not in gone],
             "competence": [c for c in document.competence if c.agent_id not in gone],
             "cost": [c for c in document.cost if c.agent_id not in gone],
-            "length_effect": effect,
-            "ci_inflation": widened,
+            "length_effect": without_agents(document.length_effect, "slopes", gone),
+            "ci_inflation": without_agents(document.ci_inflation, "evidence", gone),
         }
     )
 
