@@ -306,12 +306,12 @@ def _cost_outlier_note(cost_usd: float | None, expected: float | None) -> str | 
     )
 
 
-def read_in_mode(decision: DecisionRow, skills: list[list[Any]] | None = None) -> str | None:
+def read_in_mode(decision: DecisionRow, skills: list[list[Any]]) -> str | None:
     """The mode whose record a decision without skills is evidence for: the one the step named, else the one
     route_step scored it on at an orchestrator's depth 0, as its candidates' contributions label it ("@<mode>"),
     so the outcome updates the record the route showed while the log keeps only modes a caller named. `skills`:
-    the decision's skills, when already parsed."""
-    if decision["mode"] or (stored_json(decision["skills"]) if skills is None else skills):
+    the decision's skills, parsed."""
+    if decision["mode"] or skills:
         return decision["mode"]
     for candidate in stored_json(decision["candidates"]) or []:
         labels = list(candidate.get("contributions") or {})

@@ -292,9 +292,13 @@ def self_contained_schemas(server: MCPServer) -> None:
     read alike in every JSON Schema dialect (see portable_tuples), and its description without the docstring's
     indentation (the SDK sends the docstring as written)."""
     for tool in server._tool_manager.list_tools():
-        tool.parameters = portable_tuples(lean_schema(inline_definitions(tool.parameters)))
+        tool.parameters = _sent_schema(tool.parameters)
         if tool.fn_metadata.output_schema is not None:
-            output = lean_schema(inline_definitions(tool.fn_metadata.output_schema))
-            tool.fn_metadata.output_schema = portable_tuples(output)
+            tool.fn_metadata.output_schema = _sent_schema(tool.fn_metadata.output_schema)
         if tool.description:
             tool.description = inspect.cleandoc(tool.description)
+
+
+def _sent_schema(schema: dict[str, Any]) -> Any:
+    """lean_schema then portable_tuples, in one walk (server start-up walks every tool's two schemas)."""
+    return _each_schema(inline_definitions(schema), lambda node: _portable_tuple(_lean(node)))
