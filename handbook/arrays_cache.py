@@ -62,9 +62,9 @@ class ArraysCache:
     def patched(self, effect: OutcomeEffect, agent_id: str) -> list[float | None]:
         """Apply a recorded outcome (see _patch), and the competence routing will use now for its cells."""
         with self._lock:
-            self._patch(effect)
+            key = self._patch(effect)  # the file's state the patch saw: read once per record (one statement less)
             skill_ids = [c.skill_id for c in effect.competence]
-            return self._competence_now(agent_id, skill_ids)
+            return self._competence_now(agent_id, skill_ids, current=key)
 
     def competence_now(self, agent_id: str, skill_ids: list[str], derive: bool = False) -> list[float | None]:
         """The competence routing will use for these cells (see _competence_now)."""
@@ -96,13 +96,16 @@ class ArraysCache:
                 ci_inflation=self.store.ci_inflation(),
             )
 
-    def _competence_now(self, agent_id: str, skill_ids: list[str], derive: bool = False) -> list[float | None]:
+    def _competence_now(
+        self, agent_id: str, skill_ids: list[str], derive: bool = False, current: tuple[int, int] | None = None
+    ) -> list[float | None]:
         """The competence routing will use for these cells, outcomes queued in the patch included (the patch
         computes the agent's row alone). When the arrays are not current: derived again after this process's own
         edits (the next read would derive them anyway; QA: an unrelated upsert_mode made it null), else (another
         process wrote since) None unless `derive` (a repeated report: rare): deriving at every record made every
         record of two servers sharing a file re-derive the whole handbook."""
-        current = (self.store.data_version(), self.store.generation)
+        if current is None:  # (data_version, generation) as read now, unless the caller just read them
+            current = (self.store.data_version(), self.store.generation)
         if self._pending is not None and self._numbers_unchanged(self._pending_key, current):
             return self._pending.competence(agent_id, skill_ids)
         if self._pending is None and self._arrays is not None and self._numbers_unchanged(self._arrays_key, current):
@@ -113,25 +116,27 @@ class ArraysCache:
             return self.read().competence(agent_id, skill_ids)
         return [None] * len(skill_ids)
 
-    def _patch(self, effect: OutcomeEffect) -> None:
-        """Apply a recorded outcome to the cached arrays' evidence in place of rereading the whole handbook.
+    def _patch(self, effect: OutcomeEffect) -> tuple[int, int]:
+        """Apply a recorded outcome to the cached arrays' evidence in place of rereading the whole handbook; returns
+        the (data_version, generation) it saw.
 
         Valid only when nothing else changed the file's numbers since the arrays (or the last queued outcome)
         were current; otherwise the patch is dropped and the next read rebuilds from the file."""
         last = self._pending_key if self._pending is not None else self._arrays_key
-        data_version, generation = self.store.data_version(), self.store.generation
+        key = data_version, generation = self.store.data_version(), self.store.generation
         if self._arrays is None or not self._numbers_unchanged(last, (data_version, generation - 1)):
             self._pending, self._arrays_key = None, None
-            return
+            return key
         if effect.competence or effect.costs:  # an outage that cost nothing changes no cell
             self._pending = self._pending or Patch(self._arrays)
             if not self._pending.add(effect.competence, effect.costs):
                 self._pending, self._arrays_key = None, None
-                return
+                return key
         if self._pending is None:
-            self._arrays_key = (data_version, generation)
+            self._arrays_key = key
         else:
-            self._pending_key = (data_version, generation)
+            self._pending_key = key
+        return key
 
 
 @contextlib.contextmanager

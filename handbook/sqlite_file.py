@@ -249,9 +249,13 @@ class SqliteFile:
             if not began:  # nested: the outer transaction owns commit and rollback
                 yield self.db
                 return
-            with self._transaction():
+            try:  # _transaction's body, written out: one generator per write, not two (a record's hot path)
                 self._check_same_file()
                 yield self.db
+            except BaseException:
+                self._roll_back()
+                raise
+            self._commit()
         finally:
             self.lock.release()
 
@@ -299,8 +303,11 @@ class SqliteFile:
                 conn = self.db.conn
                 if conn.in_transaction:  # only this thread can be inside one while it holds the lock
                     return False
-                with self._without_busy_wait():
+                conn.execute("PRAGMA busy_timeout=0")  # as _without_busy_wait, without a generator per write
+                try:
                     busy = self._begin_immediate()
+                finally:
+                    conn.execute(self._busy_pragma)
             except BaseException:
                 self.lock.release()
                 raise
@@ -342,20 +349,27 @@ class SqliteFile:
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
         """The body of a transaction BEGIN IMMEDIATE opened: commit it, or roll it back on any error."""
-        conn = self.db.conn
         try:
             yield
         except BaseException:
-            if conn.in_transaction:  # SQLite may have rolled back already (e.g. on corruption): keep the cause
-                conn.execute("ROLLBACK")
+            self._roll_back()
             raise
-        else:
-            try:
-                conn.execute("COMMIT")
-            except BaseException:  # e.g. busy: never leave the connection inside a transaction
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        self._commit()
+
+    def _roll_back(self) -> None:
+        """End the open transaction after an error in it: SQLite may have rolled back already (e.g. on corruption),
+        so only if one is still open, keeping the error that ended it as the cause."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+    def _commit(self) -> None:
+        """Commit the open transaction; never leave the connection inside one when the commit fails (e.g. busy)."""
+        try:
+            self.db.conn.execute("COMMIT")
+        except BaseException:
+            self._roll_back()
+            raise
 
     @contextlib.contextmanager
     def _pragma_for_now(self, setting: str, restored: str) -> Iterator[None]:

@@ -8,6 +8,7 @@ budget a session holds; they touch the handbook only through record_outcome, whi
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -20,17 +21,22 @@ from skillorchestra.handbook.store_sql import KNOWN_SPEND, REPORTED_STEPS, UNCAL
 from skillorchestra.handbook.store_versions import Versions
 
 
+@functools.lru_cache(maxsize=64)
+def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    """INSERT INTO table (columns) VALUES (?, ...): the column names are ours (the keys of rows we build)."""
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+
+
 class Decisions(Versions):
     def insert_decision(self, decision: dict[str, Any]) -> None:
         with self.write():
             self._insert_row("decisions", decision)
 
     def _insert_row(self, table: str, row: dict[str, Any]) -> None:
-        """A plain INSERT (the hot path: sqlite-utils' insert re-reads the schema on every call)."""
+        """A plain INSERT (the hot path: sqlite-utils' insert re-reads the schema on every call), its SQL built once
+        per table and column list."""
         values = [dumps(v) if isinstance(v, list | dict) else v for v in row.values()]
-        columns = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        self.db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", values)
+        self.db.conn.execute(_insert_sql(table, tuple(row)), values)
 
     def _row(self, sql: str, params: list[Any]) -> dict[str, Any] | None:
         with self.lock:
@@ -90,7 +96,7 @@ class Decisions(Versions):
         measured a moment later (QA). Checked in this transaction, where no claim can land unseen (review)."""
         with self.write():
             decision_id = outcome_row["decision_id"]
-            reported, agent_deleted, current, claimed_at = self.db.execute(  # one trip: record_outcome's hot path
+            reported, agent_deleted, current, claimed_at = self.db.conn.execute(  # one trip: the hot path
                 "SELECT EXISTS (SELECT 1 FROM outcomes WHERE decision_id = ?),"
                 " (SELECT agent_deleted_at FROM decisions WHERE id = ?) IS NOT NULL,"
                 " (SELECT value FROM meta WHERE key = 'current_version'),"
@@ -116,7 +122,9 @@ class Decisions(Versions):
                 return OutcomeEffect(agent_deleted=True)
             self._log_event(live, "outcome", event)
             effect: OutcomeEffect = self._apply_event("outcome", event)
-            result = dumps([c.model_dump() for c in effect.competence])
+            # each row's fields as model_dump gives them (str and float fields: the same JSON), read without the
+            # serializer's per-call cost (dict(model) cost more still: a failed getattr per model)
+            result = dumps([c.__dict__ for c in effect.competence])
             self._insert_row("outcomes", dict(outcome_row, result=result))
             return effect
 

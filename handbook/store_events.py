@@ -106,7 +106,7 @@ class EventLog(LiveState):
         )
 
     def _log_event(self, version: int, kind: str, payload: dict[str, Any]) -> None:
-        self.db.execute(
+        self.db.conn.execute(
             "INSERT INTO events (version, kind, payload, created_at) VALUES (?, ?, ?, ?)",
             [version, kind, dumps(payload), time.time()],
         )
@@ -159,12 +159,12 @@ class EventLog(LiveState):
         """Fractional Beta updates by skill weight; infrastructure errors only touch cost."""
         effect = OutcomeEffect()
         agent_id = payload["agent_id"]
-        if not self._exists("agents", agent_id):
-            return effect
         named = [s for s, w in payload["skills"] if w > 0]
         competence: dict[str, tuple[Any, ...]] | None  # None: the rows are read where they are updated
         costs: dict[str, tuple[Any, ...]] | None
-        known, competence, costs = self._skill_rows(agent_id, named)
+        agent_known, known, competence, costs = self._skill_rows(agent_id, named)
+        if not agent_known:
+            return effect
         demands = [(s, w) for s, w in payload["skills"] if s in known and w > 0]
         if not demands:  # its rows are read below: the column is not a skill
             demands, competence, costs = [(self._fallback_column(payload), 1.0)], None, None
@@ -182,22 +182,28 @@ class EventLog(LiveState):
 
     def _skill_rows(
         self, agent_id: str, named: list[str]
-    ) -> tuple[set[str], dict[str, tuple[Any, ...]], dict[str, tuple[Any, ...]]]:
-        """Which of the `named` skills exist, and the agent's competence and cost rows of those, in one statement
-        (three statements were a sixth of a record's SQL; the rows are the ones _rows_for reads)."""
+    ) -> tuple[bool, set[str], dict[str, tuple[Any, ...]], dict[str, tuple[Any, ...]]]:
+        """Whether the agent exists, which of the `named` skills exist, and the agent's competence and cost rows of
+        those, in one statement (four statements were a fifth of a record's SQL; the rows are the ones _rows_for
+        reads)."""
         if not named:
-            return set(), {}, {}
+            return self._exists("agents", agent_id), set(), {}, {}
         marks = ",".join("?" for _ in named)
+        agent_known = False
         known: set[str] = set()
         competence: dict[str, tuple[Any, ...]] = {}
         costs: dict[str, tuple[Any, ...]] = {}
-        for row in self.db.conn.execute(f"{_SKILL_ROWS_SQL} WHERE s.id IN ({marks})", [agent_id, agent_id, *named]):
-            known.add(row[0])
-            if row[1]:  # the agent has a competence row of the skill
-                competence[row[0]] = row[2:4]
-            if row[4]:  # and a cost row
-                costs[row[0]] = row[5:]
-        return known, competence, costs
+        sql = f"{_SKILL_ROWS_SQL[0]}{marks}{_SKILL_ROWS_SQL[1]}"
+        for row in self.db.conn.execute(sql, [agent_id, *named, agent_id, agent_id]):
+            agent_known = bool(row[0])  # the same on every row (at least one: the agent's row is left-joined)
+            if row[1] is None:  # none of the named skills exists
+                continue
+            known.add(row[1])
+            if row[2]:  # the agent has a competence row of the skill
+                competence[row[1]] = row[3:5]
+            if row[5]:  # and a cost row
+                costs[row[1]] = row[6:]
+        return agent_known, known, competence, costs
 
     def _fallback_column(self, payload: dict[str, Any]) -> str:
         """A step with no (surviving) skill is evidence for its mode when it had one, else for the agent."""
@@ -297,12 +303,15 @@ class EventLog(LiveState):
 # a CostStats as COST_UPSERT's parameters
 _COST_ROW = operator.attrgetter("agent_id", "skill_id", *COST_NUMBERS)
 
-# the skills of an outcome that exist, with the agent's competence and cost rows of each (two agent_id parameters)
+# whether the outcome's agent exists, and the skills of the outcome that exist, with the agent's competence and cost
+# rows of each: the SQL before and after the skills' placeholders (parameters: agent_id, the skills, agent_id twice);
+# one row with a NULL skill when none exists
 _SKILL_ROWS_SQL = (
-    "SELECT s.id, c.skill_id IS NOT NULL, c.alpha, c.beta, k.skill_id IS NOT NULL, "
+    "SELECT a.known, s.id, c.skill_id IS NOT NULL, c.alpha, c.beta, k.skill_id IS NOT NULL, "
     + ", ".join(f"k.{name}" for name in COST_NUMBERS)
-    + " FROM skills s LEFT JOIN competence c ON c.agent_id = ? AND c.skill_id = s.id"
-    " LEFT JOIN cost_stats k ON k.agent_id = ? AND k.skill_id = s.id"
+    + " FROM (SELECT EXISTS (SELECT 1 FROM agents WHERE id = ?) AS known) a LEFT JOIN skills s ON s.id IN (",
+    ") LEFT JOIN competence c ON c.agent_id = ? AND c.skill_id = s.id"
+    " LEFT JOIN cost_stats k ON k.agent_id = ? AND k.skill_id = s.id",
 )
 
 # what applies each kind of event to the live tables (apply, record_outcome and every replay)
