@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from skillorchestra.handbook.arrays import HandbookArrays
+from skillorchestra.handbook.models import CHARS_PER_TOKEN, DEFAULT_COMPLETION_TOKENS
 from skillorchestra.handbook.router import nan_to_num  # np.nan_to_num's result, without its overhead
-from skillorchestra.handbook.traces import CHARS_PER_TOKEN, DEFAULT_COMPLETION_TOKENS
 
 MIN_SHARE_OF_RECORDED = 0.1  # a short text never makes a call look cheaper than a tenth of its recorded mean
 

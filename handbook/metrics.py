@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from skillorchestra.handbook.traces import SUCCESS_THRESHOLD
+from skillorchestra.handbook.models import SUCCESS_THRESHOLD
 
 Curve = tuple[np.ndarray, np.ndarray]
 

@@ -31,6 +31,12 @@ MAX_TOKENS = 2**53  # also within SQLite's INTEGER
 MAX_SECONDS = 1e6
 PLAUSIBLE_TOKENS = 10_000_000  # per call and figure: beyond any model's context or output, so a figure past it is an
 # error (a backend's usage report, a trace line): not believed
+# an outcome scoring at least this is a success (traces, metrics, the judge); an unreported token count is estimated
+# at CHARS_PER_TOKEN characters a token, an answer's at DEFAULT_COMPLETION_TOKENS (traces and costing). Here, not in
+# traces.py, so that costing and metrics do not load the trace models at start-up.
+SUCCESS_THRESHOLD = 0.5
+DEFAULT_COMPLETION_TOKENS = 256
+CHARS_PER_TOKEN = 4.0
 MAX_EVIDENCE = 1e12  # alpha or beta of an entering competence row: past any log, far below overflow in its variance
 MAX_SKILL_DEPTH = 32  # levels of a skill tree a selection may name (a deeper one routes at full depth anyway)
 DEFAULT_SELECTION = "default"  # the selection every learned version stores for orchestrators without their own
@@ -179,6 +185,8 @@ class Agent(_Model):
 class Competence(_Model):
     """Beta(alpha, beta) posterior of an agent's success rate on a skill; Beta(1, 1) means no evidence."""
 
+    model_config = ConfigDict(defer_build=True)  # not in any tool schema: built on first use
+
     agent_id: Identifier
     skill_id: Identifier
     alpha: float = Field(default=1.0, gt=0.0)  # at most MAX_EVIDENCE where a document enters (document_checks)
@@ -187,6 +195,8 @@ class Competence(_Model):
 
 class CostStats(_Model):
     """Weighted running statistics of an agent's cost per call on a skill (weights = skill demands)."""
+
+    model_config = ConfigDict(defer_build=True)  # not in any tool schema: built on first use
 
     agent_id: Identifier
     skill_id: Identifier
@@ -233,6 +243,8 @@ class LengthEffect(_Model):
     that holds short and long problems alike cannot say so. Learned offline (ridge on the handbook's own
     residuals) and kept only when cross-validation shows it routes better; an agent absent from `slopes` does not
     move."""
+
+    model_config = ConfigDict(defer_build=True)  # not in any tool schema: built on first use
 
     center: float = Field(ge=0.0, le=MAX_LN_CHARS, description="ln(characters) of the typical training step")
     low: float = Field(ge=0.0, le=MAX_LN_CHARS, description="the shortest training step's ln(characters)")
@@ -289,6 +301,8 @@ class CiInflation(_Model):
     It fades as outcomes recorded after learning outnumber `evidence` (what each agent had at learning time).
     Quality, and so every routing choice, never reads it."""
 
+    model_config = ConfigDict(defer_build=True)  # not in any tool schema: built on first use
+
     factor: float = Field(ge=1.0, le=MAX_CI_INFLATION, description="ci90 half-width multiplier at learning time")
     evidence: dict[Identifier, float] = Field(
         default_factory=dict,
@@ -322,6 +336,8 @@ def without_agents(part: PerAgent | None, field: str, gone: set[str]) -> PerAgen
 
 class HandbookDocument(_Model):
     """The whole handbook as one JSON object: the transferable artifact of export and import."""
+
+    model_config = ConfigDict(defer_build=True)  # not in any tool schema: built on first use
 
     format: Literal["skillorchestra-handbook"] = FORMAT_NAME
     schema_version: int = SCHEMA_VERSION

@@ -18,13 +18,19 @@ from pydantic_core import PydanticCustomError
 
 from skillorchestra.handbook.atomic_file import atomic_writer
 from skillorchestra.handbook.errors import InvalidInput, InvalidLine, first_problem, not_utf8
-from skillorchestra.handbook.models import ID_MAX, INFRASTRUCTURE_ERRORS, MAX_SECONDS, MAX_USD, PLAUSIBLE_TOKENS
+from skillorchestra.handbook.models import (
+    CHARS_PER_TOKEN,
+    DEFAULT_COMPLETION_TOKENS,
+    ID_MAX,
+    INFRASTRUCTURE_ERRORS,
+    MAX_SECONDS,
+    MAX_USD,
+    PLAUSIBLE_TOKENS,
+)
+from skillorchestra.handbook.models import SUCCESS_THRESHOLD as SUCCESS_THRESHOLD  # traces.SUCCESS_THRESHOLD, as ever
 
-SUCCESS_THRESHOLD = 0.5
 SHOWN_VALUE = 60  # characters of a refused value an error about a line repeats
 ModelT = TypeVar("ModelT", bound=BaseModel)
-DEFAULT_COMPLETION_TOKENS = 256
-CHARS_PER_TOKEN = 4.0  # the token estimate of a text whose count nobody reported (costing uses it too)
 
 
 # other names users give a field (QA: "reward" or "cost" read as no score and an estimated cost, silently)

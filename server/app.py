@@ -60,11 +60,17 @@ INSTRUCTIONS = (
 )
 
 
-def open_handbook(settings: ServerSettings) -> Handbook:
+def open_store(settings: ServerSettings) -> HandbookStore:
     """Create or migrate the database file, seeding the example handbook into a new one if asked."""
     store = HandbookStore(settings.db_path)
     if settings.seed_example:
         seed_example_if_new(store)
+    return store
+
+
+def open_handbook(settings: ServerSettings) -> Handbook:
+    """The handbook over `open_store`'s file, with its skill matcher (chosen, not loaded)."""
+    store = open_store(settings)
     matcher = HandbookMatcher(store, make_matcher(store, settings.matcher))
     return Handbook(store, settings.handbook_settings(), matcher=matcher)
 
@@ -256,7 +262,9 @@ async def serve(settings: ServerSettings) -> None:
         check_bind(settings)  # a refused bind creates no database file,
         sockets = bind_sockets(settings)  # nor does a port in use
     try:
-        store = open_handbook(settings).store  # creates and migrates the file before we answer anything
+        # creates and migrates the file before we answer anything (the matcher is the lifespan's: locating the
+        # MiniLM weights reads package metadata, ~5 ms)
+        store = open_store(settings)
         store.close()
         log.info("handbook %s", settings.db_path.absolute())  # which file, wherever the host started us (QA)
         if not store.writable:  # every write tool would fail: routing records its decisions

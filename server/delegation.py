@@ -27,7 +27,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from pydantic import ValidationError
@@ -50,10 +50,11 @@ from skillorchestra.handbook.service import DelegateRequest, Handbook, OutcomeRe
 from skillorchestra.handbook.sqlite_file import BUSY_NOT_RECORDED, is_busy
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.handbook.store_sql import DecisionRow
-from skillorchestra.server.agent_config import AgentConnection, LlmAgentConnection, parse_agent
 from skillorchestra.server.breaker import CircuitBreaker, whole_seconds
-from skillorchestra.server.judge import find_judge, judge_answer, note_cancelled, withdraw
-from skillorchestra.server.llm_backend import QUEUE_FULL, QUEUED_TIMEOUT, SLOT_WAIT, BackendResult, SlotWait
+
+if TYPE_CHECKING:  # the backends, their connection settings and the judge load on the first delegation (start-up)
+    from skillorchestra.server.agent_config import AgentConnection
+    from skillorchestra.server.llm_backend import BackendResult, SlotWait
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class DelegationFailed(HandbookError):
     """Every agent tried failed for infrastructure reasons (each failure is recorded)."""
 
 
-Caller = Callable[[AgentConnection, str, list[dict[str, Any]], float, int | None], Awaitable[BackendResult]]
+Caller = Callable[["AgentConnection", str, list[dict[str, Any]], float, int | None], Awaitable["BackendResult"]]
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ class _Plan:
 async def _litellm_ready(connections: dict[str, AgentConnection]) -> None:
     """Import litellm and warm its first call when an llm agent may be called, before the step's time budget
     starts."""
+    from skillorchestra.server.agent_config import LlmAgentConnection
+
     if any(isinstance(conn, LlmAgentConnection) for conn in connections.values()):
         from skillorchestra.server.llm_backend import ensure_litellm
 
@@ -128,6 +131,8 @@ async def call_agent(
     conn: AgentConnection, text: str, messages: list[dict[str, Any]], timeout_s: float, max_tokens: int | None
 ) -> BackendResult:
     """The real backends; imported lazily so start-up never pays for litellm."""
+    from skillorchestra.server.agent_config import LlmAgentConnection
+
     if isinstance(conn, LlmAgentConnection):
         from skillorchestra.server.llm_backend import call_llm
 
@@ -153,6 +158,8 @@ class Delegator:
 
     def connections(self) -> dict[str, AgentConnection]:
         """Connection settings as loaded by `skillorchestra agents load` (re-read: the CLI may reload them)."""
+        from skillorchestra.server.agent_config import parse_agent
+
         loaded: dict[str, AgentConnection] = {}
         for agent_id, raw in self.handbook.store.connections().items():
             try:
@@ -289,6 +296,8 @@ class Delegator:
         """Call one agent and account for the call on `decision_id`. Cancelled (the client gave up, or the server
         stops), the call is recorded as cut off when it reached the agent, and a fallback's decision is closed when
         it was still waiting for the agent's concurrency slot."""
+        from skillorchestra.server.llm_backend import SlotWait
+
         called = time.monotonic()
         # with fallbacks left, a busy agent's slot is waited for only its share of the time left (QA: the wait
         # for one busy agent spent the whole step, and an idle fallback was never tried)
@@ -307,6 +316,8 @@ class Delegator:
 
     async def _judged(self, plan: _Plan, answer: DelegateResult) -> DelegateResult:
         """The answer, graded by the judge when agents.toml configures one (server/judge.py)."""
+        from skillorchestra.server.judge import find_judge, judge_answer
+
         judge = find_judge(plan.connections)
         if judge is None:
             return answer
@@ -428,6 +439,8 @@ class Delegator:
     async def _call(self, plan: _Plan, conn: AgentConnection, slot: SlotWait) -> BackendResult:
         """The backend's call within the step's deadline (at least MIN_TRY_S), with progress ticks when the client
         asked for them, its answer capped (answer_cap); cancelled, the agent's breaker gets its trial back."""
+        from skillorchestra.server.llm_backend import SLOT_WAIT
+
         request, text, messages = plan.request, plan.route.text, plan.messages
         timeout = max(min(plan.deadline - time.monotonic(), conn.timeout_s), MIN_TRY_S)
         reset = SLOT_WAIT.set(slot)
@@ -505,10 +518,14 @@ class Delegator:
     def _cancelled(self, decision_id: str, agent_id: str, latency_s: float) -> None:
         """A call cut off by its request's cancellation (Handbook.note_cancelled); the agent's breaker (_call gave
         back a half-open trial) and competence stay as they were (QA: nothing recorded the call)."""
+        from skillorchestra.server.judge import note_cancelled
+
         note_cancelled(self.handbook, decision_id, agent_id, latency_s)
 
     def _withdraw(self, decision_id: str) -> None:
         """Close a decision whose agent was never reached (judge.withdraw)."""
+        from skillorchestra.server.judge import withdraw
+
         withdraw(self.handbook, decision_id)
 
     def _uncalled(self, decision_id: str) -> None:
@@ -529,6 +546,8 @@ class Delegator:
 def settle_breaker(breaker: CircuitBreaker, agent_id: str, result: BackendResult) -> None:
     """What a call tells the agent's circuit breaker: nothing when it was the local queue's (no slot in time, or a
     timeout after waiting most of the call for one), else a failure or a success of the agent."""
+    from skillorchestra.server.llm_backend import QUEUE_FULL, QUEUED_TIMEOUT
+
     if result.error_type in (QUEUE_FULL, QUEUED_TIMEOUT):
         breaker.release(agent_id)
     elif result.infrastructure_failure:
@@ -549,6 +568,8 @@ def with_live_prices(connections: dict[str, AgentConnection], arrays: HandbookAr
     """The connections priced as the live handbook agent is, where it has the prices: an llm connection's input and
     output prices (both), an MCP tool's price per call. Those are the prices routing charges (upsert_agent changes
     them; `agents load` sets them from the file)."""
+    from skillorchestra.server.agent_config import LlmAgentConnection
+
     priced: dict[str, AgentConnection] = {}
     for agent_id, conn in connections.items():
         i = arrays.agent_index.get(agent_id)
@@ -665,6 +686,8 @@ def answer_cap(conn: AgentConnection, max_tokens: int | None) -> int:
     (no tokenizer writes 16 characters a token on average), and ANSWER_FLOOR_CHARS for a tool agent, which takes
     no max_tokens. The caller's max_tokens counts only as far as the agent's max_output_tokens, as the call itself
     was capped (review: max_tokens=1e6 let a 4 MB answer through, to the judge and past the client's 1 MiB event)."""
+    from skillorchestra.server.agent_config import LlmAgentConnection
+
     if not isinstance(conn, LlmAgentConnection):
         return ANSWER_FLOOR_CHARS
     tokens = min(max_tokens, conn.max_output_tokens) if max_tokens is not None else conn.max_output_tokens

@@ -1,7 +1,8 @@
 """Editing and listing the handbook's agents, skills and modes (no connection settings: those come only
 from agents.toml, so a prompt-injected orchestrator cannot redirect an agent's endpoint)."""
 
-from __future__ import annotations
+# Annotations stay evaluated (no `from __future__ import annotations`): the SDK resolves every tool's signature at
+# start-up, and string annotations cost an eval each (~8% of the tools' registration).
 
 from typing import Annotated
 

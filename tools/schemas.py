@@ -10,12 +10,13 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
 
 from skillorchestra.handbook.errors import InvalidInput, expectation, field_path
 
@@ -61,23 +62,19 @@ def strict_arguments(server: MCPServer) -> None:
       and one of "null" became null.
 
     The SDK builds each tool's argument model with pydantic's defaults and offers no option, so the models are
-    tightened here, once, after registration and after the schemas are inlined (tests/test_mcp_tools.py proves
-    it). Each strict model builds its validator on the tool's first call (defer_build), not at start-up: the list
-    of tools only needs the schema, and building all of them delayed the first tools/list answer by a few ms.
+    tightened here, after registration and after the schemas are inlined (tests/test_mcp_tools.py proves it).
+    Each strict model is made on the tool's first call (_StrictArguments.tightened), not at start-up: the list of
+    tools only needs the schema, and making all of them delayed the first tools/list answer (~0.5% of the start).
     A refusal is worded by `argument_problems` (tests/test_tool_errors.py)."""
     for tool in server._tool_manager.list_tools():
         properties = tool.parameters.get("properties", {})
-        loose = tool.fn_metadata.arg_model
-        namespace = {
-            "model_config": ConfigDict(extra="forbid", defer_build=True, strict=True),
-            "whole_numbers": model_validator(mode="before")(_whole_floats_as(_typed(properties, {"integer"}))),
-        }
         tool.fn_metadata = _StrictArguments(
-            arg_model=type(loose.__name__, (loose,), namespace),
+            arg_model=tool.fn_metadata.arg_model,
             output_schema=tool.fn_metadata.output_schema,
             output_model=tool.fn_metadata.output_model,
             wrap_output=tool.fn_metadata.wrap_output,
             structured=_typed(properties, {"array", "object"}),
+            integers=_typed(properties, {"integer"}),
             defaulted=_defaulted(tool.parameters),
             tool_name=tool.name,
             input_schema=tool.parameters,
@@ -120,14 +117,34 @@ def _whole_floats_as(integers: frozenset[str]) -> Callable[[type[BaseModel], Any
     return whole_numbers
 
 
+_TIGHTENING = threading.Lock()
+
+
 class _StrictArguments(FuncMetadata):
-    """FuncMetadata whose JSON pre-parsing touches only the arguments that take a list or an object, and whose
-    refusals read as `argument_problems` words them."""
+    """FuncMetadata whose argument model is made strict on the tool's first call (`tightened`), whose JSON
+    pre-parsing touches only the arguments that take a list or an object, and whose refusals read as
+    `argument_problems` words them."""
 
     structured: frozenset[str] = frozenset()
+    integers: frozenset[str] = frozenset()  # a whole float is taken for these
     defaulted: frozenset[str] = frozenset()
     tool_name: str = ""
     input_schema: dict[str, Any] = {}
+    _strict: bool = PrivateAttr(default=False)
+
+    def tightened(self) -> None:
+        """Replace the SDK's argument model by a subclass that forbids unknown arguments and takes every value
+        strictly (but a whole float for an integer); once, whichever call of the tool comes first."""
+        with _TIGHTENING:
+            if self._strict:
+                return
+            loose = self.arg_model
+            namespace = {
+                "model_config": ConfigDict(extra="forbid", strict=True),
+                "whole_numbers": model_validator(mode="before")(_whole_floats_as(self.integers)),
+            }
+            self.arg_model = type(loose.__name__, (loose,), namespace)
+            self._strict = True
 
     def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -137,6 +154,8 @@ class _StrictArguments(FuncMetadata):
         }
 
     def validate_arguments(self, arguments_to_validate: dict[str, Any]) -> dict[str, Any]:
+        if not self._strict:
+            self.tightened()
         try:
             return super().validate_arguments(arguments_to_validate)
         except ValidationError as exc:
