@@ -60,7 +60,15 @@ class RouteMixin(HandbookBase):
         # budget. Everything that takes another lock (arrays() the handbook's, the matchers their own before the
         # file's) ran above: inside, only the file is read and written.
         with self.store.write() if budgeted else contextlib.nullcontext():
-            spend = self.store.session_spend(request.session_id, self.clock(), c_ref) if request.session_id else None
+            # the session's earlier steps of unknown cost hold what this step charges an unknown cost (at least c_ref:
+            # costing.charge_unknown); held at c_ref alone, a long step admitted at $0.08 each held $0.001, and 20 of
+            # them passed a $0.50 budget (property QA)
+            unknown_charge = max(c_ref, float(np.max(cost[known & arrays.enabled], initial=0.0)))
+            spend = (
+                self.store.session_spend(request.session_id, self.clock(), unknown_charge)
+                if request.session_id
+                else None
+            )
             # an agent the caller names (agent_id, or allowed_agents of one) is not second-guessed by a mode only
             # inferred; a broader allowed_agents keeps the rule among them (review: it let a search tool take sums)
             allowed = request.allowed_agents
