@@ -352,6 +352,14 @@ def _stdout_closed() -> int:
     return 128 + 13  # 128 + SIGPIPE
 
 
+def _close_opened() -> None:
+    """Close the handbooks the command opened (commands.close_opened); a command that never imported the module
+    opened none through it."""
+    commands = sys.modules.get("skillorchestra.server.commands")
+    if commands is not None:
+        commands.close_opened()
+
+
 def _dispatch(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentParser]) -> int:
     try:
         args = build().parse_args(argv)
@@ -360,7 +368,10 @@ def _dispatch(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentP
         _configure_logging(getattr(args, "log_level", "WARNING"), getattr(args, "log_format", None))
         with contextlib.suppress(AttributeError, ValueError):  # QA: handbook show on a cp1252 console: a traceback
             sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]  # (stdio serve: its own)
-        return int(args.handler(args) or 0)
+        try:
+            return int(args.handler(args) or 0)
+        finally:
+            _close_opened()
     except UsageError as exc:
         announce(str(exc), "ERROR")
         return 2

@@ -57,7 +57,11 @@ def _pool(args: argparse.Namespace) -> dict:
             f"an agents.toml file, or a database with connections loaded by `skillorchestra agents load` ({db} "
             "does not exist)",
         )
-    stored = HandbookStore(db).connections()
+    store = HandbookStore(db)
+    try:
+        stored = store.connections()
+    finally:
+        store.close()  # not left to the garbage collector (Python 3.13 warns of an unclosed database)
     if not stored:
         raise InvalidInput("--pool", "(missing)", f"an agents.toml file (no connections are loaded in {db})")
     return {a: parse_agent(a, {k: v for k, v in raw.items() if k != "id"}, str(db)) for a, raw in stored.items()}

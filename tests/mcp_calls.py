@@ -3,6 +3,7 @@ they succeeded (or were refused)."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import subprocess
 import sys
@@ -88,5 +89,5 @@ async def give_up_once_called(fake_openai: FakeOpenAI, model: str, group: anyio.
 
 def db_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
     """Rows of the handbook file as another process sees them (the server's own connection is not used)."""
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # `with conn` never closes
         return conn.execute(sql).fetchall()

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +84,10 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def book(tmp_path: Path, clock: Clock) -> Handbook:
-    return make_book(tmp_path / "h.db", clock)
+def book(tmp_path: Path, clock: Clock) -> Iterator[Handbook]:
+    handbook = make_book(tmp_path / "h.db", clock)
+    yield handbook
+    handbook.store.close()  # not left to the garbage collector (Python 3.13 warns of an unclosed database)
 
 
 def python(weight: float = 1.0) -> list[SkillDemand]:

@@ -5,6 +5,7 @@ writes nothing, and expiry times read as UTC times."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +35,7 @@ async def refused(client: Client, tool: str, args: dict[str, Any]) -> str:
 
 def file_state(db: Path) -> dict[str, list[Any]]:
     """Every row of every table, read through a connection of its own (the server keeps one open)."""
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # `with conn` alone commits, never closes
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
         return {t: sorted(conn.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables}
 

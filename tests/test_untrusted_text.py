@@ -5,6 +5,7 @@ serves), and a non-loopback bind needs a token long enough not to be guessed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -292,7 +293,7 @@ async def test_newlines_tabs_and_slashed_ids_are_still_taken(mcp_client: Client)
 
 
 def _rows(db: Path) -> list[Any]:
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # `with conn` never closes
         tables = ("modes", "skills", "agents", "decisions", "events")
         return [conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in tables]
 
