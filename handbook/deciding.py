@@ -60,15 +60,10 @@ class RouteMixin(HandbookBase):
         # budget. Everything that takes another lock (arrays() the handbook's, the matchers their own before the
         # file's) ran above: inside, only the file is read and written.
         with self.store.write() if budgeted else contextlib.nullcontext():
-            # the session's earlier steps of unknown cost hold what this step charges an unknown cost (at least c_ref:
-            # costing.charge_unknown); held at c_ref alone, a long step admitted at $0.08 each held $0.001, and 20 of
-            # them passed a $0.50 budget (property QA)
-            unknown_charge = max(c_ref, float(np.max(cost[known & arrays.enabled], initial=0.0)))
-            spend = (
-                self.store.session_spend(request.session_id, self.clock(), unknown_charge)
-                if request.session_id
-                else None
-            )
+            # each earlier step holds what it was charged when admitted (its charged_usd: property QA found long
+            # steps of unknown cost, admitted at $0.08 each, held at c_ref's $0.001, so 20 passed a $0.50 budget);
+            # c_ref only for a decision older than that column
+            spend = self.store.session_spend(request.session_id, self.clock(), c_ref) if request.session_id else None
             # an agent the caller names (agent_id, or allowed_agents of one) is not second-guessed by a mode only
             # inferred; a broader allowed_agents keeps the rule among them (review: it let a search tool take sums)
             allowed = request.allowed_agents
@@ -76,7 +71,7 @@ class RouteMixin(HandbookBase):
             # the skills matched, not their ancestors, decide the step's modes: coarsening never widens them
             step_modes = frozenset() if one_named else arrays.step_modes(request.mode, matched)
             unusable_agents = unusable(arrays, request.mode, step_modes, any(w > 0 for _, w in matched))
-            eligible, excluded = eligibility(arrays, request, unusable_agents, cost, known, spend)
+            eligible, excluded = eligibility(arrays, request, unusable_agents, cost, known, spend, c_ref)
             if not eligible.any():
                 why = next((e.reason for e in excluded if e.agent_id == request.named_agent), None)
                 if why is not None:  # the caller asked for one agent: why it cannot take the step, not the others
@@ -140,6 +135,7 @@ class RouteMixin(HandbookBase):
                     "propensity": decision.propensity,
                     "explored": int(decision.explored),
                     "expected_cost_usd": float(cost[scores.chosen]) if known[scores.chosen] else None,
+                    "charged_usd": float(cost[scores.chosen]),  # unknown: charged as costing.charge_unknown says
                     "text": request.text if self.settings.store_step_text else None,
                     "candidates": [c.model_dump() for c in candidates],
                     "excluded": [e.model_dump() for e in excluded],

@@ -106,6 +106,7 @@ class DelegatedCallsMixin(HandbookBase):
             propensity=None,
             explored=0,
             expected_cost_usd=expected_cost,
+            charged_usd=c_ref if expected_cost is None else expected_cost,  # what its session's budget holds for it
             parent_decision_id=decision_id,
             role=role,
             claimed_at=now,  # delegate carries it out now, as its own routed decision (see RouteRequest.claimed)

@@ -47,6 +47,7 @@ def eligibility(
     cost: np.ndarray,
     known: np.ndarray,
     spend: float | None,
+    c_ref: float,
 ) -> tuple[np.ndarray, list[Exclusion]]:
     """The agents that may take the step (a mask over arrays.agent_ids), and why each other one may not
     (`unusable_agents`: unusable's reasons, which come first)."""
@@ -70,10 +71,10 @@ def eligibility(
                 "(give the agent input_per_mtok/output_per_mtok, or report cost_usd for its steps)"
             )
         if request.max_cost_usd is not None and cost[i] > request.max_cost_usd:
-            return f"{_charged(cost[i], known[i])} exceeds max_cost_usd ${request.max_cost_usd:.6g}"
+            return f"{_charged(cost[i], known[i], c_ref)} exceeds max_cost_usd ${request.max_cost_usd:.6g}"
         if remaining is not None and cost[i] > remaining:
             left = max(remaining, 0)
-            return f"{_charged(cost[i], known[i])} exceeds the session's remaining budget ${left:.6g}"
+            return f"{_charged(cost[i], known[i], c_ref)} exceeds the session's remaining budget ${left:.6g}"
         return None
 
     for i, agent_id in enumerate(arrays.agent_ids):
@@ -97,6 +98,12 @@ def why_no_agent(excluded: list[Exclusion], budgeted: bool, shown: int = 6) -> s
     return f"no agent satisfies the step's constraints ({'; '.join(parts)}){advice}"
 
 
-def _charged(cost: float, known: bool) -> str:
-    """What a step is charged: its expected cost, or c_ref for an agent whose cost is unknown (interface.md)."""
-    return f"expected cost ${cost:.6g}" if known else f"cost unknown, charged c_ref ${cost:.6g},"
+def _charged(cost: float, known: bool, c_ref: float) -> str:
+    """What a step is charged: its expected cost, or for an agent whose cost is unknown c_ref (interface.md), or the
+    dearest known agent's cost of this step when a long text makes that higher (costing.charge_unknown)."""
+    if known:
+        return f"expected cost ${cost:.6g}"
+    if cost > c_ref:  # review: it read "charged c_ref $0.08" where c_ref was $0.001
+        dearest = "the dearest known agent's cost of a step this long"
+        return f"cost unknown, charged ${cost:.6g} ({dearest}; c_ref ${c_ref:.6g}),"
+    return f"cost unknown, charged c_ref ${cost:.6g},"

@@ -319,6 +319,15 @@ def m017_columns_m004_gained_later(db: Database) -> None:
         db["decisions"].add_column("role", str)
 
 
+@migrations()
+def m018_decision_charge(db: Database) -> None:
+    """What each decision was charged against its session's budget when it was admitted (its expected cost, or the
+    charge of an unknown cost): a session's spend holds every open step at its own charge (review: holding older
+    steps of unknown cost at the current step's charge let short steps pass a budget after long ones, and refused
+    a long step after short ones). Older decisions: NULL, and readers charge them as before."""
+    db["decisions"].add_column("charged_usd", float)
+
+
 def pack_snapshot(document_json: str) -> bytes:
     """A version's snapshot as stored: its JSON, zlib-compressed. Level 1 costs about what writing the JSON does
     (77 ms at 50 x 200, for 4.2x); level 6 gains 4.7x for twice that."""

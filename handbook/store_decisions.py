@@ -150,7 +150,8 @@ class Decisions(Versions):
 
     def session_spend(self, session_id: str, now: float | None = None, unknown_cost: float = 0.0) -> float:
         """Dollars a session has spent or committed, per decision: its reported cost, else the cost its delegated
-        call recorded, else its expected cost (`unknown_cost`, the c_ref routing charges, where that is unknown).
+        call recorded, else what it was charged when admitted (`unknown_cost` for a decision older than m018 whose
+        cost was unknown).
         So a step routed but not yet reported holds its share of the budget (steps routed in parallel cannot all
         spend the same dollars), and a cost nobody knows is not taken as $0; only a decision that expired with
         neither a call nor a report gives its share back."""

@@ -47,6 +47,7 @@ DecisionRow = TypedDict(
         "session_spend_usd": float | None,
         "agent_deleted_at": float | None,
         "granularity": str | None,
+        "charged_usd": float | None,  # what the session's budget held for it when admitted (None before m018)
     },
 )
 
@@ -114,11 +115,12 @@ REPORTED_STEPS = (  # graded reports of steps whose text was kept: learning from
     " AND o.reward IS NOT NULL AND COALESCE(o.error_class, 'task') = 'task'"
 )
 # what a decision has spent or holds of its session's budget (session_spend): its reported cost, else its delegated
-# call's, else (expired with neither a call nor a report) nothing, else its expected cost; NULL when that is unknown
-# too (the reader charges its own figure). One parameter: now.
+# call's, else (expired with neither a call nor a report) nothing, else what it was charged when admitted (its
+# expected cost, or the charge of an unknown one: m018); NULL for an older decision of unknown cost (the reader
+# charges its own figure). One parameter: now.
 KNOWN_SPEND = (
     "COALESCE(o.cost_usd, d.call_cost_usd, CASE WHEN o.decision_id IS NULL AND d.call_latency_s IS NULL"
-    " AND d.expires_at <= ? THEN 0 ELSE d.expected_cost_usd END)"
+    " AND d.expires_at <= ? THEN 0 ELSE COALESCE(d.charged_usd, d.expected_cost_usd) END)"
 )
 
 

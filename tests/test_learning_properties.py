@@ -510,6 +510,53 @@ def test_a_session_budget_holds_steps_of_unknown_cost_at_what_they_were_charged(
     assert admitted[-1].session_spend_usd == pytest.approx(5 * 0.08)
 
 
+def _unknown_cost_document() -> HandbookDocument:
+    """The document of the test above: 'unknown' is chosen, charged the dearest known cost of a long step."""
+    return HandbookDocument(
+        skills=[Skill(id="s", mode="m")],
+        agents=[Agent(id="known", input_per_mtok=10.0, output_per_mtok=10.0), Agent(id="unknown")],
+        competence=[
+            {"agent_id": "unknown", "skill_id": "s", "alpha": 50.0, "beta": 1.0},
+            {"agent_id": "known", "skill_id": "s", "alpha": 1.0, "beta": 50.0},
+        ],
+        cost=[
+            {
+                "agent_id": "known",
+                "skill_id": "s",
+                "n": 10.0,
+                "mean_cost_usd": 0.001,
+                "mean_step_tokens": 100.0,
+                "n_step_tokens": 10.0,
+            }
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("lengths", "admitted_count"),
+    [
+        # six long steps hold $0.48; a shorter one ($0.03) no longer fits: it read $0.18 when the long steps were
+        # held at the shorter step's own charge (review)
+        ([32_000] * 6 + [12_000], 6),
+        # ten short steps hold $0.01; a long one ($0.08) still fits: it was refused when the short steps were held
+        # at the long step's charge (review)
+        ([400] * 10 + [32_000], 11),
+    ],
+)
+def test_a_session_holds_each_step_at_its_own_charge(tmp_path: Path, lengths: list[int], admitted_count: int) -> None:
+    """Steps of one session of different lengths: each holds what it was charged when admitted (m018's
+    charged_usd), whatever the step being routed now charges an unknown cost."""
+    with opened(tmp_path, _unknown_cost_document()) as book:
+        decisions = [
+            routed(book, step([("s", 1.0)], text="x" * n, lambda_=0.0, session_id="S", budget_usd=0.5)) for n in lengths
+        ]
+        charged = [row[0] for row in book.store.db.execute("SELECT charged_usd FROM decisions ORDER BY rowid")]
+    admitted = [d for d in decisions if d is not None]
+    assert len(admitted) == admitted_count
+    assert sum(charged) <= 0.5
+    assert admitted[-1].session_spend_usd == pytest.approx(sum(charged[:-1]))
+
+
 @SERVICE
 @given(routings(scoped=False), st.sampled_from((1e-4, 1e-3, 0.01, 0.05)))
 def test_a_session_never_admits_more_than_its_budget(
@@ -531,3 +578,27 @@ def test_a_session_never_admits_more_than_its_budget(
                 break
             charged.append(cost[arrays.agent_index[decision.agent_id]])
     assert sum(charged) <= budget * (1 + 1e-9)
+
+
+def test_an_unknown_cost_charged_above_c_ref_says_what_it_was_charged(tmp_path: Path) -> None:
+    """A long step charges the agent of unknown cost the dearest known agent's cost, not c_ref: the refusal says so
+    (review: it read "charged c_ref $0.08" where c_ref was $0.001)."""
+    with opened(tmp_path, _unknown_cost_document()) as book, pytest.raises(Unroutable) as refused:
+        book.route(step([("s", 1.0)], text="x" * 32_000, lambda_=0.0, max_cost_usd=0.05))
+    assert (
+        "unknown: cost unknown, charged $0.08 (the dearest known agent's cost of a step this long; c_ref $0.001), "
+        "exceeds max_cost_usd $0.05" in str(refused.value)
+    )
+
+
+def test_a_fallback_holds_what_it_was_charged(tmp_path: Path) -> None:
+    """delegate's fallback (and judge) decisions keep their charge too: an unknown cost at c_ref, a known one at its
+    expected cost; the session's spend then counts each, and the routed step at its own charge."""
+    with opened(tmp_path, _unknown_cost_document()) as book:
+        routed_step = book.route(step([("s", 1.0)], text="x" * 32_000, lambda_=0.0, session_id="S", budget_usd=0.5))
+        book.fallback_decision(routed_step.decision_id, "unknown", budget_usd=0.5, c_ref=0.001)
+        book.fallback_decision(routed_step.decision_id, "known", expected_cost=0.02, budget_usd=0.5, c_ref=0.001)
+        charged = [row[0] for row in book.store.db.execute("SELECT charged_usd FROM decisions ORDER BY rowid")]
+        spend = book.store.session_spend("S", 1_700_000_000.0, unknown_cost=99.0)
+    assert charged == pytest.approx([0.08, 0.001, 0.02])
+    assert spend == pytest.approx(0.101)

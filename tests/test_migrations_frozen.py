@@ -29,6 +29,7 @@ FROZEN = {
     "m015_pruned_session_spend": "d3aafe863c31c9a3",
     "m016_decision_granularity": "b56a844704434d2c",
     "m017_columns_m004_gained_later": "17ceed97e71b3c43",
+    "m018_decision_charge": "d65511f3880e5893",
 }
 
 

@@ -124,8 +124,9 @@ def test_a_pruned_session_keeps_what_it_spent(tmp_path: Path) -> None:
     reported = handbook.route(RouteRequest(text=STEPS[0], **session))  # type: ignore[arg-type]
     handbook.record(OutcomeReport(decision_id=reported.decision_id, success=True, cost_usd=0.25))
     unknown = handbook.route(RouteRequest(text=STEPS[1], **session))  # type: ignore[arg-type]
-    with store.write():  # a decision of an agent whose cost nobody knew, reported without one
-        store.db.execute("UPDATE decisions SET expected_cost_usd = NULL WHERE id = ?", [unknown.decision_id])
+    with store.write():  # a decision of an agent whose cost nobody knew, reported without one, written before m018
+        sql = "UPDATE decisions SET expected_cost_usd = NULL, charged_usd = NULL WHERE id = ?"  # kept no charge
+        store.db.execute(sql, [unknown.decision_id])
     handbook.record(OutcomeReport(decision_id=unknown.decision_id, success=True))
     other = handbook.route(RouteRequest(text=STEPS[2], session_id="other"))
     handbook.record(OutcomeReport(decision_id=other.decision_id, success=True, cost_usd=0.5))
