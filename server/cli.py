@@ -23,6 +23,7 @@ from typing import NoReturn
 from skillorchestra.handbook.errors import HandbookError
 from skillorchestra.server.argtypes import db_arg, depth_arg, name_arg, path_arg, seed_arg
 from skillorchestra.server.log_format import LOG_FORMATS, LogFormat, announce, configure_logging
+from skillorchestra.server.opened_stores import closing_opened
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -352,14 +353,6 @@ def _stdout_closed() -> int:
     return 128 + 13  # 128 + SIGPIPE
 
 
-def _close_opened() -> None:
-    """Close the handbooks the command opened (commands.close_opened); a command that never imported the module
-    opened none through it."""
-    commands = sys.modules.get("skillorchestra.server.commands")
-    if commands is not None:
-        commands.close_opened()
-
-
 def _dispatch(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentParser]) -> int:
     try:
         args = build().parse_args(argv)
@@ -368,10 +361,8 @@ def _dispatch(argv: Sequence[str] | None, build: Callable[[], argparse.ArgumentP
         _configure_logging(getattr(args, "log_level", "WARNING"), getattr(args, "log_format", None))
         with contextlib.suppress(AttributeError, ValueError):  # QA: handbook show on a cp1252 console: a traceback
             sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]  # (stdio serve: its own)
-        try:
+        with closing_opened():  # the handbooks the command opened (commands._store, existing_store)
             return int(args.handler(args) or 0)
-        finally:
-            _close_opened()
     except UsageError as exc:
         announce(str(exc), "ERROR")
         return 2

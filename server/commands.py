@@ -29,6 +29,7 @@ from skillorchestra.handbook.errors import (
 from skillorchestra.handbook.inert_text import one_line
 from skillorchestra.handbook.models import Agent, HandbookDocument, Mode
 from skillorchestra.handbook.store import BOOKKEEPING_METRICS, HandbookStore
+from skillorchestra.server.opened_stores import opening
 from skillorchestra.server.settings import ServerSettings, default_db_path
 
 if TYPE_CHECKING:
@@ -42,25 +43,10 @@ def db_path(args: argparse.Namespace) -> Path:
     return getattr(args, "db", None) or default_db_path()
 
 
-# The handbooks this command opened: cli._dispatch closes them when the command ends (Python 3.13 QA: left to the
-# garbage collector, each read as `ResourceWarning: unclosed database`, and its WAL file stayed until then).
-_opened: list[HandbookStore] = []
-
-
-def _opening(store: HandbookStore) -> HandbookStore:
-    _opened.append(store)
-    return store
-
-
-def close_opened() -> None:
-    """Close every handbook the command opened through _store or existing_store (closing twice is harmless)."""
-    while _opened:
-        _opened.pop().close()
-
-
 def _store(args: argparse.Namespace) -> HandbookStore:
     """Open the handbook, creating it if it is new: for the commands that make one (import, agents load)."""
-    return _opening(HandbookStore(db_path(args)))
+    # closed when the command's dispatch ends (opened_stores); a handler called directly leaves it to its caller
+    return opening(HandbookStore(db_path(args)))
 
 
 class NoHandbook(HandbookError):
@@ -75,7 +61,7 @@ def existing_store(args: argparse.Namespace) -> HandbookStore:
             f"no handbook at {path} (create one with `skillorchestra handbook import FILE`, `learn` or `serve`, "
             "or name an existing file with --db)"
         )
-    return _opening(HandbookStore(path))
+    return opening(HandbookStore(path))  # closed as _store's is
 
 
 def serve(args: argparse.Namespace) -> int:
