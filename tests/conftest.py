@@ -1,6 +1,7 @@
 # ---------------------------------------------------------------------------------------------------------
 # Backends section (owner: backend layer). Shared fixtures: the anyio backend and the fake OpenAI server.
 # ---------------------------------------------------------------------------------------------------------
+import gc
 import os
 import sys
 from collections.abc import Iterator
@@ -64,3 +65,14 @@ async def mcp_client(request: pytest.FixtureRequest, server_settings: ServerSett
     server = create_server(server_settings)
     async with Client(server, mode=request.param, raise_exceptions=request.param == "auto") as client:
         yield client
+
+
+@pytest.fixture
+def no_collection() -> Iterator[None]:
+    """Only the collections a test asks for may close an unreferenced connection (a lucky one would hide a
+    handbook left open)."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

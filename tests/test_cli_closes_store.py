@@ -6,7 +6,6 @@ leftover `-wal` beside the file after the command returned means an open connect
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,6 @@ import pytest
 from skillorchestra.server.cli import main
 
 AGENTS_TOML = '[agents.cheap]\nmodel = "openai/cheap"\napi_base = "http://127.0.0.1:9/v1"\nmodes = ["answer"]\n'
-
-
-@pytest.fixture
-def no_collection() -> Iterator[None]:
-    """An unreferenced connection must not be closed by a lucky garbage collection before the check."""
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def run(argv: list[str]) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import gc
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,16 +21,6 @@ from skillorchestra.server.cli import Parser, _dispatch, main
 from skillorchestra.server.opened_stores import closing_opened, opening, registered
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-@pytest.fixture
-def no_collection() -> Iterator[None]:
-    """Only the collections a test asks for may close an unreferenced connection."""
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @pytest.fixture

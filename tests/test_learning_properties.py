@@ -478,40 +478,9 @@ def test_an_exported_and_imported_handbook_routes_exactly_as_the_original(
         imported_store.close()
 
 
-def test_a_session_budget_holds_steps_of_unknown_cost_at_what_they_were_charged(tmp_path: Path) -> None:
-    """Bug (property QA): a long step charges an agent of unknown cost the dearest known agent's expected cost
-    ($0.08 here, over c_ref $0.001: costing.charge_unknown), but the session then held each such step at c_ref only,
-    so 20 steps of $0.08 passed a $0.50 budget. Each is held at the same charge now: 6 fit, the 7th is refused."""
-    document = HandbookDocument(
-        skills=[Skill(id="s", mode="m")],
-        agents=[Agent(id="known", input_per_mtok=10.0, output_per_mtok=10.0), Agent(id="unknown")],
-        competence=[
-            {"agent_id": "unknown", "skill_id": "s", "alpha": 50.0, "beta": 1.0},
-            {"agent_id": "known", "skill_id": "s", "alpha": 1.0, "beta": 50.0},
-        ],
-        # $0.001 a call on 100-token steps at $10/Mtok input: a 32,000-character step costs 0.001 + 7,900 * 1e-5
-        cost=[
-            {
-                "agent_id": "known",
-                "skill_id": "s",
-                "n": 10.0,
-                "mean_cost_usd": 0.001,
-                "mean_step_tokens": 100.0,
-                "n_step_tokens": 10.0,
-            }
-        ],
-    )
-    request = step([("s", 1.0)], text="x" * 32_000, lambda_=0.0, session_id="S", budget_usd=0.5)
-    with opened(tmp_path, document) as book:
-        decisions = [routed(book, request) for _ in range(8)]
-    admitted = [d for d in decisions if d is not None]
-    assert [d.agent_id for d in admitted] == ["unknown"] * 6 and decisions[6] is None
-    assert admitted[0].c_ref_usd == 0.001
-    assert admitted[-1].session_spend_usd == pytest.approx(5 * 0.08)
-
-
 def _unknown_cost_document() -> HandbookDocument:
-    """The document of the test above: 'unknown' is chosen, charged the dearest known cost of a long step."""
+    """'unknown' is chosen, charged the dearest known cost of a long step: $0.001 a call on 100-token steps at
+    $10/Mtok input, so a 32,000-character step costs 0.001 + 7,900 * 1e-5 = $0.08 (c_ref stays $0.001)."""
     return HandbookDocument(
         skills=[Skill(id="s", mode="m")],
         agents=[Agent(id="known", input_per_mtok=10.0, output_per_mtok=10.0), Agent(id="unknown")],
@@ -530,6 +499,19 @@ def _unknown_cost_document() -> HandbookDocument:
             }
         ],
     )
+
+
+def test_a_session_budget_holds_steps_of_unknown_cost_at_what_they_were_charged(tmp_path: Path) -> None:
+    """Bug (property QA): a long step charges an agent of unknown cost the dearest known agent's expected cost
+    ($0.08 here, over c_ref $0.001: costing.charge_unknown), but the session then held each such step at c_ref only,
+    so 20 steps of $0.08 passed a $0.50 budget. Each is held at its charge now: 6 fit, the 7th is refused."""
+    request = step([("s", 1.0)], text="x" * 32_000, lambda_=0.0, session_id="S", budget_usd=0.5)
+    with opened(tmp_path, _unknown_cost_document()) as book:
+        decisions = [routed(book, request) for _ in range(8)]
+    admitted = [d for d in decisions if d is not None]
+    assert [d.agent_id for d in admitted] == ["unknown"] * 6 and decisions[6] is None
+    assert admitted[0].c_ref_usd == 0.001
+    assert admitted[-1].session_spend_usd == pytest.approx(5 * 0.08)
 
 
 @pytest.mark.parametrize(
