@@ -82,6 +82,11 @@ def charge_unknown(cost: np.ndarray, refs: np.ndarray, enabled: np.ndarray) -> n
     return np.where(known, cost, np.maximum(refs, dearest)[:, None])
 
 
+def unknown_charge(cost: np.ndarray, known: np.ndarray, enabled: np.ndarray, c_ref: float) -> float:
+    """What one step's charged (A,) `cost` charges an agent of unknown cost: charge_unknown's rule, as a number."""
+    return max(c_ref, float(np.max(cost[known & enabled], initial=0.0)))
+
+
 def step_costs(
     arrays: HandbookArrays, tokens: float, cols: np.ndarray, weights: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, float]:

@@ -64,6 +64,7 @@ class RouteMixin(HandbookBase):
             # steps of unknown cost, admitted at $0.08 each, held at c_ref's $0.001, so 20 passed a $0.50 budget);
             # c_ref only for a decision older than that column
             spend = self.store.session_spend(request.session_id, self.clock(), c_ref) if request.session_id else None
+            unknown_charge = costing.unknown_charge(cost, known, arrays.enabled, c_ref)
             # an agent the caller names (agent_id, or allowed_agents of one) is not second-guessed by a mode only
             # inferred; a broader allowed_agents keeps the rule among them (review: it let a search tool take sums)
             allowed = request.allowed_agents
@@ -135,7 +136,10 @@ class RouteMixin(HandbookBase):
                     "propensity": decision.propensity,
                     "explored": int(decision.explored),
                     "expected_cost_usd": float(cost[scores.chosen]) if known[scores.chosen] else None,
-                    "charged_usd": float(cost[scores.chosen]),  # unknown: charged as costing.charge_unknown says
+                    # what the budget holds for it: an unknown cost as costing.charge_unknown charged it, except a
+                    # charge of 0 (no agent's cost known: c_ref 0), which a later reader charges its own c_ref (review)
+                    "charged_usd": float(cost[scores.chosen]) if known[scores.chosen] or unknown_charge > 0 else None,
+                    "unknown_charge_usd": unknown_charge or None,  # for delegate's fallbacks and judge on this step
                     "text": request.text if self.settings.store_step_text else None,
                     "candidates": [c.model_dump() for c in candidates],
                     "excluded": [e.model_dump() for e in excluded],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from skillorchestra.handbook.eligibility import charged_words
 from skillorchestra.handbook.errors import NotFound, Unroutable
 from skillorchestra.handbook.handbook_base import HandbookBase, stored_json
 
@@ -86,12 +87,19 @@ class DelegatedCallsMixin(HandbookBase):
         if decision is None:
             raise NotFound("decision", decision_id, hint="decision ids come from route_step or delegate")
         now = self.clock()
+        # an unknown cost is charged what the routed step charged one (m019; older decisions: c_ref)
+        unknown = decision.get("unknown_charge_usd") or c_ref
+        charged = unknown if expected_cost is None else expected_cost
         if budget_usd is not None and decision["session_id"] is not None:
+            if charged <= 0 and expected_cost is None:  # as eligibility refuses an agent (review: held at $0)
+                raise Unroutable(
+                    "cost unknown and no agent's cost is known to charge instead, so the session's budget cannot "
+                    "count this call"
+                )
             left = budget_usd - self.store.session_spend(decision["session_id"], now, c_ref)
-            charged = c_ref if expected_cost is None else expected_cost
             if charged > left:
-                what = "expected cost" if expected_cost is not None else "cost unknown, charged c_ref"
-                raise Unroutable(f"{what} ${charged:.6g} exceeds the session's remaining budget ${max(left, 0):.6g}")
+                what = charged_words(charged, expected_cost is not None, c_ref)
+                raise Unroutable(f"{what} exceeds the session's remaining budget ${max(left, 0):.6g}")
         new_id = uuid.uuid4().hex
         keys = ("version", "session_id", "mode", "strategy", "lambda", "text", "step_tokens")
         source: dict[str, Any] = dict(decision)
@@ -106,7 +114,8 @@ class DelegatedCallsMixin(HandbookBase):
             propensity=None,
             explored=0,
             expected_cost_usd=expected_cost,
-            charged_usd=c_ref if expected_cost is None else expected_cost,  # what its session's budget holds for it
+            charged_usd=charged if charged > 0 or expected_cost is not None else None,  # what its budget holds
+            unknown_charge_usd=decision.get("unknown_charge_usd"),  # the same step
             parent_decision_id=decision_id,
             role=role,
             claimed_at=now,  # delegate carries it out now, as its own routed decision (see RouteRequest.claimed)

@@ -71,10 +71,10 @@ def eligibility(
                 "(give the agent input_per_mtok/output_per_mtok, or report cost_usd for its steps)"
             )
         if request.max_cost_usd is not None and cost[i] > request.max_cost_usd:
-            return f"{_charged(cost[i], known[i], c_ref)} exceeds max_cost_usd ${request.max_cost_usd:.6g}"
+            return f"{charged_words(cost[i], known[i], c_ref)} exceeds max_cost_usd ${request.max_cost_usd:.6g}"
         if remaining is not None and cost[i] > remaining:
             left = max(remaining, 0)
-            return f"{_charged(cost[i], known[i], c_ref)} exceeds the session's remaining budget ${left:.6g}"
+            return f"{charged_words(cost[i], known[i], c_ref)} exceeds the session's remaining budget ${left:.6g}"
         return None
 
     for i, agent_id in enumerate(arrays.agent_ids):
@@ -98,7 +98,7 @@ def why_no_agent(excluded: list[Exclusion], budgeted: bool, shown: int = 6) -> s
     return f"no agent satisfies the step's constraints ({'; '.join(parts)}){advice}"
 
 
-def _charged(cost: float, known: bool, c_ref: float) -> str:
+def charged_words(cost: float, known: bool, c_ref: float) -> str:
     """What a step is charged: its expected cost, or for an agent whose cost is unknown c_ref (interface.md), or the
     dearest known agent's cost of this step when a long text makes that higher (costing.charge_unknown)."""
     if known:

@@ -328,6 +328,15 @@ def m018_decision_charge(db: Database) -> None:
     db["decisions"].add_column("charged_usd", float)
 
 
+@migrations()
+def m019_decision_unknown_charge(db: Database) -> None:
+    """What the step charged an agent of unknown cost (c_ref, or the dearest known agent's cost of a step that
+    long), so a delegate fallback or judge call of unknown cost on the same step is charged alike (review: charged
+    c_ref alone, a fallback passed a budget that route_step refused for the same step). Older decisions: NULL, and a
+    fallback of unknown cost is charged c_ref as before."""
+    db["decisions"].add_column("unknown_charge_usd", float)
+
+
 def pack_snapshot(document_json: str) -> bytes:
     """A version's snapshot as stored: its JSON, zlib-compressed. Level 1 costs about what writing the JSON does
     (77 ms at 50 x 200, for 4.2x); level 6 gains 4.7x for twice that."""

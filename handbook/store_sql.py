@@ -48,6 +48,7 @@ DecisionRow = TypedDict(
         "agent_deleted_at": float | None,
         "granularity": str | None,
         "charged_usd": float | None,  # what the session's budget held for it when admitted (None before m018)
+        "unknown_charge_usd": float | None,  # what its step charged an agent of unknown cost (None before m019)
     },
 )
 

@@ -29,6 +29,7 @@ from skillorchestra.handbook.results import RouteDecision
 from skillorchestra.handbook.service import Handbook, HandbookSettings, OutcomeReport, RouteRequest
 from skillorchestra.handbook.store import HandbookStore
 from skillorchestra.server.commands import handbook_export, handbook_import
+from skillorchestra.server.opened_stores import closing_opened
 
 SERVICE = settings(
     derandomize=True,
@@ -462,7 +463,7 @@ def test_an_exported_and_imported_handbook_routes_exactly_as_the_original(
     store.create_version(document, source="test")
     book = Handbook(store, clock=lambda: 1_700_000_000.0)
     replay(book, steps)
-    with redirect_stdout(StringIO()):
+    with redirect_stdout(StringIO()), closing_opened():  # the handlers' stores are closed, as a CLI dispatch does
         handbook_export(argparse.Namespace(db=source, file=str(exported)))
         handbook_import(argparse.Namespace(db=target, file=str(exported), example=False))
     imported_store = HandbookStore(target)
@@ -574,13 +575,50 @@ def test_an_unknown_cost_charged_above_c_ref_says_what_it_was_charged(tmp_path: 
 
 
 def test_a_fallback_holds_what_it_was_charged(tmp_path: Path) -> None:
-    """delegate's fallback (and judge) decisions keep their charge too: an unknown cost at c_ref, a known one at its
-    expected cost; the session's spend then counts each, and the routed step at its own charge."""
+    """delegate's fallback (and judge) decisions keep their charge too: an unknown cost at what the routed step
+    charged one (m019: c_ref alone let a fallback pass a budget route_step refused for the same step), a known one at
+    its expected cost; the session's spend then counts each, and the routed step at its own charge."""
     with opened(tmp_path, _unknown_cost_document()) as book:
         routed_step = book.route(step([("s", 1.0)], text="x" * 32_000, lambda_=0.0, session_id="S", budget_usd=0.5))
         book.fallback_decision(routed_step.decision_id, "unknown", budget_usd=0.5, c_ref=0.001)
         book.fallback_decision(routed_step.decision_id, "known", expected_cost=0.02, budget_usd=0.5, c_ref=0.001)
         charged = [row[0] for row in book.store.db.execute("SELECT charged_usd FROM decisions ORDER BY rowid")]
         spend = book.store.session_spend("S", 1_700_000_000.0, unknown_cost=99.0)
-    assert charged == pytest.approx([0.08, 0.001, 0.02])
-    assert spend == pytest.approx(0.101)
+    assert charged == pytest.approx([0.08, 0.08, 0.02])
+    assert spend == pytest.approx(0.18)
+
+
+def test_a_fallback_of_unknown_cost_is_refused_where_route_step_refuses_it(tmp_path: Path) -> None:
+    """The review's case: budget $0.10, a long step named to `known` ($0.08); routing it to `unknown` is refused,
+    and so is a fallback to `unknown` on it (it was admitted at c_ref's $0.001)."""
+    with opened(tmp_path, _unknown_cost_document()) as book:
+        budgeted = {"session_id": "S", "budget_usd": 0.1}
+        first = book.route(step([("s", 1.0)], text="x" * 32_000, allowed_agents=["known"], **budgeted))
+        assert routed(book, step([("s", 1.0)], text="x" * 32_000, allowed_agents=["unknown"], **budgeted)) is None
+        with pytest.raises(
+            Unroutable, match=r"cost unknown, charged \$0.08 \(the dearest .*\), exceeds the session's remaining budget"
+        ):
+            book.fallback_decision(first.decision_id, "unknown", budget_usd=0.1, c_ref=0.001)
+
+
+def test_an_unknown_cost_nobody_could_charge_is_left_to_the_reader(tmp_path: Path) -> None:
+    """No agent's cost known (c_ref 0): an unbudgeted step to the unknown agent is charged nothing, so its decision
+    keeps no charge and a later budgeted step holds it at that step's c_ref, as before m018 (review: stored as $0,
+    it was held at $0 once a price was known); under a budget a fallback of such a cost is refused, as route_step
+    refuses the agent."""
+    document = HandbookDocument(
+        skills=[Skill(id="s", mode="m")],
+        agents=[Agent(id="tool", cost_per_call_usd=0.0), Agent(id="llm")],
+        competence=[{"agent_id": "llm", "skill_id": "s", "alpha": 50.0, "beta": 1.0}],
+    )
+    with opened(tmp_path, document) as book:
+        free = book.route(step([("s", 1.0)], lambda_=0.0, session_id="T"))
+        assert free.agent_id == "llm" and not free.c_ref_usd
+        [(charged,)] = list(book.store.db.execute("SELECT charged_usd FROM decisions"))
+        assert charged is None
+        with pytest.raises(Unroutable, match="no agent's cost is known to charge instead"):
+            book.fallback_decision(free.decision_id, "llm", budget_usd=1.0, c_ref=0.0)
+        book.upsert_agent(Agent(id="tool", cost_per_call_usd=0.05))
+        later = book.route(step([("s", 1.0)], lambda_=0.0, session_id="T", budget_usd=1.0))
+    assert later.c_ref_usd == pytest.approx(0.05)
+    assert later.session_spend_usd == pytest.approx(0.05)

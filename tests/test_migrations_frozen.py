@@ -30,6 +30,7 @@ FROZEN = {
     "m016_decision_granularity": "b56a844704434d2c",
     "m017_columns_m004_gained_later": "17ceed97e71b3c43",
     "m018_decision_charge": "d65511f3880e5893",
+    "m019_decision_unknown_charge": "80fbf68ee056e044",
 }
 
 
