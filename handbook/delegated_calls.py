@@ -13,6 +13,7 @@ from typing import Any
 from skillorchestra.handbook.eligibility import charged_words
 from skillorchestra.handbook.errors import NotFound, Unroutable
 from skillorchestra.handbook.handbook_base import HandbookBase, stored_json
+from skillorchestra.handbook.store_sql import DecisionRow
 
 
 class DelegatedCallsMixin(HandbookBase):
@@ -70,9 +71,47 @@ class DelegatedCallsMixin(HandbookBase):
         """A decision for the next candidate after an infrastructure failure (or, with role "judge", for the call
         that grades the answer): same step, skills and session. With `budget_usd`, the session's spend is read and
         the decision written in one transaction, as route_step does, so parallel steps' calls cannot together pass
-        the budget: a call whose `expected_cost` (unknown: c_ref) does not fit is refused (Unroutable)."""
+        the budget: a call whose `expected_cost` (unknown: what the step charged an unknown cost) does not fit is
+        refused (Unroutable)."""
         with self.store.write():
             return self._fallback_decision(decision_id, agent_id, role, expected_cost, budget_usd, c_ref)
+
+    def fallback_refusal(
+        self, decision_id: str, *, expected_cost: float | None, budget_usd: float | None, c_ref: float
+    ) -> str | None:
+        """Why a fallback or judge call on this decision's step would not fit in its session's budget now, worded
+        as fallback_decision refuses it, or None (the judge asks before calling; fallback_decision decides)."""
+        decision = self._decision_to_follow(decision_id)
+        charged = _charge(decision, expected_cost, c_ref)
+        return self._over_budget(decision, charged, expected_cost, budget_usd, c_ref, self.clock())
+
+    def _decision_to_follow(self, decision_id: str) -> DecisionRow:
+        decision = self.store.decision(decision_id)
+        if decision is None:
+            raise NotFound("decision", decision_id, hint="decision ids come from route_step or delegate")
+        return decision
+
+    def _over_budget(
+        self,
+        decision: DecisionRow,
+        charged: float,
+        expected_cost: float | None,
+        budget_usd: float | None,
+        c_ref: float,
+        now: float,
+    ) -> str | None:
+        if budget_usd is None or decision["session_id"] is None:
+            return None
+        if charged <= 0 and expected_cost is None:  # as eligibility refuses an agent (review: held at $0)
+            return (
+                "cost unknown and no agent's cost is known to charge instead, so the session's budget cannot count "
+                "this call"
+            )
+        left = budget_usd - self.store.session_spend(decision["session_id"], now, c_ref)
+        if charged <= left:
+            return None
+        what = charged_words(charged, expected_cost is not None, c_ref)
+        return f"{what} exceeds the session's remaining budget ${max(left, 0):.6g}"
 
     def _fallback_decision(
         self,
@@ -83,23 +122,11 @@ class DelegatedCallsMixin(HandbookBase):
         budget_usd: float | None,
         c_ref: float,
     ) -> str:
-        decision = self.store.decision(decision_id)
-        if decision is None:
-            raise NotFound("decision", decision_id, hint="decision ids come from route_step or delegate")
+        decision = self._decision_to_follow(decision_id)
         now = self.clock()
-        # an unknown cost is charged what the routed step charged one (m019; older decisions: c_ref)
-        unknown = decision.get("unknown_charge_usd") or c_ref
-        charged = unknown if expected_cost is None else expected_cost
-        if budget_usd is not None and decision["session_id"] is not None:
-            if charged <= 0 and expected_cost is None:  # as eligibility refuses an agent (review: held at $0)
-                raise Unroutable(
-                    "cost unknown and no agent's cost is known to charge instead, so the session's budget cannot "
-                    "count this call"
-                )
-            left = budget_usd - self.store.session_spend(decision["session_id"], now, c_ref)
-            if charged > left:
-                what = charged_words(charged, expected_cost is not None, c_ref)
-                raise Unroutable(f"{what} exceeds the session's remaining budget ${max(left, 0):.6g}")
+        charged = _charge(decision, expected_cost, c_ref)
+        if (refusal := self._over_budget(decision, charged, expected_cost, budget_usd, c_ref, now)) is not None:
+            raise Unroutable(refusal)
         new_id = uuid.uuid4().hex
         keys = ("version", "session_id", "mode", "strategy", "lambda", "text", "step_tokens")
         source: dict[str, Any] = dict(decision)
@@ -122,3 +149,9 @@ class DelegatedCallsMixin(HandbookBase):
         )
         self.store.insert_decision(row)
         return new_id
+
+
+def _charge(decision: DecisionRow, expected_cost: float | None, c_ref: float) -> float:
+    """What a call on the decision's step is charged: its expected cost, else what the routed step charged an unknown
+    cost (m019; a decision older than that: c_ref)."""
+    return (decision.get("unknown_charge_usd") or c_ref) if expected_cost is None else expected_cost

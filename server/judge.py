@@ -180,21 +180,21 @@ def reward_of(score: float, settings: JudgeSettings) -> float:
     return 1.0 if score >= threshold else 0.0
 
 
-async def _over_budget(handbook: Handbook, conn: LlmAgentConnection, charge: _Charge) -> str | None:
+async def _over_budget(handbook: Handbook, conn: LlmAgentConnection, decision_id: str, charge: _Charge) -> str | None:
     """Why the judge's call would not fit in the session's remaining budget, or None when it fits (or the step
-    has no budget)."""
+    has no budget): the rule its reservation (fallback_decision) applies, so the two never disagree (review)."""
     if charge.session_id is None or charge.budget_usd is None:
         return None
-    expected, c_ref = charge.expected, charge.c_ref
-    charged = c_ref if expected is None else expected  # an unknown cost is charged c_ref, as routing does
-    spend = await anyio.to_thread.run_sync(handbook.store.session_spend, charge.session_id, handbook.clock(), c_ref)
-    remaining = charge.budget_usd - spend
-    if charged <= remaining:
-        return None
-    what = "cost unknown, charged c_ref" if expected is None else "expected cost"
-    return (
-        f"the judge {conn.id}'s {what} ${charged:.6g} exceeds the session's remaining budget ${max(remaining, 0):.6g}"
+    why = await anyio.to_thread.run_sync(
+        functools.partial(
+            handbook.fallback_refusal,
+            decision_id,
+            expected_cost=charge.expected,
+            budget_usd=charge.budget_usd,
+            c_ref=charge.c_ref,
+        )
     )
+    return None if why is None else f"the judge {conn.id}'s {why}"
 
 
 async def judge_answer(
@@ -251,8 +251,8 @@ class _Grader:
 
 @dataclass(frozen=True)
 class _Charge:
-    """What the judge's call is expected to cost (None: unknown, charged c_ref as routing does) and the session's
-    budget it must fit in (budget_usd None: the step has none)."""
+    """What the judge's call is expected to cost (None: unknown, charged as its step charged an unknown cost) and
+    the session's budget it must fit in (budget_usd None: the step has none)."""
 
     expected: float | None
     c_ref: float
@@ -300,7 +300,7 @@ async def _why_not_judged(grader: _Grader, answer: DelegateResult, remaining: fl
         return f"no answer (error_class {answer.error_class})"
     if remaining < MIN_JUDGE_S:
         return "the delegate call's time budget is spent"
-    if over := await _over_budget(grader.handbook, conn, charge):
+    if over := await _over_budget(grader.handbook, conn, answer.decision_id, charge):
         return over
     if not grader.breaker.allow(conn.id):
         return f"the judge {conn.id}'s circuit breaker is open"

@@ -599,6 +599,10 @@ def test_a_fallback_of_unknown_cost_is_refused_where_route_step_refuses_it(tmp_p
             Unroutable, match=r"cost unknown, charged \$0.08 \(the dearest .*\), exceeds the session's remaining budget"
         ):
             book.fallback_decision(first.decision_id, "unknown", budget_usd=0.1, c_ref=0.001)
+        # the judge asks the same rule before calling (review: it checked c_ref alone)
+        asked = book.fallback_refusal(first.decision_id, expected_cost=None, budget_usd=0.1, c_ref=0.001)
+        assert asked is not None and asked.startswith("cost unknown, charged $0.08 (the dearest")
+        assert book.fallback_refusal(first.decision_id, expected_cost=0.01, budget_usd=0.1, c_ref=0.001) is None
 
 
 def test_an_unknown_cost_nobody_could_charge_is_left_to_the_reader(tmp_path: Path) -> None:
