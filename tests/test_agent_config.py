@@ -218,6 +218,7 @@ def test_agents_load_is_one_transaction(tmp_path: Path, monkeypatch: pytest.Monk
     store = HandbookStore(db)
     assert {a.id: a for a in store.agents()} == before  # neither the new prices nor agent b
     assert set(store.connections()) == {"openai/a"}
+    store.close()
 
 
 def test_agents_load_help_names_the_file(capsys: pytest.CaptureFixture[str]) -> None:

@@ -184,6 +184,7 @@ def test_the_factor_is_kept_with_its_version_and_goes_with_a_rollback_or_a_new_v
     assert store.ci_inflation() == WIDENED
     store.create_version(DOCUMENT, source="import")  # a new version without one
     assert store.ci_inflation() is None
+    store.close()
 
 
 def test_a_row_written_for_another_version_is_not_read(tmp_path: Path) -> None:
@@ -194,6 +195,7 @@ def test_a_row_written_for_another_version_is_not_read(tmp_path: Path) -> None:
     with store.write():
         store._set_meta("current_version", str(other))
     assert store.ci_inflation() is None
+    store.close()
 
 
 def test_no_widening_exports_without_the_key_and_a_factor_of_one_is_none(tmp_path: Path) -> None:
@@ -205,6 +207,7 @@ def test_no_widening_exports_without_the_key_and_a_factor_of_one_is_none(tmp_pat
     assert "ci_inflation" not in json.loads(store.document().model_dump_json())
     exported = DOCUMENT.model_copy(update={"ci_inflation": WIDENED}).model_dump_json()
     assert HandbookDocument.model_validate_json(exported).ci_inflation == WIDENED
+    store.close()
 
 
 @pytest.mark.parametrize("update", [{"factor": 0.5}, {"factor": 11.0}, {"factor": math.nan}, {"evidence": {"a": -1.0}}])
@@ -219,6 +222,7 @@ def test_deleting_an_agent_drops_its_learned_evidence(tmp_path: Path) -> None:
     assert book.store.ci_inflation().evidence == {"big": 100.0}
     book.store.rebuild()  # the event replays the same way
     assert book.store.ci_inflation().evidence == {"big": 100.0}
+    book.store.close()
 
 
 # -- serving: ci90 wider, routing unchanged ----------------------------------------------------------------------
@@ -242,6 +246,8 @@ def test_ci90_widens_by_the_factor_and_route_step_says_so(tmp_path: Path) -> Non
     sd = 0.7 * math.sqrt(arrays.var[big, arrays.column_of_skill("algebra")])
     sd += 0.3 * math.sqrt(arrays.var[big, arrays.column_of_skill("essays")])
     assert half_widths(wide)["big"] == pytest.approx(2.0 * Z90 * sd)
+    widened.store.close()
+    plain.store.close()
 
 
 def test_consult_widens_each_skills_interval_alike(tmp_path: Path) -> None:
@@ -253,6 +259,8 @@ def test_consult_widens_each_skills_interval_alike(tmp_path: Path) -> None:
     ]
     for w, n in zip(wide.agents, narrow.agents, strict=True):
         assert (w.ci90[1] - w.ci90[0]) == pytest.approx(2.0 * (n.ci90[1] - n.ci90[0]))
+    widened.store.close()
+    plain.store.close()
 
 
 def test_quality_and_every_choice_stay_the_same_at_every_lambda_and_strategy(honest, tmp_path: Path) -> None:
@@ -276,6 +284,8 @@ def test_quality_and_every_choice_stay_the_same_at_every_lambda_and_strategy(hon
                     assert cb.ci90[0] <= ca.ci90[0] and cb.ci90[1] >= ca.ci90[1]
                     wider += (cb.ci90[1] - cb.ci90[0]) > (ca.ci90[1] - ca.ci90[0]) + 1e-12
     assert wider > 0
+    plain.close()
+    widened.close()
 
 
 # -- fading with later evidence ----------------------------------------------------------------------------------
@@ -303,6 +313,7 @@ def test_recorded_outcomes_narrow_the_widening_of_that_agent(tmp_path: Path) -> 
     assert scale[book.arrays().agent_index["small"]] == pytest.approx(2.0)
     candidate = book.route(RouteRequest(text="solve", allowed_agents=["big"])).candidates[0]
     assert candidate.ci_widened_by == pytest.approx(math.sqrt(2.5))
+    book.store.close()
 
 
 # -- where a user looks ------------------------------------------------------------------------------------------
@@ -338,6 +349,7 @@ def test_learn_says_how_far_validation_missed_and_stores_the_factor(
     factor = stored.versions()[-1]["metrics"]["ci_inflation"]["factor"]
     assert factor > 2.0 and stored.ci_inflation().factor == factor
     assert f"route_step and consult_handbook widen ci90 x{factor:.2f}" in out
+    stored.close()
 
 
 def test_an_import_whose_widening_names_an_unknown_agent_is_refused(tmp_path: Path) -> None:
@@ -347,6 +359,7 @@ def test_an_import_whose_widening_names_an_unknown_agent_is_refused(tmp_path: Pa
     with pytest.raises(NotFound, match="ghost"):
         store.create_version(DOCUMENT.model_copy(update={"ci_inflation": stray}), source="import")
     assert store.ci_inflation() is None
+    store.close()
 
 
 def test_learning_from_the_log_drops_a_deleted_agents_widening() -> None:

@@ -4,6 +4,7 @@ holding the very same run. Real SQLite handbooks in tmp_path; bench/multilingual
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,8 +43,10 @@ def build(path: Path, skills: list[Skill]) -> Handbook:
 
 
 @pytest.fixture
-def zh(tmp_path: Path) -> Handbook:
-    return build(tmp_path / "zh.db", ZH_SKILLS)
+def zh(tmp_path: Path) -> Iterator[Handbook]:
+    book = build(tmp_path / "zh.db", ZH_SKILLS)
+    yield book
+    book.store.close()
 
 
 def match(book: Handbook, text: str, mode: str | None = None, top_k: int = 3) -> list[tuple[str, float]]:
@@ -99,6 +102,7 @@ def test_common_bigrams_count_less_than_rare_ones(tmp_path: Path) -> None:
         ],
     )
     assert match(book, "编写诗歌")[0][0] == "c.poem"
+    book.store.close()
 
 
 def test_a_skill_edit_is_read_by_the_next_step_even_from_another_connection(tmp_path: Path) -> None:
@@ -108,6 +112,8 @@ def test_a_skill_edit_is_read_by_the_next_step_even_from_another_connection(tmp_
     other = Handbook(HandbookStore(tmp_path / "live.db"))  # another process's write: data_version moves
     other.upsert_skill(ZH_SKILLS[4].model_copy(update={"indicators": ["写一首诗", "对联"]}))
     assert matcher.match("拟一副对联", None, 3) == [("writing.poetry", 1.0)]
+    other.store.close()
+    book.store.close()
 
 
 def test_a_new_state_with_the_same_skill_texts_keeps_the_index(zh: Handbook) -> None:
@@ -129,6 +135,7 @@ def test_a_japanese_handbook_and_half_width_kana(tmp_path: Path) -> None:
     assert match(book, "秋の季語で俳句を一句詠んでください")[0][0] == "writing.haiku"
     assert match(book, "注文テーブルを集計するクエリ")[0][0] == "data.sql"
     assert match(book, "ﾃﾞｰﾀﾍﾞｰｽ")[0][0] == "data.sql"  # half-width katakana, as an old IME types it
+    book.store.close()
 
 
 @pytest.mark.parametrize(
@@ -147,6 +154,7 @@ def test_english_steps_take_fts5_alone_in_a_mixed_handbook(tmp_path: Path, text:
     assert match(book, text) == fts5
     assert match(book, "写一个函数，对列表进行排序")[0][0] == "code.functions"
     assert match(book, "以秋天为题写一首诗", top_k=1) == [("writing.poetry", 1.0)]
+    book.store.close()
 
 
 EMBEDDER, WHY = load_default_embedder()
@@ -169,6 +177,7 @@ def test_the_semantic_matcher_leaves_a_cjk_step_the_bigrams_match_to_the_lexical
     assert source == "lexical (a Chinese or Japanese step, read by its characters)"
     _, unmatched = matcher.infer("ありがとう", None, 3)  # no pair of characters in common: the model reads it
     assert not unmatched.startswith("lexical (a Chinese or Japanese step")
+    book.store.close()
 
 
 @pytest.mark.skipif(EMBEDDER is None, reason=f"MiniLM weights not installed: {WHY}")
@@ -179,6 +188,7 @@ def test_an_english_step_quoting_a_chinese_name_stays_semantic(tmp_path: Path) -
     matcher = SemanticMatcher(book.store, load=lambda: (EMBEDDER, ""))
     _, source = matcher.infer("Write a SQL query that selects rows where name = '张三' and sorts them", None, 3)
     assert source == "semantic"
+    book.store.close()
 
 
 def test_a_chinese_word_in_an_english_step_weighs_as_much_of_the_step_as_it_is(tmp_path: Path) -> None:
@@ -195,3 +205,4 @@ def test_a_chinese_word_in_an_english_step_weighs_as_much_of_the_step_as_it_is(t
     )
     assert match(book, "Write a Python function that prints 你好世界 to the console")[0][0] == "code.python"
     assert match(book, "把你好世界翻译成英文")[0][0] == "translate.zh"  # a step in Chinese is read by its pairs
+    book.store.close()

@@ -6,6 +6,7 @@ a worker thread, the loop keeps serving, and the cost lands once the lock is rel
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -44,7 +45,7 @@ def pragmas(store: HandbookStore) -> tuple[int, int]:
 
 
 def call_cost(path: Path, decision_id: str) -> Any:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         return conn.execute("SELECT call_cost_usd FROM decisions WHERE id = ?", [decision_id]).fetchone()[0]
 
 

@@ -3,6 +3,7 @@ a named agent that is refused, and a time budget too short for any try (MCP clie
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sqlite3
@@ -56,7 +57,7 @@ async def overall_n(client: Client, agent_id: str) -> float:
 
 
 def mean_cost(db: Path, agent_id: str) -> float | None:
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         row = conn.execute("SELECT mean_cost_usd FROM cost_stats WHERE agent_id = ?", [agent_id]).fetchone()
     return None if row is None else row[0]
 

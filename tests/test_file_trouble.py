@@ -3,6 +3,7 @@ or told to the model and the operator with what to do, and nothing half-written 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -46,7 +47,7 @@ def cli(*args: str, fsize: int | None = None) -> subprocess.CompletedProcess[str
 
 
 def table_contents(db: Path) -> dict[str, list[tuple[object, ...]]]:
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         tables = ("decisions", "outcomes", "events", "competence", "cost_stats")
         return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in tables}
 
@@ -110,7 +111,7 @@ def test_opening_a_file_leaves_nothing_for_other_processes_to_reload(tmp_path: P
     sharing the file re-read it."""
     db = tmp_path / "h.db"
     HandbookStore(db).close()
-    with sqlite3.connect(db) as other:
+    with contextlib.closing(sqlite3.connect(db)) as other:
         before = other.execute("PRAGMA data_version").fetchone()
         HandbookStore(db).close()
         assert other.execute("PRAGMA data_version").fetchone() == before
@@ -150,7 +151,7 @@ def test_a_full_disk_at_start_names_the_file(tmp_path: Path) -> None:
 
 def damage_table(db: Path, table: str) -> None:
     """Zero the table's first page, as a bad disk or a torn copy would (the file closed and checkpointed)."""
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         (page_size,) = conn.execute("PRAGMA page_size").fetchone()
         (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", [table]).fetchone()
     with db.open("r+b") as f:
@@ -185,7 +186,7 @@ def test_rebuild_repairs_a_damaged_skill_index(tmp_path: Path) -> None:
     seed_example_if_new(store)
     found = store.search_skills('"python"', None, 3)
     store.close()
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("UPDATE skills_fts_data SET block = x'0102030405' WHERE id > 10")
     store = HandbookStore(db)
     with pytest.raises(sqlite3.DatabaseError):
@@ -217,7 +218,7 @@ def test_the_operator_reads_of_a_damaged_file_on_stderr_at_the_default_log_level
 
 def _foreign(path: Path, migration_set: str | None = None) -> Path:
     """Another program's SQLite file: a table of its own, perhaps sqlite-utils migrations of another set."""
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
         conn.execute("INSERT INTO customers (name) VALUES ('Ada')")
         if migration_set is not None:
@@ -227,7 +228,7 @@ def _foreign(path: Path, migration_set: str | None = None) -> Path:
 
 
 def _tables_and_mode(path: Path) -> tuple[list[str], str]:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master ORDER BY name")]
         return tables, conn.execute("PRAGMA journal_mode").fetchone()[0]
 
@@ -309,6 +310,6 @@ def test_a_file_moved_or_replaced_under_an_open_store_is_not_written(tmp_path: P
     restored.close()
     store.close()
     for path in (db, moved):
-        with sqlite3.connect(path) as conn:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",), path
     assert table_contents(db) == before  # (what the moved file held in its -wal went with that path: SQLite's rule)

@@ -4,10 +4,11 @@ one, and the routing entropy of a single agent is 0.0. Every refusal names the f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,11 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
 
 
 @pytest.fixture
-def book(tmp_path: Path) -> Handbook:
+def book(tmp_path: Path) -> Iterator[Handbook]:
     store = HandbookStore(tmp_path / "h.db")
     store.create_version(DOCUMENT, source="import")  # modes code, search; code -> code.python, code.sql
-    return Handbook(store)
+    yield Handbook(store)
+    store.close()
 
 
 def files_of(path: Path) -> list[Path]:
@@ -136,6 +138,7 @@ def test_agents_load_adds_the_modes_its_file_names(tmp_path: Path, capsys: pytes
     store = HandbookStore(tmp_path / "h.db")
     assert [m.id for m in store.modes()] == ["answer", "search"]
     assert {a.id: a.modes for a in store.agents()} == {"cheap": ["answer"], "web": ["search", "answer"]}
+    store.close()
 
 
 def _log_outcomes(book: Handbook, success: dict[str, Callable[[int], bool]]) -> None:
@@ -248,7 +251,7 @@ def test_commands_that_make_a_handbook_still_create_it(tmp_path: Path, capsys: p
     assert run(["handbook", "import", "--example", "--db", str(db)], capsys)[0] == 0
     code, out, _ = run(["handbook", "versions", "--db", str(db)], capsys)
     assert code == 0 and "import" in out
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         assert conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0] == 2
 
 

@@ -7,6 +7,7 @@ token-middleware details are also checked in-process through `build_http_app`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -151,13 +152,13 @@ async def _route_and_record(client: Client, reward: float = 1.0) -> str:
 
 
 def _outcome_rows(db: Path) -> int:
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         return int(conn.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0])
 
 
 def _evidence(db: Path) -> float:
     """Observations in the competence table: each outcome adds its skill weights (summing to 1) to alpha+beta."""
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         return float(conn.execute("SELECT COALESCE(SUM(alpha + beta - 2), 0) FROM competence").fetchone()[0])
 
 
@@ -173,7 +174,7 @@ async def test_streamable_http_tools_route_and_record(http_server: Running, mode
         assert EXPECTED_TOOLS <= names
         decision_id = await _route_and_record(client)
     assert _outcome_rows(http_server.db) == before + 1
-    with sqlite3.connect(http_server.db) as conn:
+    with contextlib.closing(sqlite3.connect(http_server.db)) as conn:
         assert conn.execute("SELECT 1 FROM outcomes WHERE decision_id = ?", [decision_id]).fetchone()
 
 
@@ -638,7 +639,7 @@ async def test_sigterm_gives_calls_in_flight_a_grace_then_cancels_them(tmp_path:
             group.start_soon(delegate)
             with anyio.fail_after(60):  # until delegate has claimed its decision: the call is under way
                 while True:
-                    with sqlite3.connect(db) as conn:
+                    with contextlib.closing(sqlite3.connect(db)) as conn:
                         if conn.execute("SELECT COUNT(*) FROM decisions WHERE claimed_at IS NOT NULL").fetchone()[0]:
                             break
                     await anyio.sleep(0.05)
@@ -650,5 +651,5 @@ async def test_sigterm_gives_calls_in_flight_a_grace_then_cancels_them(tmp_path:
         proc.kill()
         proc.wait(timeout=10)
     assert "Cancel 1 running task(s), timeout graceful shutdown exceeded" in stderr.read_text()
-    with sqlite3.connect(db) as conn:  # not waited out and blamed on the agent: cancelled
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # not waited out and blamed on the agent: cancelled
         assert conn.execute("SELECT call_error_class FROM decisions").fetchall() == [("cancelled",)]

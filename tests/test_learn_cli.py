@@ -435,6 +435,7 @@ def test_learning_reports_the_first_runs_embedding_apart_and_the_second_run_find
     second = learn_into_store(store, tasks, PRICES, data_label="x", price_source="file", embedder=embedder)
     assert second.metrics["embedded_queries"] == 0
     assert "embedding" not in render_learned(second, store, tmp_path / "h.db")
+    store.close()
 
 
 def test_learning_from_a_log_of_single_routed_steps_does_not_replace_the_live_handbook(

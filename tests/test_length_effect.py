@@ -3,6 +3,7 @@ carried by the document and the store, and applied alike by the router, the serv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -75,6 +76,8 @@ def test_routing_sends_the_long_problem_to_the_steady_agent_and_the_one_liner_to
     assert (pick(with_effect, short), pick(with_effect, long)) == ("small", "large")
     # without it the price decides: the long problem's tokens make the large agent dear, so it goes to small
     assert (pick(without, short), pick(without, long)) == ("large", "small")
+    with_effect.store.close()
+    without.store.close()
 
 
 def test_a_candidate_reports_its_length_shift_and_its_quality_includes_it(
@@ -90,6 +93,7 @@ def test_a_candidate_reports_its_length_shift_and_its_quality_includes_it(
             assert candidate.length_shift == pytest.approx(expected)
             raw = sum(candidate.contributions.values())
             assert candidate.quality == pytest.approx(min(max(raw + expected, 0.0), 1.0))
+    book.store.close()
 
 
 def test_replay_routes_exactly_as_the_service_with_a_length_effect(learned, tmp_path: Path) -> None:
@@ -101,6 +105,7 @@ def test_replay_routes_exactly_as_the_service_with_a_length_effect(learned, tmp_
         assert result.choices == [book.route(RouteRequest(text=t.query, lambda_=lambda_)).agent_id for t in tasks]
         splits.append(len(set(result.choices)))
     assert splits == [1, 2]  # at lambda 0.5 the length really splits the tasks
+    book.store.close()
 
 
 def test_where_length_does_not_matter_no_effect_is_kept() -> None:
@@ -171,6 +176,7 @@ def test_the_length_effect_survives_export_import_and_versions(tmp_path: Path) -
     assert store.document().length_effect == EFFECT
     store.rebuild()
     assert store.document().length_effect == EFFECT
+    store.close()
 
 
 def test_a_slope_for_an_agent_the_document_lacks_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
@@ -182,6 +188,7 @@ def test_a_slope_for_an_agent_the_document_lacks_is_refused_and_nothing_is_writt
         store.create_version(bad, source="import")
     assert "length_effect.slopes" in str(refused.value) and "ghost" in str(refused.value)
     assert dump(store) == before
+    store.close()
 
 
 def test_deleting_an_agent_deletes_its_slope_so_the_export_imports_again(tmp_path: Path) -> None:
@@ -258,10 +265,11 @@ def test_learn_says_whether_it_kept_a_length_effect_and_the_handbook_routes_with
     out, err = capsys.readouterr()
     assert exited.value.code in (0, None), err
     assert "Length effect kept: 5-fold cross-validated utility over the lambda sweep" in out
-    trial = HandbookStore(db).versions()[-1]["metrics"]["length_effect"]["cv_panel_utility"]
+    with contextlib.closing(HandbookStore(db)) as store:
+        trial = store.versions()[-1]["metrics"]["length_effect"]["cv_panel_utility"]
+        slopes = store.document().length_effect.slopes
     gain = trial["with"] - trial["without"]
     assert f"without ({gain:+.2g})." in out and gain > 0  # the difference, not two figures that may read equal
-    slopes = HandbookStore(db).document().length_effect.slopes
     assert f"small {slopes['small']:+.3f}" in out and slopes["small"] < -0.1
 
 
@@ -292,6 +300,7 @@ def test_a_step_longer_than_any_training_task_is_scored_at_the_longest_trained_l
     short = book.route(RouteRequest(text="tax", lambda_=0.1))  # shorter than any training task: held at `low`
     shifts = {c.agent_id: c.length_shift for c in short.candidates}
     assert shifts["small"] == pytest.approx(effect.slopes["small"] * (effect.low - effect.center))
+    book.store.close()
 
 
 FLIP = HandbookDocument(
@@ -336,6 +345,7 @@ def test_the_eval_scorer_scores_a_step_exactly_as_route_step(learned, tmp_path: 
         quality = {c.agent_id: c.quality for c in book.route(RouteRequest(text=text, lambda_=0.1)).candidates}
         assert scored.quality[i].tolist() == pytest.approx([quality["large"], quality["small"]], abs=1e-12)
     assert scored.quality[:, 1].std() > 0.05  # the small agent's quality really moves with the length
+    book.store.close()
 
 
 def test_the_eval_json_carries_the_learned_effect() -> None:
@@ -378,6 +388,7 @@ def test_a_live_state_replaced_by_an_older_release_does_not_keep_a_stale_effect(
         store._set_meta("current_version", str(plain))
     assert store.document().length_effect is None
     assert Handbook(store).arrays().has_length_effect is False
+    store.close()
 
 
 def test_an_earlier_versions_state_keeps_its_effect_and_the_events_on_it(tmp_path: Path) -> None:
@@ -412,3 +423,4 @@ def test_surrounding_whitespace_is_not_a_longer_problem(learned, tmp_path: Path)
     plain = book.route(RouteRequest(text=text, lambda_=0.1)).candidates
     padded = book.route(RouteRequest(text=" " * 5000 + text + "\n" * 50, lambda_=0.1)).candidates
     assert {c.agent_id: c.length_shift for c in plain} == {c.agent_id: c.length_shift for c in padded}
+    book.store.close()

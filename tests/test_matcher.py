@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,11 +32,12 @@ SKILLS = [
 
 
 @pytest.fixture
-def handbook(tmp_path: Path) -> Handbook:
+def handbook(tmp_path: Path) -> Iterator[Handbook]:
     book = Handbook(HandbookStore(tmp_path / "h.db"))
     for skill in SKILLS:
         book.upsert_skill(skill)
-    return book
+    yield book
+    book.store.close()
 
 
 def match(book: Handbook, text: str, mode: str | None = None, top_k: int = 3) -> list[tuple[str, float]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -688,7 +689,7 @@ async def test_a_route_step_its_client_gave_up_on_holds_none_of_the_sessions_bud
         holder.close()
 
     def session_decisions() -> list[tuple[Any, ...]]:
-        with sqlite3.connect(db_path) as conn:
+        with contextlib.closing(sqlite3.connect(db_path)) as conn:
             return conn.execute("SELECT expires_at FROM decisions WHERE session_id = 's9'").fetchall()
 
     with anyio.fail_after(30):  # the route finishes its write once the lock is free, then is withdrawn

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,12 +34,13 @@ SKILLS = [
 
 
 @pytest.fixture
-def book(tmp_path: Path) -> Handbook:
+def book(tmp_path: Path) -> Iterator[Handbook]:
     handbook = Handbook(HandbookStore(tmp_path / "h.db"))
     for skill in SKILLS:
         handbook.upsert_skill(skill)
     handbook.upsert_agent(Agent(id="solo", modes=["answer"], input_per_mtok=1.0, output_per_mtok=1.0))
-    return handbook
+    yield handbook
+    handbook.store.close()
 
 
 def top(book: Handbook, text: str) -> str | None:
@@ -136,10 +138,11 @@ def test_an_emoji_step_routes_at_agent_level(book: Handbook) -> None:
 
 
 @pytest.fixture
-def example_store(tmp_path: Path) -> HandbookStore:
+def example_store(tmp_path: Path) -> Iterator[HandbookStore]:
     store = HandbookStore(tmp_path / "example.db")
     store.create_version(example_document(), source="import")
-    return store
+    yield store
+    store.close()
 
 
 @needs_weights

@@ -3,7 +3,9 @@ selections, and import, diff and show treat them as part of the handbook (orches
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,10 +26,11 @@ PYTHON_STEP = "write python functions and scripts"
 
 
 @pytest.fixture
-def book(tmp_path: Path) -> Handbook:
+def book(tmp_path: Path) -> Iterator[Handbook]:
     store = HandbookStore(tmp_path / "h.db")
     store.create_version(DOCUMENT.model_copy(update={"selections": DEPTHS}), source="test")
-    return Handbook(store, HandbookSettings(decision_ttl_s=TTL), clock=Clock())
+    yield Handbook(store, HandbookSettings(decision_ttl_s=TTL), clock=Clock())
+    store.close()
 
 
 def test_route_step_reads_inferred_skills_at_the_orchestrators_depth_as_consult_shows_them(book: Handbook) -> None:
@@ -125,7 +128,8 @@ def test_learn_keeps_other_orchestrators_selections_and_diff_and_show_list_them(
     learn = ["learn", "--data", str(labelled), "--db", str(db), "--matcher", "lexical"]
     code, _, err = run([*learn, "--orchestrator", "  small  "], capsys)  # stripped, as the tools strip it
     assert code == 0, err
-    first = HandbookStore(db).selections()
+    with contextlib.closing(HandbookStore(db)) as opened:
+        first = opened.selections()
     assert set(first) == {"default", "small"}
     code, out, err = run([*learn, "--orchestrator", "big", "--lambda", "0.3"], capsys)
     assert code == 0, err
@@ -140,7 +144,9 @@ def test_learn_keeps_other_orchestrators_selections_and_diff_and_show_list_them(
         store.close()
     code, out, _ = run(["handbook", "diff", "2", "3", "--db", str(db)], capsys)
     assert code == 0 and "orchestrator depth selections:" in out
-    assert f"  big: none -> depth {HandbookStore(db).selections()['big']}" in out and "  small:" not in out
+    with contextlib.closing(HandbookStore(db)) as opened:
+        big = opened.selections()["big"]
+    assert f"  big: none -> depth {big}" in out and "  small:" not in out
     code, out, _ = run(["handbook", "show", "--db", str(db)], capsys)
     assert code == 0 and "depth selected per orchestrator: big " in out and f"small {first['small']}" in out
 

@@ -54,6 +54,7 @@ def test_replay_equals_the_services_routing(real, tmp_path: Path, lambda_: float
         assert chosen.expected_cost_usd == pytest.approx(result.expected_costs[i])
         assert result.scores[i] == task.outcomes[result.choices[i]].score
     assert result.accuracy == pytest.approx(float(np.mean(result.scores)))
+    service.store.close()
 
 
 def test_replay_of_a_mode_level_handbook_uses_the_agent_as_a_whole(real, tmp_path: Path) -> None:
@@ -63,6 +64,7 @@ def test_replay_of_a_mode_level_handbook_uses_the_agent_as_a_whole(real, tmp_pat
     service = service_for(flat, learned.labeller, tmp_path / "flat.db")
     assert all(d == [] for d in result.demands)
     assert result.choices == [service.route(RouteRequest(text=t.query, lambda_=0.1)).agent_id for t in tasks]
+    service.store.close()
 
 
 def test_a_large_lambda_with_a_shared_c_ref_picks_the_cheapest_judged_agent(real) -> None:
@@ -119,6 +121,7 @@ def test_replay_breaks_ties_as_route_step_does(tmp_path: Path) -> None:
     outcomes = {agent_id: AgentOutcome(score=1.0) for agent_id in prices}
     replayed = replay(document, NoSkills(), [TraceTask(id="t", query="what is 2+2", outcomes=outcomes)], prices, 0.0)
     assert routed.agent_id == "b-cheap" and replayed.choices == ["b-cheap"]
+    book.store.close()
 
 
 def test_replay_keeps_a_step_naming_no_mode_to_agents_of_its_skills_modes() -> None:

@@ -3,6 +3,7 @@ delegate's routing summary without a second set of decision ids. The service its
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from pathlib import Path
@@ -56,7 +57,7 @@ async def test_route_consult_and_record_send_compact_json_with_four_significant_
         )
     assert consult["agents"] and routed["lambda_"] == 0.123456789 and outcome["reward"] == 0.87654321
     # the stored decision keeps what the router computed; only the answer to the model is rounded
-    with sqlite3.connect(settings.db_path) as conn:
+    with contextlib.closing(sqlite3.connect(settings.db_path)) as conn:
         [(stored,)] = conn.execute("SELECT candidates FROM decisions WHERE id = ?", (routed["decision_id"],))
     utilities = [c["utility"] for c in json.loads(stored)]
     assert [four_significant(u) for u in utilities] == [c["utility"] for c in routed["candidates"]]

@@ -3,6 +3,7 @@ and SKILLORCHESTRA_STORE_TEXT=0 keeps step texts out of the database."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sqlite3
 import time
@@ -181,7 +182,7 @@ def test_cli_prune(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert done.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--before" in err[0]
-    with sqlite3.connect(tmp_path / "handbook.db") as conn:
+    with contextlib.closing(sqlite3.connect(tmp_path / "handbook.db")) as conn:
         assert conn.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0] == 0
         assert conn.execute("SELECT source FROM versions ORDER BY id DESC LIMIT 1").fetchone()[0] == "prune"
 
@@ -197,14 +198,14 @@ def test_cli_prune_vacuum_gives_the_freed_pages_back(tmp_path: Path, capsys: pyt
         main(["handbook", "prune", "--before", tomorrow, "--db", str(db)])
     assert done.value.code == 0
     assert "MB of free pages stay in the file for reuse (--vacuum gives them back)" in capsys.readouterr().out
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         free_before = conn.execute("PRAGMA freelist_count").fetchone()[0]
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     size_before = db.stat().st_size
     with pytest.raises(SystemExit) as done:
         main(["handbook", "prune", "--before", tomorrow, "--db", str(db), "--vacuum"])
     assert done.value.code == 0 and "vacuumed: the file shrank by" in capsys.readouterr().out
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         assert conn.execute("PRAGMA freelist_count").fetchone()[0] == 0 < free_before
     assert db.stat().st_size < size_before
     reopened = HandbookStore(db)
@@ -241,7 +242,7 @@ async def test_store_text_env_over_mcp(
     async with Client(create_server(settings)) as client:
         routed = await client.call_tool("route_step", {"text": STEPS[1]})
         assert not routed.is_error, routed.content
-    with sqlite3.connect(tmp_path / "h.db") as conn:
+    with contextlib.closing(sqlite3.connect(tmp_path / "h.db")) as conn:
         rows = conn.execute("SELECT text FROM decisions").fetchall()
     assert rows == [(STEPS[1] if stored else None,)]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -29,12 +30,13 @@ SKILLS = [
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> HandbookStore:
+def store(tmp_path: Path) -> Iterator[HandbookStore]:
     store = HandbookStore(tmp_path / "h.db")
     handbook = Handbook(store)
     for skill in SKILLS:
         handbook.upsert_skill(skill)
-    return store
+    yield store
+    store.close()
 
 
 @needs_weights
@@ -63,6 +65,7 @@ def test_a_step_far_from_every_skill_is_no_semantic_match(tmp_path: Path) -> Non
     assert (weights, source) == ([], "lexical (no semantic match)")
     weights, source = matcher.infer("Compute 17 * 23 and explain each step.", None, 3)  # in the band: kept
     assert source == "semantic" and weights[0][0].startswith("math")
+    store.close()
 
 
 @needs_weights

@@ -346,6 +346,7 @@ def test_an_agent_of_unknown_cost_holds_c_ref_of_the_budget_while_its_steps_run(
 
     with ThreadPoolExecutor(8) as pool:
         assert sum(pool.map(step, range(8))) == 1
+    store.close()
 
 
 def test_a_budgeted_route_never_waits_on_a_matcher_while_it_holds_the_file(tmp_path: Path) -> None:
@@ -389,6 +390,7 @@ def test_a_budgeted_route_never_waits_on_a_matcher_while_it_holds_the_file(tmp_p
     budgeted.join(10)
     assert not plain.is_alive() and not budgeted.is_alive(), "deadlocked"
     assert set(routed) == {"plain", "budgeted"}
+    store.close()
 
 
 def test_unavailable_agents_are_excluded_with_their_reason(book: Handbook) -> None:
@@ -662,6 +664,7 @@ def test_forgetting_discounts_old_evidence(tmp_path: Path, clock: Clock) -> None
         book.record(OutcomeReport(decision_id=decision.decision_id, success=True))
         assert competence_of(book.store, "mid", "code.python") == expected
     assert competence_of(book.store, "pricey", "code.python") == (20.0, 2.0)  # only the updated pair forgets
+    book.store.close()
 
 
 def test_forgetting_ages_a_skill_by_how_much_the_step_needed_it(tmp_path: Path, clock: Clock) -> None:
@@ -686,6 +689,7 @@ def test_forgetting_ages_a_skill_by_how_much_the_step_needed_it(tmp_path: Path, 
     flat = (1 + 0.5 * (alpha - 1) + 0.25, 1 + 0.5 * (beta - 1))
     assert competence_of(book.store, "mid", "code.sql") == pytest.approx(flat)
     assert book.store.rebuild() == book.store.document()
+    book.store.close()
 
 
 def test_a_mode_level_outcome_is_evidence_for_that_mode(book: Handbook) -> None:
@@ -874,6 +878,7 @@ def test_arrays_patched_by_records_equal_arrays_rebuilt_from_the_file(tmp_path: 
     assert np.isfinite(cached.prompt_mean).any()  # the routed steps' token estimates reached the arrays
     for name in ("alpha", "beta", "mean", "var", "evidence", "cost_mean", "agent_cost", "prompt_mean"):
         assert np.allclose(getattr(cached, name), getattr(fresh, name), rtol=1e-12, atol=0.0, equal_nan=True), name
+    book.store.close()
 
 
 def _rebuilt(book: Handbook) -> HandbookArrays:
@@ -899,6 +904,7 @@ def test_a_burst_of_records_reaches_the_arrays_on_the_next_read(tmp_path: Path, 
     after = book.arrays()
     assert not np.allclose(after.alpha, before.alpha)  # the records moved the posteriors
     _same_posteriors(after, _rebuilt(book))
+    book.store.close()
 
 
 def test_an_outcome_that_changes_no_cell_keeps_the_cached_arrays(tmp_path: Path, clock: Clock) -> None:
@@ -912,6 +918,7 @@ def test_an_outcome_that_changes_no_cell_keeps_the_cached_arrays(tmp_path: Path,
     book.record(OutcomeReport(decision_id=later.decision_id, success=True, cost_usd=0.01))
     assert book.arrays() is not cached  # a real outcome still reaches the arrays
     _same_posteriors(book.arrays(), _rebuilt(book))
+    book.store.close()
 
 
 def test_an_edit_of_texts_alone_keeps_the_cached_arrays(tmp_path: Path, clock: Clock) -> None:
@@ -936,6 +943,7 @@ def test_an_edit_of_texts_alone_keeps_the_cached_arrays(tmp_path: Path, clock: C
     book.edit_agent("mid", {"input_per_mtok": 9.0})
     assert book.arrays() is not patched and book.arrays().agent_ids == _rebuilt(book).agent_ids
     _same_posteriors(book.arrays(), _rebuilt(book))
+    book.store.close()
 
 
 def test_a_report_returns_the_competence_routing_now_uses(tmp_path: Path, clock: Clock) -> None:
@@ -966,6 +974,7 @@ def test_a_report_returns_the_competence_routing_now_uses(tmp_path: Path, clock:
     again = book.record(OutcomeReport(decision_id=decision.decision_id, reward=(i % 3) / 2))
     assert again.duplicate and again.updated == result.updated  # nothing recorded since: the same competence
     other.store.close()
+    book.store.close()
 
 
 def test_a_report_after_this_process_edited_the_handbook_still_returns_the_competence(
@@ -981,6 +990,7 @@ def test_a_report_after_this_process_edited_the_handbook_still_returns_the_compe
     fresh = _rebuilt(book)
     cell = fresh._cell("cheap", "code.sql")
     assert cell is not None and result.updated[0].competence == pytest.approx(fresh.mean[cell], rel=1e-12, abs=0)
+    book.store.close()
 
 
 def test_edits_of_texts_beside_reads_of_the_arrays_never_deadlock(tmp_path: Path, clock: Clock) -> None:
@@ -1009,6 +1019,7 @@ def test_edits_of_texts_beside_reads_of_the_arrays_never_deadlock(tmp_path: Path
         thread.join(60)  # a guard against the hang, not a speed check
     assert done == {"edits": 150, "reads": 300}
     assert book.arrays().skill_ids == _rebuilt(book).skill_ids
+    book.store.close()
 
 
 def test_records_queued_while_another_process_writes_are_dropped_for_a_rebuild(tmp_path: Path, clock: Clock) -> None:
@@ -1022,6 +1033,7 @@ def test_records_queued_while_another_process_writes_are_dropped_for_a_rebuild(t
     book.record(OutcomeReport(decision_id=mine[1].decision_id, success=True, cost_usd=0.01))
     _same_posteriors(book.arrays(), _rebuilt(book))  # includes the other process's outcome
     other.store.close()
+    book.store.close()
 
 
 def test_an_outcome_of_a_decision_from_an_older_version_is_logged_not_applied(book: Handbook) -> None:
@@ -1175,6 +1187,7 @@ def test_arrays_derived_from_plain_rows_are_those_of_the_models_bit_for_bit(tmp_
     assert {"*", "@search", "code.sql.joins"} <= columns  # rows of a skill, a mode and the root
     assert any(row.n_step_tokens > 0 for row in book.store.costs())
     _identical(book.arrays(), _rebuilt(book))
+    book.store.close()
 
 
 def _whole_list_page(items: list[Any], cursor: str | None, limit: int, prefix: str) -> tuple[list[Any], str | None]:
@@ -1209,6 +1222,7 @@ def test_list_pages_read_in_sql_are_the_pages_of_the_whole_list(tmp_path: Path, 
                 assert (served.items, served.next_cursor) == _whole_list_page(mode_agents, cursor, limit, "ka.")
     with pytest.raises(InvalidInput, match="cursor"):  # no cursor holds a lone surrogate: refused, not a crash
         book.list_skills(cursor="ks.\ud800")
+    book.store.close()
 
 
 def test_deletions_count_the_rows_they_remove(tmp_path: Path, clock: Clock) -> None:
@@ -1224,6 +1238,7 @@ def test_deletions_count_the_rows_they_remove(tmp_path: Path, clock: Clock) -> N
     removed = book.delete_agent("mid")
     assert removed.competence_rows == sum(r.agent_id == "mid" for r in competence) > 0
     assert removed.cost_rows == sum(r.agent_id == "mid" for r in costs)
+    book.store.close()
 
 
 def test_a_skills_placement_is_checked_along_its_ancestors_by_id(book: Handbook) -> None:
@@ -1260,6 +1275,7 @@ def test_a_cap_cannot_count_a_step_whose_cost_nobody_knows(tmp_path: Path) -> No
     book.upsert_agent(Agent(id="u2", input_per_mtok=1.0, output_per_mtok=2.0))  # one known cost: u1 is charged it
     decision = book.route(request(session_id="s", budget_usd=1.0))
     assert decision.agent_id in {"u1", "u2"}
+    store.close()
 
 
 def test_a_budget_without_a_session_is_refused_not_taken_as_a_cap_of_the_step(book: Handbook) -> None:
@@ -1286,6 +1302,7 @@ def test_consult_shows_the_skill_weights_route_step_uses(tmp_path: Path) -> None
     assert {s: w for s, w in card_weights.items() if w > 0} == pytest.approx(route_weights)
     assert [c.weight for c in consulted.skills[3:]] == [0.0] * (len(consulted.skills) - 3)
     assert {c.skill_id for c in book.consult(text, top_k=3).skills} == set(route_weights)
+    store.close()
 
 
 def test_an_agent_billed_by_the_call_is_charged_its_price_per_call(tmp_path: Path) -> None:
@@ -1308,6 +1325,7 @@ def test_an_agent_billed_by_the_call_is_charged_its_price_per_call(tmp_path: Pat
         "tool": 0.002,
         "llm": 0.0001,
     }
+    store.close()
 
 
 def test_a_step_without_skills_keeps_why_the_matcher_found_none() -> None:
@@ -1345,6 +1363,7 @@ def test_a_report_waits_while_delegate_carries_its_decision_out(tmp_path: Path, 
         book.record(OutcomeReport(decision_id=uncalled.decision_id, success=True))
     clock.now += CLAIM_IN_FLIGHT_S + 1  # the delegate's server stopped mid-call
     assert book.record(OutcomeReport(decision_id=carried.decision_id, success=True)).reward == 1.0
+    store.close()
 
 
 def test_a_servers_first_report_returns_the_competence(tmp_path: Path, clock: Clock) -> None:
@@ -1356,6 +1375,7 @@ def test_a_servers_first_report_returns_the_competence(tmp_path: Path, clock: Cl
     result = second.record(OutcomeReport(decision_id=decision.decision_id, success=True))
     assert result.updated and all(update.competence is not None for update in result.updated)
     second.store.close()
+    first.store.close()
 
 
 def test_a_delegated_decision_waits_a_full_ttl_after_its_call(tmp_path: Path, clock: Clock) -> None:
@@ -1370,6 +1390,7 @@ def test_a_delegated_decision_waits_a_full_ttl_after_its_call(tmp_path: Path, cl
     book.note_call(decision.decision_id, cost_usd=0.001, latency_s=6.0, **figures)
     clock.now += 1.0
     assert book.record(OutcomeReport(decision_id=decision.decision_id, success=True)).reward == 1.0
+    store.close()
 
 
 def test_a_consult_answer_stays_small_when_its_skills_hold_long_texts(tmp_path: Path) -> None:

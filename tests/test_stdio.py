@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -57,7 +58,7 @@ async def test_the_skill_matcher_is_loaded_once_tools_are_listed_not_by_the_firs
     db = tmp_path / "h.db"
 
     def counts() -> tuple[int, int]:
-        with sqlite3.connect(db) as conn:  # a reader beside the server (WAL)
+        with contextlib.closing(sqlite3.connect(db)) as conn:  # a reader beside the server (WAL)
             return tuple(
                 conn.execute("SELECT (SELECT COUNT(*) FROM embeddings), (SELECT COUNT(*) FROM skills)").fetchone()
             )
@@ -285,7 +286,7 @@ timeout_s = 120
         threading.Thread(target=lambda: [err_lines.put(line) for line in proc.stderr], daemon=True).start()
         while "echo_mcp_server starting" not in err_lines.get(timeout=60):  # the tool agent's process is up
             pass
-        with sqlite3.connect(db) as conn:  # and its call under way: delegate claimed the decision
+        with contextlib.closing(sqlite3.connect(db)) as conn:  # and its call under way: delegate claimed the decision
             for _ in range(600):
                 if conn.execute("SELECT COUNT(*) FROM decisions WHERE claimed_at IS NOT NULL").fetchone()[0]:
                     break
@@ -299,5 +300,5 @@ timeout_s = 120
         proc.stdin.close()
     for child in children:  # ended with the server, not left to PID 1
         assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text().lower()
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         assert conn.execute("SELECT call_error_class FROM decisions").fetchall() == [("cancelled",)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import shutil
@@ -95,6 +96,7 @@ def test_a_new_file_holds_the_empty_initial_version(tmp_path: Path) -> None:
     assert store.current_version() == 1
     assert without_version(store.document()) == without_version(HandbookDocument())
     assert store.document().schema_version == 1 and store.document().format == "skillorchestra-handbook"
+    store.close()
 
 
 def test_create_version_snapshots_the_document(tmp_path: Path) -> None:
@@ -117,6 +119,7 @@ def test_create_version_snapshots_the_document(tmp_path: Path) -> None:
     assert store.create_version(DOCUMENT, source="import") == 3 and store.versions()[-1]["parent"] == 2
     with pytest.raises(NotFound, match="version"):
         store.snapshot(99)
+    store.close()
 
 
 def test_export_import_round_trip_is_equal(tmp_path: Path) -> None:
@@ -131,6 +134,8 @@ def test_export_import_round_trip_is_equal(tmp_path: Path) -> None:
     target.create_version(HandbookDocument.model_validate_json(text), source="import")
     assert without_version(target.document()) == without_version(exported)
     assert target.document().competence == exported.competence and target.document().cost == exported.cost
+    source.close()
+    target.close()
 
 
 def test_round_trip_keeps_the_orchestrator_selections(tmp_path: Path) -> None:
@@ -138,12 +143,14 @@ def test_round_trip_keeps_the_orchestrator_selections(tmp_path: Path) -> None:
     store.create_version(doc_with(selections={"qwen2.5-3b": 1, "llama-8b": 0}), source="import")
     assert store.document().selections == {"qwen2.5-3b": 1, "llama-8b": 0}
     assert store.snapshot(store.current_version()).selections == {"qwen2.5-3b": 1, "llama-8b": 0}
+    store.close()
 
 
 def test_round_trip_keeps_the_description(tmp_path: Path) -> None:
     store = HandbookStore(tmp_path / "h.db")
     store.create_version(doc_with(description="learned on QA"), source="import")
     assert store.document().description == "learned on QA"
+    store.close()
 
 
 # -- import validation ---------------------------------------------------------------------------------------
@@ -195,6 +202,7 @@ def test_a_malformed_import_is_rejected_before_anything_is_written(
         store.create_version(document, source="import")
     assert says in str(caught.value)
     assert dump(store) == before
+    store.close()
 
 
 CYCLES = [
@@ -210,6 +218,7 @@ def test_an_import_with_a_parent_cycle_is_rejected(tmp_path: Path, name: str, do
     with pytest.raises(InvalidInput, match="parent"):
         store.create_version(document, source="import")
     assert dump(store) == before
+    store.close()
 
 
 @pytest.mark.parametrize(
@@ -240,6 +249,7 @@ def test_a_failed_write_rolls_back(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="event.kind"):
         store.apply("no_such_event", {})  # the event row is inserted first, then rolled back
     assert dump(store) == before
+    store.close()
 
 
 def test_try_write_never_waits_and_writes_nothing_when_it_cannot_start(tmp_path: Path) -> None:
@@ -266,6 +276,7 @@ def test_try_write_never_waits_and_writes_nothing_when_it_cannot_start(tmp_path:
         store.try_write(add("written"))
     assert [conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("busy_timeout", "wal_autocheckpoint")] == settings
     cli.close()
+    store.close()
 
 
 def test_a_second_outcome_for_a_decision_is_refused_by_the_store(tmp_path: Path) -> None:
@@ -280,6 +291,7 @@ def test_a_second_outcome_for_a_decision_is_refused_by_the_store(tmp_path: Path)
     with pytest.raises(InvalidInput, match="not yet reported"):
         store.record_outcome(row, event)
     assert dump(store) == before
+    store.close()
 
 
 def test_a_delegated_call_is_noted_on_its_decision_and_an_unknown_one_is_refused(tmp_path: Path) -> None:
@@ -293,6 +305,7 @@ def test_a_delegated_call_is_noted_on_its_decision_and_an_unknown_one_is_refused
     with pytest.raises(NotFound, match="no-such-decision"):
         store.note_call("no-such-decision", {"cost_usd": 0.25})
     assert dump(store) == before
+    store.close()
 
 
 def test_a_decision_claim_is_checked_and_written_at_once_and_given_back_only_if_nothing_was_called(
@@ -321,6 +334,7 @@ def test_a_decision_claim_is_checked_and_written_at_once_and_given_back_only_if_
     store.release_claim(decision.decision_id)  # the agent was called: the claim stays
     assert (other.decision(decision.decision_id) or {})["claimed_at"] == 6.0
     other.close()
+    store.close()
 
 
 def test_a_new_version_writes_the_skill_index_compactly_and_many_edits_keep_it_sound(tmp_path: Path) -> None:
@@ -351,6 +365,9 @@ def test_a_new_version_writes_the_skill_index_compactly_and_many_edits_keep_it_s
             sorted((i, round(score, 9)) for i, score in s.search_skills(query, None, 500)) for s in (store, fresh)
         )
         assert ours == theirs  # same matches and scores (ties may come in another order)
+    store.close()
+    loose.close()
+    fresh.close()
 
 
 # -- rebuild -------------------------------------------------------------------------------------------------
@@ -415,6 +432,7 @@ def test_rebuild_equals_the_live_state(tmp_path: Path) -> None:
     assert store.document() == live  # exactly: every float, every row
     assert store.rebuild() == live  # and rebuilding again changes nothing
     assert LexicalMatcher(store).match("sql queries", None, 3)[0][0] == "code.sql"  # the FTS index survives
+    store.close()
 
 
 def test_evidence_rows_are_the_stored_rows_the_models_validate(tmp_path: Path) -> None:
@@ -434,6 +452,7 @@ def test_evidence_rows_are_the_stored_rows_the_models_validate(tmp_path: Path) -
     assert len(costs) > 3 and any(r.n_step_tokens > 0 for r in costs)  # a history with every kind of row
     assert [Competence(**r._asdict()) for r in competence] == store.competence()
     assert [CostStats(**r._asdict()) for r in costs] == store.costs()
+    store.close()
 
 
 def test_lookups_by_id_and_row_counts_agree_with_the_whole_tables(tmp_path: Path) -> None:
@@ -466,6 +485,7 @@ def test_lookups_by_id_and_row_counts_agree_with_the_whole_tables(tmp_path: Path
         assert store.evidence_counts(column, value) == expected
     with pytest.raises(ValueError):
         store.evidence_counts("alpha", "1")
+    store.close()
 
 
 def test_rebuild_replays_only_the_current_versions_events(tmp_path: Path) -> None:
@@ -478,6 +498,7 @@ def test_rebuild_replays_only_the_current_versions_events(tmp_path: Path) -> Non
     live = store.document()
     assert store.rebuild() == live and store.document() == live
     assert len(store.events(store.current_version())) < store.counts()["events"]
+    store.close()
 
 
 def test_rebuild_repairs_a_live_state_that_drifted(tmp_path: Path) -> None:
@@ -491,6 +512,7 @@ def test_rebuild_repairs_a_live_state_that_drifted(tmp_path: Path) -> None:
     assert drifted != truth
     assert store.rebuild() == drifted
     assert store.document() == truth
+    store.close()
 
 
 # -- migration of the record path (m005) ---------------------------------------------------------------------
@@ -506,10 +528,10 @@ def columns_of(conn: sqlite3.Connection, table: str, schema: str = "main") -> li
 def data_rows(path: Path, like: Path | None = None) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table but the migration bookkeeping, in a stable order; with `like`, only the columns that
     file's tables have (later migrations add columns, whose values an older file cannot have had)."""
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
         if like is not None:
-            with sqlite3.connect(like) as old:
+            with contextlib.closing(sqlite3.connect(like)) as old:
                 wanted = {t: columns_of(old, t) for t in tables}
         rows = {}
         for t in tables:
@@ -549,7 +571,7 @@ def test_an_old_schema_file_migrates_and_keeps_its_data(tmp_path: Path) -> None:
     store.close()
     path = tmp_path / "old.db"
     old_schema_copy(current, path)
-    with sqlite3.connect(path) as conn:  # it is the old schema: what m005 replaces is there
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # it is the old schema: what m005 replaces is there
         schema = dict(conn.execute("SELECT name, sql FROM sqlite_master"))
         (last_seq,) = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
     assert "idx_outcomes_session_id" in schema and "AUTOINCREMENT" in schema["events"]
@@ -588,7 +610,8 @@ def test_an_infinite_price_an_earlier_release_stored_becomes_unknown(tmp_path: P
     store.create_version(DOCUMENT, source="import")
     Handbook(store).upsert_agent(Agent(id="weird", input_per_mtok=1.0, output_per_mtok=2.0))
     store.close()
-    with sqlite3.connect(path) as conn:  # what the old release wrote for upsert_agent {"input_per_mtok": 1e999}
+    # what the old release wrote for upsert_agent {"input_per_mtok": 1e999}
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("UPDATE agents SET input_per_mtok = 9e999 WHERE id = 'weird'")
         (seq, payload) = conn.execute("SELECT seq, payload FROM events WHERE kind = 'upsert_agent'").fetchone()
         conn.execute("UPDATE events SET payload = ? WHERE seq = ?", [payload.replace("1.0", "Infinity"), seq])
@@ -604,7 +627,7 @@ def test_an_infinite_price_an_earlier_release_stored_becomes_unknown(tmp_path: P
 
 def as_written_before_m011(path: Path, sql: str) -> None:
     """Make the file what an older release left: `sql` undoes what it lacked, and m011 is not applied yet."""
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute(sql)
         conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm011_backfill_older_files'")
 
@@ -648,7 +671,8 @@ def test_snapshots_are_stored_compressed_and_an_older_files_text_snapshots_are_c
     live = store.create_version(DOCUMENT, source="import")
     expected = store.snapshot(live)
     store.close()
-    with sqlite3.connect(path) as conn:  # as a release before m012 left it: the snapshots as JSON text
+    # as a release before m012 left it: the snapshots as JSON text
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         for version, blob in conn.execute("SELECT id, snapshot FROM versions").fetchall():
             conn.execute("UPDATE versions SET snapshot = ? WHERE id = ?", [zlib.decompress(blob).decode(), version])
         conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm012_compressed_snapshots'")
@@ -658,7 +682,7 @@ def test_snapshots_are_stored_compressed_and_an_older_files_text_snapshots_are_c
     assert store.snapshot_skill_parents(live) == {s.id: s.parent_id for s in DOCUMENT.skills}
     assert store.rebuild() == store.document()
     store.close()
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         kinds = {r[0] for r in conn.execute("SELECT typeof(snapshot) FROM versions")}
         packed_size = conn.execute("SELECT length(snapshot) FROM versions WHERE id = ?", [live]).fetchone()[0]
     assert kinds == {"blob"} and packed_size < text_size / 2
@@ -681,6 +705,7 @@ def test_recording_an_outcome_writes_few_wal_pages(tmp_path: Path) -> None:
     # events + its index, outcomes + its key index, competence, cost_stats, and now and then page 1 as the file
     # grows (the old schema also wrote sqlite_sequence and an index on outcomes.session_id: 8 a record)
     assert 6 <= frames / len(decisions) < 7
+    store.close()
 
 
 # -- several processes ---------------------------------------------------------------------------------------
@@ -763,6 +788,7 @@ def test_two_processes_write_at_once_and_a_third_sees_their_writes(tmp_path: Pat
     assert sum(1 for x, y in zip(tags, tags[1:], strict=False) if x != y) > 1
     live = store.document()
     assert store.rebuild() == live and store.document() == live
+    store.close()
 
 
 def test_processes_opening_a_new_file_at_once_create_one_initial_version(tmp_path: Path) -> None:
@@ -774,6 +800,7 @@ def test_processes_opening_a_new_file_at_once_create_one_initial_version(tmp_pat
     store = HandbookStore(path)
     assert [v["source"] for v in store.versions()] == ["init"]
     assert store.schema_version() == schema_version()
+    store.close()
 
 
 @pytest.fixture(scope="module")
@@ -820,6 +847,7 @@ def test_an_import_whose_labeller_is_damaged_is_refused_before_anything_is_writt
     with pytest.raises(InvalidInput, match=says):
         store.create_version(broken, source="import")
     assert dump(store) == before
+    store.close()
 
 
 def test_a_step_the_labeller_gives_a_deleted_skill_goes_to_its_parent(

@@ -198,7 +198,7 @@ async def test_a_new_skill_without_a_mode_takes_the_default_one_even_before_it_e
 ) -> None:
     skill = await call(mcp_client, "upsert_skill", {"skill_id": "poetry", **given})
     assert (skill["mode"], skill["parent_id"]) == ("general", None)
-    with sqlite3.connect(db_path) as conn:
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
         assert conn.execute("SELECT id FROM modes").fetchall() == [("general",)]
 
 
@@ -210,7 +210,7 @@ async def test_an_upsert_that_changes_nothing_writes_nothing(mcp_client: Client,
     await small_handbook(mcp_client)
     agent = await call(mcp_client, "upsert_agent", {"agent_id": "tiny"})
     skill = await call(mcp_client, "upsert_skill", {"skill_id": "math"})
-    with sqlite3.connect(db_path) as watcher:
+    with contextlib.closing(sqlite3.connect(db_path)) as watcher:
         version = watcher.execute("PRAGMA data_version").fetchone()[0]
         before = file_state(db_path)
         unchanged = [
@@ -238,7 +238,7 @@ async def test_an_upsert_that_changes_nothing_writes_nothing(mcp_client: Client,
 async def test_an_expired_decisions_report_names_its_expiry_as_a_utc_time(mcp_client: Client, db_path: Path) -> None:
     await small_handbook(mcp_client)
     decision_id = (await call(mcp_client, "route_step", {"text": "add 2 and 2", "lambda_": 0}))["decision_id"]
-    with sqlite3.connect(db_path) as conn:
+    with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
         conn.execute("UPDATE decisions SET expires_at = ? WHERE id = ?", [PAST, decision_id])
     before = file_state(db_path)
     text = await refused(mcp_client, "record_outcome", {"decision_id": decision_id, "success": True})
@@ -255,12 +255,12 @@ async def test_delegate_names_claim_and_expiry_times_as_utc_times(tmp_path: Path
     db = settings.db_path
     async with Client(create_server(settings)) as client:
         decision_id = (await call(client, "route_step", {"text": "name a prime", "lambda_": 0}))["decision_id"]
-        with sqlite3.connect(db) as conn:
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
             conn.execute("UPDATE decisions SET claimed_at = ? WHERE id = ?", [LATER, decision_id])
         claimed = await refused(client, "delegate", {"text": "name a prime", "decision_id": decision_id})
         assert f"a delegate has been carrying it out since {iso(LATER)}, or its server stopped" in claimed, claimed
         assert iso(LATER) == "2026-11-23T12:29:09Z"
-        with sqlite3.connect(db) as conn:
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
             # still claimed (its server died mid-call) and expired since: the remedy is a new route_step
             conn.execute("UPDATE decisions SET expires_at = ? WHERE id = ?", [PAST, decision_id])
         before = file_state(db)
