@@ -74,17 +74,23 @@ def expected_costs(arrays: HandbookArrays, tokens: np.ndarray, cols: np.ndarray,
     return np.where(np.isnan(recorded), priced_costs(arrays, tokens), moved)
 
 
-def charge_unknown(cost: np.ndarray, refs: np.ndarray, enabled: np.ndarray) -> np.ndarray:
-    """(n, A) costs with each unknown one charged the step's c_ref, or the dearest known enabled agent's expected
-    cost for that step when a long text makes that higher: an agent of unknown cost never looks cheap."""
-    known = ~np.isnan(cost)
+def unknown_charges(cost: np.ndarray, known: np.ndarray, refs: np.ndarray, enabled: np.ndarray) -> np.ndarray:
+    """(n,) what each step charges an agent of unknown cost: its c_ref, or the dearest known enabled agent's expected
+    cost of that step when a long text makes that higher (`known` marks the figures of (n, A) `cost` to go by)."""
     dearest = np.max(np.where(known & enabled[None, :], cost, -np.inf), axis=1, initial=-np.inf)
-    return np.where(known, cost, np.maximum(refs, dearest)[:, None])
+    return np.maximum(refs, dearest)
+
+
+def charge_unknown(cost: np.ndarray, refs: np.ndarray, enabled: np.ndarray) -> np.ndarray:
+    """(n, A) costs with each unknown one charged as `unknown_charges` says: an agent of unknown cost never looks
+    cheap."""
+    known = ~np.isnan(cost)
+    return np.where(known, cost, unknown_charges(cost, known, refs, enabled)[:, None])
 
 
 def unknown_charge(cost: np.ndarray, known: np.ndarray, enabled: np.ndarray, c_ref: float) -> float:
-    """What one step's charged (A,) `cost` charges an agent of unknown cost: charge_unknown's rule, as a number."""
-    return max(c_ref, float(np.max(cost[known & enabled], initial=0.0)))
+    """`unknown_charges` of one step whose (A,) `cost` is already charged (route keeps it with the decision)."""
+    return float(unknown_charges(cost[None, :], known[None, :], np.array([c_ref]), enabled)[0])
 
 
 def step_costs(

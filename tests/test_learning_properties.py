@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from routing_strategies import LAMBDAS, TEXTS, demands, documents
+from unknown_cost import unknown_cost_document
 
 from skillorchestra.handbook import costing
 from skillorchestra.handbook.arrays import document_arrays
@@ -479,35 +480,12 @@ def test_an_exported_and_imported_handbook_routes_exactly_as_the_original(
         imported_store.close()
 
 
-def _unknown_cost_document() -> HandbookDocument:
-    """'unknown' is chosen, charged the dearest known cost of a long step: $0.001 a call on 100-token steps at
-    $10/Mtok input, so a 32,000-character step costs 0.001 + 7,900 * 1e-5 = $0.08 (c_ref stays $0.001)."""
-    return HandbookDocument(
-        skills=[Skill(id="s", mode="m")],
-        agents=[Agent(id="known", input_per_mtok=10.0, output_per_mtok=10.0), Agent(id="unknown")],
-        competence=[
-            {"agent_id": "unknown", "skill_id": "s", "alpha": 50.0, "beta": 1.0},
-            {"agent_id": "known", "skill_id": "s", "alpha": 1.0, "beta": 50.0},
-        ],
-        cost=[
-            {
-                "agent_id": "known",
-                "skill_id": "s",
-                "n": 10.0,
-                "mean_cost_usd": 0.001,
-                "mean_step_tokens": 100.0,
-                "n_step_tokens": 10.0,
-            }
-        ],
-    )
-
-
 def test_a_session_budget_holds_steps_of_unknown_cost_at_what_they_were_charged(tmp_path: Path) -> None:
     """Bug (property QA): a long step charges an agent of unknown cost the dearest known agent's expected cost
     ($0.08 here, over c_ref $0.001: costing.charge_unknown), but the session then held each such step at c_ref only,
     so 20 steps of $0.08 passed a $0.50 budget. Each is held at its charge now: 6 fit, the 7th is refused."""
     request = step([("s", 1.0)], text="x" * 32_000, lambda_=0.0, session_id="S", budget_usd=0.5)
-    with opened(tmp_path, _unknown_cost_document()) as book:
+    with opened(tmp_path, unknown_cost_document()) as book:
         decisions = [routed(book, request) for _ in range(8)]
     admitted = [d for d in decisions if d is not None]
     assert [d.agent_id for d in admitted] == ["unknown"] * 6 and decisions[6] is None
@@ -529,7 +507,7 @@ def test_a_session_budget_holds_steps_of_unknown_cost_at_what_they_were_charged(
 def test_a_session_holds_each_step_at_its_own_charge(tmp_path: Path, lengths: list[int], admitted_count: int) -> None:
     """Steps of one session of different lengths: each holds what it was charged when admitted (m018's
     charged_usd), whatever the step being routed now charges an unknown cost."""
-    with opened(tmp_path, _unknown_cost_document()) as book:
+    with opened(tmp_path, unknown_cost_document()) as book:
         decisions = [
             routed(book, step([("s", 1.0)], text="x" * n, lambda_=0.0, session_id="S", budget_usd=0.5)) for n in lengths
         ]
@@ -566,7 +544,7 @@ def test_a_session_never_admits_more_than_its_budget(
 def test_an_unknown_cost_charged_above_c_ref_says_what_it_was_charged(tmp_path: Path) -> None:
     """A long step charges the agent of unknown cost the dearest known agent's cost, not c_ref: the refusal says so
     (review: it read "charged c_ref $0.08" where c_ref was $0.001)."""
-    with opened(tmp_path, _unknown_cost_document()) as book, pytest.raises(Unroutable) as refused:
+    with opened(tmp_path, unknown_cost_document()) as book, pytest.raises(Unroutable) as refused:
         book.route(step([("s", 1.0)], text="x" * 32_000, lambda_=0.0, max_cost_usd=0.05))
     assert (
         "unknown: cost unknown, charged $0.08 (the dearest known agent's cost of a step this long; c_ref $0.001), "
@@ -578,7 +556,7 @@ def test_a_fallback_holds_what_it_was_charged(tmp_path: Path) -> None:
     """delegate's fallback (and judge) decisions keep their charge too: an unknown cost at what the routed step
     charged one (m019: c_ref alone let a fallback pass a budget route_step refused for the same step), a known one at
     its expected cost; the session's spend then counts each, and the routed step at its own charge."""
-    with opened(tmp_path, _unknown_cost_document()) as book:
+    with opened(tmp_path, unknown_cost_document()) as book:
         routed_step = book.route(step([("s", 1.0)], text="x" * 32_000, lambda_=0.0, session_id="S", budget_usd=0.5))
         book.fallback_decision(routed_step.decision_id, "unknown", budget_usd=0.5, c_ref=0.001)
         book.fallback_decision(routed_step.decision_id, "known", expected_cost=0.02, budget_usd=0.5, c_ref=0.001)
@@ -591,7 +569,7 @@ def test_a_fallback_holds_what_it_was_charged(tmp_path: Path) -> None:
 def test_a_fallback_of_unknown_cost_is_refused_where_route_step_refuses_it(tmp_path: Path) -> None:
     """The review's case: budget $0.10, a long step named to `known` ($0.08); routing it to `unknown` is refused,
     and so is a fallback to `unknown` on it (it was admitted at c_ref's $0.001)."""
-    with opened(tmp_path, _unknown_cost_document()) as book:
+    with opened(tmp_path, unknown_cost_document()) as book:
         budgeted = {"session_id": "S", "budget_usd": 0.1}
         first = book.route(step([("s", 1.0)], text="x" * 32_000, allowed_agents=["known"], **budgeted))
         assert routed(book, step([("s", 1.0)], text="x" * 32_000, allowed_agents=["unknown"], **budgeted)) is None

@@ -8,32 +8,15 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from unknown_cost import unknown_cost_document
 
 from skillorchestra.handbook.errors import Unroutable
-from skillorchestra.handbook.models import Agent, HandbookDocument, Skill, SkillDemand
+from skillorchestra.handbook.models import SkillDemand
 from skillorchestra.handbook.service import Handbook, RouteRequest
 from skillorchestra.handbook.store import HandbookStore
 
 CLOCK = 1_700_000_000.0
-# 'unknown' has no price and is chosen; 'known' costs $0.001 a call of 100 tokens, so c_ref is $0.001 on a short step
-DOCUMENT = HandbookDocument(
-    skills=[Skill(id="s", mode="m")],
-    agents=[Agent(id="known", input_per_mtok=10.0, output_per_mtok=10.0), Agent(id="unknown")],
-    competence=[
-        {"agent_id": "unknown", "skill_id": "s", "alpha": 50.0, "beta": 1.0},
-        {"agent_id": "known", "skill_id": "s", "alpha": 1.0, "beta": 50.0},
-    ],
-    cost=[
-        {
-            "agent_id": "known",
-            "skill_id": "s",
-            "n": 10.0,
-            "mean_cost_usd": 0.001,
-            "mean_step_tokens": 100.0,
-            "n_step_tokens": 10.0,
-        }
-    ],
-)
+DOCUMENT = unknown_cost_document()  # on a short step c_ref is $0.001, and 'unknown' is chosen
 
 
 def step(budget_usd: float | None = None) -> RouteRequest:
